@@ -1,0 +1,61 @@
+"""The ``nacf`` command line.
+
+Each subcommand lives in its own module under ``nacf_core.commands`` with a
+``register(subparsers)`` function that adds its parser and sets ``func`` (called
+with the parsed namespace, returns the exit code).  Modules import heavy
+dependencies inside ``func`` so that ``nacf --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from nacf_core import __version__
+
+# The one table of subcommand modules, in the order ``--help`` lists them.
+COMMAND_MODULES: list[str] = [
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nacf", description="nacf: EEG biometric authentication core."
+    )
+    parser.add_argument("--version", action="version", version=f"nacf {__version__}")
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log level of the JSON-lines log on stderr (default: INFO)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    _configure_logging(args.log_level)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _configure_logging(level: str) -> None:
+    try:
+        from nacf_core.logs import configure  # JSON lines, see nacf_core/logs.py
+    except ImportError:
+        logging.basicConfig(level=level)
+    else:
+        configure(level)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

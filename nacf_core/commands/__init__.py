@@ -1,0 +1,1 @@
+"""Subcommands of the ``nacf`` command line (see ``nacf_core.cli``)."""

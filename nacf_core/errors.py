@@ -1,0 +1,63 @@
+"""Domain errors, one per gRPC status code the service can return.
+
+The domain layer raises these; the gRPC servicer maps ``error.code`` (the name of a
+``grpc.StatusCode``) to the status and puts ``str(error)`` in the details.  Plain
+``ValueError``/``TypeError`` from the validation layer map to ``INVALID_ARGUMENT``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "NacfError",
+    "InvalidArgument",
+    "NotFound",
+    "AlreadyExists",
+    "FailedPrecondition",
+    "ResourceExhausted",
+    "Unauthenticated",
+    "PermissionDenied",
+    "DeadlineExceeded",
+    "Unavailable",
+]
+
+
+class NacfError(Exception):
+    """Base class. ``code`` is the gRPC status code name."""
+
+    code = "INTERNAL"
+
+
+class InvalidArgument(NacfError, ValueError):
+    code = "INVALID_ARGUMENT"
+
+
+class NotFound(NacfError, LookupError):
+    code = "NOT_FOUND"
+
+
+class AlreadyExists(NacfError):
+    code = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(NacfError):
+    code = "FAILED_PRECONDITION"
+
+
+class ResourceExhausted(NacfError):
+    code = "RESOURCE_EXHAUSTED"
+
+
+class Unauthenticated(NacfError):
+    code = "UNAUTHENTICATED"
+
+
+class PermissionDenied(NacfError):
+    code = "PERMISSION_DENIED"
+
+
+class DeadlineExceeded(NacfError):
+    code = "DEADLINE_EXCEEDED"
+
+
+class Unavailable(NacfError):
+    code = "UNAVAILABLE"
