@@ -1,0 +1,52 @@
+"""What every source delivers downstream."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["Chunk", "Counters"]
+
+
+@dataclass
+class Chunk:
+    """A block of samples from a source.
+
+    Attributes
+    ----------
+    samples : ndarray, shape (n_times, n_channels), float32
+        Microvolts, time-major. A dropped sample is a row of NaN, so the timeline stays true.
+    timestamps : ndarray, shape (n_times,), float64
+        Seconds (the source's clock, mapped to the local clock where the source allows).
+    ch_names : list of str
+    sfreq : float
+        Nominal sampling rate in Hz.
+    """
+
+    samples: np.ndarray
+    timestamps: np.ndarray
+    ch_names: list[str]
+    sfreq: float
+
+    @property
+    def n_times(self) -> int:
+        return int(self.samples.shape[0])
+
+
+@dataclass
+class Counters:
+    """What went right and wrong at a source. Every anomaly is counted."""
+
+    ok: int = 0            # packets/samples decoded and delivered
+    corrupt: int = 0       # frames discarded (bad end byte, forged, truncated)
+    dropped: int = 0       # samples missing from the sequence (delivered as NaN rows)
+    garbage_bytes: int = 0  # bytes skipped while resynchronising
+    reconnects: int = 0
+    overflow: int = 0      # samples lost because a consumer was too slow (if the source drops)
+    extra: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, int]:
+        d = {k: v for k, v in self.__dict__.items() if k != "extra"}
+        d.update(self.extra)
+        return d
