@@ -1,0 +1,723 @@
+"""Read EEG recordings from files: EDF/EDF+/BDF, OpenBCI GUI text, BrainFlow CSV, nacf ``.npz``.
+
+Every reader returns a :class:`Recording`: samples in microvolts, time-major
+``(n_times, n_channels)``, the sampling rate and the channel names the file brings.
+
+Formats (detected from the content, the extension only breaks ties):
+
+- **EDF / EDF+ / BDF** through MNE (``mne.io.read_raw_edf`` / ``read_raw_bdf``). MNE
+  reads the PhysioNet EEGMMIDB files, whose headers are slightly non-compliant (labels
+  padded with dots, a record layout some strict readers refuse). Volts are converted to
+  microvolts; the EDF+ annotation channel is not a signal and becomes
+  :attr:`Recording.annotations`. Labels are kept as the file writes them (``Fp1.``);
+  :mod:`nacf_core.channels` maps them to canonical names. A time range is read without
+  loading the rest of the file.
+- **OpenBCI GUI text**, every variant the GUI and its tools wrote:
+
+  ============================  ==========================================================
+  variant                       recognised by
+  ============================  ==========================================================
+  GUI v6 (``Raw EXG Data``)     ``%Number of channels``, ``%Sample Rate``, a column-name
+                                row ``Sample Index, EXG Channel 0, ...``
+  GUI v5                        ``%Number of channels``, ``%Sample Rate``, ``%Board``; the
+                                GUI writes one all-zero placeholder row first: dropped
+  GUI v4 / sample data          ``%Sample Rate``, last columns a clock time and a POSIX
+                                time in milliseconds
+  GUI v1-v3 raw (2014-2017)     ``%Sample Rate``, index, channels, 3 accelerometer columns,
+                                optionally a clock time
+  SD-card log (``SDconverted``) ``%OBCI Data Log``; no rate in the file, the Cyton's
+                                default 250 Hz is assumed (override with ``sfreq=``)
+  ============================  ==========================================================
+
+  The number of EEG channels comes from ``%Number of channels`` (or the ``EXG Channel``
+  column names); without either, from the column count (8 for a Cyton, 16 for a
+  Cyton+Daisy). A truncated last line (the GUI was stopped mid-write) is dropped and
+  counted in :attr:`Recording.skipped_rows`; a malformed line anywhere else is an error.
+- **BrainFlow CSV** (``DataFilter.write_file``): tab- or comma-separated, no header, one
+  row per sample with BrainFlow's board layout: 24 columns for a Cyton (package
+  counter, 8 EEG in µV, 3 accelerometer, ..., timestamp at column 22, marker), 32 for a
+  Cyton+Daisy (16 EEG, timestamp at column 30). The sampling rate is the board's
+  nominal rate (Cyton 250 Hz, Cyton+Daisy 125 Hz); the host timestamps are checked
+  against it and a large disagreement is logged (they are host receipt times, jittered
+  by USB batching, so they are not used as the rate).
+- **nacf ``.npz``** (:func:`write_npz`): a NumPy ``.npz`` archive with ``data`` float32
+  ``(n_times, n_channels)`` µV, ``sfreq`` (scalar), ``ch_names`` (1-D str array) and
+  optionally ``start_time`` (POSIX seconds, UTC, scalar).
+
+Sample counters (OpenBCI sample index, BrainFlow package number) count 0-255 and wrap.
+The readers keep the rows as the file has them (no NaN rows are inserted for counter
+gaps, because some files have reordered counters); the number of samples the counter
+says are missing is reported in :attr:`Recording.counter_gaps`.
+
+Channel names: OpenBCI and BrainFlow files carry none. ``montage`` names the channels
+in order; without it, the default montage of :mod:`nacf_core.hardware.montages` for 8 or
+16 channels is used when that module provides one, else ``EXG Channel N``. A
+``montage`` passed for a file that brings its own labels (EDF, ``.npz``) renames them.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import math
+import os
+import re
+import warnings
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from nacf_core._validation import check_finite_positive, check_option
+
+__all__ = [
+    "Annotation",
+    "Recording",
+    "FORMATS",
+    "detect_format",
+    "read_recording",
+    "write_npz",
+    "resolve_montage",
+]
+
+logger = logging.getLogger("nacf.hardware")
+
+FORMATS = ("edf", "bdf", "openbci", "brainflow", "npz")
+
+# BrainFlow board layouts (BoardShim.get_*_channels for CYTON_BOARD / CYTON_DAISY_BOARD).
+_BRAINFLOW_LAYOUTS = {
+    24: {"board": "cyton", "eeg": slice(1, 9), "timestamp": 22, "sfreq": 250.0},
+    32: {"board": "cyton-daisy", "eeg": slice(1, 17), "timestamp": 30, "sfreq": 125.0},
+}
+_CYTON_DEFAULT_SFREQ = 250.0
+
+
+class Annotation(NamedTuple):
+    """An EDF+ annotation: onset and duration in seconds from the file start."""
+
+    onset: float
+    duration: float
+    description: str
+
+
+@dataclass(frozen=True)
+class Recording:
+    """A recording read from a file.
+
+    Attributes
+    ----------
+    data : ndarray, shape (n_times, n_channels), float64
+        Microvolts, time-major.
+    sfreq : float
+        Sampling rate in Hz.
+    ch_names : list of str
+        As the file writes them (EDF labels unmodified, e.g. ``Fp1.``), or the montage.
+    path : Path or None
+    start_time : datetime or None
+        Wall-clock time of the first sample of ``data`` (UTC), when the file says.
+    annotations : tuple of Annotation
+        EDF+ annotations (onsets relative to the first sample of ``data``).
+    format : str
+        One of :data:`FORMATS`.
+    counter_gaps : int
+        Samples the file's sample counter says are missing (not filled in).
+    skipped_rows : int
+        Placeholder or truncated rows the reader left out.
+    """
+
+    data: np.ndarray
+    sfreq: float
+    ch_names: list[str]
+    path: Path | None = None
+    start_time: _dt.datetime | None = None
+    annotations: tuple[Annotation, ...] = ()
+    format: str = ""
+    counter_gaps: int = 0
+    skipped_rows: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_times(self) -> int:
+        return int(self.data.shape[0])
+
+    @property
+    def n_channels(self) -> int:
+        return int(self.data.shape[1])
+
+    @property
+    def duration(self) -> float:
+        """Seconds of signal."""
+        return self.n_times / self.sfreq
+
+
+# --------------------------------------------------------------------------------------
+# public entry points
+# --------------------------------------------------------------------------------------
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """Which reader a file needs, from its first bytes (and its extension for ties).
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    ValueError
+        The content matches no supported format.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"recording {str(p)!r} does not exist or is not a file.")
+    with open(p, "rb") as fh:
+        head = fh.read(4096)
+    if not head:
+        raise ValueError(f"recording {str(p)!r} is empty.")
+    if head.startswith(b"PK\x03\x04"):
+        return "npz"
+    if head.startswith(b"\xffBIOSEMI"):
+        return "bdf"
+    if head[:8] == b"0       " and len(head) >= 256:
+        return "edf"
+    try:
+        text = head.decode("utf-8", errors="strict" if b"\x00" not in head else "strict")
+    except UnicodeDecodeError:
+        raise ValueError(
+            f"recording {str(p)!r}: unknown binary format (first bytes {head[:8]!r}); "
+            f"supported formats are {', '.join(FORMATS)}."
+        ) from None
+    first = text.lstrip("\ufeff").lstrip()
+    if first.startswith("%"):
+        return "openbci"
+    line = first.splitlines()[0] if first else ""
+    if re.match(r"^\s*sample index\s*,", line, re.IGNORECASE):
+        return "openbci"
+    sep = "\t" if "\t" in line else ","
+    fields = [f.strip() for f in line.split(sep)]
+    if len(fields) in _BRAINFLOW_LAYOUTS and all(_is_number(f) for f in fields):
+        return "brainflow"
+    raise ValueError(
+        f"recording {str(p)!r}: cannot tell the format from its first line {line[:80]!r}; "
+        f"supported formats are EDF/EDF+/BDF, OpenBCI GUI text (starts with '%'), "
+        f"BrainFlow CSV (24 or 32 numeric columns) and nacf .npz."
+    )
+
+
+def read_recording(
+    path: str | os.PathLike,
+    montage: Sequence[str] | str | None = None,
+    *,
+    start_s: float | None = None,
+    stop_s: float | None = None,
+    format: str | None = None,
+    sfreq: float | None = None,
+) -> Recording:
+    """Read a recording from a file.
+
+    Parameters
+    ----------
+    path : str or PathLike
+    montage : sequence of str or str, optional
+        Channel names in order (a comma-separated string is accepted). Names the
+        channels of files that carry none (OpenBCI, BrainFlow); renames the others.
+    start_s, stop_s : float, optional
+        Time range in seconds from the first sample; ``stop_s`` past the end is an
+        error. For EDF only that range is read from disk.
+    format : str, optional
+        Force a reader (one of :data:`FORMATS`) instead of detecting it.
+    sfreq : float, optional
+        Sampling rate for files that do not state one (OpenBCI SD-card logs, BrainFlow
+        CSV); ignored with a warning if the file states a different one.
+
+    Returns
+    -------
+    Recording
+        ``data`` shape (n_times, n_channels), float64, microvolts.
+    """
+    p = Path(path)
+    fmt = detect_format(p) if format is None else check_option("format", format, FORMATS)
+    if sfreq is not None:
+        sfreq = check_finite_positive("sfreq", sfreq)
+    start_s, stop_s = _check_range(start_s, stop_s)
+    if fmt in ("edf", "bdf"):
+        rec = _read_edf(p, fmt, start_s, stop_s)
+    else:
+        if fmt == "openbci":
+            rec = _read_openbci(p, sfreq)
+        elif fmt == "brainflow":
+            rec = _read_brainflow(p, sfreq)
+        else:
+            rec = _read_npz(p)
+        rec = _slice(rec, start_s, stop_s)
+    names = resolve_montage(montage, rec.n_channels, default=None)
+    if names is None and fmt in ("openbci", "brainflow"):
+        names = _default_names(rec.n_channels)
+    if names is not None:
+        rec = _replace(rec, ch_names=names)
+    logger.debug(
+        "read %s (%s): %d samples x %d channels at %g Hz",
+        p, fmt, rec.n_times, rec.n_channels, rec.sfreq,
+    )
+    return rec
+
+
+def write_npz(
+    path: str | os.PathLike,
+    data: np.ndarray,
+    sfreq: float,
+    ch_names: Sequence[str],
+    start_time: _dt.datetime | float | None = None,
+) -> Path:
+    """Write the nacf ``.npz`` recording format (see the module docstring).
+
+    Parameters
+    ----------
+    path : str or PathLike
+    data : ndarray, shape (n_times, n_channels)
+        Microvolts; stored as float32.
+    sfreq : float
+    ch_names : sequence of str, length n_channels
+    start_time : datetime or float, optional
+        Time of the first sample (a datetime, or POSIX seconds UTC).
+
+    Returns
+    -------
+    Path
+        The path written (NumPy appends ``.npz`` if missing).
+    """
+    data = np.asarray(data)
+    if data.ndim != 2:
+        raise ValueError(f"'data' must be 2-D (n_times, n_channels), got shape {data.shape}.")
+    sfreq = check_finite_positive("sfreq", sfreq)
+    names = [str(n) for n in ch_names]
+    if len(names) != data.shape[1]:
+        raise ValueError(
+            f"'ch_names' must have one name per channel ({data.shape[1]}), got {len(names)}."
+        )
+    arrays: dict[str, Any] = {
+        "data": np.ascontiguousarray(data, dtype=np.float32),
+        "sfreq": np.float64(sfreq),
+        "ch_names": np.array(names, dtype=str),
+    }
+    if start_time is not None:
+        if isinstance(start_time, _dt.datetime):
+            if start_time.tzinfo is None:
+                start_time = start_time.replace(tzinfo=_dt.timezone.utc)
+            start_time = start_time.timestamp()
+        arrays["start_time"] = np.float64(check_finite_positive("start_time", start_time))
+    p = Path(path)
+    if p.suffix != ".npz":
+        p = p.with_name(p.name + ".npz")
+    np.savez_compressed(p, **arrays)
+    return p
+
+
+def resolve_montage(
+    montage: Sequence[str] | str | None, n_channels: int, default: list[str] | None = None
+) -> list[str] | None:
+    """Check a montage against a channel count; ``None`` gives ``default``.
+
+    Raises
+    ------
+    ValueError
+        The montage does not have exactly ``n_channels`` non-empty, distinct names.
+    """
+    if montage is None:
+        return default
+    if isinstance(montage, str):
+        names = [m.strip() for m in montage.split(",")]
+    else:
+        try:
+            names = [str(m).strip() for m in montage]
+        except TypeError:
+            raise TypeError(
+                f"'montage' must be a sequence of channel names or a comma-separated string, "
+                f"got {type(montage).__name__} instead."
+            ) from None
+    if len(names) != n_channels:
+        raise ValueError(
+            f"'montage' must name every channel in order: expected {n_channels} names, "
+            f"got {len(names)} ({', '.join(names)})."
+        )
+    if any(not n for n in names):
+        raise ValueError(f"'montage' has an empty channel name: {names}.")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"'montage' names a channel twice: {', '.join(dup)}.")
+    return names
+
+
+# --------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_range(start_s: Any, stop_s: Any) -> tuple[float | None, float | None]:
+    if start_s is not None:
+        start_s = float(start_s)
+        if not math.isfinite(start_s) or start_s < 0:
+            raise ValueError(f"'start_s' must be a finite number >= 0, got {start_s!r} instead.")
+    if stop_s is not None:
+        stop_s = check_finite_positive("stop_s", stop_s)
+        if start_s is not None and stop_s <= start_s:
+            raise ValueError(f"'stop_s' ({stop_s}) must be greater than 'start_s' ({start_s}).")
+    return start_s, stop_s
+
+
+def _range_to_samples(
+    start_s: float | None, stop_s: float | None, sfreq: float, n_times: int, path: Path
+) -> tuple[int, int]:
+    start = 0 if start_s is None else int(round(start_s * sfreq))
+    stop = n_times if stop_s is None else int(round(stop_s * sfreq))
+    if stop > n_times:
+        raise ValueError(
+            f"'stop_s' ({stop_s} s) is past the end of {str(path)!r} "
+            f"({n_times / sfreq:.3f} s, {n_times} samples at {sfreq:g} Hz)."
+        )
+    if start >= stop:
+        raise ValueError(
+            f"'start_s' ({start_s} s) leaves no samples in {str(path)!r} "
+            f"({n_times / sfreq:.3f} s long)."
+        )
+    return start, stop
+
+
+def _replace(rec: Recording, **changes: Any) -> Recording:
+    from dataclasses import replace
+
+    return replace(rec, **changes)
+
+
+def _slice(rec: Recording, start_s: float | None, stop_s: float | None) -> Recording:
+    if start_s is None and stop_s is None:
+        return rec
+    start, stop = _range_to_samples(start_s, stop_s, rec.sfreq, rec.n_times, rec.path)
+    start_time = rec.start_time
+    if start_time is not None and start:
+        start_time = start_time + _dt.timedelta(seconds=start / rec.sfreq)
+    return _replace(rec, data=rec.data[start:stop], start_time=start_time)
+
+
+def _default_names(n_channels: int) -> list[str]:
+    """The default montage of ``hardware.montages`` if it has one, else generic names."""
+    try:
+        from . import montages  # owned by the serial/simulator engineer
+    except ImportError:
+        montages = None
+    if montages is not None:
+        for fn_name in ("default_montage", "default_names"):
+            fn = getattr(montages, fn_name, None)
+            if fn is None:
+                continue
+            try:
+                names = fn(n_channels)
+            except (ValueError, KeyError, LookupError):
+                names = None
+            if names is not None and len(names) == n_channels:
+                return [str(n) for n in names]
+    return [f"EXG Channel {i}" for i in range(n_channels)]
+
+
+def _counter_gaps(counter: np.ndarray) -> int:
+    """Missing samples according to a 0-255 wrapping counter (only forward gaps < 128)."""
+    if counter.size < 2:
+        return 0
+    step = np.mod(np.diff(np.round(counter).astype(np.int64)), 256)
+    missing = step[(step > 1) & (step < 128)] - 1
+    return int(missing.sum())
+
+
+# --------------------------------------------------------------------------------------
+# EDF / BDF (MNE)
+# --------------------------------------------------------------------------------------
+
+
+def _read_edf(path: Path, fmt: str, start_s: float | None, stop_s: float | None) -> Recording:
+    import mne
+
+    reader = mne.io.read_raw_edf if fmt == "edf" else mne.io.read_raw_bdf
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            raw = reader(path, preload=False, verbose=False)
+    except Exception as exc:  # MNE raises ValueError/RuntimeError/... for corrupt headers
+        raise ValueError(f"cannot read {fmt.upper()} file {str(path)!r}: {exc}") from exc
+    for w in caught:
+        logger.info("%s: %s", path, w.message)
+    sfreq = float(raw.info["sfreq"])
+    start, stop = _range_to_samples(start_s, stop_s, sfreq, raw.n_times, path)
+    try:
+        data = raw.get_data(start=start, stop=stop)  # volts, (n_channels, n_times)
+    except Exception as exc:
+        raise ValueError(f"cannot read samples from {str(path)!r}: {exc}") from exc
+    data = np.ascontiguousarray(data.T * 1e6, dtype=np.float64)
+    t0 = start / sfreq
+    t1 = stop / sfreq
+    annotations = tuple(
+        Annotation(float(a["onset"]) - t0, float(a["duration"]), str(a["description"]))
+        for a in raw.annotations
+        if t0 <= float(a["onset"]) < t1
+    )
+    meas = raw.info.get("meas_date")
+    start_time = meas + _dt.timedelta(seconds=t0) if meas is not None else None
+    return Recording(
+        data=data,
+        sfreq=sfreq,
+        ch_names=list(raw.ch_names),
+        path=path,
+        start_time=start_time,
+        annotations=annotations,
+        format=fmt,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# OpenBCI GUI text
+# --------------------------------------------------------------------------------------
+
+_RATE_RE = re.compile(r"^%\s*sample\s*rate\s*=\s*([0-9.]+)", re.IGNORECASE)
+_NCH_RE = re.compile(r"^%\s*number\s*of\s*channels\s*=\s*([0-9]+)", re.IGNORECASE)
+_BOARD_RE = re.compile(r"^%\s*board\s*=\s*(.+)$", re.IGNORECASE)
+
+
+def _read_openbci(path: Path, sfreq_override: float | None) -> Recording:
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        lines = fh.read().splitlines()
+    header: list[str] = []
+    col_names: list[str] | None = None
+    i = 0
+    while i < len(lines):
+        s = lines[i].strip()
+        if not s or s.startswith("%"):
+            if s:
+                header.append(s)
+            i += 1
+            continue
+        if s[0].isalpha():  # v6 column-name row
+            col_names = [c.strip() for c in s.split(",")]
+            i += 1
+            continue
+        break
+    body = [ln for ln in lines[i:] if ln.strip()]
+    if not body:
+        raise ValueError(f"OpenBCI file {str(path)!r} has a header but no samples.")
+
+    sfreq = n_ch = board = None
+    for h in header:
+        if m := _RATE_RE.match(h):
+            sfreq = float(m.group(1))
+        elif m := _NCH_RE.match(h):
+            n_ch = int(m.group(1))
+        elif m := _BOARD_RE.match(h):
+            board = m.group(1).strip()
+    if col_names is not None:
+        exg = [c for c in col_names if c.lower().startswith("exg channel")]
+        if exg:
+            if n_ch is not None and n_ch != len(exg):
+                raise ValueError(
+                    f"OpenBCI file {str(path)!r}: header says {n_ch} channels but the column "
+                    f"row names {len(exg)} EXG channels."
+                )
+            n_ch = len(exg)
+    if sfreq is None:
+        if sfreq_override is not None:
+            sfreq = sfreq_override
+        else:
+            sfreq = _CYTON_DEFAULT_SFREQ
+            logger.info(
+                "%s states no sampling rate (SD-card log): assuming the Cyton default %g Hz",
+                path, sfreq,
+            )
+    elif sfreq_override is not None and sfreq_override != sfreq:
+        logger.warning(
+            "%s states %g Hz; ignoring sfreq=%g", path, sfreq, sfreq_override
+        )
+
+    sep = "\t" if "\t" in body[0] and "," not in body[0] else ","
+    if n_ch is None:
+        n_ch = _infer_openbci_channels(path, body, sep)
+    need = 1 + n_ch
+    # drop a truncated last line (the GUI stopped mid-write)
+    skipped = 0
+    ref_fields = body[1 if len(body) > 1 else 0].count(sep) + 1
+    if len(body) > 1 and body[-1].count(sep) + 1 < ref_fields:
+        body = body[:-1]
+        skipped += 1
+        logger.info("%s: dropped a truncated last line", path)
+    try:
+        arr = np.loadtxt(body, delimiter=sep, usecols=range(need), dtype=np.float64, ndmin=2)
+    except ValueError as exc:
+        bad = _first_bad_line(body, sep, need)
+        raise ValueError(
+            f"OpenBCI file {str(path)!r}: malformed sample line {bad[0] + i + 1 + skipped}: "
+            f"{bad[1][:100]!r} (expected a sample index and {n_ch} numbers separated by "
+            f"{sep!r}): {exc}"
+        ) from None
+    # GUI v5 writes an all-zero placeholder row before the first sample
+    lead = 0
+    if board is not None:
+        while lead < arr.shape[0] - 1 and not np.any(arr[lead]) and _all_zero_line(body[lead], sep):
+            lead += 1
+    if lead:
+        arr = arr[lead:]
+        body = body[lead:]
+        skipped += lead
+    counter = arr[:, 0]
+    data = np.ascontiguousarray(arr[:, 1:need])
+    start_time = _openbci_start_time(body[0], sep, need)
+    return Recording(
+        data=data,
+        sfreq=float(sfreq),
+        ch_names=[f"EXG Channel {k}" for k in range(n_ch)],
+        path=path,
+        start_time=start_time,
+        format="openbci",
+        counter_gaps=_counter_gaps(counter),
+        skipped_rows=skipped,
+        extra={"board": board} if board else {},
+    )
+
+
+def _all_zero_line(line: str, sep: str) -> bool:
+    try:
+        return all(float(f) == 0.0 for f in line.split(sep) if f.strip())
+    except ValueError:
+        return False
+
+
+def _infer_openbci_channels(path: Path, body: list[str], sep: str) -> int:
+    fields = [f.strip() for f in body[0].split(sep)]
+    numeric = 0
+    for f in fields[1:]:
+        if ":" in f or not _is_number(f):
+            break
+        numeric += 1
+    # trailing POSIX-ms timestamp column in GUI v4 sample-data files
+    if numeric and float(fields[numeric]) > 1e11:
+        numeric -= 1
+    for n_ch, extra in ((16, 3), (8, 3), (16, 0), (8, 0)):
+        if numeric == n_ch + extra:
+            return n_ch
+    raise ValueError(
+        f"OpenBCI file {str(path)!r}: cannot infer the number of channels from "
+        f"{numeric} numeric columns after the sample index (expected 8 or 16 channels, "
+        f"optionally followed by 3 accelerometer columns) and the header has no "
+        f"'%Number of channels'."
+    )
+
+
+def _first_bad_line(body: list[str], sep: str, need: int) -> tuple[int, str]:
+    for k, ln in enumerate(body):
+        parts = ln.split(sep)
+        if len(parts) < need or not all(_is_number(p) for p in parts[:need]):
+            return k, ln
+    return 0, body[0]
+
+
+def _openbci_start_time(line: str, sep: str, need: int) -> _dt.datetime | None:
+    """POSIX-ms timestamp column (GUI v4-v6), if any."""
+    for f in line.split(sep)[need:]:
+        f = f.strip()
+        if f.isdigit() and 1e12 <= int(f) < 1e14:
+            return _dt.datetime.fromtimestamp(int(f) / 1000.0, tz=_dt.timezone.utc)
+    return None
+
+
+# --------------------------------------------------------------------------------------
+# BrainFlow CSV
+# --------------------------------------------------------------------------------------
+
+
+def _read_brainflow(path: Path, sfreq_override: float | None) -> Recording:
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        first = fh.readline()
+    sep = "\t" if "\t" in first else ","
+    n_cols = len(first.rstrip("\r\n").split(sep))
+    layout = _BRAINFLOW_LAYOUTS.get(n_cols)
+    if layout is None:
+        raise ValueError(
+            f"BrainFlow CSV {str(path)!r} has {n_cols} columns; supported layouts are "
+            f"24 (Cyton) and 32 (Cyton+Daisy)."
+        )
+    try:
+        arr = np.loadtxt(path, delimiter=sep, dtype=np.float64, ndmin=2)
+    except ValueError as exc:
+        raise ValueError(f"BrainFlow CSV {str(path)!r} is malformed: {exc}") from None
+    data = np.ascontiguousarray(arr[:, layout["eeg"]])
+    ts = arr[:, layout["timestamp"]]
+    sfreq = float(sfreq_override) if sfreq_override is not None else layout["sfreq"]
+    if ts.size > 1 and ts[-1] > ts[0]:
+        est = (ts.size - 1) / (ts[-1] - ts[0])
+        if abs(est - sfreq) > 0.1 * sfreq:
+            logger.warning(
+                "%s: host timestamps span %.1f s for %d samples (%.1f Hz) but the %s "
+                "samples at %g Hz; using %g Hz (samples were probably lost)",
+                path, ts[-1] - ts[0], ts.size, est, layout["board"], sfreq, sfreq,
+            )
+    start_time = None
+    if ts.size and 1e9 <= ts[0] < 1e11:
+        start_time = _dt.datetime.fromtimestamp(float(ts[0]), tz=_dt.timezone.utc)
+    return Recording(
+        data=data,
+        sfreq=sfreq,
+        ch_names=[f"EXG Channel {k}" for k in range(data.shape[1])],
+        path=path,
+        start_time=start_time,
+        format="brainflow",
+        counter_gaps=_counter_gaps(arr[:, 0]),
+        extra={"board": layout["board"]},
+    )
+
+
+# --------------------------------------------------------------------------------------
+# nacf .npz
+# --------------------------------------------------------------------------------------
+
+
+def _read_npz(path: Path) -> Recording:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = {"data", "sfreq", "ch_names"} - set(z.files)
+            if missing:
+                raise ValueError(
+                    f"nacf .npz recording {str(path)!r} lacks the key(s) "
+                    f"{', '.join(sorted(missing))} (it has {', '.join(z.files)})."
+                )
+            data = np.asarray(z["data"])
+            sfreq = float(z["sfreq"])
+            names = [str(n) for n in np.atleast_1d(z["ch_names"])]
+            start = float(z["start_time"]) if "start_time" in z.files else None
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise ValueError(f"nacf .npz recording {str(path)!r} is corrupt: {exc}") from None
+    if data.ndim != 2 or data.shape[1] != len(names):
+        raise ValueError(
+            f"nacf .npz recording {str(path)!r}: 'data' must have shape (n_times, "
+            f"{len(names)}) to match 'ch_names', got {data.shape}."
+        )
+    if not np.issubdtype(data.dtype, np.floating):
+        raise ValueError(
+            f"nacf .npz recording {str(path)!r}: 'data' must be floating point, got {data.dtype}."
+        )
+    if not math.isfinite(sfreq) or sfreq <= 0:
+        raise ValueError(f"nacf .npz recording {str(path)!r}: 'sfreq' must be > 0, got {sfreq}.")
+    start_time = (
+        _dt.datetime.fromtimestamp(start, tz=_dt.timezone.utc) if start is not None else None
+    )
+    return Recording(
+        data=np.ascontiguousarray(data, dtype=np.float64),
+        sfreq=sfreq,
+        ch_names=names,
+        path=path,
+        start_time=start_time,
+        format="npz",
+    )

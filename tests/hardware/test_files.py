@@ -1,0 +1,278 @@
+"""Readers against the real files in ../shared/data: values, rates and names as the files say."""
+
+from __future__ import annotations
+
+import datetime as dt
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nacf_core.hardware.files import (
+    Recording,
+    detect_format,
+    read_recording,
+    resolve_montage,
+    write_npz,
+)
+
+GUI = "openbci/gui"
+OPENBCI_FILES = [
+    f"{GUI}/OpenBCI_GUI-v6-blinks-jawClench-alpha.txt",
+    f"{GUI}/OpenBCI_GUI-v5-blinks-jawClench-alpha.txt",
+    f"{GUI}/OpenBCI-sampleData-1-blinks-jawClench-alpha.txt",
+    f"{GUI}/SDconverted-2014-10-22_16-27-06.txt",
+    f"{GUI}/OpenBCI-RAW-2016-07-21_17-46-29.txt",
+    f"{GUI}/OpenBCI-RAW-2016-07-27_14-10-53.txt",
+    "openbci/cyton-eyes/EyesClosed.txt",
+    "openbci/cyton-eyes/OpenBCI-RAW-EyesOpen.txt",
+]
+BRAINFLOW_FILES = [
+    "openbci/brainflow-csv/EyesSubject1Session1.csv",  # comma separated
+    "openbci/brainflow-csv/EyesSubject2Session1.csv",  # tab separated
+]
+
+
+def _data_rows(path: Path, sep: str) -> list[list[str]]:
+    """Independent parse: every line that starts with a digit or '-'."""
+    rows = []
+    for line in path.read_text().splitlines():
+        s = line.strip()
+        if s and (s[0].isdigit() or s[0] == "-"):
+            rows.append([f.strip() for f in s.split(sep)])
+    return rows
+
+
+def _edf_header(path: Path) -> dict:
+    """Read the EDF header by hand (EDF spec: 256 + 256 * ns bytes, ASCII)."""
+    raw = path.read_bytes()
+    ns = int(raw[252:256])
+    h = raw[256 : 256 + 256 * ns]
+
+    def field(offset: int, width: int) -> list[str]:
+        return [h[offset * ns + i * width : offset * ns + (i + 1) * width].decode().strip() for i in range(ns)]
+
+    labels = [h[i * 16 : (i + 1) * 16].decode().rstrip(" ") for i in range(ns)]
+    off = 16 + 80 + 8  # label, transducer, physical dimension
+    pmin = [float(x) for x in field(off, 8)]
+    pmax = [float(x) for x in field(off + 8, 8)]
+    dmin = [int(x) for x in field(off + 16, 8)]
+    dmax = [int(x) for x in field(off + 24, 8)]
+    nsamp = [int(x) for x in field(off + 32 + 80, 8)]
+    rec_dur = float(raw[244:252])
+    return dict(raw=raw, ns=ns, labels=labels, pmin=pmin, pmax=pmax, dmin=dmin, dmax=dmax,
+                nsamp=nsamp, rec_dur=rec_dur, header_bytes=256 + 256 * ns,
+                start=(raw[168:176].decode(), raw[176:184].decode()))
+
+
+# ---------------------------------------------------------------------------------------
+# EDF (EEGMMIDB)
+# ---------------------------------------------------------------------------------------
+
+
+def test_edf_values_rate_names_match_the_header(shared_data):
+    path = shared_data / "eegmmidb/S001/S001R03.edf"
+    h = _edf_header(path)
+    rec = read_recording(path, start_s=0, stop_s=2)
+    assert rec.format == "edf"
+    eeg = [i for i, lab in enumerate(h["labels"]) if lab != "EDF Annotations"]
+    assert rec.ch_names == [h["labels"][i] for i in eeg]  # unmodified, dots kept
+    assert rec.ch_names[:3] == ["Fc5.", "Fc3.", "Fc1."]
+    assert rec.sfreq == h["nsamp"][eeg[0]] / h["rec_dur"] == 160.0
+    assert rec.data.shape == (320, 64) and rec.data.dtype == np.float64
+    # first data record, decoded by hand: int16 little endian, channels one after another
+    rec_bytes = sum(h["nsamp"]) * 2
+    first = np.frombuffer(h["raw"][h["header_bytes"] : h["header_bytes"] + rec_bytes], "<i2")
+    n = h["nsamp"][0]
+    for ch in (0, 21, 63):
+        dig = first[ch * n : (ch + 1) * n].astype(float)
+        gain = (h["pmax"][ch] - h["pmin"][ch]) / (h["dmax"][ch] - h["dmin"][ch])
+        uv = (dig - h["dmin"][ch]) * gain + h["pmin"][ch]  # physical unit is uV
+        np.testing.assert_allclose(rec.data[:n, ch], uv, atol=1e-6)
+    dd, mm, yy = (int(x) for x in h["start"][0].split("."))
+    hh, mi, ss = (int(x) for x in h["start"][1].split("."))
+    assert rec.start_time == dt.datetime(2000 + yy, mm, dd, hh, mi, ss, tzinfo=dt.timezone.utc)
+
+
+def test_edf_time_range_and_annotations(shared_data):
+    path = shared_data / "eegmmidb/S001/S001R03.edf"
+    whole = read_recording(path, start_s=0, stop_s=10)
+    part = read_recording(path, start_s=4, stop_s=6)
+    assert part.data.shape == (320, 64)
+    np.testing.assert_array_equal(part.data, whole.data[640:960])
+    assert part.start_time - whole.start_time == dt.timedelta(seconds=4)
+    # EDF+ annotations: T0/T1/T2 events, onsets relative to the range start
+    assert {a.description for a in whole.annotations} <= {"T0", "T1", "T2"}
+    assert whole.annotations and whole.annotations[0].onset == 0.0
+    assert all(0 <= a.onset < 2 for a in part.annotations)
+    with pytest.raises(ValueError, match="past the end"):
+        read_recording(path, start_s=0, stop_s=10_000)
+    with pytest.raises(ValueError, match="stop_s"):
+        read_recording(path, start_s=5, stop_s=5)
+
+
+# ---------------------------------------------------------------------------------------
+# OpenBCI GUI text
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", OPENBCI_FILES)
+def test_openbci_values_match_the_file(shared_data, name):
+    path = shared_data / name
+    rec = read_recording(path)
+    assert rec.format == "openbci"
+    assert rec.sfreq == 250.0
+    assert rec.n_channels == 8 and rec.data.dtype == np.float64
+    rows = _data_rows(path, ",")
+    # the reader drops placeholder / truncated rows only
+    if "v5" in name:
+        assert all(float(x) == 0 for x in rows[0]) and rec.skipped_rows == 1
+        rows = rows[1:]
+    if rec.skipped_rows and "v5" not in name:
+        assert len(rows[-1]) < len(rows[0])  # a truncated last line
+        rows = rows[:-1]
+    assert rec.n_times == len(rows)
+    for k in (0, 1, len(rows) // 2, len(rows) - 1):
+        want = [float(x) for x in rows[k][1:9]]
+        np.testing.assert_array_equal(rec.data[k], want)
+
+
+def test_openbci_header_rate_and_names(shared_data, tmp_path):
+    # the v6 header says 250 Hz and names "EXG Channel N"; edit the rate in a copy
+    src = (shared_data / OPENBCI_FILES[0]).read_text().splitlines()[:200]
+    assert src[2] == "%Sample Rate = 250 Hz"
+    src[2] = "%Sample Rate = 500 Hz"
+    p = tmp_path / "v6-500.txt"
+    p.write_text("\n".join(src) + "\n")
+    rec = read_recording(p)
+    assert rec.sfreq == 500.0
+    assert rec.n_times == 195
+    montage = ["Fp1", "Fp2", "C3", "C4", "P7", "P8", "O1", "O2"]
+    assert read_recording(p, montage=montage).ch_names == montage
+    assert read_recording(p, montage=",".join(montage)).ch_names == montage
+    with pytest.raises(ValueError, match="expected 8 names, got 2"):
+        read_recording(p, montage="Fp1,Fp2")
+
+
+def test_openbci_start_time_from_posix_ms(shared_data):
+    rec = read_recording(shared_data / OPENBCI_FILES[0], start_s=0, stop_s=1)
+    assert rec.start_time == dt.datetime.fromtimestamp(1557936053.329, tz=dt.timezone.utc)
+    assert rec.n_times == 250
+
+
+def test_openbci_v5_v6_sampledata_are_the_same_session(shared_data):
+    a, b, c = (read_recording(shared_data / n, stop_s=20).data for n in OPENBCI_FILES[:3])
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, c)
+
+
+def test_openbci_malformed_middle_line_is_an_error(shared_data, tmp_path):
+    lines = (shared_data / OPENBCI_FILES[2]).read_text().splitlines()[:100]
+    lines[50] = "44, 1.0, oops, 3.0"
+    p = tmp_path / "bad.txt"
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match="malformed sample line 51"):
+        read_recording(p)
+
+
+# ---------------------------------------------------------------------------------------
+# BrainFlow CSV
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", BRAINFLOW_FILES)
+def test_brainflow_values_match_the_file(shared_data, name):
+    path = shared_data / name
+    sep = "\t" if "Subject2" in name else ","
+    rows = _data_rows(path, sep)
+    rec = read_recording(path)
+    assert rec.format == "brainflow" and rec.sfreq == 250.0
+    assert rec.n_times == len(rows) and rec.n_channels == 8
+    assert all(len(r) == 24 for r in rows[:10])
+    for k in (0, 1, 777, len(rows) - 1):
+        np.testing.assert_array_equal(rec.data[k], [float(x) for x in rows[k][1:9]])
+    assert rec.start_time == dt.datetime.fromtimestamp(float(rows[0][22]), tz=dt.timezone.utc)
+    # timestamps agree with the nominal 250 Hz
+    ts = np.array([float(r[22]) for r in rows])
+    assert abs((len(ts) - 1) / (ts[-1] - ts[0]) - 250.0) < 5.0
+
+
+def test_brainflow_counter_gaps_are_counted(shared_data):
+    rows = _data_rows(shared_data / BRAINFLOW_FILES[0], ",")
+    counter = np.array([int(float(r[0])) for r in rows])
+    step = np.diff(counter) % 256
+    assert read_recording(shared_data / BRAINFLOW_FILES[0]).counter_gaps == int((step - 1)[step > 1].sum()) > 0
+
+
+def test_brainflow_bad_column_count(tmp_path):
+    p = tmp_path / "short.csv"
+    p.write_text("1,2,3\n4,5,6\n")
+    with pytest.raises(ValueError, match="cannot tell the format"):
+        read_recording(p)
+    with pytest.raises(ValueError, match="24 \\(Cyton\\) and 32"):
+        read_recording(p, format="brainflow")
+
+
+# ---------------------------------------------------------------------------------------
+# nacf .npz, detection, errors
+# ---------------------------------------------------------------------------------------
+
+
+def test_npz_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    data = rng.normal(0, 50, (1000, 4))
+    t0 = dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+    p = write_npz(tmp_path / "rec", data, 250, ["Fp1", "Fp2", "O1", "O2"], start_time=t0)
+    assert p.suffix == ".npz" and detect_format(p) == "npz"
+    rec = read_recording(p)
+    assert isinstance(rec, Recording) and rec.format == "npz"
+    np.testing.assert_allclose(rec.data, data.astype(np.float32))
+    assert rec.sfreq == 250.0 and rec.ch_names == ["Fp1", "Fp2", "O1", "O2"]
+    assert rec.start_time == t0
+    part = read_recording(p, start_s=1.0, stop_s=2.0)
+    np.testing.assert_array_equal(part.data, rec.data[250:500])
+    assert part.start_time == t0 + dt.timedelta(seconds=1)
+
+
+def test_npz_missing_keys_and_corrupt(tmp_path):
+    p = tmp_path / "x.npz"
+    np.savez(p, data=np.zeros((10, 2), np.float32), sfreq=250.0)
+    with pytest.raises(ValueError, match="lacks the key\\(s\\) ch_names"):
+        read_recording(p)
+    q = tmp_path / "y.npz"
+    q.write_bytes(b"PK\x03\x04" + b"\x00" * 40)
+    with pytest.raises(ValueError, match="corrupt"):
+        read_recording(q)
+
+
+def test_unknown_and_missing_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_recording(tmp_path / "nope.edf")
+    p = tmp_path / "junk.bin"
+    p.write_bytes(bytes(range(256)))
+    with pytest.raises(ValueError, match="unknown binary format"):
+        read_recording(p)
+    e = tmp_path / "empty.txt"
+    e.write_bytes(b"")
+    with pytest.raises(ValueError, match="empty"):
+        read_recording(e)
+    with pytest.raises(ValueError, match="'format' parameter"):
+        read_recording(p, format="wav")
+
+
+def test_corrupt_edf_header(tmp_path):
+    p = tmp_path / "bad.edf"
+    p.write_bytes(b"0       " + b"x" * 248 + struct.pack("<h", 1) * 100)
+    with pytest.raises(ValueError, match="cannot read EDF file"):
+        read_recording(p)
+
+
+def test_resolve_montage_errors():
+    assert resolve_montage(None, 2, default=["a", "b"]) == ["a", "b"]
+    with pytest.raises(ValueError, match="twice: Fp1"):
+        resolve_montage("Fp1,Fp1", 2)
+    with pytest.raises(ValueError, match="empty channel name"):
+        resolve_montage("Fp1,", 2)
+    with pytest.raises(TypeError, match="'montage' must be"):
+        resolve_montage(3, 1)
