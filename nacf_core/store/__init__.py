@@ -1,0 +1,100 @@
+"""Template store: users, encrypted templates, devices, sessions, lockout, rate limits,
+audit log. One interface (:class:`Store`), two backends (SQLite, PostgreSQL).
+
+>>> store = open_store("sqlite:///nacf.db")                       # doctest: +SKIP
+>>> store = open_store("postgresql://nacf@db:5432/nacf?schema=auth")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..errors import InvalidArgument
+from .base import (
+    Attempt,
+    DeviceRecord,
+    LockoutState,
+    Session,
+    Stats,
+    Store,
+    TemplateRecord,
+    UserPage,
+    UserRecord,
+)
+from .crypto import Cipher, create_key_file, load_key
+
+__all__ = [
+    "open_store",
+    "Store",
+    "UserRecord",
+    "TemplateRecord",
+    "DeviceRecord",
+    "Session",
+    "Attempt",
+    "Stats",
+    "LockoutState",
+    "UserPage",
+    "Cipher",
+    "load_key",
+    "create_key_file",
+]
+
+
+def open_store(url: str | os.PathLike, key: Any = None, **options: Any) -> Store:
+    """Open (creating and migrating if needed) the store at ``url``.
+
+    Parameters
+    ----------
+    url : str | path-like
+        ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``,
+        ``sqlite:///:memory:``, a plain file path (SQLite), or
+        ``postgresql://user[:password]@host[:port]/dbname[?schema=NAME&pool_size=N]``
+        (``postgres://`` too). ``schema`` puts every table in that PostgreSQL schema
+        (created if missing).
+    key : bytes | str | path-like | None
+        The template encryption key; ``None`` reads ``NACF_TEMPLATE_KEY`` or
+        ``NACF_TEMPLATE_KEY_FILE`` (see :mod:`nacf_core.store.crypto`).
+    **options
+        Backend options: ``busy_timeout_s`` (SQLite); ``pool_size``,
+        ``connect_timeout_s`` (PostgreSQL).
+
+    Raises
+    ------
+    InvalidArgument
+        Unsupported URL scheme.
+    Unavailable
+        The database cannot be opened or reached.
+    FailedPrecondition
+        No key configured, or not the key the store was written with.
+    """
+    if isinstance(url, os.PathLike):
+        url = os.fspath(url)
+    if not isinstance(url, str) or not url:
+        raise InvalidArgument(f"'url' must be a non-empty store URL, got {url!r}.")
+    scheme = urlsplit(url).scheme.lower() if "://" in url else ""
+    if scheme in ("postgresql", "postgres"):
+        from .postgres import PostgresStore
+
+        return PostgresStore(url, key, **options)
+    if scheme == "sqlite":
+        path = url[len("sqlite://"):]
+        if path.startswith("/") and not path.startswith("//"):
+            path = path[1:]  # sqlite:///rel.db -> rel.db ; sqlite:////abs.db -> /abs.db
+        elif path.startswith("//"):
+            path = path[1:]
+        if not path:
+            raise InvalidArgument(f"SQLite URL {url!r} names no file: use sqlite:///path.db "
+                                  f"or sqlite:///:memory:.")
+        from .sqlite import SQLiteStore
+
+        return SQLiteStore(path, key, **options)
+    if scheme == "":
+        from .sqlite import SQLiteStore
+
+        return SQLiteStore(url, key, **options)
+    raise InvalidArgument(
+        f"Invalid value for the 'url' parameter. Allowed schemes are 'sqlite', "
+        f"'postgresql', but got {scheme!r} instead."
+    )

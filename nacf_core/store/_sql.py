@@ -1,0 +1,687 @@
+"""The SQL implementation shared by the SQLite and PostgreSQL backends.
+
+Backends supply connections and transactions (:meth:`SqlStore._transaction`), the list
+of migrations, the row-lock clause and the error classification; every query is
+written once here, with ``?`` placeholders (rewritten to ``%s`` for psycopg).
+Statements that both dialects accept: ``INSERT ... ON CONFLICT ... DO NOTHING / DO
+UPDATE``, ``UPDATE ... RETURNING``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import random
+import secrets
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
+from typing import Any, TypeVar
+
+from .._validation import check_finite_positive, check_int_range
+from ..errors import AlreadyExists, FailedPrecondition, InvalidArgument, NacfError, NotFound
+from .base import (
+    Attempt,
+    DeviceRecord,
+    LockoutState,
+    Session,
+    Stats,
+    Store,
+    TemplateRecord,
+    UserPage,
+    UserRecord,
+    _now,
+    utc_day_start,
+)
+from .crypto import Cipher
+
+__all__ = ["SqlStore", "Tx"]
+
+log = logging.getLogger("nacf.store")
+T = TypeVar("T")
+
+_MAX_ID = 256
+_KEYCHECK = b"nacf-template-key-check"
+
+
+def _check_id(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name!r} must be a str, got {type(value).__name__} instead.")
+    if not value or len(value) > _MAX_ID or not value.isprintable():
+        raise InvalidArgument(
+            f"{name!r} must be 1-{_MAX_ID} printable characters, got {value[:40]!r}"
+            f"{'...' if len(value) > 40 else ''} ({len(value)} characters)."
+        )
+    return value
+
+
+def _check_time(name: str, value: Any) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name!r} must be unix seconds (a real number), got {value!r}.") from None
+    if v != v or v in (float("inf"), float("-inf")):
+        raise InvalidArgument(f"{name!r} must be finite unix seconds, got {value!r}.")
+    return v
+
+
+def token_hash(token: str) -> str:
+    """The stored form of a session token: hex SHA-256."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+class Tx:
+    """A transaction handle: ``query`` returns rows, ``execute`` returns the row count."""
+
+    def __init__(self, cursor: Any, paramstyle: str) -> None:
+        self._cur = cursor
+        self._pg = paramstyle == "format"
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", "%s") if self._pg else sql
+
+    def query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        self._cur.execute(self._sql(sql), params)
+        return list(self._cur.fetchall())
+
+    def one(self, sql: str, params: tuple = ()) -> tuple | None:
+        rows = self.query(sql, params)
+        return rows[0] if rows else None
+
+    def execute(self, sql: str, params: tuple = ()) -> int:
+        self._cur.execute(self._sql(sql), params)
+        return self._cur.rowcount
+
+
+class SqlStore(Store):
+    """Common logic; see :class:`nacf_core.store.base.Store` for the contract."""
+
+    #: ``(version, name, [statements])`` in order; set by the backend.
+    MIGRATIONS: list[tuple[int, str, list[str]]] = []
+    #: appended to SELECTs that must lock the row they read.
+    FOR_UPDATE = ""
+    max_retries = 8
+
+    def __init__(self, key: Any) -> None:
+        self._cipher = Cipher(key)
+        # keys this process has used (after rotate_key), to read rows a concurrent
+        # writer encrypted under the previous key just before the rotation committed
+        self._known = {self._cipher.key_id: self._cipher}
+        self._closed = False
+
+    # -- backend hooks -------------------------------------------------------------
+    def _transaction(self, write: bool) -> AbstractContextManager[Tx]:  # pragma: no cover
+        raise NotImplementedError
+
+    def _is_retryable(self, exc: BaseException) -> bool:  # pragma: no cover
+        raise NotImplementedError
+
+    def _translate(self, exc: BaseException) -> BaseException | None:  # pragma: no cover
+        """Map a driver error to a domain error (or None to re-raise as is)."""
+        raise NotImplementedError
+
+    def _migration_lock(self, tx: Tx) -> None:
+        """Serialise concurrent ``migrate()`` calls (SQLite: BEGIN IMMEDIATE does it)."""
+
+    def _after_delete(self) -> None:
+        """Backend hook after a user's rows were deleted (SQLite: checkpoint)."""
+
+    # -- plumbing ------------------------------------------------------------------
+    def _run(self, fn: Callable[[Tx], T], *, write: bool = True) -> T:
+        if self._closed:
+            raise FailedPrecondition("The store is closed.")
+        delay = 0.002
+        for attempt in range(self.max_retries):
+            try:
+                with self._transaction(write) as tx:
+                    return fn(tx)
+            except NacfError:
+                raise
+            except Exception as exc:  # driver errors only: classify, retry or translate
+                if self._is_retryable(exc) and attempt < self.max_retries - 1:
+                    time.sleep(delay * (1 + random.random()))
+                    delay = min(delay * 2, 0.2)
+                    continue
+                mapped = self._translate(exc)
+                if mapped is None:
+                    raise
+                raise mapped from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _open(self) -> None:
+        """Run migrations and check the key against the store's key check."""
+        self.migrate()
+        self._run(self._check_key)
+
+    def _check_key(self, tx: Tx) -> None:
+        kid, ct = self._cipher.encrypt(_KEYCHECK, Cipher.aad("keycheck"))
+        tx.execute("INSERT INTO store_meta (k, key_id, v) VALUES ('keycheck', ?, ?) "
+                   "ON CONFLICT (k) DO NOTHING", (kid, ct))
+        row = tx.one("SELECT key_id, v FROM store_meta WHERE k = 'keycheck'")
+        assert row is not None
+        if row[0] != self._cipher.key_id:
+            raise FailedPrecondition(
+                f"Wrong template key: this store was written with key id {row[0]}, but the "
+                f"configured key (NACF_TEMPLATE_KEY / NACF_TEMPLATE_KEY_FILE / key=) has id "
+                f"{self._cipher.key_id}."
+            )
+        self._cipher.decrypt(row[0], row[1], Cipher.aad("keycheck"), "The store's key check")
+
+    def _dec(self, key_id: str, blob: bytes, aad: bytes, what: str) -> bytes:
+        return self._known.get(key_id, self._cipher).decrypt(key_id, blob, aad, what)
+
+    @property
+    def key_id(self) -> str:
+        return self._cipher.key_id
+
+    # -- migrations ----------------------------------------------------------------
+    def migrate(self) -> list[int]:
+        def fn(tx: Tx) -> list[int]:
+            self._migration_lock(tx)
+            tx.execute("CREATE TABLE IF NOT EXISTS schema_migrations ("
+                       "version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+                       "applied_at DOUBLE PRECISION NOT NULL)")
+            done = {r[0] for r in tx.query("SELECT version FROM schema_migrations")}
+            applied = []
+            for version, name, statements in self.MIGRATIONS:
+                if version in done:
+                    continue
+                for stmt in statements:
+                    tx.execute(stmt)
+                tx.execute("INSERT INTO schema_migrations (version, name, applied_at) "
+                           "VALUES (?, ?, ?)", (version, name, time.time()))
+                applied.append(version)
+            return applied
+
+        applied = self._run(fn)
+        if applied:
+            log.info("store schema migrated", extra={"backend": self.backend,
+                                                      "versions": applied})
+        return applied
+
+    def schema_version(self) -> int:
+        row = self._run(lambda tx: tx.one("SELECT MAX(version) FROM schema_migrations"),
+                        write=False)
+        return int(row[0] or 0) if row else 0
+
+    def ping(self) -> None:
+        self._run(lambda tx: tx.one("SELECT 1"), write=False)
+
+    # -- users and templates -------------------------------------------------------
+    def _template_aad(self, user_id: str, version: int, model_version: str) -> bytes:
+        return Cipher.aad("template", user_id, version, model_version)
+
+    def put_template(self, user_id, blob, model_version, meta=None, *, create_only=False,
+                     expected_version=None, now=None) -> int:
+        _check_id("user_id", user_id)
+        _check_id("model_version", model_version)
+        if not isinstance(blob, (bytes, bytearray, memoryview)):
+            raise TypeError(f"'blob' must be bytes, got {type(blob).__name__} instead.")
+        blob = bytes(blob)
+        if not blob:
+            raise InvalidArgument("'blob' must be a non-empty template (Template.to_bytes()).")
+        if expected_version is not None:
+            expected_version = check_int_range("expected_version", expected_version, 0)
+        try:
+            meta_json = json.dumps(dict(meta or {}), sort_keys=True)
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgument(f"'meta' must be JSON-serialisable: {exc}.") from None
+        t = _now(now)
+
+        def fn(tx: Tx) -> int:
+            created = tx.execute(
+                "INSERT INTO users (user_id, status, created_at, updated_at, "
+                "template_version, model_version) VALUES (?, 'active', ?, ?, 0, NULL) "
+                "ON CONFLICT (user_id) DO NOTHING", (user_id, t, t)) == 1
+            if create_only and not created:
+                raise AlreadyExists(f"User {user_id!r} is already enrolled; "
+                                    f"update it explicitly to replace its template.")
+            row = tx.one("SELECT template_version FROM users WHERE user_id = ?"
+                         + self.FOR_UPDATE, (user_id,))
+            current = int(row[0])
+            if expected_version is not None and current != expected_version:
+                raise FailedPrecondition(
+                    f"Template of user {user_id!r} is at version {current}, "
+                    f"expected {expected_version} (changed concurrently).")
+            new = current + 1
+            kid, ct = self._cipher.encrypt(blob, self._template_aad(user_id, new,
+                                                                   model_version))
+            tx.execute("UPDATE users SET template_version = ?, model_version = ?, "
+                       "updated_at = ? WHERE user_id = ?", (new, model_version, t, user_id))
+            tx.execute(
+                "INSERT INTO templates (user_id, version, model_version, key_id, "
+                "ciphertext, meta, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (user_id) DO UPDATE SET version = excluded.version, "
+                "model_version = excluded.model_version, key_id = excluded.key_id, "
+                "ciphertext = excluded.ciphertext, meta = excluded.meta, "
+                "created_at = excluded.created_at",
+                (user_id, new, model_version, kid, ct, meta_json, t))
+            return new
+
+        return self._run(fn)
+
+    def _decrypt_template(self, row: tuple) -> TemplateRecord:
+        user_id, version, model_version, kid, ct, meta, created = row
+        blob = self._dec(kid, ct, self._template_aad(user_id, version, model_version),
+                                    f"The template of user {user_id!r} (version {version})")
+        return TemplateRecord(user_id=user_id, version=int(version),
+                              model_version=model_version, blob=blob,
+                              meta=json.loads(meta), created_at=float(created))
+
+    _TEMPLATE_COLS = "t.user_id, t.version, t.model_version, t.key_id, t.ciphertext, " \
+                     "t.meta, t.created_at"
+
+    def get_template(self, user_id: str) -> TemplateRecord:
+        _check_id("user_id", user_id)
+        row = self._run(lambda tx: tx.one(
+            f"SELECT {self._TEMPLATE_COLS} FROM templates t WHERE t.user_id = ?",
+            (user_id,)), write=False)
+        if row is None:
+            raise NotFound(f"Unknown user {user_id!r}: no enrolled template.")
+        return self._decrypt_template(row)
+
+    def iter_templates(self, model_version: str | None = None) -> Iterator[TemplateRecord]:
+        last = ""
+        while True:
+            sql = (f"SELECT {self._TEMPLATE_COLS} FROM templates t JOIN users u "
+                   "ON u.user_id = t.user_id WHERE u.status = 'active' AND t.user_id > ?")
+            params: tuple = (last,)
+            if model_version is not None:
+                sql += " AND t.model_version = ?"
+                params += (model_version,)
+            sql += " ORDER BY t.user_id LIMIT 500"
+            rows = self._run(lambda tx: tx.query(sql, params), write=False)
+            for row in rows:
+                yield self._decrypt_template(row)
+            if len(rows) < 500:
+                return
+            last = rows[-1][0]
+
+    _USER_SQL = (
+        "SELECT u.user_id, u.status, u.created_at, u.updated_at, u.template_version, "
+        "u.model_version, COALESCE(l.failures, 0), l.locked_until, "
+        "(SELECT COUNT(*) FROM devices d WHERE d.user_id = u.user_id) "
+        "FROM users u LEFT JOIN lockouts l ON l.user_id = u.user_id ")
+
+    @staticmethod
+    def _user(row: tuple) -> UserRecord:
+        return UserRecord(user_id=row[0], status=row[1], created_at=float(row[2]),
+                          updated_at=float(row[3]), template_version=int(row[4]),
+                          model_version=row[5], failures=int(row[6]),
+                          locked_until=None if row[7] is None else float(row[7]),
+                          n_devices=int(row[8]))
+
+    def get_user(self, user_id: str) -> UserRecord:
+        _check_id("user_id", user_id)
+        row = self._run(lambda tx: tx.one(self._USER_SQL + "WHERE u.user_id = ?",
+                                          (user_id,)), write=False)
+        if row is None:
+            raise NotFound(f"Unknown user {user_id!r}.")
+        return self._user(row)
+
+    def list_users(self, page_size: int = 100, page_token: str = "") -> UserPage:
+        page_size = check_int_range("page_size", page_size, 1, 1000)
+        if not isinstance(page_token, str):
+            raise TypeError(f"'page_token' must be a str, got {type(page_token).__name__}.")
+        after = ""
+        if page_token:
+            try:
+                after = base64.urlsafe_b64decode(page_token.encode()).decode("utf-8")
+            except (binascii.Error, ValueError):
+                raise InvalidArgument(f"'page_token' is not a token this store issued: "
+                                      f"{page_token[:40]!r}.") from None
+        rows = self._run(lambda tx: tx.query(
+            self._USER_SQL + "WHERE u.user_id > ? ORDER BY u.user_id LIMIT ?",
+            (after, page_size + 1)), write=False)
+        users = [self._user(r) for r in rows[:page_size]]
+        token = ""
+        if len(rows) > page_size:
+            token = base64.urlsafe_b64encode(users[-1].user_id.encode()).decode()
+        return UserPage(users=users, next_page_token=token)
+
+    def delete_user(self, user_id: str) -> None:
+        _check_id("user_id", user_id)
+
+        def fn(tx: Tx) -> None:
+            if tx.one("SELECT 1 FROM users WHERE user_id = ?" + self.FOR_UPDATE,
+                      (user_id,)) is None:
+                raise NotFound(f"Unknown user {user_id!r}.")
+            tx.execute("DELETE FROM device_nonces WHERE device_id IN "
+                       "(SELECT device_id FROM devices WHERE user_id = ?)", (user_id,))
+            for table in ("templates", "devices", "sessions", "pad_fingerprints",
+                          "lockouts", "users"):
+                tx.execute(f"DELETE FROM {table} WHERE user_id = ?", (user_id,))
+
+        self._run(fn)
+        self._after_delete()
+
+    # -- devices and nonces --------------------------------------------------------
+    def register_device(self, user_id, device_id, secret, *, now=None) -> DeviceRecord:
+        _check_id("user_id", user_id)
+        _check_id("device_id", device_id)
+        if not isinstance(secret, str) or len(secret) < 16:
+            raise InvalidArgument("'secret' must be a str of at least 16 characters.")
+        t = _now(now)
+
+        def fn(tx: Tx) -> DeviceRecord:
+            if tx.one("SELECT 1 FROM users WHERE user_id = ?" + self.FOR_UPDATE,
+                      (user_id,)) is None:
+                raise NotFound(f"Unknown user {user_id!r}: enroll before registering a device.")
+            kid, ct = self._cipher.encrypt(secret.encode(),
+                                           Cipher.aad("device", device_id, user_id))
+            if tx.execute("INSERT INTO devices (device_id, user_id, key_id, secret_ct, "
+                          "created_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (device_id) "
+                          "DO NOTHING", (device_id, user_id, kid, ct, t)) == 0:
+                row = tx.one("SELECT user_id FROM devices WHERE device_id = ?"
+                             + self.FOR_UPDATE, (device_id,))
+                if row[0] != user_id:
+                    raise AlreadyExists(f"Device {device_id!r} is already registered to "
+                                        f"another user.")
+                tx.execute("UPDATE devices SET key_id = ?, secret_ct = ?, created_at = ? "
+                           "WHERE device_id = ?", (kid, ct, t, device_id))
+            return DeviceRecord(device_id=device_id, user_id=user_id, secret=secret,
+                                created_at=t)
+
+        return self._run(fn)
+
+    def get_device(self, device_id: str) -> DeviceRecord:
+        _check_id("device_id", device_id)
+        row = self._run(lambda tx: tx.one(
+            "SELECT device_id, user_id, key_id, secret_ct, created_at FROM devices "
+            "WHERE device_id = ?", (device_id,)), write=False)
+        if row is None:
+            raise NotFound(f"Unknown device {device_id!r}: register it with RegisterDevice.")
+        secret = self._dec(row[2], row[3], Cipher.aad("device", row[0], row[1]),
+                                      f"The secret of device {device_id!r}")
+        return DeviceRecord(device_id=row[0], user_id=row[1], secret=secret.decode(),
+                            created_at=float(row[4]))
+
+    def use_nonce(self, device_id, nonce, expires_at, *, now=None) -> bool:
+        _check_id("device_id", device_id)
+        _check_id("nonce", nonce)
+        expires_at = _check_time("expires_at", expires_at)
+        t = _now(now)
+
+        def fn(tx: Tx) -> bool:
+            tx.execute("DELETE FROM device_nonces WHERE expires_at <= ?", (t,))
+            return tx.execute("INSERT INTO device_nonces (device_id, nonce, expires_at) "
+                              "VALUES (?, ?, ?) ON CONFLICT (device_id, nonce) DO NOTHING",
+                              (device_id, nonce, expires_at)) == 1
+
+        return self._run(fn)
+
+    # -- sessions ------------------------------------------------------------------
+    _SESSION_COLS = "token_hash, user_id, created_at, expires_at, ended_at, end_reason, device_id"
+
+    @staticmethod
+    def _session(row: tuple, token: str | None = None) -> Session:
+        return Session(session_id=row[0], user_id=row[1], created_at=float(row[2]),
+                       expires_at=float(row[3]),
+                       ended_at=None if row[4] is None else float(row[4]),
+                       end_reason=row[5], device_id=row[6], token=token)
+
+    def create_session(self, user_id, ttl_s, *, device_id=None, now=None) -> Session:
+        _check_id("user_id", user_id)
+        ttl_s = check_finite_positive("ttl_s", ttl_s)
+        if device_id is not None:
+            _check_id("device_id", device_id)
+        t = _now(now)
+        token = secrets.token_urlsafe(32)
+        row = (token_hash(token), user_id, t, t + ttl_s, None, None, device_id)
+
+        def fn(tx: Tx) -> None:
+            if tx.one("SELECT 1 FROM users WHERE user_id = ?" + self.FOR_UPDATE,
+                      (user_id,)) is None:
+                raise NotFound(f"Unknown user {user_id!r}.")
+            tx.execute(f"INSERT INTO sessions ({self._SESSION_COLS}) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?)", row)
+
+        self._run(fn)
+        return self._session(row, token)
+
+    def get_session(self, token: str) -> Session:
+        if not isinstance(token, str) or not token:
+            raise InvalidArgument("'token' must be a non-empty session token string.")
+        row = self._run(lambda tx: tx.one(
+            f"SELECT {self._SESSION_COLS} FROM sessions WHERE token_hash = ?",
+            (token_hash(token),)), write=False)
+        if row is None:
+            raise NotFound("Unknown session token.")
+        return self._session(row)
+
+    def end_session(self, token: str, reason: str = "ended", *, now=None) -> Session:
+        if not isinstance(token, str) or not token:
+            raise InvalidArgument("'token' must be a non-empty session token string.")
+        _check_id("reason", reason)
+        t = _now(now)
+        h = token_hash(token)
+
+        def fn(tx: Tx) -> tuple | None:
+            tx.execute("UPDATE sessions SET ended_at = ?, end_reason = ? "
+                       "WHERE token_hash = ? AND ended_at IS NULL", (t, reason, h))
+            return tx.one(f"SELECT {self._SESSION_COLS} FROM sessions WHERE token_hash = ?",
+                          (h,))
+
+        row = self._run(fn)
+        if row is None:
+            raise NotFound("Unknown session token.")
+        return self._session(row)
+
+    def count_active_sessions(self, now=None) -> int:
+        t = _now(now)
+        row = self._run(lambda tx: tx.one(
+            "SELECT COUNT(*) FROM sessions WHERE ended_at IS NULL AND expires_at > ?", (t,)),
+            write=False)
+        return int(row[0])
+
+    def expire_sessions(self, now=None) -> list[Session]:
+        t = _now(now)
+        rows = self._run(lambda tx: tx.query(
+            "UPDATE sessions SET ended_at = expires_at, end_reason = 'expired' "
+            f"WHERE ended_at IS NULL AND expires_at <= ? RETURNING {self._SESSION_COLS}",
+            (t,)))
+        return [self._session(r) for r in rows]
+
+    # -- lockout and rate limits ---------------------------------------------------
+    def register_failure(self, user_id, max_failures, lock_seconds, now=None):
+        _check_id("user_id", user_id)
+        max_failures = check_int_range("max_failures", max_failures, 1)
+        lock_seconds = check_finite_positive("lock_seconds", lock_seconds)
+        t = _now(now)
+
+        def fn(tx: Tx) -> tuple[int, float | None]:
+            tx.execute("INSERT INTO lockouts (user_id, failures, locked_until, updated_at) "
+                       "VALUES (?, 0, NULL, ?) ON CONFLICT (user_id) DO NOTHING", (user_id, t))
+            failures, locked_until = tx.one(
+                "SELECT failures, locked_until FROM lockouts WHERE user_id = ?"
+                + self.FOR_UPDATE, (user_id,))
+            if locked_until is not None and locked_until <= t:  # lock over: new streak
+                failures, locked_until = 0, None
+            failures += 1
+            if failures >= max_failures and locked_until is None:
+                locked_until = t + lock_seconds
+            tx.execute("UPDATE lockouts SET failures = ?, locked_until = ?, updated_at = ? "
+                       "WHERE user_id = ?", (failures, locked_until, t, user_id))
+            return int(failures), None if locked_until is None else float(locked_until)
+
+        return self._run(fn)
+
+    def reset_failures(self, user_id: str) -> None:
+        _check_id("user_id", user_id)
+        self._run(lambda tx: tx.execute(
+            "UPDATE lockouts SET failures = 0 WHERE user_id = ? AND failures <> 0", (user_id,)))
+
+    def unlock_user(self, user_id: str) -> None:
+        _check_id("user_id", user_id)
+
+        def fn(tx: Tx) -> None:
+            if tx.one("SELECT 1 FROM users WHERE user_id = ?", (user_id,)) is None:
+                raise NotFound(f"Unknown user {user_id!r}.")
+            tx.execute("DELETE FROM lockouts WHERE user_id = ?", (user_id,))
+
+        self._run(fn)
+
+    def get_lockout(self, user_id: str) -> LockoutState:
+        _check_id("user_id", user_id)
+        row = self._run(lambda tx: tx.one(
+            "SELECT failures, locked_until FROM lockouts WHERE user_id = ?", (user_id,)),
+            write=False)
+        if row is None:
+            return LockoutState(0, None)
+        return LockoutState(int(row[0]), None if row[1] is None else float(row[1]))
+
+    def take_token(self, client_id, rate_per_s, burst, now=None) -> bool:
+        _check_id("client_id", client_id)
+        rate = float(rate_per_s)
+        if not rate >= 0 or rate == float("inf"):
+            raise InvalidArgument(f"'rate_per_s' must be a finite number >= 0, got {rate_per_s!r}.")
+        burst = check_finite_positive("burst", burst)
+        t = _now(now)
+
+        def fn(tx: Tx) -> bool:
+            tx.execute("INSERT INTO rate_buckets (client_id, tokens, updated_at) "
+                       "VALUES (?, ?, ?) ON CONFLICT (client_id) DO NOTHING",
+                       (client_id, burst, t))
+            tokens, updated = tx.one("SELECT tokens, updated_at FROM rate_buckets "
+                                     "WHERE client_id = ?" + self.FOR_UPDATE, (client_id,))
+            tokens = min(burst, tokens + max(0.0, t - updated) * rate)
+            ok = tokens >= 1.0
+            if ok:
+                tokens -= 1.0
+            tx.execute("UPDATE rate_buckets SET tokens = ?, updated_at = ? WHERE client_id = ?",
+                       (tokens, max(t, updated), client_id))
+            return ok
+
+        return self._run(fn)
+
+    # -- audit log and stats -------------------------------------------------------
+    def record_attempt(self, user_id, success, score, reason, peer, duration_s, method,
+                       *, now=None) -> None:
+        if not isinstance(user_id, str) or len(user_id) > _MAX_ID:
+            raise InvalidArgument(f"'user_id' must be a str of at most {_MAX_ID} characters.")
+        row = (user_id, _now(now), bool(success), None if score is None else float(score),
+               str(reason)[:200], str(peer)[:200], float(duration_s), str(method)[:64])
+        self._run(lambda tx: tx.execute(
+            "INSERT INTO auth_attempts (user_id, ts, success, score, reason, peer, "
+            "duration_s, method) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row))
+
+    def recent_attempts(self, user_id=None, limit=100) -> list[Attempt]:
+        limit = check_int_range("limit", limit, 1, 100_000)
+        sql = ("SELECT user_id, ts, success, score, reason, peer, duration_s, method "
+               "FROM auth_attempts")
+        params: tuple = ()
+        if user_id is not None:
+            sql += " WHERE user_id = ?"
+            params = (user_id,)
+        sql += " ORDER BY ts DESC, id DESC LIMIT ?"
+        rows = self._run(lambda tx: tx.query(sql, params + (limit,)), write=False)
+        return [Attempt(r[0], float(r[1]), bool(r[2]), None if r[3] is None else float(r[3]),
+                        r[4], r[5], float(r[6]), r[7]) for r in rows]
+
+    def purge_attempts(self, older_than: float) -> int:
+        t = _check_time("older_than", older_than)
+        return self._run(lambda tx: tx.execute("DELETE FROM auth_attempts WHERE ts < ?", (t,)))
+
+    def stats(self, now=None) -> Stats:
+        day = utc_day_start(_now(now))
+        row = self._run(lambda tx: tx.one(
+            "SELECT (SELECT COUNT(*) FROM users WHERE status = 'active'), "
+            "(SELECT COUNT(DISTINCT user_id) FROM auth_attempts WHERE ts >= ?), "
+            "(SELECT COUNT(*) FROM auth_attempts WHERE ts >= ?), "
+            "(SELECT SUM(CASE WHEN success THEN 1 ELSE 0 END) FROM auth_attempts "
+            "WHERE ts >= ?)", (day, day, day)), write=False)
+        n = int(row[2])
+        rate = round(int(row[3] or 0) * 100.0 / n, 2) if n else None
+        return Stats(total_active_users=int(row[0]), active_users_today=int(row[1]),
+                     attempts_today=n, success_rate_today=rate)
+
+    # -- PAD fingerprints ----------------------------------------------------------
+    def add_fingerprints(self, user_id, fingerprints, kind="probe", *, replace=False,
+                         now=None) -> None:
+        _check_id("user_id", user_id)
+        if kind not in ("enroll", "probe"):
+            raise InvalidArgument(f"Invalid value for the 'kind' parameter. Allowed values "
+                                  f"are 'enroll', 'probe', but got {kind!r} instead.")
+        fps = [bytes(f) for f in fingerprints]
+        t = _now(now)
+        rows = []
+        for fp in fps:
+            kid, ct = self._cipher.encrypt(fp, Cipher.aad("pad", user_id, kind))
+            rows.append((user_id, kind, t, kid, ct))
+
+        def fn(tx: Tx) -> None:
+            if replace:
+                tx.execute("DELETE FROM pad_fingerprints WHERE user_id = ? AND kind = ?",
+                           (user_id, kind))
+            for r in rows:
+                tx.execute("INSERT INTO pad_fingerprints (user_id, kind, created_at, key_id, "
+                           "ciphertext) VALUES (?, ?, ?, ?, ?)", r)
+            if kind == "probe":
+                tx.execute("DELETE FROM pad_fingerprints WHERE user_id = ? AND kind = 'probe' "
+                           "AND id NOT IN (SELECT id FROM pad_fingerprints WHERE user_id = ? "
+                           "AND kind = 'probe' ORDER BY id DESC LIMIT ?)",
+                           (user_id, user_id, int(self.pad_history)))
+
+        self._run(fn)
+
+    def get_fingerprints(self, user_id: str) -> list[tuple[str, bytes]]:
+        _check_id("user_id", user_id)
+        rows = self._run(lambda tx: tx.query(
+            "SELECT kind, key_id, ciphertext FROM pad_fingerprints WHERE user_id = ? "
+            "ORDER BY id", (user_id,)), write=False)
+        return [(k, self._dec(kid, ct, Cipher.aad("pad", user_id, k),
+                                         f"A PAD fingerprint of user {user_id!r}"))
+                for k, kid, ct in rows]
+
+    # -- key rotation --------------------------------------------------------------
+    def rotate_key(self, new_key) -> int:
+        new = Cipher(new_key)
+        old = self._cipher
+
+        def fn(tx: Tx) -> int:
+            n = 0
+            for uid, ver, mv, kid, ct in tx.query(
+                    "SELECT user_id, version, model_version, key_id, ciphertext FROM templates"
+                    + self.FOR_UPDATE):
+                aad = self._template_aad(uid, ver, mv)
+                pt = old.decrypt(kid, ct, aad, f"The template of user {uid!r}")
+                nkid, nct = new.encrypt(pt, aad)
+                tx.execute("UPDATE templates SET key_id = ?, ciphertext = ? WHERE user_id = ?",
+                           (nkid, nct, uid))
+                n += 1
+            for did, uid, kid, ct in tx.query(
+                    "SELECT device_id, user_id, key_id, secret_ct FROM devices"
+                    + self.FOR_UPDATE):
+                aad = Cipher.aad("device", did, uid)
+                nkid, nct = new.encrypt(old.decrypt(kid, ct, aad, f"Device {did!r}"), aad)
+                tx.execute("UPDATE devices SET key_id = ?, secret_ct = ? WHERE device_id = ?",
+                           (nkid, nct, did))
+                n += 1
+            for rid, uid, kind, kid, ct in tx.query(
+                    "SELECT id, user_id, kind, key_id, ciphertext FROM pad_fingerprints"
+                    + self.FOR_UPDATE):
+                aad = Cipher.aad("pad", uid, kind)
+                nkid, nct = new.encrypt(old.decrypt(kid, ct, aad, "A PAD fingerprint"), aad)
+                tx.execute("UPDATE pad_fingerprints SET key_id = ?, ciphertext = ? "
+                           "WHERE id = ?", (nkid, nct, rid))
+                n += 1
+            kid, ct = new.encrypt(_KEYCHECK, Cipher.aad("keycheck"))
+            tx.execute("UPDATE store_meta SET key_id = ?, v = ? WHERE k = 'keycheck'",
+                       (kid, ct))
+            # switch before COMMIT: SQLite writers waiting on BEGIN IMMEDIATE and
+            # PostgreSQL writers waiting on these row locks then encrypt under the new key
+            self._known[new.key_id] = new
+            self._cipher = new
+            return n
+
+        try:
+            n = self._run(fn)
+        except BaseException:
+            self._cipher = old
+            raise
+        log.info("template key rotated", extra={"old_key_id": old.key_id,
+                                                 "new_key_id": new.key_id, "rows": n})
+        return n

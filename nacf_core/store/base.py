@@ -1,0 +1,343 @@
+"""The template-store interface shared by every backend, and its record types.
+
+A :class:`Store` keeps everything the service needs to share between replicas:
+
+- users and their encrypted templates (opaque ``bytes`` from ``Template.to_bytes()``,
+  versioned, tagged with the ``model_version`` they were computed with);
+- headsets bound to users (``devices``, secret encrypted) and the device-proof nonces
+  already used (replay protection with expiry);
+- sessions (only a SHA-256 hash of the token is stored);
+- lockout state (consecutive failures, ``locked_until``) and per-client token buckets;
+- the ``auth_attempts`` audit log and the monitoring guide's stats query;
+- presentation-attack fingerprints per user (bounded history, encrypted);
+- the ``schema_migrations`` table, applied idempotently at open.
+
+Times are unix seconds (``float``), passed in by the caller (``now=``) so that tests
+and replicas agree on one clock; ``None`` means ``time.time()``.  Every mutating
+operation is one transaction: SQLite ``BEGIN IMMEDIATE``, PostgreSQL row locks
+(``SELECT ... FOR UPDATE`` / ``INSERT ... ON CONFLICT``) with retry on serialization
+failures and deadlocks.
+
+Nothing here logs a template, a secret, a token or a fingerprint.
+"""
+
+from __future__ import annotations
+
+import abc
+import datetime as _dt
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "Store",
+    "UserRecord",
+    "TemplateRecord",
+    "DeviceRecord",
+    "Session",
+    "Attempt",
+    "Stats",
+    "LockoutState",
+    "UserPage",
+    "utc_day_start",
+]
+
+
+def utc_day_start(now: float) -> float:
+    """Unix time of 00:00 UTC of the day containing ``now`` (the guide's ``CURRENT_DATE``)."""
+    d = _dt.datetime.fromtimestamp(now, tz=_dt.timezone.utc).date()
+    return _dt.datetime(d.year, d.month, d.day, tzinfo=_dt.timezone.utc).timestamp()
+
+
+def _now(now: float | None) -> float:
+    return time.time() if now is None else float(now)
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    """A user row. ``template_version`` is 0 for a user without a template."""
+
+    user_id: str
+    status: str
+    created_at: float
+    updated_at: float
+    template_version: int
+    model_version: str | None
+    failures: int = 0
+    locked_until: float | None = None
+    n_devices: int = 0
+
+
+@dataclass(frozen=True)
+class TemplateRecord:
+    """A decrypted template. ``blob`` is what ``Template.to_bytes()`` produced."""
+
+    user_id: str
+    version: int
+    model_version: str
+    blob: bytes = field(repr=False)
+    meta: dict[str, Any]
+    created_at: float
+
+
+@dataclass(frozen=True)
+class DeviceRecord:
+    """A headset bound to a user; ``secret`` is decrypted (never log it)."""
+
+    device_id: str
+    user_id: str
+    secret: str = field(repr=False)
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Session:
+    """A session. ``token`` is only set on the object ``create_session`` returns."""
+
+    session_id: str  # hex SHA-256 of the token: safe to log
+    user_id: str
+    created_at: float
+    expires_at: float
+    ended_at: float | None
+    end_reason: str | None
+    device_id: str | None = None
+    token: str | None = field(default=None, repr=False)
+
+    def is_active(self, now: float | None = None) -> bool:
+        """Not ended and not expired at ``now``."""
+        return self.ended_at is None and _now(now) < self.expires_at
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One row of the ``auth_attempts`` audit log."""
+
+    user_id: str
+    ts: float
+    success: bool
+    score: float | None
+    reason: str
+    peer: str
+    duration_s: float
+    method: str
+
+
+@dataclass(frozen=True)
+class Stats:
+    """The monitoring guide's ``get_auth_stats()``.
+
+    ``success_rate_today`` is a percentage rounded to 2 decimals as in the guide
+    (``None`` when there were no attempts today). "Today" starts at 00:00 UTC.
+    """
+
+    total_active_users: int
+    active_users_today: int
+    attempts_today: int
+    success_rate_today: float | None
+
+
+@dataclass(frozen=True)
+class LockoutState:
+    """Consecutive failures and the time the lock ends (``None``: not locked)."""
+
+    failures: int
+    locked_until: float | None
+
+    def is_locked(self, now: float | None = None) -> bool:
+        return self.locked_until is not None and _now(now) < self.locked_until
+
+
+@dataclass(frozen=True)
+class UserPage:
+    """One page of :meth:`Store.list_users`; ``next_page_token`` is ``""`` on the last page."""
+
+    users: list[UserRecord]
+    next_page_token: str
+
+
+class Store(abc.ABC):
+    """The store interface. Use :func:`nacf_core.store.open_store` to get one.
+
+    Thread-safe; usable as a context manager (``close()`` on exit).
+    """
+
+    backend: str = ""
+    #: Number of PAD fingerprint rows of kind ``"probe"`` kept per user.
+    pad_history: int = 64
+
+    # -- lifecycle -----------------------------------------------------------------
+    @abc.abstractmethod
+    def migrate(self) -> list[int]:
+        """Apply pending schema migrations (idempotent); return the versions applied."""
+
+    @abc.abstractmethod
+    def schema_version(self) -> int:
+        """Highest applied migration version."""
+
+    @abc.abstractmethod
+    def ping(self) -> None:
+        """Raise :class:`~nacf_core.errors.Unavailable` unless the store answers."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release every connection. Idempotent."""
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- users and templates -------------------------------------------------------
+    @abc.abstractmethod
+    def put_template(
+        self,
+        user_id: str,
+        blob: bytes,
+        model_version: str,
+        meta: Mapping[str, Any] | None = None,
+        *,
+        create_only: bool = False,
+        expected_version: int | None = None,
+        now: float | None = None,
+    ) -> int:
+        """Create the user or replace its template, atomically; return the new version.
+
+        ``create_only``: raise ``AlreadyExists`` if the user exists.
+        ``expected_version``: raise ``FailedPrecondition`` unless the current version is
+        this (0 for "no template yet"); an optimistic-concurrency check.
+        The version increases by one on every write; the old ciphertext is replaced in
+        the same transaction (never a torn template).
+        """
+
+    @abc.abstractmethod
+    def get_template(self, user_id: str) -> TemplateRecord:
+        """The current template, decrypted. ``NotFound`` for an unknown user or none."""
+
+    @abc.abstractmethod
+    def iter_templates(self, model_version: str | None = None) -> Iterator[TemplateRecord]:
+        """Every active user's template (for 1:N), optionally only one model version."""
+
+    @abc.abstractmethod
+    def get_user(self, user_id: str) -> UserRecord:
+        """``NotFound`` for an unknown user."""
+
+    @abc.abstractmethod
+    def list_users(self, page_size: int = 100, page_token: str = "") -> UserPage:
+        """Users ordered by id; pass ``next_page_token`` back to get the next page."""
+
+    @abc.abstractmethod
+    def delete_user(self, user_id: str) -> None:
+        """Remove the user, its template, devices, sessions, fingerprints and lockout
+        state for real (rows deleted, not flagged). Audit rows keep the user id only.
+        ``NotFound`` for an unknown user."""
+
+    # -- devices and proof nonces --------------------------------------------------
+    @abc.abstractmethod
+    def register_device(
+        self, user_id: str, device_id: str, secret: str, *, now: float | None = None
+    ) -> DeviceRecord:
+        """Bind ``device_id`` to ``user_id`` (re-binding replaces the secret).
+        ``NotFound`` for an unknown user; ``AlreadyExists`` if bound to another user."""
+
+    @abc.abstractmethod
+    def get_device(self, device_id: str) -> DeviceRecord:
+        """``NotFound`` for an unknown device."""
+
+    @abc.abstractmethod
+    def use_nonce(self, device_id: str, nonce: str, expires_at: float,
+                  *, now: float | None = None) -> bool:
+        """Record a device-proof nonce; ``False`` if it was already used and has not
+        expired (a replay). Expired nonces are purged."""
+
+    # -- sessions ------------------------------------------------------------------
+    @abc.abstractmethod
+    def create_session(self, user_id: str, ttl_s: float, *, device_id: str | None = None,
+                       now: float | None = None) -> Session:
+        """Open a session; the returned object carries the token (shown once)."""
+
+    @abc.abstractmethod
+    def get_session(self, token: str) -> Session:
+        """``NotFound`` for an unknown token (ended/expired sessions are returned;
+        check :meth:`Session.is_active`)."""
+
+    @abc.abstractmethod
+    def end_session(self, token: str, reason: str = "ended", *,
+                    now: float | None = None) -> Session:
+        """End a session (idempotent: an ended session keeps its first end time)."""
+
+    @abc.abstractmethod
+    def count_active_sessions(self, now: float | None = None) -> int:
+        """Sessions neither ended nor expired at ``now``."""
+
+    @abc.abstractmethod
+    def expire_sessions(self, now: float | None = None) -> list[Session]:
+        """Mark sessions past their expiry as ended (reason ``"expired"``); return them."""
+
+    # -- lockout and rate limits ---------------------------------------------------
+    @abc.abstractmethod
+    def register_failure(self, user_id: str, max_failures: int, lock_seconds: float,
+                         now: float | None = None) -> tuple[int, float | None]:
+        """Atomically count one more consecutive failure; lock when it reaches
+        ``max_failures``. Return ``(failures, locked_until)``."""
+
+    @abc.abstractmethod
+    def reset_failures(self, user_id: str) -> None:
+        """A success: consecutive failures back to 0 (the lock, if any, stays)."""
+
+    @abc.abstractmethod
+    def unlock_user(self, user_id: str) -> None:
+        """Admin unlock: failures 0 and no lock. ``NotFound`` for an unknown user."""
+
+    @abc.abstractmethod
+    def get_lockout(self, user_id: str) -> LockoutState:
+        """Current lockout state (``failures=0, locked_until=None`` when none)."""
+
+    @abc.abstractmethod
+    def take_token(self, client_id: str, rate_per_s: float, burst: float,
+                   now: float | None = None) -> bool:
+        """Token bucket: refill at ``rate_per_s`` up to ``burst``; take one token if
+        available and return ``True``, else ``False``. Atomic across replicas."""
+
+    # -- audit log and stats -------------------------------------------------------
+    @abc.abstractmethod
+    def record_attempt(self, user_id: str, success: bool, score: float | None, reason: str,
+                       peer: str, duration_s: float, method: str,
+                       *, now: float | None = None) -> None:
+        """Append one audit row."""
+
+    @abc.abstractmethod
+    def recent_attempts(self, user_id: str | None = None, limit: int = 100) -> list[Attempt]:
+        """Newest first."""
+
+    @abc.abstractmethod
+    def purge_attempts(self, older_than: float) -> int:
+        """Delete audit rows with ``ts < older_than``; return how many."""
+
+    @abc.abstractmethod
+    def stats(self, now: float | None = None) -> Stats:
+        """The monitoring guide's stats query (day boundary at 00:00 UTC)."""
+
+    # -- presentation-attack fingerprints -------------------------------------------
+    @abc.abstractmethod
+    def add_fingerprints(self, user_id: str, fingerprints: list[bytes], kind: str = "probe",
+                         *, replace: bool = False, now: float | None = None) -> None:
+        """Store PAD fingerprints (encrypted). ``kind`` is ``"enroll"`` or ``"probe"``;
+        ``replace`` drops the user's earlier rows of that kind first. Probe rows beyond
+        :attr:`pad_history` per user are dropped, oldest first."""
+
+    @abc.abstractmethod
+    def get_fingerprints(self, user_id: str) -> list[tuple[str, bytes]]:
+        """``[(kind, fingerprint), ...]`` oldest first."""
+
+    # -- key management ------------------------------------------------------------
+    @abc.abstractmethod
+    def rotate_key(self, new_key: bytes | str) -> int:
+        """Re-encrypt every template, device secret and fingerprint under ``new_key`` in
+        one transaction; afterwards the store uses the new key. Return rows re-encrypted."""
+
+    @property
+    @abc.abstractmethod
+    def key_id(self) -> str:
+        """Id of the key in use (safe to log)."""

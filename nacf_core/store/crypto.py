@@ -1,0 +1,151 @@
+"""Encryption at rest for templates, device secrets and PAD fingerprints (AES-256-GCM).
+
+The key never comes from the database: pass it to ``open_store(url, key=...)`` or set
+
+- ``NACF_TEMPLATE_KEY``: the 32-byte key, base64 (standard or url-safe), or
+- ``NACF_TEMPLATE_KEY_FILE``: a file holding that base64 text (or the 32 raw bytes).
+
+Make one with ``python -c "import os,base64;print(base64.b64encode(os.urandom(32)).decode())"``
+or :func:`create_key_file`.
+
+Each ciphertext is stored with the id of its key (a hash of the key, safe to log) and a
+fresh 96-bit nonce.  The associated data binds it to its row (kind, user id, version,
+...), so a ciphertext copied into another user's row, or another version, fails to
+decrypt instead of authenticating someone else.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from ..errors import FailedPrecondition, InvalidArgument
+
+__all__ = ["Cipher", "load_key", "create_key_file", "KEY_ENV", "KEY_FILE_ENV"]
+
+KEY_ENV = "NACF_TEMPLATE_KEY"
+KEY_FILE_ENV = "NACF_TEMPLATE_KEY_FILE"
+KEY_BYTES = 32
+
+
+def _decode_key(text: bytes, source: str) -> bytes:
+    s = text.strip()
+    for decoder in (base64.b64decode, base64.urlsafe_b64decode):
+        try:
+            raw = decoder(s + b"=" * (-len(s) % 4))
+        except (binascii.Error, ValueError):
+            continue
+        if len(raw) == KEY_BYTES:
+            return raw
+    if len(text) == KEY_BYTES:  # raw key bytes (base64 of 32 bytes is 44 characters)
+        return bytes(text)
+    raise InvalidArgument(
+        f"The template key from {source} must be {KEY_BYTES} bytes, base64-encoded "
+        f"(44 characters), or {KEY_BYTES} raw bytes; got {len(s)} characters that do "
+        f"not decode to {KEY_BYTES} bytes."
+    )
+
+
+def load_key(key: bytes | str | os.PathLike | None = None) -> bytes:
+    """Resolve the 32-byte key.
+
+    Parameters
+    ----------
+    key : bytes | str | path-like | None
+        32 raw bytes, a base64 string, or a :class:`pathlib.Path` to a key file.
+        ``None`` reads ``NACF_TEMPLATE_KEY``, then ``NACF_TEMPLATE_KEY_FILE``.
+
+    Raises
+    ------
+    FailedPrecondition
+        No key configured.
+    InvalidArgument
+        The key is malformed (the message says what was expected).
+    """
+    if isinstance(key, (bytes, bytearray, memoryview)):
+        key = bytes(key)
+        if len(key) == KEY_BYTES:
+            return key
+        return _decode_key(key, "the 'key' parameter")
+    if isinstance(key, os.PathLike):
+        return _read_key_file(Path(key))
+    if isinstance(key, str):
+        return _decode_key(key.encode(), "the 'key' parameter")
+    if key is not None:
+        raise TypeError(
+            f"'key' must be bytes, a base64 str, a path or None, got {type(key).__name__}."
+        )
+    env = os.environ.get(KEY_ENV)
+    if env:
+        return _decode_key(env.encode(), f"${KEY_ENV}")
+    path = os.environ.get(KEY_FILE_ENV)
+    if path:
+        return _read_key_file(Path(path))
+    raise FailedPrecondition(
+        f"No template encryption key configured: set {KEY_ENV} (base64 of 32 bytes) or "
+        f"{KEY_FILE_ENV} (path to a key file), or pass key= to open_store()."
+    )
+
+
+def _read_key_file(path: Path) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise FailedPrecondition(f"Cannot read the template key file {str(path)!r}: "
+                                 f"{exc.strerror or exc}.") from None
+    return _decode_key(data, f"the key file {str(path)!r}")
+
+
+def create_key_file(path: str | os.PathLike) -> bytes:
+    """Write a fresh random key (base64) to ``path`` with mode 0600 and return it.
+
+    Refuses to overwrite an existing file (raises ``FileExistsError``).
+    """
+    key = os.urandom(KEY_BYTES)
+    fd = os.open(os.fspath(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(base64.b64encode(key) + b"\n")
+    return key
+
+
+class Cipher:
+    """AES-256-GCM with a key id and row-binding associated data."""
+
+    def __init__(self, key: bytes | str | os.PathLike | None = None) -> None:
+        raw = load_key(key)
+        self._aead = AESGCM(raw)
+        self.key_id = hashlib.sha256(b"nacf-template-key-id\0" + raw).hexdigest()[:16]
+
+    @staticmethod
+    def aad(*parts: object) -> bytes:
+        """Associated data from the row's identity, e.g. ``aad("template", uid, 3)``."""
+        return "\x1f".join(str(p) for p in parts).encode("utf-8")
+
+    def encrypt(self, plaintext: bytes, aad: bytes) -> tuple[str, bytes]:
+        """Return ``(key_id, nonce + ciphertext)``."""
+        nonce = os.urandom(12)
+        return self.key_id, nonce + self._aead.encrypt(nonce, bytes(plaintext), aad)
+
+    def decrypt(self, key_id: str, blob: bytes, aad: bytes, what: str) -> bytes:
+        """Decrypt; raise ``FailedPrecondition`` naming ``what`` on a wrong key or a
+        ciphertext that was tampered with or moved to another row."""
+        if key_id != self.key_id:
+            raise FailedPrecondition(
+                f"{what} was encrypted with key id {key_id}, but the configured template "
+                f"key has id {self.key_id}: configure the key this store was written with "
+                f"(or rotate_key() from it)."
+            )
+        blob = bytes(blob)
+        try:
+            return self._aead.decrypt(blob[:12], blob[12:], aad)
+        except InvalidTag:
+            raise FailedPrecondition(
+                f"{what} failed authentication: the ciphertext was altered or does not "
+                f"belong to this row."
+            ) from None

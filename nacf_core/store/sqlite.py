@@ -1,0 +1,188 @@
+"""SQLite backend: the embedded default (one file, WAL, no server).
+
+- One connection per thread (``sqlite3`` connections are not shared between threads);
+  ``:memory:`` uses a single connection behind a lock, since each in-memory connection
+  would otherwise be its own database.
+- ``journal_mode=WAL`` (readers never block the writer), ``busy_timeout`` (writers wait
+  for each other instead of failing), ``synchronous=NORMAL`` (in WAL mode: durable
+  against a process crash such as ``kill -9``; a power loss may drop the last commits
+  but never tears one), ``secure_delete=ON`` (deleted rows are zeroed in the file),
+  ``foreign_keys=ON``.
+- Writes run in ``BEGIN IMMEDIATE`` transactions, so a read-modify-write (version bump,
+  failure counter, token bucket) is serialised across threads *and* processes.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ..errors import Unavailable
+from ._sql import SqlStore, Tx
+
+__all__ = ["SQLiteStore", "MIGRATIONS"]
+
+MIGRATIONS: list[tuple[int, str, list[str]]] = [
+    (1, "initial schema", [
+        "CREATE TABLE store_meta (k TEXT PRIMARY KEY, key_id TEXT NOT NULL, v BLOB NOT NULL)",
+        "CREATE TABLE users (user_id TEXT PRIMARY KEY, status TEXT NOT NULL DEFAULT 'active', "
+        "created_at REAL NOT NULL, updated_at REAL NOT NULL, "
+        "template_version INTEGER NOT NULL DEFAULT 0, model_version TEXT)",
+        "CREATE TABLE templates (user_id TEXT PRIMARY KEY REFERENCES users(user_id), "
+        "version INTEGER NOT NULL, model_version TEXT NOT NULL, key_id TEXT NOT NULL, "
+        "ciphertext BLOB NOT NULL, meta TEXT NOT NULL, created_at REAL NOT NULL)",
+        "CREATE INDEX templates_model ON templates (model_version, user_id)",
+        "CREATE TABLE auth_attempts (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+        "user_id TEXT NOT NULL, ts REAL NOT NULL, success INTEGER NOT NULL, score REAL, "
+        "reason TEXT NOT NULL, peer TEXT NOT NULL, duration_s REAL NOT NULL, "
+        "method TEXT NOT NULL)",
+        "CREATE INDEX auth_attempts_ts ON auth_attempts (ts)",
+        "CREATE INDEX auth_attempts_user_ts ON auth_attempts (user_id, ts)",
+        "CREATE TABLE devices (device_id TEXT PRIMARY KEY, "
+        "user_id TEXT NOT NULL REFERENCES users(user_id), key_id TEXT NOT NULL, "
+        "secret_ct BLOB NOT NULL, created_at REAL NOT NULL)",
+        "CREATE INDEX devices_user ON devices (user_id)",
+        "CREATE TABLE device_nonces (device_id TEXT NOT NULL, nonce TEXT NOT NULL, "
+        "expires_at REAL NOT NULL, PRIMARY KEY (device_id, nonce))",
+        "CREATE INDEX device_nonces_expiry ON device_nonces (expires_at)",
+        "CREATE TABLE sessions (token_hash TEXT PRIMARY KEY, "
+        "user_id TEXT NOT NULL REFERENCES users(user_id), created_at REAL NOT NULL, "
+        "expires_at REAL NOT NULL, ended_at REAL, end_reason TEXT, device_id TEXT)",
+        "CREATE INDEX sessions_active ON sessions (ended_at, expires_at)",
+        "CREATE INDEX sessions_user ON sessions (user_id)",
+        "CREATE TABLE lockouts (user_id TEXT PRIMARY KEY, failures INTEGER NOT NULL, "
+        "locked_until REAL, updated_at REAL NOT NULL)",
+        "CREATE TABLE rate_buckets (client_id TEXT PRIMARY KEY, tokens REAL NOT NULL, "
+        "updated_at REAL NOT NULL)",
+        "CREATE TABLE pad_fingerprints (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+        "user_id TEXT NOT NULL REFERENCES users(user_id), kind TEXT NOT NULL, "
+        "created_at REAL NOT NULL, key_id TEXT NOT NULL, ciphertext BLOB NOT NULL)",
+        "CREATE INDEX pad_fingerprints_user ON pad_fingerprints (user_id, kind, id)",
+    ]),
+]
+
+
+class SQLiteStore(SqlStore):
+    """SQLite store at ``path`` (``":memory:"`` for a private in-memory database).
+
+    Parameters
+    ----------
+    path : str | path-like
+        Database file; its directory must exist. Created on first open.
+    key : bytes | str | path-like | None
+        Template key (see :mod:`nacf_core.store.crypto`).
+    busy_timeout_s : float
+        How long a writer waits for another writer before ``Unavailable``.
+    """
+
+    backend = "sqlite"
+    MIGRATIONS = MIGRATIONS
+
+    def __init__(self, path: str | os.PathLike, key: Any = None, *,
+                 busy_timeout_s: float = 30.0) -> None:
+        super().__init__(key)
+        self.path = os.fspath(path)
+        self._memory = self.path == ":memory:"
+        if not self._memory:
+            parent = Path(self.path).resolve().parent
+            if not parent.is_dir():
+                raise Unavailable(f"SQLite store {self.path!r}: directory {str(parent)!r} "
+                                  f"does not exist.")
+        self._busy_ms = int(busy_timeout_s * 1000)
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        self._mem_lock = threading.RLock()
+        self._mem_conn: sqlite3.Connection | None = None
+        self._open()
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.path!r})"
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                   timeout=self._busy_ms / 1000)
+            conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+            if not self._memory:
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if mode.lower() != "wal":
+                    raise Unavailable(f"SQLite store {self.path!r}: cannot enable WAL "
+                                      f"(journal_mode is {mode!r}).")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA secure_delete = ON")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.Error as exc:
+            raise Unavailable(f"Cannot open the SQLite store {self.path!r}: {exc}.") from exc
+        with self._conns_lock:
+            self._conns.append(conn)
+        return conn
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        if self._memory:
+            with self._mem_lock:
+                if self._mem_conn is None:
+                    self._mem_conn = self._connect()
+                yield self._mem_conn
+            return
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
+        yield conn
+
+    @contextmanager
+    def _transaction(self, write: bool) -> Iterator[Tx]:
+        with self._connection() as conn:
+            cur = conn.cursor()
+            cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield Tx(cur, "qmark")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            else:
+                conn.execute("COMMIT")
+            finally:
+                cur.close()
+
+    def _is_retryable(self, exc: BaseException) -> bool:
+        return isinstance(exc, sqlite3.OperationalError) and (
+            "locked" in str(exc) or "busy" in str(exc))
+
+    def _translate(self, exc: BaseException) -> BaseException | None:
+        if isinstance(exc, sqlite3.OperationalError):
+            return Unavailable(f"SQLite store {self.path!r} is unavailable: {exc}.")
+        if isinstance(exc, sqlite3.DatabaseError):
+            return Unavailable(f"SQLite store {self.path!r} failed: {exc} "
+                               f"(is it a nacf store file?).")
+        return None
+
+    def _after_delete(self) -> None:
+        # push the zeroed pages from the WAL into the main file and truncate the WAL,
+        # so the deleted ciphertext is gone from disk, not only from the table
+        if self._memory:
+            return
+        try:
+            with self._connection() as conn:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:  # a busy reader: the next checkpoint finishes it
+            pass
+
+    def close(self) -> None:
+        self._closed = True
+        with self._conns_lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass
+        self._mem_conn = None
+        self._local = threading.local()
