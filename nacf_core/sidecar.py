@@ -1,0 +1,360 @@
+"""The metrics and health sidecar: a small HTTP server beside the gRPC port.
+
+Endpoints
+---------
+``GET /metrics``
+    The registry in the Prometheus text format (OpenMetrics when the scraper asks
+    for it). Runs the health checks first (at most once a second) so
+    ``nacfauth_component_up`` and ``nacfauth_health_check_duration_seconds`` are fresh.
+``GET /health/live``
+    ``200 {"status": "alive"}`` while the process serves HTTP at all.
+``GET /health/ready``
+    ``200 {"status": "ready"}`` when the server said it is ready (:meth:`Sidecar.set_ready`)
+    and every readiness check passes; otherwise ``503 {"status": "not_ready",
+    "reasons": [...]}``. The default readiness check set is every check (the store).
+``GET /health``
+    The monitoring guide's shape, with measured response times::
+
+        {"status": "healthy" | "degraded" | "unhealthy", "timestamp": "...Z",
+         "version": "0.1.0", "ready": true,
+         "checks": {"store": {"status": "healthy", "response_time_ms": 0.42,
+                              "details": {...}}}}
+
+    HTTP 200 unless a check is unhealthy (then 503), so it is usable as a probe too.
+
+A check is a callable with no argument, run in a worker thread with a timeout
+(``check_timeout_s``, default 2 s): returning ``None`` or ``True`` means healthy,
+``False`` unhealthy, a ``dict`` is reported as ``details`` (its ``"status"`` key, if
+present, may say ``"degraded"`` or ``"unhealthy"``); raising means unhealthy with the
+error's text. A check that times out is unhealthy.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+from nacf_core import __version__
+from nacf_core._validation import check_finite_positive
+
+__all__ = ["Sidecar", "parse_address"]
+
+log = logging.getLogger("nacf.sidecar")
+
+_STATUSES = ("healthy", "degraded", "unhealthy")
+
+
+def parse_address(address: str, name: str = "address") -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[v6]:PORT`` for IPv6; port 0 = any free port).
+
+    Raises
+    ------
+    ValueError
+        Naming ``name``, what was expected and what came.
+    """
+    if not isinstance(address, str):
+        raise TypeError(f"{name!r} must be a str 'HOST:PORT', got {address!r} instead.")
+    host, sep, port = address.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{name!r} must be 'HOST:PORT' (e.g. '127.0.0.1:9100'), "
+                         f"got {address!r} instead.")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        p = int(port)
+    except ValueError:
+        p = -1
+    if not 0 <= p <= 65535:
+        raise ValueError(f"{name!r} must end in a port number 0-65535, got {address!r} instead.")
+    return host, p
+
+
+class _TimedCall:
+    """Run ``fn()`` in a daemon thread, timing it; read the outcome after ``thread.join``."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.seconds = 0.0
+        self.t0 = time.perf_counter()
+        self.thread = threading.Thread(target=self._run, name="nacf-health-check", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            self.value = self.fn()
+        except Exception as exc:  # reported as unhealthy with its text
+            self.error = exc
+        finally:
+            self.seconds = time.perf_counter() - t0
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, addr, handler, sidecar: Sidecar):
+        import socket
+
+        if ":" in addr[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(addr, handler)
+        self.sidecar = sidecar
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+    server_version = "nacf-sidecar"
+
+    def log_message(self, fmt: str, *args: Any) -> None:  # access log at DEBUG, as JSON
+        log.debug("sidecar %s", fmt % args, extra={"event_type": "http_access",
+                                                  "peer": self.client_address[0]})
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server API)
+        sc = self.server.sidecar
+        path = self.path.split("?", 1)[0].rstrip("/") or "/"
+        try:
+            if path == "/metrics":
+                sc._refresh_component_metrics()
+                encoder, ctype = choose_encoder(self.headers.get("Accept"))
+                self._send(200, encoder(sc.registry), ctype)
+            elif path == "/health/live":
+                self._json(200, {"status": "alive"})
+            elif path == "/health/ready":
+                ready, detail = sc.readiness()
+                self._json(200 if ready else 503, detail)
+            elif path == "/health":
+                body = sc.health()
+                self._json(503 if body["status"] == "unhealthy" else 200, body)
+            else:
+                self._json(404, {"error": f"no such endpoint {path!r}; try /metrics, "
+                                          "/health, /health/live, /health/ready"})
+        except Exception as exc:  # never kill the sidecar thread; say what broke
+            log.exception("sidecar request %s failed", path)
+            self._json(500, {"error": f"{type(exc).__name__}: {exc}"})
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self.do_GET()
+
+    def _json(self, code: int, body: Mapping[str, Any]) -> None:
+        self._send(code, (json.dumps(body) + "\n").encode(), "application/json")
+
+    def _send(self, code: int, data: bytes, ctype: str) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+
+class Sidecar:
+    """HTTP server for ``/metrics`` and the health endpoints, in a daemon thread.
+
+    Parameters
+    ----------
+    address : str
+        ``HOST:PORT`` to listen on (port 0: a free port, see :attr:`port`).
+    registry : prometheus_client.CollectorRegistry
+        What ``/metrics`` exposes (default: the process-wide ``REGISTRY``).
+    checks : mapping of str to callable, optional
+        Component health checks, e.g. ``{"store": store.ping, "model": model_ok}``.
+    ready_checks : iterable of str, optional
+        Names of the checks that gate readiness (default: all of them).
+    version : str
+        The ``version`` field of ``/health``.
+    metrics : nacf_core.metrics.Metrics, optional
+        Where check outcomes go (``nacfauth_component_up`` and
+        ``nacfauth_health_check_duration_seconds``); default: ``METRICS`` when
+        ``registry`` is the default registry, else none.
+    check_timeout_s : float
+        A check running longer than this is reported unhealthy.
+
+    Examples
+    --------
+    >>> sc = Sidecar("127.0.0.1:0", checks={"store": store.ping})  # doctest: +SKIP
+    >>> sc.start(); sc.set_ready(True); print(sc.url)               # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        address: str = "127.0.0.1:9100",
+        *,
+        registry: CollectorRegistry = REGISTRY,
+        checks: Mapping[str, Callable[[], Any]] | None = None,
+        ready_checks: Iterable[str] | None = None,
+        version: str = __version__,
+        metrics: Any = None,
+        check_timeout_s: float = 2.0,
+    ) -> None:
+        self._host, self._req_port = parse_address(address)
+        self.registry = registry
+        self.checks: dict[str, Callable[[], Any]] = dict(checks or {})
+        for name, fn in self.checks.items():
+            if not callable(fn):
+                raise TypeError(f"check {name!r} must be callable, got {fn!r} instead.")
+        self.ready_checks = list(self.checks) if ready_checks is None else list(ready_checks)
+        unknown = [n for n in self.ready_checks if n not in self.checks]
+        if unknown:
+            raise ValueError(f"'ready_checks' names unknown checks {unknown}; "
+                             f"the checks are {sorted(self.checks)}.")
+        self.version = version
+        if metrics is None and registry is REGISTRY:
+            from nacf_core.metrics import METRICS
+
+            metrics = METRICS
+        self.metrics = metrics
+        self.check_timeout_s = check_finite_positive("check_timeout_s", check_timeout_s)
+        self._ready = threading.Event()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._last_refresh = 0.0
+        self._refresh_lock = threading.Lock()
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> Sidecar:
+        """Bind and serve in a daemon thread. Raises ``OSError`` if the port is taken."""
+        if self._server is not None:
+            raise RuntimeError("the sidecar is already started")
+        self._server = _Server((self._host, self._req_port), _Handler, self)
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        kwargs={"poll_interval": 0.2},
+                                        name="nacf-sidecar", daemon=True)
+        self._thread.start()
+        log.info("metrics sidecar listening on %s", self.url,
+                 extra={"event_type": "sidecar_started", "port": self.port})
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and release the port (idempotent)."""
+        srv, self._server = self._server, None
+        if srv is not None:
+            srv.shutdown()
+            srv.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> Sidecar:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        """The bound port (the real one when started on port 0)."""
+        if self._server is None:
+            raise RuntimeError("the sidecar is not started; call start() first")
+        return self._server.server_address[1]
+
+    @property
+    def url(self) -> str:
+        host = self._host if ":" not in self._host else f"[{self._host}]"
+        if host in ("0.0.0.0", "", "::", "[::]"):
+            host = "127.0.0.1"
+        return f"http://{host}:{self.port}"
+
+    # -- health --------------------------------------------------------------------
+
+    def set_ready(self, ready: bool) -> None:
+        """Say whether the server accepts traffic (False while starting and draining)."""
+        (self._ready.set if ready else self._ready.clear)()
+
+    def run_check(self, name: str) -> dict[str, Any]:
+        """Run one check; ``{"status", "response_time_ms", "details" | "error"}``."""
+        return self.run_checks([name])[name]
+
+    def run_checks(self, names: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
+        """Run the named checks (default: all) concurrently, each in a daemon thread
+        bounded by ``check_timeout_s`` (a hung check cannot hang a probe or the exit)."""
+        names = list(self.checks if names is None else names)
+        calls = {n: _TimedCall(self.checks[n]) for n in names}
+        deadline = time.perf_counter() + self.check_timeout_s
+        results = {}
+        for name, call in calls.items():
+            call.thread.join(max(0.0, deadline - time.perf_counter()))
+            results[name] = self._result(name, call)
+        return results
+
+    def _result(self, name: str, call: _TimedCall) -> dict[str, Any]:
+        result: dict[str, Any]
+        if call.thread.is_alive():
+            seconds = time.perf_counter() - call.t0
+            result = {"status": "unhealthy",
+                      "error": f"check timed out after {self.check_timeout_s:g} s"}
+        else:
+            seconds = call.seconds
+            out = call.value
+            if call.error is not None:
+                exc = call.error
+                result = {"status": "unhealthy", "error": f"{type(exc).__name__}: {exc}"}
+            elif out is None or out is True:
+                result = {"status": "healthy"}
+            elif out is False:
+                result = {"status": "unhealthy", "error": "check returned False"}
+            elif isinstance(out, Mapping):
+                details = dict(out)
+                status = details.pop("status", "healthy")
+                if status not in _STATUSES:
+                    details["bad_status"] = str(status)
+                    status = "unhealthy"
+                result = {"status": status, "details": details}
+            else:
+                result = {"status": "healthy", "details": {"result": str(out)}}
+        # measured, never a made-up 0: rounded to µs, and at least 1 µs
+        result["response_time_ms"] = max(round(seconds * 1000.0, 3), 0.001)
+        if self.metrics is not None:
+            self.metrics.set_component_health(name, result["status"] != "unhealthy", seconds)
+        return result
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """``(ready, body of /health/ready)``; also what the gRPC health service reports."""
+        reasons = []
+        if not self._ready.is_set():
+            reasons.append("server not ready (starting or draining)")
+        results = self.run_checks(self.ready_checks) if self.ready_checks else {}
+        for name, r in results.items():
+            if r["status"] == "unhealthy":
+                reasons.append(f"{name}: {r.get('error', 'unhealthy')}")
+        if reasons:
+            return False, {"status": "not_ready", "reasons": reasons, "checks": results}
+        return True, {"status": "ready", "checks": results}
+
+    def health(self) -> dict[str, Any]:
+        """The body of ``/health``: overall status and every component's."""
+        results = self.run_checks()
+        statuses = {r["status"] for r in results.values()}
+        overall = ("unhealthy" if "unhealthy" in statuses else
+                   "degraded" if "degraded" in statuses else "healthy")
+        now = _dt.datetime.now(_dt.timezone.utc)
+        return {
+            "status": overall,
+            "timestamp": now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z",
+            "version": self.version,
+            "ready": self._ready.is_set(),
+            "checks": results,
+        }
+
+    def _refresh_component_metrics(self) -> None:
+        if self.metrics is None or not self.checks:
+            return
+        with self._refresh_lock:
+            if time.monotonic() - self._last_refresh < 1.0:
+                return
+            self._last_refresh = time.monotonic()
+        self.run_checks()

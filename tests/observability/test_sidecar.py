@@ -1,0 +1,165 @@
+"""nacf_core.sidecar: /metrics, /health/live, /health/ready, /health over a real port."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from nacf_core.metrics import Metrics
+from nacf_core.sidecar import Sidecar, parse_address
+
+
+def get(url: str, accept: str | None = None) -> tuple[int, str, bytes]:
+    req = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.headers["Content-Type"], r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers["Content-Type"], e.read()
+
+
+class Store:
+    """A stand-in for the store's ping with a switch and a real (small) delay."""
+
+    def __init__(self) -> None:
+        self.up = True
+
+    def ping(self) -> dict:
+        time.sleep(0.005)
+        if not self.up:
+            raise ConnectionError("could not connect to server: Connection refused")
+        return {"backend": "sqlite"}
+
+
+@pytest.fixture
+def env():
+    reg = CollectorRegistry()
+    mt = Metrics(reg)
+    store = Store()
+    sc = Sidecar("127.0.0.1:0", registry=reg, metrics=mt,
+                 checks={"store": store.ping, "model": lambda: {"version": "demo-1"}},
+                 ready_checks=["store"], version="9.9.9")
+    sc.start()
+    yield sc, mt, store
+    sc.stop()
+
+
+def test_metrics_endpoint_serves_the_registry_and_passes_promtool(env):
+    sc, mt, _ = env
+    mt.observe_rpc("Authenticate", "OK", 0.004)
+    code, ctype, body = get(sc.url + "/metrics")
+    assert code == 200 and ctype.startswith("text/plain; version=0.0.4")
+    text = body.decode()
+    assert 'nacfauth_auth_requests_total{method="Authenticate",status="OK",user_type="api_key"} 1.0' in text
+    assert 'nacfauth_component_up{component="store"} 1.0' in text
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool not installed (apt-get install prometheus)"
+    out = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True,
+                         timeout=30)
+    assert out.returncode == 0, out.stdout.decode() + out.stderr.decode()
+    code, ctype, body = get(sc.url + "/metrics", accept="application/openmetrics-text")
+    assert code == 200 and ctype.startswith("application/openmetrics-text")
+    assert body.rstrip().endswith(b"# EOF")
+
+
+def test_live_and_ready(env):
+    sc, _, store = env
+    assert get(sc.url + "/health/live")[0] == 200
+    code, ctype, body = get(sc.url + "/health/ready")
+    assert code == 503 and ctype == "application/json"
+    assert "server not ready" in json.loads(body)["reasons"][0]
+    sc.set_ready(True)
+    code, _, body = get(sc.url + "/health/ready")
+    assert code == 200 and json.loads(body)["status"] == "ready"
+    store.up = False
+    code, _, body = get(sc.url + "/health/ready")
+    doc = json.loads(body)
+    assert code == 503 and doc["status"] == "not_ready"
+    assert any("Connection refused" in r for r in doc["reasons"])
+    assert get(sc.url + "/health/live")[0] == 200  # alive, just not ready
+    ok, detail = sc.readiness()
+    assert not ok and detail["status"] == "not_ready"
+    store.up = True
+    sc.set_ready(False)  # draining
+    assert get(sc.url + "/health/ready")[0] == 503
+
+
+def test_health_reports_components_with_measured_times(env):
+    sc, mt, store = env
+    sc.set_ready(True)
+    code, _, body = get(sc.url + "/health")
+    doc = json.loads(body)
+    assert code == 200 and doc["status"] == "healthy" and doc["version"] == "9.9.9"
+    assert doc["ready"] is True and doc["timestamp"].endswith("Z")
+    st = doc["checks"]["store"]
+    assert st["status"] == "healthy" and st["details"] == {"backend": "sqlite"}
+    assert st["response_time_ms"] >= 5.0  # the ping sleeps 5 ms: a real measurement
+    assert doc["checks"]["model"]["response_time_ms"] > 0
+    store.up = False
+    code, _, body = get(sc.url + "/health")
+    doc = json.loads(body)
+    assert code == 503 and doc["status"] == "unhealthy"
+    assert doc["checks"]["store"]["status"] == "unhealthy"
+    assert "Connection refused" in doc["checks"]["store"]["error"]
+    assert doc["checks"]["store"]["response_time_ms"] >= 5.0
+    up = {s.labels["component"]: s.value for f in mt.registry.collect()
+          if f.name == "nacfauth_component_up" for s in f.samples}
+    assert up == {"store": 0.0, "model": 1.0}
+
+
+def test_degraded_and_timeout():
+    reg = CollectorRegistry()
+    sc = Sidecar("127.0.0.1:0", registry=reg, metrics=Metrics(reg), check_timeout_s=0.2,
+                 checks={"cache": lambda: {"status": "degraded", "hit_rate": 0.1},
+                         "slow": lambda: time.sleep(3)}, ready_checks=["cache"])
+    with sc:
+        sc.set_ready(True)
+        t0 = time.perf_counter()
+        code, _, body = get(sc.url + "/health")
+        assert time.perf_counter() - t0 < 2.0
+        doc = json.loads(body)
+        assert doc["checks"]["cache"]["status"] == "degraded"
+        assert doc["checks"]["slow"]["status"] == "unhealthy"
+        assert "timed out" in doc["checks"]["slow"]["error"]
+        assert doc["checks"]["slow"]["response_time_ms"] >= 200
+        assert doc["status"] == "unhealthy" and code == 503
+        assert get(sc.url + "/health/ready")[0] == 200  # degraded still serves
+
+
+def test_unknown_path_is_404(env):
+    sc, _, _ = env
+    code, _, body = get(sc.url + "/nope")
+    assert code == 404 and "/metrics" in json.loads(body)["error"]
+
+
+def test_port_is_released_on_stop():
+    reg = CollectorRegistry()
+    sc = Sidecar("127.0.0.1:0", registry=reg).start()
+    port = sc.port
+    sc.stop()
+    sc2 = Sidecar(f"127.0.0.1:{port}", registry=reg).start()
+    try:
+        assert sc2.port == port
+    finally:
+        sc2.stop()
+
+
+@pytest.mark.parametrize("bad", ["9100", "localhost", "h:x", "h:70000", ":9100"])
+def test_bad_addresses_are_refused(bad):
+    with pytest.raises(ValueError, match="'address'"):
+        parse_address(bad)
+    assert parse_address("[::1]:9100") == ("::1", 9100)
+
+
+def test_bad_checks_are_refused():
+    with pytest.raises(TypeError, match="'store' must be callable"):
+        Sidecar("127.0.0.1:0", registry=CollectorRegistry(), checks={"store": 3})
+    with pytest.raises(ValueError, match="ready_checks"):
+        Sidecar("127.0.0.1:0", registry=CollectorRegistry(), checks={}, ready_checks=["db"])
