@@ -329,7 +329,10 @@ class SqlStore(Store):
         after = ""
         if page_token:
             try:
-                after = base64.urlsafe_b64decode(page_token.encode()).decode("utf-8")
+                after = base64.b64decode(page_token.encode(), altchars=b"-_",
+                                         validate=True).decode("utf-8")
+                if not after:
+                    raise ValueError("empty")
             except (binascii.Error, ValueError):
                 raise InvalidArgument(f"'page_token' is not a token this store issued: "
                                       f"{page_token[:40]!r}.") from None

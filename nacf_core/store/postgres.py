@@ -1,0 +1,244 @@
+"""PostgreSQL backend (psycopg 3): several replicas share one database.
+
+- A small thread-safe connection pool (``pool_size`` connections, opened lazily; a
+  broken connection is discarded and replaced).
+- Each operation is one ``READ COMMITTED`` transaction; read-modify-writes lock their
+  row first (``INSERT ... ON CONFLICT DO NOTHING`` then ``SELECT ... FOR UPDATE``), so
+  failure counters, token buckets and template versions lose no update across
+  replicas. Serialization failures and deadlocks are retried with backoff.
+- ``migrate()`` takes a transaction-scoped advisory lock, so replicas starting together
+  apply each migration once.
+- ``?schema=NAME`` in the URL keeps every table in that schema (``search_path``).
+"""
+
+from __future__ import annotations
+
+import queue
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+from psycopg import errors as pg_errors
+
+from ..errors import InvalidArgument, Unavailable
+from ._sql import SqlStore, Tx
+
+__all__ = ["PostgresStore", "MIGRATIONS"]
+
+MIGRATIONS: list[tuple[int, str, list[str]]] = [
+    (1, "initial schema", [
+        "CREATE TABLE store_meta (k TEXT PRIMARY KEY, key_id TEXT NOT NULL, v BYTEA NOT NULL)",
+        "CREATE TABLE users (user_id TEXT PRIMARY KEY, status TEXT NOT NULL DEFAULT 'active', "
+        "created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL, "
+        "template_version INTEGER NOT NULL DEFAULT 0, model_version TEXT)",
+        "CREATE TABLE templates (user_id TEXT PRIMARY KEY REFERENCES users(user_id), "
+        "version INTEGER NOT NULL, model_version TEXT NOT NULL, key_id TEXT NOT NULL, "
+        "ciphertext BYTEA NOT NULL, meta TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL)",
+        "CREATE INDEX templates_model ON templates (model_version, user_id)",
+        "CREATE TABLE auth_attempts (id BIGSERIAL PRIMARY KEY, user_id TEXT NOT NULL, "
+        "ts DOUBLE PRECISION NOT NULL, success BOOLEAN NOT NULL, score DOUBLE PRECISION, "
+        "reason TEXT NOT NULL, peer TEXT NOT NULL, duration_s DOUBLE PRECISION NOT NULL, "
+        "method TEXT NOT NULL)",
+        "CREATE INDEX auth_attempts_ts ON auth_attempts (ts)",
+        "CREATE INDEX auth_attempts_user_ts ON auth_attempts (user_id, ts)",
+        "CREATE TABLE devices (device_id TEXT PRIMARY KEY, "
+        "user_id TEXT NOT NULL REFERENCES users(user_id), key_id TEXT NOT NULL, "
+        "secret_ct BYTEA NOT NULL, created_at DOUBLE PRECISION NOT NULL)",
+        "CREATE INDEX devices_user ON devices (user_id)",
+        "CREATE TABLE device_nonces (device_id TEXT NOT NULL, nonce TEXT NOT NULL, "
+        "expires_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (device_id, nonce))",
+        "CREATE INDEX device_nonces_expiry ON device_nonces (expires_at)",
+        "CREATE TABLE sessions (token_hash TEXT PRIMARY KEY, "
+        "user_id TEXT NOT NULL REFERENCES users(user_id), created_at DOUBLE PRECISION NOT NULL, "
+        "expires_at DOUBLE PRECISION NOT NULL, ended_at DOUBLE PRECISION, end_reason TEXT, "
+        "device_id TEXT)",
+        "CREATE INDEX sessions_active ON sessions (ended_at, expires_at)",
+        "CREATE INDEX sessions_user ON sessions (user_id)",
+        "CREATE TABLE lockouts (user_id TEXT PRIMARY KEY, failures INTEGER NOT NULL, "
+        "locked_until DOUBLE PRECISION, updated_at DOUBLE PRECISION NOT NULL)",
+        "CREATE TABLE rate_buckets (client_id TEXT PRIMARY KEY, "
+        "tokens DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL)",
+        "CREATE TABLE pad_fingerprints (id BIGSERIAL PRIMARY KEY, "
+        "user_id TEXT NOT NULL REFERENCES users(user_id), kind TEXT NOT NULL, "
+        "created_at DOUBLE PRECISION NOT NULL, key_id TEXT NOT NULL, ciphertext BYTEA NOT NULL)",
+        "CREATE INDEX pad_fingerprints_user ON pad_fingerprints (user_id, kind, id)",
+    ]),
+]
+
+_SCHEMA_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_MIGRATION_LOCK_ID = 0x6E616366  # "nacf"
+
+
+def _redact(conninfo: str) -> str:
+    """host:port/dbname for messages, never the password."""
+    try:
+        d = psycopg.conninfo.conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError:
+        return "<unparsable conninfo>"
+    return f"{d.get('host', 'localhost')}:{d.get('port', 5432)}/{d.get('dbname', '')}"
+
+
+class _Pool:
+    """Thread-safe pool of at most ``size`` connections, created on demand."""
+
+    def __init__(self, connect, size: int, timeout_s: float) -> None:
+        self._connect = connect
+        self._idle: queue.LifoQueue = queue.LifoQueue()
+        self._sem = threading.BoundedSemaphore(size)
+        self._timeout = timeout_s
+        self._all: set = set()
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection]:
+        if not self._sem.acquire(timeout=self._timeout):
+            raise Unavailable(f"No PostgreSQL connection free within {self._timeout:.0f} s "
+                              f"(pool exhausted).")
+        conn = None
+        try:
+            try:
+                conn = self._idle.get_nowait()
+            except queue.Empty:
+                conn = self._connect()
+                with self._lock:
+                    self._all.add(conn)
+            yield conn
+        finally:
+            if conn is not None:
+                if conn.broken or conn.closed or conn.info.transaction_status != \
+                        psycopg.pq.TransactionStatus.IDLE:
+                    self._discard(conn)
+                else:
+                    self._idle.put(conn)
+            self._sem.release()
+
+    def _discard(self, conn) -> None:
+        with self._lock:
+            self._all.discard(conn)
+        try:
+            conn.close()
+        except psycopg.Error:
+            pass
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._all = list(self._all), set()
+        for c in conns:
+            try:
+                c.close()
+            except psycopg.Error:
+                pass
+
+
+class PostgresStore(SqlStore):
+    """PostgreSQL store.
+
+    Parameters
+    ----------
+    url : str
+        ``postgresql://user[:password]@host[:port]/db[?schema=NAME&pool_size=N]``;
+        other query parameters are passed to libpq (e.g. ``sslmode``).
+    key : bytes | str | path-like | None
+        Template key (see :mod:`nacf_core.store.crypto`).
+    pool_size : int
+        Maximum connections this process opens.
+    connect_timeout_s : float
+        libpq connect timeout; also how long to wait for a free pooled connection.
+    """
+
+    backend = "postgresql"
+    MIGRATIONS = MIGRATIONS
+    FOR_UPDATE = " FOR UPDATE"
+
+    def __init__(self, url: str, key: Any = None, *, pool_size: int | None = None,
+                 connect_timeout_s: float = 5.0, schema: str | None = None) -> None:
+        super().__init__(key)
+        parts = urlsplit(url)
+        query = dict(parse_qsl(parts.query))
+        schema = query.pop("schema", None) or schema
+        size = query.pop("pool_size", None)
+        pool_size = int(size) if size is not None else (pool_size or 8)
+        if pool_size < 1:
+            raise InvalidArgument(f"'pool_size' must be >= 1, got {pool_size}.")
+        if schema is not None and not _SCHEMA_RE.match(schema):
+            raise InvalidArgument(f"'schema' must be a plain identifier "
+                                  f"([A-Za-z_][A-Za-z0-9_]*), got {schema!r}.")
+        self.schema = schema
+        scheme = "postgresql"
+        self._conninfo = urlunsplit((scheme, parts.netloc, parts.path, urlencode(query), ""))
+        self._where = _redact(self._conninfo)
+        self._connect_timeout = connect_timeout_s
+        self._pool = _Pool(self._new_conn, pool_size, max(connect_timeout_s, 1.0) * 6)
+        if schema is not None:
+            self._ensure_schema()
+        self._open()
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self._where!r}, schema={self.schema!r})"
+
+    def _new_conn(self) -> psycopg.Connection:
+        kwargs: dict[str, Any] = {"autocommit": True,
+                                  "connect_timeout": max(1, int(self._connect_timeout))}
+        if self.schema is not None:
+            kwargs["options"] = f"-c search_path={self.schema}"
+        try:
+            return psycopg.connect(self._conninfo, **kwargs)
+        except psycopg.OperationalError as exc:
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise Unavailable(f"PostgreSQL store at {self._where} is unreachable: {msg}") \
+                from None
+
+    def _ensure_schema(self) -> None:
+        conn = None
+        try:
+            conn = psycopg.connect(self._conninfo, autocommit=True,
+                                   connect_timeout=max(1, int(self._connect_timeout)))
+            conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+        except psycopg.errors.UniqueViolation:
+            pass  # created concurrently
+        except psycopg.OperationalError as exc:
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise Unavailable(f"PostgreSQL store at {self._where} is unreachable: {msg}") \
+                from None
+        finally:
+            if conn is not None:
+                conn.close()
+
+    @contextmanager
+    def _transaction(self, write: bool) -> Iterator[Tx]:
+        with self._pool.connection() as conn:
+            with conn.transaction():
+                with conn.cursor() as cur:
+                    yield Tx(cur, "format")
+
+    def _migration_lock(self, tx: Tx) -> None:
+        tx.query("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK_ID,))
+
+    def _is_retryable(self, exc: BaseException) -> bool:
+        return isinstance(exc, (pg_errors.SerializationFailure, pg_errors.DeadlockDetected,
+                                pg_errors.LockNotAvailable)) or (
+            isinstance(exc, psycopg.OperationalError)
+            and not isinstance(exc, pg_errors.QueryCanceled))
+
+    def _translate(self, exc: BaseException) -> BaseException | None:
+        if isinstance(exc, psycopg.OperationalError):
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            return Unavailable(f"PostgreSQL store at {self._where} is unavailable: {msg}")
+        if isinstance(exc, psycopg.Error):
+            return Unavailable(f"PostgreSQL store at {self._where} failed: "
+                               f"{type(exc).__name__}: {str(exc).strip()[:300]}")
+        return None
+
+    def drop_schema(self) -> None:
+        """Drop this store's schema and everything in it (tests; irreversible)."""
+        if self.schema is None:
+            raise InvalidArgument("drop_schema() needs a store opened with ?schema=NAME.")
+        self._run(lambda tx: tx.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE'))
+
+    def close(self) -> None:
+        self._closed = True
+        self._pool.close()

@@ -1,0 +1,283 @@
+"""Behaviour of the store interface, identical on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from nacf_core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from nacf_core.store import open_store
+from nacf_core.store.base import utc_day_start
+
+T0 = 1_790_000_000.0  # a fixed "now" (2026-09-21 UTC)
+
+
+def test_migrate_is_idempotent(store, store_url, key):
+    assert store.schema_version() == 1
+    assert store.migrate() == []
+    again = open_store(store_url, key=key)  # a second replica / restart
+    try:
+        assert again.migrate() == [] and again.schema_version() == 1
+    finally:
+        again.close()
+
+
+def test_put_get_template_versions(store):
+    v1 = store.put_template("alice", b"tmpl-1", "m-1", {"epochs": 5}, create_only=True, now=T0)
+    assert v1 == 1
+    t = store.get_template("alice")
+    assert (t.user_id, t.version, t.model_version, t.blob, t.meta) == (
+        "alice", 1, "m-1", b"tmpl-1", {"epochs": 5})
+    with pytest.raises(AlreadyExists, match="alice"):
+        store.put_template("alice", b"x", "m-1", create_only=True)
+    assert store.put_template("alice", b"tmpl-2", "m-2", now=T0 + 1) == 2
+    assert store.get_template("alice").blob == b"tmpl-2"
+    with pytest.raises(FailedPrecondition, match="version 2, expected 1"):
+        store.put_template("alice", b"tmpl-3", "m-2", expected_version=1)
+    assert store.put_template("alice", b"tmpl-3", "m-2", expected_version=2) == 3
+    assert store.put_template("bob", b"b", "m-2", expected_version=0) == 1
+    u = store.get_user("alice")
+    assert (u.template_version, u.model_version, u.status) == (3, "m-2", "active")
+    assert u.created_at == T0
+
+
+def test_unknown_and_bad_input(store):
+    with pytest.raises(NotFound, match="carol"):
+        store.get_template("carol")
+    with pytest.raises(NotFound, match="carol"):
+        store.get_user("carol")
+    with pytest.raises(NotFound):
+        store.delete_user("carol")
+    with pytest.raises(NotFound):
+        store.unlock_user("carol")
+    with pytest.raises(InvalidArgument, match="user_id"):
+        store.put_template("", b"x", "m")
+    with pytest.raises(TypeError, match="blob"):
+        store.put_template("u", "not bytes", "m")
+    with pytest.raises(InvalidArgument, match="blob"):
+        store.put_template("u", b"", "m")
+    with pytest.raises(InvalidArgument, match="meta"):
+        store.put_template("u", b"x", "m", {"a": object()})
+    with pytest.raises(ValueError, match="page_size"):
+        store.list_users(page_size=0)
+    with pytest.raises(InvalidArgument, match="page_token"):
+        store.list_users(page_token="%%%")
+    # nothing was written by the failed calls
+    assert store.list_users().users == []
+
+
+def test_iter_templates_filters_model_version(store):
+    for i in range(7):
+        store.put_template(f"u{i}", f"blob{i}".encode(), "m-a" if i % 2 else "m-b")
+    all_ = list(store.iter_templates())
+    assert [t.user_id for t in all_] == [f"u{i}" for i in range(7)]
+    a = list(store.iter_templates("m-a"))
+    assert [t.blob for t in a] == [b"blob1", b"blob3", b"blob5"]
+
+
+def test_list_users_pagination(store):
+    ids = [f"user-{i:03d}" for i in range(23)]
+    for uid in reversed(ids):
+        store.put_template(uid, b"x", "m")
+    seen, token = [], ""
+    while True:
+        page = store.list_users(page_size=10, page_token=token)
+        assert len(page.users) <= 10
+        seen += [u.user_id for u in page.users]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == ids
+
+
+def test_delete_user_removes_everything(store):
+    store.put_template("alice", b"secret-template", "m")
+    store.put_template("bob", b"other", "m")
+    store.register_device("alice", "hs-1", "s" * 32)
+    tok = store.create_session("alice", 60).token
+    store.add_fingerprints("alice", [b"fp"], "enroll")
+    store.register_failure("alice", 5, 60)
+    store.use_nonce("hs-1", "n1", 2e9, now=T0)
+    store.delete_user("alice")
+    with pytest.raises(NotFound):
+        store.get_user("alice")
+    with pytest.raises(NotFound):
+        store.get_template("alice")
+    with pytest.raises(NotFound):
+        store.get_device("hs-1")
+    with pytest.raises(NotFound):
+        store.get_session(tok)
+    assert store.get_fingerprints("alice") == []
+    assert store.get_lockout("alice").failures == 0
+    # no row of alice remains in any table (raw SQL, not through the API)
+    rows = store._run(lambda tx: [
+        tx.one(f"SELECT COUNT(*) FROM {t} WHERE user_id = ?", ("alice",))[0]
+        for t in ("users", "templates", "devices", "sessions", "pad_fingerprints", "lockouts")])
+    assert rows == [0] * 6
+    assert store._run(lambda tx: tx.one("SELECT COUNT(*) FROM device_nonces"))[0] == 0
+    assert store.get_template("bob").blob == b"other"
+
+
+def test_devices(store):
+    with pytest.raises(NotFound, match="enroll"):
+        store.register_device("nobody", "hs-1", "s" * 32)
+    store.put_template("alice", b"x", "m")
+    store.put_template("bob", b"y", "m")
+    d = store.register_device("alice", "hs-1", "secret-0123456789abcdef")
+    assert "0123456789" not in repr(d)  # never printed or logged
+    got = store.get_device("hs-1")
+    assert (got.user_id, got.secret) == ("alice", "secret-0123456789abcdef")
+    store.register_device("alice", "hs-1", "another-secret-0123456789")  # rebind: new secret
+    assert store.get_device("hs-1").secret == "another-secret-0123456789"
+    with pytest.raises(AlreadyExists, match="hs-1"):
+        store.register_device("bob", "hs-1", "s" * 32)
+    with pytest.raises(InvalidArgument, match="secret"):
+        store.register_device("bob", "hs-2", "short")
+    assert store.get_user("alice").n_devices == 1
+
+
+def test_nonces_replay_and_expiry(store):
+    assert store.use_nonce("hs", "123:abc", T0 + 120, now=T0) is True
+    assert store.use_nonce("hs", "123:abc", T0 + 120, now=T0 + 5) is False  # replay
+    assert store.use_nonce("other", "123:abc", T0 + 120, now=T0 + 5) is True  # per device
+    # after expiry the row is purged (a proof that old is refused as stale anyway)
+    assert store.use_nonce("hs", "999:x", T0 + 500, now=T0 + 200) is True
+    assert store._run(lambda tx: tx.one(
+        "SELECT COUNT(*) FROM device_nonces WHERE nonce = ?", ("123:abc",)))[0] == 0
+
+
+def test_sessions(store):
+    store.put_template("alice", b"x", "m")
+    with pytest.raises(NotFound):
+        store.create_session("nobody", 60)
+    s = store.create_session("alice", 60, device_id="hs-1", now=T0)
+    assert s.token and s.is_active(T0 + 1) and not s.is_active(T0 + 61)
+    # only the hash is stored
+    stored = store._run(lambda tx: tx.query("SELECT token_hash FROM sessions"))
+    assert stored == [(s.session_id,)] and s.token not in s.session_id
+    got = store.get_session(s.token)
+    assert (got.user_id, got.device_id, got.token) == ("alice", "hs-1", None)
+    s2 = store.create_session("alice", 10, now=T0)
+    assert store.count_active_sessions(T0 + 1) == 2
+    ended = store.end_session(s.token, "wearer_changed", now=T0 + 2)
+    assert (ended.ended_at, ended.end_reason) == (T0 + 2, "wearer_changed")
+    assert store.end_session(s.token, now=T0 + 9).ended_at == T0 + 2  # idempotent
+    assert store.count_active_sessions(T0 + 3) == 1
+    expired = store.expire_sessions(T0 + 11)
+    assert [e.session_id for e in expired] == [s2.session_id]
+    assert expired[0].end_reason == "expired" and expired[0].ended_at == T0 + 10
+    assert store.count_active_sessions(T0 + 11) == 0
+    assert store.expire_sessions(T0 + 20) == []
+    with pytest.raises(NotFound):
+        store.get_session("no-such-token")
+    with pytest.raises(NotFound):
+        store.end_session("no-such-token")
+
+
+def test_lockout(store):
+    store.put_template("alice", b"x", "m")
+    assert store.register_failure("alice", 3, 300, now=T0) == (1, None)
+    assert store.register_failure("alice", 3, 300, now=T0 + 1) == (2, None)
+    store.reset_failures("alice")  # a success in between breaks the streak
+    assert store.get_lockout("alice").failures == 0
+    for i in range(2):
+        store.register_failure("alice", 3, 300, now=T0 + 2 + i)
+    assert store.register_failure("alice", 3, 300, now=T0 + 10) == (3, T0 + 310)
+    st = store.get_lockout("alice")
+    assert st.is_locked(T0 + 100) and not st.is_locked(T0 + 311)
+    assert store.get_user("alice").locked_until == T0 + 310
+    # a failure while locked counts but does not extend the lock
+    assert store.register_failure("alice", 3, 300, now=T0 + 20) == (4, T0 + 310)
+    # after the lock ends, a new streak starts
+    assert store.register_failure("alice", 3, 300, now=T0 + 400) == (1, None)
+    for i in range(2):
+        store.register_failure("alice", 3, 300, now=T0 + 401 + i)
+    store.unlock_user("alice")
+    assert store.get_lockout("alice") == type(st)(0, None)
+    with pytest.raises(ValueError, match="max_failures"):
+        store.register_failure("alice", 0, 300)
+
+
+def test_token_bucket(store):
+    got = [store.take_token("client-a", 1.0, 3, now=T0) for _ in range(5)]
+    assert got == [True, True, True, False, False]
+    assert store.take_token("client-b", 1.0, 3, now=T0) is True  # per client
+    assert store.take_token("client-a", 1.0, 3, now=T0 + 1.0) is True  # refilled one
+    assert store.take_token("client-a", 1.0, 3, now=T0 + 1.5) is False
+    assert [store.take_token("client-a", 1.0, 3, now=T0 + 100) for _ in range(4)] == [
+        True, True, True, False]  # refill is capped at burst
+    with pytest.raises(ValueError, match="burst"):
+        store.take_token("c", 1.0, 0)
+
+
+def test_attempts_stats_and_purge(store):
+    day = utc_day_start(T0)
+    store.put_template("alice", b"x", "m")
+    store.put_template("bob", b"x", "m")
+    store.put_template("carol", b"x", "m")
+    assert store.stats(now=T0) == type(store.stats(now=T0))(3, 0, 0, None)
+    store.record_attempt("alice", False, 0.1, "no_match", "ipv4:1.2.3.4:5", 0.01,
+                         "Authenticate", now=day - 10)  # yesterday
+    store.record_attempt("alice", True, 0.9, "ok", "p", 0.02, "Authenticate", now=day + 1)
+    store.record_attempt("alice", False, 0.2, "no_match", "p", 0.02, "Authenticate",
+                         now=day + 2)
+    store.record_attempt("bob", True, 0.8, "ok", "p", 0.02, "AuthenticateStream", now=day + 3)
+    store.record_attempt("mallory", False, None, "unknown_user", "p", 0.001, "Authenticate",
+                         now=day + 4)
+    st = store.stats(now=T0)
+    assert st.total_active_users == 3
+    assert st.active_users_today == 3  # alice, bob, mallory (as the guide's query counts)
+    assert st.attempts_today == 4
+    assert st.success_rate_today == 50.0
+    recent = store.recent_attempts("alice")
+    assert [a.success for a in recent] == [False, True, False]
+    assert recent[0].method == "Authenticate" and recent[2].peer == "ipv4:1.2.3.4:5"
+    assert store.purge_attempts(day) == 1
+    assert len(store.recent_attempts()) == 4
+
+
+def test_success_rate_rounding(store):
+    for ok in (True, False, False):
+        store.record_attempt("u", ok, 0.5, "x", "p", 0.0, "Authenticate", now=T0)
+    assert store.stats(now=T0).success_rate_today == 33.33
+
+
+def test_fingerprints_bounded_history(store):
+    store.put_template("alice", b"x", "m")
+    store.pad_history = 4
+    store.add_fingerprints("alice", [b"e1", b"e2"], "enroll")
+    for i in range(7):
+        store.add_fingerprints("alice", [f"p{i}".encode()])
+    got = store.get_fingerprints("alice")
+    assert got == [("enroll", b"e1"), ("enroll", b"e2")] + [
+        ("probe", f"p{i}".encode()) for i in range(3, 7)]
+    store.add_fingerprints("alice", [b"e3"], "enroll", replace=True)
+    assert [f for k, f in store.get_fingerprints("alice") if k == "enroll"] == [b"e3"]
+    with pytest.raises(InvalidArgument, match="kind"):
+        store.add_fingerprints("alice", [b"x"], "other")
+
+
+def test_ping_and_closed(store):
+    store.ping()
+    store.close()
+    with pytest.raises(FailedPrecondition, match="closed"):
+        store.get_user("alice")
+
+
+def test_open_store_urls(tmp_path, key, monkeypatch):
+    with pytest.raises(InvalidArgument, match="mysql"):
+        open_store("mysql://x/y", key=key)
+    with pytest.raises(InvalidArgument, match="url"):
+        open_store("", key=key)
+    monkeypatch.chdir(tmp_path)
+    s = open_store("sqlite:///rel.db", key=key)
+    s.put_template("a", b"x", "m")
+    s.close()
+    assert (tmp_path / "rel.db").exists()
+    s = open_store(str(tmp_path / "plain.db"), key=base64.b64encode(key).decode())
+    s.close()
+    m = open_store("sqlite:///:memory:", key=key)
+    m.put_template("a", b"x", "m")
+    assert m.get_template("a").blob == b"x"
+    m.close()
