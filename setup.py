@@ -44,6 +44,7 @@ if IS_X86_64:
 # per variant (``<module>_<variant>.pyx``) that includes it.
 # --------------------------------------------------------------------------
 EXTENSIONS: list[tuple[str, str, bool]] = [
+    ("nacf_core.kernels._cy_sosfilt", "kernels/_sosfilt.pxi", True),
 ]
 
 

@@ -14,6 +14,19 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("NACF_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
+# Hypothesis profiles, chosen with NACF_HYPOTHESIS_PROFILE (default "nacf"): "nacf" keeps
+# example counts moderate so the suite stays fast; "small" is for the NUMBA_DISABLE_JIT=1
+# run (pure Python kernels): property tests also read the variable to shrink their shapes.
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile(
+    "nacf", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "small", max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("NACF_HYPOTHESIS_PROFILE", "nacf"))
+
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:

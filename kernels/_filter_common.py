@@ -1,0 +1,103 @@
+"""Python-side glue shared by the compiled filter backends (Cython and Numba).
+
+Both backends run the same blocked algorithm; this module turns the
+``scipy.signal.sosfilt`` calling convention into the kernels' plain arrays and back:
+
+- the working dtype is ``numpy.result_type(sos, x[, zi])`` as in SciPy (float32 only
+  when every input is float32);
+- the state travels through the kernel as ``z`` of shape ``(n_sections, 2, n_channels)``
+  (C-contiguous, 64-byte aligned) for both layouts: ``axis=0`` uses that shape as is,
+  ``axis=-1`` transposes its ``(n_sections, n_channels, 2)`` in and out (a few KB).
+
+No validation happens here: the public layer (:mod:`nacf_core.dsp`) does it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._aligned import empty_aligned, zeros_aligned
+
+__all__ = ["prepare", "finish", "sos_zi", "broadcast_zi", "channel_block"]
+
+
+def channel_block(dtype: np.dtype) -> int:
+    """Channels filtered together (one group's state and row stay in L1)."""
+    return 128 if np.dtype(dtype).itemsize == 4 else 64
+
+
+def prepare(sos, x, axis, zi):
+    """Return ``(dtype, sos, x, y, z, time_major)`` ready for a kernel call.
+
+    ``sos`` : ``(n_sections, 6)`` C-contiguous in ``dtype``; ``x`` : C-contiguous in
+    ``dtype``; ``y`` : aligned output like ``x``; ``z`` : aligned ``(n_sections, 2,
+    n_channels)`` state (zeros when ``zi`` is None).
+    """
+    if zi is None:
+        dtype = np.result_type(sos, x)
+    else:
+        dtype = np.result_type(sos, x, zi)
+    sos = np.ascontiguousarray(sos, dtype=dtype)
+    x = np.ascontiguousarray(x, dtype=dtype)
+    time_major = axis in (0, -2)
+    n_channels = x.shape[1] if time_major else x.shape[0]
+    n_sections = sos.shape[0]
+    if zi is None:
+        z = zeros_aligned((n_sections, 2, n_channels), dtype)
+    else:
+        z = empty_aligned((n_sections, 2, n_channels), dtype)
+        zi = np.asarray(zi)
+        z[...] = zi if time_major else zi.transpose(0, 2, 1)
+    y = empty_aligned(x.shape, dtype)
+    return dtype, sos, x, y, z, time_major
+
+
+def finish(y, z, time_major, return_zf):
+    """``y`` or ``(y, zf)`` in SciPy's ``zi`` layout for the axis."""
+    if not return_zf:
+        return y
+    zf = z if time_major else np.ascontiguousarray(z.transpose(0, 2, 1))
+    return y, zf
+
+
+def sos_zi(sos) -> np.ndarray:
+    """``scipy.signal.sosfilt_zi`` in closed form, float64, shape ``(n_sections, 2)``.
+
+    For one section ``b0, b1, b2, 1, a1, a2`` the step-response steady state of the
+    transposed direct form II solves ``(I - A^T) z = b[1:] - a[1:] * b0``, i.e.
+    ``z0 = (B0 + B1) / (1 + a1 + a2)`` and ``z1 = B1 - a2 * z0``; each section is then
+    scaled by the DC gain of the sections before it, as SciPy does.
+    """
+    sos = np.asarray(sos, dtype=np.float64)
+    out = np.empty((sos.shape[0], 2))
+    scale = 1.0
+    for s in range(sos.shape[0]):
+        b0, b1, b2, a0, a1, a2 = sos[s]
+        # lfilter_zi normalises by a0 (1 for valid SOS).
+        b0, b1, b2, a1, a2 = b0 / a0, b1 / a0, b2 / a0, a1 / a0, a2 / a0
+        B0 = b1 - a1 * b0
+        B1 = b2 - a2 * b0
+        z0 = (B0 + B1) / (1.0 + a1 + a2)
+        out[s, 0] = scale * z0
+        out[s, 1] = scale * (B1 - a2 * z0)
+        scale *= (b0 + b1 + b2) / (1.0 + a1 + a2)
+    return out
+
+
+def broadcast_zi(sos, x: np.ndarray, axis) -> np.ndarray:
+    """``sosfilt_zi(sos)[:, None, :] * x[None, :, :1]`` (axis -1) or
+    ``sosfilt_zi(sos)[:, :, None] * x[:1]`` (axis 0), in ``result_type(sos, x)``.
+
+    The product is formed in float64 and rounded once, as the reference does.
+    """
+    dtype = np.result_type(sos, x)
+    zi = sos_zi(sos)
+    if axis in (0, -2):
+        first = x[0]
+        out = empty_aligned((zi.shape[0], 2, first.shape[0]), dtype)
+        np.multiply(zi[:, :, None], first[None, None, :], out=out, casting="unsafe")
+    else:
+        first = x[:, 0]
+        out = empty_aligned((zi.shape[0], first.shape[0], 2), dtype)
+        np.multiply(zi[:, None, :], first[None, :, None], out=out, casting="unsafe")
+    return out
