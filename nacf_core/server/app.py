@@ -1,0 +1,301 @@
+"""Build, start and stop the nacf gRPC server.
+
+- ``nacf.v1.AuthService`` (:class:`~nacf_core.server.servicer.AuthServicer`), the
+  stock ``grpc.health.v1`` health service (reporting the sidecar's readiness: the
+  store answers and the server is not starting or draining) and server reflection.
+- Limits: ``max_message_bytes`` (default 16 MiB) both ways — a 4-s 16-channel window
+  at 1000 Hz is 256 KiB, an enrollment of a few minutes a few MB; a larger message
+  gets ``RESOURCE_EXHAUSTED`` from gRPC before it reaches any handler.
+  ``max_concurrent_rpcs`` bounds the calls in flight: beyond it gRPC answers
+  ``RESOURCE_EXHAUSTED`` at once; ``max_workers`` threads serve them.
+- Transport: TLS when ``tls_cert_file``/``tls_key_file`` are set, mTLS when
+  ``tls_client_ca_file`` is set too.  Plaintext only on a loopback address (the log
+  says so); anything else is refused at start.
+- API keys: without keys (and without mTLS) the server refuses to start unless
+  ``allow_open_loopback`` is set and it binds loopback.
+- :meth:`NacfServer.stop` (the ``nacf serve`` SIGTERM handler) turns readiness off,
+  refuses new calls and lets in-flight calls finish within ``grace_period_s``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import threading
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from nacf_core import __version__
+from nacf_core.config import Config, parse_address
+from nacf_core.errors import FailedPrecondition
+from nacf_core.server.interceptors import AuthInterceptor
+from nacf_core.server.servicer import SERVICE_NAME, add_to_server
+from nacf_core.service import AuthService
+
+__all__ = ["NacfServer", "build_service", "is_loopback", "SERVICE_NAME", "limit_threads"]
+
+log = logging.getLogger("nacf.server")
+
+def limit_threads() -> None:
+    """One BLAS/OpenMP/Numba thread per process: scale with processes, not threads.
+
+    Sets the environment for libraries not loaded yet and ``threadpoolctl`` limits
+    for those already loaded.
+    """
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                "NUMEXPR_NUM_THREADS", "NUMBA_NUM_THREADS", "VECLIB_MAXIMUM_THREADS"):
+        os.environ[var] = "1"
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except ImportError:  # threadpoolctl comes with scikit-learn; be safe anyway
+        pass
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _store_key(config: Config) -> Any:
+    """The template key: env (``NACF_TEMPLATE_KEY[_FILE]``) > ``store_key_file`` >
+    ``DATA_DIR/nacf.key`` (created 0600 on first start of the embedded store)."""
+    from nacf_core.store import create_key_file
+
+    if os.environ.get("NACF_TEMPLATE_KEY") or os.environ.get("NACF_TEMPLATE_KEY_FILE"):
+        return None
+    if config.store_key_file:
+        return Path(config.store_key_file)
+    path = Path(config.data_dir) / "nacf.key"
+    if not path.exists():
+        if config.store_url and not config.store_url.startswith("sqlite"):
+            raise FailedPrecondition(
+                "no template key configured for a shared store: set NACF_TEMPLATE_KEY, "
+                "NACF_TEMPLATE_KEY_FILE or store_key_file (every replica needs the same key).")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            create_key_file(path)
+            log.info("created a template encryption key", extra={
+                "event_type": "key_created", "path": str(path)})
+        except FileExistsError:
+            pass
+    return path
+
+
+def build_service(config: Config, metrics: Any = None) -> AuthService:
+    """Open the store, load the model and the pipeline, and build the domain service."""
+    from nacf_core.model import Model, default_model
+    from nacf_core.pipeline import Pipeline
+    from nacf_core.store import open_store
+
+    Path(config.data_dir).mkdir(parents=True, exist_ok=True)
+    store = open_store(config.resolved_store_url, _store_key(config))
+    try:
+        model = Model.load(config.model_path) if config.model_path else default_model(16)
+        pipeline = Pipeline(model, backend=config.kernel_backend)
+        pad = _make_pad(model)
+    except BaseException:
+        store.close()
+        raise
+    return AuthService(store, pipeline, config, metrics=metrics, pad=pad)
+
+
+def _make_pad(model: Any) -> Any:
+    try:
+        from nacf_core.pad import PresentationAttackDetector
+    except ImportError:
+        return None
+    return PresentationAttackDetector(model)
+
+
+class NacfServer:
+    """The gRPC server with its sidecar.
+
+    Parameters
+    ----------
+    config : Config
+    service : AuthService, optional
+        Built from ``config`` when omitted (and closed by :meth:`stop`).
+    metrics : nacf_core.metrics.Metrics, optional
+        Default: the process-wide ``METRICS``.
+    sidecar : bool
+        Start the metrics/health HTTP sidecar on ``config.metrics_address``.
+    """
+
+    def __init__(self, config: Config, service: AuthService | None = None, *,
+                 metrics: Any = None, sidecar: bool = True) -> None:
+        self.config = config
+        host, _ = parse_address("grpc_address", config.grpc_address)
+        self.host = host
+        self.loopback = is_loopback(host)
+        if not config.tls and not self.loopback:
+            raise FailedPrecondition(
+                f"refusing plaintext gRPC on {config.grpc_address}: plaintext is allowed on "
+                "loopback only; set tls_cert_file and tls_key_file (and tls_client_ca_file "
+                "for mTLS) or bind 127.0.0.1.")
+        mtls = bool(config.tls_client_ca_file)
+        self.open_mode = False
+        if not config.api_keys and not mtls:
+            if not config.allow_open_loopback:
+                raise FailedPrecondition(
+                    "no API keys configured: set NACF_API_KEYS or api_keys_file (or "
+                    "tls_client_ca_file for mTLS); to run without keys on loopback only, "
+                    "pass --allow-open-loopback.")
+            if not self.loopback:
+                raise FailedPrecondition(
+                    "--allow-open-loopback runs without API keys and only on a loopback "
+                    f"address, but grpc_address is {config.grpc_address}.")
+            self.open_mode = True
+        if metrics is None:
+            from nacf_core.metrics import METRICS as metrics  # noqa: N811
+        self.metrics = metrics
+        self._own_service = service is None
+        self.service = service if service is not None else build_service(config, metrics)
+        self.sidecar = None
+        if sidecar and config.metrics_address:
+            from nacf_core.sidecar import Sidecar
+
+            self.sidecar = Sidecar(config.metrics_address, registry=metrics.registry,
+                                   checks={"store": self.service.store.ping},
+                                   metrics=metrics)
+        self.health = health.HealthServicer(experimental_non_blocking=True)
+        self.server: grpc.Server | None = None
+        self.port = 0
+        self._stop = threading.Event()
+        self._health_thread: threading.Thread | None = None
+        self._stopped = threading.Event()
+
+    # ------------------------------------------------------------------------------
+    @property
+    def address(self) -> str:
+        h = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{h}:{self.port}"
+
+    def ready(self) -> bool:
+        """What ``/health/ready`` and ``grpc.health.v1`` report."""
+        if self._stop.is_set():
+            return False
+        if self.sidecar is not None:
+            return self.sidecar.readiness()[0]
+        return self.service.ready()
+
+    def start(self) -> NacfServer:
+        cfg = self.config
+        opts = [
+            ("grpc.max_receive_message_length", cfg.max_message_bytes),
+            ("grpc.max_send_message_length", cfg.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ]
+        icp = AuthInterceptor(cfg.api_keys, self.service, self.metrics,
+                              open_mode=self.open_mode, mtls=bool(cfg.tls_client_ca_file))
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=cfg.max_workers,
+                                       thread_name_prefix="nacf-grpc"),
+            interceptors=[icp], options=opts,
+            maximum_concurrent_rpcs=cfg.max_concurrent_rpcs)
+        add_to_server(self.service, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        if cfg.tls:
+            creds = grpc.ssl_server_credentials(
+                [(Path(cfg.tls_key_file).read_bytes(), Path(cfg.tls_cert_file).read_bytes())],
+                root_certificates=(Path(cfg.tls_client_ca_file).read_bytes()
+                                   if cfg.tls_client_ca_file else None),
+                require_client_auth=bool(cfg.tls_client_ca_file))
+            self.port = server.add_secure_port(cfg.grpc_address, creds)
+        else:
+            self.port = server.add_insecure_port(cfg.grpc_address)
+        if not self.port:
+            raise OSError(f"cannot bind gRPC on {cfg.grpc_address} (address in use?).")
+        self._set_health(False)
+        server.start()
+        self.server = server
+        if self.sidecar is not None:
+            self.sidecar.start()
+            self.sidecar.set_ready(True)
+        self._set_health(self.ready())
+        self._health_thread = threading.Thread(target=self._health_loop,
+                                               name="nacf-health", daemon=True)
+        self._health_thread.start()
+        try:
+            self.metrics.set_build_info(__version__, cfg.kernel_backend,
+                                        self.service.model_version)
+        except Exception:  # noqa: BLE001 - build info is informative only
+            log.exception("build info")
+        transport = ("mTLS" if cfg.tls_client_ca_file else "TLS") if cfg.tls else \
+            "PLAINTEXT (loopback only)"
+        log.info(f"gRPC listening on {self.address} with {transport}"
+                 + ("; OPEN MODE: no API key required (loopback only)" if self.open_mode
+                    else ""),
+                 extra={"event_type": "server_started", "address": self.address,
+                        "transport": transport, "open_mode": self.open_mode,
+                        "max_message_bytes": cfg.max_message_bytes,
+                        "max_concurrent_rpcs": cfg.max_concurrent_rpcs,
+                        "require_device_proof": cfg.require_device_proof,
+                        "model_version": self.service.model_version})
+        if not cfg.tls:
+            log.warning("plaintext gRPC on loopback %s: use TLS for anything else",
+                        self.address, extra={"event_type": "plaintext_loopback"})
+        return self
+
+    def _set_health(self, ok: bool) -> None:
+        st = health_pb2.HealthCheckResponse.SERVING if ok else \
+            health_pb2.HealthCheckResponse.NOT_SERVING
+        self.health.set("", st)
+        self.health.set(SERVICE_NAME, st)
+
+    def _health_loop(self) -> None:
+        while not self._stop.wait(2.0):
+            try:
+                self._set_health(self.ready())
+                self.service.maintenance()
+            except Exception:  # noqa: BLE001 - keep probing
+                log.exception("health refresh failed")
+                self._set_health(False)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the server has stopped."""
+        return self._stopped.wait(timeout)
+
+    def stop(self, grace: float | None = None) -> None:
+        """Drain: not ready, refuse new calls, let in-flight ones finish, then close."""
+        if self._stop.is_set():
+            self._stopped.wait()
+            return
+        self._stop.set()
+        g = self.config.grace_period_s if grace is None else grace
+        log.info("draining", extra={"event_type": "server_draining", "grace_s": g})
+        self._set_health(False)
+        if self.sidecar is not None:
+            self.sidecar.set_ready(False)
+        if self.server is not None:
+            self.server.stop(g).wait()
+        if self.sidecar is not None:
+            self.sidecar.stop()
+        if self._own_service:
+            try:
+                self.service.store.close()
+            except Exception:  # noqa: BLE001
+                log.exception("closing the store")
+        log.info("stopped", extra={"event_type": "server_stopped"})
+        self._stopped.set()
+
+    def __enter__(self) -> NacfServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop(0)

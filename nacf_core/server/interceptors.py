@@ -1,0 +1,224 @@
+"""Cross-cutting RPC concerns, in one server interceptor.
+
+For every call of a method outside ``grpc.health.v1`` it:
+
+1. authenticates the caller: the ``x-api-key`` metadata (keys are compared by their
+   SHA-256, so the lookup does not leak key bytes through timing), or a verified
+   client certificate over mTLS (carries every scope), or nothing in open-loopback
+   mode; otherwise ``UNAUTHENTICATED``;
+2. checks the key's scope for the method (:data:`METHOD_SCOPES`), else
+   ``PERMISSION_DENIED``;
+3. takes a token from the caller's bucket (shared in the store), else
+   ``RESOURCE_EXHAUSTED``;
+4. records ``nacfauth_auth_requests_total`` / ``_duration_seconds`` / success rate
+   with the status the call really ended with.
+
+The concurrency bound itself is gRPC's ``maximum_concurrent_rpcs`` (see ``app.py``):
+a call beyond it is answered ``RESOURCE_EXHAUSTED`` at once, before any worker
+thread is taken, instead of waiting in an unbounded queue.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import grpc
+
+from nacf_core.errors import NacfError
+
+__all__ = ["AuthInterceptor", "METHOD_SCOPES", "client_identity"]
+
+log = logging.getLogger("nacf.server")
+
+_SERVICE = "/nacf.v1.AuthService/"
+_HEALTH = "/grpc.health.v1.Health/"
+_REFLECTION = ("/grpc.reflection.v1alpha.ServerReflection/",
+               "/grpc.reflection.v1.ServerReflection/")
+
+#: Scope each RPC needs.  Reflection needs any valid key; health needs none.
+METHOD_SCOPES: dict[str, str] = {
+    "Authenticate": "authenticate",
+    "AuthenticateStream": "authenticate",
+    "ContinuousAuthenticate": "authenticate",
+    "Identify": "authenticate",
+    "ValidateSession": "authenticate",
+    "EndSession": "authenticate",
+    "Enroll": "enroll",
+    "RegisterDevice": "enroll",
+    "GetUser": "admin",
+    "DeleteUser": "admin",
+    "UnlockUser": "admin",
+    "ListUsers": "admin",
+    "GetStats": "admin",
+}
+
+
+def _key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def client_identity(context: grpc.ServicerContext) -> str | None:
+    """Common name / SAN of a verified client certificate, or ``None``."""
+    try:
+        ac = context.auth_context() or {}
+    except Exception:  # noqa: BLE001 - grpc_testing contexts
+        return None
+    for k in ("x509_common_name", "x509_subject_alternative_name"):
+        v = ac.get(k)
+        if v:
+            return v[0].decode("utf-8", "replace") if isinstance(v[0], bytes) else str(v[0])
+    return None
+
+
+class AuthInterceptor(grpc.ServerInterceptor):
+    """API-key / mTLS authentication, scopes, rate limit and RPC metrics.
+
+    Parameters
+    ----------
+    api_keys : mapping of str to frozenset of str
+        ``{key: scopes}``.
+    service : nacf_core.service.AuthService, optional
+        Gives ``check_rate_limit(client_id)``; ``None`` disables rate limiting.
+    metrics : nacf_core.metrics.Metrics, optional
+    open_mode : bool
+        No key required (only ever enabled on loopback, see ``app.py``).
+    mtls : bool
+        A verified client certificate authenticates the caller.
+    """
+
+    def __init__(self, api_keys: Mapping[str, frozenset[str]], service: Any = None,
+                 metrics: Any = None, *, open_mode: bool = False, mtls: bool = False) -> None:
+        self._keys = {_key_hash(k): (f"key-{_key_hash(k)[:8]}", frozenset(s))
+                      for k, s in api_keys.items()}
+        self.service = service
+        self.metrics = metrics
+        self.open_mode = open_mode
+        self.mtls = mtls
+
+    # ------------------------------------------------------------------------------
+    def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails):
+        handler = continuation(details)
+        method_path = details.method or ""
+        if handler is None or method_path.startswith(_HEALTH):
+            return handler
+        method = method_path.rsplit("/", 1)[-1]
+        is_reflection = method_path.startswith(_REFLECTION)
+        metadata = details.invocation_metadata or ()
+        key = None
+        for k, v in metadata:
+            if k == "x-api-key":
+                key = v if isinstance(v, str) else v.decode("utf-8", "replace")
+                break
+        return _wrap(handler, self, method, key, is_reflection)
+
+    # ------------------------------------------------------------------------------
+    def authorize(self, context: grpc.ServicerContext, method: str, key: str | None,
+                  is_reflection: bool) -> tuple[str, str]:
+        """Return ``(client_id, user_type)`` or abort the call."""
+        if key:
+            entry = self._keys.get(_key_hash(key))
+            if entry is None:
+                context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                              "the x-api-key metadata holds an unknown API key.")
+            client_id, scopes = entry
+            user_type = "api_key"
+        elif self.mtls and (cn := client_identity(context)):
+            client_id, scopes, user_type = f"cert-{cn}", frozenset(
+                ("authenticate", "enroll", "admin")), "mtls"
+        elif self.open_mode:
+            client_id, scopes, user_type = f"peer-{_peer_host(context)}", frozenset(
+                ("authenticate", "enroll", "admin")), "open"
+        else:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                          "missing API key: send it in the x-api-key metadata"
+                          + (" (or use a client certificate)" if self.mtls else "") + ".")
+        if not is_reflection:
+            need = METHOD_SCOPES.get(method)
+            if need is None or need not in scopes:
+                context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                              f"this API key lacks the {need!r} scope that {method} needs "
+                              f"(it has: {', '.join(sorted(scopes)) or 'none'}).")
+        if self.service is not None and not is_reflection:
+            try:
+                self.service.check_rate_limit(client_id)
+            except NacfError as e:
+                context.abort(grpc.StatusCode[e.code], str(e))
+        return client_id, user_type
+
+    def observe(self, method: str, context: grpc.ServicerContext, failed: bool,
+                seconds: float, user_type: str) -> None:
+        if self.metrics is None:
+            return
+        try:
+            code = context.code()
+        except Exception:  # noqa: BLE001
+            code = None
+        if code is None:
+            name = "INTERNAL" if failed else "OK"
+        else:
+            name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+        try:
+            self.metrics.observe_rpc(method, name, seconds, user_type)
+        except Exception:  # noqa: BLE001 - metrics never fail a call
+            log.exception("metrics recording failed")
+
+
+def _peer_host(context: grpc.ServicerContext) -> str:
+    p = context.peer() or ""
+    # "ipv4:127.0.0.1:5555" -> "127.0.0.1"
+    parts = p.split(":")
+    if len(parts) >= 3:
+        return ":".join(parts[1:-1])
+    return p
+
+
+def _wrap(handler: grpc.RpcMethodHandler, icp: AuthInterceptor, method: str,
+          key: str | None, is_reflection: bool) -> grpc.RpcMethodHandler:
+    def _guard(context, fn):
+        t0 = time.perf_counter()
+        user_type = "anonymous"
+        failed = True
+        try:
+            _, user_type = icp.authorize(context, method, key, is_reflection)
+            out = fn()
+            failed = False
+            return out
+        finally:
+            if not is_reflection:
+                icp.observe(method, context, failed, time.perf_counter() - t0, user_type)
+
+    def _guard_stream(context, fn):
+        t0 = time.perf_counter()
+        user_type = "anonymous"
+        failed = True
+        try:
+            _, user_type = icp.authorize(context, method, key, is_reflection)
+            yield from fn()
+            failed = False
+        finally:
+            if not is_reflection:
+                icp.observe(method, context, failed, time.perf_counter() - t0, user_type)
+
+    if handler.unary_unary:
+        inner = handler.unary_unary
+        return grpc.unary_unary_rpc_method_handler(
+            lambda req, ctx: _guard(ctx, lambda: inner(req, ctx)),
+            handler.request_deserializer, handler.response_serializer)
+    if handler.stream_unary:
+        inner_su = handler.stream_unary
+        return grpc.stream_unary_rpc_method_handler(
+            lambda it, ctx: _guard(ctx, lambda: inner_su(it, ctx)),
+            handler.request_deserializer, handler.response_serializer)
+    if handler.unary_stream:
+        inner_us = handler.unary_stream
+        return grpc.unary_stream_rpc_method_handler(
+            lambda req, ctx: _guard_stream(ctx, lambda: inner_us(req, ctx)),
+            handler.request_deserializer, handler.response_serializer)
+    inner_ss = handler.stream_stream
+    return grpc.stream_stream_rpc_method_handler(
+        lambda it, ctx: _guard_stream(ctx, lambda: inner_ss(it, ctx)),
+        handler.request_deserializer, handler.response_serializer)

@@ -1,0 +1,229 @@
+"""``nacf.v1.AuthService`` servicer: a thin adapter over :class:`nacf_core.service.AuthService`.
+
+Every handler converts the request (``converters``), calls the domain service and
+converts the result back.  Errors become gRPC statuses here, in one place
+(:func:`_status`): ``nacf_core.errors.*`` map by their ``code``, ``ValueError`` /
+``TypeError`` to ``INVALID_ARGUMENT``, anything unexpected to ``INTERNAL`` with a log
+line and an error id (never ``UNKNOWN``, never a traceback on the wire).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+from nacf_core._proto.nacf.v1 import auth_pb2 as pb
+from nacf_core._proto.nacf.v1 import auth_pb2_grpc as pb_grpc
+from nacf_core.errors import DeadlineExceeded, InvalidArgument, NacfError
+from nacf_core.server import converters as cv
+from nacf_core.service import AuthService, DeviceProof
+
+__all__ = ["AuthServicer", "status_for", "add_to_server", "SERVICE_NAME"]
+
+#: Full name of the service (``nacf.v1.AuthService``).
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AuthService"].full_name
+
+log = logging.getLogger("nacf.server")
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The gRPC status code and message for an exception raised by the domain layer."""
+    if isinstance(exc, NacfError) and exc.code in grpc.StatusCode.__members__:
+        return grpc.StatusCode[exc.code], str(exc) or exc.code
+    if isinstance(exc, (ValueError, TypeError)):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc) or type(exc).__name__
+    if isinstance(exc, grpc.RpcError):  # the client went away while we read its stream
+        return grpc.StatusCode.CANCELLED, "the client cancelled the call."
+    err = uuid.uuid4().hex[:12]
+    log.error("internal error", exc_info=exc, extra={"event_type": "internal_error",
+                                                     "error_id": err})
+    return grpc.StatusCode.INTERNAL, f"internal error (id {err}); see the server log."
+
+
+def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
+    code, msg = status_for(exc)
+    context.abort(code, msg)
+
+
+def _check_deadline(context: grpc.ServicerContext) -> float | None:
+    """Raise ``DeadlineExceeded`` if the deadline has passed; return it as monotonic."""
+    rem = context.time_remaining()
+    if rem is None:
+        return None
+    if rem <= 0:
+        raise DeadlineExceeded("the call's deadline passed before it could be served.")
+    return time.monotonic() + rem
+
+
+def _unary(fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    def wrapper(self: AuthServicer, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            _check_deadline(context)
+            return fn(self, request, context)
+        except Exception as e:  # noqa: BLE001 - every error becomes a proper status
+            if _is_abort(e, context):
+                raise
+            _abort(context, e)
+    return wrapper
+
+
+def _stream_out(fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    def wrapper(self: AuthServicer, request: Any, context: grpc.ServicerContext) -> Iterator:
+        try:
+            _check_deadline(context)
+            yield from fn(self, request, context)
+        except Exception as e:  # noqa: BLE001
+            if _is_abort(e, context):
+                raise
+            _abort(context, e)
+    return wrapper
+
+
+def _is_abort(e: BaseException, context: grpc.ServicerContext) -> bool:
+    """True for the exception ``context.abort`` raised (its code is already set)."""
+    try:
+        code = context.code()
+    except Exception:  # noqa: BLE001 - older grpcio without ServicerContext.code
+        return False
+    return code is not None and code != grpc.StatusCode.OK and type(e) is Exception
+
+
+def _proof(context: grpc.ServicerContext) -> DeviceProof:
+    md = {}
+    for k, v in context.invocation_metadata() or ():
+        if k in ("x-device-id", "x-device-timestamp", "x-device-proof"):
+            md[k] = v if isinstance(v, str) else v.decode("utf-8", "replace")
+    return DeviceProof(md.get("x-device-id"), md.get("x-device-timestamp"),
+                       md.get("x-device-proof"))
+
+
+def _peer(context: grpc.ServicerContext) -> str:
+    try:
+        return context.peer() or ""
+    except Exception:  # noqa: BLE001 - grpc_testing contexts may not know a peer
+        return ""
+
+
+class AuthServicer(pb_grpc.AuthServiceServicer):
+    """The gRPC face of :class:`AuthService`."""
+
+    def __init__(self, service: AuthService) -> None:
+        self.service = service
+
+    @_unary
+    def Enroll(self, request: pb.EnrollRequest, context) -> pb.EnrollResponse:  # noqa: N802
+        blocks = [cv.signal_to_block(s, f"signals[{i}]") for i, s in enumerate(request.signals)]
+        r = self.service.enroll(request.user_id, blocks, update=request.update)
+        return cv.enroll_response(r)
+
+    @_unary
+    def Authenticate(self, request: pb.AuthenticateRequest, context  # noqa: N802
+                     ) -> pb.AuthenticateResponse:
+        if not request.HasField("signal"):
+            raise InvalidArgument("'signal' is missing.")
+        block = cv.signal_to_block(request.signal)
+        r = self.service.authenticate(request.user_id, block, _proof(context),
+                                      peer=_peer(context))
+        return cv.auth_response(r)
+
+    @_unary
+    def AuthenticateStream(self, request_iterator, context  # noqa: N802
+                           ) -> pb.AuthenticateResponse:
+        deadline = _check_deadline(context)
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("kind") != "start":
+            raise InvalidArgument("the first AuthenticateStream message must be 'start' "
+                                  "(naming the user); got "
+                                  f"{'nothing' if first is None else first.WhichOneof('kind')}.")
+
+        def chunks():
+            for i, m in enumerate(request_iterator, 1):
+                if m.WhichOneof("kind") != "chunk":
+                    raise InvalidArgument(f"message {i} of the stream must be a 'chunk'; "
+                                          f"got {m.WhichOneof('kind')}.")
+                yield cv.signal_to_block(m.chunk, f"chunk[{i}]")
+
+        r = self.service.authenticate_stream(
+            first.start.user_id, chunks(), _proof(context),
+            max_seconds=first.start.max_seconds, peer=_peer(context), deadline=deadline)
+        return cv.auth_response(r)
+
+    @_unary
+    def Identify(self, request: pb.IdentifyRequest, context) -> pb.IdentifyResponse:  # noqa: N802
+        if not request.HasField("signal"):
+            raise InvalidArgument("'signal' is missing.")
+        r = self.service.identify(cv.signal_to_block(request.signal), request.top_k)
+        return cv.identify_response(r)
+
+    @_unary
+    def GetUser(self, request: pb.GetUserRequest, context) -> pb.GetUserResponse:  # noqa: N802
+        return pb.GetUserResponse(user=cv.user_message(self.service.get_user(request.user_id)))
+
+    @_unary
+    def DeleteUser(self, request, context) -> pb.DeleteUserResponse:  # noqa: N802
+        self.service.delete_user(request.user_id)
+        return pb.DeleteUserResponse(deleted=True)
+
+    @_unary
+    def UnlockUser(self, request, context) -> pb.UnlockUserResponse:  # noqa: N802
+        return pb.UnlockUserResponse(was_locked=self.service.unlock_user(request.user_id))
+
+    @_unary
+    def ListUsers(self, request, context) -> pb.ListUsersResponse:  # noqa: N802
+        users, token = self.service.list_users(request.page_size, request.page_token)
+        return pb.ListUsersResponse(users=[cv.user_message(u) for u in users],
+                                    next_page_token=token)
+
+    @_unary
+    def ValidateSession(self, request, context) -> pb.ValidateSessionResponse:  # noqa: N802
+        return cv.session_response(self.service.validate_session(request.session_token))
+
+    @_unary
+    def EndSession(self, request, context) -> pb.EndSessionResponse:  # noqa: N802
+        ended, dur = self.service.end_session(request.session_token)
+        return pb.EndSessionResponse(ended=ended, duration_seconds=dur)
+
+    @_unary
+    def RegisterDevice(self, request, context) -> pb.RegisterDeviceResponse:  # noqa: N802
+        secret = self.service.register_device(request.user_id, request.device_id,
+                                              rotate=request.rotate)
+        return pb.RegisterDeviceResponse(device_secret=secret, user_id=request.user_id,
+                                         device_id=request.device_id)
+
+    @_unary
+    def GetStats(self, request, context) -> pb.GetStatsResponse:  # noqa: N802
+        return pb.GetStatsResponse(**self.service.stats())
+
+    @_stream_out
+    def ContinuousAuthenticate(self, request_iterator, context):  # noqa: N802
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("kind") != "start":
+            raise InvalidArgument("the first ContinuousAuthenticate message must be 'start' "
+                                  "(naming the session); got "
+                                  f"{'nothing' if first is None else first.WhichOneof('kind')}.")
+
+        def chunks():
+            for i, m in enumerate(request_iterator, 1):
+                if m.WhichOneof("kind") != "chunk":
+                    raise InvalidArgument(f"message {i} of the stream must be a 'chunk'; "
+                                          f"got {m.WhichOneof('kind')}.")
+                yield cv.signal_to_block(m.chunk, f"chunk[{i}]")
+
+        for u in self.service.continuous(first.start.session_token, chunks(),
+                                         cancelled=lambda: not context.is_active()):
+            yield cv.continuous_response(u)
+
+
+def add_to_server(service: AuthService, server: grpc.Server) -> AuthServicer:
+    """Register an :class:`AuthServicer` over ``service`` on ``server``."""
+    servicer = AuthServicer(service)
+    pb_grpc.add_AuthServiceServicer_to_server(servicer, server)
+    return servicer

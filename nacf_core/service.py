@@ -1,0 +1,1078 @@
+"""The one domain API of nacf: enrollment, authentication, identification, users,
+sessions, devices, lockout, rate limits, audit and stats.
+
+The gRPC servicer (``nacf_core.server``) and the CLI are thin adapters over
+:class:`AuthService`; it never sees a protobuf message.  Inputs arrive as
+:class:`SignalBlock` (samples ``(n_times, n_channels)`` float32 µV), errors leave as
+``nacf_core.errors.*`` whose ``code`` is the gRPC status name.
+
+Security decisions (written down here, enforced here):
+
+- **Device proof** (NIST SP 800-63B rev. 3 §5.2.3: a biometric goes with a physical
+  authenticator).  ``Authenticate`` carries ``device_id``, ``timestamp`` (unix seconds,
+  integer) and ``proof`` = lowercase hex HMAC-SHA256 with key = UTF-8 device secret
+  over UTF-8 ``f"{user_id}\\n{device_id}\\n{timestamp}\\n{sha256_hex(samples)}"``
+  (``samples`` = the raw little-endian float32 bytes as sent; for the streaming RPCs
+  the samples of the first chunk).  Missing, wrong, stale (``|now - timestamp| >
+  proof_max_skew_s``, 60 s) or replayed (the same proof seen before, remembered in the
+  shared store for twice the skew) → ``Unauthenticated``.  The device must be bound
+  to that user with :meth:`AuthService.register_device`.
+- **Lockout**: only biometric rejections count as failures (a bad device proof is a
+  suspicious activity and an audit row, but it does not lock the user: otherwise
+  anyone holding an API key could lock anyone out without a headset).  After
+  ``lockout_threshold`` consecutive failures the user is locked for
+  ``lockout_seconds``; while locked, authentication gets ``FailedPrecondition`` and
+  no biometric comparison is made.  ``unlock_user`` lifts it.  Counters live in the
+  store, so replicas share them.
+- **Rate limit**: a token bucket per client id (the API key's id, the client
+  certificate or the peer), in the store; empty → ``ResourceExhausted``.
+- **Sessions**: a successful authentication opens a session with ``session_ttl_s``;
+  the store keeps only the SHA-256 of the token.  ``continuous`` keeps a session
+  verified while a headset streams and ends it when the wearer changes
+  (``continuous_mismatch_windows`` consecutive windows below the threshold) or the
+  signal is lost (no usable window, or no data, for ``signal_loss_s``).
+- Nothing here logs a signal, an embedding, a template, a secret or a token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import math
+import queue
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from nacf_core.config import Config
+from nacf_core.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NacfError,
+    NotFound,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
+
+__all__ = [
+    "AuthService",
+    "SignalBlock",
+    "DeviceProof",
+    "EnrollResult",
+    "AuthResult",
+    "IdentifyResult",
+    "UserInfo",
+    "SessionInfo",
+    "ContinuousUpdate",
+    "device_proof",
+    "sha256_hex",
+    "check_user_id",
+]
+
+log = logging.getLogger("nacf.service")
+
+_USER_ID_MAX = 128
+_DEVICE_ID_MAX = 128
+
+
+# ----------------------------------------------------------------------------------
+# value types
+# ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SignalBlock:
+    """A block of EEG as a client sent it.
+
+    Attributes
+    ----------
+    samples : ndarray, shape (n_times, n_channels), float32
+        Microvolts (may be a read-only view of the request bytes).
+    sfreq : float
+        Sampling rate in Hz.
+    ch_names : tuple of str, length n_channels
+    device_id : str
+        The headset that recorded it ("" if not given).
+    raw : bytes
+        The little-endian float32 bytes as received (the device proof hashes these).
+    """
+
+    samples: np.ndarray = field(repr=False)
+    sfreq: float
+    ch_names: tuple[str, ...]
+    device_id: str = ""
+    raw: bytes = field(default=b"", repr=False)
+
+    @property
+    def seconds(self) -> float:
+        return self.samples.shape[0] / self.sfreq
+
+    def raw_bytes(self) -> bytes:
+        if self.raw:
+            return self.raw
+        return np.ascontiguousarray(self.samples, dtype="<f4").tobytes()
+
+
+@dataclass(frozen=True)
+class DeviceProof:
+    """The device-proof metadata exactly as received (strings; validated here)."""
+
+    device_id: str | None
+    timestamp: str | None
+    proof: str | None
+
+    @property
+    def present(self) -> bool:
+        return bool(self.device_id or self.timestamp or self.proof)
+
+
+@dataclass(frozen=True)
+class RejectedEpoch:
+    signal_index: int
+    epoch_index: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class EnrollResult:
+    user_id: str
+    template_version: int
+    epochs_used: int
+    rejected: list[RejectedEpoch]
+    quality: float
+    model_version: str
+
+
+@dataclass(frozen=True)
+class AuthResult:
+    accepted: bool
+    score: float
+    threshold: float
+    quality: float
+    reasons: list[str]
+    model_version: str
+    seconds_used: float
+    windows_used: int
+    session_token: str = field(default="", repr=False)
+    session_expires_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class IdentifyResult:
+    candidates: list[tuple[str, float]]
+    threshold: float
+    quality: float
+    model_version: str
+    reasons: list[str]
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    user_id: str
+    template_version: int
+    created_at: float
+    updated_at: float
+    model_version: str
+    locked: bool
+    locked_until: float
+    consecutive_failures: int
+    device_ids: list[str]
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    valid: bool
+    user_id: str
+    expires_at: float
+    last_verified: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class ContinuousUpdate:
+    state: str  # "verified" | "uncertain" | "ended"
+    score: float
+    threshold: float
+    quality: float
+    reason: str
+    session_expires_at: float
+    seconds_streamed: float
+
+
+# ----------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------
+def sha256_hex(data: bytes) -> str:
+    """Lowercase hex SHA-256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def device_proof(secret: str, user_id: str, device_id: str, timestamp: int | str,
+                 samples: bytes) -> str:
+    """The device proof a headset sends (lowercase hex HMAC-SHA256).
+
+    Parameters
+    ----------
+    secret : str
+        The device secret ``register_device`` returned.
+    user_id, device_id : str
+    timestamp : int or str
+        Unix seconds, an integer.
+    samples : bytes
+        The ``Signal.samples`` bytes (little-endian float32) as sent.
+    """
+    msg = f"{user_id}\n{device_id}\n{int(timestamp)}\n{sha256_hex(samples)}"
+    return hmac.new(secret.encode("utf-8"), msg.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def check_user_id(user_id: Any, name: str = "user_id") -> str:
+    """A non-empty printable id of at most 128 characters."""
+    if not isinstance(user_id, str):
+        raise InvalidArgument(f"{name!r} must be a string, got {type(user_id).__name__}.")
+    if not user_id:
+        raise InvalidArgument(f"{name!r} must not be empty.")
+    if len(user_id) > _USER_ID_MAX:
+        raise InvalidArgument(f"{name!r} must be at most {_USER_ID_MAX} characters, got "
+                              f"{len(user_id)}.")
+    if not user_id.isprintable():
+        raise InvalidArgument(f"{name!r} must be printable (no control characters), got "
+                              f"{user_id!r}.")
+    return user_id
+
+
+def _status_name(exc: BaseException) -> str:
+    if isinstance(exc, NacfError):
+        return exc.code
+    if isinstance(exc, (ValueError, TypeError)):
+        return "INVALID_ARGUMENT"
+    return "INTERNAL"
+
+
+class _Recognizer:
+    """Adapter between the service and ``nacf_core.pipeline`` (one place to change)."""
+
+    def __init__(self, pipeline: Any) -> None:
+        self.pipeline = pipeline
+        self.model = pipeline.model
+
+    @property
+    def model_version(self) -> str:
+        return str(self.model.version)
+
+    @property
+    def threshold(self) -> float:
+        return float(self.model.threshold)
+
+    @property
+    def window_s(self) -> float:
+        return float(self.model.window_s)
+
+    def windows(self, block: SignalBlock, hop_s: float | None = None):
+        return self.pipeline.windows(block.samples, block.sfreq, list(block.ch_names),
+                                     hop_s=hop_s)
+
+    def enroll(self, windows_list: list) -> Any:
+        return self.pipeline.enroll(windows_list)
+
+    def scores(self, windows, template) -> np.ndarray:
+        return np.asarray(self.pipeline.score(windows, template), dtype=np.float64)
+
+    def template_from_bytes(self, blob: bytes) -> Any:
+        from nacf_core.pipeline import Template
+
+        return Template.from_bytes(blob)
+
+    def sequential(self, max_seconds: float):
+        from nacf_core.sequential import SequentialTest
+
+        return SequentialTest(self.model, max_seconds=max_seconds)
+
+
+# ----------------------------------------------------------------------------------
+class AuthService:
+    """The domain service.
+
+    Parameters
+    ----------
+    store : nacf_core.store.Store
+    pipeline : nacf_core.pipeline.Pipeline
+        Its ``model`` gives ``version``, ``threshold`` and ``window_s``.
+    config : Config
+    metrics : nacf_core.metrics.Metrics, optional
+        Default: the process-wide ``METRICS``.
+    clock : callable
+        Unix seconds (tests inject a fake).
+    pad : object, optional
+        Presentation-attack detector with ``check(user_id, windows, block)`` (see
+        ``nacf_core.pad``); ``None`` disables it.
+    """
+
+    def __init__(self, store: Any, pipeline: Any, config: Config | None = None, *,
+                 metrics: Any = None, clock: Callable[[], float] = time.time,
+                 pad: Any = None) -> None:
+        self.store = store
+        self.rec = _Recognizer(pipeline)
+        self.config = config or Config()
+        if metrics is None:
+            from nacf_core.metrics import METRICS as metrics  # noqa: N811
+        self.metrics = metrics
+        self.clock = clock
+        self.pad = pad
+        self._last_purge = 0.0
+        self._purge_lock = threading.Lock()
+
+    # ---------------------------------------------------------------- infrastructure
+    @property
+    def model_version(self) -> str:
+        return self.rec.model_version
+
+    def ready(self) -> bool:
+        """True when the store answers."""
+        try:
+            self.store.ping()
+        except Exception:  # noqa: BLE001 - any failure means not ready
+            return False
+        return True
+
+    def check_rate_limit(self, client_id: str) -> None:
+        """Take one token from ``client_id``'s bucket or raise ``ResourceExhausted``."""
+        ok = self._store("take_token", self.store.take_token, client_id,
+                         float(self.config.rate_limit_per_s), float(self.config.rate_limit_burst),
+                         now=self.clock())
+        if not ok:
+            self.metrics.record_suspicious("rate_limited", "low")
+            raise ResourceExhausted(
+                f"rate limit exceeded for this client: {self.config.rate_limit_per_s:g} "
+                f"requests/s with bursts of {self.config.rate_limit_burst:g}; retry later.")
+
+    def _store(self, op: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+        """Call the store; domain errors pass through, anything else is UNAVAILABLE."""
+        try:
+            return fn(*args, **kwargs)
+        except NacfError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a driver error: the store is unhealthy
+            self.metrics.record_store_error(op)
+            log.error("store error", extra={"event_type": "store_error", "operation": op,
+                                            "error": type(e).__name__})
+            raise Unavailable(f"the template store failed during {op}: {type(e).__name__}; "
+                              "retry later.") from e
+
+    def maintenance(self, force: bool = False) -> None:
+        """Purge audit rows past retention and expire sessions (rate-limited)."""
+        now = self.clock()
+        with self._purge_lock:
+            if not force and now - self._last_purge < self.config.purge_interval_s:
+                return
+            self._last_purge = now
+        cutoff = now - self.config.audit_retention_days * 86400.0
+        n = self._store("purge_attempts", self.store.purge_attempts, cutoff)
+        ended = self._store("expire_sessions", self.store.expire_sessions, now=now)
+        for s in ended:
+            self.metrics.observe_session_duration(max(0.0, s.expires_at - s.created_at))
+        self._update_active_sessions(now)
+        if n or ended:
+            log.info("maintenance", extra={"event_type": "maintenance", "audit_purged": n,
+                                           "sessions_expired": len(ended)})
+
+    def _update_active_sessions(self, now: float | None = None) -> None:
+        try:
+            n = self.store.count_active_sessions(now=self.clock() if now is None else now)
+        except Exception:  # noqa: BLE001 - a gauge refresh must not fail a call
+            self.metrics.record_store_error("count_active_sessions")
+            return
+        self.metrics.set_active_sessions(int(n))
+
+    # -------------------------------------------------------------------- enrollment
+    def enroll(self, user_id: str, blocks: list[SignalBlock], update: bool = False,
+               *, method: str = "Enroll") -> EnrollResult:
+        """Enroll ``user_id`` from one or more blocks (or replace its template).
+
+        Raises ``AlreadyExists`` for an existing user unless ``update``;
+        ``InvalidArgument`` for bad signals; ``FailedPrecondition`` when too few good
+        epochs remain (the pipeline says how many it needs).
+        """
+        user_id = check_user_id(user_id)
+        status = "INTERNAL"
+        try:
+            if not blocks:
+                raise InvalidArgument("'signals' must hold at least one Signal, got none.")
+            if not update:
+                try:
+                    self._store("get_user", self.store.get_user, user_id)
+                except NotFound:
+                    pass
+                else:
+                    raise AlreadyExists(f"user {user_id!r} is already enrolled; set "
+                                        "update=true to replace the template.")
+            t0 = time.perf_counter()
+            wins, rejected, qual = [], [], []
+            for i, b in enumerate(blocks):
+                w = self.rec.windows(b)
+                wins.append(w)
+                for j, ok in enumerate(np.asarray(w.accepted)):
+                    if not ok:
+                        rejected.append(RejectedEpoch(i, j, _reason_at(w.reasons, j)))
+                q = np.asarray(w.quality, dtype=np.float64)[np.asarray(w.accepted, bool)]
+                qual.extend(q.tolist())
+            template = self.rec.enroll(wins)
+            quality = float(np.mean(qual)) if qual else 0.0
+            self.metrics.observe_signal("enroll", time.perf_counter() - t0,
+                                        min(1.0, max(0.0, quality)))
+            self.metrics.record_artifact_rejections(r.reason for r in rejected)
+            used = int(sum(int(np.count_nonzero(np.asarray(w.accepted))) for w in wins))
+            blob = template.to_bytes()
+            version = self._store("put_template", self.store.put_template, user_id, blob,
+                                  self.model_version, {"epochs_used": used,
+                                                       "quality": quality},
+                                  create_only=not update, now=self.clock())
+            self._pad_enroll(user_id, wins, blocks)
+            status = "OK"
+            log.info("enrolled", extra={"event_type": "enrollment", "user_id": user_id,
+                                        "template_version": version, "epochs_used": used,
+                                        "epochs_rejected": len(rejected),
+                                        "quality": round(quality, 3)})
+            return EnrollResult(user_id, int(version), used, rejected, quality,
+                                self.model_version)
+        except BaseException as e:
+            status = _status_name(e)
+            raise
+        finally:
+            self.metrics.record_registration(method, status)
+
+    def _pad_enroll(self, user_id: str, wins: list, blocks: list[SignalBlock]) -> None:
+        if self.pad is None:
+            return
+        fps = self.pad.enroll_fingerprints(wins, blocks)
+        self._store("add_fingerprints", self.store.add_fingerprints, user_id, fps,
+                    "enroll", replace=True, now=self.clock())
+
+    # ------------------------------------------------------------- authentication
+    def _check_user_and_lock(self, user_id: str) -> Any:
+        rec = self._store("get_template", self.store.get_template, user_id)
+        lock = self._store("get_lockout", self.store.get_lockout, user_id)
+        now = self.clock()
+        if lock.is_locked(now):
+            self.metrics.record_failed_auth("locked")
+            raise FailedPrecondition(
+                f"user {user_id!r} is locked after {self.config.lockout_threshold} "
+                f"consecutive failed attempts until {_iso(lock.locked_until)} "
+                f"({lock.locked_until - now:.0f} s from now); an admin can lift it with "
+                "UnlockUser.")
+        return rec
+
+    def verify_device_proof(self, user_id: str, block: SignalBlock,
+                            proof: DeviceProof | None) -> str | None:
+        """Check the device proof; return the device id (``None`` when not required
+        and not given). Raises ``Unauthenticated`` on a missing/wrong/stale/replayed
+        proof."""
+        if proof is None or not proof.present:
+            if not self.config.require_device_proof:
+                return None
+            return self._proof_fail(user_id, "missing",
+                                    "device proof required: send x-device-id, "
+                                    "x-device-timestamp and x-device-proof metadata.")
+        missing = [n for n, v in (("x-device-id", proof.device_id),
+                                  ("x-device-timestamp", proof.timestamp),
+                                  ("x-device-proof", proof.proof)) if not v]
+        if missing:
+            return self._proof_fail(user_id, "missing",
+                                    f"device proof incomplete: missing {', '.join(missing)}.")
+        device_id = proof.device_id or ""
+        if len(device_id) > _DEVICE_ID_MAX:
+            return self._proof_fail(user_id, "malformed", "x-device-id is longer than "
+                                    f"{_DEVICE_ID_MAX} characters.")
+        if block.device_id and block.device_id != device_id:
+            return self._proof_fail(user_id, "device_mismatch",
+                                    f"Signal.device_id {block.device_id!r} differs from "
+                                    f"x-device-id {device_id!r}.")
+        ts_s = (proof.timestamp or "").strip()
+        if not (ts_s.isdigit() or (ts_s.startswith("-") and ts_s[1:].isdigit())) \
+                or len(ts_s) > 15:
+            return self._proof_fail(user_id, "malformed",
+                                    "x-device-timestamp must be integer unix seconds, got "
+                                    f"{ts_s[:32]!r}.")
+        ts = int(ts_s)
+        now = self.clock()
+        skew = self.config.proof_max_skew_s
+        if abs(now - ts) > skew:
+            return self._proof_fail(user_id, "stale",
+                                    f"device proof is stale: x-device-timestamp {ts} is "
+                                    f"{now - ts:+.0f} s from the server clock (allowed "
+                                    f"±{skew:g} s).")
+        given = (proof.proof or "").strip()
+        if len(given) != 64 or any(c not in "0123456789abcdef" for c in given):
+            return self._proof_fail(user_id, "malformed",
+                                    "x-device-proof must be 64 lowercase hex characters "
+                                    "(HMAC-SHA256).")
+        try:
+            dev = self._store("get_device", self.store.get_device, device_id)
+        except NotFound:
+            dev = None
+        if dev is None or dev.user_id != user_id:
+            return self._proof_fail(user_id, "unknown_device",
+                                    f"device {device_id!r} is not registered to user "
+                                    f"{user_id!r}; use RegisterDevice.")
+        want = device_proof(dev.secret, user_id, device_id, ts, block.raw_bytes())
+        if not hmac.compare_digest(want, given):
+            return self._proof_fail(user_id, "wrong",
+                                    "device proof does not verify: wrong secret, or the "
+                                    "signed user, device, timestamp or samples differ.")
+        fresh = self._store("use_nonce", self.store.use_nonce, device_id, given,
+                            now + 2 * skew, now=now)
+        if not fresh:
+            return self._proof_fail(user_id, "replayed",
+                                    "device proof was already used (replay); sign every "
+                                    "request afresh.", severity="high")
+        return device_id
+
+    def _proof_fail(self, user_id: str, kind: str, message: str,
+                    severity: str = "medium") -> None:
+        self.metrics.record_failed_auth(f"device_proof_{kind}")
+        if kind != "missing":
+            self.metrics.record_suspicious(f"device_proof_{kind}", severity)
+        log.warning("device proof rejected", extra={
+            "event_type": "security_event", "security_event_type": f"device_proof_{kind}",
+            "severity": severity, "user_id": user_id})
+        try:
+            self.store.record_attempt(user_id, False, None, f"device_proof_{kind}", "", 0.0,
+                                      "device_proof", now=self.clock())
+        except Exception:  # noqa: BLE001 - the UNAUTHENTICATED answer matters more
+            self.metrics.record_store_error("record_attempt")
+        raise Unauthenticated(message)
+
+    def authenticate(self, user_id: str, block: SignalBlock, proof: DeviceProof | None = None,
+                     *, peer: str = "", method: str = "Authenticate") -> AuthResult:
+        """1:1 verification of one block; opens a session on success."""
+        user_id = check_user_id(user_id)
+        t_start = time.perf_counter()
+        rec = self._check_user_and_lock(user_id)
+        device_id = self.verify_device_proof(user_id, block, proof)
+        t0 = time.perf_counter()
+        w = self.rec.windows(block)
+        template = self.rec.template_from_bytes(rec.blob)
+        accepted_mask = np.asarray(w.accepted, dtype=bool)
+        reasons = sorted({r for r in (w.reasons or []) if r})
+        quality = _mean(np.asarray(w.quality, dtype=np.float64))
+        if not accepted_mask.any():
+            score = float("nan")
+        else:
+            s = self.rec.scores(w, template)
+            score = float(np.mean(s[accepted_mask])) if s.shape[0] == accepted_mask.shape[0] \
+                else float(np.mean(s))
+        self.metrics.observe_signal("authenticate", time.perf_counter() - t0,
+                                    min(1.0, max(0.0, quality)))
+        self.metrics.record_artifact_rejections(reasons)
+        n_used = int(accepted_mask.sum())
+        seconds = n_used * self.rec.window_s if n_used else float(getattr(w, "seconds", 0.0))
+        return self._decide(user_id, rec, score, quality, reasons, n_used, seconds, device_id,
+                            w, block, peer, method, t_start)
+
+    def _decide(self, user_id: str, rec: Any, score: float, quality: float,
+                reasons: list[str], n_used: int, seconds: float, device_id: str | None,
+                windows: Any, block: SignalBlock | None, peer: str, method: str,
+                t_start: float) -> AuthResult:
+        thr = self.rec.threshold
+        reasons = list(reasons)
+        if n_used == 0:
+            reasons.append("no window passed the quality gate")
+        accepted = bool(n_used > 0 and math.isfinite(score) and score >= thr)
+        if n_used > 0 and not accepted:
+            reasons.append(f"score {score:.3f} below threshold {thr:.3f}")
+        if accepted and self.pad is not None and block is not None:
+            pad_reason = self._pad_check(user_id, windows, block)
+            if pad_reason:
+                accepted = False
+                reasons.append(pad_reason)
+        now = self.clock()
+        token, expires = "", 0.0
+        fail_reason = "accepted"
+        if accepted:
+            self._store("reset_failures", self.store.reset_failures, user_id)
+            sess = self._store("create_session", self.store.create_session, user_id,
+                               float(self.config.session_ttl_s), device_id=device_id, now=now)
+            token, expires = sess.token or "", float(sess.expires_at)
+            self._update_active_sessions(now)
+        else:
+            fail_reason = ("poor_quality" if n_used == 0 else
+                           "presentation_attack" if reasons and reasons[-1].startswith("pad")
+                           else "score_below_threshold")
+            failures, locked_until = self._store(
+                "register_failure", self.store.register_failure, user_id,
+                int(self.config.lockout_threshold), float(self.config.lockout_seconds), now=now)
+            self.metrics.record_failed_auth(fail_reason)
+            if locked_until is not None and failures == self.config.lockout_threshold:
+                self.metrics.record_lockout()
+                self.metrics.record_suspicious("lockout", "high")
+                log.warning("user locked out", extra={
+                    "event_type": "security_event", "security_event_type": "lockout",
+                    "severity": "high", "user_id": user_id, "failures": failures})
+        self.metrics.record_decision(accepted)
+        self.metrics.track_active_user(user_id)
+        duration = time.perf_counter() - t_start
+        self._store("record_attempt", self.store.record_attempt, user_id, accepted,
+                    None if not math.isfinite(score) else score, fail_reason, peer, duration,
+                    method, now=now)
+        log.info("authentication", extra={
+            "event_type": "auth_attempt", "user_id": user_id, "success": accepted,
+            "confidence": None if not math.isfinite(score) else round(score, 4),
+            "duration_ms": round(duration * 1000, 3), "ip_address": peer, "method": method,
+            "quality": round(quality, 3), "seconds_used": seconds})
+        self.maintenance()
+        return AuthResult(accepted, score if math.isfinite(score) else 0.0, thr, quality,
+                          reasons, self.model_version, float(seconds), n_used, token, expires)
+
+    def _pad_check(self, user_id: str, windows: Any, block: SignalBlock) -> str:
+        """Return a rejection reason from presentation-attack detection, or ""."""
+        fps = self._store("get_fingerprints", self.store.get_fingerprints, user_id)
+        verdict = self.pad.check(windows, block, fps)
+        if verdict.fingerprint is not None:
+            self._store("add_fingerprints", self.store.add_fingerprints, user_id,
+                        [verdict.fingerprint], "probe", now=self.clock())
+        if verdict.attack:
+            self.metrics.record_suspicious(verdict.kind, "high")
+            log.warning("presentation attack", extra={
+                "event_type": "security_event", "security_event_type": verdict.kind,
+                "severity": "high", "user_id": user_id})
+            return f"pad: {verdict.reason}"
+        return ""
+
+    # ------------------------------------------------------------------ streaming
+    def authenticate_stream(self, user_id: str, chunks: Iterable[SignalBlock],
+                            proof: DeviceProof | None = None, *, max_seconds: float = 0.0,
+                            peer: str = "", deadline: float | None = None) -> AuthResult:
+        """Sequential 1:1 decision over a stream of chunks.
+
+        After each complete window the evidence so far is fused by the sequential test;
+        it returns as soon as it crosses a bound, or at ``max_seconds`` of signal
+        (default ``stream_max_seconds``), or when the stream ends (then on the fused
+        score).  ``deadline`` (``time.monotonic()`` value) → ``DeadlineExceeded``.
+        """
+        user_id = check_user_id(user_id)
+        t_start = time.perf_counter()
+        limit = float(max_seconds) if max_seconds else float(self.config.stream_max_seconds)
+        if not math.isfinite(limit) or limit <= 0 or limit > self.config.stream_max_seconds:
+            raise InvalidArgument(f"'max_seconds' must be in (0, "
+                                  f"{self.config.stream_max_seconds:g}], got {max_seconds!r}.")
+        rec = self._check_user_and_lock(user_id)
+        template = self.rec.template_from_bytes(rec.blob)
+        test = self.rec.sequential(limit)
+        buf = _Buffer()
+        device_id: str | None = None
+        first = True
+        scores: list[float] = []
+        quals: list[float] = []
+        reasons: set[str] = set()
+        n_done = 0
+        decision = None
+        last_block: SignalBlock | None = None
+        last_w = None
+        t_proc = 0.0
+        for block in chunks:
+            if deadline is not None and time.monotonic() > deadline:
+                raise DeadlineExceeded("deadline passed before the sequential decision.")
+            if first:
+                device_id = self.verify_device_proof(user_id, block, proof)
+                first = False
+            buf.push(block)
+            last_block = block
+            if buf.seconds < self.rec.window_s * (n_done + 1):
+                continue
+            t0 = time.perf_counter()
+            whole = buf.block()
+            w = self.rec.windows(whole, hop_s=self.rec.window_s)
+            last_w = w
+            acc = np.asarray(w.accepted, dtype=bool)
+            s = self.rec.scores(w, template) if acc.any() else np.zeros(len(acc))
+            q = np.asarray(w.quality, dtype=np.float64)
+            for j in range(n_done, len(acc)):
+                if acc[j]:
+                    scores.append(float(s[j]))
+                    quals.append(float(q[j]))
+                    decision = test.update(float(s[j]))
+                else:
+                    reasons.add(_reason_at(w.reasons, j))
+                    quals.append(float(q[j]))
+                if decision is not None:
+                    break
+            n_done = len(acc)
+            t_proc += time.perf_counter() - t0
+            if decision is not None or buf.seconds >= limit:
+                break
+        if first:
+            raise InvalidArgument("the stream carried no Signal chunk after the start message.")
+        if n_done == 0:
+            raise InvalidArgument(
+                f"the stream ended after {buf.seconds:.2f} s of signal; at least one "
+                f"{self.rec.window_s:g}-s window is needed.")
+        quality = float(np.mean(quals)) if quals else 0.0
+        self.metrics.observe_signal("stream", t_proc, min(1.0, max(0.0, quality)))
+        if scores:
+            fused = float(getattr(test, "fused_score", np.mean(scores)))
+        else:
+            fused = float("nan")
+        if decision is not None:
+            # the sequential test decided: make the score agree with the decision
+            accepted_by_test = decision == "accept"
+        else:
+            accepted_by_test = None
+        seconds = float(getattr(test, "seconds", len(scores) * self.rec.window_s))
+        result = self._decide(user_id, rec, fused, quality, sorted(reasons), len(scores),
+                              seconds, device_id, last_w, last_block, peer,
+                              "AuthenticateStream", t_start,
+                              ) if accepted_by_test is None else self._decide_forced(
+            user_id, rec, fused, quality, sorted(reasons), len(scores), seconds, device_id,
+            last_w, last_block, peer, t_start, accepted_by_test)
+        return result
+
+    def _decide_forced(self, user_id, rec, score, quality, reasons, n_used, seconds,
+                       device_id, windows, block, peer, t_start, accept: bool) -> AuthResult:
+        """``_decide`` for a sequential decision: the test's verdict stands even when the
+        fused mean sits on the other side of the single-window threshold."""
+        thr = self.rec.threshold
+        if accept and not (math.isfinite(score) and score >= thr):
+            score = max(score, thr) if math.isfinite(score) else thr
+        if not accept and math.isfinite(score) and score >= thr:
+            reasons = [*reasons, "sequential test rejected"]
+            score = min(score, np.nextafter(thr, -np.inf))
+        return self._decide(user_id, rec, score, quality, reasons, n_used, seconds, device_id,
+                            windows, block, peer, "AuthenticateStream", t_start)
+
+    # --------------------------------------------------------------- identification
+    def identify(self, block: SignalBlock, top_k: int = 5) -> IdentifyResult:
+        """1:N: the ``top_k`` enrolled users most similar to ``block``."""
+        if isinstance(top_k, bool) or not isinstance(top_k, int):
+            raise InvalidArgument(f"'top_k' must be an integer, got {top_k!r}.")
+        k = top_k or 5
+        if not 1 <= k <= self.config.identify_max_k:
+            raise InvalidArgument(f"'top_k' must be in [1, {self.config.identify_max_k}], "
+                                  f"got {top_k}.")
+        t0 = time.perf_counter()
+        w = self.rec.windows(block)
+        acc = np.asarray(w.accepted, dtype=bool)
+        quality = _mean(np.asarray(w.quality, dtype=np.float64))
+        reasons = sorted({r for r in (w.reasons or []) if r})
+        if not acc.any():
+            raise FailedPrecondition("no window of the signal passed the quality gate ("
+                                     + "; ".join(reasons) + "); cannot identify.")
+        ids, scores = [], []
+        for t in self._store("iter_templates", lambda: list(
+                self.store.iter_templates(model_version=self.model_version))):
+            s = self.rec.scores(w, self.rec.template_from_bytes(t.blob))
+            ids.append(t.user_id)
+            scores.append(float(np.mean(s[acc])) if s.shape[0] == acc.shape[0]
+                          else float(np.mean(s)))
+        self.metrics.observe_signal("identify", time.perf_counter() - t0,
+                                    min(1.0, max(0.0, quality)))
+        if not ids:
+            return IdentifyResult([], self.rec.threshold, quality, self.model_version, reasons)
+        arr = np.asarray(scores)
+        k = min(k, arr.shape[0])
+        order = np.argsort(-arr, kind="stable")[:k]
+        return IdentifyResult([(ids[i], float(arr[i])) for i in order], self.rec.threshold,
+                              quality, self.model_version, reasons)
+
+    # ------------------------------------------------------------------------ users
+    def get_user(self, user_id: str) -> UserInfo:
+        user_id = check_user_id(user_id)
+        u = self._store("get_user", self.store.get_user, user_id)
+        return self._user_info(u)
+
+    def _user_info(self, u: Any) -> UserInfo:
+        now = self.clock()
+        locked = u.locked_until is not None and now < u.locked_until
+        devices = self._device_ids(u.user_id) if u.n_devices else []
+        return UserInfo(u.user_id, int(u.template_version), float(u.created_at),
+                        float(u.updated_at), u.model_version or "", locked,
+                        float(u.locked_until or 0.0) if locked else 0.0, int(u.failures),
+                        devices)
+
+    def _device_ids(self, user_id: str) -> list[str]:
+        fn = getattr(self.store, "list_devices", None)
+        if fn is None:
+            return []
+        return sorted(d.device_id for d in self._store("list_devices", fn, user_id))
+
+    def list_users(self, page_size: int = 0, page_token: str = "") -> tuple[list[UserInfo], str]:
+        if isinstance(page_size, bool) or not isinstance(page_size, int):
+            raise InvalidArgument(f"'page_size' must be an integer, got {page_size!r}.")
+        size = page_size or 100
+        if not 1 <= size <= 1000:
+            raise InvalidArgument(f"'page_size' must be in [1, 1000], got {page_size}.")
+        try:
+            page = self._store("list_users", self.store.list_users, size, page_token or "")
+        except ValueError as e:
+            raise InvalidArgument(f"'page_token' is not valid: {e}") from None
+        return [self._user_info(u) for u in page.users], page.next_page_token
+
+    def delete_user(self, user_id: str) -> None:
+        user_id = check_user_id(user_id)
+        self._store("delete_user", self.store.delete_user, user_id)
+        self._update_active_sessions()
+        log.info("user deleted", extra={"event_type": "user_deleted", "user_id": user_id})
+
+    def unlock_user(self, user_id: str) -> bool:
+        """Lift a lockout; return whether the user was locked."""
+        user_id = check_user_id(user_id)
+        lock = self._store("get_lockout", self.store.get_lockout, user_id)
+        self._store("unlock_user", self.store.unlock_user, user_id)
+        was = lock.is_locked(self.clock())
+        log.info("user unlocked", extra={"event_type": "user_unlocked", "user_id": user_id,
+                                         "was_locked": was})
+        return was
+
+    # --------------------------------------------------------------------- sessions
+    def _session(self, token: str) -> Any:
+        if not isinstance(token, str) or not token:
+            raise InvalidArgument("'session_token' must not be empty.")
+        if len(token) > 512:
+            raise InvalidArgument("'session_token' is longer than 512 characters.")
+        return self._store("get_session", self.store.get_session, token)
+
+    def validate_session(self, token: str) -> SessionInfo:
+        now = self.clock()
+        try:
+            s = self._session(token)
+        except NotFound:
+            return SessionInfo(False, "", 0.0, 0.0, "unknown")
+        if s.ended_at is not None:
+            return SessionInfo(False, s.user_id, float(s.expires_at), float(s.created_at),
+                               s.end_reason or "ended")
+        if not s.is_active(now):
+            return SessionInfo(False, s.user_id, float(s.expires_at), float(s.created_at),
+                               "expired")
+        last = float(getattr(s, "last_verified_at", None) or s.created_at)
+        return SessionInfo(True, s.user_id, float(s.expires_at), last, "")
+
+    def end_session(self, token: str, reason: str = "ended") -> tuple[bool, float]:
+        """End a session; return (whether this call ended it, its duration in s)."""
+        s = self._session(token)  # NotFound for an unknown token
+        if s.ended_at is not None:
+            return False, float(s.ended_at - s.created_at)
+        now = self.clock()
+        if not s.is_active(now):
+            return False, float(s.expires_at - s.created_at)
+        ended = self._store("end_session", self.store.end_session, token, reason, now=now)
+        dur = max(0.0, float((ended.ended_at or now) - ended.created_at))
+        self.metrics.observe_session_duration(dur)
+        self._update_active_sessions(now)
+        log.info("session ended", extra={"event_type": "session_ended",
+                                         "user_id": s.user_id, "session_id": s.session_id,
+                                         "reason": reason, "duration_s": round(dur, 3)})
+        return True, dur
+
+    def continuous(self, token: str, chunks: Iterable[SignalBlock], *,
+                   cancelled: Callable[[], bool] = lambda: False) -> Iterator[ContinuousUpdate]:
+        """Keep a session verified while a headset streams; yield one update per window.
+
+        Ends the session (last update has state ``"ended"``) when the wearer changes
+        (``continuous_mismatch_windows`` consecutive windows below the threshold), when
+        the signal is lost (no usable window within ``signal_loss_s`` of signal, or no
+        data for ``signal_loss_s`` of wall time), or when the session is no longer
+        active.  When the client closes the stream the session stays open.
+        """
+        s = self._session(token)
+        now = self.clock()
+        if not s.is_active(now):
+            raise FailedPrecondition("session is not active ("
+                                     f"{s.end_reason or 'expired'}); authenticate again.")
+        user_id = s.user_id
+        rec = self._store("get_template", self.store.get_template, user_id)
+        template = self.rec.template_from_bytes(rec.blob)
+        thr = self.rec.threshold
+        win = self.rec.window_s
+        loss = float(self.config.signal_loss_s)
+        q: queue.Queue = queue.Queue(maxsize=64)
+        _END = object()
+
+        def reader() -> None:
+            try:
+                for c in chunks:
+                    q.put(c)
+                q.put(_END)
+            except Exception as e:  # noqa: BLE001 - forwarded to the consumer
+                q.put(e)
+
+        threading.Thread(target=reader, name="nacf-continuous-reader", daemon=True).start()
+        buf = _Buffer(max_seconds=4 * win + 1)
+        pending = 0.0          # seconds of signal not yet scored
+        streamed = 0.0
+        since_good = 0.0       # seconds of signal since the last usable window
+        mismatches = 0
+        expires = float(s.expires_at)
+
+        def end(reason: str, score: float = 0.0, quality: float = 0.0) -> ContinuousUpdate:
+            try:
+                self.end_session(token, reason)
+            except NacfError:
+                pass
+            self.metrics.record_suspicious("wearer_changed", "medium") \
+                if reason == "wearer_changed" else None
+            return ContinuousUpdate("ended", score, thr, quality, reason, expires, streamed)
+
+        while True:
+            if cancelled():
+                return
+            try:
+                item = q.get(timeout=loss)
+            except queue.Empty:
+                yield end("signal_lost")
+                return
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            block: SignalBlock = item
+            if block.device_id and s.device_id and block.device_id != s.device_id:
+                yield end("device_changed")
+                return
+            buf.push(block)
+            pending += block.seconds
+            streamed += block.seconds
+            if pending < win:
+                continue
+            pending = 0.0
+            w = self.rec.windows(buf.block(last_seconds=win))
+            acc = np.asarray(w.accepted, dtype=bool)
+            quality = _mean(np.asarray(w.quality, dtype=np.float64))
+            cur = self._store("get_session", self.store.get_session, token)
+            now = self.clock()
+            if not cur.is_active(now):
+                yield ContinuousUpdate("ended", 0.0, thr, quality,
+                                       cur.end_reason or "expired", float(cur.expires_at),
+                                       streamed)
+                return
+            if not acc.any():
+                since_good += win
+                if since_good >= loss:
+                    yield end("signal_lost", 0.0, quality)
+                    return
+                yield ContinuousUpdate("uncertain", 0.0, thr, quality,
+                                       "; ".join(sorted({r for r in w.reasons if r})),
+                                       expires, streamed)
+                continue
+            since_good = 0.0
+            sc = self.rec.scores(w, template)
+            score = float(np.mean(sc[acc])) if sc.shape[0] == acc.shape[0] else float(
+                np.mean(sc))
+            if score >= thr:
+                mismatches = 0
+                expires = self._renew(token, expires, now)
+                yield ContinuousUpdate("verified", score, thr, quality, "", expires, streamed)
+            else:
+                mismatches += 1
+                if mismatches >= self.config.continuous_mismatch_windows:
+                    yield end("wearer_changed", score, quality)
+                    return
+                yield ContinuousUpdate("uncertain", score, thr, quality,
+                                       f"score {score:.3f} below threshold {thr:.3f}",
+                                       expires, streamed)
+
+    def _renew(self, token: str, expires: float, now: float) -> float:
+        fn = getattr(self.store, "renew_session", None)
+        if fn is None:
+            return expires
+        s = self._store("renew_session", fn, token, float(self.config.session_ttl_s), now=now)
+        return float(s.expires_at)
+
+    # ---------------------------------------------------------------------- devices
+    def register_device(self, user_id: str, device_id: str, rotate: bool = False) -> str:
+        """Bind ``device_id`` to ``user_id``; return its secret (shown once)."""
+        user_id = check_user_id(user_id)
+        device_id = check_user_id(device_id, "device_id")
+        self._store("get_user", self.store.get_user, user_id)  # NotFound first
+        try:
+            dev = self._store("get_device", self.store.get_device, device_id)
+        except NotFound:
+            dev = None
+        if dev is not None:
+            if dev.user_id != user_id:
+                raise AlreadyExists(f"device {device_id!r} is bound to another user.")
+            if not rotate:
+                raise AlreadyExists(f"device {device_id!r} is already registered to user "
+                                    f"{user_id!r}; set rotate=true for a new secret.")
+        secret = secrets.token_urlsafe(32)
+        self._store("register_device", self.store.register_device, user_id, device_id, secret,
+                    now=self.clock())
+        log.info("device registered", extra={"event_type": "device_registered",
+                                             "user_id": user_id, "device_id": device_id,
+                                             "rotated": dev is not None})
+        return secret
+
+    # ------------------------------------------------------------------------ stats
+    def stats(self) -> dict[str, float]:
+        st = self._store("stats", self.store.stats, now=self.clock())
+        n = self._store("count_active_sessions", self.store.count_active_sessions,
+                        now=self.clock())
+        self.metrics.set_active_sessions(int(n))
+        return {"total_users": int(st.total_active_users),
+                "active_users_today": int(st.active_users_today),
+                "auth_attempts_today": int(st.attempts_today),
+                "success_rate_today": float(st.success_rate_today or 0.0),
+                "active_sessions": int(n)}
+
+
+# ----------------------------------------------------------------------------------
+class _Buffer:
+    """Concatenates streamed blocks (same rate and channels) into one block."""
+
+    def __init__(self, max_seconds: float | None = None) -> None:
+        self._parts: list[np.ndarray] = []
+        self._n = 0
+        self.sfreq = 0.0
+        self.ch_names: tuple[str, ...] = ()
+        self.device_id = ""
+        self.max_seconds = max_seconds
+
+    @property
+    def seconds(self) -> float:
+        return self._n / self.sfreq if self.sfreq else 0.0
+
+    def push(self, b: SignalBlock) -> None:
+        if not self._parts and not self._n:
+            self.sfreq, self.ch_names, self.device_id = b.sfreq, b.ch_names, b.device_id
+        elif b.sfreq != self.sfreq or b.ch_names != self.ch_names:
+            raise InvalidArgument(
+                "every chunk of a stream must have the sample rate and channels of the "
+                f"first ({self.sfreq:g} Hz, {len(self.ch_names)} channels); got "
+                f"{b.sfreq:g} Hz, {len(b.ch_names)} channels.")
+        self._parts.append(b.samples)
+        self._n += b.samples.shape[0]
+        if self.max_seconds is not None:
+            keep = int(self.max_seconds * self.sfreq)
+            while self._parts and self._n - self._parts[0].shape[0] >= keep:
+                self._n -= self._parts.pop(0).shape[0]
+
+    def block(self, last_seconds: float | None = None) -> SignalBlock:
+        data = np.concatenate(self._parts, axis=0) if len(self._parts) > 1 else self._parts[0]
+        if len(self._parts) > 1:
+            self._parts = [data]
+        if last_seconds is not None:
+            data = data[-int(round(last_seconds * self.sfreq)):]
+        return SignalBlock(data, self.sfreq, self.ch_names, self.device_id)
+
+
+def _reason_at(reasons: Any, j: int) -> str:
+    try:
+        r = reasons[j]
+    except (IndexError, TypeError, KeyError):
+        return "rejected by the quality gate"
+    return str(r) if r else "rejected by the quality gate"
+
+
+def _mean(x: np.ndarray) -> float:
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if x.size else 0.0
+
+
+def _iso(t: float | None) -> str:
+    if t is None:
+        return "-"
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
