@@ -1,0 +1,142 @@
+"""Encryption at rest: key loading, wrong keys, swapped rows, rotation, real deletion."""
+
+from __future__ import annotations
+
+import base64
+import os
+
+import pytest
+
+from nacf_core.errors import FailedPrecondition, InvalidArgument
+from nacf_core.store import create_key_file, load_key, open_store
+from nacf_core.store.crypto import KEY_ENV, KEY_FILE_ENV, Cipher
+
+
+def test_load_key_sources(tmp_path, monkeypatch):
+    raw = os.urandom(32)
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    monkeypatch.delenv(KEY_FILE_ENV, raising=False)
+    with pytest.raises(FailedPrecondition, match=KEY_ENV):
+        load_key(None)
+    assert load_key(raw) == raw
+    assert load_key(base64.b64encode(raw).decode()) == raw
+    assert load_key(base64.urlsafe_b64encode(raw).decode().rstrip("=")) == raw
+    monkeypatch.setenv(KEY_ENV, base64.b64encode(raw).decode())
+    assert load_key(None) == raw
+    monkeypatch.delenv(KEY_ENV)
+    path = tmp_path / "k"
+    made = create_key_file(path)
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    with pytest.raises(FileExistsError):
+        create_key_file(path)
+    monkeypatch.setenv(KEY_FILE_ENV, str(path))
+    assert load_key(None) == made
+    monkeypatch.setenv(KEY_FILE_ENV, str(tmp_path / "missing"))
+    with pytest.raises(FailedPrecondition, match="missing"):
+        load_key(None)
+    with pytest.raises(InvalidArgument, match="32 bytes"):
+        load_key("dG9vIHNob3J0")
+    with pytest.raises(InvalidArgument, match="32 bytes"):
+        load_key(b"short")
+    with pytest.raises(TypeError, match="key"):
+        load_key(12)
+
+
+def test_ciphertext_on_disk_is_not_the_template(tmp_path, key):
+    path = tmp_path / "s.db"
+    marker = b"THIS-IS-A-TEMPLATE-" * 8
+    s = open_store(f"sqlite:///{path}", key=key)
+    s.put_template("alice", marker, "m")
+    s.register_device("alice", "hs", "DEVICE-SECRET-MARKER-123")
+    s.close()
+    data = path.read_bytes() + (path.with_name("s.db-wal").read_bytes()
+                                if path.with_name("s.db-wal").exists() else b"")
+    assert marker[:19] not in data and b"DEVICE-SECRET-MARKER" not in data
+
+
+def test_env_key_and_wrong_key(store_url, key, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, base64.b64encode(key).decode())
+    s = open_store(store_url)  # key from the environment
+    s.put_template("alice", b"template", "m")
+    s.close()
+    other = os.urandom(32)
+    with pytest.raises(FailedPrecondition, match="Wrong template key.*key id"):
+        open_store(store_url, key=other)
+    s = open_store(store_url, key=key)
+    assert s.get_template("alice").blob == b"template"
+    s.close()
+
+
+def test_swapped_or_tampered_rows_fail(store):
+    store.put_template("alice", b"alice-template", "m")
+    store.put_template("mallory", b"mallory-template", "m")
+    store.put_template("alice", b"alice-template-2", "m")  # alice at v2, mallory at v1
+    ct = store._run(lambda tx: tx.one(
+        "SELECT ciphertext FROM templates WHERE user_id = ?", ("mallory",)))[0]
+    # an attacker with database access copies mallory's template into alice's row
+    store._run(lambda tx: tx.execute(
+        "UPDATE templates SET ciphertext = ?, version = 1 WHERE user_id = ?", (ct, "alice")))
+    with pytest.raises(FailedPrecondition, match="alice.*does not belong"):
+        store.get_template("alice")
+    # flip one bit of mallory's ciphertext
+    bad = bytearray(ct)
+    bad[20] ^= 1
+    store._run(lambda tx: tx.execute(
+        "UPDATE templates SET ciphertext = ? WHERE user_id = ?", (bytes(bad), "mallory")))
+    with pytest.raises(FailedPrecondition, match="altered"):
+        store.get_template("mallory")
+
+
+def test_rotate_key(store, store_url, key):
+    for i in range(5):
+        store.put_template(f"u{i}", f"template-{i}".encode(), "m")
+    store.register_device("u1", "hs-1", "secret-secret-secret")
+    store.add_fingerprints("u2", [b"fp-a", b"fp-b"], "enroll")
+    old_id = store.key_id
+    new = os.urandom(32)
+    assert store.rotate_key(new) == 5 + 1 + 2
+    assert store.key_id == Cipher(new).key_id != old_id
+    ids = store._run(lambda tx: tx.query(
+        "SELECT key_id FROM templates UNION ALL SELECT key_id FROM devices "
+        "UNION ALL SELECT key_id FROM pad_fingerprints"))
+    assert {r[0] for r in ids} == {store.key_id}
+    store.close()
+    with pytest.raises(FailedPrecondition, match="Wrong template key"):
+        open_store(store_url, key=key)  # the old key no longer opens it
+    s = open_store(store_url, key=new)
+    try:
+        assert [t.blob for t in s.iter_templates()] == [
+            f"template-{i}".encode() for i in range(5)]
+        assert s.get_device("hs-1").secret == "secret-secret-secret"
+        assert s.get_fingerprints("u2") == [("enroll", b"fp-a"), ("enroll", b"fp-b")]
+    finally:
+        s.close()
+
+
+def test_rotate_key_is_all_or_nothing(store, store_url, key):
+    store.put_template("a", b"ta", "m")
+    store.put_template("b", b"tb", "m")
+    # corrupt b's row: rotation must fail and leave everything under the old key
+    store._run(lambda tx: tx.execute(
+        "UPDATE templates SET ciphertext = ? WHERE user_id = ?", (b"\0" * 40, "b")))
+    with pytest.raises(FailedPrecondition, match="'b'"):
+        store.rotate_key(os.urandom(32))
+    ids = store._run(lambda tx: tx.query("SELECT DISTINCT key_id FROM templates"))
+    assert ids == [(Cipher(key).key_id,)]
+    assert store.get_template("a").blob == b"ta"
+
+
+def test_delete_user_leaves_no_ciphertext_in_sqlite_file(tmp_path, key):
+    path = tmp_path / "d.db"
+    s = open_store(f"sqlite:///{path}", key=key)
+    s.put_template("alice", os.urandom(64), "m")
+    ct = s._run(lambda tx: tx.one("SELECT ciphertext FROM templates"))[0]
+    s.put_template("bob", b"b", "m")
+    s._after_delete()  # checkpoint so the row is in the main file
+    assert bytes(ct[:32]) in path.read_bytes()
+    s.delete_user("alice")
+    disk = path.read_bytes()
+    wal = path.with_name("d.db-wal")
+    disk += wal.read_bytes() if wal.exists() else b""
+    assert bytes(ct[:32]) not in disk  # zeroed (secure_delete) and checkpointed
+    s.close()
