@@ -17,6 +17,7 @@ from nacf_core import __version__
 
 # The one table of subcommand modules, in the order ``--help`` lists them.
 COMMAND_MODULES: list[str] = [
+    "nacf_core.commands.serve",
 ]
 
 

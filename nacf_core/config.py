@@ -36,8 +36,9 @@ OPTION_HELP: dict[str, str] = {
     "metrics_address": "HOST:PORT of the Prometheus/health sidecar (empty: no sidecar)",
     "data_dir": "directory of the embedded SQLite store and its key file",
     "store_url": "store URL: sqlite:///PATH.db or postgresql://... (default: SQLite in data_dir)",
-    "store_key_file": "file holding the template-encryption key (env NACF_STORE_KEY wins; "
-                      "default: DATA_DIR/nacf.key, created 0600 if missing)",
+    "store_key_file": "file holding the template-encryption key (NACF_TEMPLATE_KEY or "
+                      "NACF_TEMPLATE_KEY_FILE win; default: DATA_DIR/nacf.key, created 0600 "
+                      "if missing)",
     "model_path": "model file (default: the shipped model for the montage)",
     "kernel_backend": "kernel backend: cython, numba or reference",
     "max_workers": "gRPC worker threads",

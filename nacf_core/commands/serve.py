@@ -1,0 +1,146 @@
+"""``nacf serve``: the gRPC authentication server and its metrics/health sidecar."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+__all__ = ["register", "run"]
+
+log = logging.getLogger("nacf.serve")
+
+_EPILOG = """\
+Every option can also come from a TOML file (--config FILE, or NACF_CONFIG; the keys
+are the option names below with '_' for '-') and from the environment (NACF_ + the
+option name in upper case, e.g. NACF_GRPC_ADDRESS). Precedence: defaults < file <
+environment < flags.
+
+API keys: NACF_API_KEYS=key1,key2 (every scope) or --api-keys-file FILE with one
+'<key> <scope>[,<scope>...]' line per key; scopes are authenticate, enroll, admin.
+Without keys the server refuses to start unless --allow-open-loopback is given and it
+binds a loopback address. The grpc.health.v1 service needs no key.
+
+Embedded default: a SQLite store (DATA_DIR/nacf.db) with its key file
+(DATA_DIR/nacf.key, created 0600; NACF_TEMPLATE_KEY or NACF_TEMPLATE_KEY_FILE override
+it), the shipped 16-channel model, the Cython kernels. SIGTERM/SIGINT drain in-flight
+calls for --grace-period seconds, then exit.
+
+All options (TOML key / environment variable):
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from nacf_core.config import OPTION_HELP, Config
+
+    d = Config()
+    epilog = _EPILOG + "\n".join(
+        f"  {k:<28} NACF_{k.upper():<34} {v} (default: {getattr(d, k)!r})"
+        for k, v in OPTION_HELP.items())
+    p = subparsers.add_parser(
+        "serve", help="run the gRPC authentication server and the metrics sidecar",
+        description="Run the nacf gRPC authentication server (nacf.v1.AuthService, "
+                    "grpc.health.v1, reflection) and the Prometheus/health sidecar.",
+        epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    p.add_argument("--grpc-address", metavar="HOST:PORT",
+                   help=f"gRPC listen address (default {d.grpc_address})")
+    p.add_argument("--metrics-address", metavar="HOST:PORT",
+                   help=f"sidecar /metrics and /health* address (default {d.metrics_address}; "
+                        "'' disables it)")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="directory of the embedded SQLite store and key (default: .)")
+    p.add_argument("--store-url", metavar="URL",
+                   help="sqlite:///PATH.db or postgresql://USER@HOST:PORT/DB[?schema=S] "
+                        "(default: SQLite in DATA_DIR)")
+    p.add_argument("--store-key-file", metavar="FILE",
+                   help="template-encryption key file (default DATA_DIR/nacf.key)")
+    p.add_argument("--model", dest="model_path", metavar="FILE",
+                   help="model file (default: the shipped model)")
+    p.add_argument("--kernel-backend", choices=["cython", "numba", "reference"],
+                   help=f"compute kernels (default {d.kernel_backend})")
+    p.add_argument("--api-keys-file", metavar="FILE", help="API keys with scopes")
+    p.add_argument("--allow-open-loopback", action="store_true", default=None,
+                   help="run without API keys (loopback addresses only)")
+    p.add_argument("--require-device-proof", action=argparse.BooleanOptionalAction,
+                   default=None,
+                   help="Authenticate needs the x-device-id/-timestamp/-proof metadata "
+                        "(default: required)")
+    p.add_argument("--tls-cert", dest="tls_cert_file", metavar="FILE",
+                   help="server certificate (PEM)")
+    p.add_argument("--tls-key", dest="tls_key_file", metavar="FILE",
+                   help="server private key (PEM)")
+    p.add_argument("--tls-client-ca", dest="tls_client_ca_file", metavar="FILE",
+                   help="CA of client certificates: enables mTLS")
+    p.add_argument("--max-workers", type=int, metavar="N",
+                   help=f"worker threads (default {d.max_workers})")
+    p.add_argument("--max-concurrent-rpcs", type=int, metavar="N",
+                   help=f"in-flight bound (default {d.max_concurrent_rpcs})")
+    p.add_argument("--max-message-bytes", type=int, metavar="N",
+                   help=f"gRPC message size limit (default {d.max_message_bytes})")
+    p.add_argument("--grace-period", dest="grace_period_s", type=float, metavar="S",
+                   help=f"SIGTERM drain time in seconds (default {d.grace_period_s:g})")
+    p.add_argument("--lockout-threshold", type=int, metavar="N",
+                   help=f"failures before lockout (default {d.lockout_threshold})")
+    p.add_argument("--lockout-seconds", type=float, metavar="S",
+                   help=f"lockout duration (default {d.lockout_seconds:g})")
+    p.add_argument("--rate-limit", dest="rate_limit_per_s", type=float, metavar="R",
+                   help=f"per-client requests/s (default {d.rate_limit_per_s:g})")
+    p.add_argument("--rate-burst", dest="rate_limit_burst", type=float, metavar="N",
+                   help=f"per-client burst (default {d.rate_limit_burst:g})")
+    p.add_argument("--session-ttl", dest="session_ttl_s", type=float, metavar="S",
+                   help=f"session lifetime (default {d.session_ttl_s:g})")
+    p.add_argument("--audit-retention-days", type=float, metavar="D",
+                   help=f"audit retention (default {d.audit_retention_days:g})")
+    p.set_defaults(func=run)
+
+
+_FLAG_KEYS = ("grpc_address", "metrics_address", "data_dir", "store_url", "store_key_file",
+              "model_path", "kernel_backend", "api_keys_file", "allow_open_loopback",
+              "require_device_proof", "tls_cert_file", "tls_key_file", "tls_client_ca_file",
+              "max_workers", "max_concurrent_rpcs", "max_message_bytes", "grace_period_s",
+              "lockout_threshold", "lockout_seconds", "rate_limit_per_s", "rate_limit_burst",
+              "session_ttl_s", "audit_retention_days")
+
+
+def run(args: argparse.Namespace) -> int:
+    from nacf_core.server.app import limit_threads
+
+    limit_threads()  # before numpy/numba spin up their pools
+    from nacf_core.config import load_config
+    from nacf_core.errors import NacfError
+    from nacf_core.server.app import NacfServer
+
+    try:
+        config = load_config(args.config,
+                             **{k: getattr(args, k, None) for k in _FLAG_KEYS})
+        server = NacfServer(config)
+    except (NacfError, ValueError, OSError) as e:
+        log.error("nacf serve cannot start: %s", e, extra={"event_type": "startup_failed"})
+        print(f"nacf serve: {e}", file=sys.stderr)
+        return 2
+    try:
+        server.start()
+    except (NacfError, ValueError, OSError) as e:
+        log.error("nacf serve cannot start: %s", e, extra={"event_type": "startup_failed"})
+        print(f"nacf serve: {e}", file=sys.stderr)
+        server.stop(0)
+        return 2
+    done = threading.Event()
+
+    def _on_signal(signum, frame):  # noqa: ARG001
+        log.info("signal %s: draining", signal.Signals(signum).name,
+                 extra={"event_type": "signal", "signal": signal.Signals(signum).name})
+        done.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    # One line on stdout that scripts can wait for.
+    sc = f" metrics http://{server.sidecar.url.split('//', 1)[1]}" if server.sidecar else ""
+    print(f"nacf serve: listening on {server.address}{sc}", flush=True)
+    while not done.wait(0.5):
+        pass
+    server.stop()
+    return 0
