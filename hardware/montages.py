@@ -1,0 +1,98 @@
+"""Channel names for sources whose data carry none (Cyton packets, OpenBCI/BrainFlow files).
+
+Defaults follow the **OpenBCI Ultracortex Mark IV** default electrode layout (10-20
+positions; the temporal-parietal sites in their 10-10 names, T5/T6 = P7/P8,
+T3/T4 = T7/T8):
+
+- Cyton, 8 channels (``ultracortex-8``): ``Fp1 Fp2 C3 C4 P7 P8 O1 O2`` on channels 1-8.
+- Cyton+Daisy, 16 channels (``ultracortex-16``): ``Fp1 Fp2 F3 F4 F7 F8 C3 C4 T7 T8 P3 P4
+  P7 P8 O1 O2`` on channels 1-16.
+
+These are also the channel sets the evaluation and the default model use.
+
+A montage option is either a preset name (``ultracortex-8``, ``ultracortex-16``,
+``default``) or the channel names in order, comma-separated
+(``cyton:/dev/ttyUSB0?montage=Fp1,Fp2,C3,C4,P7,P8,O1,O2``) or as a sequence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = ["ULTRACORTEX_8", "ULTRACORTEX_16", "PRESETS", "default_montage", "resolve_montage"]
+
+ULTRACORTEX_8: tuple[str, ...] = ("Fp1", "Fp2", "C3", "C4", "P7", "P8", "O1", "O2")
+ULTRACORTEX_16: tuple[str, ...] = (
+    "Fp1", "Fp2", "F3", "F4", "F7", "F8", "C3", "C4",
+    "T7", "T8", "P3", "P4", "P7", "P8", "O1", "O2",
+)
+PRESETS: dict[str, tuple[str, ...]] = {
+    "ultracortex-8": ULTRACORTEX_8,
+    "ultracortex-16": ULTRACORTEX_16,
+}
+
+
+def default_montage(n_channels: int) -> list[str]:
+    """The Ultracortex default names for 8 or 16 channels.
+
+    Raises
+    ------
+    ValueError
+        ``n_channels`` is neither 8 nor 16.
+    """
+    if n_channels == 8:
+        return list(ULTRACORTEX_8)
+    if n_channels == 16:
+        return list(ULTRACORTEX_16)
+    raise ValueError(
+        f"Invalid value for the 'n_channels' parameter. Allowed values are 8, 16 (the "
+        f"Cyton and Cyton+Daisy default montages), but got {n_channels!r} instead."
+    )
+
+
+def resolve_montage(montage: Sequence[str] | str | None, n_channels: int) -> list[str]:
+    """Channel names for ``n_channels`` channels from a montage option.
+
+    Parameters
+    ----------
+    montage : str, sequence of str or None
+        None or ``"default"``: :func:`default_montage`; a preset name from
+        :data:`PRESETS`; or the names in order (comma-separated string or sequence).
+    n_channels : int
+
+    Returns
+    -------
+    list of str, length n_channels
+
+    Raises
+    ------
+    ValueError
+        Wrong number of names, an empty or duplicated name, or no default for that
+        channel count.
+    """
+    if montage is None or (isinstance(montage, str) and montage.strip().lower() == "default"):
+        return default_montage(n_channels)
+    if isinstance(montage, str):
+        key = montage.strip().lower()
+        if key in PRESETS:
+            montage = PRESETS[key]
+        else:
+            montage = [m.strip() for m in montage.split(",")]
+    try:
+        names = [str(m).strip() for m in montage]
+    except TypeError:
+        raise TypeError(
+            "'montage' must be a preset name, a comma-separated string or a sequence of "
+            f"channel names, got {type(montage).__name__} instead."
+        ) from None
+    if len(names) != n_channels:
+        raise ValueError(
+            f"'montage' must name every channel in order: expected {n_channels} names, "
+            f"got {len(names)} ({', '.join(names)})."
+        )
+    if any(not n for n in names):
+        raise ValueError(f"'montage' has an empty channel name: {names}.")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"'montage' names a channel twice: {', '.join(dup)}.")
+    return names

@@ -1,0 +1,357 @@
+"""A serial session with an OpenBCI Cyton or Cyton+Daisy (pyserial), like the real board.
+
+Lifecycle (a context manager; nothing is left to ``__del__``)::
+
+    with CytonReader("/dev/ttyUSB0") as cyton:      # open 115200 8N1, exclusive
+        chunk = cyton.read_chunk(timeout=1.0)       # Chunk | None
+
+1. open the port at 115200 baud (exclusive lock: a second reader gets :class:`PortBusy`);
+2. send ``s`` (in case a previous session left it streaming), flush the input, send
+   ``v`` (soft reset) and wait for the ``$$$`` prompt (``handshake_timeout``; else
+   :class:`HandshakeTimeout`);
+3. send ``d`` (default channel settings) and wait for ``$$$``; replay any ``x...X``
+   channel settings sent earlier with :meth:`CytonReader.send_command`;
+4. send ``b``: packets flow, decoded by :class:`~nacf_core.hardware.framing.Framer`;
+5. on exit send ``s`` and close the port.
+
+If the port disappears (dongle unplugged), :meth:`CytonReader.read_chunk` reconnects
+with exponential backoff (50 ms doubling to 2 s) and repeats the handshake; the
+framer starts a new sequence and ``counters.reconnects`` counts it. After
+``reconnect_timeout`` seconds without success it raises :class:`PortLost`.
+A missing port raises :class:`PortNotFound`, a port held by another process
+:class:`PortBusy`, both naming the port.
+
+Timestamps are the local clock (``time.time()``) at the first sample of each
+sequence, advanced by ``1 / sfreq`` per sample (NaN rows included) after that.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+
+import numpy as np
+
+from nacf_core._validation import check_finite_positive
+from nacf_core.errors import Unavailable
+
+from .base import Chunk, Counters
+from .cyton import DAISY_SAMPLE_RATE, SAMPLE_RATE, GainTracker
+from .framing import Framer
+from .montages import resolve_montage
+
+__all__ = [
+    "BAUDRATE",
+    "CytonReader",
+    "SerialSourceError",
+    "PortNotFound",
+    "PortBusy",
+    "HandshakeTimeout",
+    "PortLost",
+]
+
+logger = logging.getLogger("nacf.hardware.serial")
+
+BAUDRATE = 115200
+_PROMPT = b"$$$"
+
+
+class SerialSourceError(Unavailable):
+    """The serial device cannot be used."""
+
+
+class PortNotFound(SerialSourceError):
+    """The port does not exist."""
+
+
+class PortBusy(SerialSourceError):
+    """Another process holds the port."""
+
+
+class HandshakeTimeout(SerialSourceError):
+    """The board did not answer with ``$$$``."""
+
+
+class PortLost(SerialSourceError):
+    """The port vanished and did not come back in time."""
+
+
+class CytonReader:
+    """Read a Cyton (8 channels, 250 Hz) or Cyton+Daisy (16 channels, 125 Hz).
+
+    Parameters
+    ----------
+    port : str
+        Serial device, e.g. ``/dev/ttyUSB0`` (or a simulator's pty).
+    daisy : bool
+        Expect a Daisy board (16 channels).
+    montage : str or sequence of str, optional
+        Channel names (see :mod:`.montages`; default the Ultracortex layout).
+    handshake_timeout : float
+        Seconds to wait for each ``$$$`` prompt.
+    reconnect : bool
+        Reconnect when the port disappears (else raise :class:`PortLost` at once).
+    reconnect_timeout : float
+        Give up reconnecting after this many seconds.
+    """
+
+    def __init__(
+        self,
+        port: str,
+        daisy: bool = False,
+        montage=None,
+        handshake_timeout: float = 3.0,
+        reconnect: bool = True,
+        reconnect_timeout: float = 30.0,
+    ):
+        if not isinstance(port, str) or not port:
+            raise ValueError(f"'port' must be a non-empty device path, got {port!r}.")
+        self.port = port
+        self.daisy = bool(daisy)
+        self.n_channels = 16 if self.daisy else 8
+        self.sfreq = DAISY_SAMPLE_RATE if self.daisy else SAMPLE_RATE
+        self.ch_names = resolve_montage(montage, self.n_channels)
+        self.handshake_timeout = check_finite_positive("handshake_timeout", handshake_timeout)
+        self.reconnect = bool(reconnect)
+        self.reconnect_timeout = check_finite_positive("reconnect_timeout", reconnect_timeout)
+        self.counters = Counters()
+        self.gains = GainTracker(self.n_channels)
+        self.framer = Framer(daisy=self.daisy, gains=self.gains, counters=self.counters)
+        self.banner = ""
+        self._config: list[str] = []
+        self._ser = None
+        self._lost_at: float | None = None
+        self._next_try = 0.0
+        self._backoff = 0.05
+        self._t_anchor = 0.0
+        self._k = 0
+
+    # -- lifecycle -------------------------------------------------------------------
+    def __enter__(self) -> CytonReader:
+        self.open()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def open(self) -> CytonReader:
+        """Open the port and start streaming (steps 1-4 of the module docstring)."""
+        self._connect()
+        return self
+
+    def close(self) -> None:
+        """Stop streaming (``s``) and close the port. Safe to call twice."""
+        ser, self._ser = self._ser, None
+        if ser is None:
+            return
+        try:
+            ser.write(b"s")
+            ser.flush()
+        except Exception:  # the port may already be gone; closing is all that is left
+            pass
+        try:
+            ser.close()
+        except Exception:
+            pass
+
+    @property
+    def connected(self) -> bool:
+        return self._ser is not None
+
+    # -- commands ---------------------------------------------------------------------
+    def send_command(self, command: str) -> str:
+        """Send a configuration command (e.g. ``x1060110X``: channel 1 at gain 24).
+
+        Channel settings are tracked (gain) and replayed after a reconnect. Returns the
+        board's reply up to ``$$$`` (empty while streaming: the firmware does not answer
+        then).
+        """
+        if not isinstance(command, str) or not command:
+            raise ValueError(f"'command' must be a non-empty str, got {command!r}.")
+        probe = GainTracker(self.n_channels)
+        probe.apply(command)  # raises ValueError on a malformed x...X command
+        if self._ser is None:
+            raise SerialSourceError(f"serial port {self.port!r} is not open.")
+        self._ser.write(b"s")
+        time.sleep(0.02)
+        self._ser.reset_input_buffer()
+        self._ser.write(command.encode("ascii"))
+        reply = self._wait_prompt(f"the reply to {command!r}", required=False)
+        self.gains.apply(command)
+        if "x" in command:
+            self._config.append(command)
+        self._ser.write(b"b")
+        self.framer.reset()
+        return reply
+
+    # -- reading ----------------------------------------------------------------------
+    def read_chunk(self, timeout: float = 1.0) -> Chunk | None:
+        """Samples that arrived within ``timeout`` seconds, or None.
+
+        Returns
+        -------
+        Chunk or None
+            ``samples`` shape (n_times, n_channels) float32 µV; NaN rows are dropped
+            samples.
+
+        Raises
+        ------
+        PortLost
+            The port vanished and did not come back within ``reconnect_timeout``.
+        """
+        deadline = time.monotonic() + max(0.0, float(timeout))
+        while True:
+            if self._ser is None and not self._try_reconnect(deadline):
+                return None
+            try:
+                ser = self._ser
+                ser.timeout = max(0.001, min(0.05, deadline - time.monotonic()))
+                data = ser.read(max(1, ser.in_waiting))
+                if data and ser.in_waiting:
+                    data += ser.read(ser.in_waiting)
+            except Exception as exc:  # serial.SerialException, OSError: the port is gone
+                self._lost(exc)
+                continue
+            if data:
+                frames = self.framer.feed(data)
+                if frames.n_times:
+                    return self._chunk(frames)
+            if time.monotonic() >= deadline:
+                return None
+
+    def _chunk(self, frames) -> Chunk:
+        n = frames.n_times
+        starts = np.flatnonzero(frames.new_sequence)
+        ts = np.empty(n, np.float64)
+        now = time.time()
+        begin = 0
+        for s in list(starts) + [n]:
+            if s > begin:
+                ts[begin:s] = self._t_anchor + (self._k + np.arange(s - begin)) / self.sfreq
+                self._k += s - begin
+            if s < n:
+                self._t_anchor = now - (n - 1 - s) / self.sfreq
+                self._k = 0
+            begin = s
+        return Chunk(frames.samples, ts, list(self.ch_names), self.sfreq)
+
+    # -- connection -------------------------------------------------------------------
+    def _open_port(self):
+        import serial
+
+        try:
+            return serial.Serial(self.port, BAUDRATE, timeout=0.05, write_timeout=2.0,
+                                 exclusive=True)
+        except serial.SerialException as exc:
+            text = str(exc)
+            err = getattr(exc, "errno", None)
+            if err == errno.ENOENT or "No such file" in text or "could not open port" in text \
+                    and "No such" in text:
+                raise PortNotFound(
+                    f"serial port {self.port!r} does not exist (is the dongle plugged in? "
+                    f"on Linux it is usually /dev/ttyUSB0): {text}"
+                ) from None
+            if err in (errno.EBUSY, errno.EAGAIN) or "exclusively lock" in text \
+                    or "Resource busy" in text:
+                raise PortBusy(
+                    f"serial port {self.port!r} is busy: another program (the OpenBCI GUI, "
+                    f"another nacf reader) has it open: {text}"
+                ) from None
+            if err == errno.EACCES or "Permission denied" in text:
+                raise SerialSourceError(
+                    f"no permission to open serial port {self.port!r} (on Linux add the "
+                    f"user to the 'dialout' group): {text}"
+                ) from None
+            raise SerialSourceError(f"cannot open serial port {self.port!r}: {text}") from None
+
+    def _connect(self) -> None:
+        ser = self._open_port()
+        self._ser = ser
+        try:
+            ser.write(b"s")
+            time.sleep(0.05)
+            ser.reset_input_buffer()
+            ser.write(b"v")
+            self.banner = self._wait_prompt("the '$$$' prompt after 'v' (soft reset)")
+            if self.daisy and "Daisy" not in self.banner:
+                raise SerialSourceError(
+                    f"a Cyton+Daisy was requested on {self.port!r}, but the board reports no "
+                    f"Daisy module (banner: {self.banner.strip()!r})."
+                )
+            self.gains.reset()
+            ser.write(b"d")
+            self._wait_prompt("the '$$$' prompt after 'd' (default settings)", required=False)
+            for cmd in self._config:
+                ser.write(cmd.encode("ascii"))
+                self._wait_prompt(f"the reply to {cmd!r}", required=False)
+                self.gains.apply(cmd)
+            ser.reset_input_buffer()
+            ser.write(b"b")
+        except Exception:
+            self._ser = None
+            try:
+                ser.close()
+            except Exception:
+                pass
+            raise
+        self.framer.reset()
+        logger.info("cyton session on %s: %s", self.port, self.banner.strip().replace("\n", "; "))
+
+    def _wait_prompt(self, what: str, required: bool = True) -> str:
+        ser = self._ser
+        buf = bytearray()
+        deadline = time.monotonic() + self.handshake_timeout
+        while time.monotonic() < deadline:
+            ser.timeout = max(0.001, min(0.05, deadline - time.monotonic()))
+            buf += ser.read(max(1, ser.in_waiting))
+            if _PROMPT in buf:
+                return buf.decode("ascii", "replace")
+        if required:
+            raise HandshakeTimeout(
+                f"no answer from {self.port!r}: waited {self.handshake_timeout:g} s for {what}"
+                f" and got {bytes(buf[-80:])!r}. Is the board on and the dongle switched to PC?"
+            )
+        logger.warning("no '$$$' from %s while waiting for %s", self.port, what)
+        return buf.decode("ascii", "replace")
+
+    def _lost(self, exc: BaseException) -> None:
+        logger.warning("serial port %s lost: %s", self.port, exc)
+        ser, self._ser = self._ser, None
+        try:
+            ser.close()
+        except Exception:
+            pass
+        self.framer.reset()
+        self._lost_at = time.monotonic()
+        self._backoff = 0.05
+        self._next_try = self._lost_at
+        if not self.reconnect:
+            raise PortLost(f"serial port {self.port!r} vanished: {exc}") from None
+
+    def _try_reconnect(self, deadline: float) -> bool:
+        """Try to reconnect until ``deadline``; True when connected again."""
+        while True:
+            now = time.monotonic()
+            if self._lost_at is not None and now - self._lost_at > self.reconnect_timeout:
+                raise PortLost(
+                    f"serial port {self.port!r} vanished and did not come back within "
+                    f"{self.reconnect_timeout:g} s."
+                )
+            if now >= self._next_try:
+                try:
+                    self._connect()
+                except SerialSourceError as exc:
+                    logger.debug("reconnect to %s failed: %s", self.port, exc)
+                    self._next_try = time.monotonic() + self._backoff
+                    self._backoff = min(2.0, self._backoff * 2)
+                else:
+                    self.counters.reconnects += 1
+                    self._lost_at = None
+                    logger.info("reconnected to %s", self.port)
+                    return True
+            wait = min(self._next_try, deadline) - time.monotonic()
+            if time.monotonic() >= deadline:
+                return False
+            if wait > 0:
+                time.sleep(wait)
