@@ -191,7 +191,7 @@ class Sidecar:
 
     def __init__(
         self,
-        address: str = "127.0.0.1:9100",
+        address: str = "127.0.0.1:9464",
         *,
         registry: CollectorRegistry = REGISTRY,
         checks: Mapping[str, Callable[[], Any]] | None = None,
