@@ -256,11 +256,19 @@ def _status_name(exc: BaseException) -> str:
 
 
 class _Recognizer:
-    """Adapter between the service and ``nacf_core.pipeline`` (one place to change)."""
+    """Adapter between the service and ``nacf_core.pipeline`` (one place to change).
+
+    A pipeline may name its template class in ``template_cls`` (default
+    :class:`nacf_core.pipeline.Template`).
+    """
 
     def __init__(self, pipeline: Any) -> None:
         self.pipeline = pipeline
         self.model = pipeline.model
+        cls = getattr(pipeline, "template_cls", None)
+        if cls is None:
+            from nacf_core.pipeline import Template as cls  # noqa: N813
+        self._template_cls = cls
 
     @property
     def model_version(self) -> str:
@@ -274,25 +282,30 @@ class _Recognizer:
     def window_s(self) -> float:
         return float(self.model.window_s)
 
-    def windows(self, block: SignalBlock, hop_s: float | None = None):
+    def windows(self, block: SignalBlock, hop_s: float | None = -1.0):
+        """Windows of ``block``; non-overlapping by default (as verification uses),
+        ``hop_s=None`` for the model's enrollment hop."""
+        hop = self.window_s if hop_s == -1.0 else hop_s
         return self.pipeline.windows(block.samples, block.sfreq, list(block.ch_names),
-                                     hop_s=hop_s)
+                                     hop_s=hop)
 
-    def enroll(self, windows_list: list) -> Any:
-        return self.pipeline.enroll(windows_list)
+    def enroll(self, blocks: list[SignalBlock]) -> Any:
+        return self.pipeline.enroll([(b.samples, b.sfreq, list(b.ch_names)) for b in blocks])
+
+    def decide(self, windows: Any, template: Any) -> Any:
+        return self.pipeline.decide(windows, template)
 
     def scores(self, windows, template) -> np.ndarray:
         return np.asarray(self.pipeline.score(windows, template), dtype=np.float64)
 
     def template_from_bytes(self, blob: bytes) -> Any:
-        from nacf_core.pipeline import Template
+        return self._template_cls.from_bytes(blob)
 
-        return Template.from_bytes(blob)
-
-    def sequential(self, max_seconds: float):
-        from nacf_core.sequential import SequentialTest
-
-        return SequentialTest(self.model, max_seconds=max_seconds)
+    def sequential(self) -> Any:
+        cls = getattr(self.pipeline, "sequential_cls", None)
+        if cls is None:
+            from nacf_core.sequential import SequentialTest as cls  # noqa: N813
+        return cls(self.model)
 
 
 # ----------------------------------------------------------------------------------
@@ -413,21 +426,19 @@ class AuthService:
                     raise AlreadyExists(f"user {user_id!r} is already enrolled; set "
                                         "update=true to replace the template.")
             t0 = time.perf_counter()
-            wins, rejected, qual = [], [], []
+            wins, rejected = [], []
             for i, b in enumerate(blocks):
-                w = self.rec.windows(b)
+                w = self.rec.windows(b, hop_s=None)
                 wins.append(w)
                 for j, ok in enumerate(np.asarray(w.accepted)):
                     if not ok:
                         rejected.append(RejectedEpoch(i, j, _reason_at(w.reasons, j)))
-                q = np.asarray(w.quality, dtype=np.float64)[np.asarray(w.accepted, bool)]
-                qual.extend(q.tolist())
-            template = self.rec.enroll(wins)
-            quality = float(np.mean(qual)) if qual else 0.0
+            template = self.rec.enroll(blocks)
+            quality = float(template.quality)
+            used = int(template.n_epochs)
             self.metrics.observe_signal("enroll", time.perf_counter() - t0,
                                         min(1.0, max(0.0, quality)))
             self.metrics.record_artifact_rejections(r.reason for r in rejected)
-            used = int(sum(int(np.count_nonzero(np.asarray(w.accepted))) for w in wins))
             blob = template.to_bytes()
             version = self._store("put_template", self.store.put_template, user_id, blob,
                                   self.model_version, {"epochs_used": used,
@@ -557,35 +568,21 @@ class AuthService:
         device_id = self.verify_device_proof(user_id, block, proof)
         t0 = time.perf_counter()
         w = self.rec.windows(block)
-        template = self.rec.template_from_bytes(rec.blob)
-        accepted_mask = np.asarray(w.accepted, dtype=bool)
-        reasons = sorted({r for r in (w.reasons or []) if r})
-        quality = _mean(np.asarray(w.quality, dtype=np.float64))
-        if not accepted_mask.any():
-            score = float("nan")
-        else:
-            s = self.rec.scores(w, template)
-            score = float(np.mean(s[accepted_mask])) if s.shape[0] == accepted_mask.shape[0] \
-                else float(np.mean(s))
+        d = self.rec.decide(w, self.rec.template_from_bytes(rec.blob))
         self.metrics.observe_signal("authenticate", time.perf_counter() - t0,
-                                    min(1.0, max(0.0, quality)))
-        self.metrics.record_artifact_rejections(reasons)
-        n_used = int(accepted_mask.sum())
-        seconds = n_used * self.rec.window_s if n_used else float(getattr(w, "seconds", 0.0))
-        return self._decide(user_id, rec, score, quality, reasons, n_used, seconds, device_id,
-                            w, block, peer, method, t_start)
+                                    min(1.0, max(0.0, float(d.quality))))
+        self.metrics.record_artifact_rejections(r for r in w.reasons if r)
+        return self._decide(user_id, bool(d.accepted), float(d.score), float(d.threshold),
+                            float(d.quality), list(d.reasons), int(d.windows_used),
+                            int(d.windows_used) * self.rec.window_s, device_id, w, block,
+                            peer, method, t_start)
 
-    def _decide(self, user_id: str, rec: Any, score: float, quality: float,
-                reasons: list[str], n_used: int, seconds: float, device_id: str | None,
-                windows: Any, block: SignalBlock | None, peer: str, method: str,
-                t_start: float) -> AuthResult:
-        thr = self.rec.threshold
+    def _decide(self, user_id: str, accepted: bool, score: float, thr: float,
+                quality: float, reasons: list[str], n_used: int, seconds: float,
+                device_id: str | None, windows: Any, block: SignalBlock | None, peer: str,
+                method: str, t_start: float) -> AuthResult:
         reasons = list(reasons)
-        if n_used == 0:
-            reasons.append("no window passed the quality gate")
-        accepted = bool(n_used > 0 and math.isfinite(score) and score >= thr)
-        if n_used > 0 and not accepted:
-            reasons.append(f"score {score:.3f} below threshold {thr:.3f}")
+        accepted = bool(accepted and n_used > 0 and math.isfinite(score))
         if accepted and self.pad is not None and block is not None:
             pad_reason = self._pad_check(user_id, windows, block)
             if pad_reason:
@@ -663,21 +660,19 @@ class AuthService:
                                   f"{self.config.stream_max_seconds:g}], got {max_seconds!r}.")
         rec = self._check_user_and_lock(user_id)
         template = self.rec.template_from_bytes(rec.blob)
-        test = self.rec.sequential(limit)
+        test = self.rec.sequential()
         buf = _Buffer()
         device_id: str | None = None
         first = True
-        scores: list[float] = []
-        quals: list[float] = []
-        reasons: set[str] = set()
-        n_done = 0
+        n_scored = 0          # windows fed to the sequential test
+        n_done = 0            # windows computed so far
         decision = None
         last_block: SignalBlock | None = None
-        last_w = None
+        w = None
         t_proc = 0.0
         for block in chunks:
             if deadline is not None and time.monotonic() > deadline:
-                raise DeadlineExceeded("deadline passed before the sequential decision.")
+                raise DeadlineExceeded("the deadline passed before the sequential decision.")
             if first:
                 device_id = self.verify_device_proof(user_id, block, proof)
                 first = False
@@ -686,64 +681,40 @@ class AuthService:
             if buf.seconds < self.rec.window_s * (n_done + 1):
                 continue
             t0 = time.perf_counter()
-            whole = buf.block()
-            w = self.rec.windows(whole, hop_s=self.rec.window_s)
-            last_w = w
+            w = self.rec.windows(buf.block())
             acc = np.asarray(w.accepted, dtype=bool)
-            s = self.rec.scores(w, template) if acc.any() else np.zeros(len(acc))
-            q = np.asarray(w.quality, dtype=np.float64)
+            s = self.rec.scores(w, template)
             for j in range(n_done, len(acc)):
                 if acc[j]:
-                    scores.append(float(s[j]))
-                    quals.append(float(q[j]))
+                    n_scored += 1
                     decision = test.update(float(s[j]))
-                else:
-                    reasons.add(_reason_at(w.reasons, j))
-                    quals.append(float(q[j]))
-                if decision is not None:
-                    break
+                    if decision is not None:
+                        w = w.select(slice(0, j + 1)) if hasattr(w, "select") else w
+                        break
             n_done = len(acc)
             t_proc += time.perf_counter() - t0
             if decision is not None or buf.seconds >= limit:
                 break
         if first:
             raise InvalidArgument("the stream carried no Signal chunk after the start message.")
-        if n_done == 0:
+        if w is None:
             raise InvalidArgument(
                 f"the stream ended after {buf.seconds:.2f} s of signal; at least one "
                 f"{self.rec.window_s:g}-s window is needed.")
-        quality = float(np.mean(quals)) if quals else 0.0
-        self.metrics.observe_signal("stream", t_proc, min(1.0, max(0.0, quality)))
-        if scores:
-            fused = float(getattr(test, "fused_score", np.mean(scores)))
-        else:
-            fused = float("nan")
+        d = self.rec.decide(w, template)
+        self.metrics.observe_signal("stream", t_proc, min(1.0, max(0.0, float(d.quality))))
+        reasons = list(d.reasons)
         if decision is not None:
-            # the sequential test decided: make the score agree with the decision
-            accepted_by_test = decision == "accept"
+            accepted = decision == "accept"
+            reasons.append(f"sequential test: {decision} after {n_scored} window(s)")
         else:
-            accepted_by_test = None
-        seconds = float(getattr(test, "seconds", len(scores) * self.rec.window_s))
-        result = self._decide(user_id, rec, fused, quality, sorted(reasons), len(scores),
-                              seconds, device_id, last_w, last_block, peer,
-                              "AuthenticateStream", t_start,
-                              ) if accepted_by_test is None else self._decide_forced(
-            user_id, rec, fused, quality, sorted(reasons), len(scores), seconds, device_id,
-            last_w, last_block, peer, t_start, accepted_by_test)
-        return result
-
-    def _decide_forced(self, user_id, rec, score, quality, reasons, n_used, seconds,
-                       device_id, windows, block, peer, t_start, accept: bool) -> AuthResult:
-        """``_decide`` for a sequential decision: the test's verdict stands even when the
-        fused mean sits on the other side of the single-window threshold."""
-        thr = self.rec.threshold
-        if accept and not (math.isfinite(score) and score >= thr):
-            score = max(score, thr) if math.isfinite(score) else thr
-        if not accept and math.isfinite(score) and score >= thr:
-            reasons = [*reasons, "sequential test rejected"]
-            score = min(score, np.nextafter(thr, -np.inf))
-        return self._decide(user_id, rec, score, quality, reasons, n_used, seconds, device_id,
-                            windows, block, peer, "AuthenticateStream", t_start)
+            accepted = bool(d.accepted)
+            reasons.append(f"sequential test undecided after {n_scored} window(s) "
+                           f"({buf.seconds:.1f} s): fused-score decision")
+        return self._decide(user_id, accepted, float(d.score), float(d.threshold),
+                            float(d.quality), reasons, int(d.windows_used),
+                            n_scored * self.rec.window_s, device_id, w, last_block, peer,
+                            "AuthenticateStream", t_start)
 
     # --------------------------------------------------------------- identification
     def identify(self, block: SignalBlock, top_k: int = 5) -> IdentifyResult:
@@ -763,20 +734,21 @@ class AuthService:
             raise FailedPrecondition("no window of the signal passed the quality gate ("
                                      + "; ".join(reasons) + "); cannot identify.")
         ids, scores = [], []
+        thr = self.rec.threshold
         for t in self._store("iter_templates", lambda: list(
                 self.store.iter_templates(model_version=self.model_version))):
-            s = self.rec.scores(w, self.rec.template_from_bytes(t.blob))
+            d = self.rec.decide(w, self.rec.template_from_bytes(t.blob))
             ids.append(t.user_id)
-            scores.append(float(np.mean(s[acc])) if s.shape[0] == acc.shape[0]
-                          else float(np.mean(s)))
+            scores.append(float(d.score))
+            thr = float(d.threshold)
         self.metrics.observe_signal("identify", time.perf_counter() - t0,
                                     min(1.0, max(0.0, quality)))
         if not ids:
-            return IdentifyResult([], self.rec.threshold, quality, self.model_version, reasons)
+            return IdentifyResult([], thr, quality, self.model_version, reasons)
         arr = np.asarray(scores)
         k = min(k, arr.shape[0])
         order = np.argsort(-arr, kind="stable")[:k]
-        return IdentifyResult([(ids[i], float(arr[i])) for i in order], self.rec.threshold,
+        return IdentifyResult([(ids[i], float(arr[i])) for i in order], thr,
                               quality, self.model_version, reasons)
 
     # ------------------------------------------------------------------------ users
@@ -959,10 +931,9 @@ class AuthService:
                                        expires, streamed)
                 continue
             since_good = 0.0
-            sc = self.rec.scores(w, template)
-            score = float(np.mean(sc[acc])) if sc.shape[0] == acc.shape[0] else float(
-                np.mean(sc))
-            if score >= thr:
+            d = self.rec.decide(w, template)
+            score, thr = float(d.score), float(d.threshold)
+            if d.accepted:
                 mismatches = 0
                 expires = self._renew(token, expires, now)
                 yield ContinuousUpdate("verified", score, thr, quality, "", expires, streamed)

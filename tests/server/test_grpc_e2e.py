@@ -1,0 +1,421 @@
+"""End to end over a real loopback port with a grpcio client: every RPC, every error
+path, the device proof, lockout, sessions, streaming, limits.  One server per module."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+from _support import CH16, SFREQ, eeg, make_pipeline, proof_md
+from prometheus_client import CollectorRegistry
+
+from nacf_core._proto.nacf.v1 import auth_pb2 as pb
+from nacf_core._proto.nacf.v1 import auth_pb2_grpc as pbg
+from nacf_core.config import Config
+from nacf_core.metrics import Metrics
+from nacf_core.server.app import NacfServer
+from nacf_core.server.converters import block_to_signal
+from nacf_core.service import AuthService
+from nacf_core.store import open_store
+
+ALL = "key-all-0123456789"
+AUTH_ONLY = "key-auth-0123456789"
+MSG_LIMIT = 4 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory, shared_data):
+    d = tmp_path_factory.mktemp("grpc")
+    cfg = Config(grpc_address="127.0.0.1:0", metrics_address="", data_dir=str(d),
+                 lockout_threshold=3, lockout_seconds=600, rate_limit_per_s=1000,
+                 rate_limit_burst=1000, max_message_bytes=MSG_LIMIT, signal_loss_s=3.0,
+                 api_keys={ALL: frozenset({"authenticate", "enroll", "admin"}),
+                           AUTH_ONLY: frozenset({"authenticate"})})
+    metrics = Metrics(CollectorRegistry())
+    store = open_store(f"sqlite:///{d / 'nacf.db'}", bytes(range(32)))
+    service = AuthService(store, make_pipeline(), cfg, metrics=metrics)
+    server = NacfServer(cfg, service, metrics=metrics, sidecar=False).start()
+    chan = grpc.insecure_channel(server.address, options=[
+        ("grpc.max_send_message_length", 200 * 1024 * 1024)])
+    stub = pbg.AuthServiceStub(chan)
+    yield server, stub, metrics
+    chan.close()
+    server.stop(0)
+    store.close()
+
+
+MD = (("x-api-key", ALL),)
+
+
+def sig(x, device_id=""):
+    return block_to_signal(x, SFREQ, CH16, device_id)
+
+
+def code_of(fn, *a, **kw) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as ei:
+        fn(*a, **kw)
+    return ei.value.code(), ei.value.details()
+
+
+def enroll(stub, user, subject, update=False):
+    return stub.Enroll(pb.EnrollRequest(user_id=user, signals=[sig(eeg(subject, 3, 0, 40))],
+                                        update=update), metadata=MD, timeout=30)
+
+
+def device(stub, user, dev):
+    return stub.RegisterDevice(pb.RegisterDeviceRequest(user_id=user, device_id=dev),
+                               metadata=MD, timeout=10).device_secret
+
+
+def auth(stub, user, x, secret, dev, ts=None, md_extra=()):
+    s = sig(x, dev)
+    md = (*MD, *proof_md(secret, user, dev, s.samples, ts), *md_extra)
+    return stub.Authenticate(pb.AuthenticateRequest(user_id=user, signal=s), metadata=md,
+                             timeout=10)
+
+
+# ------------------------------------------------------------------ happy path
+def test_enroll_authenticate_session_cycle(srv):
+    server, stub, metrics = srv
+    r = enroll(stub, "alice", 1)
+    assert r.template_version == 1 and r.epochs_used > 0 and r.model_version
+    assert 0 <= r.quality <= 1
+    secret = device(stub, "alice", "hs-1")
+    assert len(secret) >= 32
+    ok = auth(stub, "alice", eeg(1, 3, 60, 8), secret, "hs-1")
+    assert ok.accepted and ok.score >= ok.threshold and ok.session_token
+    assert ok.windows_used >= 1 and ok.model_version == r.model_version
+    v = stub.ValidateSession(pb.ValidateSessionRequest(session_token=ok.session_token),
+                             metadata=MD)
+    assert v.valid and v.user_id == "alice" and v.expires_at_unix > time.time()
+    e = stub.EndSession(pb.EndSessionRequest(session_token=ok.session_token), metadata=MD)
+    assert e.ended
+    v = stub.ValidateSession(pb.ValidateSessionRequest(session_token=ok.session_token),
+                             metadata=MD)
+    assert not v.valid and v.reason == "ended"
+    assert not stub.ValidateSession(pb.ValidateSessionRequest(session_token="nope"),
+                                    metadata=MD).valid
+    assert code_of(stub.EndSession, pb.EndSessionRequest(session_token="nope"),
+                   metadata=MD)[0] == grpc.StatusCode.NOT_FOUND
+    out = metrics.exposition().decode()
+    assert 'nacfauth_auth_requests_total{method="Authenticate",status="OK"' in out
+    assert 'nacfauth_auth_decisions_total{decision="accept"}' in out
+
+
+def test_impostor_rejected_no_session(srv):
+    _, stub, _ = srv
+    enroll(stub, "bob", 1)
+    secret = device(stub, "bob", "hs-bob")
+    r = auth(stub, "bob", eeg(5, 7, 0, 8), secret, "hs-bob")
+    assert not r.accepted and not r.session_token and r.reasons
+    stub.UnlockUser(pb.UnlockUserRequest(user_id="bob"), metadata=MD)
+
+
+def test_duplicate_enrollment_and_update(srv):
+    _, stub, _ = srv
+    enroll(stub, "carol", 2)
+    c, msg = code_of(enroll, stub, "carol", 2)
+    assert c == grpc.StatusCode.ALREADY_EXISTS and "update" in msg
+    assert enroll(stub, "carol", 2, update=True).template_version == 2
+
+
+def test_users_admin(srv):
+    _, stub, _ = srv
+    for u in ("u1", "u2", "u3"):
+        enroll(stub, u, 3)
+    device(stub, "u1", "hs-u1")
+    g = stub.GetUser(pb.GetUserRequest(user_id="u1"), metadata=MD).user
+    assert g.user_id == "u1" and g.template_version == 1 and not g.locked
+    seen, token = [], ""
+    while True:
+        page = stub.ListUsers(pb.ListUsersRequest(page_size=2, page_token=token), metadata=MD)
+        assert len(page.users) <= 2
+        seen += [u.user_id for u in page.users]
+        token = page.next_page_token
+        if not token:
+            break
+    assert {"u1", "u2", "u3"} <= set(seen) and len(seen) == len(set(seen))
+    assert stub.DeleteUser(pb.DeleteUserRequest(user_id="u3"), metadata=MD).deleted
+    for fn, req in ((stub.GetUser, pb.GetUserRequest(user_id="u3")),
+                    (stub.DeleteUser, pb.DeleteUserRequest(user_id="u3")),
+                    (stub.UnlockUser, pb.UnlockUserRequest(user_id="ghost"))):
+        assert code_of(fn, req, metadata=MD)[0] == grpc.StatusCode.NOT_FOUND
+    assert code_of(stub.ListUsers, pb.ListUsersRequest(page_size=5000),
+                   metadata=MD)[0] == grpc.StatusCode.INVALID_ARGUMENT
+    st = stub.GetStats(pb.GetStatsRequest(), metadata=MD)
+    assert st.total_users >= 2 and st.auth_attempts_today >= 0
+
+
+def test_identify_top_k(srv):
+    _, stub, _ = srv
+    enroll(stub, "idA", 1)
+    enroll(stub, "idB", 5)
+    r = stub.Identify(pb.IdentifyRequest(signal=sig(eeg(5, 3, 60, 8)), top_k=2), metadata=MD)
+    assert len(r.candidates) == 2
+    assert r.candidates[0].score >= r.candidates[1].score
+    assert code_of(stub.Identify, pb.IdentifyRequest(signal=sig(eeg(5, 3, 60, 8)), top_k=1000),
+                   metadata=MD)[0] == grpc.StatusCode.INVALID_ARGUMENT
+
+
+# ------------------------------------------------------------------ device proof
+def test_device_proof_paths(srv):
+    _, stub, _ = srv
+    enroll(stub, "dave", 1)
+    secret = device(stub, "dave", "hs-dave")
+    assert code_of(device, stub, "dave", "hs-dave")[0] == grpc.StatusCode.ALREADY_EXISTS
+    assert code_of(device, stub, "ghost", "hs-x")[0] == grpc.StatusCode.NOT_FOUND
+    x = eeg(1, 3, 60, 8)
+    s = sig(x, "hs-dave")
+    req = pb.AuthenticateRequest(user_id="dave", signal=s)
+    # missing
+    c, m = code_of(stub.Authenticate, req, metadata=MD)
+    assert c == grpc.StatusCode.UNAUTHENTICATED and "x-device-proof" in m
+    # wrong secret
+    c, m = code_of(stub.Authenticate, req,
+                   metadata=(*MD, *proof_md("not-the-secret", "dave", "hs-dave", s.samples)))
+    assert c == grpc.StatusCode.UNAUTHENTICATED and "does not verify" in m
+    # stale
+    c, m = code_of(stub.Authenticate, req, metadata=(*MD, *proof_md(
+        secret, "dave", "hs-dave", s.samples, int(time.time()) - 120)))
+    assert c == grpc.StatusCode.UNAUTHENTICATED and "stale" in m
+    # proof over other samples
+    other = sig(eeg(1, 3, 70, 8), "hs-dave").samples
+    c, _ = code_of(stub.Authenticate, req,
+                   metadata=(*MD, *proof_md(secret, "dave", "hs-dave", other)))
+    assert c == grpc.StatusCode.UNAUTHENTICATED
+    # valid, then replayed
+    md = (*MD, *proof_md(secret, "dave", "hs-dave", s.samples))
+    assert stub.Authenticate(req, metadata=md).accepted
+    c, m = code_of(stub.Authenticate, req, metadata=md)
+    assert c == grpc.StatusCode.UNAUTHENTICATED and "replay" in m
+    # a device bound to another user
+    enroll(stub, "erin", 2)
+    c, _ = code_of(device, stub, "erin", "hs-dave")
+    assert c == grpc.StatusCode.ALREADY_EXISTS
+
+
+def test_proof_not_required_when_disabled(srv):
+    server, stub, _ = srv
+    enroll(stub, "frank", 1)
+    server.service.config.require_device_proof = False
+    try:
+        r = stub.Authenticate(pb.AuthenticateRequest(user_id="frank",
+                                                     signal=sig(eeg(1, 3, 60, 8))),
+                              metadata=MD)
+        assert r.accepted
+    finally:
+        server.service.config.require_device_proof = True
+
+
+# ------------------------------------------------------------------ lockout
+def test_lockout_after_n_failures_and_unlock(srv):
+    _, stub, metrics = srv
+    enroll(stub, "gina", 1)
+    secret = device(stub, "gina", "hs-gina")
+    for i in range(3):  # lockout_threshold=3; a fresh probe each time (no replay)
+        assert not auth(stub, "gina", eeg(5, 7, 8 * i, 8), secret, "hs-gina").accepted
+    c, m = code_of(auth, stub, "gina", eeg(1, 3, 60, 8), secret, "hs-gina")
+    assert c == grpc.StatusCode.FAILED_PRECONDITION and "locked" in m
+    assert stub.GetUser(pb.GetUserRequest(user_id="gina"), metadata=MD).user.locked
+    assert stub.UnlockUser(pb.UnlockUserRequest(user_id="gina"), metadata=MD).was_locked
+    assert auth(stub, "gina", eeg(1, 3, 62, 8), secret, "hs-gina").accepted
+    assert "nacfauth_lockouts_total 1.0" in metrics.exposition().decode()
+
+
+# ------------------------------------------------------------------ API keys
+def test_api_keys_and_scopes(srv):
+    _, stub, _ = srv
+    req = pb.GetStatsRequest()
+    c, m = code_of(stub.GetStats, req)
+    assert c == grpc.StatusCode.UNAUTHENTICATED and "x-api-key" in m
+    assert code_of(stub.GetStats, req, metadata=(("x-api-key", "wrong"),))[0] == \
+        grpc.StatusCode.UNAUTHENTICATED
+    c, m = code_of(stub.GetStats, req, metadata=(("x-api-key", AUTH_ONLY),))
+    assert c == grpc.StatusCode.PERMISSION_DENIED and "admin" in m
+    c, _ = code_of(stub.Enroll, pb.EnrollRequest(user_id="z"), metadata=(("x-api-key", AUTH_ONLY),))
+    assert c == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_health_needs_no_key(srv):
+    server, _, _ = srv
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(server.address) as ch:
+        h = health_pb2_grpc.HealthStub(ch)
+        for name in ("", "nacf.v1.AuthService"):
+            r = h.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
+            assert r.status == health_pb2.HealthCheckResponse.SERVING
+
+
+# ------------------------------------------------------------------ bad input
+@pytest.mark.parametrize("case", ["odd_bytes", "float64", "nan", "inf", "empty", "rate_zero",
+                                  "rate_absurd", "rate_nan", "rate_low", "no_channels",
+                                  "dup_channels", "too_short", "unknown_user", "empty_user"])
+def test_bad_input_gets_invalid_argument_or_not_found(srv, case):
+    _, stub, _ = srv
+    enroll_once(stub)
+    x = eeg(1, 3, 60, 8)
+    s = sig(x)
+    user = "badin"
+    if case == "odd_bytes":
+        s.samples = s.samples[:-3]
+    elif case == "float64":
+        s.samples = x[: x.shape[0] // 2 * 2].astype("<f8").tobytes()[: 4 * 16 * 1001 + 4]
+    elif case == "nan":
+        y = x.copy()
+        y[10, 3] = np.nan
+        s.samples = y.tobytes()
+    elif case == "inf":
+        y = x.copy()
+        y[100, 0] = np.inf
+        s.samples = y.tobytes()
+    elif case == "empty":
+        s.samples = b""
+    elif case == "rate_zero":
+        s.sample_rate_hz = 0
+    elif case == "rate_absurd":
+        s.sample_rate_hz = 1e12
+    elif case == "rate_nan":
+        s.sample_rate_hz = float("nan")
+    elif case == "rate_low":
+        s.sample_rate_hz = 20
+    elif case == "no_channels":
+        del s.channel_names[:]
+    elif case == "dup_channels":
+        s.channel_names[1] = s.channel_names[0]
+    elif case == "too_short":
+        s.samples = x[:50].tobytes()
+    elif case == "unknown_user":
+        user = "nobody"
+    elif case == "empty_user":
+        user = ""
+    server = srv[0]
+    server.service.config.require_device_proof = False
+    try:
+        c, m = code_of(stub.Authenticate, pb.AuthenticateRequest(user_id=user, signal=s),
+                       metadata=MD)
+    finally:
+        server.service.config.require_device_proof = True
+    want = grpc.StatusCode.NOT_FOUND if case == "unknown_user" else \
+        grpc.StatusCode.INVALID_ARGUMENT
+    assert c == want, m
+    assert m and "Exception" not in m
+
+
+_enrolled = threading.Event()
+
+
+def enroll_once(stub):
+    if not _enrolled.is_set():
+        enroll(stub, "badin", 1)
+        _enrolled.set()
+
+
+def test_enroll_bad_input(srv):
+    _, stub, _ = srv
+    c, m = code_of(stub.Enroll, pb.EnrollRequest(user_id="e1"), metadata=MD)
+    assert c == grpc.StatusCode.INVALID_ARGUMENT and "signals" in m
+    flat = np.zeros((160 * 40, 16), np.float32)
+    c, m = code_of(stub.Enroll, pb.EnrollRequest(user_id="e1", signals=[sig(flat)]),
+                   metadata=MD)
+    assert c in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT), m
+    assert code_of(stub.GetUser, pb.GetUserRequest(user_id="e1"),
+                   metadata=MD)[0] == grpc.StatusCode.NOT_FOUND  # nothing written
+
+
+def test_huge_message_resource_exhausted_and_server_survives(srv):
+    _, stub, _ = srv
+    big = pb.AuthenticateRequest(user_id="x", signal=pb.Signal(
+        sample_rate_hz=160, channel_names=CH16, samples=b"\0" * (100 * 1024 * 1024)))
+    c, _ = code_of(stub.Authenticate, big, metadata=MD, timeout=60)
+    assert c == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert stub.GetStats(pb.GetStatsRequest(), metadata=MD) is not None
+
+
+def test_deadline_exceeded(srv):
+    _, stub, _ = srv
+    enroll_once(stub)
+
+    def slow():
+        yield pb.AuthenticateStreamRequest(start=pb.StreamStart(user_id="badin"))
+        time.sleep(1.0)
+        yield pb.AuthenticateStreamRequest(chunk=sig(eeg(1, 3, 60, 1)))
+
+    c, _ = code_of(stub.AuthenticateStream, slow(), metadata=MD, timeout=0.3)
+    assert c == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+# ------------------------------------------------------------------ streaming
+def chunks(x, seconds=0.5):
+    n = int(seconds * SFREQ)
+    return [x[i:i + n] for i in range(0, x.shape[0], n)]
+
+
+def test_authenticate_stream_decides_early(srv):
+    _, stub, _ = srv
+    enroll(stub, "hank", 1)
+    secret = device(stub, "hank", "hs-hank")
+    parts = [sig(c, "hs-hank") for c in chunks(eeg(1, 3, 50, 20))]
+    md = (*MD, *proof_md(secret, "hank", "hs-hank", parts[0].samples))
+    sent = []
+
+    def gen():
+        yield pb.AuthenticateStreamRequest(start=pb.StreamStart(user_id="hank"))
+        for p in parts:
+            sent.append(1)
+            yield pb.AuthenticateStreamRequest(chunk=p)
+
+    r = stub.AuthenticateStream(gen(), metadata=md, timeout=30)
+    assert r.seconds_used <= 20
+    assert r.accepted and r.session_token
+    assert len(sent) <= len(parts)
+    # first message must be start
+    c, _ = code_of(stub.AuthenticateStream,
+                   iter([pb.AuthenticateStreamRequest(chunk=parts[0])]), metadata=MD)
+    assert c == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_continuous_authenticate_ends_on_wearer_change(srv):
+    _, stub, _ = srv
+    enroll(stub, "ivy", 1)
+    secret = device(stub, "ivy", "hs-ivy")
+    tok = auth(stub, "ivy", eeg(1, 3, 60, 8), secret, "hs-ivy").session_token
+
+    def gen():
+        yield pb.ContinuousAuthenticateRequest(start=pb.ContinuousStart(session_token=tok))
+        for c in chunks(eeg(1, 3, 70, 8)) + chunks(eeg(5, 7, 0, 16)):
+            yield pb.ContinuousAuthenticateRequest(chunk=sig(c))
+
+    states = list(stub.ContinuousAuthenticate(gen(), metadata=MD, timeout=30))
+    E = pb.ContinuousAuthenticateResponse
+    assert states[0].state == E.VERIFIED
+    assert states[-1].state == E.ENDED and states[-1].reason == "wearer_changed"
+    v = stub.ValidateSession(pb.ValidateSessionRequest(session_token=tok), metadata=MD)
+    assert not v.valid and v.reason == "wearer_changed"
+
+
+def test_continuous_authenticate_ends_on_signal_loss(srv):
+    _, stub, _ = srv
+    enroll(stub, "jack", 1)
+    secret = device(stub, "jack", "hs-jack")
+    tok = auth(stub, "jack", eeg(1, 3, 60, 8), secret, "hs-jack").session_token
+    stop = threading.Event()
+
+    def gen():
+        yield pb.ContinuousAuthenticateRequest(start=pb.ContinuousStart(session_token=tok))
+        yield pb.ContinuousAuthenticateRequest(chunk=sig(eeg(1, 3, 70, 4)))
+        stop.wait(10)  # the headset goes silent
+
+    try:
+        states = list(stub.ContinuousAuthenticate(gen(), metadata=MD, timeout=15))
+    finally:
+        stop.set()
+    assert states[-1].state == pb.ContinuousAuthenticateResponse.ENDED
+    assert states[-1].reason == "signal_lost"
+    c, _ = code_of(lambda: list(stub.ContinuousAuthenticate(iter([
+        pb.ContinuousAuthenticateRequest(start=pb.ContinuousStart(session_token=tok))]),
+        metadata=MD)))
+    assert c == grpc.StatusCode.FAILED_PRECONDITION
