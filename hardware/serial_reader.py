@@ -186,12 +186,14 @@ class CytonReader:
         return reply
 
     # -- reading ----------------------------------------------------------------------
-    def read_chunk(self, timeout: float = 1.0) -> Chunk | None:
-        """Samples that arrived within ``timeout`` seconds, or None.
+    def read_chunk(self, timeout: float = 1.0) -> Chunk:
+        """Samples that arrived within ``timeout`` seconds (an empty chunk if none).
+
+        A serial source never ends, so unlike a file source this never returns None.
 
         Returns
         -------
-        Chunk or None
+        Chunk
             ``samples`` shape (n_times, n_channels) float32 µV; NaN rows are dropped
             samples.
 
@@ -203,7 +205,7 @@ class CytonReader:
         deadline = time.monotonic() + max(0.0, float(timeout))
         while True:
             if self._ser is None and not self._try_reconnect(deadline):
-                return None
+                return self._empty()
             try:
                 ser = self._ser
                 ser.timeout = max(0.001, min(0.05, deadline - time.monotonic()))
@@ -218,7 +220,11 @@ class CytonReader:
                 if frames.n_times:
                     return self._chunk(frames)
             if time.monotonic() >= deadline:
-                return None
+                return self._empty()
+
+    def _empty(self) -> Chunk:
+        return Chunk(np.zeros((0, self.n_channels), np.float32), np.zeros(0, np.float64),
+                     list(self.ch_names), self.sfreq)
 
     def _chunk(self, frames) -> Chunk:
         n = frames.n_times

@@ -1,0 +1,106 @@
+"""``nacf simulate``: a virtual OpenBCI Cyton on a pseudo-terminal (or an LSL outlet)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["register", "run", "default_recording"]
+
+_EPILOG = """\
+The simulated board answers v (soft reset, banner ending in $$$), d, x...X, b and s like
+the Cyton firmware and streams 250 packets/s built from a real recording (resampled to
+250 Hz, or 125 Hz with --daisy). Open the printed port with any Cyton reader, e.g.
+  nacf record --source cyton:PORT --seconds 10 --out rec.csv
+Faults: --faults "garbage=0.01,drop=0.01,railed=3,disconnect=5:1.5,seed=1"
+(probabilities per packet; railed channel index from 0; disconnect after 5 s of
+streaming for 1.5 s).
+"""
+
+
+def default_recording() -> Path:
+    """The first demo recording shipped with the package."""
+    demo = Path(__file__).resolve().parents[1] / "data" / "demo"
+    files = sorted(demo.glob("*.npz"))
+    if not files:
+        raise FileNotFoundError(f"no demo recordings in {demo}; pass a RECORDING path.")
+    return files[0]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "simulate", help="simulated OpenBCI Cyton on a pty (or an LSL stream)",
+        description="Simulate an OpenBCI Cyton (or Cyton+Daisy) on a pseudo-terminal.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("recording", nargs="?", default=None,
+                   help="EDF, OpenBCI GUI text, BrainFlow CSV or .npz file "
+                        "(default: the first shipped demo recording)")
+    p.add_argument("--daisy", action="store_true", help="simulate a Cyton+Daisy (16 channels)")
+    p.add_argument("--faults", default="", help="faults to inject (see below)")
+    p.add_argument("--speed", type=float, default=1.0,
+                   help="pace factor (1 = real time, 250 packets/s)")
+    p.add_argument("--fast", action="store_true",
+                   help="no pacing: stream as fast as the reader reads")
+    p.add_argument("--no-loop", action="store_true",
+                   help="stop streaming at the end of the recording instead of starting over")
+    p.add_argument("--seconds", type=float, default=None,
+                   help="exit after this many seconds (default: until Ctrl-C)")
+    p.add_argument("--port-dir", default=None,
+                   help="directory for the port symlink (default: a temporary directory)")
+    p.add_argument("--lsl", metavar="NAME", default=None,
+                   help="push the recording to an LSL outlet NAME instead of a pty")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from nacf_core.hardware.files import read_recording
+
+    try:
+        path = Path(args.recording) if args.recording else default_recording()
+        recording = read_recording(path)
+    except (OSError, ValueError) as exc:
+        print(f"nacf simulate: {exc}", file=sys.stderr)
+        return 2
+    if args.lsl:
+        return _run_lsl(args, recording)
+    from nacf_core.hardware.simulator import Faults, SimulatedCyton
+
+    try:
+        faults = Faults.parse(args.faults)
+        sim = SimulatedCyton(
+            recording, daisy=args.daisy, faults=faults, realtime=not args.fast,
+            speed=args.speed, loop=not args.no_loop, port_dir=args.port_dir,
+        )
+    except (TypeError, ValueError) as exc:
+        print(f"nacf simulate: {exc}", file=sys.stderr)
+        return 2
+    with sim:
+        print(sim.port, flush=True)
+        print(
+            f"# simulated {'Cyton+Daisy' if args.daisy else 'Cyton'} from {path.name}: "
+            f"channels {','.join(sim.ch_names)} at {sim.sfreq:g} Hz",
+            file=sys.stderr, flush=True,
+        )
+        _wait(args.seconds)
+        print(f"# stats: {sim.stats}", file=sys.stderr)
+    return 0
+
+
+def _run_lsl(args: argparse.Namespace, recording) -> int:
+    from nacf_core.hardware.lsl import stream_recording_to_lsl
+
+    print(f"lsl:{args.lsl}", flush=True)
+    return int(stream_recording_to_lsl(recording, args.lsl, speed=args.speed,
+                                        duration=args.seconds) or 0)
+
+
+def _wait(seconds: float | None) -> None:
+    end = None if seconds is None else time.monotonic() + seconds
+    try:
+        while end is None or time.monotonic() < end:
+            time.sleep(0.2 if end is None else max(0.0, min(0.2, end - time.monotonic())))
+    except KeyboardInterrupt:
+        pass
