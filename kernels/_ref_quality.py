@@ -83,30 +83,39 @@ def quality_terms(epochs: np.ndarray, sfreq: float) -> dict[str, np.ndarray]:
     ``q_line``, ``q_flat``, ``q_range``.
     """
     x = np.asarray(epochs, dtype=np.float64)
+    if x.shape[-1] == 0:
+        zeros = np.zeros(x.shape[:-1])
+        return _factors(rms=zeros, p2p=zeros, repeat=zeros, line=zeros)
+    return _quality_terms_nonempty(x, sfreq)
+
+
+@np.errstate(invalid="ignore", over="ignore")  # non-finite rows give NaN terms
+def _quality_terms_nonempty(x: np.ndarray, sfreq: float) -> dict[str, np.ndarray]:
     n_times = x.shape[-1]
     shape = x.shape[:-1]
-    if n_times == 0:
-        rms = p2p = repeat = np.zeros(shape)
-        line = np.zeros(shape)
-    else:
-        xc = x - x.mean(axis=-1, keepdims=True)
-        rms = np.sqrt(np.mean(xc * xc, axis=-1))
-        p2p = x.max(axis=-1) - x.min(axis=-1)
-        repeat = (np.diff(x, axis=-1) == 0).mean(axis=-1) if n_times > 1 else np.zeros(shape)
-        # Windowed DFT of the de-meaned signal at each line frequency below Nyquist:
-        # a sinusoid of amplitude A there gives |X|^2 = A^2 sum(w)^2 / 4, so
-        # 2 |X|^2 / sum(w)^2 is the variance (A^2 / 2) it contributes.
-        w = line_window(n_times)
-        t = np.arange(n_times) / sfreq
-        line_var = np.zeros(shape)
-        for f in LINE_FREQS:
-            if f >= sfreq / 2.0:
-                continue
-            spectrum = (xc * w) @ np.exp(-2j * np.pi * f * t)
-            line_var += 2.0 * np.abs(spectrum) ** 2 / w.sum() ** 2
-        var = rms * rms
-        with np.errstate(invalid="ignore", divide="ignore"):
-            line = np.where(var > 0, np.minimum(1.0, line_var / var), 0.0)
+    xc = x - x.mean(axis=-1, keepdims=True)
+    rms = np.sqrt(np.mean(xc * xc, axis=-1))
+    p2p = x.max(axis=-1) - x.min(axis=-1)
+    repeat = (np.diff(x, axis=-1) == 0).mean(axis=-1) if n_times > 1 else np.zeros(shape)
+    # Windowed DFT of the de-meaned signal at each line frequency below Nyquist:
+    # a sinusoid of amplitude A there gives |X|^2 = A^2 sum(w)^2 / 4, so
+    # 2 |X|^2 / sum(w)^2 is the variance (A^2 / 2) it contributes.
+    w = line_window(n_times)
+    t = np.arange(n_times) / sfreq
+    line_var = np.zeros(shape)
+    for f in LINE_FREQS:
+        if f >= sfreq / 2.0:
+            continue
+        spectrum = (xc * w) @ np.exp(-2j * np.pi * f * t)
+        line_var += 2.0 * np.abs(spectrum) ** 2 / w.sum() ** 2
+    var = rms * rms
+    with np.errstate(divide="ignore"):
+        line = np.where(var > 0, np.minimum(1.0, line_var / var), 0.0)
+    return _factors(rms, p2p, repeat, line)
+
+
+@np.errstate(invalid="ignore")
+def _factors(rms, p2p, repeat, line) -> dict[str, np.ndarray]:
     q_line = 1.0 - line
     q_flat = np.clip((rms - FLAT_RMS_UV) / (GOOD_RMS_UV - FLAT_RMS_UV), 0.0, 1.0) * (1.0 - repeat)
     q_range = np.clip((MAX_P2P_UV - p2p) / (MAX_P2P_UV - GOOD_P2P_UV), 0.0, 1.0)

@@ -1,0 +1,104 @@
+"""Embedding matching compiled with Numba.
+
+``top_k`` never builds the full score matrix: templates go in blocks of
+:data:`BLOCK_ROWS` rows, each block's scores come from one BLAS call (``np.dot``,
+float32) and are scanned while hot into a running top-k per probe, a binary heap
+whose root is the current worst kept entry.  Templates arrive in index order, so a
+later equal score never beats a kept one: once a heap is full only ``score > root``
+enters, and ties go to the lower index.  NaN scores count as ``-inf``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._match_common import order_best_first
+from ._numba import jit
+
+__all__ = ["cosine_scores", "top_k", "BLOCK_ROWS"]
+
+#: Template rows per block: 4096 x 128 float32 = 2 MiB of templates and 16 KiB of
+#: scores per probe.
+BLOCK_ROWS = 4096
+
+
+@jit
+def _cosine_kernel(probes, templates):
+    return np.dot(probes, templates.T)
+
+
+def cosine_scores(probes, templates):
+    """See :func:`nacf_core.matching.cosine_scores` (no validation here)."""
+    if probes.shape[0] == 0 or templates.shape[0] == 0:
+        return np.zeros((probes.shape[0], templates.shape[0]), dtype=np.float32)
+    return _cosine_kernel(probes, templates)
+
+
+@jit
+def _top_k_kernel(probes, templates, block_rows, heap_s, heap_i):
+    n_probes = probes.shape[0]
+    n_templates = templates.shape[0]
+    k = heap_s.shape[1]
+    size = np.zeros(n_probes, dtype=np.int64)
+    for start in range(0, n_templates, block_rows):
+        stop = min(start + block_rows, n_templates)
+        block = np.dot(probes, templates[start:stop].T)
+        for p in range(n_probes):
+            hs = heap_s[p]
+            hi = heap_i[p]
+            n = size[p]
+            for j in range(stop - start):
+                s = block[p, j]
+                if n == k and not s > hs[0]:
+                    continue  # the common case: not better than the worst kept
+                if s != s:
+                    s = -np.inf
+                idx = start + j
+                if n < k:
+                    # Sift up: the new entry's index is the largest so far, so it is
+                    # worse than an equal-scored parent.
+                    pos = n
+                    n += 1
+                    while pos > 0:
+                        parent = (pos - 1) // 2
+                        if s <= hs[parent]:
+                            hs[pos] = hs[parent]
+                            hi[pos] = hi[parent]
+                            pos = parent
+                        else:
+                            break
+                    hs[pos] = s
+                    hi[pos] = idx
+                else:
+                    # Replace the root, sift down towards the worse child.
+                    pos = 0
+                    while True:
+                        child = 2 * pos + 1
+                        if child >= k:
+                            break
+                        right = child + 1
+                        if right < k and (hs[right] < hs[child] or (
+                                hs[right] == hs[child] and hi[right] > hi[child])):
+                            child = right
+                        if hs[child] < s or (hs[child] == s and hi[child] > idx):
+                            hs[pos] = hs[child]
+                            hi[pos] = hi[child]
+                            pos = child
+                        else:
+                            break
+                    hs[pos] = s
+                    hi[pos] = idx
+            size[p] = n
+
+
+def top_k(probes, templates, k, *, _block_rows=BLOCK_ROWS):
+    """See :func:`nacf_core.matching.top_k` (no validation here).
+
+    ``_block_rows`` is for the tests (tiny blocks cross many block edges).
+    """
+    n_probes = probes.shape[0]
+    heap_s = np.empty((n_probes, k), dtype=np.float32)
+    heap_i = np.empty((n_probes, k), dtype=np.int64)
+    if n_probes and k:
+        _top_k_kernel(probes, templates, _block_rows, heap_s, heap_i)
+    return order_best_first(heap_i, heap_s)
