@@ -40,7 +40,7 @@ def empty_aligned(shape, dtype=np.float64, alignment: int = ALIGNMENT) -> np.nda
     Returns
     -------
     out : ndarray, shape ``shape``
-        ``out.ctypes.data % alignment == 0``.
+        ``out.ctypes.data % alignment == 0`` (unless it is empty: nothing to align).
     """
     alignment = _check_alignment(alignment)
     dtype = np.dtype(dtype)

@@ -6,8 +6,8 @@ The loop lives in ``kernels/_sosfilt.pxi``, compiled for several instruction set
 use.  Conventions are :func:`scipy.signal.sosfilt`'s (see :mod:`nacf_core.dsp`).
 
 Accumulation precision: the working dtype ``result_type(sos, x[, zi])`` throughout
-(float32 state and multiply-adds when both are float32, as SciPy).  The AVX2 and
-AVX-512 builds may fuse multiply-adds, so they differ from SciPy by rounding only.
+(float32 state and multiply-adds when both are float32, as SciPy).  No build fuses
+multiply-adds, so every variant's results are bit-identical to SciPy's.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ II::
 
 Accumulation precision: the working dtype throughout, i.e. float32 state and
 arithmetic when ``sos`` and ``x`` are both float32 (as SciPy does), else float64.
-Results differ from SciPy only by rounding (LLVM may contract to FMA).
+Without ``fastmath`` LLVM does not contract to FMA, so results equal SciPy's bit for bit.
 """
 
 from __future__ import annotations

@@ -15,7 +15,15 @@ __all__ = ["sosfilt", "steady_state_zi", "bandpass_sos", "notch_sos"]
 
 
 def sosfilt(sos, x, axis=-1, zi=None):
-    """``scipy.signal.sosfilt`` (2-D ``x``; ``axis`` -1 or 0)."""
+    """``scipy.signal.sosfilt`` (2-D ``x``; ``axis`` -1 or 0).
+
+    One addition: an empty ``x`` returns an empty ``y`` (and ``zf`` equal to ``zi``),
+    where SciPy 1.17 fails to reshape a zero-length time axis.
+    """
+    if np.size(x) == 0:
+        dtype = np.result_type(sos, x) if zi is None else np.result_type(sos, x, zi)
+        y = np.empty(np.shape(x), dtype=dtype)
+        return y if zi is None else (y, np.array(zi, dtype=dtype, copy=True))
     return signal.sosfilt(sos, x, axis=axis, zi=zi)
 
 
