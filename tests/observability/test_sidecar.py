@@ -57,7 +57,8 @@ def test_metrics_endpoint_serves_the_registry_and_passes_promtool(env):
     code, ctype, body = get(sc.url + "/metrics")
     assert code == 200 and ctype.startswith("text/plain; version=0.0.4")
     text = body.decode()
-    assert 'nacfauth_auth_requests_total{method="Authenticate",status="OK",user_type="api_key"} 1.0' in text
+    assert ('nacfauth_auth_requests_total{method="Authenticate",status="OK",'
+            'user_type="api_key"} 1.0') in text
     assert 'nacfauth_component_up{component="store"} 1.0' in text
     promtool = shutil.which("promtool")
     assert promtool, "promtool not installed (apt-get install prometheus)"
