@@ -667,7 +667,6 @@ class AuthService:
         n_scored = 0          # windows fed to the sequential test
         n_done = 0            # windows computed so far
         decision = None
-        last_block: SignalBlock | None = None
         w = None
         t_proc = 0.0
         for block in chunks:
@@ -677,7 +676,6 @@ class AuthService:
                 device_id = self.verify_device_proof(user_id, block, proof)
                 first = False
             buf.push(block)
-            last_block = block
             if buf.seconds < self.rec.window_s * (n_done + 1):
                 continue
             t0 = time.perf_counter()
@@ -713,7 +711,7 @@ class AuthService:
                            f"({buf.seconds:.1f} s): fused-score decision")
         return self._decide(user_id, accepted, float(d.score), float(d.threshold),
                             float(d.quality), reasons, int(d.windows_used),
-                            n_scored * self.rec.window_s, device_id, w, last_block, peer,
+                            n_scored * self.rec.window_s, device_id, w, buf.block(), peer,
                             "AuthenticateStream", t_start)
 
     # --------------------------------------------------------------- identification

@@ -116,7 +116,7 @@ def _make_pad(model: Any) -> Any:
         from nacf_core.pad import PresentationAttackDetector
     except ImportError:
         return None
-    return PresentationAttackDetector(model)
+    return PresentationAttackDetector(list(model.ch_names))
 
 
 class NacfServer:

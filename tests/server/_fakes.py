@@ -21,6 +21,8 @@ class FakeModel:
     window_s: float = 4.0
     sfreq: float = 160.0
     n_channels: int = 16
+    ch_names: tuple = ("Fp1", "Fp2", "F3", "F4", "F7", "F8", "C3", "C4", "Cz", "T7", "T8",
+                       "P3", "P4", "Pz", "O1", "O2")
 
 
 @dataclass

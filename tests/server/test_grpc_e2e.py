@@ -16,6 +16,7 @@ from nacf_core._proto.nacf.v1 import auth_pb2 as pb
 from nacf_core._proto.nacf.v1 import auth_pb2_grpc as pbg
 from nacf_core.config import Config
 from nacf_core.metrics import Metrics
+from nacf_core.pad import PresentationAttackDetector
 from nacf_core.server.app import NacfServer
 from nacf_core.server.converters import block_to_signal
 from nacf_core.service import AuthService
@@ -36,7 +37,9 @@ def srv(tmp_path_factory, shared_data):
                            AUTH_ONLY: frozenset({"authenticate"})})
     metrics = Metrics(CollectorRegistry())
     store = open_store(f"sqlite:///{d / 'nacf.db'}", bytes(range(32)))
-    service = AuthService(store, make_pipeline(), cfg, metrics=metrics)
+    pipeline = make_pipeline()
+    pad = PresentationAttackDetector(list(pipeline.model.ch_names))
+    service = AuthService(store, pipeline, cfg, metrics=metrics, pad=pad)
     server = NacfServer(cfg, service, metrics=metrics, sidecar=False).start()
     chan = grpc.insecure_channel(server.address, options=[
         ("grpc.max_send_message_length", 200 * 1024 * 1024)])

