@@ -1,0 +1,457 @@
+"""Lab Streaming Layer: an inlet source and an outlet that streams a recording.
+
+Uses ``pylsl`` (its wheel bundles liblsl).
+
+:class:`LslSource` resolves a stream by name and/or type (waiting up to ``timeout``
+seconds, a clear :class:`~nacf_core.errors.Unavailable` when none answers), reads the
+channel labels, units and nominal rate from the stream's description, and pulls
+chunks. Timestamps are mapped to this machine's LSL clock (``pylsl.local_clock()``)
+with ``inlet.time_correction()``, refreshed every ``clock_refresh_s`` seconds.
+
+Stream vanishing: the inlet is opened with ``recover=False`` so liblsl reports the loss
+(``LostError``) instead of hanging. The source then re-resolves the same stream (same
+name, type and ``source_id``) for up to ``reconnect_s`` seconds; if it comes back, the
+reading goes on (``counters.reconnects`` += 1; the samples sent meanwhile are lost,
+and nothing in LSL says how many); if it does not, ``read_chunk`` returns ``None`` (the
+end, like a file) and ``counters.extra["lost"]`` is 1. ``reconnect_s=0`` ends at once.
+
+Samples: LSL carries no sample counter, so gaps cannot be detected the way a Cyton's
+counter reveals them; ``counters.ok`` counts the samples received. The inlet buffers up
+to ``max_buflen`` seconds; a consumer that reads through
+:class:`~nacf_core.hardware.epoching.EpochStream` keeps it drained.
+
+Units: channels whose ``unit`` says volts or millivolts are scaled to microvolts; µV
+(or no unit) are taken as they come.
+
+:func:`stream_recording_to_lsl` pushes a recording to an outlet in real time (the
+``nacf simulate --lsl NAME`` mode).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from nacf_core._validation import check_finite_positive
+from nacf_core.errors import Unavailable
+
+from .base import Chunk, Counters
+from .files import Recording, _default_names, resolve_montage
+
+__all__ = ["LslSource", "stream_recording_to_lsl", "make_outlet"]
+
+logger = logging.getLogger("nacf.hardware")
+
+_UNIT_SCALE = {
+    "v": 1e6, "volt": 1e6, "volts": 1e6,
+    "mv": 1e3, "millivolt": 1e3, "millivolts": 1e3,
+    "uv": 1.0, "µv": 1.0, "μv": 1.0, "microvolt": 1.0, "microvolts": 1.0,
+}
+
+
+def _pylsl():
+    import pylsl
+
+    return pylsl
+
+
+def _check_timeout(name: str, value: Any) -> float:
+    v = float(value)
+    if not math.isfinite(v) or v < 0:
+        raise ValueError(f"{name!r} must be a finite number >= 0, got {value!r} instead.")
+    return v
+
+
+class LslSource:
+    """An LSL stream as a source.
+
+    Parameters
+    ----------
+    name : str, optional
+        Stream name to resolve (``lsl:NAME``).
+    type : str, optional
+        Stream type (e.g. ``"EEG"``). At least one of ``name`` and ``type``.
+    timeout : float
+        Seconds to wait for the stream when opening.
+    montage : sequence of str or str, optional
+        Channel names overriding the stream's labels (needed when it has none: then
+        the 8/16-channel default montage, else ``EXG Channel N``).
+    source_id : str, optional
+        Resolve only the stream with this ``source_id``.
+    reconnect_s : float
+        How long to look for a vanished stream before ending (0: end at once).
+    max_buflen : int
+        Seconds the inlet buffers.
+    chunk_s : float
+        Largest chunk returned, in seconds of signal.
+    clock_refresh_s : float
+        How often the clock offset is re-estimated.
+    """
+
+    def __init__(
+        self,
+        name: str | None = None,
+        type: str | None = None,
+        timeout: float = 5.0,
+        *,
+        montage: Sequence[str] | str | None = None,
+        source_id: str | None = None,
+        reconnect_s: float = 5.0,
+        max_buflen: int = 60,
+        chunk_s: float = 0.1,
+        clock_refresh_s: float = 5.0,
+    ) -> None:
+        if not name and not type:
+            raise ValueError("LslSource needs a stream 'name' or 'type' to resolve, got neither.")
+        self.name = name or None
+        self.type = type or None
+        self.source_id = source_id or None
+        self.timeout = _check_timeout("timeout", timeout)
+        self.reconnect_s = _check_timeout("reconnect_s", reconnect_s)
+        self.max_buflen = int(check_finite_positive("max_buflen", max_buflen))
+        self.chunk_s = check_finite_positive("chunk_s", chunk_s)
+        self.clock_refresh_s = check_finite_positive("clock_refresh_s", clock_refresh_s)
+        self._montage = montage
+        self.counters = Counters()
+        self._inlet = None
+        self._info = None
+        self._sfreq: float | None = None
+        self._ch_names: list[str] | None = None
+        self._scale: np.ndarray | None = None
+        self._offset = 0.0
+        self._offset_at = -math.inf
+        self._ended = False
+        self._closed = False
+
+    # ------------------------------------------------------------------ resolving
+    def _describe(self) -> str:
+        parts = []
+        if self.name:
+            parts.append(f"name {self.name!r}")
+        if self.type:
+            parts.append(f"type {self.type!r}")
+        if self.source_id:
+            parts.append(f"source_id {self.source_id!r}")
+        return " and ".join(parts)
+
+    def _resolve(self, timeout: float):
+        pylsl = _pylsl()
+        conds = []
+        if self.name:
+            conds.append(f"name='{self.name}'")
+        if self.type:
+            conds.append(f"type='{self.type}'")
+        if self.source_id:
+            conds.append(f"source_id='{self.source_id}'")
+        for c in conds:
+            if "'" in c.split("=", 1)[1][1:-1]:
+                raise ValueError(f"LSL stream names/types cannot contain a quote, got {c}.")
+        found = pylsl.resolve_bypred(" and ".join(conds), 1, max(timeout, 0.01))
+        if not found:
+            return None
+        if len(found) > 1:
+            logger.warning(
+                "%d LSL streams match %s; using the one from %s (source_id %r)",
+                len(found), self._describe(), found[0].hostname(), found[0].source_id(),
+            )
+        return found[0]
+
+    def _connect(self, info) -> None:
+        pylsl = _pylsl()
+        inlet = pylsl.StreamInlet(info, max_buflen=self.max_buflen, recover=False)
+        full = inlet.info(timeout=max(self.timeout, 1.0))
+        n_ch = full.channel_count()
+        sfreq = float(full.nominal_srate())
+        if sfreq <= 0:
+            inlet.close_stream()
+            raise ValueError(
+                f"LSL stream {full.name()!r} has an irregular rate (nominal_srate "
+                f"{sfreq}); nacf needs a regularly sampled EEG stream."
+            )
+        if full.channel_format() in (pylsl.cf_string, pylsl.cf_undefined):
+            inlet.close_stream()
+            raise ValueError(f"LSL stream {full.name()!r} carries strings, not samples.")
+        labels = full.get_channel_labels()
+        if self._montage is not None:
+            names = resolve_montage(self._montage, n_ch)
+        elif labels and all(labels) and len(labels) == n_ch:
+            names = [str(x) for x in labels]
+        else:
+            names = _default_names(n_ch)
+        units = full.get_channel_units() or [None] * n_ch
+        scale = np.array(
+            [_UNIT_SCALE.get((u or "uv").strip().lower(), 1.0) for u in units[:n_ch]]
+            + [1.0] * max(0, n_ch - len(units)),
+            dtype=np.float64,
+        )
+        if self._sfreq is not None and (sfreq != self._sfreq or names != self._ch_names):
+            inlet.close_stream()
+            raise Unavailable(
+                f"LSL stream {self._describe()} came back with a different layout "
+                f"({n_ch} channels at {sfreq:g} Hz, was {len(self._ch_names)} at {self._sfreq:g})."
+            )
+        inlet.open_stream(timeout=max(self.timeout, 1.0))
+        self._inlet, self._info = inlet, full
+        self.source_id = self.source_id or full.source_id() or None
+        self._sfreq, self._ch_names = sfreq, names
+        self._scale = None if np.all(scale == 1.0) else scale
+        self._chunk_n = max(1, int(round(self.chunk_s * sfreq)))
+        self._buf = np.empty((self._chunk_n, n_ch), dtype=np.float32)
+        self._offset_at = -math.inf
+        self._refresh_clock()
+
+    def _refresh_clock(self) -> None:
+        now = time.monotonic()
+        if now - self._offset_at < self.clock_refresh_s:
+            return
+        try:
+            self._offset = float(self._inlet.time_correction(timeout=1.0))
+            self._offset_at = now
+        except Exception as exc:  # pylsl TimeoutError / LostError: keep the last offset
+            logger.debug("LSL time_correction failed (%s); keeping %.6f s", exc, self._offset)
+            self._offset_at = now - self.clock_refresh_s + 1.0  # retry in a second
+
+    # ------------------------------------------------------------------ lifecycle
+    def open(self) -> "LslSource":
+        if self._closed:
+            raise RuntimeError("this LslSource was closed; create a new one.")
+        if self._inlet is not None:
+            return self
+        info = self._resolve(self.timeout)
+        if info is None:
+            raise Unavailable(
+                f"no LSL stream with {self._describe()} answered within {self.timeout:g} s "
+                f"(is the outlet running, and on this network?)."
+            )
+        self._connect(info)
+        logger.info(
+            "LSL inlet: %r from %s, %d channels at %g Hz",
+            self._info.name(), self._info.hostname(), len(self._ch_names), self._sfreq,
+        )
+        return self
+
+    def close(self) -> None:
+        self._closed = True
+        if self._inlet is not None:
+            try:
+                self._inlet.close_stream()
+            except Exception:  # already gone
+                pass
+            self._inlet = None
+
+    def __enter__(self) -> "LslSource":
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ properties
+    def _need_open(self) -> None:
+        if self._sfreq is None:
+            raise RuntimeError("LslSource is not open (use it as a context manager).")
+
+    @property
+    def sfreq(self) -> float:
+        self._need_open()
+        return float(self._sfreq)
+
+    @property
+    def ch_names(self) -> list[str]:
+        self._need_open()
+        return list(self._ch_names)
+
+    @property
+    def clock_offset(self) -> float:
+        """Seconds added to the outlet's timestamps (``time_correction``)."""
+        return self._offset
+
+    # ------------------------------------------------------------------ reading
+    def read_chunk(self, timeout: float | None = None) -> Chunk | None:
+        """Samples that arrived (at most ``chunk_s``), waiting up to ``timeout`` for one.
+
+        Returns an empty chunk on timeout, ``None`` once the stream has vanished for good.
+        """
+        if self._closed:
+            raise RuntimeError("read_chunk() on a closed LslSource.")
+        if self._ended:
+            return None
+        if self._inlet is None:
+            self.open()
+        pylsl = _pylsl()
+        t = 3600.0 if timeout is None else _check_timeout("timeout", timeout)
+        try:
+            data, ts = self._inlet.pull_chunk(
+                timeout=t, max_samples=self._chunk_n, dest_obj=self._buf, min_samples=1,
+                as_numpy=True,
+            )
+        except pylsl.util.LostError:
+            return self._lost()
+        n = len(ts)
+        if n == 0:
+            return Chunk(
+                np.empty((0, len(self._ch_names)), np.float32), np.empty(0), self.ch_names, self._sfreq
+            )
+        self._refresh_clock()
+        samples = np.array(self._buf[:n], dtype=np.float32, copy=True)
+        if self._scale is not None:
+            samples *= self._scale.astype(np.float32)
+        self.counters.ok += n
+        return Chunk(samples, np.asarray(ts, np.float64) + self._offset, self.ch_names, self._sfreq)
+
+    def _lost(self) -> Chunk | None:
+        logger.warning("LSL stream %s vanished", self._describe())
+        try:
+            self._inlet.close_stream()
+        except Exception:
+            pass
+        self._inlet = None
+        deadline = time.monotonic() + self.reconnect_s
+        while self.reconnect_s > 0 and time.monotonic() < deadline:
+            info = self._resolve(min(1.0, max(0.01, deadline - time.monotonic())))
+            if info is not None:
+                try:
+                    self._connect(info)
+                except Exception as exc:
+                    logger.warning("LSL stream %s is back but unusable: %s", self._describe(), exc)
+                    break
+                self.counters.reconnects += 1
+                logger.info("LSL stream %s is back (reconnect %d)", self._describe(), self.counters.reconnects)
+                return Chunk(
+                    np.empty((0, len(self._ch_names)), np.float32), np.empty(0), self.ch_names, self._sfreq
+                )
+        self._ended = True
+        self.counters.extra["lost"] = 1
+        logger.error(
+            "LSL stream %s did not come back within %g s: ending", self._describe(), self.reconnect_s
+        )
+        return None
+
+
+# ----------------------------------------------------------------------------------------
+# outlet
+# ----------------------------------------------------------------------------------------
+
+
+def make_outlet(
+    name: str,
+    ch_names: Sequence[str],
+    sfreq: float,
+    *,
+    type: str = "EEG",
+    source_id: str | None = None,
+    chunk_size: int = 0,
+):
+    """An LSL outlet (float32) whose description names the channels in microvolts."""
+    pylsl = _pylsl()
+    if not name:
+        raise ValueError("'name' must be a non-empty LSL stream name.")
+    sfreq = check_finite_positive("sfreq", sfreq)
+    names = [str(c) for c in ch_names]
+    info = pylsl.StreamInfo(
+        name, type, len(names), sfreq, pylsl.cf_float32, source_id or f"nacf-{name}"
+    )
+    info.set_channel_labels(names)
+    info.set_channel_units(["microvolts"] * len(names))
+    info.set_channel_types([type.lower() if type else "eeg"] * len(names))
+    info.desc().append_child_value("manufacturer", "nacf")
+    return pylsl.StreamOutlet(info, chunk_size=chunk_size)
+
+
+def stream_recording_to_lsl(
+    recording: Recording | str,
+    name: str,
+    *,
+    type: str = "EEG",
+    source_id: str | None = None,
+    speed: float = 1.0,
+    chunk_s: float = 0.04,
+    loop: bool = False,
+    duration_s: float | None = None,
+    wait_for_consumer_s: float | None = None,
+    stop_event: threading.Event | None = None,
+    montage: Sequence[str] | str | None = None,
+    linger_s: float = 0.5,
+) -> int:
+    """Push a recording to an LSL outlet, paced like the device (blocks until done).
+
+    Parameters
+    ----------
+    recording : Recording or path
+    name : str
+        LSL stream name (what ``lsl:NAME`` resolves).
+    type, source_id : str
+        Stream type (default ``"EEG"``) and source id (default ``nacf-NAME``).
+    speed : float
+        1.0 real time; > 1 faster.
+    chunk_s : float
+        Seconds of signal per push.
+    loop : bool
+        Start again at the end (until ``duration_s`` or ``stop_event``).
+    duration_s : float, optional
+        Stop after this much signal.
+    wait_for_consumer_s : float, optional
+        Before pushing, wait up to this long for an inlet to connect (samples pushed
+        with no inlet connected are lost to late inlets).
+    stop_event : threading.Event, optional
+        Set it to stop streaming.
+    montage : sequence of str or str, optional
+        Channel names when ``recording`` is a path.
+    linger_s : float
+        Seconds the outlet stays up after the last sample, so that connected inlets
+        receive the tail (liblsl discards what an inlet has buffered but not yet
+        pulled once it notices the outlet is gone).
+
+    Returns
+    -------
+    int
+        Samples pushed. The outlet is destroyed on return, so inlets see the stream
+        vanish.
+    """
+    from .playback import FileSource
+
+    speed = float(speed)
+    if not math.isfinite(speed) or speed <= 0:
+        raise ValueError(f"'speed' must be a finite number > 0, got {speed!r}.")
+    src = FileSource(recording, montage=montage, speed=speed, chunk_s=chunk_s, loop=loop)
+    pylsl = _pylsl()
+    outlet = make_outlet(name, src.ch_names, src.sfreq, type=type, source_id=source_id)
+    limit = None if duration_s is None else int(round(check_finite_positive("duration_s", duration_s) * src.sfreq))
+    pushed = 0
+    clock0: float | None = None
+    try:
+        if wait_for_consumer_s is not None and not outlet.wait_for_consumers(
+            _check_timeout("wait_for_consumer_s", wait_for_consumer_s)
+        ):
+            logger.warning("no LSL inlet connected to %r within %g s; streaming anyway", name, wait_for_consumer_s)
+        logger.info("LSL outlet %r: %d channels at %g Hz", name, len(src.ch_names), src.sfreq)
+        with src:
+            while stop_event is None or not stop_event.is_set():
+                chunk = src.read_chunk(timeout=0.2)
+                if chunk is None:
+                    break
+                if chunk.n_times == 0:
+                    continue
+                x = chunk.samples
+                if limit is not None:
+                    x = x[: limit - pushed]
+                # one timestamp per sample, on the replay's timeline (local LSL clock):
+                # pushing faster than the nominal rate with LSL's "last sample" stamp
+                # would make the stamps of consecutive chunks overlap
+                if clock0 is None:
+                    clock0 = pylsl.local_clock() - (x.shape[0] - 1) / (src.sfreq * speed)
+                stamps = clock0 + (pushed + np.arange(x.shape[0])) / (src.sfreq * speed)
+                outlet.push_chunk(np.ascontiguousarray(x), stamps.tolist())
+                pushed += x.shape[0]
+                if limit is not None and pushed >= limit:
+                    break
+        if linger_s:
+            time.sleep(_check_timeout("linger_s", linger_s))
+    finally:
+        del outlet
+    return pushed

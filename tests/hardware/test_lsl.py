@@ -1,0 +1,152 @@
+"""LSL end to end: an outlet in a subprocess, the inlet (LslSource) in the test."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+
+import numpy as np
+import pylsl
+import pytest
+
+from nacf_core.errors import Unavailable
+from nacf_core.hardware.files import read_recording, write_npz
+from nacf_core.hardware.lsl import LslSource, make_outlet
+
+V6 = "openbci/gui/OpenBCI_GUI-v6-blinks-jawClench-alpha.txt"
+MONTAGE = ["Fp1", "Fp2", "C3", "C4", "P7", "P8", "O1", "O2"]
+
+
+def _outlet_process(npz, name, *, speed=4.0, vanish_and_return=False):
+    code = textwrap.dedent(
+        f"""
+        import time
+        from nacf_core.hardware.files import read_recording
+        from nacf_core.hardware.lsl import stream_recording_to_lsl
+        rec = read_recording({str(npz)!r})
+        n = stream_recording_to_lsl(rec, {name!r}, speed={speed}, wait_for_consumer_s=20,
+                                    source_id="sid-" + {name!r})
+        print(n, flush=True)
+        if {vanish_and_return}:
+            time.sleep(0.5)   # the stream is gone; then it comes back (same source_id)
+            n = stream_recording_to_lsl(rec, {name!r}, speed={speed}, wait_for_consumer_s=20,
+                                        source_id="sid-" + {name!r})
+            print(n, flush=True)
+        time.sleep(0.2)
+        """
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+
+
+@pytest.fixture
+def short_npz(shared_data, tmp_path):
+    rec = read_recording(shared_data / V6, start_s=10, stop_s=13, montage=MONTAGE)
+    return write_npz(tmp_path / "slice.npz", rec.data, rec.sfreq, rec.ch_names), rec
+
+
+def _read_all(src, limit_s=30.0):
+    chunks, t = [], time.monotonic()
+    while time.monotonic() - t < limit_s:
+        c = src.read_chunk(timeout=0.5)
+        if c is None:
+            break
+        if c.n_times:
+            chunks.append(c)
+    return chunks
+
+
+def test_two_processes_on_loopback(short_npz):
+    npz, rec = short_npz
+    name = f"nacf-test-{uuid.uuid4().hex[:8]}"
+    proc = _outlet_process(npz, name)
+    try:
+        with LslSource(name=name, timeout=15, reconnect_s=0.3) as src:
+            assert src.sfreq == 250.0
+            assert src.ch_names == MONTAGE  # labels from the stream description
+            chunks = _read_all(src)
+            assert src.read_chunk(0.1) is None  # the outlet went away: the end
+        assert proc.wait(20) == 0
+        pushed = int(proc.stdout.read().split()[0])
+    finally:
+        proc.kill()
+    data = np.concatenate([c.samples for c in chunks])
+    assert pushed == rec.n_times == data.shape[0] == src.counters.ok
+    np.testing.assert_array_equal(data, rec.data.astype(np.float32))
+    ts = np.concatenate([c.timestamps for c in chunks])
+    assert np.all(np.diff(ts) >= -1e-3)
+    # mapped to this machine's LSL clock, and sent at 4x real time (3 s in ~0.75 s)
+    assert pylsl.local_clock() - 30 < ts[0] < ts[-1] <= pylsl.local_clock()
+    assert 0.3 < ts[-1] - ts[0] < 2.5
+    assert abs(src.clock_offset) < 0.1
+    assert src.counters.extra.get("lost") == 1
+
+
+def test_stream_vanishes_and_comes_back(short_npz):
+    npz, rec = short_npz
+    name = f"nacf-test-{uuid.uuid4().hex[:8]}"
+    proc = _outlet_process(npz, name, speed=8.0, vanish_and_return=True)
+    try:
+        with LslSource(name=name, timeout=15, reconnect_s=15) as src:
+            first = []
+            while src.counters.reconnects == 0:
+                c = src.read_chunk(timeout=1.0)
+                assert c is not None
+                first.append(c)
+            src.reconnect_s = 0.3  # after the second run, end
+            second = _read_all(src)
+        assert proc.wait(20) == 0
+    finally:
+        proc.kill()
+    n1 = sum(c.n_times for c in first)
+    n2 = sum(c.n_times for c in second)
+    assert n1 == rec.n_times  # everything from the first run
+    assert 0 < n2 <= rec.n_times  # the second run (its start may race the reconnect)
+    assert src.counters.reconnects == 1
+
+
+def test_resolve_timeout_is_a_clear_error():
+    name = f"nacf-absent-{uuid.uuid4().hex[:8]}"
+    t = time.monotonic()
+    with pytest.raises(Unavailable, match=f"no LSL stream with name '{name}' answered within 0.3 s"):
+        with LslSource(name=name, timeout=0.3):
+            pass
+    assert time.monotonic() - t < 5
+    with pytest.raises(ValueError, match="'name' or 'type'"):
+        LslSource()
+    with pytest.raises(RuntimeError, match="not open"):
+        LslSource(name="x").sfreq
+
+
+def test_units_labels_and_type_resolution_in_process():
+    name = f"nacf-test-{uuid.uuid4().hex[:8]}"
+    typ = f"EEGV{uuid.uuid4().hex[:6]}"
+    info = pylsl.StreamInfo(name, typ, 2, 100.0, pylsl.cf_float32, f"sid-{name}")
+    info.set_channel_units(["V", "microvolts"])  # no labels
+    outlet = pylsl.StreamOutlet(info)
+    try:
+        with LslSource(type=typ, timeout=10, montage="C3,C4") as src:
+            assert src.ch_names == ["C3", "C4"] and src.sfreq == 100.0
+            assert outlet.wait_for_consumers(10)
+            x = np.array([[1e-5, 10.0], [2e-5, 20.0], [3e-5, 30.0]], np.float32)
+            outlet.push_chunk(x)
+            got = []
+            t = time.monotonic()
+            while sum(len(c) for c in got) < 3 and time.monotonic() - t < 10:
+                c = src.read_chunk(timeout=0.5)
+                got.append(c.samples)
+        y = np.concatenate(got)
+        np.testing.assert_allclose(y, [[10, 10], [20, 20], [30, 30]], rtol=1e-5)  # V -> uV
+    finally:
+        del outlet
+
+
+def test_make_outlet_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="'name'"):
+        make_outlet("", ["a"], 250)
+    with pytest.raises(ValueError, match="'sfreq'"):
+        make_outlet("x", ["a"], 0)
