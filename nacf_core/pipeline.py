@@ -1,0 +1,659 @@
+"""The recognition pipeline: raw samples → windows → embeddings → decisions.
+
+One :class:`Pipeline` wraps one fitted :class:`~nacf_core.model.Model` and one kernel
+backend.  The service (enroll, authenticate, identify, streams) and ``nacf evaluate``
+both go through it, so the evaluation measures the code path that makes decisions.
+
+For a signal ``samples`` of shape ``(n_times, n_channels)`` in µV (time-major, as the
+wire and the devices deliver it), :meth:`Pipeline.windows`:
+
+1. validates it (rate in 125–1000 Hz, the model's channels present, at least one
+   window long, not all NaN, not all railed) — :class:`~nacf_core.errors.InvalidArgument`
+   with a specific message otherwise;
+2. selects the model's channels by canonical name (:func:`nacf_core.channels.pick`);
+3. bridges dropped samples (NaN) by holding the last value, removes each channel's
+   median (a Cyton's 60 000 µV offsets), and resamples to the model's rate with a
+   polyphase filter (:func:`scipy.signal.resample_poly`) when the rates differ;
+4. band-passes (Butterworth, second-order sections) from the steady state of the first
+   sample, so residual offsets do not ring;
+5. cuts windows (``model.window_s`` long, every ``hop_s``), and gates each: a window is
+   rejected when any channel has an artifact code (non-finite or railed on the raw
+   signal; flat, peak-to-peak or jump on the filtered one) or when its quality score is
+   under ``model.min_quality``; rejected windows carry a reason;
+6. computes features (:mod:`nacf_core.features`) and L2-normalised embeddings.
+
+Fusion rule (the product's): the probe embedding of several windows is the normalised
+mean of the accepted windows' embeddings, and its cosine with the template is compared
+with ``model.threshold_for(n_windows)``, calibrated for that many windows.
+
+Template adaptation (off by default, :meth:`Pipeline.adapt`): after an accept whose score
+clears the threshold by ``margin``, the template moves towards the probe by at most
+``rate``, and never further than ``max_drift`` (cosine distance) from the enrollment
+embedding it started from.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import struct
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Sequence
+
+import numpy as np
+from scipy.signal import resample_poly, sosfilt_zi
+
+from nacf_core import kernels
+from nacf_core.channels import pick
+from nacf_core.errors import FailedPrecondition, InvalidArgument
+from nacf_core.features import l2_normalize
+from nacf_core.kernels import ArtifactLimits, ArtifactReason
+from nacf_core.model import Model
+
+__all__ = [
+    "MIN_SFREQ",
+    "MAX_SFREQ",
+    "Windows",
+    "Template",
+    "Decision",
+    "Candidate",
+    "Identification",
+    "Pipeline",
+]
+
+logger = logging.getLogger("nacf.pipeline")
+
+MIN_SFREQ = 125.0
+MAX_SFREQ = 1000.0
+_REASON_NAMES = {int(r): r.name.lower().replace("_", "-") for r in ArtifactReason}
+
+
+@dataclass
+class Windows:
+    """The windows of one signal block.
+
+    Attributes
+    ----------
+    embeddings : ndarray, shape (n_windows, d), float32
+        L2-normalised; rows of rejected windows are zeros.
+    quality : ndarray, shape (n_windows,), float64 in [0, 1]
+    accepted : ndarray, shape (n_windows,), bool
+    reasons : list of str, length n_windows
+        Empty for an accepted window, else why it was rejected.
+    seconds : float
+        Duration of the signal block (at its own rate).
+    starts_s : ndarray, shape (n_windows,)
+        Start time of each window in the block, in seconds.
+    """
+
+    embeddings: np.ndarray
+    quality: np.ndarray
+    accepted: np.ndarray
+    reasons: list[str]
+    seconds: float
+    starts_s: np.ndarray
+
+    @property
+    def n_windows(self) -> int:
+        return int(len(self.accepted))
+
+    @property
+    def n_accepted(self) -> int:
+        return int(self.accepted.sum())
+
+    def select(self, index) -> Windows:
+        """A subset of the windows (``index``: slice, mask or indices)."""
+        idx = np.arange(self.n_windows)[index]
+        return Windows(self.embeddings[idx], self.quality[idx], self.accepted[idx],
+                       [self.reasons[i] for i in idx], self.seconds, self.starts_s[idx])
+
+
+_TEMPLATE_MAGIC = b"NACFTPL1"
+
+
+@dataclass
+class Template:
+    """An enrolled person's template (biometric data: store it encrypted).
+
+    Attributes
+    ----------
+    embedding : ndarray, shape (d,), float32, unit norm
+        Normalised mean of the accepted enrollment windows' embeddings.
+    model_version : str
+    n_epochs : int
+        Accepted enrollment windows.
+    quality : float
+        Their mean quality.
+    n_rejected : int
+    rejected : dict of str to int
+        Rejected windows per reason.
+    anchor : ndarray, shape (d,), float32
+        The enrollment embedding before any adaptation (bounds the drift).
+    n_updates : int
+        Adaptations applied.
+    """
+
+    embedding: np.ndarray
+    model_version: str
+    n_epochs: int
+    quality: float
+    n_rejected: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    anchor: np.ndarray | None = None
+    n_updates: int = 0
+
+    def __post_init__(self):
+        self.embedding = np.ascontiguousarray(self.embedding, dtype=np.float32)
+        if self.anchor is None:
+            self.anchor = self.embedding.copy()
+        self.anchor = np.ascontiguousarray(self.anchor, dtype=np.float32)
+
+    def to_bytes(self) -> bytes:
+        """``NACFTPL1`` + header length (uint32 LE) + JSON header + float32 arrays."""
+        header = json.dumps({
+            "model_version": self.model_version, "dim": int(self.embedding.shape[0]),
+            "n_epochs": int(self.n_epochs), "quality": float(self.quality),
+            "n_rejected": int(self.n_rejected), "rejected": self.rejected,
+            "n_updates": int(self.n_updates),
+        }, sort_keys=True).encode()
+        return (_TEMPLATE_MAGIC + struct.pack("<I", len(header)) + header
+                + self.embedding.astype("<f4").tobytes() + self.anchor.astype("<f4").tobytes())
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Template:
+        """Parse :meth:`to_bytes`; :class:`InvalidArgument` if the bytes are not a template."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"template data must be bytes, got {type(data).__name__} instead.")
+        data = bytes(data)
+        if len(data) < 12 or data[:8] != _TEMPLATE_MAGIC:
+            raise InvalidArgument("template data is not a nacf template (bad magic bytes).")
+        (n,) = struct.unpack("<I", data[8:12])
+        try:
+            h = json.loads(data[12:12 + n].decode())
+            dim = int(h["dim"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InvalidArgument(f"template data has a corrupt header ({exc}).") from exc
+        body = data[12 + n:]
+        if len(body) != 8 * dim:
+            raise InvalidArgument(
+                f"template data is truncated or corrupt: expected {8 * dim} bytes of "
+                f"embeddings for dimension {dim}, got {len(body)}.")
+        emb = np.frombuffer(body[:4 * dim], dtype="<f4").astype(np.float32)
+        anchor = np.frombuffer(body[4 * dim:], dtype="<f4").astype(np.float32)
+        if not (np.all(np.isfinite(emb)) and np.all(np.isfinite(anchor))):
+            raise InvalidArgument("template data is corrupt: non-finite embedding values.")
+        return cls(embedding=emb, model_version=str(h["model_version"]),
+                   n_epochs=int(h["n_epochs"]), quality=float(h["quality"]),
+                   n_rejected=int(h.get("n_rejected", 0)), rejected=dict(h.get("rejected", {})),
+                   anchor=anchor, n_updates=int(h.get("n_updates", 0)))
+
+
+@dataclass
+class Decision:
+    """A 1:1 verification decision.
+
+    ``score`` is the cosine of the fused probe embedding with the template (0.0 and
+    ``windows_used == 0`` when no window passed the gate); ``threshold`` is the one
+    calibrated for ``windows_used`` windows.  ``embedding`` is the fused probe
+    embedding (float32, shape (d,)), for template adaptation.
+    """
+
+    accepted: bool
+    score: float
+    threshold: float
+    quality: float
+    reasons: list[str]
+    model_version: str
+    windows_used: int
+    seconds: float
+    n_windows: int = 0
+    embedding: np.ndarray | None = None
+
+
+@dataclass
+class Candidate:
+    user_id: str
+    score: float
+    accepted: bool
+
+
+@dataclass
+class Identification:
+    """1:N result: the ``k`` best candidates, best first."""
+
+    candidates: list[Candidate]
+    threshold: float
+    quality: float
+    reasons: list[str]
+    model_version: str
+    windows_used: int
+    seconds: float
+
+
+def _summarise(reasons: Sequence[str]) -> list[str]:
+    """Distinct rejection reasons with their counts, most frequent first."""
+    counts: dict[str, int] = {}
+    for r in reasons:
+        if r:
+            counts[r] = counts.get(r, 0) + 1
+    return [f"{n} window(s): {r}" for r, n in sorted(counts.items(), key=lambda kv: -kv[1])]
+
+
+class Pipeline:
+    """Apply a fitted model to raw signal blocks.
+
+    Parameters
+    ----------
+    model : Model
+    backend : {"cython", "numba", "reference"}, optional
+        Kernel backend; default ``NACF_KERNEL_BACKEND`` or ``"cython"``.
+    """
+
+    def __init__(self, model: Model, backend: str | None = None):
+        if not isinstance(model, Model):
+            raise TypeError(f"'model' must be a nacf_core.model.Model, got {type(model).__name__}.")
+        if backend is not None and backend not in kernels.BACKENDS:
+            raise ValueError(
+                "Invalid value for the 'backend' parameter. Allowed values are "
+                f"{', '.join(repr(b) for b in kernels.BACKENDS)}, but got {backend!r} instead.")
+        self.model = model
+        self.backend = backend or kernels.default_backend_name()
+        self._k = kernels.backend(self.backend)
+        self._limits = ArtifactLimits(**model.artifact_limits)
+        self._sos = np.ascontiguousarray(self._k.bandpass_sos(
+            model.band[0], model.band[1], model.sfreq, model.filter_order), dtype=np.float64)
+        self._zi_unit = sosfilt_zi(self._sos)[:, :, None]  # (n_sections, 2, 1)
+        self._n_win = model.n_window_samples()
+        self._shrink = float(model.covariances.shrinkage)
+        self._eps = float(model.tangent.eps)
+        self._fitted = hasattr(model.projection, "components_")
+        if self._fitted:  # plain arrays for the hot path
+            self._p = np.ascontiguousarray(model.tangent.reference_inv_sqrt_)
+            self._iu = model.tangent.triu_
+            self._w = model.tangent.weights_
+            self._mean = model.projection.mean_
+            self._comp = np.ascontiguousarray(model.projection.components_)
+
+    @property
+    def model_version(self) -> str:
+        return self.model.version
+
+    # ------------------------------------------------------------------ windows
+    def windows(self, samples: np.ndarray, sfreq: float, ch_names: Sequence[str],
+                hop_s: float | None = None) -> Windows:
+        """Cut, gate and embed a signal block.
+
+        Parameters
+        ----------
+        samples : ndarray, shape (n_times, n_channels), float32 or float64, µV
+        sfreq : float
+            Its sampling rate, 125–1000 Hz.
+        ch_names : sequence of str, length n_channels
+            Channel labels as the file or device writes them.
+        hop_s : float, optional
+            Hop between windows (default ``model.hop_s``).
+
+        Returns
+        -------
+        Windows
+        """
+        m = self.model
+        epochs, q, accepted, reasons, seconds, starts = self.epochs(samples, sfreq, ch_names, hop_s)
+        emb = np.zeros((len(accepted), m.embedding_dim), dtype=np.float32)
+        if accepted.any():
+            emb[accepted] = self._embed(epochs[accepted])
+        return Windows(emb, q, accepted, reasons, seconds, starts)
+
+    def epochs(self, samples: np.ndarray, sfreq: float, ch_names: Sequence[str],
+               hop_s: float | None = None):
+        """The front end of :meth:`windows` (steps 1–5), without features.
+
+        Returns
+        -------
+        epochs : ndarray, shape (n_windows, n_channels, n_times), float64
+            Band-passed windows at the model's rate.
+        quality : ndarray, shape (n_windows,)
+        accepted : ndarray, shape (n_windows,), bool
+        reasons : list of str
+        seconds : float
+        starts_s : ndarray, shape (n_windows,)
+        """
+        m = self.model
+        x, sfreq, idx = self._check_signal(samples, sfreq, ch_names)
+        hop_s = m.hop_s if hop_s is None else float(hop_s)
+        if not (math.isfinite(hop_s) and hop_s > 0):
+            raise InvalidArgument(f"'hop_s' must be a finite number > 0, got {hop_s!r} instead.")
+        x = x[:, idx]
+        n_in = x.shape[0]
+        seconds = n_in / sfreq
+        finite = np.isfinite(x)
+        if not finite.any():
+            raise InvalidArgument(
+                f"the signal is all NaN/inf on the model's channels ({', '.join(m.ch_names)}).")
+        railed = np.abs(np.where(finite, x, 0.0)) >= self._limits.rail_uv
+        if (railed | ~finite).all():
+            raise InvalidArgument(
+                f"the signal is railed (|x| >= {self._limits.rail_uv:g} µV) on every model "
+                "channel for its whole length: check the electrodes and the amplifier gain.")
+        x = self._bridge(x, finite)
+        x -= np.median(x, axis=0)
+        if sfreq != m.sfreq:
+            frac = Fraction(m.sfreq / sfreq).limit_denominator(1000)
+            x = resample_poly(x, frac.numerator, frac.denominator, axis=0, padtype="line")
+        x = np.ascontiguousarray(x, dtype=np.float64)
+        zi = self._zi_unit * x[:1][None]
+        y, _ = self._k.sosfilt(self._sos, x, axis=0, zi=zi)
+        n = y.shape[0]
+        hop = max(1, int(round(hop_s * m.sfreq)))
+        W = self._n_win
+        if n < W:
+            raise InvalidArgument(
+                f"the signal is too short: {seconds:.3f} s, but one window needs "
+                f"{m.window_s:g} s.")
+        n_w = (n - W) // hop + 1
+        starts = np.arange(n_w) * hop
+        epochs = np.ascontiguousarray(
+            np.lib.stride_tricks.sliding_window_view(y, W, axis=0)[starts])  # (n_w, c, W)
+        reason = self._k.detect_artifacts(epochs, m.sfreq, self._limits)
+        raw_reason = self._raw_reasons(finite, railed, starts * (sfreq / m.sfreq),
+                                       W * sfreq / m.sfreq)
+        take = (raw_reason != 0) & ((reason == 0) | (raw_reason < reason))
+        reason = np.where(take, raw_reason, reason).astype(np.int8)
+        _, q = self._k.quality(epochs, m.sfreq, reason)
+        bad_ch = reason != 0
+        accepted = ~bad_ch.any(axis=1) & (q >= m.min_quality)
+        reasons = self._reasons(reason, q, accepted)
+        return (epochs, np.asarray(q, dtype=np.float64), accepted, reasons, seconds,
+                starts / m.sfreq)
+
+    def _check_signal(self, samples, sfreq, ch_names):
+        if not isinstance(samples, np.ndarray):
+            raise InvalidArgument(
+                f"'samples' must be a numpy.ndarray, got {type(samples).__name__} instead.")
+        if samples.ndim != 2:
+            raise InvalidArgument(
+                f"'samples' must be 2-D (n_times, n_channels), got shape {samples.shape}.")
+        if samples.dtype.type not in (np.float32, np.float64):
+            raise InvalidArgument(
+                f"'samples' must have dtype float32 or float64, got {samples.dtype.name}.")
+        try:
+            sfreq = float(sfreq)
+        except (TypeError, ValueError):
+            raise InvalidArgument(f"'sfreq' must be a number, got {sfreq!r} instead.") from None
+        if not (math.isfinite(sfreq) and MIN_SFREQ <= sfreq <= MAX_SFREQ):
+            raise InvalidArgument(
+                f"sampling rate {sfreq:g} Hz is outside the supported range "
+                f"{MIN_SFREQ:g}–{MAX_SFREQ:g} Hz.")
+        ch_names = list(ch_names)
+        if len(ch_names) != samples.shape[1]:
+            raise InvalidArgument(
+                f"'ch_names' has {len(ch_names)} names but 'samples' has "
+                f"{samples.shape[1]} channels (shape {samples.shape}; expected time-major "
+                "(n_times, n_channels)).")
+        idx = pick(ch_names, self.model.ch_names)
+        return samples, sfreq, idx
+
+    @staticmethod
+    def _bridge(x: np.ndarray, finite: np.ndarray) -> np.ndarray:
+        """Float64 copy with non-finite samples replaced by the channel's last finite one."""
+        x = np.array(x, dtype=np.float64)
+        if finite.all():
+            return x
+        n = x.shape[0]
+        for c in range(x.shape[1]):
+            ok = finite[:, c]
+            if not ok.any():
+                x[:, c] = 0.0
+                continue
+            last = np.where(ok, np.arange(n), 0)
+            np.maximum.accumulate(last, out=last)
+            first = int(np.argmax(ok))
+            last[:first] = first
+            x[:, c] = x[last, c]
+        return x
+
+    def _raw_reasons(self, finite, railed, starts_in, width_in) -> np.ndarray:
+        """NON_FINITE / RAILED per (window, channel) on the raw input signal."""
+        n = finite.shape[0]
+        lo = np.clip(np.floor(starts_in).astype(np.int64), 0, n)
+        hi = np.clip(np.ceil(starts_in + width_in).astype(np.int64), 0, n)
+        out = np.zeros((len(starts_in), finite.shape[1]), dtype=np.int8)
+        if finite.all() and not railed.any():
+            return out
+        cnf = np.vstack([np.zeros((1, finite.shape[1]), np.int64), np.cumsum(~finite, axis=0)])
+        crl = np.vstack([np.zeros((1, finite.shape[1]), np.int64), np.cumsum(railed, axis=0)])
+        n_nf = cnf[hi] - cnf[lo]
+        n_rl = crl[hi] - crl[lo]
+        need = np.maximum(1, self._limits.rail_fraction * (hi - lo))[:, None]
+        out[n_rl >= need] = ArtifactReason.RAILED
+        out[n_nf > 0] = ArtifactReason.NON_FINITE
+        return out
+
+    def _reasons(self, reason, q, accepted) -> list[str]:
+        names = self.model.ch_names
+        out = []
+        for i in range(len(accepted)):
+            if accepted[i]:
+                out.append("")
+                continue
+            bad = np.flatnonzero(reason[i])
+            if bad.size:
+                by: dict[str, list[str]] = {}
+                for c in bad:
+                    by.setdefault(_REASON_NAMES[int(reason[i, c])], []).append(names[c])
+                out.append("; ".join(f"{r} on {', '.join(chs)}" for r, chs in by.items()))
+            else:
+                out.append(f"quality {q[i]:.2f} below {self.model.min_quality:.2f}")
+        return out
+
+    def _embed(self, epochs: np.ndarray) -> np.ndarray:
+        """Embeddings of gated, filtered windows (n, c, W) → (n, d) float32, unit norm."""
+        W = epochs.shape[-1]
+        xc = epochs - epochs.mean(axis=-1, keepdims=True)
+        s = xc @ np.swapaxes(xc, -1, -2)
+        s *= (1.0 - self._shrink) / W
+        c = s.shape[-1]
+        if self._shrink:
+            mu = np.trace(s, axis1=-2, axis2=-1) * (self._shrink / ((1.0 - self._shrink) * c))
+            d = np.arange(c)
+            s[:, d, d] += mu[:, None]
+        mat = self._p @ s @ self._p
+        w, v = np.linalg.eigh(mat)
+        w = np.log(np.maximum(w, self._eps * np.maximum(w[:, -1:], 1e-300)))
+        logm = (v * w[:, None, :]) @ np.swapaxes(v, -1, -2)
+        t = logm[:, self._iu[0], self._iu[1]] * self._w
+        z = (t - self._mean) @ self._comp
+        return l2_normalize(z)
+
+    # ------------------------------------------------------------------ enroll
+    def enroll(self, blocks: Sequence[tuple[np.ndarray, float, Sequence[str]]]) -> Template:
+        """Build a template from one or more signal blocks.
+
+        Parameters
+        ----------
+        blocks : list of (samples, sfreq, ch_names)
+            Each as for :meth:`windows`; windows are cut every ``model.hop_s``.
+
+        Returns
+        -------
+        Template
+            With the counts of accepted and rejected windows (and why).
+
+        Raises
+        ------
+        InvalidArgument
+            A block is invalid (see :meth:`windows`).
+        FailedPrecondition
+            Fewer than ``model.min_enroll_epochs`` windows passed the quality gate.
+        """
+        if isinstance(blocks, tuple) and len(blocks) == 3 and isinstance(blocks[0], np.ndarray):
+            blocks = [blocks]
+        blocks = list(blocks)
+        if not blocks:
+            raise InvalidArgument("'blocks' is empty: enrollment needs at least one signal block.")
+        embs, quals, reasons = [], [], []
+        for i, block in enumerate(blocks):
+            if not (isinstance(block, (tuple, list)) and len(block) == 3):
+                raise InvalidArgument(
+                    f"blocks[{i}] must be a (samples, sfreq, ch_names) tuple, got "
+                    f"{type(block).__name__}.")
+            w = self.windows(*block)
+            embs.append(w.embeddings[w.accepted])
+            quals.append(w.quality[w.accepted])
+            reasons.extend(w.reasons)
+        emb = np.concatenate(embs)
+        need = self.model.min_enroll_epochs
+        rejected = _summarise(reasons)
+        n_rej = sum(1 for r in reasons if r)
+        if len(emb) < need:
+            detail = f" Rejected: {'; '.join(rejected)}." if rejected else ""
+            raise FailedPrecondition(
+                f"enrollment needs at least {need} good {self.model.window_s:g}-s windows "
+                f"(about {(need - 1) * self.model.hop_s + self.model.window_s:g} s of clean "
+                f"signal); got {len(emb)} of {len(reasons)}.{detail}")
+        counts: dict[str, int] = {}
+        for r in reasons:
+            if r:
+                counts[r] = counts.get(r, 0) + 1
+        template = Template(
+            embedding=l2_normalize(emb.astype(np.float64).mean(axis=0)),
+            model_version=self.model_version, n_epochs=len(emb),
+            quality=float(np.concatenate(quals).mean()), n_rejected=n_rej, rejected=counts)
+        logger.info("enrollment template from %d windows (%d rejected)", len(emb), n_rej)
+        return template
+
+    # ------------------------------------------------------------------ matching
+    def _check_template(self, template: Template) -> Template:
+        if not isinstance(template, Template):
+            raise TypeError(f"'template' must be a Template, got {type(template).__name__}.")
+        if template.model_version != self.model_version:
+            raise InvalidArgument(
+                f"the template was enrolled with model {template.model_version!r} but this "
+                f"pipeline runs {self.model_version!r}: re-enroll the user.")
+        return template
+
+    def score(self, windows: Windows, template: Template) -> np.ndarray:
+        """Cosine score of every window with the template, shape (n_windows,), float32
+        (0 for rejected windows)."""
+        self._check_template(template)
+        return (windows.embeddings @ template.embedding).astype(np.float32)
+
+    @staticmethod
+    def fuse(embeddings: np.ndarray) -> np.ndarray:
+        """The fusion rule: normalised mean of window embeddings (n, d) → (d,) float32."""
+        return l2_normalize(np.asarray(embeddings, dtype=np.float64).mean(axis=0))
+
+    def verify(self, samples: np.ndarray, sfreq: float, ch_names: Sequence[str],
+               template: Template, hop_s: float | None = None) -> Decision:
+        """1:1 verification of a signal block against a template.
+
+        Windows are non-overlapping by default (``hop_s = model.window_s``); the accepted
+        ones are fused (:meth:`fuse`) and compared with ``threshold_for(windows_used)``.
+        """
+        self._check_template(template)
+        w = self.windows(samples, sfreq, ch_names,
+                         hop_s=self.model.window_s if hop_s is None else hop_s)
+        return self.decide(w, template)
+
+    def decide(self, windows: Windows, template: Template) -> Decision:
+        """The decision for already computed windows (see :meth:`verify`)."""
+        self._check_template(template)
+        n_used = windows.n_accepted
+        threshold = self.model.threshold_for(max(n_used, 1))
+        reasons = _summarise(windows.reasons)
+        quality = float(windows.quality.mean()) if windows.n_windows else 0.0
+        if n_used == 0:
+            return Decision(False, 0.0, threshold, quality,
+                            ["no window passed the quality gate", *reasons], self.model_version,
+                            0, windows.seconds, windows.n_windows, None)
+        probe = self.fuse(windows.embeddings[windows.accepted])
+        score = float(probe @ template.embedding)
+        accepted = score >= threshold
+        if not accepted:
+            reasons = [f"score {score:.3f} below threshold {threshold:.3f}", *reasons]
+        return Decision(bool(accepted), score, threshold, quality, reasons, self.model_version,
+                        n_used, windows.seconds, windows.n_windows, probe)
+
+    def identify(self, samples: np.ndarray, sfreq: float, ch_names: Sequence[str],
+                 templates_matrix: np.ndarray, user_ids: Sequence[str], k: int = 1,
+                 hop_s: float | None = None) -> Identification:
+        """1:N identification: the ``k`` best-matching users, best first.
+
+        Parameters
+        ----------
+        templates_matrix : ndarray, shape (n_users, d), float32, rows unit norm
+        user_ids : sequence of str, length n_users
+        k : int
+            ``1 <= k <= n_users``.
+        """
+        from nacf_core.matching import top_k
+
+        t = np.ascontiguousarray(templates_matrix, dtype=np.float32)
+        if t.ndim != 2 or t.shape[1] != self.model.embedding_dim:
+            raise InvalidArgument(
+                f"'templates_matrix' must have shape (n_users, {self.model.embedding_dim}), "
+                f"got {np.shape(templates_matrix)}.")
+        user_ids = list(user_ids)
+        if len(user_ids) != t.shape[0]:
+            raise InvalidArgument(
+                f"'user_ids' has {len(user_ids)} entries for {t.shape[0]} templates.")
+        if t.shape[0] == 0:
+            raise InvalidArgument("'templates_matrix' is empty: no enrolled users to identify.")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= t.shape[0]:
+            raise InvalidArgument(f"'k' must be an integer in [1, {t.shape[0]}], got {k!r}.")
+        w = self.windows(samples, sfreq, ch_names,
+                         hop_s=self.model.window_s if hop_s is None else hop_s)
+        n_used = w.n_accepted
+        threshold = self.model.threshold_for(max(n_used, 1))
+        reasons = _summarise(w.reasons)
+        quality = float(w.quality.mean())
+        if n_used == 0:
+            return Identification([], threshold, quality,
+                                  ["no window passed the quality gate", *reasons],
+                                  self.model_version, 0, w.seconds)
+        probe = self.fuse(w.embeddings[w.accepted])[None, :]
+        idx, scores = top_k(probe, t, int(k), backend=self.backend)
+        cands = [Candidate(user_ids[int(i)], float(s), bool(s >= threshold))
+                 for i, s in zip(idx[0], scores[0])]
+        return Identification(cands, threshold, quality, reasons, self.model_version,
+                              n_used, w.seconds)
+
+    # ------------------------------------------------------------------ adaptation
+    def adapt(self, template: Template, decision: Decision, *, margin: float = 0.05,
+              rate: float = 0.1, max_drift: float = 0.05) -> Template:
+        """Bounded template update after a confident accept (opt-in; see module docstring).
+
+        Returns the same template when the decision is not an accept clearing the
+        threshold by ``margin``; otherwise a new template
+        ``normalise((1 - rate) * t + rate * probe)``, pulled back towards the anchor (the
+        enrollment embedding) if its cosine with it would drop below ``1 - max_drift``.
+        """
+        self._check_template(template)
+        if not (0 < rate <= 0.5 and 0 <= max_drift < 1 and margin >= 0):
+            raise InvalidArgument(
+                f"adaptation needs 0 < rate <= 0.5, 0 <= max_drift < 1, margin >= 0; got "
+                f"rate={rate}, max_drift={max_drift}, margin={margin}.")
+        if (not decision.accepted or decision.embedding is None
+                or decision.score < decision.threshold + margin):
+            return template
+        anchor = template.anchor.astype(np.float64)
+        new = (1 - rate) * template.embedding.astype(np.float64) + rate * decision.embedding
+        new = new / np.linalg.norm(new)
+        lo, hi = 0.0, 1.0
+        if new @ anchor < 1 - max_drift:  # bisect the pull-back towards the anchor
+            for _ in range(30):
+                mid = (lo + hi) / 2
+                cand = (1 - mid) * new + mid * anchor
+                cand /= np.linalg.norm(cand)
+                if cand @ anchor >= 1 - max_drift:
+                    hi = mid
+                else:
+                    lo = mid
+            new = (1 - hi) * new + hi * anchor
+            new /= np.linalg.norm(new)
+        return Template(embedding=new.astype(np.float32), model_version=template.model_version,
+                        n_epochs=template.n_epochs, quality=template.quality,
+                        n_rejected=template.n_rejected, rejected=dict(template.rejected),
+                        anchor=template.anchor, n_updates=template.n_updates + 1)
