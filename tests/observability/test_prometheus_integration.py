@@ -98,14 +98,15 @@ def stack(tmp_path_factory, shared_data):
     grpc_port, metrics_port, prom_port = free_port(), free_port(), free_port()
     env = {**os.environ, "NACF_API_KEYS": API_KEY, "PYTHONUNBUFFERED": "1"}
     env.pop("NACF_CONFIG", None)
-    serve_log = tmp / "serve.log"
+    serve_log = tmp / "serve.stderr"  # the JSON-lines log
     serve = subprocess.Popen(
         [sys.executable, "-m", "nacf_core.cli", "serve",
          "--grpc-address", f"127.0.0.1:{grpc_port}",
          "--metrics-address", f"127.0.0.1:{metrics_port}",
          "--data-dir", str(tmp / "data"), "--no-require-device-proof",
          "--rate-limit", "1000", "--rate-burst", "1000"],
-        cwd=tmp, env=env, stdout=serve_log.open("wb"), stderr=subprocess.STDOUT)
+        cwd=tmp, env=env, stdout=(tmp / "serve.stdout").open("wb"),
+        stderr=serve_log.open("wb"))
     cfg = tmp / "prometheus.yml"
     cfg.write_text(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
@@ -128,7 +129,7 @@ def stack(tmp_path_factory, shared_data):
                    30, procs)
         yield {"grpc": f"127.0.0.1:{grpc_port}", "metrics": f"http://127.0.0.1:{metrics_port}",
                "prom": f"http://127.0.0.1:{prom_port}", "procs": procs,
-               "data": shared_data}
+               "data": shared_data, "serve_log": serve_log}
     finally:
         stop(serve)
         stop(prom)
@@ -146,7 +147,9 @@ def scalar_sum(prom: str, expr: str) -> float | None:
     return float(res[0]["value"][1]) if res else None
 
 
-def test_prometheus_scrapes_nacf_serve_and_computes_the_latency_quantile(stack):
+@pytest.fixture(scope="module")
+def traffic(stack):
+    """Enroll and authenticate real EEG over gRPC; wait until Prometheus saw it all."""
     from nacf_core._proto.nacf.v1 import auth_pb2 as pb
     from nacf_core._proto.nacf.v1 import auth_pb2_grpc as pbg
     from nacf_core.hardware.files import read_recording
@@ -196,6 +199,12 @@ def test_prometheus_scrapes_nacf_serve_and_computes_the_latency_quantile(stack):
     wait_until(f"Prometheus to see all {total} Authenticate calls",
                lambda: scalar_sum(prom, 'sum(nacfauth_auth_requests_total'
                                         '{method="Authenticate"})') == total, 20, procs)
+    return {"seen": seen, "decisions": decisions, "total": total}
+
+
+def test_prometheus_scrapes_nacf_serve_and_computes_the_latency_quantile(stack, traffic):
+    prom = stack["prom"]
+    seen, decisions, total = traffic["seen"], traffic["decisions"], traffic["total"]
 
     # the query the issue asks for: a number, per (method, status) series
     res = query(prom, "histogram_quantile(0.95, rate(nacfauth_auth_duration_seconds_bucket[1m]))")
@@ -228,6 +237,23 @@ def test_prometheus_scrapes_nacf_serve_and_computes_the_latency_quantile(stack):
     assert {g["name"] for g in groups} == {"nacfauth.critical", "nacfauth.warning",
                                           "nacfauth.security"}
     assert all(r.get("health") in ("ok", "unknown") for r in rules), rules
+
+
+def test_serve_logs_are_json_lines_without_biometric_data(stack, traffic):
+    from nacf_core.logs import is_array_like
+
+    lines = [ln for ln in stack["serve_log"].read_text().splitlines() if ln.strip()]
+    assert lines
+    rows = [json.loads(ln) for ln in lines]  # every line of stderr is one JSON object
+    for row in rows:
+        assert {"timestamp", "level", "message", "event_type"} <= set(row), row
+        assert "redacted_fields" not in row, row  # nothing even tried to log an array
+        assert not any(is_array_like(v) for v in row.values()), row
+    attempts = [r for r in rows if r["event_type"] == "auth_attempt"]
+    assert len(attempts) >= 9
+    for r in attempts:
+        assert {"user_id", "success", "duration_ms"} <= set(r), r
+        assert "ip_address" in r or "peer" in r, r
 
 
 def test_health_endpoints_of_nacf_serve(stack):
