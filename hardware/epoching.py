@@ -45,6 +45,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from nacf_core import dsp
 from nacf_core._validation import check_finite_positive, check_int_range, check_sfreq
 
 from .base import Chunk
@@ -52,31 +53,6 @@ from .base import Chunk
 __all__ = ["Epoch", "Epocher", "EpochStream"]
 
 logger = logging.getLogger("nacf.hardware")
-
-
-def _dsp():
-    """The foundation's validated filter layer (SciPy until it is built)."""
-    try:
-        from nacf_core import dsp
-
-        dsp.kernels.backend(None)  # raises ImportError while the extensions are not built
-        return dsp
-    except ImportError:
-        return _ScipyDsp
-
-
-class _ScipyDsp:
-    @staticmethod
-    def steady_state_zi(sos, x, axis=0, backend=None):
-        from scipy import signal
-
-        return signal.sosfilt_zi(sos)[:, :, None] * x[:1]
-
-    @staticmethod
-    def sosfilt(sos, x, axis=0, zi=None, backend=None):
-        from scipy import signal
-
-        return signal.sosfilt(sos, x, axis=axis, zi=zi)
 
 
 class Epoch(NamedTuple):
@@ -122,7 +98,6 @@ class Epocher:
 
     Examples
     --------
-    >>> from nacf_core import dsp
     >>> ep = Epocher(250.0, 8, window_s=4.0, hop_s=1.0, sos=dsp.bandpass_sos(1, 40, 250))
     >>> for chunk in chunks:                       # doctest: +SKIP
     ...     for epoch in ep.push(chunk):           # (n_channels, n_times) arrays
@@ -214,8 +189,8 @@ class Epocher:
             y = x.copy() if not any_nan else x
         else:
             if self._zi is None:
-                self._zi = _dsp().steady_state_zi(self.sos, x, axis=0, backend=self.backend)
-            y, self._zi = _dsp().sosfilt(self.sos, x, axis=0, zi=self._zi, backend=self.backend)
+                self._zi = dsp.steady_state_zi(self.sos, x, axis=0, backend=self.backend)
+            y, self._zi = dsp.sosfilt(self.sos, x, axis=0, zi=self._zi, backend=self.backend)
         if any_nan:
             y[nan] = np.nan
         return y

@@ -50,8 +50,8 @@ gaps, because some files have reordered counters); the number of samples the cou
 says are missing is reported in :attr:`Recording.counter_gaps`.
 
 Channel names: OpenBCI and BrainFlow files carry none. ``montage`` names the channels
-in order; without it, the default montage of :mod:`nacf_core.hardware.montages` for 8 or
-16 channels is used when that module provides one, else ``EXG Channel N``. A
+in order; without it, the default (Ultracortex) montage of
+:mod:`nacf_core.hardware.montages` for 8 or 16 channels, else ``EXG Channel N``. A
 ``montage`` passed for a file that brings its own labels (EDF, ``.npz``) renames them.
 """
 
@@ -73,6 +73,8 @@ import numpy as np
 
 from nacf_core._validation import check_finite_positive, check_option
 
+from .montages import default_montage, resolve_montage
+
 __all__ = [
     "Annotation",
     "Recording",
@@ -80,7 +82,6 @@ __all__ = [
     "detect_format",
     "read_recording",
     "write_npz",
-    "resolve_montage",
 ]
 
 logger = logging.getLogger("nacf.hardware")
@@ -220,8 +221,9 @@ def read_recording(
     ----------
     path : str or PathLike
     montage : sequence of str or str, optional
-        Channel names in order (a comma-separated string is accepted). Names the
-        channels of files that carry none (OpenBCI, BrainFlow); renames the others.
+        Channel names in order (a comma-separated string or a preset such as
+        ``ultracortex-8``, see :mod:`nacf_core.hardware.montages`). Names the channels
+        of files that carry none (OpenBCI, BrainFlow); renames the others.
     start_s, stop_s : float, optional
         Time range in seconds from the first sample; ``stop_s`` past the end is an
         error. For EDF only that range is read from disk.
@@ -251,9 +253,12 @@ def read_recording(
         else:
             rec = _read_npz(p)
         rec = _slice(rec, start_s, stop_s)
-    names = resolve_montage(montage, rec.n_channels, default=None)
-    if names is None and fmt in ("openbci", "brainflow"):
+    if montage is not None:
+        names = resolve_montage(montage, rec.n_channels)
+    elif fmt in ("openbci", "brainflow"):
         names = _default_names(rec.n_channels)
+    else:
+        names = None
     if names is not None:
         rec = _replace(rec, ch_names=names)
     logger.debug(
@@ -312,41 +317,6 @@ def write_npz(
         p = p.with_name(p.name + ".npz")
     np.savez_compressed(p, **arrays)
     return p
-
-
-def resolve_montage(
-    montage: Sequence[str] | str | None, n_channels: int, default: list[str] | None = None
-) -> list[str] | None:
-    """Check a montage against a channel count; ``None`` gives ``default``.
-
-    Raises
-    ------
-    ValueError
-        The montage does not have exactly ``n_channels`` non-empty, distinct names.
-    """
-    if montage is None:
-        return default
-    if isinstance(montage, str):
-        names = [m.strip() for m in montage.split(",")]
-    else:
-        try:
-            names = [str(m).strip() for m in montage]
-        except TypeError:
-            raise TypeError(
-                f"'montage' must be a sequence of channel names or a comma-separated string, "
-                f"got {type(montage).__name__} instead."
-            ) from None
-    if len(names) != n_channels:
-        raise ValueError(
-            f"'montage' must name every channel in order: expected {n_channels} names, "
-            f"got {len(names)} ({', '.join(names)})."
-        )
-    if any(not n for n in names):
-        raise ValueError(f"'montage' has an empty channel name: {names}.")
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise ValueError(f"'montage' names a channel twice: {', '.join(dup)}.")
-    return names
 
 
 # --------------------------------------------------------------------------------------
@@ -409,22 +379,9 @@ def _slice(rec: Recording, start_s: float | None, stop_s: float | None) -> Recor
 
 
 def _default_names(n_channels: int) -> list[str]:
-    """The default montage of ``hardware.montages`` if it has one, else generic names."""
-    try:
-        from . import montages  # owned by the serial/simulator engineer
-    except ImportError:
-        montages = None
-    if montages is not None:
-        for fn_name in ("default_montage", "default_names"):
-            fn = getattr(montages, fn_name, None)
-            if fn is None:
-                continue
-            try:
-                names = fn(n_channels)
-            except (ValueError, KeyError, LookupError):
-                names = None
-            if names is not None and len(names) == n_channels:
-                return [str(n) for n in names]
+    """The default (Ultracortex) montage for 8 or 16 channels, else ``EXG Channel N``."""
+    if n_channels in (8, 16):
+        return default_montage(n_channels)
     return [f"EXG Channel {i}" for i in range(n_channels)]
 
 

@@ -42,7 +42,8 @@ from nacf_core._validation import check_finite_positive
 from nacf_core.errors import Unavailable
 
 from .base import Chunk, Counters
-from .files import Recording, _default_names, resolve_montage
+from .files import Recording, _default_names
+from .montages import resolve_montage
 
 __all__ = ["LslSource", "stream_recording_to_lsl", "make_outlet"]
 

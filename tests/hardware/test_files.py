@@ -13,7 +13,6 @@ from nacf_core.hardware.files import (
     Recording,
     detect_format,
     read_recording,
-    resolve_montage,
     write_npz,
 )
 
@@ -268,11 +267,21 @@ def test_corrupt_edf_header(tmp_path):
         read_recording(p)
 
 
-def test_resolve_montage_errors():
-    assert resolve_montage(None, 2, default=["a", "b"]) == ["a", "b"]
+def test_default_and_preset_montages(shared_data):
+    path = shared_data / OPENBCI_FILES[0]
+    ultracortex = ["Fp1", "Fp2", "C3", "C4", "P7", "P8", "O1", "O2"]
+    assert read_recording(path, stop_s=1).ch_names == ultracortex  # Cyton default
+    assert read_recording(path, stop_s=1, montage="ultracortex-8").ch_names == ultracortex
+    bf = read_recording(shared_data / BRAINFLOW_FILES[0], stop_s=1)
+    assert bf.ch_names == ultracortex
     with pytest.raises(ValueError, match="twice: Fp1"):
-        resolve_montage("Fp1,Fp1", 2)
+        read_recording(path, stop_s=1, montage="Fp1,Fp1,a,b,c,d,e,f")
     with pytest.raises(ValueError, match="empty channel name"):
-        resolve_montage("Fp1,", 2)
+        read_recording(path, stop_s=1, montage="Fp1,,a,b,c,d,e,f")
     with pytest.raises(TypeError, match="'montage' must be"):
-        resolve_montage(3, 1)
+        read_recording(path, stop_s=1, montage=3)
+    # EDF labels are kept unless a montage renames them
+    edf = shared_data / "eegmmidb/S001/S001R01.edf"
+    assert read_recording(edf, stop_s=1).ch_names[0] == "Fc5."
+    with pytest.raises(ValueError, match="expected 64 names"):
+        read_recording(edf, stop_s=1, montage="ultracortex-8")
