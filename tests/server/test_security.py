@@ -1,0 +1,169 @@
+"""Transport and admission: TLS and mTLS from file paths, the concurrency bound, the
+per-client token bucket, open-loopback mode."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import threading
+import time
+
+import grpc
+import pytest
+from _support import make_pipeline
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from prometheus_client import CollectorRegistry
+
+from nacf_core._proto.nacf.v1 import auth_pb2 as pb
+from nacf_core._proto.nacf.v1 import auth_pb2_grpc as pbg
+from nacf_core.config import Config
+from nacf_core.errors import FailedPrecondition
+from nacf_core.metrics import Metrics
+from nacf_core.server.app import NacfServer
+from nacf_core.service import AuthService
+from nacf_core.store import open_store
+
+KEY = "sec-key-0123456789"
+ALL = frozenset({"authenticate", "enroll", "admin"})
+
+
+def _server(tmp_path, **kw):
+    cfg = Config(**{"grpc_address": "127.0.0.1:0", "metrics_address": "",
+                    "data_dir": str(tmp_path), "api_keys": {KEY: ALL}, **kw})
+    store = open_store(f"sqlite:///{tmp_path / 'n.db'}", bytes(range(32)))
+    metrics = Metrics(CollectorRegistry())
+    svc = AuthService(store, make_pipeline(), cfg, metrics=metrics)
+    return NacfServer(cfg, svc, metrics=metrics, sidecar=False), store
+
+
+def _cert(name, issuer_key=None, issuer_name=None, ca=False, san=()):
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.timezone.utc)
+    b = (x509.CertificateBuilder().subject_name(subject)
+         .issuer_name(issuer_name or subject).public_key(key.public_key())
+         .serial_number(x509.random_serial_number())
+         .not_valid_before(now - dt.timedelta(minutes=1))
+         .not_valid_after(now + dt.timedelta(days=1))
+         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if san:
+        b = b.add_extension(x509.SubjectAlternativeName(list(san)), critical=False)
+    cert = b.sign(issuer_key or key, hashes.SHA256())
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    kpem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+    return key, subject, pem, kpem
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pki")
+    ca_key, ca_name, ca_pem, _ = _cert("nacf test CA", ca=True)
+    _, _, srv_pem, srv_key = _cert("localhost", ca_key, ca_name, san=[
+        x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    _, _, cli_pem, cli_key = _cert("app-1", ca_key, ca_name)
+    files = {}
+    for n, data in (("ca.pem", ca_pem), ("srv.pem", srv_pem), ("srv.key", srv_key),
+                    ("cli.pem", cli_pem), ("cli.key", cli_key)):
+        (d / n).write_bytes(data)
+        files[n] = d / n
+    return files
+
+
+def test_tls_and_mtls(tmp_path, pki, shared_data):
+    server, store = _server(tmp_path, tls_cert_file=str(pki["srv.pem"]), tls_key_file=str(pki["srv.key"]),
+                            tls_client_ca_file=str(pki["ca.pem"]), api_keys={})
+    server.start()
+    try:
+        target = f"localhost:{server.port}"
+        ca = pki["ca.pem"].read_bytes()
+        creds = grpc.ssl_channel_credentials(ca, pki["cli.key"].read_bytes(),
+                                             pki["cli.pem"].read_bytes())
+        with grpc.secure_channel(target, creds) as ch:  # client cert: every scope, no key
+            st = pbg.AuthServiceStub(ch).GetStats(pb.GetStatsRequest(), timeout=10)
+            assert st.total_users == 0
+        with grpc.secure_channel(target, grpc.ssl_channel_credentials(ca)) as ch:
+            with pytest.raises(grpc.RpcError) as ei:  # no client certificate: handshake fails
+                pbg.AuthServiceStub(ch).GetStats(pb.GetStatsRequest(), timeout=5)
+            assert ei.value.code() in (grpc.StatusCode.UNAVAILABLE,
+                                       grpc.StatusCode.UNAUTHENTICATED)
+        with grpc.insecure_channel(target) as ch:  # plaintext to a TLS port
+            with pytest.raises(grpc.RpcError):
+                pbg.AuthServiceStub(ch).GetStats(pb.GetStatsRequest(), timeout=5)
+    finally:
+        server.stop(0)
+        store.close()
+
+
+def test_concurrency_bound_answers_resource_exhausted_fast(tmp_path, shared_data):
+    server, store = _server(tmp_path, max_workers=2, max_concurrent_rpcs=2,
+                            rate_limit_per_s=1000, rate_limit_burst=1000)
+    server.start()
+    release = threading.Event()
+    try:
+        ch = grpc.insecure_channel(server.address)
+        stub = pbg.AuthServiceStub(ch)
+        md = (("x-api-key", KEY),)
+
+        def hold():
+            def gen():  # the handler waits for the first message: holds a slot
+                release.wait(20)
+                yield pb.AuthenticateStreamRequest(start=pb.StreamStart(user_id="x"))
+            try:
+                stub.AuthenticateStream(gen(), metadata=md, timeout=30)
+            except grpc.RpcError:
+                pass
+
+        ts = [threading.Thread(target=hold) for _ in range(2)]
+        for t in ts:
+            t.start()
+        time.sleep(0.5)
+        t0 = time.perf_counter()
+        with pytest.raises(grpc.RpcError) as ei:
+            stub.GetStats(pb.GetStatsRequest(), metadata=md, timeout=10)
+        assert ei.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert time.perf_counter() - t0 < 1.0
+        release.set()
+        for t in ts:
+            t.join(10)
+        time.sleep(0.2)
+        assert stub.GetStats(pb.GetStatsRequest(), metadata=md, timeout=10) is not None
+        ch.close()
+    finally:
+        release.set()
+        server.stop(0)
+        store.close()
+
+
+def test_token_bucket_per_client(tmp_path, shared_data):
+    server, store = _server(tmp_path, rate_limit_per_s=0.01, rate_limit_burst=3)
+    server.start()
+    try:
+        with grpc.insecure_channel(server.address) as ch:
+            stub = pbg.AuthServiceStub(ch)
+            md = (("x-api-key", KEY),)
+            for _ in range(3):
+                stub.GetStats(pb.GetStatsRequest(), metadata=md, timeout=10)
+            with pytest.raises(grpc.RpcError) as ei:
+                stub.GetStats(pb.GetStatsRequest(), metadata=md, timeout=10)
+            assert ei.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "rate limit" in ei.value.details()
+    finally:
+        server.stop(0)
+        store.close()
+
+
+def test_open_loopback_mode(tmp_path, shared_data):
+    with pytest.raises(FailedPrecondition, match="no API keys"):
+        _server(tmp_path, api_keys={})
+    server, store = _server(tmp_path, api_keys={}, allow_open_loopback=True)
+    server.start()
+    try:
+        with grpc.insecure_channel(server.address) as ch:
+            assert pbg.AuthServiceStub(ch).GetStats(pb.GetStatsRequest(), timeout=10)
+    finally:
+        server.stop(0)
+        store.close()
