@@ -402,6 +402,8 @@ class Metrics:
         self._operation = _BoundedLabel("operation", n)
         self._component = _BoundedLabel("component", n)
         self._model_version = _BoundedLabel("model_version", n)
+        # (method, status, user_type) -> (counter child, histogram child, method label)
+        self._rpc_children: dict[tuple, tuple] = {}
 
     # -- requests ------------------------------------------------------------------
 
@@ -420,13 +422,20 @@ class Metrics:
         user_type : str
             How the caller authenticated: one of :data:`USER_TYPES`.
         """
-        m = self._method(method)
-        check_option("status_name", status_name, GRPC_STATUS_NAMES)
-        check_option("user_type", user_type, USER_TYPES)
+        key = (method, status_name, user_type)
+        children = self._rpc_children.get(key)
+        if children is None:
+            m = self._method(method)
+            check_option("status_name", status_name, GRPC_STATUS_NAMES)
+            check_option("user_type", user_type, USER_TYPES)
+            children = (self.auth_requests_total.labels(m, status_name, user_type),
+                        self.auth_duration_seconds.labels(m, status_name), m)
+            if len(self._rpc_children) < 4096:
+                self._rpc_children[key] = children
         s = _seconds("seconds", seconds)
-        self.auth_requests_total.labels(m, status_name, user_type).inc()
-        self.auth_duration_seconds.labels(m, status_name).observe(s)
-        self.success_rate.record(m, status_name == "OK")
+        children[0].inc()
+        children[1].observe(s)
+        self.success_rate.record(children[2], status_name == "OK")
 
     def record_decision(self, accepted: bool) -> None:
         """Count one biometric decision (``accept`` or ``reject``)."""
