@@ -16,11 +16,13 @@ from nacf_core import logs
 def stream():
     s = io.StringIO()
     root = logging.getLogger()
-    old_level = root.level
+    old_level, old_nacf = root.level, logging.getLogger("nacf").level
     handler = logs.configure("DEBUG", stream=s)
     yield s
     root.removeHandler(handler)
     root.setLevel(old_level)
+    logging.getLogger("nacf").setLevel(old_nacf)
+    logging.captureWarnings(False)
 
 
 def lines(s: io.StringIO) -> list[dict]:
@@ -96,7 +98,7 @@ def test_exception_is_one_line(stream):
 def test_configure_replaces_its_own_handler_and_validates_level():
     s1, s2 = io.StringIO(), io.StringIO()
     root = logging.getLogger()
-    old = root.level
+    old, old_nacf = root.level, logging.getLogger("nacf").level
     try:
         logs.configure("INFO", stream=s1)
         h = logs.configure("INFO", stream=s2)
@@ -107,6 +109,8 @@ def test_configure_replaces_its_own_handler_and_validates_level():
     finally:
         root.removeHandler(h)
         root.setLevel(old)
+        logging.getLogger("nacf").setLevel(old_nacf)
+        logging.captureWarnings(False)
 
 
 def test_field_clashing_with_record_attribute_is_refused(stream):
