@@ -117,6 +117,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
     server_version = "nacf-sidecar"
+    timeout = 60  # seconds an idle keep-alive connection (a scraper's) may stay open
 
     def log_message(self, fmt: str, *args: Any) -> None:  # access log at DEBUG, as JSON
         log.debug("sidecar %s", fmt % args, extra={"event_type": "http_access",
