@@ -40,6 +40,10 @@ Formats (detected from the content, the extension only breaks ties):
   nominal rate (Cyton 250 Hz, Cyton+Daisy 125 Hz); the host timestamps are checked
   against it and a large disagreement is logged (they are host receipt times, jittered
   by USB batching, so they are not used as the rate).
+- **nacf record CSV** (what ``nacf record`` writes): a header ``timestamp,<channel
+  names>``, one row per sample, microvolts, an empty field for a dropped sample (read
+  as NaN). The rate is estimated from the timestamps (span over samples) and snapped to
+  a common rate (125, 250, 500, ... Hz) within 1 %; ``sfreq=`` overrides it.
 - **nacf ``.npz``** (:func:`write_npz`): a NumPy ``.npz`` archive with ``data`` float32
   ``(n_times, n_channels)`` µV, ``sfreq`` (scalar), ``ch_names`` (1-D str array) and
   optionally ``start_time`` (POSIX seconds, UTC, scalar).
@@ -86,7 +90,10 @@ __all__ = [
 
 logger = logging.getLogger("nacf.hardware")
 
-FORMATS = ("edf", "bdf", "openbci", "brainflow", "npz")
+FORMATS = ("edf", "bdf", "openbci", "brainflow", "npz", "nacf-csv")
+
+# rates a timestamp-derived estimate snaps to (within 1 %)
+_COMMON_RATES = (125.0, 128.0, 160.0, 200.0, 250.0, 256.0, 500.0, 512.0, 1000.0, 1024.0, 2048.0)
 
 # BrainFlow board layouts (BoardShim.get_*_channels for CYTON_BOARD / CYTON_DAISY_BOARD).
 _BRAINFLOW_LAYOUTS = {
@@ -195,6 +202,8 @@ def detect_format(path: str | os.PathLike) -> str:
     line = first.splitlines()[0] if first else ""
     if re.match(r"^\s*sample index\s*,", line, re.IGNORECASE):
         return "openbci"
+    if re.match(r"^\s*timestamp\s*,", line, re.IGNORECASE):
+        return "nacf-csv"
     sep = "\t" if "\t" in line else ","
     fields = [f.strip() for f in line.split(sep)]
     if len(fields) in _BRAINFLOW_LAYOUTS and all(_is_number(f) for f in fields):
@@ -202,7 +211,8 @@ def detect_format(path: str | os.PathLike) -> str:
     raise ValueError(
         f"recording {str(p)!r}: cannot tell the format from its first line {line[:80]!r}; "
         f"supported formats are EDF/EDF+/BDF, OpenBCI GUI text (starts with '%'), "
-        f"BrainFlow CSV (24 or 32 numeric columns) and nacf .npz."
+        f"BrainFlow CSV (24 or 32 numeric columns), nacf .npz and nacf record CSV "
+        f"(header 'timestamp,<channels>')."
     )
 
 
@@ -250,6 +260,8 @@ def read_recording(
             rec = _read_openbci(p, sfreq)
         elif fmt == "brainflow":
             rec = _read_brainflow(p, sfreq)
+        elif fmt == "nacf-csv":
+            rec = _read_nacf_csv(p, sfreq)
         else:
             rec = _read_npz(p)
         rec = _slice(rec, start_s, stop_s)
@@ -677,4 +689,54 @@ def _read_npz(path: Path) -> Recording:
         path=path,
         start_time=start_time,
         format="npz",
+    )
+
+
+# --------------------------------------------------------------------------------------
+# nacf record CSV
+# --------------------------------------------------------------------------------------
+
+
+def _read_nacf_csv(path: Path, sfreq_override: float | None) -> Recording:
+    with open(path, encoding="utf-8") as fh:
+        header = [h.strip() for h in fh.readline().rstrip("\r\n").split(",")]
+    names = header[1:]
+    if not names:
+        raise ValueError(f"nacf CSV {str(path)!r}: the header names no channel after 'timestamp'.")
+
+    def _num(v: str) -> float:
+        v = v.strip()
+        return float(v) if v else math.nan
+
+    try:
+        arr = np.loadtxt(
+            path, delimiter=",", skiprows=1, dtype=np.float64, ndmin=2, converters=_num,
+            usecols=range(len(header)),
+        )
+    except ValueError as exc:
+        raise ValueError(f"nacf CSV {str(path)!r} is malformed: {exc}") from None
+    if arr.shape[0] == 0:
+        raise ValueError(f"nacf CSV {str(path)!r} has a header but no samples.")
+    ts = arr[:, 0]
+    if sfreq_override is not None:
+        sfreq = float(sfreq_override)
+    else:
+        if arr.shape[0] < 2 or not ts[-1] > ts[0]:
+            raise ValueError(
+                f"nacf CSV {str(path)!r}: cannot estimate the sampling rate from "
+                f"{arr.shape[0]} timestamp(s); pass sfreq=."
+            )
+        est = (ts.size - 1) / (ts[-1] - ts[0])
+        near = min(_COMMON_RATES, key=lambda r: abs(r - est))
+        sfreq = near if abs(near - est) <= 0.01 * near else round(est, 2)
+    start_time = None
+    if 1e9 <= ts[0] < 1e11:  # POSIX seconds (other clocks, e.g. LSL's, are not dates)
+        start_time = _dt.datetime.fromtimestamp(float(ts[0]), tz=_dt.timezone.utc)
+    return Recording(
+        data=np.ascontiguousarray(arr[:, 1:]),
+        sfreq=float(sfreq),
+        ch_names=names,
+        path=path,
+        start_time=start_time,
+        format="nacf-csv",
     )

@@ -245,6 +245,23 @@ def test_npz_missing_keys_and_corrupt(tmp_path):
         read_recording(q)
 
 
+def test_nacf_record_csv(tmp_path):
+    t0 = 1_700_000_000.0
+    lines = ["timestamp,Fp1,O2"]
+    for i in range(500):
+        a = "" if i == 7 else f"{i * 0.5}"
+        b = "" if i == 7 else f"{-i}"
+        lines.append(f"{t0 + i / 250.0 + (1e-4 if i % 3 else 0):.6f},{a},{b}")
+    p = tmp_path / "rec.csv"
+    p.write_text("\n".join(lines) + "\n")
+    rec = read_recording(p)
+    assert rec.format == "nacf-csv" and rec.sfreq == 250.0 and rec.ch_names == ["Fp1", "O2"]
+    assert rec.data.shape == (500, 2) and np.isnan(rec.data[7]).all()
+    assert rec.data[8].tolist() == [4.0, -8.0]
+    assert rec.start_time == dt.datetime.fromtimestamp(t0, tz=dt.timezone.utc)
+    assert read_recording(p, sfreq=200).sfreq == 200.0
+
+
 def test_unknown_and_missing_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         read_recording(tmp_path / "nope.edf")
