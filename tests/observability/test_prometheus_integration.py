@@ -3,7 +3,8 @@
 1. ``nacf serve`` (SQLite in a tmp dir, API key from the environment, device proof off)
    and ``prometheus`` (loopback, tmp storage, 1 s scrape interval, our alert rules
    loaded) start side by side.
-2. Real EEG (EEGMMIDB, read in place) is enrolled and authenticated over gRPC.
+2. Real EEG (the EEGMMIDB excerpts the package ships for the demo, subjects the model
+   was not fitted on) is enrolled and authenticated over gRPC.
 3. Through Prometheus's HTTP API:
    ``histogram_quantile(0.95, rate(nacfauth_auth_duration_seconds_bucket[1m]))`` is a
    number; the request count, the success rate and the decisions agree with what the
@@ -23,6 +24,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from importlib import resources
 from pathlib import Path
 
 import grpc
@@ -91,7 +93,7 @@ def signal_msg(pb, rec, start_s: float, seconds: float):
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, shared_data):
+def stack(tmp_path_factory):
     prometheus = shutil.which("prometheus")
     assert prometheus, "prometheus not installed (apt-get install prometheus)"
     tmp = tmp_path_factory.mktemp("prom-integration")
@@ -129,7 +131,7 @@ def stack(tmp_path_factory, shared_data):
                    30, procs)
         yield {"grpc": f"127.0.0.1:{grpc_port}", "metrics": f"http://127.0.0.1:{metrics_port}",
                "prom": f"http://127.0.0.1:{prom_port}", "procs": procs,
-               "data": shared_data, "serve_log": serve_log}
+               "serve_log": serve_log}
     finally:
         stop(serve)
         stop(prom)
@@ -155,16 +157,17 @@ def traffic(stack):
     from nacf_core.hardware.files import read_recording
 
     prom, procs = stack["prom"], stack["procs"]
-    eeg = stack["data"] / "eegmmidb"
-    enroll_rec = read_recording(eeg / "S001" / "S001R03.edf", stop_s=70)
-    genuine = read_recording(eeg / "S001" / "S001R07.edf", stop_s=40)
-    impostor = read_recording(eeg / "S002" / "S002R07.edf", stop_s=40)
+    demo = resources.files("nacf_core") / "data" / "demo"
+    enroll_rec = read_recording(str(demo / "S021R03.npz"))   # 60 s each
+    genuine = read_recording(str(demo / "S021R07.npz"))
+    impostor = read_recording(str(demo / "S022R07.npz"))
     md = (("x-api-key", API_KEY),)
 
     with grpc.insecure_channel(stack["grpc"]) as ch:
         stub = pbg.AuthServiceStub(ch)
         enr = stub.Enroll(pb.EnrollRequest(
-            user_id="s001", signals=[signal_msg(pb, enroll_rec, 0, 60)]),
+            user_id="s021", signals=[signal_msg(pb, enroll_rec, 0, 60),
+                                     signal_msg(pb, genuine, 0, 24)]),
             metadata=md, timeout=60)
         assert enr.epochs_used > 0
 
@@ -185,13 +188,13 @@ def traffic(stack):
 
         # one call, then wait until Prometheus has scraped its series: rate() needs
         # a sample before the increase it measures
-        authenticate("s001", genuine, 0.0)
+        authenticate("s021", genuine, 24.0)
         wait_until("the first Authenticate in Prometheus",
                    lambda: query(prom, 'nacfauth_auth_duration_seconds_count'
                                        '{method="Authenticate"}'), 20, procs)
         for i in range(4):
-            authenticate("s001", genuine, 4.0 + 4.0 * i)   # genuine attempts
-            authenticate("s001", impostor, 4.0 * i)        # impostor claims s001
+            authenticate("s021", genuine, 28.0 + 4.0 * i)  # genuine attempts
+            authenticate("s021", impostor, 4.0 * i)        # S022 claims to be s021
         authenticate("nobody", genuine, 0.0)                # NOT_FOUND
         total = sum(seen.values())
         assert total == 10 and seen["other"] >= 1
