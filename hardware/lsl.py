@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -56,9 +57,29 @@ _UNIT_SCALE = {
 }
 
 
+_LSL_CONFIG_FILES = ("lsl_api.cfg", "~/lsl_api/lsl_api.cfg", "/etc/lsl_api/lsl_api.cfg")
+_configured = False
+
+
 def _pylsl():
+    """pylsl, with liblsl's INFO chatter on stderr turned down to warnings.
+
+    Only when the user has no liblsl configuration of their own (``LSLAPICFG`` or one of
+    the files liblsl reads), since that content would take precedence over it.
+    """
+    global _configured
     import pylsl
 
+    if not _configured:
+        _configured = True
+        own = os.environ.get("LSLAPICFG") or any(
+            os.path.exists(os.path.expanduser(f)) for f in _LSL_CONFIG_FILES
+        )
+        if not own and hasattr(pylsl, "set_config_content"):
+            try:
+                pylsl.set_config_content("[log]\nlevel = -1\n")
+            except Exception:  # older liblsl: keep its defaults
+                pass
     return pylsl
 
 
