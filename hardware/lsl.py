@@ -316,9 +316,7 @@ class LslSource:
             return self._lost()
         n = len(ts)
         if n == 0:
-            return Chunk(
-                np.empty((0, len(self._ch_names)), np.float32), np.empty(0), self.ch_names, self._sfreq
-            )
+            return self._empty()
         self._refresh_clock()
         samples = np.array(self._buf[:n], dtype=np.float32, copy=True)
         if self._scale is not None:
@@ -343,16 +341,23 @@ class LslSource:
                     logger.warning("LSL stream %s is back but unusable: %s", self._describe(), exc)
                     break
                 self.counters.reconnects += 1
-                logger.info("LSL stream %s is back (reconnect %d)", self._describe(), self.counters.reconnects)
-                return Chunk(
-                    np.empty((0, len(self._ch_names)), np.float32), np.empty(0), self.ch_names, self._sfreq
+                logger.info(
+                    "LSL stream %s is back (reconnect %d)",
+                    self._describe(), self.counters.reconnects,
                 )
+                return self._empty()
         self._ended = True
         self.counters.extra["lost"] = 1
         logger.error(
-            "LSL stream %s did not come back within %g s: ending", self._describe(), self.reconnect_s
+            "LSL stream %s did not come back within %g s: ending",
+            self._describe(), self.reconnect_s,
         )
         return None
+
+    def _empty(self) -> Chunk:
+        return Chunk(
+            np.empty((0, len(self._ch_names)), np.float32), np.empty(0), self.ch_names, self._sfreq
+        )
 
 
 # ----------------------------------------------------------------------------------------
@@ -443,14 +448,19 @@ def stream_recording_to_lsl(
     src = FileSource(recording, montage=montage, speed=speed, chunk_s=chunk_s, loop=loop)
     pylsl = _pylsl()
     outlet = make_outlet(name, src.ch_names, src.sfreq, type=type, source_id=source_id)
-    limit = None if duration_s is None else int(round(check_finite_positive("duration_s", duration_s) * src.sfreq))
+    limit = None
+    if duration_s is not None:
+        limit = int(round(check_finite_positive("duration_s", duration_s) * src.sfreq))
     pushed = 0
     clock0: float | None = None
     try:
         if wait_for_consumer_s is not None and not outlet.wait_for_consumers(
             _check_timeout("wait_for_consumer_s", wait_for_consumer_s)
         ):
-            logger.warning("no LSL inlet connected to %r within %g s; streaming anyway", name, wait_for_consumer_s)
+            logger.warning(
+                "no LSL inlet connected to %r within %g s; streaming anyway",
+                name, wait_for_consumer_s,
+            )
         logger.info("LSL outlet %r: %d channels at %g Hz", name, len(src.ch_names), src.sfreq)
         with src:
             while stop_event is None or not stop_event.is_set():

@@ -75,7 +75,9 @@ class FileSource:
     ) -> None:
         speed = float(speed)
         if not math.isfinite(speed) or speed < 0:
-            raise ValueError(f"'speed' must be a finite number >= 0 (0: as fast as possible), got {speed!r}.")
+            raise ValueError(
+                f"'speed' must be a finite number >= 0 (0: as fast as possible), got {speed!r}."
+            )
         self.speed = speed
         self.chunk_s = check_finite_positive("chunk_s", chunk_s)
         self.loop = bool(loop)
@@ -184,7 +186,10 @@ class FileSource:
             if not self.loop:
                 n = min(n, n_total - self._pos)
             idx = (self._pos + np.arange(n)) % n_total if self.loop else None
-            block = self._samples[idx] if idx is not None else self._samples[self._pos : self._pos + n]
+            if idx is None:
+                block = self._samples[self._pos : self._pos + n]
+            else:
+                block = self._samples[idx]
             ts = self._t0 + (self._pos + np.arange(n, dtype=np.float64)) / self.sfreq
             self._pos += n
         nan_rows = int(np.count_nonzero(np.isnan(block).all(axis=1)))

@@ -83,7 +83,8 @@ def test_window_and_hop_counts(n, window_s, hop_s, expected):
 
 
 def test_memory_is_bounded_whatever_the_rate():
-    ep = Epocher(1000.0, 16, 4.0, 0.25, sos=signal.butter(4, [1, 40], "band", fs=1000, output="sos"))
+    sos = signal.butter(4, [1, 40], "band", fs=1000, output="sos")
+    ep = Epocher(1000.0, 16, 4.0, 0.25, sos=sos)
     rng = np.random.default_rng(0)
     ep.push(rng.normal(size=(10, 16)))
     size = ep.nbytes

@@ -50,7 +50,8 @@ def _edf_header(path: Path) -> dict:
     h = raw[256 : 256 + 256 * ns]
 
     def field(offset: int, width: int) -> list[str]:
-        return [h[offset * ns + i * width : offset * ns + (i + 1) * width].decode().strip() for i in range(ns)]
+        base = offset * ns
+        return [h[base + i * width : base + (i + 1) * width].decode().strip() for i in range(ns)]
 
     labels = [h[i * 16 : (i + 1) * 16].decode().rstrip(" ") for i in range(ns)]
     off = 16 + 80 + 8  # label, transducer, physical dimension
@@ -201,7 +202,8 @@ def test_brainflow_counter_gaps_are_counted(shared_data):
     rows = _data_rows(shared_data / BRAINFLOW_FILES[0], ",")
     counter = np.array([int(float(r[0])) for r in rows])
     step = np.diff(counter) % 256
-    assert read_recording(shared_data / BRAINFLOW_FILES[0]).counter_gaps == int((step - 1)[step > 1].sum()) > 0
+    gaps = read_recording(shared_data / BRAINFLOW_FILES[0]).counter_gaps
+    assert gaps == int((step - 1)[step > 1].sum()) > 0
 
 
 def test_brainflow_bad_column_count(tmp_path):

@@ -112,7 +112,8 @@ def test_stream_vanishes_and_comes_back(short_npz):
 def test_resolve_timeout_is_a_clear_error():
     name = f"nacf-absent-{uuid.uuid4().hex[:8]}"
     t = time.monotonic()
-    with pytest.raises(Unavailable, match=f"no LSL stream with name '{name}' answered within 0.3 s"):
+    msg = f"no LSL stream with name '{name}' answered within 0.3 s"
+    with pytest.raises(Unavailable, match=msg):
         with LslSource(name=name, timeout=0.3):
             pass
     assert time.monotonic() - t < 5
