@@ -45,6 +45,8 @@ if IS_X86_64:
 # --------------------------------------------------------------------------
 EXTENSIONS: list[tuple[str, str, bool]] = [
     ("nacf_core.kernels._cy_sosfilt", "kernels/_sosfilt.pxi", True),
+    ("nacf_core.kernels._cy_quality", "kernels/_artifacts.pxi", True),
+    ("nacf_core.kernels._cy_match", "kernels/_match.pxi", True),
 ]
 
 
