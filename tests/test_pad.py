@@ -1,0 +1,191 @@
+"""Presentation-attack detection: genuine probes pass (measured on real EEG), attacks fail."""
+
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from scipy.signal import resample_poly
+
+from nacf_core import pad
+from nacf_core.channels import pick
+from nacf_core.errors import InvalidArgument
+from nacf_core.hardware.files import read_recording
+
+CH16 = "Fp1 Fp2 F3 F4 F7 F8 C3 C4 T7 T8 P3 P4 P7 P8 O1 O2".split()
+SUBJECTS = ["S003", "S009", "S015", "S021"]  # a slice of the dev data; README has all 24
+
+
+def _block(x, sfreq, names=CH16):
+    return SimpleNamespace(samples=x, sfreq=sfreq, ch_names=list(names))
+
+
+@pytest.fixture(scope="module")
+def recordings(shared_data):
+    """{subject: {run: (n_times, 16) µV}}, 160 Hz, 16 channels picked by name."""
+    out = {}
+    for s in SUBJECTS:
+        out[s] = {}
+        for run in ("R03", "R04", "R07"):
+            rec = read_recording(shared_data / "eegmmidb" / s / f"{s}{run}.edf")
+            assert rec.sfreq == 160.0
+            out[s][run] = rec.data[:, pick(rec.ch_names, CH16)]
+    return out
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return pad.PresentationAttackDetector(CH16)
+
+
+@pytest.fixture(scope="module")
+def enrolled(recordings, detector):
+    """Each subject's history after enrolling on R03."""
+    return {s: [("enroll", fp) for fp in detector.enroll_fingerprints(
+        None, [_block(r["R03"], 160.0)])] for s, r in recordings.items()}
+
+
+def test_genuine_probes_rejected_at_most_1_percent(recordings, detector, enrolled):
+    """Enroll R03; probe with every non-overlapping 4-s window of R07 and R04 in time
+    order, each accepted probe joining the history (as the service does)."""
+    n = rejected = 0
+    reasons = []
+    for s, runs in recordings.items():
+        for run in ("R07", "R04"):
+            x = runs[run]
+            history = list(enrolled[s])
+            w = 4 * 160
+            for k in range(x.shape[0] // w):
+                v = detector.analyse(x[k * w:(k + 1) * w], 160.0, CH16, history)
+                n += 1
+                if v.attack:
+                    rejected += 1
+                    reasons.append((s, run, k, v.reason))
+                else:
+                    assert v.fingerprint is not None and v.kind == "" and v.severity == ""
+                    history.append(("probe", v.fingerprint))
+    assert n >= 200
+    assert rejected / n <= 0.01, f"{rejected}/{n} genuine probes rejected: {reasons}"
+
+
+def _tweak(seg, rng, noise=0.05):
+    """Rescale each channel, add a DC offset and a little noise."""
+    gain = rng.uniform(0.3, 3.0, size=seg.shape[1])
+    offset = rng.uniform(-300.0, 300.0, size=seg.shape[1])
+    return seg * gain + offset + rng.normal(0, noise, size=seg.shape) * seg.std(axis=0)
+
+
+def test_replays_are_rejected(recordings, detector, enrolled):
+    rng = np.random.default_rng(7)
+    w = 640
+    for s, runs in recordings.items():
+        x03 = runs["R03"]
+        for _ in range(2):  # a piece of the enrollment recording, anywhere in it
+            st = int(rng.integers(0, x03.shape[0] - w))
+            v = detector.analyse(_tweak(x03[st:st + w], rng), 160.0, CH16, enrolled[s])
+            assert (v.attack, v.kind, v.reason, v.severity) == (
+                True, "replay", "replay_of_enrollment", "high"), v.scores
+            assert v.scores["replay"] >= detector.replay_threshold and v.fingerprint is None
+        # the same replay, resampled to 250 Hz by the attacker's playback device
+        st = int(rng.integers(0, x03.shape[0] - w))
+        up = resample_poly(x03[st:st + w], 25, 16, axis=0)
+        v = detector.analyse(_tweak(up, rng), 250.0, CH16, enrolled[s])
+        assert v.reason == "replay_of_enrollment", v.scores
+        # an earlier genuine probe, replayed shifted by 0.7 s
+        x07 = runs["R07"]
+        first = detector.analyse(x07[:w], 160.0, CH16, enrolled[s])
+        assert not first.attack
+        history = enrolled[s] + [("probe", first.fingerprint)]
+        v = detector.analyse(_tweak(x07[112:112 + w], rng), 160.0, CH16, history)
+        assert v.reason == "replay_of_probe", v.scores
+        # while a later, fresh window of the same person passes
+        v = detector.analyse(x07[5 * w:6 * w], 160.0, CH16, history)
+        assert not v.attack, v.scores
+
+
+def test_non_physiological_signals_are_rejected(recordings, detector):
+    rng = np.random.default_rng(3)
+    w, sf = 640, 160.0
+    t = np.arange(w) / sf
+    cases = {
+        "white": rng.normal(0, 30, size=(w, 16)),
+        "white_common": rng.normal(0, 30, size=(w, 16)) + rng.normal(0, 30, size=(w, 1)),
+        "white_250Hz": rng.normal(0, 10, size=(1000, 16)),
+    }
+    for name, x in cases.items():
+        v = detector.analyse(x, 250.0 if "250" in name else sf, CH16)
+        assert (v.attack, v.kind, v.reason) == (True, "non_physiological", "flat_spectrum"), (
+            name, v.scores)
+    for f0 in (2.5, 7.0, 10.0, 23.0, 35.0):
+        sin = 20 * np.sin(2 * np.pi * f0 * t[:, None] + rng.uniform(0, 6.3, 16))
+        v = detector.analyse(sin + rng.normal(0, 1.0, sin.shape) + 50, sf, CH16)
+        assert (v.kind, v.reason) == ("non_physiological", "periodic"), (f0, v.scores)
+    for s, runs in recordings.items():  # a real EEG segment looped, 0.3 s to 2 s long
+        for period_s in (0.3, 0.8, 1.4, 2.0):
+            p = int(period_s * sf)
+            st = int(rng.integers(0, runs["R04"].shape[0] - p))
+            loop = np.tile(runs["R04"][st:st + p], (w // p + 1, 1))[:w]
+            v = detector.analyse(_tweak(loop, rng), sf, CH16)
+            assert v.reason == "periodic", (s, period_s, v.scores)
+    v = detector.analyse(np.full((w, 16), 12.5), sf, CH16)
+    assert v.reason == "no_signal"
+
+
+def test_fingerprint_invariances_and_privacy(recordings):
+    x = recordings["S003"]["R07"][:1280]
+    fp = pad.fingerprint(x, 160.0, CH16)
+    # gain and offset per channel do not change it much: the score against itself
+    scaled = pad.fingerprint(x * np.linspace(0.5, 4, 16) - 80.0, 160.0, CH16)
+    assert pad.replay_score(scaled, [fp])[0] > 0.99
+    # the sign (and phase) of the waveform are not in it: -x has the same fingerprint,
+    # so the signal cannot be reconstructed from it
+    assert pad.fingerprint(-x, 160.0, CH16) == fp
+    # a coarse int8 power envelope: 8 s x 16 channels of float32 is 82 kB, it is < 9 kB
+    assert len(fp) < x.size * 4 / 9
+    # another channel set is never compared
+    other = pad.fingerprint(x, 160.0, CH16[::-1])
+    assert pad.replay_score(other, [fp]) == (0.0, "")
+    with pytest.raises(InvalidArgument, match="fingerprint"):
+        pad.replay_score(b"garbage", [fp])
+
+
+def test_service_hooks_and_store_roundtrip(recordings, detector):
+    from nacf_core.store import open_store
+
+    x = recordings["S009"]["R03"]
+    names = [f"{c}." for c in CH16] + ["Cz.", "Oz.."]  # EDF-style labels, extra channels
+    wide = np.concatenate([x, x[:, :2]], axis=1)
+    with open_store("sqlite:///:memory:", key=os.urandom(32)) as store:
+        store.put_template("u", b"template", "m")
+        fps = detector.enroll_fingerprints(None, [_block(wide, 160.0, names),
+                                                  _block(x[:100], 160.0)])  # too short
+        assert len(fps) == 1
+        store.add_fingerprints("u", fps, "enroll", replace=True)
+        probe = _block(wide[3000:3640].astype(np.float32) * 2 + 5, 160.0, names)
+        v = detector.check(None, probe, store.get_fingerprints("u"))
+        assert v.attack and v.kind == "replay" and v.reason == "replay_of_enrollment"
+        fresh = _block(recordings["S009"]["R07"][:640], 160.0)
+        v = detector.check(None, fresh, store.get_fingerprints("u"))
+        assert not v.attack
+        store.add_fingerprints("u", [v.fingerprint], "probe")
+        v2 = detector.check(None, fresh, store.get_fingerprints("u"))
+        assert v2.reason == "replay_of_probe"
+
+
+def test_bad_input(detector):
+    with pytest.raises(InvalidArgument, match="too short"):
+        detector.analyse(np.zeros((100, 16)), 160.0)
+    with pytest.raises(ValueError, match="2-D"):
+        detector.analyse(np.zeros(1000), 160.0)
+    with pytest.raises(InvalidArgument, match="finite"):
+        detector.analyse(np.full((640, 16), np.nan), 160.0)
+    with pytest.raises(ValueError, match="sfreq"):
+        detector.analyse(np.zeros((640, 16)), -1.0)
+    with pytest.raises(InvalidArgument, match="lacks"):
+        detector.analyse(np.zeros((640, 3)), 160.0, ["Fp1", "Fp2", "Cz"])
+    # a few NaN samples (dropped packets) are tolerated
+    x = np.random.default_rng(0).normal(size=(640, 16))
+    x[10:20] = np.nan
+    assert detector.analyse(x, 160.0).reason == "flat_spectrum"
