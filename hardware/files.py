@@ -190,7 +190,11 @@ def detect_format(path: str | os.PathLike) -> str:
     if head[:8] == b"0       " and len(head) >= 256:
         return "edf"
     try:
-        text = head.decode("utf-8", errors="strict" if b"\x00" not in head else "strict")
+        if b"\x00" in head:
+            raise UnicodeDecodeError("utf-8", head, 0, 1, "NUL byte")
+        # the 4 KB read may end inside a multi-byte character: decode whole lines only
+        cut = head.rfind(b"\n") if len(head) == 4096 else -1
+        text = (head[: cut + 1] if cut > 0 else head).decode("utf-8")
     except UnicodeDecodeError:
         raise ValueError(
             f"recording {str(p)!r}: unknown binary format (first bytes {head[:8]!r}); "

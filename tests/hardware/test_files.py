@@ -95,6 +95,26 @@ def test_edf_values_rate_names_match_the_header(shared_data):
     assert rec.start_time == dt.datetime(2000 + yy, mm, dd, hh, mi, ss, tzinfo=dt.timezone.utc)
 
 
+def test_every_eegmmidb_file_reads(shared_data):
+    files = sorted((shared_data / "eegmmidb").glob("S*/S*R*.edf"))
+    assert len(files) >= 72
+    for f in files:
+        rec = read_recording(f, stop_s=0.5)
+        assert rec.sfreq == 160.0 and rec.data.shape == (80, 64), f
+        assert rec.ch_names[0] == "Fc5." and rec.ch_names[-1] == "Iz..", f
+
+
+def test_text_detection_with_a_multibyte_char_at_the_read_boundary(shared_data, tmp_path):
+    lines = (shared_data / OPENBCI_FILES[2]).read_text().splitlines()
+    pad = "%" + "x" * (4095 - len(lines[0]) - 2) + "µµ"  # 'µ' straddles byte 4096
+    p = tmp_path / "mb.txt"
+    p.write_text("\n".join([lines[0], pad, *lines[1:300]]) + "\n", encoding="utf-8")
+    assert p.read_bytes()[4095:4097] == "µ".encode()
+    assert detect_format(p) == "openbci"
+    np.testing.assert_array_equal(read_recording(p).data, read_recording(
+        shared_data / OPENBCI_FILES[2]).data[:read_recording(p).n_times])
+
+
 def test_edf_time_range_and_annotations(shared_data):
     path = shared_data / "eegmmidb/S001/S001R03.edf"
     whole = read_recording(path, start_s=0, stop_s=10)
