@@ -6,6 +6,8 @@ import time
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import signal
 
 from nacf_core.hardware.base import Chunk, Counters
@@ -202,3 +204,33 @@ def test_stream_timeout():
     with EpochStream(Idle(), Epocher(SFREQ, 2, 1.0), poll_s=0.02) as stream:
         with pytest.raises(TimeoutError):
             stream.get(timeout=0.1)
+
+
+# ---------------------------------------------------------------------------------------
+# property: any chunking, window and hop give the same epochs as one push
+# ---------------------------------------------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    cuts=st.lists(st.integers(0, 600), max_size=12),
+    window=st.integers(1, 120),
+    hop=st.integers(1, 150),
+    nan_at=st.lists(st.integers(0, 599), max_size=5),
+)
+def test_property_any_chunking_equals_one_push(cuts, window, hop, nan_at):
+    rng = np.random.default_rng(len(cuts) + window * 7 + hop)
+    x = rng.normal(0, 20, (600, 3)) + np.array([30_000.0, -50_000.0, 0.0])
+    x[nan_at] = np.nan
+    sfreq = 100.0
+    sos = signal.butter(2, [1.0, 30.0], btype="band", fs=sfreq, output="sos")
+    whole = Epocher(sfreq, 3, window / sfreq, hop / sfreq, sos=sos).push(x)
+    ep = Epocher(sfreq, 3, window / sfreq, hop / sfreq, sos=sos, max_block=37)
+    bounds = [0, *sorted(set(cuts)), 600]
+    parts = [e for a, b in zip(bounds, bounds[1:]) for e in ep.push(x[a:b])]
+    expected = 0 if window > 600 else (600 - window) // hop + 1
+    assert len(whole) == len(parts) == expected
+    for k, (a, b) in enumerate(zip(whole, parts)):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-6)
+        # NaN exactly where the input had NaN, nowhere else
+        np.testing.assert_array_equal(np.isnan(b), np.isnan(x[k * hop : k * hop + window].T))
