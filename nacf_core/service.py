@@ -256,19 +256,14 @@ def _status_name(exc: BaseException) -> str:
 
 
 class _Recognizer:
-    """Adapter between the service and ``nacf_core.pipeline`` (one place to change).
-
-    A pipeline may name its template class in ``template_cls`` (default
-    :class:`nacf_core.pipeline.Template`).
-    """
+    """Adapter between the service and ``nacf_core.pipeline`` (one place to change)."""
 
     def __init__(self, pipeline: Any) -> None:
+        from nacf_core.pipeline import Template
+
         self.pipeline = pipeline
         self.model = pipeline.model
-        cls = getattr(pipeline, "template_cls", None)
-        if cls is None:
-            from nacf_core.pipeline import Template as cls  # noqa: N813
-        self._template_cls = cls
+        self._template_cls = Template
 
     @property
     def model_version(self) -> str:
@@ -301,11 +296,11 @@ class _Recognizer:
     def template_from_bytes(self, blob: bytes) -> Any:
         return self._template_cls.from_bytes(blob)
 
-    def sequential(self) -> Any:
-        cls = getattr(self.pipeline, "sequential_cls", None)
-        if cls is None:
-            from nacf_core.sequential import SequentialTest as cls  # noqa: N813
-        return cls(self.model)
+    def sequential(self, max_seconds: float) -> Any:
+        from nacf_core.sequential import SequentialTest
+
+        return SequentialTest(self.model,
+                              max_windows=max(1, int(max_seconds // self.window_s)))
 
 
 # ----------------------------------------------------------------------------------
@@ -660,7 +655,7 @@ class AuthService:
                                   f"{self.config.stream_max_seconds:g}], got {max_seconds!r}.")
         rec = self._check_user_and_lock(user_id)
         template = self.rec.template_from_bytes(rec.blob)
-        test = self.rec.sequential()
+        test = self.rec.sequential(limit)
         buf = _Buffer()
         device_id: str | None = None
         first = True
@@ -681,14 +676,18 @@ class AuthService:
             t0 = time.perf_counter()
             w = self.rec.windows(buf.block())
             acc = np.asarray(w.accepted, dtype=bool)
-            s = self.rec.scores(w, template)
             for j in range(n_done, len(acc)):
+                # the test takes the fused score of every accepted window so far
+                # (None for a window the quality gate rejected: it only costs time)
                 if acc[j]:
                     n_scored += 1
-                    decision = test.update(float(s[j]))
-                    if decision is not None:
-                        w = w.select(slice(0, j + 1)) if hasattr(w, "select") else w
-                        break
+                    fused = float(self.rec.decide(w.select(slice(0, j + 1)), template).score)
+                    decision = test.update(fused)
+                else:
+                    decision = test.update(None)
+                if decision is not None:
+                    w = w.select(slice(0, j + 1))
+                    break
             n_done = len(acc)
             t_proc += time.perf_counter() - t0
             if decision is not None or buf.seconds >= limit:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -13,9 +12,11 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = Path(os.environ.get("NACF_SHARED_DATA", ROOT.parent / "shared" / "data"))
-#: The standard 16-channel montage, as the EEGMMIDB EDF files label it.
-CH16 = ["Fp1.", "Fp2.", "F3..", "F4..", "F7..", "F8..", "C3..", "C4..", "Cz..", "T7..",
-        "T8..", "P3..", "P4..", "Pz..", "O1..", "O2.."]
+#: The model's 16-channel montage, as the EEGMMIDB EDF files label it.
+CH16 = ["Fp1.", "Fp2.", "F3..", "F4..", "F7..", "F8..", "C3..", "C4..", "T7..", "T8..",
+        "P3..", "P4..", "P7..", "P8..", "O1..", "O2.."]
+#: Subjects the test model is fitted on (the tests enroll others: open set).
+TRAIN_SUBJECTS = range(11, 21)
 SFREQ = 160.0
 
 
@@ -30,18 +31,23 @@ def eeg(subject: int, run: int, start_s: float = 0.0, seconds: float = 40.0) -> 
     return np.ascontiguousarray(rec.data[a:b, idx], dtype=np.float32)
 
 
-def make_pipeline():
-    """The real pipeline with the shipped model when it is there, else the scaffold."""
-    try:
-        from nacf_core.model import default_model
-        from nacf_core.pipeline import Pipeline
+def fit_test_model(path: Path) -> Path:
+    """Fit a real model (``nacf_core.training.fit_model``) on EEGMMIDB S011–S020, 60 s
+    of R03 (enroll) and R07 (probe) each, and save it to ``path`` (about 6 s)."""
+    from nacf_core.training import Block, fit_model
 
-        return Pipeline(default_model(16))
-    except Exception:  # noqa: BLE001 - the model has not landed yet
-        sys.path.insert(0, str(Path(__file__).parent))
-        from _fakes import FakePipeline
+    names = [c.rstrip(".") for c in CH16]
+    blocks = [Block(f"S{s:03d}", role, eeg(s, run, 0, 60), SFREQ, list(CH16))
+              for s in TRAIN_SUBJECTS for run, role in ((3, "enroll"), (7, "probe"))]
+    fit_model(blocks, ch_names=names, name="test-16ch").save(path)
+    return path
 
-        return FakePipeline()
+
+def make_pipeline(model_path: Path | str):
+    from nacf_core.model import Model
+    from nacf_core.pipeline import Pipeline
+
+    return Pipeline(Model.load(model_path))
 
 
 def proof_md(secret: str, user_id: str, device_id: str, samples: bytes,

@@ -28,7 +28,7 @@ MSG_LIMIT = 4 * 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory, shared_data):
+def srv(tmp_path_factory, model_path):
     d = tmp_path_factory.mktemp("grpc")
     cfg = Config(grpc_address="127.0.0.1:0", metrics_address="", data_dir=str(d),
                  lockout_threshold=3, lockout_seconds=600, rate_limit_per_s=1000,
@@ -37,7 +37,7 @@ def srv(tmp_path_factory, shared_data):
                            AUTH_ONLY: frozenset({"authenticate"})})
     metrics = Metrics(CollectorRegistry())
     store = open_store(f"sqlite:///{d / 'nacf.db'}", bytes(range(32)))
-    pipeline = make_pipeline()
+    pipeline = make_pipeline(model_path)
     pad = PresentationAttackDetector(list(pipeline.model.ch_names))
     service = AuthService(store, pipeline, cfg, metrics=metrics, pad=pad)
     server = NacfServer(cfg, service, metrics=metrics, sidecar=False).start()

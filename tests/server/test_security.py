@@ -30,12 +30,12 @@ KEY = "sec-key-0123456789"
 ALL = frozenset({"authenticate", "enroll", "admin"})
 
 
-def _server(tmp_path, **kw):
+def _server(tmp_path, model_path, **kw):
     cfg = Config(**{"grpc_address": "127.0.0.1:0", "metrics_address": "",
                     "data_dir": str(tmp_path), "api_keys": {KEY: ALL}, **kw})
     store = open_store(f"sqlite:///{tmp_path / 'n.db'}", bytes(range(32)))
     metrics = Metrics(CollectorRegistry())
-    svc = AuthService(store, make_pipeline(), cfg, metrics=metrics)
+    svc = AuthService(store, make_pipeline(model_path), cfg, metrics=metrics)
     return NacfServer(cfg, svc, metrics=metrics, sidecar=False), store
 
 
@@ -73,8 +73,8 @@ def pki(tmp_path_factory):
     return files
 
 
-def test_tls_and_mtls(tmp_path, pki, shared_data):
-    server, store = _server(tmp_path, tls_cert_file=str(pki["srv.pem"]), tls_key_file=str(pki["srv.key"]),
+def test_tls_and_mtls(tmp_path, pki, model_path):
+    server, store = _server(tmp_path, model_path, tls_cert_file=str(pki["srv.pem"]), tls_key_file=str(pki["srv.key"]),
                             tls_client_ca_file=str(pki["ca.pem"]), api_keys={})
     server.start()
     try:
@@ -98,8 +98,8 @@ def test_tls_and_mtls(tmp_path, pki, shared_data):
         store.close()
 
 
-def test_concurrency_bound_answers_resource_exhausted_fast(tmp_path, shared_data):
-    server, store = _server(tmp_path, max_workers=2, max_concurrent_rpcs=2,
+def test_concurrency_bound_answers_resource_exhausted_fast(tmp_path, model_path):
+    server, store = _server(tmp_path, model_path, max_workers=2, max_concurrent_rpcs=2,
                             rate_limit_per_s=1000, rate_limit_burst=1000)
     server.start()
     release = threading.Event()
@@ -138,8 +138,8 @@ def test_concurrency_bound_answers_resource_exhausted_fast(tmp_path, shared_data
         store.close()
 
 
-def test_token_bucket_per_client(tmp_path, shared_data):
-    server, store = _server(tmp_path, rate_limit_per_s=0.01, rate_limit_burst=3)
+def test_token_bucket_per_client(tmp_path, model_path):
+    server, store = _server(tmp_path, model_path, rate_limit_per_s=0.01, rate_limit_burst=3)
     server.start()
     try:
         with grpc.insecure_channel(server.address) as ch:
@@ -156,10 +156,10 @@ def test_token_bucket_per_client(tmp_path, shared_data):
         store.close()
 
 
-def test_open_loopback_mode(tmp_path, shared_data):
+def test_open_loopback_mode(tmp_path, model_path):
     with pytest.raises(FailedPrecondition, match="no API keys"):
-        _server(tmp_path, api_keys={})
-    server, store = _server(tmp_path, api_keys={}, allow_open_loopback=True)
+        _server(tmp_path, model_path, api_keys={})
+    server, store = _server(tmp_path, model_path, api_keys={}, allow_open_loopback=True)
     server.start()
     try:
         with grpc.insecure_channel(server.address) as ch:

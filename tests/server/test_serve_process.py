@@ -37,10 +37,11 @@ class Proc:
         e = {**os.environ, "NACF_API_KEYS": KEY, "NACF_TEMPLATE_KEY": TEMPLATE_KEY,
              "PYTHONUNBUFFERED": "1", **(env or {})}
         self.p = subprocess.Popen(
-            [sys.executable, str(HERE / "_serve_proc.py"), "--grpc-address", "127.0.0.1:0",
+            [sys.executable, "-m", "nacf_core.cli", "serve", "--grpc-address", "127.0.0.1:0",
              "--metrics-address", "", *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e)
         self.address = None
+        self.model = args[args.index("--model") + 1] if "--model" in args else None
         t0 = time.monotonic()
         while time.monotonic() - t0 < 60:
             line = self.p.stdout.readline()
@@ -86,9 +87,9 @@ def test_serve_refuses_without_keys_or_off_loopback(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, shared_data):
+def served(tmp_path_factory, model_path):
     d = tmp_path_factory.mktemp("serve")
-    p = Proc("--data-dir", str(d), "--lockout-threshold", "3", "--grace-period", "20")
+    p = Proc("--data-dir", str(d), "--model", str(model_path), "--lockout-threshold", "3", "--grace-period", "20")
     yield p, d
     p.stop()
 
@@ -177,7 +178,7 @@ def test_sigterm_during_stream_drains_then_restart(served, tmp_path_factory):
     assert result["r"].accepted and result["r"].session_token
     assert p.p.wait(30) == 0
     # restart on the same data: the session and the attempt were kept
-    q = Proc("--data-dir", str(d))
+    q = Proc("--data-dir", str(d), "--model", str(p.model))
     try:
         v = q.stub.ValidateSession(pb.ValidateSessionRequest(
             session_token=result["r"].session_token), metadata=MD)
@@ -187,8 +188,8 @@ def test_sigterm_during_stream_drains_then_restart(served, tmp_path_factory):
         assert q.stop() == 0
 
 
-def test_kill9_during_enrollment_no_torn_data(tmp_path):
-    p = Proc("--data-dir", str(tmp_path))
+def test_kill9_during_enrollment_no_torn_data(tmp_path, model_path):
+    p = Proc("--data-dir", str(tmp_path), "--model", str(model_path))
     _enroll(p.stub, "k9")  # version 1
     done = threading.Event()
 
@@ -214,7 +215,8 @@ def test_kill9_during_enrollment_no_torn_data(tmp_path):
     con = sqlite3.connect(tmp_path / "nacf.db")
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     con.close()
-    q = Proc("--data-dir", str(tmp_path), "--no-require-device-proof")
+    q = Proc("--data-dir", str(tmp_path), "--model", str(model_path),
+             "--no-require-device-proof")
     try:
         u = q.stub.GetUser(pb.GetUserRequest(user_id="k9"), metadata=MD).user
         assert u.template_version >= 1
@@ -227,11 +229,12 @@ def test_kill9_during_enrollment_no_torn_data(tmp_path):
         q.stop()
 
 
-def test_two_replicas_share_postgres(tmp_path):
+def test_two_replicas_share_postgres(tmp_path, model_path):
     schema = f"s1_{uuid.uuid4().hex[:10]}"
     url = f"{PG_DSN}?schema={schema}"
-    a = Proc("--store-url", url, "--data-dir", str(tmp_path / "a"), "--lockout-threshold", "3")
-    b = Proc("--store-url", url, "--data-dir", str(tmp_path / "b"), "--lockout-threshold", "3")
+    common = ("--store-url", url, "--model", str(model_path), "--lockout-threshold", "3")
+    a = Proc(*common, "--data-dir", str(tmp_path / "a"))
+    b = Proc(*common, "--data-dir", str(tmp_path / "b"))
     try:
         _enroll(a.stub, "rep")
         secret = a.stub.RegisterDevice(pb.RegisterDeviceRequest(user_id="rep", device_id="hs-r"),
