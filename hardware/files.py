@@ -136,9 +136,9 @@ class Recording:
         Placeholder or truncated rows the reader left out.
     """
 
-    data: np.ndarray
+    data: np.ndarray = field(repr=False)
     sfreq: float
-    ch_names: list[str]
+    ch_names: list[str] = field(repr=False)
     path: Path | None = None
     start_time: _dt.datetime | None = None
     annotations: tuple[Annotation, ...] = ()
@@ -146,6 +146,12 @@ class Recording:
     counter_gaps: int = 0
     skipped_rows: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return (
+            f"Recording({self.format or 'array'}, {self.n_times} samples x {self.n_channels} "
+            f"channels at {self.sfreq:g} Hz, path={str(self.path)!r})"
+        )
 
     @property
     def n_times(self) -> int:
