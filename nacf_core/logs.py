@@ -71,6 +71,12 @@ def is_array_like(value: Any) -> bool:
         return False
     if isinstance(value, (bytes, bytearray, memoryview)):
         return True
+    if isinstance(value, (list, tuple, set, frozenset)):
+        numbers = sum(1 for v in value if _is_number(v))
+        return numbers > MAX_NUMERIC_SEQUENCE or any(is_array_like(v) for v in value
+                                                     if not _is_number(v))
+    if isinstance(value, Mapping):
+        return False  # its values are checked one by one
     mod = type(value).__module__ or ""
     if mod.startswith("numpy") and getattr(value, "ndim", 1) == 0:
         return False  # a numpy scalar
@@ -79,14 +85,8 @@ def is_array_like(value: Any) -> bool:
     try:
         memoryview(value)
     except TypeError:
-        pass
-    else:
-        return True
-    if isinstance(value, (list, tuple, set, frozenset)):
-        numbers = sum(1 for v in value if _is_number(v))
-        return numbers > MAX_NUMERIC_SEQUENCE or any(is_array_like(v) for v in value
-                                                     if not _is_number(v))
-    return False
+        return False
+    return True
 
 
 def _is_number(v: Any) -> bool:
