@@ -224,7 +224,6 @@ class LslSource:
         self._sfreq, self._ch_names = sfreq, names
         self._scale = None if np.all(scale == 1.0) else scale
         self._chunk_n = max(1, int(round(self.chunk_s * sfreq)))
-        self._buf = np.empty((self._chunk_n, n_ch), dtype=np.float32)
         self._offset_at = -math.inf
         self._refresh_clock()
 
@@ -309,8 +308,7 @@ class LslSource:
         t = 3600.0 if timeout is None else _check_timeout("timeout", timeout)
         try:
             data, ts = self._inlet.pull_chunk(
-                timeout=t, max_samples=self._chunk_n, dest_obj=self._buf, min_samples=1,
-                as_numpy=True,
+                timeout=t, max_samples=self._chunk_n, min_samples=1, as_numpy=True,
             )
         except pylsl.util.LostError:
             return self._lost()
@@ -318,7 +316,8 @@ class LslSource:
         if n == 0:
             return self._empty()
         self._refresh_clock()
-        samples = np.array(self._buf[:n], dtype=np.float32, copy=True)
+        # the stream's own dtype (float32, double64, int16, ...) -> float32 microvolts
+        samples = np.array(data, dtype=np.float32, copy=True).reshape(n, len(self._ch_names))
         if self._scale is not None:
             samples *= self._scale.astype(np.float32)
         self.counters.ok += n

@@ -146,6 +146,28 @@ def test_units_labels_and_type_resolution_in_process():
         del outlet
 
 
+@pytest.mark.parametrize("fmt", [pylsl.cf_double64, pylsl.cf_int16, pylsl.cf_int32])
+def test_other_sample_formats(fmt):
+    name = f"nacf-test-{uuid.uuid4().hex[:8]}"
+    info = pylsl.StreamInfo(name, "EEG", 3, 250.0, fmt, f"sid-{name}")
+    info.set_channel_labels(["Cz", "Pz", "Oz"])
+    outlet = pylsl.StreamOutlet(info)
+    try:
+        with LslSource(name=name, timeout=10) as src:
+            assert src.ch_names == ["Cz", "Pz", "Oz"]
+            assert outlet.wait_for_consumers(10)
+            x = np.arange(60, dtype=np.float64).reshape(20, 3) - 30
+            outlet.push_chunk(x)
+            got, t = [], time.monotonic()
+            while sum(len(c) for c in got) < 20 and time.monotonic() - t < 10:
+                got.append(src.read_chunk(timeout=0.5).samples)
+        y = np.concatenate(got)
+        assert y.dtype == np.float32
+        np.testing.assert_array_equal(y, x)
+    finally:
+        del outlet
+
+
 def test_make_outlet_rejects_bad_arguments():
     with pytest.raises(ValueError, match="'name'"):
         make_outlet("", ["a"], 250)
