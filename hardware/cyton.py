@@ -244,8 +244,12 @@ def decode_packet(packet: bytes, gains=None) -> Packet:
         raise ValueError(f"'packet' must end with a byte in 0xC0-0xC6, got 0x{b[32]:02X}.")
     arr = np.frombuffer(b, dtype=np.uint8).reshape(1, PACKET_SIZE)
     counters, counts, uv, accel = decode_packets_numpy(arr, gains, return_counts=True)
-    return Packet(int(counters[0]), counts[0], uv[0].astype(np.float64), accel[0].astype(
-        np.float64), b[26:32], b[32])
+    uv64 = counts[0] * _gain_scales(gains)  # float64 for the single-packet API
+    acc = accel[0].astype(np.float64)
+    if b[32] == END_STANDARD:
+        a = np.frombuffer(b[26:32], dtype=">i2").astype(np.float64)
+        acc = a * ACCEL_G_PER_COUNT
+    return Packet(int(counters[0]), counts[0], uv64, acc, b[26:32], b[32])
 
 
 def decode_packets_numpy(packets: np.ndarray, gains=None, *, return_counts: bool = False):

@@ -223,6 +223,9 @@ class SimulatedCyton:
         Directory for the port symlink (default a fresh temporary directory).
     port_name : str
         File name of the port symlink.
+    capture : bool
+        Keep a copy of every streamed byte in :attr:`sent` (tests compare decoders on
+        exactly the bytes sent).
 
     Attributes
     ----------
@@ -242,6 +245,7 @@ class SimulatedCyton:
         loop: bool = True,
         port_dir: str | os.PathLike | None = None,
         port_name: str = "ttyUSB0",
+        capture: bool = False,
     ):
         if isinstance(recording, (str, os.PathLike)):
             from .files import read_recording
@@ -267,6 +271,8 @@ class SimulatedCyton:
         self.port = str(self._dir / port_name)
         self.stats = {"packets": 0, "dropped": 0, "garbage_bytes": 0, "disconnects": 0,
                       "overflow": 0}
+        self.capture = bool(capture)
+        self.sent = bytearray()
         self.commands: list[str] = []   # every command received, for tests and logs
         self._rng = np.random.default_rng(self.faults.seed)
         self._lock = threading.Lock()
@@ -491,10 +497,16 @@ class SimulatedCyton:
         packets = encode_packets(counters, counts, accel=accel)
         self._sent_ticks += n_packets
         self._stream_time += n_packets / SAMPLE_RATE
+        start = len(self._out)
+        self._emit(packets)
+        if self.capture:
+            self.sent += self._out[start:]
+
+    def _emit(self, packets: np.ndarray) -> None:
         f = self.faults
         if f.drop == 0 and f.garbage == 0:
             self._out += packets.tobytes()
-            self.stats["packets"] += n_packets
+            self.stats["packets"] += packets.shape[0]
             return
         for p in packets:
             if f.drop and self._rng.random() < f.drop:
