@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy import fft as _fft
 from scipy import signal as _sig
 
 from ._validation import check_array, check_finite_positive
@@ -130,13 +131,30 @@ def _as_channels_first(samples: Any, sfreq: float, name: str = "samples") -> np.
 
 
 @functools.lru_cache(maxsize=64)
-def _sos(l_freq: float, h_freq: float, sfreq: float) -> np.ndarray:
+def _sos(l_freq: float, h_freq: float, sfreq: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """Butterworth band-pass (order 4) as SOS, its step-response initial state, pad length."""
     h = min(h_freq, 0.45 * sfreq)
-    return _sig.butter(4, [l_freq, h], btype="bandpass", fs=sfreq, output="sos")
+    sos = _sig.butter(4, [l_freq, h], btype="bandpass", fs=sfreq, output="sos")
+    zi = _sig.sosfilt_zi(sos)
+    padlen = 3 * (2 * len(sos) + 1 - min(int((sos[:, 2] == 0).sum()),
+                                         int((sos[:, 5] == 0).sum())))
+    return sos, zi, padlen
 
 
 def _bp(x: np.ndarray, sfreq: float, l_freq: float, h_freq: float) -> np.ndarray:
-    return _sig.sosfiltfilt(_sos(l_freq, h_freq, sfreq), x, axis=-1)
+    """Zero-phase band-pass along the last axis; the same result as
+    ``scipy.signal.sosfiltfilt`` (odd extension) with the filter design cached."""
+    sos, zi, padlen = _sos(l_freq, h_freq, sfreq)
+    n = x.shape[-1]
+    if n <= padlen:
+        return _sig.sosfiltfilt(sos, x, axis=-1)
+    left = 2 * x[:, :1] - x[:, padlen:0:-1]
+    right = 2 * x[:, -1:] - x[:, -2:-padlen - 2:-1]
+    ext = np.concatenate([left, x, right], axis=1)
+    y, _ = _sig.sosfilt(sos, ext, axis=-1, zi=zi[:, None, :] * ext[None, :, :1])
+    y = y[:, ::-1]
+    y, _ = _sig.sosfilt(sos, y, axis=-1, zi=zi[:, None, :] * y[None, :, :1])
+    return np.ascontiguousarray(y[:, ::-1][:, padlen:padlen + n])
 
 
 def bandpass_1_40(samples: Any, sfreq: float) -> np.ndarray:
@@ -258,18 +276,20 @@ def _max_ncc(segs: np.ndarray, seqs: list[np.ndarray]) -> tuple[float, int]:
     if not seqs:
         return 0.0, -1
     owner = np.concatenate([np.full(q.shape[0], i) for i, q in enumerate(seqs)])
-    s = np.concatenate(seqs, axis=0)
-    n = s.shape[0]
-    nfft = 1 << int(np.ceil(np.log2(n + L)))
-    fs = np.fft.rfft(s, nfft, axis=0)  # (nf, F)
-    fk = np.fft.rfft(segs[:, ::-1, :], nfft, axis=1)  # (n_seg, nf, F)
-    full = np.fft.irfft(np.einsum("kf,skf->sk", fs, fk), nfft, axis=1)
+    s = np.ascontiguousarray(np.concatenate(seqs, axis=0).T)  # (F, n): FFTs on the last axis
+    n = s.shape[1]
+    nfft = _fft.next_fast_len(n + L, real=True)
+    fs = _fft.rfft(s, nfft, axis=-1)  # (F, nf)
+    fk = _fft.rfft(np.ascontiguousarray(segs[:, ::-1, :].transpose(0, 2, 1)), nfft,
+                   axis=-1)  # (n_seg, F, nf)
+    full = _fft.irfft(np.einsum("fk,sfk->sk", fs, fk), nfft, axis=-1)
     num = full[:, L - 1:n]  # correlation at shift 0 .. n-L
     # the piece is centred, so the window's own mean drops out of the numerator
-    c1 = np.concatenate([np.zeros((1, F)), np.cumsum(s, axis=0)])
-    c2 = np.concatenate([np.zeros((1, F)), np.cumsum(s * s, axis=0)])
-    win_sum = c1[L:] - c1[:-L]
-    var = (c2[L:] - c2[:-L] - win_sum ** 2 / L).sum(axis=1)
+    zeros = np.zeros((F, 1))
+    c1 = np.concatenate([zeros, np.cumsum(s, axis=1)], axis=1)
+    c2 = np.concatenate([zeros, np.cumsum(s * s, axis=1)], axis=1)
+    win_sum = c1[:, L:] - c1[:, :-L]
+    var = (c2[:, L:] - c2[:, :-L] - win_sum ** 2 / L).sum(axis=0)
     ncc = num / np.sqrt(np.maximum(var, 1e-12))[None, :]
     ncc[:, owner[:n - L + 1] != owner[L - 1:]] = -1.0
     flat = int(np.argmax(ncc))

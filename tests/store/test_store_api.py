@@ -281,3 +281,18 @@ def test_open_store_urls(tmp_path, key, monkeypatch):
     m.put_template("a", b"x", "m")
     assert m.get_template("a").blob == b"x"
     m.close()
+
+
+def test_unreachable_stores_raise_unavailable(tmp_path, key):
+    from nacf_core.errors import Unavailable
+
+    with pytest.raises(Unavailable, match=r"127\.0\.0\.1:1/test is unreachable") as info:
+        open_store("postgresql://postgres:hunter2@127.0.0.1:1/test", key=key,
+                   connect_timeout_s=2)
+    assert "hunter2" not in str(info.value)
+    with pytest.raises(Unavailable, match="does not exist"):
+        open_store(f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.db'}", key=key)
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(Unavailable, match="junk.db"):
+        open_store(f"sqlite:///{junk}", key=key)
