@@ -9,7 +9,8 @@ Formats (detected from the content, the extension only breaks ties):
   reads the PhysioNet EEGMMIDB files, whose headers are slightly non-compliant (labels
   padded with dots, a record layout some strict readers refuse). Volts are converted to
   microvolts; the EDF+ annotation channel is not a signal and becomes
-  :attr:`Recording.annotations`. Labels are kept as the file writes them (``Fp1.``);
+  :attr:`Recording.annotations`. In a file mixing sampling rates (MNE would upsample
+  everything to the highest), only the signals at the EEG channels' rate are kept. Labels are kept as the file writes them (``Fp1.``);
   :mod:`nacf_core.channels` maps them to canonical names. A time range is read without
   loading the rest of the file.
 - **OpenBCI GUI text**, every variant the GUI and its tools wrote:
@@ -421,14 +422,65 @@ def _counter_gaps(counter: np.ndarray) -> int:
 # --------------------------------------------------------------------------------------
 
 
+def _edf_signal_rates(path: Path) -> list[tuple[str, float]]:
+    """``(label, samples per second)`` of every signal, from the EDF/BDF header itself."""
+    with open(path, "rb") as fh:
+        fixed = fh.read(256)
+        try:
+            ns = int(fixed[252:256].decode("ascii").strip())
+            record_s = float(fixed[244:252].decode("ascii").strip())
+        except ValueError:
+            return []  # MNE will say what is wrong
+        sig = fh.read(256 * ns)
+    if ns <= 0 or len(sig) < 256 * ns:
+        return []
+    labels = [sig[i * 16 : (i + 1) * 16].decode("latin-1").strip() for i in range(ns)]
+    off = ns * (16 + 80 + 8 + 8 + 8 + 8 + 8 + 80)
+    out = []
+    for i in range(ns):
+        try:
+            n = int(sig[off + i * 8 : off + (i + 1) * 8].decode("ascii").strip())
+        except ValueError:
+            return []
+        out.append((labels[i], n / record_s if record_s > 0 else float("nan")))
+    return out
+
+
+def _edf_exclude_other_rates(path: Path) -> tuple[list[str], float | None]:
+    """Signals to leave out so that every kept one has the EEG channels' rate.
+
+    MNE upsamples every signal of a mixed-rate file to the highest rate; EEG recorded
+    at 256 Hz next to a 512 Hz auxiliary signal would come out at 512 Hz. The rate kept
+    is the most common one among the channels :func:`nacf_core.channels.canonical_name`
+    recognises as EEG (among all signals if none is recognised; ties: the higher).
+    """
+    from collections import Counter
+
+    from nacf_core.channels import canonical_name
+
+    rates = [(lab, r) for lab, r in _edf_signal_rates(path) if "annotations" not in lab.lower()]
+    if len({r for _, r in rates}) <= 1:
+        return [], None
+    eeg = [r for lab, r in rates if canonical_name(lab) is not None]
+    counts = Counter(eeg or [r for _, r in rates])
+    target = max(counts, key=lambda r: (counts[r], r))
+    return [lab for lab, r in rates if r != target], target
+
+
 def _read_edf(path: Path, fmt: str, start_s: float | None, stop_s: float | None) -> Recording:
     import mne
 
     reader = mne.io.read_raw_edf if fmt == "edf" else mne.io.read_raw_bdf
+    exclude, target = _edf_exclude_other_rates(path)
+    if exclude:
+        logger.info(
+            "%s mixes sampling rates: keeping the %g Hz signals, leaving out %s",
+            path, target, ", ".join(exclude),
+        )
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            raw = reader(path, preload=False, verbose=False)
+            raw = reader(path, preload=False, verbose=False, exclude=exclude)
     except Exception as exc:  # MNE raises ValueError/RuntimeError/... for corrupt headers
         raise ValueError(f"cannot read {fmt.upper()} file {str(path)!r}: {exc}") from exc
     for w in caught:

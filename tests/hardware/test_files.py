@@ -66,6 +66,51 @@ def _edf_header(path: Path) -> dict:
                 start=(raw[168:176].decode(), raw[176:184].decode()))
 
 
+def _write_edf(path, signals, labels, rates, dim="uV", phys=(-3276.8, 3276.7)):
+    """A minimal EDF writer (1 s records, int16), for files unlike EEGMMIDB."""
+    ns, dig = len(signals), (-32768, 32767)
+    n_rec = int(len(signals[0]) / rates[0])
+
+    def f(v, w):
+        return str(v).ljust(w)[:w].encode("ascii")
+
+    h = f("0", 8) + f("X X X X", 80) + f("Startdate 01-JAN-2020 X X X", 80)
+    h += f("01.01.20", 8) + f("10.00.00", 8) + f(256 + 256 * ns, 8) + f("", 44)
+    h += f(n_rec, 8) + f(1, 8) + f(ns, 4)
+    for col, w in ((labels, 16), ([""] * ns, 80), ([dim] * ns, 8), ([phys[0]] * ns, 8),
+                   ([phys[1]] * ns, 8), ([dig[0]] * ns, 8), ([dig[1]] * ns, 8),
+                   ([""] * ns, 80), (rates, 8), ([""] * ns, 32)):
+        h += b"".join(f(v, w) for v in col)
+    gain = (phys[1] - phys[0]) / (dig[1] - dig[0])
+    body = b""
+    for k in range(n_rec):
+        for sig, r in zip(signals, rates):
+            seg = sig[k * r : (k + 1) * r]
+            body += np.round((seg - phys[0]) / gain + dig[0]).astype("<i2").tobytes()
+    path.write_bytes(h + body)
+    return gain
+
+
+def test_edf_mixed_rates_keep_the_eeg_rate_and_units(tmp_path):
+    t = np.arange(0, 4, 1 / 256)
+    fp1, o2 = np.sin(2 * np.pi * 10 * t) * 100, np.cos(2 * np.pi * 6 * t) * 50
+    aux = np.arange(4 * 512) / 1000.0
+    p = tmp_path / "mixed.edf"
+    gain = _write_edf(p, [fp1, aux, o2], ["EEG Fp1-REF", "Pleth", "EEG O2-REF"], [256, 512, 256])
+    rec = read_recording(p)
+    assert rec.sfreq == 256.0 and rec.ch_names == ["EEG Fp1-REF", "EEG O2-REF"]
+    assert rec.data.shape == (1024, 2)
+    np.testing.assert_allclose(rec.data[:, 0], fp1, atol=gain)
+    np.testing.assert_allclose(rec.data[:, 1], o2, atol=gain)
+    # physical dimension mV: microvolts are 1000 x the file's numbers
+    q = tmp_path / "mv.edf"
+    gain = _write_edf(q, [fp1 / 1000, o2 / 1000], ["Fp1", "O2"], [256, 256], dim="mV",
+                      phys=(-3.2768, 3.2767))
+    rec = read_recording(q, start_s=1, stop_s=2)
+    np.testing.assert_allclose(rec.data[:, 0], fp1[256:512], atol=gain * 1000)
+    assert rec.start_time == dt.datetime(2020, 1, 1, 10, 0, 1, tzinfo=dt.timezone.utc)
+
+
 # ---------------------------------------------------------------------------------------
 # EDF (EEGMMIDB)
 # ---------------------------------------------------------------------------------------
