@@ -1,0 +1,125 @@
+"""``nacf store``: operate the template store (new key, migrate, rotate key, stats, purge).
+
+Examples::
+
+    nacf store new-key /etc/nacf/template.key
+    nacf store migrate --store-url postgresql://nacf@db/nacf --key-file /etc/nacf/template.key
+    nacf store rotate-key --store-url sqlite:///nacf.db --key-file old.key --new-key-file new.key
+    nacf store stats --store-url sqlite:///nacf.db --key-file nacf.key
+    nacf store purge-attempts --older-than-days 90 --store-url sqlite:///nacf.db --key-file k
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+__all__ = ["register"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "store", help="operate the template store (keys, migrations, key rotation, stats)",
+        description="Operate the template store. The key comes from --key-file, or from "
+                    "NACF_TEMPLATE_KEY (base64 of 32 bytes) / NACF_TEMPLATE_KEY_FILE.")
+    sub = p.add_subparsers(dest="store_command", metavar="ACTION", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--store-url", required=True,
+                        help="sqlite:///PATH.db or postgresql://user@host:port/db[?schema=S]")
+        sp.add_argument("--key-file", default=None,
+                        help="template key file (default: NACF_TEMPLATE_KEY[_FILE])")
+
+    sp = sub.add_parser("new-key", help="write a new random key file (mode 0600)")
+    sp.add_argument("path", help="file to create (never overwritten)")
+    sp.set_defaults(func=_new_key)
+
+    sp = sub.add_parser("migrate", help="apply pending schema migrations; print the version")
+    common(sp)
+    sp.set_defaults(func=_migrate)
+
+    sp = sub.add_parser("rotate-key", help="re-encrypt everything under a new key "
+                                           "(one transaction; stop other replicas first)")
+    common(sp)
+    sp.add_argument("--new-key-file", required=True, help="the new key (see new-key)")
+    sp.set_defaults(func=_rotate)
+
+    sp = sub.add_parser("stats", help="print the monitoring guide's stats as JSON")
+    common(sp)
+    sp.set_defaults(func=_stats)
+
+    sp = sub.add_parser("purge-attempts", help="delete audit rows older than N days")
+    common(sp)
+    sp.add_argument("--older-than-days", type=float, required=True)
+    sp.set_defaults(func=_purge)
+
+
+def _open(args: argparse.Namespace):
+    from pathlib import Path
+
+    from nacf_core.store import open_store
+
+    key = Path(args.key_file) if args.key_file else None
+    return open_store(args.store_url, key=key)
+
+
+def _fail(exc: Exception) -> int:
+    print(f"nacf store: error: {exc}", file=sys.stderr)
+    return 1
+
+
+def _new_key(args: argparse.Namespace) -> int:
+    from nacf_core.store import Cipher, create_key_file
+
+    try:
+        key = create_key_file(args.path)
+    except FileExistsError:
+        return _fail(FileExistsError(f"{args.path!r} exists; refusing to overwrite a key."))
+    except OSError as exc:
+        return _fail(exc)
+    print(json.dumps({"path": args.path, "key_id": Cipher(key).key_id}))
+    return 0
+
+
+def _run(args: argparse.Namespace, fn) -> int:
+    from nacf_core.errors import NacfError
+
+    try:
+        with _open(args) as store:
+            out = fn(store)
+    except (NacfError, ValueError, TypeError) as exc:
+        return _fail(exc)
+    print(json.dumps(out))
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    return _run(args, lambda s: {"backend": s.backend, "schema_version": s.schema_version(),
+                                 "key_id": s.key_id})
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    def fn(s):
+        old = s.key_id
+        n = s.rotate_key(Path(args.new_key_file))
+        return {"rows_reencrypted": n, "old_key_id": old, "new_key_id": s.key_id}
+
+    return _run(args, fn)
+
+
+def _stats(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    return _run(args, lambda s: dataclasses.asdict(s.stats()))
+
+
+def _purge(args: argparse.Namespace) -> int:
+    import time
+
+    days = args.older_than_days
+    if not days >= 0:
+        return _fail(ValueError(f"--older-than-days must be >= 0, got {days}."))
+    return _run(args, lambda s: {"deleted": s.purge_attempts(time.time() - days * 86400.0)})

@@ -1,0 +1,36 @@
+"""``nacf store`` subcommands."""
+
+from __future__ import annotations
+
+import json
+
+from nacf_core.cli import main
+from nacf_core.store import open_store
+
+
+def test_store_cli_cycle(tmp_path, capsys):
+    k1, k2 = tmp_path / "k1", tmp_path / "k2"
+    url = f"sqlite:///{tmp_path / 'n.db'}"
+    assert main(["store", "new-key", str(k1)]) == 0
+    assert main(["store", "new-key", str(k2)]) == 0
+    capsys.readouterr()
+    assert main(["store", "new-key", str(k1)]) == 1
+    assert "refusing to overwrite" in capsys.readouterr().err
+    assert main(["store", "migrate", "--store-url", url, "--key-file", str(k1)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["schema_version"] == 1 and out["backend"] == "sqlite"
+    with open_store(url, key=k1) as s:
+        s.put_template("alice", b"template", "m")
+        s.record_attempt("alice", True, 0.9, "ok", "p", 0.01, "Authenticate", now=1.0)
+    assert main(["store", "stats", "--store-url", url, "--key-file", str(k1)]) == 0
+    assert json.loads(capsys.readouterr().out)["total_active_users"] == 1
+    assert main(["store", "purge-attempts", "--older-than-days", "1", "--store-url", url,
+                 "--key-file", str(k1)]) == 0
+    assert json.loads(capsys.readouterr().out) == {"deleted": 1}
+    assert main(["store", "rotate-key", "--store-url", url, "--key-file", str(k1),
+                 "--new-key-file", str(k2)]) == 0
+    assert json.loads(capsys.readouterr().out)["rows_reencrypted"] == 1
+    assert main(["store", "stats", "--store-url", url, "--key-file", str(k1)]) == 1
+    assert "Wrong template key" in capsys.readouterr().err
+    with open_store(url, key=k2) as s:
+        assert s.get_template("alice").blob == b"template"
