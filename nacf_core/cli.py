@@ -20,6 +20,7 @@ COMMAND_MODULES: list[str] = [
     "nacf_core.commands.serve",
     "nacf_core.commands.simulate",
     "nacf_core.commands.record",
+    "nacf_core.commands.store",
 ]
 
 
