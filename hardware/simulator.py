@@ -274,6 +274,7 @@ class SimulatedCyton:
         self.capture = bool(capture)
         self.sent = bytearray()
         self.commands: list[str] = []   # every command received, for tests and logs
+        self.stream_starts: list[int] = []  # signal row at each 'b' (for tests)
         self._rng = np.random.default_rng(self.faults.seed)
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -451,6 +452,7 @@ class SimulatedCyton:
             elif ch == "b":
                 if not self._streaming:
                     self._streaming = True
+                    self.stream_starts.append(self._sample)
                     self._t0 = time.monotonic()
                     self._sent_ticks = 0
                     self._counter = 1 if self.daisy else 0

@@ -1,0 +1,173 @@
+"""The full serial path over a real pty: simulator on one side, CytonReader on the other."""
+
+from __future__ import annotations
+
+import os
+import time
+import tty
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nacf_core.hardware.cyton import COUNT_MAX, decode_packets, encode_packets, uv_per_count
+from nacf_core.hardware.files import read_recording
+from nacf_core.hardware.montages import ULTRACORTEX_8, ULTRACORTEX_16
+from nacf_core.hardware.serial_reader import (
+    CytonReader,
+    HandshakeTimeout,
+    PortBusy,
+    PortLost,
+    PortNotFound,
+    SerialSourceError,
+)
+from nacf_core.hardware.simulator import Faults, SimulatedCyton
+
+DEMO = Path(__file__).resolve().parents[2] / "nacf_core" / "data" / "demo" / "S021R03.npz"
+
+
+@pytest.fixture(scope="module")
+def recording():
+    return read_recording(DEMO, stop_s=20)
+
+
+def read_rows(reader, n, timeout=15.0):
+    rows, ts = [], []
+    got = 0
+    end = time.monotonic() + timeout
+    while got < n:
+        assert time.monotonic() < end, f"only {got} of {n} samples within {timeout} s"
+        c = reader.read_chunk(0.5)
+        if c.n_times:
+            rows.append(c.samples)
+            ts.append(c.timestamps)
+            got += c.n_times
+    return np.concatenate(rows)[:n], np.concatenate(ts)[:n]
+
+
+def expected_uv(sim, start, n, gains=None):
+    """What the board sends for signal rows start..start+n, decoded (float32 µV)."""
+    sig = sim.signal[start:start + n]
+    scale = uv_per_count(24) if gains is None else np.array([uv_per_count(g) for g in gains])
+    counts = np.clip(np.rint(sig / scale), -(2**23), 2**23 - 1).astype(np.int64)
+    if sim.daisy:
+        pk = encode_packets(np.zeros(2 * n), counts.reshape(2 * n, 8))
+        _, uv, _ = decode_packets(pk)
+        return uv.reshape(n, 16)
+    _, uv, _ = decode_packets(encode_packets(np.zeros(n), counts), gains)
+    return uv
+
+
+def test_handshake_and_exact_values(recording):
+    with SimulatedCyton(recording, realtime=False) as sim, CytonReader(sim.port) as r:
+        assert r.banner.rstrip().endswith("$$$") and "OpenBCI" in r.banner
+        x, ts = read_rows(r, 600)
+        assert sim.commands[:4] == ["s", "v", "d", "b"] and sim.stream_starts == [0]
+        assert r.ch_names == list(ULTRACORTEX_8) and r.sfreq == 250.0
+        np.testing.assert_array_equal(x, expected_uv(sim, 0, 600))
+        np.testing.assert_allclose(np.diff(ts), 1 / 250, atol=1e-6)
+        assert r.counters.ok >= 600 and r.counters.corrupt == 0 and r.counters.dropped == 0
+    # the session ended with 's'
+    assert sim.commands[-1] == "s"
+
+
+def test_missing_port_is_a_clear_error():
+    with pytest.raises(PortNotFound, match="/nonexistent/ttyUSB9.*does not exist"):
+        CytonReader("/nonexistent/ttyUSB9").open()
+
+
+def test_busy_port_is_a_clear_error(recording):
+    with SimulatedCyton(recording, realtime=False) as sim, CytonReader(sim.port):
+        with pytest.raises(PortBusy, match="busy"):
+            CytonReader(sim.port).open()
+
+
+def test_silent_port_times_out(tmp_path):
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    try:
+        t = time.monotonic()
+        with pytest.raises(HandshakeTimeout, match=r"\$\$\$"):
+            CytonReader(os.ttyname(slave), handshake_timeout=0.3).open()
+        assert time.monotonic() - t < 3
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_mid_stream_disconnect_and_reconnect(recording):
+    faults = Faults(disconnect_after=0.4, disconnect_for=0.6)
+    with SimulatedCyton(recording, faults=faults, realtime=True, speed=4) as sim, \
+            CytonReader(sim.port) as r:
+        r.send_command("x1030110X")  # gain 6 on channel 1: replayed after the reconnect
+        n = 0
+        end = time.monotonic() + 20
+        while r.counters.reconnects == 0 or n < 300:
+            assert time.monotonic() < end, "no reconnect"
+            c = r.read_chunk(0.5)
+            n = n + c.n_times if r.counters.reconnects else 0
+        assert sim.stats["disconnects"] == 1
+        assert sim.commands.count("v") == 2 and sim.commands.count("b") >= 3
+        assert sim.commands.count("x1030110X") == 2
+        assert r.gains.gains[0] == 6 and sim.gains.gains[0] == 6
+
+
+def test_port_that_never_returns_raises(recording):
+    with SimulatedCyton(recording, realtime=False) as sim:
+        with CytonReader(sim.port, reconnect_timeout=0.5) as r:
+            read_rows(r, 10)
+            sim.disconnect(30)
+            t = time.monotonic()
+            with pytest.raises(PortLost, match="did not come back"):
+                while time.monotonic() - t < 10:
+                    r.read_chunk(0.2)
+
+
+def test_gain_command_changes_scale(recording):
+    with SimulatedCyton(recording, realtime=False) as sim, CytonReader(sim.port) as r:
+        read_rows(r, 10)
+        reply = r.send_command("x2010110X")  # channel 2 -> gain 2
+        assert "Success" in reply and r.gains.gains[1] == 2 and sim.gains.gains[1] == 2
+        x, _ = read_rows(r, 300)
+        gains = [24, 2, 24, 24, 24, 24, 24, 24]
+        np.testing.assert_array_equal(x, expected_uv(sim, sim.stream_starts[-1], 300, gains))
+        with pytest.raises(ValueError, match="gain code"):
+            r.send_command("x2090110X")
+
+
+def test_faults_are_counted(recording):
+    faults = Faults(garbage=0.05, drop=0.02, railed=2, seed=7)
+    with SimulatedCyton(recording, faults=faults, realtime=False) as sim, \
+            CytonReader(sim.port) as r:
+        x, _ = read_rows(r, 3000)
+        c = r.counters
+        assert c.garbage_bytes > 0 and c.dropped > 0
+        assert np.isnan(x).all(axis=1).sum() > 0
+        ok = np.isfinite(x).all(axis=1)
+        assert np.all(x[ok, 2] == np.float32(COUNT_MAX * uv_per_count()))  # railed
+        assert sim.stats["dropped"] > 0 and sim.stats["garbage_bytes"] > 0
+
+
+def test_daisy(recording):
+    with SimulatedCyton(recording, daisy=True, realtime=False) as sim, \
+            CytonReader(sim.port, daisy=True) as r:
+        assert "Daisy" in r.banner
+        x, ts = read_rows(r, 400)
+        assert r.sfreq == 125.0 and r.ch_names == list(ULTRACORTEX_16)
+        np.testing.assert_array_equal(x, expected_uv(sim, 0, 400))
+        np.testing.assert_allclose(np.diff(ts), 1 / 125, atol=1e-6)
+
+
+def test_daisy_requested_on_a_plain_cyton(recording):
+    with SimulatedCyton(recording, realtime=False) as sim:
+        with pytest.raises(SerialSourceError, match="Daisy"):
+            CytonReader(sim.port, daisy=True).open()
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="port"):
+        CytonReader("")
+    with pytest.raises(ValueError, match="montage"):
+        CytonReader("/dev/null", montage="Fp1,Fp2")
+    with pytest.raises(ValueError, match="handshake_timeout"):
+        CytonReader("/dev/null", handshake_timeout=0)
