@@ -52,6 +52,8 @@ OPTION_HELP: dict[str, str] = {
     "api_keys_file": "keys file: one key per line followed by its scopes",
     "allow_open_loopback": "run without API keys, only when bound to loopback",
     "require_device_proof": "Authenticate requires the x-device-* proof metadata",
+    "presentation_attack_detection": "reject replayed and non-physiological probes "
+                                     "(nacf_core.pad) after a biometric accept",
     "proof_max_skew_s": "device proof: maximum |now - x-device-timestamp| in seconds",
     "lockout_threshold": "consecutive failed authentications that lock a user",
     "lockout_seconds": "how long a lockout lasts (UnlockUser lifts it)",
@@ -90,6 +92,7 @@ class Config:
     api_keys_file: str = ""
     allow_open_loopback: bool = False
     require_device_proof: bool = True
+    presentation_attack_detection: bool = True
     proof_max_skew_s: float = 60.0
     lockout_threshold: int = 5
     lockout_seconds: float = 900.0

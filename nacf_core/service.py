@@ -390,6 +390,11 @@ class AuthService:
             log.info("maintenance", extra={"event_type": "maintenance", "audit_purged": n,
                                            "sessions_expired": len(ended)})
 
+    def refresh_gauges(self) -> None:
+        """Refresh the gauges read from the shared store (the server calls this every
+        couple of seconds, so every replica exports the shared count)."""
+        self._update_active_sessions()
+
     def _update_active_sessions(self, now: float | None = None) -> None:
         try:
             n = self.store.count_active_sessions(now=self.clock() if now is None else now)
@@ -472,7 +477,7 @@ class AuthService:
                 f"consecutive failed attempts until {_iso(lock.locked_until)} "
                 f"({lock.locked_until - now:.0f} s from now); an admin can lift it with "
                 "UnlockUser.")
-        return rec
+        return rec, int(lock.failures)
 
     def verify_device_proof(self, user_id: str, block: SignalBlock,
                             proof: DeviceProof | None) -> str | None:
@@ -559,7 +564,7 @@ class AuthService:
         """1:1 verification of one block; opens a session on success."""
         user_id = check_user_id(user_id)
         t_start = time.perf_counter()
-        rec = self._check_user_and_lock(user_id)
+        rec, failures = self._check_user_and_lock(user_id)
         device_id = self.verify_device_proof(user_id, block, proof)
         t0 = time.perf_counter()
         w = self.rec.windows(block)
@@ -570,12 +575,12 @@ class AuthService:
         return self._decide(user_id, bool(d.accepted), float(d.score), float(d.threshold),
                             float(d.quality), list(d.reasons), int(d.windows_used),
                             int(d.windows_used) * self.rec.window_s, device_id, w, block,
-                            peer, method, t_start)
+                            peer, method, t_start, failures=failures)
 
     def _decide(self, user_id: str, accepted: bool, score: float, thr: float,
                 quality: float, reasons: list[str], n_used: int, seconds: float,
                 device_id: str | None, windows: Any, block: SignalBlock | None, peer: str,
-                method: str, t_start: float) -> AuthResult:
+                method: str, t_start: float, *, failures: int = 1) -> AuthResult:
         reasons = list(reasons)
         accepted = bool(accepted and n_used > 0 and math.isfinite(score))
         if accepted and self.pad is not None and block is not None:
@@ -587,11 +592,12 @@ class AuthService:
         token, expires = "", 0.0
         fail_reason = "accepted"
         if accepted:
-            self._store("reset_failures", self.store.reset_failures, user_id)
+            if failures:  # one write less on the common path
+                self._store("reset_failures", self.store.reset_failures, user_id)
             sess = self._store("create_session", self.store.create_session, user_id,
                                float(self.config.session_ttl_s), device_id=device_id, now=now)
             token, expires = sess.token or "", float(sess.expires_at)
-            self._update_active_sessions(now)
+            # nacfauth_active_sessions is refreshed by refresh_gauges() (every 2 s)
         else:
             fail_reason = ("poor_quality" if n_used == 0 else
                            "presentation_attack" if reasons and reasons[-1].startswith("pad")
@@ -653,7 +659,7 @@ class AuthService:
         if not math.isfinite(limit) or limit <= 0 or limit > self.config.stream_max_seconds:
             raise InvalidArgument(f"'max_seconds' must be in (0, "
                                   f"{self.config.stream_max_seconds:g}], got {max_seconds!r}.")
-        rec = self._check_user_and_lock(user_id)
+        rec, failures = self._check_user_and_lock(user_id)
         template = self.rec.template_from_bytes(rec.blob)
         test = self.rec.sequential(limit)
         buf = _Buffer()
@@ -711,7 +717,7 @@ class AuthService:
         return self._decide(user_id, accepted, float(d.score), float(d.threshold),
                             float(d.quality), reasons, int(d.windows_used),
                             n_scored * self.rec.window_s, device_id, w, buf.block(), peer,
-                            "AuthenticateStream", t_start)
+                            "AuthenticateStream", t_start, failures=failures)
 
     # --------------------------------------------------------------- identification
     def identify(self, block: SignalBlock, top_k: int = 5) -> IdentifyResult:

@@ -68,6 +68,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    default=None,
                    help="Authenticate needs the x-device-id/-timestamp/-proof metadata "
                         "(default: required)")
+    p.add_argument("--presentation-attack-detection", action=argparse.BooleanOptionalAction,
+                   default=None,
+                   help="reject replayed and non-physiological probes (default: on)")
     p.add_argument("--tls-cert", dest="tls_cert_file", metavar="FILE",
                    help="server certificate (PEM)")
     p.add_argument("--tls-key", dest="tls_key_file", metavar="FILE",
@@ -99,7 +102,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 _FLAG_KEYS = ("grpc_address", "metrics_address", "data_dir", "store_url", "store_key_file",
               "model_path", "kernel_backend", "api_keys_file", "allow_open_loopback",
-              "require_device_proof", "tls_cert_file", "tls_key_file", "tls_client_ca_file",
+              "require_device_proof", "presentation_attack_detection", "tls_cert_file", "tls_key_file", "tls_client_ca_file",
               "max_workers", "max_concurrent_rpcs", "max_message_bytes", "grace_period_s",
               "lockout_threshold", "lockout_seconds", "rate_limit_per_s", "rate_limit_burst",
               "session_ttl_s", "audit_retention_days")

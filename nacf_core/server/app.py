@@ -104,7 +104,7 @@ def build_service(config: Config, metrics: Any = None) -> AuthService:
     try:
         model = Model.load(config.model_path) if config.model_path else default_model(16)
         pipeline = Pipeline(model, backend=config.kernel_backend)
-        pad = _make_pad(model)
+        pad = _make_pad(model) if config.presentation_attack_detection else None
     except BaseException:
         store.close()
         raise
@@ -262,6 +262,7 @@ class NacfServer:
         while not self._stop.wait(2.0):
             try:
                 self._set_health(self.ready())
+                self.service.refresh_gauges()
                 self.service.maintenance()
             except Exception:  # noqa: BLE001 - keep probing
                 log.exception("health refresh failed")

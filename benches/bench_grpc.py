@@ -1,0 +1,380 @@
+"""Authenticate round trip over gRPC on loopback: nacf vs a bare grpcio server vs the
+in-process pipeline.
+
+Run::
+
+    python -m pytest benches/bench_grpc.py --benchmark-only -s
+
+Set-up (all in this run):
+
+- **nacf**: ``nacf serve`` in its own process (SQLite in a temporary directory, audit
+  rows on, device proof required, presentation-attack detection on, rate limit and
+  lockout raised above the benchmark's own load so it never throttles or locks its own
+  users, 8 worker threads).  24 users enrolled from EEGMMIDB R03; every call sends a
+  fresh real 4-s, 16-channel window (160 Hz, 41 KB) from R04/R07 of the claimed user
+  with a fresh device proof, so no call is a replay.
+- **bare**: a grpcio server in its own process, same options and thread pool, same
+  method and message, that parses the request and returns a fixed reply: gRPC's floor.
+- **pipeline**: ``Pipeline.windows`` + ``decide`` in process, no gRPC, no store.
+
+Clients: 1, 8 and 32 concurrent client threads, each on its own channel, in this process.
+Reported (``extra_info`` and the summary at the end): p50/p90/p99 latency, throughput,
+and the targets — nacf throughput at 8 clients ≥ 60 % of bare; p99 at 8 clients ≤ 20 ms.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from benches.conftest import tag
+from nacf_core._proto.nacf.v1 import auth_pb2 as pb
+from nacf_core._proto.nacf.v1 import auth_pb2_grpc as pbg
+from nacf_core.service import device_proof, sha256_hex
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("NACF_SHARED_DATA", ROOT.parent / "shared" / "data")) / "eegmmidb"
+CH16 = ["Fp1.", "Fp2.", "F3..", "F4..", "F7..", "F8..", "C3..", "C4..", "T7..", "T8..",
+        "P3..", "P4..", "P7..", "P8..", "O1..", "O2.."]
+SFREQ = 160.0
+WIN = int(4 * SFREQ)
+KEY = "bench-key-0123456789"
+MD = (("x-api-key", KEY),)
+SUBJECTS = range(1, 25)
+CALLS = {1: 150, 8: 400, 32: 400}   # per concurrency level (distinct probes for each call)
+CALLS_NO_PAD = 400
+MSG = 16 * 1024 * 1024
+RESULTS: dict[tuple[str, int], dict] = {}
+
+
+# ----------------------------------------------------------------------------- data
+def _read(subject: int, run: int) -> np.ndarray:
+    from nacf_core.hardware.files import read_recording
+
+    rec = read_recording(DATA / f"S{subject:03d}" / f"S{subject:03d}R{run:02d}.edf")
+    idx = [rec.ch_names.index(c) for c in CH16]
+    return np.ascontiguousarray(rec.data[:, idx], dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def data():
+    """Enrollment blocks and a pool of distinct 4-s probes ``(user, bytes, sha)``."""
+    enroll, probes = {}, []
+    for s in SUBJECTS:
+        r3 = _read(s, 3)
+        enroll[f"S{s:03d}"] = r3[: int(60 * SFREQ)]
+        for run in (4, 7):
+            x = _read(s, run)
+            for i in range(0, x.shape[0] - WIN + 1, WIN):
+                raw = np.ascontiguousarray(x[i:i + WIN], "<f4").tobytes()
+                probes.append((f"S{s:03d}", raw, sha256_hex(raw)))
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(probes))
+    return enroll, [probes[i] for i in order]
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    """The shipped 16-channel model, or one fitted on S011–S020 if it is not shipped yet."""
+    from nacf_core.model import default_model_path
+
+    p = default_model_path(16)
+    if p.exists():
+        return p
+    from nacf_core.training import Block, fit_model
+
+    blocks = [Block(f"S{s:03d}", role, _read(s, run)[: int(60 * SFREQ)], SFREQ, CH16)
+              for s in range(11, 21) for run, role in ((3, "enroll"), (7, "probe"))]
+    out = tmp_path_factory.mktemp("model") / "bench-16ch.npz"
+    fit_model(blocks, ch_names=[c.rstrip(".") for c in CH16], name="bench-16ch").save(out)
+    return out
+
+
+# ---------------------------------------------------------------------------- servers
+def _spawn(cmd: list[str], env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                         env={**os.environ, **(env or {})}, cwd=ROOT)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 120:
+        line = p.stdout.readline()
+        if not line:
+            break
+        if "listening on " in line:
+            return p, line.split("listening on ")[1].split()[0]
+    p.kill()
+    raise RuntimeError(f"server did not start: {cmd}")
+
+
+def _stop(p: subprocess.Popen) -> None:
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def _nacf(tmp_path_factory, model_path, data, *extra):
+    d = tmp_path_factory.mktemp("nacf")
+    p, addr = _spawn([sys.executable, "-m", "nacf_core.cli", "--log-level", "WARNING", "serve",
+                      "--grpc-address", "127.0.0.1:0", "--metrics-address", "",
+                      "--data-dir", str(d), "--model", str(model_path),
+                      "--rate-limit", "1000000", "--rate-burst", "1000000",
+                      "--lockout-threshold", "1000000", "--max-workers", "8",
+                      "--max-concurrent-rpcs", "256", "--require-device-proof", *extra],
+                     {"NACF_API_KEYS": KEY})
+    enroll, _ = data
+    secrets = {}
+    with grpc.insecure_channel(addr) as ch:
+        stub = pbg.AuthServiceStub(ch)
+        for user, x in enroll.items():
+            stub.Enroll(pb.EnrollRequest(user_id=user, signals=[_signal(x.tobytes())]),
+                        metadata=MD, timeout=60)
+            secrets[user] = stub.RegisterDevice(pb.RegisterDeviceRequest(
+                user_id=user, device_id=f"hs-{user}"), metadata=MD).device_secret
+    return p, addr, secrets
+
+
+@pytest.fixture(scope="module")
+def nacf_server(tmp_path_factory, model_path, data):
+    p, addr, secrets = _nacf(tmp_path_factory, model_path, data)
+    yield addr, secrets
+    _stop(p)
+
+
+@pytest.fixture(scope="module")
+def nacf_server_no_pad(tmp_path_factory, model_path, data):
+    p, addr, secrets = _nacf(tmp_path_factory, model_path, data,
+                             "--no-presentation-attack-detection")
+    yield addr, secrets
+    _stop(p)
+
+
+@pytest.fixture(scope="module")
+def bare_server():
+    p, addr = _spawn([sys.executable, "-m", "benches.bench_grpc", "--bare"])
+    yield addr
+    _stop(p)
+
+
+def _bare_main() -> None:
+    """A bare grpcio server: same method, message, options and pool; fixed reply."""
+    fixed = pb.AuthenticateResponse(accepted=True, score=0.9, threshold=0.6,
+                                    session_token="x" * 43, quality=0.9,
+                                    model_version="bare", seconds_used=4.0, windows_used=1)
+
+    def authenticate(request, context):
+        return fixed
+
+    handler = grpc.method_handlers_generic_handler("nacf.v1.AuthService", {
+        "Authenticate": grpc.unary_unary_rpc_method_handler(
+            authenticate, request_deserializer=pb.AuthenticateRequest.FromString,
+            response_serializer=pb.AuthenticateResponse.SerializeToString)})
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8),
+                         options=[("grpc.max_receive_message_length", MSG),
+                                  ("grpc.max_send_message_length", MSG)],
+                         maximum_concurrent_rpcs=256)
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    print(f"bare listening on 127.0.0.1:{port}", flush=True)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *a: done.set())
+    done.wait()
+    server.stop(1).wait()
+
+
+# ------------------------------------------------------------------------------ load
+def _signal(raw: bytes, device_id: str = "") -> pb.Signal:
+    return pb.Signal(sample_rate_hz=SFREQ, channel_names=CH16, samples=raw, device_id=device_id)
+
+
+class _Pool:
+    """Hands out each probe once, across threads."""
+
+    def __init__(self, probes):
+        self._it = iter(probes)
+        self._lock = threading.Lock()
+
+    def next(self):
+        with self._lock:
+            return next(self._it)
+
+
+def _run_load(addr: str, n_clients: int, n_calls: int, pool: _Pool,
+              secrets: dict | None) -> dict:
+    lat = []
+    lock = threading.Lock()
+    counts = {"ok": 0, "accepted": 0}
+    per_client = [n_calls // n_clients + (i < n_calls % n_clients) for i in range(n_clients)]
+    chans = [grpc.insecure_channel(addr, options=[("grpc.max_send_message_length", MSG)])
+             for _ in range(n_clients)]
+    stubs = [pbg.AuthServiceStub(c) for c in chans]
+    for s in stubs:  # connect first: measure calls, not handshakes
+        grpc.channel_ready_future(chans[stubs.index(s)]).result(timeout=10)
+    start = threading.Barrier(n_clients + 1)
+
+    def client(i: int) -> None:
+        stub = stubs[i]
+        mine = []
+        start.wait()
+        for _ in range(per_client[i]):
+            user, raw, digest = pool.next()
+            dev = f"hs-{user}"
+            md = MD
+            if secrets is not None:
+                ts = int(time.time())
+                msg = f"{user}\n{dev}\n{ts}\n{digest}"
+                import hashlib
+                import hmac
+
+                proof = hmac.new(secrets[user].encode(), msg.encode(), hashlib.sha256).hexdigest()
+                md = (*MD, ("x-device-id", dev), ("x-device-timestamp", str(ts)),
+                      ("x-device-proof", proof))
+            req = pb.AuthenticateRequest(user_id=user, signal=_signal(raw, dev))
+            t0 = time.perf_counter()
+            r = stub.Authenticate(req, metadata=md, timeout=30)
+            mine.append(time.perf_counter() - t0)
+            with lock:
+                counts["ok"] += 1
+                counts["accepted"] += int(r.accepted)
+        with lock:
+            lat.extend(mine)
+
+    ts = [threading.Thread(target=client, args=(i,)) for i in range(n_clients)]
+    for t in ts:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for t in ts:
+        t.join()
+    wall = time.perf_counter() - t0
+    for c in chans:
+        c.close()
+    a = np.asarray(lat) * 1000
+    return {"n": len(a), "throughput_rps": len(a) / wall, "p50_ms": float(np.percentile(a, 50)),
+            "p90_ms": float(np.percentile(a, 90)), "p99_ms": float(np.percentile(a, 99)),
+            "mean_ms": float(a.mean()), "accepted": counts["accepted"], "ok": counts["ok"]}
+
+
+@pytest.fixture(scope="module")
+def probe_pool(data):
+    _, probes = data
+    need = sum(CALLS.values()) + CALLS_NO_PAD + 8
+    assert len(probes) >= need, f"need {need} distinct probes, have {len(probes)}"
+    return _Pool(probes)
+
+
+def _record(benchmark, name: str, n: int, res: dict) -> None:
+    RESULTS[(name, n)] = res
+    for k, v in res.items():
+        benchmark.extra_info[k] = round(v, 3) if isinstance(v, float) else v
+
+
+@pytest.mark.parametrize("n_clients", [1, 8, 32])
+def test_bare_grpc(benchmark, bare_server, data, n_clients):
+    """gRPC's own floor: same message to a server that returns a fixed reply."""
+    tag(benchmark, f"Authenticate round trip, {n_clients} client(s)", "bare grpcio",
+        baseline=True)
+    _, probes = data
+    pool = _Pool(probes * 2)
+    res = benchmark.pedantic(_run_load, args=(bare_server, n_clients, CALLS[n_clients], pool,
+                                              None), rounds=1, iterations=1)
+    assert res["ok"] == CALLS[n_clients]
+    _record(benchmark, "bare", n_clients, res)
+
+
+@pytest.mark.parametrize("n_clients", [1, 8, 32])
+def test_nacf_grpc(benchmark, nacf_server, probe_pool, n_clients):
+    """nacf serve: proof, rate limit, lockout, pipeline, PAD, audit, session per call."""
+    addr, secrets = nacf_server
+    tag(benchmark, f"Authenticate round trip, {n_clients} client(s)", "nacf serve",
+        target="≥0.6× bare throughput, p99 ≤ 20 ms" if n_clients == 8 else None)
+    res = benchmark.pedantic(_run_load, args=(addr, n_clients, CALLS[n_clients], probe_pool,
+                                              secrets), rounds=1, iterations=1)
+    assert res["ok"] == CALLS[n_clients]
+    assert res["accepted"] > res["ok"] * 0.3  # genuine probes: most are accepted
+    _record(benchmark, "nacf", n_clients, res)
+    bare = RESULTS.get(("bare", n_clients))
+    if bare:
+        benchmark.extra_info["throughput_vs_bare"] = round(
+            res["throughput_rps"] / bare["throughput_rps"], 3)
+
+
+def test_nacf_grpc_without_pad(benchmark, nacf_server_no_pad, probe_pool):
+    """The same with presentation-attack detection off (everything else on)."""
+    addr, secrets = nacf_server_no_pad
+    n = 8
+    tag(benchmark, f"Authenticate round trip, {n} client(s)", "nacf serve, PAD off")
+    res = benchmark.pedantic(_run_load, args=(addr, n, CALLS_NO_PAD, probe_pool, secrets),
+                             rounds=1, iterations=1)
+    assert res["ok"] == CALLS_NO_PAD
+    _record(benchmark, "nacf-nopad", n, res)
+    bare = RESULTS.get(("bare", n))
+    if bare:
+        benchmark.extra_info["throughput_vs_bare"] = round(
+            res["throughput_rps"] / bare["throughput_rps"], 3)
+
+
+def test_pipeline_in_process(benchmark, model_path, data):
+    """The recognition work alone: windows + decide for one 4-s probe, no gRPC/store."""
+    from nacf_core.model import Model
+    from nacf_core.pipeline import Pipeline
+
+    enroll, probes = data
+    pipe = Pipeline(Model.load(model_path))
+    user, raw, _ = probes[0]
+    tpl = pipe.enroll([(enroll[user], SFREQ, CH16)])
+    x = np.frombuffer(raw, "<f4").reshape(-1, 16)
+    tag(benchmark, "Authenticate, in-process pipeline", "pipeline")
+
+    def run():
+        return pipe.decide(pipe.windows(x, SFREQ, CH16, hop_s=4.0), tpl)
+
+    d = benchmark(run)
+    assert d.windows_used in (0, 1) and d.model_version == pipe.model_version
+    RESULTS[("pipeline", 1)] = {"mean_ms": benchmark.stats.stats.mean * 1000,
+                                "p50_ms": benchmark.stats.stats.median * 1000}
+
+
+def test_summary(benchmark):
+    """Print the comparison and the targets (run with ``-s`` to see it)."""
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    tag(benchmark, "summary", "summary")
+    lines = [f"{'server':<12}{'clients':>8}{'rps':>10}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}"]
+    for (name, n), r in sorted(RESULTS.items()):
+        if name == "pipeline":
+            continue
+        lines.append(f"{name:<12}{n:>8}{r['throughput_rps']:>10.1f}{r['p50_ms']:>9.2f}"
+                     f"{r['p90_ms']:>9.2f}{r['p99_ms']:>9.2f}")
+    if ("pipeline", 1) in RESULTS:
+        lines.append(f"in-process pipeline: {RESULTS[('pipeline', 1)]['p50_ms']:.3f} ms median")
+    n8, b8 = RESULTS.get(("nacf", 8)), RESULTS.get(("bare", 8))
+    if n8 and b8:
+        ratio = n8["throughput_rps"] / b8["throughput_rps"]
+        benchmark.extra_info["ratio_8"] = round(ratio, 3)
+        benchmark.extra_info["p99_8_ms"] = round(n8["p99_ms"], 2)
+        lines.append(f"target throughput(8) ≥ 60 % of bare: {ratio:.0%} "
+                     f"({'met' if ratio >= 0.6 else 'NOT met'})")
+        lines.append(f"target p99(8) ≤ 20 ms: {n8['p99_ms']:.2f} ms "
+                     f"({'met' if n8['p99_ms'] <= 20 else 'NOT met'})")
+    q8 = RESULTS.get(("nacf-nopad", 8))
+    if q8 and b8:
+        lines.append(f"PAD off: throughput(8) {q8['throughput_rps'] / b8['throughput_rps']:.0%} "
+                     f"of bare, p99(8) {q8['p99_ms']:.2f} ms")
+    print("\n" + "\n".join(lines))
+
+
+if __name__ == "__main__" and "--bare" in sys.argv:
+    _bare_main()
