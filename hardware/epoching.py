@@ -2,9 +2,12 @@
 
 :class:`Epocher` is synchronous: ``push(chunk)`` filters the samples (the filter state
 travels from chunk to chunk, so chunked equals whole), writes them into a ring buffer
-one window long and returns every epoch that became complete. Its memory is the ring
-(``window`` samples x channels) plus the filter state, whatever the rate or the chunk
-sizes; a chunk is filtered in blocks of at most ``max_block`` samples.
+one window long and returns every epoch that became complete. Samples wait, unfiltered,
+until the next epoch is complete and are then filtered in one kernel call (the filter
+state makes this identical to filtering each chunk as it comes, and it saves the
+per-call overhead of many 40 ms chunks). Memory: the ring (``window`` samples), the
+pending samples (at most ``max(window, hop)``) and the filter state, whatever the rate
+or the chunk sizes.
 
 :class:`EpochStream` runs a source's reader in a background thread and hands the
 epochs to a consumer through a bounded queue.
@@ -93,8 +96,6 @@ class Epocher:
         Working and output dtype (float64 by default: Cyton DC offsets are large).
     backend : str, optional
         Kernel backend for :func:`nacf_core.dsp.sosfilt`.
-    max_block : int
-        Largest number of samples filtered at once (bounds the scratch memory).
 
     Examples
     --------
@@ -114,7 +115,6 @@ class Epocher:
         *,
         dtype: Any = np.float64,
         backend: str | None = None,
-        max_block: int = 4096,
     ) -> None:
         self.sfreq = check_sfreq(sfreq)
         self.n_channels = check_int_range("n_channels", n_channels, 1)
@@ -132,7 +132,6 @@ class Epocher:
             raise TypeError(f"'dtype' must be float32 or float64, got {dtype.name} instead.")
         self.dtype = dtype
         self.backend = backend
-        self.max_block = check_int_range("max_block", max_block, 1)
         if sos is not None:
             sos = np.ascontiguousarray(np.asarray(sos, dtype=dtype))
             if sos.ndim != 2 or sos.shape[1] != 6:
@@ -145,8 +144,12 @@ class Epocher:
         """Forget every sample and the filter state (e.g. after a reconnect)."""
         self._ring = np.zeros((self.window, self.n_channels), self.dtype)
         self._ring_t = np.full(self.window, np.nan)
+        cap = max(self.window, self.hop)
+        self._pend = np.zeros((cap, self.n_channels), self.dtype)  # raw, not yet filtered
+        self._pend_t = np.full(cap, np.nan)
+        self._pend_n = 0
         self._write = 0  # next ring row to write
-        self._seen = 0  # samples pushed so far
+        self._seen = 0  # samples filtered so far
         self._next_end = self.window  # sample count at which the next epoch completes
         self._zi: np.ndarray | None = None
         self._hold = np.zeros(self.n_channels, self.dtype)
@@ -156,13 +159,17 @@ class Epocher:
 
     @property
     def samples_seen(self) -> int:
-        return self._seen
+        """Samples pushed so far."""
+        return self._seen + self._pend_n
 
     @property
     def nbytes(self) -> int:
-        """Memory held between pushes (ring, timestamps, filter state)."""
+        """Memory held between pushes (ring, pending samples, timestamps, filter state)."""
         z = 0 if self._zi is None else self._zi.nbytes
-        return self._ring.nbytes + self._ring_t.nbytes + z + self._hold.nbytes
+        return (
+            self._ring.nbytes + self._ring_t.nbytes + self._pend.nbytes + self._pend_t.nbytes
+            + z + self._hold.nbytes
+        )
 
     # ------------------------------------------------------------------ filtering
     def _filter(self, x: np.ndarray) -> np.ndarray:
@@ -231,35 +238,42 @@ class Epocher:
                 f"'chunk' timestamps must have shape ({x.shape[0]},), got {ts.shape}."
             )
         out: list[Epoch] = []
-        for b0 in range(0, x.shape[0], self.max_block):
-            xb = np.ascontiguousarray(x[b0 : b0 + self.max_block], dtype=self.dtype)
-            tb = ts[b0 : b0 + self.max_block] if ts is not None else None
-            self._push_block(self._filter(xb), tb, out)
+        n, pos = x.shape[0], 0
+        while pos < n:
+            # raw samples still missing before the next epoch is complete
+            missing = self._next_end - self._seen - self._pend_n
+            take = min(n - pos, missing)
+            k = self._pend_n
+            self._pend[k : k + take] = x[pos : pos + take]
+            self._pend_t[k : k + take] = np.nan if ts is None else ts[pos : pos + take]
+            self._pend_n += take
+            pos += take
+            if take == missing:
+                self._flush(out)
         return out
 
-    def _push_block(self, y: np.ndarray, ts: np.ndarray | None, out: list[Epoch]) -> None:
-        n = y.shape[0]
-        pos = 0
-        while pos < n:
-            take = min(n - pos, self._next_end - self._seen)
-            self._write_ring(y[pos : pos + take], None if ts is None else ts[pos : pos + take])
-            self._seen += take
-            pos += take
-            if self._seen == self._next_end:
-                order = (self._write + np.arange(self.window)) % self.window
-                data = np.ascontiguousarray(self._ring[order].T)
-                out.append(Epoch(data, float(self._ring_t[order[0]]), self.n_epochs))
-                self.n_epochs += 1
-                self._next_end += self.hop
+    def _flush(self, out: list[Epoch]) -> None:
+        """Filter the pending samples, write them to the ring, cut the epoch they complete."""
+        m = self._pend_n
+        y = self._filter(self._pend[:m])
+        self._write_ring(y, self._pend_t[:m])
+        self._seen += m
+        self._pend_n = 0
+        if self._seen == self._next_end:
+            order = (self._write + np.arange(self.window)) % self.window
+            data = np.ascontiguousarray(self._ring[order].T)
+            out.append(Epoch(data, float(self._ring_t[order[0]]), self.n_epochs))
+            self.n_epochs += 1
+            self._next_end += self.hop
 
-    def _write_ring(self, y: np.ndarray, ts: np.ndarray | None) -> None:
+    def _write_ring(self, y: np.ndarray, ts: np.ndarray) -> None:
         if y.shape[0] > self.window:  # only the last window matters (hop > window)
             y = y[-self.window :]
-            ts = None if ts is None else ts[-self.window :]
+            ts = ts[-self.window :]
         k = y.shape[0]
         idx = (self._write + np.arange(k)) % self.window
         self._ring[idx] = y
-        self._ring_t[idx] = np.nan if ts is None else ts
+        self._ring_t[idx] = ts
         self._write = (self._write + k) % self.window
 
 
