@@ -1,13 +1,12 @@
 """Turn a stream of chunks into overlapping, band-passed epochs.
 
-:class:`Epocher` is synchronous: ``push(chunk)`` filters the samples (the filter state
-travels from chunk to chunk, so chunked equals whole), writes them into a ring buffer
-one window long and returns every epoch that became complete. Samples wait, unfiltered,
-until the next epoch is complete and are then filtered in one kernel call (the filter
-state makes this identical to filtering each chunk as it comes, and it saves the
-per-call overhead of many 40 ms chunks). Memory: the ring (``window`` samples), the
-pending samples (at most ``max(window, hop)``) and the filter state, whatever the rate
-or the chunk sizes.
+:class:`Epocher` is synchronous: ``push(chunk)`` returns every epoch the chunk completed.
+Samples wait, unfiltered, until the next epoch is complete; they are then band-passed in
+one kernel call, with the filter state carried from call to call (so any chunking gives
+the same epochs as filtering the whole signal, and 40 ms chunks do not each pay a kernel
+call), and written into a ring buffer one window long. Memory: the ring (``window``
+samples), the pending samples (at most ``max(window, hop)``) and the filter state,
+whatever the rate or the chunk sizes.
 
 :class:`EpochStream` runs a source's reader in a background thread and hands the
 epochs to a consumer through a bounded queue.
@@ -19,9 +18,8 @@ true). When the consumer falls behind, the queue holds at most ``max_pending`` e
 a new epoch then evicts the oldest one, and each eviction is counted in
 ``EpochStream.dropped_epochs``, in the source's ``counters.extra["epochs_overflowed"]``
 and in its ``counters.overflow`` as ``hop`` samples (the new signal each epoch brings),
-and logged (first time, then every 100th). An
-authentication wants the freshest evidence, so dropping the oldest epochs is the right
-end to cut; blocking the reader instead would only move the loss into the device
+and logged (first time, then every 100th). An authentication wants the freshest
+evidence, so dropping the oldest epochs is the right end to cut; blocking the reader instead would only move the loss into the device
 transport, where it is later and less visible.
 
 Dropped samples (NaN rows from the source): the filter cannot take a NaN (it would
