@@ -20,6 +20,9 @@ COMMAND_MODULES: list[str] = [
     "nacf_core.commands.serve",
     "nacf_core.commands.simulate",
     "nacf_core.commands.record",
+    "nacf_core.commands.train",
+    "nacf_core.commands.evaluate",
+    "nacf_core.commands.demo",
     "nacf_core.commands.store",
 ]
 

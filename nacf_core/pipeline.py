@@ -521,7 +521,7 @@ class Pipeline:
             embedding=l2_normalize(emb.astype(np.float64).mean(axis=0)),
             model_version=self.model_version, n_epochs=len(emb),
             quality=float(np.concatenate(quals).mean()), n_rejected=n_rej, rejected=counts)
-        logger.info("enrollment template from %d windows (%d rejected)", len(emb), n_rej)
+        logger.debug("enrollment template from %d windows (%d rejected)", len(emb), n_rej)
         return template
 
     # ------------------------------------------------------------------ matching

@@ -34,8 +34,9 @@ from nacf_core.model import Model
 from nacf_core.pipeline import Pipeline
 from nacf_core.sequential import fit_sequential
 
-__all__ = ["Block", "DEFAULTS", "front_end_model", "fit_model", "FeatureModel", "BlockFeatures",
-           "block_features", "fit_features", "cross_fit_scores"]
+__all__ = ["Block", "DEFAULTS", "front_end_model", "fit_model", "fit_model_from_features",
+           "FeatureModel", "BlockFeatures", "block_features", "fit_features", "cross_fit_scores",
+           "fused_sequences"]
 
 logger = logging.getLogger("nacf.training")
 
@@ -254,6 +255,21 @@ def fit_model(blocks: Sequence[Block], *, ch_names: Sequence[str], name: str,
             raise InvalidArgument(f"block role must be 'enroll' or 'probe', got {b.role!r}.")
         feats.append(block_features(front, b))
         say("features")
+    info = {**(info or {}), "recordings": sorted({b.recording for b in blocks if b.recording})}
+    return fit_model_from_features(front.model, feats, seed=seed, info=info, progress=say,
+                                   **params)
+
+
+def fit_model_from_features(front_model: Model, feats: Sequence[BlockFeatures], *,
+                            seed: int = 0, info: dict | None = None,
+                            progress: Callable[[str], None] | None = None,
+                            **params) -> Model:
+    """:func:`fit_model` after the front end: ``feats`` from :func:`block_features` run
+    with ``front_model`` (a fresh copy of it is fitted and returned)."""
+    import copy
+
+    p = {**DEFAULTS, **params}
+    say = progress or (lambda msg: None)
     kw = dict(shrinkage=float(p["shrinkage"]), reg=float(p["reg"]),
               max_components=p["max_components"])
     mw = int(p["max_windows"])
@@ -261,9 +277,6 @@ def fit_model(blocks: Sequence[Block], *, ch_names: Sequence[str], name: str,
                                       seed=seed, progress=lambda: say("calibration"), **kw)
     target = float(p["target_fmr"])
     thresholds = np.array([cal.threshold_at_fmr(imp[n], target) for n in range(1, mw + 1)])
-    # Fusing more windows never needs a *higher* threshold at the same FMR in
-    # expectation; enforce monotonicity so sparse tails cannot make it so.
-    thresholds = np.minimum.accumulate(thresholds)
     calib = {}
     for n in sorted({1, min(3, mw), mw}):
         c = cal.calibrate(gen[n], imp[n], gsub[n], target, seed=seed)
@@ -277,21 +290,22 @@ def fit_model(blocks: Sequence[Block], *, ch_names: Sequence[str], name: str,
         calib[str(n)] = c.as_dict()
     seq = fit_sequential(gen, imp, alpha=target, beta=float(p["beta"]), max_windows=mw)
     fm = fit_features(feats, **kw)
-    model = front.model
+    model = copy.copy(front_model)
     model.tangent, model.projection = fm.tangent, fm.projection
     model.thresholds = thresholds
     model.sequential = seq
-    subjects = sorted({b.subject for b in blocks})
+    info = dict(info or {})
+    subjects = sorted({f.subject for f in feats})
     model.info = {
-        "training": {"subjects": subjects, "n_blocks": len(blocks),
+        "training": {"subjects": subjects, "n_blocks": len(feats),
                      "n_windows": int(sum(len(f.cov_hop) for f in feats)),
-                     "recordings": sorted({b.recording for b in blocks if b.recording})},
+                     "recordings": info.pop("recordings", [])},
         "calibration": calib,
         "features": "covariance (shrinkage %g) -> tangent space at the log-Euclidean mean -> "
                     "PCA (%d) + within-subject whitening -> L2" % (
                         float(p["shrinkage"]), fm.projection.n_components_),
-        **(info or {}),
+        **info,
     }
     model.checksum = ""
-    logger.info("fitted model %s on %d subjects", model.version, len(subjects))
+    logger.debug("fitted model %s on %d subjects", model.version, len(subjects))
     return model

@@ -1,0 +1,462 @@
+"""Accuracy evaluation on a manifest of real recordings (``nacf evaluate``).
+
+Protocol (``EVALUATION.md``):
+
+- The manifest (CSV: ``subject,recording,role,path[,start_s,stop_s]``, paths relative to
+  its folder) names enrollment and probe recordings; they must be different recordings.
+- Open set: k-fold over subjects (default 4), repeated over ``splits`` random fold
+  assignments.  For each fold a model is fitted and calibrated
+  (:func:`nacf_core.training.fit_model_from_features`) on the other folds' subjects
+  only; the fold's subjects are enrolled (:meth:`Pipeline.enroll` on their ``enroll``
+  recordings) and probed with the product's code path (:meth:`Pipeline.windows`,
+  :meth:`Pipeline.decide`, :class:`SequentialTest`).  With ``model=`` a fixed model is
+  evaluated on every subject instead (no folds).
+- Genuine comparisons: a subject's probes against its own template; impostor: against
+  every other template of the fold (zero-effort impostors).
+- ``single``: every 4-s window with a 2-s hop.  ``fused``: the product's fusion rule
+  (:meth:`Pipeline.decide`) over 3 consecutive non-overlapping windows (12 s), in
+  disjoint groups.  ``sequential``: :class:`SequentialTest` at the calibrated
+  thresholds on consecutive non-overlapping windows, one test after the other along each
+  probe recording.
+- A window the quality gate rejects scores ``-inf``: a false non-match for a genuine
+  comparison, a correct reject for an impostor one; ``fta_rate`` is the fraction of
+  probe windows the gate rejected.
+- For each split the scores of all folds are pooled (one threshold for everyone, as in a
+  deployment) and the rates computed; the report gives their mean over the splits and
+  the range (``*_range``).  ``calibrated`` gives FMR and FNMR at the thresholds each fold's
+  model calibrated on its own training subjects (not on the test scores), with a
+  bootstrap CI over subjects.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from nacf_core import calibration as cal
+from nacf_core.errors import InvalidArgument
+from nacf_core.model import Model
+from nacf_core.pipeline import Pipeline, Template
+from nacf_core.sequential import SequentialTest
+from nacf_core.training import (
+    Block,
+    BlockFeatures,
+    block_features,
+    fit_model_from_features,
+    front_end_model,
+)
+
+__all__ = ["ManifestRow", "read_manifest", "load_blocks", "evaluate", "plot_det",
+           "FUSED_WINDOWS"]
+
+logger = logging.getLogger("nacf.evaluation")
+
+#: Windows fused for the ``fused`` figures (3 × 4 s = 12 s).
+FUSED_WINDOWS = 3
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    subject: str
+    recording: str
+    role: str
+    path: Path
+    start_s: float | None = None
+    stop_s: float | None = None
+
+
+def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
+    """Parse a manifest; :class:`InvalidArgument` naming the line for anything wrong."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read manifest {str(path)!r}: {exc}") from exc
+    reader = csv.DictReader(text.splitlines())
+    need = {"subject", "recording", "role", "path"}
+    have = set(reader.fieldnames or [])
+    if not need <= have:
+        raise InvalidArgument(
+            f"manifest {str(path)!r} must have the header subject,recording,role,path"
+            f"[,start_s,stop_s]; it lacks {', '.join(sorted(need - have))}.")
+    rows = []
+    for line, r in enumerate(reader, start=2):
+        role = (r["role"] or "").strip()
+        if role not in ("enroll", "probe"):
+            raise InvalidArgument(
+                f"manifest {str(path)!r} line {line}: role must be 'enroll' or 'probe', "
+                f"got {role!r}.")
+        rel = (r["path"] or "").strip()
+        if not rel:
+            raise InvalidArgument(f"manifest {str(path)!r} line {line}: empty path.")
+
+        def num(key):
+            v = (r.get(key) or "").strip()
+            if not v:
+                return None
+            try:
+                return float(v)
+            except ValueError:
+                raise InvalidArgument(
+                    f"manifest {str(path)!r} line {line}: {key} must be a number, got {v!r}."
+                ) from None
+
+        rows.append(ManifestRow((r["subject"] or "").strip(), (r["recording"] or "").strip(),
+                                role, (path.parent / rel), num("start_s"), num("stop_s")))
+    if not rows:
+        raise InvalidArgument(f"manifest {str(path)!r} has no rows.")
+    for s in sorted({r.subject for r in rows}):
+        mine = [r for r in rows if r.subject == s]
+        enroll = {r.recording for r in mine if r.role == "enroll"}
+        probe = {r.recording for r in mine if r.role == "probe"}
+        if enroll & probe:
+            raise InvalidArgument(
+                f"manifest {str(path)!r}: subject {s} enrolls and probes on the same "
+                f"recording(s) {', '.join(sorted(enroll & probe))}; use different recordings.")
+    return rows
+
+
+def load_blocks(rows: Sequence[ManifestRow],
+                progress: Callable[[], None] | None = None) -> list[Block]:
+    """Read every recording of a manifest (``nacf_core.hardware.files.read_recording``)."""
+    from nacf_core.hardware.files import read_recording
+
+    blocks = []
+    for r in rows:
+        try:
+            rec = read_recording(r.path, start_s=r.start_s, stop_s=r.stop_s)
+        except (OSError, ValueError) as exc:
+            raise InvalidArgument(f"cannot read {str(r.path)!r} (subject {r.subject}, "
+                                  f"recording {r.recording}): {exc}") from exc
+        blocks.append(Block(r.subject, r.role, rec.data, rec.sfreq, list(rec.ch_names),
+                            r.recording))
+        if progress:
+            progress()
+    return blocks
+
+
+def _rates(gen: np.ndarray, imp: np.ndarray) -> dict[str, float]:
+    return {
+        "eer": cal.eer(gen, imp),
+        "fnmr_at_fmr_0.01": cal.fnmr_at_fmr(gen, imp, 0.01),
+        "fnmr_at_fmr_0.001": cal.fnmr_at_fmr(gen, imp, 0.001),
+    }
+
+
+class _SplitScores:
+    """Scores of one split (all folds pooled)."""
+
+    def __init__(self):
+        self.single_g, self.single_i, self.single_gs = [], [], []
+        self.fused_g, self.fused_i, self.fused_gs = [], [], []
+        self.thr_single_g, self.thr_single_i = [], []  # decisions at calibrated thresholds
+        self.thr_fused_g, self.thr_fused_i = [], []
+        self.fta_rej = 0
+        self.fta_tot = 0
+        self.fused_seconds = []
+        self.seq = {"g_acc": [], "i_acc": [], "g_sec": [], "i_sec": [], "gs": []}
+        self.adapt_g, self.adapt_i = [], []
+
+
+def _score_fold(pipe: Pipeline, test_blocks: Sequence[Block], out: _SplitScores,
+                adapt: bool) -> None:
+    m = pipe.model
+    subjects = sorted({b.subject for b in test_blocks})
+    templates: dict[str, Template] = {}
+    for s in subjects:
+        enroll = [(b.samples, b.sfreq, b.ch_names) for b in test_blocks
+                  if b.subject == s and b.role == "enroll"]
+        if not enroll:
+            raise InvalidArgument(f"subject {s} has no enroll recording in the manifest.")
+        templates[s] = pipe.enroll(enroll)
+    T = np.stack([templates[s].embedding for s in subjects]).astype(np.float64)
+    thr1 = m.threshold_for(1)
+    for b in test_blocks:
+        if b.role != "probe":
+            continue
+        j = subjects.index(b.subject)
+        # single: every window, model hop (2 s)
+        w = pipe.windows(b.samples, b.sfreq, b.ch_names)
+        s = w.embeddings.astype(np.float64) @ T.T
+        s[~w.accepted] = -np.inf
+        out.single_g.append(s[:, j])
+        out.single_gs.append(np.full(len(s), b.subject, dtype=object))
+        out.single_i.append(np.delete(s, j, axis=1).ravel())
+        out.fta_rej += int((~w.accepted).sum())
+        out.fta_tot += int(w.n_windows)
+        # non-overlapping windows for fusion and the sequential test
+        ws = pipe.windows(b.samples, b.sfreq, b.ch_names, hop_s=m.window_s)
+        n = ws.n_windows
+        for a in range(0, n - FUSED_WINDOWS + 1, FUSED_WINDOWS):
+            grp = ws.select(slice(a, a + FUSED_WINDOWS))
+            row = []
+            for k, subj in enumerate(subjects):
+                d = pipe.decide(grp, templates[subj])
+                sc = d.score if d.windows_used else -np.inf
+                row.append(sc)
+                (out.thr_fused_g if k == j else out.thr_fused_i).append(d.accepted)
+            row = np.array(row)
+            out.fused_g.append(row[j:j + 1])
+            out.fused_gs.append(np.array([b.subject], dtype=object))
+            out.fused_i.append(np.delete(row, j))
+            out.fused_seconds.append(FUSED_WINDOWS * m.window_s)
+        out.thr_single_g.append(s[:, j] >= thr1)
+        out.thr_single_i.append(np.delete(s, j, axis=1).ravel() >= thr1)
+        _sequential(pipe, ws, templates, subjects, j, b.subject, out)
+        if adapt:
+            _adaptation(pipe, ws, templates, subjects, j, out)
+
+
+def _sequential(pipe, ws, templates, subjects, j, subject, out) -> None:
+    emb = ws.embeddings.astype(np.float64)
+    n = ws.n_windows
+    for k, subj in enumerate(subjects):
+        t = templates[subj].embedding.astype(np.float64)
+        a = 0
+        while a < n:
+            test = SequentialTest(pipe.model)
+            acc_sum = np.zeros_like(t)
+            cnt = 0
+            i = a
+            while i < n and not test.done:
+                if ws.accepted[i]:
+                    acc_sum += emb[i]
+                    cnt += 1
+                    f = acc_sum / np.linalg.norm(acc_sum)
+                    test.update(float(f @ t))
+                else:
+                    test.update(None)
+                i += 1
+            if not test.done:  # the recording ended before the maximum duration
+                break
+            ok = test.decision == "accept"
+            if k == j:
+                out.seq["g_acc"].append(ok)
+                out.seq["g_sec"].append(test.seconds)
+                out.seq["gs"].append(subject)
+            else:
+                out.seq["i_acc"].append(ok)
+                out.seq["i_sec"].append(test.seconds)
+            a = i
+
+
+def _adaptation(pipe, ws, templates, subjects, j, out) -> None:
+    """Probes in time order: the owner's confident accepts adapt its template; each
+    group is scored before the update it may cause; impostor groups of the same
+    recording are scored against every other template (unadapted: adaptation only
+    follows the owner's own accepts)."""
+    tpl = templates[subjects[j]]
+    n = ws.n_windows
+    for a in range(0, n - FUSED_WINDOWS + 1, FUSED_WINDOWS):
+        grp = ws.select(slice(a, a + FUSED_WINDOWS))
+        d = pipe.decide(grp, tpl)
+        out.adapt_g.append(d.score if d.windows_used else -np.inf)
+        tpl = pipe.adapt(tpl, d)
+        for k, subj in enumerate(subjects):
+            if k != j:
+                e = pipe.decide(grp, templates[subj])
+                out.adapt_i.append(e.score if e.windows_used else -np.inf)
+
+
+def _summary(vals: list[dict]) -> dict:
+    out = {}
+    for key in vals[0]:
+        xs = [v[key] for v in vals]
+        if isinstance(xs[0], (int, np.integer)) and not isinstance(xs[0], bool):
+            out[key] = int(xs[0]) if len(set(xs)) == 1 else int(round(float(np.mean(xs))))
+        else:
+            out[key] = float(np.mean(xs))
+            if len(xs) > 1:
+                out[key + "_range"] = [float(np.min(xs)), float(np.max(xs))]
+    return out
+
+
+def evaluate(manifest: str | os.PathLike, *, channels: Sequence[str] | None = None,
+             folds: int = 4, splits: int = 3, model: Model | None = None,
+             backend: str | None = None, seed: int = 0, adapt: bool = False,
+             progress: Callable[[int, int, str], None] | None = None,
+             train_params: dict | None = None) -> dict:
+    """Run the protocol of the module docstring on a manifest.
+
+    Parameters
+    ----------
+    manifest : path
+    channels : sequence of str, optional
+        Channels to use (default: the 16-channel montage, or the model's channels).
+    folds, splits : int
+        k of the k-fold over subjects, and how many random fold assignments.
+    model : Model, optional
+        Evaluate this fitted model on every subject instead of k-fold fitting.
+    adapt : bool
+        Also measure template adaptation (``adaptation`` object of the report).
+    progress : callable (done, total, stage), optional
+    train_params : dict, optional
+        Overrides of :data:`nacf_core.training.DEFAULTS`.
+
+    Returns
+    -------
+    dict
+        The JSON report: ``single``, ``fused``, ``sequential``, ``calibrated``, ``setup``
+        (and ``adaptation`` when ``adapt``).
+    """
+    from nacf_core.channels import MONTAGE_16
+
+    rows = read_manifest(manifest)
+    subjects = sorted({r.subject for r in rows})
+    if model is None:
+        if not 2 <= folds <= len(subjects) // 2:
+            raise InvalidArgument(
+                f"'folds' must be in [2, {len(subjects) // 2}] for {len(subjects)} subjects "
+                f"(every fold needs 2 test subjects), got {folds}.")
+    if splits < 1:
+        raise InvalidArgument(f"'splits' must be >= 1, got {splits}.")
+    n_fits = 0 if model is not None else splits * folds
+    total = len(rows) * 2 + n_fits + max(1, n_fits)
+    done = [0]
+
+    def tick(stage: str) -> None:
+        done[0] += 1
+        if progress:
+            progress(min(done[0], total), total, stage)
+
+    blocks = load_blocks(rows, progress=lambda: tick("reading"))
+    tp = dict(train_params or {})
+    if model is not None:
+        chans = list(channels) if channels else list(model.ch_names)
+        if channels and [c for c in chans] != list(model.ch_names):
+            from nacf_core.channels import canonical_name
+            if [canonical_name(c) for c in chans] != list(model.ch_names):
+                raise InvalidArgument(
+                    f"--channels {','.join(chans)} differ from the model's channels "
+                    f"{','.join(model.ch_names)}.")
+        trained_on = set(model.info.get("training", {}).get("subjects", []))
+        overlap = sorted(trained_on & set(subjects))
+        if overlap:
+            raise InvalidArgument(
+                f"the model was fitted on subject(s) {', '.join(overlap)} of this manifest: "
+                "evaluating it on them would flatter it (open-set protocol).")
+        pipe = Pipeline(model, backend=backend)
+        sc = _SplitScores()
+        _score_fold(pipe, blocks, sc, adapt)
+        tick("scoring")
+        per_split = [_split_metrics(sc, pipe.model)]
+        models = [model]
+        splits_used, folds_used = 1, 0
+    else:
+        chans = list(channels) if channels else list(MONTAGE_16)
+        sfreq = blocks[0].sfreq
+        front = Pipeline(front_end_model(chans, sfreq, name="eval", **tp), backend=backend)
+        feats: list[BlockFeatures] = []
+        for b in blocks:
+            feats.append(block_features(front, b))
+            tick("features")
+        per_split, models = [], []
+        for sp in range(splits):
+            rng = np.random.default_rng(seed + sp)
+            perm = [subjects[i] for i in rng.permutation(len(subjects))]
+            sc = _SplitScores()
+            for f in range(folds):
+                test = set(perm[f::folds])
+                train_feats = [x for x in feats if x.subject not in test]
+                m = fit_model_from_features(front.model, train_feats, seed=seed, **tp)
+                m.name = f"eval-split{sp}-fold{f}"
+                models.append(m)
+                pipe = Pipeline(m, backend=backend)
+                _score_fold(pipe, [b for b in blocks if b.subject in test], sc, adapt)
+                tick(f"split {sp + 1}/{splits}, fold {f + 1}/{folds}")
+            per_split.append(_split_metrics(sc, models[-1]))
+        splits_used, folds_used = splits, folds
+    report = {
+        "manifest": str(manifest),
+        "setup": {
+            "channels": list(models[0].ch_names), "n_subjects": len(subjects),
+            "sfreq": models[0].sfreq, "window_s": models[0].window_s,
+            "hop_s": models[0].hop_s, "band": list(models[0].band),
+            "fused_windows": FUSED_WINDOWS, "folds": folds_used, "splits": splits_used,
+            "target_fmr": models[0].target_fmr,
+            "model": (models[0].version if model is not None else "k-fold: fitted per fold"),
+            "features": models[0].info.get("features", ""),
+            "embedding_dim": models[0].embedding_dim,
+        },
+    }
+    for key in ("single", "fused", "sequential", "calibrated", "adaptation"):
+        vals = [p[key] for p in per_split if key in p]
+        if vals:
+            report[key] = _summary(vals) if key != "calibrated" else _summary_nested(vals)
+    report["_scores"] = per_split[-1]["_scores"]
+    return report
+
+
+def _summary_nested(vals: list[dict]) -> dict:
+    return {k: _summary([v[k] for v in vals]) for k in vals[0]}
+
+
+def _split_metrics(sc: _SplitScores, model: Model) -> dict:
+    cat = np.concatenate
+    sg, si = cat(sc.single_g), cat(sc.single_i)
+    fg, fi = cat(sc.fused_g), cat(sc.fused_i)
+    single = {**_rates(sg, si), "fta_rate": sc.fta_rej / max(sc.fta_tot, 1),
+              "n_genuine": int(len(sg)), "n_impostor": int(len(si))}
+    fused = {**_rates(fg, fi), "mean_seconds": float(np.mean(sc.fused_seconds)),
+             "n_genuine": int(len(fg)), "n_impostor": int(len(fi))}
+    seq = {
+        "fmr": float(np.mean(sc.seq["i_acc"])) if sc.seq["i_acc"] else float("nan"),
+        "fnmr": 1.0 - float(np.mean(sc.seq["g_acc"])) if sc.seq["g_acc"] else float("nan"),
+        "mean_seconds": float(np.mean(sc.seq["g_sec"] + sc.seq["i_sec"])),
+        "mean_seconds_genuine": float(np.mean(sc.seq["g_sec"])),
+        "mean_seconds_impostor": float(np.mean(sc.seq["i_sec"])),
+        "n_genuine": len(sc.seq["g_acc"]), "n_impostor": len(sc.seq["i_acc"]),
+    }
+    calib = {}
+    for name, g, i, gs in (("single", sc.thr_single_g, sc.thr_single_i, sc.single_gs),
+                           ("fused", sc.thr_fused_g, sc.thr_fused_i, sc.fused_gs)):
+        ga = cat([np.atleast_1d(x) for x in g]).astype(bool)
+        ia = cat([np.atleast_1d(x) for x in i]).astype(bool)
+        subj = cat(gs)
+        fnmr, lo, hi = cal.bootstrap_fnmr(np.where(ga, 1.0, -1.0), subj, 0.0)
+        calib[name] = {"fmr": float(ia.mean()), "fnmr": fnmr, "fnmr_ci_low": lo,
+                       "fnmr_ci_high": hi, "target_fmr": model.target_fmr}
+    out = {"single": single, "fused": fused, "sequential": seq, "calibrated": calib,
+           "_scores": {"single": (sg, si), "fused": (fg, fi)}}
+    if sc.adapt_g:
+        ag, ai = np.array(sc.adapt_g), np.array(sc.adapt_i)
+        out["adaptation"] = {**_rates(ag, ai), "eer_without": cal.eer(fg, fi)}
+    return out
+
+
+def plot_det(report: dict, path: str | os.PathLike, title: str = "") -> Path:
+    """DET curves (FNMR against FMR, log axes) of the ``single`` and ``fused`` scores of
+    the report's last split, written as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for key, label in (("single", "single 4-s window"),
+                       ("fused", f"fused {FUSED_WINDOWS} windows")):
+        g, i = report["_scores"][key]
+        _, fmr, fnmr = cal.det_curve(g, i)
+        floor = 0.5 / max(len(i), 1)
+        ax.plot(np.maximum(fmr, floor), np.maximum(fnmr, 0.5 / len(g)),
+                label=f"{label} (EER {report[key]['eer'] * 100:.2f} %)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("false match rate")
+    ax.set_ylabel("false non-match rate")
+    ax.axvline(0.001, color="grey", lw=0.8, ls=":")
+    ax.axvline(0.01, color="grey", lw=0.8, ls=":")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="upper right")
+    ax.set_title(title or "DET")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,106 @@
+import json
+
+import numpy as np
+import pytest
+
+from nacf_core.cli import main
+from nacf_core.errors import InvalidArgument
+from nacf_core.evaluation import evaluate, read_manifest
+
+SUBJECTS = ["S001", "S002", "S003", "S004", "S005", "S006"]
+FAST = {"inner_folds": 2}
+
+
+@pytest.fixture(scope="module")
+def manifest(shared_data, tmp_path_factory):
+    d = tmp_path_factory.mktemp("manifest")
+    lines = ["subject,recording,role,path,start_s,stop_s"]
+    for s in SUBJECTS:
+        for run, role in (("R03", "enroll"), ("R07", "probe")):
+            lines.append(f"{s},{run},{role},{shared_data}/eegmmidb/{s}/{s}{run}.edf,0,40")
+    p = d / "small.csv"
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
+@pytest.fixture(scope="module")
+def report(manifest):
+    return evaluate(manifest, folds=3, splits=1, channels=["Fp1", "Fp2", "C3", "C4", "P7",
+                                                          "P8", "O1", "O2"],
+                    train_params=FAST, adapt=True)
+
+
+def test_report_keys_and_ranges(report):
+    s, f, q = report["single"], report["fused"], report["sequential"]
+    for key in ("eer", "fnmr_at_fmr_0.01", "fnmr_at_fmr_0.001", "fta_rate"):
+        assert 0.0 <= s[key] <= 1.0
+    for key in ("eer", "fnmr_at_fmr_0.01", "fnmr_at_fmr_0.001"):
+        assert 0.0 <= f[key] <= 1.0
+    # 6 subjects x 40 s: 19 windows (2-s hop) per probe; 2 other subjects per fold
+    assert s["n_genuine"] == 6 * 19
+    assert s["n_impostor"] == 6 * 19 * 1
+    assert f["mean_seconds"] == 12.0
+    assert f["n_genuine"] == 6 * 3  # 10 non-overlapping windows -> 3 groups of 3
+    assert 0.0 <= q["fmr"] <= 1.0 and 0.0 <= q["fnmr"] <= 1.0
+    assert 4.0 <= q["mean_seconds"] <= 20.0
+    c = report["calibrated"]["single"]
+    assert c["fnmr_ci_low"] <= c["fnmr"] <= c["fnmr_ci_high"]
+    assert report["setup"]["channels"] == ["Fp1", "Fp2", "C3", "C4", "P7", "P8", "O1", "O2"]
+    assert "eer" in report["adaptation"]
+
+
+def test_better_than_chance(report):
+    # Even 8 channels and 4 training subjects separate people far better than chance.
+    assert report["single"]["eer"] < 0.35
+    g, i = report["_scores"]["single"]
+    assert np.median(g) > np.median(i)
+
+
+def test_cli_writes_json_and_det(manifest, tmp_path, capsys):
+    js, det = tmp_path / "r.json", tmp_path / "det.png"
+    rc = main(["evaluate", str(manifest), "--folds", "2", "--splits", "1", "--channels",
+               "Fp1,Fp2,C3,C4,P7,P8,O1,O2", "--json", str(js), "--det", str(det),
+               "--no-progress", "--model", "none"])
+    assert rc == 1  # --model none: not a file
+    assert "cannot read model file" in capsys.readouterr().err
+    from nacf_core.commands import evaluate as cmd
+
+    r = cmd.format_report  # the text report is built from the same JSON
+    rc = main(["evaluate", str(manifest), "--folds", "3", "--splits", "1", "--channels",
+               "Fp1,Fp2,C3,C4,P7,P8,O1,O2", "--json", str(js), "--det", str(det)])
+    assert rc == 0
+    out = capsys.readouterr()
+    assert "evaluate [" in out.err  # the progress bar
+    data = json.loads(js.read_text())
+    for key in ("eer", "fnmr_at_fmr_0.01", "fnmr_at_fmr_0.001", "fta_rate", "n_genuine",
+                "n_impostor"):
+        assert key in data["single"]
+    assert {"eer", "mean_seconds"} <= set(data["fused"])
+    assert {"fmr", "fnmr", "mean_seconds"} <= set(data["sequential"])
+    assert det.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "EER" in out.out and callable(r)
+
+
+def test_shipped_model_refuses_its_training_subjects(manifest):
+    from nacf_core.model import default_model
+
+    with pytest.raises(InvalidArgument, match="flatter"):
+        evaluate(manifest, model=default_model(8))
+
+
+def test_manifest_errors(tmp_path):
+    p = tmp_path / "m.csv"
+    p.write_text("subject,recording,role\nS1,R1,enroll\n")
+    with pytest.raises(InvalidArgument, match="lacks path"):
+        read_manifest(p)
+    p.write_text("subject,recording,role,path\nS1,R1,train,a.edf\n")
+    with pytest.raises(InvalidArgument, match="line 2: role"):
+        read_manifest(p)
+    p.write_text("subject,recording,role,path\nS1,R1,enroll,a.edf\nS1,R1,probe,a.edf\n")
+    with pytest.raises(InvalidArgument, match="same recording"):
+        read_manifest(p)
+    p.write_text("subject,recording,role,path,start_s\nS1,R1,enroll,a.edf,x\n")
+    with pytest.raises(InvalidArgument, match="start_s must be a number"):
+        read_manifest(p)
+    p.write_text("subject,recording,role,path\nS1,R1,enroll,sub/a.edf\n")
+    assert read_manifest(p)[0].path == tmp_path / "sub" / "a.edf"
