@@ -28,12 +28,12 @@ def _outlet_process(npz, name, *, speed=4.0, vanish_and_return=False):
         from nacf_core.hardware.lsl import stream_recording_to_lsl
         rec = read_recording({str(npz)!r})
         n = stream_recording_to_lsl(rec, {name!r}, speed={speed}, wait_for_consumer_s=20,
-                                    source_id="sid-" + {name!r})
+                                    linger_s=1.0, source_id="sid-" + {name!r})
         print(n, flush=True)
         if {vanish_and_return}:
             time.sleep(0.5)   # the stream is gone; then it comes back (same source_id)
             n = stream_recording_to_lsl(rec, {name!r}, speed={speed}, wait_for_consumer_s=20,
-                                        source_id="sid-" + {name!r})
+                                        linger_s=1.0, source_id="sid-" + {name!r})
             print(n, flush=True)
         time.sleep(0.2)
         """
