@@ -22,12 +22,15 @@ count, decoded only when the end byte is ``0xC0`` (NaN otherwise).
 
 Daisy (Cyton+Daisy, 16 channels): the board still sends one 8-channel packet per
 sample tick at 250 Hz. Packets with an **odd** sample counter carry the Cyton's
-channels 1-8, packets with an **even** counter the Daisy's channels 9-16. nacf pairs
-an odd packet ``n`` with the even packet ``n + 1`` (mod 256; 255 pairs with 0) into one
-16-channel sample, so a Cyton+Daisy delivers 125 samples/s. This is the pairing
-BrainFlow's ``CYTON_DAISY_BOARD`` uses (it emits a row on the even packet, with the
-preceding odd packet's channels). When either half of a pair is missing, the whole
-16-channel sample is a dropped (NaN) sample.
+channels 1-8, packets with an **even** counter the Daisy's channels 9-16 (each the
+average of the chip's last two samples, so both halves of a pair cover the same
+ticks). nacf pairs an even packet ``n`` with the odd packet ``n + 1`` after it (254
+pairs with 255, 0 with 1) into one 16-channel sample labelled with counter ``n``, so a
+Cyton+Daisy delivers 125 samples/s. This is the pairing BrainFlow's
+``CYTON_DAISY_BOARD`` driver uses (it emits a row on each odd packet with the even
+packet before it) and OpenBCI's own Python library used; the cross-check test
+compares both. When either half of a pair is missing, the whole 16-channel sample is
+a dropped (NaN) sample. The counter starts at 0 on ``b``, so the first pair is 0/1.
 
 Batch decoding (:func:`decode_packets`) runs a compiled Numba kernel over an
 ``(n_packets, 33)`` uint8 array; :func:`decode_packets_numpy` is the pure NumPy

@@ -166,7 +166,7 @@ class Frames:
     samples : ndarray, shape (n_times, n_channels), float32
         Microvolts; NaN rows are dropped samples.
     counters : ndarray, shape (n_times,), int64
-        Sample counter of each row (for Cyton+Daisy, the even counter of the pair).
+        Sample counter of each row (for Cyton+Daisy, the even (first) counter of the pair).
     accel : ndarray, shape (n_times, 3), float32
         g; NaN where the packet carried no accelerometer data.
     new_sequence : ndarray, shape (n_times,), bool
@@ -190,7 +190,7 @@ class Framer:
     Parameters
     ----------
     daisy : bool
-        Pair odd/even packets into 16-channel samples (see :mod:`.cyton`).
+        Pair even/odd packets into 16-channel samples (see :mod:`.cyton`).
     gains : GainTracker, optional
         The gains in effect (shared with the serial session that sends commands).
     counters : Counters, optional
@@ -221,7 +221,7 @@ class Framer:
         self.relock = check_int_range("relock", relock, 2, 16)
         self._buf = np.zeros(0, dtype=np.uint8)
         self._last = -1
-        self._pending = None  # daisy: (counter, uv(8), accel(3)) of an odd packet
+        self._pending = None  # daisy: (counter, uv(8), accel(3), new) of an even packet
 
     def reset(self) -> None:
         """Forget the sequence (after a reconnect); buffered bytes are dropped and counted."""
@@ -295,7 +295,11 @@ class Framer:
         return self._pair(slot, n_slots, counters, uv, uv_d, accel, newseq)
 
     def _pair(self, slot, n_slots, counters, uv_c, uv_d, accel, newseq) -> Frames:
-        """Pair odd (Cyton) and even (Daisy) packet slots into 16-channel rows."""
+        """Pair even (Daisy) and odd (Cyton) packet slots into 16-channel rows.
+
+        An even packet ``n`` (channels 9-16) and the odd packet ``n + 1`` after it
+        (channels 1-8) make one sample, labelled with the even counter ``n``.
+        """
         valid = np.zeros(n_slots, bool)
         valid[slot] = True
         c_uv = np.full((n_slots, 8), np.nan, np.float32)
@@ -310,26 +314,26 @@ class Framer:
             c = int(counters[i])
             if newseq[i]:
                 pending = None
-            if c % 2 == 1:
-                pending = (c, c_uv[i] if valid[i] else None, acc[i], bool(newseq[i]))
+            if c % 2 == 0:  # even: the Daisy half, wait for the odd packet after it
+                pending = (c, d_uv[i] if valid[i] else None, acc[i], bool(newseq[i]))
                 continue
-            # even: the Daisy half; pair with the odd packet just before it
+            # odd: the Cyton half; pair with the even packet just before it
             if pending is None or ((pending[0] + 1) & 0xFF) != c:
                 if not newseq[i]:
                     self.counters.extra["unpaired"] = self.counters.extra.get("unpaired", 0) + 1
                 pending = None
                 continue
-            first = pending[1]
+            daisy = pending[1]
             row = np.full(16, np.nan, np.float32)
-            if first is not None and valid[i]:
-                row[:8] = first
-                row[8:] = d_uv[i]
+            if daisy is not None and valid[i]:
+                row[:8] = c_uv[i]
+                row[8:] = daisy
                 self.counters.ok += 1
             else:
                 self.counters.dropped += 1
-            a = pending[2] if np.isfinite(pending[2]).all() else acc[i]
+            a = acc[i] if np.isfinite(acc[i]).all() else pending[2]
             rows.append(row)
-            rcnt.append(c)
+            rcnt.append(pending[0])
             racc.append(a)
             rnew.append(pending[3])
             pending = None

@@ -455,7 +455,7 @@ class SimulatedCyton:
                     self.stream_starts.append(self._sample)
                     self._t0 = time.monotonic()
                     self._sent_ticks = 0
-                    self._counter = 1 if self.daisy else 0
+                    self._counter = 0
             elif ch == "s":
                 self._streaming = False
             elif ch == "c":
@@ -489,7 +489,9 @@ class SimulatedCyton:
         if self.faults.railed is not None and 0 <= self.faults.railed < self.n_channels:
             counts[:, self.faults.railed] = COUNT_MAX
         counts = np.clip(counts, COUNT_MIN, COUNT_MAX).astype(np.int64)
-        if self.daisy:  # odd packet: channels 1-8, even packet: channels 9-16
+        if self.daisy:  # even packet: channels 9-16, then odd packet: channels 1-8
+            counts = np.ascontiguousarray(counts[:, [8, 9, 10, 11, 12, 13, 14, 15,
+                                                     0, 1, 2, 3, 4, 5, 6, 7]])
             counts = counts.reshape(n_samples * 2, 8)
         n_packets = counts.shape[0]
         counters = (self._counter + np.arange(n_packets)) & 0xFF

@@ -158,26 +158,26 @@ def _daisy_stream(first_counter: int, n_pairs: int, rng):
 
 def test_daisy_pairing():
     rng = np.random.default_rng(1)
-    counters, counts, pk = _daisy_stream(251, 6, rng)  # 251/252 ... 255/0 ... 5/6
+    counters, counts, pk = _daisy_stream(250, 6, rng)  # 250/251 252/253 254/255 0/1 2/3 4/5
     f = Framer(daisy=True)
     out = f.feed(pk.tobytes())
-    # odd counter n (Cyton channels 1-8) + even counter n+1 (Daisy channels 9-16)
-    assert out.counters.tolist() == [252, 254, 0, 2, 4, 6]
-    expect = np.hstack([counts[0::2], counts[1::2]]) * UV
+    # even counter n (Daisy channels 9-16) + odd counter n+1 (Cyton channels 1-8)
+    assert out.counters.tolist() == [250, 252, 254, 0, 2, 4]
+    expect = np.hstack([counts[1::2], counts[0::2]]) * UV
     np.testing.assert_allclose(out.samples, expect, rtol=1e-6)
     assert f.counters.ok == 6 and f.counters.dropped == 0
 
 
-def test_daisy_pairing_starts_on_odd_and_drops_half_pairs():
+def test_daisy_pairing_starts_on_even_and_drops_half_pairs():
     rng = np.random.default_rng(2)
-    counters, counts, pk = _daisy_stream(10, 5, rng)  # 10 11 | 12 13 ...: starts on even
+    counters, counts, pk = _daisy_stream(9, 5, rng)  # 9 | 10 11 | 12 13 ...: starts on odd
     keep = np.ones(10, bool)
-    keep[5] = False  # drop counter 15 (the Cyton half of the pair 15/16)
+    keep[5] = False  # drop counter 14 (the Daisy half of the pair 14/15)
     f = Framer(daisy=True)
     out = f.feed(pk[keep].tobytes())
-    # 10 has no odd partner; pairs 11/12, 13/14, (15 missing)/16 -> NaN row, 17/18
-    assert out.counters.tolist() == [12, 14, 16, 18]
+    # 9 has no even partner; pairs 10/11, 12/13, (14 missing)/15 -> NaN row, 16/17
+    assert out.counters.tolist() == [10, 12, 14, 16]
     assert np.isnan(out.samples[2]).all()
     assert np.isfinite(out.samples[[0, 1, 3]]).all()
-    np.testing.assert_allclose(out.samples[3], np.r_[counts[7], counts[8]] * UV, rtol=1e-6)
+    np.testing.assert_allclose(out.samples[3], np.r_[counts[8], counts[7]] * UV, rtol=1e-6)
     assert f.counters.dropped == 1 and f.counters.ok == 3

@@ -53,7 +53,7 @@ def expected_uv(sim, start, n, gains=None):
     if sim.daisy:
         pk = encode_packets(np.zeros(2 * n), counts.reshape(2 * n, 8))
         _, uv, _ = decode_packets(pk)
-        return uv.reshape(n, 16)
+        return uv.reshape(n, 16)  # the codec is linear: the order of halves does not matter
     _, uv, _ = decode_packets(encode_packets(np.zeros(n), counts), gains)
     return uv
 
