@@ -63,6 +63,16 @@ def store_url(request, tmp_path):
 
 
 @pytest.fixture
+def pg_url(pg_available):
+    """``(url, schema)`` of a fresh PostgreSQL schema (dropped afterwards), and the DSN."""
+    schema = f"nacf_t_{uuid.uuid4().hex[:12]}"
+    try:
+        yield _pg_url(schema), PG_DSN
+    finally:
+        _drop_schema(schema)
+
+
+@pytest.fixture
 def store(store_url, key):
     s = open_store(store_url, key=key)
     try:

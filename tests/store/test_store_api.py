@@ -296,3 +296,27 @@ def test_unreachable_stores_raise_unavailable(tmp_path, key):
     junk.write_bytes(b"this is not a database" * 100)
     with pytest.raises(Unavailable, match="junk.db"):
         open_store(f"sqlite:///{junk}", key=key)
+
+
+
+@pytest.mark.postgres
+def test_postgres_reconnects_after_connections_are_killed(pg_url, key):
+    """A PostgreSQL restart or failover breaks pooled connections: the next call retries
+    on a fresh connection instead of failing."""
+    import uuid
+
+    import psycopg
+
+    url, dsn = pg_url
+    app = f"nacf-test-{uuid.uuid4().hex[:12]}"  # only this store's connections are killed
+    s = open_store(f"{url}&application_name={app}", key=key)
+    try:
+        s.put_template("alice", b"x", "m")
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            killed = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                   "WHERE application_name = %s", (app,)).fetchall()
+        assert killed and all(r[0] for r in killed)
+        assert s.get_template("alice").blob == b"x"
+        assert s.put_template("alice", b"y", "m") == 2
+    finally:
+        s.close()
