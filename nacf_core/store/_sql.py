@@ -126,6 +126,10 @@ class SqlStore(Store):
     def _migration_lock(self, tx: Tx) -> None:
         """Serialise concurrent ``migrate()`` calls (SQLite: BEGIN IMMEDIATE does it)."""
 
+    def _relaxed_durability(self, tx: Tx) -> None:
+        """This transaction may be lost in a database crash (PostgreSQL: asynchronous
+        commit); used only for the rate-limit token buckets."""
+
     def _after_delete(self) -> None:
         """Backend hook after a user's rows were deleted (SQLite: checkpoint)."""
 
@@ -545,6 +549,7 @@ class SqlStore(Store):
         t = _now(now)
 
         def fn(tx: Tx) -> bool:
+            self._relaxed_durability(tx)
             tx.execute("INSERT INTO rate_buckets (client_id, tokens, updated_at) "
                        "VALUES (?, ?, ?) ON CONFLICT (client_id) DO NOTHING",
                        (client_id, burst, t))

@@ -9,6 +9,10 @@
 - ``migrate()`` takes a transaction-scoped advisory lock, so replicas starting together
   apply each migration once.
 - ``?schema=NAME`` in the URL keeps every table in that schema (``search_path``).
+- Every commit is durable (``synchronous_commit`` as the server sets it) except the
+  rate-limit token buckets, committed asynchronously: a database crash can forget the
+  last fraction of a second of rate accounting, never a template, session, nonce,
+  lockout counter or audit row.
 """
 
 from __future__ import annotations
@@ -141,7 +145,8 @@ class PostgresStore(SqlStore):
     ----------
     url : str
         ``postgresql://user[:password]@host[:port]/db[?schema=NAME&pool_size=N]``;
-        other query parameters are passed to libpq (e.g. ``sslmode``).
+        other query parameters are passed to libpq (e.g. ``sslmode``,
+        ``application_name``, ``options``).
     key : bytes | str | path-like | None
         Template key (see :mod:`nacf_core.store.crypto`).
     pool_size : int
@@ -168,6 +173,7 @@ class PostgresStore(SqlStore):
             raise InvalidArgument(f"'schema' must be a plain identifier "
                                   f"([A-Za-z_][A-Za-z0-9_]*), got {schema!r}.")
         self.schema = schema
+        self._options = query.pop("options", "")  # merged with search_path below
         scheme = "postgresql"
         self._conninfo = urlunsplit((scheme, parts.netloc, parts.path, urlencode(query), ""))
         self._where = _redact(self._conninfo)
@@ -183,8 +189,11 @@ class PostgresStore(SqlStore):
     def _new_conn(self) -> psycopg.Connection:
         kwargs: dict[str, Any] = {"autocommit": True,
                                   "connect_timeout": max(1, int(self._connect_timeout))}
+        options = self._options
         if self.schema is not None:
-            kwargs["options"] = f"-c search_path={self.schema}"
+            options = f"{options} -c search_path={self.schema}".strip()
+        if options:
+            kwargs["options"] = options
         try:
             return psycopg.connect(self._conninfo, **kwargs)
         except psycopg.OperationalError as exc:
@@ -214,6 +223,10 @@ class PostgresStore(SqlStore):
             with conn.transaction():
                 with conn.cursor() as cur:
                     yield Tx(cur, "format")
+
+    def _relaxed_durability(self, tx: Tx) -> None:
+        # token buckets are approximate by nature: do not wait for the WAL flush
+        tx.execute("SET LOCAL synchronous_commit TO OFF")
 
     def _migration_lock(self, tx: Tx) -> None:
         tx.query("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK_ID,))
