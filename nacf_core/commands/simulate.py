@@ -93,11 +93,25 @@ def _run_lsl(args: argparse.Namespace, recording) -> int:
     from nacf_core.hardware.lsl import stream_recording_to_lsl
 
     print(f"lsl:{args.lsl}", flush=True)
-    return int(stream_recording_to_lsl(recording, args.lsl, speed=args.speed,
-                                        duration=args.seconds) or 0)
+    speed = 1000.0 if args.fast else args.speed
+    try:
+        n = stream_recording_to_lsl(
+            recording, args.lsl, speed=speed, loop=not args.no_loop,
+            duration_s=None if args.seconds is None else args.seconds * speed,
+        )
+    except KeyboardInterrupt:
+        return 0
+    print(f"# pushed {n} samples to the LSL outlet {args.lsl!r}", file=sys.stderr)
+    return 0
 
 
 def _wait(seconds: float | None) -> None:
+    import signal
+
+    def _term(signum, frame):  # SIGTERM: leave the with-block, remove the port cleanly
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _term)
     end = None if seconds is None else time.monotonic() + seconds
     try:
         while end is None or time.monotonic() < end:

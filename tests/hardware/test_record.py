@@ -1,0 +1,136 @@
+"""``nacf record`` (and ``nacf simulate`` end to end)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nacf_core.cli import main
+from nacf_core.hardware.cyton import decode_packets, encode_packets, uv_per_count
+from nacf_core.hardware.files import read_recording
+from nacf_core.hardware.simulator import Faults, SimulatedCyton
+from nacf_core.hardware.sources import open_source, parse_source
+
+DEMO = Path(__file__).resolve().parents[2] / "nacf_core" / "data" / "demo" / "S024R07.npz"
+
+
+@pytest.fixture(scope="module")
+def recording():
+    return read_recording(DEMO, stop_s=10)
+
+
+def _read_csv(path):
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    return rows[0], rows[1:]
+
+
+def test_record_cyton_exact_values(recording, tmp_path, capsys):
+    out = tmp_path / "rec.csv"
+    with SimulatedCyton(recording, realtime=False) as sim:
+        rc = main(["record", "--source", f"cyton:{sim.port}", "--seconds", "1.2",
+                   "--out", str(out)])
+        start = sim.stream_starts[0]
+    assert rc == 0, capsys.readouterr()
+    header, rows = _read_csv(out)
+    assert header == ["timestamp", "Fp1", "Fp2", "C3", "C4", "P7", "P8", "O1", "O2"]
+    assert len(rows) == 300
+    vals = np.array([[float(v) for v in r[1:]] for r in rows], dtype=np.float32)
+    counts = np.rint(sim.signal[start:start + 300] / uv_per_count()).astype(np.int64)
+    _, expect, _ = decode_packets(encode_packets(np.zeros(300), counts))
+    np.testing.assert_array_equal(vals, expect)  # the CSV holds exactly what nacf read
+    ts = np.array([float(r[0]) for r in rows])
+    assert np.all(np.diff(ts) > 0)
+    assert "wrote 300 samples" in capsys.readouterr().out
+
+
+def test_dropped_samples_are_empty_fields(recording, tmp_path):
+    out = tmp_path / "drops.csv"
+    with SimulatedCyton(recording, realtime=False, faults=Faults(drop=0.05, seed=3)) as sim:
+        rc = main(["record", "--source", f"cyton:{sim.port}?montage=a,b,c,d,e,f,g,h",
+                   "--seconds", "4", "--out", str(out)])
+    assert rc == 0
+    header, rows = _read_csv(out)
+    assert header[1:] == list("abcdefgh") and len(rows) == 1000
+    empty = [r for r in rows if r[1:] == [""] * 8]
+    assert len(empty) > 10
+    assert all(all(v != "" for v in r[1:]) for r in rows if r not in empty)
+    assert sim.stats["dropped"] >= len(empty) > 0
+
+
+def test_record_daisy_and_montage_flag(recording, tmp_path):
+    out = tmp_path / "daisy.csv"
+    names = ",".join(f"E{i}" for i in range(16))
+    with SimulatedCyton(recording, daisy=True, realtime=False) as sim:
+        rc = main(["record", "--source", f"cyton-daisy:{sim.port}", "--seconds", "1",
+                   "--out", str(out), "--montage", names])
+    assert rc == 0
+    header, rows = _read_csv(out)
+    assert header[1:] == names.split(",") and len(rows) == 125
+
+
+def test_record_file_source(tmp_path):
+    out = tmp_path / "file.csv"
+    assert main(["record", "--source", f"file:{DEMO}?speed=0", "--seconds", "2",
+                 "--out", str(out)]) == 0
+    header, rows = _read_csv(out)
+    rec = read_recording(DEMO, stop_s=2)
+    assert header[1:] == rec.ch_names and len(rows) == 320
+    np.testing.assert_array_equal(np.array([[float(v) for v in r[1:]] for r in rows],
+                                           np.float32), rec.data.astype(np.float32))
+
+
+@pytest.mark.parametrize("source, message", [
+    ("cyton:/nonexistent/ttyUSB7", "does not exist"),
+    ("serial:/dev/ttyUSB0", "Allowed kinds"),
+    ("cyton:", "names no port"),
+    ("file:x.edf?speed=fast", "must be a number"),
+    ("cyton:/dev/ttyUSB0?rate=9", "Options for cyton"),
+])
+def test_record_bad_source(source, message, tmp_path, capsys):
+    rc = main(["record", "--source", source, "--seconds", "1", "--out",
+               str(tmp_path / "x.csv")])
+    assert rc == 1
+    assert message in capsys.readouterr().err
+
+
+def test_parse_source():
+    s = parse_source("cyton:/dev/ttyUSB0?montage=Fp1,Fp2,C3,C4,P7,P8,O1,O2")
+    assert (s.kind, s.target, s.options["montage"]) == ("cyton", "/dev/ttyUSB0",
+                                                        "Fp1,Fp2,C3,C4,P7,P8,O1,O2")
+    assert parse_source("file:/a/b.edf?speed=4").options == {"speed": "4"}
+    assert parse_source("lsl:My Stream").target == "My Stream"
+    src = open_source("cyton-daisy:/dev/ttyUSB3")
+    assert src.n_channels == 16 and src.sfreq == 125.0 and not src.connected
+    with pytest.raises(ValueError, match="montage"):
+        open_source("cyton:/dev/ttyUSB0?montage=Fp1")
+
+
+def test_simulate_command_end_to_end(tmp_path):
+    """``nacf simulate`` in its own process, ``nacf record`` reading its port."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nacf_core.cli", "simulate", str(DEMO), "--speed", "4",
+         "--faults", "garbage=0.02,seed=1", "--seconds", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        port = proc.stdout.readline().strip()
+        assert port and os.path.exists(port), proc.stderr.read()
+        out = tmp_path / "sim.csv"
+        t = time.monotonic()
+        assert main(["record", "--source", f"cyton:{port}", "--seconds", "2",
+                     "--out", str(out)]) == 0
+        assert time.monotonic() - t < 10
+        header, rows = _read_csv(out)
+        assert len(rows) == 500 and header[1] == "Fp1"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

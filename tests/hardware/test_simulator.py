@@ -1,0 +1,159 @@
+"""The simulated Cyton, spoken to byte by byte like firmware."""
+
+from __future__ import annotations
+
+import os
+import select
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from nacf_core.hardware.cyton import decode_packets
+from nacf_core.hardware.files import read_recording
+from nacf_core.hardware.simulator import Faults, SimulatedCyton, prepare_signal
+
+DEMO = Path(__file__).resolve().parents[2] / "nacf_core" / "data" / "demo" / "S023R03.npz"
+
+
+def _read_until(fd, token: bytes, timeout=3.0) -> bytes:
+    buf = b""
+    end = time.monotonic() + timeout
+    while token not in buf:
+        assert time.monotonic() < end, f"no {token!r}, got {buf[-200:]!r}"
+        r, _, _ = select.select([fd], [], [], 0.05)
+        if r:
+            buf += os.read(fd, 4096)
+    return buf
+
+
+def _read_n(fd, n, timeout=3.0) -> bytes:
+    buf = b""
+    end = time.monotonic() + timeout
+    while len(buf) < n:
+        assert time.monotonic() < end
+        r, _, _ = select.select([fd], [], [], 0.05)
+        if r:
+            buf += os.read(fd, n - len(buf))
+    return buf
+
+
+def _drain(fd, quiet=0.3) -> bytes:
+    buf = b""
+    while True:
+        r, _, _ = select.select([fd], [], [], quiet)
+        if not r:
+            return buf
+        buf += os.read(fd, 4096)
+
+
+@pytest.fixture(scope="module")
+def recording():
+    return read_recording(DEMO, stop_s=10)
+
+
+def test_answers_like_firmware(recording):
+    with SimulatedCyton(recording, realtime=True, speed=2) as sim:
+        assert os.path.islink(sim.port)
+        fd = os.open(sim.port, os.O_RDWR | os.O_NOCTTY)
+        try:
+            os.write(fd, b"v")
+            banner = _read_until(fd, b"$$$").decode()
+            assert banner.startswith("OpenBCI V3") and banner.endswith("$$$")
+            assert "Daisy" not in banner
+            os.write(fd, b"d")
+            assert _read_until(fd, b"$$$").endswith(b"updating channel settings to default$$$")
+            os.write(fd, b"x1030110X")
+            assert _read_until(fd, b"$$$").endswith(b"Success: Channel set for 1$$$")
+            assert sim.gains.gains[0] == 6
+            os.write(fd, b"b")
+            data = _read_n(fd, 33 * 20)
+            pk = np.frombuffer(data, np.uint8).reshape(20, 33)
+            assert (pk[:, 0] == 0xA0).all() and (pk[:, 32] == 0xC0).all()
+            assert pk[:, 1].tolist() == list(range(20))
+            # real EEG at gain 6 on channel 1, 24 elsewhere: decodes back to the signal
+            _, uv, _ = decode_packets(np.ascontiguousarray(pk), [6] + [24] * 7)
+            np.testing.assert_allclose(uv, sim.signal[:20], atol=0.1)
+            assert np.abs(uv).max() > 1
+            os.write(fd, b"s")
+            _drain(fd)
+            assert _drain(fd) == b""  # stopped
+            assert sim.commands == ["v", "d", "x1030110X", "b", "s"]
+        finally:
+            os.close(fd)
+    assert not os.path.lexists(sim.port)
+
+
+def test_daisy_banner_and_packet_order(recording):
+    with SimulatedCyton(recording, daisy=True, realtime=False) as sim:
+        fd = os.open(sim.port, os.O_RDWR | os.O_NOCTTY)
+        try:
+            os.write(fd, b"v")
+            assert b"On Daisy ADS1299" in _read_until(fd, b"$$$")
+            os.write(fd, b"b")
+            pk = np.frombuffer(_read_n(fd, 33 * 4), np.uint8).reshape(4, 33).copy()
+            os.write(fd, b"s")
+        finally:
+            os.close(fd)
+    _, uv, _ = decode_packets(pk)
+    assert pk[:, 1].tolist() == [0, 1, 2, 3]
+    np.testing.assert_allclose(uv[0], sim.signal[0, 8:], atol=0.02)   # even: channels 9-16
+    np.testing.assert_allclose(uv[1], sim.signal[0, :8], atol=0.02)   # odd: channels 1-8
+    assert sim.sfreq == 125.0
+
+
+def test_prepare_signal_picks_montage_and_resamples():
+    rng = np.random.default_rng(0)
+    names = ["Fc5.", "O2..", "Fp1.", "Fp2.", "C3..", "C4..", "P7..", "P8..", "O1..", "Cz.."]
+    rec = SimpleNamespace(data=rng.normal(size=(1600, 10)), sfreq=160.0, ch_names=names)
+    data, ch = prepare_signal(rec, 8, 250.0)
+    assert ch == ["Fp1", "Fp2", "C3", "C4", "P7", "P8", "O1", "O2"]
+    assert data.shape == (2500, 8)
+    # a 10 Hz sine stays a 10 Hz sine after resampling
+    t = np.arange(1600) / 160
+    rec2 = SimpleNamespace(data=np.sin(2 * np.pi * 10 * t)[:, None] * np.ones((1, 8)),
+                           sfreq=160.0, ch_names=[f"c{i}" for i in range(8)])
+    d2, ch2 = prepare_signal(rec2, 8, 250.0)
+    tt = np.arange(2500) / 250
+    np.testing.assert_allclose(d2[100:-100, 0], np.sin(2 * np.pi * 10 * tt)[100:-100], atol=0.02)
+    assert ch2 == [f"c{i}" for i in range(8)]
+
+
+def test_fewer_channels_are_padded():
+    rec = SimpleNamespace(data=np.ones((250, 3)), sfreq=250.0, ch_names=["a", "b", "c"])
+    data, ch = prepare_signal(rec, 8, 250.0)
+    assert data.shape == (250, 8) and (data[:, 3:] == 0).all() and ch[:3] == ["a", "b", "c"]
+
+
+def test_accepts_a_path_and_validates():
+    with SimulatedCyton(str(DEMO), realtime=False) as sim:
+        assert sim.ch_names == ["Fp1", "Fp2", "C3", "C4", "P7", "P8", "O1", "O2"]
+    with pytest.raises(TypeError, match="recording"):
+        SimulatedCyton(object())
+    with pytest.raises(ValueError, match="speed"):
+        SimulatedCyton(str(DEMO), speed=0)
+
+
+def test_faults_parse():
+    f = Faults.parse("garbage=0.1, drop=0.05,railed=3,disconnect=2:0.5,seed=9")
+    assert (f.garbage, f.drop, f.railed, f.disconnect_after, f.disconnect_for, f.seed) == \
+        (0.1, 0.05, 3, 2.0, 0.5, 9)
+    assert Faults.parse("") == Faults()
+    with pytest.raises(ValueError, match="Allowed faults"):
+        Faults.parse("explode=1")
+    with pytest.raises(ValueError, match="garbage"):
+        Faults.parse("garbage=2")
+    with pytest.raises(ValueError, match="drop"):
+        Faults.parse("drop=x")
+
+
+def test_no_reader_keeps_memory_bounded(recording):
+    with SimulatedCyton(recording, realtime=True, speed=50) as sim:
+        fd = os.open(sim.port, os.O_RDWR | os.O_NOCTTY)
+        os.write(fd, b"b")
+        os.close(fd)
+        time.sleep(1.0)  # 12 500 packets, nobody reading
+        assert len(sim._out) <= 1 << 16
+        assert sim.stats["packets"] > 5000
