@@ -866,14 +866,25 @@ class AuthService:
         loss = float(self.config.signal_loss_s)
         q: queue.Queue = queue.Queue(maxsize=64)
         _END = object()
+        stop = threading.Event()
+
+        def put(item: Any) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.5)
+                    return True
+                except queue.Full:
+                    continue
+            return False
 
         def reader() -> None:
             try:
                 for c in chunks:
-                    q.put(c)
-                q.put(_END)
+                    if not put(c):
+                        return
+                put(_END)
             except Exception as e:  # noqa: BLE001 - forwarded to the consumer
-                q.put(e)
+                put(e)
 
         threading.Thread(target=reader, name="nacf-continuous-reader", daemon=True).start()
         buf = _Buffer(max_seconds=4 * win + 1)
@@ -892,62 +903,65 @@ class AuthService:
                 if reason == "wearer_changed" else None
             return ContinuousUpdate("ended", score, thr, quality, reason, expires, streamed)
 
-        while True:
-            if cancelled():
-                return
-            try:
-                item = q.get(timeout=loss)
-            except queue.Empty:
-                yield end("signal_lost")
-                return
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            block: SignalBlock = item
-            if block.device_id and s.device_id and block.device_id != s.device_id:
-                yield end("device_changed")
-                return
-            buf.push(block)
-            pending += block.seconds
-            streamed += block.seconds
-            if pending < win:
-                continue
-            pending = 0.0
-            w = self.rec.windows(buf.block(last_seconds=win))
-            acc = np.asarray(w.accepted, dtype=bool)
-            quality = _mean(np.asarray(w.quality, dtype=np.float64))
-            cur = self._store("get_session", self.store.get_session, token)
-            now = self.clock()
-            if not cur.is_active(now):
-                yield ContinuousUpdate("ended", 0.0, thr, quality,
-                                       cur.end_reason or "expired", float(cur.expires_at),
-                                       streamed)
-                return
-            if not acc.any():
-                since_good += win
-                if since_good >= loss:
-                    yield end("signal_lost", 0.0, quality)
+        try:
+            while True:
+                if cancelled():
                     return
-                yield ContinuousUpdate("uncertain", 0.0, thr, quality,
-                                       "; ".join(sorted({r for r in w.reasons if r})),
-                                       expires, streamed)
-                continue
-            since_good = 0.0
-            d = self.rec.decide(w, template)
-            score, thr = float(d.score), float(d.threshold)
-            if d.accepted:
-                mismatches = 0
-                expires = self._renew(token, expires, now)
-                yield ContinuousUpdate("verified", score, thr, quality, "", expires, streamed)
-            else:
-                mismatches += 1
-                if mismatches >= self.config.continuous_mismatch_windows:
-                    yield end("wearer_changed", score, quality)
+                try:
+                    item = q.get(timeout=loss)
+                except queue.Empty:
+                    yield end("signal_lost")
                     return
-                yield ContinuousUpdate("uncertain", score, thr, quality,
-                                       f"score {score:.3f} below threshold {thr:.3f}",
-                                       expires, streamed)
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                block: SignalBlock = item
+                if block.device_id and s.device_id and block.device_id != s.device_id:
+                    yield end("device_changed")
+                    return
+                buf.push(block)
+                pending += block.seconds
+                streamed += block.seconds
+                if pending < win:
+                    continue
+                pending = 0.0
+                w = self.rec.windows(buf.block(last_seconds=win))
+                acc = np.asarray(w.accepted, dtype=bool)
+                quality = _mean(np.asarray(w.quality, dtype=np.float64))
+                cur = self._store("get_session", self.store.get_session, token)
+                now = self.clock()
+                if not cur.is_active(now):
+                    yield ContinuousUpdate("ended", 0.0, thr, quality,
+                                           cur.end_reason or "expired", float(cur.expires_at),
+                                           streamed)
+                    return
+                if not acc.any():
+                    since_good += win
+                    if since_good >= loss:
+                        yield end("signal_lost", 0.0, quality)
+                        return
+                    yield ContinuousUpdate("uncertain", 0.0, thr, quality,
+                                           "; ".join(sorted({r for r in w.reasons if r})),
+                                           expires, streamed)
+                    continue
+                since_good = 0.0
+                d = self.rec.decide(w, template)
+                score, thr = float(d.score), float(d.threshold)
+                if d.accepted:
+                    mismatches = 0
+                    expires = self._renew(token, expires, now)
+                    yield ContinuousUpdate("verified", score, thr, quality, "", expires, streamed)
+                else:
+                    mismatches += 1
+                    if mismatches >= self.config.continuous_mismatch_windows:
+                        yield end("wearer_changed", score, quality)
+                        return
+                    yield ContinuousUpdate("uncertain", score, thr, quality,
+                                           f"score {score:.3f} below threshold {thr:.3f}",
+                                           expires, streamed)
+        finally:
+            stop.set()
 
     def _renew(self, token: str, expires: float, now: float) -> float:
         fn = getattr(self.store, "renew_session", None)
