@@ -23,11 +23,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from nacf_core.hardware.files import read_recording
 from scipy.signal import resample_poly
 from scipy.stats import beta
 
 from nacf_core.channels import pick
-from nacf_core.hardware.files import read_recording
 from nacf_core.pad import PresentationAttackDetector
 
 CH16 = "Fp1 Fp2 F3 F4 F7 F8 C3 C4 T7 T8 P3 P4 P7 P8 O1 O2".split()

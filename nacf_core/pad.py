@@ -242,7 +242,7 @@ def _parse(fp: bytes) -> tuple[bytes, np.ndarray]:
     fp = bytes(fp)
     if len(fp) < _HEADER.size or fp[:4] != _MAGIC:
         raise InvalidArgument("Not a nacf PAD fingerprint (bad header).")
-    magic, ver, n_bands, n_ch, n_frames, hop, chash = _HEADER.unpack_from(fp)
+    _, ver, n_bands, n_ch, n_frames, _, chash = _HEADER.unpack_from(fp)
     n_feat = n_bands * n_ch
     body = np.frombuffer(fp, dtype=np.int8, offset=_HEADER.size)
     if ver != 1 or body.size != n_frames * n_feat:
@@ -272,7 +272,7 @@ def _max_ncc(segs: np.ndarray, seqs: list[np.ndarray]) -> tuple[float, int]:
     All sequences are laid end to end and correlated with every piece at once by FFT;
     windows that straddle two sequences are ignored.
     """
-    n_seg, L, F = segs.shape
+    _, L, F = segs.shape
     if not seqs:
         return 0.0, -1
     owner = np.concatenate([np.full(q.shape[0], i) for i, q in enumerate(seqs)])

@@ -7,12 +7,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from nacf_core.hardware.files import read_recording
 from scipy.signal import resample_poly
 
 from nacf_core import pad
 from nacf_core.channels import pick
 from nacf_core.errors import InvalidArgument
-from nacf_core.hardware.files import read_recording
 
 CH16 = "Fp1 Fp2 F3 F4 F7 F8 C3 C4 T7 T8 P3 P4 P7 P8 O1 O2".split()
 SUBJECTS = ["S003", "S009", "S015", "S021"]  # a slice of the dev data; README has all 24

@@ -14,10 +14,11 @@ import binascii
 import hashlib
 import json
 import logging
+import math
 import random
 import secrets
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
@@ -63,7 +64,7 @@ def _check_time(name: str, value: Any) -> float:
         v = float(value)
     except (TypeError, ValueError):
         raise TypeError(f"{name!r} must be unix seconds (a real number), got {value!r}.") from None
-    if v != v or v in (float("inf"), float("-inf")):
+    if not math.isfinite(v):
         raise InvalidArgument(f"{name!r} must be finite unix seconds, got {value!r}.")
     return v
 
@@ -297,7 +298,8 @@ class SqlStore(Store):
                 sql += " AND t.model_version = ?"
                 params += (model_version,)
             sql += " ORDER BY t.user_id LIMIT 500"
-            rows = self._run(lambda tx: tx.query(sql, params), write=False)
+            rows = self._run(lambda tx, sql=sql, params=params: tx.query(sql, params),
+                             write=False)
             for row in rows:
                 yield self._decrypt_template(row)
             if len(rows) < 500:
