@@ -371,6 +371,9 @@ def test_authenticate_stream_decides_early(srv):
             sent.append(1)
             yield pb.AuthenticateStreamRequest(chunk=p)
 
+    c, m = code_of(stub.AuthenticateStream, gen(), metadata=MD, timeout=30)  # no proof
+    assert c == grpc.StatusCode.UNAUTHENTICATED and "device proof" in m
+    sent.clear()
     r = stub.AuthenticateStream(gen(), metadata=md, timeout=30)
     assert r.seconds_used <= 20
     assert r.accepted and r.session_token

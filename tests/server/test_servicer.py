@@ -160,3 +160,21 @@ def test_session_ttl_expiry(svc):
         assert not v.valid and v.reason == "expired"
     finally:
         service.clock = time.time
+
+
+def test_serve_help_documents_every_option():
+    import argparse
+
+    from nacf_core.commands import serve
+    from nacf_core.config import OPTION_HELP
+
+    parser = argparse.ArgumentParser(prog="nacf")
+    serve.register(parser.add_subparsers())
+    sub = parser._subparsers._group_actions[0].choices["serve"]
+    text = sub.format_help()
+    for flag in ("--grpc-address HOST:PORT", "--metrics-address HOST:PORT", "--data-dir DIR",
+                 "--config FILE", "--require-device-proof", "--no-require-device-proof",
+                 "--allow-open-loopback", "--tls-cert", "--tls-client-ca"):
+        assert flag in text, flag
+    for name in OPTION_HELP:
+        assert name in text and f"NACF_{name.upper()}" in text, name
