@@ -1,6 +1,6 @@
 """The one Numba shim: every Numba kernel is decorated with :func:`jit` from here.
 
-Defaults come from one place (``nopython``, ``nogil``, ``cache=True``; no
+Defaults come from one place (``njit`` is nopython; ``nogil``, ``cache=True``; no
 ``fastmath``: the kernels must agree with the reference).  Numba itself is imported
 on first use, so importing :mod:`nacf_core.kernels` does not pay for it, and kernels
 compile on first call (then load from the on-disk cache).
@@ -12,7 +12,7 @@ import functools
 
 __all__ = ["jit", "JIT_OPTIONS"]
 
-JIT_OPTIONS = {"nopython": True, "nogil": True, "cache": True}
+JIT_OPTIONS = {"nogil": True, "cache": True}
 
 
 def jit(func=None, **overrides):

@@ -1,0 +1,271 @@
+"""``nacf demo``: the main job, end to end on one machine.
+
+1. Starts ``nacf serve``'s server in-process on SQLite in a temporary directory, with
+   a fresh API key and the device proof required.
+2. Enrolls the demo people over gRPC from the recordings the package ships (EEGMMIDB
+   subjects S021-S024, run R03: real EEG, see ``nacf_core/data/demo/ATTRIBUTION.md``),
+   and registers a headset (``device_id``) to each.
+3. For every person, a genuine attempt (the person wears their own headset) and an
+   impostor attempt (someone else wears it): a simulated Cyton+Daisy streams the
+   wearer's later recording (run R07) over a pseudo-terminal, nacf's serial reader
+   decodes it, and the chunks go to ``AuthenticateStream`` with the device proof.
+4. Prints each decision with its score, threshold, the seconds of signal used and the
+   latency, then the metrics URL, and stops cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["register", "run", "demo_people"]
+
+DEMO_DIR = Path(__file__).resolve().parents[1] / "data" / "demo"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "demo", help="run the end-to-end demo (server, simulated headset, enroll, authenticate)",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--people", type=int, default=4, metavar="N",
+                   help="how many of the shipped demo people to use, 2-4 (default 4)")
+    p.add_argument("--speed", type=float, default=4.0, metavar="X",
+                   help="pace of the simulated headset, 1 = real time (default 4)")
+    p.add_argument("--grpc-address", default="127.0.0.1:0", metavar="HOST:PORT",
+                   help="gRPC address of the demo server (default: a free loopback port)")
+    p.add_argument("--metrics-address", default="127.0.0.1:0", metavar="HOST:PORT",
+                   help="metrics/health sidecar address (default: a free loopback port)")
+    p.add_argument("--keep-running", type=float, default=0.0, metavar="S",
+                   help="keep the server up S seconds after the attempts, to scrape /metrics")
+    p.set_defaults(func=run)
+
+
+def demo_people(n: int) -> list[tuple[str, Path, Path]]:
+    """``(subject, enroll_recording, probe_recording)`` for the first ``n`` shipped people."""
+    subjects = sorted({p.name[:4] for p in DEMO_DIR.glob("S*R03.npz")})
+    people = [(s, DEMO_DIR / f"{s}R03.npz", DEMO_DIR / f"{s}R07.npz") for s in subjects
+              if (DEMO_DIR / f"{s}R07.npz").exists()]
+    if len(people) < 2:
+        raise FileNotFoundError(f"the demo recordings are missing from {DEMO_DIR}")
+    if not 2 <= n <= len(people):
+        raise ValueError(f"'--people' must be in [2, {len(people)}], got {n}.")
+    return people[:n]
+
+
+def run(args: argparse.Namespace) -> int:
+    from nacf_core.server.app import limit_threads
+
+    limit_threads()
+    import secrets
+    import tempfile
+
+    import grpc
+
+    from nacf_core.config import SCOPES, Config
+    from nacf_core.errors import NacfError
+    from nacf_core.server.app import NacfServer
+
+    try:
+        people = demo_people(args.people)
+        if not (0 < args.speed <= 50):
+            raise ValueError(f"'--speed' must be in (0, 50], got {args.speed}.")
+    except (ValueError, FileNotFoundError) as e:
+        print(f"nacf demo: {e}", file=sys.stderr)
+        return 2
+
+    with tempfile.TemporaryDirectory(prefix="nacf-demo-") as tmp:
+        api_key = secrets.token_urlsafe(24)
+        config = Config(grpc_address=args.grpc_address, metrics_address=args.metrics_address,
+                        data_dir=tmp, api_keys={api_key: frozenset(SCOPES)},
+                        require_device_proof=True)
+        try:
+            server = NacfServer(config).start()
+        except (NacfError, OSError, ValueError) as e:
+            print(f"nacf demo: cannot start the server: {e}", file=sys.stderr)
+            return 2
+        metrics_url = f"{server.sidecar.url}/metrics" if server.sidecar else "(no sidecar)"
+        out = _Printer()
+        out(f"nacf demo: server on {server.address} (SQLite in {tmp}), "
+            f"model {server.service.model_version}, metrics {metrics_url}")
+        channel = grpc.insecure_channel(server.address)
+        try:
+            ok = _run_demo(grpc, channel, api_key, people, args.speed, out)
+            out(f"metrics: {metrics_url}")
+            if args.keep_running > 0:
+                out(f"keeping the server up for {args.keep_running:g} s (Ctrl-C stops)")
+                time.sleep(args.keep_running)
+        except grpc.RpcError as e:
+            print(f"nacf demo: {e.code().name}: {e.details()}", file=sys.stderr)
+            ok = False
+        finally:
+            channel.close()
+            server.stop(grace=5.0)
+        out("nacf demo: stopped cleanly")
+        return 0 if ok else 1
+
+
+class _Printer:
+    def __call__(self, line: str) -> None:
+        print(line, flush=True)
+
+
+def _run_demo(grpc, channel, api_key: str, people, speed: float, out) -> bool:
+    import numpy as np
+
+    from nacf_core._proto.nacf.v1 import auth_pb2 as pb
+    from nacf_core._proto.nacf.v1 import auth_pb2_grpc as pb_grpc
+    from nacf_core.hardware.files import read_recording
+
+    stub = pb_grpc.AuthServiceStub(channel)
+    md = (("x-api-key", api_key),)
+    device_secret: dict[str, str] = {}
+
+    out("\n== enrollment over gRPC (run R03, 60 s each) ==")
+    for subject, enroll_path, _ in people:
+        rec = read_recording(enroll_path)
+        sig = pb.Signal(sample_rate_hz=float(rec.sfreq), channel_names=list(rec.ch_names),
+                        samples=np.ascontiguousarray(rec.data, dtype="<f4").tobytes())
+        t0 = time.perf_counter()
+        resp = stub.Enroll(pb.EnrollRequest(user_id=subject, signals=[sig]), metadata=md,
+                           timeout=60)
+        ms = (time.perf_counter() - t0) * 1e3
+        dev = stub.RegisterDevice(pb.RegisterDeviceRequest(user_id=subject,
+                                                           device_id=f"cyton-{subject}"),
+                                  metadata=md, timeout=10)
+        device_secret[subject] = dev.device_secret
+        out(f"enrolled {subject}: template v{resp.template_version}, "
+            f"{resp.epochs_used} epochs used, {resp.epochs_rejected} rejected, "
+            f"quality {resp.quality:.2f}, {ms:.0f} ms; headset {dev.device_id} registered")
+
+    out(f"\n== authentication: simulated Cyton+Daisy on a pty -> serial reader -> "
+        f"AuthenticateStream (pace {speed:g}x real time) ==")
+    n_ok = n_total = 0
+    for i, (claim, _, _) in enumerate(people):
+        impostor = people[(i + 1) % len(people)]
+        for wearer, probe_path in ((claim, people[i][2]), (impostor[0], impostor[2])):
+            genuine = wearer == claim
+            resp, latency_ms, wall_s, n_filled = _stream_attempt(
+                pb, stub, md, claim, f"cyton-{claim}", device_secret[claim], probe_path,
+                speed)
+            correct = resp.accepted == genuine
+            n_ok += correct
+            n_total += 1
+            kind = "genuine " if genuine else "impostor"
+            out(f"{kind} claim={claim} wearer={wearer}: "
+                f"{'ACCEPT' if resp.accepted else 'REJECT'} score {resp.score:+.3f} "
+                f"(threshold {resp.threshold:+.3f}) after {resp.seconds_used:.0f} s of signal, "
+                f"decision {latency_ms:.1f} ms after the last chunk, {wall_s:.1f} s wall "
+                f"[{'correct' if correct else 'WRONG'}]"
+                + (" session opened" if resp.session_token else "")
+                + (f" ({n_filled} dropped samples interpolated by the client)" if n_filled
+                   else ""))
+    stats = stub.GetStats(pb.GetStatsRequest(), metadata=md, timeout=10)
+    out(f"\n{n_ok}/{n_total} decisions correct; store stats: {stats.total_users} users, "
+        f"{stats.auth_attempts_today} attempts today, success rate "
+        f"{stats.success_rate_today:.1f} %, {stats.active_sessions} active sessions")
+    return True
+
+
+def _stream_attempt(pb, stub, md, claim: str, device_id: str, secret: str, probe_path: Path,
+                    speed: float):
+    """Stream one recording through the simulated headset; return (response, latency, wall)."""
+    import queue
+    import threading
+
+    import numpy as np
+
+    from nacf_core.hardware.serial_reader import CytonReader
+    from nacf_core.hardware.simulator import SimulatedCyton
+    from nacf_core.service import device_proof
+
+    stop = threading.Event()
+    sent_at = [0.0]
+    filled = [0]
+    blocks: queue.Queue = queue.Queue(maxsize=64)
+
+    with SimulatedCyton(probe_path, daisy=True, realtime=True, speed=speed, loop=False) as sim, \
+            CytonReader(sim.port, daisy=True) as reader:
+        block_n = int(reader.sfreq // 2)  # half-second blocks
+
+        def read_blocks():  # our own thread: the reader is closed only after it ends
+            buf, n = [], 0
+            while not stop.is_set():
+                chunk = reader.read_chunk(timeout=0.5)
+                if chunk is None:
+                    break
+                if chunk.n_times == 0:
+                    continue
+                buf.append(chunk.samples)
+                n += chunk.n_times
+                if n >= block_n:
+                    block = _fill_dropped(np.concatenate(buf), filled)
+                    if block is not None:
+                        blocks.put(block)
+                    buf, n = [], 0
+            blocks.put(None)
+
+        def next_block():
+            while not stop.is_set():
+                try:
+                    return blocks.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+            return None
+
+        def signal(samples):
+            return pb.Signal(sample_rate_hz=float(reader.sfreq),
+                             channel_names=list(reader.ch_names),
+                             samples=samples.tobytes(), device_id=device_id)
+
+        thread = threading.Thread(target=read_blocks, name="nacf-demo-reader", daemon=True)
+        thread.start()
+        try:
+            first = next_block()
+            if first is None:
+                raise RuntimeError(f"the simulated headset streamed nothing from {probe_path}")
+            ts = int(time.time())
+            proof = device_proof(secret, claim, device_id, ts, first.tobytes())
+            metadata = md + (("x-device-id", device_id), ("x-device-timestamp", str(ts)),
+                             ("x-device-proof", proof))
+
+            def requests():
+                yield pb.AuthenticateStreamRequest(start=pb.StreamStart(user_id=claim))
+                sent_at[0] = time.perf_counter()
+                yield pb.AuthenticateStreamRequest(chunk=signal(first))
+                while (samples := next_block()) is not None:
+                    sent_at[0] = time.perf_counter()
+                    yield pb.AuthenticateStreamRequest(chunk=signal(samples))
+
+            t0 = time.perf_counter()
+            resp = stub.AuthenticateStream(requests(), metadata=metadata, timeout=120)
+            t1 = time.perf_counter()
+        finally:
+            stop.set()
+            thread.join()
+    return resp, (t1 - sent_at[0]) * 1e3, t1 - t0, filled[0]
+
+
+def _fill_dropped(block, filled: list[int]):
+    """The client's handling of samples the serial link dropped (NaN rows).
+
+    The wire carries finite microvolts only, so a client fills short gaps by linear
+    interpolation per channel (counted in ``filled``) and drops a block that lost more
+    than a quarter of its samples.
+    """
+    import numpy as np
+
+    bad = ~np.isfinite(block).all(axis=1)
+    n_bad = int(bad.sum())
+    if n_bad == 0:
+        return np.ascontiguousarray(block, dtype="<f4")
+    if n_bad > block.shape[0] // 4:
+        filled[0] += n_bad
+        return None
+    t = np.arange(block.shape[0])
+    out = np.array(block, dtype="<f4")
+    for c in range(out.shape[1]):
+        out[bad, c] = np.interp(t[bad], t[~bad], out[~bad, c])
+    filled[0] += n_bad
+    return out

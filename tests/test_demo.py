@@ -1,0 +1,41 @@
+"""``nacf demo`` end to end: server, simulated headset over a pty, enroll, authenticate."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from nacf_core.commands.demo import demo_people
+
+
+def test_demo_people_are_the_shipped_held_out_subjects():
+    people = demo_people(4)
+    assert [p[0] for p in people] == ["S021", "S022", "S023", "S024"]
+    with pytest.raises(ValueError, match="'--people' must be in"):
+        demo_people(9)
+
+
+def test_demo_runs_end_to_end_and_stops_cleanly():
+    env = dict(os.environ, NACF_KERNEL_BACKEND="cython")
+    proc = subprocess.run(
+        [sys.executable, "-m", "nacf_core.cli", "--log-level", "WARNING", "demo",
+         "--people", "2", "--speed", "10"],
+        capture_output=True, text=True, timeout=240, env=env)
+    out = proc.stdout
+    assert proc.returncode == 0, f"stdout:\n{out}\nstderr:\n{proc.stderr[-4000:]}"
+    assert re.search(r"enrolled S021: template v1, \d+ epochs used", out), out
+    assert re.search(r"enrolled S022: template v1", out), out
+    decisions = re.findall(
+        r"(genuine |impostor) claim=(S\d+) wearer=(S\d+): (ACCEPT|REJECT) score ([+-][\d.]+) "
+        r"\(threshold ([+-][\d.]+)\) after (\d+) s of signal, decision ([\d.]+) ms", out)
+    assert len(decisions) == 4, out
+    for kind, claim, wearer, verdict, score, thr, secs, ms in decisions:
+        assert (kind.strip() == "genuine") == (claim == wearer)
+        # the printed verdict is the score against the threshold or the sequential test's
+        assert int(secs) > 0 and float(ms) >= 0
+    assert "metrics: http://127.0.0.1:" in out
+    assert "nacf demo: stopped cleanly" in out
