@@ -11,9 +11,10 @@ wire and the devices deliver it), :meth:`Pipeline.windows`:
    window long, not all NaN, not all railed) — :class:`~nacf_core.errors.InvalidArgument`
    with a specific message otherwise;
 2. selects the model's channels by canonical name (:func:`nacf_core.channels.pick`);
-3. bridges dropped samples (NaN) by holding the last value, removes each channel's
-   median (a Cyton's 60 000 µV offsets), and resamples to the model's rate with a
-   polyphase filter (:func:`scipy.signal.resample_poly`) when the rates differ;
+3. bridges dropped samples (NaN) by holding the last value and, when the rates differ,
+   removes each channel's median (a Cyton's 60 000 µV offsets would ring at the edges of
+   the anti-aliasing filter) and resamples to the model's rate with a polyphase filter
+   (:func:`scipy.signal.resample_poly`);
 4. band-passes (Butterworth, second-order sections) from the steady state of the first
    sample, so residual offsets do not ring;
 5. cuts windows (``model.window_s`` long, every ``hop_s``), and gates each: a window is
@@ -266,6 +267,7 @@ class Pipeline:
             model.band[0], model.band[1], model.sfreq, model.filter_order), dtype=np.float64)
         self._zi_unit = sosfilt_zi(self._sos)[:, :, None]  # (n_sections, 2, 1)
         self._n_win = model.n_window_samples()
+        self._picks: dict[tuple, list[int]] = {}
         self._shrink = float(model.covariances.shrinkage)
         self._eps = float(model.tangent.eps)
         self._fitted = hasattr(model.projection, "components_")
@@ -273,8 +275,12 @@ class Pipeline:
             self._p = np.ascontiguousarray(model.tangent.reference_inv_sqrt_)
             self._iu = model.tangent.triu_
             self._w = model.tangent.weights_
-            self._mean = model.projection.mean_
-            self._comp = np.ascontiguousarray(model.projection.components_)
+            # fold the √2 weights and the centring into the projection:
+            # z = (t * w - mean) @ comp = u @ (w[:, None] * comp) - mean @ comp
+            comp = model.projection.components_
+            self._comp_w = np.ascontiguousarray(self._w[:, None] * comp)
+            self._offset = model.projection.mean_ @ comp
+            self._dim = int(comp.shape[1])
 
     @property
     def model_version(self) -> str:
@@ -301,7 +307,7 @@ class Pipeline:
         """
         m = self.model
         epochs, q, accepted, reasons, seconds, starts = self.epochs(samples, sfreq, ch_names, hop_s)
-        emb = np.zeros((len(accepted), m.embedding_dim), dtype=np.float32)
+        emb = np.zeros((len(accepted), self._dim), dtype=np.float32)
         if accepted.any():
             emb[accepted] = self._embed(epochs[accepted])
         return Windows(emb, q, accepted, reasons, seconds, starts)
@@ -325,24 +331,31 @@ class Pipeline:
         hop_s = m.hop_s if hop_s is None else float(hop_s)
         if not (math.isfinite(hop_s) and hop_s > 0):
             raise InvalidArgument(f"'hop_s' must be a finite number > 0, got {hop_s!r} instead.")
-        x = x[:, idx]
+        x = np.array(x[:, idx], dtype=np.float64)  # a float64 copy we may modify
         n_in = x.shape[0]
         seconds = n_in / sfreq
-        finite = np.isfinite(x)
-        if not finite.any():
-            raise InvalidArgument(
-                f"the signal is all NaN/inf on the model's channels ({', '.join(m.ch_names)}).")
-        railed = np.abs(np.where(finite, x, 0.0)) >= self._limits.rail_uv
-        if (railed | ~finite).all():
-            raise InvalidArgument(
-                f"the signal is railed (|x| >= {self._limits.rail_uv:g} µV) on every model "
-                "channel for its whole length: check the electrodes and the amplifier gain.")
-        x = self._bridge(x, finite)
-        x -= np.median(x, axis=0)
+        rail = self._limits.rail_uv
+        peak = float(np.max(np.abs(x))) if n_in else 0.0
+        if math.isfinite(peak) and peak < rail:  # the common case: all finite, none railed
+            finite = railed = None
+        else:
+            finite = np.isfinite(x)
+            if not finite.any():
+                raise InvalidArgument(
+                    f"the signal is all NaN/inf on the model's channels ({', '.join(m.ch_names)}).")
+            railed = np.abs(np.where(finite, x, 0.0)) >= rail
+            if (railed | ~finite).all():
+                raise InvalidArgument(
+                    f"the signal is railed (|x| >= {rail:g} µV) on every model channel for its "
+                    "whole length: check the electrodes and the amplifier gain.")
+            if not finite.all():
+                x = self._bridge(x, finite)
         if sfreq != m.sfreq:
+            # remove the offsets first: the polyphase filter's edges would ring on them
+            x -= np.median(x, axis=0)
             frac = Fraction(m.sfreq / sfreq).limit_denominator(1000)
-            x = resample_poly(x, frac.numerator, frac.denominator, axis=0, padtype="line")
-        x = np.ascontiguousarray(x, dtype=np.float64)
+            x = np.ascontiguousarray(
+                resample_poly(x, frac.numerator, frac.denominator, axis=0, padtype="line"))
         zi = self._zi_unit * x[:1][None]
         y, _ = self._k.sosfilt(self._sos, x, axis=0, zi=zi)
         n = y.shape[0]
@@ -357,10 +370,11 @@ class Pipeline:
         epochs = np.ascontiguousarray(
             np.lib.stride_tricks.sliding_window_view(y, W, axis=0)[starts])  # (n_w, c, W)
         reason = self._k.detect_artifacts(epochs, m.sfreq, self._limits)
-        raw_reason = self._raw_reasons(finite, railed, starts * (sfreq / m.sfreq),
-                                       W * sfreq / m.sfreq)
-        take = (raw_reason != 0) & ((reason == 0) | (raw_reason < reason))
-        reason = np.where(take, raw_reason, reason).astype(np.int8)
+        if finite is not None:
+            raw_reason = self._raw_reasons(finite, railed, starts * (sfreq / m.sfreq),
+                                           W * sfreq / m.sfreq)
+            take = (raw_reason != 0) & ((reason == 0) | (raw_reason < reason))
+            reason = np.where(take, raw_reason, reason).astype(np.int8)
         _, q = self._k.quality(epochs, m.sfreq, reason)
         bad_ch = reason != 0
         accepted = ~bad_ch.any(axis=1) & (q >= m.min_quality)
@@ -392,15 +406,17 @@ class Pipeline:
                 f"'ch_names' has {len(ch_names)} names but 'samples' has "
                 f"{samples.shape[1]} channels (shape {samples.shape}; expected time-major "
                 "(n_times, n_channels)).")
-        idx = pick(ch_names, self.model.ch_names)
+        key = tuple(ch_names)
+        idx = self._picks.get(key)
+        if idx is None:
+            idx = pick(ch_names, self.model.ch_names)
+            if len(self._picks) < 64:
+                self._picks[key] = idx
         return samples, sfreq, idx
 
     @staticmethod
     def _bridge(x: np.ndarray, finite: np.ndarray) -> np.ndarray:
-        """Float64 copy with non-finite samples replaced by the channel's last finite one."""
-        x = np.array(x, dtype=np.float64)
-        if finite.all():
-            return x
+        """Non-finite samples replaced (in place) by the channel's last finite one."""
         n = x.shape[0]
         for c in range(x.shape[1]):
             ok = finite[:, c]
@@ -463,9 +479,10 @@ class Pipeline:
         w, v = np.linalg.eigh(mat)
         w = np.log(np.maximum(w, self._eps * np.maximum(w[:, -1:], 1e-300)))
         logm = (v * w[:, None, :]) @ np.swapaxes(v, -1, -2)
-        t = logm[:, self._iu[0], self._iu[1]] * self._w
-        z = (t - self._mean) @ self._comp
-        return l2_normalize(z)
+        z = logm[:, self._iu[0], self._iu[1]] @ self._comp_w
+        z -= self._offset
+        z /= np.sqrt(np.einsum("ij,ij->i", z, z))[:, None]
+        return z.astype(np.float32)
 
     # ------------------------------------------------------------------ enroll
     def enroll(self, blocks: Sequence[tuple[np.ndarray, float, Sequence[str]]]) -> Template:
