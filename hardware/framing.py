@@ -56,11 +56,12 @@ from nacf_core._validation import check_int_range
 from nacf_core.kernels._numba import jit
 
 from .base import Counters
-from .cyton import PACKET_SIZE, GainTracker, decode_packets
+from .cyton import PACKET_SIZE, GainTracker, decode_packets, decode_packets_numpy
 
 __all__ = ["Framer", "Frames", "scan_frames"]
 
 _STAT_CORRUPT, _STAT_GARBAGE, _STAT_RESYNC = 0, 1, 2
+_COMPILED_MIN_BYTES = 1 << 16
 
 
 @jit
@@ -126,7 +127,8 @@ def _scan_kernel(buf, n, last, max_gap, relock, starts, gaps, stats):  # pragma:
     return k, p, last
 
 
-def scan_frames(buf: np.ndarray, last: int = -1, max_gap: int = 127, relock: int = 3):
+def scan_frames(buf: np.ndarray, last: int = -1, max_gap: int = 127, relock: int = 3,
+                compiled: bool = True):
     """Find the packets in a byte buffer by the rules of the module docstring.
 
     Parameters
@@ -147,13 +149,21 @@ def scan_frames(buf: np.ndarray, last: int = -1, max_gap: int = 127, relock: int
         Counter of the last accepted packet (-1 if still unlocked).
     stats : ndarray, shape (3,), int64
         corrupt frames, skipped bytes, resyncs.
+
+    ``compiled=False`` runs the same function as plain Python (identical results; no
+    Numba start-up, which costs about a second on the first call in a process).
     """
     n = buf.shape[0]
     cap = n // PACKET_SIZE + 1
     starts = np.empty(cap, dtype=np.int64)
     gaps = np.empty(cap, dtype=np.int64)
     stats = np.zeros(3, dtype=np.int64)
-    k, p, last = _scan_kernel(buf, n, int(last), int(max_gap), int(relock), starts, gaps, stats)
+    if compiled:
+        k, p, last = _scan_kernel(buf, n, int(last), int(max_gap), int(relock), starts, gaps,
+                                  stats)
+    else:
+        k, p, last = _scan_kernel.py_func(buf.tobytes(), n, int(last), int(max_gap),
+                                          int(relock), starts, gaps, stats)
     return starts[:k], gaps[:k], int(p), int(last), stats
 
 
@@ -198,6 +208,11 @@ class Framer:
         ``corrupt``, ``garbage_bytes``, ``extra["resyncs"]``.
     max_gap, relock : int
         See the module docstring.
+    compiled : bool or None
+        Use the Numba kernels (True), the identical plain Python/NumPy path (False),
+        or (None, default) Numba only for feeds of 64 KiB or more: a live device
+        delivers a few hundred bytes at a time, where Numba's start-up (about a
+        second on the first call in a process) would only delay the first chunk.
     """
 
     def __init__(
@@ -207,8 +222,10 @@ class Framer:
         counters: Counters | None = None,
         max_gap: int = 127,
         relock: int = 3,
+        compiled: bool | None = None,
     ):
         self.daisy = bool(daisy)
+        self.compiled = compiled
         self.n_channels = 16 if self.daisy else 8
         self.gains = gains if gains is not None else GainTracker(self.n_channels)
         if self.gains.n_channels != self.n_channels:
@@ -243,8 +260,10 @@ class Framer:
             data, np.ndarray) else data.astype(np.uint8, copy=False).ravel()
         buf = np.concatenate([self._buf, new]) if self._buf.size else new
         was_unlocked = self._last < 0
+        fast = self.compiled if self.compiled is not None else buf.size >= _COMPILED_MIN_BYTES
+        self._fast = bool(fast)
         starts, gaps, consumed, last, stats = scan_frames(
-            buf, self._last, self.max_gap, self.relock
+            buf, self._last, self.max_gap, self.relock, compiled=self._fast
         )
         self._buf = buf[consumed:].copy()
         self._last = last
@@ -264,9 +283,10 @@ class Framer:
         )
 
     def _decode(self, packets: np.ndarray, gaps: np.ndarray, was_unlocked: bool) -> Frames:
-        cnt, uv, accel = decode_packets(packets, self.gains.gains[:8])
+        decode = decode_packets if self._fast else decode_packets_numpy
+        cnt, uv, accel = decode(packets, self.gains.gains[:8])
         if self.daisy:
-            _, uv_d, _ = decode_packets(packets, self.gains.gains[8:])
+            _, uv_d, _ = decode(packets, self.gains.gains[8:])
         # Expand to the full packet timeline: NaN slots for missing counters.
         g = np.where(gaps > 0, gaps, 0)
         slot = np.arange(len(gaps)) + np.cumsum(g)
