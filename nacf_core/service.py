@@ -736,23 +736,30 @@ class AuthService:
         if not acc.any():
             raise FailedPrecondition("no window of the signal passed the quality gate ("
                                      + "; ".join(reasons) + "); cannot identify.")
-        ids, scores = [], []
-        thr = self.rec.threshold
-        for t in self._store("iter_templates", lambda: list(
-                self.store.iter_templates(model_version=self.model_version))):
-            d = self.rec.decide(w, self.rec.template_from_bytes(t.blob))
-            ids.append(t.user_id)
-            scores.append(float(d.score))
-            thr = float(d.threshold)
+        recs = self._store("iter_templates", lambda: list(
+            self.store.iter_templates(model_version=self.model_version)))
+        thr = float(self.model_threshold_for(int(acc.sum())))
+        if not recs:
+            return IdentifyResult([], thr, quality, self.model_version, reasons)
+        ids = [t.user_id for t in recs]
+        matrix = np.ascontiguousarray(np.stack(
+            [self.rec.template_from_bytes(t.blob).embedding for t in recs]), dtype=np.float32)
+        probe = np.ascontiguousarray(self.rec.pipeline.fuse(w.embeddings[acc])[None, :],
+                                     dtype=np.float32)
+        from nacf_core.matching import top_k as _top_k
+
+        idx, sc = _top_k(probe, matrix, min(k, len(ids)),
+                         backend=getattr(self.rec.pipeline, "backend", None))
         self.metrics.observe_signal("identify", time.perf_counter() - t0,
                                     min(1.0, max(0.0, quality)))
-        if not ids:
-            return IdentifyResult([], thr, quality, self.model_version, reasons)
-        arr = np.asarray(scores)
-        k = min(k, arr.shape[0])
-        order = np.argsort(-arr, kind="stable")[:k]
-        return IdentifyResult([(ids[i], float(arr[i])) for i in order], thr,
+        return IdentifyResult([(ids[int(i)], float(v)) for i, v in zip(idx[0], sc[0])], thr,
                               quality, self.model_version, reasons)
+
+    def model_threshold_for(self, n_windows: int) -> float:
+        """The decision threshold for a probe of ``n_windows`` fused windows."""
+        m = self.rec.model
+        fn = getattr(m, "threshold_for", None)
+        return float(fn(max(n_windows, 1))) if fn is not None else float(m.threshold)
 
     # ------------------------------------------------------------------------ users
     def get_user(self, user_id: str) -> UserInfo:

@@ -159,6 +159,7 @@ def test_identify_top_k(srv):
     r = stub.Identify(pb.IdentifyRequest(signal=sig(eeg(5, 3, 60, 8)), top_k=2), metadata=MD)
     assert len(r.candidates) == 2
     assert r.candidates[0].score >= r.candidates[1].score
+    assert r.candidates[0].user_id == "idB" and r.candidates[0].above_threshold
     assert code_of(stub.Identify, pb.IdentifyRequest(signal=sig(eeg(5, 3, 60, 8)), top_k=1000),
                    metadata=MD)[0] == grpc.StatusCode.INVALID_ARGUMENT
 
