@@ -11,6 +11,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 @pytest.fixture(scope="session")
 def model_path(tmp_path_factory, shared_data):
-    from _support import fit_test_model
+    from _server_support import fit_test_model
 
     return fit_test_model(tmp_path_factory.mktemp("model") / "test-16ch.npz")

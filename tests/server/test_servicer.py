@@ -8,7 +8,7 @@ import grpc
 import grpc_testing
 import numpy as np
 import pytest
-from _support import CH16, SFREQ, eeg, make_pipeline
+from _server_support import CH16, SFREQ, eeg, make_pipeline
 from prometheus_client import CollectorRegistry
 
 from nacf_core._proto.nacf.v1 import auth_pb2 as pb
