@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import tag
 from nacf_core.hardware.cyton import decode_packets, decode_packets_numpy, encode_packets
 

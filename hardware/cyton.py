@@ -43,9 +43,9 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
+from nacf_core.kernels._numba import jit
 
 from nacf_core._validation import check_array, check_int_range, check_option
-from nacf_core.kernels._numba import jit
 
 __all__ = [
     "PACKET_SIZE",

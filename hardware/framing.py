@@ -51,9 +51,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from nacf_core.kernels._numba import jit
 
 from nacf_core._validation import check_int_range
-from nacf_core.kernels._numba import jit
 
 from .base import Counters
 from .cyton import PACKET_SIZE, GainTracker, decode_packets, decode_packets_numpy
@@ -106,7 +106,8 @@ def _scan_kernel(buf, n, last, max_gap, relock, starts, gaps, stats):  # pragma:
                 r = -2
                 break
             e2 = buf[q + 32]
-            if buf[q] != 0xA0 or e2 < 0xC0 or e2 > 0xC6 or np.int64(buf[q + 1]) != ((cc + 1) & 0xFF):
+            if (buf[q] != 0xA0 or e2 < 0xC0 or e2 > 0xC6
+                    or np.int64(buf[q + 1]) != ((cc + 1) & 0xFF)):
                 r = 0
                 break
             cc = (cc + 1) & 0xFF

@@ -40,7 +40,7 @@ import tempfile
 import threading
 import time
 import tty
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -152,7 +152,9 @@ class Faults:
                     "railed=CHANNEL, disconnect=AFTER[:FOR], disconnects=N, seed=N."
                 ) from None
             except ValueError:
-                raise ValueError(f"Invalid value {value!r} for the fault {key!r} in {spec!r}.") from None
+                raise ValueError(
+                    f"Invalid value {value!r} for the fault {key!r} in {spec!r}."
+                ) from None
         return cls(**f)
 
 
@@ -267,7 +269,8 @@ class SimulatedCyton:
         self.loop = bool(loop)
         self.gains = GainTracker(self.n_channels)
         self._own_dir = port_dir is None
-        self._dir = Path(tempfile.mkdtemp(prefix="nacf-sim-")) if port_dir is None else Path(port_dir)
+        self._dir = (Path(tempfile.mkdtemp(prefix="nacf-sim-")) if port_dir is None
+                     else Path(port_dir))
         self.port = str(self._dir / port_name)
         self.stats = {"packets": 0, "dropped": 0, "garbage_bytes": 0, "disconnects": 0,
                       "overflow": 0}

@@ -89,7 +89,8 @@ def parse_source(spec: str) -> SourceSpec:
                 )
             options[key] = value.strip()
     if not target.strip():
-        raise ValueError(f"The source {spec!r} names no {'port' if 'cyton' in kind else kind} target.")
+        what = "port" if "cyton" in kind else kind
+        raise ValueError(f"The source {spec!r} names no {what} target.")
     return SourceSpec(kind, target.strip(), options)
 
 
@@ -97,7 +98,9 @@ def _float(spec: str, key: str, value: str) -> float:
     try:
         return float(value)
     except ValueError:
-        raise ValueError(f"Option {key!r} of the source {spec!r} must be a number, got {value!r}.") from None
+        raise ValueError(
+            f"Option {key!r} of the source {spec!r} must be a number, got {value!r}."
+        ) from None
 
 
 def open_source(spec: str, montage: Sequence[str] | str | None = None) -> Any:

@@ -9,14 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# BrainFlow is a test-only dependency (the dev extra; on Python 3.11 it needs
+# setuptools<81 for pkg_resources). Not skipped when missing: CI installs it.
+from brainflow.board_shim import BoardIds, BoardShim, BrainFlowInputParams
 from nacf_core.hardware.cyton import GainTracker, uv_per_count
 from nacf_core.hardware.files import read_recording
 from nacf_core.hardware.framing import Framer
 from nacf_core.hardware.simulator import SimulatedCyton
-
-# BrainFlow is a test-only dependency (the dev extra; on Python 3.11 it needs
-# setuptools<81 for pkg_resources). Not skipped when missing: CI installs it.
-from brainflow.board_shim import BoardIds, BoardShim, BrainFlowInputParams
 
 DEMO = Path(__file__).resolve().parents[2] / "nacf_core" / "data" / "demo" / "S022R07.npz"
 

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from nacf_core.hardware.cyton import (
     ACCEL_G_PER_COUNT,
     GainTracker,
@@ -72,7 +71,9 @@ def test_every_end_byte(end):
     assert np.isnan(acc).all() == (end != 0xC0)
 
 
-@pytest.mark.parametrize("bad", [bytes(32), b"\xa1" + bytes(31) + b"\xc0", b"\xa0" + bytes(31) + b"\xc7"])
+@pytest.mark.parametrize(
+    "bad", [bytes(32), b"\xa1" + bytes(31) + b"\xc0", b"\xa0" + bytes(31) + b"\xc7"]
+)
 def test_decode_packet_rejects_malformed(bad):
     with pytest.raises(ValueError, match="packet"):
         decode_packet(bad)

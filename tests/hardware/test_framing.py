@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-
 from nacf_core.hardware.cyton import decode_packets, encode_packets
 from nacf_core.hardware.framing import Framer
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from nacf_core.hardware.cyton import COUNT_MAX, decode_packets, encode_packets, uv_per_count
 from nacf_core.hardware.files import read_recording
 from nacf_core.hardware.montages import ULTRACORTEX_8, ULTRACORTEX_16

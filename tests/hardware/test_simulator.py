@@ -10,7 +10,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-
 from nacf_core.hardware.cyton import decode_packets
 from nacf_core.hardware.files import read_recording
 from nacf_core.hardware.simulator import Faults, SimulatedCyton, prepare_signal
