@@ -135,14 +135,14 @@ def test_bandwidth_one_query(benchmark, templates_1e6, probes, faiss_indexes, im
         target_ratio=None if impl == "numpy.sum" else 0.9)
     benchmark.extra_info["bytes"] = t.nbytes
     if impl == "numpy.sum":
-        total = benchmark.pedantic(np.sum, args=(t,), rounds=8, iterations=1)
+        total = benchmark.pedantic(np.sum, args=(t,), rounds=15, iterations=1)
         assert np.isfinite(total)
         return
     if impl == "faiss":
         index = faiss_indexes(t.shape[0])
-        sc, idx = benchmark.pedantic(index.search, args=(p, K), rounds=8, iterations=1)
+        sc, idx = benchmark.pedantic(index.search, args=(p, K), rounds=15, iterations=1)
     else:
-        idx, sc = benchmark.pedantic(_cy_match.top_k, args=(p, t, K), rounds=8, iterations=1)
+        idx, sc = benchmark.pedantic(_cy_match.top_k, args=(p, t, K), rounds=15, iterations=1)
     _check(idx, sc, *numpy_top_k(p, t, K))
 
 
