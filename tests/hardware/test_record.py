@@ -134,3 +134,32 @@ def test_simulate_command_end_to_end(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_simulate_lsl_then_record_lsl(tmp_path):
+    """``nacf simulate --lsl NAME`` in its own process, ``nacf record --source lsl:NAME``."""
+    import uuid
+
+    name = f"nacf-test-{uuid.uuid4().hex[:8]}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nacf_core.cli", "simulate", str(DEMO), "--lsl", name,
+         "--seconds", "30"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+    try:
+        assert proc.stdout.readline().strip() == f"lsl:{name}"
+        out = tmp_path / "lsl.csv"
+        assert main(["record", "--source", f"lsl:{name}?timeout=15", "--seconds", "1",
+                     "--out", str(out)]) == 0
+        header, rows = _read_csv(out)
+        rec = read_recording(DEMO)
+        assert header[1:] == rec.ch_names and len(rows) == 160
+        vals = np.array([[float(v) for v in r[1:]] for r in rows], np.float32)
+        # consecutive samples of the recording, wherever the inlet joined
+        data = rec.data.astype(np.float32)
+        k = int(np.flatnonzero(np.all(data == vals[0], axis=1))[0])
+        np.testing.assert_array_equal(vals, data[k:k + 160])
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
