@@ -24,7 +24,6 @@ and the targets — nacf throughput at 8 clients ≥ 60 % of bare; p99 at 8 clie
 
 from __future__ import annotations
 
-import base64
 import os
 import signal
 import subprocess
@@ -41,7 +40,7 @@ import pytest
 from benches.conftest import tag
 from nacf_core._proto.nacf.v1 import auth_pb2 as pb
 from nacf_core._proto.nacf.v1 import auth_pb2_grpc as pbg
-from nacf_core.service import device_proof, sha256_hex
+from nacf_core.service import sha256_hex
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("NACF_SHARED_DATA", ROOT.parent / "shared" / "data")) / "eegmmidb"

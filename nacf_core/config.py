@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Config", "OPTION_HELP", "SCOPES", "load_config", "load_api_keys", "parse_address"]
+__all__ = ["OPTION_HELP", "SCOPES", "Config", "load_api_keys", "load_config", "parse_address"]
 
 SCOPES = ("authenticate", "enroll", "admin")
 

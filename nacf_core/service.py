@@ -64,18 +64,18 @@ from nacf_core.errors import (
 )
 
 __all__ = [
+    "AuthResult",
     "AuthService",
-    "SignalBlock",
+    "ContinuousUpdate",
     "DeviceProof",
     "EnrollResult",
-    "AuthResult",
     "IdentifyResult",
-    "UserInfo",
     "SessionInfo",
-    "ContinuousUpdate",
+    "SignalBlock",
+    "UserInfo",
+    "check_user_id",
     "device_proof",
     "sha256_hex",
-    "check_user_id",
 ]
 
 log = logging.getLogger("nacf.service")
@@ -329,7 +329,7 @@ class AuthService:
         self.rec = _Recognizer(pipeline)
         self.config = config or Config()
         if metrics is None:
-            from nacf_core.metrics import METRICS as metrics  # noqa: N811
+            from nacf_core.metrics import METRICS as metrics
         self.metrics = metrics
         self.clock = clock
         self.pad = pad
@@ -366,7 +366,7 @@ class AuthService:
             return fn(*args, **kwargs)
         except NacfError:
             raise
-        except Exception as e:  # noqa: BLE001 - a driver error: the store is unhealthy
+        except Exception as e:
             self.metrics.record_store_error(op)
             log.error("store error", extra={"event_type": "store_error", "operation": op,
                                             "error": type(e).__name__})

@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     done = threading.Event()
 
-    def _on_signal(signum, frame):  # noqa: ARG001
+    def _on_signal(signum, frame):
         log.info("signal %s: draining", signal.Signals(signum).name,
                  extra={"event_type": "signal", "signal": signal.Signals(signum).name})
         done.set()

@@ -38,7 +38,7 @@ from nacf_core.server.interceptors import AuthInterceptor
 from nacf_core.server.servicer import SERVICE_NAME, add_to_server
 from nacf_core.service import AuthService
 
-__all__ = ["NacfServer", "build_service", "is_loopback", "SERVICE_NAME", "limit_threads"]
+__all__ = ["SERVICE_NAME", "NacfServer", "build_service", "is_loopback", "limit_threads"]
 
 log = logging.getLogger("nacf.server")
 
@@ -158,7 +158,7 @@ class NacfServer:
                     f"address, but grpc_address is {config.grpc_address}.")
             self.open_mode = True
         if metrics is None:
-            from nacf_core.metrics import METRICS as metrics  # noqa: N811
+            from nacf_core.metrics import METRICS as metrics
         self.metrics = metrics
         self._own_service = service is None
         self.service = service if service is not None else build_service(config, metrics)
@@ -234,7 +234,7 @@ class NacfServer:
         try:
             self.metrics.set_build_info(__version__, cfg.kernel_backend,
                                         self.service.model_version)
-        except Exception:  # noqa: BLE001 - build info is informative only
+        except Exception:
             log.exception("build info")
         transport = ("mTLS" if cfg.tls_client_ca_file else "TLS") if cfg.tls else \
             "PLAINTEXT (loopback only)"
@@ -264,7 +264,7 @@ class NacfServer:
                 self._set_health(self.ready())
                 self.service.refresh_gauges()
                 self.service.maintenance()
-            except Exception:  # noqa: BLE001 - keep probing
+            except Exception:
                 log.exception("health refresh failed")
                 self._set_health(False)
 
@@ -290,7 +290,7 @@ class NacfServer:
         if self._own_service:
             try:
                 self.service.store.close()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("closing the store")
         log.info("stopped", extra={"event_type": "server_stopped"})
         self._stopped.set()

@@ -32,16 +32,16 @@ from nacf_core.service import (
 )
 
 __all__ = [
-    "signal_to_block",
-    "block_to_signal",
-    "enroll_response",
-    "auth_response",
-    "identify_response",
-    "user_message",
-    "session_response",
-    "continuous_response",
-    "MAX_SAMPLE_RATE_HZ",
     "MAX_CHANNELS",
+    "MAX_SAMPLE_RATE_HZ",
+    "auth_response",
+    "block_to_signal",
+    "continuous_response",
+    "enroll_response",
+    "identify_response",
+    "session_response",
+    "signal_to_block",
+    "user_message",
 ]
 
 MAX_SAMPLE_RATE_HZ = 100_000.0

@@ -30,7 +30,7 @@ import grpc
 
 from nacf_core.errors import NacfError
 
-__all__ = ["AuthInterceptor", "METHOD_SCOPES", "client_identity"]
+__all__ = ["METHOD_SCOPES", "AuthInterceptor", "client_identity"]
 
 log = logging.getLogger("nacf.server")
 
@@ -163,7 +163,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
             name = code.name if isinstance(code, grpc.StatusCode) else str(code)
         try:
             self.metrics.observe_rpc(method, name, seconds, user_type)
-        except Exception:  # noqa: BLE001 - metrics never fail a call
+        except Exception:
             log.exception("metrics recording failed")
 
 

@@ -24,7 +24,7 @@ from nacf_core.errors import DeadlineExceeded, InvalidArgument, NacfError
 from nacf_core.server import converters as cv
 from nacf_core.service import AuthService, DeviceProof
 
-__all__ = ["AuthServicer", "status_for", "add_to_server", "SERVICE_NAME"]
+__all__ = ["SERVICE_NAME", "AuthServicer", "add_to_server", "status_for"]
 
 #: Full name of the service (``nacf.v1.AuthService``).
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AuthService"].full_name
@@ -67,7 +67,7 @@ def _unary(fn: Callable) -> Callable:
         try:
             _check_deadline(context)
             return fn(self, request, context)
-        except Exception as e:  # noqa: BLE001 - every error becomes a proper status
+        except Exception as e:
             if _is_abort(e, context):
                 raise
             _abort(context, e)
@@ -80,7 +80,7 @@ def _stream_out(fn: Callable) -> Callable:
         try:
             _check_deadline(context)
             yield from fn(self, request, context)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             if _is_abort(e, context):
                 raise
             _abort(context, e)
@@ -119,13 +119,13 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
         self.service = service
 
     @_unary
-    def Enroll(self, request: pb.EnrollRequest, context) -> pb.EnrollResponse:  # noqa: N802
+    def Enroll(self, request: pb.EnrollRequest, context) -> pb.EnrollResponse:
         blocks = [cv.signal_to_block(s, f"signals[{i}]") for i, s in enumerate(request.signals)]
         r = self.service.enroll(request.user_id, blocks, update=request.update)
         return cv.enroll_response(r)
 
     @_unary
-    def Authenticate(self, request: pb.AuthenticateRequest, context  # noqa: N802
+    def Authenticate(self, request: pb.AuthenticateRequest, context
                      ) -> pb.AuthenticateResponse:
         if not request.HasField("signal"):
             raise InvalidArgument("'signal' is missing.")
@@ -135,7 +135,7 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
         return cv.auth_response(r)
 
     @_unary
-    def AuthenticateStream(self, request_iterator, context  # noqa: N802
+    def AuthenticateStream(self, request_iterator, context
                            ) -> pb.AuthenticateResponse:
         deadline = _check_deadline(context)
         first = next(request_iterator, None)
@@ -157,53 +157,53 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
         return cv.auth_response(r)
 
     @_unary
-    def Identify(self, request: pb.IdentifyRequest, context) -> pb.IdentifyResponse:  # noqa: N802
+    def Identify(self, request: pb.IdentifyRequest, context) -> pb.IdentifyResponse:
         if not request.HasField("signal"):
             raise InvalidArgument("'signal' is missing.")
         r = self.service.identify(cv.signal_to_block(request.signal), request.top_k)
         return cv.identify_response(r)
 
     @_unary
-    def GetUser(self, request: pb.GetUserRequest, context) -> pb.GetUserResponse:  # noqa: N802
+    def GetUser(self, request: pb.GetUserRequest, context) -> pb.GetUserResponse:
         return pb.GetUserResponse(user=cv.user_message(self.service.get_user(request.user_id)))
 
     @_unary
-    def DeleteUser(self, request, context) -> pb.DeleteUserResponse:  # noqa: N802
+    def DeleteUser(self, request, context) -> pb.DeleteUserResponse:
         self.service.delete_user(request.user_id)
         return pb.DeleteUserResponse(deleted=True)
 
     @_unary
-    def UnlockUser(self, request, context) -> pb.UnlockUserResponse:  # noqa: N802
+    def UnlockUser(self, request, context) -> pb.UnlockUserResponse:
         return pb.UnlockUserResponse(was_locked=self.service.unlock_user(request.user_id))
 
     @_unary
-    def ListUsers(self, request, context) -> pb.ListUsersResponse:  # noqa: N802
+    def ListUsers(self, request, context) -> pb.ListUsersResponse:
         users, token = self.service.list_users(request.page_size, request.page_token)
         return pb.ListUsersResponse(users=[cv.user_message(u) for u in users],
                                     next_page_token=token)
 
     @_unary
-    def ValidateSession(self, request, context) -> pb.ValidateSessionResponse:  # noqa: N802
+    def ValidateSession(self, request, context) -> pb.ValidateSessionResponse:
         return cv.session_response(self.service.validate_session(request.session_token))
 
     @_unary
-    def EndSession(self, request, context) -> pb.EndSessionResponse:  # noqa: N802
+    def EndSession(self, request, context) -> pb.EndSessionResponse:
         ended, dur = self.service.end_session(request.session_token)
         return pb.EndSessionResponse(ended=ended, duration_seconds=dur)
 
     @_unary
-    def RegisterDevice(self, request, context) -> pb.RegisterDeviceResponse:  # noqa: N802
+    def RegisterDevice(self, request, context) -> pb.RegisterDeviceResponse:
         secret = self.service.register_device(request.user_id, request.device_id,
                                               rotate=request.rotate)
         return pb.RegisterDeviceResponse(device_secret=secret, user_id=request.user_id,
                                          device_id=request.device_id)
 
     @_unary
-    def GetStats(self, request, context) -> pb.GetStatsResponse:  # noqa: N802
+    def GetStats(self, request, context) -> pb.GetStatsResponse:
         return pb.GetStatsResponse(**self.service.stats())
 
     @_stream_out
-    def ContinuousAuthenticate(self, request_iterator, context):  # noqa: N802
+    def ContinuousAuthenticate(self, request_iterator, context):
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("kind") != "start":
             raise InvalidArgument("the first ContinuousAuthenticate message must be 'start' "

@@ -20,7 +20,7 @@ TRAIN_SUBJECTS = range(11, 21)
 SFREQ = 160.0
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def eeg(subject: int, run: int, start_s: float = 0.0, seconds: float = 40.0) -> np.ndarray:
     """float32 (n_times, 16) µV from EEGMMIDB (read in place)."""
     from nacf_core.hardware.files import read_recording

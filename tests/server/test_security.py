@@ -42,7 +42,7 @@ def _server(tmp_path, model_path, **kw):
 def _cert(name, issuer_key=None, issuer_name=None, ca=False, san=()):
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     b = (x509.CertificateBuilder().subject_name(subject)
          .issuer_name(issuer_name or subject).public_key(key.public_key())
          .serial_number(x509.random_serial_number())

@@ -76,13 +76,13 @@ def test_serve_refuses_without_keys_or_off_loopback(tmp_path):
             "--metrics-address", ""]
     env = {k: v for k, v in os.environ.items() if k != "NACF_API_KEYS"}
     r = subprocess.run([*base, "--grpc-address", "127.0.0.1:0"], env=env,
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 2 and "no API keys configured" in r.stderr
     r = subprocess.run([*base, "--grpc-address", "0.0.0.0:0", "--allow-open-loopback"],
-                       env=env, capture_output=True, text=True, timeout=60)
+                       env=env, capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 2 and "loopback" in r.stderr
     r = subprocess.run([*base, "--grpc-address", "0.0.0.0:0"], env={**env, "NACF_API_KEYS": KEY},
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 2 and "plaintext" in r.stderr
 
 
@@ -108,7 +108,7 @@ def _grpcurl(address, *args, data=None, headers=(), reflect_headers=()):
     if data is not None:
         cmd += ["-d", data]
     cmd += [address, *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
 
 
 def test_grpcurl_reflection_health_and_authenticate(served):
