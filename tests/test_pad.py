@@ -189,3 +189,33 @@ def test_bad_input(detector):
     x = np.random.default_rng(0).normal(size=(640, 16))
     x[10:20] = np.nan
     assert detector.analyse(x, 160.0).reason == "flat_spectrum"
+
+
+def _naive_max_ncc(segs, seqs):
+    """Reference: every piece against every window inside each sequence, directly."""
+    best, who = -1.0, -1
+    for i, s in enumerate(seqs):
+        for seg in segs:
+            L = seg.shape[0]
+            for t in range(s.shape[0] - L + 1):
+                win = s[t:t + L] - s[t:t + L].mean(axis=0)
+                r = float((seg * win).sum() / np.sqrt((win ** 2).sum()))
+                if r > best:
+                    best, who = r, i
+    return best, who
+
+
+def test_fft_correlation_matches_naive_reference():
+    rng = np.random.default_rng(11)
+    for _ in range(5):
+        F = int(rng.integers(2, 8))
+        seqs = [rng.normal(size=(int(rng.integers(10, 60)), F)) for _ in range(3)]
+        probe = rng.normal(size=(int(rng.integers(12, 40)), F))
+        if rng.random() < 0.6:  # plant a scaled, shifted copy of a piece of a sequence
+            src = seqs[int(rng.integers(0, 3))]
+            n = min(src.shape[0], probe.shape[0])
+            probe[:n] = src[:n] * 2.5 + 7
+        segs = pad._segments(probe)
+        fast = pad._max_ncc(segs, seqs)
+        ref = _naive_max_ncc(segs, seqs)
+        assert fast[0] == pytest.approx(ref[0], abs=1e-5) and fast[1] == ref[1]

@@ -1,0 +1,91 @@
+"""Presentation-attack detection cost per probe (4 s, 16 channels, 160 Hz).
+
+Run: ``python -m pytest benches/bench_pad.py --benchmark-only``
+
+Groups:
+- ``PAD replay score``: the FFT normalised cross-correlation of a probe against 2 min
+  of enrollment + 64 earlier probes, vs the direct vectorised NumPy computation
+  (sliding windows + einsum), the baseline; results must agree.
+- ``PAD check``: the whole detector (filters, spectrum, periodicity, fingerprint,
+  replay score), vs the baseline of just a zero-phase 1-40 Hz filter and a Welch
+  spectrum of the same window (the least any spectral check costs).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import tag
+from scipy import signal
+
+from nacf_core import pad
+
+CH16 = ["Fp1", "Fp2", "F3", "F4", "F7", "F8", "C3", "C4", "T7", "T8", "P3", "P4", "P7", "P8",
+        "O1", "O2"]
+SF = 160.0
+
+
+def _pink(rng, n, n_ch):
+    """1/f noise, so the detector sees an EEG-like spectrum and runs every stage."""
+    spec = np.fft.rfft(rng.normal(size=(n_ch, n)), axis=1)
+    f = np.fft.rfftfreq(n, 1 / SF)
+    spec[:, 1:] /= np.sqrt(f[1:])
+    return (np.fft.irfft(spec, n, axis=1) * 20).T
+
+
+@pytest.fixture(scope="module")
+def case():
+    rng = np.random.default_rng(0)
+    enroll = _pink(rng, int(120 * SF), 16)
+    hist = [("enroll", pad.fingerprint(enroll, SF, CH16))]
+    hist += [("probe", pad.fingerprint(_pink(rng, 640, 16), SF, CH16)) for _ in range(64)]
+    probe = _pink(rng, 640, 16)
+    return probe, hist
+
+
+def _naive_scores(segs, seqs):
+    best = -1.0
+    for s in seqs:
+        L = segs.shape[1]
+        if s.shape[0] < L:
+            continue
+        win = np.lib.stride_tricks.sliding_window_view(s, L, axis=0)  # (n, F, L)
+        win = win - win.mean(axis=2, keepdims=True)
+        num = np.einsum("nfl,klf->kn", win, segs)
+        den = np.sqrt((win ** 2).sum(axis=(1, 2)))
+        best = max(best, float((num / den).max()))
+    return best
+
+
+def test_replay_score_fft(benchmark, case):
+    probe, hist = case
+    fp = pad.fingerprint(probe, SF, CH16)
+    tag(benchmark, "PAD replay score (2 min + 64 probes)", "nacf fft")
+    score, _ = benchmark(pad.replay_score, fp, hist)
+    segs = pad._segments(pad._parse(fp)[1])
+    assert score == pytest.approx(max(0.0, _naive_scores(segs, [pad._parse(f)[1]
+                                                                for _, f in hist])), abs=1e-5)
+
+
+def test_replay_score_numpy_direct(benchmark, case):
+    probe, hist = case
+    fp = pad.fingerprint(probe, SF, CH16)
+    segs = pad._segments(pad._parse(fp)[1])
+    tag(benchmark, "PAD replay score (2 min + 64 probes)", "numpy direct", baseline=True)
+    benchmark(lambda: _naive_scores(segs, [pad._parse(f)[1] for _, f in hist]))
+
+
+def test_check_detector(benchmark, case):
+    probe, hist = case
+    det = pad.PresentationAttackDetector(CH16)
+    tag(benchmark, "PAD check 4 s x 16 ch", "nacf pad")
+    v = benchmark(det.analyse, probe, SF, CH16, hist)
+    assert not v.attack, v.scores
+
+
+def test_check_filter_and_welch_floor(benchmark, case):
+    probe, _ = case
+    sos = signal.butter(4, [1, 40], btype="bandpass", fs=SF, output="sos")
+    tag(benchmark, "PAD check 4 s x 16 ch", "sosfiltfilt+welch", baseline=True)
+    benchmark(lambda: signal.welch(signal.sosfiltfilt(sos, probe.T, axis=-1), fs=SF,
+                                   nperseg=80, axis=-1))
