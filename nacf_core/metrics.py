@@ -77,6 +77,7 @@ __all__ = [
     "SESSION_BUCKETS",
     "KERNEL_BUCKETS",
     "quality_bucket",
+    "InstrumentedKernels",
 ]
 
 # --- vocabularies -----------------------------------------------------------------
@@ -332,7 +333,7 @@ class Metrics:
             ["signal_type"], buckets=QUALITY_BUCKETS, registry=r)
         self.model_accuracy = Gauge(
             "nacfauth_model_accuracy",
-            "Accuracy of the serving model, as measured when it was evaluated",
+            "Balanced accuracy 1 - (FMR + FNMR) / 2 of the serving model, from its calibration",
             ["model_version"], registry=r)
         self.active_sessions = Gauge(
             "nacfauth_active_sessions", "Number of currently active sessions", registry=r)
@@ -502,6 +503,42 @@ class Metrics:
             raise ValueError(f"'accuracy' must be in [0, 1], got {accuracy!r} instead.")
         self.model_accuracy.labels(self._model_version(model_version)).set(a)
 
+    def set_model_accuracy_from(self, model_version: str, calibration: dict,
+                                n_windows: int | None = None) -> float:
+        """Set ``nacfauth_model_accuracy`` from a model's calibration record.
+
+        Parameters
+        ----------
+        model_version : str
+            The label value (``Model.version``).
+        calibration : dict
+            ``Model.info["calibration"]``: ``{str(n_windows): {"fmr": ..., "fnmr": ...}}``.
+        n_windows : int, optional
+            Which entry (default: the smallest number of windows, a one-shot decision).
+
+        Returns
+        -------
+        accuracy : float
+            The balanced accuracy ``1 - (fmr + fnmr) / 2`` that was set.
+        """
+        if not isinstance(calibration, dict) or not calibration:
+            raise ValueError("'calibration' must be a non-empty dict "
+                             f"{{n_windows: {{'fmr', 'fnmr'}}}}, got {calibration!r} instead.")
+        keys = sorted(calibration, key=lambda k: int(k))
+        key = keys[0] if n_windows is None else str(n_windows)
+        if key not in calibration:
+            raise ValueError(f"Invalid value for the 'n_windows' parameter. Allowed values are "
+                             f"{', '.join(keys)}, but got {n_windows!r} instead.")
+        entry = calibration[key]
+        try:
+            fmr, fnmr = float(entry["fmr"]), float(entry["fnmr"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"calibration[{key!r}] must hold numbers 'fmr' and 'fnmr', "
+                             f"got {entry!r} instead.") from None
+        accuracy = 1.0 - (fmr + fnmr) / 2.0
+        self.set_model_accuracy(model_version, accuracy)
+        return accuracy
+
     def set_active_sessions(self, n: int) -> None:
         """Set the number of currently active sessions."""
         self.active_sessions.set(check_int_range("n", n, 0))
@@ -595,6 +632,67 @@ class Metrics:
     def exposition(self) -> bytes:
         """The registry in the Prometheus text format (what ``/metrics`` serves)."""
         return generate_latest(self.registry)
+
+
+class InstrumentedKernels:
+    """A kernel backend whose public functions time themselves.
+
+    Wraps the module ``nacf_core.kernels.backend(name)`` returns; every call of one of
+    its public functions (``sosfilt``, ``detect_artifacts``, ``quality``,
+    ``cosine_scores``, ``top_k``, ...) is observed in
+    ``nacfauth_kernel_duration_seconds{kernel=<function name>, backend}``. Everything
+    else (constants, classes) passes through. Kernels themselves stay free of metrics
+    (STYLE point 1); the caller that dispatches to them decides to instrument.
+
+    Parameters
+    ----------
+    module : module
+        The backend module, e.g. ``nacf_core.kernels.backend("cython")``.
+    backend : str
+        The ``backend`` label, e.g. ``"cython"``.
+    metrics : Metrics, optional
+        Default: the process-wide :data:`METRICS`.
+
+    Examples
+    --------
+    >>> from nacf_core import kernels
+    >>> k = InstrumentedKernels(kernels.backend("reference"), "reference")
+    >>> k.top_k  # doctest: +ELLIPSIS
+    <function top_k at ...>
+    """
+
+    def __init__(self, module, backend: str, metrics: Metrics | None = None) -> None:
+        if not isinstance(backend, str) or not backend:
+            raise TypeError(f"'backend' must be a non-empty str, got {backend!r} instead.")
+        self._module = module
+        self._backend = backend
+        self._metrics = metrics
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._module, name)
+        if name.startswith("_") or not callable(attr) or isinstance(attr, type):
+            return attr
+        metrics = self._metrics if self._metrics is not None else METRICS
+        child = metrics.kernel_duration_seconds.labels(metrics._kernel(name),
+                                                       metrics._backend(self._backend))
+        perf = time.perf_counter
+
+        def timed(*args, **kwargs):
+            t0 = perf()
+            try:
+                return attr(*args, **kwargs)
+            finally:
+                child.observe(perf() - t0)
+
+        timed.__name__ = getattr(attr, "__name__", name)
+        timed.__qualname__ = getattr(attr, "__qualname__", name)
+        timed.__doc__ = getattr(attr, "__doc__", None)
+        timed.__wrapped__ = attr
+        self.__dict__[name] = timed  # later look-ups skip __getattr__
+        return timed
+
+    def __repr__(self) -> str:
+        return f"InstrumentedKernels({self._module.__name__!r}, backend={self._backend!r})"
 
 
 def _seconds(name: str, value: float) -> float:

@@ -242,3 +242,55 @@ def test_two_instances_on_one_registry_collide():
     Metrics(reg)
     with pytest.raises(ValueError, match="Duplicated"):
         Metrics(reg)
+
+
+def test_model_accuracy_from_the_shipped_models_calibration():
+    from nacf_core.model import default_model
+
+    model = default_model(16)
+    reg = CollectorRegistry()
+    mt = Metrics(reg)
+    acc = mt.set_model_accuracy_from(model.version, model.info["calibration"])
+    cal = model.info["calibration"][min(model.info["calibration"], key=int)]
+    assert acc == pytest.approx(1 - (cal["fmr"] + cal["fnmr"]) / 2)
+    assert 0.5 < acc <= 1.0
+    assert samples(reg)[("nacfauth_model_accuracy",
+                         (("model_version", model.version),))] == pytest.approx(acc)
+    with pytest.raises(ValueError, match="'n_windows'"):
+        mt.set_model_accuracy_from(model.version, model.info["calibration"], n_windows=99)
+    with pytest.raises(ValueError, match="'calibration'"):
+        mt.set_model_accuracy_from(model.version, {})
+    with pytest.raises(ValueError, match="fnmr"):
+        mt.set_model_accuracy_from(model.version, {"1": {"fmr": 0.1}})
+
+
+def test_instrumented_kernels_time_each_call_and_return_the_same():
+    import numpy as np
+
+    from nacf_core import kernels
+
+    ref = kernels.backend("reference")
+    reg = CollectorRegistry()
+    mt = Metrics(reg)
+    k = m.InstrumentedKernels(ref, "reference", mt)
+    rng = np.random.default_rng(0)
+    probe = rng.standard_normal((2, 8)).astype(np.float32)
+    templates = rng.standard_normal((5, 8)).astype(np.float32)
+    got = k.cosine_scores(probe, templates)
+    np.testing.assert_array_equal(got, ref.cosine_scores(probe, templates))
+    k.cosine_scores(probe, templates)
+    s = samples(reg)
+    count = ("nacfauth_kernel_duration_seconds_count",
+             (("backend", "reference"), ("kernel", "cosine_scores")))
+    assert s[count] == 2
+    assert s[("nacfauth_kernel_duration_seconds_sum",
+              (("backend", "reference"), ("kernel", "cosine_scores")))] > 0
+    assert k.cosine_scores.__wrapped__ is ref.cosine_scores
+    # an exception is still timed, and propagates
+    with pytest.raises(Exception):
+        k.cosine_scores(probe, templates[:, :3])
+    assert samples(reg)[count] == 3
+    with pytest.raises(AttributeError):
+        k.no_such_kernel
+    with pytest.raises(TypeError, match="'backend'"):
+        m.InstrumentedKernels(ref, "", mt)
