@@ -403,6 +403,8 @@ class Metrics:
         self._operation = _BoundedLabel("operation", n)
         self._component = _BoundedLabel("component", n)
         self._model_version = _BoundedLabel("model_version", n)
+        self._device_last: dict[str, dict[str, int]] = {}
+        self._device_lock = threading.Lock()
         # (method, status, user_type) -> (counter child, histogram child, method label)
         self._rpc_children: dict[tuple, tuple] = {}
 
@@ -493,6 +495,26 @@ class Metrics:
             n = check_int_range(status, n, 0)
             if n:
                 self.device_packets_total.labels(status).inc(n)
+
+    def observe_device_counters(self, source: str, counters) -> None:
+        """Export a source's cumulative counters (``Source.counters`` of
+        :mod:`nacf_core.hardware`, or its ``as_dict()``) as deltas since the last call
+        for that ``source`` (e.g. the port or stream name; not a label). A counter that
+        went down (the source was reopened) starts over from zero.
+        """
+        if not isinstance(source, str) or not source:
+            raise TypeError(f"'source' must be a non-empty str, got {source!r} instead.")
+        now = counters if isinstance(counters, dict) else counters.as_dict()
+        with self._device_lock:
+            last = self._device_last.get(source, {})
+            deltas = {}
+            for status in PACKET_STATUSES:
+                v = int(now.get(status, 0))
+                prev = int(last.get(status, 0))
+                deltas[status] = v - prev if v >= prev else v
+            if source in self._device_last or len(self._device_last) < 256:
+                self._device_last[source] = {k: int(now.get(k, 0)) for k in PACKET_STATUSES}
+        self.record_device_packets(**deltas)
 
     # -- model, sessions, users ------------------------------------------------------
 

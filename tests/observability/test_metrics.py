@@ -294,3 +294,21 @@ def test_instrumented_kernels_time_each_call_and_return_the_same():
         k.no_such_kernel
     with pytest.raises(TypeError, match="'backend'"):
         m.InstrumentedKernels(ref, "", mt)
+
+
+def test_device_counters_become_deltas():
+    from nacf_core.hardware.base import Counters
+
+    reg = CollectorRegistry()
+    mt = Metrics(reg)
+    c = Counters(ok=100, corrupt=2, dropped=5)
+    mt.observe_device_counters("/dev/ttyUSB0", c)
+    c.ok, c.corrupt = 250, 3
+    mt.observe_device_counters("/dev/ttyUSB0", c)
+    mt.observe_device_counters("/dev/ttyUSB0", {"ok": 10})  # reopened: starts over
+    s = samples(reg)
+    got = {st: s[("nacfauth_device_packets_total", (("status", st),))]
+           for st in ("ok", "corrupt", "dropped")}
+    assert got == {"ok": 260, "corrupt": 3, "dropped": 5}
+    with pytest.raises(TypeError, match="'source'"):
+        mt.observe_device_counters("", c)
