@@ -334,6 +334,7 @@ class AuthService:
         self.clock = clock
         self.pad = pad
         self._last_purge = 0.0
+        self._last_expire = 0.0
         self._purge_lock = threading.Lock()
 
     # ---------------------------------------------------------------- infrastructure
@@ -374,18 +375,26 @@ class AuthService:
                               "retry later.") from e
 
     def maintenance(self, force: bool = False) -> None:
-        """Purge audit rows past retention and expire sessions (rate-limited)."""
+        """Expire sessions (every 30 s at most) and purge audit rows past retention
+        (every ``purge_interval_s``).  The server's health loop calls this every 2 s;
+        it never runs inside a request."""
         now = self.clock()
         with self._purge_lock:
-            if not force and now - self._last_purge < self.config.purge_interval_s:
-                return
-            self._last_purge = now
-        cutoff = now - self.config.audit_retention_days * 86400.0
-        n = self._store("purge_attempts", self.store.purge_attempts, cutoff)
-        ended = self._store("expire_sessions", self.store.expire_sessions, now=now)
-        for s in ended:
-            self.metrics.observe_session_duration(max(0.0, s.expires_at - s.created_at))
-        self._update_active_sessions(now)
+            expire = force or now - self._last_expire >= min(30.0, self.config.purge_interval_s)
+            purge = force or now - self._last_purge >= self.config.purge_interval_s
+            if expire:
+                self._last_expire = now
+            if purge:
+                self._last_purge = now
+        n, ended = 0, []
+        if purge:
+            cutoff = now - self.config.audit_retention_days * 86400.0
+            n = self._store("purge_attempts", self.store.purge_attempts, cutoff)
+        if expire:
+            ended = self._store("expire_sessions", self.store.expire_sessions, now=now)
+            for s in ended:
+                self.metrics.observe_session_duration(max(0.0, s.expires_at - s.created_at))
+            self._update_active_sessions(now)
         if n or ended:
             log.info("maintenance", extra={"event_type": "maintenance", "audit_purged": n,
                                            "sessions_expired": len(ended)})
@@ -623,7 +632,6 @@ class AuthService:
             "confidence": None if not math.isfinite(score) else round(score, 4),
             "duration_ms": round(duration * 1000, 3), "ip_address": peer, "method": method,
             "quality": round(quality, 3), "seconds_used": seconds})
-        self.maintenance()
         return AuthResult(accepted, score if math.isfinite(score) else 0.0, thr, quality,
                           reasons, self.model_version, float(seconds), n_used, token, expires)
 

@@ -178,3 +178,29 @@ def test_serve_help_documents_every_option():
         assert flag in text, flag
     for name in OPTION_HELP:
         assert name in text and f"NACF_{name.upper()}" in text, name
+
+
+def test_maintenance_expires_sessions_and_purges_audit(svc):
+    service, _ = svc
+    t = [time.time()]
+    service.clock = lambda: t[0]
+    try:
+        r = service.authenticate("t1", signal_to_block(block_to_signal(
+            eeg(1, 3, 76, 8), SFREQ, CH16)))
+        assert r.accepted
+        n_rows = len(service.store.recent_attempts("t1", limit=1000))
+        assert n_rows >= 1
+        hist = service.metrics.session_duration_seconds
+        before = sum(s.value for m in hist.collect() for s in m.samples
+                     if s.name.endswith("_count"))
+        t[0] += service.config.session_ttl_s + 1
+        service.maintenance(force=True)
+        after = sum(s.value for m in hist.collect() for s in m.samples
+                    if s.name.endswith("_count"))
+        assert after >= before + 1
+        assert service.metrics.active_sessions._value.get() == 0
+        t[0] += service.config.audit_retention_days * 86400 + 1
+        service.maintenance(force=True)
+        assert service.store.recent_attempts("t1", limit=1000) == []
+    finally:
+        service.clock = time.time
