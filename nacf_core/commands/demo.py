@@ -181,7 +181,7 @@ def _stream_attempt(pb, stub, md, claim: str, device_id: str, secret: str, probe
     from nacf_core.service import device_proof
 
     stop = threading.Event()
-    sent_at = [0.0]
+    sent_at: list[float] = []  # when each chunk was handed to gRPC
     filled = [0]
     blocks: queue.Queue = queue.Queue(maxsize=64)
 
@@ -232,10 +232,10 @@ def _stream_attempt(pb, stub, md, claim: str, device_id: str, secret: str, probe
 
             def requests():
                 yield pb.AuthenticateStreamRequest(start=pb.StreamStart(user_id=claim))
-                sent_at[0] = time.perf_counter()
+                sent_at.append(time.perf_counter())
                 yield pb.AuthenticateStreamRequest(chunk=signal(first))
                 while (samples := next_block()) is not None:
-                    sent_at[0] = time.perf_counter()
+                    sent_at.append(time.perf_counter())
                     yield pb.AuthenticateStreamRequest(chunk=signal(samples))
 
             t0 = time.perf_counter()
@@ -244,7 +244,12 @@ def _stream_attempt(pb, stub, md, claim: str, device_id: str, secret: str, probe
         finally:
             stop.set()
             thread.join()
-    return resp, (t1 - sent_at[0]) * 1e3, t1 - t0, filled[0]
+            from nacf_core.metrics import METRICS
+
+            METRICS.observe_device_counters(f"demo:{probe_path.stem}", reader.counters)
+    # the consumer thread may pull one more chunk after the answer: ignore those
+    last = max((t for t in sent_at if t <= t1), default=t0)
+    return resp, (t1 - last) * 1e3, t1 - t0, filled[0]
 
 
 def _fill_dropped(block, filled: list[int]):
