@@ -336,9 +336,16 @@ class LslSource:
             if info is not None:
                 try:
                     self._connect(info)
-                except Exception as exc:
+                except (Unavailable, ValueError) as exc:  # came back different: give up
                     logger.warning("LSL stream %s is back but unusable: %s", self._describe(), exc)
                     break
+                except Exception as exc:
+                    # a stale answer from the outlet that just went away (LostError), or a
+                    # timeout while connecting: look again until the deadline
+                    logger.debug("LSL reconnect attempt failed: %s", exc)
+                    self._inlet = None
+                    time.sleep(0.1)
+                    continue
                 self.counters.reconnects += 1
                 logger.info(
                     "LSL stream %s is back (reconnect %d)",
