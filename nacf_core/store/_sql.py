@@ -117,7 +117,8 @@ class SqlStore(Store):
     def _transaction(self, write: bool) -> AbstractContextManager[Tx]:  # pragma: no cover
         raise NotImplementedError
 
-    def _is_retryable(self, exc: BaseException) -> bool:  # pragma: no cover
+    def _is_retryable(self, exc: BaseException, elapsed_s: float) -> bool:  # pragma: no cover
+        """Whether a failed transaction (that ran ``elapsed_s``) is worth retrying."""
         raise NotImplementedError
 
     def _translate(self, exc: BaseException) -> BaseException | None:  # pragma: no cover
@@ -140,13 +141,15 @@ class SqlStore(Store):
             raise FailedPrecondition("The store is closed.")
         delay = 0.002
         for attempt in range(self.max_retries):
+            t0 = time.monotonic()
             try:
                 with self._transaction(write) as tx:
                     return fn(tx)
             except NacfError:
                 raise
             except Exception as exc:  # driver errors only: classify, retry or translate
-                if self._is_retryable(exc) and attempt < self.max_retries - 1:
+                if (self._is_retryable(exc, time.monotonic() - t0)
+                        and attempt < self.max_retries - 1):
                     time.sleep(delay * (1 + random.random()))
                     delay = min(delay * 2, 0.2)
                     continue

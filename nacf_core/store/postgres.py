@@ -231,7 +231,7 @@ class PostgresStore(SqlStore):
     def _migration_lock(self, tx: Tx) -> None:
         tx.query("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK_ID,))
 
-    def _is_retryable(self, exc: BaseException) -> bool:
+    def _is_retryable(self, exc: BaseException, elapsed_s: float) -> bool:
         return isinstance(exc, (pg_errors.SerializationFailure, pg_errors.DeadlockDetected,
                                 pg_errors.LockNotAvailable)) or (
             isinstance(exc, psycopg.OperationalError)

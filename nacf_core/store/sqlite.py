@@ -152,9 +152,12 @@ class SQLiteStore(SqlStore):
             finally:
                 cur.close()
 
-    def _is_retryable(self, exc: BaseException) -> bool:
-        return isinstance(exc, sqlite3.OperationalError) and (
-            "locked" in str(exc) or "busy" in str(exc))
+    def _is_retryable(self, exc: BaseException, elapsed_s: float) -> bool:
+        # SQLITE_BUSY returned at once (WAL recovery, a snapshot conflict) is worth a
+        # retry; after busy_timeout has already been waited out, it is not
+        return (isinstance(exc, sqlite3.OperationalError)
+                and ("locked" in str(exc) or "busy" in str(exc))
+                and elapsed_s < 0.5 * self._busy_ms / 1000)
 
     def _translate(self, exc: BaseException) -> BaseException | None:
         if isinstance(exc, sqlite3.OperationalError):

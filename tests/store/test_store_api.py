@@ -320,3 +320,28 @@ def test_postgres_reconnects_after_connections_are_killed(pg_url, key):
         assert s.put_template("alice", b"y", "m") == 2
     finally:
         s.close()
+
+
+def test_sqlite_writer_blocked_past_busy_timeout_is_unavailable(tmp_path, key):
+    """Another process holding the write lock longer than busy_timeout: a clear
+    Unavailable after about busy_timeout, not an endless retry."""
+    import sqlite3
+    import time
+
+    from nacf_core.errors import Unavailable
+
+    path = tmp_path / "busy.db"
+    s = open_store(f"sqlite:///{path}", key=key, busy_timeout_s=0.3)
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # holds the write lock
+        t0 = time.monotonic()
+        with pytest.raises(Unavailable, match="busy.db.*locked"):
+            s.put_template("alice", b"x", "m")
+        assert time.monotonic() - t0 < 3.0
+        assert s.list_users().users == []  # readers are not blocked (WAL)
+        other.execute("ROLLBACK")
+        assert s.put_template("alice", b"x", "m") == 1
+    finally:
+        other.close()
+        s.close()
