@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import termios
 import time
 
 import numpy as np
@@ -173,15 +174,21 @@ class CytonReader:
         probe.apply(command)  # raises ValueError on a malformed x...X command
         if self._ser is None:
             raise SerialSourceError(f"serial port {self.port!r} is not open.")
-        self._ser.write(b"s")
-        time.sleep(0.02)
-        self._ser.reset_input_buffer()
-        self._ser.write(command.encode("ascii"))
-        reply = self._wait_prompt(f"the reply to {command!r}", required=False)
-        self.gains.apply(command)
-        if "x" in command:
-            self._config.append(command)
-        self._ser.write(b"b")
+        try:
+            self._ser.write(b"s")
+            time.sleep(0.02)
+            self._ser.reset_input_buffer()
+            self._ser.write(command.encode("ascii"))
+            reply = self._wait_prompt(f"the reply to {command!r}", required=False)
+            self.gains.apply(command)
+            if "x" in command:
+                self._config.append(command)
+            self._ser.write(b"b")
+        except OSError as exc:  # serial.SerialException is an OSError
+            self._lost(exc)
+            raise SerialSourceError(
+                f"serial port {self.port!r} went away while sending {command!r}: {exc}"
+            ) from None
         self.framer.reset()
         return reply
 
@@ -212,7 +219,7 @@ class CytonReader:
                 data = ser.read(max(1, ser.in_waiting))
                 if data and ser.in_waiting:
                     data += ser.read(ser.in_waiting)
-            except Exception as exc:  # serial.SerialException, OSError: the port is gone
+            except (OSError, termios.error) as exc:  # SerialException is an OSError: gone
                 self._lost(exc)
                 continue
             if data:
@@ -252,8 +259,7 @@ class CytonReader:
         except serial.SerialException as exc:
             text = str(exc)
             err = getattr(exc, "errno", None)
-            if err == errno.ENOENT or "No such file" in text or "could not open port" in text \
-                    and "No such" in text:
+            if err == errno.ENOENT or "No such file" in text:
                 raise PortNotFound(
                     f"serial port {self.port!r} does not exist (is the dongle plugged in? "
                     f"on Linux it is usually /dev/ttyUSB0): {text}"
