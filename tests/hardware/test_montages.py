@@ -1,0 +1,46 @@
+"""Default montages and the montage option."""
+
+from __future__ import annotations
+
+import pytest
+
+from nacf_core.hardware.montages import (
+    ULTRACORTEX_8,
+    ULTRACORTEX_16,
+    default_montage,
+    resolve_montage,
+)
+
+
+def test_defaults_are_the_ultracortex_layout():
+    assert default_montage(8) == ["Fp1", "Fp2", "C3", "C4", "P7", "P8", "O1", "O2"]
+    assert default_montage(16) == ["Fp1", "Fp2", "F3", "F4", "F7", "F8", "C3", "C4",
+                                   "T7", "T8", "P3", "P4", "P7", "P8", "O1", "O2"]
+    assert set(ULTRACORTEX_8) <= set(ULTRACORTEX_16)
+    with pytest.raises(ValueError, match="Allowed values are 8, 16"):
+        default_montage(4)
+
+
+@pytest.mark.parametrize("value, n, expect", [
+    (None, 8, list(ULTRACORTEX_8)),
+    ("default", 16, list(ULTRACORTEX_16)),
+    ("ultracortex-8", 8, list(ULTRACORTEX_8)),
+    ("Ultracortex-16", 16, list(ULTRACORTEX_16)),
+    ("a, b ,c", 3, ["a", "b", "c"]),
+    (("x", "y"), 2, ["x", "y"]),
+])
+def test_resolve(value, n, expect):
+    assert resolve_montage(value, n) == expect
+
+
+@pytest.mark.parametrize("value, n, message", [
+    ("Fp1,Fp2", 8, "expected 8 names, got 2"),
+    ("ultracortex-16", 8, "expected 8 names, got 16"),
+    ("a,,c", 3, "empty channel name"),
+    ("a,b,a", 3, "names a channel twice: a"),
+])
+def test_resolve_errors(value, n, message):
+    with pytest.raises(ValueError, match=message):
+        resolve_montage(value, n)
+    with pytest.raises(TypeError, match="montage"):
+        resolve_montage(3.5, 1)
