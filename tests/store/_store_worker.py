@@ -5,6 +5,8 @@ usage: python _store_worker.py MODE URL KEY_B64 USER [N]
 - ``crash``: enroll ``USER`` over and over (each write a new version whose blob and meta
   are derived from the version), printing each committed version, until killed.
 - ``bump``: ``N`` template updates of ``USER`` and ``N`` registered failures, then exit.
+- ``rotate``: rotate between KEY_B64 and the key in ``USER`` (base64) forever,
+  printing the key now in use, until killed.
 """
 
 from __future__ import annotations
@@ -41,6 +43,13 @@ def main() -> int:
             store.register_failure(user, 10**9, 60)
         store.close()
         return 0
+    if mode == "rotate":
+        keys = [base64.b64decode(key_b64), base64.b64decode(user)]
+        i = 0
+        while True:
+            i = 1 - i
+            store.rotate_key(keys[i])
+            print(i, flush=True)
     raise SystemExit(f"unknown mode {mode!r}")
 
 

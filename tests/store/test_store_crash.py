@@ -52,3 +52,49 @@ def test_kill_9_during_enrollment_never_tears(store_url, key):
             last_version = t.version
         finally:
             s.close()
+
+
+def test_kill_9_during_key_rotation_leaves_one_key(store_url, key):
+    """Rotation is one transaction: killed at any moment, every row is under one key."""
+    import os as _os
+
+    from nacf_core.errors import FailedPrecondition
+    from nacf_core.store.crypto import Cipher
+
+    other = _os.urandom(32)
+    with open_store(store_url, key=key) as s:
+        for i in range(20):
+            s.put_template(f"u{i}", blob_for(i), "m")
+            s.register_device(f"u{i}", f"hs{i}", f"secret-{i:04d}-0123456789")
+    rng = random.Random(99)
+    for _ in range(3):
+        proc = subprocess.Popen(
+            [sys.executable, str(WORKER), "rotate", store_url, base64.b64encode(key).decode(),
+             base64.b64encode(other).decode()],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout.readline().strip(), proc.stderr.read()
+            time.sleep(rng.uniform(0.0, 0.3))
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        try:
+            s = open_store(store_url, key=key)
+        except FailedPrecondition:
+            s = open_store(store_url, key=other)
+        try:
+            ids = s._run(lambda tx: tx.query(
+                "SELECT key_id FROM templates UNION SELECT key_id FROM devices"))
+            assert ids == [(s.key_id,)]
+            assert s.key_id in (Cipher(key).key_id, Cipher(other).key_id)
+            for i in range(20):
+                assert s.get_template(f"u{i}").blob == blob_for(i)
+                assert s.get_device(f"hs{i}").secret == f"secret-{i:04d}-0123456789"
+        finally:
+            s.close()
+        # the next worker rotates from whichever key is current
+        if s.key_id == Cipher(other).key_id:
+            key, other = other, key
