@@ -20,7 +20,6 @@ import numpy as np
 
 from ._aligned import empty_aligned
 from ._cpu import load_variant
-from ._match_common import order_best_first
 
 __all__ = ["cosine_scores", "top_k", "ISA", "kernel_module", "GEMM_MIN_PROBES",
            "GEMM_BLOCK_ROWS", "DOT_BLOCK_ROWS"]
@@ -65,4 +64,4 @@ def top_k(probes, templates, k, *, _block_rows=None, _module=None):
     heap_i = np.empty((n_probes, k), dtype=np.int64)
     scratch = empty_aligned(max(1, block * (n_probes if gemm else 1)), np.float32)
     mod.top_k_into(probes, templates, heap_s, heap_i, scratch, block, GEMM_MIN_PROBES)
-    return order_best_first(heap_i, heap_s)
+    return heap_i, heap_s

@@ -195,6 +195,21 @@ cdef inline void _heap_replace_root(float* hs, int64_t* hi, Py_ssize_t k, float 
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
+cdef inline void _heap_sort(float* hs, int64_t* hi, Py_ssize_t n) noexcept nogil:
+    """Sort a heap of n entries in place, best first (pop the worst to the end)."""
+    cdef float s
+    cdef int64_t idx
+    while n > 1:
+        s = hs[0]
+        idx = hi[0]
+        _heap_replace_root(hs, hi, n - 1, hs[n - 1], hi[n - 1])
+        hs[n - 1] = s
+        hi[n - 1] = idx
+        n -= 1
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
 cdef inline Py_ssize_t _scan(const float* scores, Py_ssize_t nb, int64_t base,
                              float* hs, int64_t* hi, Py_ssize_t n,
                              Py_ssize_t k) noexcept nogil:
@@ -265,7 +280,7 @@ def cosine_scores_into(const float[:, ::1] probes, const float[:, ::1] templates
 def top_k_into(const float[:, ::1] probes, const float[:, ::1] templates,
                float[:, ::1] heap_s, int64_t[:, ::1] heap_i, float[::1] scratch,
                Py_ssize_t block_rows, Py_ssize_t gemm_min_probes):
-    """Running top-k of every probe over all templates, into unordered heaps.
+    """Running top-k of every probe over all templates, sorted best first.
 
     ``scratch`` holds at least ``block_rows`` scores per probe (``n_probes *
     block_rows`` for the sgemm path, ``block_rows`` for the dot-product path).
@@ -293,3 +308,5 @@ def top_k_into(const float[:, ::1] probes, const float[:, ::1] templates,
                     sizes[p] = _scan(&scratch[p * nb], nb, start, &heap_s[p, 0],
                                      &heap_i[p, 0], sizes[p], k)
             start += nb
+        for p in range(n_probes):
+            _heap_sort(&heap_s[p, 0], &heap_i[p, 0], sizes[p])

@@ -5,14 +5,14 @@
 float32) and are scanned while hot into a running top-k per probe, a binary heap
 whose root is the current worst kept entry.  Templates arrive in index order, so a
 later equal score never beats a kept one: once a heap is full only ``score > root``
-enters, and ties go to the lower index.  NaN scores count as ``-inf``.
+enters, and ties go to the lower index.  NaN scores count as ``-inf``.  A heap sort
+at the end orders each probe's entries best first.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ._match_common import order_best_first
 from ._numba import jit
 
 __all__ = ["cosine_scores", "top_k", "BLOCK_ROWS"]
@@ -89,6 +89,36 @@ def _top_k_kernel(probes, templates, block_rows, heap_s, heap_i):
                     hs[pos] = s
                     hi[pos] = idx
             size[p] = n
+    # Heap sort each probe's heap, best first: pop the worst (the root) to the end.
+    for p in range(n_probes):
+        hs = heap_s[p]
+        hi = heap_i[p]
+        n = size[p]
+        while n > 1:
+            top_s = hs[0]
+            top_i = hi[0]
+            n -= 1
+            s = hs[n]
+            idx = hi[n]
+            pos = 0
+            while True:
+                child = 2 * pos + 1
+                if child >= n:
+                    break
+                right = child + 1
+                if right < n and (hs[right] < hs[child] or (
+                        hs[right] == hs[child] and hi[right] > hi[child])):
+                    child = right
+                if hs[child] < s or (hs[child] == s and hi[child] > idx):
+                    hs[pos] = hs[child]
+                    hi[pos] = hi[child]
+                    pos = child
+                else:
+                    break
+            hs[pos] = s
+            hi[pos] = idx
+            hs[n] = top_s
+            hi[n] = top_i
 
 
 def top_k(probes, templates, k, *, _block_rows=BLOCK_ROWS):
@@ -101,4 +131,4 @@ def top_k(probes, templates, k, *, _block_rows=BLOCK_ROWS):
     heap_i = np.empty((n_probes, k), dtype=np.int64)
     if n_probes and k:
         _top_k_kernel(probes, templates, _block_rows, heap_s, heap_i)
-    return order_best_first(heap_i, heap_s)
+    return heap_i, heap_s
