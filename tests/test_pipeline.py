@@ -215,3 +215,11 @@ def test_adaptation_is_bounded(pipe, templates):
         assert pipe.adapt(t, dd) is t
     with pytest.raises(InvalidArgument, match="rate"):
         pipe.adapt(t, d, rate=0.0)
+
+
+def test_single_window_fast_path_matches_batch(pipe, recs):
+    x, sf, ch = _block(recs["S024", "R07"])
+    ep, _, acc, _, _, _ = pipe.epochs(x, sf, ch)
+    batch = pipe._embed(ep[acc][:3])
+    for k in range(3):
+        np.testing.assert_allclose(pipe._embed(ep[acc][k:k + 1])[0], batch[k], atol=1e-6)
