@@ -410,7 +410,6 @@ def stream_recording_to_lsl(
     stop_event: threading.Event | None = None,
     montage: Sequence[str] | str | None = None,
     linger_s: float = 0.5,
-    duration: float | None = None,
 ) -> int:
     """Push a recording to an LSL outlet, paced like the device (blocks until done).
 
@@ -428,7 +427,7 @@ def stream_recording_to_lsl(
     loop : bool
         Start again at the end (until ``duration_s`` or ``stop_event``).
     duration_s : float, optional
-        Stop after this much signal (``duration`` is accepted as an alias).
+        Stop after this much signal.
     wait_for_consumer_s : float, optional
         Before pushing, wait up to this long for an inlet to connect (samples pushed
         with no inlet connected are lost to late inlets).
@@ -455,12 +454,6 @@ def stream_recording_to_lsl(
     src = FileSource(recording, montage=montage, speed=speed, chunk_s=chunk_s, loop=loop)
     pylsl = _pylsl()
     outlet = make_outlet(name, src.ch_names, src.sfreq, type=type, source_id=source_id)
-    if duration is not None:
-        if duration_s is not None and duration_s != duration:
-            raise ValueError(
-                f"'duration' ({duration}) is an alias of 'duration_s' ({duration_s}); pass one."
-            )
-        duration_s = duration
     limit = None
     if duration_s is not None:
         limit = int(round(check_finite_positive("duration_s", duration_s) * src.sfreq))
