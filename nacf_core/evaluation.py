@@ -445,7 +445,7 @@ def plot_det(report: dict, path: str | os.PathLike, title: str = "") -> Path:
         _, fmr, fnmr = cal.det_curve(g, i)
         floor = 0.5 / max(len(i), 1)
         ax.plot(np.maximum(fmr, floor), np.maximum(fnmr, 0.5 / len(g)),
-                label=f"{label} (EER {report[key]['eer'] * 100:.2f} %)")
+                label=f"{label} (EER {cal.eer(g, i) * 100:.2f} %)")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("false match rate")
@@ -454,7 +454,8 @@ def plot_det(report: dict, path: str | os.PathLike, title: str = "") -> Path:
     ax.axvline(0.01, color="grey", lw=0.8, ls=":")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="upper right")
-    ax.set_title(title or "DET")
+    ax.set_title((title or "DET") + ("\n(last fold split)" if report["setup"]["splits"] > 1 else ""),
+                 fontsize=10)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)

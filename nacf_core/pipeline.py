@@ -331,9 +331,13 @@ class Pipeline:
         hop_s = m.hop_s if hop_s is None else float(hop_s)
         if not (math.isfinite(hop_s) and hop_s > 0):
             raise InvalidArgument(f"'hop_s' must be a finite number > 0, got {hop_s!r} instead.")
-        x = np.array(x[:, idx], dtype=np.float64)  # a float64 copy we may modify
         n_in = x.shape[0]
         seconds = n_in / sfreq
+        if n_in < math.ceil(m.window_s * sfreq - 1e-9):
+            raise InvalidArgument(
+                f"the signal is too short: {seconds:.3f} s, but one window needs "
+                f"{m.window_s:g} s.")
+        x = np.array(x[:, idx], dtype=np.float64)  # a float64 copy we may modify
         rail = self._limits.rail_uv
         peak = float(np.max(np.abs(x))) if n_in else 0.0
         if math.isfinite(peak) and peak < rail:  # the common case: all finite, none railed

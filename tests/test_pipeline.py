@@ -109,6 +109,8 @@ def test_bad_input_errors(pipe, recs):
         pipe.windows(x, sf, [c if not c.startswith("O") else "X" + c for c in ch])
     with pytest.raises(InvalidArgument, match="too short"):
         pipe.windows(x[:300], sf, ch)
+    with pytest.raises(InvalidArgument, match="too short"):
+        pipe.windows(x[:0], sf, ch)
     nan = np.full_like(x, np.nan)
     with pytest.raises(InvalidArgument, match="all NaN"):
         pipe.windows(nan, sf, ch)
