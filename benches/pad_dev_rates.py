@@ -2,7 +2,8 @@
 attack detection rates (the figures in the README, section "Presentation-attack
 detection").
 
-usage: python benches/pad_dev_rates.py [DATA_DIR]   (default ../shared/data/eegmmidb)
+usage: python benches/pad_dev_rates.py [DATA_DIR] [--channels 8|16]
+       (default ../shared/data/eegmmidb, 16 channels; 8 = Fp1 Fp2 C3 C4 P7 P8 O1 O2)
 
 Protocol: 16 channels (Fp1 Fp2 F3 F4 F7 F8 C3 C4 T7 T8 P3 P4 P7 P8 O1 O2) picked by
 name, 160 Hz; the detector band-passes 1-40 Hz (4th-order Butterworth, zero phase).
@@ -30,16 +31,20 @@ from scipy.stats import beta
 from nacf_core.channels import pick
 from nacf_core.pad import PresentationAttackDetector
 
-CH16 = "Fp1 Fp2 F3 F4 F7 F8 C3 C4 T7 T8 P3 P4 P7 P8 O1 O2".split()
+CHANNELS = {
+    16: "Fp1 Fp2 F3 F4 F7 F8 C3 C4 T7 T8 P3 P4 P7 P8 O1 O2".split(),
+    8: "Fp1 Fp2 C3 C4 P7 P8 O1 O2".split(),
+}
 
 
 class _Block:
-    def __init__(self, x, sfreq):
-        self.samples, self.sfreq, self.ch_names = x, sfreq, CH16
+    def __init__(self, x, sfreq, ch_names):
+        self.samples, self.sfreq, self.ch_names = x, sfreq, ch_names
 
 
-def main(data: Path) -> int:
-    det = PresentationAttackDetector(CH16)
+def main(data: Path, n_channels: int = 16) -> int:
+    ch = CHANNELS[n_channels]
+    det = PresentationAttackDetector(ch)
     rng = np.random.default_rng(0)
     genuine, attacks = [], collections.defaultdict(list)
 
@@ -49,7 +54,7 @@ def main(data: Path) -> int:
                 + rng.normal(0, 0.05, size=seg.shape) * seg.std(0))
 
     def attack(name, x, sf, hist):
-        v = det.analyse(x, sf, CH16, hist)
+        v = det.analyse(x, sf, ch, hist)
         attacks[name].append((v.attack, v.reason, v.scores))
 
     t0 = time.perf_counter()
@@ -58,14 +63,14 @@ def main(data: Path) -> int:
         runs = {}
         for r in ("R03", "R04", "R07"):
             rec = read_recording(data / s / f"{s}{r}.edf")
-            runs[r], sf = rec.data[:, pick(rec.ch_names, CH16)], rec.sfreq
+            runs[r], sf = rec.data[:, pick(rec.ch_names, ch)], rec.sfreq
         w = int(4 * sf)
         x03 = runs["R03"]
-        enrolled = [("enroll", fp) for fp in det.enroll_fingerprints(None, [_Block(x03, sf)])]
+        enrolled = [("enroll", fp) for fp in det.enroll_fingerprints(None, [_Block(x03, sf, ch)])]
         for r in ("R07", "R04"):
             x, hist = runs[r], list(enrolled)
             for k in range(x.shape[0] // w):
-                v = det.analyse(x[k * w:(k + 1) * w], sf, CH16, hist)
+                v = det.analyse(x[k * w:(k + 1) * w], sf, ch, hist)
                 genuine.append((s, r, k, v.attack, v.reason, v.scores))
                 if v.fingerprint is not None:
                     hist = enrolled + (hist[len(enrolled):] + [("probe", v.fingerprint)])[-64:]
@@ -77,9 +82,9 @@ def main(data: Path) -> int:
         attack("replay of enrollment, resampled to 250 Hz",
                tweak(resample_poly(x03[st:st + w], 25, 16, axis=0)), 250.0, enrolled)
         common = rng.normal(0, 30, size=(w, 1)) * (len(attacks["white noise"]) % 2)
-        attack("white noise", rng.normal(0, 30, size=(w, 16)) + common, sf, enrolled)
+        attack("white noise", rng.normal(0, 30, size=(w, len(ch))) + common, sf, enrolled)
         t = np.arange(w) / sf
-        sin = 20 * np.sin(2 * np.pi * rng.uniform(3, 30) * t[:, None] + rng.uniform(0, 6.3, 16))
+        sin = 20 * np.sin(2 * np.pi * rng.uniform(3, 30) * t[:, None] + rng.uniform(0, 6.3, len(ch)))
         attack("sinusoid", sin + rng.normal(0, 1, size=sin.shape), sf, enrolled)
         p = int(rng.uniform(0.5, 1.9) * sf)
         st = int(rng.integers(0, runs["R04"].shape[0] - p))
@@ -90,7 +95,7 @@ def main(data: Path) -> int:
     n = len(genuine)
     rej = [g for g in genuine if g[3]]
     upper = beta.ppf(0.975, len(rej) + 1, n - len(rej))  # Clopper-Pearson
-    print(f"subjects: {len(subjects)}; genuine probes: {n}; rejected: {len(rej)} "
+    print(f"{len(ch)} channels; subjects: {len(subjects)}; genuine probes: {n}; rejected: {len(rej)} "
           f"({100 * len(rej) / n:.2f} %; 95 % CI upper bound {100 * upper:.2f} %)")
     for g in rej:
         print("   rejected:", g[:5])
@@ -114,6 +119,12 @@ def main(data: Path) -> int:
 
 
 if __name__ == "__main__":
+    import argparse
+
     root = Path(__file__).resolve().parents[1]
-    default = root.parent / "shared" / "data" / "eegmmidb"
-    sys.exit(main(Path(sys.argv[1]) if len(sys.argv) > 1 else default))
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("data", nargs="?", default=root.parent / "shared" / "data" / "eegmmidb",
+                    type=Path)
+    ap.add_argument("--channels", type=int, choices=sorted(CHANNELS), default=16)
+    a = ap.parse_args()
+    sys.exit(main(a.data, a.channels))
