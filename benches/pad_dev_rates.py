@@ -84,7 +84,8 @@ def main(data: Path, n_channels: int = 16) -> int:
         common = rng.normal(0, 30, size=(w, 1)) * (len(attacks["white noise"]) % 2)
         attack("white noise", rng.normal(0, 30, size=(w, len(ch))) + common, sf, enrolled)
         t = np.arange(w) / sf
-        sin = 20 * np.sin(2 * np.pi * rng.uniform(3, 30) * t[:, None] + rng.uniform(0, 6.3, len(ch)))
+        phase = rng.uniform(0, 6.3, len(ch))
+        sin = 20 * np.sin(2 * np.pi * rng.uniform(3, 30) * t[:, None] + phase)
         attack("sinusoid", sin + rng.normal(0, 1, size=sin.shape), sf, enrolled)
         p = int(rng.uniform(0.5, 1.9) * sf)
         st = int(rng.integers(0, runs["R04"].shape[0] - p))
@@ -95,8 +96,9 @@ def main(data: Path, n_channels: int = 16) -> int:
     n = len(genuine)
     rej = [g for g in genuine if g[3]]
     upper = beta.ppf(0.975, len(rej) + 1, n - len(rej))  # Clopper-Pearson
-    print(f"{len(ch)} channels; subjects: {len(subjects)}; genuine probes: {n}; rejected: {len(rej)} "
-          f"({100 * len(rej) / n:.2f} %; 95 % CI upper bound {100 * upper:.2f} %)")
+    print(f"{len(ch)} channels; subjects: {len(subjects)}; genuine probes: {n}; "
+          f"rejected: {len(rej)} ({100 * len(rej) / n:.2f} %; "
+          f"95 % CI upper bound {100 * upper:.2f} %)")
     for g in rej:
         print("   rejected:", g[:5])
     for key, thr in (("replay", det.replay_threshold), ("flatness", det.max_flatness),

@@ -29,9 +29,10 @@ every time shift of each stored fingerprint; a score ≥ ``replay_threshold`` is
 Physiology (:func:`physiology`): Welch spectrum per channel (0.5-s segments). A flat
 spectrum is the 25th percentile over channels of the spectral flatness between 2 and
 30 Hz at or above ``max_flatness`` (white noise ≥ 0.937, EEG ≤ 0.889 on the dev data, 8
-or 16 channels) together with a median log-log slope at or above ``max_slope`` (EEG falls as 1/f^α, α ≈ 1–2; white noise
-≈ 0). Periodicity is the channel-mean Pearson correlation of the signal with itself
-shifted by 0.25 s … (duration − 2 s); a looped segment or a sinusoid gives ≈ 1.
+or 16 channels) together with a median log-log slope at or above ``max_slope`` (EEG
+falls as 1/f^α, α ≈ 1–2; white noise ≈ 0). Periodicity is the channel-mean Pearson
+correlation of the signal with itself shifted by 0.25 s … (duration − 2 s); a looped
+segment or a sinusoid gives ≈ 1.
 
 Thresholds were set on the EEGMMIDB development data (see the README section
 "Presentation-attack detection" for the measured rates).
