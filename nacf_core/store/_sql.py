@@ -105,6 +105,8 @@ class SqlStore(Store):
     #: appended to SELECTs that must lock the row they read.
     FOR_UPDATE = ""
     max_retries = 8
+    #: rows per query of :meth:`iter_templates` (one short read transaction each)
+    iter_page_size = 500
 
     def __init__(self, key: Any) -> None:
         self._cipher = Cipher(key)
@@ -300,12 +302,12 @@ class SqlStore(Store):
             if model_version is not None:
                 sql += " AND t.model_version = ?"
                 params += (model_version,)
-            sql += " ORDER BY t.user_id LIMIT 500"
+            sql += f" ORDER BY t.user_id LIMIT {int(self.iter_page_size)}"
             rows = self._run(lambda tx, sql=sql, params=params: tx.query(sql, params),
                              write=False)
             for row in rows:
                 yield self._decrypt_template(row)
-            if len(rows) < 500:
+            if len(rows) < self.iter_page_size:
                 return
             last = rows[-1][0]
 

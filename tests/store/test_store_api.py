@@ -74,6 +74,11 @@ def test_iter_templates_filters_model_version(store):
     assert [t.user_id for t in all_] == [f"u{i}" for i in range(7)]
     a = list(store.iter_templates("m-a"))
     assert [t.blob for t in a] == [b"blob1", b"blob3", b"blob5"]
+    store.iter_page_size = 2  # several pages, including a last full one
+    assert [t.user_id for t in store.iter_templates()] == [f"u{i}" for i in range(7)]
+    assert [t.blob for t in store.iter_templates("m-a")] == [b"blob1", b"blob3", b"blob5"]
+    store.iter_page_size = 3
+    assert len(list(store.iter_templates("m-b"))) == 4
 
 
 def test_list_users_pagination(store):
