@@ -12,9 +12,10 @@
 # * few probes (< gemm_min_probes): a SIMD dot-product loop (AVX-512 / AVX2+FMA / SSE2
 #   intrinsics, one template row at a time, front to back) streams the templates at
 #   memory bandwidth;
-# * a batch: one BLAS sgemm (scipy.linalg.cython_blas, float32) per block of rows.
+# * a batch: one BLAS sgemm (scipy.linalg.cython_blas, float32) per block of rows,
+#   giving a (rows, probes) block scanned row by row against every probe's threshold.
 #
-# The scan compares 16 (8, 4) scores at a time with the current k-th best and drops
+# The scan compares 16 (8, 4) scores at a time with the current k-th best(s) and drops
 # to the heap only for the rare score that beats it.  The heap's root is the worst
 # kept entry; templates arrive in index order, so once a heap is full only
 # ``score > root`` enters and equal scores keep the lower index.  NaN scores count as
@@ -144,7 +145,41 @@ cdef extern from *:
             if (s[j] > thr) return j;
         return n;
     }
+
+    /* The first flat index f >= start of a row-major (n_rows, P) block with
+       s[f] > thr[f % P] (NaN never is), or n_rows * P. */
+    static Py_ssize_t nacf_scan_rows_gt(const float *s, Py_ssize_t start, Py_ssize_t n_rows,
+                                        Py_ssize_t P, const float *thr)
+    {
+        Py_ssize_t r = start / P, p = start % P;
+        for (; r < n_rows; r++, p = 0) {
+            const float *row = s + r * P;
+    #if defined(__AVX512F__)
+            for (; p + 16 <= P; p += 16) {
+                __mmask16 m = _mm512_cmp_ps_mask(_mm512_loadu_ps(row + p),
+                                                 _mm512_loadu_ps(thr + p), _CMP_GT_OQ);
+                if (m) return r * P + p + __builtin_ctz((unsigned)m);
+            }
+    #elif defined(__AVX2__)
+            for (; p + 8 <= P; p += 8) {
+                int m = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(row + p),
+                                                         _mm256_loadu_ps(thr + p), _CMP_GT_OQ));
+                if (m) return r * P + p + __builtin_ctz((unsigned)m);
+            }
+    #elif defined(__SSE2__)
+            for (; p + 4 <= P; p += 4) {
+                int m = _mm_movemask_ps(_mm_cmpgt_ps(_mm_loadu_ps(row + p), _mm_loadu_ps(thr + p)));
+                if (m) return r * P + p + __builtin_ctz((unsigned)m);
+            }
+    #endif
+            for (; p < P; p++)
+                if (row[p] > thr[p]) return r * P + p;
+        }
+        return n_rows * P;
+    }
     """
+    Py_ssize_t nacf_scan_rows_gt(const float* s, Py_ssize_t start, Py_ssize_t n_rows,
+                                 Py_ssize_t P, const float* thr) noexcept nogil
     void nacf_dot_rows(const float* q, const float* t, Py_ssize_t n_rows, Py_ssize_t d,
                        float* out) noexcept nogil
     Py_ssize_t nacf_scan_gt(const float* s, Py_ssize_t start, Py_ssize_t n,
@@ -254,6 +289,63 @@ cdef void _sgemm_block(const float* probes, Py_ssize_t n_probes, const float* ro
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
+cdef void _sgemm_block_rows_major(const float* probes, Py_ssize_t n_probes, const float* rows,
+                                  Py_ssize_t n_rows, Py_ssize_t d, float* out) noexcept nogil:
+    """out[r * n_probes + p] = dot(probes[p], rows[r]): column-major out^T = probes . rows^T.
+
+    This shape (m = n_probes small, n = n_rows) ran about 25 % faster in OpenBLAS than
+    the transposed one on 1 024-row blocks.
+    """
+    cdef char transa = b'T'
+    cdef char transb = b'N'
+    cdef int m = <int>n_probes
+    cdef int n = <int>n_rows
+    cdef int kk = <int>d
+    cdef int lda = <int>d
+    cdef int ldb = <int>d
+    cdef int ldc = <int>n_probes
+    cdef float alpha = 1.0
+    cdef float beta = 0.0
+    sgemm(&transa, &transb, &m, &n, &kk, &alpha, <float*>probes, &lda, <float*>rows, &ldb,
+          &beta, out, &ldc)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef void _scan_rows(const float* scores, Py_ssize_t nb, Py_ssize_t n_probes, int64_t base,
+                     float[:, ::1] heap_s, int64_t[:, ::1] heap_i, Py_ssize_t[::1] sizes,
+                     float* thr, Py_ssize_t k) noexcept nogil:
+    """Merge a (nb, n_probes) row-major score block (template rows base..) into the heaps.
+
+    Every heap holds min(rows seen, k) entries: the first k template rows go in
+    unconditionally, after that only a score above its probe's threshold ``thr[p]``
+    (the heap's root) does.
+    """
+    cdef Py_ssize_t r = 0, p, f, total = nb * n_probes
+    cdef float s
+    while r < nb and sizes[0] < k:
+        for p in range(n_probes):
+            s = scores[r * n_probes + p]
+            if s != s:
+                s = -INFINITY
+            _heap_push(&heap_s[p, 0], &heap_i[p, 0], sizes[p], s, base + r)
+            sizes[p] += 1
+            thr[p] = heap_s[p, 0]
+        r += 1
+    f = r * n_probes
+    while True:
+        f = nacf_scan_rows_gt(scores, f, nb, n_probes, thr)
+        if f >= total:
+            break
+        r = f // n_probes
+        p = f - r * n_probes
+        _heap_replace_root(&heap_s[p, 0], &heap_i[p, 0], k, scores[f], base + r)
+        thr[p] = heap_s[p, 0]
+        f += 1
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
 def cosine_scores_into(const float[:, ::1] probes, const float[:, ::1] templates,
                        float[:, ::1] out, Py_ssize_t gemm_min_probes):
     """out[p, j] = dot(probes[p], templates[j]) (float32 accumulation)."""
@@ -289,9 +381,11 @@ def top_k_into(const float[:, ::1] probes, const float[:, ::1] templates,
     cdef Py_ssize_t d = probes.shape[1], k = heap_s.shape[1]
     cdef Py_ssize_t p, start, nb
     cdef Py_ssize_t[::1] sizes
+    cdef float[::1] thr
     if n_probes == 0 or k == 0:
         return
     sizes = np.zeros(n_probes, dtype=np.intp)
+    thr = np.full(n_probes, np.inf, dtype=np.float32)
     with nogil:
         start = 0
         while start < n_templates:
@@ -302,11 +396,10 @@ def top_k_into(const float[:, ::1] probes, const float[:, ::1] templates,
                     sizes[p] = _scan(&scratch[0], nb, start, &heap_s[p, 0], &heap_i[p, 0],
                                      sizes[p], k)
             else:
-                _sgemm_block(&probes[0, 0], n_probes, &templates[start, 0], nb, d,
-                             &scratch[0], nb)
-                for p in range(n_probes):
-                    sizes[p] = _scan(&scratch[p * nb], nb, start, &heap_s[p, 0],
-                                     &heap_i[p, 0], sizes[p], k)
+                _sgemm_block_rows_major(&probes[0, 0], n_probes, &templates[start, 0], nb,
+                                        d, &scratch[0])
+                _scan_rows(&scratch[0], nb, n_probes, start, heap_s, heap_i, sizes,
+                           &thr[0], k)
             start += nb
         for p in range(n_probes):
             _heap_sort(&heap_s[p, 0], &heap_i[p, 0], sizes[p])
