@@ -376,9 +376,22 @@ def test_authenticate_stream_decides_early(srv):
     assert c == grpc.StatusCode.UNAUTHENTICATED and "device proof" in m
     sent.clear()
     r = stub.AuthenticateStream(gen(), metadata=md, timeout=30)
-    assert r.seconds_used <= 20
-    assert r.accepted and r.session_token
-    assert len(sent) <= len(parts)
+    assert r.accepted and r.session_token and r.seconds_used <= 20
+    assert any(x.startswith("sequential test: accept") for x in r.reasons), list(r.reasons)
+    # an impostor's stream is rejected after the first window, not after 20 s
+    imp = [sig(c, "hs-hank") for c in chunks(eeg(5, 7, 40, 20))]
+
+    def gen_imp():
+        yield pb.AuthenticateStreamRequest(start=pb.StreamStart(user_id="hank"))
+        for p in imp:
+            yield pb.AuthenticateStreamRequest(chunk=p)
+
+    r = stub.AuthenticateStream(gen_imp(), timeout=30, metadata=(
+        *MD, *proof_md(secret, "hank", "hs-hank", imp[0].samples)))
+    assert not r.accepted and not r.session_token
+    assert r.seconds_used == 4.0 and r.windows_used == 1
+    assert any(x.startswith("sequential test: reject") for x in r.reasons), list(r.reasons)
+    stub.UnlockUser(pb.UnlockUserRequest(user_id="hank"), metadata=MD)
     # first message must be start
     c, _ = code_of(stub.AuthenticateStream,
                    iter([pb.AuthenticateStreamRequest(chunk=parts[0])]), metadata=MD)
