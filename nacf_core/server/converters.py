@@ -11,6 +11,8 @@ Decisions:
   refuses rates outside the model's supported range with its own message.
 - Any NaN or ±inf sample is refused: dropped samples must not be sent as NaN over the
   wire (a headset reader marks them; the client drops or interpolates them).
+- Any |sample| above 1e6 µV (1 V) is refused: that is float64 (or big-endian) data
+  read as float32, not EEG.
 - ``channel_names`` must be non-empty, unique, each at most 64 characters, and at
   most 256 of them.
 """
@@ -33,6 +35,7 @@ from nacf_core.service import (
 
 __all__ = [
     "MAX_CHANNELS",
+    "MAX_ABS_UV",
     "MAX_SAMPLE_RATE_HZ",
     "auth_response",
     "block_to_signal",
@@ -45,6 +48,9 @@ __all__ = [
 ]
 
 MAX_SAMPLE_RATE_HZ = 100_000.0
+#: Largest |sample| accepted, in µV: 1 V, far beyond any EEG amplifier's range (a
+#: Cyton rails at ±187 500 µV), so only a wrong dtype, byte order or unit gets here.
+MAX_ABS_UV = 1e6
 MAX_CHANNELS = 256
 _MAX_CH_NAME = 64
 
@@ -84,13 +90,19 @@ def signal_to_block(sig: pb.Signal, name: str = "signal") -> SignalBlock:
             f"{name}.samples has {nbytes} bytes, not a multiple of 4 × n_channels = {row} "
             f"(little-endian float32, row-major (n_times, {n_ch})): wrong dtype or length.")
     x = np.frombuffer(raw, dtype="<f4").reshape(nbytes // row, n_ch)
-    finite = np.isfinite(x)
-    if not finite.all():
+    amax = float(np.max(np.abs(x)))  # NaN if any NaN; one pass, no temporary mask
+    if not np.isfinite(amax):
+        finite = np.isfinite(x)
         bad = int(x.size - np.count_nonzero(finite))
         r, c = np.argwhere(~finite)[0]
         raise InvalidArgument(
             f"{name}.samples holds {bad} non-finite value(s) (NaN or inf), the first at "
             f"sample {int(r)}, channel {names[int(c)]!r}; send finite microvolts.")
+    if amax > MAX_ABS_UV:
+        raise InvalidArgument(
+            f"{name}.samples reaches {amax:.3g}, beyond ±{MAX_ABS_UV:g} µV (1 V) that no EEG "
+            "amplifier delivers: wrong dtype (float64 sent as float32?), byte order or "
+            "units.")
     dev = sig.device_id
     if len(dev) > 128:
         raise InvalidArgument(f"{name}.device_id is longer than 128 characters.")

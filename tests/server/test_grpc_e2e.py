@@ -255,7 +255,7 @@ def test_health_needs_no_key(srv):
 
 
 # ------------------------------------------------------------------ bad input
-@pytest.mark.parametrize("case", ["odd_bytes", "float64", "nan", "inf", "empty", "rate_zero",
+@pytest.mark.parametrize("case", ["odd_bytes", "float64", "float64_full", "big_endian", "nan", "inf", "empty", "rate_zero",
                                   "rate_absurd", "rate_nan", "rate_low", "no_channels",
                                   "dup_channels", "too_short", "unknown_user", "empty_user"])
 def test_bad_input_gets_invalid_argument_or_not_found(srv, case):
@@ -268,6 +268,10 @@ def test_bad_input_gets_invalid_argument_or_not_found(srv, case):
         s.samples = s.samples[:-3]
     elif case == "float64":
         s.samples = x[: x.shape[0] // 2 * 2].astype("<f8").tobytes()[: 4 * 16 * 1001 + 4]
+    elif case == "float64_full":  # a whole float64 payload: length fits, values do not
+        s.samples = x[: x.shape[0] // 2].astype("<f8").tobytes()
+    elif case == "big_endian":
+        s.samples = x.astype(">f4").tobytes()
     elif case == "nan":
         y = x.copy()
         y[10, 3] = np.nan
@@ -299,6 +303,18 @@ def test_bad_input_gets_invalid_argument_or_not_found(srv, case):
     server = srv[0]
     server.service.config.require_device_proof = False
     try:
+        if case in ("float64_full", "big_endian"):
+            # EDF data is quantised: as float32 its float64 or byte-swapped bytes are
+            # small finite numbers, indistinguishable on the wire from a (strange)
+            # signal. The server must not crash nor accept: INVALID_ARGUMENT or a reject.
+            try:
+                r = stub.Authenticate(pb.AuthenticateRequest(user_id=user, signal=s),
+                                      metadata=MD)
+            except grpc.RpcError as e:
+                assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e.details()
+            else:
+                assert not r.accepted and r.reasons and not r.session_token
+            return
         c, m = code_of(stub.Authenticate, pb.AuthenticateRequest(user_id=user, signal=s),
                        metadata=MD)
     finally:

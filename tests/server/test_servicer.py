@@ -99,6 +99,15 @@ def test_signal_to_block_is_zero_copy():
     assert not b.samples.flags.owndata and not b.samples.flags.writeable
 
 
+def test_float64_payload_with_full_mantissas_is_refused():
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 20, (640, 16))  # float64 µV with full mantissas
+    s = block_to_signal(np.zeros((1, 16), np.float32), 160, [f"c{i}" for i in range(16)])
+    s.samples = x.astype("<f8").tobytes()  # 2 × 4 × 16 bytes per row: the length fits
+    with pytest.raises(InvalidArgument, match="wrong dtype|non-finite"):
+        signal_to_block(s)
+
+
 @pytest.mark.parametrize("mutate,match", [
     (lambda s: setattr(s, "samples", s.samples[:-1]), "multiple of 4"),
     (lambda s: setattr(s, "sample_rate_hz", -1), "sample_rate_hz"),
@@ -106,6 +115,7 @@ def test_signal_to_block_is_zero_copy():
     (lambda s: setattr(s, "samples", b""), "empty"),
     (lambda s: s.channel_names.append("a"), "unique"),
     (lambda s: setattr(s, "samples", np.full((8, 4), np.nan, "<f4").tobytes()), "non-finite"),
+    (lambda s: setattr(s, "samples", np.full((8, 4), 3e7, "<f4").tobytes()), "wrong dtype"),
 ])
 def test_signal_to_block_rejects(mutate, match):
     s = block_to_signal(np.ones((8, 4), np.float32), 250, ["a", "b", "c", "d"])
