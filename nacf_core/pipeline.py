@@ -371,8 +371,11 @@ class Pipeline:
                 f"{m.window_s:g} s.")
         n_w = (n - W) // hop + 1
         starts = np.arange(n_w) * hop
-        epochs = np.ascontiguousarray(
-            np.lib.stride_tricks.sliding_window_view(y, W, axis=0)[starts])  # (n_w, c, W)
+        if n_w == 1:
+            epochs = np.ascontiguousarray(y[None, :W].transpose(0, 2, 1))  # (1, c, W)
+        else:
+            epochs = np.ascontiguousarray(
+                np.lib.stride_tricks.sliding_window_view(y, W, axis=0)[starts])  # (n_w, c, W)
         reason = self._k.detect_artifacts(epochs, m.sfreq, self._limits)
         if finite is not None:
             raw_reason = self._raw_reasons(finite, railed, starts * (sfreq / m.sfreq),
