@@ -68,7 +68,9 @@ def format_report(r: dict) -> str:
     lines = [
         f"manifest   {r['manifest']}",
         f"channels   {len(su['channels'])}: {','.join(su['channels'])}",
-        f"protocol   {su['n_subjects']} subjects, {su['folds']}-fold x {su['splits']} split(s), "
+        f"protocol   {su['n_subjects']} subjects, "
+        + (f"{su['folds']}-fold x {su['splits']} split(s), " if su["folds"]
+           else f"fixed model {su['model']}, ") +
         f"{su['window_s']:g}-s windows, hop {su['hop_s']:g} s, band {su['band'][0]:g}–"
         f"{su['band'][1]:g} Hz, {su['sfreq']:g} Hz",
         "",
