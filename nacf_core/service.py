@@ -914,8 +914,11 @@ class AuthService:
                 self.end_session(token, reason)
             except NacfError:
                 pass
-            self.metrics.record_suspicious("wearer_changed", "medium") \
-                if reason == "wearer_changed" else None
+            if reason == "wearer_changed":
+                self.metrics.record_suspicious("wearer_changed", "medium")
+                log.warning("wearer changed", extra={
+                    "event_type": "security_event", "security_event_type": "wearer_changed",
+                    "severity": "medium", "user_id": user_id})
             return ContinuousUpdate("ended", score, thr, quality, reason, expires, streamed)
 
         try:
