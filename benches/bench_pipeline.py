@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import tag
+
 from nacf_core.model import default_model
 from nacf_core.pipeline import Pipeline
 

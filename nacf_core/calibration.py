@@ -35,13 +35,13 @@ import numpy as np
 __all__ = [
     "DEFAULT_TARGET_FMR",
     "Calibration",
-    "threshold_at_fmr",
-    "rates_at",
-    "eer",
-    "det_curve",
-    "fnmr_at_fmr",
     "bootstrap_fnmr",
     "calibrate",
+    "det_curve",
+    "eer",
+    "fnmr_at_fmr",
+    "rates_at",
+    "threshold_at_fmr",
 ]
 
 #: NIST SP 800-63B rev. 3 §5.2.3: FMR of 1 in 1000 or better.
@@ -194,7 +194,7 @@ def calibrate(genuine, impostor, genuine_subjects, target_fmr: float = DEFAULT_T
     return Calibration(
         threshold=t, target_fmr=float(target_fmr), fmr=fmr, fnmr=fnmr, fnmr_ci=(lo, hi),
         n_genuine=int(np.size(genuine)), n_impostor=int(np.size(impostor)),
-        n_subjects=int(len(np.unique(genuine_subjects))),
+        n_subjects=len(np.unique(genuine_subjects)),
         method=("empirical quantile of out-of-fold impostor scores; FNMR 95% percentile "
                 f"bootstrap over subjects ({n_boot} resamples)"),
     )

@@ -52,8 +52,14 @@ from nacf_core.training import (
     front_end_model,
 )
 
-__all__ = ["ManifestRow", "read_manifest", "load_blocks", "evaluate", "plot_det",
-           "FUSED_WINDOWS"]
+__all__ = [
+    "FUSED_WINDOWS",
+    "ManifestRow",
+    "evaluate",
+    "load_blocks",
+    "plot_det",
+    "read_manifest",
+]
 
 logger = logging.getLogger("nacf.evaluation")
 
@@ -96,7 +102,7 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
         if not rel:
             raise InvalidArgument(f"manifest {str(path)!r} line {line}: empty path.")
 
-        def num(key):
+        def num(key, r=r, line=line):
             v = (r.get(key) or "").strip()
             if not v:
                 return None
@@ -402,9 +408,9 @@ def _split_metrics(sc: _SplitScores, model: Model) -> dict:
     sg, si = cat(sc.single_g), cat(sc.single_i)
     fg, fi = cat(sc.fused_g), cat(sc.fused_i)
     single = {**_rates(sg, si), "fta_rate": sc.fta_rej / max(sc.fta_tot, 1),
-              "n_genuine": int(len(sg)), "n_impostor": int(len(si))}
+              "n_genuine": len(sg), "n_impostor": len(si)}
     fused = {**_rates(fg, fi), "mean_seconds": float(np.mean(sc.fused_seconds)),
-             "n_genuine": int(len(fg)), "n_impostor": int(len(fi))}
+             "n_genuine": len(fg), "n_impostor": len(fi)}
     seq = {
         "fmr": float(np.mean(sc.seq["i_acc"])) if sc.seq["i_acc"] else float("nan"),
         "fnmr": 1.0 - float(np.mean(sc.seq["g_acc"])) if sc.seq["g_acc"] else float("nan"),

@@ -34,9 +34,9 @@ __all__ = [
     "TangentSpace",
     "WithinClassWhitening",
     "l2_normalize",
+    "spd_expm",
     "spd_inv_sqrt",
     "spd_logm",
-    "spd_expm",
 ]
 
 

@@ -119,7 +119,7 @@ class Model:
 
     @property
     def max_windows(self) -> int:
-        return int(len(self.thresholds))
+        return len(self.thresholds)
 
     @property
     def threshold(self) -> float:

@@ -39,9 +39,9 @@ import json
 import logging
 import math
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Sequence
 
 import numpy as np
 from scipy.signal import resample_poly, sosfilt_zi
@@ -54,14 +54,14 @@ from nacf_core.kernels import ArtifactLimits, ArtifactReason
 from nacf_core.model import Model
 
 __all__ = [
-    "MIN_SFREQ",
     "MAX_SFREQ",
-    "Windows",
-    "Template",
-    "Decision",
+    "MIN_SFREQ",
     "Candidate",
+    "Decision",
     "Identification",
     "Pipeline",
+    "Template",
+    "Windows",
 ]
 
 logger = logging.getLogger("nacf.pipeline")
@@ -98,7 +98,7 @@ class Windows:
 
     @property
     def n_windows(self) -> int:
-        return int(len(self.accepted))
+        return len(self.accepted)
 
     @property
     def n_accepted(self) -> int:
@@ -305,7 +305,6 @@ class Pipeline:
         -------
         Windows
         """
-        m = self.model
         epochs, q, accepted, reasons, seconds, starts = self.epochs(samples, sfreq, ch_names, hop_s)
         emb = np.zeros((len(accepted), self._dim), dtype=np.float32)
         if accepted.any():

@@ -34,9 +34,19 @@ from nacf_core.model import Model
 from nacf_core.pipeline import Pipeline
 from nacf_core.sequential import fit_sequential
 
-__all__ = ["Block", "DEFAULTS", "front_end_model", "fit_model", "fit_model_from_features",
-           "FeatureModel", "BlockFeatures", "block_features", "fit_features", "cross_fit_scores",
-           "fused_sequences"]
+__all__ = [
+    "DEFAULTS",
+    "Block",
+    "BlockFeatures",
+    "FeatureModel",
+    "block_features",
+    "cross_fit_scores",
+    "fit_features",
+    "fit_model",
+    "fit_model_from_features",
+    "front_end_model",
+    "fused_sequences",
+]
 
 logger = logging.getLogger("nacf.training")
 
@@ -215,7 +225,9 @@ def cross_fit_scores(feats: Sequence[BlockFeatures], *, folds: int, max_windows:
                 imp[n].append(np.delete(s, j, axis=1).ravel())
         if progress:
             progress()
-    cat = lambda d: {n: (np.concatenate(v) if v else np.zeros(0)) for n, v in d.items()}  # noqa: E731
+    def cat(d):
+        return {n: (np.concatenate(v) if v else np.zeros(0)) for n, v in d.items()}
+
     return cat(gen), cat(imp), cat(gsub)
 
 
@@ -238,7 +250,6 @@ def fit_model(blocks: Sequence[Block], *, ch_names: Sequence[str], name: str,
     **params
         Overrides of :data:`DEFAULTS`.
     """
-    p = {**DEFAULTS, **params}
     unknown = set(params) - set(DEFAULTS)
     if unknown:
         raise TypeError(f"unknown parameter(s) {', '.join(sorted(unknown))}; "

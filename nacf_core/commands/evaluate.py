@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-__all__ = ["register", "run", "format_report"]
+__all__ = ["format_report", "register", "run"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
