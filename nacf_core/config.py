@@ -41,6 +41,8 @@ OPTION_HELP: dict[str, str] = {
                       "if missing)",
     "model_path": "model file (default: the shipped model for the montage)",
     "kernel_backend": "kernel backend: cython, numba or reference",
+    "reuse_port": "SO_REUSEPORT: several nacf serve processes on one host share grpc_address "
+                  "(scale with processes; give each its own metrics_address)",
     "max_workers": "gRPC worker threads",
     "max_concurrent_rpcs": "in-flight RPC bound; beyond it calls get RESOURCE_EXHAUSTED at once",
     "max_message_bytes": "maximum gRPC message size, both directions (bytes)",
@@ -82,6 +84,7 @@ class Config:
     store_key_file: str = ""
     model_path: str = ""
     kernel_backend: str = "cython"
+    reuse_port: bool = False
     max_workers: int = 8
     max_concurrent_rpcs: int = 64
     max_message_bytes: int = 16 * 1024 * 1024

@@ -77,6 +77,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="server private key (PEM)")
     p.add_argument("--tls-client-ca", dest="tls_client_ca_file", metavar="FILE",
                    help="CA of client certificates: enables mTLS")
+    p.add_argument("--reuse-port", action="store_true", default=None,
+                   help="let several nacf serve processes share --grpc-address "
+                        "(SO_REUSEPORT; each needs its own --metrics-address)")
     p.add_argument("--max-workers", type=int, metavar="N",
                    help=f"worker threads (default {d.max_workers})")
     p.add_argument("--max-concurrent-rpcs", type=int, metavar="N",
@@ -103,7 +106,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 _FLAG_KEYS = ("grpc_address", "metrics_address", "data_dir", "store_url", "store_key_file",
               "model_path", "kernel_backend", "api_keys_file", "allow_open_loopback",
               "require_device_proof", "presentation_attack_detection", "tls_cert_file", "tls_key_file", "tls_client_ca_file",
-              "max_workers", "max_concurrent_rpcs", "max_message_bytes", "grace_period_s",
+              "reuse_port", "max_workers", "max_concurrent_rpcs", "max_message_bytes", "grace_period_s",
               "lockout_threshold", "lockout_seconds", "rate_limit_per_s", "rate_limit_burst",
               "session_ttl_s", "audit_retention_days")
 

@@ -195,7 +195,7 @@ class NacfServer:
         opts = [
             ("grpc.max_receive_message_length", cfg.max_message_bytes),
             ("grpc.max_send_message_length", cfg.max_message_bytes),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if cfg.reuse_port else 0),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ]
@@ -216,11 +216,18 @@ class NacfServer:
                 root_certificates=(Path(cfg.tls_client_ca_file).read_bytes()
                                    if cfg.tls_client_ca_file else None),
                 require_client_auth=bool(cfg.tls_client_ca_file))
-            self.port = server.add_secure_port(cfg.grpc_address, creds)
         else:
-            self.port = server.add_insecure_port(cfg.grpc_address)
+            creds = None
+        try:
+            self.port = (server.add_secure_port(cfg.grpc_address, creds) if cfg.tls
+                         else server.add_insecure_port(cfg.grpc_address))
+        except RuntimeError:  # grpcio raises when the port cannot be bound
+            self.port = 0
         if not self.port:
-            raise OSError(f"cannot bind gRPC on {cfg.grpc_address} (address in use?).")
+            server.stop(0)
+            raise OSError(f"cannot bind gRPC on {cfg.grpc_address}: address in use (another "
+                          "nacf serve? use --reuse-port to share it on purpose) or not "
+                          "available.")
         self._set_health(False)
         server.start()
         self.server = server

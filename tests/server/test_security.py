@@ -167,3 +167,39 @@ def test_open_loopback_mode(tmp_path, model_path):
     finally:
         server.stop(0)
         store.close()
+
+
+def test_reuse_port_lets_two_servers_share_an_address(tmp_path, model_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    addr = f"127.0.0.1:{port}"
+    for n in "abcd":
+        (tmp_path / n).mkdir()
+    a, sa = _server(tmp_path / "a", model_path, grpc_address=addr, reuse_port=True)
+    b, sb = _server(tmp_path / "b", model_path, grpc_address=addr, reuse_port=True)
+    a.start()
+    try:
+        b.start()  # would fail to bind without SO_REUSEPORT
+        try:
+            with grpc.insecure_channel(addr) as ch:
+                assert pbg.AuthServiceStub(ch).GetStats(
+                    pb.GetStatsRequest(), metadata=(("x-api-key", KEY),), timeout=10)
+        finally:
+            b.stop(0)
+    finally:
+        a.stop(0)
+        sa.close()
+        sb.close()
+    c, sc = _server(tmp_path / "c", model_path, grpc_address=addr)
+    d, sd = _server(tmp_path / "d", model_path, grpc_address=addr)
+    c.start()
+    try:
+        with pytest.raises(OSError):
+            d.start()
+    finally:
+        c.stop(0)
+        sc.close()
+        sd.close()
