@@ -50,13 +50,13 @@ def sosfilt(sos, x, axis=-1, zi=None, *, _module=None):
     """
     mod = _kernel if _module is None else _module
     dtype, sos, x, y, z, time_major = _common.prepare(sos, x, axis, zi)
-    block = _common.channel_block(dtype)
+    block = _common.channel_block(dtype, z.shape[2])
     zbuf = empty_aligned((sos.shape[0], 2, block), dtype)
-    row = empty_aligned((block,), dtype)
+    tile = empty_aligned((1 if time_major else _common.TIME_TILE, block), dtype)
     if dtype == np.float32:
-        mod.sosfilt_f32(sos, x, y, z, zbuf, row, time_major)
+        mod.sosfilt_f32(sos, x, y, z, zbuf, tile, time_major)
     elif dtype == np.float64:
-        mod.sosfilt_f64(sos, x, y, z, zbuf, row, time_major)
+        mod.sosfilt_f64(sos, x, y, z, zbuf, tile, time_major)
     else:  # the public layer only lets float32/float64 through
         raise TypeError(f"sosfilt kernels support float32 and float64, got {dtype}.")
     return _common.finish(y, z, time_major, zi is not None)

@@ -21,9 +21,17 @@ from ._aligned import empty_aligned, zeros_aligned
 __all__ = ["prepare", "finish", "sos_zi", "broadcast_zi", "channel_block"]
 
 
-def channel_block(dtype: np.dtype) -> int:
-    """Channels filtered together (one group's state and row stay in L1)."""
-    return 128 if np.dtype(dtype).itemsize == 4 else 64
+#: Samples per transposed tile for channel-major input: one cache line of float32.
+TIME_TILE = 16
+
+
+def channel_block(dtype: np.dtype, n_channels: int | None = None) -> int:
+    """Channels filtered together: a multiple of 16 (the kernels' lane chunk) whose
+    state and tile stay in L1; no larger than ``n_channels`` rounded up to 16."""
+    block = 128 if np.dtype(dtype).itemsize == 4 else 64
+    if n_channels is not None:
+        block = min(block, max(16, (n_channels + 15) // 16 * 16))
+    return block
 
 
 def prepare(sos, x, axis, zi):

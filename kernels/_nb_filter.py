@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _filter_common as _common
-from ._aligned import empty_aligned
+from ._aligned import empty_aligned, zeros_aligned
 from ._numba import jit
 from ._ref_filter import bandpass_sos, notch_sos
 
@@ -29,54 +29,86 @@ __all__ = ["sosfilt", "steady_state_zi", "bandpass_sos", "notch_sos"]
 
 
 @jit
-def _sosfilt_kernel(sos, x, y, z, zbuf, row, time_major):
-    """Filter every channel over all samples, carrying the state in ``z``.
+def _filter_time_major(sos, x, y, z0, z1, row):
+    """``x`` (n_times, n_channels) into ``y``; state ``z0``, ``z1`` (n_blocks, S, block).
 
-    Channels go in blocks of ``row.shape[0]``; one block's state (``zbuf``) and
-    current row (``row``) stay in L1 while time advances.  (One function: the shim
-    compiles lazily, so jitted functions cannot call each other.)
+    Channels go in blocks of ``block`` (a multiple of 16).  A block's state and its
+    current row (``row``, 64-byte aligned) stay in L1 while time advances, and the
+    innermost loop over the row's channels is what LLVM vectorises.  Lanes past the
+    last channel compute on whatever the previous block left in ``row`` (finite or
+    not, they never touch a real channel) and are dropped.  Written so that LLVM does
+    vectorise: state indexed directly, no views made and no stores to ``row``
+    outside the time loop (either one made this loop scalar and 2.5x slower).
     """
     n_sections = sos.shape[0]
-    n_channels = z.shape[2]
-    n_times = x.shape[0] if time_major else x.shape[1]
+    n_times, n_channels = x.shape
     block = row.shape[0]
-    for c0 in range(0, n_channels, block):
+    for ib in range(z0.shape[0]):
+        c0 = ib * block
         g = min(block, n_channels - c0)
-        for s in range(n_sections):
-            for k in range(2):
-                for c in range(g):
-                    zbuf[s, k, c] = z[s, k, c0 + c]
         for t in range(n_times):
-            if time_major:
-                for c in range(g):
-                    row[c] = x[t, c0 + c]
-            else:
-                for c in range(g):
-                    row[c] = x[c0 + c, t]
+            for c in range(g):
+                row[c] = x[t, c0 + c]
             for s in range(n_sections):
                 b0 = sos[s, 0]
                 b1 = sos[s, 1]
                 b2 = sos[s, 2]
                 a1 = sos[s, 4]
                 a2 = sos[s, 5]
-                z0 = zbuf[s, 0]
-                z1 = zbuf[s, 1]
-                for c in range(g):
+                for c in range(block):
                     xc = row[c]
-                    yc = b0 * xc + z0[c]
-                    z0[c] = b1 * xc - a1 * yc + z1[c]
-                    z1[c] = b2 * xc - a2 * yc
+                    yc = b0 * xc + z0[ib, s, c]
+                    z0[ib, s, c] = b1 * xc - a1 * yc + z1[ib, s, c]
+                    z1[ib, s, c] = b2 * xc - a2 * yc
                     row[c] = yc
-            if time_major:
+            for c in range(g):
+                y[t, c0 + c] = row[c]
+
+
+@jit
+def _filter_channel_major(sos, x, y, z0, z1, tile):
+    """``x`` (n_channels, n_times): as :func:`_filter_time_major`, through ``tile``
+    (n_tile, block), which receives ``n_tile`` samples of a block at a time (one
+    cache line per channel), transposed; they are filtered there row by row and
+    transposed back.
+    """
+    n_sections = sos.shape[0]
+    n_channels, n_times = x.shape
+    n_tile, block = tile.shape
+    for ib in range(z0.shape[0]):
+        c0 = ib * block
+        g = min(block, n_channels - c0)
+        for t0 in range(0, n_times, n_tile):
+            tt = min(n_tile, n_times - t0)
+            if tt == 16:  # constant trip count: LLVM unrolls the transposes
                 for c in range(g):
-                    y[t, c0 + c] = row[c]
+                    for j in range(16):
+                        tile[j, c] = x[c0 + c, t0 + j]
             else:
                 for c in range(g):
-                    y[c0 + c, t] = row[c]
-        for s in range(n_sections):
-            for k in range(2):
+                    for j in range(tt):
+                        tile[j, c] = x[c0 + c, t0 + j]
+            for j in range(tt):
+                for s in range(n_sections):
+                    b0 = sos[s, 0]
+                    b1 = sos[s, 1]
+                    b2 = sos[s, 2]
+                    a1 = sos[s, 4]
+                    a2 = sos[s, 5]
+                    for c in range(block):
+                        xc = tile[j, c]
+                        yc = b0 * xc + z0[ib, s, c]
+                        z0[ib, s, c] = b1 * xc - a1 * yc + z1[ib, s, c]
+                        z1[ib, s, c] = b2 * xc - a2 * yc
+                        tile[j, c] = yc
+            if tt == 16:
                 for c in range(g):
-                    z[s, k, c0 + c] = zbuf[s, k, c]
+                    for j in range(16):
+                        y[c0 + c, t0 + j] = tile[j, c]
+            else:
+                for c in range(g):
+                    for j in range(tt):
+                        y[c0 + c, t0 + j] = tile[j, c]
 
 
 def sosfilt(sos, x, axis=-1, zi=None):
@@ -100,11 +132,22 @@ def sosfilt(sos, x, axis=-1, zi=None):
         Only when ``zi`` is given.
     """
     dtype, sos, x, y, z, time_major = _common.prepare(sos, x, axis, zi)
-    block = _common.channel_block(dtype)
-    zbuf = empty_aligned((sos.shape[0], 2, block), dtype)
-    row = empty_aligned((block,), dtype)
+    n_sections, _, n_channels = z.shape
+    block = _common.channel_block(dtype, n_channels)
+    n_blocks = (n_channels + block - 1) // block
+    # State by block: (2, n_blocks, n_sections, block), zero in the padded lanes.
+    padded = np.zeros((n_sections, 2, n_blocks * block), dtype)
+    padded[:, :, :n_channels] = z
+    state = empty_aligned((2, n_blocks, n_sections, block), dtype)
+    state[...] = padded.reshape(n_sections, 2, n_blocks, block).transpose(1, 2, 0, 3)
     if x.size:
-        _sosfilt_kernel(sos, x, y, z, zbuf, row, time_major)
+        if time_major:
+            kernel, tile = _filter_time_major, zeros_aligned((block,), dtype)
+        else:
+            kernel, tile = _filter_channel_major, zeros_aligned((_common.TIME_TILE, block), dtype)
+        kernel(sos, x, y, state[0], state[1], tile)
+    padded = state.transpose(2, 0, 1, 3).reshape(n_sections, 2, n_blocks * block)
+    z[...] = padded[:, :, :n_channels]
     return _common.finish(y, z, time_major, zi is not None)
 
 
