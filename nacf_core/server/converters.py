@@ -34,8 +34,8 @@ from nacf_core.service import (
 )
 
 __all__ = [
-    "MAX_CHANNELS",
     "MAX_ABS_UV",
+    "MAX_CHANNELS",
     "MAX_SAMPLE_RATE_HZ",
     "auth_response",
     "block_to_signal",
