@@ -928,6 +928,8 @@ class AuthService:
                 try:
                     item = q.get(timeout=loss)
                 except queue.Empty:
+                    if cancelled():  # the call is gone (client or server shutdown)
+                        return
                     yield end("signal_lost")
                     return
                 if item is _END:
