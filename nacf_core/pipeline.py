@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 import numpy as np
+from scipy.linalg.lapack import dsyevd as _dsyevd
 from scipy.signal import resample_poly, sosfilt_zi
 
 from nacf_core import kernels
@@ -495,13 +496,16 @@ class Pipeline:
     def _embed_one(self, x: np.ndarray) -> np.ndarray:
         """:meth:`_embed` of one window (c, W): the same maths in 2-D (less dispatch)."""
         W = x.shape[1]
-        xc = x - x.mean(axis=1)[:, None]
-        s = xc @ xc.T
+        mu = x.mean(axis=1)
+        s = x @ x.T  # centred without a centred copy: x x' - W mu mu'
+        s -= W * np.outer(mu, mu)
         a = self._shrink
         s *= (1.0 - a) / W
         if a:
             s.flat[:: s.shape[0] + 1] += np.trace(s) * (a / ((1.0 - a) * s.shape[0]))
-        w, v = np.linalg.eigh(self._p @ s @ self._p)
+        w, v, info = _dsyevd(self._p @ s @ self._p)
+        if info != 0:  # pragma: no cover - LAPACK failure on a finite symmetric matrix
+            w, v = np.linalg.eigh(self._p @ s @ self._p)
         w = np.log(np.maximum(w, self._eps * max(w[-1], 1e-300)))
         z = ((v * w) @ v.T)[self._iu] @ self._comp_w
         z -= self._offset
