@@ -9,6 +9,8 @@ buffer alive through ``.base``).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 __all__ = ["ALIGNMENT", "empty_aligned", "zeros_aligned", "is_aligned", "aligned_copy"]
@@ -42,14 +44,18 @@ def empty_aligned(shape, dtype=np.float64, alignment: int = ALIGNMENT) -> np.nda
     out : ndarray, shape ``shape``
         ``out.ctypes.data % alignment == 0`` (unless it is empty: nothing to align).
     """
-    alignment = _check_alignment(alignment)
+    if alignment != ALIGNMENT:
+        alignment = _check_alignment(alignment)
     dtype = np.dtype(dtype)
-    shape = (int(shape),) if np.isscalar(shape) else tuple(int(s) for s in shape)
+    if isinstance(shape, (int, np.integer)):
+        shape = (int(shape),)
+    else:
+        shape = tuple(int(s) for s in shape)
     if any(s < 0 for s in shape):
         raise ValueError(f"'shape' must not have negative entries, got {shape}.")
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    nbytes = math.prod(shape) * dtype.itemsize
     raw = np.empty(nbytes + alignment, dtype=np.uint8)
-    offset = (-raw.ctypes.data) % alignment
+    offset = (-raw.__array_interface__["data"][0]) % alignment
     return raw[offset:offset + nbytes].view(dtype).reshape(shape)
 
 
@@ -71,4 +77,4 @@ def aligned_copy(a: np.ndarray, dtype=None, alignment: int = ALIGNMENT) -> np.nd
 def is_aligned(a: np.ndarray, alignment: int = ALIGNMENT) -> bool:
     """True when ``a``'s data pointer is a multiple of ``alignment`` bytes."""
     alignment = _check_alignment(alignment)
-    return a.ctypes.data % alignment == 0
+    return a.__array_interface__["data"][0] % alignment == 0

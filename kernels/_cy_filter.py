@@ -15,7 +15,6 @@ from __future__ import annotations
 import numpy as np
 
 from . import _filter_common as _common
-from ._aligned import empty_aligned
 from ._cpu import load_variant
 from ._ref_filter import bandpass_sos, notch_sos
 
@@ -51,8 +50,11 @@ def sosfilt(sos, x, axis=-1, zi=None, *, _module=None):
     mod = _kernel if _module is None else _module
     dtype, sos, x, y, z, time_major = _common.prepare(sos, x, axis, zi)
     block = _common.channel_block(dtype, z.shape[2])
-    zbuf = empty_aligned((sos.shape[0], 2, block), dtype)
-    tile = empty_aligned((1 if time_major else _common.TIME_TILE, block), dtype)
+    n_state = sos.shape[0] * 2 * block
+    n_tile = 1 if time_major else _common.TIME_TILE
+    buf = _common.scratch(n_state + n_tile * block, dtype)
+    zbuf = buf[:n_state].reshape(sos.shape[0], 2, block)
+    tile = buf[n_state:n_state + n_tile * block].reshape(n_tile, block)
     if dtype == np.float32:
         mod.sosfilt_f32(sos, x, y, z, zbuf, tile, time_major)
     elif dtype == np.float64:

@@ -6,7 +6,7 @@ Both backends run the same blocked algorithm; this module turns the
 - the working dtype is ``numpy.result_type(sos, x[, zi])`` as in SciPy (float32 only
   when every input is float32);
 - the state travels through the kernel as ``z`` of shape ``(n_sections, 2, n_channels)``
-  (C-contiguous, 64-byte aligned) for both layouts: ``axis=0`` uses that shape as is,
+  (C-contiguous) for both layouts: ``axis=0`` uses that shape as is,
   ``axis=-1`` transposes its ``(n_sections, n_channels, 2)`` in and out (a few KB).
 
 No validation happens here: the public layer (:mod:`nacf_core.dsp`) does it.
@@ -14,11 +14,41 @@ No validation happens here: the public layer (:mod:`nacf_core.dsp`) does it.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
-from ._aligned import empty_aligned, zeros_aligned
+from ._aligned import empty_aligned
 
-__all__ = ["prepare", "finish", "sos_zi", "broadcast_zi", "channel_block"]
+__all__ = ["prepare", "finish", "sos_zi", "broadcast_zi", "channel_block", "scratch", "empty"]
+
+_LOCAL = threading.local()
+
+
+def empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """:func:`._aligned.empty_aligned` without argument checks (hot path, ~1 µs)."""
+    n = 1
+    for s in shape:
+        n *= s
+    nbytes = n * dtype.itemsize
+    raw = np.empty(nbytes + 64, dtype=np.uint8)
+    offset = -raw.__array_interface__["data"][0] % 64
+    return raw[offset:offset + nbytes].view(dtype).reshape(shape)
+
+
+def scratch(n: int, dtype: np.dtype) -> np.ndarray:
+    """A per-thread, 64-byte aligned 1-D scratch buffer of at least ``n`` elements.
+
+    Reused between calls (kernels release the GIL, so each thread has its own);
+    contents are undefined.
+    """
+    dtype = np.dtype(dtype)
+    key = dtype.char
+    buf = getattr(_LOCAL, key, None)
+    if buf is None or buf.shape[0] < n:
+        buf = empty((max(n, 4096),), dtype)
+        setattr(_LOCAL, key, buf)
+    return buf
 
 
 #: Samples per transposed tile for channel-major input: one cache line of float32.
@@ -38,25 +68,28 @@ def prepare(sos, x, axis, zi):
     """Return ``(dtype, sos, x, y, z, time_major)`` ready for a kernel call.
 
     ``sos`` : ``(n_sections, 6)`` C-contiguous in ``dtype``; ``x`` : C-contiguous in
-    ``dtype``; ``y`` : aligned output like ``x``; ``z`` : aligned ``(n_sections, 2,
-    n_channels)`` state (zeros when ``zi`` is None).
+    ``dtype``; ``y`` : output like ``x``; ``z`` : ``(n_sections, 2, n_channels)``
+    state (zeros when ``zi`` is None), C-contiguous.
     """
     if zi is None:
         dtype = np.result_type(sos, x)
     else:
         dtype = np.result_type(sos, x, zi)
-    sos = np.ascontiguousarray(sos, dtype=dtype)
-    x = np.ascontiguousarray(x, dtype=dtype)
+    if sos.dtype != dtype or not sos.flags.c_contiguous:
+        sos = np.ascontiguousarray(sos, dtype=dtype)
+    if x.dtype != dtype or not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x, dtype=dtype)
     time_major = axis in (0, -2)
     n_channels = x.shape[1] if time_major else x.shape[0]
     n_sections = sos.shape[0]
     if zi is None:
-        z = zeros_aligned((n_sections, 2, n_channels), dtype)
+        z = np.zeros((n_sections, 2, n_channels), dtype)
     else:
-        z = empty_aligned((n_sections, 2, n_channels), dtype)
         zi = np.asarray(zi)
-        z[...] = zi if time_major else zi.transpose(0, 2, 1)
-    y = empty_aligned(x.shape, dtype)
+        z = np.array(zi if time_major else zi.transpose(0, 2, 1), dtype=dtype, order="C")
+    # The output is written once per sample and needs no alignment; the kernels'
+    # hot buffers (state, row, tile) are aligned scratch.
+    y = np.empty(x.shape, dtype)
     return dtype, sos, x, y, z, time_major
 
 

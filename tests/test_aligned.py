@@ -76,12 +76,26 @@ def test_negative_shape_named():
         empty_aligned((2, -1), np.float64)
 
 
-def test_kernels_use_aligned_buffers():
-    from nacf_core.kernels import _cy_filter, _ref_filter
+def test_kernel_scratch_is_aligned_and_reused():
+    from nacf_core.kernels import _filter_common
 
-    sos = _ref_filter.bandpass_sos(1.0, 40.0, 250.0, 4)
-    x = np.random.default_rng(0).normal(size=(3, 50))
-    y, zf = _cy_filter.sosfilt(sos, x, -1, np.zeros((4, 3, 2)))
-    assert is_aligned(y)
-    y, zf = _cy_filter.sosfilt(sos, np.ascontiguousarray(x.T), 0, np.zeros((4, 2, 3)))
-    assert is_aligned(y) and is_aligned(zf)
+    a = _filter_common.scratch(100, np.float64)
+    assert is_aligned(a) and a.shape[0] >= 100
+    assert _filter_common.scratch(50, np.float64) is a  # reused, not reallocated
+    big = _filter_common.scratch(10**5, np.float32)
+    assert is_aligned(big) and big.dtype == np.float32
+    e = _filter_common.empty((3, 5), np.dtype(np.float32))
+    assert is_aligned(e) and e.shape == (3, 5)
+
+
+def test_kernel_scratch_is_per_thread():
+    import threading
+
+    from nacf_core.kernels import _filter_common
+
+    main = _filter_common.scratch(10, np.float64)
+    other = []
+    t = threading.Thread(target=lambda: other.append(_filter_common.scratch(10, np.float64)))
+    t.start()
+    t.join()
+    assert other[0] is not main
