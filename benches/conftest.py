@@ -13,8 +13,10 @@ print one comparison table from pytest-benchmark's ``--benchmark-json``):
   target, written ``≥<factor>×`` followed by anything; ``nacf kernels bench`` parses
   the factor and reports met / not met.  For targets that are not a speed-up (e.g. a
   time per item or a bandwidth fraction), also set ``extra_info["target_ratio"]``:
-  the minimum speed-up vs the baseline that meets it, and ``extra_info["per_item"]``
-  with ``extra_info["n_items"]`` to print the time per item.
+  the minimum speed-up vs the baseline that meets it, or
+  ``extra_info["target_per_item_s"]``: the largest median time per item (seconds)
+  that meets it.  ``extra_info["n_items"]`` with ``extra_info["per_item"]`` (a noun,
+  e.g. ``"chunk"``) makes the table print the median time per item.
 
 Use :func:`tag` to set all of that in one call.  Each benchmark checks its result
 against the reference/baseline (outside the timed call).

@@ -24,6 +24,7 @@ COMMAND_MODULES: list[str] = [
     "nacf_core.commands.evaluate",
     "nacf_core.commands.demo",
     "nacf_core.commands.store",
+    "nacf_core.commands.kernels",
 ]
 
 
