@@ -413,6 +413,20 @@ class SqlStore(Store):
         return DeviceRecord(device_id=row[0], user_id=row[1], secret=secret.decode(),
                             created_at=float(row[4]))
 
+    def list_devices(self, user_id: str) -> list[DeviceRecord]:
+        _check_id("user_id", user_id)
+
+        def fn(tx: Tx):
+            if tx.one("SELECT 1 FROM users WHERE user_id = ?", (user_id,)) is None:
+                raise NotFound(f"Unknown user {user_id!r}.")
+            return tx.query("SELECT device_id, user_id, created_at FROM devices "
+                            "WHERE user_id = ? ORDER BY device_id", (user_id,))
+
+        # secrets stay encrypted: listing never decrypts them
+        return [DeviceRecord(device_id=r[0], user_id=r[1], secret=None,
+                             created_at=float(r[2]))
+                for r in self._run(fn, write=False)]
+
     def use_nonce(self, device_id, nonce, expires_at, *, now=None) -> bool:
         _check_id("device_id", device_id)
         _check_id("nonce", nonce)
@@ -483,6 +497,32 @@ class SqlStore(Store):
         if row is None:
             raise NotFound("Unknown session token.")
         return self._session(row)
+
+    def renew_session(self, token: str, ttl_s: float, *, now=None) -> Session:
+        if not isinstance(token, str) or not token:
+            raise InvalidArgument("'token' must be a non-empty session token string.")
+        ttl_s = check_finite_positive("ttl_s", ttl_s)
+        t = _now(now)
+        h = token_hash(token)
+
+        def fn(tx: Tx) -> tuple | None:
+            # only an active session is renewed; never shortened
+            tx.execute("UPDATE sessions SET expires_at = CASE WHEN expires_at > ? "
+                       "THEN expires_at ELSE ? END "
+                       "WHERE token_hash = ? AND ended_at IS NULL AND expires_at > ?",
+                       (t + ttl_s, t + ttl_s, h, t))
+            return tx.one(f"SELECT {self._SESSION_COLS} FROM sessions WHERE token_hash = ?",
+                          (h,))
+
+        row = self._run(fn)
+        if row is None:
+            raise NotFound("Unknown session token.")
+        s = self._session(row)
+        if not s.is_active(t):
+            raise FailedPrecondition(
+                f"Session {s.session_id[:12]}… is no longer active "
+                f"({s.end_reason or 'expired'}); authenticate again.")
+        return s
 
     def count_active_sessions(self, now=None) -> int:
         t = _now(now)

@@ -83,11 +83,12 @@ class TemplateRecord:
 
 @dataclass(frozen=True)
 class DeviceRecord:
-    """A headset bound to a user; ``secret`` is decrypted (never log it)."""
+    """A headset bound to a user; ``secret`` is decrypted (never log it), or None where
+    it was not asked for (:meth:`Store.list_devices`)."""
 
     device_id: str
     user_id: str
-    secret: str = field(repr=False)
+    secret: str | None = field(repr=False)
     created_at: float
 
 
@@ -252,6 +253,17 @@ class Store(abc.ABC):
         expired (a replay). Expired nonces are purged."""
 
     # -- sessions ------------------------------------------------------------------
+    @abc.abstractmethod
+    def list_devices(self, user_id: str) -> list[DeviceRecord]:
+        """The user's devices, by ``device_id``, without their secrets. ``NotFound``
+        for an unknown user."""
+
+    @abc.abstractmethod
+    def renew_session(self, token: str, ttl_s: float, *,
+                      now: float | None = None) -> Session:
+        """Extend an active session to ``now + ttl_s`` (never shortens it). ``NotFound``
+        for an unknown token, ``FailedPrecondition`` for an ended or expired one."""
+
     @abc.abstractmethod
     def create_session(self, user_id: str, ttl_s: float, *, device_id: str | None = None,
                        now: float | None = None) -> Session:

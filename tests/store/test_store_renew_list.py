@@ -1,0 +1,44 @@
+"""``list_devices`` and ``renew_session`` on both backends."""
+
+from __future__ import annotations
+
+import pytest
+
+from nacf_core.errors import FailedPrecondition, NotFound
+
+T0 = 1_800_000_000.0
+
+
+def test_list_devices_without_secrets(store):
+    with pytest.raises(NotFound, match="nobody"):
+        store.list_devices("nobody")
+    store.put_template("alice", b"x", "m")
+    store.put_template("bob", b"y", "m")
+    assert store.list_devices("alice") == []
+    store.register_device("alice", "hs-2", "secret-0123456789abcdef")
+    store.register_device("alice", "hs-1", "secret-abcdef0123456789")
+    store.register_device("bob", "hs-3", "secret-bbbbbbbbbbbbbbbb")
+    devs = store.list_devices("alice")
+    assert [d.device_id for d in devs] == ["hs-1", "hs-2"]
+    assert all(d.user_id == "alice" and d.secret is None for d in devs)
+    store.delete_user("alice")
+    assert [d.device_id for d in store.list_devices("bob")] == ["hs-3"]
+
+
+def test_renew_session_extends_only_active_sessions(store):
+    store.put_template("alice", b"x", "m")
+    s = store.create_session("alice", 60, now=T0)
+    r = store.renew_session(s.token, 60, now=T0 + 50)
+    assert r.expires_at == T0 + 110 and r.is_active(T0 + 100)
+    # never shortened
+    assert store.renew_session(s.token, 1, now=T0 + 51).expires_at == T0 + 110
+    assert store.get_session(s.token).expires_at == T0 + 110
+    # expired: cannot be revived
+    with pytest.raises(FailedPrecondition, match="no longer active"):
+        store.renew_session(s.token, 60, now=T0 + 200)
+    s2 = store.create_session("alice", 60, now=T0)
+    store.end_session(s2.token, "ended", now=T0 + 1)
+    with pytest.raises(FailedPrecondition, match="ended"):
+        store.renew_session(s2.token, 60, now=T0 + 2)
+    with pytest.raises(NotFound):
+        store.renew_session("no-such-token", 60, now=T0)
