@@ -243,6 +243,7 @@ class NacfServer:
                                         self.service.model_version)
         except Exception:
             log.exception("build info")
+        self._export_model_and_users()
         transport = ("mTLS" if cfg.tls_client_ca_file else "TLS") if cfg.tls else \
             "PLAINTEXT (loopback only)"
         log.info(f"gRPC listening on {self.address} with {transport}"
@@ -258,6 +259,22 @@ class NacfServer:
             log.warning("plaintext gRPC on loopback %s: use TLS for anything else",
                         self.address, extra={"event_type": "plaintext_loopback"})
         return self
+
+    def _export_model_and_users(self) -> None:
+        """``nacfauth_model_accuracy`` from the model's calibration record (balanced
+        accuracy of a one-window decision at the calibrated threshold, measured by
+        cross-fitting on the training subjects) and ``nacfauth_daily_active_users`` from
+        the store, so every replica on a shared store reports the same count."""
+        model = getattr(getattr(self.service.rec, "pipeline", None), "model", None)
+        calibration = (getattr(model, "info", None) or {}).get("calibration")
+        if calibration:
+            try:
+                self.metrics.set_model_accuracy_from(self.service.model_version, calibration)
+            except ValueError:
+                log.warning("the model's calibration record cannot give an accuracy",
+                            extra={"event_type": "model_accuracy_unavailable"})
+        store = self.service.store
+        self.metrics.use_daily_active_users_from(lambda: store.stats().active_users_today)
 
     def _set_health(self, ok: bool) -> None:
         st = health_pb2.HealthCheckResponse.SERVING if ok else \

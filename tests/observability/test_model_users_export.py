@@ -1,0 +1,32 @@
+"""The server exports the model's accuracy and the store's daily active users."""
+
+from __future__ import annotations
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+
+from nacf_core.config import SCOPES, Config
+from nacf_core.metrics import Metrics
+from nacf_core.model import default_model
+from nacf_core.server.app import NacfServer
+
+
+def test_model_accuracy_and_daily_active_users_come_from_model_and_store(tmp_path):
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    config = Config(grpc_address="127.0.0.1:0", metrics_address="", data_dir=str(tmp_path),
+                    api_keys={"k" * 24: frozenset(SCOPES)})
+    with NacfServer(config, metrics=metrics) as server:
+        model = default_model(16)
+        cal = model.info["calibration"]
+        first = cal[sorted(cal, key=int)[0]]
+        expected = 1 - (first["fmr"] + first["fnmr"]) / 2
+        got = registry.get_sample_value("nacfauth_model_accuracy",
+                                        {"model_version": model.version})
+        assert got is not None and np.isclose(got, expected)
+        store = server.service.store
+        assert registry.get_sample_value("nacfauth_daily_active_users") == 0
+        store.put_template("alice", b"x", model.version)
+        store.record_attempt("alice", True, 0.9, "", "ipv4:127.0.0.1:1", 0.01, "Authenticate")
+        metrics.use_daily_active_users_from(lambda: store.stats().active_users_today)  # no cache
+        assert registry.get_sample_value("nacfauth_daily_active_users") == 1
