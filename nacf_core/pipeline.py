@@ -339,8 +339,8 @@ class Pipeline:
                 f"{m.window_s:g} s.")
         x = np.array(x[:, idx], dtype=np.float64)  # a float64 copy we may modify
         rail = self._limits.rail_uv
-        peak = float(np.max(np.abs(x))) if n_in else 0.0
-        if math.isfinite(peak) and peak < rail:  # the common case: all finite, none railed
+        hi, lo = float(x.max()), float(x.min())  # NaN propagates into both
+        if -rail < lo and hi < rail:  # the common case: all finite, none railed
             finite = railed = None
         else:
             finite = np.isfinite(x)
