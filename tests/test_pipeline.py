@@ -225,3 +225,17 @@ def test_single_window_fast_path_matches_batch(pipe, recs):
     batch = pipe._embed(ep[acc][:3])
     for k in range(3):
         np.testing.assert_allclose(pipe._embed(ep[acc][k:k + 1])[0], batch[k], atol=1e-6)
+
+
+def test_real_cyton_recording_at_250_hz(shared_data):
+    """A real Cyton file (250 Hz, large DC offsets) through the 8-channel model: resampled
+    to 160 Hz, band-passed without ringing, most windows pass the gate."""
+    from nacf_core.hardware.files import read_recording
+
+    rec = read_recording(shared_data / "openbci" / "brainflow-csv" / "EyesSubject1Session2.csv")
+    assert rec.sfreq == 250.0 and np.abs(np.median(rec.data, axis=0)).max() > 1000
+    p8 = Pipeline(default_model(8))
+    w = p8.windows(rec.data, rec.sfreq, rec.ch_names)
+    assert w.n_windows == int((rec.data.shape[0] / 250.0 - 4) // 2) + 1
+    assert w.n_accepted >= 0.8 * w.n_windows
+    assert np.all(np.isfinite(w.embeddings))
