@@ -39,6 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="metrics/health sidecar address (default: a free loopback port)")
     p.add_argument("--keep-running", type=float, default=0.0, metavar="S",
                    help="keep the server up S seconds after the attempts, to scrape /metrics")
+    p.add_argument("--server-logs", action="store_true",
+                   help="show the server's JSON-lines INFO log on stderr (default: warnings "
+                        "only, so the decisions stay readable)")
     p.set_defaults(func=run)
 
 
@@ -58,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from nacf_core.server.app import limit_threads
 
     limit_threads()
+    import logging
     import secrets
     import tempfile
 
@@ -75,6 +79,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"nacf demo: {e}", file=sys.stderr)
         return 2
 
+    if not args.server_logs:
+        nacf_log = logging.getLogger("nacf")
+        nacf_log.setLevel(max(nacf_log.getEffectiveLevel(), logging.WARNING))
     with tempfile.TemporaryDirectory(prefix="nacf-demo-") as tmp:
         api_key = secrets.token_urlsafe(24)
         config = Config(grpc_address=args.grpc_address, metrics_address=args.metrics_address,
