@@ -201,6 +201,11 @@ def bandpass_1_40(samples: Any, sfreq: float) -> np.ndarray:
 
 
 def _channel_hash(n_channels: int, ch_names: Sequence[str] | None) -> bytes:
+    return _channel_hash_t(n_channels, None if ch_names is None else tuple(ch_names))
+
+
+@functools.lru_cache(maxsize=256)
+def _channel_hash_t(n_channels: int, ch_names: tuple[str, ...] | None) -> bytes:
     if ch_names is None:
         text = f"n={n_channels}"
     else:
@@ -342,29 +347,42 @@ def _max_ncc(segs: np.ndarray, seqs: list[np.ndarray]) -> tuple[float, int]:
 
 
 class _Stored:
-    """A stored fingerprint made ready for :func:`_max_ncc_stored`: its channel key, its
-    length, the FFT of its frames for one piece length, and the inverse norm of every
-    centred window of that length (what :func:`_max_ncc` recomputes on every call)."""
+    """A stored fingerprint made ready for :func:`_max_ncc_stored`, for one piece length
+    ``L``: its channel key, its length, and for each part the FFT of its frames and the
+    inverse norm of every centred window of length ``L`` (what :func:`_max_ncc`
+    recomputes on every call).
 
-    __slots__ = ("key", "n", "nfft", "spec", "inv", "nbytes")
+    A long sequence (the enrollment) is cut into parts of ``2L - 1`` frames every ``L``
+    frames, so every window of it lies whole in one part and every part uses the same
+    short FFT as a 4-s probe: one batched product covers them all.
+    """
+
+    __slots__ = ("key", "n", "m", "nfft", "spec", "inv", "nbytes")
 
     def __init__(self, fp: bytes, L: int) -> None:
         self.key, q = _parse(fp)
         self.n = n = q.shape[0]
-        self.nfft = 0
+        self.m = self.nfft = 0
         self.spec = self.inv = None
         self.nbytes = len(fp) + 200
         if n < L:
             return
-        self.nfft = _fft.next_fast_len(n + L, real=True)
-        self.spec = np.ascontiguousarray(_fft.rfft(q.astype(np.float32), self.nfft, axis=0))
         c1 = np.zeros((n + 1, q.shape[1]))
         np.cumsum(q, axis=0, out=c1[1:])
         c2 = np.zeros(n + 1)
         np.cumsum(np.einsum("tf,tf->t", q, q), out=c2[1:])
         win_sum = c1[L:] - c1[:-L]
         var = c2[L:] - c2[:-L] - np.einsum("tf,tf->t", win_sum, win_sum) / L
-        self.inv = 1.0 / np.sqrt(np.maximum(var, 1e-12))  # (n - L + 1,)
+        inv = 1.0 / np.sqrt(np.maximum(var, 1e-12))  # (n - L + 1,) one per shift
+        self.m = m = min(n, 2 * L - 1)
+        starts = list(range(0, n - m + 1, L))
+        if starts[-1] != n - m:
+            starts.append(n - m)
+        self.nfft = _fft.next_fast_len(m + L, real=True)
+        parts = np.stack([q[s0:s0 + m] for s0 in starts]).astype(np.float32)  # (P, m, F)
+        spec = _fft.rfft(parts, self.nfft, axis=1)  # (P, nf, F)
+        self.spec = np.ascontiguousarray(spec.transpose(1, 0, 2))  # (nf, P, F)
+        self.inv = np.stack([inv[s0:s0 + m - L + 1] for s0 in starts], axis=1)  # (S, P)
         self.nbytes += self.spec.nbytes + self.inv.nbytes
 
 
@@ -410,30 +428,35 @@ _STORED = _StoredCache()
 
 def _max_ncc_stored(segs: np.ndarray, stored: list[_Stored]) -> tuple[float, int]:
     """:func:`_max_ncc` against prepared fingerprints (the same value, ~1e-6): only the
-    probe's pieces are transformed per call; the stored side comes from the cache."""
+    probe's pieces are transformed per call; the stored side comes from the cache, and
+    the parts of one length (every 4-s probe, every part of the enrollment) go through
+    one batched product."""
     _, L, F = segs.shape
-    buckets: dict[int, list[int]] = {}
+    groups: dict[tuple[int, int], list[int]] = {}
     for i, e in enumerate(stored):
-        buckets.setdefault(e.nfft, []).append(i)
+        groups.setdefault((e.nfft, e.m), []).append(i)
     best, best_i = -np.inf, -1
-    rev = np.ascontiguousarray(segs[:, ::-1, :], dtype=np.float32)  # (n_seg, L, F)
-    for nfft, idx in buckets.items():
+    # reversed pieces, time last and contiguous for the FFT: (n_seg, F, L)
+    rev = np.ascontiguousarray(segs.transpose(0, 2, 1)[:, :, ::-1], dtype=np.float32)
+    fks: dict[int, np.ndarray] = {}
+    for (nfft, m), idx in groups.items():
+        fk = fks.get(nfft)
+        if fk is None:
+            fk = fks[nfft] = np.ascontiguousarray(
+                _fft.rfft(rev, nfft, axis=-1).transpose(2, 1, 0))  # (nf, F, n_seg)
         es = [stored[i] for i in idx]
-        fk = np.ascontiguousarray(_fft.rfft(rev, nfft, axis=1).transpose(1, 2, 0))
-        fs = np.stack([e.spec for e in es], axis=1)  # (nf, G, F)
-        full = _fft.irfft(np.matmul(fs, fk), nfft, axis=0)  # (nfft, G, n_seg)
-        n_max = max(e.n for e in es)
-        n_sh = n_max - L + 1
-        inv = np.zeros((n_sh, len(es)))
-        off = np.full((n_sh, len(es)), -1.0)
-        for g, e in enumerate(es):
-            inv[:e.inv.shape[0], g] = e.inv
-            off[:e.inv.shape[0], g] = 0.0
-        ncc = full[L - 1:n_max] * inv[:, :, None] + off[:, :, None]
+        if len(es) == 1:
+            fs, inv = es[0].spec, es[0].inv
+        else:
+            fs = np.concatenate([e.spec for e in es], axis=1)  # (nf, parts, F)
+            inv = np.concatenate([e.inv for e in es], axis=1)  # (shifts, parts)
+        full = _fft.irfft(np.matmul(fs, fk), nfft, axis=0)  # (nfft, parts, n_seg)
+        ncc = full[L - 1:m] * inv[:, :, None]  # (shifts, parts, n_seg)
         flat = int(np.argmax(ncc))
         if ncc.flat[flat] > best:
-            g = (flat // ncc.shape[2]) % ncc.shape[1]
-            best, best_i = float(ncc.flat[flat]), idx[g]
+            part = (flat // ncc.shape[2]) % ncc.shape[1]
+            owner = np.repeat(np.arange(len(es)), [e.spec.shape[1] for e in es])[part]
+            best, best_i = float(ncc.flat[flat]), idx[int(owner)]
     if best_i < 0:
         return 0.0, -1
     return best, best_i
@@ -579,6 +602,15 @@ def physiology(x: np.ndarray, sfreq: float) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------- detector
+@functools.lru_cache(maxsize=256)
+def _pick_index(ch_names: tuple[str, ...], wanted: tuple[str, ...]) -> list[int]:
+    """``channels.pick`` (raises ``InvalidArgument`` for missing channels), memoised:
+    a server sees the same few montages on every call."""
+    from .channels import pick
+
+    return pick(list(ch_names), list(wanted))
+
+
 class PresentationAttackDetector:
     """Replay and non-physiological signal detector used by the service.
 
@@ -611,10 +643,7 @@ class PresentationAttackDetector:
                                                                                 list | None]:
         if self.ch_names is None or ch_names is None:
             return samples, None if ch_names is None else list(ch_names)
-        from .channels import pick
-
-        idx = pick(list(ch_names), self.ch_names)
-        return samples[:, idx], self.ch_names
+        return samples[:, _pick_index(tuple(ch_names), tuple(self.ch_names))], self.ch_names
 
     def analyse(self, samples: Any, sfreq: float, ch_names: Sequence[str] | None = None,
                 history: Iterable[Any] = ()) -> PadVerdict:

@@ -243,7 +243,7 @@ def test_cached_replay_path_matches_naive_reference_and_stays_bounded():
     n_ch = 3
     cache = pad._StoredCache(max_bytes=40_000)
     for trial in range(6):
-        seqs_b = [_fp_bytes(rng.normal(size=(int(rng.integers(20, 90)), 2 * n_ch)) * 6, n_ch)
+        seqs_b = [_fp_bytes(rng.normal(size=(int(rng.integers(20, 200)), 2 * n_ch)) * 6, n_ch)
                   for _ in range(4)]
         seqs = [pad._parse(b)[1] for b in seqs_b]
         probe = rng.normal(size=(int(rng.integers(33, 70)), 2 * n_ch)) * 6
