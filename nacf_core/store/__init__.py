@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 from ..errors import InvalidArgument
 from .base import (
     Attempt,
+    AuthOutcome,
+    AuthState,
     DeviceRecord,
     LockoutState,
     Session,
@@ -36,6 +38,8 @@ __all__ = [
     "Stats",
     "LockoutState",
     "UserPage",
+    "AuthState",
+    "AuthOutcome",
     "Cipher",
     "load_key",
     "create_key_file",

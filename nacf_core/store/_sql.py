@@ -26,6 +26,8 @@ from .._validation import check_finite_positive, check_int_range
 from ..errors import AlreadyExists, FailedPrecondition, InvalidArgument, NacfError, NotFound
 from .base import (
     Attempt,
+    AuthOutcome,
+    AuthState,
     DeviceRecord,
     LockoutState,
     Session,
@@ -403,13 +405,19 @@ class SqlStore(Store):
 
     def get_device(self, device_id: str) -> DeviceRecord:
         _check_id("device_id", device_id)
-        row = self._run(lambda tx: tx.one(
-            "SELECT device_id, user_id, key_id, secret_ct, created_at FROM devices "
-            "WHERE device_id = ?", (device_id,)), write=False)
+        row = self._run(lambda tx: self._tx_get_device(tx, device_id), write=False)
         if row is None:
             raise NotFound(f"Unknown device {device_id!r}: register it with RegisterDevice.")
+        return self._dec_device(row)
+
+    @staticmethod
+    def _tx_get_device(tx: Tx, device_id: str) -> tuple | None:
+        return tx.one("SELECT device_id, user_id, key_id, secret_ct, created_at FROM devices "
+                      "WHERE device_id = ?", (device_id,))
+
+    def _dec_device(self, row: tuple) -> DeviceRecord:
         secret = self._dec(row[2], row[3], Cipher.aad("device", row[0], row[1]),
-                                      f"The secret of device {device_id!r}")
+                           f"The secret of device {row[0]!r}")
         return DeviceRecord(device_id=row[0], user_id=row[1], secret=secret.decode(),
                             created_at=float(row[4]))
 
@@ -546,27 +554,33 @@ class SqlStore(Store):
         lock_seconds = check_finite_positive("lock_seconds", lock_seconds)
         t = _now(now)
 
-        def fn(tx: Tx) -> tuple[int, float | None]:
-            tx.execute("INSERT INTO lockouts (user_id, failures, locked_until, updated_at) "
-                       "VALUES (?, 0, NULL, ?) ON CONFLICT (user_id) DO NOTHING", (user_id, t))
-            failures, locked_until = tx.one(
-                "SELECT failures, locked_until FROM lockouts WHERE user_id = ?"
-                + self.FOR_UPDATE, (user_id,))
-            if locked_until is not None and locked_until <= t:  # lock over: new streak
-                failures, locked_until = 0, None
-            failures += 1
-            if failures >= max_failures and locked_until is None:
-                locked_until = t + lock_seconds
-            tx.execute("UPDATE lockouts SET failures = ?, locked_until = ?, updated_at = ? "
-                       "WHERE user_id = ?", (failures, locked_until, t, user_id))
-            return int(failures), None if locked_until is None else float(locked_until)
+        return self._run(lambda tx: self._tx_failure(tx, user_id, max_failures,
+                                                     lock_seconds, t))
 
-        return self._run(fn)
+    def _tx_failure(self, tx: Tx, user_id: str, max_failures: int, lock_seconds: float,
+                    t: float) -> tuple[int, float | None]:
+        tx.execute("INSERT INTO lockouts (user_id, failures, locked_until, updated_at) "
+                   "VALUES (?, 0, NULL, ?) ON CONFLICT (user_id) DO NOTHING", (user_id, t))
+        failures, locked_until = tx.one(
+            "SELECT failures, locked_until FROM lockouts WHERE user_id = ?"
+            + self.FOR_UPDATE, (user_id,))
+        if locked_until is not None and locked_until <= t:  # lock over: new streak
+            failures, locked_until = 0, None
+        failures += 1
+        if failures >= max_failures and locked_until is None:
+            locked_until = t + lock_seconds
+        tx.execute("UPDATE lockouts SET failures = ?, locked_until = ?, updated_at = ? "
+                   "WHERE user_id = ?", (failures, locked_until, t, user_id))
+        return int(failures), None if locked_until is None else float(locked_until)
 
     def reset_failures(self, user_id: str) -> None:
         _check_id("user_id", user_id)
-        self._run(lambda tx: tx.execute(
-            "UPDATE lockouts SET failures = 0 WHERE user_id = ? AND failures <> 0", (user_id,)))
+        self._run(lambda tx: self._tx_reset(tx, user_id))
+
+    @staticmethod
+    def _tx_reset(tx: Tx, user_id: str) -> None:
+        tx.execute("UPDATE lockouts SET failures = 0 WHERE user_id = ? AND failures <> 0",
+                   (user_id,))
 
     def unlock_user(self, user_id: str) -> None:
         _check_id("user_id", user_id)
@@ -617,11 +631,19 @@ class SqlStore(Store):
                        *, now=None) -> None:
         if not isinstance(user_id, str) or len(user_id) > _MAX_ID:
             raise InvalidArgument(f"'user_id' must be a str of at most {_MAX_ID} characters.")
-        row = (user_id, _now(now), bool(success), None if score is None else float(score),
-               str(reason)[:200], str(peer)[:200], float(duration_s), str(method)[:64])
-        self._run(lambda tx: tx.execute(
-            "INSERT INTO auth_attempts (user_id, ts, success, score, reason, peer, "
-            "duration_s, method) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row))
+        row = self._attempt_row(user_id, success, score, reason, peer, duration_s, method,
+                                _now(now))
+        self._run(lambda tx: self._tx_attempt(tx, row))
+
+    @staticmethod
+    def _attempt_row(user_id, success, score, reason, peer, duration_s, method, t) -> tuple:
+        return (user_id, t, bool(success), None if score is None else float(score),
+                str(reason)[:200], str(peer)[:200], float(duration_s), str(method)[:64])
+
+    @staticmethod
+    def _tx_attempt(tx: Tx, row: tuple) -> None:
+        tx.execute("INSERT INTO auth_attempts (user_id, ts, success, score, reason, peer, "
+                   "duration_s, method) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
 
     def recent_attempts(self, user_id=None, limit=100) -> list[Attempt]:
         limit = check_int_range("limit", limit, 1, 100_000)
@@ -671,25 +693,108 @@ class SqlStore(Store):
             if replace:
                 tx.execute("DELETE FROM pad_fingerprints WHERE user_id = ? AND kind = ?",
                            (user_id, kind))
-            for r in rows:
-                tx.execute("INSERT INTO pad_fingerprints (user_id, kind, created_at, key_id, "
-                           "ciphertext) VALUES (?, ?, ?, ?, ?)", r)
-            if kind == "probe":
-                tx.execute("DELETE FROM pad_fingerprints WHERE user_id = ? AND kind = 'probe' "
-                           "AND id NOT IN (SELECT id FROM pad_fingerprints WHERE user_id = ? "
-                           "AND kind = 'probe' ORDER BY id DESC LIMIT ?)",
-                           (user_id, user_id, int(self.pad_history)))
+            self._tx_fingerprints(tx, user_id, kind, rows)
 
         self._run(fn)
 
+    def _tx_fingerprints(self, tx: Tx, user_id: str, kind: str, rows: list[tuple]) -> None:
+        for r in rows:
+            tx.execute("INSERT INTO pad_fingerprints (user_id, kind, created_at, key_id, "
+                       "ciphertext) VALUES (?, ?, ?, ?, ?)", r)
+        if kind == "probe":
+            tx.execute("DELETE FROM pad_fingerprints WHERE user_id = ? AND kind = 'probe' "
+                       "AND id NOT IN (SELECT id FROM pad_fingerprints WHERE user_id = ? "
+                       "AND kind = 'probe' ORDER BY id DESC LIMIT ?)",
+                       (user_id, user_id, int(self.pad_history)))
+
     def get_fingerprints(self, user_id: str) -> list[tuple[str, bytes]]:
         _check_id("user_id", user_id)
-        rows = self._run(lambda tx: tx.query(
-            "SELECT kind, key_id, ciphertext FROM pad_fingerprints WHERE user_id = ? "
-            "ORDER BY id", (user_id,)), write=False)
+        return self._dec_fingerprints(user_id, self._run(
+            lambda tx: self._tx_get_fingerprints(tx, user_id), write=False))
+
+    @staticmethod
+    def _tx_get_fingerprints(tx: Tx, user_id: str) -> list[tuple]:
+        return tx.query("SELECT kind, key_id, ciphertext FROM pad_fingerprints "
+                        "WHERE user_id = ? ORDER BY id", (user_id,))
+
+    def _dec_fingerprints(self, user_id: str, rows: list[tuple]) -> list[tuple[str, bytes]]:
         return [(k, self._dec(kid, ct, Cipher.aad("pad", user_id, k),
-                                         f"A PAD fingerprint of user {user_id!r}"))
+                              f"A PAD fingerprint of user {user_id!r}"))
                 for k, kid, ct in rows]
+
+    # -- one authentication: one read, one write ------------------------------------
+    def get_auth_state(self, user_id: str, *, device_id: str | None = None,
+                       fingerprints: bool = False) -> AuthState:
+        _check_id("user_id", user_id)
+        if device_id is not None:
+            _check_id("device_id", device_id)
+
+        def fn(tx: Tx) -> tuple:
+            row = tx.one(f"SELECT {self._TEMPLATE_COLS}, l.failures, l.locked_until "
+                         "FROM templates t LEFT JOIN lockouts l ON l.user_id = t.user_id "
+                         "WHERE t.user_id = ?", (user_id,))
+            if row is None:
+                return None, None, None
+            dev = None if device_id is None else self._tx_get_device(tx, device_id)
+            fps = self._tx_get_fingerprints(tx, user_id) if fingerprints else None
+            return row, dev, fps
+
+        row, dev, fps = self._run(fn, write=False)
+        if row is None:
+            raise NotFound(f"Unknown user {user_id!r}: no enrolled template.")
+        template = self._decrypt_template(row[:7])
+        lock = LockoutState(int(row[7] or 0), None if row[8] is None else float(row[8]))
+        return AuthState(template, lock, None if dev is None else self._dec_device(dev),
+                         None if fps is None else self._dec_fingerprints(user_id, fps))
+
+    def finish_authentication(self, user_id: str, accepted: bool, *, score: float | None,
+                              reason: str, peer: str, duration_s: float, method: str,
+                              session_ttl_s: float = 0.0, device_id: str | None = None,
+                              reset_failures: bool = True, max_failures: int = 1,
+                              lock_seconds: float = 1.0,
+                              probe_fingerprint: bytes | None = None,
+                              now: float | None = None) -> AuthOutcome:
+        _check_id("user_id", user_id)
+        accepted = bool(accepted)
+        t = _now(now)
+        sess_row = token = None
+        if accepted:
+            ttl = check_finite_positive("session_ttl_s", session_ttl_s)
+            if device_id is not None:
+                _check_id("device_id", device_id)
+            token = secrets.token_urlsafe(32)
+            sess_row = (token_hash(token), user_id, t, t + ttl, None, None, device_id)
+        else:
+            max_failures = check_int_range("max_failures", max_failures, 1)
+            lock_seconds = check_finite_positive("lock_seconds", lock_seconds)
+        fp_rows = []
+        if probe_fingerprint is not None:
+            kid, ct = self._cipher.encrypt(bytes(probe_fingerprint),
+                                           Cipher.aad("pad", user_id, "probe"))
+            fp_rows.append((user_id, "probe", t, kid, ct))
+        attempt = self._attempt_row(user_id, accepted, score, reason, peer, duration_s,
+                                    method, t)
+
+        def fn(tx: Tx) -> tuple[int, float | None]:
+            out: tuple[int, float | None] = (0, None)
+            if accepted:
+                if tx.one("SELECT 1 FROM users WHERE user_id = ?" + self.FOR_UPDATE,
+                          (user_id,)) is None:
+                    raise NotFound(f"Unknown user {user_id!r}.")
+                if reset_failures:
+                    self._tx_reset(tx, user_id)
+                tx.execute(f"INSERT INTO sessions ({self._SESSION_COLS}) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?)", sess_row)
+            else:
+                out = self._tx_failure(tx, user_id, max_failures, lock_seconds, t)
+            if fp_rows:
+                self._tx_fingerprints(tx, user_id, "probe", fp_rows)
+            self._tx_attempt(tx, attempt)
+            return out
+
+        failures, locked_until = self._run(fn)
+        return AuthOutcome(None if sess_row is None else self._session(sess_row, token),
+                           failures, locked_until)
 
     # -- key rotation --------------------------------------------------------------
     def rotate_key(self, new_key) -> int:

@@ -40,6 +40,8 @@ __all__ = [
     "Stats",
     "LockoutState",
     "UserPage",
+    "AuthState",
+    "AuthOutcome",
     "utc_day_start",
 ]
 
@@ -155,6 +157,29 @@ class UserPage:
 
     users: list[UserRecord]
     next_page_token: str
+
+
+@dataclass(frozen=True)
+class AuthState:
+    """What one authentication reads before deciding (:meth:`Store.get_auth_state`).
+
+    ``device`` is the requested device (``None`` when not asked for or not registered);
+    ``fingerprints`` the user's PAD history (``None`` when not asked for)."""
+
+    template: TemplateRecord
+    lockout: LockoutState
+    device: DeviceRecord | None = None
+    fingerprints: list[tuple[str, bytes]] | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class AuthOutcome:
+    """What :meth:`Store.finish_authentication` wrote: the new session on an accept
+    (``token`` set), and the lockout state after a reject."""
+
+    session: Session | None
+    failures: int
+    locked_until: float | None
 
 
 class Store(abc.ABC):
@@ -342,6 +367,54 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def get_fingerprints(self, user_id: str) -> list[tuple[str, bytes]]:
         """``[(kind, fingerprint), ...]`` oldest first."""
+
+    # -- one authentication: one read, one write ------------------------------------
+    def get_auth_state(self, user_id: str, *, device_id: str | None = None,
+                       fingerprints: bool = False) -> AuthState:
+        """Template and lockout state of ``user_id`` (and the device ``device_id``, and
+        the PAD history when ``fingerprints``) in one read. ``NotFound`` for a user
+        without a template. Backends override this with one transaction; this default
+        composes the single-purpose methods."""
+        from ..errors import NotFound
+
+        template = self.get_template(user_id)
+        lock = self.get_lockout(user_id)
+        device = None
+        if device_id is not None:
+            try:
+                device = self.get_device(device_id)
+            except NotFound:
+                device = None
+        fps = self.get_fingerprints(user_id) if fingerprints else None
+        return AuthState(template, lock, device, fps)
+
+    def finish_authentication(self, user_id: str, accepted: bool, *, score: float | None,
+                              reason: str, peer: str, duration_s: float, method: str,
+                              session_ttl_s: float = 0.0, device_id: str | None = None,
+                              reset_failures: bool = True, max_failures: int = 1,
+                              lock_seconds: float = 1.0,
+                              probe_fingerprint: bytes | None = None,
+                              now: float | None = None) -> AuthOutcome:
+        """Every write of one authentication, atomically: on ``accepted``, reset the
+        consecutive failures (when ``reset_failures``) and open a session of
+        ``session_ttl_s`` (``create_session``); otherwise count a failure
+        (``register_failure(max_failures, lock_seconds)``); append
+        ``probe_fingerprint`` to the PAD history when given; append the audit row
+        (``record_attempt``). Backends override this with one transaction; this default
+        composes the single-purpose methods (not atomic)."""
+        t = _now(now)
+        session, failures, locked_until = None, 0, None
+        if probe_fingerprint is not None:
+            self.add_fingerprints(user_id, [probe_fingerprint], "probe", now=t)
+        if accepted:
+            if reset_failures:
+                self.reset_failures(user_id)
+            session = self.create_session(user_id, session_ttl_s, device_id=device_id, now=t)
+        else:
+            failures, locked_until = self.register_failure(user_id, max_failures,
+                                                           lock_seconds, now=t)
+        self.record_attempt(user_id, accepted, score, reason, peer, duration_s, method, now=t)
+        return AuthOutcome(session, failures, locked_until)
 
     # -- key management ------------------------------------------------------------
     @abc.abstractmethod

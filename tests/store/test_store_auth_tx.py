@@ -1,0 +1,134 @@
+"""``get_auth_state`` and ``finish_authentication`` (one read and one write per
+authentication) on both backends, against the single-purpose methods they replace."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from nacf_core.errors import InvalidArgument, NotFound
+from nacf_core.store import AuthState, open_store
+from nacf_core.store.base import Store
+
+T0 = 1_800_000_000.0
+
+
+def test_get_auth_state_reads_template_lockout_device_and_history(store):
+    with pytest.raises(NotFound, match="nobody"):
+        store.get_auth_state("nobody")
+    store.put_template("alice", b"tpl-1", "m1", {"k": 1})
+    st = store.get_auth_state("alice")
+    assert isinstance(st, AuthState)
+    assert st.template == store.get_template("alice")
+    assert (st.lockout.failures, st.lockout.locked_until) == (0, None)
+    assert st.device is None and st.fingerprints is None
+    store.register_device("alice", "hs-1", "secret-0123456789abcdef")
+    store.add_fingerprints("alice", [b"e1", b"e2"], "enroll")
+    store.add_fingerprints("alice", [b"p1"], "probe")
+    store.register_failure("alice", 2, 60, now=T0)
+    store.register_failure("alice", 2, 60, now=T0)
+    st = store.get_auth_state("alice", device_id="hs-1", fingerprints=True)
+    assert st.device == store.get_device("hs-1") and st.device.secret.startswith("secret-")
+    assert st.fingerprints == store.get_fingerprints("alice")
+    assert st.lockout == store.get_lockout("alice") and st.lockout.is_locked(T0 + 1)
+    # an unknown device is None, not an error (the caller answers UNAUTHENTICATED)
+    assert store.get_auth_state("alice", device_id="hs-x").device is None
+    with pytest.raises(InvalidArgument):
+        store.get_auth_state("")
+
+
+def test_finish_authentication_accept_and_reject(store):
+    store.put_template("alice", b"tpl", "m1")
+    store.register_device("alice", "hs-1", "secret-0123456789abcdef")
+    store.add_fingerprints("alice", [b"enr"], "enroll")
+    # two rejects count failures and lock at the second
+    out = store.finish_authentication("alice", False, score=0.1, reason="score_below_threshold",
+                                      peer="p", duration_s=0.01, method="Authenticate",
+                                      max_failures=2, lock_seconds=30, now=T0)
+    assert out.session is None and (out.failures, out.locked_until) == (1, None)
+    out = store.finish_authentication("alice", False, score=None, reason="poor_quality",
+                                      peer="p", duration_s=0.01, method="Authenticate",
+                                      max_failures=2, lock_seconds=30, now=T0 + 1)
+    assert (out.failures, out.locked_until) == (2, T0 + 31)
+    # an accept: failures reset, a session, a probe fingerprint, an audit row
+    out = store.finish_authentication("alice", True, score=0.9, reason="accepted",
+                                      peer="ipv4:1.2.3.4", duration_s=0.02,
+                                      method="Authenticate", session_ttl_s=60,
+                                      device_id="hs-1", probe_fingerprint=b"probe-1",
+                                      now=T0 + 2)
+    s = out.session
+    assert s is not None and s.token and s.device_id == "hs-1"
+    assert store.get_session(s.token).is_active(T0 + 3)
+    assert store.get_session(s.token).expires_at == T0 + 62
+    assert store.get_lockout("alice").failures == 0
+    assert store.get_fingerprints("alice") == [("enroll", b"enr"), ("probe", b"probe-1")]
+    rows = store.recent_attempts("alice", 10)
+    assert [(r.success, r.reason) for r in rows] == [
+        (True, "accepted"), (False, "poor_quality"), (False, "score_below_threshold")]
+    assert rows[0].score == pytest.approx(0.9) and rows[0].peer == "ipv4:1.2.3.4"
+    assert rows[1].score is None
+    # the probe history stays bounded
+    store.pad_history = 3
+    for i in range(5):
+        store.finish_authentication("alice", True, score=0.9, reason="accepted", peer="",
+                                    duration_s=0.0, method="Authenticate", session_ttl_s=60,
+                                    probe_fingerprint=f"pr-{i}".encode(), now=T0 + 10 + i)
+    assert [f for k, f in store.get_fingerprints("alice") if k == "probe"] == [
+        b"pr-2", b"pr-3", b"pr-4"]
+
+
+def test_finish_authentication_is_all_or_nothing(store):
+    # unknown user on accept: NotFound, and nothing written (no audit row, no fingerprint)
+    with pytest.raises(NotFound):
+        store.finish_authentication("ghost", True, score=0.9, reason="accepted", peer="",
+                                    duration_s=0.0, method="Authenticate", session_ttl_s=60,
+                                    probe_fingerprint=b"x", now=T0)
+    assert store.recent_attempts("ghost", 10) == []
+    assert store.get_fingerprints("ghost") == []
+    with pytest.raises(ValueError, match="session_ttl_s"):
+        store.finish_authentication("ghost", True, score=0.9, reason="accepted", peer="",
+                                    duration_s=0.0, method="Authenticate", session_ttl_s=0)
+
+
+def test_default_implementation_matches(store_url, key, tmp_path):
+    """The base-class default (composed of the single-purpose methods) gives the same
+    answers as the one-transaction override."""
+    s = open_store(store_url, key=key)
+    try:
+        s.put_template("bob", b"tpl", "m1")
+        s.register_device("bob", "hs-b", "secret-bbbbbbbbbbbbbbbb")
+        a = s.get_auth_state("bob", device_id="hs-b", fingerprints=True)
+        b = Store.get_auth_state(s, "bob", device_id="hs-b", fingerprints=True)
+        assert a == b
+        out = Store.finish_authentication(s, "bob", True, score=0.8, reason="accepted",
+                                          peer="", duration_s=0.0, method="Authenticate",
+                                          session_ttl_s=60, probe_fingerprint=b"fp", now=T0)
+        assert out.session is not None and s.get_session(out.session.token).user_id == "bob"
+        assert s.get_fingerprints("bob") == [("probe", b"fp")]
+    finally:
+        s.close()
+
+
+def test_concurrent_rejects_add_up_to_one_lockout(store):
+    store.put_template("carol", b"tpl", "m1")
+    errors = []
+
+    def worker():
+        try:
+            for _ in range(5):
+                store.finish_authentication("carol", False, score=0.1, reason="x", peer="",
+                                            duration_s=0.0, method="Authenticate",
+                                            max_failures=20, lock_seconds=60, now=T0)
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    ts = [threading.Thread(target=worker) for _ in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors
+    lock = store.get_lockout("carol")
+    assert lock.failures == 20 and lock.locked_until == T0 + 60
+    assert len(store.recent_attempts("carol", 100)) == 20
