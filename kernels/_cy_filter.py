@@ -49,7 +49,7 @@ def sosfilt(sos, x, axis=-1, zi=None, *, _module=None):
     """
     mod = _kernel if _module is None else _module
     dtype, sos, x, y, z, time_major = _common.prepare(sos, x, axis, zi)
-    block = _common.channel_block(dtype, z.shape[2])
+    block = _common.channel_block(dtype, z.shape[2], time_major)
     n_state = sos.shape[0] * 2 * block
     n_tile = 1 if time_major else _common.TIME_TILE
     buf = _common.scratch(n_state + n_tile * block, dtype)

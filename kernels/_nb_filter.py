@@ -21,7 +21,6 @@ from __future__ import annotations
 import numpy as np
 
 from . import _filter_common as _common
-from ._aligned import empty_aligned, zeros_aligned
 from ._numba import jit
 from ._ref_filter import bandpass_sos, notch_sos
 
@@ -133,21 +132,34 @@ def sosfilt(sos, x, axis=-1, zi=None):
     """
     dtype, sos, x, y, z, time_major = _common.prepare(sos, x, axis, zi)
     n_sections, _, n_channels = z.shape
-    block = _common.channel_block(dtype, n_channels)
+    block = _common.channel_block(dtype, n_channels, time_major)
     n_blocks = (n_channels + block - 1) // block
-    # State by block: (2, n_blocks, n_sections, block), zero in the padded lanes.
-    padded = np.zeros((n_sections, 2, n_blocks * block), dtype)
-    padded[:, :, :n_channels] = z
-    state = empty_aligned((2, n_blocks, n_sections, block), dtype)
-    state[...] = padded.reshape(n_sections, 2, n_blocks, block).transpose(1, 2, 0, 3)
-    if x.size:
-        if time_major:
-            kernel, tile = _filter_time_major, zeros_aligned((block,), dtype)
-        else:
-            kernel, tile = _filter_channel_major, zeros_aligned((_common.TIME_TILE, block), dtype)
-        kernel(sos, x, y, state[0], state[1], tile)
-    padded = state.transpose(2, 0, 1, 3).reshape(n_sections, 2, n_blocks * block)
-    z[...] = padded[:, :, :n_channels]
+    if not x.size:
+        return _common.finish(y, z, time_major, zi is not None)
+    # Aligned per-thread scratch: the state by block, (2, n_blocks, n_sections, block)
+    # with zeros in the padded lanes, then the row / tile.
+    n_state = 2 * n_blocks * n_sections * block
+    n_tile = 1 if time_major else _common.TIME_TILE
+    buf = _common.scratch(n_state + n_tile * block, dtype)
+    state = buf[:n_state].reshape(2, n_blocks, n_sections, block)
+    tile = buf[n_state:n_state + n_tile * block].reshape(n_tile, block)
+    tile.fill(0)
+    zt = z.transpose(1, 0, 2)  # (2, n_sections, n_channels)
+    if n_blocks == 1:
+        state[:, 0, :, :n_channels] = zt
+        state[:, 0, :, n_channels:] = 0
+    else:
+        padded = np.zeros((2, n_sections, n_blocks * block), dtype)
+        padded[:, :, :n_channels] = zt
+        state[...] = padded.reshape(2, n_sections, n_blocks, block).transpose(0, 2, 1, 3)
+    if time_major:
+        _filter_time_major(sos, x, y, state[0], state[1], tile[0])
+    else:
+        _filter_channel_major(sos, x, y, state[0], state[1], tile)
+    if n_blocks == 1:
+        zt[...] = state[:, 0, :, :n_channels]
+    else:
+        zt[...] = state.transpose(0, 2, 1, 3).reshape(2, n_sections, -1)[:, :, :n_channels]
     return _common.finish(y, z, time_major, zi is not None)
 
 
