@@ -82,6 +82,7 @@ log = logging.getLogger("nacf.service")
 
 _USER_ID_MAX = 128
 _DEVICE_ID_MAX = 128
+_UNREAD = object()  # a device record that was not looked up
 
 
 # ----------------------------------------------------------------------------------
@@ -333,6 +334,7 @@ class AuthService:
         self.metrics = metrics
         self.clock = clock
         self.pad = pad
+        self._templates: dict[bytes, Any] = {}  # decoded templates (see _template)
         self._last_purge = 0.0
         self._last_expire = 0.0
         self._purge_lock = threading.Lock()
@@ -475,9 +477,19 @@ class AuthService:
                     "enroll", replace=True, now=self.clock())
 
     # ------------------------------------------------------------- authentication
-    def _check_user_and_lock(self, user_id: str) -> Any:
-        rec = self._store("get_template", self.store.get_template, user_id)
-        lock = self._store("get_lockout", self.store.get_lockout, user_id)
+    def _check_user_and_lock(self, user_id: str, proof: DeviceProof | None = None, *,
+                             fingerprints: bool = False) -> tuple[Any, Any]:
+        """One store read: template, lockout, the proof's device (when the proof names
+        a plausible one) and, with ``fingerprints``, the PAD history. Raises
+        ``FailedPrecondition`` for a locked user. Returns ``(state, device)`` where
+        ``device`` is ``_UNREAD`` when it was not looked up."""
+        dev_id = proof.device_id if proof is not None else None
+        if not (isinstance(dev_id, str) and dev_id and len(dev_id) <= _DEVICE_ID_MAX
+                and dev_id.isprintable()):
+            dev_id = None
+        st = self._store("get_auth_state", self.store.get_auth_state, user_id,
+                         device_id=dev_id, fingerprints=fingerprints)
+        lock = st.lockout
         now = self.clock()
         if lock.is_locked(now):
             self.metrics.record_failed_auth("locked")
@@ -486,10 +498,23 @@ class AuthService:
                 f"consecutive failed attempts until {_iso(lock.locked_until)} "
                 f"({lock.locked_until - now:.0f} s from now); an admin can lift it with "
                 "UnlockUser.")
-        return rec, int(lock.failures)
+        return st, (st.device if dev_id is not None else _UNREAD)
+
+    def _template(self, rec: Any) -> Any:
+        """The decoded template of a ``TemplateRecord``, cached by its decrypted bytes
+        (a new enrollment, an update or a re-enrollment after deletion brings new bytes,
+        so an entry can never be stale)."""
+        k = bytes(rec.blob)
+        tpl = self._templates.get(k)
+        if tpl is None:
+            tpl = self.rec.template_from_bytes(rec.blob)
+            if len(self._templates) >= 4096:
+                self._templates.clear()
+            self._templates[k] = tpl
+        return tpl
 
     def verify_device_proof(self, user_id: str, block: SignalBlock,
-                            proof: DeviceProof | None) -> str | None:
+                            proof: DeviceProof | None, *, device: Any = None) -> str | None:
         """Check the device proof; return the device id (``None`` when not required
         and not given). Raises ``Unauthenticated`` on a missing/wrong/stale/replayed
         proof."""
@@ -532,10 +557,13 @@ class AuthService:
             return self._proof_fail(user_id, "malformed",
                                     "x-device-proof must be 64 lowercase hex characters "
                                     "(HMAC-SHA256).")
-        try:
-            dev = self._store("get_device", self.store.get_device, device_id)
-        except NotFound:
-            dev = None
+        if device is None or device is _UNREAD:
+            try:
+                dev = self._store("get_device", self.store.get_device, device_id)
+            except NotFound:
+                dev = None
+        else:  # read with the template by _check_user_and_lock
+            dev = device if device.device_id == device_id else None
         if dev is None or dev.user_id != user_id:
             return self._proof_fail(user_id, "unknown_device",
                                     f"device {device_id!r} is not registered to user "
@@ -573,47 +601,60 @@ class AuthService:
         """1:1 verification of one block; opens a session on success."""
         user_id = check_user_id(user_id)
         t_start = time.perf_counter()
-        rec, failures = self._check_user_and_lock(user_id)
-        device_id = self.verify_device_proof(user_id, block, proof)
+        st, dev = self._check_user_and_lock(user_id, proof, fingerprints=self.pad is not None)
+        device_id = self.verify_device_proof(user_id, block, proof, device=dev)
         t0 = time.perf_counter()
         w = self.rec.windows(block)
-        d = self.rec.decide(w, self.rec.template_from_bytes(rec.blob))
+        d = self.rec.decide(w, self._template(st.template))
         self.metrics.observe_signal("authenticate", time.perf_counter() - t0,
                                     min(1.0, max(0.0, float(d.quality))))
         self.metrics.record_artifact_rejections(r for r in w.reasons if r)
         return self._decide(user_id, bool(d.accepted), float(d.score), float(d.threshold),
                             float(d.quality), list(d.reasons), int(d.windows_used),
                             int(d.windows_used) * self.rec.window_s, device_id, w, block,
-                            peer, method, t_start, failures=failures)
+                            peer, method, t_start, failures=st.lockout.failures,
+                            fingerprints=st.fingerprints)
 
     def _decide(self, user_id: str, accepted: bool, score: float, thr: float,
                 quality: float, reasons: list[str], n_used: int, seconds: float,
                 device_id: str | None, windows: Any, block: SignalBlock | None, peer: str,
-                method: str, t_start: float, *, failures: int = 1) -> AuthResult:
+                method: str, t_start: float, *, failures: int = 1,
+                fingerprints: list | None = None) -> AuthResult:
         reasons = list(reasons)
         accepted = bool(accepted and n_used > 0 and math.isfinite(score))
+        probe_fp = None
         if accepted and self.pad is not None and block is not None:
-            pad_reason = self._pad_check(user_id, windows, block)
+            pad_reason, probe_fp = self._pad_check(user_id, windows, block, fingerprints)
             if pad_reason:
                 accepted = False
                 reasons.append(pad_reason)
         now = self.clock()
         token, expires = "", 0.0
         fail_reason = "accepted"
-        if accepted:
-            if failures:  # one write less on the common path
-                self._store("reset_failures", self.store.reset_failures, user_id)
-            sess = self._store("create_session", self.store.create_session, user_id,
-                               float(self.config.session_ttl_s), device_id=device_id, now=now)
-            token, expires = sess.token or "", float(sess.expires_at)
-            # nacfauth_active_sessions is refreshed by refresh_gauges() (every 2 s)
-        else:
+        if not accepted:
             fail_reason = ("poor_quality" if n_used == 0 else
                            "presentation_attack" if reasons and reasons[-1].startswith("pad")
                            else "score_below_threshold")
-            failures, locked_until = self._store(
-                "register_failure", self.store.register_failure, user_id,
-                int(self.config.lockout_threshold), float(self.config.lockout_seconds), now=now)
+        self.metrics.record_decision(accepted)
+        self.metrics.track_active_user(user_id)
+        duration = time.perf_counter() - t_start
+        # every write of this attempt in one transaction: session or failure count,
+        # the probe's PAD fingerprint, the audit row
+        out = self._store(
+            "finish_authentication", self.store.finish_authentication, user_id, accepted,
+            score=None if not math.isfinite(score) else score, reason=fail_reason, peer=peer,
+            duration_s=duration, method=method,
+            session_ttl_s=float(self.config.session_ttl_s), device_id=device_id,
+            reset_failures=bool(failures),  # one write less on the common path
+            max_failures=int(self.config.lockout_threshold),
+            lock_seconds=float(self.config.lockout_seconds), probe_fingerprint=probe_fp,
+            now=now)
+        if accepted:
+            sess = out.session
+            token, expires = sess.token or "", float(sess.expires_at)
+            # nacfauth_active_sessions is refreshed by refresh_gauges() (every 2 s)
+        else:
+            failures, locked_until = out.failures, out.locked_until
             self.metrics.record_failed_auth(fail_reason)
             if locked_until is not None and failures == self.config.lockout_threshold:
                 self.metrics.record_lockout()
@@ -621,12 +662,6 @@ class AuthService:
                 log.warning("user locked out", extra={
                     "event_type": "security_event", "security_event_type": "lockout",
                     "severity": "high", "user_id": user_id, "failures": failures})
-        self.metrics.record_decision(accepted)
-        self.metrics.track_active_user(user_id)
-        duration = time.perf_counter() - t_start
-        self._store("record_attempt", self.store.record_attempt, user_id, accepted,
-                    None if not math.isfinite(score) else score, fail_reason, peer, duration,
-                    method, now=now)
         log.info("authentication", extra={
             "event_type": "auth_attempt", "user_id": user_id, "success": accepted,
             "confidence": None if not math.isfinite(score) else round(score, 4),
@@ -635,20 +670,21 @@ class AuthService:
         return AuthResult(accepted, score if math.isfinite(score) else 0.0, thr, quality,
                           reasons, self.model_version, float(seconds), n_used, token, expires)
 
-    def _pad_check(self, user_id: str, windows: Any, block: SignalBlock) -> str:
-        """Return a rejection reason from presentation-attack detection, or ""."""
-        fps = self._store("get_fingerprints", self.store.get_fingerprints, user_id)
+    def _pad_check(self, user_id: str, windows: Any, block: SignalBlock,
+                   fps: list | None = None) -> tuple[str, bytes | None]:
+        """Presentation-attack detection against the user's history ``fps`` (read from
+        the store when ``None``). Returns ``(rejection reason or "", the probe's
+        fingerprint to append to the history or None)``."""
+        if fps is None:
+            fps = self._store("get_fingerprints", self.store.get_fingerprints, user_id)
         verdict = self.pad.check(windows, block, fps)
-        if verdict.fingerprint is not None:
-            self._store("add_fingerprints", self.store.add_fingerprints, user_id,
-                        [verdict.fingerprint], "probe", now=self.clock())
         if verdict.attack:
             self.metrics.record_suspicious(verdict.kind, "high")
             log.warning("presentation attack", extra={
                 "event_type": "security_event", "security_event_type": verdict.kind,
                 "severity": "high", "user_id": user_id})
-            return f"pad: {verdict.reason}"
-        return ""
+            return f"pad: {verdict.reason}", None
+        return "", verdict.fingerprint
 
     # ------------------------------------------------------------------ streaming
     def authenticate_stream(self, user_id: str, chunks: Iterable[SignalBlock],
@@ -667,8 +703,9 @@ class AuthService:
         if not math.isfinite(limit) or limit <= 0 or limit > self.config.stream_max_seconds:
             raise InvalidArgument(f"'max_seconds' must be in (0, "
                                   f"{self.config.stream_max_seconds:g}], got {max_seconds!r}.")
-        rec, failures = self._check_user_and_lock(user_id)
-        template = self.rec.template_from_bytes(rec.blob)
+        # the PAD history is read when PAD runs, at the end of the stream
+        st, dev = self._check_user_and_lock(user_id, proof)
+        template = self._template(st.template)
         test = self.rec.sequential(limit)
         buf = _Buffer()
         device_id: str | None = None
@@ -682,7 +719,7 @@ class AuthService:
             if deadline is not None and time.monotonic() > deadline:
                 raise DeadlineExceeded("the deadline passed before the sequential decision.")
             if first:
-                device_id = self.verify_device_proof(user_id, block, proof)
+                device_id = self.verify_device_proof(user_id, block, proof, device=dev)
                 first = False
             buf.push(block)
             if buf.seconds < self.rec.window_s * (n_done + 1):
@@ -725,7 +762,7 @@ class AuthService:
         return self._decide(user_id, accepted, float(d.score), float(d.threshold),
                             float(d.quality), reasons, int(d.windows_used),
                             n_scored * self.rec.window_s, device_id, w, buf.block(), peer,
-                            "AuthenticateStream", t_start, failures=failures)
+                            "AuthenticateStream", t_start, failures=st.lockout.failures)
 
     # --------------------------------------------------------------- identification
     def identify(self, block: SignalBlock, top_k: int = 5) -> IdentifyResult:
