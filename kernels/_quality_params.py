@@ -7,6 +7,7 @@ backend; its constants live here, once.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
 
@@ -43,8 +44,11 @@ def line_window(n_times: int) -> np.ndarray:
     return np.sin(np.pi * (n + 0.5) / max(n_times, 1)) ** 2
 
 
+@lru_cache(maxsize=32)
 def line_tables(n_times: int, sfreq: float) -> tuple[np.ndarray, float]:
     """Windowed DFT tables for the line frequencies below Nyquist.
+
+    Cached per ``(n_times, sfreq)`` (a stream uses one window length), read-only.
 
     Returns
     -------
@@ -65,4 +69,5 @@ def line_tables(n_times: int, sfreq: float) -> tuple[np.ndarray, float]:
         tables[2 * i + 1] = w * np.sin(phase)
     wsum = float(w.sum())
     norm = 2.0 / (wsum * wsum) if wsum > 0 else 0.0
+    tables.setflags(write=False)
     return tables, norm
