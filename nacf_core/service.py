@@ -335,6 +335,11 @@ class AuthService:
         self.clock = clock
         self.pad = pad
         self._templates: dict[bytes, Any] = {}  # decoded templates (see _template)
+        # the CPU-bound part of an authentication (pipeline, PAD) runs one thread at a
+        # time per process: under the GIL more would not run in parallel, and the many
+        # short NumPy calls would hand the GIL back and forth between worker threads
+        # (each hand-over can cost a switch interval); store I/O stays concurrent
+        self._cpu_gate = threading.Lock()
         self._last_purge = 0.0
         self._last_expire = 0.0
         self._purge_lock = threading.Lock()
@@ -604,8 +609,9 @@ class AuthService:
         st, dev = self._check_user_and_lock(user_id, proof, fingerprints=self.pad is not None)
         device_id = self.verify_device_proof(user_id, block, proof, device=dev)
         t0 = time.perf_counter()
-        w = self.rec.windows(block)
-        d = self.rec.decide(w, self._template(st.template))
+        with self._cpu_gate:
+            w = self.rec.windows(block)
+            d = self.rec.decide(w, self._template(st.template))
         self.metrics.observe_signal("authenticate", time.perf_counter() - t0,
                                     min(1.0, max(0.0, float(d.quality))))
         self.metrics.record_artifact_rejections(r for r in w.reasons if r)
@@ -624,7 +630,11 @@ class AuthService:
         accepted = bool(accepted and n_used > 0 and math.isfinite(score))
         probe_fp = None
         if accepted and self.pad is not None and block is not None:
-            pad_reason, probe_fp = self._pad_check(user_id, windows, block, fingerprints)
+            if fingerprints is None:  # (the stream path reads the history only now)
+                fingerprints = self._store("get_fingerprints", self.store.get_fingerprints,
+                                           user_id)
+            with self._cpu_gate:  # no store I/O inside
+                pad_reason, probe_fp = self._pad_check(user_id, windows, block, fingerprints)
             if pad_reason:
                 accepted = False
                 reasons.append(pad_reason)
