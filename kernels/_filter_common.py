@@ -18,22 +18,11 @@ import threading
 
 import numpy as np
 
-from ._aligned import empty_aligned
+from ._aligned import _aligned_unchecked, empty_aligned
 
-__all__ = ["prepare", "finish", "sos_zi", "broadcast_zi", "channel_block", "scratch", "empty"]
+__all__ = ["prepare", "finish", "sos_zi", "broadcast_zi", "channel_block", "scratch"]
 
 _LOCAL = threading.local()
-
-
-def empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """:func:`._aligned.empty_aligned` without argument checks (hot path, ~1 µs)."""
-    n = 1
-    for s in shape:
-        n *= s
-    nbytes = n * dtype.itemsize
-    raw = np.empty(nbytes + 64, dtype=np.uint8)
-    offset = -raw.__array_interface__["data"][0] % 64
-    return raw[offset:offset + nbytes].view(dtype).reshape(shape)
 
 
 def scratch(n: int, dtype: np.dtype) -> np.ndarray:
@@ -46,7 +35,7 @@ def scratch(n: int, dtype: np.dtype) -> np.ndarray:
     key = dtype.char
     buf = getattr(_LOCAL, key, None)
     if buf is None or buf.shape[0] < n:
-        buf = empty((max(n, 4096),), dtype)
+        buf = _aligned_unchecked((max(n, 4096),), dtype)
         setattr(_LOCAL, key, buf)
     return buf
 
