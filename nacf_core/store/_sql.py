@@ -17,6 +17,7 @@ import logging
 import math
 import random
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -116,6 +117,9 @@ class SqlStore(Store):
         # writer encrypted under the previous key just before the rotation committed
         self._known = {self._cipher.key_id: self._cipher}
         self._closed = False
+        self._fp_plain: dict[tuple, bytes] = {}
+        self._fp_size = 0
+        self._fp_lock = threading.Lock()
 
     # -- backend hooks -------------------------------------------------------------
     def _transaction(self, write: bool) -> AbstractContextManager[Tx]:  # pragma: no cover
@@ -717,10 +721,34 @@ class SqlStore(Store):
         return tx.query("SELECT kind, key_id, ciphertext FROM pad_fingerprints "
                         "WHERE user_id = ? ORDER BY id", (user_id,))
 
+    #: bytes of decrypted PAD fingerprints kept in memory (see _dec_fingerprints)
+    fingerprint_cache_bytes = 32 << 20
+
     def _dec_fingerprints(self, user_id: str, rows: list[tuple]) -> list[tuple[str, bytes]]:
-        return [(k, self._dec(kid, ct, Cipher.aad("pad", user_id, k),
-                              f"A PAD fingerprint of user {user_id!r}"))
-                for k, kid, ct in rows]
+        """Decrypt fingerprint rows. Every authentication reads the user's whole history
+        (up to 65 rows), nearly all unchanged since the last call: plaintexts are kept
+        per (key id, user, kind, ciphertext), i.e. per exact authenticated input of the
+        decryption, so a hit returns what decrypting would return (a ciphertext moved
+        to another user or kind, or re-encrypted, is a different key and is decrypted
+        and authenticated afresh)."""
+        cache = self._fp_plain
+        out = []
+        for k, kid, ct in rows:
+            ct = ct if type(ct) is bytes else bytes(ct)
+            ck = (kid, user_id, k, ct)
+            pt = cache.get(ck)  # atomic under the GIL
+            if pt is None:
+                pt = self._dec(kid, ct, Cipher.aad("pad", user_id, k),
+                               f"A PAD fingerprint of user {user_id!r}")
+                with self._fp_lock:
+                    if ck not in cache:
+                        cache[ck] = pt
+                        self._fp_size += len(ct) + len(pt) + 200
+                        while self._fp_size > self.fingerprint_cache_bytes and cache:
+                            old_k = next(iter(cache))  # the oldest insertion
+                            self._fp_size -= len(old_k[3]) + len(cache.pop(old_k)) + 200
+            out.append((k, pt))
+        return out
 
     # -- one authentication: one read, one write ------------------------------------
     def get_auth_state(self, user_id: str, *, device_id: str | None = None,

@@ -132,3 +132,28 @@ def test_concurrent_rejects_add_up_to_one_lockout(store):
     lock = store.get_lockout("carol")
     assert lock.failures == 20 and lock.locked_until == T0 + 60
     assert len(store.recent_attempts("carol", 100)) == 20
+
+
+def test_fingerprint_plaintext_cache_is_exact_and_bounded(store):
+    """Decrypted fingerprints are reused only for the very same authenticated input."""
+    store.put_template("dave", b"tpl", "m1")
+    store.put_template("erin", b"tpl", "m1")
+    store.add_fingerprints("dave", [b"d-enr"], "enroll")
+    assert store.get_fingerprints("dave") == [("enroll", b"d-enr")]
+    assert store.get_fingerprints("dave") == [("enroll", b"d-enr")]  # from the cache
+    # the same ciphertext moved to another user's row still fails authentication
+    if store.backend == "sqlite":
+        with store._transaction(True) as tx:
+            row = tx.one("SELECT key_id, ciphertext FROM pad_fingerprints WHERE user_id = ?",
+                         ("dave",))
+            tx.execute("INSERT INTO pad_fingerprints (user_id, kind, created_at, key_id, "
+                       "ciphertext) VALUES (?, 'enroll', 0, ?, ?)", ("erin", row[0], row[1]))
+        from nacf_core.errors import FailedPrecondition
+
+        with pytest.raises(FailedPrecondition):
+            store.get_fingerprints("erin")
+    store.fingerprint_cache_bytes = 5000
+    store.add_fingerprints("dave", [bytes([i]) * 900 for i in range(10)], "probe")
+    got = store.get_fingerprints("dave")
+    assert [f for _, f in got][1:] == [bytes([i]) * 900 for i in range(10)]
+    assert store._fp_size <= 5000
