@@ -1,0 +1,102 @@
+"""The Authenticate path with PAD and device proof on, in process: one read and one write
+transaction per attempt, the probe history, and the caches never serving stale data."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from _server_support import CH16, SFREQ, eeg, make_pipeline
+from prometheus_client import CollectorRegistry
+
+from nacf_core.config import Config
+from nacf_core.errors import Unauthenticated
+from nacf_core.metrics import Metrics
+from nacf_core.pad import PresentationAttackDetector
+from nacf_core.service import AuthService, DeviceProof, SignalBlock, device_proof
+from nacf_core.store import open_store
+
+
+def _block(x: np.ndarray, device_id: str = "") -> SignalBlock:
+    x = np.ascontiguousarray(x, dtype="<f4")
+    return SignalBlock(samples=x, sfreq=SFREQ, ch_names=tuple(CH16), device_id=device_id,
+                       raw=x.tobytes())
+
+
+@pytest.fixture
+def svc(tmp_path, model_path):
+    store = open_store(f"sqlite:///{tmp_path / 'n.db'}", bytes(range(32)))
+    pipe = make_pipeline(model_path)
+    cfg = Config(data_dir=str(tmp_path), require_device_proof=True, rate_limit_per_s=1000,
+                 rate_limit_burst=1000)
+    service = AuthService(store, pipe, cfg, metrics=Metrics(CollectorRegistry()),
+                          pad=PresentationAttackDetector(list(pipe.model.ch_names)))
+    yield service
+    store.close()
+
+
+_N = iter(range(1_000_000))
+
+
+def _auth(service, user, secret, x, device="hs-1"):
+    b = _block(x, device)
+    ts = int(time.time()) - next(_N) % 50  # distinct proofs for the same samples
+    proof = DeviceProof(device, str(ts), device_proof(secret, user, device, ts, b.raw))
+    return service.authenticate(user, b, proof, peer="ipv4:127.0.0.1")
+
+
+def test_authenticate_writes_once_and_keeps_history(svc):
+    store = svc.store
+    svc.enroll("u1", [_block(eeg(1, 3, 0, 40))])
+    secret = svc.register_device("u1", "hs-1")
+    n_fp = len(store.get_fingerprints("u1"))
+    calls = {"get_auth_state": 0, "finish_authentication": 0}
+    for name in calls:
+        orig = getattr(store, name)
+
+        def counted(*a, _orig=orig, _name=name, **k):
+            calls[_name] += 1
+            return _orig(*a, **k)
+
+        setattr(store, name, counted)
+    try:
+        probe = eeg(1, 3, 44, 8)
+        r = _auth(svc, "u1", secret, probe)
+        assert r.accepted and r.session_token
+        assert calls == {"get_auth_state": 1, "finish_authentication": 1}
+        fps = store.get_fingerprints("u1")
+        assert len(fps) == n_fp + 1 and fps[-1][0] == "probe"
+        assert store.recent_attempts("u1", 5)[0].success
+        # the same samples again (a fresh, valid proof): a replay of that probe
+        r2 = _auth(svc, "u1", secret, probe)
+        assert not r2.accepted and not r2.session_token
+        assert any("replay_of_probe" in x for x in r2.reasons)
+        assert store.get_lockout("u1").failures == 1
+        assert len(store.get_fingerprints("u1")) == n_fp + 1  # an attack is not kept
+        a = store.recent_attempts("u1", 5)[0]
+        assert (a.success, a.reason) == (False, "presentation_attack")
+        # a wrong device secret: UNAUTHENTICATED, with the device read in the same query
+        with pytest.raises(Unauthenticated, match="does not verify"):
+            _auth(svc, "u1", "not-the-secret", eeg(1, 3, 52, 8))
+        # a genuine accept resets the failure count
+        assert _auth(svc, "u1", secret, eeg(1, 3, 60, 8)).accepted
+        assert store.get_lockout("u1").failures == 0
+    finally:
+        for name in calls:
+            delattr(store, name)
+
+
+def test_reenrolled_user_never_gets_the_old_cached_template(svc):
+    """Delete + re-enroll restarts the template version at 1: the decoded-template cache
+    is keyed by the template's bytes, so the new template is used."""
+    svc.enroll("u2", [_block(eeg(1, 3, 0, 40))])
+    secret = svc.register_device("u2", "hs-2")
+    assert _auth(svc, "u2", secret, eeg(1, 3, 44, 8), "hs-2").accepted
+    svc.delete_user("u2")
+    svc.enroll("u2", [_block(eeg(2, 3, 0, 40))])  # another person, same id
+    assert svc.store.get_template("u2").version == 1
+    secret = svc.register_device("u2", "hs-2")
+    r = _auth(svc, "u2", secret, eeg(1, 3, 52, 8), "hs-2")  # the old person
+    assert not r.accepted
+    assert _auth(svc, "u2", secret, eeg(2, 3, 44, 8), "hs-2").accepted
