@@ -356,7 +356,7 @@ class _Stored:
     short FFT as a 4-s probe: one batched product covers them all.
     """
 
-    __slots__ = ("key", "n", "m", "nfft", "spec", "inv", "nbytes")
+    __slots__ = ("inv", "key", "m", "n", "nbytes", "nfft", "spec")
 
     def __init__(self, fp: bytes, L: int) -> None:
         self.key, q = _parse(fp)
@@ -428,7 +428,7 @@ def _max_ncc_stored(segs: np.ndarray, stored: list[_Stored]) -> tuple[float, int
     probe's pieces are transformed per call; the stored side comes from the cache, and
     the parts of one length (every 4-s probe, every part of the enrollment) go through
     one batched product."""
-    _, L, F = segs.shape
+    L = segs.shape[1]
     groups: dict[tuple[int, int], list[int]] = {}
     for i, e in enumerate(stored):
         groups.setdefault((e.nfft, e.m), []).append(i)
