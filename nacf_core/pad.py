@@ -54,6 +54,7 @@ from scipy import fft as _fft
 from scipy import signal as _sig
 
 from ._validation import check_array, check_finite_positive
+from .kernels._numba import jit
 from .errors import InvalidArgument
 
 __all__ = [
@@ -242,12 +243,64 @@ def fingerprint(samples: Any, sfreq: float, ch_names: Sequence[str] | None = Non
                                  _channel_hash(x.shape[0], ch_names))
 
 
-def _envelope_db(x: np.ndarray, sfreq: float) -> np.ndarray:
-    """(n_frames, n_channels * n_bands) log band power in dB."""
-    n_ch, n_t = x.shape
+@jit
+def _frame_power_kernel(y, starts, frame, out, row):  # pragma: no cover - compiled
+    """Frame powers of band-passed ``y`` (n_ch, n_t) plus their floor, into ``out[c]``
+    (n_ch, n_frames): the cumulative energy, each frame's mean power ``p``, and
+    ``p + 1e-6 * median(p) + 1e-12`` (the same operations, in the same order, as the
+    NumPy expression in :func:`_envelope_db_numpy`, so the results are bit-equal)."""
+    n_ch, n_t = y.shape
+    n_frames = starts.shape[0]
+    c = np.empty(n_t + 1)
+    for ch in range(n_ch):
+        c[0] = 0.0
+        acc = 0.0
+        for t in range(n_t):
+            v = y[ch, t]
+            acc = acc + v * v
+            c[t + 1] = acc
+        for k in range(n_frames):
+            row[k] = (c[starts[k] + frame] - c[starts[k]]) / frame
+            out[ch, k] = row[k]
+        srt = np.sort(row)
+        med = (srt[(n_frames - 1) // 2] + srt[n_frames // 2]) / 2
+        floor = 1e-6 * med + 1e-12
+        for k in range(n_frames):
+            out[ch, k] = out[ch, k] + floor
+
+
+@jit
+def _quantise_kernel(lg, step, q):  # pragma: no cover - compiled
+    """``lg`` (n_feat, n_frames) = log10 of the floored powers; ``q`` (n_frames, n_feat)
+    int8 = clip(round((10 lg - median over frames) / step), -127, 127), half to even
+    (bit-equal to the NumPy path)."""
+    n_feat, n_frames = lg.shape
+    col = np.empty(n_frames)
+    for f in range(n_feat):
+        for k in range(n_frames):
+            col[k] = 10.0 * lg[f, k]
+        srt = np.sort(col)
+        med = (srt[(n_frames - 1) // 2] + srt[n_frames // 2]) / 2
+        for k in range(n_frames):
+            v = np.rint((col[k] - med) / step)
+            if v > 127.0:
+                v = 127.0
+            elif v < -127.0:
+                v = -127.0
+            q[k, f] = np.int8(v)
+
+
+def _frame_starts(n_t: int, sfreq: float) -> tuple[int, np.ndarray]:
     frame = max(2, int(round(_FRAME_S * sfreq)))
     n_frames = int(np.floor((n_t - frame) / (_HOP_S * sfreq))) + 1
-    starts = np.round(np.arange(n_frames) * _HOP_S * sfreq).astype(np.int64)
+    return frame, np.round(np.arange(n_frames) * _HOP_S * sfreq).astype(np.int64)
+
+
+def _envelope_db_numpy(x: np.ndarray, sfreq: float) -> np.ndarray:
+    """(n_frames, n_channels * n_bands) log band power in dB (the NumPy reference of
+    the compiled path, kept for the equality test and the benchmark's baseline)."""
+    n_ch, n_t = x.shape
+    frame, starts = _frame_starts(n_t, sfreq)
     feats = []
     for lo, hi in _BANDS:
         y = _bp(x, sfreq, lo, hi)
@@ -258,11 +311,30 @@ def _envelope_db(x: np.ndarray, sfreq: float) -> np.ndarray:
     return np.concatenate(feats, axis=0).T  # (n_frames, n_ch * n_bands)
 
 
-def _fingerprint_filtered(x: np.ndarray, sfreq: float, chash: bytes) -> bytes:
-    env = _envelope_db(x, sfreq)
+def _fingerprint_filtered_numpy(x: np.ndarray, sfreq: float, chash: bytes) -> bytes:
+    """:func:`_fingerprint_filtered` in NumPy only (the reference)."""
+    env = _envelope_db_numpy(x, sfreq)
     env -= np.median(env, axis=0, keepdims=True)
     q = np.clip(np.round(env / _DB_STEP), -127, 127).astype(np.int8)
     head = _HEADER.pack(_MAGIC, 1, len(_BANDS), x.shape[0], q.shape[0], _HOP_S, chash)
+    return head + q.tobytes()
+
+
+def _fingerprint_filtered(x: np.ndarray, sfreq: float, chash: bytes) -> bytes:
+    """Fingerprint of a 1–40 Hz band-passed ``x`` (n_channels, n_times): two band-pass
+    filters, then two compiled kernels around one NumPy ``log10`` (NumPy's, so the
+    bytes equal :func:`_fingerprint_filtered_numpy`'s)."""
+    n_ch, n_t = x.shape
+    frame, starts = _frame_starts(n_t, sfreq)
+    n_frames = starts.shape[0]
+    pw = np.empty((len(_BANDS) * n_ch, n_frames))
+    row = np.empty(n_frames)
+    for b, (lo, hi) in enumerate(_BANDS):
+        _frame_power_kernel(_bp(x, sfreq, lo, hi), starts, frame,
+                            pw[b * n_ch:(b + 1) * n_ch], row)
+    q = np.empty((n_frames, pw.shape[0]), dtype=np.int8)
+    _quantise_kernel(np.log10(pw, out=pw), _DB_STEP, q)
+    head = _HEADER.pack(_MAGIC, 1, len(_BANDS), n_ch, n_frames, _HOP_S, chash)
     return head + q.tobytes()
 
 
@@ -538,6 +610,125 @@ def _welch(x: np.ndarray, sfreq: float, nper: int) -> tuple[np.ndarray, np.ndarr
     return _fft.rfftfreq(nper, 1.0 / sfreq), pxx
 
 
+@jit
+def _welch_prep_kernel(x, nper, step, win, segs, rmsv):  # pragma: no cover - compiled
+    """Channel RMS into ``rmsv`` (n_ch,), and the Welch segments of ``x`` (n_ch, n_t),
+    each demeaned and windowed, into ``segs`` (n_ch, n_seg, nper)."""
+    n_ch, n_t = x.shape
+    n_seg = segs.shape[1]
+    for c in range(n_ch):
+        e = 0.0
+        for t in range(n_t):
+            e += x[c, t] * x[c, t]
+        rmsv[c] = np.sqrt(e / n_t)
+        for k in range(n_seg):
+            s0 = k * step
+            m = 0.0
+            for j in range(nper):
+                m += x[c, s0 + j]
+            m /= nper
+            for j in range(nper):
+                segs[c, k, j] = (x[c, s0 + j] - m) * win[j]
+
+
+@jit
+def _spectrum_stats_kernel(spec, bins, mult, lf, scale, out):  # pragma: no cover - compiled
+    """From the segments' spectra ``spec`` (n_ch, n_seg, n_freq) complex: the Welch
+    PSD at ``bins`` (x ``mult``, / ``scale``), each channel's log-log slope against
+    ``lf`` (log10 of the bins' frequencies) and spectral flatness; ``out`` = (median
+    slope, 25th percentile of flatness)."""
+    n_ch, n_seg, _ = spec.shape
+    nb = bins.shape[0]
+    lfm = 0.0
+    for i in range(nb):
+        lfm += lf[i]
+    lfm /= nb
+    lfc = np.empty(nb)
+    den = 0.0
+    for i in range(nb):
+        lfc[i] = lf[i] - lfm
+        den += lfc[i] * lfc[i]
+    slopes = np.empty(n_ch)
+    flats = np.empty(n_ch)
+    lp = np.empty(nb)
+    for c in range(n_ch):
+        lpm = 0.0
+        lnm = 0.0
+        pm = 0.0
+        for i in range(nb):
+            acc = 0.0
+            for k in range(n_seg):
+                z = spec[c, k, bins[i]]
+                acc += z.real * z.real + z.imag * z.imag
+            pxx = acc / n_seg / scale * mult[i]
+            lp[i] = np.log10(pxx + 1e-20)
+            lpm += lp[i]
+            lnm += np.log(pxx + 1e-20)
+            pm += pxx
+        lpm /= nb
+        num = 0.0
+        for i in range(nb):
+            num += (lp[i] - lpm) * lfc[i]
+        slopes[c] = num / den
+        flats[c] = np.exp(lnm / nb) / (pm / nb + 1e-20)
+    s = np.sort(slopes)
+    out[0] = (s[(n_ch - 1) // 2] + s[n_ch // 2]) / 2
+    f = np.sort(flats)
+    pos = 0.25 * (n_ch - 1)
+    lo = int(np.floor(pos))
+    hi = min(lo + 1, n_ch - 1)
+    out[1] = f[lo] + (f[hi] - f[lo]) * (pos - lo)
+
+
+@jit
+def _power_kernel(spec, out):  # pragma: no cover - compiled
+    """``out`` = |spec|^2 (float32, as NumPy computes it for a complex64 spectrum)."""
+    n_ch, n_f = spec.shape
+    for c in range(n_ch):
+        for i in range(n_f):
+            z = spec[c, i]
+            out[c, i] = z.real * z.real + z.imag * z.imag
+
+
+@jit
+def _periodicity_kernel(x, trim, ac, lo, hi):  # pragma: no cover - compiled
+    """Max over lags ``lo..hi`` of the channel-mean Pearson correlation of
+    ``x[:, trim:n_t - trim]`` with itself shifted, ``ac`` (n_ch, >= hi + 1) being its
+    (float32) autocorrelation."""
+    n_ch, n_t0 = x.shape
+    n_t = n_t0 - 2 * trim
+    c2 = np.empty((n_ch, n_t + 1))
+    for c in range(n_ch):
+        c2[c, 0] = 0.0
+        acc = 0.0
+        for t in range(n_t):
+            v = x[c, trim + t]
+            acc += v * v
+            c2[c, t + 1] = acc
+    best = -np.inf
+    for lag in range(lo, hi + 1):
+        tot = 0.0
+        for c in range(n_ch):
+            head = c2[c, n_t - lag]
+            tail = c2[c, n_t] - c2[c, lag]
+            tot += ac[c, lag] / np.sqrt(max(head * tail, 1e-30))
+        m = tot / n_ch
+        if m > best:
+            best = m
+    return best
+
+
+@functools.lru_cache(maxsize=16)
+def _welch_band(nper: int, sfreq: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bins of the 2–30 Hz band for ``nper``-sample segments, their one-sided
+    factor (2, or 1 at DC and Nyquist) and log10 frequency."""
+    f = _fft.rfftfreq(nper, 1.0 / sfreq)
+    bins = np.flatnonzero((f >= 2.0) & (f <= 30.0))
+    mult = np.full(bins.shape[0], 2.0)
+    mult[(bins == 0) | ((nper % 2 == 0) & (bins == nper // 2))] = 1.0
+    return bins.astype(np.int64), mult, np.log10(f[bins])
+
+
 def physiology(x: np.ndarray, sfreq: float) -> dict[str, float]:
     """Spectral slope, flatness, periodicity and RMS of a band-passed signal.
 
@@ -558,6 +749,45 @@ def physiology(x: np.ndarray, sfreq: float) -> dict[str, float]:
         first and last 0.25 s left out; 0 for probes shorter than 2.5 s),
         ``rms`` (median channel RMS, µV).
     """
+    n_ch, n_t = x.shape
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    nper = int(min(n_t, round(sfreq / 2)))  # 0.5-s segments: many averages, 2 Hz bins
+    step = nper - nper // 2
+    win, ss = _hann(nper)
+    segs = np.empty((n_ch, (n_t - nper) // step + 1, nper))
+    rmsv = np.empty(n_ch)
+    _welch_prep_kernel(x, nper, step, win, segs, rmsv)
+    rms = _median(rmsv)
+    out = {"rms": rms, "slope": 0.0, "flatness": 1.0, "periodicity": 0.0}
+    if rms < 1e-3:
+        return out
+    bins, mult, lf = _welch_band(nper, float(sfreq))
+    st = np.empty(2)
+    _spectrum_stats_kernel(_fft.rfft(segs, axis=-1), bins, mult, lf, sfreq * ss, st)
+    out["slope"] = float(st[0])
+    # the 25th percentile: three quarters of the channels must look white (a few
+    # EMG-laden channels of real EEG are nearly flat; the median alone was too close)
+    out["flatness"] = float(st[1])
+    # Pearson correlation of each channel with itself shifted by a lag, over the
+    # overlap (>= 1.5 s), averaged over channels; max over lags >= 0.25 s. The first
+    # and last 0.25 s are left out: the band-pass transients there are not periodic.
+    trim = int(round(0.25 * sfreq))
+    n_tt = n_t - 2 * trim
+    lo = int(round(0.25 * sfreq))
+    hi = n_tt - int(round(1.5 * sfreq))
+    if hi > lo:
+        nfft = _fft.next_fast_len(2 * n_tt, real=True)  # >= 2 n_t - 1: no wrap-around
+        # float32 transforms: ~1e-6 relative error, far below any threshold
+        spec = _fft.rfft(x[:, trim:n_t - trim].astype(np.float32), nfft, axis=1)
+        pw = np.empty(spec.shape, dtype=np.float32)
+        _power_kernel(spec, pw)
+        ac = _fft.irfft(pw, nfft, axis=1)
+        out["periodicity"] = float(_periodicity_kernel(x, trim, ac, lo, hi))
+    return out
+
+
+def _physiology_numpy(x: np.ndarray, sfreq: float) -> dict[str, float]:
+    """:func:`physiology` in NumPy only (the reference of the compiled path)."""
     n_ch, n_t = x.shape
     rms = _median(np.sqrt(np.einsum("ct,ct->c", x, x) / n_t))
     out = {"rms": rms, "slope": 0.0, "flatness": 1.0, "periodicity": 0.0}
@@ -609,6 +839,18 @@ def _pick_index(ch_names: tuple[str, ...], wanted: tuple[str, ...]) -> list[int]
     return pick(list(ch_names), list(wanted))
 
 
+@functools.lru_cache(maxsize=1)
+def _warm_kernels() -> None:
+    """Compile (or load from Numba's on-disk cache) every PAD kernel once per process,
+    with the argument types of a real check, so that no request pays for it."""
+    rng = np.random.default_rng(0)
+    x = np.cumsum(rng.normal(size=(640, 4)), axis=0)  # a 1/f^2 signal: every stage runs
+    det_x = bandpass_1_40(x, 160.0)
+    physiology(det_x, 160.0)
+    fp = _fingerprint_filtered(det_x, 160.0, _channel_hash(4, None))
+    replay_score(fp, [fp])
+
+
 class PresentationAttackDetector:
     """Replay and non-physiological signal detector used by the service.
 
@@ -636,6 +878,7 @@ class PresentationAttackDetector:
         self.max_slope = float(max_slope)
         self.max_flatness = float(max_flatness)
         self.max_periodicity = float(max_periodicity)
+        _warm_kernels()
 
     def _pick(self, samples: np.ndarray, ch_names: Sequence[str] | None) -> tuple[np.ndarray,
                                                                                 list | None]:
