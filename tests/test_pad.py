@@ -265,9 +265,17 @@ def test_cached_replay_path_matches_naive_reference_and_stays_bounded():
     assert pad.replay_score(seqs_b[1], hist) == (pytest.approx(1.0, abs=1e-5), "probe")
 
 
+def _bandpass_reference(x, sfreq):
+    """1-40 Hz zero-phase band-pass by the reference path (SciPy's recursion)."""
+    xc = pad._as_channels_first(x, sfreq)
+    xc -= xc.mean(axis=1, keepdims=True)
+    return pad._bp_reference(xc, sfreq, 1.0, 40.0)
+
+
 def _reference_analyse(det, x, sfreq, names, history):
     """The detector's decision computed with the NumPy reference paths only."""
-    xb = pad.bandpass_1_40(x, sfreq)
+    xb = _bandpass_reference(x, sfreq)
+    assert np.array_equal(pad.bandpass_1_40(x, sfreq), xb)  # bit-equal
     ph = pad._physiology_numpy(xb, sfreq)
     fp = pad._fingerprint_filtered_numpy(xb, sfreq, pad._channel_hash(xb.shape[0], names))
     return ph, fp, pad.replay_score(fp, history)
@@ -304,10 +312,18 @@ def test_compiled_kernels_match_numpy_reference(recordings, enrolled):
               np.tile(recordings["S003"]["R04"][:100], (7, 1))[:w],
               recordings["S003"]["R03"][:3000]]
     for probe in others:
-        xb = pad.bandpass_1_40(probe, sf)
+        xb = _bandpass_reference(probe, sf)
+        assert np.array_equal(pad.bandpass_1_40(probe, sf), xb)
         ph, ref = pad.physiology(xb, sf), pad._physiology_numpy(xb, sf)
         assert ph == pytest.approx(ref, rel=1e-9, abs=1e-9)
         assert pad.fingerprint(probe, sf, CH16) == pad._fingerprint_filtered_numpy(
             xb, sf, pad._channel_hash(16, CH16))
         n += 1
+    up = resample_poly(recordings["S009"]["R03"][:1280], 25, 16, axis=0)  # 250 Hz
+    xb = _bandpass_reference(up, 250.0)
+    assert np.array_equal(pad.bandpass_1_40(up, 250.0), xb)
+    assert pad.physiology(xb, 250.0) == pytest.approx(pad._physiology_numpy(xb, 250.0),
+                                                      rel=1e-9, abs=1e-9)
+    assert pad.fingerprint(up, 250.0) == pad._fingerprint_filtered_numpy(
+        xb, 250.0, pad._channel_hash(16, None))
     assert n >= 100
