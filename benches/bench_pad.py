@@ -7,8 +7,11 @@ Groups:
   of enrollment + 64 earlier probes, vs the direct vectorised NumPy computation
   (sliding windows + einsum), the baseline; results must agree.
 - ``PAD check``: the whole detector (filters, spectrum, periodicity, fingerprint,
-  replay score), vs the baseline of just a zero-phase 1-40 Hz filter and a Welch
-  spectrum of the same window (the least any spectral check costs).
+  replay score) with its compiled (Numba) kernels, vs the baseline of the same detector
+  on its NumPy/SciPy reference path (the implementation before the kernels; same
+  verdict, same fingerprint), and the floor of just a zero-phase 1-40 Hz filter and a
+  Welch spectrum of the same window (the least any spectral check costs in NumPy/SciPy).
+  With the history (2 min of enrollment + 64 probes) and without (a first probe).
 """
 
 from __future__ import annotations
@@ -78,14 +81,43 @@ def test_replay_score_numpy_direct(benchmark, case):
 def test_check_detector(benchmark, case):
     probe, hist = case
     det = pad.PresentationAttackDetector(CH16)
-    tag(benchmark, "PAD check 4 s x 16 ch", "nacf pad")
+    tag(benchmark, "PAD check 4 s x 16 ch", "nacf pad (numba)")
     v = benchmark(det.analyse, probe, SF, CH16, hist)
+    assert not v.attack, v.scores
+    ref = det._analyse(probe, SF, CH16, hist, reference=True)
+    assert v.fingerprint == ref.fingerprint
+    assert v.scores == pytest.approx(ref.scores, rel=1e-9, abs=1e-6)
+
+
+def test_check_detector_reference(benchmark, case):
+    probe, hist = case
+    det = pad.PresentationAttackDetector(CH16)
+    tag(benchmark, "PAD check 4 s x 16 ch", "numpy/scipy reference path", baseline=True)
+    v = benchmark(det._analyse, probe, SF, CH16, hist, True)
+    assert not v.attack, v.scores
+
+
+def test_check_detector_no_history(benchmark, case):
+    probe, _ = case
+    det = pad.PresentationAttackDetector(CH16)
+    tag(benchmark, "PAD check 4 s x 16 ch, no history", "nacf pad (numba)")
+    v = benchmark(det.analyse, probe, SF, CH16, ())
+    assert not v.attack, v.scores
+    assert v.fingerprint == det._analyse(probe, SF, CH16, (), True).fingerprint
+
+
+def test_check_detector_no_history_reference(benchmark, case):
+    probe, _ = case
+    det = pad.PresentationAttackDetector(CH16)
+    tag(benchmark, "PAD check 4 s x 16 ch, no history", "numpy/scipy reference path",
+        baseline=True)
+    v = benchmark(det._analyse, probe, SF, CH16, (), True)
     assert not v.attack, v.scores
 
 
 def test_check_filter_and_welch_floor(benchmark, case):
     probe, _ = case
     sos = signal.butter(4, [1, 40], btype="bandpass", fs=SF, output="sos")
-    tag(benchmark, "PAD check 4 s x 16 ch", "sosfiltfilt+welch", baseline=True)
+    tag(benchmark, "PAD check 4 s x 16 ch", "sosfiltfilt+welch floor")
     benchmark(lambda: signal.welch(signal.sosfiltfilt(sos, probe.T, axis=-1), fs=SF,
                                    nperseg=80, axis=-1))

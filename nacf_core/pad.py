@@ -982,12 +982,18 @@ class PresentationAttackDetector:
         history : iterable of bytes or (kind, bytes)
             The user's stored fingerprints (enrollment and earlier probes).
         """
+        return self._analyse(samples, sfreq, ch_names, history, reference=False)
+
+    def _analyse(self, samples: Any, sfreq: float, ch_names: Sequence[str] | None,
+                 history: Iterable[Any], reference: bool) -> PadVerdict:
+        """:meth:`analyse`; ``reference=True`` runs the NumPy/SciPy reference of every
+        compiled step instead (the same decisions: for the tests and the benchmark)."""
         sfreq = check_finite_positive("sfreq", sfreq)
         samples, names = self._pick(np.asarray(samples), ch_names)
         x = _as_channels_first(samples, sfreq)
         x -= x.mean(axis=1, keepdims=True)
-        x = _bp(x, sfreq, 1.0, 40.0)
-        ph = physiology(x, sfreq)
+        x = (_bp_reference if reference else _bp)(x, sfreq, 1.0, 40.0)
+        ph = (_physiology_numpy if reference else physiology)(x, sfreq)
         scores = dict(ph)
         reason = ""
         if ph["rms"] < 1e-3:
@@ -998,7 +1004,8 @@ class PresentationAttackDetector:
             reason = "flat_spectrum"
         if reason:
             return PadVerdict(True, NON_PHYSIOLOGICAL, reason, "high", scores, None)
-        fp = _fingerprint_filtered(x, sfreq, _channel_hash(x.shape[0], names))
+        fp = (_fingerprint_filtered_numpy if reference else _fingerprint_filtered)(
+            x, sfreq, _channel_hash(x.shape[0], names))
         score, kind = replay_score(fp, history)
         scores["replay"] = score
         if score >= self.replay_threshold:

@@ -298,6 +298,10 @@ def test_compiled_kernels_match_numpy_reference(recordings, enrolled):
                 for history in ((), hist):
                     det = pad.PresentationAttackDetector(names)
                     v = det.analyse(probe, sf, names, history)
+                    ref = det._analyse(probe, sf, names, history, reference=True)
+                    assert (v.attack, v.kind, v.reason, v.fingerprint) == (
+                        ref.attack, ref.kind, ref.reason, ref.fingerprint)
+                    assert v.scores == pytest.approx(ref.scores, rel=1e-9, abs=1e-6)
                     ph, fp, (score, _) = _reference_analyse(det, probe, sf, names, history)
                     for key in ("rms", "slope", "flatness", "periodicity"):
                         assert v.scores[key] == pytest.approx(ph[key], rel=1e-9, abs=1e-9)
