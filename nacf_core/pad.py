@@ -510,16 +510,18 @@ class _Stored:
 
     A long sequence (the enrollment) is cut into parts of ``2L - 1`` frames every ``L``
     frames, so every window of it lies whole in one part and every part uses the same
-    short FFT as a 4-s probe: one batched product covers them all.
+    short FFT as a 4-s probe: one batched product covers them all. ``wp`` (L, P, 2) is
+    ``inv`` padded to ``L`` shifts (weight 0) with a penalty (0, or -4 past the part's own
+    last shift), so parts of different lengths share one product.
     """
 
-    __slots__ = ("inv", "key", "m", "n", "nbytes", "nfft", "spec")
+    __slots__ = ("inv", "key", "m", "n", "nbytes", "nfft", "spec", "wp")
 
     def __init__(self, fp: bytes, L: int) -> None:
         self.key, q = _parse(fp)
         self.n = n = q.shape[0]
         self.m = self.nfft = 0
-        self.spec = self.inv = None
+        self.spec = self.inv = self.wp = None
         self.nbytes = len(fp) + 200
         if n < L:
             return
@@ -539,7 +541,10 @@ class _Stored:
         spec = _fft.rfft(parts, self.nfft, axis=1)  # (P, nf, F)
         self.spec = np.ascontiguousarray(spec.transpose(1, 0, 2))  # (nf, P, F)
         self.inv = np.stack([inv[s0:s0 + m - L + 1] for s0 in starts], axis=1)  # (S, P)
-        self.nbytes += self.spec.nbytes + self.inv.nbytes
+        self.wp = np.zeros((L, len(starts), 2))
+        self.wp[:m - L + 1, :, 0] = self.inv
+        self.wp[m - L + 1:, :, 1] = -4.0
+        self.nbytes += self.spec.nbytes + self.inv.nbytes + self.wp.nbytes
 
 
 class _StoredCache:
@@ -580,8 +585,113 @@ class _StoredCache:
 _STORED = _StoredCache()
 
 
+@functools.lru_cache(maxsize=32)
+def _idft_rows(nfft: int, L: int, m: int) -> np.ndarray:
+    """(2 S, nf) float32: the rows of the inverse real DFT of length ``nfft`` (``irfft``)
+    giving only the outputs ``L - 1 .. m - 1`` (S = m - L + 1 shifts) from the real
+    (first S rows) and the imaginary parts (last S rows) of a half spectrum."""
+    nf = nfft // 2 + 1
+    t = np.arange(L - 1, m)[:, None].astype(np.float64)
+    k = np.arange(nf)[None, :]
+    w = np.full(nf, 2.0)
+    w[0] = 1.0
+    if nfft % 2 == 0:
+        w[-1] = 1.0
+    ang = 2.0 * np.pi * ((k * t) % nfft) / nfft
+    cr = w * np.cos(ang) / nfft
+    ci = -w * np.sin(ang) / nfft
+    ci[:, 0] = 0.0  # irfft ignores the imaginary part at DC and Nyquist
+    if nfft % 2 == 0:
+        ci[:, -1] = 0.0
+    return np.ascontiguousarray(np.concatenate([cr, ci]), dtype=np.float32)
+
+
+@jit
+def _pair_matrix_kernel(fk, bm):  # pragma: no cover - compiled
+    """``bm`` (nf, 2F, 2K) float32 from the pieces' spectra ``fk`` (K, F, nf) complex64:
+    rows 2c / 2c+1 take Re / Im of a stored spectrum's feature c, columns :K give the
+    real part of the product summed over features, K: its imaginary part."""
+    n_seg, n_feat, nf = fk.shape
+    for f in range(nf):
+        for c in range(n_feat):
+            for k in range(n_seg):
+                z = fk[k, c, f]
+                bm[f, 2 * c, k] = z.real
+                bm[f, 2 * c + 1, k] = -z.imag
+                bm[f, 2 * c, n_seg + k] = z.imag
+                bm[f, 2 * c + 1, n_seg + k] = z.real
+
+
+@jit
+def _ncc_argmax_kernel(y, wp, n_shift, res):  # pragma: no cover - compiled
+    """Max and first C-order arg-max over (shift, part, piece) of ``(Re-row part +
+    Im-row part) * weight + penalty``; ``y`` (2 S, P, 2K) float32 (the correlation's
+    real-DFT halves), ``wp`` (>= S, P, 2). ``res[0]`` = max; returns the flat index."""
+    _, n_parts, kk = y.shape
+    n_seg = kk // 2
+    best = -np.inf
+    arg = -1
+    for s in range(n_shift):
+        for p in range(n_parts):
+            w = wp[s, p, 0]
+            pe = wp[s, p, 1]
+            for k in range(n_seg):
+                num = y[s, p, k] + y[n_shift + s, p, n_seg + k]  # float32, as NumPy
+                v = np.float64(num) * w + pe
+                if v > best:
+                    best = v
+                    arg = (s * n_parts + p) * n_seg + k
+    res[0] = best
+    return arg
+
+
 def _max_ncc_stored(segs: np.ndarray, stored: list[_Stored]) -> tuple[float, int]:
     """:func:`_max_ncc` against prepared fingerprints (the same value, ~1e-6): only the
+    probe's pieces are transformed per call; the stored side comes from the cache, and
+    the parts of one FFT size (every 4-s probe, every part of the enrollment) go through
+    two real matrix products: the complex product over features as one batched real
+    product (the complex64 spectra viewed as interleaved float32 pairs against a real
+    (2F, 2K) matrix per frequency), then the inverse DFT at the needed shifts only (a
+    (2S, nf) real matrix), instead of a complex matmul and a full inverse FFT per part
+    length (:func:`_max_ncc_stored_reference`); a compiled kernel takes the max."""
+    n_seg, L, F = segs.shape
+    groups: dict[int, list[int]] = {}
+    for i, e in enumerate(stored):
+        groups.setdefault(e.nfft, []).append(i)
+    best, best_i = -np.inf, -1
+    # reversed pieces, time last and contiguous for the FFT: (n_seg, F, L)
+    rev = np.ascontiguousarray(segs.transpose(0, 2, 1)[:, :, ::-1], dtype=np.float32)
+    res = np.empty(1)
+    for nfft, idx in groups.items():
+        fk = _fft.rfft(rev, nfft, axis=-1)  # (K, F, nf)
+        bm = np.empty((fk.shape[2], 2 * F, 2 * n_seg), dtype=np.float32)
+        _pair_matrix_kernel(fk, bm)
+        es = [stored[i] for i in idx]
+        m = max(e.m for e in es)
+        S = m - L + 1
+        if len(es) == 1:
+            fs, wp = es[0].spec, es[0].wp
+        else:
+            fs = np.concatenate([e.spec for e in es], axis=1)  # (nf, parts, F)
+            wp = np.concatenate([e.wp for e in es], axis=1)  # (L, parts, 2)
+        n_parts = fs.shape[1]
+        prod = np.matmul(fs.view(np.float32), bm)  # (nf, parts, 2K): Re | Im
+        y = _idft_rows(nfft, L, m) @ prod.reshape(prod.shape[0], -1)  # (2S, parts * 2K)
+        flat = _ncc_argmax_kernel(y.reshape(2 * S, n_parts, 2 * n_seg), wp, S, res)
+        if flat >= 0 and res[0] > best:
+            part = (flat // n_seg) % n_parts
+            owner = np.repeat(np.arange(len(es)), [e.spec.shape[1] for e in es])[part]
+            best, best_i = float(res[0]), idx[int(owner)]
+    if best_i < 0:
+        return 0.0, -1
+    return best, best_i
+
+
+def _max_ncc_stored_reference(segs: np.ndarray, stored: list[_Stored]) -> tuple[float, int]:
+    """:func:`_max_ncc_stored` with a complex matrix product and a full inverse FFT (the
+    reference of the faster path; the implementation before it).
+
+    :func:`_max_ncc` against prepared fingerprints (the same value, ~1e-6): only the
     probe's pieces are transformed per call; the stored side comes from the cache, and
     the parts of one length (every 4-s probe, every part of the enrollment) go through
     one batched product."""
@@ -635,6 +745,12 @@ def replay_score(probe_fp: bytes, history: Iterable[bytes | tuple[str, bytes]]
     kind : str
         ``"enroll"``/``"probe"`` of the best match (``""`` when nothing was compared).
     """
+    return _replay_score(probe_fp, history, reference=False)
+
+
+def _replay_score(probe_fp: bytes, history: Iterable[bytes | tuple[str, bytes]],
+                  reference: bool) -> tuple[float, str]:
+    """:func:`replay_score`; ``reference=True`` uses :func:`_max_ncc_stored_reference`."""
     key, p = _parse(probe_fp)
     if p.shape[0] < 8:
         return 0.0, ""
@@ -649,7 +765,7 @@ def replay_score(probe_fp: bytes, history: Iterable[bytes | tuple[str, bytes]]
             stored.append(e)
     if not stored:
         return 0.0, ""
-    score, idx = _max_ncc_stored(segs, stored)
+    score, idx = (_max_ncc_stored_reference if reference else _max_ncc_stored)(segs, stored)
     if idx < 0:
         return 0.0, ""
     return max(score, 0.0), kinds[idx]
@@ -1006,7 +1122,7 @@ class PresentationAttackDetector:
             return PadVerdict(True, NON_PHYSIOLOGICAL, reason, "high", scores, None)
         fp = (_fingerprint_filtered_numpy if reference else _fingerprint_filtered)(
             x, sfreq, _channel_hash(x.shape[0], names))
-        score, kind = replay_score(fp, history)
+        score, kind = _replay_score(fp, history, reference)
         scores["replay"] = score
         if score >= self.replay_threshold:
             what = "replay_of_enrollment" if kind == "enroll" else "replay_of_probe"

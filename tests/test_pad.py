@@ -258,6 +258,8 @@ def test_cached_replay_path_matches_naive_reference_and_stays_bounded():
         got = pad._max_ncc_stored(segs, stored)
         ref = _naive_max_ncc(segs, [s for s in seqs if s.shape[0] >= L])
         assert got[0] == pytest.approx(ref[0], abs=1e-5)
+        old = pad._max_ncc_stored_reference(segs, stored)
+        assert got[0] == pytest.approx(old[0], abs=1e-6) and got[1] == old[1]
         assert cache.get(seqs_b[0], L) is cache.get(bytes(seqs_b[0]), L)
         assert cache._size <= cache.max_bytes or len(cache._d) == 1
     # end to end: a stored probe replayed scores ~1 through the cached path
@@ -278,7 +280,7 @@ def _reference_analyse(det, x, sfreq, names, history):
     assert np.array_equal(pad.bandpass_1_40(x, sfreq), xb)  # bit-equal
     ph = pad._physiology_numpy(xb, sfreq)
     fp = pad._fingerprint_filtered_numpy(xb, sfreq, pad._channel_hash(xb.shape[0], names))
-    return ph, fp, pad.replay_score(fp, history)
+    return ph, fp, pad._replay_score(fp, history, reference=True)
 
 
 def test_compiled_kernels_match_numpy_reference(recordings, enrolled):
