@@ -333,3 +333,21 @@ def test_compiled_kernels_match_numpy_reference(recordings, enrolled):
     assert pad.fingerprint(up, 250.0) == pad._fingerprint_filtered_numpy(
         xb, 250.0, pad._channel_hash(16, None))
     assert n >= 100
+
+
+@pytest.mark.numba_kernels
+def test_kernels_decide_like_the_reference_on_one_window(shared_data):
+    """One real window through the compiled kernels (also rerun with NUMBA_DISABLE_JIT=1
+    by tests/test_numba_nojit.py, so the kernels' Python is checked too)."""
+    rec = read_recording(shared_data / "eegmmidb" / "S015" / "S015R07.edf")
+    x = rec.data[:, pick(rec.ch_names, CH16)]
+    enroll = _bandpass_reference(x[:4800], 160.0)
+    hist = [("enroll", pad._fingerprint_filtered_numpy(enroll, 160.0,
+                                                       pad._channel_hash(16, CH16)))]
+    det = pad.PresentationAttackDetector(CH16)
+    for probe in (x[6400:7040], x[1000:1640] * 3 + 40):  # fresh, and a replay
+        v = det.analyse(probe, 160.0, CH16, hist)
+        ref = det._analyse(probe, 160.0, CH16, hist, reference=True)
+        assert (v.attack, v.reason, v.fingerprint) == (ref.attack, ref.reason, ref.fingerprint)
+        assert v.scores == pytest.approx(ref.scores, rel=1e-9, abs=1e-6)
+    assert v.reason == "replay_of_enrollment"
