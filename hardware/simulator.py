@@ -318,9 +318,27 @@ class SimulatedCyton:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+            self._drain_input()
         self._close_pty()
         if self._own_dir:
             shutil.rmtree(self._dir, ignore_errors=True)
+
+    def _drain_input(self) -> None:
+        """Handle the bytes a reader wrote just before the simulator stopped (its last
+        ``s``), as the firmware would have received them."""
+        if self._master < 0:
+            return
+        while True:
+            r, _, _ = select.select([self._master], [], [], 0)
+            if not r:
+                return
+            try:
+                data = os.read(self._master, 4096)
+            except OSError:
+                return
+            if not data:
+                return
+            self._handle(data)
 
     def disconnect(self, duration: float = 1.0) -> None:
         """Make the port vanish for ``duration`` seconds (as if unplugged)."""
