@@ -138,21 +138,9 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
     def AuthenticateStream(self, request_iterator, context
                            ) -> pb.AuthenticateResponse:
         deadline = _check_deadline(context)
-        first = next(request_iterator, None)
-        if first is None or first.WhichOneof("kind") != "start":
-            raise InvalidArgument("the first AuthenticateStream message must be 'start' "
-                                  "(naming the user); got "
-                                  f"{'nothing' if first is None else first.WhichOneof('kind')}.")
-
-        def chunks():
-            for i, m in enumerate(request_iterator, 1):
-                if m.WhichOneof("kind") != "chunk":
-                    raise InvalidArgument(f"message {i} of the stream must be a 'chunk'; "
-                                          f"got {m.WhichOneof('kind')}.")
-                yield cv.signal_to_block(m.chunk, f"chunk[{i}]")
-
+        first, chunks = _start_and_chunks(request_iterator, "AuthenticateStream", "the user")
         r = self.service.authenticate_stream(
-            first.start.user_id, chunks(), _proof(context),
+            first.start.user_id, chunks, _proof(context),
             max_seconds=first.start.max_seconds, peer=_peer(context), deadline=deadline)
         return cv.auth_response(r)
 
@@ -204,20 +192,9 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
 
     @_stream_out
     def ContinuousAuthenticate(self, request_iterator, context):
-        first = next(request_iterator, None)
-        if first is None or first.WhichOneof("kind") != "start":
-            raise InvalidArgument("the first ContinuousAuthenticate message must be 'start' "
-                                  "(naming the session); got "
-                                  f"{'nothing' if first is None else first.WhichOneof('kind')}.")
-
-        def chunks():
-            for i, m in enumerate(request_iterator, 1):
-                if m.WhichOneof("kind") != "chunk":
-                    raise InvalidArgument(f"message {i} of the stream must be a 'chunk'; "
-                                          f"got {m.WhichOneof('kind')}.")
-                yield cv.signal_to_block(m.chunk, f"chunk[{i}]")
-
-        for u in self.service.continuous(first.start.session_token, chunks(),
+        first, chunks = _start_and_chunks(request_iterator, "ContinuousAuthenticate",
+                                          "the session")
+        for u in self.service.continuous(first.start.session_token, chunks,
                                          cancelled=lambda: not context.is_active()):
             yield cv.continuous_response(u)
 
@@ -227,3 +204,21 @@ def add_to_server(service: AuthService, server: grpc.Server) -> AuthServicer:
     servicer = AuthServicer(service)
     pb_grpc.add_AuthServiceServicer_to_server(servicer, server)
     return servicer
+
+
+def _start_and_chunks(request_iterator, rpc: str, names: str):
+    """The ``start`` message of a client stream, and a generator of its ``chunk``
+    messages as ``SignalBlock``s (``InvalidArgument`` for a message out of place)."""
+    first = next(request_iterator, None)
+    if first is None or first.WhichOneof("kind") != "start":
+        raise InvalidArgument(f"the first {rpc} message must be 'start' (naming {names}); "
+                              f"got {'nothing' if first is None else first.WhichOneof('kind')}.")
+
+    def chunks():
+        for i, m in enumerate(request_iterator, 1):
+            if m.WhichOneof("kind") != "chunk":
+                raise InvalidArgument(f"message {i} of the stream must be a 'chunk'; "
+                                      f"got {m.WhichOneof('kind')}.")
+            yield cv.signal_to_block(m.chunk, f"chunk[{i}]")
+
+    return first, chunks()
