@@ -333,6 +333,10 @@ def _record(benchmark, name: str, n: int, res: dict) -> None:
     RESULTS[(name, n)] = res
     for k, v in res.items():
         benchmark.extra_info[k] = round(v, 3) if isinstance(v, float) else v
+    bare = RESULTS.get(("bare", n))
+    if name != "bare" and bare:
+        benchmark.extra_info["throughput_vs_bare"] = round(
+            res["throughput_rps"] / bare["throughput_rps"], 3)
 
 
 @pytest.mark.parametrize("n_clients", [1, 8, 32])
@@ -360,10 +364,6 @@ def test_nacf_grpc(benchmark, nacf_server, probe_pool, n_clients):
     assert res["ok"] == CALLS[n_clients]
     assert res["accepted"] > res["ok"] * 0.3  # genuine probes: most are accepted
     _record(benchmark, "nacf", n_clients, res)
-    bare = RESULTS.get(("bare", n_clients))
-    if bare:
-        benchmark.extra_info["throughput_vs_bare"] = round(
-            res["throughput_rps"] / bare["throughput_rps"], 3)
 
 
 def test_nacf_grpc_without_pad(benchmark, nacf_server_no_pad, probe_pool):
@@ -375,10 +375,6 @@ def test_nacf_grpc_without_pad(benchmark, nacf_server_no_pad, probe_pool):
                                               pids), rounds=1, iterations=1)
     assert res["ok"] == CALLS_NO_PAD
     _record(benchmark, "nacf-nopad", n, res)
-    bare = RESULTS.get(("bare", n))
-    if bare:
-        benchmark.extra_info["throughput_vs_bare"] = round(
-            res["throughput_rps"] / bare["throughput_rps"], 3)
 
 
 def test_nacf_grpc_two_processes(benchmark, nacf_server_x2, probe_pool):
