@@ -142,15 +142,8 @@ def _nacf_cmd(d, model_path, address, *extra):
             "--max-concurrent-rpcs", "256", "--require-device-proof", *extra]
 
 
-def _nacf(tmp_path_factory, model_path, data, *extra):
-    d = tmp_path_factory.mktemp("nacf")
-    p, addr = _spawn([sys.executable, "-m", "nacf_core.cli", "--log-level", "WARNING", "serve",
-                      "--grpc-address", "127.0.0.1:0", "--metrics-address", "",
-                      "--data-dir", str(d), "--model", str(model_path),
-                      "--rate-limit", "1000000", "--rate-burst", "1000000",
-                      "--lockout-threshold", "1000000", "--max-workers", "8",
-                      "--max-concurrent-rpcs", "256", "--require-device-proof", *extra],
-                     {"NACF_API_KEYS": KEY})
+def _enroll_all(addr: str, data) -> dict[str, str]:
+    """Enroll every benchmark user through ``addr``; return their device secrets."""
     enroll, _ = data
     secrets = {}
     with grpc.insecure_channel(addr) as ch:
@@ -160,7 +153,13 @@ def _nacf(tmp_path_factory, model_path, data, *extra):
                         metadata=MD, timeout=60)
             secrets[user] = stub.RegisterDevice(pb.RegisterDeviceRequest(
                 user_id=user, device_id=f"hs-{user}"), metadata=MD).device_secret
-    return p, addr, secrets
+    return secrets
+
+
+def _nacf(tmp_path_factory, model_path, data, *extra):
+    d = tmp_path_factory.mktemp("nacf")
+    p, addr = _spawn(_nacf_cmd(d, model_path, "127.0.0.1:0", *extra), {"NACF_API_KEYS": KEY})
+    return p, addr, _enroll_all(addr, data)
 
 
 def _cpu_s(pids) -> float:
@@ -188,15 +187,7 @@ def nacf_server_x2(tmp_path_factory, model_path, data):
     p1, addr = _spawn(_nacf_cmd(d, model_path, address, "--reuse-port"),
                       {"NACF_API_KEYS": KEY})
     p2, _ = _spawn(_nacf_cmd(d, model_path, address, "--reuse-port"), {"NACF_API_KEYS": KEY})
-    enroll, _ = data
-    secrets = {}
-    with grpc.insecure_channel(addr) as ch:
-        stub = pbg.AuthServiceStub(ch)
-        for user, x in enroll.items():
-            stub.Enroll(pb.EnrollRequest(user_id=user, signals=[_signal(x.tobytes())]),
-                        metadata=MD, timeout=60)
-            secrets[user] = stub.RegisterDevice(pb.RegisterDeviceRequest(
-                user_id=user, device_id=f"hs-{user}"), metadata=MD).device_secret
+    secrets = _enroll_all(addr, data)
     yield addr, secrets, [p1.pid, p2.pid]
     _stop(p1)
     _stop(p2)
