@@ -189,6 +189,9 @@ class Store(abc.ABC):
     """
 
     backend: str = ""
+    #: True when calls run in this process without network round trips (SQLite): the
+    #: service then runs a whole authentication one at a time (see ``AuthService``)
+    in_process: bool = False
     #: Number of PAD fingerprint rows of kind ``"probe"`` kept per user.
     pad_history: int = 64
 

@@ -10,12 +10,20 @@
   ``foreign_keys=ON``.
 - Writes run in ``BEGIN IMMEDIATE`` transactions, so a read-modify-write (version bump,
   failure counter, token bucket) is serialised across threads *and* processes.
+- Writers queue on a lock instead of in SQLite's busy handler, which polls with sleeps
+  of 1, 2, 5, 10 ... 100 ms (the latency tail under load): a thread lock within the
+  process, and ``flock`` on ``<file>-wlock`` between processes (several ``nacf serve``
+  processes on one file, ``--reuse-port``). The kernel wakes the next writer as soon as
+  one commits, and drops the lock of a process that dies.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import sqlite3
+import time
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -81,6 +89,8 @@ class SQLiteStore(SqlStore):
     """
 
     backend = "sqlite"
+    #: calls run in this process (no network round trip): the service may serialise them
+    in_process = True
     MIGRATIONS = MIGRATIONS
 
     def __init__(self, path: str | os.PathLike, key: Any = None, *,
@@ -98,11 +108,18 @@ class SQLiteStore(SqlStore):
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
         self._mem_lock = threading.RLock()
-        # writers of this process queue here instead of in SQLite's busy handler, which
-        # polls with sleeps of 1, 2, 5, 10 ... 100 ms (the latency tail under load);
-        # other processes are still serialised by BEGIN IMMEDIATE + busy_timeout
+        # writers queue here and on _wlock_fd, not in SQLite's busy handler (see above);
+        # BEGIN IMMEDIATE + busy_timeout still guard against a writer that does not
+        # take the file lock (the sqlite3 shell, an older nacf)
         self._write_lock = threading.Lock()
+        self._wlock_fd = -1
         self._mem_conn: sqlite3.Connection | None = None
+        if not self._memory:
+            try:
+                self._wlock_fd = os.open(self.path + "-wlock", os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError as exc:
+                raise Unavailable(f"SQLite store {self.path!r}: cannot open its writer "
+                                  f"lock file: {exc}.") from exc
         self._open()
 
     def __repr__(self) -> str:
@@ -151,10 +168,39 @@ class SQLiteStore(SqlStore):
                 f"database is locked (another writer thread held it for "
                 f"{self._busy_ms / 1000:g} s)")
         try:
-            with self._transaction_on_connection(write) as tx:
-                yield tx
+            self._lock_file()
+            try:
+                with self._transaction_on_connection(write) as tx:
+                    yield tx
+            finally:
+                fcntl.flock(self._wlock_fd, fcntl.LOCK_UN)
         finally:
             self._write_lock.release()
+
+    def _lock_file(self) -> None:
+        """Take the writer lock shared with other processes, waiting at most the busy
+        timeout. Only one thread per process waits here (the others queue on
+        ``_write_lock``); it polls every 0.2 ms, since a blocking ``flock`` cannot time
+        out."""
+        try:
+            fcntl.flock(self._wlock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+        deadline = time.monotonic() + self._busy_ms / 1000
+        while True:
+            try:
+                fcntl.flock(self._wlock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+            if time.monotonic() >= deadline:
+                raise sqlite3.OperationalError(
+                    f"database is locked (another process held the writer lock for "
+                    f"{self._busy_ms / 1000:g} s)")
+            time.sleep(0.0002)
 
     @contextmanager
     def _transaction_on_connection(self, write: bool) -> Iterator[Tx]:
@@ -209,3 +255,9 @@ class SQLiteStore(SqlStore):
                 pass
         self._mem_conn = None
         self._local = threading.local()
+        if self._wlock_fd >= 0:
+            try:
+                os.close(self._wlock_fd)
+            except OSError:
+                pass
+            self._wlock_fd = -1

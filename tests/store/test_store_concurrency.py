@@ -132,3 +132,62 @@ def test_parallel_processes(store_url, key, store, n_procs):
         assert p.returncode == 0, err
     assert store.get_template("shared").version == 1 + n_procs * n
     assert store.get_lockout("shared").failures == n_procs * n
+
+
+def _hold_writer_lock(path: str, seconds: float) -> subprocess.Popen:
+    """Another process holding the SQLite store's writer lock for ``seconds``."""
+    code = ("import fcntl, os, sys, time\n"
+            f"fd = os.open({path + '-wlock'!r}, os.O_RDWR | os.O_CREAT, 0o600)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "print('held', flush=True)\n"
+            f"time.sleep({seconds})\n")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "held"
+    return p
+
+
+def test_sqlite_writers_of_two_processes_queue_on_the_file_lock(tmp_path, key):
+    """A writer waits for another process's writer and goes on as soon as it finishes,
+    instead of sleeping in SQLite's busy handler; reads never wait."""
+    import time
+
+    from nacf_core.store.sqlite import SQLiteStore
+
+    path = str(tmp_path / "s.sqlite")
+    s = SQLiteStore(path, key, busy_timeout_s=5.0)
+    try:
+        s.put_template("u", b"v1", "m")
+        p = _hold_writer_lock(path, 0.4)
+        t0 = time.monotonic()
+        assert s.get_template("u").blob == b"v1"  # a reader does not wait
+        assert time.monotonic() - t0 < 0.3
+        s.put_template("u", b"v2", "m")  # waits for the other process
+        waited = time.monotonic() - t0
+        p.wait(10)
+        assert 0.3 <= waited < 1.5, waited
+        assert s.get_template("u").version == 2
+    finally:
+        s.close()
+
+
+def test_sqlite_writer_gives_up_after_the_busy_timeout(tmp_path, key):
+    import time
+
+    from nacf_core.errors import Unavailable
+    from nacf_core.store.sqlite import SQLiteStore
+
+    path = str(tmp_path / "s.sqlite")
+    s = SQLiteStore(path, key, busy_timeout_s=0.3)
+    try:
+        s.put_template("u", b"v1", "m")
+        p = _hold_writer_lock(path, 3.0)
+        t0 = time.monotonic()
+        with pytest.raises(Unavailable, match="locked"):
+            s.put_template("u", b"v2", "m")
+        assert time.monotonic() - t0 < 2.5
+        p.kill()
+        p.wait(10)
+        s.put_template("u", b"v2", "m")  # the dead holder's lock is gone
+        assert s.get_template("u").blob == b"v2"
+    finally:
+        s.close()
