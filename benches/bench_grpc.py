@@ -258,7 +258,10 @@ def _run_load(addr: str, n_clients: int, n_calls: int, pool: _Pool,
     lock = threading.Lock()
     counts = {"ok": 0, "accepted": 0}
     per_client = [n_calls // n_clients + (i < n_calls % n_clients) for i in range(n_clients)]
-    chans = [grpc.insecure_channel(addr, options=[("grpc.max_send_message_length", MSG)])
+    # a local subchannel pool per channel: its own TCP connection, as separate client
+    # apps would have (channels of one process share connections by default)
+    chans = [grpc.insecure_channel(addr, options=[("grpc.max_send_message_length", MSG),
+                                                  ("grpc.use_local_subchannel_pool", 1)])
              for _ in range(n_clients)]
     stubs = [pbg.AuthServiceStub(c) for c in chans]
     for s in stubs:  # connect first: measure calls, not handshakes
