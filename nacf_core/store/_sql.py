@@ -24,7 +24,8 @@ from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 from .._validation import check_finite_positive, check_int_range
-from ..errors import AlreadyExists, FailedPrecondition, InvalidArgument, NacfError, NotFound
+from ..errors import (AlreadyExists, FailedPrecondition, InvalidArgument, NacfError, NotFound,
+                      Unavailable)
 from .base import (
     Attempt,
     AuthOutcome,
@@ -706,9 +707,10 @@ class SqlStore(Store):
             tx.execute("INSERT INTO pad_fingerprints (user_id, kind, created_at, key_id, "
                        "ciphertext) VALUES (?, ?, ?, ?, ?)", r)
         if kind == "probe":
+            # the newest pad_history probes stay: one index seek finds the cut-off id
             tx.execute("DELETE FROM pad_fingerprints WHERE user_id = ? AND kind = 'probe' "
-                       "AND id NOT IN (SELECT id FROM pad_fingerprints WHERE user_id = ? "
-                       "AND kind = 'probe' ORDER BY id DESC LIMIT ?)",
+                       "AND id <= (SELECT id FROM pad_fingerprints WHERE user_id = ? "
+                       "AND kind = 'probe' ORDER BY id DESC LIMIT 1 OFFSET ?)",
                        (user_id, user_id, int(self.pad_history)))
 
     def get_fingerprints(self, user_id: str) -> list[tuple[str, bytes]]:
@@ -716,38 +718,59 @@ class SqlStore(Store):
         return self._dec_fingerprints(user_id, self._run(
             lambda tx: self._tx_get_fingerprints(tx, user_id), write=False))
 
-    @staticmethod
-    def _tx_get_fingerprints(tx: Tx, user_id: str) -> list[tuple]:
-        return tx.query("SELECT kind, key_id, ciphertext FROM pad_fingerprints "
+    def _tx_get_fingerprints(self, tx: Tx, user_id: str) -> tuple[list[tuple], dict]:
+        """The user's fingerprint rows ``(id, kind, key_id)`` in order, and the
+        ciphertexts ``{id: ciphertext}`` of those not in the plaintext cache (every
+        authentication reads the whole history, nearly all of it already seen)."""
+        rows = tx.query("SELECT id, kind, key_id FROM pad_fingerprints "
                         "WHERE user_id = ? ORDER BY id", (user_id,))
+        cache = self._fp_plain
+        miss = []
+        for rid, kind, _ in rows:
+            e = cache.get(rid)  # atomic under the GIL
+            if e is None or e[0] != user_id or e[1] != kind:
+                miss.append(rid)
+        cts: dict = {}
+        for i in range(0, len(miss), 500):
+            part = miss[i:i + 500]
+            cts.update(tx.query("SELECT id, ciphertext FROM pad_fingerprints WHERE id IN ("
+                                + ", ".join("?" * len(part)) + ")", tuple(part)))
+        return rows, cts
 
     #: bytes of decrypted PAD fingerprints kept in memory (see _dec_fingerprints)
     fingerprint_cache_bytes = 32 << 20
 
-    def _dec_fingerprints(self, user_id: str, rows: list[tuple]) -> list[tuple[str, bytes]]:
-        """Decrypt fingerprint rows. Every authentication reads the user's whole history
-        (up to 65 rows), nearly all unchanged since the last call: plaintexts are kept
-        per (key id, user, kind, ciphertext), i.e. per exact authenticated input of the
-        decryption, so a hit returns what decrypting would return (a ciphertext moved
-        to another user or kind, or re-encrypted, is a different key and is decrypted
-        and authenticated afresh)."""
+    def _dec_fingerprints(self, user_id: str, got: tuple[list[tuple], dict]
+                          ) -> list[tuple[str, bytes]]:
+        """``[(kind, plaintext)]`` from :meth:`_tx_get_fingerprints`. Plaintexts are
+        kept per row id with the user and kind they were authenticated for: ids are
+        never reused (AUTOINCREMENT / BIGSERIAL) and a row's plaintext never changes
+        (key rotation re-encrypts the same bytes), so a hit returns what decrypting
+        would return; a row whose user or kind differs from the cached one is
+        decrypted (and authenticated against its AAD) afresh."""
+        rows, cts = got
         cache = self._fp_plain
         out = []
-        for k, kid, ct in rows:
+        for rid, kind, kid in rows:
+            ct = cts.get(rid)
+            e = None if ct is not None else cache.get(rid)
+            if e is not None:
+                out.append((kind, e[2]))
+                continue
+            if ct is None:  # deleted between the two reads? (same transaction: no)
+                raise Unavailable(f"A PAD fingerprint of user {user_id!r} vanished.")
             ct = ct if type(ct) is bytes else bytes(ct)
-            ck = (kid, user_id, k, ct)
-            pt = cache.get(ck)  # atomic under the GIL
-            if pt is None:
-                pt = self._dec(kid, ct, Cipher.aad("pad", user_id, k),
-                               f"A PAD fingerprint of user {user_id!r}")
-                with self._fp_lock:
-                    if ck not in cache:
-                        cache[ck] = pt
-                        self._fp_size += len(ct) + len(pt) + 200
-                        while self._fp_size > self.fingerprint_cache_bytes and cache:
-                            old_k = next(iter(cache))  # the oldest insertion
-                            self._fp_size -= len(old_k[3]) + len(cache.pop(old_k)) + 200
-            out.append((k, pt))
+            pt = self._dec(kid, ct, Cipher.aad("pad", user_id, kind),
+                           f"A PAD fingerprint of user {user_id!r}")
+            with self._fp_lock:
+                old = cache.pop(rid, None)
+                if old is not None:
+                    self._fp_size -= len(old[2]) + 200
+                cache[rid] = (user_id, kind, pt)
+                self._fp_size += len(pt) + 200
+                while self._fp_size > self.fingerprint_cache_bytes and cache:
+                    self._fp_size -= len(cache.pop(next(iter(cache)))[2]) + 200  # oldest
+            out.append((kind, pt))
         return out
 
     # -- one authentication: one read, one write ------------------------------------

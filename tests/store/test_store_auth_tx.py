@@ -152,6 +152,15 @@ def test_fingerprint_plaintext_cache_is_exact_and_bounded(store):
 
         with pytest.raises(FailedPrecondition):
             store.get_fingerprints("erin")
+        # the cached row itself (same id) moved to another user: decrypted afresh, fails
+        with store._transaction(True) as tx:
+            tx.execute("DELETE FROM pad_fingerprints WHERE user_id = 'erin'")
+            tx.execute("UPDATE pad_fingerprints SET user_id = 'erin' WHERE user_id = 'dave'")
+        with pytest.raises(FailedPrecondition):
+            store.get_fingerprints("erin")
+        with store._transaction(True) as tx:
+            tx.execute("UPDATE pad_fingerprints SET user_id = 'dave' WHERE user_id = 'erin'")
+        assert store.get_fingerprints("dave") == [("enroll", b"d-enr")]
     store.fingerprint_cache_bytes = 5000
     store.add_fingerprints("dave", [bytes([i]) * 900 for i in range(10)], "probe")
     got = store.get_fingerprints("dave")
