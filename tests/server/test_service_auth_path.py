@@ -100,3 +100,55 @@ def test_reenrolled_user_never_gets_the_old_cached_template(svc):
     r = _auth(svc, "u2", secret, eeg(1, 3, 52, 8), "hs-2")  # the old person
     assert not r.accepted
     assert _auth(svc, "u2", secret, eeg(2, 3, 44, 8), "hs-2").accepted
+
+
+def test_concurrent_authentications_run_one_at_a_time_on_sqlite(svc):
+    """With the in-process store, unary authentications from many threads are
+    serialised (no GIL ping-pong between them) and each still gets its own answer;
+    an impostor's rejections all count towards the lockout."""
+    import threading
+
+    svc.enroll("u1", [_block(eeg(1, 3, 0, 40))])
+    secret = svc.register_device("u1", "hs-1")
+    assert svc.store.in_process and svc._auth_gate is not None
+    inside, peak, lock = [0], [0], threading.Lock()
+    orig = svc._authenticate
+
+    def counted(*a, **k):
+        with lock:
+            inside[0] += 1
+            peak[0] = max(peak[0], inside[0])
+        try:
+            time.sleep(0.005)  # widen the window a second caller would use
+            return orig(*a, **k)
+        finally:
+            with lock:
+                inside[0] -= 1
+
+    svc._authenticate = counted
+    results, errors = [], []
+    probes = [eeg(2, 3, 8 * i, 8) for i in range(4)]  # another person's EEG: impostor
+
+    def worker(i):
+        try:
+            results.append(_auth(svc, "u1", secret, probes[i % 4]))
+        except Exception as e:  # noqa: BLE001 - collected for the assertion
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]  # < lockout
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and len(results) == 4
+    assert peak[0] == 1
+    rejected = sum(not r.accepted for r in results)
+    assert rejected >= 3
+    assert svc.store.get_lockout("u1").failures == rejected
+
+
+def test_networked_store_keeps_authentications_concurrent():
+    from nacf_core.store.base import Store
+    from nacf_core.store.postgres import PostgresStore
+
+    assert Store.in_process is False and PostgresStore.in_process is False
