@@ -346,7 +346,7 @@ class AuthService:
         # 8 concurrent calls made ~30-40 context switches per call and cost 1.4-2x the
         # CPU of one call at a time (measured in process, without gRPC);
         # a networked store (PostgreSQL) keeps its round trips concurrent
-        self._auth_gate: Any = (threading.Lock() if getattr(store, "in_process", False)
+        self._auth_gate: Any = (threading.RLock() if getattr(store, "in_process", False)
                                 else contextlib.nullcontext())
         self._last_purge = 0.0
         self._last_expire = 0.0
@@ -356,6 +356,14 @@ class AuthService:
     @property
     def model_version(self) -> str:
         return self.rec.model_version
+
+    @property
+    def authenticate_gate(self) -> Any:
+        """The lock that runs unary authentications one at a time (re-entrant), or
+        ``None`` with a networked store. The server takes it around the whole call
+        (rate limit, request checks and all), so the threads queued behind it wait
+        without competing for the GIL."""
+        return None if isinstance(self._auth_gate, contextlib.nullcontext) else self._auth_gate
 
     def ready(self) -> bool:
         """True when the store answers."""

@@ -205,6 +205,15 @@ def _wrap(handler: grpc.RpcMethodHandler, icp: AuthInterceptor, method: str,
 
     if handler.unary_unary:
         inner = handler.unary_unary
+        gate = (getattr(icp.service, "authenticate_gate", None)
+                if method == "Authenticate" else None)
+        if gate is not None:
+            def _gated(req, ctx):
+                with gate:
+                    return _guard(ctx, lambda: inner(req, ctx))
+
+            return grpc.unary_unary_rpc_method_handler(
+                _gated, handler.request_deserializer, handler.response_serializer)
         return grpc.unary_unary_rpc_method_handler(
             lambda req, ctx: _guard(ctx, lambda: inner(req, ctx)),
             handler.request_deserializer, handler.response_serializer)

@@ -203,3 +203,47 @@ def test_reuse_port_lets_two_servers_share_an_address(tmp_path, model_path):
         c.stop(0)
         sc.close()
         sd.close()
+
+
+def test_authenticate_calls_queue_on_the_gate_before_the_rate_limit(tmp_path, model_path):
+    """With SQLite, a unary Authenticate holds the service's gate from the rate limit on
+    (queued calls wait without competing for the GIL); other RPCs do not wait for it."""
+    server, store = _server(tmp_path, model_path, rate_limit_per_s=1000,
+                            rate_limit_burst=1000)
+    svc = server.service
+    gate = svc.authenticate_gate
+    assert gate is not None
+    seen = []
+    orig = svc.check_rate_limit
+
+    def spy(client_id):
+        seen.append(gate._is_owned())
+        return orig(client_id)
+
+    svc.check_rate_limit = spy
+    server.start()
+    try:
+        with grpc.insecure_channel(server.address) as ch:
+            stub = pbg.AuthServiceStub(ch)
+            md = (("x-api-key", KEY),)
+            with pytest.raises(grpc.RpcError) as ei:  # an unknown user: NOT_FOUND
+                stub.Authenticate(pb.AuthenticateRequest(
+                    user_id="nobody", signal=pb.Signal(
+                        sample_rate_hz=160.0, channel_names=["C3", "C4"],
+                        samples=b"\x00" * 8 * 640)), metadata=md, timeout=10)
+            assert ei.value.code() == grpc.StatusCode.NOT_FOUND
+            stub.GetStats(pb.GetStatsRequest(), metadata=md, timeout=10)
+            assert seen == [True, False]
+            # a held gate blocks Authenticate only
+            gate.acquire()
+            try:
+                assert stub.GetStats(pb.GetStatsRequest(), metadata=md, timeout=5)
+                with pytest.raises(grpc.RpcError) as ei:
+                    stub.Authenticate(pb.AuthenticateRequest(user_id="nobody"),
+                                      metadata=md, timeout=0.5)
+                assert ei.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            finally:
+                gate.release()
+    finally:
+        server.stop(0)
+        store.close()
