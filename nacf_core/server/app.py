@@ -171,6 +171,7 @@ class NacfServer:
                                    metrics=metrics)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self.server: grpc.Server | None = None
+        self._interceptor: AuthInterceptor | None = None
         self.port = 0
         self._stop = threading.Event()
         self._health_thread: threading.Thread | None = None
@@ -199,8 +200,9 @@ class NacfServer:
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ]
-        icp = AuthInterceptor(cfg.api_keys, self.service, self.metrics,
-                              open_mode=self.open_mode, mtls=bool(cfg.tls_client_ca_file))
+        icp = self._interceptor = AuthInterceptor(
+            cfg.api_keys, self.service, self.metrics, open_mode=self.open_mode,
+            mtls=bool(cfg.tls_client_ca_file))
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=cfg.max_workers,
                                        thread_name_prefix="nacf-grpc"),
@@ -309,6 +311,8 @@ class NacfServer:
             self.sidecar.set_ready(False)
         if self.server is not None:
             self.server.stop(g).wait()
+        if self._interceptor is not None:
+            self._interceptor.close()
         if self.sidecar is not None:
             self.sidecar.stop()
         if self._own_service:

