@@ -24,8 +24,7 @@ from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 from .._validation import check_finite_positive, check_int_range
-from ..errors import (AlreadyExists, FailedPrecondition, InvalidArgument, NacfError, NotFound,
-                      Unavailable)
+from ..errors import AlreadyExists, FailedPrecondition, InvalidArgument, NacfError, NotFound
 from .base import (
     Attempt,
     AuthOutcome,
@@ -719,23 +718,27 @@ class SqlStore(Store):
             lambda tx: self._tx_get_fingerprints(tx, user_id), write=False))
 
     def _tx_get_fingerprints(self, tx: Tx, user_id: str) -> tuple[list[tuple], dict]:
-        """The user's fingerprint rows ``(id, kind, key_id)`` in order, and the
-        ciphertexts ``{id: ciphertext}`` of those not in the plaintext cache (every
-        authentication reads the whole history, nearly all of it already seen)."""
+        """The user's fingerprint rows ``(id, kind, key_id)`` in order, and for each id
+        either its plaintext from the cache or its ciphertext read now, as
+        ``{id: (True, plaintext) | (False, ciphertext)}`` (every authentication reads
+        the whole history, nearly all of it already seen)."""
         rows = tx.query("SELECT id, kind, key_id FROM pad_fingerprints "
                         "WHERE user_id = ? ORDER BY id", (user_id,))
         cache = self._fp_plain
+        got: dict = {}
         miss = []
         for rid, kind, _ in rows:
-            e = cache.get(rid)  # atomic under the GIL
+            e = cache.get(rid)  # atomic under the GIL; kept here, whatever evicts it next
             if e is None or e[0] != user_id or e[1] != kind:
                 miss.append(rid)
-        cts: dict = {}
+            else:
+                got[rid] = (True, e[2])
         for i in range(0, len(miss), 500):
             part = miss[i:i + 500]
-            cts.update(tx.query("SELECT id, ciphertext FROM pad_fingerprints WHERE id IN ("
-                                + ", ".join("?" * len(part)) + ")", tuple(part)))
-        return rows, cts
+            for rid, ct in tx.query("SELECT id, ciphertext FROM pad_fingerprints WHERE id "
+                                    "IN (" + ", ".join("?" * len(part)) + ")", tuple(part)):
+                got[rid] = (False, ct)
+        return rows, got
 
     #: bytes of decrypted PAD fingerprints kept in memory (see _dec_fingerprints)
     fingerprint_cache_bytes = 32 << 20
@@ -748,18 +751,15 @@ class SqlStore(Store):
         (key rotation re-encrypts the same bytes), so a hit returns what decrypting
         would return; a row whose user or kind differs from the cached one is
         decrypted (and authenticated against its AAD) afresh."""
-        rows, cts = got
+        rows, found = got
         cache = self._fp_plain
         out = []
         for rid, kind, kid in rows:
-            ct = cts.get(rid)
-            e = None if ct is not None else cache.get(rid)
-            if e is not None:
-                out.append((kind, e[2]))
+            plain, v = found[rid]  # both reads ran in one transaction
+            if plain:
+                out.append((kind, v))
                 continue
-            if ct is None:  # deleted between the two reads? (same transaction: no)
-                raise Unavailable(f"A PAD fingerprint of user {user_id!r} vanished.")
-            ct = ct if type(ct) is bytes else bytes(ct)
+            ct = v if type(v) is bytes else bytes(v)
             pt = self._dec(kid, ct, Cipher.aad("pad", user_id, kind),
                            f"A PAD fingerprint of user {user_id!r}")
             with self._fp_lock:

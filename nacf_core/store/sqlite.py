@@ -13,8 +13,8 @@
 - Writers queue on a lock instead of in SQLite's busy handler, which polls with sleeps
   of 1, 2, 5, 10 ... 100 ms (the latency tail under load): a thread lock within the
   process, and ``flock`` on ``<file>-wlock`` between processes (several ``nacf serve``
-  processes on one file, ``--reuse-port``). The kernel wakes the next writer as soon as
-  one commits, and drops the lock of a process that dies.
+  processes on one file, ``--reuse-port``; a waiting process polls it every 0.2 ms).
+  The kernel drops the lock of a process that dies.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import errno
 import fcntl
 import os
 import sqlite3
-import time
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path

@@ -166,3 +166,19 @@ def test_fingerprint_plaintext_cache_is_exact_and_bounded(store):
     got = store.get_fingerprints("dave")
     assert [f for _, f in got][1:] == [bytes([i]) * 900 for i in range(10)]
     assert store._fp_size <= 5000
+
+
+def test_fingerprints_read_from_the_cache_survive_a_concurrent_eviction(store):
+    """What the read took from the plaintext cache is kept with the read: another
+    thread evicting those entries before they are used changes nothing."""
+    store.put_template("fred", b"tpl", "m1")
+    store.add_fingerprints("fred", [b"f-enr"], "enroll")
+    store.add_fingerprints("fred", [b"f-p1", b"f-p2"], "probe")
+    want = [("enroll", b"f-enr"), ("probe", b"f-p1"), ("probe", b"f-p2")]
+    assert store.get_fingerprints("fred") == want  # now cached
+    got = store._run(lambda tx: store._tx_get_fingerprints(tx, "fred"), write=False)
+    with store._fp_lock:  # what a burst of other users' reads would do
+        store._fp_plain.clear()
+        store._fp_size = 0
+    assert store._dec_fingerprints("fred", got) == want
+    assert store.get_fingerprints("fred") == want
