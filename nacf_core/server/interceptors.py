@@ -229,6 +229,12 @@ def _wrap(handler: grpc.RpcMethodHandler, icp: AuthInterceptor, method: str,
             def _serialised(req, ctx):
                 def run():
                     with gate:  # rate limit, checks and all, one call at a time
+                        rem = ctx.time_remaining()
+                        if rem is not None and rem <= 0:  # expired while queued: dropped
+                            ctx.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                      "the call's deadline passed while it was queued.")
+                        if not ctx.is_active():  # the client went away while queued
+                            ctx.abort(grpc.StatusCode.CANCELLED, "the call was cancelled.")
                         return _guard(ctx, lambda: inner(req, ctx))
 
                 return engine.submit(run).result()

@@ -242,8 +242,13 @@ def test_authenticate_calls_queue_on_the_gate_before_the_rate_limit(tmp_path, mo
                     stub.Authenticate(pb.AuthenticateRequest(user_id="nobody"),
                                       metadata=md, timeout=0.5)
                 assert ei.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                time.sleep(0.2)  # past the server's copy of the deadline as well
             finally:
                 gate.release()
+            # the call that timed out while queued is dropped, not served late
+            assert stub.GetStats(pb.GetStatsRequest(), metadata=md, timeout=5)
+            time.sleep(0.3)
+            assert seen == [True, False, False, False]  # no rate-limit call for it
     finally:
         server.stop(0)
         store.close()
