@@ -226,15 +226,24 @@ def _wrap(handler: grpc.RpcMethodHandler, icp: AuthInterceptor, method: str,
         if method == "Authenticate" and icp._engine is not None:
             gate, engine = icp._gate, icp._engine
 
+            def _drop(ctx, expired: bool, t0: float) -> None:
+                """A call that timed out or was cancelled while queued: counted in
+                the RPC metrics and ended without taking a token or doing the work."""
+                code = (grpc.StatusCode.DEADLINE_EXCEEDED if expired
+                        else grpc.StatusCode.CANCELLED)
+                ctx.set_code(code)
+                icp.observe(method, ctx, True, time.perf_counter() - t0, "anonymous")
+                ctx.abort(code, "the call's deadline passed while it was queued." if expired
+                          else "the call was cancelled while it was queued.")
+
             def _serialised(req, ctx):
+                t0 = time.perf_counter()
+
                 def run():
                     with gate:  # rate limit, checks and all, one call at a time
                         rem = ctx.time_remaining()
-                        if rem is not None and rem <= 0:  # expired while queued: dropped
-                            ctx.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                      "the call's deadline passed while it was queued.")
-                        if not ctx.is_active():  # the client went away while queued
-                            ctx.abort(grpc.StatusCode.CANCELLED, "the call was cancelled.")
+                        if (rem is not None and rem <= 0) or not ctx.is_active():
+                            _drop(ctx, rem is not None and rem <= 0, t0)
                         return _guard(ctx, lambda: inner(req, ctx))
 
                 return engine.submit(run).result()

@@ -249,6 +249,10 @@ def test_authenticate_calls_queue_on_the_gate_before_the_rate_limit(tmp_path, mo
             assert stub.GetStats(pb.GetStatsRequest(), metadata=md, timeout=5)
             time.sleep(0.3)
             assert seen == [True, False, False, False]  # no rate-limit call for it
+            reg = server.metrics.registry
+            assert reg.get_sample_value("nacfauth_auth_requests_total", {
+                "method": "Authenticate", "status": "DEADLINE_EXCEEDED",
+                "user_type": "anonymous"}) == 1.0
     finally:
         server.stop(0)
         store.close()
