@@ -182,13 +182,7 @@ class SQLiteStore(SqlStore):
         timeout. Only one thread per process waits here (the others queue on
         ``_write_lock``); it polls every 0.2 ms, since a blocking ``flock`` cannot time
         out."""
-        try:
-            fcntl.flock(self._wlock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-        deadline = time.monotonic() + self._busy_ms / 1000
+        deadline = None
         while True:
             try:
                 fcntl.flock(self._wlock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -196,7 +190,10 @@ class SQLiteStore(SqlStore):
             except OSError as exc:
                 if exc.errno not in (errno.EAGAIN, errno.EACCES):
                     raise
-            if time.monotonic() >= deadline:
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + self._busy_ms / 1000
+            elif now >= deadline:
                 raise sqlite3.OperationalError(
                     f"database is locked (another process held the writer lock for "
                     f"{self._busy_ms / 1000:g} s)")

@@ -146,17 +146,22 @@ def _hold_writer_lock(path: str, seconds: float) -> subprocess.Popen:
     return p
 
 
+def _sqlite_with_one_template(tmp_path, key, busy_timeout_s):
+    from nacf_core.store.sqlite import SQLiteStore
+
+    path = str(tmp_path / "s.sqlite")
+    s = SQLiteStore(path, key, busy_timeout_s=busy_timeout_s)
+    s.put_template("u", b"v1", "m")
+    return s, path
+
+
 def test_sqlite_writers_of_two_processes_queue_on_the_file_lock(tmp_path, key):
     """A writer waits for another process's writer and goes on as soon as it finishes,
     instead of sleeping in SQLite's busy handler; reads never wait."""
     import time
 
-    from nacf_core.store.sqlite import SQLiteStore
-
-    path = str(tmp_path / "s.sqlite")
-    s = SQLiteStore(path, key, busy_timeout_s=5.0)
+    s, path = _sqlite_with_one_template(tmp_path, key, busy_timeout_s=5.0)
     try:
-        s.put_template("u", b"v1", "m")
         p = _hold_writer_lock(path, 0.4)
         t0 = time.monotonic()
         assert s.get_template("u").blob == b"v1"  # a reader does not wait
@@ -174,12 +179,9 @@ def test_sqlite_writer_gives_up_after_the_busy_timeout(tmp_path, key):
     import time
 
     from nacf_core.errors import Unavailable
-    from nacf_core.store.sqlite import SQLiteStore
 
-    path = str(tmp_path / "s.sqlite")
-    s = SQLiteStore(path, key, busy_timeout_s=0.3)
+    s, path = _sqlite_with_one_template(tmp_path, key, busy_timeout_s=0.3)
     try:
-        s.put_template("u", b"v1", "m")
         p = _hold_writer_lock(path, 3.0)
         t0 = time.monotonic()
         with pytest.raises(Unavailable, match="locked"):
