@@ -35,6 +35,30 @@ def cosine_scores(probes, templates):
 
 
 @jit
+def _sift_down(hs, hi, n, s, idx):
+    """Put ``(s, idx)`` at the root of the heap ``hs[:n]``, ``hi[:n]`` (root = the
+    worst kept entry) and sift it down towards the worse child: a lower score, or on
+    equal scores the higher index."""
+    pos = 0
+    while True:
+        child = 2 * pos + 1
+        if child >= n:
+            break
+        right = child + 1
+        if right < n and (hs[right] < hs[child] or (
+                hs[right] == hs[child] and hi[right] > hi[child])):
+            child = right
+        if hs[child] < s or (hs[child] == s and hi[child] > idx):
+            hs[pos] = hs[child]
+            hi[pos] = hi[child]
+            pos = child
+        else:
+            break
+    hs[pos] = s
+    hi[pos] = idx
+
+
+@jit
 def _top_k_kernel(probes, templates, block_rows, heap_s, heap_i):
     n_probes = probes.shape[0]
     n_templates = templates.shape[0]
@@ -70,24 +94,7 @@ def _top_k_kernel(probes, templates, block_rows, heap_s, heap_i):
                     hs[pos] = s
                     hi[pos] = idx
                 else:
-                    # Replace the root, sift down towards the worse child.
-                    pos = 0
-                    while True:
-                        child = 2 * pos + 1
-                        if child >= k:
-                            break
-                        right = child + 1
-                        if right < k and (hs[right] < hs[child] or (
-                                hs[right] == hs[child] and hi[right] > hi[child])):
-                            child = right
-                        if hs[child] < s or (hs[child] == s and hi[child] > idx):
-                            hs[pos] = hs[child]
-                            hi[pos] = hi[child]
-                            pos = child
-                        else:
-                            break
-                    hs[pos] = s
-                    hi[pos] = idx
+                    _sift_down(hs, hi, k, s, idx)  # replaces the root
             size[p] = n
     # Heap sort each probe's heap, best first: pop the worst (the root) to the end.
     for p in range(n_probes):
@@ -98,25 +105,7 @@ def _top_k_kernel(probes, templates, block_rows, heap_s, heap_i):
             top_s = hs[0]
             top_i = hi[0]
             n -= 1
-            s = hs[n]
-            idx = hi[n]
-            pos = 0
-            while True:
-                child = 2 * pos + 1
-                if child >= n:
-                    break
-                right = child + 1
-                if right < n and (hs[right] < hs[child] or (
-                        hs[right] == hs[child] and hi[right] > hi[child])):
-                    child = right
-                if hs[child] < s or (hs[child] == s and hi[child] > idx):
-                    hs[pos] = hs[child]
-                    hi[pos] = hi[child]
-                    pos = child
-                else:
-                    break
-            hs[pos] = s
-            hi[pos] = idx
+            _sift_down(hs, hi, n, hs[n], hi[n])  # the last entry replaces the root
             hs[n] = top_s
             hi[n] = top_i
 
