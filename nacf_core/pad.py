@@ -161,8 +161,8 @@ def _filtfilt_kernel(sos, zi, x, padlen, out, buf, z0, z1, row):  # pragma: no c
     LLVM vectorises. Each section is SciPy's transposed direct form II with the same
     operations in the same order (no ``fastmath``, so no FMA), hence bit-equal results."""
     n_ch, n = x.shape
-    n_sec = sos.shape[0]
     N = n + 2 * padlen
+    blk = row.shape[0]
     # odd extension, time-major, into buf
     for c in range(n_ch):
         x0 = x[c, 0]
@@ -172,52 +172,53 @@ def _filtfilt_kernel(sos, zi, x, padlen, out, buf, z0, z1, row):  # pragma: no c
             buf[padlen + n + j, c] = 2 * xl - x[c, n - 2 - j]
         for j in range(n):
             buf[padlen + j, c] = x[c, j]
-    # forward
-    for s in range(n_sec):
-        for c in range(row.shape[0]):
-            z0[s, c] = zi[s, 0] * buf[0, c]
-            z1[s, c] = zi[s, 1] * buf[0, c]
-    blk = row.shape[0]
+    # forward, back into buf
+    _sos_start(zi, buf, 0, z0, z1)
     for t in range(N):
         for c in range(blk):
             row[c] = buf[t, c]
-        for s in range(n_sec):
-            b0 = sos[s, 0]
-            b1 = sos[s, 1]
-            b2 = sos[s, 2]
-            a1 = sos[s, 4]
-            a2 = sos[s, 5]
-            for c in range(blk):
-                xc = row[c]
-                yc = b0 * xc + z0[s, c]
-                z0[s, c] = b1 * xc - a1 * yc + z1[s, c]
-                z1[s, c] = b2 * xc - a2 * yc
-                row[c] = yc
+        _sos_step(sos, row, z0, z1)
         for c in range(blk):
             buf[t, c] = row[c]
-    # backward
-    for s in range(n_sec):
-        for c in range(row.shape[0]):
-            z0[s, c] = zi[s, 0] * buf[N - 1, c]
-            z1[s, c] = zi[s, 1] * buf[N - 1, c]
+    # backward, the original span into out
+    _sos_start(zi, buf, N - 1, z0, z1)
     for t in range(N - 1, -1, -1):
         for c in range(blk):
             row[c] = buf[t, c]
-        for s in range(n_sec):
-            b0 = sos[s, 0]
-            b1 = sos[s, 1]
-            b2 = sos[s, 2]
-            a1 = sos[s, 4]
-            a2 = sos[s, 5]
-            for c in range(blk):
-                xc = row[c]
-                yc = b0 * xc + z0[s, c]
-                z0[s, c] = b1 * xc - a1 * yc + z1[s, c]
-                z1[s, c] = b2 * xc - a2 * yc
-                row[c] = yc
+        _sos_step(sos, row, z0, z1)
         if padlen <= t < padlen + n:
             for c in range(n_ch):
                 out[c, t - padlen] = row[c]
+
+
+@jit
+def _sos_start(zi, buf, t, z0, z1):  # pragma: no cover - compiled
+    """Filter state ``z0``, ``z1`` (n_sections, blk): the step-response state ``zi``
+    times each lane's sample ``buf[t]`` (as ``scipy.signal.sosfiltfilt`` starts)."""
+    for s in range(z0.shape[0]):
+        for c in range(z0.shape[1]):
+            z0[s, c] = zi[s, 0] * buf[t, c]
+            z1[s, c] = zi[s, 1] * buf[t, c]
+
+
+@jit(inline="always")  # at Numba IR level: as fast as the loop written out
+def _sos_step(sos, row, z0, z1):  # pragma: no cover - compiled
+    """One time step of every section over the lanes of ``row``, in place; each
+    section is SciPy's transposed direct form II, the loop over lanes is what LLVM
+    vectorises."""
+    for s in range(sos.shape[0]):
+        b0 = sos[s, 0]
+        b1 = sos[s, 1]
+        b2 = sos[s, 2]
+        a1 = sos[s, 4]
+        a2 = sos[s, 5]
+        for c in range(row.shape[0]):
+            xc = row[c]
+            yc = b0 * xc + z0[s, c]
+            z0[s, c] = b1 * xc - a1 * yc + z1[s, c]
+            z1[s, c] = b2 * xc - a2 * yc
+            row[c] = yc
+
 
 def _bp(x: np.ndarray, sfreq: float, l_freq: float, h_freq: float) -> np.ndarray:
     """Zero-phase band-pass along the last axis of ``x`` (n_channels, n_times), float64:
