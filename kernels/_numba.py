@@ -41,6 +41,7 @@ def jit(func=None, **overrides):
 
     wrapper.py_func = func
     wrapper.dispatcher = dispatcher
+    wrapper.options = options
     return wrapper
 
 

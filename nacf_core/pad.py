@@ -62,6 +62,7 @@ from scipy import signal as _sig
 
 from ._validation import check_array, check_finite_positive
 from .errors import InvalidArgument
+from .kernels._nb_filter import sos_step
 from .kernels._numba import jit
 
 __all__ = [
@@ -157,9 +158,9 @@ def _filtfilt_kernel(sos, zi, x, padlen, out, buf, z0, z1, row):  # pragma: no c
     ``padlen``, forward pass from the step-response state ``zi`` x first sample, backward
     pass likewise (``scipy.signal.sosfiltfilt``). Time-major scratch ``buf`` (n + 2 padlen,
     blk), state ``z0``, ``z1`` (n_sections, blk) and ``row`` (blk,), ``blk`` >= n_ch a
-    multiple of 8 (zeros past the last channel): the loop over a row's channels is what
-    LLVM vectorises. Each section is SciPy's transposed direct form II with the same
-    operations in the same order (no ``fastmath``, so no FMA), hence bit-equal results."""
+    multiple of 8 (zeros past the last channel). Each time step is the sosfilt kernels'
+    ``sos_step`` (SciPy's transposed direct form II, the same operations in the same
+    order, no ``fastmath`` so no FMA), hence bit-equal results."""
     n_ch, n = x.shape
     N = n + 2 * padlen
     blk = row.shape[0]
@@ -177,7 +178,7 @@ def _filtfilt_kernel(sos, zi, x, padlen, out, buf, z0, z1, row):  # pragma: no c
     for t in range(N):
         for c in range(blk):
             row[c] = buf[t, c]
-        _sos_step(sos, row, z0, z1)
+        sos_step(sos, row, z0, z1)
         for c in range(blk):
             buf[t, c] = row[c]
     # backward, the original span into out
@@ -185,7 +186,7 @@ def _filtfilt_kernel(sos, zi, x, padlen, out, buf, z0, z1, row):  # pragma: no c
     for t in range(N - 1, -1, -1):
         for c in range(blk):
             row[c] = buf[t, c]
-        _sos_step(sos, row, z0, z1)
+        sos_step(sos, row, z0, z1)
         if padlen <= t < padlen + n:
             for c in range(n_ch):
                 out[c, t - padlen] = row[c]
@@ -199,25 +200,6 @@ def _sos_start(zi, buf, t, z0, z1):  # pragma: no cover - compiled
         for c in range(z0.shape[1]):
             z0[s, c] = zi[s, 0] * buf[t, c]
             z1[s, c] = zi[s, 1] * buf[t, c]
-
-
-@jit(inline="always")  # at Numba IR level: as fast as the loop written out
-def _sos_step(sos, row, z0, z1):  # pragma: no cover - compiled
-    """One time step of every section over the lanes of ``row``, in place; each
-    section is SciPy's transposed direct form II, the loop over lanes is what LLVM
-    vectorises."""
-    for s in range(sos.shape[0]):
-        b0 = sos[s, 0]
-        b1 = sos[s, 1]
-        b2 = sos[s, 2]
-        a1 = sos[s, 4]
-        a2 = sos[s, 5]
-        for c in range(row.shape[0]):
-            xc = row[c]
-            yc = b0 * xc + z0[s, c]
-            z0[s, c] = b1 * xc - a1 * yc + z1[s, c]
-            z1[s, c] = b2 * xc - a2 * yc
-            row[c] = yc
 
 
 def _bp(x: np.ndarray, sfreq: float, l_freq: float, h_freq: float) -> np.ndarray:

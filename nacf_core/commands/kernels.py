@@ -72,7 +72,8 @@ def _cpu_model() -> str:
 
 
 def _numba_cache_state(module) -> dict[str, bool]:
-    """For each jitted kernel of ``module``: is there an on-disk Numba cache index?"""
+    """For each jitted kernel of ``module``: is there an on-disk Numba cache index?
+    (Helpers inlined into their callers, ``inline="always"``, have none of their own.)"""
     from numba.core.caching import _CacheLocator  # noqa: F401  (numba present)
 
     src = Path(module.__file__)
@@ -85,7 +86,9 @@ def _numba_cache_state(module) -> dict[str, bool]:
     state = {}
     for name in sorted(vars(module)):
         obj = getattr(module, name)
-        if callable(obj) and hasattr(obj, "py_func") and getattr(obj, "__module__", "") == module.__name__:
+        if (callable(obj) and hasattr(obj, "py_func")
+                and getattr(obj, "__module__", "") == module.__name__
+                and getattr(obj, "options", {}).get("inline") != "always"):
             state[name] = any(i.startswith(f"{stem}.{name}-") for i in indexes)
     return state
 
