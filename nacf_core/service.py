@@ -36,7 +36,6 @@ Security decisions (written down here, enforced here):
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import logging
@@ -345,9 +344,12 @@ class AuthService:
         # calls are CPU, not waiting) a whole unary authentication runs one at a time:
         # 8 concurrent calls made ~30-40 context switches per call and cost 1.4-2x the
         # CPU of one call at a time (measured in process, without gRPC);
-        # a networked store (PostgreSQL) keeps its round trips concurrent
-        self._auth_gate: Any = (threading.RLock() if getattr(store, "in_process", False)
-                                else contextlib.nullcontext())
+        # a networked store (PostgreSQL) keeps its round trips concurrent. The server
+        # takes this (re-entrant) lock around the whole call, rate limit and request
+        # checks included, so the threads queued behind it wait without competing for
+        # the GIL; ``None`` with a networked store.
+        self.authenticate_gate: threading.RLock | None = (
+            threading.RLock() if getattr(store, "in_process", False) else None)
         self._last_purge = 0.0
         self._last_expire = 0.0
         self._purge_lock = threading.Lock()
@@ -356,14 +358,6 @@ class AuthService:
     @property
     def model_version(self) -> str:
         return self.rec.model_version
-
-    @property
-    def authenticate_gate(self) -> Any:
-        """The lock that runs unary authentications one at a time (re-entrant), or
-        ``None`` with a networked store. The server takes it around the whole call
-        (rate limit, request checks and all), so the threads queued behind it wait
-        without competing for the GIL."""
-        return None if isinstance(self._auth_gate, contextlib.nullcontext) else self._auth_gate
 
     def ready(self) -> bool:
         """True when the store answers."""
@@ -621,7 +615,10 @@ class AuthService:
                      *, peer: str = "", method: str = "Authenticate") -> AuthResult:
         """1:1 verification of one block; opens a session on success."""
         user_id = check_user_id(user_id)
-        with self._auth_gate:
+        gate = self.authenticate_gate
+        if gate is None:
+            return self._authenticate(user_id, block, proof, peer, method)
+        with gate:
             return self._authenticate(user_id, block, proof, peer, method)
 
     def _authenticate(self, user_id: str, block: SignalBlock, proof: DeviceProof | None,

@@ -110,7 +110,7 @@ def test_concurrent_authentications_run_one_at_a_time_on_sqlite(svc):
 
     svc.enroll("u1", [_block(eeg(1, 3, 0, 40))])
     secret = svc.register_device("u1", "hs-1")
-    assert svc.store.in_process and svc._auth_gate is not None
+    assert svc.store.in_process and svc.authenticate_gate is not None
     inside, peak, lock = [0], [0], threading.Lock()
     orig = svc._authenticate
 
