@@ -26,6 +26,7 @@
 
 cimport cython
 from cython cimport floating
+from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
 # No multiply-add contraction: every ISA variant then rounds exactly as SciPy's loop
@@ -50,6 +51,151 @@ cdef extern from *:
     #endif
     """
     void NACF_PREFETCH(const void* p) noexcept nogil
+
+
+# Time-major input with few channels (EEG: 8-64): the loop above is bound by latency,
+# not throughput: at 16 float64 lanes (two AVX-512 vectors) each section of each time
+# step waits for the previous section's output and for its own state to come back from
+# memory (~30 cycles a step).  The wavefront kernel below keeps every section's state
+# and coefficients in vector registers and runs section s at time t - s, so the
+# sections of one iteration are independent and the core overlaps them; lane blocks are
+# exactly two vectors wide (compile-time constant).  Same operations per section in the
+# same order, so results stay bit-identical.  Cascades longer than four sections (the
+# registers' capacity) run as successive four-section passes over the output, which is
+# the same arithmetic.  GCC/Clang vector extensions; elsewhere the loop above runs.
+cdef extern from *:
+    """
+    #if defined(__GNUC__) || defined(__clang__)
+    #if defined(__GNUC__) && !defined(__clang__)
+    #pragma GCC optimize ("fp-contract=off")
+    #elif defined(__clang__)
+    #pragma clang fp contract(off)
+    #endif
+    #include <string.h>
+    #if defined(__AVX512F__)
+    #define NACF_VB 64
+    #elif defined(__AVX__)
+    #define NACF_VB 32
+    #else
+    #define NACF_VB 16
+    #endif
+    #define NACF_WAVE_LANES_F64 (2 * NACF_VB / 8)
+    #define NACF_WAVE_LANES_F32 (2 * NACF_VB / 4)
+    typedef double nacf_vd __attribute__((vector_size(NACF_VB)));
+    typedef float nacf_vf __attribute__((vector_size(NACF_VB)));
+
+    /* one section k at its current time: input ia/ib (k = 0) or the previous
+       section's output o[k-1] from the previous iteration; output into o[k] */
+    #define NACF_STEP(k) do { \\
+        V xa_ = (k) ? oa[(k) ? (k) - 1 : 0] : ia, xb_ = (k) ? ob[(k) ? (k) - 1 : 0] : ib; \\
+        V ya_ = b0[k] * xa_ + z0a[k], yb_ = b0[k] * xb_ + z0b[k]; \\
+        z0a[k] = b1[k] * xa_ - a1[k] * ya_ + z1a[k]; \\
+        z0b[k] = b1[k] * xb_ - a1[k] * yb_ + z1b[k]; \\
+        z1a[k] = b2[k] * xa_ - a2[k] * ya_; \\
+        z1b[k] = b2[k] * xb_ - a2[k] * yb_; \\
+        oa[k] = ya_; ob[k] = yb_; } while (0)
+    #define NACF_CSTEP(k) do { if (i >= (k) && i - (k) < n) NACF_STEP(k); } while (0)
+
+    #define NACF_WAVE_FN(T, V, SUF, S, STEPS, CSTEPS) \\
+    static void nacf_wave##S##_##SUF(const T* sos, const T* x, T* y, Py_ssize_t n, \\
+                                     Py_ssize_t stride, T* z) { \\
+        enum { VL = NACF_VB / (int)sizeof(T), W = 2 * VL }; \\
+        V b0[S], b1[S], b2[S], a1[S], a2[S], z0a[S], z0b[S], z1a[S], z1b[S], oa[S], ob[S]; \\
+        const V zero = {0}; \\
+        Py_ssize_t i; int k; \\
+        for (k = 0; k < S; k++) { \\
+            b0[k] = zero + sos[6 * k]; b1[k] = zero + sos[6 * k + 1]; \\
+            b2[k] = zero + sos[6 * k + 2]; a1[k] = zero + sos[6 * k + 4]; \\
+            a2[k] = zero + sos[6 * k + 5]; \\
+            memcpy(&z0a[k], z + 2 * k * W, sizeof(V)); \\
+            memcpy(&z0b[k], z + 2 * k * W + VL, sizeof(V)); \\
+            memcpy(&z1a[k], z + (2 * k + 1) * W, sizeof(V)); \\
+            memcpy(&z1b[k], z + (2 * k + 1) * W + VL, sizeof(V)); \\
+            oa[k] = zero; ob[k] = zero; \\
+        } \\
+        for (i = 0; i < n + S - 1; i++) { \\
+            V ia = zero, ib = zero; \\
+            if (i < n) { \\
+                memcpy(&ia, x + i * stride, sizeof(V)); \\
+                memcpy(&ib, x + i * stride + VL, sizeof(V)); \\
+            } \\
+            if (i >= S - 1 && i < n) { STEPS; } else { CSTEPS; } \\
+            if (i >= S - 1) { \\
+                memcpy(y + (i - S + 1) * stride, &oa[S - 1], sizeof(V)); \\
+                memcpy(y + (i - S + 1) * stride + VL, &ob[S - 1], sizeof(V)); \\
+            } \\
+        } \\
+        for (k = 0; k < S; k++) { \\
+            memcpy(z + 2 * k * W, &z0a[k], sizeof(V)); \\
+            memcpy(z + 2 * k * W + VL, &z0b[k], sizeof(V)); \\
+            memcpy(z + (2 * k + 1) * W, &z1a[k], sizeof(V)); \\
+            memcpy(z + (2 * k + 1) * W + VL, &z1b[k], sizeof(V)); \\
+        } \\
+    }
+
+    #define NACF_S1 NACF_STEP(0)
+    #define NACF_S2 NACF_STEP(1); NACF_STEP(0)
+    #define NACF_S3 NACF_STEP(2); NACF_STEP(1); NACF_STEP(0)
+    #define NACF_S4 NACF_STEP(3); NACF_STEP(2); NACF_STEP(1); NACF_STEP(0)
+    #define NACF_C1 NACF_CSTEP(0)
+    #define NACF_C2 NACF_CSTEP(1); NACF_CSTEP(0)
+    #define NACF_C3 NACF_CSTEP(2); NACF_CSTEP(1); NACF_CSTEP(0)
+    #define NACF_C4 NACF_CSTEP(3); NACF_CSTEP(2); NACF_CSTEP(1); NACF_CSTEP(0)
+
+    #define V nacf_vd
+    NACF_WAVE_FN(double, nacf_vd, f64, 1, NACF_S1, NACF_C1)
+    NACF_WAVE_FN(double, nacf_vd, f64, 2, NACF_S2, NACF_C2)
+    NACF_WAVE_FN(double, nacf_vd, f64, 3, NACF_S3, NACF_C3)
+    NACF_WAVE_FN(double, nacf_vd, f64, 4, NACF_S4, NACF_C4)
+    #undef V
+    #define V nacf_vf
+    NACF_WAVE_FN(float, nacf_vf, f32, 1, NACF_S1, NACF_C1)
+    NACF_WAVE_FN(float, nacf_vf, f32, 2, NACF_S2, NACF_C2)
+    NACF_WAVE_FN(float, nacf_vf, f32, 3, NACF_S3, NACF_C3)
+    NACF_WAVE_FN(float, nacf_vf, f32, 4, NACF_S4, NACF_C4)
+    #undef V
+
+    /* the whole cascade over one block of exactly W lanes: rows of x and y are
+       ``stride`` elements apart (y may be x); z is the block's state (S, 2, W) */
+    #define NACF_WAVE_DISPATCH(T, SUF) \\
+    static void nacf_wave_##SUF(const T* sos, Py_ssize_t n_sections, const T* x, T* y, \\
+                                Py_ssize_t n, Py_ssize_t stride, T* z) { \\
+        const int W = NACF_WAVE_LANES_##SUF##_UP; \\
+        Py_ssize_t s0 = 0; \\
+        const T* src = x; \\
+        while (s0 < n_sections) { \\
+            Py_ssize_t m = n_sections - s0 < 4 ? n_sections - s0 : 4; \\
+            const T* c = sos + 6 * s0; T* zs = z + 2 * s0 * W; \\
+            if (m == 1) nacf_wave1_##SUF(c, src, y, n, stride, zs); \\
+            else if (m == 2) nacf_wave2_##SUF(c, src, y, n, stride, zs); \\
+            else if (m == 3) nacf_wave3_##SUF(c, src, y, n, stride, zs); \\
+            else nacf_wave4_##SUF(c, src, y, n, stride, zs); \\
+            src = y; s0 += m; \\
+        } \\
+    }
+    #define NACF_WAVE_LANES_f64_UP NACF_WAVE_LANES_F64
+    #define NACF_WAVE_LANES_f32_UP NACF_WAVE_LANES_F32
+    NACF_WAVE_DISPATCH(double, f64)
+    NACF_WAVE_DISPATCH(float, f32)
+    #define NACF_HAVE_WAVE 1
+    #else
+    #define NACF_HAVE_WAVE 0
+    #define NACF_WAVE_LANES_F64 0
+    #define NACF_WAVE_LANES_F32 0
+    static void nacf_wave_f64(const double* sos, Py_ssize_t n_sections, const double* x,
+                              double* y, Py_ssize_t n, Py_ssize_t stride, double* z) {}
+    static void nacf_wave_f32(const float* sos, Py_ssize_t n_sections, const float* x,
+                              float* y, Py_ssize_t n, Py_ssize_t stride, float* z) {}
+    #endif
+    """
+    int NACF_HAVE_WAVE
+    int NACF_WAVE_LANES_F64
+    int NACF_WAVE_LANES_F32
+    void nacf_wave_f64(const double* sos, Py_ssize_t n_sections, const double* x,
+                       double* y, Py_ssize_t n, Py_ssize_t stride, double* z) noexcept nogil
+    void nacf_wave_f32(const float* sos, Py_ssize_t n_sections, const float* x,
+                       float* y, Py_ssize_t n, Py_ssize_t stride, float* z) noexcept nogil
+
 
 DEF LANES = 16  # channel blocks are padded to a multiple of this many lanes
 DEF LINE = 64   # bytes per cache line
@@ -109,6 +255,125 @@ cdef void _state(floating* z, Py_ssize_t n_channels, Py_ssize_t c0, Py_ssize_t g
 @cython.boundscheck(False)
 @cython.wraparound(False)
 @cython.cdivision(True)
+cdef int _wave_time_major(const floating* sos, Py_ssize_t n_sections, const floating* x,
+                          floating* y, Py_ssize_t n_times, Py_ssize_t n_channels,
+                          floating* z) noexcept nogil:
+    """Time-major filtering with the wavefront kernel, one block of ``W`` lanes (two
+    vectors) at a time: full blocks read ``x`` and write ``y`` in place of the rows,
+    the last partial block goes through a zero-padded copy.  Returns -1 (nothing
+    done) if scratch memory cannot be had."""
+    cdef Py_ssize_t W, c0 = 0, g, s, k, c, t, i
+    cdef floating* zl
+    cdef floating* xs = NULL
+    if floating is double:
+        W = NACF_WAVE_LANES_F64
+    else:
+        W = NACF_WAVE_LANES_F32
+    zl = <floating*> malloc(n_sections * 2 * W * sizeof(floating))
+    if zl == NULL:
+        return -1
+    if n_channels % W:
+        xs = <floating*> malloc(n_times * W * sizeof(floating))
+        if xs == NULL:
+            free(zl)
+            return -1
+    while c0 < n_channels:
+        g = min(W, n_channels - c0)
+        for s in range(n_sections):
+            for k in range(2):
+                i = (2 * s + k) * n_channels + c0
+                for c in range(W):
+                    zl[(2 * s + k) * W + c] = z[i + c] if c < g else 0
+        if g == W:
+            if floating is double:
+                nacf_wave_f64(sos, n_sections, x + c0, y + c0, n_times, n_channels, zl)
+            else:
+                nacf_wave_f32(sos, n_sections, x + c0, y + c0, n_times, n_channels, zl)
+        else:
+            for t in range(n_times):
+                for c in range(W):
+                    xs[t * W + c] = x[t * n_channels + c0 + c] if c < g else 0
+            if floating is double:
+                nacf_wave_f64(sos, n_sections, xs, xs, n_times, W, zl)
+            else:
+                nacf_wave_f32(sos, n_sections, xs, xs, n_times, W, zl)
+            for t in range(n_times):
+                for c in range(g):
+                    y[t * n_channels + c0 + c] = xs[t * W + c]
+        for s in range(n_sections):
+            for k in range(2):
+                i = (2 * s + k) * n_channels + c0
+                for c in range(g):
+                    z[i + c] = zl[(2 * s + k) * W + c]
+        c0 += W
+    free(xs)
+    free(zl)
+    return 0
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+@cython.cdivision(True)
+cdef int _wave_filtfilt(const floating* sos, Py_ssize_t n_sections, const floating* zi,
+                        floating* buf, Py_ssize_t n_times, Py_ssize_t n_channels) noexcept nogil:
+    """Zero-phase filtering in place of the time-major ``buf`` (n_times, n_channels),
+    already extended at both ends: a forward pass from the step-response state ``zi``
+    (n_sections, 2) times each channel's first sample, then a backward pass (the
+    wavefront kernel with a negative row stride) from ``zi`` times its last sample,
+    as ``scipy.signal.sosfiltfilt`` does.  Returns -1 (nothing done) if scratch memory
+    cannot be had."""
+    cdef Py_ssize_t W, c0 = 0, g, j, c, t, stride
+    cdef floating* zl
+    cdef floating* xs = NULL
+    cdef floating* base
+    cdef floating* row
+    if floating is double:
+        W = NACF_WAVE_LANES_F64
+    else:
+        W = NACF_WAVE_LANES_F32
+    zl = <floating*> malloc(n_sections * 2 * W * sizeof(floating))
+    if zl == NULL:
+        return -1
+    if n_channels % W:
+        xs = <floating*> malloc(n_times * W * sizeof(floating))
+        if xs == NULL:
+            free(zl)
+            return -1
+    while c0 < n_channels:
+        g = min(W, n_channels - c0)
+        if g == W:
+            base = buf + c0
+            stride = n_channels
+        else:
+            for t in range(n_times):
+                for c in range(W):
+                    xs[t * W + c] = buf[t * n_channels + c0 + c] if c < g else 0
+            base = xs
+            stride = W
+        for j in range(2):  # forward from the first row, backward from the last
+            row = base if j == 0 else base + (n_times - 1) * stride
+            for c in range(n_sections * 2):
+                for t in range(W):
+                    zl[c * W + t] = zi[c] * row[t]
+            if floating is double:
+                nacf_wave_f64(sos, n_sections, row, row, n_times,
+                              stride if j == 0 else -stride, zl)
+            else:
+                nacf_wave_f32(sos, n_sections, row, row, n_times,
+                              stride if j == 0 else -stride, zl)
+        if g < W:
+            for t in range(n_times):
+                for c in range(g):
+                    buf[t * n_channels + c0 + c] = xs[t * W + c]
+        c0 += W
+    free(xs)
+    free(zl)
+    return 0
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+@cython.cdivision(True)
 cdef void _sosfilt(const floating* sos, Py_ssize_t n_sections,
                    const floating* x, floating* y,
                    Py_ssize_t n_times, Py_ssize_t n_channels, bint time_major,
@@ -126,6 +391,9 @@ cdef void _sosfilt(const floating* sos, Py_ssize_t n_sections,
     cdef const floating* src
     cdef floating* dst
     cdef floating* row
+    if (time_major and NACF_HAVE_WAVE
+            and _wave_time_major(sos, n_sections, x, y, n_times, n_channels, z) == 0):
+        return
     while c0 < n_channels:
         g = min(block, n_channels - c0)
         gp = (g + LANES - 1) // LANES * LANES
@@ -209,3 +477,22 @@ def sosfilt_f64(const double[:, ::1] sos, const double[:, ::1] x, double[:, ::1]
         _sosfilt(&sos[0, 0], sos.shape[0], &x[0, 0], &y[0, 0], n_times, n_channels,
                  time_major, &z[0, 0, 0], &zbuf[0, 0, 0], &tile[0, 0],
                  tile.shape[1], tile.shape[0])
+
+
+def sosfiltfilt_time_major_f64(const double[:, ::1] sos, const double[:, ::1] zi,
+                               double[:, ::1] buf):
+    """Zero-phase filter the time-major ``buf`` (n_times, n_channels) in place: a
+    forward then a backward pass of ``sos``, each started from the step-response state
+    ``zi`` (n_sections, 2) times the channel's first / last sample (the caller extends
+    the signal at both ends and keeps the middle: ``scipy.signal.sosfiltfilt``).
+    Returns False, with ``buf`` untouched, where this build has no wavefront kernel
+    (or no scratch memory): the caller then uses another path.  No checks."""
+    cdef int rc
+    if not NACF_HAVE_WAVE:
+        return False
+    if buf.shape[0] == 0 or buf.shape[1] == 0:
+        return True
+    with nogil:
+        rc = _wave_filtfilt(&sos[0, 0], sos.shape[0], &zi[0, 0], &buf[0, 0],
+                            buf.shape[0], buf.shape[1])
+    return rc == 0

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from nacf_core.hardware.files import read_recording
+from scipy import signal
 from scipy.signal import resample_poly
 
 from nacf_core import pad
@@ -272,6 +273,23 @@ def _bandpass_reference(x, sfreq):
     xc = pad._as_channels_first(x, sfreq)
     xc -= xc.mean(axis=1, keepdims=True)
     return pad._bp_reference(xc, sfreq, 1.0, 40.0)
+
+
+def test_zero_phase_kernels_are_bit_equal_to_scipy(recordings):
+    """Both compiled zero-phase band-passes (the Cython wavefront kernel PAD uses, and
+    the Numba kernel it falls back on) give scipy.signal.sosfiltfilt's bits, for
+    channel counts around the kernels' lane blocks, PAD's three bands and a slow
+    device (the upper edge lowered)."""
+    x = np.concatenate([recordings[s]["R04"][:900] for s in recordings], axis=1)
+    for n_ch in (1, 3, 8, 15, 16, 17, 33, min(64, x.shape[1])):
+        xc = pad._as_channels_first(x[:, :n_ch], 160.0)
+        xc -= xc.mean(axis=1, keepdims=True)
+        for lo, hi, sf in ((1.0, 40.0, 160.0), (4.0, 13.0, 160.0), (13.0, 30.0, 160.0),
+                           (1.0, 40.0, 70.0)):
+            want = signal.sosfiltfilt(pad._sos(lo, hi, sf)[0], xc, axis=-1)
+            assert np.array_equal(pad._bp(xc, sf, lo, hi), want), (n_ch, lo, hi, sf)
+            assert np.array_equal(pad._bp_numba(xc, sf, lo, hi), want), (n_ch, lo, hi, sf)
+    assert pad._filtfilt_kernel_cy() is not None  # the build has the Cython kernel
 
 
 def _reference_analyse(det, x, sfreq, names, history):
