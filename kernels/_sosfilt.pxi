@@ -95,6 +95,14 @@ cdef extern from *:
         z1b[k] = b2[k] * xb_ - a2[k] * yb_; \\
         oa[k] = ya_; ob[k] = yb_; } while (0)
     #define NACF_CSTEP(k) do { if (i >= (k) && i - (k) < n) NACF_STEP(k); } while (0)
+    /* the same on one vector of lanes (a partial block that fits in one) */
+    #define NACF_STEP1(k) do { \\
+        V xa_ = (k) ? oa[(k) ? (k) - 1 : 0] : ia; \\
+        V ya_ = b0[k] * xa_ + z0a[k]; \\
+        z0a[k] = b1[k] * xa_ - a1[k] * ya_ + z1a[k]; \\
+        z1a[k] = b2[k] * xa_ - a2[k] * ya_; \\
+        oa[k] = ya_; } while (0)
+    #define NACF_CSTEP1(k) do { if (i >= (k) && i - (k) < n) NACF_STEP1(k); } while (0)
 
     #define NACF_WAVE_FN(T, V, SUF, S, STEPS, CSTEPS) \\
     static void nacf_wave##S##_##SUF(const T* sos, const T* x, T* y, Py_ssize_t n, \\
@@ -133,6 +141,37 @@ cdef extern from *:
         } \\
     }
 
+    #define NACF_WAVE_FN1(T, V, SUF, S, STEPS, CSTEPS) \\
+    static void nacf_wave##S##_1_##SUF(const T* sos, const T* x, T* y, Py_ssize_t n, \\
+                                     Py_ssize_t stride, T* z) { \\
+        enum { VL = NACF_VB / (int)sizeof(T), W = VL }; \\
+        V b0[S], b1[S], b2[S], a1[S], a2[S], z0a[S], z1a[S], oa[S]; \\
+        const V zero = {0}; \\
+        Py_ssize_t i; int k; \\
+        for (k = 0; k < S; k++) { \\
+            b0[k] = zero + sos[6 * k]; b1[k] = zero + sos[6 * k + 1]; \\
+            b2[k] = zero + sos[6 * k + 2]; a1[k] = zero + sos[6 * k + 4]; \\
+            a2[k] = zero + sos[6 * k + 5]; \\
+            memcpy(&z0a[k], z + 2 * k * W, sizeof(V)); \\
+            memcpy(&z1a[k], z + (2 * k + 1) * W, sizeof(V)); \\
+            oa[k] = zero; \\
+        } \\
+        for (i = 0; i < n + S - 1; i++) { \\
+            V ia = zero; \\
+            if (i < n) { \\
+                memcpy(&ia, x + i * stride, sizeof(V)); \\
+            } \\
+            if (i >= S - 1 && i < n) { STEPS; } else { CSTEPS; } \\
+            if (i >= S - 1) { \\
+                memcpy(y + (i - S + 1) * stride, &oa[S - 1], sizeof(V)); \\
+            } \\
+        } \\
+        for (k = 0; k < S; k++) { \\
+            memcpy(z + 2 * k * W, &z0a[k], sizeof(V)); \\
+            memcpy(z + (2 * k + 1) * W, &z1a[k], sizeof(V)); \\
+        } \\
+    }
+
     #define NACF_S1 NACF_STEP(0)
     #define NACF_S2 NACF_STEP(1); NACF_STEP(0)
     #define NACF_S3 NACF_STEP(2); NACF_STEP(1); NACF_STEP(0)
@@ -141,40 +180,62 @@ cdef extern from *:
     #define NACF_C2 NACF_CSTEP(1); NACF_CSTEP(0)
     #define NACF_C3 NACF_CSTEP(2); NACF_CSTEP(1); NACF_CSTEP(0)
     #define NACF_C4 NACF_CSTEP(3); NACF_CSTEP(2); NACF_CSTEP(1); NACF_CSTEP(0)
+    #define NACF_T1 NACF_STEP1(0)
+    #define NACF_T2 NACF_STEP1(1); NACF_STEP1(0)
+    #define NACF_T3 NACF_STEP1(2); NACF_STEP1(1); NACF_STEP1(0)
+    #define NACF_T4 NACF_STEP1(3); NACF_STEP1(2); NACF_STEP1(1); NACF_STEP1(0)
+    #define NACF_D1 NACF_CSTEP1(0)
+    #define NACF_D2 NACF_CSTEP1(1); NACF_CSTEP1(0)
+    #define NACF_D3 NACF_CSTEP1(2); NACF_CSTEP1(1); NACF_CSTEP1(0)
+    #define NACF_D4 NACF_CSTEP1(3); NACF_CSTEP1(2); NACF_CSTEP1(1); NACF_CSTEP1(0)
 
     #define V nacf_vd
     NACF_WAVE_FN(double, nacf_vd, f64, 1, NACF_S1, NACF_C1)
     NACF_WAVE_FN(double, nacf_vd, f64, 2, NACF_S2, NACF_C2)
     NACF_WAVE_FN(double, nacf_vd, f64, 3, NACF_S3, NACF_C3)
     NACF_WAVE_FN(double, nacf_vd, f64, 4, NACF_S4, NACF_C4)
+    NACF_WAVE_FN1(double, nacf_vd, f64, 1, NACF_T1, NACF_D1)
+    NACF_WAVE_FN1(double, nacf_vd, f64, 2, NACF_T2, NACF_D2)
+    NACF_WAVE_FN1(double, nacf_vd, f64, 3, NACF_T3, NACF_D3)
+    NACF_WAVE_FN1(double, nacf_vd, f64, 4, NACF_T4, NACF_D4)
     #undef V
     #define V nacf_vf
     NACF_WAVE_FN(float, nacf_vf, f32, 1, NACF_S1, NACF_C1)
     NACF_WAVE_FN(float, nacf_vf, f32, 2, NACF_S2, NACF_C2)
     NACF_WAVE_FN(float, nacf_vf, f32, 3, NACF_S3, NACF_C3)
     NACF_WAVE_FN(float, nacf_vf, f32, 4, NACF_S4, NACF_C4)
+    NACF_WAVE_FN1(float, nacf_vf, f32, 1, NACF_T1, NACF_D1)
+    NACF_WAVE_FN1(float, nacf_vf, f32, 2, NACF_T2, NACF_D2)
+    NACF_WAVE_FN1(float, nacf_vf, f32, 3, NACF_T3, NACF_D3)
+    NACF_WAVE_FN1(float, nacf_vf, f32, 4, NACF_T4, NACF_D4)
     #undef V
 
-    /* the whole cascade over one block of exactly W lanes: rows of x and y are
-       ``stride`` elements apart (y may be x); z is the block's state (S, 2, W) */
+    /* the whole cascade over one block of exactly nv (1 or 2) vectors of lanes: rows
+       of x and y are ``stride`` elements apart (y may be x; a negative stride walks
+       backwards); z is the block's state (S, 2, nv * VL) */
     #define NACF_WAVE_DISPATCH(T, SUF) \\
     static void nacf_wave_##SUF(const T* sos, Py_ssize_t n_sections, const T* x, T* y, \\
-                                Py_ssize_t n, Py_ssize_t stride, T* z) { \\
-        const int W = NACF_WAVE_LANES_##SUF##_UP; \\
+                                Py_ssize_t n, Py_ssize_t stride, T* z, int nv) { \\
+        const int W = nv * (NACF_VB / (int)sizeof(T)); \\
         Py_ssize_t s0 = 0; \\
         const T* src = x; \\
         while (s0 < n_sections) { \\
             Py_ssize_t m = n_sections - s0 < 4 ? n_sections - s0 : 4; \\
             const T* c = sos + 6 * s0; T* zs = z + 2 * s0 * W; \\
-            if (m == 1) nacf_wave1_##SUF(c, src, y, n, stride, zs); \\
-            else if (m == 2) nacf_wave2_##SUF(c, src, y, n, stride, zs); \\
-            else if (m == 3) nacf_wave3_##SUF(c, src, y, n, stride, zs); \\
-            else nacf_wave4_##SUF(c, src, y, n, stride, zs); \\
+            if (nv == 2) { \\
+                if (m == 1) nacf_wave1_##SUF(c, src, y, n, stride, zs); \\
+                else if (m == 2) nacf_wave2_##SUF(c, src, y, n, stride, zs); \\
+                else if (m == 3) nacf_wave3_##SUF(c, src, y, n, stride, zs); \\
+                else nacf_wave4_##SUF(c, src, y, n, stride, zs); \\
+            } else { \\
+                if (m == 1) nacf_wave1_1_##SUF(c, src, y, n, stride, zs); \\
+                else if (m == 2) nacf_wave2_1_##SUF(c, src, y, n, stride, zs); \\
+                else if (m == 3) nacf_wave3_1_##SUF(c, src, y, n, stride, zs); \\
+                else nacf_wave4_1_##SUF(c, src, y, n, stride, zs); \\
+            } \\
             src = y; s0 += m; \\
         } \\
     }
-    #define NACF_WAVE_LANES_f64_UP NACF_WAVE_LANES_F64
-    #define NACF_WAVE_LANES_f32_UP NACF_WAVE_LANES_F32
     NACF_WAVE_DISPATCH(double, f64)
     NACF_WAVE_DISPATCH(float, f32)
     #define NACF_HAVE_WAVE 1
@@ -183,24 +244,30 @@ cdef extern from *:
     #define NACF_WAVE_LANES_F64 0
     #define NACF_WAVE_LANES_F32 0
     static void nacf_wave_f64(const double* sos, Py_ssize_t n_sections, const double* x,
-                              double* y, Py_ssize_t n, Py_ssize_t stride, double* z) {}
+                              double* y, Py_ssize_t n, Py_ssize_t stride, double* z,
+                              int nv) {}
     static void nacf_wave_f32(const float* sos, Py_ssize_t n_sections, const float* x,
-                              float* y, Py_ssize_t n, Py_ssize_t stride, float* z) {}
+                              float* y, Py_ssize_t n, Py_ssize_t stride, float* z,
+                              int nv) {}
     #endif
     """
     int NACF_HAVE_WAVE
     int NACF_WAVE_LANES_F64
     int NACF_WAVE_LANES_F32
     void nacf_wave_f64(const double* sos, Py_ssize_t n_sections, const double* x,
-                       double* y, Py_ssize_t n, Py_ssize_t stride, double* z) noexcept nogil
+                       double* y, Py_ssize_t n, Py_ssize_t stride, double* z,
+                       int nv) noexcept nogil
     void nacf_wave_f32(const float* sos, Py_ssize_t n_sections, const float* x,
-                       float* y, Py_ssize_t n, Py_ssize_t stride, float* z) noexcept nogil
+                       float* y, Py_ssize_t n, Py_ssize_t stride, float* z,
+                       int nv) noexcept nogil
 
 
 DEF LANES = 16  # channel blocks are padded to a multiple of this many lanes
 DEF LINE = 64   # bytes per cache line
 DEF AHEAD = 4   # rows / tiles to prefetch ahead
 DEF TILE = 16   # samples per transposed tile (channel-major input); _filter_common.TIME_TILE
+DEF WAVE_CHUNK_BYTES = 131072  # rows per time chunk of the wavefront path (all blocks)
+DEF WAVE_MIN_CHUNK = 64
 
 
 @cython.boundscheck(False)
@@ -258,54 +325,82 @@ cdef void _state(floating* z, Py_ssize_t n_channels, Py_ssize_t c0, Py_ssize_t g
 cdef int _wave_time_major(const floating* sos, Py_ssize_t n_sections, const floating* x,
                           floating* y, Py_ssize_t n_times, Py_ssize_t n_channels,
                           floating* z) noexcept nogil:
-    """Time-major filtering with the wavefront kernel, one block of ``W`` lanes (two
-    vectors) at a time: full blocks read ``x`` and write ``y`` in place of the rows,
-    the last partial block goes through a zero-padded copy.  Returns -1 (nothing
-    done) if scratch memory cannot be had."""
-    cdef Py_ssize_t W, c0 = 0, g, s, k, c, t, i
+    """Time-major filtering with the wavefront kernel in lane blocks of ``W`` (two
+    vectors): full blocks read ``x`` and write ``y`` in place of the rows; the last,
+    partial block (one vector wide when it fits in one) goes through a zero-padded
+    copy.  Time runs in chunks of about WAVE_CHUNK_BYTES of rows, every block through
+    one chunk before the next, so a long many-channel signal is read from memory once,
+    not once per block (each block keeps its state in ``zl`` between chunks).  Returns
+    -1 (nothing done) if scratch memory cannot be had."""
+    cdef Py_ssize_t W, nb, b, c0, g, wb, s, k, c, t, i, t0, m, chunk
+    cdef int nv
     cdef floating* zl
+    cdef floating* zb
     cdef floating* xs = NULL
     if floating is double:
         W = NACF_WAVE_LANES_F64
     else:
         W = NACF_WAVE_LANES_F32
-    zl = <floating*> malloc(n_sections * 2 * W * sizeof(floating))
+    nb = (n_channels + W - 1) // W
+    chunk = n_times
+    if nb > 1:
+        chunk = max(WAVE_MIN_CHUNK, WAVE_CHUNK_BYTES // (n_channels * <Py_ssize_t> sizeof(floating)))
+    zl = <floating*> malloc(nb * n_sections * 2 * W * sizeof(floating))
     if zl == NULL:
         return -1
     if n_channels % W:
-        xs = <floating*> malloc(n_times * W * sizeof(floating))
+        xs = <floating*> malloc(min(chunk, n_times) * W * sizeof(floating))
         if xs == NULL:
             free(zl)
             return -1
-    while c0 < n_channels:
+    for b in range(nb):  # state in (block b: (n_sections, 2, wb)), zeros in padded lanes
+        c0 = b * W
         g = min(W, n_channels - c0)
+        wb = W if 2 * g > W else W // 2
+        zb = zl + b * n_sections * 2 * W
         for s in range(n_sections):
             for k in range(2):
                 i = (2 * s + k) * n_channels + c0
-                for c in range(W):
-                    zl[(2 * s + k) * W + c] = z[i + c] if c < g else 0
-        if g == W:
-            if floating is double:
-                nacf_wave_f64(sos, n_sections, x + c0, y + c0, n_times, n_channels, zl)
+                for c in range(wb):
+                    zb[(2 * s + k) * wb + c] = z[i + c] if c < g else 0
+    t0 = 0
+    while t0 < n_times:
+        m = min(chunk, n_times - t0)
+        for b in range(nb):
+            c0 = b * W
+            g = min(W, n_channels - c0)
+            wb = W if 2 * g > W else W // 2
+            nv = 2 if wb == W else 1
+            zb = zl + b * n_sections * 2 * W
+            if g == W:
+                if floating is double:
+                    nacf_wave_f64(sos, n_sections, x + t0 * n_channels + c0,
+                                  y + t0 * n_channels + c0, m, n_channels, zb, 2)
+                else:
+                    nacf_wave_f32(sos, n_sections, x + t0 * n_channels + c0,
+                                  y + t0 * n_channels + c0, m, n_channels, zb, 2)
             else:
-                nacf_wave_f32(sos, n_sections, x + c0, y + c0, n_times, n_channels, zl)
-        else:
-            for t in range(n_times):
-                for c in range(W):
-                    xs[t * W + c] = x[t * n_channels + c0 + c] if c < g else 0
-            if floating is double:
-                nacf_wave_f64(sos, n_sections, xs, xs, n_times, W, zl)
-            else:
-                nacf_wave_f32(sos, n_sections, xs, xs, n_times, W, zl)
-            for t in range(n_times):
-                for c in range(g):
-                    y[t * n_channels + c0 + c] = xs[t * W + c]
+                for t in range(m):
+                    for c in range(wb):
+                        xs[t * wb + c] = x[(t0 + t) * n_channels + c0 + c] if c < g else 0
+                if floating is double:
+                    nacf_wave_f64(sos, n_sections, xs, xs, m, wb, zb, nv)
+                else:
+                    nacf_wave_f32(sos, n_sections, xs, xs, m, wb, zb, nv)
+                for t in range(m):
+                    for c in range(g):
+                        y[(t0 + t) * n_channels + c0 + c] = xs[t * wb + c]
+        t0 += m
+    for b in range(nb):  # state out
+        c0 = b * W
+        g = min(W, n_channels - c0)
+        wb = W if 2 * g > W else W // 2
+        zb = zl + b * n_sections * 2 * W
         for s in range(n_sections):
             for k in range(2):
                 i = (2 * s + k) * n_channels + c0
                 for c in range(g):
-                    z[i + c] = zl[(2 * s + k) * W + c]
-        c0 += W
+                    z[i + c] = zb[(2 * s + k) * wb + c]
     free(xs)
     free(zl)
     return 0
@@ -320,9 +415,11 @@ cdef int _wave_filtfilt(const floating* sos, Py_ssize_t n_sections, const floati
     already extended at both ends: a forward pass from the step-response state ``zi``
     (n_sections, 2) times each channel's first sample, then a backward pass (the
     wavefront kernel with a negative row stride) from ``zi`` times its last sample,
-    as ``scipy.signal.sosfiltfilt`` does.  Returns -1 (nothing done) if scratch memory
-    cannot be had."""
-    cdef Py_ssize_t W, c0 = 0, g, j, c, t, stride
+    as ``scipy.signal.sosfiltfilt`` does; lane blocks as in :func:`_wave_time_major`
+    (whole signal per block: PAD's signals are a few seconds).  Returns -1 (nothing
+    done) if scratch memory cannot be had."""
+    cdef Py_ssize_t W, c0 = 0, g, wb, j, c, t, stride
+    cdef int nv
     cdef floating* zl
     cdef floating* xs = NULL
     cdef floating* base
@@ -341,30 +438,32 @@ cdef int _wave_filtfilt(const floating* sos, Py_ssize_t n_sections, const floati
             return -1
     while c0 < n_channels:
         g = min(W, n_channels - c0)
+        wb = W if 2 * g > W else W // 2
+        nv = 2 if wb == W else 1
         if g == W:
             base = buf + c0
             stride = n_channels
         else:
             for t in range(n_times):
-                for c in range(W):
-                    xs[t * W + c] = buf[t * n_channels + c0 + c] if c < g else 0
+                for c in range(wb):
+                    xs[t * wb + c] = buf[t * n_channels + c0 + c] if c < g else 0
             base = xs
-            stride = W
+            stride = wb
         for j in range(2):  # forward from the first row, backward from the last
             row = base if j == 0 else base + (n_times - 1) * stride
             for c in range(n_sections * 2):
-                for t in range(W):
-                    zl[c * W + t] = zi[c] * row[t]
+                for t in range(wb):
+                    zl[c * wb + t] = zi[c] * row[t]
             if floating is double:
                 nacf_wave_f64(sos, n_sections, row, row, n_times,
-                              stride if j == 0 else -stride, zl)
+                              stride if j == 0 else -stride, zl, nv)
             else:
                 nacf_wave_f32(sos, n_sections, row, row, n_times,
-                              stride if j == 0 else -stride, zl)
+                              stride if j == 0 else -stride, zl, nv)
         if g < W:
             for t in range(n_times):
                 for c in range(g):
-                    buf[t * n_channels + c0 + c] = xs[t * W + c]
+                    buf[t * n_channels + c0 + c] = xs[t * wb + c]
         c0 += W
     free(xs)
     free(zl)
