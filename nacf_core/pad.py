@@ -681,37 +681,208 @@ def _max_ncc_stored(segs: np.ndarray, stored: list[_Stored]) -> tuple[float, int
     (2F, 2K) matrix per frequency), then the inverse DFT at the needed shifts only (a
     (2S, nf) real matrix), instead of a complex matmul and a full inverse FFT per part
     length (:func:`_max_ncc_stored_reference`); a compiled kernel takes the max."""
-    n_seg, L, F = segs.shape
     groups: dict[int, list[int]] = {}
     for i, e in enumerate(stored):
         groups.setdefault(e.nfft, []).append(i)
     best, best_i = -np.inf, -1
-    # reversed pieces, time last and contiguous for the FFT: (n_seg, F, L)
-    rev = np.ascontiguousarray(segs.transpose(0, 2, 1)[:, :, ::-1], dtype=np.float32)
+    rev = _reversed_pieces(segs)
     res = np.empty(1)
     for nfft, idx in groups.items():
-        fk = _fft.rfft(rev, nfft, axis=-1)  # (K, F, nf)
-        bm = np.empty((fk.shape[2], 2 * F, 2 * n_seg), dtype=np.float32)
-        _pair_matrix_kernel(fk, bm)
         es = [stored[i] for i in idx]
-        m = max(e.m for e in es)
-        S = m - L + 1
         if len(es) == 1:
             fs, wp = es[0].spec, es[0].wp
         else:
             fs = np.concatenate([e.spec for e in es], axis=1)  # (nf, parts, F)
             wp = np.concatenate([e.wp for e in es], axis=1)  # (L, parts, 2)
-        n_parts = fs.shape[1]
-        prod = np.matmul(fs.view(np.float32), bm)  # (nf, parts, 2K): Re | Im
-        y = _idft_rows(nfft, L, m) @ prod.reshape(prod.shape[0], -1)  # (2S, parts * 2K)
-        flat = _ncc_argmax_kernel(y.reshape(2 * S, n_parts, 2 * n_seg), wp, S, res)
-        if flat >= 0 and res[0] > best:
-            part = (flat // n_seg) % n_parts
-            owner = np.repeat(np.arange(len(es)), [e.spec.shape[1] for e in es])[part]
-            best, best_i = float(res[0]), idx[int(owner)]
+        score, part = _ncc_parts(rev, segs.shape[1], nfft, fs, wp, max(e.m for e in es), res)
+        if part >= 0 and score > best:
+            for j, e in enumerate(es):  # the entry that owns the winning part
+                part -= e.spec.shape[1]
+                if part < 0:
+                    best, best_i = score, idx[j]
+                    break
     if best_i < 0:
         return 0.0, -1
     return best, best_i
+
+
+def _reversed_pieces(segs: np.ndarray) -> np.ndarray:
+    """The probe's pieces reversed in time, time last and contiguous for the FFT:
+    (n_seg, F, L) float32."""
+    return np.ascontiguousarray(segs.transpose(0, 2, 1)[:, :, ::-1], dtype=np.float32)
+
+
+def _ncc_parts(rev: np.ndarray, L: int, nfft: int, fs: np.ndarray, wp: np.ndarray, m: int,
+               res: np.ndarray) -> tuple[float, int]:
+    """Best normalised cross-correlation of the pieces ``rev`` (:func:`_reversed_pieces`)
+    with the stored parts of one FFT size: spectra ``fs`` (nf, P, F) complex64 (the last
+    axis contiguous), weights and penalties ``wp`` (>= m - L + 1, P, 2) contiguous, ``m``
+    the longest part. Returns ``(score, index of the winning part)`` or ``(-inf, -1)``."""
+    n_seg, F, _ = rev.shape
+    fk = _fft.rfft(rev, nfft, axis=-1)  # (K, F, nf)
+    bm = np.empty((fk.shape[2], 2 * F, 2 * n_seg), dtype=np.float32)
+    _pair_matrix_kernel(fk, bm)
+    S = m - L + 1
+    n_parts = fs.shape[1]
+    prod = np.matmul(fs.view(np.float32), bm)  # (nf, parts, 2K): Re | Im
+    y = _idft_rows(nfft, L, m) @ prod.reshape(prod.shape[0], -1)  # (2S, parts * 2K)
+    flat = _ncc_argmax_kernel(y.reshape(2 * S, n_parts, 2 * n_seg), wp, S, res)
+    if flat < 0:
+        return -np.inf, -1
+    return float(res[0]), int((flat // n_seg) % n_parts)
+
+
+class _Slab:
+    """One history's prepared fingerprints laid side by side, kept between calls.
+
+    :func:`_max_ncc_stored` concatenates the spectra and weights of every stored
+    fingerprint on every call (~1 MB, ~50 arrays of a few hundred bytes per frequency:
+    about 0.1 ms at a full history). A slab keeps them in place: between two
+    authentications of a user one probe is usually added and the oldest trimmed, so
+    :meth:`sync` marks the parts of fingerprints gone from the history dead (weight 0,
+    penalty -4: they can never win) and writes new ones into freed slots of the same size
+    or at the end; it is rebuilt when dead parts outnumber live ones. Parts are owned by
+    ``_Stored`` objects (held, so their ids stay unique). One FFT size per slab. Not
+    thread-safe by itself: :func:`_max_ncc_slab` holds ``lock``.
+    """
+
+    __slots__ = ("cap", "dead", "free", "lock", "nbytes", "nfft", "owner", "pos", "spec",
+                 "used", "wp")
+
+    def __init__(self, nfft: int, nf: int, n_feat: int, L: int, cap: int) -> None:
+        self.nfft = nfft
+        self.cap = cap
+        self.spec = np.zeros((nf, cap, n_feat), dtype=np.complex64)
+        self.wp = np.zeros((L, cap, 2))
+        self.owner: list[Any] = [None] * cap  # the _Stored owning each part
+        self.pos: dict[int, tuple[int, int, Any]] = {}  # id(entry) -> (start, n, entry)
+        self.free: dict[int, list[int]] = {}  # part count -> starts of dead runs
+        self.used = 0
+        self.dead = 0
+        self.lock = threading.Lock()
+        self.nbytes = self.spec.nbytes + self.wp.nbytes
+
+    def _kill(self, start: int, n: int) -> None:
+        self.wp[:, start:start + n, 0] = 0.0
+        self.wp[:, start:start + n, 1] = -4.0
+        for p in range(start, start + n):
+            self.owner[p] = None
+        self.free.setdefault(n, []).append(start)
+        self.dead += n
+
+    def _put(self, e: Any) -> None:
+        n = e.spec.shape[1]
+        runs = self.free.get(n)
+        if runs:
+            start = runs.pop()
+            self.dead -= n
+        else:
+            if self.used + n > self.cap:
+                self._grow(self.used + n)
+            start = self.used
+            self.used += n
+        self.spec[:, start:start + n] = e.spec
+        self.wp[:, start:start + n] = e.wp
+        for p in range(start, start + n):
+            self.owner[p] = e
+        self.pos[id(e)] = (start, n, e)
+
+    def _grow(self, need: int) -> None:
+        cap = max(need, self.cap + self.cap // 2)
+        spec = np.zeros((self.spec.shape[0], cap, self.spec.shape[2]), dtype=np.complex64)
+        spec[:, :self.used] = self.spec[:, :self.used]
+        wp = np.zeros((self.wp.shape[0], cap, 2))
+        wp[:, :self.used] = self.wp[:, :self.used]
+        self.spec, self.wp, self.cap = spec, wp, cap
+        self.owner.extend([None] * (cap - len(self.owner)))
+        self.nbytes = self.spec.nbytes + self.wp.nbytes
+
+    def sync(self, stored: list[Any]) -> None:
+        """Make the live parts exactly those of ``stored`` (one FFT size, ``nfft``)."""
+        cur = {id(e): e for e in stored}
+        for k in [k for k in self.pos if k not in cur]:
+            start, n, _ = self.pos.pop(k)
+            self._kill(start, n)
+        if self.dead > max(8, self.used - self.dead):  # mostly dead: rebuild compactly
+            self.pos.clear()
+            self.free.clear()
+            self.used = self.dead = 0
+            for p in range(len(self.owner)):
+                self.owner[p] = None
+        for k, e in cur.items():
+            if k not in self.pos:
+                self._put(e)
+
+
+class _SlabCache:
+    """Slabs by history key (the service passes the user id) and FFT size, bounded in
+    bytes (least recently used evicted first)."""
+
+    def __init__(self, max_bytes: int = 64 << 20) -> None:
+        self.max_bytes = int(max_bytes)
+        self._d: dict[tuple[Any, int], _Slab] = {}
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: Any, nfft: int, e: Any, L: int, n_parts: int) -> _Slab:
+        k = (key, nfft)
+        with self._lock:
+            slab = self._d.pop(k, None)
+            if slab is not None and (slab.spec.shape[0] != e.spec.shape[0]
+                                     or slab.spec.shape[2] != e.spec.shape[2]
+                                     or slab.wp.shape[0] != L):
+                self._size -= slab.nbytes  # another channel set or piece length
+                slab = None
+            if slab is None:
+                slab = _Slab(nfft, e.spec.shape[0], e.spec.shape[2], L,
+                             max(16, n_parts + n_parts // 4))
+                self._size += slab.nbytes
+            self._d[k] = slab  # most recent last
+            while self._size > self.max_bytes and len(self._d) > 1:
+                old = self._d.pop(next(iter(self._d)))
+                self._size -= old.nbytes
+        return slab
+
+    def resized(self, before: int, slab: _Slab) -> None:
+        with self._lock:
+            self._size += slab.nbytes - before
+
+    def clear(self) -> None:
+        with self._lock:
+            self._d.clear()
+            self._size = 0
+
+
+_SLABS = _SlabCache()
+
+
+def _max_ncc_slab(segs: np.ndarray, stored: list[_Stored], key: Any) -> tuple[float, int]:
+    """:func:`_max_ncc_stored` with the stored parts kept in the history's slab (the
+    same score; only ties may pick another owner). Histories spanning several FFT
+    sizes (probes much longer than 4 s) take the plain path."""
+    nfft = stored[0].nfft
+    if any(e.nfft != nfft for e in stored):
+        return _max_ncc_stored(segs, stored)
+    L = segs.shape[1]
+    n_parts = sum(e.spec.shape[1] for e in stored)
+    slab = _SLABS.get(key, nfft, stored[0], L, n_parts)
+    res = np.empty(1)
+    with slab.lock:
+        before = slab.nbytes
+        slab.sync(stored)
+        if slab.nbytes != before:
+            _SLABS.resized(before, slab)
+        used = slab.used
+        score, part = _ncc_parts(_reversed_pieces(segs), L, nfft, slab.spec[:, :used],
+                                 np.ascontiguousarray(slab.wp[:, :used]),
+                                 max(e.m for e in stored), res)
+        owner = slab.owner[part] if part >= 0 else None
+    if owner is None:
+        return 0.0, -1
+    for i, e in enumerate(stored):
+        if e is owner:
+            return score, i
+    return 0.0, -1  # pragma: no cover - the owner is always in the history
 
 
 def _max_ncc_stored_reference(segs: np.ndarray, stored: list[_Stored]) -> tuple[float, int]:
@@ -776,8 +947,10 @@ def replay_score(probe_fp: bytes, history: Iterable[bytes | tuple[str, bytes]]
 
 
 def _replay_score(probe_fp: bytes, history: Iterable[bytes | tuple[str, bytes]],
-                  reference: bool) -> tuple[float, str]:
-    """:func:`replay_score`; ``reference=True`` uses :func:`_max_ncc_stored_reference`."""
+                  reference: bool, history_key: Any = None) -> tuple[float, str]:
+    """:func:`replay_score`; ``reference=True`` uses :func:`_max_ncc_stored_reference`;
+    a ``history_key`` (the same for every call on one user's history) keeps the
+    prepared history in a slab between calls (:func:`_max_ncc_slab`)."""
     key, p = _parse(probe_fp)
     if p.shape[0] < 8:
         return 0.0, ""
@@ -792,7 +965,12 @@ def _replay_score(probe_fp: bytes, history: Iterable[bytes | tuple[str, bytes]],
             stored.append(e)
     if not stored:
         return 0.0, ""
-    score, idx = (_max_ncc_stored_reference if reference else _max_ncc_stored)(segs, stored)
+    if reference:
+        score, idx = _max_ncc_stored_reference(segs, stored)
+    elif history_key is not None:
+        score, idx = _max_ncc_slab(segs, stored, history_key)
+    else:
+        score, idx = _max_ncc_stored(segs, stored)
     if idx < 0:
         return 0.0, ""
     return max(score, 0.0), kinds[idx]
@@ -1113,7 +1291,7 @@ class PresentationAttackDetector:
         return samples[:, _pick_index(tuple(ch_names), tuple(self.ch_names))], self.ch_names
 
     def analyse(self, samples: Any, sfreq: float, ch_names: Sequence[str] | None = None,
-                history: Iterable[Any] = ()) -> PadVerdict:
+                history: Iterable[Any] = (), history_key: Any = None) -> PadVerdict:
         """Check one probe.
 
         Parameters
@@ -1124,11 +1302,16 @@ class PresentationAttackDetector:
         ch_names : sequence of str, optional
         history : iterable of bytes or (kind, bytes)
             The user's stored fingerprints (enrollment and earlier probes).
+        history_key : hashable, optional
+            Names the history (the service passes the user id): its prepared form is
+            then kept between calls and only updated (the same decision, less work).
         """
-        return self._analyse(samples, sfreq, ch_names, history, reference=False)
+        return self._analyse(samples, sfreq, ch_names, history, reference=False,
+                             history_key=history_key)
 
     def _analyse(self, samples: Any, sfreq: float, ch_names: Sequence[str] | None,
-                 history: Iterable[Any], reference: bool) -> PadVerdict:
+                 history: Iterable[Any], reference: bool,
+                 history_key: Any = None) -> PadVerdict:
         """:meth:`analyse`; ``reference=True`` runs the NumPy/SciPy reference of every
         compiled step instead (the same decisions: for the tests and the benchmark)."""
         sfreq = check_finite_positive("sfreq", sfreq)
@@ -1149,7 +1332,7 @@ class PresentationAttackDetector:
             return PadVerdict(True, NON_PHYSIOLOGICAL, reason, "high", scores, None)
         fp = (_fingerprint_filtered_numpy if reference else _fingerprint_filtered)(
             x, sfreq, _channel_hash(x.shape[0], names))
-        score, kind = _replay_score(fp, history, reference)
+        score, kind = _replay_score(fp, history, reference, history_key)
         scores["replay"] = score
         if score >= self.replay_threshold:
             what = "replay_of_enrollment" if kind == "enroll" else "replay_of_probe"
@@ -1157,11 +1340,13 @@ class PresentationAttackDetector:
         return PadVerdict(False, "", "", "", scores, fp)
 
     # -- the service's interface -------------------------------------------------
-    def check(self, windows: Any, block: Any, fingerprints: Iterable[Any]) -> PadVerdict:
+    def check(self, windows: Any, block: Any, fingerprints: Iterable[Any],
+              history_key: Any = None) -> PadVerdict:
         """Service hook: ``block`` has ``samples`` (n_times, n_channels), ``sfreq``,
-        ``ch_names``; ``windows`` (the pipeline's) is not needed."""
+        ``ch_names``; ``windows`` (the pipeline's) is not needed; ``history_key`` names
+        the history (see :meth:`analyse`)."""
         return self.analyse(block.samples, block.sfreq, getattr(block, "ch_names", None),
-                            fingerprints)
+                            fingerprints, history_key)
 
     def enroll_fingerprints(self, windows: Any, blocks: Iterable[Any]) -> list[bytes]:
         """Service hook: one fingerprint per enrollment block (blocks shorter than 2 s

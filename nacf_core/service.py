@@ -705,7 +705,7 @@ class AuthService:
         fingerprint to append to the history or None)``."""
         if fps is None:
             fps = self._store("get_fingerprints", self.store.get_fingerprints, user_id)
-        verdict = self.pad.check(windows, block, fps)
+        verdict = self.pad.check(windows, block, fps, history_key=user_id)
         if verdict.attack:
             self.metrics.record_suspicious(verdict.kind, "high")
             log.warning("presentation attack", extra={

@@ -268,6 +268,48 @@ def test_cached_replay_path_matches_naive_reference_and_stays_bounded():
     assert pad.replay_score(seqs_b[1], hist) == (pytest.approx(1.0, abs=1e-5), "probe")
 
 
+def test_history_slab_scores_as_the_plain_path_while_the_history_changes():
+    """replay_score with a history key keeps the prepared history in a slab between
+    calls and updates it (probes added and trimmed, a re-enrollment, a history cut
+    short, a longer probe with another FFT size, another channel count, a small slab
+    cache that evicts): the same score and the same best entry as the plain path at
+    every step, and a replay of any probe still in the history is caught."""
+    rng = np.random.default_rng(11)
+    n_ch = 4
+    pad._SLABS.clear()
+    old_cache, pad._SLABS = pad._SLABS, pad._SlabCache(max_bytes=600_000)
+    try:
+        def fp(n, ch=n_ch):
+            return _fp_bytes(rng.normal(size=(n, 2 * ch)) * 6, ch)
+
+        def same(history, probe_b, key):
+            got = pad._replay_score(probe_b, history, False, key)
+            want = pad._replay_score(probe_b, history, False)
+            assert got[0] == pytest.approx(want[0], abs=1e-6) and got[1] == want[1]
+            return got
+
+        enroll = fp(960)
+        probes = [fp(61) for _ in range(60)]
+        for k in range(60):  # a user's life: one probe more each time, the oldest trimmed
+            hist = [("enroll", enroll)] + [("probe", b) for b in probes[max(0, k - 48):k]]
+            same(hist, fp(61), "alice")
+            if k >= 3:  # a replay of a stored probe (rescaled) scores ~1
+                q = pad._parse(probes[k - 2])[1] * 1.7
+                score, kind = same(hist, _fp_bytes(q, n_ch), "alice")
+                assert score > 0.99 and kind == "probe"
+            if k == 30:  # re-enrollment: a new enrollment fingerprint
+                enroll = fp(900)
+            if k == 40:  # history cut short (e.g. a deleted and re-enrolled user)
+                probes = probes[:5] + [fp(61) for _ in range(55)]
+        same([("enroll", enroll), ("probe", fp(200)), ("probe", fp(61))], fp(61), "alice")
+        same([("probe", fp(61, 2)), ("probe", fp(61, 2))], fp(61, 2), "alice")  # 2 channels
+        for u in range(12):  # many users through a small cache: evictions, rebuilds
+            same([("enroll", fp(400))] + [("probe", fp(61)) for _ in range(8)], fp(61), u)
+        assert pad._SLABS._size <= pad._SLABS.max_bytes or len(pad._SLABS._d) == 1
+    finally:
+        pad._SLABS = old_cache
+
+
 def _bandpass_reference(x, sfreq):
     """1-40 Hz zero-phase band-pass by the reference path (SciPy's recursion)."""
     xc = pad._as_channels_first(x, sfreq)
