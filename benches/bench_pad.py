@@ -6,6 +6,10 @@ Groups:
 - ``PAD replay score``: the FFT normalised cross-correlation of a probe against 2 min
   of enrollment + 64 earlier probes, vs the direct vectorised NumPy computation
   (sliding windows + einsum), the baseline; results must agree.
+- ``PAD replay score, rolling history``: as a server sees it, every call against the
+  enrollment + the 48 latest probes, one probe newer than at the previous call: the
+  plain path (the prepared fingerprints concatenated per call), the baseline, vs the
+  history kept in a slab between calls (``history_key``); same scores.
 - ``PAD check``: the whole detector (filters, spectrum, periodicity, fingerprint,
   replay score) with its compiled (Numba) kernels, vs the baseline of the same detector
   on its NumPy/SciPy reference path (the implementation before the kernels; same
@@ -76,6 +80,44 @@ def test_replay_score_numpy_direct(benchmark, case):
     segs = pad._segments(pad._parse(fp)[1])
     tag(benchmark, "PAD replay score (2 min + 64 probes)", "numpy direct", baseline=True)
     benchmark(lambda: _naive_scores(segs, [pad._parse(f)[1] for _, f in hist]))
+
+
+@pytest.fixture(scope="module")
+def rolling(case):
+    rng = np.random.default_rng(1)
+    _, hist = case
+    pool = [("probe", pad.fingerprint(_pink(rng, 640, 16), SF, CH16)) for _ in range(400)]
+    fp = pad.fingerprint(_pink(rng, 640, 16), SF, CH16)
+    return hist[0], pool, fp
+
+
+def _rolling_bench(benchmark, rolling, key):
+    enroll, pool, fp = rolling
+    k = [0]
+
+    def one():
+        i = k[0] % (len(pool) - 48)
+        k[0] += 1
+        return pad._replay_score(fp, [enroll] + pool[i:i + 48], False, key)
+
+    return benchmark(one)
+
+
+def test_replay_score_rolling_plain(benchmark, rolling):
+    tag(benchmark, "PAD replay score, rolling history (enrollment + 48 probes)",
+        "concatenated per call", baseline=True)
+    _rolling_bench(benchmark, rolling, None)
+
+
+def test_replay_score_rolling_slab(benchmark, rolling):
+    tag(benchmark, "PAD replay score, rolling history (enrollment + 48 probes)",
+        "slab kept between calls")
+    _rolling_bench(benchmark, rolling, "bench-user")
+    enroll, pool, fp = rolling
+    for i in (0, 7, 100):
+        hist = [enroll] + pool[i:i + 48]
+        assert pad._replay_score(fp, hist, False, "bench-user") == pytest.approx(
+            pad._replay_score(fp, hist, False), abs=1e-6)
 
 
 def test_check_detector(benchmark, case):
