@@ -227,6 +227,23 @@ def test_single_window_fast_path_matches_batch(pipe, recs):
         np.testing.assert_allclose(pipe._embed(ep[acc][k:k + 1])[0], batch[k], atol=1e-6)
 
 
+@pytest.mark.numba_kernels
+def test_compiled_single_window_embedding_matches_numpy(pipe, recs):
+    """The one-call embedding kernel equals the NumPy computation on real windows (to
+    float32 rounding; in practice bit for bit), and a whole window set through the
+    service path equals the batch path."""
+    n = 0
+    for key in (("S024", "R07"), ("S022", "R07"), ("S021", "R07")):
+        x, sf, ch = _block(recs[key])
+        ep, _, acc, _, _, _ = pipe.epochs(x, sf, ch)
+        for e in ep[acc][:4]:
+            got, want = pipe._embed_one(e), pipe._embed_one_numpy(e)
+            assert got.dtype == want.dtype == np.float32
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+            n += 1
+    assert n >= 8
+
+
 def test_real_cyton_recording_at_250_hz(shared_data):
     """A real Cyton file (250 Hz, large DC offsets) through the 8-channel model: resampled
     to 160 Hz, band-passed without ringing, most windows pass the gate."""
