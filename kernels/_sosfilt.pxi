@@ -409,61 +409,75 @@ cdef int _wave_time_major(const floating* sos, Py_ssize_t n_sections, const floa
 @cython.boundscheck(False)
 @cython.wraparound(False)
 @cython.cdivision(True)
-cdef int _wave_filtfilt(const floating* sos, Py_ssize_t n_sections, const floating* zi,
-                        floating* buf, Py_ssize_t n_times, Py_ssize_t n_channels) noexcept nogil:
-    """Zero-phase filtering in place of the time-major ``buf`` (n_times, n_channels),
-    already extended at both ends: a forward pass from the step-response state ``zi``
-    (n_sections, 2) times each channel's first sample, then a backward pass (the
-    wavefront kernel with a negative row stride) from ``zi`` times its last sample,
-    as ``scipy.signal.sosfiltfilt`` does; lane blocks as in :func:`_wave_time_major`
-    (whole signal per block: PAD's signals are a few seconds).  Returns -1 (nothing
-    done) if scratch memory cannot be had."""
-    cdef Py_ssize_t W, c0 = 0, g, wb, j, c, t, stride
+cdef int _wave_filtfilt_cm(const double* sos, Py_ssize_t n_sections, const double* zi,
+                           const double* x, double* out, Py_ssize_t n_channels,
+                           Py_ssize_t n, Py_ssize_t padlen) noexcept nogil:
+    """:func:`sosfiltfilt_f64`: per lane block, the odd extension of its channels goes
+    time-major into scratch ``xs`` (n + 2 padlen, wb), the wavefront kernel filters it
+    forward from the first row and backward (negative row stride) from the last, and
+    the middle goes back channel-major into ``out``; lane blocks as in
+    :func:`_wave_time_major`.  Returns -1 (nothing done) if scratch memory cannot be
+    had."""
+    cdef Py_ssize_t W = NACF_WAVE_LANES_F64, N = n + 2 * padlen, c0 = 0, g, wb, j, c, t, t0
     cdef int nv
-    cdef floating* zl
-    cdef floating* xs = NULL
-    cdef floating* base
-    cdef floating* row
-    if floating is double:
-        W = NACF_WAVE_LANES_F64
-    else:
-        W = NACF_WAVE_LANES_F32
-    zl = <floating*> malloc(n_sections * 2 * W * sizeof(floating))
-    if zl == NULL:
+    cdef double* dst
+    cdef double x0, xl
+    cdef double* zl = <double*> malloc(n_sections * 2 * W * sizeof(double))
+    cdef double* xs = <double*> malloc(N * W * sizeof(double))
+    cdef double* row
+    cdef const double* src
+    if zl == NULL or xs == NULL:
+        free(zl)
+        free(xs)
         return -1
-    if n_channels % W:
-        xs = <floating*> malloc(n_times * W * sizeof(floating))
-        if xs == NULL:
-            free(zl)
-            return -1
     while c0 < n_channels:
         g = min(W, n_channels - c0)
         wb = W if 2 * g > W else W // 2
         nv = 2 if wb == W else 1
-        if g == W:
-            base = buf + c0
-            stride = n_channels
-        else:
-            for t in range(n_times):
-                for c in range(wb):
-                    xs[t * wb + c] = buf[t * n_channels + c0 + c] if c < g else 0
-            base = xs
-            stride = wb
+        for c in range(wb):  # the odd extension at both ends (zeros past the last channel)
+            if c < g:
+                src = x + (c0 + c) * n
+                x0 = src[0]
+                xl = src[n - 1]
+                for j in range(padlen):
+                    xs[j * wb + c] = 2 * x0 - src[padlen - j]
+                    xs[(padlen + n + j) * wb + c] = 2 * xl - src[n - 2 - j]
+            else:
+                for j in range(padlen):
+                    xs[j * wb + c] = 0
+                    xs[(padlen + n + j) * wb + c] = 0
+        # the signal itself, transposed in tiles of 8 samples (one cache line of each
+        # channel read, eight rows written); zeros in the padded lanes
+        for c in range(g, wb):
+            for t in range(n):
+                xs[(padlen + t) * wb + c] = 0
+        t0 = 0
+        while t0 + 8 <= n:
+            row = xs + (padlen + t0) * wb
+            for c in range(g):
+                src = x + (c0 + c) * n + t0
+                for j in range(8):
+                    row[j * wb + c] = src[j]
+            t0 += 8
+        for c in range(g):
+            for t in range(t0, n):
+                xs[(padlen + t) * wb + c] = x[(c0 + c) * n + t]
         for j in range(2):  # forward from the first row, backward from the last
-            row = base if j == 0 else base + (n_times - 1) * stride
+            row = xs if j == 0 else xs + (N - 1) * wb
             for c in range(n_sections * 2):
                 for t in range(wb):
                     zl[c * wb + t] = zi[c] * row[t]
-            if floating is double:
-                nacf_wave_f64(sos, n_sections, row, row, n_times,
-                              stride if j == 0 else -stride, zl, nv)
-            else:
-                nacf_wave_f32(sos, n_sections, row, row, n_times,
-                              stride if j == 0 else -stride, zl, nv)
-        if g < W:
-            for t in range(n_times):
-                for c in range(g):
-                    buf[t * n_channels + c0 + c] = xs[t * wb + c]
+            nacf_wave_f64(sos, n_sections, row, row, N, wb if j == 0 else -wb, zl, nv)
+        for c in range(g):  # back channel-major, eight samples per cache line written
+            dst = out + (c0 + c) * n
+            row = xs + padlen * wb + c
+            t0 = 0
+            while t0 + 8 <= n:
+                for j in range(8):
+                    dst[t0 + j] = row[(t0 + j) * wb]
+                t0 += 8
+            for t in range(t0, n):
+                dst[t] = row[t * wb]
         c0 += W
     free(xs)
     free(zl)
@@ -578,20 +592,21 @@ def sosfilt_f64(const double[:, ::1] sos, const double[:, ::1] x, double[:, ::1]
                  tile.shape[1], tile.shape[0])
 
 
-def sosfiltfilt_time_major_f64(const double[:, ::1] sos, const double[:, ::1] zi,
-                               double[:, ::1] buf):
-    """Zero-phase filter the time-major ``buf`` (n_times, n_channels) in place: a
-    forward then a backward pass of ``sos``, each started from the step-response state
-    ``zi`` (n_sections, 2) times the channel's first / last sample (the caller extends
-    the signal at both ends and keeps the middle: ``scipy.signal.sosfiltfilt``).
-    Returns False, with ``buf`` untouched, where this build has no wavefront kernel
-    (or no scratch memory): the caller then uses another path.  No checks."""
+def sosfiltfilt_f64(const double[:, ::1] sos, const double[:, ::1] zi,
+                    const double[:, ::1] x, Py_ssize_t padlen, double[:, ::1] out):
+    """Zero-phase filter the channel-major ``x`` (n_channels, n_times) into ``out``:
+    ``scipy.signal.sosfiltfilt(sos, x, axis=-1)`` with odd extension by ``padlen``
+    (0 < padlen < n_times) bit for bit — the extension, laid time-major a lane block at a
+    time, then a forward and a backward pass of the wavefront kernel, each started from
+    the step-response state ``zi`` (n_sections, 2) times the block's first / last row.
+    Returns False, with ``out`` untouched, where this build has no wavefront kernel (or
+    no scratch memory): the caller then uses another path.  No checks."""
     cdef int rc
     if not NACF_HAVE_WAVE:
         return False
-    if buf.shape[0] == 0 or buf.shape[1] == 0:
+    if x.shape[0] == 0 or x.shape[1] == 0:
         return True
     with nogil:
-        rc = _wave_filtfilt(&sos[0, 0], sos.shape[0], &zi[0, 0], &buf[0, 0],
-                            buf.shape[0], buf.shape[1])
+        rc = _wave_filtfilt_cm(&sos[0, 0], sos.shape[0], &zi[0, 0], &x[0, 0], &out[0, 0],
+                               x.shape[0], x.shape[1], padlen)
     return rc == 0

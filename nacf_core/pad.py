@@ -38,7 +38,7 @@ Thresholds were set on the EEGMMIDB development data (see the README section
 "Presentation-attack detection" for the measured rates).
 
 Compiled path: the zero-phase band-passes run in the Cython build's wavefront filter
-kernel (``sosfiltfilt_time_major_f64``; the Numba kernel ``_filtfilt_kernel`` where it
+kernel (``sosfiltfilt_f64``; the Numba kernel ``_filtfilt_kernel`` where it
 is not built), the other inner loops in Numba kernels (``kernels/_numba.py``; compiled or
 loaded from Numba's on-disk cache when the first detector is built, so no request pays
 for it). Each has a NumPy/SciPy reference kept here (``_bp_reference``,
@@ -207,35 +207,31 @@ def _sos_start(zi, buf, t, z0, z1):  # pragma: no cover - compiled
 def _bp(x: np.ndarray, sfreq: float, l_freq: float, h_freq: float) -> np.ndarray:
     """Zero-phase band-pass along the last axis of ``x`` (n_channels, n_times), float64:
     bit-equal to ``scipy.signal.sosfiltfilt`` (odd extension; :func:`_bp_reference`),
-    with the filter design cached: the odd extension is laid out time-major and both
-    passes run in one call of the Cython wavefront kernel (the state of 16 channels in
-    vector registers with AVX-512: 40 µs instead of the Numba kernel's 81 µs for 4 s at
-    16 channels, 147 vs 382 µs at 64, about the same below 16), else in the Numba kernel
-    (:func:`_bp_numba`)."""
+    with the filter design cached: one call of the Cython build's zero-phase kernel
+    (``sosfiltfilt_f64``: the extension laid time-major a lane block at a time, both
+    passes in the wavefront kernel with the state in vector registers; for 4 s, 40 µs
+    instead of the Numba kernel's 81 µs at 16 channels, 16 vs 38 µs at 8), else the
+    Numba kernel (:func:`_bp_numba`)."""
     sos, zi, padlen = _sos(l_freq, h_freq, sfreq)
     n_ch, n = x.shape
     if n <= padlen:
         return _sig.sosfiltfilt(sos, x, axis=-1)
     ff = _filtfilt_kernel_cy()
     if ff is not None:
-        xt = x.T
-        buf = np.empty((n + 2 * padlen, n_ch))
-        np.subtract(2 * xt[:1], xt[padlen:0:-1], out=buf[:padlen])
-        buf[padlen:padlen + n] = xt
-        np.subtract(2 * xt[-1:], xt[-2:-padlen - 2:-1], out=buf[padlen + n:])
-        if ff(sos, zi, buf):
-            return np.ascontiguousarray(buf[padlen:padlen + n].T)
+        out = np.empty((n_ch, n))
+        if ff(sos, zi, np.ascontiguousarray(x, dtype=np.float64), padlen, out):
+            return out
     return _bp_numba(x, sfreq, l_freq, h_freq)
 
 
 @functools.lru_cache(maxsize=1)
 def _filtfilt_kernel_cy():
-    """The Cython build's zero-phase kernel (``sosfiltfilt_time_major_f64``), or
-    ``None`` where the extension is not built."""
+    """The Cython build's zero-phase kernel (``sosfiltfilt_f64``), or ``None`` where
+    the extension is not built."""
     try:
         from .kernels._cy_filter import kernel_module
 
-        return kernel_module().sosfiltfilt_time_major_f64
+        return kernel_module().sosfiltfilt_f64
     except Exception:  # noqa: BLE001 - not built: the Numba kernel does the same
         log.debug("Cython zero-phase kernel unavailable; PAD uses the Numba kernel")
         return None
