@@ -84,91 +84,55 @@ cdef extern from *:
     typedef double nacf_vd __attribute__((vector_size(NACF_VB)));
     typedef float nacf_vf __attribute__((vector_size(NACF_VB)));
 
-    /* one section k at its current time: input ia/ib (k = 0) or the previous
-       section's output o[k-1] from the previous iteration; output into o[k] */
-    #define NACF_STEP(k) do { \\
-        V xa_ = (k) ? oa[(k) ? (k) - 1 : 0] : ia, xb_ = (k) ? ob[(k) ? (k) - 1 : 0] : ib; \\
-        V ya_ = b0[k] * xa_ + z0a[k], yb_ = b0[k] * xb_ + z0b[k]; \\
-        z0a[k] = b1[k] * xa_ - a1[k] * ya_ + z1a[k]; \\
-        z0b[k] = b1[k] * xb_ - a1[k] * yb_ + z1b[k]; \\
-        z1a[k] = b2[k] * xa_ - a2[k] * ya_; \\
-        z1b[k] = b2[k] * xb_ - a2[k] * yb_; \\
-        oa[k] = ya_; ob[k] = yb_; } while (0)
+    /* one section k at its current time on each of the block's NV vectors: input in[]
+       (k = 0) or the previous section's output o[k-1] from the previous iteration;
+       output into o[k] */
+    #define NACF_STEP(k) do { int v_; for (v_ = 0; v_ < NV; v_++) { \\
+        V x_ = (k) ? o[(k) ? (k) - 1 : 0][v_] : in[v_]; \\
+        V y_ = b0[k] * x_ + z0[k][v_]; \\
+        z0[k][v_] = b1[k] * x_ - a1[k] * y_ + z1[k][v_]; \\
+        z1[k][v_] = b2[k] * x_ - a2[k] * y_; \\
+        o[k][v_] = y_; } } while (0)
     #define NACF_CSTEP(k) do { if (i >= (k) && i - (k) < n) NACF_STEP(k); } while (0)
-    /* the same on one vector of lanes (a partial block that fits in one) */
-    #define NACF_STEP1(k) do { \\
-        V xa_ = (k) ? oa[(k) ? (k) - 1 : 0] : ia; \\
-        V ya_ = b0[k] * xa_ + z0a[k]; \\
-        z0a[k] = b1[k] * xa_ - a1[k] * ya_ + z1a[k]; \\
-        z1a[k] = b2[k] * xa_ - a2[k] * ya_; \\
-        oa[k] = ya_; } while (0)
-    #define NACF_CSTEP1(k) do { if (i >= (k) && i - (k) < n) NACF_STEP1(k); } while (0)
 
-    #define NACF_WAVE_FN(T, V, SUF, S, STEPS, CSTEPS) \\
-    static void nacf_wave##S##_##SUF(const T* sos, const T* x, T* y, Py_ssize_t n, \\
-                                     Py_ssize_t stride, T* z) { \\
-        enum { VL = NACF_VB / (int)sizeof(T), W = 2 * VL }; \\
-        V b0[S], b1[S], b2[S], a1[S], a2[S], z0a[S], z0b[S], z1a[S], z1b[S], oa[S], ob[S]; \\
+    /* nacf_wave<S>_<NVP>_<SUF>: S sections over a block of NVP vectors of lanes; the
+       state z is (S, 2, NVP * VL); STEPS / CSTEPS run every section, last first
+       (unconditionally / only those whose time lies in the signal) */
+    #define NACF_WAVE_FN(T, VT, SUF, S, NVP, STEPS, CSTEPS) \\
+    static void nacf_wave##S##_##NVP##_##SUF(const T* sos, const T* x, T* y, Py_ssize_t n, \\
+                                             Py_ssize_t stride, T* z) { \\
+        typedef VT V; \\
+        enum { VL = NACF_VB / (int)sizeof(T), NV = NVP, W = NVP * VL }; \\
+        V b0[S], b1[S], b2[S], a1[S], a2[S], z0[S][NV], z1[S][NV], o[S][NV]; \\
         const V zero = {0}; \\
-        Py_ssize_t i; int k; \\
+        Py_ssize_t i; int k, v; \\
         for (k = 0; k < S; k++) { \\
             b0[k] = zero + sos[6 * k]; b1[k] = zero + sos[6 * k + 1]; \\
             b2[k] = zero + sos[6 * k + 2]; a1[k] = zero + sos[6 * k + 4]; \\
             a2[k] = zero + sos[6 * k + 5]; \\
-            memcpy(&z0a[k], z + 2 * k * W, sizeof(V)); \\
-            memcpy(&z0b[k], z + 2 * k * W + VL, sizeof(V)); \\
-            memcpy(&z1a[k], z + (2 * k + 1) * W, sizeof(V)); \\
-            memcpy(&z1b[k], z + (2 * k + 1) * W + VL, sizeof(V)); \\
-            oa[k] = zero; ob[k] = zero; \\
+            for (v = 0; v < NV; v++) { \\
+                memcpy(&z0[k][v], z + 2 * k * W + v * VL, sizeof(V)); \\
+                memcpy(&z1[k][v], z + (2 * k + 1) * W + v * VL, sizeof(V)); \\
+                o[k][v] = zero; \\
+            } \\
         } \\
         for (i = 0; i < n + S - 1; i++) { \\
-            V ia = zero, ib = zero; \\
-            if (i < n) { \\
-                memcpy(&ia, x + i * stride, sizeof(V)); \\
-                memcpy(&ib, x + i * stride + VL, sizeof(V)); \\
+            V in[NV]; \\
+            for (v = 0; v < NV; v++) { \\
+                in[v] = zero; \\
+                if (i < n) memcpy(&in[v], x + i * stride + v * VL, sizeof(V)); \\
             } \\
             if (i >= S - 1 && i < n) { STEPS; } else { CSTEPS; } \\
             if (i >= S - 1) { \\
-                memcpy(y + (i - S + 1) * stride, &oa[S - 1], sizeof(V)); \\
-                memcpy(y + (i - S + 1) * stride + VL, &ob[S - 1], sizeof(V)); \\
+                for (v = 0; v < NV; v++) \\
+                    memcpy(y + (i - S + 1) * stride + v * VL, &o[S - 1][v], sizeof(V)); \\
             } \\
         } \\
         for (k = 0; k < S; k++) { \\
-            memcpy(z + 2 * k * W, &z0a[k], sizeof(V)); \\
-            memcpy(z + 2 * k * W + VL, &z0b[k], sizeof(V)); \\
-            memcpy(z + (2 * k + 1) * W, &z1a[k], sizeof(V)); \\
-            memcpy(z + (2 * k + 1) * W + VL, &z1b[k], sizeof(V)); \\
-        } \\
-    }
-
-    #define NACF_WAVE_FN1(T, V, SUF, S, STEPS, CSTEPS) \\
-    static void nacf_wave##S##_1_##SUF(const T* sos, const T* x, T* y, Py_ssize_t n, \\
-                                     Py_ssize_t stride, T* z) { \\
-        enum { VL = NACF_VB / (int)sizeof(T), W = VL }; \\
-        V b0[S], b1[S], b2[S], a1[S], a2[S], z0a[S], z1a[S], oa[S]; \\
-        const V zero = {0}; \\
-        Py_ssize_t i; int k; \\
-        for (k = 0; k < S; k++) { \\
-            b0[k] = zero + sos[6 * k]; b1[k] = zero + sos[6 * k + 1]; \\
-            b2[k] = zero + sos[6 * k + 2]; a1[k] = zero + sos[6 * k + 4]; \\
-            a2[k] = zero + sos[6 * k + 5]; \\
-            memcpy(&z0a[k], z + 2 * k * W, sizeof(V)); \\
-            memcpy(&z1a[k], z + (2 * k + 1) * W, sizeof(V)); \\
-            oa[k] = zero; \\
-        } \\
-        for (i = 0; i < n + S - 1; i++) { \\
-            V ia = zero; \\
-            if (i < n) { \\
-                memcpy(&ia, x + i * stride, sizeof(V)); \\
+            for (v = 0; v < NV; v++) { \\
+                memcpy(z + 2 * k * W + v * VL, &z0[k][v], sizeof(V)); \\
+                memcpy(z + (2 * k + 1) * W + v * VL, &z1[k][v], sizeof(V)); \\
             } \\
-            if (i >= S - 1 && i < n) { STEPS; } else { CSTEPS; } \\
-            if (i >= S - 1) { \\
-                memcpy(y + (i - S + 1) * stride, &oa[S - 1], sizeof(V)); \\
-            } \\
-        } \\
-        for (k = 0; k < S; k++) { \\
-            memcpy(z + 2 * k * W, &z0a[k], sizeof(V)); \\
-            memcpy(z + (2 * k + 1) * W, &z1a[k], sizeof(V)); \\
         } \\
     }
 
@@ -180,39 +144,24 @@ cdef extern from *:
     #define NACF_C2 NACF_CSTEP(1); NACF_CSTEP(0)
     #define NACF_C3 NACF_CSTEP(2); NACF_CSTEP(1); NACF_CSTEP(0)
     #define NACF_C4 NACF_CSTEP(3); NACF_CSTEP(2); NACF_CSTEP(1); NACF_CSTEP(0)
-    #define NACF_T1 NACF_STEP1(0)
-    #define NACF_T2 NACF_STEP1(1); NACF_STEP1(0)
-    #define NACF_T3 NACF_STEP1(2); NACF_STEP1(1); NACF_STEP1(0)
-    #define NACF_T4 NACF_STEP1(3); NACF_STEP1(2); NACF_STEP1(1); NACF_STEP1(0)
-    #define NACF_D1 NACF_CSTEP1(0)
-    #define NACF_D2 NACF_CSTEP1(1); NACF_CSTEP1(0)
-    #define NACF_D3 NACF_CSTEP1(2); NACF_CSTEP1(1); NACF_CSTEP1(0)
-    #define NACF_D4 NACF_CSTEP1(3); NACF_CSTEP1(2); NACF_CSTEP1(1); NACF_CSTEP1(0)
-
-    #define V nacf_vd
-    NACF_WAVE_FN(double, nacf_vd, f64, 1, NACF_S1, NACF_C1)
-    NACF_WAVE_FN(double, nacf_vd, f64, 2, NACF_S2, NACF_C2)
-    NACF_WAVE_FN(double, nacf_vd, f64, 3, NACF_S3, NACF_C3)
-    NACF_WAVE_FN(double, nacf_vd, f64, 4, NACF_S4, NACF_C4)
-    NACF_WAVE_FN1(double, nacf_vd, f64, 1, NACF_T1, NACF_D1)
-    NACF_WAVE_FN1(double, nacf_vd, f64, 2, NACF_T2, NACF_D2)
-    NACF_WAVE_FN1(double, nacf_vd, f64, 3, NACF_T3, NACF_D3)
-    NACF_WAVE_FN1(double, nacf_vd, f64, 4, NACF_T4, NACF_D4)
-    #undef V
-    #define V nacf_vf
-    NACF_WAVE_FN(float, nacf_vf, f32, 1, NACF_S1, NACF_C1)
-    NACF_WAVE_FN(float, nacf_vf, f32, 2, NACF_S2, NACF_C2)
-    NACF_WAVE_FN(float, nacf_vf, f32, 3, NACF_S3, NACF_C3)
-    NACF_WAVE_FN(float, nacf_vf, f32, 4, NACF_S4, NACF_C4)
-    NACF_WAVE_FN1(float, nacf_vf, f32, 1, NACF_T1, NACF_D1)
-    NACF_WAVE_FN1(float, nacf_vf, f32, 2, NACF_T2, NACF_D2)
-    NACF_WAVE_FN1(float, nacf_vf, f32, 3, NACF_T3, NACF_D3)
-    NACF_WAVE_FN1(float, nacf_vf, f32, 4, NACF_T4, NACF_D4)
-    #undef V
+    #define NACF_WAVE_FNS(T, VT, SUF, NVP) \\
+        NACF_WAVE_FN(T, VT, SUF, 1, NVP, NACF_S1, NACF_C1) \\
+        NACF_WAVE_FN(T, VT, SUF, 2, NVP, NACF_S2, NACF_C2) \\
+        NACF_WAVE_FN(T, VT, SUF, 3, NVP, NACF_S3, NACF_C3) \\
+        NACF_WAVE_FN(T, VT, SUF, 4, NVP, NACF_S4, NACF_C4)
+    NACF_WAVE_FNS(double, nacf_vd, f64, 1)
+    NACF_WAVE_FNS(double, nacf_vd, f64, 2)
+    NACF_WAVE_FNS(float, nacf_vf, f32, 1)
+    NACF_WAVE_FNS(float, nacf_vf, f32, 2)
 
     /* the whole cascade over one block of exactly nv (1 or 2) vectors of lanes: rows
        of x and y are ``stride`` elements apart (y may be x; a negative stride walks
        backwards); z is the block's state (S, 2, nv * VL) */
+    #define NACF_WAVE_CALL(SUF, NVP) do { \\
+        if (m == 1) nacf_wave1_##NVP##_##SUF(c, src, y, n, stride, zs); \\
+        else if (m == 2) nacf_wave2_##NVP##_##SUF(c, src, y, n, stride, zs); \\
+        else if (m == 3) nacf_wave3_##NVP##_##SUF(c, src, y, n, stride, zs); \\
+        else nacf_wave4_##NVP##_##SUF(c, src, y, n, stride, zs); } while (0)
     #define NACF_WAVE_DISPATCH(T, SUF) \\
     static void nacf_wave_##SUF(const T* sos, Py_ssize_t n_sections, const T* x, T* y, \\
                                 Py_ssize_t n, Py_ssize_t stride, T* z, int nv) { \\
@@ -222,17 +171,7 @@ cdef extern from *:
         while (s0 < n_sections) { \\
             Py_ssize_t m = n_sections - s0 < 4 ? n_sections - s0 : 4; \\
             const T* c = sos + 6 * s0; T* zs = z + 2 * s0 * W; \\
-            if (nv == 2) { \\
-                if (m == 1) nacf_wave1_##SUF(c, src, y, n, stride, zs); \\
-                else if (m == 2) nacf_wave2_##SUF(c, src, y, n, stride, zs); \\
-                else if (m == 3) nacf_wave3_##SUF(c, src, y, n, stride, zs); \\
-                else nacf_wave4_##SUF(c, src, y, n, stride, zs); \\
-            } else { \\
-                if (m == 1) nacf_wave1_1_##SUF(c, src, y, n, stride, zs); \\
-                else if (m == 2) nacf_wave2_1_##SUF(c, src, y, n, stride, zs); \\
-                else if (m == 3) nacf_wave3_1_##SUF(c, src, y, n, stride, zs); \\
-                else nacf_wave4_1_##SUF(c, src, y, n, stride, zs); \\
-            } \\
+            if (nv == 2) NACF_WAVE_CALL(SUF, 2); else NACF_WAVE_CALL(SUF, 1); \\
             src = y; s0 += m; \\
         } \\
     }
@@ -266,8 +205,8 @@ DEF LANES = 16  # channel blocks are padded to a multiple of this many lanes
 DEF LINE = 64   # bytes per cache line
 DEF AHEAD = 4   # rows / tiles to prefetch ahead
 DEF TILE = 16   # samples per transposed tile (channel-major input); _filter_common.TIME_TILE
-DEF WAVE_CHUNK_BYTES = 131072  # rows per time chunk of the wavefront path (all blocks)
-DEF WAVE_MIN_CHUNK = 64
+DEF WAVE_CHUNK_BYTES = 131072  # bytes of rows per time chunk of the wavefront path
+DEF WAVE_MIN_CHUNK = 64  # rows per chunk at the least
 
 
 @cython.boundscheck(False)
@@ -319,6 +258,32 @@ cdef void _state(floating* z, Py_ssize_t n_channels, Py_ssize_t c0, Py_ssize_t g
                     z[(2 * s + k) * n_channels + c0 + c] = zbuf[i]
 
 
+cdef inline Py_ssize_t _wave_lanes(const floating* sos) noexcept nogil:
+    """Lanes of a full wavefront block (two vectors) in this dtype (``sos`` only picks
+    the type)."""
+    if floating is double:
+        return NACF_WAVE_LANES_F64
+    return NACF_WAVE_LANES_F32
+
+
+cdef inline Py_ssize_t _wave_width(Py_ssize_t W, Py_ssize_t g) noexcept nogil:
+    """Lanes the block holding ``g`` channels runs with: two vectors (``W``), or one
+    when the channels fit in one."""
+    return W if 2 * g > W else W // 2
+
+
+cdef inline void _wave(const floating* sos, Py_ssize_t n_sections, const floating* x,
+                       floating* y, Py_ssize_t n, Py_ssize_t stride, floating* z,
+                       Py_ssize_t W, Py_ssize_t wb) noexcept nogil:
+    """The wavefront kernel of this dtype on one block of ``wb`` lanes (``W`` or
+    ``W // 2``)."""
+    cdef int nv = 2 if wb == W else 1
+    if floating is double:
+        nacf_wave_f64(sos, n_sections, x, y, n, stride, z, nv)
+    else:
+        nacf_wave_f32(sos, n_sections, x, y, n, stride, z, nv)
+
+
 @cython.boundscheck(False)
 @cython.wraparound(False)
 @cython.cdivision(True)
@@ -332,15 +297,10 @@ cdef int _wave_time_major(const floating* sos, Py_ssize_t n_sections, const floa
     one chunk before the next, so a long many-channel signal is read from memory once,
     not once per block (each block keeps its state in ``zl`` between chunks).  Returns
     -1 (nothing done) if scratch memory cannot be had."""
-    cdef Py_ssize_t W, nb, b, c0, g, wb, s, k, c, t, i, t0, m, chunk
-    cdef int nv
+    cdef Py_ssize_t W = _wave_lanes(sos), nb, b, c0, g, wb, s, k, c, t, i, t0, m, chunk
     cdef floating* zl
     cdef floating* zb
     cdef floating* xs = NULL
-    if floating is double:
-        W = NACF_WAVE_LANES_F64
-    else:
-        W = NACF_WAVE_LANES_F32
     nb = (n_channels + W - 1) // W
     chunk = n_times
     if nb > 1:
@@ -356,7 +316,7 @@ cdef int _wave_time_major(const floating* sos, Py_ssize_t n_sections, const floa
     for b in range(nb):  # state in (block b: (n_sections, 2, wb)), zeros in padded lanes
         c0 = b * W
         g = min(W, n_channels - c0)
-        wb = W if 2 * g > W else W // 2
+        wb = _wave_width(W, g)
         zb = zl + b * n_sections * 2 * W
         for s in range(n_sections):
             for k in range(2):
@@ -369,24 +329,16 @@ cdef int _wave_time_major(const floating* sos, Py_ssize_t n_sections, const floa
         for b in range(nb):
             c0 = b * W
             g = min(W, n_channels - c0)
-            wb = W if 2 * g > W else W // 2
-            nv = 2 if wb == W else 1
+            wb = _wave_width(W, g)
             zb = zl + b * n_sections * 2 * W
             if g == W:
-                if floating is double:
-                    nacf_wave_f64(sos, n_sections, x + t0 * n_channels + c0,
-                                  y + t0 * n_channels + c0, m, n_channels, zb, 2)
-                else:
-                    nacf_wave_f32(sos, n_sections, x + t0 * n_channels + c0,
-                                  y + t0 * n_channels + c0, m, n_channels, zb, 2)
+                _wave(sos, n_sections, x + t0 * n_channels + c0, y + t0 * n_channels + c0,
+                      m, n_channels, zb, W, W)
             else:
                 for t in range(m):
                     for c in range(wb):
                         xs[t * wb + c] = x[(t0 + t) * n_channels + c0 + c] if c < g else 0
-                if floating is double:
-                    nacf_wave_f64(sos, n_sections, xs, xs, m, wb, zb, nv)
-                else:
-                    nacf_wave_f32(sos, n_sections, xs, xs, m, wb, zb, nv)
+                _wave(sos, n_sections, xs, xs, m, wb, zb, W, wb)
                 for t in range(m):
                     for c in range(g):
                         y[(t0 + t) * n_channels + c0 + c] = xs[t * wb + c]
@@ -394,7 +346,7 @@ cdef int _wave_time_major(const floating* sos, Py_ssize_t n_sections, const floa
     for b in range(nb):  # state out
         c0 = b * W
         g = min(W, n_channels - c0)
-        wb = W if 2 * g > W else W // 2
+        wb = _wave_width(W, g)
         zb = zl + b * n_sections * 2 * W
         for s in range(n_sections):
             for k in range(2):
@@ -419,7 +371,6 @@ cdef int _wave_filtfilt_cm(const double* sos, Py_ssize_t n_sections, const doubl
     :func:`_wave_time_major`.  Returns -1 (nothing done) if scratch memory cannot be
     had."""
     cdef Py_ssize_t W = NACF_WAVE_LANES_F64, N = n + 2 * padlen, c0 = 0, g, wb, j, c, t, t0
-    cdef int nv
     cdef double* dst
     cdef double x0, xl
     cdef double* zl = <double*> malloc(n_sections * 2 * W * sizeof(double))
@@ -432,25 +383,19 @@ cdef int _wave_filtfilt_cm(const double* sos, Py_ssize_t n_sections, const doubl
         return -1
     while c0 < n_channels:
         g = min(W, n_channels - c0)
-        wb = W if 2 * g > W else W // 2
-        nv = 2 if wb == W else 1
-        for c in range(wb):  # the odd extension at both ends (zeros past the last channel)
-            if c < g:
-                src = x + (c0 + c) * n
-                x0 = src[0]
-                xl = src[n - 1]
-                for j in range(padlen):
-                    xs[j * wb + c] = 2 * x0 - src[padlen - j]
-                    xs[(padlen + n + j) * wb + c] = 2 * xl - src[n - 2 - j]
-            else:
-                for j in range(padlen):
-                    xs[j * wb + c] = 0
-                    xs[(padlen + n + j) * wb + c] = 0
+        wb = _wave_width(W, g)
+        for t in range(N):  # zeros in the padded lanes
+            for c in range(g, wb):
+                xs[t * wb + c] = 0
+        for c in range(g):  # the odd extension at both ends
+            src = x + (c0 + c) * n
+            x0 = src[0]
+            xl = src[n - 1]
+            for j in range(padlen):
+                xs[j * wb + c] = 2 * x0 - src[padlen - j]
+                xs[(padlen + n + j) * wb + c] = 2 * xl - src[n - 2 - j]
         # the signal itself, transposed in tiles of 8 samples (one cache line of each
-        # channel read, eight rows written); zeros in the padded lanes
-        for c in range(g, wb):
-            for t in range(n):
-                xs[(padlen + t) * wb + c] = 0
+        # channel read, eight rows written)
         t0 = 0
         while t0 + 8 <= n:
             row = xs + (padlen + t0) * wb
@@ -467,7 +412,7 @@ cdef int _wave_filtfilt_cm(const double* sos, Py_ssize_t n_sections, const doubl
             for c in range(n_sections * 2):
                 for t in range(wb):
                     zl[c * wb + t] = zi[c] * row[t]
-            nacf_wave_f64(sos, n_sections, row, row, N, wb if j == 0 else -wb, zl, nv)
+            _wave(sos, n_sections, row, row, N, wb if j == 0 else -wb, zl, W, wb)
         for c in range(g):  # back channel-major, eight samples per cache line written
             dst = out + (c0 + c) * n
             row = xs + padlen * wb + c
