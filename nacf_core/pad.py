@@ -216,25 +216,13 @@ def _bp(x: np.ndarray, sfreq: float, l_freq: float, h_freq: float) -> np.ndarray
     n_ch, n = x.shape
     if n <= padlen:
         return _sig.sosfiltfilt(sos, x, axis=-1)
-    ff = _filtfilt_kernel_cy()
-    if ff is not None:
+    cy = _cy_filter()
+    if cy is not None:
         out = np.empty((n_ch, n))
-        if ff(sos, zi, np.ascontiguousarray(x, dtype=np.float64), padlen, out):
+        if cy.kernel_module().sosfiltfilt_f64(
+                sos, zi, np.ascontiguousarray(x, dtype=np.float64), padlen, out):
             return out
     return _bp_numba(x, sfreq, l_freq, h_freq)
-
-
-@functools.lru_cache(maxsize=1)
-def _filtfilt_kernel_cy():
-    """The Cython build's zero-phase kernel (``sosfiltfilt_f64``), or ``None`` where
-    the extension is not built."""
-    try:
-        from .kernels._cy_filter import kernel_module
-
-        return kernel_module().sosfiltfilt_f64
-    except Exception:  # noqa: BLE001 - not built: the Numba kernel does the same
-        log.debug("Cython zero-phase kernel unavailable; PAD uses the Numba kernel")
-        return None
 
 
 def _bp_numba(x: np.ndarray, sfreq: float, l_freq: float, h_freq: float) -> np.ndarray:
@@ -272,20 +260,23 @@ def _bp_reference(x: np.ndarray, sfreq: float, l_freq: float, h_freq: float) -> 
 def _sosfilt(sos: np.ndarray, x: np.ndarray, zi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``scipy.signal.sosfilt`` along the last axis of a C-contiguous float64 array, with
     the project's compiled kernel when it is built (same recursion, ~4x less overhead)."""
-    k = _kernel()
-    if k is None:
+    cy = _cy_filter()
+    if cy is None:
         return _sig.sosfilt(sos, x, axis=-1, zi=zi)
-    return k(sos, x, -1, np.ascontiguousarray(zi))
+    return cy.sosfilt(sos, x, -1, np.ascontiguousarray(zi))
 
 
 @functools.lru_cache(maxsize=1)
-def _kernel():
+def _cy_filter():
+    """The Cython filter backend (``nacf_core.kernels._cy_filter``: its ``sosfilt`` and
+    the zero-phase ``kernel_module().sosfiltfilt_f64``), or ``None`` where the extension
+    is not built (SciPy and the Numba kernel then do the same computations)."""
     try:
-        from .kernels import backend
+        from .kernels import _cy_filter as cy
 
-        return backend("cython").sosfilt
-    except Exception:  # noqa: BLE001 - not built: SciPy does the same computation
-        log.debug("compiled sosfilt unavailable; PAD uses scipy.signal.sosfilt")
+        return cy
+    except Exception:  # noqa: BLE001 - not built
+        log.debug("Cython filter kernels unavailable; PAD uses SciPy and Numba")
         return None
 
 
@@ -742,11 +733,9 @@ class _Slab:
     thread-safe by itself: :func:`_max_ncc_slab` holds ``lock``.
     """
 
-    __slots__ = ("cap", "dead", "free", "lock", "nbytes", "nfft", "owner", "pos", "spec",
-                 "used", "wp")
+    __slots__ = ("cap", "dead", "free", "lock", "owner", "pos", "spec", "used", "wp")
 
-    def __init__(self, nfft: int, nf: int, n_feat: int, L: int, cap: int) -> None:
-        self.nfft = nfft
+    def __init__(self, nf: int, n_feat: int, L: int, cap: int) -> None:
         self.cap = cap
         self.spec = np.zeros((nf, cap, n_feat), dtype=np.complex64)
         self.wp = np.zeros((L, cap, 2))
@@ -756,7 +745,10 @@ class _Slab:
         self.used = 0
         self.dead = 0
         self.lock = threading.Lock()
-        self.nbytes = self.spec.nbytes + self.wp.nbytes
+
+    @property
+    def nbytes(self) -> int:
+        return self.spec.nbytes + self.wp.nbytes
 
     def _kill(self, start: int, n: int) -> None:
         self.wp[:, start:start + n, 0] = 0.0
@@ -791,7 +783,6 @@ class _Slab:
         wp[:, :self.used] = self.wp[:, :self.used]
         self.spec, self.wp, self.cap = spec, wp, cap
         self.owner.extend([None] * (cap - len(self.owner)))
-        self.nbytes = self.spec.nbytes + self.wp.nbytes
 
     def sync(self, stored: list[Any]) -> None:
         """Make the live parts exactly those of ``stored`` (one FFT size, ``nfft``)."""
@@ -830,7 +821,7 @@ class _SlabCache:
                 self._size -= slab.nbytes  # another channel set or piece length
                 slab = None
             if slab is None:
-                slab = _Slab(nfft, e.spec.shape[0], e.spec.shape[2], L,
+                slab = _Slab(e.spec.shape[0], e.spec.shape[2], L,
                              max(16, n_parts + n_parts // 4))
                 self._size += slab.nbytes
             self._d[k] = slab  # most recent last
