@@ -7,9 +7,9 @@ Groups:
   of enrollment + 64 earlier probes, vs the direct vectorised NumPy computation
   (sliding windows + einsum), the baseline; results must agree.
 - ``PAD replay score, rolling history``: as a server sees it, every call against the
-  enrollment + the 48 latest probes, one probe newer than at the previous call: the
-  plain path (the prepared fingerprints concatenated per call), the baseline, vs the
-  history kept in a slab between calls (``history_key``); same scores.
+  enrollment + the latest ``Store.pad_history`` (64) probes, one newer than at the
+  previous call: the plain path (the prepared fingerprints concatenated per call), the
+  baseline, vs the history kept in a slab between calls (``history_key``); same scores.
 - ``PAD check``: the whole detector (filters, spectrum, periodicity, fingerprint,
   replay score) with its compiled (Numba) kernels, vs the baseline of the same detector
   on its NumPy/SciPy reference path (the implementation before the kernels; same
@@ -26,10 +26,12 @@ from conftest import tag
 from scipy import signal
 
 from nacf_core import pad
+from nacf_core.store.base import Store
 
 CH16 = ["Fp1", "Fp2", "F3", "F4", "F7", "F8", "C3", "C4", "T7", "T8", "P3", "P4", "P7", "P8",
         "O1", "O2"]
 SF = 160.0
+HISTORY = Store.pad_history  # probes a server keeps per user
 
 
 def _pink(rng, n, n_ch):
@@ -96,26 +98,26 @@ def _rolling_bench(benchmark, rolling, key):
     k = [0]
 
     def one():
-        i = k[0] % (len(pool) - 48)
+        i = k[0] % (len(pool) - HISTORY)
         k[0] += 1
-        return pad._replay_score(fp, [enroll] + pool[i:i + 48], False, key)
+        return pad._replay_score(fp, [enroll] + pool[i:i + HISTORY], False, key)
 
     return benchmark(one)
 
 
 def test_replay_score_rolling_plain(benchmark, rolling):
-    tag(benchmark, "PAD replay score, rolling history (enrollment + 48 probes)",
+    tag(benchmark, "PAD replay score, rolling history (enrollment + 64 probes)",
         "concatenated per call", baseline=True)
     _rolling_bench(benchmark, rolling, None)
 
 
 def test_replay_score_rolling_slab(benchmark, rolling):
-    tag(benchmark, "PAD replay score, rolling history (enrollment + 48 probes)",
+    tag(benchmark, "PAD replay score, rolling history (enrollment + 64 probes)",
         "slab kept between calls")
     _rolling_bench(benchmark, rolling, "bench-user")
     enroll, pool, fp = rolling
     for i in (0, 7, 100):
-        hist = [enroll] + pool[i:i + 48]
+        hist = [enroll] + pool[i:i + HISTORY]
         assert pad._replay_score(fp, hist, False, "bench-user") == pytest.approx(
             pad._replay_score(fp, hist, False), abs=1e-6)
 
