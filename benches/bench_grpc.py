@@ -22,8 +22,16 @@ Set-up (all in this run):
 Clients: 1, 8 and 32 concurrent client threads, each on its own channel and TCP
 connection, in this process.
 Reported (``extra_info`` and the summary at the end): p50/p90/p99 latency, throughput,
-the CPU time the server process(es) spent per call (from ``/proc``; unlike the
-throughput it hardly depends on what else the shared machine runs), and the targets — nacf throughput at 8 clients ≥ 60 % of bare; p99 at 8 clients ≤ 20 ms.
+the CPU time the server process(es) and the clients spent per call (from ``/proc``;
+unlike the throughput it hardly depends on what else the shared machine runs), how busy
+the machine's CPUs were, and the targets — nacf throughput at 8 clients ≥ 60 % of bare;
+p99 at 8 clients ≤ 20 ms. nacf at 8 clients runs in rounds alternating with rounds of
+the bare server (the shared machine's speed drifts by tens of percent within minutes):
+its ratio to bare is the median of the per-round ratios, its latencies are pooled. The
+summary also gives the CPU budget those figures imply: the most calls per second the
+machine's CPUs could serve at 100 % at this CPU cost per call, and the throughput the
+p99 target needs (Little's law: with 8 clients waiting for their answers, the mean
+latency is 8 / throughput).
 """
 
 from __future__ import annotations
@@ -57,6 +65,8 @@ MD = (("x-api-key", KEY),)
 SUBJECTS = range(1, 25)
 CALLS = {1: 100, 8: 400, 32: 250}   # per concurrency level (distinct probes for each call)
 CALLS_NO_PAD = 250
+ROUNDS_8 = 4  # nacf at 8 clients: rounds of CALLS[8] / ROUNDS_8 calls, alternating with
+BARE_PER_ROUND = 400  # rounds of the bare server (about as long)
 CALLS_MULTI = 220  # per process count (1450 distinct probes in all)
 PROCESSES = (2, 4)
 MSG = 16 * 1024 * 1024
@@ -257,7 +267,7 @@ class _Pool:
 
 
 def _run_load(addr: str, n_clients: int, n_calls: int, pool: _Pool,
-              secrets: dict | None, pids=()) -> dict:
+              secrets: dict | None, pids=(), raw: bool = False) -> dict:
     lat = []
     lock = threading.Lock()
     counts = {"ok": 0, "accepted": 0}
@@ -303,20 +313,38 @@ def _run_load(addr: str, n_clients: int, n_calls: int, pool: _Pool,
     for t in ts:
         t.start()
     cpu0 = _cpu_s(pids)
+    own0, stat0 = os.times(), _cpu_ticks()
     start.wait()
     t0 = time.perf_counter()
     for t in ts:
         t.join()
     wall = time.perf_counter() - t0
     cpu = _cpu_s(pids) - cpu0
+    own1, stat1 = os.times(), _cpu_ticks()
     for c in chans:
         c.close()
     a = np.asarray(lat) * 1000
-    return {"n": len(a), "throughput_rps": len(a) / wall, "p50_ms": float(np.percentile(a, 50)),
-            "p90_ms": float(np.percentile(a, 90)), "p99_ms": float(np.percentile(a, 99)),
-            "mean_ms": float(a.mean()), "accepted": counts["accepted"], "ok": counts["ok"],
-            # CPU the server process(es) spent per call: robust to the machine's load
-            "server_cpu_ms": cpu / max(1, len(a)) * 1000}
+    d = [y - x for x, y in zip(stat0, stat1)]
+    n = max(1, len(a))
+    out = {"n": len(a), "throughput_rps": len(a) / wall, "p50_ms": float(np.percentile(a, 50)),
+           "p90_ms": float(np.percentile(a, 90)), "p99_ms": float(np.percentile(a, 99)),
+           "mean_ms": float(a.mean()), "accepted": counts["accepted"], "ok": counts["ok"],
+           # CPU the server process(es) spent per call: robust to the machine's load
+           "server_cpu_ms": cpu / n * 1000,
+           # ... and the clients (this process): the machine's CPU is shared by both
+           "client_cpu_ms": (own1.user - own0.user + own1.system - own0.system) / n * 1000,
+           # share of the machine's CPUs busy during the run (/proc/stat; 1 = saturated)
+           "machine_busy": 1.0 - (d[3] + d[4]) / max(1, sum(d))}
+    if raw:
+        out["latencies_ms"] = a
+    return out
+
+
+def _cpu_ticks() -> list[int]:
+    """The machine's CPU time counters (``/proc/stat``: user, nice, system, idle,
+    iowait, ...)."""
+    with open("/proc/stat") as f:
+        return [int(v) for v in f.readline().split()[1:]]
 
 
 @pytest.fixture(scope="module")
@@ -351,14 +379,55 @@ def test_bare_grpc(benchmark, bare_server, data, n_clients):
     _record(benchmark, "bare", n_clients, res)
 
 
+def _interleaved(addr: str, secrets: dict, pids, bare_addr: str, bare_pids, probe_pool: _Pool,
+                 bare_pool: _Pool, n_clients: int = 8) -> dict:
+    """nacf at ``n_clients`` in ``ROUNDS_8`` rounds alternating with rounds of the bare
+    server, so both see the same moments of the shared machine (its speed drifts by tens
+    of percent within minutes): latencies pooled over the nacf rounds, throughput over
+    their total time, and the median of the per-round nacf / bare throughput ratios."""
+    per = CALLS[n_clients] // ROUNDS_8
+    nacf, bare = [], []
+    for r in range(ROUNDS_8):
+        for which in (("bare", "nacf") if r % 2 == 0 else ("nacf", "bare")):
+            if which == "bare":
+                bare.append(_run_load(bare_addr, n_clients, BARE_PER_ROUND, bare_pool, None,
+                                      bare_pids))
+            else:
+                nacf.append(_run_load(addr, n_clients, per, probe_pool, secrets, pids,
+                                      raw=True))
+    lat = np.concatenate([x.pop("latencies_ms") for x in nacf])
+    n = len(lat)
+    wall = sum(x["n"] / x["throughput_rps"] for x in nacf)
+    ratios = [a["throughput_rps"] / b["throughput_rps"] for a, b in zip(nacf, bare)]
+    return {"n": n, "throughput_rps": n / wall, "p50_ms": float(np.percentile(lat, 50)),
+            "p90_ms": float(np.percentile(lat, 90)), "p99_ms": float(np.percentile(lat, 99)),
+            "mean_ms": float(lat.mean()), "accepted": sum(x["accepted"] for x in nacf),
+            "ok": sum(x["ok"] for x in nacf),
+            "server_cpu_ms": sum(x["server_cpu_ms"] * x["n"] for x in nacf) / n,
+            "client_cpu_ms": sum(x["client_cpu_ms"] * x["n"] for x in nacf) / n,
+            "machine_busy": float(np.mean([x["machine_busy"] for x in nacf])),
+            "ratio_vs_bare": float(np.median(ratios)),
+            "ratio_rounds": " ".join(f"{v:.3f}" for v in ratios),
+            "p99_rounds_ms": " ".join(f"{x['p99_ms']:.1f}" for x in nacf),
+            "bare_rps_rounds": " ".join(f"{x['throughput_rps']:.0f}" for x in bare)}
+
+
 @pytest.mark.parametrize("n_clients", [1, 8, 32])
-def test_nacf_grpc(benchmark, nacf_server, probe_pool, n_clients):
-    """nacf serve: proof, rate limit, lockout, pipeline, PAD, audit, session per call."""
+def test_nacf_grpc(benchmark, request, nacf_server, probe_pool, data, n_clients):
+    """nacf serve: proof, rate limit, lockout, pipeline, PAD, audit, session per call.
+    At 8 clients (the targets) in rounds alternating with the bare server's."""
     addr, secrets, pids = nacf_server
     tag(benchmark, f"Authenticate round trip, {n_clients} client(s)", "nacf serve",
         target="≥0.6× bare throughput, p99 ≤ 20 ms" if n_clients == 8 else None)
-    res = benchmark.pedantic(_run_load, args=(addr, n_clients, CALLS[n_clients], probe_pool,
-                                              secrets, pids), rounds=1, iterations=1)
+    if n_clients == 8:
+        bare_addr, bare_pids = request.getfixturevalue("bare_server")
+        res = benchmark.pedantic(_interleaved, args=(
+            addr, secrets, pids, bare_addr, bare_pids, probe_pool, _Pool(data[1] * 4)),
+            rounds=1, iterations=1)
+    else:
+        res = benchmark.pedantic(_run_load, args=(addr, n_clients, CALLS[n_clients],
+                                                  probe_pool, secrets, pids),
+                                 rounds=1, iterations=1)
     assert res["ok"] == CALLS[n_clients]
     assert res["accepted"] > res["ok"] * 0.3  # genuine probes: most are accepted
     _record(benchmark, "nacf", n_clients, res)
@@ -424,13 +493,28 @@ def test_summary(benchmark):
         lines.append(f"in-process pipeline: {RESULTS[('pipeline', 1)]['p50_ms']:.3f} ms median")
     n8, b8 = RESULTS.get(("nacf", 8)), RESULTS.get(("bare", 8))
     if n8 and b8:
-        ratio = n8["throughput_rps"] / b8["throughput_rps"]
+        ratio = n8.get("ratio_vs_bare", n8["throughput_rps"] / b8["throughput_rps"])
         benchmark.extra_info["ratio_8"] = round(ratio, 3)
         benchmark.extra_info["p99_8_ms"] = round(n8["p99_ms"], 2)
         lines.append(f"target throughput(8) ≥ 60 % of bare: {ratio:.0%} "
-                     f"({'met' if ratio >= 0.6 else 'NOT met'})")
+                     f"({'met' if ratio >= 0.6 else 'NOT met'})"
+                     + (f"; median of {ROUNDS_8} rounds alternating with the bare server "
+                        f"(per round: {n8['ratio_rounds']})" if "ratio_rounds" in n8 else ""))
         lines.append(f"target p99(8) ≤ 20 ms: {n8['p99_ms']:.2f} ms "
-                     f"({'met' if n8['p99_ms'] <= 20 else 'NOT met'})")
+                     f"({'met' if n8['p99_ms'] <= 20 else 'NOT met'})"
+                     + (f"; per round: {n8['p99_rounds_ms']}" if "p99_rounds_ms" in n8 else ""))
+    if n8:
+        # the CPU budget: the machine's CPUs serve both the server and the clients
+        per_call = n8["server_cpu_ms"] + n8["client_cpu_ms"]
+        cap = (os.cpu_count() or 1) / per_call * 1000
+        # Little's law: mean latency = clients / throughput; p99 / mean from this run
+        need = 8 / (0.020 / (n8["p99_ms"] / n8["mean_ms"]))
+        lines.append(f"CPU per call at 8 clients: server {n8['server_cpu_ms']:.2f} + clients "
+                     f"{n8['client_cpu_ms']:.2f} = {per_call:.2f} ms; machine busy "
+                     f"{n8['machine_busy']:.0%}; all {os.cpu_count()} CPUs at 100 % would "
+                     f"serve at most {cap:.0f} calls/s; p99 ≤ 20 ms needs about {need:.0f} "
+                     f"(mean latency = 8 / throughput, p99 = {n8['p99_ms'] / n8['mean_ms']:.2f}"
+                     f" x mean in this run)")
     for n_proc in PROCESSES:
         x8 = RESULTS.get((f"nacf-x{n_proc}", 8))
         if x8 and b8:
