@@ -9,6 +9,11 @@ floor any store on SQLite pays):
   transaction — vs a bare autocommit ``INSERT``.
 - ``store read``: ``get_template`` of a 4 KiB template (SELECT + AES-GCM decrypt) and
   ``get_device`` vs a bare ``SELECT`` of the same row.
+- ``rate limit ...``: admitting 400 requests of one API key through the per-client rate
+  limit, from 8 threads of two "replicas" (two store objects, each its own connections),
+  on SQLite and on PostgreSQL (``NACF_TEST_POSTGRES_DSN``, default the local test
+  server): token leases (``nacf_core.ratelimit``, the server's default) vs a store
+  transaction per request (``--rate-lease 1``, the baseline).
 """
 
 from __future__ import annotations
@@ -16,10 +21,13 @@ from __future__ import annotations
 import itertools
 import os
 import sqlite3
+import threading
+import uuid
 
 import pytest
 from conftest import tag
 
+from nacf_core.ratelimit import TokenLeases
 from nacf_core.store import open_store
 
 BLOB = os.urandom(4096)
@@ -95,3 +103,54 @@ def test_read_get_template(benchmark, store):
 def test_read_get_device(benchmark, store):
     tag(benchmark, "store read", "get_device (decrypt)")
     assert benchmark(store.get_device, "hs-1").secret == "s" * 32
+
+
+# ------------------------------------------------------------------------ rate limit
+PG_DSN = os.environ.get("NACF_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+N_ADMIT, N_THREADS = 400, 8
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def replicas(request, tmp_path_factory):
+    """Two store objects on one database (as two replicas would have)."""
+    key = os.urandom(32)
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('rl') / 'rl.db'}"
+    else:
+        psycopg = pytest.importorskip("psycopg")
+        schema = f"nacf_b_{uuid.uuid4().hex[:10]}"
+        url = f"{PG_DSN}{'&' if '?' in PG_DSN else '?'}schema={schema}"
+    stores = [open_store(url, key=key) for _ in range(2)]
+    yield request.param, stores
+    for s in stores:
+        s.close()
+    if request.param == "postgresql":
+        with psycopg.connect(PG_DSN, autocommit=True) as c:
+            c.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def _admit_all(stores, max_lease: int) -> int:
+    """N_ADMIT requests of one client from N_THREADS threads over two replicas."""
+    client = f"app-{uuid.uuid4().hex[:8]}"
+    limits = [TokenLeases(s.take_tokens, 1e9, 1e9, max_lease=max_lease) for s in stores]
+    admitted = []
+
+    def work(rl):
+        admitted.append(sum(rl.take(client, 1.79e9) for _ in range(N_ADMIT // N_THREADS)))
+
+    ts = [threading.Thread(target=work, args=(limits[i % 2],)) for i in range(N_THREADS)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return sum(admitted)
+
+
+@pytest.mark.parametrize("max_lease", [1, 32], ids=["per-request", "leases"])
+def test_rate_limit(benchmark, replicas, max_lease):
+    backend, stores = replicas
+    tag(benchmark, f"rate limit, {N_THREADS} threads, 2 replicas, {backend}",
+        "a transaction per request" if max_lease == 1 else f"leases of {max_lease}",
+        baseline=max_lease == 1, n_items=N_ADMIT, item="request")
+    assert benchmark.pedantic(_admit_all, args=(stores, max_lease), rounds=15,
+                              warmup_rounds=1) == N_ADMIT

@@ -61,6 +61,9 @@ OPTION_HELP: dict[str, str] = {
     "lockout_seconds": "how long a lockout lasts (UnlockUser lifts it)",
     "rate_limit_per_s": "token bucket per client: tokens per second",
     "rate_limit_burst": "token bucket per client: capacity",
+    "rate_limit_lease": "token bucket: most tokens a process takes from the shared bucket in "
+                        "one store transaction and hands out itself (at most a tenth of the "
+                        "burst, held at most 0.5 s; 1: a store write per request)",
     "session_ttl_s": "session lifetime after a successful authentication (seconds)",
     "stream_max_seconds": "AuthenticateStream: most signal seconds before a decision",
     "continuous_mismatch_windows": "ContinuousAuthenticate: consecutive non-matching windows "
@@ -101,6 +104,7 @@ class Config:
     lockout_seconds: float = 900.0
     rate_limit_per_s: float = 20.0
     rate_limit_burst: float = 40.0
+    rate_limit_lease: int = 32
     session_ttl_s: float = 900.0
     stream_max_seconds: float = 20.0
     continuous_mismatch_windows: int = 2
@@ -121,7 +125,7 @@ class Config:
         if self.metrics_address:
             parse_address("metrics_address", self.metrics_address)
         for name in ("max_workers", "max_concurrent_rpcs", "lockout_threshold",
-                     "continuous_mismatch_windows", "identify_max_k"):
+                     "continuous_mismatch_windows", "identify_max_k", "rate_limit_lease"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"option {name!r} must be an integer >= 1, got {v!r}.")

@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from nacf_core.config import Config
+from nacf_core.ratelimit import TokenLeases
 from nacf_core.errors import (
     AlreadyExists,
     DeadlineExceeded,
@@ -350,6 +351,10 @@ class AuthService:
         # the GIL; ``None`` with a networked store.
         self.authenticate_gate: threading.RLock | None = (
             threading.RLock() if getattr(store, "in_process", False) else None)
+        # per-client rate limit: leases of the store's shared buckets (nacf_core.ratelimit)
+        self.rate_leases = TokenLeases(
+            self.store.take_tokens, float(self.config.rate_limit_per_s),
+            float(self.config.rate_limit_burst), max_lease=int(self.config.rate_limit_lease))
         self._last_purge = 0.0
         self._last_expire = 0.0
         self._purge_lock = threading.Lock()
@@ -369,9 +374,7 @@ class AuthService:
 
     def check_rate_limit(self, client_id: str) -> None:
         """Take one token from ``client_id``'s bucket or raise ``ResourceExhausted``."""
-        ok = self._store("take_token", self.store.take_token, client_id,
-                         float(self.config.rate_limit_per_s), float(self.config.rate_limit_burst),
-                         now=self.clock())
+        ok = self._store("take_token", self.rate_leases.take, client_id, self.clock())
         if not ok:
             self.metrics.record_suspicious("rate_limited", "low")
             raise ResourceExhausted(

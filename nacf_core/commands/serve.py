@@ -96,6 +96,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"per-client requests/s (default {d.rate_limit_per_s:g})")
     p.add_argument("--rate-burst", dest="rate_limit_burst", type=float, metavar="N",
                    help=f"per-client burst (default {d.rate_limit_burst:g})")
+    p.add_argument("--rate-lease", dest="rate_limit_lease", type=int, metavar="N",
+                   help=f"tokens taken from the shared bucket at a time (default "
+                        f"{d.rate_limit_lease}; 1: a store write per request)")
     p.add_argument("--session-ttl", dest="session_ttl_s", type=float, metavar="S",
                    help=f"session lifetime (default {d.session_ttl_s:g})")
     p.add_argument("--audit-retention-days", type=float, metavar="D",
@@ -108,7 +111,7 @@ _FLAG_KEYS = ("grpc_address", "metrics_address", "data_dir", "store_url", "store
               "require_device_proof", "presentation_attack_detection", "tls_cert_file", "tls_key_file", "tls_client_ca_file",
               "reuse_port", "max_workers", "max_concurrent_rpcs", "max_message_bytes", "grace_period_s",
               "lockout_threshold", "lockout_seconds", "rate_limit_per_s", "rate_limit_burst",
-              "session_ttl_s", "audit_retention_days")
+              "rate_limit_lease", "session_ttl_s", "audit_retention_days")
 
 
 def run(args: argparse.Namespace) -> int:

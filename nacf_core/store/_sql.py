@@ -605,28 +605,31 @@ class SqlStore(Store):
             return LockoutState(0, None)
         return LockoutState(int(row[0]), None if row[1] is None else float(row[1]))
 
-    def take_token(self, client_id, rate_per_s, burst, now=None) -> bool:
+    def take_tokens(self, client_id, rate_per_s, burst, want=1, give_back=0.0,
+                    now=None) -> int:
         _check_id("client_id", client_id)
         rate = float(rate_per_s)
         if not rate >= 0 or rate == float("inf"):
             raise InvalidArgument(f"'rate_per_s' must be a finite number >= 0, got {rate_per_s!r}.")
         burst = check_finite_positive("burst", burst)
+        want = check_int_range("want", want, 1)
+        back = float(give_back)
+        if not back >= 0 or back == float("inf"):
+            raise InvalidArgument(f"'give_back' must be a finite number >= 0, got {give_back!r}.")
         t = _now(now)
 
-        def fn(tx: Tx) -> bool:
+        def fn(tx: Tx) -> int:
             self._relaxed_durability(tx)
             tx.execute("INSERT INTO rate_buckets (client_id, tokens, updated_at) "
                        "VALUES (?, ?, ?) ON CONFLICT (client_id) DO NOTHING",
                        (client_id, burst, t))
             tokens, updated = tx.one("SELECT tokens, updated_at FROM rate_buckets "
                                      "WHERE client_id = ?" + self.FOR_UPDATE, (client_id,))
-            tokens = min(burst, tokens + max(0.0, t - updated) * rate)
-            ok = tokens >= 1.0
-            if ok:
-                tokens -= 1.0
+            tokens = min(burst, tokens + max(0.0, t - updated) * rate + back)
+            got = min(want, int(math.floor(tokens))) if tokens >= 1.0 else 0
             tx.execute("UPDATE rate_buckets SET tokens = ?, updated_at = ? WHERE client_id = ?",
-                       (tokens, max(t, updated), client_id))
-            return ok
+                       (tokens - got, max(t, updated), client_id))
+            return got
 
         return self._run(fn)
 

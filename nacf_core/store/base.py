@@ -334,11 +334,19 @@ class Store(abc.ABC):
     def get_lockout(self, user_id: str) -> LockoutState:
         """Current lockout state (``failures=0, locked_until=None`` when none)."""
 
-    @abc.abstractmethod
     def take_token(self, client_id: str, rate_per_s: float, burst: float,
                    now: float | None = None) -> bool:
         """Token bucket: refill at ``rate_per_s`` up to ``burst``; take one token if
         available and return ``True``, else ``False``. Atomic across replicas."""
+        return self.take_tokens(client_id, rate_per_s, burst, 1, now=now) == 1
+
+    @abc.abstractmethod
+    def take_tokens(self, client_id: str, rate_per_s: float, burst: float, want: int = 1,
+                    give_back: float = 0.0, now: float | None = None) -> int:
+        """Token bucket, several at a time (a lease, see :mod:`nacf_core.ratelimit`):
+        refill at ``rate_per_s``, add ``give_back`` (a lease's unused tokens), cap at
+        ``burst``; then take ``min(want, whole tokens available)`` and return how many
+        were taken (0 when none). One transaction, atomic across replicas."""
 
     # -- audit log and stats -------------------------------------------------------
     @abc.abstractmethod

@@ -216,6 +216,27 @@ def test_token_bucket(store):
         store.take_token("c", 1.0, 0)
 
 
+def test_token_bucket_several_at_a_time(store):
+    # a lease takes what is there, up to what it wants
+    assert store.take_tokens("c", 1.0, 10, 4, now=T0) == 4
+    assert store.take_tokens("c", 1.0, 10, 4, now=T0) == 4
+    assert store.take_tokens("c", 1.0, 10, 4, now=T0) == 2  # only 2 left
+    assert store.take_tokens("c", 1.0, 10, 4, now=T0) == 0
+    assert store.take_tokens("c", 1.0, 10, 4, now=T0 + 2.5) == 2  # 2.5 refilled: 2 whole
+    # unused tokens come back (capped at the burst), with the same transaction's take
+    assert store.take_tokens("c", 1.0, 10, 3, give_back=7, now=T0 + 2.5) == 3
+    assert store.take_tokens("c", 1.0, 10, 10, now=T0 + 2.5) == 4  # 0.5 + 7 - 3 = 4.5
+    assert store.take_tokens("c", 0.0, 10, 1, give_back=100, now=T0 + 3) == 1
+    assert store.take_tokens("c", 0.0, 10, 100, now=T0 + 3) == 9  # burst 10 - 1
+    assert store.take_token("c", 0.0, 10, now=T0 + 3) is False
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises((ValueError, TypeError), match="want"):
+            store.take_tokens("c", 1.0, 10, bad)
+    for bad in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="give_back"):
+            store.take_tokens("c", 1.0, 10, 1, give_back=bad)
+
+
 def test_attempts_stats_and_purge(store):
     day = utc_day_start(T0)
     store.put_template("alice", b"x", "m")
