@@ -51,7 +51,6 @@ from typing import Any
 import numpy as np
 
 from nacf_core.config import Config
-from nacf_core.ratelimit import TokenLeases
 from nacf_core.errors import (
     AlreadyExists,
     DeadlineExceeded,
@@ -63,6 +62,7 @@ from nacf_core.errors import (
     Unauthenticated,
     Unavailable,
 )
+from nacf_core.ratelimit import TokenLeases
 
 __all__ = [
     "AuthResult",
@@ -373,7 +373,8 @@ class AuthService:
         return True
 
     def check_rate_limit(self, client_id: str) -> None:
-        """Take one token from ``client_id``'s bucket or raise ``ResourceExhausted``."""
+        """Take one token from ``client_id``'s bucket (through this process's lease of
+        it, :mod:`nacf_core.ratelimit`) or raise ``ResourceExhausted``."""
         ok = self._store("take_token", self.rate_leases.take, client_id, self.clock())
         if not ok:
             self.metrics.record_suspicious("rate_limited", "low")
