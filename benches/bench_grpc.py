@@ -18,6 +18,11 @@ Set-up (all in this run):
 - **bare**: a grpcio server in its own process, same options and thread pool, same
   method and message, that parses the request and returns a fixed reply: gRPC's floor.
 - **pipeline**: ``Pipeline.windows`` + ``decide`` in process, no gRPC, no store.
+- **authenticate in process**: the whole ``AuthService.authenticate`` (device proof,
+  store read and writes, pipeline, PAD) in this process, no gRPC, one call at a time:
+  back to back, and after 2 ms of idle time (a sleep) or of a busy wait that writes a
+  4 MB buffer before each call, as the other threads and the clients do between two
+  calls in a server: what cold caches cost the same work.
 
 Clients: 1, 8 and 32 concurrent client threads, each on its own channel and TCP
 connection, in this process.
@@ -482,6 +487,70 @@ def test_pipeline_in_process(benchmark, model_path, data):
                                     "p50_ms": benchmark.stats.stats.median * 1000}
 
 
+GAPS = {"back to back": None, "after 2 ms asleep": "sleep",
+        "after 2 ms writing 4 MB": "pollute"}
+CALLS_INPROC = 300  # per gap mode (distinct probes for each call)
+
+
+@pytest.fixture(scope="module")
+def service_in_process(tmp_path_factory, model_path, data):
+    """An ``AuthService`` as ``nacf serve`` builds it (SQLite, audit, device proof,
+    PAD), with the benchmark's users enrolled and their headsets registered."""
+    from nacf_core.config import Config
+    from nacf_core.server.app import build_service
+    from nacf_core.server.converters import signal_to_block
+
+    d = tmp_path_factory.mktemp("inproc")
+    svc = build_service(Config(data_dir=str(d), model_path=str(model_path),
+                               rate_limit_per_s=1e6, rate_limit_burst=1e6,
+                               lockout_threshold=1000000, require_device_proof=True))
+    enroll, _ = data
+    secrets = {}
+    for user, x in enroll.items():
+        svc.enroll(user, [signal_to_block(_signal(x.tobytes()))])
+        secrets[user] = svc.register_device(user, f"hs-{user}")
+    yield svc, secrets, _Pool(data[1])
+    svc.store.close()
+
+
+@pytest.mark.parametrize("gap", list(GAPS))
+def test_authenticate_in_process(benchmark, service_in_process, gap):
+    import hashlib
+    import hmac
+
+    from nacf_core.server.converters import signal_to_block
+    from nacf_core.service import DeviceProof
+
+    svc, secrets, pool = service_in_process
+    mode = GAPS[gap]
+    junk = np.ones(4 << 17) if mode == "pollute" else None  # 4 MB
+
+    def setup():
+        if mode == "sleep":
+            time.sleep(0.002)
+        elif mode == "pollute":
+            end = time.perf_counter() + 0.002
+            while time.perf_counter() < end:
+                np.add(junk, 1.0, out=junk)
+        user, raw, digest = pool.next()
+        dev, ts = f"hs-{user}", int(time.time())
+        proof = hmac.new(secrets[user].encode(), f"{user}\n{dev}\n{ts}\n{digest}".encode(),
+                         hashlib.sha256).hexdigest()
+        return (user, signal_to_block(_signal(raw, dev)), DeviceProof(dev, str(ts), proof)), {}
+
+    def run(user, block, proof):
+        svc.check_rate_limit("bench")
+        return svc.authenticate(user, block, proof, peer="ipv4:127.0.0.1:1")
+
+    tag(benchmark, "Authenticate in process (proof, store, pipeline, PAD), one at a time",
+        gap, baseline=mode is None)
+    r = benchmark.pedantic(run, setup=setup, rounds=CALLS_INPROC, warmup_rounds=20)
+    assert r.model_version == svc.model_version
+    if benchmark.stats is not None:
+        RESULTS[("in-process", gap)] = {"p50_ms": benchmark.stats.stats.median * 1000,
+                                        "mean_ms": benchmark.stats.stats.mean * 1000}
+
+
 def test_summary(benchmark):
     """Print the comparison and the targets (run with ``-s`` to see it)."""
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
@@ -489,12 +558,16 @@ def test_summary(benchmark):
     lines = [f"{'server':<12}{'clients':>8}{'rps':>10}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}"
              f"{'server CPU ms/call':>20}"]
     for (name, n), r in sorted(RESULTS.items()):
-        if name == "pipeline":
+        if name in ("pipeline", "in-process"):
             continue
         lines.append(f"{name:<12}{n:>8}{r['throughput_rps']:>10.1f}{r['p50_ms']:>9.2f}"
                      f"{r['p90_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['server_cpu_ms']:>20.2f}")
     if ("pipeline", 1) in RESULTS:
         lines.append(f"in-process pipeline: {RESULTS[('pipeline', 1)]['p50_ms']:.3f} ms median")
+    gaps = [(g, RESULTS[("in-process", g)]) for g in GAPS if ("in-process", g) in RESULTS]
+    if gaps:
+        lines.append("authenticate in process, median ms per call: " + "; ".join(
+            f"{g} {r['p50_ms']:.2f}" for g, r in gaps))
     n8, b8 = RESULTS.get(("nacf", 8)), RESULTS.get(("bare", 8))
     if n8:  # measured in rounds alternating with the bare server (_interleaved)
         ratio = n8["ratio_vs_bare"]
