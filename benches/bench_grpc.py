@@ -41,6 +41,8 @@ latency is 8 / throughput).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import signal
 import subprocess
@@ -259,6 +261,15 @@ def _signal(raw: bytes, device_id: str = "") -> pb.Signal:
     return pb.Signal(sample_rate_hz=SFREQ, channel_names=CH16, samples=raw, device_id=device_id)
 
 
+def _proof(secret: str, user: str, digest: str) -> tuple[str, str, str]:
+    """``(device id, timestamp, proof)`` of a fresh device proof from ``user``'s headset
+    for samples whose SHA-256 is ``digest`` (``device_proof``'s message, with the digest
+    computed once per probe rather than per call)."""
+    dev, ts = f"hs-{user}", str(int(time.time()))
+    msg = f"{user}\n{dev}\n{ts}\n{digest}"
+    return dev, ts, hmac.new(secret.encode(), msg.encode(), hashlib.sha256).hexdigest()
+
+
 class _Pool:
     """Hands out each probe once, across threads."""
 
@@ -296,13 +307,8 @@ def _run_load(addr: str, n_clients: int, n_calls: int, pool: _Pool,
             dev = f"hs-{user}"
             md = MD
             if secrets is not None:
-                ts = int(time.time())
-                msg = f"{user}\n{dev}\n{ts}\n{digest}"
-                import hashlib
-                import hmac
-
-                proof = hmac.new(secrets[user].encode(), msg.encode(), hashlib.sha256).hexdigest()
-                md = (*MD, ("x-device-id", dev), ("x-device-timestamp", str(ts)),
+                _, ts, proof = _proof(secrets[user], user, digest)
+                md = (*MD, ("x-device-id", dev), ("x-device-timestamp", ts),
                       ("x-device-proof", proof))
             req = pb.AuthenticateRequest(user_id=user, signal=_signal(raw, dev))
             t0 = time.perf_counter()
@@ -515,9 +521,6 @@ def service_in_process(tmp_path_factory, model_path, data):
 
 @pytest.mark.parametrize("gap", list(GAPS))
 def test_authenticate_in_process(benchmark, service_in_process, gap):
-    import hashlib
-    import hmac
-
     from nacf_core.server.converters import signal_to_block
     from nacf_core.service import DeviceProof
 
@@ -533,10 +536,8 @@ def test_authenticate_in_process(benchmark, service_in_process, gap):
             while time.perf_counter() < end:
                 np.add(junk, 1.0, out=junk)
         user, raw, digest = pool.next()
-        dev, ts = f"hs-{user}", int(time.time())
-        proof = hmac.new(secrets[user].encode(), f"{user}\n{dev}\n{ts}\n{digest}".encode(),
-                         hashlib.sha256).hexdigest()
-        return (user, signal_to_block(_signal(raw, dev)), DeviceProof(dev, str(ts), proof)), {}
+        dev, ts, proof = _proof(secrets[user], user, digest)
+        return (user, signal_to_block(_signal(raw, dev)), DeviceProof(dev, ts, proof)), {}
 
     def run(user, block, proof):
         svc.check_rate_limit("bench")
