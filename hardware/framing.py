@@ -13,7 +13,12 @@ byte stream in order:
    (``garbage_bytes``; a ``0xA0`` without a valid end byte also counts one ``corrupt``
    frame).
 2. **In sequence**: a frame whose counter is the last accepted counter + 1 (mod 256)
-   is accepted.
+   is accepted, unless it is a truncated packet: a frame with the counter after it
+   (or the one after that) starts inside it, the byte after it is not a header
+   (``0xA0``), and that inner frame ends on a valid end byte. Then the frame's end
+   byte was a chance byte of the next packet: it is discarded (``corrupt``), and the
+   next packet is found where it starts. (When such an inner frame exists, the
+   decision waits for the bytes after the frame; otherwise it needs none.)
 3. **After a gap**: a frame whose counter is ahead by 2 to ``max_gap + 1`` is accepted
    only if the next 33 bytes are a frame with the following counter (the packet after
    it confirms it); the missing counters become dropped samples (NaN rows, counted in
@@ -91,6 +96,33 @@ def _scan_kernel(buf, n, last, max_gap, relock, starts, gaps, stats):  # pragma:
             d = (c - last) & 0xFF
             if d == 1:
                 need = 1
+                # a truncated packet: the next packet (or the one after it) starts
+                # inside this frame, and no header follows the frame (rule 2)
+                cut = 0
+                if p + 33 < n and buf[p + 33] == 0xA0:
+                    top = p + 2  # a header follows: the common case, nothing to check
+                else:
+                    top = p + 33
+                for q in range(p + 2, top):
+                    if buf[q] != 0xA0:
+                        continue
+                    dq = (np.int64(buf[q + 1]) - c) & 0xFF if q + 1 < n else 1
+                    if dq < 1 or dq > 2:  # the next packet, or the one after it
+                        continue
+                    if p + 33 >= n or q + 32 >= n:
+                        cut = -2  # decided by bytes still to come
+                        break
+                    e3 = buf[q + 32]
+                    if e3 >= 0xC0 and e3 <= 0xC6:
+                        cut = 1
+                        break
+                if cut == -2:
+                    break
+                if cut == 1:
+                    stats[0] += 1
+                    stats[1] += 1
+                    p += 1
+                    continue
             elif d >= 2 and d <= max_gap + 1:
                 gap = d - 1
             else:

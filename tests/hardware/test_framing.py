@@ -218,3 +218,38 @@ def test_long_loss_relocks_without_inventing_samples():
     assert out.n_times == 210 and np.isfinite(out.samples).all()
     assert out.new_sequence.tolist().count(True) == 2
     assert out.counters[10] == 200
+
+
+def test_truncated_packet_whose_end_byte_falls_on_a_valid_one_is_discarded():
+    """A packet cut short, then the next packet: the frame starting at the cut packet's
+    header can end on a byte of the next packet that happens to be a valid end byte
+    (0xC0-0xC6), with the next counter. It is discarded (not decoded from the next
+    packet's bytes), and the packets after it are all decoded exactly."""
+    rng = np.random.default_rng(7)
+    cases = 0
+    for cut in range(2, 33):  # bytes of packet 5 that arrive
+        for end in range(0xC0, 0xC7):
+            counts = rng.integers(-(2**23), 2**23, size=(12, 8))
+            pk = encode_packets(np.arange(12), counts)
+            pos = 32 - cut  # where the cut frame's end byte lands in packet 6
+            if pos < 2:
+                continue  # lands on packet 6's header or counter: no frame
+            pk[6, pos] = end
+            _, true_uv, _ = decode_packets(pk)
+            data = pk[:5].tobytes() + pk[5, :cut].tobytes() + pk[6:].tobytes()
+            for compiled in (True, False):
+                f = Framer(compiled=compiled)
+                out = f.feed(data[:200]) if compiled else f.feed(data)
+                if compiled:
+                    out2 = f.feed(data[200:])
+                    samples = np.concatenate([out.samples, out2.samples])
+                    counters = np.concatenate([out.counters, out2.counters])
+                else:
+                    samples, counters = out.samples, out.counters
+                assert counters.tolist()[:11] == list(range(11))
+                assert np.isnan(samples[5]).all()  # the cut packet: a dropped sample
+                fin = np.isfinite(samples).all(axis=1)
+                assert np.array_equal(samples[fin], true_uv[counters[fin]])
+                assert f.counters.dropped == 1 and f.counters.corrupt >= 1
+            cases += 1
+    assert cases > 150
