@@ -47,7 +47,14 @@ Formats (detected from the content, the extension only breaks ties):
   a common rate (125, 250, 500, ... Hz) within 1 %; ``sfreq=`` overrides it.
 - **nacf ``.npz``** (:func:`write_npz`): a NumPy ``.npz`` archive with ``data`` float32
   ``(n_times, n_channels)`` µV, ``sfreq`` (scalar), ``ch_names`` (1-D str array) and
-  optionally ``start_time`` (POSIX seconds, UTC, scalar).
+  optionally ``start_time`` (POSIX seconds, UTC, scalar). No array may exceed 2 GiB
+  uncompressed (checked from the archive directory and the ``.npy`` header before
+  anything is decompressed); object (pickled) arrays are refused.
+
+Every reader refuses what it cannot read in full with a ``ValueError`` that names the
+file and what was expected: a sampling rate outside 1 Hz-100 kHz (stated, or estimated
+from timestamps), an OpenBCI channel count outside 1-256, a recording without samples or
+channels, an empty or repeated channel name, text that is not UTF-8 (nacf CSV).
 
 Sample counters (OpenBCI sample index, BrainFlow package number) count 0-255 and wrap.
 The readers keep the rows as the file has them (no NaN rows are inserted for counter
@@ -67,8 +74,11 @@ import logging
 import math
 import os
 import re
+import struct
+import tokenize
 import warnings
 import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,6 +112,16 @@ _BRAINFLOW_LAYOUTS = {
     32: {"board": "cyton-daisy", "eeg": slice(1, 17), "timestamp": 30, "sfreq": 125.0},
 }
 _CYTON_DEFAULT_SFREQ = 250.0
+
+# Bounds on what a file may state. The maxima are nacf_core.server.converters'
+# MAX_SAMPLE_RATE_HZ and MAX_CHANNELS (not imported from there: that pulls in gRPC). No EEG
+# device samples slower than 1 Hz: a lower rate is a damaged header or timestamps in the
+# wrong unit (milliseconds read as seconds).
+_MIN_SFREQ_HZ = 1.0
+_MAX_SFREQ_HZ = 100_000.0
+_MAX_CHANNELS = 256
+# Largest array an .npz may hold, uncompressed: deflate expands zeros ~1000-fold.
+_NPZ_MAX_ARRAY_BYTES = 2 * 1024**3
 
 
 class Annotation(NamedTuple):
@@ -252,7 +272,7 @@ def read_recording(
         Force a reader (one of :data:`FORMATS`) instead of detecting it.
     sfreq : float, optional
         Sampling rate for files that do not state one (OpenBCI SD-card logs, BrainFlow
-        CSV); ignored with a warning if the file states a different one.
+        CSV), 1 to 100 000 Hz; ignored with a warning if the file states a different one.
 
     Returns
     -------
@@ -263,6 +283,10 @@ def read_recording(
     fmt = detect_format(p) if format is None else check_option("format", format, FORMATS)
     if sfreq is not None:
         sfreq = check_finite_positive("sfreq", sfreq)
+        if not _MIN_SFREQ_HZ <= sfreq <= _MAX_SFREQ_HZ:
+            raise ValueError(
+                f"'sfreq' must be from {_MIN_SFREQ_HZ:g} to {_MAX_SFREQ_HZ:g} Hz, got {sfreq!r}."
+            )
     start_s, stop_s = _check_range(start_s, stop_s)
     if fmt in ("edf", "bdf"):
         rec = _read_edf(p, fmt, start_s, stop_s)
@@ -355,6 +379,32 @@ def _is_number(s: str) -> bool:
     return True
 
 
+def _check_file_sfreq(sfreq: float, where: str, got: str | None = None) -> float:
+    """The sampling rate a file states (or implies): in [``_MIN_SFREQ_HZ``, ``_MAX_SFREQ_HZ``].
+
+    ``where`` names the file (``"OpenBCI file '/path'"``); ``got`` is what the file
+    says, when that is clearer than the number (``"'0 Hz'"``).
+    """
+    if not (math.isfinite(sfreq) and _MIN_SFREQ_HZ <= sfreq <= _MAX_SFREQ_HZ):
+        raise ValueError(
+            f"{where}: the sampling rate must be a number of Hz from {_MIN_SFREQ_HZ:g} to "
+            f"{_MAX_SFREQ_HZ:g}, got {got if got is not None else repr(sfreq)}."
+        )
+    return float(sfreq)
+
+
+def _check_names(names: list[str], where: str) -> list[str]:
+    """Channel names a file brings: none empty, none repeated."""
+    if any(not n for n in names):
+        raise ValueError(f"{where}: a channel name is empty ({', '.join(map(repr, names))}).")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(
+            f"{where}: channel names must be unique; repeated: {', '.join(map(repr, dup[:5]))}."
+        )
+    return names
+
+
 def _check_range(start_s: Any, stop_s: Any) -> tuple[float | None, float | None]:
     if start_s is not None:
         start_s = float(start_s)
@@ -431,8 +481,14 @@ def _edf_signal_rates(path: Path) -> list[tuple[str, float]]:
             record_s = float(fixed[244:252].decode("ascii").strip())
         except ValueError:
             return []  # MNE will say what is wrong
+        if ns <= 0:
+            kind = "BDF" if fixed.startswith(b"\xff") else "EDF"
+            raise ValueError(
+                f"cannot read {kind} file {str(path)!r}: the header declares {ns} signals "
+                f"(bytes 252-255); expected at least 1."
+            )
         sig = fh.read(256 * ns)
-    if ns <= 0 or len(sig) < 256 * ns:
+    if len(sig) < 256 * ns:
         return []
     labels = [sig[i * 16 : (i + 1) * 16].decode("latin-1").strip() for i in range(ns)]
     off = ns * (16 + 80 + 8 + 8 + 8 + 8 + 8 + 80)
@@ -485,7 +541,7 @@ def _read_edf(path: Path, fmt: str, start_s: float | None, stop_s: float | None)
         raise ValueError(f"cannot read {fmt.upper()} file {str(path)!r}: {exc}") from exc
     for w in caught:
         logger.info("%s: %s", path, w.message)
-    sfreq = float(raw.info["sfreq"])
+    sfreq = _check_file_sfreq(float(raw.info["sfreq"]), f"{fmt.upper()} file {str(path)!r}")
     start, stop = _range_to_samples(start_s, stop_s, sfreq, raw.n_times, path)
     try:
         data = raw.get_data(start=start, stop=stop)  # volts, (n_channels, n_times)
@@ -516,8 +572,8 @@ def _read_edf(path: Path, fmt: str, start_s: float | None, stop_s: float | None)
 # OpenBCI GUI text
 # --------------------------------------------------------------------------------------
 
-_RATE_RE = re.compile(r"^%\s*sample\s*rate\s*=\s*([0-9.]+)", re.IGNORECASE)
-_NCH_RE = re.compile(r"^%\s*number\s*of\s*channels\s*=\s*([0-9]+)", re.IGNORECASE)
+_RATE_RE = re.compile(r"^%\s*sample\s*rate\s*=(.*)$", re.IGNORECASE)
+_NCH_RE = re.compile(r"^%\s*number\s*of\s*channels\s*=(.*)$", re.IGNORECASE)
 _BOARD_RE = re.compile(r"^%\s*board\s*=\s*(.+)$", re.IGNORECASE)
 
 
@@ -546,9 +602,9 @@ def _read_openbci(path: Path, sfreq_override: float | None) -> Recording:
     sfreq = n_ch = board = None
     for h in header:
         if m := _RATE_RE.match(h):
-            sfreq = float(m.group(1))
+            sfreq = _openbci_header_value(path, h, sfreq, _openbci_rate(path, h, m.group(1)))
         elif m := _NCH_RE.match(h):
-            n_ch = int(m.group(1))
+            n_ch = _openbci_header_value(path, h, n_ch, _openbci_n_channels(path, h, m.group(1)))
         elif m := _BOARD_RE.match(h):
             board = m.group(1).strip()
     if col_names is not None:
@@ -617,6 +673,40 @@ def _read_openbci(path: Path, sfreq_override: float | None) -> Recording:
         skipped_rows=skipped,
         extra={"board": board} if board else {},
     )
+
+
+def _openbci_rate(path: Path, line: str, value: str) -> float:
+    """``%Sample Rate = 250.0 Hz``: see :func:`_check_file_sfreq`."""
+    value = re.sub(r"\s*hz\s*$", "", value.strip(), flags=re.IGNORECASE)
+    try:
+        sfreq = float(value)
+    except ValueError:
+        sfreq = math.nan
+    return _check_file_sfreq(sfreq, f"OpenBCI file {str(path)!r}", got=repr(line[:80]))
+
+
+def _openbci_n_channels(path: Path, line: str, value: str) -> int:
+    """``%Number of channels = 8``: an integer from 1 to ``_MAX_CHANNELS``."""
+    try:
+        n_ch = int(value.strip())
+    except ValueError:
+        n_ch = 0
+    if not 1 <= n_ch <= _MAX_CHANNELS:
+        raise ValueError(
+            f"OpenBCI file {str(path)!r}: '%Number of channels' must be an integer from 1 to "
+            f"{_MAX_CHANNELS}, got {line[:80]!r}."
+        )
+    return n_ch
+
+
+def _openbci_header_value(path: Path, line: str, old: Any, new: Any) -> Any:
+    """A header field stated again must say the same."""
+    if old is not None and old != new:
+        raise ValueError(
+            f"OpenBCI file {str(path)!r}: the header contradicts itself, {line[:80]!r} after "
+            f"a line that said {old:g}."
+        )
+    return new
 
 
 def _all_zero_line(line: str, sep: str) -> bool:
@@ -715,35 +805,59 @@ def _read_brainflow(path: Path, sfreq_override: float | None) -> Recording:
 # --------------------------------------------------------------------------------------
 
 
+# what zipfile, zlib and numpy's .npy parser raise on a damaged archive or header
+_NPZ_ERRORS = (
+    zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, TypeError, SyntaxError,
+    tokenize.TokenError, NotImplementedError, RuntimeError, struct.error,
+)
+# POSIX seconds a .npz 'start_time' may hold: 1970 up to 1e11 s (year 5138)
+_MAX_START_TIME = 1e11
+
+
 def _read_npz(path: Path) -> Recording:
+    where = f"nacf .npz recording {str(path)!r}"
     try:
-        with np.load(path, allow_pickle=False) as z:
-            missing = {"data", "sfreq", "ch_names"} - set(z.files)
-            if missing:
-                raise ValueError(
-                    f"nacf .npz recording {str(path)!r} lacks the key(s) "
-                    f"{', '.join(sorted(missing))} (it has {', '.join(z.files)})."
-                )
-            data = np.asarray(z["data"])
-            sfreq = float(z["sfreq"])
-            names = [str(n) for n in np.atleast_1d(z["ch_names"])]
-            start = float(z["start_time"]) if "start_time" in z.files else None
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise ValueError(f"nacf .npz recording {str(path)!r} is corrupt: {exc}") from None
+        zf = zipfile.ZipFile(path)
+    except _NPZ_ERRORS as exc:
+        raise ValueError(f"{where} is corrupt: {exc}") from None
+    with zf:
+        members = {i.filename[:-4]: i for i in zf.infolist() if i.filename.endswith(".npy")}
+        missing = {"data", "sfreq", "ch_names"} - set(members)
+        if missing:
+            raise ValueError(
+                f"{where} lacks the key(s) {', '.join(sorted(missing))} "
+                f"(it has {', '.join(members) or 'none'})."
+            )
+        data = _npz_array(zf, members["data"], where)
+        sfreq = _npz_number(_npz_array(zf, members["sfreq"], where), "sfreq", where)
+        ch_names = _npz_array(zf, members["ch_names"], where)
+        start = None
+        if "start_time" in members:
+            start = _npz_number(_npz_array(zf, members["start_time"], where), "start_time", where)
+    if ch_names.ndim != 1 or ch_names.dtype.kind != "U":
+        raise ValueError(
+            f"{where}: 'ch_names' must be a 1-D array of strings, got shape {ch_names.shape} "
+            f"and dtype {ch_names.dtype}."
+        )
+    names = _check_names([str(n) for n in ch_names], where)
     if data.ndim != 2 or data.shape[1] != len(names):
         raise ValueError(
-            f"nacf .npz recording {str(path)!r}: 'data' must have shape (n_times, "
-            f"{len(names)}) to match 'ch_names', got {data.shape}."
+            f"{where}: 'data' must have shape (n_times, {len(names)}) to match 'ch_names', "
+            f"got {data.shape}."
         )
     if not np.issubdtype(data.dtype, np.floating):
-        raise ValueError(
-            f"nacf .npz recording {str(path)!r}: 'data' must be floating point, got {data.dtype}."
-        )
-    if not math.isfinite(sfreq) or sfreq <= 0:
-        raise ValueError(f"nacf .npz recording {str(path)!r}: 'sfreq' must be > 0, got {sfreq}.")
-    start_time = (
-        _dt.datetime.fromtimestamp(start, tz=_dt.timezone.utc) if start is not None else None
-    )
+        raise ValueError(f"{where}: 'data' must be floating point, got {data.dtype}.")
+    if data.shape[0] == 0 or data.shape[1] == 0:
+        raise ValueError(f"{where} has no samples or no channels (shape {data.shape}).")
+    sfreq = _check_file_sfreq(sfreq, where)
+    start_time = None
+    if start is not None:
+        if not (math.isfinite(start) and 0 <= start < _MAX_START_TIME):
+            raise ValueError(
+                f"{where}: 'start_time' must be POSIX seconds (UTC) in [0, "
+                f"{_MAX_START_TIME:g}), got {start!r}."
+            )
+        start_time = _dt.datetime.fromtimestamp(start, tz=_dt.timezone.utc)
     return Recording(
         data=np.ascontiguousarray(data, dtype=np.float64),
         sfreq=sfreq,
@@ -754,43 +868,111 @@ def _read_npz(path: Path) -> Recording:
     )
 
 
+def _npz_array(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> np.ndarray:
+    """One array of an .npz, its size checked from the zip directory and the .npy header.
+
+    The uncompressed size (``info.file_size``, which also caps what zipfile inflates) must
+    be at most ``_NPZ_MAX_ARRAY_BYTES`` and agree with the shape and dtype the header
+    declares, so nothing is allocated or inflated on the word of a damaged file.
+    """
+    key = info.filename[:-4]
+    if info.file_size > _NPZ_MAX_ARRAY_BYTES:
+        raise ValueError(
+            f"{where}: {key!r} is {info.file_size} bytes uncompressed, more than the "
+            f"{_NPZ_MAX_ARRAY_BYTES} bytes (2 GiB) this reader loads."
+        )
+    try:
+        with zf.open(info) as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+            else:
+                shape = dtype = None
+            header_len = fh.tell()
+    except _NPZ_ERRORS as exc:
+        raise ValueError(f"{where} is corrupt: cannot read {key!r} ({exc}).") from None
+    if dtype is None:
+        raise ValueError(
+            f"{where}: {key!r} is a version {version[0]}.{version[1]} .npy array; expected "
+            f"version 1.0 or 2.0 (what numpy writes for numbers and strings)."
+        )
+    if dtype.hasobject:
+        raise ValueError(
+            f"{where}: {key!r} holds Python objects (dtype {dtype}), which this reader does not "
+            f"unpickle; expected numbers or strings."
+        )
+    nbytes = math.prod(shape) * dtype.itemsize
+    if min(shape, default=0) < 0 or header_len + nbytes != info.file_size:
+        raise ValueError(
+            f"{where} is corrupt: {key!r} declares shape {shape} of {dtype} ({nbytes} bytes) "
+            f"but holds {info.file_size - header_len} bytes."
+        )
+    try:
+        with zf.open(info) as fh:
+            return np.lib.format.read_array(fh, allow_pickle=False)
+    except _NPZ_ERRORS as exc:
+        raise ValueError(f"{where} is corrupt: cannot read {key!r} ({exc}).") from None
+
+
+def _npz_number(arr: np.ndarray, key: str, where: str) -> float:
+    """A scalar entry (``sfreq``, ``start_time``): one real number."""
+    if arr.size != 1 or arr.ndim > 1 or arr.dtype.kind not in "iuf":
+        raise ValueError(
+            f"{where}: {key!r} must be a single real number, got an array of shape "
+            f"{arr.shape} and dtype {arr.dtype}."
+        )
+    return float(arr.reshape(()))
+
+
 # --------------------------------------------------------------------------------------
 # nacf record CSV
 # --------------------------------------------------------------------------------------
 
 
 def _read_nacf_csv(path: Path, sfreq_override: float | None) -> Recording:
-    with open(path, encoding="utf-8") as fh:
-        header = [h.strip() for h in fh.readline().rstrip("\r\n").split(",")]
-    names = header[1:]
-    if not names:
-        raise ValueError(f"nacf CSV {str(path)!r}: the header names no channel after 'timestamp'.")
+    where = f"nacf CSV {str(path)!r}"
 
     def _num(v: str) -> float:
         v = v.strip()
         return float(v) if v else math.nan
 
     try:
-        arr = np.loadtxt(
-            path, delimiter=",", skiprows=1, dtype=np.float64, ndmin=2, converters=_num,
-            usecols=range(len(header)),
-        )
-    except ValueError as exc:
-        raise ValueError(f"nacf CSV {str(path)!r} is malformed: {exc}") from None
+        with open(path, encoding="utf-8") as fh:
+            header = [h.strip() for h in fh.readline().rstrip("\r\n").split(",")]
+            names = _check_names(header[1:], where) if len(header) > 1 else []
+            if not names:
+                raise ValueError(f"{where}: the header names no channel after 'timestamp'.")
+            try:
+                arr = np.loadtxt(
+                    fh, delimiter=",", dtype=np.float64, ndmin=2, converters=_num,
+                    usecols=range(len(header)),
+                )
+            except UnicodeDecodeError:
+                raise
+            except ValueError as exc:
+                raise ValueError(f"{where} is malformed: {exc}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{where} is not UTF-8 text: {_first_non_utf8(path)}.") from None
     if arr.shape[0] == 0:
-        raise ValueError(f"nacf CSV {str(path)!r} has a header but no samples.")
+        raise ValueError(f"{where} has a header but no samples.")
     ts = arr[:, 0]
     if sfreq_override is not None:
         sfreq = float(sfreq_override)
     else:
         if arr.shape[0] < 2 or not ts[-1] > ts[0]:
             raise ValueError(
-                f"nacf CSV {str(path)!r}: cannot estimate the sampling rate from "
+                f"{where}: cannot estimate the sampling rate from "
                 f"{arr.shape[0]} timestamp(s); pass sfreq=."
             )
-        est = (ts.size - 1) / (ts[-1] - ts[0])
+        with np.errstate(over="ignore", divide="ignore"):
+            est = float((ts.size - 1) / (ts[-1] - ts[0]))
         near = min(_COMMON_RATES, key=lambda r: abs(r - est))
         sfreq = near if abs(near - est) <= 0.01 * near else round(est, 2)
+        sfreq = _check_file_sfreq(
+            sfreq, where, got=f"{est:g} Hz from {ts.size} timestamps {ts[0]:g} to {ts[-1]:g} s"
+        )
     start_time = None
     if 1e9 <= ts[0] < 1e11:  # POSIX seconds (other clocks, e.g. LSL's, are not dates)
         start_time = _dt.datetime.fromtimestamp(float(ts[0]), tz=_dt.timezone.utc)
@@ -802,3 +984,14 @@ def _read_nacf_csv(path: Path, sfreq_override: float | None) -> Recording:
         start_time=start_time,
         format="nacf-csv",
     )
+
+
+def _first_non_utf8(path: Path) -> str:
+    """Where the first byte that is not UTF-8 is, for the error message."""
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        return f"byte {raw[exc.start]:#04x} at offset {exc.start} (line {line})"
+    return "the file changed while it was read"

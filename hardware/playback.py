@@ -27,11 +27,14 @@ import numpy as np
 from nacf_core._validation import check_finite_positive
 
 from .base import Chunk, Counters
-from .files import Recording, read_recording
+from .files import Recording, _check_file_sfreq, read_recording
 
 __all__ = ["FileSource"]
 
 logger = logging.getLogger("nacf.hardware")
+
+# longest single sleep in read_chunk; the loop re-checks what is due after each
+_MAX_SLEEP_S = 1.0
 
 
 class FileSource:
@@ -47,12 +50,19 @@ class FileSource:
         1.0 real time, 2.0 twice as fast, 0 as fast as the consumer reads.
     chunk_s : float
         Largest chunk handed out, in seconds of signal (default 0.04 s, 10 samples at
-        250 Hz, about what a Cyton's USB dongle delivers at once).
+        250 Hz, about what a Cyton's USB dongle delivers at once); never more than the
+        whole recording.
     loop : bool
         Start again from the beginning at the end instead of ending (the timeline
         keeps running: timestamps never go back).
     start_s, stop_s : float, optional
         Replay only this time range of the file.
+
+    Raises
+    ------
+    ValueError
+        The file cannot be read (see :func:`read_recording`), or the recording has no
+        samples or a sampling rate outside 1 Hz to 100 kHz.
 
     Notes
     -----
@@ -92,9 +102,12 @@ class FileSource:
             rec = read_recording(path, montage=montage, start_s=start_s, stop_s=stop_s)
         if rec.n_times == 0:
             raise ValueError(f"recording {rec.path!s} has no samples to replay.")
+        where = f"recording {str(rec.path)!r}" if rec.path is not None else "recording"
+        _check_file_sfreq(float(rec.sfreq), where)
         self.recording = rec
         self._samples = np.ascontiguousarray(rec.data, dtype=np.float32)
-        self._chunk_n = max(1, int(round(self.chunk_s * rec.sfreq)))
+        # at most the whole recording per chunk (a huge chunk_s would overflow)
+        self._chunk_n = max(1, int(round(min(self.chunk_s * rec.sfreq, rec.n_times))))
         self.counters = Counters()
         self._lock = threading.Lock()
         self._pos = 0  # samples delivered so far (grows past n_times when looping)
@@ -181,7 +194,7 @@ class FileSource:
                     if deadline - now <= 0:
                         return self._empty()
                     wait = min(wait, deadline - now)
-                time.sleep(max(0.0, wait))
+                time.sleep(min(max(0.0, wait), _MAX_SLEEP_S))
             n = min(due - self._pos, self._chunk_n)
             if not self.loop:
                 n = min(n, n_total - self._pos)

@@ -369,3 +369,207 @@ def test_default_and_preset_montages(shared_data):
     assert read_recording(edf, stop_s=1).ch_names[0] == "Fc5."
     with pytest.raises(ValueError, match="expected 64 names"):
         read_recording(edf, stop_s=1, montage="ultracortex-8")
+
+
+# ---------------------------------------------------------------------------------------
+# wrong input: a clear ValueError naming the file, never an unrelated exception
+# ---------------------------------------------------------------------------------------
+
+_OBCI_ROWS = "\n".join(f"{i}, " + ", ".join(["1.0"] * 8) for i in range(50)) + "\n"
+
+
+def _openbci(tmp_path, *header):
+    p = tmp_path / "o.txt"
+    p.write_text("%OpenBCI Raw EEG Data\n" + "".join(h + "\n" for h in header) + _OBCI_ROWS)
+    return p
+
+
+def test_limits_are_the_service_limits():
+    from nacf_core.hardware import files
+    from nacf_core.server import converters
+
+    assert files._MAX_SFREQ_HZ == converters.MAX_SAMPLE_RATE_HZ
+    assert files._MAX_CHANNELS == converters.MAX_CHANNELS
+
+
+@pytest.mark.parametrize(
+    "rate", ["0", "0.0 Hz", "9" * 400 + " Hz", ". Hz", "1.2.3 Hz", "nan Hz", "-250 Hz", "1e-7 Hz",
+             "200000 Hz", "fast"],
+)
+def test_openbci_bad_sample_rate(tmp_path, rate):
+    p = _openbci(tmp_path, f"%Sample Rate = {rate}")
+    with pytest.raises(ValueError, match=r"o\.txt'.*sampling rate must be a number of Hz from 1 "
+                                         r"to 100000, got '%Sample Rate = "):
+        read_recording(p)
+
+
+def test_openbci_contradicting_sample_rates(tmp_path):
+    assert read_recording(_openbci(tmp_path, "%Sample Rate = 200.0 Hz")).sfreq == 200.0
+    p = _openbci(tmp_path, "%Sample Rate = 250 Hz", "%Sample Rate = 200 Hz")
+    with pytest.raises(ValueError, match="contradicts itself, '%Sample Rate = 200 Hz'"):
+        read_recording(p)
+
+
+@pytest.mark.parametrize("n", ["0", "-8", "99999999999999999999", "257", "8.0", ""])
+def test_openbci_bad_channel_count(tmp_path, n):
+    p = _openbci(tmp_path, f"%Number of channels = {n}", "%Sample Rate = 250 Hz")
+    with pytest.raises(ValueError, match=r"o\.txt'.*'%Number of channels' must be an integer "
+                                         r"from 1 to 256"):
+        read_recording(p)
+
+
+def test_sfreq_parameter_range(tmp_path):
+    p = _openbci(tmp_path, "%Number of channels = 8")
+    with pytest.raises(ValueError, match="'sfreq' must be from 1 to 100000 Hz, got 1e\\+300"):
+        read_recording(p, sfreq=1e300)
+
+
+def _nacf_csv(tmp_path, header, times):
+    p = tmp_path / "rec.csv"
+    p.write_text(header + "\n" + "".join(f"{t},1,2\n" for t in times))
+    return p
+
+
+def test_nacf_csv_not_utf8_after_the_first_4kb(tmp_path):
+    p = _nacf_csv(tmp_path, "timestamp,Fp1,Fp2", [1.7e9 + i / 250 for i in range(1000)])
+    raw = p.read_bytes()
+    p.write_bytes(raw[:6000] + b"\xff" + raw[6000:])
+    line = raw[:6000].count(b"\n") + 1
+    with pytest.raises(ValueError, match=rf"rec\.csv' is not UTF-8 text: byte 0xff at offset 6000 "
+                                         rf"\(line {line}\)"):
+        read_recording(p)
+
+
+@pytest.mark.parametrize(
+    "times", [[0, 1e300], [0, 1e-320], [0, 4, 8], [0, float("inf")], [0, 1e-6]],
+    ids=["span-1e300", "span-1e-320", "milliseconds", "inf", "1-MHz"],
+)
+def test_nacf_csv_rate_from_timestamps_out_of_range(tmp_path, times):
+    p = _nacf_csv(tmp_path, "timestamp,Fp1,Fp2", times)
+    with pytest.raises(ValueError, match=r"rec\.csv'.*sampling rate must be a number of Hz from "
+                                         r"1 to 100000, got .* Hz from \d timestamps"):
+        read_recording(p)
+
+
+@pytest.mark.parametrize("header", ["timestamp,Fp1,Fp1", "timestamp,Fp1,"])
+def test_nacf_csv_repeated_or_empty_channel_name(tmp_path, header):
+    p = _nacf_csv(tmp_path, header, [0, 0.004])
+    with pytest.raises(ValueError, match=r"rec\.csv'.*(repeated: 'Fp1'|channel name is empty)"):
+        read_recording(p)
+
+
+def _npz(tmp_path, name="r.npz", **arrays):
+    base = dict(data=np.zeros((10, 2), np.float32), sfreq=np.float64(250),
+                ch_names=np.array(["A", "B"]))
+    base.update(arrays)
+    p = tmp_path / name
+    np.savez(p, **{k: v for k, v in base.items() if v is not None})
+    return p
+
+
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        (dict(sfreq=np.array([1.0, 2.0])), "'sfreq' must be a single real number, got an array "
+                                           "of shape \\(2,\\)"),
+        (dict(sfreq=np.array("fast")), "'sfreq' must be a single real number"),
+        (dict(sfreq=np.complex128(1j)), "'sfreq' must be a single real number"),
+        (dict(sfreq=np.float64(0)), "sampling rate must be a number of Hz from 1 to 100000"),
+        (dict(sfreq=np.float64(1e-300)), "sampling rate must be a number of Hz"),
+        (dict(start_time=np.zeros(3)), "'start_time' must be a single real number"),
+        (dict(start_time=np.float64(1e300)), "'start_time' must be POSIX seconds \\(UTC\\) in "
+                                             "\\[0, 1e\\+11\\), got 1e\\+300"),
+        (dict(start_time=np.float64(-1e12)), "'start_time' must be POSIX seconds"),
+        (dict(start_time=np.float64("nan")), "'start_time' must be POSIX seconds"),
+        (dict(ch_names=np.array(["A", "A"])), "channel names must be unique; repeated: 'A'"),
+        (dict(ch_names=np.array(["A", ""])), "a channel name is empty"),
+        (dict(ch_names=np.array([1, 2])), "'ch_names' must be a 1-D array of strings"),
+        (dict(data=np.zeros((0, 2))), "has no samples or no channels \\(shape \\(0, 2\\)\\)"),
+        (dict(data=np.zeros((5, 0)), ch_names=np.array([], str)), "has no samples or no channels"),
+        (dict(data=np.array([[1, None]], dtype=object)), "'data' holds Python objects"),
+    ],
+)
+def test_npz_malformed_entries(tmp_path, arrays, message):
+    p = _npz(tmp_path, **arrays)
+    with pytest.raises(ValueError, match=r"nacf \.npz recording '.*r\.npz'.*" + message):
+        read_recording(p)
+
+
+def _npz_with_data_npy(path, old, new):
+    """A valid archive (CRCs right) whose data.npy header has ``old`` replaced by ``new``."""
+    import io
+    import zipfile
+
+    def npy(a):
+        buf = io.BytesIO()
+        np.save(buf, a)
+        return buf.getvalue()
+
+    data = npy(np.zeros((4, 2)))
+    assert old in data and len(old) == len(new)
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("data.npy", data.replace(old, new))
+        z.writestr("sfreq.npy", npy(np.float64(250)))
+        z.writestr("ch_names.npy", npy(np.array(["A", "B"])))
+    return path
+
+
+def test_npz_corrupt_deflate_stream_and_npy_header(tmp_path):
+    import zipfile
+
+    p = tmp_path / "c.npz"
+    write_npz(p, np.random.default_rng(0).normal(size=(2000, 4)), 250, ["a", "b", "c", "d"])
+    raw = bytearray(p.read_bytes())
+    ho = zipfile.ZipFile(p).getinfo("data.npy").header_offset
+    name_len, extra_len = struct.unpack("<HH", raw[ho + 26 : ho + 30])  # local file header
+    raw[ho + 30 + name_len + extra_len + 2] ^= 0xFF  # 3rd deflate byte: zlib.error before
+    p.write_bytes(raw)
+    with pytest.raises(ValueError, match=r"c\.npz' is corrupt: cannot read 'data' \(Error -3 "
+                                         r"while decompressing"):
+        read_recording(p)
+    # an unclosed parenthesis in the .npy header: tokenize.TokenError before the fix
+    q = _npz_with_data_npy(tmp_path / "h.npz", b"(4, 2)", b"(4, 2 ")
+    with pytest.raises(ValueError, match=r"h\.npz' is corrupt: cannot read 'data' \(.*EOF in "
+                                         r"multi-line statement"):
+        read_recording(q)
+
+
+def test_npz_declared_shape_must_match_the_payload(tmp_path):
+    q = _npz_with_data_npy(tmp_path / "s.npz", b"(4, 2), }" + b" " * 12, b"(9999999999999, 2), }")
+    with pytest.raises(ValueError, match=r"s\.npz' is corrupt: 'data' declares shape "
+                                         r"\(9999999999999, 2\) of float64 .* but holds 64 bytes"):
+        read_recording(q)
+
+
+def test_npz_array_size_limit(tmp_path, monkeypatch):
+    from nacf_core.hardware import files
+
+    p = _npz(tmp_path, data=np.zeros((1000, 2), np.float32))  # 8000 bytes + header
+    assert read_recording(p).n_times == 1000
+    monkeypatch.setattr(files, "_NPZ_MAX_ARRAY_BYTES", 4096)
+    with pytest.raises(ValueError, match=r"r\.npz': 'data' is 8128 bytes uncompressed, more than "
+                                         r"the 4096 bytes"):
+        read_recording(p)
+
+
+@pytest.mark.parametrize("ns", [b"-1  ", b"0   ", b"-0  "])
+def test_edf_signal_count_not_positive(tmp_path, ns):
+    p = tmp_path / "n.edf"
+    _write_edf(p, [np.zeros(256)], ["Fp1"], [256])
+    raw = bytearray(p.read_bytes())
+    raw[252:256] = ns
+    p.write_bytes(raw)
+    with pytest.raises(ValueError, match=r"cannot read EDF file '.*n\.edf': the header declares "
+                                         r"-?\d signals \(bytes 252-255\); expected at least 1"):
+        read_recording(p)
+
+
+def test_edf_rate_out_of_range(tmp_path):
+    p = tmp_path / "slow.edf"
+    _write_edf(p, [np.zeros(4)], ["Fp1"], [4])
+    raw = bytearray(p.read_bytes())
+    raw[244:252] = b"100     "  # 4 samples per 100-s record: 0.04 Hz
+    p.write_bytes(raw)
+    with pytest.raises(ValueError, match=r"EDF file '.*slow\.edf': the sampling rate must be a "
+                                         r"number of Hz from 1 to 100000, got 0\.04"):
+        read_recording(p)

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from nacf_core.hardware.files import read_recording, write_npz
+from nacf_core.hardware.files import Recording, read_recording, write_npz
 from nacf_core.hardware.playback import FileSource
 
 V6 = "openbci/gui/OpenBCI_GUI-v6-blinks-jawClench-alpha.txt"
@@ -87,3 +87,48 @@ def test_errors(tmp_path, shared_data):
         pass
     with pytest.raises(RuntimeError, match="closed"):
         src.read_chunk()
+
+
+def test_a_file_with_a_bad_rate_is_a_clear_error_not_a_crash(tmp_path):
+    from nacf_core.hardware.sources import open_source
+
+    rows = "\n".join(f"{i}, " + ", ".join(["1.0"] * 8) for i in range(50))
+    for rate in ("0", "9" * 400):  # ZeroDivisionError / OverflowError before
+        p = tmp_path / "o.txt"
+        p.write_text(f"%OpenBCI Raw EEG Data\n%Sample Rate = {rate} Hz\n{rows}\n")
+        with pytest.raises(ValueError, match=r"o\.txt'.*sampling rate must be a number of Hz"):
+            with open_source(f"file:{p}") as src:
+                src.read_chunk(timeout=0.5)
+
+
+@pytest.mark.parametrize("sfreq", [0.0, float("inf"), float("nan"), 1e-300])
+def test_a_recording_with_a_bad_rate_is_refused(sfreq):
+    rec = Recording(data=np.zeros((10, 2)), sfreq=sfreq, ch_names=["a", "b"], path=None)
+    with pytest.raises(ValueError, match="^recording: the sampling rate must be a number of Hz from 1"):
+        FileSource(rec)
+
+
+def test_huge_chunk_s_hands_out_at_most_the_recording():
+    rec = Recording(data=np.zeros((10, 2)), sfreq=250.0, ch_names=["a", "b"])
+    with FileSource(rec, speed=0, chunk_s=1e300, loop=True) as src:  # OverflowError before
+        assert src.read_chunk().n_times == 10
+
+
+def test_waits_are_bounded_at_a_very_slow_speed(monkeypatch):
+    from nacf_core.hardware import playback
+
+    slept = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_sleep(s):
+        slept.append(s)
+        raise Stop
+
+    rec = Recording(data=np.zeros((10, 2)), sfreq=250.0, ch_names=["a", "b"])
+    with FileSource(rec, speed=1e-300) as src:
+        monkeypatch.setattr(playback.time, "sleep", fake_sleep)
+        with pytest.raises(Stop):
+            src.read_chunk(timeout=None)  # time.sleep(4e297): OverflowError before
+    assert 0 < slept[0] <= 1.0
