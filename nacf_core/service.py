@@ -62,6 +62,7 @@ from nacf_core.errors import (
     Unauthenticated,
     Unavailable,
 )
+from nacf_core.pipeline import MAX_SFREQ, MIN_SFREQ
 from nacf_core.ratelimit import TokenLeases
 
 __all__ = [
@@ -1114,6 +1115,10 @@ class _Buffer:
 
     def push(self, b: SignalBlock) -> None:
         if not self._parts and not self._n:
+            if not (math.isfinite(b.sfreq) and MIN_SFREQ <= b.sfreq <= MAX_SFREQ):
+                raise InvalidArgument(  # (the pipeline's own check, before buffering)
+                    f"sampling rate {b.sfreq:g} Hz is outside the supported range "
+                    f"{MIN_SFREQ:g}–{MAX_SFREQ:g} Hz.")
             self.sfreq, self.ch_names, self.device_id = b.sfreq, b.ch_names, b.device_id
         elif b.sfreq != self.sfreq or b.ch_names != self.ch_names:
             raise InvalidArgument(
@@ -1123,8 +1128,8 @@ class _Buffer:
         self._parts.append(b.samples)
         self._n += b.samples.shape[0]
         if self.max_seconds is not None:
-            keep = int(self.max_seconds * self.sfreq)
-            while self._parts and self._n - self._parts[0].shape[0] >= keep:
+            keep = max(1, int(self.max_seconds * self.sfreq))
+            while len(self._parts) > 1 and self._n - self._parts[0].shape[0] >= keep:
                 self._n -= self._parts.pop(0).shape[0]
 
     def block(self, last_seconds: float | None = None) -> SignalBlock:

@@ -13,6 +13,11 @@ For every call of a method outside ``grpc.health.v1`` it:
 4. records ``nacfauth_auth_requests_total`` / ``_duration_seconds`` / success rate
    with the status the call really ended with.
 
+Request bytes that are not a valid protobuf message of the method's request type
+(corrupt wire format, a string field that is not UTF-8: what a client other than the
+generated stubs can send) get ``INVALID_ARGUMENT`` saying so, after steps 1-3, for
+every method including the health service (grpcio itself would answer ``INTERNAL``).
+
 With an in-process store (SQLite), unary ``Authenticate`` calls run all of the above
 and the handler on one dedicated thread, one at a time (the service's gate held):
 under the GIL more would not run in parallel, and the pool threads would hand it back
@@ -121,8 +126,10 @@ class AuthInterceptor(grpc.ServerInterceptor):
     def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails):
         handler = continuation(details)
         method_path = details.method or ""
-        if handler is None or method_path.startswith(_HEALTH):
+        if handler is None:
             return handler
+        if method_path.startswith(_HEALTH):
+            return _wrap_decoding(handler, method_path.rsplit("/", 1)[-1])
         method = method_path.rsplit("/", 1)[-1]
         is_reflection = method_path.startswith(_REFLECTION)
         metadata = details.invocation_metadata or ()
@@ -194,8 +201,65 @@ def _peer_host(context: grpc.ServicerContext) -> str:
     return p
 
 
+class _Undecodable:
+    """What the lenient deserializer returns for bytes that do not parse."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def _lenient(deserialize: Callable | None) -> Callable | None:
+    """A request deserializer that returns :class:`_Undecodable` instead of raising
+    (grpcio would end the call with ``INTERNAL`` before any handler runs)."""
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as e:  # noqa: BLE001 - protobuf's DecodeError and the like
+            return _Undecodable(e)
+    return parse
+
+
+def _decoded(req: Any, ctx: grpc.ServicerContext, method: str) -> Any:
+    if isinstance(req, _Undecodable):
+        ctx.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                  f"the {method} request is not a valid protobuf message of the method's "
+                  f"request type ({req.error}).")
+    return req
+
+
+def _decoded_stream(it: Any, ctx: grpc.ServicerContext, method: str) -> Any:
+    for req in it:
+        yield _decoded(req, ctx, method)
+
+
+def _wrap_decoding(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    """``handler`` with undecodable requests answered ``INVALID_ARGUMENT``."""
+    des, ser = _lenient(handler.request_deserializer), handler.response_serializer
+    if handler.unary_unary:
+        f = handler.unary_unary
+        return grpc.unary_unary_rpc_method_handler(
+            lambda req, ctx: f(_decoded(req, ctx, method), ctx), des, ser)
+    if handler.unary_stream:
+        f = handler.unary_stream
+        return grpc.unary_stream_rpc_method_handler(
+            lambda req, ctx: f(_decoded(req, ctx, method), ctx), des, ser)
+    if handler.stream_unary:
+        f = handler.stream_unary
+        return grpc.stream_unary_rpc_method_handler(
+            lambda it, ctx: f(_decoded_stream(it, ctx, method), ctx), des, ser)
+    f = handler.stream_stream
+    return grpc.stream_stream_rpc_method_handler(
+        lambda it, ctx: f(_decoded_stream(it, ctx, method), ctx), des, ser)
+
+
 def _wrap(handler: grpc.RpcMethodHandler, icp: AuthInterceptor, method: str,
           key: str | None, is_reflection: bool) -> grpc.RpcMethodHandler:
+    handler = _wrap_decoding(handler, method)
     def _guard(context, fn):
         t0 = time.perf_counter()
         user_type = "anonymous"

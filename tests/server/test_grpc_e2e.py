@@ -455,3 +455,59 @@ def test_continuous_authenticate_ends_on_signal_loss(srv):
         pb.ContinuousAuthenticateRequest(start=pb.ContinuousStart(session_token=tok))]),
         metadata=MD)))
     assert c == grpc.StatusCode.FAILED_PRECONDITION
+
+
+# ------------------------------------------------------------------ undecodable bytes
+_RAW = [b"\x0a\x02\xff\xfe",  # field 1 (a string) that is not UTF-8
+        b"\x0a\xff",  # a length running past the end
+        b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff"]  # not protobuf at all
+
+
+@pytest.mark.parametrize("method,kind", [
+    ("/nacf.v1.AuthService/GetUser", "unary"),
+    ("/nacf.v1.AuthService/Authenticate", "unary"),
+    ("/nacf.v1.AuthService/AuthenticateStream", "client_stream"),
+    ("/nacf.v1.AuthService/ContinuousAuthenticate", "bidi"),
+    ("/grpc.health.v1.Health/Check", "unary")])
+def test_undecodable_request_bytes_get_invalid_argument(srv, method, kind):
+    """Bytes that are not a valid message of the request type (what a client other
+    than the generated stubs can send): INVALID_ARGUMENT naming the method, not
+    grpcio's INTERNAL; the server goes on serving."""
+    server, stub, _ = srv
+    with grpc.insecure_channel(server.address) as ch:
+        for body in _RAW:
+            if kind == "unary":
+                call = ch.unary_unary(method)
+                fn = lambda: call(body, metadata=MD, timeout=10)  # noqa: E731
+            elif kind == "client_stream":
+                call = ch.stream_unary(method)
+                fn = lambda: call(iter([body]), metadata=MD, timeout=10)  # noqa: E731
+            else:
+                call = ch.stream_stream(method)
+                fn = lambda: list(call(iter([body]), metadata=MD, timeout=10))  # noqa: E731
+            c, m = code_of(fn)
+            assert c == grpc.StatusCode.INVALID_ARGUMENT, (body, c, m)
+            assert "not a valid protobuf message" in m and method.rsplit("/", 1)[-1] in m
+    # without a key, the key is what is wrong
+    with grpc.insecure_channel(server.address) as ch:
+        c, _ = code_of(lambda: ch.unary_unary("/nacf.v1.AuthService/GetUser")(
+            _RAW[0], timeout=10))
+        assert c == grpc.StatusCode.UNAUTHENTICATED
+    assert stub.GetStats(pb.GetStatsRequest(), metadata=MD, timeout=10) is not None
+
+
+@pytest.mark.parametrize("rate", [0.05, 1e-300])
+def test_continuous_authenticate_tiny_rate_is_invalid_argument(srv, rate):
+    _, stub, _ = srv
+    enroll(stub, f"tiny-{rate}", 1)
+    secret = device(stub, f"tiny-{rate}", f"hs-tiny-{rate}")
+    tok = auth(stub, f"tiny-{rate}", eeg(1, 3, 60, 8), secret, f"hs-tiny-{rate}").session_token
+    assert tok
+    C = pb.ContinuousAuthenticateRequest
+    bad = pb.Signal(sample_rate_hz=rate, channel_names=CH16,
+                    samples=np.zeros((1, 16), "<f4").tobytes())
+    c, m = code_of(lambda: list(stub.ContinuousAuthenticate(iter([
+        C(start=pb.ContinuousStart(session_token=tok)), C(chunk=bad)]), metadata=MD,
+        timeout=15)))
+    assert c == grpc.StatusCode.INVALID_ARGUMENT, m
+    assert "Hz" in m
