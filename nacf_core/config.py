@@ -13,22 +13,53 @@ A keys file (``api_keys_file``) gives each key its scopes, one per line::
     3f0c...e1                      authenticate
     9ab2...77                      authenticate,enroll,admin
 
-(TOML is accepted too: ``[keys] "<key>" = ["authenticate", "enroll"]``.)
+(TOML is accepted too: ``[keys] "<key>" = ["authenticate", "enroll"]``.)  A key is
+printable ASCII without leading or trailing spaces: gRPC metadata carries nothing else.
+
+Every value from outside is checked and refused with a ``ValueError`` that names the
+file or the environment variable and the option: an integer option takes an integer (or an
+integral float in TOML) in its range (at most ``2**31 - 1``), a number option a finite
+number in ``(0, 1e9]`` (never a boolean).  The config and keys files must be regular
+files of at most :data:`MAX_FILE_BYTES` of UTF-8 text.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
+import re
+import stat
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["OPTION_HELP", "SCOPES", "Config", "load_api_keys", "load_config", "parse_address"]
+from nacf_core.errors import InvalidArgument
+
+__all__ = ["MAX_FILE_BYTES", "OPTION_HELP", "SCOPES", "Config", "load_api_keys", "load_config",
+           "parse_address", "read_regular_file"]
 
 SCOPES = ("authenticate", "enroll", "admin")
+
+#: Largest config or keys file read (bytes).
+MAX_FILE_BYTES = 4 * 1024 * 1024
+#: Largest value of an integer option (a C ``int``, as gRPC's options are).
+_INT_MAX = 2 ** 31 - 1
+#: Largest value of a number option: 1e9 s is 31 years, below ``threading.TIMEOUT_MAX``.
+_FLOAT_MAX = 1e9
+#: ``{option: (lowest, highest)}`` of the integer options.
+_INT_RANGES: dict[str, tuple[int, int]] = {
+    **{name: (1, _INT_MAX) for name in (
+        "max_workers", "max_concurrent_rpcs", "lockout_threshold", "continuous_mismatch_windows",
+        "identify_max_k", "rate_limit_lease")},
+    "max_message_bytes": (64 * 1024, 1024 ** 3),
+}
+#: The number options; each in ``(0, _FLOAT_MAX]``.
+_FLOAT_OPTIONS = ("grace_period_s", "proof_max_skew_s", "lockout_seconds", "rate_limit_per_s",
+                  "rate_limit_burst", "session_ttl_s", "stream_max_seconds", "signal_loss_s",
+                  "audit_retention_days", "purge_interval_s")
+#: Longest API key (gRPC refuses metadata over 8 KiB by default).
+_MAX_KEY_LENGTH = 4096
 
 #: One line of documentation per option (``nacf serve --help`` prints these).
 OPTION_HELP: dict[str, str] = {
@@ -124,23 +155,8 @@ class Config:
         parse_address("grpc_address", self.grpc_address)
         if self.metrics_address:
             parse_address("metrics_address", self.metrics_address)
-        for name in ("max_workers", "max_concurrent_rpcs", "lockout_threshold",
-                     "continuous_mismatch_windows", "identify_max_k", "rate_limit_lease"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"option {name!r} must be an integer >= 1, got {v!r}.")
-        if not isinstance(self.max_message_bytes, int) or not (
-                64 * 1024 <= self.max_message_bytes <= 1024 ** 3):
-            raise ValueError("option 'max_message_bytes' must be an integer in "
-                             f"[65536, 1073741824], got {self.max_message_bytes!r}.")
-        for name in ("grace_period_s", "proof_max_skew_s", "lockout_seconds",
-                     "rate_limit_per_s", "rate_limit_burst", "session_ttl_s",
-                     "stream_max_seconds", "signal_loss_s", "audit_retention_days",
-                     "purge_interval_s"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
-                    or v <= 0:
-                raise ValueError(f"option {name!r} must be a finite number > 0, got {v!r}.")
+        for name in (*_INT_RANGES, *_FLOAT_OPTIONS):
+            _check_range(name, getattr(self, name), f"option {name!r}")
         if self.kernel_backend not in ("cython", "numba", "reference"):
             raise ValueError("option 'kernel_backend' must be one of 'cython', 'numba', "
                              f"'reference', got {self.kernel_backend!r}.")
@@ -150,7 +166,8 @@ class Config:
         if self.tls_client_ca_file and not self.tls_cert_file:
             raise ValueError("option 'tls_client_ca_file' (mTLS) needs 'tls_cert_file' and "
                              "'tls_key_file'.")
-        for key, scopes in self.api_keys.items():
+        for n, (key, scopes) in enumerate(self.api_keys.items(), 1):
+            _check_key(key, f"API key #{n}")
             bad = set(scopes) - set(SCOPES)
             if bad:
                 raise ValueError(f"API key scopes must be among {', '.join(SCOPES)}; got "
@@ -190,30 +207,162 @@ def parse_address(name: str, value: str) -> tuple[str, int]:
     return host, p
 
 
-def _coerce(name: str, raw: Any, kind: type) -> Any:
+def read_regular_file(path: str | os.PathLike, what: str, max_bytes: int) -> bytes:
+    """The bytes of the regular file ``path``, refusing anything else.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    what : str
+        Names the file in the error, e.g. ``"model file"``.
+    max_bytes : int
+        Largest size accepted: a bigger file is refused, never read.
+
+    Returns
+    -------
+    bytes
+
+    Raises
+    ------
+    InvalidArgument
+        The file cannot be opened, is not a regular file (a directory, a FIFO, a device
+        such as ``/dev/zero``) or is bigger than ``max_bytes``.  The file is opened
+        non-blocking, so a FIFO without a writer does not block.
+    """
+    shown = repr(os.fsdecode(path)) if isinstance(path, (str, bytes, os.PathLike)) \
+        else repr(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (OSError, TypeError, ValueError) as exc:  # ValueError: a NUL in the path
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise InvalidArgument(f"cannot read {what} {shown}: {reason}.") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+                    else "a character device" if stat.S_ISCHR(mode)
+                    else "a block device" if stat.S_ISBLK(mode) else "a special file")
+            raise InvalidArgument(f"{what} {shown} is {kind}; expected a regular file.")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= max_bytes:  # one byte past the limit tells "too large"
+            chunk = os.read(fd, min(1 << 20, max_bytes + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read {what} {shown}: {exc.strerror or exc}.") from None
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > max_bytes:
+        raise InvalidArgument(f"{what} {shown} is larger than the limit of {max_bytes} bytes.")
+    return data
+
+
+def _read_toml_or_text(path: str | os.PathLike, what: str, toml: bool) -> Any:
+    """A config or keys file as text, or parsed as TOML when ``toml``."""
+    data = read_regular_file(path, what, MAX_FILE_BYTES)
+    shown = repr(os.fsdecode(path))
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{what} {shown} is not UTF-8 text (byte {exc.start}: "
+                         f"{data[exc.start:exc.start + 1]!r}).") from None
+    if not toml:
+        return text
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{what} {shown} is not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ValueError(f"{what} {shown} is not valid TOML: nested too deeply.") from None
+
+
+def _show(value: Any) -> str:
+    """``repr(value)``, shortened for an error message."""
+    r = repr(value)
+    return r if len(r) <= 60 else r[:50] + f"... ({len(r)} chars)"
+
+
+def _check_range(name: str, value: Any, label: str, raw: Any = None) -> None:
+    """Refuse a value of an integer or number option outside its range.
+
+    ``label`` names the option (and where it came from), ``raw`` the value as given
+    (default ``value``) for the message.
+    """
+    shown = _show(value if raw is None else raw)
+    if name in _INT_RANGES:
+        lo, hi = _INT_RANGES[name]
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise ValueError(f"{label} must be an integer in [{lo}, {hi}], got {shown}.")
+    elif name in _FLOAT_OPTIONS:
+        # comparisons, not float(): an int beyond the float range must not overflow
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not 0 < value <= _FLOAT_MAX:
+            raise ValueError(f"{label} must be a finite number in (0, {_FLOAT_MAX:g}], got "
+                             f"{shown}.")
+
+
+def _check_key(key: Any, label: str) -> None:
+    """Refuse an API key gRPC metadata cannot carry; the message never shows the key."""
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"{label} is empty or not a string.")
+    if len(key) > _MAX_KEY_LENGTH:
+        raise ValueError(f"{label} is {len(key)} characters long; at most {_MAX_KEY_LENGTH} "
+                         "are allowed.")
+    if not all(" " <= c <= "~" for c in key) or key != key.strip():
+        raise ValueError(f"{label} must be printable ASCII (gRPC metadata carries nothing "
+                         "else) without leading or trailing spaces; it holds a control or "
+                         "non-ASCII character or starts or ends with a space.")
+
+
+_INT_TEXT = re.compile(r"[+-]?[0-9]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _coerce(name: str, raw: Any, kind: type, label: str | None = None) -> Any:
+    """``raw`` as the type of option ``name``, checked; ``label`` says where it came from."""
+    label = label or f"option {name!r}"
     if kind is bool:
         if isinstance(raw, bool):
             return raw
-        s = str(raw).strip().lower()
+        s = str(raw).strip().lower() if isinstance(raw, (str, int)) else None
         if s in ("1", "true", "yes", "on"):
             return True
         if s in ("0", "false", "no", "off", ""):
             return False
-        raise ValueError(f"option {name!r} must be a boolean (true/false), got {raw!r}.")
+        raise ValueError(f"{label} must be a boolean (true/false), got {_show(raw)}.")
     if kind is int:
-        if isinstance(raw, bool):
-            raise ValueError(f"option {name!r} must be an integer, got {raw!r}.")
-        try:
-            return int(raw)
-        except (TypeError, ValueError):
-            raise ValueError(f"option {name!r} must be an integer, got {raw!r}.") from None
+        if isinstance(raw, float) and raw.is_integer():  # False for 3.9, inf and nan
+            value = int(raw)
+        elif isinstance(raw, int) and not isinstance(raw, bool):
+            value = raw
+        elif isinstance(raw, str) and _INT_TEXT.fullmatch(raw.strip()):
+            s = raw.strip()
+            # longer than any allowed value: out of range, without parsing all the digits
+            value = int(s) if len(s) <= 20 else (-1 if s[0] == "-" else 1) * (_INT_MAX + 1)
+        else:
+            raise ValueError(f"{label} must be an integer, got {_show(raw)}.")
+        _check_range(name, value, label, raw)
+        return value
     if kind is float:
-        try:
-            return float(raw)
-        except (TypeError, ValueError):
-            raise ValueError(f"option {name!r} must be a number, got {raw!r}.") from None
-    if not isinstance(raw, (str, int, float)):
-        raise ValueError(f"option {name!r} must be a string, got {raw!r}.")
+        if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+            raise ValueError(f"{label} must be a number, got {_show(raw)}.")
+        if isinstance(raw, str):
+            try:
+                value: int | float = float(raw.strip())
+            except ValueError:
+                raise ValueError(f"{label} must be a number, got {_show(raw)}.") from None
+        else:
+            value = raw
+        _check_range(name, value, label, raw)
+        return float(value)
+    if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
+        raise ValueError(f"{label} must be a string, got {_show(raw)}.")
+    if isinstance(raw, str) and _CONTROL.search(raw):
+        raise ValueError(f"{label} must not contain control characters, got {_show(raw)}.")
     return str(raw)
 
 
@@ -223,64 +372,111 @@ _KINDS = {f.name: {"bool": bool, "int": int, "float": float}.get(f.type, str)
 
 def load_api_keys(path: str | os.PathLike | None = None,
                   env: str | None = None) -> dict[str, frozenset[str]]:
-    """Keys from ``NACF_API_KEYS`` (every scope) and from a keys file."""
+    """Keys from ``NACF_API_KEYS`` (every scope) and from a keys file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike, optional
+        The keys file (``api_keys_file``): text, or TOML when it ends in ``.toml``.
+    env : str, optional
+        The value of ``NACF_API_KEYS``: comma-separated keys.
+
+    Returns
+    -------
+    dict of str to frozenset of str
+        ``{key: scopes}``.
+
+    Raises
+    ------
+    ValueError
+        A file that cannot be read or parsed, a key gRPC metadata cannot carry, scopes
+        outside :data:`SCOPES`; the message names the file (and line) or the variable.
+    """
     keys: dict[str, frozenset[str]] = {}
-    for k in (env or "").split(","):
-        if k.strip():
-            keys[k.strip()] = frozenset(SCOPES)
-    if path:
-        p = Path(path)
-        try:
-            text = p.read_text(encoding="utf-8")
-        except OSError as e:
-            raise ValueError(f"option 'api_keys_file': cannot read {str(p)!r}: {e}") from None
-        if p.suffix == ".toml":
-            data = tomllib.loads(text).get("keys", {})
-            items = [(k, v if isinstance(v, list) else str(v).split(",")) for k, v in data.items()]
-        else:
-            items = []
-            for n, line in enumerate(text.splitlines(), 1):
-                line = line.split("#", 1)[0].strip()
-                if not line:
-                    continue
-                parts = line.split(None, 1)
-                if len(parts) != 2:
-                    raise ValueError(f"{p}:{n}: expected '<key> <scope>[,<scope>...]', "
-                                     f"got {line!r}.")
-                items.append((parts[0], parts[1].replace(" ", "").split(",")))
-        for k, scopes in items:
-            s = frozenset(x.strip() for x in scopes if x.strip())
-            bad = s - set(SCOPES)
-            if bad or not s:
-                raise ValueError(f"{p}: key {k[:4]}...: scopes must be among "
-                                 f"{', '.join(SCOPES)}, got {sorted(s)}.")
-            keys[k] = keys.get(k, frozenset()) | s
+    env_keys = [k.strip() for k in (env or "").split(",") if k.strip()]
+    for n, k in enumerate(env_keys, 1):
+        _check_key(k, f"NACF_API_KEYS: key #{n} of {len(env_keys)}")
+        keys[k] = frozenset(SCOPES)
+    if not path:
+        return keys
+    p = Path(path)
+    what = "keys file (option 'api_keys_file')"
+    items: list[tuple[str, str, Any]] = []  # (where, key, scopes)
+    if p.suffix == ".toml":
+        data = _read_toml_or_text(p, what, toml=True).get("keys", {})
+        if not isinstance(data, dict):
+            raise ValueError(f"{what} {str(p)!r}: 'keys' must be a table of "
+                             f"\"<key>\" = [\"<scope>\", ...], got {type(data).__name__}.")
+        for n, (k, v) in enumerate(data.items(), 1):
+            where = f"{p}: key #{n} of [keys]"
+            if isinstance(v, str):
+                v = v.split(",")
+            if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+                raise ValueError(f"{where}: scopes must be a list of strings or a "
+                                 f"comma-separated string, got {_show(v)}.")
+            items.append((where, k, v))
+    else:
+        text = _read_toml_or_text(p, what, toml=False)
+        for n, line in enumerate(text.splitlines(), 1):
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            parts = line.split(None, 1)
+            if len(parts) != 2:
+                raise ValueError(f"{p}:{n}: expected '<key> <scope>[,<scope>...]', "
+                                 f"got {_show(line)}.")
+            items.append((f"{p}:{n}", parts[0], parts[1].replace(" ", "").split(",")))
+    for where, k, scopes in items:
+        _check_key(k, f"{where}: the key")
+        s = frozenset(x.strip() for x in scopes if x.strip())
+        bad = s - set(SCOPES)
+        if bad or not s:
+            raise ValueError(f"{where}: key {k[:4]}...: scopes must be among "
+                             f"{', '.join(SCOPES)}, got {sorted(s)}.")
+        keys[k] = keys.get(k, frozenset()) | s
     return keys
 
 
 def load_config(path: str | os.PathLike | None = None, *, env: dict[str, str] | None = None,
                 **overrides: Any) -> Config:
-    """Defaults < TOML file < environment < ``overrides`` (``None`` values ignored)."""
+    """Defaults < TOML file < environment < ``overrides`` (``None`` values ignored).
+
+    Parameters
+    ----------
+    path : str or os.PathLike, optional
+        The TOML file (``--config``); default ``NACF_CONFIG``.
+    env : dict of str to str, optional
+        The environment (default ``os.environ``): ``NACF_<OPTION>`` and ``NACF_API_KEYS``.
+    **overrides
+        Option values (the command-line flags).
+
+    Returns
+    -------
+    Config
+
+    Raises
+    ------
+    ValueError
+        A wrong value, naming the option and where it came from (the file, the
+        environment variable), or a file that cannot be read or parsed.
+    """
     env = dict(os.environ if env is None else env)
     values: dict[str, Any] = {}
+    what = "config file (--config)" if path else "config file (NACF_CONFIG)"
     path = path or env.get("NACF_CONFIG") or None
     if path:
-        try:
-            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except OSError as e:
-            raise ValueError(f"--config: cannot read {str(path)!r}: {e}") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ValueError(f"--config: {str(path)!r} is not valid TOML: {e}") from None
+        data = _read_toml_or_text(path, what, toml=True)
         data = {**data, **data.pop("nacf", {})} if isinstance(data.get("nacf"), dict) else data
         for k, v in data.items():
             if k not in _KINDS:
                 raise ValueError(f"{path}: unknown option {k!r}; known options: "
                                  f"{', '.join(sorted(_KINDS))}.")
-            values[k] = _coerce(k, v, _KINDS[k])
+            values[k] = _coerce(k, v, _KINDS[k], f"{path}: option {k!r}")
     for k, kind in _KINDS.items():
-        ev = env.get("NACF_" + k.upper())
+        var = "NACF_" + k.upper()
+        ev = env.get(var)
         if ev is not None and ev != "":
-            values[k] = _coerce(k, ev, kind)
+            values[k] = _coerce(k, ev, kind, f"environment variable {var} (option {k!r})")
     for k, v in overrides.items():
         if v is None:
             continue

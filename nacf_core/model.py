@@ -19,10 +19,15 @@ code) holding:
 - ``checksum``: SHA-256 over ``meta`` and every array's name, dtype, shape and bytes.
 
 :meth:`Model.load` refuses, with :class:`~nacf_core.errors.InvalidArgument` and a message
-that says what is wrong, a file that is not such an archive, that has another format
-version, whose checksum does not match (corrupt or edited), or whose arrays do not fit its
-parameters.  ``model_version`` (``<name>-<first 8 hex digits of the checksum>``) is in
-every decision, so two different models never share a version.
+that says what is wrong, a path that is not a regular file, a file larger than
+:data:`MAX_MODEL_BYTES` (64 MiB; the shipped 16-channel model is about 160 kB) or whose
+archive members hold more than that uncompressed, a file that is not such an archive, that
+has another format version, whose checksum does not match (corrupt or edited), whose
+parameters are of the wrong type or out of range (each named in the message), or whose
+arrays do not fit its parameters or hold non-finite values.  The checksum is not a
+signature (anyone can recompute it), so every field is validated regardless.
+``model_version`` (``<name>-<first 8 hex digits of the checksum>``) is in every decision,
+so two different models never share a version.
 """
 
 from __future__ import annotations
@@ -30,22 +35,29 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
-from dataclasses import dataclass, field
+import zipfile
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from nacf_core.config import read_regular_file
 from nacf_core.errors import InvalidArgument
 from nacf_core.features import Covariances, TangentSpace, WithinClassWhitening
+from nacf_core.kernels import ArtifactLimits
 
-__all__ = ["FORMAT_VERSION", "Model", "default_model", "default_model_path"]
+__all__ = ["FORMAT_VERSION", "MAX_MODEL_BYTES", "Model", "default_model", "default_model_path"]
 
 #: Version of the file layout; bumped when a field changes meaning.
 FORMAT_VERSION = 1
+#: Largest model file, and largest total of its archive members uncompressed (bytes).
+MAX_MODEL_BYTES = 64 * 1024 * 1024
 _ARRAYS = ("tangent_reference", "projection_mean", "projection_components", "thresholds")
+_MAX_MEMBERS = 64
 
 
 @dataclass
@@ -196,36 +208,37 @@ class Model:
     def load(cls, path: str | os.PathLike) -> Model:
         """Read a model file; :class:`InvalidArgument` if it is corrupt or mismatched."""
         path = Path(path)
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise InvalidArgument(f"cannot read model file {str(path)!r}: {exc}") from exc
+        data = read_regular_file(path, "model file", MAX_MODEL_BYTES)
         return cls.from_bytes(data, source=str(path))
 
     @classmethod
     def from_bytes(cls, data: bytes, source: str = "<bytes>") -> Model:
         """Parse :meth:`to_bytes` output; see :meth:`load`."""
         where = f"model file {source!r}"
-        try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as z:
-                entries = {k: z[k] for k in z.files}
-        except Exception as exc:  # zipfile/np.load raise many types on garbage
-            raise InvalidArgument(
-                f"{where} is not a nacf model: not a readable .npz archive ({exc})."
-            ) from exc
+        if len(data) > MAX_MODEL_BYTES:
+            raise InvalidArgument(f"{where} is larger than the limit of {MAX_MODEL_BYTES} bytes.")
+        entries = _read_npz(data, where)
         missing = [k for k in ("meta", "checksum", *_ARRAYS) if k not in entries]
         if missing:
             raise InvalidArgument(f"{where} is not a nacf model: it lacks {', '.join(missing)}.")
         meta_bytes = entries["meta"].tobytes()
         try:
             meta = json.loads(meta_bytes.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except ValueError as exc:  # not UTF-8, not JSON, an integer of over 4300 digits
             raise InvalidArgument(f"{where} is corrupt: its metadata is not JSON ({exc}).") from exc
-        if not isinstance(meta, dict) or meta.get("format") != "nacf-model":
-            raise InvalidArgument(f"{where} is not a nacf model (format {meta.get('format')!r}).")
-        if meta.get("format_version") != FORMAT_VERSION:
+        except RecursionError:
+            raise InvalidArgument(f"{where} is corrupt: its metadata JSON is nested too "
+                                  "deeply.") from None
+        if not isinstance(meta, dict):
+            raise InvalidArgument(f"{where} is not a nacf model: its metadata is a JSON "
+                                  f"{type(meta).__name__}, not an object.")
+        if meta.get("format") != "nacf-model":
             raise InvalidArgument(
-                f"{where} has format version {meta.get('format_version')!r}; this nacf reads "
+                f"{where} is not a nacf model (format {_show(meta.get('format'))}).")
+        version = meta.get("format_version")
+        if type(version) is not int or version != FORMAT_VERSION:
+            raise InvalidArgument(
+                f"{where} has format version {_show(version)}; this nacf reads "
                 f"version {FORMAT_VERSION}. Refit it with `nacf train` or use a matching nacf."
             )
         arrays = {k: entries[k] for k in _ARRAYS}
@@ -239,45 +252,223 @@ class Model:
         try:
             model = cls._from_parts(meta, arrays)
         except (KeyError, TypeError, ValueError) as exc:
-            raise InvalidArgument(f"{where} is inconsistent: {exc}") from exc
+            raise InvalidArgument(f"{where} is invalid or inconsistent: {exc}.") from exc
         model.checksum = actual
         return model
 
     @classmethod
     def _from_parts(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Model:
-        ch_names = [str(c) for c in meta["ch_names"]]
+        """Build the model, validating every field and array it uses (``ValueError``)."""
+        name = _text(meta, "name", 128)
+        sfreq = _real(meta, "sfreq", 0.0, 1e5, lo_open=True)
+        ch_names = _get(meta, "ch_names")
+        if not isinstance(ch_names, list) or not 1 <= len(ch_names) <= 256:
+            raise ValueError(f"field 'ch_names' must be a list of 1 to 256 channel names, got "
+                             f"{_show(ch_names)}")
+        ch_names = [_text({"ch_names": c}, "ch_names", 64, shown=f"ch_names[{i}]")
+                    for i, c in enumerate(ch_names)]
+        if len(set(ch_names)) != len(ch_names):
+            raise ValueError(f"field 'ch_names' must not repeat a name, got {ch_names}")
+        window_s = _real(meta, "window_s", 0.0, 3600.0, lo_open=True)
+        hop_s = _real(meta, "hop_s", 0.0, 3600.0, lo_open=True)
+        if round(window_s * sfreq) < 2:
+            raise ValueError(f"fields 'window_s' ({window_s:g}) and 'sfreq' ({sfreq:g}) give "
+                             "windows of fewer than 2 samples")
+        band = _get(meta, "band")
+        if not isinstance(band, list) or len(band) != 2:
+            raise ValueError(f"field 'band' must be a list [l_freq, h_freq], got {_show(band)}")
+        l_freq = _real({"band": band[0]}, "band", 0.0, sfreq / 2, lo_open=True, hi_open=True,
+                       shown="band[0]")
+        h_freq = _real({"band": band[1]}, "band", l_freq, sfreq / 2, lo_open=True,
+                       hi_open=True, shown="band[1]")
+        filter_order = _integer(meta, "filter_order", 1, 20)
+        limits = _get(meta, "artifact_limits")
+        known = [f.name for f in fields(ArtifactLimits)]
+        if not isinstance(limits, dict) or not set(limits) <= set(known):
+            raise ValueError(f"field 'artifact_limits' must be an object with keys among "
+                             f"{', '.join(known)}, got {_show(limits)}")
+        artifact_limits = {
+            k: _real(limits, k, 0.0, 1.0 if k == "rail_fraction" else 1e9,
+                     lo_open=k == "rail_uv", shown=f"artifact_limits.{k}")
+            for k in limits}
+        min_quality = _real(meta, "min_quality", 0.0, 1.0)
+        min_enroll_epochs = _integer(meta, "min_enroll_epochs", 1, 100_000)
+        shrinkage = _real(meta, "shrinkage", 0.0, 1.0, hi_open=True)
+        tangent_eps = _real(meta, "tangent_eps", 0.0, 1.0, lo_open=True, hi_open=True)
+        projection_reg = _real(meta, "projection_reg", 0.0, 1e9)
+        target_fmr = _real(meta, "target_fmr", 0.0, 1.0, lo_open=True, hi_open=True)
+        sequential = _check_sequential(meta.get("sequential", {}))
+        info = meta.get("info", {})
+        if not isinstance(info, dict):
+            raise ValueError(f"field 'info' must be an object, got {_show(info)}")
+
         n = len(ch_names)
-        ref = np.asarray(arrays["tangent_reference"], dtype=np.float64)
+        ref = _float_array(arrays, "tangent_reference")
         if ref.shape != (n, n):
             raise ValueError(f"tangent_reference has shape {ref.shape}, expected ({n}, {n}) "
                              f"for {n} channels")
+        if np.abs(ref - ref.T).max() > 1e-8 * np.abs(ref).max():
+            raise ValueError("tangent_reference must be symmetric")
         n_feat = n * (n + 1) // 2
-        mean = np.asarray(arrays["projection_mean"], dtype=np.float64)
-        comp = np.asarray(arrays["projection_components"], dtype=np.float64)
-        if mean.shape != (n_feat,) or comp.ndim != 2 or comp.shape[0] != n_feat:
+        mean = _float_array(arrays, "projection_mean")
+        comp = _float_array(arrays, "projection_components")
+        if mean.shape != (n_feat,) or comp.ndim != 2 or comp.shape[0] != n_feat \
+                or not 1 <= comp.shape[1] <= n_feat:
             raise ValueError(f"projection arrays {mean.shape}, {comp.shape} do not fit "
                              f"{n_feat} tangent features")
-        thresholds = np.asarray(arrays["thresholds"], dtype=np.float64)
-        if thresholds.ndim != 1 or len(thresholds) < 1 or not np.all(np.isfinite(thresholds)):
-            raise ValueError("thresholds must be a non-empty 1-D finite array")
-        cov = Covariances(shrinkage=float(meta["shrinkage"]))
+        thresholds = _float_array(arrays, "thresholds")
+        if thresholds.ndim != 1 or not 1 <= len(thresholds) <= 1000:
+            raise ValueError(f"thresholds must be a 1-D array of 1 to 1000 values, got shape "
+                             f"{thresholds.shape}")
+        if np.any(np.abs(thresholds) > 1):
+            raise ValueError("thresholds must be cosine scores in [-1, 1]")
+        cov = Covariances(shrinkage=shrinkage)
         cov.n_channels_ = n
-        ts = TangentSpace(eps=float(meta["tangent_eps"]))
-        ts.set_reference(ref)
-        proj = WithinClassWhitening(n_components=comp.shape[1], reg=float(meta["projection_reg"]))
+        ts = TangentSpace(eps=tangent_eps)
+        ts.set_reference(ref)  # ValueError unless symmetric positive definite
+        proj = WithinClassWhitening(n_components=comp.shape[1], reg=projection_reg)
         proj.mean_, proj.components_, proj.n_components_ = mean, comp, comp.shape[1]
         return cls(
-            name=str(meta["name"]), sfreq=float(meta["sfreq"]), ch_names=ch_names,
-            window_s=float(meta["window_s"]), hop_s=float(meta["hop_s"]),
-            band=(float(meta["band"][0]), float(meta["band"][1])),
-            filter_order=int(meta["filter_order"]),
-            artifact_limits={k: float(v) for k, v in meta["artifact_limits"].items()},
-            min_quality=float(meta["min_quality"]),
-            min_enroll_epochs=int(meta["min_enroll_epochs"]),
+            name=name, sfreq=sfreq, ch_names=ch_names, window_s=window_s, hop_s=hop_s,
+            band=(l_freq, h_freq), filter_order=filter_order, artifact_limits=artifact_limits,
+            min_quality=min_quality, min_enroll_epochs=min_enroll_epochs,
             covariances=cov, tangent=ts, projection=proj, thresholds=thresholds,
-            target_fmr=float(meta["target_fmr"]), sequential=dict(meta.get("sequential", {})),
-            info=dict(meta.get("info", {})),
+            target_fmr=target_fmr, sequential=sequential, info=dict(info),
         )
+
+
+# ------------------------------------------------------------------ file validation
+def _read_npz(data: bytes, where: str) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` archive, with bounded memory.
+
+    The members' declared sizes are checked against :data:`MAX_MODEL_BYTES` before any is
+    decompressed (a small zip bomb would otherwise expand without limit), and each
+    ``.npy`` header's shape against the bytes that follow it before the array is allocated.
+    """
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            infos = zf.infolist()
+            total = sum(i.file_size for i in infos)
+            if len(infos) > _MAX_MEMBERS or total > MAX_MODEL_BYTES:
+                raise InvalidArgument(
+                    f"{where} is not a nacf model: its archive holds {len(infos)} members of "
+                    f"{total} bytes uncompressed (at most {_MAX_MEMBERS} members and "
+                    f"{MAX_MODEL_BYTES} bytes).")
+            entries = {}
+            for info in infos:
+                if not info.filename.endswith(".npy"):
+                    raise InvalidArgument(f"{where} is not a nacf model: its archive member "
+                                          f"{_show(info.filename)} is not an .npy array.")
+                entries[info.filename[:-4]] = _read_npy(zf.read(info), info.filename)
+    except InvalidArgument:
+        raise
+    except Exception as exc:  # zipfile/np.lib.format raise many types on garbage
+        raise InvalidArgument(
+            f"{where} is not a nacf model: not a readable .npz archive ({exc})."
+        ) from exc
+    return entries
+
+
+def _read_npy(raw: bytes, member: str) -> np.ndarray:
+    """One ``.npy`` member; ``ValueError`` unless its header matches its size."""
+    fp = io.BytesIO(raw)
+    version = np.lib.format.read_magic(fp)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(fp)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(fp)
+    else:
+        raise ValueError(f"{member}: unsupported .npy format version {version}")
+    if dtype.hasobject:
+        raise ValueError(f"{member}: holds Python objects")
+    declared = math.prod(shape) * dtype.itemsize
+    if declared != len(raw) - fp.tell():
+        raise ValueError(f"{member}: its header declares {declared} bytes of data, it holds "
+                         f"{len(raw) - fp.tell()}")
+    fp.seek(0)
+    return np.lib.format.read_array(fp, allow_pickle=False)
+
+
+def _show(value: Any) -> str:
+    """``repr(value)``, shortened for an error message."""
+    r = repr(value)
+    return r if len(r) <= 60 else r[:50] + f"... ({len(r)} chars)"
+
+
+def _get(obj: dict[str, Any], key: str, shown: str | None = None) -> Any:
+    if key not in obj:
+        raise ValueError(f"field {shown or key!r} is missing")
+    return obj[key]
+
+
+def _real(obj: dict[str, Any], key: str, lo: float, hi: float, *, lo_open: bool = False,
+          hi_open: bool = False, shown: str | None = None) -> float:
+    """``obj[key]``: a finite JSON number in the interval ``lo``..``hi`` (a bool is not)."""
+    v = _get(obj, key, shown)
+    try:
+        f = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+    except OverflowError:  # an integer beyond the float range
+        f = None
+    if f is None or not math.isfinite(f) or (f <= lo if lo_open else f < lo) \
+            or (f >= hi if hi_open else f > hi):
+        interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+        raise ValueError(f"field {shown or key!r} must be a finite number in {interval}, "
+                         f"got {_show(v)}")
+    return f
+
+
+def _integer(obj: dict[str, Any], key: str, lo: int, hi: int) -> int:
+    """``obj[key]``: a JSON integer in ``[lo, hi]`` (a bool is not)."""
+    v = _get(obj, key)
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise ValueError(f"field {key!r} must be an integer in [{lo}, {hi}], got {_show(v)}")
+    return v
+
+
+def _text(obj: dict[str, Any], key: str, max_len: int, shown: str | None = None) -> str:
+    """``obj[key]``: a non-empty printable string of at most ``max_len`` characters."""
+    v = _get(obj, key, shown)
+    if not isinstance(v, str) or not 1 <= len(v) <= max_len or not v.isprintable():
+        raise ValueError(f"field {shown or key!r} must be a printable string of 1 to "
+                         f"{max_len} characters, got {_show(v)}")
+    return v
+
+
+def _float_array(arrays: dict[str, np.ndarray], key: str) -> np.ndarray:
+    """``arrays[key]`` as float64; ``ValueError`` unless real floating point and finite."""
+    a = arrays[key]
+    if a.dtype.kind != "f":
+        raise ValueError(f"{key} must hold floating-point numbers, got dtype {a.dtype}")
+    a = np.asarray(a, dtype=np.float64)
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{key} holds non-finite values")
+    return a
+
+
+def _check_sequential(seq: Any) -> dict[str, Any]:
+    """The ``sequential`` field: empty, or the parameters of ``SequentialTest``."""
+    if not isinstance(seq, dict):
+        raise ValueError(f"field 'sequential' must be an object, got {_show(seq)}")
+    if not seq:
+        return {}
+    for k in ("alpha", "beta"):
+        _real(seq, k, 0.0, 0.5, lo_open=True, hi_open=True, shown=f"sequential.{k}")
+    max_windows = _get(seq, "max_windows", "sequential.max_windows")
+    if isinstance(max_windows, bool) or not isinstance(max_windows, int) \
+            or not 1 <= max_windows <= 1000:
+        raise ValueError("field 'sequential.max_windows' must be an integer in [1, 1000], got "
+                         f"{_show(max_windows)}")
+    for k in ("mu_g", "sd_g", "mu_i", "sd_i"):
+        table = _get(seq, k, f"sequential.{k}")
+        if not isinstance(table, list) or len(table) != max_windows:
+            raise ValueError(f"field 'sequential.{k}' must be a list of max_windows "
+                             f"({max_windows}) numbers, got {_show(table)}")
+        for i, v in enumerate(table):
+            if k.startswith("sd"):
+                _real({k: v}, k, 0.0, 1e9, lo_open=True, shown=f"sequential.{k}[{i}]")
+            else:
+                _real({k: v}, k, -1e9, 1e9, shown=f"sequential.{k}[{i}]")
+    return dict(seq)
 
 
 def default_model_path(n_channels: int = 16) -> Path:

@@ -1,10 +1,12 @@
 import io
 import json
+import os
 import zipfile
 
 import numpy as np
 import pytest
 
+from nacf_core import model as model_module
 from nacf_core.channels import MONTAGE_8, MONTAGE_16
 from nacf_core.errors import InvalidArgument
 from nacf_core.model import FORMAT_VERSION, Model, default_model, default_model_path
@@ -100,3 +102,198 @@ def test_inconsistent_arrays_are_refused():
 
 def test_default_model_path_exists():
     assert default_model_path(16).is_file() and default_model_path(8).is_file()
+
+
+# ------------------------------------------------------------------ wrong input, file level
+def _npz(**entries) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **entries)
+    return buf.getvalue()
+
+
+def _with_meta(meta_bytes: bytes) -> bytes:
+    """An archive whose ``meta`` is ``meta_bytes`` (checksum not matching: checked after)."""
+    good = default_model(8).to_bytes()
+    return _rewrite(good, meta=np.frombuffer(meta_bytes, np.uint8))
+
+
+@pytest.mark.parametrize("meta, kind", [
+    (b"[1]", "list"), (b'"x"', "str"), (b"5", "int"), (b"null", "NoneType"),
+])
+def test_meta_not_an_object(meta, kind):
+    with pytest.raises(InvalidArgument, match=f"metadata is a JSON {kind}, not an object"):
+        Model.from_bytes(_with_meta(meta), source="m.npz")
+
+
+def test_meta_nested_too_deeply():
+    with pytest.raises(InvalidArgument, match="nested too deeply"):
+        Model.from_bytes(_with_meta(b"[" * 100_000 + b"]" * 100_000))
+    with pytest.raises(InvalidArgument, match="metadata is not JSON"):
+        Model.from_bytes(_with_meta(b"1" * 5000))  # beyond int()'s digit limit
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero", "directory"])
+def test_special_paths_are_refused(tmp_path, kind):
+    import threading
+
+    if kind == "fifo":
+        path = tmp_path / "fifo"
+        os.mkfifo(path)
+    elif kind == "dev_zero":
+        path = "/dev/zero"
+    else:
+        path = tmp_path
+    out = []
+
+    def run():
+        try:
+            Model.load(path)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            out.append(exc)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive(), "blocked reading the model file"
+    assert isinstance(out[0], InvalidArgument), repr(out[0])
+    assert "expected a regular file" in str(out[0]) and str(path) in str(out[0])
+
+
+def test_size_limits(tmp_path, monkeypatch):
+    good = default_model(8).to_bytes()
+    monkeypatch.setattr(model_module, "MAX_MODEL_BYTES", len(good) - 1)
+    p = tmp_path / "m.npz"
+    p.write_bytes(good)
+    with pytest.raises(InvalidArgument, match=f"larger than the limit of {len(good) - 1} bytes"):
+        Model.load(p)
+    # a small compressed archive whose member expands beyond the limit (a zip bomb)
+    monkeypatch.setattr(model_module, "MAX_MODEL_BYTES", 1024 * 1024)
+    with np.load(io.BytesIO(good), allow_pickle=False) as z:
+        entries = {k: z[k] for k in z.files}
+    buf = io.BytesIO()
+    np.savez_compressed(buf, padding=np.zeros(2 * 1024 * 1024, np.uint8), **entries)
+    assert len(buf.getvalue()) < 1024 * 1024
+    with pytest.raises(InvalidArgument, match="bytes uncompressed"):
+        Model.from_bytes(buf.getvalue())
+
+
+def test_npy_header_declaring_a_huge_array():
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f8", "fortran_order": False, "shape": (10 ** 12,)})
+    good = default_model(8).to_bytes()
+    with np.load(io.BytesIO(good), allow_pickle=False) as z:
+        entries = {k: z[k] for k in z.files}
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for k, a in entries.items():
+            if k == "thresholds":
+                zf.writestr("thresholds.npy", header.getvalue() + b"\0" * 8)
+            else:
+                member = io.BytesIO()
+                np.lib.format.write_array(member, a)
+                zf.writestr(f"{k}.npy", member.getvalue())
+    with pytest.raises(InvalidArgument, match="header declares 8000000000000 bytes"):
+        Model.from_bytes(buf.getvalue())
+
+
+# ------------------------------------------------------------------ wrong input, valid checksum
+def _signed(meta_changes=None, **arrays) -> bytes:
+    """The 8-channel model with ``meta`` fields changed (``KeyError``: removed) and arrays
+    replaced, with a matching checksum (unkeyed SHA-256: anyone can recompute it)."""
+    payload, arrs = default_model(8)._payload()
+    meta = json.loads(payload)
+    for k, v in (meta_changes or {}).items():
+        if v is KeyError:
+            meta.pop(k)
+        else:
+            meta[k] = v
+    arrs = {**arrs, **arrays}
+    mb = json.dumps(meta).encode()
+    return _npz(meta=np.frombuffer(mb, np.uint8),
+                checksum=np.frombuffer(Model._digest(mb, arrs).encode(), np.uint8), **arrs)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"artifact_limits": []}, "'artifact_limits' must be an object"),
+    ({"artifact_limits": "x"}, "'artifact_limits' must be an object"),
+    ({"artifact_limits": {"bogus": 1.0}}, "'artifact_limits' must be an object with keys among"),
+    ({"artifact_limits": {"rail_uv": 0}}, r"'artifact_limits.rail_uv' must be .* in \(0, "),
+    ({"artifact_limits": {"rail_fraction": 2}}, r"'artifact_limits.rail_fraction' .* \[0, 1\]"),
+    ({"artifact_limits": {"jump_uv": "big"}}, "'artifact_limits.jump_uv' must be a finite"),
+    ({"band": [1]}, r"'band' must be a list \[l_freq, h_freq\]"),
+    ({"band": "ab"}, "'band' must be a list"),
+    ({"band": {"a": 1}}, "'band' must be a list"),
+    ({"band": [40, 1]}, r"'band\[1\]' must be a finite number in \(40, 80\)"),
+    ({"band": [1, 1e6]}, r"'band\[1\]' must be a finite number in \(1, 80\)"),
+    ({"band": [0, 40]}, r"'band\[0\]' must be a finite number in \(0, 80\)"),
+    ({"sfreq": -250}, r"'sfreq' must be a finite number in \(0, 100000\]"),
+    ({"sfreq": 0}, "'sfreq' must be a finite number"),
+    ({"sfreq": "fast"}, "'sfreq' must be a finite number"),
+    ({"sfreq": float("nan")}, "'sfreq' must be a finite number"),
+    ({"sfreq": True}, "'sfreq' must be a finite number"),
+    ({"sfreq": 10 ** 400}, "'sfreq' must be a finite number"),
+    ({"sfreq": KeyError}, "field 'sfreq' is missing"),
+    ({"window_s": 0}, "'window_s' must be a finite number"),
+    ({"window_s": 0.001}, "windows of fewer than 2 samples"),
+    ({"hop_s": -1}, "'hop_s' must be a finite number"),
+    ({"filter_order": 1e300}, r"'filter_order' must be an integer in \[1, 20\]"),
+    ({"filter_order": 0}, "'filter_order' must be an integer"),
+    ({"filter_order": 4.5}, "'filter_order' must be an integer"),
+    ({"ch_names": "abcdefgh"}, "'ch_names' must be a list"),
+    ({"ch_names": None}, "'ch_names' must be a list"),
+    ({"ch_names": ["Fp1"] * 8}, "'ch_names' must not repeat a name"),
+    ({"ch_names": ["Fp1", "Fp2", "C3", "C4", "P7", "P8", "O1", 5]}, r"'ch_names\[7\]' must be"),
+    ({"ch_names": ["Fp1", "Fp2", "C3", "C4", "P7", "P8", "O1", "O\n2"]}, r"'ch_names\[7\]'"),
+    ({"name": ""}, "'name' must be a printable string"),
+    ({"name": ["x"]}, "'name' must be a printable string"),
+    ({"min_quality": 1.5}, r"'min_quality' must be a finite number in \[0, 1\]"),
+    ({"min_enroll_epochs": -5}, "'min_enroll_epochs' must be an integer"),
+    ({"target_fmr": 2.0}, r"'target_fmr' must be a finite number in \(0, 1\)"),
+    ({"shrinkage": "nan"}, r"'shrinkage' must be a finite number in \[0, 1\)"),
+    ({"tangent_eps": 0}, "'tangent_eps' must be a finite number"),
+    ({"projection_reg": -1}, "'projection_reg' must be a finite number"),
+    ({"sequential": [1, 2, 3]}, "'sequential' must be an object"),
+    ({"sequential": {"alpha": 0.7}}, r"'sequential.alpha' must be a finite number in \(0, 0.5\)"),
+    ({"sequential": {"alpha": 0.01, "beta": 0.02, "max_windows": 2, "mu_g": [0.5],
+                     "sd_g": [0.1], "mu_i": [0.0], "sd_i": [0.2]}},
+     r"'sequential.mu_g' must be a list of max_windows \(2\) numbers"),
+    ({"sequential": {"alpha": 0.01, "beta": 0.02, "max_windows": 1, "mu_g": [0.5],
+                     "sd_g": [0.0], "mu_i": [0.0], "sd_i": [0.2]}},
+     r"'sequential.sd_g\[0\]' must be a finite number in \(0, "),
+    ({"info": [[1, 2]]}, "'info' must be an object"),
+    ({"format_version": "1"}, "format version '1'"),
+    ({"format_version": True}, "format version True"),
+])
+def test_signed_meta_with_wrong_fields(changes, message):
+    with pytest.raises(InvalidArgument, match=message) as e:
+        Model.from_bytes(_signed(changes), source="evil.npz")
+    assert "evil.npz" in str(e.value)
+
+
+def test_signed_arrays_with_wrong_content():
+    arrs = default_model(8)._payload()[1]
+    comp, ref, mean = (arrs["projection_components"], arrs["tangent_reference"],
+                       arrs["projection_mean"])
+    asym = ref.copy()
+    asym[0, 1] += 1.0
+    cases = {
+        "projection_components holds non-finite": {"projection_components": comp * np.nan},
+        "tangent_reference holds non-finite": {"tangent_reference": ref * np.nan},
+        "tangent_reference must be symmetric": {"tangent_reference": asym},
+        "symmetric positive definite": {"tangent_reference": -ref},
+        "do not fit": {"projection_components": comp[:, :0]},
+        "projection_mean must hold floating-point numbers, got dtype complex128":
+            {"projection_mean": mean + 1j},
+        "thresholds must hold floating-point numbers": {"thresholds": np.array(["a"])},
+        "thresholds must be a 1-D array": {"thresholds": np.zeros((2, 2))},
+        r"thresholds must be cosine scores in \[-1, 1\]": {"thresholds": np.array([0.5, 3.0])},
+    }
+    for message, arrays in cases.items():
+        with pytest.raises(InvalidArgument, match=message):
+            Model.from_bytes(_signed(**arrays))
+
+
+def test_signed_unchanged_model_still_loads():
+    m = Model.from_bytes(_signed())
+    assert m.ch_names == default_model(8).ch_names and m.band == default_model(8).band

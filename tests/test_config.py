@@ -1,0 +1,241 @@
+"""Wrong input to the configuration and the API keys file: a clear ``ValueError`` that
+names the file or the environment variable and the option, never another exception."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+from nacf_core import config as config_module
+from nacf_core.config import SCOPES, Config, load_api_keys, load_config
+
+
+def _call_with_timeout(fn, seconds=10.0):
+    """``fn()`` in a thread: the exception it raised, or a failure if it blocks."""
+    out = []
+
+    def run():
+        try:
+            fn()
+            out.append(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            out.append(exc)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), "blocked reading the file"
+    return out[0]
+
+
+# ------------------------------------------------------------------ config: TOML values
+@pytest.mark.parametrize("line, message", [
+    ("max_workers = inf", "'max_workers' must be an integer, got inf"),
+    ("max_workers = nan", "'max_workers' must be an integer, got nan"),
+    ("max_workers = 3.9", "'max_workers' must be an integer, got 3.9"),
+    ("max_workers = 1e308", r"'max_workers' must be an integer in \[1, 2147483647\]"),
+    ("max_concurrent_rpcs = 9223372036854775807", r"'max_concurrent_rpcs' must be an integer in"),
+    ("max_workers = 0", r"'max_workers' must be an integer in \[1, "),
+    ("max_workers = true", "'max_workers' must be an integer, got True"),
+    ("max_workers = [1]", "'max_workers' must be an integer"),
+    ("max_workers = 1979-05-27", "'max_workers' must be an integer"),
+    ("grace_period_s = 1" + "0" * 400,
+     r"'grace_period_s' must be a finite number in \(0, 1e\+09\]"),
+    ("grace_period_s = 1e300", "'grace_period_s' must be a finite number in"),
+    ("grace_period_s = inf", "'grace_period_s' must be a finite number in"),
+    ("grace_period_s = nan", "'grace_period_s' must be a finite number in"),
+    ("grace_period_s = true", "'grace_period_s' must be a number, got True"),
+    ("session_ttl_s = false", "'session_ttl_s' must be a number, got False"),
+    ('data_dir = "a\\u0000b"', "'data_dir' must not contain control characters"),
+    ("reuse_port = 1.5", "'reuse_port' must be a boolean"),
+])
+def test_config_file_wrong_values(tmp_path, line, message):
+    f = tmp_path / "c.toml"
+    f.write_text(line + "\n")
+    with pytest.raises(ValueError, match=message) as e:
+        load_config(f, env={})
+    assert str(f) in str(e.value)
+
+
+def test_config_file_integral_float_and_bom(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_bytes(b"\xef\xbb\xbfmax_workers = 4.0\ngrace_period_s = 3\n")
+    c = load_config(f, env={})
+    assert c.max_workers == 4 and type(c.max_workers) is int
+    assert c.grace_period_s == 3.0 and type(c.grace_period_s) is float
+
+
+def test_config_file_not_utf8(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_bytes(b"max_workers = 4 # caf\xe9\n")
+    with pytest.raises(ValueError, match=r"config file \(--config\) '.*c\.toml' is not UTF-8"):
+        load_config(f, env={})
+    with pytest.raises(ValueError, match=r"config file \(NACF_CONFIG\) '.*c\.toml' is not UTF-8"):
+        load_config(None, env={"NACF_CONFIG": str(f)})
+
+
+def test_config_file_invalid_or_too_deep_toml(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text("max_workers = [\n")
+    with pytest.raises(ValueError, match=r"'.*c\.toml' is not valid TOML"):
+        load_config(f, env={})
+    f.write_text("x = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(ValueError, match="nested too deeply"):
+        load_config(f, env={})
+
+
+# ------------------------------------------------------------------ config: env and flags
+@pytest.mark.parametrize("var, value, message", [
+    ("NACF_MAX_WORKERS", "3.9", "must be an integer, got '3.9'"),
+    ("NACF_MAX_WORKERS", "1e3", "must be an integer, got '1e3'"),
+    ("NACF_MAX_WORKERS", "inf", "must be an integer, got 'inf'"),
+    ("NACF_MAX_WORKERS", "\u0663", "must be an integer"),  # an Arabic-Indic digit
+    ("NACF_MAX_WORKERS", "9" * 5000, r"must be an integer in \[1, 2147483647\], got '9999"),
+    ("NACF_MAX_WORKERS", "99999999999", r"must be an integer in \[1, 2147483647\]"),
+    ("NACF_GRACE_PERIOD_S", "inf", "must be a finite number in"),
+    ("NACF_GRACE_PERIOD_S", "nan", "must be a finite number in"),
+    ("NACF_GRACE_PERIOD_S", "1e999", "must be a finite number in"),
+    ("NACF_GRACE_PERIOD_S", "1e300", "must be a finite number in"),
+    ("NACF_GRACE_PERIOD_S", "soon", "must be a number"),
+    ("NACF_REUSE_PORT", "maybe", "must be a boolean"),
+    ("NACF_DATA_DIR", "a\nb", "must not contain control characters"),
+])
+def test_config_env_wrong_values(var, value, message):
+    with pytest.raises(ValueError, match=message) as e:
+        load_config(None, env={var: value})
+    assert f"environment variable {var}" in str(e.value)
+    assert len(str(e.value)) < 300
+
+
+def test_config_env_integer_text():
+    c = load_config(None, env={"NACF_MAX_WORKERS": " +7 ", "NACF_GRACE_PERIOD_S": "2.5"})
+    assert c.max_workers == 7 and c.grace_period_s == 2.5
+
+
+@pytest.mark.parametrize("option, value", [
+    ("max_workers", 10 ** 400), ("max_workers", 3.9), ("max_workers", float("inf")),
+    ("grace_period_s", 10 ** 400), ("grace_period_s", True), ("grace_period_s", float("nan")),
+    ("grace_period_s", [1]), ("grpc_address", object()),
+])
+def test_config_overrides_wrong_values(option, value):
+    with pytest.raises(ValueError, match=f"option '{option}'"):
+        load_config(None, env={}, **{option: value})
+
+
+@pytest.mark.parametrize("option, value", [
+    ("grace_period_s", 10 ** 400), ("grace_period_s", 1e300), ("max_workers", 2 ** 40),
+    ("identify_max_k", 10 ** 400), ("rate_limit_lease", 1.0),
+])
+def test_config_constructor_bounds(option, value):
+    with pytest.raises(ValueError, match=f"option '{option}'"):
+        Config(**{option: value})
+
+
+# ------------------------------------------------------------------ config and keys: paths
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero", "directory"])
+@pytest.mark.parametrize("loader", ["config", "keys"])
+def test_special_paths_are_refused(tmp_path, kind, loader):
+    if kind == "fifo":
+        path = tmp_path / "fifo"
+        os.mkfifo(path)
+    elif kind == "dev_zero":
+        path = "/dev/zero"
+    else:
+        path = tmp_path
+    fn = (lambda: load_config(path, env={})) if loader == "config" else (
+        lambda: load_api_keys(path))
+    exc = _call_with_timeout(fn)
+    assert isinstance(exc, ValueError), repr(exc)
+    assert "expected a regular file" in str(exc) and str(path) in str(exc)
+
+
+def test_oversized_files_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(config_module, "MAX_FILE_BYTES", 100)
+    f = tmp_path / "c.toml"
+    f.write_text("# padding\n" * 11)
+    with pytest.raises(ValueError, match=r"'.*c\.toml' is larger than the limit of 100 bytes"):
+        load_config(f, env={})
+    k = tmp_path / "keys"
+    k.write_text("# padding\n" * 11)
+    with pytest.raises(ValueError, match="larger than the limit of 100 bytes"):
+        load_api_keys(k)
+
+
+def test_missing_files_are_named(tmp_path):
+    with pytest.raises(ValueError, match=r"cannot read config file \(--config\) '.*nope'"):
+        load_config(tmp_path / "nope", env={})
+    with pytest.raises(ValueError, match=r"cannot read keys file .*'.*nope'"):
+        load_api_keys(tmp_path / "nope")
+
+
+# ------------------------------------------------------------------ keys file
+def test_keys_file_not_utf8(tmp_path):
+    for name in ("keys", "keys.toml"):
+        f = tmp_path / name
+        f.write_bytes(b"k1 admin # caf\xe9\n" if name == "keys" else b'[keys]\n"k1" = ["\xe9"]\n')
+        with pytest.raises(ValueError, match=f"'.*{name}' is not UTF-8"):
+            load_api_keys(f)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("keys = 5\n", "'keys' must be a table"),
+    ('keys = "k1"\n', "'keys' must be a table"),
+    ('[keys]\n"k1" = [1]\n', "scopes must be a list of strings"),
+    ('[keys]\n"k1" = ["admin", 3]\n', "scopes must be a list of strings"),
+    ('[keys]\n"k1" = 5\n', "scopes must be a list of strings"),
+    ('[keys.sub]\n"k1" = ["admin"]\n', "scopes must be a list of strings"),
+    ('[keys]\n"k1" = ["superuser"]\n', "scopes must be among"),
+    ("[keys\n", "is not valid TOML"),
+])
+def test_keys_toml_wrong_structure(tmp_path, text, message):
+    f = tmp_path / "keys.toml"
+    f.write_text(text)
+    with pytest.raises(ValueError, match=message) as e:
+        load_api_keys(f)
+    assert str(f) in str(e.value)
+
+
+def test_keys_toml_scopes_as_list_or_string(tmp_path):
+    f = tmp_path / "keys.toml"
+    f.write_text('[keys]\n"key-one-0123" = ["authenticate"]\n"key-two-0123" = "enroll, admin"\n')
+    assert load_api_keys(f) == {"key-one-0123": {"authenticate"},
+                                "key-two-0123": {"enroll", "admin"}}
+
+
+@pytest.mark.parametrize("name, data", [
+    ("keys", b"\x00 admin\n"),
+    ("keys", b"k\x01ey admin\n"),
+    ("keys", "k\u00e9y admin\n".encode()),
+    ("keys", b"k\x7fey admin\n"),
+    ("keys.toml", b'[keys]\n"\\u0000" = ["admin"]\n'),
+    ("keys.toml", b'[keys]\n" " = ["admin"]\n'),
+    ("keys.toml", b'[keys]\n"" = ["admin"]\n'),
+    ("keys.toml", b'[keys]\n"secret-key " = ["admin"]\n'),
+    ("keys.toml", b'[keys]\n"secret\\tkey" = ["admin"]\n'),
+    ("keys.toml", b'[keys]\n"' + b"x" * 5000 + b'" = ["admin"]\n'),
+])
+def test_keys_metadata_cannot_carry_are_refused(tmp_path, name, data):
+    f = tmp_path / name
+    f.write_bytes(data)
+    with pytest.raises(ValueError) as e:
+        load_api_keys(f)
+    assert str(f) in str(e.value)
+    assert "printable ASCII" in str(e.value) or "empty" in str(e.value) \
+        or "characters long" in str(e.value)
+    assert "secret" not in str(e.value)  # a key is never echoed
+
+
+@pytest.mark.parametrize("value", ["\x00", "good-key-0123,bad\x01key", "k\u00e9y"])
+def test_env_keys_metadata_cannot_carry_are_refused(value):
+    with pytest.raises(ValueError, match="NACF_API_KEYS: key #"):
+        load_api_keys(None, value)
+    with pytest.raises(ValueError, match="NACF_API_KEYS"):
+        load_config(None, env={"NACF_API_KEYS": value})
+
+
+def test_config_api_keys_checked():
+    with pytest.raises(ValueError, match="API key #1 must be printable ASCII"):
+        Config(api_keys={"\x00": frozenset(SCOPES)})
+    assert Config(api_keys={"key-0123456789": frozenset(SCOPES)}).api_keys
