@@ -471,11 +471,14 @@ class AuthService:
                                         min(1.0, max(0.0, quality)))
             self.metrics.record_artifact_rejections(r.reason for r in rejected)
             blob = template.to_bytes()
+            # the template and its PAD fingerprints in one transaction: a crash, a
+            # concurrent update or a delete never leaves one without the other
+            fps = self.pad.enroll_fingerprints(wins, blocks) if self.pad is not None else None
             version = self._store("put_template", self.store.put_template, user_id, blob,
                                   self.model_version, {"epochs_used": used,
                                                        "quality": quality},
-                                  create_only=not update, now=self.clock())
-            self._pad_enroll(user_id, wins, blocks)
+                                  create_only=not update, enroll_fingerprints=fps,
+                                  now=self.clock())
             status = "OK"
             log.info("enrolled", extra={"event_type": "enrollment", "user_id": user_id,
                                         "template_version": version, "epochs_used": used,
@@ -488,13 +491,6 @@ class AuthService:
             raise
         finally:
             self.metrics.record_registration(method, status)
-
-    def _pad_enroll(self, user_id: str, wins: list, blocks: list[SignalBlock]) -> None:
-        if self.pad is None:
-            return
-        fps = self.pad.enroll_fingerprints(wins, blocks)
-        self._store("add_fingerprints", self.store.add_fingerprints, user_id, fps,
-                    "enroll", replace=True, now=self.clock())
 
     # ------------------------------------------------------------- authentication
     def _check_user_and_lock(self, user_id: str, proof: DeviceProof | None = None, *,
@@ -1077,8 +1073,10 @@ class AuthService:
                 raise AlreadyExists(f"device {device_id!r} is already registered to user "
                                     f"{user_id!r}; set rotate=true for a new secret.")
         secret = secrets.token_urlsafe(32)
+        # the check above answers the common case early; the store decides races (two
+        # first registrations at once: one gets the secret, the other ALREADY_EXISTS)
         self._store("register_device", self.store.register_device, user_id, device_id, secret,
-                    now=self.clock())
+                    replace=rotate, now=self.clock())
         log.info("device registered", extra={"event_type": "device_registered",
                                              "user_id": user_id, "device_id": device_id,
                                              "rotated": dev is not None})

@@ -42,13 +42,17 @@ from .base import (
 )
 from .crypto import Cipher
 
-__all__ = ["SqlStore", "Tx"]
+__all__ = ["USER_GONE", "SqlStore", "Tx"]
 
 log = logging.getLogger("nacf.store")
 T = TypeVar("T")
 
 _MAX_ID = 256
 _KEYCHECK = b"nacf-template-key-check"
+#: ``NotFound`` message of a write that breaks a foreign key: every one references
+#: users(user_id), so the user was deleted by a concurrent transaction
+USER_GONE = ("the user was deleted while this call ran (a concurrent DeleteUser); nothing "
+             "was written.")
 
 
 def _check_id(name: str, value: Any) -> str:
@@ -231,7 +235,7 @@ class SqlStore(Store):
         return Cipher.aad("template", user_id, version, model_version)
 
     def put_template(self, user_id, blob, model_version, meta=None, *, create_only=False,
-                     expected_version=None, now=None) -> int:
+                     expected_version=None, enroll_fingerprints=None, now=None) -> int:
         _check_id("user_id", user_id)
         _check_id("model_version", model_version)
         if not isinstance(blob, (bytes, bytearray, memoryview)):
@@ -246,6 +250,10 @@ class SqlStore(Store):
         except (TypeError, ValueError) as exc:
             raise InvalidArgument(f"'meta' must be JSON-serialisable: {exc}.") from None
         t = _now(now)
+        fp_rows = None
+        if enroll_fingerprints is not None:
+            fp_rows = [(user_id, "enroll", t) + self._cipher.encrypt(
+                bytes(fp), Cipher.aad("pad", user_id, "enroll")) for fp in enroll_fingerprints]
 
         def fn(tx: Tx) -> int:
             created = tx.execute(
@@ -275,6 +283,10 @@ class SqlStore(Store):
                 "ciphertext = excluded.ciphertext, meta = excluded.meta, "
                 "created_at = excluded.created_at",
                 (user_id, new, model_version, kid, ct, meta_json, t))
+            if fp_rows is not None:  # the enrollment's PAD fingerprints, same transaction
+                tx.execute("DELETE FROM pad_fingerprints WHERE user_id = ? AND kind = 'enroll'",
+                           (user_id,))
+                self._tx_fingerprints(tx, user_id, "enroll", fp_rows)
             return new
 
         return self._run(fn)
@@ -379,7 +391,8 @@ class SqlStore(Store):
         self._after_delete()
 
     # -- devices and nonces --------------------------------------------------------
-    def register_device(self, user_id, device_id, secret, *, now=None) -> DeviceRecord:
+    def register_device(self, user_id, device_id, secret, *, replace=True,
+                        now=None) -> DeviceRecord:
         _check_id("user_id", user_id)
         _check_id("device_id", device_id)
         if not isinstance(secret, str) or len(secret) < 16:
@@ -400,6 +413,10 @@ class SqlStore(Store):
                 if row[0] != user_id:
                     raise AlreadyExists(f"Device {device_id!r} is already registered to "
                                         f"another user.")
+                if not replace:  # decided here, in the transaction: two racing first
+                    # registrations cannot both hand out a secret
+                    raise AlreadyExists(f"Device {device_id!r} is already registered to user "
+                                        f"{user_id!r}; set rotate=true for a new secret.")
                 tx.execute("UPDATE devices SET key_id = ?, secret_ct = ?, created_at = ? "
                            "WHERE device_id = ?", (kid, ct, t, device_id))
             return DeviceRecord(device_id=device_id, user_id=user_id, secret=secret,

@@ -26,7 +26,7 @@ from __future__ import annotations
 import abc
 import datetime as _dt
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -229,6 +229,7 @@ class Store(abc.ABC):
         *,
         create_only: bool = False,
         expected_version: int | None = None,
+        enroll_fingerprints: Sequence[bytes] | None = None,
         now: float | None = None,
     ) -> int:
         """Create the user or replace its template, atomically; return the new version.
@@ -236,6 +237,8 @@ class Store(abc.ABC):
         ``create_only``: raise ``AlreadyExists`` if the user exists.
         ``expected_version``: raise ``FailedPrecondition`` unless the current version is
         this (0 for "no template yet"); an optimistic-concurrency check.
+        ``enroll_fingerprints``: the enrollment's PAD fingerprints, replacing the user's
+        ``"enroll"`` ones in the same transaction (``None``: left as they are).
         The version increases by one on every write; the old ciphertext is replaced in
         the same transaction (never a torn template).
         """
@@ -265,9 +268,11 @@ class Store(abc.ABC):
     # -- devices and proof nonces --------------------------------------------------
     @abc.abstractmethod
     def register_device(
-        self, user_id: str, device_id: str, secret: str, *, now: float | None = None
+        self, user_id: str, device_id: str, secret: str, *, replace: bool = True,
+        now: float | None = None
     ) -> DeviceRecord:
-        """Bind ``device_id`` to ``user_id`` (re-binding replaces the secret).
+        """Bind ``device_id`` to ``user_id`` (re-binding replaces the secret; with
+        ``replace=False`` it is ``AlreadyExists``, decided in the same transaction).
         ``NotFound`` for an unknown user; ``AlreadyExists`` if bound to another user."""
 
     @abc.abstractmethod

@@ -28,8 +28,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import psycopg
 from psycopg import errors as pg_errors
 
-from ..errors import InvalidArgument, Unavailable
-from ._sql import SqlStore, Tx
+from ..errors import InvalidArgument, NotFound, Unavailable
+from ._sql import USER_GONE, SqlStore, Tx
 
 __all__ = ["PostgresStore", "MIGRATIONS"]
 
@@ -241,6 +241,8 @@ class PostgresStore(SqlStore):
         if isinstance(exc, psycopg.OperationalError):
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             return Unavailable(f"PostgreSQL store at {self._where} is unavailable: {msg}")
+        if isinstance(exc, pg_errors.ForeignKeyViolation):
+            return NotFound(USER_GONE)
         if isinstance(exc, psycopg.Error):
             return Unavailable(f"PostgreSQL store at {self._where} failed: "
                                f"{type(exc).__name__}: {str(exc).strip()[:300]}")

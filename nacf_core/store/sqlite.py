@@ -30,8 +30,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..errors import Unavailable
-from ._sql import SqlStore, Tx
+from ..errors import NotFound, Unavailable
+from ._sql import USER_GONE, SqlStore, Tx
 
 __all__ = ["SQLiteStore", "MIGRATIONS"]
 
@@ -225,6 +225,8 @@ class SQLiteStore(SqlStore):
     def _translate(self, exc: BaseException) -> BaseException | None:
         if isinstance(exc, sqlite3.OperationalError):
             return Unavailable(f"SQLite store {self.path!r} is unavailable: {exc}.")
+        if isinstance(exc, sqlite3.IntegrityError) and "FOREIGN KEY" in str(exc):
+            return NotFound(USER_GONE)
         if isinstance(exc, sqlite3.DatabaseError):
             return Unavailable(f"SQLite store {self.path!r} failed: {exc} "
                                f"(is it a nacf store file?).")

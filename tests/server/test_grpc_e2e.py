@@ -511,3 +511,63 @@ def test_continuous_authenticate_tiny_rate_is_invalid_argument(srv, rate):
         timeout=15)))
     assert c == grpc.StatusCode.INVALID_ARGUMENT, m
     assert "Hz" in m
+
+
+# ------------------------------------------------------------------ races
+def _race(calls):
+    """Run the callables at once; return each one's status code name."""
+    out = [None] * len(calls)
+    go = threading.Barrier(len(calls))
+
+    def run(i, fn):
+        go.wait()
+        try:
+            fn()
+            out[i] = "OK"
+        except grpc.RpcError as e:
+            out[i] = e.code().name
+    ts = [threading.Thread(target=run, args=(i, fn)) for i, fn in enumerate(calls)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(60)
+    return out
+
+
+def test_racing_first_registrations_of_a_device_hand_out_one_secret(srv):
+    _, stub, _ = srv
+    enroll(stub, "race-dev", 1)
+    secrets_out = []
+
+    def reg():
+        secrets_out.append(stub.RegisterDevice(pb.RegisterDeviceRequest(
+            user_id="race-dev", device_id="hs-race"), metadata=MD, timeout=20).device_secret)
+    codes = _race([reg] * 6)
+    assert codes.count("OK") == 1 and codes.count("ALREADY_EXISTS") == 5, codes
+    r = auth(stub, "race-dev", eeg(1, 3, 60, 8), secrets_out[0], "hs-race")
+    assert r.accepted
+
+
+def test_enroll_racing_delete_user_ends_ok_or_not_found_never_half_written(srv):
+    server, stub, _ = srv
+    store = server.service.store
+    x = sig(eeg(1, 3, 0, 40))
+    for i in range(4):
+        user = f"race-{i}"
+        enroll(stub, user, 1)
+
+        def upd(user=user):
+            stub.Enroll(pb.EnrollRequest(user_id=user, signals=[x], update=True),
+                        metadata=MD, timeout=30)
+
+        def delete(user=user):
+            stub.DeleteUser(pb.DeleteUserRequest(user_id=user), metadata=MD, timeout=30)
+        codes = _race([upd, upd, delete, delete])
+        assert set(codes) <= {"OK", "NOT_FOUND"}, codes
+        try:
+            store.get_user(user)
+        except Exception:  # deleted last: nothing of the user is left
+            assert store.get_fingerprints(user) == []
+        else:  # enrolled last: its template with the enrollment's fingerprints
+            assert store.get_template(user).blob
+            assert any(k == "enroll" for k, _ in store.get_fingerprints(user))

@@ -371,3 +371,39 @@ def test_sqlite_writer_blocked_past_busy_timeout_is_unavailable(tmp_path, key):
     finally:
         other.close()
         s.close()
+
+
+def test_register_device_without_replace_is_decided_in_the_transaction(store):
+    """``replace=False`` (RegisterDevice without rotate): a device already bound to the
+    same user is ALREADY_EXISTS from the store itself, so of two first registrations
+    racing past the service's own check only one hands out a secret."""
+    store.put_template("alice", b"x", "m")
+    store.register_device("alice", "hs-1", "secret-0123456789abcdef", replace=False)
+    with pytest.raises(AlreadyExists, match="rotate"):
+        store.register_device("alice", "hs-1", "secret-other-0123456789", replace=False)
+    assert store.get_device("hs-1").secret == "secret-0123456789abcdef"
+
+
+def test_template_and_enroll_fingerprints_in_one_transaction(store):
+    store.put_template("alice", b"t1", "m", enroll_fingerprints=[b"e1", b"e2"], now=T0)
+    store.add_fingerprints("alice", [b"p1"])
+    assert sorted(store.get_fingerprints("alice")) == [
+        ("enroll", b"e1"), ("enroll", b"e2"), ("probe", b"p1")]
+    # an update replaces the enrollment's fingerprints, keeps the probes
+    store.put_template("alice", b"t2", "m", enroll_fingerprints=[b"e3"], now=T0 + 1)
+    assert sorted(store.get_fingerprints("alice")) == [("enroll", b"e3"), ("probe", b"p1")]
+    # None leaves them as they are
+    store.put_template("alice", b"t3", "m", now=T0 + 2)
+    assert sorted(store.get_fingerprints("alice")) == [("enroll", b"e3"), ("probe", b"p1")]
+    # create_only refused: nothing of it is written
+    with pytest.raises(AlreadyExists):
+        store.put_template("alice", b"t4", "m", create_only=True, enroll_fingerprints=[b"x"])
+    assert store.get_template("alice").blob == b"t3"
+    assert sorted(store.get_fingerprints("alice")) == [("enroll", b"e3"), ("probe", b"p1")]
+
+
+def test_write_for_a_deleted_user_is_not_found(store):
+    """A write that breaks a foreign key lost a race with DeleteUser: NOT_FOUND saying
+    so, not UNAVAILABLE ("is it a nacf store file?")."""
+    with pytest.raises(NotFound, match="deleted while this call ran"):
+        store.add_fingerprints("ghost", [b"fp"], "enroll")
