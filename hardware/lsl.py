@@ -6,7 +6,11 @@ Uses ``pylsl`` (its wheel bundles liblsl).
 seconds, a clear :class:`~nacf_core.errors.Unavailable` when none answers), reads the
 channel labels, units and nominal rate from the stream's description, and pulls
 chunks. Timestamps are mapped to this machine's LSL clock (``pylsl.local_clock()``)
-with ``inlet.time_correction()``, refreshed every ``clock_refresh_s`` seconds.
+with ``inlet.time_correction()``, refreshed every ``clock_refresh_s`` seconds. A stream
+is refused (``ValueError``) before an inlet is opened when its header is unreadable
+(liblsl cannot parse a NaN or infinite rate) or its nominal rate is irregular (0) or
+above ``nacf_core.server.converters.MAX_SAMPLE_RATE_HZ`` (100 kHz); and once connected,
+when its labels name a channel twice and no ``montage`` replaces them.
 
 Stream vanishing: the inlet is opened with ``recover=False`` so liblsl reports the loss
 (``LostError``) instead of hanging. The source then re-resolves the same stream (same
@@ -184,26 +188,54 @@ class LslSource:
             )
         return found[0]
 
+    def _check_header(self, info) -> float:
+        """The resolved stream's nominal rate, checked before an inlet is created.
+
+        pylsl's ``StreamInlet`` fails obscurely on a header liblsl could not parse (a NaN
+        or infinite ``nominal_srate`` makes it one), and a huge rate breaks ``pull_chunk``.
+        """
+        from nacf_core.server.converters import MAX_SAMPLE_RATE_HZ
+
+        pylsl = _pylsl()
+        if info.channel_count() <= 0 or info.channel_format() == pylsl.cf_undefined:
+            raise ValueError(
+                f"LSL stream {self._describe()} sent a header liblsl could not read (it "
+                f"reports name {info.name()!r}, {info.channel_count()} channels); its "
+                f"nominal_srate or channel count is probably NaN, infinite or malformed."
+            )
+        if info.channel_format() == pylsl.cf_string:
+            raise ValueError(f"LSL stream {info.name()!r} carries strings, not samples.")
+        sfreq = float(info.nominal_srate())
+        if sfreq == 0:
+            raise ValueError(
+                f"LSL stream {info.name()!r} has an irregular rate (nominal_srate "
+                f"{sfreq}); nacf needs a regularly sampled EEG stream."
+            )
+        if not math.isfinite(sfreq) or sfreq < 0 or sfreq > MAX_SAMPLE_RATE_HZ:
+            raise ValueError(
+                f"LSL stream {info.name()!r} has an invalid nominal_srate {sfreq!r} Hz; "
+                f"nacf needs a finite rate in (0, {MAX_SAMPLE_RATE_HZ:g}] Hz."
+            )
+        return sfreq
+
     def _connect(self, info) -> None:
         pylsl = _pylsl()
+        sfreq = self._check_header(info)
         inlet = pylsl.StreamInlet(info, max_buflen=self.max_buflen, recover=False)
         full = inlet.info(timeout=max(self.timeout, 1.0))
         n_ch = full.channel_count()
-        sfreq = float(full.nominal_srate())
-        if sfreq <= 0:
-            inlet.close_stream()
-            raise ValueError(
-                f"LSL stream {full.name()!r} has an irregular rate (nominal_srate "
-                f"{sfreq}); nacf needs a regularly sampled EEG stream."
-            )
-        if full.channel_format() in (pylsl.cf_string, pylsl.cf_undefined):
-            inlet.close_stream()
-            raise ValueError(f"LSL stream {full.name()!r} carries strings, not samples.")
         labels = full.get_channel_labels()
         if self._montage is not None:
             names = resolve_montage(self._montage, n_ch)
         elif labels and all(labels) and len(labels) == n_ch:
             names = [str(x) for x in labels]
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if dup:
+                inlet.close_stream()
+                raise ValueError(
+                    f"LSL stream {full.name()!r} labels a channel twice: {', '.join(dup)}. "
+                    f"Name the channels in order with a montage (lsl:NAME?montage=Fp1,...)."
+                )
         else:
             names = _default_names(n_ch)
         units = full.get_channel_units() or [None] * n_ch

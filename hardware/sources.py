@@ -13,7 +13,10 @@ SOURCE                                what it opens
                                       :class:`~.playback.FileSource`
 ====================================  ==================================================
 
-Options follow a ``?`` as ``key=value`` pairs joined by ``&``:
+Options follow the first ``?`` (a target cannot contain one) as ``key=value`` pairs
+joined by ``&``; an empty option (``X?``, ``&&``, a trailing ``&``), a second ``?``, an
+option given twice and control characters (NUL, newline, ...) in the target or a value
+are refused with a ``ValueError``:
 
 - ``montage=Fp1,Fp2,...`` (every source; or a preset such as ``ultracortex-8``): the
   channel names in order. The ``montage`` argument of :func:`open_source` (the CLI's
@@ -29,6 +32,7 @@ Every source is a context manager with ``.sfreq``, ``.ch_names``,
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,10 +60,14 @@ class SourceSpec:
 def parse_source(spec: str) -> SourceSpec:
     """Parse ``KIND:TARGET[?key=value&...]``.
 
+    The target ends at the first ``?``.
+
     Raises
     ------
     ValueError
-        Unknown kind, empty target, or an option the kind does not take.
+        Unknown kind, empty target, a control character in the target or a value, a
+        malformed option list (empty, a second ``?``, an item that is not ``key=value``,
+        an option given twice) or an option the kind does not take.
     """
     if not isinstance(spec, str) or ":" not in spec:
         raise ValueError(
@@ -74,12 +82,22 @@ def parse_source(spec: str) -> SourceSpec:
             f"Invalid source kind {kind!r} in {spec!r}. Allowed kinds are "
             f"{', '.join(KINDS)}."
         )
-    target, sep, query = rest.rpartition("?") if "?" in rest else (rest, "", "")
+    target, sep, query = rest.partition("?")
+    target = target.strip()
+    if not target:
+        what = "port" if "cyton" in kind else kind
+        raise ValueError(f"The source {spec!r} names no {what} target.")
+    _check_no_control(spec, "target", target)
     options: dict[str, str] = {}
     if sep:
+        syntax = "options follow a single '?' as key=value pairs joined by '&'"
+        if "?" in query:
+            raise ValueError(f"The source {spec!r} has more than one '?': {syntax}.")
         for item in query.split("&"):
-            if not item:
-                continue
+            if not item.strip():
+                raise ValueError(
+                    f"The source {spec!r} has an empty option (a stray '?' or '&'): {syntax}."
+                )
             key, eq, value = item.partition("=")
             key = key.strip().lower()
             if not eq or key not in _OPTIONS[kind]:
@@ -87,11 +105,20 @@ def parse_source(spec: str) -> SourceSpec:
                     f"Invalid option {item!r} in the source {spec!r}. Options for {kind}: "
                     f"{', '.join(k + '=...' for k in _OPTIONS[kind])}."
                 )
-            options[key] = value.strip()
-    if not target.strip():
-        what = "port" if "cyton" in kind else kind
-        raise ValueError(f"The source {spec!r} names no {what} target.")
-    return SourceSpec(kind, target.strip(), options)
+            if key in options:
+                raise ValueError(f"Option {key!r} is given twice in the source {spec!r}.")
+            value = value.strip()
+            _check_no_control(spec, f"option {key!r}", value)
+            options[key] = value
+    return SourceSpec(kind, target, options)
+
+
+def _check_no_control(spec: str, what: str, text: str) -> None:
+    bad = [c for c in text if unicodedata.category(c) == "Cc"]
+    if bad:
+        raise ValueError(
+            f"The {what} of the source {spec!r} contains a control character ({bad[0]!r})."
+        )
 
 
 def _float(spec: str, key: str, value: str) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import textwrap
@@ -173,3 +174,37 @@ def test_make_outlet_rejects_bad_arguments():
         make_outlet("", ["a"], 250)
     with pytest.raises(ValueError, match="'sfreq'"):
         make_outlet("x", ["a"], 0)
+
+
+@pytest.mark.parametrize("rate", [float("nan"), float("inf"), 1e300, 0.0])
+def test_bad_nominal_rate_is_refused_before_the_inlet(rate):
+    name = f"nacf-test-{uuid.uuid4().hex[:8]}"
+    outlet = pylsl.StreamOutlet(pylsl.StreamInfo(name, "EEG", 2, rate, pylsl.cf_float32,
+                                                 f"sid-{name}"))
+    if rate == 0:
+        msg = f"LSL stream '{name}' has an irregular rate"
+    elif math.isfinite(rate):
+        msg = rf"LSL stream '{name}' has an invalid nominal_srate 1e\+300 Hz.*100000\]"
+    else:  # liblsl's resolver cannot parse the header: the stream is named by the query
+        msg = f"LSL stream name '{name}' sent a header liblsl could not read.*NaN, infinite"
+    try:
+        with pytest.raises(ValueError, match=msg):
+            with LslSource(name=name, timeout=10, reconnect_s=0):
+                pass
+    finally:
+        del outlet
+
+
+def test_duplicate_labels_are_refused_unless_a_montage_replaces_them():
+    name = f"nacf-test-{uuid.uuid4().hex[:8]}"
+    info = pylsl.StreamInfo(name, "EEG", 3, 250.0, pylsl.cf_float32, f"sid-{name}")
+    info.set_channel_labels(["Fp1", "Cz", "Fp1"])
+    outlet = pylsl.StreamOutlet(info)
+    try:
+        with pytest.raises(ValueError, match=f"'{name}' labels a channel twice: Fp1.*montage"):
+            with LslSource(name=name, timeout=10, reconnect_s=0):
+                pass
+        with LslSource(name=name, timeout=10, reconnect_s=0, montage="Fp1,Cz,Fp2") as src:
+            assert src.ch_names == ["Fp1", "Cz", "Fp2"]
+    finally:
+        del outlet

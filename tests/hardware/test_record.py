@@ -113,6 +113,31 @@ def test_parse_source():
         open_source("cyton:/dev/ttyUSB0?montage=Fp1")
 
 
+def test_parse_source_splits_at_the_first_question_mark():
+    s = parse_source("lsl:My Stream?timeout=2&montage=C3,C4")
+    assert (s.target, s.options) == ("My Stream", {"timeout": "2", "montage": "C3,C4"})
+    assert parse_source(" lsl:X \n").target == "X"  # surrounding whitespace is stripped
+
+
+@pytest.mark.parametrize("source, message", [
+    ("lsl:X?bogus=1&?", "more than one '\\?'"),
+    ("lsl:X?timeout=1&?", "more than one '\\?'"),
+    ("file:a?b.edf?speed=2", "more than one '\\?'"),
+    ("lsl:X?", "empty option"),
+    ("lsl:X?timeout=1&", "empty option"),
+    ("file:x.edf?speed=1&&montage=a", "empty option"),
+    ("file:x.edf?speed=1&speed=2", "'speed' is given twice"),
+    ("lsl:X?timeout", "Invalid option 'timeout'"),
+    ("lsl:X\x00Y", "target .* contains a control character \\('\\\\x00'\\)"),
+    ("file:/tmp/a\nb.edf", "target .* contains a control character"),
+    ("cyton:/dev/tty\x1bUSB0?timeout=1", "target .* contains a control character"),
+    ("lsl:X?montage=a\x00b", "option 'montage' .* contains a control character"),
+])
+def test_parse_source_refuses_malformed_strings(source, message):
+    with pytest.raises(ValueError, match=message):
+        parse_source(source)
+
+
 def test_simulate_command_end_to_end(tmp_path):
     """``nacf simulate`` in its own process, ``nacf record`` reading its port."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
