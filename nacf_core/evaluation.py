@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from nacf_core import calibration as cal
+from nacf_core.config import read_regular_file
 from nacf_core.errors import InvalidArgument
 from nacf_core.model import Model
 from nacf_core.pipeline import Pipeline, Template
@@ -77,13 +79,26 @@ class ManifestRow:
     stop_s: float | None = None
 
 
+#: Largest manifest read (bytes): a few hundred thousand rows.
+_MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+
+
 def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
     """Parse a manifest; :class:`InvalidArgument` naming the line for anything wrong."""
     path = Path(path)
+    data = read_regular_file(path, "manifest", _MAX_MANIFEST_BYTES)
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise InvalidArgument(f"cannot read manifest {str(path)!r}: {exc}") from exc
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InvalidArgument(f"manifest {str(path)!r} is not UTF-8 text (byte {exc.start}: "
+                              f"{data[exc.start:exc.start + 1]!r}).") from None
+    try:
+        return _parse_manifest(path, text)
+    except csv.Error as exc:  # e.g. a field larger than the csv module's limit
+        raise InvalidArgument(f"manifest {str(path)!r} is not valid CSV: {exc}.") from None
+
+
+def _parse_manifest(path: Path, text: str) -> list[ManifestRow]:
     reader = csv.DictReader(text.splitlines())
     need = {"subject", "recording", "role", "path"}
     have = set(reader.fieldnames or [])
@@ -101,20 +116,31 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
         rel = (r["path"] or "").strip()
         if not rel:
             raise InvalidArgument(f"manifest {str(path)!r} line {line}: empty path.")
+        for key in ("subject", "recording", "path"):
+            if any(ord(c) < 32 or ord(c) == 127 for c in r[key] or ""):
+                raise InvalidArgument(f"manifest {str(path)!r} line {line}: {key} holds a "
+                                      f"control character ({r[key]!r}).")
 
         def num(key, r=r, line=line):
             v = (r.get(key) or "").strip()
             if not v:
                 return None
             try:
-                return float(v)
+                x = float(v)
             except ValueError:
+                x = math.nan
+            if not (math.isfinite(x) and x >= 0):
                 raise InvalidArgument(
-                    f"manifest {str(path)!r} line {line}: {key} must be a number, got {v!r}."
-                ) from None
+                    f"manifest {str(path)!r} line {line}: {key} must be a number of seconds "
+                    f">= 0, got {v!r}.")
+            return x
 
+        start_s, stop_s = num("start_s"), num("stop_s")
+        if start_s is not None and stop_s is not None and not stop_s > start_s:
+            raise InvalidArgument(f"manifest {str(path)!r} line {line}: stop_s ({stop_s:g}) "
+                                  f"must be after start_s ({start_s:g}).")
         rows.append(ManifestRow((r["subject"] or "").strip(), (r["recording"] or "").strip(),
-                                role, (path.parent / rel), num("start_s"), num("stop_s")))
+                                role, (path.parent / rel), start_s, stop_s))
     if not rows:
         raise InvalidArgument(f"manifest {str(path)!r} has no rows.")
     for s in sorted({r.subject for r in rows}):

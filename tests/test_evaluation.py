@@ -104,3 +104,25 @@ def test_manifest_errors(tmp_path):
         read_manifest(p)
     p.write_text("subject,recording,role,path\nS1,R1,enroll,sub/a.edf\n")
     assert read_manifest(p)[0].path == tmp_path / "sub" / "a.edf"
+
+
+@pytest.mark.parametrize("body,match", [
+    (b"subject,recording,role,path,start_s\nS1,R1,enroll,a.edf,nan\n", "start_s must be"),
+    (b"subject,recording,role,path,start_s\nS1,R1,enroll,a.edf,-1\n", "start_s must be"),
+    (b"subject,recording,role,path,stop_s\nS1,R1,enroll,a.edf,inf\n", "stop_s must be"),
+    (b"subject,recording,role,path,start_s,stop_s\nS1,R1,enroll,a.edf,5,2\n", "after start_s"),
+    (b"subject,recording,role,path\nS1,R1,enroll,a\xff.edf\n", "not UTF-8"),
+    (b"subject,recording,role,path\nS1,R1,enroll,a.edf\x00\n", "control character"),
+])
+def test_manifest_damaged_or_absurd(tmp_path, body, match):
+    p = tmp_path / "m.csv"
+    p.write_bytes(body)
+    with pytest.raises(InvalidArgument, match=match):
+        read_manifest(p)
+
+
+def test_manifest_must_be_a_regular_file(tmp_path):
+    with pytest.raises(InvalidArgument, match="character device"):
+        read_manifest("/dev/zero")
+    with pytest.raises(InvalidArgument, match="directory"):
+        read_manifest(tmp_path)
