@@ -86,7 +86,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from nacf_core._validation import check_finite_positive, check_option
+from nacf_core._validation import check_finite_positive, check_option, npy_data_bytes
 
 from .montages import default_montage, resolve_montage
 
@@ -883,31 +883,14 @@ def _npz_array(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> np.nda
         )
     try:
         with zf.open(info) as fh:
-            version = np.lib.format.read_magic(fh)
-            if version == (1, 0):
-                shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
-            elif version == (2, 0):
-                shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
-            else:
-                shape = dtype = None
+            nbytes = npy_data_bytes(fh, f"{where}: {key!r}")
             header_len = fh.tell()
     except _NPZ_ERRORS as exc:
         raise ValueError(f"{where} is corrupt: cannot read {key!r} ({exc}).") from None
-    if dtype is None:
+    if header_len + nbytes != info.file_size:
         raise ValueError(
-            f"{where}: {key!r} is a version {version[0]}.{version[1]} .npy array; expected "
-            f"version 1.0 or 2.0 (what numpy writes for numbers and strings)."
-        )
-    if dtype.hasobject:
-        raise ValueError(
-            f"{where}: {key!r} holds Python objects (dtype {dtype}), which this reader does not "
-            f"unpickle; expected numbers or strings."
-        )
-    nbytes = math.prod(shape) * dtype.itemsize
-    if min(shape, default=0) < 0 or header_len + nbytes != info.file_size:
-        raise ValueError(
-            f"{where} is corrupt: {key!r} declares shape {shape} of {dtype} ({nbytes} bytes) "
-            f"but holds {info.file_size - header_len} bytes."
+            f"{where} is corrupt: {key!r} declares {nbytes} bytes of data but holds "
+            f"{info.file_size - header_len} bytes."
         )
     try:
         with zf.open(info) as fh:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "npy_data_bytes",
     "check_option",
     "check_array",
     "check_finite_positive",
@@ -109,3 +110,28 @@ def check_band(l_freq: Any, h_freq: Any, sfreq: Any) -> tuple[float, float, floa
     if h_freq >= nyq:
         raise ValueError(f"h_freq ({h_freq}) must be less than Nyquist ({nyq}).")
     return l_freq, h_freq, sfreq
+
+
+def npy_data_bytes(fp: Any, what: str) -> int:
+    """Read a ``.npy`` header from the binary file ``fp`` and return how many data bytes
+    it declares (the file is left at the start of the data).
+
+    ``ValueError`` naming ``what`` for a format version other than 1.0 / 2.0 (what numpy
+    writes for numbers and strings), a negative dimension, or an object (pickled) dtype;
+    the caller compares the result with the bytes really there before reading any, so
+    nothing is allocated on the word of a damaged header.
+    """
+    version = np.lib.format.read_magic(fp)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(fp)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(fp)
+    else:
+        raise ValueError(f"{what} is a version {version[0]}.{version[1]} .npy array; expected "
+                         "version 1.0 or 2.0 (what numpy writes for numbers and strings).")
+    if dtype.hasobject:
+        raise ValueError(f"{what} holds Python objects (dtype {dtype}), which are never "
+                         "unpickled; expected numbers or strings.")
+    if min(shape, default=0) < 0:
+        raise ValueError(f"{what} declares a negative dimension {shape}.")
+    return math.prod(shape) * dtype.itemsize

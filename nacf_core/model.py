@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from nacf_core._validation import npy_data_bytes
 from nacf_core.config import read_regular_file
 from nacf_core.errors import InvalidArgument
 from nacf_core.features import Covariances, TangentSpace, WithinClassWhitening
@@ -372,16 +373,7 @@ def _read_npz(data: bytes, where: str) -> dict[str, np.ndarray]:
 def _read_npy(raw: bytes, member: str) -> np.ndarray:
     """One ``.npy`` member; ``ValueError`` unless its header matches its size."""
     fp = io.BytesIO(raw)
-    version = np.lib.format.read_magic(fp)
-    if version == (1, 0):
-        shape, _, dtype = np.lib.format.read_array_header_1_0(fp)
-    elif version == (2, 0):
-        shape, _, dtype = np.lib.format.read_array_header_2_0(fp)
-    else:
-        raise ValueError(f"{member}: unsupported .npy format version {version}")
-    if dtype.hasobject:
-        raise ValueError(f"{member}: holds Python objects")
-    declared = math.prod(shape) * dtype.itemsize
+    declared = npy_data_bytes(fp, member)
     if declared != len(raw) - fp.tell():
         raise ValueError(f"{member}: its header declares {declared} bytes of data, it holds "
                          f"{len(raw) - fp.tell()}")

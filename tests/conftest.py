@@ -7,6 +7,7 @@ session: in CI a skip means something that should be installed is missing.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ SHARED_DATA = Path(os.environ.get("NACF_SHARED_DATA", ROOT.parent / "shared" / "
 # Hypothesis profiles, chosen with NACF_HYPOTHESIS_PROFILE (default "nacf"): "nacf" keeps
 # example counts moderate so the suite stays fast; "small" is for the NUMBA_DISABLE_JIT=1
 # run (pure Python kernels): property tests also read the variable to shrink their shapes.
-from hypothesis import HealthCheck, settings  # noqa: E402
+from hypothesis import HealthCheck, settings
 
 settings.register_profile(
     "nacf", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -34,6 +35,39 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real recordings not found at {SHARED_DATA} (set NACF_SHARED_DATA)")
     return SHARED_DATA
+
+
+@pytest.fixture(params=["fifo", "dev_zero", "directory"])
+def special_path(request, tmp_path):
+    """A path that is not a regular file (a FIFO without a writer, ``/dev/zero``, a
+    directory): a loader must refuse it at once, never block or read it forever."""
+    if request.param == "fifo":
+        path = tmp_path / "fifo"
+        os.mkfifo(path)
+        return path
+    return "/dev/zero" if request.param == "dev_zero" else tmp_path
+
+
+@pytest.fixture
+def raised_without_blocking():
+    """``call(fn, seconds=10)``: run ``fn()`` in a thread and return the exception it
+    raised (``None`` if none); fails the test if it is still running after ``seconds``."""
+    def call(fn, seconds=10.0):
+        out = []
+
+        def run():
+            try:
+                fn()
+                out.append(None)
+            except BaseException as exc:
+                out.append(exc)
+
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        t.join(seconds)
+        assert not t.is_alive(), "blocked reading the file"
+        return out[0]
+    return call
 
 
 def pytest_sessionfinish(session, exitstatus):

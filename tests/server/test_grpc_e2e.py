@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from nacf_core._proto.nacf.v1 import auth_pb2 as pb
 from nacf_core._proto.nacf.v1 import auth_pb2_grpc as pbg
 from nacf_core.config import Config
+from nacf_core.errors import NotFound
 from nacf_core.metrics import Metrics
 from nacf_core.pad import PresentationAttackDetector
 from nacf_core.server.app import NacfServer
@@ -477,15 +478,13 @@ def test_undecodable_request_bytes_get_invalid_argument(srv, method, kind):
     with grpc.insecure_channel(server.address) as ch:
         for body in _RAW:
             if kind == "unary":
-                call = ch.unary_unary(method)
-                fn = lambda: call(body, metadata=MD, timeout=10)  # noqa: E731
+                c, m = code_of(ch.unary_unary(method), body, metadata=MD, timeout=10)
             elif kind == "client_stream":
-                call = ch.stream_unary(method)
-                fn = lambda: call(iter([body]), metadata=MD, timeout=10)  # noqa: E731
+                c, m = code_of(ch.stream_unary(method), iter([body]), metadata=MD, timeout=10)
             else:
                 call = ch.stream_stream(method)
-                fn = lambda: list(call(iter([body]), metadata=MD, timeout=10))  # noqa: E731
-            c, m = code_of(fn)
+                c, m = code_of(lambda b=body, call=call: list(
+                    call(iter([b]), metadata=MD, timeout=10)))
             assert c == grpc.StatusCode.INVALID_ARGUMENT, (body, c, m)
             assert "not a valid protobuf message" in m and method.rsplit("/", 1)[-1] in m
     # without a key, the key is what is wrong
@@ -566,7 +565,7 @@ def test_enroll_racing_delete_user_ends_ok_or_not_found_never_half_written(srv):
         assert set(codes) <= {"OK", "NOT_FOUND"}, codes
         try:
             store.get_user(user)
-        except Exception:  # deleted last: nothing of the user is left
+        except NotFound:  # deleted last: nothing of the user is left
             assert store.get_fingerprints(user) == []
         else:  # enrolled last: its template with the enrollment's fingerprints
             assert store.get_template(user).blob
