@@ -508,13 +508,16 @@ class AuthService:
         lock = st.lockout
         now = self.clock()
         if lock.is_locked(now):
-            self.metrics.record_failed_auth("locked")
-            raise FailedPrecondition(
-                f"user {user_id!r} is locked after {self.config.lockout_threshold} "
-                f"consecutive failed attempts until {_iso(lock.locked_until)} "
-                f"({lock.locked_until - now:.0f} s from now); an admin can lift it with "
-                "UnlockUser.")
+            self._raise_locked(user_id, lock.locked_until, now)
         return st, (st.device if dev_id is not None else _UNREAD)
+
+    def _raise_locked(self, user_id: str, locked_until: float, now: float) -> None:
+        self.metrics.record_failed_auth("locked")
+        raise FailedPrecondition(
+            f"user {user_id!r} is locked after {self.config.lockout_threshold} "
+            f"consecutive failed attempts until {_iso(locked_until)} "
+            f"({locked_until - now:.0f} s from now); an admin can lift it with "
+            "UnlockUser.")
 
     def _template(self, rec: Any) -> Any:
         """The decoded template of a ``TemplateRecord``, cached by its decrypted bytes
@@ -637,13 +640,13 @@ class AuthService:
         return self._decide(user_id, bool(d.accepted), float(d.score), float(d.threshold),
                             float(d.quality), list(d.reasons), int(d.windows_used),
                             int(d.windows_used) * self.rec.window_s, device_id, w, block,
-                            peer, method, t_start, failures=st.lockout.failures,
+                            peer, method, t_start,
                             fingerprints=st.fingerprints)
 
     def _decide(self, user_id: str, accepted: bool, score: float, thr: float,
                 quality: float, reasons: list[str], n_used: int, seconds: float,
                 device_id: str | None, windows: Any, block: SignalBlock | None, peer: str,
-                method: str, t_start: float, *, failures: int = 1,
+                method: str, t_start: float, *,
                 fingerprints: list | None = None) -> AuthResult:
         reasons = list(reasons)
         accepted = bool(accepted and n_used > 0 and math.isfinite(score))
@@ -664,7 +667,6 @@ class AuthService:
             fail_reason = ("poor_quality" if n_used == 0 else
                            "presentation_attack" if reasons and reasons[-1].startswith("pad")
                            else "score_below_threshold")
-        self.metrics.record_decision(accepted)
         self.metrics.track_active_user(user_id)
         duration = time.perf_counter() - t_start
         # every write of this attempt in one transaction: session or failure count,
@@ -674,10 +676,18 @@ class AuthService:
             score=None if not math.isfinite(score) else score, reason=fail_reason, peer=peer,
             duration_s=duration, method=method,
             session_ttl_s=float(self.config.session_ttl_s), device_id=device_id,
-            reset_failures=bool(failures),  # one write less on the common path
             max_failures=int(self.config.lockout_threshold),
             lock_seconds=float(self.config.lockout_seconds), probe_fingerprint=probe_fp,
             now=now)
+        # the user was locked by concurrent failures after the check at the start of this
+        # call (a stream started before them, calls racing with a networked store): an
+        # accept opens no session, and a reject counted while locked returns no score;
+        # both are audited
+        if out.locked or (not accepted and out.locked_until is not None
+                          and out.locked_until > now
+                          and out.failures > self.config.lockout_threshold):
+            self._raise_locked(user_id, out.locked_until, now)
+        self.metrics.record_decision(accepted)
         if accepted:
             sess = out.session
             token, expires = sess.token or "", float(sess.expires_at)
@@ -791,7 +801,7 @@ class AuthService:
         return self._decide(user_id, accepted, float(d.score), float(d.threshold),
                             float(d.quality), reasons, int(d.windows_used),
                             n_scored * self.rec.window_s, device_id, w, buf.block(), peer,
-                            "AuthenticateStream", t_start, failures=st.lockout.failures)
+                            "AuthenticateStream", t_start)
 
     # --------------------------------------------------------------- identification
     def identify(self, block: SignalBlock, top_k: int = 5) -> IdentifyResult:

@@ -821,8 +821,7 @@ class SqlStore(Store):
     def finish_authentication(self, user_id: str, accepted: bool, *, score: float | None,
                               reason: str, peer: str, duration_s: float, method: str,
                               session_ttl_s: float = 0.0, device_id: str | None = None,
-                              reset_failures: bool = True, max_failures: int = 1,
-                              lock_seconds: float = 1.0,
+                              max_failures: int = 1, lock_seconds: float = 1.0,
                               probe_fingerprint: bytes | None = None,
                               now: float | None = None) -> AuthOutcome:
         _check_id("user_id", user_id)
@@ -846,24 +845,34 @@ class SqlStore(Store):
         attempt = self._attempt_row(user_id, accepted, score, reason, peer, duration_s,
                                     method, t)
 
-        def fn(tx: Tx) -> tuple[int, float | None]:
-            out: tuple[int, float | None] = (0, None)
+        def fn(tx: Tx) -> tuple[int, float | None, bool]:
+            out: tuple[int, float | None, bool] = (0, None, False)
             if accepted:
                 if tx.one("SELECT 1 FROM users WHERE user_id = ?" + self.FOR_UPDATE,
                           (user_id,)) is None:
                     raise NotFound(f"Unknown user {user_id!r}.")
-                if reset_failures:
+                # the lock as it is now, not as the caller read it: failures of concurrent
+                # calls (or of streams checked before them) may have locked the user
+                row = tx.one("SELECT failures, locked_until FROM lockouts WHERE user_id = ?"
+                             + self.FOR_UPDATE, (user_id,))
+                if row is not None and row[1] is not None and float(row[1]) > t:
+                    self._tx_attempt(tx, self._attempt_row(
+                        user_id, False, score, "locked", peer, duration_s, method, t))
+                    return int(row[0]), float(row[1]), True
+                if row is not None and row[0]:
                     self._tx_reset(tx, user_id)
                 tx.execute(f"INSERT INTO sessions ({self._SESSION_COLS}) "
                            "VALUES (?, ?, ?, ?, ?, ?, ?)", sess_row)
             else:
-                out = self._tx_failure(tx, user_id, max_failures, lock_seconds, t)
+                out = (*self._tx_failure(tx, user_id, max_failures, lock_seconds, t), False)
             if fp_rows:
                 self._tx_fingerprints(tx, user_id, "probe", fp_rows)
             self._tx_attempt(tx, attempt)
             return out
 
-        failures, locked_until = self._run(fn)
+        failures, locked_until, locked = self._run(fn)
+        if locked:
+            return AuthOutcome(None, failures, locked_until, locked=True)
         return AuthOutcome(None if sess_row is None else self._session(sess_row, token),
                            failures, locked_until)
 

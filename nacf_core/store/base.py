@@ -175,11 +175,13 @@ class AuthState:
 @dataclass(frozen=True)
 class AuthOutcome:
     """What :meth:`Store.finish_authentication` wrote: the new session on an accept
-    (``token`` set), and the lockout state after a reject."""
+    (``token`` set), and the lockout state after a reject or a refused accept."""
 
     session: Session | None
     failures: int
     locked_until: float | None
+    #: an accepted decision refused because the user was locked meanwhile (no session)
+    locked: bool = False
 
 
 class Store(abc.ABC):
@@ -407,24 +409,30 @@ class Store(abc.ABC):
     def finish_authentication(self, user_id: str, accepted: bool, *, score: float | None,
                               reason: str, peer: str, duration_s: float, method: str,
                               session_ttl_s: float = 0.0, device_id: str | None = None,
-                              reset_failures: bool = True, max_failures: int = 1,
-                              lock_seconds: float = 1.0,
+                              max_failures: int = 1, lock_seconds: float = 1.0,
                               probe_fingerprint: bytes | None = None,
                               now: float | None = None) -> AuthOutcome:
-        """Every write of one authentication, atomically: on ``accepted``, reset the
-        consecutive failures (when ``reset_failures``) and open a session of
-        ``session_ttl_s`` (``create_session``); otherwise count a failure
+        """Every write of one authentication, atomically: on ``accepted``, unless the
+        user is locked at ``now`` (failures counted by concurrent calls since the caller
+        checked), reset the consecutive failures and open a session of ``session_ttl_s``
+        (``create_session``); a locked user gets no session (``locked`` set, the attempt
+        audited as rejected with reason ``"locked"``); otherwise count a failure
         (``register_failure(max_failures, lock_seconds)``); append
         ``probe_fingerprint`` to the PAD history when given; append the audit row
         (``record_attempt``). Backends override this with one transaction; this default
         composes the single-purpose methods (not atomic)."""
         t = _now(now)
         session, failures, locked_until = None, 0, None
+        if accepted:
+            lock = self.get_lockout(user_id)
+            if lock.locked_until is not None and lock.locked_until > t:
+                self.record_attempt(user_id, False, score, "locked", peer, duration_s,
+                                    method, now=t)
+                return AuthOutcome(None, lock.failures, lock.locked_until, locked=True)
         if probe_fingerprint is not None:
             self.add_fingerprints(user_id, [probe_fingerprint], "probe", now=t)
         if accepted:
-            if reset_failures:
-                self.reset_failures(user_id)
+            self.reset_failures(user_id)
             session = self.create_session(user_id, session_ttl_s, device_id=device_id, now=t)
         else:
             failures, locked_until = self.register_failure(user_id, max_failures,

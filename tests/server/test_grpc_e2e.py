@@ -570,3 +570,49 @@ def test_enroll_racing_delete_user_ends_ok_or_not_found_never_half_written(srv):
         else:  # enrolled last: its template with the enrollment's fingerprints
             assert store.get_template(user).blob
             assert any(k == "enroll" for k, _ in store.get_fingerprints(user))
+
+
+def test_streams_opened_before_a_lockout_get_no_more_tries_and_no_session(srv):
+    """Streams pass the lock check when their first message arrives; the user may be
+    locked by the time they finish. Then a reject returns no score and an accept opens
+    no session: both FAILED_PRECONDITION, and the attempts are still counted and
+    audited (lockout_threshold is 3)."""
+    server, stub, _ = srv
+    enroll(stub, "lock-st", 1)
+    secret = device(stub, "lock-st", "hs-lock-st")
+    n = 5
+    gates = [threading.Event() for _ in range(n)]
+    datas = [eeg(5, 7, 8 * i, 8) for i in range(n - 1)] + [eeg(1, 3, 60, 8)]  # last genuine
+    results = [None] * n
+
+    def run(i):
+        parts = [sig(c, "hs-lock-st") for c in chunks(datas[i])]
+        md = (*MD, *proof_md(secret, "lock-st", "hs-lock-st", parts[0].samples))
+
+        def gen():
+            yield pb.AuthenticateStreamRequest(start=pb.StreamStart(user_id="lock-st"))
+            gates[i].wait(30)
+            for p in parts:
+                yield pb.AuthenticateStreamRequest(chunk=p)
+        try:
+            results[i] = stub.AuthenticateStream(gen(), metadata=md, timeout=60)
+        except grpc.RpcError as e:
+            results[i] = (e.code(), e.details())
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)  # every stream has sent its start message and passed the lock check
+    for i in range(n):  # then they finish one after another
+        gates[i].set()
+        threads[i].join(60)
+    for r in results[:3]:  # the three failures that lock the user
+        assert not isinstance(r, tuple) and not r.accepted, r
+    for r in results[3:]:  # after the lock: neither a score nor a session
+        assert isinstance(r, tuple) and r[0] == grpc.StatusCode.FAILED_PRECONDITION, r
+        assert "locked" in r[1]
+    assert stub.GetUser(pb.GetUserRequest(user_id="lock-st"), metadata=MD).user.locked
+    rows = server.service.store.recent_attempts("lock-st", 10)  # newest first
+    assert [(a.success, a.reason) for a in rows[:2]] == [(False, "locked"),
+                                                        (False, "score_below_threshold")]
+    stub.UnlockUser(pb.UnlockUserRequest(user_id="lock-st"), metadata=MD)

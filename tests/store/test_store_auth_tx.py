@@ -51,29 +51,41 @@ def test_finish_authentication_accept_and_reject(store):
                                       peer="p", duration_s=0.01, method="Authenticate",
                                       max_failures=2, lock_seconds=30, now=T0 + 1)
     assert (out.failures, out.locked_until) == (2, T0 + 31)
-    # an accept: failures reset, a session, a probe fingerprint, an audit row
+    # an accept while locked (the caller checked the lock before it was set): no session,
+    # nothing reset, no fingerprint, audited as refused
+    out = store.finish_authentication("alice", True, score=0.9, reason="accepted",
+                                      peer="ipv4:1.2.3.4", duration_s=0.02,
+                                      method="AuthenticateStream", session_ttl_s=60,
+                                      device_id="hs-1", probe_fingerprint=b"probe-0",
+                                      now=T0 + 2)
+    assert out.locked and out.session is None and out.locked_until == T0 + 31
+    assert store.get_lockout("alice").failures == 2
+    assert store.count_active_sessions(now=T0 + 2) == 0
+    # an accept once the lock is over: failures reset, a session, a probe fingerprint,
+    # an audit row
     out = store.finish_authentication("alice", True, score=0.9, reason="accepted",
                                       peer="ipv4:1.2.3.4", duration_s=0.02,
                                       method="Authenticate", session_ttl_s=60,
                                       device_id="hs-1", probe_fingerprint=b"probe-1",
-                                      now=T0 + 2)
+                                      now=T0 + 32)
     s = out.session
-    assert s is not None and s.token and s.device_id == "hs-1"
-    assert store.get_session(s.token).is_active(T0 + 3)
-    assert store.get_session(s.token).expires_at == T0 + 62
+    assert not out.locked and s is not None and s.token and s.device_id == "hs-1"
+    assert store.get_session(s.token).is_active(T0 + 33)
+    assert store.get_session(s.token).expires_at == T0 + 92
     assert store.get_lockout("alice").failures == 0
     assert store.get_fingerprints("alice") == [("enroll", b"enr"), ("probe", b"probe-1")]
     rows = store.recent_attempts("alice", 10)
     assert [(r.success, r.reason) for r in rows] == [
-        (True, "accepted"), (False, "poor_quality"), (False, "score_below_threshold")]
+        (True, "accepted"), (False, "locked"), (False, "poor_quality"),
+        (False, "score_below_threshold")]
     assert rows[0].score == pytest.approx(0.9) and rows[0].peer == "ipv4:1.2.3.4"
-    assert rows[1].score is None
+    assert rows[2].score is None
     # the probe history stays bounded
     store.pad_history = 3
     for i in range(5):
         store.finish_authentication("alice", True, score=0.9, reason="accepted", peer="",
                                     duration_s=0.0, method="Authenticate", session_ttl_s=60,
-                                    probe_fingerprint=f"pr-{i}".encode(), now=T0 + 10 + i)
+                                    probe_fingerprint=f"pr-{i}".encode(), now=T0 + 40 + i)
     assert [f for k, f in store.get_fingerprints("alice") if k == "probe"] == [
         b"pr-2", b"pr-3", b"pr-4"]
 
