@@ -804,8 +804,11 @@ class AuthService:
                             "AuthenticateStream", t_start)
 
     # --------------------------------------------------------------- identification
-    def identify(self, block: SignalBlock, top_k: int = 5) -> IdentifyResult:
-        """1:N: the ``top_k`` enrolled users most similar to ``block``."""
+    def identify(self, block: SignalBlock, top_k: int = 5, *, peer: str = "") -> IdentifyResult:
+        """1:N: the ``top_k`` enrolled users most similar to ``block``.
+
+        Users locked out at the time are left out (Identify must not score a signal
+        against a template whose 1:1 attempts are refused); every call is logged."""
         if isinstance(top_k, bool) or not isinstance(top_k, int):
             raise InvalidArgument(f"'top_k' must be an integer, got {top_k!r}.")
         k = top_k or 5
@@ -822,8 +825,12 @@ class AuthService:
                                      + "; ".join(reasons) + "); cannot identify.")
         recs = self._store("iter_templates", lambda: list(
             self.store.iter_templates(model_version=self.model_version)))
+        locked = self._store("locked_user_ids", self.store.locked_user_ids, now=self.clock())
+        if locked:
+            recs = [t for t in recs if t.user_id not in locked]
         thr = float(self.model_threshold_for(int(acc.sum())))
         if not recs:
+            self._log_identify(peer, [], thr, quality, len(locked))
             return IdentifyResult([], thr, quality, self.model_version, reasons)
         ids = [t.user_id for t in recs]
         matrix = np.ascontiguousarray(np.stack(
@@ -836,8 +843,18 @@ class AuthService:
                          backend=getattr(self.rec.pipeline, "backend", None))
         self.metrics.observe_signal("identify", time.perf_counter() - t0,
                                     min(1.0, max(0.0, quality)))
-        return IdentifyResult([(ids[int(i)], float(v)) for i, v in zip(idx[0], sc[0])], thr,
-                              quality, self.model_version, reasons)
+        cands = [(ids[int(i)], float(v)) for i, v in zip(idx[0], sc[0])]
+        self._log_identify(peer, cands, thr, quality, len(locked))
+        return IdentifyResult(cands, thr, quality, self.model_version, reasons)
+
+    def _log_identify(self, peer: str, cands: list, thr: float, quality: float,
+                      n_locked: int) -> None:
+        top = cands[0] if cands else None
+        log.info("identification", extra={
+            "event_type": "identify", "ip_address": peer, "candidates": len(cands),
+            "match": top[0] if top is not None and top[1] >= thr else None,
+            "confidence": round(top[1], 4) if top is not None else None,
+            "quality": round(quality, 3), "locked_left_out": n_locked})
 
     def model_threshold_for(self, n_windows: int) -> float:
         """The decision threshold for a probe of ``n_windows`` fused windows."""

@@ -148,7 +148,8 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
     def Identify(self, request: pb.IdentifyRequest, context) -> pb.IdentifyResponse:
         if not request.HasField("signal"):
             raise InvalidArgument("'signal' is missing.")
-        r = self.service.identify(cv.signal_to_block(request.signal), request.top_k)
+        r = self.service.identify(cv.signal_to_block(request.signal), request.top_k,
+                                  peer=_peer(context))
         return cv.identify_response(r)
 
     @_unary

@@ -622,6 +622,11 @@ class SqlStore(Store):
             return LockoutState(0, None)
         return LockoutState(int(row[0]), None if row[1] is None else float(row[1]))
 
+    def locked_user_ids(self, now=None) -> set[str]:
+        t = _now(now)
+        return {r[0] for r in self._run(lambda tx: tx.query(
+            "SELECT user_id FROM lockouts WHERE locked_until > ?", (t,)), write=False)}
+
     def take_tokens(self, client_id, rate_per_s, burst, want=1, give_back=0.0,
                     now=None) -> int:
         _check_id("client_id", client_id)

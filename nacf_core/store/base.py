@@ -341,6 +341,10 @@ class Store(abc.ABC):
     def get_lockout(self, user_id: str) -> LockoutState:
         """Current lockout state (``failures=0, locked_until=None`` when none)."""
 
+    @abc.abstractmethod
+    def locked_user_ids(self, now: float | None = None) -> set[str]:
+        """The users locked at ``now`` (one query; Identify leaves them out)."""
+
     def take_token(self, client_id: str, rate_per_s: float, burst: float,
                    now: float | None = None) -> bool:
         """Token bucket: refill at ``rate_per_s`` up to ``burst``; take one token if

@@ -165,6 +165,26 @@ def test_identify_top_k(srv):
                    metadata=MD)[0] == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def test_identify_leaves_locked_users_out_and_logs_each_call(srv, caplog):
+    """A locked user's template is not scored by Identify either (else Identify would be
+    an unlimited oracle against a template whose 1:1 attempts are refused)."""
+    server, stub, _ = srv
+    enroll(stub, "idL", 5)
+    store = server.service.store
+    for _ in range(3):  # lockout_threshold=3
+        store.register_failure("idL", 3, 600)
+    assert stub.GetUser(pb.GetUserRequest(user_id="idL"), metadata=MD).user.locked
+    probe = sig(eeg(5, 3, 70, 8))
+    with caplog.at_level("INFO", logger="nacf.service"):
+        r = stub.Identify(pb.IdentifyRequest(signal=probe, top_k=100), metadata=MD)
+    assert "idL" not in [c.user_id for c in r.candidates]
+    logged = [x for x in caplog.records if getattr(x, "event_type", "") == "identify"]
+    assert logged and logged[-1].locked_left_out >= 1 and logged[-1].ip_address
+    assert stub.UnlockUser(pb.UnlockUserRequest(user_id="idL"), metadata=MD).was_locked
+    r = stub.Identify(pb.IdentifyRequest(signal=probe, top_k=100), metadata=MD)
+    assert "idL" in [c.user_id for c in r.candidates]
+
+
 # ------------------------------------------------------------------ device proof
 def test_device_proof_paths(srv):
     _, stub, _ = srv

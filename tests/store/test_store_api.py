@@ -407,3 +407,13 @@ def test_write_for_a_deleted_user_is_not_found(store):
     so, not UNAVAILABLE ("is it a nacf store file?")."""
     with pytest.raises(NotFound, match="deleted while this call ran"):
         store.add_fingerprints("ghost", [b"fp"], "enroll")
+
+
+def test_locked_user_ids(store):
+    store.put_template("alice", b"x", "m")
+    store.put_template("bob", b"y", "m")
+    assert store.locked_user_ids(now=T0) == set()
+    store.register_failure("alice", 1, 60, now=T0)
+    store.register_failure("bob", 5, 60, now=T0)  # a failure, not locked
+    assert store.locked_user_ids(now=T0 + 1) == {"alice"}
+    assert store.locked_user_ids(now=T0 + 61) == set()  # the lock is over
