@@ -36,6 +36,7 @@ Security decisions (written down here, enforced here):
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import hmac
 import logging
@@ -85,6 +86,8 @@ log = logging.getLogger("nacf.service")
 _USER_ID_MAX = 128
 _DEVICE_ID_MAX = 128
 _UNREAD = object()  # a device record that was not looked up
+#: ContinuousAuthenticate: how many of the stream's own windows its replay check keeps
+_STREAM_PAD_HISTORY = 64
 
 
 # ----------------------------------------------------------------------------------
@@ -971,6 +974,11 @@ class AuthService:
         template = self.rec.template_from_bytes(rec.blob)
         thr = self.rec.threshold
         win = self.rec.window_s
+        # every window is checked for replay like an Authenticate probe: against the
+        # user's stored history and this stream's earlier windows (a looped recording)
+        stored_fps = (self._store("get_fingerprints", self.store.get_fingerprints, user_id)
+                      if self.pad is not None else [])
+        stream_fps: collections.deque = collections.deque(maxlen=_STREAM_PAD_HISTORY)
         loss = float(self.config.signal_loss_s)
         q: queue.Queue = queue.Queue(maxsize=64)
         _END = object()
@@ -1059,6 +1067,20 @@ class AuthService:
                                            expires, streamed)
                     continue
                 since_good = 0.0
+                if self.pad is not None:
+                    with self._cpu_gate:
+                        v = self.pad.check(w, buf.block(last_seconds=win),
+                                           [*stored_fps, *stream_fps])
+                    if v.attack:  # a replay or a non-physiological signal
+                        self.metrics.record_suspicious(v.kind, "high")
+                        log.warning("presentation attack", extra={
+                            "event_type": "security_event", "security_event_type": v.kind,
+                            "severity": "high", "user_id": user_id,
+                            "method": "ContinuousAuthenticate", "reason": v.reason})
+                        yield end(v.kind, 0.0, quality)
+                        return
+                    if v.fingerprint is not None:
+                        stream_fps.append(("probe", v.fingerprint))
                 d = self.rec.decide(w, template)
                 score, thr = float(d.score), float(d.threshold)
                 if d.accepted:

@@ -636,3 +636,29 @@ def test_streams_opened_before_a_lockout_get_no_more_tries_and_no_session(srv):
     assert [(a.success, a.reason) for a in rows[:2]] == [(False, "locked"),
                                                         (False, "score_below_threshold")]
     stub.UnlockUser(pb.UnlockUserRequest(user_id="lock-st"), metadata=MD)
+
+
+def test_continuous_authenticate_ends_on_a_looped_recording(srv):
+    """Every window of the stream is checked for replay like an Authenticate probe,
+    against the stored history and the stream's own earlier windows: streaming the same
+    recorded 4 s again ends the session (reason ``replay``); the genuine windows before it
+    are verified (consecutive genuine 4-s windows against a growing history are the
+    protocol of benches/pad_dev_rates.py: 0 of 1450 rejected)."""
+    _, stub, _ = srv
+    enroll(stub, "loop", 1)
+    secret = device(stub, "loop", "hs-loop")
+    tok = auth(stub, "loop", eeg(1, 3, 60, 8), secret, "hs-loop").session_token
+    live = eeg(1, 3, 70, 12)
+    looped = np.concatenate([live, live[:640]])  # 12 s, then its first 4 s again
+
+    def gen():
+        yield pb.ContinuousAuthenticateRequest(start=pb.ContinuousStart(session_token=tok))
+        for c in chunks(looped):
+            yield pb.ContinuousAuthenticateRequest(chunk=sig(c, "hs-loop"))
+
+    states = list(stub.ContinuousAuthenticate(gen(), metadata=MD, timeout=30))
+    E = pb.ContinuousAuthenticateResponse
+    assert [s.state for s in states[:3]] == [E.VERIFIED] * 3
+    assert states[-1].state == E.ENDED and states[-1].reason == "replay", states[-1]
+    v = stub.ValidateSession(pb.ValidateSessionRequest(session_token=tok), metadata=MD)
+    assert not v.valid and v.reason == "replay"
