@@ -394,8 +394,9 @@ class AuthService:
             raise
         except Exception as e:
             self.metrics.record_store_error(op)
-            log.error("store error", extra={"event_type": "store_error", "operation": op,
-                                            "error": type(e).__name__})
+            # with the traceback: a programming error must not pass for an outage
+            log.error("store error", exc_info=True, extra={
+                "event_type": "store_error", "operation": op, "error": type(e).__name__})
             raise Unavailable(f"the template store failed during {op}: {type(e).__name__}; "
                               "retry later.") from e
 
@@ -1085,7 +1086,19 @@ class AuthService:
                 score, thr = float(d.score), float(d.threshold)
                 if d.accepted:
                     mismatches = 0
-                    expires = self._renew(token, expires, now)
+                    try:
+                        expires = self._renew(token, expires, now)
+                    except (FailedPrecondition, NotFound):
+                        # ended meanwhile (EndSession, another stream on the token, a
+                        # delete): say so as an update, like the check above does
+                        try:
+                            cur = self._store("get_session", self.store.get_session, token)
+                            why, until = cur.end_reason or "expired", float(cur.expires_at)
+                        except NotFound:
+                            why, until = "ended", expires
+                        yield ContinuousUpdate("ended", 0.0, thr, quality, why, until,
+                                               streamed)
+                        return
                     yield ContinuousUpdate("verified", score, thr, quality, "", expires, streamed)
                 else:
                     mismatches += 1

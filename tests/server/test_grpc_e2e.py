@@ -662,3 +662,29 @@ def test_continuous_authenticate_ends_on_a_looped_recording(srv):
     assert states[-1].state == E.ENDED and states[-1].reason == "replay", states[-1]
     v = stub.ValidateSession(pb.ValidateSessionRequest(session_token=tok), metadata=MD)
     assert not v.valid and v.reason == "replay"
+
+
+def test_continuous_session_ended_by_another_call_mid_window_is_an_ended_update(srv,
+                                                                                monkeypatch):
+    """EndSession (or another stream on the token) landing between a window's session
+    check and its renewal: the stream says ENDED with the reason, not an error."""
+    server, stub, _ = srv
+    svc = server.service
+    enroll(stub, "renew", 1)
+    secret = device(stub, "renew", "hs-renew")
+    tok = auth(stub, "renew", eeg(1, 3, 60, 8), secret, "hs-renew").session_token
+    renew = svc._renew
+
+    def ended_first(token, expires, now):
+        svc.store.end_session(token, "ended", now=now)
+        return renew(token, expires, now)
+    monkeypatch.setattr(svc, "_renew", ended_first)
+
+    def gen():
+        yield pb.ContinuousAuthenticateRequest(start=pb.ContinuousStart(session_token=tok))
+        for c in chunks(eeg(1, 3, 70, 8)):
+            yield pb.ContinuousAuthenticateRequest(chunk=sig(c, "hs-renew"))
+
+    states = list(stub.ContinuousAuthenticate(gen(), metadata=MD, timeout=30))
+    E = pb.ContinuousAuthenticateResponse
+    assert states[-1].state == E.ENDED and states[-1].reason == "ended", states
