@@ -25,6 +25,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -105,7 +106,10 @@ class SQLiteStore(SqlStore):
                                   f"does not exist.")
         self._busy_ms = int(busy_timeout_s * 1000)
         self._local = threading.local()
-        self._conns: list[sqlite3.Connection] = []
+        # every connection with the thread that owns it: a thread that ended leaves its
+        # connection here, closed when the next thread connects (a thread per health
+        # check would otherwise leak a connection and its file descriptors each time)
+        self._conns: list[tuple[weakref.ref | None, sqlite3.Connection]] = []
         self._conns_lock = threading.Lock()
         self._mem_lock = threading.RLock()
         # writers queue here and on _wlock_fd, not in SQLite's busy handler (see above);
@@ -140,9 +144,28 @@ class SQLiteStore(SqlStore):
             conn.execute("PRAGMA foreign_keys = ON")
         except sqlite3.Error as exc:
             raise Unavailable(f"Cannot open the SQLite store {self.path!r}: {exc}.") from exc
+        dead = []
         with self._conns_lock:
-            self._conns.append(conn)
+            live = []
+            for ref, c in self._conns:
+                t = ref() if ref is not None else None
+                (live if ref is None or (t is not None and t.is_alive()) else dead).append(
+                    (ref, c))
+            # the in-memory store's one connection is shared by every thread: no owner
+            owner = None if self._memory else weakref.ref(threading.current_thread())
+            self._conns = [*live, (owner, conn)]
+        for _, c in dead:  # their threads have ended: nobody else uses them
+            try:
+                c.close()
+            except sqlite3.Error:
+                pass
         return conn
+
+    @property
+    def open_connections(self) -> int:
+        """Connections held now (those of ended threads until the next connect)."""
+        with self._conns_lock:
+            return len(self._conns)
 
     @contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
@@ -247,7 +270,7 @@ class SQLiteStore(SqlStore):
         self._closed = True
         with self._conns_lock:
             conns, self._conns = self._conns, []
-        for conn in conns:
+        for _, conn in conns:
             try:
                 conn.close()
             except sqlite3.Error:
