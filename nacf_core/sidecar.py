@@ -103,6 +103,21 @@ class _TimedCall:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # a burst of probes and scrapes must not wait for SYN retransmits (default 5)
+    request_queue_size = 128
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away mid-request is routine: one DEBUG line, not a
+        plain-text traceback on stderr in the middle of the JSON log."""
+        import sys
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            log.debug("sidecar client %s went away: %s", client_address[0],
+                      type(exc).__name__, extra={"event_type": "http_access"})
+        else:
+            log.warning("sidecar request from %s failed", client_address[0],
+                        exc_info=True, extra={"event_type": "http_error"})
 
     def __init__(self, addr, handler, sidecar: Sidecar):
         import socket
@@ -126,10 +141,19 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 (http.server API)
         sc = self.server.sidecar
         path = self.path.split("?", 1)[0].rstrip("/") or "/"
+        if self.headers.get("Transfer-Encoding") or (
+                self.headers.get("Content-Length", "0").strip() not in ("", "0")):
+            # its body would be read as the next request on this connection
+            self.close_connection = True
+            self._json(400, {"error": f"a {self.command} request has no body"})
+            return
         try:
             if path == "/metrics":
                 sc._refresh_component_metrics()
-                encoder, ctype = choose_encoder(self.headers.get("Accept"))
+                try:
+                    encoder, ctype = choose_encoder(self.headers.get("Accept"))
+                except Exception:  # noqa: BLE001 - a malformed Accept: the text format
+                    encoder, ctype = choose_encoder(None)
                 self._send(200, encoder(sc.registry), ctype)
             elif path == "/health/live":
                 self._json(200, {"status": "alive"})
@@ -148,6 +172,19 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_HEAD(self) -> None:  # noqa: N802
         self.do_GET()
+
+    def _not_allowed(self) -> None:
+        self.close_connection = True  # a body may follow, unread
+        data = (json.dumps({"error": f"{self.command} is not allowed; the sidecar "
+                                     "serves GET and HEAD"}) + "\n").encode()
+        self.send_response(405)
+        self.send_header("Allow", "GET, HEAD")
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed  # noqa: N815
 
     def _json(self, code: int, body: Mapping[str, Any]) -> None:
         self._send(code, (json.dumps(body) + "\n").encode(), "application/json")

@@ -140,6 +140,59 @@ def test_unknown_path_is_404(env):
     assert code == 404 and "/metrics" in json.loads(body)["error"]
 
 
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "OPTIONS"])
+def test_other_methods_are_405_with_allow(env, method):
+    import http.client
+
+    sc, _, _ = env
+    c = http.client.HTTPConnection("127.0.0.1", sc.port, timeout=10)
+    c.request(method, "/metrics", body=b"x=1")
+    r = c.getresponse()
+    assert r.status == 405 and r.getheader("Allow") == "GET, HEAD"
+    assert method in json.loads(r.read())["error"]
+    c.close()
+
+
+def test_a_get_with_a_body_is_refused_not_read_as_the_next_request(env):
+    """A GET's body would otherwise be parsed as a second request on a keep-alive
+    connection (request smuggling past whatever sits in front)."""
+    import socket
+
+    sc, _, _ = env
+    smuggled = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", sc.port), timeout=10) as s:
+        s.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\nContent-Length: "
+                  + str(len(smuggled)).encode() + b"\r\n\r\n" + smuggled)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 400") and b"no body" in data
+    assert b"smuggled" not in data  # the connection was closed, the body never parsed
+
+
+@pytest.mark.parametrize("accept", ["text/plain; version=x.y",
+                                    "application/openmetrics-text; version=abc"])
+def test_malformed_accept_gets_the_text_format(env, accept):
+    sc, _, _ = env
+    code, ctype, body = get(sc.url + "/metrics", accept=accept)
+    assert code == 200 and ctype.startswith("text/plain") and b"# TYPE" in body
+
+
+def test_a_client_that_resets_is_not_a_traceback_on_stderr(env, capfd):
+    import socket
+    import struct
+
+    sc, _, _ = env
+    for _ in range(20):
+        s = socket.create_connection(("127.0.0.1", sc.port), timeout=10)
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()  # RST while the sidecar writes the answer
+    time.sleep(0.5)
+    assert "Traceback" not in capfd.readouterr().err
+    assert get(sc.url + "/health/live")[0] == 200
+
+
 def test_port_is_released_on_stop():
     reg = CollectorRegistry()
     sc = Sidecar("127.0.0.1:0", registry=reg).start()
