@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from nacf_core.commands._args import address, finite_float
+
 __all__ = ["register", "run", "demo_people"]
 
 DEMO_DIR = Path(__file__).resolve().parents[1] / "data" / "demo"
@@ -33,11 +35,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="how many of the shipped demo people to use, 2-4 (default 4)")
     p.add_argument("--speed", type=float, default=4.0, metavar="X",
                    help="pace of the simulated headset, 1 = real time (default 4)")
-    p.add_argument("--grpc-address", default="127.0.0.1:0", metavar="HOST:PORT",
+    p.add_argument("--grpc-address", type=address(), default="127.0.0.1:0", metavar="HOST:PORT",
                    help="gRPC address of the demo server (default: a free loopback port)")
-    p.add_argument("--metrics-address", default="127.0.0.1:0", metavar="HOST:PORT",
-                   help="metrics/health sidecar address (default: a free loopback port)")
-    p.add_argument("--keep-running", type=float, default=0.0, metavar="S",
+    p.add_argument("--metrics-address", type=address(allow_empty=True),
+                   default="127.0.0.1:0", metavar="HOST:PORT",
+                   help="metrics/health sidecar address (default: a free loopback port; "
+                        "'' disables it)")
+    p.add_argument("--keep-running", type=finite_float(0.0, 1e9), default=0.0, metavar="S",
                    help="keep the server up S seconds after the attempts, to scrape /metrics")
     p.add_argument("--server-logs", action="store_true",
                    help="show the server's JSON-lines INFO log on stderr (default: warnings "
@@ -84,10 +88,10 @@ def run(args: argparse.Namespace) -> int:
         nacf_log.setLevel(max(nacf_log.getEffectiveLevel(), logging.WARNING))
     with tempfile.TemporaryDirectory(prefix="nacf-demo-") as tmp:
         api_key = secrets.token_urlsafe(24)
-        config = Config(grpc_address=args.grpc_address, metrics_address=args.metrics_address,
-                        data_dir=tmp, api_keys={api_key: frozenset(SCOPES)},
-                        require_device_proof=True)
         try:
+            config = Config(grpc_address=args.grpc_address,
+                            metrics_address=args.metrics_address, data_dir=tmp,
+                            api_keys={api_key: frozenset(SCOPES)}, require_device_proof=True)
             server = NacfServer(config).start()
         except (NacfError, OSError, ValueError) as e:
             print(f"nacf demo: cannot start the server: {e}", file=sys.stderr)

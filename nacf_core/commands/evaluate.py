@@ -9,6 +9,8 @@ import argparse
 import json
 import sys
 
+from nacf_core.commands._args import int_range
+
 __all__ = ["format_report", "register", "run"]
 
 
@@ -24,8 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="comma-separated channel names (default: the 16-channel montage "
                         "Fp1,Fp2,F3,F4,F7,F8,C3,C4,T7,T8,P3,P4,P7,P8,O1,O2); 'all' = every "
                         "EEG channel of the first recording")
-    p.add_argument("--folds", type=int, default=4, help="k of the k-fold over subjects (4)")
-    p.add_argument("--splits", type=int, default=3,
+    p.add_argument("--folds", type=int_range(2), default=4,
+                   help="k of the k-fold over subjects (4); needs at least 2 subjects per fold")
+    p.add_argument("--splits", type=int_range(1), default=3,
                    help="random fold assignments to average over (3)")
     p.add_argument("--model", default=None,
                    help="evaluate this fitted model file on every subject (no k-fold); it "
@@ -35,7 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", dest="json_path", default=None, help="write the report as JSON")
     p.add_argument("--det", dest="det_path", default=None, help="write a DET curve PNG")
     p.add_argument("--backend", default=None, help="kernel backend (cython, numba, reference)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the fold assignments (0)")
+    p.add_argument("--seed", type=int_range(0), default=0,
+                   help="seed of the fold assignments (0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -100,6 +104,20 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _check_subjects(manifest, folds: int) -> None:
+    """The k-fold needs 2 test subjects per fold: say how many that is and how many the
+    manifest has, before reading any recording."""
+    from nacf_core.evaluation import read_manifest
+
+    n = len({r.subject for r in read_manifest(manifest)})
+    if n < 2 * folds:
+        hint = (f"use --folds {n // 2} or fewer" if n >= 4 else
+                "add subjects, or evaluate a fitted model on these with --model")
+        raise ValueError(
+            f"the {folds}-fold evaluation over subjects needs at least {2 * folds} subjects "
+            f"(2 test subjects per fold), but the manifest {str(manifest)!r} has {n}; {hint}.")
+
+
 def run(args: argparse.Namespace) -> int:
     from nacf_core.commands._progress import ProgressBar
     from nacf_core.errors import NacfError
@@ -109,6 +127,8 @@ def run(args: argparse.Namespace) -> int:
     bar = ProgressBar("evaluate", enabled=not args.no_progress)
     try:
         model = Model.load(args.model) if args.model else None
+        if model is None:
+            _check_subjects(args.manifest, args.folds)
         report = evaluate(args.manifest, channels=_channels(args.channels, args.manifest),
                           folds=args.folds, splits=args.splits, model=model,
                           backend=args.backend, seed=args.seed, adapt=args.adapt,

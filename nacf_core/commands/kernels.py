@@ -23,16 +23,20 @@ import sys
 import tempfile
 from pathlib import Path
 
+from nacf_core.commands._args import finite_float
+
 __all__ = ["register", "collect_info", "format_table", "BENCH_FILES"]
 
 BENCH_FILES = ("bench_sosfilt.py", "bench_artifacts.py", "bench_topk.py")
+#: the largest pytest-benchmark JSON read (a full run of the three files is ~100 kB)
+MAX_BENCH_JSON_BYTES = 16 << 20
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("kernels", help="kernel backends: build info and benchmarks",
                               description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="kernels_command", metavar="{info,bench}")
+    sub = p.add_subparsers(dest="kernels_command", metavar="{info,bench}", required=True)
     info = sub.add_parser("info", help="backends, build/JIT-cache state, CPU SIMD features")
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
     info.set_defaults(func=_run_info)
@@ -46,7 +50,7 @@ def register(subparsers) -> None:
                        help="also keep pytest-benchmark's JSON here")
     bench.add_argument("--from-json", type=Path, default=None,
                        help="do not run: print the table of this pytest-benchmark JSON")
-    bench.add_argument("--max-time", type=float, default=None,
+    bench.add_argument("--max-time", type=finite_float(0.0, 3600.0, lo_open=True), default=None,
                        help="seconds per benchmark (pytest-benchmark --benchmark-max-time)")
     bench.add_argument("--cpu-time", action="store_true",
                        help="time with time.process_time (steadier on a busy machine; "
@@ -54,7 +58,6 @@ def register(subparsers) -> None:
     bench.add_argument("--check", action="store_true",
                        help="exit with status 1 when a target is not met")
     bench.set_defaults(func=_run_bench)
-    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
 # ----------------------------------------------------------------------------- info
@@ -297,9 +300,78 @@ def format_table(data: dict) -> str:
     return "\n".join(lines)
 
 
+class BenchJSONError(ValueError):
+    """A file that is not pytest-benchmark's ``--benchmark-json`` output."""
+
+
+def load_bench_json(path: Path) -> dict:
+    """Read and check a pytest-benchmark JSON file (a regular file, UTF-8, at most
+    :data:`MAX_BENCH_JSON_BYTES`, the shape :func:`table_rows` reads).
+
+    Raises
+    ------
+    BenchJSONError
+        Saying what is wrong and what was expected.
+    """
+    from nacf_core.config import read_regular_file
+    from nacf_core.errors import InvalidArgument
+
+    try:
+        raw = read_regular_file(path, "benchmark JSON", MAX_BENCH_JSON_BYTES)
+    except InvalidArgument as exc:
+        raise BenchJSONError(str(exc)) from None
+    want = ("expected pytest-benchmark's --benchmark-json output: an object whose "
+            "'benchmarks' list holds objects with a 'name' and 'stats' with a 'median'")
+    try:
+        data = json.loads(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise BenchJSONError(f"benchmark JSON {str(path)!r} is not UTF-8 text (byte "
+                             f"{exc.start}); {want}.") from None
+    except (ValueError, RecursionError) as exc:
+        raise BenchJSONError(f"benchmark JSON {str(path)!r} is not valid JSON "
+                             f"({str(exc)[:100]}); {want}.") from None
+    problem = _bench_json_problem(data)
+    if problem:
+        raise BenchJSONError(f"benchmark JSON {str(path)!r} {problem}; {want}.")
+    return data
+
+
+def _bench_json_problem(data) -> str | None:
+    """What keeps ``data`` from being a report :func:`table_rows` can read (None: nothing)."""
+    def number(x) -> bool:  # finite, and not an int too large for a float (NaN fails too)
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and abs(x) < 1e300
+
+    if not isinstance(data, dict):
+        return f"holds a JSON {type(data).__name__}, not an object"
+    benches = data.get("benchmarks")
+    if not isinstance(benches, list) or not benches:
+        return "has no non-empty 'benchmarks' list"
+    for i, b in enumerate(benches):
+        stats = b.get("stats") if isinstance(b, dict) else None
+        extra = b.get("extra_info", {}) if isinstance(b, dict) else None
+        ok = (isinstance(b, dict) and isinstance(b.get("name"), str)
+              and isinstance(b.get("group") or "", str)
+              and isinstance(stats, dict) and number(stats.get("median"))
+              and stats["median"] >= 0 and isinstance(extra, dict)
+              and all(number(extra[k]) and extra[k] >= 0
+                      for k in ("n_items", "target_per_item_s", "target_ratio")
+                      if k in extra and not (k == "n_items" and extra[k] is None))
+              and isinstance(extra.get("target") or "", str))
+        if not ok:
+            return f"has a malformed entry benchmarks[{i}]"
+    mi = data.get("machine_info", {})
+    if not isinstance(mi, dict) or not isinstance(mi.get("cpu", {}), dict):
+        return "has a malformed 'machine_info'"
+    return None
+
+
 def _run_bench(args) -> int:
     if args.from_json:
-        data = json.loads(args.from_json.read_text())
+        try:
+            data = load_bench_json(args.from_json)
+        except BenchJSONError as exc:
+            print(f"nacf kernels bench: {exc}", file=sys.stderr)
+            return 2
     else:
         benches = _find_benches(args.benches)
         files = [str(benches / f) for f in BENCH_FILES if (benches / f).is_file()]
@@ -324,7 +396,11 @@ def _run_bench(args) -> int:
                 sys.stderr.write(proc.stdout[-5000:])
                 print(f"nacf kernels bench: pytest exited with {proc.returncode}", file=sys.stderr)
                 return proc.returncode or 1
-            data = json.loads(Path(out).read_text())
+            try:
+                data = load_bench_json(Path(out))
+            except BenchJSONError as exc:
+                print(f"nacf kernels bench: {exc}", file=sys.stderr)
+                return 1
     print(format_table(data))
     if args.check and any(r["met"] is False for r in table_rows(data)):
         return 1

@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from nacf_core.commands._args import finite_float, non_empty
+
 __all__ = ["register", "run", "default_recording"]
 
 _EPILOG = """\
@@ -46,11 +48,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="no pacing: stream as fast as the reader reads")
     p.add_argument("--no-loop", action="store_true",
                    help="stop streaming at the end of the recording instead of starting over")
-    p.add_argument("--seconds", type=float, default=None,
+    p.add_argument("--seconds", type=finite_float(0.0, 1e9, lo_open=True), default=None,
                    help="exit after this many seconds (default: until Ctrl-C)")
     p.add_argument("--port-dir", default=None,
                    help="directory for the port symlink (default: a temporary directory)")
-    p.add_argument("--lsl", metavar="NAME", default=None,
+    p.add_argument("--lsl", metavar="NAME", type=non_empty("LSL stream name"), default=None,
                    help="push the recording to an LSL outlet NAME instead of a pty")
     p.set_defaults(func=run)
 
@@ -64,11 +66,13 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"nacf simulate: {exc}", file=sys.stderr)
         return 2
-    if args.lsl:
+    if args.lsl is not None:
         return _run_lsl(args, recording)
     from nacf_core.hardware.simulator import Faults, SimulatedCyton
 
     try:
+        if args.port_dir is not None and not Path(args.port_dir).is_dir():
+            raise ValueError(f"--port-dir {args.port_dir!r} is not an existing directory.")
         faults = Faults.parse(args.faults)
         sim = SimulatedCyton(
             recording, daisy=args.daisy, faults=faults, realtime=not args.fast,
@@ -76,6 +80,13 @@ def run(args: argparse.Namespace) -> int:
         )
     except (TypeError, ValueError) as exc:
         print(f"nacf simulate: {exc}", file=sys.stderr)
+        return 2
+    try:
+        sim.start()
+    except OSError as exc:  # the pty or the port symlink (e.g. --port-dir not writable)
+        sim.close()
+        print(f"nacf simulate: cannot create the port {sim.port!r}: "
+              f"{exc.strerror or exc}.", file=sys.stderr)
         return 2
     with sim:
         print(sim.port, flush=True)

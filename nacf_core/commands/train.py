@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from nacf_core.commands._args import finite_float
+
 __all__ = ["register", "run"]
 
 _ATTRIBUTION = {
@@ -32,13 +34,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="comma-separated channel names (default: the 16-channel montage)")
     p.add_argument("--fmr", type=float, default=None,
                    help="target false-match rate of the thresholds (default 0.001)")
-    p.add_argument("--sfreq", type=float, default=None,
-                   help="working rate (default: the first recording's)")
+    p.add_argument("--sfreq", type=_sfreq, default=None, metavar="HZ",
+                   help="working rate in Hz, within the pipeline's 125-1000 Hz "
+                        "(default: the first recording's)")
     p.add_argument("--attribution", default=None,
                    help="attribution text stored in the model (or 'eegmmidb')")
     p.add_argument("--backend", default=None, help="kernel backend")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+
+
+def _sfreq(text: str) -> float:
+    """The model's working rate: every block is resampled to it, so it must be a rate the
+    pipeline supports (a huge one would make the resampled signal huge)."""
+    from nacf_core.pipeline import MAX_SFREQ, MIN_SFREQ
+
+    return finite_float(MIN_SFREQ, MAX_SFREQ)(text)
 
 
 def run(args: argparse.Namespace) -> int:

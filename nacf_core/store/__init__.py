@@ -8,6 +8,7 @@ audit log. One interface (:class:`Store`), two backends (SQLite, PostgreSQL).
 from __future__ import annotations
 
 import os
+import stat
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -93,12 +94,32 @@ def open_store(url: str | os.PathLike, key: Any = None, **options: Any) -> Store
                                   f"or sqlite:///:memory:.")
         from .sqlite import SQLiteStore
 
+        _check_sqlite_path(path)
         return SQLiteStore(path, key, **options)
     if scheme == "":
         from .sqlite import SQLiteStore
 
+        _check_sqlite_path(url)
         return SQLiteStore(url, key, **options)
     raise InvalidArgument(
         f"Invalid value for the 'url' parameter. Allowed schemes are 'sqlite', "
         f"'postgresql', but got {scheme!r} instead."
     )
+
+
+def _check_sqlite_path(path: str) -> None:
+    """Refuse a SQLite path that exists and is not a regular file (a directory, a FIFO, a
+    device such as ``/dev/zero``): SQLite would fail on it, or block, after creating its
+    ``-journal`` and ``-wlock`` files next to it."""
+    if path == ":memory:":
+        return
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):  # missing (created on open) or unreadable: SQLite says
+        return
+    if not stat.S_ISREG(mode):
+        kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+                else "a character device" if stat.S_ISCHR(mode)
+                else "a block device" if stat.S_ISBLK(mode) else "a special file")
+        raise InvalidArgument(f"SQLite store {path!r} is {kind}; expected a database file "
+                              f"(a regular file, or a path where one can be created).")

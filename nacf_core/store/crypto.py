@@ -25,6 +25,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from ..config import read_regular_file
 from ..errors import FailedPrecondition, InvalidArgument
 
 __all__ = ["Cipher", "load_key", "create_key_file", "KEY_ENV", "KEY_FILE_ENV"]
@@ -32,6 +33,8 @@ __all__ = ["Cipher", "load_key", "create_key_file", "KEY_ENV", "KEY_FILE_ENV"]
 KEY_ENV = "NACF_TEMPLATE_KEY"
 KEY_FILE_ENV = "NACF_TEMPLATE_KEY_FILE"
 KEY_BYTES = 32
+#: the largest key file read (a key file holds 44 characters of base64 and a newline)
+MAX_KEY_FILE_BYTES = 4096
 
 
 def _decode_key(text: bytes, source: str) -> bytes:
@@ -94,11 +97,13 @@ def load_key(key: bytes | str | os.PathLike | None = None) -> bytes:
 
 
 def _read_key_file(path: Path) -> bytes:
+    """The key in the regular file ``path``: a FIFO, a device (``/dev/zero``) or a file
+    over :data:`MAX_KEY_FILE_BYTES` is refused, never read."""
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise FailedPrecondition(f"Cannot read the template key file {str(path)!r}: "
-                                 f"{exc.strerror or exc}.") from None
+        data = read_regular_file(path, "template key file", MAX_KEY_FILE_BYTES)
+    except InvalidArgument as exc:
+        msg = str(exc)
+        raise FailedPrecondition(msg[:1].upper() + msg[1:]) from None
     return _decode_key(data, f"the key file {str(path)!r}")
 
 

@@ -1,0 +1,91 @@
+"""Argument types for the subcommands' parsers: a wrong value is an argparse error that
+names the option and says what was expected (``nacf demo: error: argument
+--keep-running: expected a finite number >= 0, got '-1'``), never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+
+__all__ = ["address", "finite_float", "int_range", "non_empty"]
+
+
+def finite_float(lo: float | None = None, hi: float | None = None, *,
+                 lo_open: bool = False) -> Callable[[str], float]:
+    """A finite number in ``[lo, hi]`` (``(lo, hi]`` when ``lo_open``; None: unbounded)."""
+    if lo is not None and hi is not None:
+        want = f"a finite number in {'(' if lo_open else '['}{_num(lo)}, {_num(hi)}]"
+    elif lo is not None:
+        want = f"a finite number {'>' if lo_open else '>='} {_num(lo)}"
+    elif hi is not None:
+        want = f"a finite number <= {_num(hi)}"
+    else:
+        want = "a finite number"
+
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}") from None
+        if (not math.isfinite(v) or (lo is not None and (v <= lo if lo_open else v < lo))
+                or (hi is not None and v > hi)):
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}")
+        return v
+
+    parse.__name__ = "number"
+    return parse
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def int_range(lo: int, hi: int | None = None) -> Callable[[str], int]:
+    """An integer in ``[lo, hi]`` (``hi`` None: unbounded)."""
+    want = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}") from None
+        if v < lo or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}")
+        return v
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def non_empty(what: str) -> Callable[[str], str]:
+    """A string that is not empty or blank; ``what`` says what it names (``"stream name"``)."""
+
+    def parse(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"expected a non-empty {what}, got {text!r}")
+        return text
+
+    parse.__name__ = what
+    return parse
+
+
+def address(allow_empty: bool = False) -> Callable[[str], str]:
+    """``HOST:PORT`` with a port in [0, 65535] (IPv6 as ``[::1]:PORT``; port 0: any free);
+    ``''`` too when ``allow_empty`` (it turns the listener off)."""
+    want = "HOST:PORT with a host and a port in [0, 65535]" + (" (or '')" if allow_empty
+                                                               else "")
+
+    def parse(text: str) -> str:
+        from nacf_core.config import parse_address
+
+        if allow_empty and text == "":
+            return text
+        try:
+            parse_address("address", text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}") from None
+        return text
+
+    parse.__name__ = "address"
+    return parse

@@ -1,0 +1,306 @@
+"""Wrong input to the ``nacf`` command line: a one-line error saying what was expected and a
+non-zero exit, never a traceback, a hang or unbounded memory (files that are FIFOs or
+devices are refused before anything reads them)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from nacf_core.cli import main
+from nacf_core.store import create_key_file
+
+DEMO = Path(__file__).resolve().parents[1] / "nacf_core" / "data" / "demo"
+
+
+def _argparse_error(capsys, argv: list[str]) -> str:
+    """Run ``argv``, expect argparse's exit 2, return the error line."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+def _no_nacf_env(monkeypatch):
+    for var in list(os.environ):
+        if var.startswith("NACF_"):
+            monkeypatch.delenv(var)
+
+
+# ----------------------------------------------------------------------- key files
+def test_store_key_file_must_be_a_regular_file(tmp_path, special_path, raised_without_blocking,
+                                               capsys):
+    url = f"sqlite:///{tmp_path / 'n.db'}"
+    rc = []
+    exc = raised_without_blocking(lambda: rc.append(main(
+        ["store", "stats", "--store-url", url, "--key-file", str(special_path)])))
+    assert exc is None and rc == [1]
+    err = capsys.readouterr().err
+    assert f"Template key file {str(special_path)!r} is" in err
+    assert "expected a regular file" in err
+
+
+def test_template_key_file_env_must_be_a_regular_file(tmp_path, special_path, monkeypatch,
+                                                      raised_without_blocking):
+    from nacf_core.errors import FailedPrecondition
+    from nacf_core.store import load_key
+
+    _no_nacf_env(monkeypatch)
+    monkeypatch.setenv("NACF_TEMPLATE_KEY_FILE", str(special_path))
+    exc = raised_without_blocking(lambda: load_key(None))
+    assert isinstance(exc, FailedPrecondition) and "expected a regular file" in str(exc)
+
+
+def test_key_file_size_is_capped(tmp_path):
+    from nacf_core.errors import FailedPrecondition
+    from nacf_core.store import load_key
+
+    big = tmp_path / "big.key"
+    big.write_bytes(b"A" * 5000)
+    with pytest.raises(FailedPrecondition, match="larger than the limit of 4096 bytes"):
+        load_key(big)
+    good = tmp_path / "good.key"
+    made = create_key_file(good)
+    assert load_key(good) == made
+
+
+def test_serve_store_key_file_must_be_a_regular_file(tmp_path, special_path, monkeypatch,
+                                                     raised_without_blocking, capsys):
+    rc = []
+    exc = raised_without_blocking(lambda: rc.append(_serve(
+        monkeypatch, tmp_path, "--store-key-file", str(special_path))))
+    assert exc is None and rc == [2]
+    assert "expected a regular file" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------- kernels bench
+@pytest.mark.parametrize("body, match", [
+    (None, "No such file"),
+    (b"\xd5\xff\x00binary", "is not UTF-8 text"),
+    (b"", "is not valid JSON"),
+    (b"[1, 2, 3]", "holds a JSON list, not an object"),
+    (b'{"not": "a bench"}', "has no non-empty 'benchmarks' list"),
+    (b'{"benchmarks": [{"name": "a", "stats": {}}]}', r"malformed entry benchmarks\[0\]"),
+    ((b'{"benchmarks": [{"name": "a", "stats": {"median": 1}, "extra_info": '
+      b'{"n_items": "many"}}]}'), r"malformed entry benchmarks\[0\]"),
+])
+def test_bench_from_json_refuses_what_is_not_a_benchmark_report(tmp_path, capsys, body, match):
+    path = tmp_path / "b.json"
+    if body is not None:
+        path.write_bytes(body)
+    assert main(["kernels", "bench", "--from-json", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "Traceback" not in err
+    assert err.startswith("nacf kernels bench: ") and len(err.strip().splitlines()) == 1
+    assert re.search(match, err)
+    if body is not None:
+        assert "expected pytest-benchmark's --benchmark-json output" in err
+
+
+def test_bench_from_json_must_be_a_regular_file(special_path, raised_without_blocking,
+                                                capsys):
+    rc = []
+    exc = raised_without_blocking(lambda: rc.append(main(
+        ["kernels", "bench", "--from-json", str(special_path)])))
+    assert exc is None and rc == [2]
+    assert "expected a regular file" in capsys.readouterr().err
+
+
+def test_kernels_without_action_is_a_usage_error_on_stderr(capsys):
+    err = _argparse_error(capsys, ["kernels"])
+    assert "required" in err and "{info,bench}" in err
+
+
+def test_bench_max_time_must_be_positive(capsys):
+    err = _argparse_error(capsys, ["kernels", "bench", "--max-time", "nan"])
+    assert "argument --max-time: expected a finite number" in err
+
+
+# ----------------------------------------------------------------------- train
+@pytest.mark.parametrize("value", ["1e6", "-250", "nan", "1e12", "inf", "124", "abc"])
+def test_train_sfreq_must_be_in_the_pipelines_range(capsys, value):
+    err = _argparse_error(capsys, ["train", "m.csv", "--out", "m.npz", "--sfreq", value])
+    assert err == (f"nacf train: error: argument --sfreq: expected a finite number in "
+                   f"[125, 1000], got {value!r}")
+
+
+def test_train_sfreq_in_range_is_accepted():
+    from nacf_core.cli import build_parser
+
+    args = build_parser().parse_args(["train", "m.csv", "--out", "m.npz", "--sfreq", "250"])
+    assert args.sfreq == 250.0
+
+
+# ----------------------------------------------------------------------- demo
+@pytest.mark.parametrize("argv, match", [
+    (["--grpc-address", "bogus"], "argument --grpc-address: expected HOST:PORT"),
+    (["--metrics-address", "127.0.0.1:70000"],
+     "argument --metrics-address: expected HOST:PORT with a host and a port in [0, 65535]"),
+    (["--keep-running", "-1"], "argument --keep-running: expected a finite number in [0, "),
+    (["--keep-running", "nan"], "argument --keep-running: expected a finite number in [0, "),
+])
+def test_demo_refuses_bad_options_before_starting(capsys, argv, match):
+    assert match in _argparse_error(capsys, ["demo", *argv])
+
+
+# ----------------------------------------------------------------------- simulate
+@pytest.mark.parametrize("argv, match", [
+    (["--seconds", "-1"], "argument --seconds: expected a finite number in (0, "),
+    (["--seconds", "nan"], "argument --seconds: expected a finite number in (0, "),
+    # (--seconds: a regression that falls back to a pty must not run until Ctrl-C)
+    (["--lsl", "", "--seconds", "0.1"],
+     "argument --lsl: expected a non-empty LSL stream name, got ''"),
+])
+def test_simulate_refuses_bad_options(capsys, argv, match):
+    assert match in _argparse_error(capsys, ["simulate", *argv])
+
+
+def test_simulate_port_dir_must_be_a_directory(tmp_path, capsys):
+    f = tmp_path / "file"
+    f.write_text("x")
+    assert main(["simulate", "--port-dir", str(f), "--seconds", "0.1"]) == 2
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err and out == ""
+    assert f"--port-dir {str(f)!r} is not an existing directory" in err
+
+
+# ----------------------------------------------------------------------- evaluate
+def test_evaluate_says_how_many_subjects_it_needs_and_has(tmp_path, capsys):
+    m = tmp_path / "m.csv"
+    m.write_text("subject,recording,role,path\n"
+                 f"S021,R03,enroll,{DEMO / 'S021R03.npz'}\n"
+                 f"S021,R07,probe,{DEMO / 'S021R07.npz'}\n")
+    assert main(["evaluate", str(m), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "needs at least 8 subjects (2 test subjects per fold)" in err
+    assert "has 1" in err and "'folds' must be in [2, 0]" not in err
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--seed", "-1"], "argument --seed: expected an integer >= 0, got '-1'"),
+    (["--folds", "1"], "argument --folds: expected an integer >= 2, got '1'"),
+    (["--splits", "0"], "argument --splits: expected an integer >= 1, got '0'"),
+])
+def test_evaluate_names_the_bad_option(capsys, argv, match):
+    assert match in _argparse_error(capsys, ["evaluate", "m.csv", *argv])
+
+
+# ----------------------------------------------------------------------- serve / store
+def _serve(monkeypatch, tmp_path, *argv) -> int:
+    """``nacf serve`` in-process on a free loopback port: only for arguments that make it
+    fail before it listens (else it would run until a signal)."""
+    monkeypatch.setattr("nacf_core.server.app.limit_threads", lambda: None)
+    _no_nacf_env(monkeypatch)
+    monkeypatch.setenv("NACF_API_KEYS", "test-key-0123456789")
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    return main(["serve", "--grpc-address", "127.0.0.1:0", "--metrics-address", "",
+                 "--data-dir", str(data), *argv])
+
+
+def _pem_cert_and_key(tmp_path) -> tuple[Path, Path, Path]:
+    """A self-signed certificate, its key and another key (PEM files)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def key_pem(k):
+        return k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                               serialization.NoEncryption())
+
+    key, other = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=1))
+            .not_valid_after(now + dt.timedelta(days=1)).sign(key, hashes.SHA256()))
+    paths = tmp_path / "srv.pem", tmp_path / "srv.key", tmp_path / "other.key"
+    paths[0].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(key_pem(key))
+    paths[2].write_bytes(key_pem(other))
+    return paths
+
+
+def test_serve_tls_garbage_is_not_valid_pem(tmp_path, monkeypatch, capsys):
+    cert, _, other = _pem_cert_and_key(tmp_path)
+    garbage = tmp_path / "garbage"
+    garbage.write_bytes(bytes(range(256)) * 4)
+    assert _serve(monkeypatch, tmp_path, "--tls-cert", str(garbage), "--tls-key",
+                  str(garbage)) == 2
+    err = capsys.readouterr().err
+    assert f"TLS certificate file {str(garbage)!r} is not valid PEM" in err
+    assert "cannot bind" not in err
+    assert _serve(monkeypatch, tmp_path, "--tls-cert", str(cert), "--tls-key",
+                  str(garbage)) == 2
+    err = capsys.readouterr().err
+    assert f"TLS private key file {str(garbage)!r} is not a valid PEM private key" in err
+    assert _serve(monkeypatch, tmp_path, "--tls-cert", str(cert), "--tls-key",
+                  str(other)) == 2
+    assert "does not belong to the first certificate" in capsys.readouterr().err
+
+
+def test_serve_tls_files_that_match_pass_the_check(tmp_path):
+    from nacf_core.commands.serve import _check_tls_files
+    from nacf_core.config import Config
+
+    cert, key, _ = _pem_cert_and_key(tmp_path)
+    _check_tls_files(Config(tls_cert_file=str(cert), tls_key_file=str(key),
+                            tls_client_ca_file=str(cert)))
+
+
+@pytest.mark.parametrize("which", ["dev_zero", "file"])
+def test_serve_data_dir_must_be_a_directory(tmp_path, monkeypatch, capsys, which):
+    path = "/dev/zero"
+    if which == "file":
+        path = str(tmp_path / "f")
+        Path(path).write_text("x")
+    assert _serve(monkeypatch, tmp_path, "--data-dir", path) == 2
+    err = capsys.readouterr().err
+    assert f"option 'data_dir' must be a directory, but {path!r} is a" in err
+    assert "File exists" not in err
+
+
+def test_sqlite_store_path_must_be_a_database_file(tmp_path, monkeypatch, capsys,
+                                                   raised_without_blocking):
+    fifo = tmp_path / "fifo.db"
+    os.mkfifo(fifo)
+    key = tmp_path / "k"
+    create_key_file(key)
+    rc = []
+    exc = raised_without_blocking(lambda: rc.append(main(
+        ["store", "migrate", "--store-url", f"sqlite:///{fifo}", "--key-file", str(key)])))
+    assert exc is None and rc == [1]
+    assert f"SQLite store {str(fifo)!r} is a FIFO; expected a database file" in \
+        capsys.readouterr().err
+    exc = raised_without_blocking(lambda: rc.append(_serve(
+        monkeypatch, tmp_path, "--store-url", f"sqlite:///{tmp_path}",
+        "--store-key-file", str(key))))
+    assert exc is None and rc[-1] == 2
+    assert "is a directory; expected a database file" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "fifo.db", "k"]
+
+
+def test_store_url_dev_zero_is_refused(tmp_path, capsys):
+    key = tmp_path / "k"
+    create_key_file(key)
+    assert main(["store", "migrate", "--store-url", "sqlite:////dev/zero",
+                 "--key-file", str(key)]) == 1
+    assert "'/dev/zero' is a character device" in capsys.readouterr().err
+    assert not Path("/dev/zero-wlock").exists()
+
+
+def test_store_stats_json_is_unchanged_for_good_input(tmp_path, capsys):
+    key = tmp_path / "k"
+    create_key_file(key)
+    url = f"sqlite:///{tmp_path / 'n.db'}"
+    assert main(["store", "stats", "--store-url", url, "--key-file", str(key)]) == 0
+    assert "total_active_users" in json.loads(capsys.readouterr().out)
