@@ -249,12 +249,13 @@ def test_serve_tls_garbage_is_not_valid_pem(tmp_path, monkeypatch, capsys):
 
 
 def test_serve_tls_files_that_match_pass_the_check(tmp_path):
-    from nacf_core.commands.serve import _check_tls_files
     from nacf_core.config import Config
+    from nacf_core.server.app import read_tls_files
 
     cert, key, _ = _pem_cert_and_key(tmp_path)
-    _check_tls_files(Config(tls_cert_file=str(cert), tls_key_file=str(key),
-                            tls_client_ca_file=str(cert)))
+    k, c, ca = read_tls_files(Config(tls_cert_file=str(cert), tls_key_file=str(key),
+                                     tls_client_ca_file=str(cert)))
+    assert k == key.read_bytes() and c == cert.read_bytes() == ca
 
 
 @pytest.mark.parametrize("which", ["dev_zero", "file"])

@@ -116,10 +116,6 @@ _FLAG_KEYS = ("grpc_address", "metrics_address", "data_dir", "store_url", "store
               "rate_limit_lease", "session_ttl_s", "audit_retention_days")
 
 
-#: the largest certificate, key or CA bundle file read
-MAX_PEM_BYTES = 1 << 20
-
-
 def _check_data_dir(path: str) -> None:
     """``data_dir`` must be a directory, or not exist yet (it is created)."""
     try:
@@ -130,48 +126,6 @@ def _check_data_dir(path: str) -> None:
         kind = ("a regular file" if stat.S_ISREG(mode) else "a FIFO" if stat.S_ISFIFO(mode)
                 else "a character device" if stat.S_ISCHR(mode) else "a special file")
         raise ValueError(f"option 'data_dir' must be a directory, but {path!r} is {kind}.")
-
-
-def _check_tls_files(config) -> None:
-    """Parse the TLS files before the server does: gRPC reports an unusable certificate or
-    key only as a port it cannot bind."""
-    from cryptography import x509
-    from cryptography.exceptions import UnsupportedAlgorithm
-    from cryptography.hazmat.primitives import serialization
-
-    from nacf_core.config import read_regular_file
-
-    def certs(path: str, option: str, what: str) -> list:
-        data = read_regular_file(path, what, MAX_PEM_BYTES)
-        try:
-            return x509.load_pem_x509_certificates(data)
-        except ValueError:
-            raise ValueError(f"option {option!r}: {what} {path!r} is not valid PEM: expected "
-                             f"one or more '-----BEGIN CERTIFICATE-----' blocks.") from None
-
-    chain = certs(config.tls_cert_file, "tls_cert_file", "TLS certificate file")
-    path = config.tls_key_file
-    data = read_regular_file(path, "TLS private key file", MAX_PEM_BYTES)
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except TypeError:  # encrypted
-        raise ValueError(f"option 'tls_key_file': TLS private key file {path!r} is "
-                         f"encrypted; expected an unencrypted PEM private key.") from None
-    except (ValueError, UnsupportedAlgorithm):
-        raise ValueError(f"option 'tls_key_file': TLS private key file {path!r} is not a "
-                         f"valid PEM private key: expected a '-----BEGIN ... PRIVATE "
-                         f"KEY-----' block.") from None
-    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    try:
-        match = (key.public_key().public_bytes(*spki)
-                 == chain[0].public_key().public_bytes(*spki))
-    except (ValueError, UnsupportedAlgorithm):  # a key type we cannot compare: gRPC checks
-        match = True
-    if not match:
-        raise ValueError(f"option 'tls_key_file': the private key in {path!r} does not "
-                         f"belong to the first certificate in {config.tls_cert_file!r}.")
-    if config.tls_client_ca_file:
-        certs(config.tls_client_ca_file, "tls_client_ca_file", "TLS client CA file")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -186,9 +140,7 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(args.config,
                              **{k: getattr(args, k, None) for k in _FLAG_KEYS})
         _check_data_dir(config.data_dir)
-        if config.tls:
-            _check_tls_files(config)
-        server = NacfServer(config)
+        server = NacfServer(config)  # (it checks the TLS files first)
     except (NacfError, ValueError, OSError) as e:
         log.error("nacf serve cannot start: %s", e, extra={"event_type": "startup_failed"})
         print(f"nacf serve: {e}", file=sys.stderr)

@@ -119,6 +119,56 @@ def _make_pad(model: Any) -> Any:
     return PresentationAttackDetector(list(model.ch_names))
 
 
+#: the largest certificate, key or CA bundle file read
+MAX_PEM_BYTES = 1 << 20
+
+
+def read_tls_files(config: Config) -> tuple[bytes, bytes, bytes | None]:
+    """``(key, certificate chain, client CA or None)`` PEM bytes, checked: gRPC reports an
+    unusable certificate or key only as a port it cannot bind. ``ValueError`` naming the
+    option and the file: not a regular file (or over 1 MiB), not PEM, an encrypted key,
+    a key that does not belong to the first certificate."""
+    from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
+    from nacf_core.config import read_regular_file
+
+    def certs(path: str, option: str, what: str) -> tuple[bytes, list]:
+        data = read_regular_file(path, what, MAX_PEM_BYTES)
+        try:
+            return data, x509.load_pem_x509_certificates(data)
+        except ValueError:
+            raise ValueError(f"option {option!r}: {what} {path!r} is not valid PEM: expected "
+                             f"one or more '-----BEGIN CERTIFICATE-----' blocks.") from None
+
+    cert_pem, chain = certs(config.tls_cert_file, "tls_cert_file", "TLS certificate file")
+    path = config.tls_key_file
+    key_pem = read_regular_file(path, "TLS private key file", MAX_PEM_BYTES)
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except TypeError:  # encrypted
+        raise ValueError(f"option 'tls_key_file': TLS private key file {path!r} is "
+                         f"encrypted; expected an unencrypted PEM private key.") from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise ValueError(f"option 'tls_key_file': TLS private key file {path!r} is not a "
+                         f"valid PEM private key: expected a '-----BEGIN ... PRIVATE "
+                         f"KEY-----' block.") from None
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    try:
+        match = (key.public_key().public_bytes(*spki)
+                 == chain[0].public_key().public_bytes(*spki))
+    except (ValueError, UnsupportedAlgorithm):  # a key type we cannot compare: gRPC checks
+        match = True
+    if not match:
+        raise ValueError(f"option 'tls_key_file': the private key in {path!r} does not "
+                         f"belong to the first certificate in {config.tls_cert_file!r}.")
+    ca_pem = None
+    if config.tls_client_ca_file:
+        ca_pem, _ = certs(config.tls_client_ca_file, "tls_client_ca_file", "TLS client CA file")
+    return key_pem, cert_pem, ca_pem
+
+
 class NacfServer:
     """The gRPC server with its sidecar.
 
@@ -144,6 +194,8 @@ class NacfServer:
                 f"refusing plaintext gRPC on {config.grpc_address}: plaintext is allowed on "
                 "loopback only; set tls_cert_file and tls_key_file (and tls_client_ca_file "
                 "for mTLS) or bind 127.0.0.1.")
+        # the TLS files read and checked now, before anything is opened
+        self._tls = read_tls_files(config) if config.tls else None
         mtls = bool(config.tls_client_ca_file)
         self.open_mode = False
         if not config.api_keys and not mtls:
@@ -213,10 +265,9 @@ class NacfServer:
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         if cfg.tls:
+            key_pem, cert_pem, ca_pem = self._tls
             creds = grpc.ssl_server_credentials(
-                [(Path(cfg.tls_key_file).read_bytes(), Path(cfg.tls_cert_file).read_bytes())],
-                root_certificates=(Path(cfg.tls_client_ca_file).read_bytes()
-                                   if cfg.tls_client_ca_file else None),
+                [(key_pem, cert_pem)], root_certificates=ca_pem,
                 require_client_auth=bool(cfg.tls_client_ca_file))
         else:
             creds = None
