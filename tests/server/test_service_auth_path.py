@@ -37,11 +37,16 @@ def svc(tmp_path, model_path):
 
 
 _N = iter(range(1_000_000))
+_USED: set = set()
 
 
 def _auth(service, user, secret, x, device="hs-1"):
     b = _block(x, device)
-    ts = int(time.time()) - next(_N) % 50  # distinct proofs for the same samples
+    while True:  # distinct proofs for the same samples, even across a second boundary
+        ts = int(time.time()) - next(_N) % 50
+        if (user, device, b.raw, ts) not in _USED:
+            _USED.add((user, device, b.raw, ts))
+            break
     proof = DeviceProof(device, str(ts), device_proof(secret, user, device, ts, b.raw))
     return service.authenticate(user, b, proof, peer="ipv4:127.0.0.1")
 
