@@ -26,13 +26,13 @@ def test_connections_of_ended_threads_are_closed(tmp_path):
         def ping():
             store.ping()
 
-        fds0 = _fds()
+        fds0 = _fds()  # (other threads of the test process may open some meanwhile)
         for _ in range(50):
             t = threading.Thread(target=ping)
             t.start()
             t.join()
         assert store.open_connections <= 3
-        assert _fds() - fds0 <= 6
+        assert _fds() - fds0 < 50  # was +2 per thread: +100
         # a live thread keeps its connection
         go, done = threading.Event(), threading.Event()
 
