@@ -73,6 +73,8 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
     ]),
 ]
 
+#: the most connections one store opens (PostgreSQL's own default max_connections is 100)
+_MAX_POOL = 1000
 _SCHEMA_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _MIGRATION_LOCK_ID = 0x6E616366  # "nacf"
 
@@ -166,9 +168,17 @@ class PostgresStore(SqlStore):
         query = dict(parse_qsl(parts.query))
         schema = query.pop("schema", None) or schema
         size = query.pop("pool_size", None)
-        pool_size = int(size) if size is not None else (pool_size or 8)
-        if pool_size < 1:
-            raise InvalidArgument(f"'pool_size' must be >= 1, got {pool_size}.")
+        if size is not None:
+            try:
+                pool_size = int(size)
+            except ValueError:
+                raise InvalidArgument(f"'pool_size' in the store URL must be an integer, got "
+                                      f"{size!r}.") from None
+        pool_size = 8 if pool_size is None else pool_size
+        if isinstance(pool_size, bool) or not isinstance(pool_size, int) \
+                or not 1 <= pool_size <= _MAX_POOL:
+            raise InvalidArgument(f"'pool_size' must be an integer in [1, {_MAX_POOL}], got "
+                                  f"{pool_size!r}.")
         if schema is not None and not _SCHEMA_RE.match(schema):
             raise InvalidArgument(f"'schema' must be a plain identifier "
                                   f"([A-Za-z_][A-Za-z0-9_]*), got {schema!r}.")
@@ -196,6 +206,9 @@ class PostgresStore(SqlStore):
             kwargs["options"] = options
         try:
             return psycopg.connect(self._conninfo, **kwargs)
+        except psycopg.ProgrammingError as exc:  # libpq refused the URL itself
+            raise InvalidArgument(f"the PostgreSQL store URL is not valid: "
+                                  f"{str(exc).strip().splitlines()[0]}.") from None
         except psycopg.OperationalError as exc:
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise Unavailable(f"PostgreSQL store at {self._where} is unreachable: {msg}") \
@@ -209,6 +222,9 @@ class PostgresStore(SqlStore):
             conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
         except psycopg.errors.UniqueViolation:
             pass  # created concurrently
+        except psycopg.ProgrammingError as exc:  # libpq refused the URL itself
+            raise InvalidArgument(f"the PostgreSQL store URL is not valid: "
+                                  f"{str(exc).strip().splitlines()[0]}.") from None
         except psycopg.OperationalError as exc:
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise Unavailable(f"PostgreSQL store at {self._where} is unreachable: {msg}") \

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 
 import pytest
 
@@ -417,3 +418,17 @@ def test_locked_user_ids(store):
     store.register_failure("bob", 5, 60, now=T0)  # a failure, not locked
     assert store.locked_user_ids(now=T0 + 1) == {"alice"}
     assert store.locked_user_ids(now=T0 + 61) == set()  # the lock is over
+
+
+@pytest.mark.parametrize("query,match", [
+    ("pool_size=abc", "'pool_size' in the store URL must be an integer, got 'abc'"),
+    ("pool_size=0", r"'pool_size' must be an integer in \[1, 1000\]"),
+    ("pool_size=100000", r"'pool_size' must be an integer in \[1, 1000\]"),
+    ("bogus=1", "store URL is not valid: invalid URI query parameter"),
+])
+def test_postgres_url_mistakes_are_invalid_argument(pg_available, query, match):
+    """A wrong store URL is the operator's mistake (INVALID_ARGUMENT), not an outage."""
+    dsn = os.environ.get("NACF_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+    sep = "&" if "?" in dsn else "?"
+    with pytest.raises(InvalidArgument, match=match):
+        open_store(f"{dsn}{sep}{query}", key=bytes(32))
