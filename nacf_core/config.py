@@ -36,8 +36,8 @@ from typing import Any
 
 from nacf_core.errors import InvalidArgument
 
-__all__ = ["MAX_FILE_BYTES", "OPTION_HELP", "SCOPES", "Config", "load_api_keys", "load_config",
-           "parse_address", "read_regular_file"]
+__all__ = ["MAX_FILE_BYTES", "OPTION_HELP", "SCOPES", "Config", "file_kind", "load_api_keys",
+           "load_config", "parse_address", "read_regular_file", "read_text_file", "short_repr"]
 
 SCOPES = ("authenticate", "enroll", "admin")
 
@@ -207,6 +207,18 @@ def parse_address(name: str, value: str) -> tuple[str, int]:
     return host, p
 
 
+def file_kind(mode: int) -> str:
+    """What an ``os.stat`` mode is, for an error message: ``"a regular file"``,
+    ``"a directory"``, ``"a FIFO"``, ``"a character device"``, ``"a block device"`` or
+    ``"a special file"``."""
+    for test, kind in ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a directory"),
+                       (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return kind
+    return "a special file"
+
+
 def read_regular_file(path: str | os.PathLike, what: str, max_bytes: int) -> bytes:
     """The bytes of the regular file ``path``, refusing anything else.
 
@@ -239,10 +251,8 @@ def read_regular_file(path: str | os.PathLike, what: str, max_bytes: int) -> byt
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
-                    else "a character device" if stat.S_ISCHR(mode)
-                    else "a block device" if stat.S_ISBLK(mode) else "a special file")
-            raise InvalidArgument(f"{what} {shown} is {kind}; expected a regular file.")
+            raise InvalidArgument(f"{what} {shown} is {file_kind(mode)}; expected a regular "
+                                  "file.")
         chunks: list[bytes] = []
         size = 0
         while size <= max_bytes:  # one byte past the limit tells "too large"
@@ -261,15 +271,21 @@ def read_regular_file(path: str | os.PathLike, what: str, max_bytes: int) -> byt
     return data
 
 
+def read_text_file(path: str | os.PathLike, what: str, max_bytes: int) -> str:
+    """:func:`read_regular_file` decoded as UTF-8 (a byte-order mark is dropped);
+    ``InvalidArgument`` naming the first byte that is not."""
+    data = read_regular_file(path, what, max_bytes)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InvalidArgument(f"{what} {os.fsdecode(path)!r} is not UTF-8 text (byte "
+                              f"{exc.start}: {data[exc.start:exc.start + 1]!r}).") from None
+
+
 def _read_toml_or_text(path: str | os.PathLike, what: str, toml: bool) -> Any:
     """A config or keys file as text, or parsed as TOML when ``toml``."""
-    data = read_regular_file(path, what, MAX_FILE_BYTES)
+    text = read_text_file(path, what, MAX_FILE_BYTES)
     shown = repr(os.fsdecode(path))
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{what} {shown} is not UTF-8 text (byte {exc.start}: "
-                         f"{data[exc.start:exc.start + 1]!r}).") from None
     if not toml:
         return text
     try:
@@ -280,7 +296,7 @@ def _read_toml_or_text(path: str | os.PathLike, what: str, toml: bool) -> Any:
         raise ValueError(f"{what} {shown} is not valid TOML: nested too deeply.") from None
 
 
-def _show(value: Any) -> str:
+def short_repr(value: Any) -> str:
     """``repr(value)``, shortened for an error message."""
     r = repr(value)
     return r if len(r) <= 60 else r[:50] + f"... ({len(r)} chars)"
@@ -292,7 +308,7 @@ def _check_range(name: str, value: Any, label: str, raw: Any = None) -> None:
     ``label`` names the option (and where it came from), ``raw`` the value as given
     (default ``value``) for the message.
     """
-    shown = _show(value if raw is None else raw)
+    shown = short_repr(value if raw is None else raw)
     if name in _INT_RANGES:
         lo, hi = _INT_RANGES[name]
         if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
@@ -333,7 +349,7 @@ def _coerce(name: str, raw: Any, kind: type, label: str | None = None) -> Any:
             return True
         if s in ("0", "false", "no", "off", ""):
             return False
-        raise ValueError(f"{label} must be a boolean (true/false), got {_show(raw)}.")
+        raise ValueError(f"{label} must be a boolean (true/false), got {short_repr(raw)}.")
     if kind is int:
         if isinstance(raw, float) and raw.is_integer():  # False for 3.9, inf and nan
             value = int(raw)
@@ -344,25 +360,25 @@ def _coerce(name: str, raw: Any, kind: type, label: str | None = None) -> Any:
             # longer than any allowed value: out of range, without parsing all the digits
             value = int(s) if len(s) <= 20 else (-1 if s[0] == "-" else 1) * (_INT_MAX + 1)
         else:
-            raise ValueError(f"{label} must be an integer, got {_show(raw)}.")
+            raise ValueError(f"{label} must be an integer, got {short_repr(raw)}.")
         _check_range(name, value, label, raw)
         return value
     if kind is float:
         if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
-            raise ValueError(f"{label} must be a number, got {_show(raw)}.")
+            raise ValueError(f"{label} must be a number, got {short_repr(raw)}.")
         if isinstance(raw, str):
             try:
                 value: int | float = float(raw.strip())
             except ValueError:
-                raise ValueError(f"{label} must be a number, got {_show(raw)}.") from None
+                raise ValueError(f"{label} must be a number, got {short_repr(raw)}.") from None
         else:
             value = raw
         _check_range(name, value, label, raw)
         return float(value)
     if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
-        raise ValueError(f"{label} must be a string, got {_show(raw)}.")
+        raise ValueError(f"{label} must be a string, got {short_repr(raw)}.")
     if isinstance(raw, str) and _CONTROL.search(raw):
-        raise ValueError(f"{label} must not contain control characters, got {_show(raw)}.")
+        raise ValueError(f"{label} must not contain control characters, got {short_repr(raw)}.")
     return str(raw)
 
 
@@ -413,7 +429,7 @@ def load_api_keys(path: str | os.PathLike | None = None,
                 v = v.split(",")
             if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
                 raise ValueError(f"{where}: scopes must be a list of strings or a "
-                                 f"comma-separated string, got {_show(v)}.")
+                                 f"comma-separated string, got {short_repr(v)}.")
             items.append((where, k, v))
     else:
         text = _read_toml_or_text(p, what, toml=False)
@@ -424,7 +440,7 @@ def load_api_keys(path: str | os.PathLike | None = None,
             parts = line.split(None, 1)
             if len(parts) != 2:
                 raise ValueError(f"{p}:{n}: expected '<key> <scope>[,<scope>...]', "
-                                 f"got {_show(line)}.")
+                                 f"got {short_repr(line)}.")
             items.append((f"{p}:{n}", parts[0], parts[1].replace(" ", "").split(",")))
     for where, k, scopes in items:
         _check_key(k, f"{where}: the key")

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from nacf_core import calibration as cal
-from nacf_core.config import read_regular_file
+from nacf_core.config import read_text_file
 from nacf_core.errors import InvalidArgument
 from nacf_core.model import Model
 from nacf_core.pipeline import Pipeline, Template
@@ -86,12 +86,7 @@ _MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
     """Parse a manifest; :class:`InvalidArgument` naming the line for anything wrong."""
     path = Path(path)
-    data = read_regular_file(path, "manifest", _MAX_MANIFEST_BYTES)
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise InvalidArgument(f"manifest {str(path)!r} is not UTF-8 text (byte {exc.start}: "
-                              f"{data[exc.start:exc.start + 1]!r}).") from None
+    text = read_text_file(path, "manifest", _MAX_MANIFEST_BYTES)
     try:
         return _parse_manifest(path, text)
     except csv.Error as exc:  # e.g. a field larger than the csv module's limit

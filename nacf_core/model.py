@@ -47,6 +47,7 @@ import numpy as np
 
 from nacf_core._validation import npy_data_bytes
 from nacf_core.config import read_regular_file
+from nacf_core.config import short_repr as _show
 from nacf_core.errors import InvalidArgument
 from nacf_core.features import Covariances, TangentSpace, WithinClassWhitening
 from nacf_core.kernels import ArtifactLimits
@@ -379,12 +380,6 @@ def _read_npy(raw: bytes, member: str) -> np.ndarray:
                          f"{len(raw) - fp.tell()}")
     fp.seek(0)
     return np.lib.format.read_array(fp, allow_pickle=False)
-
-
-def _show(value: Any) -> str:
-    """``repr(value)``, shortened for an error message."""
-    r = repr(value)
-    return r if len(r) <= 60 else r[:50] + f"... ({len(r)} chars)"
 
 
 def _get(obj: dict[str, Any], key: str, shown: str | None = None) -> Any:

@@ -123,9 +123,10 @@ def _check_data_dir(path: str) -> None:
     except (OSError, ValueError):  # missing: created on start (which reports its errors)
         return
     if not stat.S_ISDIR(mode):
-        kind = ("a regular file" if stat.S_ISREG(mode) else "a FIFO" if stat.S_ISFIFO(mode)
-                else "a character device" if stat.S_ISCHR(mode) else "a special file")
-        raise ValueError(f"option 'data_dir' must be a directory, but {path!r} is {kind}.")
+        from nacf_core.config import file_kind
+
+        raise ValueError(f"option 'data_dir' must be a directory, but {path!r} is "
+                         f"{file_kind(mode)}.")
 
 
 def run(args: argparse.Namespace) -> int:

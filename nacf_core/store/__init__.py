@@ -12,6 +12,7 @@ import stat
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..config import file_kind
 from ..errors import InvalidArgument
 from .base import (
     Attempt,
@@ -118,8 +119,6 @@ def _check_sqlite_path(path: str) -> None:
     except (OSError, ValueError):  # missing (created on open) or unreadable: SQLite says
         return
     if not stat.S_ISREG(mode):
-        kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
-                else "a character device" if stat.S_ISCHR(mode)
-                else "a block device" if stat.S_ISBLK(mode) else "a special file")
-        raise InvalidArgument(f"SQLite store {path!r} is {kind}; expected a database file "
-                              f"(a regular file, or a path where one can be created).")
+        raise InvalidArgument(f"SQLite store {path!r} is {file_kind(mode)}; expected a "
+                              "database file (a regular file, or a path where one can be "
+                              "created).")
