@@ -86,7 +86,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from nacf_core._validation import check_finite_positive, check_option, npy_data_bytes
+from nacf_core._validation import (
+    MAX_CHANNELS,
+    MAX_SAMPLE_RATE_HZ,
+    check_finite_positive,
+    check_option,
+    npy_data_bytes,
+)
 
 from .montages import default_montage, resolve_montage
 
@@ -113,13 +119,10 @@ _BRAINFLOW_LAYOUTS = {
 }
 _CYTON_DEFAULT_SFREQ = 250.0
 
-# Bounds on what a file may state. The maxima are nacf_core.server.converters'
-# MAX_SAMPLE_RATE_HZ and MAX_CHANNELS (not imported from there: that pulls in gRPC). No EEG
-# device samples slower than 1 Hz: a lower rate is a damaged header or timestamps in the
-# wrong unit (milliseconds read as seconds).
+# Bounds on what a file may state: the maxima every input shares (MAX_SAMPLE_RATE_HZ,
+# MAX_CHANNELS). No EEG device samples slower than 1 Hz: a lower rate is a damaged header
+# or timestamps in the wrong unit (milliseconds read as seconds).
 _MIN_SFREQ_HZ = 1.0
-_MAX_SFREQ_HZ = 100_000.0
-_MAX_CHANNELS = 256
 # Largest array an .npz may hold, uncompressed: deflate expands zeros ~1000-fold.
 _NPZ_MAX_ARRAY_BYTES = 2 * 1024**3
 
@@ -283,9 +286,10 @@ def read_recording(
     fmt = detect_format(p) if format is None else check_option("format", format, FORMATS)
     if sfreq is not None:
         sfreq = check_finite_positive("sfreq", sfreq)
-        if not _MIN_SFREQ_HZ <= sfreq <= _MAX_SFREQ_HZ:
+        if not _MIN_SFREQ_HZ <= sfreq <= MAX_SAMPLE_RATE_HZ:
             raise ValueError(
-                f"'sfreq' must be from {_MIN_SFREQ_HZ:g} to {_MAX_SFREQ_HZ:g} Hz, got {sfreq!r}."
+                f"'sfreq' must be from {_MIN_SFREQ_HZ:g} to {MAX_SAMPLE_RATE_HZ:g} Hz, "
+                f"got {sfreq!r}."
             )
     start_s, stop_s = _check_range(start_s, stop_s)
     if fmt in ("edf", "bdf"):
@@ -380,15 +384,15 @@ def _is_number(s: str) -> bool:
 
 
 def _check_file_sfreq(sfreq: float, where: str, got: str | None = None) -> float:
-    """The sampling rate a file states (or implies): in [``_MIN_SFREQ_HZ``, ``_MAX_SFREQ_HZ``].
+    """The sampling rate a file states (or implies): in [``_MIN_SFREQ_HZ``, ``MAX_SAMPLE_RATE_HZ``].
 
     ``where`` names the file (``"OpenBCI file '/path'"``); ``got`` is what the file
     says, when that is clearer than the number (``"'0 Hz'"``).
     """
-    if not (math.isfinite(sfreq) and _MIN_SFREQ_HZ <= sfreq <= _MAX_SFREQ_HZ):
+    if not (math.isfinite(sfreq) and _MIN_SFREQ_HZ <= sfreq <= MAX_SAMPLE_RATE_HZ):
         raise ValueError(
             f"{where}: the sampling rate must be a number of Hz from {_MIN_SFREQ_HZ:g} to "
-            f"{_MAX_SFREQ_HZ:g}, got {got if got is not None else repr(sfreq)}."
+            f"{MAX_SAMPLE_RATE_HZ:g}, got {got if got is not None else repr(sfreq)}."
         )
     return float(sfreq)
 
@@ -686,15 +690,15 @@ def _openbci_rate(path: Path, line: str, value: str) -> float:
 
 
 def _openbci_n_channels(path: Path, line: str, value: str) -> int:
-    """``%Number of channels = 8``: an integer from 1 to ``_MAX_CHANNELS``."""
+    """``%Number of channels = 8``: an integer from 1 to ``MAX_CHANNELS``."""
     try:
         n_ch = int(value.strip())
     except ValueError:
         n_ch = 0
-    if not 1 <= n_ch <= _MAX_CHANNELS:
+    if not 1 <= n_ch <= MAX_CHANNELS:
         raise ValueError(
             f"OpenBCI file {str(path)!r}: '%Number of channels' must be an integer from 1 to "
-            f"{_MAX_CHANNELS}, got {line[:80]!r}."
+            f"{MAX_CHANNELS}, got {line[:80]!r}."
         )
     return n_ch
 

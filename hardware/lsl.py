@@ -9,7 +9,7 @@ chunks. Timestamps are mapped to this machine's LSL clock (``pylsl.local_clock()
 with ``inlet.time_correction()``, refreshed every ``clock_refresh_s`` seconds. A stream
 is refused (``ValueError``) before an inlet is opened when its header is unreadable
 (liblsl cannot parse a NaN or infinite rate) or its nominal rate is irregular (0) or
-above ``nacf_core.server.converters.MAX_SAMPLE_RATE_HZ`` (100 kHz); and once connected,
+above ``nacf_core._validation.MAX_SAMPLE_RATE_HZ`` (100 kHz); and once connected,
 when its labels name a channel twice and no ``montage`` replaces them.
 
 Stream vanishing: the inlet is opened with ``recover=False`` so liblsl reports the loss
@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from nacf_core._validation import check_finite_positive
+from nacf_core._validation import MAX_SAMPLE_RATE_HZ, check_finite_positive
 from nacf_core.errors import Unavailable
 
 from .base import Chunk, Counters
@@ -194,8 +194,6 @@ class LslSource:
         pylsl's ``StreamInlet`` fails obscurely on a header liblsl could not parse (a NaN
         or infinite ``nominal_srate`` makes it one), and a huge rate breaks ``pull_chunk``.
         """
-        from nacf_core.server.converters import MAX_SAMPLE_RATE_HZ
-
         pylsl = _pylsl()
         if info.channel_count() <= 0 or info.channel_format() == pylsl.cf_undefined:
             raise ValueError(

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "MAX_CHANNELS",
+    "MAX_SAMPLE_RATE_HZ",
     "npy_data_bytes",
     "check_option",
     "check_array",
@@ -23,6 +25,12 @@ __all__ = [
     "check_sfreq",
     "check_band",
 ]
+
+
+#: Highest sampling rate any input may state (gRPC signals, recording files, LSL streams).
+MAX_SAMPLE_RATE_HZ = 100_000.0
+#: Most channels any input may carry.
+MAX_CHANNELS = 256
 
 
 def check_option(name: str, value: Any, allowed: Iterable[Any]) -> Any:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from nacf_core._proto.nacf.v1 import auth_pb2 as pb
+from nacf_core._validation import MAX_CHANNELS, MAX_SAMPLE_RATE_HZ
 from nacf_core.errors import InvalidArgument
 from nacf_core.service import (
     AuthResult,
@@ -47,11 +48,9 @@ __all__ = [
     "user_message",
 ]
 
-MAX_SAMPLE_RATE_HZ = 100_000.0
 #: Largest |sample| accepted, in µV: 1 V, far beyond any EEG amplifier's range (a
 #: Cyton rails at ±187 500 µV), so only a wrong dtype, byte order or unit gets here.
 MAX_ABS_UV = 1e6
-MAX_CHANNELS = 256
 _MAX_CH_NAME = 64
 
 

@@ -388,8 +388,8 @@ def test_limits_are_the_service_limits():
 
     from nacf_core.server import converters
 
-    assert files._MAX_SFREQ_HZ == converters.MAX_SAMPLE_RATE_HZ
-    assert files._MAX_CHANNELS == converters.MAX_CHANNELS
+    assert files.MAX_SAMPLE_RATE_HZ == converters.MAX_SAMPLE_RATE_HZ
+    assert files.MAX_CHANNELS == converters.MAX_CHANNELS
 
 
 @pytest.mark.parametrize(
