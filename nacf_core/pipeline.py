@@ -42,6 +42,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
 from scipy.linalg.lapack import dsyevd as _dsyevd
@@ -70,6 +71,20 @@ logger = logging.getLogger("nacf.pipeline")
 
 MIN_SFREQ = 125.0
 MAX_SFREQ = 1000.0
+
+
+def check_supported_sfreq(sfreq: Any) -> float:
+    """``sfreq`` as a float within [``MIN_SFREQ``, ``MAX_SFREQ``], else
+    ``InvalidArgument`` saying so."""
+    try:
+        sfreq = float(sfreq)
+    except (TypeError, ValueError):
+        raise InvalidArgument(f"'sfreq' must be a number, got {sfreq!r} instead.") from None
+    if not (math.isfinite(sfreq) and MIN_SFREQ <= sfreq <= MAX_SFREQ):
+        raise InvalidArgument(
+            f"sampling rate {sfreq:g} Hz is outside the supported range "
+            f"{MIN_SFREQ:g}–{MAX_SFREQ:g} Hz.")
+    return sfreq
 _REASON_NAMES = {int(r): r.name.lower().replace("_", "-") for r in ArtifactReason}
 
 
@@ -453,14 +468,7 @@ class Pipeline:
         if samples.dtype.type not in (np.float32, np.float64):
             raise InvalidArgument(
                 f"'samples' must have dtype float32 or float64, got {samples.dtype.name}.")
-        try:
-            sfreq = float(sfreq)
-        except (TypeError, ValueError):
-            raise InvalidArgument(f"'sfreq' must be a number, got {sfreq!r} instead.") from None
-        if not (math.isfinite(sfreq) and MIN_SFREQ <= sfreq <= MAX_SFREQ):
-            raise InvalidArgument(
-                f"sampling rate {sfreq:g} Hz is outside the supported range "
-                f"{MIN_SFREQ:g}–{MAX_SFREQ:g} Hz.")
+        sfreq = check_supported_sfreq(sfreq)
         ch_names = list(ch_names)
         if len(ch_names) != samples.shape[1]:
             raise InvalidArgument(

@@ -63,7 +63,7 @@ from nacf_core.errors import (
     Unauthenticated,
     Unavailable,
 )
-from nacf_core.pipeline import MAX_SFREQ, MIN_SFREQ
+from nacf_core.pipeline import check_supported_sfreq
 from nacf_core.ratelimit import TokenLeases
 
 __all__ = [
@@ -1048,7 +1048,8 @@ class AuthService:
                 if pending < win:
                     continue
                 pending = 0.0
-                w = self.rec.windows(buf.block(last_seconds=win))
+                blk = buf.block(last_seconds=win)
+                w = self.rec.windows(blk)
                 acc = np.asarray(w.accepted, dtype=bool)
                 quality = _mean(np.asarray(w.quality, dtype=np.float64))
                 cur = self._store("get_session", self.store.get_session, token)
@@ -1070,8 +1071,7 @@ class AuthService:
                 since_good = 0.0
                 if self.pad is not None:
                     with self._cpu_gate:
-                        v = self.pad.check(w, buf.block(last_seconds=win),
-                                           [*stored_fps, *stream_fps])
+                        v = self.pad.check(w, blk, [*stored_fps, *stream_fps])
                     if v.attack:  # a replay or a non-physiological signal
                         self.metrics.record_suspicious(v.kind, "high")
                         log.warning("presentation attack", extra={
@@ -1175,10 +1175,7 @@ class _Buffer:
 
     def push(self, b: SignalBlock) -> None:
         if not self._parts and not self._n:
-            if not (math.isfinite(b.sfreq) and MIN_SFREQ <= b.sfreq <= MAX_SFREQ):
-                raise InvalidArgument(  # (the pipeline's own check, before buffering)
-                    f"sampling rate {b.sfreq:g} Hz is outside the supported range "
-                    f"{MIN_SFREQ:g}–{MAX_SFREQ:g} Hz.")
+            check_supported_sfreq(b.sfreq)  # the pipeline's own check, before buffering
             self.sfreq, self.ch_names, self.device_id = b.sfreq, b.ch_names, b.device_id
         elif b.sfreq != self.sfreq or b.ch_names != self.ch_names:
             raise InvalidArgument(
