@@ -1039,6 +1039,12 @@ class AuthService:
                 if isinstance(item, BaseException):
                     raise item
                 block: SignalBlock = item
+                if s.device_id and not block.device_id:
+                    # the session was opened with a device proof: its stream names that
+                    # headset in every chunk (a client error; the session stays open)
+                    raise InvalidArgument(
+                        "Signal.device_id is empty: this session was opened with device "
+                        f"{s.device_id!r}, and every chunk must name it.")
                 if block.device_id and s.device_id and block.device_id != s.device_id:
                     yield end("device_changed")
                     return

@@ -444,7 +444,7 @@ def test_continuous_authenticate_ends_on_wearer_change(srv):
     def gen():
         yield pb.ContinuousAuthenticateRequest(start=pb.ContinuousStart(session_token=tok))
         for c in chunks(eeg(1, 3, 70, 8)) + chunks(eeg(5, 7, 0, 16)):
-            yield pb.ContinuousAuthenticateRequest(chunk=sig(c))
+            yield pb.ContinuousAuthenticateRequest(chunk=sig(c, "hs-ivy"))
 
     states = list(stub.ContinuousAuthenticate(gen(), metadata=MD, timeout=30))
     E = pb.ContinuousAuthenticateResponse
@@ -452,6 +452,36 @@ def test_continuous_authenticate_ends_on_wearer_change(srv):
     assert states[-1].state == E.ENDED and states[-1].reason == "wearer_changed"
     v = stub.ValidateSession(pb.ValidateSessionRequest(session_token=tok), metadata=MD)
     assert not v.valid and v.reason == "wearer_changed"
+
+
+def test_continuous_authenticate_checks_the_sessions_device(srv):
+    """A session opened with a device proof is bound to that headset: a chunk from
+    another device ends it (``device_changed``); a chunk that names no device is the
+    client's error (INVALID_ARGUMENT saying what is expected) and leaves it open."""
+    _, stub, _ = srv
+    enroll(stub, "dev-bound", 1)
+    secret = device(stub, "dev-bound", "hs-bound")
+    E = pb.ContinuousAuthenticateResponse
+
+    def stream(tok, dev_ids):
+        def gen():
+            yield pb.ContinuousAuthenticateRequest(
+                start=pb.ContinuousStart(session_token=tok))
+            for c, d in zip(chunks(eeg(1, 3, 70, 8)), dev_ids):
+                yield pb.ContinuousAuthenticateRequest(chunk=sig(c, d))
+        return stub.ContinuousAuthenticate(gen(), metadata=MD, timeout=30)
+
+    tok = auth(stub, "dev-bound", eeg(1, 3, 60, 8), secret, "hs-bound").session_token
+    n = len(chunks(eeg(1, 3, 70, 8)))
+    c, m = code_of(lambda *a, **k: list(stream(*a, **k)), tok, ["hs-bound", ""] * n)
+    assert c == grpc.StatusCode.INVALID_ARGUMENT, (c, m)
+    assert "device_id is empty" in m and "'hs-bound'" in m, m
+    v = stub.ValidateSession(pb.ValidateSessionRequest(session_token=tok), metadata=MD)
+    assert v.valid, v
+    states = list(stream(tok, ["hs-bound"] * (n // 2) + ["hs-other"] * n))
+    assert states[-1].state == E.ENDED and states[-1].reason == "device_changed", states
+    v = stub.ValidateSession(pb.ValidateSessionRequest(session_token=tok), metadata=MD)
+    assert not v.valid and v.reason == "device_changed"
 
 
 def test_continuous_authenticate_ends_on_signal_loss(srv):
@@ -463,7 +493,7 @@ def test_continuous_authenticate_ends_on_signal_loss(srv):
 
     def gen():
         yield pb.ContinuousAuthenticateRequest(start=pb.ContinuousStart(session_token=tok))
-        yield pb.ContinuousAuthenticateRequest(chunk=sig(eeg(1, 3, 70, 4)))
+        yield pb.ContinuousAuthenticateRequest(chunk=sig(eeg(1, 3, 70, 4), "hs-jack"))
         stop.wait(10)  # the headset goes silent
 
     try:
@@ -524,7 +554,7 @@ def test_continuous_authenticate_tiny_rate_is_invalid_argument(srv, rate):
     assert tok
     C = pb.ContinuousAuthenticateRequest
     bad = pb.Signal(sample_rate_hz=rate, channel_names=CH16,
-                    samples=np.zeros((1, 16), "<f4").tobytes())
+                    samples=np.zeros((1, 16), "<f4").tobytes(), device_id=f"hs-tiny-{rate}")
     c, m = code_of(lambda: list(stub.ContinuousAuthenticate(iter([
         C(start=pb.ContinuousStart(session_token=tok)), C(chunk=bad)]), metadata=MD,
         timeout=15)))
