@@ -469,7 +469,10 @@ class Metrics:
         self.signal_quality_score.labels(t).observe(q)
 
     def record_artifact_rejections(self, reasons) -> None:
-        """Count rejected epochs, one per reason string (e.g. ``Windows.reasons``)."""
+        """Count rejected epochs by reason code, one increment per code: the service
+        passes ``pipeline.reason_codes`` of ``Windows.reasons`` (``non_finite``,
+        ``railed``, ``flat``, ``peak_to_peak``, ``jump``, ``low_quality``), never the
+        reasons themselves, whose channel lists would make every combination a label."""
         for reason in reasons:
             if reason:
                 self.artifact_rejections_total.labels(self._artifact(str(reason))).inc()

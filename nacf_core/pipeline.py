@@ -59,12 +59,14 @@ from nacf_core.model import Model
 __all__ = [
     "MAX_SFREQ",
     "MIN_SFREQ",
+    "REASON_CODES",
     "Candidate",
     "Decision",
     "Identification",
     "Pipeline",
     "Template",
     "Windows",
+    "reason_codes",
 ]
 
 logger = logging.getLogger("nacf.pipeline")
@@ -86,6 +88,26 @@ def check_supported_sfreq(sfreq: Any) -> float:
             f"{MIN_SFREQ:g}–{MAX_SFREQ:g} Hz.")
     return sfreq
 _REASON_NAMES = {int(r): r.name.lower().replace("_", "-") for r in ArtifactReason}
+_LOW_QUALITY = "low_quality"
+#: The codes :func:`reason_codes` returns: one per artifact kind, and ``low_quality``.
+REASON_CODES: tuple[str, ...] = (*(r.name.lower() for r in ArtifactReason if r),
+                                 _LOW_QUALITY)
+_CODE_OF_NAME = {n: n.replace("-", "_") for n in _REASON_NAMES.values()}
+
+
+def reason_codes(reason: str) -> list[str]:
+    """The codes of a rejected window's reason (an entry of :attr:`Windows.reasons`,
+    e.g. ``"flat on Fp1, Fp2; jump on O1"`` → ``["flat", "jump"]``): one per artifact
+    kind it names (``non_finite``, ``railed``, ``flat``, ``peak_to_peak``, ``jump``), or
+    ``["low_quality"]`` for a window under the quality gate; ``[]`` for an accepted one.
+    A bounded set (:data:`REASON_CODES`), for metric labels; the reason itself names the
+    channels."""
+    if not reason:
+        return []
+    if reason.startswith("quality "):
+        return [_LOW_QUALITY]
+    return [_CODE_OF_NAME.get(part.split(" on ", 1)[0], "other")
+            for part in reason.split("; ")]
 
 
 @dataclass

@@ -63,7 +63,7 @@ from nacf_core.errors import (
     Unauthenticated,
     Unavailable,
 )
-from nacf_core.pipeline import check_supported_sfreq
+from nacf_core.pipeline import check_supported_sfreq, reason_codes
 from nacf_core.ratelimit import TokenLeases
 
 __all__ = [
@@ -468,12 +468,13 @@ class AuthService:
                 for j, ok in enumerate(np.asarray(w.accepted)):
                     if not ok:
                         rejected.append(RejectedEpoch(i, j, _reason_at(w.reasons, j)))
+            # counted before the enrollment can be refused for too few good windows
+            self.metrics.record_artifact_rejections(_codes(r.reason for r in rejected))
             template = self.rec.enroll(blocks)
             quality = float(template.quality)
             used = int(template.n_epochs)
             self.metrics.observe_signal("enroll", time.perf_counter() - t0,
                                         min(1.0, max(0.0, quality)))
-            self.metrics.record_artifact_rejections(r.reason for r in rejected)
             blob = template.to_bytes()
             # the template and its PAD fingerprints in one transaction: a crash, a
             # concurrent update or a delete never leaves one without the other
@@ -640,7 +641,7 @@ class AuthService:
             d = self.rec.decide(w, self._template(st.template))
         self.metrics.observe_signal("authenticate", time.perf_counter() - t0,
                                     min(1.0, max(0.0, float(d.quality))))
-        self.metrics.record_artifact_rejections(r for r in w.reasons if r)
+        self.metrics.record_artifact_rejections(_codes(w.reasons))
         return self._decide(user_id, bool(d.accepted), float(d.score), float(d.threshold),
                             float(d.quality), list(d.reasons), int(d.windows_used),
                             int(d.windows_used) * self.rec.window_s, device_id, w, block,
@@ -794,6 +795,7 @@ class AuthService:
                 f"{self.rec.window_s:g}-s window is needed.")
         d = self.rec.decide(w, template)
         self.metrics.observe_signal("stream", t_proc, min(1.0, max(0.0, float(d.quality))))
+        self.metrics.record_artifact_rejections(_codes(w.reasons))
         reasons = list(d.reasons)
         if decision is not None:
             accepted = decision == "accept"
@@ -823,6 +825,11 @@ class AuthService:
         w = self.rec.windows(block)
         acc = np.asarray(w.accepted, dtype=bool)
         quality = _mean(np.asarray(w.quality, dtype=np.float64))
+        # observed before any refusal: a signal too poor to identify is what the quality
+        # histogram and the artifact counter are for
+        self.metrics.observe_signal("identify", time.perf_counter() - t0,
+                                    min(1.0, max(0.0, quality)))
+        self.metrics.record_artifact_rejections(_codes(w.reasons))
         reasons = sorted({r for r in (w.reasons or []) if r})
         if not acc.any():
             raise FailedPrecondition("no window of the signal passed the quality gate ("
@@ -845,8 +852,6 @@ class AuthService:
 
         idx, sc = _top_k(probe, matrix, min(k, len(ids)),
                          backend=getattr(self.rec.pipeline, "backend", None))
-        self.metrics.observe_signal("identify", time.perf_counter() - t0,
-                                    min(1.0, max(0.0, quality)))
         cands = [(ids[int(i)], float(v)) for i, v in zip(idx[0], sc[0])]
         self._log_identify(peer, cands, thr, quality, len(locked))
         return IdentifyResult(cands, thr, quality, self.model_version, reasons)
@@ -1055,9 +1060,13 @@ class AuthService:
                     continue
                 pending = 0.0
                 blk = buf.block(last_seconds=win)
+                t0 = time.perf_counter()
                 w = self.rec.windows(blk)
                 acc = np.asarray(w.accepted, dtype=bool)
                 quality = _mean(np.asarray(w.quality, dtype=np.float64))
+                self.metrics.observe_signal("continuous", time.perf_counter() - t0,
+                                            min(1.0, max(0.0, quality)))
+                self.metrics.record_artifact_rejections(_codes(w.reasons))
                 cur = self._store("get_session", self.store.get_session, token)
                 now = self.clock()
                 if not cur.is_active(now):
@@ -1202,6 +1211,12 @@ class _Buffer:
         if last_seconds is not None:
             data = data[-int(round(last_seconds * self.sfreq)):]
         return SignalBlock(data, self.sfreq, self.ch_names, self.device_id)
+
+
+def _codes(reasons: Iterable[str]) -> list[str]:
+    """The reason codes (``pipeline.reason_codes``) of rejected windows' reasons: the
+    bounded values of ``nacfauth_artifact_rejections_total{reason}``."""
+    return [c for r in reasons if r for c in reason_codes(str(r))]
 
 
 def _reason_at(reasons: Any, j: int) -> str:

@@ -61,7 +61,7 @@ def exercise(mt: Metrics) -> None:
     mt.record_registration("Enroll", "OK")
     mt.track_active_user("alice")
     mt.observe_kernel("sosfilt", "cython", 0.0002)
-    mt.record_artifact_rejections(["flatline", "railed", ""])
+    mt.record_artifact_rejections(["flat", "railed", ""])
     mt.record_device_packets(ok=100, dropped=2, corrupt=1)
     mt.record_lockout()
     mt.record_store_error("get_template")

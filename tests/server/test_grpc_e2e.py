@@ -484,6 +484,56 @@ def test_continuous_authenticate_checks_the_sessions_device(srv):
     assert not v.valid and v.reason == "device_changed"
 
 
+def _metric(metrics, name):
+    """{labels: value} of one sample name in the server's registry."""
+    return {tuple(sorted(s.labels.items())): s.value for fam in metrics.registry.collect()
+            for s in fam.samples if s.name == name}
+
+
+def test_artifact_rejections_are_counted_by_reason_code_and_every_path_observes_quality(
+        srv):
+    """``nacfauth_artifact_rejections_total{reason}`` takes the bounded reason codes,
+    not the reasons with their channel lists (one label value per combination of
+    channels); Identify refused for quality, and every ContinuousAuthenticate window,
+    are observed in the quality histogram too."""
+    from nacf_core.pipeline import REASON_CODES
+
+    _, stub, metrics = srv
+    enroll(stub, "arti", 1)
+    secret = device(stub, "arti", "hs-arti")
+    x = eeg(1, 3, 60, 8).copy()
+    x[:, :5] = 0.0  # five flat channels, in every window
+    before = _metric(metrics, "nacfauth_artifact_rejections_total")
+    r = auth(stub, "arti", x, secret, "hs-arti")
+    assert not r.accepted and any("flat on" in m for m in r.reasons), r.reasons
+    after = _metric(metrics, "nacfauth_artifact_rejections_total")
+    assert {dict(k)["reason"] for k in after} <= set(REASON_CODES), after
+    flat = (("reason", "flat"),)
+    assert after[flat] - before.get(flat, 0.0) == 2  # two 4-s windows
+    stub.UnlockUser(pb.UnlockUserRequest(user_id="arti"), metadata=MD)
+
+    def count(signal_type):
+        return _metric(metrics, "nacfauth_signal_quality_score_count").get(
+            (("signal_type", signal_type),), 0.0)
+
+    n_id = count("identify")
+    c, _ = code_of(stub.Identify, pb.IdentifyRequest(signal=sig(np.zeros((640, 16)))),
+                   metadata=MD, timeout=10)
+    assert c == grpc.StatusCode.FAILED_PRECONDITION
+    assert count("identify") == n_id + 1
+    tok = auth(stub, "arti", eeg(1, 3, 60, 8), secret, "hs-arti").session_token
+    n_cont = count("continuous")
+
+    def gen():
+        yield pb.ContinuousAuthenticateRequest(start=pb.ContinuousStart(session_token=tok))
+        for c in chunks(eeg(1, 3, 70, 8)):
+            yield pb.ContinuousAuthenticateRequest(chunk=sig(c, "hs-arti"))
+
+    states = list(stub.ContinuousAuthenticate(gen(), metadata=MD, timeout=30))
+    assert len(states) == 2
+    assert count("continuous") == n_cont + 2
+
+
 def test_continuous_authenticate_ends_on_signal_loss(srv):
     _, stub, _ = srv
     enroll(stub, "jack", 1)
