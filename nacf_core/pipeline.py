@@ -39,7 +39,7 @@ import json
 import logging
 import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -337,9 +337,15 @@ class Pipeline:
     model : Model
     backend : {"cython", "numba", "reference"}, optional
         Kernel backend; default ``NACF_KERNEL_BACKEND`` or ``"cython"``.
+    instrument : callable, optional
+        ``instrument(module, backend_name)`` returns what the pipeline calls instead of
+        the backend module (the same functions): the server passes
+        ``metrics.InstrumentedKernels`` so that every kernel call is timed in
+        ``nacfauth_kernel_duration_seconds``; the pipeline itself knows no metrics.
     """
 
-    def __init__(self, model: Model, backend: str | None = None):
+    def __init__(self, model: Model, backend: str | None = None, *,
+                 instrument: Callable[[Any, str], Any] | None = None):
         if not isinstance(model, Model):
             raise TypeError(f"'model' must be a nacf_core.model.Model, got {type(model).__name__}.")
         if backend is not None and backend not in kernels.BACKENDS:
@@ -349,6 +355,8 @@ class Pipeline:
         self.model = model
         self.backend = backend or kernels.default_backend_name()
         self._k = kernels.backend(self.backend)
+        if instrument is not None:
+            self._k = instrument(self._k, self.backend)
         self._limits = ArtifactLimits(**model.artifact_limits)
         self._sos = np.ascontiguousarray(self._k.bandpass_sos(
             model.band[0], model.band[1], model.sfreq, model.filter_order), dtype=np.float64)

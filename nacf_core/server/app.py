@@ -95,15 +95,20 @@ def _store_key(config: Config) -> Any:
 
 def build_service(config: Config, metrics: Any = None) -> AuthService:
     """Open the store, load the model and the pipeline, and build the domain service."""
+    from nacf_core.metrics import METRICS, InstrumentedKernels
     from nacf_core.model import Model, default_model
     from nacf_core.pipeline import Pipeline
     from nacf_core.store import open_store
 
     Path(config.data_dir).mkdir(parents=True, exist_ok=True)
     store = open_store(config.resolved_store_url, _store_key(config))
+    mt = METRICS if metrics is None else metrics
     try:
         model = Model.load(config.model_path) if config.model_path else default_model(16)
-        pipeline = Pipeline(model, backend=config.kernel_backend)
+        # every kernel call of the pipeline (band-pass, artifacts, quality) is timed in
+        # nacfauth_kernel_duration_seconds{kernel, backend}
+        pipeline = Pipeline(model, backend=config.kernel_backend,
+                            instrument=lambda mod, name: InstrumentedKernels(mod, name, mt))
         pad = _make_pad(model) if config.presentation_attack_detection else None
     except BaseException:
         store.close()

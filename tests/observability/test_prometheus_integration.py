@@ -100,6 +100,7 @@ def stack(tmp_path_factory):
     grpc_port, metrics_port, prom_port = free_port(), free_port(), free_port()
     env = {**os.environ, "NACF_API_KEYS": API_KEY, "PYTHONUNBUFFERED": "1"}
     env.pop("NACF_CONFIG", None)
+    env.pop("NACF_KERNEL_BACKEND", None)  # the default, cython (the kernel series below)
     serve_log = tmp / "serve.stderr"  # the JSON-lines log
     serve = subprocess.Popen(
         [sys.executable, "-m", "nacf_core.cli", "serve",
@@ -232,6 +233,12 @@ def test_prometheus_scrapes_nacf_serve_and_computes_the_latency_quantile(stack, 
     assert query(prom, "nacfauth_build_info")
     assert scalar_sum(prom, 'nacfauth_component_up{component="store"}') == 1
     assert scalar_sum(prom, 'up{job="nacfauth-api"}') == 1
+    # every kernel call of the pipeline is timed, by kernel and backend (the Overview
+    # dashboard's "Kernel p95" panel): each enrollment and authentication calls them
+    kern = {(r["metric"]["kernel"], r["metric"]["backend"]): float(r["value"][1])
+            for r in query(prom, "nacfauth_kernel_duration_seconds_count")}
+    for name in ("sosfilt", "detect_artifacts", "quality"):
+        assert kern.get((name, "cython"), 0) >= decisions["accept"] + decisions["reject"], kern
 
     # our alert rules are loaded by a real Prometheus and evaluate without error
     status, body = http_get(f"{prom}/api/v1/rules")
