@@ -7,7 +7,7 @@ guide's fields::
     {"timestamp": "2026-11-26T20:08:42.123Z", "level": "INFO", "logger": "nacf.server",
      "message": "authentication attempt", "service": "nacf", "event_type": "auth_attempt",
      "user_id": "alice", "success": true, "confidence": 0.91, "duration_ms": 4.2,
-     "peer": "ipv4:127.0.0.1:50122", "method": "Authenticate"}
+     "ip_address": "127.0.0.1", "peer": "ipv4:127.0.0.1:50122", "method": "Authenticate"}
 
 Any ``extra=`` field is added as a key. Use :func:`audit_event` for the guide's
 events (``auth_attempt``, ``security_event``, ``enrollment``, ...).

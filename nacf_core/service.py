@@ -86,6 +86,30 @@ log = logging.getLogger("nacf.service")
 _USER_ID_MAX = 128
 _DEVICE_ID_MAX = 128
 _UNREAD = object()  # a device record that was not looked up
+
+
+class _ProofRejected(Exception):
+    """A device proof that does not pass (kind: the ``device_proof_<kind>`` reason)."""
+
+    def __init__(self, kind: str, message: str, severity: str = "medium") -> None:
+        super().__init__(message)
+        self.kind, self.message, self.severity = kind, message, severity
+
+
+def peer_fields(peer: str) -> dict[str, str]:
+    """The log fields naming a gRPC caller: ``ip_address`` (the monitoring guide's field:
+    the address alone, e.g. ``127.0.0.1`` or ``::1``) and ``peer`` (gRPC's whole peer
+    string, e.g. ``ipv4:127.0.0.1:50122``, ``unix:/run/nacf.sock``); nothing when it is
+    unknown."""
+    if not peer:
+        return {}
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv4":
+        return {"ip_address": rest.rpartition(":")[0] or rest, "peer": peer}
+    if kind == "ipv6":
+        host = rest.rpartition(":")[0] if rest.startswith("[") else rest
+        return {"ip_address": host.strip("[]") or rest, "peer": peer}
+    return {"peer": peer}
 #: ContinuousAuthenticate: how many of the stream's own windows its replay check keeps
 _STREAM_PAD_HISTORY = 64
 
@@ -499,25 +523,52 @@ class AuthService:
 
     # ------------------------------------------------------------- authentication
     def _check_user_and_lock(self, user_id: str, proof: DeviceProof | None = None, *,
-                             fingerprints: bool = False) -> tuple[Any, Any]:
+                             fingerprints: bool = False, peer: str = "",
+                             method: str = "Authenticate",
+                             t_start: float | None = None) -> tuple[Any, Any]:
         """One store read: template, lockout, the proof's device (when the proof names
         a plausible one) and, with ``fingerprints``, the PAD history. Raises
-        ``FailedPrecondition`` for a locked user. Returns ``(state, device)`` where
+        ``NotFound`` for an unknown user and ``FailedPrecondition`` for a locked one,
+        each counted in ``nacfauth_failed_auth_attempts_total`` and logged with the
+        caller's ``peer`` and the time since ``t_start`` (``time.perf_counter()`` when the
+        call began; a locked one also audited). Returns ``(state, device)`` where
         ``device`` is ``_UNREAD`` when it was not looked up."""
         dev_id = proof.device_id if proof is not None else None
         if not (isinstance(dev_id, str) and dev_id and len(dev_id) <= _DEVICE_ID_MAX
                 and dev_id.isprintable()):
             dev_id = None
-        st = self._store("get_auth_state", self.store.get_auth_state, user_id,
-                         device_id=dev_id, fingerprints=fingerprints)
+        try:
+            st = self._store("get_auth_state", self.store.get_auth_state, user_id,
+                             device_id=dev_id, fingerprints=fingerprints)
+        except NotFound:
+            # counted and logged: probing for user ids shows on the brute-force alert
+            self.metrics.record_failed_auth("unknown_user")
+            self._log_refused(user_id, "unknown_user", peer, method, t_start)
+            raise
         lock = st.lockout
         now = self.clock()
         if lock.is_locked(now):
-            self._raise_locked(user_id, lock.locked_until, now)
+            try:
+                self.store.record_attempt(user_id, False, None, "locked", peer, 0.0, method,
+                                          now=now)
+            except Exception:  # noqa: BLE001 - the FAILED_PRECONDITION answer matters more
+                self.metrics.record_store_error("record_attempt")
+            self._raise_locked(user_id, lock.locked_until, now, peer, method, t_start)
         return st, (st.device if dev_id is not None else _UNREAD)
 
-    def _raise_locked(self, user_id: str, locked_until: float, now: float) -> None:
+    def _log_refused(self, user_id: str, reason: str, peer: str, method: str,
+                     t_start: float | None) -> None:
+        """The ``auth_attempt`` line of an attempt refused without a decision."""
+        ms = 0.0 if t_start is None else (time.perf_counter() - t_start) * 1000
+        log.info("authentication refused", extra={
+            "event_type": "auth_attempt", "user_id": user_id, "success": False,
+            "reason": reason, "duration_ms": round(ms, 3), **peer_fields(peer),
+            "method": method})
+
+    def _raise_locked(self, user_id: str, locked_until: float, now: float, peer: str,
+                      method: str, t_start: float | None) -> None:
         self.metrics.record_failed_auth("locked")
+        self._log_refused(user_id, "locked", peer, method, t_start)
         raise FailedPrecondition(
             f"user {user_id!r} is locked after {self.config.lockout_threshold} "
             f"consecutive failed attempts until {_iso(locked_until)} "
@@ -538,47 +589,55 @@ class AuthService:
         return tpl
 
     def verify_device_proof(self, user_id: str, block: SignalBlock,
-                            proof: DeviceProof | None, *, device: Any = None) -> str | None:
+                            proof: DeviceProof | None, *, device: Any = None,
+                            peer: str = "") -> str | None:
         """Check the device proof; return the device id (``None`` when not required
         and not given). Raises ``Unauthenticated`` on a missing/wrong/stale/replayed
-        proof."""
+        proof, counted, logged and audited with the caller's ``peer``."""
+        try:
+            return self._check_proof(user_id, block, proof, device)
+        except _ProofRejected as e:
+            raise self._proof_fail(user_id, e.kind, e.message, e.severity, peer) from None
+
+    def _check_proof(self, user_id: str, block: SignalBlock, proof: DeviceProof | None,
+                     device: Any) -> str | None:
         if proof is None or not proof.present:
             if not self.config.require_device_proof:
                 return None
-            return self._proof_fail(user_id, "missing",
+            raise _ProofRejected("missing",
                                     "device proof required: send x-device-id, "
                                     "x-device-timestamp and x-device-proof metadata.")
         missing = [n for n, v in (("x-device-id", proof.device_id),
                                   ("x-device-timestamp", proof.timestamp),
                                   ("x-device-proof", proof.proof)) if not v]
         if missing:
-            return self._proof_fail(user_id, "missing",
+            raise _ProofRejected("missing",
                                     f"device proof incomplete: missing {', '.join(missing)}.")
         device_id = proof.device_id or ""
         if len(device_id) > _DEVICE_ID_MAX:
-            return self._proof_fail(user_id, "malformed", "x-device-id is longer than "
+            raise _ProofRejected("malformed", "x-device-id is longer than "
                                     f"{_DEVICE_ID_MAX} characters.")
         if block.device_id and block.device_id != device_id:
-            return self._proof_fail(user_id, "device_mismatch",
+            raise _ProofRejected("device_mismatch",
                                     f"Signal.device_id {block.device_id!r} differs from "
                                     f"x-device-id {device_id!r}.")
         ts_s = (proof.timestamp or "").strip()
         if not (ts_s.isdigit() or (ts_s.startswith("-") and ts_s[1:].isdigit())) \
                 or len(ts_s) > 15:
-            return self._proof_fail(user_id, "malformed",
+            raise _ProofRejected("malformed",
                                     "x-device-timestamp must be integer unix seconds, got "
                                     f"{ts_s[:32]!r}.")
         ts = int(ts_s)
         now = self.clock()
         skew = self.config.proof_max_skew_s
         if abs(now - ts) > skew:
-            return self._proof_fail(user_id, "stale",
+            raise _ProofRejected("stale",
                                     f"device proof is stale: x-device-timestamp {ts} is "
                                     f"{now - ts:+.0f} s from the server clock (allowed "
                                     f"±{skew:g} s).")
         given = (proof.proof or "").strip()
         if len(given) != 64 or any(c not in "0123456789abcdef" for c in given):
-            return self._proof_fail(user_id, "malformed",
+            raise _ProofRejected("malformed",
                                     "x-device-proof must be 64 lowercase hex characters "
                                     "(HMAC-SHA256).")
         if device is None or device is _UNREAD:
@@ -589,36 +648,37 @@ class AuthService:
         else:  # read with the template by _check_user_and_lock
             dev = device if device.device_id == device_id else None
         if dev is None or dev.user_id != user_id:
-            return self._proof_fail(user_id, "unknown_device",
+            raise _ProofRejected("unknown_device",
                                     f"device {device_id!r} is not registered to user "
                                     f"{user_id!r}; use RegisterDevice.")
         want = device_proof(dev.secret, user_id, device_id, ts, block.raw_bytes())
         if not hmac.compare_digest(want, given):
-            return self._proof_fail(user_id, "wrong",
+            raise _ProofRejected("wrong",
                                     "device proof does not verify: wrong secret, or the "
                                     "signed user, device, timestamp or samples differ.")
         fresh = self._store("use_nonce", self.store.use_nonce, device_id, given,
                             now + 2 * skew, now=now)
         if not fresh:
-            return self._proof_fail(user_id, "replayed",
+            raise _ProofRejected("replayed",
                                     "device proof was already used (replay); sign every "
                                     "request afresh.", severity="high")
         return device_id
 
-    def _proof_fail(self, user_id: str, kind: str, message: str,
-                    severity: str = "medium") -> None:
+    def _proof_fail(self, user_id: str, kind: str, message: str, severity: str,
+                    peer: str) -> Unauthenticated:
+        """Count, log and audit a refused proof; return the error to raise."""
         self.metrics.record_failed_auth(f"device_proof_{kind}")
         if kind != "missing":
             self.metrics.record_suspicious(f"device_proof_{kind}", severity)
         log.warning("device proof rejected", extra={
             "event_type": "security_event", "security_event_type": f"device_proof_{kind}",
-            "severity": severity, "user_id": user_id})
+            "severity": severity, "user_id": user_id, **peer_fields(peer)})
         try:
-            self.store.record_attempt(user_id, False, None, f"device_proof_{kind}", "", 0.0,
-                                      "device_proof", now=self.clock())
+            self.store.record_attempt(user_id, False, None, f"device_proof_{kind}", peer,
+                                      0.0, "device_proof", now=self.clock())
         except Exception:  # noqa: BLE001 - the UNAUTHENTICATED answer matters more
             self.metrics.record_store_error("record_attempt")
-        raise Unauthenticated(message)
+        return Unauthenticated(message)
 
     def authenticate(self, user_id: str, block: SignalBlock, proof: DeviceProof | None = None,
                      *, peer: str = "", method: str = "Authenticate") -> AuthResult:
@@ -633,8 +693,9 @@ class AuthService:
     def _authenticate(self, user_id: str, block: SignalBlock, proof: DeviceProof | None,
                       peer: str, method: str) -> AuthResult:
         t_start = time.perf_counter()
-        st, dev = self._check_user_and_lock(user_id, proof, fingerprints=self.pad is not None)
-        device_id = self.verify_device_proof(user_id, block, proof, device=dev)
+        st, dev = self._check_user_and_lock(user_id, proof, fingerprints=self.pad is not None,
+                                            peer=peer, method=method, t_start=t_start)
+        device_id = self.verify_device_proof(user_id, block, proof, device=dev, peer=peer)
         t0 = time.perf_counter()
         with self._cpu_gate:
             w = self.rec.windows(block)
@@ -691,7 +752,7 @@ class AuthService:
         if out.locked or (not accepted and out.locked_until is not None
                           and out.locked_until > now
                           and out.failures > self.config.lockout_threshold):
-            self._raise_locked(user_id, out.locked_until, now)
+            self._raise_locked(user_id, out.locked_until, now, peer, method, t_start)
         self.metrics.record_decision(accepted)
         if accepted:
             sess = out.session
@@ -709,7 +770,7 @@ class AuthService:
         log.info("authentication", extra={
             "event_type": "auth_attempt", "user_id": user_id, "success": accepted,
             "confidence": None if not math.isfinite(score) else round(score, 4),
-            "duration_ms": round(duration * 1000, 3), "ip_address": peer, "method": method,
+            "duration_ms": round(duration * 1000, 3), **peer_fields(peer), "method": method,
             "quality": round(quality, 3), "seconds_used": seconds})
         return AuthResult(accepted, score if math.isfinite(score) else 0.0, thr, quality,
                           reasons, self.model_version, float(seconds), n_used, token, expires)
@@ -748,7 +809,8 @@ class AuthService:
             raise InvalidArgument(f"'max_seconds' must be in (0, "
                                   f"{self.config.stream_max_seconds:g}], got {max_seconds!r}.")
         # the PAD history is read when PAD runs, at the end of the stream
-        st, dev = self._check_user_and_lock(user_id, proof)
+        st, dev = self._check_user_and_lock(user_id, proof, peer=peer,
+                                            method="AuthenticateStream", t_start=t_start)
         template = self._template(st.template)
         test = self.rec.sequential(limit)
         buf = _Buffer()
@@ -763,7 +825,8 @@ class AuthService:
             if deadline is not None and time.monotonic() > deadline:
                 raise DeadlineExceeded("the deadline passed before the sequential decision.")
             if first:
-                device_id = self.verify_device_proof(user_id, block, proof, device=dev)
+                device_id = self.verify_device_proof(user_id, block, proof, device=dev,
+                                                     peer=peer)
                 first = False
             buf.push(block)
             if buf.seconds < self.rec.window_s * (n_done + 1):
@@ -860,7 +923,7 @@ class AuthService:
                       n_locked: int) -> None:
         top = cands[0] if cands else None
         log.info("identification", extra={
-            "event_type": "identify", "ip_address": peer, "candidates": len(cands),
+            "event_type": "identify", **peer_fields(peer), "candidates": len(cands),
             "match": top[0] if top is not None and top[1] >= thr else None,
             "confidence": round(top[1], 4) if top is not None else None,
             "quality": round(quality, 3), "locked_left_out": n_locked})

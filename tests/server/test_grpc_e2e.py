@@ -250,6 +250,65 @@ def test_lockout_after_n_failures_and_unlock(srv):
     assert "nacfauth_lockouts_total 1.0" in metrics.exposition().decode()
 
 
+def test_refused_attempts_are_counted_logged_and_audited_with_the_callers_address(
+        srv, caplog):
+    """Attempts refused before any score still leave a trace an operator can follow to
+    the caller: an unknown user (counted ``unknown_user``: probing for user ids shows
+    on the brute-force alert), a locked user (logged and audited), a refused device proof
+    (its security event and audit row carry the address)."""
+    server, stub, metrics = srv
+    store = server.service.store
+
+    def failed(reason):
+        return _metric(metrics, "nacfauth_failed_auth_attempts_total").get(
+            (("reason", reason),), 0.0)
+
+    def lines(**want):
+        return [r for r in caplog.records
+                if all(getattr(r, k, None) == v for k, v in want.items())]
+
+    x = eeg(1, 3, 60, 8)
+    n = failed("unknown_user")
+    with caplog.at_level("INFO", logger="nacf.service"):
+        c, _ = code_of(auth, stub, "nobody-here", x, "s", "hs-nobody")
+    assert c == grpc.StatusCode.NOT_FOUND and failed("unknown_user") == n + 1
+    (r,) = lines(event_type="auth_attempt", user_id="nobody-here")
+    assert (r.success, r.reason, r.ip_address) == (False, "unknown_user", "127.0.0.1")
+    assert r.peer.startswith("ipv4:127.0.0.1:") and r.duration_ms >= 0
+
+    enroll(stub, "refused", 1)
+    secret = device(stub, "refused", "hs-refused")
+    with caplog.at_level("INFO", logger="nacf.service"):
+        c, _ = code_of(auth, stub, "refused", x, "not-the-secret", "hs-refused")
+    assert c == grpc.StatusCode.UNAUTHENTICATED
+    (r,) = lines(security_event_type="device_proof_wrong", user_id="refused")
+    assert r.ip_address == "127.0.0.1" and r.peer.startswith("ipv4:127.0.0.1:")
+    row = store.recent_attempts("refused", limit=1)[0]
+    assert (row.reason, row.peer[:15]) == ("device_proof_wrong", "ipv4:127.0.0.1:")
+
+    for _ in range(3):  # lockout_threshold=3
+        store.register_failure("refused", 3, 600)
+    n = failed("locked")
+    with caplog.at_level("INFO", logger="nacf.service"):
+        c, _ = code_of(auth, stub, "refused", x, secret, "hs-refused")
+    assert c == grpc.StatusCode.FAILED_PRECONDITION and failed("locked") == n + 1
+    (r,) = lines(event_type="auth_attempt", user_id="refused")
+    assert (r.success, r.reason, r.ip_address) == (False, "locked", "127.0.0.1")
+    row = store.recent_attempts("refused", limit=1)[0]
+    assert (row.success, row.reason, row.peer[:15]) == (False, "locked", "ipv4:127.0.0.1:")
+    stub.UnlockUser(pb.UnlockUserRequest(user_id="refused"), metadata=MD)
+
+
+def test_peer_fields():
+    from nacf_core.service import peer_fields
+
+    assert peer_fields("ipv4:10.1.2.3:5555") == {"ip_address": "10.1.2.3",
+                                                 "peer": "ipv4:10.1.2.3:5555"}
+    assert peer_fields("ipv6:[::1]:5555") == {"ip_address": "::1", "peer": "ipv6:[::1]:5555"}
+    assert peer_fields("unix:/run/nacf.sock") == {"peer": "unix:/run/nacf.sock"}
+    assert peer_fields("") == {}
+
+
 # ------------------------------------------------------------------ API keys
 def test_api_keys_and_scopes(srv):
     _, stub, _ = srv
