@@ -26,6 +26,8 @@ files of at most :data:`MAX_FILE_BYTES` of UTF-8 text.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import logging
 import os
 import re
 import stat
@@ -453,6 +455,28 @@ def load_api_keys(path: str | os.PathLike | None = None,
     return keys
 
 
+#: NACF_ variables that are not options but are read by nacf itself
+_OTHER_VARIABLES = frozenset({"NACF_CONFIG", "NACF_API_KEYS", "NACF_TEMPLATE_KEY",
+                              "NACF_TEMPLATE_KEY_FILE", "NACF_KERNEL_ISA"})
+
+
+def _warn_misspelt_variables(env: dict[str, str]) -> None:
+    """Log a warning for each ``NACF_`` variable that is no option but looks like one
+    (``NACF_RATE_LIMIT`` for ``NACF_RATE_LIMIT_PER_S``, ``NACF_SESSION_TTL`` for
+    ``NACF_SESSION_TTL_S``): it would be ignored without a word. Variables that
+    resemble no option are left alone (other tools share the prefix)."""
+    known = {"NACF_" + k.upper() for k in _KINDS}
+    for var in sorted(env):
+        if not var.startswith("NACF_") or var in known or var in _OTHER_VARIABLES:
+            continue
+        near = difflib.get_close_matches(var, sorted(known | _OTHER_VARIABLES), n=1,
+                                         cutoff=0.75)
+        if near:
+            logging.getLogger("nacf.config").warning(
+                "environment variable %s is not a nacf option and is ignored; did you mean "
+                "%s? (nacf serve --help lists every option and its variable)", var, near[0])
+
+
 def load_config(path: str | os.PathLike | None = None, *, env: dict[str, str] | None = None,
                 **overrides: Any) -> Config:
     """Defaults < TOML file < environment < ``overrides`` (``None`` values ignored).
@@ -493,6 +517,7 @@ def load_config(path: str | os.PathLike | None = None, *, env: dict[str, str] | 
         ev = env.get(var)
         if ev is not None and ev != "":
             values[k] = _coerce(k, ev, kind, f"environment variable {var} (option {k!r})")
+    _warn_misspelt_variables(env)
     for k, v in overrides.items():
         if v is None:
             continue

@@ -88,6 +88,22 @@ def test_config_env_wrong_values(var, value, message):
     assert len(str(e.value)) < 300
 
 
+def test_misspelt_environment_variables_are_warned_about(caplog):
+    """A variable that looks like an option but is none would be ignored without a word:
+    it is named with the option it resembles; other tools' NACF_ variables are left
+    alone, and the variable really is ignored (the default stays)."""
+    env = {"NACF_RATE_LIMIT": "5", "NACF_SESSION_TTL": "60", "NACF_SHARED_DATA": "/data",
+           "NACF_API_KEYS": "k" * 20, "NACF_LOCKOUT_THRESHOLD": "7"}
+    with caplog.at_level("WARNING", logger="nacf.config"):
+        cfg = load_config(env=env)
+    got = sorted(r.getMessage() for r in caplog.records)
+    assert len(got) == 2, got
+    assert "NACF_RATE_LIMIT is not a nacf option" in got[0]
+    assert "did you mean NACF_RATE_LIMIT_PER_S?" in got[0]
+    assert "did you mean NACF_SESSION_TTL_S?" in got[1]
+    assert cfg.rate_limit_per_s == Config().rate_limit_per_s and cfg.lockout_threshold == 7
+
+
 def test_config_env_integer_text():
     c = load_config(None, env={"NACF_MAX_WORKERS": " +7 ", "NACF_GRACE_PERIOD_S": "2.5"})
     assert c.max_workers == 7 and c.grace_period_s == 2.5
