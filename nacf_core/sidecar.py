@@ -21,6 +21,8 @@ Endpoints
                               "details": {...}}}}
 
     HTTP 200 unless a check is unhealthy (then 503), so it is usable as a probe too.
+    ``ready`` is what ``/health/ready`` would answer (the server ready and no readiness
+    check unhealthy), from the same check results.
 
 A check is a callable with no argument, run in a worker thread with a timeout
 (``check_timeout_s``, default 2 s): returning ``None`` or ``True`` means healthy,
@@ -380,11 +382,14 @@ class Sidecar:
         overall = ("unhealthy" if "unhealthy" in statuses else
                    "degraded" if "degraded" in statuses else "healthy")
         now = _dt.datetime.now(_dt.timezone.utc)
+        # what /health/ready would answer, from these same check results
+        ready = self._ready.is_set() and all(
+            results[n]["status"] != "unhealthy" for n in self.ready_checks if n in results)
         return {
             "status": overall,
             "timestamp": now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z",
             "version": self.version,
-            "ready": self._ready.is_set(),
+            "ready": ready,
             "checks": results,
         }
 

@@ -107,6 +107,7 @@ def test_health_reports_components_with_measured_times(env):
     code, _, body = get(sc.url + "/health")
     doc = json.loads(body)
     assert code == 503 and doc["status"] == "unhealthy"
+    assert doc["ready"] is False  # what /health/ready answers now, not just the server flag
     assert doc["checks"]["store"]["status"] == "unhealthy"
     assert "Connection refused" in doc["checks"]["store"]["error"]
     assert doc["checks"]["store"]["response_time_ms"] >= 5.0
