@@ -105,7 +105,10 @@ def test_buckets_keep_the_guide_and_resolve_milliseconds():
     assert sum(1 for b in m.LATENCY_BUCKETS if b <= 0.05) >= 8
     for b in (0.01, 0.05, 0.1, 0.25, 0.5, 1.0):
         assert b in m.SIGNAL_PROCESSING_BUCKETS
-    assert m.SESSION_BUCKETS == tuple(h * 3600.0 for h in (1, 2, 4, 8, 12, 24, 48, 168))
+    guide = tuple(h * 3600.0 for h in (1, 2, 4, 8, 12, 24, 48, 168))
+    assert m.SESSION_BUCKETS[-len(guide):] == guide  # the guide's, after finer ones
+    assert m.SESSION_BUCKETS[0] <= 60 and 900.0 in m.SESSION_BUCKETS  # the default TTL
+    assert list(m.SESSION_BUCKETS) == sorted(set(m.SESSION_BUCKETS))
     assert m.QUALITY_BUCKETS == (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
     reg = CollectorRegistry()
     mt = Metrics(reg)
