@@ -160,12 +160,33 @@ def run(args: argparse.Namespace) -> int:
                  extra={"event_type": "signal", "signal": signal.Signals(signum).name})
         done.set()
 
+    reload = threading.Event()
+
+    def _on_hangup(signum, frame):
+        reload.set()
+
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGHUP, _on_hangup)  # re-read the API keys (rotation)
     # One line on stdout that scripts can wait for.
     sc = f" metrics http://{server.sidecar.url.split('//', 1)[1]}" if server.sidecar else ""
     print(f"nacf serve: listening on {server.address}{sc}", flush=True)
-    while not done.wait(0.5):
-        pass
+    while not done.wait(0.2):
+        if reload.is_set():
+            reload.clear()
+            _reload_keys(server)
     server.stop()
     return 0
+
+
+def _reload_keys(server) -> None:
+    """SIGHUP: swap in the API keys as they are now; a bad file changes nothing."""
+    try:
+        before, now = server.reload_api_keys()
+    except (ValueError, OSError) as e:
+        log.error("API keys not reloaded: %s", e, extra={"event_type": "api_keys_reload",
+                                                         "success": False})
+        return
+    log.info("API keys reloaded: %d key(s), %d before", now, before,
+             extra={"event_type": "api_keys_reload", "success": True, "keys": now,
+                    "keys_before": before})

@@ -354,6 +354,31 @@ class NacfServer:
         """Block until the server has stopped."""
         return self._stopped.wait(timeout)
 
+    def reload_api_keys(self, env: Any = None) -> tuple[int, int]:
+        """Re-read the API keys (``api_keys_file`` and ``NACF_API_KEYS`` from ``env``,
+        default ``os.environ``) and swap them in at once: a call already authorised
+        goes on, the next one is checked against the new keys. What ``nacf serve`` does
+        on SIGHUP, so keys rotate without a restart. Returns ``(keys before, keys
+        now)``.
+
+        Raises ``ValueError`` and changes nothing when the file cannot be read or
+        parsed (the message names it, as at start-up) or would leave no key while keys
+        are the only way in (no mTLS, not open on loopback)."""
+        from nacf_core.config import load_api_keys
+
+        env = os.environ if env is None else env
+        keys = load_api_keys(self.config.api_keys_file, env.get("NACF_API_KEYS"))
+        before = len(self.config.api_keys)
+        if not keys and not (self.open_mode or self.config.tls_client_ca_file):
+            raise ValueError(
+                f"the keys file {self.config.api_keys_file or '(none)'} and NACF_API_KEYS "
+                f"hold no key, which would refuse every call; the {before} key(s) in use "
+                "are kept.")
+        if self._interceptor is not None:
+            self._interceptor.set_api_keys(keys)
+        self.config.api_keys = keys
+        return before, len(keys)
+
     def stop(self, grace: float | None = None) -> None:
         """Drain: not ready, refuse new calls, let in-flight ones finish, then close."""
         if self._stop.is_set():

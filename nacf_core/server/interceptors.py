@@ -103,8 +103,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
 
     def __init__(self, api_keys: Mapping[str, frozenset[str]], service: Any = None,
                  metrics: Any = None, *, open_mode: bool = False, mtls: bool = False) -> None:
-        self._keys = {_key_hash(k): (f"key-{_key_hash(k)[:8]}", frozenset(s))
-                      for k, s in api_keys.items()}
+        self.set_api_keys(api_keys)
         self.service = service
         self.metrics = metrics
         self.open_mode = open_mode
@@ -116,6 +115,12 @@ class AuthInterceptor(grpc.ServerInterceptor):
         self._gate = getattr(service, "authenticate_gate", None)
         self._engine = (futures.ThreadPoolExecutor(1, thread_name_prefix="nacf-authenticate")
                         if self._gate is not None else None)
+
+    def set_api_keys(self, api_keys: Mapping[str, frozenset[str]]) -> None:
+        """Accept exactly these keys from the next call on (one reference swap: a call
+        sees the old map or the new one, never a mix)."""
+        self._keys = {_key_hash(k): (f"key-{_key_hash(k)[:8]}", frozenset(s))
+                      for k, s in api_keys.items()}
 
     def close(self) -> None:
         """Stop the authentication thread (after the server has drained)."""

@@ -86,6 +86,56 @@ def test_serve_refuses_without_keys_or_off_loopback(tmp_path):
     assert r.returncode == 2 and "plaintext" in r.stderr
 
 
+def test_sighup_reloads_the_api_keys(tmp_path, model_path):
+    """Keys rotate without a restart: after SIGHUP the keys file's new key is accepted
+    and the removed one refused; a keys file that does not parse, or that holds no key,
+    changes nothing (the keys in use stay) and the server goes on."""
+    keys = tmp_path / "keys.txt"
+    old, new = "rotate-old-0123456789", "rotate-new-0123456789"
+    keys.write_text(f"{old} admin\n")
+    p = Proc("--data-dir", str(tmp_path / "d"), "--model", str(model_path),
+             "--api-keys-file", str(keys), env={"NACF_API_KEYS": ""})
+
+    def code(key):
+        try:
+            p.stub.GetStats(pb.GetStatsRequest(), metadata=(("x-api-key", key),), timeout=10)
+            return grpc.StatusCode.OK
+        except grpc.RpcError as e:
+            return e.code()
+
+    def after_hangup(want):
+        p.p.send_signal(signal.SIGHUP)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 10:
+            got = (code(old), code(new))
+            if got == want:
+                return got
+            time.sleep(0.05)
+        return got
+
+    U, OK = grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.OK
+    try:
+        assert (code(old), code(new)) == (OK, U)
+        keys.write_text(f"{new} admin\n")
+        assert after_hangup((U, OK)) == (U, OK)
+        keys.write_text(f"{new} no-such-scope\n")  # refused: the new key stays
+        p.p.send_signal(signal.SIGHUP)
+        time.sleep(1.0)  # (the server reads the file within 0.2 s of the signal)
+        keys.write_text("")  # no key at all: refused too
+        p.p.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+        assert (code(old), code(new)) == (U, OK)
+        assert p.p.poll() is None
+    finally:
+        assert p.stop() == 0
+    log = p.p.stderr.read()
+    reloads = [json.loads(x) for x in log.splitlines()
+               if x.startswith("{") and '"api_keys_reload"' in x]
+    assert [r["success"] for r in reloads] == [True, False, False], reloads
+    assert "no-such-scope" in reloads[1]["message"] and "hold no key" in reloads[2]["message"]
+    assert old not in log and new not in log  # keys never reach the log
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, model_path):
     d = tmp_path_factory.mktemp("serve")
