@@ -87,6 +87,9 @@ _USER_ID_MAX = 128
 _DEVICE_ID_MAX = 128
 _UNREAD = object()  # a device record that was not looked up
 
+#: ContinuousAuthenticate: how many of the stream's own windows its replay check keeps
+_STREAM_PAD_HISTORY = 64
+
 
 class _ProofRejected(Exception):
     """A device proof that does not pass (kind: the ``device_proof_<kind>`` reason)."""
@@ -110,8 +113,6 @@ def peer_fields(peer: str) -> dict[str, str]:
         host = rest.rpartition(":")[0] if rest.startswith("[") else rest
         return {"ip_address": host.strip("[]") or rest, "peer": peer}
     return {"peer": peer}
-#: ContinuousAuthenticate: how many of the stream's own windows its replay check keeps
-_STREAM_PAD_HISTORY = 64
 
 
 # ----------------------------------------------------------------------------------
@@ -605,41 +606,41 @@ class AuthService:
             if not self.config.require_device_proof:
                 return None
             raise _ProofRejected("missing",
-                                    "device proof required: send x-device-id, "
-                                    "x-device-timestamp and x-device-proof metadata.")
+                                 "device proof required: send x-device-id, "
+                                 "x-device-timestamp and x-device-proof metadata.")
         missing = [n for n, v in (("x-device-id", proof.device_id),
                                   ("x-device-timestamp", proof.timestamp),
                                   ("x-device-proof", proof.proof)) if not v]
         if missing:
             raise _ProofRejected("missing",
-                                    f"device proof incomplete: missing {', '.join(missing)}.")
+                                 f"device proof incomplete: missing {', '.join(missing)}.")
         device_id = proof.device_id or ""
         if len(device_id) > _DEVICE_ID_MAX:
             raise _ProofRejected("malformed", "x-device-id is longer than "
-                                    f"{_DEVICE_ID_MAX} characters.")
+                                 f"{_DEVICE_ID_MAX} characters.")
         if block.device_id and block.device_id != device_id:
             raise _ProofRejected("device_mismatch",
-                                    f"Signal.device_id {block.device_id!r} differs from "
-                                    f"x-device-id {device_id!r}.")
+                                 f"Signal.device_id {block.device_id!r} differs from "
+                                 f"x-device-id {device_id!r}.")
         ts_s = (proof.timestamp or "").strip()
         if not (ts_s.isdigit() or (ts_s.startswith("-") and ts_s[1:].isdigit())) \
                 or len(ts_s) > 15:
             raise _ProofRejected("malformed",
-                                    "x-device-timestamp must be integer unix seconds, got "
-                                    f"{ts_s[:32]!r}.")
+                                 "x-device-timestamp must be integer unix seconds, got "
+                                 f"{ts_s[:32]!r}.")
         ts = int(ts_s)
         now = self.clock()
         skew = self.config.proof_max_skew_s
         if abs(now - ts) > skew:
             raise _ProofRejected("stale",
-                                    f"device proof is stale: x-device-timestamp {ts} is "
-                                    f"{now - ts:+.0f} s from the server clock (allowed "
-                                    f"±{skew:g} s).")
+                                 f"device proof is stale: x-device-timestamp {ts} is "
+                                 f"{now - ts:+.0f} s from the server clock (allowed "
+                                 f"±{skew:g} s).")
         given = (proof.proof or "").strip()
         if len(given) != 64 or any(c not in "0123456789abcdef" for c in given):
             raise _ProofRejected("malformed",
-                                    "x-device-proof must be 64 lowercase hex characters "
-                                    "(HMAC-SHA256).")
+                                 "x-device-proof must be 64 lowercase hex characters "
+                                 "(HMAC-SHA256).")
         if device is None or device is _UNREAD:
             try:
                 dev = self._store("get_device", self.store.get_device, device_id)
@@ -649,19 +650,19 @@ class AuthService:
             dev = device if device.device_id == device_id else None
         if dev is None or dev.user_id != user_id:
             raise _ProofRejected("unknown_device",
-                                    f"device {device_id!r} is not registered to user "
-                                    f"{user_id!r}; use RegisterDevice.")
+                                 f"device {device_id!r} is not registered to user "
+                                 f"{user_id!r}; use RegisterDevice.")
         want = device_proof(dev.secret, user_id, device_id, ts, block.raw_bytes())
         if not hmac.compare_digest(want, given):
             raise _ProofRejected("wrong",
-                                    "device proof does not verify: wrong secret, or the "
-                                    "signed user, device, timestamp or samples differ.")
+                                 "device proof does not verify: wrong secret, or the "
+                                 "signed user, device, timestamp or samples differ.")
         fresh = self._store("use_nonce", self.store.use_nonce, device_id, given,
                             now + 2 * skew, now=now)
         if not fresh:
             raise _ProofRejected("replayed",
-                                    "device proof was already used (replay); sign every "
-                                    "request afresh.", severity="high")
+                                 "device proof was already used (replay); sign every "
+                                 "request afresh.", severity="high")
         return device_id
 
     def _proof_fail(self, user_id: str, kind: str, message: str, severity: str,
