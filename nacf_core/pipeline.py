@@ -87,6 +87,8 @@ def check_supported_sfreq(sfreq: Any) -> float:
             f"sampling rate {sfreq:g} Hz is outside the supported range "
             f"{MIN_SFREQ:g}–{MAX_SFREQ:g} Hz.")
     return sfreq
+
+
 _REASON_NAMES = {int(r): r.name.lower().replace("_", "-") for r in ArtifactReason}
 _LOW_QUALITY = "low_quality"
 #: The codes :func:`reason_codes` returns: one per artifact kind, and ``low_quality``.
