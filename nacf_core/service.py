@@ -875,7 +875,9 @@ class AuthService:
 
     # --------------------------------------------------------------- identification
     def identify(self, block: SignalBlock, top_k: int = 5, *, peer: str = "") -> IdentifyResult:
-        """1:N: the ``top_k`` enrolled users most similar to ``block``.
+        """1:N: of the ``top_k`` enrolled users most similar to ``block``, those it
+        matches (score at or above the threshold), best first; none when it matches no
+        one. The others' scores are never returned (a hill-climbing oracle).
 
         Users locked out at the time are left out (Identify must not score a signal
         against a template whose 1:1 attempts are refused); every call is logged."""
@@ -916,8 +918,13 @@ class AuthService:
 
         idx, sc = _top_k(probe, matrix, min(k, len(ids)),
                          backend=getattr(self.rec.pipeline, "backend", None))
-        cands = [(ids[int(i)], float(v)) for i, v in zip(idx[0], sc[0])]
-        self._log_identify(peer, cands, thr, quality, len(locked))
+        scored = [(ids[int(i)], float(v)) for i, v in zip(idx[0], sc[0])]
+        self._log_identify(peer, scored, thr, quality, len(locked))
+        # only matches are answered: the scores of users the signal does not match
+        # would be an oracle to climb towards a template (a random search over a channel
+        # mixing of another person's EEG, ~2 300 calls at the rate limit, raised one
+        # user's score from 0.07 past the threshold) and would list the enrolled users
+        cands = [(u, v) for u, v in scored if v >= thr]
         return IdentifyResult(cands, thr, quality, self.model_version, reasons)
 
     def _log_identify(self, peer: str, cands: list, thr: float, quality: float,
@@ -925,6 +932,7 @@ class AuthService:
         top = cands[0] if cands else None
         log.info("identification", extra={
             "event_type": "identify", **peer_fields(peer), "candidates": len(cands),
+            "matches": sum(1 for _, v in cands if v >= thr),
             "match": top[0] if top is not None and top[1] >= thr else None,
             "confidence": round(top[1], 4) if top is not None else None,
             "quality": round(quality, 3), "locked_left_out": n_locked})

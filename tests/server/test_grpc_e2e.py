@@ -158,9 +158,17 @@ def test_identify_top_k(srv):
     enroll(stub, "idA", 1)
     enroll(stub, "idB", 5)
     r = stub.Identify(pb.IdentifyRequest(signal=sig(eeg(5, 3, 60, 8)), top_k=2), metadata=MD)
-    assert len(r.candidates) == 2
-    assert r.candidates[0].score >= r.candidates[1].score
-    assert r.candidates[0].user_id == "idB" and r.candidates[0].above_threshold
+    assert 1 <= len(r.candidates) <= 2
+    assert r.candidates[0].user_id == "idB"
+    assert [c.score for c in r.candidates] == sorted((c.score for c in r.candidates),
+                                                     reverse=True)
+    # only matches are answered: no score of a user the signal does not match (a
+    # hill-climbing oracle), so a person nobody enrolled gets an empty list
+    assert all(c.above_threshold and c.score >= r.threshold for c in r.candidates)
+    assert "idA" not in [c.user_id for c in r.candidates]
+    r = stub.Identify(pb.IdentifyRequest(signal=sig(eeg(7, 3, 60, 8)), top_k=100),
+                      metadata=MD)
+    assert list(r.candidates) == [] and r.threshold > 0
     assert code_of(stub.Identify, pb.IdentifyRequest(signal=sig(eeg(5, 3, 60, 8)), top_k=1000),
                    metadata=MD)[0] == grpc.StatusCode.INVALID_ARGUMENT
 
