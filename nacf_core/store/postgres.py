@@ -88,6 +88,12 @@ def _redact(conninfo: str) -> str:
     return f"{d.get('host', 'localhost')}:{d.get('port', 5432)}/{d.get('dbname', '')}"
 
 
+class _CommitUnknown(Exception):
+    """A write transaction's COMMIT was sent and its answer lost: it may have been applied,
+    so running the transaction again could apply it twice (a second enrollment, a failure
+    counted twice)."""
+
+
 class _Pool:
     """Thread-safe pool of at most ``size`` connections, created on demand."""
 
@@ -115,12 +121,25 @@ class _Pool:
             yield conn
         finally:
             if conn is not None:
-                if conn.broken or conn.closed or conn.info.transaction_status != \
-                        psycopg.pq.TransactionStatus.IDLE:
+                if conn.broken or conn.closed:
+                    # the server went away (a restart, a failover): the idle connections
+                    # are dead too, and handing them out would spend a call's retries on
+                    # them one by one
+                    self._discard(conn)
+                    self._discard_idle()
+                elif conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                     self._discard(conn)
                 else:
                     self._idle.put(conn)
             self._sem.release()
+
+    def _discard_idle(self) -> None:
+        while True:
+            try:
+                conn = self._idle.get_nowait()
+            except queue.Empty:
+                return
+            self._discard(conn)
 
     def _discard(self, conn) -> None:
         with self._lock:
@@ -236,9 +255,16 @@ class PostgresStore(SqlStore):
     @contextmanager
     def _transaction(self, write: bool) -> Iterator[Tx]:
         with self._pool.connection() as conn:
-            with conn.transaction():
-                with conn.cursor() as cur:
-                    yield Tx(cur, "format")
+            sent_commit = False
+            try:
+                with conn.transaction():
+                    with conn.cursor() as cur:
+                        yield Tx(cur, "format")
+                    sent_commit = True  # leaving the block commits
+            except psycopg.OperationalError as exc:
+                if sent_commit and write:
+                    raise _CommitUnknown(str(exc)) from exc
+                raise
 
     def _relaxed_durability(self, tx: Tx) -> None:
         # token buckets are approximate by nature: do not wait for the WAL flush
@@ -248,12 +274,19 @@ class PostgresStore(SqlStore):
         tx.query("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK_ID,))
 
     def _is_retryable(self, exc: BaseException, elapsed_s: float) -> bool:
+        # a write whose COMMIT was sent is never run again: it may have been applied
+        # (_CommitUnknown is no OperationalError)
         return isinstance(exc, (pg_errors.SerializationFailure, pg_errors.DeadlockDetected,
                                 pg_errors.LockNotAvailable)) or (
             isinstance(exc, psycopg.OperationalError)
             and not isinstance(exc, pg_errors.QueryCanceled))
 
     def _translate(self, exc: BaseException) -> BaseException | None:
+        if isinstance(exc, _CommitUnknown):
+            return Unavailable(
+                f"PostgreSQL store at {self._where}: the connection was lost while "
+                f"committing ({exc}); the change may or may not have been saved, so it was "
+                "not retried: read the state before repeating the call.")
         if isinstance(exc, psycopg.OperationalError):
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             return Unavailable(f"PostgreSQL store at {self._where} is unavailable: {msg}")
