@@ -24,7 +24,14 @@ from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 from .._validation import check_finite_positive, check_int_range
-from ..errors import AlreadyExists, FailedPrecondition, InvalidArgument, NacfError, NotFound
+from ..errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NacfError,
+    NotFound,
+    Unavailable,
+)
 from .base import (
     Attempt,
     AuthOutcome,
@@ -124,6 +131,8 @@ class SqlStore(Store):
         self._fp_plain: dict[tuple, bytes] = {}
         self._fp_size = 0
         self._fp_lock = threading.Lock()
+        #: why the last write failed (None once a write succeeds): see :meth:`ping`
+        self._write_failure: str | None = None
 
     # -- backend hooks -------------------------------------------------------------
     def _transaction(self, write: bool) -> AbstractContextManager[Tx]:  # pragma: no cover
@@ -156,7 +165,10 @@ class SqlStore(Store):
             t0 = time.monotonic()
             try:
                 with self._transaction(write) as tx:
-                    return fn(tx)
+                    out = fn(tx)
+                if write and self._write_failure is not None:
+                    self._write_failure = None
+                return out
             except NacfError:
                 raise
             except Exception as exc:  # driver errors only: classify, retry or translate
@@ -166,6 +178,8 @@ class SqlStore(Store):
                     delay = min(delay * 2, 0.2)
                     continue
                 mapped = self._translate(exc)
+                if write and isinstance(mapped, Unavailable):
+                    self._write_failure = str(mapped)
                 if mapped is None:
                     raise
                 raise mapped from exc
@@ -228,7 +242,13 @@ class SqlStore(Store):
         return int(row[0] or 0) if row else 0
 
     def ping(self) -> None:
+        """A read; and while the last write failed (a read-only file or connection, a
+        full disk), a write that changes nothing, so readiness says so, and says when
+        writes work again, even with no traffic (an UPDATE that matches no row still
+        needs a writable store)."""
         self._run(lambda tx: tx.one("SELECT 1"), write=False)
+        if self._write_failure is not None:
+            self._run(lambda tx: tx.execute("UPDATE store_meta SET k = k WHERE k = ''"))
 
     # -- users and templates -------------------------------------------------------
     def _template_aad(self, user_id: str, version: int, model_version: str) -> bytes:

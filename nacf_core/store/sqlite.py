@@ -225,24 +225,48 @@ class SQLiteStore(SqlStore):
     @contextmanager
     def _transaction_on_connection(self, write: bool) -> Iterator[Tx]:
         with self._connection() as conn:
-            cur = conn.cursor()
-            cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
-                yield Tx(cur, "qmark")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                cur = conn.cursor()
+                cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                try:
+                    yield Tx(cur, "qmark")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                else:
+                    conn.execute("COMMIT")
+                finally:
+                    cur.close()
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc):
+                    # a new connection may not have this one's trouble: one opened while
+                    # the file was read-only stays read-only after it is writable again
+                    self._drop_connection(conn)
                 raise
-            else:
-                conn.execute("COMMIT")
-            finally:
-                cur.close()
+
+    def _drop_connection(self, conn: sqlite3.Connection) -> None:
+        """Forget and close this thread's connection; the next call opens a new one."""
+        if self._memory:
+            return
+        if getattr(self._local, "conn", None) is conn:
+            self._local.conn = None
+        with self._conns_lock:
+            self._conns = [(r, c) for r, c in self._conns if c is not conn]
+        try:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        try:
+            conn.close()
+        except sqlite3.Error:
+            pass
 
     def _is_retryable(self, exc: BaseException, elapsed_s: float) -> bool:
         # SQLITE_BUSY returned at once (WAL recovery, a snapshot conflict) is worth a
         # retry; after busy_timeout has already been waited out, it is not
-        return (isinstance(exc, sqlite3.OperationalError)
-                and ("locked" in str(exc) or "busy" in str(exc))
+        return (isinstance(exc, sqlite3.OperationalError) and _busy(exc)
                 and elapsed_s < 0.5 * self._busy_ms / 1000)
 
     def _translate(self, exc: BaseException) -> BaseException | None:
@@ -283,3 +307,8 @@ class SQLiteStore(SqlStore):
             except OSError:
                 pass
             self._wlock_fd = -1
+
+
+def _busy(exc: BaseException) -> bool:
+    """SQLITE_BUSY / SQLITE_LOCKED: another writer, not this connection's trouble."""
+    return "locked" in str(exc) or "busy" in str(exc)

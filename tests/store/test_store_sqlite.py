@@ -67,3 +67,38 @@ def test_in_memory_store_keeps_its_one_connection(tmp_path):
         assert store.get_template("alice").blob == b"x"
     finally:
         store.close()
+
+
+def test_a_read_only_store_is_reported_and_recovered_from_without_a_restart(
+        tmp_path, monkeypatch):
+    """While the file can only be opened read-only (permissions, a read-only mount),
+    writes are UNAVAILABLE and readiness (``ping``) fails with the reason, not only the
+    calls; once it is writable again the next call and ``ping`` work, without a
+    restart (a connection opened read-only stays read-only: it is replaced)."""
+    import sqlite3
+
+    import pytest
+
+    from nacf_core.errors import Unavailable
+    from nacf_core.store import sqlite as backend
+
+    store = open_store(f"sqlite:///{tmp_path / 'ro.db'}", key=os.urandom(32))
+    try:
+        store.put_template("a", b"t" * 64, "m1", create_only=True)
+        real = sqlite3.connect
+
+        def read_only(path, **kw):
+            return real(f"file:{path}?mode=ro", uri=True, **kw)
+
+        monkeypatch.setattr(backend.sqlite3, "connect", read_only)
+        store._drop_connection(store._local.conn)  # as after a restart of the file's mount
+        assert store.get_template("a").version == 1  # reads work
+        with pytest.raises(Unavailable, match="readonly"):
+            store.register_failure("a", 5, 60)
+        with pytest.raises(Unavailable, match="readonly"):
+            store.ping()
+        monkeypatch.setattr(backend.sqlite3, "connect", real)  # writable again
+        store.ping()
+        assert store.register_failure("a", 5, 60)[0] == 1
+    finally:
+        store.close()
