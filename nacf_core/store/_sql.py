@@ -380,8 +380,10 @@ class SqlStore(Store):
             try:
                 after = base64.b64decode(page_token.encode(), altchars=b"-_",
                                          validate=True).decode("utf-8")
-                if not after:
-                    raise ValueError("empty")
+                # a user id, as the store issued it (a NUL reached PostgreSQL as a
+                # DataError, answered UNAVAILABLE with the store's address)
+                if not after or len(after) > _MAX_ID or not after.isprintable():
+                    raise ValueError("not a user id")
             except (binascii.Error, ValueError):
                 raise InvalidArgument(f"'page_token' is not a token this store issued: "
                                       f"{page_token[:40]!r}.") from None

@@ -64,6 +64,11 @@ def test_unknown_and_bad_input(store):
         store.list_users(page_size=0)
     with pytest.raises(InvalidArgument, match="page_token"):
         store.list_users(page_token="%%%")
+    # decodes, but to no user id the store could have issued (a NUL: a PostgreSQL
+    # DataError, answered UNAVAILABLE; over-long; a control character)
+    for raw in (b"\x00", b"u" * 257, b"a\nb"):
+        with pytest.raises(InvalidArgument, match="page_token"):
+            store.list_users(page_token=base64.urlsafe_b64encode(raw).decode())
     # nothing was written by the failed calls
     assert store.list_users().users == []
 
