@@ -708,13 +708,14 @@ class AuthService:
                             float(d.quality), list(d.reasons), int(d.windows_used),
                             int(d.windows_used) * self.rec.window_s, device_id, w, block,
                             peer, method, t_start,
-                            fingerprints=st.fingerprints)
+                            fingerprints=st.fingerprints, template_id=_template_id(st))
 
     def _decide(self, user_id: str, accepted: bool, score: float, thr: float,
                 quality: float, reasons: list[str], n_used: int, seconds: float,
                 device_id: str | None, windows: Any, block: SignalBlock | None, peer: str,
                 method: str, t_start: float, *,
-                fingerprints: list | None = None) -> AuthResult:
+                fingerprints: list | None = None,
+                template_id: tuple[int, float] | None = None) -> AuthResult:
         reasons = list(reasons)
         accepted = bool(accepted and n_used > 0 and math.isfinite(score))
         probe_fp = None
@@ -745,7 +746,7 @@ class AuthService:
             session_ttl_s=float(self.config.session_ttl_s), device_id=device_id,
             max_failures=int(self.config.lockout_threshold),
             lock_seconds=float(self.config.lockout_seconds), probe_fingerprint=probe_fp,
-            now=now)
+            template_id=template_id, now=now)
         # the user was locked by concurrent failures after the check at the start of this
         # call (a stream started before them, calls racing with a networked store): an
         # accept opens no session, and a reject counted while locked returns no score;
@@ -810,8 +811,9 @@ class AuthService:
             raise InvalidArgument(f"'max_seconds' must be in (0, "
                                   f"{self.config.stream_max_seconds:g}], got {max_seconds!r}.")
         # the PAD history is read when PAD runs, at the end of the stream
-        st, dev = self._check_user_and_lock(user_id, proof, peer=peer,
-                                            method="AuthenticateStream", t_start=t_start)
+        # (the device is read when the first chunk's proof is checked)
+        st, _ = self._check_user_and_lock(user_id, None, peer=peer,
+                                          method="AuthenticateStream", t_start=t_start)
         template = self._template(st.template)
         test = self.rec.sequential(limit)
         buf = _Buffer()
@@ -826,8 +828,9 @@ class AuthService:
             if deadline is not None and time.monotonic() > deadline:
                 raise DeadlineExceeded("the deadline passed before the sequential decision.")
             if first:
-                device_id = self.verify_device_proof(user_id, block, proof, device=dev,
-                                                     peer=peer)
+                # the device as it is now, not as it was when the stream opened: a
+                # rotation or a delete since then must refuse the old secret
+                device_id = self.verify_device_proof(user_id, block, proof, peer=peer)
                 first = False
             buf.push(block)
             if buf.seconds < self.rec.window_s * (n_done + 1):
@@ -871,7 +874,7 @@ class AuthService:
         return self._decide(user_id, accepted, float(d.score), float(d.threshold),
                             float(d.quality), reasons, int(d.windows_used),
                             n_scored * self.rec.window_s, device_id, w, buf.block(), peer,
-                            "AuthenticateStream", t_start)
+                            "AuthenticateStream", t_start, template_id=_template_id(st))
 
     # --------------------------------------------------------------- identification
     def identify(self, block: SignalBlock, top_k: int = 5, *, peer: str = "") -> IdentifyResult:
@@ -1283,6 +1286,15 @@ class _Buffer:
         if last_seconds is not None:
             data = data[-int(round(last_seconds * self.sfreq)):]
         return SignalBlock(data, self.sfreq, self.ch_names, self.device_id)
+
+
+def _template_id(state: Any) -> tuple[int, float] | None:
+    """``(version, created_at)`` of the template in an ``AuthState``: which template a
+    decision used (``finish_authentication`` refuses to open a session on another)."""
+    t = getattr(state, "template", None)
+    if t is None:
+        return None
+    return int(t.version), float(t.created_at)
 
 
 def _codes(reasons: Iterable[str]) -> list[str]:

@@ -39,6 +39,7 @@ from .base import (
     DeviceRecord,
     LockoutState,
     Session,
+    TEMPLATE_CHANGED,
     Stats,
     Store,
     TemplateRecord,
@@ -850,6 +851,7 @@ class SqlStore(Store):
                               session_ttl_s: float = 0.0, device_id: str | None = None,
                               max_failures: int = 1, lock_seconds: float = 1.0,
                               probe_fingerprint: bytes | None = None,
+                              template_id: tuple[int, float] | None = None,
                               now: float | None = None) -> AuthOutcome:
         _check_id("user_id", user_id)
         accepted = bool(accepted)
@@ -878,6 +880,14 @@ class SqlStore(Store):
                 if tx.one("SELECT 1 FROM users WHERE user_id = ?" + self.FOR_UPDATE,
                           (user_id,)) is None:
                     raise NotFound(f"Unknown user {user_id!r}.")
+                if template_id is not None:
+                    # the decision used this template: not one that replaced it meanwhile
+                    # (an update; a delete and a new enrollment under the same id)
+                    row = tx.one("SELECT version, created_at FROM templates WHERE user_id = ?",
+                                 (user_id,))
+                    if row is None or (int(row[0]), float(row[1])) != (
+                            int(template_id[0]), float(template_id[1])):
+                        raise FailedPrecondition(TEMPLATE_CHANGED)
                 # the lock as it is now, not as the caller read it: failures of concurrent
                 # calls (or of streams checked before them) may have locked the user
                 row = tx.one("SELECT failures, locked_until FROM lockouts WHERE user_id = ?"

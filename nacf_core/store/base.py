@@ -30,6 +30,14 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import FailedPrecondition
+
+#: ``FailedPrecondition`` of an authentication whose decision used a template that is no
+#: longer the user's (``finish_authentication(template_id=...)``)
+TEMPLATE_CHANGED = ("the user's template changed while this authentication ran (updated, "
+                    "or the user deleted and enrolled again); nothing was written: "
+                    "authenticate again.")
+
 __all__ = [
     "Store",
     "UserRecord",
@@ -43,6 +51,7 @@ __all__ = [
     "AuthState",
     "AuthOutcome",
     "utc_day_start",
+    "TEMPLATE_CHANGED",
 ]
 
 
@@ -415,10 +424,14 @@ class Store(abc.ABC):
                               session_ttl_s: float = 0.0, device_id: str | None = None,
                               max_failures: int = 1, lock_seconds: float = 1.0,
                               probe_fingerprint: bytes | None = None,
+                              template_id: tuple[int, float] | None = None,
                               now: float | None = None) -> AuthOutcome:
         """Every write of one authentication, atomically: on ``accepted``, unless the
         user is locked at ``now`` (failures counted by concurrent calls since the caller
-        checked), reset the consecutive failures and open a session of ``session_ttl_s``
+        checked) or the user's template is no longer the one the decision used
+        (``template_id`` = its ``(version, created_at)``: updated, or the user deleted
+        and enrolled again meanwhile; ``FailedPrecondition``, nothing written), reset
+        the consecutive failures and open a session of ``session_ttl_s``
         (``create_session``); a locked user gets no session (``locked`` set, the attempt
         audited as rejected with reason ``"locked"``); otherwise count a failure
         (``register_failure(max_failures, lock_seconds)``); append
@@ -427,6 +440,10 @@ class Store(abc.ABC):
         composes the single-purpose methods (not atomic)."""
         t = _now(now)
         session, failures, locked_until = None, 0, None
+        if accepted and template_id is not None:
+            rec = self.get_template(user_id)
+            if (rec.version, rec.created_at) != tuple(template_id):
+                raise FailedPrecondition(TEMPLATE_CHANGED)
         if accepted:
             lock = self.get_lockout(user_id)
             if lock.locked_until is not None and lock.locked_until > t:

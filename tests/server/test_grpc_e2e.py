@@ -502,6 +502,62 @@ def test_authenticate_stream_decides_early(srv):
     assert c == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def _held_stream(stub, user, parts, md):
+    """An AuthenticateStream whose first chunk waits for ``go``: what happens between the
+    stream's start and its first chunk (a rotation, a delete) is the test's."""
+    go = threading.Event()
+    out: dict = {}
+
+    def gen():
+        yield pb.AuthenticateStreamRequest(start=pb.StreamStart(user_id=user))
+        go.wait(20)
+        for p in parts:
+            yield pb.AuthenticateStreamRequest(chunk=p)
+
+    def run():
+        try:
+            out["r"] = stub.AuthenticateStream(gen(), metadata=md, timeout=30)
+        except grpc.RpcError as e:
+            out["e"] = (e.code(), e.details())
+
+    t = threading.Thread(target=run)
+    t.start()
+    time.sleep(0.5)  # the start message is in
+    return go, t, out
+
+
+def test_authenticate_stream_checks_the_device_and_template_as_they_are_at_the_end(srv):
+    """A stream opened before a device's secret was rotated is refused with the old
+    secret (its proof is checked against the device as it is when the first chunk
+    comes, not as it was at the start); a stream whose user was deleted and enrolled
+    again as another person meanwhile opens no session on the new account."""
+    server, stub, _ = srv
+    enroll(stub, "rot", 1)
+    old = device(stub, "rot", "hs-rot")
+    parts = [sig(c, "hs-rot") for c in chunks(eeg(1, 3, 60, 8))]
+    go, t, out = _held_stream(stub, "rot", parts,
+                              (*MD, *proof_md(old, "rot", "hs-rot", parts[0].samples)))
+    stub.RegisterDevice(pb.RegisterDeviceRequest(user_id="rot", device_id="hs-rot",
+                                                 rotate=True), metadata=MD, timeout=10)
+    go.set()
+    t.join(30)
+    assert out.get("e", (None,))[0] == grpc.StatusCode.UNAUTHENTICATED, out
+
+    enroll(stub, "reenr", 1)
+    server.service.config.require_device_proof = False
+    try:
+        parts = [sig(c) for c in chunks(eeg(1, 3, 60, 8))]
+        go, t, out = _held_stream(stub, "reenr", parts, MD)
+        stub.DeleteUser(pb.DeleteUserRequest(user_id="reenr"), metadata=MD, timeout=10)
+        enroll(stub, "reenr", 5)  # another person under the same id
+        go.set()
+        t.join(30)
+    finally:
+        server.service.config.require_device_proof = True
+    code, msg = out.get("e", (None, ""))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "template changed" in msg, out
+
+
 def test_continuous_authenticate_ends_on_wearer_change(srv):
     _, stub, _ = srv
     enroll(stub, "ivy", 1)

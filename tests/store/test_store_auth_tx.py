@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from nacf_core.errors import InvalidArgument, NotFound
+from nacf_core.errors import FailedPrecondition, InvalidArgument, NotFound
 from nacf_core.store import AuthState, open_store
 from nacf_core.store.base import Store
 
@@ -194,3 +194,29 @@ def test_fingerprints_read_from_the_cache_survive_a_concurrent_eviction(store):
         store._fp_size = 0
     assert store._dec_fingerprints("fred", got) == want
     assert store.get_fingerprints("fred") == want
+
+
+def test_finish_authentication_refuses_a_session_on_a_template_that_changed(store):
+    """The decision used one template; an update, or a delete and a new enrollment under
+    the same id (version 1 again, another created_at), since then opens no session and
+    writes nothing. A reject is still counted (on whatever template the user has)."""
+    kw = {"score": 0.9, "reason": "accepted", "peer": "p", "duration_s": 0.01,
+          "method": "Authenticate", "session_ttl_s": 60.0}
+    store.put_template("alice", b"tpl-1", "m1", now=T0)
+    st = store.get_auth_state("alice")
+    tid = (st.template.version, st.template.created_at)
+    out = store.finish_authentication("alice", True, template_id=tid, **kw)
+    assert out.session is not None
+    store.put_template("alice", b"tpl-2", "m1", now=T0 + 5)  # an update
+    n_rows = len(store.recent_attempts("alice"))
+    with pytest.raises(FailedPrecondition, match="template changed"):
+        store.finish_authentication("alice", True, template_id=tid, **kw)
+    assert len(store.recent_attempts("alice")) == n_rows and store.count_active_sessions() == 1
+    store.delete_user("alice")
+    store.put_template("alice", b"tpl-3", "m1", now=T0 + 9)  # version 1 again
+    assert store.get_template("alice").version == tid[0]
+    with pytest.raises(FailedPrecondition, match="template changed"):
+        store.finish_authentication("alice", True, template_id=tid, **kw)
+    out = store.finish_authentication("alice", False, template_id=tid,
+                                      **{**kw, "reason": "score_below_threshold"})
+    assert out.session is None and out.failures == 1
