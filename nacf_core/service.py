@@ -59,6 +59,7 @@ from nacf_core.errors import (
     InvalidArgument,
     NacfError,
     NotFound,
+    PermissionDenied,
     ResourceExhausted,
     Unauthenticated,
     Unavailable,
@@ -89,6 +90,8 @@ _UNREAD = object()  # a device record that was not looked up
 
 #: ContinuousAuthenticate: how many of the stream's own windows its replay check keeps
 _STREAM_PAD_HISTORY = 64
+_ANOTHER_DEVICE = ("user {user!r} already has a registered device; binding another one "
+                   "(or rotating a secret) needs the admin scope.")
 
 
 class _ProofRejected(Exception):
@@ -465,12 +468,14 @@ class AuthService:
 
     # -------------------------------------------------------------------- enrollment
     def enroll(self, user_id: str, blocks: list[SignalBlock], update: bool = False,
-               *, method: str = "Enroll") -> EnrollResult:
+               *, method: str = "Enroll", actor: str = "", peer: str = "") -> EnrollResult:
         """Enroll ``user_id`` from one or more blocks (or replace its template).
 
         Raises ``AlreadyExists`` for an existing user unless ``update``;
         ``InvalidArgument`` for bad signals; ``FailedPrecondition`` when too few good
-        epochs remain (the pipeline says how many it needs).
+        epochs remain (the pipeline says how many it needs). A replaced template ends
+        the user's sessions (they were verified against the old one). ``actor`` (the
+        caller's client id) and ``peer`` go into the audit trail.
         """
         user_id = check_user_id(user_id)
         status = "INTERNAL"
@@ -514,6 +519,10 @@ class AuthService:
                                         "template_version": version, "epochs_used": used,
                                         "epochs_rejected": len(rejected),
                                         "quality": round(quality, 3)})
+            ended = (self._end_user_sessions(user_id, "template_replaced")
+                     if version > 1 else [])
+            self._audit(user_id, method, "template_replaced" if version > 1 else "enrolled",
+                        actor, peer, template_version=version, sessions_ended=len(ended))
             return EnrollResult(user_id, int(version), used, rejected, quality,
                                 self.model_version)
         except BaseException as e:
@@ -1209,8 +1218,15 @@ class AuthService:
         return float(s.expires_at)
 
     # ---------------------------------------------------------------------- devices
-    def register_device(self, user_id: str, device_id: str, rotate: bool = False) -> str:
-        """Bind ``device_id`` to ``user_id``; return its secret (shown once)."""
+    def register_device(self, user_id: str, device_id: str, rotate: bool = False, *,
+                        first_only: bool = False, actor: str = "", peer: str = "") -> str:
+        """Bind ``device_id`` to ``user_id``; return its secret (shown once).
+
+        ``first_only``: only a user's first device (the server sets it for callers
+        without the admin scope: binding another headset to an enrolled user, like
+        rotating a secret, is an account change). A rotation ends the sessions that were
+        opened with the device. ``actor`` (the caller's client id) and ``peer`` go into
+        the audit trail."""
         user_id = check_user_id(user_id)
         device_id = check_user_id(device_id, "device_id")
         self._store("get_user", self.store.get_user, user_id)  # NotFound first
@@ -1224,15 +1240,50 @@ class AuthService:
             if not rotate:
                 raise AlreadyExists(f"device {device_id!r} is already registered to user "
                                     f"{user_id!r}; set rotate=true for a new secret.")
+        elif first_only and self._device_ids(user_id):
+            raise PermissionDenied(_ANOTHER_DEVICE.format(user=user_id))
         secret = secrets.token_urlsafe(32)
+        now = self.clock()
         # the check above answers the common case early; the store decides races (two
         # first registrations at once: one gets the secret, the other ALREADY_EXISTS)
-        self._store("register_device", self.store.register_device, user_id, device_id, secret,
-                    replace=rotate, now=self.clock())
-        log.info("device registered", extra={"event_type": "device_registered",
-                                             "user_id": user_id, "device_id": device_id,
-                                             "rotated": dev is not None})
+        try:
+            self._store("register_device", self.store.register_device, user_id, device_id,
+                        secret, replace=rotate, first_only=first_only, now=now)
+        except AlreadyExists as e:
+            if first_only and "already has a registered device" in str(e):
+                raise PermissionDenied(_ANOTHER_DEVICE.format(user=user_id)) from None
+            raise
+        ended = []
+        if dev is not None:  # the old secret's sessions end with it
+            ended = self._end_user_sessions(user_id, "device_rotated", device_id=device_id)
+        self._audit(user_id, "RegisterDevice", "rotated" if dev is not None else "registered",
+                    actor, peer, device_id=device_id, sessions_ended=len(ended))
         return secret
+
+    def _end_user_sessions(self, user_id: str, reason: str, *,
+                           device_id: str | None = None) -> list:
+        now = self.clock()
+        ended = self._store("end_user_sessions", self.store.end_user_sessions, user_id,
+                            reason, device_id=device_id, now=now)
+        for sess in ended:
+            self.metrics.observe_session_duration(max(0.0, now - float(sess.created_at)))
+        if ended:
+            self._update_active_sessions(now)
+        return ended
+
+    def _audit(self, user_id: str, method: str, what: str, actor: str, peer: str,
+               **fields: Any) -> None:
+        """An account change (enrollment, template update, device registration or
+        rotation): an audit row and a log line naming who made it."""
+        try:
+            self.store.record_attempt(user_id, True, None, what, peer, 0.0, method,
+                                      now=self.clock())
+        except Exception:  # noqa: BLE001 - the change is done; say the audit row is not
+            self.metrics.record_store_error("record_attempt")
+            log.exception("audit row not written", extra={"user_id": user_id})
+        log.info("account change", extra={
+            "event_type": "account_change", "user_id": user_id, "method": method,
+            "change": what, "actor": actor, **peer_fields(peer), **fields})
 
     # ------------------------------------------------------------------------ stats
     def stats(self) -> dict[str, float]:

@@ -30,6 +30,7 @@ thread is taken, instead of waiting in an unbounded queue.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import logging
 import time
@@ -41,7 +42,7 @@ import grpc
 
 from nacf_core.errors import NacfError
 
-__all__ = ["METHOD_SCOPES", "AuthInterceptor", "client_identity"]
+__all__ = ["CALLER", "METHOD_SCOPES", "AuthInterceptor", "client_identity"]
 
 log = logging.getLogger("nacf.server")
 
@@ -66,6 +67,15 @@ METHOD_SCOPES: dict[str, str] = {
     "ListUsers": "admin",
     "GetStats": "admin",
 }
+
+
+#: Who makes the unary call being served: ``(client_id, scopes)``, set by the interceptor
+#: around the handler; ``None`` where no interceptor is in the path (the servicer alone,
+#: in tests), which then restricts nothing. What a request may do beyond its method's
+#: scope (``Enroll`` with ``update``, ``RegisterDevice`` with ``rotate`` or for a user
+#: who has a device: ``admin``) is decided from it by the servicer.
+CALLER: contextvars.ContextVar[tuple[str, frozenset[str]] | None] = contextvars.ContextVar(
+    "nacf_caller", default=None)
 
 
 def _key_hash(key: str) -> str:
@@ -147,8 +157,8 @@ class AuthInterceptor(grpc.ServerInterceptor):
 
     # ------------------------------------------------------------------------------
     def authorize(self, context: grpc.ServicerContext, method: str, key: str | None,
-                  is_reflection: bool) -> tuple[str, str]:
-        """Return ``(client_id, user_type)`` or abort the call."""
+                  is_reflection: bool) -> tuple[str, str, frozenset[str]]:
+        """Return ``(client_id, user_type, scopes)`` or abort the call."""
         if key:
             entry = self._keys.get(_key_hash(key))
             if entry is None:
@@ -177,7 +187,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 self.service.check_rate_limit(client_id)
             except NacfError as e:
                 context.abort(grpc.StatusCode[e.code], str(e))
-        return client_id, user_type
+        return client_id, user_type, scopes
 
     def observe(self, method: str, context: grpc.ServicerContext, failed: bool,
                 seconds: float, user_type: str) -> None:
@@ -270,8 +280,12 @@ def _wrap(handler: grpc.RpcMethodHandler, icp: AuthInterceptor, method: str,
         user_type = "anonymous"
         failed = True
         try:
-            _, user_type = icp.authorize(context, method, key, is_reflection)
-            out = fn()
+            client_id, user_type, scopes = icp.authorize(context, method, key, is_reflection)
+            token = CALLER.set((client_id, scopes))
+            try:
+                out = fn()
+            finally:
+                CALLER.reset(token)
             failed = False
             return out
         finally:
@@ -283,7 +297,7 @@ def _wrap(handler: grpc.RpcMethodHandler, icp: AuthInterceptor, method: str,
         user_type = "anonymous"
         failed = True
         try:
-            _, user_type = icp.authorize(context, method, key, is_reflection)
+            _, user_type, _ = icp.authorize(context, method, key, is_reflection)
             yield from fn()
             failed = False
         finally:

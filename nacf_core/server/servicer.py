@@ -20,8 +20,9 @@ import grpc
 
 from nacf_core._proto.nacf.v1 import auth_pb2 as pb
 from nacf_core._proto.nacf.v1 import auth_pb2_grpc as pb_grpc
-from nacf_core.errors import DeadlineExceeded, InvalidArgument, NacfError
+from nacf_core.errors import DeadlineExceeded, InvalidArgument, NacfError, PermissionDenied
 from nacf_core.server import converters as cv
+from nacf_core.server.interceptors import CALLER
 from nacf_core.service import AuthService, DeviceProof
 
 __all__ = ["SERVICE_NAME", "AuthServicer", "add_to_server", "status_for"]
@@ -112,6 +113,15 @@ def _peer(context: grpc.ServicerContext) -> str:
         return ""
 
 
+def _caller() -> tuple[str, bool]:
+    """``(client id, whether it has the admin scope)`` of the unary call being served
+    (no interceptor in the path: unrestricted)."""
+    c = CALLER.get()
+    if c is None:
+        return "", True
+    return c[0], "admin" in c[1]
+
+
 class AuthServicer(pb_grpc.AuthServiceServicer):
     """The gRPC face of :class:`AuthService`."""
 
@@ -120,8 +130,15 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
 
     @_unary
     def Enroll(self, request: pb.EnrollRequest, context) -> pb.EnrollResponse:
+        actor, admin = _caller()
+        if request.update and not admin:
+            # replacing a template takes the account over: an account change, not an
+            # enrollment
+            raise PermissionDenied("replacing an enrolled user's template (update=true) "
+                                   "needs the admin scope; this key has the enroll scope.")
         blocks = [cv.signal_to_block(s, f"signals[{i}]") for i, s in enumerate(request.signals)]
-        r = self.service.enroll(request.user_id, blocks, update=request.update)
+        r = self.service.enroll(request.user_id, blocks, update=request.update, actor=actor,
+                                peer=_peer(context))
         return cv.enroll_response(r)
 
     @_unary
@@ -182,8 +199,14 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
 
     @_unary
     def RegisterDevice(self, request, context) -> pb.RegisterDeviceResponse:
+        actor, admin = _caller()
+        if request.rotate and not admin:
+            raise PermissionDenied("rotating a device secret (rotate=true) needs the admin "
+                                   "scope; this key has the enroll scope.")
+        # without admin, only a user's first headset (the enrollment desk's case)
         secret = self.service.register_device(request.user_id, request.device_id,
-                                              rotate=request.rotate)
+                                              rotate=request.rotate, first_only=not admin,
+                                              actor=actor, peer=_peer(context))
         return pb.RegisterDeviceResponse(device_secret=secret, user_id=request.user_id,
                                          device_id=request.device_id)
 

@@ -56,6 +56,8 @@ log = logging.getLogger("nacf.store")
 T = TypeVar("T")
 
 _MAX_ID = 256
+#: audit rows (``record_attempt``) of account changes, which ``stats`` does not count
+ACCOUNT_CHANGE_METHODS = ("Enroll", "RegisterDevice")
 _KEYCHECK = b"nacf-template-key-check"
 #: ``NotFound`` message of a write that breaks a foreign key: every one references
 #: users(user_id), so the user was deleted by a concurrent transaction
@@ -414,7 +416,7 @@ class SqlStore(Store):
         self._after_delete()
 
     # -- devices and nonces --------------------------------------------------------
-    def register_device(self, user_id, device_id, secret, *, replace=True,
+    def register_device(self, user_id, device_id, secret, *, replace=True, first_only=False,
                         now=None) -> DeviceRecord:
         _check_id("user_id", user_id)
         _check_id("device_id", device_id)
@@ -426,6 +428,9 @@ class SqlStore(Store):
             if tx.one("SELECT 1 FROM users WHERE user_id = ?" + self.FOR_UPDATE,
                       (user_id,)) is None:
                 raise NotFound(f"Unknown user {user_id!r}: enroll before registering a device.")
+            if first_only and tx.one("SELECT 1 FROM devices WHERE user_id = ? AND "
+                                     "device_id <> ?", (user_id, device_id)) is not None:
+                raise AlreadyExists(f"User {user_id!r} already has a registered device.")
             kid, ct = self._cipher.encrypt(secret.encode(),
                                            Cipher.aad("device", device_id, user_id))
             if tx.execute("INSERT INTO devices (device_id, user_id, key_id, secret_ct, "
@@ -549,6 +554,28 @@ class SqlStore(Store):
         if row is None:
             raise NotFound("Unknown session token.")
         return self._session(row)
+
+    def end_user_sessions(self, user_id: str, reason: str, *, device_id: str | None = None,
+                          now=None) -> list[Session]:
+        _check_id("user_id", user_id)
+        _check_id("reason", reason)
+        if device_id is not None:
+            _check_id("device_id", device_id)
+        t = _now(now)
+        where = "user_id = ? AND ended_at IS NULL AND expires_at > ?"
+        args: tuple = (user_id, t)
+        if device_id is not None:
+            where += " AND device_id = ?"
+            args += (device_id,)
+
+        def fn(tx: Tx) -> list[tuple]:
+            rows = tx.query(f"SELECT {self._SESSION_COLS} FROM sessions WHERE {where}"
+                            + self.FOR_UPDATE, args)
+            tx.execute(f"UPDATE sessions SET ended_at = ?, end_reason = ? WHERE {where}",
+                       (t, reason, *args))
+            return rows
+
+        return [self._session((*r[:4], t, reason, r[6])) for r in self._run(fn)]
 
     def renew_session(self, token: str, ttl_s: float, *, now=None) -> Session:
         if not isinstance(token, str) or not token:
@@ -716,12 +743,13 @@ class SqlStore(Store):
 
     def stats(self, now=None) -> Stats:
         day = utc_day_start(_now(now))
+        # the audit rows of account changes (Enroll, RegisterDevice) are no attempts
+        att = f"FROM auth_attempts WHERE ts >= ? AND method NOT IN {ACCOUNT_CHANGE_METHODS!r}"
         row = self._run(lambda tx: tx.one(
             "SELECT (SELECT COUNT(*) FROM users WHERE status = 'active'), "
-            "(SELECT COUNT(DISTINCT user_id) FROM auth_attempts WHERE ts >= ?), "
-            "(SELECT COUNT(*) FROM auth_attempts WHERE ts >= ?), "
-            "(SELECT SUM(CASE WHEN success THEN 1 ELSE 0 END) FROM auth_attempts "
-            "WHERE ts >= ?)", (day, day, day)), write=False)
+            f"(SELECT COUNT(DISTINCT user_id) {att}), (SELECT COUNT(*) {att}), "
+            f"(SELECT SUM(CASE WHEN success THEN 1 ELSE 0 END) {att})", (day, day, day)),
+            write=False)
         n = int(row[2])
         rate = round(int(row[3] or 0) * 100.0 / n, 2) if n else None
         return Stats(total_active_users=int(row[0]), active_users_today=int(row[1]),

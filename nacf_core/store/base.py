@@ -280,10 +280,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def register_device(
         self, user_id: str, device_id: str, secret: str, *, replace: bool = True,
-        now: float | None = None
+        first_only: bool = False, now: float | None = None
     ) -> DeviceRecord:
         """Bind ``device_id`` to ``user_id`` (re-binding replaces the secret; with
-        ``replace=False`` it is ``AlreadyExists``, decided in the same transaction).
+        ``replace=False`` it is ``AlreadyExists``, decided in the same transaction; with
+        ``first_only``, so is a user who has another device).
         ``NotFound`` for an unknown user; ``AlreadyExists`` if bound to another user."""
 
     @abc.abstractmethod
@@ -301,6 +302,12 @@ class Store(abc.ABC):
     def list_devices(self, user_id: str) -> list[DeviceRecord]:
         """The user's devices, by ``device_id``, without their secrets. ``NotFound``
         for an unknown user."""
+
+    @abc.abstractmethod
+    def end_user_sessions(self, user_id: str, reason: str, *, device_id: str | None = None,
+                          now: float | None = None) -> list[Session]:
+        """End every active session of ``user_id`` (only those opened with ``device_id``
+        when given) with ``reason``; return them as ended."""
 
     @abc.abstractmethod
     def renew_session(self, token: str, ttl_s: float, *,

@@ -25,6 +25,7 @@ from nacf_core.store import open_store
 
 ALL = "key-all-0123456789"
 AUTH_ONLY = "key-auth-0123456789"
+ENROLL_ONLY = "key-enroll-0123456789"
 MSG_LIMIT = 4 * 1024 * 1024
 
 
@@ -35,7 +36,8 @@ def srv(tmp_path_factory, model_path):
                  lockout_threshold=3, lockout_seconds=600, rate_limit_per_s=1000,
                  rate_limit_burst=1000, max_message_bytes=MSG_LIMIT, signal_loss_s=3.0,
                  api_keys={ALL: frozenset({"authenticate", "enroll", "admin"}),
-                           AUTH_ONLY: frozenset({"authenticate"})})
+                           AUTH_ONLY: frozenset({"authenticate"}),
+                           ENROLL_ONLY: frozenset({"enroll"})})
     metrics = Metrics(CollectorRegistry())
     store = open_store(f"sqlite:///{d / 'nacf.db'}", bytes(range(32)))
     pipeline = make_pipeline(model_path)
@@ -315,6 +317,57 @@ def test_peer_fields():
     assert peer_fields("ipv6:[::1]:5555") == {"ip_address": "::1", "peer": "ipv6:[::1]:5555"}
     assert peer_fields("unix:/run/nacf.sock") == {"peer": "unix:/run/nacf.sock"}
     assert peer_fields("") == {}
+
+
+def test_account_changes_need_admin_end_sessions_and_are_audited(srv):
+    """The enroll scope enrolls new users and binds their first headset; replacing a
+    template, binding another headset or rotating a secret takes an account over and
+    needs admin. A replaced template ends the user's sessions, a rotated secret those
+    opened with its device; every change has an audit row with the caller's address
+    (and a log line with its client id)."""
+    server, stub, _ = srv
+    store = server.service.store
+    EN = (("x-api-key", ENROLL_ONLY),)
+    PD = grpc.StatusCode.PERMISSION_DENIED
+
+    def reg(dev, md, rotate=False):
+        return stub.RegisterDevice(pb.RegisterDeviceRequest(
+            user_id="acct", device_id=dev, rotate=rotate), metadata=md, timeout=10)
+
+    stub.Enroll(pb.EnrollRequest(user_id="acct", signals=[sig(eeg(1, 3, 0, 40))]),
+                metadata=EN, timeout=30)
+    secret = reg("hs-acct", EN).device_secret
+    c, m = code_of(stub.Enroll, pb.EnrollRequest(user_id="acct", update=True,
+                                                 signals=[sig(eeg(5, 3, 0, 40))]),
+                   metadata=EN, timeout=30)
+    assert c == PD and "admin" in m
+    c, m = code_of(reg, "hs-mallory", EN)
+    assert c == PD and "already has a registered device" in m
+    assert code_of(reg, "hs-acct", EN, True)[0] == PD
+    assert [d for d in stub.GetUser(pb.GetUserRequest(user_id="acct"), metadata=MD)
+            .user.device_ids] == ["hs-acct"]
+
+    def valid(tok):
+        v = stub.ValidateSession(pb.ValidateSessionRequest(session_token=tok), metadata=MD)
+        return v.valid, v.reason
+
+    tok = auth(stub, "acct", eeg(1, 3, 60, 8), secret, "hs-acct").session_token
+    reg("hs-acct-2", MD)  # admin: a second headset
+    assert valid(tok) == (True, "")
+    new = reg("hs-acct", MD, rotate=True).device_secret  # admin: rotation
+    assert valid(tok) == (False, "device_rotated")
+    tok = auth(stub, "acct", eeg(1, 3, 70, 8), new, "hs-acct").session_token
+    assert valid(tok) == (True, "")
+    r = stub.Enroll(pb.EnrollRequest(user_id="acct", update=True,
+                                     signals=[sig(eeg(1, 3, 0, 40))]), metadata=MD, timeout=30)
+    assert r.template_version == 2 and valid(tok) == (False, "template_replaced")
+    rows = [(a.method, a.reason, a.peer[:15]) for a in store.recent_attempts("acct", 50)
+            if a.method in ("Enroll", "RegisterDevice")]
+    assert rows == [("Enroll", "template_replaced", "ipv4:127.0.0.1:"),
+                    ("RegisterDevice", "rotated", "ipv4:127.0.0.1:"),
+                    ("RegisterDevice", "registered", "ipv4:127.0.0.1:"),
+                    ("RegisterDevice", "registered", "ipv4:127.0.0.1:"),
+                    ("Enroll", "enrolled", "ipv4:127.0.0.1:")], rows
 
 
 # ------------------------------------------------------------------ API keys

@@ -257,6 +257,10 @@ def test_attempts_stats_and_purge(store):
     store.record_attempt("bob", True, 0.8, "ok", "p", 0.02, "AuthenticateStream", now=day + 3)
     store.record_attempt("mallory", False, None, "unknown_user", "p", 0.001, "Authenticate",
                          now=day + 4)
+    # the audit rows of account changes are no authentication attempts
+    store.record_attempt("carol", True, None, "enrolled", "p", 0.0, "Enroll", now=day + 5)
+    store.record_attempt("carol", True, None, "rotated", "p", 0.0, "RegisterDevice",
+                         now=day + 6)
     st = store.stats(now=T0)
     assert st.total_active_users == 3
     assert st.active_users_today == 3  # alice, bob, mallory (as the guide's query counts)
@@ -266,7 +270,7 @@ def test_attempts_stats_and_purge(store):
     assert [a.success for a in recent] == [False, True, False]
     assert recent[0].method == "Authenticate" and recent[2].peer == "ipv4:1.2.3.4:5"
     assert store.purge_attempts(day) == 1
-    assert len(store.recent_attempts()) == 4
+    assert len(store.recent_attempts()) == 6
 
 
 def test_success_rate_rounding(store):
@@ -437,3 +441,28 @@ def test_postgres_url_mistakes_are_invalid_argument(pg_available, query, match):
     sep = "&" if "?" in dsn else "?"
     with pytest.raises(InvalidArgument, match=match):
         open_store(f"{dsn}{sep}{query}", key=bytes(32))
+
+
+def test_end_user_sessions_and_first_device_only(store):
+    store.put_template("alice", b"x", "m")
+    store.put_template("bob", b"x", "m")
+    a1 = store.create_session("alice", 60, device_id="hs-1", now=T0)
+    a2 = store.create_session("alice", 60, device_id="hs-2", now=T0)
+    b1 = store.create_session("bob", 60, device_id="hs-3", now=T0)
+    old = store.create_session("alice", 5, device_id="hs-1", now=T0 - 100)  # expired
+    ended = store.end_user_sessions("alice", "device_rotated", device_id="hs-1", now=T0 + 1)
+    assert [(s.user_id, s.device_id, s.end_reason, s.ended_at) for s in ended] == [
+        ("alice", "hs-1", "device_rotated", T0 + 1)]
+    assert store.get_session(a1.token).end_reason == "device_rotated"
+    assert store.get_session(a2.token).is_active(T0 + 2)
+    assert store.get_session(old.token).ended_at is None  # expired, left as it was
+    assert [s.device_id for s in store.end_user_sessions("alice", "template_replaced",
+                                                         now=T0 + 2)] == ["hs-2"]
+    assert store.get_session(b1.token).is_active(T0 + 3)
+    assert store.end_user_sessions("alice", "x", now=T0 + 3) == []
+    store.register_device("alice", "hs-1", "s" * 16, first_only=True)
+    store.register_device("alice", "hs-1", "t" * 16, first_only=True)  # the same one again
+    with pytest.raises(AlreadyExists, match="already has a registered device"):
+        store.register_device("alice", "hs-2", "s" * 16, first_only=True)
+    store.register_device("alice", "hs-2", "s" * 16)
+    assert sorted(d.device_id for d in store.list_devices("alice")) == ["hs-1", "hs-2"]
