@@ -1024,7 +1024,7 @@ class AuthService:
         if not s.is_active(now):
             return SessionInfo(False, s.user_id, float(s.expires_at), float(s.created_at),
                                "expired")
-        last = float(getattr(s, "last_verified_at", None) or s.created_at)
+        last = float(s.last_verified_at or s.created_at)
         return SessionInfo(True, s.user_id, float(s.expires_at), last, "")
 
     def end_session(self, token: str, reason: str = "ended") -> tuple[bool, float]:

@@ -500,13 +500,18 @@ class SqlStore(Store):
 
     # -- sessions ------------------------------------------------------------------
     _SESSION_COLS = "token_hash, user_id, created_at, expires_at, ended_at, end_reason, device_id"
+    #: what a session read returns (the insert leaves ``last_verified_at`` NULL)
+    _SESSION_SELECT = _SESSION_COLS + ", last_verified_at"
 
     @staticmethod
     def _session(row: tuple, token: str | None = None) -> Session:
+        verified = row[7] if len(row) > 7 else None
         return Session(session_id=row[0], user_id=row[1], created_at=float(row[2]),
                        expires_at=float(row[3]),
                        ended_at=None if row[4] is None else float(row[4]),
-                       end_reason=row[5], device_id=row[6], token=token)
+                       end_reason=row[5], device_id=row[6],
+                       last_verified_at=None if verified is None else float(verified),
+                       token=token)
 
     def create_session(self, user_id, ttl_s, *, device_id=None, now=None) -> Session:
         _check_id("user_id", user_id)
@@ -531,7 +536,7 @@ class SqlStore(Store):
         if not isinstance(token, str) or not token:
             raise InvalidArgument("'token' must be a non-empty session token string.")
         row = self._run(lambda tx: tx.one(
-            f"SELECT {self._SESSION_COLS} FROM sessions WHERE token_hash = ?",
+            f"SELECT {self._SESSION_SELECT} FROM sessions WHERE token_hash = ?",
             (token_hash(token),)), write=False)
         if row is None:
             raise NotFound("Unknown session token.")
@@ -547,7 +552,7 @@ class SqlStore(Store):
         def fn(tx: Tx) -> tuple | None:
             tx.execute("UPDATE sessions SET ended_at = ?, end_reason = ? "
                        "WHERE token_hash = ? AND ended_at IS NULL", (t, reason, h))
-            return tx.one(f"SELECT {self._SESSION_COLS} FROM sessions WHERE token_hash = ?",
+            return tx.one(f"SELECT {self._SESSION_SELECT} FROM sessions WHERE token_hash = ?",
                           (h,))
 
         row = self._run(fn)
@@ -569,13 +574,13 @@ class SqlStore(Store):
             args += (device_id,)
 
         def fn(tx: Tx) -> list[tuple]:
-            rows = tx.query(f"SELECT {self._SESSION_COLS} FROM sessions WHERE {where}"
+            rows = tx.query(f"SELECT {self._SESSION_SELECT} FROM sessions WHERE {where}"
                             + self.FOR_UPDATE, args)
             tx.execute(f"UPDATE sessions SET ended_at = ?, end_reason = ? WHERE {where}",
                        (t, reason, *args))
             return rows
 
-        return [self._session((*r[:4], t, reason, r[6])) for r in self._run(fn)]
+        return [self._session((*r[:4], t, reason, *r[6:])) for r in self._run(fn)]
 
     def renew_session(self, token: str, ttl_s: float, *, now=None) -> Session:
         if not isinstance(token, str) or not token:
@@ -587,10 +592,10 @@ class SqlStore(Store):
         def fn(tx: Tx) -> tuple | None:
             # only an active session is renewed; never shortened
             tx.execute("UPDATE sessions SET expires_at = CASE WHEN expires_at > ? "
-                       "THEN expires_at ELSE ? END "
+                       "THEN expires_at ELSE ? END, last_verified_at = ? "
                        "WHERE token_hash = ? AND ended_at IS NULL AND expires_at > ?",
-                       (t + ttl_s, t + ttl_s, h, t))
-            return tx.one(f"SELECT {self._SESSION_COLS} FROM sessions WHERE token_hash = ?",
+                       (t + ttl_s, t + ttl_s, t, h, t))
+            return tx.one(f"SELECT {self._SESSION_SELECT} FROM sessions WHERE token_hash = ?",
                           (h,))
 
         row = self._run(fn)
@@ -614,7 +619,7 @@ class SqlStore(Store):
         t = _now(now)
         rows = self._run(lambda tx: tx.query(
             "UPDATE sessions SET ended_at = expires_at, end_reason = 'expired' "
-            f"WHERE ended_at IS NULL AND expires_at <= ? RETURNING {self._SESSION_COLS}",
+            f"WHERE ended_at IS NULL AND expires_at <= ? RETURNING {self._SESSION_SELECT}",
             (t,)))
         return [self._session(r) for r in rows]
 

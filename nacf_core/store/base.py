@@ -114,6 +114,8 @@ class Session:
     ended_at: float | None
     end_reason: str | None
     device_id: str | None = None
+    #: when ContinuousAuthenticate last verified the wearer (``renew_session``)
+    last_verified_at: float | None = None
     token: str | None = field(default=None, repr=False)
 
     def is_active(self, now: float | None = None) -> bool:

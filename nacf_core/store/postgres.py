@@ -71,6 +71,9 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         "created_at DOUBLE PRECISION NOT NULL, key_id TEXT NOT NULL, ciphertext BYTEA NOT NULL)",
         "CREATE INDEX pad_fingerprints_user ON pad_fingerprints (user_id, kind, id)",
     ]),
+    (2, "sessions.last_verified_at: when ContinuousAuthenticate last verified the wearer", [
+        "ALTER TABLE sessions ADD COLUMN last_verified_at DOUBLE PRECISION",
+    ]),
 ]
 
 #: the most connections one store opens (PostgreSQL's own default max_connections is 100)

@@ -73,6 +73,9 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         "created_at REAL NOT NULL, key_id TEXT NOT NULL, ciphertext BLOB NOT NULL)",
         "CREATE INDEX pad_fingerprints_user ON pad_fingerprints (user_id, kind, id)",
     ]),
+    (2, "sessions.last_verified_at: when ContinuousAuthenticate last verified the wearer", [
+        "ALTER TABLE sessions ADD COLUMN last_verified_at REAL",
+    ]),
 ]
 
 

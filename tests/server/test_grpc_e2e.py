@@ -705,9 +705,14 @@ def test_artifact_rejections_are_counted_by_reason_code_and_every_path_observes_
         for c in chunks(eeg(1, 3, 70, 8)):
             yield pb.ContinuousAuthenticateRequest(chunk=sig(c, "hs-arti"))
 
+    t_before = time.time()
     states = list(stub.ContinuousAuthenticate(gen(), metadata=MD, timeout=30))
     assert len(states) == 2
     assert count("continuous") == n_cont + 2
+    # a verified window is when the session was last verified
+    assert states[-1].state == pb.ContinuousAuthenticateResponse.VERIFIED
+    v = stub.ValidateSession(pb.ValidateSessionRequest(session_token=tok), metadata=MD)
+    assert v.valid and v.last_verified_unix >= t_before
 
 
 def test_continuous_authenticate_ends_on_signal_loss(srv):

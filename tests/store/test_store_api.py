@@ -15,11 +15,11 @@ T0 = 1_790_000_000.0  # a fixed "now" (2026-09-21 UTC)
 
 
 def test_migrate_is_idempotent(store, store_url, key):
-    assert store.schema_version() == 1
+    assert store.schema_version() == 2
     assert store.migrate() == []
     again = open_store(store_url, key=key)  # a second replica / restart
     try:
-        assert again.migrate() == [] and again.schema_version() == 1
+        assert again.migrate() == [] and again.schema_version() == 2
     finally:
         again.close()
 
@@ -466,3 +466,30 @@ def test_end_user_sessions_and_first_device_only(store):
         store.register_device("alice", "hs-2", "s" * 16, first_only=True)
     store.register_device("alice", "hs-2", "s" * 16)
     assert sorted(d.device_id for d in store.list_devices("alice")) == ["hs-1", "hs-2"]
+
+
+def test_an_older_store_is_migrated_with_its_sessions_and_renewal_records_verification(
+        store_url, key, monkeypatch):
+    """A store created before ``sessions.last_verified_at`` (schema 1) opens at schema
+    2 with its sessions intact; ``renew_session`` (a window ContinuousAuthenticate
+    verified) records when, which ValidateSession reports."""
+    from nacf_core.store.postgres import PostgresStore
+    from nacf_core.store.sqlite import SQLiteStore
+
+    cls = SQLiteStore if store_url.startswith("sqlite") else PostgresStore
+    monkeypatch.setattr(cls, "MIGRATIONS", cls.MIGRATIONS[:1])
+    old = open_store(store_url, key=key)
+    old.put_template("alice", b"x", "m")
+    tok = old.create_session("alice", 60, now=T0).token
+    assert old.schema_version() == 1
+    old.close()
+    monkeypatch.undo()
+    new = open_store(store_url, key=key)
+    try:
+        assert new.schema_version() == 2
+        s = new.get_session(tok)
+        assert s.user_id == "alice" and s.last_verified_at is None
+        assert new.renew_session(tok, 60, now=T0 + 30).last_verified_at == T0 + 30
+        assert new.get_session(tok).last_verified_at == T0 + 30
+    finally:
+        new.close()
