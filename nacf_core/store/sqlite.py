@@ -123,6 +123,16 @@ class SQLiteStore(SqlStore):
         self._mem_conn: sqlite3.Connection | None = None
         if not self._memory:
             try:
+                # a new store file is the owner's alone (0600): it holds the audit trail
+                # (addresses, scores) and session hashes next to the encrypted templates;
+                # SQLite gives its -wal and -shm files the database file's permissions
+                os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise Unavailable(f"SQLite store {self.path!r}: cannot create it: {exc}.") \
+                    from exc
+            try:
                 self._wlock_fd = os.open(self.path + "-wlock", os.O_RDWR | os.O_CREAT, 0o600)
             except OSError as exc:
                 raise Unavailable(f"SQLite store {self.path!r}: cannot open its writer "

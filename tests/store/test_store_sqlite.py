@@ -102,3 +102,20 @@ def test_a_read_only_store_is_reported_and_recovered_from_without_a_restart(
         assert store.register_failure("a", 5, 60)[0] == 1
     finally:
         store.close()
+
+
+def test_a_new_store_file_is_the_owners_alone(tmp_path):
+    """The database (audit rows with addresses and scores, session hashes) and the
+    -wal/-shm files SQLite creates beside it are 0600, whatever the umask."""
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        store = open_store(f"sqlite:///{tmp_path / 'perm.db'}", key=os.urandom(32))
+        store.put_template("a", b"t" * 64, "m1")
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+        store.close()
+    finally:
+        os.umask(old)
+    assert {"perm.db", "perm.db-wal", "perm.db-shm", "perm.db-wlock"} <= set(modes), modes
+    assert set(modes.values()) == {0o600}, modes
