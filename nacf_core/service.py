@@ -90,6 +90,8 @@ _UNREAD = object()  # a device record that was not looked up
 
 #: ContinuousAuthenticate: how many of the stream's own windows its replay check keeps
 _STREAM_PAD_HISTORY = 64
+_PROOF_FAILS = ("device proof does not verify: the device is not registered to this user, "
+                "or the secret, the signed user, device, timestamp or samples differ.")
 _ANOTHER_DEVICE = ("user {user!r} already has a registered device; binding another one "
                    "(or rotating a secret) needs the admin scope.")
 
@@ -658,14 +660,12 @@ class AuthService:
         else:  # read with the template by _check_user_and_lock
             dev = device if device.device_id == device_id else None
         if dev is None or dev.user_id != user_id:
-            raise _ProofRejected("unknown_device",
-                                 f"device {device_id!r} is not registered to user "
-                                 f"{user_id!r}; use RegisterDevice.")
+            # the same answer as a wrong secret: which headsets are bound to whom is not
+            # the caller's to learn (the log and the metrics keep the difference)
+            raise _ProofRejected("unknown_device", _PROOF_FAILS)
         want = device_proof(dev.secret, user_id, device_id, ts, block.raw_bytes())
         if not hmac.compare_digest(want, given):
-            raise _ProofRejected("wrong",
-                                 "device proof does not verify: wrong secret, or the "
-                                 "signed user, device, timestamp or samples differ.")
+            raise _ProofRejected("wrong", _PROOF_FAILS)
         fresh = self._store("use_nonce", self.store.use_nonce, device_id, given,
                             now + 2 * skew, now=now)
         if not fresh:

@@ -212,6 +212,12 @@ def test_device_proof_paths(srv):
     c, m = code_of(stub.Authenticate, req,
                    metadata=(*MD, *proof_md("not-the-secret", "dave", "hs-dave", s.samples)))
     assert c == grpc.StatusCode.UNAUTHENTICATED and "does not verify" in m
+    # a headset not bound to this user gets the same answer: who owns which headset is
+    # not the caller's to learn
+    s2 = sig(x, "hs-erin")
+    c2, m2 = code_of(stub.Authenticate, pb.AuthenticateRequest(user_id="dave", signal=s2),
+                     metadata=(*MD, *proof_md("any-secret", "dave", "hs-erin", s2.samples)))
+    assert (c2, m2) == (c, m)
     # stale
     c, m = code_of(stub.Authenticate, req, metadata=(*MD, *proof_md(
         secret, "dave", "hs-dave", s.samples, int(time.time()) - 120)))
