@@ -1260,6 +1260,20 @@ class AuthService:
                     actor, peer, device_id=device_id, sessions_ended=len(ended))
         return secret
 
+    def end_user_sessions(self, user_id: str, device_id: str | None = None, *,
+                          actor: str = "", peer: str = "") -> int:
+        """End every open session of ``user_id`` (only those opened with ``device_id``
+        when given): an admin's answer to a stolen headset or a compromised account.
+        Audited; ``NotFound`` for an unknown user. Returns how many were ended."""
+        user_id = check_user_id(user_id)
+        if device_id is not None:
+            device_id = check_user_id(device_id, "device_id")
+        self._store("get_user", self.store.get_user, user_id)  # NotFound first
+        ended = self._end_user_sessions(user_id, "ended_by_admin", device_id=device_id)
+        self._audit(user_id, "EndUserSessions", "sessions_ended", actor, peer,
+                    device_id=device_id, sessions_ended=len(ended))
+        return len(ended)
+
     def _end_user_sessions(self, user_id: str, reason: str, *,
                            device_id: str | None = None) -> list:
         now = self.clock()

@@ -66,6 +66,7 @@ METHOD_SCOPES: dict[str, str] = {
     "UnlockUser": "admin",
     "ListUsers": "admin",
     "GetStats": "admin",
+    "EndUserSessions": "admin",
 }
 
 

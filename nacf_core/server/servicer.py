@@ -198,6 +198,13 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
         return pb.EndSessionResponse(ended=ended, duration_seconds=dur)
 
     @_unary
+    def EndUserSessions(self, request, context) -> pb.EndUserSessionsResponse:
+        actor, _ = _caller()
+        n = self.service.end_user_sessions(request.user_id, request.device_id or None,
+                                           actor=actor, peer=_peer(context))
+        return pb.EndUserSessionsResponse(ended=n)
+
+    @_unary
     def RegisterDevice(self, request, context) -> pb.RegisterDeviceResponse:
         actor, admin = _caller()
         if request.rotate and not admin:

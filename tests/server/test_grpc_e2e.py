@@ -376,6 +376,37 @@ def test_account_changes_need_admin_end_sessions_and_are_audited(srv):
                     ("Enroll", "enrolled", "ipv4:127.0.0.1:")], rows
 
 
+def test_an_admin_ends_a_users_sessions(srv):
+    """EndUserSessions (admin): every open session of a user, or those of one headset;
+    audited; other scopes are refused, an unknown user is NOT_FOUND."""
+    server, stub, _ = srv
+    enroll(stub, "ended", 1)
+    s1, s2 = device(stub, "ended", "hs-e1"), device(stub, "ended", "hs-e2")
+    t1 = auth(stub, "ended", eeg(1, 3, 60, 8), s1, "hs-e1").session_token
+    t2 = auth(stub, "ended", eeg(1, 3, 70, 8), s2, "hs-e2").session_token
+
+    def end(md, **kw):
+        return stub.EndUserSessions(pb.EndUserSessionsRequest(user_id="ended", **kw),
+                                    metadata=md, timeout=10).ended
+
+    def valid(tok):
+        v = stub.ValidateSession(pb.ValidateSessionRequest(session_token=tok), metadata=MD)
+        return v.valid, v.reason
+
+    for key in (AUTH_ONLY, ENROLL_ONLY):
+        assert code_of(end, (("x-api-key", key),))[0] == grpc.StatusCode.PERMISSION_DENIED
+    assert end(MD, device_id="hs-e1") == 1
+    assert valid(t1) == (False, "ended_by_admin") and valid(t2) == (True, "")
+    assert end(MD) == 1 and valid(t2) == (False, "ended_by_admin")
+    assert end(MD) == 0
+    c, _ = code_of(stub.EndUserSessions, pb.EndUserSessionsRequest(user_id="nobody-x"),
+                   metadata=MD, timeout=10)
+    assert c == grpc.StatusCode.NOT_FOUND
+    rows = [a.reason for a in server.service.store.recent_attempts("ended", 50)
+            if a.method == "EndUserSessions"]
+    assert rows == ["sessions_ended"] * 3
+
+
 # ------------------------------------------------------------------ API keys
 def test_api_keys_and_scopes(srv):
     _, stub, _ = srv
