@@ -149,6 +149,11 @@ class SqlStore(Store):
         """Map a driver error to a domain error (or None to re-raise as is)."""
         raise NotImplementedError
 
+    def _is_contention(self, exc: BaseException) -> bool:
+        """Whether a failed write only waited too long for other writers (the store
+        itself works: readiness need not probe it)."""
+        return False
+
     def _migration_lock(self, tx: Tx) -> None:
         """Serialise concurrent ``migrate()`` calls (SQLite: BEGIN IMMEDIATE does it)."""
 
@@ -181,7 +186,8 @@ class SqlStore(Store):
                     delay = min(delay * 2, 0.2)
                     continue
                 mapped = self._translate(exc)
-                if write and isinstance(mapped, Unavailable):
+                if (write and isinstance(mapped, Unavailable)
+                        and not self._is_contention(exc)):
                     self._write_failure = str(mapped)
                 if mapped is None:
                     raise

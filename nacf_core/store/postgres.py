@@ -284,6 +284,10 @@ class PostgresStore(SqlStore):
             isinstance(exc, psycopg.OperationalError)
             and not isinstance(exc, pg_errors.QueryCanceled))
 
+    def _is_contention(self, exc: BaseException) -> bool:
+        return isinstance(exc, (pg_errors.SerializationFailure, pg_errors.DeadlockDetected,
+                                pg_errors.LockNotAvailable, pg_errors.QueryCanceled))
+
     def _translate(self, exc: BaseException) -> BaseException | None:
         if isinstance(exc, _CommitUnknown):
             return Unavailable(

@@ -282,6 +282,9 @@ class SQLiteStore(SqlStore):
         return (isinstance(exc, sqlite3.OperationalError) and _busy(exc)
                 and elapsed_s < 0.5 * self._busy_ms / 1000)
 
+    def _is_contention(self, exc: BaseException) -> bool:
+        return isinstance(exc, sqlite3.OperationalError) and _busy(exc)
+
     def _translate(self, exc: BaseException) -> BaseException | None:
         if isinstance(exc, sqlite3.OperationalError):
             return Unavailable(f"SQLite store {self.path!r} is unavailable: {exc}.")

@@ -119,3 +119,29 @@ def test_a_new_store_file_is_the_owners_alone(tmp_path):
         os.umask(old)
     assert {"perm.db", "perm.db-wal", "perm.db-shm", "perm.db-wlock"} <= set(modes), modes
     assert set(modes.values()) == {0o600}, modes
+
+
+def test_a_write_that_only_waited_for_another_writer_does_not_make_readiness_wait(tmp_path):
+    """A write that ran out of busy timeout (another writer held the lock) says nothing
+    about the store: readiness stays a quick read, not a write that waits the timeout."""
+    import sqlite3
+    import time
+
+    import pytest
+
+    from nacf_core.errors import Unavailable
+
+    path = tmp_path / "busy.db"
+    store = open_store(f"sqlite:///{path}", key=os.urandom(32), busy_timeout_s=0.3)
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        store.put_template("a", b"t" * 64, "m1")
+        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        with pytest.raises(Unavailable, match="locked"):
+            store.register_failure("a", 5, 60)
+        t0 = time.monotonic()
+        store.ping()
+        assert time.monotonic() - t0 < 0.2
+    finally:
+        other.close()
+        store.close()
