@@ -45,6 +45,7 @@ import queue
 import secrets
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -112,6 +113,7 @@ def peer_fields(peer: str) -> dict[str, str]:
     if not peer:
         return {}
     kind, _, rest = peer.partition(":")
+    rest = urllib.parse.unquote(rest)  # gRPC writes an IPv6 peer as ipv6:%5B::1%5D:port
     if kind == "ipv4":
         return {"ip_address": rest.rpartition(":")[0] or rest, "peer": peer}
     if kind == "ipv6":

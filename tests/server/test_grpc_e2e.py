@@ -321,6 +321,7 @@ def test_peer_fields():
     assert peer_fields("ipv4:10.1.2.3:5555") == {"ip_address": "10.1.2.3",
                                                  "peer": "ipv4:10.1.2.3:5555"}
     assert peer_fields("ipv6:[::1]:5555") == {"ip_address": "::1", "peer": "ipv6:[::1]:5555"}
+    assert peer_fields("ipv6:%5B::1%5D:60348")["ip_address"] == "::1"  # as gRPC writes it
     assert peer_fields("unix:/run/nacf.sock") == {"peer": "unix:/run/nacf.sock"}
     assert peer_fields("") == {}
 
