@@ -376,6 +376,14 @@ class NacfServer:
                 "are kept.")
         if self._interceptor is not None:
             self._interceptor.set_api_keys(keys)
+            if keys and self.open_mode:
+                # started open on loopback, keys configured since: they are required
+                # from now on (a caller without one must not keep every scope)
+                self._interceptor.open_mode = False
+        if keys and self.open_mode:
+            self.open_mode = False
+            log.warning("API keys configured: calls without a key are refused from now on",
+                        extra={"event_type": "api_keys_reload"})
         self.config.api_keys = keys
         return before, len(keys)
 

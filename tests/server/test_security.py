@@ -159,11 +159,29 @@ def test_token_bucket_per_client(tmp_path, model_path):
 def test_open_loopback_mode(tmp_path, model_path):
     with pytest.raises(FailedPrecondition, match="no API keys"):
         _server(tmp_path, model_path, api_keys={})
-    server, store = _server(tmp_path, model_path, api_keys={}, allow_open_loopback=True)
+    keys = tmp_path / "keys.txt"
+    keys.write_text("")
+    server, store = _server(tmp_path, model_path, api_keys={}, allow_open_loopback=True,
+                            api_keys_file=str(keys))
     server.start()
     try:
         with grpc.insecure_channel(server.address) as ch:
-            assert pbg.AuthServiceStub(ch).GetStats(pb.GetStatsRequest(), timeout=10)
+            stub = pbg.AuthServiceStub(ch)
+            assert stub.GetStats(pb.GetStatsRequest(), timeout=10)
+            # keys configured since (SIGHUP): they are required from now on; a caller
+            # without one must not keep every scope
+            keys.write_text("auth-only-0123456789 authenticate\n")
+            assert server.reload_api_keys(env={}) == (0, 1)
+            with pytest.raises(grpc.RpcError) as ei:
+                stub.GetStats(pb.GetStatsRequest(), timeout=10)
+            assert ei.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(grpc.RpcError) as ei:
+                stub.GetStats(pb.GetStatsRequest(), timeout=10,
+                              metadata=(("x-api-key", "auth-only-0123456789"),))
+            assert ei.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            keys.write_text("")  # and no way back to open without a restart
+            with pytest.raises(ValueError, match="hold no key"):
+                server.reload_api_keys(env={})
     finally:
         server.stop(0)
         store.close()
