@@ -523,7 +523,7 @@ class AuthService:
                                         "template_version": version, "epochs_used": used,
                                         "epochs_rejected": len(rejected),
                                         "quality": round(quality, 3)})
-            ended = (self._end_user_sessions(user_id, "template_replaced")
+            ended = (self._end_sessions_after(user_id, "template_replaced")
                      if version > 1 else [])
             self._audit(user_id, method, "template_replaced" if version > 1 else "enrolled",
                         actor, peer, template_version=version, sessions_ended=len(ended))
@@ -1257,7 +1257,7 @@ class AuthService:
             raise
         ended = []
         if dev is not None:  # the old secret's sessions end with it
-            ended = self._end_user_sessions(user_id, "device_rotated", device_id=device_id)
+            ended = self._end_sessions_after(user_id, "device_rotated", device_id=device_id)
         self._audit(user_id, "RegisterDevice", "rotated" if dev is not None else "registered",
                     actor, peer, device_id=device_id, sessions_ended=len(ended))
         return secret
@@ -1275,6 +1275,19 @@ class AuthService:
         self._audit(user_id, "EndUserSessions", "sessions_ended", actor, peer,
                     device_id=device_id, sessions_ended=len(ended))
         return len(ended)
+
+    def _end_sessions_after(self, user_id: str, reason: str, *,
+                            device_id: str | None = None) -> list:
+        """End the sessions an account change invalidated. The change itself is done
+        (a new secret that must reach the caller, a new template): a store error here is
+        logged and counted, not returned, so the caller still gets the change's result."""
+        try:
+            return self._end_user_sessions(user_id, reason, device_id=device_id)
+        except NacfError:
+            self.metrics.record_store_error("end_user_sessions")
+            log.error("sessions not ended after an account change", exc_info=True, extra={
+                "event_type": "account_change", "user_id": user_id, "reason": reason})
+            return []
 
     def _end_user_sessions(self, user_id: str, reason: str, *,
                            device_id: str | None = None) -> list:

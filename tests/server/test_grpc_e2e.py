@@ -377,6 +377,27 @@ def test_account_changes_need_admin_end_sessions_and_are_audited(srv):
                     ("Enroll", "enrolled", "ipv4:127.0.0.1:")], rows
 
 
+def test_an_account_change_is_answered_even_when_its_sessions_cannot_be_ended(srv,
+                                                                             monkeypatch):
+    """The rotation is done when ending the old secret's sessions fails: the caller gets
+    the new secret (a store error there is logged and counted), or the headset would
+    be locked out with a secret nobody knows."""
+    server, stub, metrics = srv
+    enroll(stub, "rot-err", 1)
+    device(stub, "rot-err", "hs-re")
+    from nacf_core.errors import Unavailable
+
+    def down(*a, **k):
+        raise Unavailable("the store is down")
+    monkeypatch.setattr(server.service.store, "end_user_sessions", down)
+    new = stub.RegisterDevice(pb.RegisterDeviceRequest(
+        user_id="rot-err", device_id="hs-re", rotate=True), metadata=MD, timeout=10)
+    monkeypatch.undo()
+    assert auth(stub, "rot-err", eeg(1, 3, 60, 8), new.device_secret, "hs-re").accepted
+    errs = _metric(metrics, "nacfauth_store_errors_total")
+    assert errs[(("operation", "end_user_sessions"),)] >= 1
+
+
 def test_an_admin_ends_a_users_sessions(srv):
     """EndUserSessions (admin): every open session of a user, or those of one headset;
     audited; other scopes are refused, an unknown user is NOT_FOUND."""
