@@ -608,16 +608,23 @@ class AuthService:
         """Check the device proof; return the device id (``None`` when not required
         and not given). Raises ``Unauthenticated`` on a missing/wrong/stale/replayed
         proof, counted, logged and audited with the caller's ``peer``."""
+        return self._verify_proof(user_id, block, proof, device, peer)[0]
+
+    def _verify_proof(self, user_id: str, block: SignalBlock, proof: DeviceProof | None,
+                      device: Any, peer: str) -> tuple[str | None, Any]:
+        """:meth:`verify_device_proof`, and the device key that verified it,
+        ``(device_id, created_at)`` (which secret: a rotation changes it), for
+        ``finish_authentication(device_key=...)``; ``(None, None)`` without a proof."""
         try:
             return self._check_proof(user_id, block, proof, device)
         except _ProofRejected as e:
             raise self._proof_fail(user_id, e.kind, e.message, e.severity, peer) from None
 
     def _check_proof(self, user_id: str, block: SignalBlock, proof: DeviceProof | None,
-                     device: Any) -> str | None:
+                     device: Any) -> tuple[str | None, Any]:
         if proof is None or not proof.present:
             if not self.config.require_device_proof:
-                return None
+                return None, None
             raise _ProofRejected("missing",
                                  "device proof required: send x-device-id, "
                                  "x-device-timestamp and x-device-proof metadata.")
@@ -674,7 +681,7 @@ class AuthService:
             raise _ProofRejected("replayed",
                                  "device proof was already used (replay); sign every "
                                  "request afresh.", severity="high")
-        return device_id
+        return device_id, (device_id, float(dev.created_at))
 
     def _proof_fail(self, user_id: str, kind: str, message: str, severity: str,
                     peer: str) -> Unauthenticated:
@@ -707,7 +714,7 @@ class AuthService:
         t_start = time.perf_counter()
         st, dev = self._check_user_and_lock(user_id, proof, fingerprints=self.pad is not None,
                                             peer=peer, method=method, t_start=t_start)
-        device_id = self.verify_device_proof(user_id, block, proof, device=dev, peer=peer)
+        device_id, device_key = self._verify_proof(user_id, block, proof, dev, peer)
         t0 = time.perf_counter()
         with self._cpu_gate:
             w = self.rec.windows(block)
@@ -719,14 +726,16 @@ class AuthService:
                             float(d.quality), list(d.reasons), int(d.windows_used),
                             int(d.windows_used) * self.rec.window_s, device_id, w, block,
                             peer, method, t_start,
-                            fingerprints=st.fingerprints, template_id=_template_id(st))
+                            fingerprints=st.fingerprints, template_id=_template_id(st),
+                            device_key=device_key)
 
     def _decide(self, user_id: str, accepted: bool, score: float, thr: float,
                 quality: float, reasons: list[str], n_used: int, seconds: float,
                 device_id: str | None, windows: Any, block: SignalBlock | None, peer: str,
                 method: str, t_start: float, *,
                 fingerprints: list | None = None,
-                template_id: tuple[int, float] | None = None) -> AuthResult:
+                template_id: tuple[int, float] | None = None,
+                device_key: tuple[str, float] | None = None) -> AuthResult:
         reasons = list(reasons)
         accepted = bool(accepted and n_used > 0 and math.isfinite(score))
         probe_fp = None
@@ -757,7 +766,7 @@ class AuthService:
             session_ttl_s=float(self.config.session_ttl_s), device_id=device_id,
             max_failures=int(self.config.lockout_threshold),
             lock_seconds=float(self.config.lockout_seconds), probe_fingerprint=probe_fp,
-            template_id=template_id, now=now)
+            template_id=template_id, device_key=device_key, now=now)
         # the user was locked by concurrent failures after the check at the start of this
         # call (a stream started before them, calls racing with a networked store): an
         # accept opens no session, and a reject counted while locked returns no score;
@@ -829,6 +838,7 @@ class AuthService:
         test = self.rec.sequential(limit)
         buf = _Buffer()
         device_id: str | None = None
+        device_key = None
         first = True
         n_scored = 0          # windows fed to the sequential test
         n_done = 0            # windows computed so far
@@ -841,7 +851,7 @@ class AuthService:
             if first:
                 # the device as it is now, not as it was when the stream opened: a
                 # rotation or a delete since then must refuse the old secret
-                device_id = self.verify_device_proof(user_id, block, proof, peer=peer)
+                device_id, device_key = self._verify_proof(user_id, block, proof, None, peer)
                 first = False
             buf.push(block)
             if buf.seconds < self.rec.window_s * (n_done + 1):
@@ -885,7 +895,8 @@ class AuthService:
         return self._decide(user_id, accepted, float(d.score), float(d.threshold),
                             float(d.quality), reasons, int(d.windows_used),
                             n_scored * self.rec.window_s, device_id, w, buf.block(), peer,
-                            "AuthenticateStream", t_start, template_id=_template_id(st))
+                            "AuthenticateStream", t_start, template_id=_template_id(st),
+                            device_key=device_key)
 
     # --------------------------------------------------------------- identification
     def identify(self, block: SignalBlock, top_k: int = 5, *, peer: str = "") -> IdentifyResult:

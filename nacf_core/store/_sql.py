@@ -39,6 +39,7 @@ from .base import (
     DeviceRecord,
     LockoutState,
     Session,
+    DEVICE_CHANGED,
     TEMPLATE_CHANGED,
     Stats,
     Store,
@@ -891,6 +892,7 @@ class SqlStore(Store):
                               max_failures: int = 1, lock_seconds: float = 1.0,
                               probe_fingerprint: bytes | None = None,
                               template_id: tuple[int, float] | None = None,
+                              device_key: tuple[str, float] | None = None,
                               now: float | None = None) -> AuthOutcome:
         _check_id("user_id", user_id)
         accepted = bool(accepted)
@@ -927,6 +929,13 @@ class SqlStore(Store):
                     if row is None or (int(row[0]), float(row[1])) != (
                             int(template_id[0]), float(template_id[1])):
                         raise FailedPrecondition(TEMPLATE_CHANGED)
+                if device_key is not None:
+                    # the proof was verified with this secret: not one rotated meanwhile
+                    row = tx.one("SELECT user_id, created_at FROM devices WHERE device_id = ?",
+                                 (device_key[0],))
+                    if row is None or row[0] != user_id or float(row[1]) != float(
+                            device_key[1]):
+                        raise FailedPrecondition(DEVICE_CHANGED)
                 # the lock as it is now, not as the caller read it: failures of concurrent
                 # calls (or of streams checked before them) may have locked the user
                 row = tx.one("SELECT failures, locked_until FROM lockouts WHERE user_id = ?"

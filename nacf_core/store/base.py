@@ -32,6 +32,10 @@ from typing import Any
 
 from ..errors import FailedPrecondition
 
+#: ``FailedPrecondition`` of an authentication whose device proof was verified with a
+#: secret the device no longer has (``finish_authentication(device_key=...)``)
+DEVICE_CHANGED = ("the device's secret was rotated, or the device removed, while this "
+                  "authentication ran; nothing was written: authenticate again.")
 #: ``FailedPrecondition`` of an authentication whose decision used a template that is no
 #: longer the user's (``finish_authentication(template_id=...)``)
 TEMPLATE_CHANGED = ("the user's template changed while this authentication ran (updated, "
@@ -52,6 +56,7 @@ __all__ = [
     "AuthOutcome",
     "utc_day_start",
     "TEMPLATE_CHANGED",
+    "DEVICE_CHANGED",
 ]
 
 
@@ -434,12 +439,15 @@ class Store(abc.ABC):
                               max_failures: int = 1, lock_seconds: float = 1.0,
                               probe_fingerprint: bytes | None = None,
                               template_id: tuple[int, float] | None = None,
+                              device_key: tuple[str, float] | None = None,
                               now: float | None = None) -> AuthOutcome:
         """Every write of one authentication, atomically: on ``accepted``, unless the
         user is locked at ``now`` (failures counted by concurrent calls since the caller
         checked) or the user's template is no longer the one the decision used
         (``template_id`` = its ``(version, created_at)``: updated, or the user deleted
-        and enrolled again meanwhile; ``FailedPrecondition``, nothing written), reset
+        and enrolled again meanwhile; ``FailedPrecondition``, nothing written) or the
+        device whose secret verified the proof no longer has it (``device_key`` =
+        ``(device_id, created_at)``: rotated or removed meanwhile; the same), reset
         the consecutive failures and open a session of ``session_ttl_s``
         (``create_session``); a locked user gets no session (``locked`` set, the attempt
         audited as rejected with reason ``"locked"``); otherwise count a failure
@@ -453,6 +461,10 @@ class Store(abc.ABC):
             rec = self.get_template(user_id)
             if (rec.version, rec.created_at) != tuple(template_id):
                 raise FailedPrecondition(TEMPLATE_CHANGED)
+        if accepted and device_key is not None:
+            dev = self.get_device(device_key[0])
+            if dev.user_id != user_id or dev.created_at != device_key[1]:
+                raise FailedPrecondition(DEVICE_CHANGED)
         if accepted:
             lock = self.get_lockout(user_id)
             if lock.locked_until is not None and lock.locked_until > t:

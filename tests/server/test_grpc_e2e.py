@@ -614,16 +614,17 @@ def test_authenticate_stream_decides_early(srv):
     assert c == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def _held_stream(stub, user, parts, md):
-    """An AuthenticateStream whose first chunk waits for ``go``: what happens between the
-    stream's start and its first chunk (a rotation, a delete) is the test's."""
+def _held_stream(stub, user, parts, md, sent_first=0):
+    """An AuthenticateStream whose chunks after the first ``sent_first`` wait for ``go``:
+    what happens meanwhile (a rotation, a delete) is the test's."""
     go = threading.Event()
     out: dict = {}
 
     def gen():
         yield pb.AuthenticateStreamRequest(start=pb.StreamStart(user_id=user))
-        go.wait(20)
-        for p in parts:
+        for i, p in enumerate(parts):
+            if i == sent_first:
+                go.wait(20)
             yield pb.AuthenticateStreamRequest(chunk=p)
 
     def run():
@@ -654,6 +655,19 @@ def test_authenticate_stream_checks_the_device_and_template_as_they_are_at_the_e
     go.set()
     t.join(30)
     assert out.get("e", (None,))[0] == grpc.StatusCode.UNAUTHENTICATED, out
+    # rotated after the first chunk's proof was checked with the old secret: no session
+    old = stub.RegisterDevice(pb.RegisterDeviceRequest(
+        user_id="rot", device_id="hs-rot", rotate=True), metadata=MD, timeout=10).device_secret
+    parts = [sig(c, "hs-rot") for c in chunks(eeg(1, 3, 68, 8))]
+    go, t, out = _held_stream(stub, "rot", parts,
+                              (*MD, *proof_md(old, "rot", "hs-rot", parts[0].samples)),
+                              sent_first=1)
+    stub.RegisterDevice(pb.RegisterDeviceRequest(user_id="rot", device_id="hs-rot",
+                                                 rotate=True), metadata=MD, timeout=10)
+    go.set()
+    t.join(30)
+    code, msg = out.get("e", (None, ""))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "rotated" in msg, out
 
     enroll(stub, "reenr", 1)
     server.service.config.require_device_proof = False

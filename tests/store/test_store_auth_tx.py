@@ -220,3 +220,20 @@ def test_finish_authentication_refuses_a_session_on_a_template_that_changed(stor
     out = store.finish_authentication("alice", False, template_id=tid,
                                       **{**kw, "reason": "score_below_threshold"})
     assert out.session is None and out.failures == 1
+
+
+def test_finish_authentication_refuses_a_session_on_a_rotated_device_secret(store):
+    kw = {"score": 0.9, "reason": "accepted", "peer": "p", "duration_s": 0.01,
+          "method": "Authenticate", "session_ttl_s": 60.0, "device_id": "hs-1"}
+    store.put_template("alice", b"tpl-1", "m1", now=T0)
+    dev = store.register_device("alice", "hs-1", "secret-0123456789", now=T0)
+    key = ("hs-1", dev.created_at)
+    assert store.finish_authentication("alice", True, device_key=key, **kw).session
+    store.register_device("alice", "hs-1", "secret-9876543210", now=T0 + 5)  # rotated
+    with pytest.raises(FailedPrecondition, match="rotated"):
+        store.finish_authentication("alice", True, device_key=key, **kw)
+    fresh = ("hs-1", store.get_device("hs-1").created_at)
+    assert store.finish_authentication("alice", True, device_key=fresh, **kw).session
+    store.put_template("bob", b"tpl-1", "m1", now=T0)
+    with pytest.raises(FailedPrecondition, match="rotated"):  # another user's device
+        store.finish_authentication("bob", True, device_key=fresh, **kw)
