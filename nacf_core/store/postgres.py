@@ -80,6 +80,10 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
 _MAX_POOL = 1000
 _SCHEMA_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _MIGRATION_LOCK_ID = 0x6E616366  # "nacf"
+#: libpq connection parameters set unless the store URL gives them: TCP keepalives on
+#: idle pooled connections, and unacknowledged data dropping the connection after 20 s
+_TCP_DEFAULTS = {"keepalives": "1", "keepalives_idle": "10", "keepalives_interval": "5",
+                 "keepalives_count": "3", "tcp_user_timeout": "20000"}
 
 
 def _redact(conninfo: str) -> str:
@@ -206,6 +210,9 @@ class PostgresStore(SqlStore):
                                   f"([A-Za-z_][A-Za-z0-9_]*), got {schema!r}.")
         self.schema = schema
         self._options = query.pop("options", "")  # merged with search_path below
+        # a server that vanishes from the network (a dead host, a partition) is noticed
+        # in about 20 s, not after minutes of TCP retransmissions; the URL can override
+        self._tcp = {k: v for k, v in _TCP_DEFAULTS.items() if k not in query}
         scheme = "postgresql"
         self._conninfo = urlunsplit((scheme, parts.netloc, parts.path, urlencode(query), ""))
         self._where = _redact(self._conninfo)
@@ -220,7 +227,8 @@ class PostgresStore(SqlStore):
 
     def _new_conn(self) -> psycopg.Connection:
         kwargs: dict[str, Any] = {"autocommit": True,
-                                  "connect_timeout": max(1, int(self._connect_timeout))}
+                                  "connect_timeout": max(1, int(self._connect_timeout)),
+                                  **self._tcp}
         options = self._options
         if self.schema is not None:
             options = f"{options} -c search_path={self.schema}".strip()

@@ -147,3 +147,16 @@ def test_reads_are_still_retried_and_a_restart_costs_no_call(proxied):
     proxy.cut_all()
     assert store.get_template("bob").version == 1
     assert store.register_failure("bob", 5, 60)[0] == 1
+
+
+def test_connections_notice_a_vanished_server_and_the_url_can_say_otherwise(pg_url, key):
+    url, _ = pg_url
+    for extra, idle in (("", "10"), ("&keepalives_idle=30", "30")):
+        store = open_store(url + extra, key=key)
+        try:
+            with store._pool.connection() as conn:
+                params = conn.info.get_parameters()
+                assert params["keepalives_idle"] == idle
+                assert params["tcp_user_timeout"] == "20000" and params["keepalives"] == "1"
+        finally:
+            store.close()
