@@ -33,14 +33,14 @@ from ..errors import (
     Unavailable,
 )
 from .base import (
+    DEVICE_CHANGED,
+    TEMPLATE_CHANGED,
     Attempt,
     AuthOutcome,
     AuthState,
     DeviceRecord,
     LockoutState,
     Session,
-    DEVICE_CHANGED,
-    TEMPLATE_CHANGED,
     Stats,
     Store,
     TemplateRecord,
