@@ -429,8 +429,10 @@ class AuthService:
             # with the traceback: a programming error must not pass for an outage
             log.error("store error", exc_info=True, extra={
                 "event_type": "store_error", "operation": op, "error": type(e).__name__})
-            raise Unavailable(f"the template store failed during {op}: {type(e).__name__}; "
-                              "retry later.") from e
+            err = Unavailable(f"the template store failed during {op}: {type(e).__name__}; "
+                              "retry later.")
+            err.counted = True  # in nacfauth_store_errors_total already
+            raise err from e
 
     def maintenance(self, force: bool = False) -> None:
         """Expire sessions (every 30 s at most) and purge audit rows past retention
@@ -1294,8 +1296,9 @@ class AuthService:
         logged and counted, not returned, so the caller still gets the change's result."""
         try:
             return self._end_user_sessions(user_id, reason, device_id=device_id)
-        except NacfError:
-            self.metrics.record_store_error("end_user_sessions")
+        except NacfError as e:
+            if not getattr(e, "counted", False):
+                self.metrics.record_store_error("end_user_sessions")
             log.error("sessions not ended after an account change", exc_info=True, extra={
                 "event_type": "account_change", "user_id": user_id, "reason": reason})
             return []

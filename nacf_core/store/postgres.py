@@ -294,7 +294,7 @@ class PostgresStore(SqlStore):
 
     def _is_contention(self, exc: BaseException) -> bool:
         return isinstance(exc, (pg_errors.SerializationFailure, pg_errors.DeadlockDetected,
-                                pg_errors.LockNotAvailable, pg_errors.QueryCanceled))
+                                pg_errors.LockNotAvailable))
 
     def _translate(self, exc: BaseException) -> BaseException | None:
         if isinstance(exc, _CommitUnknown):
