@@ -564,11 +564,7 @@ class AuthService:
         lock = st.lockout
         now = self.clock()
         if lock.is_locked(now):
-            try:
-                self.store.record_attempt(user_id, False, None, "locked", peer, 0.0, method,
-                                          now=now)
-            except Exception:  # noqa: BLE001 - the FAILED_PRECONDITION answer matters more
-                self.metrics.record_store_error("record_attempt")
+            self._audit_row(user_id, False, "locked", peer, method, now)
             self._raise_locked(user_id, lock.locked_until, now, peer, method, t_start)
         return st, (st.device if dev_id is not None else _UNREAD)
 
@@ -604,19 +600,13 @@ class AuthService:
             self._templates[k] = tpl
         return tpl
 
-    def verify_device_proof(self, user_id: str, block: SignalBlock,
-                            proof: DeviceProof | None, *, device: Any = None,
-                            peer: str = "") -> str | None:
-        """Check the device proof; return the device id (``None`` when not required
-        and not given). Raises ``Unauthenticated`` on a missing/wrong/stale/replayed
-        proof, counted, logged and audited with the caller's ``peer``."""
-        return self._verify_proof(user_id, block, proof, device, peer)[0]
-
     def _verify_proof(self, user_id: str, block: SignalBlock, proof: DeviceProof | None,
                       device: Any, peer: str) -> tuple[str | None, Any]:
-        """:meth:`verify_device_proof`, and the device key that verified it,
-        ``(device_id, created_at)`` (which secret: a rotation changes it), for
-        ``finish_authentication(device_key=...)``; ``(None, None)`` without a proof."""
+        """Check the device proof; return the device id (``None`` when not required and
+        not given) and the device key that verified it, ``(device_id, created_at)``
+        (which secret: a rotation changes it), for ``finish_authentication(device_key=)``.
+        Raises ``Unauthenticated`` on a missing/wrong/stale/replayed proof, counted,
+        logged and audited with the caller's ``peer``."""
         try:
             return self._check_proof(user_id, block, proof, device)
         except _ProofRejected as e:
@@ -694,11 +684,8 @@ class AuthService:
         log.warning("device proof rejected", extra={
             "event_type": "security_event", "security_event_type": f"device_proof_{kind}",
             "severity": severity, "user_id": user_id, **peer_fields(peer)})
-        try:
-            self.store.record_attempt(user_id, False, None, f"device_proof_{kind}", peer,
-                                      0.0, "device_proof", now=self.clock())
-        except Exception:  # noqa: BLE001 - the UNAUTHENTICATED answer matters more
-            self.metrics.record_store_error("record_attempt")
+        self._audit_row(user_id, False, f"device_proof_{kind}", peer, "device_proof",
+                        self.clock())
         return Unauthenticated(message)
 
     def authenticate(self, user_id: str, block: SignalBlock, proof: DeviceProof | None = None,
@@ -1314,16 +1301,24 @@ class AuthService:
             self._update_active_sessions(now)
         return ended
 
+    def _audit_row(self, user_id: str, success: bool, reason: str, peer: str, method: str,
+                   now: float) -> None:
+        """Append an audit row outside an authentication's own transaction (a refused
+        attempt, an account change). The answer the caller gets matters more: a store
+        error is counted and logged, not raised."""
+        try:
+            self.store.record_attempt(user_id, success, None, reason, peer, 0.0, method,
+                                      now=now)
+        except Exception:  # noqa: BLE001
+            self.metrics.record_store_error("record_attempt")
+            log.exception("audit row not written", extra={"user_id": user_id,
+                                                          "reason": reason})
+
     def _audit(self, user_id: str, method: str, what: str, actor: str, peer: str,
                **fields: Any) -> None:
         """An account change (enrollment, template update, device registration or
         rotation): an audit row and a log line naming who made it."""
-        try:
-            self.store.record_attempt(user_id, True, None, what, peer, 0.0, method,
-                                      now=self.clock())
-        except Exception:  # noqa: BLE001 - the change is done; say the audit row is not
-            self.metrics.record_store_error("record_attempt")
-            log.exception("audit row not written", extra={"user_id": user_id})
+        self._audit_row(user_id, True, what, peer, method, self.clock())
         log.info("account change", extra={
             "event_type": "account_change", "user_id": user_id, "method": method,
             "change": what, "actor": actor, **peer_fields(peer), **fields})

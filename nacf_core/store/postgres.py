@@ -80,6 +80,9 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
 _MAX_POOL = 1000
 _SCHEMA_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _MIGRATION_LOCK_ID = 0x6E616366  # "nacf"
+#: errors of transactions that collided with others: retried, and no sign of an outage
+_CONTENTION = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected,
+               pg_errors.LockNotAvailable)
 #: libpq connection parameters set unless the store URL gives them: TCP keepalives on
 #: idle pooled connections, and unacknowledged data dropping the connection after 20 s
 _TCP_DEFAULTS = {"keepalives": "1", "keepalives_idle": "10", "keepalives_interval": "5",
@@ -287,14 +290,12 @@ class PostgresStore(SqlStore):
     def _is_retryable(self, exc: BaseException, elapsed_s: float) -> bool:
         # a write whose COMMIT was sent is never run again: it may have been applied
         # (_CommitUnknown is no OperationalError)
-        return isinstance(exc, (pg_errors.SerializationFailure, pg_errors.DeadlockDetected,
-                                pg_errors.LockNotAvailable)) or (
+        return isinstance(exc, _CONTENTION) or (
             isinstance(exc, psycopg.OperationalError)
             and not isinstance(exc, pg_errors.QueryCanceled))
 
     def _is_contention(self, exc: BaseException) -> bool:
-        return isinstance(exc, (pg_errors.SerializationFailure, pg_errors.DeadlockDetected,
-                                pg_errors.LockNotAvailable))
+        return isinstance(exc, _CONTENTION)
 
     def _translate(self, exc: BaseException) -> BaseException | None:
         if isinstance(exc, _CommitUnknown):
