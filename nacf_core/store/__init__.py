@@ -58,13 +58,14 @@ def open_store(url: str | os.PathLike, key: Any = None, **options: Any) -> Store
         ``sqlite:///:memory:``, a plain file path (SQLite), or
         ``postgresql://user[:password]@host[:port]/dbname[?schema=NAME&pool_size=N]``
         (``postgres://`` too). ``schema`` puts every table in that PostgreSQL schema
-        (created if missing).
+        (created if missing); ``query_timeout=SECONDS`` bounds a transaction's wait for
+        the server (default 30, 0: none).
     key : bytes | str | path-like | None
         The template encryption key; ``None`` reads ``NACF_TEMPLATE_KEY`` or
         ``NACF_TEMPLATE_KEY_FILE`` (see :mod:`nacf_core.store.crypto`).
     **options
         Backend options: ``busy_timeout_s`` (SQLite); ``pool_size``,
-        ``connect_timeout_s`` (PostgreSQL).
+        ``connect_timeout_s``, ``query_timeout_s`` (PostgreSQL).
 
     Raises
     ------

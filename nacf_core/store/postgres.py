@@ -9,6 +9,12 @@
 - ``migrate()`` takes a transaction-scoped advisory lock, so replicas starting together
   apply each migration once.
 - ``?schema=NAME`` in the URL keeps every table in that schema (``search_path``).
+- ``?query_timeout=SECONDS`` (default 30; 0 turns it off) bounds how long a transaction
+  may wait for the server: a watchdog thread shuts the socket of a connection lent out
+  longer than that, so a server that stops answering without closing its connections (a
+  stopped process, a hung disk: TCP keepalives still succeed) costs the calls an
+  ``UNAVAILABLE`` instead of their threads. Migrations are not bounded (they may wait for
+  another replica's).
 - Every commit is durable (``synchronous_commit`` as the server sets it) except the
   rate-limit token buckets, committed asynchronously: a database crash can forget the
   last fraction of a second of rate accounting, never a template, session, nonce,
@@ -17,9 +23,12 @@
 
 from __future__ import annotations
 
+import os
 import queue
 import re
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -87,6 +96,9 @@ _CONTENTION = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected,
 #: idle pooled connections, and unacknowledged data dropping the connection after 20 s
 _TCP_DEFAULTS = {"keepalives": "1", "keepalives_idle": "10", "keepalives_interval": "5",
                  "keepalives_count": "3", "tcp_user_timeout": "20000"}
+#: the longest a transaction waits for the server by default (``?query_timeout=``)
+QUERY_TIMEOUT_S = 30.0
+_MAX_QUERY_TIMEOUT_S = 24 * 3600.0
 
 
 def _redact(conninfo: str) -> str:
@@ -104,23 +116,105 @@ class _CommitUnknown(Exception):
     counted twice)."""
 
 
-class _Pool:
-    """Thread-safe pool of at most ``size`` connections, created on demand."""
+class _QueryTimeout(Exception):
+    """The server did not answer within the query timeout: the watchdog shut the
+    connection's socket (not an ``OperationalError``, so it is not run again: a server
+    that stopped answering would hold the call for as long again)."""
 
-    def __init__(self, connect, size: int, timeout_s: float) -> None:
+
+class _Watchdog:
+    """Shuts the socket of every connection lent out for longer than ``timeout_s``.
+
+    libpq waits for the server's answer without a limit, and TCP keepalives do not help
+    when the server's host still acknowledges (a stopped process, a disk that hangs), so
+    a thread blocked in a query is freed from the outside: ``shutdown()`` on the socket
+    wakes its wait with an error, and the server, when it runs again, sees the connection
+    gone and rolls the transaction back. Only the socket is touched from this thread
+    (libpq's connection object is not thread-safe); the pool then discards the
+    connection."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._lent: dict[int, tuple[Any, float]] = {}   # id(conn) -> (conn, deadline)
+        self._cut: set[int] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def lend(self, conn: Any) -> None:
+        with self._lock:
+            self._lent[id(conn)] = (conn, time.monotonic() + self.timeout_s)
+            if self._thread is None and not self._stop.is_set():
+                self._thread = threading.Thread(target=self._loop, daemon=True,
+                                                name="nacf-pg-watchdog")
+                self._thread.start()
+
+    def back(self, conn: Any) -> bool:
+        """The connection is back from its transaction: True if it was cut."""
+        with self._lock:
+            self._lent.pop(id(conn), None)
+            if id(conn) in self._cut:
+                self._cut.discard(id(conn))
+                return True
+            return False
+
+    def was_cut(self, conn: Any) -> bool:
+        with self._lock:
+            return id(conn) in self._cut
+
+    def _loop(self) -> None:
+        tick = min(1.0, max(0.05, self.timeout_s / 10))
+        while not self._stop.wait(tick):
+            now = time.monotonic()
+            # under the lock: a connection is cut only while its transaction holds it,
+            # never after it went back to the pool and on to another call
+            with self._lock:
+                for key, (conn, deadline) in list(self._lent.items()):
+                    if deadline <= now:
+                        del self._lent[key]
+                        self._cut.add(key)
+                        _shutdown(conn)
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+def _shutdown(conn: Any) -> None:
+    try:
+        dup = socket.socket(fileno=os.dup(conn.fileno()))
+    except (OSError, psycopg.Error):
+        return  # already closed
+    try:
+        dup.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        dup.close()
+
+
+class _Pool:
+    """Thread-safe pool of at most ``size`` connections, created on demand; with a
+    ``watchdog``, a connection lent out for longer than its timeout is cut."""
+
+    def __init__(self, connect, size: int, timeout_s: float,
+                 watchdog: _Watchdog | None = None) -> None:
         self._connect = connect
         self._idle: queue.LifoQueue = queue.LifoQueue()
         self._sem = threading.BoundedSemaphore(size)
         self._timeout = timeout_s
         self._all: set = set()
         self._lock = threading.Lock()
+        self.watchdog = watchdog
 
     @contextmanager
-    def connection(self) -> Iterator[psycopg.Connection]:
+    def connection(self, *, bounded: bool = True) -> Iterator[psycopg.Connection]:
+        """A connection for one transaction; ``bounded=False``: not cut by the
+        watchdog (migrations, which may wait for another replica's)."""
         if not self._sem.acquire(timeout=self._timeout):
             raise Unavailable(f"No PostgreSQL connection free within {self._timeout:.0f} s "
                               f"(pool exhausted).")
         conn = None
+        watched = False
         try:
             try:
                 conn = self._idle.get_nowait()
@@ -128,10 +222,14 @@ class _Pool:
                 conn = self._connect()
                 with self._lock:
                     self._all.add(conn)
+            if bounded and self.watchdog is not None:
+                self.watchdog.lend(conn)
+                watched = True
             yield conn
         finally:
             if conn is not None:
-                if conn.broken or conn.closed:
+                cut = watched and self.watchdog.back(conn)
+                if cut or conn.broken or conn.closed:
                     # the server went away (a restart, a failover): the idle connections
                     # are dead too, and handing them out would spend a call's retries on
                     # them one by one
@@ -175,7 +273,7 @@ class PostgresStore(SqlStore):
     Parameters
     ----------
     url : str
-        ``postgresql://user[:password]@host[:port]/db[?schema=NAME&pool_size=N]``;
+        ``postgresql://user[:password]@host[:port]/db[?schema=NAME&pool_size=N&query_timeout=S]``;
         other query parameters are passed to libpq (e.g. ``sslmode``,
         ``application_name``, ``options``).
     key : bytes | str | path-like | None
@@ -184,6 +282,11 @@ class PostgresStore(SqlStore):
         Maximum connections this process opens.
     connect_timeout_s : float
         libpq connect timeout; also how long to wait for a free pooled connection.
+    query_timeout_s : float
+        The longest one transaction may wait for the server (``?query_timeout=`` in the
+        URL wins); 0: no limit. Past it the connection is shut and the call gets
+        ``Unavailable``; a write whose ``COMMIT`` was waiting is reported as of unknown
+        outcome, as for a lost connection.
     """
 
     backend = "postgresql"
@@ -191,7 +294,8 @@ class PostgresStore(SqlStore):
     FOR_UPDATE = " FOR UPDATE"
 
     def __init__(self, url: str, key: Any = None, *, pool_size: int | None = None,
-                 connect_timeout_s: float = 5.0, schema: str | None = None) -> None:
+                 connect_timeout_s: float = 5.0, schema: str | None = None,
+                 query_timeout_s: float = QUERY_TIMEOUT_S) -> None:
         super().__init__(key)
         parts = urlsplit(url)
         query = dict(parse_qsl(parts.query))
@@ -208,6 +312,19 @@ class PostgresStore(SqlStore):
                 or not 1 <= pool_size <= _MAX_POOL:
             raise InvalidArgument(f"'pool_size' must be an integer in [1, {_MAX_POOL}], got "
                                   f"{pool_size!r}.")
+        timeout = query.pop("query_timeout", None)
+        if timeout is not None:
+            try:
+                query_timeout_s = float(timeout)
+            except ValueError:
+                query_timeout_s = -1.0  # refused below, with the value given
+        if isinstance(query_timeout_s, bool) or not isinstance(query_timeout_s, (int, float)) \
+                or not 0 <= query_timeout_s <= _MAX_QUERY_TIMEOUT_S:
+            raise InvalidArgument(
+                f"'query_timeout' must be a number of seconds in [0, "
+                f"{_MAX_QUERY_TIMEOUT_S:.0f}] (0: no limit), got "
+                f"{timeout if timeout is not None else query_timeout_s!r}.")
+        self.query_timeout_s = float(query_timeout_s)
         if schema is not None and not _SCHEMA_RE.match(schema):
             raise InvalidArgument(f"'schema' must be a plain identifier "
                                   f"([A-Za-z_][A-Za-z0-9_]*), got {schema!r}.")
@@ -220,7 +337,9 @@ class PostgresStore(SqlStore):
         self._conninfo = urlunsplit((scheme, parts.netloc, parts.path, urlencode(query), ""))
         self._where = _redact(self._conninfo)
         self._connect_timeout = connect_timeout_s
-        self._pool = _Pool(self._new_conn, pool_size, max(connect_timeout_s, 1.0) * 6)
+        self._local = threading.local()
+        self._pool = _Pool(self._new_conn, pool_size, max(connect_timeout_s, 1.0) * 6,
+                           _Watchdog(self.query_timeout_s) if self.query_timeout_s else None)
         if schema is not None:
             self._ensure_schema()
         self._open()
@@ -268,7 +387,8 @@ class PostgresStore(SqlStore):
 
     @contextmanager
     def _transaction(self, write: bool) -> Iterator[Tx]:
-        with self._pool.connection() as conn:
+        bounded = not getattr(self._local, "migrating", False)
+        with self._pool.connection(bounded=bounded) as conn:
             sent_commit = False
             try:
                 with conn.transaction():
@@ -276,9 +396,25 @@ class PostgresStore(SqlStore):
                         yield Tx(cur, "format")
                     sent_commit = True  # leaving the block commits
             except psycopg.OperationalError as exc:
+                wd = self._pool.watchdog
+                if bounded and wd is not None and wd.was_cut(conn):
+                    why = (f"the server did not answer within {wd.timeout_s:g} s "
+                           f"(query_timeout), so the connection was closed")
+                    if sent_commit and write:
+                        raise _CommitUnknown(why) from exc
+                    raise _QueryTimeout(why) from exc
                 if sent_commit and write:
                     raise _CommitUnknown(str(exc)) from exc
                 raise
+
+    def migrate(self) -> list[int]:
+        # not bounded by query_timeout: the advisory lock may wait for another replica's
+        # migrations, and an index on a large table takes what it takes
+        self._local.migrating = True
+        try:
+            return super().migrate()
+        finally:
+            self._local.migrating = False
 
     def _relaxed_durability(self, tx: Tx) -> None:
         # token buckets are approximate by nature: do not wait for the WAL flush
@@ -303,6 +439,8 @@ class PostgresStore(SqlStore):
                 f"PostgreSQL store at {self._where}: the connection was lost while "
                 f"committing ({exc}); the change may or may not have been saved, so it was "
                 "not retried: read the state before repeating the call.")
+        if isinstance(exc, _QueryTimeout):
+            return Unavailable(f"PostgreSQL store at {self._where} is unavailable: {exc}.")
         if isinstance(exc, psycopg.OperationalError):
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             return Unavailable(f"PostgreSQL store at {self._where} is unavailable: {msg}")
@@ -321,4 +459,6 @@ class PostgresStore(SqlStore):
 
     def close(self) -> None:
         self._closed = True
+        if self._pool.watchdog is not None:
+            self._pool.watchdog.close()
         self._pool.close()

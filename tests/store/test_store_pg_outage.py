@@ -1,7 +1,8 @@
 """PostgreSQL connections lost at the worst moments: a write whose COMMIT reached the
 server but whose answer was lost is not run again (it may have been applied: running it
-again applied it twice), and a server restart does not spend a call's retries on the
-pool's dead connections one by one."""
+again applied it twice), a server restart does not spend a call's retries on the pool's
+dead connections one by one, and a server that stops answering without closing its
+connections holds a call no longer than the query timeout."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from nacf_core.errors import AlreadyExists, Unavailable
+from nacf_core.errors import AlreadyExists, InvalidArgument, Unavailable
 from nacf_core.store import open_store
 
 
@@ -22,7 +23,9 @@ class _Proxy:
     next COMMIT, lets the server carry it out, swallows the answer and cuts the client's
     connection: the client cannot know whether the transaction was applied.
     :meth:`cut_all` closes every proxied connection (a server restart, as the pool sees
-    it)."""
+    it). :meth:`freeze` stops passing bytes on, either way, with every connection left
+    open (a stopped server process, whose host still acknowledges TCP), until
+    :meth:`thaw`; :meth:`freeze_at_next_commit` freezes just before a COMMIT."""
 
     def __init__(self, host: str, port: int) -> None:
         self.target = (host, port)
@@ -32,7 +35,20 @@ class _Proxy:
         self.dropped = threading.Event()
         self._socks: list[socket.socket] = []
         self._lock = threading.Lock()
+        self._running = threading.Event()
+        self._running.set()
+        self._freeze_at_commit = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
+
+    def freeze(self) -> None:
+        self._running.clear()
+
+    def freeze_at_next_commit(self) -> None:
+        self._freeze_at_commit.set()
+
+    def thaw(self) -> None:
+        self._freeze_at_commit.clear()
+        self._running.set()
 
     def drop_next_commit(self) -> None:
         self.dropped.clear()
@@ -45,6 +61,7 @@ class _Proxy:
             _close(s)
 
     def close(self) -> None:
+        self.thaw()
         _close(self.lsock)
         self.cut_all()
 
@@ -65,6 +82,10 @@ class _Proxy:
     def _up(self, client, server, hold) -> None:
         try:
             while data := client.recv(65536):
+                if self._freeze_at_commit.is_set() and b"COMMIT" in data:
+                    self._freeze_at_commit.clear()
+                    self._running.clear()
+                self._running.wait()  # frozen: held until thawed
                 if self._armed.is_set() and b"COMMIT" in data:
                     self._armed.clear()
                     hold.set()  # the answer is not passed on
@@ -79,10 +100,10 @@ class _Proxy:
             pass
         _close(server)
 
-    @staticmethod
-    def _down(server, client, hold) -> None:
+    def _down(self, server, client, hold) -> None:
         try:
             while data := server.recv(65536):
+                self._running.wait()
                 if not hold.is_set():
                     client.sendall(data)
         except OSError:
@@ -98,9 +119,10 @@ def _close(s: socket.socket) -> None:
     s.close()
 
 
-@pytest.fixture
-def proxied(pg_url, key):
-    """``(store through the proxy, store direct, proxy)`` on one fresh schema."""
+@pytest.fixture(params=[""], ids=["default"])
+def proxied(request, pg_url, key):
+    """``(store through the proxy, store direct, proxy)`` on one fresh schema; the
+    store URL through the proxy gets ``request.param`` appended."""
     url, dsn = pg_url
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 5432
@@ -108,7 +130,7 @@ def proxied(pg_url, key):
     user = f"{parts.username}@" if parts.username else ""
     via = urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{proxy.port}"))
     direct = open_store(url, key=key)
-    store = open_store(via, key=key)
+    store = open_store(via + request.param, key=key)
     try:
         yield store, direct, proxy
     finally:
@@ -160,3 +182,86 @@ def test_connections_notice_a_vanished_server_and_the_url_can_say_otherwise(pg_u
                 assert params["tcp_user_timeout"] == "20000" and params["keepalives"] == "1"
         finally:
             store.close()
+
+
+def _in_thread(fn):
+    """Run ``fn`` in a thread; ``(thread, box)`` where ``box`` gets its result or error."""
+    box: dict = {}
+
+    def run():
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            box["error"] = exc
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, box
+
+
+FROZEN_WAIT_S = 60  # far beyond the 1-s query timeout: only a call that hangs reaches it
+
+
+@pytest.mark.parametrize("proxied", ["&query_timeout=1"], indirect=True)
+def test_a_server_that_stops_answering_costs_a_call_the_query_timeout_not_its_thread(
+        proxied):
+    store, direct, proxy = proxied
+    assert store.query_timeout_s == 1.0
+    direct.put_template("carol", b"t" * 64, "m1", create_only=True)
+    store.get_template("carol")  # a pooled connection, through the proxy
+
+    # a read while the server is stopped: UNAVAILABLE, saying why; not run again
+    proxy.freeze()
+    t, box = _in_thread(lambda: store.get_template("carol"))
+    t.join(FROZEN_WAIT_S)
+    assert not t.is_alive(), "the read still waits for a server that stopped answering"
+    assert isinstance(box.get("error"), Unavailable), box
+    assert "did not answer within 1 s (query_timeout)" in str(box["error"])
+    proxy.thaw()
+    assert store.get_template("carol").version == 1  # a fresh connection, at once
+    assert store.ping() is None
+
+    # a write whose COMMIT the stopped server holds: its outcome is unknown, as for a lost
+    # answer, and it is not run again; the server rolls it back when it sees the
+    # connection gone
+    proxy.freeze_at_next_commit()
+    t, box = _in_thread(lambda: store.register_failure("carol", 5, 60))
+    t.join(FROZEN_WAIT_S)
+    assert not t.is_alive(), "the write still waits for a server that stopped answering"
+    assert isinstance(box.get("error"), Unavailable), box
+    msg = str(box["error"])
+    assert "did not answer within 1 s" in msg and "may or may not have been saved" in msg
+    proxy.thaw()
+    assert direct.get_lockout("carol") is None or direct.get_lockout("carol").failures <= 1
+    assert store.register_failure("carol", 5, 60)[0] == \
+        direct.get_lockout("carol").failures  # the store works again, nothing torn
+
+
+@pytest.mark.parametrize("proxied", ["&query_timeout=0"], indirect=True)
+def test_query_timeout_0_waits_for_the_server(proxied):
+    """With no limit a stopped server holds the call, and the call completes when the
+    server runs again (the watchdog must not cut slow but live transactions it does not
+    watch)."""
+    store, direct, proxy = proxied
+    assert store.query_timeout_s == 0 and store._pool.watchdog is None
+    direct.put_template("dave", b"t" * 64, "m1", create_only=True)
+    store.get_template("dave")
+    proxy.freeze()
+    t, box = _in_thread(lambda: store.get_template("dave"))
+    t.join(2.5)
+    assert t.is_alive()  # still waiting: nothing cut it
+    proxy.thaw()
+    t.join(FROZEN_WAIT_S)
+    assert not t.is_alive() and box["value"].version == 1
+
+
+def test_query_timeout_is_checked(pg_url, key):
+    url, _ = pg_url
+    for bad in ("abc", "-1", "nan", "1e9"):
+        with pytest.raises(InvalidArgument, match="'query_timeout' must be a number of "
+                                                  "seconds in \\[0, 86400\\]"):
+            open_store(f"{url}&query_timeout={bad}", key=key)
+    store = open_store(url, key=key)
+    try:
+        assert store.query_timeout_s == 30.0  # the default
+    finally:
+        store.close()
