@@ -41,6 +41,7 @@ from typing import Any
 import grpc
 
 from nacf_core.errors import NacfError
+from nacf_core.service import peer_fields
 
 __all__ = ["CALLER", "METHOD_SCOPES", "AuthInterceptor", "client_identity"]
 
@@ -171,8 +172,9 @@ class AuthInterceptor(grpc.ServerInterceptor):
             client_id, scopes, user_type = f"cert-{cn}", frozenset(
                 ("authenticate", "enroll", "admin")), "mtls"
         elif self.open_mode:
-            client_id, scopes, user_type = f"peer-{_peer_host(context)}", frozenset(
-                ("authenticate", "enroll", "admin")), "open"
+            peer = context.peer() or ""  # each address its own bucket: peer-127.0.0.1
+            client_id, user_type = f"peer-{peer_fields(peer).get('ip_address') or peer}", "open"
+            scopes = frozenset(("authenticate", "enroll", "admin"))
         else:
             context.abort(grpc.StatusCode.UNAUTHENTICATED,
                           "missing API key: send it in the x-api-key metadata"
@@ -206,15 +208,6 @@ class AuthInterceptor(grpc.ServerInterceptor):
             self.metrics.observe_rpc(method, name, seconds, user_type)
         except Exception:
             log.exception("metrics recording failed")
-
-
-def _peer_host(context: grpc.ServicerContext) -> str:
-    p = context.peer() or ""
-    # "ipv4:127.0.0.1:5555" -> "127.0.0.1"
-    parts = p.split(":")
-    if len(parts) >= 3:
-        return ":".join(parts[1:-1])
-    return p
 
 
 class _Undecodable:

@@ -187,6 +187,31 @@ def test_open_loopback_mode(tmp_path, model_path):
         store.close()
 
 
+class _Ctx:
+    def __init__(self, peer: str) -> None:
+        self._peer = peer
+
+    def peer(self) -> str:
+        return self._peer
+
+    def abort(self, code, details):  # pragma: no cover - open mode never aborts here
+        raise AssertionError(f"aborted: {code} {details}")
+
+
+@pytest.mark.parametrize("peer, client_id", [
+    ("ipv4:127.0.0.1:50122", "peer-127.0.0.1"),
+    ("ipv6:%5B::1%5D:50122", "peer-::1"),  # as gRPC writes an IPv6 peer
+    ("unix:/run/nacf.sock", "peer-unix:/run/nacf.sock"),
+])
+def test_open_mode_gives_each_address_its_own_client_id(peer, client_id):
+    """Open mode names a caller by its address alone (its rate-limit bucket and the
+    client_id in the logs), as the logs' ip_address field does, IPv6 unquoted."""
+    from nacf_core.server.interceptors import AuthInterceptor
+
+    icpt = AuthInterceptor({}, open_mode=True)
+    assert icpt.authorize(_Ctx(peer), "GetStats", None, False) == (client_id, "open", ALL)
+
+
 def test_reuse_port_lets_two_servers_share_an_address(tmp_path, model_path):
     import socket
 
