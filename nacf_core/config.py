@@ -506,7 +506,13 @@ def load_config(path: str | os.PathLike | None = None, *, env: dict[str, str] | 
     path = path or env.get("NACF_CONFIG") or None
     if path:
         data = _read_toml_or_text(path, what, toml=True)
-        data = {**data, **data.pop("nacf", {})} if isinstance(data.get("nacf"), dict) else data
+        if isinstance(data.get("nacf"), dict):
+            nested = data.pop("nacf")
+            both = sorted(set(data) & set(nested))
+            if both:
+                raise ValueError(f"{path}: option {both[0]!r} is given both at the top level "
+                                 "and under [nacf]; give it once.")
+            data = {**data, **nested}
         for k, v in data.items():
             if k not in _KINDS:
                 raise ValueError(f"{path}: unknown option {k!r}; known options: "

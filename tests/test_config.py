@@ -46,6 +46,24 @@ def test_config_file_integral_float_and_bom(tmp_path):
     assert c.grace_period_s == 3.0 and type(c.grace_period_s) is float
 
 
+def test_config_file_options_under_a_nacf_table(tmp_path):
+    """The docstring's ``[nacf]`` table: its options are read like top-level ones (it was
+    refused as "unknown option 'nacf'"); an option given in both places is refused, not
+    silently resolved one way."""
+    f = tmp_path / "c.toml"
+    f.write_text('data_dir = "d"\n[nacf]\nrate_limit_per_s = 3\nmax_workers = 2\n')
+    c = load_config(f, env={})
+    assert (c.rate_limit_per_s, c.max_workers, c.data_dir) == (3.0, 2, "d")
+    f.write_text('max_workers = 4\n[nacf]\nmax_workers = 2\n')
+    with pytest.raises(ValueError, match="'max_workers' is given both at the top level and "
+                                         r"under \[nacf\]") as e:
+        load_config(f, env={})
+    assert str(f) in str(e.value)
+    f.write_text('[nacf]\nmax_workers = 2\n[server]\nmax_workers = 3\n')
+    with pytest.raises(ValueError, match="unknown option 'server'"):
+        load_config(f, env={})
+
+
 def test_config_file_not_utf8(tmp_path):
     f = tmp_path / "c.toml"
     f.write_bytes(b"max_workers = 4 # caf\xe9\n")
