@@ -349,7 +349,7 @@ def _coerce(name: str, raw: Any, kind: type, label: str | None = None) -> Any:
         s = str(raw).strip().lower() if isinstance(raw, (str, int)) else None
         if s in ("1", "true", "yes", "on"):
             return True
-        if s in ("0", "false", "no", "off", ""):
+        if s in ("0", "false", "no", "off"):  # not "": a blank value is no "false"
             return False
         raise ValueError(f"{label} must be a boolean (true/false), got {short_repr(raw)}.")
     if kind is int:

@@ -29,6 +29,7 @@ from nacf_core.config import SCOPES, Config, load_api_keys, load_config
     ("session_ttl_s = false", "'session_ttl_s' must be a number, got False"),
     ('data_dir = "a\\u0000b"', "'data_dir' must not contain control characters"),
     ("reuse_port = 1.5", "'reuse_port' must be a boolean"),
+    ('require_device_proof = ""', "'require_device_proof' must be a boolean"),
 ])
 def test_config_file_wrong_values(tmp_path, line, message):
     f = tmp_path / "c.toml"
@@ -97,6 +98,9 @@ def test_config_file_invalid_or_too_deep_toml(tmp_path):
     ("NACF_GRACE_PERIOD_S", "1e300", "must be a finite number in"),
     ("NACF_GRACE_PERIOD_S", "soon", "must be a number"),
     ("NACF_REUSE_PORT", "maybe", "must be a boolean"),
+    # a blank value is no "false": it turned the device proof off without a word
+    ("NACF_REQUIRE_DEVICE_PROOF", " ", "must be a boolean"),
+    ("NACF_PRESENTATION_ATTACK_DETECTION", "\t", "must be a boolean"),
     ("NACF_DATA_DIR", "a\nb", "must not contain control characters"),
 ])
 def test_config_env_wrong_values(var, value, message):
