@@ -421,7 +421,17 @@ def load_api_keys(path: str | os.PathLike | None = None,
     what = "keys file (option 'api_keys_file')"
     items: list[tuple[str, str, Any]] = []  # (where, key, scopes)
     if p.suffix == ".toml":
-        data = _read_toml_or_text(p, what, toml=True).get("keys", {})
+        doc = _read_toml_or_text(p, what, toml=True)
+        others = [k for k in doc if k != "keys"]
+        if others:  # a misspelt [keys] would give no key at all, without a word
+            tables = [k for k in others if isinstance(doc[k], dict)]
+            # a top-level entry may be a key put outside [keys]: never shown
+            got = (f"a table [{tables[0]}]" if tables else f"{len(others)} top-level "
+                   f"entr{'y' if len(others) == 1 else 'ies'} outside it (not shown: "
+                   "it may be a key)")
+            raise ValueError(f"{what} {str(p)!r}: expected only a [keys] table of "
+                             f"\"<key>\" = [\"<scope>\", ...], got {got}.")
+        data = doc.get("keys", {})
         if not isinstance(data, dict):
             raise ValueError(f"{what} {str(p)!r}: 'keys' must be a table of "
                              f"\"<key>\" = [\"<scope>\", ...], got {type(data).__name__}.")

@@ -198,13 +198,17 @@ def test_keys_file_not_utf8(tmp_path):
     ('[keys.sub]\n"k1" = ["admin"]\n', "scopes must be a list of strings"),
     ('[keys]\n"k1" = ["superuser"]\n', "scopes must be among"),
     ("[keys\n", "is not valid TOML"),
+    # a misspelt table gave no key at all, without a word
+    ('[key]\n"k1" = ["admin"]\n', r"expected only a \[keys\] table of .*, got a table \[key\]"),
+    ('"k1-secret" = ["admin"]\n[keys]\n"k2" = ["admin"]\n',
+     r"expected only a \[keys\] table of .*, got 1 top-level entry outside it \(not shown"),
 ])
 def test_keys_toml_wrong_structure(tmp_path, text, message):
     f = tmp_path / "keys.toml"
     f.write_text(text)
     with pytest.raises(ValueError, match=message) as e:
         load_api_keys(f)
-    assert str(f) in str(e.value)
+    assert str(f) in str(e.value) and "secret" not in str(e.value)
 
 
 def test_keys_toml_scopes_as_list_or_string(tmp_path):
