@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import logging
 import os
 import re
@@ -193,20 +194,37 @@ class Config:
 
 # ----------------------------------------------------------------------------------
 def parse_address(name: str, value: str) -> tuple[str, int]:
-    """``"HOST:PORT"`` → ``(host, port)``; IPv6 as ``[::1]:50051``. Port 0: any free port."""
+    """``"HOST:PORT"`` → ``(host, port)``; IPv6 as ``[::1]:50051``. Port 0: any free port.
+
+    Refused with a ``ValueError`` naming ``name``: what gRPC would read otherwise or
+    cannot bind (an IPv6 address without brackets, which gRPC takes whole with port 443;
+    brackets around anything but an IPv6 address; spaces; a port that is not decimal
+    digits in [0, 65535]).
+    """
     if not isinstance(value, str) or ":" not in value:
-        raise ValueError(f"option {name!r} must be HOST:PORT, got {value!r}.")
+        raise ValueError(f"option {name!r} must be HOST:PORT, got {short_repr(value)}.")
     host, _, port = value.rpartition(":")
-    host = host.strip("[]")
-    try:
-        p = int(port)
-    except ValueError:
-        raise ValueError(f"option {name!r} must be HOST:PORT with an integer port, "
-                         f"got {value!r}.") from None
-    if not 0 <= p <= 65535 or not host:
+    if not (port.isascii() and port.isdigit() and len(port) <= 5 and int(port) <= 65535):
+        raise ValueError(f"option {name!r} must be HOST:PORT with a port in [0, 65535] "
+                         f"(decimal digits), got {short_repr(value)}.")
+    if host.startswith("[") or host.endswith("]") or "[" in host or "]" in host:
+        inner = host[1:-1] if host.startswith("[") and host.endswith("]") else ""
+        try:
+            ipaddress.IPv6Address(inner)
+        except ValueError:
+            raise ValueError(f"option {name!r}: brackets hold an IPv6 address only "
+                             f"([::1]:{port}), got {short_repr(value)}.") from None
+        host = inner
+    elif ":" in host:
+        raise ValueError(f"option {name!r}: an IPv6 host goes in brackets: "
+                         f"'[{host}]:{port}', got {short_repr(value)}.")
+    if not host:
         raise ValueError(f"option {name!r} must be HOST:PORT with a host and a port in "
-                         f"[0, 65535], got {value!r}.")
-    return host, p
+                         f"[0, 65535], got {short_repr(value)}.")
+    if any(c.isspace() for c in host):
+        raise ValueError(f"option {name!r}: the host must not contain spaces, got "
+                         f"{short_repr(value)}.")
+    return host, int(port)
 
 
 def file_kind(mode: int) -> str:

@@ -56,28 +56,19 @@ _STATUSES = ("healthy", "degraded", "unhealthy")
 
 
 def parse_address(address: str, name: str = "address") -> tuple[str, int]:
-    """Split ``HOST:PORT`` (``[v6]:PORT`` for IPv6; port 0 = any free port).
+    """Split ``HOST:PORT`` (``[v6]:PORT`` for IPv6; port 0 = any free port): the
+    configuration's :func:`nacf_core.config.parse_address`.
 
     Raises
     ------
     ValueError
         Naming ``name``, what was expected and what came.
     """
+    from nacf_core.config import parse_address as _parse
+
     if not isinstance(address, str):
         raise TypeError(f"{name!r} must be a str 'HOST:PORT', got {address!r} instead.")
-    host, sep, port = address.rpartition(":")
-    if not sep or not host:
-        raise ValueError(f"{name!r} must be 'HOST:PORT' (e.g. '127.0.0.1:9100'), "
-                         f"got {address!r} instead.")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    try:
-        p = int(port)
-    except ValueError:
-        p = -1
-    if not 0 <= p <= 65535:
-        raise ValueError(f"{name!r} must end in a port number 0-65535, got {address!r} instead.")
-    return host, p
+    return _parse(name, address)
 
 
 class _TimedCall:

@@ -253,3 +253,40 @@ def test_config_api_keys_checked():
     with pytest.raises(ValueError, match="API key #1 must be printable ASCII"):
         Config(api_keys={"\x00": frozenset(SCOPES)})
     assert Config(api_keys={"key-0123456789": frozenset(SCOPES)}).api_keys
+
+
+# ------------------------------------------------------------------ addresses
+@pytest.mark.parametrize("value, message", [
+    # gRPC reads an unbracketed IPv6 address whole (port 443): it could not bind, and
+    # the error said "address in use"
+    ("::1:50051", r"an IPv6 host goes in brackets: '\[::1\]:50051'"),
+    ("[127.0.0.1]:50051", "brackets hold an IPv6 address only"),
+    ("[::1:50051", "brackets hold an IPv6 address only"),
+    ("127.0.0.1]:50051", "brackets hold an IPv6 address only"),
+    ("[nope]:50051", "brackets hold an IPv6 address only"),
+    (" 127.0.0.1:50051", "the host must not contain spaces"),
+    ("127.0.0.1:5_0051", r"a port in \[0, 65535\] \(decimal digits\)"),
+    ("127.0.0.1:+50051", r"a port in \[0, 65535\]"),
+    ("127.0.0.1:\u0665\u0660", r"a port in \[0, 65535\]"),
+    ("127.0.0.1:65536", r"a port in \[0, 65535\]"),
+    (":50051", "with a host"),
+])
+def test_addresses_gRPC_cannot_bind_are_refused_with_what_was_expected(value, message):
+    from nacf_core.config import parse_address
+
+    with pytest.raises(ValueError, match=message) as e:
+        parse_address("grpc_address", value)
+    assert "'grpc_address'" in str(e.value)
+    with pytest.raises(ValueError, match=message):
+        load_config(None, env={"NACF_METRICS_ADDRESS": value})
+
+
+@pytest.mark.parametrize("value, parsed", [
+    ("127.0.0.1:0", ("127.0.0.1", 0)), ("[::1]:50051", ("::1", 50051)),
+    ("[::]:9464", ("::", 9464)), ("localhost:65535", ("localhost", 65535)),
+    ("nacf-0.nacf.svc:50051", ("nacf-0.nacf.svc", 50051)), ("0.0.0.0:9464", ("0.0.0.0", 9464)),
+])
+def test_addresses_accepted(value, parsed):
+    from nacf_core.config import parse_address
+
+    assert parse_address("grpc_address", value) == parsed
