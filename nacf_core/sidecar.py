@@ -177,7 +177,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed  # noqa: N815
+    def __getattr__(self, name: str) -> Any:
+        # every method but GET and HEAD (POST, TRACE, CONNECT, PROPFIND, ...): 405 with
+        # Allow; http.server answers 501 to a method without a do_ handler
+        if name.startswith("do_"):
+            return self._not_allowed
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def _json(self, code: int, body: Mapping[str, Any]) -> None:
         self._send(code, (json.dumps(body) + "\n").encode(), "application/json")

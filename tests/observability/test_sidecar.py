@@ -141,7 +141,9 @@ def test_unknown_path_is_404(env):
     assert code == 404 and "/metrics" in json.loads(body)["error"]
 
 
-@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "OPTIONS"])
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "OPTIONS",
+                                    # any other method too (they were 501, no Allow)
+                                    "TRACE", "CONNECT", "PROPFIND", "FOO"])
 def test_other_methods_are_405_with_allow(env, method):
     import http.client
 
