@@ -81,6 +81,21 @@ def test_cli_writes_json_and_det(manifest, tmp_path, capsys):
     assert "EER" in out.out and callable(r)
 
 
+
+@pytest.mark.parametrize("option", ["--json", "--det"])
+@pytest.mark.parametrize("where", ["missing_dir/out.png", "a_dir.png"])
+def test_cli_refuses_an_output_path_it_cannot_write_before_evaluating(manifest, tmp_path,
+                                                                      capsys, option, where):
+    """The report was computed, then writing it raised a traceback (a missing directory,
+    a directory given as the file): the path is checked first, and named."""
+    (tmp_path / "a_dir.png").mkdir()
+    out = tmp_path / where
+    rc = main(["evaluate", str(manifest), "--folds", "3", "--splits", "1", "--channels",
+               "Fp1,Fp2,C3,C4,P7,P8,O1,O2", option, str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err
+    assert f"nacf evaluate: {option} {str(out)!r}" in err
+
 def test_shipped_model_refuses_its_training_subjects(manifest):
     from nacf_core.model import default_model
 

@@ -126,6 +126,8 @@ def run(args: argparse.Namespace) -> int:
 
     bar = ProgressBar("evaluate", enabled=not args.no_progress)
     try:
+        for option, path in (("--json", args.json_path), ("--det", args.det_path)):
+            _check_output_path(option, path)  # before the evaluation, not after it
         model = Model.load(args.model) if args.model else None
         if model is None:
             _check_subjects(args.manifest, args.folds)
@@ -139,14 +141,38 @@ def run(args: argparse.Namespace) -> int:
         return 1
     bar.close()
     print(format_report(report))
-    if args.det_path:
-        plot_det(report, args.det_path,
-                 title=f"{len(report['setup']['channels'])} ch, {report['manifest']}")
-        print(f"DET curve written to {args.det_path}")
-    if args.json_path:
-        out = {k: v for k, v in report.items() if not k.startswith("_")}
-        with open(args.json_path, "w") as fh:
-            json.dump(out, fh, indent=2, default=float)
-            fh.write("\n")
-        print(f"report written to {args.json_path}")
+    option = "--det"
+    try:
+        if args.det_path:
+            plot_det(report, args.det_path,
+                     title=f"{len(report['setup']['channels'])} ch, {report['manifest']}")
+            print(f"DET curve written to {args.det_path}")
+        option = "--json"
+        if args.json_path:
+            out = {k: v for k, v in report.items() if not k.startswith("_")}
+            with open(args.json_path, "w") as fh:
+                json.dump(out, fh, indent=2, default=float)
+                fh.write("\n")
+            print(f"report written to {args.json_path}")
+    except (OSError, ValueError) as exc:  # ValueError: a --det format matplotlib lacks
+        path = args.det_path if option == "--det" else args.json_path
+        print(f"nacf evaluate: {option} {path!r}: cannot write it: {exc}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _check_output_path(option: str, path: str | None) -> None:
+    """``ValueError`` naming ``option`` when ``path`` cannot be the file it writes: its
+    directory is missing or not writable, or the path is a directory."""
+    import os
+    from pathlib import Path
+
+    if not path:
+        return
+    p = Path(path)
+    parent = p.parent
+    if p.is_dir():
+        raise ValueError(f"{option} {path!r} is a directory; expected a file to write.")
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {path!r}: directory {str(parent)!r} does not exist or "
+                         "is not writable.")
