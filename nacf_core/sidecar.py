@@ -24,6 +24,15 @@ Endpoints
     ``ready`` is what ``/health/ready`` would answer (the server ready and no readiness
     check unhealthy), from the same check results.
 
+Slow and many clients: a request's line and headers must arrive within
+``request_timeout_s`` (default 10 s) of its first byte, however slowly they trickle in
+(one byte every few seconds cannot hold a thread for ever); an idle keep-alive
+connection is closed after 60 s; at most ``max_connections_per_client`` (32) connections
+from one address and ``max_connections`` (512) in all are served at once, and a
+connection beyond either gets ``503`` and is closed at once. So no client can take the
+threads and file descriptors the gRPC server and the store also need, and one address
+that opens connections without end does not keep the health probes out.
+
 A check is a callable with no argument, run in a worker thread with a timeout
 (``check_timeout_s``, default 2 s): returning ``None`` or ``True`` means healthy,
 ``False`` unhealthy, a ``dict`` is reported as ``details`` (its ``"status"`` key, if
@@ -34,6 +43,7 @@ error's text. A check that times out is unhealthy.
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import json
 import logging
 import threading
@@ -46,7 +56,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from nacf_core import __version__
-from nacf_core._validation import check_finite_positive
+from nacf_core._validation import check_finite_positive, check_int_range
 
 __all__ = ["Sidecar", "parse_address"]
 
@@ -93,11 +103,60 @@ class _TimedCall:
             self.seconds = time.perf_counter() - t0
 
 
+_BUSY_BODY = b'{"error": "too many connections to the sidecar; retry later"}\n'
+#: the whole answer to a connection beyond the limits (sent without reading its request)
+_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+         b"Connection: close\r\nRetry-After: 1\r\n"
+         b"Content-Length: %d\r\n\r\n" % len(_BUSY_BODY)) + _BUSY_BODY
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     # a burst of probes and scrapes must not wait for SYN retransmits (default 5)
     request_queue_size = 128
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """A thread per connection, within the limits; beyond them ``503`` and close."""
+        host = client_address[0]
+        sc = self.sidecar
+        with self._count_lock:
+            n_host = self._per_client.get(host, 0)
+            busy = (self._open >= sc.max_connections
+                    or n_host >= sc.max_connections_per_client)
+            if not busy:
+                self._open += 1
+                self._per_client[host] = n_host + 1
+        if busy:
+            log.warning("sidecar connection from %s refused: %d open from it, %d in all",
+                        host, n_host, self._open, extra={"event_type": "http_busy"})
+            try:
+                request.settimeout(0)  # never block the accepting thread
+                request.send(_BUSY)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._release(host)  # no thread was started
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._release(client_address[0])
+
+    def _release(self, host: str) -> None:
+        with self._count_lock:
+            self._open -= 1
+            left = self._per_client.get(host, 1) - 1
+            if left > 0:
+                self._per_client[host] = left
+            else:
+                self._per_client.pop(host, None)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that went away mid-request is routine: one DEBUG line, not a
@@ -117,8 +176,32 @@ class _Server(ThreadingHTTPServer):
 
         if ":" in addr[0]:
             self.address_family = socket.AF_INET6
-        super().__init__(addr, handler)
         self.sidecar = sidecar
+        self._count_lock = threading.Lock()
+        self._open = 0
+        self._per_client: dict[str, int] = {}
+        super().__init__(addr, handler)
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The connection's socket as the request reader sees it: with a ``deadline``
+    (``time.monotonic()``), every receive waits only for what is left of it, so a
+    request that trickles in byte by byte still ends at the deadline."""
+
+    def __init__(self, sock: Any) -> None:
+        self.sock = sock
+        self.deadline: float | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the request did not arrive within the request timeout")
+            self.sock.settimeout(left)
+        return self.sock.recv_into(b)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -126,6 +209,32 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "nacf-sidecar"
     timeout = 60  # seconds an idle keep-alive connection (a scraper's) may stay open
+
+    def setup(self) -> None:
+        super().setup()
+        self._reader = _DeadlineReader(self.connection)
+        self.rfile = io.BufferedReader(self._reader)
+
+    def handle_one_request(self) -> None:
+        # idle between requests: up to `timeout`; from a request's first byte, its line
+        # and headers within the sidecar's request timeout, however slowly they come
+        self._reader.deadline = None
+        self.connection.settimeout(self.timeout)
+        try:
+            if not self.rfile.peek(1):
+                self.close_connection = True  # the client closed the connection
+                return
+        except (TimeoutError, ConnectionError):
+            self.close_connection = True
+            return
+        self._reader.deadline = time.monotonic() + self.server.sidecar.request_timeout_s
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()  # the headers are read: the deadline is met
+        self._reader.deadline = None
+        self.connection.settimeout(self.timeout)  # for writing the answer
+        return ok
 
     def log_message(self, fmt: str, *args: Any) -> None:  # access log at DEBUG, as JSON
         log.debug("sidecar %s", fmt % args, extra={"event_type": "http_access",
@@ -218,6 +327,11 @@ class Sidecar:
         ``registry`` is the default registry, else none.
     check_timeout_s : float
         A check running longer than this is reported unhealthy.
+    request_timeout_s : float
+        A request's line and headers must arrive within this many seconds of its first
+        byte.
+    max_connections, max_connections_per_client : int
+        Connections served at once, in all and from one address; one more gets ``503``.
 
     Examples
     --------
@@ -235,6 +349,9 @@ class Sidecar:
         version: str = __version__,
         metrics: Any = None,
         check_timeout_s: float = 2.0,
+        request_timeout_s: float = 10.0,
+        max_connections: int = 512,
+        max_connections_per_client: int = 32,
     ) -> None:
         self._host, self._req_port = parse_address(address)
         self.registry = registry
@@ -254,6 +371,10 @@ class Sidecar:
             metrics = METRICS
         self.metrics = metrics
         self.check_timeout_s = check_finite_positive("check_timeout_s", check_timeout_s)
+        self.request_timeout_s = check_finite_positive("request_timeout_s", request_timeout_s)
+        self.max_connections = check_int_range("max_connections", max_connections, 1)
+        self.max_connections_per_client = check_int_range(
+            "max_connections_per_client", max_connections_per_client, 1)
         self._ready = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None

@@ -196,6 +196,96 @@ def test_a_client_that_resets_is_not_a_traceback_on_stderr(env, capfd):
     assert get(sc.url + "/health/live")[0] == 200
 
 
+def _answer(sock) -> bytes:
+    """What the sidecar sent on ``sock`` until it closed it (b"" for a reset)."""
+    import socket
+
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except (ConnectionError, socket.timeout):
+        pass
+    return data
+
+
+def test_a_request_that_trickles_in_is_cut_at_the_request_timeout():
+    """Slowloris: a byte every 0.1 s keeps each receive short, but the request's line and
+    headers must all arrive within request_timeout_s of its first byte; meanwhile other
+    clients are served."""
+    import socket
+
+    sc = Sidecar("127.0.0.1:0", registry=CollectorRegistry(), request_timeout_s=1.0).start()
+    try:
+        request = b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * 80 + b"\r\n\r\n"
+        s = socket.create_connection(("127.0.0.1", sc.port), timeout=10)
+        sent = 0
+        try:
+            for i in range(len(request)):  # ~10 s if nothing cuts it
+                s.sendall(request[i:i + 1])
+                sent += 1
+                time.sleep(0.1)
+                if i == 5:
+                    assert get(sc.url + "/health/live")[0] == 200  # others are served
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        answer = _answer(s)
+        s.close()
+        assert sent < len(request), "the whole request trickled in: nothing cut it"
+        assert b"200 OK" not in answer
+        assert get(sc.url + "/health/live")[0] == 200
+    finally:
+        sc.stop()
+
+
+def test_connections_beyond_the_limits_get_503_and_other_addresses_are_served():
+    import socket
+
+    sc = Sidecar("127.0.0.1:0", registry=CollectorRegistry(), max_connections=4,
+                 max_connections_per_client=2).start()
+    held = []
+    try:
+        def connect(source="127.0.0.1"):
+            s = socket.create_connection(("127.0.0.1", sc.port), timeout=10,
+                                         source_address=(source, 0))
+            held.append(s)
+            return s
+
+        def live(s) -> bytes:
+            s.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            return _answer(s)
+
+        for _ in range(2):  # two idle connections from one address: its share
+            connect()
+        over = connect()
+        assert b"503 Service Unavailable" in _answer(over)  # closed without a request
+        assert b"200 OK" in live(connect("127.0.0.2"))  # another address: served
+        # the per-address limit applies to connections open at once
+        held[0].close()
+        deadline = time.monotonic() + 10
+        while True:
+            answer = live(connect())
+            if b"200 OK" in answer or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert b"200 OK" in answer
+        # and the total: 4 at once, whatever their addresses
+        for source in ("127.0.0.3", "127.0.0.4", "127.0.0.5"):
+            connect(source)
+        assert b"503" in _answer(connect("127.0.0.6"))
+    finally:
+        for s in held:
+            s.close()
+        sc.stop()
+
+
+@pytest.mark.parametrize("kw", [{"request_timeout_s": 0}, {"max_connections": 0},
+                                {"max_connections_per_client": 1.5}])
+def test_bad_limits_are_refused(kw):
+    with pytest.raises((ValueError, TypeError)):
+        Sidecar("127.0.0.1:0", registry=CollectorRegistry(), **kw)
+
+
 def test_port_is_released_on_stop():
     reg = CollectorRegistry()
     sc = Sidecar("127.0.0.1:0", registry=reg).start()
