@@ -290,7 +290,14 @@ class NacfServer:
         server.start()
         self.server = server
         if self.sidecar is not None:
-            self.sidecar.start()
+            try:
+                self.sidecar.start()
+            except OSError as exc:  # a port in use, a host that does not resolve
+                server.stop(0)
+                self.server = None
+                raise OSError(f"cannot serve metrics on {cfg.metrics_address} (option "
+                              f"'metrics_address', --metrics-address): "
+                              f"{exc.strerror or exc}.") from None
             self.sidecar.set_ready(True)
         self._set_health(self.ready())
         self._health_thread = threading.Thread(target=self._health_loop,

@@ -30,13 +30,13 @@ KEY = "sec-key-0123456789"
 ALL = frozenset({"authenticate", "enroll", "admin"})
 
 
-def _server(tmp_path, model_path, **kw):
+def _server(tmp_path, model_path, *, sidecar=False, **kw):
     cfg = Config(**{"grpc_address": "127.0.0.1:0", "metrics_address": "",
                     "data_dir": str(tmp_path), "api_keys": {KEY: ALL}, **kw})
     store = open_store(f"sqlite:///{tmp_path / 'n.db'}", bytes(range(32)))
     metrics = Metrics(CollectorRegistry())
     svc = AuthService(store, make_pipeline(model_path), cfg, metrics=metrics)
-    return NacfServer(cfg, svc, metrics=metrics, sidecar=False), store
+    return NacfServer(cfg, svc, metrics=metrics, sidecar=sidecar), store
 
 
 def _cert(name, issuer_key=None, issuer_name=None, ca=False, san=()):
@@ -185,6 +185,27 @@ def test_open_loopback_mode(tmp_path, model_path):
     finally:
         server.stop(0)
         store.close()
+
+
+@pytest.mark.parametrize("address, why", [
+    ("nohost.invalid:0", "not known"),
+    ("127.0.0.1:{taken}", "in use"),
+])
+def test_a_metrics_address_that_cannot_be_served_is_named(tmp_path, model_path, address,
+                                                          why):
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        address = address.format(taken=taken.getsockname()[1])
+        server, store = _server(tmp_path, model_path, metrics_address=address, sidecar=True)
+        try:
+            with pytest.raises(OSError, match=rf"cannot serve metrics on {address} \(option "
+                                              rf"'metrics_address', --metrics-address\): "
+                                              rf".*{why}"):
+                server.start()
+            assert server.server is None  # the gRPC server it had started is stopped
+        finally:
+            store.close()
 
 
 class _Ctx:
