@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
+import secrets
+import signal
 import sys
+import threading
 import time
 
 __all__ = ["register", "run", "record"]
@@ -16,7 +20,9 @@ SOURCE is one of:
   file:PATH[?speed=N]                  a recording replayed as a live source
 The CSV header is 'timestamp' followed by the channel names; values are microvolts;
 dropped samples are rows with empty channel fields. Exactly round(seconds * sfreq)
-rows are written.
+rows are written. OUT appears only when the recording is complete: a failed or
+interrupted recording (Ctrl-C, SIGTERM, a full disk) leaves no file, and an earlier
+OUT stays as it was.
 """
 
 
@@ -40,18 +46,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from nacf_core.errors import NacfError
 
+    def _term(signum, frame):  # SIGTERM: unwind like Ctrl-C, so the partial file goes
+        raise KeyboardInterrupt
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGTERM, _term) if main_thread else None
     try:
         n, counters = record(args.source, args.seconds, args.out, montage=args.montage,
                              timeout=args.timeout)
     except (ValueError, TypeError, OSError, NacfError, TimeoutError) as exc:
         print(f"nacf record: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"nacf record: interrupted; {args.out!r} was not written (a recording is kept "
+              f"only when complete).", file=sys.stderr)
+        return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, old)
     print(f"wrote {n} samples to {args.out} ({counters})")
     return 0
 
 
 def record(source: str, seconds: float, out: str, montage=None, timeout: float = 10.0):
     """Record ``seconds`` of ``source`` to the CSV file ``out``.
+
+    The rows go to a hidden file beside ``out`` that replaces ``out`` once every row
+    is written; on any error or interruption it is removed, and ``out`` is untouched.
 
     Returns
     -------
@@ -66,7 +87,7 @@ def record(source: str, seconds: float, out: str, montage=None, timeout: float =
     timeout = check_finite_positive("timeout", timeout)
     src = open_source(source, montage=montage)
     written = 0
-    with src, open(out, "w", newline="") as fh:
+    with src, _CompleteOrNothing(out) as fh:
         need = int(round(seconds * src.sfreq))
         fh.write(",".join(["timestamp", *src.ch_names]) + "\n")
         last_data = time.monotonic()
@@ -89,6 +110,55 @@ def record(source: str, seconds: float, out: str, montage=None, timeout: float =
             written += take
         counters = src.counters.as_dict()
     return written, counters
+
+
+class _CompleteOrNothing:
+    """A text file written beside ``path`` that becomes ``path`` only on success."""
+
+    def __init__(self, path: str):
+        self.path = os.fspath(path)
+        if os.path.isdir(self.path):
+            raise IsADirectoryError(f"--out {self.path!r} is a directory, not a file name.")
+        folder, name = os.path.split(os.path.abspath(self.path))
+        for _ in range(16):
+            self.tmp = os.path.join(folder, f".{name}.{secrets.token_hex(6)}.part")
+            try:  # mode 0666 less the umask, as open(path, "w") would create it
+                fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise OSError(exc.errno, f"cannot write {self.path!r}: {exc.strerror}") \
+                    from None
+            break
+        else:  # pragma: no cover - 16 collisions of 48 random bits
+            raise FileExistsError(f"cannot create a temporary file beside {self.path!r}.")
+        self.fh = open(fd, "w", newline="")
+
+    def __enter__(self):
+        return self.fh
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self.fh.flush()
+                os.fsync(self.fh.fileno())
+                self.fh.close()
+                os.replace(self.tmp, self.path)
+                return
+        except BaseException:
+            self._discard()
+            raise
+        self._discard()
+
+    def _discard(self) -> None:
+        try:
+            self.fh.close()
+        except OSError:  # the full disk again: the file goes anyway
+            pass
+        try:
+            os.unlink(self.tmp)
+        except FileNotFoundError:
+            pass
 
 
 def _write_rows(fh, timestamps, samples) -> None:

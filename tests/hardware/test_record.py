@@ -188,3 +188,63 @@ def test_simulate_lsl_then_record_lsl(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_failed_record_leaves_no_partial_file_and_keeps_the_old_one(tmp_path, capsys):
+    out = tmp_path / "rec.csv"
+    out.write_text("an earlier recording\n")
+    # the demo file holds 60 s: the source ends before 100 s are recorded
+    rc = main(["record", "--source", f"file:{DEMO}?speed=0", "--seconds", "100",
+               "--out", str(out)])
+    assert rc == 1
+    assert "ended after 9600 of 16000 samples" in capsys.readouterr().err
+    assert out.read_text() == "an earlier recording\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rec.csv"]
+
+
+def test_full_disk_while_recording_leaves_no_partial_file(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from nacf_core.commands import record as record_cmd
+
+    write = record_cmd._write_rows
+    calls = []
+
+    def write_until_full(fh, timestamps, samples):
+        calls.append(1)
+        if len(calls) > 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write(fh, timestamps, samples)
+
+    monkeypatch.setattr(record_cmd, "_write_rows", write_until_full)
+    out = tmp_path / "rec.csv"
+    rc = main(["record", "--source", f"file:{DEMO}?speed=0", "--seconds", "2",
+               "--out", str(out)])
+    assert rc == 1 and len(calls) == 4
+    assert "No space left on device" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sigterm_while_recording_leaves_no_partial_file(tmp_path):
+    import signal
+
+    out = tmp_path / "rec.csv"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nacf_core.cli", "record", "--source", f"file:{DEMO}?speed=1",
+         "--seconds", "50", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        # wait until rows are being written (whatever the file is called meanwhile)
+        end = time.monotonic() + 60
+        while not any(p.stat().st_size > 200 for p in tmp_path.iterdir()):
+            assert proc.poll() is None and time.monotonic() < end, proc.stderr.read()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    assert "Traceback" not in err and "interrupted" in err
+    assert list(tmp_path.iterdir()) == []
+
