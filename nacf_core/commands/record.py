@@ -12,6 +12,8 @@ import time
 
 __all__ = ["register", "run", "record"]
 
+_MAX_SECONDS = 1e9
+
 _EPILOG = """\
 SOURCE is one of:
   cyton:PORT[?montage=Fp1,Fp2,...]     OpenBCI Cyton, 8 channels, 250 Hz
@@ -84,6 +86,10 @@ def record(source: str, seconds: float, out: str, montage=None, timeout: float =
     from nacf_core.hardware.sources import open_source
 
     seconds = check_finite_positive("seconds", seconds)
+    if seconds > _MAX_SECONDS:  # seconds * sfreq rows must stay a countable number
+        raise ValueError(
+            f"'seconds' must be at most {_MAX_SECONDS:g} (about 31 years), got {seconds!r}."
+        )
     timeout = check_finite_positive("timeout", timeout)
     src = open_source(source, montage=montage)
     written = 0

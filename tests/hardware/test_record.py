@@ -248,3 +248,16 @@ def test_sigterm_while_recording_leaves_no_partial_file(tmp_path):
     assert "Traceback" not in err and "interrupted" in err
     assert list(tmp_path.iterdir()) == []
 
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--seconds", "1e308"], "'seconds' must be"),
+    (["--seconds", "nan"], "'seconds' must be"),
+    (["--seconds", "1", "--timeout", "-1"], "'timeout' must be"),
+])
+def test_record_refuses_absurd_durations(argv, message, tmp_path, capsys):
+    out = tmp_path / "x.csv"
+    rc = main(["record", "--source", f"file:{DEMO}?speed=0", *argv, "--out", str(out)])
+    assert rc == 1
+    assert message in capsys.readouterr().err
+    assert not out.exists()
