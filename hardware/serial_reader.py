@@ -300,12 +300,17 @@ class CytonReader:
                 self.gains.apply(cmd)
             ser.reset_input_buffer()
             ser.write(b"b")
-        except Exception:
+        except BaseException as exc:
             self._ser = None
             try:
                 ser.close()
             except Exception:
                 pass
+            if isinstance(exc, (OSError, termios.error)):  # SerialException is an OSError
+                # the port went away during the handshake (a reconnect retries this)
+                raise SerialSourceError(
+                    f"serial port {self.port!r} failed during the handshake: {exc}"
+                ) from None
             raise
         self.framer.reset()
         logger.info("cyton session on %s: %s", self.port, self.banner.strip().replace("\n", "; "))

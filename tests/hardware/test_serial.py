@@ -170,3 +170,49 @@ def test_bad_arguments():
         CytonReader("/dev/null", montage="Fp1,Fp2")
     with pytest.raises(ValueError, match="handshake_timeout"):
         CytonReader("/dev/null", handshake_timeout=0)
+
+
+def _port_that_dies_once_open(reader):
+    """Make the reader's next opens give a real pty whose other end is already gone (a
+    dongle pulled out, or still enumerating, right after the open): I/O fails."""
+    real_open = reader._open_port
+    dead = []
+
+    def open_dead_port():
+        master, slave = os.openpty()
+        tty.setraw(slave)
+        try:
+            reader.port, port = os.ttyname(slave), reader.port
+            ser = real_open()
+        finally:
+            reader.port = port
+            os.close(master)
+            os.close(slave)
+        dead.append(ser)
+        return ser
+
+    reader._open_port = open_dead_port
+    return real_open, dead
+
+
+def test_io_error_during_the_handshake_is_a_serial_error():
+    r = CytonReader("/dev/ttyUSB-dongle", handshake_timeout=0.3)
+    _port_that_dies_once_open(r)
+    with pytest.raises(SerialSourceError, match="/dev/ttyUSB-dongle.*Input/output error"):
+        r.open()
+    assert not r.connected
+
+
+def test_io_error_during_a_reconnect_handshake_is_retried(recording):
+    with SimulatedCyton(recording, realtime=False) as sim, CytonReader(sim.port) as r:
+        read_rows(r, 10)
+        real_open, dead = _port_that_dies_once_open(r)
+        sim.disconnect(0.5)
+        while not dead:  # the reader notices the loss and tries the (dead) port
+            r.read_chunk(0.2)
+        r._open_port = real_open  # the port works again
+        n, end = 0, time.monotonic() + 20
+        while n < 50:
+            assert time.monotonic() < end, "no samples after the reconnect"
+            n += r.read_chunk(0.5).n_times
+        assert r.counters.reconnects == 1
