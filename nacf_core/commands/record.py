@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 import time
+import unicodedata
 
 __all__ = ["register", "run", "record"]
 
@@ -95,7 +96,7 @@ def record(source: str, seconds: float, out: str, montage=None, timeout: float =
     written = 0
     with src, _CompleteOrNothing(out) as fh:
         need = int(round(seconds * src.sfreq))
-        fh.write(",".join(["timestamp", *src.ch_names]) + "\n")
+        fh.write(_csv_header(src.ch_names))
         last_data = time.monotonic()
         while written < need:
             chunk = src.read_chunk(0.5)
@@ -116,6 +117,18 @@ def record(source: str, seconds: float, out: str, montage=None, timeout: float =
             written += take
         counters = src.counters.as_dict()
     return written, counters
+
+
+def _csv_header(ch_names: list[str]) -> str:
+    """``timestamp,<names>``; a name must be one field (the reader splits at ',')."""
+    for name in ch_names:
+        if "," in name or any(unicodedata.category(c) == "Cc" for c in name):
+            raise ValueError(
+                f"the source's channel name {name!r} cannot be a CSV header field (it holds "
+                f"a comma or a control character); name the channels with "
+                f"--montage NAME,NAME,..."
+            )
+    return ",".join(["timestamp", *ch_names]) + "\n"
 
 
 class _CompleteOrNothing:

@@ -261,3 +261,22 @@ def test_record_refuses_absurd_durations(argv, message, tmp_path, capsys):
     assert rc == 1
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("bad", ["T7,T8", "Cz\nPz", "Oz\r"])
+def test_record_refuses_channel_names_the_csv_header_cannot_hold(bad, tmp_path, capsys):
+    from nacf_core.hardware.files import write_npz
+
+    x = np.zeros((500, 3), np.float32)
+    rec = write_npz(tmp_path / "names.npz", x, 250.0, [bad, "C3", "C4"])
+    out = tmp_path / "x.csv"
+    rc = main(["record", "--source", f"file:{rec}?speed=0", "--seconds", "1",
+               "--out", str(out)])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert f"channel name {bad!r}" in err and "--montage" in err
+    assert not out.exists()
+    # renamed, the same source records and reads back
+    assert main(["record", "--source", f"file:{rec}?speed=0", "--seconds", "1",
+                 "--out", str(out), "--montage", "a,C3,C4"]) == 0
+    assert read_recording(out).ch_names == ["a", "C3", "C4"]
