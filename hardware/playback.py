@@ -35,6 +35,8 @@ logger = logging.getLogger("nacf.hardware")
 
 # longest single sleep in read_chunk; the loop re-checks what is due after each
 _MAX_SLEEP_S = 1.0
+# most samples _due() counts (a huge speed makes everything due: 2**62 is "everything")
+_MAX_DUE = float(2**62)
 
 
 class FileSource:
@@ -162,7 +164,8 @@ class FileSource:
         if self.speed == 0:
             return self._pos + self._chunk_n
         elapsed = (time.monotonic() - self._mono0) * self.speed
-        return int(elapsed * self.sfreq)
+        # capped before int(): at a huge speed the product overflows to inf
+        return int(min(elapsed * self.sfreq, _MAX_DUE))
 
     def read_chunk(self, timeout: float | None = None) -> Chunk | None:
         """The next chunk, an empty chunk on timeout, or ``None`` at the end.

@@ -132,3 +132,15 @@ def test_waits_are_bounded_at_a_very_slow_speed(monkeypatch):
         with pytest.raises(Stop):
             src.read_chunk(timeout=None)  # time.sleep(4e297): OverflowError before
     assert 0 < slept[0] <= 1.0
+
+
+def test_a_very_fast_speed_replays_as_fast_as_read(monkeypatch):
+    from nacf_core.hardware import playback
+
+    rec = Recording(data=np.arange(20.0).reshape(10, 2), sfreq=250.0, ch_names=["a", "b"])
+    with FileSource(rec, speed=1e307) as src:
+        later = src._mono0 + 1.0  # one second on: 2.5e309 samples due (inf as a float)
+        monkeypatch.setattr(playback.time, "monotonic", lambda: later)
+        chunk = src.read_chunk(timeout=0)  # OverflowError before
+        np.testing.assert_array_equal(chunk.samples, rec.data[:10])
+        assert src.read_chunk(timeout=0) is None
