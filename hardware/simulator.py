@@ -487,8 +487,9 @@ class SimulatedCyton:
     # -- streaming ------------------------------------------------------------------
     def _produce(self) -> None:
         if self.realtime:
-            due = int((time.monotonic() - self._t0) * SAMPLE_RATE * self.speed) - self._sent_ticks
-            due = min(due, 250)
+            # capped before int(): at a huge speed the product overflows to inf
+            ticks = (time.monotonic() - self._t0) * SAMPLE_RATE * self.speed
+            due = int(min(ticks - self._sent_ticks, 250))
         else:
             if len(self._out) >= 4096:
                 return

@@ -161,3 +161,14 @@ def test_no_reader_keeps_memory_bounded(recording):
             time.sleep(0.05)
         assert len(sim._out) <= 1 << 16
         assert sim.stats["packets"] > 5000
+
+
+def test_a_very_fast_speed_keeps_streaming(recording):
+    sim = SimulatedCyton(recording, speed=1e307)  # not started: drive one step by hand
+    try:
+        sim._streaming = True
+        sim._t0 = time.monotonic() - 1.0  # one second on: 2.5e309 packets due (inf)
+        sim._produce()  # OverflowError before (it killed the streaming thread)
+        assert sim.stats["packets"] == 250  # at most one second's worth per step
+    finally:
+        sim.close()
