@@ -264,6 +264,13 @@ class SimulatedCyton:
         self.sfreq = DAISY_SAMPLE_RATE if self.daisy else SAMPLE_RATE
         self.signal, self.ch_names = prepare_signal(recording, self.n_channels, self.sfreq)
         self.faults = Faults.parse(faults) if isinstance(faults, str) or faults is None else faults
+        railed = self.faults.railed
+        if railed is not None and not 0 <= railed < self.n_channels:
+            raise ValueError(
+                f"'faults.railed' must be a channel index from 0 to {self.n_channels - 1} "
+                f"(the {'Cyton+Daisy' if self.daisy else 'Cyton'} has {self.n_channels} "
+                f"channels), got {railed}."
+            )
         self.realtime = bool(realtime)
         self.speed = check_finite_positive("speed", speed)
         self.loop = bool(loop)
@@ -508,7 +515,7 @@ class SimulatedCyton:
         self._sample += n_samples
         uv = self.signal[idx]
         counts = np.rint(uv / self.gains.scales()[None, :])
-        if self.faults.railed is not None and 0 <= self.faults.railed < self.n_channels:
+        if self.faults.railed is not None:
             counts[:, self.faults.railed] = COUNT_MAX
         counts = np.clip(counts, COUNT_MIN, COUNT_MAX).astype(np.int64)
         if self.daisy:  # even packet: channels 9-16, then odd packet: channels 1-8

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from nacf_core.cli import main
 from nacf_core.hardware.cyton import decode_packets
 from nacf_core.hardware.files import read_recording
 from nacf_core.hardware.simulator import Faults, SimulatedCyton, prepare_signal
@@ -172,3 +173,13 @@ def test_a_very_fast_speed_keeps_streaming(recording):
         assert sim.stats["packets"] == 250  # at most one second's worth per step
     finally:
         sim.close()
+
+
+@pytest.mark.parametrize("spec, daisy", [("railed=8", False), ("railed=-1", False),
+                                         ("railed=16", True)])
+def test_a_railed_channel_the_board_lacks_is_refused(recording, spec, daisy):
+    # it was ignored without a word: the fault asked for never happened
+    with pytest.raises(ValueError, match=r"'faults.railed' must be a channel index"):
+        SimulatedCyton(recording, daisy=daisy, faults=spec)
+    assert main(["simulate", str(DEMO), "--faults", spec, "--seconds", "0.1",
+                 *(["--daisy"] if daisy else [])]) == 2
