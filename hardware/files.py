@@ -931,19 +931,20 @@ def _read_nacf_csv(path: Path, sfreq_override: float | None) -> Recording:
             names = _check_names(header[1:], where) if len(header) > 1 else []
             if not names:
                 raise ValueError(f"{where}: the header names no channel after 'timestamp'.")
-            try:
-                arr = np.loadtxt(
-                    fh, delimiter=",", dtype=np.float64, ndmin=2, converters=_num,
-                    usecols=range(len(header)),
-                )
+            try:  # every column: a value beyond the header's fields is an error, not dropped
+                arr = np.loadtxt(fh, delimiter=",", dtype=np.float64, ndmin=2, converters=_num)
             except UnicodeDecodeError:
                 raise
             except ValueError as exc:
-                raise ValueError(f"{where} is malformed: {exc}") from None
+                raise ValueError(
+                    f"{where} is malformed: {_csv_field_count_error(path, len(header)) or exc}"
+                ) from None
     except UnicodeDecodeError:
         raise ValueError(f"{where} is not UTF-8 text: {_first_non_utf8(path)}.") from None
     if arr.shape[0] == 0:
         raise ValueError(f"{where} has a header but no samples.")
+    if arr.shape[1] != len(header):
+        raise ValueError(f"{where} is malformed: {_csv_field_count_error(path, len(header))}")
     ts = arr[:, 0]
     if sfreq_override is not None:
         sfreq = float(sfreq_override)
@@ -971,6 +972,20 @@ def _read_nacf_csv(path: Path, sfreq_override: float | None) -> Recording:
         start_time=start_time,
         format="nacf-csv",
     )
+
+
+def _csv_field_count_error(path: Path, n_fields: int) -> str | None:
+    """The first row whose field count is not the header's, as an error message."""
+    with open(path, encoding="utf-8") as fh:
+        fh.readline()
+        for k, line in enumerate(fh, start=2):
+            n = line.rstrip("\r\n").count(",") + 1
+            if line.strip() and n != n_fields:
+                return (
+                    f"line {k} has {n} fields; every row must have {n_fields} (the timestamp "
+                    f"and the {n_fields - 1} channels the header names)."
+                )
+    return None
 
 
 def _first_non_utf8(path: Path) -> str:

@@ -573,3 +573,16 @@ def test_edf_rate_out_of_range(tmp_path):
     with pytest.raises(ValueError, match=r"EDF file '.*slow\.edf': the sampling rate must be a "
                                          r"number of Hz from 1 to 100000, got 0\.04"):
         read_recording(p)
+
+
+@pytest.mark.parametrize("rows", [
+    ["0.000,1,2,3", "0.004,4,5,6"],   # every row one field more than the header names
+    ["0.000,1,2", "0.004,4,5,6"],     # one row
+], ids=["every-row", "one-row"])
+def test_nacf_csv_row_with_more_fields_than_the_header_is_refused(tmp_path, rows):
+    # the extra values were dropped without a word (a header that lost a channel name)
+    p = tmp_path / "rec.csv"
+    p.write_text("timestamp,Fp1,Fp2\n" + "\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match=r"rec\.csv. is malformed: line \d has 4 fields; "
+                                         r"every row must have 3 "):
+        read_recording(p)
