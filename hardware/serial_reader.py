@@ -170,6 +170,10 @@ class CytonReader:
         """
         if not isinstance(command, str) or not command:
             raise ValueError(f"'command' must be a non-empty str, got {command!r}.")
+        if not command.isascii():  # checked before 's' stops the board
+            raise ValueError(
+                f"'command' must be ASCII (a Cyton firmware command), got {command!r}."
+            )
         probe = GainTracker(self.n_channels)
         probe.apply(command)  # raises ValueError on a malformed x...X command
         if self._ser is None:

@@ -216,3 +216,13 @@ def test_io_error_during_a_reconnect_handshake_is_retried(recording):
             assert time.monotonic() < end, "no samples after the reconnect"
             n += r.read_chunk(0.5).n_times
         assert r.counters.reconnects == 1
+
+
+def test_a_command_that_cannot_be_sent_leaves_the_stream_running(recording):
+    with SimulatedCyton(recording, realtime=False) as sim, CytonReader(sim.port) as r:
+        read_rows(r, 10)
+        with pytest.raises(ValueError, match=r"'command' must be ASCII.*'x1060110X→'"):
+            r.send_command("x1060110X→")
+        # it stopped the board ('s') and then failed to encode: the stream stayed dead
+        read_rows(r, 100)
+        assert sim.streaming and sim.commands.count("s") == 1  # the 's' of the handshake
