@@ -25,7 +25,8 @@ transport, where it is later and less visible.
 Dropped samples (NaN rows from the source): the filter cannot take a NaN (it would
 poison its state for good), so each NaN is replaced at the filter input by the last
 finite value of that channel (sample and hold), and the output at that position is set
-back to NaN. The epochs that contain it are still emitted, with their NaN, and the
+back to NaN (an infinite value is treated the same way). The epochs that contain it are
+still emitted, with their NaN, and the
 artifact gate rejects them as non-finite (a failure to acquire, counted there);
 epochs after the gap are clean, with no step transient, because the held value keeps
 the filter near its state before the gap.
@@ -171,8 +172,12 @@ class Epocher:
 
     # ------------------------------------------------------------------ filtering
     def _filter(self, x: np.ndarray) -> np.ndarray:
-        """Filter a block (n_times, n_channels) with carried state; NaN held, then restored."""
-        nan = np.isnan(x)
+        """Filter a block (n_times, n_channels) with carried state; NaN held, then restored.
+
+        Infinite values are treated as NaN (held, and NaN in the output): in the filter
+        state they would make every later sample of the channel NaN.
+        """
+        nan = ~np.isfinite(x)
         any_nan = bool(nan.any())
         has = ~nan.all(axis=0)  # channels with a finite value in this block
         if any_nan:

@@ -234,3 +234,20 @@ def test_property_any_chunking_equals_one_push(cuts, window, hop, nan_at):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-6)
         # NaN exactly where the input had NaN, nowhere else
         np.testing.assert_array_equal(np.isnan(b), np.isnan(x[k * hop : k * hop + window].T))
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf])
+def test_an_infinite_sample_does_not_poison_the_filter(cyton, bad):
+    # a source can deliver inf (an LSL stream, a float64 value beyond float32); it went
+    # into the filter state and every later epoch of that channel was NaN, for good
+    x = cyton[:2500].copy()
+    x[1000, 3] = bad
+    ep = Epocher(SFREQ, 8, 1.0, 1.0, sos=SOS)
+    epochs = [e for c in _chunks(x, 40) for e in ep.push(c)]
+    assert len(epochs) == 10
+    assert np.isnan(epochs[4][3, 0]) and np.isfinite(np.delete(epochs[4], 0, axis=1)).all()
+    for k in (0, 1, 2, 3, 5, 6, 7, 8, 9):
+        assert np.isfinite(epochs[k]).all(), k
+    held = x.copy()
+    held[1000, 3] = x[999, 3]
+    np.testing.assert_allclose(epochs[9], _oracle(held)[2250:2500].T, rtol=1e-7, atol=1e-6)
