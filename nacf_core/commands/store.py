@@ -120,6 +120,7 @@ def _purge(args: argparse.Namespace) -> int:
     import time
 
     days = args.older_than_days
-    if not days >= 0:
-        return _fail(ValueError(f"--older-than-days must be >= 0, got {days}."))
+    if not 0 <= days <= 1e6:  # a finite age: inf would be a cut-off at -inf, nan none
+        return _fail(ValueError(f"--older-than-days must be a number of days in [0, 1e6], "
+                                f"got {days}."))
     return _run(args, lambda s: {"deleted": s.purge_attempts(time.time() - days * 86400.0)})

@@ -27,6 +27,11 @@ def test_store_cli_cycle(tmp_path, capsys):
     assert main(["store", "purge-attempts", "--older-than-days", "1", "--store-url", url,
                  "--key-file", str(k1)]) == 0
     assert json.loads(capsys.readouterr().out) == {"deleted": 1}
+    for bad in ("inf", "nan", "-1"):  # named by the option, not the API's parameter
+        assert main(["store", "purge-attempts", "--older-than-days", bad, "--store-url", url,
+                     "--key-file", str(k1)]) == 1
+        assert "--older-than-days must be a number of days in [0, 1e6]" in \
+            capsys.readouterr().err
     assert main(["store", "rotate-key", "--store-url", url, "--key-file", str(k1),
                  "--new-key-file", str(k2)]) == 0
     assert json.loads(capsys.readouterr().out)["rows_reencrypted"] == 1
