@@ -988,7 +988,13 @@ class AuthService:
             page = self._store("list_users", self.store.list_users, size, page_token or "")
         except ValueError as e:
             raise InvalidArgument(f"'page_token' is not valid: {e}") from None
-        return [self._user_info(u) for u in page.users], page.next_page_token
+        users = []
+        for u in page.users:
+            try:
+                users.append(self._user_info(u))
+            except NotFound:  # deleted since the page was read: no longer listed
+                continue
+        return users, page.next_page_token
 
     def delete_user(self, user_id: str) -> None:
         user_id = check_user_id(user_id)

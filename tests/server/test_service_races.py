@@ -1,0 +1,53 @@
+"""Races a soak test of ``nacf serve`` found between admin calls and the calls they
+overlap, reproduced in process by landing the concurrent call at the racing point."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _server_support import CH16, SFREQ, eeg, make_pipeline
+from prometheus_client import CollectorRegistry
+
+from nacf_core.config import Config
+from nacf_core.metrics import Metrics
+from nacf_core.service import AuthService, SignalBlock
+from nacf_core.store import open_store
+
+
+def _block(x: np.ndarray, device_id: str = "") -> SignalBlock:
+    x = np.ascontiguousarray(x, dtype="<f4")
+    return SignalBlock(samples=x, sfreq=SFREQ, ch_names=tuple(CH16), device_id=device_id,
+                       raw=x.tobytes())
+
+
+@pytest.fixture
+def svc(tmp_path, model_path):
+    store = open_store(f"sqlite:///{tmp_path / 'n.db'}", bytes(range(32)))
+    cfg = Config(data_dir=str(tmp_path), rate_limit_per_s=1000, rate_limit_burst=1000)
+    service = AuthService(store, make_pipeline(model_path), cfg,
+                          metrics=Metrics(CollectorRegistry()))
+    yield service
+    store.close()
+
+
+def test_list_users_skips_a_user_deleted_while_the_page_is_read(svc):
+    """ListUsers reads a page, then each listed user's headsets: a DeleteUser landing in
+    between made the whole page NOT_FOUND (seen under load as ListUsers answering
+    NOT_FOUND while an admin deleted users)."""
+    x = eeg(1, 3, 0, 40)
+    for u in ("a1", "a2", "a3"):
+        svc.enroll(u, [_block(x)])
+        svc.register_device(u, f"hs-{u}")
+    store = svc.store
+    orig = store.list_users
+
+    def page_then_delete(*a, **k):
+        page = orig(*a, **k)
+        store.delete_user("a2")  # a concurrent DeleteUser, after the page was read
+        return page
+
+    store.list_users = page_then_delete
+    users, token = svc.list_users(10)
+    assert [u.user_id for u in users] == ["a1", "a3"]
+    assert [u.device_ids for u in users] == [["hs-a1"], ["hs-a3"]]
+    assert token == ""
