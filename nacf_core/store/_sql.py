@@ -917,10 +917,12 @@ class SqlStore(Store):
 
         def fn(tx: Tx) -> tuple[int, float | None, bool]:
             out: tuple[int, float | None, bool] = (0, None, False)
+            # a user deleted since the caller read it: nothing written, a reject included
+            # (its failure would lock out a new account enrolled under the same id)
+            if tx.one("SELECT 1 FROM users WHERE user_id = ?" + self.FOR_UPDATE,
+                      (user_id,)) is None:
+                raise NotFound(f"Unknown user {user_id!r}.")
             if accepted:
-                if tx.one("SELECT 1 FROM users WHERE user_id = ?" + self.FOR_UPDATE,
-                          (user_id,)) is None:
-                    raise NotFound(f"Unknown user {user_id!r}.")
                 if template_id is not None:
                     # the decision used this template: not one that replaced it meanwhile
                     # (an update; a delete and a new enrollment under the same id)

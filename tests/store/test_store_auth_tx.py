@@ -103,6 +103,25 @@ def test_finish_authentication_is_all_or_nothing(store):
                                     duration_s=0.0, method="Authenticate", session_ttl_s=0)
 
 
+def test_reject_of_a_user_deleted_meanwhile_leaves_no_lockout(store):
+    """An attempt read the user, then a DeleteUser landed before the attempt's writes: a
+    reject counted a failure for a user that no longer existed (a lockouts row for no
+    user, seen after a soak test), which the user enrolled again under that id
+    inherited, locked out before any attempt of theirs. Like an accept, it gets
+    NotFound and writes nothing."""
+    store.put_template("frank", b"tpl", "m1")
+    store.delete_user("frank")  # after the attempt's read, before its write
+    with pytest.raises(NotFound):
+        store.finish_authentication("frank", False, score=0.1,
+                                    reason="score_below_threshold", peer="",
+                                    duration_s=0.0, method="Authenticate", max_failures=1,
+                                    lock_seconds=600, now=T0)
+    store.put_template("frank", b"tpl-2", "m1")  # a new account under the same id
+    assert store.get_lockout("frank") == type(store.get_lockout("frank"))(0, None)
+    assert store.locked_user_ids(now=T0 + 1) == set()
+    assert store.recent_attempts("frank", 10) == []
+
+
 def test_default_implementation_matches(store_url, key, tmp_path):
     """The base-class default (composed of the single-purpose methods) gives the same
     answers as the one-transaction override."""
