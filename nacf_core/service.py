@@ -1045,6 +1045,9 @@ class AuthService:
             return False, float(s.expires_at - s.created_at)
         ended = self._store("end_session", self.store.end_session, token, reason, now=now)
         dur = max(0.0, float((ended.ended_at or now) - ended.created_at))
+        if ended.ended_at != now or ended.end_reason != reason:
+            # another call ended it after the read above (the store keeps the first end)
+            return False, dur
         self.metrics.observe_session_duration(dur)
         self._update_active_sessions(now)
         log.info("session ended", extra={"event_type": "session_ended",

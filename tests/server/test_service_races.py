@@ -51,3 +51,26 @@ def test_list_users_skips_a_user_deleted_while_the_page_is_read(svc):
     assert [u.user_id for u in users] == ["a1", "a3"]
     assert [u.device_ids for u in users] == [["hs-a1"], ["hs-a3"]]
     assert token == ""
+
+
+def test_end_session_ended_by_a_concurrent_call_is_not_reported_ended_again(svc):
+    """EndSession reads the session, then ends it: another end landing in between (a
+    second EndSession, ContinuousAuthenticate ending it, EndUserSessions) made both
+    calls answer ended=true, and the session's duration was observed twice."""
+    svc.enroll("b1", [_block(eeg(1, 3, 0, 40))])
+    store = svc.store
+    token = store.create_session("b1", 60).token
+    orig = store.get_session
+
+    def read_then_end(tok):
+        s = orig(tok)
+        store.end_session(tok, "ended_by_admin")  # the concurrent call, after the read
+        return s
+
+    store.get_session = read_then_end
+    ended, _ = svc.end_session(token)
+    store.get_session = orig
+    assert not ended
+    assert orig(token).end_reason == "ended_by_admin"
+    exposition = svc.metrics.exposition().decode()
+    assert "nacfauth_session_duration_seconds_count 0.0" in exposition
