@@ -1162,7 +1162,12 @@ class AuthService:
                 self.metrics.observe_signal("continuous", time.perf_counter() - t0,
                                             min(1.0, max(0.0, quality)))
                 self.metrics.record_artifact_rejections(_codes(w.reasons))
-                cur = self._store("get_session", self.store.get_session, token)
+                try:
+                    cur = self._store("get_session", self.store.get_session, token)
+                except NotFound:  # deleted with its user meanwhile: said as an update
+                    yield ContinuousUpdate("ended", 0.0, thr, quality, "ended", expires,
+                                           streamed)
+                    return
                 now = self.clock()
                 if not cur.is_active(now):
                     yield ContinuousUpdate("ended", 0.0, thr, quality,

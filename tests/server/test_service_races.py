@@ -74,3 +74,24 @@ def test_end_session_ended_by_a_concurrent_call_is_not_reported_ended_again(svc)
     assert orig(token).end_reason == "ended_by_admin"
     exposition = svc.metrics.exposition().decode()
     assert "nacfauth_session_duration_seconds_count 0.0" in exposition
+
+
+def test_continuous_stream_of_a_user_deleted_meanwhile_ends_with_an_update(svc):
+    """A DeleteUser while ContinuousAuthenticate streams removes the session: the check
+    of the session before each window raised NotFound, so the stream failed NOT_FOUND
+    instead of ending with an ENDED update (as it does when the renewal finds the
+    session gone)."""
+    svc.enroll("c1", [_block(eeg(1, 3, 0, 40))])
+    token = svc.store.create_session("c1", 60).token
+    x = eeg(1, 3, 44, 12)
+    step = int(SFREQ / 2)
+
+    def chunks():
+        for i in range(0, x.shape[0], step):
+            if i == int(5 * SFREQ):
+                svc.delete_user("c1")
+            yield _block(x[i:i + step])
+
+    updates = list(svc.continuous(token, chunks()))
+    assert updates and updates[-1].state == "ended"
+    assert all(u.state != "ended" for u in updates[:-1])
