@@ -826,6 +826,12 @@ class SqlStore(Store):
             for rid, ct in tx.query("SELECT id, ciphertext FROM pad_fingerprints WHERE id "
                                     "IN (" + ", ".join("?" * len(part)) + ")", tuple(part)):
                 got[rid] = (False, ct)
+        if len(got) < len(rows):
+            # each statement sees what was committed before it ran (PostgreSQL's READ
+            # COMMITTED): rows deleted in between (a probe trimmed by another attempt, a
+            # replaced enrollment, a delete) are left out; a changed template is refused
+            # by finish_authentication(template_id=)
+            rows = [r for r in rows if r[0] in got]
         return rows, got
 
     #: bytes of decrypted PAD fingerprints kept in memory (see _dec_fingerprints)
@@ -843,7 +849,7 @@ class SqlStore(Store):
         cache = self._fp_plain
         out = []
         for rid, kind, kid in rows:
-            plain, v = found[rid]  # both reads ran in one transaction
+            plain, v = found[rid]
             if plain:
                 out.append((kind, v))
                 continue

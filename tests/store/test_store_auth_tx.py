@@ -215,6 +215,38 @@ def test_fingerprints_read_from_the_cache_survive_a_concurrent_eviction(store):
     assert store.get_fingerprints("fred") == want
 
 
+def test_fingerprints_trimmed_between_the_two_reads_of_the_history(store, monkeypatch):
+    """The history is read in two statements (the row ids, then the ciphertexts not in
+    the plaintext cache). Under PostgreSQL's READ COMMITTED each statement sees what was
+    committed before it ran: a concurrent accept that trimmed the oldest probe in
+    between made the read fail with a KeyError (an Authenticate answered UNAVAILABLE
+    with a store-error traceback, seen under a soak test)."""
+    import nacf_core.store._sql as sql
+
+    store.pad_history = 2
+    store.put_template("gina", b"tpl", "m1")
+    store.add_fingerprints("gina", [b"g-p1", b"g-p2"], "probe")  # not in the cache yet
+    orig = sql.Tx.query
+    fired = []
+
+    def query(tx, q, params=()):
+        if q.startswith("SELECT id, ciphertext FROM pad_fingerprints") and not fired:
+            fired.append(1)  # another authentication commits its probe (trims g-p1)
+            t = threading.Thread(target=store.add_fingerprints,
+                                 args=("gina", [b"g-p3"], "probe"))
+            t.start()
+            t.join()
+        return orig(tx, q, params)
+
+    monkeypatch.setattr(sql.Tx, "query", query)
+    st = store.get_auth_state("gina", fingerprints=True)
+    assert fired
+    # as of the first statement (SQLite's snapshot), or without the row trimmed since
+    assert st.fingerprints in ([("probe", b"g-p1"), ("probe", b"g-p2")], [("probe", b"g-p2")])
+    monkeypatch.undo()
+    assert store.get_fingerprints("gina") == [("probe", b"g-p2"), ("probe", b"g-p3")]
+
+
 def test_finish_authentication_refuses_a_session_on_a_template_that_changed(store):
     """The decision used one template; an update, or a delete and a new enrollment under
     the same id (version 1 again, another created_at), since then opens no session and
