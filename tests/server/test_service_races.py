@@ -3,13 +3,17 @@ overlap, reproduced in process by landing the concurrent call at the racing poin
 
 from __future__ import annotations
 
+import grpc
 import numpy as np
 import pytest
 from _server_support import CH16, SFREQ, eeg, make_pipeline
 from prometheus_client import CollectorRegistry
 
+from nacf_core._proto.nacf.v1 import auth_pb2 as pb
 from nacf_core.config import Config
 from nacf_core.metrics import Metrics
+from nacf_core.server.converters import block_to_signal
+from nacf_core.server.servicer import AuthServicer
 from nacf_core.service import AuthService, SignalBlock
 from nacf_core.store import open_store
 
@@ -95,3 +99,56 @@ def test_continuous_stream_of_a_user_deleted_meanwhile_ends_with_an_update(svc):
     updates = list(svc.continuous(token, chunks()))
     assert updates and updates[-1].state == "ended"
     assert all(u.state != "ended" for u in updates[:-1])
+
+
+
+class _Context:
+    """What the servicer uses of a grpc.ServicerContext, with the call's liveness in the
+    test's hands (grpc_testing's context cannot be cancelled between two updates)."""
+
+    def __init__(self) -> None:
+        self.active, self._code = True, None
+
+    def is_active(self) -> bool:
+        return self.active
+
+    def time_remaining(self):
+        return None
+
+    def code(self):
+        return self._code
+
+    def set_code(self, code) -> None:
+        self._code = code
+
+    def abort(self, code, details):
+        self._code = code
+        raise Exception(details)
+
+
+def _continuous_call(svc, user):
+    svc.enroll(user, [_block(eeg(1, 3, 0, 40))])
+    token = svc.store.create_session(user, 600).token
+    x = eeg(1, 3, 44, 16)
+    step = int(SFREQ / 2)
+    reqs = [pb.ContinuousAuthenticateRequest(start=pb.ContinuousStart(session_token=token))]
+    reqs += [pb.ContinuousAuthenticateRequest(chunk=block_to_signal(x[i:i + step], SFREQ, CH16))
+             for i in range(0, x.shape[0], step)]
+    ctx = _Context()
+    return ctx, AuthServicer(svc).ContinuousAuthenticate(iter(reqs), ctx)
+
+
+def test_a_continuous_stream_whose_call_is_gone_ends_cancelled(svc):
+    """A client that cancels ContinuousAuthenticate (or disconnects) after an update:
+    the stream noticed the call was gone and returned, or gRPC closed it, without a
+    status, so nacfauth_auth_requests_total counted it "OK" (returned) or "INTERNAL"
+    (closed): a soak test's cancelled streams inflated the success rate."""
+    ctx, call = _continuous_call(svc, "d1")
+    assert next(call).state == pb.ContinuousAuthenticateResponse.VERIFIED
+    ctx.active = False  # the client cancelled
+    assert list(call) == []
+    assert ctx.code() == grpc.StatusCode.CANCELLED
+    ctx, call = _continuous_call(svc, "d2")
+    assert next(call).state == pb.ContinuousAuthenticateResponse.VERIFIED
+    call.close()  # gRPC closes the stream of a call that is gone
+    assert ctx.code() == grpc.StatusCode.CANCELLED
