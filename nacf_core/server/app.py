@@ -228,6 +228,7 @@ class NacfServer:
                                    metrics=metrics)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self.server: grpc.Server | None = None
+        self._executor: futures.ThreadPoolExecutor | None = None
         self._interceptor: AuthInterceptor | None = None
         self.port = 0
         self._stop = threading.Event()
@@ -260,9 +261,10 @@ class NacfServer:
         icp = self._interceptor = AuthInterceptor(
             cfg.api_keys, self.service, self.metrics, open_mode=self.open_mode,
             mtls=bool(cfg.tls_client_ca_file))
+        self._executor = futures.ThreadPoolExecutor(max_workers=cfg.max_workers,
+                                                    thread_name_prefix="nacf-grpc")
         server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=cfg.max_workers,
-                                       thread_name_prefix="nacf-grpc"),
+            self._executor,
             interceptors=[icp], options=opts,
             maximum_concurrent_rpcs=cfg.max_concurrent_rpcs)
         add_to_server(self.service, server)
@@ -405,19 +407,39 @@ class NacfServer:
         self._set_health(False)
         if self.sidecar is not None:
             self.sidecar.set_ready(False)
+        handlers_done = True
         if self.server is not None:
             self.server.stop(g).wait()
+            # gRPC cancels the calls still running after the grace period but does not
+            # wait for their handlers, which may still be inside the store: closing it
+            # under them could tear a transaction (or crash in the SQLite module)
+            handlers_done = self._wait_for_handlers(max(5.0, g))
         if self._interceptor is not None:
             self._interceptor.close()
         if self.sidecar is not None:
             self.sidecar.stop()
-        if self._own_service:
+        if not handlers_done:
+            log.warning("handlers still running %.0f s after the grace period: the store "
+                        "is left open for them (the process exit closes it)", max(5.0, g),
+                        extra={"event_type": "server_stop_handlers_running"})
+        elif self._own_service:
             try:
                 self.service.store.close()
             except Exception:
                 log.exception("closing the store")
         log.info("stopped", extra={"event_type": "server_stopped"})
         self._stopped.set()
+
+    def _wait_for_handlers(self, timeout_s: float) -> bool:
+        """Wait until the gRPC pool's handlers have returned (at most ``timeout_s``)."""
+        done = threading.Event()
+
+        def shutdown() -> None:
+            self._executor.shutdown(wait=True)
+            done.set()
+
+        threading.Thread(target=shutdown, name="nacf-stop", daemon=True).start()
+        return done.wait(timeout_s)
 
     def __enter__(self) -> NacfServer:
         return self.start()

@@ -208,6 +208,49 @@ def test_a_metrics_address_that_cannot_be_served_is_named(tmp_path, model_path, 
             store.close()
 
 
+def test_stop_does_not_close_the_store_under_a_handler_still_running(tmp_path, model_path):
+    """A call still running when the grace period ends is cancelled by gRPC, but its
+    handler runs on: the store is closed only once it has returned."""
+    server, store = _server(tmp_path, model_path)
+    server._own_service = True  # as nacf serve: stop() closes the store
+    entered, release, events = threading.Event(), threading.Event(), []
+
+    def slow_enroll(*args, **kwargs):
+        entered.set()
+        release.wait(30)
+        events.append("handler returned")
+        raise FailedPrecondition("released")
+
+    closing = store.close
+
+    def close():
+        events.append("store closed")
+        closing()
+
+    server.service.enroll = slow_enroll
+    store.close = close
+    server.start()
+    try:
+        with grpc.insecure_channel(server.address) as ch:
+            stub = pbg.AuthServiceStub(ch)
+            fut = stub.Enroll.future(pb.EnrollRequest(user_id="u1"), timeout=30,
+                                     metadata=(("x-api-key", KEY),))
+            assert entered.wait(20)
+            stopper = threading.Thread(target=server.stop, args=(0.1,))
+            stopper.start()
+            time.sleep(1.0)  # the grace period is long over; the handler still runs
+            assert "store closed" not in events
+            release.set()
+            stopper.join(30)
+            assert not stopper.is_alive()
+            assert events == ["handler returned", "store closed"]
+            with pytest.raises(grpc.RpcError):
+                fut.result()
+    finally:
+        release.set()
+        server.stop(0)
+
+
 class _Ctx:
     def __init__(self, peer: str) -> None:
         self._peer = peer
