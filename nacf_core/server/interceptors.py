@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent import futures
@@ -193,8 +194,12 @@ class AuthInterceptor(grpc.ServerInterceptor):
         return client_id, user_type, scopes
 
     def observe(self, method: str, context: grpc.ServicerContext, failed: bool,
-                seconds: float, user_type: str) -> None:
+                seconds: float, user_type: str, code: str | None = None) -> None:
+        """Count one call; ``code``: its status name when known (else the context's)."""
         if self.metrics is None:
+            return
+        if code is not None:
+            self._observe(method, code, seconds, user_type)
             return
         try:
             code = context.code()
@@ -204,6 +209,9 @@ class AuthInterceptor(grpc.ServerInterceptor):
             name = "INTERNAL" if failed else "OK"
         else:
             name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+        self._observe(method, name, seconds, user_type)
+
+    def _observe(self, method: str, name: str, seconds: float, user_type: str) -> None:
         try:
             self.metrics.observe_rpc(method, name, seconds, user_type)
         except Exception:
@@ -288,15 +296,32 @@ def _wrap(handler: grpc.RpcMethodHandler, icp: AuthInterceptor, method: str,
 
     def _guard_stream(context, fn):
         t0 = time.perf_counter()
-        user_type = "anonymous"
-        failed = True
+        state = {"user_type": "anonymous", "failed": True, "counted": False}
+        lock = threading.Lock()
+
+        def count(gone: bool = False) -> None:
+            with lock:
+                if state["counted"] or is_reflection:
+                    return
+                state["counted"] = True
+            code = None
+            if gone:  # the call ended before its handler did: cancelled or timed out
+                rem = context.time_remaining()
+                code = ("DEADLINE_EXCEEDED" if rem is not None and rem <= 0
+                        else "CANCELLED")
+            icp.observe(method, context, state["failed"], time.perf_counter() - t0,
+                        state["user_type"], code=code)
+
+        # a stream the client abandons may never be resumed nor closed by gRPC, so its
+        # end is also counted when the call ends, once either way
+        if not is_reflection:
+            context.add_callback(lambda: count(gone=True))
         try:
-            _, user_type, _ = icp.authorize(context, method, key, is_reflection)
+            _, state["user_type"], _ = icp.authorize(context, method, key, is_reflection)
             yield from fn()
-            failed = False
+            state["failed"] = False
         finally:
-            if not is_reflection:
-                icp.observe(method, context, failed, time.perf_counter() - t0, user_type)
+            count()
 
     if handler.unary_unary:
         inner = handler.unary_unary

@@ -276,6 +276,59 @@ def test_open_mode_gives_each_address_its_own_client_id(peer, client_id):
     assert icpt.authorize(_Ctx(peer), "GetStats", None, False) == (client_id, "open", ALL)
 
 
+class _StreamCtx(_Ctx):
+    """A server-streaming call's context: callbacks run when the test ends the call."""
+
+    def __init__(self, remaining=None) -> None:
+        super().__init__("ipv4:127.0.0.1:1")
+        self.callbacks, self.remaining = [], remaining
+
+    def add_callback(self, fn) -> bool:
+        self.callbacks.append(fn)
+        return True
+
+    def time_remaining(self):
+        return self.remaining
+
+    def code(self):
+        return None
+
+    def end(self) -> None:  # what gRPC does when the call terminates
+        for fn in self.callbacks:
+            fn()
+
+
+@pytest.mark.parametrize("remaining, status", [(None, "CANCELLED"), (-0.1, "DEADLINE_EXCEEDED"),
+                                               ("finished", "OK")])
+def test_a_stream_abandoned_by_its_client_is_counted_once(remaining, status):
+    """gRPC may never resume nor close the response generator of a call whose client went
+    away: the call is counted when it ends (CANCELLED, or DEADLINE_EXCEEDED past its
+    deadline), and once only, whatever happens to the generator after."""
+    from nacf_core.server.interceptors import AuthInterceptor, _wrap
+
+    metrics = Metrics(CollectorRegistry())
+    icpt = AuthInterceptor({KEY: ALL}, metrics=metrics)
+
+    def updates(request, context):
+        yield from range(3)
+
+    wrapped = _wrap(grpc.unary_stream_rpc_method_handler(updates), icpt,
+                    "ContinuousAuthenticate", KEY, False)
+    ctx = _StreamCtx(None if remaining == "finished" else remaining)
+    gen = wrapped.unary_stream(object(), ctx)
+    assert next(gen) == 0  # one update sent; then the client goes away
+    if remaining == "finished":
+        assert list(gen) == [1, 2]
+    ctx.end()  # the call is over; the generator is left as it is
+    gen.close()  # and if it is closed later after all: not counted again
+
+    def count(name):
+        return metrics.registry.get_sample_value("nacfauth_auth_requests_total", {
+            "method": "ContinuousAuthenticate", "status": name, "user_type": "api_key"}) or 0
+    assert count(status) == 1
+    assert sum(count(n) for n in ("OK", "CANCELLED", "DEADLINE_EXCEEDED", "INTERNAL")) == 1
+
+
 def test_reuse_port_lets_two_servers_share_an_address(tmp_path, model_path):
     import socket
 
