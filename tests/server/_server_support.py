@@ -61,3 +61,12 @@ def proof_md(secret: str, user_id: str, device_id: str, samples: bytes,
 
 def sha(b: bytes) -> str:
     return hashlib.sha256(b).hexdigest()
+
+
+def signal_block(x: np.ndarray, device_id: str = ""):
+    """``x`` (n_times, 16) as the service's ``SignalBlock``, as the converter builds it."""
+    from nacf_core.service import SignalBlock
+
+    x = np.ascontiguousarray(x, dtype="<f4")
+    return SignalBlock(samples=x, sfreq=SFREQ, ch_names=tuple(CH16), device_id=device_id,
+                       raw=x.tobytes())

@@ -5,23 +5,16 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import pytest
-from _server_support import CH16, SFREQ, eeg, make_pipeline
+from _server_support import eeg, make_pipeline, signal_block
 from prometheus_client import CollectorRegistry
 
 from nacf_core.config import Config
 from nacf_core.errors import Unauthenticated
 from nacf_core.metrics import Metrics
 from nacf_core.pad import PresentationAttackDetector
-from nacf_core.service import AuthService, DeviceProof, SignalBlock, device_proof
+from nacf_core.service import AuthService, DeviceProof, device_proof
 from nacf_core.store import open_store
-
-
-def _block(x: np.ndarray, device_id: str = "") -> SignalBlock:
-    x = np.ascontiguousarray(x, dtype="<f4")
-    return SignalBlock(samples=x, sfreq=SFREQ, ch_names=tuple(CH16), device_id=device_id,
-                       raw=x.tobytes())
 
 
 @pytest.fixture
@@ -41,7 +34,7 @@ _USED: set = set()
 
 
 def _auth(service, user, secret, x, device="hs-1"):
-    b = _block(x, device)
+    b = signal_block(x, device)
     while True:  # distinct proofs for the same samples, even across a second boundary
         ts = int(time.time()) - next(_N) % 50
         if (user, device, b.raw, ts) not in _USED:
@@ -53,7 +46,7 @@ def _auth(service, user, secret, x, device="hs-1"):
 
 def test_authenticate_writes_once_and_keeps_history(svc):
     store = svc.store
-    svc.enroll("u1", [_block(eeg(1, 3, 0, 40))])
+    svc.enroll("u1", [signal_block(eeg(1, 3, 0, 40))])
     secret = svc.register_device("u1", "hs-1")
     n_fp = len(store.get_fingerprints("u1"))
     calls = {"get_auth_state": 0, "finish_authentication": 0}
@@ -95,11 +88,11 @@ def test_authenticate_writes_once_and_keeps_history(svc):
 def test_reenrolled_user_never_gets_the_old_cached_template(svc):
     """Delete + re-enroll restarts the template version at 1: the decoded-template cache
     is keyed by the template's bytes, so the new template is used."""
-    svc.enroll("u2", [_block(eeg(1, 3, 0, 40))])
+    svc.enroll("u2", [signal_block(eeg(1, 3, 0, 40))])
     secret = svc.register_device("u2", "hs-2")
     assert _auth(svc, "u2", secret, eeg(1, 3, 44, 8), "hs-2").accepted
     svc.delete_user("u2")
-    svc.enroll("u2", [_block(eeg(2, 3, 0, 40))])  # another person, same id
+    svc.enroll("u2", [signal_block(eeg(2, 3, 0, 40))])  # another person, same id
     assert svc.store.get_template("u2").version == 1
     secret = svc.register_device("u2", "hs-2")
     r = _auth(svc, "u2", secret, eeg(1, 3, 52, 8), "hs-2")  # the old person
@@ -113,7 +106,7 @@ def test_concurrent_authentications_run_one_at_a_time_on_sqlite(svc):
     an impostor's rejections all count towards the lockout."""
     import threading
 
-    svc.enroll("u1", [_block(eeg(1, 3, 0, 40))])
+    svc.enroll("u1", [signal_block(eeg(1, 3, 0, 40))])
     secret = svc.register_device("u1", "hs-1")
     assert svc.store.in_process and svc.authenticate_gate is not None
     inside, peak, lock = [0], [0], threading.Lock()

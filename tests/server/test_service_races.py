@@ -4,9 +4,8 @@ overlap, reproduced in process by landing the concurrent call at the racing poin
 from __future__ import annotations
 
 import grpc
-import numpy as np
 import pytest
-from _server_support import CH16, SFREQ, eeg, make_pipeline
+from _server_support import CH16, SFREQ, eeg, make_pipeline, signal_block
 from prometheus_client import CollectorRegistry
 
 from nacf_core._proto.nacf.v1 import auth_pb2 as pb
@@ -14,14 +13,8 @@ from nacf_core.config import Config
 from nacf_core.metrics import Metrics
 from nacf_core.server.converters import block_to_signal
 from nacf_core.server.servicer import AuthServicer
-from nacf_core.service import AuthService, SignalBlock
+from nacf_core.service import AuthService
 from nacf_core.store import open_store
-
-
-def _block(x: np.ndarray, device_id: str = "") -> SignalBlock:
-    x = np.ascontiguousarray(x, dtype="<f4")
-    return SignalBlock(samples=x, sfreq=SFREQ, ch_names=tuple(CH16), device_id=device_id,
-                       raw=x.tobytes())
 
 
 @pytest.fixture
@@ -40,7 +33,7 @@ def test_list_users_skips_a_user_deleted_while_the_page_is_read(svc):
     NOT_FOUND while an admin deleted users)."""
     x = eeg(1, 3, 0, 40)
     for u in ("a1", "a2", "a3"):
-        svc.enroll(u, [_block(x)])
+        svc.enroll(u, [signal_block(x)])
         svc.register_device(u, f"hs-{u}")
     store = svc.store
     orig = store.list_users
@@ -61,7 +54,7 @@ def test_end_session_ended_by_a_concurrent_call_is_not_reported_ended_again(svc)
     """EndSession reads the session, then ends it: another end landing in between (a
     second EndSession, ContinuousAuthenticate ending it, EndUserSessions) made both
     calls answer ended=true, and the session's duration was observed twice."""
-    svc.enroll("b1", [_block(eeg(1, 3, 0, 40))])
+    svc.enroll("b1", [signal_block(eeg(1, 3, 0, 40))])
     store = svc.store
     token = store.create_session("b1", 60).token
     orig = store.get_session
@@ -85,7 +78,7 @@ def test_continuous_stream_of_a_user_deleted_meanwhile_ends_with_an_update(svc):
     of the session before each window raised NotFound, so the stream failed NOT_FOUND
     instead of ending with an ENDED update (as it does when the renewal finds the
     session gone)."""
-    svc.enroll("c1", [_block(eeg(1, 3, 0, 40))])
+    svc.enroll("c1", [signal_block(eeg(1, 3, 0, 40))])
     token = svc.store.create_session("c1", 60).token
     x = eeg(1, 3, 44, 12)
     step = int(SFREQ / 2)
@@ -94,7 +87,7 @@ def test_continuous_stream_of_a_user_deleted_meanwhile_ends_with_an_update(svc):
         for i in range(0, x.shape[0], step):
             if i == int(5 * SFREQ):
                 svc.delete_user("c1")
-            yield _block(x[i:i + step])
+            yield signal_block(x[i:i + step])
 
     updates = list(svc.continuous(token, chunks()))
     assert updates and updates[-1].state == "ended"
@@ -127,7 +120,7 @@ class _Context:
 
 
 def _continuous_call(svc, user):
-    svc.enroll(user, [_block(eeg(1, 3, 0, 40))])
+    svc.enroll(user, [signal_block(eeg(1, 3, 0, 40))])
     token = svc.store.create_session(user, 600).token
     x = eeg(1, 3, 44, 16)
     step = int(SFREQ / 2)
