@@ -220,6 +220,13 @@ class LslSource:
         pylsl = _pylsl()
         sfreq = self._check_header(info)
         inlet = pylsl.StreamInlet(info, max_buflen=self.max_buflen, recover=False)
+        try:
+            self._open_inlet(inlet, sfreq)
+        except BaseException:
+            inlet.close_stream()  # refused (a montage that does not fit, a new layout)
+            raise
+
+    def _open_inlet(self, inlet, sfreq: float) -> None:
         full = inlet.info(timeout=max(self.timeout, 1.0))
         n_ch = full.channel_count()
         labels = full.get_channel_labels()
@@ -229,7 +236,6 @@ class LslSource:
             names = [str(x) for x in labels]
             dup = sorted({n for n in names if names.count(n) > 1})
             if dup:
-                inlet.close_stream()
                 raise ValueError(
                     f"LSL stream {full.name()!r} labels a channel twice: {', '.join(dup)}. "
                     f"Name the channels in order with a montage (lsl:NAME?montage=Fp1,...)."
@@ -243,7 +249,6 @@ class LslSource:
             dtype=np.float64,
         )
         if self._sfreq is not None and (sfreq != self._sfreq or names != self._ch_names):
-            inlet.close_stream()
             raise Unavailable(
                 f"LSL stream {self._describe()} came back with a different layout "
                 f"({n_ch} channels at {sfreq:g} Hz, was {len(self._ch_names)} at {self._sfreq:g})."

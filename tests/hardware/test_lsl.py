@@ -195,6 +195,36 @@ def test_bad_nominal_rate_is_refused_before_the_inlet(rate):
         del outlet
 
 
+def test_a_refused_stream_leaves_no_inlet_open(monkeypatch):
+    """An inlet opened for a stream then refused (a montage naming more or fewer channels
+    than it has, labels naming a channel twice) is closed, not left to the collector."""
+    opened = []
+
+    class Inlet(pylsl.StreamInlet):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.closed = False
+            opened.append(self)
+
+        def close_stream(self):
+            self.closed = True
+            super().close_stream()
+
+    monkeypatch.setattr(pylsl, "StreamInlet", Inlet)
+    name = f"nacf-test-{uuid.uuid4().hex[:8]}"
+    info = pylsl.StreamInfo(name, "EEG", 3, 250.0, pylsl.cf_float32, f"sid-{name}")
+    info.set_channel_labels(["Fp1", "Cz", "Fp1"])
+    outlet = pylsl.StreamOutlet(info)
+    try:
+        for montage in ("C3,C4", None):  # 2 names for 3 channels; a label twice
+            with pytest.raises(ValueError):
+                with LslSource(name=name, timeout=10, reconnect_s=0, montage=montage):
+                    pass
+        assert len(opened) == 2 and all(i.closed for i in opened)
+    finally:
+        del outlet
+
+
 def test_duplicate_labels_are_refused_unless_a_montage_replaces_them():
     name = f"nacf-test-{uuid.uuid4().hex[:8]}"
     info = pylsl.StreamInfo(name, "EEG", 3, 250.0, pylsl.cf_float32, f"sid-{name}")
