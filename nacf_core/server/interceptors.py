@@ -44,7 +44,8 @@ import grpc
 from nacf_core.errors import NacfError
 from nacf_core.service import peer_fields
 
-__all__ = ["CALLER", "METHOD_SCOPES", "AuthInterceptor", "client_identity"]
+__all__ = ["CALLER", "METHOD_SCOPES", "AuthInterceptor", "client_identity",
+           "ended_status"]
 
 log = logging.getLogger("nacf.server")
 
@@ -79,6 +80,14 @@ METHOD_SCOPES: dict[str, str] = {
 #: who has a device: ``admin``) is decided from it by the servicer.
 CALLER: contextvars.ContextVar[tuple[str, frozenset[str]] | None] = contextvars.ContextVar(
     "nacf_caller", default=None)
+
+
+def ended_status(context: grpc.ServicerContext) -> grpc.StatusCode:
+    """The status of a call that ended (or is dropped) before its handler answered:
+    ``DEADLINE_EXCEEDED`` past its deadline, else ``CANCELLED`` (the client went away)."""
+    rem = context.time_remaining()
+    return (grpc.StatusCode.DEADLINE_EXCEEDED if rem is not None and rem <= 0
+            else grpc.StatusCode.CANCELLED)
 
 
 def _key_hash(key: str) -> str:
@@ -304,11 +313,8 @@ def _wrap(handler: grpc.RpcMethodHandler, icp: AuthInterceptor, method: str,
                 if state["counted"] or is_reflection:
                     return
                 state["counted"] = True
-            code = None
-            if gone:  # the call ended before its handler did: cancelled or timed out
-                rem = context.time_remaining()
-                code = ("DEADLINE_EXCEEDED" if rem is not None and rem <= 0
-                        else "CANCELLED")
+            # gone: the call ended before its handler did (cancelled or timed out)
+            code = ended_status(context).name if gone else None
             icp.observe(method, context, state["failed"], time.perf_counter() - t0,
                         state["user_type"], code=code)
 
@@ -328,14 +334,14 @@ def _wrap(handler: grpc.RpcMethodHandler, icp: AuthInterceptor, method: str,
         if method == "Authenticate" and icp._engine is not None:
             gate, engine = icp._gate, icp._engine
 
-            def _drop(ctx, expired: bool, t0: float) -> None:
+            def _drop(ctx, t0: float) -> None:
                 """A call that timed out or was cancelled while queued: counted in
                 the RPC metrics and ended without taking a token or doing the work."""
-                code = (grpc.StatusCode.DEADLINE_EXCEEDED if expired
-                        else grpc.StatusCode.CANCELLED)
+                code = ended_status(ctx)
                 ctx.set_code(code)
                 icp.observe(method, ctx, True, time.perf_counter() - t0, "anonymous")
-                ctx.abort(code, "the call's deadline passed while it was queued." if expired
+                ctx.abort(code, "the call's deadline passed while it was queued."
+                          if code == grpc.StatusCode.DEADLINE_EXCEEDED
                           else "the call was cancelled while it was queued.")
 
             def _serialised(req, ctx):
@@ -345,7 +351,7 @@ def _wrap(handler: grpc.RpcMethodHandler, icp: AuthInterceptor, method: str,
                     with gate:  # rate limit, checks and all, one call at a time
                         rem = ctx.time_remaining()
                         if (rem is not None and rem <= 0) or not ctx.is_active():
-                            _drop(ctx, rem is not None and rem <= 0, t0)
+                            _drop(ctx, t0)
                         return _guard(ctx, lambda: inner(req, ctx))
 
                 return engine.submit(run).result()

@@ -22,7 +22,7 @@ from nacf_core._proto.nacf.v1 import auth_pb2 as pb
 from nacf_core._proto.nacf.v1 import auth_pb2_grpc as pb_grpc
 from nacf_core.errors import DeadlineExceeded, InvalidArgument, NacfError, PermissionDenied
 from nacf_core.server import converters as cv
-from nacf_core.server.interceptors import CALLER
+from nacf_core.server.interceptors import CALLER, ended_status
 from nacf_core.service import AuthService, DeviceProof
 
 __all__ = ["SERVICE_NAME", "AuthServicer", "add_to_server", "status_for"]
@@ -102,9 +102,7 @@ def _gone(context: grpc.ServicerContext) -> None:
             return
     except Exception:  # noqa: BLE001 - older grpcio without ServicerContext.code
         return
-    rem = context.time_remaining()
-    context.set_code(grpc.StatusCode.DEADLINE_EXCEEDED if rem is not None and rem <= 0
-                     else grpc.StatusCode.CANCELLED)
+    context.set_code(ended_status(context))
 
 
 def _is_abort(e: BaseException, context: grpc.ServicerContext) -> bool:
