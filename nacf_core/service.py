@@ -1256,12 +1256,11 @@ class AuthService:
             if not rotate:
                 raise AlreadyExists(f"device {device_id!r} is already registered to user "
                                     f"{user_id!r}; set rotate=true for a new secret.")
-        elif first_only and self._device_ids(user_id):
-            raise PermissionDenied(_ANOTHER_DEVICE.format(user=user_id))
         secret = secrets.token_urlsafe(32)
         now = self.clock()
-        # the check above answers the common case early; the store decides races (two
-        # first registrations at once: one gets the secret, the other ALREADY_EXISTS)
+        # first_only is decided in the store's transaction alone, so two headsets
+        # registered at once cannot both pass (one gets its secret, the other
+        # PERMISSION_DENIED)
         try:
             self._store("register_device", self.store.register_device, user_id, device_id,
                         secret, replace=rotate, first_only=first_only, now=now)
