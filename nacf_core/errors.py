@@ -12,6 +12,7 @@ __all__ = [
     "InvalidArgument",
     "NotFound",
     "AlreadyExists",
+    "AnotherDeviceBound",
     "FailedPrecondition",
     "ResourceExhausted",
     "Unauthenticated",
@@ -37,6 +38,12 @@ class NotFound(NacfError, LookupError):
 
 class AlreadyExists(NacfError):
     code = "ALREADY_EXISTS"
+
+
+class AnotherDeviceBound(AlreadyExists):
+    """A headset registered with ``first_only`` for a user who already has another one
+    (the store's ``register_device``); the service answers callers without the admin
+    scope ``PERMISSION_DENIED`` for it."""
 
 
 class FailedPrecondition(NacfError):

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from .._validation import check_finite_positive, check_int_range
 from ..errors import (
     AlreadyExists,
+    AnotherDeviceBound,
     FailedPrecondition,
     InvalidArgument,
     NacfError,
@@ -437,7 +438,8 @@ class SqlStore(Store):
                 raise NotFound(f"Unknown user {user_id!r}: enroll before registering a device.")
             if first_only and tx.one("SELECT 1 FROM devices WHERE user_id = ? AND "
                                      "device_id <> ?", (user_id, device_id)) is not None:
-                raise AlreadyExists(f"User {user_id!r} already has a registered device.")
+                raise AnotherDeviceBound(f"User {user_id!r} already has a registered "
+                                         "device.")
             kid, ct = self._cipher.encrypt(secret.encode(),
                                            Cipher.aad("device", device_id, user_id))
             if tx.execute("INSERT INTO devices (device_id, user_id, key_id, secret_ct, "

@@ -291,7 +291,8 @@ class Store(abc.ABC):
     ) -> DeviceRecord:
         """Bind ``device_id`` to ``user_id`` (re-binding replaces the secret; with
         ``replace=False`` it is ``AlreadyExists``, decided in the same transaction; with
-        ``first_only``, so is a user who has another device).
+        ``first_only``, a user who has another device is ``AnotherDeviceBound``, a kind
+        of ``AlreadyExists``).
         ``NotFound`` for an unknown user; ``AlreadyExists`` if bound to another user."""
 
     @abc.abstractmethod

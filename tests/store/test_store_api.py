@@ -7,7 +7,13 @@ import os
 
 import pytest
 
-from nacf_core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from nacf_core.errors import (
+    AlreadyExists,
+    AnotherDeviceBound,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
 from nacf_core.store import open_store
 from nacf_core.store.base import utc_day_start
 
@@ -462,7 +468,8 @@ def test_end_user_sessions_and_first_device_only(store):
     assert store.end_user_sessions("alice", "x", now=T0 + 3) == []
     store.register_device("alice", "hs-1", "s" * 16, first_only=True)
     store.register_device("alice", "hs-1", "t" * 16, first_only=True)  # the same one again
-    with pytest.raises(AlreadyExists, match="already has a registered device"):
+    # its own class, which the service maps to PERMISSION_DENIED (not by its message)
+    with pytest.raises(AnotherDeviceBound, match="already has a registered device"):
         store.register_device("alice", "hs-2", "s" * 16, first_only=True)
     store.register_device("alice", "hs-2", "s" * 16)
     assert sorted(d.device_id for d in store.list_devices("alice")) == ["hs-1", "hs-2"]
