@@ -55,6 +55,7 @@ import numpy as np
 from nacf_core.config import Config
 from nacf_core.errors import (
     AlreadyExists,
+    AnotherDeviceBound,
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
@@ -1264,10 +1265,8 @@ class AuthService:
         try:
             self._store("register_device", self.store.register_device, user_id, device_id,
                         secret, replace=rotate, first_only=first_only, now=now)
-        except AlreadyExists as e:
-            if first_only and "already has a registered device" in str(e):
-                raise PermissionDenied(_ANOTHER_DEVICE.format(user=user_id)) from None
-            raise
+        except AnotherDeviceBound:
+            raise PermissionDenied(_ANOTHER_DEVICE.format(user=user_id)) from None
         ended = []
         if dev is not None:  # the old secret's sessions end with it
             ended = self._end_sessions_after(user_id, "device_rotated", device_id=device_id)
