@@ -145,3 +145,31 @@ def test_a_continuous_stream_whose_call_is_gone_ends_cancelled(svc):
     assert next(call).state == pb.ContinuousAuthenticateResponse.VERIFIED
     call.close()  # gRPC closes the stream of a call that is gone
     assert ctx.code() == grpc.StatusCode.CANCELLED
+
+
+def test_a_stream_of_a_user_deleted_before_its_first_chunk_is_not_found_not_an_attack(svc):
+    """AuthenticateStream reads the user when it opens and the headset when the first
+    chunk's proof is checked: a DeleteUser in between (the headset goes with the user)
+    made a genuine stream fail UNAUTHENTICATED, logged and counted as a
+    ``device_proof_unknown_device`` security event that never happened."""
+    import time as _time
+
+    from nacf_core.errors import NotFound
+    from nacf_core.service import DeviceProof, device_proof
+
+    x = eeg(1, 3, 0, 40)
+    svc.enroll("c1", [signal_block(x)])
+    secret = svc.register_device("c1", "hs-c1")
+    b = signal_block(eeg(1, 3, 40, 10), "hs-c1")
+    ts = int(_time.time())
+    proof = DeviceProof("hs-c1", str(ts), device_proof(secret, "c1", "hs-c1", ts, b.raw))
+
+    def chunks():
+        svc.store.delete_user("c1")  # the concurrent DeleteUser, before the first chunk
+        yield b
+
+    with pytest.raises(NotFound):
+        svc.authenticate_stream("c1", chunks(), proof, peer="ipv4:127.0.0.1")
+    exposition = svc.metrics.exposition().decode()
+    assert "device_proof_unknown_device" not in exposition
+
