@@ -49,7 +49,21 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
 
 def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
     code, msg = status_for(exc)
+    if isinstance(exc, grpc.RpcError) or _call_gone(context):
+        # the call ended under the handler (its deadline passed, or the client went
+        # away), which then saw the client's stream fail or end short: the call ended
+        # that way, whatever the handler made of it (the client sees no more of it)
+        code = ended_status(context)
+        msg = ("the call's deadline passed before it was served."
+               if code is grpc.StatusCode.DEADLINE_EXCEEDED else "the client cancelled the call.")
     context.abort(code, msg)
+
+
+def _call_gone(context: grpc.ServicerContext) -> bool:
+    try:
+        return not context.is_active()
+    except Exception:  # noqa: BLE001 - grpc_testing contexts
+        return False
 
 
 def _check_deadline(context: grpc.ServicerContext) -> float | None:

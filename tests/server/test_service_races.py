@@ -100,13 +100,16 @@ class _Context:
     test's hands (grpc_testing's context cannot be cancelled between two updates)."""
 
     def __init__(self) -> None:
-        self.active, self._code = True, None
+        self.active, self._code, self.remaining = True, None, None
 
     def is_active(self) -> bool:
         return self.active
 
     def time_remaining(self):
-        return None
+        return self.remaining
+
+    def invocation_metadata(self):
+        return ()
 
     def code(self):
         return self._code
@@ -173,3 +176,30 @@ def test_a_stream_of_a_user_deleted_before_its_first_chunk_is_not_found_not_an_a
     exposition = svc.metrics.exposition().decode()
     assert "device_proof_unknown_device" not in exposition
 
+
+class _Gone(grpc.RpcError):
+    """What reading the client's stream raises once its call has ended."""
+
+
+@pytest.mark.parametrize("stream_end", ["fails", "ends short"])
+@pytest.mark.parametrize("remaining, status", [(-0.1, grpc.StatusCode.DEADLINE_EXCEEDED),
+                                               (None, grpc.StatusCode.CANCELLED)])
+def test_a_client_stream_whose_call_ended_under_the_handler_ends_with_that_status(
+        svc, stream_end, remaining, status):
+    """AuthenticateStream reading its client's stream when the call's deadline passes
+    (or the client goes away): the read fails, and the call was counted CANCELLED even
+    past its deadline; or the stream just ends, and the call was counted
+    INVALID_ARGUMENT ("the stream carried no Signal chunk"), the client's fault."""
+    svc.enroll("e1", [signal_block(eeg(1, 3, 0, 40))])
+    ctx = _Context()
+    ctx.remaining = 30.0
+
+    def requests():
+        yield pb.AuthenticateStreamRequest(start=pb.StreamStart(user_id="e1"))
+        ctx.active, ctx.remaining = False, remaining  # the call ends here
+        if stream_end == "fails":
+            raise _Gone()
+
+    with pytest.raises(Exception):
+        AuthServicer(svc).AuthenticateStream(requests(), ctx)
+    assert ctx.code() == status
