@@ -91,9 +91,11 @@ def check_supported_sfreq(sfreq: Any) -> float:
 
 _REASON_NAMES = {int(r): r.name.lower().replace("_", "-") for r in ArtifactReason}
 _LOW_QUALITY = "low_quality"
-#: The codes :func:`reason_codes` returns: one per artifact kind, and ``low_quality``.
+_OTHER = "other"
+#: The codes :func:`reason_codes` returns: one per artifact kind, ``low_quality``, and
+#: ``other`` for a reason it does not know (none the pipeline writes).
 REASON_CODES: tuple[str, ...] = (*(r.name.lower() for r in ArtifactReason if r),
-                                 _LOW_QUALITY)
+                                 _LOW_QUALITY, _OTHER)
 _CODE_OF_NAME = {n: n.replace("-", "_") for n in _REASON_NAMES.values()}
 
 
@@ -101,14 +103,14 @@ def reason_codes(reason: str) -> list[str]:
     """The codes of a rejected window's reason (an entry of :attr:`Windows.reasons`,
     e.g. ``"flat on Fp1, Fp2; jump on O1"`` → ``["flat", "jump"]``): one per artifact
     kind it names (``non_finite``, ``railed``, ``flat``, ``peak_to_peak``, ``jump``), or
-    ``["low_quality"]`` for a window under the quality gate; ``[]`` for an accepted one.
-    A bounded set (:data:`REASON_CODES`), for metric labels; the reason itself names the
-    channels."""
+    ``["low_quality"]`` for a window under the quality gate, ``["other"]`` for a reason
+    it does not know; ``[]`` for an accepted one. A bounded set (:data:`REASON_CODES`),
+    for metric labels; the reason itself names the channels."""
     if not reason:
         return []
     if reason.startswith("quality "):
         return [_LOW_QUALITY]
-    return [_CODE_OF_NAME.get(part.split(" on ", 1)[0], "other")
+    return [_CODE_OF_NAME.get(part.split(" on ", 1)[0], _OTHER)
             for part in reason.split("; ")]
 
 

@@ -256,3 +256,16 @@ def test_real_cyton_recording_at_250_hz(shared_data):
     assert w.n_windows == int((rec.data.shape[0] / 250.0 - 4) // 2) + 1
     assert w.n_accepted >= 0.8 * w.n_windows
     assert np.all(np.isfinite(w.embeddings))
+
+
+def test_reason_codes_stay_in_the_declared_set_whatever_the_reason():
+    """Every code ``reason_codes`` can return is in ``REASON_CODES``, the set metric
+    labels and tests check against; ``other`` (a reason it does not know) was not."""
+    from nacf_core.pipeline import REASON_CODES, reason_codes
+
+    assert reason_codes("flat on Fp1, Fp2; jump on O1") == ["flat", "jump"]
+    assert reason_codes("quality 0.10 below 0.30") == ["low_quality"]
+    assert reason_codes("") == []
+    for reason in ("flat on Fp1; something new on O1", "unheard of", "peak-to-peak on C3"):
+        assert set(reason_codes(reason)) <= set(REASON_CODES), reason
+    assert reason_codes("peak-to-peak on C3") == ["peak_to_peak"]
