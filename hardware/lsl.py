@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from nacf_core._validation import MAX_SAMPLE_RATE_HZ, check_finite_positive
+from nacf_core._validation import MAX_CHANNELS, MAX_SAMPLE_RATE_HZ, check_finite_positive
 from nacf_core.errors import Unavailable
 
 from .base import Chunk, Counters
@@ -203,6 +203,11 @@ class LslSource:
             )
         if info.channel_format() == pylsl.cf_string:
             raise ValueError(f"LSL stream {info.name()!r} carries strings, not samples.")
+        if info.channel_count() > MAX_CHANNELS:
+            raise ValueError(
+                f"LSL stream {info.name()!r} has {info.channel_count()} channels; nacf "
+                f"reads at most {MAX_CHANNELS} (the gRPC Signal's limit)."
+            )
         sfreq = float(info.nominal_srate())
         if sfreq == 0:
             raise ValueError(

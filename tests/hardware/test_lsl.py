@@ -195,6 +195,21 @@ def test_bad_nominal_rate_is_refused_before_the_inlet(rate):
         del outlet
 
 
+def test_a_stream_with_more_channels_than_nacf_reads_is_refused_before_the_inlet():
+    """A stream of 257 channels was read, and every chunk of it then failed where the
+    Signal's 256-channel limit is checked (the gRPC request), far from the cause."""
+    name = f"nacf-test-{uuid.uuid4().hex[:8]}"
+    outlet = pylsl.StreamOutlet(pylsl.StreamInfo(name, "EEG", 257, 250.0, pylsl.cf_float32,
+                                                 f"sid-{name}"))
+    try:
+        with pytest.raises(ValueError, match=f"LSL stream '{name}' has 257 channels; nacf "
+                                             "reads at most 256"):
+            with LslSource(name=name, timeout=10, reconnect_s=0):
+                pass
+    finally:
+        del outlet
+
+
 def test_a_refused_stream_leaves_no_inlet_open(monkeypatch):
     """An inlet opened for a stream then refused (a montage naming more or fewer channels
     than it has, labels naming a channel twice) is closed, not left to the collector."""
