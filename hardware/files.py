@@ -506,6 +506,50 @@ def _edf_signal_rates(path: Path) -> list[tuple[str, float]]:
     return out
 
 
+def _edf_check_scaling(path: Path, fmt: str, exclude: list[str]) -> None:
+    """Refuse a signal whose physical or digital minimum or maximum is not a finite
+    number, or whose digital minimum equals its maximum: MNE scales samples by
+    ``(pmax - pmin) / (dmax - dmin)`` and would read such a channel as NaN or infinite
+    throughout, without a word."""
+    with open(path, "rb") as fh:
+        fixed = fh.read(256)
+        try:
+            ns = int(fixed[252:256].decode("ascii").strip())
+        except ValueError:
+            return  # MNE will say what is wrong
+        sig = fh.read(256 * ns) if ns > 0 else b""
+    if ns <= 0 or len(sig) < 256 * ns:
+        return
+    skip = set(exclude)
+
+    def field(offset: int, i: int) -> str:
+        return sig[ns * offset + i * 8 : ns * offset + (i + 1) * 8].decode("latin-1").strip()
+
+    for i in range(ns):
+        label = sig[i * 16 : (i + 1) * 16].decode("latin-1").strip()
+        if label in skip or "annotations" in label.lower():
+            continue
+        values = {}
+        for name, off in (("physical minimum", 104), ("physical maximum", 112),
+                          ("digital minimum", 120), ("digital maximum", 128)):
+            text = field(off, i)
+            try:
+                values[name] = float(text)
+            except ValueError:
+                values[name] = math.nan
+            if not math.isfinite(values[name]):
+                raise ValueError(
+                    f"cannot read {fmt.upper()} file {str(path)!r}: signal {i + 1} "
+                    f"({label!r}) has {name} {text!r}; expected a finite number."
+                )
+        if values["digital minimum"] == values["digital maximum"]:
+            raise ValueError(
+                f"cannot read {fmt.upper()} file {str(path)!r}: signal {i + 1} ({label!r}) "
+                f"has digital minimum = maximum ({values['digital minimum']:g}), so its "
+                f"samples cannot be scaled; expected them to differ."
+            )
+
+
 def _edf_exclude_other_rates(path: Path) -> tuple[list[str], float | None]:
     """Signals to leave out so that every kept one has the EEG channels' rate.
 
@@ -532,6 +576,7 @@ def _read_edf(path: Path, fmt: str, start_s: float | None, stop_s: float | None)
 
     reader = mne.io.read_raw_edf if fmt == "edf" else mne.io.read_raw_bdf
     exclude, target = _edf_exclude_other_rates(path)
+    _edf_check_scaling(path, fmt, exclude)
     if exclude:
         logger.info(
             "%s mixes sampling rates: keeping the %g Hz signals, leaving out %s",

@@ -564,6 +564,29 @@ def test_edf_signal_count_not_positive(tmp_path, ns):
         read_recording(p)
 
 
+@pytest.mark.parametrize("offset, value, msg", [
+    (104, b"nan     ", r"signal 2 \('O2'\) has physical minimum 'nan'; expected a finite"),
+    (112, b"inf     ", r"signal 2 \('O2'\) has physical maximum 'inf'; expected a finite"),
+    (120, b"-Infinit", r"signal 2 \('O2'\) has digital minimum '-Infinit'; expected a"),
+    (128, b"-32768  ", r"signal 2 \('O2'\) has digital minimum = maximum \(-32768\)"),
+])
+def test_edf_scaling_that_is_not_finite_is_refused(tmp_path, offset, value, msg):
+    """MNE scales an EDF signal by (pmax - pmin) / (dmax - dmin): a NaN or infinite
+    physical bound read the channel as NaN throughout, silently (nacf then rejected
+    every window as non-finite, far from the cause); equal digital bounds gave a
+    RuntimeWarning and unscaled samples; a bound that is not a number was refused
+    without naming the signal or the field."""
+    p = tmp_path / "scale.edf"
+    _write_edf(p, [np.zeros(256), np.zeros(256)], ["Fp1", "O2"], [256, 256])
+    raw = bytearray(p.read_bytes())
+    ns, at = 2, 256 + 2 * offset + 8  # signal 2's field
+    assert raw[256 + ns * offset : 256 + ns * offset + 8].strip()  # the field is there
+    raw[at : at + 8] = value
+    p.write_bytes(raw)
+    with pytest.raises(ValueError, match=r"cannot read EDF file '.*scale\.edf': " + msg):
+        read_recording(p)
+
+
 def test_edf_rate_out_of_range(tmp_path):
     p = tmp_path / "slow.edf"
     _write_edf(p, [np.zeros(4)], ["Fp1"], [4])
