@@ -2,10 +2,12 @@
 
 - A small thread-safe connection pool (``pool_size`` connections, opened lazily; a
   broken connection is discarded and replaced).
-- Each operation is one ``READ COMMITTED`` transaction; read-modify-writes lock their
+- Each write is one ``READ COMMITTED`` transaction; read-modify-writes lock their
   row first (``INSERT ... ON CONFLICT DO NOTHING`` then ``SELECT ... FOR UPDATE``), so
   failure counters, token buckets and template versions lose no update across
-  replicas. Serialization failures and deadlocks are retried with backoff.
+  replicas. Serialization failures and deadlocks are retried with backoff. Each read
+  is one ``REPEATABLE READ, READ ONLY`` transaction: its statements see one snapshot
+  (an authentication's template, headset and PAD history are of one moment).
 - ``migrate()`` takes a transaction-scoped advisory lock, so replicas starting together
   apply each migration once.
 - ``?schema=NAME`` in the URL keeps every table in that schema (``search_path``).
@@ -390,6 +392,13 @@ class PostgresStore(SqlStore):
         bounded = not getattr(self._local, "migrating", False)
         with self._pool.connection(bounded=bounded) as conn:
             sent_commit = False
+            # a read sees one snapshot (all its statements the same commits): REPEATABLE
+            # READ, which a read-only transaction gets without serialization failures;
+            # a write keeps READ COMMITTED and locks the rows it reads first
+            level = None if write else psycopg.IsolationLevel.REPEATABLE_READ
+            if conn.isolation_level != level:
+                conn.isolation_level = level
+                conn.read_only = None if write else True
             try:
                 with conn.transaction():
                     with conn.cursor() as cur:

@@ -288,3 +288,37 @@ def test_finish_authentication_refuses_a_session_on_a_rotated_device_secret(stor
     store.put_template("bob", b"tpl-1", "m1", now=T0)
     with pytest.raises(FailedPrecondition, match="rotated"):  # another user's device
         store.finish_authentication("bob", True, device_key=fresh, **kw)
+
+
+@pytest.mark.postgres
+def test_get_auth_state_reads_one_snapshot_on_postgresql(pg_url, key):
+    """The authentication's read takes the template, the headset and the PAD history in
+    one transaction, and they must be of one moment. Under PostgreSQL's READ COMMITTED
+    each statement saw the commits made before it: a DeleteUser committing between the
+    template's read and the headset's gave a template with no headset (the call then
+    answered a genuine proof UNAUTHENTICATED, a false attack) and no history. (SQLite's
+    read transaction is one snapshot already; there the other store's delete would wait
+    for it, in its WAL checkpoint, for the busy timeout.)"""
+    url, _ = pg_url
+    store = open_store(url, key=key)
+    other = open_store(url, key=key)  # another replica's connection
+    try:
+        store.put_template("alice", b"tpl", "m1")
+        store.register_device("alice", "hs-1", "secret-0123456789abcdef")
+        store.add_fingerprints("alice", [b"e1"], "enroll")
+        orig = store._tx_get_device
+
+        def delete_in_between(tx, device_id):
+            other.delete_user("alice")  # commits after the template was read
+            return orig(tx, device_id)
+
+        store._tx_get_device = delete_in_between
+        st = store.get_auth_state("alice", device_id="hs-1", fingerprints=True)
+        assert st.device is not None and st.device.device_id == "hs-1"
+        assert [fp for _, fp in st.fingerprints] == [b"e1"]
+        store._tx_get_device = orig
+        with pytest.raises(NotFound):
+            store.get_auth_state("alice")
+    finally:
+        other.close()
+        store.close()
