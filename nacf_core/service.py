@@ -1391,7 +1391,9 @@ class _Buffer:
         if len(self._parts) > 1:
             self._parts = [data]
         if last_seconds is not None:
-            data = data[-int(round(last_seconds * self.sfreq)):]
+            # as many samples as the pipeline needs for that many seconds (its own rule,
+            # ceil): round() gave one fewer at rates like 250.1 Hz, a window 'too short'
+            data = data[-max(1, math.ceil(last_seconds * self.sfreq - 1e-9)):]
         return SignalBlock(data, self.sfreq, self.ch_names, self.device_id)
 
 

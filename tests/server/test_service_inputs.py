@@ -1,0 +1,54 @@
+"""The recognition path as the service exposes it, fed inputs from outside that are
+wrong or unusual: rates that are not whole numbers, limits below one window, templates
+of another model, streams whose chunks change."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _server_support import CH16, SFREQ, eeg, make_pipeline
+from prometheus_client import CollectorRegistry
+from scipy.signal import resample
+
+from nacf_core.config import Config
+from nacf_core.metrics import Metrics
+from nacf_core.service import AuthService, SignalBlock
+from nacf_core.store import open_store
+
+
+@pytest.fixture
+def svc(tmp_path, model_path):
+    store = open_store(f"sqlite:///{tmp_path / 'n.db'}", bytes(range(32)))
+    cfg = Config(data_dir=str(tmp_path), require_device_proof=False, rate_limit_per_s=1000,
+                 rate_limit_burst=1000)
+    service = AuthService(store, make_pipeline(model_path), cfg,
+                          metrics=Metrics(CollectorRegistry()))
+    yield service
+    store.close()
+
+
+def block(x: np.ndarray, sfreq: float = SFREQ, ch_names=CH16, device_id: str = ""):
+    x = np.ascontiguousarray(x, dtype="<f4")
+    return SignalBlock(x, float(sfreq), tuple(ch_names), device_id, x.tobytes())
+
+
+def at_rate(x: np.ndarray, sfreq: float) -> np.ndarray:
+    """``x`` (at ``SFREQ``) resampled to ``sfreq``."""
+    return resample(x, int(round(len(x) * sfreq / SFREQ)), axis=0).astype(np.float32)
+
+
+def chunked(x: np.ndarray, sfreq: float, n: int, **kw):
+    return [block(x[i:i + n], sfreq, **kw) for i in range(0, len(x), n)]
+
+
+@pytest.mark.parametrize("sfreq", [250.1, 333.333])
+def test_continuous_windows_at_a_rate_that_is_not_a_whole_number(svc, sfreq):
+    """ContinuousAuthenticate cut its 4-s window as round(4 * sfreq) samples, one fewer
+    than the pipeline's ceil(4 * sfreq) whenever the fraction is under one half (250.1 Hz:
+    1000 of 1001): every window was 'too short' and the stream failed INVALID_ARGUMENT."""
+    svc.enroll("c1", [block(eeg(1, 3, 0, 40))])
+    token = svc.store.create_session("c1", 600).token
+    x = at_rate(eeg(1, 3, 60, 12), sfreq)
+    ups = list(svc.continuous(token, iter(chunked(x, sfreq, int(sfreq / 2)))))
+    # a window is scored once 4 s have come: in half-second chunks, every 4.5 s
+    assert [u.state for u in ups] == ["verified"] * 2, ups
