@@ -826,6 +826,17 @@ class AuthService:
         if not math.isfinite(limit) or limit <= 0 or limit > self.config.stream_max_seconds:
             raise InvalidArgument(f"'max_seconds' must be in (0, "
                                   f"{self.config.stream_max_seconds:g}], got {max_seconds!r}.")
+        win = self.rec.window_s
+        if limit < win:
+            # an upper bound on the signal consumed: below one window no decision fits in
+            # it (the stream read a whole window past it)
+            if max_seconds:
+                raise InvalidArgument(
+                    f"'max_seconds' must be at least one {win:g}-s window (the sequential "
+                    f"test scores whole windows), got {max_seconds!r}.")
+            raise FailedPrecondition(
+                f"the server's stream_max_seconds ({limit:g} s) is below one {win:g}-s "
+                "window: no stream can be decided; raise it.")
         # the PAD history is read when PAD runs, at the end of the stream
         # (the device is read when the first chunk's proof is checked)
         st, _ = self._check_user_and_lock(user_id, None, peer=peer,

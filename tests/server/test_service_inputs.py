@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from scipy.signal import resample
 
 from nacf_core.config import Config
+from nacf_core.errors import FailedPrecondition, InvalidArgument
 from nacf_core.metrics import Metrics
 from nacf_core.service import AuthService, SignalBlock
 from nacf_core.store import open_store
@@ -52,3 +53,34 @@ def test_continuous_windows_at_a_rate_that_is_not_a_whole_number(svc, sfreq):
     ups = list(svc.continuous(token, iter(chunked(x, sfreq, int(sfreq / 2)))))
     # a window is scored once 4 s have come: in half-second chunks, every 4.5 s
     assert [u.state for u in ups] == ["verified"] * 2, ups
+
+
+@pytest.mark.parametrize("max_seconds", [1.0, 3.99])
+def test_stream_max_seconds_below_one_window_is_refused(svc, max_seconds):
+    """AuthenticateStream's max_seconds is the most signal the sequential test may
+    consume; below one 4-s window the stream read and scored 4 s anyway and answered OK,
+    past the bound the caller set. It is refused naming the window, before any chunk."""
+    svc.enroll("m1", [block(eeg(1, 3, 0, 40))])
+    read = []
+
+    def chunks():
+        for c in chunked(eeg(1, 3, 60, 12), SFREQ, 40):
+            read.append(c)
+            yield c
+
+    with pytest.raises(InvalidArgument, match=r"'max_seconds'.*4-s window"):
+        svc.authenticate_stream("m1", chunks(), max_seconds=max_seconds)
+    assert read == []
+    r = svc.authenticate_stream("m1", chunks(), max_seconds=4.0)
+    assert r.windows_used == 1 and r.seconds_used == 4.0
+
+
+def test_stream_max_seconds_default_below_one_window_is_named(svc):
+    """The same bound set by the server (stream_max_seconds below a window) is the
+    operator's to fix, and said so: no stream could be decided within it."""
+    svc.enroll("m2", [block(eeg(1, 3, 0, 40))])
+    short = AuthService(svc.store, svc.rec.pipeline,
+                        Config(data_dir=svc.config.data_dir, require_device_proof=False,
+                               stream_max_seconds=2.0), metrics=svc.metrics)
+    with pytest.raises(FailedPrecondition, match="stream_max_seconds"):
+        short.authenticate_stream("m2", iter(chunked(eeg(1, 3, 60, 12), SFREQ, 40)))
