@@ -588,10 +588,16 @@ class AuthService:
             f"({locked_until - now:.0f} s from now); an admin can lift it with "
             "UnlockUser.")
 
-    def _template(self, rec: Any) -> Any:
+    def _template(self, rec: Any, user_id: str = "") -> Any:
         """The decoded template of a ``TemplateRecord``, cached by its decrypted bytes
         (a new enrollment, an update or a re-enrollment after deletion brings new bytes,
-        so an entry can never be stale)."""
+        so an entry can never be stale).
+
+        A template enrolled with another model than the one this server runs cannot be
+        compared (its embedding lives in another space): ``FailedPrecondition`` saying to
+        re-enroll, before any signal is read. The request is not at fault, the account's
+        state is (the pipeline's own check said ``InvalidArgument``, and only once a
+        stream had sent a whole window)."""
         k = bytes(rec.blob)
         tpl = self._templates.get(k)
         if tpl is None:
@@ -599,6 +605,11 @@ class AuthService:
             if len(self._templates) >= 4096:
                 self._templates.clear()
             self._templates[k] = tpl
+        if str(tpl.model_version) != self.model_version:
+            raise FailedPrecondition(
+                f"user {user_id or rec.user_id!r} was enrolled with model "
+                f"{tpl.model_version!r}, but this server runs {self.model_version!r}: "
+                "re-enroll the user (Enroll with update=true).")
         return tpl
 
     def _verify_proof(self, user_id: str, block: SignalBlock, proof: DeviceProof | None,
@@ -710,11 +721,12 @@ class AuthService:
         t_start = time.perf_counter()
         st, dev = self._check_user_and_lock(user_id, proof, fingerprints=self.pad is not None,
                                             peer=peer, method=method, t_start=t_start)
+        template = self._template(st.template, user_id)
         device_id, device_key = self._verify_proof(user_id, block, proof, dev, peer)
         t0 = time.perf_counter()
         with self._cpu_gate:
             w = self.rec.windows(block)
-            d = self.rec.decide(w, self._template(st.template))
+            d = self.rec.decide(w, template)
         self.metrics.observe_signal("authenticate", time.perf_counter() - t0,
                                     min(1.0, max(0.0, float(d.quality))))
         self.metrics.record_artifact_rejections(_codes(w.reasons))
@@ -841,7 +853,7 @@ class AuthService:
         # (the device is read when the first chunk's proof is checked)
         st, _ = self._check_user_and_lock(user_id, None, peer=peer,
                                           method="AuthenticateStream", t_start=t_start)
-        template = self._template(st.template)
+        template = self._template(st.template, user_id)
         test = self.rec.sequential(limit)
         buf = _Buffer()
         device_id: str | None = None
@@ -1090,7 +1102,7 @@ class AuthService:
                                      f"{s.end_reason or 'expired'}); authenticate again.")
         user_id = s.user_id
         rec = self._store("get_template", self.store.get_template, user_id)
-        template = self.rec.template_from_bytes(rec.blob)
+        template = self._template(rec, user_id)
         thr = self.rec.threshold
         win = self.rec.window_s
         # every window is checked for replay like an Authenticate probe: against the

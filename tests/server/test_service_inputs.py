@@ -13,6 +13,7 @@ from scipy.signal import resample
 from nacf_core.config import Config
 from nacf_core.errors import FailedPrecondition, InvalidArgument
 from nacf_core.metrics import Metrics
+from nacf_core.pipeline import Template
 from nacf_core.service import AuthService, SignalBlock
 from nacf_core.store import open_store
 
@@ -84,3 +85,33 @@ def test_stream_max_seconds_default_below_one_window_is_named(svc):
                                stream_max_seconds=2.0), metrics=svc.metrics)
     with pytest.raises(FailedPrecondition, match="stream_max_seconds"):
         short.authenticate_stream("m2", iter(chunked(eeg(1, 3, 60, 12), SFREQ, 40)))
+
+
+def test_a_template_of_another_model_is_failed_precondition_before_any_signal(svc):
+    """A user enrolled under another model (the server was upgraded) cannot be compared:
+    Authenticate, AuthenticateStream and ContinuousAuthenticate answered INVALID_ARGUMENT,
+    the request's fault, though the request was fine; a stream only after a whole window
+    had come. It is FAILED_PRECONDITION saying to re-enroll, before a chunk is read."""
+    svc.enroll("old", [block(eeg(1, 3, 0, 40))])
+    t = Template.from_bytes(svc.store.get_template("old").blob)
+    t.model_version = "eegmmidb-16ch-00000000"
+    svc.store.put_template("old", t.to_bytes(), t.model_version, {})
+    probe = eeg(1, 3, 60, 8)
+    with pytest.raises(FailedPrecondition, match="re-enroll"):
+        svc.authenticate("old", block(probe))
+    read = []
+
+    def chunks():
+        for c in chunked(probe, SFREQ, 80):
+            read.append(c)
+            yield c
+
+    with pytest.raises(FailedPrecondition, match="re-enroll"):
+        svc.authenticate_stream("old", chunks())
+    token = svc.store.create_session("old", 600).token
+    with pytest.raises(FailedPrecondition, match="re-enroll"):
+        list(svc.continuous(token, chunks()))
+    assert read == []
+    assert svc.store.get_lockout("old").failures == 0
+    svc.enroll("old", [block(eeg(1, 3, 0, 40))], update=True)  # what the message says
+    assert svc.authenticate("old", block(probe)).accepted
