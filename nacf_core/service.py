@@ -1398,16 +1398,26 @@ class _Buffer:
             check_supported_sfreq(b.sfreq)  # the pipeline's own check, before buffering
             self.sfreq, self.ch_names, self.device_id = b.sfreq, b.ch_names, b.device_id
         elif b.sfreq != self.sfreq or b.ch_names != self.ch_names:
-            raise InvalidArgument(
-                "every chunk of a stream must have the sample rate and channels of the "
-                f"first ({self.sfreq:g} Hz, {len(self.ch_names)} channels); got "
-                f"{b.sfreq:g} Hz, {len(b.ch_names)} channels.")
+            raise InvalidArgument("every chunk of a stream must have the sample rate and "
+                                  f"channels of the first: {self._change(b)}.")
         self._parts.append(b.samples)
         self._n += b.samples.shape[0]
         if self.max_seconds is not None:
             keep = max(1, int(self.max_seconds * self.sfreq))
             while len(self._parts) > 1 and self._n - self._parts[0].shape[0] >= keep:
                 self._n -= self._parts.pop(0).shape[0]
+
+    def _change(self, b: SignalBlock) -> str:
+        """What differs between ``b`` and the first chunk, in words (a renamed or
+        reordered channel keeps the count, so counts alone said nothing)."""
+        if b.sfreq != self.sfreq:
+            return f"the first was at {self.sfreq!r} Hz, this one at {b.sfreq!r} Hz"
+        if len(b.ch_names) != len(self.ch_names):
+            return (f"the first had {len(self.ch_names)} channels, this one "
+                    f"{len(b.ch_names)}")
+        i = next(i for i, (a, c) in enumerate(zip(self.ch_names, b.ch_names)) if a != c)
+        return (f"channel {i} was {self.ch_names[i]!r} in the first, {b.ch_names[i]!r} in "
+                "this one (same names in the same order)")
 
     def block(self, last_seconds: float | None = None) -> SignalBlock:
         data = np.concatenate(self._parts, axis=0) if len(self._parts) > 1 else self._parts[0]

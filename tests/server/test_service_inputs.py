@@ -115,3 +115,21 @@ def test_a_template_of_another_model_is_failed_precondition_before_any_signal(sv
     assert svc.store.get_lockout("old").failures == 0
     svc.enroll("old", [block(eeg(1, 3, 0, 40))], update=True)  # what the message says
     assert svc.authenticate("old", block(probe)).accepted
+
+
+@pytest.mark.parametrize("change, said", [
+    (dict(ch_names=CH16[1::-1] + CH16[2:]), "channel 0 was 'Fp1.' in the first, 'Fp2.'"),
+    (dict(ch_names=["EEG Fp1"] + CH16[1:]), "channel 0 was 'Fp1.' in the first, 'EEG Fp1'"),
+    (dict(sfreq=160.0001), "at 160.0 Hz, this one at 160.0001 Hz"),
+])
+def test_a_chunk_that_changes_mid_stream_is_refused_naming_the_change(svc, change, said):
+    """A chunk whose channels were reordered or renamed (or whose rate moved by less than
+    ':g' prints) was refused with 'the first (160 Hz, 16 channels); got 160 Hz, 16
+    channels': the same words twice, nothing saying what changed."""
+    svc.enroll("ch", [block(eeg(1, 3, 0, 40))])
+    x = eeg(1, 3, 60, 8)
+    kw = {"sfreq": SFREQ, "ch_names": CH16, **change}
+    chunks = [block(x[:300]), block(x[300:], kw["sfreq"], kw["ch_names"])]
+    with pytest.raises(InvalidArgument, match="sample rate and channels of the first") as e:
+        svc.authenticate_stream("ch", iter(chunks))
+    assert said in str(e.value)
