@@ -500,7 +500,10 @@ class AuthService:
             t0 = time.perf_counter()
             wins, rejected = [], []
             for i, b in enumerate(blocks):
-                w = self.rec.windows(b, hop_s=None)
+                try:
+                    w = self.rec.windows(b, hop_s=None)
+                except InvalidArgument as e:  # which of the signals (as the wire names it)
+                    raise InvalidArgument(f"signals[{i}]: {e}") from None
                 wins.append(w)
                 for j, ok in enumerate(np.asarray(w.accepted)):
                     if not ok:

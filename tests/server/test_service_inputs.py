@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from scipy.signal import resample
 
 from nacf_core.config import Config
-from nacf_core.errors import FailedPrecondition, InvalidArgument
+from nacf_core.errors import FailedPrecondition, InvalidArgument, NotFound
 from nacf_core.metrics import Metrics
 from nacf_core.pipeline import Template
 from nacf_core.service import AuthService, SignalBlock
@@ -133,3 +133,20 @@ def test_a_chunk_that_changes_mid_stream_is_refused_naming_the_change(svc, chang
     with pytest.raises(InvalidArgument, match="sample rate and channels of the first") as e:
         svc.authenticate_stream("ch", iter(chunks))
     assert said in str(e.value)
+
+
+@pytest.mark.parametrize("bad, said", [
+    (lambda x: block(x[:100]), "too short"),
+    (lambda x: block(x[:, :8], ch_names=CH16[:8]), "lacks 8 of the 16 channels"),
+    (lambda x: block(x, 100.0), "outside the supported range"),
+])
+def test_enroll_names_the_signal_that_is_refused(svc, bad, said):
+    """An enrollment of several signals with one too short, missing channels or at a rate
+    out of range was refused with the pipeline's message alone ('the signal is too
+    short: 0.625 s'), not saying which of the signals: the caller had to guess."""
+    x = eeg(1, 3, 0, 30)
+    with pytest.raises(InvalidArgument, match=said) as e:
+        svc.enroll("e1", [block(x), block(x), bad(x)])
+    assert str(e.value).startswith("signals[2]: ")
+    with pytest.raises(NotFound):
+        svc.get_user("e1")
