@@ -861,6 +861,7 @@ class AuthService:
         buf = _Buffer()
         device_id: str | None = None
         device_key = None
+        headset = ""          # the stream's headset: the proof's, else the first named
         first = True
         n_scored = 0          # windows fed to the sequential test
         n_done = 0            # windows computed so far
@@ -875,6 +876,16 @@ class AuthService:
                 # rotation or a delete since then must refuse the old secret
                 device_id, device_key = self._verify_proof(user_id, block, proof, None, peer)
                 first = False
+            elif block.device_id and headset and block.device_id != headset:
+                # every chunk from the headset of the first (the proof's, when there is
+                # one): a later chunk naming another went into the decision unchecked
+                src = "x-device-id" if device_id else "the first chunk's device_id"
+                what = (f"a chunk's Signal.device_id {block.device_id!r} differs from {src} "
+                        f"{headset!r}: every chunk of a stream comes from one headset.")
+                if device_id:
+                    raise self._proof_fail(user_id, "device_mismatch", what, "medium", peer)
+                raise InvalidArgument(what)
+            headset = headset or device_id or block.device_id
             buf.push(block)
             if buf.seconds < self.rec.window_s * (n_done + 1):
                 continue

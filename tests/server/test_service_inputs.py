@@ -4,6 +4,8 @@ of another model, streams whose chunks change."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from _server_support import CH16, SFREQ, eeg, make_pipeline
@@ -11,10 +13,10 @@ from prometheus_client import CollectorRegistry
 from scipy.signal import resample
 
 from nacf_core.config import Config
-from nacf_core.errors import FailedPrecondition, InvalidArgument, NotFound
+from nacf_core.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
 from nacf_core.metrics import Metrics
 from nacf_core.pipeline import Template
-from nacf_core.service import AuthService, SignalBlock
+from nacf_core.service import AuthService, DeviceProof, SignalBlock, device_proof
 from nacf_core.store import open_store
 
 
@@ -150,3 +152,29 @@ def test_enroll_names_the_signal_that_is_refused(svc, bad, said):
     assert str(e.value).startswith("signals[2]: ")
     with pytest.raises(NotFound):
         svc.get_user("e1")
+
+
+def test_a_stream_chunk_from_another_headset_is_refused(svc):
+    """AuthenticateStream checked the first chunk's device_id against the proof's
+    x-device-id ('differs' is UNAUTHENTICATED) but not the later chunks': a stream could
+    switch headsets after its first chunk and still be decided and open a session."""
+    svc.enroll("hs", [block(eeg(1, 3, 0, 40))])
+    secret = svc.register_device("hs", "hs-a")
+    x = eeg(1, 3, 60, 8)
+    chunks = chunked(x, SFREQ, 160, device_id="hs-a")
+    chunks[3] = block(x[480:640], device_id="hs-b")
+    ts = int(time.time())
+    proof = DeviceProof("hs-a", str(ts), device_proof(secret, "hs", "hs-a", ts,
+                                                      chunks[0].raw_bytes()))
+    with pytest.raises(Unauthenticated, match="'hs-b' differs from x-device-id 'hs-a'"):
+        svc.authenticate_stream("hs", iter(chunks), proof)
+    assert svc.store.count_active_sessions() == 0
+    # without a proof the headset is the first chunk's
+    unproved = chunked(x, SFREQ, 160, device_id="hs-c")
+    unproved[2] = block(x[320:480], device_id="hs-d")
+    with pytest.raises(InvalidArgument, match="'hs-d' differs from the first chunk's"):
+        svc.authenticate_stream("hs", iter(unproved))
+    # chunks that name no headset after one that does are the same stream
+    unnamed = chunked(x, SFREQ, 160, device_id="")
+    unnamed[0] = block(x[:160], device_id="hs-c")
+    assert svc.authenticate_stream("hs", iter(unnamed)).accepted
