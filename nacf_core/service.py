@@ -1028,10 +1028,8 @@ class AuthService:
         size = page_size or 100
         if not 1 <= size <= 1000:
             raise InvalidArgument(f"'page_size' must be in [1, 1000], got {page_size}.")
-        try:
-            page = self._store("list_users", self.store.list_users, size, page_token or "")
-        except ValueError as e:
-            raise InvalidArgument(f"'page_token' is not valid: {e}") from None
+        # a token the store did not issue is its InvalidArgument, naming 'page_token'
+        page = self._store("list_users", self.store.list_users, size, page_token or "")
         users = []
         for u in page.users:
             try:

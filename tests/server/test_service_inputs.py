@@ -178,3 +178,14 @@ def test_a_stream_chunk_from_another_headset_is_refused(svc):
     unnamed = chunked(x, SFREQ, 160, device_id="")
     unnamed[0] = block(x[:160], device_id="hs-c")
     assert svc.authenticate_stream("hs", iter(unnamed)).accepted
+
+
+@pytest.mark.parametrize("token", ["garbage!", "dTE", "_w==", "AA=="])
+def test_list_users_garbage_token_is_said_once(svc, token):
+    """A page token the store did not issue was answered "'page_token' is not valid:
+    'page_token' is not a token this store issued: ..." (the store's message wrapped in
+    the service's, saying the same thing twice)."""
+    with pytest.raises(InvalidArgument) as e:
+        svc.list_users(10, token)
+    assert str(e.value).count("page_token") == 1, str(e.value)
+    assert "not a token this store issued" in str(e.value)
