@@ -510,7 +510,16 @@ class AuthService:
                         rejected.append(RejectedEpoch(i, j, _reason_at(w.reasons, j)))
             # counted before the enrollment can be refused for too few good windows
             self.metrics.record_artifact_rejections(_codes(r.reason for r in rejected))
-            template = self.rec.enroll(blocks)
+            try:
+                template = self.rec.enroll(blocks)
+            except FailedPrecondition:
+                # too few good windows: the signals that most need to show in the quality
+                # histogram (as Identify's refused ones do), with every window's quality
+                q_all = np.concatenate([np.asarray(w.quality, dtype=np.float64)
+                                        for w in wins])
+                self.metrics.observe_signal("enroll", time.perf_counter() - t0,
+                                            min(1.0, max(0.0, _mean(q_all))))
+                raise
             quality = float(template.quality)
             used = int(template.n_epochs)
             self.metrics.observe_signal("enroll", time.perf_counter() - t0,

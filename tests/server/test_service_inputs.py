@@ -189,3 +189,23 @@ def test_list_users_garbage_token_is_said_once(svc, token):
         svc.list_users(10, token)
     assert str(e.value).count("page_token") == 1, str(e.value)
     assert "not a token this store issued" in str(e.value)
+
+
+def test_an_enrollment_refused_for_quality_is_observed_in_the_quality_histogram(svc):
+    """Enroll observed nacfauth_signal_quality_score and the processing time only once a
+    template was made: an enrollment refused for too few good windows (the signals an
+    operator most needs to see there) left no trace, while its rejected windows were
+    counted and Identify's refusals observed."""
+    def count(name):
+        return svc.metrics.registry.get_sample_value(name, {"signal_type": "enroll"}) or 0.0
+
+    x = eeg(1, 3, 0, 40).copy()
+    x[:, :3] = 0.0  # three flat channels: every window rejected
+    with pytest.raises(FailedPrecondition, match="enrollment needs at least"):
+        svc.enroll("poor", [block(x)])
+    assert count("nacfauth_signal_quality_score_count") == 1
+    poor = count("nacfauth_signal_quality_score_sum")  # the flat channels count as 0
+    assert 0.0 < poor < 13 / 16
+    svc.enroll("good", [block(eeg(1, 3, 0, 40))])
+    assert count("nacfauth_signal_quality_score_count") == 2
+    assert count("nacfauth_signal_quality_score_sum") - poor > poor
