@@ -451,13 +451,31 @@ def _parse(fp: bytes) -> tuple[bytes, np.ndarray]:
     return key, body.reshape(n_frames, n_feat).astype(np.float64) * _DB_STEP
 
 
-def _segments(p: np.ndarray) -> np.ndarray:
-    """(n_seg, L, F) pieces of the probe, each centred per feature and unit-norm."""
-    n = p.shape[0]
+def _piece_starts(n: int) -> tuple[int, list[int]]:
+    """Length ``L`` (frames) and first frames of the probe's pieces (of ``n`` frames)."""
     L = min(_SEG_FRAMES, n)
     starts = list(range(0, n - L + 1, _SEG_HOP))
     if starts[-1] != n - L:
         starts.append(n - L)
+    return L, starts
+
+
+def _pieces_clear_of(n: int, spans: Sequence[tuple[float, float]]) -> np.ndarray:
+    """Which pieces of a probe of ``n`` frames touch none of ``spans`` ((start_s,
+    stop_s) from the probe's start): a piece's frames cover the signal from its first
+    frame's start to its last frame's end."""
+    L, starts = _piece_starts(n)
+    t0 = np.asarray(starts, dtype=np.float64) * _HOP_S
+    t1 = t0 + (L - 1) * _HOP_S + _FRAME_S
+    keep = np.ones(len(starts), dtype=bool)
+    for a, b in spans:
+        keep &= ~((t0 < b) & (a < t1))
+    return keep
+
+
+def _segments(p: np.ndarray) -> np.ndarray:
+    """(n_seg, L, F) pieces of the probe, each centred per feature and unit-norm."""
+    L, starts = _piece_starts(p.shape[0])
     segs = np.stack([p[s:s + L] for s in starts])
     segs = segs - segs.mean(axis=1, keepdims=True)
     norms = np.sqrt((segs ** 2).sum(axis=(1, 2)))
@@ -934,14 +952,21 @@ def replay_score(probe_fp: bytes, history: Iterable[bytes | tuple[str, bytes]]
 
 
 def _replay_score(probe_fp: bytes, history: Iterable[bytes | tuple[str, bytes]],
-                  reference: bool, history_key: Any = None) -> tuple[float, str]:
+                  reference: bool, history_key: Any = None,
+                  exclude: Sequence[tuple[float, float]] = ()) -> tuple[float, str]:
     """:func:`replay_score`; ``reference=True`` uses :func:`_max_ncc_stored_reference`;
     a ``history_key`` (the same for every call on one user's history) keeps the
-    prepared history in a slab between calls (:func:`_max_ncc_slab`)."""
+    prepared history in a slab between calls (:func:`_max_ncc_slab`); the probe's
+    pieces touching a span of ``exclude`` are left out."""
     key, p = _parse(probe_fp)
     if p.shape[0] < 8:
         return 0.0, ""
     segs = _segments(p)
+    if exclude:
+        keep = _pieces_clear_of(p.shape[0], exclude)
+        if not keep.any():
+            return 0.0, ""
+        segs = np.ascontiguousarray(segs[keep])
     L = segs.shape[1]
     kinds, stored = [], []
     for item in history:
@@ -1278,7 +1303,8 @@ class PresentationAttackDetector:
         return samples[:, _pick_index(tuple(ch_names), tuple(self.ch_names))], self.ch_names
 
     def analyse(self, samples: Any, sfreq: float, ch_names: Sequence[str] | None = None,
-                history: Iterable[Any] = (), history_key: Any = None) -> PadVerdict:
+                history: Iterable[Any] = (), history_key: Any = None,
+                exclude: Iterable[tuple[float, float]] = ()) -> PadVerdict:
         """Check one probe.
 
         Parameters
@@ -1292,13 +1318,20 @@ class PresentationAttackDetector:
         history_key : hashable, optional
             Names the history (the service passes the user id): its prepared form is
             then kept between calls and only updated (the same decision, less work).
+        exclude : iterable of (start_s, stop_s), optional
+            Spans of the probe (seconds from its start) its replay search leaves out:
+            the windows the quality gate rejected. An artifact (an electrode pop, a
+            movement) rules the band-power envelope of every channel, so one in the
+            enrollment and one in a genuine probe made the two look like one recording
+            replayed.
         """
         return self._analyse(samples, sfreq, ch_names, history, reference=False,
-                             history_key=history_key)
+                             history_key=history_key, exclude=exclude)
 
     def _analyse(self, samples: Any, sfreq: float, ch_names: Sequence[str] | None,
                  history: Iterable[Any], reference: bool,
-                 history_key: Any = None) -> PadVerdict:
+                 history_key: Any = None,
+                 exclude: Iterable[tuple[float, float]] = ()) -> PadVerdict:
         """:meth:`analyse`; ``reference=True`` runs the NumPy/SciPy reference of every
         compiled step instead (the same decisions: for the tests and the benchmark)."""
         sfreq = check_finite_positive("sfreq", sfreq)
@@ -1319,7 +1352,8 @@ class PresentationAttackDetector:
             return PadVerdict(True, NON_PHYSIOLOGICAL, reason, "high", scores, None)
         fp = (_fingerprint_filtered_numpy if reference else _fingerprint_filtered)(
             x, sfreq, _channel_hash(x.shape[0], names))
-        score, kind = _replay_score(fp, history, reference, history_key)
+        score, kind = _replay_score(fp, history, reference, history_key,
+                                    [(float(a), float(b)) for a, b in exclude])
         scores["replay"] = score
         if score >= self.replay_threshold:
             what = "replay_of_enrollment" if kind == "enroll" else "replay_of_probe"
@@ -1330,10 +1364,16 @@ class PresentationAttackDetector:
     def check(self, windows: Any, block: Any, fingerprints: Iterable[Any],
               history_key: Any = None) -> PadVerdict:
         """Service hook: ``block`` has ``samples`` (n_times, n_channels), ``sfreq``,
-        ``ch_names``; ``windows`` (the pipeline's) is not needed; ``history_key`` names
+        ``ch_names``; ``windows`` (the pipeline's, or ``None``) names the windows the
+        quality gate rejected, which the replay search leaves out; ``history_key`` names
         the history (see :meth:`analyse`)."""
+        exclude = []
+        win = float(getattr(windows, "window_s", 0.0) or 0.0)
+        if win > 0:
+            exclude = [(float(s), float(s) + win)
+                       for s, ok in zip(windows.starts_s, windows.accepted) if not ok]
         return self.analyse(block.samples, block.sfreq, getattr(block, "ch_names", None),
-                            fingerprints, history_key)
+                            fingerprints, history_key, exclude)
 
     def enroll_fingerprints(self, windows: Any, blocks: Iterable[Any]) -> list[bytes]:
         """Service hook: one fingerprint per enrollment block (blocks shorter than 2 s

@@ -130,6 +130,8 @@ class Windows:
         Duration of the signal block (at its own rate).
     starts_s : ndarray, shape (n_windows,)
         Start time of each window in the block, in seconds.
+    window_s : float
+        Length of each window, in seconds (0 when not known).
     """
 
     embeddings: np.ndarray
@@ -138,6 +140,7 @@ class Windows:
     reasons: list[str]
     seconds: float
     starts_s: np.ndarray
+    window_s: float = 0.0
 
     @property
     def n_windows(self) -> int:
@@ -151,7 +154,8 @@ class Windows:
         """A subset of the windows (``index``: slice, mask or indices)."""
         idx = np.arange(self.n_windows)[index]
         return Windows(self.embeddings[idx], self.quality[idx], self.accepted[idx],
-                       [self.reasons[i] for i in idx], self.seconds, self.starts_s[idx])
+                       [self.reasons[i] for i in idx], self.seconds, self.starts_s[idx],
+                       self.window_s)
 
 
 _TEMPLATE_MAGIC = b"NACFTPL1"
@@ -413,7 +417,7 @@ class Pipeline:
         emb = np.zeros((len(accepted), self._dim), dtype=np.float32)
         if accepted.any():
             emb[accepted] = self._embed(epochs[accepted])
-        return Windows(emb, q, accepted, reasons, seconds, starts)
+        return Windows(emb, q, accepted, reasons, seconds, starts, float(self.model.window_s))
 
     def epochs(self, samples: np.ndarray, sfreq: float, ch_names: Sequence[str],
                hop_s: float | None = None):

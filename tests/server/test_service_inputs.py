@@ -209,3 +209,34 @@ def test_an_enrollment_refused_for_quality_is_observed_in_the_quality_histogram(
     svc.enroll("good", [block(eeg(1, 3, 0, 40))])
     assert count("nacfauth_signal_quality_score_count") == 2
     assert count("nacfauth_signal_quality_score_sum") - poor > poor
+
+
+def test_an_artifact_in_enrollment_and_probe_is_not_a_replay(svc):
+    """The replay search compared every piece of the probe, those in windows the quality
+    gate had rejected too: a genuine user who moved (or whose reference electrode popped)
+    once while enrolling and once in a probe was refused as a 'replay_of_enrollment',
+    a high-severity presentation attack counted towards the lockout, because the two
+    artifacts ruled both band-power envelopes. Rejected windows are now left out of the
+    search; a real replay with an artifact added is still one."""
+    from nacf_core.pad import PresentationAttackDetector
+
+    svc.pad = PresentationAttackDetector(list(svc.rec.model.ch_names))
+
+    def pop(x, at, value=187_500.0, n=6):  # every channel at the Cyton's rail, 40 ms
+        x = x.copy()
+        x[at:at + n] = value
+        return x
+
+    def step(x, at):  # every channel 300 µV off for 1.25 s
+        return pop(x, at, 300.0, 200)
+
+    for i, art in enumerate((pop, step)):
+        user = f"pad{i}"
+        svc.enroll(user, [block(art(eeg(1, 3, 0, 40), 3000))])
+        r = svc.authenticate(user, block(art(eeg(1, 3, 60, 12), 700)))
+        assert r.windows_used == 2, r.reasons  # the window with the artifact is rejected
+        assert r.accepted, r.reasons
+    x = eeg(2, 3, 0, 40)
+    svc.enroll("victim", [block(x)])
+    r = svc.authenticate("victim", block(pop(x[1000:2920], 700)))
+    assert not r.accepted and r.reasons[-1] == "pad: replay_of_enrollment", r.reasons
