@@ -168,9 +168,9 @@ class AuthInterceptor(grpc.ServerInterceptor):
         return _wrap(handler, self, method, key, is_reflection)
 
     # ------------------------------------------------------------------------------
-    def authorize(self, context: grpc.ServicerContext, method: str, key: str | None,
-                  is_reflection: bool) -> tuple[str, str, frozenset[str]]:
-        """Return ``(client_id, user_type, scopes)`` or abort the call."""
+    def identify(self, context: grpc.ServicerContext, key: str | None
+                 ) -> tuple[str, str, frozenset[str]]:
+        """Who calls: ``(client_id, user_type, scopes)``, or abort ``UNAUTHENTICATED``."""
         if key:
             entry = self._keys.get(_key_hash(key))
             if entry is None:
@@ -189,6 +189,15 @@ class AuthInterceptor(grpc.ServerInterceptor):
             context.abort(grpc.StatusCode.UNAUTHENTICATED,
                           "missing API key: send it in the x-api-key metadata"
                           + (" (or use a client certificate)" if self.mtls else "") + ".")
+        return client_id, user_type, scopes
+
+    def authorize(self, context: grpc.ServicerContext, method: str, key: str | None,
+                  is_reflection: bool,
+                  identity: tuple[str, str, frozenset[str]] | None = None
+                  ) -> tuple[str, str, frozenset[str]]:
+        """Return ``(client_id, user_type, scopes)`` or abort the call. ``identity``:
+        what :meth:`identify` already answered for this call."""
+        client_id, user_type, scopes = identity or self.identify(context, key)
         if not is_reflection:
             need = METHOD_SCOPES.get(method)
             if need is None or need not in scopes:
@@ -291,7 +300,11 @@ def _wrap(handler: grpc.RpcMethodHandler, icp: AuthInterceptor, method: str,
         user_type = "anonymous"
         failed = True
         try:
-            client_id, user_type, scopes = icp.authorize(context, method, key, is_reflection)
+            # a known caller refused for its scope or its rate keeps its user_type
+            who = icp.identify(context, key)
+            user_type = who[1]
+            client_id, user_type, scopes = icp.authorize(context, method, key, is_reflection,
+                                                         who)
             token = CALLER.set((client_id, scopes))
             try:
                 out = fn()
@@ -323,7 +336,9 @@ def _wrap(handler: grpc.RpcMethodHandler, icp: AuthInterceptor, method: str,
         if not is_reflection:
             context.add_callback(lambda: count(gone=True))
         try:
-            _, state["user_type"], _ = icp.authorize(context, method, key, is_reflection)
+            who = icp.identify(context, key)
+            state["user_type"] = who[1]
+            icp.authorize(context, method, key, is_reflection, who)
             yield from fn()
             state["failed"] = False
         finally:

@@ -156,6 +156,46 @@ def test_token_bucket_per_client(tmp_path, model_path):
         store.close()
 
 
+def test_calls_refused_after_the_key_is_known_are_counted_under_its_user_type(
+        tmp_path, model_path):
+    """A known API key that lacks the method's scope (PERMISSION_DENIED) or whose bucket
+    is empty (RESOURCE_EXHAUSTED) authenticated with its key: user_type="api_key" in
+    nacfauth_auth_requests_total; only a call without a valid key is "anonymous"."""
+    server, store = _server(tmp_path, model_path, rate_limit_per_s=0.01, rate_limit_burst=1,
+                            api_keys={KEY: ALL, "auth-only-key-0123": frozenset(
+                                {"authenticate"})})
+    server.start()
+    try:
+        with grpc.insecure_channel(server.address) as ch:
+            stub = pbg.AuthServiceStub(ch)
+
+            def code(key):
+                try:
+                    stub.GetStats(pb.GetStatsRequest(), metadata=(("x-api-key", key),),
+                                  timeout=10)
+                except grpc.RpcError as e:
+                    return e.code()
+                return grpc.StatusCode.OK
+
+            assert code("auth-only-key-0123") == grpc.StatusCode.PERMISSION_DENIED
+            assert code(KEY) == grpc.StatusCode.OK
+            assert code(KEY) == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert code("no-such-key") == grpc.StatusCode.UNAUTHENTICATED
+        reg = server.metrics.registry
+
+        def n(status, user_type):
+            return reg.get_sample_value("nacfauth_auth_requests_total", {
+                "method": "GetStats", "status": status, "user_type": user_type}) or 0.0
+
+        assert n("PERMISSION_DENIED", "api_key") == 1.0
+        assert n("RESOURCE_EXHAUSTED", "api_key") == 1.0
+        assert n("UNAUTHENTICATED", "anonymous") == 1.0
+        assert n("PERMISSION_DENIED", "anonymous") == n("RESOURCE_EXHAUSTED", "anonymous") == 0
+    finally:
+        server.stop(0)
+        store.close()
+
+
 def test_open_loopback_mode(tmp_path, model_path):
     with pytest.raises(FailedPrecondition, match="no API keys"):
         _server(tmp_path, model_path, api_keys={})
