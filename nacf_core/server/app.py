@@ -289,6 +289,10 @@ class NacfServer:
                           "nacf serve? use --reuse-port to share it on purpose) or not "
                           "available.")
         self._set_health(False)
+        # the gauges read from the store, before the first scrape can come (the health
+        # loop refreshes them every 2 s from then on): after a restart the active
+        # sessions read 0 until then
+        self.service.refresh_gauges()
         server.start()
         self.server = server
         if self.sidecar is not None:

@@ -196,6 +196,24 @@ def test_calls_refused_after_the_key_is_known_are_counted_under_its_user_type(
         store.close()
 
 
+def test_active_sessions_gauge_is_right_from_the_first_scrape_after_a_start(
+        tmp_path, model_path):
+    """nacfauth_active_sessions comes from the store before the server starts serving
+    (after a restart the gauge read 0 until the health loop's first refresh, 2 s later,
+    while the sessions opened before the restart were still active)."""
+    server, store = _server(tmp_path, model_path)
+    store.put_template("gauge-user", b"not-a-real-template", "m-1")
+    for _ in range(3):
+        store.create_session("gauge-user", 900.0)
+    server.start()
+    try:
+        reg = server.metrics.registry
+        assert reg.get_sample_value("nacfauth_active_sessions") == 3.0
+    finally:
+        server.stop(0)
+        store.close()
+
+
 def test_open_loopback_mode(tmp_path, model_path):
     with pytest.raises(FailedPrecondition, match="no API keys"):
         _server(tmp_path, model_path, api_keys={})
