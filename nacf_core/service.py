@@ -1049,9 +1049,15 @@ class AuthService:
 
     def delete_user(self, user_id: str) -> None:
         user_id = check_user_id(user_id)
-        self._store("delete_user", self.store.delete_user, user_id)
-        self._update_active_sessions()
-        log.info("user deleted", extra={"event_type": "user_deleted", "user_id": user_id})
+        now = self.clock()
+        ended = self._store("delete_user", self.store.delete_user, user_id, now=now) or []
+        # its open sessions ended with it: observed like a session ended any other way
+        for sess in ended:
+            self.metrics.observe_session_duration(
+                max(0.0, float(sess.ended_at) - float(sess.created_at)))
+        self._update_active_sessions(now)
+        log.info("user deleted", extra={"event_type": "user_deleted", "user_id": user_id,
+                                        "sessions_ended": len(ended)})
 
     def unlock_user(self, user_id: str) -> bool:
         """Lift a lockout; return whether the user was locked."""

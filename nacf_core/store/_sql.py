@@ -407,21 +407,29 @@ class SqlStore(Store):
             token = base64.urlsafe_b64encode(users[-1].user_id.encode()).decode()
         return UserPage(users=users, next_page_token=token)
 
-    def delete_user(self, user_id: str) -> None:
+    def delete_user(self, user_id: str, *, now=None) -> list[Session]:
         _check_id("user_id", user_id)
+        t = _now(now)
 
-        def fn(tx: Tx) -> None:
+        def fn(tx: Tx) -> list[tuple]:
             if tx.one("SELECT 1 FROM users WHERE user_id = ?" + self.FOR_UPDATE,
                       (user_id,)) is None:
                 raise NotFound(f"Unknown user {user_id!r}.")
+            # not ended yet: those still active, and those expired that no sweep has
+            # ended (expire_sessions would have)
+            open_ = tx.query(f"SELECT {self._SESSION_SELECT} FROM sessions WHERE user_id = ? "
+                             "AND ended_at IS NULL", (user_id,))
             tx.execute("DELETE FROM device_nonces WHERE device_id IN "
                        "(SELECT device_id FROM devices WHERE user_id = ?)", (user_id,))
             for table in ("templates", "devices", "sessions", "pad_fingerprints",
                           "lockouts", "users"):
                 tx.execute(f"DELETE FROM {table} WHERE user_id = ?", (user_id,))
+            return open_
 
-        self._run(fn)
+        rows = self._run(fn)
         self._after_delete()
+        return [self._session((*r[:4], t, "user_deleted", *r[6:])) if float(r[3]) > t
+                else self._session((*r[:4], r[3], "expired", *r[6:])) for r in rows]
 
     # -- devices and nonces --------------------------------------------------------
     def register_device(self, user_id, device_id, secret, *, replace=True, first_only=False,

@@ -278,10 +278,13 @@ class Store(abc.ABC):
         """Users ordered by id; pass ``next_page_token`` back to get the next page."""
 
     @abc.abstractmethod
-    def delete_user(self, user_id: str) -> None:
+    def delete_user(self, user_id: str, *, now: float | None = None) -> list[Session]:
         """Remove the user, its template, devices, sessions, fingerprints and lockout
         state for real (rows deleted, not flagged). Audit rows keep the user id only.
-        ``NotFound`` for an unknown user."""
+        ``NotFound`` for an unknown user. Returns the sessions it ended: those still
+        active at ``now`` (``ended_at`` ``now``, reason ``user_deleted``) and those expired
+        that no :meth:`expire_sessions` had ended yet (``ended_at`` their expiry, reason
+        ``expired``)."""
 
     # -- devices and proof nonces --------------------------------------------------
     @abc.abstractmethod

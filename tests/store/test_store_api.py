@@ -108,6 +108,26 @@ def test_list_users_pagination(store):
     assert seen == ids
 
 
+def test_delete_user_returns_the_sessions_that_ended_with_it(store):
+    """The sessions it ended (what the service observes in
+    nacfauth_session_duration_seconds): those still active at ``now``, and one expired
+    that no sweep had ended yet (at its expiry); not one ended before."""
+    store.put_template("alice", b"secret-template", "m", now=T0)
+    store.put_template("bob", b"other", "m", now=T0)
+    a = store.create_session("alice", 900, now=T0)
+    b = store.create_session("alice", 900, now=T0 + 100)
+    store.end_session(store.create_session("alice", 900, now=T0).token, now=T0 + 10)
+    c = store.create_session("alice", 60, now=T0)  # expired at T0 + 60, not swept
+    store.create_session("bob", 900, now=T0)
+    ended = store.delete_user("alice", now=T0 + 300)
+    assert sorted((s.session_id, s.user_id, s.created_at, s.ended_at, s.end_reason)
+                  for s in ended) == sorted(
+        [(a.session_id, "alice", T0, T0 + 300, "user_deleted"),
+         (b.session_id, "alice", T0 + 100, T0 + 300, "user_deleted"),
+         (c.session_id, "alice", T0, T0 + 60, "expired")])
+    assert store.count_active_sessions(now=T0 + 300) == 1
+
+
 def test_delete_user_removes_everything(store):
     store.put_template("alice", b"secret-template", "m")
     store.put_template("bob", b"other", "m")

@@ -1,0 +1,56 @@
+"""What the domain service records in the metrics when sessions end, in process."""
+
+from __future__ import annotations
+
+import pytest
+from _server_support import make_pipeline
+from prometheus_client import CollectorRegistry
+
+from nacf_core.config import Config
+from nacf_core.metrics import Metrics
+from nacf_core.service import AuthService
+from nacf_core.store import open_store
+
+T0 = 1_800_000_000.0
+
+
+@pytest.fixture
+def svc(tmp_path, model_path):
+    store = open_store(f"sqlite:///{tmp_path / 'n.db'}", bytes(range(32)))
+    now = [T0]
+    service = AuthService(store, make_pipeline(model_path), Config(data_dir=str(tmp_path)),
+                          metrics=Metrics(CollectorRegistry()), clock=lambda: now[0])
+    service.now = now
+    yield service
+    store.close()
+
+
+def _durations(svc) -> tuple[float, float]:
+    reg = svc.metrics.registry
+    return (reg.get_sample_value("nacfauth_session_duration_seconds_count") or 0.0,
+            reg.get_sample_value("nacfauth_session_duration_seconds_sum") or 0.0)
+
+
+def test_sessions_ended_by_deleting_their_user_are_observed(svc):
+    """DeleteUser ends the user's open sessions (their rows go with the user): each is
+    observed in nacfauth_session_duration_seconds like a session ended any other way (one
+    expired but not yet swept, at its expiry), and the active-sessions gauge drops; a
+    session already ended is not observed again."""
+    store = svc.store
+    store.put_template("del-u", b"not-a-real-template", "m-1", now=T0)
+    store.put_template("other", b"not-a-real-template", "m-1", now=T0)
+    store.create_session("del-u", 900.0, now=T0)
+    store.create_session("del-u", 900.0, now=T0 + 100)
+    ended = store.create_session("del-u", 900.0, now=T0 + 100)
+    store.end_session(ended.token, now=T0 + 150)
+    store.create_session("del-u", 60.0, now=T0)  # expired at T0 + 60, not swept
+    store.create_session("other", 900.0, now=T0)
+    svc.now[0] = T0 + 300
+    svc.refresh_gauges()
+    assert svc.metrics.registry.get_sample_value("nacfauth_active_sessions") == 3.0
+    n0, s0 = _durations(svc)
+    svc.delete_user("del-u")
+    n1, s1 = _durations(svc)
+    assert n1 - n0 == 3
+    assert s1 - s0 == pytest.approx(300.0 + 200.0 + 60.0)
+    assert svc.metrics.registry.get_sample_value("nacfauth_active_sessions") == 1.0
