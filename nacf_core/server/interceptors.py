@@ -13,6 +13,10 @@ For every call of a method outside ``grpc.health.v1`` it:
 4. records ``nacfauth_auth_requests_total`` / ``_duration_seconds`` / success rate
    with the status the call really ended with.
 
+A call refused in steps 1-3 is logged as a ``security_event`` (``missing_api_key``,
+``unknown_api_key``, ``insufficient_scope``, ``rate_limited``) with the method, the
+caller's address and, once its key is known, its client id (never the key).
+
 Request bytes that are not a valid protobuf message of the method's request type
 (corrupt wire format, a string field that is not UTF-8: what a client other than the
 generated stubs can send) get ``INVALID_ARGUMENT`` saying so, after steps 1-3, for
@@ -168,14 +172,15 @@ class AuthInterceptor(grpc.ServerInterceptor):
         return _wrap(handler, self, method, key, is_reflection)
 
     # ------------------------------------------------------------------------------
-    def identify(self, context: grpc.ServicerContext, key: str | None
+    def identify(self, context: grpc.ServicerContext, key: str | None, method: str = ""
                  ) -> tuple[str, str, frozenset[str]]:
         """Who calls: ``(client_id, user_type, scopes)``, or abort ``UNAUTHENTICATED``."""
         if key:
             entry = self._keys.get(_key_hash(key))
             if entry is None:
-                context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                              "the x-api-key metadata holds an unknown API key.")
+                _refuse(context, method, "unknown_api_key", "medium",
+                        grpc.StatusCode.UNAUTHENTICATED,
+                        "the x-api-key metadata holds an unknown API key.")
             client_id, scopes = entry
             user_type = "api_key"
         elif self.mtls and (cn := client_identity(context)):
@@ -186,9 +191,10 @@ class AuthInterceptor(grpc.ServerInterceptor):
             client_id, user_type = f"peer-{peer_fields(peer).get('ip_address') or peer}", "open"
             scopes = frozenset(("authenticate", "enroll", "admin"))
         else:
-            context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                          "missing API key: send it in the x-api-key metadata"
-                          + (" (or use a client certificate)" if self.mtls else "") + ".")
+            _refuse(context, method, "missing_api_key", "low",
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    "missing API key: send it in the x-api-key metadata"
+                    + (" (or use a client certificate)" if self.mtls else "") + ".")
         return client_id, user_type, scopes
 
     def authorize(self, context: grpc.ServicerContext, method: str, key: str | None,
@@ -197,17 +203,21 @@ class AuthInterceptor(grpc.ServerInterceptor):
                   ) -> tuple[str, str, frozenset[str]]:
         """Return ``(client_id, user_type, scopes)`` or abort the call. ``identity``:
         what :meth:`identify` already answered for this call."""
-        client_id, user_type, scopes = identity or self.identify(context, key)
+        client_id, user_type, scopes = identity or self.identify(context, key, method)
         if not is_reflection:
             need = METHOD_SCOPES.get(method)
             if need is None or need not in scopes:
-                context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                              f"this API key lacks the {need!r} scope that {method} needs "
-                              f"(it has: {', '.join(sorted(scopes)) or 'none'}).")
+                _refuse(context, method, "insufficient_scope", "medium",
+                        grpc.StatusCode.PERMISSION_DENIED,
+                        f"this API key lacks the {need!r} scope that {method} needs "
+                        f"(it has: {', '.join(sorted(scopes)) or 'none'}).", client_id)
         if self.service is not None and not is_reflection:
             try:
                 self.service.check_rate_limit(client_id)
             except NacfError as e:
+                if e.code == "RESOURCE_EXHAUSTED":
+                    _refuse(context, method, "rate_limited", "low",
+                            grpc.StatusCode.RESOURCE_EXHAUSTED, str(e), client_id)
                 context.abort(grpc.StatusCode[e.code], str(e))
         return client_id, user_type, scopes
 
@@ -234,6 +244,21 @@ class AuthInterceptor(grpc.ServerInterceptor):
             self.metrics.observe_rpc(method, name, seconds, user_type)
         except Exception:
             log.exception("metrics recording failed")
+
+
+def _refuse(context: grpc.ServicerContext, method: str, kind: str, severity: str,
+            code: grpc.StatusCode, message: str, client_id: str | None = None) -> None:
+    """Log a call refused at admission as a security event (the caller's address and,
+    once its key is known, its client id: never the key), then abort it with ``code``."""
+    try:
+        peer = context.peer() or ""
+    except Exception:  # noqa: BLE001 - grpc_testing contexts may not know a peer
+        peer = ""
+    log.warning("call refused", extra={
+        "event_type": "security_event", "security_event_type": kind, "severity": severity,
+        "method": method, "status": code.name,
+        **({"client_id": client_id} if client_id else {}), **peer_fields(peer)})
+    context.abort(code, message)
 
 
 class _Undecodable:
@@ -301,7 +326,7 @@ def _wrap(handler: grpc.RpcMethodHandler, icp: AuthInterceptor, method: str,
         failed = True
         try:
             # a known caller refused for its scope or its rate keeps its user_type
-            who = icp.identify(context, key)
+            who = icp.identify(context, key, method)
             user_type = who[1]
             client_id, user_type, scopes = icp.authorize(context, method, key, is_reflection,
                                                          who)
@@ -336,7 +361,7 @@ def _wrap(handler: grpc.RpcMethodHandler, icp: AuthInterceptor, method: str,
         if not is_reflection:
             context.add_callback(lambda: count(gone=True))
         try:
-            who = icp.identify(context, key)
+            who = icp.identify(context, key, method)
             state["user_type"] = who[1]
             icp.authorize(context, method, key, is_reflection, who)
             yield from fn()

@@ -4,7 +4,9 @@ per-client token bucket, open-loopback mode."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import ipaddress
+import logging
 import threading
 import time
 
@@ -191,6 +193,51 @@ def test_calls_refused_after_the_key_is_known_are_counted_under_its_user_type(
         assert n("RESOURCE_EXHAUSTED", "api_key") == 1.0
         assert n("UNAUTHENTICATED", "anonymous") == 1.0
         assert n("PERMISSION_DENIED", "anonymous") == n("RESOURCE_EXHAUSTED", "anonymous") == 0
+    finally:
+        server.stop(0)
+        store.close()
+
+
+def test_calls_refused_at_admission_are_logged_without_the_key(tmp_path, model_path,
+                                                                caplog):
+    """A call refused before its handler (no key, an unknown key, a key without the
+    method's scope, an empty token bucket) leaves a security_event line naming the method,
+    the caller's address and, once known, its client id: a rate-limited call is counted
+    in nacfauth_suspicious_activities_total and fires NACFSuspiciousActivity, whose
+    operator looks in the logs for who it was. No line holds a key."""
+    scoped = "auth-only-key-0123"
+    server, store = _server(tmp_path, model_path, rate_limit_per_s=0.01, rate_limit_burst=1,
+                            api_keys={KEY: ALL, scoped: frozenset({"authenticate"})})
+    server.start()
+    try:
+        with grpc.insecure_channel(server.address) as ch, \
+                caplog.at_level("INFO", logger="nacf"):
+            stub = pbg.AuthServiceStub(ch)
+            for md, code in ((None, grpc.StatusCode.UNAUTHENTICATED),
+                             ((("x-api-key", "wrong-key-987654"),),
+                              grpc.StatusCode.UNAUTHENTICATED),
+                             ((("x-api-key", scoped),), grpc.StatusCode.PERMISSION_DENIED),
+                             ((("x-api-key", KEY),), None),
+                             ((("x-api-key", KEY),), grpc.StatusCode.RESOURCE_EXHAUSTED)):
+                try:
+                    stub.GetStats(pb.GetStatsRequest(), metadata=md, timeout=10)
+                except grpc.RpcError as e:
+                    assert e.code() == code
+                else:
+                    assert code is None
+        events = [r for r in caplog.records if getattr(r, "event_type", "") == "security_event"]
+        got = [(r.security_event_type, r.method, r.ip_address, getattr(r, "client_id", None))
+               for r in events]
+        key_id = "key-" + hashlib.sha256(KEY.encode()).hexdigest()[:8]
+        scoped_id = "key-" + hashlib.sha256(scoped.encode()).hexdigest()[:8]
+        assert got == [("missing_api_key", "GetStats", "127.0.0.1", None),
+                       ("unknown_api_key", "GetStats", "127.0.0.1", None),
+                       ("insufficient_scope", "GetStats", "127.0.0.1", scoped_id),
+                       ("rate_limited", "GetStats", "127.0.0.1", key_id)]
+        assert all(r.peer.startswith("ipv4:127.0.0.1:") for r in events)
+        text = "\n".join(logging.Formatter().format(r) + repr(vars(r))
+                         for r in caplog.records)
+        assert KEY not in text and scoped not in text and "wrong-key-987654" not in text
     finally:
         server.stop(0)
         store.close()
