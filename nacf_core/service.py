@@ -484,9 +484,9 @@ class AuthService:
         the user's sessions (they were verified against the old one). ``actor`` (the
         caller's client id) and ``peer`` go into the audit trail.
         """
-        user_id = check_user_id(user_id)
         status = "INTERNAL"
         try:
+            user_id = check_user_id(user_id)
             if not blocks:
                 raise InvalidArgument("'signals' must hold at least one Signal, got none.")
             if not update:
@@ -549,6 +549,12 @@ class AuthService:
             raise
         finally:
             self.metrics.record_registration(method, status)
+
+    def refused_enrollment(self, exc: BaseException, method: str = "Enroll") -> None:
+        """Count an enrollment refused before :meth:`enroll` (its request did not convert,
+        the caller may not update) in ``nacfauth_user_registrations_total``, with the
+        status it ends with, as :meth:`enroll` counts its own refusals."""
+        self.metrics.record_registration(method, _status_name(exc))
 
     # ------------------------------------------------------------- authentication
     def _check_user_and_lock(self, user_id: str, proof: DeviceProof | None = None, *,

@@ -162,12 +162,17 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
     @_unary
     def Enroll(self, request: pb.EnrollRequest, context) -> pb.EnrollResponse:
         actor, admin = _caller()
-        if request.update and not admin:
-            # replacing a template takes the account over: an account change, not an
-            # enrollment
-            raise PermissionDenied("replacing an enrolled user's template (update=true) "
-                                   "needs the admin scope; this key has the enroll scope.")
-        blocks = [cv.signal_to_block(s, f"signals[{i}]") for i, s in enumerate(request.signals)]
+        try:
+            if request.update and not admin:
+                # replacing a template takes the account over: an account change, not an
+                # enrollment
+                raise PermissionDenied("replacing an enrolled user's template (update=true) "
+                                       "needs the admin scope; this key has the enroll scope.")
+            blocks = [cv.signal_to_block(s, f"signals[{i}]")
+                      for i, s in enumerate(request.signals)]
+        except Exception as e:  # refused before the service: a registration all the same
+            self.service.refused_enrollment(e)
+            raise
         r = self.service.enroll(request.user_id, blocks, update=request.update, actor=actor,
                                 peer=_peer(context))
         return cv.enroll_response(r)

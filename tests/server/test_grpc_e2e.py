@@ -557,6 +557,40 @@ def test_enroll_bad_input(srv):
                    metadata=MD)[0] == grpc.StatusCode.NOT_FOUND  # nothing written
 
 
+def test_every_enroll_call_is_counted_once_in_registrations_with_its_status(srv):
+    """nacfauth_user_registrations_total{registration_method="Enroll", status} counts each
+    Enroll call the server handled with the status the call ended with, also those refused
+    before the template is computed: a bad user id, a Signal that does not convert, an
+    update without the admin scope."""
+    _, stub, metrics = srv
+
+    def counts():
+        reg = _metric(metrics, "nacfauth_user_registrations_total")
+        rpc = _metric(metrics, "nacfauth_auth_requests_total")
+        return ({dict(k)["status"]: v for k, v in reg.items()
+                 if dict(k)["registration_method"] == "Enroll"},
+                {dict(k)["status"]: v for k, v in rpc.items() if dict(k)["method"] == "Enroll"})
+
+    bad_signal = pb.Signal(sample_rate_hz=SFREQ, channel_names=CH16, samples=b"\x00" * 10)
+    calls = [
+        (pb.EnrollRequest(user_id="", signals=[sig(eeg(1, 3, 0, 40))]), MD,
+         grpc.StatusCode.INVALID_ARGUMENT),
+        (pb.EnrollRequest(user_id="reg-bad", signals=[bad_signal]), MD,
+         grpc.StatusCode.INVALID_ARGUMENT),
+        (pb.EnrollRequest(user_id="reg-upd", signals=[sig(eeg(1, 3, 0, 40))], update=True),
+         (("x-api-key", ENROLL_ONLY),), grpc.StatusCode.PERMISSION_DENIED),
+        (pb.EnrollRequest(user_id="reg-none"), MD, grpc.StatusCode.INVALID_ARGUMENT),
+    ]
+    for req, md, want in calls:
+        reg0, rpc0 = counts()
+        c, m = code_of(stub.Enroll, req, metadata=md, timeout=30)
+        assert c == want, m
+        reg1, rpc1 = counts()
+        assert rpc1[want.name] - rpc0.get(want.name, 0.0) == 1
+        assert reg1.get(want.name, 0.0) - reg0.get(want.name, 0.0) == 1, (req, reg0, reg1)
+        assert sum(reg1.values()) - sum(reg0.values()) == 1
+
+
 def test_huge_message_resource_exhausted_and_server_survives(srv):
     _, stub, _ = srv
     big = pb.AuthenticateRequest(user_id="x", signal=pb.Signal(
