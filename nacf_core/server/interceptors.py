@@ -246,6 +246,13 @@ class AuthInterceptor(grpc.ServerInterceptor):
             log.exception("metrics recording failed")
 
 
+def _active(context: grpc.ServicerContext) -> bool:
+    try:
+        return context.is_active()
+    except Exception:  # noqa: BLE001 - grpc_testing contexts
+        return True
+
+
 def _refuse(context: grpc.ServicerContext, method: str, kind: str, severity: str,
             code: grpc.StatusCode, message: str, client_id: str | None = None) -> None:
     """Log a call refused at admission as a security event (the caller's address and,
@@ -324,6 +331,7 @@ def _wrap(handler: grpc.RpcMethodHandler, icp: AuthInterceptor, method: str,
         t0 = time.perf_counter()
         user_type = "anonymous"
         failed = True
+        code = None
         try:
             # a known caller refused for its scope or its rate keeps its user_type
             who = icp.identify(context, key, method)
@@ -336,10 +344,15 @@ def _wrap(handler: grpc.RpcMethodHandler, icp: AuthInterceptor, method: str,
             finally:
                 CALLER.reset(token)
             failed = False
+            if not _active(context):
+                # it answered a call that is gone (its deadline passed in the handler, or
+                # the client cancelled): nobody gets this answer, the call ended without it
+                code = ended_status(context).name
             return out
         finally:
             if not is_reflection:
-                icp.observe(method, context, failed, time.perf_counter() - t0, user_type)
+                icp.observe(method, context, failed, time.perf_counter() - t0, user_type,
+                            code=code)
 
     def _guard_stream(context, fn):
         t0 = time.perf_counter()

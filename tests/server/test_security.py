@@ -243,6 +243,50 @@ def test_calls_refused_at_admission_are_logged_without_the_key(tmp_path, model_p
         store.close()
 
 
+def test_a_unary_call_whose_deadline_passed_in_its_handler_is_not_counted_ok(
+        tmp_path, model_path):
+    """A handler that returns after the call's deadline (a slow store) answers nobody:
+    the client got DEADLINE_EXCEEDED, and so does nacfauth_auth_requests_total (it said
+    OK, so NACFHighErrorRate stayed quiet while every client timed out)."""
+    server, store = _server(tmp_path, model_path)
+    svc = server.service
+    timed_out, returned = threading.Event(), threading.Event()
+    orig = svc.stats
+
+    def slow_stats():
+        try:
+            timed_out.wait(10)  # the client has given up on the call
+            return orig()
+        finally:
+            returned.set()
+
+    svc.stats = slow_stats
+    server.start()
+    try:
+        with grpc.insecure_channel(server.address) as ch:
+            stub = pbg.AuthServiceStub(ch)
+            with pytest.raises(grpc.RpcError) as ei:
+                stub.GetStats(pb.GetStatsRequest(), metadata=(("x-api-key", KEY),),
+                              timeout=0.3)
+            assert ei.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            timed_out.set()
+            assert returned.wait(10)
+        reg = server.metrics.registry
+
+        def n(status):
+            return reg.get_sample_value("nacfauth_auth_requests_total", {
+                "method": "GetStats", "status": status, "user_type": "api_key"}) or 0.0
+
+        deadline = time.monotonic() + 10
+        while n("OK") + n("DEADLINE_EXCEEDED") == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)  # the interceptor counts the call once its handler returned
+        assert (n("OK"), n("DEADLINE_EXCEEDED")) == (0.0, 1.0)
+    finally:
+        timed_out.set()
+        server.stop(0)
+        store.close()
+
+
 def test_active_sessions_gauge_is_right_from_the_first_scrape_after_a_start(
         tmp_path, model_path):
     """nacfauth_active_sessions comes from the store before the server starts serving
