@@ -94,9 +94,38 @@ def test_metric_name_extraction():
     assert metric_names('up{job="nacfauth-api"} == 0') == {"up"}
 
 
-def test_scrape_config_is_valid():
-    out = run("check", "config", "prometheus.yml")
+SCRAPE_CONFIGS = ("prometheus.yml", "prometheus-k8s.yml")
+
+
+@pytest.mark.parametrize("name", SCRAPE_CONFIGS)
+def test_scrape_config_is_valid(name):
+    out = run("check", "config", name)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def _job_label(job: dict) -> str:
+    for r in job.get("relabel_configs", []):
+        if r.get("target_label") == "job" and "replacement" in r:
+            return r["replacement"]
+    return job["job_name"]
+
+
+def test_each_scrape_config_finds_the_replicas_one_way():
+    """A scrape config with a static target and Kubernetes DNS discovery side by side:
+    in the cluster, its static target (127.0.0.1:9464, the Prometheus pod's own loopback)
+    is a replica that is always down, so NACFServiceDown pages for ever; outside it, the
+    DNS job finds nothing. One way per file, both environments covered, every config
+    scraping job="nacfauth-api" (what the alert rules look for)."""
+    found = set()
+    for name in sorted(p.name for p in PROM.glob("prometheus*.yml")):
+        doc = yaml.safe_load((PROM / name).read_text())
+        jobs = [j for j in doc["scrape_configs"] if _job_label(j) == "nacfauth-api"]
+        assert jobs, f"{name} scrapes no job=nacfauth-api"
+        ways = {k for j in jobs for k in j if k.endswith("_configs")
+                and k not in ("relabel_configs", "metric_relabel_configs")}
+        assert len(ways) == 1, f"{name} finds the replicas {len(ways)} ways: {sorted(ways)}"
+        found |= ways
+    assert found == {"static_configs", "dns_sd_configs"}
 
 
 def test_rules_are_valid():
@@ -215,7 +244,7 @@ def test_k8s_deployment_has_the_guide_probes_on_the_sidecar_port():
     # the Service the scrape config finds replicas by
     svc_names = {d["metadata"]["name"] for d in docs if d["kind"] == "Service"}
     assert "nacf-metrics" in svc_names
-    assert "nacf-metrics.nacf.svc.cluster.local" in (PROM / "prometheus.yml").read_text()
+    assert "nacf-metrics.nacf.svc.cluster.local" in (PROM / "prometheus-k8s.yml").read_text()
 
 
 @pytest.mark.parametrize("path", sorted(str(p.relative_to(ROOT)) for p in K8S.glob("*.yaml")))
