@@ -357,11 +357,17 @@ class NacfServer:
         while not self._stop.wait(2.0):
             try:
                 self._set_health(self.ready())
-                self.service.refresh_gauges()
-                self.service.maintenance()
             except Exception:
                 log.exception("health refresh failed")
                 self._set_health(False)
+            # a failed gauge refresh or maintenance round (logged, and counted in
+            # nacfauth_store_errors_total) is not a readiness verdict: grpc.health.v1
+            # says what /health/ready says
+            try:
+                self.service.refresh_gauges()
+                self.service.maintenance()
+            except Exception:
+                log.exception("maintenance failed", extra={"event_type": "maintenance_failed"})
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the server has stopped."""

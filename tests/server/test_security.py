@@ -287,6 +287,45 @@ def test_a_unary_call_whose_deadline_passed_in_its_handler_is_not_counted_ok(
         store.close()
 
 
+def test_a_failed_maintenance_round_leaves_the_grpc_health_serving(tmp_path, model_path):
+    """grpc.health.v1 reports the readiness (the store answers, the server is not
+    starting or draining), as /health/ready does: a maintenance round that fails (a purge
+    or an expiry sweep the store refused) is logged and counted, it does not turn the
+    replica NOT_SERVING for a health-checking load balancer while it is ready."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from nacf_core.errors import Unavailable
+
+    server, store = _server(tmp_path, model_path)
+    rounds = []
+    second = threading.Event()
+
+    def failing_maintenance(force=False):
+        rounds.append(1)
+        if len(rounds) >= 2:  # the first round's failure has been handled
+            second.set()
+        raise Unavailable("the template store failed during purge_attempts: "
+                          "OperationalError; retry later.")
+
+    server.service.maintenance = failing_maintenance
+    said = []
+    set_health = server._set_health
+    server._set_health = lambda ok: (said.append(ok), set_health(ok))
+    server.start()
+    assert said[-1] is True  # (NOT_SERVING while starting, then ready)
+    del said[:]
+    try:
+        assert second.wait(15)
+        assert server.ready() and said and all(said), said
+        with grpc.insecure_channel(server.address) as ch:
+            r = health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=5)
+            assert r.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        server.stop(0)
+        store.close()
+
+
 def test_active_sessions_gauge_is_right_from_the_first_scrape_after_a_start(
         tmp_path, model_path):
     """nacfauth_active_sessions comes from the store before the server starts serving
