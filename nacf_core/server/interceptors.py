@@ -197,6 +197,15 @@ class AuthInterceptor(grpc.ServerInterceptor):
                     + (" (or use a client certificate)" if self.mtls else "") + ".")
         return client_id, user_type, scopes
 
+    def user_type_of(self, context: grpc.ServicerContext, key: str | None) -> str:
+        """How the caller authenticates, without admitting it (no token taken, nothing
+        logged, no abort): ``anonymous`` without a valid key or certificate."""
+        if key:
+            return "api_key" if _key_hash(key) in self._keys else "anonymous"
+        if self.mtls and client_identity(context):
+            return "mtls"
+        return "open" if self.open_mode else "anonymous"
+
     def authorize(self, context: grpc.ServicerContext, method: str, key: str | None,
                   is_reflection: bool,
                   identity: tuple[str, str, frozenset[str]] | None = None
@@ -392,7 +401,8 @@ def _wrap(handler: grpc.RpcMethodHandler, icp: AuthInterceptor, method: str,
                 the RPC metrics and ended without taking a token or doing the work."""
                 code = ended_status(ctx)
                 ctx.set_code(code)
-                icp.observe(method, ctx, True, time.perf_counter() - t0, "anonymous")
+                icp.observe(method, ctx, True, time.perf_counter() - t0,
+                            icp.user_type_of(ctx, key))
                 ctx.abort(code, "the call's deadline passed while it was queued."
                           if code == grpc.StatusCode.DEADLINE_EXCEEDED
                           else "the call was cancelled while it was queued.")

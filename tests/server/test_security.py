@@ -598,9 +598,11 @@ def test_authenticate_calls_queue_on_the_gate_before_the_rate_limit(tmp_path, mo
             time.sleep(0.3)
             assert seen == [True, False, False, False]  # no rate-limit call for it
             reg = server.metrics.registry
+            # (counted under its caller's user_type: its key is known, even though the
+            # call was dropped before its admission)
             assert reg.get_sample_value("nacfauth_auth_requests_total", {
                 "method": "Authenticate", "status": "DEADLINE_EXCEEDED",
-                "user_type": "anonymous"}) == 1.0
+                "user_type": "api_key"}) == 1.0
     finally:
         server.stop(0)
         store.close()
