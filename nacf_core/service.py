@@ -987,10 +987,14 @@ class AuthService:
             [self.rec.template_from_bytes(t.blob).embedding for t in recs]), dtype=np.float32)
         probe = np.ascontiguousarray(self.rec.pipeline.fuse(w.embeddings[acc])[None, :],
                                      dtype=np.float32)
+        from nacf_core.kernels import default_backend_name
         from nacf_core.matching import top_k as _top_k
 
-        idx, sc = _top_k(probe, matrix, min(k, len(ids)),
-                         backend=getattr(self.rec.pipeline, "backend", None))
+        backend = getattr(self.rec.pipeline, "backend", None)
+        # the kernel that grows with the enrolled users, in nacfauth_kernel_duration_seconds
+        # like the pipeline's own (which its instrumented kernels time)
+        with self.metrics.time_kernel("top_k", backend or default_backend_name()):
+            idx, sc = _top_k(probe, matrix, min(k, len(ids)), backend=backend)
         scored = [(ids[int(i)], float(v)) for i, v in zip(idx[0], sc[0])]
         self._log_identify(peer, scored, thr, quality, len(locked))
         # only matches are answered: the scores of users the signal does not match

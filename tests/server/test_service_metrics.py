@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from _server_support import make_pipeline
 from prometheus_client import CollectorRegistry
@@ -54,3 +55,20 @@ def test_sessions_ended_by_deleting_their_user_are_observed(svc):
     assert n1 - n0 == 3
     assert s1 - s0 == pytest.approx(300.0 + 200.0 + 60.0)
     assert svc.metrics.registry.get_sample_value("nacfauth_active_sessions") == 1.0
+
+
+def test_identify_times_its_top_k_kernel(svc):
+    """The 1:N search is the kernel that grows with the enrolled users: Identify observes
+    it in nacfauth_kernel_duration_seconds{kernel="top_k", backend} (the Overview's
+    "Kernel p95" panel), once per call, like the pipeline's own kernels."""
+    from _server_support import eeg, signal_block
+
+    svc.enroll("id-a", [signal_block(eeg(1, 3, 0, 40))])
+    svc.enroll("id-b", [signal_block(eeg(2, 3, 0, 40))])
+    labels = {"kernel": "top_k", "backend": svc.rec.pipeline.backend}
+    reg = svc.metrics.registry
+    before = reg.get_sample_value("nacfauth_kernel_duration_seconds_count", labels) or 0.0
+    r = svc.identify(signal_block(eeg(1, 3, 44, 8)), top_k=2)
+    assert r.candidates and r.candidates[0][0] == "id-a"
+    assert reg.get_sample_value("nacfauth_kernel_duration_seconds_count", labels) == before + 1
+    assert reg.get_sample_value("nacfauth_kernel_duration_seconds_sum", labels) > 0
