@@ -954,6 +954,7 @@ class AuthService:
 
         Users locked out at the time are left out (Identify must not score a signal
         against a template whose 1:1 attempts are refused); every call is logged."""
+        t_start = time.perf_counter()
         if isinstance(top_k, bool) or not isinstance(top_k, int):
             raise InvalidArgument(f"'top_k' must be an integer, got {top_k!r}.")
         k = top_k or 5
@@ -980,7 +981,7 @@ class AuthService:
             recs = [t for t in recs if t.user_id not in locked]
         thr = float(self.model_threshold_for(int(acc.sum())))
         if not recs:
-            self._log_identify(peer, [], thr, quality, len(locked))
+            self._log_identify(peer, [], thr, quality, len(locked), t_start)
             return IdentifyResult([], thr, quality, self.model_version, reasons)
         ids = [t.user_id for t in recs]
         matrix = np.ascontiguousarray(np.stack(
@@ -996,7 +997,7 @@ class AuthService:
         with self.metrics.time_kernel("top_k", backend or default_backend_name()):
             idx, sc = _top_k(probe, matrix, min(k, len(ids)), backend=backend)
         scored = [(ids[int(i)], float(v)) for i, v in zip(idx[0], sc[0])]
-        self._log_identify(peer, scored, thr, quality, len(locked))
+        self._log_identify(peer, scored, thr, quality, len(locked), t_start)
         # only matches are answered: the scores of users the signal does not match
         # would be an oracle to climb towards a template (a random search over a channel
         # mixing of another person's EEG, ~2 300 calls at the rate limit, raised one
@@ -1005,12 +1006,15 @@ class AuthService:
         return IdentifyResult(cands, thr, quality, self.model_version, reasons)
 
     def _log_identify(self, peer: str, cands: list, thr: float, quality: float,
-                      n_locked: int) -> None:
+                      n_locked: int, t_start: float) -> None:
         top = cands[0] if cands else None
+        matched = top is not None and top[1] >= thr
         log.info("identification", extra={
-            "event_type": "identify", **peer_fields(peer), "candidates": len(cands),
+            "event_type": "identify", "success": matched,
+            "duration_ms": round((time.perf_counter() - t_start) * 1000, 3),
+            **peer_fields(peer), "method": "Identify", "candidates": len(cands),
             "matches": sum(1 for _, v in cands if v >= thr),
-            "match": top[0] if top is not None and top[1] >= thr else None,
+            "match": top[0] if matched else None,
             "confidence": round(top[1], 4) if top is not None else None,
             "quality": round(quality, 3), "locked_left_out": n_locked})
 

@@ -72,3 +72,20 @@ def test_identify_times_its_top_k_kernel(svc):
     assert r.candidates and r.candidates[0][0] == "id-a"
     assert reg.get_sample_value("nacfauth_kernel_duration_seconds_count", labels) == before + 1
     assert reg.get_sample_value("nacfauth_kernel_duration_seconds_sum", labels) > 0
+
+
+def test_the_identify_line_has_the_guides_fields(svc, caplog):
+    """Identify's JSON line carries the guide's fields as an auth_attempt line does:
+    success (a match), confidence, duration_ms, the caller's address and the method."""
+    from _server_support import eeg, signal_block
+
+    svc.enroll("id-a", [signal_block(eeg(1, 3, 0, 40))])
+    with caplog.at_level("INFO", logger="nacf.service"):
+        svc.identify(signal_block(eeg(1, 3, 44, 8)), top_k=1, peer="ipv4:127.0.0.1:5000")
+        svc.identify(signal_block(eeg(2, 3, 44, 8)), top_k=1, peer="ipv4:127.0.0.1:5000")
+    lines = [r for r in caplog.records if getattr(r, "event_type", "") == "identify"]
+    assert [(r.success, r.match) for r in lines] == [(True, "id-a"), (False, None)]
+    for r in lines:
+        assert r.method == "Identify" and r.ip_address == "127.0.0.1"
+        assert isinstance(r.duration_ms, float) and r.duration_ms > 0
+        assert isinstance(r.confidence, float)
