@@ -972,6 +972,7 @@ class AuthService:
         self.metrics.record_artifact_rejections(_codes(w.reasons))
         reasons = sorted({r for r in (w.reasons or []) if r})
         if not acc.any():
+            self._log_identify(peer, [], 0.0, quality, None, t_start, reason="poor_quality")
             raise FailedPrecondition("no window of the signal passed the quality gate ("
                                      + "; ".join(reasons) + "); cannot identify.")
         recs = self._store("iter_templates", lambda: list(
@@ -1006,17 +1007,20 @@ class AuthService:
         return IdentifyResult(cands, thr, quality, self.model_version, reasons)
 
     def _log_identify(self, peer: str, cands: list, thr: float, quality: float,
-                      n_locked: int, t_start: float) -> None:
+                      n_locked: int | None, t_start: float, reason: str | None = None
+                      ) -> None:
         top = cands[0] if cands else None
         matched = top is not None and top[1] >= thr
         log.info("identification", extra={
             "event_type": "identify", "success": matched,
+            **({"reason": reason} if reason else {}),
             "duration_ms": round((time.perf_counter() - t_start) * 1000, 3),
             **peer_fields(peer), "method": "Identify", "candidates": len(cands),
             "matches": sum(1 for _, v in cands if v >= thr),
             "match": top[0] if matched else None,
             "confidence": round(top[1], 4) if top is not None else None,
-            "quality": round(quality, 3), "locked_left_out": n_locked})
+            "quality": round(quality, 3),
+            **({"locked_left_out": n_locked} if n_locked is not None else {})})
 
     def model_threshold_for(self, n_windows: int) -> float:
         """The decision threshold for a probe of ``n_windows`` fused windows."""

@@ -89,3 +89,20 @@ def test_the_identify_line_has_the_guides_fields(svc, caplog):
         assert r.method == "Identify" and r.ip_address == "127.0.0.1"
         assert isinstance(r.duration_ms, float) and r.duration_ms > 0
         assert isinstance(r.confidence, float)
+
+
+def test_an_identify_refused_for_quality_is_logged_too(svc, caplog):
+    """Identify logs every call it scores or refuses: one whose windows all fail the
+    quality gate (FAILED_PRECONDITION) has its identify line, success false, with the
+    reason, the caller's address and the duration."""
+    from _server_support import signal_block
+
+    from nacf_core.errors import FailedPrecondition
+
+    with caplog.at_level("INFO", logger="nacf.service"):
+        with pytest.raises(FailedPrecondition):
+            svc.identify(signal_block(np.zeros((640, 16))), peer="ipv4:127.0.0.1:5000")
+    (r,) = [r for r in caplog.records if getattr(r, "event_type", "") == "identify"]
+    assert (r.success, r.reason, r.ip_address, r.method) == (
+        False, "poor_quality", "127.0.0.1", "Identify")
+    assert r.duration_ms > 0 and r.match is None
