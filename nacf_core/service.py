@@ -1221,6 +1221,14 @@ class AuthService:
                         "Signal.device_id is empty: this session was opened with device "
                         f"{s.device_id!r}, and every chunk must name it.")
                 if block.device_id and s.device_id and block.device_id != s.device_id:
+                    # the session's token streamed from another headset: suspicious, as a
+                    # device mismatch in a proof is
+                    self.metrics.record_suspicious("device_changed", "medium")
+                    log.warning("device changed", extra={
+                        "event_type": "security_event", "security_event_type": "device_changed",
+                        "severity": "medium", "user_id": user_id,
+                        "method": "ContinuousAuthenticate", "device_id": block.device_id,
+                        "session_device_id": s.device_id})
                     yield end("device_changed")
                     return
                 buf.push(block)

@@ -778,6 +778,36 @@ def test_continuous_authenticate_checks_the_sessions_device(srv):
     assert not v.valid and v.reason == "device_changed"
 
 
+def test_a_device_change_in_a_continuous_stream_is_a_security_event(srv, caplog):
+    """Chunks from another headset on a session bound to one (a stolen session token
+    streamed from another device, as a device mismatch in a proof would be) end the
+    session AND are a suspicious activity with its security_event line, as a wearer
+    change is: they were neither counted nor logged."""
+    _, stub, metrics = srv
+    enroll(stub, "dev-swap", 1)
+    secret = device(stub, "dev-swap", "hs-swap")
+    tok = auth(stub, "dev-swap", eeg(1, 3, 60, 8), secret, "hs-swap").session_token
+    key = (("activity_type", "device_changed"), ("severity", "medium"))
+    before = _metric(metrics, "nacfauth_suspicious_activities_total").get(key, 0.0)
+
+    def gen():
+        yield pb.ContinuousAuthenticateRequest(start=pb.ContinuousStart(session_token=tok))
+        for c in chunks(eeg(1, 3, 70, 4)):
+            yield pb.ContinuousAuthenticateRequest(chunk=sig(c, "hs-swap"))
+        for c in chunks(eeg(1, 3, 74, 4)):
+            yield pb.ContinuousAuthenticateRequest(chunk=sig(c, "hs-elsewhere"))
+
+    with caplog.at_level("INFO", logger="nacf.service"):
+        states = list(stub.ContinuousAuthenticate(gen(), metadata=MD, timeout=30))
+    assert states[-1].reason == "device_changed", states
+    after = _metric(metrics, "nacfauth_suspicious_activities_total").get(key, 0.0)
+    assert after - before == 1
+    (r,) = [r for r in caplog.records if getattr(r, "security_event_type", "")
+            == "device_changed"]
+    assert (r.event_type, r.user_id, r.severity) == ("security_event", "dev-swap", "medium")
+    assert (r.device_id, r.session_device_id) == ("hs-elsewhere", "hs-swap")
+
+
 def _metric(metrics, name):
     """{labels: value} of one sample name in the server's registry."""
     return {tuple(sorted(s.labels.items())): s.value for fam in metrics.registry.collect()
