@@ -23,7 +23,7 @@ from nacf_core._proto.nacf.v1 import auth_pb2_grpc as pb_grpc
 from nacf_core.errors import DeadlineExceeded, InvalidArgument, NacfError, PermissionDenied
 from nacf_core.server import converters as cv
 from nacf_core.server.interceptors import CALLER, ended_status
-from nacf_core.service import AuthService, DeviceProof
+from nacf_core.service import AuthService, DeviceProof, peer_fields
 
 __all__ = ["SERVICE_NAME", "AuthServicer", "add_to_server", "status_for"]
 
@@ -85,8 +85,20 @@ def _unary(fn: Callable) -> Callable:
         except Exception as e:
             if _is_abort(e, context):
                 raise
+            if isinstance(e, PermissionDenied):
+                _log_scope_refusal(context, fn.__name__)
             _abort(context, e)
     return wrapper
+
+
+def _log_scope_refusal(context: grpc.ServicerContext, method: str) -> None:
+    """A request its key's scopes do not cover (an account change without admin), refused
+    in the handler: the security event the interceptor logs for a method's scope."""
+    c = CALLER.get()
+    log.warning("call refused", extra={
+        "event_type": "security_event", "security_event_type": "insufficient_scope",
+        "severity": "medium", "method": method, "status": "PERMISSION_DENIED",
+        **({"client_id": c[0]} if c is not None else {}), **peer_fields(_peer(context))})
 
 
 def _stream_out(fn: Callable) -> Callable:

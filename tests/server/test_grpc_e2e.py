@@ -377,6 +377,37 @@ def test_account_changes_need_admin_end_sessions_and_are_audited(srv):
                     ("Enroll", "enrolled", "ipv4:127.0.0.1:")], rows
 
 
+def test_account_changes_refused_for_their_scope_are_security_events(srv, caplog):
+    """An enroll-scope key that tries to take an account over (replace a template, bind
+    another headset, rotate a secret) is refused PERMISSION_DENIED in the handler, after
+    the interceptor admitted it: each refusal has its security_event line (method, the
+    caller's client id and address), as a key refused for a method's scope has."""
+    import hashlib
+
+    _, stub, _ = srv
+    EN = (("x-api-key", ENROLL_ONLY),)
+    stub.Enroll(pb.EnrollRequest(user_id="takeover", signals=[sig(eeg(1, 3, 0, 40))]),
+                metadata=EN, timeout=30)
+    stub.RegisterDevice(pb.RegisterDeviceRequest(user_id="takeover", device_id="hs-to"),
+                        metadata=EN, timeout=10)
+    with caplog.at_level("INFO", logger="nacf"):
+        for call, req in (
+                (stub.Enroll, pb.EnrollRequest(user_id="takeover", update=True,
+                                               signals=[sig(eeg(5, 3, 0, 40))])),
+                (stub.RegisterDevice, pb.RegisterDeviceRequest(user_id="takeover",
+                                                               device_id="hs-mallory")),
+                (stub.RegisterDevice, pb.RegisterDeviceRequest(user_id="takeover",
+                                                               device_id="hs-to",
+                                                               rotate=True))):
+            assert code_of(call, req, metadata=EN, timeout=30)[0] == \
+                grpc.StatusCode.PERMISSION_DENIED
+    client = "key-" + hashlib.sha256(ENROLL_ONLY.encode()).hexdigest()[:8]
+    got = [(r.security_event_type, r.method, r.client_id, r.ip_address)
+           for r in caplog.records if getattr(r, "event_type", "") == "security_event"]
+    assert got == [("insufficient_scope", m, client, "127.0.0.1")
+                   for m in ("Enroll", "RegisterDevice", "RegisterDevice")], got
+
+
 def test_an_account_change_is_answered_even_when_its_sessions_cannot_be_ended(srv,
                                                                              monkeypatch):
     """The rotation is done when ending the old secret's sessions fails: the caller gets
