@@ -420,9 +420,19 @@ class AuthService:
                 f"requests/s with bursts of {self.config.rate_limit_burst:g}; retry later.")
 
     def _store(self, op: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
-        """Call the store; domain errors pass through, anything else is UNAVAILABLE."""
+        """Call the store; domain errors pass through, anything else is UNAVAILABLE.
+        A store failure, raised as ``Unavailable`` by the store itself (its driver's
+        errors translated: a writer lock held too long, a server gone, a query timeout)
+        or by this method, is counted in ``nacfauth_store_errors_total``."""
         try:
             return fn(*args, **kwargs)
+        except Unavailable as e:
+            if not getattr(e, "counted", False):
+                self.metrics.record_store_error(op)
+                log.error("store error", extra={"event_type": "store_error", "operation": op,
+                                                "error": str(e)})
+                e.counted = True
+            raise
         except NacfError:
             raise
         except Exception as e:

@@ -106,3 +106,32 @@ def test_an_identify_refused_for_quality_is_logged_too(svc, caplog):
     assert (r.success, r.reason, r.ip_address, r.method) == (
         False, "poor_quality", "127.0.0.1", "Identify")
     assert r.duration_ms > 0 and r.match is None
+
+
+def test_a_store_outage_is_counted_in_store_errors(tmp_path, model_path):
+    """The store translates its driver's failures (a writer lock held too long, a
+    PostgreSQL server gone, a query timeout) into Unavailable; the service counted only
+    untranslated exceptions, so nacfauth_store_errors_total (and NACFStoreErrors) stayed
+    at 0 through a real outage. Each store call that fails is counted once, by operation."""
+    import sqlite3
+
+    from nacf_core.errors import Unavailable
+    from nacf_core.store.sqlite import SQLiteStore
+
+    path = tmp_path / "locked.db"
+    store = SQLiteStore(path, bytes(range(32)), busy_timeout_s=0.1)
+    svc = AuthService(store, make_pipeline(model_path), Config(data_dir=str(tmp_path)),
+                      metrics=Metrics(CollectorRegistry()))
+    store.put_template("held", b"not-a-real-template", "m-1")
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # another writer (the sqlite3 shell, a backup)
+        with pytest.raises(Unavailable, match="locked"):
+            svc.delete_user("held")
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    reg = svc.metrics.registry
+    assert reg.get_sample_value("nacfauth_store_errors_total",
+                                {"operation": "delete_user"}) == 1.0
+    store.close()
