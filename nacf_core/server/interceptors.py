@@ -130,6 +130,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
     def __init__(self, api_keys: Mapping[str, frozenset[str]], service: Any = None,
                  metrics: Any = None, *, open_mode: bool = False, mtls: bool = False) -> None:
         self.set_api_keys(api_keys)
+        self._refusals = _RefusalLog()  # the log lines of calls refused at admission
         self.service = service
         self.metrics = metrics
         self.open_mode = open_mode
@@ -178,7 +179,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         if key:
             entry = self._keys.get(_key_hash(key))
             if entry is None:
-                _refuse(context, method, "unknown_api_key", "medium",
+                _refuse(self._refusals, context, method, "unknown_api_key", "medium",
                         grpc.StatusCode.UNAUTHENTICATED,
                         "the x-api-key metadata holds an unknown API key.")
             client_id, scopes = entry
@@ -191,7 +192,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
             client_id, user_type = f"peer-{peer_fields(peer).get('ip_address') or peer}", "open"
             scopes = frozenset(("authenticate", "enroll", "admin"))
         else:
-            _refuse(context, method, "missing_api_key", "low",
+            _refuse(self._refusals, context, method, "missing_api_key", "low",
                     grpc.StatusCode.UNAUTHENTICATED,
                     "missing API key: send it in the x-api-key metadata"
                     + (" (or use a client certificate)" if self.mtls else "") + ".")
@@ -216,7 +217,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         if not is_reflection:
             need = METHOD_SCOPES.get(method)
             if need is None or need not in scopes:
-                _refuse(context, method, "insufficient_scope", "medium",
+                _refuse(self._refusals, context, method, "insufficient_scope", "medium",
                         grpc.StatusCode.PERMISSION_DENIED,
                         f"this API key lacks the {need!r} scope that {method} needs "
                         f"(it has: {', '.join(sorted(scopes)) or 'none'}).", client_id)
@@ -225,7 +226,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 self.service.check_rate_limit(client_id)
             except NacfError as e:
                 if e.code == "RESOURCE_EXHAUSTED":
-                    _refuse(context, method, "rate_limited", "low",
+                    _refuse(self._refusals, context, method, "rate_limited", "low",
                             grpc.StatusCode.RESOURCE_EXHAUSTED, str(e), client_id)
                 context.abort(grpc.StatusCode[e.code], str(e))
         return client_id, user_type, scopes
@@ -262,18 +263,50 @@ def _active(context: grpc.ServicerContext) -> bool:
         return True
 
 
-def _refuse(context: grpc.ServicerContext, method: str, kind: str, severity: str,
-            code: grpc.StatusCode, message: str, client_id: str | None = None) -> None:
+class _RefusalLog:
+    """At most one line per (kind, caller) every ``interval_s``: calls refused at
+    admission are not bounded by the rate limit (it is one of the reasons), so a flood
+    must not become a flood of log lines; a line says how many it stands for since the
+    last one (``suppressed``). The metrics count every call."""
+
+    def __init__(self, interval_s: float = 10.0, max_keys: int = 4096) -> None:
+        self.interval_s = interval_s
+        self.max_keys = max_keys
+        self._last: dict[tuple[str, str], tuple[float, int]] = {}
+        self._lock = threading.Lock()
+
+    def admit(self, kind: str, who: str) -> int | None:
+        """``None``: do not log; else the number of lines suppressed before this one."""
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get((kind, who))
+            if last is not None and now - last[0] < self.interval_s:
+                self._last[(kind, who)] = (last[0], last[1] + 1)
+                return None
+            if last is None and len(self._last) >= self.max_keys:
+                self._last.clear()
+            self._last[(kind, who)] = (now, 0)
+            return 0 if last is None else last[1]
+
+
+def _refuse(refusals: _RefusalLog, context: grpc.ServicerContext, method: str, kind: str,
+            severity: str, code: grpc.StatusCode, message: str,
+            client_id: str | None = None) -> None:
     """Log a call refused at admission as a security event (the caller's address and,
-    once its key is known, its client id: never the key), then abort it with ``code``."""
+    once its key is known, its client id: never the key; at most a line per caller and
+    kind every 10 s), then abort it with ``code``."""
     try:
         peer = context.peer() or ""
     except Exception:  # noqa: BLE001 - grpc_testing contexts may not know a peer
         peer = ""
-    log.warning("call refused", extra={
-        "event_type": "security_event", "security_event_type": kind, "severity": severity,
-        "method": method, "status": code.name,
-        **({"client_id": client_id} if client_id else {}), **peer_fields(peer)})
+    where = peer_fields(peer)
+    suppressed = refusals.admit(kind, client_id or where.get("ip_address") or peer)
+    if suppressed is not None:
+        log.warning("call refused", extra={
+            "event_type": "security_event", "security_event_type": kind,
+            "severity": severity, "method": method, "status": code.name,
+            **({"client_id": client_id} if client_id else {}), **where,
+            **({"suppressed": suppressed} if suppressed else {})})
     context.abort(code, message)
 
 

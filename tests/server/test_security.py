@@ -326,6 +326,42 @@ def test_a_failed_maintenance_round_leaves_the_grpc_health_serving(tmp_path, mod
         store.close()
 
 
+def test_a_flood_of_refused_calls_is_not_a_flood_of_log_lines(tmp_path, model_path, caplog):
+    """Calls refused at admission are not bounded by the rate limit: a caller sending
+    many gets one security_event line (per kind, every 10 s) and the next line says how
+    many it stood for; the metrics count every call."""
+    server, store = _server(tmp_path, model_path)
+    server.start()
+    try:
+        with grpc.insecure_channel(server.address) as ch, \
+                caplog.at_level("INFO", logger="nacf"):
+            stub = pbg.AuthServiceStub(ch)
+            for _ in range(20):
+                with pytest.raises(grpc.RpcError):
+                    stub.GetStats(pb.GetStatsRequest(),
+                                  metadata=(("x-api-key", "wrong-key-987654"),), timeout=10)
+        lines = [r for r in caplog.records
+                 if getattr(r, "security_event_type", "") == "unknown_api_key"]
+        assert len(lines) == 1 and not hasattr(lines[0], "suppressed")
+        assert server.metrics.registry.get_sample_value("nacfauth_auth_requests_total", {
+            "method": "GetStats", "status": "UNAUTHENTICATED",
+            "user_type": "anonymous"}) == 20.0
+        icp = server._interceptor
+        icp._refusals.interval_s = 0.0  # the next line: the 19 it stood for
+        with grpc.insecure_channel(server.address) as ch, \
+                caplog.at_level("INFO", logger="nacf"):
+            with pytest.raises(grpc.RpcError):
+                pbg.AuthServiceStub(ch).GetStats(
+                    pb.GetStatsRequest(), metadata=(("x-api-key", "wrong-key-987654"),),
+                    timeout=10)
+        lines = [r for r in caplog.records
+                 if getattr(r, "security_event_type", "") == "unknown_api_key"]
+        assert len(lines) == 2 and lines[1].suppressed == 19
+    finally:
+        server.stop(0)
+        store.close()
+
+
 def test_active_sessions_gauge_is_right_from_the_first_scrape_after_a_start(
         tmp_path, model_path):
     """nacfauth_active_sessions comes from the store before the server starts serving
