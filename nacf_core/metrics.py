@@ -623,7 +623,9 @@ class Metrics:
 
     def record_failed_auth(self, reason: str) -> None:
         """Count one failed authentication attempt (e.g. ``score_below_threshold``,
-        ``locked``, ``bad_device_proof``, ``unknown_user``, ``poor_quality``)."""
+        ``presentation_attack``, ``poor_quality``, ``locked``, ``unknown_user``, and
+        ``device_proof_<kind>`` for a refused device proof: ``missing``, ``malformed``,
+        ``stale``, ``wrong``, ``replayed``, ``unknown_device``, ``device_mismatch``)."""
         self.failed_auth_attempts_total.labels(self._reason(reason)).inc()
 
     def record_suspicious(self, activity_type: str, severity: str) -> None:

@@ -57,7 +57,7 @@ def exercise(mt: Metrics) -> None:
     mt.set_active_sessions(3)
     mt.observe_session_duration(5400.0)
     mt.record_failed_auth("score_below_threshold")
-    mt.record_suspicious("replayed_device_proof", "high")
+    mt.record_suspicious("device_proof_replayed", "high")
     mt.record_registration("Enroll", "OK")
     mt.track_active_user("alice")
     mt.observe_kernel("sosfilt", "cython", 0.0002)
