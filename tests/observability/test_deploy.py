@@ -252,3 +252,20 @@ def test_k8s_manifests_parse(path):
     for d in yaml.safe_load_all((ROOT / path).read_text()):
         if d:
             assert {"apiVersion", "kind", "metadata"} <= set(d), path
+
+
+def test_k8s_pod_outlives_the_servers_whole_shutdown():
+    """SIGTERM: the server drains for grace_period_s, then waits up to max(5, grace) more
+    for handlers gRPC cancelled (NacfServer.stop) before it closes the store and logs
+    server_stopped. A pod killed before that (terminationGracePeriodSeconds 30 against
+    20 + 20) loses that end and the store's clean close."""
+    import tomllib
+
+    docs = _k8s_docs()
+    (dep,) = [d for d in docs if d["kind"] == "Deployment"]
+    (cm,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    (toml_text,) = cm["data"].values()
+    cfg = tomllib.loads(toml_text)
+    grace = float(cfg.get("nacf", cfg)["grace_period_s"])
+    budget = grace + max(5.0, grace)
+    assert dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > budget
