@@ -138,6 +138,22 @@ def test_train_sfreq_in_range_is_accepted():
     assert args.sfreq == 250.0
 
 
+@pytest.mark.parametrize("where", ["missing_dir/m.npz", "a_dir"])
+def test_train_refuses_an_output_path_it_cannot_write_before_reading(tmp_path, capsys, where):
+    """--out was first tried after the whole fit (minutes to hours on a real manifest),
+    and a directory there left a stray 'a_dir.tmp' model beside it: it is checked before
+    any recording is read (this manifest's recording does not even exist)."""
+    (tmp_path / "a_dir").mkdir()
+    m = tmp_path / "m.csv"
+    m.write_text("subject,recording,role,path\nS1,R1,enroll,nowhere.edf\n")
+    out = tmp_path / where
+    assert main(["train", str(m), "--out", str(out), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "nowhere.edf" not in err
+    assert f"nacf train: --out {str(out)!r}" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_dir", "m.csv"]
+
+
 # ----------------------------------------------------------------------- demo
 @pytest.mark.parametrize("argv, match", [
     (["--grpc-address", "bogus"], "argument --grpc-address: expected HOST:PORT"),

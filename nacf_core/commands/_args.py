@@ -8,7 +8,7 @@ import argparse
 import math
 from collections.abc import Callable
 
-__all__ = ["address", "finite_float", "int_range", "non_empty"]
+__all__ = ["address", "check_output_path", "finite_float", "int_range", "non_empty"]
 
 
 def finite_float(lo: float | None = None, hi: float | None = None, *,
@@ -89,3 +89,21 @@ def address(allow_empty: bool = False) -> Callable[[str], str]:
 
     parse.__name__ = "address"
     return parse
+
+
+def check_output_path(option: str, path: str | None) -> None:
+    """``ValueError`` naming ``option`` when ``path`` cannot be the file it writes: its
+    directory is missing or not writable, or the path is a directory.  Commands call it
+    before their long work, not after it."""
+    import os
+    from pathlib import Path
+
+    if not path:
+        return
+    p = Path(path)
+    parent = p.parent
+    if p.is_dir():
+        raise ValueError(f"{option} {path!r} is a directory; expected a file to write.")
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {path!r}: directory {str(parent)!r} does not exist or "
+                         "is not writable.")

@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-from nacf_core.commands._args import int_range
+from nacf_core.commands._args import check_output_path, int_range
 
 __all__ = ["format_report", "register", "run"]
 
@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     bar = ProgressBar("evaluate", enabled=not args.no_progress)
     try:
         for option, path in (("--json", args.json_path), ("--det", args.det_path)):
-            _check_output_path(option, path)  # before the evaluation, not after it
+            check_output_path(option, path)  # before the evaluation, not after it
         model = Model.load(args.model) if args.model else None
         if model is None:
             _check_subjects(args.manifest, args.folds)
@@ -160,19 +160,3 @@ def run(args: argparse.Namespace) -> int:
         return 1
     return 0
 
-
-def _check_output_path(option: str, path: str | None) -> None:
-    """``ValueError`` naming ``option`` when ``path`` cannot be the file it writes: its
-    directory is missing or not writable, or the path is a directory."""
-    import os
-    from pathlib import Path
-
-    if not path:
-        return
-    p = Path(path)
-    parent = p.parent
-    if p.is_dir():
-        raise ValueError(f"{option} {path!r} is a directory; expected a file to write.")
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"{option} {path!r}: directory {str(parent)!r} does not exist or "
-                         "is not writable.")

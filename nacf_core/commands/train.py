@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nacf_core.commands._args import finite_float
+from nacf_core.commands._args import check_output_path, finite_float
 
 __all__ = ["register", "run"]
 
@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
     bar = ProgressBar("train", enabled=not args.no_progress)
     try:
+        check_output_path("--out", args.out)  # before the fit, not after it
         rows = read_manifest(args.manifest)
         chans = ([c.strip() for c in args.channels.split(",") if c.strip()]
                  if args.channels else list(MONTAGE_16))
