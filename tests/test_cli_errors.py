@@ -138,6 +138,22 @@ def test_train_sfreq_in_range_is_accepted():
     assert args.sfreq == 250.0
 
 
+@pytest.mark.parametrize("value", ["0", "1", "2", "-0.1", "nan", "inf", "abc"])
+def test_train_fmr_must_be_a_rate(capsys, value):
+    """--fmr outside (0, 1) failed only after every recording was read and its features
+    computed (the calibration refused it, naming 'target_fmr')."""
+    err = _argparse_error(capsys, ["train", "m.csv", "--out", "m.npz", "--fmr", value])
+    assert err == (f"nacf train: error: argument --fmr: expected a finite number in (0, 1), "
+                   f"got {value!r}")
+
+
+def test_train_fmr_in_range_is_accepted():
+    from nacf_core.cli import build_parser
+
+    args = build_parser().parse_args(["train", "m.csv", "--out", "m.npz", "--fmr", "1e-4"])
+    assert args.fmr == 1e-4
+
+
 @pytest.mark.parametrize("where", ["missing_dir/m.npz", "a_dir"])
 def test_train_refuses_an_output_path_it_cannot_write_before_reading(tmp_path, capsys, where):
     """--out was first tried after the whole fit (minutes to hours on a real manifest),

@@ -12,14 +12,16 @@ __all__ = ["address", "check_output_path", "finite_float", "int_range", "non_emp
 
 
 def finite_float(lo: float | None = None, hi: float | None = None, *,
-                 lo_open: bool = False) -> Callable[[str], float]:
-    """A finite number in ``[lo, hi]`` (``(lo, hi]`` when ``lo_open``; None: unbounded)."""
+                 lo_open: bool = False, hi_open: bool = False) -> Callable[[str], float]:
+    """A finite number in ``[lo, hi]`` (``(lo`` when ``lo_open``, ``hi)`` when ``hi_open``;
+    None: unbounded)."""
     if lo is not None and hi is not None:
-        want = f"a finite number in {'(' if lo_open else '['}{_num(lo)}, {_num(hi)}]"
+        want = (f"a finite number in {'(' if lo_open else '['}{_num(lo)}, {_num(hi)}"
+                f"{')' if hi_open else ']'}")
     elif lo is not None:
         want = f"a finite number {'>' if lo_open else '>='} {_num(lo)}"
     elif hi is not None:
-        want = f"a finite number <= {_num(hi)}"
+        want = f"a finite number {'<' if hi_open else '<='} {_num(hi)}"
     else:
         want = "a finite number"
 
@@ -29,7 +31,7 @@ def finite_float(lo: float | None = None, hi: float | None = None, *,
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}") from None
         if (not math.isfinite(v) or (lo is not None and (v <= lo if lo_open else v < lo))
-                or (hi is not None and v > hi)):
+                or (hi is not None and (v >= hi if hi_open else v > hi))):
             raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}")
         return v
 
