@@ -37,6 +37,7 @@ import io
 import json
 import math
 import os
+import secrets
 import zipfile
 from dataclasses import dataclass, field, fields
 from importlib import resources
@@ -199,11 +200,27 @@ class Model:
         return buf.getvalue()
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the model atomically (temporary file, then rename)."""
+        """Write the model atomically: a temporary file of its own in the same folder
+        (so two saves to one path never write the same file), flushed to disk, then
+        renamed over ``path``.  ``path`` holds the old model or the whole new one, never
+        part of one; a save that fails (or is interrupted) removes its temporary file."""
         path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(self.to_bytes())
-        os.replace(tmp, path)
+        data = self.to_bytes()
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        _fsync_dir(path.parent)
         return path
 
     @classmethod
@@ -337,6 +354,20 @@ class Model:
             covariances=cov, tangent=ts, projection=proj, thresholds=thresholds,
             target_fmr=target_fmr, sequential=sequential, info=dict(info),
         )
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (best effort: some file systems refuse it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 # ------------------------------------------------------------------ file validation

@@ -44,6 +44,55 @@ def test_roundtrip(tmp_path):
     assert m2.sequential == m.sequential and m2.info == m.info
 
 
+def test_two_saves_to_one_path_do_not_share_a_temporary_file(tmp_path, monkeypatch):
+    """Two `nacf train --out m.npz` at once wrote the same 'm.npz.tmp': the second
+    truncated and rewrote the first's half-written bytes, renamed the file, and the first
+    rename then failed (or renamed a mix of both models into place)."""
+    path = tmp_path / "m.npz"
+    a, b = Model.from_bytes(default_model(8).to_bytes()), default_model(16)
+    real_replace = model_module.os.replace
+    calls = []
+
+    def replace(src, dst):  # the other process's save runs between write and rename
+        calls.append(src)
+        if len(calls) == 1:
+            b.save(path)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(model_module.os, "replace", replace)
+    a.save(path)
+    assert calls[0] != calls[1]
+    assert Model.load(path).version == a.version  # the later rename wins, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz"]
+
+
+def test_a_failed_save_keeps_the_old_model_and_leaves_no_temporary_file(tmp_path):
+    """A write that fails midway (disk full: here the file-size limit) raised, but left a
+    half-written 'm.npz.tmp' beside the model, which the next save reused."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "m.npz"
+    default_model(8).save(path)
+    old = path.read_bytes()
+    code = (
+        "import resource, signal, sys\n"
+        "from nacf_core.model import default_model\n"
+        "m = default_model(16)\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (50000, resource.RLIM_INFINITY))\n"
+        "try:\n"
+        "    m.save(sys.argv[1])\n"
+        "except OSError as exc:\n"
+        "    print('failed', exc.errno)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.stdout.startswith("failed"), out.stdout + out.stderr
+    assert path.read_bytes() == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz"]
+
+
 def test_version_changes_with_content():
     m = Model.from_bytes(default_model(8).to_bytes())
     v = m.version
