@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from nacf_core._validation import npy_data_bytes
+from nacf_core.channels import canonical_name
 from nacf_core.config import read_regular_file
 from nacf_core.config import short_repr as _show
 from nacf_core.errors import InvalidArgument
@@ -286,6 +287,13 @@ class Model:
                              f"{_show(ch_names)}")
         ch_names = [_text({"ch_names": c}, "ch_names", 64, shown=f"ch_names[{i}]")
                     for i, c in enumerate(ch_names)]
+        for i, c in enumerate(ch_names):  # the pipeline picks input channels by these
+            canonical = canonical_name(c)
+            if canonical != c:
+                raise ValueError(
+                    f"field 'ch_names[{i}]' must be an EEG electrode name of the 10-05 system "
+                    f"such as 'Fp1', 'Cz' or 'O2', got {_show(c)}"
+                    + (f" (written {canonical!r})" if canonical else ""))
         if len(set(ch_names)) != len(ch_names):
             raise ValueError(f"field 'ch_names' must not repeat a name, got {ch_names}")
         window_s = _real(meta, "window_s", 0.0, 3600.0, lo_open=True)

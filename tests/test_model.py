@@ -272,6 +272,15 @@ def _signed(meta_changes=None, **arrays) -> bytes:
     ({"ch_names": ["Fp1"] * 8}, "'ch_names' must not repeat a name"),
     ({"ch_names": ["Fp1", "Fp2", "C3", "C4", "P7", "P8", "O1", 5]}, r"'ch_names\[7\]' must be"),
     ({"ch_names": ["Fp1", "Fp2", "C3", "C4", "P7", "P8", "O1", "O\n2"]}, r"'ch_names\[7\]'"),
+    # not EEG: every request failed INVALID_ARGUMENT ("Invalid channel name 'ECG' in
+    # 'wanted'"), blaming the client for the model
+    ({"ch_names": ["Fp1", "Fp2", "C3", "C4", "P7", "P8", "O1", "ECG"]},
+     r"'ch_names\[7\]' must be an EEG electrode name .* got 'ECG'\.$"),
+    ({"ch_names": ["Fp1", "Fp2", "C3", "C4", "P7", "P8", "O1", "Oz2"]},
+     r"'ch_names\[7\]' must be an EEG electrode name"),
+    # Fp1 twice under two spellings: the model's second channel read Fp1 again
+    ({"ch_names": ["Fp1", "FP1", "C3", "C4", "P7", "P8", "O1", "O2"]},
+     r"'ch_names\[1\]' must be an EEG electrode name .* got 'FP1' \(written 'Fp1'\)"),
     ({"name": ""}, "'name' must be a printable string"),
     ({"name": ["x"]}, "'name' must be a printable string"),
     ({"min_quality": 1.5}, r"'min_quality' must be a finite number in \[0, 1\]"),
