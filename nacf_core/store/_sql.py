@@ -230,6 +230,12 @@ class SqlStore(Store):
                        "version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
                        "applied_at DOUBLE PRECISION NOT NULL)")
             done = {r[0] for r in tx.query("SELECT version FROM schema_migrations")}
+            known = max(v for v, _, _ in self.MIGRATIONS)
+            if done and max(done) > known:  # its tables mean what this code does not know
+                raise FailedPrecondition(
+                    f"The {self.backend} store is at schema version {max(done)}, migrated by "
+                    f"a newer nacf; this nacf knows version {known} at most. Run the newer "
+                    "nacf (or restore the store from before the upgrade).")
             applied = []
             for version, name, statements in self.MIGRATIONS:
                 if version in done:

@@ -495,6 +495,30 @@ def test_end_user_sessions_and_first_device_only(store):
     assert sorted(d.device_id for d in store.list_devices("alice")) == ["hs-1", "hs-2"]
 
 
+def test_a_store_migrated_by_a_newer_nacf_is_refused(store_url, key, monkeypatch, capsys):
+    """An older nacf (here: one that knows only migration 1) opened a store a newer one
+    had migrated (schema 2) without a word and wrote to tables it does not know, and
+    `nacf store migrate` answered schema_version 2 as if it were done: it is refused,
+    naming both versions."""
+    from nacf_core.cli import main
+    from nacf_core.store.postgres import PostgresStore
+    from nacf_core.store.sqlite import SQLiteStore
+
+    open_store(store_url, key=key).close()  # schema 2
+    cls = SQLiteStore if store_url.startswith("sqlite") else PostgresStore
+    monkeypatch.setattr(cls, "MIGRATIONS", cls.MIGRATIONS[:1])
+    with pytest.raises(FailedPrecondition, match=r"schema version 2, .* this nacf knows "
+                                                 r"version 1 at most"):
+        open_store(store_url, key=key)
+    monkeypatch.setenv("NACF_TEMPLATE_KEY", base64.b64encode(key).decode())
+    assert main(["store", "migrate", "--store-url", store_url]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and "schema version 2" in err
+    monkeypatch.undo()
+    with open_store(store_url, key=key) as s:  # the nacf that migrated it still opens it
+        assert s.schema_version() == 2
+
+
 def test_an_older_store_is_migrated_with_its_sessions_and_renewal_records_verification(
         store_url, key, monkeypatch):
     """A store created before ``sessions.last_verified_at`` (schema 1) opens at schema
