@@ -286,6 +286,7 @@ def fit_model_from_features(front_model: Model, feats: Sequence[BlockFeatures], 
     mw = int(p["max_windows"])
     gen, imp, gsub = cross_fit_scores(feats, folds=int(p["inner_folds"]), max_windows=mw,
                                       seed=seed, progress=lambda: say("calibration"), **kw)
+    _check_calibration_scores(front_model, feats, gen, imp, mw)
     target = float(p["target_fmr"])
     thresholds = np.array([cal.threshold_at_fmr(imp[n], target) for n in range(1, mw + 1)])
     calib = {}
@@ -320,3 +321,25 @@ def fit_model_from_features(front_model: Model, feats: Sequence[BlockFeatures], 
     model.checksum = ""
     logger.debug("fitted model %s on %d subjects", model.version, len(subjects))
     return model
+
+
+def _check_calibration_scores(front_model: Model, feats: Sequence[BlockFeatures],
+                              gen: dict, imp: dict, max_windows: int) -> None:
+    """``InvalidArgument`` saying what the manifest lacks when some fusion length 1..
+    ``max_windows`` got no genuine or no impostor calibration score."""
+    missing = [n for n in range(1, max_windows + 1) if not len(gen[n]) or not len(imp[n])]
+    if not missing:
+        return
+    probes = [len(f.seq_accepted) for f in feats if f.role == "probe"]
+    w = front_model.window_s
+    if not probes:
+        raise InvalidArgument(
+            "there is no probe recording: calibrating the thresholds needs a probe "
+            "recording (role 'probe', a recording other than the enrollment's) of each "
+            "subject.")
+    raise InvalidArgument(
+        f"calibrating the thresholds of 1 to {max_windows} fused windows needs probe "
+        f"recordings of at least {max_windows * w:g} s ({max_windows} windows of {w:g} s) "
+        f"of subjects that also have an enroll recording; the longest probe here gives "
+        f"{max(probes)} window(s), and no calibration score was left for "
+        f"{', '.join(map(str, missing))} window(s).")

@@ -1,0 +1,47 @@
+"""Fitting a model (``nacf train``) on the shipped demo recordings (4 subjects, 60 s each)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from nacf_core.hardware.files import read_recording
+
+from nacf_core.errors import InvalidArgument
+from nacf_core.training import Block, fit_model
+
+DEMO = Path(__file__).resolve().parents[1] / "nacf_core" / "data" / "demo"
+SUBJECTS = ["S021", "S022", "S023", "S024"]
+CH8 = ["Fp1", "Fp2", "C3", "C4", "P7", "P8", "O1", "O2"]
+
+
+def _blocks(probe_s: float | None = None, probes: bool = True) -> list[Block]:
+    out = []
+    for s in SUBJECTS:
+        for run, role in (("R03", "enroll"), ("R07", "probe")):
+            if role == "probe" and not probes:
+                continue
+            rec = read_recording(DEMO / f"{s}{run}.npz",
+                                 stop_s=probe_s if role == "probe" else None)
+            out.append(Block(s, role, rec.data, rec.sfreq, list(rec.ch_names), run))
+    return out
+
+
+def test_probes_shorter_than_the_longest_fusion_are_named():
+    """Probes of 16 s give no run of 5 consecutive 4-s windows, the longest fusion the
+    thresholds are calibrated for: the fit failed with "'impostor' must hold at least
+    one score, got none", which says nothing about the manifest."""
+    with pytest.raises(InvalidArgument, match=r"probe recordings of at least 20 s \(5 "
+                                              r"windows of 4 s\).*the longest probe here "
+                                              r"gives 4 window\(s\)"):
+        fit_model(_blocks(probe_s=16.0), ch_names=CH8, name="short")
+
+
+def test_no_probe_recording_is_named():
+    with pytest.raises(InvalidArgument, match="no probe recording"):
+        fit_model(_blocks(probes=False), ch_names=CH8, name="enroll-only")
+
+
+def test_probes_long_enough_fit():
+    m = fit_model(_blocks(probe_s=20.0), ch_names=CH8, name="ok")
+    assert m.max_windows == 5 and m.info["training"]["subjects"] == SUBJECTS
