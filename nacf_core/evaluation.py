@@ -47,6 +47,7 @@ from nacf_core.model import Model
 from nacf_core.pipeline import Pipeline, Template
 from nacf_core.sequential import SequentialTest
 from nacf_core.training import (
+    DEFAULTS,
     Block,
     BlockFeatures,
     block_features,
@@ -354,6 +355,8 @@ def evaluate(manifest: str | os.PathLike, *, channels: Sequence[str] | None = No
 
     blocks = load_blocks(rows, progress=lambda: tick("reading"))
     tp = dict(train_params or {})
+    _check_probes(blocks, model.window_s if model is not None
+                  else float(tp.get("window_s", DEFAULTS["window_s"])))
     if model is not None:
         chans = list(channels) if channels else list(model.ch_names)
         if channels and [c for c in chans] != list(model.ch_names):
@@ -418,6 +421,21 @@ def evaluate(manifest: str | os.PathLike, *, channels: Sequence[str] | None = No
             report[key] = _summary(vals) if key != "calibrated" else _summary_nested(vals)
     report["_scores"] = per_split[-1]["_scores"]
     return report
+
+
+def _check_probes(blocks: Sequence[Block], window_s: float) -> None:
+    """``InvalidArgument`` unless some probe recording is long enough for the ``fused``
+    figures (:data:`FUSED_WINDOWS` non-overlapping windows)."""
+    seconds = [len(b.samples) / b.sfreq for b in blocks if b.role == "probe"]
+    if not seconds:
+        raise InvalidArgument("the manifest has no probe recording (role 'probe'): there "
+                              "is nothing to compare with the templates.")
+    need = FUSED_WINDOWS * window_s
+    if max(seconds) < need:
+        raise InvalidArgument(
+            f"the fused figures need probe recordings of at least {need:g} s "
+            f"({FUSED_WINDOWS} windows of {window_s:g} s); the longest probe here is "
+            f"{max(seconds):.1f} s.")
 
 
 def _summary_nested(vals: list[dict]) -> dict:

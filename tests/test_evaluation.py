@@ -103,6 +103,30 @@ def test_shipped_model_refuses_its_training_subjects(manifest):
         evaluate(manifest, model=default_model(8))
 
 
+@pytest.mark.parametrize("stop_s, match", [
+    (8, r"probe recordings of at least 12 s \(3 windows of 4 s\); the longest probe "
+        r"here is 8\.0 s"),
+    (None, "no probe recording"),
+])
+def test_probes_too_short_for_the_fused_figures_are_named(tmp_path, stop_s, match):
+    """Probes of 8 s (no group of 3 windows to fuse) or no probe row at all failed with
+    numpy's "need at least one array to concatenate"."""
+    from pathlib import Path
+
+    from nacf_core.model import default_model
+
+    demo = Path(__file__).resolve().parents[1] / "nacf_core" / "data" / "demo"
+    lines = ["subject,recording,role,path,start_s,stop_s"]
+    for s in ("S021", "S022"):
+        lines.append(f"{s},R03,enroll,{demo / (s + 'R03.npz')},,")
+        if stop_s is not None:
+            lines.append(f"{s},R07,probe,{demo / (s + 'R07.npz')},0,{stop_s}")
+    p = tmp_path / "m.csv"
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InvalidArgument, match=match):
+        evaluate(p, model=default_model(8))
+
+
 def test_manifest_errors(tmp_path):
     p = tmp_path / "m.csv"
     p.write_text("subject,recording,role\nS1,R1,enroll\n")
