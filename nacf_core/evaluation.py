@@ -103,6 +103,7 @@ def _parse_manifest(path: Path, text: str) -> list[ManifestRow]:
             f"manifest {str(path)!r} must have the header subject,recording,role,path"
             f"[,start_s,stop_s]; it lacks {', '.join(sorted(need - have))}.")
     rows = []
+    files: dict = {}  # what _check_file_use has seen
     for line, r in enumerate(reader, start=2):
         role = (r["role"] or "").strip()
         if role not in ("enroll", "probe"):
@@ -135,8 +136,10 @@ def _parse_manifest(path: Path, text: str) -> list[ManifestRow]:
         if start_s is not None and stop_s is not None and not stop_s > start_s:
             raise InvalidArgument(f"manifest {str(path)!r} line {line}: stop_s ({stop_s:g}) "
                                   f"must be after start_s ({start_s:g}).")
-        rows.append(ManifestRow((r["subject"] or "").strip(), (r["recording"] or "").strip(),
-                                role, (path.parent / rel), start_s, stop_s))
+        row = ManifestRow((r["subject"] or "").strip(), (r["recording"] or "").strip(),
+                          role, (path.parent / rel), start_s, stop_s)
+        _check_file_use(path, line, row, files)
+        rows.append(row)
     if not rows:
         raise InvalidArgument(f"manifest {str(path)!r} has no rows.")
     for s in sorted({r.subject for r in rows}):
@@ -148,6 +151,32 @@ def _parse_manifest(path: Path, text: str) -> list[ManifestRow]:
                 f"manifest {str(path)!r}: subject {s} enrolls and probes on the same "
                 f"recording(s) {', '.join(sorted(enroll & probe))}; use different recordings.")
     return rows
+
+
+def _check_file_use(manifest: Path, line: int, row: ManifestRow, seen: dict) -> None:
+    """A recording file belongs to one subject, is not both a subject's enrollment and its
+    probe (whatever the labels and time ranges: the protocol never compares windows of
+    one recording), and a row is not listed twice (its comparisons would count twice).
+    Files are compared by their real path."""
+    where = f"manifest {str(manifest)!r} line {line}"
+    file = os.path.realpath(row.path)
+    key = (row.subject, row.role, file, row.start_s, row.stop_s)
+    if key in seen:
+        raise InvalidArgument(
+            f"{where} repeats line {seen[key]} (subject {row.subject}, {row.role}, "
+            f"{str(row.path)!r}): list each recording once.")
+    seen[key] = line
+    owner = seen.setdefault(("owner", file), row.subject)
+    if owner != row.subject:
+        raise InvalidArgument(
+            f"{where}: file {str(row.path)!r} is listed for subjects {owner} and "
+            f"{row.subject}; a recording is one person's.")
+    other = "probe" if row.role == "enroll" else "enroll"
+    if (row.subject, other, file) in seen:
+        raise InvalidArgument(
+            f"{where}: subject {row.subject} enrolls and probes on the same recording file "
+            f"{str(row.path)!r}; use different recordings.")
+    seen[(row.subject, row.role, file)] = line
 
 
 def load_blocks(rows: Sequence[ManifestRow],

@@ -146,6 +146,33 @@ def test_manifest_errors(tmp_path):
 
 
 @pytest.mark.parametrize("body,match", [
+    # one file as a subject's enrollment and its probe, under two recording labels: the
+    # genuine scores compare a recording with itself (the check was on labels only)
+    ("S1,R1,enroll,a.edf\nS1,R2,probe,./a.edf\n",
+     r"subject S1 enrolls and probes on the same recording file .*a\.edf"),
+    ("S1,R1,enroll,a.edf,0,30\nS1,R2,probe,sub/../a.edf,30,60\n",
+     r"subject S1 enrolls and probes on the same recording file"),
+    # one file as two people: its impostor scores are genuine ones
+    ("S1,R1,enroll,a.edf\nS2,R1,probe,a.edf\n", r"file .*a\.edf.* subjects S1 and S2"),
+    # the same row twice: its comparisons counted twice
+    ("S1,R1,enroll,a.edf\nS1,R2,probe,b.edf\nS1,R3,probe,b.edf\n",
+     r"line 4 repeats line 3 \(subject S1, probe, .*b\.edf"),
+])
+def test_manifest_same_file_twice(tmp_path, body, match):
+    p = tmp_path / "m.csv"
+    p.write_text("subject,recording,role,path,start_s,stop_s\n" + body)
+    with pytest.raises(InvalidArgument, match=match):
+        read_manifest(p)
+
+
+def test_manifest_same_file_in_disjoint_ranges_of_one_role_is_allowed(tmp_path):
+    p = tmp_path / "m.csv"
+    p.write_text("subject,recording,role,path,start_s,stop_s\n"
+                 "S1,R1,enroll,a.edf,,\nS1,R2a,probe,b.edf,0,30\nS1,R2b,probe,b.edf,30,60\n")
+    assert len(read_manifest(p)) == 3
+
+
+@pytest.mark.parametrize("body,match", [
     (b"subject,recording,role,path,start_s\nS1,R1,enroll,a.edf,nan\n", "start_s must be"),
     (b"subject,recording,role,path,start_s\nS1,R1,enroll,a.edf,-1\n", "start_s must be"),
     (b"subject,recording,role,path,stop_s\nS1,R1,enroll,a.edf,inf\n", "stop_s must be"),
