@@ -39,8 +39,9 @@ from typing import Any
 
 from nacf_core.errors import InvalidArgument
 
-__all__ = ["MAX_FILE_BYTES", "OPTION_HELP", "SCOPES", "Config", "file_kind", "load_api_keys",
-           "load_config", "parse_address", "read_regular_file", "read_text_file", "short_repr"]
+__all__ = ["MAX_FILE_BYTES", "OPTION_HELP", "SCOPES", "Config", "file_kind", "fsync_dir",
+           "load_api_keys", "load_config", "parse_address", "read_regular_file",
+           "read_text_file", "short_repr"]
 
 SCOPES = ("authenticate", "enroll", "admin")
 
@@ -300,6 +301,21 @@ def read_text_file(path: str | os.PathLike, what: str, max_bytes: int) -> str:
     except UnicodeDecodeError as exc:
         raise InvalidArgument(f"{what} {os.fsdecode(path)!r} is not UTF-8 text (byte "
                               f"{exc.start}: {data[exc.start:exc.start + 1]!r}).") from None
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Flush ``folder``'s entries to disk, so a file just created or renamed there survives
+    a power cut (best effort: some file systems refuse to open or fsync a directory)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _read_toml_or_text(path: str | os.PathLike, what: str, toml: bool) -> Any:

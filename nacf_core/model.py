@@ -48,7 +48,7 @@ import numpy as np
 
 from nacf_core._validation import npy_data_bytes
 from nacf_core.channels import canonical_name
-from nacf_core.config import read_regular_file
+from nacf_core.config import fsync_dir, read_regular_file
 from nacf_core.config import short_repr as _show
 from nacf_core.errors import InvalidArgument
 from nacf_core.features import Covariances, TangentSpace, WithinClassWhitening
@@ -221,7 +221,7 @@ class Model:
             except OSError:
                 pass
             raise
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         return path
 
     @classmethod
@@ -362,20 +362,6 @@ class Model:
             covariances=cov, tangent=ts, projection=proj, thresholds=thresholds,
             target_fmr=target_fmr, sequential=sequential, info=dict(info),
         )
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (best effort: some file systems refuse it)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ------------------------------------------------------------------ file validation

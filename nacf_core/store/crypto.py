@@ -25,7 +25,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ..config import read_regular_file
+from ..config import fsync_dir, read_regular_file
 from ..errors import FailedPrecondition, InvalidArgument
 
 __all__ = ["Cipher", "load_key", "create_key_file", "KEY_ENV", "KEY_FILE_ENV"]
@@ -110,12 +110,26 @@ def _read_key_file(path: Path) -> bytes:
 def create_key_file(path: str | os.PathLike) -> bytes:
     """Write a fresh random key (base64) to ``path`` with mode 0600 and return it.
 
-    Refuses to overwrite an existing file (raises ``FileExistsError``).
+    Refuses to overwrite an existing file (raises ``FileExistsError``).  The key is on
+    disk (file and directory entry flushed) when this returns, since a store may be
+    encrypted with it next; a write that fails removes the file it created, so no part
+    of a key is left behind.
     """
     key = os.urandom(KEY_BYTES)
-    fd = os.open(os.fspath(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(base64.b64encode(key) + b"\n")
+    path = os.fspath(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(base64.b64encode(key) + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        raise
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
     return key
 
 
