@@ -54,12 +54,15 @@ from nacf_core.errors import InvalidArgument
 from nacf_core.features import Covariances, TangentSpace, WithinClassWhitening
 from nacf_core.kernels import ArtifactLimits
 
-__all__ = ["FORMAT_VERSION", "MAX_MODEL_BYTES", "Model", "default_model", "default_model_path"]
+__all__ = ["FORMAT_VERSION", "MAX_MODEL_BYTES", "MAX_NAME_CHARS", "Model", "default_model",
+           "default_model_path"]
 
 #: Version of the file layout; bumped when a field changes meaning.
 FORMAT_VERSION = 1
 #: Largest model file, and largest total of its archive members uncompressed (bytes).
 MAX_MODEL_BYTES = 64 * 1024 * 1024
+#: Longest model name (a printable string; the version appends 9 characters).
+MAX_NAME_CHARS = 128
 _ARRAYS = ("tangent_reference", "projection_mean", "projection_components", "thresholds")
 _MAX_MEMBERS = 64
 
@@ -207,6 +210,11 @@ class Model:
         part of one; a save that fails (or is interrupted) removes its temporary file."""
         path = Path(path)
         data = self.to_bytes()
+        try:  # never write a file that load() refuses (a name too long, a NaN threshold)
+            self.from_bytes(data)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"refusing to write model {str(path)!r}, which could not "
+                                  f"be loaded: {exc}") from None
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
@@ -279,7 +287,7 @@ class Model:
     @classmethod
     def _from_parts(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Model:
         """Build the model, validating every field and array it uses (``ValueError``)."""
-        name = _text(meta, "name", 128)
+        name = _text(meta, "name", MAX_NAME_CHARS)
         sfreq = _real(meta, "sfreq", 0.0, 1e5, lo_open=True)
         ch_names = _get(meta, "ch_names")
         if not isinstance(ch_names, list) or not 1 <= len(ch_names) <= 256:

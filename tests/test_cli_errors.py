@@ -170,6 +170,22 @@ def test_train_refuses_an_output_path_it_cannot_write_before_reading(tmp_path, c
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_dir", "m.csv"]
 
 
+@pytest.mark.parametrize("argv, match", [
+    (["--out", "m.npz", "--name", "a\tb"], "--name 'a\\tb': a model name must be printable"),
+    (["--out", "x" * 150 + ".npz"], "the --out file name (the default --name) 'xxxx"),
+])
+def test_train_refuses_a_model_name_the_file_cannot_hold(tmp_path, capsys, argv, match):
+    """A name with a tab, or a default name (the --out stem) over 128 characters, was
+    written into a model that Model.load then refused: it is refused before reading."""
+    m = tmp_path / "m.csv"
+    m.write_text("subject,recording,role,path\nS1,R1,enroll,nowhere.edf\n")
+    argv = [a if a.startswith("-") or "\t" in a else str(tmp_path / a) for a in argv]
+    assert main(["train", str(m), *argv, "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert match in err and "nowhere.edf" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.csv"]
+
+
 # ----------------------------------------------------------------------- demo
 @pytest.mark.parametrize("argv, match", [
     (["--grpc-address", "bogus"], "argument --grpc-address: expected HOST:PORT"),

@@ -66,6 +66,20 @@ def test_two_saves_to_one_path_do_not_share_a_temporary_file(tmp_path, monkeypat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz"]
 
 
+def test_save_refuses_a_model_that_would_not_load(tmp_path):
+    """A model named with a tab (or a NaN threshold) was written, and Model.load then
+    refused the file."""
+    m = Model.from_bytes(default_model(8).to_bytes())
+    m.name, m.checksum = "a\tb", ""
+    with pytest.raises(InvalidArgument, match=r"refusing to write model .*'name' must be "
+                                              "a printable string"):
+        m.save(tmp_path / "m.npz")
+    m.name, m.checksum, m.thresholds = "ok", "", m.thresholds * np.nan
+    with pytest.raises(InvalidArgument, match="thresholds holds non-finite values"):
+        m.save(tmp_path / "m.npz")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_failed_save_keeps_the_old_model_and_leaves_no_temporary_file(tmp_path):
     """A write that fails midway (disk full: here the file-size limit) raised, but left a
     half-written 'm.npz.tmp' beside the model, which the next save reused."""

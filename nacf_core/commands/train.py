@@ -53,6 +53,21 @@ def _sfreq(text: str) -> float:
     return finite_float(MIN_SFREQ, MAX_SFREQ)(text)
 
 
+def _model_name(args: argparse.Namespace) -> str:
+    """--name, else the --out file's stem: a name the model file can hold (``ValueError``
+    naming the option otherwise, before any recording is read)."""
+    from pathlib import Path
+
+    from nacf_core.model import MAX_NAME_CHARS
+
+    name = args.name or Path(args.out).stem
+    if not 1 <= len(name) <= MAX_NAME_CHARS or not name.isprintable():
+        source = "--name" if args.name else "the --out file name (the default --name)"
+        raise ValueError(f"{source} {name!r}: a model name must be printable and 1 to "
+                         f"{MAX_NAME_CHARS} characters long.")
+    return name
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -65,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     bar = ProgressBar("train", enabled=not args.no_progress)
     try:
         check_output_path("--out", args.out)  # before the fit, not after it
+        name = _model_name(args)
         rows = read_manifest(args.manifest)
         chans = ([c.strip() for c in args.channels.split(",") if c.strip()]
                  if args.channels else list(MONTAGE_16))
@@ -82,7 +98,6 @@ def run(args: argparse.Namespace) -> int:
         info = {"manifest": Path(args.manifest).name}
         if args.attribution:
             info["attribution"] = _ATTRIBUTION.get(args.attribution, args.attribution)
-        name = args.name or Path(args.out).stem
         model = fit_model(blocks, ch_names=chans, name=name, sfreq=args.sfreq,
                           backend=args.backend, info=info, progress=tick, **params)
         model.save(args.out)
