@@ -127,6 +127,34 @@ def test_probes_too_short_for_the_fused_figures_are_named(tmp_path, stop_s, matc
         evaluate(p, model=default_model(8))
 
 
+def test_cli_json_report_is_strict_json(tmp_path, capsys):
+    """With probes of 12 s no sequential test of a genuine probe ends, so its FNMR is NaN:
+    --json wrote the bare token NaN, which is not JSON (jq, JavaScript and Go refuse
+    the file); an undefined figure is null."""
+    from pathlib import Path
+
+    from nacf_core.model import default_model_path
+
+    demo = Path(__file__).resolve().parents[1] / "nacf_core" / "data" / "demo"
+    lines = ["subject,recording,role,path,start_s,stop_s"]
+    for s in ("S021", "S022"):
+        lines.append(f"{s},R03,enroll,{demo / (s + 'R03.npz')},,")
+        lines.append(f"{s},R07,probe,{demo / (s + 'R07.npz')},0,12")
+    m, js = tmp_path / "m.csv", tmp_path / "r.json"
+    m.write_text("\n".join(lines) + "\n")
+    assert main(["evaluate", str(m), "--model", str(default_model_path(8)), "--json", str(js),
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+
+    def refuse(token):
+        raise ValueError(f"not JSON: {token}")
+
+    data = json.loads(js.read_text(), parse_constant=refuse)
+    assert data["sequential"]["fnmr"] is None
+    assert data["sequential"]["mean_seconds_genuine"] is None
+    assert 0.0 <= data["single"]["eer"] <= 1.0
+
+
 def test_manifest_errors(tmp_path):
     p = tmp_path / "m.csv"
     p.write_text("subject,recording,role\nS1,R1,enroll\n")

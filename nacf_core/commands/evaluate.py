@@ -118,6 +118,22 @@ def _check_subjects(manifest, folds: int) -> None:
             f"(2 test subjects per fold), but the manifest {str(manifest)!r} has {n}; {hint}.")
 
 
+def _json_ready(obj):
+    """``obj`` with NumPy numbers as Python ones and every non-finite float (a rate with
+    no comparison behind it is NaN) as None: ``NaN`` and ``Infinity`` are not JSON."""
+    import math
+
+    if hasattr(obj, "tolist") and callable(obj.tolist):  # a NumPy scalar or array
+        obj = obj.tolist()
+    if isinstance(obj, dict):
+        return {k: _json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_ready(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
 def run(args: argparse.Namespace) -> int:
     from nacf_core.commands._progress import ProgressBar
     from nacf_core.errors import NacfError
@@ -149,9 +165,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"DET curve written to {args.det_path}")
         option = "--json"
         if args.json_path:
-            out = {k: v for k, v in report.items() if not k.startswith("_")}
+            out = _json_ready({k: v for k, v in report.items() if not k.startswith("_")})
             with open(args.json_path, "w") as fh:
-                json.dump(out, fh, indent=2, default=float)
+                json.dump(out, fh, indent=2, allow_nan=False)
                 fh.write("\n")
             print(f"report written to {args.json_path}")
     except (OSError, ValueError) as exc:  # ValueError: a --det format matplotlib lacks
