@@ -366,6 +366,12 @@ def evaluate(manifest: str | os.PathLike, *, channels: Sequence[str] | None = No
 
     rows = read_manifest(manifest)
     subjects = sorted({r.subject for r in rows})
+    enrolled = {r.subject for r in rows if r.role == "enroll"}
+    unenrolled = sorted({r.subject for r in rows if r.role == "probe"} - enrolled)
+    if unenrolled:  # before reading anything: it is found when the subject is scored
+        raise InvalidArgument(
+            f"subject(s) {', '.join(unenrolled)} have probe recordings but no enroll "
+            f"recording in the manifest {str(manifest)!r}: add one, or leave them out.")
     if model is None:
         if not 2 <= folds <= len(subjects) // 2:
             raise InvalidArgument(

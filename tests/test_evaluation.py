@@ -155,6 +155,23 @@ def test_cli_json_report_is_strict_json(tmp_path, capsys):
     assert 0.0 <= data["single"]["eer"] <= 1.0
 
 
+def test_a_subject_probed_but_never_enrolled_is_named_before_reading(tmp_path):
+    """A subject with probe rows and no enroll row failed only when its fold was scored,
+    after every recording was read and the folds' models fitted (or earlier with another
+    error: too few subjects to calibrate); it is named before anything is read (these
+    recordings do not even exist)."""
+    lines = ["subject,recording,role,path"]
+    for s in ("S1", "S2", "S3", "S4"):
+        lines.append(f"{s},R1,enroll,{s}R1.edf")
+        lines.append(f"{s},R2,probe,{s}R2.edf")
+    lines += ["S5,R2,probe,S5R2.edf", "S6,R2,probe,S6R2.edf"]
+    p = tmp_path / "m.csv"
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InvalidArgument, match=r"subject\(s\) S5, S6 have probe recordings "
+                                              r"but no enroll recording"):
+        evaluate(p, folds=2)
+
+
 def test_manifest_errors(tmp_path):
     p = tmp_path / "m.csv"
     p.write_text("subject,recording,role\nS1,R1,enroll\n")
