@@ -53,6 +53,7 @@ from nacf_core.training import (
     block_features,
     fit_model_from_features,
     front_end_model,
+    model_channels,
 )
 
 __all__ = [
@@ -379,6 +380,8 @@ def evaluate(manifest: str | os.PathLike, *, channels: Sequence[str] | None = No
                 f"(every fold needs 2 test subjects), got {folds}.")
     if splits < 1:
         raise InvalidArgument(f"'splits' must be >= 1, got {splits}.")
+    if model is None or channels:
+        model_channels(channels if channels else MONTAGE_16)  # before reading anything
     n_fits = 0 if model is not None else splits * folds
     total = len(rows) * 2 + n_fits + max(1, n_fits)
     done = [0]

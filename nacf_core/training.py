@@ -46,6 +46,7 @@ __all__ = [
     "fit_model_from_features",
     "front_end_model",
     "fused_sequences",
+    "model_channels",
 ]
 
 logger = logging.getLogger("nacf.training")
@@ -76,10 +77,9 @@ class Block:
     recording: str = ""
 
 
-def front_end_model(ch_names: Sequence[str], sfreq: float, *, name: str = "unfitted",
-                    **params) -> Model:
-    """An unfitted :class:`Model` carrying only the front-end parameters."""
-    p = {**DEFAULTS, **params}
+def model_channels(ch_names: Sequence[str]) -> list[str]:
+    """The canonical names of a model's channels; ``InvalidArgument`` for a name that is
+    not an EEG electrode, an electrode named twice, or fewer than 2 channels."""
     names = []
     for c in ch_names:
         cn = canonical_name(c)
@@ -90,6 +90,14 @@ def front_end_model(ch_names: Sequence[str], sfreq: float, *, name: str = "unfit
         raise InvalidArgument(f"channels named twice: {', '.join(names)}.")
     if len(names) < 2:
         raise InvalidArgument(f"a model needs at least 2 channels, got {len(names)}.")
+    return names
+
+
+def front_end_model(ch_names: Sequence[str], sfreq: float, *, name: str = "unfitted",
+                    **params) -> Model:
+    """An unfitted :class:`Model` carrying only the front-end parameters."""
+    p = {**DEFAULTS, **params}
+    names = model_channels(ch_names)
     return Model(
         name=name, sfreq=float(sfreq), ch_names=names, window_s=float(p["window_s"]),
         hop_s=float(p["hop_s"]), band=tuple(float(b) for b in p["band"]),

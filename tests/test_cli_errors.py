@@ -186,6 +186,26 @@ def test_train_refuses_a_model_name_the_file_cannot_hold(tmp_path, capsys, argv,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.csv"]
 
 
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+@pytest.mark.parametrize("channels, match", [
+    ("Fp1,ECG", "channel 'ECG' is not an EEG electrode name"),
+    ("Fp1,FP1,O2", "channels named twice"),
+    ("Fp1", "a model needs at least 2 channels"),
+])
+def test_train_and_evaluate_check_channels_before_reading(tmp_path, capsys, command,
+                                                          channels, match):
+    """--channels naming no electrode, one twice, or one only was refused after every
+    recording of the manifest had been read (these do not even exist)."""
+    m = tmp_path / "m.csv"
+    m.write_text("subject,recording,role,path\n" + "".join(
+        f"S{i},R1,enroll,nowhere{i}.edf\nS{i},R2,probe,elsewhere{i}.edf\n"
+        for i in range(8)))
+    argv = ["--out", str(tmp_path / "m.npz")] if command == "train" else []
+    assert main([command, str(m), *argv, "--channels", channels, "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert match in err and "nowhere" not in err
+
+
 # ----------------------------------------------------------------------- demo
 @pytest.mark.parametrize("argv, match", [
     (["--grpc-address", "bogus"], "argument --grpc-address: expected HOST:PORT"),

@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from nacf_core.commands._progress import ProgressBar
     from nacf_core.errors import NacfError
     from nacf_core.evaluation import load_blocks, read_manifest
-    from nacf_core.training import fit_model
+    from nacf_core.training import fit_model, model_channels
 
     bar = ProgressBar("train", enabled=not args.no_progress)
     try:
@@ -84,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         rows = read_manifest(args.manifest)
         chans = ([c.strip() for c in args.channels.split(",") if c.strip()]
                  if args.channels else list(MONTAGE_16))
+        model_channels(chans)  # before reading the recordings
         params = {}
         if args.fmr is not None:
             params["target_fmr"] = args.fmr
