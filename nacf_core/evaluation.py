@@ -106,6 +106,12 @@ def _parse_manifest(path: Path, text: str) -> list[ManifestRow]:
     rows = []
     files: dict = {}  # what _check_file_use has seen
     for line, r in enumerate(reader, start=2):
+        if None in r:  # the csv module files the fields past the header's under None
+            raise InvalidArgument(
+                f"manifest {str(path)!r} line {line} has {len(reader.fieldnames) + len(r[None])}"
+                f" fields, but the header names {len(reader.fieldnames)} "
+                f"({','.join(reader.fieldnames)}); quote a path that holds a comma, and name "
+                "start_s,stop_s in the header to give a time range.")
         role = (r["role"] or "").strip()
         if role not in ("enroll", "probe"):
             raise InvalidArgument(

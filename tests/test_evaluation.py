@@ -210,6 +210,17 @@ def test_manifest_same_file_twice(tmp_path, body, match):
         read_manifest(p)
 
 
+def test_manifest_row_with_more_fields_than_the_header_is_refused(tmp_path):
+    """A time range given on a row whose header has no start_s,stop_s columns was dropped
+    without a word (the csv module files extra fields under None): the whole recording
+    was used instead of the range asked for."""
+    p = tmp_path / "m.csv"
+    p.write_text("subject,recording,role,path\nS1,R1,enroll,a.edf\nS1,R2,probe,b.edf,0,30\n")
+    with pytest.raises(InvalidArgument, match=r"line 3 has 6 fields, but the header names "
+                                              r"4 \(subject,recording,role,path\)"):
+        read_manifest(p)
+
+
 def test_manifest_same_file_in_disjoint_ranges_of_one_role_is_allowed(tmp_path):
     p = tmp_path / "m.csv"
     p.write_text("subject,recording,role,path,start_s,stop_s\n"
