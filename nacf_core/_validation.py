@@ -17,6 +17,8 @@ import numpy as np
 __all__ = [
     "MAX_CHANNELS",
     "MAX_SAMPLE_RATE_HZ",
+    "MAX_SFREQ",
+    "MIN_SFREQ",
     "npy_data_bytes",
     "check_option",
     "check_array",
@@ -31,6 +33,10 @@ __all__ = [
 MAX_SAMPLE_RATE_HZ = 100_000.0
 #: Most channels any input may carry.
 MAX_CHANNELS = 256
+#: Sampling rates the pipeline works with: an input's, and a model's working rate (which
+#: every input is resampled to: ``nacf train --sfreq`` and ``Model.load`` keep to it).
+MIN_SFREQ = 125.0
+MAX_SFREQ = 1000.0
 
 
 def check_option(name: str, value: Any, allowed: Iterable[Any]) -> Any:

@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from nacf_core._validation import npy_data_bytes
+from nacf_core._validation import MAX_SFREQ, MIN_SFREQ, npy_data_bytes
 from nacf_core.channels import canonical_name
 from nacf_core.config import fsync_dir, read_regular_file
 from nacf_core.config import short_repr as _show
@@ -288,7 +288,7 @@ class Model:
     def _from_parts(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Model:
         """Build the model, validating every field and array it uses (``ValueError``)."""
         name = _text(meta, "name", MAX_NAME_CHARS)
-        sfreq = _real(meta, "sfreq", 0.0, 1e5, lo_open=True)
+        sfreq = _real(meta, "sfreq", MIN_SFREQ, MAX_SFREQ)  # the pipeline's range
         ch_names = _get(meta, "ch_names")
         if not isinstance(ch_names, list) or not 1 <= len(ch_names) <= 256:
             raise ValueError(f"field 'ch_names' must be a list of 1 to 256 channel names, got "

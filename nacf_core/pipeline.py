@@ -49,6 +49,7 @@ from scipy.linalg.lapack import dsyevd as _dsyevd
 from scipy.signal import resample_poly, sosfilt_zi
 
 from nacf_core import kernels
+from nacf_core._validation import MAX_SFREQ, MIN_SFREQ
 from nacf_core.channels import pick
 from nacf_core.errors import FailedPrecondition, InvalidArgument
 from nacf_core.features import l2_normalize
@@ -71,8 +72,6 @@ __all__ = [
 
 logger = logging.getLogger("nacf.pipeline")
 
-MIN_SFREQ = 125.0
-MAX_SFREQ = 1000.0
 
 
 def check_supported_sfreq(sfreq: Any) -> float:

@@ -268,7 +268,11 @@ def _signed(meta_changes=None, **arrays) -> bytes:
     ({"band": [40, 1]}, r"'band\[1\]' must be a finite number in \(40, 80\)"),
     ({"band": [1, 1e6]}, r"'band\[1\]' must be a finite number in \(1, 80\)"),
     ({"band": [0, 40]}, r"'band\[0\]' must be a finite number in \(0, 80\)"),
-    ({"sfreq": -250}, r"'sfreq' must be a finite number in \(0, 100000\]"),
+    ({"sfreq": -250}, r"'sfreq' must be a finite number in \[125, 1000\]"),
+    # outside the pipeline's rates: at 100 kHz every input was resampled to it (20 s of
+    # 16 channels took 900 MB to enroll); at 20 Hz nothing above 10 Hz was left
+    ({"sfreq": 100000.0}, r"'sfreq' must be a finite number in \[125, 1000\]"),
+    ({"sfreq": 20.0, "band": [1.0, 8.0]}, r"'sfreq' must be a finite number in \[125, 1000\]"),
     ({"sfreq": 0}, "'sfreq' must be a finite number"),
     ({"sfreq": "fast"}, "'sfreq' must be a finite number"),
     ({"sfreq": float("nan")}, "'sfreq' must be a finite number"),
