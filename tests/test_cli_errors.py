@@ -371,5 +371,7 @@ def test_store_stats_json_is_unchanged_for_good_input(tmp_path, capsys):
     key = tmp_path / "k"
     create_key_file(key)
     url = f"sqlite:///{tmp_path / 'n.db'}"
+    assert main(["store", "migrate", "--store-url", url, "--key-file", str(key)]) == 0
+    capsys.readouterr()
     assert main(["store", "stats", "--store-url", url, "--key-file", str(key)]) == 0
     assert "total_active_users" in json.loads(capsys.readouterr().out)

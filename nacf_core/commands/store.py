@@ -35,7 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sp.add_argument("path", help="file to create (never overwritten)")
     sp.set_defaults(func=_new_key)
 
-    sp = sub.add_parser("migrate", help="apply pending schema migrations; print the version")
+    sp = sub.add_parser("migrate", help="create the store or apply pending schema migrations; "
+                                        "print the version (the other actions need a store)")
     common(sp)
     sp.set_defaults(func=_migrate)
 
@@ -55,13 +56,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sp.set_defaults(func=_purge)
 
 
-def _open(args: argparse.Namespace):
+def _open(args: argparse.Namespace, create: bool = False):
+    """The store at --store-url; only ``migrate`` creates one (a mistyped URL given to
+    ``rotate-key`` or ``stats`` is an error, not a new empty store)."""
     from pathlib import Path
 
     from nacf_core.store import open_store
 
     key = Path(args.key_file) if args.key_file else None
-    return open_store(args.store_url, key=key)
+    return open_store(args.store_url, key=key, create=create)
 
 
 def _fail(exc: Exception) -> int:
@@ -82,11 +85,11 @@ def _new_key(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run(args: argparse.Namespace, fn) -> int:
+def _run(args: argparse.Namespace, fn, create: bool = False) -> int:
     from nacf_core.errors import NacfError
 
     try:
-        with _open(args) as store:
+        with _open(args, create) as store:
             out = fn(store)
     except (NacfError, ValueError, TypeError) as exc:
         return _fail(exc)
@@ -96,7 +99,7 @@ def _run(args: argparse.Namespace, fn) -> int:
 
 def _migrate(args: argparse.Namespace) -> int:
     return _run(args, lambda s: {"backend": s.backend, "schema_version": s.schema_version(),
-                                 "key_id": s.key_id})
+                                 "key_id": s.key_id}, create=True)
 
 
 def _rotate(args: argparse.Namespace) -> int:

@@ -65,7 +65,9 @@ def open_store(url: str | os.PathLike, key: Any = None, **options: Any) -> Store
         ``NACF_TEMPLATE_KEY_FILE`` (see :mod:`nacf_core.store.crypto`).
     **options
         Backend options: ``busy_timeout_s`` (SQLite); ``pool_size``,
-        ``connect_timeout_s``, ``query_timeout_s`` (PostgreSQL).
+        ``connect_timeout_s``, ``query_timeout_s`` (PostgreSQL); ``create`` (both,
+        default True): False opens only a store that exists (``NotFound`` otherwise, and
+        no file or schema is created).
 
     Raises
     ------
@@ -75,6 +77,8 @@ def open_store(url: str | os.PathLike, key: Any = None, **options: Any) -> Store
         The database cannot be opened or reached.
     FailedPrecondition
         No key configured, or not the key the store was written with.
+    NotFound
+        ``create=False`` and there is no store at ``url``.
     """
     if isinstance(url, os.PathLike):
         url = os.fspath(url)

@@ -196,10 +196,23 @@ class SqlStore(Store):
                 raise mapped from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _open(self) -> None:
-        """Run migrations and check the key against the store's key check."""
+    def _has_store_tables(self, tx: Tx) -> bool:  # pragma: no cover
+        """Whether the database holds a nacf store (its ``schema_migrations`` table)."""
+        raise NotImplementedError
+
+    def _open(self, create: bool = True) -> None:
+        """Run migrations and check the key against the store's key check; with ``create``
+        False, ``NotFound`` (and nothing written) unless the store exists already."""
+        if not create and not self._run(self._has_store_tables, write=False):
+            self.close()
+            raise NotFound(f"There is no nacf store at {self._describe()}: create it with "
+                           "`nacf store migrate` (or check the URL).")
         self.migrate()
         self._run(self._check_key)
+
+    def _describe(self) -> str:
+        """Where the store is, for messages (no password)."""
+        return repr(self)
 
     def _check_key(self, tx: Tx) -> None:
         kid, ct = self._cipher.encrypt(_KEYCHECK, Cipher.aad("keycheck"))

@@ -297,7 +297,7 @@ class PostgresStore(SqlStore):
 
     def __init__(self, url: str, key: Any = None, *, pool_size: int | None = None,
                  connect_timeout_s: float = 5.0, schema: str | None = None,
-                 query_timeout_s: float = QUERY_TIMEOUT_S) -> None:
+                 query_timeout_s: float = QUERY_TIMEOUT_S, create: bool = True) -> None:
         super().__init__(key)
         parts = urlsplit(url)
         query = dict(parse_qsl(parts.query))
@@ -342,9 +342,16 @@ class PostgresStore(SqlStore):
         self._local = threading.local()
         self._pool = _Pool(self._new_conn, pool_size, max(connect_timeout_s, 1.0) * 6,
                            _Watchdog(self.query_timeout_s) if self.query_timeout_s else None)
-        if schema is not None:
+        if schema is not None and create:
             self._ensure_schema()
-        self._open()
+        self._open(create)
+
+    def _describe(self) -> str:
+        return f"PostgreSQL {self._where}" + (f", schema {self.schema!r}" if self.schema else "")
+
+    def _has_store_tables(self, tx) -> bool:
+        # search_path is the URL's schema alone: a missing schema has no such table
+        return tx.one("SELECT to_regclass('schema_migrations')")[0] is not None
 
     def __repr__(self) -> str:
         return f"PostgresStore({self._where!r}, schema={self.schema!r})"

@@ -98,7 +98,7 @@ class SQLiteStore(SqlStore):
     MIGRATIONS = MIGRATIONS
 
     def __init__(self, path: str | os.PathLike, key: Any = None, *,
-                 busy_timeout_s: float = 30.0) -> None:
+                 busy_timeout_s: float = 30.0, create: bool = True) -> None:
         super().__init__(key)
         self.path = os.fspath(path)
         self._memory = self.path == ":memory:"
@@ -121,6 +121,9 @@ class SQLiteStore(SqlStore):
         self._write_lock = threading.Lock()
         self._wlock_fd = -1
         self._mem_conn: sqlite3.Connection | None = None
+        if not self._memory and not create and not os.path.exists(self.path):
+            raise NotFound(f"There is no nacf store at {self._describe()}: create it with "
+                           "`nacf store migrate` (or check the URL).")
         if not self._memory:
             try:
                 # a new store file is the owner's alone (0600): it holds the audit trail
@@ -137,7 +140,14 @@ class SQLiteStore(SqlStore):
             except OSError as exc:
                 raise Unavailable(f"SQLite store {self.path!r}: cannot open its writer "
                                   f"lock file: {exc}.") from exc
-        self._open()
+        self._open(create)
+
+    def _describe(self) -> str:
+        return f"SQLite file {self.path!r}"
+
+    def _has_store_tables(self, tx) -> bool:
+        return tx.one("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                      "name = 'schema_migrations'") is not None
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r})"

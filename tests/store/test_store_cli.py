@@ -62,3 +62,32 @@ def test_new_key_that_cannot_be_written_whole_leaves_no_key_file(tmp_path):
     assert not path.exists()
     assert main(["store", "new-key", str(path)]) == 0
     assert len(path.read_bytes()) == 45
+
+
+def test_actions_other_than_migrate_refuse_a_store_that_does_not_exist(store_url, tmp_path,
+                                                                       capsys):
+    """A mistyped --store-url (a file or PostgreSQL schema that is not there) made
+    rotate-key create a new, empty store and report it rotated, 0 rows re-encrypted
+    (the real store still under the old key, which the operator may then discard), and
+    stats report 0 users: only migrate creates a store now."""
+    k1, k2 = tmp_path / "k1", tmp_path / "k2"
+    assert main(["store", "new-key", str(k1)]) == main(["store", "new-key", str(k2)]) == 0
+    capsys.readouterr()
+    key = ["--key-file", str(k1)]
+    for argv in (["rotate-key", "--new-key-file", str(k2)], ["stats"],
+                 ["purge-attempts", "--older-than-days", "1"]):
+        assert main(["store", *argv, "--store-url", store_url, *key]) == 1
+        out, err = capsys.readouterr()
+        assert out == "" and "There is no nacf store at" in err and "nacf store migrate" in err
+    if store_url.startswith("sqlite"):
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["k1", "k2"]
+    else:
+        import psycopg
+
+        dsn, schema = store_url.rsplit("schema=", 1)
+        with psycopg.connect(dsn.rstrip("?&")) as conn:
+            assert conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s",
+                                (schema,)).fetchone() is None
+    assert main(["store", "migrate", "--store-url", store_url, *key]) == 0
+    assert main(["store", "stats", "--store-url", store_url, *key]) == 0
+    capsys.readouterr()
