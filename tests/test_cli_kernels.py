@@ -120,6 +120,34 @@ def test_bench_runs_the_real_benchmarks(tmp_path, capsys):
     assert {b["extra_info"]["impl"] for b in data["benchmarks"]} == {"scipy", "cython", "numba"}
 
 
+def test_bench_json_and_benches_relative_to_the_current_folder(tmp_path, monkeypatch,
+                                                              capsys):
+    """pytest ran in the benches' parent folder and was handed --json and --benches as
+    given: a relative --json was written there (into the source tree), then looked for
+    here, and the run failed with 'pytest exited with 0'; a relative --benches named
+    no file at all."""
+    import shutil
+
+    (tmp_path / "work").mkdir()
+    shutil.copytree(ROOT / "benches", tmp_path / "src" / "benches")
+    monkeypatch.chdir(tmp_path / "work")
+    code = main(["kernels", "bench", "--benches", "../src/benches",
+                 "-k", "test_sosfilt and 8x500-float64", "--max-time", "0.05",
+                 "--json", "run.json"])
+    assert code == 0, capsys.readouterr().err[-2000:]
+    assert "| sosfilt (8, 500) float64 axis=-1 | scipy |" in capsys.readouterr().out
+    assert json.loads((tmp_path / "work" / "run.json").read_text())["benchmarks"]
+    assert not (tmp_path / "src" / "run.json").exists()
+
+
+def test_bench_refuses_a_json_path_it_cannot_write_before_running(tmp_path, capsys):
+    code = main(["kernels", "bench", "--benches", str(ROOT / "benches"), "-k", "nothing",
+                 "--json", str(tmp_path / "missing" / "run.json")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--json" in err and "does not exist" in err
+    assert "running:" not in err
+
+
 def test_bench_without_benches_folder_says_where_it_looked(tmp_path):
     with pytest.raises(SystemExit, match="no benchmark folder"):
         main(["kernels", "bench", "--benches", str(tmp_path)])

@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from nacf_core.commands._args import finite_float
+from nacf_core.commands._args import check_output_path, finite_float
 
 __all__ = ["register", "collect_info", "format_table", "BENCH_FILES"]
 
@@ -373,13 +373,19 @@ def _run_bench(args) -> int:
             print(f"nacf kernels bench: {exc}", file=sys.stderr)
             return 2
     else:
-        benches = _find_benches(args.benches)
+        try:
+            check_output_path("--json", args.json_out and str(args.json_out))
+        except ValueError as exc:  # before the run, not after it
+            print(f"nacf kernels bench: {exc}", file=sys.stderr)
+            return 2
+        # absolute: pytest runs in the benches' parent folder, not in ours
+        benches = _find_benches(args.benches).resolve()
         files = [str(benches / f) for f in BENCH_FILES if (benches / f).is_file()]
         missing = [f for f in BENCH_FILES if not (benches / f).is_file()]
         if missing:
             print(f"note: not found, skipped: {', '.join(missing)}", file=sys.stderr)
         with tempfile.TemporaryDirectory() as tmp:
-            out = args.json_out or Path(tmp) / "bench.json"
+            out = args.json_out.resolve() if args.json_out else Path(tmp) / "bench.json"
             cmd = [sys.executable, "-m", "pytest", *files, "--benchmark-only", "-q",
                    "-p", "no:cacheprovider", f"--benchmark-json={out}",
                    f"--rootdir={benches}", "--benchmark-columns=median"]
