@@ -97,6 +97,8 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
 
 def _parse_manifest(path: Path, text: str) -> list[ManifestRow]:
     reader = csv.DictReader(text.splitlines())
+    if reader.fieldnames:  # stripped like the values: 'subject, recording, role, path'
+        reader.fieldnames = [f.strip() for f in reader.fieldnames]
     need = {"subject", "recording", "role", "path"}
     have = set(reader.fieldnames or [])
     if not need <= have:

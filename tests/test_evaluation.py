@@ -5,7 +5,7 @@ import pytest
 
 from nacf_core.cli import main
 from nacf_core.errors import InvalidArgument
-from nacf_core.evaluation import evaluate, read_manifest
+from nacf_core.evaluation import ManifestRow, evaluate, read_manifest
 
 SUBJECTS = ["S001", "S002", "S003", "S004", "S005", "S006"]
 FAST = {"inner_folds": 2}
@@ -219,6 +219,15 @@ def test_manifest_row_with_more_fields_than_the_header_is_refused(tmp_path):
     with pytest.raises(InvalidArgument, match=r"line 3 has 6 fields, but the header names "
                                               r"4 \(subject,recording,role,path\)"):
         read_manifest(p)
+
+
+def test_manifest_header_with_spaces_after_the_commas(tmp_path):
+    """Values were stripped of spaces, the header's names were not: 'subject, recording,
+    role, path' (as typed by hand) was refused as lacking the three columns it has."""
+    p = tmp_path / "m.csv"
+    p.write_text("subject, recording, role, path, start_s, stop_s\n"
+                 "S1, R1, enroll, a.edf, 0, 30\n")
+    assert read_manifest(p) == [ManifestRow("S1", "R1", "enroll", tmp_path / "a.edf", 0, 30)]
 
 
 def test_manifest_same_file_in_disjoint_ranges_of_one_role_is_allowed(tmp_path):
