@@ -336,6 +336,7 @@ class Model:
         info = meta.get("info", {})
         if not isinstance(info, dict):
             raise ValueError(f"field 'info' must be an object, got {_show(info)}")
+        _check_training_record(info.get("training", {}))
 
         n = len(ch_names)
         ref = _float_array(arrays, "tangent_reference")
@@ -463,6 +464,17 @@ def _float_array(arrays: dict[str, np.ndarray], key: str) -> np.ndarray:
     if not np.all(np.isfinite(a)):
         raise ValueError(f"{key} holds non-finite values")
     return a
+
+
+def _check_training_record(training: Any) -> None:
+    """``info.training``: an object whose ``subjects`` (what ``nacf evaluate --model`` checks
+    the evaluated subjects against) is, when present, a list of names."""
+    if not isinstance(training, dict):
+        raise ValueError(f"field 'info.training' must be an object, got {_show(training)}")
+    subjects = training.get("subjects", [])
+    if not isinstance(subjects, list) or not all(isinstance(s, str) for s in subjects):
+        raise ValueError("field 'info.training.subjects' must be a list of subject names, "
+                         f"got {_show(subjects)}")
 
 
 def _check_sequential(seq: Any) -> dict[str, Any]:

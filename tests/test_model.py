@@ -316,6 +316,12 @@ def _signed(meta_changes=None, **arrays) -> bytes:
                      "sd_g": [0.0], "mu_i": [0.0], "sd_i": [0.2]}},
      r"'sequential.sd_g\[0\]' must be a finite number in \(0, "),
     ({"info": [[1, 2]]}, "'info' must be an object"),
+    # nacf evaluate --model read these to refuse the model's own training subjects: an
+    # AttributeError traceback, or "'int' object is not iterable"
+    ({"info": {"training": "S001-S020"}}, "'info.training' must be an object"),
+    ({"info": {"training": {"subjects": 5}}}, "'info.training.subjects' must be a list"),
+    ({"info": {"training": {"subjects": ["S001", 2]}}},
+     "'info.training.subjects' must be a list"),
     ({"format_version": "1"}, "format version '1'"),
     ({"format_version": True}, "format version True"),
 ])
