@@ -496,12 +496,15 @@ def _split_metrics(sc: _SplitScores, model: Model) -> dict:
               "n_genuine": len(sg), "n_impostor": len(si)}
     fused = {**_rates(fg, fi), "mean_seconds": float(np.mean(sc.fused_seconds)),
              "n_genuine": len(fg), "n_impostor": len(fi)}
+    def mean(xs):  # NaN when no sequential test ended (numpy warns on an empty mean)
+        return float(np.mean(xs)) if len(xs) else float("nan")
+
     seq = {
-        "fmr": float(np.mean(sc.seq["i_acc"])) if sc.seq["i_acc"] else float("nan"),
-        "fnmr": 1.0 - float(np.mean(sc.seq["g_acc"])) if sc.seq["g_acc"] else float("nan"),
-        "mean_seconds": float(np.mean(sc.seq["g_sec"] + sc.seq["i_sec"])),
-        "mean_seconds_genuine": float(np.mean(sc.seq["g_sec"])),
-        "mean_seconds_impostor": float(np.mean(sc.seq["i_sec"])),
+        "fmr": mean(sc.seq["i_acc"]),
+        "fnmr": 1.0 - mean(sc.seq["g_acc"]),
+        "mean_seconds": mean(sc.seq["g_sec"] + sc.seq["i_sec"]),
+        "mean_seconds_genuine": mean(sc.seq["g_sec"]),
+        "mean_seconds_impostor": mean(sc.seq["i_sec"]),
         "n_genuine": len(sc.seq["g_acc"]), "n_impostor": len(sc.seq["i_acc"]),
     }
     calib = {}
