@@ -206,6 +206,51 @@ def test_train_and_evaluate_check_channels_before_reading(tmp_path, capsys, comm
     assert match in err and "nowhere" not in err
 
 
+@pytest.mark.parametrize("target", ["recording", "manifest"])
+def test_train_out_must_not_be_one_of_its_inputs(tmp_path, capsys, target):
+    """--out naming one of the manifest's recordings (an .npz, like a model) or the
+    manifest itself was overwritten by the model once the fit ended."""
+    import shutil
+
+    rec = tmp_path / "S021R07.npz"
+    shutil.copy(DEMO / "S021R07.npz", rec)
+    m = tmp_path / "m.csv"
+    m.write_text("subject,recording,role,path\n" + "".join(
+        f"{s},R03,enroll,{DEMO / (s + 'R03.npz')}\n"
+        f"{s},R07,probe,{rec if s == 'S021' else DEMO / (s + 'R07.npz')}\n"
+        for s in ("S021", "S022", "S023", "S024")))
+    before = {p: p.read_bytes() for p in (rec, m)}
+    out = rec if target == "recording" else m
+    assert main(["train", str(m), "--out", str(out), "--channels",
+                 "Fp1,Fp2,C3,C4,P7,P8,O1,O2", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert f"--out {str(out)!r} is the {target} " in err
+    assert {p: p.read_bytes() for p in (rec, m)} == before
+
+
+@pytest.mark.parametrize("option, target", [("--json", "manifest"), ("--det", "recording")])
+def test_evaluate_outputs_must_not_be_its_inputs(tmp_path, capsys, option, target):
+    """--json or --det naming the manifest or one of its recordings overwrote it with
+    the report once the evaluation ended."""
+    import shutil
+
+    from nacf_core.model import default_model_path
+
+    rec = tmp_path / "S021R07.npz"
+    shutil.copy(DEMO / "S021R07.npz", rec)
+    m = tmp_path / "m.csv"
+    m.write_text("subject,recording,role,path\n"
+                 f"S021,R03,enroll,{DEMO / 'S021R03.npz'}\nS021,R07,probe,{rec}\n"
+                 f"S022,R03,enroll,{DEMO / 'S022R03.npz'}\n"
+                 f"S022,R07,probe,{DEMO / 'S022R07.npz'}\n")
+    before = {p: p.read_bytes() for p in (rec, m)}
+    out = rec if target == "recording" else m
+    assert main(["evaluate", str(m), "--model", str(default_model_path(8)), option, str(out),
+                 "--no-progress"]) == 1
+    assert f"{option} {str(out)!r} is the {target} " in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in (rec, m)} == before
+
+
 # ----------------------------------------------------------------------- demo
 @pytest.mark.parametrize("argv, match", [
     (["--grpc-address", "bogus"], "argument --grpc-address: expected HOST:PORT"),

@@ -8,7 +8,8 @@ import argparse
 import math
 from collections.abc import Callable
 
-__all__ = ["address", "check_output_path", "finite_float", "int_range", "non_empty"]
+__all__ = ["address", "check_not_an_input", "check_output_path", "finite_float", "int_range",
+           "non_empty"]
 
 
 def finite_float(lo: float | None = None, hi: float | None = None, *,
@@ -109,3 +110,21 @@ def check_output_path(option: str, path: str | None) -> None:
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(f"{option} {path!r}: directory {str(parent)!r} does not exist or "
                          "is not writable.")
+
+
+def check_not_an_input(option: str, path: str | None, manifest, rows) -> None:
+    """``ValueError`` naming ``option`` when ``path`` is the manifest or one of its
+    recordings (``rows``: :class:`nacf_core.evaluation.ManifestRow`), which writing the
+    output would overwrite."""
+    import os
+
+    if not path:
+        return
+    real = os.path.realpath(path)
+    if real == os.path.realpath(manifest):
+        raise ValueError(f"{option} {path!r} is the manifest itself; write the output "
+                         "elsewhere.")
+    for r in rows:
+        if real == os.path.realpath(r.path):
+            raise ValueError(f"{option} {path!r} is the recording {r.recording!r} of subject "
+                             f"{r.subject} in the manifest; write the output elsewhere.")

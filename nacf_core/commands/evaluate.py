@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-from nacf_core.commands._args import check_output_path, int_range
+from nacf_core.commands._args import check_not_an_input, check_output_path, int_range
 
 __all__ = ["format_report", "register", "run"]
 
@@ -137,13 +137,15 @@ def _json_ready(obj):
 def run(args: argparse.Namespace) -> int:
     from nacf_core.commands._progress import ProgressBar
     from nacf_core.errors import NacfError
-    from nacf_core.evaluation import evaluate, plot_det
+    from nacf_core.evaluation import evaluate, plot_det, read_manifest
     from nacf_core.model import Model
 
     bar = ProgressBar("evaluate", enabled=not args.no_progress)
     try:
+        rows = read_manifest(args.manifest)
         for option, path in (("--json", args.json_path), ("--det", args.det_path)):
             check_output_path(option, path)  # before the evaluation, not after it
+            check_not_an_input(option, path, args.manifest, rows)
         model = Model.load(args.model) if args.model else None
         if model is None:
             _check_subjects(args.manifest, args.folds)

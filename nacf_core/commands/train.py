@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nacf_core.commands._args import check_output_path, finite_float
+from nacf_core.commands._args import check_not_an_input, check_output_path, finite_float
 
 __all__ = ["register", "run"]
 
@@ -82,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         check_output_path("--out", args.out)  # before the fit, not after it
         name = _model_name(args)
         rows = read_manifest(args.manifest)
+        check_not_an_input("--out", args.out, args.manifest, rows)
         chans = ([c.strip() for c in args.channels.split(",") if c.strip()]
                  if args.channels else list(MONTAGE_16))
         model_channels(chans)  # before reading the recordings
