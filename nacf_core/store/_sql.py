@@ -203,12 +203,17 @@ class SqlStore(Store):
     def _open(self, create: bool = True) -> None:
         """Run migrations and check the key against the store's key check; with ``create``
         False, ``NotFound`` (and nothing written) unless the store exists already."""
-        if not create and not self._run(self._has_store_tables, write=False):
+        try:
+            if not create and not self._run(self._has_store_tables, write=False):
+                raise NotFound(f"There is no nacf store at {self._describe()}: create it "
+                               "with `nacf store migrate` (or check the URL).")
+            self.migrate()
+            self._run(self._check_key)
+        except BaseException:
+            # refused (a wrong key, a store of a newer nacf, none there) or failed: the
+            # connections, pool and lock file opened so far go with it, not to the caller
             self.close()
-            raise NotFound(f"There is no nacf store at {self._describe()}: create it with "
-                           "`nacf store migrate` (or check the URL).")
-        self.migrate()
-        self._run(self._check_key)
+            raise
 
     def _describe(self) -> str:
         """Where the store is, for messages (no password)."""

@@ -140,3 +140,22 @@ def test_delete_user_leaves_no_ciphertext_in_sqlite_file(tmp_path, key):
     disk += wal.read_bytes() if wal.exists() else b""
     assert bytes(ct[:32]) not in disk  # zeroed (secure_delete) and checkpointed
     s.close()
+
+
+def test_a_refused_open_leaves_nothing_open(store_url, key):
+    """A store refused while opening (here: the wrong key) kept its connections, its
+    PostgreSQL pool and SQLite's writer-lock file open: a caller that tries again (a
+    key being fixed, a supervisor) leaked a descriptor or a server connection per try."""
+    open_store(store_url, key=key).close()
+    other = bytes(b ^ 0xFF for b in key)
+
+    def n_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    with pytest.raises(FailedPrecondition):  # the first may open lazily-kept things
+        open_store(store_url, key=other)
+    before = n_fds()
+    for _ in range(10):
+        with pytest.raises(FailedPrecondition, match="Wrong template key"):
+            open_store(store_url, key=other)
+    assert n_fds() <= before
