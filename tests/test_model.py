@@ -83,25 +83,17 @@ def test_save_refuses_a_model_that_would_not_load(tmp_path):
 def test_a_failed_save_keeps_the_old_model_and_leaves_no_temporary_file(tmp_path):
     """A write that fails midway (disk full: here the file-size limit) raised, but left a
     half-written 'm.npz.tmp' beside the model, which the next save reused."""
-    import subprocess
-    import sys
+    from _fsize import run_with_file_size_limit
 
     path = tmp_path / "m.npz"
     default_model(8).save(path)
     old = path.read_bytes()
-    code = (
-        "import resource, signal, sys\n"
-        "from nacf_core.model import default_model\n"
-        "m = default_model(16)\n"
-        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
-        "resource.setrlimit(resource.RLIMIT_FSIZE, (50000, resource.RLIM_INFINITY))\n"
+    out = run_with_file_size_limit(
+        "from nacf_core.model import default_model\nm = default_model(16)",
         "try:\n"
         "    m.save(sys.argv[1])\n"
         "except OSError as exc:\n"
-        "    print('failed', exc.errno)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
-                         text=True, timeout=60)
+        "    print('failed', exc.errno)\n", 50000, str(path))
     assert out.stdout.startswith("failed"), out.stdout + out.stderr
     assert path.read_bytes() == old
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz"]

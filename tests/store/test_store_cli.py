@@ -44,20 +44,12 @@ def test_store_cli_cycle(tmp_path, capsys):
 def test_new_key_that_cannot_be_written_whole_leaves_no_key_file(tmp_path):
     """A write that failed midway (disk full: here the file-size limit) left a key file
     holding part of a key: not a key, and `new-key` then refused to overwrite it."""
-    import subprocess
-    import sys
+    from _fsize import run_with_file_size_limit
 
     path = tmp_path / "k"
-    code = (
-        "import resource, signal, sys\n"
-        "from nacf_core.cli import main\n"
-        "import nacf_core.commands.store, nacf_core.store\n"
-        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
-        "resource.setrlimit(resource.RLIMIT_FSIZE, (10, resource.RLIM_INFINITY))\n"
-        "sys.exit(main(['store', 'new-key', sys.argv[1]]))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
-                         text=True, timeout=60)
+    out = run_with_file_size_limit(
+        "from nacf_core.cli import main\nimport nacf_core.commands.store, nacf_core.store",
+        "sys.exit(main(['store', 'new-key', sys.argv[1]]))\n", 10, str(path))
     assert out.returncode == 1 and "nacf store: error:" in out.stderr, out.stderr
     assert not path.exists()
     assert main(["store", "new-key", str(path)]) == 0
