@@ -31,6 +31,7 @@ import ipaddress
 import logging
 import os
 import re
+import secrets
 import stat
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -39,8 +40,8 @@ from typing import Any
 
 from nacf_core.errors import InvalidArgument
 
-__all__ = ["MAX_FILE_BYTES", "OPTION_HELP", "SCOPES", "Config", "file_kind", "fsync_dir",
-           "load_api_keys", "load_config", "parse_address", "read_regular_file",
+__all__ = ["MAX_FILE_BYTES", "OPTION_HELP", "SCOPES", "CompleteOrNothing", "Config",
+           "file_kind", "fsync_dir", "load_api_keys", "load_config", "parse_address", "read_regular_file",
            "read_text_file", "short_repr"]
 
 SCOPES = ("authenticate", "enroll", "admin")
@@ -316,6 +317,65 @@ def fsync_dir(folder: str | os.PathLike) -> None:
         pass
     finally:
         os.close(fd)
+
+
+class CompleteOrNothing:
+    """A file that becomes ``path`` only if its ``with`` block ends without an error.
+
+    It is written under a hidden name of its own beside ``path`` (two writers of one
+    path never share it), flushed to disk, then renamed over ``path`` and the folder's
+    entry flushed; on an error or an interruption it is removed, and ``path`` keeps what
+    it held. ``binary`` opens it for bytes, else for text (``newline=""``); ``what``
+    names ``path`` in the refusal of a directory (``"--out"``).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, binary: bool = False,
+                 what: str = "path") -> None:
+        self.path = os.fspath(path)
+        if os.path.isdir(self.path):
+            raise IsADirectoryError(f"{what} {self.path!r} is a directory, not a file name.")
+        folder, name = os.path.split(os.path.abspath(self.path))
+        self.folder = folder
+        for _ in range(16):
+            self.tmp = os.path.join(folder, f".{name}.{secrets.token_hex(6)}.part")
+            try:  # mode 0666 less the umask, as open(path, "w") would create it
+                fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise OSError(exc.errno, f"cannot write {self.path!r}: {exc.strerror}") \
+                    from None
+            break
+        else:  # pragma: no cover - 16 collisions of 48 random bits
+            raise FileExistsError(f"cannot create a temporary file beside {self.path!r}.")
+        self.fh = open(fd, "wb") if binary else open(fd, "w", newline="")
+
+    def __enter__(self) -> Any:
+        return self.fh
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            if exc_type is None:
+                self.fh.flush()
+                os.fsync(self.fh.fileno())
+                self.fh.close()
+                os.replace(self.tmp, self.path)
+                fsync_dir(self.folder)
+                return
+        except BaseException:
+            self._discard()
+            raise
+        self._discard()
+
+    def _discard(self) -> None:
+        try:
+            self.fh.close()
+        except OSError:  # the full disk again: the file goes anyway
+            pass
+        try:
+            os.unlink(self.tmp)
+        except FileNotFoundError:
+            pass
 
 
 def _read_toml_or_text(path: str | os.PathLike, what: str, toml: bool) -> Any:

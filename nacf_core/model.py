@@ -37,7 +37,6 @@ import io
 import json
 import math
 import os
-import secrets
 import zipfile
 from dataclasses import dataclass, field, fields
 from importlib import resources
@@ -48,7 +47,7 @@ import numpy as np
 
 from nacf_core._validation import MAX_SFREQ, MIN_SFREQ, npy_data_bytes
 from nacf_core.channels import canonical_name
-from nacf_core.config import fsync_dir, read_regular_file
+from nacf_core.config import CompleteOrNothing, read_regular_file
 from nacf_core.config import short_repr as _show
 from nacf_core.errors import InvalidArgument
 from nacf_core.features import Covariances, TangentSpace, WithinClassWhitening
@@ -215,21 +214,8 @@ class Model:
         except InvalidArgument as exc:
             raise InvalidArgument(f"refusing to write model {str(path)!r}, which could not "
                                   f"be loaded: {exc}") from None
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-        fsync_dir(path.parent)
+        with CompleteOrNothing(path, binary=True, what="model file") as fh:
+            fh.write(data)
         return path
 
     @classmethod

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
-import secrets
 import signal
 import sys
 import threading
@@ -84,6 +82,7 @@ def record(source: str, seconds: float, out: str, montage=None, timeout: float =
         The source's counters at the end.
     """
     from nacf_core._validation import check_finite_positive
+    from nacf_core.config import CompleteOrNothing
     from nacf_core.hardware.sources import open_source
 
     seconds = check_finite_positive("seconds", seconds)
@@ -94,7 +93,7 @@ def record(source: str, seconds: float, out: str, montage=None, timeout: float =
     timeout = check_finite_positive("timeout", timeout)
     src = open_source(source, montage=montage)
     written = 0
-    with src, _CompleteOrNothing(out) as fh:
+    with src, CompleteOrNothing(out, what="--out") as fh:
         need = int(round(seconds * src.sfreq))
         fh.write(_csv_header(src.ch_names))
         last_data = time.monotonic()
@@ -129,55 +128,6 @@ def _csv_header(ch_names: list[str]) -> str:
                 f"--montage NAME,NAME,..."
             )
     return ",".join(["timestamp", *ch_names]) + "\n"
-
-
-class _CompleteOrNothing:
-    """A text file written beside ``path`` that becomes ``path`` only on success."""
-
-    def __init__(self, path: str):
-        self.path = os.fspath(path)
-        if os.path.isdir(self.path):
-            raise IsADirectoryError(f"--out {self.path!r} is a directory, not a file name.")
-        folder, name = os.path.split(os.path.abspath(self.path))
-        for _ in range(16):
-            self.tmp = os.path.join(folder, f".{name}.{secrets.token_hex(6)}.part")
-            try:  # mode 0666 less the umask, as open(path, "w") would create it
-                fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            except FileExistsError:
-                continue
-            except OSError as exc:
-                raise OSError(exc.errno, f"cannot write {self.path!r}: {exc.strerror}") \
-                    from None
-            break
-        else:  # pragma: no cover - 16 collisions of 48 random bits
-            raise FileExistsError(f"cannot create a temporary file beside {self.path!r}.")
-        self.fh = open(fd, "w", newline="")
-
-    def __enter__(self):
-        return self.fh
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            if exc_type is None:
-                self.fh.flush()
-                os.fsync(self.fh.fileno())
-                self.fh.close()
-                os.replace(self.tmp, self.path)
-                return
-        except BaseException:
-            self._discard()
-            raise
-        self._discard()
-
-    def _discard(self) -> None:
-        try:
-            self.fh.close()
-        except OSError:  # the full disk again: the file goes anyway
-            pass
-        try:
-            os.unlink(self.tmp)
-        except FileNotFoundError:
-            pass
 
 
 def _write_rows(fh, timestamps, samples) -> None:
