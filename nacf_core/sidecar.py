@@ -269,10 +269,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self._json(404, {"error": f"no such endpoint {path!r}; try /metrics, "
                                           "/health, /health/live, /health/ready"})
         except (ConnectionError, TimeoutError):
-            # the client went away while it was answered (a reset, a closed socket): no
-            # one to answer, and nothing broke here
-            self.close_connection = True
-            log.debug("sidecar client went away during %s", path)
+            # the client went away while it was answered: no one to answer, nothing broke
+            # here; the server's handle_error says so at DEBUG and closes the connection
+            raise
         except Exception as exc:  # never kill the sidecar thread; say what broke
             log.exception("sidecar request %s failed", path)
             self._json(500, {"error": f"{type(exc).__name__}: {exc}"})
