@@ -48,8 +48,8 @@ import grpc
 from nacf_core.errors import NacfError
 from nacf_core.service import peer_fields
 
-__all__ = ["CALLER", "METHOD_SCOPES", "AuthInterceptor", "client_identity",
-           "ended_status"]
+__all__ = ["CALLER", "METHOD_SCOPES", "AuthInterceptor", "call_active", "client_identity",
+           "ended_status", "log_refusal"]
 
 log = logging.getLogger("nacf.server")
 
@@ -256,7 +256,9 @@ class AuthInterceptor(grpc.ServerInterceptor):
             log.exception("metrics recording failed")
 
 
-def _active(context: grpc.ServicerContext) -> bool:
+def call_active(context: grpc.ServicerContext) -> bool:
+    """Whether the call is still live (not cancelled, its deadline not passed); ``True``
+    for a context that cannot say (grpc_testing's)."""
     try:
         return context.is_active()
     except Exception:  # noqa: BLE001 - grpc_testing contexts
@@ -289,24 +291,36 @@ class _RefusalLog:
             return 0 if last is None else last[1]
 
 
+def _peer_of(context: grpc.ServicerContext) -> str:
+    try:
+        return context.peer() or ""
+    except Exception:  # noqa: BLE001 - grpc_testing contexts may not know a peer
+        return ""
+
+
+def log_refusal(context: grpc.ServicerContext, method: str, kind: str, severity: str,
+                code: grpc.StatusCode, client_id: str | None = None,
+                suppressed: int = 0) -> None:
+    """The ``security_event`` line of a refused call: the method, the status, the
+    caller's address and, once its key is known, its client id (never the key);
+    ``suppressed``: how many such lines were left out before it."""
+    log.warning("call refused", extra={
+        "event_type": "security_event", "security_event_type": kind,
+        "severity": severity, "method": method, "status": code.name,
+        **({"client_id": client_id} if client_id else {}), **peer_fields(_peer_of(context)),
+        **({"suppressed": suppressed} if suppressed else {})})
+
+
 def _refuse(refusals: _RefusalLog, context: grpc.ServicerContext, method: str, kind: str,
             severity: str, code: grpc.StatusCode, message: str,
             client_id: str | None = None) -> None:
-    """Log a call refused at admission as a security event (the caller's address and,
-    once its key is known, its client id: never the key; at most a line per caller and
-    kind every 10 s), then abort it with ``code``."""
-    try:
-        peer = context.peer() or ""
-    except Exception:  # noqa: BLE001 - grpc_testing contexts may not know a peer
-        peer = ""
-    where = peer_fields(peer)
-    suppressed = refusals.admit(kind, client_id or where.get("ip_address") or peer)
+    """Log a call refused at admission as a security event (:func:`log_refusal`; at most
+    a line per caller and kind every 10 s), then abort it with ``code``."""
+    peer = _peer_of(context)
+    who = client_id or peer_fields(peer).get("ip_address") or peer
+    suppressed = refusals.admit(kind, who)
     if suppressed is not None:
-        log.warning("call refused", extra={
-            "event_type": "security_event", "security_event_type": kind,
-            "severity": severity, "method": method, "status": code.name,
-            **({"client_id": client_id} if client_id else {}), **where,
-            **({"suppressed": suppressed} if suppressed else {})})
+        log_refusal(context, method, kind, severity, code, client_id, suppressed)
     context.abort(code, message)
 
 
@@ -386,7 +400,7 @@ def _wrap(handler: grpc.RpcMethodHandler, icp: AuthInterceptor, method: str,
             finally:
                 CALLER.reset(token)
             failed = False
-            if not _active(context):
+            if not call_active(context):
                 # it answered a call that is gone (its deadline passed in the handler, or
                 # the client cancelled): nobody gets this answer, the call ended without it
                 code = ended_status(context).name

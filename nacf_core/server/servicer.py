@@ -22,8 +22,8 @@ from nacf_core._proto.nacf.v1 import auth_pb2 as pb
 from nacf_core._proto.nacf.v1 import auth_pb2_grpc as pb_grpc
 from nacf_core.errors import DeadlineExceeded, InvalidArgument, NacfError, PermissionDenied
 from nacf_core.server import converters as cv
-from nacf_core.server.interceptors import CALLER, ended_status
-from nacf_core.service import AuthService, DeviceProof, peer_fields
+from nacf_core.server.interceptors import CALLER, call_active, ended_status, log_refusal
+from nacf_core.service import AuthService, DeviceProof
 
 __all__ = ["SERVICE_NAME", "AuthServicer", "add_to_server", "status_for"]
 
@@ -49,7 +49,7 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
 
 def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
     code, msg = status_for(exc)
-    if isinstance(exc, grpc.RpcError) or _call_gone(context):
+    if isinstance(exc, grpc.RpcError) or not call_active(context):
         # the call ended under the handler (its deadline passed, or the client went
         # away), which then saw the client's stream fail or end short: the call ended
         # that way, whatever the handler made of it (the client sees no more of it)
@@ -57,13 +57,6 @@ def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
         msg = ("the call's deadline passed before it was served."
                if code is grpc.StatusCode.DEADLINE_EXCEEDED else "the client cancelled the call.")
     context.abort(code, msg)
-
-
-def _call_gone(context: grpc.ServicerContext) -> bool:
-    try:
-        return not context.is_active()
-    except Exception:  # noqa: BLE001 - grpc_testing contexts
-        return False
 
 
 def _check_deadline(context: grpc.ServicerContext) -> float | None:
@@ -95,10 +88,8 @@ def _log_scope_refusal(context: grpc.ServicerContext, method: str) -> None:
     """A request its key's scopes do not cover (an account change without admin), refused
     in the handler: the security event the interceptor logs for a method's scope."""
     c = CALLER.get()
-    log.warning("call refused", extra={
-        "event_type": "security_event", "security_event_type": "insufficient_scope",
-        "severity": "medium", "method": method, "status": "PERMISSION_DENIED",
-        **({"client_id": c[0]} if c is not None else {}), **peer_fields(_peer(context))})
+    log_refusal(context, method, "insufficient_scope", "medium",
+                grpc.StatusCode.PERMISSION_DENIED, c[0] if c is not None else None)
 
 
 def _stream_out(fn: Callable) -> Callable:
