@@ -68,10 +68,17 @@ __all__ = [
     "Template",
     "Windows",
     "reason_codes",
+    "samples_for",
 ]
 
 logger = logging.getLogger("nacf.pipeline")
 
+
+
+def samples_for(seconds: float, sfreq: float) -> int:
+    """The fewest samples at ``sfreq`` that hold ``seconds`` of signal (a window of 4 s at
+    250.1 Hz is 1001 samples), allowing for rounding in ``seconds * sfreq``."""
+    return math.ceil(seconds * sfreq - 1e-9)
 
 
 def check_supported_sfreq(sfreq: Any) -> float:
@@ -439,7 +446,7 @@ class Pipeline:
             raise InvalidArgument(f"'hop_s' must be a finite number > 0, got {hop_s!r} instead.")
         n_in = x.shape[0]
         seconds = n_in / sfreq
-        if n_in < math.ceil(m.window_s * sfreq - 1e-9):
+        if n_in < samples_for(m.window_s, sfreq):
             raise InvalidArgument(
                 f"the signal is too short: {seconds:.3f} s, but one window needs "
                 f"{m.window_s:g} s.")

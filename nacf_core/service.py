@@ -66,7 +66,7 @@ from nacf_core.errors import (
     Unauthenticated,
     Unavailable,
 )
-from nacf_core.pipeline import check_supported_sfreq, reason_codes
+from nacf_core.pipeline import check_supported_sfreq, reason_codes, samples_for
 from nacf_core.ratelimit import TokenLeases
 
 __all__ = [
@@ -1487,9 +1487,9 @@ class _Buffer:
         if len(self._parts) > 1:
             self._parts = [data]
         if last_seconds is not None:
-            # as many samples as the pipeline needs for that many seconds (its own rule,
-            # ceil): round() gave one fewer at rates like 250.1 Hz, a window 'too short'
-            data = data[-max(1, math.ceil(last_seconds * self.sfreq - 1e-9)):]
+            # as many samples as the pipeline needs for that many seconds: round() gave
+            # one fewer at rates like 250.1 Hz, a window 'too short'
+            data = data[-max(1, samples_for(last_seconds, self.sfreq)):]
         return SignalBlock(data, self.sfreq, self.ch_names, self.device_id)
 
 
