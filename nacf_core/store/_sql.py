@@ -860,12 +860,8 @@ class SqlStore(Store):
             for rid, ct in tx.query("SELECT id, ciphertext FROM pad_fingerprints WHERE id "
                                     "IN (" + ", ".join("?" * len(part)) + ")", tuple(part)):
                 got[rid] = (False, ct)
-        if len(got) < len(rows):
-            # each statement sees what was committed before it ran (PostgreSQL's READ
-            # COMMITTED): rows deleted in between (a probe trimmed by another attempt, a
-            # replaced enrollment, a delete) are left out; a changed template is refused
-            # by finish_authentication(template_id=)
-            rows = [r for r in rows if r[0] in got]
+        # both statements see one snapshot (read transactions: SQLite's, PostgreSQL's
+        # REPEATABLE READ), so every id listed has its row
         return rows, got
 
     #: bytes of decrypted PAD fingerprints kept in memory (see _dec_fingerprints)
