@@ -963,7 +963,9 @@ class AuthService:
         one. The others' scores are never returned (a hill-climbing oracle).
 
         Users locked out at the time are left out (Identify must not score a signal
-        against a template whose 1:1 attempts are refused); every call is logged."""
+        against a template whose 1:1 attempts are refused), and so are users enrolled
+        under another model (their embeddings do not compare; ``nacf serve`` warns of
+        them at start); every call is logged."""
         t_start = time.perf_counter()
         if isinstance(top_k, bool) or not isinstance(top_k, int):
             raise InvalidArgument(f"'top_k' must be an integer, got {top_k!r}.")

@@ -419,4 +419,5 @@ def test_store_stats_json_is_unchanged_for_good_input(tmp_path, capsys):
     assert main(["store", "migrate", "--store-url", url, "--key-file", str(key)]) == 0
     capsys.readouterr()
     assert main(["store", "stats", "--store-url", url, "--key-file", str(key)]) == 0
-    assert "total_active_users" in json.loads(capsys.readouterr().out)
+    out = json.loads(capsys.readouterr().out)
+    assert "total_active_users" in out and out["users_by_model_version"] == {}

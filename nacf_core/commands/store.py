@@ -46,7 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sp.add_argument("--new-key-file", required=True, help="the new key (see new-key)")
     sp.set_defaults(func=_rotate)
 
-    sp = sub.add_parser("stats", help="print the monitoring guide's stats as JSON")
+    sp = sub.add_parser("stats", help="print the monitoring guide's stats, and the active "
+                                      "users per model version, as JSON")
     common(sp)
     sp.set_defaults(func=_stats)
 
@@ -116,7 +117,10 @@ def _rotate(args: argparse.Namespace) -> int:
 def _stats(args: argparse.Namespace) -> int:
     import dataclasses
 
-    return _run(args, lambda s: dataclasses.asdict(s.stats()))
+    # with the active users per model version: after a model change, those enrolled
+    # under another one can neither authenticate nor be identified until re-enrolled
+    return _run(args, lambda s: {**dataclasses.asdict(s.stats()),
+                                 "users_by_model_version": s.count_users_by_model()})
 
 
 def _purge(args: argparse.Namespace) -> int:

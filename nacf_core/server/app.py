@@ -329,7 +329,28 @@ class NacfServer:
         if not cfg.tls:
             log.warning("plaintext gRPC on loopback %s: use TLS for anything else",
                         self.address, extra={"event_type": "plaintext_loopback"})
+        self._warn_other_models()
         return self
+
+    def _warn_other_models(self) -> None:
+        """One warning at start when active users were enrolled under another model than
+        the one served: Authenticate refuses them (FAILED_PRECONDITION, re-enroll) and
+        Identify cannot search them, so after a model change the operator learns here
+        how many must re-enroll (``nacf store stats`` lists them per model version)."""
+        mine = self.service.model_version
+        try:
+            counts = self.service.store.count_users_by_model()
+        except Exception:  # a store that cannot answer now is the readiness probe's case
+            log.exception("counting users per model version")
+            return
+        other = {m: n for m, n in counts.items() if m != mine}
+        if other:
+            log.warning("%d active user(s) were enrolled under another model than %s: they "
+                        "cannot authenticate or be identified until re-enrolled (Enroll "
+                        "with update=true)", sum(other.values()), mine,
+                        extra={"event_type": "users_of_other_model", "model_version": mine,
+                               "users": sum(other.values()),
+                               "users_by_model_version": other})
 
     def _export_model_and_users(self) -> None:
         """``nacfauth_model_accuracy`` from the model's calibration record (balanced

@@ -801,6 +801,12 @@ class SqlStore(Store):
         return Stats(total_active_users=int(row[0]), active_users_today=int(row[1]),
                      attempts_today=n, success_rate_today=rate)
 
+    def count_users_by_model(self) -> dict[str, int]:
+        rows = self._run(lambda tx: tx.query(
+            "SELECT model_version, COUNT(*) FROM users WHERE status = 'active' "
+            "AND model_version IS NOT NULL GROUP BY model_version", ()), write=False)
+        return {str(r[0]): int(r[1]) for r in rows}
+
     # -- PAD fingerprints ----------------------------------------------------------
     def add_fingerprints(self, user_id, fingerprints, kind="probe", *, replace=False,
                          now=None) -> None:

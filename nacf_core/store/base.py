@@ -405,6 +405,10 @@ class Store(abc.ABC):
     def stats(self, now: float | None = None) -> Stats:
         """The monitoring guide's stats query (day boundary at 00:00 UTC)."""
 
+    @abc.abstractmethod
+    def count_users_by_model(self) -> dict[str, int]:
+        """Active users per the ``model_version`` their template was enrolled with."""
+
     # -- presentation-attack fingerprints -------------------------------------------
     @abc.abstractmethod
     def add_fingerprints(self, user_id: str, fingerprints: list[bytes], kind: str = "probe",

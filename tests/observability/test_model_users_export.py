@@ -30,3 +30,27 @@ def test_model_accuracy_and_daily_active_users_come_from_model_and_store(tmp_pat
         store.record_attempt("alice", True, 0.9, "", "ipv4:127.0.0.1:1", 0.01, "Authenticate")
         metrics.use_daily_active_users_from(lambda: store.stats().active_users_today)  # no cache
         assert registry.get_sample_value("nacfauth_daily_active_users") == 1
+
+
+def test_start_warns_once_of_users_enrolled_under_another_model(tmp_path, caplog):
+    config = Config(grpc_address="127.0.0.1:0", metrics_address="", data_dir=str(tmp_path),
+                    api_keys={"k" * 24: frozenset(SCOPES)})
+    model = default_model(16)
+
+    def warnings():
+        return [r for r in caplog.records
+                if getattr(r, "event_type", "") == "users_of_other_model"]
+
+    with caplog.at_level("WARNING", logger="nacf.server"):
+        with NacfServer(config, metrics=Metrics(CollectorRegistry())) as server:
+            store = server.service.store
+            store.put_template("alice", b"x", model.version)
+            store.put_template("bob", b"x", "older-model")
+            store.put_template("carol", b"x", "older-model")
+        assert warnings() == []  # an empty store at start
+        with NacfServer(config, metrics=Metrics(CollectorRegistry())):
+            pass
+    (w,) = warnings()
+    assert w.users == 2 and w.users_by_model_version == {"older-model": 2}
+    assert w.model_version == model.version
+    assert "2 active user(s)" in w.getMessage()

@@ -544,3 +544,16 @@ def test_an_older_store_is_migrated_with_its_sessions_and_renewal_records_verifi
         assert new.get_session(tok).last_verified_at == T0 + 30
     finally:
         new.close()
+
+
+def test_count_users_by_model_counts_active_users_per_enrolled_model(store):
+    assert store.count_users_by_model() == {}
+    store.put_template("alice", b"a", "m-1")
+    store.put_template("bob", b"b", "m-1")
+    store.put_template("carol", b"c", "m-2")
+    store.put_template("dave", b"d", "m-2")
+    store.put_template("carol", b"c2", "m-1")  # re-enrolled under the new model
+    store.delete_user("dave")
+    assert store.count_users_by_model() == {"m-1": 3}
+    store.put_template("erin", b"e", "m-0")
+    assert store.count_users_by_model() == {"m-1": 3, "m-0": 1}
