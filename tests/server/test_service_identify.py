@@ -1,0 +1,65 @@
+"""Identify's gallery: kept between calls, rebuilt only where the store changed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _server_support import eeg, make_pipeline, signal_block
+from prometheus_client import CollectorRegistry
+
+from nacf_core.config import Config
+from nacf_core.metrics import Metrics
+from nacf_core.service import AuthService
+from nacf_core.store import open_store
+
+
+@pytest.fixture
+def svc(tmp_path, model_path):
+    store = open_store(f"sqlite:///{tmp_path / 'n.db'}", bytes(range(32)))
+    yield AuthService(store, make_pipeline(model_path), Config(data_dir=str(tmp_path)),
+                      metrics=Metrics(CollectorRegistry()))
+    store.close()
+
+
+def test_identify_decodes_only_changed_templates_and_follows_every_change(svc):
+    """Every Identify reads the store; a template is decoded again only when its bytes
+    changed, and the gallery always equals decoding every template afresh: after an
+    update, a deletion, and a re-enrollment of a deleted user id with another person's
+    EEG (whose template version starts again at 1)."""
+    decode = svc.rec.template_from_bytes
+    decoded = []
+    svc.rec.template_from_bytes = lambda b: decoded.append(b) or decode(b)
+
+    def same_as_fresh():
+        recs = list(svc.store.iter_templates(model_version=svc.model_version))
+        ids, matrix = svc._gallery(recs)
+        assert ids == [r.user_id for r in recs]
+        assert np.array_equal(matrix, np.stack([decode(r.blob).embedding for r in recs]))
+
+    for user, subject in (("a", 1), ("b", 2), ("c", 3)):
+        svc.enroll(user, [signal_block(eeg(subject, 3, 0, 40))])
+    probe = signal_block(eeg(1, 3, 44, 8))  # subject 1, not in its enrollment
+    assert [u for u, _ in svc.identify(probe).candidates] == ["a"]
+    assert len(decoded) == 3
+    svc.identify(probe)
+    assert len(decoded) == 3  # nothing changed, nothing decoded
+
+    svc.enroll("a", [signal_block(eeg(2, 3, 0, 40))], update=True)  # now subject 2's EEG
+    assert "a" not in [u for u, _ in svc.identify(probe).candidates]
+    assert len(decoded) == 4
+    same_as_fresh()
+
+    svc.delete_user("b")
+    svc.identify(probe)
+    assert len(decoded) == 4
+    same_as_fresh()
+
+    svc.enroll("b", [signal_block(eeg(1, 3, 0, 40))])  # the id again, subject 1's EEG
+    assert svc.store.get_user("b").template_version == 1
+    assert [u for u, _ in svc.identify(probe).candidates] == ["b"]
+    assert len(decoded) == 5
+    same_as_fresh()
+
+    for user in ("a", "b", "c"):
+        svc.delete_user(user)
+    assert svc.identify(probe).candidates == []
