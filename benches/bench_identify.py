@@ -9,9 +9,10 @@ probe's windows, the store read of every template of the served model, the locko
 read, the gallery, ``top_k``):
 
 - ``decode every template`` (baseline): the gallery dropped before each call, so every
-  template is decoded again, as every call did before the gallery was kept;
-- ``gallery kept``: the service's own path (only templates whose bytes changed are
-  decoded).
+  template is fetched, decrypted and decoded again, as every call did before the gallery
+  was kept;
+- ``gallery kept``: the service's own path (the store lists every template's stamp;
+  only templates written since the last call are fetched, decrypted and decoded).
 
 The templates are the real ones of 16 enrolled subjects (S001–S016), repeated under
 synthetic user ids to reach N. Each benchmark checks that both paths give the same

@@ -373,8 +373,8 @@ class AuthService:
         self.clock = clock
         self.pad = pad
         self._templates: dict[bytes, Any] = {}  # decoded templates (see _template)
-        # Identify's gallery: (user ids, their template bytes, embedding matrix), rebuilt
-        # only where a template changed (see _gallery)
+        # Identify's gallery: (user ids, their templates' stamps, embedding matrix),
+        # rebuilt only where a template changed (see _gallery)
         self._gallery_state: tuple[list[str], list[bytes], np.ndarray] | None = None
         # the CPU-bound part of an authentication (pipeline, PAD) runs one thread at a
         # time per process: under the GIL more would not run in parallel, and the many
@@ -990,10 +990,8 @@ class AuthService:
             self._log_identify(peer, [], 0.0, quality, None, t_start, reason="poor_quality")
             raise FailedPrecondition("no window of the signal passed the quality gate ("
                                      + "; ".join(reasons) + "); cannot identify.")
-        recs = self._store("iter_templates", lambda: list(
-            self.store.iter_templates(model_version=self.model_version)))
+        ids, matrix = self._gallery()
         locked = self._store("locked_user_ids", self.store.locked_user_ids, now=self.clock())
-        ids, matrix = self._gallery(recs)
         if locked:
             keep = [i for i, u in enumerate(ids) if u not in locked]
             ids, matrix = [ids[i] for i in keep], matrix[keep]
@@ -1020,31 +1018,29 @@ class AuthService:
         cands = [(u, v) for u, v in scored if v >= thr]
         return IdentifyResult(cands, thr, quality, self.model_version, reasons)
 
-    def _gallery(self, recs: list) -> tuple[list[str], np.ndarray]:
-        """The user ids of ``recs`` and their embeddings as one float32 matrix (a row per
-        user). Decoding a template (header, checks) cost ~55 µs, so decoding every
-        enrolled user's on every Identify made the call grow by ~50 ms per 1 000 users;
-        the last gallery is kept and only the templates whose decrypted bytes changed
-        are decoded again (an embedding is a function of its bytes, so a kept row is
-        never stale: an update or a re-enrollment after deletion brings new bytes). The
-        store stays the truth: its rows are read on every call, and users it no longer
-        returns drop out. Concurrent calls may both rebuild; each uses its own result."""
-        ids = [t.user_id for t in recs]
-        blobs = [bytes(t.blob) for t in recs]
+    def _gallery(self) -> tuple[list[str], np.ndarray]:
+        """Every active user enrolled under the served model, by user id, and their
+        embeddings as one float32 matrix (a row per user). The store is read on every
+        call, but only the templates written since the last gallery are fetched,
+        decrypted and decoded again (``Store.read_gallery``: a template's stamp changes
+        with every write of it); decoding every template on every call cost ~50 µs per
+        enrolled user, and decrypting it ~15 more. Users the store no longer lists drop
+        out. Concurrent calls may both rebuild; each uses its own result."""
         prev = self._gallery_state
-        if prev is not None and prev[0] == ids and prev[1] == blobs:
+        known = {} if prev is None else dict(zip(prev[0], prev[1]))
+        listing, fresh = self._store("read_gallery", self.store.read_gallery,
+                                     self.model_version, known)
+        ids = [u for u, _ in listing]
+        stamps = [st for _, st in listing]
+        if prev is not None and not fresh and prev[0] == ids:
             return ids, prev[2]
         if not ids:
             return ids, np.empty((0, 0), np.float32)
-        rows = {} if prev is None else {u: (b, prev[2][i])
-                                         for i, (u, b) in enumerate(zip(prev[0], prev[1]))}
-        embs = []
-        for u, b in zip(ids, blobs):
-            old = rows.get(u)
-            embs.append(old[1] if old is not None and old[0] == b
-                        else self.rec.template_from_bytes(b).embedding)
-        matrix = np.ascontiguousarray(np.stack(embs), dtype=np.float32)
-        self._gallery_state = (ids, blobs, matrix)
+        kept = {} if prev is None else {u: prev[2][i] for i, u in enumerate(prev[0])}
+        matrix = np.ascontiguousarray(np.stack(
+            [self.rec.template_from_bytes(fresh[u].blob).embedding if u in fresh else kept[u]
+             for u in ids]), dtype=np.float32)
+        self._gallery_state = (ids, stamps, matrix)
         return ids, matrix
 
     def _log_identify(self, peer: str, cands: list, thr: float, quality: float,

@@ -384,6 +384,31 @@ class SqlStore(Store):
                 return
             last = rows[-1][0]
 
+    #: templates fetched per statement by read_gallery (bound parameters stay well
+    #: under SQLite's and PostgreSQL's limits)
+    gallery_chunk = 500
+
+    def read_gallery(self, model_version, known=None):
+        _check_id("model_version", model_version)
+        known = known or {}
+
+        def fn(tx: Tx) -> tuple[list, list]:
+            # the nonce is the ciphertext's first 12 bytes (Cipher.encrypt)
+            listing = [(r[0], str(r[1]).encode() + bytes(r[2])) for r in tx.query(
+                "SELECT t.user_id, t.key_id, substr(t.ciphertext, 1, 12) FROM templates t "
+                "JOIN users u ON u.user_id = t.user_id WHERE u.status = 'active' "
+                "AND t.model_version = ? ORDER BY t.user_id", (model_version,))]
+            todo = [u for u, st in listing if known.get(u) != st]
+            rows = []
+            for i in range(0, len(todo), self.gallery_chunk):
+                part = todo[i:i + self.gallery_chunk]
+                rows += tx.query(f"SELECT {self._TEMPLATE_COLS} FROM templates t WHERE "
+                                 f"t.user_id IN ({', '.join('?' * len(part))})", tuple(part))
+            return listing, rows
+
+        listing, rows = self._run(fn, write=False)
+        return listing, {r[0]: self._decrypt_template(r) for r in rows}
+
     _USER_SQL = (
         "SELECT u.user_id, u.status, u.created_at, u.updated_at, u.template_version, "
         "u.model_version, COALESCE(l.failures, 0), l.locked_until, "

@@ -270,6 +270,17 @@ class Store(abc.ABC):
         """Every active user's template (for 1:N), optionally only one model version."""
 
     @abc.abstractmethod
+    def read_gallery(self, model_version: str, known: Mapping[str, bytes] | None = None
+                     ) -> tuple[list[tuple[str, bytes]], dict[str, TemplateRecord]]:
+        """For 1:N, read in one snapshot: ``(user_id, stamp)`` of every active user's
+        template of ``model_version``, ordered by user id, and the decrypted templates
+        of those whose stamp differs from ``known[user_id]`` (all when ``known`` is
+        empty). A stamp (key id and the ciphertext's random nonce) changes with every
+        write of the template: an update, a re-enrollment after deletion, a key
+        rotation; a caller that kept what it decoded from earlier templates reads and
+        decrypts only the changed ones."""
+
+    @abc.abstractmethod
     def get_user(self, user_id: str) -> UserRecord:
         """``NotFound`` for an unknown user."""
 

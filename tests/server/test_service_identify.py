@@ -32,7 +32,7 @@ def test_identify_decodes_only_changed_templates_and_follows_every_change(svc):
 
     def same_as_fresh():
         recs = list(svc.store.iter_templates(model_version=svc.model_version))
-        ids, matrix = svc._gallery(recs)
+        ids, matrix = svc._gallery()
         assert ids == [r.user_id for r in recs]
         assert np.array_equal(matrix, np.stack([decode(r.blob).embedding for r in recs]))
 

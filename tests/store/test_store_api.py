@@ -557,3 +557,49 @@ def test_count_users_by_model_counts_active_users_per_enrolled_model(store):
     assert store.count_users_by_model() == {"m-1": 3}
     store.put_template("erin", b"e", "m-0")
     assert store.count_users_by_model() == {"m-1": 3, "m-0": 1}
+
+
+def test_read_gallery_returns_only_templates_written_since_their_known_stamp(store, tmp_path):
+    """read_gallery lists every active user's template of one model with a stamp, and
+    decrypts only those whose stamp the caller does not know: a stamp changes with an
+    update, a re-enrollment after deletion (its version starts again at 1) and a key
+    rotation, never otherwise."""
+    from nacf_core.store.crypto import create_key_file
+
+    store.put_template("alice", b"a1", "m-1")
+    store.put_template("bob", b"b1", "m-1")
+    store.put_template("carol", b"c1", "m-2")  # another model
+    listing, fresh = store.read_gallery("m-1")
+    assert [u for u, _ in listing] == ["alice", "bob"]
+    assert {u: r.blob for u, r in fresh.items()} == {"alice": b"a1", "bob": b"b1"}
+    known = dict(listing)
+    assert store.read_gallery("m-1", known) == (listing, {})
+
+    store.put_template("alice", b"a2", "m-1")  # an update
+    listing2, fresh = store.read_gallery("m-1", known)
+    assert list(fresh) == ["alice"] and fresh["alice"].blob == b"a2"
+    assert dict(listing2)["bob"] == known["bob"] != known["alice"] != dict(listing2)["alice"]
+
+    known = dict(listing2)
+    store.delete_user("bob")
+    store.put_template("bob", b"b1", "m-1")  # the same bytes again, version 1 again
+    assert store.get_template("bob").version == 1
+    listing3, fresh = store.read_gallery("m-1", known)
+    assert list(fresh) == ["bob"] and fresh["bob"].blob == b"b1"
+
+    store.delete_user("alice")
+    assert [u for u, _ in store.read_gallery("m-1", dict(listing3))[0]] == ["bob"]
+
+    store.rotate_key(create_key_file(tmp_path / "new.key"))
+    listing4, fresh = store.read_gallery("m-1", dict(listing3))
+    assert list(fresh) == ["bob"] and fresh["bob"].blob == b"b1"
+    assert store.read_gallery("m-1", dict(listing4)) == (listing4, {})
+
+
+def test_read_gallery_fetches_changed_templates_in_chunks(store):
+    store.gallery_chunk = 3
+    for i in range(8):
+        store.put_template(f"u{i}", bytes([i + 1]), "m-1")
+    listing, fresh = store.read_gallery("m-1", {"u0": b"stale"})
+    assert len(listing) == 8 and sorted(fresh) == [f"u{i}" for i in range(8)]
+    assert [fresh[f"u{i}"].blob for i in range(8)] == [bytes([i + 1]) for i in range(8)]
