@@ -16,7 +16,8 @@
   longer than that, so a server that stops answering without closing its connections (a
   stopped process, a hung disk: TCP keepalives still succeed) costs the calls an
   ``UNAVAILABLE`` instead of their threads. Migrations are not bounded (they may wait for
-  another replica's).
+  another replica's), nor is a key rotation (it re-encrypts every row in one
+  transaction).
 - Every commit is durable (``synchronous_commit`` as the server sets it) except the
   rate-limit token buckets, committed asynchronously: a database crash can forget the
   last fraction of a second of rate accounting, never a template, session, nonce,
@@ -396,7 +397,7 @@ class PostgresStore(SqlStore):
 
     @contextmanager
     def _transaction(self, write: bool) -> Iterator[Tx]:
-        bounded = not getattr(self._local, "migrating", False)
+        bounded = not getattr(self._local, "unbounded", False)
         with self._pool.connection(bounded=bounded) as conn:
             sent_commit = False
             # a read sees one snapshot (all its statements the same commits): REPEATABLE
@@ -426,11 +427,20 @@ class PostgresStore(SqlStore):
     def migrate(self) -> list[int]:
         # not bounded by query_timeout: the advisory lock may wait for another replica's
         # migrations, and an index on a large table takes what it takes
-        self._local.migrating = True
+        self._local.unbounded = True
         try:
             return super().migrate()
         finally:
-            self._local.migrating = False
+            self._local.unbounded = False
+
+    def rotate_key(self, new_key) -> int:
+        # not bounded by query_timeout either: one transaction re-encrypts every template,
+        # device secret and PAD fingerprint, minutes for a large store
+        self._local.unbounded = True
+        try:
+            return super().rotate_key(new_key)
+        finally:
+            self._local.unbounded = False
 
     def _relaxed_durability(self, tx: Tx) -> None:
         # token buckets are approximate by nature: do not wait for the WAL flush
