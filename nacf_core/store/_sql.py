@@ -67,6 +67,15 @@ USER_GONE = ("the user was deleted while this call ran (a concurrent DeleteUser)
              "was written.")
 
 
+class _StaleKey(Exception):
+    """A write encrypted under a key that is not the store's any more (the key was rotated
+    by another process, or by this one while the write waited): rolled back."""
+
+    def __init__(self, store_key_id: str) -> None:
+        super().__init__(store_key_id)
+        self.store_key_id = store_key_id
+
+
 def _check_id(name: str, value: Any) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{name!r} must be a str, got {type(value).__name__} instead.")
@@ -166,6 +175,10 @@ class SqlStore(Store):
     def _after_delete(self) -> None:
         """Backend hook after a user's rows were deleted (SQLite: checkpoint)."""
 
+    def _rotation_lock(self, tx: Tx) -> None:
+        """Hold every write to the encrypted tables until this rotation ends (SQLite: BEGIN
+        IMMEDIATE does it)."""
+
     # -- plumbing ------------------------------------------------------------------
     def _run(self, fn: Callable[[Tx], T], *, write: bool = True) -> T:
         if self._closed:
@@ -181,6 +194,13 @@ class SqlStore(Store):
                 return out
             except NacfError:
                 raise
+            except _StaleKey as exc:
+                if exc.store_key_id == self._cipher.key_id and attempt < self.max_retries - 1:
+                    continue  # rotated by this process meanwhile: encrypt under the new key
+                raise FailedPrecondition(
+                    f"The store's template key was rotated (the store is under key id "
+                    f"{exc.store_key_id}; this process has key id {self._cipher.key_id}): "
+                    "restart it with the new key. Nothing was written.") from None
             except Exception as exc:  # driver errors only: classify, retry or translate
                 if (self._is_retryable(exc, time.monotonic() - t0)
                         and attempt < self.max_retries - 1):
@@ -232,6 +252,16 @@ class SqlStore(Store):
                 f"{self._cipher.key_id}."
             )
         self._cipher.decrypt(row[0], row[1], Cipher.aad("keycheck"), "The store's key check")
+
+    @staticmethod
+    def _tx_check_write_key(tx: Tx, key_id: str) -> None:
+        """Raise :class:`_StaleKey` unless ``key_id``, which this write encrypted under, is
+        the store's key. Run after the write's INSERTs and UPDATEs: on PostgreSQL they
+        wait for a rotation's table locks (READ COMMITTED: this read then sees its
+        commit); on SQLite the write lock orders them."""
+        row = tx.one("SELECT key_id FROM store_meta WHERE k = 'keycheck'")
+        if row is not None and row[0] != key_id:
+            raise _StaleKey(row[0])
 
     def _dec(self, key_id: str, blob: bytes, aad: bytes, what: str) -> bytes:
         return self._known.get(key_id, self._cipher).decrypt(key_id, blob, aad, what)
@@ -305,12 +335,11 @@ class SqlStore(Store):
         except (TypeError, ValueError) as exc:
             raise InvalidArgument(f"'meta' must be JSON-serialisable: {exc}.") from None
         t = _now(now)
-        fp_rows = None
-        if enroll_fingerprints is not None:
-            fp_rows = [(user_id, "enroll", t) + self._cipher.encrypt(
-                bytes(fp), Cipher.aad("pad", user_id, "enroll")) for fp in enroll_fingerprints]
+        fps = None if enroll_fingerprints is None else [bytes(f) for f in enroll_fingerprints]
 
         def fn(tx: Tx) -> int:
+            # encrypted in the transaction, under the key in use now (see _tx_check_write_key)
+            cipher = self._cipher
             created = tx.execute(
                 "INSERT INTO users (user_id, status, created_at, updated_at, "
                 "template_version, model_version) VALUES (?, 'active', ?, ?, 0, NULL) "
@@ -326,8 +355,7 @@ class SqlStore(Store):
                     f"Template of user {user_id!r} is at version {current}, "
                     f"expected {expected_version} (changed concurrently).")
             new = current + 1
-            kid, ct = self._cipher.encrypt(blob, self._template_aad(user_id, new,
-                                                                   model_version))
+            kid, ct = cipher.encrypt(blob, self._template_aad(user_id, new, model_version))
             tx.execute("UPDATE users SET template_version = ?, model_version = ?, "
                        "updated_at = ? WHERE user_id = ?", (new, model_version, t, user_id))
             tx.execute(
@@ -338,10 +366,13 @@ class SqlStore(Store):
                 "ciphertext = excluded.ciphertext, meta = excluded.meta, "
                 "created_at = excluded.created_at",
                 (user_id, new, model_version, kid, ct, meta_json, t))
-            if fp_rows is not None:  # the enrollment's PAD fingerprints, same transaction
+            if fps is not None:  # the enrollment's PAD fingerprints, same transaction
                 tx.execute("DELETE FROM pad_fingerprints WHERE user_id = ? AND kind = 'enroll'",
                            (user_id,))
-                self._tx_fingerprints(tx, user_id, "enroll", fp_rows)
+                self._tx_fingerprints(tx, user_id, "enroll", [
+                    (user_id, "enroll", t) + cipher.encrypt(
+                        fp, Cipher.aad("pad", user_id, "enroll")) for fp in fps])
+            self._tx_check_write_key(tx, kid)
             return new
 
         return self._run(fn)
@@ -513,6 +544,7 @@ class SqlStore(Store):
                                         f"{user_id!r}; set rotate=true for a new secret.")
                 tx.execute("UPDATE devices SET key_id = ?, secret_ct = ?, created_at = ? "
                            "WHERE device_id = ?", (kid, ct, t, device_id))
+            self._tx_check_write_key(tx, kid)
             return DeviceRecord(device_id=device_id, user_id=user_id, secret=secret,
                                 created_at=t)
 
@@ -841,16 +873,18 @@ class SqlStore(Store):
                                   f"are 'enroll', 'probe', but got {kind!r} instead.")
         fps = [bytes(f) for f in fingerprints]
         t = _now(now)
-        rows = []
-        for fp in fps:
-            kid, ct = self._cipher.encrypt(fp, Cipher.aad("pad", user_id, kind))
-            rows.append((user_id, kind, t, kid, ct))
 
         def fn(tx: Tx) -> None:
+            # encrypted in the transaction, under the key in use now (see _tx_check_write_key)
+            cipher = self._cipher
+            rows = [(user_id, kind, t) + cipher.encrypt(fp, Cipher.aad("pad", user_id, kind))
+                    for fp in fps]
             if replace:
                 tx.execute("DELETE FROM pad_fingerprints WHERE user_id = ? AND kind = ?",
                            (user_id, kind))
             self._tx_fingerprints(tx, user_id, kind, rows)
+            if rows:
+                self._tx_check_write_key(tx, cipher.key_id)
 
         self._run(fn)
 
@@ -974,11 +1008,7 @@ class SqlStore(Store):
         else:
             max_failures = check_int_range("max_failures", max_failures, 1)
             lock_seconds = check_finite_positive("lock_seconds", lock_seconds)
-        fp_rows = []
-        if probe_fingerprint is not None:
-            kid, ct = self._cipher.encrypt(bytes(probe_fingerprint),
-                                           Cipher.aad("pad", user_id, "probe"))
-            fp_rows.append((user_id, "probe", t, kid, ct))
+        probe = None if probe_fingerprint is None else bytes(probe_fingerprint)
         attempt = self._attempt_row(user_id, accepted, score, reason, peer, duration_s,
                                     method, t)
 
@@ -1019,8 +1049,11 @@ class SqlStore(Store):
                            "VALUES (?, ?, ?, ?, ?, ?, ?)", sess_row)
             else:
                 out = (*self._tx_failure(tx, user_id, max_failures, lock_seconds, t), False)
-            if fp_rows:
-                self._tx_fingerprints(tx, user_id, "probe", fp_rows)
+            if probe is not None:
+                # encrypted in the transaction, under the key in use now
+                kid, ct = self._cipher.encrypt(probe, Cipher.aad("pad", user_id, "probe"))
+                self._tx_fingerprints(tx, user_id, "probe", [(user_id, "probe", t, kid, ct)])
+                self._tx_check_write_key(tx, kid)
             self._tx_attempt(tx, attempt)
             return out
 
@@ -1036,6 +1069,7 @@ class SqlStore(Store):
         old = self._cipher
 
         def fn(tx: Tx) -> int:
+            self._rotation_lock(tx)
             n = 0
             for uid, ver, mv, kid, ct in tx.query(
                     "SELECT user_id, version, model_version, key_id, ciphertext FROM templates"
@@ -1065,8 +1099,9 @@ class SqlStore(Store):
             kid, ct = new.encrypt(_KEYCHECK, Cipher.aad("keycheck"))
             tx.execute("UPDATE store_meta SET key_id = ?, v = ? WHERE k = 'keycheck'",
                        (kid, ct))
-            # switch before COMMIT: SQLite writers waiting on BEGIN IMMEDIATE and
-            # PostgreSQL writers waiting on these row locks then encrypt under the new key
+            # switch before COMMIT: SQLite writers waiting on BEGIN IMMEDIATE then encrypt
+            # under the new key; PostgreSQL writers waiting on these locks find the key
+            # changed (_tx_check_write_key) and run again under it
             self._known[new.key_id] = new
             self._cipher = new
             return n

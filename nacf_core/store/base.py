@@ -505,7 +505,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def rotate_key(self, new_key: bytes | str) -> int:
         """Re-encrypt every template, device secret and fingerprint under ``new_key`` in
-        one transaction; afterwards the store uses the new key. Return rows re-encrypted."""
+        one transaction; afterwards the store uses the new key. Return rows re-encrypted.
+
+        A store object of another process (a replica) still holding the old key gets
+        ``FailedPrecondition`` for a write that would encrypt under it (nothing written)."""
 
     @property
     @abc.abstractmethod

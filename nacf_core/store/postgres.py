@@ -446,6 +446,11 @@ class PostgresStore(SqlStore):
         # token buckets are approximate by nature: do not wait for the WAL flush
         tx.execute("SET LOCAL synchronous_commit TO OFF")
 
+    def _rotation_lock(self, tx: Tx) -> None:
+        # writers' INSERTs wait until the rotation commits, then see its key (a row
+        # inserted meanwhile would escape the rotation's SELECT, under the old key)
+        tx.execute("LOCK TABLE templates, devices, pad_fingerprints IN EXCLUSIVE MODE")
+
     def _migration_lock(self, tx: Tx) -> None:
         tx.query("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK_ID,))
 
