@@ -162,6 +162,8 @@ class Cipher:
             )
         blob = bytes(blob)
         try:
+            if len(blob) < 12 + 16:  # no room for the nonce and the tag: truncated
+                raise InvalidTag
             return self._aead.decrypt(blob[:12], blob[12:], aad)
         except InvalidTag:
             raise FailedPrecondition(
