@@ -5,6 +5,8 @@ The key never comes from the database: pass it to ``open_store(url, key=...)`` o
 - ``NACF_TEMPLATE_KEY``: the 32-byte key, base64 (standard or url-safe), or
 - ``NACF_TEMPLATE_KEY_FILE``: a file holding that base64 text (or the 32 raw bytes).
 
+A text of another form (a password, a hex string) is refused, never used as a key.
+
 Make one with ``python -c "import os,base64;print(base64.b64encode(os.urandom(32)).decode())"``
 or :func:`create_key_file`.
 
@@ -37,21 +39,26 @@ KEY_BYTES = 32
 MAX_KEY_FILE_BYTES = 4096
 
 
-def _decode_key(text: bytes, source: str) -> bytes:
+def _decode_key(text: bytes, source: str, raw: bool = False) -> bytes:
+    """The key in ``text``: base64 of 32 bytes, or with ``raw`` (a key file) the 32 raw
+    bytes themselves, which a random key never spells as text: a 32-character text (a
+    password, the hex of 16 bytes) is refused, not taken for its ASCII codes."""
     s = text.strip()
     for decoder in (base64.b64decode, base64.urlsafe_b64decode):
         try:
-            raw = decoder(s + b"=" * (-len(s) % 4))
+            decoded = decoder(s + b"=" * (-len(s) % 4))
         except (binascii.Error, ValueError):
             continue
-        if len(raw) == KEY_BYTES:
-            return raw
-    if len(text) == KEY_BYTES:  # raw key bytes (base64 of 32 bytes is 44 characters)
-        return bytes(text)
+        if len(decoded) == KEY_BYTES:
+            return decoded
+    if raw and len(text) == KEY_BYTES and not all(32 <= b < 127 or b in b"\t\n\r"
+                                                  for b in text):
+        return bytes(text)  # raw key bytes (base64 of 32 bytes is 44 characters)
     raise InvalidArgument(
         f"The template key from {source} must be {KEY_BYTES} bytes, base64-encoded "
-        f"(44 characters), or {KEY_BYTES} raw bytes; got {len(s)} characters that do "
-        f"not decode to {KEY_BYTES} bytes."
+        f"(44 characters){f', or {KEY_BYTES} raw bytes' if raw else ''}; got {len(s)} "
+        f"characters that do not decode to {KEY_BYTES} bytes (make a key with "
+        f"`nacf store new-key`)."
     )
 
 
@@ -104,7 +111,7 @@ def _read_key_file(path: Path) -> bytes:
     except InvalidArgument as exc:
         msg = str(exc)
         raise FailedPrecondition(msg[:1].upper() + msg[1:]) from None
-    return _decode_key(data, f"the key file {str(path)!r}")
+    return _decode_key(data, f"the key file {str(path)!r}", raw=True)
 
 
 def create_key_file(path: str | os.PathLike) -> bytes:

@@ -29,3 +29,37 @@ def test_a_truncated_ciphertext_fails_authentication(store, length):
         store.get_device("hs-1")
     with pytest.raises(FailedPrecondition, match="'alice'"):
         store.rotate_key(os.urandom(32))
+
+
+def test_a_32_character_text_is_not_taken_for_a_raw_key(tmp_path, monkeypatch):
+    """Any 32-character text (a password, `openssl rand -hex 16`) in NACF_TEMPLATE_KEY,
+    in key= or in a key file was used as the 32 raw key bytes, its ASCII codes: a weak
+    key accepted without a word, where base64 of 32 random bytes was asked for."""
+    import base64
+    from pathlib import Path
+
+    from nacf_core.errors import InvalidArgument
+    from nacf_core.store import load_key
+    from nacf_core.store.crypto import KEY_ENV, KEY_FILE_ENV
+
+    monkeypatch.delenv(KEY_FILE_ENV, raising=False)
+    for text in ("correct-horse-battery-staple-123", os.urandom(16).hex()):
+        monkeypatch.setenv(KEY_ENV, text)
+        with pytest.raises(InvalidArgument, match=r"NACF_TEMPLATE_KEY.*base64"):
+            load_key(None)
+        with pytest.raises(InvalidArgument, match="base64"):
+            load_key(text)
+        path = tmp_path / "text.key"
+        path.write_text(text)
+        with pytest.raises(InvalidArgument, match="text.key"):
+            load_key(Path(path))
+    # what is a key still is one
+    raw = os.urandom(32)
+    monkeypatch.setenv(KEY_ENV, base64.b64encode(raw).decode())
+    assert load_key(None) == raw
+    assert load_key(raw) == raw
+    path = tmp_path / "raw.key"
+    path.write_bytes(raw)
+    assert load_key(Path(path)) == raw
+    path.write_bytes(base64.urlsafe_b64encode(raw) + b"\n")
+    assert load_key(Path(path)) == raw
