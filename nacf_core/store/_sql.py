@@ -508,6 +508,10 @@ class SqlStore(Store):
 
         rows = self._run(fn)
         self._after_delete()
+        # and the plaintexts of its PAD fingerprints this process keeps (biometric data)
+        with self._fp_lock:
+            for rid in [rid for rid, e in self._fp_plain.items() if e[0] == user_id]:
+                self._fp_size -= len(self._fp_plain.pop(rid)[2]) + 200
         return [self._session((*r[:4], t, "user_deleted", *r[6:])) if float(r[3]) > t
                 else self._session((*r[:4], r[3], "expired", *r[6:])) for r in rows]
 

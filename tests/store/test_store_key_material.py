@@ -63,3 +63,21 @@ def test_a_32_character_text_is_not_taken_for_a_raw_key(tmp_path, monkeypatch):
     assert load_key(Path(path)) == raw
     path.write_bytes(base64.urlsafe_b64encode(raw) + b"\n")
     assert load_key(Path(path)) == raw
+
+
+def test_delete_user_drops_its_decrypted_fingerprints_from_memory(store):
+    """Every authentication reads the PAD history, so the store keeps its decrypted
+    fingerprints in memory by row id; deleting the user deleted the rows but left their
+    plaintexts (biometric data) in the process until evicted by 32 MB of other users'."""
+    store.put_template("alice", b"ta", "m", enroll_fingerprints=[b"alice-enroll-fp"])
+    store.put_template("bob", b"tb", "m", enroll_fingerprints=[b"bob-enroll-fp"])
+    store.add_fingerprints("alice", [b"alice-probe-fp"], "probe")
+    for uid in ("alice", "bob"):
+        store.get_fingerprints(uid)  # read, as an authentication does: cached
+    held = [e[2] for e in store._fp_plain.values()]
+    assert b"alice-probe-fp" in held and b"bob-enroll-fp" in held
+    store.delete_user("alice")
+    held = [e[2] for e in store._fp_plain.values()]
+    assert held == [b"bob-enroll-fp"]
+    assert store._fp_size == sum(len(p) + 200 for p in held)
+    assert store.get_fingerprints("bob") == [("enroll", b"bob-enroll-fp")]
