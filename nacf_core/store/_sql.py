@@ -124,6 +124,11 @@ class Tx:
         self._cur.execute(self._sql(sql), params)
         return self._cur.rowcount
 
+    def columns(self, table: str) -> list[str]:
+        """The column names of ``table`` (a name this module wrote, never user input)."""
+        self._cur.execute(f"SELECT * FROM {table} WHERE 1 = 0")
+        return [d[0] for d in self._cur.description]
+
 
 class SqlStore(Store):
     """Common logic; see :class:`nacf_core.store.base.Store` for the contract."""
@@ -277,6 +282,16 @@ class SqlStore(Store):
             tx.execute("CREATE TABLE IF NOT EXISTS schema_migrations ("
                        "version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
                        "applied_at DOUBLE PRECISION NOT NULL)")
+            cols = tx.columns("schema_migrations")
+            if sorted(cols) != ["applied_at", "name", "version"]:
+                # another application's migration tool (Rails, dbmate, golang-migrate...)
+                # keeps a table of that name: its versions are not nacf's
+                where = ("a PostgreSQL schema of its own (?schema=NAME in the store URL)"
+                         if self.backend == "postgresql" else "a database file of its own")
+                raise FailedPrecondition(
+                    f"{self._describe()} holds a schema_migrations table that is not nacf's "
+                    f"(columns {', '.join(cols)}): another application's migrations. Give "
+                    f"nacf {where}.")
             done = {r[0] for r in tx.query("SELECT version FROM schema_migrations")}
             known = max(v for v, _, _ in self.MIGRATIONS)
             if done and max(done) > known:  # its tables mean what this code does not know

@@ -7,6 +7,7 @@ import os
 import pytest
 
 from nacf_core.errors import FailedPrecondition
+from nacf_core.store import open_store
 
 
 @pytest.mark.parametrize("length", [0, 5, 7])
@@ -81,3 +82,49 @@ def test_delete_user_drops_its_decrypted_fingerprints_from_memory(store):
     assert held == [b"bob-enroll-fp"]
     assert store._fp_size == sum(len(p) + 200 for p in held)
     assert store.get_fingerprints("bob") == [("enroll", b"bob-enroll-fp")]
+
+
+def _sql_on(store_url: str, statements: list[str]) -> list:
+    """Run ``statements`` on the database behind ``store_url`` (its schema on PostgreSQL,
+    created first); return the rows of the last one."""
+    if store_url.startswith("sqlite"):
+        import sqlite3
+
+        conn = sqlite3.connect(store_url[len("sqlite:///"):], isolation_level=None)
+        try:
+            rows = [conn.execute(s).fetchall() for s in statements]
+        finally:
+            conn.close()
+        return rows[-1]
+    import psycopg
+
+    dsn, schema = store_url.rsplit("schema=", 1)
+    with psycopg.connect(dsn.rstrip("?&"), autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        conn.execute(f'SET search_path TO "{schema}"')
+        cur = None
+        for s in statements:
+            cur = conn.execute(s)
+        return cur.fetchall() if cur.description else []
+
+
+@pytest.mark.parametrize("columns, version", [
+    ("version VARCHAR(255) PRIMARY KEY", "'20240101120000'"),          # Rails, dbmate
+    ("version BIGINT PRIMARY KEY, dirty BOOLEAN NOT NULL DEFAULT FALSE", "2"),  # migrate
+])
+def test_another_applications_schema_migrations_table_is_refused(store_url, key, columns,
+                                                                  version):
+    """A database (or PostgreSQL schema: the default is public) shared with an application
+    whose migration tool keeps its own schema_migrations table: its versions were taken
+    for nacf's. A text version crashed the open with a TypeError; version 2 passed for
+    "every migration applied", and the open failed on a missing store_meta table
+    (UNAVAILABLE); 3 and up were "migrated by a newer nacf". Refused now, saying why."""
+    _sql_on(store_url, [f"CREATE TABLE schema_migrations ({columns})",
+                        f"INSERT INTO schema_migrations (version) VALUES ({version})"])
+    with pytest.raises(FailedPrecondition, match="schema_migrations.*not nacf's"):
+        open_store(store_url, key=key)
+    # the other application's table as it was, and no table of nacf's beside it
+    assert [str(r[0]) for r in _sql_on(store_url, ["SELECT version FROM schema_migrations"])] \
+        == [version.strip("'")]
+    with pytest.raises(Exception):
+        _sql_on(store_url, ["SELECT 1 FROM store_meta"])
