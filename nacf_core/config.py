@@ -106,7 +106,7 @@ OPTION_HELP: dict[str, str] = {
                                    "that end the session (wearer changed)",
     "signal_loss_s": "ContinuousAuthenticate: seconds without a usable window (or without "
                      "data) that end the session (signal lost)",
-    "audit_retention_days": "audit rows older than this are purged",
+    "audit_retention_days": "audit rows, and sessions that ended, older than this are purged",
     "purge_interval_s": "how often the retention purge and session expiry run",
     "identify_max_k": "largest top_k Identify accepts",
 }

@@ -449,8 +449,8 @@ class AuthService:
             raise err from e
 
     def maintenance(self, force: bool = False) -> None:
-        """Expire sessions (every 30 s at most) and purge audit rows past retention
-        (every ``purge_interval_s``).  The server's health loop calls this every 2 s;
+        """Expire sessions (every 30 s at most) and purge audit rows and ended sessions
+        past retention (every ``purge_interval_s``).  The server's health loop calls this every 2 s;
         it never runs inside a request."""
         now = self.clock()
         with self._purge_lock:
@@ -460,17 +460,20 @@ class AuthService:
                 self._last_expire = now
             if purge:
                 self._last_purge = now
-        n, ended = 0, []
+        n, n_sessions, ended = 0, 0, []
         if purge:
             cutoff = now - self.config.audit_retention_days * 86400.0
             n = self._store("purge_attempts", self.store.purge_attempts, cutoff)
+            # ended sessions say who authenticated when, as audit rows do
+            n_sessions = self._store("purge_sessions", self.store.purge_sessions, cutoff)
         if expire:
             ended = self._store("expire_sessions", self.store.expire_sessions, now=now)
             for s in ended:
                 self.metrics.observe_session_duration(max(0.0, s.expires_at - s.created_at))
             self._update_active_sessions(now)
-        if n or ended:
+        if n or n_sessions or ended:
             log.info("maintenance", extra={"event_type": "maintenance", "audit_purged": n,
+                                           "sessions_purged": n_sessions,
                                            "sessions_expired": len(ended)})
 
     def refresh_gauges(self) -> None:

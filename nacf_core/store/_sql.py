@@ -863,6 +863,11 @@ class SqlStore(Store):
         t = _check_time("older_than", older_than)
         return self._run(lambda tx: tx.execute("DELETE FROM auth_attempts WHERE ts < ?", (t,)))
 
+    def purge_sessions(self, older_than: float) -> int:
+        t = _check_time("older_than", older_than)
+        return self._run(lambda tx: tx.execute(
+            "DELETE FROM sessions WHERE ended_at IS NOT NULL AND ended_at < ?", (t,)))
+
     def stats(self, now=None) -> Stats:
         day = utc_day_start(_now(now))
         # the audit rows of account changes (Enroll, RegisterDevice) are no attempts

@@ -413,6 +413,12 @@ class Store(abc.ABC):
         """Delete audit rows with ``ts < older_than``; return how many."""
 
     @abc.abstractmethod
+    def purge_sessions(self, older_than: float) -> int:
+        """Delete the rows of sessions that ended before ``older_than`` (who
+        authenticated when, from which headset: the audit's retention applies to them
+        too); return how many. Active sessions are never touched."""
+
+    @abc.abstractmethod
     def stats(self, now: float | None = None) -> Stats:
         """The monitoring guide's stats query (day boundary at 00:00 UTC)."""
 

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from nacf_core._proto.nacf.v1 import auth_pb2 as pb
 from nacf_core.config import Config, load_api_keys, load_config
-from nacf_core.errors import InvalidArgument
+from nacf_core.errors import InvalidArgument, NotFound
 from nacf_core.metrics import Metrics
 from nacf_core.server.converters import block_to_signal, signal_to_block
 from nacf_core.server.servicer import AuthServicer
@@ -190,7 +190,7 @@ def test_serve_help_documents_every_option():
         assert name in text and f"NACF_{name.upper()}" in text, name
 
 
-def test_maintenance_expires_sessions_and_purges_audit(svc):
+def test_maintenance_expires_sessions_and_purges_audit_and_ended_sessions(svc):
     service, _ = svc
     t = [time.time()]
     service.clock = lambda: t[0]
@@ -209,8 +209,14 @@ def test_maintenance_expires_sessions_and_purges_audit(svc):
                     if s.name.endswith("_count"))
         assert after >= before + 1
         assert service.metrics.active_sessions._value.get() == 0
+        ended = service.store.get_session(r.session_token)  # ended, kept until retention
+        assert ended.ended_at is not None and not ended.is_active(t[0])
+        active = service.store.create_session("t1", 10 * 86400 * 365, now=t[0])
         t[0] += service.config.audit_retention_days * 86400 + 1
         service.maintenance(force=True)
         assert service.store.recent_attempts("t1", limit=1000) == []
+        with pytest.raises(NotFound):  # who authenticated when: purged like the audit
+            service.store.get_session(r.session_token)
+        assert service.store.get_session(active.token).is_active(t[0])
     finally:
         service.clock = time.time

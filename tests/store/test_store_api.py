@@ -603,3 +603,21 @@ def test_read_gallery_fetches_changed_templates_in_chunks(store):
     listing, fresh = store.read_gallery("m-1", {"u0": b"stale"})
     assert len(listing) == 8 and sorted(fresh) == [f"u{i}" for i in range(8)]
     assert [fresh[f"u{i}"].blob for i in range(8)] == [bytes([i + 1]) for i in range(8)]
+
+
+def test_purge_sessions_deletes_only_sessions_ended_before_the_cutoff(store):
+    store.put_template("alice", b"a", "m-1", now=T0)
+    old = store.create_session("alice", 60.0, now=T0)
+    store.end_session(old.token, now=T0 + 10)
+    expired = store.create_session("alice", 60.0, now=T0)
+    assert len(store.expire_sessions(now=T0 + 100)) == 1  # ended at its expiry, T0 + 60
+    recent = store.create_session("alice", 60.0, now=T0 + 200)
+    store.end_session(recent.token, now=T0 + 250)
+    active = store.create_session("alice", 1e6, now=T0)
+    assert store.purge_sessions(T0 + 61) == 2
+    for gone in (old, expired):
+        with pytest.raises(NotFound):
+            store.get_session(gone.token)
+    assert store.get_session(recent.token).ended_at == T0 + 250
+    assert store.get_session(active.token).is_active(T0 + 300)
+    assert store.purge_sessions(T0 + 61) == 0
