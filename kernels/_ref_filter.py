@@ -17,9 +17,13 @@ __all__ = ["sosfilt", "steady_state_zi", "bandpass_sos", "notch_sos"]
 def sosfilt(sos, x, axis=-1, zi=None):
     """``scipy.signal.sosfilt`` (2-D ``x``; ``axis`` -1 or 0).
 
-    One addition: an empty ``x`` returns an empty ``y`` (and ``zf`` equal to ``zi``),
-    where SciPy 1.17 fails to reshape a zero-length time axis.
+    Two additions: an empty ``x`` returns an empty ``y`` (and ``zf`` equal to ``zi``),
+    where SciPy 1.17 fails to reshape a zero-length time axis; and ``sos`` may be any
+    array the compiled backends take (read-only, Fortran-ordered, strided), where SciPy
+    hands it as is to a writable C-contiguous buffer and fails ("buffer source array is
+    read-only", "ndarray is not C-contiguous"): it is copied (n_sections x 6 values).
     """
+    sos = np.array(sos, order="C", copy=True)
     if np.size(x) == 0:
         dtype = np.result_type(sos, x) if zi is None else np.result_type(sos, x, zi)
         y = np.empty(np.shape(x), dtype=dtype)

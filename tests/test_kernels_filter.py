@@ -358,3 +358,27 @@ def test_kernels_do_not_keep_the_gil():
     src = (_cpu.__file__.rsplit("/", 1)[0]) + "/_sosfilt.pxi"
     with open(src) as fh:
         assert "with nogil:" in fh.read()
+
+
+@pytest.mark.parametrize("layout", ["read-only", "fortran", "strided"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_reference_takes_any_sos_layout_the_compiled_backends_take(layout, dtype):
+    """A read-only (np.load(mmap_mode="r"), a shared design), Fortran-ordered or strided
+    ``sos`` filters through the reference as through the compiled backends; SciPy's
+    sosfilt refused the first two ("buffer source array is read-only", "ndarray is not
+    C-contiguous")."""
+    base = ref.bandpass_sos(1.0, 40.0, 250.0, 4).astype(dtype)
+    if layout == "read-only":
+        sos = base.copy()
+        sos.setflags(write=False)
+    elif layout == "fortran":
+        sos = np.asfortranarray(base)
+    else:
+        sos = np.repeat(base, 2, axis=0)[::2]
+    x = make_signal(6, 3, 200, -1, dtype)
+    zi = np.ones((4, 3, 2), dtype)
+    want = signal.sosfilt(base, x, zi=zi)
+    for got in (ref.sosfilt(sos, x, -1, zi), kernel("cython").sosfilt(sos, x, -1, zi)):
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_array_equal(ref.sosfilt(sos, x), signal.sosfilt(base, x))
