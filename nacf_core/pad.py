@@ -821,40 +821,56 @@ class _Slab:
 
 class _SlabCache:
     """Slabs by history key (the service passes the user id) and FFT size, bounded in
-    bytes (least recently used evicted first)."""
+    bytes (least recently used evicted first).
+
+    The bytes counted for each slab are kept with it, so that an eviction or a
+    replacement takes off the total what was added for that slab, even while another
+    thread grows it; :meth:`resized` counts only the growth of a slab still cached."""
 
     def __init__(self, max_bytes: int = 64 << 20) -> None:
         self.max_bytes = int(max_bytes)
         self._d: dict[tuple[Any, int], _Slab] = {}
+        self._counted: dict[tuple[Any, int], int] = {}  # bytes in _size for each slab
         self._size = 0
         self._lock = threading.Lock()
+
+    def _drop(self, k: tuple[Any, int]) -> None:
+        del self._d[k]
+        self._size -= self._counted.pop(k)
 
     def get(self, key: Any, nfft: int, e: Any, L: int, n_parts: int) -> _Slab:
         k = (key, nfft)
         with self._lock:
-            slab = self._d.pop(k, None)
-            if slab is not None and (slab.spec.shape[0] != e.spec.shape[0]
-                                     or slab.spec.shape[2] != e.spec.shape[2]
-                                     or slab.wp.shape[0] != L):
-                self._size -= slab.nbytes  # another channel set or piece length
-                slab = None
+            slab = self._d.get(k)
+            if slab is not None:
+                self._d[k] = self._d.pop(k)  # most recent last
+                if (slab.spec.shape[0] != e.spec.shape[0] or slab.spec.shape[2] != e.spec.shape[2]
+                        or slab.wp.shape[0] != L):
+                    self._drop(k)  # another channel set or piece length
+                    slab = None
             if slab is None:
                 slab = _Slab(e.spec.shape[0], e.spec.shape[2], L,
                              max(16, n_parts + n_parts // 4))
+                self._d[k] = slab  # most recent last
+                self._counted[k] = slab.nbytes
                 self._size += slab.nbytes
-            self._d[k] = slab  # most recent last
             while self._size > self.max_bytes and len(self._d) > 1:
-                old = self._d.pop(next(iter(self._d)))
-                self._size -= old.nbytes
+                self._drop(next(iter(self._d)))
         return slab
 
-    def resized(self, before: int, slab: _Slab) -> None:
+    def resized(self, key: Any, nfft: int, slab: _Slab) -> None:
+        """Count the growth of ``slab`` (of ``(key, nfft)``) if it is still cached; one
+        evicted or replaced meanwhile left the total with the bytes counted for it."""
+        k = (key, nfft)
         with self._lock:
-            self._size += slab.nbytes - before
+            if self._d.get(k) is slab:
+                self._size += slab.nbytes - self._counted[k]
+                self._counted[k] = slab.nbytes
 
     def clear(self) -> None:
         with self._lock:
             self._d.clear()
+            self._counted.clear()
             self._size = 0
 
 
@@ -876,7 +892,7 @@ def _max_ncc_slab(segs: np.ndarray, stored: list[_Stored], key: Any) -> tuple[fl
         before = slab.nbytes
         slab.sync(stored)
         if slab.nbytes != before:
-            _SLABS.resized(before, slab)
+            _SLABS.resized(key, nfft, slab)
         used = slab.used
         score, part = _ncc_parts(_reversed_pieces(segs), L, nfft, slab.spec[:, :used],
                                  np.ascontiguousarray(slab.wp[:, :used]),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from types import SimpleNamespace
 
 import numpy as np
@@ -308,6 +309,58 @@ def test_history_slab_scores_as_the_plain_path_while_the_history_changes():
         assert pad._SLABS._size <= pad._SLABS.max_bytes or len(pad._SLABS._d) == 1
     finally:
         pad._SLABS = old_cache
+
+
+@pytest.mark.parametrize("pause", ["before_sync", "after_sync"])
+def test_slab_cache_counts_only_its_slabs_when_a_thread_grows_an_evicted_one(pause, monkeypatch):
+    """Thread A takes alice's slab and grows it (her history got longer) while the main
+    thread's call for bob evicts that slab: the cache's byte count stays the sum of the
+    slabs it holds. It counted A's growth of the evicted slab for good (phantom bytes
+    that no eviction takes off, so the cache ended up keeping fewer slabs than its
+    budget, in the end one)."""
+    rng = np.random.default_rng(3)
+    n_ch = 4
+
+    def fp(n):
+        return _fp_bytes(rng.normal(size=(n, 2 * n_ch)) * 6, n_ch)
+
+    cache = pad._SlabCache(max_bytes=100_000)  # room for one small slab, not two
+    monkeypatch.setattr(pad, "_SLABS", cache)
+    enroll = fp(200)
+    pad._replay_score(fp(61), [("enroll", enroll), ("probe", fp(61))], False, "alice")
+    arrived, go = threading.Event(), threading.Event()
+    sync = pad._Slab.sync
+    thread_a = []
+
+    def paused_sync(self, stored):
+        if threading.current_thread() in thread_a:
+            if pause == "after_sync":
+                sync(self, stored)
+            arrived.set()
+            assert go.wait(30)
+            if pause == "after_sync":
+                return None
+        return sync(self, stored)
+
+    monkeypatch.setattr(pad._Slab, "sync", paused_sync)
+    longer = [("enroll", enroll)] + [("probe", fp(61)) for _ in range(20)]  # past the cap
+    got = {}
+    a = threading.Thread(target=lambda: got.setdefault(
+        "a", pad._replay_score(fp(61), longer, False, "alice")))
+    thread_a.append(a)
+    a.start()
+    assert arrived.wait(30)
+    pad._replay_score(fp(61), [("enroll", fp(200)), ("probe", fp(61))], False, "bob")
+    assert ("alice", 96) not in cache._d  # alice's slab was evicted under thread A
+    go.set()
+    a.join(30)
+    assert "a" in got
+    held = sum(slab.nbytes for slab in cache._d.values())
+    assert cache._size == held
+    # and the cache keeps what its budget holds: alice and bob in turn, one at a time
+    for user in ("alice", "bob", "alice"):
+        pad._replay_score(fp(61), [("enroll", enroll), ("probe", fp(61))], False, user)
+        assert cache._size == sum(slab.nbytes for slab in cache._d.values())
 
 
 def _bandpass_reference(x, sfreq):
