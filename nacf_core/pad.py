@@ -867,6 +867,12 @@ class _SlabCache:
                 self._size += slab.nbytes - self._counted[k]
                 self._counted[k] = slab.nbytes
 
+    def forget(self, key: Any) -> None:
+        """Drop the slabs of one history key (a deleted user's)."""
+        with self._lock:
+            for k in [k for k in self._d if k[0] == key]:
+                self._drop(k)
+
     def clear(self) -> None:
         with self._lock:
             self._d.clear()
@@ -1390,6 +1396,11 @@ class PresentationAttackDetector:
                        for s, ok in zip(windows.starts_s, windows.accepted) if not ok]
         return self.analyse(block.samples, block.sfreq, getattr(block, "ch_names", None),
                             fingerprints, history_key, exclude)
+
+    def forget(self, history_key: Any) -> None:
+        """Drop the prepared history kept for ``history_key`` (the service calls this when
+        it deletes the user)."""
+        _SLABS.forget(history_key)
 
     def enroll_fingerprints(self, windows: Any, blocks: Iterable[Any]) -> list[bytes]:
         """Service hook: one fingerprint per enrollment block (blocks shorter than 2 s

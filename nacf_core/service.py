@@ -372,7 +372,8 @@ class AuthService:
         self.metrics = metrics
         self.clock = clock
         self.pad = pad
-        self._templates: dict[bytes, Any] = {}  # decoded templates (see _template)
+        # decoded templates, by user id, with their bytes (see _template)
+        self._templates: dict[str, tuple[bytes, Any]] = {}
         # Identify's gallery: (user ids, their templates' stamps, embedding matrix),
         # rebuilt only where a template changed (see _gallery)
         self._gallery_state: tuple[list[str], list[bytes], np.ndarray] | None = None
@@ -623,22 +624,24 @@ class AuthService:
             "UnlockUser.")
 
     def _template(self, rec: Any, user_id: str = "") -> Any:
-        """The decoded template of a ``TemplateRecord``, cached by its decrypted bytes
-        (a new enrollment, an update or a re-enrollment after deletion brings new bytes,
-        so an entry can never be stale).
+        """The decoded template of a ``TemplateRecord``, cached per user with its
+        decrypted bytes (a new enrollment, an update or a re-enrollment after deletion
+        brings new bytes, so an entry can never be stale; DeleteUser drops it).
 
         A template enrolled with another model than the one this server runs cannot be
         compared (its embedding lives in another space): ``FailedPrecondition`` saying to
         re-enroll, before any signal is read. The request is not at fault, the account's
         state is (the pipeline's own check said ``InvalidArgument``, and only once a
         stream had sent a whole window)."""
-        k = bytes(rec.blob)
-        tpl = self._templates.get(k)
-        if tpl is None:
-            tpl = self.rec.template_from_bytes(rec.blob)
+        blob = bytes(rec.blob)
+        cached = self._templates.get(rec.user_id)
+        if cached is not None and cached[0] == blob:
+            tpl = cached[1]
+        else:
+            tpl = self.rec.template_from_bytes(blob)
             if len(self._templates) >= 4096:
                 self._templates.clear()
-            self._templates[k] = tpl
+            self._templates[rec.user_id] = (blob, tpl)
         if str(tpl.model_version) != self.model_version:
             raise FailedPrecondition(
                 f"user {user_id or rec.user_id!r} was enrolled with model "
@@ -1109,6 +1112,7 @@ class AuthService:
         user_id = check_user_id(user_id)
         now = self.clock()
         ended = self._store("delete_user", self.store.delete_user, user_id, now=now) or []
+        self._forget(user_id)
         # its open sessions ended with it: observed like a session ended any other way
         for sess in ended:
             self.metrics.observe_session_duration(
@@ -1116,6 +1120,21 @@ class AuthService:
         self._update_active_sessions(now)
         log.info("user deleted", extra={"event_type": "user_deleted", "user_id": user_id,
                                         "sessions_ended": len(ended)})
+
+    def _forget(self, user_id: str) -> None:
+        """Drop what this process keeps in memory of a deleted user: its decoded
+        template, its row of Identify's gallery, its prepared PAD history (the store's
+        own cache of its decrypted fingerprints goes with its rows). An Identify that
+        read the store before the deletion may put the row back; the next one drops it."""
+        self._templates.pop(user_id, None)
+        g = self._gallery_state
+        if g is not None and user_id in g[0]:
+            i = g[0].index(user_id)
+            self._gallery_state = (g[0][:i] + g[0][i + 1:], g[1][:i] + g[1][i + 1:],
+                                   np.delete(g[2], i, axis=0))
+        forget = getattr(self.pad, "forget", None)
+        if forget is not None:
+            forget(user_id)
 
     def unlock_user(self, user_id: str) -> bool:
         """Lift a lockout; return whether the user was locked."""

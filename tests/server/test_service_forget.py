@@ -1,0 +1,46 @@
+"""DeleteUser leaves nothing of the user in the service's memory."""
+
+from __future__ import annotations
+
+from _server_support import eeg, make_pipeline, signal_block
+from prometheus_client import CollectorRegistry
+
+from nacf_core import pad as pad_mod
+from nacf_core.config import Config
+from nacf_core.metrics import Metrics
+from nacf_core.pad import PresentationAttackDetector
+from nacf_core.service import AuthService
+from nacf_core.store import open_store
+
+
+def test_delete_user_drops_its_template_gallery_row_and_pad_history_from_memory(
+        tmp_path, model_path):
+    """Biometric data of a deleted user must not outlive its rows: the decoded template
+    (kept for Authenticate), the row of Identify's gallery and the prepared PAD history
+    (spectra of its fingerprints) are dropped at once, and another user's stay."""
+    store = open_store(f"sqlite:///{tmp_path / 'n.db'}", bytes(range(32)))
+    pipe = make_pipeline(model_path)
+    svc = AuthService(store, pipe, Config(data_dir=str(tmp_path), require_device_proof=False),
+                      metrics=Metrics(CollectorRegistry()),
+                      pad=PresentationAttackDetector(list(pipe.model.ch_names)))
+    try:
+        for user, subject in (("gone", 1), ("stays", 2)):
+            svc.enroll(user, [signal_block(eeg(subject, 3, 0, 40))])
+            r = svc.authenticate(user, signal_block(eeg(subject, 3, 44, 8)))
+            assert r.accepted, r
+        svc.identify(signal_block(eeg(1, 3, 52, 8)))
+
+        def held(user):
+            slabs = [k for k in pad_mod._SLABS._d if k[0] == user]
+            return (user in svc._templates, user in svc._gallery_state[0], bool(slabs))
+
+        assert held("gone") == held("stays") == (True, True, True)
+        svc.delete_user("gone")
+        assert held("gone") == (False, False, False)
+        assert held("stays") == (True, True, True)
+        ids, matrix = svc._gallery_state[0], svc._gallery_state[2]
+        assert ids == ["stays"] and matrix.shape[0] == 1
+        assert [u for u, _ in svc.identify(signal_block(eeg(2, 3, 52, 8))).candidates] == [
+            "stays"]
+    finally:
+        store.close()
