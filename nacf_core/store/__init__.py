@@ -90,6 +90,13 @@ def open_store(url: str | os.PathLike, key: Any = None, **options: Any) -> Store
 
         return PostgresStore(url, key, **options)
     if scheme == "sqlite":
+        if "?" in url or "#" in url:
+            # a URL's query or fragment (sqlite:///nacf.db?mode=ro) would become part of
+            # the file's name: a new, empty store next to the one meant
+            raise InvalidArgument(
+                f"SQLite URL {url!r} has a query or fragment ('?' or '#'), which nacf does "
+                "not read: use sqlite:///path.db (a path with '?' in it: give it without "
+                "the sqlite:// scheme).")
         path = url[len("sqlite://"):]
         if path.startswith("/") and not path.startswith("//"):
             path = path[1:]  # sqlite:///rel.db -> rel.db ; sqlite:////abs.db -> /abs.db

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import threading
 
+import pytest
+
+from nacf_core.errors import InvalidArgument
 from nacf_core.store import open_store
 
 KEY = bytes(range(32))
@@ -145,3 +148,19 @@ def test_a_write_that_only_waited_for_another_writer_does_not_make_readiness_wai
     finally:
         other.close()
         store.close()
+
+
+@pytest.mark.parametrize("suffix", ["?mode=ro", "?cache=shared", "#main"])
+def test_a_sqlite_url_with_a_query_or_fragment_is_refused(tmp_path, suffix):
+    """``sqlite:///nacf.db?mode=ro`` opened a new, empty store in a file literally named
+    ``nacf.db?mode=ro`` next to the real one."""
+    url = f"sqlite:///{tmp_path / 'nacf.db'}{suffix}"
+    with pytest.raises(InvalidArgument, match=r"query or fragment"):
+        open_store(url, key=bytes(32))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_plain_sqlite_path_may_hold_a_question_mark(tmp_path):
+    s = open_store(str(tmp_path / "odd?name.db"), key=bytes(range(32)))
+    s.close()
+    assert (tmp_path / "odd?name.db").exists()
