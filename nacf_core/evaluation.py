@@ -243,6 +243,7 @@ def _score_fold(pipe: Pipeline, test_blocks: Sequence[Block], out: _SplitScores,
         templates[s] = pipe.enroll(enroll)
     T = np.stack([templates[s].embedding for s in subjects]).astype(np.float64)
     thr1 = m.threshold_for(1)
+    groups: dict[str, list] = {s: [] for s in subjects}  # fused groups in time order
     for b in test_blocks:
         if b.role != "probe":
             continue
@@ -276,7 +277,10 @@ def _score_fold(pipe: Pipeline, test_blocks: Sequence[Block], out: _SplitScores,
         out.thr_single_i.append(np.delete(s, j, axis=1).ravel() >= thr1)
         _sequential(pipe, ws, templates, subjects, j, b.subject, out)
         if adapt:
-            _adaptation(pipe, ws, templates, subjects, j, out)
+            groups[b.subject].extend(ws.select(slice(a, a + FUSED_WINDOWS))
+                                     for a in range(0, n - FUSED_WINDOWS + 1, FUSED_WINDOWS))
+    if adapt:
+        _adaptation(pipe, groups, templates, subjects, out)
 
 
 def _sequential(pipe, ws, templates, subjects, j, subject, out) -> None:
@@ -312,22 +316,32 @@ def _sequential(pipe, ws, templates, subjects, j, subject, out) -> None:
             a = i
 
 
-def _adaptation(pipe, ws, templates, subjects, j, out) -> None:
-    """Probes in time order: the owner's confident accepts adapt its template; each
-    group is scored before the update it may cause; impostor groups of the same
-    recording are scored against every other template (unadapted: adaptation only
-    follows the owner's own accepts)."""
-    tpl = templates[subjects[j]]
-    n = ws.n_windows
-    for a in range(0, n - FUSED_WINDOWS + 1, FUSED_WINDOWS):
-        grp = ws.select(slice(a, a + FUSED_WINDOWS))
-        d = pipe.decide(grp, tpl)
-        out.adapt_g.append(d.score if d.windows_used else -np.inf)
-        tpl = pipe.adapt(tpl, d)
-        for k, subj in enumerate(subjects):
-            if k != j:
-                e = pipe.decide(grp, templates[subj])
-                out.adapt_i.append(e.score if e.windows_used else -np.inf)
+def _adaptation(pipe, groups, templates, subjects, out) -> None:
+    """Probes in time order (each subject's fused groups, recording after recording):
+    a subject's confident accepts adapt its template.  Group ``a`` of a subject is scored
+    against its own template as it stood before the update the group may cause, and
+    against every other subject's template as it stood at the same time (after that
+    subject's own first ``a`` groups): an impostor faces the adapted template, as in a
+    deployment.  (Scoring impostors against the enrollment templates only measured the
+    genuine side of adaptation.)"""
+    states: dict[str, list[Template]] = {}
+    gen: dict[str, list[float]] = {}
+    for s in subjects:
+        tpl = templates[s]
+        states[s], gen[s] = [tpl], []
+        for grp in groups[s]:
+            d = pipe.decide(grp, tpl)
+            gen[s].append(d.score if d.windows_used else -np.inf)
+            tpl = pipe.adapt(tpl, d)
+            states[s].append(tpl)
+    for j, s in enumerate(subjects):
+        for a, grp in enumerate(groups[s]):
+            out.adapt_g.append(gen[s][a])
+            for k, other in enumerate(subjects):
+                if k != j:
+                    t = states[other][min(a, len(states[other]) - 1)]
+                    e = pipe.decide(grp, t)
+                    out.adapt_i.append(e.score if e.windows_used else -np.inf)
 
 
 def _summary(vals: list[dict]) -> dict:

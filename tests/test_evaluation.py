@@ -257,3 +257,60 @@ def test_manifest_damaged_or_absurd(tmp_path, body, match):
 def test_manifest_must_be_a_regular_file(special_path, raised_without_blocking):
     exc = raised_without_blocking(lambda: read_manifest(special_path))
     assert isinstance(exc, InvalidArgument) and "expected a regular file" in str(exc)
+
+
+def test_adaptation_impostors_face_the_adapted_templates(tmp_path):
+    """With --adapt, a subject's template adapted after its owner's accepts, but impostor
+    probes were scored against the enrollment templates only, so the 'adaptation' EER
+    paired adapted genuine scores with unadapted impostor ones (R03->R04, 16 ch: 0.50 %
+    reported, 0.64 % with impostors facing the adapted templates). Group ``a`` of a probe
+    now meets every other template as it stood after that subject's own first ``a``
+    groups."""
+    from pathlib import Path
+
+    from nacf_core.evaluation import FUSED_WINDOWS, _score_fold, _SplitScores, load_blocks
+    from nacf_core.model import default_model
+    from nacf_core.pipeline import Pipeline
+
+    demo = Path(__file__).resolve().parents[1] / "nacf_core" / "data" / "demo"
+    subjects = ["S021", "S022", "S023"]
+    lines = ["subject,recording,role,path"]
+    for s in subjects:
+        lines.append(f"{s},R03,enroll,{demo / (s + 'R03.npz')}")
+        lines.append(f"{s},R07,probe,{demo / (s + 'R07.npz')}")
+    p = tmp_path / "m.csv"
+    p.write_text("\n".join(lines) + "\n")
+    blocks = load_blocks(read_manifest(p))
+    pipe = Pipeline(default_model(16))
+    sc = _SplitScores()
+    _score_fold(pipe, blocks, sc, adapt=True)
+
+    # the expected scores, step by step
+    tpl = {b.subject: pipe.enroll([(b.samples, b.sfreq, b.ch_names)])
+           for b in blocks if b.role == "enroll"}
+    groups = {}
+    for b in blocks:
+        if b.role == "probe":
+            ws = pipe.windows(b.samples, b.sfreq, b.ch_names, hop_s=pipe.model.window_s)
+            groups[b.subject] = [ws.select(slice(a, a + FUSED_WINDOWS))
+                                 for a in range(0, ws.n_windows - FUSED_WINDOWS + 1,
+                                                FUSED_WINDOWS)]
+    states = {}
+    for s in subjects:
+        t = tpl[s]
+        states[s] = [t]
+        for g in groups[s]:
+            t = pipe.adapt(t, pipe.decide(g, t))
+            states[s].append(t)
+    assert all(states[s][-1].n_updates > 0 for s in subjects)  # adaptation happened
+    want_g, want_i, enrolled_i = [], [], []
+    for s in subjects:
+        for a, g in enumerate(groups[s]):
+            want_g.append(pipe.decide(g, states[s][a]).score)
+            for o in subjects:
+                if o != s:
+                    want_i.append(pipe.decide(g, states[o][min(a, len(states[o]) - 1)]).score)
+                    enrolled_i.append(pipe.decide(g, tpl[o]).score)
+    np.testing.assert_allclose(sc.adapt_g, want_g)
+    assert not np.allclose(want_i, enrolled_i)  # the adapted templates score differently
+    np.testing.assert_allclose(sc.adapt_i, want_i)
