@@ -142,6 +142,8 @@ setup(
         "nacf_core": ["data/*", "data/**/*", "_proto/**/*.pyi"],
         "nacf_core.kernels": ["*.pxd", "*.pxi", "*.pyx"],
     },
+    # the C that Cython generates (~11 MB) is a build input, not something to install
+    exclude_package_data={"nacf_core.kernels": ["*.c"]},
     ext_modules=cythonize(
         _extensions(),
         compiler_directives={
