@@ -330,7 +330,33 @@ class NacfServer:
             log.warning("plaintext gRPC on loopback %s: use TLS for anything else",
                         self.address, extra={"event_type": "plaintext_loopback"})
         self._warn_other_models()
+        self._warn_readable_secrets()
         return self
+
+    def _warn_readable_secrets(self) -> None:
+        """One warning per secret file other local users can read (group or other
+        permission bits): the template key decrypts every stored template, the keys file
+        holds the API keys, the TLS key is the server's identity. A warning, not a
+        refusal: mounted secrets are often 0444 inside a container no one else uses."""
+        cfg = self.config
+        key_file = None  # the one _store_key chose
+        if not os.environ.get("NACF_TEMPLATE_KEY"):
+            key_file = (os.environ.get("NACF_TEMPLATE_KEY_FILE") or cfg.store_key_file
+                        or str(Path(cfg.data_dir) / "nacf.key"))
+        for what, path in (("template key file", key_file),
+                           ("api_keys_file", cfg.api_keys_file),
+                           ("tls_key_file", cfg.tls_key_file)):
+            if not path:
+                continue
+            try:
+                mode = os.stat(path).st_mode
+            except OSError:
+                continue
+            if mode & 0o077:
+                log.warning("%s %s can be read by other users (mode %04o): chmod 600 it",
+                            what, path, mode & 0o777,
+                            extra={"event_type": "secret_file_readable", "file": str(path),
+                                   "mode": f"{mode & 0o777:04o}"})
 
     def _warn_other_models(self) -> None:
         """One warning at start when active users were enrolled under another model than

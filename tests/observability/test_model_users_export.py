@@ -54,3 +54,29 @@ def test_start_warns_once_of_users_enrolled_under_another_model(tmp_path, caplog
     assert w.users == 2 and w.users_by_model_version == {"older-model": 2}
     assert w.model_version == model.version
     assert "2 active user(s)" in w.getMessage()
+
+
+def test_start_warns_of_secret_files_other_users_can_read(tmp_path, caplog, monkeypatch):
+    """The template key (created 0600) draws no warning; chmod 644 on it, and a keys file
+    readable by its group, draw one warning each, naming the file and its mode."""
+    monkeypatch.delenv("NACF_TEMPLATE_KEY", raising=False)
+    monkeypatch.delenv("NACF_TEMPLATE_KEY_FILE", raising=False)
+    keys = tmp_path / "keys.txt"
+    keys.write_text("k" * 24 + " authenticate,enroll,admin\n")
+    keys.chmod(0o600)
+    config = Config(grpc_address="127.0.0.1:0", metrics_address="", data_dir=str(tmp_path),
+                    api_keys_file=str(keys), api_keys={"k" * 24: frozenset(SCOPES)})
+
+    def warned():
+        return {(r.file, r.mode) for r in caplog.records
+                if getattr(r, "event_type", "") == "secret_file_readable"}
+
+    with caplog.at_level("WARNING", logger="nacf.server"):
+        with NacfServer(config, metrics=Metrics(CollectorRegistry())):
+            pass
+        assert warned() == set()
+        (tmp_path / "nacf.key").chmod(0o644)
+        keys.chmod(0o640)
+        with NacfServer(config, metrics=Metrics(CollectorRegistry())):
+            pass
+    assert warned() == {(str(tmp_path / "nacf.key"), "0644"), (str(keys), "0640")}
