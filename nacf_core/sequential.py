@@ -86,7 +86,8 @@ class SequentialTest:
     alpha, beta : float, optional
         Override the model's error targets.
     max_windows : int, optional
-        Override the maximum duration, in windows (at most the model's table).
+        Override the maximum duration, in windows (default: the model's table; past
+        its end, the test and the thresholds use the table's last row).
 
     Attributes
     ----------
