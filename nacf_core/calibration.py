@@ -70,7 +70,7 @@ def threshold_at_fmr(impostor, target_fmr: float = DEFAULT_TARGET_FMR) -> float:
     Returns
     -------
     float
-        A threshold just above the ``k``-th largest impostor score, where
+        A threshold just above the ``(k+1)``-th largest impostor score, where
         ``k = floor(target_fmr * n)`` scores may lie at or above it.
     """
     imp = np.sort(_scores("impostor", impostor))[::-1]
