@@ -1041,6 +1041,9 @@ class AuthService:
         if prev is not None and not fresh and prev[0] == ids:
             return ids, prev[2]
         if not ids:
+            # nobody listed: drop the rows kept (users deleted meanwhile, by another
+            # replica or while a concurrent call rebuilt the gallery)
+            self._gallery_state = None
             return ids, np.empty((0, 0), np.float32)
         kept = {} if prev is None else {u: prev[2][i] for i, u in enumerate(prev[0])}
         matrix = np.ascontiguousarray(np.stack(

@@ -63,3 +63,17 @@ def test_identify_decodes_only_changed_templates_and_follows_every_change(svc):
     for user in ("a", "b", "c"):
         svc.delete_user(user)
     assert svc.identify(probe).candidates == []
+
+
+def test_gallery_keeps_no_row_once_the_store_lists_nobody(svc):
+    """Users deleted behind the service's back (another replica, `nacf` on the store,
+    or a DeleteUser racing a gallery rebuild) drop out of the gallery kept in memory,
+    the last of them too: their embeddings (biometric data) are not kept until the next
+    enrollment."""
+    svc.enroll("a", [signal_block(eeg(1, 3, 0, 40))])
+    probe = signal_block(eeg(1, 3, 44, 8))
+    assert [u for u, _ in svc.identify(probe).candidates] == ["a"]
+    assert svc._gallery_state[0] == ["a"]
+    svc.store.delete_user("a")  # not through this service
+    assert svc.identify(probe).candidates == []
+    assert svc._gallery_state is None or svc._gallery_state[0] == []
