@@ -804,14 +804,20 @@ class AuthService:
         duration = time.perf_counter() - t_start
         # every write of this attempt in one transaction: session or failure count,
         # the probe's PAD fingerprint, the audit row
-        out = self._store(
-            "finish_authentication", self.store.finish_authentication, user_id, accepted,
-            score=None if not math.isfinite(score) else score, reason=fail_reason, peer=peer,
-            duration_s=duration, method=method,
-            session_ttl_s=float(self.config.session_ttl_s), device_id=device_id,
-            max_failures=int(self.config.lockout_threshold),
-            lock_seconds=float(self.config.lockout_seconds), probe_fingerprint=probe_fp,
-            template_id=template_id, device_key=device_key, now=now)
+        try:
+            out = self._store(
+                "finish_authentication", self.store.finish_authentication, user_id, accepted,
+                score=None if not math.isfinite(score) else score, reason=fail_reason,
+                peer=peer, duration_s=duration, method=method,
+                session_ttl_s=float(self.config.session_ttl_s), device_id=device_id,
+                max_failures=int(self.config.lockout_threshold),
+                lock_seconds=float(self.config.lockout_seconds), probe_fingerprint=probe_fp,
+                template_id=template_id, device_key=device_key, now=now)
+        except NotFound:
+            # deleted while this call ran: what it decoded and prepared of the user after
+            # DeleteUser dropped it (template, PAD history) goes too
+            self._forget(user_id)
+            raise
         # the user was locked by concurrent failures after the check at the start of this
         # call (a stream started before them, calls racing with a networked store): an
         # accept opens no session, and a reject counted while locked returns no score;

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 from _server_support import eeg, make_pipeline, signal_block
 from prometheus_client import CollectorRegistry
 
 from nacf_core import pad as pad_mod
 from nacf_core.config import Config
+from nacf_core.errors import NotFound
 from nacf_core.metrics import Metrics
 from nacf_core.pad import PresentationAttackDetector
 from nacf_core.service import AuthService
@@ -42,5 +44,34 @@ def test_delete_user_drops_its_template_gallery_row_and_pad_history_from_memory(
         assert ids == ["stays"] and matrix.shape[0] == 1
         assert [u for u, _ in svc.identify(signal_block(eeg(2, 3, 52, 8))).candidates] == [
             "stays"]
+    finally:
+        store.close()
+
+
+def test_an_authentication_racing_delete_user_leaves_nothing_of_the_user_in_memory(
+        tmp_path, model_path):
+    """An Authenticate that read the user before a DeleteUser decodes its template and
+    prepares its PAD history after DeleteUser dropped them; its write then finds the
+    user gone (NOT_FOUND), and what it put back is dropped as well."""
+    store = open_store(f"sqlite:///{tmp_path / 'n.db'}", bytes(range(32)))
+    pipe = make_pipeline(model_path)
+    svc = AuthService(store, pipe, Config(data_dir=str(tmp_path), require_device_proof=False),
+                      metrics=Metrics(CollectorRegistry()),
+                      pad=PresentationAttackDetector(list(pipe.model.ch_names)))
+    try:
+        svc.enroll("gone", [signal_block(eeg(1, 3, 0, 40))])
+        assert svc.authenticate("gone", signal_block(eeg(1, 3, 44, 8))).accepted
+        read = store.get_auth_state
+
+        def read_then_deleted(*args, **kwargs):
+            state = read(*args, **kwargs)
+            svc.delete_user("gone")  # a concurrent DeleteUser, right after the read
+            return state
+
+        store.get_auth_state = read_then_deleted
+        with pytest.raises(NotFound):
+            svc.authenticate("gone", signal_block(eeg(1, 3, 52, 8)))
+        assert "gone" not in svc._templates
+        assert not [k for k in pad_mod._SLABS._d if k[0] == "gone"]
     finally:
         store.close()
