@@ -524,9 +524,7 @@ class SqlStore(Store):
         rows = self._run(fn)
         self._after_delete()
         # and the plaintexts of its PAD fingerprints this process keeps (biometric data)
-        with self._fp_lock:
-            for rid in [rid for rid, e in self._fp_plain.items() if e[0] == user_id]:
-                self._fp_size -= len(self._fp_plain.pop(rid)[2]) + 200
+        self._forget_fingerprints(user_id)
         return [self._session((*r[:4], t, "user_deleted", *r[6:])) if float(r[3]) > t
                 else self._session((*r[:4], r[3], "expired", *r[6:])) for r in rows]
 
@@ -912,6 +910,12 @@ class SqlStore(Store):
 
         self._run(fn)
 
+    def _forget_fingerprints(self, user_id: str) -> None:
+        """Drop the decrypted PAD fingerprints of ``user_id`` this process keeps."""
+        with self._fp_lock:
+            for rid in [rid for rid, e in self._fp_plain.items() if e[0] == user_id]:
+                self._fp_size -= len(self._fp_plain.pop(rid)[2]) + 200
+
     def _tx_fingerprints(self, tx: Tx, user_id: str, kind: str, rows: list[tuple]) -> None:
         for r in rows:
             tx.execute("INSERT INTO pad_fingerprints (user_id, kind, created_at, key_id, "
@@ -1081,7 +1085,13 @@ class SqlStore(Store):
             self._tx_attempt(tx, attempt)
             return out
 
-        failures, locked_until, locked = self._run(fn)
+        try:
+            failures, locked_until, locked = self._run(fn)
+        except NotFound:
+            # deleted since the caller read it: the plaintexts that read cached after
+            # delete_user dropped the user's go too
+            self._forget_fingerprints(user_id)
+            raise
         if locked:
             return AuthOutcome(None, failures, locked_until, locked=True)
         return AuthOutcome(None if sess_row is None else self._session(sess_row, token),

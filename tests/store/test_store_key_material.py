@@ -128,3 +128,31 @@ def test_another_applications_schema_migrations_table_is_refused(store_url, key,
         == [version.strip("'")]
     with pytest.raises(Exception):
         _sql_on(store_url, ["SELECT 1 FROM store_meta"])
+
+
+def test_an_authentication_racing_delete_user_leaves_no_decrypted_fingerprint(store):
+    """An authentication reads the PAD history in one transaction and decrypts (and
+    caches) it after; a DeleteUser committing in between dropped the cache before the
+    plaintexts went in. The authentication's write then finds the user gone, and the
+    plaintexts cached meanwhile are dropped with it."""
+    from nacf_core.errors import NotFound
+
+    store.put_template("alice", b"ta", "m", enroll_fingerprints=[b"alice-enroll-fp"])
+    store.put_template("bob", b"tb", "m", enroll_fingerprints=[b"bob-enroll-fp"])
+    store.get_fingerprints("bob")
+    decrypt = store._dec_fingerprints
+
+    def deleted_then_decrypted(user_id, got):
+        store.delete_user("alice")  # commits between the read and the decryption
+        return decrypt(user_id, got)
+
+    store._dec_fingerprints = deleted_then_decrypted
+    state = store.get_auth_state("alice", fingerprints=True)
+    del store._dec_fingerprints
+    assert state.fingerprints == [("enroll", b"alice-enroll-fp")]
+    with pytest.raises(NotFound):
+        store.finish_authentication("alice", False, score=0.1, reason="score_below_threshold",
+                                    peer="", duration_s=0.1, method="Authenticate")
+    held = [e[2] for e in store._fp_plain.values()]
+    assert held == [b"bob-enroll-fp"]
+    assert store._fp_size == sum(len(p) + 200 for p in held)
