@@ -54,11 +54,15 @@ def _decode_key(text: bytes, source: str, raw: bool = False) -> bytes:
     if raw and len(text) == KEY_BYTES and not all(32 <= b < 127 or b in b"\t\n\r"
                                                   for b in text):
         return bytes(text)  # raw key bytes (base64 of 32 bytes is 44 characters)
+    # nacf before 2026-11-27 took a 32-character text as its own ASCII codes: a store
+    # encrypted so opens with the base64 of that text
+    legacy = (" A store an older nacf encrypted with this text as the key opens with its "
+              "base64 instead (`printf %s TEXT | base64`)." if len(s) == KEY_BYTES else "")
     raise InvalidArgument(
         f"The template key from {source} must be {KEY_BYTES} bytes, base64-encoded "
         f"(44 characters){f', or {KEY_BYTES} raw bytes' if raw else ''}; got {len(s)} "
         f"characters that do not decode to {KEY_BYTES} bytes (make a key with "
-        f"`nacf store new-key`)."
+        f"`nacf store new-key`).{legacy}"
     )
 
 

@@ -156,3 +156,25 @@ def test_an_authentication_racing_delete_user_leaves_no_decrypted_fingerprint(st
     held = [e[2] for e in store._fp_plain.values()]
     assert held == [b"bob-enroll-fp"]
     assert store._fp_size == sum(len(p) + 200 for p in held)
+
+
+def test_a_store_encrypted_with_a_32_character_text_key_opens_with_its_base64(tmp_path):
+    """An older nacf took a 32-character text for its ASCII codes; such a store is not
+    lost: the refusal says to give the text's base64, and that opens it."""
+    import base64
+
+    from nacf_core.errors import InvalidArgument
+    from nacf_core.store import open_store
+
+    text = "correct-horse-battery-staple-123"
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    s = open_store(url, key=text.encode())  # 32 raw bytes: what the older nacf used
+    s.put_template("alice", b"tpl", "m-1")
+    s.close()
+    with pytest.raises(InvalidArgument, match=r"printf %s TEXT \| base64"):
+        open_store(url, key=text)
+    s = open_store(url, key=base64.b64encode(text.encode()).decode())
+    try:
+        assert s.get_template("alice").blob == b"tpl"
+    finally:
+        s.close()
