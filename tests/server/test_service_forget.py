@@ -15,63 +15,56 @@ from nacf_core.service import AuthService
 from nacf_core.store import open_store
 
 
-def test_delete_user_drops_its_template_gallery_row_and_pad_history_from_memory(
-        tmp_path, model_path):
+@pytest.fixture
+def svc(tmp_path, model_path):
+    """An ``AuthService`` on SQLite with PAD, as ``nacf serve`` runs it (no device proof)."""
+    store = open_store(f"sqlite:///{tmp_path / 'n.db'}", bytes(range(32)))
+    pipe = make_pipeline(model_path)
+    yield AuthService(store, pipe, Config(data_dir=str(tmp_path), require_device_proof=False),
+                      metrics=Metrics(CollectorRegistry()),
+                      pad=PresentationAttackDetector(list(pipe.model.ch_names)))
+    store.close()
+
+
+def test_delete_user_drops_its_template_gallery_row_and_pad_history_from_memory(svc):
     """Biometric data of a deleted user must not outlive its rows: the decoded template
     (kept for Authenticate), the row of Identify's gallery and the prepared PAD history
     (spectra of its fingerprints) are dropped at once, and another user's stay."""
-    store = open_store(f"sqlite:///{tmp_path / 'n.db'}", bytes(range(32)))
-    pipe = make_pipeline(model_path)
-    svc = AuthService(store, pipe, Config(data_dir=str(tmp_path), require_device_proof=False),
-                      metrics=Metrics(CollectorRegistry()),
-                      pad=PresentationAttackDetector(list(pipe.model.ch_names)))
-    try:
-        for user, subject in (("gone", 1), ("stays", 2)):
-            svc.enroll(user, [signal_block(eeg(subject, 3, 0, 40))])
-            r = svc.authenticate(user, signal_block(eeg(subject, 3, 44, 8)))
-            assert r.accepted, r
-        svc.identify(signal_block(eeg(1, 3, 52, 8)))
+    for user, subject in (("gone", 1), ("stays", 2)):
+        svc.enroll(user, [signal_block(eeg(subject, 3, 0, 40))])
+        r = svc.authenticate(user, signal_block(eeg(subject, 3, 44, 8)))
+        assert r.accepted, r
+    svc.identify(signal_block(eeg(1, 3, 52, 8)))
 
-        def held(user):
-            slabs = [k for k in pad_mod._SLABS._d if k[0] == user]
-            return (user in svc._templates, user in svc._gallery_state[0], bool(slabs))
+    def held(user):
+        slabs = [k for k in pad_mod._SLABS._d if k[0] == user]
+        return (user in svc._templates, user in svc._gallery_state[0], bool(slabs))
 
-        assert held("gone") == held("stays") == (True, True, True)
-        svc.delete_user("gone")
-        assert held("gone") == (False, False, False)
-        assert held("stays") == (True, True, True)
-        ids, matrix = svc._gallery_state[0], svc._gallery_state[2]
-        assert ids == ["stays"] and matrix.shape[0] == 1
-        assert [u for u, _ in svc.identify(signal_block(eeg(2, 3, 52, 8))).candidates] == [
-            "stays"]
-    finally:
-        store.close()
+    assert held("gone") == held("stays") == (True, True, True)
+    svc.delete_user("gone")
+    assert held("gone") == (False, False, False)
+    assert held("stays") == (True, True, True)
+    ids, matrix = svc._gallery_state[0], svc._gallery_state[2]
+    assert ids == ["stays"] and matrix.shape[0] == 1
+    assert [u for u, _ in svc.identify(signal_block(eeg(2, 3, 52, 8))).candidates] == [
+        "stays"]
 
 
-def test_an_authentication_racing_delete_user_leaves_nothing_of_the_user_in_memory(
-        tmp_path, model_path):
+def test_an_authentication_racing_delete_user_leaves_nothing_of_the_user_in_memory(svc):
     """An Authenticate that read the user before a DeleteUser decodes its template and
     prepares its PAD history after DeleteUser dropped them; its write then finds the
     user gone (NOT_FOUND), and what it put back is dropped as well."""
-    store = open_store(f"sqlite:///{tmp_path / 'n.db'}", bytes(range(32)))
-    pipe = make_pipeline(model_path)
-    svc = AuthService(store, pipe, Config(data_dir=str(tmp_path), require_device_proof=False),
-                      metrics=Metrics(CollectorRegistry()),
-                      pad=PresentationAttackDetector(list(pipe.model.ch_names)))
-    try:
-        svc.enroll("gone", [signal_block(eeg(1, 3, 0, 40))])
-        assert svc.authenticate("gone", signal_block(eeg(1, 3, 44, 8))).accepted
-        read = store.get_auth_state
+    svc.enroll("gone", [signal_block(eeg(1, 3, 0, 40))])
+    assert svc.authenticate("gone", signal_block(eeg(1, 3, 44, 8))).accepted
+    read = svc.store.get_auth_state
 
-        def read_then_deleted(*args, **kwargs):
-            state = read(*args, **kwargs)
-            svc.delete_user("gone")  # a concurrent DeleteUser, right after the read
-            return state
+    def read_then_deleted(*args, **kwargs):
+        state = read(*args, **kwargs)
+        svc.delete_user("gone")  # a concurrent DeleteUser, right after the read
+        return state
 
-        store.get_auth_state = read_then_deleted
-        with pytest.raises(NotFound):
-            svc.authenticate("gone", signal_block(eeg(1, 3, 52, 8)))
-        assert "gone" not in svc._templates
-        assert not [k for k in pad_mod._SLABS._d if k[0] == "gone"]
-    finally:
-        store.close()
+    svc.store.get_auth_state = read_then_deleted
+    with pytest.raises(NotFound):
+        svc.authenticate("gone", signal_block(eeg(1, 3, 52, 8)))
+    assert "gone" not in svc._templates
+    assert not [k for k in pad_mod._SLABS._d if k[0] == "gone"]
