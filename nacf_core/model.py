@@ -432,10 +432,16 @@ def _integer(obj: dict[str, Any], key: str, lo: int, hi: int) -> int:
     return v
 
 
+def is_text(v: Any, max_len: int = MAX_NAME_CHARS) -> bool:
+    """True for a non-empty printable string of at most ``max_len`` characters: what a
+    model file holds as its name (``nacf train`` checks ``--name`` with it)."""
+    return isinstance(v, str) and 1 <= len(v) <= max_len and v.isprintable()
+
+
 def _text(obj: dict[str, Any], key: str, max_len: int, shown: str | None = None) -> str:
     """``obj[key]``: a non-empty printable string of at most ``max_len`` characters."""
     v = _get(obj, key, shown)
-    if not isinstance(v, str) or not 1 <= len(v) <= max_len or not v.isprintable():
+    if not is_text(v, max_len):
         raise ValueError(f"field {shown or key!r} must be a printable string of 1 to "
                          f"{max_len} characters, got {_show(v)}")
     return v

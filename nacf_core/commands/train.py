@@ -58,10 +58,10 @@ def _model_name(args: argparse.Namespace) -> str:
     naming the option otherwise, before any recording is read)."""
     from pathlib import Path
 
-    from nacf_core.model import MAX_NAME_CHARS
+    from nacf_core.model import MAX_NAME_CHARS, is_text
 
     name = args.name or Path(args.out).stem
-    if not 1 <= len(name) <= MAX_NAME_CHARS or not name.isprintable():
+    if not is_text(name, MAX_NAME_CHARS):
         source = "--name" if args.name else "the --out file name (the default --name)"
         raise ValueError(f"{source} {name!r}: a model name must be printable and 1 to "
                          f"{MAX_NAME_CHARS} characters long.")
