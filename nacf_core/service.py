@@ -451,8 +451,8 @@ class AuthService:
 
     def maintenance(self, force: bool = False) -> None:
         """Expire sessions (every 30 s at most) and purge audit rows and ended sessions
-        past retention (every ``purge_interval_s``).  The server's health loop calls this every 2 s;
-        it never runs inside a request."""
+        past retention (every ``purge_interval_s``).  The server's health loop calls this
+        every 2 s; it never runs inside a request."""
         now = self.clock()
         with self._purge_lock:
             expire = force or now - self._last_expire >= min(30.0, self.config.purge_interval_s)
