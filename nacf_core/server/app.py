@@ -366,8 +366,9 @@ class NacfServer:
         mine = self.service.model_version
         try:
             counts = self.service.store.count_users_by_model()
-        except Exception:  # a store that cannot answer now is the readiness probe's case
-            log.exception("counting users per model version")
+        except Exception as exc:  # a store that cannot answer now: the readiness probe's case
+            log.warning("could not count the users enrolled under another model: %s", exc,
+                        extra={"event_type": "users_of_other_model_unknown"})
             return
         other = {m: n for m, n in counts.items() if m != mine}
         if other:
