@@ -310,6 +310,21 @@ def test_two_replicas_share_postgres(tmp_path, model_path):
             with pytest.raises(grpc.RpcError) as ei:
                 auth(stub, eeg(1, 3, 70 if stub is a.stub else 78, 8))
             assert ei.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+        # Identify through B follows what A writes, though B keeps its gallery in memory
+        def identify(x):
+            r = b.stub.Identify(pb.IdentifyRequest(signal=sig(x), top_k=5), metadata=MD,
+                                timeout=30)
+            return [c.user_id for c in r.candidates]
+
+        _enroll(a.stub, "rep2", subject=5)
+        assert identify(eeg(5, 3, 60, 8)) == ["rep2"]  # rep is locked: left out
+        a.stub.Enroll(pb.EnrollRequest(user_id="rep2", update=True,
+                                       signals=[sig(eeg(7, 3, 0, 40))]), metadata=MD, timeout=60)
+        assert identify(eeg(5, 3, 60, 8)) == []  # now subject 7's template
+        assert identify(eeg(7, 3, 60, 8)) == ["rep2"]
+        a.stub.DeleteUser(pb.DeleteUserRequest(user_id="rep2"), metadata=MD)
+        assert identify(eeg(7, 3, 60, 8)) == []
     finally:
         a.stop()
         b.stop()
