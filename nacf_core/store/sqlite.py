@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..errors import NotFound, Unavailable
+from ..errors import FailedPrecondition, NotFound, Unavailable
 from ._sql import USER_GONE, SqlStore, Tx
 
 __all__ = ["SQLiteStore", "MIGRATIONS"]
@@ -120,6 +120,10 @@ class SQLiteStore(SqlStore):
         # take the file lock (the sqlite3 shell, an older nacf)
         self._write_lock = threading.Lock()
         self._wlock_fd = -1
+        # transactions (and checkpoints) running now: close() waits for them, since
+        # closing a connection another thread is using crashes the sqlite3 module
+        self._in_use = 0
+        self._idle = threading.Condition()
         self._mem_conn: sqlite3.Connection | None = None
         if not self._memory and not create and not os.path.exists(self.path):
             raise NotFound(f"There is no nacf store at {self._describe()}: create it with "
@@ -204,7 +208,28 @@ class SQLiteStore(SqlStore):
         yield conn
 
     @contextmanager
+    def _use(self) -> Iterator[None]:
+        """Count a use of the connections for :meth:`close`."""
+        with self._idle:
+            if self._closed:
+                raise FailedPrecondition("The store is closed.")
+            self._in_use += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._in_use -= 1
+                if not self._in_use:
+                    self._idle.notify_all()
+
+    @contextmanager
     def _transaction(self, write: bool) -> Iterator[Tx]:
+        with self._use():
+            with self._transaction_in_use(write) as tx:
+                yield tx
+
+    @contextmanager
+    def _transaction_in_use(self, write: bool) -> Iterator[Tx]:
         if not write or self._memory:  # the in-memory connection has its own lock
             with self._transaction_on_connection(write) as tx:
                 yield tx
@@ -311,13 +336,25 @@ class SQLiteStore(SqlStore):
         if self._memory:
             return
         try:
-            with self._connection() as conn:
+            with self._use(), self._connection() as conn:
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error:  # a busy reader: the next checkpoint finishes it
             pass
 
+    #: how long close() waits for the transactions still running in other threads
+    close_wait_s = 60.0
+
     def close(self) -> None:
-        self._closed = True
+        """Close the connections once no other thread is using them (calls made after
+        this one are refused). Transactions still running after :attr:`close_wait_s`
+        keep their connections, which the process's exit closes."""
+        with self._idle:  # held to the end: no new use starts meanwhile
+            self._closed = True
+            if not self._idle.wait_for(lambda: self._in_use == 0, timeout=self.close_wait_s):
+                return
+            self._close_connections()
+
+    def _close_connections(self) -> None:
         with self._conns_lock:
             conns, self._conns = self._conns, []
         for _, conn in conns:

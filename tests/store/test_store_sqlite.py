@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import pytest
 
@@ -164,3 +165,38 @@ def test_a_plain_sqlite_path_may_hold_a_question_mark(tmp_path):
     s = open_store(str(tmp_path / "odd?name.db"), key=bytes(range(32)))
     s.close()
     assert (tmp_path / "odd?name.db").exists()
+
+
+def test_close_waits_for_a_transaction_running_in_another_thread(tmp_path):
+    """close() closed the connections under a transaction another thread was running
+    (a stream's DeleteUser still checkpointing when its caller closed the store): the
+    sqlite3 module then crashed the interpreter. close() now waits for it, and calls
+    made after close() are refused."""
+    from nacf_core.errors import FailedPrecondition
+
+    s = open_store(f"sqlite:///{tmp_path / 'n.db'}", key=bytes(range(32)))
+    s.put_template("alice", b"tpl", "m-1")
+    started, done, errors = threading.Event(), threading.Event(), []
+
+    def slow_read(tx):
+        started.set()
+        time.sleep(0.3)  # close() is called meanwhile
+        row = tx.one("SELECT COUNT(*) FROM users")
+        done.set()
+        return row
+
+    def reader():
+        try:
+            assert s._run(slow_read, write=False)[0] == 1
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    assert started.wait(10)
+    s.close()
+    assert done.is_set()  # close() returned only once the transaction had ended
+    t.join(10)
+    assert errors == []
+    with pytest.raises(FailedPrecondition, match="closed"):
+        s.get_template("alice")
