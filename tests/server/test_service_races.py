@@ -3,6 +3,8 @@ overlap, reproduced in process by landing the concurrent call at the racing poin
 
 from __future__ import annotations
 
+import threading
+
 import grpc
 import pytest
 from _server_support import CH16, SFREQ, eeg, make_pipeline, signal_block
@@ -83,13 +85,20 @@ def test_continuous_stream_of_a_user_deleted_meanwhile_ends_with_an_update(svc):
     x = eeg(1, 3, 44, 12)
     step = int(SFREQ / 2)
 
+    deleted = threading.Event()
+
     def chunks():
         for i in range(0, x.shape[0], step):
             if i == int(5 * SFREQ):
                 svc.delete_user("c1")
+                deleted.set()
             yield signal_block(x[i:i + step])
 
     updates = list(svc.continuous(token, chunks()))
+    # the stream ends as soon as the session is gone, while DeleteUser may still run in
+    # the stream's reader thread (its WAL checkpoint): the fixture must not close the
+    # store under it (closing a SQLite connection in use crashes the interpreter)
+    assert deleted.wait(30)
     assert updates and updates[-1].state == "ended"
     assert all(u.state != "ended" for u in updates[:-1])
 
