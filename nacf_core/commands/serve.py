@@ -176,6 +176,11 @@ def run(args: argparse.Namespace) -> int:
             reload.clear()
             _reload_keys(server)
     server.stop()
+    # drained: a late SIGHUP (a key reload) or SIGTERM must not turn the clean exit into
+    # a death by signal. Python's own handlers go back to SIG_DFL when the interpreter
+    # finalises (a SIGHUP then killed the process, exit -1); ignored signals stay ignored
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     return 0
 
 

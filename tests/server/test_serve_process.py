@@ -136,6 +136,23 @@ def test_sighup_reloads_the_api_keys(tmp_path, model_path):
     assert old not in log and new not in log  # keys never reach the log
 
 
+def test_sighup_while_stopping_still_exits_0(tmp_path, model_path):
+    """A key reload (SIGHUP) that comes while the server drains or after it has drained,
+    before the process is gone, leaves the clean exit alone: Python put its handlers back
+    to SIG_DFL while finalising, and a SIGHUP then killed the drained process (-1)."""
+    p = Proc("--data-dir", str(tmp_path), "--model", str(model_path))
+    p.chan.close()
+    p.p.send_signal(signal.SIGTERM)
+    while p.p.poll() is None:  # a SIGHUP every 2 ms until the process is gone
+        try:
+            p.p.send_signal(signal.SIGHUP)
+        except ProcessLookupError:
+            break
+        time.sleep(0.002)
+    assert p.p.wait(60) == 0
+    assert '"server_stopped"' in p.p.stderr.read()
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, model_path):
     d = tmp_path_factory.mktemp("serve")
