@@ -423,6 +423,16 @@ class AuthService:
                 f"rate limit exceeded for this client: {self.config.rate_limit_per_s:g} "
                 f"requests/s with bursts of {self.config.rate_limit_burst:g}; retry later.")
 
+    def _security_event(self, message: str, kind: str, severity: str, user_id: str, *,
+                        counted: bool = True, **fields: Any) -> None:
+        """A suspicious activity: counted in ``nacfauth_suspicious_activities_total``
+        (unless not ``counted``) and written as a ``security_event`` line."""
+        if counted:
+            self.metrics.record_suspicious(kind, severity)
+        log.warning(message, extra={"event_type": "security_event",
+                                    "security_event_type": kind, "severity": severity,
+                                    "user_id": user_id, **fields})
+
     def _store(self, op: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
         """Call the store; domain errors pass through, anything else is UNAVAILABLE.
         A store failure, raised as ``Unavailable`` by the store itself (its driver's
@@ -734,11 +744,9 @@ class AuthService:
                     peer: str) -> Unauthenticated:
         """Count, log and audit a refused proof; return the error to raise."""
         self.metrics.record_failed_auth(f"device_proof_{kind}")
-        if kind != "missing":
-            self.metrics.record_suspicious(f"device_proof_{kind}", severity)
-        log.warning("device proof rejected", extra={
-            "event_type": "security_event", "security_event_type": f"device_proof_{kind}",
-            "severity": severity, "user_id": user_id, **peer_fields(peer)})
+        # a missing proof is logged, not counted as suspicious (a misconfigured client)
+        self._security_event("device proof rejected", f"device_proof_{kind}", severity,
+                             user_id, counted=kind != "missing", **peer_fields(peer))
         self._audit_row(user_id, False, f"device_proof_{kind}", peer, "device_proof",
                         self.clock())
         return Unauthenticated(message)
@@ -836,10 +844,8 @@ class AuthService:
             self.metrics.record_failed_auth(fail_reason)
             if locked_until is not None and failures == self.config.lockout_threshold:
                 self.metrics.record_lockout()
-                self.metrics.record_suspicious("lockout", "high")
-                log.warning("user locked out", extra={
-                    "event_type": "security_event", "security_event_type": "lockout",
-                    "severity": "high", "user_id": user_id, "failures": failures})
+                self._security_event("user locked out", "lockout", "high", user_id,
+                                     failures=failures)
         log.info("authentication", extra={
             "event_type": "auth_attempt", "user_id": user_id, "success": accepted,
             "confidence": None if not math.isfinite(score) else round(score, 4),
@@ -857,10 +863,7 @@ class AuthService:
             fps = self._store("get_fingerprints", self.store.get_fingerprints, user_id)
         verdict = self.pad.check(windows, block, fps, history_key=user_id)
         if verdict.attack:
-            self.metrics.record_suspicious(verdict.kind, "high")
-            log.warning("presentation attack", extra={
-                "event_type": "security_event", "security_event_type": verdict.kind,
-                "severity": "high", "user_id": user_id})
+            self._security_event("presentation attack", verdict.kind, "high", user_id)
             return f"pad: {verdict.reason}", None
         return "", verdict.fingerprint
 
@@ -1260,10 +1263,7 @@ class AuthService:
             except NacfError:
                 pass
             if reason == "wearer_changed":
-                self.metrics.record_suspicious("wearer_changed", "medium")
-                log.warning("wearer changed", extra={
-                    "event_type": "security_event", "security_event_type": "wearer_changed",
-                    "severity": "medium", "user_id": user_id})
+                self._security_event("wearer changed", "wearer_changed", "medium", user_id)
             return ContinuousUpdate("ended", score, thr, quality, reason, expires, streamed)
 
         try:
@@ -1291,12 +1291,10 @@ class AuthService:
                 if block.device_id and s.device_id and block.device_id != s.device_id:
                     # the session's token streamed from another headset: suspicious, as a
                     # device mismatch in a proof is
-                    self.metrics.record_suspicious("device_changed", "medium")
-                    log.warning("device changed", extra={
-                        "event_type": "security_event", "security_event_type": "device_changed",
-                        "severity": "medium", "user_id": user_id,
-                        "method": "ContinuousAuthenticate", "device_id": block.device_id,
-                        "session_device_id": s.device_id})
+                    self._security_event("device changed", "device_changed", "medium",
+                                         user_id, method="ContinuousAuthenticate",
+                                         device_id=block.device_id,
+                                         session_device_id=s.device_id)
                     yield end("device_changed")
                     return
                 buf.push(block)
@@ -1339,11 +1337,9 @@ class AuthService:
                     with self._cpu_gate:
                         v = self.pad.check(w, blk, [*stored_fps, *stream_fps])
                     if v.attack:  # a replay or a non-physiological signal
-                        self.metrics.record_suspicious(v.kind, "high")
-                        log.warning("presentation attack", extra={
-                            "event_type": "security_event", "security_event_type": v.kind,
-                            "severity": "high", "user_id": user_id,
-                            "method": "ContinuousAuthenticate", "reason": v.reason})
+                        self._security_event("presentation attack", v.kind, "high",
+                                             user_id, method="ContinuousAuthenticate",
+                                             reason=v.reason)
                         yield end(v.kind, 0.0, quality)
                         return
                     if v.fingerprint is not None:
