@@ -424,23 +424,26 @@ class PostgresStore(SqlStore):
                     raise _CommitUnknown(str(exc)) from exc
                 raise
 
+    @contextmanager
+    def _unbounded(self) -> Iterator[None]:
+        """This thread's transactions meanwhile are not bounded by ``query_timeout``."""
+        self._local.unbounded = True
+        try:
+            yield
+        finally:
+            self._local.unbounded = False
+
     def migrate(self) -> list[int]:
         # not bounded by query_timeout: the advisory lock may wait for another replica's
         # migrations, and an index on a large table takes what it takes
-        self._local.unbounded = True
-        try:
+        with self._unbounded():
             return super().migrate()
-        finally:
-            self._local.unbounded = False
 
     def rotate_key(self, new_key) -> int:
         # not bounded by query_timeout either: one transaction re-encrypts every template,
         # device secret and PAD fingerprint, minutes for a large store
-        self._local.unbounded = True
-        try:
+        with self._unbounded():
             return super().rotate_key(new_key)
-        finally:
-            self._local.unbounded = False
 
     def _relaxed_durability(self, tx: Tx) -> None:
         # token buckets are approximate by nature: do not wait for the WAL flush
