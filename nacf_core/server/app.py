@@ -68,16 +68,26 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _key_file(config: Config) -> str | None:
+    """The file the template key is read from: ``NACF_TEMPLATE_KEY_FILE`` >
+    ``store_key_file`` > ``DATA_DIR/nacf.key``; ``None`` when ``NACF_TEMPLATE_KEY``
+    holds the key itself."""
+    if os.environ.get("NACF_TEMPLATE_KEY"):
+        return None
+    return (os.environ.get("NACF_TEMPLATE_KEY_FILE") or config.store_key_file
+            or str(Path(config.data_dir) / "nacf.key"))
+
+
 def _store_key(config: Config) -> Any:
     """The template key: env (``NACF_TEMPLATE_KEY[_FILE]``) > ``store_key_file`` >
     ``DATA_DIR/nacf.key`` (created 0600 on first start of the embedded store)."""
     from nacf_core.store import create_key_file
 
     if os.environ.get("NACF_TEMPLATE_KEY") or os.environ.get("NACF_TEMPLATE_KEY_FILE"):
-        return None
+        return None  # open_store reads them (nacf_core.store.crypto.load_key)
+    path = Path(_key_file(config))
     if config.store_key_file:
-        return Path(config.store_key_file)
-    path = Path(config.data_dir) / "nacf.key"
+        return path
     if not path.exists():
         if config.store_url and not config.store_url.startswith("sqlite"):
             raise FailedPrecondition(
@@ -339,11 +349,7 @@ class NacfServer:
         holds the API keys, the TLS key is the server's identity. A warning, not a
         refusal: mounted secrets are often 0444 inside a container no one else uses."""
         cfg = self.config
-        key_file = None  # the one _store_key chose
-        if not os.environ.get("NACF_TEMPLATE_KEY"):
-            key_file = (os.environ.get("NACF_TEMPLATE_KEY_FILE") or cfg.store_key_file
-                        or str(Path(cfg.data_dir) / "nacf.key"))
-        for what, path in (("template key file", key_file),
+        for what, path in (("template key file", _key_file(cfg)),
                            ("api_keys_file", cfg.api_keys_file),
                            ("tls_key_file", cfg.tls_key_file)):
             if not path:
