@@ -914,7 +914,7 @@ class SqlStore(Store):
         """Drop the decrypted PAD fingerprints of ``user_id`` this process keeps."""
         with self._fp_lock:
             for rid in [rid for rid, e in self._fp_plain.items() if e[0] == user_id]:
-                self._fp_size -= len(self._fp_plain.pop(rid)[2]) + 200
+                self._fp_size -= len(self._fp_plain.pop(rid)[2]) + self._FP_ENTRY_BYTES
 
     def _tx_fingerprints(self, tx: Tx, user_id: str, kind: str, rows: list[tuple]) -> None:
         for r in rows:
@@ -957,6 +957,9 @@ class SqlStore(Store):
         # REPEATABLE READ), so every id listed has its row
         return rows, got
 
+    #: what a cached fingerprint costs beside its plaintext (its entry and key), counted
+    #: against fingerprint_cache_bytes
+    _FP_ENTRY_BYTES = 200
     #: bytes of decrypted PAD fingerprints kept in memory (see _dec_fingerprints)
     fingerprint_cache_bytes = 32 << 20
 
@@ -982,11 +985,12 @@ class SqlStore(Store):
             with self._fp_lock:
                 old = cache.pop(rid, None)
                 if old is not None:
-                    self._fp_size -= len(old[2]) + 200
+                    self._fp_size -= len(old[2]) + self._FP_ENTRY_BYTES
                 cache[rid] = (user_id, kind, pt)
-                self._fp_size += len(pt) + 200
+                self._fp_size += len(pt) + self._FP_ENTRY_BYTES
                 while self._fp_size > self.fingerprint_cache_bytes and cache:
-                    self._fp_size -= len(cache.pop(next(iter(cache)))[2]) + 200  # oldest
+                    oldest = cache.pop(next(iter(cache)))
+                    self._fp_size -= len(oldest[2]) + self._FP_ENTRY_BYTES
             out.append((kind, pt))
         return out
 
