@@ -41,8 +41,8 @@ from typing import Any
 from nacf_core.errors import InvalidArgument
 
 __all__ = ["MAX_FILE_BYTES", "OPTION_HELP", "SCOPES", "CompleteOrNothing", "Config",
-           "file_kind", "fsync_dir", "load_api_keys", "load_config", "parse_address", "read_regular_file",
-           "read_text_file", "short_repr"]
+           "file_kind", "fsync_dir", "load_api_keys", "load_config", "parse_address",
+           "read_regular_file", "read_text_file", "short_repr"]
 
 SCOPES = ("authenticate", "enroll", "admin")
 

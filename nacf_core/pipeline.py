@@ -74,7 +74,6 @@ __all__ = [
 logger = logging.getLogger("nacf.pipeline")
 
 
-
 def samples_for(seconds: float, sfreq: float) -> int:
     """The fewest samples at ``sfreq`` that hold ``seconds`` of signal (a window of 4 s at
     250.1 Hz is 1001 samples), allowing for rounding in ``seconds * sfreq``."""
