@@ -7,7 +7,8 @@
   at 1000 Hz is 256 KiB, an enrollment of a few minutes a few MB; a larger message
   gets ``RESOURCE_EXHAUSTED`` from gRPC before it reaches any handler.
   ``max_concurrent_rpcs`` bounds the calls in flight: beyond it gRPC answers
-  ``RESOURCE_EXHAUSTED`` at once; ``max_workers`` threads serve them.
+  ``RESOURCE_EXHAUSTED`` at once (counted by the interceptor, see
+  ``AuthInterceptor.watch_concurrency``); ``max_workers`` threads serve them.
 - Transport: TLS when ``tls_cert_file``/``tls_key_file`` are set, mTLS when
   ``tls_client_ca_file`` is set too.  Plaintext only on a loopback address (the log
   says so); anything else is refused at start.
@@ -277,6 +278,11 @@ class NacfServer:
             self._executor,
             interceptors=[icp], options=opts,
             maximum_concurrent_rpcs=cfg.max_concurrent_rpcs)
+        if not icp.watch_concurrency(server):
+            log.warning("calls refused at max_concurrent_rpcs will not be counted in "
+                        "nacfauth_auth_requests_total: this grpcio (%s) does not expose "
+                        "its count of calls in flight as the versions nacf knows do",
+                        grpc.__version__, extra={"event_type": "grpc_busy_uncounted"})
         add_to_server(self.service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(

@@ -100,10 +100,20 @@ def test_tls_and_mtls(tmp_path, pki, model_path):
         store.close()
 
 
-def test_concurrency_bound_answers_resource_exhausted_fast(tmp_path, model_path):
+def _requests(server, method, status, user_type="api_key"):
+    v = server.metrics.registry.get_sample_value(
+        "nacfauth_auth_requests_total",
+        {"method": method, "status": status, "user_type": user_type})
+    return v or 0.0
+
+
+def test_concurrency_bound_answers_resource_exhausted_fast(tmp_path, model_path, caplog):
     server, store = _server(tmp_path, model_path, max_workers=2, max_concurrent_rpcs=2,
                             rate_limit_per_s=1000, rate_limit_burst=1000)
+    caplog.set_level(logging.WARNING, logger="nacf.server")
     server.start()
+    assert not [r for r in caplog.records
+                if getattr(r, "event_type", "") == "grpc_busy_uncounted"]
     release = threading.Event()
     try:
         ch = grpc.insecure_channel(server.address)
@@ -128,11 +138,24 @@ def test_concurrency_bound_answers_resource_exhausted_fast(tmp_path, model_path)
             stub.GetStats(pb.GetStatsRequest(), metadata=md, timeout=10)
         assert ei.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert time.perf_counter() - t0 < 1.0
+        # refused by gRPC before any handler ran, yet counted as what the client saw,
+        # with the caller's user_type, and logged; a second refusal is counted, not logged
+        assert _requests(server, "GetStats", "RESOURCE_EXHAUSTED") == 1
+        with pytest.raises(grpc.RpcError) as ei:
+            stub.GetStats(pb.GetStatsRequest(), timeout=10)  # no key
+        assert ei.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert _requests(server, "GetStats", "RESOURCE_EXHAUSTED", "anonymous") == 1
+        busy = [r for r in caplog.records if getattr(r, "event_type", "") == "grpc_busy"]
+        assert len(busy) == 1 and busy[0].max_concurrent_rpcs == 2, busy
+        assert busy[0].method == "GetStats"
         release.set()
         for t in ts:
             t.join(10)
         time.sleep(0.2)
         assert stub.GetStats(pb.GetStatsRequest(), metadata=md, timeout=10) is not None
+        # below the bound nothing more is counted as refused
+        assert _requests(server, "GetStats", "RESOURCE_EXHAUSTED") == 1
+        assert _requests(server, "GetStats", "OK") == 1
         ch.close()
     finally:
         release.set()
@@ -639,6 +662,28 @@ def test_authenticate_calls_queue_on_the_gate_before_the_rate_limit(tmp_path, mo
             assert reg.get_sample_value("nacfauth_auth_requests_total", {
                 "method": "Authenticate", "status": "DEADLINE_EXCEEDED",
                 "user_type": "api_key"}) == 1.0
+    finally:
+        server.stop(0)
+        store.close()
+
+
+def test_a_grpcio_without_the_known_internals_leaves_refusals_uncounted(
+        tmp_path, model_path, monkeypatch, caplog):
+    """Should grpcio rename what watch_concurrency reads, nacf serve says so at start and
+    counts nothing as refused (it never guesses)."""
+    from nacf_core.server import interceptors
+
+    icp = interceptors.AuthInterceptor({KEY: ALL})
+    assert icp.watch_concurrency(object()) is False
+    assert icp._at_concurrency_bound() is None
+    monkeypatch.setattr(interceptors.AuthInterceptor, "watch_concurrency",
+                        lambda self, server: False)
+    caplog.set_level(logging.WARNING, logger="nacf.server")
+    server, store = _server(tmp_path, model_path)
+    server.start()
+    try:
+        assert [r for r in caplog.records
+                if getattr(r, "event_type", "") == "grpc_busy_uncounted"]
     finally:
         server.stop(0)
         store.close()
