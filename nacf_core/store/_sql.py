@@ -511,9 +511,10 @@ class SqlStore(Store):
                       (user_id,)) is None:
                 raise NotFound(f"Unknown user {user_id!r}.")
             # not ended yet: those still active, and those expired that no sweep has
-            # ended (expire_sessions would have)
+            # ended (expire_sessions would have); locked, so an end committed by another
+            # replica before the delete below is not reported ended here too
             open_ = tx.query(f"SELECT {self._SESSION_SELECT} FROM sessions WHERE user_id = ? "
-                             "AND ended_at IS NULL", (user_id,))
+                             "AND ended_at IS NULL" + self.FOR_UPDATE, (user_id,))
             tx.execute("DELETE FROM device_nonces WHERE device_id IN "
                        "(SELECT device_id FROM devices WHERE user_id = ?)", (user_id,))
             for table in ("templates", "devices", "sessions", "pad_fingerprints",
