@@ -689,14 +689,11 @@ class SqlStore(Store):
             where += " AND device_id = ?"
             args += (device_id,)
 
-        def fn(tx: Tx) -> list[tuple]:
-            rows = tx.query(f"SELECT {self._SESSION_SELECT} FROM sessions WHERE {where}"
-                            + self.FOR_UPDATE, args)
-            tx.execute(f"UPDATE sessions SET ended_at = ?, end_reason = ? WHERE {where}",
-                       (t, reason, *args))
-            return rows
-
-        return [self._session((*r[:4], t, reason, *r[6:])) for r in self._run(fn)]
+        # one statement: the sessions returned are those it ended (a read, then an update,
+        # also ended a session another replica opened in between, and did not return it)
+        return [self._session(r) for r in self._run(lambda tx: tx.query(
+            f"UPDATE sessions SET ended_at = ?, end_reason = ? WHERE {where} "
+            f"RETURNING {self._SESSION_SELECT}", (t, reason, *args)))]
 
     def renew_session(self, token: str, ttl_s: float, *, now=None) -> Session:
         if not isinstance(token, str) or not token:

@@ -74,3 +74,29 @@ def test_delete_user_does_not_return_a_session_another_replica_ended_meanwhile(p
     finally:
         a.close()
         b.close()
+
+
+@pytest.mark.postgres
+def test_end_user_sessions_returns_every_session_it_ended(pg_url, key):
+    """EndUserSessions (and an Enroll update, a device rotation) selected the user's
+    open sessions, then ended them with a second statement: a session another replica
+    opened in between was ended by the second statement but not returned, so it was
+    never observed."""
+    url, _ = pg_url
+    a, b = open_store(url, key=key), open_store(url, key=key)
+    try:
+        a.put_template("alice", b"x", "m", now=T0)
+        a.create_session("alice", 900, now=T0)
+        opened = []
+        done = _after_first_sessions_statement(
+            a, lambda: opened.append(b.create_session("alice", 900, now=T0 + 1)))
+        ended = a.end_user_sessions("alice", "ended_by_admin", now=T0 + 2)
+        assert done.wait(10) and opened
+        returned = {s.session_id for s in ended}
+        with a._transaction(False) as tx:
+            rows = tx.query("SELECT token_hash FROM sessions WHERE user_id = ? AND "
+                            "end_reason = 'ended_by_admin'", ("alice",))
+        assert returned == {r[0] for r in rows}
+    finally:
+        a.close()
+        b.close()
