@@ -1209,7 +1209,8 @@ class AuthService:
         (``continuous_mismatch_windows`` consecutive windows below the threshold), when
         the signal is lost (no usable window within ``signal_loss_s`` of signal, or no
         data for ``signal_loss_s`` of wall time), or when the session is no longer
-        active.  When the client closes the stream the session stays open.
+        active.  When the client closes the stream the session stays open.  A session
+        the store fails to end is no ``"ended"`` update: the stream raises ``Unavailable``.
         """
         s = self._session(token)
         now = self.clock()
@@ -1258,12 +1259,14 @@ class AuthService:
         expires = float(s.expires_at)
 
         def end(reason: str, score: float = 0.0, quality: float = 0.0) -> ContinuousUpdate:
-            try:
-                self.end_session(token, reason)
-            except NacfError:
-                pass
             if reason == "wearer_changed":
                 self._security_event("wearer changed", "wearer_changed", "medium", user_id)
+            try:
+                self.end_session(token, reason)
+            except NotFound:  # deleted with its user meanwhile: ended all the same
+                pass
+            # a store error propagates (UNAVAILABLE): the session is still open, so the
+            # client must not be told ENDED
             return ContinuousUpdate("ended", score, thr, quality, reason, expires, streamed)
 
         try:

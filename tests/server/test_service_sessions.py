@@ -1,0 +1,54 @@
+"""Sessions and continuous authentication in process: how a ContinuousAuthenticate
+stream ends its session, and what it tells the client."""
+
+from __future__ import annotations
+
+import pytest
+from _server_support import SFREQ, eeg, make_pipeline, signal_block
+from prometheus_client import CollectorRegistry
+
+from nacf_core.config import Config
+from nacf_core.errors import Unavailable
+from nacf_core.metrics import Metrics
+from nacf_core.service import AuthService
+from nacf_core.store import open_store
+
+
+@pytest.fixture
+def svc(tmp_path, model_path):
+    store = open_store(f"sqlite:///{tmp_path / 'n.db'}", bytes(range(32)))
+    cfg = Config(data_dir=str(tmp_path), rate_limit_per_s=1000, rate_limit_burst=1000)
+    service = AuthService(store, make_pipeline(model_path), cfg,
+                          metrics=Metrics(CollectorRegistry()))
+    yield service
+    store.close()
+
+
+def _blocks(x, seconds=0.5):
+    n = int(seconds * SFREQ)
+    return [signal_block(x[i:i + n]) for i in range(0, x.shape[0], n)]
+
+
+def test_a_wearer_change_the_store_could_not_record_is_not_reported_ended(svc):
+    """The wearer changes while the store fails (a PostgreSQL failover, a writer lock
+    held too long): ending the session failed silently, and the stream still answered
+    ENDED ``wearer_changed`` while the session stayed valid for ValidateSession, the
+    new wearer's. The call now fails UNAVAILABLE (the session is not said ended), and
+    the wearer change is still logged and counted."""
+    svc.enroll("w1", [signal_block(eeg(1, 3, 0, 40))])
+    token = svc.store.create_session("w1", 600).token
+
+    def failing_end(*a, **k):
+        raise Unavailable("the store is unreachable (test)")
+
+    svc.store.end_session = failing_end
+    updates = []
+    with pytest.raises(Unavailable):
+        for u in svc.continuous(token, _blocks(eeg(1, 3, 44, 8)) + _blocks(eeg(5, 7, 0, 16))):
+            updates.append(u)
+    assert updates and updates[0].state == "verified"
+    assert all(u.state != "ended" for u in updates), updates
+    assert svc.validate_session(token).valid  # not ended: the client was not told it was
+    reg = svc.metrics.registry
+    assert reg.get_sample_value("nacfauth_suspicious_activities_total",
+                                {"activity_type": "wearer_changed", "severity": "medium"}) == 1
