@@ -1172,13 +1172,13 @@ class AuthService:
             s = self._session(token)
         except NotFound:
             return SessionInfo(False, "", 0.0, 0.0, "unknown")
+        # when the wearer was last verified, else when the session opened, valid or not
+        last = float(s.last_verified_at or s.created_at)
         if s.ended_at is not None:
-            return SessionInfo(False, s.user_id, float(s.expires_at), float(s.created_at),
+            return SessionInfo(False, s.user_id, float(s.expires_at), last,
                                s.end_reason or "ended")
         if not s.is_active(now):
-            return SessionInfo(False, s.user_id, float(s.expires_at), float(s.created_at),
-                               "expired")
-        last = float(s.last_verified_at or s.created_at)
+            return SessionInfo(False, s.user_id, float(s.expires_at), last, "expired")
         return SessionInfo(True, s.user_id, float(s.expires_at), last, "")
 
     def end_session(self, token: str, reason: str = "ended") -> tuple[bool, float]:

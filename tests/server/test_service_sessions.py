@@ -52,3 +52,22 @@ def test_a_wearer_change_the_store_could_not_record_is_not_reported_ended(svc):
     reg = svc.metrics.registry
     assert reg.get_sample_value("nacfauth_suspicious_activities_total",
                                 {"activity_type": "wearer_changed", "severity": "medium"}) == 1
+
+
+
+@pytest.mark.parametrize("end", ["wearer_changed", "expired"])
+def test_validate_session_says_when_an_ended_or_expired_session_was_last_verified(svc, end):
+    """``last_verified_unix`` is when ContinuousAuthenticate last verified the wearer,
+    else when the session opened (README): for a session no longer valid (ended,
+    expired) ValidateSession answered the opening time even when the wearer had been
+    verified since."""
+    store = svc.store
+    svc.enroll("v1", [signal_block(eeg(1, 3, 0, 40))])
+    t0 = svc.clock()
+    s = store.create_session("v1", 60, now=t0 - 100)
+    store.renew_session(s.token, 30, now=t0 - 50)  # verified at t0 - 50, expires t0 - 20
+    if end != "expired":
+        store.end_session(s.token, end, now=t0 - 30)
+    v = svc.validate_session(s.token)
+    assert (v.valid, v.reason) == (False, end)
+    assert v.last_verified == pytest.approx(t0 - 50, abs=1e-3), v
