@@ -1254,6 +1254,7 @@ class AuthService:
         buf = _Buffer(max_seconds=4 * win + 1)
         pending = 0.0          # seconds of signal not yet scored
         streamed = 0.0
+        carry = None           # the rest of a chunk past a window's end: the next turn's
         since_good = 0.0       # seconds of signal since the last usable window
         mismatches = 0
         expires = float(s.expires_at)
@@ -1274,7 +1275,8 @@ class AuthService:
                 if cancelled():
                     return
                 try:
-                    item = q.get(timeout=loss)
+                    item, carry = (carry, None) if carry is not None else (
+                        q.get(timeout=loss), None)
                 except queue.Empty:
                     if cancelled():  # the call is gone (client or server shutdown)
                         return
@@ -1300,10 +1302,21 @@ class AuthService:
                                          session_device_id=s.device_id)
                     yield end("device_changed")
                     return
+                due = False
+                n = block.samples.shape[0]
+                if pending + block.seconds > win and block.sfreq == (buf.sfreq or block.sfreq):
+                    # a chunk past the next window's end (an app sending long chunks):
+                    # cut there, so that every window of it is scored, one update each
+                    k = samples_for(win - pending, check_supported_sfreq(block.sfreq))
+                    if 0 < k < n:
+                        block, carry = (SignalBlock(x, block.sfreq, block.ch_names,
+                                                    block.device_id)
+                                        for x in (block.samples[:k], block.samples[k:]))
+                        due = True
                 buf.push(block)
                 pending += block.seconds
                 streamed += block.seconds
-                if pending < win:
+                if pending < win and not due:
                     continue
                 pending = 0.0
                 blk = buf.block(last_seconds=win)

@@ -3,6 +3,7 @@ stream ends its session, and what it tells the client."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from _server_support import SFREQ, eeg, make_pipeline, signal_block
 from prometheus_client import CollectorRegistry
@@ -71,3 +72,24 @@ def test_validate_session_says_when_an_ended_or_expired_session_was_last_verifie
     v = svc.validate_session(s.token)
     assert (v.valid, v.reason) == (False, end)
     assert v.last_verified == pytest.approx(t0 - 50, abs=1e-3), v
+
+
+def test_every_window_of_a_large_chunk_is_verified(svc):
+    """A client that sends its signal in chunks longer than a window (an app batching
+    what the headset sent): only the last window of each chunk was scored, so most of
+    the signal was never verified, a wearer change took ``continuous_mismatch_windows``
+    chunks (not windows) to end the session, and a 12-s chunk gave one update, not
+    one per window."""
+    svc.enroll("L1", [signal_block(eeg(1, 3, 0, 40))])
+    win = svc.rec.window_s
+    token = svc.store.create_session("L1", 600).token
+    genuine = eeg(1, 3, 44, 3 * win)
+    updates = list(svc.continuous(token, [signal_block(genuine)]))
+    assert [u.state for u in updates] == ["verified"] * 3, updates
+    assert [u.seconds_streamed for u in updates] == [win, 2 * win, 3 * win]
+    # the wearer changes within one chunk: ended after two windows of the other person
+    token = svc.store.create_session("L1", 600).token
+    both = np.concatenate([eeg(1, 3, 44, win), eeg(5, 7, 0, 3 * win)])
+    updates = list(svc.continuous(token, [signal_block(both)]))
+    assert [u.state for u in updates] == ["verified", "uncertain", "ended"], updates
+    assert updates[-1].reason == "wearer_changed"
