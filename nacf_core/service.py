@@ -911,9 +911,18 @@ class AuthService:
         decision = None
         w = None
         t_proc = 0.0
+        # a headset streams its signal as it records it: the most signal a decision takes
+        # arrives within that many seconds and signal_loss_s more, else the stream trickles
+        # (it held a worker thread for as long as its client liked)
+        t_wall, wall_limit = time.monotonic(), limit + float(self.config.signal_loss_s)
         for block in chunks:
             if deadline is not None and time.monotonic() > deadline:
                 raise DeadlineExceeded("the deadline passed before the sequential decision.")
+            if time.monotonic() - t_wall > wall_limit:
+                raise DeadlineExceeded(
+                    f"the stream sent {buf.seconds:.1f} s of signal in {wall_limit:g} s, "
+                    f"too slowly for a decision (at most {limit:g} s of signal, streamed as "
+                    "it is recorded, with signal_loss_s to spare).")
             if first:
                 # the device as it is now, not as it was when the stream opened: a
                 # rotation or a delete since then must refuse the old secret
@@ -1228,29 +1237,7 @@ class AuthService:
                       if self.pad is not None else [])
         stream_fps: collections.deque = collections.deque(maxlen=_STREAM_PAD_HISTORY)
         loss = float(self.config.signal_loss_s)
-        q: queue.Queue = queue.Queue(maxsize=64)
-        _END = object()
-        stop = threading.Event()
-
-        def put(item: Any) -> bool:
-            while not stop.is_set():
-                try:
-                    q.put(item, timeout=0.5)
-                    return True
-                except queue.Full:
-                    continue
-            return False
-
-        def reader() -> None:
-            try:
-                for c in chunks:
-                    if not put(c):
-                        return
-                put(_END)
-            except Exception as e:  # noqa: BLE001 - forwarded to the consumer
-                put(e)
-
-        threading.Thread(target=reader, name="nacf-continuous-reader", daemon=True).start()
+        stream = chunks if isinstance(chunks, ClientStream) else ClientStream(chunks)
         buf = _Buffer(max_seconds=4 * win + 1)
         pending = 0.0          # seconds of signal not yet scored
         streamed = 0.0
@@ -1258,6 +1245,7 @@ class AuthService:
         since_good = 0.0       # seconds of signal since the last usable window
         mismatches = 0
         expires = float(s.expires_at)
+        window_t = time.monotonic()  # when the last window was complete (or the start)
 
         def end(reason: str, score: float = 0.0, quality: float = 0.0) -> ContinuousUpdate:
             if reason == "wearer_changed":
@@ -1276,16 +1264,21 @@ class AuthService:
                     return
                 try:
                     item, carry = (carry, None) if carry is not None else (
-                        q.get(timeout=loss), None)
-                except queue.Empty:
+                        stream.next(loss), None)
+                except StopIteration:
+                    return
+                except TimeoutError:
                     if cancelled():  # the call is gone (client or server shutdown)
                         return
                     yield end("signal_lost")
                     return
-                if item is _END:
+                if time.monotonic() - window_t > win + loss:
+                    # data, but not a window's worth in a window's time and signal_loss_s
+                    # more: a headset that lost most of its samples, or a client trickling
+                    # a few now and then (which held the stream, and a worker thread, for
+                    # as long as it liked, past the session's expiry)
+                    yield end("signal_lost")
                     return
-                if isinstance(item, BaseException):
-                    raise item
                 block: SignalBlock = item
                 if s.device_id and not block.device_id:
                     # the session was opened with a device proof: its stream names that
@@ -1319,6 +1312,7 @@ class AuthService:
                 if pending < win and not due:
                     continue
                 pending = 0.0
+                window_t = time.monotonic()
                 blk = buf.block(last_seconds=win)
                 t0 = time.perf_counter()
                 w = self.rec.windows(blk)
@@ -1387,7 +1381,7 @@ class AuthService:
                                            f"score {score:.3f} below threshold {thr:.3f}",
                                            expires, streamed)
         finally:
-            stop.set()
+            stream.close()
 
     def _renew(self, token: str, expires: float, now: float) -> float:
         fn = getattr(self.store, "renew_session", None)
@@ -1511,6 +1505,80 @@ class AuthService:
 
 
 # ----------------------------------------------------------------------------------
+class ClientStream:
+    """A client stream read on a thread of its own, so that its consumer waits for the
+    next message with a timeout. grpcio's request iterator blocks until the client sends:
+    a client that opened a stream and went silent (or sent a few samples now and then)
+    held a worker thread for as long as it kept its connection, bounded only by its own
+    deadline if it set one.
+
+    ``convert`` runs on the reader thread on each message; an exception it or the
+    iterator raises is raised by :meth:`next` in the consumer, in order. Iterating the
+    stream waits ``idle_s`` at most for each message (``None``: for ever), else
+    ``DeadlineExceeded``. :meth:`close` lets the reader go (it ends when the call does).
+    At most ``maxsize`` messages wait read ahead (each up to the message size limit)."""
+
+    _END = object()
+
+    def __init__(self, it: Iterable, convert: Callable[[Any], Any] | None = None, *,
+                 idle_s: float | None = None, maxsize: int = 2) -> None:
+        self.idle_s = idle_s
+        self._q: queue.Queue = queue.Queue(maxsize=maxsize)
+        self._stop = threading.Event()
+        self._done = False
+        threading.Thread(target=self._read, args=(it, convert), name="nacf-stream-reader",
+                         daemon=True).start()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _read(self, it: Iterable, convert: Callable[[Any], Any] | None) -> None:
+        try:
+            for m in it:
+                if not self._put(m if convert is None else convert(m)):
+                    return
+            self._put(self._END)
+        except Exception as e:  # noqa: BLE001 - forwarded to the consumer
+            self._put(e)
+
+    def next(self, timeout: float | None) -> Any:
+        """The next message: ``StopIteration`` at the end of the stream, ``TimeoutError``
+        when none came within ``timeout`` seconds."""
+        if self._done:
+            raise StopIteration
+        try:
+            item = self._q.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"no message for {timeout:g} s") from None
+        if item is self._END or isinstance(item, BaseException):
+            self._done = True
+            if item is self._END:
+                raise StopIteration
+            raise item
+        return item
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            try:
+                yield self.next(self.idle_s)
+            except StopIteration:
+                return
+            except TimeoutError:
+                raise DeadlineExceeded(
+                    f"the stream sent no message for {self.idle_s:g} s (signal_loss_s): "
+                    "the server ends a stream that stalls; stream the signal as it is "
+                    "recorded.") from None
+
+    def close(self) -> None:
+        self._stop.set()
+
+
 class _Buffer:
     """Concatenates streamed blocks (same rate and channels) into one block."""
 

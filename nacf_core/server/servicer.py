@@ -10,6 +10,7 @@ line and an error id (never ``UNKNOWN``, never a traceback on the wire).
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import time
 import uuid
@@ -23,7 +24,7 @@ from nacf_core._proto.nacf.v1 import auth_pb2_grpc as pb_grpc
 from nacf_core.errors import DeadlineExceeded, InvalidArgument, NacfError, PermissionDenied
 from nacf_core.server import converters as cv
 from nacf_core.server.interceptors import CALLER, call_active, ended_status, log_refusal
-from nacf_core.service import AuthService, DeviceProof
+from nacf_core.service import AuthService, ClientStream, DeviceProof
 
 __all__ = ["SERVICE_NAME", "AuthServicer", "add_to_server", "status_for"]
 
@@ -162,6 +163,11 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
     def __init__(self, service: AuthService) -> None:
         self.service = service
 
+    @property
+    def _idle_s(self) -> float:
+        """How long a client stream may send nothing: ``signal_loss_s``."""
+        return float(self.service.config.signal_loss_s)
+
     @_unary
     def Enroll(self, request: pb.EnrollRequest, context) -> pb.EnrollResponse:
         actor, admin = _caller()
@@ -194,10 +200,14 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
     def AuthenticateStream(self, request_iterator, context
                            ) -> pb.AuthenticateResponse:
         deadline = _check_deadline(context)
-        first, chunks = _start_and_chunks(request_iterator, "AuthenticateStream", "the user")
-        r = self.service.authenticate_stream(
-            first.start.user_id, chunks, _proof(context),
-            max_seconds=first.start.max_seconds, peer=_peer(context), deadline=deadline)
+        first, chunks = _start_and_chunks(request_iterator, "AuthenticateStream", "the user",
+                                          self._idle_s)
+        try:
+            r = self.service.authenticate_stream(
+                first.start.user_id, chunks, _proof(context),
+                max_seconds=first.start.max_seconds, peer=_peer(context), deadline=deadline)
+        finally:
+            chunks.close()
         return cv.auth_response(r)
 
     @_unary
@@ -263,10 +273,13 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
     @_stream_out
     def ContinuousAuthenticate(self, request_iterator, context):
         first, chunks = _start_and_chunks(request_iterator, "ContinuousAuthenticate",
-                                          "the session")
-        for u in self.service.continuous(first.start.session_token, chunks,
-                                         cancelled=lambda: not context.is_active()):
-            yield cv.continuous_response(u)
+                                          "the session", self._idle_s)
+        try:
+            for u in self.service.continuous(first.start.session_token, chunks,
+                                             cancelled=lambda: not context.is_active()):
+                yield cv.continuous_response(u)
+        finally:
+            chunks.close()
 
 
 def add_to_server(service: AuthService, server: grpc.Server) -> AuthServicer:
@@ -276,19 +289,37 @@ def add_to_server(service: AuthService, server: grpc.Server) -> AuthServicer:
     return servicer
 
 
-def _start_and_chunks(request_iterator, rpc: str, names: str):
-    """The ``start`` message of a client stream, and a generator of its ``chunk``
-    messages as ``SignalBlock``s (``InvalidArgument`` for a message out of place)."""
-    first = next(request_iterator, None)
+def _start_and_chunks(request_iterator, rpc: str, names: str, idle_s: float
+                      ) -> tuple[Any, ClientStream]:
+    """The ``start`` message of a client stream, and its ``chunk`` messages as
+    ``SignalBlock``s (``InvalidArgument`` for a message out of place), read on a thread
+    of their own: no message within ``idle_s`` → ``DeadlineExceeded`` (the start's
+    here, a chunk's when the stream is iterated). Close the stream when done."""
+    seen = itertools.count()
+
+    def convert(m: Any) -> Any:
+        i = next(seen)
+        if i == 0:
+            return m
+        if m.WhichOneof("kind") != "chunk":
+            raise InvalidArgument(f"message {i} of the stream must be a 'chunk'; "
+                                  f"got {m.WhichOneof('kind')}.")
+        return cv.signal_to_block(m.chunk, f"chunk[{i}]")
+
+    stream = ClientStream(request_iterator, convert, idle_s=idle_s)
+    try:
+        first = stream.next(idle_s)
+    except StopIteration:
+        first = None
+    except TimeoutError:
+        stream.close()
+        raise DeadlineExceeded(f"no {rpc} 'start' message within {idle_s:g} s "
+                               "(signal_loss_s): the server ends a stream that stalls.") from None
+    except BaseException:
+        stream.close()
+        raise
     if first is None or first.WhichOneof("kind") != "start":
+        stream.close()
         raise InvalidArgument(f"the first {rpc} message must be 'start' (naming {names}); "
                               f"got {'nothing' if first is None else first.WhichOneof('kind')}.")
-
-    def chunks():
-        for i, m in enumerate(request_iterator, 1):
-            if m.WhichOneof("kind") != "chunk":
-                raise InvalidArgument(f"message {i} of the stream must be a 'chunk'; "
-                                      f"got {m.WhichOneof('kind')}.")
-            yield cv.signal_to_block(m.chunk, f"chunk[{i}]")
-
-    return first, chunks()
+    return first, stream

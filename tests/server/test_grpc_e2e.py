@@ -918,6 +918,101 @@ def test_continuous_authenticate_ends_on_signal_loss(srv):
     assert c == grpc.StatusCode.FAILED_PRECONDITION
 
 
+def _timed(fn, *a, **kw):
+    t0 = time.monotonic()
+    c, m = code_of(fn, *a, **kw)
+    return c, m, time.monotonic() - t0
+
+
+def test_a_client_stream_that_stalls_is_ended_after_signal_loss_s(srv):
+    """A client that opens a stream and sends nothing (no start message, or no chunk
+    after it) is answered DEADLINE_EXCEEDED after signal_loss_s (3 s here), and its
+    worker thread is free: it had held it as long as the client kept the connection."""
+    _, stub, _ = srv
+    enroll(stub, "stall", 1)
+    stop = threading.Event()
+
+    def silent():
+        stop.wait(20)
+        yield pb.AuthenticateStreamRequest(start=pb.StreamStart(user_id="stall"))
+
+    def silent_after_start():
+        yield pb.AuthenticateStreamRequest(start=pb.StreamStart(user_id="stall"))
+        stop.wait(20)
+
+    def continuous_silent():
+        stop.wait(20)
+        yield pb.ContinuousAuthenticateRequest(start=pb.ContinuousStart(session_token="x"))
+
+    try:
+        c, m, dt = _timed(stub.AuthenticateStream, silent(), metadata=MD, timeout=15)
+        assert c == grpc.StatusCode.DEADLINE_EXCEEDED and "'start'" in m, m
+        assert 2.5 < dt < 8, dt
+        c, m, dt = _timed(stub.AuthenticateStream, silent_after_start(), metadata=MD,
+                          timeout=15)
+        assert c == grpc.StatusCode.DEADLINE_EXCEEDED and "no message for 3 s" in m, m
+        assert 2.5 < dt < 8, dt
+        c, m, dt = _timed(lambda: list(stub.ContinuousAuthenticate(
+            continuous_silent(), metadata=MD, timeout=15)))
+        assert c == grpc.StatusCode.DEADLINE_EXCEEDED and "'start'" in m, m
+        assert 2.5 < dt < 8, dt
+    finally:
+        stop.set()
+
+
+def test_a_stream_trickling_slower_than_the_signal_is_recorded_is_ended(srv):
+    """A chunk every second, each of 50 ms of signal, never stalls for signal_loss_s:
+    AuthenticateStream answers DEADLINE_EXCEEDED once max_seconds + signal_loss_s of
+    wall time have passed (4 + 3 s here), ContinuousAuthenticate ends the session
+    (signal_lost) when no window came within a window's time + signal_loss_s. Before,
+    both held the stream, and a worker thread, for as long as the client liked."""
+    _, stub, _ = srv
+    enroll(stub, "trickle", 1)
+    secret = device(stub, "trickle", "hs-trickle")
+    x = eeg(1, 3, 50, 8)
+    parts = [sig(x[i:i + 8], "hs-trickle") for i in range(0, 400, 8)]  # 50 ms each
+    md = (*MD, *proof_md(secret, "trickle", "hs-trickle", parts[0].samples))
+    stop = threading.Event()
+
+    def gen():
+        yield pb.AuthenticateStreamRequest(start=pb.StreamStart(user_id="trickle",
+                                                                max_seconds=4))
+        for p in parts:
+            yield pb.AuthenticateStreamRequest(chunk=p)
+            if stop.wait(1.0):
+                return
+
+    try:
+        c, m, dt = _timed(stub.AuthenticateStream, gen(), metadata=md, timeout=30)
+    finally:
+        stop.set()
+    assert c == grpc.StatusCode.DEADLINE_EXCEEDED and "too slowly" in m, m
+    assert 6.5 < dt < 12, dt
+    stub.UnlockUser(pb.UnlockUserRequest(user_id="trickle"), metadata=MD)
+
+    tok = auth(stub, "trickle", eeg(1, 3, 60, 8), secret, "hs-trickle").session_token
+    assert tok
+    stop = threading.Event()
+
+    def gen_c():
+        yield pb.ContinuousAuthenticateRequest(start=pb.ContinuousStart(session_token=tok))
+        for p in parts:
+            yield pb.ContinuousAuthenticateRequest(chunk=p)
+            if stop.wait(1.0):
+                return
+
+    t0 = time.monotonic()
+    try:
+        states = list(stub.ContinuousAuthenticate(gen_c(), metadata=MD, timeout=30))
+    finally:
+        stop.set()
+    assert 6.5 < time.monotonic() - t0 < 12
+    assert [(u.state, u.reason) for u in states] == [
+        (pb.ContinuousAuthenticateResponse.ENDED, "signal_lost")]
+    v = stub.ValidateSession(pb.ValidateSessionRequest(session_token=tok), metadata=MD)
+    assert not v.valid and v.reason == "signal_lost"
+
+
 # ------------------------------------------------------------------ undecodable bytes
 _RAW = [b"\x0a\x02\xff\xfe",  # field 1 (a string) that is not UTF-8
         b"\x0a\xff",  # a length running past the end
