@@ -70,3 +70,20 @@ def signal_block(x: np.ndarray, device_id: str = ""):
     x = np.ascontiguousarray(x, dtype="<f4")
     return SignalBlock(samples=x, sfreq=SFREQ, ch_names=tuple(CH16), device_id=device_id,
                        raw=x.tobytes())
+
+
+def sqlite_service(tmp_path: Path, model_path: Path | str, **config):
+    """An ``AuthService`` on a new SQLite store in ``tmp_path``, with the rate limit out
+    of the way (``config`` overrides any ``Config`` field); close its ``store`` after."""
+    from prometheus_client import CollectorRegistry
+
+    from nacf_core.config import Config
+    from nacf_core.metrics import Metrics
+    from nacf_core.service import AuthService
+    from nacf_core.store import open_store
+
+    store = open_store(f"sqlite:///{tmp_path / 'n.db'}", bytes(range(32)))
+    cfg = Config(**{"data_dir": str(tmp_path), "rate_limit_per_s": 1000,
+                    "rate_limit_burst": 1000, **config})
+    return AuthService(store, make_pipeline(model_path), cfg,
+                       metrics=Metrics(CollectorRegistry()))

@@ -7,26 +7,18 @@ import threading
 
 import grpc
 import pytest
-from _server_support import CH16, SFREQ, eeg, make_pipeline, signal_block
-from prometheus_client import CollectorRegistry
+from _server_support import CH16, SFREQ, eeg, signal_block, sqlite_service
 
 from nacf_core._proto.nacf.v1 import auth_pb2 as pb
-from nacf_core.config import Config
-from nacf_core.metrics import Metrics
 from nacf_core.server.converters import block_to_signal
 from nacf_core.server.servicer import AuthServicer
-from nacf_core.service import AuthService
-from nacf_core.store import open_store
 
 
 @pytest.fixture
 def svc(tmp_path, model_path):
-    store = open_store(f"sqlite:///{tmp_path / 'n.db'}", bytes(range(32)))
-    cfg = Config(data_dir=str(tmp_path), rate_limit_per_s=1000, rate_limit_burst=1000)
-    service = AuthService(store, make_pipeline(model_path), cfg,
-                          metrics=Metrics(CollectorRegistry()))
+    service = sqlite_service(tmp_path, model_path)
     yield service
-    store.close()
+    service.store.close()
 
 
 def test_list_users_skips_a_user_deleted_while_the_page_is_read(svc):
