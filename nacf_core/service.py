@@ -1324,8 +1324,8 @@ class AuthService:
                 try:
                     cur = self._store("get_session", self.store.get_session, token)
                 except NotFound:  # deleted with its user meanwhile: said as an update
-                    yield ContinuousUpdate("ended", 0.0, thr, quality, "ended", expires,
-                                           streamed)
+                    yield ContinuousUpdate("ended", 0.0, thr, quality, "user_deleted",
+                                           expires, streamed)
                     return
                 now = self.clock()
                 if not cur.is_active(now):
@@ -1366,8 +1366,8 @@ class AuthService:
                         try:
                             cur = self._store("get_session", self.store.get_session, token)
                             why, until = cur.end_reason or "expired", float(cur.expires_at)
-                        except NotFound:
-                            why, until = "ended", expires
+                        except NotFound:  # the session went with its user
+                            why, until = "user_deleted", expires
                         yield ContinuousUpdate("ended", 0.0, thr, quality, why, until,
                                                streamed)
                         return

@@ -92,6 +92,7 @@ def test_continuous_stream_of_a_user_deleted_meanwhile_ends_with_an_update(svc):
     # store under it (closing a SQLite connection in use crashes the interpreter)
     assert deleted.wait(30)
     assert updates and updates[-1].state == "ended"
+    assert updates[-1].reason == "user_deleted"  # as the store ends its sessions
     assert all(u.state != "ended" for u in updates[:-1])
 
 
