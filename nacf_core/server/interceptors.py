@@ -192,12 +192,15 @@ class AuthInterceptor(grpc.ServerInterceptor):
             self._observe(method, "RESOURCE_EXHAUSTED", 0.0, user_type)
         suppressed = self._refusals.admit("grpc_busy", "")
         if suppressed is not None:
-            log.warning("%s refused with RESOURCE_EXHAUSTED: %d calls in flight, the "
-                        "bound (--max-concurrent-rpcs)",
-                        method, bound, extra={
-                            "event_type": "grpc_busy", "method": method,
-                            "status": "RESOURCE_EXHAUSTED", "max_concurrent_rpcs": bound,
-                            **({"suppressed": suppressed} if suppressed else {})})
+            # written on a thread of its own (one every 10 s at most): gRPC's polling
+            # thread holds the server's lock here, and a log write that blocks (a full
+            # stderr pipe) would stall every call
+            threading.Thread(target=log.warning, name="nacf-grpc-busy-log", daemon=True, args=(
+                "%s refused with RESOURCE_EXHAUSTED: %d calls in flight, the bound "
+                "(--max-concurrent-rpcs)", method, bound), kwargs={"extra": {
+                    "event_type": "grpc_busy", "method": method,
+                    "status": "RESOURCE_EXHAUSTED", "max_concurrent_rpcs": bound,
+                    **({"suppressed": suppressed} if suppressed else {})}}).start()
 
     def close(self) -> None:
         """Stop the authentication thread (after the server has drained)."""

@@ -145,7 +145,12 @@ def test_concurrency_bound_answers_resource_exhausted_fast(tmp_path, model_path,
             stub.GetStats(pb.GetStatsRequest(), timeout=10)  # no key
         assert ei.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert _requests(server, "GetStats", "RESOURCE_EXHAUSTED", "anonymous") == 1
-        busy = [r for r in caplog.records if getattr(r, "event_type", "") == "grpc_busy"]
+        t0 = time.monotonic()  # the line is written on a thread of its own
+        while not (busy := [r for r in caplog.records
+                            if getattr(r, "event_type", "") == "grpc_busy"]):
+            if time.monotonic() - t0 > 10:
+                break
+            time.sleep(0.05)
         assert len(busy) == 1 and busy[0].max_concurrent_rpcs == 2, busy
         assert busy[0].method == "GetStats"
         release.set()
@@ -687,3 +692,60 @@ def test_a_grpcio_without_the_known_internals_leaves_refusals_uncounted(
     finally:
         server.stop(0)
         store.close()
+
+
+def test_a_log_write_that_blocks_does_not_stall_the_server(tmp_path, model_path):
+    """The grpc_busy line is written off gRPC's polling thread: that thread holds the
+    server's lock while it asks the interceptor for a handler, so a log write that blocks
+    (a full stderr pipe, a stalled log driver) stalled every call, the refused one and
+    the completion of those in flight included."""
+    server, store = _server(tmp_path, model_path, max_workers=2, max_concurrent_rpcs=1,
+                            rate_limit_per_s=1000, rate_limit_burst=1000)
+    stuck, unblock, release = threading.Event(), threading.Event(), threading.Event()
+
+    class Blocking(logging.Handler):
+        def emit(self, record):
+            if getattr(record, "event_type", "") == "grpc_busy":
+                stuck.set()
+                unblock.wait(60)
+
+    handler = Blocking(logging.WARNING)
+    logging.getLogger("nacf.server").addHandler(handler)
+    server.start()
+    try:
+        ch = grpc.insecure_channel(server.address)
+        stub = pbg.AuthServiceStub(ch)
+        md = (("x-api-key", KEY),)
+
+        def gen():  # the handler waits for the first message: holds the one slot
+            release.wait(20)
+            yield pb.AuthenticateStreamRequest(start=pb.StreamStart(user_id="x"))
+
+        hold = threading.Thread(target=lambda: code_of(stub.AuthenticateStream, gen(),
+                                                       metadata=md, timeout=30))
+        hold.start()
+        time.sleep(0.5)
+        c = code_of(stub.GetStats, pb.GetStatsRequest(), metadata=md, timeout=8)
+        assert c == grpc.StatusCode.RESOURCE_EXHAUSTED, c
+        assert stuck.wait(10)
+        assert _requests(server, "GetStats", "RESOURCE_EXHAUSTED") == 1
+        release.set()
+        hold.join(10)
+        time.sleep(0.2)
+        # the log line is still being written: calls go on
+        assert stub.GetStats(pb.GetStatsRequest(), metadata=md, timeout=8) is not None
+        ch.close()
+    finally:
+        unblock.set()
+        release.set()
+        logging.getLogger("nacf.server").removeHandler(handler)
+        server.stop(0)
+        store.close()
+
+
+def code_of(fn, *a, **kw):
+    try:
+        fn(*a, **kw)
+    except grpc.RpcError as e:
+        return e.code()
+    return grpc.StatusCode.OK
