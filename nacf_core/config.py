@@ -105,9 +105,10 @@ OPTION_HELP: dict[str, str] = {
     "continuous_mismatch_windows": "ContinuousAuthenticate: consecutive non-matching windows "
                                    "that end the session (wearer changed)",
     "signal_loss_s": "ContinuousAuthenticate: seconds without a usable window (or without "
-                     "data) that end the session (signal lost); both streams: seconds "
-                     "without a message, or beyond real time, after which the stream is "
-                     "ended (DEADLINE_EXCEEDED)",
+                     "data, or beyond a window's time) that end the session (signal "
+                     "lost); AuthenticateStream: seconds without a message, or beyond "
+                     "real time, that end it (DEADLINE_EXCEEDED, as a missing start "
+                     "message in either stream)",
     "audit_retention_days": "audit rows, and sessions that ended, older than this are purged",
     "purge_interval_s": "how often the retention purge and session expiry run",
     "identify_max_k": "largest top_k Identify accepts",

@@ -1516,7 +1516,8 @@ class ClientStream:
     iterator raises is raised by :meth:`next` in the consumer, in order. Iterating the
     stream waits ``idle_s`` at most for each message (``None``: for ever), else
     ``DeadlineExceeded``. :meth:`close` lets the reader go (it ends when the call does).
-    At most ``maxsize`` messages wait read ahead (each up to the message size limit)."""
+    At most ``maxsize`` messages wait read ahead, and one more in the reader's hands
+    (each up to the message size limit)."""
 
     _END = object()
 

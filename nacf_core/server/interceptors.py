@@ -49,7 +49,7 @@ from typing import Any
 
 import grpc
 
-from nacf_core.errors import NacfError
+from nacf_core.errors import InvalidArgument, NacfError
 from nacf_core.service import peer_fields
 
 __all__ = ["CALLER", "METHOD_SCOPES", "AuthInterceptor", "call_active", "client_identity",
@@ -162,8 +162,8 @@ class AuthInterceptor(grpc.ServerInterceptor):
         the interceptor for the call's handler first, on its polling thread with its
         server lock held, right after deciding whether the calls in flight
         (``active_rpc_count``) are at the bound; :meth:`intercept_service` reads the same
-        two numbers then, which are grpcio's internals (``grpc._server``, 1.50 to 1.85
-        at least). Returns whether they could be found; if not (another grpcio), the
+        two numbers then, which are grpcio's internals (``grpc._server``; read in
+        grpcio 1.85). Returns whether they could be found; if not (another grpcio), the
         refusals go uncounted and ``app.py`` says so at start."""
         state = getattr(server, "_state", None)
         ok = (isinstance(getattr(state, "active_rpc_count", None), int)
@@ -411,13 +411,24 @@ def _decoded(req: Any, ctx: grpc.ServicerContext, method: str) -> Any:
     return req
 
 
-def _decoded_stream(it: Any, ctx: grpc.ServicerContext, method: str) -> Any:
+def _decoded_stream(it: Any, ctx: grpc.ServicerContext, method: str,
+                    raising: bool = False) -> Any:
+    """The messages of a client stream; an undecodable one aborts the call, or with
+    ``raising`` raises ``InvalidArgument`` for the handler to answer: nacf's streams are
+    read ahead on a thread of their own (``ClientStream``), and an abort from there set
+    the call's status even when the handler had answered before it reached the message
+    (an accept, its session open, answered ``INVALID_ARGUMENT``)."""
     for req in it:
+        if raising and isinstance(req, _Undecodable):
+            raise InvalidArgument(f"the {method} request is not a valid protobuf message of "
+                                  f"the method's request type ({req.error}).")
         yield _decoded(req, ctx, method)
 
 
-def _wrap_decoding(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-    """``handler`` with undecodable requests answered ``INVALID_ARGUMENT``."""
+def _wrap_decoding(handler: grpc.RpcMethodHandler, method: str, raising: bool = False
+                   ) -> grpc.RpcMethodHandler:
+    """``handler`` with undecodable requests answered ``INVALID_ARGUMENT`` (in a client
+    stream with ``raising``: by the handler, see :func:`_decoded_stream`)."""
     des, ser = _lenient(handler.request_deserializer), handler.response_serializer
     if handler.unary_unary:
         f = handler.unary_unary
@@ -430,15 +441,16 @@ def _wrap_decoding(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMetho
     if handler.stream_unary:
         f = handler.stream_unary
         return grpc.stream_unary_rpc_method_handler(
-            lambda it, ctx: f(_decoded_stream(it, ctx, method), ctx), des, ser)
+            lambda it, ctx: f(_decoded_stream(it, ctx, method, raising), ctx), des, ser)
     f = handler.stream_stream
     return grpc.stream_stream_rpc_method_handler(
-        lambda it, ctx: f(_decoded_stream(it, ctx, method), ctx), des, ser)
+        lambda it, ctx: f(_decoded_stream(it, ctx, method, raising), ctx), des, ser)
 
 
 def _wrap(handler: grpc.RpcMethodHandler, icp: AuthInterceptor, method: str,
           key: str | None, is_reflection: bool) -> grpc.RpcMethodHandler:
-    handler = _wrap_decoding(handler, method)
+    # nacf's own handlers answer an InvalidArgument; reflection's would answer UNKNOWN
+    handler = _wrap_decoding(handler, method, raising=not is_reflection)
     def _guard(context, fn):
         t0 = time.perf_counter()
         user_type = "anonymous"

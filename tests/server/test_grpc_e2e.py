@@ -1050,6 +1050,32 @@ def test_undecodable_request_bytes_get_invalid_argument(srv, method, kind):
     assert stub.GetStats(pb.GetStatsRequest(), metadata=MD, timeout=10) is not None
 
 
+def test_bytes_after_the_decision_do_not_change_an_authenticate_streams_answer(srv):
+    """Chunks are read ahead of the decision (on the stream's reader thread): an
+    undecodable message after the sequential test decided must not turn the accept
+    (and its open session) into INVALID_ARGUMENT, as it did when the interceptor
+    aborted the call from the reader thread; the client got no token for the session
+    the server had opened."""
+    server, stub, _ = srv
+    enroll(stub, "ahead", 1)
+    secret = device(stub, "ahead", "hs-ahead")
+    parts = [sig(c, "hs-ahead") for c in chunks(eeg(1, 3, 50, 20))]
+    md = (*MD, *proof_md(secret, "ahead", "hs-ahead", parts[0].samples))
+    body = [pb.AuthenticateStreamRequest(start=pb.StreamStart(user_id="ahead"))
+            .SerializeToString()]
+    body += [pb.AuthenticateStreamRequest(chunk=p).SerializeToString() for p in parts]
+    body += [_RAW[2]] * 3
+    with grpc.insecure_channel(server.address) as ch:
+        raw = ch.stream_unary("/nacf.v1.AuthService/AuthenticateStream",
+                              response_deserializer=pb.AuthenticateResponse.FromString)
+        r = raw(iter(body), metadata=md, timeout=30)
+    assert r.accepted and r.session_token
+    assert any(x.startswith("sequential test: accept") for x in r.reasons), list(r.reasons)
+    v = stub.ValidateSession(pb.ValidateSessionRequest(session_token=r.session_token),
+                             metadata=MD)
+    assert v.valid and v.user_id == "ahead"
+
+
 @pytest.mark.parametrize("rate", [0.05, 1e-300])
 def test_continuous_authenticate_tiny_rate_is_invalid_argument(srv, rate):
     _, stub, _ = srv
