@@ -730,10 +730,12 @@ class SqlStore(Store):
 
     def expire_sessions(self, now=None) -> list[Session]:
         t = _now(now)
-        rows = self._run(lambda tx: tx.query(
-            "UPDATE sessions SET ended_at = expires_at, end_reason = 'expired' "
-            f"WHERE ended_at IS NULL AND expires_at <= ? RETURNING {self._SESSION_SELECT}",
-            (t,)))
+        # in batches: a backlog (sessions that expired while no replica ran) is no
+        # longer one long transaction
+        rows = self._in_batches(
+            "UPDATE sessions SET ended_at = expires_at, end_reason = 'expired' WHERE",
+            "sessions", "expires_at", "<=", t, where="ended_at IS NULL",
+            returning=self._SESSION_SELECT)
         return [self._session(r) for r in rows]
 
     # -- lockout and rate limits ---------------------------------------------------
@@ -855,14 +857,50 @@ class SqlStore(Store):
         return [Attempt(r[0], float(r[1]), bool(r[2]), None if r[3] is None else float(r[3]),
                         r[4], r[5], float(r[6]), r[7]) for r in rows]
 
+    #: rows one transaction of a purge (or of session expiry) changes, about: rows of the
+    #: same time as a batch's last go with it (see :meth:`_in_batches`)
+    purge_batch = 10_000
+
+    def _in_batches(self, stmt: str, table: str, column: str, op: str, t: float,
+                    where: str = "", returning: str = "") -> Any:
+        """Run ``stmt`` (a DELETE or UPDATE of ``table`` ending in ``WHERE``) on the rows
+        with ``column op t`` (and ``where``) in transactions of about
+        :attr:`purge_batch` rows each, in the order of ``column`` (indexed): each
+        transaction finds the batch's last value of ``column`` and changes the rows up
+        to it, one range of that index on both backends. In one statement a backlog
+        (the first purge after an upgrade, a shortened retention: millions of rows) held
+        SQLite's write lock, and every authentication with it, for the whole purge (13 s
+        for 2.3 M audit rows; past busy_timeout the waiting calls fail), and on
+        PostgreSQL a statement past query_timeout is cut, rolled back and never finishes.
+        Returns the row count, or the rows with the columns ``returning`` names."""
+        cond = f"{where} AND " if where else ""
+        bound_sql = (f"SELECT {column} FROM {table} WHERE {cond}{column} {op} ? "
+                     f"ORDER BY {column} LIMIT 1 OFFSET {int(self.purge_batch) - 1}")
+        tail = f" RETURNING {returning}" if returning else ""
+
+        def batch(tx: Tx) -> tuple[Any, bool]:
+            bound = tx.one(bound_sql, (t,))
+            # the last batch: every row left; else those up to the bound (< t)
+            sql = f"{stmt} {cond}{column} {op if bound is None else '<='} ?{tail}"
+            args = (t if bound is None else bound[0],)
+            return (tx.query(sql, args) if returning else tx.execute(sql, args)), bound is None
+
+        out: Any = [] if returning else 0
+        while True:
+            got, last = self._run(batch)
+            out += got
+            if last:
+                return out
+            time.sleep(0)  # let writers queued on the lock in (SQLite) go first
+
     def purge_attempts(self, older_than: float) -> int:
         t = _check_time("older_than", older_than)
-        return self._run(lambda tx: tx.execute("DELETE FROM auth_attempts WHERE ts < ?", (t,)))
+        return self._in_batches("DELETE FROM auth_attempts WHERE", "auth_attempts", "ts", "<",
+                                t)
 
     def purge_sessions(self, older_than: float) -> int:
         t = _check_time("older_than", older_than)
-        return self._run(lambda tx: tx.execute(
-            "DELETE FROM sessions WHERE ended_at IS NOT NULL AND ended_at < ?", (t,)))
+        return self._in_batches("DELETE FROM sessions WHERE", "sessions", "ended_at", "<", t)
 
     def stats(self, now=None) -> Stats:
         day = utc_day_start(_now(now))

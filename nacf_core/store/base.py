@@ -410,7 +410,9 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def purge_attempts(self, older_than: float) -> int:
-        """Delete audit rows with ``ts < older_than``; return how many."""
+        """Delete audit rows with ``ts < older_than``; return how many. In short
+        transactions of about ``purge_batch`` rows each, so a backlog never holds the
+        store for long."""
 
     @abc.abstractmethod
     def purge_sessions(self, older_than: float) -> int:

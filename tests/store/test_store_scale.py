@@ -1,0 +1,87 @@
+"""The store at production sizes: maintenance works in bounded transactions, and the
+queries of hot and periodic paths find their rows through an index (both backends)."""
+
+from __future__ import annotations
+
+T0 = 1_790_000_000.0
+
+
+def _spy_transactions(store, monkeypatch) -> list[int]:
+    """Rows each write transaction of ``store`` deleted or updated, one entry per
+    transaction, from now on."""
+    per_tx: list[int] = []
+    run = store._run
+
+    def spying_run(fn, *, write=True):
+        changed = []
+
+        def counted(tx):
+            execute, query = tx.execute, tx.query
+
+            def ex(sql, params=()):
+                n = execute(sql, params)
+                if sql.lstrip().startswith(("DELETE", "UPDATE")):
+                    changed.append(n)
+                return n
+
+            def q(sql, params=()):
+                rows = query(sql, params)
+                if sql.lstrip().startswith("UPDATE"):
+                    changed.append(len(rows))
+                return rows
+
+            tx.execute, tx.query = ex, q
+            return fn(tx)
+
+        out = run(counted, write=write)
+        if write:
+            per_tx.append(sum(changed))
+        return out
+
+    monkeypatch.setattr(store, "_run", spying_run)
+    return per_tx
+
+
+def test_purges_delete_a_backlog_in_transactions_of_at_most_purge_batch_rows(
+        store, monkeypatch):
+    """A backlog of audit rows and ended sessions (the first purge after an upgrade, or
+    after the retention was shortened) was deleted by one statement in one transaction:
+    2.3 M audit rows held SQLite's write lock, and every authentication, for 13 s, and
+    on PostgreSQL a statement past query_timeout is cut and never finishes. Each
+    transaction now deletes at most ``purge_batch`` rows; the counts stay exact."""
+    store.put_template("alice", b"a", "m-1", now=T0)
+    for i in range(35):
+        store.record_attempt("alice", True, 0.9, "ok", "p", 0.01, "Authenticate", now=T0 + i)
+    store.record_attempt("alice", True, 0.9, "ok", "p", 0.01, "Authenticate", now=T0 + 100)
+    for i in range(23):
+        store.end_session(store.create_session("alice", 5.0, now=T0).token, now=T0 + i)
+    kept = store.create_session("alice", 5.0, now=T0)
+    store.end_session(kept.token, now=T0 + 100)
+    store.purge_batch = 10
+    per_tx = _spy_transactions(store, monkeypatch)
+    assert store.purge_attempts(T0 + 50) == 35
+    assert per_tx and max(per_tx) <= 10 and sum(per_tx) == 35
+    per_tx.clear()
+    assert store.purge_sessions(T0 + 50) == 23
+    assert per_tx and max(per_tx) <= 10 and sum(per_tx) == 23
+    assert len(store.recent_attempts()) == 1
+    assert store.get_session(kept.token).ended_at == T0 + 100
+    assert store.purge_attempts(T0 + 50) == 0 and store.purge_sessions(T0 + 50) == 0
+
+
+def test_session_expiry_ends_a_backlog_in_transactions_of_at_most_purge_batch_rows(
+        store, monkeypatch):
+    """Sessions that expired while no replica ran (an outage, a long upgrade) were all
+    ended by one UPDATE in one transaction; now by at most ``purge_batch`` each, and
+    every one is returned (for nacfauth_session_duration_seconds) exactly once."""
+    store.put_template("alice", b"a", "m-1", now=T0)
+    expired = {store.create_session("alice", 10.0 + i, now=T0).session_id for i in range(27)}
+    active = store.create_session("alice", 1e6, now=T0)
+    store.purge_batch = 10
+    per_tx = _spy_transactions(store, monkeypatch)
+    ended = store.expire_sessions(now=T0 + 100)
+    assert {s.session_id for s in ended} == expired and len(ended) == 27
+    assert all(s.end_reason == "expired" and s.ended_at == s.expires_at for s in ended)
+    assert per_tx and max(per_tx) <= 10 and sum(per_tx) == 27
+    assert store.get_session(active.token).is_active(T0 + 100)
+    assert store.expire_sessions(now=T0 + 100) == []
