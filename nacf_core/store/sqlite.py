@@ -76,6 +76,9 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (2, "sessions.last_verified_at: when ContinuousAuthenticate last verified the wearer", [
         "ALTER TABLE sessions ADD COLUMN last_verified_at REAL",
     ]),
+    (3, "lockouts_locked index: Identify reads the users locked now on every call", [
+        "CREATE INDEX lockouts_locked ON lockouts (locked_until)",
+    ]),
 ]
 
 
