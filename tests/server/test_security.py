@@ -354,6 +354,38 @@ def test_a_failed_maintenance_round_leaves_the_grpc_health_serving(tmp_path, mod
         store.close()
 
 
+def test_a_long_maintenance_round_does_not_hold_health_or_the_gauges(tmp_path, model_path):
+    """A purge backlog takes a while (32 s of batches for 2.3 M audit rows on SQLite);
+    it ran on the health loop, so grpc.health.v1 and the gauges read from the store were
+    not refreshed meanwhile. Maintenance now has a thread of its own."""
+    server, store = _server(tmp_path, model_path)
+    busy, release = threading.Event(), threading.Event()
+
+    def long_maintenance(force=False):
+        busy.set()
+        release.wait(30)
+
+    refreshed = []
+    refresh = server.service.refresh_gauges
+    server.service.maintenance = long_maintenance
+    server.service.refresh_gauges = lambda: (refreshed.append(time.monotonic()), refresh())
+    said = []
+    set_health = server._set_health
+    server._set_health = lambda ok: (said.append(time.monotonic()), set_health(ok))
+    server.start()
+    try:
+        assert busy.wait(15)
+        t0 = time.monotonic()
+        time.sleep(4.5)
+        # the 2-s loop went on while the round ran
+        assert len([t for t in refreshed if t > t0]) >= 1, refreshed
+        assert len([t for t in said if t > t0]) >= 1, said
+    finally:
+        release.set()
+        server.stop(0)
+        store.close()
+
+
 def test_a_flood_of_refused_calls_is_not_a_flood_of_log_lines(tmp_path, model_path, caplog):
     """Calls refused at admission are not bounded by the rate limit: a caller sending
     many gets one security_event line (per kind, every 10 s) and the next line says how
