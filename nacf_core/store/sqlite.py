@@ -76,8 +76,11 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (2, "sessions.last_verified_at: when ContinuousAuthenticate last verified the wearer", [
         "ALTER TABLE sessions ADD COLUMN last_verified_at REAL",
     ]),
-    (3, "lockouts_locked index: Identify reads the users locked now on every call", [
+    (3, "indexes for large stores: lockouts_locked (Identify reads the users locked now "
+        "on every call); sessions_user with ended_at and expires_at (a user's open sessions)", [
         "CREATE INDEX lockouts_locked ON lockouts (locked_until)",
+        "DROP INDEX sessions_user",
+        "CREATE INDEX sessions_user ON sessions (user_id, ended_at, expires_at)",
     ]),
 ]
 
