@@ -168,6 +168,56 @@ def test_concurrency_bound_answers_resource_exhausted_fast(tmp_path, model_path,
         store.close()
 
 
+def test_a_call_whose_deadline_passes_while_it_waits_for_a_worker_is_counted(tmp_path,
+                                                                            model_path):
+    """A unary call admitted below the concurrency bound waits for a worker thread; when
+    every worker is held (by streams) until its deadline passes, gRPC ends it without
+    running its handler. The client saw DEADLINE_EXCEEDED: the RPC metrics count it so
+    (they counted nothing, an overloaded server looked idle)."""
+    server, store = _server(tmp_path, model_path, max_workers=1, max_concurrent_rpcs=8,
+                            signal_loss_s=3.0, rate_limit_per_s=1000, rate_limit_burst=1000)
+    server.start()
+    release = threading.Event()
+    try:
+        ch = grpc.insecure_channel(server.address)
+        stub = pbg.AuthServiceStub(ch)
+        md = (("x-api-key", KEY),)
+
+        def hold():  # the one worker waits for the start message for signal_loss_s
+            def gen():
+                release.wait(20)
+                yield pb.AuthenticateStreamRequest(start=pb.StreamStart(user_id="x"))
+            try:
+                stub.AuthenticateStream(gen(), metadata=md, timeout=30)
+            except grpc.RpcError:
+                pass
+
+        t = threading.Thread(target=hold)
+        t.start()
+        time.sleep(0.5)
+        for fn, req in ((stub.GetStats, pb.GetStatsRequest()),
+                        (stub.Authenticate, pb.AuthenticateRequest(user_id="x"))):
+            with pytest.raises(grpc.RpcError) as ei:
+                fn(req, metadata=md, timeout=0.5)
+            assert ei.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        t.join(15)
+        t0 = time.monotonic()  # the worker picks the ended calls up after the stream
+        while _requests(server, "Authenticate", "DEADLINE_EXCEEDED") < 1:
+            if time.monotonic() - t0 > 10:
+                break
+            time.sleep(0.05)
+        assert _requests(server, "GetStats", "DEADLINE_EXCEEDED") == 1
+        assert _requests(server, "Authenticate", "DEADLINE_EXCEEDED") == 1
+        assert _requests(server, "AuthenticateStream", "DEADLINE_EXCEEDED") == 1
+        assert stub.GetStats(pb.GetStatsRequest(), metadata=md, timeout=10) is not None
+        assert _requests(server, "GetStats", "OK") == 1
+        ch.close()
+    finally:
+        release.set()
+        server.stop(0)
+        store.close()
+
+
 def test_token_bucket_per_client(tmp_path, model_path):
     server, store = _server(tmp_path, model_path, rate_limit_per_s=0.01, rate_limit_burst=3)
     server.start()
