@@ -90,11 +90,18 @@ CALLER: contextvars.ContextVar[tuple[str, frozenset[str]] | None] = contextvars.
     "nacf_caller", default=None)
 
 
+#: How much later than its client's a call's deadline may pass at the server: gRPC sends
+#: the timeout rounded up (to 10 ms from 1 s, 100 ms from 10 s), so the client's
+#: deadline passes first and its cancel arrives while the server's has this much left.
+DEADLINE_SLACK_S = 0.2
+
+
 def ended_status(context: grpc.ServicerContext) -> grpc.StatusCode:
     """The status of a call that ended (or is dropped) before its handler answered:
-    ``DEADLINE_EXCEEDED`` past its deadline, else ``CANCELLED`` (the client went away)."""
+    ``DEADLINE_EXCEEDED`` at its deadline (within :data:`DEADLINE_SLACK_S`), else
+    ``CANCELLED`` (the client went away)."""
     rem = context.time_remaining()
-    return (grpc.StatusCode.DEADLINE_EXCEEDED if rem is not None and rem <= 0
+    return (grpc.StatusCode.DEADLINE_EXCEEDED if rem is not None and rem <= DEADLINE_SLACK_S
             else grpc.StatusCode.CANCELLED)
 
 

@@ -960,6 +960,57 @@ def test_a_client_stream_that_stalls_is_ended_after_signal_loss_s(srv):
         stop.set()
 
 
+def test_a_stream_whose_client_deadline_passes_is_counted_deadline_exceeded(srv):
+    """A client whose deadline passes cancels the call; the server's deadline for it is
+    a little later (gRPC rounds the timeout it sends up, to 10 ms from 1 s): the server
+    saw a cancel before its own deadline and counted CANCELLED what every client saw as
+    DEADLINE_EXCEEDED. (The cancel can also reach the handler as the end of the client's
+    stream first, counted as what the handler made of that: not this test's subject.)"""
+    _, stub, metrics = srv
+    enroll(stub, "late", 1)
+    secret = device(stub, "late", "hs-late")
+    tok = auth(stub, "late", eeg(1, 3, 60, 8), secret, "hs-late").session_token
+    assert tok
+    stop = threading.Event()
+
+    def counts(method):
+        out = {}
+        for m in metrics.registry.collect():
+            for smp in m.samples:
+                if (smp.name == "nacfauth_auth_requests_total"
+                        and smp.labels["method"] == method):
+                    out[smp.labels["status"]] = out.get(smp.labels["status"], 0) + smp.value
+        return out
+
+    def silent_auth():
+        yield pb.AuthenticateStreamRequest(start=pb.StreamStart(user_id="late"))
+        stop.wait(20)
+
+    def silent_cont():
+        yield pb.ContinuousAuthenticateRequest(start=pb.ContinuousStart(session_token=tok))
+        stop.wait(20)
+
+    calls = [("AuthenticateStream", lambda: stub.AuthenticateStream(
+        silent_auth(), metadata=MD, timeout=1.011)),
+             ("ContinuousAuthenticate", lambda: list(stub.ContinuousAuthenticate(
+                 silent_cont(), metadata=MD, timeout=1.011)))]
+    try:
+        for method, fn in calls:
+            before = counts(method)
+            for _ in range(3):
+                c, m = code_of(fn)
+                assert c == grpc.StatusCode.DEADLINE_EXCEEDED, (c, m)
+            t0 = time.monotonic()
+            while (sum(counts(method).values()) - sum(before.values()) < 3
+                   and time.monotonic() - t0 < 10):
+                time.sleep(0.05)
+            after = counts(method)
+            d = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+            assert not d.get("CANCELLED") and d.get("DEADLINE_EXCEEDED", 0) >= 1, (method, d)
+    finally:
+        stop.set()
+
+
 def test_a_stream_trickling_slower_than_the_signal_is_recorded_is_ended(srv):
     """A chunk every second, each of 50 ms of signal, never stalls for signal_loss_s:
     AuthenticateStream answers DEADLINE_EXCEEDED once max_seconds + signal_loss_s of
