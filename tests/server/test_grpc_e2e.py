@@ -497,9 +497,10 @@ def test_health_needs_no_key(srv):
 
 
 # ------------------------------------------------------------------ bad input
-@pytest.mark.parametrize("case", ["odd_bytes", "float64", "float64_full", "big_endian", "nan", "inf", "empty", "rate_zero",
-                                  "rate_absurd", "rate_nan", "rate_low", "no_channels",
-                                  "dup_channels", "too_short", "unknown_user", "empty_user"])
+@pytest.mark.parametrize("case", ["odd_bytes", "float64", "float64_full", "big_endian", "nan",
+                                  "inf", "empty", "rate_zero", "rate_absurd", "rate_nan",
+                                  "rate_low", "no_channels", "dup_channels", "too_short",
+                                  "unknown_user", "empty_user"])
 def test_bad_input_gets_invalid_argument_or_not_found(srv, case):
     _, stub, _ = srv
     enroll_once(stub)

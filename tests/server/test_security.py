@@ -76,7 +76,8 @@ def pki(tmp_path_factory):
 
 
 def test_tls_and_mtls(tmp_path, pki, model_path):
-    server, store = _server(tmp_path, model_path, tls_cert_file=str(pki["srv.pem"]), tls_key_file=str(pki["srv.key"]),
+    server, store = _server(tmp_path, model_path, tls_cert_file=str(pki["srv.pem"]),
+                            tls_key_file=str(pki["srv.key"]),
                             tls_client_ca_file=str(pki["ca.pem"]), api_keys={})
     server.start()
     try:
