@@ -101,6 +101,25 @@ def test_tls_and_mtls(tmp_path, pki, model_path):
         store.close()
 
 
+def _holding_stream(stub, md, release: threading.Event) -> threading.Thread:
+    """A started thread whose AuthenticateStream sends its start message only once
+    ``release`` is set: its handler holds a worker thread and a slot meanwhile (up to
+    signal_loss_s)."""
+    def gen():
+        release.wait(20)
+        yield pb.AuthenticateStreamRequest(start=pb.StreamStart(user_id="x"))
+
+    def hold():
+        try:
+            stub.AuthenticateStream(gen(), metadata=md, timeout=30)
+        except grpc.RpcError:
+            pass
+
+    t = threading.Thread(target=hold)
+    t.start()
+    return t
+
+
 def _requests(server, method, status, user_type="api_key"):
     v = server.metrics.registry.get_sample_value(
         "nacfauth_auth_requests_total",
@@ -121,18 +140,7 @@ def test_concurrency_bound_answers_resource_exhausted_fast(tmp_path, model_path,
         stub = pbg.AuthServiceStub(ch)
         md = (("x-api-key", KEY),)
 
-        def hold():
-            def gen():  # the handler waits for the first message: holds a slot
-                release.wait(20)
-                yield pb.AuthenticateStreamRequest(start=pb.StreamStart(user_id="x"))
-            try:
-                stub.AuthenticateStream(gen(), metadata=md, timeout=30)
-            except grpc.RpcError:
-                pass
-
-        ts = [threading.Thread(target=hold) for _ in range(2)]
-        for t in ts:
-            t.start()
+        ts = [_holding_stream(stub, md, release) for _ in range(2)]
         time.sleep(0.5)
         t0 = time.perf_counter()
         with pytest.raises(grpc.RpcError) as ei:
@@ -184,17 +192,8 @@ def test_a_call_whose_deadline_passes_while_it_waits_for_a_worker_is_counted(tmp
         stub = pbg.AuthServiceStub(ch)
         md = (("x-api-key", KEY),)
 
-        def hold():  # the one worker waits for the start message for signal_loss_s
-            def gen():
-                release.wait(20)
-                yield pb.AuthenticateStreamRequest(start=pb.StreamStart(user_id="x"))
-            try:
-                stub.AuthenticateStream(gen(), metadata=md, timeout=30)
-            except grpc.RpcError:
-                pass
-
-        t = threading.Thread(target=hold)
-        t.start()
+        # the one worker waits for the start message for signal_loss_s
+        t = _holding_stream(stub, md, release)
         time.sleep(0.5)
         for fn, req in ((stub.GetStats, pb.GetStatsRequest()),
                         (stub.Authenticate, pb.AuthenticateRequest(user_id="x"))):
