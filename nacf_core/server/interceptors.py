@@ -569,7 +569,7 @@ def _one_message(behavior: Callable, icp: AuthInterceptor, method: str, key: str
     grpcio does not run a unary handler whose call ended while it waited for a worker
     thread (all of them held by streams until its deadline passed): nothing counted it,
     and an overloaded server looked idle. A client-stream handler always runs: such a
-    call is counted, as what the client saw, and dropped before any work."""
+    call is counted DEADLINE_EXCEEDED, as the client saw it, and dropped before any work."""
 
     def read_one(it: Any, ctx: grpc.ServicerContext) -> Any:
         t0 = time.perf_counter()
@@ -587,8 +587,12 @@ def _one_message(behavior: Callable, icp: AuthInterceptor, method: str, key: str
             if req is not None:
                 return behavior(req, ctx)
         code = ended_status(ctx)
-        icp.observe(method, ctx, True, time.perf_counter() - t0, icp.user_type_of(ctx, key),
-                    code=code.name)
+        if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+            # a call ended otherwise is uncounted, as before: gRPC ends one whose request
+            # is over the message size limit (the client sees RESOURCE_EXHAUSTED) just as
+            # a cancelled one, and CANCELLED is not what its client saw
+            icp.observe(method, ctx, True, time.perf_counter() - t0,
+                        icp.user_type_of(ctx, key), code=code.name)
         ctx.abort(code, "the call's deadline passed before it was served."
                   if code is grpc.StatusCode.DEADLINE_EXCEEDED
                   else "the client cancelled the call.")

@@ -632,6 +632,36 @@ def test_huge_message_resource_exhausted_and_server_survives(srv):
     assert stub.GetStats(pb.GetStatsRequest(), metadata=MD) is not None
 
 
+def test_an_oversized_unary_request_is_not_counted_cancelled(srv):
+    """gRPC answers a request over max_message_bytes RESOURCE_EXHAUSTED and ends the call
+    before nacf's handler reads it; the handler sees an ended call like a cancelled one.
+    It was counted CANCELLED, a status no client saw: it stays uncounted (as before the
+    unary methods were served as client streams)."""
+    _, stub, metrics = srv
+
+    def counts():
+        out = {}
+        for m in metrics.registry.collect():
+            for smp in m.samples:
+                if (smp.name == "nacfauth_auth_requests_total"
+                        and smp.labels["method"] in ("ValidateSession", "Authenticate")):
+                    k = (smp.labels["method"], smp.labels["status"])
+                    out[k] = out.get(k, 0) + smp.value
+        return out
+
+    before = counts()
+    big = "x" * (MSG_LIMIT + 1024)
+    for fn, req in ((stub.ValidateSession, pb.ValidateSessionRequest(session_token=big)),
+                    (stub.Authenticate, pb.AuthenticateRequest(user_id=big))):
+        for _ in range(3):
+            c, m = code_of(fn, req, metadata=MD, timeout=30)
+            assert c == grpc.StatusCode.RESOURCE_EXHAUSTED, m
+    time.sleep(1.0)  # a count would be made by the handler, at once
+    after = counts()
+    d = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+    assert not {k: v for k, v in d.items() if k[1] != "RESOURCE_EXHAUSTED"}, d
+
+
 def test_deadline_exceeded(srv):
     _, stub, _ = srv
     enroll_once(stub)
