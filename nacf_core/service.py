@@ -1262,16 +1262,18 @@ class AuthService:
             while True:
                 if cancelled():
                     return
-                try:
-                    item, carry = (carry, None) if carry is not None else (
-                        stream.next(loss), None)
-                except StopIteration:
-                    return
-                except TimeoutError:
-                    if cancelled():  # the call is gone (client or server shutdown)
+                if carry is not None:  # the rest of the last chunk first
+                    item, carry = carry, None
+                else:
+                    try:
+                        item = stream.next(loss)
+                    except StopIteration:
                         return
-                    yield end("signal_lost")
-                    return
+                    except TimeoutError:
+                        if cancelled():  # the call is gone (client or server shutdown)
+                            return
+                        yield end("signal_lost")
+                        return
                 if time.monotonic() - window_t > win + loss:
                     # data, but not a window's worth in a window's time and signal_loss_s
                     # more: a headset that lost most of its samples, or a client trickling

@@ -308,18 +308,19 @@ def _start_and_chunks(request_iterator, rpc: str, names: str, idle_s: float
 
     stream = ClientStream(request_iterator, convert, idle_s=idle_s)
     try:
-        first = stream.next(idle_s)
-    except StopIteration:
-        first = None
-    except TimeoutError:
-        stream.close()
-        raise DeadlineExceeded(f"no {rpc} 'start' message within {idle_s:g} s "
-                               "(signal_loss_s): the server ends a stream that stalls.") from None
+        try:
+            first = stream.next(idle_s)
+        except StopIteration:
+            first = None
+        except TimeoutError:
+            raise DeadlineExceeded(f"no {rpc} 'start' message within {idle_s:g} s "
+                                   "(signal_loss_s): the server ends a stream that "
+                                   "stalls.") from None
+        if first is None or first.WhichOneof("kind") != "start":
+            raise InvalidArgument(
+                f"the first {rpc} message must be 'start' (naming {names}); "
+                f"got {'nothing' if first is None else first.WhichOneof('kind')}.")
     except BaseException:
         stream.close()
         raise
-    if first is None or first.WhichOneof("kind") != "start":
-        stream.close()
-        raise InvalidArgument(f"the first {rpc} message must be 'start' (naming {names}); "
-                              f"got {'nothing' if first is None else first.WhichOneof('kind')}.")
     return first, stream
