@@ -30,7 +30,8 @@ Security decisions (written down here, enforced here):
   the store keeps only the SHA-256 of the token.  ``continuous`` keeps a session
   verified while a headset streams and ends it when the wearer changes
   (``continuous_mismatch_windows`` consecutive windows below the threshold) or the
-  signal is lost (no usable window, or no data, for ``signal_loss_s``).
+  signal is lost (no usable window, or no data, for ``signal_loss_s``; or data slower
+  than a headset records).
 - Nothing here logs a signal, an embedding, a template, a secret or a token.
 """
 
@@ -461,8 +462,8 @@ class AuthService:
 
     def maintenance(self, force: bool = False) -> None:
         """Expire sessions (every 30 s at most) and purge audit rows and ended sessions
-        past retention (every ``purge_interval_s``).  The server's health loop calls this
-        every 2 s; it never runs inside a request."""
+        past retention (every ``purge_interval_s``).  The server's maintenance thread calls
+        this every 2 s; it never runs inside a request."""
         now = self.clock()
         with self._purge_lock:
             expire = force or now - self._last_expire >= min(30.0, self.config.purge_interval_s)
@@ -1216,8 +1217,9 @@ class AuthService:
 
         Ends the session (last update has state ``"ended"``) when the wearer changes
         (``continuous_mismatch_windows`` consecutive windows below the threshold), when
-        the signal is lost (no usable window within ``signal_loss_s`` of signal, or no
-        data for ``signal_loss_s`` of wall time), or when the session is no longer
+        the signal is lost (no usable window within ``signal_loss_s`` of signal, no
+        data for ``signal_loss_s`` of wall time, or no whole window within a window's time
+        and ``signal_loss_s`` more), or when the session is no longer
         active.  When the client closes the stream the session stays open.  A session
         the store fails to end is no ``"ended"`` update: the stream raises ``Unavailable``.
         """
