@@ -14,6 +14,7 @@ __all__ = [
     "AlreadyExists",
     "AnotherDeviceBound",
     "FailedPrecondition",
+    "TemplateUnreadable",
     "ResourceExhausted",
     "Unauthenticated",
     "PermissionDenied",
@@ -48,6 +49,17 @@ class AnotherDeviceBound(AlreadyExists):
 
 class FailedPrecondition(NacfError):
     code = "FAILED_PRECONDITION"
+
+
+class TemplateUnreadable(FailedPrecondition):
+    """A user's stored template that cannot be read: it does not decrypt (a row under
+    another key than the store's, a ciphertext altered or moved to another row) or does
+    not decode. The account's state is at fault, not the request or the store: Enroll with
+    update=true replaces it. ``user_id`` names the user."""
+
+    def __init__(self, message: str, user_id: str = "") -> None:
+        super().__init__(message)
+        self.user_id = user_id
 
 
 class ResourceExhausted(NacfError):

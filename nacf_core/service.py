@@ -64,6 +64,7 @@ from nacf_core.errors import (
     NotFound,
     PermissionDenied,
     ResourceExhausted,
+    TemplateUnreadable,
     Unauthenticated,
     Unavailable,
 )
@@ -438,9 +439,13 @@ class AuthService:
         """Call the store; domain errors pass through, anything else is UNAVAILABLE.
         A store failure, raised as ``Unavailable`` by the store itself (its driver's
         errors translated: a writer lock held too long, a server gone, a query timeout)
-        or by this method, is counted in ``nacfauth_store_errors_total``."""
+        or by this method, is counted in ``nacfauth_store_errors_total``; so is a stored
+        template that does not decrypt (``TemplateUnreadable``, logged too)."""
         try:
             return fn(*args, **kwargs)
+        except TemplateUnreadable as e:
+            self._template_unreadable(e, op)
+            raise
         except Unavailable as e:
             if not getattr(e, "counted", False):
                 self.metrics.record_store_error(op)
@@ -459,6 +464,35 @@ class AuthService:
                               "retry later.")
             err.counted = True  # in nacfauth_store_errors_total already
             raise err from e
+
+    def _template_unreadable(self, exc: TemplateUnreadable, op: str) -> None:
+        """Count a stored template that cannot be read in ``nacfauth_store_errors_total``
+        under the store operation ``op`` that read it, and log it (the user id and what
+        is wrong with it, never its bytes)."""
+        self.metrics.record_store_error(op)
+        log.error("stored template unreadable", extra={
+            "event_type": "template_unreadable", "user_id": exc.user_id, "operation": op,
+            "error": str(exc)})
+
+    def _decode(self, user_id: str, version: int, blob: bytes) -> Any:
+        """The template decoded from a record's ``blob``; ``TemplateUnreadable`` when the
+        bytes are no template, or one of the served model whose embedding has another
+        dimension than the model's."""
+        try:
+            tpl = self.rec.template_from_bytes(blob)
+            dim = getattr(self.rec.model, "embedding_dim", None)
+            shape = np.shape(tpl.embedding)
+            if str(tpl.model_version) == self.model_version and dim is not None \
+                    and shape != (dim,):
+                raise InvalidArgument(f"its embedding has shape {shape}, not ({dim},)")
+        except Exception as e:  # noqa: BLE001 - whatever the bytes made the decoder raise
+            # nacf's own messages say what is wrong; another exception's could quote bytes
+            why = str(e).rstrip(".") if isinstance(e, NacfError) else type(e).__name__
+            raise TemplateUnreadable(
+                f"The template of user {user_id!r} (version {version}) does not decode "
+                f"({why}). It cannot be read: re-enroll the user (Enroll with update=true) "
+                "to replace it.", user_id) from None
+        return tpl
 
     def maintenance(self, force: bool = False) -> None:
         """Expire sessions (every 30 s at most) and purge audit rows and ended sessions
@@ -634,10 +668,13 @@ class AuthService:
             f"({locked_until - now:.0f} s from now); an admin can lift it with "
             "UnlockUser.")
 
-    def _template(self, rec: Any, user_id: str = "") -> Any:
+    def _template(self, rec: Any, user_id: str = "", op: str = "get_template") -> Any:
         """The decoded template of a ``TemplateRecord``, cached per user with its
         decrypted bytes (a new enrollment, an update or a re-enrollment after deletion
         brings new bytes, so an entry can never be stale; DeleteUser drops it).
+
+        Bytes that do not decode are ``TemplateUnreadable`` (``FAILED_PRECONDITION``,
+        re-enroll), counted and logged under ``op``, the store operation that read them.
 
         A template enrolled with another model than the one this server runs cannot be
         compared (its embedding lives in another space): ``FailedPrecondition`` saying to
@@ -649,7 +686,11 @@ class AuthService:
         if cached is not None and cached[0] == blob:
             tpl = cached[1]
         else:
-            tpl = self.rec.template_from_bytes(blob)
+            try:
+                tpl = self._decode(rec.user_id, rec.version, blob)
+            except TemplateUnreadable as e:
+                self._template_unreadable(e, op)
+                raise
             if len(self._templates) >= 4096:
                 self._templates.clear()
             self._templates[rec.user_id] = (blob, tpl)
@@ -767,7 +808,7 @@ class AuthService:
         t_start = time.perf_counter()
         st, dev = self._check_user_and_lock(user_id, proof, fingerprints=self.pad is not None,
                                             peer=peer, method=method, t_start=t_start)
-        template = self._template(st.template, user_id)
+        template = self._template(st.template, user_id, "get_auth_state")
         device_id, device_key = self._verify_proof(user_id, block, proof, dev, peer)
         t0 = time.perf_counter()
         with self._cpu_gate:
@@ -900,7 +941,7 @@ class AuthService:
         # (the device is read when the first chunk's proof is checked)
         st, _ = self._check_user_and_lock(user_id, None, peer=peer,
                                           method="AuthenticateStream", t_start=t_start)
-        template = self._template(st.template, user_id)
+        template = self._template(st.template, user_id, "get_auth_state")
         test = self.rec.sequential(limit)
         buf = _Buffer()
         device_id: str | None = None

@@ -31,6 +31,7 @@ from ..errors import (
     InvalidArgument,
     NacfError,
     NotFound,
+    TemplateUnreadable,
     Unavailable,
 )
 from .base import (
@@ -393,9 +394,28 @@ class SqlStore(Store):
         return self._run(fn)
 
     def _decrypt_template(self, row: tuple) -> TemplateRecord:
+        """The record of a template row, decrypted. A row that does not decrypt is
+        ``TemplateUnreadable`` (re-enrolling replaces it), unless its key is the one a
+        rotation by another process switched the store to: then this process holds the
+        old key and every row fails alike, the store's ``FailedPrecondition`` as before."""
         user_id, version, model_version, kid, ct, meta, created = row
-        blob = self._dec(kid, ct, self._template_aad(user_id, version, model_version),
-                                    f"The template of user {user_id!r} (version {version})")
+        what = f"The template of user {user_id!r} (version {version})"
+        try:
+            blob = self._dec(kid, ct, self._template_aad(user_id, version, model_version),
+                             what)
+        except FailedPrecondition as exc:
+            if kid in self._known:  # altered, truncated, or moved from another row
+                reason = str(exc)
+            else:
+                store_kid = self._run(lambda tx: tx.one(
+                    "SELECT key_id FROM store_meta WHERE k = 'keycheck'"), write=False)
+                if store_kid is None or store_kid[0] not in self._known:
+                    raise  # rotated by another process: this one has the old key
+                reason = (f"{what} was encrypted with key id {kid}, not with the store's "
+                          f"key (id {store_kid[0]}).")
+            raise TemplateUnreadable(
+                f"{reason} It cannot be read: re-enroll the user (Enroll with update=true) "
+                "to replace it.", user_id) from None
         return TemplateRecord(user_id=user_id, version=int(version),
                               model_version=model_version, blob=blob,
                               meta=json.loads(meta), created_at=float(created))

@@ -263,7 +263,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def get_template(self, user_id: str) -> TemplateRecord:
-        """The current template, decrypted. ``NotFound`` for an unknown user or none."""
+        """The current template, decrypted. ``NotFound`` for an unknown user or none,
+        ``TemplateUnreadable`` for one that does not decrypt."""
 
     @abc.abstractmethod
     def iter_templates(self, model_version: str | None = None) -> Iterator[TemplateRecord]:

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from nacf_core.errors import FailedPrecondition, InvalidArgument
+from nacf_core.errors import FailedPrecondition, InvalidArgument, TemplateUnreadable
 from nacf_core.store import create_key_file, load_key, open_store
 from nacf_core.store.crypto import KEY_ENV, KEY_FILE_ENV, Cipher
 
@@ -85,6 +85,24 @@ def test_swapped_or_tampered_rows_fail(store):
         "UPDATE templates SET ciphertext = ? WHERE user_id = ?", (bytes(bad), "mallory")))
     with pytest.raises(FailedPrecondition, match="altered"):
         store.get_template("mallory")
+
+
+def test_a_replica_with_the_old_key_still_fails_every_template_read(store_url, key):
+    """Not a damaged row: after another process rotated the key, every row is under a key
+    this one lacks; each read still fails with the store's FailedPrecondition naming the
+    key ids (no row is passed off as unreadable, to be left out or re-enrolled)."""
+    a = open_store(store_url, key=key)
+    b = open_store(store_url, key=key)
+    try:
+        a.put_template("alice", b"ta", "m")
+        a.rotate_key(os.urandom(32))
+        for call in (lambda: b.read_gallery("m"), lambda: b.get_template("alice")):
+            with pytest.raises(FailedPrecondition, match="configure the key") as ei:
+                call()
+            assert not isinstance(ei.value, TemplateUnreadable)
+    finally:
+        a.close()
+        b.close()
 
 
 def test_rotate_key(store, store_url, key):
