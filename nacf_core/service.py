@@ -376,9 +376,11 @@ class AuthService:
         self.pad = pad
         # decoded templates, by user id, with their bytes (see _template)
         self._templates: dict[str, tuple[bytes, Any]] = {}
-        # Identify's gallery: (user ids, their templates' stamps, embedding matrix),
-        # rebuilt only where a template changed (see _gallery)
-        self._gallery_state: tuple[list[str], list[bytes], np.ndarray] | None = None
+        # Identify's gallery: (user ids, their templates' stamps, embedding matrix, the
+        # stamps of the templates left out as unreadable by user id), rebuilt only where
+        # a template changed (see _gallery)
+        self._gallery_state: tuple[list[str], list[bytes], np.ndarray,
+                                   dict[str, bytes]] | None = None
         # the CPU-bound part of an authentication (pipeline, PAD) runs one thread at a
         # time per process: under the GIL more would not run in parallel, and the many
         # short NumPy calls would hand the GIL back and forth between worker threads
@@ -1034,7 +1036,8 @@ class AuthService:
         Users locked out at the time are left out (Identify must not score a signal
         against a template whose 1:1 attempts are refused), and so are users enrolled
         under another model (their embeddings do not compare; ``nacf serve`` warns of
-        them at start); every call is logged."""
+        them at start) and users whose stored template does not decrypt or decode (see
+        :meth:`_gallery`); every call is logged."""
         t_start = time.perf_counter()
         if isinstance(top_k, bool) or not isinstance(top_k, int):
             raise InvalidArgument(f"'top_k' must be an integer, got {top_k!r}.")
@@ -1091,25 +1094,53 @@ class AuthService:
         decrypted and decoded again (``Store.read_gallery``: a template's stamp changes
         with every write of it); decoding every template on every call cost ~50 µs per
         enrolled user, and decrypting it ~15 more. Users the store no longer lists drop
-        out. Concurrent calls may both rebuild; each uses its own result."""
+        out. Concurrent calls may both rebuild; each uses its own result.
+
+        A template that does not decrypt or decode is left out (one damaged row must not
+        take 1:N down for everyone), counted in ``nacfauth_store_errors_total
+        {operation="read_gallery"}`` and logged (``template_unreadable``) once per write
+        of it: its stamp is kept, so it is read again only once it is rewritten (Enroll
+        with update=true)."""
         prev = self._gallery_state
-        known = {} if prev is None else dict(zip(prev[0], prev[1]))
+        known = {} if prev is None else {**dict(zip(prev[0], prev[1])), **prev[3]}
         listing, fresh = self._store("read_gallery", self.store.read_gallery,
                                      self.model_version, known)
-        ids = [u for u, _ in listing]
-        stamps = [st for _, st in listing]
-        if prev is not None and not fresh and prev[0] == ids:
-            return ids, prev[2]
-        if not ids:
-            # nobody listed: drop the rows kept (users deleted meanwhile, by another
-            # replica or while a concurrent call rebuilt the gallery)
-            self._gallery_state = None
-            return ids, np.empty((0, 0), np.float32)
+        if prev is not None and not fresh and len(listing) == len(prev[0]) + len(prev[3]) \
+                and [u for u, _ in listing if u not in prev[3]] == prev[0]:
+            return prev[0], prev[2]
         kept = {} if prev is None else {u: prev[2][i] for i, u in enumerate(prev[0])}
-        matrix = np.ascontiguousarray(np.stack(
-            [self.rec.template_from_bytes(fresh[u].blob).embedding if u in fresh else kept[u]
-             for u in ids]), dtype=np.float32)
-        self._gallery_state = (ids, stamps, matrix)
+        ids, stamps, rows, bad = [], [], [], {}
+        for u, st in listing:
+            rec = fresh.get(u)
+            err = None
+            if rec is None:
+                if prev is not None and u in prev[3]:
+                    bad[u] = st
+                    continue
+                row = kept[u]
+            elif isinstance(rec, TemplateUnreadable):
+                err = rec
+            else:
+                try:
+                    row = self._decode(u, rec.version, rec.blob).embedding
+                except TemplateUnreadable as e:
+                    err = e
+            if err is not None:
+                self._template_unreadable(err, "read_gallery")
+                bad[u] = st
+                continue
+            ids.append(u)
+            stamps.append(st)
+            rows.append(row)
+        if not ids:
+            # nobody listed (or only unreadable templates): drop the rows kept (users
+            # deleted meanwhile, by another replica or while a concurrent call rebuilt
+            # the gallery)
+            matrix = np.empty((0, 0), np.float32)
+            self._gallery_state = ([], [], matrix, bad) if bad else None
+            return ids, matrix
+        matrix = np.ascontiguousarray(np.stack(rows), dtype=np.float32)
+        self._gallery_state = (ids, stamps, matrix, bad)
         return ids, matrix
 
     def _log_identify(self, peer: str, cands: list, thr: float, quality: float,
@@ -1194,7 +1225,7 @@ class AuthService:
         if g is not None and user_id in g[0]:
             i = g[0].index(user_id)
             self._gallery_state = (g[0][:i] + g[0][i + 1:], g[1][:i] + g[1][i + 1:],
-                                   np.delete(g[2], i, axis=0))
+                                   np.delete(g[2], i, axis=0), g[3])
         forget = getattr(self.pad, "forget", None)
         if forget is not None:
             forget(user_id)

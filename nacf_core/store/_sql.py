@@ -473,7 +473,13 @@ class SqlStore(Store):
             return listing, rows
 
         listing, rows = self._run(fn, write=False)
-        return listing, {r[0]: self._decrypt_template(r) for r in rows}
+        fresh: dict[str, TemplateRecord | TemplateUnreadable] = {}
+        for r in rows:
+            try:
+                fresh[r[0]] = self._decrypt_template(r)
+            except TemplateUnreadable as exc:  # one damaged row does not hide the others
+                fresh[r[0]] = exc
+        return listing, fresh
 
     _USER_SQL = (
         "SELECT u.user_id, u.status, u.created_at, u.updated_at, u.template_version, "

@@ -30,7 +30,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import FailedPrecondition
+from ..errors import FailedPrecondition, TemplateUnreadable
 
 #: ``FailedPrecondition`` of an authentication whose device proof was verified with a
 #: secret the device no longer has (``finish_authentication(device_key=...)``)
@@ -272,14 +272,16 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def read_gallery(self, model_version: str, known: Mapping[str, bytes] | None = None
-                     ) -> tuple[list[tuple[str, bytes]], dict[str, TemplateRecord]]:
+                     ) -> tuple[list[tuple[str, bytes]],
+                                dict[str, TemplateRecord | TemplateUnreadable]]:
         """For 1:N, read in one snapshot: ``(user_id, stamp)`` of every active user's
         template of ``model_version``, ordered by user id, and the decrypted templates
         of those whose stamp differs from ``known[user_id]`` (all when ``known`` is
         empty). A stamp (key id and the ciphertext's random nonce) changes with every
         write of the template: an update, a re-enrollment after deletion, a key
         rotation; a caller that kept what it decoded from earlier templates reads and
-        decrypts only the changed ones."""
+        decrypts only the changed ones. A template that does not decrypt maps to the
+        ``TemplateUnreadable`` saying so instead of failing the whole read."""
 
     @abc.abstractmethod
     def get_user(self, user_id: str) -> UserRecord:

@@ -1,7 +1,8 @@
 """One stored template that does not decrypt or decode (a row under another key, an
-altered ciphertext, bytes that are no template): that user's 1:1 calls answer
-FAILED_PRECONDITION saying to re-enroll, logged and counted; Enroll with update=true
-repairs it; GetUser and ListUsers keep working. On both store backends."""
+altered ciphertext, bytes that are no template): Identify leaves it out and answers from
+the others, logging and counting it once per write of it; that user's 1:1 calls answer
+FAILED_PRECONDITION saying to re-enroll; Enroll with update=true repairs it; GetUser and
+ListUsers keep working. On both store backends."""
 
 from __future__ import annotations
 
@@ -75,6 +76,54 @@ def _unreadable_lines(caplog) -> list:
 def _store_errors(svc, op: str) -> float:
     return svc.metrics.registry.get_sample_value(
         "nacfauth_store_errors_total", {"operation": op}) or 0.0
+
+
+def _ids(result) -> list[str]:
+    return [u for u, _ in result.candidates]
+
+
+@pytest.mark.parametrize("how", CORRUPTIONS)
+def test_identify_leaves_out_an_unreadable_template_once_per_write(svc, how, caplog):
+    """Before: every Identify, for every caller, failed with the bad row's error
+    (FAILED_PRECONDITION naming another user's id for a row that does not decrypt,
+    INVALID_ARGUMENT for one that does not decode). Now the row is left out, one ERROR
+    line and one count in nacfauth_store_errors_total{operation="read_gallery"} say so,
+    the row is not read again until it is rewritten, and Enroll with update=true brings
+    the user back."""
+    svc.enroll("a", [signal_block(eeg(1, 3, 0, 40))])
+    svc.enroll("c", [signal_block(eeg(3, 3, 0, 40))])
+    probe_a, probe_c = signal_block(eeg(1, 3, 44, 8)), signal_block(eeg(3, 3, 44, 8))
+    assert _ids(svc.identify(probe_a)) == ["a"]  # the gallery kept, with a's row
+    _corrupt(svc, "a", how)
+
+    decode = svc.rec.template_from_bytes
+    decoded = []
+    svc.rec.template_from_bytes = lambda b: decoded.append(b) or decode(b)
+    with caplog.at_level("INFO", logger="nacf.service"):
+        assert _ids(svc.identify(probe_a)) == []
+        assert _ids(svc.identify(probe_c)) == ["c"]
+        assert _ids(svc.identify(probe_c)) == ["c"]
+    (line,) = _unreadable_lines(caplog)  # once, not once per call
+    assert line.levelname == "ERROR" and line.user_id == "a"
+    assert "re-enroll" in line.getMessage() + line.error
+    assert len(decoded) == (1 if how == "undecodable" else 0)  # not read again
+    assert _store_errors(svc, "read_gallery") == 1.0
+
+    # a process that starts with the row damaged (a restart, another replica)
+    other = _service(svc.store, svc.rec.pipeline, svc.config.data_dir)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="nacf.service"):
+        assert _ids(other.identify(probe_c)) == ["c"]
+    assert [r.user_id for r in _unreadable_lines(caplog)] == ["a"]
+    assert _store_errors(other, "read_gallery") == 1.0
+
+    svc.enroll("a", [signal_block(eeg(1, 3, 0, 40))], update=True)  # the repair
+    caplog.clear()
+    with caplog.at_level("INFO", logger="nacf.service"):
+        assert _ids(svc.identify(probe_a)) == ["a"]
+        assert _ids(other.identify(probe_a)) == ["a"]
+    assert _unreadable_lines(caplog) == []
+    assert _store_errors(svc, "read_gallery") == 1.0
 
 
 @pytest.mark.parametrize("how", CORRUPTIONS)

@@ -87,6 +87,35 @@ def test_swapped_or_tampered_rows_fail(store):
         store.get_template("mallory")
 
 
+def test_read_gallery_returns_the_others_around_a_row_that_does_not_decrypt(store):
+    """One template that does not decrypt (altered, or under a key that is not the
+    store's) failed the whole read_gallery, so 1:N failed for everyone; it maps to a
+    TemplateUnreadable naming the user and saying to re-enroll, and the others are read
+    (get_template says the same of it)."""
+    for u in ("a", "b", "c"):
+        store.put_template(u, f"t-{u}".encode(), "m")
+    ct = bytearray(store._run(lambda tx: tx.one(
+        "SELECT ciphertext FROM templates WHERE user_id = ?", ("a",)))[0])
+    ct[20] ^= 1
+    kid, ct_b = Cipher(os.urandom(32)).encrypt(b"t-b", Cipher.aad("template", "b", 1, "m"))
+    store._run(lambda tx: tx.execute(
+        "UPDATE templates SET ciphertext = ? WHERE user_id = ?", (bytes(ct), "a")))
+    store._run(lambda tx: tx.execute(
+        "UPDATE templates SET key_id = ?, ciphertext = ? WHERE user_id = ?",
+        (kid, ct_b, "b")))
+    listing, fresh = store.read_gallery("m")
+    assert [u for u, _ in listing] == ["a", "b", "c"]
+    assert fresh["c"].blob == b"t-c"
+    for u, why in (("a", "altered"), ("b", f"key id {kid}, not with the store's key")):
+        assert isinstance(fresh[u], TemplateUnreadable) and fresh[u].user_id == u
+        assert f"user {u!r}" in str(fresh[u]) and why in str(fresh[u])
+        assert "re-enroll the user (Enroll with update=true)" in str(fresh[u])
+        with pytest.raises(TemplateUnreadable, match=why):
+            store.get_template(u)
+    store.put_template("a", b"t-a2", "m")  # re-enrolled
+    assert store.read_gallery("m", dict(listing))[1]["a"].blob == b"t-a2"
+
+
 def test_a_replica_with_the_old_key_still_fails_every_template_read(store_url, key):
     """Not a damaged row: after another process rotated the key, every row is under a key
     this one lacks; each read still fails with the store's FailedPrecondition naming the
