@@ -21,7 +21,8 @@ print one comparison table from pytest-benchmark's ``--benchmark-json``):
 Use :func:`tag` to set all of that in one call.  Each benchmark checks its result
 against the reference/baseline (outside the timed call).
 
-Run: ``python -m pytest benches/ --benchmark-only`` or ``nacf kernels bench``.
+Run: ``python -m pytest benches/bench_<name>.py --benchmark-only`` (pytest collects
+``bench_*.py`` files only when they are named) or ``nacf kernels bench``.
 """
 
 from __future__ import annotations
