@@ -114,7 +114,8 @@ def _stream_out(fn: Callable) -> Callable:
 
 def _gone(context: grpc.ServicerContext) -> None:
     """Give a call that ended without a status (the client cancelled, or its deadline
-    passed) the status it ended with, for the RPC metrics: not ``OK``, not ``INTERNAL``."""
+    passed) the status it ended with, for the RPC metrics: not ``OK``, not ``INTERNAL``
+    (:func:`ended_status`, from the call's timeout and end the interceptor noted)."""
     try:
         if context.code() not in (None, grpc.StatusCode.OK):
             return
