@@ -991,6 +991,16 @@ def test_a_client_stream_that_stalls_is_ended_after_signal_loss_s(srv):
         stop.set()
 
 
+def _requests_by_status(metrics, method):
+    """``{status: count}`` of ``method`` in nacfauth_auth_requests_total."""
+    out = {}
+    for m in metrics.registry.collect():
+        for smp in m.samples:
+            if smp.name == "nacfauth_auth_requests_total" and smp.labels["method"] == method:
+                out[smp.labels["status"]] = out.get(smp.labels["status"], 0) + smp.value
+    return out
+
+
 def test_a_stream_whose_client_deadline_passes_is_counted_deadline_exceeded(srv):
     """A client whose deadline passes cancels the call; the server's deadline for it is
     a little later (gRPC rounds the timeout it sends up, to 10 ms from 1 s): the server
@@ -1005,13 +1015,7 @@ def test_a_stream_whose_client_deadline_passes_is_counted_deadline_exceeded(srv)
     stop = threading.Event()
 
     def counts(method):
-        out = {}
-        for m in metrics.registry.collect():
-            for smp in m.samples:
-                if (smp.name == "nacfauth_auth_requests_total"
-                        and smp.labels["method"] == method):
-                    out[smp.labels["status"]] = out.get(smp.labels["status"], 0) + smp.value
-        return out
+        return _requests_by_status(metrics, method)
 
     def silent_auth():
         yield pb.AuthenticateStreamRequest(start=pb.StreamStart(user_id="late"))
@@ -1038,6 +1042,102 @@ def test_a_stream_whose_client_deadline_passes_is_counted_deadline_exceeded(srv)
             after = counts(method)
             d = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
             assert not d.get("CANCELLED") and d.get("DEADLINE_EXCEEDED", 0) >= 1, (method, d)
+    finally:
+        stop.set()
+
+
+def test_a_stream_its_client_cancels_well_before_a_short_deadline_is_counted_cancelled(srv):
+    """A client that cancels 20 ms into a call with a 0.19 s timeout went away; its call
+    was counted DEADLINE_EXCEEDED, as every call that ended with less than 0.2 s of its
+    deadline left was. The slack is now the rounding of the call's own timeout (1 ms
+    here) and DEADLINE_TRANSIT_S, and the time left is taken when the call ended. (The
+    cancel can also reach the handler as the end of the client's stream first, counted
+    as what the handler made of that, as in the test above.)"""
+    _, stub, metrics = srv
+    enroll(stub, "brief", 1)
+    secret = device(stub, "brief", "hs-brief")
+    tok = auth(stub, "brief", eeg(1, 3, 60, 8), secret, "hs-brief").session_token
+    assert tok
+    stop = threading.Event()
+
+    def counts(method):
+        return _requests_by_status(metrics, method)
+
+    def silent_auth():
+        yield pb.AuthenticateStreamRequest(start=pb.StreamStart(user_id="brief"))
+        stop.wait(20)
+
+    def silent_cont():
+        yield pb.ContinuousAuthenticateRequest(start=pb.ContinuousStart(session_token=tok))
+        stop.wait(20)
+
+    calls = [("AuthenticateStream", lambda: stub.AuthenticateStream.future(
+        silent_auth(), metadata=MD, timeout=0.19)),
+             ("ContinuousAuthenticate", lambda: stub.ContinuousAuthenticate(
+                 silent_cont(), metadata=MD, timeout=0.19))]
+    try:
+        for method, start in calls:
+            before = counts(method)
+            for _ in range(3):
+                call = start()
+                time.sleep(0.02)
+                assert call.cancel()
+                assert call.code() == grpc.StatusCode.CANCELLED
+            t0 = time.monotonic()
+            while (sum(counts(method).values()) - sum(before.values()) < 3
+                   and time.monotonic() - t0 < 10):
+                time.sleep(0.05)
+            after = counts(method)
+            d = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+            assert not d.get("DEADLINE_EXCEEDED") and d.get("CANCELLED", 0) >= 1, (method, d)
+    finally:
+        stop.set()
+
+
+def test_the_times_kept_per_call_go_with_the_call(srv):
+    """The interceptor keeps each call's deadline and end for ended_status, by its
+    context: nothing of it outlives the call, answered, cancelled or timed out (a soak
+    would otherwise grow the server without bound)."""
+    import gc
+
+    from nacf_core.server.interceptors import _CALLS
+
+    _, stub, _ = srv
+    stop = threading.Event()
+
+    def silent():
+        yield pb.AuthenticateStreamRequest(start=pb.StreamStart(user_id="nobody-here"))
+        stop.wait(20)
+
+    def kept():
+        gc.collect()
+        return len(_CALLS)
+
+    def nothing_yet():
+        stop.wait(20)
+        yield pb.AuthenticateStreamRequest(start=pb.StreamStart(user_id="nobody-here"))
+
+    try:
+        before = kept()
+        held = stub.AuthenticateStream.future(nothing_yet(), metadata=MD, timeout=5)
+        t0 = time.monotonic()
+        while kept() == before and time.monotonic() - t0 < 5:
+            time.sleep(0.01)
+        assert kept() == before + 1  # kept while the call is served
+        held.cancel()
+        for i in range(300):
+            stub.ValidateSession(pb.ValidateSessionRequest(session_token="x"), metadata=MD,
+                                 timeout=10 if i % 2 else None)
+        for i in range(20):
+            fut = stub.AuthenticateStream.future(silent(), metadata=MD, timeout=5)
+            time.sleep(0.01)
+            fut.cancel()
+        for _ in range(5):
+            code_of(stub.AuthenticateStream, silent(), metadata=MD, timeout=0.05)
+        t0 = time.monotonic()
+        while kept() > before and time.monotonic() - t0 < 10:
+            time.sleep(0.05)  # the last calls' handlers may still be ending
+        assert kept() <= before, (before, len(_CALLS))
     finally:
         stop.set()
 

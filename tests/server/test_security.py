@@ -9,6 +9,7 @@ import ipaddress
 import logging
 import threading
 import time
+from types import SimpleNamespace
 
 import grpc
 import pytest
@@ -365,6 +366,89 @@ def test_a_unary_call_whose_deadline_passed_in_its_handler_is_not_counted_ok(
         store.close()
 
 
+def test_a_unary_call_cancelled_early_is_counted_cancelled_when_its_handler_ends_late(
+        tmp_path, model_path):
+    """A client that cancels a call 20 ms into its 1 s timeout, whose handler (a slow
+    store) returns only after the deadline: the call is counted CANCELLED, with the time
+    left when gRPC ended it (0.98 s), not when the handler noticed (none: it was counted
+    DEADLINE_EXCEEDED)."""
+    server, store = _server(tmp_path, model_path)
+    svc = server.service
+    release, returned = threading.Event(), threading.Event()
+    orig = svc.stats
+
+    def slow_stats():
+        try:
+            release.wait(10)
+            return orig()
+        finally:
+            returned.set()
+
+    svc.stats = slow_stats
+    server.start()
+    try:
+        with grpc.insecure_channel(server.address) as ch:
+            stub = pbg.AuthServiceStub(ch)
+            fut = stub.GetStats.future(pb.GetStatsRequest(), metadata=(("x-api-key", KEY),),
+                                       timeout=1.0)
+            time.sleep(0.02)
+            assert fut.cancel() and fut.code() == grpc.StatusCode.CANCELLED
+            time.sleep(1.2)  # past the call's deadline
+            release.set()
+            assert returned.wait(10)
+            t0 = time.monotonic()
+            while (_requests(server, "GetStats", "CANCELLED")
+                   + _requests(server, "GetStats", "DEADLINE_EXCEEDED") == 0
+                   and time.monotonic() - t0 < 10):
+                time.sleep(0.01)  # counted once the handler returned
+            assert (_requests(server, "GetStats", "CANCELLED"),
+                    _requests(server, "GetStats", "DEADLINE_EXCEEDED")) == (1.0, 0.0)
+    finally:
+        release.set()
+        server.stop(0)
+        store.close()
+
+
+def test_the_timeout_the_server_sees_is_rounded_up_as_timeout_granularity_says():
+    """The server's deadline is the client's timeout rounded up by gRPC (read in grpcio
+    1.85): by at most timeout_granularity, which deadline_slack builds on; for these
+    timeouts, just above a step, by most of it. Should another grpcio round otherwise,
+    this says so."""
+    from concurrent import futures
+
+    from nacf_core.server.interceptors import timeout_granularity
+
+    arrived, seen = [], []
+
+    class Arrival(grpc.ServerInterceptor):
+        def intercept_service(self, continuation, details):
+            arrived.append(time.monotonic())
+            return continuation(details)
+
+    def received(request, context):  # the timeout as it arrived, however late this runs
+        seen.append(context.time_remaining() + time.monotonic() - arrived[-1])
+        return b""
+
+    server = grpc.server(futures.ThreadPoolExecutor(2), interceptors=[Arrival()])
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("t.T", {
+        "U": grpc.unary_unary_rpc_method_handler(received)})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            call = ch.unary_unary("/t.T/U")
+            for timeout in (0.15, 1.011, 10.001, 100.001, 1000.5, 10001.0):
+                call(b"", timeout=timeout)
+                g = timeout_granularity(timeout)
+                extra = seen[-1] - timeout
+                # (+2 ms: gRPC keeps deadlines in whole milliseconds, rounded up)
+                assert -0.05 < extra <= g + 0.002, (timeout, extra, g)
+                if g >= 0.1:  # rounded up by nearly all of it
+                    assert extra > 0.5 * g, (timeout, extra, g)
+    finally:
+        server.stop(0)
+
+
 def test_a_failed_maintenance_round_leaves_the_grpc_health_serving(tmp_path, model_path):
     """grpc.health.v1 reports the readiness (the store answers, the server is not
     starting or draining), as /health/ready does: a maintenance round that fails (a purge
@@ -661,6 +745,126 @@ def test_a_stream_abandoned_by_its_client_is_counted_once(remaining, status):
             "method": "ContinuousAuthenticate", "status": name, "user_type": "api_key"}) or 0
     assert count(status) == 1
     assert sum(count(n) for n in ("OK", "CANCELLED", "DEADLINE_EXCEEDED", "INTERNAL")) == 1
+
+
+class _Clock:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class _TimedCtx(_StreamCtx):
+    """A call's context with its deadline on the test's clock, as grpcio gives it: time
+    remaining never below 0, callbacks refused once the call has ended."""
+
+    def __init__(self, clock: _Clock, deadline: float) -> None:
+        super().__init__()
+        self.clock, self.deadline, self.active, self._code = clock, deadline, True, None
+
+    def time_remaining(self):
+        return max(self.deadline - self.clock(), 0.0)
+
+    def is_active(self) -> bool:
+        return self.active
+
+    def add_callback(self, fn) -> bool:
+        return self.active and super().add_callback(fn)
+
+    def code(self):
+        return self._code
+
+    def set_code(self, code) -> None:
+        self._code = code
+
+    def abort(self, code, details):
+        self._code = code
+        raise Exception(details)
+
+    def end(self) -> None:
+        self.active = False
+        super().end()
+
+
+@pytest.mark.parametrize("timeout, sent", [(100.001, 101.0), (1000.5, 1010.0)])
+@pytest.mark.parametrize("path", ["server stream", "unary", "unary queued", "servicer"])
+def test_a_long_call_abandoned_at_its_client_deadline_is_counted_deadline_exceeded(
+        monkeypatch, path, timeout, sent):
+    """gRPC sends a timeout rounded up to three significant figures (a client's 100.001 s
+    arrives as 101 s, its 1000.5 s as 1010 s): when the client's deadline passes and it
+    cancels the call, the server's deadline is up to a second (ten) ahead. Such a call
+    was counted CANCELLED (more than 0.2 s left); the slack now follows the call's own
+    timeout. A call its client cancels earlier is still CANCELLED. Every path that
+    gives an ended call its status: the stream's end, a unary handler answering a call
+    that is gone, an Authenticate dropped while queued, the servicer's."""
+    from nacf_core.server import interceptors, servicer
+    from nacf_core.server.interceptors import AuthInterceptor, _wrap
+
+    clock = _Clock()
+    monkeypatch.setattr(interceptors, "_clock", clock)
+
+    def status(cancel_after: float) -> str:
+        """Serve one call, which the client gives up ``cancel_after`` s after sending
+        it (the server sees that 2 ms later); the status it is counted with."""
+        metrics = Metrics(CollectorRegistry())
+        arrived = clock.t  # the call arrives, its deadline that of the rounded timeout
+        ctx = _TimedCtx(clock, arrived + sent)
+
+        def client_gives_up() -> None:
+            clock.t = arrived + cancel_after + 0.002
+            ctx.end()
+
+        class Gate:  # the Authenticate queue: the client gives up while the call waits
+            def __enter__(self):
+                client_gives_up()
+
+            def __exit__(self, *exc):
+                return False
+
+        gate = Gate() if path == "unary queued" else None
+        icpt = AuthInterceptor({KEY: ALL}, metrics=metrics, service=SimpleNamespace(
+            authenticate_gate=gate, check_rate_limit=lambda client_id: None))
+        method = "ContinuousAuthenticate" if path == "server stream" else "Authenticate"
+        try:
+            if path == "server stream":
+                def updates(request, context):
+                    yield 0
+                    client_gives_up()
+                    yield 1
+
+                gen = _wrap(grpc.unary_stream_rpc_method_handler(updates), icpt, method,
+                            KEY, False, arrived).unary_stream(object(), ctx)
+                assert next(gen) == 0
+                next(gen)  # the update is never sent; gRPC leaves the generator
+            elif path == "servicer":
+                interceptors.call_started(ctx, arrived)
+                client_gives_up()
+                servicer._gone(ctx)
+                return ctx.code().name
+            else:
+                def answer(request, context):
+                    if gate is None:  # the client gives up while the handler works
+                        client_gives_up()
+                    return "answered late"
+
+                h = _wrap(grpc.unary_unary_rpc_method_handler(answer), icpt, method, KEY,
+                          False, arrived)
+                try:
+                    h.stream_unary(iter([object()]), ctx)
+                except Exception:  # noqa: BLE001 - the queued call is aborted
+                    assert path == "unary queued"
+        finally:
+            icpt.close()
+        got = {smp.labels["status"]: smp.value for m in metrics.registry.collect()
+               for smp in m.samples if smp.name == "nacfauth_auth_requests_total"}
+        assert sum(got.values()) == 1, got
+        return next(iter(got))
+
+    assert status(timeout) == "DEADLINE_EXCEEDED"  # at the client's deadline
+    assert status(timeout / 3) == "CANCELLED"
 
 
 def test_reuse_port_lets_two_servers_share_an_address(tmp_path, model_path):
