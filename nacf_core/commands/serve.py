@@ -8,7 +8,7 @@ import os
 import signal
 import stat
 import sys
-import threading
+import time
 
 __all__ = ["register", "run"]
 
@@ -153,34 +153,41 @@ def run(args: argparse.Namespace) -> int:
         print(f"nacf serve: {e}", file=sys.stderr)
         server.stop(0)
         return 2
-    done = threading.Event()
+    # The handlers only note the signal; this thread acts on it. A handler runs in this
+    # thread at an arbitrary point, also inside another handler: one that takes a lock
+    # (threading.Event.set does) while the code or the handler it interrupted holds that
+    # lock waits for itself, and each further signal nests another handler until a
+    # RecursionError ends the process (reproduced outside nacf: a handler calling
+    # Event.set, SIGHUPs every 0.5 ms, the main thread in Event.clear).
+    got: list[int] = []
 
-    def _on_signal(signum, frame):
-        log.info("signal %s: draining", signal.Signals(signum).name,
-                 extra={"event_type": "signal", "signal": signal.Signals(signum).name})
-        done.set()
+    def _note(signum, frame):
+        got.append(signum)  # one C call, no lock
 
-    reload = threading.Event()
-
-    def _on_hangup(signum, frame):
-        reload.set()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGHUP, _on_hangup)  # re-read the API keys (rotation)
-    # One line on stdout that scripts can wait for.
-    sc = f" metrics http://{server.sidecar.url.split('//', 1)[1]}" if server.sidecar else ""
-    print(f"nacf serve: listening on {server.address}{sc}", flush=True)
-    while not done.wait(0.2):
-        if reload.is_set():
-            reload.clear()
-            _reload_keys(server)
-    server.stop()
-    # drained: a late SIGHUP (a key reload) or SIGTERM must not turn the clean exit into
-    # a death by signal. Python's own handlers go back to SIG_DFL when the interpreter
-    # finalises (a SIGHUP then killed the process, exit -1); ignored signals stay ignored
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(s, _note)
+    try:
+        # One line on stdout that scripts can wait for.
+        sc = f" metrics http://{server.sidecar.url.split('//', 1)[1]}" if server.sidecar else ""
+        print(f"nacf serve: listening on {server.address}{sc}", flush=True)
+        stop = None
+        while stop is None:
+            time.sleep(0.1)  # a signal cuts it short (its handler runs, then it resumes)
+            while got and stop is None:
+                signum = got.pop(0)
+                if signum == signal.SIGHUP:  # re-read the API keys (rotation)
+                    _reload_keys(server)
+                else:
+                    stop = signal.Signals(signum).name
+        log.info("signal %s: draining", stop, extra={"event_type": "signal", "signal": stop})
+        server.stop()
+    finally:
+        # drained (or failed): a late SIGHUP (a key reload), SIGTERM or SIGINT must not
+        # turn the exit into a death by signal. Python puts its own handlers back to
+        # SIG_DFL when the interpreter finalises (a SIGHUP then killed the process, exit
+        # -1); ignored signals stay ignored
+        for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, signal.SIG_IGN)
     return 0
 
 
