@@ -1001,6 +1001,47 @@ def _requests_by_status(metrics, method):
     return out
 
 
+def _silent_streams(stub, user: str, dev: str, stop: threading.Event, timeout: float,
+                    future: bool = False) -> list:
+    """``(method, start)`` for an AuthenticateStream and a ContinuousAuthenticate (of a
+    session of ``user``, enrolled and authenticated here with headset ``dev``) that send
+    their first message and then nothing until ``stop``; ``start()`` makes the call with
+    ``timeout``: blocking (its ``code_of``) or, with ``future``, returning the call."""
+    enroll(stub, user, 1)
+    secret = device(stub, user, dev)
+    tok = auth(stub, user, eeg(1, 3, 60, 8), secret, dev).session_token
+    assert tok
+
+    def silent_auth():
+        yield pb.AuthenticateStreamRequest(start=pb.StreamStart(user_id=user))
+        stop.wait(20)
+
+    def silent_cont():
+        yield pb.ContinuousAuthenticateRequest(start=pb.ContinuousStart(session_token=tok))
+        stop.wait(20)
+
+    if future:
+        return [("AuthenticateStream", lambda: stub.AuthenticateStream.future(
+                    silent_auth(), metadata=MD, timeout=timeout)),
+                ("ContinuousAuthenticate", lambda: stub.ContinuousAuthenticate(
+                    silent_cont(), metadata=MD, timeout=timeout))]
+    return [("AuthenticateStream", lambda: code_of(lambda: stub.AuthenticateStream(
+                silent_auth(), metadata=MD, timeout=timeout))),
+            ("ContinuousAuthenticate", lambda: code_of(lambda: list(
+                stub.ContinuousAuthenticate(silent_cont(), metadata=MD, timeout=timeout))))]
+
+
+def _counted_since(metrics, method: str, before: dict, n: int) -> dict:
+    """The change of ``method``'s request counts by status since ``before``, once ``n``
+    more calls are counted (or after 10 s)."""
+    t0 = time.monotonic()
+    while (sum(_requests_by_status(metrics, method).values()) - sum(before.values()) < n
+           and time.monotonic() - t0 < 10):
+        time.sleep(0.05)
+    after = _requests_by_status(metrics, method)
+    return {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+
+
 def test_a_stream_whose_client_deadline_passes_is_counted_deadline_exceeded(srv):
     """A client whose deadline passes cancels the call; the server's deadline for it is
     a little later (gRPC rounds the timeout it sends up, to 10 ms from 1 s): the server
@@ -1008,39 +1049,14 @@ def test_a_stream_whose_client_deadline_passes_is_counted_deadline_exceeded(srv)
     DEADLINE_EXCEEDED. (The cancel can also reach the handler as the end of the client's
     stream first, counted as what the handler made of that: not this test's subject.)"""
     _, stub, metrics = srv
-    enroll(stub, "late", 1)
-    secret = device(stub, "late", "hs-late")
-    tok = auth(stub, "late", eeg(1, 3, 60, 8), secret, "hs-late").session_token
-    assert tok
     stop = threading.Event()
-
-    def counts(method):
-        return _requests_by_status(metrics, method)
-
-    def silent_auth():
-        yield pb.AuthenticateStreamRequest(start=pb.StreamStart(user_id="late"))
-        stop.wait(20)
-
-    def silent_cont():
-        yield pb.ContinuousAuthenticateRequest(start=pb.ContinuousStart(session_token=tok))
-        stop.wait(20)
-
-    calls = [("AuthenticateStream", lambda: stub.AuthenticateStream(
-        silent_auth(), metadata=MD, timeout=1.011)),
-             ("ContinuousAuthenticate", lambda: list(stub.ContinuousAuthenticate(
-                 silent_cont(), metadata=MD, timeout=1.011)))]
     try:
-        for method, fn in calls:
-            before = counts(method)
+        for method, start in _silent_streams(stub, "late", "hs-late", stop, 1.011):
+            before = _requests_by_status(metrics, method)
             for _ in range(3):
-                c, m = code_of(fn)
+                c, m = start()
                 assert c == grpc.StatusCode.DEADLINE_EXCEEDED, (c, m)
-            t0 = time.monotonic()
-            while (sum(counts(method).values()) - sum(before.values()) < 3
-                   and time.monotonic() - t0 < 10):
-                time.sleep(0.05)
-            after = counts(method)
-            d = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+            d = _counted_since(metrics, method, before, 3)
             assert not d.get("CANCELLED") and d.get("DEADLINE_EXCEEDED", 0) >= 1, (method, d)
     finally:
         stop.set()
@@ -1054,41 +1070,17 @@ def test_a_stream_its_client_cancels_well_before_a_short_deadline_is_counted_can
     cancel can also reach the handler as the end of the client's stream first, counted
     as what the handler made of that, as in the test above.)"""
     _, stub, metrics = srv
-    enroll(stub, "brief", 1)
-    secret = device(stub, "brief", "hs-brief")
-    tok = auth(stub, "brief", eeg(1, 3, 60, 8), secret, "hs-brief").session_token
-    assert tok
     stop = threading.Event()
-
-    def counts(method):
-        return _requests_by_status(metrics, method)
-
-    def silent_auth():
-        yield pb.AuthenticateStreamRequest(start=pb.StreamStart(user_id="brief"))
-        stop.wait(20)
-
-    def silent_cont():
-        yield pb.ContinuousAuthenticateRequest(start=pb.ContinuousStart(session_token=tok))
-        stop.wait(20)
-
-    calls = [("AuthenticateStream", lambda: stub.AuthenticateStream.future(
-        silent_auth(), metadata=MD, timeout=0.19)),
-             ("ContinuousAuthenticate", lambda: stub.ContinuousAuthenticate(
-                 silent_cont(), metadata=MD, timeout=0.19))]
     try:
-        for method, start in calls:
-            before = counts(method)
+        for method, start in _silent_streams(stub, "brief", "hs-brief", stop, 0.19,
+                                             future=True):
+            before = _requests_by_status(metrics, method)
             for _ in range(3):
                 call = start()
                 time.sleep(0.02)
                 assert call.cancel()
                 assert call.code() == grpc.StatusCode.CANCELLED
-            t0 = time.monotonic()
-            while (sum(counts(method).values()) - sum(before.values()) < 3
-                   and time.monotonic() - t0 < 10):
-                time.sleep(0.05)
-            after = counts(method)
-            d = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+            d = _counted_since(metrics, method, before, 3)
             assert not d.get("DEADLINE_EXCEEDED") and d.get("CANCELLED", 0) >= 1, (method, d)
     finally:
         stop.set()
