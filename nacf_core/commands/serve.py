@@ -173,12 +173,15 @@ def run(args: argparse.Namespace) -> int:
         stop = None
         while stop is None:
             time.sleep(0.1)  # a signal cuts it short (its handler runs, then it resumes)
-            while got and stop is None:
+            reload = False
+            while got:  # every signal noted since the last round, once
                 signum = got.pop(0)
-                if signum == signal.SIGHUP:  # re-read the API keys (rotation)
-                    _reload_keys(server)
-                else:
+                if signum == signal.SIGHUP:
+                    reload = True
+                elif stop is None:
                     stop = signal.Signals(signum).name
+            if reload and stop is None:  # re-read the API keys (rotation)
+                _reload_keys(server)
         log.info("signal %s: draining", stop, extra={"event_type": "signal", "signal": stop})
         server.stop()
     finally:
