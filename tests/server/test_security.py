@@ -121,6 +121,20 @@ def _holding_stream(stub, md, release: threading.Event) -> threading.Thread:
     return t
 
 
+def _wait_in_flight(server, n: int, timeout: float = 20.0) -> None:
+    """Wait until gRPC counts ``n`` calls in flight (``active_rpc_count``, what it
+    compares with ``maximum_concurrent_rpcs``; the interceptor reads the same number):
+    a held stream holds its slot only once the server has taken it in, and gives it
+    back only once the server has ended it, neither at a fixed time after the client's
+    side did (a fixed sleep guessed it, too short on a loaded machine)."""
+    st = server._interceptor._grpc_state
+    assert st is not None, "this grpcio's count of calls in flight is not found"
+    t0 = time.monotonic()
+    while st.active_rpc_count != n and time.monotonic() - t0 < timeout:
+        time.sleep(0.01)
+    assert st.active_rpc_count == n, (st.active_rpc_count, n)
+
+
 def _requests(server, method, status, user_type="api_key"):
     v = server.metrics.registry.get_sample_value(
         "nacfauth_auth_requests_total",
@@ -142,7 +156,7 @@ def test_concurrency_bound_answers_resource_exhausted_fast(tmp_path, model_path,
         md = (("x-api-key", KEY),)
 
         ts = [_holding_stream(stub, md, release) for _ in range(2)]
-        time.sleep(0.5)
+        _wait_in_flight(server, 2)
         t0 = time.perf_counter()
         with pytest.raises(grpc.RpcError) as ei:
             stub.GetStats(pb.GetStatsRequest(), metadata=md, timeout=10)
@@ -166,7 +180,7 @@ def test_concurrency_bound_answers_resource_exhausted_fast(tmp_path, model_path,
         release.set()
         for t in ts:
             t.join(10)
-        time.sleep(0.2)
+        _wait_in_flight(server, 0)
         assert stub.GetStats(pb.GetStatsRequest(), metadata=md, timeout=10) is not None
         # below the bound nothing more is counted as refused
         assert _requests(server, "GetStats", "RESOURCE_EXHAUSTED") == 1
@@ -195,7 +209,7 @@ def test_a_call_whose_deadline_passes_while_it_waits_for_a_worker_is_counted(tmp
 
         # the one worker waits for the start message for signal_loss_s
         t = _holding_stream(stub, md, release)
-        time.sleep(0.5)
+        _wait_in_flight(server, 1)  # taken in first: the one worker runs it first
         for fn, req in ((stub.GetStats, pb.GetStatsRequest()),
                         (stub.Authenticate, pb.AuthenticateRequest(user_id="x"))):
             with pytest.raises(grpc.RpcError) as ei:
@@ -1016,15 +1030,15 @@ def test_a_log_write_that_blocks_does_not_stall_the_server(tmp_path, model_path)
         hold = threading.Thread(target=lambda: code_of(stub.AuthenticateStream, gen(),
                                                        metadata=md, timeout=30))
         hold.start()
-        time.sleep(0.5)
+        _wait_in_flight(server, 1)
         c = code_of(stub.GetStats, pb.GetStatsRequest(), metadata=md, timeout=8)
         assert c == grpc.StatusCode.RESOURCE_EXHAUSTED, c
         assert stuck.wait(10)
         assert _requests(server, "GetStats", "RESOURCE_EXHAUSTED") == 1
         release.set()
         hold.join(10)
-        time.sleep(0.2)
-        # the log line is still being written: calls go on
+        # the log line is still being written: the stream ends and calls go on
+        _wait_in_flight(server, 0)
         assert stub.GetStats(pb.GetStatsRequest(), metadata=md, timeout=8) is not None
         ch.close()
     finally:
