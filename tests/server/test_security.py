@@ -25,6 +25,7 @@ from nacf_core._proto.nacf.v1 import auth_pb2_grpc as pbg
 from nacf_core.config import Config
 from nacf_core.errors import FailedPrecondition
 from nacf_core.metrics import Metrics
+from nacf_core.server import interceptors
 from nacf_core.server.app import NacfServer
 from nacf_core.service import AuthService
 from nacf_core.store import open_store
@@ -956,11 +957,26 @@ def test_authenticate_calls_queue_on_the_gate_before_the_rate_limit(tmp_path, mo
             gate.acquire()
             try:
                 assert stub.GetStats(pb.GetStatsRequest(), metadata=md, timeout=5)
+                known = list(interceptors._CALLS.values())
                 with pytest.raises(grpc.RpcError) as ei:
                     stub.Authenticate(pb.AuthenticateRequest(user_id="nobody"),
                                       metadata=md, timeout=0.5)
                 assert ei.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-                time.sleep(0.2)  # past the server's copy of the deadline as well
+                # the gate lets the call on only once the server knows it is gone: gRPC
+                # has ended it (the client's cancel arrived) or the server's copy of its
+                # deadline, counted from its arrival, after the client's, has passed (a
+                # fixed 0.2 s guessed that, on a loaded machine too short)
+                t0 = time.monotonic()
+                while time.monotonic() - t0 < 10:
+                    now = interceptors._clock()
+                    queued = [t for t in list(interceptors._CALLS.values())
+                              if not any(t is k for k in known)]
+                    if queued and all(t.ended is not None or t.deadline <= now
+                                      for t in queued):
+                        break
+                    time.sleep(0.01)
+                else:
+                    raise AssertionError("the server still has the call in time")
             finally:
                 gate.release()
             # the call that timed out while queued is dropped, not served late
