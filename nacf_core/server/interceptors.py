@@ -642,8 +642,7 @@ def _wrap(handler: grpc.RpcMethodHandler, icp: AuthInterceptor, method: str,
 
                 def run():
                     with gate:  # rate limit, checks and all, one call at a time
-                        rem = ctx.time_remaining()
-                        if (rem is not None and rem <= 0) or not ctx.is_active():
+                        if not call_active(ctx):
                             _drop(ctx, t0)
                         return _guard(ctx, lambda: inner(req, ctx))
 
