@@ -136,6 +136,26 @@ def _wait_in_flight(server, n: int, timeout: float = 20.0) -> None:
     assert st.active_rpc_count == n, (st.active_rpc_count, n)
 
 
+def _slow_stats(svc, at_least_s: float = 0.0) -> tuple[threading.Event, threading.Event]:
+    """Make ``svc``'s GetStats a slow store: its handler waits until the first event
+    returned is set (10 s at most) and ``at_least_s`` has passed since it started; the
+    second is set once it has returned."""
+    release, returned = threading.Event(), threading.Event()
+    orig = svc.stats
+
+    def slow_stats():
+        t0 = time.monotonic()
+        try:
+            release.wait(10)
+            time.sleep(max(0.0, t0 + at_least_s - time.monotonic()))
+            return orig()
+        finally:
+            returned.set()
+
+    svc.stats = slow_stats
+    return release, returned
+
+
 def _requests(server, method, status, user_type="api_key"):
     v = server.metrics.registry.get_sample_value(
         "nacfauth_auth_requests_total",
@@ -343,24 +363,12 @@ def test_a_unary_call_whose_deadline_passed_in_its_handler_is_not_counted_ok(
     the client got DEADLINE_EXCEEDED, and so does nacfauth_auth_requests_total (it said
     OK, so NACFHighErrorRate stayed quiet while every client timed out)."""
     server, store = _server(tmp_path, model_path)
-    svc = server.service
-    timed_out, returned = threading.Event(), threading.Event()
-    orig = svc.stats
-
-    def slow_stats():
-        t0 = time.monotonic()
-        try:
-            timed_out.wait(10)  # the client has given up on the call
-            # and the server's deadline (at most 0.3 s after the handler started) has
-            # passed too: the client's comes first (gRPC sends the timeout rounded up, and
-            # the server counts it from the call's arrival), so returning between the two
-            # could still answer in time as far as the server knows
-            time.sleep(max(0.0, t0 + 0.35 - time.monotonic()))
-            return orig()
-        finally:
-            returned.set()
-
-    svc.stats = slow_stats
+    # the handler returns once the client has given up on the call and the server's
+    # deadline (at most 0.3 s after the handler started) has passed too: the client's
+    # comes first (gRPC sends the timeout rounded up, and the server counts it from the
+    # call's arrival), so returning between the two could still answer in time as far as
+    # the server knows
+    timed_out, returned = _slow_stats(server.service, at_least_s=0.35)
     server.start()
     try:
         with grpc.insecure_channel(server.address) as ch:
@@ -371,11 +379,9 @@ def test_a_unary_call_whose_deadline_passed_in_its_handler_is_not_counted_ok(
             assert ei.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             timed_out.set()
             assert returned.wait(10)
-        reg = server.metrics.registry
 
         def n(status):
-            return reg.get_sample_value("nacfauth_auth_requests_total", {
-                "method": "GetStats", "status": status, "user_type": "api_key"}) or 0.0
+            return _requests(server, "GetStats", status)
 
         deadline = time.monotonic() + 10
         while n("OK") + n("DEADLINE_EXCEEDED") == 0 and time.monotonic() < deadline:
@@ -394,18 +400,7 @@ def test_a_unary_call_cancelled_early_is_counted_cancelled_when_its_handler_ends
     left when gRPC ended it (0.98 s), not when the handler noticed (none: it was counted
     DEADLINE_EXCEEDED)."""
     server, store = _server(tmp_path, model_path)
-    svc = server.service
-    release, returned = threading.Event(), threading.Event()
-    orig = svc.stats
-
-    def slow_stats():
-        try:
-            release.wait(10)
-            return orig()
-        finally:
-            returned.set()
-
-    svc.stats = slow_stats
+    release, returned = _slow_stats(server.service)
     server.start()
     try:
         with grpc.insecure_channel(server.address) as ch:
