@@ -1292,7 +1292,10 @@ class AuthService:
         the signal is lost (no usable window within ``signal_loss_s`` of signal, no
         data for ``signal_loss_s`` of wall time, or no whole window within a window's time
         and ``signal_loss_s`` more), or when the session is no longer
-        active.  When the client closes the stream the session stays open.  A session
+        active.  When the client closes the stream the session stays open; so it does when
+        the stream gets no data for ``signal_loss_s`` after another stream on the session
+        verified the wearer (a client that reconnected): that stream alone ends,
+        ``DeadlineExceeded``.  A session
         the store fails to end is no ``"ended"`` update: the stream raises ``Unavailable``.
         """
         s = self._session(token)
@@ -1320,6 +1323,9 @@ class AuthService:
         mismatches = 0
         expires = float(s.expires_at)
         window_t = time.monotonic()  # when the last window was complete (or the start)
+        # when this stream last verified the wearer (the session's last verification when
+        # it started): a later one is another stream's on the same session
+        own_verified = float(s.last_verified_at or s.created_at)
 
         def end(reason: str, score: float = 0.0, quality: float = 0.0) -> ContinuousUpdate:
             if reason == "wearer_changed":
@@ -1346,6 +1352,23 @@ class AuthService:
                     except TimeoutError:
                         if cancelled():  # the call is gone (client or server shutdown)
                             return
+                        try:
+                            cur = self._store("get_session", self.store.get_session, token)
+                        except NotFound:  # deleted with its user meanwhile
+                            yield ContinuousUpdate("ended", 0.0, thr, 0.0, "user_deleted",
+                                                   expires, streamed)
+                            return
+                        if cur.is_active(self.clock()) and \
+                                (cur.last_verified_at or 0.0) > own_verified:
+                            # another stream on the session verified the wearer since this
+                            # one last did: a client that reconnected, leaving this stream
+                            # behind (its connection died without a word, so gRPC still
+                            # holds the call). Its silence is not the session's
+                            raise DeadlineExceeded(
+                                f"the stream sent no message for {loss:g} s (signal_loss_s) "
+                                "and ends; the session stays open: another "
+                                "ContinuousAuthenticate stream verified the wearer since this "
+                                "one last did.")
                         yield end("signal_lost")
                         return
                 if time.monotonic() - window_t > win + loss:
@@ -1436,6 +1459,7 @@ class AuthService:
                     mismatches = 0
                     try:
                         expires = self._renew(token, expires, now)
+                        own_verified = now  # the store's last_verified_at
                     except (FailedPrecondition, NotFound):
                         # ended meanwhile (EndSession, another stream on the token, a
                         # delete): say so as an update, like the check above does

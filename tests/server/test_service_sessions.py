@@ -3,11 +3,22 @@ stream ends its session, and what it tells the client."""
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
-from _server_support import SFREQ, eeg, signal_block, sqlite_service
+import os
+import uuid
 
-from nacf_core.errors import Unavailable
+import numpy as np
+import psycopg
+import pytest
+from _server_support import SFREQ, eeg, make_pipeline, signal_block, sqlite_service
+from prometheus_client import CollectorRegistry
+
+from nacf_core.config import Config
+from nacf_core.errors import DeadlineExceeded, Unavailable
+from nacf_core.metrics import Metrics
+from nacf_core.service import AuthService, ClientStream
+from nacf_core.store import open_store
+
+PG_DSN = os.environ.get("NACF_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 @pytest.fixture
@@ -15,6 +26,45 @@ def svc(tmp_path, model_path):
     service = sqlite_service(tmp_path, model_path)
     yield service
     service.store.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def svc_both(request, tmp_path, model_path):
+    """An ``AuthService`` on each store backend (a fresh PostgreSQL schema, dropped after)."""
+    if request.param == "sqlite":
+        service = sqlite_service(tmp_path, model_path)
+        yield service
+        service.store.close()
+        return
+    schema = f"nacf_t_{uuid.uuid4().hex[:12]}"
+    store = open_store(f"{PG_DSN}{'&' if '?' in PG_DSN else '?'}schema={schema}",
+                       bytes(range(32)))
+    cfg = Config(data_dir=str(tmp_path), rate_limit_per_s=1000, rate_limit_burst=1000)
+    try:
+        yield AuthService(store, make_pipeline(model_path), cfg,
+                          metrics=Metrics(CollectorRegistry()))
+    finally:
+        store.close()
+        with psycopg.connect(PG_DSN, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+class _GoneSilent(ClientStream):
+    """A client stream that sends ``blocks`` and then nothing: its connection died
+    without a word (a Wi-Fi hand-over, a NAT timeout: no RST), so gRPC still holds the
+    call active and the stream's read times out after signal_loss_s
+    (``ClientStream.next`` raises ``TimeoutError``), here at once."""
+
+    def __init__(self, blocks) -> None:  # no reader thread: the blocks are at hand
+        self._blocks = list(blocks)
+
+    def next(self, timeout):
+        if self._blocks:
+            return self._blocks.pop(0)
+        raise TimeoutError(f"no message for {timeout:g} s")
+
+    def close(self) -> None:
+        pass
 
 
 def _blocks(x, seconds=0.5):
@@ -85,3 +135,33 @@ def test_every_window_of_a_large_chunk_is_verified(svc):
     updates = list(svc.continuous(token, [signal_block(both)]))
     assert [u.state for u in updates] == ["verified", "uncertain", "ended"], updates
     assert updates[-1].reason == "wearer_changed"
+
+
+def test_a_stream_gone_silent_does_not_end_the_session_another_stream_verifies(svc_both):
+    """A headset app whose connection dies silently reconnects and streams the same
+    session on a new ContinuousAuthenticate, which verifies the wearer; the abandoned
+    stream, which gRPC still holds, then goes signal_loss_s without data: it ended the
+    session (signal_lost) under the new stream, whose next window said ENDED, though the
+    wearer was being verified all along. The abandoned stream now ends alone
+    (DEADLINE_EXCEEDED, as a stalled stream) and the session stays open; a session no
+    other stream verified still ends when its stream's signal is lost."""
+    svc = svc_both
+    svc.enroll("re1", [signal_block(eeg(1, 3, 0, 40))])
+    win = svc.rec.window_s
+    token = svc.store.create_session("re1", 600).token
+    old = svc.continuous(token, _GoneSilent(_blocks(eeg(1, 3, 44, win))))
+    assert next(old).state == "verified"
+    # the client reconnects: the new stream verifies the wearer, then goes on
+    new = svc.continuous(token, _blocks(eeg(1, 3, 44 + win, 2 * win)))
+    assert [next(new).state for _ in range(2)] == ["verified"] * 2
+    with pytest.raises(DeadlineExceeded, match="another ContinuousAuthenticate stream"):
+        next(old)  # signal_loss_s without data on the abandoned stream
+    v = svc.validate_session(token)
+    assert v.valid, v
+    assert list(new) == []  # the new stream's client closes it; the session stays open
+    assert svc.validate_session(token).valid
+    # alone, a stream whose signal is lost ends its session, as before
+    alone = list(svc.continuous(token, _GoneSilent(_blocks(eeg(1, 3, 44 + 3 * win, win)))))
+    assert [(u.state, u.reason) for u in alone] == [("verified", ""), ("ended", "signal_lost")]
+    v = svc.validate_session(token)
+    assert (v.valid, v.reason) == (False, "signal_lost")
