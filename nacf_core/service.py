@@ -1263,8 +1263,10 @@ class AuthService:
             return SessionInfo(False, s.user_id, float(s.expires_at), last, "expired")
         return SessionInfo(True, s.user_id, float(s.expires_at), last, "")
 
-    def end_session(self, token: str, reason: str = "ended") -> tuple[bool, float]:
-        """End a session; return (whether this call ended it, its duration in s)."""
+    def end_session(self, token: str, reason: str = "ended", *, peer: str = "",
+                    method: str = "EndSession") -> tuple[bool, float]:
+        """End a session; return (whether this call ended it, its duration in s).
+        ``peer`` and ``method``, the call that ended it, go into its log line."""
         s = self._session(token)  # NotFound for an unknown token
         if s.ended_at is not None:
             return False, float(s.ended_at - s.created_at)
@@ -1280,11 +1282,13 @@ class AuthService:
         self._update_active_sessions(now)
         log.info("session ended", extra={"event_type": "session_ended",
                                          "user_id": s.user_id, "session_id": s.session_id,
-                                         "reason": reason, "duration_s": round(dur, 3)})
+                                         "reason": reason, "duration_s": round(dur, 3),
+                                         "method": method, **peer_fields(peer)})
         return True, dur
 
     def continuous(self, token: str, chunks: Iterable[SignalBlock], *,
-                   cancelled: Callable[[], bool] = lambda: False) -> Iterator[ContinuousUpdate]:
+                   cancelled: Callable[[], bool] = lambda: False,
+                   peer: str = "") -> Iterator[ContinuousUpdate]:
         """Keep a session verified while a headset streams; yield one update per window.
 
         Ends the session (last update has state ``"ended"``) when the wearer changes
@@ -1304,6 +1308,9 @@ class AuthService:
             raise FailedPrecondition("session is not active ("
                                      f"{s.end_reason or 'expired'}); authenticate again.")
         user_id = s.user_id
+        # what the stream's security events say of it: a stolen token streams from elsewhere
+        where = {"method": "ContinuousAuthenticate", "session_id": s.session_id,
+                 **peer_fields(peer)}
         rec = self._store("get_template", self.store.get_template, user_id)
         template = self._template(rec, user_id)
         thr = self.rec.threshold
@@ -1329,9 +1336,10 @@ class AuthService:
 
         def end(reason: str, score: float = 0.0, quality: float = 0.0) -> ContinuousUpdate:
             if reason == "wearer_changed":
-                self._security_event("wearer changed", "wearer_changed", "medium", user_id)
+                self._security_event("wearer changed", "wearer_changed", "medium", user_id,
+                                     **where)
             try:
-                self.end_session(token, reason)
+                self.end_session(token, reason, peer=peer, method="ContinuousAuthenticate")
             except NotFound:  # deleted with its user meanwhile: ended all the same
                 pass
             # a store error propagates (UNAVAILABLE): the session is still open, so the
@@ -1389,9 +1397,8 @@ class AuthService:
                     # the session's token streamed from another headset: suspicious, as a
                     # device mismatch in a proof is
                     self._security_event("device changed", "device_changed", "medium",
-                                         user_id, method="ContinuousAuthenticate",
-                                         device_id=block.device_id,
-                                         session_device_id=s.device_id)
+                                         user_id, device_id=block.device_id,
+                                         session_device_id=s.device_id, **where)
                     yield end("device_changed")
                     return
                 due = False
@@ -1447,8 +1454,7 @@ class AuthService:
                         v = self.pad.check(w, blk, [*stored_fps, *stream_fps])
                     if v.attack:  # a replay or a non-physiological signal
                         self._security_event("presentation attack", v.kind, "high",
-                                             user_id, method="ContinuousAuthenticate",
-                                             reason=v.reason)
+                                             user_id, reason=v.reason, **where)
                         yield end(v.kind, 0.0, quality)
                         return
                     if v.fingerprint is not None:

@@ -244,7 +244,7 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
 
     @_unary
     def EndSession(self, request, context) -> pb.EndSessionResponse:
-        ended, dur = self.service.end_session(request.session_token)
+        ended, dur = self.service.end_session(request.session_token, peer=_peer(context))
         return pb.EndSessionResponse(ended=ended, duration_seconds=dur)
 
     @_unary
@@ -277,7 +277,8 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
                                           "the session", self._idle_s)
         try:
             for u in self.service.continuous(first.start.session_token, chunks,
-                                             cancelled=lambda: not context.is_active()):
+                                             cancelled=lambda: not context.is_active(),
+                                             peer=_peer(context)):
                 yield cv.continuous_response(u)
         finally:
             chunks.close()

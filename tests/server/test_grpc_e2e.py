@@ -84,7 +84,7 @@ def auth(stub, user, x, secret, dev, ts=None, md_extra=()):
 
 
 # ------------------------------------------------------------------ happy path
-def test_enroll_authenticate_session_cycle(srv):
+def test_enroll_authenticate_session_cycle(srv, caplog):
     server, stub, metrics = srv
     r = enroll(stub, "alice", 1)
     assert r.template_version == 1 and r.epochs_used > 0 and r.model_version
@@ -97,8 +97,11 @@ def test_enroll_authenticate_session_cycle(srv):
     v = stub.ValidateSession(pb.ValidateSessionRequest(session_token=ok.session_token),
                              metadata=MD)
     assert v.valid and v.user_id == "alice" and v.expires_at_unix > time.time()
-    e = stub.EndSession(pb.EndSessionRequest(session_token=ok.session_token), metadata=MD)
+    with caplog.at_level("INFO", logger="nacf.service"):
+        e = stub.EndSession(pb.EndSessionRequest(session_token=ok.session_token), metadata=MD)
     assert e.ended
+    (line,) = [r for r in caplog.records if getattr(r, "event_type", "") == "session_ended"]
+    assert (line.user_id, line.method, line.ip_address) == ("alice", "EndSession", "127.0.0.1")
     v = stub.ValidateSession(pb.ValidateSessionRequest(session_token=ok.session_token),
                              metadata=MD)
     assert not v.valid and v.reason == "ended"
@@ -868,6 +871,7 @@ def test_a_device_change_in_a_continuous_stream_is_a_security_event(srv, caplog)
             == "device_changed"]
     assert (r.event_type, r.user_id, r.severity) == ("security_event", "dev-swap", "medium")
     assert (r.device_id, r.session_device_id) == ("hs-elsewhere", "hs-swap")
+    assert (r.method, r.ip_address) == ("ContinuousAuthenticate", "127.0.0.1")  # the caller
 
 
 def _metric(metrics, name):
@@ -1373,12 +1377,13 @@ def test_streams_opened_before_a_lockout_get_no_more_tries_and_no_session(srv):
     stub.UnlockUser(pb.UnlockUserRequest(user_id="lock-st"), metadata=MD)
 
 
-def test_continuous_authenticate_ends_on_a_looped_recording(srv):
+def test_continuous_authenticate_ends_on_a_looped_recording(srv, caplog):
     """Every window of the stream is checked for replay like an Authenticate probe,
     against the stored history and the stream's own earlier windows: streaming the same
     recorded 4 s again ends the session (reason ``replay``); the genuine windows before it
     are verified (consecutive genuine 4-s windows against a growing history are the
-    protocol of benches/pad_dev_rates.py: 0 of 1450 rejected)."""
+    protocol of benches/pad_dev_rates.py: 0 of 1450 rejected). The attack's security_event
+    line names the caller's address."""
     _, stub, _ = srv
     enroll(stub, "loop", 1)
     secret = device(stub, "loop", "hs-loop")
@@ -1391,10 +1396,14 @@ def test_continuous_authenticate_ends_on_a_looped_recording(srv):
         for c in chunks(looped):
             yield pb.ContinuousAuthenticateRequest(chunk=sig(c, "hs-loop"))
 
-    states = list(stub.ContinuousAuthenticate(gen(), metadata=MD, timeout=30))
+    with caplog.at_level("INFO", logger="nacf.service"):
+        states = list(stub.ContinuousAuthenticate(gen(), metadata=MD, timeout=30))
     E = pb.ContinuousAuthenticateResponse
     assert [s.state for s in states[:3]] == [E.VERIFIED] * 3
     assert states[-1].state == E.ENDED and states[-1].reason == "replay", states[-1]
+    (r,) = [r for r in caplog.records if getattr(r, "security_event_type", "") == "replay"]
+    assert (r.user_id, r.method, r.ip_address) == ("loop", "ContinuousAuthenticate",
+                                                   "127.0.0.1")
     v = stub.ValidateSession(pb.ValidateSessionRequest(session_token=tok), metadata=MD)
     assert not v.valid and v.reason == "replay"
 

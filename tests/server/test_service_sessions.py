@@ -67,9 +67,9 @@ class _GoneSilent(ClientStream):
         pass
 
 
-def _blocks(x, seconds=0.5):
+def _blocks(x, seconds=0.5, dev=""):
     n = int(seconds * SFREQ)
-    return [signal_block(x[i:i + n]) for i in range(0, x.shape[0], n)]
+    return [signal_block(x[i:i + n], dev) for i in range(0, x.shape[0], n)]
 
 
 def test_a_wearer_change_the_store_could_not_record_is_not_reported_ended(svc):
@@ -165,3 +165,32 @@ def test_a_stream_gone_silent_does_not_end_the_session_another_stream_verifies(s
     assert [(u.state, u.reason) for u in alone] == [("verified", ""), ("ended", "signal_lost")]
     v = svc.validate_session(token)
     assert (v.valid, v.reason) == (False, "signal_lost")
+
+
+def test_continuous_security_events_and_session_end_name_the_caller(svc, caplog):
+    """A wearer change, a headset change or a presentation attack on a ContinuousAuthenticate
+    stream (a stolen session token streamed from elsewhere) is a security_event line, and
+    the session's end a session_ended line: neither said where the stream came from (no
+    ip_address, no peer; the wearer change not even the method or the session), though a
+    refused device proof's line does, and the stream has no auth_attempt line that would."""
+    svc.enroll("ip1", [signal_block(eeg(1, 3, 0, 40))])
+    win = svc.rec.window_s
+    peer = "ipv4:10.9.8.7:50123"
+    s = svc.store.create_session("ip1", 600)
+    cases = [
+        ("wearer_changed", s.token, _blocks(eeg(1, 3, 44, win)) + _blocks(eeg(5, 7, 0, 2 * win))),
+    ]
+    s2 = svc.store.create_session("ip1", 600, device_id="hs-ip1")
+    cases.append(("device_changed", s2.token, _blocks(eeg(1, 3, 44, win), dev="hs-other")))
+    with caplog.at_level("INFO", logger="nacf.service"):
+        for reason, token, chunks in cases:
+            updates = list(svc.continuous(token, chunks, peer=peer))
+            assert (updates[-1].state, updates[-1].reason) == ("ended", reason), updates
+    events = {r.security_event_type: r for r in caplog.records
+              if getattr(r, "event_type", "") == "security_event"}
+    ended = {r.reason: r for r in caplog.records
+             if getattr(r, "event_type", "") == "session_ended"}
+    for (reason, token, _), sess in zip(cases, (s, s2)):
+        for r in (events[reason], ended[reason]):
+            assert (r.ip_address, r.peer) == ("10.9.8.7", peer), (reason, r.__dict__)
+            assert (r.method, r.session_id) == ("ContinuousAuthenticate", sess.session_id)
