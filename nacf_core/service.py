@@ -1338,13 +1338,20 @@ class AuthService:
             if reason == "wearer_changed":
                 self._security_event("wearer changed", "wearer_changed", "medium", user_id,
                                      **where)
+            until = expires
             try:
-                self.end_session(token, reason, peer=peer, method="ContinuousAuthenticate")
+                ended, _ = self.end_session(token, reason, peer=peer,
+                                            method="ContinuousAuthenticate")
+                if not ended:
+                    # another call ended it first (EndSession, EndUserSessions, another
+                    # stream), or it expired: the update says why, as ValidateSession does
+                    cur = self._store("get_session", self.store.get_session, token)
+                    reason, until = cur.end_reason or "expired", float(cur.expires_at)
             except NotFound:  # deleted with its user meanwhile: ended all the same
-                pass
+                reason = "user_deleted"
             # a store error propagates (UNAVAILABLE): the session is still open, so the
             # client must not be told ENDED
-            return ContinuousUpdate("ended", score, thr, quality, reason, expires, streamed)
+            return ContinuousUpdate("ended", score, thr, quality, reason, until, streamed)
 
         try:
             while True:

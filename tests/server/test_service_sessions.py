@@ -194,3 +194,28 @@ def test_continuous_security_events_and_session_end_name_the_caller(svc, caplog)
         for r in (events[reason], ended[reason]):
             assert (r.ip_address, r.peer) == ("10.9.8.7", peer), (reason, r.__dict__)
             assert (r.method, r.session_id) == ("ContinuousAuthenticate", sess.session_id)
+
+
+@pytest.mark.parametrize("ended_by", ["EndSession", "EndUserSessions", "DeleteUser"])
+def test_a_stream_ending_a_session_another_call_ended_gives_that_calls_reason(svc, ended_by):
+    """The app ends the session (EndSession: the user logged out; an admin's
+    EndUserSessions; DeleteUser) while the headset stream is open, and the stream then
+    loses its signal: its ENDED update said ``signal_lost``, the stream's own reason,
+    while ValidateSession said ``ended`` (the stream had ended nothing). The update now
+    gives the reason the session ended with, as ValidateSession does."""
+    svc.enroll("why1", [signal_block(eeg(1, 3, 0, 40))])
+    token = svc.store.create_session("why1", 600).token
+    stream = svc.continuous(token, _GoneSilent(_blocks(eeg(1, 3, 44, svc.rec.window_s))))
+    assert next(stream).state == "verified"
+    if ended_by == "EndSession":
+        svc.end_session(token)
+    elif ended_by == "EndUserSessions":
+        svc.end_user_sessions("why1")
+    else:
+        svc.delete_user("why1")
+    (u,) = list(stream)  # signal_loss_s without data
+    want = {"EndSession": "ended", "EndUserSessions": "ended_by_admin",
+            "DeleteUser": "user_deleted"}[ended_by]
+    assert (u.state, u.reason) == ("ended", want)
+    v = svc.validate_session(token)
+    assert (v.valid, v.reason) == (False, "unknown" if ended_by == "DeleteUser" else want)
