@@ -867,6 +867,11 @@ class _SlabCache:
                 self._size += slab.nbytes - self._counted[k]
                 self._counted[k] = slab.nbytes
 
+    def keys(self) -> set:
+        """The history keys with a slab."""
+        with self._lock:
+            return {k[0] for k in self._d}
+
     def forget(self, key: Any) -> None:
         """Drop the slabs of one history key (a deleted user's)."""
         with self._lock:
@@ -1396,6 +1401,10 @@ class PresentationAttackDetector:
                        for s, ok in zip(windows.starts_s, windows.accepted) if not ok]
         return self.analyse(block.samples, block.sfreq, getattr(block, "ch_names", None),
                             fingerprints, history_key, exclude)
+
+    def history_keys(self) -> set:
+        """The history keys (user ids) whose prepared history is kept."""
+        return _SLABS.keys()
 
     def forget(self, history_key: Any) -> None:
         """Drop the prepared history kept for ``history_key`` (the service calls this when

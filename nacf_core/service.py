@@ -374,8 +374,8 @@ class AuthService:
         self.metrics = metrics
         self.clock = clock
         self.pad = pad
-        # decoded templates, by user id, with their bytes (see _template)
-        self._templates: dict[str, tuple[bytes, Any]] = {}
+        # decoded templates, by user id, with their bytes and stamp (see _template)
+        self._templates: dict[str, tuple[bytes, Any, bytes]] = {}
         # Identify's gallery: (user ids, their templates' stamps, embedding matrix, the
         # stamps of the templates left out as unreadable by user id), rebuilt only where
         # a template changed (see _gallery)
@@ -497,9 +497,10 @@ class AuthService:
         return tpl
 
     def maintenance(self, force: bool = False) -> None:
-        """Expire sessions (every 30 s at most) and purge audit rows and ended sessions
-        past retention (every ``purge_interval_s``).  The server's maintenance thread calls
-        this every 2 s; it never runs inside a request."""
+        """Expire sessions and drop what this process keeps of users deleted or
+        re-enrolled by another replica (every 30 s at most), and purge audit rows and
+        ended sessions past retention (every ``purge_interval_s``).  The server's
+        maintenance thread calls this every 2 s; it never runs inside a request."""
         now = self.clock()
         with self._purge_lock:
             expire = force or now - self._last_expire >= min(30.0, self.config.purge_interval_s)
@@ -514,15 +515,18 @@ class AuthService:
             n = self._store("purge_attempts", self.store.purge_attempts, cutoff)
             # ended sessions say who authenticated when, as audit rows do
             n_sessions = self._store("purge_sessions", self.store.purge_sessions, cutoff)
+        forgotten = 0
         if expire:
             ended = self._store("expire_sessions", self.store.expire_sessions, now=now)
             for s in ended:
                 self.metrics.observe_session_duration(max(0.0, s.expires_at - s.created_at))
             self._update_active_sessions(now)
-        if n or n_sessions or ended:
+            forgotten = self._forget_changed_elsewhere()
+        if n or n_sessions or ended or forgotten:
             log.info("maintenance", extra={"event_type": "maintenance", "audit_purged": n,
                                            "sessions_purged": n_sessions,
-                                           "sessions_expired": len(ended)})
+                                           "sessions_expired": len(ended),
+                                           "users_forgotten": forgotten})
 
     def refresh_gauges(self) -> None:
         """Refresh the gauges read from the shared store (the server calls this every
@@ -687,6 +691,8 @@ class AuthService:
         cached = self._templates.get(rec.user_id)
         if cached is not None and cached[0] == blob:
             tpl = cached[1]
+            if cached[2] != rec.stamp:  # the same bytes written again (a key rotation)
+                self._templates[rec.user_id] = (blob, tpl, rec.stamp)
         else:
             try:
                 tpl = self._decode(rec.user_id, rec.version, blob)
@@ -695,7 +701,7 @@ class AuthService:
                 raise
             if len(self._templates) >= 4096:
                 self._templates.clear()
-            self._templates[rec.user_id] = (blob, tpl)
+            self._templates[rec.user_id] = (blob, tpl, rec.stamp)
         if str(tpl.model_version) != self.model_version:
             raise FailedPrecondition(
                 f"user {user_id or rec.user_id!r} was enrolled with model "
@@ -1221,14 +1227,56 @@ class AuthService:
         own cache of its decrypted fingerprints goes with its rows). An Identify that
         read the store before the deletion may put the row back; the next one drops it."""
         self._templates.pop(user_id, None)
+        self._drop_gallery_row(user_id)
+        forget = getattr(self.pad, "forget", None)
+        if forget is not None:
+            forget(user_id)
+
+    def _drop_gallery_row(self, user_id: str) -> None:
         g = self._gallery_state
         if g is not None and user_id in g[0]:
             i = g[0].index(user_id)
             self._gallery_state = (g[0][:i] + g[0][i + 1:], g[1][:i] + g[1][i + 1:],
                                    np.delete(g[2], i, axis=0), g[3])
-        forget = getattr(self.pad, "forget", None)
-        if forget is not None:
-            forget(user_id)
+
+    def _forget_changed_elsewhere(self) -> int:
+        """Drop what this process keeps in memory of users deleted, or whose template was
+        replaced, by another replica (or ``nacf store``): DeleteUser on one replica drops
+        only that process's copies, and the others kept the decoded template, the
+        gallery row, the prepared PAD history and the decrypted fingerprints (biometric
+        data) until a call for the user there, or for ever. One read of the held users'
+        template stamps and one of the cached fingerprint rows; the maintenance thread
+        runs this with session expiry. Returns how many users were dropped or changed."""
+        templates = dict(self._templates)
+        g = self._gallery_state
+        gallery = {} if g is None else dict(zip(g[0], g[1]))
+        keys = getattr(self.pad, "history_keys", None)
+        users = set(templates) | set(gallery) | (set(keys()) if keys is not None else set())
+        n = 0
+        stamps_of = getattr(self.store, "template_stamps", None)
+        if users and stamps_of is not None:
+            stamps = self._store("template_stamps", stamps_of, users)
+            for u in users:
+                stamp = stamps.get(u)
+                if stamp is None:  # deleted
+                    self._forget(u)
+                    n += 1
+                    continue
+                e = templates.get(u)
+                if (e is not None and e[2] != stamp) or (u in gallery and gallery[u] != stamp):
+                    # replaced (an update, a re-enrollment after deletion): the old
+                    # template, its gallery row and its enrollment's PAD history go
+                    if e is not None and self._templates.get(u) is e:
+                        self._templates.pop(u, None)
+                    self._drop_gallery_row(u)
+                    forget = getattr(self.pad, "forget", None)
+                    if forget is not None:
+                        forget(u)
+                    n += 1
+        fps = getattr(self.store, "forget_deleted_fingerprints", None)
+        if fps is not None:
+            self._store("forget_deleted_fingerprints", fps)
+        return n
 
     def unlock_user(self, user_id: str) -> bool:
         """Lift a lockout; return whether the user was locked."""

@@ -418,7 +418,8 @@ class SqlStore(Store):
                 "to replace it.", user_id) from None
         return TemplateRecord(user_id=user_id, version=int(version),
                               model_version=model_version, blob=blob,
-                              meta=json.loads(meta), created_at=float(created))
+                              meta=json.loads(meta), created_at=float(created),
+                              stamp=str(kid).encode() + bytes(ct[:12]))
 
     _TEMPLATE_COLS = "t.user_id, t.version, t.model_version, t.key_id, t.ciphertext, " \
                      "t.meta, t.created_at"
@@ -480,6 +481,28 @@ class SqlStore(Store):
             except TemplateUnreadable as exc:  # one damaged row does not hide the others
                 fresh[r[0]] = exc
         return listing, fresh
+
+    def template_stamps(self, user_ids):
+        ids = sorted({_check_id("user_id", u) for u in user_ids})
+
+        def fn(tx: Tx) -> dict[str, bytes]:
+            out = {}
+            if len(ids) > 4 * self.gallery_chunk:
+                # most of the store (Identify's gallery holds every user): one scan, ~10x
+                # cheaper than the lookups (20 000 users on PostgreSQL: 10 against 150 ms)
+                wanted = set(ids)
+                return {r[0]: str(r[1]).encode() + bytes(r[2]) for r in tx.query(
+                    "SELECT user_id, key_id, substr(ciphertext, 1, 12) FROM templates")
+                    if r[0] in wanted}
+            for i in range(0, len(ids), self.gallery_chunk):
+                part = ids[i:i + self.gallery_chunk]
+                for r in tx.query("SELECT user_id, key_id, substr(ciphertext, 1, 12) FROM "
+                                  f"templates WHERE user_id IN ({', '.join('?' * len(part))})",
+                                  tuple(part)):
+                    out[r[0]] = str(r[1]).encode() + bytes(r[2])  # as read_gallery's
+            return out
+
+        return self._run(fn, write=False) if ids else {}
 
     _USER_SQL = (
         "SELECT u.user_id, u.status, u.created_at, u.updated_at, u.template_version, "
@@ -978,6 +1001,34 @@ class SqlStore(Store):
         with self._fp_lock:
             for rid in [rid for rid, e in self._fp_plain.items() if e[0] == user_id]:
                 self._fp_size -= len(self._fp_plain.pop(rid)[2]) + self._FP_ENTRY_BYTES
+
+    def forget_deleted_fingerprints(self) -> int:
+        with self._fp_lock:
+            ids = list(self._fp_plain)
+        if not ids:
+            return 0
+
+        def fn(tx: Tx) -> set:
+            live = set()
+            for i in range(0, len(ids), 500):
+                part = ids[i:i + 500]
+                live.update(r[0] for r in tx.query(
+                    "SELECT id FROM pad_fingerprints WHERE id IN ("
+                    + ", ".join("?" * len(part)) + ")", tuple(part)))
+            return live
+
+        live = self._run(fn, write=False)
+        n = 0
+        # an id cached came from a committed row, and ids are never reused: one not
+        # stored now was deleted
+        with self._fp_lock:
+            for rid in ids:
+                if rid not in live:
+                    e = self._fp_plain.pop(rid, None)
+                    if e is not None:
+                        self._fp_size -= len(e[2]) + self._FP_ENTRY_BYTES
+                        n += 1
+        return n
 
     def _tx_fingerprints(self, tx: Tx, user_id: str, kind: str, rows: list[tuple]) -> None:
         for r in rows:

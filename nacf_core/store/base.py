@@ -26,7 +26,7 @@ from __future__ import annotations
 import abc
 import datetime as _dt
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,6 +95,9 @@ class TemplateRecord:
     blob: bytes = field(repr=False)
     meta: dict[str, Any]
     created_at: float
+    #: the key id and the ciphertext's nonce, new on every write of the template (what
+    #: ``read_gallery`` lists and ``template_stamps`` returns)
+    stamp: bytes = field(default=b"", repr=False)
 
 
 @dataclass(frozen=True)
@@ -282,6 +285,19 @@ class Store(abc.ABC):
         rotation; a caller that kept what it decoded from earlier templates reads and
         decrypts only the changed ones. A template that does not decrypt maps to the
         ``TemplateUnreadable`` saying so instead of failing the whole read."""
+
+    @abc.abstractmethod
+    def template_stamps(self, user_ids: Iterable[str]) -> dict[str, bytes]:
+        """The stamp (as :meth:`read_gallery` lists it) of the template of each of
+        ``user_ids`` that has one; a user without one (deleted) is left out. A process
+        compares them with those of the templates it keeps in memory, to drop the ones
+        another process deleted or replaced."""
+
+    @abc.abstractmethod
+    def forget_deleted_fingerprints(self) -> int:
+        """Drop the plaintexts of PAD fingerprints this process keeps whose rows are no
+        longer stored (their user deleted or re-enrolled, the probe trimmed from the
+        history, by this process or another); return how many."""
 
     @abc.abstractmethod
     def get_user(self, user_id: str) -> UserRecord:

@@ -84,6 +84,39 @@ def test_delete_user_drops_its_decrypted_fingerprints_from_memory(store):
     assert store.get_fingerprints("bob") == [("enroll", b"bob-enroll-fp")]
 
 
+def test_another_process_s_deletions_reach_this_process_s_plaintexts_and_stamps(
+        store_url, key, store):
+    """A user deleted, or a probe trimmed from its history, by another process (another
+    replica, `nacf store`): this process's cached plaintexts of those rows stay until
+    forget_deleted_fingerprints, which drops exactly those; template_stamps gives each
+    held user's current stamp (read_gallery's) and leaves a deleted one out."""
+    store.pad_history = 2
+    store.put_template("alice", b"ta", "m", enroll_fingerprints=[b"alice-enroll-fp"])
+    store.put_template("bob", b"tb", "m", enroll_fingerprints=[b"bob-enroll-fp"])
+    store.add_fingerprints("bob", [b"bob-probe-1", b"bob-probe-2"], "probe")
+    for uid in ("alice", "bob"):
+        store.get_fingerprints(uid)
+    other = open_store(store_url, key=key)
+    try:
+        other.pad_history = 2
+        other.delete_user("alice")
+        other.add_fingerprints("bob", [b"bob-probe-3"], "probe")  # trims bob-probe-1
+    finally:
+        other.close()
+    assert b"alice-enroll-fp" in [e[2] for e in store._fp_plain.values()]
+    assert store.forget_deleted_fingerprints() == 2
+    held = sorted(e[2] for e in store._fp_plain.values())
+    assert held == [b"bob-enroll-fp", b"bob-probe-2"]
+    assert store._fp_size == sum(len(p) + 200 for p in held)
+    assert store.forget_deleted_fingerprints() == 0
+    listing, _ = store.read_gallery("m")
+    assert store.template_stamps(["alice", "bob"]) == dict(listing) == {
+        "bob": store.get_template("bob").stamp}
+    assert store.template_stamps([]) == {}
+    store.gallery_chunk = 1  # more ids than a few lookups: one scan, the same answer
+    assert store.template_stamps(["alice", "bob", "x", "y", "z"]) == dict(listing)
+
+
 def _sql_on(store_url: str, statements: list[str]) -> list:
     """Run ``statements`` on the database behind ``store_url`` (its schema on PostgreSQL,
     created first); return the rows of the last one."""

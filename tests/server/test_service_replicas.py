@@ -1,0 +1,93 @@
+"""Several replicas on one PostgreSQL store: what one process keeps in memory follows
+what another one changed."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import psycopg
+import pytest
+from _server_support import eeg, make_pipeline, signal_block
+from prometheus_client import CollectorRegistry
+
+from nacf_core import pad as pad_mod
+from nacf_core.config import Config
+from nacf_core.metrics import Metrics
+from nacf_core.pad import PresentationAttackDetector
+from nacf_core.service import AuthService
+from nacf_core.store import open_store
+
+PG_DSN = os.environ.get("NACF_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def replicas(tmp_path, model_path):
+    """Two services on one PostgreSQL schema, each with its own store object, as two
+    `nacf serve` processes have. Only ``b`` runs PAD: its prepared PAD histories live in
+    a process-wide cache, which ``a``'s DeleteUser would empty in this one test process
+    (in production ``a`` is another process and cannot)."""
+    schema = f"nacf_t_{uuid.uuid4().hex[:12]}"
+    url = f"{PG_DSN}{'&' if '?' in PG_DSN else '?'}schema={schema}"
+    stores, out = [], []
+    try:
+        for pad in (False, True):
+            store = open_store(url, bytes(range(32)))
+            stores.append(store)
+            pipe = make_pipeline(model_path)
+            cfg = Config(data_dir=str(tmp_path), rate_limit_per_s=1000, rate_limit_burst=1000,
+                         require_device_proof=False)
+            out.append(AuthService(store, pipe, cfg, metrics=Metrics(CollectorRegistry()),
+                                   pad=PresentationAttackDetector(list(pipe.model.ch_names))
+                                   if pad else None))
+        yield tuple(out)
+    finally:
+        for store in stores:
+            store.close()
+        with psycopg.connect(PG_DSN, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def test_a_user_deleted_or_re_enrolled_on_another_replica_leaves_no_biometric_data_here(
+        replicas):
+    """DeleteUser on replica A dropped only A's copies: replica B kept the user's decoded
+    template, its gallery row, its prepared PAD history and its decrypted fingerprints,
+    until a call for that user on B, or for ever (B saw NOT_FOUND and kept them all the
+    same). So did it after a deletion and a re-enrollment of the id with another
+    person's EEG. B's maintenance round now drops them; another user's stay."""
+    a, b = replicas
+    for user, subject in (("gone", 1), ("again", 2), ("stays", 3)):
+        b.enroll(user, [signal_block(eeg(subject, 3, 0, 40))])
+        assert b.authenticate(user, signal_block(eeg(subject, 3, 44, 8))).accepted
+    b.identify(signal_block(eeg(1, 3, 52, 8)))
+
+    def held(user):
+        g = b._gallery_state
+        fps = [e for e in b.store._fp_plain.values() if e[0] == user]
+        return (user in b._templates, g is not None and user in g[0],
+                any(k[0] == user for k in pad_mod._SLABS._d), bool(fps))
+
+    def old_fingerprints(user):  # plaintexts of rows the store no longer has
+        live = {r[0] for r in b.store._run(lambda tx: tx.query(
+            "SELECT id FROM pad_fingerprints WHERE user_id = ?", (user,)), write=False)}
+        return [rid for rid, e in b.store._fp_plain.items() if e[0] == user and rid not in live]
+
+    for user in ("gone", "again", "stays"):
+        assert held(user) == (True, True, True, True)
+    a.delete_user("gone")
+    a.delete_user("again")
+    a.enroll("again", [signal_block(eeg(4, 3, 0, 40))])  # the id again, another person
+    b.maintenance(force=True)
+
+    assert held("gone") == (False, False, False, False)
+    g = b._gallery_state
+    assert "again" not in b._templates and (g is None or "again" not in g[0])
+    assert not any(k[0] == "again" for k in pad_mod._SLABS._d)
+    assert old_fingerprints("again") == []
+    assert held("stays") == (True, True, True, True)
+    # and B answers from the store as it is
+    assert not b.authenticate("again", signal_block(eeg(2, 3, 60, 8))).accepted
+    assert b.authenticate("again", signal_block(eeg(4, 3, 44, 8))).accepted
+    assert [u for u, _ in b.identify(signal_block(eeg(4, 3, 52, 8))).candidates] == ["again"]
+    assert b.authenticate("stays", signal_block(eeg(3, 3, 60, 8))).accepted
