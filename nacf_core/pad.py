@@ -547,9 +547,10 @@ class _Stored:
     last shift), so parts of different lengths share one product.
     """
 
-    __slots__ = ("inv", "key", "m", "n", "nbytes", "nfft", "spec", "wp")
+    __slots__ = ("inv", "key", "m", "n", "nbytes", "nfft", "owner", "spec", "wp")
 
     def __init__(self, fp: bytes, L: int) -> None:
+        self.owner: Any = None  # the history (user) that last compared with it
         self.key, q = _parse(fp)
         self.n = n = q.shape[0]
         self.m = self.nfft = 0
@@ -607,6 +608,13 @@ class _StoredCache:
                     old = self._d.pop(next(iter(self._d)))  # the oldest insertion
                     self._size -= old.nbytes
         return e
+
+    def forget(self, owner: Any) -> None:
+        """Drop the entries ``owner`` (a deleted user's history key) compared with last:
+        the keys are the fingerprints' plaintexts."""
+        with self._lock:
+            for k in [k for k, e in self._d.items() if e.owner == owner]:
+                self._size -= self._d.pop(k).nbytes
 
     def clear(self) -> None:
         with self._lock:
@@ -980,11 +988,14 @@ def replay_score(probe_fp: bytes, history: Iterable[bytes | tuple[str, bytes]]
 
 def _replay_score(probe_fp: bytes, history: Iterable[bytes | tuple[str, bytes]],
                   reference: bool, history_key: Any = None,
-                  exclude: Sequence[tuple[float, float]] = ()) -> tuple[float, str]:
+                  exclude: Sequence[tuple[float, float]] = (),
+                  owner: Any = None) -> tuple[float, str]:
     """:func:`replay_score`; ``reference=True`` uses :func:`_max_ncc_stored_reference`;
     a ``history_key`` (the same for every call on one user's history) keeps the
     prepared history in a slab between calls (:func:`_max_ncc_slab`); the probe's
-    pieces touching a span of ``exclude`` are left out."""
+    pieces touching a span of ``exclude`` are left out. The prepared fingerprints are
+    tagged with ``owner`` (default ``history_key``), whose ``forget`` drops them."""
+    owner = history_key if owner is None else owner
     key, p = _parse(probe_fp)
     if p.shape[0] < 8:
         return 0.0, ""
@@ -999,6 +1010,8 @@ def _replay_score(probe_fp: bytes, history: Iterable[bytes | tuple[str, bytes]],
     for item in history:
         kind, fp = item if isinstance(item, tuple) else ("probe", item)
         e = _STORED.get(fp, L)
+        if owner is not None:
+            e.owner = owner
         if e.key == key and e.n >= L:
             kinds.append(kind)
             stored.append(e)
@@ -1331,7 +1344,8 @@ class PresentationAttackDetector:
 
     def analyse(self, samples: Any, sfreq: float, ch_names: Sequence[str] | None = None,
                 history: Iterable[Any] = (), history_key: Any = None,
-                exclude: Iterable[tuple[float, float]] = ()) -> PadVerdict:
+                exclude: Iterable[tuple[float, float]] = (), owner: Any = None
+                ) -> PadVerdict:
         """Check one probe.
 
         Parameters
@@ -1351,14 +1365,18 @@ class PresentationAttackDetector:
             movement) rules the band-power envelope of every channel, so one in the
             enrollment and one in a genuine probe made the two look like one recording
             replayed.
+        owner : hashable, optional
+            Whose fingerprints ``history`` holds (default ``history_key``): what is
+            kept of them goes with :meth:`forget` of it.
         """
         return self._analyse(samples, sfreq, ch_names, history, reference=False,
-                             history_key=history_key, exclude=exclude)
+                             history_key=history_key, exclude=exclude, owner=owner)
 
     def _analyse(self, samples: Any, sfreq: float, ch_names: Sequence[str] | None,
                  history: Iterable[Any], reference: bool,
                  history_key: Any = None,
-                 exclude: Iterable[tuple[float, float]] = ()) -> PadVerdict:
+                 exclude: Iterable[tuple[float, float]] = (), owner: Any = None
+                 ) -> PadVerdict:
         """:meth:`analyse`; ``reference=True`` runs the NumPy/SciPy reference of every
         compiled step instead (the same decisions: for the tests and the benchmark)."""
         sfreq = check_finite_positive("sfreq", sfreq)
@@ -1380,7 +1398,7 @@ class PresentationAttackDetector:
         fp = (_fingerprint_filtered_numpy if reference else _fingerprint_filtered)(
             x, sfreq, _channel_hash(x.shape[0], names))
         score, kind = _replay_score(fp, history, reference, history_key,
-                                    [(float(a), float(b)) for a, b in exclude])
+                                    [(float(a), float(b)) for a, b in exclude], owner)
         scores["replay"] = score
         if score >= self.replay_threshold:
             what = "replay_of_enrollment" if kind == "enroll" else "replay_of_probe"
@@ -1389,27 +1407,29 @@ class PresentationAttackDetector:
 
     # -- the service's interface -------------------------------------------------
     def check(self, windows: Any, block: Any, fingerprints: Iterable[Any],
-              history_key: Any = None) -> PadVerdict:
+              history_key: Any = None, *, owner: Any = None) -> PadVerdict:
         """Service hook: ``block`` has ``samples`` (n_times, n_channels), ``sfreq``,
         ``ch_names``; ``windows`` (the pipeline's, or ``None``) names the windows the
         quality gate rejected, which the replay search leaves out; ``history_key`` names
-        the history (see :meth:`analyse`)."""
+        the history and ``owner`` whose it is (see :meth:`analyse`)."""
         exclude = []
         win = float(getattr(windows, "window_s", 0.0) or 0.0)
         if win > 0:
             exclude = [(float(s), float(s) + win)
                        for s, ok in zip(windows.starts_s, windows.accepted) if not ok]
         return self.analyse(block.samples, block.sfreq, getattr(block, "ch_names", None),
-                            fingerprints, history_key, exclude)
+                            fingerprints, history_key, exclude, owner)
 
     def history_keys(self) -> set:
         """The history keys (user ids) whose prepared history is kept."""
         return _SLABS.keys()
 
     def forget(self, history_key: Any) -> None:
-        """Drop the prepared history kept for ``history_key`` (the service calls this when
+        """Drop the prepared history kept for ``history_key`` and the prepared
+        fingerprints it (as ``owner``) compared with last (the service calls this when
         it deletes the user)."""
         _SLABS.forget(history_key)
+        _STORED.forget(history_key)
 
     def enroll_fingerprints(self, windows: Any, blocks: Iterable[Any]) -> list[bytes]:
         """Service hook: one fingerprint per enrollment block (blocks shorter than 2 s

@@ -1506,7 +1506,8 @@ class AuthService:
                 since_good = 0.0
                 if self.pad is not None:
                     with self._cpu_gate:
-                        v = self.pad.check(w, blk, [*stored_fps, *stream_fps])
+                        v = self.pad.check(w, blk, [*stored_fps, *stream_fps],
+                                           owner=user_id)
                     if v.attack:  # a replay or a non-physiological signal
                         self._security_event("presentation attack", v.kind, "high",
                                              user_id, reason=v.reason, **where)

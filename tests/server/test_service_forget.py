@@ -68,3 +68,23 @@ def test_an_authentication_racing_delete_user_leaves_nothing_of_the_user_in_memo
         svc.authenticate("gone", signal_block(eeg(1, 3, 52, 8)))
     assert "gone" not in svc._templates
     assert not [k for k in pad_mod._SLABS._d if k[0] == "gone"]
+
+
+def test_delete_user_drops_its_fingerprints_from_the_prepared_fingerprint_cache(svc):
+    """Besides each user's slab, PAD keeps every fingerprint it compared with, prepared
+    (its spectra), in a process-wide cache keyed by the fingerprint's plaintext bytes:
+    DeleteUser left them all there (biometric data, until 64 MB of others evicted
+    them)."""
+    for user, subject in (("gone", 1), ("stays", 2)):
+        svc.enroll(user, [signal_block(eeg(subject, 3, 0, 40))])
+        for start in (44, 52):
+            assert svc.authenticate(user, signal_block(eeg(subject, 3, start, 8))).accepted
+    fps = {u: {fp for _, fp in svc.store.get_fingerprints(u)} for u in ("gone", "stays")}
+
+    def prepared(user):
+        return {k[0] for k in pad_mod._STORED._d} & fps[user]
+
+    assert prepared("gone") and prepared("stays")
+    svc.delete_user("gone")
+    assert prepared("gone") == set()
+    assert prepared("stays")  # the others stay
