@@ -1208,7 +1208,10 @@ class AuthService:
                 continue
         return users, page.next_page_token
 
-    def delete_user(self, user_id: str) -> None:
+    def delete_user(self, user_id: str, *, actor: str = "", peer: str = "") -> None:
+        """Delete every row of the user (audit rows keep its id) and what this process
+        keeps of it. ``actor`` (the caller's client id) and ``peer`` go into the audit
+        row (method ``DeleteUser``) and the ``user_deleted`` log line."""
         user_id = check_user_id(user_id)
         now = self.clock()
         ended = self._store("delete_user", self.store.delete_user, user_id, now=now) or []
@@ -1218,8 +1221,10 @@ class AuthService:
             self.metrics.observe_session_duration(
                 max(0.0, float(sess.ended_at) - float(sess.created_at)))
         self._update_active_sessions(now)
+        self._audit_row(user_id, True, "user_deleted", peer, "DeleteUser", now)
         log.info("user deleted", extra={"event_type": "user_deleted", "user_id": user_id,
-                                        "sessions_ended": len(ended)})
+                                        "sessions_ended": len(ended), "actor": actor,
+                                        "method": "DeleteUser", **peer_fields(peer)})
 
     def _forget(self, user_id: str) -> None:
         """Drop what this process keeps in memory of a deleted user: its decoded
@@ -1278,14 +1283,20 @@ class AuthService:
             self._store("forget_deleted_fingerprints", fps)
         return n
 
-    def unlock_user(self, user_id: str) -> bool:
-        """Lift a lockout; return whether the user was locked."""
+    def unlock_user(self, user_id: str, *, actor: str = "", peer: str = "") -> bool:
+        """Lift a lockout; return whether the user was locked. ``actor`` (the caller's
+        client id) and ``peer`` go into the audit row (method ``UnlockUser``) and the
+        ``user_unlocked`` log line."""
         user_id = check_user_id(user_id)
         lock = self._store("get_lockout", self.store.get_lockout, user_id)
         self._store("unlock_user", self.store.unlock_user, user_id)
-        was = lock.is_locked(self.clock())
+        now = self.clock()
+        was = lock.is_locked(now)
+        self._audit_row(user_id, True, "unlocked" if was else "not_locked", peer,
+                        "UnlockUser", now)
         log.info("user unlocked", extra={"event_type": "user_unlocked", "user_id": user_id,
-                                         "was_locked": was})
+                                         "was_locked": was, "actor": actor,
+                                         "method": "UnlockUser", **peer_fields(peer)})
         return was
 
     # --------------------------------------------------------------------- sessions

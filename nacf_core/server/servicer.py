@@ -225,12 +225,15 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
 
     @_unary
     def DeleteUser(self, request, context) -> pb.DeleteUserResponse:
-        self.service.delete_user(request.user_id)
+        actor, _ = _caller()
+        self.service.delete_user(request.user_id, actor=actor, peer=_peer(context))
         return pb.DeleteUserResponse(deleted=True)
 
     @_unary
     def UnlockUser(self, request, context) -> pb.UnlockUserResponse:
-        return pb.UnlockUserResponse(was_locked=self.service.unlock_user(request.user_id))
+        actor, _ = _caller()
+        return pb.UnlockUserResponse(was_locked=self.service.unlock_user(
+            request.user_id, actor=actor, peer=_peer(context)))
 
     @_unary
     def ListUsers(self, request, context) -> pb.ListUsersResponse:

@@ -60,7 +60,8 @@ T = TypeVar("T")
 
 _MAX_ID = 256
 #: audit rows (``record_attempt``) of account changes, which ``stats`` does not count
-ACCOUNT_CHANGE_METHODS = ("Enroll", "RegisterDevice", "EndUserSessions")
+ACCOUNT_CHANGE_METHODS = ("Enroll", "RegisterDevice", "EndUserSessions", "DeleteUser",
+                          "UnlockUser")
 _KEYCHECK = b"nacf-template-key-check"
 #: ``NotFound`` message of a write that breaks a foreign key: every one references
 #: users(user_id), so the user was deleted by a concurrent transaction

@@ -474,6 +474,35 @@ def test_an_admin_ends_a_users_sessions(srv):
     assert rows == ["sessions_ended"] * 3
 
 
+def test_delete_and_unlock_are_audited_with_the_caller(srv, caplog):
+    """DeleteUser and UnlockUser are account changes like EndUserSessions: each writes an
+    audit row (method, outcome, the caller's address) that GetStats does not count as an
+    attempt, and its log line names the caller's client id and address."""
+    server, stub, _ = srv
+    store = server.service.store
+    enroll(stub, "audited", 1)
+    store.register_failure("audited", 1, 600.0)  # locked
+    before = stub.GetStats(pb.GetStatsRequest(), metadata=MD).auth_attempts_today
+    with caplog.at_level("INFO", logger="nacf.service"):
+        assert stub.UnlockUser(pb.UnlockUserRequest(user_id="audited"), metadata=MD).was_locked
+        assert not stub.UnlockUser(pb.UnlockUserRequest(user_id="audited"),
+                                   metadata=MD).was_locked
+        assert stub.DeleteUser(pb.DeleteUserRequest(user_id="audited"), metadata=MD).deleted
+    rows = [(a.method, a.reason, a.success, a.peer[:15])
+            for a in store.recent_attempts("audited", 50)
+            if a.method in ("UnlockUser", "DeleteUser")]
+    assert rows == [("DeleteUser", "user_deleted", True, "ipv4:127.0.0.1:"),
+                    ("UnlockUser", "not_locked", True, "ipv4:127.0.0.1:"),
+                    ("UnlockUser", "unlocked", True, "ipv4:127.0.0.1:")], rows
+    lines = [(r.event_type, r.method, r.actor, r.ip_address) for r in caplog.records
+             if getattr(r, "event_type", "") in ("user_unlocked", "user_deleted")]
+    actor = lines[0][2]
+    assert actor and ALL not in actor  # the key's client id, never the key
+    assert lines == [("user_unlocked", "UnlockUser", actor, "127.0.0.1")] * 2 + [
+        ("user_deleted", "DeleteUser", actor, "127.0.0.1")], lines
+    assert stub.GetStats(pb.GetStatsRequest(), metadata=MD).auth_attempts_today == before
+
+
 # ------------------------------------------------------------------ API keys
 def test_api_keys_and_scopes(srv):
     _, stub, _ = srv
