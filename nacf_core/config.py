@@ -19,8 +19,8 @@ printable ASCII without leading or trailing spaces: gRPC metadata carries nothin
 Every value from outside is checked and refused with a ``ValueError`` that names the
 file or the environment variable and the option: an integer option takes an integer (or an
 integral float in TOML) in its range (at most ``2**31 - 1``), a number option a finite
-number in ``(0, 1e9]`` (never a boolean).  The config and keys files must be regular
-files of at most :data:`MAX_FILE_BYTES` of UTF-8 text.
+number in ``(0, 1e9]`` (``rate_limit_burst`` at least 1; never a boolean).  The config and
+keys files must be regular files of at most :data:`MAX_FILE_BYTES` of UTF-8 text.
 """
 
 from __future__ import annotations
@@ -59,10 +59,14 @@ _INT_RANGES: dict[str, tuple[int, int]] = {
         "identify_max_k", "rate_limit_lease")},
     "max_message_bytes": (64 * 1024, 1024 ** 3),
 }
-#: The number options; each in ``(0, _FLOAT_MAX]``.
+#: The number options; each in ``(0, _FLOAT_MAX]``, or ``[lowest, _FLOAT_MAX]`` when
+#: :data:`_FLOAT_LOWEST` gives one.
 _FLOAT_OPTIONS = ("grace_period_s", "proof_max_skew_s", "lockout_seconds", "rate_limit_per_s",
                   "rate_limit_burst", "session_ttl_s", "stream_max_seconds", "signal_loss_s",
                   "audit_retention_days", "purge_interval_s")
+#: ``{option: lowest}`` of the number options a smaller positive value would break: a
+#: request takes one whole token, so a bucket of less than one never admits any.
+_FLOAT_LOWEST: dict[str, float] = {"rate_limit_burst": 1.0}
 #: Longest API key (gRPC refuses metadata over 8 KiB by default).
 _MAX_KEY_LENGTH = 4096
 
@@ -413,11 +417,14 @@ def _check_range(name: str, value: Any, label: str, raw: Any = None) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
             raise ValueError(f"{label} must be an integer in [{lo}, {hi}], got {shown}.")
     elif name in _FLOAT_OPTIONS:
+        lowest = _FLOAT_LOWEST.get(name)
         # comparisons, not float(): an int beyond the float range must not overflow
         if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or not 0 < value <= _FLOAT_MAX:
-            raise ValueError(f"{label} must be a finite number in (0, {_FLOAT_MAX:g}], got "
-                             f"{shown}.")
+                or not (0 < value if lowest is None else lowest <= value) \
+                or not value <= _FLOAT_MAX:
+            within = f"(0, {_FLOAT_MAX:g}]" if lowest is None else \
+                f"[{lowest:g}, {_FLOAT_MAX:g}]"
+            raise ValueError(f"{label} must be a finite number in {within}, got {shown}.")
 
 
 def _check_key(key: Any, label: str) -> None:

@@ -290,3 +290,26 @@ def test_addresses_accepted(value, parsed):
     from nacf_core.config import parse_address
 
     assert parse_address("grpc_address", value) == parsed
+
+
+# ------------------------------------------------------------------ absurd but in range
+@pytest.mark.parametrize("value", ["0.5", "0.999", "1e-9"])
+def test_a_rate_limit_burst_below_one_token_is_refused(tmp_path, value):
+    """A request takes one whole token: a bucket that holds less never admits one, so
+    every call was refused RESOURCE_EXHAUSTED by a server that had started without a
+    word. Refused at start, naming the option, from each source."""
+    with pytest.raises(ValueError, match=r"environment variable NACF_RATE_LIMIT_BURST "
+                                         r"\(option 'rate_limit_burst'\) must be a finite "
+                                         r"number in \[1, 1e\+09\]"):
+        load_config(None, env={"NACF_RATE_LIMIT_BURST": value})
+    f = tmp_path / "c.toml"
+    f.write_text(f"rate_limit_burst = {value}\n")
+    with pytest.raises(ValueError, match=r"option 'rate_limit_burst' must be a finite number "
+                                         r"in \[1, 1e\+09\]") as e:
+        load_config(f, env={})
+    assert str(f) in str(e.value)
+    with pytest.raises(ValueError, match="option 'rate_limit_burst'"):
+        load_config(None, env={}, rate_limit_burst=float(value))
+    with pytest.raises(ValueError, match="option 'rate_limit_burst'"):
+        Config(rate_limit_burst=float(value))
+    assert load_config(None, env={"NACF_RATE_LIMIT_BURST": "1"}).rate_limit_burst == 1.0

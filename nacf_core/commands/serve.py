@@ -97,7 +97,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--rate-limit", dest="rate_limit_per_s", type=float, metavar="R",
                    help=f"per-client requests/s (default {d.rate_limit_per_s:g})")
     p.add_argument("--rate-burst", dest="rate_limit_burst", type=float, metavar="N",
-                   help=f"per-client burst (default {d.rate_limit_burst:g})")
+                   help=f"per-client burst, at least 1 (default {d.rate_limit_burst:g})")
     p.add_argument("--rate-lease", dest="rate_limit_lease", type=int, metavar="N",
                    help=f"tokens taken from the shared bucket at a time (default "
                         f"{d.rate_limit_lease}; 1: a store write per request)")
