@@ -19,8 +19,9 @@ printable ASCII without leading or trailing spaces: gRPC metadata carries nothin
 Every value from outside is checked and refused with a ``ValueError`` that names the
 file or the environment variable and the option: an integer option takes an integer (or an
 integral float in TOML) in its range (at most ``2**31 - 1``), a number option a finite
-number in ``(0, 1e9]`` (``rate_limit_burst`` at least 1; never a boolean).  The config and
-keys files must be regular files of at most :data:`MAX_FILE_BYTES` of UTF-8 text.
+number in ``(0, 1e9]`` (``rate_limit_burst`` and ``proof_max_skew_s`` at least 1; never a
+boolean).  The config and keys files must be regular files of at most
+:data:`MAX_FILE_BYTES` of UTF-8 text.
 """
 
 from __future__ import annotations
@@ -65,8 +66,9 @@ _FLOAT_OPTIONS = ("grace_period_s", "proof_max_skew_s", "lockout_seconds", "rate
                   "rate_limit_burst", "session_ttl_s", "stream_max_seconds", "signal_loss_s",
                   "audit_retention_days", "purge_interval_s")
 #: ``{option: lowest}`` of the number options a smaller positive value would break: a
-#: request takes one whole token, so a bucket of less than one never admits any.
-_FLOAT_LOWEST: dict[str, float] = {"rate_limit_burst": 1.0}
+#: request takes one whole token, so a bucket of less than one never admits any; a device
+#: proof's timestamp is whole seconds, so a fresh one is up to 1 s behind the server.
+_FLOAT_LOWEST: dict[str, float] = {"rate_limit_burst": 1.0, "proof_max_skew_s": 1.0}
 #: Longest API key (gRPC refuses metadata over 8 KiB by default).
 _MAX_KEY_LENGTH = 4096
 
@@ -96,7 +98,8 @@ OPTION_HELP: dict[str, str] = {
     "require_device_proof": "Authenticate requires the x-device-* proof metadata",
     "presentation_attack_detection": "reject replayed and non-physiological probes "
                                      "(nacf_core.pad) after a biometric accept",
-    "proof_max_skew_s": "device proof: maximum |now - x-device-timestamp| in seconds",
+    "proof_max_skew_s": "device proof: maximum |now - x-device-timestamp| in seconds "
+                        "(at least 1: the timestamp is whole seconds)",
     "lockout_threshold": "consecutive failed authentications that lock a user",
     "lockout_seconds": "how long a lockout lasts (UnlockUser lifts it)",
     "rate_limit_per_s": "token bucket per client: tokens per second",

@@ -313,3 +313,19 @@ def test_a_rate_limit_burst_below_one_token_is_refused(tmp_path, value):
     with pytest.raises(ValueError, match="option 'rate_limit_burst'"):
         Config(rate_limit_burst=float(value))
     assert load_config(None, env={"NACF_RATE_LIMIT_BURST": "1"}).rate_limit_burst == 1.0
+
+
+@pytest.mark.parametrize("value", ["0.5", "0.01"])
+def test_a_device_proof_skew_below_one_second_is_refused(tmp_path, value):
+    """x-device-timestamp is whole unix seconds: a proof made now is up to 1 s behind the
+    server clock, so an allowed skew under 1 s refused fresh proofs as stale at random
+    (about half of them at 0.5 s)."""
+    with pytest.raises(ValueError, match=r"NACF_PROOF_MAX_SKEW_S \(option 'proof_max_skew_s'\) "
+                                         r"must be a finite number in \[1, 1e\+09\]"):
+        load_config(None, env={"NACF_PROOF_MAX_SKEW_S": value})
+    f = tmp_path / "c.toml"
+    f.write_text(f"proof_max_skew_s = {value}\n")
+    with pytest.raises(ValueError, match=r"option 'proof_max_skew_s' must be a finite number "
+                                         r"in \[1, 1e\+09\]"):
+        load_config(f, env={})
+    assert load_config(None, env={"NACF_PROOF_MAX_SKEW_S": "1"}).proof_max_skew_s == 1.0
