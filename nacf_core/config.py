@@ -515,7 +515,8 @@ def load_api_keys(path: str | os.PathLike | None = None,
     ------
     ValueError
         A file that cannot be read or parsed, a key gRPC metadata cannot carry, scopes
-        outside :data:`SCOPES`; the message names the file (and line) or the variable.
+        outside :data:`SCOPES`, a key given twice (in the file, or in the file and the
+        variable); the message names the file (and line) or the variable.
     """
     keys: dict[str, frozenset[str]] = {}
     env_keys = [k.strip() for k in (env or "").split(",") if k.strip()]
@@ -526,7 +527,7 @@ def load_api_keys(path: str | os.PathLike | None = None,
         return keys
     p = Path(path)
     what = "keys file (option 'api_keys_file')"
-    items: list[tuple[str, str, Any]] = []  # (where, key, scopes)
+    items: list[tuple[str, str, Any, str]] = []  # (where, key, scopes, shown as "on ...")
     if p.suffix == ".toml":
         doc = _read_toml_or_text(p, what, toml=True)
         others = [k for k in doc if k != "keys"]
@@ -549,7 +550,7 @@ def load_api_keys(path: str | os.PathLike | None = None,
             if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
                 raise ValueError(f"{where}: scopes must be a list of strings or a "
                                  f"comma-separated string, got {short_repr(v)}.")
-            items.append((where, k, v))
+            items.append((where, k, v, f"as key #{n} of [keys]"))
     else:
         text = _read_toml_or_text(p, what, toml=False)
         for n, line in enumerate(text.splitlines(), 1):
@@ -560,15 +561,23 @@ def load_api_keys(path: str | os.PathLike | None = None,
             if len(parts) != 2:
                 raise ValueError(f"{p}:{n}: expected '<key> <scope>[,<scope>...]', "
                                  f"got {short_repr(line)}.")
-            items.append((f"{p}:{n}", parts[0], parts[1].replace(" ", "").split(",")))
-    for where, k, scopes in items:
+            items.append((f"{p}:{n}", parts[0], parts[1].replace(" ", "").split(","),
+                          f"on line {n}"))
+    # a key given twice is refused, not given the union of its scopes: a later line meant
+    # to narrow a key (or a key of NACF_API_KEYS, which has every scope) would not
+    first: dict[str, str] = dict.fromkeys(keys, "in NACF_API_KEYS (every scope)")
+    for where, k, scopes, place in items:
         _check_key(k, f"{where}: the key")
+        if k in first:
+            raise ValueError(f"{where}: key {k[:4]}... is given {first[k]} already; give "
+                             "each key once, with all its scopes.")
+        first[k] = place
         s = frozenset(x.strip() for x in scopes if x.strip())
         bad = s - set(SCOPES)
         if bad or not s:
             raise ValueError(f"{where}: key {k[:4]}...: scopes must be among "
                              f"{', '.join(SCOPES)}, got {sorted(s)}.")
-        keys[k] = keys.get(k, frozenset()) | s
+        keys[k] = s
     return keys
 
 

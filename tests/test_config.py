@@ -241,6 +241,36 @@ def test_keys_metadata_cannot_carry_are_refused(tmp_path, name, data):
     assert "secret" not in str(e.value)  # a key is never echoed
 
 
+def test_a_key_given_twice_is_refused_not_given_the_union_of_its_scopes(tmp_path):
+    """A key on two lines of the keys file (a later line meant to narrow it, a pasted
+    duplicate) was given the scopes of both: ``k authenticate,admin`` then
+    ``k authenticate`` kept admin without a word. It is refused naming both places,
+    never showing the key; so is a key of the file also in NACF_API_KEYS (every scope)."""
+    f = tmp_path / "keys"
+    f.write_text("secret-key-one authenticate,admin\nother-key-0123 enroll\n"
+                 "# narrowed:\nsecret-key-one authenticate\n")
+    with pytest.raises(ValueError, match=r"keys:4: key secr\.\.\. is given on line 1 "
+                                         "already") as e:
+        load_api_keys(f)
+    assert "secret-key-one" not in str(e.value)
+    f.write_text("secret-key-one authenticate\n")
+    with pytest.raises(ValueError, match=r"keys:1: key secr\.\.\. is given in NACF_API_KEYS "
+                                         r"\(every scope\) already") as e:
+        load_api_keys(f, "other-key-0123,secret-key-one")
+    assert "secret-key-one" not in str(e.value)
+    t = tmp_path / "keys.toml"
+    t.write_text('[keys]\n"secret-key-one" = ["authenticate"]\n')
+    with pytest.raises(ValueError, match=r"key #1 of \[keys\]: key secr\.\.\. is given in "
+                                         r"NACF_API_KEYS \(every scope\) already"):
+        load_api_keys(t, "secret-key-one")
+    dup = tmp_path / "dup"
+    dup.write_text("a-key-0123 admin\na-key-0123 admin\n")
+    with pytest.raises(ValueError, match="dup:2: key a-ke... is given on line 1 already"):
+        load_config(None, env={"NACF_API_KEYS_FILE": str(dup)})
+    assert load_api_keys(f, "other-key-0123") == {
+        "secret-key-one": {"authenticate"}, "other-key-0123": set(SCOPES)}
+
+
 @pytest.mark.parametrize("value", ["\x00", "good-key-0123,bad\x01key", "k\u00e9y"])
 def test_env_keys_metadata_cannot_carry_are_refused(value):
     with pytest.raises(ValueError, match="NACF_API_KEYS: key #"):
