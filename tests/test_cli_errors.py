@@ -421,3 +421,54 @@ def test_store_stats_json_is_unchanged_for_good_input(tmp_path, capsys):
     assert main(["store", "stats", "--store-url", url, "--key-file", str(key)]) == 0
     out = json.loads(capsys.readouterr().out)
     assert "total_active_users" in out and out["users_by_model_version"] == {}
+
+
+def test_serve_data_dir_that_cannot_be_created_is_named(tmp_path, monkeypatch, capsys):
+    """A --data-dir under a regular file was reported as '[Errno 20] Not a directory:
+    ...', naming neither the option nor what was wrong with it; nothing is created."""
+    f = tmp_path / "f"
+    f.write_text("x")
+    path = str(f / "data")
+    assert _serve(monkeypatch, tmp_path, "--data-dir", path) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (f"nacf serve: option 'data_dir': cannot create the directory {path!r}: "
+                   "Not a directory.")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "f"]
+
+
+def _as_unprivileged(argv: list[str]) -> list[str]:
+    """``argv`` run without the capabilities that let root write anywhere (root ignores
+    a directory's mode), so that a mode-0555 directory refuses it as it would a user."""
+    import shutil
+
+    if os.geteuid() != 0:
+        return argv
+    setpriv = shutil.which("setpriv")
+    if not setpriv:
+        pytest.skip("running as root without setpriv: cannot make a directory unwritable")
+    caps = "-dac_override,-dac_read_search,-fowner"
+    return [setpriv, f"--bounding-set={caps}", f"--inh-caps={caps}", *argv]
+
+
+def test_serve_data_dir_not_writable_is_named(tmp_path):
+    """A read-only --data-dir without a key file gave '[Errno 13] Permission denied:
+    '.../nacf.key'': now the option, the file and the ways out are named; nothing is
+    written."""
+    import subprocess
+    import sys
+
+    data = tmp_path / "ro"
+    data.mkdir()
+    data.chmod(0o555)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NACF_")}
+    env["NACF_API_KEYS"] = "test-key-0123456789"
+    r = subprocess.run(_as_unprivileged(
+        [sys.executable, "-m", "nacf_core.cli", "serve", "--grpc-address", "127.0.0.1:0",
+         "--metrics-address", "", "--data-dir", str(data)]),
+        env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 2, r.stderr
+    key = str(data / "nacf.key")
+    assert (f"nacf serve: cannot create the template key file {key!r} in option 'data_dir' "
+            f"({str(data)!r}): Permission denied; make the directory writable, or give "
+            "store_key_file, NACF_TEMPLATE_KEY_FILE or NACF_TEMPLATE_KEY.") in r.stderr
+    assert list(data.iterdir()) == []

@@ -94,14 +94,30 @@ def _store_key(config: Config) -> Any:
             raise FailedPrecondition(
                 "no template key configured for a shared store: set NACF_TEMPLATE_KEY, "
                 "NACF_TEMPLATE_KEY_FILE or store_key_file (every replica needs the same key).")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_data_dir(config)
         try:
             create_key_file(path)
             log.info("created a template encryption key", extra={
                 "event_type": "key_created", "path": str(path)})
         except FileExistsError:
             pass
+        except OSError as exc:  # a read-only data_dir: say which option, and the ways out
+            raise FailedPrecondition(
+                f"cannot create the template key file {str(path)!r} in option 'data_dir' "
+                f"({config.data_dir!r}): {exc.strerror or exc}; make the directory "
+                "writable, or give store_key_file, NACF_TEMPLATE_KEY_FILE or "
+                "NACF_TEMPLATE_KEY.") from None
     return path
+
+
+def _make_data_dir(config: Config) -> None:
+    """Create ``data_dir`` if missing; an error names the option (``OSError`` alone said
+    "[Errno 20] Not a directory: ..." for a path under a file)."""
+    try:
+        Path(config.data_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FailedPrecondition(f"option 'data_dir': cannot create the directory "
+                                 f"{config.data_dir!r}: {exc.strerror or exc}.") from None
 
 
 def build_service(config: Config, metrics: Any = None) -> AuthService:
@@ -111,7 +127,7 @@ def build_service(config: Config, metrics: Any = None) -> AuthService:
     from nacf_core.pipeline import Pipeline
     from nacf_core.store import open_store
 
-    Path(config.data_dir).mkdir(parents=True, exist_ok=True)
+    _make_data_dir(config)
     store = open_store(config.resolved_store_url, _store_key(config))
     mt = METRICS if metrics is None else metrics
     try:
