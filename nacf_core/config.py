@@ -172,9 +172,7 @@ class Config:
             parse_address("metrics_address", self.metrics_address)
         for name in (*_INT_RANGES, *_FLOAT_OPTIONS):
             _check_range(name, getattr(self, name), f"option {name!r}")
-        if self.kernel_backend not in ("cython", "numba", "reference"):
-            raise ValueError("option 'kernel_backend' must be one of 'cython', 'numba', "
-                             f"'reference', got {self.kernel_backend!r}.")
+        _check_backend(self.kernel_backend, "option 'kernel_backend'")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise ValueError("options 'tls_cert_file' and 'tls_key_file' go together; "
                              "got only one of them.")
@@ -430,6 +428,12 @@ def _check_range(name: str, value: Any, label: str, raw: Any = None) -> None:
             raise ValueError(f"{label} must be a finite number in {within}, got {shown}.")
 
 
+def _check_backend(value: Any, label: str) -> None:
+    if value not in ("cython", "numba", "reference"):
+        raise ValueError(f"{label} must be one of 'cython', 'numba', 'reference', got "
+                         f"{short_repr(value)}.")
+
+
 def _check_key(key: Any, label: str) -> None:
     """Refuse an API key gRPC metadata cannot carry; the message never shows the key."""
     if not isinstance(key, str) or not key:
@@ -488,7 +492,16 @@ def _coerce(name: str, raw: Any, kind: type, label: str | None = None) -> Any:
         raise ValueError(f"{label} must be a string, got {short_repr(raw)}.")
     if isinstance(raw, str) and _CONTROL.search(raw):
         raise ValueError(f"{label} must not contain control characters, got {short_repr(raw)}.")
-    return str(raw)
+    value = str(raw)
+    # what Config.validate checks, here too so that the message says where it came from
+    if name in ("grpc_address", "metrics_address") and (value or name == "grpc_address"):
+        try:
+            parse_address(name, value)
+        except ValueError as exc:  # its messages begin "option '<name>'"
+            raise ValueError(str(exc).replace(f"option {name!r}", label, 1)) from None
+    if name == "kernel_backend":
+        _check_backend(value, label)
+    return value
 
 
 _KINDS = {f.name: {"bool": bool, "int": int, "float": float}.get(f.type, str)

@@ -311,6 +311,31 @@ def test_addresses_gRPC_cannot_bind_are_refused_with_what_was_expected(value, me
         load_config(None, env={"NACF_METRICS_ADDRESS": value})
 
 
+@pytest.mark.parametrize("option, value, message", [
+    ("grpc_address", "nohost", "must be HOST:PORT, got 'nohost'"),
+    ("metrics_address", "127.0.0.1:99999", r"must be HOST:PORT with a port in \[0, 65535\]"),
+    ("metrics_address", "::1:9464", r"an IPv6 host goes in brackets: '\[::1\]:9464'"),
+    ("kernel_backend", "gpu", "must be one of 'cython', 'numba', 'reference', got 'gpu'"),
+])
+def test_addresses_and_backend_name_the_file_or_variable_they_came_from(tmp_path, option,
+                                                                        value, message):
+    """The module's promise: a wrong value names the file or the environment variable, as
+    the numbers do. A wrong address or backend said only "option 'grpc_address' ...", so
+    with a config file and NACF_* variables the operator did not know which to fix."""
+    f = tmp_path / "c.toml"
+    f.write_text(f'{option} = "{value}"\n')
+    with pytest.raises(ValueError, match=message) as e:
+        load_config(f, env={})
+    assert str(e.value).startswith(f"{f}: option '{option}'")
+    var = "NACF_" + option.upper()
+    with pytest.raises(ValueError, match=message) as e:
+        load_config(None, env={var: value})
+    assert str(e.value).startswith(f"environment variable {var} (option '{option}')")
+    with pytest.raises(ValueError, match=message) as e:
+        load_config(None, env={}, **{option: value})
+    assert str(e.value).startswith(f"option '{option}'")
+
+
 @pytest.mark.parametrize("value, parsed", [
     ("127.0.0.1:0", ("127.0.0.1", 0)), ("[::1]:50051", ("::1", 50051)),
     ("[::]:9464", ("::", 9464)), ("localhost:65535", ("localhost", 65535)),
