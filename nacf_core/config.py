@@ -626,6 +626,8 @@ def load_config(path: str | os.PathLike | None = None, *, env: dict[str, str] | 
         The TOML file (``--config``); default ``NACF_CONFIG``.
     env : dict of str to str, optional
         The environment (default ``os.environ``): ``NACF_<OPTION>`` and ``NACF_API_KEYS``.
+        An empty variable is unset, but ``NACF_METRICS_ADDRESS=`` turns the sidecar off
+        (as ``metrics_address = ""`` and ``--metrics-address ''`` do).
     **overrides
         Option values (the command-line flags).
 
@@ -660,7 +662,10 @@ def load_config(path: str | os.PathLike | None = None, *, env: dict[str, str] | 
     for k, kind in _KINDS.items():
         var = "NACF_" + k.upper()
         ev = env.get(var)
-        if ev is not None and ev != "":
+        # empty: unset (the default), but for the one option whose empty value is not its
+        # default: an empty NACF_METRICS_ADDRESS turns the sidecar off, as '' does in the
+        # file and the flag (the kernels too read an empty NACF_KERNEL_BACKEND as unset)
+        if ev is not None and (ev != "" or k == "metrics_address"):
             values[k] = _coerce(k, ev, kind, f"environment variable {var} (option {k!r})")
     _warn_misspelt_variables(env)
     for k, v in overrides.items():

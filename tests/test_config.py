@@ -126,6 +126,22 @@ def test_misspelt_environment_variables_are_warned_about(caplog):
     assert cfg.rate_limit_per_s == Config().rate_limit_per_s and cfg.lockout_threshold == 7
 
 
+def test_an_empty_metrics_address_variable_turns_the_sidecar_off():
+    """``nacf serve --help`` lists NACF_METRICS_ADDRESS as "(empty: no sidecar)", and
+    --metrics-address '' and metrics_address = "" turn it off, but an empty variable was
+    taken as unset: the sidecar started on 127.0.0.1:9464 (a second process on the host
+    then failed on the port). It does now; any other empty variable still leaves the
+    option's default."""
+    c = load_config(None, env={"NACF_METRICS_ADDRESS": "", "NACF_STORE_URL": "",
+                               "NACF_GRPC_ADDRESS": "", "NACF_KERNEL_BACKEND": "",
+                               "NACF_MAX_WORKERS": "", "NACF_REQUIRE_DEVICE_PROOF": ""})
+    assert c.metrics_address == ""
+    d = Config()
+    assert (c.store_url, c.grpc_address, c.kernel_backend, c.max_workers,
+            c.require_device_proof) == (d.store_url, d.grpc_address, d.kernel_backend,
+                                        d.max_workers, d.require_device_proof)
+
+
 def test_config_env_integer_text():
     c = load_config(None, env={"NACF_MAX_WORKERS": " +7 ", "NACF_GRACE_PERIOD_S": "2.5"})
     assert c.max_workers == 7 and c.grace_period_s == 2.5
