@@ -472,3 +472,20 @@ def test_serve_data_dir_not_writable_is_named(tmp_path):
             f"({str(data)!r}): Permission denied; make the directory writable, or give "
             "store_key_file, NACF_TEMPLATE_KEY_FILE or NACF_TEMPLATE_KEY.") in r.stderr
     assert list(data.iterdir()) == []
+
+
+@pytest.mark.parametrize("model", ["missing", "garbage", "directory"])
+def test_serve_with_a_bad_model_writes_nothing(tmp_path, monkeypatch, capsys, model):
+    """A --model that cannot be loaded stops nacf serve before the store is touched: it
+    created the data directory, a new template key and an empty SQLite store (or
+    migrated a PostgreSQL schema) first, then refused the model."""
+    path = tmp_path / "model.npz"
+    if model == "garbage":
+        path.write_bytes(b"not a model" * 100)
+    elif model == "directory":
+        path.mkdir()
+    fresh = tmp_path / "fresh"
+    assert _serve(monkeypatch, tmp_path, "--data-dir", str(fresh), "--model", str(path)) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("nacf serve: ") and "model file" in err, err
+    assert not fresh.exists()

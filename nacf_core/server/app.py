@@ -121,26 +121,28 @@ def _make_data_dir(config: Config) -> None:
 
 
 def build_service(config: Config, metrics: Any = None) -> AuthService:
-    """Open the store, load the model and the pipeline, and build the domain service."""
+    """Load the model and the pipeline, open the store, and build the domain service."""
     from nacf_core.metrics import METRICS, InstrumentedKernels
     from nacf_core.model import Model, default_model
     from nacf_core.pipeline import Pipeline
     from nacf_core.store import open_store
 
+    mt = METRICS if metrics is None else metrics
+    # the model first: one that cannot be loaded leaves nothing behind (no data
+    # directory, key file or store created, no schema migrated)
+    model = Model.load(config.model_path) if config.model_path else default_model(16)
+    # every kernel call of the pipeline (band-pass, artifacts, quality) is timed in
+    # nacfauth_kernel_duration_seconds{kernel, backend}
+    pipeline = Pipeline(model, backend=config.kernel_backend,
+                        instrument=lambda mod, name: InstrumentedKernels(mod, name, mt))
+    pad = _make_pad(model) if config.presentation_attack_detection else None
     _make_data_dir(config)
     store = open_store(config.resolved_store_url, _store_key(config))
-    mt = METRICS if metrics is None else metrics
     try:
-        model = Model.load(config.model_path) if config.model_path else default_model(16)
-        # every kernel call of the pipeline (band-pass, artifacts, quality) is timed in
-        # nacfauth_kernel_duration_seconds{kernel, backend}
-        pipeline = Pipeline(model, backend=config.kernel_backend,
-                            instrument=lambda mod, name: InstrumentedKernels(mod, name, mt))
-        pad = _make_pad(model) if config.presentation_attack_detection else None
+        return AuthService(store, pipeline, config, metrics=metrics, pad=pad)
     except BaseException:
         store.close()
         raise
-    return AuthService(store, pipeline, config, metrics=metrics, pad=pad)
 
 
 def _make_pad(model: Any) -> Any:
