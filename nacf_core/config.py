@@ -108,7 +108,8 @@ OPTION_HELP: dict[str, str] = {
                         "one store transaction and hands out itself (at most a tenth of the "
                         "burst, held at most 0.5 s; 1: a store write per request)",
     "session_ttl_s": "session lifetime after a successful authentication (seconds)",
-    "stream_max_seconds": "AuthenticateStream: most signal seconds before a decision",
+    "stream_max_seconds": "AuthenticateStream: most signal seconds before a decision (at "
+                          "least one window of the model: 4 s for the shipped one)",
     "continuous_mismatch_windows": "ContinuousAuthenticate: consecutive non-matching windows "
                                    "that end the session (wearer changed)",
     "signal_loss_s": "ContinuousAuthenticate: seconds without a usable window (or without "

@@ -489,3 +489,22 @@ def test_serve_with_a_bad_model_writes_nothing(tmp_path, monkeypatch, capsys, mo
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("nacf serve: ") and "model file" in err, err
     assert not fresh.exists()
+
+
+def test_serve_refuses_a_stream_bound_below_the_models_window(tmp_path, monkeypatch, capsys):
+    """stream_max_seconds below one window of the model leaves no AuthenticateStream
+    that could be decided: the server started and answered every stream
+    FAILED_PRECONDITION ("raise it"). It is refused at start, naming the option and the
+    window, with nothing written."""
+    def start(self):
+        raise AssertionError("nacf serve started")
+
+    monkeypatch.setattr("nacf_core.server.app.NacfServer.start", start)
+    conf = tmp_path / "nacf.toml"
+    conf.write_text("stream_max_seconds = 3.5\n")
+    fresh = tmp_path / "fresh"
+    assert _serve(monkeypatch, tmp_path, "--data-dir", str(fresh), "--config", str(conf)) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == ("nacf serve: option 'stream_max_seconds' (3.5 s) is below one window of "
+                   "the model (4 s): no AuthenticateStream could be decided; give at least 4.")
+    assert not fresh.exists()

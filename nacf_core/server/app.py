@@ -136,6 +136,12 @@ def build_service(config: Config, metrics: Any = None) -> AuthService:
     pipeline = Pipeline(model, backend=config.kernel_backend,
                         instrument=lambda mod, name: InstrumentedKernels(mod, name, mt))
     pad = _make_pad(model) if config.presentation_attack_detection else None
+    window_s = float(model.window_s)
+    if config.stream_max_seconds < window_s:  # every stream would be FAILED_PRECONDITION
+        raise FailedPrecondition(
+            f"option 'stream_max_seconds' ({config.stream_max_seconds:g} s) is below one "
+            f"window of the model ({window_s:g} s): no AuthenticateStream could be "
+            f"decided; give at least {window_s:g}.")
     _make_data_dir(config)
     store = open_store(config.resolved_store_url, _store_key(config))
     try:
