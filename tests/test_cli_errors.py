@@ -508,3 +508,20 @@ def test_serve_refuses_a_stream_bound_below_the_models_window(tmp_path, monkeypa
     assert err == ("nacf serve: option 'stream_max_seconds' (3.5 s) is below one window of "
                    "the model (4 s): no AuthenticateStream could be decided; give at least 4.")
     assert not fresh.exists()
+
+
+def test_serve_names_a_keys_file_that_holds_no_key(tmp_path, monkeypatch, capsys):
+    """A keys file of comments only (the keys not pasted in yet) was answered "no API
+    keys configured: set NACF_API_KEYS or api_keys_file", though api_keys_file was set:
+    the message names the file and says it holds no key."""
+    keys = tmp_path / "keys"
+    keys.write_text("# key                scopes\n\n")
+    monkeypatch.setattr("nacf_core.server.app.limit_threads", lambda: None)
+    _no_nacf_env(monkeypatch)
+    assert main(["serve", "--grpc-address", "127.0.0.1:0", "--metrics-address", "",
+                 "--data-dir", str(tmp_path / "data"), "--api-keys-file", str(keys)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"nacf serve: no API keys configured: the keys file {str(keys)!r} "
+                          "(option 'api_keys_file') holds no key and NACF_API_KEYS gives "
+                          "none"), err
+    assert not (tmp_path / "data").exists()

@@ -240,10 +240,12 @@ class NacfServer:
         self.open_mode = False
         if not config.api_keys and not mtls:
             if not config.allow_open_loopback:
+                where = (f"the keys file {config.api_keys_file!r} (option 'api_keys_file') "
+                         "holds no key and NACF_API_KEYS gives none: add keys to either"
+                         if config.api_keys_file else "set NACF_API_KEYS or api_keys_file")
                 raise FailedPrecondition(
-                    "no API keys configured: set NACF_API_KEYS or api_keys_file (or "
-                    "tls_client_ca_file for mTLS); to run without keys on loopback only, "
-                    "pass --allow-open-loopback.")
+                    f"no API keys configured: {where} (or tls_client_ca_file for mTLS); to "
+                    "run without keys on loopback only, pass --allow-open-loopback.")
             if not self.loopback:
                 raise FailedPrecondition(
                     "--allow-open-loopback runs without API keys and only on a loopback "
