@@ -525,3 +525,27 @@ def test_serve_names_a_keys_file_that_holds_no_key(tmp_path, monkeypatch, capsys
                           "(option 'api_keys_file') holds no key and NACF_API_KEYS gives "
                           "none"), err
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("which", ["tls_cert_file", "tls_key_file", "tls_client_ca_file"])
+def test_serve_tls_file_that_cannot_be_read_names_its_option(tmp_path, monkeypatch, capsys,
+                                                             which):
+    """A TLS file that is missing (or unreadable, or a directory) was reported as "cannot
+    read TLS private key file '...'" without the option, unlike a file that is no PEM."""
+    cert, key, _ = _pem_cert_and_key(tmp_path)
+    files = {"tls_cert_file": str(cert), "tls_key_file": str(key),
+             "tls_client_ca_file": str(cert)}
+    files[which] = str(tmp_path / "missing.pem")
+    flags = {"tls_cert_file": "--tls-cert", "tls_key_file": "--tls-key",
+             "tls_client_ca_file": "--tls-client-ca"}
+    argv = [a for k, v in files.items() for a in (flags[k], v)]
+    assert _serve(monkeypatch, tmp_path, *argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"nacf serve: option {which!r}: cannot read TLS "), err
+    assert err.endswith(f"{files[which]!r}: No such file or directory."), err
+    files[which] = str(tmp_path)
+    argv = [a for k, v in files.items() for a in (flags[k], v)]
+    assert _serve(monkeypatch, tmp_path, *argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"nacf serve: option {which!r}: TLS "), err
+    assert "is a directory; expected a regular file" in err

@@ -173,9 +173,16 @@ def read_tls_files(config: Config) -> tuple[bytes, bytes, bytes | None]:
     from cryptography.hazmat.primitives import serialization
 
     from nacf_core.config import read_regular_file
+    from nacf_core.errors import InvalidArgument
+
+    def read(path: str, option: str, what: str) -> bytes:
+        try:
+            return read_regular_file(path, what, MAX_PEM_BYTES)
+        except InvalidArgument as exc:  # missing, unreadable, a directory: name the option
+            raise ValueError(f"option {option!r}: {exc}") from None
 
     def certs(path: str, option: str, what: str) -> tuple[bytes, list]:
-        data = read_regular_file(path, what, MAX_PEM_BYTES)
+        data = read(path, option, what)
         try:
             return data, x509.load_pem_x509_certificates(data)
         except ValueError:
@@ -184,7 +191,7 @@ def read_tls_files(config: Config) -> tuple[bytes, bytes, bytes | None]:
 
     cert_pem, chain = certs(config.tls_cert_file, "tls_cert_file", "TLS certificate file")
     path = config.tls_key_file
-    key_pem = read_regular_file(path, "TLS private key file", MAX_PEM_BYTES)
+    key_pem = read(path, "tls_key_file", "TLS private key file")
     try:
         key = serialization.load_pem_private_key(key_pem, password=None)
     except TypeError:  # encrypted
