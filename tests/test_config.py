@@ -3,6 +3,8 @@ names the file or the environment variable and the option, never another excepti
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from nacf_core import config as config_module
@@ -400,3 +402,37 @@ def test_a_device_proof_skew_below_one_second_is_refused(tmp_path, value):
                                          r"in \[1, 1e\+09\]"):
         load_config(f, env={})
     assert load_config(None, env={"NACF_PROOF_MAX_SKEW_S": "1"}).proof_max_skew_s == 1.0
+
+
+def test_the_readme_lists_every_option_with_its_flag_and_default():
+    """The README's table of options is the one place an operator sees every option, its
+    flag and its default next to each other; six options (proof_max_skew_s,
+    rate_limit_lease, purge_interval_s, identify_max_k, model_path, reuse_port) were named
+    nowhere in it. The table must list exactly the options of the code, with the flags of
+    ``nacf serve`` and the defaults of ``Config``."""
+    import argparse
+    import re
+    from pathlib import Path
+
+    from nacf_core.cli import build_parser
+    from nacf_core.config import OPTION_HELP
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = {m[1]: (m[2], m[3]) for m in re.finditer(
+        r"^\| `([a-z_]+)` \| ([^|]+) \| ([^|]+) \| [^|]+ \|$", readme, re.M)}
+    sub = next(a for a in build_parser()._actions
+               if isinstance(a, argparse._SubParsersAction)).choices["serve"]
+    flags = {a.dest: a.option_strings for a in sub._actions if a.dest in OPTION_HELP}
+
+    def shown(v):
+        if isinstance(v, bool):
+            return f"`{str(v).lower()}`"
+        if isinstance(v, float):
+            return f"`{v:g}`"
+        return '`""`' if v == "" else f"`{v}`"
+
+    d = Config()
+    want = {k: (" / ".join(f"`{f}`" for f in flags[k]) if k in flags else "—",
+                shown(getattr(d, k))) for k in OPTION_HELP}
+    assert {k: rows.get(k) for k in want} == want
+    assert set(OPTION_HELP) == {f.name for f in dataclasses.fields(Config)} - {"api_keys"}
