@@ -8,6 +8,7 @@ import os
 import signal
 import stat
 import sys
+import threading
 import time
 
 __all__ = ["register", "run"]
@@ -131,29 +132,6 @@ def _check_data_dir(path: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nacf_core.server.app import limit_threads
-
-    limit_threads()  # before numpy/numba spin up their pools
-    from nacf_core.config import load_config
-    from nacf_core.errors import NacfError
-    from nacf_core.server.app import NacfServer
-
-    try:
-        config = load_config(args.config,
-                             **{k: getattr(args, k, None) for k in _FLAG_KEYS})
-        _check_data_dir(config.data_dir)
-        server = NacfServer(config)  # (it checks the TLS files first)
-    except (NacfError, ValueError, OSError) as e:
-        log.error("nacf serve cannot start: %s", e, extra={"event_type": "startup_failed"})
-        print(f"nacf serve: {e}", file=sys.stderr)
-        return 2
-    try:
-        server.start()
-    except (NacfError, ValueError, OSError) as e:
-        log.error("nacf serve cannot start: %s", e, extra={"event_type": "startup_failed"})
-        print(f"nacf serve: {e}", file=sys.stderr)
-        server.stop(0)
-        return 2
     # The handlers only note the signal; this thread acts on it. A handler runs in this
     # thread at an arbitrary point, also inside another handler: one that takes a lock
     # (threading.Event.set does) while the code or the handler it interrupted holds that
@@ -165,7 +143,22 @@ def run(args: argparse.Namespace) -> int:
     def _note(signum, frame):
         got.append(signum)  # one C call, no lock
 
-    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    # SIGHUP from the start: a key reload asked for while the server starts (the model,
+    # the store) is done once it listens; its default action killed the process
+    # (SIGTERM and SIGINT keep theirs until then: there is nothing to drain yet)
+    main = threading.current_thread() is threading.main_thread()  # (signals: main only)
+    hup_before = signal.signal(signal.SIGHUP, _note) if main else None
+    try:
+        server = _start(args)
+    except BaseException:
+        if main:  # not started: SIGHUP as before
+            signal.signal(signal.SIGHUP, hup_before)
+        raise
+    if isinstance(server, int):
+        if main:
+            signal.signal(signal.SIGHUP, hup_before)
+        return server
+    for s in (signal.SIGTERM, signal.SIGINT):
         signal.signal(s, _note)
     try:
         # One line on stdout that scripts can wait for.
@@ -193,6 +186,34 @@ def run(args: argparse.Namespace) -> int:
         for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
             signal.signal(s, signal.SIG_IGN)
     return 0
+
+
+def _start(args: argparse.Namespace):
+    """The started :class:`NacfServer`, or 2 after saying why it cannot start."""
+    from nacf_core.server.app import limit_threads
+
+    limit_threads()  # before numpy/numba spin up their pools
+    from nacf_core.config import load_config
+    from nacf_core.errors import NacfError
+    from nacf_core.server.app import NacfServer
+
+    try:
+        config = load_config(args.config,
+                             **{k: getattr(args, k, None) for k in _FLAG_KEYS})
+        _check_data_dir(config.data_dir)
+        server = NacfServer(config)  # (it checks the TLS files first)
+    except (NacfError, ValueError, OSError) as e:
+        log.error("nacf serve cannot start: %s", e, extra={"event_type": "startup_failed"})
+        print(f"nacf serve: {e}", file=sys.stderr)
+        return 2
+    try:
+        server.start()
+    except (NacfError, ValueError, OSError) as e:
+        log.error("nacf serve cannot start: %s", e, extra={"event_type": "startup_failed"})
+        print(f"nacf serve: {e}", file=sys.stderr)
+        server.stop(0)
+        return 2
+    return server
 
 
 def _reload_keys(server) -> None:

@@ -368,3 +368,82 @@ def test_two_replicas_share_postgres(tmp_path, model_path):
 
         with psycopg.connect(PG_DSN, autocommit=True) as con:
             con.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def test_sighup_while_starting_is_a_reload_not_a_death(tmp_path, model_path):
+    """A key reload asked for while nacf serve starts (a rotation right after a restart)
+    killed it: SIGHUP kept its default action until the server listened (exit -1). It is
+    noted from the start and done once the server listens. Deterministic: a gate in front
+    of PostgreSQL holds the server's first connection (it is then inside its start-up,
+    opening the store) while the test sends SIGHUP, then lets it through."""
+    import socket
+    from urllib.parse import urlsplit
+
+    pg = urlsplit(PG_DSN)
+    gate = socket.create_server(("127.0.0.1", 0))
+    held = threading.Event()
+    go = threading.Event()
+    links: list[socket.socket] = []
+
+    def pipe(a, b):
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def serve_gate():
+        while True:
+            try:
+                c, _ = gate.accept()
+            except OSError:
+                return
+            held.set()
+            go.wait(60)
+            u = socket.create_connection((pg.hostname, pg.port or 5432))
+            links.extend((c, u))
+            threading.Thread(target=pipe, args=(c, u), daemon=True).start()
+            threading.Thread(target=pipe, args=(u, c), daemon=True).start()
+
+    threading.Thread(target=serve_gate, daemon=True).start()
+    schema = f"hup_{uuid.uuid4().hex[:10]}"
+    url = (f"postgresql://{pg.username}@127.0.0.1:{gate.getsockname()[1]}{pg.path}"
+           f"?schema={schema}")
+    e = {**os.environ, "NACF_API_KEYS": KEY, "NACF_TEMPLATE_KEY": TEMPLATE_KEY,
+         "PYTHONUNBUFFERED": "1"}
+    p = subprocess.Popen(
+        [sys.executable, "-m", "nacf_core.cli", "serve", "--grpc-address", "127.0.0.1:0",
+         "--metrics-address", "", "--data-dir", str(tmp_path), "--model", str(model_path),
+         "--store-url", url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e)
+    try:
+        assert held.wait(60), "nacf serve never reached its store"
+        p.send_signal(signal.SIGHUP)
+        go.set()
+        line = p.stdout.readline()
+        assert line.startswith("nacf serve: listening on "), (line, p.wait(60))
+        for line in p.stderr:  # the reload noted during the start-up, done once listening
+            if '"api_keys_reload"' in line:
+                break
+        reload = json.loads(line)
+        assert reload["event_type"] == "api_keys_reload" and reload["success"], line
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err[-3000:]
+        assert '"api_keys_reload"' not in err  # once
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate(timeout=30)
+        gate.close()
+        for s in links:
+            s.close()
+        import psycopg
+
+        with psycopg.connect(PG_DSN, autocommit=True) as con:
+            con.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
