@@ -549,3 +549,21 @@ def test_serve_tls_file_that_cannot_be_read_names_its_option(tmp_path, monkeypat
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith(f"nacf serve: option {which!r}: TLS "), err
     assert "is a directory; expected a regular file" in err
+
+
+@pytest.mark.parametrize("url", ["postgresql://nacf:secretpw@[::1/nacf",
+                                 "postgresql://nacf:secretpw@[nope]:5432/nacf"])
+def test_a_store_url_that_does_not_parse_is_named(tmp_path, monkeypatch, capsys, url):
+    """A store URL Python cannot split (a bracket left open, brackets around a name) was
+    answered with the bare 'Invalid IPv6 URL' (nacf store) or 'nacf serve: Invalid IPv6
+    URL': it now says the store URL is not valid, and never shows its password."""
+    key = tmp_path / "k"
+    create_key_file(key)
+    assert main(["store", "migrate", "--store-url", url, "--key-file", str(key)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("nacf store: error: the store URL is not valid: "), err
+    assert _serve(monkeypatch, tmp_path, "--store-url", url, "--store-key-file", str(key)) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith(
+        "nacf serve: the store URL is not valid: "), err
+    assert "secretpw" not in err

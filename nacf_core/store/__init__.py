@@ -84,7 +84,10 @@ def open_store(url: str | os.PathLike, key: Any = None, **options: Any) -> Store
         url = os.fspath(url)
     if not isinstance(url, str) or not url:
         raise InvalidArgument(f"'url' must be a non-empty store URL, got {url!r}.")
-    scheme = urlsplit(url).scheme.lower() if "://" in url else ""
+    try:
+        scheme = urlsplit(url).scheme.lower() if "://" in url else ""
+    except ValueError as exc:  # a bracket left open, brackets around a name: no password
+        raise InvalidArgument(f"the store URL is not valid: {exc}.") from None
     if scheme in ("postgresql", "postgres"):
         from .postgres import PostgresStore
 
