@@ -134,7 +134,7 @@ def test_an_empty_metrics_address_variable_turns_the_sidecar_off():
     taken as unset: the sidecar started on 127.0.0.1:9464 (a second process on the host
     then failed on the port). It does now; any other empty variable still leaves the
     option's default."""
-    c = load_config(None, env={"NACF_METRICS_ADDRESS": "", "NACF_STORE_URL": "",
+    c = load_config(None, env={"NACF_METRICS_ADDRESS": "", "NACF_DATA_DIR": "",
                                "NACF_GRPC_ADDRESS": "", "NACF_KERNEL_BACKEND": "",
                                "NACF_MAX_WORKERS": "", "NACF_REQUIRE_DEVICE_PROOF": ""})
     assert c.metrics_address == ""
@@ -142,6 +142,30 @@ def test_an_empty_metrics_address_variable_turns_the_sidecar_off():
     assert (c.store_url, c.grpc_address, c.kernel_backend, c.max_workers,
             c.require_device_proof) == (d.store_url, d.grpc_address, d.kernel_backend,
                                         d.max_workers, d.require_device_proof)
+
+
+@pytest.mark.parametrize("source", ["environment", "file", "flag"])
+def test_an_empty_store_url_is_refused_not_taken_for_the_local_store(tmp_path, source):
+    """A replica whose NACF_STORE_URL came from a secret with no value (or a script's
+    --store-url "$URL" with URL unset) started on a SQLite store of its own in data_dir:
+    users enrolled through the others unknown there, lockouts and rate limits not shared.
+    An empty store URL is refused, naming where it came from; left out, it is still the
+    local store."""
+    env, path, flags = {}, None, {}
+    if source == "environment":
+        env = {"NACF_STORE_URL": ""}
+    elif source == "file":
+        path = tmp_path / "nacf.toml"
+        path.write_text('store_url = " "\n')
+    else:
+        flags = {"store_url": ""}
+    with pytest.raises(ValueError) as ei:
+        load_config(path, env=env, **flags)
+    msg = str(ei.value)
+    assert "store_url" in msg and "is empty" in msg and "leave it out" in msg
+    assert {"environment": "NACF_STORE_URL", "file": str(path),
+            "flag": "option 'store_url'"}[source] in msg
+    assert load_config(None, env={}).store_url == ""  # left out: the local store
 
 
 def test_config_env_integer_text():

@@ -19,8 +19,8 @@ _EPILOG = """\
 Every option can also come from a TOML file (--config FILE, or NACF_CONFIG; the keys
 are the option names below with '_' for '-') and from the environment (NACF_ + the
 option name in upper case, e.g. NACF_GRPC_ADDRESS; an empty one counts as unset, but
-NACF_METRICS_ADDRESS= turns the sidecar off). Precedence: defaults < file < environment <
-flags.
+NACF_METRICS_ADDRESS= turns the sidecar off and an empty NACF_STORE_URL is refused).
+Precedence: defaults < file < environment < flags.
 
 API keys: NACF_API_KEYS=key1,key2 (every scope) or --api-keys-file FILE with one
 '<key> <scope>[,<scope>...]' line per key; scopes are authenticate, enroll, admin.
