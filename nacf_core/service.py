@@ -543,13 +543,17 @@ class AuthService:
 
     # -------------------------------------------------------------------- enrollment
     def enroll(self, user_id: str, blocks: list[SignalBlock], update: bool = False,
-               *, method: str = "Enroll", actor: str = "", peer: str = "") -> EnrollResult:
+               *, method: str = "Enroll", actor: str = "", peer: str = "",
+               deadline: float | None = None) -> EnrollResult:
         """Enroll ``user_id`` from one or more blocks (or replace its template).
 
         Raises ``AlreadyExists`` for an existing user unless ``update``;
         ``InvalidArgument`` for bad signals; ``FailedPrecondition`` when too few good
-        epochs remain (the pipeline says how many it needs). A replaced template ends
-        the user's sessions (they were verified against the old one). ``actor`` (the
+        epochs remain (the pipeline says how many it needs); ``DeadlineExceeded``, with
+        nothing written, when ``deadline`` (a ``time.monotonic()`` value: the call's) has
+        passed once the template is computed (the client has been told the call failed:
+        a template written anyway made its retry ``AlreadyExists``). A replaced template
+        ends the user's sessions (they were verified against the old one). ``actor`` (the
         caller's client id) and ``peer`` go into the audit trail.
         """
         status = "INTERNAL"
@@ -596,6 +600,10 @@ class AuthService:
             # the template and its PAD fingerprints in one transaction: a crash, a
             # concurrent update or a delete never leaves one without the other
             fps = self.pad.enroll_fingerprints(wins, blocks) if self.pad is not None else None
+            if deadline is not None and time.monotonic() > deadline:
+                raise DeadlineExceeded(
+                    "the call's deadline passed while the template was computed: nothing "
+                    "was written; retry with a longer deadline.")
             version = self._store("put_template", self.store.put_template, user_id, blob,
                                   self.model_version, {"epochs_used": used,
                                                        "quality": quality},

@@ -171,6 +171,7 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
 
     @_unary
     def Enroll(self, request: pb.EnrollRequest, context) -> pb.EnrollResponse:
+        deadline = _check_deadline(context)
         actor, admin = _caller()
         try:
             if request.update and not admin:
@@ -184,7 +185,7 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
             self.service.refused_enrollment(e)
             raise
         r = self.service.enroll(request.user_id, blocks, update=request.update, actor=actor,
-                                peer=_peer(context))
+                                peer=_peer(context), deadline=deadline)
         return cv.enroll_response(r)
 
     @_unary

@@ -655,6 +655,62 @@ def test_every_enroll_call_is_counted_once_in_registrations_with_its_status(srv)
         assert sum(reg1.values()) - sum(reg0.values()) == 1
 
 
+def test_an_enroll_whose_deadline_passes_while_its_template_is_computed_writes_nothing(
+        srv, monkeypatch):
+    """An Enroll that outlives its deadline (a long signal, a loaded server): its client
+    gets DEADLINE_EXCEEDED, so the enrollment must not be written behind its back. It
+    was: the user existed, the client's retry got ALREADY_EXISTS, and
+    nacfauth_user_registrations_total counted OK a call its client saw fail."""
+    server, stub, metrics = srv
+    svc = server.service
+    answered = threading.Event()
+    deadlines = []
+    enroll_of_service, enroll_of_pipeline = svc.enroll, svc.rec.enroll
+
+    def service_enroll(*a, **k):
+        deadlines.append(k.get("deadline"))  # the call's, as the servicer passes it
+        return enroll_of_service(*a, **k)
+
+    def slow_template(blocks):
+        template = enroll_of_pipeline(blocks)
+        assert answered.wait(30)  # the client has its DEADLINE_EXCEEDED
+        while deadlines[-1] is not None and time.monotonic() <= deadlines[-1]:
+            time.sleep(0.01)  # and the server's copy of the deadline has passed too
+        return template
+
+    def registrations():
+        return {dict(k)["status"]: v for k, v in
+                _metric(metrics, "nacfauth_user_registrations_total").items()
+                if dict(k)["registration_method"] == "Enroll"}
+
+    monkeypatch.setattr(svc, "enroll", service_enroll)
+    monkeypatch.setattr(svc.rec, "enroll", slow_template)
+    before = registrations()
+    done = threading.Event()
+    record = svc.metrics.record_registration
+
+    def record_then_done(*a, **k):  # the handler's last step
+        record(*a, **k)
+        done.set()
+
+    monkeypatch.setattr(svc.metrics, "record_registration", record_then_done)
+    req = pb.EnrollRequest(user_id="late-enroll", signals=[sig(eeg(1, 3, 0, 40))])
+    try:
+        c, _ = code_of(stub.Enroll, req, metadata=MD, timeout=1.0)
+    finally:
+        answered.set()
+    assert c == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert done.wait(30)  # the handler has finished
+    monkeypatch.undo()
+    assert code_of(stub.GetUser, pb.GetUserRequest(user_id="late-enroll"),
+                   metadata=MD)[0] == grpc.StatusCode.NOT_FOUND
+    after = registrations()
+    assert after.get("OK", 0.0) == before.get("OK", 0.0)
+    assert after["DEADLINE_EXCEEDED"] - before.get("DEADLINE_EXCEEDED", 0.0) == 1
+    # the retry the client makes enrolls the user
+    assert stub.Enroll(req, metadata=MD, timeout=30).template_version == 1
+
+
 def test_huge_message_resource_exhausted_and_server_survives(srv):
     _, stub, _ = srv
     big = pb.AuthenticateRequest(user_id="x", signal=pb.Signal(
