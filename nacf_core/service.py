@@ -1188,10 +1188,13 @@ class AuthService:
     def _user_info(self, u: Any) -> UserInfo:
         now = self.clock()
         locked = u.locked_until is not None and now < u.locked_until
+        # a lockout that ran out ended its streak: the store counts the next rejection as
+        # the first of a new one (its row keeps the old count until then)
+        failures = 0 if u.locked_until is not None and not locked else int(u.failures)
         devices = self._device_ids(u.user_id) if u.n_devices else []
         return UserInfo(u.user_id, int(u.template_version), float(u.created_at),
                         float(u.updated_at), u.model_version or "", locked,
-                        float(u.locked_until or 0.0) if locked else 0.0, int(u.failures),
+                        float(u.locked_until or 0.0) if locked else 0.0, failures,
                         devices)
 
     def _device_ids(self, user_id: str) -> list[str]:
