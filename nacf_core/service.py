@@ -1185,13 +1185,14 @@ class AuthService:
         u = self._store("get_user", self.store.get_user, user_id)
         return self._user_info(u)
 
-    def _user_info(self, u: Any) -> UserInfo:
+    def _user_info(self, u: Any, devices: list[str] | None = None) -> UserInfo:
         now = self.clock()
         locked = u.locked_until is not None and now < u.locked_until
         # a lockout that ran out ended its streak: the store counts the next rejection as
         # the first of a new one (its row keeps the old count until then)
         failures = 0 if u.locked_until is not None and not locked else int(u.failures)
-        devices = self._device_ids(u.user_id) if u.n_devices else []
+        if devices is None:
+            devices = self._device_ids(u.user_id) if u.n_devices else []
         return UserInfo(u.user_id, int(u.template_version), float(u.created_at),
                         float(u.updated_at), u.model_version or "", locked,
                         float(u.locked_until or 0.0) if locked else 0.0, failures,
@@ -1211,10 +1212,18 @@ class AuthService:
             raise InvalidArgument(f"'page_size' must be in [1, 1000], got {page_size}.")
         # a token the store did not issue is its InvalidArgument, naming 'page_token'
         page = self._store("list_users", self.store.list_users, size, page_token or "")
+        # the headsets of the whole page in one read, not one per user (a page of 1 000
+        # users with headsets took 1 000 store transactions: 0.25 s on a local PostgreSQL)
+        of = getattr(self.store, "device_ids_of", None)
+        want = [u.user_id for u in page.users if u.n_devices]
+        devices = self._store("list_devices", of, want) if of is not None and want else None
         users = []
         for u in page.users:
+            if devices is not None and u.n_devices and u.user_id not in devices:
+                continue  # deleted since the page was read: no longer listed
             try:
-                users.append(self._user_info(u))
+                users.append(self._user_info(
+                    u, None if devices is None else devices.get(u.user_id, [])))
             except NotFound:  # deleted since the page was read: no longer listed
                 continue
         return users, page.next_page_token

@@ -650,6 +650,25 @@ class SqlStore(Store):
                              created_at=float(r[2]))
                 for r in self._run(fn, write=False)]
 
+    def device_ids_of(self, user_ids):
+        ids = sorted({_check_id("user_id", u) for u in user_ids})
+
+        def fn(tx: Tx) -> dict[str, list[str]]:
+            out: dict[str, list[str]] = {}
+            for i in range(0, len(ids), self.gallery_chunk):
+                part = ids[i:i + self.gallery_chunk]
+                for uid, dev in tx.query(
+                        "SELECT u.user_id, d.device_id FROM users u LEFT JOIN devices d "
+                        "ON d.user_id = u.user_id WHERE u.user_id IN "
+                        f"({', '.join('?' * len(part))})", tuple(part)):
+                    devs = out.setdefault(uid, [])
+                    if dev is not None:
+                        devs.append(dev)
+            return out
+
+        found = self._run(fn, write=False) if ids else {}
+        return {u: sorted(d) for u, d in found.items()}
+
     def use_nonce(self, device_id, nonce, expires_at, *, now=None) -> bool:
         _check_id("device_id", device_id)
         _check_id("nonce", nonce)

@@ -344,6 +344,20 @@ class Store(abc.ABC):
         """The user's devices, by ``device_id``, without their secrets. ``NotFound``
         for an unknown user."""
 
+    def device_ids_of(self, user_ids: Iterable[str]) -> dict[str, list[str]]:
+        """``{user_id: its device ids, sorted}`` for each of ``user_ids`` still stored
+        (``[]`` for one without a device; an unknown one is left out): ListUsers' page
+        in one read (the backends override this one-read-per-user default)."""
+        from ..errors import NotFound
+
+        out = {}
+        for u in set(user_ids):
+            try:
+                out[u] = sorted(d.device_id for d in self.list_devices(u))
+            except NotFound:
+                continue
+        return out
+
     @abc.abstractmethod
     def end_user_sessions(self, user_id: str, reason: str, *, device_id: str | None = None,
                           now: float | None = None) -> list[Session]:

@@ -42,3 +42,19 @@ def test_renew_session_extends_only_active_sessions(store):
         store.renew_session(s2.token, 60, now=T0 + 2)
     with pytest.raises(NotFound):
         store.renew_session("no-such-token", 60, now=T0)
+
+
+def test_device_ids_of_many_users_in_one_read(store):
+    """ListUsers' headsets of a page: each stored user's device ids, sorted ([] for one
+    without), unknown ids left out; more users than one statement's chunk."""
+    store.gallery_chunk = 3
+    for u in ("alice", "bob", "carol", "dave"):
+        store.put_template(u, b"x", "m")
+    store.register_device("alice", "hs-2", "secret-0123456789abcdef")
+    store.register_device("alice", "hs-1", "secret-abcdef0123456789")
+    store.register_device("dave", "hs-4", "secret-dddddddddddddddd")
+    assert store.device_ids_of([]) == {}
+    assert store.device_ids_of(["alice", "bob", "ghost", "dave", "carol", "alice"]) == {
+        "alice": ["hs-1", "hs-2"], "bob": [], "carol": [], "dave": ["hs-4"]}
+    store.delete_user("alice")
+    assert store.device_ids_of(["alice", "dave"]) == {"dave": ["hs-4"]}
