@@ -598,8 +598,9 @@ class AuthService:
                                         min(1.0, max(0.0, quality)))
             blob = template.to_bytes()
             # the template and its PAD fingerprints in one transaction: a crash, a
-            # concurrent update or a delete never leaves one without the other
-            fps = self.pad.enroll_fingerprints(wins, blocks) if self.pad is not None else None
+            # concurrent update or a delete never leaves one without the other; without
+            # PAD none, so a replaced enrollment's fingerprints do not outlive it
+            fps = self.pad.enroll_fingerprints(wins, blocks) if self.pad is not None else []
             if deadline is not None and time.monotonic() > deadline:
                 raise DeadlineExceeded(
                     "the call's deadline passed while the template was computed: nothing "

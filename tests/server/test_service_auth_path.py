@@ -150,3 +150,20 @@ def test_networked_store_keeps_authentications_concurrent():
     from nacf_core.store.postgres import PostgresStore
 
     assert Store.in_process is False and PostgresStore.in_process is False
+
+
+def test_an_update_without_pad_drops_the_replaced_enrollment_s_fingerprints(svc):
+    """Replacing a template on a server with presentation-attack detection off kept the
+    old enrollment's PAD fingerprints (derived from the EEG of a template that no longer
+    exists) as the user's enrollment history: with PAD back on, replays of the old
+    recording counted as replays of the enrollment, and the data outlived its template.
+    The update replaces them with none; the probe history stays, as with PAD on."""
+    store = svc.store
+    svc.enroll("u1", [signal_block(eeg(1, 3, 0, 40))])
+    secret = svc.register_device("u1", "hs-1")
+    assert _auth(svc, "u1", secret, eeg(1, 3, 44, 8)).accepted
+    kinds = [k for k, _ in store.get_fingerprints("u1")]
+    assert kinds == ["enroll", "probe"]
+    svc.pad = None  # presentation_attack_detection = false
+    svc.enroll("u1", [signal_block(eeg(1, 3, 60, 40))], update=True)
+    assert [k for k, _ in store.get_fingerprints("u1")] == ["probe"]
