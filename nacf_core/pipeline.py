@@ -654,13 +654,34 @@ class Pipeline:
         blocks = list(blocks)
         if not blocks:
             raise InvalidArgument("'blocks' is empty: enrollment needs at least one signal block.")
-        embs, quals, reasons = [], [], []
+        windows = []
         for i, block in enumerate(blocks):
             if not (isinstance(block, (tuple, list)) and len(block) == 3):
                 raise InvalidArgument(
                     f"blocks[{i}] must be a (samples, sfreq, ch_names) tuple, got "
                     f"{type(block).__name__}.")
-            w = self.windows(*block)
+            windows.append(self.windows(*block))
+        return self.template_from_windows(windows)
+
+    def template_from_windows(self, windows: Sequence[Windows]) -> Template:
+        """The template :meth:`enroll` builds, from the enrollment blocks' windows already
+        computed (:meth:`windows` with the model's hop, one :class:`Windows` per block):
+        a caller that needs them too (the service reports every rejected window) does not
+        compute them twice.
+
+        Raises
+        ------
+        InvalidArgument
+            No windows.
+        FailedPrecondition
+            Fewer than ``model.min_enroll_epochs`` windows passed the quality gate.
+        """
+        windows = list(windows)
+        if not windows:
+            raise InvalidArgument("'windows' is empty: enrollment needs at least one signal "
+                                  "block.")
+        embs, quals, reasons = [], [], []
+        for w in windows:
             embs.append(w.embeddings[w.accepted])
             quals.append(w.quality[w.accepted])
             reasons.extend(w.reasons)

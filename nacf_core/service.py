@@ -325,7 +325,11 @@ class _Recognizer:
         return self.pipeline.windows(block.samples, block.sfreq, list(block.ch_names),
                                      hop_s=hop)
 
-    def enroll(self, blocks: list[SignalBlock]) -> Any:
+    def enroll(self, blocks: list[SignalBlock], windows: list[Any] | None = None) -> Any:
+        """The template of ``blocks``; from their ``windows`` (:meth:`windows` with
+        ``hop_s=None``) when the caller has them already."""
+        if windows is not None:
+            return self.pipeline.template_from_windows(windows)
         return self.pipeline.enroll([(b.samples, b.sfreq, list(b.ch_names)) for b in blocks])
 
     def decide(self, windows: Any, template: Any) -> Any:
@@ -583,7 +587,7 @@ class AuthService:
             # counted before the enrollment can be refused for too few good windows
             self.metrics.record_artifact_rejections(_codes(r.reason for r in rejected))
             try:
-                template = self.rec.enroll(blocks)
+                template = self.rec.enroll(blocks, wins)  # the windows computed above
             except FailedPrecondition:
                 # too few good windows: the signals that most need to show in the quality
                 # histogram (as Identify's refused ones do), with every window's quality

@@ -671,8 +671,8 @@ def test_an_enroll_whose_deadline_passes_while_its_template_is_computed_writes_n
         deadlines.append(k.get("deadline"))  # the call's, as the servicer passes it
         return enroll_of_service(*a, **k)
 
-    def slow_template(blocks):
-        template = enroll_of_pipeline(blocks)
+    def slow_template(*a):
+        template = enroll_of_pipeline(*a)
         assert answered.wait(30)  # the client has its DEADLINE_EXCEEDED
         while deadlines[-1] is not None and time.monotonic() <= deadlines[-1]:
             time.sleep(0.01)  # and the server's copy of the deadline has passed too

@@ -180,6 +180,33 @@ def test_a_stream_chunk_from_another_headset_is_refused(svc):
     assert svc.authenticate_stream("hs", iter(unnamed)).accepted
 
 
+def test_enroll_cuts_and_embeds_each_signal_once(svc):
+    """Enroll cut, filtered and embedded every signal twice: once for the rejected
+    windows it reports (and PAD), then again inside the pipeline's enroll to build the
+    template, doubling the CPU of every enrollment (the longest calls the server takes).
+    Each signal is now processed once, and the template is the same."""
+    blocks = [block(eeg(1, 3, 0, 30)), block(at_rate(eeg(1, 3, 30, 30), 250.0), 250.0)]
+    calls = []
+    windows = svc.rec.pipeline.windows
+
+    def counted(*a, **k):
+        calls.append(a[1])
+        return windows(*a, **k)
+
+    svc.rec.pipeline.windows = counted
+    try:
+        r = svc.enroll("once", blocks)
+    finally:
+        del svc.rec.pipeline.windows
+    assert calls == [SFREQ, 250.0]
+    stored = Template.from_bytes(svc.store.get_template("once").blob)
+    fresh = svc.rec.pipeline.enroll([(b.samples, b.sfreq, list(b.ch_names)) for b in blocks])
+    assert np.array_equal(stored.embedding, fresh.embedding)
+    assert (r.epochs_used, stored.n_rejected, stored.rejected) == (
+        fresh.n_epochs, fresh.n_rejected, fresh.rejected)
+    assert r.quality == pytest.approx(fresh.quality)
+
+
 @pytest.mark.parametrize("token", ["garbage!", "dTE", "_w==", "AA=="])
 def test_list_users_garbage_token_is_said_once(svc, token):
     """A page token the store did not issue was answered "'page_token' is not valid:
