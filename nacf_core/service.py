@@ -1590,14 +1590,18 @@ class AuthService:
 
     # ---------------------------------------------------------------------- devices
     def register_device(self, user_id: str, device_id: str, rotate: bool = False, *,
-                        first_only: bool = False, actor: str = "", peer: str = "") -> str:
+                        first_only: bool = False, actor: str = "", peer: str = "",
+                        deadline: float | None = None) -> str:
         """Bind ``device_id`` to ``user_id``; return its secret (shown once).
 
         ``first_only``: only a user's first device (the server sets it for callers
         without the admin scope: binding another headset to an enrolled user, like
         rotating a secret, is an account change). A rotation ends the sessions that were
         opened with the device. ``actor`` (the caller's client id) and ``peer`` go into
-        the audit trail."""
+        the audit trail. ``DeadlineExceeded``, with nothing written, when ``deadline``
+        (a ``time.monotonic()`` value: the call's) has passed before the write: a secret
+        stored but never received binds the headset to nothing anyone holds, and a retry
+        then needs ``rotate`` (the admin scope)."""
         user_id = check_user_id(user_id)
         device_id = check_user_id(device_id, "device_id")
         self._store("get_user", self.store.get_user, user_id)  # NotFound first
@@ -1613,6 +1617,9 @@ class AuthService:
                                     f"{user_id!r}; set rotate=true for a new secret.")
         secret = secrets.token_urlsafe(32)
         now = self.clock()
+        if deadline is not None and time.monotonic() > deadline:
+            raise DeadlineExceeded("the call's deadline passed before the headset was "
+                                   "registered: nothing was written; retry.")
         # first_only is decided in the store's transaction alone, so two headsets
         # registered at once cannot both pass (one gets its secret, the other
         # PERMISSION_DENIED)

@@ -260,6 +260,7 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
 
     @_unary
     def RegisterDevice(self, request, context) -> pb.RegisterDeviceResponse:
+        deadline = _check_deadline(context)
         actor, admin = _caller()
         if request.rotate and not admin:
             raise PermissionDenied("rotating a device secret (rotate=true) needs the admin "
@@ -267,7 +268,8 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
         # without admin, only a user's first headset (the enrollment desk's case)
         secret = self.service.register_device(request.user_id, request.device_id,
                                               rotate=request.rotate, first_only=not admin,
-                                              actor=actor, peer=_peer(context))
+                                              actor=actor, peer=_peer(context),
+                                              deadline=deadline)
         return pb.RegisterDeviceResponse(device_secret=secret, user_id=request.user_id,
                                          device_id=request.device_id)
 

@@ -655,6 +655,49 @@ def test_every_enroll_call_is_counted_once_in_registrations_with_its_status(srv)
         assert sum(reg1.values()) - sum(reg0.values()) == 1
 
 
+def test_a_register_device_whose_deadline_passes_before_its_write_writes_nothing(
+        srv, monkeypatch):
+    """A RegisterDevice that outlives its deadline (a store slow to answer): its client
+    gets DEADLINE_EXCEEDED and never sees the secret, so the headset must not be bound
+    behind its back. It was: the headset was bound to a secret nobody held, and the
+    client's retry got ALREADY_EXISTS (a new secret then needs rotate, the admin
+    scope)."""
+    server, stub, _ = srv
+    svc = server.service
+    enroll(stub, "late-reg", 1)
+    answered, done = threading.Event(), threading.Event()
+    deadlines = []
+    register, get_device = svc.register_device, svc.store.get_device
+
+    def service_register(*a, **k):
+        deadlines.append(k.get("deadline"))  # the call's, as the servicer passes it
+        try:
+            return register(*a, **k)
+        finally:
+            done.set()
+
+    def slow_get_device(*a, **k):  # (a new headset: NotFound)
+        assert answered.wait(30)  # the client has its DEADLINE_EXCEEDED
+        while deadlines[-1] is not None and time.monotonic() <= deadlines[-1]:
+            time.sleep(0.01)  # and the server's copy of the deadline has passed too
+        return get_device(*a, **k)
+
+    monkeypatch.setattr(svc, "register_device", service_register)
+    monkeypatch.setattr(svc.store, "get_device", slow_get_device)
+    req = pb.RegisterDeviceRequest(user_id="late-reg", device_id="hs-late-reg")
+    try:
+        c, _ = code_of(stub.RegisterDevice, req, metadata=MD, timeout=1.0)
+    finally:
+        answered.set()
+    assert c == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert done.wait(30)  # the handler has finished
+    monkeypatch.undo()
+    assert list(stub.GetUser(pb.GetUserRequest(user_id="late-reg"), metadata=MD)
+                .user.device_ids) == []
+    assert deadlines[-1] is not None
+    assert stub.RegisterDevice(req, metadata=MD, timeout=10).device_secret  # the retry
+
+
 def test_an_enroll_whose_deadline_passes_while_its_template_is_computed_writes_nothing(
         srv, monkeypatch):
     """An Enroll that outlives its deadline (a long signal, a loaded server): its client
