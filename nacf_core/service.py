@@ -723,12 +723,12 @@ class AuthService:
         return tpl
 
     def _verify_proof(self, user_id: str, block: SignalBlock, proof: DeviceProof | None,
-                      device: Any, peer: str) -> tuple[str | None, Any]:
+                      device: Any, peer: str, method: str) -> tuple[str | None, Any]:
         """Check the device proof; return the device id (``None`` when not required and
         not given) and the device key that verified it, ``(device_id, created_at)``
         (which secret: a rotation changes it), for ``finish_authentication(device_key=)``.
         Raises ``Unauthenticated`` on a missing/wrong/stale/replayed proof, counted,
-        logged and audited with the caller's ``peer``."""
+        logged and audited with the caller's ``peer`` and the RPC ``method`` carrying it."""
         try:
             return self._check_proof(user_id, block, proof, device)
         except _ProofRejected as e:
@@ -738,7 +738,8 @@ class AuthService:
                 # logging a false security event; the call already said the user exists,
                 # so this tells the caller nothing new
                 self._store("get_user", self.store.get_user, user_id)
-            raise self._proof_fail(user_id, e.kind, e.message, e.severity, peer) from None
+            raise self._proof_fail(user_id, e.kind, e.message, e.severity, peer,
+                                   method) from None
 
     def _check_proof(self, user_id: str, block: SignalBlock, proof: DeviceProof | None,
                      device: Any) -> tuple[str | None, Any]:
@@ -804,14 +805,15 @@ class AuthService:
         return device_id, (device_id, float(dev.created_at))
 
     def _proof_fail(self, user_id: str, kind: str, message: str, severity: str,
-                    peer: str) -> Unauthenticated:
-        """Count, log and audit a refused proof; return the error to raise."""
+                    peer: str, method: str) -> Unauthenticated:
+        """Count, log and audit a refused proof (under the RPC ``method`` that carried
+        it, as every attempt row); return the error to raise."""
         self.metrics.record_failed_auth(f"device_proof_{kind}")
         # a missing proof is logged, not counted as suspicious (a misconfigured client)
         self._security_event("device proof rejected", f"device_proof_{kind}", severity,
-                             user_id, counted=kind != "missing", **peer_fields(peer))
-        self._audit_row(user_id, False, f"device_proof_{kind}", peer, "device_proof",
-                        self.clock())
+                             user_id, counted=kind != "missing", **peer_fields(peer),
+                             method=method)
+        self._audit_row(user_id, False, f"device_proof_{kind}", peer, method, self.clock())
         return Unauthenticated(message)
 
     def authenticate(self, user_id: str, block: SignalBlock, proof: DeviceProof | None = None,
@@ -830,7 +832,7 @@ class AuthService:
         st, dev = self._check_user_and_lock(user_id, proof, fingerprints=self.pad is not None,
                                             peer=peer, method=method, t_start=t_start)
         template = self._template(st.template, user_id, "get_auth_state")
-        device_id, device_key = self._verify_proof(user_id, block, proof, dev, peer)
+        device_id, device_key = self._verify_proof(user_id, block, proof, dev, peer, method)
         t0 = time.perf_counter()
         with self._cpu_gate:
             w = self.rec.windows(block)
@@ -989,7 +991,8 @@ class AuthService:
             if first:
                 # the device as it is now, not as it was when the stream opened: a
                 # rotation or a delete since then must refuse the old secret
-                device_id, device_key = self._verify_proof(user_id, block, proof, None, peer)
+                device_id, device_key = self._verify_proof(user_id, block, proof, None, peer,
+                                                           "AuthenticateStream")
                 first = False
             elif block.device_id and headset and block.device_id != headset:
                 # every chunk from the headset of the first (the proof's, when there is
@@ -998,7 +1001,8 @@ class AuthService:
                 what = (f"a chunk's Signal.device_id {block.device_id!r} differs from {src} "
                         f"{headset!r}: every chunk of a stream comes from one headset.")
                 if device_id:
-                    raise self._proof_fail(user_id, "device_mismatch", what, "medium", peer)
+                    raise self._proof_fail(user_id, "device_mismatch", what, "medium", peer,
+                                           "AuthenticateStream")
                 raise InvalidArgument(what)
             headset = headset or device_id or block.device_id
             buf.push(block)

@@ -167,3 +167,44 @@ def test_an_update_without_pad_drops_the_replaced_enrollment_s_fingerprints(svc)
     svc.pad = None  # presentation_attack_detection = false
     svc.enroll("u1", [signal_block(eeg(1, 3, 60, 40))], update=True)
     assert [k for k, _ in store.get_fingerprints("u1")] == ["probe"]
+
+
+def _chunks(x, device="hs-1", n=80):
+    return [signal_block(x[i:i + n], device) for i in range(0, x.shape[0], n)]
+
+
+def test_a_refused_proof_is_audited_and_logged_under_the_method_that_carried_it(svc, caplog):
+    """A refused device proof wrote its audit row with method 'device_proof' and its
+    security_event line with no method at all, whichever RPC carried it: an operator
+    could not tell a refused Authenticate from a refused AuthenticateStream (every other
+    attempt row names its RPC)."""
+    svc.enroll("u1", [signal_block(eeg(1, 3, 0, 40))])
+    svc.register_device("u1", "hs-1")
+    bad = "0" * 64
+    ts = str(int(time.time()))
+    b = signal_block(eeg(1, 3, 44, 8), "hs-1")
+    with caplog.at_level("WARNING", logger="nacf.service"):
+        with pytest.raises(Unauthenticated):
+            svc.authenticate("u1", b, DeviceProof("hs-1", ts, bad), peer="ipv4:127.0.0.1:5")
+        with pytest.raises(Unauthenticated):
+            svc.authenticate_stream("u1", iter(_chunks(eeg(1, 3, 52, 8))),
+                                    DeviceProof("hs-1", ts, bad), peer="ipv4:127.0.0.1:6")
+        # a later chunk from another headset: refused as the proof's device mismatch
+        x = eeg(1, 3, 60, 8)
+        parts = _chunks(x)
+        parts[2] = signal_block(x[160:240], "hs-9")
+        t = int(time.time())
+        with pytest.raises(Unauthenticated, match="differs"):
+            svc.authenticate_stream("u1", iter(parts), DeviceProof(
+                "hs-1", str(t), device_proof(svc.register_device("u1", "hs-1", rotate=True),
+                                             "u1", "hs-1", t, parts[0].raw)))
+    rows = [(a.method, a.reason) for a in svc.store.recent_attempts("u1", 10)
+            if a.reason.startswith("device_proof")]
+    assert rows == [("AuthenticateStream", "device_proof_device_mismatch"),
+                    ("AuthenticateStream", "device_proof_wrong"),
+                    ("Authenticate", "device_proof_wrong")]
+    lines = [(r.security_event_type, getattr(r, "method", None)) for r in caplog.records
+             if getattr(r, "event_type", None) == "security_event"]
+    assert lines == [("device_proof_wrong", "Authenticate"),
+                     ("device_proof_wrong", "AuthenticateStream"),
+                     ("device_proof_device_mismatch", "AuthenticateStream")]
