@@ -163,11 +163,14 @@ class SignalBlock:
 
 @dataclass(frozen=True)
 class DeviceProof:
-    """The device-proof metadata exactly as received (strings; validated here)."""
+    """The device-proof metadata exactly as received (strings; validated here).
+    ``repeated``: the keys the request carried more than once, with how many times (the
+    proof is then refused: which value counts would be the reader's guess)."""
 
     device_id: str | None
     timestamp: str | None
     proof: str | None
+    repeated: tuple[tuple[str, int], ...] = ()
 
     @property
     def present(self) -> bool:
@@ -749,6 +752,9 @@ class AuthService:
             raise _ProofRejected("missing",
                                  "device proof required: send x-device-id, "
                                  "x-device-timestamp and x-device-proof metadata.")
+        if proof.repeated:
+            raise _ProofRejected("malformed", "device proof ambiguous: " + ", ".join(
+                f"{k} given {n} times" for k, n in proof.repeated) + "; send each once.")
         missing = [n for n, v in (("x-device-id", proof.device_id),
                                   ("x-device-timestamp", proof.timestamp),
                                   ("x-device-proof", proof.proof)) if not v]

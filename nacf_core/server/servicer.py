@@ -133,13 +133,21 @@ def _is_abort(e: BaseException, context: grpc.ServicerContext) -> bool:
     return code is not None and code != grpc.StatusCode.OK and type(e) is Exception
 
 
+_PROOF_KEYS = ("x-device-id", "x-device-timestamp", "x-device-proof")
+
+
 def _proof(context: grpc.ServicerContext) -> DeviceProof:
-    md = {}
+    """The ``x-device-*`` metadata; a key given more than once is noted (``repeated``),
+    and the proof refused for it, not judged on one of its values."""
+    md: dict[str, str] = {}
+    seen: dict[str, int] = {}
     for k, v in context.invocation_metadata() or ():
-        if k in ("x-device-id", "x-device-timestamp", "x-device-proof"):
+        if k in _PROOF_KEYS:
+            seen[k] = seen.get(k, 0) + 1
             md[k] = v if isinstance(v, str) else v.decode("utf-8", "replace")
     return DeviceProof(md.get("x-device-id"), md.get("x-device-timestamp"),
-                       md.get("x-device-proof"))
+                       md.get("x-device-proof"),
+                       tuple((k, n) for k, n in seen.items() if n > 1))
 
 
 def _peer(context: grpc.ServicerContext) -> str:

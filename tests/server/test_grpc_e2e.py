@@ -241,6 +241,42 @@ def test_device_proof_paths(srv):
     assert c == grpc.StatusCode.ALREADY_EXISTS
 
 
+@pytest.mark.parametrize("key", ["x-device-id", "x-device-timestamp", "x-device-proof"])
+def test_a_device_proof_key_given_twice_is_refused(srv, key):
+    """A request carrying one of the x-device-* keys twice was judged on the last value
+    (the API key is read from the first): a valid proof after a garbage one was accepted,
+    so what a proxy or gateway in front checked (the first value) was not what nacf
+    verified. Such a proof is refused as malformed, on both RPCs, whichever value is good."""
+    server, stub, _ = srv
+    user, dev = f"twice-{key}", f"hs-twice-{key}"
+    enroll(stub, user, 1)
+    secret = device(stub, user, dev)
+    other = {"x-device-id": "hs-other", "x-device-timestamp": str(int(time.time()) - 1),
+             "x-device-proof": "0" * 64}[key]
+    for i, start in enumerate((60, 68)):
+        s = sig(eeg(1, 3, start, 8), dev)
+        good = proof_md(secret, user, dev, s.samples)
+        at = [k for k, _ in good].index(key)
+        # the extra value first, the valid one last
+        md = (*MD, *good[:at], (key, other), *good[at:])
+        if i == 0:
+            c, m = code_of(stub.Authenticate, pb.AuthenticateRequest(user_id=user, signal=s),
+                           metadata=md, timeout=10)
+        else:
+            def gen():
+                yield pb.AuthenticateStreamRequest(start=pb.StreamStart(user_id=user))
+                for p in chunks(eeg(1, 3, start, 8)):
+                    yield pb.AuthenticateStreamRequest(chunk=sig(p, dev))
+
+            c, m = code_of(stub.AuthenticateStream, gen(), metadata=md, timeout=30)
+        assert c == grpc.StatusCode.UNAUTHENTICATED and f"{key} given 2 times" in m, m
+        row = server.service.store.recent_attempts(user, limit=1)[0]
+        assert (row.success, row.reason) == (False, "device_proof_malformed")
+    # neither call was decided: no accepted attempt, no session
+    assert not [a for a in server.service.store.recent_attempts(user, limit=10)
+                if a.method.startswith("Authenticate") and a.success]
+
+
 def test_proof_not_required_when_disabled(srv):
     server, stub, _ = srv
     enroll(stub, "frank", 1)
