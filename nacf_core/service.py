@@ -1050,9 +1050,12 @@ class AuthService:
             accepted = bool(d.accepted)
             reasons.append(f"sequential test undecided after {n_scored} window(s) "
                            f"({buf.seconds:.1f} s): fused-score decision")
+        # presentation-attack detection judges the signal the decision used (its windows,
+        # from the stream's start), not what came after it in the last chunk
+        used = buf.block(first_seconds=len(np.asarray(w.accepted)) * win)
         return self._decide(user_id, accepted, float(d.score), float(d.threshold),
                             float(d.quality), reasons, int(d.windows_used),
-                            n_scored * self.rec.window_s, device_id, w, buf.block(), peer,
+                            n_scored * self.rec.window_s, device_id, w, used, peer,
                             "AuthenticateStream", t_start, template_id=_template_id(st),
                             device_key=device_key)
 
@@ -1836,10 +1839,14 @@ class _Buffer:
         return (f"channel {i} was {self.ch_names[i]!r} in the first, {b.ch_names[i]!r} in "
                 "this one (same names in the same order)")
 
-    def block(self, last_seconds: float | None = None) -> SignalBlock:
+    def block(self, last_seconds: float | None = None,
+              first_seconds: float | None = None) -> SignalBlock:
+        """The buffered signal, or its last or first that many seconds."""
         data = np.concatenate(self._parts, axis=0) if len(self._parts) > 1 else self._parts[0]
         if len(self._parts) > 1:
             self._parts = [data]
+        if first_seconds is not None:
+            data = data[:max(1, samples_for(first_seconds, self.sfreq))]
         if last_seconds is not None:
             # as many samples as the pipeline needs for that many seconds: round() gave
             # one fewer at rates like 250.1 Hz, a window 'too short'

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pytest
 from _server_support import eeg, make_pipeline, signal_block
 from prometheus_client import CollectorRegistry
@@ -208,3 +209,30 @@ def test_a_refused_proof_is_audited_and_logged_under_the_method_that_carried_it(
     assert lines == [("device_proof_wrong", "Authenticate"),
                      ("device_proof_wrong", "AuthenticateStream"),
                      ("device_proof_device_mismatch", "AuthenticateStream")]
+
+
+@pytest.mark.parametrize("max_seconds,extra_s", [(20.0, 10.0), (8.0, 8.0)])
+def test_a_stream_s_presentation_attack_check_sees_the_signal_its_decision_used(
+        svc, caplog, max_seconds, extra_s):
+    """AuthenticateStream ran presentation-attack detection over everything it had
+    buffered, signal past the sequential decision included: a genuine user whose client
+    sent the recording in one chunk, the headset taken off after the decision's windows
+    (a flat tail), was rejected as a presentation attack (pad: periodic), counted towards
+    the lockout and logged as a high-severity security event, for samples the decision
+    never looked at. PAD now judges the windows the decision used."""
+    svc.config.require_device_proof = False
+    svc.enroll("u1", [signal_block(eeg(1, 3, 0, 40))])
+    x = eeg(1, 4, 0, max_seconds)
+    flat = np.zeros((int(extra_s * 160), x.shape[1]), dtype=np.float32)
+    b = signal_block(np.concatenate([x, flat]))
+    with caplog.at_level("WARNING", logger="nacf.service"):
+        r = svc.authenticate_stream("u1", iter([b]), max_seconds=max_seconds)
+    assert (r.accepted, r.reasons[-1]) == (
+        True, f"sequential test: accept after {int(max_seconds // 4)} window(s)"), r.reasons
+    assert not [x for x in caplog.records if getattr(x, "event_type", "") == "security_event"]
+    assert svc.store.get_lockout("u1").failures == 0
+    # what the decision used is the probe PAD remembers: the same windows again, with
+    # another tail, are a replay of it
+    b2 = signal_block(np.concatenate([x, eeg(2, 4, 0, extra_s)]))
+    r2 = svc.authenticate_stream("u1", iter([b2]), max_seconds=max_seconds)
+    assert not r2.accepted and "pad: replay_of_probe" in r2.reasons
