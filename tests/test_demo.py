@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -39,3 +40,33 @@ def test_demo_runs_end_to_end_and_stops_cleanly():
         assert int(secs) > 0 and float(ms) >= 0
     assert "metrics: http://127.0.0.1:" in out
     assert "nacf demo: stopped cleanly" in out
+
+
+@pytest.mark.parametrize("stage", ["== enrollment", "== authentication"])
+def test_demo_stopped_by_sigterm_stops_the_server_and_leaves_no_files(tmp_path, stage):
+    # SIGTERM (a terminal closed, `kill`, a CI job's timeout) at any stage: the server
+    # stops, the temporary store, its template key and the simulator's port go, and the
+    # demo says so and exits non-zero, as on Ctrl-C
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = dict(os.environ, NACF_KERNEL_BACKEND="cython", TMPDIR=str(tmp))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nacf_core.cli", "--log-level", "WARNING", "demo",
+         "--people", "2", "--speed", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if line.startswith(stage):
+                break
+        assert seen and seen[-1].startswith(stage), "".join(seen)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, (proc.returncode, err[-2000:])
+    assert "nacf demo: interrupted" in err and "Traceback" not in err, err[-2000:]
+    assert sorted(os.listdir(tmp)) == []

@@ -66,14 +66,8 @@ def run(args: argparse.Namespace) -> int:
 
     limit_threads()
     import logging
-    import secrets
-    import tempfile
-
-    import grpc
-
-    from nacf_core.config import SCOPES, Config
-    from nacf_core.errors import NacfError
-    from nacf_core.server.app import NacfServer
+    import signal
+    import threading
 
     try:
         people = demo_people(args.people)
@@ -86,6 +80,35 @@ def run(args: argparse.Namespace) -> int:
     if not args.server_logs:
         nacf_log = logging.getLogger("nacf")
         nacf_log.setLevel(max(nacf_log.getEffectiveLevel(), logging.WARNING))
+
+    def _term(signum, frame):  # SIGTERM: unwind like Ctrl-C, so the server stops and the
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # temporary files go; once only:
+        raise KeyboardInterrupt  # a second one must not cut that clean-up short
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    old_term = signal.signal(signal.SIGTERM, _term) if main_thread else None
+    try:
+        return _serve_demo(args, people)
+    except KeyboardInterrupt:
+        print("nacf demo: interrupted; the server was stopped and its temporary store "
+              "removed.", file=sys.stderr)
+        return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, old_term)
+
+
+def _serve_demo(args: argparse.Namespace, people) -> int:
+    """Steps 1-4 in a temporary directory that goes with the server when they end."""
+    import secrets
+    import tempfile
+
+    import grpc
+
+    from nacf_core.config import SCOPES, Config
+    from nacf_core.errors import NacfError
+    from nacf_core.server.app import NacfServer
+
     with tempfile.TemporaryDirectory(prefix="nacf-demo-") as tmp:
         api_key = secrets.token_urlsafe(24)
         try:
