@@ -290,6 +290,7 @@ class SimulatedCyton:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._master = self._slave = -1
+        self._made_port = False  # the port symlink is ours to remove
         self._out = bytearray()
         self._cmd = bytearray()
         self._streaming = False
@@ -361,17 +362,25 @@ class SimulatedCyton:
         tty.setraw(slave)  # no echo, no line discipline: a serial line
         os.set_blocking(master, False)
         self._master, self._slave = master, slave
-        tmp = Path(self.port + ".new")
-        if tmp.is_symlink():
-            tmp.unlink()
-        tmp.symlink_to(os.ttyname(slave))
-        os.replace(tmp, self.port)
+        try:
+            # never over a path that exists: a file of the user's in port_dir, or the
+            # port of another simulator on that folder, is not ours to replace (nor to
+            # remove at close)
+            os.symlink(os.ttyname(slave), self.port)
+        except FileExistsError:
+            raise FileExistsError(
+                errno.EEXIST, f"{self.port!r} already exists (another simulator's port, "
+                "or a file of that name): use another port directory (--port-dir)",
+                self.port) from None
+        self._made_port = True
 
     def _close_pty(self) -> None:
-        try:
-            os.unlink(self.port)
-        except FileNotFoundError:
-            pass
+        if self._made_port:
+            self._made_port = False
+            try:
+                os.unlink(self.port)
+            except FileNotFoundError:
+                pass
         for fd in (self._master, self._slave):
             if fd >= 0:
                 try:

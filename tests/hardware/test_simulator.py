@@ -186,3 +186,46 @@ def test_a_railed_channel_the_board_lacks_is_refused(recording, spec, daisy):
         SimulatedCyton(recording, daisy=daisy, faults=spec)
     assert main(["simulate", str(DEMO), "--faults", spec, "--seconds", "0.1",
                  *(["--daisy"] if daisy else [])]) == 2
+
+
+@pytest.mark.parametrize("existing", ["file", "port"])
+def test_a_port_path_that_exists_is_refused_and_left_alone(recording, tmp_path, existing):
+    # --port-dir names a folder of the user's: a file of the port's name there (or the
+    # port of another simulator running on that folder) is not the simulator's to
+    # replace, nor to delete when it stops
+    other = None
+    if existing == "file":
+        (tmp_path / "ttyUSB0").write_text("not a port\n")
+    else:
+        other = SimulatedCyton(recording, port_dir=tmp_path)
+        other.start()
+    before = os.readlink(tmp_path / "ttyUSB0") if other else "not a port\n"
+    try:
+        sim = SimulatedCyton(recording, port_dir=tmp_path)
+        with pytest.raises(FileExistsError, match="ttyUSB0"):
+            sim.start()
+        sim.close()
+        after = (os.readlink(tmp_path / "ttyUSB0") if other
+                 else (tmp_path / "ttyUSB0").read_text())
+        assert after == before
+        if other:  # the first simulator's port still answers
+            fd = os.open(other.port, os.O_RDWR | os.O_NOCTTY)
+            try:
+                os.write(fd, b"v")
+                assert _read_until(fd, b"$$$").endswith(b"$$$")
+            finally:
+                os.close(fd)
+    finally:
+        if other:
+            other.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ([] if other else ["ttyUSB0"])
+
+
+def test_simulate_cli_refuses_a_port_dir_whose_port_name_is_taken(tmp_path, capsys):
+    (tmp_path / "ttyUSB0").write_text("not a port\n")
+    assert main(["simulate", "--port-dir", str(tmp_path), "--seconds", "0.1"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "Traceback" not in err
+    assert f"cannot create the port {str(tmp_path / 'ttyUSB0')!r}" in err
+    assert "exists" in err
+    assert (tmp_path / "ttyUSB0").read_text() == "not a port\n"
