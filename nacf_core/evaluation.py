@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from nacf_core import calibration as cal
-from nacf_core.config import read_text_file
+from nacf_core.config import CompleteOrNothing, read_text_file
 from nacf_core.errors import InvalidArgument
 from nacf_core.model import Model
 from nacf_core.pipeline import Pipeline, Template
@@ -566,6 +566,10 @@ def plot_det(report: dict, path: str | os.PathLike, title: str = "") -> Path:
                  fontsize=10)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:  # the whole image, or the file as it was (a full disk, Ctrl-C)
+        with CompleteOrNothing(path, binary=True, what="DET curve file") as fh:
+            # the format from the name, as savefig(path) takes it (none: PNG)
+            fig.savefig(fh, dpi=110, format=path.suffix[1:].lower() or None)
+    finally:
+        plt.close(fig)
     return path

@@ -251,6 +251,35 @@ def test_evaluate_outputs_must_not_be_its_inputs(tmp_path, capsys, option, targe
     assert {p: p.read_bytes() for p in (rec, m)} == before
 
 
+@pytest.mark.parametrize("option, name, limit", [("--json", "r.json", 1000),
+                                                   ("--det", "r.png", 10000)])
+def test_evaluate_output_that_fails_to_write_keeps_the_old_file(tmp_path, option, name,
+                                                                  limit):
+    """--json and --det were written in place: a full disk (here the file-size limit)
+    or a Ctrl-C while writing left the file cut short, an earlier report of that name
+    lost, with exit 1 and the report printed as if all was well but that file."""
+    from _fsize import run_with_file_size_limit
+
+    from nacf_core.model import default_model_path
+
+    m = tmp_path / "m.csv"
+    m.write_text("subject,recording,role,path\n" + "".join(
+        f"{s},R03,enroll,{DEMO / (s + 'R03.npz')}\n{s},R07,probe,{DEMO / (s + 'R07.npz')}\n"
+        for s in ("S021", "S022")))
+    out = tmp_path / name
+    out.write_bytes(b"the earlier report\n")
+    proc = run_with_file_size_limit(
+        "import matplotlib.pyplot\nfrom nacf_core.cli import main",
+        "sys.exit(main(['evaluate', sys.argv[1], '--model', sys.argv[2], sys.argv[3], "
+        "sys.argv[4], '--no-progress']))",
+        limit, str(m), str(default_model_path(8)), option, str(out))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"nacf evaluate: {option} {str(out)!r}: cannot write it" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert out.read_bytes() == b"the earlier report\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.csv", name])
+
+
 # ----------------------------------------------------------------------- demo
 @pytest.mark.parametrize("argv, match", [
     (["--grpc-address", "bogus"], "argument --grpc-address: expected HOST:PORT"),

@@ -136,6 +136,7 @@ def _json_ready(obj):
 
 def run(args: argparse.Namespace) -> int:
     from nacf_core.commands._progress import ProgressBar
+    from nacf_core.config import CompleteOrNothing
     from nacf_core.errors import NacfError
     from nacf_core.evaluation import evaluate, plot_det, read_manifest
     from nacf_core.model import Model
@@ -168,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
         option = "--json"
         if args.json_path:
             out = _json_ready({k: v for k, v in report.items() if not k.startswith("_")})
-            with open(args.json_path, "w") as fh:
+            with CompleteOrNothing(args.json_path, what="--json") as fh:  # whole, or as was
                 json.dump(out, fh, indent=2, allow_nan=False)
                 fh.write("\n")
             print(f"report written to {args.json_path}")
