@@ -60,11 +60,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _open(args: argparse.Namespace, create: bool = False):
     """The store at --store-url; only ``migrate`` creates one (a mistyped URL given to
     ``rotate-key`` or ``stats`` is an error, not a new empty store)."""
+    import os
     from pathlib import Path
 
+    from nacf_core.errors import FailedPrecondition
     from nacf_core.store import open_store
+    from nacf_core.store.crypto import KEY_ENV, KEY_FILE_ENV
 
     key = Path(args.key_file) if args.key_file else None
+    if key is None and not (os.environ.get(KEY_ENV) or os.environ.get(KEY_FILE_ENV)):
+        raise FailedPrecondition(
+            f"no template key: give --key-file FILE (the key the store was written with; "
+            f"`nacf store new-key FILE` makes one for a new store), or set {KEY_ENV} "
+            f"(base64 of 32 bytes) or {KEY_FILE_ENV}.")
     return open_store(args.store_url, key=key, create=create)
 
 

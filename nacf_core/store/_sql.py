@@ -255,8 +255,8 @@ class SqlStore(Store):
         if row[0] != self._cipher.key_id:
             raise FailedPrecondition(
                 f"Wrong template key: this store was written with key id {row[0]}, but the "
-                f"configured key (NACF_TEMPLATE_KEY / NACF_TEMPLATE_KEY_FILE / key=) has id "
-                f"{self._cipher.key_id}."
+                f"configured key ({self._cipher.source}) has id {self._cipher.key_id}: "
+                f"give the key this store was written with."
             )
         self._cipher.decrypt(row[0], row[1], Cipher.aad("keycheck"), "The store's key check")
 

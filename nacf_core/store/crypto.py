@@ -30,7 +30,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from ..config import fsync_dir, read_regular_file
 from ..errors import FailedPrecondition, InvalidArgument
 
-__all__ = ["Cipher", "load_key", "create_key_file", "KEY_ENV", "KEY_FILE_ENV"]
+__all__ = ["Cipher", "load_key", "key_source", "create_key_file", "KEY_ENV",
+           "KEY_FILE_ENV"]
 
 KEY_ENV = "NACF_TEMPLATE_KEY"
 KEY_FILE_ENV = "NACF_TEMPLATE_KEY_FILE"
@@ -107,6 +108,21 @@ def load_key(key: bytes | str | os.PathLike | None = None) -> bytes:
     )
 
 
+def key_source(key: bytes | str | os.PathLike | None = None) -> str:
+    """Where :func:`load_key` takes ``key`` from, for a message: the key file (and the
+    variable that named it), ``$NACF_TEMPLATE_KEY`` or the 'key' parameter."""
+    if isinstance(key, os.PathLike):
+        return f"the key file {os.fsdecode(key)!r}"
+    if key is not None:
+        return "the 'key' parameter"
+    if os.environ.get(KEY_ENV):
+        return f"${KEY_ENV}"
+    path = os.environ.get(KEY_FILE_ENV)
+    if path:
+        return f"the key file {path!r} ({KEY_FILE_ENV})"
+    return "no key"
+
+
 def _read_key_file(path: Path) -> bytes:
     """The key in the regular file ``path``: a FIFO, a device (``/dev/zero``) or a file
     over :data:`MAX_KEY_FILE_BYTES` is refused, never read."""
@@ -149,6 +165,8 @@ class Cipher:
 
     def __init__(self, key: bytes | str | os.PathLike | None = None) -> None:
         raw = load_key(key)
+        #: where the key came from, for messages (never the key itself)
+        self.source = key_source(key)
         self._aead = AESGCM(raw)
         self.key_id = hashlib.sha256(b"nacf-template-key-id\0" + raw).hexdigest()[:16]
 

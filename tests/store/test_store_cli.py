@@ -83,3 +83,34 @@ def test_actions_other_than_migrate_refuse_a_store_that_does_not_exist(store_url
     assert main(["store", "migrate", "--store-url", store_url, *key]) == 0
     assert main(["store", "stats", "--store-url", store_url, *key]) == 0
     capsys.readouterr()
+
+
+def test_a_wrong_or_missing_key_names_the_key_file_and_the_option(tmp_path, capsys,
+                                                                   monkeypatch):
+    """The key given with --key-file that is not the store's was reported as 'the
+    configured key (NACF_TEMPLATE_KEY / NACF_TEMPLATE_KEY_FILE / key=)', naming neither
+    the file nor the option; no key at all told the operator to 'pass key= to
+    open_store()', a Python parameter, not --key-file."""
+    for var in ("NACF_TEMPLATE_KEY", "NACF_TEMPLATE_KEY_FILE"):
+        monkeypatch.delenv(var, raising=False)
+    k1, k2 = tmp_path / "k1", tmp_path / "k2"
+    url = f"sqlite:///{tmp_path / 'n.db'}"
+    for k in (k1, k2):
+        assert main(["store", "new-key", str(k)]) == 0
+    assert main(["store", "migrate", "--store-url", url, "--key-file", str(k1)]) == 0
+    capsys.readouterr()
+
+    assert main(["store", "stats", "--store-url", url, "--key-file", str(k2)]) == 1
+    err = capsys.readouterr().err
+    assert "Wrong template key" in err and f"the key file {str(k2)!r}" in err, err
+    assert "key=" not in err
+    monkeypatch.setenv("NACF_TEMPLATE_KEY_FILE", str(k2))
+    assert main(["store", "stats", "--store-url", url]) == 1
+    err = capsys.readouterr().err
+    assert f"the key file {str(k2)!r} (NACF_TEMPLATE_KEY_FILE)" in err, err
+    monkeypatch.delenv("NACF_TEMPLATE_KEY_FILE")
+
+    for action in (["migrate"], ["stats"], ["purge-attempts", "--older-than-days", "1"]):
+        assert main(["store", *action, "--store-url", url]) == 1
+        err = capsys.readouterr().err
+        assert "--key-file" in err and "open_store" not in err, err
