@@ -304,7 +304,11 @@ class SimulatedCyton:
 
     # -- lifecycle ---------------------------------------------------------------
     def __enter__(self) -> SimulatedCyton:
-        self.start()
+        try:
+            self.start()
+        except BaseException:  # no __exit__ follows: the pty and the port folder go now
+            self.close()
+            raise
         return self
 
     def __exit__(self, *exc) -> None:

@@ -229,3 +229,18 @@ def test_simulate_cli_refuses_a_port_dir_whose_port_name_is_taken(tmp_path, caps
     assert f"cannot create the port {str(tmp_path / 'ttyUSB0')!r}" in err
     assert "exists" in err
     assert (tmp_path / "ttyUSB0").read_text() == "not a port\n"
+
+
+def test_a_with_block_whose_start_fails_leaves_no_port_folder(recording, tmp_path,
+                                                              monkeypatch):
+    import tempfile
+
+    def no_pty():
+        raise OSError(2, "No such file or directory")
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(os, "openpty", no_pty)
+    with pytest.raises(OSError, match="No such file"):
+        with SimulatedCyton(recording):
+            pass
+    assert list(tmp_path.iterdir()) == []
