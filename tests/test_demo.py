@@ -70,3 +70,25 @@ def test_demo_stopped_by_sigterm_stops_the_server_and_leaves_no_files(tmp_path, 
     assert proc.returncode == 130, (proc.returncode, err[-2000:])
     assert "nacf demo: interrupted" in err and "Traceback" not in err, err[-2000:]
     assert sorted(os.listdir(tmp)) == []
+
+
+def test_demo_without_a_pseudo_terminal_says_so_and_stops_the_server(tmp_path):
+    # a container without /dev/pts (os.openpty fails): the simulated headset cannot
+    # exist; the demo said so with a traceback
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    code = ("import errno, os, sys\n"
+            "def no_pty():\n"
+            "    raise OSError(errno.ENOENT, 'No such file or directory')\n"
+            "os.openpty = no_pty\n"
+            "from nacf_core.cli import main\n"
+            "sys.exit(main(['--log-level', 'WARNING', 'demo', '--people', '2']))\n")
+    env = dict(os.environ, NACF_KERNEL_BACKEND="cython", TMPDIR=str(tmp))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=240, env=env)
+    assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert ("nacf demo: the simulated headset failed: [Errno 2] No such file or directory"
+            in proc.stderr), proc.stderr[-2000:]
+    assert "nacf demo: stopped cleanly" in proc.stdout
+    assert sorted(os.listdir(tmp)) == []

@@ -133,6 +133,9 @@ def _serve_demo(args: argparse.Namespace, people) -> int:
         except grpc.RpcError as e:
             print(f"nacf demo: {e.code().name}: {e.details()}", file=sys.stderr)
             ok = False
+        except (OSError, NacfError, RuntimeError) as e:  # the pty, the serial reader
+            print(f"nacf demo: the simulated headset failed: {e}", file=sys.stderr)
+            ok = False
         finally:
             channel.close()
             server.stop(grace=5.0)
