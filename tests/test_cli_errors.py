@@ -280,6 +280,30 @@ def test_evaluate_output_that_fails_to_write_keeps_the_old_file(tmp_path, option
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.csv", name])
 
 
+def test_evaluate_refuses_a_det_format_it_cannot_draw_before_evaluating(tmp_path, capsys,
+                                                                         monkeypatch):
+    """--det r.jgp (a typo) was found unwritable only once the evaluation had run (minutes
+    on a full manifest) and its report had been printed."""
+    import nacf_core.evaluation
+    from nacf_core.model import default_model_path
+
+    def evaluate(*a, **k):
+        raise AssertionError("the evaluation ran")
+
+    monkeypatch.setattr(nacf_core.evaluation, "evaluate", evaluate)
+    m = tmp_path / "m.csv"
+    m.write_text("subject,recording,role,path\n"
+                 f"S021,R03,enroll,{DEMO / 'S021R03.npz'}\n"
+                 f"S021,R07,probe,{DEMO / 'S021R07.npz'}\n")
+    out = tmp_path / "r.jgp"
+    assert main(["evaluate", str(m), "--model", str(default_model_path(8)), "--det",
+                 str(out), "--no-progress"]) == 1
+    std, err = capsys.readouterr()
+    assert std == "" and "Traceback" not in err
+    assert f"--det {str(out)!r}: cannot draw a 'jgp' file; expected one of " in err, err
+    assert "png" in err and not out.exists()
+
+
 # ----------------------------------------------------------------------- demo
 @pytest.mark.parametrize("argv, match", [
     (["--grpc-address", "bogus"], "argument --grpc-address: expected HOST:PORT"),

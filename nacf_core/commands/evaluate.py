@@ -118,6 +118,27 @@ def _check_subjects(manifest, folds: int) -> None:
             f"(2 test subjects per fold), but the manifest {str(manifest)!r} has {n}; {hint}.")
 
 
+def _check_det_format(path) -> None:
+    """``ValueError`` when --det names a file format matplotlib cannot draw (its suffix;
+    none: PNG), before the evaluation rather than after it."""
+    if not path:
+        return
+    from pathlib import Path
+
+    fmt = Path(path).suffix[1:].lower()
+    if not fmt:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    known = sorted(Figure().canvas.get_supported_filetypes())
+    if fmt not in known:
+        raise ValueError(f"--det {path!r}: cannot draw a {fmt!r} file; expected one of "
+                         f"{', '.join(known)} (the file name's suffix).")
+
+
 def _json_ready(obj):
     """``obj`` with NumPy numbers as Python ones and every non-finite float (a rate with
     no comparison behind it is NaN) as None: ``NaN`` and ``Infinity`` are not JSON."""
@@ -147,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
         for option, path in (("--json", args.json_path), ("--det", args.det_path)):
             check_output_path(option, path)  # before the evaluation, not after it
             check_not_an_input(option, path, args.manifest, rows)
+        _check_det_format(args.det_path)
         model = Model.load(args.model) if args.model else None
         if model is None:
             _check_subjects(args.manifest, args.folds)
