@@ -92,3 +92,33 @@ def test_demo_without_a_pseudo_terminal_says_so_and_stops_the_server(tmp_path):
             in proc.stderr), proc.stderr[-2000:]
     assert "nacf demo: stopped cleanly" in proc.stdout
     assert sorted(os.listdir(tmp)) == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_while_keeping_the_server_up_is_a_clean_stop(tmp_path, signum):
+    # --keep-running S says "(Ctrl-C stops)": the way to end the wait, after the attempts
+    # were made and printed, is the demo's normal end, not an interruption
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = dict(os.environ, NACF_KERNEL_BACKEND="cython", TMPDIR=str(tmp))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nacf_core.cli", "--log-level", "WARNING", "demo",
+         "--people", "2", "--speed", "10", "--keep-running", "600"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if line.startswith("keeping the server up for 600 s"):
+                break
+        assert seen and "(Ctrl-C stops)" in seen[-1], "".join(seen)
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, (proc.returncode, err[-2000:])
+    assert "nacf demo: stopped cleanly" in out and "interrupted" not in err, (out, err)
+    assert sorted(os.listdir(tmp)) == []

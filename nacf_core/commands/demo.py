@@ -128,8 +128,11 @@ def _serve_demo(args: argparse.Namespace, people) -> int:
             ok = _run_demo(grpc, channel, api_key, people, args.speed, out)
             out(f"metrics: {metrics_url}")
             if args.keep_running > 0:
-                out(f"keeping the server up for {args.keep_running:g} s (Ctrl-C stops)")
-                time.sleep(args.keep_running)
+                try:  # from the line on: a Ctrl-C right after it ends the wait too
+                    out(f"keeping the server up for {args.keep_running:g} s (Ctrl-C stops)")
+                    time.sleep(args.keep_running)
+                except KeyboardInterrupt:  # as offered: the end of the wait, not a failure
+                    pass
         except grpc.RpcError as e:
             print(f"nacf demo: {e.code().name}: {e.details()}", file=sys.stderr)
             ok = False
