@@ -317,6 +317,16 @@ def test_demo_refuses_bad_options_before_starting(capsys, argv, match):
 
 
 # ----------------------------------------------------------------------- simulate
+@pytest.mark.parametrize("speed", ["0", "-1", "nan", "inf"])
+@pytest.mark.parametrize("lsl", [[], ["--lsl", "nacf-test-speed"]])
+def test_simulate_refuses_a_speed_that_is_not_a_pace(capsys, speed, lsl):
+    # with --lsl a speed of 0 or less was a traceback (exit 1) after 'lsl:NAME' was
+    # printed as the stream to read; on the pty the simulator's own message (exit 2)
+    assert ("argument --speed: expected a finite number > 0, got "
+            in _argparse_error(capsys, ["simulate", *lsl, "--speed", speed, "--seconds",
+                                        "0.1"]))
+
+
 @pytest.mark.parametrize("argv, match", [
     (["--seconds", "-1"], "argument --seconds: expected a finite number in (0, "),
     (["--seconds", "nan"], "argument --seconds: expected a finite number in (0, "),

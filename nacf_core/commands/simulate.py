@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(default: the first shipped demo recording)")
     p.add_argument("--daisy", action="store_true", help="simulate a Cyton+Daisy (16 channels)")
     p.add_argument("--faults", default="", help="faults to inject (see below)")
-    p.add_argument("--speed", type=float, default=1.0,
+    p.add_argument("--speed", type=finite_float(0.0, lo_open=True), default=1.0,
                    help="pace factor (1 = real time, 250 packets/s)")
     p.add_argument("--fast", action="store_true",
                    help="no pacing: stream as fast as the reader reads")
@@ -101,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_lsl(args: argparse.Namespace, recording) -> int:
+    from nacf_core.errors import NacfError
     from nacf_core.hardware.lsl import stream_recording_to_lsl
 
     print(f"lsl:{args.lsl}", flush=True)
@@ -112,6 +113,9 @@ def _run_lsl(args: argparse.Namespace, recording) -> int:
         )
     except KeyboardInterrupt:
         return 0
+    except (ValueError, OSError, NacfError) as exc:  # e.g. --seconds x --speed past 1e308
+        print(f"nacf simulate: {exc}", file=sys.stderr)
+        return 2
     print(f"# pushed {n} samples to the LSL outlet {args.lsl!r}", file=sys.stderr)
     return 0
 
