@@ -327,6 +327,19 @@ def test_simulate_refuses_a_speed_that_is_not_a_pace(capsys, speed, lsl):
                                         "0.1"]))
 
 
+@pytest.mark.parametrize("option", [["--faults", "drop=0.5"], ["--daisy"],
+                                    ["--port-dir", "."]])
+def test_simulate_refuses_pty_options_with_lsl(capsys, option):
+    # they shape the simulated board on a pty; with --lsl they were ignored without a
+    # word: a test of a reader's fault handling streamed a clean signal
+    assert main(["simulate", "--lsl", "nacf-test-pty-options", *option, "--seconds",
+                 "0.1"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "Traceback" not in err
+    assert (f"nacf simulate: {option[0]} is for the simulated Cyton on a pty; --lsl pushes "
+            "the recording as it is" in err), err
+
+
 @pytest.mark.parametrize("argv, match", [
     (["--seconds", "-1"], "argument --seconds: expected a finite number in (0, "),
     (["--seconds", "nan"], "argument --seconds: expected a finite number in (0, "),

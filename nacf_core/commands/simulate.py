@@ -67,6 +67,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"nacf simulate: {exc}", file=sys.stderr)
         return 2
     if args.lsl is not None:
+        for option, given in (("--faults", args.faults), ("--daisy", args.daisy),
+                              ("--port-dir", args.port_dir is not None)):
+            if given:  # never ignored without a word
+                print(f"nacf simulate: {option} is for the simulated Cyton on a pty; --lsl "
+                      f"pushes the recording as it is: leave out one or the other.",
+                      file=sys.stderr)
+                return 2
         return _run_lsl(args, recording)
     from nacf_core.hardware.simulator import Faults, SimulatedCyton
 
