@@ -122,3 +122,25 @@ def test_ctrl_c_while_keeping_the_server_up_is_a_clean_stop(tmp_path, signum):
     assert proc.returncode == 0, (proc.returncode, err[-2000:])
     assert "nacf demo: stopped cleanly" in out and "interrupted" not in err, (out, err)
     assert sorted(os.listdir(tmp)) == []
+
+
+def test_demo_on_a_port_in_use_names_its_own_option(tmp_path):
+    # the refusal told the demo's user to "use --reuse-port", an option of nacf serve that
+    # nacf demo does not have
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        addr = f"127.0.0.1:{s.getsockname()[1]}"
+        env = dict(os.environ, NACF_KERNEL_BACKEND="cython", TMPDIR=str(tmp_path))
+        proc = subprocess.run(
+            [sys.executable, "-m", "nacf_core.cli", "--log-level", "WARNING", "demo",
+             "--people", "2", "--grpc-address", addr],
+            capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "--reuse-port" not in proc.stderr and "Traceback" not in proc.stderr
+    assert (f"nacf demo: cannot start the server: --grpc-address {addr} is in use or not "
+            "available: give another HOST:PORT, or leave the option out for a free port"
+            in proc.stderr), proc.stderr[-2000:]
+    assert os.listdir(tmp_path) == []

@@ -107,7 +107,7 @@ def _serve_demo(args: argparse.Namespace, people) -> int:
 
     from nacf_core.config import SCOPES, Config
     from nacf_core.errors import NacfError
-    from nacf_core.server.app import NacfServer
+    from nacf_core.server.app import BindError, NacfServer
 
     with tempfile.TemporaryDirectory(prefix="nacf-demo-") as tmp:
         api_key = secrets.token_urlsafe(24)
@@ -116,6 +116,11 @@ def _serve_demo(args: argparse.Namespace, people) -> int:
                             metrics_address=args.metrics_address, data_dir=tmp,
                             api_keys={api_key: frozenset(SCOPES)}, require_device_proof=True)
             server = NacfServer(config).start()
+        except BindError as e:  # the demo's own options, not nacf serve's advice
+            print(f"nacf demo: cannot start the server: --{e.option.replace('_', '-')} "
+                  f"{e.address} is in use or not available: give another HOST:PORT, or "
+                  f"leave the option out for a free port.", file=sys.stderr)
+            return 2
         except (NacfError, OSError, ValueError) as e:
             print(f"nacf demo: cannot start the server: {e}", file=sys.stderr)
             return 2

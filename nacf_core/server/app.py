@@ -39,7 +39,8 @@ from nacf_core.server.interceptors import AuthInterceptor
 from nacf_core.server.servicer import SERVICE_NAME, add_to_server
 from nacf_core.service import AuthService
 
-__all__ = ["SERVICE_NAME", "NacfServer", "build_service", "is_loopback", "limit_threads"]
+__all__ = ["SERVICE_NAME", "BindError", "NacfServer", "build_service", "is_loopback",
+           "limit_threads"]
 
 log = logging.getLogger("nacf.server")
 
@@ -216,6 +217,16 @@ def read_tls_files(config: Config) -> tuple[bytes, bytes, bytes | None]:
     return key_pem, cert_pem, ca_pem
 
 
+class BindError(OSError):
+    """An address of the server's that cannot be bound; ``option`` names its option
+    (``grpc_address``, ``metrics_address``), ``address`` the value."""
+
+    def __init__(self, option: str, address: str, message: str) -> None:
+        super().__init__(message)
+        self.option = option
+        self.address = address
+
+
 class NacfServer:
     """The gRPC server with its sidecar.
 
@@ -334,9 +345,10 @@ class NacfServer:
             self.port = 0
         if not self.port:
             server.stop(0)
-            raise OSError(f"cannot bind gRPC on {cfg.grpc_address}: address in use (another "
-                          "nacf serve? use --reuse-port to share it on purpose) or not "
-                          "available.")
+            raise BindError("grpc_address", cfg.grpc_address,
+                            f"cannot bind gRPC on {cfg.grpc_address}: address in use "
+                            "(another nacf serve? use --reuse-port to share it on purpose) "
+                            "or not available.")
         self._set_health(False)
         # the gauges read from the store, before the first scrape can come (the health
         # loop refreshes them every 2 s from then on): after a restart the active
@@ -350,9 +362,10 @@ class NacfServer:
             except OSError as exc:  # a port in use, a host that does not resolve
                 server.stop(0)
                 self.server = None
-                raise OSError(f"cannot serve metrics on {cfg.metrics_address} (option "
-                              f"'metrics_address', --metrics-address): "
-                              f"{exc.strerror or exc}.") from None
+                raise BindError("metrics_address", cfg.metrics_address,
+                                f"cannot serve metrics on {cfg.metrics_address} (option "
+                                f"'metrics_address', --metrics-address): "
+                                f"{exc.strerror or exc}.") from None
             self.sidecar.set_ready(True)
         self._set_health(self.ready())
         self._health_thread = threading.Thread(target=self._health_loop,
