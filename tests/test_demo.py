@@ -13,6 +13,33 @@ import pytest
 from nacf_core.commands.demo import demo_people
 
 
+def _signal_demo_at(tmp_path, prefix: str, signum: int, *args: str, **popen):
+    """Run ``nacf demo --people 2 ARGS`` with its own TMPDIR, send ``signum`` once a line
+    of its output starts with ``prefix``; return ``(returncode, stdout, stderr, the
+    TMPDIR's entries left)``."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = dict(os.environ, NACF_KERNEL_BACKEND="cython", TMPDIR=str(tmp))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nacf_core.cli", "--log-level", "WARNING", "demo",
+         "--people", "2", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **popen)
+    try:
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if line.startswith(prefix):
+                break
+        assert seen and seen[-1].startswith(prefix), "".join(seen)
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return proc.returncode, "".join(seen) + out, err, sorted(os.listdir(tmp))
+
+
 def test_demo_people_are_the_shipped_held_out_subjects():
     people = demo_people(4)
     assert [p[0] for p in people] == ["S021", "S022", "S023", "S024"]
@@ -47,29 +74,10 @@ def test_demo_stopped_by_sigterm_stops_the_server_and_leaves_no_files(tmp_path, 
     # SIGTERM (a terminal closed, `kill`, a CI job's timeout) at any stage: the server
     # stops, the temporary store, its template key and the simulator's port go, and the
     # demo says so and exits non-zero, as on Ctrl-C
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
-    env = dict(os.environ, NACF_KERNEL_BACKEND="cython", TMPDIR=str(tmp))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "nacf_core.cli", "--log-level", "WARNING", "demo",
-         "--people", "2", "--speed", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        seen = []
-        for line in proc.stdout:
-            seen.append(line)
-            if line.startswith(stage):
-                break
-        assert seen and seen[-1].startswith(stage), "".join(seen)
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 130, (proc.returncode, err[-2000:])
+    code, _, err, left = _signal_demo_at(tmp_path, stage, signal.SIGTERM, "--speed", "1")
+    assert code == 130, (code, err[-2000:])
     assert "nacf demo: interrupted" in err and "Traceback" not in err, err[-2000:]
-    assert sorted(os.listdir(tmp)) == []
+    assert left == []
 
 
 def test_demo_without_a_pseudo_terminal_says_so_and_stops_the_server(tmp_path):
@@ -98,30 +106,14 @@ def test_demo_without_a_pseudo_terminal_says_so_and_stops_the_server(tmp_path):
 def test_ctrl_c_while_keeping_the_server_up_is_a_clean_stop(tmp_path, signum):
     # --keep-running S says "(Ctrl-C stops)": the way to end the wait, after the attempts
     # were made and printed, is the demo's normal end, not an interruption
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
-    env = dict(os.environ, NACF_KERNEL_BACKEND="cython", TMPDIR=str(tmp))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "nacf_core.cli", "--log-level", "WARNING", "demo",
-         "--people", "2", "--speed", "10", "--keep-running", "600"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
-        seen = []
-        for line in proc.stdout:
-            seen.append(line)
-            if line.startswith("keeping the server up for 600 s"):
-                break
-        assert seen and "(Ctrl-C stops)" in seen[-1], "".join(seen)
-        proc.send_signal(signum)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, (proc.returncode, err[-2000:])
+    code, out, err, left = _signal_demo_at(
+        tmp_path, "keeping the server up for 600 s", signum, "--speed", "10",
+        "--keep-running", "600", preexec_fn=lambda: signal.signal(signal.SIGINT,
+                                                                  signal.SIG_DFL))
+    assert "(Ctrl-C stops)" in out
+    assert code == 0, (code, err[-2000:])
     assert "nacf demo: stopped cleanly" in out and "interrupted" not in err, (out, err)
-    assert sorted(os.listdir(tmp)) == []
+    assert left == []
 
 
 def test_demo_on_a_port_in_use_names_its_own_option(tmp_path):

@@ -691,6 +691,27 @@ def test_every_enroll_call_is_counted_once_in_registrations_with_its_status(srv)
         assert sum(reg1.values()) - sum(reg0.values()) == 1
 
 
+def _hold_past_deadline(answered: threading.Event, deadlines: list) -> None:
+    """In a handler: return once its client has DEADLINE_EXCEEDED (``answered``) and the
+    server's copy of the call's deadline (``deadlines[-1]``, monotonic) has passed too."""
+    assert answered.wait(30)
+    while deadlines[-1] is not None and time.monotonic() <= deadlines[-1]:
+        time.sleep(0.01)
+
+
+def _call_past_deadline(fn, req, answered: threading.Event, done: threading.Event,
+                        monkeypatch) -> None:
+    """Call ``fn(req)`` with a 1-s timeout whose handler outlives it: the client gets
+    DEADLINE_EXCEEDED; wait for the handler to finish (``done``) and undo the patches."""
+    try:
+        c, _ = code_of(fn, req, metadata=MD, timeout=1.0)
+    finally:
+        answered.set()
+    assert c == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert done.wait(30)  # the handler has finished
+    monkeypatch.undo()
+
+
 def test_a_register_device_whose_deadline_passes_before_its_write_writes_nothing(
         srv, monkeypatch):
     """A RegisterDevice that outlives its deadline (a store slow to answer): its client
@@ -713,21 +734,13 @@ def test_a_register_device_whose_deadline_passes_before_its_write_writes_nothing
             done.set()
 
     def slow_get_device(*a, **k):  # (a new headset: NotFound)
-        assert answered.wait(30)  # the client has its DEADLINE_EXCEEDED
-        while deadlines[-1] is not None and time.monotonic() <= deadlines[-1]:
-            time.sleep(0.01)  # and the server's copy of the deadline has passed too
+        _hold_past_deadline(answered, deadlines)
         return get_device(*a, **k)
 
     monkeypatch.setattr(svc, "register_device", service_register)
     monkeypatch.setattr(svc.store, "get_device", slow_get_device)
     req = pb.RegisterDeviceRequest(user_id="late-reg", device_id="hs-late-reg")
-    try:
-        c, _ = code_of(stub.RegisterDevice, req, metadata=MD, timeout=1.0)
-    finally:
-        answered.set()
-    assert c == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert done.wait(30)  # the handler has finished
-    monkeypatch.undo()
+    _call_past_deadline(stub.RegisterDevice, req, answered, done, monkeypatch)
     assert list(stub.GetUser(pb.GetUserRequest(user_id="late-reg"), metadata=MD)
                 .user.device_ids) == []
     assert deadlines[-1] is not None
@@ -752,9 +765,7 @@ def test_an_enroll_whose_deadline_passes_while_its_template_is_computed_writes_n
 
     def slow_template(*a):
         template = enroll_of_pipeline(*a)
-        assert answered.wait(30)  # the client has its DEADLINE_EXCEEDED
-        while deadlines[-1] is not None and time.monotonic() <= deadlines[-1]:
-            time.sleep(0.01)  # and the server's copy of the deadline has passed too
+        _hold_past_deadline(answered, deadlines)
         return template
 
     def registrations():
@@ -774,13 +785,7 @@ def test_an_enroll_whose_deadline_passes_while_its_template_is_computed_writes_n
 
     monkeypatch.setattr(svc.metrics, "record_registration", record_then_done)
     req = pb.EnrollRequest(user_id="late-enroll", signals=[sig(eeg(1, 3, 0, 40))])
-    try:
-        c, _ = code_of(stub.Enroll, req, metadata=MD, timeout=1.0)
-    finally:
-        answered.set()
-    assert c == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert done.wait(30)  # the handler has finished
-    monkeypatch.undo()
+    _call_past_deadline(stub.Enroll, req, answered, done, monkeypatch)
     assert code_of(stub.GetUser, pb.GetUserRequest(user_id="late-enroll"),
                    metadata=MD)[0] == grpc.StatusCode.NOT_FOUND
     after = registrations()
