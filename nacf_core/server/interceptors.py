@@ -11,7 +11,8 @@ For every call of a method outside ``grpc.health.v1`` it:
 3. takes a token from the caller's bucket (shared in the store), else
    ``RESOURCE_EXHAUSTED``;
 4. records ``nacfauth_auth_requests_total`` / ``_duration_seconds`` / success rate
-   with the status the call really ended with.
+   with the status the call really ended with, its duration from its arrival at the
+   server (the wait for a worker thread or the authentication thread included).
 
 A call refused in steps 1-3 is logged as a ``security_event`` (``missing_api_key``,
 ``unknown_api_key``, ``insufficient_scope``, ``rate_limited``) with the method, the
@@ -314,6 +315,9 @@ class AuthInterceptor(grpc.ServerInterceptor):
     # ------------------------------------------------------------------------------
     def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails):
         arrived = _clock()  # gRPC asks as the call arrives, before it waits for a worker
+        # the start of the call's duration in the RPC metrics: what its client waits for,
+        # the wait for a worker thread and for the authentication thread included
+        t_arrived = time.perf_counter()
         handler = continuation(details)
         method_path = details.method or ""
         if handler is None:
@@ -331,7 +335,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         if not is_reflection and (bound := self._at_concurrency_bound()) is not None:
             # gRPC refuses this call as soon as this returns (see watch_concurrency)
             self._count_busy(method, key, bound)
-        return _wrap(handler, self, method, key, is_reflection, arrived)
+        return _wrap(handler, self, method, key, is_reflection, arrived, t_arrived)
 
     # ------------------------------------------------------------------------------
     def identify(self, context: grpc.ServicerContext, key: str | None, method: str = ""
@@ -558,14 +562,17 @@ def _wrap_decoding(handler: grpc.RpcMethodHandler, method: str, raising: bool = 
 
 
 def _wrap(handler: grpc.RpcMethodHandler, icp: AuthInterceptor, method: str,
-          key: str | None, is_reflection: bool, arrived: float | None = None
-          ) -> grpc.RpcMethodHandler:
+          key: str | None, is_reflection: bool, arrived: float | None = None,
+          t_arrived: float | None = None) -> grpc.RpcMethodHandler:
     """``handler`` behind the interceptor's checks and metrics, for one call (``arrived``:
-    when it reached the server, see :func:`call_started`)."""
+    when it reached the server, see :func:`call_started`; ``t_arrived``: the same as a
+    ``time.perf_counter()`` value, where its duration in the RPC metrics starts: the time
+    it waited for a worker thread, or for the authentication thread behind other calls,
+    is latency its client sees; now when not given)."""
     # nacf's own handlers answer an InvalidArgument; reflection's would answer UNKNOWN
     handler = _wrap_decoding(handler, method, raising=not is_reflection)
     def _guard(context, fn):
-        t0 = time.perf_counter()
+        t0 = time.perf_counter() if t_arrived is None else t_arrived
         call_started(context, arrived)
         user_type = "anonymous"
         failed = True
@@ -593,7 +600,7 @@ def _wrap(handler: grpc.RpcMethodHandler, icp: AuthInterceptor, method: str,
                             code=code)
 
     def _guard_stream(context, fn):
-        t0 = time.perf_counter()
+        t0 = time.perf_counter() if t_arrived is None else t_arrived
         state = {"user_type": "anonymous", "failed": True, "counted": False}
         lock = threading.Lock()
 
@@ -638,7 +645,7 @@ def _wrap(handler: grpc.RpcMethodHandler, icp: AuthInterceptor, method: str,
                           else "the call was cancelled while it was queued.")
 
             def _serialised(req, ctx):
-                t0 = time.perf_counter()
+                t0 = time.perf_counter() if t_arrived is None else t_arrived
 
                 def run():
                     with gate:  # rate limit, checks and all, one call at a time
@@ -648,9 +655,9 @@ def _wrap(handler: grpc.RpcMethodHandler, icp: AuthInterceptor, method: str,
 
                 return engine.submit(run).result()
 
-            return _one_message(_serialised, icp, method, key, handler, arrived)
+            return _one_message(_serialised, icp, method, key, handler, arrived, t_arrived)
         return _one_message(lambda req, ctx: _guard(ctx, lambda: inner(req, ctx)), icp, method,
-                            key, handler, arrived)
+                            key, handler, arrived, t_arrived)
     if handler.stream_unary:
         inner_su = handler.stream_unary
         return grpc.stream_unary_rpc_method_handler(
@@ -671,8 +678,8 @@ _NO_REQUEST = object()
 
 
 def _one_message(behavior: Callable, icp: AuthInterceptor, method: str, key: str | None,
-                 handler: grpc.RpcMethodHandler, arrived: float | None = None
-                 ) -> grpc.RpcMethodHandler:
+                 handler: grpc.RpcMethodHandler, arrived: float | None = None,
+                 t_arrived: float | None = None) -> grpc.RpcMethodHandler:
     """The unary ``behavior(request, context)`` served as a client stream of one message.
     grpcio does not run a unary handler whose call ended while it waited for a worker
     thread (all of them held by streams until its deadline passed): nothing counted it,
@@ -680,7 +687,7 @@ def _one_message(behavior: Callable, icp: AuthInterceptor, method: str, key: str
     call is counted DEADLINE_EXCEEDED, as the client saw it, and dropped before any work."""
 
     def read_one(it: Any, ctx: grpc.ServicerContext) -> Any:
-        t0 = time.perf_counter()
+        t0 = time.perf_counter() if t_arrived is None else t_arrived
         call_started(ctx, arrived)
         if call_active(ctx):
             try:
