@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-import time
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -17,10 +16,16 @@ import pytest
 from nacf_core.errors import AlreadyExists, InvalidArgument, Unavailable
 from nacf_core.store import open_store
 
+#: the end of every answer of the server: ReadyForQuery ('Z', length 5, status)
+_READY_FOR_QUERY = b"Z\x00\x00\x00\x05"
+#: how long the proxy waits for the server to answer a COMMIT it will drop
+ANSWER_WAIT_S = 60
+
 
 class _Proxy:
     """A TCP proxy to PostgreSQL. Armed with :meth:`drop_next_commit`, it forwards the
-    next COMMIT, lets the server carry it out, swallows the answer and cuts the client's
+    next COMMIT, waits for the server's answer (the transaction is then applied and
+    visible, however long the server took), swallows it and cuts the client's
     connection: the client cannot know whether the transaction was applied.
     :meth:`cut_all` closes every proxied connection (a server restart, as the pool sees
     it). :meth:`freeze` stops passing bytes on, either way, with every connection left
@@ -74,12 +79,13 @@ class _Proxy:
             server = socket.create_connection(self.target)
             with self._lock:
                 self._socks += [client, server]
-            hold = threading.Event()
-            threading.Thread(target=self._up, args=(client, server, hold), daemon=True).start()
-            threading.Thread(target=self._down, args=(server, client, hold),
+            hold, answered = threading.Event(), threading.Event()
+            threading.Thread(target=self._up, args=(client, server, hold, answered),
+                             daemon=True).start()
+            threading.Thread(target=self._down, args=(server, client, hold, answered),
                              daemon=True).start()
 
-    def _up(self, client, server, hold) -> None:
+    def _up(self, client, server, hold, answered) -> None:
         try:
             while data := client.recv(65536):
                 if self._freeze_at_commit.is_set() and b"COMMIT" in data:
@@ -90,8 +96,10 @@ class _Proxy:
                     self._armed.clear()
                     hold.set()  # the answer is not passed on
                     server.sendall(data)
-                    time.sleep(0.3)  # the server commits and answers
-                    self.dropped.set()
+                    # the server has committed once it answers: a fixed pause here was
+                    # too short for a loaded server, whose commit the test then missed
+                    if answered.wait(ANSWER_WAIT_S):
+                        self.dropped.set()
                     _close(client)
                     _close(server)
                     return
@@ -100,12 +108,17 @@ class _Proxy:
             pass
         _close(server)
 
-    def _down(self, server, client, hold) -> None:
+    def _down(self, server, client, hold, answered) -> None:
+        held = b""
         try:
             while data := server.recv(65536):
                 self._running.wait()
                 if not hold.is_set():
                     client.sendall(data)
+                    continue
+                held += data
+                if _READY_FOR_QUERY in held:  # the COMMIT's answer ends with it
+                    answered.set()
         except OSError:
             pass
         _close(client)
@@ -139,6 +152,17 @@ def proxied(request, pg_url, key):
         proxy.close()
 
 
+def _slow_commits(store, table: str, seconds: float) -> None:
+    """Every transaction that updates ``table`` takes ``seconds`` more to commit (a
+    deferred trigger sleeps at COMMIT), as on a loaded server."""
+    store._run(lambda tx: tx.execute(
+        "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS "
+        f"$$ BEGIN PERFORM pg_sleep({seconds}); RETURN NULL; END $$"))
+    store._run(lambda tx: tx.execute(
+        f"CREATE CONSTRAINT TRIGGER slow_commit AFTER UPDATE ON {table} "
+        "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit()"))
+
+
 def test_a_write_whose_commit_answer_is_lost_is_not_run_again(proxied):
     store, direct, proxy = proxied
     proxy.drop_next_commit()
@@ -150,9 +174,12 @@ def test_a_write_whose_commit_answer_is_lost_is_not_run_again(proxied):
     with pytest.raises(AlreadyExists):
         store.put_template("alice", b"t" * 64, "m1", create_only=True)
 
+    # a server slow to commit (a loaded machine): applied all the same, once
+    _slow_commits(direct, "lockouts", 0.5)
     proxy.drop_next_commit()
     with pytest.raises(Unavailable, match="not retried"):
         store.register_failure("alice", 5, 60)
+    assert proxy.dropped.is_set()
     assert direct.get_lockout("alice").failures == 1  # counted once, not twice
     assert store.register_failure("alice", 5, 60)[0] == 2
 
