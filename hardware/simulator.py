@@ -369,7 +369,10 @@ class SimulatedCyton:
         try:
             # never over a path that exists: a file of the user's in port_dir, or the
             # port of another simulator on that folder, is not ours to replace (nor to
-            # remove at close)
+            # remove at close); a link to a pty that is gone (a simulator killed before
+            # it could remove its port) is stale and replaced
+            if os.path.islink(self.port) and not os.path.exists(self.port):
+                os.unlink(self.port)
             os.symlink(os.ttyname(slave), self.port)
         except FileExistsError:
             raise FileExistsError(

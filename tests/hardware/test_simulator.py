@@ -188,6 +188,21 @@ def test_a_railed_channel_the_board_lacks_is_refused(recording, spec, daisy):
                  *(["--daisy"] if daisy else [])]) == 2
 
 
+def test_a_stale_port_link_left_by_a_killed_simulator_is_replaced(recording, tmp_path):
+    # a simulator killed (kill -9) before it removed its port leaves a link to a pty
+    # that no longer exists: the next simulator on that folder takes the name over
+    os.symlink("/dev/pts/999999", tmp_path / "ttyUSB0")
+    with SimulatedCyton(recording, port_dir=tmp_path) as sim:
+        assert os.readlink(sim.port) != "/dev/pts/999999"
+        fd = os.open(sim.port, os.O_RDWR | os.O_NOCTTY)
+        try:
+            os.write(fd, b"v")
+            assert _read_until(fd, b"$$$").endswith(b"$$$")
+        finally:
+            os.close(fd)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("existing", ["file", "port"])
 def test_a_port_path_that_exists_is_refused_and_left_alone(recording, tmp_path, existing):
     # --port-dir names a folder of the user's: a file of the port's name there (or the
