@@ -29,6 +29,16 @@ def _read_until(fd, token: bytes, timeout=3.0) -> bytes:
     return buf
 
 
+def _banner(port: str) -> bytes:
+    """What the board at ``port`` answers to ``v`` (its banner, up to ``$$$``)."""
+    fd = os.open(port, os.O_RDWR | os.O_NOCTTY)
+    try:
+        os.write(fd, b"v")
+        return _read_until(fd, b"$$$")
+    finally:
+        os.close(fd)
+
+
 def _read_n(fd, n, timeout=3.0) -> bytes:
     buf = b""
     end = time.monotonic() + timeout
@@ -194,12 +204,7 @@ def test_a_stale_port_link_left_by_a_killed_simulator_is_replaced(recording, tmp
     os.symlink("/dev/pts/999999", tmp_path / "ttyUSB0")
     with SimulatedCyton(recording, port_dir=tmp_path) as sim:
         assert os.readlink(sim.port) != "/dev/pts/999999"
-        fd = os.open(sim.port, os.O_RDWR | os.O_NOCTTY)
-        try:
-            os.write(fd, b"v")
-            assert _read_until(fd, b"$$$").endswith(b"$$$")
-        finally:
-            os.close(fd)
+        assert _banner(sim.port).endswith(b"$$$")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -224,12 +229,7 @@ def test_a_port_path_that_exists_is_refused_and_left_alone(recording, tmp_path, 
                  else (tmp_path / "ttyUSB0").read_text())
         assert after == before
         if other:  # the first simulator's port still answers
-            fd = os.open(other.port, os.O_RDWR | os.O_NOCTTY)
-            try:
-                os.write(fd, b"v")
-                assert _read_until(fd, b"$$$").endswith(b"$$$")
-            finally:
-                os.close(fd)
+            assert _banner(other.port).endswith(b"$$$")
     finally:
         if other:
             other.close()

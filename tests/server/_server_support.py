@@ -87,3 +87,20 @@ def sqlite_service(tmp_path: Path, model_path: Path | str, **config):
                     "rate_limit_burst": 1000, **config})
     return AuthService(store, make_pipeline(model_path), cfg,
                        metrics=Metrics(CollectorRegistry()))
+
+
+class StatusRecorder:
+    """What a fake grpc.ServicerContext needs of a call's status: ``set_code`` and
+    ``abort`` record it (``abort`` raises, as grpcio's does), ``code`` reads it."""
+
+    _code = None
+
+    def code(self):
+        return self._code
+
+    def set_code(self, code) -> None:
+        self._code = code
+
+    def abort(self, code, details):
+        self._code = code
+        raise Exception(details)

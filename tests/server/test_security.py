@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import grpc
 import pytest
-from _server_support import make_pipeline
+from _server_support import StatusRecorder, make_pipeline
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -773,13 +773,13 @@ class _Clock:
         return self.t
 
 
-class _TimedCtx(_StreamCtx):
+class _TimedCtx(StatusRecorder, _StreamCtx):
     """A call's context with its deadline on the test's clock, as grpcio gives it: time
     remaining never below 0, callbacks refused once the call has ended."""
 
     def __init__(self, clock: _Clock, deadline: float) -> None:
         super().__init__()
-        self.clock, self.deadline, self.active, self._code = clock, deadline, True, None
+        self.clock, self.deadline, self.active = clock, deadline, True
 
     def time_remaining(self):
         return max(self.deadline - self.clock(), 0.0)
@@ -789,16 +789,6 @@ class _TimedCtx(_StreamCtx):
 
     def add_callback(self, fn) -> bool:
         return self.active and super().add_callback(fn)
-
-    def code(self):
-        return self._code
-
-    def set_code(self, code) -> None:
-        self._code = code
-
-    def abort(self, code, details):
-        self._code = code
-        raise Exception(details)
 
     def end(self) -> None:
         self.active = False

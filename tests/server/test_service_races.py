@@ -7,7 +7,7 @@ import threading
 
 import grpc
 import pytest
-from _server_support import CH16, SFREQ, eeg, signal_block, sqlite_service
+from _server_support import CH16, SFREQ, StatusRecorder, eeg, signal_block, sqlite_service
 
 from nacf_core._proto.nacf.v1 import auth_pb2 as pb
 from nacf_core.server.converters import block_to_signal
@@ -97,12 +97,12 @@ def test_continuous_stream_of_a_user_deleted_meanwhile_ends_with_an_update(svc):
 
 
 
-class _Context:
+class _Context(StatusRecorder):
     """What the servicer uses of a grpc.ServicerContext, with the call's liveness in the
     test's hands (grpc_testing's context cannot be cancelled between two updates)."""
 
     def __init__(self) -> None:
-        self.active, self._code, self.remaining = True, None, None
+        self.active, self.remaining = True, None
 
     def is_active(self) -> bool:
         return self.active
@@ -112,16 +112,6 @@ class _Context:
 
     def invocation_metadata(self):
         return ()
-
-    def code(self):
-        return self._code
-
-    def set_code(self, code) -> None:
-        self._code = code
-
-    def abort(self, code, details):
-        self._code = code
-        raise Exception(details)
 
 
 def _continuous_call(svc, user):
