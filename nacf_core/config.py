@@ -502,6 +502,8 @@ def _coerce(name: str, raw: Any, kind: type, label: str | None = None) -> Any:
             raise ValueError(str(exc).replace(f"option {name!r}", label, 1)) from None
     if name == "kernel_backend":
         _check_backend(value, label)
+    if name == "store_url":
+        _check_store_url(value, label)
     return value
 
 
@@ -617,12 +619,12 @@ def _warn_misspelt_variables(env: dict[str, str]) -> None:
                 "%s? (nacf serve --help lists every option and its variable)", var, near[0])
 
 
-def _check_store_url(option: str, value: Any, where: str) -> None:
+def _check_store_url(value: str, where: str) -> None:
     """An empty store URL given on purpose is refused: left out, store_url is the local
     SQLite store in data_dir, and a replica given an empty one (a deployment that fills
     NACF_STORE_URL from a secret with no value) would quietly keep users, lockouts and
     sessions of its own, apart from the others'."""
-    if option == "store_url" and isinstance(value, str) and not value.strip():
+    if not value.strip():
         raise ValueError(f"{where} is empty: leave it out (unset) for the local SQLite store "
                          "in data_dir, or give the store's URL (sqlite:///PATH.db or "
                          "postgresql://...); an empty URL is refused so that a replica "
@@ -674,16 +676,14 @@ def load_config(path: str | os.PathLike | None = None, *, env: dict[str, str] | 
                 raise ValueError(f"{path}: unknown option {k!r}; known options: "
                                  f"{', '.join(sorted(_KINDS))}.")
             values[k] = _coerce(k, v, _KINDS[k], f"{path}: option {k!r}")
-            _check_store_url(k, values[k], f"{path}: option {k!r}")
     for k, kind in _KINDS.items():
         var = "NACF_" + k.upper()
         ev = env.get(var)
-        if ev == "":
-            _check_store_url(k, ev, f"environment variable {var} (option {k!r})")
-        # empty: unset (the default), but for the one option whose empty value is not its
-        # default: an empty NACF_METRICS_ADDRESS turns the sidecar off, as '' does in the
-        # file and the flag (the kernels too read an empty NACF_KERNEL_BACKEND as unset)
-        if ev is not None and (ev != "" or k == "metrics_address"):
+        # empty: unset (the default), but for the two options whose empty value is not
+        # their default: an empty NACF_METRICS_ADDRESS turns the sidecar off, as '' does in
+        # the file and the flag, and an empty NACF_STORE_URL is refused as '' is there (the
+        # kernels too read an empty NACF_KERNEL_BACKEND as unset)
+        if ev is not None and (ev != "" or k in ("metrics_address", "store_url")):
             values[k] = _coerce(k, ev, kind, f"environment variable {var} (option {k!r})")
     _warn_misspelt_variables(env)
     for k, v in overrides.items():
@@ -692,6 +692,5 @@ def load_config(path: str | os.PathLike | None = None, *, env: dict[str, str] | 
         if k not in _KINDS:
             raise ValueError(f"unknown option {k!r}.")
         values[k] = _coerce(k, v, _KINDS[k])
-        _check_store_url(k, values[k], f"option {k!r}")
     values["api_keys"] = load_api_keys(values.get("api_keys_file"), env.get("NACF_API_KEYS"))
     return Config(**values)
