@@ -148,15 +148,13 @@ def run(args: argparse.Namespace) -> int:
     # (SIGTERM and SIGINT keep theirs until then: there is nothing to drain yet)
     main = threading.current_thread() is threading.main_thread()  # (signals: main only)
     hup_before = signal.signal(signal.SIGHUP, _note) if main else None
+    server = 2
     try:
         server = _start(args)
-    except BaseException:
-        if main:  # not started: SIGHUP as before
+    finally:
+        if main and isinstance(server, int):  # not started: SIGHUP as before
             signal.signal(signal.SIGHUP, hup_before)
-        raise
     if isinstance(server, int):
-        if main:
-            signal.signal(signal.SIGHUP, hup_before)
         return server
     for s in (signal.SIGTERM, signal.SIGINT):
         signal.signal(s, _note)
