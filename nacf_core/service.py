@@ -1270,17 +1270,18 @@ class AuthService:
         own cache of its decrypted fingerprints goes with its rows). An Identify that
         read the store before the deletion may put the row back; the next one drops it."""
         self._templates.pop(user_id, None)
-        self._drop_gallery_row(user_id)
-        forget = getattr(self.pad, "forget", None)
-        if forget is not None:
-            forget(user_id)
+        self._drop_gallery_row_and_pad_history(user_id)
 
-    def _drop_gallery_row(self, user_id: str) -> None:
+    def _drop_gallery_row_and_pad_history(self, user_id: str) -> None:
+        """Drop the user's row of Identify's gallery and its prepared PAD history."""
         g = self._gallery_state
         if g is not None and user_id in g[0]:
             i = g[0].index(user_id)
             self._gallery_state = (g[0][:i] + g[0][i + 1:], g[1][:i] + g[1][i + 1:],
                                    np.delete(g[2], i, axis=0), g[3])
+        forget = getattr(self.pad, "forget", None)
+        if forget is not None:
+            forget(user_id)
 
     def _forget_changed_elsewhere(self) -> int:
         """Drop what this process keeps in memory of users deleted, or whose template was
@@ -1311,10 +1312,7 @@ class AuthService:
                     # template, its gallery row and its enrollment's PAD history go
                     if e is not None and self._templates.get(u) is e:
                         self._templates.pop(u, None)
-                    self._drop_gallery_row(u)
-                    forget = getattr(self.pad, "forget", None)
-                    if forget is not None:
-                        forget(u)
+                    self._drop_gallery_row_and_pad_history(u)
                     n += 1
         fps = getattr(self.store, "forget_deleted_fingerprints", None)
         if fps is not None:
