@@ -271,7 +271,8 @@ class Framer:
         self.relock = check_int_range("relock", relock, 2, 16)
         self._buf = np.zeros(0, dtype=np.uint8)
         self._last = -1
-        self._pending = None  # daisy: (counter, uv(8), accel(3), new) of an even packet
+        self._pending = None  # daisy: (counter, uv(8), accel(3)) of an even packet
+        self._new_seq = False  # daisy: a sequence started and no row has marked it yet
 
     def reset(self) -> None:
         """Forget the sequence (after a reconnect); buffered bytes are dropped and counted."""
@@ -279,6 +280,7 @@ class Framer:
         self._buf = np.zeros(0, dtype=np.uint8)
         self._last = -1
         self._pending = None
+        self._new_seq = False
 
     flush = reset
 
@@ -351,7 +353,9 @@ class Framer:
         """Pair even (Daisy) and odd (Cyton) packet slots into 16-channel rows.
 
         An even packet ``n`` (channels 9-16) and the odd packet ``n + 1`` after it
-        (channels 1-8) make one sample, labelled with the even counter ``n``.
+        (channels 1-8) make one sample, labelled with the even counter ``n``. The first
+        row after the start of a sequence is marked ``new_sequence``, also when the
+        sequence starts on an odd packet, which has no partner and makes no row.
         """
         valid = np.zeros(n_slots, bool)
         valid[slot] = True
@@ -363,12 +367,14 @@ class Framer:
         acc[slot] = accel
         rows, rcnt, racc, rnew = [], [], [], []
         pending = self._pending
+        new_seq = self._new_seq
         for i in range(n_slots):
             c = int(counters[i])
             if newseq[i]:
                 pending = None
+                new_seq = True
             if c % 2 == 0:  # even: the Daisy half, wait for the odd packet after it
-                pending = (c, d_uv[i] if valid[i] else None, acc[i], bool(newseq[i]))
+                pending = (c, d_uv[i] if valid[i] else None, acc[i])
                 continue
             # odd: the Cyton half; pair with the even packet just before it
             if pending is None or ((pending[0] + 1) & 0xFF) != c:
@@ -388,9 +394,11 @@ class Framer:
             rows.append(row)
             rcnt.append(pending[0])
             racc.append(a)
-            rnew.append(pending[3])
+            rnew.append(new_seq)
+            new_seq = False
             pending = None
         self._pending = pending
+        self._new_seq = new_seq
         if not rows:
             return self._empty()
         return Frames(np.array(rows, np.float32), np.array(rcnt, np.int64),

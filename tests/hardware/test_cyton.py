@@ -182,3 +182,27 @@ def test_daisy_pairing_starts_on_even_and_drops_half_pairs():
     assert np.isfinite(out.samples[[0, 1, 3]]).all()
     np.testing.assert_allclose(out.samples[3], np.r_[counts[8], counts[7]] * UV, rtol=1e-6)
     assert f.counters.dropped == 1 and f.counters.ok == 3
+
+
+def test_daisy_new_sequence_on_an_odd_packet_marks_the_first_pair():
+    """A sequence that locks (or relocks) on an odd packet (its even partner lost) must
+    still mark its first 16-channel row as a new sequence: the serial reader anchors the
+    timestamps there (before, the flag was lost with the unpaired packet, and a reader
+    whose first lock fell on an odd packet stamped its samples from 0.0, in 1970)."""
+    rng = np.random.default_rng(3)
+    _, _, pk = _daisy_stream(1, 10, rng)  # 1 | 2 3 | 4 5 ...: locks on odd counter 1
+    for pieces in ([pk.tobytes()], [pk[:1].tobytes(), pk[1:].tobytes()]):
+        f = Framer(daisy=True)
+        outs = [f.feed(p) for p in pieces]
+        new = np.concatenate([o.new_sequence for o in outs])
+        counters = np.concatenate([o.counters for o in outs])
+        assert counters.tolist()[:2] == [2, 4]
+        assert new.tolist() == [True] + [False] * (len(new) - 1)
+    # a resync (gap beyond max_gap) onto an odd packet, mid-stream
+    counters = np.r_[np.arange(0, 20), np.arange(201, 231)] & 0xFF
+    pk = encode_packets(counters, rng.integers(-(2**20), 2**20, (len(counters), 8)))
+    f = Framer(daisy=True)
+    out = f.feed(pk.tobytes())
+    assert f.counters.extra["resyncs"] == 1
+    k = out.counters.tolist().index(202)
+    assert out.new_sequence.tolist() == [i in (0, k) for i in range(out.n_times)]
