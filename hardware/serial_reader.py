@@ -8,7 +8,9 @@ Lifecycle (a context manager; nothing is left to ``__del__``)::
 1. open the port at 115200 baud (exclusive lock: a second reader gets :class:`PortBusy`);
 2. send ``s`` (in case a previous session left it streaming), flush the input, send
    ``v`` (soft reset) and wait for the ``$$$`` prompt (``handshake_timeout``; else
-   :class:`HandshakeTimeout`);
+   :class:`HandshakeTimeout`); a Cyton reader on a board whose banner reports a Daisy
+   sends ``c`` (8-channel mode: the firmware would otherwise stream the Daisy's
+   channels in every other packet), a Cyton+Daisy reader on a board without one fails;
 3. send ``d`` (default channel settings) and wait for ``$$$``; replay any ``x...X``
    channel settings sent earlier with :meth:`CytonReader.send_command`;
 4. send ``b``: packets flow, decoded by :class:`~nacf_core.hardware.framing.Framer`;
@@ -184,6 +186,7 @@ class CytonReader:
             self._ser.reset_input_buffer()
             self._ser.write(command.encode("ascii"))
             reply = self._wait_prompt(f"the reply to {command!r}", required=False)
+            self._detach_daisy(reply)  # a 'v' in the command attached the Daisy again
             self.gains.apply(command)
             if "x" in command:
                 self._config.append(command)
@@ -295,6 +298,7 @@ class CytonReader:
                     f"a Cyton+Daisy was requested on {self.port!r}, but the board reports no "
                     f"Daisy module (banner: {self.banner.strip()!r})."
                 )
+            self._detach_daisy(self.banner)
             self.gains.reset()
             ser.write(b"d")
             self._wait_prompt("the '$$$' prompt after 'd' (default settings)", required=False)
@@ -318,6 +322,19 @@ class CytonReader:
             raise
         self.framer.reset()
         logger.info("cyton session on %s: %s", self.port, self.banner.strip().replace("\n", "; "))
+
+    def _detach_daisy(self, banner: str) -> None:
+        """After a soft reset: a Cyton reader on a board with a Daisy sends ``c``.
+
+        The firmware detects the Daisy at each reset and then streams 16 channels, the
+        Daisy's in the packets with even counters; ``c`` makes it stream channels 1-8
+        in every packet at 250 Hz.
+        """
+        if self.daisy or "On Daisy" not in banner:
+            return
+        logger.info("%s has a Daisy: 8-channel mode ('c') for a Cyton reader", self.port)
+        self._ser.write(b"c")
+        self._wait_prompt("the '$$$' prompt after 'c' (8-channel mode)", required=False)
 
     def _wait_prompt(self, what: str, required: bool = True) -> str:
         ser = self._ser

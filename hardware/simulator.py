@@ -15,7 +15,9 @@ Commands answered like firmware v3:
            ending in ``$$$``
 ``d``      default channel settings: ``updating channel settings to default$$$``
 ``x...X``  channel settings (gain tracked): ``Success: Channel set for N$$$``
-``c``/``C`` 8/16 channel mode: ``daisy removed$$$`` / ``16$$$`` (informational)
+``c``      8-channel mode: a Cyton+Daisy detaches its Daisy (``daisy removed$$$``)
+           and streams channels 1-8 in every packet at 250 Hz until ``C`` or ``v``
+``C``      16-channel mode: the Daisy is attached again (``16$$$``; ``8$$$`` without)
 ``b``      start streaming (no reply)
 ``s``      stop streaming (no reply)
 =========  ===================================================================
@@ -233,6 +235,11 @@ class SimulatedCyton:
     ----------
     port : str
         Path to open as the serial port.
+    signal : ndarray, shape (n_times, n_channels)
+        What the board streams, in µV at :attr:`sfreq`.
+    cyton_signal : ndarray, shape (n_times, 8)
+        What a Cyton+Daisy streams in 8-channel mode (after ``c``): channels 1-8 at
+        250 Hz (for a plain Cyton, :attr:`signal`).
     stats : dict
         ``packets`` sent, ``dropped``, ``garbage_bytes``, ``disconnects``, ``overflow``.
     """
@@ -263,6 +270,13 @@ class SimulatedCyton:
         self.n_channels = 16 if self.daisy else 8
         self.sfreq = DAISY_SAMPLE_RATE if self.daisy else SAMPLE_RATE
         self.signal, self.ch_names = prepare_signal(recording, self.n_channels, self.sfreq)
+        if self.daisy:  # channels 1-8 at 250 Hz, streamed in 8-channel mode ('c')
+            from scipy.signal import resample_poly
+
+            self.cyton_signal = np.ascontiguousarray(resample_poly(self.signal[:, :8], 2, 1,
+                                                                   axis=0))
+        else:
+            self.cyton_signal = self.signal
         self.faults = Faults.parse(faults) if isinstance(faults, str) or faults is None else faults
         railed = self.faults.railed
         if railed is not None and not 0 <= railed < self.n_channels:
@@ -284,7 +298,8 @@ class SimulatedCyton:
         self.capture = bool(capture)
         self.sent = bytearray()
         self.commands: list[str] = []   # every command received, for tests and logs
-        self.stream_starts: list[int] = []  # signal row at each 'b' (for tests)
+        # row of signal (cyton_signal in 8-channel mode) at each 'b' (for tests)
+        self.stream_starts: list[int] = []
         self._rng = np.random.default_rng(self.faults.seed)
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -294,7 +309,8 @@ class SimulatedCyton:
         self._out = bytearray()
         self._cmd = bytearray()
         self._streaming = False
-        self._sample = 0        # next sample index into the signal
+        self._daisy_on = self.daisy  # 16-channel mode ('c' detaches the Daisy, 'v' re-detects)
+        self._sample = 0        # next sample index into the signal of the current mode
         self._counter = 0       # next packet counter
         self._t0 = 0.0
         self._sent_ticks = 0
@@ -359,6 +375,11 @@ class SimulatedCyton:
     @property
     def streaming(self) -> bool:
         return self._streaming
+
+    @property
+    def daisy_attached(self) -> bool:
+        """The board streams 16 channels (a Daisy that ``c`` has not detached)."""
+        return self._daisy_on
 
     # -- pty ----------------------------------------------------------------------
     def _open_pty(self) -> None:
@@ -487,6 +508,7 @@ class SimulatedCyton:
             if ch == "v":
                 self._streaming = False
                 self.gains.reset()
+                self._set_daisy(self.daisy)  # the reset detects the Daisy again
                 self._reply(BANNER.format(
                     daisy="On Daisy ADS1299 Device ID: 0x3E\n" if self.daisy else ""))
             elif ch == "d":
@@ -503,9 +525,18 @@ class SimulatedCyton:
             elif ch == "s":
                 self._streaming = False
             elif ch == "c":
-                self._reply("daisy removed$$$" if self.daisy else "no daisy to remove$$$")
+                if not self._streaming:
+                    self._reply("daisy removed$$$" if self._daisy_on else "no daisy to remove$$$")
+                self._set_daisy(False)
             elif ch == "C":
-                self._reply("16$$$" if self.daisy else "8$$$")
+                self._set_daisy(self.daisy)
+                self._reply("16$$$" if self._daisy_on else "8$$$")
+
+    def _set_daisy(self, on: bool) -> None:
+        """Switch between 16-channel (125 Hz) and 8-channel (250 Hz) streaming."""
+        if on != self._daisy_on:
+            self._sample = self._sample // 2 if on else self._sample * 2
+            self._daisy_on = on
 
     # -- streaming ------------------------------------------------------------------
     def _produce(self) -> None:
@@ -519,22 +550,24 @@ class SimulatedCyton:
             due = 64
         if due <= 0:
             return
-        per_sample = 2 if self.daisy else 1
-        n_samples = max(1, due // per_sample) if self.daisy else due
-        if self.daisy and due < 2:
+        daisy = self._daisy_on
+        signal = self.signal if daisy else self.cyton_signal
+        per_sample = 2 if daisy else 1
+        n_samples = max(1, due // per_sample) if daisy else due
+        if daisy and due < 2:
             return
-        n = self.signal.shape[0]
+        n = signal.shape[0]
         if not self.loop and self._sample >= n:
             self._streaming = False
             return
         idx = (self._sample + np.arange(n_samples)) % n
         self._sample += n_samples
-        uv = self.signal[idx]
-        counts = np.rint(uv / self.gains.scales()[None, :])
-        if self.faults.railed is not None:
+        uv = signal[idx]
+        counts = np.rint(uv / self.gains.scales()[None, : signal.shape[1]])
+        if self.faults.railed is not None and self.faults.railed < signal.shape[1]:
             counts[:, self.faults.railed] = COUNT_MAX
         counts = np.clip(counts, COUNT_MIN, COUNT_MAX).astype(np.int64)
-        if self.daisy:  # even packet: channels 9-16, then odd packet: channels 1-8
+        if daisy:  # even packet: channels 9-16, then odd packet: channels 1-8
             counts = np.ascontiguousarray(counts[:, [8, 9, 10, 11, 12, 13, 14, 15,
                                                      0, 1, 2, 3, 4, 5, 6, 7]])
             counts = counts.reshape(n_samples * 2, 8)

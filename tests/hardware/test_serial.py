@@ -226,3 +226,25 @@ def test_a_command_that_cannot_be_sent_leaves_the_stream_running(recording):
         # it stopped the board ('s') and then failed to encode: the stream stayed dead
         read_rows(r, 100)
         assert sim.streaming and sim.commands.count("s") == 1  # the 's' of the handshake
+
+
+def test_cyton_reader_on_a_board_with_a_daisy_streams_the_cyton_channels(recording):
+    """cyton:PORT on a Cyton+Daisy: the firmware streams 16 channels (Daisy packets on
+    even counters) until told 'c' (8-channel mode). The reader must say 'c' after each
+    soft reset; before, every other 'sample' of its 8 channels at 250 Hz was channels
+    9-16 of the Daisy."""
+    with SimulatedCyton(recording, daisy=True, realtime=False) as sim, \
+            CytonReader(sim.port) as r:
+        assert "Daisy" in r.banner
+        x, ts = read_rows(r, 400)
+        assert sim.commands[:5] == ["s", "v", "c", "d", "b"]
+        assert r.sfreq == 250.0 and r.ch_names == list(ULTRACORTEX_8)
+        sig = sim.cyton_signal  # channels 1-8 at 250 Hz, what the board sends after 'c'
+        counts = np.clip(np.rint(sig[:400] / uv_per_count(24)), -(2**23), 2**23 - 1)
+        _, uv, _ = decode_packets(encode_packets(np.zeros(400), counts.astype(np.int64)))
+        np.testing.assert_array_equal(x, uv)
+        np.testing.assert_allclose(np.diff(ts), 1 / 250, atol=1e-6)
+        # a soft reset sent by the user brings the Daisy back: 'c' again
+        assert "Daisy" in r.send_command("v")
+        read_rows(r, 100)
+        assert sim.commands.count("c") == 2 and not sim.daisy_attached
