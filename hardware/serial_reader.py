@@ -11,8 +11,9 @@ Lifecycle (a context manager; nothing is left to ``__del__``)::
    :class:`HandshakeTimeout`); a Cyton reader on a board whose banner reports a Daisy
    sends ``c`` (8-channel mode: the firmware would otherwise stream the Daisy's
    channels in every other packet), a Cyton+Daisy reader on a board without one fails;
-3. send ``d`` (default channel settings) and wait for ``$$$``; replay any ``x...X``
-   channel settings sent earlier with :meth:`CytonReader.send_command`;
+3. send ``d`` (default channel settings) and wait for ``$$$``; replay the ``x...X``
+   channel settings sent earlier with :meth:`CytonReader.send_command` (each channel's
+   last one since the last ``d`` or ``v`` sent);
 4. send ``b``: packets flow, decoded by :class:`~nacf_core.hardware.framing.Framer`;
 5. on exit send ``s`` and close the port.
 
@@ -40,7 +41,7 @@ from nacf_core._validation import check_finite_positive
 from nacf_core.errors import Unavailable
 
 from .base import Chunk, Counters
-from .cyton import DAISY_SAMPLE_RATE, SAMPLE_RATE, GainTracker
+from .cyton import _X_COMMAND, DAISY_SAMPLE_RATE, SAMPLE_RATE, GainTracker
 from .framing import Framer
 from .montages import resolve_montage
 
@@ -122,7 +123,7 @@ class CytonReader:
         self.gains = GainTracker(self.n_channels)
         self.framer = Framer(daisy=self.daisy, gains=self.gains, counters=self.counters)
         self.banner = ""
-        self._config: list[str] = []
+        self._config: dict[str, str] = {}  # channel key -> its last x...X command
         self._ser = None
         self._lost_at: float | None = None
         self._next_try = 0.0
@@ -166,9 +167,10 @@ class CytonReader:
     def send_command(self, command: str) -> str:
         """Send a configuration command (e.g. ``x1060110X``: channel 1 at gain 24).
 
-        Channel settings are tracked (gain) and replayed after a reconnect. Returns the
-        board's reply up to ``$$$`` (empty while streaming: the firmware does not answer
-        then).
+        Channel settings are tracked (gain) and replayed after a reconnect: the last
+        ``x...X`` of each channel since the last ``d`` (defaults) or ``v`` (soft reset),
+        which undo the ones before them. Returns the board's reply up to ``$$$`` (empty
+        while streaming: the firmware does not answer then).
         """
         if not isinstance(command, str) or not command:
             raise ValueError(f"'command' must be a non-empty str, got {command!r}.")
@@ -188,8 +190,7 @@ class CytonReader:
             reply = self._wait_prompt(f"the reply to {command!r}", required=False)
             self._detach_daisy(reply)  # a 'v' in the command attached the Daisy again
             self.gains.apply(command)
-            if "x" in command:
-                self._config.append(command)
+            self._remember_settings(command)
             self._ser.write(b"b")
         except OSError as exc:  # serial.SerialException is an OSError
             self._lost(exc)
@@ -198,6 +199,20 @@ class CytonReader:
             ) from None
         self.framer.reset()
         return reply
+
+    def _remember_settings(self, command: str) -> None:
+        """Keep the channel settings a reconnect must replay, read as the firmware does."""
+        i = 0
+        while i < len(command):
+            m = _X_COMMAND.match(command, i) if command[i] == "x" else None
+            if m is not None:
+                self._config.pop(m.group(1), None)  # the latest one goes last
+                self._config[m.group(1)] = m.group(0)
+                i = m.end()
+                continue
+            if command[i] in "dv":  # defaults / soft reset: the settings before are gone
+                self._config.clear()
+            i += 1
 
     # -- reading ----------------------------------------------------------------------
     def read_chunk(self, timeout: float = 1.0) -> Chunk:
@@ -302,7 +317,7 @@ class CytonReader:
             self.gains.reset()
             ser.write(b"d")
             self._wait_prompt("the '$$$' prompt after 'd' (default settings)", required=False)
-            for cmd in self._config:
+            for cmd in self._config.values():
                 ser.write(cmd.encode("ascii"))
                 self._wait_prompt(f"the reply to {cmd!r}", required=False)
                 self.gains.apply(cmd)

@@ -248,3 +248,25 @@ def test_cyton_reader_on_a_board_with_a_daisy_streams_the_cyton_channels(recordi
         assert "Daisy" in r.send_command("v")
         read_rows(r, 100)
         assert sim.commands.count("c") == 2 and not sim.daisy_attached
+
+
+def test_defaults_sent_after_channel_settings_are_not_undone_by_a_reconnect(recording):
+    """x...X then d (defaults): after a reconnect the board must be at the defaults the
+    user asked for, not at the x...X settings replayed over them (before, channel 1
+    came back at gain 6, or powered down if the x command had turned it off)."""
+    with SimulatedCyton(recording, realtime=False) as sim, CytonReader(sim.port) as r:
+        r.send_command("x1030110X")  # channel 1 at gain 6
+        r.send_command("x2030110X")
+        r.send_command("x2050110X")  # channel 2 at gain 12 (supersedes gain 6)
+        r.send_command("d")          # every channel back to the defaults
+        r.send_command("x3020110X")  # channel 3 at gain 4: still to be replayed
+        sim.disconnect(0.5)
+        end = time.monotonic() + 20
+        while r.counters.reconnects == 0:
+            assert time.monotonic() < end, "no reconnect"
+            r.read_chunk(0.5)
+        read_rows(r, 50)
+        assert sim.commands.count("x1030110X") == 1 and sim.commands.count("x2050110X") == 1
+        assert sim.commands.count("x3020110X") == 2
+        assert sim.gains.gains.tolist() == [24, 24, 4, 24, 24, 24, 24, 24]
+        assert r.gains.gains.tolist() == sim.gains.gains.tolist()
