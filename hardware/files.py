@@ -44,7 +44,9 @@ Formats (detected from the content, the extension only breaks ties):
 - **nacf record CSV** (what ``nacf record`` writes): a header ``timestamp,<channel
   names>``, one row per sample, microvolts, an empty field for a dropped sample (read
   as NaN). The rate is estimated from the timestamps (span over samples) and snapped to
-  a common rate (125, 250, 500, ... Hz) within 1 %; ``sfreq=`` overrides it.
+  a common rate (125, 250, 500, ... Hz) within 1 %; when the span does not give one (the
+  timestamps jump over a gap: a reconnect), the median step between rows does, if it
+  is within 1 % of a common rate (logged); ``sfreq=`` overrides it.
 - **nacf ``.npz``** (:func:`write_npz`): a NumPy ``.npz`` archive with ``data`` float32
   ``(n_times, n_channels)`` µV, ``sfreq`` (scalar), ``ch_names`` (1-D str array) and
   optionally ``start_time`` (POSIX seconds, UTC, scalar). No array may exceed 2 GiB
@@ -999,10 +1001,24 @@ def _read_nacf_csv(path: Path, sfreq_override: float | None) -> Recording:
                 f"{where}: cannot estimate the sampling rate from "
                 f"{arr.shape[0]} timestamp(s); pass sfreq=."
             )
-        with np.errstate(over="ignore", divide="ignore"):
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
             est = float((ts.size - 1) / (ts[-1] - ts[0]))
-        near = min(_COMMON_RATES, key=lambda r: abs(r - est))
-        sfreq = near if abs(near - est) <= 0.01 * near else round(est, 2)
+            sfreq = _snap_rate(est)
+            if sfreq is None:
+                # a gap in the timestamps (a reconnect: the samples lost are not in the
+                # file) lowers the span estimate; the typical step between rows does not
+                steps = np.diff(ts)
+                steps = steps[np.isfinite(steps) & (steps > 0)]
+                step_rate = float(1.0 / np.median(steps)) if steps.size else math.nan
+                sfreq = _snap_rate(step_rate)
+                if sfreq is not None:
+                    logger.warning(
+                        "%s: the timestamps span %.3f s for %d samples (%.2f Hz), but the rows "
+                        "are %g Hz apart: the recording has gaps (samples lost, not in the "
+                        "file); using %g Hz", path, ts[-1] - ts[0], ts.size, est, sfreq, sfreq,
+                    )
+        if sfreq is None:
+            sfreq = round(est, 2)
         sfreq = _check_file_sfreq(
             sfreq, where, got=f"{est:g} Hz from {ts.size} timestamps {ts[0]:g} to {ts[-1]:g} s"
         )
@@ -1017,6 +1033,14 @@ def _read_nacf_csv(path: Path, sfreq_override: float | None) -> Recording:
         start_time=start_time,
         format="nacf-csv",
     )
+
+
+def _snap_rate(est: float) -> float | None:
+    """The common rate within 1 % of ``est``, or None."""
+    if not math.isfinite(est):
+        return None
+    near = min(_COMMON_RATES, key=lambda r: abs(r - est))
+    return near if abs(near - est) <= 0.01 * near else None
 
 
 def _csv_field_count_error(path: Path, n_fields: int) -> str | None:

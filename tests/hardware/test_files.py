@@ -609,3 +609,16 @@ def test_nacf_csv_row_with_more_fields_than_the_header_is_refused(tmp_path, rows
     with pytest.raises(ValueError, match=r"rec\.csv. is malformed: line \d has 4 fields; "
                                          r"every row must have 3 "):
         read_recording(p)
+
+
+@pytest.mark.parametrize("sfreq", [250.0, 125.0])
+def test_nacf_csv_rate_survives_a_gap_in_the_timestamps(tmp_path, sfreq):
+    """nacf record of a Cyton whose dongle dropped out for 2 s (the reader reconnects and
+    its timestamps jump; the lost samples are not in the file): the rate is still the
+    board's. Before, the span over samples gave 208.3 Hz (104.2 Hz for a Daisy)."""
+    t0 = 1_700_000_000.0
+    n = int(10 * sfreq)
+    times = t0 + np.arange(n) / sfreq
+    times[n // 2:] += 2.0
+    p = _nacf_csv(tmp_path, "timestamp,Fp1,Fp2", [f"{t:.6f}" for t in times])
+    assert read_recording(p).sfreq == sfreq
