@@ -33,7 +33,8 @@ the filter near its state before the gap.
 
 Initial state: the filter starts settled on the first finite sample of each channel
 (:func:`nacf_core.dsp.steady_state_zi`), so a Cyton's DC offset of tens of thousands
-of microvolts does not ring through the first seconds.
+of microvolts does not ring through the first seconds; a channel that is NaN for whole
+epochs first is settled when its first finite sample comes.
 """
 
 from __future__ import annotations
@@ -180,6 +181,7 @@ class Epocher:
         nan = ~np.isfinite(x)
         any_nan = bool(nan.any())
         has = ~nan.all(axis=0)  # channels with a finite value in this block
+        first = has & ~self._have_hold  # channels with their first finite value in it
         if any_nan:
             x = x.copy()
             self.n_nan_samples += int(nan.all(axis=1).sum())
@@ -200,6 +202,10 @@ class Epocher:
         else:
             if self._zi is None:
                 self._zi = dsp.steady_state_zi(self.sos, x, axis=0, backend=self.backend)
+            elif first.any():  # NaN so far (held at 0): settle on the first finite value
+                self._zi[:, :, first] = dsp.steady_state_zi(
+                    self.sos, np.ascontiguousarray(x[:1, first]), axis=0, backend=self.backend
+                )
             y, self._zi = dsp.sosfilt(self.sos, x, axis=0, zi=self._zi, backend=self.backend)
         if any_nan:
             y[nan] = np.nan

@@ -251,3 +251,24 @@ def test_an_infinite_sample_does_not_poison_the_filter(cyton, bad):
     held = x.copy()
     held[1000, 3] = x[999, 3]
     np.testing.assert_allclose(epochs[9], _oracle(held)[2250:2500].T, rtol=1e-7, atol=1e-6)
+
+
+@pytest.mark.parametrize("nan_s", [1.0, 1.1, 2.5])
+def test_a_channel_nan_for_whole_epochs_at_the_start_settles_on_its_first_value(cyton, nan_s):
+    """A channel that is NaN for the whole first epoch(s) (an LSL amplifier's electrode
+    not yet connected) starts settled on its first finite value, as every channel does,
+    whatever the chunks: before, its state was settled on 0 and its DC offset of tens
+    of thousands of µV rang through the next epoch (28 000 µV)."""
+    x = cyton[:2500].copy()
+    k = int(nan_s * SFREQ)
+    x[:k, 3] = np.nan
+    ref = _oracle(x[k:])  # the channel's filter started at its first finite sample
+    for sizes in (2500, 40, (1, 97)):
+        ep = Epocher(SFREQ, 8, 1.0, 0.5, sos=SOS)
+        epochs = [e for c in _chunks(x, sizes) for e in ep.push_epochs(c)]
+        for e in epochs:
+            start = int(round(e.index * 0.5 * SFREQ))
+            if start < k:
+                continue
+            np.testing.assert_allclose(e.data[3], ref[start - k : start - k + 250, 3],
+                                       rtol=1e-7, atol=1e-6)
