@@ -42,10 +42,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(default: the first shipped demo recording)")
     p.add_argument("--daisy", action="store_true", help="simulate a Cyton+Daisy (16 channels)")
     p.add_argument("--faults", default="", help="faults to inject (see below)")
-    p.add_argument("--speed", type=finite_float(0.0, lo_open=True), default=1.0,
-                   help="pace factor (1 = real time, 250 packets/s)")
+    p.add_argument("--speed", type=finite_float(0.0, lo_open=True), default=None,
+                   help="pace factor (default 1 = real time, 250 packets/s)")
     p.add_argument("--fast", action="store_true",
-                   help="no pacing: stream as fast as the reader reads")
+                   help="no pacing: stream as fast as the reader reads (not with --speed)")
     p.add_argument("--no-loop", action="store_true",
                    help="stop streaming at the end of the recording instead of starting over")
     p.add_argument("--seconds", type=finite_float(0.0, 1e9, lo_open=True), default=None,
@@ -66,6 +66,11 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"nacf simulate: {exc}", file=sys.stderr)
         return 2
+    if args.fast and args.speed is not None:  # never ignored without a word
+        print("nacf simulate: --speed paces the stream and --fast does not pace it: leave "
+              "out one or the other.", file=sys.stderr)
+        return 2
+    speed = 1.0 if args.speed is None else args.speed
     if args.lsl is not None:
         for option, given in (("--faults", args.faults), ("--daisy", args.daisy),
                               ("--port-dir", args.port_dir is not None)):
@@ -74,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
                       f"pushes the recording as it is: leave out one or the other.",
                       file=sys.stderr)
                 return 2
-        return _run_lsl(args, recording)
+        return _run_lsl(args, recording, speed)
     from nacf_core.hardware.simulator import Faults, SimulatedCyton
 
     try:
@@ -83,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         faults = Faults.parse(args.faults)
         sim = SimulatedCyton(
             recording, daisy=args.daisy, faults=faults, realtime=not args.fast,
-            speed=args.speed, loop=not args.no_loop, port_dir=args.port_dir,
+            speed=speed, loop=not args.no_loop, port_dir=args.port_dir,
         )
     except (TypeError, ValueError) as exc:
         print(f"nacf simulate: {exc}", file=sys.stderr)
@@ -107,12 +112,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_lsl(args: argparse.Namespace, recording) -> int:
+def _run_lsl(args: argparse.Namespace, recording, speed: float) -> int:
     from nacf_core.errors import NacfError
     from nacf_core.hardware.lsl import stream_recording_to_lsl
 
     print(f"lsl:{args.lsl}", flush=True)
-    speed = 1000.0 if args.fast else args.speed
+    speed = 1000.0 if args.fast else speed
     try:
         n = stream_recording_to_lsl(
             recording, args.lsl, speed=speed, loop=not args.no_loop,

@@ -259,3 +259,13 @@ def test_a_with_block_whose_start_fails_leaves_no_port_folder(recording, tmp_pat
         with SimulatedCyton(recording):
             pass
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("lsl", [[], ["--lsl", "nacf-test-speed-fast"]])
+def test_simulate_refuses_speed_with_fast(capsys, lsl):
+    # --fast streams without pacing (on the pty; --lsl pushes at 1000x), so a --speed
+    # beside it was ignored without a word
+    assert main(["simulate", *lsl, "--fast", "--speed", "2", "--seconds", "0.1"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "Traceback" not in err
+    assert "nacf simulate: --speed paces the stream and --fast does not pace it" in err, err
