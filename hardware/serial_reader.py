@@ -125,6 +125,7 @@ class CytonReader:
         self.banner = ""
         self._config: dict[str, str] = {}  # channel key -> its last x...X command
         self._ser = None
+        self._closed = False  # close() was called: no reconnect, read_chunk refuses
         self._lost_at: float | None = None
         self._next_try = 0.0
         self._backoff = 0.05
@@ -141,11 +142,15 @@ class CytonReader:
 
     def open(self) -> CytonReader:
         """Open the port and start streaming (steps 1-4 of the module docstring)."""
+        self._closed = False
+        self._lost_at = None
         self._connect()
         return self
 
     def close(self) -> None:
-        """Stop streaming (``s``) and close the port. Safe to call twice."""
+        """Stop streaming (``s``) and close the port. Safe to call twice; the reader
+        does not reconnect after it (``read_chunk`` raises until :meth:`open`)."""
+        self._closed = True
         ser, self._ser = self._ser, None
         if ser is None:
             return
@@ -230,7 +235,11 @@ class CytonReader:
         ------
         PortLost
             The port vanished and did not come back within ``reconnect_timeout``.
+        RuntimeError
+            The reader was closed.
         """
+        if self._closed:
+            raise RuntimeError(f"read_chunk() on a closed CytonReader ({self.port!r}).")
         deadline = time.monotonic() + max(0.0, float(timeout))
         while True:
             if self._ser is None and not self._try_reconnect(deadline):
@@ -385,6 +394,8 @@ class CytonReader:
     def _try_reconnect(self, deadline: float) -> bool:
         """Try to reconnect until ``deadline``; True when connected again."""
         while True:
+            if self._closed:  # closed by another thread: the port stays closed
+                return False
             now = time.monotonic()
             if self._lost_at is not None and now - self._lost_at > self.reconnect_timeout:
                 raise PortLost(
@@ -399,6 +410,9 @@ class CytonReader:
                     self._next_try = time.monotonic() + self._backoff
                     self._backoff = min(2.0, self._backoff * 2)
                 else:
+                    if self._closed:  # closed while this thread was connecting
+                        self.close()
+                        return False
                     self.counters.reconnects += 1
                     self._lost_at = None
                     logger.info("reconnected to %s", self.port)

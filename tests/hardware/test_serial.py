@@ -270,3 +270,21 @@ def test_defaults_sent_after_channel_settings_are_not_undone_by_a_reconnect(reco
         assert sim.commands.count("x3020110X") == 2
         assert sim.gains.gains.tolist() == [24, 24, 4, 24, 24, 24, 24, 24]
         assert r.gains.gains.tolist() == sim.gains.gains.tolist()
+
+
+def test_a_closed_reader_does_not_reopen_the_port(recording):
+    """read_chunk after close (a reader thread that outlived its session) took the closed
+    port for a lost one and reconnected: the port was open and streaming again, held
+    until the process ended (another program got PortBusy). It is now an error."""
+    with SimulatedCyton(recording, realtime=False) as sim:
+        r = CytonReader(sim.port)
+        with r:
+            read_rows(r, 10)
+        try:
+            with pytest.raises(RuntimeError, match="closed"):
+                r.read_chunk(0.3)
+            assert not r.connected and sim.commands.count("v") == 1
+            with CytonReader(sim.port) as again:  # the port is free for the next session
+                read_rows(again, 10)
+        finally:
+            r.close()
