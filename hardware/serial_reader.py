@@ -8,7 +8,9 @@ Lifecycle (a context manager; nothing is left to ``__del__``)::
 1. open the port at 115200 baud (exclusive lock: a second reader gets :class:`PortBusy`);
 2. send ``s`` (in case a previous session left it streaming), flush the input, send
    ``v`` (soft reset) and wait for the ``$$$`` prompt (``handshake_timeout``; else
-   :class:`HandshakeTimeout`); a Cyton reader on a board whose banner reports a Daisy
+   :class:`HandshakeTimeout`; a dongle that answers for a board switched off,
+   ``Failure: Communications timeout - Device failed to poll Host``, is a
+   :class:`SerialSourceError` saying so); a Cyton reader on a board whose banner reports a Daisy
    sends ``c`` (8-channel mode: the firmware would otherwise stream the Daisy's
    channels in every other packet), a Cyton+Daisy reader on a board without one fails;
 3. send ``d`` (default channel settings) and wait for ``$$$``; replay the ``x...X``
@@ -317,6 +319,13 @@ class CytonReader:
             ser.reset_input_buffer()
             ser.write(b"v")
             self.banner = self._wait_prompt("the '$$$' prompt after 'v' (soft reset)")
+            if "failed to poll host" in self.banner.lower():
+                raise SerialSourceError(
+                    f"the dongle answers on {self.port!r}, but the board does not (\""
+                    f"{self.banner.strip().removesuffix('$$$')}\"): is the Cyton switched on "
+                    f"(PC position), with its battery charged, and on the dongle's radio "
+                    f"channel?"
+                )
             if self.daisy and "Daisy" not in self.banner:
                 raise SerialSourceError(
                     f"a Cyton+Daisy was requested on {self.port!r}, but the board reports no "

@@ -22,7 +22,10 @@ Commands answered like firmware v3:
 ``s``      stop streaming (no reply)
 =========  ===================================================================
 
-Other bytes are ignored, as the firmware ignores unknown commands.
+Other bytes are ignored, as the firmware ignores unknown commands. With
+:attr:`SimulatedCyton.board_on` False the board is switched off: only the USB dongle
+answers, to every command, ``Failure: Communications timeout - Device failed to poll
+Host$$$``, and nothing streams.
 
 Faults (:class:`Faults`) are injected on request: random garbage bytes between
 packets, dropped packets (the counter still advances, as when a radio packet is lost),
@@ -242,6 +245,8 @@ class SimulatedCyton:
         250 Hz (for a plain Cyton, :attr:`signal`).
     stats : dict
         ``packets`` sent, ``dropped``, ``garbage_bytes``, ``disconnects``, ``overflow``.
+    board_on : bool
+        Set it to False to switch the board off (the dongle stays plugged in).
     """
 
     def __init__(
@@ -298,6 +303,7 @@ class SimulatedCyton:
         self.capture = bool(capture)
         self.sent = bytearray()
         self.commands: list[str] = []   # every command received, for tests and logs
+        self.board_on = True
         # row of signal (cyton_signal in 8-channel mode) at each 'b' (for tests)
         self.stream_starts: list[int] = []
         self._rng = np.random.default_rng(self.faults.seed)
@@ -461,7 +467,7 @@ class SimulatedCyton:
                 data = b""
             if data:
                 self._handle(data)
-        if self._streaming:
+        if self._streaming and self.board_on:
             self._produce()
         if self._out:
             self._flush()
@@ -484,6 +490,11 @@ class SimulatedCyton:
         self._out += text.encode("ascii")
 
     def _handle(self, data: bytes) -> None:
+        if not self.board_on:  # the dongle cannot reach the board: it says so
+            self._streaming = False
+            if data.strip():
+                self._reply("Failure: Communications timeout - Device failed to poll Host$$$")
+            return
         self._cmd += data
         while self._cmd:
             ch = chr(self._cmd[0])

@@ -288,3 +288,20 @@ def test_a_closed_reader_does_not_reopen_the_port(recording):
                 read_rows(again, 10)
         finally:
             r.close()
+
+
+def test_dongle_without_its_board_is_a_clear_error(recording):
+    """The USB dongle answers every command with 'Failure: Communications timeout -
+    Device failed to poll Host$$$' when the board is off (or on another radio channel).
+    Before, that was taken for the banner: the session 'started' and read_chunk returned
+    empty chunks for ever (nacf record: 'no samples for 10 s')."""
+    with SimulatedCyton(recording, realtime=False) as sim:
+        sim.board_on = False
+        t = time.monotonic()
+        with pytest.raises(SerialSourceError, match=r"dongle answers on .*ttyUSB0.*board does "
+                                                    r"not.*failed to poll.*switched on"):
+            CytonReader(sim.port).open()
+        assert time.monotonic() - t < 2.5  # not after waiting for a 'd' prompt
+        sim.board_on = True
+        with CytonReader(sim.port) as r:
+            read_rows(r, 10)
