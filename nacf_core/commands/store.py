@@ -15,7 +15,11 @@ import argparse
 import json
 import sys
 
-__all__ = ["register"]
+__all__ = ["register", "ROTATED_WITH_UNREADABLE_ROWS"]
+
+#: exit status of ``rotate-key`` that rotated every readable row and left damaged ones
+#: (named on stderr): the store is under the new key, unlike after an error (1)
+ROTATED_WITH_UNREADABLE_ROWS = 3
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,7 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sp.set_defaults(func=_migrate)
 
     sp = sub.add_parser("rotate-key", help="re-encrypt everything under a new key "
-                                           "(one transaction; stop other replicas first)")
+                                           "(one transaction; stop other replicas first); "
+                                           "rows that do not decrypt are left as they are "
+                                           "and named, exit status 3")
     common(sp)
     sp.add_argument("--new-key-file", required=True, help="the new key (see new-key)")
     sp.set_defaults(func=_rotate)
@@ -114,12 +120,36 @@ def _migrate(args: argparse.Namespace) -> int:
 def _rotate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    done: dict = {}
+
     def fn(s):
         old = s.key_id
-        n = s.rotate_key(Path(args.new_key_file))
-        return {"rows_reencrypted": n, "old_key_id": old, "new_key_id": s.key_id}
+        r = s.rotate_key(Path(args.new_key_file))
+        done.update(rotation=r, key_id=s.key_id)
+        return {"rows_reencrypted": r.rows, "old_key_id": old, "new_key_id": s.key_id,
+                "unreadable_templates": r.unreadable_templates,
+                "unreadable_devices": r.unreadable_devices,
+                "unreadable_fingerprints": r.unreadable_fingerprints}
 
-    return _run(args, fn)
+    rc = _run(args, fn)
+    r = done.get("rotation")
+    if rc or r is None or r.complete:
+        return rc
+    skipped = [f"{what} {', '.join(repr(i) for i in ids)}" for what, ids in (
+        ("the templates of users", r.unreadable_templates),
+        ("the secrets of devices", r.unreadable_devices),
+        ("PAD fingerprints of users", r.unreadable_fingerprints)) if ids]
+    fixes = [fix for fix, ids in (
+        ("re-enroll those users (Enroll with update=true)", r.unreadable_templates),
+        ("re-register those devices (RegisterDevice with rotate=true)", r.unreadable_devices),
+        ("delete and enroll again the users with a damaged PAD fingerprint",
+         r.unreadable_fingerprints)) if ids]
+    print(f"nacf store: warning: the store is now under the new key (id {done['key_id']}: "
+          f"use {args.new_key_file} from now on), but these rows could not be read and were "
+          f"left as they were (damaged: altered, truncated or under a lost key): "
+          f"{'; '.join(skipped)}. They stay unreadable: {'; '.join(fixes)}.",
+          file=sys.stderr)
+    return ROTATED_WITH_UNREADABLE_ROWS
 
 
 def _stats(args: argparse.Namespace) -> int:

@@ -41,6 +41,7 @@ from .base import (
     AuthOutcome,
     AuthState,
     DeviceRecord,
+    KeyRotation,
     LockoutState,
     Session,
     Stats,
@@ -1236,18 +1237,36 @@ class SqlStore(Store):
                            failures, locked_until)
 
     # -- key rotation --------------------------------------------------------------
-    def rotate_key(self, new_key) -> int:
+    def rotate_key(self, new_key) -> KeyRotation:
         new = Cipher(new_key)
         old = self._cipher
 
-        def fn(tx: Tx) -> int:
+        def fn(tx: Tx) -> KeyRotation:
             self._rotation_lock(tx)
+            row = tx.one("SELECT key_id, v FROM store_meta WHERE k = 'keycheck'"
+                         + self.FOR_UPDATE)
+            if row is None or row[0] != old.key_id:
+                # rows this key cannot read are damaged ones only while it is the store's
+                raise FailedPrecondition(
+                    f"The store's template key was rotated by another process since this "
+                    f"one opened it (the store is under key id "
+                    f"{None if row is None else row[0]}; this process has key id "
+                    f"{old.key_id}): nothing was changed; rotate from the store's key.")
+            old.decrypt(row[0], row[1], Cipher.aad("keycheck"), "The store's key check")
             n = 0
+            # a row that does not decrypt is damaged (altered, truncated, left under a
+            # key the store no longer has): left as it is and reported, not a reason to
+            # keep every other row under the old key
+            bad_templates, bad_devices, bad_fps = set(), set(), set()
             for uid, ver, mv, kid, ct in tx.query(
                     "SELECT user_id, version, model_version, key_id, ciphertext FROM templates"
                     + self.FOR_UPDATE):
                 aad = self._template_aad(uid, ver, mv)
-                pt = old.decrypt(kid, ct, aad, f"The template of user {uid!r}")
+                try:
+                    pt = old.decrypt(kid, ct, aad, f"The template of user {uid!r}")
+                except FailedPrecondition:
+                    bad_templates.add(uid)
+                    continue
                 nkid, nct = new.encrypt(pt, aad)
                 tx.execute("UPDATE templates SET key_id = ?, ciphertext = ? WHERE user_id = ?",
                            (nkid, nct, uid))
@@ -1256,7 +1275,12 @@ class SqlStore(Store):
                     "SELECT device_id, user_id, key_id, secret_ct FROM devices"
                     + self.FOR_UPDATE):
                 aad = Cipher.aad("device", did, uid)
-                nkid, nct = new.encrypt(old.decrypt(kid, ct, aad, f"Device {did!r}"), aad)
+                try:
+                    pt = old.decrypt(kid, ct, aad, f"Device {did!r}")
+                except FailedPrecondition:
+                    bad_devices.add(did)
+                    continue
+                nkid, nct = new.encrypt(pt, aad)
                 tx.execute("UPDATE devices SET key_id = ?, secret_ct = ? WHERE device_id = ?",
                            (nkid, nct, did))
                 n += 1
@@ -1264,7 +1288,12 @@ class SqlStore(Store):
                     "SELECT id, user_id, kind, key_id, ciphertext FROM pad_fingerprints"
                     + self.FOR_UPDATE):
                 aad = Cipher.aad("pad", uid, kind)
-                nkid, nct = new.encrypt(old.decrypt(kid, ct, aad, "A PAD fingerprint"), aad)
+                try:
+                    pt = old.decrypt(kid, ct, aad, "A PAD fingerprint")
+                except FailedPrecondition:
+                    bad_fps.add(uid)
+                    continue
+                nkid, nct = new.encrypt(pt, aad)
                 tx.execute("UPDATE pad_fingerprints SET key_id = ?, ciphertext = ? "
                            "WHERE id = ?", (nkid, nct, rid))
                 n += 1
@@ -1276,13 +1305,16 @@ class SqlStore(Store):
             # changed (_tx_check_write_key) and run again under it
             self._known[new.key_id] = new
             self._cipher = new
-            return n
+            return KeyRotation(n, sorted(bad_templates), sorted(bad_devices), sorted(bad_fps))
 
         try:
-            n = self._run(fn)
+            out = self._run(fn)
         except BaseException:
             self._cipher = old
             raise
-        log.info("template key rotated", extra={"old_key_id": old.key_id,
-                                                 "new_key_id": new.key_id, "rows": n})
-        return n
+        log.info("template key rotated", extra={
+            "old_key_id": old.key_id, "new_key_id": new.key_id, "rows": out.rows,
+            "unreadable_templates": len(out.unreadable_templates),
+            "unreadable_devices": len(out.unreadable_devices),
+            "unreadable_fingerprint_users": len(out.unreadable_fingerprints)})
+        return out

@@ -54,6 +54,7 @@ __all__ = [
     "UserPage",
     "AuthState",
     "AuthOutcome",
+    "KeyRotation",
     "utc_day_start",
     "TEMPLATE_CHANGED",
     "DEVICE_CHANGED",
@@ -201,6 +202,25 @@ class AuthOutcome:
     locked_until: float | None
     #: an accepted decision refused because the user was locked meanwhile (no session)
     locked: bool = False
+
+
+@dataclass(frozen=True)
+class KeyRotation:
+    """What :meth:`Store.rotate_key` did: ``rows`` re-encrypted under the new key, and the
+    rows it could not decrypt (damaged: altered, truncated, under a key the store no
+    longer has), left exactly as they were: templates and PAD fingerprints by user id,
+    device secrets by device id, each list sorted and without repeats."""
+
+    rows: int
+    unreadable_templates: list[str] = field(default_factory=list)
+    unreadable_devices: list[str] = field(default_factory=list)
+    unreadable_fingerprints: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        """Every encrypted row is under the new key (none was left unreadable)."""
+        return not (self.unreadable_templates or self.unreadable_devices
+                    or self.unreadable_fingerprints)
 
 
 class Store(abc.ABC):
@@ -544,9 +564,13 @@ class Store(abc.ABC):
 
     # -- key management ------------------------------------------------------------
     @abc.abstractmethod
-    def rotate_key(self, new_key: bytes | str) -> int:
+    def rotate_key(self, new_key: bytes | str) -> KeyRotation:
         """Re-encrypt every template, device secret and fingerprint under ``new_key`` in
-        one transaction; afterwards the store uses the new key. Return rows re-encrypted.
+        one transaction; afterwards the store uses the new key. A row that does not
+        decrypt (damaged) does not stop it: it is left as it was and named in the
+        returned :class:`KeyRotation` (re-enroll the user, re-register the device).
+        ``FailedPrecondition`` (nothing changed) when the store's key is no longer this
+        object's (another process rotated it).
 
         A store object of another process (a replica) still holding the old key gets
         ``FailedPrecondition`` for a write that would encrypt under it (nothing written)."""

@@ -42,6 +42,7 @@ from psycopg import errors as pg_errors
 
 from ..errors import InvalidArgument, NotFound, Unavailable
 from ._sql import USER_GONE, SqlStore, Tx
+from .base import KeyRotation
 
 __all__ = ["PostgresStore", "MIGRATIONS"]
 
@@ -445,7 +446,7 @@ class PostgresStore(SqlStore):
         with self._unbounded():
             return super().migrate()
 
-    def rotate_key(self, new_key) -> int:
+    def rotate_key(self, new_key) -> KeyRotation:
         # not bounded by query_timeout either: one transaction re-encrypts every template,
         # device secret and PAD fingerprint, minutes for a large store
         with self._unbounded():

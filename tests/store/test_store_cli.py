@@ -114,3 +114,42 @@ def test_a_wrong_or_missing_key_names_the_key_file_and_the_option(tmp_path, caps
         assert main(["store", *action, "--store-url", url]) == 1
         err = capsys.readouterr().err
         assert "--key-file" in err and "open_store" not in err, err
+
+
+def test_rotate_key_rotates_past_a_damaged_template_and_exits_3_naming_it(tmp_path, capsys):
+    """One damaged template stopped `nacf store rotate-key` at that row ('nacf store:
+    error: The template of user 'bob' failed authentication', exit 1, nothing rotated):
+    the store could not leave a leaked key while any row was damaged. Every readable row
+    is rotated now; the damaged ones are left as they were, named on stderr and in the
+    JSON, and the exit status is 3 (not 1: the store IS under the new key now)."""
+    k1, k2 = tmp_path / "k1", tmp_path / "k2"
+    url = f"sqlite:///{tmp_path / 'n.db'}"
+    for k in (k1, k2):
+        assert main(["store", "new-key", str(k)]) == 0
+    with open_store(url, key=k1) as s:
+        for u in ("alice", "bob", "carol"):
+            s.put_template(u, f"t-{u}".encode(), "m")
+        s.register_device("carol", "hs-c", "secret-secret-secret")
+        s._run(lambda tx: tx.execute("UPDATE templates SET ciphertext = ? WHERE "
+                                     "user_id = 'bob'", (b"\0" * 40,)))
+    capsys.readouterr()
+    assert main(["store", "rotate-key", "--store-url", url, "--key-file", str(k1),
+                 "--new-key-file", str(k2)]) == 3
+    out, err = capsys.readouterr()
+    got = json.loads(out)
+    assert got["rows_reencrypted"] == 3 and got["unreadable_templates"] == ["bob"]
+    assert got["unreadable_devices"] == [] and got["unreadable_fingerprints"] == []
+    assert "'bob'" in err and "re-enroll" in err and got["new_key_id"] in err, err
+    with open_store(url, key=k2) as s:
+        assert s.get_template("alice").blob == b"t-alice"
+        assert s.get_device("hs-c").secret == "secret-secret-secret"
+    assert main(["store", "rotate-key", "--store-url", url, "--key-file", str(k2),
+                 "--new-key-file", str(k1)]) == 3  # bob's row is still damaged
+    capsys.readouterr()
+    # bob re-enrolled: nothing damaged, exit 0
+    with open_store(url, key=k1) as s:
+        s.put_template("bob", b"t-bob-2", "m")
+    assert main(["store", "rotate-key", "--store-url", url, "--key-file", str(k1),
+                 "--new-key-file", str(k2)]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["unreadable_templates"] == [] and "warning" not in err

@@ -141,7 +141,8 @@ def test_rotate_key(store, store_url, key):
     store.add_fingerprints("u2", [b"fp-a", b"fp-b"], "enroll")
     old_id = store.key_id
     new = os.urandom(32)
-    assert store.rotate_key(new) == 5 + 1 + 2
+    out = store.rotate_key(new)
+    assert out.rows == 5 + 1 + 2 and out.complete
     assert store.key_id == Cipher(new).key_id != old_id
     ids = store._run(lambda tx: tx.query(
         "SELECT key_id FROM templates UNION ALL SELECT key_id FROM devices "
@@ -160,17 +161,86 @@ def test_rotate_key(store, store_url, key):
         s.close()
 
 
-def test_rotate_key_is_all_or_nothing(store, store_url, key):
-    store.put_template("a", b"ta", "m")
-    store.put_template("b", b"tb", "m")
-    # corrupt b's row: rotation must fail and leave everything under the old key
+def _rows(store, sql):
+    return store._run(lambda tx: [tuple(bytes(v) if isinstance(v, memoryview) else v
+                                        for v in r) for r in tx.query(sql)])
+
+
+def test_rotate_key_rotates_every_readable_row_and_names_the_damaged_ones(store, store_url,
+                                                                          key):
+    """One damaged template (a disk error, a row edited by hand) stopped the rotation at
+    that row: nothing was rotated, and the store could not leave the old key (a leaked
+    key could not be retired) until the row was found and fixed by hand. Every readable
+    row is rotated now; the damaged ones (templates, device secrets, PAD fingerprints)
+    are left as they were and named in the result."""
+    for u in ("a", "b", "c"):
+        store.put_template(u, f"t{u}".encode(), "m")
+    store.register_device("a", "hs-a", "secret-a-secret-a")
+    store.register_device("c", "hs-c", "secret-c-secret-c")
+    store.add_fingerprints("a", [b"fp-a"], "enroll")
+    store.add_fingerprints("c", [b"fp-c1", b"fp-c2"], "probe")
+    # damage b's template, c's device secret and one of c's fingerprints
     store._run(lambda tx: tx.execute(
         "UPDATE templates SET ciphertext = ? WHERE user_id = ?", (b"\0" * 40, "b")))
-    with pytest.raises(FailedPrecondition, match="'b'"):
-        store.rotate_key(os.urandom(32))
-    ids = store._run(lambda tx: tx.query("SELECT DISTINCT key_id FROM templates"))
-    assert ids == [(Cipher(key).key_id,)]
-    assert store.get_template("a").blob == b"ta"
+    store._run(lambda tx: tx.execute(
+        "UPDATE devices SET secret_ct = ? WHERE device_id = ?", (b"\1" * 40, "hs-c")))
+    store._run(lambda tx: tx.execute(
+        "UPDATE pad_fingerprints SET ciphertext = ? WHERE id = (SELECT MIN(id) FROM "
+        "pad_fingerprints WHERE user_id = 'c')", (b"\2" * 40,)))
+    damaged = ("SELECT user_id, key_id, ciphertext FROM templates WHERE user_id = 'b' "
+               "UNION ALL SELECT device_id, key_id, secret_ct FROM devices "
+               "WHERE device_id = 'hs-c' UNION ALL SELECT user_id, key_id, ciphertext "
+               "FROM pad_fingerprints WHERE user_id = 'c' AND kind = 'probe' "
+               "AND id = (SELECT MIN(id) FROM pad_fingerprints WHERE user_id = 'c')")
+    before = _rows(store, damaged)
+    new = os.urandom(32)
+    out = store.rotate_key(new)
+    assert out.rows == 2 + 1 + 2  # a and c; hs-a; fp-a and fp-c2
+    assert out.unreadable_templates == ["b"]
+    assert out.unreadable_devices == ["hs-c"]
+    assert out.unreadable_fingerprints == ["c"]
+    assert not out.complete
+    assert store.key_id == Cipher(new).key_id
+    assert _rows(store, damaged) == before  # left exactly as they were
+    store.close()
+    with open_store(store_url, key=new) as s:
+        assert s.get_template("a").blob == b"ta" and s.get_template("c").blob == b"tc"
+        assert s.get_device("hs-a").secret == "secret-a-secret-a"
+        assert s.get_fingerprints("a") == [("enroll", b"fp-a")]
+        with pytest.raises(TemplateUnreadable, match="re-enroll"):
+            s.get_template("b")
+        # re-enrolling b and re-registering hs-c replace them under the new key
+        s.put_template("b", b"tb-2", "m")
+        s.register_device("c", "hs-c", "secret-c-new-new")
+        # a second rotation skips the row still damaged (now under neither key)
+        newer = os.urandom(32)
+        out = s.rotate_key(newer)
+        assert (out.unreadable_templates, out.unreadable_devices,
+                out.unreadable_fingerprints) == ([], [], ["c"])
+        assert out.rows == 3 + 2 + 2
+    with open_store(store_url, key=newer) as s:
+        assert s.get_template("b").blob == b"tb-2"
+        assert s.get_device("hs-c").secret == "secret-c-new-new"
+
+
+def test_rotate_key_refuses_a_store_another_process_rotated(store_url, key):
+    """A rotation from a store object whose key is no longer the store's (another process
+    rotated since it opened) reads no row; it must not put its key in the store's key
+    check over rows it never re-encrypted (the store would then open with a key that
+    reads nothing)."""
+    a = open_store(store_url, key=key)
+    b = open_store(store_url, key=key)
+    try:
+        a.put_template("alice", b"ta", "m")
+        k2 = os.urandom(32)
+        a.rotate_key(k2)
+        with pytest.raises(FailedPrecondition, match="rotated"):
+            b.rotate_key(os.urandom(32))
+    finally:
+        a.close()
+        b.close()
+    with open_store(store_url, key=k2) as s:
+        assert s.get_template("alice").blob == b"ta"
 
 
 def test_delete_user_leaves_no_ciphertext_in_sqlite_file(tmp_path, key):

@@ -30,7 +30,7 @@ def test_rotate_key_is_not_cut_by_the_query_timeout(pg_url, key, monkeypatch):
 
         monkeypatch.setattr(Cipher, "encrypt", slow)
         new = os.urandom(32)
-        assert s.rotate_key(new) == 4
+        assert s.rotate_key(new).rows == 4
         monkeypatch.undo()
         assert s.key_id == Cipher(new).key_id
         assert s.get_template("u3").blob == b"t3"
@@ -126,7 +126,7 @@ def test_writes_racing_a_rotation_in_the_same_process_end_under_the_new_key(stor
 
         monkeypatch.setattr(_sql.Cipher, "encrypt", encrypt)
         done = []
-        t = threading.Thread(target=lambda: done.append(s.rotate_key(new)))
+        t = threading.Thread(target=lambda: done.append(s.rotate_key(new).rows))
         t.start()
         assert rotating.wait(10)
         writers = [threading.Thread(target=s.add_fingerprints, args=("alice", [b"fp-1"])),
