@@ -86,6 +86,11 @@ def open_store(url: str | os.PathLike, key: Any = None, **options: Any) -> Store
         url = os.fspath(url)
     if not isinstance(url, str) or not url:
         raise InvalidArgument(f"'url' must be a non-empty store URL, got {url!r}.")
+    if "://" in url:
+        # a URL read from a file or a secret keeps its line end: blanks around a URL are
+        # no part of it (urlsplit drops them from a PostgreSQL URL; in a SQLite path they
+        # named another file: a new, empty store beside the real one)
+        url = url.strip()
     try:
         scheme = urlsplit(url).scheme.lower() if "://" in url else ""
     except ValueError as exc:  # a bracket left open, brackets around a name: no password
@@ -131,6 +136,11 @@ def _check_sqlite_path(path: str) -> None:
     ``-journal`` and ``-wlock`` files next to it."""
     if path == ":memory:":
         return
+    bad = next((c for c in path if ord(c) < 32 or ord(c) == 127), None)
+    if bad is not None:
+        raise InvalidArgument(f"SQLite store path {path!r} holds a control character "
+                              f"({bad!r}): expected a file name (a line end read with the "
+                              f"URL from a file?).")
     try:
         mode = os.stat(path).st_mode
     except (OSError, ValueError):  # missing (created on open) or unreadable: SQLite says

@@ -200,3 +200,30 @@ def test_close_waits_for_a_transaction_running_in_another_thread(tmp_path):
     assert errors == []
     with pytest.raises(FailedPrecondition, match="closed"):
         s.get_template("alice")
+
+
+@pytest.mark.parametrize("form", ["sqlite:///{p}\n", "sqlite:///{p}\r\n", " sqlite:///{p}",
+                                  "sqlite:///{p}  "])
+def test_blanks_around_a_sqlite_url_do_not_make_another_store(tmp_path, form):
+    """A store URL read from a file or a secret with its line end (sqlite:///nacf.db\\n)
+    opened a new, empty store in a file named 'nacf.db\\n' next to the real one (the
+    server then knew no user); a blank before it (' sqlite:///rel.db') made the relative
+    path absolute, '/rel.db'. PostgreSQL URLs already ignored them; SQLite URLs now do."""
+    key = bytes(range(32))
+    with open_store(tmp_path / "nacf.db", key=key) as s:
+        s.put_template("alice", b"t", "m")
+    with open_store(form.format(p=tmp_path / "nacf.db"), key=key) as s:
+        assert s.get_template("alice").blob == b"t"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nacf.db", "nacf.db-wlock"]
+
+
+@pytest.mark.parametrize("name", ["nacf.db\n", "na\tcf.db", "nacf\x00.db"])
+def test_a_sqlite_path_with_a_control_character_is_refused(tmp_path, name):
+    """A control character in a SQLite path (a line end carried in from a file) named a
+    new, empty store beside the real one; a NUL failed inside sqlite3 as 'embedded null
+    character' (a ValueError, not the store's error)."""
+    # (inside a URL: one at its end is a blank around it, ignored)
+    for url in (str(tmp_path / name), f"sqlite:///{tmp_path / name}.x"):
+        with pytest.raises(InvalidArgument, match="control character"):
+            open_store(url, key=bytes(32))
+    assert list(tmp_path.iterdir()) == []
