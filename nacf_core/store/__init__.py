@@ -120,6 +120,15 @@ def open_store(url: str | os.PathLike, key: Any = None, **options: Any) -> Store
         _check_sqlite_path(path)
         return SQLiteStore(path, key, **options)
     if scheme == "":
+        head = url.split(":", 1)[0].lower() if ":" in url else ""
+        if head in ("sqlite", "postgresql", "postgres"):
+            # a URL missing its '//' (sqlite:nacf.db, postgres:db) is no file name meant:
+            # taken for one it was a new, empty SQLite store
+            form = ("sqlite:///PATH.db (sqlite:////ABS/PATH.db for an absolute path)"
+                    if head == "sqlite" else "postgresql://user@host:port/dbname")
+            raise InvalidArgument(
+                f"store URL {url!r} is missing the '//' after {head + ':'!r}: expected "
+                f"{form} (a file of that name: give it as ./{url}).")
         from .sqlite import SQLiteStore
 
         _check_sqlite_path(url)

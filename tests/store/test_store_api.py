@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 
 import pytest
 
@@ -621,3 +622,22 @@ def test_purge_sessions_deletes_only_sessions_ended_before_the_cutoff(store):
     assert store.get_session(recent.token).ended_at == T0 + 250
     assert store.get_session(active.token).is_active(T0 + 300)
     assert store.purge_sessions(T0 + 61) == 0
+
+
+@pytest.mark.parametrize("url,expected", [
+    ("sqlite:nacf.db", "sqlite:///PATH.db"), ("sqlite:/nacf.db", "sqlite:///PATH.db"),
+    ("SQLite:nacf.db", "sqlite:///PATH.db"), ("postgres:nacf", "postgresql://"),
+    ("postgresql:/db", "postgresql://"), ("postgresql:user@host/db", "postgresql://")])
+def test_a_scheme_without_its_slashes_is_refused_not_taken_for_a_file(tmp_path, monkeypatch,
+                                                                       url, expected):
+    """A store URL missing its '//' (sqlite:nacf.db, postgres:nacf) was taken for a SQLite
+    file path: a new, empty store in a file named 'sqlite:nacf.db' or 'postgres:nacf'
+    (a replica meant for the shared PostgreSQL kept users of its own), or 'directory
+    postgresql: does not exist'. It is refused now, naming the form expected."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InvalidArgument, match=re.escape(expected)):
+        open_store(url, key=bytes(32))
+    assert list(tmp_path.iterdir()) == []
+    # a file of such a name is still reachable as a path
+    with open_store("./sqlite:nacf.db", key=bytes(32)) as s:
+        s.put_template("a", b"t", "m")
