@@ -106,6 +106,10 @@ _CONTENTION = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected,
 #: idle pooled connections, and unacknowledged data dropping the connection after 20 s
 _TCP_DEFAULTS = {"keepalives": "1", "keepalives_idle": "10", "keepalives_interval": "5",
                  "keepalives_count": "3", "tcp_user_timeout": "20000"}
+#: libpq's refusal of a connection parameter's value (before any server is asked):
+#: 'invalid port number: "99999"', 'invalid integer value "x" for connection option
+#: "port"', 'invalid sslmode value: "bogus"'
+_BAD_OPTION = re.compile(r'invalid (?:port number: |integer value |[a-z_]+ value: )"')
 #: the longest a transaction waits for the server by default (``?query_timeout=``)
 QUERY_TIMEOUT_S = 30.0
 _MAX_QUERY_TIMEOUT_S = 24 * 3600.0
@@ -375,13 +379,21 @@ class PostgresStore(SqlStore):
             kwargs["options"] = options
         try:
             return psycopg.connect(self._conninfo, **kwargs)
-        except psycopg.ProgrammingError as exc:  # libpq refused the URL itself
-            raise InvalidArgument(f"the PostgreSQL store URL is not valid: "
-                                  f"{str(exc).strip().splitlines()[0]}.") from None
-        except psycopg.OperationalError as exc:
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise Unavailable(f"PostgreSQL store at {self._where} is unreachable: {msg}") \
-                from None
+        except psycopg.Error as exc:
+            raise self._connect_error(exc) from None
+
+    def _connect_error(self, exc: psycopg.Error) -> Exception:
+        """The error of a connection that failed: ``InvalidArgument`` for a URL libpq
+        refuses (its syntax, a parameter it does not know, a value it cannot use: a port
+        that is no number, ``sslmode=bogus``), no retry can help; ``Unavailable`` for a
+        server that cannot be reached or refuses the connection."""
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, psycopg.ProgrammingError) or _BAD_OPTION.search(msg):
+            return InvalidArgument(f"the PostgreSQL store URL is not valid: "
+                                   f"{msg.removeprefix('connection is bad: ')}.")
+        if isinstance(exc, psycopg.OperationalError):
+            return Unavailable(f"PostgreSQL store at {self._where} is unreachable: {msg}")
+        return exc
 
     def _ensure_schema(self) -> None:
         conn = None
@@ -391,13 +403,8 @@ class PostgresStore(SqlStore):
             conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
         except psycopg.errors.UniqueViolation:
             pass  # created concurrently
-        except psycopg.ProgrammingError as exc:  # libpq refused the URL itself
-            raise InvalidArgument(f"the PostgreSQL store URL is not valid: "
-                                  f"{str(exc).strip().splitlines()[0]}.") from None
-        except psycopg.OperationalError as exc:
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise Unavailable(f"PostgreSQL store at {self._where} is unreachable: {msg}") \
-                from None
+        except (psycopg.ProgrammingError, psycopg.OperationalError) as exc:
+            raise self._connect_error(exc) from None
         finally:
             if conn is not None:
                 conn.close()

@@ -470,6 +470,24 @@ def test_postgres_url_mistakes_are_invalid_argument(pg_available, query, match):
         open_store(f"{dsn}{sep}{query}", key=bytes(32))
 
 
+@pytest.mark.parametrize("url,match", [
+    ("postgresql://postgres@127.0.0.1:notaport/test", 'invalid integer value "notaport"'),
+    ("postgresql://postgres@127.0.0.1:99999/test", 'invalid port number: "99999"'),
+    ("postgresql://postgres@127.0.0.1/test?port=0", 'invalid port number: "0"'),
+    ("postgresql://postgres@127.0.0.1:5432/test?sslmode=bogus", 'invalid sslmode value'),
+    ("postgresql://postgres@127.0.0.1:5432/test?keepalives=x",
+     'invalid integer value "x" for connection option "keepalives"'),
+    ("postgresql://postgres@127.0.0.1:5432/test?schema=nacf_url_t&sslmode=bogus",
+     'invalid sslmode value'),
+])
+def test_postgres_url_values_libpq_refuses_are_invalid_argument(url, match):
+    """A port that is not a number, or out of range, or a libpq option with a value it
+    does not know (sslmode=bogus) was UNAVAILABLE, 'the store is unreachable': an outage
+    to wait out, where the URL itself is wrong and no retry can help."""
+    with pytest.raises(InvalidArgument, match=f"store URL is not valid: .*{match}"):
+        open_store(url, key=bytes(32), connect_timeout_s=2)
+
+
 def test_end_user_sessions_and_first_device_only(store):
     store.put_template("alice", b"x", "m")
     store.put_template("bob", b"x", "m")
