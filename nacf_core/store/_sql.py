@@ -1240,6 +1240,11 @@ class SqlStore(Store):
     def rotate_key(self, new_key) -> KeyRotation:
         new = Cipher(new_key)
         old = self._cipher
+        if new.key_id == old.key_id:
+            raise InvalidArgument(
+                f"The new key ({new.source}) is the key the store is under already (key id "
+                f"{old.key_id}): nothing was rotated. Give a new key (`nacf store new-key "
+                f"FILE` makes one).")
 
         def fn(tx: Tx) -> KeyRotation:
             self._rotation_lock(tx)

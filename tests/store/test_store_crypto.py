@@ -276,3 +276,26 @@ def test_a_refused_open_leaves_nothing_open(store_url, key):
         with pytest.raises(FailedPrecondition, match="Wrong template key"):
             open_store(store_url, key=other)
     assert n_fds() <= before
+
+
+def test_rotating_to_the_key_in_use_is_refused(store, key, tmp_path, capsys):
+    """Rotating to the store's own key (the same file given as --key-file and
+    --new-key-file) re-encrypted every row under it and reported success, 'rows_reencrypted'
+    and all: an operator retiring a leaked key believed it retired."""
+    from nacf_core.cli import main
+    from nacf_core.errors import InvalidArgument
+
+    store.put_template("alice", b"ta", "m")
+    before = store._run(lambda tx: tx.query("SELECT ciphertext FROM templates"))
+    with pytest.raises(InvalidArgument, match="already"):
+        store.rotate_key(key)
+    assert store._run(lambda tx: tx.query("SELECT ciphertext FROM templates")) == before
+    assert store.key_id == Cipher(key).key_id
+    kf = tmp_path / "k"
+    kf.write_text(base64.b64encode(key).decode())
+    if store.backend == "sqlite":
+        url = f"sqlite:///{store.path}"
+        assert main(["store", "rotate-key", "--store-url", url, "--key-file", str(kf),
+                     "--new-key-file", str(kf)]) == 1
+        out, err = capsys.readouterr()
+        assert out == "" and "already" in err
