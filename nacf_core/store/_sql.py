@@ -736,8 +736,11 @@ class SqlStore(Store):
         h = token_hash(token)
 
         def fn(tx: Tx) -> tuple | None:
-            tx.execute("UPDATE sessions SET ended_at = ?, end_reason = ? "
-                       "WHERE token_hash = ? AND ended_at IS NULL", (t, reason, h))
+            # one past its expiry ended then, as expire_sessions records it, not now
+            tx.execute("UPDATE sessions SET ended_at = CASE WHEN expires_at > ? THEN ? "
+                       "ELSE expires_at END, end_reason = CASE WHEN expires_at > ? THEN ? "
+                       "ELSE 'expired' END WHERE token_hash = ? AND ended_at IS NULL",
+                       (t, t, t, reason, h))
             return tx.one(f"SELECT {self._SESSION_SELECT} FROM sessions WHERE token_hash = ?",
                           (h,))
 

@@ -403,7 +403,9 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def end_session(self, token: str, reason: str = "ended", *,
                     now: float | None = None) -> Session:
-        """End a session (idempotent: an ended session keeps its first end time)."""
+        """End a session (idempotent: an ended session keeps its first end time). One
+        already past its expiry at ``now`` that no sweep has ended is recorded as
+        :meth:`expire_sessions` records it: ended at its expiry, reason ``"expired"``."""
 
     @abc.abstractmethod
     def count_active_sessions(self, now: float | None = None) -> int:

@@ -659,3 +659,22 @@ def test_a_scheme_without_its_slashes_is_refused_not_taken_for_a_file(tmp_path, 
     # a file of such a name is still reachable as a path
     with open_store("./sqlite:nacf.db", key=bytes(32)) as s:
         s.put_template("a", b"t", "m")
+
+
+def test_ending_a_session_that_has_expired_records_its_expiry(store):
+    """end_session on a session past its expiry that no sweep had ended yet recorded it
+    as ended by the call ('logout', at the call's time, later than it could be used):
+    the audit said it was open until then, its duration was too long, and the retention
+    purge kept it longer. It is recorded as expire_sessions and delete_user record it:
+    ended at its expiry, reason 'expired'."""
+    store.put_template("alice", b"x", "m")
+    s = store.create_session("alice", 10, now=T0)
+    ended = store.end_session(s.token, "logout", now=T0 + 100)
+    assert (ended.ended_at, ended.end_reason) == (T0 + 10, "expired")
+    assert store.expire_sessions(T0 + 200) == []
+    assert store.purge_sessions(T0 + 50) == 1
+    # at its very expiry it is expired (is_active: now < expires_at)
+    s = store.create_session("alice", 10, now=T0)
+    assert store.end_session(s.token, "logout", now=T0 + 10).end_reason == "expired"
+    s = store.create_session("alice", 10, now=T0)
+    assert store.end_session(s.token, "logout", now=T0 + 9.5).end_reason == "logout"

@@ -54,8 +54,8 @@ def test_purges_delete_a_backlog_in_transactions_of_at_most_purge_batch_rows(
         store.record_attempt("alice", True, 0.9, "ok", "p", 0.01, "Authenticate", now=T0 + i)
     store.record_attempt("alice", True, 0.9, "ok", "p", 0.01, "Authenticate", now=T0 + 100)
     for i in range(23):
-        store.end_session(store.create_session("alice", 5.0, now=T0).token, now=T0 + i)
-    kept = store.create_session("alice", 5.0, now=T0)
+        store.end_session(store.create_session("alice", 500.0, now=T0).token, now=T0 + i)
+    kept = store.create_session("alice", 500.0, now=T0)
     store.end_session(kept.token, now=T0 + 100)
     store.purge_batch = 10
     per_tx = _spy_transactions(store, monkeypatch)
