@@ -185,3 +185,43 @@ def test_a_users_open_sessions_are_found_through_the_user(store, monkeypatch):
         for sql, params in reads:
             plan = _plan(store, sql, params)
             assert "sessions_user" in plan and "sessions_active" not in plan, (sql, plan)
+
+
+def test_key_rotation_holds_a_bounded_number_of_rows_in_memory(store, monkeypatch):
+    """rotate_key fetched every template, device and PAD fingerprint of the store at once
+    (one fetchall per table) before re-encrypting them: with PAD's history of 64 probes of
+    a few KiB per user, a store of 10 000 users needed gigabytes to rotate and a smaller
+    machine could never rotate it (killed for memory, rolled back). Each table is now read
+    in chunks of rotate_chunk rows, within the one transaction; every row is rotated."""
+    import os
+
+    for i in range(7):
+        store.put_template(f"u{i}", f"t{i}".encode(), "m")
+        store.register_device(f"u{i}", f"hs{i}", f"secret-{i}-0123456789")
+        store.add_fingerprints(f"u{i}", [b"fp-%d-%d" % (i, j) for j in range(3)], "probe")
+    store.rotate_chunk = 4
+    biggest = []
+    run = store._run
+
+    def spying_run(fn, *, write=True):
+        def spied(tx):
+            query = tx.query
+
+            def q(sql, params=()):
+                rows = query(sql, params)
+                biggest.append(len(rows))
+                return rows
+
+            tx.query = q
+            return fn(tx)
+
+        return run(spied, write=write)
+
+    monkeypatch.setattr(store, "_run", spying_run)
+    out = store.rotate_key(os.urandom(32))
+    monkeypatch.undo()
+    assert out.rows == 7 + 7 + 21 and out.complete
+    assert max(biggest) <= 4
+    assert [t.blob for t in store.iter_templates()] == [f"t{i}".encode() for i in range(7)]
+    assert store.get_fingerprints("u6") == [("probe", b"fp-6-%d" % j) for j in range(3)]
+    assert store.get_device("hs3").secret == "secret-3-0123456789"
