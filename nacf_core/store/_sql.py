@@ -79,6 +79,11 @@ class _StaleKey(Exception):
         self.store_key_id = store_key_id
 
 
+class _NotStoreKey(FailedPrecondition):
+    """A row under a key that is not the store's, in a store whose key this process has:
+    the row is damaged (see :meth:`SqlStore._check_row_key`)."""
+
+
 def _check_id(name: str, value: Any) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{name!r} must be a str, got {type(value).__name__} instead.")
@@ -272,7 +277,24 @@ class SqlStore(Store):
             raise _StaleKey(row[0])
 
     def _dec(self, key_id: str, blob: bytes, aad: bytes, what: str) -> bytes:
-        return self._known.get(key_id, self._cipher).decrypt(key_id, blob, aad, what)
+        cipher = self._known.get(key_id)
+        if cipher is None:
+            self._check_row_key(key_id, what)
+            cipher = self._cipher
+        return cipher.decrypt(key_id, blob, aad, what)
+
+    def _check_row_key(self, key_id: str, what: str) -> None:
+        """A row under a key this process never had: :class:`_NotStoreKey` when the
+        store's key is one it has (the row alone is at fault: damaged, and left under its
+        key by a rotation that could not read it); nothing when not (another process
+        rotated the store, every row fails alike, ``Cipher.decrypt`` says so)."""
+        row = self._run(lambda tx: tx.one(
+            "SELECT key_id FROM store_meta WHERE k = 'keycheck'"), write=False)
+        if row is not None and row[0] in self._known:
+            raise _NotStoreKey(
+                f"{what} was encrypted with key id {key_id}, not with the store's key (id "
+                f"{row[0]}): the row is damaged (a key rotation leaves a row it cannot read "
+                f"as it was).")
 
     @property
     def key_id(self) -> str:
@@ -406,17 +428,13 @@ class SqlStore(Store):
             blob = self._dec(kid, ct, self._template_aad(user_id, version, model_version),
                              what)
         except FailedPrecondition as exc:
-            if kid in self._known:  # altered, truncated, or moved from another row
-                reason = str(exc)
-            else:
-                store_kid = self._run(lambda tx: tx.one(
-                    "SELECT key_id FROM store_meta WHERE k = 'keycheck'"), write=False)
-                if store_kid is None or store_kid[0] not in self._known:
-                    raise  # rotated by another process: this one has the old key
-                reason = (f"{what} was encrypted with key id {kid}, not with the store's "
-                          f"key (id {store_kid[0]}).")
+            # altered, truncated, moved from another row, or under a key the store no
+            # longer has; not when another process rotated the store (this one holds
+            # the old key: every row fails alike)
+            if kid not in self._known and not isinstance(exc, _NotStoreKey):
+                raise
             raise TemplateUnreadable(
-                f"{reason} It cannot be read: re-enroll the user (Enroll with update=true) "
+                f"{exc} It cannot be read: re-enroll the user (Enroll with update=true) "
                 "to replace it.", user_id) from None
         return TemplateRecord(user_id=user_id, version=int(version),
                               model_version=model_version, blob=blob,

@@ -299,3 +299,32 @@ def test_rotating_to_the_key_in_use_is_refused(store, key, tmp_path, capsys):
                      "--new-key-file", str(kf)]) == 1
         out, err = capsys.readouterr()
         assert out == "" and "already" in err
+
+
+def test_a_device_or_fingerprint_left_by_a_rotation_is_reported_damaged_not_a_wrong_key(
+        store, store_url, key):
+    """A damaged device secret or PAD fingerprint that a rotation left under the old key
+    was reported, once the server ran the new key, as 'configure the key this store was
+    written with (or rotate_key() from it)': the store's key taken for wrong, when it is
+    right and one row is damaged (templates already said so)."""
+    store.put_template("c", b"tc", "m")
+    store.register_device("c", "hs-c", "secret-c-secret-c")
+    store.add_fingerprints("c", [b"fp"], "probe")
+    store._run(lambda tx: tx.execute("UPDATE devices SET secret_ct = ?", (b"\1" * 40,)))
+    store._run(lambda tx: tx.execute("UPDATE pad_fingerprints SET ciphertext = ?",
+                                     (b"\2" * 40,)))
+    new = os.urandom(32)
+    store.rotate_key(new)
+    store.close()
+    with open_store(store_url, key=new) as s:
+        for call in (lambda: s.get_device("hs-c"), lambda: s.get_fingerprints("c"),
+                     lambda: s.get_auth_state("c", device_id="hs-c")):
+            with pytest.raises(FailedPrecondition, match="not with the store's key") as ei:
+                call()
+            assert "configure the key" not in str(ei.value)
+        # a store object whose key is not the store's any more still hears that
+        s.register_device("c", "hs-d", "secret-d-secret-d")
+        with open_store(store_url, key=new) as stale:
+            s.rotate_key(os.urandom(32))
+            with pytest.raises(FailedPrecondition, match="configure the key"):
+                stale.get_device("hs-d")
