@@ -374,7 +374,9 @@ class PostgresStore(SqlStore):
                                   **self._tcp}
         options = self._options
         if self.schema is not None:
-            options = f"{options} -c search_path={self.schema}".strip()
+            # quoted: the schema _ensure_schema created, "Auth" not auth (the name is a
+            # plain identifier, _SCHEMA_RE, so it needs no escaping)
+            options = f'{options} -c search_path="{self.schema}"'.strip()
         if options:
             kwargs["options"] = options
         try:

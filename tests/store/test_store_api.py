@@ -678,3 +678,29 @@ def test_ending_a_session_that_has_expired_records_its_expiry(store):
     assert store.end_session(s.token, "logout", now=T0 + 10).end_reason == "expired"
     s = store.create_session("alice", 10, now=T0)
     assert store.end_session(s.token, "logout", now=T0 + 9.5).end_reason == "logout"
+
+
+@pytest.mark.postgres
+def test_a_postgres_schema_name_with_capitals_is_used_as_given(pg_available, key):
+    """?schema=Auth_T created the schema "Auth_T" (quoted) but put search_path=Auth_T
+    (unquoted, folded to auth_t, which does not exist): every open failed UNAVAILABLE,
+    'no schema has been selected to create in', a store that could never start."""
+    import uuid
+
+    import psycopg
+
+    dsn = os.environ.get("NACF_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+    schema = f"Nacf_T_{uuid.uuid4().hex[:8]}"
+    url = f"{dsn}{'&' if '?' in dsn else '?'}schema={schema}"
+    try:
+        with open_store(url, key=key) as s:
+            s.put_template("alice", b"t", "m")
+        with open_store(url, key=key, create=False) as s:
+            assert s.get_template("alice").blob == b"t"
+        with psycopg.connect(dsn) as conn:
+            assert conn.execute("SELECT COUNT(*) FROM information_schema.tables WHERE "
+                                "table_schema = %s AND table_name = 'templates'",
+                                (schema,)).fetchone() == (1,)
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
