@@ -56,7 +56,10 @@ def _check_epochs(name: str, epochs) -> np.ndarray:
             f"{name!r} must be 3-D {_EPOCHS_SHAPE}, got a {epochs.ndim}-D array of shape "
             f"{epochs.shape} (use x[np.newaxis] for a single epoch)."
         )
-    return check_array(name, epochs, ndim=3, c_contiguous=True)
+    epochs = check_array(name, epochs, ndim=3, c_contiguous=True)
+    if not epochs.dtype.isnative:  # big-endian: the compiled kernels read native order
+        epochs = epochs.astype(epochs.dtype.newbyteorder("="))
+    return epochs
 
 
 def _check_limits(limits) -> ArtifactLimits:
@@ -107,7 +110,7 @@ def detect_artifacts(
     ----------
     epochs : ndarray, shape (n_epochs, n_channels, n_times), float32 or float64
         Bandpassed epochs in µV, C-contiguous (see the module docstring for what each
-        check expects).
+        check expects); big-endian input is read through a native-order copy.
     sfreq : float
         Sampling rate in Hz (finite, > 0).
     limits : ArtifactLimits, optional

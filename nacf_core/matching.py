@@ -6,6 +6,8 @@ L2-normalised rows: normalise templates once when they are stored
 (:func:`normalize_rows`) and pass ``normalize=True`` only for ad-hoc inputs, since it
 copies (and for millions of templates that copy costs more than the search).
 
+Big-endian float32 input (``'>f4'``) is accepted and read through a native-order copy.
+
 Threads: the Cython backend calls single-threaded SIMD loops (one probe) or BLAS
 ``sgemm`` on small blocks (batches).  BLAS uses its own thread pool; the service runs
 one BLAS thread per process and scales with processes (nested thread pools on 2 cores
@@ -31,7 +33,10 @@ def _check_matrix(name: str, x, *, normalize: bool) -> np.ndarray:
             f"{name!r} must have dtype float32, got float64 instead "
             "(pass normalize=True to convert and normalise, or x.astype(numpy.float32))."
         )
-    return check_array(name, x, ndim=2, dtypes=(np.float32,), c_contiguous=True)
+    x = check_array(name, x, ndim=2, dtypes=(np.float32,), c_contiguous=True)
+    if not x.dtype.isnative:  # big-endian ('>f4'): the compiled kernels read native order
+        x = x.astype(np.float32)
+    return x
 
 
 def _check_pair(probes, templates, normalize: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -135,6 +135,30 @@ def test_raw_feeds_rail_and_nonfinite(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_big_endian_epochs_give_what_native_ones_give(backend, dtype):
+    """The dtype check looks at the number type only, so big-endian epochs ('>f8', as
+    a .npy or .mat file written on another machine holds them) passed validation, then
+    the compiled backends failed: Cython with 'Big-endian buffer not supported on
+    little-endian compiler', Numba with a TypingError page; the reference took them."""
+    rng = np.random.default_rng(7)
+    x = _epochs(rng, (2, 3, 300), dtype=dtype)
+    x[0, 1, 5] = np.nan
+    x[1, 2] = 0.0
+    raw = np.ascontiguousarray(x + 60_000.0)
+    raw[1, 0, :3] = -187_500.02
+    big, big_raw = x.astype(x.dtype.newbyteorder(">")), raw.astype(raw.dtype.newbyteorder(">"))
+    want = detect_artifacts(x, 250.0, raw=raw, backend=backend)
+    np.testing.assert_array_equal(detect_artifacts(big, 250.0, raw=big_raw, backend=backend),
+                                  want)
+    np.testing.assert_array_equal(detect_artifacts(big, 250.0, backend=backend),
+                                  detect_artifacts(x, 250.0, backend=backend))
+    for got, expected in zip(quality(big, 250.0, backend=backend),
+                             quality(x, 250.0, backend=backend)):
+        np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_quality_formula_cases(backend):
     sfreq, n = 250.0, 1000
     t = np.arange(n) / sfreq

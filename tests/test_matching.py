@@ -100,6 +100,22 @@ def test_normalize_option(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_big_endian_input_gives_what_native_input_gives(backend):
+    """float32 rows in big-endian order ('>f4') passed the dtype check (the number type
+    only) and then failed in the compiled backends: Cython with 'Big-endian buffer not
+    supported on little-endian compiler', Numba with a TypingError page."""
+    rng = np.random.default_rng(4)
+    p, t = _unit(rng, 2, 16), _unit(rng, 40, 16)
+    bp, bt = p.astype(">f4"), t.astype(">f4")
+    np.testing.assert_array_equal(cosine_scores(bp, bt, backend=backend),
+                                  cosine_scores(p, t, backend=backend))
+    for got, want in zip(top_k(bp, bt, 5, backend=backend), top_k(p, t, 5, backend=backend)):
+        np.testing.assert_array_equal(got, want)
+    for got, want in zip(top_k(p, bt, 3, backend=backend), top_k(p, t, 3, backend=backend)):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_ties_go_to_the_lower_index(backend):
     t = np.zeros((10, 4), np.float32)
     t[:, 0] = 1.0
