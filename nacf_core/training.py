@@ -262,6 +262,11 @@ def fit_model(blocks: Sequence[Block], *, ch_names: Sequence[str], name: str,
     if unknown:
         raise TypeError(f"unknown parameter(s) {', '.join(sorted(unknown))}; "
                         f"allowed: {', '.join(DEFAULTS)}.")
+    for key in ("target_fmr", "beta"):  # the sequential test's alpha and beta
+        v = params.get(key, DEFAULTS[key])
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
+                or not 0.0 < float(v) < 0.5:
+            raise InvalidArgument(f"{key!r} must be in (0, 0.5), got {v!r}.")
     blocks = list(blocks)
     if not blocks:
         raise InvalidArgument("no blocks to fit a model on.")

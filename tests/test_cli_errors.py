@@ -138,12 +138,14 @@ def test_train_sfreq_in_range_is_accepted():
     assert args.sfreq == 250.0
 
 
-@pytest.mark.parametrize("value", ["0", "1", "2", "-0.1", "nan", "inf", "abc"])
+@pytest.mark.parametrize("value", ["0", "1", "2", "-0.1", "nan", "inf", "abc", "0.5", "0.6",
+                                   "0.999"])
 def test_train_fmr_must_be_a_rate(capsys, value):
     """--fmr outside (0, 1) failed only after every recording was read and its features
-    computed (the calibration refused it, naming 'target_fmr')."""
+    computed (the calibration refused it, naming 'target_fmr'); one in [0.5, 1) did too,
+    the sequential test's fit refusing it as "'alpha' and 'beta' must be in (0, 0.5)"."""
     err = _argparse_error(capsys, ["train", "m.csv", "--out", "m.npz", "--fmr", value])
-    assert err == (f"nacf train: error: argument --fmr: expected a finite number in (0, 1), "
+    assert err == (f"nacf train: error: argument --fmr: expected a finite number in (0, 0.5), "
                    f"got {value!r}")
 
 

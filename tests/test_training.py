@@ -45,3 +45,18 @@ def test_no_probe_recording_is_named():
 def test_probes_long_enough_fit():
     m = fit_model(_blocks(probe_s=20.0), ch_names=CH8, name="ok")
     assert m.max_windows == 5 and m.info["training"]["subjects"] == SUBJECTS
+
+
+@pytest.mark.parametrize("params, match", [
+    ({"target_fmr": 0.5}, r"'target_fmr' must be in \(0, 0\.5\), got 0\.5"),
+    ({"target_fmr": 0.0}, r"'target_fmr' must be in \(0, 0\.5\), got 0\.0"),
+    ({"beta": 0.7}, r"'beta' must be in \(0, 0\.5\), got 0\.7"),
+])
+def test_error_targets_outside_the_sequential_test_s_range_are_refused_first(params, match):
+    """A target FMR in [0.5, 1) (or a beta outside (0, 0.5)) went through the whole front
+    end and the cross-fitting, then failed in the sequential test's fit with "'alpha' and
+    'beta' must be in (0, 0.5)", naming neither parameter given."""
+    blocks = _blocks(probe_s=20.0)
+    blocks[0] = Block("S021", "enroll", None, 160.0, CH8)  # never reached
+    with pytest.raises(InvalidArgument, match=match):
+        fit_model(blocks, ch_names=CH8, name="bad", **params)

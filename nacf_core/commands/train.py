@@ -32,9 +32,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default=None, help="model name (default: the file stem)")
     p.add_argument("--channels", default=None,
                    help="comma-separated channel names (default: the 16-channel montage)")
-    p.add_argument("--fmr", type=finite_float(0.0, 1.0, lo_open=True, hi_open=True),
+    # below 0.5: it is also the sequential test's alpha (Wald's bounds need alpha < 0.5)
+    p.add_argument("--fmr", type=finite_float(0.0, 0.5, lo_open=True, hi_open=True),
                    default=None,
-                   help="target false-match rate of the thresholds (default 0.001)")
+                   help="target false-match rate of the thresholds, in (0, 0.5) "
+                        "(default 0.001)")
     p.add_argument("--sfreq", type=_sfreq, default=None, metavar="HZ",
                    help="working rate in Hz, within the pipeline's 125-1000 Hz "
                         "(default: the first recording's)")
