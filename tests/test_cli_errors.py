@@ -208,6 +208,35 @@ def test_train_and_evaluate_check_channels_before_reading(tmp_path, capsys, comm
     assert match in err and "nowhere" not in err
 
 
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_train_and_evaluate_refuse_an_unknown_backend_before_reading(tmp_path, capsys,
+                                                                     command):
+    """--backend took any word and was first used when the pipeline was built, after
+    every recording had been read: 'nacf train: Invalid value for the 'backend' parameter'
+    (a Python parameter) minutes into a real manifest; it is an argparse choice now."""
+    argv = ["--out", str(tmp_path / "m.npz")] if command == "train" else []
+    err = _argparse_error(capsys, [command, "m.csv", *argv, "--backend", "cyton"])
+    assert err == (f"nacf {command}: error: argument --backend: invalid choice: 'cyton' "
+                   "(choose from 'cython', 'numba', 'reference')")
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_train_and_evaluate_check_nacf_kernel_backend_before_reading(tmp_path, capsys,
+                                                                     monkeypatch, command):
+    """Without --backend, a wrong NACF_KERNEL_BACKEND was found after every recording had
+    been read (these do not even exist)."""
+    monkeypatch.setenv("NACF_KERNEL_BACKEND", "cyton")
+    m = tmp_path / "m.csv"
+    m.write_text("subject,recording,role,path\n" + "".join(
+        f"S{i},R1,enroll,nowhere{i}.edf\nS{i},R2,probe,elsewhere{i}.edf\n"
+        for i in range(8)))
+    argv = ["--out", str(tmp_path / "m.npz")] if command == "train" else []
+    assert main([command, str(m), *argv, "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "NACF_KERNEL_BACKEND" in err and "'cyton'" in err and "nowhere" not in err
+    assert "Traceback" not in err
+
+
 @pytest.mark.parametrize("target", ["recording", "manifest"])
 def test_train_out_must_not_be_one_of_its_inputs(tmp_path, capsys, target):
     """--out naming one of the manifest's recordings (an .npz, like a model) or the

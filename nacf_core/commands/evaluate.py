@@ -10,6 +10,7 @@ import json
 import sys
 
 from nacf_core.commands._args import check_not_an_input, check_output_path, int_range
+from nacf_core.kernels import BACKENDS, default_backend_name
 
 __all__ = ["format_report", "register", "run"]
 
@@ -37,7 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="also measure template adaptation (probes in time order)")
     p.add_argument("--json", dest="json_path", default=None, help="write the report as JSON")
     p.add_argument("--det", dest="det_path", default=None, help="write a DET curve PNG")
-    p.add_argument("--backend", default=None, help="kernel backend (cython, numba, reference)")
+    p.add_argument("--backend", default=None, choices=BACKENDS,
+                   help="kernel backend (default: NACF_KERNEL_BACKEND, else cython)")
     p.add_argument("--seed", type=int_range(0), default=0,
                    help="seed of the fold assignments (0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -169,12 +171,13 @@ def run(args: argparse.Namespace) -> int:
             check_output_path(option, path)  # before the evaluation, not after it
             check_not_an_input(option, path, args.manifest, rows)
         _check_det_format(args.det_path)
+        backend = args.backend or default_backend_name()  # a bad NACF_KERNEL_BACKEND too
         model = Model.load(args.model) if args.model else None
         if model is None:
             _check_subjects(args.manifest, args.folds)
         report = evaluate(args.manifest, channels=_channels(args.channels, args.manifest),
                           folds=args.folds, splits=args.splits, model=model,
-                          backend=args.backend, seed=args.seed, adapt=args.adapt,
+                          backend=backend, seed=args.seed, adapt=args.adapt,
                           progress=bar)
     except (ValueError, TypeError, OSError, NacfError) as exc:
         bar.close()

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from nacf_core.commands._args import check_not_an_input, check_output_path, finite_float
+from nacf_core.kernels import BACKENDS, default_backend_name
 
 __all__ = ["register", "run"]
 
@@ -42,7 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(default: the first recording's)")
     p.add_argument("--attribution", default=None,
                    help="attribution text stored in the model (or 'eegmmidb')")
-    p.add_argument("--backend", default=None, help="kernel backend")
+    p.add_argument("--backend", default=None, choices=BACKENDS,
+                   help="kernel backend (default: NACF_KERNEL_BACKEND, else cython)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -88,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         chans = ([c.strip() for c in args.channels.split(",") if c.strip()]
                  if args.channels else list(MONTAGE_16))
         model_channels(chans)  # before reading the recordings
+        backend = args.backend or default_backend_name()  # a bad NACF_KERNEL_BACKEND too
         params = {}
         if args.fmr is not None:
             params["target_fmr"] = args.fmr
@@ -103,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         if args.attribution:
             info["attribution"] = _ATTRIBUTION.get(args.attribution, args.attribution)
         model = fit_model(blocks, ch_names=chans, name=name, sfreq=args.sfreq,
-                          backend=args.backend, info=info, progress=tick, **params)
+                          backend=backend, info=info, progress=tick, **params)
         model.save(args.out)
     except (ValueError, TypeError, OSError, NacfError) as exc:
         bar.close()
