@@ -10,7 +10,13 @@ for genuine and for impostor comparisons at every ``n`` up to ``max_windows``; t
 models each as a normal distribution ``N(mu_g[n], sd_g[n])`` and ``N(mu_i[n], sd_i[n])``
 and computes the log-likelihood ratio
 
-    ``llr_n = log N(s_n; mu_g[n], sd_g[n]) - log N(s_n; mu_i[n], sd_i[n])``.
+    ``llr_n = log N(s_n; mu_g[n], sd_g[n]) - log N(s_n; mu_i[n], sd_i[n])``,
+
+held non-decreasing in ``s_n``: with unequal spreads that ratio is a parabola, and where
+the genuine scores are the tighter ones it falls again beyond its peak (just above
+``mu_g[n]``), which would make a score better than any genuine one evidence against;
+beyond the turning point the score counts as the turning point
+(:meth:`SequentialTest.log_likelihood_ratio`).
 
 Wald's bounds (Wald 1945, "Sequential tests of statistical hypotheses") for error targets
 ``alpha`` (false match: accepting an impostor) and ``beta`` (false non-match) are
@@ -75,6 +81,18 @@ def fit_sequential(genuine: dict[int, np.ndarray], impostor: dict[int, np.ndarra
     return out
 
 
+def _bend(mu_g: float, sd_g: float, mu_i: float, sd_i: float) -> tuple[int, float]:
+    """Where the log-likelihood ratio of ``N(mu_g, sd_g)`` against ``N(mu_i, sd_i)``
+    turns: ``(1, peak)`` when it falls beyond ``peak`` (genuine tighter), ``(-1,
+    trough)`` when it rises below ``trough`` (impostor tighter), ``(0, nan)`` when it is
+    monotone (equal spreads) or the genuine mean is not above the impostor mean."""
+    if sd_g == sd_i or not mu_g > mu_i:
+        return 0, math.nan
+    a, b = 1.0 / (sd_g * sd_g), 1.0 / (sd_i * sd_i)
+    turn = (mu_g * a - mu_i * b) / (a - b)  # beyond mu_g (peak) or below mu_i (trough)
+    return (1 if sd_g < sd_i else -1), turn
+
+
 class SequentialTest:
     """One sequential decision (one stream against one template).
 
@@ -120,6 +138,8 @@ class SequentialTest:
         self._sd_g = np.asarray(p["sd_g"], dtype=np.float64)
         self._mu_i = np.asarray(p["mu_i"], dtype=np.float64)
         self._sd_i = np.asarray(p["sd_i"], dtype=np.float64)
+        self._bend = [_bend(*row) for row in zip(self._mu_g, self._sd_g, self._mu_i,
+                                                 self._sd_i)]
         self.upper = math.log((1 - self.beta) / self.alpha)
         self.lower = math.log(self.beta / (1 - self.alpha))
         self.n_windows = 0
@@ -138,8 +158,21 @@ class SequentialTest:
         return self.decision is not None
 
     def log_likelihood_ratio(self, score: float, n_used: int) -> float:
-        """``llr`` of a fused score of ``n_used`` windows (table capped at its end)."""
+        """``llr`` of a fused score of ``n_used`` windows (table capped at its end),
+        made non-decreasing in the score.
+
+        With unequal spreads the ratio of two normal densities is a parabola in the
+        score: when the genuine scores are the tighter ones it peaks just above their
+        mean and falls again beyond it, so a score better than every genuine one would
+        count as evidence *against* (low enough, a reject).  The score is therefore
+        held at the parabola's turning point beyond it: past the peak on the genuine
+        side, below the trough on the impostor side (where the impostor scores are the
+        tighter ones).
+        """
         j = min(max(n_used, 1), len(self._mu_g)) - 1
+        kind, turn = self._bend[j]
+        if kind > 0 and score > turn or kind < 0 and score < turn:
+            score = turn
 
         def logpdf(x, mu, sd):
             return -0.5 * ((x - mu) / sd) ** 2 - math.log(sd)

@@ -59,3 +59,30 @@ def test_errors():
         SequentialTest(SimpleNamespace(sequential={}, window_s=4.0))
     with pytest.raises(ValueError, match="alpha"):
         fit_sequential({1: [0.1, 0.2]}, {1: [0.0, 0.1]}, alpha=0, beta=0.1, max_windows=1)
+
+
+def _tight_genuine_model():
+    """Fused genuine scores much tighter than impostor ones (sd 0.018 against 0.2): the
+    Gaussian log-likelihood ratio is then a downward parabola whose peak (about 0.905
+    here) lies just above the genuine mean."""
+    rng = np.random.default_rng(1)
+    gen = {n: rng.normal(0.9, 0.018, 2000) for n in range(1, 4)}
+    imp = {n: rng.normal(0.3, 0.2, 2000) for n in range(1, 4)}
+    seq = fit_sequential(gen, imp, alpha=0.001, beta=0.02, max_windows=3)
+    return SimpleNamespace(sequential=seq, window_s=4.0, threshold_for=lambda n: 0.75)
+
+
+def test_a_higher_score_is_never_weaker_evidence():
+    """Past the parabola's peak the raw ratio fell again: 0.9 accepted at once, 0.95 to
+    0.99 had to wait (0.99 just above Wald's lower bound), and 1.0, above every genuine
+    score of the calibration, was rejected at once as 'clearly an impostor'."""
+    t = SequentialTest(_tight_genuine_model())
+    grid = np.linspace(-1.0, 1.0, 2001)
+    for n in (1, 2, 3):
+        llr = np.array([t.log_likelihood_ratio(s, n) for s in grid])
+        assert np.all(np.diff(llr) >= -1e-12), n
+    for score in (0.9, 0.95, 0.97, 0.99, 1.0):
+        t = SequentialTest(_tight_genuine_model())
+        assert t.update(score) == "accept", score
+    t = SequentialTest(_tight_genuine_model())
+    assert t.update(0.5) == "reject"  # the impostor side is untouched
