@@ -40,7 +40,7 @@ import logging
 import math
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Any
 
@@ -371,6 +371,9 @@ class Pipeline:
         if instrument is not None:
             self._k = instrument(self._k, self.backend)
         self._limits = ArtifactLimits(**model.artifact_limits)
+        # the filtered windows' checks: RAILED is the raw signal's (_raw_reasons), since
+        # the band-pass overshoots a large step past the rail level the ADC never reached
+        self._filtered_limits = replace(self._limits, rail_uv=math.inf)
         self._sos = np.ascontiguousarray(self._k.bandpass_sos(
             model.band[0], model.band[1], model.sfreq, model.filter_order), dtype=np.float64)
         self._zi_unit = sosfilt_zi(self._sos)[:, :, None]  # (n_sections, 2, 1)
@@ -488,7 +491,7 @@ class Pipeline:
         else:
             epochs = np.ascontiguousarray(
                 np.lib.stride_tricks.sliding_window_view(y, W, axis=0)[starts])  # (n_w, c, W)
-        reason = self._k.detect_artifacts(epochs, m.sfreq, self._limits)
+        reason = self._k.detect_artifacts(epochs, m.sfreq, self._filtered_limits)
         if finite is not None:
             raw_reason = self._raw_reasons(finite, railed, starts * (sfreq / m.sfreq),
                                            W * sfreq / m.sfreq)

@@ -139,6 +139,29 @@ def test_gate_rejects_broken_windows_with_reasons(pipe, recs):
     assert w.accepted[0]
 
 
+@pytest.mark.parametrize("backend", ["cython", "numba", "reference"])
+def test_a_step_that_never_reaches_the_rail_is_not_railed(recs, backend):
+    """RAILED is the raw signal's (module docstring, step 5; nacf_core.artifacts): the
+    filtered windows were checked against the rail level too, so a 200 mV step of a
+    channel whose raw samples stay within +-100 mV (an electrode pop) overshot it after
+    the band-pass and the windows were rejected as 'railed on O1', telling the user the
+    amplifier clipped; they are peak-to-peak (still rejected)."""
+    pipe = Pipeline(default_model(16), backend=backend)
+    x, sf, ch = _block(recs["S021", "R07"])
+    x = x.copy()
+    o1 = [i for i, c in enumerate(ch) if c.strip(".") == "O1"][0]
+    x[:, o1] -= 100_000.0
+    x[int(10 * sf):, o1] += 200_000.0
+    assert np.abs(x).max() < 187_000.0
+    w = pipe.windows(x, sf, ch)
+    bad = [r for r in w.reasons if r]
+    assert bad and not w.accepted[4] and not w.accepted[5]
+    assert all(r == "peak-to-peak on O1" for r in bad), bad
+    x[int(20 * sf):int(20.1 * sf), o1] = 187_500.0  # clipped for real: raw says RAILED
+    w = pipe.windows(x, sf, ch)
+    assert "railed on O1" in w.reasons[9]
+
+
 def test_enroll_template_and_bytes(pipe, templates):
     t = templates["S021"]
     assert isinstance(t, Template)
