@@ -630,6 +630,13 @@ def _check_store_url(value: str, where: str) -> None:
                          "postgresql://...); an empty URL is refused so that a replica "
                          "missing its shared store's URL does not start on a store of its "
                          "own.")
+    v = value.strip()
+    scheme = v.split("://", 1)[0].lower() if "://" in v else ""
+    if scheme and scheme not in ("sqlite", "postgresql", "postgres"):
+        # refused here, before a data directory or a key file is made for it
+        raise ValueError(f"{where} {value!r} has the scheme {scheme!r}: expected "
+                         "sqlite:///PATH.db, postgresql://user@host:port/dbname, or a "
+                         "plain path to a SQLite file.")
 
 
 def load_config(path: str | os.PathLike | None = None, *, env: dict[str, str] | None = None,

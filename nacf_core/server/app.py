@@ -80,6 +80,14 @@ def _key_file(config: Config) -> str | None:
             or str(Path(config.data_dir) / "nacf.key"))
 
 
+def _shared_store(url: str) -> bool:
+    """A store other processes on other hosts share (PostgreSQL), as ``open_store`` reads
+    ``url``: its scheme, case-insensitive, blanks around it ignored; a plain path and a
+    ``sqlite://`` URL are a SQLite file, whose key lives in ``data_dir``."""
+    url = (url or "").strip()
+    return "://" in url and url.split("://", 1)[0].lower() in ("postgresql", "postgres")
+
+
 def _store_key(config: Config) -> Any:
     """The template key: env (``NACF_TEMPLATE_KEY[_FILE]``) > ``store_key_file`` >
     ``DATA_DIR/nacf.key`` (created 0600 on first start of the embedded store)."""
@@ -91,7 +99,7 @@ def _store_key(config: Config) -> Any:
     if config.store_key_file:
         return path
     if not path.exists():
-        if config.store_url and not config.store_url.startswith("sqlite"):
+        if _shared_store(config.store_url):
             raise FailedPrecondition(
                 "no template key configured for a shared store: set NACF_TEMPLATE_KEY, "
                 "NACF_TEMPLATE_KEY_FILE or store_key_file (every replica needs the same key).")

@@ -1,0 +1,48 @@
+"""``build_service``: which store URLs get a template key made for them."""
+
+from __future__ import annotations
+
+import pytest
+
+from nacf_core.config import Config
+from nacf_core.errors import FailedPrecondition
+from nacf_core.server.app import build_service
+
+
+@pytest.fixture
+def no_key_env(monkeypatch):
+    monkeypatch.delenv("NACF_TEMPLATE_KEY", raising=False)
+    monkeypatch.delenv("NACF_TEMPLATE_KEY_FILE", raising=False)
+
+
+@pytest.mark.parametrize("url", [
+    "{d}/plain.db",               # a plain file path is a SQLite store (open_store)
+    "  sqlite:///{d}/blank.db\n",  # blanks around a URL are no part of it
+    "SQLite:///{d}/upper.db",      # a URL scheme is case-insensitive
+])
+def test_a_sqlite_store_of_any_spelling_gets_its_key_made(tmp_path, no_key_env, url):
+    data = tmp_path / "data"
+    svc = build_service(Config(data_dir=str(data), store_url=url.format(d=tmp_path)))
+    try:
+        assert svc.store.in_process
+        assert (data / "nacf.key").is_file()
+    finally:
+        svc.store.close()
+
+
+@pytest.mark.parametrize("url", ["postgresql://u@127.0.0.1:1/db", " POSTGRES://u@h/db"])
+def test_a_shared_store_without_a_key_is_refused_before_it_is_opened(tmp_path, no_key_env,
+                                                                      url):
+    data = tmp_path / "data"
+    with pytest.raises(FailedPrecondition, match="no template key configured for a shared"):
+        build_service(Config(data_dir=str(data), store_url=url))
+    assert not (data / "nacf.key").exists()
+
+
+@pytest.mark.parametrize("url", ["mysql://u@h/db", " REDIS://h:6379/0"])
+def test_a_store_url_of_another_scheme_is_refused_by_the_configuration(tmp_path, url):
+    from nacf_core.config import load_config
+
+    with pytest.raises(ValueError, match="expected sqlite:///PATH.db, postgresql://"):
+        load_config(env={"NACF_STORE_URL": url, "NACF_DATA_DIR": str(tmp_path / "d")})
+    assert not (tmp_path / "d").exists()
