@@ -37,7 +37,8 @@ A check is a callable with no argument, run in a worker thread with a timeout
 (``check_timeout_s``, default 2 s): returning ``None`` or ``True`` means healthy,
 ``False`` unhealthy, a ``dict`` is reported as ``details`` (its ``"status"`` key, if
 present, may say ``"degraded"`` or ``"unhealthy"``); raising means unhealthy with the
-error's text. A check that times out is unhealthy.
+error's text. A check that times out is unhealthy; it is not started again while it
+still runs (a hung store gets one ping at a time, not one per probe and scrape).
 """
 
 from __future__ import annotations
@@ -384,6 +385,8 @@ class Sidecar:
         self._thread: threading.Thread | None = None
         self._last_refresh = 0.0
         self._refresh_lock = threading.Lock()
+        self._inflight: dict[str, _TimedCall] = {}  # each check's latest run
+        self._inflight_lock = threading.Lock()
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -442,9 +445,18 @@ class Sidecar:
 
     def run_checks(self, names: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
         """Run the named checks (default: all) concurrently, each in a daemon thread
-        bounded by ``check_timeout_s`` (a hung check cannot hang a probe or the exit)."""
+        bounded by ``check_timeout_s`` (a hung check cannot hang a probe or the exit).
+        A check still running from an earlier round is not started again: this round
+        waits for that run (unhealthy, timed out, if it does not end in time), so a
+        store that hangs gets one ping at a time, not one more per probe and scrape."""
         names = list(self.checks if names is None else names)
-        calls = {n: _TimedCall(self.checks[n]) for n in names}
+        with self._inflight_lock:
+            calls = {}
+            for n in names:
+                call = self._inflight.get(n)
+                if call is None or not call.thread.is_alive():
+                    call = self._inflight[n] = _TimedCall(self.checks[n])
+                calls[n] = call
         deadline = time.perf_counter() + self.check_timeout_s
         results = {}
         for name, call in calls.items():
@@ -457,7 +469,8 @@ class Sidecar:
         if call.thread.is_alive():
             seconds = time.perf_counter() - call.t0
             result = {"status": "unhealthy",
-                      "error": f"check timed out after {self.check_timeout_s:g} s"}
+                      "error": f"check timed out after {self.check_timeout_s:g} s "
+                               f"(running for {seconds:.1f} s)"}
         else:
             seconds = call.seconds
             out = call.value

@@ -316,3 +316,38 @@ def test_bad_checks_are_refused():
         Sidecar("127.0.0.1:0", registry=CollectorRegistry(), checks={"store": 3})
     with pytest.raises(ValueError, match="ready_checks"):
         Sidecar("127.0.0.1:0", registry=CollectorRegistry(), checks={}, ready_checks=["db"])
+
+
+def test_a_check_still_running_is_not_started_again():
+    """A store that hangs (a lock held, a server that stopped answering): every probe,
+    scrape and health-loop round started one more ping beside the ones still waiting,
+    each holding a thread and, on PostgreSQL, a pooled connection for up to the query
+    timeout, so the health checks themselves took the pool the RPCs need. A check still
+    running is waited on again instead: unhealthy (timed out) until it returns."""
+    import threading
+
+    started = []
+    release = threading.Event()
+
+    def ping():
+        started.append(threading.current_thread())
+        if len(started) == 1:
+            release.wait(30)
+
+    reg = CollectorRegistry()
+    mt = Metrics(reg)
+    sc = Sidecar("127.0.0.1:0", registry=reg, metrics=mt, check_timeout_s=0.05,
+                 checks={"store": ping})
+    sc.set_ready(True)
+    for _ in range(3):
+        ok, detail = sc.readiness()
+        assert not ok and "timed out" in detail["checks"]["store"]["error"]
+        assert sc.health()["checks"]["store"]["status"] == "unhealthy"
+    assert len(started) == 1
+    assert reg.get_sample_value("nacfauth_component_up", {"component": "store"}) == 0
+    release.set()
+    started[0].join(10)
+    ok, detail = sc.readiness()  # it returned: the next round runs the check afresh
+    assert ok and detail["checks"]["store"]["status"] == "healthy"
+    assert len(started) == 2
+    assert reg.get_sample_value("nacfauth_component_up", {"component": "store"}) == 1
