@@ -363,6 +363,9 @@ class Metrics:
         self._dau_cache: tuple[float, float | None] | None = None  # (time, value or failed)
         self._dau_ttl = 15.0
         self._dau_lock = threading.Lock()
+        self._dau_reading: threading.Thread | None = None  # the source's read under way
+        #: longest a scrape waits for the source's read before it exports the last value
+        self.dau_wait_s = 1.0
         self.daily_active_users.set_function(self._daily_active_users_value)
         # -- beyond the guide --
         self.auth_decisions_total = Counter(
@@ -592,32 +595,55 @@ class Metrics:
         """Read ``nacfauth_daily_active_users`` from ``source()`` (e.g. the store's stats).
 
         The value is cached for ``ttl_s`` seconds so a scrape does not hit the store
-        every time. If ``source`` raises, the in-process tracker's count is exported.
-        ``None`` goes back to the in-process tracker.
+        every time. Once it is older, the next scrape starts one read of ``source()`` on
+        a thread of its own (never two at a time) and waits for it at most
+        :attr:`dau_wait_s` (1 s): a store that hangs must not hold ``/metrics`` past the
+        scraper's timeout (every series, the store's health among them, would be lost
+        and the replica look down); meanwhile the last value read is exported. If
+        ``source`` raises, the in-process tracker's count is exported until the next
+        read. ``None`` goes back to the in-process tracker.
         """
         with self._dau_lock:
             self._dau_source = source
             self._dau_ttl = check_finite_positive("ttl_s", ttl_s)
             self._dau_cache = None
+            self._dau_reading = None  # a read of the previous source no longer counts
+
+    def _read_daily_active_users(self, source: Callable[[], int]) -> None:
+        """One read of ``source`` (on a thread of its own), kept unless the source was
+        replaced meanwhile."""
+        try:
+            value: float | None = float(source())
+        except Exception:  # the store is down: the tracker is the best we know
+            self.store_errors_total.labels(self._operation("daily_active_users")).inc()
+            value = None  # and do not ask again before the TTL
+        with self._dau_lock:
+            if self._dau_source is source:
+                self._dau_cache = (time.monotonic(), value)
+            if self._dau_reading is threading.current_thread():
+                self._dau_reading = None
 
     def _daily_active_users_value(self) -> float:
         with self._dau_lock:
             source, cache, ttl = self._dau_source, self._dau_cache, self._dau_ttl
-        if source is None:
-            return float(self._dau_tracker.count())
-        now = time.monotonic()
-        if cache is not None and now - cache[0] < ttl:
-            return cache[1] if cache[1] is not None else float(self._dau_tracker.count())
-        try:
-            value = float(source())
-        except Exception:  # the store is down: the tracker is the best we know
-            self.store_errors_total.labels(self._operation("daily_active_users")).inc()
-            with self._dau_lock:  # and do not ask again before the TTL
-                self._dau_cache = (now, None)
-            return float(self._dau_tracker.count())
-        with self._dau_lock:
-            self._dau_cache = (now, value)
-        return value
+            if source is None:
+                reading = None
+            elif cache is not None and time.monotonic() - cache[0] < ttl:
+                reading = None
+            else:
+                reading = self._dau_reading
+                if reading is None:
+                    reading = self._dau_reading = threading.Thread(
+                        target=self._read_daily_active_users, args=(source,),
+                        name="nacf-daily-active-users", daemon=True)
+                    reading.start()
+        if reading is not None:
+            reading.join(self.dau_wait_s)
+            with self._dau_lock:
+                cache = self._dau_cache
+        if source is not None and cache is not None and cache[1] is not None:
+            return cache[1]
+        return float(self._dau_tracker.count())
 
     # -- security ------------------------------------------------------------------
 

@@ -163,6 +163,52 @@ def test_daily_active_users_tracker_and_source():
                          (("operation", "daily_active_users"),))] == 1
 
 
+def test_a_slow_daily_active_users_source_does_not_hold_the_scrape():
+    """The store's count is read when the cached one is older than the TTL: on the scrape's
+    own thread, without a bound, by every scrape that came meanwhile. A store that hung
+    (a lock held on the audit table: 24 s measured) held /metrics past Prometheus's
+    scrape timeout, so up went 0 and NACFServiceDown paged while NACFDatabaseDown, whose
+    series were in the failed scrapes, could not fire. Now one read at a time, in the
+    background; a scrape waits for it at most a second, then exports the last value."""
+    import threading
+
+    reg = CollectorRegistry()
+    mt = Metrics(reg)
+    key = ("nacfauth_daily_active_users", ())
+    calls = []
+    release = threading.Event()
+    value = [42]
+
+    def source():
+        calls.append(1)
+        if len(calls) == 2:
+            release.wait(30)  # the store hangs on the second read
+        return value[0]
+
+    mt.use_daily_active_users_from(source, ttl_s=0.01)
+    assert samples(reg)[key] == 42
+    threading.Event().wait(0.05)  # the cached count is older than the TTL
+    time_out = threading.Event()
+
+    def scrapes():
+        for _ in range(3):
+            assert samples(reg)[key] == 42  # the last value while the read hangs
+        time_out.set()
+
+    t = threading.Thread(target=scrapes, daemon=True)
+    t.start()
+    t.join(15)
+    assert time_out.is_set(), "the scrape waited for the hung store"
+    assert len(calls) == 2  # one read at a time
+    value[0] = 43
+    release.set()
+    for _ in range(200):  # the hung read returns 42, the next one reads 43
+        if samples(reg)[key] == 43:
+            break
+        threading.Event().wait(0.05)
+    assert samples(reg)[key] == 43
+
+
 def test_daily_active_users_rolls_over_at_midnight_utc():
     now = [dt.datetime(2026, 1, 1, 23, 59, tzinfo=dt.timezone.utc)]
     dau = m.DailyActiveUsers(now=lambda: now[0])
