@@ -151,6 +151,71 @@ def test_every_alert_has_a_firing_and_a_quiet_test():
     assert alerts - quiet == set(), "alerts without a quiet test"
 
 
+def _rule_mutants() -> list[tuple[str, str, dict]]:
+    """``(alert, what was changed, rules document)``: each alert with one thing broken
+    that its unit tests must notice: its ``for`` dropped, halved or doubled, its
+    threshold doubled or halved, a label matcher dropped, ``instance`` added to a
+    grouping (one alert per replica instead of per job)."""
+    import copy
+
+    doc = yaml.safe_load(RULES.read_text())
+    out = []
+    for gi, group in enumerate(doc["groups"]):
+        for ri, rule in enumerate(group["rules"]):
+            def mutant(what: str, **change) -> None:
+                d = copy.deepcopy(doc)
+                r = d["groups"][gi]["rules"][ri]
+                for k, v in change.items():
+                    if v is None:
+                        r.pop(k)
+                    else:
+                        r[k] = v
+                out.append((rule["alert"], what, d))
+
+            expr, hold = rule["expr"].strip(), rule["for"]
+            n, unit = int(hold[:-1]), hold[-1]
+            mutant("no for", **{"for": None})
+            if n > 1:
+                mutant("for halved", **{"for": f"{n // 2}{unit}"})
+            mutant("for doubled", **{"for": f"{2 * n}{unit}"})
+            m = re.search(r"([0-9.]+)$", expr)
+            if m and float(m.group(1)):
+                t = float(m.group(1))
+                mutant("threshold doubled", expr=f"{expr[:m.start()]}{2 * t:g}")
+                mutant("threshold halved", expr=f"{expr[:m.start()]}{t / 2:g}")
+            for sel in sorted(set(re.findall(r"\{[^}]*\}", expr))):
+                mutant(f"{sel} dropped", expr=expr.replace(sel, ""))
+            for by in sorted(set(re.findall(r"by \(([^)]*)\)", expr))):
+                mutant(f"by ({by}, instance)",
+                       expr=expr.replace(f"by ({by})", f"by ({by}, instance)"))
+    return out
+
+
+@pytest.mark.slow
+def test_the_rule_unit_tests_notice_a_broken_rule(tmp_path):
+    """Passing unit tests must mean the rules are right: an alert whose ``for``, threshold,
+    label matcher or grouping is wrong has to fail one of them. (They fired on a
+    synthetic series far past the threshold and were quiet far below it, with no check
+    before ``for`` had elapsed: a rule with no ``for``, a doubled threshold, or
+    NACFServiceDown without its job matcher, paging for any exporter that is down,
+    passed them all.)"""
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "tests").mkdir()
+    shutil.copy(RULE_TESTS, tmp_path / "tests" / RULE_TESTS.name)
+    rules = tmp_path / "rules" / RULES.name
+    shutil.copy(RULES, rules)
+    out = run("test", "rules", f"tests/{RULE_TESTS.name}", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    mutants = _rule_mutants()
+    assert len(mutants) >= 40
+    survivors = []
+    for alert, what, doc in mutants:
+        rules.write_text(yaml.safe_dump(doc, sort_keys=False))
+        if run("test", "rules", f"tests/{RULE_TESTS.name}", cwd=tmp_path).returncode == 0:
+            survivors.append(f"{alert}: {what}")
+    assert not survivors, "broken rules the unit tests pass: " + "; ".join(survivors)
+
+
 def test_the_guide_mistakes_are_fixed_and_commented():
     exprs = rule_exprs()
     text = RULES.read_text()
