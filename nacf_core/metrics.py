@@ -48,6 +48,7 @@ import math
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 
 from prometheus_client import (
@@ -411,7 +412,8 @@ class Metrics:
         self._operation = _BoundedLabel("operation", n)
         self._component = _BoundedLabel("component", n)
         self._model_version = _BoundedLabel("model_version", n)
-        self._device_last: dict[str, dict[str, int]] = {}
+        self._device_last: dict[str, dict[str, int]] = {}  # by source name (dicts)
+        self._device_objs: dict[int, dict[str, int]] = {}  # by counters object (readers)
         self._device_lock = threading.Lock()
         # (method, status, user_type) -> (counter child, histogram child, method label)
         self._rpc_children: dict[tuple, tuple] = {}
@@ -509,22 +511,43 @@ class Metrics:
 
     def observe_device_counters(self, source: str, counters) -> None:
         """Export a source's cumulative counters (``Source.counters`` of
-        :mod:`nacf_core.hardware`, or its ``as_dict()``) as deltas since the last call
-        for that ``source`` (e.g. the port or stream name; not a label). A counter that
-        went down (the source was reopened) starts over from zero.
+        :mod:`nacf_core.hardware`, or its ``as_dict()``) as deltas since the last call.
+
+        A counters object is one reader's: its deltas are since the last call with that
+        same object, and a new object (a new reader, the port or file opened again) is
+        counted from zero, whatever ``source`` says; nothing is kept for it once it is
+        gone. A dict (a snapshot) is matched by ``source`` (e.g. the port or stream name;
+        not a label). A counter that went down (the source was reopened) starts over from
+        zero.
         """
         if not isinstance(source, str) or not source:
             raise TypeError(f"'source' must be a non-empty str, got {source!r} instead.")
-        now = counters if isinstance(counters, dict) else counters.as_dict()
+        if isinstance(counters, dict):
+            now, obj = counters, None
+        else:
+            now, obj = counters.as_dict(), counters
+            try:
+                weakref.ref(obj)
+            except TypeError:  # cannot tell when it goes: matched by the name
+                obj = None
         with self._device_lock:
-            last = self._device_last.get(source, {})
+            if obj is not None:
+                table, key = self._device_objs, id(obj)
+                if key not in table:
+                    # the entry goes with the reader (a lock-free pop: it may run at any
+                    # allocation, this thread's included)
+                    weakref.finalize(obj, table.pop, key, None)
+                    table[key] = {}
+            else:
+                table, key = self._device_last, source
+            last = table.get(key, {})
             deltas = {}
             for status in PACKET_STATUSES:
                 v = int(now.get(status, 0))
                 prev = int(last.get(status, 0))
                 deltas[status] = v - prev if v >= prev else v
-            if source in self._device_last or len(self._device_last) < 256:
-                self._device_last[source] = {k: int(now.get(k, 0)) for k in PACKET_STATUSES}
+            if obj is not None or key in table or len(table) < 256:
+                table[key] = {k: int(now.get(k, 0)) for k in PACKET_STATUSES}
         self.record_device_packets(**deltas)
 
     # -- model, sessions, users ------------------------------------------------------

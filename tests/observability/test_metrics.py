@@ -361,3 +361,32 @@ def test_device_counters_become_deltas():
     assert got == {"ok": 260, "corrupt": 3, "dropped": 5}
     with pytest.raises(TypeError, match="'source'"):
         mt.observe_device_counters("", c)
+
+
+def test_a_new_reader_of_the_same_source_is_counted_in_full():
+    """nacf demo streams each probe file twice (the wearer's genuine attempt, then an
+    impostor's), each time with a new reader whose counters start at 0, under the same
+    source name: the second reader's packets were counted as a delta from the first
+    reader's total, so when it read as many or more, only the difference was counted
+    (here 20 of 120). A new Counters object is a new reader; the one it replaces is
+    forgotten when it goes."""
+    import gc
+
+    from nacf_core.hardware.base import Counters
+
+    reg = CollectorRegistry()
+    mt = Metrics(reg)
+    first = Counters(ok=100, dropped=1)
+    mt.observe_device_counters("demo:S001R04", first)
+    second = Counters(ok=120, dropped=1)
+    mt.observe_device_counters("demo:S001R04", second)
+    second.ok = 130  # the same reader again: its delta
+    mt.observe_device_counters("demo:S001R04", second)
+    s = samples(reg)
+    got = {st: s.get(("nacfauth_device_packets_total", (("status", st),)))
+           for st in ("ok", "dropped")}
+    assert got == {"ok": 230, "dropped": 2}
+    n = len(mt._device_objs)
+    del first, second
+    gc.collect()
+    assert len(mt._device_objs) == n - 2  # nothing kept for readers that are gone
