@@ -20,6 +20,7 @@ __all__ = [
     "PermissionDenied",
     "DeadlineExceeded",
     "Unavailable",
+    "OutcomeUnknown",
 ]
 
 
@@ -80,3 +81,10 @@ class DeadlineExceeded(NacfError):
 
 class Unavailable(NacfError):
     code = "UNAVAILABLE"
+
+
+class OutcomeUnknown(Unavailable):
+    """A write whose ``COMMIT`` reached the store but whose answer was lost (a connection
+    dropped, the query timeout): it may or may not have been applied, so it was not run
+    again. A caller that would repeat a part of it (a rate-limit lease giving its leftover
+    tokens back) must not."""

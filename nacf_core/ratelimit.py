@@ -25,6 +25,8 @@ import threading
 from collections import OrderedDict
 from typing import Callable
 
+from nacf_core.errors import OutcomeUnknown
+
 #: ``take(client_id, rate_per_s, burst, want, give_back, now) -> tokens taken``
 TakeTokens = Callable[[str, float, float, int, float, float], int]
 
@@ -89,15 +91,21 @@ class TokenLeases:
 
     def take(self, client_id: str, now: float) -> bool:
         """One token for ``client_id`` at time ``now`` (seconds): ``True`` if admitted.
-        Store errors propagate (the lease's leftovers are kept for the next try)."""
+        Store errors propagate; the lease's leftovers are kept for the next try, unless
+        the store could not tell whether the transaction giving them back was applied
+        (``OutcomeUnknown``): then they count as given back, never twice."""
         e = self._lease(client_id)
         with e.lock:
             if e.left >= 1 and now < e.until:
                 e.left -= 1
                 return True
             back = e.left  # an expired lease's leftovers (0 after a used-up one)
-            got = self._take(client_id, self.rate_per_s, self.burst, self.size, float(back),
-                             now)
+            try:
+                got = self._take(client_id, self.rate_per_s, self.burst, self.size,
+                                 float(back), now)
+            except OutcomeUnknown:
+                e.left = 0  # perhaps given back already: a lost token, never a double one
+                raise
             e.left = 0
             if got < 1:
                 return False

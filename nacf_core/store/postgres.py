@@ -40,7 +40,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import psycopg
 from psycopg import errors as pg_errors
 
-from ..errors import InvalidArgument, NotFound, Unavailable
+from ..errors import InvalidArgument, NotFound, OutcomeUnknown, Unavailable
 from ._sql import USER_GONE, SqlStore, Tx
 from .base import KeyRotation
 
@@ -485,7 +485,7 @@ class PostgresStore(SqlStore):
 
     def _translate(self, exc: BaseException) -> BaseException | None:
         if isinstance(exc, _CommitUnknown):
-            return Unavailable(
+            return OutcomeUnknown(
                 f"PostgreSQL store at {self._where}: the connection was lost while "
                 f"committing ({exc}); the change may or may not have been saved, so it was "
                 "not retried: read the state before repeating the call.")

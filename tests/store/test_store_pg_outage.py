@@ -292,3 +292,23 @@ def test_query_timeout_is_checked(pg_url, key):
         assert store.query_timeout_s == 30.0  # the default
     finally:
         store.close()
+
+
+def test_a_lease_whose_commit_answer_is_lost_does_not_give_its_leftovers_back_twice(proxied):
+    """A new lease's transaction gives the expired lease's leftovers back; when its
+    COMMIT's answer is lost, the server may have applied it, so the leftovers are not
+    given back again with the next lease (the bucket would grow by them twice)."""
+    from nacf_core.ratelimit import TokenLeases
+
+    store, direct, proxy = proxied
+    t0 = 1_790_000_000.0
+    rl = TokenLeases(store.take_tokens, 0.0, 100.0, max_lease=10, hold_s=0.5)
+    assert rl.take("app", t0) is True and rl.held("app") == 9  # bucket 90
+    proxy.drop_next_commit()
+    with pytest.raises(Unavailable, match="may or may not have been saved"):
+        rl.take("app", t0 + 1)  # expired: gives 9 back, takes 10 (bucket 89), answer lost
+    assert proxy.dropped.is_set()
+    assert rl.take("app", t0 + 2) is True  # a new lease of 10: bucket 79, 9 held
+    assert rl.held("app") == 9
+    # every token is counted once: 100 - 10 - 10 + 9 - 10 (the lost lease's 10 are spent)
+    assert direct.take_tokens("app", 0.0, 100.0, 1000, now=t0 + 2) == 79

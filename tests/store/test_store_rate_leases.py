@@ -7,6 +7,7 @@ import threading
 import pytest
 
 from nacf_core.config import Config
+from nacf_core.errors import OutcomeUnknown
 from nacf_core.ratelimit import TokenLeases, lease_size
 from nacf_core.store import open_store
 
@@ -113,6 +114,25 @@ def test_a_store_error_keeps_the_leftovers():
         rl.take("app", T0 + 1)  # expired: tries to give 3 back, the store fails
     assert rl.held("app") == 3
     assert rl.take("app", T0 + 2) is True and calls == [0.0, 3.0, 3.0]
+
+
+def test_leftovers_whose_give_back_may_have_been_applied_are_not_given_back_again():
+    """A lost COMMIT answer (``OutcomeUnknown``): the leftovers may be in the bucket
+    already, so the next lease gives none back."""
+    calls = []
+
+    def take(client, rate, burst, want, back, now):
+        calls.append(back)
+        if len(calls) == 2:
+            raise OutcomeUnknown("the connection was lost while committing")
+        return want
+
+    rl = TokenLeases(take, 100.0, 1000.0, max_lease=4)
+    assert rl.take("app", T0) is True  # 3 held
+    with pytest.raises(OutcomeUnknown):
+        rl.take("app", T0 + 1)
+    assert rl.held("app") == 0
+    assert rl.take("app", T0 + 2) is True and calls == [0.0, 3.0, 0.0]
 
 
 def test_forgotten_clients_are_bounded():
