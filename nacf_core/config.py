@@ -574,9 +574,9 @@ def load_api_keys(path: str | os.PathLike | None = None,
             if not line:
                 continue
             parts = line.split(None, 1)
-            if len(parts) != 2:
-                raise ValueError(f"{p}:{n}: expected '<key> <scope>[,<scope>...]', "
-                                 f"got {short_repr(line)}.")
+            if len(parts) != 2:  # a key alone: never shown (a message may reach the log)
+                raise ValueError(f"{p}:{n}: expected '<key> <scope>[,<scope>...]', got "
+                                 f"key {parts[0][:4]}... without scopes.")
             items.append((f"{p}:{n}", parts[0], parts[1].replace(" ", "").split(","),
                           f"on line {n}"))
     # a key given twice is refused, not given the union of its scopes: a later line meant

@@ -313,6 +313,18 @@ def test_a_key_given_twice_is_refused_not_given_the_union_of_its_scopes(tmp_path
         "secret-key-one": {"authenticate"}, "other-key-0123": set(SCOPES)}
 
 
+def test_a_keys_file_line_without_scopes_does_not_echo_the_key(tmp_path):
+    """A line holding a key alone (a key pasted as for NACF_API_KEYS) was refused with
+    the whole line in the message, so the key went to stderr and, on a SIGHUP reload,
+    into the JSON log."""
+    f = tmp_path / "keys"
+    for text in ("secret-key-one-0123\n", "secret-key-one-0123   # no scopes\n"):
+        f.write_text(text)
+        with pytest.raises(ValueError, match=r"keys:1: expected '<key> <scope>") as e:
+            load_api_keys(f)
+        assert "secret" not in str(e.value) and "secr..." in str(e.value)
+
+
 @pytest.mark.parametrize("value", ["\x00", "good-key-0123,bad\x01key", "k\u00e9y"])
 def test_env_keys_metadata_cannot_carry_are_refused(value):
     with pytest.raises(ValueError, match="NACF_API_KEYS: key #"):
