@@ -11,10 +11,12 @@ A keys file (``api_keys_file``) gives each key its scopes, one per line::
 
     # key                          scopes
     3f0c...e1                      authenticate
-    9ab2...77                      authenticate,enroll,admin
+    9ab2...77                      authenticate,enroll,admin   # ops
 
-(TOML is accepted too: ``[keys] "<key>" = ["authenticate", "enroll"]``.)  A key is
-printable ASCII without leading or trailing spaces: gRPC metadata carries nothing else.
+(A line starting with ``#`` is a comment, and so is the rest of a line from a ``#`` after
+the key; a ``#`` within a key is the key's.)  (TOML is accepted too:
+``[keys] "<key>" = ["authenticate", "enroll"]``.)  A key is printable ASCII without
+leading or trailing spaces: gRPC metadata carries nothing else.
 
 Every value from outside is checked and refused with a ``ValueError`` that names the
 file or the environment variable and the option: an integer option takes an integer (or an
@@ -570,14 +572,17 @@ def load_api_keys(path: str | os.PathLike | None = None,
     else:
         text = _read_toml_or_text(p, what, toml=False)
         for n, line in enumerate(text.splitlines(), 1):
-            line = line.split("#", 1)[0].strip()
-            if not line:
+            # a comment: a line starting with '#', or what follows the key from a '#' on
+            # (a key may hold '#': it is printable ASCII, as NACF_API_KEYS takes it)
+            line = line.strip()
+            if not line or line.startswith("#"):
                 continue
             parts = line.split(None, 1)
-            if len(parts) != 2:  # a key alone: never shown (a message may reach the log)
+            scopes = parts[1].split("#", 1)[0].strip() if len(parts) == 2 else ""
+            if not scopes:  # a key alone: never shown (a message may reach the log)
                 raise ValueError(f"{p}:{n}: expected '<key> <scope>[,<scope>...]', got "
                                  f"key {parts[0][:4]}... without scopes.")
-            items.append((f"{p}:{n}", parts[0], parts[1].replace(" ", "").split(","),
+            items.append((f"{p}:{n}", parts[0], scopes.replace(" ", "").split(","),
                           f"on line {n}"))
     # a key given twice is refused, not given the union of its scopes: a later line meant
     # to narrow a key (or a key of NACF_API_KEYS, which has every scope) would not

@@ -325,6 +325,18 @@ def test_a_keys_file_line_without_scopes_does_not_echo_the_key(tmp_path):
         assert "secret" not in str(e.value) and "secr..." in str(e.value)
 
 
+def test_a_hash_inside_a_key_is_part_of_the_key_not_a_comment(tmp_path):
+    """A key holding '#' (printable ASCII, taken in NACF_API_KEYS) was cut there in the
+    keys file: refused, showing the part before the '#'. A line starting with '#' and a
+    '#' after the key still begin a comment."""
+    f = tmp_path / "keys"
+    f.write_text("# key scopes\n  # indented comment\nsecret#key-0123 admin  # ops\n"
+                 "other-key-0123 authenticate,enroll#no space before it\n")
+    assert load_api_keys(f) == {"secret#key-0123": {"admin"},
+                                "other-key-0123": {"authenticate", "enroll"}}
+    assert load_api_keys(None, "secret#key-0123") == {"secret#key-0123": set(SCOPES)}
+
+
 @pytest.mark.parametrize("value", ["\x00", "good-key-0123,bad\x01key", "k\u00e9y"])
 def test_env_keys_metadata_cannot_carry_are_refused(value):
     with pytest.raises(ValueError, match="NACF_API_KEYS: key #"):
