@@ -425,8 +425,9 @@ def _serve(monkeypatch, tmp_path, *argv) -> int:
                  "--data-dir", str(data), *argv])
 
 
-def _pem_cert_and_key(tmp_path) -> tuple[Path, Path, Path]:
-    """A self-signed certificate, its key and another key (PEM files)."""
+def _pem_cert_and_key(tmp_path, curve=None) -> tuple[Path, Path, Path]:
+    """A self-signed certificate, its key (on ``curve``, default P-256) and another key
+    (PEM files)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -436,7 +437,8 @@ def _pem_cert_and_key(tmp_path) -> tuple[Path, Path, Path]:
         return k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                serialization.NoEncryption())
 
-    key, other = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    key = ec.generate_private_key(curve or ec.SECP256R1())
+    other = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     now = dt.datetime.now(dt.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
@@ -466,6 +468,23 @@ def test_serve_tls_garbage_is_not_valid_pem(tmp_path, monkeypatch, capsys):
     assert _serve(monkeypatch, tmp_path, "--tls-cert", str(cert), "--tls-key",
                   str(other)) == 2
     assert "does not belong to the first certificate" in capsys.readouterr().err
+
+
+def test_serve_tls_key_grpc_cannot_use_is_named_not_taken_for_a_port_in_use(
+        tmp_path, monkeypatch, capsys):
+    """A certificate and key that match but that gRPC's TLS library cannot use (an ECDSA
+    key on secp256k1, a bitcoin-style curve TLS does not offer) passed the file checks,
+    and gRPC refused them only as a port it could not bind: 'cannot bind gRPC on ...:
+    address in use (another nacf serve? ...)', after the model and the store were loaded.
+    They are now refused with the files' options and names, before anything is opened."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    cert, key, _ = _pem_cert_and_key(tmp_path, ec.SECP256K1())
+    assert _serve(monkeypatch, tmp_path, "--tls-cert", str(cert), "--tls-key", str(key)) == 2
+    err = capsys.readouterr().err
+    assert "cannot bind" not in err and "address in use" not in err, err
+    assert "option 'tls_key_file'" in err and str(cert) in err and str(key) in err, err
+    assert not (tmp_path / "data" / "nacf.db").exists()  # refused before the store
 
 
 def test_serve_tls_files_that_match_pass_the_check(tmp_path):

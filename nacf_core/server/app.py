@@ -176,7 +176,7 @@ def read_tls_files(config: Config) -> tuple[bytes, bytes, bytes | None]:
     """``(key, certificate chain, client CA or None)`` PEM bytes, checked: gRPC reports an
     unusable certificate or key only as a port it cannot bind. ``ValueError`` naming the
     option and the file: not a regular file (or over 1 MiB), not PEM, an encrypted key,
-    a key that does not belong to the first certificate."""
+    a key that does not belong to the first certificate, a key gRPC's TLS cannot use."""
     from cryptography import x509
     from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
@@ -222,7 +222,33 @@ def read_tls_files(config: Config) -> tuple[bytes, bytes, bytes | None]:
     ca_pem = None
     if config.tls_client_ca_file:
         ca_pem, _ = certs(config.tls_client_ca_file, "tls_client_ca_file", "TLS client CA file")
+    if not _grpc_takes(key_pem, cert_pem, ca_pem):
+        raise ValueError(
+            f"option 'tls_key_file': gRPC's TLS library cannot use the private key in "
+            f"{path!r} with the certificate in {config.tls_cert_file!r} (a key type or "
+            f"curve TLS does not offer, e.g. DSA or ECDSA on secp256k1): use an RSA (2048 "
+            f"bits or more) or ECDSA P-256/P-384 key.")
     return key_pem, cert_pem, ca_pem
+
+
+def _grpc_takes(key_pem: bytes, cert_pem: bytes, ca_pem: bytes | None) -> bool:
+    """Whether gRPC can serve TLS with these files: a throwaway server binds a free
+    loopback port with them. ``True`` too when no plaintext port binds either (no
+    loopback here: the credentials are not shown to be at fault, the real bind reports)."""
+    creds = grpc.ssl_server_credentials([(key_pem, cert_pem)], root_certificates=ca_pem,
+                                        require_client_auth=ca_pem is not None)
+    for secure in (True, False):
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+        try:
+            port = (server.add_secure_port("localhost:0", creds) if secure
+                    else server.add_insecure_port("localhost:0"))
+        except RuntimeError:
+            port = 0
+        finally:
+            server.stop(None)
+        if port:
+            return secure
+    return True
 
 
 class BindError(OSError):
