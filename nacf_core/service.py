@@ -169,7 +169,7 @@ class DeviceProof:
 
     device_id: str | None
     timestamp: str | None
-    proof: str | None
+    proof: str | None = field(repr=False)  # never in a message or a log line
     repeated: tuple[tuple[str, int], ...] = ()
 
     @property

@@ -116,3 +116,17 @@ def test_configure_replaces_its_own_handler_and_validates_level():
 def test_field_clashing_with_record_attribute_is_refused(stream):
     with pytest.raises(TypeError, match="clashes"):
         logs.audit_event(logging.getLogger("nacf.test"), "x", name="bob")
+
+
+def test_a_device_proof_is_not_in_the_repr_of_the_proof_metadata():
+    """DeviceProof (the x-device-* metadata as received) showed the HMAC proof in its
+    repr, so any message, traceback or log line formatting one carried it; the proof is
+    left out now, as a session token from AuthResult and a device secret from
+    DeviceRecord are."""
+    from nacf_core.service import DeviceProof, device_proof
+
+    proof = device_proof("s3cret-device", "alice", "hs-1", 1_790_000_000, b"\x00" * 64)
+    p = DeviceProof("hs-1", "1790000000", proof)
+    assert proof not in repr(p) and proof not in str(p)
+    assert "hs-1" in repr(p) and "1790000000" in repr(p)  # the rest is still shown
+    assert p.proof == proof and p.present
