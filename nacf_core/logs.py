@@ -15,8 +15,8 @@ events (``auth_attempt``, ``security_event``, ``enrollment``, ...).
 Biometric data never reaches a log. The formatter redacts array-like values (numpy
 arrays, bytes-like objects, sequences of more than :data:`MAX_NUMERIC_SEQUENCE`
 numbers, anything exposing ``__array__`` or the buffer protocol) wherever they appear:
-in ``extra`` fields (also nested in dicts and lists) and in the message's ``%``
-arguments; the line then carries ``"redacted_fields": [...]``. :func:`audit_event`
+in ``extra`` fields and in the message's ``%`` arguments, also nested in dicts, lists,
+tuples and sets; the line then carries ``"redacted_fields": [...]``. :func:`audit_event`
 goes further and raises ``TypeError`` for such a value, so a mistake fails in tests.
 """
 
@@ -120,6 +120,26 @@ def _jsonable(value: Any, path: str, redacted: list[str]) -> Any:
     return str(value)
 
 
+def _redact_arg(value: Any, found: list[bool], seen: tuple[int, ...]) -> Any:
+    """A message argument with every array-like in it, also nested in dicts, lists,
+    tuples and sets, replaced by its description (``found`` gets an entry for each);
+    the value itself when it holds none (its own ``%d`` or ``str`` formatting kept)."""
+    if is_array_like(value):
+        found.append(True)
+        return _describe(value)
+    if not isinstance(value, (Mapping, list, tuple, set, frozenset)) or id(value) in seen:
+        return value  # (a container holding itself: its repr says '...' there)
+    seen = (*seen, id(value))
+    before = len(found)
+    if isinstance(value, Mapping):
+        out: Any = {k: _redact_arg(v, found, seen) for k, v in value.items()}
+    else:
+        out = [_redact_arg(v, found, seen) for v in value]
+        if isinstance(value, tuple):
+            out = tuple(out)
+    return out if len(found) > before else value
+
+
 class JsonFormatter(logging.Formatter):
     """Format a record as one JSON object (no newline inside).
 
@@ -161,15 +181,13 @@ class JsonFormatter(logging.Formatter):
     def _message(record: logging.LogRecord, redacted: list[str]) -> str:
         args = record.args
         if args:
+            found: list[bool] = []
             if isinstance(args, Mapping):
-                args = {k: (_describe(v) if is_array_like(v) else v) for k, v in args.items()}
-                if any(is_array_like(v) for v in record.args.values()):
-                    redacted.append("message")
+                args = {k: _redact_arg(v, found, ()) for k, v in args.items()}
             else:
-                safe = tuple(_describe(a) if is_array_like(a) else a for a in args)
-                if any(is_array_like(a) for a in args):
-                    redacted.append("message")
-                args = safe
+                args = tuple(_redact_arg(a, found, ()) for a in args)
+            if found:
+                redacted.append("message")
         msg = str(record.msg)
         if is_array_like(record.msg):
             redacted.append("message")

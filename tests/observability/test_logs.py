@@ -130,3 +130,29 @@ def test_a_device_proof_is_not_in_the_repr_of_the_proof_metadata():
     assert proof not in repr(p) and proof not in str(p)
     assert "hs-1" in repr(p) and "1790000000" in repr(p)  # the rest is still shown
     assert p.proof == proof and p.present
+
+
+def test_arrays_nested_in_message_arguments_are_redacted(stream):
+    """An array inside a dict or a list given as a '%' argument of the message (a dict of
+    per-user embeddings, a list of dicts holding bytes) was written as its repr, its
+    numbers or bytes in the line; only a top-level argument was checked."""
+    log = logging.getLogger("nacf.test")
+    emb = np.arange(5, dtype=np.float64) + 12345.5
+    log.info("got %(x)s", {"x": {"emb": emb}})
+    log.info("got %s and %s", [{"tpl": emb.tobytes()}], ({"e": emb},))
+    log.info("plain %s %d %s", {"a": 1}, 3, ["Fp1"])
+    rows = lines(stream)
+    text = stream.getvalue()
+    assert "12345.5" not in text and "12346.5" not in text and "\\\\x00" not in text
+    assert [r.get("redacted_fields") for r in rows] == [["message"], ["message"], None]
+    assert "<redacted ndarray shape (5,)>" in rows[0]["message"]
+    assert "<redacted bytes of length 40>" in rows[1]["message"]
+    assert rows[2]["message"] == "plain {'a': 1} 3 ['Fp1']"
+
+
+def test_a_self_referencing_argument_does_not_break_the_line(stream):
+    d: dict = {}
+    d["self"] = d
+    logging.getLogger("nacf.test").info("loop %s", [d])
+    (row,) = lines(stream)
+    assert row["message"].startswith("loop ")
