@@ -900,10 +900,13 @@ class AuthService:
         # the user was locked by concurrent failures after the check at the start of this
         # call (a stream started before them, calls racing with a networked store): an
         # accept opens no session, and a reject counted while locked returns no score;
-        # both are audited
+        # both are audited. A lock this reject set ends at now + lockout_seconds (the
+        # store's sum of the same floats): not its count, which is above the threshold
+        # too when the threshold was lowered during a user's streak
+        locked_by_this = (out.locked_until is not None
+                          and out.locked_until == now + float(self.config.lockout_seconds))
         if out.locked or (not accepted and out.locked_until is not None
-                          and out.locked_until > now
-                          and out.failures > self.config.lockout_threshold):
+                          and out.locked_until > now and not locked_by_this):
             self._raise_locked(user_id, out.locked_until, now, peer, method, t_start)
         self.metrics.record_decision(accepted)
         if accepted:
@@ -911,9 +914,9 @@ class AuthService:
             token, expires = sess.token or "", float(sess.expires_at)
             # nacfauth_active_sessions is refreshed by refresh_gauges() (every 2 s)
         else:
-            failures, locked_until = out.failures, out.locked_until
+            failures = out.failures
             self.metrics.record_failed_auth(fail_reason)
-            if locked_until is not None and failures == self.config.lockout_threshold:
+            if locked_by_this:
                 self.metrics.record_lockout()
                 self._security_event("user locked out", "lockout", "high", user_id,
                                      failures=failures)

@@ -68,3 +68,29 @@ def test_a_page_of_users_with_headsets_is_read_in_two_store_transactions(svc):
     assert [u.device_ids for u in first + second] == [svc.get_user(u).device_ids
                                                       for u in users]
     assert first[0].device_ids == ["hs-u00-a", "hs-u00-b"] and first[1].device_ids == []
+
+
+def test_the_rejection_that_locks_a_user_after_a_lower_threshold_is_counted_as_a_lockout(
+        tmp_path, model_path, caplog):
+    """A user with 4 consecutive failures under a threshold of 10, and the server restarted
+    with --lockout-threshold 3: the next rejection locks the user, but the service took
+    its count (5, above 3) for a failure counted while already locked, so the call got
+    FAILED_PRECONDITION 'locked' instead of its rejection, and the lockout was neither
+    counted in nacfauth_lockouts_total nor logged as a 'user locked out' security event."""
+    import logging
+
+    svc = sqlite_service(tmp_path, model_path, lockout_threshold=3, lockout_seconds=60,
+                         require_device_proof=False)
+    try:
+        svc.enroll("a", [signal_block(eeg(1, 3, 0, 40))])
+        t = svc.clock()
+        for _ in range(4):  # under the old threshold
+            svc.store.register_failure("a", 10, 60, now=t)
+        with caplog.at_level(logging.INFO, logger="nacf"):
+            r = svc.authenticate("a", signal_block(eeg(2, 3, 40, 8)))  # an impostor
+        assert not r.accepted
+        assert svc.get_user("a").locked
+        assert svc.metrics.lockouts_total._value.get() == 1
+        assert [x for x in caplog.records if getattr(x, "security_event_type", "") == "lockout"]
+    finally:
+        svc.store.close()
