@@ -52,6 +52,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import math
 import struct
 import threading
 from collections.abc import Iterable, Sequence
@@ -1285,6 +1286,31 @@ def _physiology_numpy(x: np.ndarray, sfreq: float) -> dict[str, float]:
     return out
 
 
+def _accepted_runs(starts_s: Sequence[float], accepted: Sequence[bool], window_s: float,
+                   sfreq: float, n: int) -> list[tuple[int, int]]:
+    """Sample spans ``[a, b)`` of a block of ``n`` samples at ``sfreq`` covered by its
+    accepted windows (``window_s`` long, starting at ``starts_s``), overlapping or
+    touching ones merged, those shorter than PAD's 2 s left out."""
+    spans = sorted((max(0, int(round(float(s) * sfreq))),
+                    min(n, math.ceil((float(s) + window_s) * sfreq - 1e-9)))
+                   for s, ok in zip(starts_s, accepted) if ok)
+    runs: list[tuple[int, int]] = []
+    for a, b in spans:
+        if runs and a <= runs[-1][1]:
+            runs[-1] = (runs[-1][0], max(runs[-1][1], b))
+        else:
+            runs.append((a, b))
+    return [(a, b) for a, b in runs if b - a >= _MIN_SECONDS * sfreq]
+
+
+def _join_fingerprints(fps: Sequence[bytes]) -> bytes:
+    """Fingerprints of one channel set laid end to end, as one (their frames in order)."""
+    _, ver, n_bands, n_ch, _, hop, chash = _HEADER.unpack_from(fps[0])
+    n_frames = sum(_HEADER.unpack_from(fp)[4] for fp in fps)
+    return (_HEADER.pack(_MAGIC, ver, n_bands, n_ch, n_frames, hop, chash)
+            + b"".join(fp[_HEADER.size:] for fp in fps))
+
+
 # ---------------------------------------------------------------------- detector
 @functools.lru_cache(maxsize=256)
 def _pick_index(ch_names: tuple[str, ...], wanted: tuple[str, ...]) -> list[int]:
@@ -1409,16 +1435,49 @@ class PresentationAttackDetector:
     def check(self, windows: Any, block: Any, fingerprints: Iterable[Any],
               history_key: Any = None, *, owner: Any = None) -> PadVerdict:
         """Service hook: ``block`` has ``samples`` (n_times, n_channels), ``sfreq``,
-        ``ch_names``; ``windows`` (the pipeline's, or ``None``) names the windows the
-        quality gate rejected, which the replay search leaves out; ``history_key`` names
-        the history and ``owner`` whose it is (see :meth:`analyse`)."""
-        exclude = []
+        ``ch_names``; ``windows`` (the pipeline's, or ``None``: the whole block) says
+        which windows of it the quality gate accepted, the signal the decision used:
+        only their samples are judged, a rejected window and a tail past the last window
+        are left out (a value there far beyond any EEG, which the gate rejects or never
+        sees, swamped the envelope and the spectrum of the whole probe). Consecutive
+        accepted windows are judged as one probe, separate runs of them each on its own
+        (an attack in any is one), and the fingerprint kept is theirs laid end to end.
+        When no run is 2 s long, the whole block is judged with the rejected windows'
+        pieces left out of the replay search. ``history_key`` names the history and
+        ``owner`` whose it is (see :meth:`analyse`)."""
+        samples, sfreq = block.samples, block.sfreq
+        names = getattr(block, "ch_names", None)
         win = float(getattr(windows, "window_s", 0.0) or 0.0)
-        if win > 0:
+        if win <= 0:
+            return self.analyse(samples, sfreq, names, fingerprints, history_key, (), owner)
+        n = len(samples)
+        starts, accepted = windows.starts_s, windows.accepted
+        if (len(accepted) == 1 and accepted[0] and not starts[0]
+                and n <= math.ceil(win * sfreq - 1e-9)):
+            # the common case (a one-window probe): the decision used the whole block
+            return self.analyse(samples, sfreq, names, fingerprints, history_key, (), owner)
+        runs = _accepted_runs(starts, accepted, win, float(sfreq), n)
+        if runs == [(0, n)]:  # the decision used the whole block
+            return self.analyse(samples, sfreq, names, fingerprints, history_key, (), owner)
+        if not runs:
             exclude = [(float(s), float(s) + win)
                        for s, ok in zip(windows.starts_s, windows.accepted) if not ok]
-        return self.analyse(block.samples, block.sfreq, getattr(block, "ch_names", None),
-                            fingerprints, history_key, exclude, owner)
+            return self.analyse(samples, sfreq, names, fingerprints, history_key, exclude,
+                                owner)
+        if len(runs) == 1:
+            a, b = runs[0]
+            return self.analyse(samples[a:b], sfreq, names, fingerprints, history_key, (),
+                                owner)
+        history = list(fingerprints)
+        verdicts = []
+        for a, b in runs:
+            v = self.analyse(samples[a:b], sfreq, names, history, history_key, (), owner)
+            if v.attack:
+                return v
+            verdicts.append(v)
+        scores = {k: max(v.scores[k] for v in verdicts) for k in verdicts[0].scores}
+        return PadVerdict(False, "", "", "", scores,
+                          _join_fingerprints([v.fingerprint for v in verdicts]))
 
     def history_keys(self) -> set:
         """The history keys (user ids) whose prepared history is kept."""

@@ -464,3 +464,51 @@ def test_kernels_decide_like_the_reference_on_one_window(shared_data):
         assert (v.attack, v.reason, v.fingerprint) == (ref.attack, ref.reason, ref.fingerprint)
         assert v.scores == pytest.approx(ref.scores, rel=1e-9, abs=1e-6)
     assert v.reason == "replay_of_enrollment"
+
+
+def test_check_judges_only_the_windows_the_decision_used(recordings, detector, enrolled):
+    """``check`` analysed the whole block, the samples outside the windows the decision
+    used too: a tail past the last window (which no window covers, so the quality gate
+    never sees it) or a window the gate rejected. A value there far beyond any EEG (one
+    sample of 1e30 µV, or 1e12 µV on one channel) made the band-power envelope of the
+    whole probe the filter's ringing of it (and the periodicity NaN, taken for "not
+    periodic"), so a replay of the enrollment recording with such a tail, which the
+    biometric decision accepts on its one window, passed presentation-attack detection;
+    likewise a looped segment with an artifact in a rejected window. ``check`` now
+    judges the accepted windows' samples only."""
+    x03 = recordings["S003"]["R03"]
+    one = SimpleNamespace(window_s=4.0, starts_s=[0.0], accepted=[True])
+    for ch, value in ((slice(None), 1e30), (slice(0, 1), 1e12)):
+        replay = x03[3000:3720].copy()  # 4 s and a 0.5-s tail
+        replay[700:705, ch] = value
+        v = detector.check(one, _block(replay, 160.0), enrolled["S003"])
+        assert v.reason == "replay_of_enrollment", v.scores
+    # an 8-s loop of a real 1-s segment; the gate rejected the first window (a pop on
+    # every channel at the rail): the accepted one is judged as a probe of its own
+    seg = recordings["S009"]["R04"][4000:4160]
+    loop = np.tile(seg, (8, 1))
+    loop[300:305] = 3e5
+    two = SimpleNamespace(window_s=4.0, starts_s=[0.0, 4.0], accepted=[False, True])
+    v = detector.check(two, _block(loop, 160.0), enrolled["S009"])
+    assert v.reason == "periodic", v.scores
+    # a genuine probe whose first window was rejected: what PAD keeps of it (its
+    # fingerprint, to catch a replay of it) is the accepted window's
+    x07 = recordings["S009"]["R07"][:1280].copy()
+    x07[300:305] = 3e5
+    v = detector.check(two, _block(x07, 160.0), enrolled["S009"])
+    assert not v.attack, v.scores
+    assert v.fingerprint == pad.fingerprint(x07[640:], 160.0, CH16)
+    # two runs of accepted windows around a rejected one: each judged on its own (a
+    # replay in either is one), the fingerprint kept is theirs end to end
+    three = SimpleNamespace(window_s=4.0, starts_s=[0.0, 4.0, 8.0],
+                            accepted=[True, False, True])
+    x07 = recordings["S009"]["R07"][2000:3920].copy()
+    x07[900:905] = 3e5
+    v = detector.check(three, _block(x07, 160.0), enrolled["S009"])
+    assert not v.attack, v.scores
+    fps = [pad.fingerprint(x07[a:a + 640], 160.0, CH16) for a in (0, 1280)]
+    assert v.fingerprint == pad._join_fingerprints(fps)
+    assert pad._parse(v.fingerprint)[1].shape[0] == 2 * pad._parse(fps[0])[1].shape[0]
+    x07[1280:] = recordings["S009"]["R03"][5000:5640]
+    v = detector.check(three, _block(x07, 160.0), enrolled["S009"])
+    assert v.reason == "replay_of_enrollment", v.scores

@@ -236,3 +236,20 @@ def test_a_stream_s_presentation_attack_check_sees_the_signal_its_decision_used(
     b2 = signal_block(np.concatenate([x, eeg(2, 4, 0, extra_s)]))
     r2 = svc.authenticate_stream("u1", iter([b2]), max_seconds=max_seconds)
     assert not r2.accepted and "pad: replay_of_probe" in r2.reasons
+
+
+def test_a_replay_with_a_tail_past_its_window_is_still_a_replay(svc):
+    """Authenticate decides on the probe's whole windows; samples past the last one (a
+    tail shorter than a window) are in no window, so the quality gate never sees them,
+    but presentation-attack detection analysed them: a replay of the enrollment
+    recording with half a second more holding one absurd value (1e30 µV) had its
+    envelope swamped and its periodicity NaN, and was accepted, a session opened. PAD
+    now judges the windows the decision used."""
+    svc.enroll("u1", [signal_block(eeg(1, 3, 0, 40))])
+    secret = svc.register_device("u1", "hs-1")
+    replay = np.concatenate([eeg(1, 3, 12, 4), np.zeros((80, 16), np.float32)])
+    replay[-10:-5] = 1e30
+    r = _auth(svc, "u1", secret, replay)
+    assert r.windows_used == 1
+    assert not r.accepted and not r.session_token
+    assert r.reasons[-1] == "pad: replay_of_enrollment", r.reasons
