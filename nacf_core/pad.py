@@ -610,6 +610,11 @@ class _StoredCache:
                     self._size -= old.nbytes
         return e
 
+    def owners(self) -> set:
+        """The owners (user ids) of the entries kept (``None`` left out)."""
+        with self._lock:
+            return {e.owner for e in self._d.values() if e.owner is not None}
+
     def forget(self, owner: Any) -> None:
         """Drop the entries ``owner`` (a deleted user's history key) compared with last:
         the keys are the fingerprints' plaintexts."""
@@ -1480,8 +1485,10 @@ class PresentationAttackDetector:
                           _join_fingerprints([v.fingerprint for v in verdicts]))
 
     def history_keys(self) -> set:
-        """The history keys (user ids) whose prepared history is kept."""
-        return _SLABS.keys()
+        """The history keys (user ids) whose prepared history is kept, and the owners of
+        the prepared fingerprints kept (a ContinuousAuthenticate stream's user: it keeps
+        no slab), whom :meth:`forget` drops."""
+        return _SLABS.keys() | _STORED.owners()
 
     def forget(self, history_key: Any) -> None:
         """Drop the prepared history kept for ``history_key`` and the prepared

@@ -1432,6 +1432,13 @@ class AuthService:
         # it started): a later one is another stream's on the same session
         own_verified = float(s.last_verified_at or s.created_at)
 
+        def deleted() -> str:
+            # the user was deleted while the stream ran: what this process prepared of it
+            # since DeleteUser dropped it (the fingerprints a window's PAD compared with,
+            # the stream's own) goes too, as an Authenticate's does
+            self._forget(user_id)
+            return "user_deleted"
+
         def end(reason: str, score: float = 0.0, quality: float = 0.0) -> ContinuousUpdate:
             if reason == "wearer_changed":
                 self._security_event("wearer changed", "wearer_changed", "medium", user_id,
@@ -1446,7 +1453,7 @@ class AuthService:
                     cur = self._store("get_session", self.store.get_session, token)
                     reason, until = cur.end_reason or "expired", float(cur.expires_at)
             except NotFound:  # deleted with its user meanwhile: ended all the same
-                reason = "user_deleted"
+                reason = deleted()
             # a store error propagates (UNAVAILABLE): the session is still open, so the
             # client must not be told ENDED
             return ContinuousUpdate("ended", score, thr, quality, reason, until, streamed)
@@ -1468,7 +1475,7 @@ class AuthService:
                         try:
                             cur = self._store("get_session", self.store.get_session, token)
                         except NotFound:  # deleted with its user meanwhile
-                            yield ContinuousUpdate("ended", 0.0, thr, 0.0, "user_deleted",
+                            yield ContinuousUpdate("ended", 0.0, thr, 0.0, deleted(),
                                                    expires, streamed)
                             return
                         if cur.is_active(self.clock()) and \
@@ -1535,7 +1542,7 @@ class AuthService:
                 try:
                     cur = self._store("get_session", self.store.get_session, token)
                 except NotFound:  # deleted with its user meanwhile: said as an update
-                    yield ContinuousUpdate("ended", 0.0, thr, quality, "user_deleted",
+                    yield ContinuousUpdate("ended", 0.0, thr, quality, deleted(),
                                            expires, streamed)
                     return
                 now = self.clock()
@@ -1579,7 +1586,7 @@ class AuthService:
                             cur = self._store("get_session", self.store.get_session, token)
                             why, until = cur.end_reason or "expired", float(cur.expires_at)
                         except NotFound:  # the session went with its user
-                            why, until = "user_deleted", expires
+                            why, until = deleted(), expires
                         yield ContinuousUpdate("ended", 0.0, thr, quality, why, until,
                                                streamed)
                         return

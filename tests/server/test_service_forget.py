@@ -88,3 +88,46 @@ def test_delete_user_drops_its_fingerprints_from_the_prepared_fingerprint_cache(
     svc.delete_user("gone")
     assert prepared("gone") == set()
     assert prepared("stays")  # the others stay
+
+
+def test_a_continuous_stream_racing_delete_user_leaves_nothing_of_the_user_in_memory(svc):
+    """A ContinuousAuthenticate window checked for presentation attacks just after a
+    DeleteUser (which dropped the user's prepared fingerprints) put them back in PAD's
+    process-wide cache, tagged with the user: the stream then found the session gone
+    and ended, but nothing dropped them (the maintenance sweep looks for users by their
+    slabs, and a stream keeps none), so the user's stored history and the stream's
+    windows stayed there until 64 MB of others evicted them. The stream now drops what
+    the process keeps of a user it finds deleted, as Authenticate does."""
+    svc.enroll("gone", [signal_block(eeg(1, 3, 0, 40))])
+    token = svc.store.create_session("gone", 60).token
+    fps = {fp for _, fp in svc.store.get_fingerprints("gone")}
+    check = svc.pad.check
+    first = [True]
+
+    def delete_then_check(*a, **k):  # DeleteUser lands between the window and its PAD
+        if first[0]:
+            first[0] = False
+            svc.delete_user("gone")
+        return check(*a, **k)
+
+    svc.pad.check = delete_then_check
+    x = eeg(1, 3, 44, 12)
+    updates = list(svc.continuous(token, (signal_block(x[i:i + 80])
+                                          for i in range(0, x.shape[0], 80))))
+    assert updates[-1].state == "ended" and updates[-1].reason == "user_deleted"
+    assert not first[0]
+    left = [k[0] for k, e in pad_mod._STORED._d.items() if e.owner == "gone"]
+    assert not left and not fps & {k[0] for k in pad_mod._STORED._d}
+    # the same race on a stream its client closes after that window: the stream never
+    # learns of the deletion, and the maintenance round drops what it put back
+    svc.enroll("gone2", [signal_block(eeg(2, 3, 0, 40))])
+    token = svc.store.create_session("gone2", 60).token
+    first[0] = True
+    svc.pad.check = lambda *a, **k: (first[0] and (first.__setitem__(0, False) or
+                                                   svc.delete_user("gone2")), check(*a, **k))[1]
+    x = eeg(2, 3, 44, 4)
+    updates = list(svc.continuous(token, iter([signal_block(x)])))
+    assert not first[0] and len(updates) == 1 and updates[0].state != "ended"
+    assert [k for k, e in pad_mod._STORED._d.items() if e.owner == "gone2"]
+    svc._forget_changed_elsewhere()
+    assert not [k for k, e in pad_mod._STORED._d.items() if e.owner == "gone2"]
