@@ -12,7 +12,8 @@ Each subject enrolls on R03 (its fingerprint is the history); every non-overlapp
 probe joins the history (bounded to 64, as the store keeps it). Attacks per subject:
 a piece of R03 rescaled per channel (x0.3-3), offset (+-200 uV) and with 5 % noise;
 the same resampled to 250 Hz; an earlier probe of R07/R04 replayed shifted by up to 1 s
-(tweaked the same way); white noise (independent, and with a common component);
+(tweaked the same way); the enrollment piece and an earlier probe played backwards
+(time-reversed); white noise (independent, and with a common component);
 a sinusoid of 3-30 Hz; a real R04 segment of 0.5-1.9 s looped (5 % noise).
 """
 
@@ -46,9 +47,10 @@ def main(data: Path, n_channels: int = 16) -> int:
     ch = CHANNELS[n_channels]
     det = PresentationAttackDetector(ch)
     rng = np.random.default_rng(0)
+    rng_rev = np.random.default_rng(1)  # the reversed replays' (the other draws as before)
     genuine, attacks = [], collections.defaultdict(list)
 
-    def tweak(seg):
+    def tweak(seg, rng=rng):
         g = rng.uniform(0.3, 3, size=seg.shape[1])
         return (seg * g + rng.uniform(-200, 200, size=seg.shape[1])
                 + rng.normal(0, 0.05, size=seg.shape) * seg.std(0))
@@ -77,10 +79,14 @@ def main(data: Path, n_channels: int = 16) -> int:
             k = int(rng.integers(0, x.shape[0] // w - 1))
             sh = int(rng.integers(0, int(sf)))
             attack("replay of an earlier probe", tweak(x[k * w + sh:(k + 1) * w + sh]), sf, hist)
+            attack("replay of an earlier probe, time-reversed",
+                   tweak(x[k * w:(k + 1) * w][::-1], rng_rev), sf, hist)
         st = int(rng.integers(0, x03.shape[0] - w))
         attack("replay of enrollment", tweak(x03[st:st + w]), sf, enrolled)
         attack("replay of enrollment, resampled to 250 Hz",
                tweak(resample_poly(x03[st:st + w], 25, 16, axis=0)), 250.0, enrolled)
+        attack("replay of enrollment, time-reversed", tweak(x03[st:st + w][::-1], rng_rev), sf,
+               enrolled)
         common = rng.normal(0, 30, size=(w, 1)) * (len(attacks["white noise"]) % 2)
         attack("white noise", rng.normal(0, 30, size=(w, len(ch))) + common, sf, enrolled)
         t = np.arange(w) / sf

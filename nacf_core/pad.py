@@ -1011,6 +1011,13 @@ def _replay_score(probe_fp: bytes, history: Iterable[bytes | tuple[str, bytes]],
         if not keep.any():
             return 0.0, ""
         segs = np.ascontiguousarray(segs[keep])
+    # and its middle piece reversed in time: a recording played backwards keeps its
+    # spectrum and channel covariance (the recogniser accepts it as it would the
+    # original) and its power envelope, reversed; one piece catches it (dev data, 16
+    # channels: reversed replays score 0.948 and more, genuine probes at most 0.817 as
+    # without it; README "Presentation-attack detection")
+    mid = segs.shape[0] // 2
+    segs = np.concatenate([segs, segs[mid:mid + 1, ::-1, :]])
     L = segs.shape[1]
     kinds, stored = [], []
     for item in history:

@@ -115,6 +115,26 @@ def test_replays_are_rejected(recordings, detector, enrolled):
         assert not v.attack, v.scores
 
 
+def test_time_reversed_replays_are_rejected(recordings, detector, enrolled):
+    """A stolen recording played backwards keeps its spectrum and channel covariance (the
+    recogniser accepts it like the original) and its power envelope, reversed."""
+    rng = np.random.default_rng(11)
+    w = 640
+    for s, runs in recordings.items():
+        x03 = runs["R03"]
+        for _ in range(3):  # a piece of the enrollment recording, reversed
+            st = int(rng.integers(0, x03.shape[0] - w))
+            v = detector.analyse(_tweak(x03[st:st + w][::-1], rng), 160.0, CH16, enrolled[s])
+            assert v.reason == "replay_of_enrollment", v.scores
+        # an earlier genuine probe, replayed backwards
+        x07 = runs["R07"]
+        first = detector.analyse(x07[:w], 160.0, CH16, enrolled[s])
+        assert not first.attack
+        history = enrolled[s] + [("probe", first.fingerprint)]
+        v = detector.analyse(_tweak(x07[:w][::-1], rng), 160.0, CH16, history)
+        assert v.reason == "replay_of_probe", v.scores
+
+
 def test_non_physiological_signals_are_rejected(recordings, detector):
     rng = np.random.default_rng(3)
     w, sf = 640, 160.0
