@@ -676,15 +676,51 @@ def _wrap(handler: grpc.RpcMethodHandler, icp: AuthInterceptor, method: str,
 
 _NO_REQUEST = object()
 
+#: How long a unary call whose client closed its side without a request may take to
+#: show gRPC's refusal of its request (see :func:`_request_refused`).
+_REFUSAL_WAIT_S = 0.5
+
+
+def _request_refused(ctx: grpc.ServicerContext, no_request: bool) -> grpc.StatusCode:
+    """The status of a unary call that was live when its handler started but whose
+    request did not come. gRPC reads a unary request only when the handler asks for it,
+    and refuses one over ``max_message_bytes`` then: its client sees
+    ``RESOURCE_EXHAUSTED``, the handler sees the call end as if cancelled (at once, or
+    just after the end of its requests: ``no_request``). ``DEADLINE_EXCEEDED`` when its
+    deadline passed meanwhile (:func:`ended_status`); ``UNIMPLEMENTED`` (what grpcio
+    answers) when the call stays live: its client closed its side without a request."""
+    if no_request and call_active(ctx):
+        ended = threading.Event()
+        try:
+            live = ctx.add_callback(ended.set)
+        except Exception:  # noqa: BLE001 - grpc_testing contexts
+            live = True
+        if live and not ended.wait(_REFUSAL_WAIT_S) and call_active(ctx):
+            return grpc.StatusCode.UNIMPLEMENTED
+    code = ended_status(ctx)
+    return code if code is grpc.StatusCode.DEADLINE_EXCEEDED else \
+        grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+_DROPPED = {
+    grpc.StatusCode.DEADLINE_EXCEEDED: "the call's deadline passed before it was served.",
+    grpc.StatusCode.CANCELLED: "the client cancelled the call.",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "the request is larger than the server's maximum "
+                                        "message size (max_message_bytes).",
+}
+
 
 def _one_message(behavior: Callable, icp: AuthInterceptor, method: str, key: str | None,
                  handler: grpc.RpcMethodHandler, arrived: float | None = None,
                  t_arrived: float | None = None) -> grpc.RpcMethodHandler:
     """The unary ``behavior(request, context)`` served as a client stream of one message.
     grpcio does not run a unary handler whose call ended while it waited for a worker
-    thread (all of them held by streams until its deadline passed): nothing counted it,
-    and an overloaded server looked idle. A client-stream handler always runs: such a
-    call is counted DEADLINE_EXCEEDED, as the client saw it, and dropped before any work."""
+    thread (all of them held by streams until its deadline passed, or its client
+    cancelled it): nothing counted it, and an overloaded server looked idle. A
+    client-stream handler always runs: such a call is counted as it ended
+    (``DEADLINE_EXCEEDED`` or ``CANCELLED``, :func:`ended_status`) and dropped before any
+    work; so is a call whose request gRPC refused as it was read (over
+    ``max_message_bytes``: ``RESOURCE_EXHAUSTED``, :func:`_request_refused`)."""
 
     def read_one(it: Any, ctx: grpc.ServicerContext) -> Any:
         t0 = time.perf_counter() if t_arrived is None else t_arrived
@@ -694,24 +730,15 @@ def _one_message(behavior: Callable, icp: AuthInterceptor, method: str, key: str
                 req = next(it, _NO_REQUEST)
             except grpc.RpcError:  # the call ended while its request was read
                 req = None
-            if req is _NO_REQUEST:
-                # what grpcio answers a unary call without a request, uncounted as before;
-                # mostly one over the message size limit, which gRPC itself answered
-                # RESOURCE_EXHAUSTED (the call may not look ended yet)
-                ctx.abort(grpc.StatusCode.UNIMPLEMENTED,
-                          f"{method} requires exactly one request message.")
-            if req is not None:
+            if req is not None and req is not _NO_REQUEST:
                 return behavior(req, ctx)
-        code = ended_status(ctx)
-        if code is grpc.StatusCode.DEADLINE_EXCEEDED:
-            # a call ended otherwise is uncounted, as before: gRPC ends one whose request
-            # is over the message size limit (the client sees RESOURCE_EXHAUSTED) just as
-            # a cancelled one, and CANCELLED is not what its client saw
-            icp.observe(method, ctx, True, time.perf_counter() - t0,
-                        icp.user_type_of(ctx, key), code=code.name)
-        ctx.abort(code, "the call's deadline passed before it was served."
-                  if code is grpc.StatusCode.DEADLINE_EXCEEDED
-                  else "the client cancelled the call.")
+            code = _request_refused(ctx, req is _NO_REQUEST)
+        else:  # it ended while it waited for a worker thread
+            code = ended_status(ctx)
+        icp.observe(method, ctx, True, time.perf_counter() - t0, icp.user_type_of(ctx, key),
+                    code=code.name)
+        ctx.abort(code, _DROPPED.get(code) or f"{method} requires exactly one request "
+                                              "message.")
 
     return grpc.stream_unary_rpc_method_handler(read_one, handler.request_deserializer,
                                                 handler.response_serializer)

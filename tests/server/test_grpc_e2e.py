@@ -864,11 +864,13 @@ def test_huge_message_resource_exhausted_and_server_survives(srv):
     assert stub.GetStats(pb.GetStatsRequest(), metadata=MD) is not None
 
 
-def test_an_oversized_unary_request_is_not_counted_cancelled(srv):
-    """gRPC answers a request over max_message_bytes RESOURCE_EXHAUSTED and ends the call
-    before nacf's handler reads it; the handler sees an ended call like a cancelled one.
-    It was counted CANCELLED, a status no client saw: it stays uncounted (as before the
-    unary methods were served as client streams)."""
+def test_an_oversized_unary_request_is_counted_resource_exhausted(srv):
+    """gRPC reads a unary request only when nacf's handler asks for it, and refuses one
+    over max_message_bytes then (the client sees RESOURCE_EXHAUSTED); the handler sees
+    the call end as if cancelled. It was left uncounted, so a client sending too large
+    requests was invisible in nacfauth_auth_requests_total: each is counted
+    RESOURCE_EXHAUSTED, as its client saw, under its caller's user_type, and nothing else
+    is counted for it (CANCELLED, a status no client saw, was the old mistake)."""
     _, stub, metrics = srv
 
     def counts():
@@ -877,7 +879,7 @@ def test_an_oversized_unary_request_is_not_counted_cancelled(srv):
             for smp in m.samples:
                 if (smp.name == "nacfauth_auth_requests_total"
                         and smp.labels["method"] in ("ValidateSession", "Authenticate")):
-                    k = (smp.labels["method"], smp.labels["status"])
+                    k = (smp.labels["method"], smp.labels["status"], smp.labels["user_type"])
                     out[k] = out.get(k, 0) + smp.value
         return out
 
@@ -888,10 +890,34 @@ def test_an_oversized_unary_request_is_not_counted_cancelled(srv):
         for _ in range(3):
             c, m = code_of(fn, req, metadata=MD, timeout=30)
             assert c == grpc.StatusCode.RESOURCE_EXHAUSTED, m
-    time.sleep(1.0)  # a count would be made by the handler, at once
-    after = counts()
-    d = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
-    assert not {k: v for k, v in d.items() if k[1] != "RESOURCE_EXHAUSTED"}, d
+    want = {("ValidateSession", "RESOURCE_EXHAUSTED", "api_key"): 3,
+            ("Authenticate", "RESOURCE_EXHAUSTED", "api_key"): 3}
+    t0 = time.monotonic()  # counted by the handler, a moment after the client's answer
+    while True:
+        after = counts()
+        d = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+        if d == want or time.monotonic() - t0 > 10:
+            break
+        time.sleep(0.05)
+    assert d == want, d
+
+
+def test_a_unary_call_without_a_request_is_answered_and_counted_unimplemented(srv):
+    """A client (not a generated stub) that calls a unary method as a stream and closes
+    it without a message: the call stays live, so it is no refused request; it is
+    answered UNIMPLEMENTED (what grpcio answers) within the short wait for a refusal,
+    and counted so."""
+    server, _, metrics = srv
+    before = _requests_by_status(metrics, "GetStats")
+    with grpc.insecure_channel(server.address) as ch:
+        call = ch.stream_unary("/nacf.v1.AuthService/GetStats",
+                               request_serializer=pb.GetStatsRequest.SerializeToString,
+                               response_deserializer=pb.GetStatsResponse.FromString)
+        t0 = time.monotonic()
+        c, m = code_of(call, iter(()), metadata=MD, timeout=30)
+        assert c == grpc.StatusCode.UNIMPLEMENTED and "one request" in m, (c, m)
+        assert time.monotonic() - t0 < 10
+    assert _counted_since(metrics, "GetStats", before, 1) == {"UNIMPLEMENTED": 1}
 
 
 def test_deadline_exceeded(srv):

@@ -254,6 +254,48 @@ def test_a_call_whose_deadline_passes_while_it_waits_for_a_worker_is_counted(tmp
         store.close()
 
 
+def test_a_call_its_client_cancels_while_it_waits_for_a_worker_is_counted(tmp_path,
+                                                                          model_path):
+    """A unary call waiting for a worker thread (every worker held by a stream) whose
+    client cancels it: its handler finds it ended and drops it before any work. It was
+    left uncounted (as a request over max_message_bytes would have been counted
+    CANCELLED: gRPC refuses that one only once the handler reads it, so the two do not
+    meet); it is counted CANCELLED, as its client saw, under its caller's user_type."""
+    server, store = _server(tmp_path, model_path, max_workers=1, max_concurrent_rpcs=8,
+                            signal_loss_s=3.0, rate_limit_per_s=1000, rate_limit_burst=1000)
+    server.start()
+    release = threading.Event()
+    try:
+        ch = grpc.insecure_channel(server.address)
+        stub = pbg.AuthServiceStub(ch)
+        md = (("x-api-key", KEY),)
+
+        t = _holding_stream(stub, md, release)
+        _wait_in_flight(server, 1)  # taken in first: the one worker runs it first
+        futs = [fn.future(req, metadata=md, timeout=60) for fn, req in (
+            (stub.GetStats, pb.GetStatsRequest()),
+            (stub.Authenticate, pb.AuthenticateRequest(user_id="x")))]
+        _wait_in_flight(server, 3)  # both queued behind the stream
+        for f in futs:
+            assert f.cancel() and f.code() == grpc.StatusCode.CANCELLED
+        t.join(15)  # the stream ends after signal_loss_s, long after the cancels came
+        t0 = time.monotonic()  # the worker picks the ended calls up after the stream
+        while (_requests(server, "GetStats", "CANCELLED")
+               + _requests(server, "Authenticate", "CANCELLED") < 2
+               and time.monotonic() - t0 < 10):
+            time.sleep(0.05)
+        assert _requests(server, "GetStats", "CANCELLED") == 1
+        assert _requests(server, "Authenticate", "CANCELLED") == 1
+        assert _requests(server, "GetStats", "DEADLINE_EXCEEDED") == 0
+        assert stub.GetStats(pb.GetStatsRequest(), metadata=md, timeout=10) is not None
+        assert _requests(server, "GetStats", "OK") == 1
+        ch.close()
+    finally:
+        release.set()
+        server.stop(0)
+        store.close()
+
+
 def test_token_bucket_per_client(tmp_path, model_path):
     server, store = _server(tmp_path, model_path, rate_limit_per_s=0.01, rate_limit_burst=3)
     server.start()
