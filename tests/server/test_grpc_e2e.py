@@ -747,6 +747,54 @@ def test_a_register_device_whose_deadline_passes_before_its_write_writes_nothing
     assert stub.RegisterDevice(req, metadata=MD, timeout=10).device_secret  # the retry
 
 
+def test_an_authenticate_whose_deadline_passes_in_its_handler_leaves_no_session_open(
+        srv, monkeypatch):
+    """An Authenticate accepted after its deadline passed (a slow store, a loaded server):
+    its client has DEADLINE_EXCEEDED and never sees the session token, yet the session
+    stayed open (valid to whoever read the token off the server, counted in
+    nacfauth_active_sessions) until its TTL ran out. It is ended at once (reason
+    ``not_delivered``), and the call is counted DEADLINE_EXCEEDED as its client saw."""
+    server, stub, metrics = srv
+    svc = server.service
+    enroll(stub, "late-auth", 1)
+    secret = device(stub, "late-auth", "hs-late-auth")
+    answered, done = threading.Event(), threading.Event()
+    tokens, t_call = [], []
+    authenticate = svc.authenticate
+
+    def slow_authenticate(*a, **k):
+        try:
+            r = authenticate(*a, **k)
+            tokens.append(r.session_token)
+            assert answered.wait(30)  # the client has DEADLINE_EXCEEDED
+            while time.monotonic() <= t_call[0] + 1.2:  # past the server's deadline too
+                time.sleep(0.01)
+            return r
+        finally:
+            done.set()
+
+    monkeypatch.setattr(svc, "authenticate", slow_authenticate)
+    before = _requests_by_status(metrics, "Authenticate")
+    s = sig(eeg(1, 3, 60, 8), "hs-late-auth")
+    md = (*MD, *proof_md(secret, "late-auth", "hs-late-auth", s.samples))
+    t_call.append(time.monotonic())
+    try:
+        c, _ = code_of(stub.Authenticate, pb.AuthenticateRequest(user_id="late-auth", signal=s),
+                       metadata=md, timeout=1.0)
+    finally:
+        answered.set()
+    assert c == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert done.wait(30)
+    monkeypatch.undo()
+    assert tokens and tokens[0], "the service did not accept"
+    assert _counted_since(metrics, "Authenticate", before, 1) == {"DEADLINE_EXCEEDED": 1}
+    v = stub.ValidateSession(pb.ValidateSessionRequest(session_token=tokens[0]),
+                             metadata=MD, timeout=10)
+    assert (v.valid, v.reason) == (False, "not_delivered")
+    ok = auth(stub, "late-auth", eeg(1, 3, 100, 8), secret, "hs-late-auth")  # a retry
+    assert ok.accepted and ok.session_token
+
+
 def test_an_enroll_whose_deadline_passes_while_its_template_is_computed_writes_nothing(
         srv, monkeypatch):
     """An Enroll that outlives its deadline (a long signal, a loaded server): its client
