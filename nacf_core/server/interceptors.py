@@ -550,6 +550,16 @@ def _wrap_decoding(handler: grpc.RpcMethodHandler, method: str, raising: bool = 
             lambda req, ctx: f(_decoded(req, ctx, method), ctx), des, ser)
     if handler.unary_stream:
         f = handler.unary_stream
+        if getattr(f, "experimental_non_blocking", False):
+            # it answers through grpcio's callback without holding a worker thread (the
+            # health service's Watch, which needs no key and lasts as long as its
+            # client wants): a plain wrapper would make grpcio run it as a blocking
+            # generator, a worker thread held per Watch
+            def non_blocking(req, ctx, send_response_callback=None):
+                return f(_decoded(req, ctx, method), ctx, send_response_callback)
+
+            non_blocking.experimental_non_blocking = True
+            return grpc.unary_stream_rpc_method_handler(non_blocking, des, ser)
         return grpc.unary_stream_rpc_method_handler(
             lambda req, ctx: f(_decoded(req, ctx, method), ctx), des, ser)
     if handler.stream_unary:

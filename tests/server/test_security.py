@@ -296,6 +296,42 @@ def test_a_call_its_client_cancels_while_it_waits_for_a_worker_is_counted(tmp_pa
         store.close()
 
 
+def test_health_watch_streams_hold_no_worker_thread(tmp_path, model_path):
+    """grpc.health.v1 Watch needs no key (probes) and lasts as long as its client wants.
+    The stock health servicer answers it without a thread (experimental_non_blocking),
+    but nacf's wrapper around its handler (undecodable requests) hid that, so each Watch
+    held a worker thread for its whole life: as many Watch calls as --max-workers, from
+    anyone, left no thread for any other call (every GetStats and Authenticate timed
+    out). They hold none now, and still get the status and its changes."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    server, store = _server(tmp_path, model_path, max_workers=2, max_concurrent_rpcs=16)
+    server.start()
+    try:
+        with grpc.insecure_channel(server.address) as ch:
+            h = health_pb2_grpc.HealthStub(ch)
+            watches = [h.Watch(health_pb2.HealthCheckRequest(), timeout=10) for _ in range(4)]
+            try:
+                for w in watches:  # (without a key)
+                    assert next(w).status == health_pb2.HealthCheckResponse.SERVING
+                st = pbg.AuthServiceStub(ch).GetStats(
+                    pb.GetStatsRequest(), metadata=(("x-api-key", KEY),), timeout=5)
+                assert st.total_users == 0
+                server._set_health(False)
+                for w in watches:
+                    assert next(w).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            finally:
+                for w in watches:
+                    w.cancel()
+            # undecodable bytes are still INVALID_ARGUMENT, not grpcio's INTERNAL
+            with pytest.raises(grpc.RpcError) as ei:
+                list(ch.unary_stream("/grpc.health.v1.Health/Watch")(b"\xff\xff", timeout=5))
+            assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT, ei.value
+    finally:
+        server.stop(0)
+        store.close()
+
+
 def test_token_bucket_per_client(tmp_path, model_path):
     server, store = _server(tmp_path, model_path, rate_limit_per_s=0.01, rate_limit_burst=3)
     server.start()
