@@ -14,7 +14,9 @@ For every call of a method outside ``grpc.health.v1`` it:
    with the status the call really ended with, its duration from its arrival at the
    server (the wait for a worker thread or the authentication thread included).
 
-A call refused in steps 1-3 is logged as a ``security_event`` (``missing_api_key``,
+Steps 1 and 2 come before a unary call's request is read (a client without a valid
+key that never sends it must not hold a worker thread). A call refused in steps 1-3
+is logged as a ``security_event`` (``missing_api_key``,
 ``unknown_api_key``, ``insufficient_scope``, ``rate_limited``) with the method, the
 caller's address and, once its key is known, its client id (never the key).
 
@@ -380,12 +382,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         what :meth:`identify` already answered for this call."""
         client_id, user_type, scopes = identity or self.identify(context, key, method)
         if not is_reflection:
-            need = METHOD_SCOPES.get(method)
-            if need is None or need not in scopes:
-                _refuse(self._refusals, context, method, "insufficient_scope", "medium",
-                        grpc.StatusCode.PERMISSION_DENIED,
-                        f"this API key lacks the {need!r} scope that {method} needs "
-                        f"(it has: {', '.join(sorted(scopes)) or 'none'}).", client_id)
+            self.check_scope(context, method, client_id, scopes)
         if self.service is not None and not is_reflection:
             try:
                 self.service.check_rate_limit(client_id)
@@ -395,6 +392,16 @@ class AuthInterceptor(grpc.ServerInterceptor):
                             grpc.StatusCode.RESOURCE_EXHAUSTED, str(e), client_id)
                 context.abort(grpc.StatusCode[e.code], str(e))
         return client_id, user_type, scopes
+
+    def check_scope(self, context: grpc.ServicerContext, method: str, client_id: str,
+                    scopes: frozenset[str]) -> None:
+        """Abort ``PERMISSION_DENIED`` unless ``scopes`` hold the one ``method`` needs."""
+        need = METHOD_SCOPES.get(method)
+        if need is None or need not in scopes:
+            _refuse(self._refusals, context, method, "insufficient_scope", "medium",
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"this API key lacks the {need!r} scope that {method} needs "
+                    f"(it has: {', '.join(sorted(scopes)) or 'none'}).", client_id)
 
     def observe(self, method: str, context: grpc.ServicerContext, failed: bool,
                 seconds: float, user_type: str, code: str | None = None) -> None:
@@ -736,6 +743,16 @@ def _one_message(behavior: Callable, icp: AuthInterceptor, method: str, key: str
         t0 = time.perf_counter() if t_arrived is None else t_arrived
         call_started(ctx, arrived)
         if call_active(ctx):
+            # the caller and its scope before the request is read: a client without a
+            # valid key that never sent its request held a worker thread until its
+            # deadline (for ever without one). The rate limit comes after (_guard).
+            user_type = "anonymous"
+            try:
+                client_id, user_type, scopes = icp.identify(ctx, key, method)
+                icp.check_scope(ctx, method, client_id, scopes)
+            except BaseException:
+                icp.observe(method, ctx, True, time.perf_counter() - t0, user_type)
+                raise
             try:
                 req = next(it, _NO_REQUEST)
             except grpc.RpcError:  # the call ended while its request was read

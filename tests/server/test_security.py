@@ -332,6 +332,44 @@ def test_health_watch_streams_hold_no_worker_thread(tmp_path, model_path):
         store.close()
 
 
+def test_a_unary_call_without_a_valid_key_is_refused_before_its_request_is_read(
+        tmp_path, model_path):
+    """nacf reads a unary call's request first and checks its key after: a client
+    without any key that opens a unary call and never sends the request (a raw HTTP/2
+    or streaming client can) held a worker thread until its deadline, or for ever
+    without one; --max-workers such calls left no thread for anyone. A call without a
+    valid key, or whose key lacks the method's scope, is now refused (UNAUTHENTICATED,
+    PERMISSION_DENIED) before its request is read, and counted so."""
+    auth_only = "sec-auth-only-0123456789"
+    server, store = _server(tmp_path, model_path, max_workers=2, max_concurrent_rpcs=16,
+                            api_keys={KEY: ALL, auth_only: frozenset({"authenticate"})})
+    server.start()
+    stop = threading.Event()
+
+    def never():
+        stop.wait(30)
+        yield from ()
+
+    try:
+        with grpc.insecure_channel(server.address) as ch:
+            call = ch.stream_unary("/nacf.v1.AuthService/GetStats")
+            futs = [(call.future(never(), metadata=md, timeout=20), want) for md, want in (
+                ((), grpc.StatusCode.UNAUTHENTICATED),
+                ((("x-api-key", "not-a-key-0123456789"),), grpc.StatusCode.UNAUTHENTICATED),
+                ((("x-api-key", auth_only),), grpc.StatusCode.PERMISSION_DENIED))]
+            for f, want in futs:
+                assert f.exception(timeout=10) is not None and f.code() == want, f
+            st = pbg.AuthServiceStub(ch).GetStats(
+                pb.GetStatsRequest(), metadata=(("x-api-key", KEY),), timeout=5)
+            assert st.total_users == 0
+        assert _requests(server, "GetStats", "UNAUTHENTICATED", "anonymous") == 2
+        assert _requests(server, "GetStats", "PERMISSION_DENIED") == 1
+    finally:
+        stop.set()
+        server.stop(0)
+        store.close()
+
+
 def test_token_bucket_per_client(tmp_path, model_path):
     server, store = _server(tmp_path, model_path, rate_limit_per_s=0.01, rate_limit_burst=3)
     server.start()
