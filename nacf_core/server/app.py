@@ -556,6 +556,10 @@ class NacfServer:
             self.open_mode = False
             log.warning("API keys configured: calls without a key are refused from now on",
                         extra={"event_type": "api_keys_reload"})
+        elif keys and not self.config.api_keys and self.config.tls_client_ca_file:
+            log.warning("API keys configured: a client certificate alone no longer admits a "
+                        "call; every call needs a key from now on",
+                        extra={"event_type": "api_keys_reload"})
         self.config.api_keys = keys
         return before, len(keys)
 

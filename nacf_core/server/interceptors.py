@@ -3,9 +3,9 @@
 For every call of a method outside ``grpc.health.v1`` it:
 
 1. authenticates the caller: the ``x-api-key`` metadata (keys are compared by their
-   SHA-256, so the lookup does not leak key bytes through timing), or a verified
-   client certificate over mTLS (carries every scope), or nothing in open-loopback
-   mode; otherwise ``UNAUTHENTICATED``;
+   SHA-256, so the lookup does not leak key bytes through timing), or, while no key is
+   configured, a verified client certificate over mTLS (carries every scope), or
+   nothing in open-loopback mode; otherwise ``UNAUTHENTICATED``;
 2. checks the key's scope for the method (:data:`METHOD_SCOPES`), else
    ``PERMISSION_DENIED``;
 3. takes a token from the caller's bucket (shared in the store), else
@@ -294,7 +294,8 @@ class AuthInterceptor(grpc.ServerInterceptor):
         if key:
             user_type = "api_key" if _key_hash(key) in self._keys else "anonymous"
         else:
-            user_type = "mtls" if self.mtls else "open" if self.open_mode else "anonymous"
+            user_type = ("mtls" if self.mtls and not self._keys else "open" if self.open_mode
+                         else "anonymous")
         if self.metrics is not None:
             self._observe(method, "RESOURCE_EXHAUSTED", 0.0, user_type)
         suppressed = self._refusals.admit("grpc_busy", "")
@@ -351,7 +352,9 @@ class AuthInterceptor(grpc.ServerInterceptor):
                         "the x-api-key metadata holds an unknown API key.")
             client_id, scopes = entry
             user_type = "api_key"
-        elif self.mtls and (cn := client_identity(context)):
+        elif self.mtls and not self._keys and (cn := client_identity(context)):
+            # a certificate alone carries every scope only while no key is configured:
+            # every mTLS client holds one, so it would void the scopes of the keys
             client_id, scopes, user_type = f"cert-{cn}", frozenset(
                 ("authenticate", "enroll", "admin")), "mtls"
         elif self.open_mode:
@@ -362,7 +365,9 @@ class AuthInterceptor(grpc.ServerInterceptor):
             _refuse(self._refusals, context, method, "missing_api_key", "low",
                     grpc.StatusCode.UNAUTHENTICATED,
                     "missing API key: send it in the x-api-key metadata"
-                    + (" (or use a client certificate)" if self.mtls else "") + ".")
+                    + ((" (a client certificate alone admits only while no API key is "
+                        "configured)" if self._keys else " (or use a client certificate)")
+                       if self.mtls else "") + ".")
         return client_id, user_type, scopes
 
     def user_type_of(self, context: grpc.ServicerContext, key: str | None) -> str:
@@ -370,7 +375,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         logged, no abort): ``anonymous`` without a valid key or certificate."""
         if key:
             return "api_key" if _key_hash(key) in self._keys else "anonymous"
-        if self.mtls and client_identity(context):
+        if self.mtls and not self._keys and client_identity(context):
             return "mtls"
         return "open" if self.open_mode else "anonymous"
 

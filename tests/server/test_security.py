@@ -103,6 +103,41 @@ def test_tls_and_mtls(tmp_path, pki, model_path):
         store.close()
 
 
+def test_with_api_keys_a_client_certificate_alone_does_not_bypass_their_scopes(
+        tmp_path, pki, model_path):
+    """mTLS with API keys: every client holds a certificate (the handshake requires one),
+    and a certificate alone carried every scope, so a device given a key with the
+    authenticate scope only became admin by leaving its key out (GetStats, DeleteUser,
+    Enroll with update). With keys configured the key is required and its scopes apply;
+    a certificate alone admits only when no key is configured (test_tls_and_mtls)."""
+    auth_only = "sec-auth-only-0123456789"
+    server, store = _server(tmp_path, model_path, tls_cert_file=str(pki["srv.pem"]),
+                            tls_key_file=str(pki["srv.key"]),
+                            tls_client_ca_file=str(pki["ca.pem"]),
+                            api_keys={auth_only: frozenset({"authenticate"}), KEY: ALL})
+    server.start()
+    try:
+        creds = grpc.ssl_channel_credentials(pki["ca.pem"].read_bytes(),
+                                             pki["cli.key"].read_bytes(),
+                                             pki["cli.pem"].read_bytes())
+        with grpc.secure_channel(f"localhost:{server.port}", creds) as ch:
+            stub = pbg.AuthServiceStub(ch)
+            for md, want in (((), grpc.StatusCode.UNAUTHENTICATED),
+                             ((("x-api-key", auth_only),), grpc.StatusCode.PERMISSION_DENIED)):
+                with pytest.raises(grpc.RpcError) as ei:
+                    stub.GetStats(pb.GetStatsRequest(), metadata=md, timeout=10)
+                assert ei.value.code() == want, (md, ei.value)
+            assert stub.GetStats(pb.GetStatsRequest(), metadata=(("x-api-key", KEY),),
+                                 timeout=10).total_users == 0
+            v = stub.ValidateSession(pb.ValidateSessionRequest(session_token="t"),
+                                     metadata=(("x-api-key", auth_only),), timeout=10)
+            assert v.reason == "unknown"
+        assert _requests(server, "GetStats", "UNAUTHENTICATED", "anonymous") == 1
+    finally:
+        server.stop(0)
+        store.close()
+
+
 def _holding_stream(stub, md, release: threading.Event) -> threading.Thread:
     """A started thread whose AuthenticateStream sends its start message only once
     ``release`` is set: its handler holds a worker thread and a slot meanwhile (up to
