@@ -209,16 +209,30 @@ def _key_hash(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
+#: the longest client identity taken whole (the rate limit's bucket id holds 256)
+_IDENTITY_MAX = 128
+
+
 def client_identity(context: grpc.ServicerContext) -> str | None:
-    """Common name / SAN of a verified client certificate, or ``None``."""
+    """Common name, else first subject alternative name, of a verified client
+    certificate, else the SHA-256 of the certificate (one with neither); ``None``
+    without one. gRPC gives a certificate without a common name an empty one. A name
+    longer than :data:`_IDENTITY_MAX` (a DNS name can be 253 characters) keeps its
+    first 96 characters and a digest of the whole, so that it stays one client."""
     try:
         ac = context.auth_context() or {}
     except Exception:  # noqa: BLE001 - grpc_testing contexts
         return None
-    for k in ("x509_common_name", "x509_subject_alternative_name"):
-        v = ac.get(k)
-        if v:
-            return v[0].decode("utf-8", "replace") if isinstance(v[0], bytes) else str(v[0])
+    for k in ("x509_common_name", "x509_subject_alternative_name", "x509_pem_cert"):
+        for v in ac.get(k) or ():
+            name = v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+            if not name.strip():
+                continue
+            if k == "x509_pem_cert":
+                return "sha256:" + hashlib.sha256(name.encode()).hexdigest()[:32]
+            if len(name) > _IDENTITY_MAX:
+                name = name[:96] + "~" + hashlib.sha256(name.encode()).hexdigest()[:16]
+            return name
     return None
 
 

@@ -66,6 +66,9 @@ def _cert(name, issuer_key=None, issuer_name=None, ca=False, san=()):
 def pki(tmp_path_factory):
     d = tmp_path_factory.mktemp("pki")
     ca_key, ca_name, ca_pem, _ = _cert("nacf test CA", ca=True)
+    (d / "ca.key").write_bytes(ca_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
     _, _, srv_pem, srv_key = _cert("localhost", ca_key, ca_name, san=[
         x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
     _, _, cli_pem, cli_key = _cert("app-1", ca_key, ca_name)
@@ -74,6 +77,7 @@ def pki(tmp_path_factory):
                     ("cli.pem", cli_pem), ("cli.key", cli_key)):
         (d / n).write_bytes(data)
         files[n] = d / n
+    files["ca.key"] = d / "ca.key"
     return files
 
 
@@ -98,6 +102,41 @@ def test_tls_and_mtls(tmp_path, pki, model_path):
         with grpc.insecure_channel(target) as ch:  # plaintext to a TLS port
             with pytest.raises(grpc.RpcError):
                 pbg.AuthServiceStub(ch).GetStats(pb.GetStatsRequest(), timeout=5)
+    finally:
+        server.stop(0)
+        store.close()
+
+
+def test_a_client_certificate_with_a_long_san_only_is_served(tmp_path, pki, model_path):
+    """A client certificate without a common name is known by its subject alternative
+    name, which can be 253 characters (a DNS name): the client id made of it was longer
+    than the rate limit's bucket id may be, and every call got INVALID_ARGUMENT."""
+    ca_key = serialization.load_pem_private_key(pki["ca.key"].read_bytes(), None)
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "nacf test CA")])
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    long_dns = ".".join(["a" * 60] * 4) + ".example"  # 252 characters
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(ca_name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(long_dns)]),
+                           critical=True)
+            .sign(ca_key, hashes.SHA256()))
+    server, store = _server(tmp_path, model_path, tls_cert_file=str(pki["srv.pem"]),
+                            tls_key_file=str(pki["srv.key"]),
+                            tls_client_ca_file=str(pki["ca.pem"]), api_keys={})
+    server.start()
+    try:
+        creds = grpc.ssl_channel_credentials(
+            pki["ca.pem"].read_bytes(),
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption()),
+            cert.public_bytes(serialization.Encoding.PEM))
+        with grpc.secure_channel(f"localhost:{server.port}", creds) as ch:
+            for _ in range(2):
+                assert pbg.AuthServiceStub(ch).GetStats(pb.GetStatsRequest(),
+                                                        timeout=10).total_users == 0
     finally:
         server.stop(0)
         store.close()
