@@ -44,9 +44,10 @@ Formats (detected from the content, the extension only breaks ties):
 - **nacf record CSV** (what ``nacf record`` writes): a header ``timestamp,<channel
   names>``, one row per sample, microvolts, an empty field for a dropped sample (read
   as NaN). The rate is estimated from the timestamps (span over samples) and snapped to
-  a common rate (125, 250, 500, ... Hz) within 1 %; when the span does not give one (the
-  timestamps jump over a gap: a reconnect), the median step between rows does, if it
-  is within 1 % of a common rate (logged); ``sfreq=`` overrides it.
+  a common rate (125, 250, 500, ... Hz) within 1 %; when the timestamps jump over a gap
+  (a step more than 3 times the median: a reconnect), from the steps between rows
+  without the gaps (logged: a gap lowers the span, and a 256 Hz stream with a 2 %
+  gap would snap to 250 Hz); failing both, the median step; ``sfreq=`` overrides it.
 - **nacf ``.npz``** (:func:`write_npz`): a NumPy ``.npz`` archive with ``data`` float32
   ``(n_times, n_channels)`` µV, ``sfreq`` (scalar), ``ch_names`` (1-D str array) and
   optionally ``start_time`` (POSIX seconds, UTC, scalar). No array may exceed 2 GiB
@@ -1003,20 +1004,14 @@ def _read_nacf_csv(path: Path, sfreq_override: float | None) -> Recording:
             )
         with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
             est = float((ts.size - 1) / (ts[-1] - ts[0]))
-            sfreq = _snap_rate(est)
-            if sfreq is None:
-                # a gap in the timestamps (a reconnect: the samples lost are not in the
-                # file) lowers the span estimate; the typical step between rows does not
-                steps = np.diff(ts)
-                steps = steps[np.isfinite(steps) & (steps > 0)]
-                step_rate = float(1.0 / np.median(steps)) if steps.size else math.nan
-                sfreq = _snap_rate(step_rate)
-                if sfreq is not None:
-                    logger.warning(
-                        "%s: the timestamps span %.3f s for %d samples (%.2f Hz), but the rows "
-                        "are %g Hz apart: the recording has gaps (samples lost, not in the "
-                        "file); using %g Hz", path, ts[-1] - ts[0], ts.size, est, sfreq, sfreq,
-                    )
+            sfreq, gap_s = _nacf_csv_rate(ts, est)
+        if gap_s > 0:
+            logger.warning(
+                "%s: the timestamps span %.3f s for %d samples (%.2f Hz), but the rows are "
+                "%g Hz apart: the recording has gaps (%.3f s in all; samples lost, not in "
+                "the file); using %g Hz", path, ts[-1] - ts[0], ts.size, est, sfreq, gap_s,
+                sfreq,
+            )
         if sfreq is None:
             sfreq = round(est, 2)
         sfreq = _check_file_sfreq(
@@ -1033,6 +1028,40 @@ def _read_nacf_csv(path: Path, sfreq_override: float | None) -> Recording:
         start_time=start_time,
         format="nacf-csv",
     )
+
+
+# a step between rows longer than this many times the median step is a gap (a reconnect)
+_GAP_STEPS = 3.0
+
+
+def _nacf_csv_rate(ts: np.ndarray, span_est: float) -> tuple[float | None, float]:
+    """The common rate the timestamps of a nacf CSV give, and the seconds of gaps.
+
+    The rows are ``1 / sfreq`` apart except across a gap (a reconnect: the samples lost
+    are not in the file), which lowers the span over samples: a 256 Hz stream away for
+    1.5 s in 60 s spans 249.8 Hz, within 1 % of 250. So when a step is more than
+    ``_GAP_STEPS`` times the median step, the rate comes from the steps without the gaps.
+    Else from the span over samples (no gap: 0.0 s), then from the median step; ``None``
+    if none is within 1 % of a common rate.
+    """
+    steps = np.diff(ts)
+    steps = steps[np.isfinite(steps) & (steps > 0)]
+    if steps.size == 0:
+        return _snap_rate(span_est), 0.0
+    med = float(np.median(steps))
+    gaps = steps > _GAP_STEPS * med
+    if gaps.any():
+        regular = steps[~gaps]
+        sfreq = _snap_rate(float(regular.size / regular.sum()))
+        if sfreq is not None:
+            return sfreq, float((steps[gaps] - 1.0 / sfreq).sum())
+    sfreq = _snap_rate(span_est)
+    if sfreq is not None:
+        return sfreq, 0.0
+    sfreq = _snap_rate(1.0 / med)
+    if sfreq is not None:
+        return sfreq, max(0.0, float(ts[-1] - ts[0] - (ts.size - 1) / sfreq))
+    return None, 0.0
 
 
 def _snap_rate(est: float) -> float | None:

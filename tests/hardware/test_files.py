@@ -622,3 +622,16 @@ def test_nacf_csv_rate_survives_a_gap_in_the_timestamps(tmp_path, sfreq):
     times[n // 2:] += 2.0
     p = _nacf_csv(tmp_path, "timestamp,Fp1,Fp2", [f"{t:.6f}" for t in times])
     assert read_recording(p).sfreq == sfreq
+
+
+@pytest.mark.parametrize("sfreq", [256.0, 512.0, 128.0, 1024.0])
+def test_nacf_csv_gap_does_not_snap_the_rate_to_a_neighbouring_common_rate(tmp_path, sfreq):
+    """60 s of a 256 Hz LSL stream (a Muse, an Emotiv) with a 1.5 s gap where the stream
+    was away: the span over samples is 249.8 Hz, within 1 % of 250 Hz, and was read as
+    250 Hz (the 512, 128 and 1024 Hz ones as 500, 125 and 1000 Hz), though every row
+    is 1/256 s after the one before it."""
+    n = int(60 * sfreq)
+    times = 5000.0 + np.arange(n) / sfreq
+    times[n // 2:] += 1.5
+    p = _nacf_csv(tmp_path, "timestamp,Fp1,Fp2", [f"{t:.6f}" for t in times])
+    assert read_recording(p).sfreq == sfreq
