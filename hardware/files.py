@@ -7,8 +7,11 @@ Formats (detected from the content, the extension only breaks ties):
 
 - **EDF / EDF+ / BDF** through MNE (``mne.io.read_raw_edf`` / ``read_raw_bdf``). MNE
   reads the PhysioNet EEGMMIDB files, whose headers are slightly non-compliant (labels
-  padded with dots, a record layout some strict readers refuse). Volts are converted to
-  microvolts; the EDF+ annotation channel is not a signal and becomes
+  padded with dots, a record layout some strict readers refuse). Each signal is scaled
+  to microvolts by its physical dimension (``uV``, ``µV``, ``mV``, ``V``, ``nV``, in any
+  case, spelt out, UTF-8 or Latin-1: MNE alone knows ``uV``, ``µV`` and ``mV`` and takes
+  any other for volts); a signal with no unit or another one keeps the file's numbers
+  (logged). The EDF+ annotation channel is not a signal and becomes
   :attr:`Recording.annotations`. In a file mixing sampling rates (MNE would upsample
   everything to the highest), only the signals at the EEG channels' rate are kept. Labels are kept as the file writes them (``Fp1.``);
   :mod:`nacf_core.channels` maps them to canonical names. A time range is read without
@@ -574,6 +577,94 @@ def _edf_exclude_other_rates(path: Path) -> tuple[list[str], float | None]:
     return [lab for lab, r in rates if r != target], target
 
 
+# microvolts per unit of a channel's physical dimension (EDF/BDF header, LSL channel unit),
+# compared case-folded: both micro signs (U+00B5, U+03BC) fold to U+03BC
+_UV_PER_UNIT = {
+    **dict.fromkeys(("uv", "\u03bcv", "microv", "microvolt", "microvolts"), 1.0),
+    **dict.fromkeys(("mv", "millivolt", "millivolts"), 1e3),
+    **dict.fromkeys(("v", "volt", "volts"), 1e6),
+    **dict.fromkeys(("nv", "nanovolt", "nanovolts"), 1e-3),
+}
+
+
+def unit_to_uv(unit: str | None) -> float | None:
+    """Microvolts per ``unit`` (``"uV"``, ``"µV"``, ``"mV"``, ``"V"``, ``"nV"``, spelt out
+    or in any case); ``None`` for no unit or one that is not a voltage."""
+    if not unit:
+        return None
+    return _UV_PER_UNIT.get(unit.strip().casefold())
+
+
+def _edf_dimensions(path: Path) -> list[tuple[str, str, str]]:
+    """``(label, dimension, dimension as MNE reads it)`` of every signal: the label and
+    MNE's dimension decoded as MNE does (Latin-1), the dimension as the writer most
+    likely meant it (UTF-8 if it decodes, else Latin-1)."""
+    with open(path, "rb") as fh:
+        fixed = fh.read(256)
+        try:
+            ns = int(fixed[252:256].decode("ascii").strip())
+        except ValueError:
+            return []
+        sig = fh.read(256 * ns) if ns > 0 else b""
+    if ns <= 0 or len(sig) < 256 * ns:
+        return []
+    out = []
+    for i in range(ns):
+        label = sig[i * 16 : (i + 1) * 16].strip().decode("latin-1")
+        raw = sig[ns * 96 + i * 8 : ns * 96 + (i + 1) * 8].strip()
+        try:
+            dim = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            dim = raw.decode("latin-1")
+        out.append((label, dim, raw.decode("latin-1")))
+    return out
+
+
+def _edf_uv_scale(path: Path, raw: Any, exclude: list[str]) -> np.ndarray:
+    """What turns each of MNE's channels into microvolts.
+
+    MNE reads a physical dimension of exactly ``uV``/``µV`` (Latin-1) as 1e-6 V and ``mV``
+    as 1e-3 V, and every other one (``uv``, ``UV``, UTF-8 ``µV``, ``nV``, none) as volts,
+    so multiplying by 1e6 made those channels a million (``nV``: a billion) times too
+    large. Here each channel is scaled by the unit its header states; one with no unit,
+    or one that is not a voltage (a status or temperature channel), keeps the numbers
+    the file states (logged). ``1e6`` for every channel whose unit MNE read right.
+    """
+    n = len(raw.ch_names)
+    dims = [
+        d for d in _edf_dimensions(path)
+        if d[0] not in exclude and d[0] not in ("EDF Annotations", "BDF Annotations")
+    ]
+    scale = np.full(n, 1e6)
+    if len(dims) != n:  # not the layout MNE read: leave its scaling
+        return scale
+    types = raw.get_channel_types()
+    unknown = []
+    for k, ((label, dim, mne_dim), kind) in enumerate(zip(dims, types)):
+        if kind == "stim":  # MNE keeps a status channel's numbers as they are
+            mne_v = 1.0
+        elif mne_dim in ("\u03bcV", "\u00b5V", "\x83\xcaV", "uV"):
+            mne_v = 1e-6
+        elif mne_dim == "mV":
+            mne_v = 1e-3
+        else:
+            mne_v = 1.0
+        uv = unit_to_uv(dim)
+        if uv is None and mne_dim == "\x83\xcaV":  # Shift-JIS micro sign, as MNE takes it
+            uv = 1.0
+        if uv is None:
+            uv = 1.0
+            if kind != "stim":
+                unknown.append(f"{label!r} ({dim!r})" if dim else f"{label!r} (no unit)")
+        scale[k] = uv * {1e-6: 1e6, 1e-3: 1e3}.get(mne_v, 1.0)
+    if unknown:
+        logger.warning(
+            "%s: %d signal(s) state no voltage unit: %s; their numbers are taken as "
+            "microvolts", path, len(unknown), ", ".join(unknown[:8]),
+        )
+    return scale
+
+
 def _read_edf(path: Path, fmt: str, start_s: float | None, stop_s: float | None) -> Recording:
     import mne
 
@@ -599,7 +690,9 @@ def _read_edf(path: Path, fmt: str, start_s: float | None, stop_s: float | None)
         data = raw.get_data(start=start, stop=stop)  # volts, (n_channels, n_times)
     except Exception as exc:
         raise ValueError(f"cannot read samples from {str(path)!r}: {exc}") from exc
-    data = np.ascontiguousarray(data.T * 1e6, dtype=np.float64)
+    scale = _edf_uv_scale(path, raw, exclude)
+    data = np.ascontiguousarray(data.T * (1e6 if np.all(scale == 1e6) else scale),
+                                dtype=np.float64)
     t0 = start / sfreq
     t1 = stop / sfreq
     annotations = tuple(

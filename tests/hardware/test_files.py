@@ -635,3 +635,28 @@ def test_nacf_csv_gap_does_not_snap_the_rate_to_a_neighbouring_common_rate(tmp_p
     times[n // 2:] += 1.5
     p = _nacf_csv(tmp_path, "timestamp,Fp1,Fp2", [f"{t:.6f}" for t in times])
     assert read_recording(p).sfreq == sfreq
+
+
+@pytest.mark.parametrize(
+    "dim, per_uv",
+    [
+        (b"uv", 1.0), (b"UV", 1.0), (b"microV", 1.0), (b"\xc2\xb5V", 1.0),  # UTF-8 micro sign
+        (b"mv", 1e-3), (b"nV", 1e3), (b"volts", 1e-6),
+        (b"", 1.0),  # no unit: the file's numbers, taken as microvolts (logged)
+    ],
+)
+def test_edf_physical_dimensions_mne_does_not_know_are_scaled_right(tmp_path, dim, per_uv):
+    """MNE scales only 'uV', 'µV' (Latin-1) and 'mV', and takes any other physical
+    dimension for volts: a channel in 'uv', 'UV', UTF-8 'µV' or with no unit came out a
+    million times too large (24 300 000 µV for 24.3 µV), one in 'nV' a billion times."""
+    t = np.arange(0, 2, 1 / 256)
+    x = np.sin(2 * np.pi * 10 * t) * 100  # microvolts
+    p = tmp_path / "dim.edf"
+    gain = _write_edf(p, [x * per_uv], ["Fp1"], [256], dim="Q",
+                      phys=(-3000 * per_uv, 3000 * per_uv)) / per_uv  # in µV
+    raw = bytearray(p.read_bytes())
+    off = 256 + 16 + 80  # the physical dimension
+    raw[off : off + 8] = dim.ljust(8)
+    p.write_bytes(bytes(raw))
+    rec = read_recording(p)
+    np.testing.assert_allclose(rec.data[:, 0], x, atol=gain)
