@@ -24,8 +24,9 @@ counter reveals them; ``counters.ok`` counts the samples received. The inlet buf
 to ``max_buflen`` seconds; a consumer that reads through
 :class:`~nacf_core.hardware.epoching.EpochStream` keeps it drained.
 
-Units: channels whose ``unit`` says volts or millivolts are scaled to microvolts; µV
-(or no unit) are taken as they come.
+Units: channels whose ``unit`` says volts, millivolts or nanovolts (any case, ``V``,
+``mV``, ``nV`` or spelt out) are scaled to microvolts; µV (or no unit) are taken as they
+come, and so is a unit that is not a voltage (``counts``), logged.
 
 :func:`stream_recording_to_lsl` pushes a recording to an outlet in real time (the
 ``nacf simulate --lsl NAME`` mode).
@@ -47,19 +48,12 @@ from nacf_core._validation import MAX_CHANNELS, MAX_SAMPLE_RATE_HZ, check_finite
 from nacf_core.errors import Unavailable
 
 from .base import Chunk, Counters
-from .files import Recording, _default_names
+from .files import Recording, _default_names, unit_to_uv
 from .montages import resolve_montage
 
 __all__ = ["LslSource", "stream_recording_to_lsl", "make_outlet"]
 
 logger = logging.getLogger("nacf.hardware")
-
-_UNIT_SCALE = {
-    "v": 1e6, "volt": 1e6, "volts": 1e6,
-    "mv": 1e3, "millivolt": 1e3, "millivolts": 1e3,
-    "uv": 1.0, "µv": 1.0, "μv": 1.0, "microvolt": 1.0, "microvolts": 1.0,
-}
-
 
 _LSL_CONFIG_FILES = ("lsl_api.cfg", "~/lsl_api/lsl_api.cfg", "/etc/lsl_api/lsl_api.cfg")
 _configured = False
@@ -247,12 +241,18 @@ class LslSource:
                 )
         else:
             names = _default_names(n_ch)
-        units = full.get_channel_units() or [None] * n_ch
-        scale = np.array(
-            [_UNIT_SCALE.get((u or "uv").strip().lower(), 1.0) for u in units[:n_ch]]
-            + [1.0] * max(0, n_ch - len(units)),
-            dtype=np.float64,
-        )
+        units = list(full.get_channel_units() or [])[:n_ch]
+        units += [None] * (n_ch - len(units))
+        per_uv = [unit_to_uv(u) for u in units]
+        unknown = [f"{n!r} ({u!r})" for n, u, k in zip(names, units, per_uv)
+                   if k is None and u and u.strip()]
+        if unknown:
+            logger.warning(
+                "LSL stream %r: %d channel(s) have a unit that is not a voltage: %s; their "
+                "values are taken as microvolts", full.name(), len(unknown),
+                ", ".join(unknown[:8]),
+            )
+        scale = np.array([1.0 if k is None else k for k in per_uv], dtype=np.float64)
         if self._sfreq is not None and (sfreq != self._sfreq or names != self._ch_names):
             raise Unavailable(
                 f"LSL stream {self._describe()} came back with a different layout "

@@ -253,3 +253,28 @@ def test_duplicate_labels_are_refused_unless_a_montage_replaces_them():
             assert src.ch_names == ["Fp1", "Cz", "Fp2"]
     finally:
         del outlet
+
+
+def test_nanovolt_units_are_scaled_and_unknown_units_are_logged(caplog):
+    """A channel in nanovolts was taken as microvolts (a thousand times too large), and a
+    unit that is not a voltage (ADC counts) was taken as microvolts without a word."""
+    name = f"nacf-test-{uuid.uuid4().hex[:8]}"
+    info = pylsl.StreamInfo(name, "EEG", 3, 100.0, pylsl.cf_float32, f"sid-{name}")
+    info.set_channel_labels(["Cz", "Pz", "Oz"])
+    info.set_channel_units(["nanovolts", "nV", "counts"])
+    outlet = pylsl.StreamOutlet(info)
+    try:
+        with caplog.at_level("WARNING", logger="nacf.hardware"):
+            with LslSource(name=name, timeout=10) as src:
+                assert outlet.wait_for_consumers(10)
+                outlet.push_chunk(np.array([[1000.0, 2000.0, 7.0]], np.float32))
+                got, t = [], time.monotonic()
+                while not got and time.monotonic() - t < 10:
+                    c = src.read_chunk(timeout=0.5)
+                    if c.n_times:
+                        got.append(c.samples)
+        np.testing.assert_allclose(got[0], [[1.0, 2.0, 7.0]], rtol=1e-6)
+        assert any("'Oz'" in r.getMessage() and "counts" in r.getMessage()
+                   for r in caplog.records)
+    finally:
+        del outlet
