@@ -60,7 +60,9 @@ Formats (detected from the content, the extension only breaks ties):
 Every reader refuses what it cannot read in full with a ``ValueError`` that names the
 file and what was expected: a sampling rate outside 1 Hz-100 kHz (stated, or estimated
 from timestamps), an OpenBCI channel count outside 1-256, a recording without samples or
-channels, an empty or repeated channel name, text that is not UTF-8 (nacf CSV).
+channels, an empty or repeated channel name, text that is not UTF-8 (nacf CSV), an
+EDF/BDF cut short before its first complete data record (one cut later is read up to
+its last complete record, with a warning).
 
 Sample counters (OpenBCI sample index, BrainFlow package number) count 0-255 and wrap.
 The readers keep the rows as the file has them (no NaN rows are inserted for counter
@@ -512,6 +514,59 @@ def _edf_signal_rates(path: Path) -> list[tuple[str, float]]:
     return out
 
 
+def _edf_check_size(path: Path, fmt: str) -> None:
+    """Refuse an EDF/BDF cut short before its first complete data record, and log one
+    cut later (MNE reads the complete records, with a line at INFO level).
+
+    MNE's own errors for such a file are ``could not convert string to float: ''`` (a
+    cut in the header) and ``list index out of range`` (no complete record).
+    """
+    where = f"cannot read {fmt.upper()} file {str(path)!r}"
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        fixed = fh.read(256)
+        try:
+            ns = int(fixed[252:256].decode("ascii").strip())
+        except ValueError:
+            ns = None
+        if len(fixed) < 256 or ns is None or ns <= 0:
+            if len(fixed) < 256:
+                raise ValueError(
+                    f"{where}: the header is cut short: the file has {size} bytes, an "
+                    f"{fmt.upper()} header has 256 bytes and 256 more per signal."
+                )
+            return  # the signal count: _edf_signal_rates or MNE say what is wrong
+        header = 256 + 256 * ns
+        if size < header:
+            raise ValueError(
+                f"{where}: the header is cut short: the file has {size} bytes, the header of "
+                f"its {ns} signals {header} (256 + 256 per signal)."
+            )
+        sig = fh.read(256 * ns)
+    try:
+        per_record = sum(int(sig[ns * 216 + i * 8 : ns * 216 + (i + 1) * 8]) for i in range(ns))
+        declared = int(fixed[236:244].decode("ascii").strip())
+        record_s = float(fixed[244:252].decode("ascii").strip())
+    except ValueError:
+        return  # MNE will say what is wrong
+    record_bytes = per_record * (3 if fmt == "bdf" else 2)
+    if record_bytes <= 0:
+        return
+    complete = (size - header) // record_bytes
+    if complete == 0:
+        raise ValueError(
+            f"{where}: it holds no complete data record ({size - header} bytes after the "
+            f"header; a record of its {ns} signals is {record_bytes} bytes): the file is "
+            f"cut short or empty."
+        )
+    if 0 < complete < declared:
+        logger.warning(
+            "%s is cut short: its header declares %d data records, the file holds %d "
+            "(%g of %g s); reading those", path, declared, complete, complete * record_s,
+            declared * record_s,
+        )
+
+
 def _edf_check_scaling(path: Path, fmt: str, exclude: list[str]) -> None:
     """Refuse a signal whose physical or digital minimum or maximum is not a finite
     number, or whose digital minimum equals its maximum: MNE scales samples by
@@ -670,6 +725,7 @@ def _read_edf(path: Path, fmt: str, start_s: float | None, stop_s: float | None)
 
     reader = mne.io.read_raw_edf if fmt == "edf" else mne.io.read_raw_bdf
     exclude, target = _edf_exclude_other_rates(path)
+    _edf_check_size(path, fmt)
     _edf_check_scaling(path, fmt, exclude)
     if exclude:
         logger.info(

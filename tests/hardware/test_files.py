@@ -660,3 +660,29 @@ def test_edf_physical_dimensions_mne_does_not_know_are_scaled_right(tmp_path, di
     p.write_bytes(bytes(raw))
     rec = read_recording(p)
     np.testing.assert_allclose(rec.data[:, 0], x, atol=gain)
+
+
+def test_a_truncated_edf_is_a_clear_error_or_a_logged_shorter_recording(
+    shared_data, tmp_path, caplog
+):
+    """An EDF cut short (a download or a copy that stopped): a cut in the header was
+    "could not convert string to float: ''", a cut before the first complete data
+    record "list index out of range"; a cut later gave a shorter recording and only an
+    INFO line. Now the first two say what the file lacks, the last is a warning."""
+    raw = (shared_data / "eegmmidb/S001/S001R01.edf").read_bytes()
+    ns = int(raw[252:256])
+    header = 256 + 256 * ns
+    p = tmp_path / "cut.edf"
+    for cut, msg in ((300, rf"header is cut short: the file has 300 bytes, the header of "
+                            rf"its {ns} signals {header}"),
+                     (header + 3000, r"no complete data record")):
+        p.write_bytes(raw[:cut])
+        with pytest.raises(ValueError, match=msg) as err:
+            read_recording(p)
+        assert str(p) in str(err.value)
+    p.write_bytes(raw[: len(raw) // 2])
+    with caplog.at_level("WARNING", logger="nacf.hardware"):
+        rec = read_recording(p)
+    assert 0 < rec.n_times < 9760
+    assert any("cut short" in r.getMessage() and r.levelname == "WARNING"
+               for r in caplog.records)
