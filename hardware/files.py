@@ -43,7 +43,9 @@ Formats (detected from the content, the extension only breaks ties):
   Cyton+Daisy (16 EEG, timestamp at column 30). The sampling rate is the board's
   nominal rate (Cyton 250 Hz, Cyton+Daisy 125 Hz); the host timestamps are checked
   against it and a large disagreement is logged (they are host receipt times, jittered
-  by USB batching, so they are not used as the rate).
+  by USB batching, so they are not used as the rate). Leading rows whose EEG channels
+  are all exactly 0 (the board's first packet, sent before its first conversion) are
+  left out and counted in :attr:`Recording.skipped_rows`.
 - **nacf record CSV** (what ``nacf record`` writes): a header ``timestamp,<channel
   names>``, one row per sample, microvolts, an empty field for a dropped sample (read
   as NaN). The rate is estimated from the timestamps (span over samples) and snapped to
@@ -975,6 +977,15 @@ def _read_brainflow(path: Path, sfreq_override: float | None) -> Recording:
         arr = np.loadtxt(path, delimiter=sep, dtype=np.float64, ndmin=2)
     except ValueError as exc:
         raise ValueError(f"BrainFlow CSV {str(path)!r} is malformed: {exc}") from None
+    # the Cyton's first packet after 'b' comes before the ADS1299's first conversion:
+    # every EEG channel exactly 0. As a sample it is a step of the channels' whole DC
+    # offset (10-25 mV) that rings through the first epoch: left out, like the GUI's
+    # placeholder row
+    nonzero = np.flatnonzero(np.any(arr[:, layout["eeg"]] != 0, axis=1))
+    lead = int(nonzero[0]) if nonzero.size else 0
+    if lead:
+        arr = arr[lead:]
+        logger.info("%s: left out %d leading row(s) with every EEG channel at 0", path, lead)
     data = np.ascontiguousarray(arr[:, layout["eeg"]])
     ts = arr[:, layout["timestamp"]]
     sfreq = float(sfreq_override) if sfreq_override is not None else layout["sfreq"]
@@ -997,6 +1008,7 @@ def _read_brainflow(path: Path, sfreq_override: float | None) -> Recording:
         start_time=start_time,
         format="brainflow",
         counter_gaps=_counter_gaps(arr[:, 0]),
+        skipped_rows=lead,
         extra={"board": layout["board"]},
     )
 

@@ -252,6 +252,9 @@ def test_brainflow_values_match_the_file(shared_data, name):
     rows = _data_rows(path, sep)
     rec = read_recording(path)
     assert rec.format == "brainflow" and rec.sfreq == 250.0
+    # the first row is the Cyton's first packet, all 8 EEG channels exactly 0: left out
+    assert all(float(x) == 0 for x in rows[0][1:9]) and rec.skipped_rows == 1
+    rows = rows[1:]
     assert rec.n_times == len(rows) and rec.n_channels == 8
     assert all(len(r) == 24 for r in rows[:10])
     for k in (0, 1, 777, len(rows) - 1):
@@ -686,3 +689,22 @@ def test_a_truncated_edf_is_a_clear_error_or_a_logged_shorter_recording(
     assert 0 < rec.n_times < 9760
     assert any("cut short" in r.getMessage() and r.levelname == "WARNING"
                for r in caplog.records)
+
+
+@pytest.mark.parametrize("name", [f"openbci/brainflow-csv/EyesSubject{s}Session{n}.csv"
+                                  for s in (1, 2) for n in (1, 2)])
+def test_brainflow_leading_all_zero_row_does_not_ring_through_the_first_epoch(
+    shared_data, name
+):
+    """Every BrainFlow CSV of a Cyton starts with a row whose 8 EEG channels are exactly
+    0 (the first packet after 'b', before the ADS1299's first conversion). It was kept as
+    a sample, so the band-pass settled on 0 and the channels' DC offsets (10-25 mV) rang
+    through the first epoch: 23 879 µV peak instead of about 300."""
+    from nacf_core import dsp
+    from nacf_core.hardware.epoching import Epocher
+
+    rec = read_recording(shared_data / name)
+    assert np.any(rec.data[0] != 0)
+    ep = Epocher(250.0, 8, 4.0, sos=dsp.bandpass_sos(1, 40, 250.0))
+    first = ep.push(rec.data[:1000])[0]
+    assert np.abs(first).max() < 2000
