@@ -12,6 +12,12 @@ is refused (``ValueError``) before an inlet is opened when its header is unreada
 above ``nacf_core._validation.MAX_SAMPLE_RATE_HZ`` (100 kHz); and once connected,
 when its labels name a channel twice and no ``montage`` replaces them.
 
+Several streams under one name (muselsl sends a Muse's EEG, PPG, accelerometer and
+gyroscope all as ``Muse``, with one ``source_id``): without a ``type``, every stream that
+answers within half a second of the first is gathered and the one of type ``EEG`` is
+read (several types and none ``EEG``: a ``ValueError`` asking for a type); the stream
+read fixes ``type`` and ``source_id`` for reconnects.
+
 Stream vanishing: the inlet is opened with ``recover=False`` so liblsl reports the loss
 (``LostError``) instead of hanging. The source then re-resolves the same stream (same
 name, type and ``source_id``) for up to ``reconnect_s`` seconds; if it comes back, the
@@ -79,6 +85,11 @@ def _pylsl():
             except Exception:  # older liblsl: keep its defaults
                 pass
     return pylsl
+
+
+# how long, and for how many streams, a resolve by name looks on after the first answer
+_GATHER_S = 0.5
+_GATHER_MAX = 64
 
 
 def _check_timeout(name: str, value: Any) -> float:
@@ -172,9 +183,31 @@ class LslSource:
         for c in conds:
             if "'" in c.split("=", 1)[1][1:-1]:
                 raise ValueError(f"LSL stream names/types cannot contain a quote, got {c}.")
-        found = pylsl.resolve_bypred(" and ".join(conds), 1, max(timeout, 0.01))
+        pred = " and ".join(conds)
+        found = pylsl.resolve_bypred(pred, 1, max(timeout, 0.01))
         if not found:
             return None
+        if self.type is None:
+            # one device may send several streams under one name (muselsl: EEG, PPG, ACC
+            # and GYRO all named 'Muse', one source_id); the first answer may be any of
+            # them, so gather every one that answers soon, then prefer the EEG stream
+            more = pylsl.resolve_bypred(pred, _GATHER_MAX, _GATHER_S)
+            seen = {f.uid() for f in found}
+            found += [f for f in more if f.uid() not in seen]
+            types = sorted({f.type() for f in found})
+            eeg = [f for f in found if f.type().strip().lower() == "eeg"]
+            if len(types) > 1:
+                if not eeg:
+                    raise ValueError(
+                        f"LSL streams of several types match {self._describe()} "
+                        f"({', '.join(map(repr, types))}) and none is of type 'EEG'; say "
+                        f"which to read with a type (lsl:NAME?type=...)."
+                    )
+                logger.info(
+                    "LSL streams of types %s match %s; reading the EEG one "
+                    "(lsl:NAME?type=... reads another)", ", ".join(types), self._describe(),
+                )
+                found = eeg
         if len(found) > 1:
             logger.warning(
                 "%d LSL streams match %s; using the one from %s (source_id %r)",
@@ -261,6 +294,7 @@ class LslSource:
         inlet.open_stream(timeout=max(self.timeout, 1.0))
         self._inlet, self._info = inlet, full
         self.source_id = self.source_id or full.source_id() or None
+        self.type = self.type or full.type() or None  # a reconnect resolves the same stream
         self._sfreq, self._ch_names = sfreq, names
         self._scale = None if np.all(scale == 1.0) else scale
         self._chunk_n = max(1, int(round(self.chunk_s * sfreq)))

@@ -25,6 +25,9 @@ are refused with a ``ValueError``:
   the consumer reads.
 - ``timeout=S`` (``cyton``, ``cyton-daisy``: the handshake timeout; ``lsl``: how long
   to look for the stream).
+- ``type=T`` (``lsl``): the stream's type, when several streams share the name (a
+  Muse through muselsl: ``EEG``, ``PPG``, ``ACC``, ``GYRO``); without it, the ``EEG``
+  one.
 
 Every source is a context manager with ``.sfreq``, ``.ch_names``,
 ``.read_chunk(timeout) -> Chunk | None`` and ``.counters``.
@@ -43,7 +46,7 @@ KINDS = ("cyton", "cyton-daisy", "lsl", "file")
 _OPTIONS = {
     "cyton": ("montage", "timeout"),
     "cyton-daisy": ("montage", "timeout"),
-    "lsl": ("montage", "timeout"),
+    "lsl": ("montage", "timeout", "type"),
     "file": ("montage", "speed"),
 }
 
@@ -162,6 +165,10 @@ def open_source(spec: str, montage: Sequence[str] | str | None = None) -> Any:
         kw = {}
         if "timeout" in s.options:
             kw["timeout"] = _float(spec, "timeout", s.options["timeout"])
+        if "type" in s.options:
+            if not s.options["type"]:
+                raise ValueError(f"Option 'type' of the source {spec!r} is empty.")
+            kw["type"] = s.options["type"]
         return LslSource(s.target, montage=mont, **kw)
     from .playback import FileSource
 

@@ -278,3 +278,26 @@ def test_nanovolt_units_are_scaled_and_unknown_units_are_logged(caplog):
                    for r in caplog.records)
     finally:
         del outlet
+
+
+def test_a_name_shared_by_several_streams_reads_the_eeg_one_or_the_type_asked():
+    """muselsl streams a Muse's EEG, PPG and accelerometer as three streams all named
+    'Muse', with one source_id. lsl:Muse read whichever answered first (the PPG one about
+    half the time: 3 channels at 64 Hz taken for EEG), and a SOURCE string could not say
+    which: ?type= was refused."""
+    from nacf_core.hardware.sources import open_source
+
+    name = f"nacf-test-{uuid.uuid4().hex[:8]}"
+    outlets = []
+    for typ, n_ch, rate in (("ACC", 3, 52.0), ("PPG", 3, 64.0), ("EEG", 5, 256.0)):
+        info = pylsl.StreamInfo(name, typ, n_ch, rate, pylsl.cf_float32, "Muse00:55:DA")
+        outlets.append(pylsl.StreamOutlet(info))
+    try:
+        for _ in range(6):
+            with LslSource(name=name, timeout=10) as src:
+                assert (src.sfreq, len(src.ch_names)) == (256.0, 5)
+                assert src.type == "EEG"  # a reconnect resolves the same stream
+        with open_source(f"lsl:{name}?type=PPG&timeout=10") as src:
+            assert (src.sfreq, len(src.ch_names)) == (64.0, 3)
+    finally:
+        del outlets
