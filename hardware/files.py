@@ -43,7 +43,9 @@ Formats (detected from the content, the extension only breaks ties):
   Cyton+Daisy (16 EEG, timestamp at column 30). The sampling rate is the board's
   nominal rate (Cyton 250 Hz, Cyton+Daisy 125 Hz); the host timestamps are checked
   against it and a large disagreement is logged (they are host receipt times, jittered
-  by USB batching, so they are not used as the rate). Leading rows whose EEG channels
+  by USB batching, so they are not used as the rate). A truncated last line (the writer
+  stopped mid-line) is dropped and counted in :attr:`Recording.skipped_rows`; a line of
+  another length anywhere else is an error naming it. Leading rows whose EEG channels
   are all exactly 0 (the board's first packet, sent before its first conversion) are
   left out and counted in :attr:`Recording.skipped_rows`.
 - **nacf record CSV** (what ``nacf record`` writes): a header ``timestamp,<channel
@@ -973,10 +975,24 @@ def _read_brainflow(path: Path, sfreq_override: float | None) -> Recording:
             f"BrainFlow CSV {str(path)!r} has {n_cols} columns; supported layouts are "
             f"24 (Cyton) and 32 (Cyton+Daisy)."
         )
+    # a last line with fewer fields (the writer stopped mid-line) is dropped, as in
+    # OpenBCI GUI files; a short line anywhere else is an error naming it
+    n_rows, last_n = 0, n_cols
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            if line.strip():
+                n_rows += 1
+                last_n = line.rstrip("\r\n").count(sep) + 1
+    truncated = n_rows > 1 and last_n < n_cols
     try:
-        arr = np.loadtxt(path, delimiter=sep, dtype=np.float64, ndmin=2)
+        arr = np.loadtxt(path, delimiter=sep, dtype=np.float64, ndmin=2,
+                         max_rows=n_rows - 1 if truncated else None)
     except ValueError as exc:
-        raise ValueError(f"BrainFlow CSV {str(path)!r} is malformed: {exc}") from None
+        bad = _csv_field_count_error(path, n_cols, sep=sep, header=False)
+        raise ValueError(f"BrainFlow CSV {str(path)!r} is malformed: {bad or exc}") from None
+    if truncated:
+        logger.info("%s: dropped a truncated last line (%d of %d fields)", path, last_n,
+                    n_cols)
     # the Cyton's first packet after 'b' comes before the ADS1299's first conversion:
     # every EEG channel exactly 0. As a sample it is a step of the channels' whole DC
     # offset (10-25 mV) that rings through the first epoch: left out, like the GUI's
@@ -1008,7 +1024,7 @@ def _read_brainflow(path: Path, sfreq_override: float | None) -> Recording:
         start_time=start_time,
         format="brainflow",
         counter_gaps=_counter_gaps(arr[:, 0]),
-        skipped_rows=lead,
+        skipped_rows=lead + int(truncated),
         extra={"board": layout["board"]},
     )
 
@@ -1233,17 +1249,20 @@ def _snap_rate(est: float) -> float | None:
     return near if abs(near - est) <= 0.01 * near else None
 
 
-def _csv_field_count_error(path: Path, n_fields: int) -> str | None:
-    """The first row whose field count is not the header's, as an error message."""
-    with open(path, encoding="utf-8") as fh:
-        fh.readline()
-        for k, line in enumerate(fh, start=2):
-            n = line.rstrip("\r\n").count(",") + 1
+def _csv_field_count_error(
+    path: Path, n_fields: int, *, sep: str = ",", header: bool = True
+) -> str | None:
+    """The first row whose field count is not the header's (nacf CSV) or the first
+    row's (BrainFlow CSV, ``header=False``), as an error message."""
+    with open(path, encoding="utf-8", errors="strict" if header else "replace") as fh:
+        if header:
+            fh.readline()
+        for k, line in enumerate(fh, start=2 if header else 1):
+            n = line.rstrip("\r\n").count(sep) + 1
             if line.strip() and n != n_fields:
-                return (
-                    f"line {k} has {n} fields; every row must have {n_fields} (the timestamp "
-                    f"and the {n_fields - 1} channels the header names)."
-                )
+                what = (f"(the timestamp and the {n_fields - 1} channels the header names)"
+                        if header else "(the BrainFlow board layout of the first row)")
+                return f"line {k} has {n} fields; every row must have {n_fields} {what}."
     return None
 
 

@@ -708,3 +708,24 @@ def test_brainflow_leading_all_zero_row_does_not_ring_through_the_first_epoch(
     ep = Epocher(250.0, 8, 4.0, sos=dsp.bandpass_sos(1, 40, 250.0))
     first = ep.push(rec.data[:1000])[0]
     assert np.abs(first).max() < 2000
+
+
+@pytest.mark.parametrize("cut", [60, 3])
+def test_brainflow_truncated_last_line_is_dropped(shared_data, tmp_path, cut):
+    """A BrainFlow CSV whose writer was stopped mid-line (DataFilter.write_file appending
+    in a loop, then Ctrl-C) was refused whole, with numpy's advice to 'use usecols';
+    the truncated last line is now dropped and counted, as in OpenBCI GUI files, and a
+    short line elsewhere is an error naming the line and the fields expected."""
+    path = shared_data / BRAINFLOW_FILES[0]
+    whole = read_recording(path)
+    raw = path.read_bytes()
+    p = tmp_path / "cut.csv"
+    p.write_bytes(raw[: len(raw) - cut])
+    rec = read_recording(p)
+    assert rec.n_times == whole.n_times - 1 and rec.skipped_rows == whole.skipped_rows + 1
+    np.testing.assert_array_equal(rec.data, whole.data[:-1])
+    lines = raw.decode().splitlines(keepends=True)
+    lines[100] = ",".join(lines[100].split(",")[:10]) + "\n"
+    p.write_text("".join(lines))
+    with pytest.raises(ValueError, match=r"line 101 has 10 fields; every row must have 24"):
+        read_recording(p)
