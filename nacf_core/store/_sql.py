@@ -139,7 +139,15 @@ class Tx:
 
 
 class SqlStore(Store):
-    """Common logic; see :class:`nacf_core.store.base.Store` for the contract."""
+    """Common logic; see :class:`nacf_core.store.base.Store` for the contract.
+
+    _RELOCK: a read-modify-write first makes sure its row exists (``INSERT ... ON
+    CONFLICT DO NOTHING``), then locks it (``SELECT ... FOR UPDATE``). On PostgreSQL
+    (READ COMMITTED) the INSERT that found the row neither waits for it nor locks it, so
+    another replica may delete it (UnlockUser, DeleteUser) and commit before the SELECT,
+    which then finds nothing; the INSERT runs again (a new statement sees the delete and
+    inserts the row). SQLite's BEGIN IMMEDIATE leaves no such gap.
+    """
 
     #: ``(version, name, [statements])`` in order; set by the backend.
     MIGRATIONS: list[tuple[int, str, list[str]]] = []
@@ -380,15 +388,20 @@ class SqlStore(Store):
         def fn(tx: Tx) -> int:
             # encrypted in the transaction, under the key in use now (see _tx_check_write_key)
             cipher = self._cipher
-            created = tx.execute(
-                "INSERT INTO users (user_id, status, created_at, updated_at, "
-                "template_version, model_version) VALUES (?, 'active', ?, ?, 0, NULL) "
-                "ON CONFLICT (user_id) DO NOTHING", (user_id, t, t)) == 1
-            if create_only and not created:
-                raise AlreadyExists(f"User {user_id!r} is already enrolled; "
-                                    f"update it explicitly to replace its template.")
-            row = tx.one("SELECT template_version FROM users WHERE user_id = ?"
-                         + self.FOR_UPDATE, (user_id,))
+            while True:
+                created = tx.execute(
+                    "INSERT INTO users (user_id, status, created_at, updated_at, "
+                    "template_version, model_version) VALUES (?, 'active', ?, ?, 0, NULL) "
+                    "ON CONFLICT (user_id) DO NOTHING", (user_id, t, t)) == 1
+                if create_only and not created:
+                    raise AlreadyExists(f"User {user_id!r} is already enrolled; "
+                                        f"update it explicitly to replace its template.")
+                row = tx.one("SELECT template_version FROM users WHERE user_id = ?"
+                             + self.FOR_UPDATE, (user_id,))
+                if row is not None:
+                    break
+                # deleted by another replica since the INSERT found it (see _RELOCK):
+                # the user is enrolled anew
             current = int(row[0])
             if expected_version is not None and current != expected_version:
                 raise FailedPrecondition(
@@ -617,11 +630,13 @@ class SqlStore(Store):
                                          "device.")
             kid, ct = self._cipher.encrypt(secret.encode(),
                                            Cipher.aad("device", device_id, user_id))
-            if tx.execute("INSERT INTO devices (device_id, user_id, key_id, secret_ct, "
-                          "created_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (device_id) "
-                          "DO NOTHING", (device_id, user_id, kid, ct, t)) == 0:
+            while tx.execute("INSERT INTO devices (device_id, user_id, key_id, secret_ct, "
+                             "created_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (device_id) "
+                             "DO NOTHING", (device_id, user_id, kid, ct, t)) == 0:
                 row = tx.one("SELECT user_id FROM devices WHERE device_id = ?"
                              + self.FOR_UPDATE, (device_id,))
+                if row is None:
+                    continue  # its owner deleted since the INSERT found it (see _RELOCK)
                 if row[0] != user_id:
                     raise AlreadyExists(f"Device {device_id!r} is already registered to "
                                         f"another user.")
@@ -631,6 +646,7 @@ class SqlStore(Store):
                                         f"{user_id!r}; set rotate=true for a new secret.")
                 tx.execute("UPDATE devices SET key_id = ?, secret_ct = ?, created_at = ? "
                            "WHERE device_id = ?", (kid, ct, t, device_id))
+                break
             self._tx_check_write_key(tx, kid)
             return DeviceRecord(device_id=device_id, user_id=user_id, secret=secret,
                                 created_at=t)
@@ -841,11 +857,17 @@ class SqlStore(Store):
 
     def _tx_failure(self, tx: Tx, user_id: str, max_failures: int, lock_seconds: float,
                     t: float) -> tuple[int, float | None]:
-        tx.execute("INSERT INTO lockouts (user_id, failures, locked_until, updated_at) "
-                   "VALUES (?, 0, NULL, ?) ON CONFLICT (user_id) DO NOTHING", (user_id, t))
-        failures, locked_until = tx.one(
-            "SELECT failures, locked_until FROM lockouts WHERE user_id = ?"
-            + self.FOR_UPDATE, (user_id,))
+        while True:
+            tx.execute("INSERT INTO lockouts (user_id, failures, locked_until, updated_at) "
+                       "VALUES (?, 0, NULL, ?) ON CONFLICT (user_id) DO NOTHING",
+                       (user_id, t))
+            row = tx.one("SELECT failures, locked_until FROM lockouts WHERE user_id = ?"
+                         + self.FOR_UPDATE, (user_id,))
+            if row is not None:
+                break
+            # an UnlockUser (or DeleteUser) of another replica deleted the row since the
+            # INSERT found it (see _RELOCK): this failure starts a new streak
+        failures, locked_until = row
         if locked_until is not None and locked_until <= t:  # lock over: new streak
             failures, locked_until = 0, None
         failures += 1
