@@ -356,12 +356,25 @@ class SqlStore(Store):
 
     def ping(self) -> None:
         """A read; and while the last write failed (a read-only file or connection, a
-        full disk), a write that changes nothing, so readiness says so, and says when
-        writes work again, even with no traffic (an UPDATE that matches no row still
-        needs a writable store)."""
+        full disk), a write that leaves nothing behind, so readiness says so, and says
+        when writes work again, even with no traffic. The write must reach the disk: an
+        UPDATE that matches no row needs a writable store, but its commit writes
+        nothing (no SQLite WAL frame, no PostgreSQL WAL record), so with the disk full it
+        succeeded and readiness said ready while every write failed. A row of
+        :attr:`write_probe_bytes` (random: it does not compress) inserted and deleted in
+        one transaction is written by the commit: about as much as an enrollment (a
+        smaller probe fits in the space a failed bigger write left)."""
         self._run(lambda tx: tx.one("SELECT 1"), write=False)
         if self._write_failure is not None:
-            self._run(lambda tx: tx.execute("UPDATE store_meta SET k = k WHERE k = ''"))
+            self._run(self._tx_write_probe)
+
+    #: what the readiness check writes (and deletes) while writes fail (see :meth:`ping`)
+    write_probe_bytes = 64 << 10
+
+    def _tx_write_probe(self, tx: Tx) -> None:
+        tx.execute("INSERT INTO store_meta (k, key_id, v) VALUES ('write-probe', '', ?)",
+                   (secrets.token_bytes(int(self.write_probe_bytes)),))
+        tx.execute("DELETE FROM store_meta WHERE k = 'write-probe'")
 
     # -- users and templates -------------------------------------------------------
     def _template_aad(self, user_id: str, version: int, model_version: str) -> bytes:

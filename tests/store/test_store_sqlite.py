@@ -227,3 +227,55 @@ def test_a_sqlite_path_with_a_control_character_is_refused(tmp_path, name):
         with pytest.raises(InvalidArgument, match="control character"):
             open_store(url, key=bytes(32))
     assert list(tmp_path.iterdir()) == []
+
+
+_FULL_DISK = r"""
+import os, resource, signal, sys
+from nacf_core.errors import Unavailable
+from nacf_core.store import open_store
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG)
+path = sys.argv[1]
+store = open_store("sqlite:///" + path, key=bytes(range(32)))
+store.put_template("a", b"t" * 64, "m1")
+store._after_delete()  # the WAL emptied (truncated): new commits grow it
+store.put_template("b", os.urandom(60000), "m1")
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+# no file grows any more (the WAL is the largest file SQLite writes to between
+# checkpoints): a full disk, as SQLite sees it
+resource.setrlimit(resource.RLIMIT_FSIZE, (os.path.getsize(path + "-wal"), hard))
+
+
+def outcome(fn):
+    try:
+        fn()
+        return "ok"
+    except Unavailable as exc:
+        return "Unavailable: " + str(exc)
+
+
+print(outcome(lambda: store.register_failure("a", 5, 60)))
+print(outcome(store.ping))
+print(outcome(lambda: store.get_template("b")))
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))  # space again
+print(outcome(store.ping))
+print(store.register_failure("a", 5, 60))
+store.close()
+"""
+
+
+def test_readiness_fails_while_the_disk_is_full_and_recovers_after(tmp_path):
+    """With the disk full every write fails; readiness (``ping``) must say so. Its
+    write that changed nothing committed nothing to the disk, so it succeeded and the
+    server was reported ready (and kept in a load balancer) while every Enroll and every
+    authentication failed."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _FULL_DISK, str(tmp_path / "full.db")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("Unavailable: ") and "I/O error" in lines[0], lines
+    assert lines[1] == lines[0], lines  # readiness says so, with the reason
+    assert lines[2:] == ["ok", "ok", "(1, None)"], lines  # reads work; writes again
