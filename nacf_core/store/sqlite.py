@@ -336,14 +336,28 @@ class SQLiteStore(SqlStore):
                                f"(is it a nacf store file?).")
         return None
 
+    #: how long the checkpoint after a delete waits for other connections (see
+    #: :meth:`_after_delete`)
+    delete_checkpoint_wait_s = 0.2
+
     def _after_delete(self) -> None:
         # push the zeroed pages from the WAL into the main file and truncate the WAL,
-        # so the deleted ciphertext is gone from disk, not only from the table
+        # so the deleted ciphertext is gone from disk, not only from the table.
+        # A TRUNCATE checkpoint waits (SQLite's busy handler) for every reader to leave
+        # the WAL, and holds the WAL's writer lock meanwhile: with the busy timeout, a
+        # reader keeping a snapshot (a backup, Litestream) held this call and every
+        # writer of every process for 30 s. It waits a moment only; past it SQLite
+        # checkpoints what it can without waiting, and a later checkpoint the rest.
         if self._memory:
             return
         try:
             with self._use(), self._connection() as conn:
-                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                conn.execute(f"PRAGMA busy_timeout = "
+                             f"{int(self.delete_checkpoint_wait_s * 1000)}")
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                finally:
+                    conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
         except sqlite3.Error:  # a busy reader: the next checkpoint finishes it
             pass
 

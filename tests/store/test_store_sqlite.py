@@ -279,3 +279,53 @@ def test_readiness_fails_while_the_disk_is_full_and_recovers_after(tmp_path):
     assert lines[0].startswith("Unavailable: ") and "I/O error" in lines[0], lines
     assert lines[1] == lines[0], lines  # readiness says so, with the reason
     assert lines[2:] == ["ok", "ok", "(1, None)"], lines  # reads work; writes again
+
+
+def test_a_reader_holding_a_snapshot_does_not_hold_delete_user_and_every_writer(tmp_path):
+    """DeleteUser's checkpoint (TRUNCATE, to push the zeroed pages out of the WAL) waits
+    for every reader to leave the WAL, holding the WAL's writer lock meanwhile. With a
+    reader holding a snapshot (a backup: ``sqlite3 .backup``, Litestream, which keeps one
+    open for good) it waited the whole busy timeout (30 s): DeleteUser took 30 s and
+    every write of every process (each authentication's) waited behind it, those queued
+    longer failing. It now gives up on the readers after a moment."""
+    import sqlite3
+
+    path = tmp_path / "snap.db"
+    store = open_store(f"sqlite:///{path}", key=os.urandom(32))
+    reader = sqlite3.connect(path, isolation_level=None)
+    checkpointing = threading.Event()
+    real = store._after_delete
+
+    def after_delete():
+        checkpointing.set()
+        real()
+
+    store._after_delete = after_delete
+    box: dict = {}
+
+    def run(name, fn):
+        def target():
+            try:
+                box[name] = fn()
+            except BaseException as exc:  # noqa: BLE001 - handed to the test
+                box[name] = exc
+        t = threading.Thread(target=target, daemon=True)
+        t.start()
+        return t
+
+    try:
+        store.put_template("a", b"t" * 64, "m1")
+        store.put_template("b", b"t" * 64, "m1")
+        reader.execute("BEGIN")
+        reader.execute("SELECT COUNT(*) FROM users").fetchone()  # a snapshot, kept
+        store.put_template("c", b"t" * 64, "m1")  # the WAL moves on past it
+        deleting = run("delete", lambda: store.delete_user("a"))
+        assert checkpointing.wait(10)
+        writing = run("write", lambda: store.register_failure("b", 5, 60))
+        writing.join(10)
+        assert box.get("write") == (1, None), box  # not held behind the checkpoint
+        deleting.join(10)
+        assert box.get("delete") == [], box
+    finally:
+        reader.close()  # lets a checkpoint that still waits finish
+        store.close()
