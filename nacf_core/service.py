@@ -1327,8 +1327,9 @@ class AuthService:
         client id) and ``peer`` go into the audit row (method ``UnlockUser``) and the
         ``user_unlocked`` log line."""
         user_id = check_user_id(user_id)
-        lock = self._store("get_lockout", self.store.get_lockout, user_id)
-        self._store("unlock_user", self.store.unlock_user, user_id)
+        # the lock it lifted, not one read before (a failure of another replica in
+        # between was lifted and answered was_locked=false)
+        lock = self._store("unlock_user", self.store.unlock_user, user_id)
         now = self.clock()
         was = lock.is_locked(now)
         self._audit_row(user_id, True, "unlocked" if was else "not_locked", peer,

@@ -899,15 +899,21 @@ class SqlStore(Store):
         tx.execute("UPDATE lockouts SET failures = 0 WHERE user_id = ? AND failures <> 0",
                    (user_id,))
 
-    def unlock_user(self, user_id: str) -> None:
+    def unlock_user(self, user_id: str) -> LockoutState:
         _check_id("user_id", user_id)
 
-        def fn(tx: Tx) -> None:
+        def fn(tx: Tx) -> tuple | None:
             if tx.one("SELECT 1 FROM users WHERE user_id = ?", (user_id,)) is None:
                 raise NotFound(f"Unknown user {user_id!r}.")
-            tx.execute("DELETE FROM lockouts WHERE user_id = ?", (user_id,))
+            # what it lifts, read by the statement that deletes it: a failure of another
+            # call committed before is lifted and reported, one committed after stays
+            return tx.one("DELETE FROM lockouts WHERE user_id = ? "
+                          "RETURNING failures, locked_until", (user_id,))
 
-        self._run(fn)
+        row = self._run(fn)
+        if row is None:
+            return LockoutState(0, None)
+        return LockoutState(int(row[0]), None if row[1] is None else float(row[1]))
 
     def get_lockout(self, user_id: str) -> LockoutState:
         _check_id("user_id", user_id)

@@ -427,8 +427,10 @@ class Store(abc.ABC):
         """A success: consecutive failures back to 0 (the lock, if any, stays)."""
 
     @abc.abstractmethod
-    def unlock_user(self, user_id: str) -> None:
-        """Admin unlock: failures 0 and no lock. ``NotFound`` for an unknown user."""
+    def unlock_user(self, user_id: str) -> LockoutState:
+        """Admin unlock: failures 0 and no lock; return the state it lifted (read by the
+        statement that deletes it: ``failures=0, locked_until=None`` when there was
+        none). ``NotFound`` for an unknown user."""
 
     @abc.abstractmethod
     def get_lockout(self, user_id: str) -> LockoutState:
