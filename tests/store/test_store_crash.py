@@ -72,6 +72,8 @@ def test_kill_9_during_enrollment_never_tears(store_url, key):
             time.sleep(rng.uniform(0.0, 0.25))
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=10)
+            # every version the worker printed had committed before it was killed
+            printed = [int(x) for x in (first + proc.stdout.read()).split()]
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -84,7 +86,10 @@ def test_kill_9_during_enrollment_never_tears(store_url, key):
             assert t.blob == blob_for(t.version), f"round {round_}: torn template"
             assert t.meta == {"v": t.version}
             assert s.get_user("victim").template_version == t.version
-            assert t.version > last_version  # progress was kept, nothing rolled back
+            # nothing committed was lost (synchronous=NORMAL survives a process crash),
+            # and at most the write in flight was applied on top
+            assert printed[-1] <= t.version <= printed[-1] + 1, (printed[-3:], t.version)
+            assert t.version > last_version
             last_version = t.version
         finally:
             s.close()
