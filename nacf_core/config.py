@@ -58,7 +58,8 @@ _FLOAT_MAX = 1e9
 #: ``{option: (lowest, highest)}`` of the integer options.
 _INT_RANGES: dict[str, tuple[int, int]] = {
     **{name: (1, _INT_MAX) for name in (
-        "max_workers", "max_concurrent_rpcs", "lockout_threshold", "continuous_mismatch_windows",
+        "max_workers", "max_concurrent_rpcs", "max_streams", "lockout_threshold",
+        "continuous_mismatch_windows",
         "identify_max_k", "rate_limit_lease")},
     "max_message_bytes": (64 * 1024, 1024 ** 3),
 }
@@ -87,8 +88,12 @@ OPTION_HELP: dict[str, str] = {
     "kernel_backend": "kernel backend: cython, numba or reference",
     "reuse_port": "SO_REUSEPORT: several nacf serve processes on one host share grpc_address "
                   "(scale with processes; give each its own metrics_address)",
-    "max_workers": "gRPC worker threads",
-    "max_concurrent_rpcs": "in-flight RPC bound; beyond it calls get RESOURCE_EXHAUSTED at once",
+    "max_workers": "gRPC worker threads of the unary calls (open streams never take them)",
+    "max_concurrent_rpcs": "in-flight RPC bound beside the open streams; beyond it calls get "
+                           "RESOURCE_EXHAUSTED at once",
+    "max_streams": "most open streams (AuthenticateStream, ContinuousAuthenticate, "
+                   "reflection), each on a thread of its own; beyond it a stream gets "
+                   "RESOURCE_EXHAUSTED at once",
     "max_message_bytes": "maximum gRPC message size, both directions (bytes)",
     "grace_period_s": "SIGTERM: seconds in-flight calls get to finish",
     "tls_cert_file": "server certificate (PEM); with tls_key_file enables TLS",
@@ -139,6 +144,7 @@ class Config:
     reuse_port: bool = False
     max_workers: int = 8
     max_concurrent_rpcs: int = 64
+    max_streams: int = 16
     max_message_bytes: int = 16 * 1024 * 1024
     grace_period_s: float = 10.0
     tls_cert_file: str = ""

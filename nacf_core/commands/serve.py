@@ -85,9 +85,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="let several nacf serve processes share --grpc-address "
                         "(SO_REUSEPORT; each needs its own --metrics-address)")
     p.add_argument("--max-workers", type=int, metavar="N",
-                   help=f"worker threads (default {d.max_workers})")
+                   help=f"worker threads of the unary calls (default {d.max_workers})")
     p.add_argument("--max-concurrent-rpcs", type=int, metavar="N",
-                   help=f"in-flight bound (default {d.max_concurrent_rpcs})")
+                   help=f"in-flight bound beside the open streams (default "
+                        f"{d.max_concurrent_rpcs})")
+    p.add_argument("--max-streams", type=int, metavar="N",
+                   help=f"most open streams, each on a thread of its own (default "
+                        f"{d.max_streams})")
     p.add_argument("--max-message-bytes", type=int, metavar="N",
                    help=f"gRPC message size limit (default {d.max_message_bytes})")
     p.add_argument("--grace-period", dest="grace_period_s", type=float, metavar="S",
@@ -113,7 +117,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 _FLAG_KEYS = ("grpc_address", "metrics_address", "data_dir", "store_url", "store_key_file",
               "model_path", "kernel_backend", "api_keys_file", "allow_open_loopback",
               "require_device_proof", "presentation_attack_detection", "tls_cert_file", "tls_key_file", "tls_client_ca_file",
-              "reuse_port", "max_workers", "max_concurrent_rpcs", "max_message_bytes", "grace_period_s",
+              "reuse_port", "max_workers", "max_concurrent_rpcs", "max_streams",
+              "max_message_bytes", "grace_period_s",
               "lockout_threshold", "lockout_seconds", "rate_limit_per_s", "rate_limit_burst",
               "rate_limit_lease", "session_ttl_s", "audit_retention_days")
 

@@ -6,9 +6,15 @@
 - Limits: ``max_message_bytes`` (default 16 MiB) both ways — a 4-s 16-channel window
   at 1000 Hz is 256 KiB, an enrollment of a few minutes a few MB; a larger message
   gets ``RESOURCE_EXHAUSTED`` from gRPC before it reaches any handler.
-  ``max_concurrent_rpcs`` bounds the calls in flight: beyond it gRPC answers
-  ``RESOURCE_EXHAUSTED`` at once (counted by the interceptor, see
-  ``AuthInterceptor.watch_concurrency``); ``max_workers`` threads serve them.
+  ``max_workers`` threads serve the unary calls. An open stream (``AuthenticateStream``,
+  ``ContinuousAuthenticate``, reflection) holds a thread for its whole life (hours for a
+  headset under continuous authentication), so the streams run on threads of their own,
+  at most ``max_streams`` (:class:`~nacf_core.server.interceptors.StreamPool`); a stream
+  beyond them is answered ``RESOURCE_EXHAUSTED`` at once. gRPC admits
+  ``max_concurrent_rpcs`` + ``max_streams`` calls in flight, so the unary calls keep
+  ``max_concurrent_rpcs`` of them and their ``max_workers`` threads however many
+  streams are open; beyond it gRPC answers ``RESOURCE_EXHAUSTED`` at once (counted by
+  the interceptor, see ``AuthInterceptor.watch_concurrency``).
 - Transport: TLS when ``tls_cert_file``/``tls_key_file`` are set, mTLS when
   ``tls_client_ca_file`` is set too.  Plaintext only on a loopback address (the log
   says so); anything else is refused at start.
@@ -35,7 +41,7 @@ from grpc_reflection.v1alpha import reflection
 from nacf_core import __version__
 from nacf_core.config import Config, parse_address
 from nacf_core.errors import FailedPrecondition
-from nacf_core.server.interceptors import AuthInterceptor
+from nacf_core.server.interceptors import AuthInterceptor, StreamPool
 from nacf_core.server.servicer import SERVICE_NAME, add_to_server
 from nacf_core.service import AuthService
 
@@ -318,6 +324,7 @@ class NacfServer:
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self.server: grpc.Server | None = None
         self._executor: futures.ThreadPoolExecutor | None = None
+        self._streams: StreamPool | None = None
         self._interceptor: AuthInterceptor | None = None
         self.port = 0
         self._stop = threading.Event()
@@ -347,15 +354,16 @@ class NacfServer:
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ]
+        self._streams = StreamPool(cfg.max_streams)
         icp = self._interceptor = AuthInterceptor(
             cfg.api_keys, self.service, self.metrics, open_mode=self.open_mode,
-            mtls=bool(cfg.tls_client_ca_file))
+            mtls=bool(cfg.tls_client_ca_file), streams=self._streams)
         self._executor = futures.ThreadPoolExecutor(max_workers=cfg.max_workers,
                                                     thread_name_prefix="nacf-grpc")
         server = grpc.server(
             self._executor,
             interceptors=[icp], options=opts,
-            maximum_concurrent_rpcs=cfg.max_concurrent_rpcs)
+            maximum_concurrent_rpcs=cfg.max_concurrent_rpcs + cfg.max_streams)
         if not icp.watch_concurrency(server):
             log.warning("calls refused at max_concurrent_rpcs will not be counted in "
                         "nacfauth_auth_requests_total: this grpcio (%s) does not expose "
@@ -422,6 +430,7 @@ class NacfServer:
                         "transport": transport, "open_mode": self.open_mode,
                         "max_message_bytes": cfg.max_message_bytes,
                         "max_concurrent_rpcs": cfg.max_concurrent_rpcs,
+                        "max_workers": cfg.max_workers, "max_streams": cfg.max_streams,
                         "require_device_proof": cfg.require_device_proof,
                         "model_version": self.service.model_version})
         if not cfg.tls:
@@ -598,11 +607,14 @@ class NacfServer:
         self._stopped.set()
 
     def _wait_for_handlers(self, timeout_s: float) -> bool:
-        """Wait until the gRPC pool's handlers have returned (at most ``timeout_s``)."""
+        """Wait until the handlers of the gRPC pool and the stream pool have returned (at
+        most ``timeout_s``)."""
         done = threading.Event()
 
         def shutdown() -> None:
-            self._executor.shutdown(wait=True)
+            for pool in (self._executor, self._streams):
+                if pool is not None:
+                    pool.shutdown(wait=True)
             done.set()
 
         threading.Thread(target=shutdown, name="nacf-stop", daemon=True).start()

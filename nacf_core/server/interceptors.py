@@ -30,9 +30,16 @@ and the handler on one dedicated thread, one at a time (the service's gate held)
 under the GIL more would not run in parallel, and the pool threads would hand it back
 and forth.
 
-The concurrency bound itself is gRPC's ``maximum_concurrent_rpcs`` (see ``app.py``):
-a call beyond it is answered ``RESOURCE_EXHAUSTED`` at once, before any worker
-thread is taken, instead of waiting in an unbounded queue. gRPC asks the interceptor
+A request-streaming call (``AuthenticateStream``, ``ContinuousAuthenticate``,
+reflection) holds its thread as long as it is open, so it runs on a
+:class:`StreamPool` of ``max_streams`` threads, never on the unary calls' workers; one
+that comes with ``max_streams`` streams open is answered ``RESOURCE_EXHAUSTED`` at once
+(before any check), counted as such and logged (``streams_busy``, at most a line every
+10 s). Nothing of this touches a unary call.
+
+The concurrency bound itself is gRPC's ``maximum_concurrent_rpcs`` (``max_concurrent_rpcs``
++ ``max_streams``, see ``app.py``): a call beyond it is answered ``RESOURCE_EXHAUSTED``
+at once, before any worker thread is taken, instead of waiting in an unbounded queue. gRPC asks the interceptor
 for the call's handler just before it refuses it, so such a call is still counted in
 ``nacfauth_auth_requests_total`` as ``RESOURCE_EXHAUSTED`` and logged (``grpc_busy``,
 at most a line every 10 s) once :meth:`AuthInterceptor.watch_concurrency` is given the
@@ -56,7 +63,8 @@ import grpc
 from nacf_core.errors import InvalidArgument, NacfError
 from nacf_core.service import peer_fields
 
-__all__ = ["CALLER", "METHOD_SCOPES", "AuthInterceptor", "call_active", "call_started",
+__all__ = ["CALLER", "METHOD_SCOPES", "AuthInterceptor", "StreamPool", "call_active",
+           "call_started",
            "client_identity", "deadline_slack", "ended_status", "log_refusal",
            "timeout_granularity"]
 
@@ -250,11 +258,17 @@ class AuthInterceptor(grpc.ServerInterceptor):
         No key required (only ever enabled on loopback, see ``app.py``).
     mtls : bool
         A verified client certificate authenticates the caller.
+    streams : StreamPool, optional
+        The threads of the request-streaming calls (at most ``max_streams``, each on a
+        thread of its own); a stream that comes when they are all taken is refused
+        ``RESOURCE_EXHAUSTED`` at once. ``None``: streams run on the server's pool.
     """
 
     def __init__(self, api_keys: Mapping[str, frozenset[str]], service: Any = None,
-                 metrics: Any = None, *, open_mode: bool = False, mtls: bool = False) -> None:
+                 metrics: Any = None, *, open_mode: bool = False, mtls: bool = False,
+                 streams: StreamPool | None = None) -> None:
         self.set_api_keys(api_keys)
+        self.streams = streams
         self._refusals = _RefusalLog()  # the log lines of calls refused at admission
         self.service = service
         self.metrics = metrics
@@ -317,17 +331,41 @@ class AuthInterceptor(grpc.ServerInterceptor):
             # written on a thread of its own (one every 10 s at most): gRPC's polling
             # thread holds the server's lock here, and a log write that blocks (a full
             # stderr pipe) would stall every call
+            streams = self.streams.max_streams if self.streams is not None else 0
             threading.Thread(target=log.warning, name="nacf-grpc-busy-log", daemon=True, args=(
                 "%s refused with RESOURCE_EXHAUSTED: %d calls in flight, the bound "
-                "(--max-concurrent-rpcs)", method, bound), kwargs={"extra": {
+                "(--max-concurrent-rpcs%s)", method, bound,
+                " + --max-streams" if streams else ""), kwargs={"extra": {
                     "event_type": "grpc_busy", "method": method,
-                    "status": "RESOURCE_EXHAUSTED", "max_concurrent_rpcs": bound,
+                    "status": "RESOURCE_EXHAUSTED", "max_concurrent_rpcs": bound - streams,
+                    **({"max_streams": streams} if streams else {}),
                     **({"suppressed": suppressed} if suppressed else {})}}).start()
 
     def close(self) -> None:
         """Stop the authentication thread (after the server has drained)."""
         if self._engine is not None:
             self._engine.shutdown(wait=True)
+
+    def refuse_stream(self, context: grpc.ServicerContext, method: str, key: str | None,
+                      is_reflection: bool, t0: float) -> None:
+        """Refuse a stream that came while ``max_streams`` streams were open: counted
+        ``RESOURCE_EXHAUSTED`` (reflection is not counted), logged (``streams_busy``, at
+        most a line every 10 s), aborted. The caller is not authenticated (as at gRPC's
+        concurrency bound): its ``user_type`` is what its key or transport says."""
+        bound = self.streams.max_streams
+        if not is_reflection and self.metrics is not None:
+            self._observe(method, "RESOURCE_EXHAUSTED", time.perf_counter() - t0,
+                          self.user_type_of(context, key))
+        suppressed = self._refusals.admit("streams_busy", "")
+        if suppressed is not None:
+            log.warning("%s refused with RESOURCE_EXHAUSTED: %d streams open, the bound "
+                        "(--max-streams)", method, bound, extra={
+                            "event_type": "streams_busy", "method": method,
+                            "status": "RESOURCE_EXHAUSTED", "max_streams": bound,
+                            **({"suppressed": suppressed} if suppressed else {})})
+        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                      f"too many open streams: this server serves at most {bound} at once "
+                      f"(option max_streams, --max-streams); retry later.")
 
     # ------------------------------------------------------------------------------
     def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails):
@@ -445,6 +483,53 @@ class AuthInterceptor(grpc.ServerInterceptor):
             self.metrics.observe_rpc(method, name, seconds, user_type)
         except Exception:
             log.exception("metrics recording failed")
+
+
+class StreamPool(futures.ThreadPoolExecutor):
+    """The threads of the open streams: at most ``max_streams``, one per stream.
+
+    The interceptor gives each admitted stream's behavior this pool
+    (``experimental_thread_pool``): grpcio then submits the call here, on its polling
+    thread, right after asking the interceptor for the handler; a call gRPC refuses
+    instead (its concurrency bound) is never submitted. A stream counts as open from its
+    submission until its task (handler, responses, status) has returned, so the count
+    cannot leak, and the interceptor, which asks :meth:`full` on that same polling
+    thread just before, never admits more streams than there are threads: an admitted
+    stream never waits for one. The unary calls keep the server's own pool of
+    ``max_workers`` threads, whatever the streams do."""
+
+    def __init__(self, max_streams: int) -> None:
+        super().__init__(max_workers=max_streams, thread_name_prefix="nacf-stream")
+        self.max_streams = max_streams
+        self._open = 0
+        self._count_lock = threading.Lock()
+
+    @property
+    def open(self) -> int:
+        """How many streams are open (submitted, not yet ended)."""
+        return self._open
+
+    def full(self) -> bool:
+        return self._open >= self.max_streams
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> futures.Future:
+        with self._count_lock:
+            self._open += 1
+        try:
+            return super().submit(self._run, fn, args, kwargs)
+        except BaseException:  # shut down: grpcio's own call of submit fails the same way
+            self._ended()
+            raise
+
+    def _run(self, fn: Callable, args: tuple, kwargs: dict) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self._ended()
+
+    def _ended(self) -> None:
+        with self._count_lock:
+            self._open -= 1
 
 
 def call_active(context: grpc.ServicerContext) -> bool:
@@ -694,20 +779,40 @@ def _wrap(handler: grpc.RpcMethodHandler, icp: AuthInterceptor, method: str,
             return _one_message(_serialised, icp, method, key, handler, arrived, t_arrived)
         return _one_message(lambda req, ctx: _guard(ctx, lambda: inner(req, ctx)), icp, method,
                             key, handler, arrived, t_arrived)
-    if handler.stream_unary:
-        inner_su = handler.stream_unary
-        return grpc.stream_unary_rpc_method_handler(
-            lambda it, ctx: _guard(ctx, lambda: inner_su(it, ctx)),
-            handler.request_deserializer, handler.response_serializer)
     if handler.unary_stream:
         inner_us = handler.unary_stream
         return grpc.unary_stream_rpc_method_handler(
             lambda req, ctx: _guard_stream(ctx, lambda: inner_us(req, ctx)),
             handler.request_deserializer, handler.response_serializer)
-    inner_ss = handler.stream_stream
-    return grpc.stream_stream_rpc_method_handler(
-        lambda it, ctx: _guard_stream(ctx, lambda: inner_ss(it, ctx)),
-        handler.request_deserializer, handler.response_serializer)
+    # a client stream (AuthenticateStream, ContinuousAuthenticate, reflection): it holds
+    # its thread as long as it is open (hours for a headset under ContinuousAuthenticate),
+    # so it runs on the stream pool, never on the unary calls' workers; when the pool's
+    # max_streams streams are open, it is refused at once (on a worker: a moment)
+    pool = icp.streams
+    if pool is not None and pool.full():
+        def refuse(it, ctx):
+            icp.refuse_stream(ctx, method, key, is_reflection,
+                              time.perf_counter() if t_arrived is None else t_arrived)
+        return (grpc.stream_unary_rpc_method_handler if handler.stream_unary
+                else grpc.stream_stream_rpc_method_handler)(
+            refuse, handler.request_deserializer, handler.response_serializer)
+    if handler.stream_unary:
+        inner_su = handler.stream_unary
+
+        def behavior(it, ctx):
+            return _guard(ctx, lambda: inner_su(it, ctx))
+        make = grpc.stream_unary_rpc_method_handler
+    else:
+        inner_ss = handler.stream_stream
+
+        def behavior(it, ctx):
+            return _guard_stream(ctx, lambda: inner_ss(it, ctx))
+        make = grpc.stream_stream_rpc_method_handler
+    if pool is not None:
+        # grpcio runs a behavior that names a pool there (the mechanism of its own
+        # health service); the pool counts the stream from its submission to its end
+        behavior.experimental_thread_pool = pool
+    return make(behavior, handler.request_deserializer, handler.response_serializer)
 
 
 _NO_REQUEST = object()

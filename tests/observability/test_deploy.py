@@ -346,13 +346,15 @@ def _quantity_bytes(q: str) -> int:
 
 
 def test_k8s_memory_limit_holds_the_requests_the_server_admits():
-    """nacf serve admits max_concurrent_rpcs calls at once, each holding its request
+    """nacf serve admits max_concurrent_rpcs unary calls at once, each holding its request
     (up to max_message_bytes) about twice while it is decoded: measured against nacf serve
     with this ConfigMap, 16 Authenticate calls of 16 MiB at once took its peak RSS from
     263 MiB to 778 MiB and 40 (one API key's burst) to 1047 MiB, past the 1 GiB limit: one
-    client could have the kubelet OOM-kill every replica in turn. The limit must hold the
-    idle process (under 300 MiB) and max_concurrent_rpcs requests of the largest size
-    admitted, twice over."""
+    client could have the kubelet OOM-kill every replica in turn. Beside them it serves
+    max_streams open streams, each on a thread of its own, each holding up to four of its
+    messages (two read ahead, one in its reader's hands, one being decided). The limit
+    must hold the idle process (under 300 MiB), max_concurrent_rpcs requests of the
+    largest size admitted twice over and max_streams streams of four such messages."""
     import tomllib
 
     from nacf_core.config import Config
@@ -364,10 +366,12 @@ def test_k8s_memory_limit_holds_the_requests_the_server_admits():
     cfg = tomllib.loads(toml_text)
     defaults = Config()
     rpcs = int(cfg.get("max_concurrent_rpcs", defaults.max_concurrent_rpcs))
+    streams = int(cfg.get("max_streams", defaults.max_streams))
     size = int(cfg.get("max_message_bytes", defaults.max_message_bytes))
     (c,) = dep["spec"]["template"]["spec"]["containers"]
     limit = _quantity_bytes(c["resources"]["limits"]["memory"])
-    need = 300 * (1 << 20) + rpcs * 2 * size
+    need = 300 * (1 << 20) + rpcs * 2 * size + streams * 4 * size
     assert limit >= need, (f"memory limit {limit >> 20} MiB < {need >> 20} MiB: 300 MiB + "
-                           f"{rpcs} calls x 2 x {size >> 20} MiB")
+                           f"{rpcs} calls x 2 x {size >> 20} MiB + {streams} streams x 4 x "
+                           f"{size >> 20} MiB")
 

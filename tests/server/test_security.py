@@ -238,20 +238,26 @@ def _requests(server, method, status, user_type="api_key"):
 
 
 def test_concurrency_bound_answers_resource_exhausted_fast(tmp_path, model_path, caplog):
+    """gRPC admits max_concurrent_rpcs + max_streams calls (2 + 1 here: two GetStats held
+    in a slow store and a stream); the next is answered RESOURCE_EXHAUSTED at once,
+    counted and logged."""
     server, store = _server(tmp_path, model_path, max_workers=2, max_concurrent_rpcs=2,
-                            rate_limit_per_s=1000, rate_limit_burst=1000)
+                            max_streams=1, rate_limit_per_s=1000, rate_limit_burst=1000)
     caplog.set_level(logging.WARNING, logger="nacf.server")
     server.start()
     assert not [r for r in caplog.records
                 if getattr(r, "event_type", "") == "grpc_busy_uncounted"]
     release = threading.Event()
+    release_stats, _ = _slow_stats(server.service)
     try:
         ch = grpc.insecure_channel(server.address)
         stub = pbg.AuthServiceStub(ch)
         md = (("x-api-key", KEY),)
 
-        ts = [_holding_stream(stub, md, release) for _ in range(2)]
-        _wait_in_flight(server, 2)
+        slow = [stub.GetStats.future(pb.GetStatsRequest(), metadata=md, timeout=30)
+                for _ in range(2)]
+        ts = [_holding_stream(stub, md, release)]
+        _wait_in_flight(server, 3)
         t0 = time.perf_counter()
         with pytest.raises(grpc.RpcError) as ei:
             stub.GetStats(pb.GetStatsRequest(), metadata=md, timeout=10)
@@ -271,18 +277,22 @@ def test_concurrency_bound_answers_resource_exhausted_fast(tmp_path, model_path,
                 break
             time.sleep(0.05)
         assert len(busy) == 1 and busy[0].max_concurrent_rpcs == 2, busy
-        assert busy[0].method == "GetStats"
+        assert busy[0].max_streams == 1 and busy[0].method == "GetStats"
         release.set()
+        release_stats.set()
         for t in ts:
             t.join(10)
+        for f in slow:
+            assert f.result(10) is not None
         _wait_in_flight(server, 0)
         assert stub.GetStats(pb.GetStatsRequest(), metadata=md, timeout=10) is not None
         # below the bound nothing more is counted as refused
         assert _requests(server, "GetStats", "RESOURCE_EXHAUSTED") == 1
-        assert _requests(server, "GetStats", "OK") == 1
+        assert _requests(server, "GetStats", "OK") == 3
         ch.close()
     finally:
         release.set()
+        release_stats.set()
         server.stop(0)
         store.close()
 
@@ -290,37 +300,37 @@ def test_concurrency_bound_answers_resource_exhausted_fast(tmp_path, model_path,
 def test_a_call_whose_deadline_passes_while_it_waits_for_a_worker_is_counted(tmp_path,
                                                                             model_path):
     """A unary call admitted below the concurrency bound waits for a worker thread; when
-    every worker is held (by streams) until its deadline passes, gRPC ends it without
-    running its handler. The client saw DEADLINE_EXCEEDED: the RPC metrics count it so
-    (they counted nothing, an overloaded server looked idle)."""
+    every worker is held (by calls in a slow store) until its deadline passes, gRPC ends
+    it without running its handler. The client saw DEADLINE_EXCEEDED: the RPC metrics
+    count it so (they counted nothing, an overloaded server looked idle)."""
     server, store = _server(tmp_path, model_path, max_workers=1, max_concurrent_rpcs=8,
-                            signal_loss_s=3.0, rate_limit_per_s=1000, rate_limit_burst=1000)
+                            rate_limit_per_s=1000, rate_limit_burst=1000)
     server.start()
-    release = threading.Event()
+    release, returned = _slow_stats(server.service)
     try:
         ch = grpc.insecure_channel(server.address)
         stub = pbg.AuthServiceStub(ch)
         md = (("x-api-key", KEY),)
 
-        # the one worker waits for the start message for signal_loss_s
-        t = _holding_stream(stub, md, release)
+        # the one worker waits in the store until released
+        slow = stub.GetStats.future(pb.GetStatsRequest(), metadata=md, timeout=30)
         _wait_in_flight(server, 1)  # taken in first: the one worker runs it first
         for fn, req in ((stub.GetStats, pb.GetStatsRequest()),
                         (stub.Authenticate, pb.AuthenticateRequest(user_id="x"))):
             with pytest.raises(grpc.RpcError) as ei:
                 fn(req, metadata=md, timeout=0.5)
             assert ei.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        t.join(15)
-        t0 = time.monotonic()  # the worker picks the ended calls up after the stream
+        release.set()
+        assert slow.result(10) is not None
+        t0 = time.monotonic()  # the worker picks the ended calls up after the slow one
         while _requests(server, "Authenticate", "DEADLINE_EXCEEDED") < 1:
             if time.monotonic() - t0 > 10:
                 break
             time.sleep(0.05)
         assert _requests(server, "GetStats", "DEADLINE_EXCEEDED") == 1
         assert _requests(server, "Authenticate", "DEADLINE_EXCEEDED") == 1
-        assert _requests(server, "AuthenticateStream", "DEADLINE_EXCEEDED") == 1
         assert stub.GetStats(pb.GetStatsRequest(), metadata=md, timeout=10) is not None
-        assert _requests(server, "GetStats", "OK") == 1
+        assert _requests(server, "GetStats", "OK") == 2
         ch.close()
     finally:
         release.set()
@@ -330,30 +340,32 @@ def test_a_call_whose_deadline_passes_while_it_waits_for_a_worker_is_counted(tmp
 
 def test_a_call_its_client_cancels_while_it_waits_for_a_worker_is_counted(tmp_path,
                                                                           model_path):
-    """A unary call waiting for a worker thread (every worker held by a stream) whose
-    client cancels it: its handler finds it ended and drops it before any work. It was
-    left uncounted (as a request over max_message_bytes would have been counted
-    CANCELLED: gRPC refuses that one only once the handler reads it, so the two do not
-    meet); it is counted CANCELLED, as its client saw, under its caller's user_type."""
+    """A unary call waiting for a worker thread (every worker held by a call in a slow
+    store) whose client cancels it: its handler finds it ended and drops it before any
+    work. It was left uncounted (as a request over max_message_bytes would have been
+    counted CANCELLED: gRPC refuses that one only once the handler reads it, so the two
+    do not meet); it is counted CANCELLED, as its client saw, under its caller's
+    user_type."""
     server, store = _server(tmp_path, model_path, max_workers=1, max_concurrent_rpcs=8,
-                            signal_loss_s=3.0, rate_limit_per_s=1000, rate_limit_burst=1000)
+                            rate_limit_per_s=1000, rate_limit_burst=1000)
     server.start()
-    release = threading.Event()
+    release, returned = _slow_stats(server.service)
     try:
         ch = grpc.insecure_channel(server.address)
         stub = pbg.AuthServiceStub(ch)
         md = (("x-api-key", KEY),)
 
-        t = _holding_stream(stub, md, release)
+        slow = stub.GetStats.future(pb.GetStatsRequest(), metadata=md, timeout=30)
         _wait_in_flight(server, 1)  # taken in first: the one worker runs it first
         futs = [fn.future(req, metadata=md, timeout=60) for fn, req in (
             (stub.GetStats, pb.GetStatsRequest()),
             (stub.Authenticate, pb.AuthenticateRequest(user_id="x")))]
-        _wait_in_flight(server, 3)  # both queued behind the stream
+        _wait_in_flight(server, 3)  # both queued behind the slow call
         for f in futs:
             assert f.cancel() and f.code() == grpc.StatusCode.CANCELLED
-        t.join(15)  # the stream ends after signal_loss_s, long after the cancels came
-        t0 = time.monotonic()  # the worker picks the ended calls up after the stream
+        release.set()  # the slow call returns, long after the cancels came
+        assert slow.result(10) is not None
+        t0 = time.monotonic()  # the worker picks the ended calls up after the slow one
         while (_requests(server, "GetStats", "CANCELLED")
                + _requests(server, "Authenticate", "CANCELLED") < 2
                and time.monotonic() - t0 < 10):
@@ -362,7 +374,7 @@ def test_a_call_its_client_cancels_while_it_waits_for_a_worker_is_counted(tmp_pa
         assert _requests(server, "Authenticate", "CANCELLED") == 1
         assert _requests(server, "GetStats", "DEADLINE_EXCEEDED") == 0
         assert stub.GetStats(pb.GetStatsRequest(), metadata=md, timeout=10) is not None
-        assert _requests(server, "GetStats", "OK") == 1
+        assert _requests(server, "GetStats", "OK") == 2
         ch.close()
     finally:
         release.set()
@@ -1197,7 +1209,7 @@ def test_a_log_write_that_blocks_does_not_stall_the_server(tmp_path, model_path)
     (a full stderr pipe, a stalled log driver) stalled every call, the refused one and
     the completion of those in flight included."""
     server, store = _server(tmp_path, model_path, max_workers=2, max_concurrent_rpcs=1,
-                            rate_limit_per_s=1000, rate_limit_burst=1000)
+                            max_streams=1, rate_limit_per_s=1000, rate_limit_burst=1000)
     stuck, unblock, release = threading.Event(), threading.Event(), threading.Event()
 
     class Blocking(logging.Handler):
@@ -1218,16 +1230,22 @@ def test_a_log_write_that_blocks_does_not_stall_the_server(tmp_path, model_path)
             release.wait(20)
             yield pb.AuthenticateStreamRequest(start=pb.StreamStart(user_id="x"))
 
+        # gRPC admits max_concurrent_rpcs + max_streams = 2 calls: a GetStats held in a
+        # slow store and a stream
+        release_stats, _ = _slow_stats(server.service)
+        slow = stub.GetStats.future(pb.GetStatsRequest(), metadata=md, timeout=30)
         hold = threading.Thread(target=lambda: code_of(stub.AuthenticateStream, gen(),
                                                        metadata=md, timeout=30))
         hold.start()
-        _wait_in_flight(server, 1)
+        _wait_in_flight(server, 2)
         c = code_of(stub.GetStats, pb.GetStatsRequest(), metadata=md, timeout=8)
         assert c == grpc.StatusCode.RESOURCE_EXHAUSTED, c
         assert stuck.wait(10)
         assert _requests(server, "GetStats", "RESOURCE_EXHAUSTED") == 1
         release.set()
+        release_stats.set()
         hold.join(10)
+        assert slow.result(10) is not None
         # the log line is still being written: the stream ends and calls go on
         _wait_in_flight(server, 0)
         assert stub.GetStats(pb.GetStatsRequest(), metadata=md, timeout=8) is not None

@@ -1,0 +1,312 @@
+"""The gRPC server's threads: what open streams may hold, and what is left for the
+unary calls (Authenticate, Enroll, GetStats, ...) whatever the streams do."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import pytest
+from _server_support import CH16, SFREQ, eeg, make_pipeline, proof_md
+from prometheus_client import CollectorRegistry
+
+from nacf_core._proto.nacf.v1 import auth_pb2 as pb
+from nacf_core._proto.nacf.v1 import auth_pb2_grpc as pbg
+from nacf_core.config import Config
+from nacf_core.metrics import Metrics
+from nacf_core.server.app import NacfServer
+from nacf_core.server.converters import block_to_signal
+from nacf_core.service import AuthService
+from nacf_core.store import open_store
+
+KEY = "workers-key-0123456789"
+MD = (("x-api-key", KEY),)
+ALL = frozenset({"authenticate", "enroll", "admin"})
+
+
+def _server(tmp_path, model_path, **kw):
+    cfg = Config(**{"grpc_address": "127.0.0.1:0", "metrics_address": "",
+                    "data_dir": str(tmp_path), "api_keys": {KEY: ALL},
+                    "rate_limit_per_s": 1000, "rate_limit_burst": 1000, **kw})
+    store = open_store(f"sqlite:///{tmp_path / 'n.db'}", bytes(range(32)))
+    metrics = Metrics(CollectorRegistry())
+    svc = AuthService(store, make_pipeline(model_path), cfg, metrics=metrics)
+    return NacfServer(cfg, svc, metrics=metrics, sidecar=False), store
+
+
+def _sig(x, device_id=""):
+    return block_to_signal(x, SFREQ, CH16, device_id)
+
+
+def _requests(server, method, status, user_type="api_key"):
+    v = server.metrics.registry.get_sample_value(
+        "nacfauth_auth_requests_total",
+        {"method": method, "status": status, "user_type": user_type})
+    return v or 0.0
+
+
+def _wait_in_flight(server, n: int, timeout: float = 20.0) -> None:
+    """Wait until gRPC counts ``n`` calls in flight (taken in, not yet ended)."""
+    st = server._interceptor._grpc_state
+    assert st is not None, "this grpcio's count of calls in flight is not found"
+    t0 = time.monotonic()
+    while st.active_rpc_count != n and time.monotonic() - t0 < timeout:
+        time.sleep(0.01)
+    assert st.active_rpc_count == n, (st.active_rpc_count, n)
+
+
+class _Held:
+    """A stream its client holds open: ``AuthenticateStream`` or ``ContinuousAuthenticate``
+    whose start message comes only once :meth:`release` is called (its handler waits for
+    it, up to signal_loss_s); :attr:`error` is what the call ended with."""
+
+    def __init__(self, stub, method: str = "AuthenticateStream", md=MD) -> None:
+        self.go = threading.Event()
+        self.error: grpc.RpcError | None = None
+        self.done = threading.Event()
+
+        def gen():
+            self.go.wait(60)
+            if method == "AuthenticateStream":
+                yield pb.AuthenticateStreamRequest(start=pb.StreamStart(user_id="x"))
+            else:
+                yield pb.ContinuousAuthenticateRequest(
+                    start=pb.ContinuousStart(session_token="x"))
+
+        def run():
+            try:
+                if method == "AuthenticateStream":
+                    stub.AuthenticateStream(gen(), metadata=md, timeout=60)
+                else:
+                    list(stub.ContinuousAuthenticate(gen(), metadata=md, timeout=60))
+            except grpc.RpcError as e:
+                self.error = e
+            finally:
+                self.done.set()
+
+        threading.Thread(target=run, daemon=True).start()
+
+    def release(self) -> None:
+        self.go.set()
+
+
+def _enrolled_session(stub, user="wearer", dev="hs-1"):
+    """Enroll ``user`` (EEGMMIDB S001), bind a headset, authenticate: ``(token, secret)``."""
+    stub.Enroll(pb.EnrollRequest(user_id=user, signals=[_sig(eeg(1, 3, 0, 40))]),
+                metadata=MD, timeout=60)
+    secret = stub.RegisterDevice(pb.RegisterDeviceRequest(user_id=user, device_id=dev),
+                                 metadata=MD, timeout=10).device_secret
+    s = _sig(eeg(1, 3, 60, 8), dev)
+    r = stub.Authenticate(pb.AuthenticateRequest(user_id=user, signal=s), timeout=30,
+                          metadata=(*MD, *proof_md(secret, user, dev, s.samples)))
+    assert r.accepted and r.session_token, r
+    return r.session_token, secret
+
+
+def _continuous(stub, token, dev, stop: threading.Event, updates: list) -> threading.Thread:
+    """A headset under ContinuousAuthenticate: 0.5-s chunks of its wearer's EEG, two a
+    second (twice real time), until ``stop`` is set; its updates go to ``updates``."""
+    x = eeg(1, 3, 70, 40)
+    n = int(0.5 * SFREQ)
+    parts = [x[i:i + n] for i in range(0, x.shape[0] - n + 1, n)]
+
+    def gen():
+        yield pb.ContinuousAuthenticateRequest(start=pb.ContinuousStart(session_token=token))
+        i = 0
+        while not stop.is_set():
+            yield pb.ContinuousAuthenticateRequest(chunk=_sig(parts[i % len(parts)], dev))
+            i += 1
+            stop.wait(0.25)
+
+    def run():
+        try:
+            for u in stub.ContinuousAuthenticate(gen(), metadata=MD, timeout=120):
+                updates.append(u)
+        except grpc.RpcError as e:
+            updates.append(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def test_unary_calls_are_served_while_streams_outnumber_the_workers(tmp_path, model_path):
+    """An open stream held a gRPC worker thread for its whole life (ContinuousAuthenticate
+    for as long as its session is verified: hours), so --max-workers headsets under
+    continuous authentication (8 with the defaults) took every worker and every other
+    call (Authenticate, Enroll, GetStats) waited until a stream ended or its own deadline
+    passed. Streams now run on threads of their own (at most max_streams of them): with
+    2 workers, a headset streaming and three more streams open, the unary calls are
+    answered, and the headset is still verified after them."""
+    server, store = _server(tmp_path, model_path, max_workers=2, max_concurrent_rpcs=16)
+    server.start()
+    stop = threading.Event()
+    held: list[_Held] = []
+    try:
+        with grpc.insecure_channel(server.address) as ch:
+            stub = pbg.AuthServiceStub(ch)
+            token, secret = _enrolled_session(stub)
+            updates: list = []
+            t = _continuous(stub, token, "hs-1", stop, updates)
+            t0 = time.monotonic()
+            while not updates and time.monotonic() - t0 < 30:
+                time.sleep(0.05)
+            assert updates and updates[0].state == pb.ContinuousAuthenticateResponse.VERIFIED
+            held = [_Held(stub), _Held(stub), _Held(stub, "ContinuousAuthenticate")]
+            _wait_in_flight(server, 4)
+            # every unary call is answered well within its deadline
+            st = stub.GetStats(pb.GetStatsRequest(), metadata=MD, timeout=5)
+            assert st.total_users == 1
+            s = _sig(eeg(1, 3, 100, 8), "hs-1")
+            r = stub.Authenticate(pb.AuthenticateRequest(user_id="wearer", signal=s),
+                                  timeout=5,
+                                  metadata=(*MD, *proof_md(secret, "wearer", "hs-1",
+                                                           s.samples)))
+            assert r.accepted
+            v = stub.ValidateSession(pb.ValidateSessionRequest(session_token=token),
+                                     metadata=MD, timeout=5)
+            assert v.valid
+            # the headset's stream went on meanwhile
+            n = len(updates)
+            t0 = time.monotonic()
+            while len(updates) == n and time.monotonic() - t0 < 30:
+                time.sleep(0.05)
+            assert len(updates) > n and updates[-1].state == \
+                pb.ContinuousAuthenticateResponse.VERIFIED, updates[-1]
+            stop.set()
+            t.join(30)
+            for h in held:
+                h.release()
+            for h in held:
+                assert h.done.wait(30)
+    finally:
+        stop.set()
+        for h in held:
+            h.release()
+        server.stop(0)
+        store.close()
+
+
+def _wait_open(server, n: int, timeout: float = 20.0) -> None:
+    """Wait until the stream pool counts ``n`` open streams."""
+    t0 = time.monotonic()
+    while server._streams.open != n and time.monotonic() - t0 < timeout:
+        time.sleep(0.01)
+    assert server._streams.open == n, (server._streams.open, n)
+
+
+def _code(fn, *a, **kw):
+    with pytest.raises(grpc.RpcError) as ei:
+        fn(*a, **kw)
+    return ei.value.code(), ei.value.details()
+
+
+def test_a_stream_beyond_max_streams_is_refused_at_once_and_counted(tmp_path, model_path,
+                                                                   caplog):
+    """With max_streams streams open, another stream is answered RESOURCE_EXHAUSTED at
+    once, naming the option (it does not wait for a thread), counted in
+    nacfauth_auth_requests_total under its method and caller as gRPC's own concurrency
+    refusals are, and logged (streams_busy, a line every 10 s at most); the unary calls
+    are served meanwhile, and a stream is admitted again once one has ended."""
+    server, store = _server(tmp_path, model_path, max_workers=2, max_streams=2,
+                            max_concurrent_rpcs=16, signal_loss_s=30.0)
+    caplog.set_level("WARNING", logger="nacf.server")
+    server.start()
+    held: list[_Held] = []
+    try:
+        with grpc.insecure_channel(server.address) as ch:
+            stub = pbg.AuthServiceStub(ch)
+            held = [_Held(stub), _Held(stub, "ContinuousAuthenticate")]
+            _wait_open(server, 2)
+            start = pb.AuthenticateStreamRequest(start=pb.StreamStart(user_id="x"))
+            code, msg = _code(stub.AuthenticateStream, iter([start]), metadata=MD, timeout=5)
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, (code, msg)
+            assert "max_streams" in msg and "at most 2" in msg, msg
+            cstart = pb.ContinuousAuthenticateRequest(start=pb.ContinuousStart(session_token="x"))
+            code, msg = _code(lambda: list(stub.ContinuousAuthenticate(
+                iter([cstart]), metadata=MD, timeout=5)))
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_streams" in msg, msg
+            code, _ = _code(stub.AuthenticateStream, iter([start]), timeout=5)  # no key
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert _requests(server, "AuthenticateStream", "RESOURCE_EXHAUSTED") == 1
+            assert _requests(server, "ContinuousAuthenticate", "RESOURCE_EXHAUSTED") == 1
+            assert _requests(server, "AuthenticateStream", "RESOURCE_EXHAUSTED",
+                             "anonymous") == 1
+            busy = [r for r in caplog.records if getattr(r, "event_type", "") == "streams_busy"]
+            assert len(busy) == 1 and busy[0].max_streams == 2, busy
+            assert busy[0].method == "AuthenticateStream"
+            assert stub.GetStats(pb.GetStatsRequest(), metadata=MD, timeout=5) is not None
+            assert server._streams.open == 2  # the refused streams were never open
+            held[0].release()
+            assert held[0].done.wait(30)
+            _wait_open(server, 1)
+            code, msg = _code(stub.AuthenticateStream, iter([start]), metadata=MD, timeout=5)
+            assert code == grpc.StatusCode.NOT_FOUND, (code, msg)  # admitted: user 'x'
+            assert _requests(server, "AuthenticateStream", "RESOURCE_EXHAUSTED") == 1
+    finally:
+        for h in held:
+            h.release()
+        server.stop(0)
+        store.close()
+
+
+def test_a_stream_gives_its_slot_back_however_it_ends(tmp_path, model_path):
+    """A stream counts against max_streams from the moment gRPC hands it over to its end,
+    whatever that end: refused by the key check, cancelled by its client, its deadline
+    passed, or the stream never handed over (gRPC refused it at its own concurrency
+    bound). With max_streams=1, a stream is admitted after each."""
+    server, store = _server(tmp_path, model_path, max_workers=1, max_streams=1,
+                            max_concurrent_rpcs=1, signal_loss_s=30.0)
+    server.start()
+    start = pb.AuthenticateStreamRequest(start=pb.StreamStart(user_id="x"))
+
+    def admitted(stub):
+        _wait_open(server, 0)
+        code, msg = _code(stub.AuthenticateStream, iter([start]), metadata=MD, timeout=10)
+        assert code == grpc.StatusCode.NOT_FOUND, (code, msg)
+
+    release = threading.Event()
+    try:
+        with grpc.insecure_channel(server.address) as ch:
+            stub = pbg.AuthServiceStub(ch)
+            code, _ = _code(stub.AuthenticateStream, iter([start]), timeout=10)  # no key
+            assert code == grpc.StatusCode.UNAUTHENTICATED
+            admitted(stub)
+
+            def silent():
+                release.wait(60)
+                yield start
+
+            f = stub.AuthenticateStream.future(silent(), metadata=MD, timeout=60)
+            _wait_open(server, 1)
+            assert f.cancel()
+            admitted(stub)
+            code, _ = _code(stub.AuthenticateStream, silent(), metadata=MD, timeout=1)
+            assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+            admitted(stub)
+            # gRPC admits max_concurrent_rpcs + max_streams = 2 calls: a GetStats held in
+            # its handler and a stream; a third call, a stream, is refused by gRPC itself
+            orig, entered = server.service.stats, threading.Event()
+
+            def slow_stats():
+                entered.set()
+                release.wait(30)
+                return orig()
+
+            server.service.stats = slow_stats
+            slow = stub.GetStats.future(pb.GetStatsRequest(), metadata=MD, timeout=60)
+            assert entered.wait(10)
+            h = _Held(stub)
+            _wait_in_flight(server, 2)
+            code, msg = _code(stub.AuthenticateStream, iter([start]), metadata=MD, timeout=10)
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_streams" not in msg
+            release.set()
+            h.release()
+            assert slow.result(30) is not None and h.done.wait(30)
+            server.service.stats = orig
+            admitted(stub)
+    finally:
+        release.set()
+        server.stop(0)
+        store.close()
