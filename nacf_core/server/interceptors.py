@@ -20,6 +20,10 @@ is logged as a ``security_event`` (``missing_api_key``,
 ``unknown_api_key``, ``insufficient_scope``, ``rate_limited``) with the method, the
 caller's address and, once its key is known, its client id (never the key).
 
+The ``grpc.health.v1`` calls (no key, no check) run on threads of their own
+(:data:`HEALTH_THREADS`) and wait :data:`HEALTH_REQUEST_WAIT_S` at most for their
+request: anyone can open them.
+
 Request bytes that are not a valid protobuf message of the method's request type
 (corrupt wire format, a string field that is not UTF-8: what a client other than the
 generated stubs can send) get ``INVALID_ARGUMENT`` saying so, after steps 1-3, for
@@ -282,6 +286,10 @@ class AuthInterceptor(grpc.ServerInterceptor):
         self._gate = getattr(service, "authenticate_gate", None)
         self._engine = (futures.ThreadPoolExecutor(1, thread_name_prefix="nacf-authenticate")
                         if self._gate is not None else None)
+        # grpc.health.v1 needs no key: its calls run here, never on the workers, and wait
+        # HEALTH_REQUEST_WAIT_S at most for their request (see _health_handler)
+        self._health_pool = futures.ThreadPoolExecutor(HEALTH_THREADS,
+                                                       thread_name_prefix="nacf-health-rpc")
 
     def set_api_keys(self, api_keys: Mapping[str, frozenset[str]]) -> None:
         """Accept exactly these keys from the next call on (one reference swap: a call
@@ -342,9 +350,10 @@ class AuthInterceptor(grpc.ServerInterceptor):
                     **({"suppressed": suppressed} if suppressed else {})}}).start()
 
     def close(self) -> None:
-        """Stop the authentication thread (after the server has drained)."""
+        """Stop the authentication and health threads (after the server has drained)."""
         if self._engine is not None:
             self._engine.shutdown(wait=True)
+        self._health_pool.shutdown(wait=True)
 
     def refuse_stream(self, context: grpc.ServicerContext, method: str, key: str | None,
                       is_reflection: bool, t0: float) -> None:
@@ -378,7 +387,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return handler
         if method_path.startswith(_HEALTH):
-            return _wrap_decoding(handler, method_path.rsplit("/", 1)[-1])
+            return _health_handler(handler, method_path.rsplit("/", 1)[-1], self._health_pool)
         method = method_path.rsplit("/", 1)[-1]
         is_reflection = method_path.startswith(_REFLECTION)
         metadata = details.invocation_metadata or ()
@@ -680,6 +689,65 @@ def _wrap_decoding(handler: grpc.RpcMethodHandler, method: str, raising: bool = 
     f = handler.stream_stream
     return grpc.stream_stream_rpc_method_handler(
         lambda it, ctx: f(_decoded_stream(it, ctx, method, raising), ctx), des, ser)
+
+
+#: Threads of the grpc.health.v1 calls (the interceptor's own pool).
+HEALTH_THREADS = 2
+#: How long a grpc.health.v1 call may take to send its request (a few bytes) once a
+#: health thread takes it up; then the call is cancelled.
+HEALTH_REQUEST_WAIT_S = 5.0
+
+
+def _health_request(it: Any, ctx: grpc.ServicerContext, method: str) -> Any:
+    """The one request of a health call, read within :data:`HEALTH_REQUEST_WAIT_S` (else
+    the call is cancelled); ``UNIMPLEMENTED`` when its client closed its side without one
+    (as grpcio answers), ``INVALID_ARGUMENT`` for undecodable bytes."""
+    timer = threading.Timer(HEALTH_REQUEST_WAIT_S, ctx.cancel)
+    timer.daemon = True
+    timer.start()
+    try:
+        req = next(it, _NO_REQUEST)
+    except grpc.RpcError:  # cancelled: by its client, or the timer
+        ctx.abort(grpc.StatusCode.CANCELLED, f"no {method} request within "
+                                             f"{HEALTH_REQUEST_WAIT_S:g} s.")
+    finally:
+        timer.cancel()
+    if req is _NO_REQUEST:
+        ctx.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} requires exactly one request "
+                                                 "message.")
+    return _decoded(req, ctx, method)
+
+
+def _health_handler(handler: grpc.RpcMethodHandler, method: str,
+                    pool: futures.ThreadPoolExecutor) -> grpc.RpcMethodHandler:
+    """A grpc.health.v1 handler (needs no key) served on ``pool``, its request read by
+    :func:`_health_request`. grpcio reads a unary request on the call's thread and waits
+    for it as long as the call lasts: anyone could open --max-workers Check or Watch calls
+    that never send theirs and leave no worker for any other call. Here they wait on the
+    health threads, and for a few seconds at most. ``Watch`` stays non-blocking (see
+    :func:`_wrap_decoding`); undecodable requests are ``INVALID_ARGUMENT``."""
+    des, ser = _lenient(handler.request_deserializer), handler.response_serializer
+    if handler.unary_unary:
+        f = handler.unary_unary
+
+        def unary(it, ctx):
+            return f(_health_request(it, ctx, method), ctx)
+
+        unary.experimental_thread_pool = pool
+        return grpc.stream_unary_rpc_method_handler(unary, des, ser)
+    if handler.unary_stream:
+        g = handler.unary_stream
+        if getattr(g, "experimental_non_blocking", False):
+            def watch(it, ctx, send_response_callback=None):
+                return g(_health_request(it, ctx, method), ctx, send_response_callback)
+
+            watch.experimental_non_blocking = True
+        else:
+            def watch(it, ctx):
+                return g(_health_request(it, ctx, method), ctx)
+        watch.experimental_thread_pool = pool
+        return grpc.stream_stream_rpc_method_handler(watch, des, ser)
+    return _wrap_decoding(handler, method)
 
 
 def _wrap(handler: grpc.RpcMethodHandler, icp: AuthInterceptor, method: str,

@@ -310,3 +310,58 @@ def test_a_stream_gives_its_slot_back_however_it_ends(tmp_path, model_path):
         release.set()
         server.stop(0)
         store.close()
+
+
+def test_health_calls_that_never_send_their_request_hold_no_worker(tmp_path, model_path,
+                                                                   monkeypatch):
+    """grpc.health.v1 needs no key (probes), and grpcio reads a unary request on a worker
+    thread, waiting for it as long as the call lasts: anyone, without a key, could open
+    --max-workers Check (or Watch) calls, never send their request and leave no thread
+    for any other call (every GetStats and Authenticate timed out). The health service
+    runs on threads of its own, and a request that does not come within
+    HEALTH_REQUEST_WAIT_S (5 s; 1 s here) ends the call."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from nacf_core.server import interceptors
+
+    monkeypatch.setattr(interceptors, "HEALTH_REQUEST_WAIT_S", 1.0)
+    server, store = _server(tmp_path, model_path, max_workers=2, max_concurrent_rpcs=16)
+    server.start()
+    stop = threading.Event()
+
+    def never():
+        stop.wait(60)
+        yield from ()
+
+    try:
+        with grpc.insecure_channel(server.address) as ch:
+            calls = [ch.stream_unary("/grpc.health.v1.Health/Check").future(never(),
+                                                                           timeout=60)
+                     for _ in range(3)]
+            watches = [ch.stream_stream("/grpc.health.v1.Health/Watch")(never(), timeout=60)
+                       for _ in range(3)]
+            _wait_in_flight(server, 6)
+            st = pbg.AuthServiceStub(ch).GetStats(pb.GetStatsRequest(), metadata=MD,
+                                                  timeout=5)
+            assert st.total_users == 0
+            for c in calls:
+                assert c.exception(timeout=30) is not None
+            for w in watches:
+                w.cancel()
+            h = health_pb2_grpc.HealthStub(ch)
+            assert h.Check(health_pb2.HealthCheckRequest(), timeout=10).status == \
+                health_pb2.HealthCheckResponse.SERVING
+            w = h.Watch(health_pb2.HealthCheckRequest(), timeout=10)
+            assert next(w).status == health_pb2.HealthCheckResponse.SERVING
+            w.cancel()
+            # as grpcio answers: no request at all, bytes that are no request
+            code, _ = _code(ch.stream_unary("/grpc.health.v1.Health/Check"), iter([]),
+                            timeout=10)
+            assert code == grpc.StatusCode.UNIMPLEMENTED
+            code, _ = _code(ch.unary_unary("/grpc.health.v1.Health/Check"), b"\xff\xff",
+                            timeout=10)
+            assert code == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        stop.set()
+        server.stop(0)
+        store.close()
