@@ -355,6 +355,13 @@ class AuthInterceptor(grpc.ServerInterceptor):
             self._engine.shutdown(wait=True)
         self._health_pool.shutdown(wait=True)
 
+    @property
+    def stream_idle_s(self) -> float | None:
+        """How long a stream may send nothing (the service's ``signal_loss_s``); ``None``
+        without a service."""
+        loss = getattr(getattr(self.service, "config", None), "signal_loss_s", None)
+        return float(loss) if loss is not None else None
+
     def refuse_stream(self, context: grpc.ServicerContext, method: str, key: str | None,
                       is_reflection: bool, t0: float) -> None:
         """Refuse a stream that came while ``max_streams`` streams were open: counted
@@ -691,6 +698,22 @@ def _wrap_decoding(handler: grpc.RpcMethodHandler, method: str, raising: bool = 
         lambda it, ctx: f(_decoded_stream(it, ctx, method, raising), ctx), des, ser)
 
 
+def _idle_bounded(fn: Callable, it: Any, ctx: grpc.ServicerContext, idle_s: float) -> Any:
+    """The responses of the stream handler ``fn(requests, ctx)`` whose requests are read
+    ahead on a thread of their own (``ClientStream``): none for ``idle_s`` seconds ends
+    the call ``DEADLINE_EXCEEDED``."""
+    from nacf_core.errors import DeadlineExceeded
+    from nacf_core.service import ClientStream
+
+    stream = ClientStream(it, idle_s=idle_s)
+    try:
+        yield from fn(iter(stream), ctx)
+    except DeadlineExceeded as e:
+        ctx.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(e))
+    finally:
+        stream.close()
+
+
 #: Threads of the grpc.health.v1 calls (the interceptor's own pool).
 HEALTH_THREADS = 2
 #: How long a grpc.health.v1 call may take to send its request (a few bytes) once a
@@ -872,9 +895,15 @@ def _wrap(handler: grpc.RpcMethodHandler, icp: AuthInterceptor, method: str,
         make = grpc.stream_unary_rpc_method_handler
     else:
         inner_ss = handler.stream_stream
-
-        def behavior(it, ctx):
-            return _guard_stream(ctx, lambda: inner_ss(it, ctx))
+        idle_s = icp.stream_idle_s if is_reflection else None
+        if idle_s is not None:
+            # reflection waits for its client's next request as long as the call lasts:
+            # one that sends nothing for signal_loss_s ends, as nacf's own streams do
+            def behavior(it, ctx):
+                return _guard_stream(ctx, lambda: _idle_bounded(inner_ss, it, ctx, idle_s))
+        else:
+            def behavior(it, ctx):
+                return _guard_stream(ctx, lambda: inner_ss(it, ctx))
         make = grpc.stream_stream_rpc_method_handler
     if pool is not None:
         # grpcio runs a behavior that names a pool there (the mechanism of its own

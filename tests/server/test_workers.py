@@ -365,3 +365,58 @@ def test_health_calls_that_never_send_their_request_hold_no_worker(tmp_path, mod
         stop.set()
         server.stop(0)
         store.close()
+
+
+def test_a_silent_reflection_stream_gives_its_slot_back(tmp_path, model_path):
+    """Reflection (any valid key) is a bidirectional stream whose handler waits for the
+    client's next request as long as the call lasts: a client that opened max_streams of
+    them and sent nothing (or a grpcurl left hanging) kept every stream slot, and every
+    headset's stream was refused. A reflection stream that sends nothing for
+    signal_loss_s now ends (DEADLINE_EXCEEDED), as nacf's own streams do; one that asks
+    is answered as before."""
+    from grpc_reflection.v1alpha import reflection_pb2 as rpb
+    from grpc_reflection.v1alpha import reflection_pb2_grpc as rpbg
+
+    server, store = _server(tmp_path, model_path, max_workers=2, max_streams=2,
+                            signal_loss_s=1.0)
+    server.start()
+    stop = threading.Event()
+
+    def silent():
+        stop.wait(60)
+        yield from ()
+
+    try:
+        with grpc.insecure_channel(server.address) as ch:
+            refl = rpbg.ServerReflectionStub(ch)
+            calls = [refl.ServerReflectionInfo(silent(), metadata=MD, timeout=60)
+                     for _ in range(2)]
+            _wait_open(server, 2)
+            done = threading.Event()
+            codes = []
+
+            def drain(c):
+                try:
+                    list(c)
+                except grpc.RpcError as e:
+                    codes.append(e.code())
+                if len(codes) == 2:
+                    done.set()
+
+            for c in calls:
+                threading.Thread(target=drain, args=(c,), daemon=True).start()
+            assert done.wait(20), codes
+            assert codes == [grpc.StatusCode.DEADLINE_EXCEEDED] * 2, codes
+            _wait_open(server, 0)
+            (r,) = refl.ServerReflectionInfo(
+                iter([rpb.ServerReflectionRequest(list_services="")]), metadata=MD,
+                timeout=10)
+            assert "nacf.v1.AuthService" in {s.name for s in r.list_services_response.service}
+            start = pb.AuthenticateStreamRequest(start=pb.StreamStart(user_id="x"))
+            code, _ = _code(pbg.AuthServiceStub(ch).AuthenticateStream, iter([start]),
+                            metadata=MD, timeout=10)
+            assert code == grpc.StatusCode.NOT_FOUND  # admitted
+    finally:
+        stop.set()
+        server.stop(0)
+        store.close()
