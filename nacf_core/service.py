@@ -1018,21 +1018,32 @@ class AuthService:
             if buf.seconds < self.rec.window_s * (n_done + 1):
                 continue
             t0 = time.perf_counter()
-            w = self.rec.windows(buf.block())
-            acc = np.asarray(w.accepted, dtype=bool)
-            for j in range(n_done, len(acc)):
-                # the test takes the fused score of every accepted window so far
-                # (None for a window the quality gate rejected: it only costs time)
-                if acc[j]:
-                    n_scored += 1
-                    fused = float(self.rec.decide(w.select(slice(0, j + 1)), template).score)
-                    decision = test.update(fused)
-                else:
-                    decision = test.update(None)
-                if decision is not None:
-                    w = w.select(slice(0, j + 1))
+            # at the model's rate a window depends on the signal up to its end only, so
+            # the windows of the whole buffer are those of any prefix; at another rate the
+            # resampling reads the whole block it is given (its edges, the line it fits end
+            # to end), so each window is cut from the signal up to its own end, as
+            # Authenticate on those samples cuts it, however the client chunked them
+            resampled = buf.sfreq != self.rec.model.sfreq
+            while decision is None and buf.seconds >= self.rec.window_s * (n_done + 1):
+                w = self.rec.windows(buf.block(
+                    first_seconds=(n_done + 1) * win if resampled else None))
+                acc = np.asarray(w.accepted, dtype=bool)
+                if len(acc) <= n_done:  # no whole window more after all (never expected)
                     break
-            n_done = len(acc)
+                for j in range(n_done, len(acc)):
+                    # the test takes the fused score of every accepted window so far
+                    # (None for a window the quality gate rejected: it only costs time)
+                    if acc[j]:
+                        n_scored += 1
+                        fused = float(self.rec.decide(w.select(slice(0, j + 1)),
+                                                      template).score)
+                        decision = test.update(fused)
+                    else:
+                        decision = test.update(None)
+                    if decision is not None:
+                        w = w.select(slice(0, j + 1))
+                        break
+                n_done = len(acc)
             t_proc += time.perf_counter() - t0
             if decision is not None or buf.seconds >= limit:
                 break

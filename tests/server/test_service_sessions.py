@@ -1,5 +1,5 @@
-"""Sessions and continuous authentication in process: how a ContinuousAuthenticate
-stream ends its session, and what it tells the client."""
+"""Sessions and streaming authentication in process: how a ContinuousAuthenticate stream
+ends its session and what it tells the client, and what an AuthenticateStream decides on."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import uuid
 import numpy as np
 import psycopg
 import pytest
-from _server_support import SFREQ, eeg, make_pipeline, signal_block, sqlite_service
+from _server_support import CH16, SFREQ, eeg, make_pipeline, signal_block, sqlite_service
 from prometheus_client import CollectorRegistry
 
 from nacf_core.config import Config
@@ -219,3 +219,48 @@ def test_a_stream_ending_a_session_another_call_ended_gives_that_calls_reason(sv
     assert (u.state, u.reason) == ("ended", want)
     v = svc.validate_session(token)
     assert (v.valid, v.reason) == (False, "unknown" if ended_by == "DeleteUser" else want)
+
+
+@pytest.mark.parametrize("rate", [125.0, 250.0])
+def test_a_streams_decision_is_authenticates_on_the_samples_it_used_however_chunked(
+        tmp_path, model_path, rate):
+    """A headset recording at another rate than the model's (a Cyton at 250 Hz, with the
+    Daisy at 125 Hz, for a 160 Hz model) is resampled, and the resampling reads the whole
+    block it is given (its edges, the line it fits end to end): AuthenticateStream cut its
+    windows from everything buffered, the end of the last chunk included, so the same
+    samples scored otherwise when the client cut them otherwise (-0.163471 in one chunk,
+    -0.163457 in 4-s chunks) and otherwise than Authenticate on the samples the decision
+    used. Each window is now cut from the signal up to its own end, as Authenticate on
+    those samples cuts it: the answer depends on the samples alone."""
+    from fractions import Fraction
+
+    from scipy.signal import resample_poly
+
+    from nacf_core.pipeline import samples_for
+    from nacf_core.service import SignalBlock
+
+    svc = sqlite_service(tmp_path, model_path, require_device_proof=False,
+                         lockout_threshold=1000)
+    try:
+        svc.enroll("c1", [signal_block(eeg(1, 3, 0, 40))])
+        f = Fraction(rate / SFREQ).limit_denominator(1000)
+
+        def block(x):
+            x = np.ascontiguousarray(x, dtype="<f4")
+            return SignalBlock(x, rate, tuple(CH16), "", x.tobytes())
+
+        for wearer in (1, 5):  # the user, then an impostor
+            x = resample_poly(eeg(wearer, 7, 0, 24).astype(np.float64), f.numerator,
+                              f.denominator, axis=0).astype(np.float32)
+            got = []
+            for n in (len(x), int(rate // 2), 97, 333, samples_for(4.0, rate) + 1):
+                r = svc.authenticate_stream("c1", [block(x[i:i + n])
+                                                   for i in range(0, len(x), n)])
+                got.append((r.accepted, r.score, r.windows_used, r.seconds_used))
+                one = svc.authenticate("c1", block(x[:samples_for(r.seconds_used, rate)]))
+                assert (one.accepted, one.windows_used) == (r.accepted, r.windows_used)
+                assert one.score == pytest.approx(r.score, abs=1e-9), (wearer, n)
+            assert all(g[0] == got[0][0] and g[2:] == got[0][2:] for g in got), got
+            assert all(g[1] == pytest.approx(got[0][1], abs=1e-9) for g in got), got
+    finally:
+        svc.store.close()
