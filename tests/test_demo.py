@@ -136,3 +136,40 @@ def test_demo_on_a_port_in_use_names_its_own_option(tmp_path):
             "available: give another HOST:PORT, or leave the option out for a free port"
             in proc.stderr), proc.stderr[-2000:]
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("after", [0, 300])
+def test_a_headset_lost_while_streaming_says_so_and_stops_the_server(tmp_path, after):
+    # the serial reader raised in the demo's reader thread (the pty vanished for longer
+    # than reconnect_timeout: PortLost) before the first block or AFTER samples: the thread
+    # died with a traceback and put nothing more, so before the first block the demo
+    # waited for it for ever, and after it the server ended the silent stream
+    # (DEADLINE_EXCEEDED, 'no message for 10 s'), which the demo reported instead
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    code = ("import sys\n"
+            "from nacf_core.hardware import serial_reader as sr\n"
+            "read = sr.CytonReader.read_chunk\n"
+            "got = [0]\n"
+            "def lost(self, timeout=1.0):\n"
+            f"    if got[0] >= {after}:\n"
+            "        raise sr.PortLost(f'serial port {self.port!r} vanished and did not '\n"
+            "                          'come back within 30 s.')\n"
+            "    chunk = read(self, timeout)\n"
+            "    got[0] += chunk.n_times\n"
+            "    return chunk\n"
+            "sr.CytonReader.read_chunk = lost\n"
+            "from nacf_core.cli import main\n"
+            "sys.exit(main(['--log-level', 'WARNING', 'demo', '--people', '2', "
+            "'--speed', '2']))\n")
+    env = dict(os.environ, NACF_KERNEL_BACKEND="cython", TMPDIR=str(tmp))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert re.search(r"nacf demo: the simulated headset failed: serial port '[^']+' "
+                     r"vanished and did not come back within 30 s\.", proc.stderr), \
+        proc.stderr[-2000:]
+    assert "DEADLINE_EXCEEDED" not in proc.stderr
+    assert "nacf demo: stopped cleanly" in proc.stdout
+    assert sorted(os.listdir(tmp)) == []

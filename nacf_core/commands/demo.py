@@ -229,6 +229,8 @@ def _stream_attempt(pb, stub, md, claim: str, device_id: str, secret: str, probe
     sent_at: list[float] = []  # when each chunk was handed to gRPC
     filled = [0]
     blocks: queue.Queue = queue.Queue(maxsize=64)
+    failed: list[BaseException] = []  # what made the reader thread end, if anything
+    wake = threading.Event()  # the call is done, or the headset failed before it was
 
     with SimulatedCyton(probe_path, daisy=True, realtime=True, speed=speed, loop=False) as sim, \
             CytonReader(sim.port, daisy=True) as reader:
@@ -236,20 +238,24 @@ def _stream_attempt(pb, stub, md, claim: str, device_id: str, secret: str, probe
 
         def read_blocks():  # our own thread: the reader is closed only after it ends
             buf, n = [], 0
-            while not stop.is_set():
-                chunk = reader.read_chunk(timeout=0.5)
-                if chunk is None:
-                    break
-                if chunk.n_times == 0:
-                    continue
-                buf.append(chunk.samples)
-                n += chunk.n_times
-                if n >= block_n:
-                    block = _fill_dropped(np.concatenate(buf), filled)
-                    if block is not None:
-                        blocks.put(block)
-                    buf, n = [], 0
-            blocks.put(None)
+            try:
+                while not stop.is_set():
+                    chunk = reader.read_chunk(timeout=0.5)
+                    if chunk is None:
+                        break
+                    if chunk.n_times == 0:
+                        continue
+                    buf.append(chunk.samples)
+                    n += chunk.n_times
+                    if n >= block_n:
+                        block = _fill_dropped(np.concatenate(buf), filled)
+                        if block is not None:
+                            blocks.put(block)
+                        buf, n = [], 0
+            except Exception as e:  # noqa: BLE001 - the headset failed (PortLost, ...)
+                failed.append(e)  # raised by the attempt, not as this thread's traceback
+            finally:
+                blocks.put(None)
 
         def next_block():
             while not stop.is_set():
@@ -269,6 +275,8 @@ def _stream_attempt(pb, stub, md, claim: str, device_id: str, secret: str, probe
         try:
             first = next_block()
             if first is None:
+                if failed:
+                    raise failed[0]
                 raise RuntimeError(f"the simulated headset streamed nothing from {probe_path}")
             ts = int(time.time())
             proof = device_proof(secret, claim, device_id, ts, first.tobytes())
@@ -282,10 +290,21 @@ def _stream_attempt(pb, stub, md, claim: str, device_id: str, secret: str, probe
                 while (samples := next_block()) is not None:
                     sent_at.append(time.perf_counter())
                     yield pb.AuthenticateStreamRequest(chunk=signal(samples))
+                if failed:
+                    # the headset failed: the call is cancelled below, not decided on a
+                    # stream cut short (nor ended by the server for its silence)
+                    wake.set()
+                    stop.wait()
 
             t0 = time.perf_counter()
-            resp = stub.AuthenticateStream(requests(), metadata=metadata, timeout=120)
+            call = stub.AuthenticateStream.future(requests(), metadata=metadata, timeout=120)
+            call.add_done_callback(lambda _: wake.set())
+            wake.wait()
             t1 = time.perf_counter()
+            if failed and not call.done():
+                call.cancel()
+                raise failed[0]
+            resp = call.result()
         finally:
             stop.set()
             thread.join()
