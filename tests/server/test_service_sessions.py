@@ -264,3 +264,37 @@ def test_a_streams_decision_is_authenticates_on_the_samples_it_used_however_chun
             assert all(g[1] == pytest.approx(got[0][1], abs=1e-9) for g in got), got
     finally:
         svc.store.close()
+
+
+def test_a_recording_replayed_on_a_new_stream_of_the_session_ends_it(tmp_path, model_path):
+    """A stolen session token and 12 s of the wearer's recorded ContinuousAuthenticate
+    signal: replayed on one stream, its second pass ends the session (``replay``), but
+    replayed on a new stream each time (a client 'reconnecting') every pass was verified
+    and renewed the session, for ever: the replay check knew only the current stream's
+    own windows. A stream's windows are now checked against the windows of the session's
+    earlier streams too (the last 64, in this process), and its end drops them."""
+    from nacf_core.pad import PresentationAttackDetector
+
+    svc = sqlite_service(tmp_path, model_path)
+    svc.pad = PresentationAttackDetector(list(svc.rec.model.ch_names))
+    try:
+        svc.enroll("rp1", [signal_block(eeg(1, 3, 0, 40))])
+        win = svc.rec.window_s
+        s = svc.store.create_session("rp1", 600)
+        recorded = eeg(1, 7, 0, 3 * win)
+        first = list(svc.continuous(s.token, _blocks(recorded)))
+        assert [u.state for u in first] == ["verified"] * 3, first
+        again = list(svc.continuous(s.token, _blocks(recorded)))  # a new stream, replayed
+        assert (again[-1].state, again[-1].reason) == ("ended", "replay"), again
+        v = svc.validate_session(s.token)
+        assert (v.valid, v.reason) == (False, "replay")
+        # a new stream of new signal on a session is verified, as before
+        s2 = svc.store.create_session("rp1", 600)
+        for start in (0, 3 * win):
+            ups = list(svc.continuous(s2.token, _blocks(eeg(1, 7, 20 + start, 3 * win))))
+            assert [u.state for u in ups] == ["verified"] * 3, (start, ups)
+        assert svc._stream_history and s.session_id not in svc._stream_history
+        svc.end_session(s2.token)
+        assert not svc._stream_history  # the session's end drops its windows' history
+    finally:
+        svc.store.close()
