@@ -66,7 +66,8 @@ _INT_RANGES: dict[str, tuple[int, int]] = {
 #: The number options; each in ``(0, _FLOAT_MAX]``, or ``[lowest, _FLOAT_MAX]`` when
 #: :data:`_FLOAT_LOWEST` gives one.
 _FLOAT_OPTIONS = ("grace_period_s", "proof_max_skew_s", "lockout_seconds", "rate_limit_per_s",
-                  "rate_limit_burst", "session_ttl_s", "stream_max_seconds", "signal_loss_s",
+                  "rate_limit_burst", "session_ttl_s", "session_max_age_s", "stream_max_seconds",
+                  "signal_loss_s",
                   "audit_retention_days", "purge_interval_s")
 #: ``{option: lowest}`` of the number options a smaller positive value would break: a
 #: request takes one whole token, so a bucket of less than one never admits any; a device
@@ -115,6 +116,8 @@ OPTION_HELP: dict[str, str] = {
                         "one store transaction and hands out itself (at most a tenth of the "
                         "burst, held at most 0.5 s; 1: a store write per request)",
     "session_ttl_s": "session lifetime after a successful authentication (seconds)",
+    "session_max_age_s": "longest a session lasts from its opening, however often "
+                         "ContinuousAuthenticate renews it (seconds; NIST SP 800-63B: 12 h)",
     "stream_max_seconds": "AuthenticateStream: most signal seconds before a decision (at "
                           "least one window of the model: 4 s for the shipped one)",
     "continuous_mismatch_windows": "ContinuousAuthenticate: consecutive non-matching windows "
@@ -161,6 +164,7 @@ class Config:
     rate_limit_burst: float = 40.0
     rate_limit_lease: int = 32
     session_ttl_s: float = 900.0
+    session_max_age_s: float = 43200.0
     stream_max_seconds: float = 20.0
     continuous_mismatch_windows: int = 2
     signal_loss_s: float = 10.0
@@ -182,6 +186,10 @@ class Config:
         for name in (*_INT_RANGES, *_FLOAT_OPTIONS):
             _check_range(name, getattr(self, name), f"option {name!r}")
         _check_backend(self.kernel_backend, "option 'kernel_backend'")
+        if self.session_max_age_s < self.session_ttl_s:
+            raise ValueError(f"option 'session_max_age_s' ({self.session_max_age_s:g} s) "
+                             f"is below 'session_ttl_s' ({self.session_ttl_s:g} s): a "
+                             "session would outlive its maximum age; raise it.")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise ValueError("options 'tls_cert_file' and 'tls_key_file' go together; "
                              "got only one of them.")

@@ -1668,7 +1668,8 @@ class AuthService:
         fn = getattr(self.store, "renew_session", None)
         if fn is None:
             return expires
-        s = self._store("renew_session", fn, token, float(self.config.session_ttl_s), now=now)
+        s = self._store("renew_session", fn, token, float(self.config.session_ttl_s),
+                        max_age_s=float(self.config.session_max_age_s), now=now)
         return float(s.expires_at)
 
     # ---------------------------------------------------------------------- devices

@@ -484,3 +484,11 @@ def test_the_readme_lists_every_option_with_its_flag_and_default():
                 shown(getattr(d, k))) for k in OPTION_HELP}
     assert {k: rows.get(k) for k in want} == want
     assert set(OPTION_HELP) == {f.name for f in dataclasses.fields(Config)} - {"api_keys"}
+
+
+def test_a_session_max_age_below_the_session_ttl_is_refused():
+    from nacf_core.config import Config
+
+    with pytest.raises(ValueError, match="'session_max_age_s' .* is below 'session_ttl_s'"):
+        Config(session_ttl_s=900, session_max_age_s=600)
+    assert Config(session_ttl_s=900, session_max_age_s=900).session_max_age_s == 900

@@ -109,6 +109,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         f"{d.rate_limit_lease}; 1: a store write per request)")
     p.add_argument("--session-ttl", dest="session_ttl_s", type=float, metavar="S",
                    help=f"session lifetime (default {d.session_ttl_s:g})")
+    p.add_argument("--session-max-age", dest="session_max_age_s", type=float, metavar="S",
+                   help=f"longest a session lasts however often it is renewed (default "
+                        f"{d.session_max_age_s:g})")
     p.add_argument("--audit-retention-days", type=float, metavar="D",
                    help=f"audit retention (default {d.audit_retention_days:g})")
     p.set_defaults(func=run)
@@ -120,7 +123,8 @@ _FLAG_KEYS = ("grpc_address", "metrics_address", "data_dir", "store_url", "store
               "reuse_port", "max_workers", "max_concurrent_rpcs", "max_streams",
               "max_message_bytes", "grace_period_s",
               "lockout_threshold", "lockout_seconds", "rate_limit_per_s", "rate_limit_burst",
-              "rate_limit_lease", "session_ttl_s", "audit_retention_days")
+              "rate_limit_lease", "session_ttl_s", "session_max_age_s",
+              "audit_retention_days")
 
 
 def _check_data_dir(path: str) -> None:

@@ -815,19 +815,28 @@ class SqlStore(Store):
             f"UPDATE sessions SET ended_at = ?, end_reason = ? WHERE {where} "
             f"RETURNING {self._SESSION_SELECT}", (t, reason, *args)))]
 
-    def renew_session(self, token: str, ttl_s: float, *, now=None) -> Session:
+    def renew_session(self, token: str, ttl_s: float, *, max_age_s: float | None = None,
+                      now=None) -> Session:
         if not isinstance(token, str) or not token:
             raise InvalidArgument("'token' must be a non-empty session token string.")
         ttl_s = check_finite_positive("ttl_s", ttl_s)
+        if max_age_s is not None:
+            max_age_s = check_finite_positive("max_age_s", max_age_s)
         t = _now(now)
         h = token_hash(token)
 
         def fn(tx: Tx) -> tuple | None:
-            # only an active session is renewed; never shortened
-            tx.execute("UPDATE sessions SET expires_at = CASE WHEN expires_at > ? "
-                       "THEN expires_at ELSE ? END, last_verified_at = ? "
+            # only an active session is renewed; never shortened, and never past
+            # created_at + max_age_s
+            if max_age_s is None:
+                new, args = "?", (t + ttl_s,)
+            else:
+                new = "CASE WHEN created_at + ? < ? THEN created_at + ? ELSE ? END"
+                args = (max_age_s, t + ttl_s, max_age_s, t + ttl_s)
+            tx.execute(f"UPDATE sessions SET expires_at = CASE WHEN expires_at > {new} "
+                       f"THEN expires_at ELSE {new} END, last_verified_at = ? "
                        "WHERE token_hash = ? AND ended_at IS NULL AND expires_at > ?",
-                       (t + ttl_s, t + ttl_s, t, h, t))
+                       (*args, *args, t, h, t))
             return tx.one(f"SELECT {self._SESSION_SELECT} FROM sessions WHERE token_hash = ?",
                           (h,))
 

@@ -385,10 +385,11 @@ class Store(abc.ABC):
         when given) with ``reason``; return them as ended."""
 
     @abc.abstractmethod
-    def renew_session(self, token: str, ttl_s: float, *,
+    def renew_session(self, token: str, ttl_s: float, *, max_age_s: float | None = None,
                       now: float | None = None) -> Session:
-        """Extend an active session to ``now + ttl_s`` (never shortens it). ``NotFound``
-        for an unknown token, ``FailedPrecondition`` for an ended or expired one."""
+        """Extend an active session to ``now + ttl_s``, or to its ``created_at +
+        max_age_s`` when that comes first (never shortens it). ``NotFound`` for an
+        unknown token, ``FailedPrecondition`` for an ended or expired one."""
 
     @abc.abstractmethod
     def create_session(self, user_id: str, ttl_s: float, *, device_id: str | None = None,

@@ -13,7 +13,7 @@ from _server_support import CH16, SFREQ, eeg, make_pipeline, signal_block, sqlit
 from prometheus_client import CollectorRegistry
 
 from nacf_core.config import Config
-from nacf_core.errors import DeadlineExceeded, Unavailable
+from nacf_core.errors import DeadlineExceeded, FailedPrecondition, Unavailable
 from nacf_core.metrics import Metrics
 from nacf_core.service import AuthService, ClientStream
 from nacf_core.store import open_store
@@ -296,5 +296,29 @@ def test_a_recording_replayed_on_a_new_stream_of_the_session_ends_it(tmp_path, m
         assert svc._stream_history and s.session_id not in svc._stream_history
         svc.end_session(s2.token)
         assert not svc._stream_history  # the session's end drops its windows' history
+    finally:
+        svc.store.close()
+
+
+def test_a_continuously_verified_session_ends_at_its_maximum_age(tmp_path, model_path):
+    """Every window ContinuousAuthenticate verifies renewed the session to session_ttl_s
+    from then, so a session kept verified never ended: NIST SP 800-63B rev. 3 §4.2.3
+    asks for reauthentication at least every 12 hours regardless of activity. A renewal
+    now stops at ``session_max_age_s`` from the session's opening, and the stream then
+    ends it as expired."""
+    svc = sqlite_service(tmp_path, model_path, session_ttl_s=600, session_max_age_s=900)
+    try:
+        svc.enroll("m1", [signal_block(eeg(1, 3, 0, 40))])
+        t0 = svc.clock()
+        svc.clock = lambda: t0
+        s = svc.store.create_session("m1", 800, now=t0 - 700)  # opened 700 s ago
+        updates = list(svc.continuous(s.token, _blocks(eeg(1, 3, 44, 8))))
+        assert [u.state for u in updates] == ["verified", "verified"], updates
+        assert all(u.session_expires_at == t0 + 200 for u in updates), updates
+        svc.clock = lambda: t0 + 201
+        with pytest.raises(FailedPrecondition, match="expired"):
+            list(svc.continuous(s.token, _blocks(eeg(1, 3, 52, 8))))
+        v = svc.validate_session(s.token)
+        assert (v.valid, v.reason) == (False, "expired")
     finally:
         svc.store.close()

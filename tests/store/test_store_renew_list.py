@@ -44,6 +44,24 @@ def test_renew_session_extends_only_active_sessions(store):
         store.renew_session("no-such-token", 60, now=T0)
 
 
+def test_renew_session_never_past_the_sessions_maximum_age(store):
+    """``max_age_s``: a renewal extends a session to ``created_at + max_age_s`` at most
+    (NIST SP 800-63B rev. 3 §4.2.3: reauthenticate at least every 12 hours, whatever the
+    activity), and never shortens it."""
+    store.put_template("alice", b"x", "m")
+    s = store.create_session("alice", 60, now=T0)
+    assert store.renew_session(s.token, 60, max_age_s=100, now=T0 + 30).expires_at == T0 + 90
+    assert store.renew_session(s.token, 60, max_age_s=100, now=T0 + 80).expires_at == T0 + 100
+    assert store.get_session(s.token).expires_at == T0 + 100
+    with pytest.raises(FailedPrecondition, match="no longer active"):
+        store.renew_session(s.token, 60, max_age_s=100, now=T0 + 100)
+    # a session opened for longer than the maximum age is not shortened by a renewal
+    s2 = store.create_session("alice", 500, now=T0)
+    assert store.renew_session(s2.token, 60, max_age_s=100, now=T0 + 50).expires_at == T0 + 500
+    with pytest.raises(ValueError, match="max_age_s"):
+        store.renew_session(s2.token, 60, max_age_s=-1.0, now=T0 + 50)
+
+
 def test_device_ids_of_many_users_in_one_read(store):
     """ListUsers' headsets of a page: each stored user's device ids, sorted ([] for one
     without), unknown ids left out; more users than one statement's chunk."""
