@@ -492,3 +492,27 @@ def test_a_session_max_age_below_the_session_ttl_is_refused():
     with pytest.raises(ValueError, match="'session_max_age_s' .* is below 'session_ttl_s'"):
         Config(session_ttl_s=900, session_max_age_s=600)
     assert Config(session_ttl_s=900, session_max_age_s=900).session_max_age_s == 900
+
+
+def test_serve_help_names_the_toml_keys_as_they_are_not_as_flags(tmp_path):
+    """``nacf serve --help`` said the TOML keys "are the option names below with '_' for
+    '-'", which reads as the flags with underscores; but the flags are not spelt like the
+    options (--rate-limit is rate_limit_per_s, --session-ttl session_ttl_s, --model
+    model_path), so ``rate_limit = 5`` from --rate-limit was refused as an unknown option.
+    The help now gives the key for a flag as an example, and that example loads."""
+    import re
+
+    from nacf_core.cli import build_parser
+
+    parser = build_parser()
+    serve = parser._subparsers._group_actions[0].choices["serve"]
+    text = serve.format_help()
+    assert "'_' for '-'" not in text
+    m = re.search(r"e\.g\. ([a-z_]+) = ([0-9.]+)\s+for (--[a-z-]+) \2", text)
+    assert m, text[:600]
+    key, value, flag = m.groups()
+    dest = next(a.dest for a in serve._actions if flag in a.option_strings)
+    assert dest == key and key.replace("_", "-") != flag[2:]
+    path = tmp_path / "nacf.toml"
+    path.write_text(f"{key} = {value}\n")
+    assert getattr(load_config(path, env={}), key) == float(value)

@@ -17,7 +17,8 @@ log = logging.getLogger("nacf.serve")
 
 _EPILOG = """\
 Every option can also come from a TOML file (--config FILE, or NACF_CONFIG; the keys
-are the option names below with '_' for '-') and from the environment (NACF_ + the
+are the option names listed at the end, not the flags' spelling: e.g. rate_limit_per_s = 5
+for --rate-limit 5) and from the environment (NACF_ + the
 option name in upper case, e.g. NACF_GRPC_ADDRESS; an empty one counts as unset, but
 NACF_METRICS_ADDRESS= turns the sidecar off and an empty NACF_STORE_URL is refused).
 Precedence: defaults < file < environment < flags.
