@@ -115,7 +115,9 @@ OPTION_HELP: dict[str, str] = {
     "rate_limit_lease": "token bucket: most tokens a process takes from the shared bucket in "
                         "one store transaction and hands out itself (at most a tenth of the "
                         "burst, held at most 0.5 s; 1: a store write per request)",
-    "session_ttl_s": "session lifetime after a successful authentication (seconds)",
+    "session_ttl_s": "seconds a session lasts from its opening, or from the last window a "
+                     "ContinuousAuthenticate stream verified (each renews it, up to "
+                     "session_max_age_s)",
     "session_max_age_s": "longest a session lasts from its opening, however often "
                          "ContinuousAuthenticate renews it (seconds; NIST SP 800-63B: 12 h)",
     "stream_max_seconds": "AuthenticateStream: most signal seconds before a decision (at "

@@ -516,3 +516,18 @@ def test_serve_help_names_the_toml_keys_as_they_are_not_as_flags(tmp_path):
     path = tmp_path / "nacf.toml"
     path.write_text(f"{key} = {value}\n")
     assert getattr(load_config(path, env={}), key) == float(value)
+
+
+def test_session_ttl_help_says_continuous_authentication_renews_it():
+    """The README says a session lasts session_ttl_s from its opening or from the last
+    window ContinuousAuthenticate verified (each renews it: no upper bound while it is
+    verified), but ``nacf serve --help`` gave it as the 'session lifetime after a
+    successful authentication' and --session-ttl as the 'session lifetime', a bound a
+    session kept verified does not have."""
+    from nacf_core.cli import build_parser
+    from nacf_core.config import OPTION_HELP
+
+    serve = build_parser()._subparsers._group_actions[0].choices["serve"]
+    flag = next(a for a in serve._actions if "--session-ttl" in a.option_strings)
+    for text in (OPTION_HELP["session_ttl_s"], flag.help):
+        assert "ContinuousAuthenticate" in text and "renew" in text, text

@@ -109,7 +109,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"tokens taken from the shared bucket at a time (default "
                         f"{d.rate_limit_lease}; 1: a store write per request)")
     p.add_argument("--session-ttl", dest="session_ttl_s", type=float, metavar="S",
-                   help=f"session lifetime (default {d.session_ttl_s:g})")
+                   help="session lifetime from its opening; each window ContinuousAuthenticate "
+                        f"verifies renews it (default {d.session_ttl_s:g})")
     p.add_argument("--session-max-age", dest="session_max_age_s", type=float, metavar="S",
                    help=f"longest a session lasts however often it is renewed (default "
                         f"{d.session_max_age_s:g})")
