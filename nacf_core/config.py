@@ -85,7 +85,7 @@ OPTION_HELP: dict[str, str] = {
     "store_key_file": "file holding the template-encryption key (NACF_TEMPLATE_KEY or "
                       "NACF_TEMPLATE_KEY_FILE win; default: DATA_DIR/nacf.key, created 0600 "
                       "if missing)",
-    "model_path": "model file (default: the shipped model for the montage)",
+    "model_path": "model file (default: the shipped 16-channel model, eegmmidb-16ch)",
     "kernel_backend": "kernel backend: cython, numba or reference",
     "reuse_port": "SO_REUSEPORT: several nacf serve processes on one host share grpc_address "
                   "(scale with processes; give each its own metrics_address)",

@@ -531,3 +531,16 @@ def test_session_ttl_help_says_continuous_authentication_renews_it():
     flag = next(a for a in serve._actions if "--session-ttl" in a.option_strings)
     for text in (OPTION_HELP["session_ttl_s"], flag.help):
         assert "ContinuousAuthenticate" in text and "renew" in text, text
+
+
+def test_model_path_help_names_the_model_nacf_serve_loads():
+    """``nacf serve --help`` said an empty model_path means 'the shipped model for the
+    montage', but nacf serve has no montage to choose by: it always loads the shipped
+    16-channel model (eegmmidb-16ch), as the README says, so an 8-channel headset's
+    signals are refused for the channels they lack."""
+    from nacf_core.config import OPTION_HELP
+    from nacf_core.model import default_model
+
+    assert default_model(16).n_channels == 16
+    assert "montage" not in OPTION_HELP["model_path"]
+    assert "16-channel" in OPTION_HELP["model_path"], OPTION_HELP["model_path"]
