@@ -130,7 +130,8 @@ OPTION_HELP: dict[str, str] = {
                      "real time, that end it (DEADLINE_EXCEEDED, as a missing start "
                      "message in either stream)",
     "audit_retention_days": "audit rows, and sessions that ended, older than this are purged",
-    "purge_interval_s": "how often the retention purge and session expiry run",
+    "purge_interval_s": "how often the retention purge runs (sessions expire every 30 s, "
+                        "or every purge_interval_s if shorter)",
     "identify_max_k": "largest top_k Identify accepts",
 }
 

@@ -544,3 +544,14 @@ def test_model_path_help_names_the_model_nacf_serve_loads():
     assert default_model(16).n_channels == 16
     assert "montage" not in OPTION_HELP["model_path"]
     assert "16-channel" in OPTION_HELP["model_path"], OPTION_HELP["model_path"]
+
+
+def test_purge_interval_help_does_not_claim_session_expiry_waits_for_it():
+    """``nacf serve --help`` said purge_interval_s is 'how often the retention purge and
+    session expiry run' (default 3600 s: expired sessions kept for up to an hour), but
+    sessions expire every 30 s at most (AuthService.maintenance: min(30, purge_interval_s));
+    only the retention purge waits for purge_interval_s, as the README says."""
+    from nacf_core.config import OPTION_HELP
+
+    text = OPTION_HELP["purge_interval_s"]
+    assert "retention purge" in text and "30 s" in text, text
