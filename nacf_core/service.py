@@ -596,6 +596,8 @@ class AuthService:
                 for j, ok in enumerate(np.asarray(w.accepted)):
                     if not ok:
                         rejected.append(RejectedEpoch(i, j, _reason_at(w.reasons, j)))
+            # a window sent twice must not count twice towards the quality gate
+            _refuse_repeated_signals(blocks, self.rec.model.ch_names, self.rec.window_s)
             # counted before the enrollment can be refused for too few good windows
             self.metrics.record_artifact_rejections(_codes(r.reason for r in rejected))
             try:
@@ -1924,6 +1926,59 @@ class _Buffer:
             # one fewer at rates like 250.1 Hz, a window 'too short'
             data = data[-max(1, samples_for(last_seconds, self.sfreq)):]
         return SignalBlock(data, self.sfreq, self.ch_names, self.device_id)
+
+
+#: How many row-misaligned or partial matches of a signal's first window are examined
+#: (contrived data could make the search quadratic; real EEG has none)
+_REPEAT_CANDIDATES = 64
+
+
+def _refuse_repeated_signals(blocks: list[SignalBlock], model_ch: Iterable[str],
+                             window_s: float) -> None:
+    """``InvalidArgument`` when an Enroll signal repeats at least one whole window of an
+    earlier one: the same samples on the model's channels (in any channel order, at the
+    same rate), all of it or a piece. Each window counts towards the quality gate
+    (``min_enroll_epochs``) and in ``epochs_used``: 10 s sent five times passed a gate
+    that asks for about 22 s, with every window counted five times. The blocks have
+    passed the pipeline's checks (their channels are there)."""
+    from nacf_core.channels import pick
+
+    model_ch = list(model_ch)
+    seen: list[tuple[int, float, bytes, int]] = []  # (index, rate, bytes, bytes per row)
+    for j, b in enumerate(blocks):
+        x = np.ascontiguousarray(np.asarray(b.samples)[:, pick(list(b.ch_names), model_ch)],
+                                 dtype="<f4")
+        data, row = x.tobytes(), x.shape[1] * 4
+        n = samples_for(window_s, b.sfreq)
+        for i, sfreq, prev, _ in seen:
+            if sfreq != b.sfreq:
+                continue
+            if _starts_inside(prev, data, row, n) or _starts_inside(data, prev, row, n):
+                raise InvalidArgument(
+                    f"signals[{j}] repeats signals[{i}]: at least one {window_s:g}-s window "
+                    "of the same samples (on the model's channels) is in both; each "
+                    "window of an enrollment counts once, send distinct recordings.")
+        seen.append((j, b.sfreq, data, row))
+
+
+def _starts_inside(a: bytes, b: bytes, row: int, n: int) -> bool:
+    """True when ``b`` (rows of ``row`` bytes) starts at a row of ``a`` and equals ``a``
+    from there for as long as both last, at least ``n`` rows (one window)."""
+    head = b[:n * row]
+    if len(head) < n * row or len(a) < n * row:
+        return False
+    if head[:row] * n == head:  # a constant start (a flat headset) says nothing
+        return False
+    pos = a.find(head)
+    for _ in range(_REPEAT_CANDIDATES):
+        if pos < 0:
+            return False
+        if pos % row == 0:
+            size = min(len(a) - pos, len(b))
+            if a[pos:pos + size] == b[:size]:
+                return True
+        pos = a.find(head, pos + 1)
+    return False
 
 
 def _template_id(state: Any) -> tuple[int, float] | None:

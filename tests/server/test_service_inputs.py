@@ -4,6 +4,7 @@ of another model, streams whose chunks change."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
@@ -267,3 +268,30 @@ def test_an_artifact_in_enrollment_and_probe_is_not_a_replay(svc):
     svc.enroll("victim", [block(x)])
     r = svc.authenticate("victim", block(pop(x[1000:2920], 700)))
     assert not r.accepted and r.reasons[-1] == "pad: replay_of_enrollment", r.reasons
+
+
+@pytest.mark.parametrize("second, said", [
+    (lambda x: block(x), "signals[1] repeats signals[0]"),
+    (lambda x: block(x[320:]), "signals[1] repeats signals[0]"),
+    (lambda x: block(x[:, ::-1], ch_names=CH16[::-1]), "signals[1] repeats signals[0]"),
+])
+def test_enroll_refuses_a_signal_that_repeats_another(svc, second, said):
+    """The quality gate (at least min_enroll_epochs good windows) counted the windows of
+    every Signal of the request, so 10 s of EEG sent five times, refused alone for too
+    few windows (4 of 10), was enrolled with epochs_used 20: a template from a fifth of
+    the signal the gate asks for, and a response counting each window five times. A
+    Signal whose samples repeat a whole window of an earlier one (the same recording,
+    a piece of it, its channels in another order) is now INVALID_ARGUMENT, nothing
+    written."""
+    x = eeg(1, 3, 0, 10)
+    with pytest.raises(FailedPrecondition, match="got 4 of 4"):
+        svc.enroll("dup", [block(x)])
+    with pytest.raises(InvalidArgument, match=re.escape(said)):
+        svc.enroll("dup", [block(x), second(x), block(x), block(x), block(x)])
+    with pytest.raises(NotFound):
+        svc.get_user("dup")
+    # distinct recordings, and pieces of one recording that overlap by less than a
+    # window, are enrolled as before
+    y = eeg(1, 3, 0, 40)
+    r = svc.enroll("ok", [block(y[:3200]), block(y[3200 - 320:]), block(eeg(1, 4, 0, 20))])
+    assert r.epochs_used == 9 + 10 + 9
