@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.signal import butter, sosfilt_zi
 
 from nacf_core._validation import MAX_SFREQ, MIN_SFREQ, npy_data_bytes
 from nacf_core.channels import canonical_name
@@ -53,8 +54,8 @@ from nacf_core.errors import InvalidArgument
 from nacf_core.features import Covariances, TangentSpace, WithinClassWhitening
 from nacf_core.kernels import ArtifactLimits
 
-__all__ = ["FORMAT_VERSION", "MAX_MODEL_BYTES", "MAX_NAME_CHARS", "Model", "default_model",
-           "default_model_path"]
+__all__ = ["FORMAT_VERSION", "MAX_MODEL_BYTES", "MAX_NAME_CHARS", "MIN_L_FREQ", "Model",
+           "default_model", "default_model_path"]
 
 #: Version of the file layout; bumped when a field changes meaning.
 FORMAT_VERSION = 1
@@ -62,6 +63,10 @@ FORMAT_VERSION = 1
 MAX_MODEL_BYTES = 64 * 1024 * 1024
 #: Longest model name (a printable string; the version appends 9 characters).
 MAX_NAME_CHARS = 128
+#: Lowest low band edge (Hz): below it the band-pass's poles are so near 1 that its
+#: steady state cannot be computed (1e-7 Hz at order 4) and it removes nothing a window
+#: of a few seconds holds.
+MIN_L_FREQ = 0.01
 _ARRAYS = ("tangent_reference", "projection_mean", "projection_components", "thresholds")
 _MAX_MEMBERS = 64
 
@@ -298,11 +303,12 @@ class Model:
         band = _get(meta, "band")
         if not isinstance(band, list) or len(band) != 2:
             raise ValueError(f"field 'band' must be a list [l_freq, h_freq], got {_show(band)}")
-        l_freq = _real({"band": band[0]}, "band", 0.0, sfreq / 2, lo_open=True, hi_open=True,
+        l_freq = _real({"band": band[0]}, "band", MIN_L_FREQ, sfreq / 2, hi_open=True,
                        shown="band[0]")
         h_freq = _real({"band": band[1]}, "band", l_freq, sfreq / 2, lo_open=True,
                        hi_open=True, shown="band[1]")
         filter_order = _integer(meta, "filter_order", 1, 20)
+        _check_band_pass(l_freq, h_freq, sfreq, filter_order)
         limits = _get(meta, "artifact_limits")
         known = [f.name for f in fields(ArtifactLimits)]
         if not isinstance(limits, dict) or not set(limits) <= set(known):
@@ -456,6 +462,27 @@ def _float_array(arrays: dict[str, np.ndarray], key: str) -> np.ndarray:
     if not np.all(np.isfinite(a)):
         raise ValueError(f"{key} holds non-finite values")
     return a
+
+
+def _check_band_pass(l_freq: float, h_freq: float, sfreq: float, order: int) -> None:
+    """``ValueError`` unless the Butterworth band-pass the pipeline builds from these
+    fields, and its steady state, compute to finite values with every pole inside the
+    unit circle (an edge very near 0 or Nyquist at a high order gives a singular or an
+    unstable filter, which failed only when the pipeline was built or blew up on the
+    signal)."""
+    with np.errstate(all="ignore"):
+        try:
+            sos = butter(order, [l_freq, h_freq], btype="band", fs=sfreq, output="sos")
+            zi = sosfilt_zi(sos)
+            radius = max(float(np.abs(np.roots(s[3:])).max()) for s in sos)
+        except (ValueError, ArithmeticError, np.linalg.LinAlgError):
+            radius, zi = math.nan, None
+    if not (radius < 1.0 - 1e-12 and np.all(np.isfinite(sos)) and np.all(np.isfinite(zi))):
+        raise ValueError(
+            f"field 'band' [{l_freq:g}, {h_freq:g}] with 'filter_order' {order} at 'sfreq' "
+            f"{sfreq:g} Hz gives an unstable band-pass (a pole at radius {radius:.12g}, "
+            "expected below 1): move the band's edges away from 0 and Nyquist "
+            f"({sfreq / 2:g} Hz) or lower the order")
 
 
 def _check_training_record(training: Any) -> None:

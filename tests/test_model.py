@@ -259,7 +259,7 @@ def _signed(meta_changes=None, **arrays) -> bytes:
     ({"band": {"a": 1}}, "'band' must be a list"),
     ({"band": [40, 1]}, r"'band\[1\]' must be a finite number in \(40, 80\)"),
     ({"band": [1, 1e6]}, r"'band\[1\]' must be a finite number in \(1, 80\)"),
-    ({"band": [0, 40]}, r"'band\[0\]' must be a finite number in \(0, 80\)"),
+    ({"band": [0, 40]}, r"'band\[0\]' must be a finite number in \[0.01, 80\)"),
     ({"sfreq": -250}, r"'sfreq' must be a finite number in \[125, 1000\]"),
     # outside the pipeline's rates: at 100 kHz every input was resampled to it (20 s of
     # 16 channels took 900 MB to enroll); at 20 Hz nothing above 10 Hz was left
@@ -349,3 +349,28 @@ def test_signed_arrays_with_wrong_content():
 def test_signed_unchanged_model_still_loads():
     m = Model.from_bytes(_signed())
     assert m.ch_names == default_model(8).ch_names and m.band == default_model(8).band
+
+
+# ------------------------------------------------------------------ loads, then fails in use
+@pytest.mark.parametrize("changes, message", [
+    # the band-pass's initial state could not be computed: Pipeline(model) raised
+    # LinAlgError 'Singular matrix' after the model had loaded
+    ({"band": [1e-9, 40.0]}, r"'band\[0\]' must be a finite number in \[0.01, 80\)"),
+    ({"band": [1e-7, 40.0], "filter_order": 20}, r"'band\[0\]' must be a finite number"),
+    # poles on or outside the unit circle: an unstable filter that blows up on any signal
+    ({"sfreq": 125.0, "band": [30.0, 62.499999999999], "filter_order": 20},
+     r"'band' \[30, 62.5\] with 'filter_order' 20 at 'sfreq' 125 Hz gives an unstable "
+     r"band-pass"),
+])
+def test_band_pass_that_cannot_be_built_is_refused_at_load(changes, message):
+    with pytest.raises(InvalidArgument, match=message) as e:
+        Model.from_bytes(_signed(changes), source="evil.npz")
+    assert "evil.npz" in str(e.value)
+
+
+@pytest.mark.parametrize("band, order", [([0.01, 40.0], 4), ([1.0, 79.0], 4), ([0.5, 40.0], 8)])
+def test_band_pass_within_the_rules_builds(band, order):
+    from nacf_core.pipeline import Pipeline
+
+    m = Model.from_bytes(_signed({"band": band, "filter_order": order}))
+    Pipeline(m)  # the filter and its initial state compute
