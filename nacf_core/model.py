@@ -67,6 +67,9 @@ MAX_NAME_CHARS = 128
 #: steady state cannot be computed (1e-7 Hz at order 4) and it removes nothing a window
 #: of a few seconds holds.
 MIN_L_FREQ = 0.01
+#: Most windows a sample may be in: ``hop_s`` is at least ``window_s / MAX_OVERLAP``
+#: (enrollment holds every window's epoch, that many times the signal).
+MAX_OVERLAP = 8
 _ARRAYS = ("tangent_reference", "projection_mean", "projection_components", "thresholds")
 _MAX_MEMBERS = 64
 
@@ -296,7 +299,12 @@ class Model:
         if len(set(ch_names)) != len(ch_names):
             raise ValueError(f"field 'ch_names' must not repeat a name, got {ch_names}")
         window_s = _real(meta, "window_s", 0.0, 3600.0, lo_open=True)
-        hop_s = _real(meta, "hop_s", 0.0, 3600.0, lo_open=True)
+        try:  # a hop of one sample cut ~9000 windows (730 MB) from 60 s of 16 channels
+            hop_s = _real(meta, "hop_s", window_s / MAX_OVERLAP, 3600.0)
+        except ValueError as exc:
+            raise ValueError(f"{exc}: at least window_s / {MAX_OVERLAP} ({window_s:g} s / "
+                             f"{MAX_OVERLAP}), so that a sample is in at most {MAX_OVERLAP} "
+                             "windows") from None
         if round(window_s * sfreq) < 2:
             raise ValueError(f"fields 'window_s' ({window_s:g}) and 'sfreq' ({sfreq:g}) give "
                              "windows of fewer than 2 samples")

@@ -374,3 +374,18 @@ def test_band_pass_within_the_rules_builds(band, order):
 
     m = Model.from_bytes(_signed({"band": band, "filter_order": order}))
     Pipeline(m)  # the filter and its initial state compute
+
+
+@pytest.mark.parametrize("hop_s", [1e-9, 1 / 160, 0.49])
+def test_hop_much_shorter_than_the_window_is_refused(hop_s):
+    # a one-sample hop loaded, and enrolling 60 s of 16 channels cut ~9000 overlapping
+    # windows (~730 MB of float64 epochs)
+    with pytest.raises(InvalidArgument,
+                       match=r"'hop_s' must be a finite number in \[0.5, 3600\], got .*: "
+                             r"at least window_s / 8 \(4 s / 8\)") as e:
+        Model.from_bytes(_signed({"hop_s": hop_s}), source="evil.npz")
+    assert "evil.npz" in str(e.value)
+
+
+def test_hop_of_an_eighth_of_the_window_loads():
+    assert Model.from_bytes(_signed({"hop_s": 0.5})).hop_s == 0.5
