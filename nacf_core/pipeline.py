@@ -225,9 +225,32 @@ class Template:
         (n,) = struct.unpack("<I", data[8:12])
         try:
             h = json.loads(data[12:12 + n].decode())
-            dim = int(h["dim"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise InvalidArgument(f"template data has a corrupt header ({exc}).") from exc
+        except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, nested too deep
+            raise InvalidArgument(f"template data has a corrupt header ({exc}).") from None
+        try:
+            if not isinstance(h, dict):
+                raise ValueError(f"not a JSON object but a {type(h).__name__}")
+            dim = _header_int(h, "dim", 1)
+            version = _header_field(h, "model_version")
+            if not (isinstance(version, str) and 1 <= len(version) <= 256
+                    and version.isprintable()):
+                raise ValueError(f"field 'model_version' must be a printable string of 1 to "
+                                 f"256 characters, got {_short(version)}")
+            n_epochs = _header_int(h, "n_epochs", 1)
+            quality = _header_field(h, "quality")
+            if isinstance(quality, bool) or not isinstance(quality, (int, float)) \
+                    or not 0.0 <= quality <= 1.0:
+                raise ValueError(f"field 'quality' must be a number in [0, 1], got "
+                                 f"{_short(quality)}")
+            n_rejected = _header_int(h, "n_rejected", 0, 0)
+            n_updates = _header_int(h, "n_updates", 0, 0)
+            rejected = h.get("rejected", {})
+            if not isinstance(rejected, dict) or not all(
+                    type(c) is int and c >= 0 for c in rejected.values()):
+                raise ValueError(f"field 'rejected' must be an object of reason: count "
+                                 f"(an integer >= 0), got {_short(rejected)}")
+        except ValueError as exc:
+            raise InvalidArgument(f"template data has a corrupt header: {exc}.") from None
         body = data[12 + n:]
         if len(body) != 8 * dim:
             raise InvalidArgument(
@@ -237,10 +260,37 @@ class Template:
         anchor = np.frombuffer(body[4 * dim:], dtype="<f4").astype(np.float32)
         if not (np.all(np.isfinite(emb)) and np.all(np.isfinite(anchor))):
             raise InvalidArgument("template data is corrupt: non-finite embedding values.")
-        return cls(embedding=emb, model_version=str(h["model_version"]),
-                   n_epochs=int(h["n_epochs"]), quality=float(h["quality"]),
-                   n_rejected=int(h.get("n_rejected", 0)), rejected=dict(h.get("rejected", {})),
-                   anchor=anchor, n_updates=int(h.get("n_updates", 0)))
+        for what, v in (("embedding", emb), ("anchor", anchor)):
+            # unit norm as enrollment and adaptation write it: a zero embedding scored 0
+            # against every probe
+            norm = float(np.linalg.norm(v.astype(np.float64)))
+            if abs(norm - 1.0) > 1e-3:
+                raise InvalidArgument(f"template data is corrupt: its {what} has norm "
+                                      f"{norm:.6g}, expected 1.")
+        return cls(embedding=emb, model_version=version, n_epochs=n_epochs,
+                   quality=float(quality), n_rejected=n_rejected, rejected=dict(rejected),
+                   anchor=anchor, n_updates=n_updates)
+
+
+def _short(v: Any) -> str:
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+def _header_field(h: dict, key: str, default: Any = None) -> Any:
+    if key not in h:
+        if default is None:
+            raise ValueError(f"field {key!r} is missing")
+        return default
+    return h[key]
+
+
+def _header_int(h: dict, key: str, lo: int, default: int | None = None) -> int:
+    """``h[key]``: a JSON integer >= ``lo`` (a bool is not; ``default`` when absent)."""
+    v = _header_field(h, key, default)
+    if type(v) is not int or v < lo or v > 2**31 - 1:
+        raise ValueError(f"field {key!r} must be an integer >= {lo}, got {_short(v)}")
+    return v
 
 
 @dataclass

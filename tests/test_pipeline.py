@@ -292,3 +292,72 @@ def test_reason_codes_stay_in_the_declared_set_whatever_the_reason():
     for reason in ("flat on Fp1; something new on O1", "unheard of", "peak-to-peak on C3"):
         assert set(reason_codes(reason)) <= set(REASON_CODES), reason
     assert reason_codes("peak-to-peak on C3") == ["peak_to_peak"]
+
+
+def _template_bytes(header_changes=None, emb=None, anchor=None) -> bytes:
+    """A template's bytes with header fields changed (``KeyError``: removed)."""
+    import json
+    import struct
+
+    e = l2_normalize(np.arange(1.0, 9.0)) if emb is None else np.asarray(emb, np.float64)
+    a = e if anchor is None else np.asarray(anchor, np.float64)
+    h = {"model_version": "m-1234abcd", "dim": len(e), "n_epochs": 12, "quality": 0.8,
+         "n_rejected": 1, "rejected": {"flat on O1": 1}, "n_updates": 0}
+    for k, v in (header_changes or {}).items():
+        if v is KeyError:
+            h.pop(k)
+        else:
+            h[k] = v
+    hb = json.dumps(h).encode()
+    return (b"NACFTPL1" + struct.pack("<I", len(hb)) + hb
+            + e.astype("<f4").tobytes() + a.astype("<f4").tobytes())
+
+
+def test_template_bytes_helper_gives_a_template():
+    t = Template.from_bytes(_template_bytes())
+    assert (t.model_version, t.n_epochs, t.n_rejected, t.rejected) == (
+        "m-1234abcd", 12, 1, {"flat on O1": 1})
+
+
+@pytest.mark.parametrize("changes, message", [
+    # KeyError 'model_version' / 'n_epochs', not InvalidArgument
+    ({"model_version": KeyError}, "field 'model_version' is missing"),
+    ({"n_epochs": KeyError}, "field 'n_epochs' is missing"),
+    ({"quality": KeyError}, "field 'quality' is missing"),
+    ({"model_version": 5}, "field 'model_version' must be a printable string"),
+    ({"model_version": ""}, "field 'model_version' must be a printable string"),
+    ({"n_epochs": "many"}, r"field 'n_epochs' must be an integer >= 1, got 'many'"),
+    ({"n_epochs": 0}, r"field 'n_epochs' must be an integer >= 1, got 0"),
+    ({"n_epochs": 2.5}, r"field 'n_epochs' must be an integer >= 1"),
+    ({"n_rejected": -1}, r"field 'n_rejected' must be an integer >= 0"),
+    ({"n_updates": "x"}, r"field 'n_updates' must be an integer >= 0"),
+    ({"quality": "good"}, r"field 'quality' must be a number in \[0, 1\]"),
+    ({"quality": 7.0}, r"field 'quality' must be a number in \[0, 1\]"),
+    ({"rejected": [1, 2]}, r"field 'rejected' must be an object of reason: count"),
+    ({"rejected": {"flat": -3}}, r"field 'rejected' must be an object of reason: count"),
+    ({"dim": 0}, r"field 'dim' must be an integer >= 1, got 0"),
+    ({"dim": True}, r"field 'dim' must be an integer >= 1"),
+])
+def test_template_header_with_wrong_fields(changes, message):
+    with pytest.raises(InvalidArgument, match=f"template data has a corrupt header: {message}"):
+        Template.from_bytes(_template_bytes(changes))
+
+
+def test_template_header_not_an_object():
+    import struct
+
+    data = b"NACFTPL1" + struct.pack("<I", 2) + b"[]"
+    with pytest.raises(InvalidArgument, match="corrupt header: not a JSON object"):
+        Template.from_bytes(data)
+
+
+@pytest.mark.parametrize("emb, anchor, what", [
+    (np.zeros(8), None, "embedding"),
+    (np.full(8, 3.0), None, "embedding"),
+    (None, np.zeros(8), "anchor"),
+])
+def test_template_embedding_not_unit_norm(emb, anchor, what):
+    # a zero embedding scored 0 against every probe: the user could never authenticate
+    with pytest.raises(InvalidArgument, match=f"template data is corrupt: its {what} has norm "
+                                              r"[0-9.]+, expected 1"):
+        Template.from_bytes(_template_bytes(emb=emb, anchor=anchor))
