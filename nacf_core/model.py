@@ -352,6 +352,18 @@ class Model:
                 or not 1 <= comp.shape[1] <= n_feat:
             raise ValueError(f"projection arrays {mean.shape}, {comp.shape} do not fit "
                              f"{n_feat} tangent features")
+        if np.abs(mean).max() > 1e4:  # a tangent vector's entries are logs: |x| < ~1100
+            raise ValueError("projection_mean must hold values within ±10000 (a mean of "
+                             f"tangent vectors), got {np.abs(mean).max():.3g}")
+        sv = np.linalg.svd(comp, compute_uv=False)  # descending
+        if not sv[-1] > sv[0] * 1e-12:  # zeros or a repeated column: an embedding of 0 / 0
+            raise ValueError(
+                "projection_components must have linearly independent columns (its singular "
+                f"values go from {sv[0]:.3g} down to {sv[-1]:.3g})")
+        if not 1e-100 <= sv[-1] <= sv[0] <= 1e100:  # the embedding under- or overflows
+            raise ValueError(
+                "projection_components must have singular values in [1e-100, 1e+100], got "
+                f"{sv[-1]:.3g} to {sv[0]:.3g}")
         thresholds = _float_array(arrays, "thresholds")
         if thresholds.ndim != 1 or not 1 <= len(thresholds) <= 1000:
             raise ValueError(f"thresholds must be a 1-D array of 1 to 1000 values, got shape "

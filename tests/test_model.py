@@ -389,3 +389,31 @@ def test_hop_much_shorter_than_the_window_is_refused(hop_s):
 
 def test_hop_of_an_eighth_of_the_window_loads():
     assert Model.from_bytes(_signed({"hop_s": 0.5})).hop_s == 0.5
+
+
+def _projection_cases():
+    arrs = default_model(8)._payload()[1]
+    comp, mean = arrs["projection_components"], arrs["projection_mean"]
+    dup = comp.copy()
+    dup[:, 1] = dup[:, 0]
+    independent = "projection_components must have linearly independent columns"
+    scale = r"projection_components must have singular values in \[1e-100, 1e\+100\]"
+    return [
+        # ZeroDivisionError from the embedding kernel when the pipeline was built: a
+        # traceback from nacf serve and nacf evaluate
+        ("zeros", {"projection_components": np.zeros_like(comp)}, independent),
+        ("underflows", {"projection_components": comp * 1e-300}, scale),
+        ("duplicate column", {"projection_components": dup}, independent),
+        # every embedding overflowed to zeros: every score 0, every user refused
+        ("overflows", {"projection_components": comp * 1e300}, scale),
+        ("mean overflows", {"projection_mean": mean * 0 + 1e300},
+         r"projection_mean must hold values within ±10000 \(a mean of tangent vectors\)"),
+    ]
+
+
+@pytest.mark.parametrize("label, arrays, message", _projection_cases(),
+                         ids=[c[0] for c in _projection_cases()])
+def test_degenerate_projection_is_refused_at_load(label, arrays, message):
+    with pytest.raises(InvalidArgument, match=message) as e:
+        Model.from_bytes(_signed(**arrays), source="evil.npz")
+    assert "evil.npz" in str(e.value)
