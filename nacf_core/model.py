@@ -534,11 +534,11 @@ def _check_sequential(seq: Any) -> dict[str, Any]:
         if not isinstance(table, list) or len(table) != max_windows:
             raise ValueError(f"field 'sequential.{k}' must be a list of max_windows "
                              f"({max_windows}) numbers, got {_show(table)}")
-        for i, v in enumerate(table):
-            if k.startswith("sd"):
-                _real({k: v}, k, 0.0, 1e9, lo_open=True, shown=f"sequential.{k}[{i}]")
+        for i, v in enumerate(table):  # of cosine scores, in [-1, 1]
+            if k.startswith("sd"):  # fit_sequential floors them at 1e-3: 1 / sd**2 overflowed
+                _real({k: v}, k, 1e-3, 1.0, shown=f"sequential.{k}[{i}]")
             else:
-                _real({k: v}, k, -1e9, 1e9, shown=f"sequential.{k}[{i}]")
+                _real({k: v}, k, -1.0, 1.0, shown=f"sequential.{k}[{i}]")
     return dict(seq)
 
 

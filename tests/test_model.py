@@ -306,7 +306,7 @@ def _signed(meta_changes=None, **arrays) -> bytes:
      r"'sequential.mu_g' must be a list of max_windows \(2\) numbers"),
     ({"sequential": {"alpha": 0.01, "beta": 0.02, "max_windows": 1, "mu_g": [0.5],
                      "sd_g": [0.0], "mu_i": [0.0], "sd_i": [0.2]}},
-     r"'sequential.sd_g\[0\]' must be a finite number in \(0, "),
+     r"'sequential.sd_g\[0\]' must be a finite number in \[0.001, 1\]"),
     ({"info": [[1, 2]]}, "'info' must be an object"),
     # nacf evaluate --model read these to refuse the model's own training subjects: an
     # AttributeError traceback, or "'int' object is not iterable"
@@ -416,4 +416,26 @@ def _projection_cases():
 def test_degenerate_projection_is_refused_at_load(label, arrays, message):
     with pytest.raises(InvalidArgument, match=message) as e:
         Model.from_bytes(_signed(**arrays), source="evil.npz")
+    assert "evil.npz" in str(e.value)
+
+
+def _sequential(**rows):
+    seq = dict(default_model(8).sequential)
+    n = seq["max_windows"]
+    seq.update({k: [v] * n for k, v in rows.items()})
+    return {"sequential": seq}
+
+
+@pytest.mark.parametrize("changes, message", [
+    # 1 / sd**2 overflowed: the log-likelihood ratio was -inf or NaN, every stream rejected
+    (_sequential(sd_g=1e-300), r"'sequential.sd_g\[0\]' must be a finite number in \[0.001, 1\]"),
+    (_sequential(sd_i=1e-200), r"'sequential.sd_i\[0\]' must be a finite number in \[0.001, 1\]"),
+    # means and spreads of cosine scores, which lie in [-1, 1]
+    (_sequential(sd_i=5.0), r"'sequential.sd_i\[0\]' must be a finite number in \[0.001, 1\]"),
+    (_sequential(mu_g=1e9), r"'sequential.mu_g\[0\]' must be a finite number in \[-1, 1\]"),
+    (_sequential(mu_i=-3.0), r"'sequential.mu_i\[0\]' must be a finite number in \[-1, 1\]"),
+])
+def test_sequential_parameters_out_of_the_scores_range(changes, message):
+    with pytest.raises(InvalidArgument, match=message) as e:
+        Model.from_bytes(_signed(changes), source="evil.npz")
     assert "evil.npz" in str(e.value)
