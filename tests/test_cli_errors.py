@@ -693,3 +693,60 @@ def test_a_store_url_that_does_not_parse_is_named(tmp_path, monkeypatch, capsys,
     assert err.strip().splitlines()[-1].startswith(
         "nacf serve: the store URL is not valid: "), err
     assert "secretpw" not in err
+
+
+def _model_failing_after_load(tmp_path, kind: str) -> Path:
+    """The shipped 8-channel model edited as ``kind`` (checksum recomputed): each loaded,
+    then failed when the pipeline was built."""
+    import io
+
+    import numpy as np
+
+    from nacf_core.model import Model, default_model
+
+    payload, arrs = default_model(8)._payload()
+    meta = json.loads(payload)
+    if kind == "band":  # LinAlgError 'Singular matrix' (the filter's initial state)
+        meta["band"] = [1e-9, 40.0]
+    else:  # ZeroDivisionError from the embedding kernel
+        arrs["projection_components"] = np.zeros_like(arrs["projection_components"])
+    mb = json.dumps(meta).encode()
+    buf = io.BytesIO()
+    np.savez(buf, meta=np.frombuffer(mb, np.uint8),
+             checksum=np.frombuffer(Model._digest(mb, arrs).encode(), np.uint8), **arrs)
+    path = tmp_path / f"{kind}.npz"
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+_FAILING_AFTER_LOAD = {"band": r"field 'band\[0\]' must be a finite number in \[0.01, 80\)",
+                       "projection": "projection_components must have linearly independent"}
+
+
+@pytest.mark.parametrize("kind", sorted(_FAILING_AFTER_LOAD))
+def test_serve_names_the_field_of_a_model_that_cannot_run(tmp_path, monkeypatch, capsys, kind):
+    """nacf serve said only 'Singular matrix' (band) or ended in a ZeroDivisionError
+    traceback (projection) for these models, naming neither the file nor the field."""
+    path = _model_failing_after_load(tmp_path, kind)
+    fresh = tmp_path / "fresh"
+    assert _serve(monkeypatch, tmp_path, "--data-dir", str(fresh), "--model", str(path)) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"nacf serve: model file {str(path)!r} is invalid"), err
+    assert re.search(_FAILING_AFTER_LOAD[kind], err), err
+    assert not fresh.exists()
+
+
+@pytest.mark.parametrize("kind", sorted(_FAILING_AFTER_LOAD))
+def test_evaluate_names_the_field_of_a_model_that_cannot_run(tmp_path, capsys, kind):
+    """nacf evaluate --model said only 'Singular matrix' (band) or ended in a
+    ZeroDivisionError traceback (projection), after reading every recording."""
+    path = _model_failing_after_load(tmp_path, kind)
+    m = tmp_path / "m.csv"
+    m.write_text("subject,recording,role,path\n"
+                 f"S021,R03,enroll,{DEMO / 'S021R03.npz'}\n"
+                 f"S021,R07,probe,{DEMO / 'S021R07.npz'}\n")
+    assert main(["evaluate", str(m), "--model", str(path), "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        f"nacf evaluate: model file {str(path)!r} is invalid"), err
+    assert re.search(_FAILING_AFTER_LOAD[kind], err[0]), err
