@@ -23,8 +23,10 @@ that says what is wrong, a path that is not a regular file, a file larger than
 :data:`MAX_MODEL_BYTES` (64 MiB; the shipped 16-channel model is about 160 kB) or whose
 archive members hold more than that uncompressed, a file that is not such an archive, that
 has another format version, whose checksum does not match (corrupt or edited), whose
-parameters are of the wrong type or out of range (each named in the message), or whose
-arrays do not fit its parameters or hold non-finite values.  The checksum is not a
+parameters are of the wrong type or out of range (each named in the message: among them a
+band-pass that does not compute to a stable filter, a ``hop_s`` under ``window_s / 8``),
+or whose arrays do not fit its parameters, hold non-finite values or would break the
+embedding (projection components not linearly independent, or out of scale).  The checksum is not a
 signature (anyone can recompute it), so every field is validated regardless.
 ``model_version`` (``<name>-<first 8 hex digits of the checksum>``) is in every decision,
 so two different models never share a version.
