@@ -15,7 +15,9 @@
   may wait for the server: a watchdog thread shuts the socket of a connection lent out
   longer than that, so a server that stops answering without closing its connections (a
   stopped process, a hung disk: TCP keepalives still succeed) costs the calls an
-  ``UNAVAILABLE`` instead of their threads. Migrations are not bounded (they may wait for
+  ``UNAVAILABLE`` instead of their threads. A call waits for a free pooled connection no
+  longer than that either (30 s at most), then gets ``UNAVAILABLE`` naming ``pool_size``.
+  Migrations are not bounded (they may wait for
   another replica's), nor is a key rotation (it re-encrypts every row in one
   transaction).
 - Every commit is durable (``synchronous_commit`` as the server sets it) except the
@@ -215,6 +217,7 @@ class _Pool:
         self._connect = connect
         self._idle: queue.LifoQueue = queue.LifoQueue()
         self._sem = threading.BoundedSemaphore(size)
+        self.size = size
         self._timeout = timeout_s
         self._all: set = set()
         self._lock = threading.Lock()
@@ -224,9 +227,13 @@ class _Pool:
     def connection(self, *, bounded: bool = True) -> Iterator[psycopg.Connection]:
         """A connection for one transaction; ``bounded=False``: not cut by the
         watchdog (migrations, which may wait for another replica's)."""
-        if not self._sem.acquire(timeout=self._timeout):
-            raise Unavailable(f"No PostgreSQL connection free within {self._timeout:.0f} s "
-                              f"(pool exhausted).")
+        wait = self.wait_s(bounded=bounded)
+        if not self._sem.acquire(timeout=wait):
+            why = ("query_timeout" if bounded and self.watchdog is not None
+                   and self.watchdog.timeout_s < self._timeout else "pool wait")
+            raise Unavailable(f"No PostgreSQL connection free within {wait:g} s ({why}): "
+                              f"all pool_size={self.size} connections are in use; raise "
+                              f"pool_size in the store URL or look for slow transactions.")
         conn = None
         watched = False
         try:
@@ -254,6 +261,14 @@ class _Pool:
                 else:
                     self._idle.put(conn)
             self._sem.release()
+
+    def wait_s(self, *, bounded: bool = True) -> float:
+        """How long a caller waits for a free connection: the pool's own bound (30 s by
+        default), no longer than the query timeout for a bounded transaction (a call
+        asked to fail within ``query_timeout`` must not wait longer for a connection)."""
+        if bounded and self.watchdog is not None:
+            return min(self._timeout, self.watchdog.timeout_s)
+        return self._timeout
 
     def _discard_idle(self) -> None:
         while True:
@@ -295,7 +310,8 @@ class PostgresStore(SqlStore):
     pool_size : int
         Maximum connections this process opens.
     connect_timeout_s : float
-        libpq connect timeout; also how long to wait for a free pooled connection.
+        libpq connect timeout; six times it (at least 6 s, 30 s by default) bounds the
+        wait for a free pooled connection, and so does ``query_timeout_s`` when shorter.
     query_timeout_s : float
         The longest one transaction may wait for the server (``?query_timeout=`` in the
         URL wins); 0: no limit. Past it the connection is shut and the call gets

@@ -312,3 +312,29 @@ def test_a_lease_whose_commit_answer_is_lost_does_not_give_its_leftovers_back_tw
     assert rl.held("app") == 9
     # every token is counted once: 100 - 10 - 10 + 9 - 10 (the lost lease's 10 are spent)
     assert direct.take_tokens("app", 0.0, 100.0, 1000, now=t0 + 2) == 79
+
+
+def test_waiting_for_a_free_pooled_connection_is_bounded_by_the_query_timeout(pg_url, key):
+    """Every pooled connection lent out (calls held by a slow server): a further call
+    waits for one no longer than ``query_timeout`` (it waited 30 s whatever the URL
+    said) and its UNAVAILABLE names the pool size to raise."""
+    url, _ = pg_url
+    store = open_store(f"{url}&pool_size=1&query_timeout=1", key=key)
+    try:
+        store.put_template("erin", b"t" * 64, "m1", create_only=True)
+        with store._pool.connection():  # the pool's only connection, held
+            t, box = _in_thread(lambda: store.get_template("erin"))
+            t.join(15)  # far beyond 1 s, well below the old 30 s
+            assert not t.is_alive(), "the call still waits for a pooled connection"
+        assert isinstance(box.get("error"), Unavailable), box
+        msg = str(box["error"])
+        assert "within 1 s" in msg and "pool_size=1" in msg and "query_timeout" in msg, msg
+        assert store.get_template("erin").version == 1  # free again: served at once
+    finally:
+        store.close()
+    # no query timeout: the wait stays the old bound (a pool exhausted for 30 s)
+    store = open_store(f"{url}&query_timeout=0", key=key)
+    try:
+        assert store._pool.wait_s(bounded=True) == 30.0
+    finally:
+        store.close()
