@@ -66,6 +66,17 @@ log = logging.getLogger("nacf.sidecar")
 _STATUSES = ("healthy", "degraded", "unhealthy")
 
 
+def _request_path(target: str) -> str:
+    """The path of a request target, without its query or a trailing ``/``: the origin
+    form (``/metrics?x``) or the absolute form (``http://host:9464/metrics``), which RFC
+    9112 section 3.2.2 says a server must accept (a client sends it through a proxy)."""
+    scheme, sep, rest = target.partition("://")
+    if sep and scheme.lower() in ("http", "https"):
+        rest = rest.split("?", 1)[0].split("#", 1)[0]
+        target = "/" + rest.partition("/")[2]  # the authority (host:port) dropped
+    return target.split("?", 1)[0].rstrip("/") or "/"
+
+
 def parse_address(address: str, name: str = "address") -> tuple[str, int]:
     """Split ``HOST:PORT`` (``[v6]:PORT`` for IPv6; port 0 = any free port): the
     configuration's :func:`nacf_core.config.parse_address`.
@@ -243,7 +254,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 (http.server API)
         sc = self.server.sidecar
-        path = self.path.split("?", 1)[0].rstrip("/") or "/"
+        path = _request_path(self.path)
         if self.headers.get("Transfer-Encoding") or (
                 self.headers.get("Content-Length", "0").strip() not in ("", "0")):
             # its body would be read as the next request on this connection

@@ -141,6 +141,31 @@ def test_unknown_path_is_404(env):
     assert code == 404 and "/metrics" in json.loads(body)["error"]
 
 
+@pytest.mark.parametrize("target, status, body", [
+    ("http://{host}/metrics", 200, b"nacfauth_"),
+    ("HTTP://{host}/health/live/?x=1", 200, b"alive"),
+    ("https://{host}/health", 200, b"healthy"),
+    ("http://{host}", 404, b"no such endpoint '/'"),
+    ("http://{host}/nope", 404, b"no such endpoint '/nope'"),
+])
+def test_a_request_target_in_absolute_form_is_served_by_its_path(env, target, status, body):
+    """RFC 9112 section 3.2.2: a server must accept the absolute form (``GET
+    http://host:port/metrics HTTP/1.1``, what a client sends through a proxy); it was 404
+    for every URL."""
+    import socket
+
+    sc, _, _ = env
+    host = f"127.0.0.1:{sc.port}"
+    with socket.create_connection(("127.0.0.1", sc.port), timeout=10) as s:
+        s.sendall(f"GET {target.format(host=host)} HTTP/1.1\r\nHost: {host}\r\n"
+                  "Connection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    assert data.startswith(f"HTTP/1.1 {status} ".encode()), data[:200]
+    assert body in data
+
+
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "OPTIONS",
                                     # any other method too (they were 501, no Allow)
                                     "TRACE", "CONNECT", "PROPFIND", "FOO"])
