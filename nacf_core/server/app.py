@@ -176,13 +176,53 @@ def _make_pad(model: Any) -> Any:
 
 #: the largest certificate, key or CA bundle file read
 MAX_PEM_BYTES = 1 << 20
+#: a certificate (or the last valid client CA) expiring within this many days is
+#: warned about at start (``tls_cert_expiring``)
+CERT_EXPIRY_WARNING_DAYS = 14
+
+
+def _dates(cert: Any) -> str:
+    fmt = "%Y-%m-%d %H:%M:%S UTC"
+    return (f"valid from {cert.not_valid_before_utc.strftime(fmt)} to "
+            f"{cert.not_valid_after_utc.strftime(fmt)}")
+
+
+def _check_validity(certs: list, option: str, path: str, what: str) -> None:
+    """Refuse a certificate file none of whose ``certs`` is valid now (``ValueError``
+    naming the option, the file and the dates); warn (``tls_cert_expiring``) when the
+    last of the valid ones expires within :data:`CERT_EXPIRY_WARNING_DAYS`."""
+    import datetime as dt
+
+    now = dt.datetime.now(dt.UTC)
+    valid = [c for c in certs if c.not_valid_before_utc <= now <= c.not_valid_after_utc]
+    if not valid:
+        c = certs[0] if len(certs) == 1 else max(certs, key=lambda c: c.not_valid_after_utc)
+        why = (f"expired on {c.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC"
+               if c.not_valid_after_utc < now else
+               f"is not valid before {c.not_valid_before_utc:%Y-%m-%d %H:%M:%S} UTC")
+        which = "its certificate" if len(certs) == 1 else \
+            f"none of its {len(certs)} certificates is valid now; the latest"
+        raise ValueError(f"option {option!r}: {what} {path!r}: {which} {why} ({_dates(c)}); "
+                         f"clients would fail every TLS handshake: renew it.")
+    last = max(valid, key=lambda c: c.not_valid_after_utc)
+    left = last.not_valid_after_utc - now
+    if left < dt.timedelta(days=CERT_EXPIRY_WARNING_DAYS):
+        days = left.total_seconds() / 86400
+        log.warning("%s %s (option %r) expires on %s, in %.1f days: renew it (clients fail "
+                    "every TLS handshake from then)", what, path, option,
+                    f"{last.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC", days,
+                    extra={"event_type": "tls_cert_expiring", "option": option,
+                           "file": path, "not_after": last.not_valid_after_utc.isoformat(),
+                           "days_left": round(days, 1)})
 
 
 def read_tls_files(config: Config) -> tuple[bytes, bytes, bytes | None]:
     """``(key, certificate chain, client CA or None)`` PEM bytes, checked: gRPC reports an
     unusable certificate or key only as a port it cannot bind. ``ValueError`` naming the
     option and the file: not a regular file (or over 1 MiB), not PEM, an encrypted key,
-    a key that does not belong to the first certificate, a key gRPC's TLS cannot use."""
+    a key that does not belong to the first certificate, a key gRPC's TLS cannot use, a
+    first certificate expired or not yet valid, a client CA file of which no certificate
+    is valid now. One expiring within 14 days is logged as ``tls_cert_expiring``."""
     from cryptography import x509
     from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
@@ -205,6 +245,9 @@ def read_tls_files(config: Config) -> tuple[bytes, bytes, bytes | None]:
                              f"one or more '-----BEGIN CERTIFICATE-----' blocks.") from None
 
     cert_pem, chain = certs(config.tls_cert_file, "tls_cert_file", "TLS certificate file")
+    # the server's own certificate only: an expired intermediate may be served on
+    # purpose (a cross-signature old clients need, which new ones do not follow)
+    _check_validity(chain[:1], "tls_cert_file", config.tls_cert_file, "TLS certificate file")
     path = config.tls_key_file
     key_pem = read(path, "tls_key_file", "TLS private key file")
     try:
@@ -227,7 +270,12 @@ def read_tls_files(config: Config) -> tuple[bytes, bytes, bytes | None]:
                          f"belong to the first certificate in {config.tls_cert_file!r}.")
     ca_pem = None
     if config.tls_client_ca_file:
-        ca_pem, _ = certs(config.tls_client_ca_file, "tls_client_ca_file", "TLS client CA file")
+        ca_pem, cas = certs(config.tls_client_ca_file, "tls_client_ca_file",
+                            "TLS client CA file")
+        # a bundle may hold an old CA beside its successor: refused only when no CA in
+        # it is valid now (for a single CA: when it is out of its dates)
+        _check_validity(cas, "tls_client_ca_file", config.tls_client_ca_file,
+                        "TLS client CA file")
     if not _grpc_takes(key_pem, cert_pem, ca_pem):
         raise ValueError(
             f"option 'tls_key_file': gRPC's TLS library cannot use the private key in "

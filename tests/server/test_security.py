@@ -43,15 +43,18 @@ def _server(tmp_path, model_path, *, sidecar=False, **kw):
     return NacfServer(cfg, svc, metrics=metrics, sidecar=sidecar), store
 
 
-def _cert(name, issuer_key=None, issuer_name=None, ca=False, san=()):
+def _cert(name, issuer_key=None, issuer_name=None, ca=False, san=(), *, valid=None):
+    """``valid``: ``(not before, not after)`` as offsets from now (default: a minute ago,
+    a year on: beyond the 14 days that are warned about)."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = dt.datetime.now(dt.UTC)
+    before, after = valid or (-dt.timedelta(minutes=1), dt.timedelta(days=365))
     b = (x509.CertificateBuilder().subject_name(subject)
          .issuer_name(issuer_name or subject).public_key(key.public_key())
          .serial_number(x509.random_serial_number())
-         .not_valid_before(now - dt.timedelta(minutes=1))
-         .not_valid_after(now + dt.timedelta(days=1))
+         .not_valid_before(now + before)
+         .not_valid_after(now + after)
          .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
     if san:
         b = b.add_extension(x509.SubjectAlternativeName(list(san)), critical=False)
@@ -105,6 +108,83 @@ def test_tls_and_mtls(tmp_path, pki, model_path):
     finally:
         server.stop(0)
         store.close()
+
+
+DAY = dt.timedelta(days=1)
+
+
+def _server_cert(d, name, valid):
+    _, _, pem, kpem = _cert("localhost", valid=valid, san=[x509.DNSName("localhost")])
+    (d / f"{name}.pem").write_bytes(pem)
+    (d / f"{name}.key").write_bytes(kpem)
+    return str(d / f"{name}.pem"), str(d / f"{name}.key")
+
+
+@pytest.mark.parametrize("valid, what", [
+    ((-30 * DAY, -DAY), "expired on"),
+    ((DAY, 30 * DAY), "not valid before"),
+])
+def test_a_server_certificate_out_of_its_validity_is_refused_at_start(
+        tmp_path, model_path, valid, what):
+    """An expired (or not yet valid) certificate started, and every client's handshake
+    then failed with an unclear error; it stops the server at start, naming the option,
+    the file and the dates."""
+    cert, key = _server_cert(tmp_path, "srv", valid)
+    with pytest.raises(ValueError) as ei:
+        _server(tmp_path, model_path, tls_cert_file=cert, tls_key_file=key)
+    msg = str(ei.value)
+    assert msg.startswith("option 'tls_cert_file'") and cert in msg and what in msg, msg
+    now = dt.datetime.now(dt.UTC)
+    assert (now + valid[0]).strftime("%Y-%m-%d") in msg
+    assert (now + valid[1]).strftime("%Y-%m-%d") in msg
+
+
+def test_a_server_certificate_expiring_soon_starts_with_a_warning(tmp_path, model_path,
+                                                                  caplog):
+    cert, key = _server_cert(tmp_path, "soon", (-DAY, 3 * DAY))
+    with caplog.at_level(logging.WARNING, logger="nacf.server"):
+        server, store = _server(tmp_path, model_path, tls_cert_file=cert, tls_key_file=key)
+    store.close()
+    warned = [r for r in caplog.records if getattr(r, "event_type", "") == "tls_cert_expiring"]
+    assert len(warned) == 1 and warned[0].file == cert and warned[0].option == "tls_cert_file"
+    assert 2 <= warned[0].days_left <= 3 and "tls_cert_file" in warned[0].getMessage()
+    caplog.clear()
+    cert, key = _server_cert(tmp_path, "later", (-DAY, 20 * DAY))  # beyond 14 days: silent
+    with caplog.at_level(logging.WARNING, logger="nacf.server"):
+        server, store = _server(tmp_path, model_path, tls_cert_file=cert, tls_key_file=key)
+    store.close()
+    assert not [r for r in caplog.records
+                if getattr(r, "event_type", "") == "tls_cert_expiring"]
+
+
+def test_a_client_ca_file_without_a_valid_certificate_is_refused(tmp_path, pki, model_path,
+                                                                 caplog):
+    """A client CA that has expired makes every client certificate fail verification:
+    refused at start when no certificate of the file is valid now; a bundle that still
+    holds a valid CA (one rotated in beside the old) starts, with a warning when the last
+    valid one expires within 14 days."""
+    old = _cert("old CA", ca=True, valid=(-60 * DAY, -DAY))[2]
+    soon = _cert("soon CA", ca=True, valid=(-DAY, 5 * DAY))[2]
+    tls = {"tls_cert_file": str(pki["srv.pem"]), "tls_key_file": str(pki["srv.key"]),
+           "api_keys": {}}
+    (tmp_path / "old.pem").write_bytes(old)
+    with pytest.raises(ValueError) as ei:
+        _server(tmp_path, model_path, tls_client_ca_file=str(tmp_path / "old.pem"), **tls)
+    msg = str(ei.value)
+    assert msg.startswith("option 'tls_client_ca_file'") and "old.pem" in msg
+    assert "expired on" in msg
+    (tmp_path / "both.pem").write_bytes(old + pki["ca.pem"].read_bytes())
+    server, store = _server(tmp_path, model_path,
+                            tls_client_ca_file=str(tmp_path / "both.pem"), **tls)
+    store.close()
+    (tmp_path / "soon.pem").write_bytes(old + soon)
+    with caplog.at_level(logging.WARNING, logger="nacf.server"):
+        server, store = _server(tmp_path, model_path,
+                                tls_client_ca_file=str(tmp_path / "soon.pem"), **tls)
+    store.close()
+    warned = [r for r in caplog.records if getattr(r, "event_type", "") == "tls_cert_expiring"]
+    assert [(r.option, r.file) for r in warned] == [("tls_client_ca_file",
+                                                     str(tmp_path / "soon.pem"))]
 
 
 def test_a_client_certificate_with_a_long_san_only_is_served(tmp_path, pki, model_path):
