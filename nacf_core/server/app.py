@@ -46,7 +46,7 @@ from nacf_core.server.servicer import SERVICE_NAME, add_to_server
 from nacf_core.service import AuthService
 
 __all__ = ["SERVICE_NAME", "BindError", "NacfServer", "build_service", "is_loopback",
-           "limit_threads"]
+           "keepalive_options", "limit_threads"]
 
 log = logging.getLogger("nacf.server")
 
@@ -305,6 +305,42 @@ def _grpc_takes(key_pem: bytes, cert_pem: bytes, ca_pem: bytes | None) -> bool:
     return True
 
 
+#: a connection quiet for this long is pinged (HTTP/2 PING) by the server; grpcio's
+#: default is 2 hours, so a client that vanished without a FIN or RST (a laptop that
+#: slept, a NAT that dropped its mapping) held its calls, and their threads, that long
+KEEPALIVE_TIME_MS = 60_000
+#: a ping not acknowledged within this closes the connection and cancels its calls
+KEEPALIVE_TIMEOUT_MS = 20_000
+#: the most often a client may ping a connection that carries no data (and one without
+#: calls: keepalive_permit_without_calls); a client pinging more often gets a GOAWAY
+#: ``too_many_pings`` after ``grpc.http2.max_ping_strikes`` (2) bad pings. 10 s is the
+#: shortest keepalive grpc-go and grpc-java clients allow themselves.
+MIN_CLIENT_PING_INTERVAL_MS = 10_000
+
+
+def keepalive_options() -> list[tuple[str, int]]:
+    """The gRPC server's keepalive: it pings a connection quiet for
+    :data:`KEEPALIVE_TIME_MS` (with calls or without) and closes it when the ping is not
+    answered within :data:`KEEPALIVE_TIMEOUT_MS` (80 s in all), so a dead client's calls
+    are cancelled and give their threads back; clients' own keepalive pings are accepted
+    every :data:`MIN_CLIENT_PING_INTERVAL_MS`, with calls or without."""
+    return [
+        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        # any ping of the server's (its flow-control probes too) unanswered for as long
+        # closes the connection: a keepalive ping is not sent while another ping is out,
+        # so with a probe out first only this bound held, grpcio's 1 minute
+        ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        # the server pings idle connections too, and clients accept pings
+        ("grpc.keepalive_permit_without_calls", 1),
+        # pings without data are not limited to 2 (grpcio's default), after which the
+        # server stopped pinging a quiet call and a client gone later was never noticed
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
+        ("grpc.http2.max_ping_strikes", 2),
+    ]
+
+
 class BindError(OSError):
     """An address of the server's that cannot be bound; ``option`` names its option
     (``grpc_address``, ``metrics_address``), ``address`` the value."""
@@ -399,8 +435,7 @@ class NacfServer:
             ("grpc.max_receive_message_length", cfg.max_message_bytes),
             ("grpc.max_send_message_length", cfg.max_message_bytes),
             ("grpc.so_reuseport", 1 if cfg.reuse_port else 0),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            *keepalive_options(),
         ]
         self._streams = StreamPool(cfg.max_streams)
         icp = self._interceptor = AuthInterceptor(
