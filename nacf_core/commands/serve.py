@@ -121,7 +121,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 _FLAG_KEYS = ("grpc_address", "metrics_address", "data_dir", "store_url", "store_key_file",
               "model_path", "kernel_backend", "api_keys_file", "allow_open_loopback",
-              "require_device_proof", "presentation_attack_detection", "tls_cert_file", "tls_key_file", "tls_client_ca_file",
+              "require_device_proof", "presentation_attack_detection", "tls_cert_file",
+              "tls_key_file", "tls_client_ca_file",
               "reuse_port", "max_workers", "max_concurrent_rpcs", "max_streams",
               "max_message_bytes", "grace_period_s",
               "lockout_threshold", "lockout_seconds", "rate_limit_per_s", "rate_limit_burst",

@@ -43,8 +43,9 @@ that comes with ``max_streams`` streams open is answered ``RESOURCE_EXHAUSTED`` 
 
 The concurrency bound itself is gRPC's ``maximum_concurrent_rpcs`` (``max_concurrent_rpcs``
 + ``max_streams``, see ``app.py``): a call beyond it is answered ``RESOURCE_EXHAUSTED``
-at once, before any worker thread is taken, instead of waiting in an unbounded queue. gRPC asks the interceptor
-for the call's handler just before it refuses it, so such a call is still counted in
+at once, before any worker thread is taken, instead of waiting in an unbounded queue.
+gRPC asks the interceptor for the call's handler just before it refuses it, so such a
+call is still counted in
 ``nacfauth_auth_requests_total`` as ``RESOURCE_EXHAUSTED`` and logged (``grpc_busy``,
 at most a line every 10 s) once :meth:`AuthInterceptor.watch_concurrency` is given the
 server (see its docstring).
