@@ -1710,14 +1710,19 @@ class AuthService:
         # registered at once cannot both pass (one gets its secret, the other
         # PERMISSION_DENIED)
         try:
-            self._store("register_device", self.store.register_device, user_id, device_id,
-                        secret, replace=rotate, first_only=first_only, now=now)
+            rec = self._store("register_device", self.store.register_device, user_id,
+                              device_id, secret, replace=rotate, first_only=first_only,
+                              now=now)
         except AnotherDeviceBound:
             raise PermissionDenied(_ANOTHER_DEVICE.format(user=user_id)) from None
+        # what the write did, not what the read above saw: a first registration of the
+        # same headset landing in between makes this one a rotation (and a device deleted
+        # in between, with its user, a first registration)
+        rotated = bool(getattr(rec, "replaced", False))
         ended = []
-        if dev is not None:  # the old secret's sessions end with it
+        if rotated:  # the old secret's sessions end with it
             ended = self._end_sessions_after(user_id, "device_rotated", device_id=device_id)
-        self._audit(user_id, "RegisterDevice", "rotated" if dev is not None else "registered",
+        self._audit(user_id, "RegisterDevice", "rotated" if rotated else "registered",
                     actor, peer, device_id=device_id, sessions_ended=len(ended))
         return secret
 

@@ -643,6 +643,7 @@ class SqlStore(Store):
                                          "device.")
             kid, ct = self._cipher.encrypt(secret.encode(),
                                            Cipher.aad("device", device_id, user_id))
+            replaced = False
             while tx.execute("INSERT INTO devices (device_id, user_id, key_id, secret_ct, "
                              "created_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (device_id) "
                              "DO NOTHING", (device_id, user_id, kid, ct, t)) == 0:
@@ -659,10 +660,11 @@ class SqlStore(Store):
                                         f"{user_id!r}; set rotate=true for a new secret.")
                 tx.execute("UPDATE devices SET key_id = ?, secret_ct = ?, created_at = ? "
                            "WHERE device_id = ?", (kid, ct, t, device_id))
+                replaced = True
                 break
             self._tx_check_write_key(tx, kid)
             return DeviceRecord(device_id=device_id, user_id=user_id, secret=secret,
-                                created_at=t)
+                                created_at=t, replaced=replaced)
 
         return self._run(fn)
 

@@ -110,6 +110,9 @@ class DeviceRecord:
     user_id: str
     secret: str | None = field(repr=False)
     created_at: float
+    #: on what :meth:`Store.register_device` returns: whether its write replaced the
+    #: secret of a device already bound to the user (a rotation), not a first binding
+    replaced: bool = False
 
 
 @dataclass(frozen=True)
@@ -346,7 +349,10 @@ class Store(abc.ABC):
         ``replace=False`` it is ``AlreadyExists``, decided in the same transaction; with
         ``first_only``, a user who has another device is ``AnotherDeviceBound``, a kind
         of ``AlreadyExists``).
-        ``NotFound`` for an unknown user; ``AlreadyExists`` if bound to another user."""
+        ``NotFound`` for an unknown user; ``AlreadyExists`` if bound to another user.
+        The record's ``replaced`` says whether the write replaced a secret (decided in the
+        transaction, so a caller learns what it did even when a concurrent registration
+        landed after its own read)."""
 
     @abc.abstractmethod
     def get_device(self, device_id: str) -> DeviceRecord:

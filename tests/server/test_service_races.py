@@ -195,3 +195,46 @@ def test_a_client_stream_whose_call_ended_under_the_handler_ends_with_that_statu
     with pytest.raises(Exception):
         AuthServicer(svc).AuthenticateStream(requests(), ctx)
     assert ctx.code() == status
+
+
+def test_a_rotation_racing_a_first_registration_is_audited_and_ends_its_sessions(
+        svc, caplog):
+    """RegisterDevice with rotate=true reads the device, then writes: a first registration
+    of the same headset for the same user landing in between (another admin, a retry)
+    made the store's write a rotation, yet the call audited it "registered" and left the
+    sessions opened with the secret it replaced open. What the write did decides now."""
+    import logging
+
+    from nacf_core.errors import NotFound
+
+    svc.enroll("r1", [signal_block(eeg(1, 3, 0, 40))])
+    store = svc.store
+    orig = store.get_device
+    opened = []
+
+    def unknown_then_registered(device_id):
+        try:
+            return orig(device_id)
+        except NotFound:
+            # the concurrent first registration and a session opened with its secret,
+            # after this call found the headset unknown
+            store.register_device("r1", device_id, "secret-0123456789abcdef")
+            opened.append(store.create_session("r1", 600, device_id=device_id).token)
+            raise
+
+    store.get_device = unknown_then_registered
+    with caplog.at_level(logging.INFO, logger="nacf"):
+        secret = svc.register_device("r1", "hs-r1", rotate=True)
+    store.get_device = orig
+    assert orig("hs-r1").secret == secret
+    assert store.get_session(opened[0]).end_reason == "device_rotated"
+    changes = [(r.change, r.sessions_ended) for r in caplog.records
+               if getattr(r, "event_type", "") == "account_change"
+               and getattr(r, "method", "") == "RegisterDevice"]
+    assert changes == [("rotated", 1)]
+    # and a first registration the call itself made is still "registered", ending nothing
+    with caplog.at_level(logging.INFO, logger="nacf"):
+        caplog.clear()
+        svc.register_device("r1", "hs-r1b", rotate=True)
+    assert [(r.change, r.sessions_ended) for r in caplog.records
+            if getattr(r, "method", "") == "RegisterDevice"] == [("registered", 0)]
