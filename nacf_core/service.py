@@ -1118,12 +1118,14 @@ class AuthService:
                                      + "; ".join(reasons) + "); cannot identify.")
         ids, matrix = self._gallery()
         locked = self._store("locked_user_ids", self.store.locked_user_ids, now=self.clock())
+        n_left_out = 0  # of this gallery (a locked user it does not hold is not left out)
         if locked:
             keep = [i for i, u in enumerate(ids) if u not in locked]
+            n_left_out = len(ids) - len(keep)
             ids, matrix = [ids[i] for i in keep], matrix[keep]
         thr = float(self.model_threshold_for(int(acc.sum())))
         if not ids:
-            self._log_identify(peer, [], thr, quality, len(locked), t_start)
+            self._log_identify(peer, [], thr, quality, n_left_out, t_start)
             return IdentifyResult([], thr, quality, self.model_version, reasons)
         probe = np.ascontiguousarray(self.rec.pipeline.fuse(w.embeddings[acc])[None, :],
                                      dtype=np.float32)
@@ -1136,7 +1138,7 @@ class AuthService:
         with self.metrics.time_kernel("top_k", backend or default_backend_name()):
             idx, sc = _top_k(probe, matrix, min(k, len(ids)), backend=backend)
         scored = [(ids[int(i)], float(v)) for i, v in zip(idx[0], sc[0])]
-        self._log_identify(peer, scored, thr, quality, len(locked), t_start)
+        self._log_identify(peer, scored, thr, quality, n_left_out, t_start)
         # only matches are answered: the scores of users the signal does not match
         # would be an oracle to climb towards a template (a random search over a channel
         # mixing of another person's EEG, ~2 300 calls at the rate limit, raised one

@@ -77,3 +77,31 @@ def test_gallery_keeps_no_row_once_the_store_lists_nobody(svc):
     svc.store.delete_user("a")  # not through this service
     assert svc.identify(probe).candidates == []
     assert svc._gallery_state is None or svc._gallery_state[0] == []
+
+
+def test_identify_logs_how_many_locked_users_it_left_out_of_this_gallery(svc, caplog):
+    """The identification line's locked_left_out counted every locked user in the store,
+    also those the gallery did not hold anyway (enrolled under another model): an
+    operator read users left out that were not. It counts those left out of this call."""
+    import logging
+    import time
+
+    blob = None
+    for user, subject in (("a", 1), ("b", 2)):
+        svc.enroll(user, [signal_block(eeg(subject, 3, 0, 40))])
+        blob = svc.store.get_template(user).blob
+    svc.store.put_template("old", blob, "another-model")  # not in this model's gallery
+    for user in ("a", "old"):
+        svc.store.register_failure(user, 1, 3600, now=time.time())
+    assert svc.store.locked_user_ids(now=time.time()) == {"a", "old"}
+
+    def left_out():
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="nacf"):
+            svc.identify(signal_block(eeg(2, 3, 44, 8)))
+        return [r.locked_left_out for r in caplog.records
+                if getattr(r, "event_type", "") == "identify"]
+
+    assert left_out() == [1]  # "a"; "old" was never in the gallery
+    svc.store.register_failure("b", 1, 3600, now=time.time())
+    assert left_out() == [2]  # nobody left to score: both left out
