@@ -70,11 +70,17 @@ def _check_deadline(context: grpc.ServicerContext) -> float | None:
     return time.monotonic() + rem
 
 
-def _unary(fn: Callable) -> Callable:
+def _unary(fn: Callable | None = None, *, check_deadline: bool = True) -> Callable:
+    """Map the handler's errors to statuses; with ``check_deadline=False`` the handler
+    checks its deadline itself (Enroll: a refusal it counts)."""
+    if fn is None:
+        return functools.partial(_unary, check_deadline=check_deadline)
+
     @functools.wraps(fn)
     def wrapper(self: AuthServicer, request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            _check_deadline(context)
+            if check_deadline:
+                _check_deadline(context)
             return fn(self, request, context)
         except Exception as e:
             if _is_abort(e, context):
@@ -177,11 +183,12 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
         """How long a client stream may send nothing: ``signal_loss_s``."""
         return float(self.service.config.signal_loss_s)
 
-    @_unary
+    @_unary(check_deadline=False)
     def Enroll(self, request: pb.EnrollRequest, context) -> pb.EnrollResponse:
-        deadline = _check_deadline(context)
         actor, admin = _caller()
         try:
+            # a deadline passed before the handler started is a refusal like the others
+            deadline = _check_deadline(context)
             if request.update and not admin:
                 # replacing a template takes the account over: an account change, not an
                 # enrollment

@@ -220,3 +220,31 @@ def test_maintenance_expires_sessions_and_purges_audit_and_ended_sessions(svc):
         assert service.store.get_session(active.token).is_active(t[0])
     finally:
         service.clock = time.time
+
+
+def test_an_enroll_whose_deadline_passed_before_it_started_is_counted_in_registrations(svc):
+    """Every Enroll the handler refuses before the service runs (a Signal that does not
+    convert, an update without the admin scope) is counted in
+    nacfauth_user_registrations_total with its status, but one whose deadline had passed
+    when its handler started was not: a loaded server's refused enrollments vanished from
+    the counter. It is counted DEADLINE_EXCEEDED now, once."""
+    service, server = svc
+
+    def counts():
+        return {s.labels["status"]: s.value
+                for m in service.metrics.registry.collect()
+                if m.name == "nacfauth_user_registrations"
+                for s in m.samples if s.name.endswith("_total")
+                and s.labels["registration_method"] == "Enroll"}
+
+    s = block_to_signal(eeg(1, 3, 0, 40), SFREQ, CH16)
+    before = counts()
+    rpc = server.invoke_unary_unary(SD.methods_by_name["Enroll"], (),
+                                    pb.EnrollRequest(user_id="late", signals=[s]), 1e-6)
+    _, _, code, _ = rpc.termination()
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    after = counts()
+    assert after.get("DEADLINE_EXCEEDED", 0.0) - before.get("DEADLINE_EXCEEDED", 0.0) == 1
+    assert sum(after.values()) - sum(before.values()) == 1
+    with pytest.raises(NotFound):
+        service.get_user("late")
