@@ -678,16 +678,6 @@ def _wrap_decoding(handler: grpc.RpcMethodHandler, method: str, raising: bool = 
             lambda req, ctx: f(_decoded(req, ctx, method), ctx), des, ser)
     if handler.unary_stream:
         f = handler.unary_stream
-        if getattr(f, "experimental_non_blocking", False):
-            # it answers through grpcio's callback without holding a worker thread (the
-            # health service's Watch, which needs no key and lasts as long as its
-            # client wants): a plain wrapper would make grpcio run it as a blocking
-            # generator, a worker thread held per Watch
-            def non_blocking(req, ctx, send_response_callback=None):
-                return f(_decoded(req, ctx, method), ctx, send_response_callback)
-
-            non_blocking.experimental_non_blocking = True
-            return grpc.unary_stream_rpc_method_handler(non_blocking, des, ser)
         return grpc.unary_stream_rpc_method_handler(
             lambda req, ctx: f(_decoded(req, ctx, method), ctx), des, ser)
     if handler.stream_unary:
@@ -748,8 +738,10 @@ def _health_handler(handler: grpc.RpcMethodHandler, method: str,
     :func:`_health_request`. grpcio reads a unary request on the call's thread and waits
     for it as long as the call lasts: anyone could open --max-workers Check or Watch calls
     that never send theirs and leave no worker for any other call. Here they wait on the
-    health threads, and for a few seconds at most. ``Watch`` stays non-blocking (see
-    :func:`_wrap_decoding`); undecodable requests are ``INVALID_ARGUMENT``."""
+    health threads, and for a few seconds at most. ``Watch`` stays non-blocking: it
+    answers through grpcio's callback without holding a thread while its client watches
+    (a plain wrapper would make grpcio run it as a blocking generator, a thread held per
+    Watch); undecodable requests are ``INVALID_ARGUMENT``."""
     des, ser = _lenient(handler.request_deserializer), handler.response_serializer
     if handler.unary_unary:
         f = handler.unary_unary
