@@ -1329,6 +1329,30 @@ class SqlStore(Store):
                 return
             last = (rows[-1][0],)
 
+    def _tx_reencrypt(self, tx: Tx, old: Cipher, new: Cipher, table: str, cols: str,
+                      describe: Callable[[tuple], tuple[bytes, str, str]], *,
+                      ct_col: str = "ciphertext") -> tuple[int, set]:
+        """Re-encrypt ``ct_col`` of every row of ``table`` from ``old`` to ``new`` in
+        ``tx`` (rows read by :meth:`_tx_chunks`, ``cols`` with the primary key first);
+        ``describe(cols values)`` gives a row's AAD, its name in an error, and what to
+        report it by when it does not decrypt (left as it is). Returns ``(rows
+        re-encrypted, the reported names of the damaged rows)``."""
+        pk = cols.split(",", 1)[0]
+        n, bad = 0, set()
+        for row in self._tx_chunks(tx, table, f"{cols}, key_id, {ct_col}"):
+            *values, kid, ct = row
+            aad, what, name = describe(tuple(values))
+            try:
+                pt = old.decrypt(kid, ct, aad, what)
+            except FailedPrecondition:
+                bad.add(name)
+                continue
+            nkid, nct = new.encrypt(pt, aad)
+            tx.execute(f"UPDATE {table} SET key_id = ?, {ct_col} = ? WHERE {pk} = ?",
+                       (nkid, nct, values[0]))
+            n += 1
+        return n, bad
+
     def rotate_key(self, new_key) -> KeyRotation:
         new = Cipher(new_key)
         old = self._cipher
@@ -1350,47 +1374,20 @@ class SqlStore(Store):
                     f"{None if row is None else row[0]}; this process has key id "
                     f"{old.key_id}): nothing was changed; rotate from the store's key.")
             old.decrypt(row[0], row[1], Cipher.aad("keycheck"), "The store's key check")
-            n = 0
             # a row that does not decrypt is damaged (altered, truncated, left under a
             # key the store no longer has): left as it is and reported, not a reason to
             # keep every other row under the old key
-            bad_templates, bad_devices, bad_fps = set(), set(), set()
-            for uid, ver, mv, kid, ct in self._tx_chunks(
-                    tx, "templates", "user_id, version, model_version, key_id, ciphertext"):
-                aad = self._template_aad(uid, ver, mv)
-                try:
-                    pt = old.decrypt(kid, ct, aad, f"The template of user {uid!r}")
-                except FailedPrecondition:
-                    bad_templates.add(uid)
-                    continue
-                nkid, nct = new.encrypt(pt, aad)
-                tx.execute("UPDATE templates SET key_id = ?, ciphertext = ? WHERE user_id = ?",
-                           (nkid, nct, uid))
-                n += 1
-            for did, uid, kid, ct in self._tx_chunks(
-                    tx, "devices", "device_id, user_id, key_id, secret_ct"):
-                aad = Cipher.aad("device", did, uid)
-                try:
-                    pt = old.decrypt(kid, ct, aad, f"Device {did!r}")
-                except FailedPrecondition:
-                    bad_devices.add(did)
-                    continue
-                nkid, nct = new.encrypt(pt, aad)
-                tx.execute("UPDATE devices SET key_id = ?, secret_ct = ? WHERE device_id = ?",
-                           (nkid, nct, did))
-                n += 1
-            for rid, uid, kind, kid, ct in self._tx_chunks(
-                    tx, "pad_fingerprints", "id, user_id, kind, key_id, ciphertext"):
-                aad = Cipher.aad("pad", uid, kind)
-                try:
-                    pt = old.decrypt(kid, ct, aad, "A PAD fingerprint")
-                except FailedPrecondition:
-                    bad_fps.add(uid)
-                    continue
-                nkid, nct = new.encrypt(pt, aad)
-                tx.execute("UPDATE pad_fingerprints SET key_id = ?, ciphertext = ? "
-                           "WHERE id = ?", (nkid, nct, rid))
-                n += 1
+            n_t, bad_templates = self._tx_reencrypt(
+                tx, old, new, "templates", "user_id, version, model_version",
+                lambda r: (self._template_aad(*r), f"The template of user {r[0]!r}", r[0]))
+            n_d, bad_devices = self._tx_reencrypt(
+                tx, old, new, "devices", "device_id, user_id",
+                lambda r: (Cipher.aad("device", r[0], r[1]), f"Device {r[0]!r}", r[0]),
+                ct_col="secret_ct")
+            n_f, bad_fps = self._tx_reencrypt(
+                tx, old, new, "pad_fingerprints", "id, user_id, kind",
+                lambda r: (Cipher.aad("pad", r[1], r[2]), "A PAD fingerprint", r[1]))
+            n = n_t + n_d + n_f
             kid, ct = new.encrypt(_KEYCHECK, Cipher.aad("keycheck"))
             tx.execute("UPDATE store_meta SET key_id = ?, v = ? WHERE k = 'keycheck'",
                        (kid, ct))
