@@ -641,6 +641,13 @@ def _warn_misspelt_variables(env: dict[str, str]) -> None:
                 "%s? (nacf serve --help lists every option and its variable)", var, near[0])
 
 
+def store_url_scheme(url: str) -> str:
+    """The scheme of a store URL, lower case, blanks around the URL ignored; ``""`` for a
+    plain path (a SQLite file)."""
+    url = (url or "").strip()
+    return url.split("://", 1)[0].lower() if "://" in url else ""
+
+
 def _check_store_url(value: str, where: str) -> None:
     """An empty store URL given on purpose is refused: left out, store_url is the local
     SQLite store in data_dir, and a replica given an empty one (a deployment that fills
@@ -652,8 +659,7 @@ def _check_store_url(value: str, where: str) -> None:
                          "postgresql://...); an empty URL is refused so that a replica "
                          "missing its shared store's URL does not start on a store of its "
                          "own.")
-    v = value.strip()
-    scheme = v.split("://", 1)[0].lower() if "://" in v else ""
+    scheme = store_url_scheme(value)
     if scheme and scheme not in ("sqlite", "postgresql", "postgres"):
         # refused here, before a data directory or a key file is made for it
         raise ValueError(f"{where} {value!r} has the scheme {scheme!r}: expected "

@@ -39,7 +39,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from nacf_core import __version__
-from nacf_core.config import Config, parse_address
+from nacf_core.config import Config, parse_address, store_url_scheme
 from nacf_core.errors import FailedPrecondition
 from nacf_core.server.interceptors import AuthInterceptor, StreamPool
 from nacf_core.server.servicer import SERVICE_NAME, add_to_server
@@ -90,8 +90,7 @@ def _shared_store(url: str) -> bool:
     """A store other processes on other hosts share (PostgreSQL), as ``open_store`` reads
     ``url``: its scheme, case-insensitive, blanks around it ignored; a plain path and a
     ``sqlite://`` URL are a SQLite file, whose key lives in ``data_dir``."""
-    url = (url or "").strip()
-    return "://" in url and url.split("://", 1)[0].lower() in ("postgresql", "postgres")
+    return store_url_scheme(url) in ("postgresql", "postgres")
 
 
 def _store_key(config: Config) -> Any:
