@@ -1951,13 +1951,13 @@ def _refuse_repeated_signals(blocks: list[SignalBlock], model_ch: Iterable[str],
     from nacf_core.channels import pick
 
     model_ch = list(model_ch)
-    seen: list[tuple[int, float, bytes, int]] = []  # (index, rate, bytes, bytes per row)
+    seen: list[tuple[int, float, bytes]] = []  # (index, rate, bytes)
     for j, b in enumerate(blocks):
         x = np.ascontiguousarray(np.asarray(b.samples)[:, pick(list(b.ch_names), model_ch)],
                                  dtype="<f4")
         data, row = x.tobytes(), x.shape[1] * 4
         n = samples_for(window_s, b.sfreq)
-        for i, sfreq, prev, _ in seen:
+        for i, sfreq, prev in seen:
             if sfreq != b.sfreq:
                 continue
             if _starts_inside(prev, data, row, n) or _starts_inside(data, prev, row, n):
@@ -1965,7 +1965,7 @@ def _refuse_repeated_signals(blocks: list[SignalBlock], model_ch: Iterable[str],
                     f"signals[{j}] repeats signals[{i}]: at least one {window_s:g}-s window "
                     "of the same samples (on the model's channels) is in both; each "
                     "window of an enrollment counts once, send distinct recordings.")
-        seen.append((j, b.sfreq, data, row))
+        seen.append((j, b.sfreq, data))
 
 
 def _starts_inside(a: bytes, b: bytes, row: int, n: int) -> bool:
