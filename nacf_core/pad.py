@@ -1469,14 +1469,12 @@ class PresentationAttackDetector:
             # the common case (a one-window probe): the decision used the whole block
             return self.analyse(samples, sfreq, names, fingerprints, history_key, (), owner)
         runs = _accepted_runs(starts, accepted, win, float(sfreq), n)
-        if runs == [(0, n)]:  # the decision used the whole block
-            return self.analyse(samples, sfreq, names, fingerprints, history_key, (), owner)
         if not runs:
             exclude = [(float(s), float(s) + win)
                        for s, ok in zip(windows.starts_s, windows.accepted) if not ok]
             return self.analyse(samples, sfreq, names, fingerprints, history_key, exclude,
                                 owner)
-        if len(runs) == 1:
+        if len(runs) == 1:  # all of the block, or one piece of it
             a, b = runs[0]
             return self.analyse(samples[a:b], sfreq, names, fingerprints, history_key, (),
                                 owner)
