@@ -104,3 +104,27 @@ class StatusRecorder:
     def abort(self, code, details):
         self._code = code
         raise Exception(details)
+
+
+def auth_requests(server, method: str, status: str, user_type: str = "api_key") -> float:
+    """``nacfauth_auth_requests_total`` of a running ``NacfServer`` for one label set."""
+    v = server.metrics.registry.get_sample_value(
+        "nacfauth_auth_requests_total",
+        {"method": method, "status": status, "user_type": user_type})
+    return v or 0.0
+
+
+def wait_in_flight(server, n: int, timeout: float = 20.0) -> None:
+    """Wait until gRPC counts ``n`` calls in flight (``active_rpc_count``, what it
+    compares with ``maximum_concurrent_rpcs``; the interceptor reads the same number):
+    a held call holds its slot only once the server has taken it in, and gives it back
+    only once the server has ended it, neither at a fixed time after the client's side
+    did (a fixed sleep guessed it, too short on a loaded machine)."""
+    import time
+
+    st = server._interceptor._grpc_state
+    assert st is not None, "this grpcio's count of calls in flight is not found"
+    t0 = time.monotonic()
+    while st.active_rpc_count != n and time.monotonic() - t0 < timeout:
+        time.sleep(0.01)
+    assert st.active_rpc_count == n, (st.active_rpc_count, n)

@@ -14,6 +14,8 @@ from types import SimpleNamespace
 import grpc
 import pytest
 from _server_support import StatusRecorder, make_pipeline
+from _server_support import auth_requests as _requests
+from _server_support import wait_in_flight as _wait_in_flight
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -276,20 +278,6 @@ def _holding_stream(stub, md, release: threading.Event) -> threading.Thread:
     return t
 
 
-def _wait_in_flight(server, n: int, timeout: float = 20.0) -> None:
-    """Wait until gRPC counts ``n`` calls in flight (``active_rpc_count``, what it
-    compares with ``maximum_concurrent_rpcs``; the interceptor reads the same number):
-    a held stream holds its slot only once the server has taken it in, and gives it
-    back only once the server has ended it, neither at a fixed time after the client's
-    side did (a fixed sleep guessed it, too short on a loaded machine)."""
-    st = server._interceptor._grpc_state
-    assert st is not None, "this grpcio's count of calls in flight is not found"
-    t0 = time.monotonic()
-    while st.active_rpc_count != n and time.monotonic() - t0 < timeout:
-        time.sleep(0.01)
-    assert st.active_rpc_count == n, (st.active_rpc_count, n)
-
-
 def _slow_stats(svc, at_least_s: float = 0.0) -> tuple[threading.Event, threading.Event]:
     """Make ``svc``'s GetStats a slow store: its handler waits until the first event
     returned is set (10 s at most) and ``at_least_s`` has passed since it started; the
@@ -308,13 +296,6 @@ def _slow_stats(svc, at_least_s: float = 0.0) -> tuple[threading.Event, threadin
 
     svc.stats = slow_stats
     return release, returned
-
-
-def _requests(server, method, status, user_type="api_key"):
-    v = server.metrics.registry.get_sample_value(
-        "nacfauth_auth_requests_total",
-        {"method": method, "status": status, "user_type": user_type})
-    return v or 0.0
 
 
 def test_concurrency_bound_answers_resource_exhausted_fast(tmp_path, model_path, caplog):

@@ -9,6 +9,8 @@ import time
 import grpc
 import pytest
 from _server_support import CH16, SFREQ, eeg, make_pipeline, proof_md
+from _server_support import auth_requests as _requests
+from _server_support import wait_in_flight as _wait_in_flight
 from prometheus_client import CollectorRegistry
 
 from nacf_core._proto.nacf.v1 import auth_pb2 as pb
@@ -37,23 +39,6 @@ def _server(tmp_path, model_path, **kw):
 
 def _sig(x, device_id=""):
     return block_to_signal(x, SFREQ, CH16, device_id)
-
-
-def _requests(server, method, status, user_type="api_key"):
-    v = server.metrics.registry.get_sample_value(
-        "nacfauth_auth_requests_total",
-        {"method": method, "status": status, "user_type": user_type})
-    return v or 0.0
-
-
-def _wait_in_flight(server, n: int, timeout: float = 20.0) -> None:
-    """Wait until gRPC counts ``n`` calls in flight (taken in, not yet ended)."""
-    st = server._interceptor._grpc_state
-    assert st is not None, "this grpcio's count of calls in flight is not found"
-    t0 = time.monotonic()
-    while st.active_rpc_count != n and time.monotonic() - t0 < timeout:
-        time.sleep(0.01)
-    assert st.active_rpc_count == n, (st.active_rpc_count, n)
 
 
 class _Held:
