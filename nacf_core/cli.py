@@ -18,6 +18,7 @@ from nacf_core import __version__
 # The one table of subcommand modules, in the order ``--help`` lists them.
 COMMAND_MODULES: list[str] = [
     "nacf_core.commands.serve",
+    "nacf_core.commands.client",
     "nacf_core.commands.simulate",
     "nacf_core.commands.record",
     "nacf_core.commands.train",

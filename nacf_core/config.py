@@ -354,11 +354,12 @@ class CompleteOrNothing:
     path never share it), flushed to disk, then renamed over ``path`` and the folder's
     entry flushed; on an error or an interruption it is removed, and ``path`` keeps what
     it held. ``binary`` opens it for bytes, else for text (``newline=""``); ``what``
-    names ``path`` in the refusal of a directory (``"--out"``).
+    names ``path`` in the refusal of a directory (``"--out"``); ``mode``: its permission
+    bits before the umask (``0o600`` for a secret).
     """
 
     def __init__(self, path: str | os.PathLike, *, binary: bool = False,
-                 what: str = "path") -> None:
+                 what: str = "path", mode: int = 0o666) -> None:
         self.path = os.fspath(path)
         if os.path.isdir(self.path):
             raise IsADirectoryError(f"{what} {self.path!r} is a directory, not a file name.")
@@ -367,7 +368,7 @@ class CompleteOrNothing:
         for _ in range(16):
             self.tmp = os.path.join(folder, f".{name}.{secrets.token_hex(6)}.part")
             try:  # mode 0666 less the umask, as open(path, "w") would create it
-                fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+                fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
             except FileExistsError:
                 continue
             except OSError as exc:

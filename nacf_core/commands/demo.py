@@ -215,126 +215,25 @@ def _run_demo(grpc, channel, api_key: str, people, speed: float, out) -> bool:
 
 def _stream_attempt(pb, stub, md, claim: str, device_id: str, secret: str, probe_path: Path,
                     speed: float):
-    """Stream one recording through the simulated headset; return (response, latency, wall)."""
-    import queue
-    import threading
-
-    import numpy as np
-
+    """Stream one recording through the simulated headset; return (response, latency ms,
+    wall s, dropped samples the client interpolated)."""
+    from nacf_core.client import Blocks, authenticate_stream
     from nacf_core.hardware.serial_reader import CytonReader
     from nacf_core.hardware.simulator import SimulatedCyton
-    from nacf_core.service import device_proof
-
-    stop = threading.Event()
-    sent_at: list[float] = []  # when each chunk was handed to gRPC
-    filled = [0]
-    blocks: queue.Queue = queue.Queue(maxsize=64)
-    failed: list[BaseException] = []  # what made the reader thread end, if anything
-    wake = threading.Event()  # the call is done, or the headset failed before it was
+    from nacf_core.metrics import METRICS
 
     with SimulatedCyton(probe_path, daisy=True, realtime=True, speed=speed, loop=False) as sim, \
             CytonReader(sim.port, daisy=True) as reader:
-        block_n = int(reader.sfreq // 2)  # half-second blocks
-
-        def read_blocks():  # our own thread: the reader is closed only after it ends
-            buf, n = [], 0
-            try:
-                while not stop.is_set():
-                    chunk = reader.read_chunk(timeout=0.5)
-                    if chunk is None:
-                        break
-                    if chunk.n_times == 0:
-                        continue
-                    buf.append(chunk.samples)
-                    n += chunk.n_times
-                    if n >= block_n:
-                        block = _fill_dropped(np.concatenate(buf), filled)
-                        if block is not None:
-                            blocks.put(block)
-                        buf, n = [], 0
-            except Exception as e:  # noqa: BLE001 - the headset failed (PortLost, ...)
-                failed.append(e)  # raised by the attempt, not as this thread's traceback
-            finally:
-                blocks.put(None)
-
-        def next_block():
-            while not stop.is_set():
-                try:
-                    return blocks.get(timeout=0.2)
-                except queue.Empty:
-                    continue
-            return None
-
-        def signal(samples):
-            return pb.Signal(sample_rate_hz=float(reader.sfreq),
-                             channel_names=list(reader.ch_names),
-                             samples=samples.tobytes(), device_id=device_id)
-
-        thread = threading.Thread(target=read_blocks, name="nacf-demo-reader", daemon=True)
-        thread.start()
         try:
-            first = next_block()
-            if first is None:
-                if failed:
-                    raise failed[0]
-                raise RuntimeError(f"the simulated headset streamed nothing from {probe_path}")
-            ts = int(time.time())
-            proof = device_proof(secret, claim, device_id, ts, first.tobytes())
-            metadata = md + (("x-device-id", device_id), ("x-device-timestamp", str(ts)),
-                             ("x-device-proof", proof))
-
-            def requests():
-                yield pb.AuthenticateStreamRequest(start=pb.StreamStart(user_id=claim))
-                sent_at.append(time.perf_counter())
-                yield pb.AuthenticateStreamRequest(chunk=signal(first))
-                while (samples := next_block()) is not None:
-                    sent_at.append(time.perf_counter())
-                    yield pb.AuthenticateStreamRequest(chunk=signal(samples))
-                if failed:
-                    # the headset failed: the call is cancelled below, not decided on a
-                    # stream cut short (nor ended by the server for its silence)
-                    wake.set()
-                    stop.wait()
-
-            t0 = time.perf_counter()
-            call = stub.AuthenticateStream.future(requests(), metadata=metadata, timeout=120)
-            call.add_done_callback(lambda _: wake.set())
-            wake.wait()
-            t1 = time.perf_counter()
-            if failed and not call.done():
-                call.cancel()
-                raise failed[0]
-            resp = call.result()
+            with Blocks(reader) as blocks:  # half-second blocks
+                try:
+                    r = authenticate_stream(stub, md, claim, blocks, device_id=device_id,
+                                            secret=secret, timeout=120)
+                except ValueError:
+                    if blocks.error is not None:
+                        raise blocks.error from None
+                    raise RuntimeError(
+                        f"the simulated headset streamed nothing from {probe_path}") from None
         finally:
-            stop.set()
-            thread.join()
-            from nacf_core.metrics import METRICS
-
             METRICS.observe_device_counters(f"demo:{probe_path.stem}", reader.counters)
-    # the consumer thread may pull one more chunk after the answer: ignore those
-    last = max((t for t in sent_at if t <= t1), default=t0)
-    return resp, (t1 - last) * 1e3, t1 - t0, filled[0]
-
-
-def _fill_dropped(block, filled: list[int]):
-    """The client's handling of samples the serial link dropped (NaN rows).
-
-    The wire carries finite microvolts only, so a client fills short gaps by linear
-    interpolation per channel (counted in ``filled``) and drops a block that lost more
-    than a quarter of its samples.
-    """
-    import numpy as np
-
-    bad = ~np.isfinite(block).all(axis=1)
-    n_bad = int(bad.sum())
-    if n_bad == 0:
-        return np.ascontiguousarray(block, dtype="<f4")
-    if n_bad > block.shape[0] // 4:
-        filled[0] += n_bad
-        return None
-    t = np.arange(block.shape[0])
-    out = np.array(block, dtype="<f4")
-    for c in range(out.shape[1]):
-        out[bad, c] = np.interp(t[bad], t[~bad], out[~bad, c])
-    filled[0] += n_bad
-    return out
+    return r.response, r.latency_s * 1e3, r.wall_s, blocks.filled

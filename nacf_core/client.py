@@ -1,0 +1,293 @@
+"""The headset side of nacf's gRPC service: a source read as blocks, and the calls.
+
+What ``nacf client`` (and ``nacf demo``) run on the machine the headset is attached to:
+
+- :class:`Blocks` reads a source (:func:`~nacf_core.hardware.sources.open_source`: a
+  Cyton on a serial port, an LSL stream, a file) on a thread of its own and hands out
+  blocks of about half a second of finite little-endian float32 microvolts, as
+  ``Signal.samples`` carries them: samples the link dropped (NaN rows) are filled by
+  linear interpolation per channel, a block that lost more than a quarter of its samples
+  is left out; both counted.
+- :func:`enroll` sends the first ``seconds`` of the blocks to ``Enroll``.
+- :func:`authenticate_stream` streams blocks to ``AuthenticateStream`` with the device
+  proof (signed over the first chunk) until the server decides.
+- :func:`continuous` streams blocks to ``ContinuousAuthenticate`` on a session and yields
+  the server's updates until it ends the session or the blocks end.
+
+A headset that fails mid-call (its port lost) cancels the call and raises its error: a
+call is never decided on a stream the headset cut short.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Blocks", "fill_dropped", "enroll", "authenticate_stream", "continuous",
+           "StreamResult", "proof_metadata"]
+
+#: a block that lost more than this share of its samples is left out
+_MAX_DROPPED_SHARE = 0.25
+
+
+def fill_dropped(block: np.ndarray) -> tuple[np.ndarray | None, int]:
+    """``(block, n)``: ``block`` (n_times, n_channels) as contiguous little-endian float32
+    with its rows holding a non-finite value (samples the link dropped) filled by linear
+    interpolation per channel, and how many rows were filled; ``(None, n_bad)`` when
+    more than a quarter of them were (the wire carries finite microvolts only)."""
+    bad = ~np.isfinite(block).all(axis=1)
+    n_bad = int(bad.sum())
+    if n_bad == 0:
+        return np.ascontiguousarray(block, dtype="<f4"), 0
+    if n_bad > block.shape[0] * _MAX_DROPPED_SHARE:
+        return None, n_bad
+    t = np.arange(block.shape[0])
+    out = np.array(block, dtype="<f4")
+    for c in range(out.shape[1]):
+        out[bad, c] = np.interp(t[bad], t[~bad], out[~bad, c])
+    return out, n_bad
+
+
+class Blocks:
+    """A source read on a thread of its own as blocks of about ``block_s`` seconds.
+
+    ``src``: an opened source (``.sfreq``, ``.ch_names``, ``.read_chunk(timeout)``); the
+    caller keeps closing it, after this. :meth:`next` returns the next block, ``None``
+    once the source ended (or :meth:`close`), and raises what made the source fail.
+    ``timeout``: seconds without a sample after which the source counts as failed.
+    """
+
+    def __init__(self, src: Any, block_s: float = 0.5, timeout: float = 10.0) -> None:
+        self.src = src
+        self.sfreq = float(src.sfreq)
+        self.ch_names = [str(c) for c in src.ch_names]
+        self.block_n = max(1, int(self.sfreq * block_s))
+        self.timeout = float(timeout)
+        self.filled = 0          # dropped samples filled by interpolation
+        self.dropped = 0         # samples of the blocks left out
+        self.error: BaseException | None = None
+        self._q: queue.Queue = queue.Queue(maxsize=64)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, name="nacf-client-reader",
+                                        daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        buf, n = [], 0
+        last = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                chunk = self.src.read_chunk(0.5)
+                if chunk is None:
+                    break
+                if chunk.n_times == 0:
+                    if time.monotonic() - last > self.timeout:
+                        raise TimeoutError(f"no samples from the source for {self.timeout:g} s.")
+                    continue
+                last = time.monotonic()
+                buf.append(np.asarray(chunk.samples))
+                n += chunk.n_times
+                if n >= self.block_n:
+                    self._put(np.concatenate(buf))
+                    buf, n = [], 0
+            if buf and not self._stop.is_set():  # what the source held at its end
+                self._put(np.concatenate(buf))
+        except Exception as e:  # noqa: BLE001 - the headset failed (PortLost, ...)
+            self.error = e  # raised by next(), not as this thread's traceback
+        finally:
+            self._offer(None)  # the end
+
+    def _put(self, raw: np.ndarray) -> None:
+        block, n = fill_dropped(raw)
+        if block is None:
+            self.dropped += n
+            return
+        self.filled += n
+        self._offer(block)
+
+    def _offer(self, item: np.ndarray | None) -> None:
+        """Queue ``item`` for the consumer, waiting for room until :meth:`close`."""
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def next(self) -> np.ndarray | None:
+        """The next block; ``None`` when the source ended or this was closed."""
+        while not self._stop.is_set():
+            try:
+                b = self._q.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if b is None:
+                self._q.put(None)  # every later call sees the end too
+                if self.error is not None:
+                    raise self.error
+                return None
+            return b
+        return None
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        while (b := self.next()) is not None:
+            yield b
+
+    def close(self) -> None:
+        """Stop reading (the source itself stays open: its owner closes it)."""
+        self._stop.set()
+        self._thread.join(timeout=5.0)
+
+    def __enter__(self) -> Blocks:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _pb() -> Any:
+    from nacf_core._proto.nacf.v1 import auth_pb2
+
+    return auth_pb2
+
+
+def _signal(blocks: Blocks, samples: np.ndarray, device_id: str) -> Any:
+    return _pb().Signal(sample_rate_hz=blocks.sfreq, channel_names=blocks.ch_names,
+                        samples=samples.tobytes(), device_id=device_id)
+
+
+def proof_metadata(secret: str, user_id: str, device_id: str, samples: bytes,
+                   now: float | None = None) -> tuple[tuple[str, str], ...]:
+    """The ``x-device-id``/``-timestamp``/``-proof`` metadata of a call whose signed
+    samples are ``samples`` (the first chunk of a stream)."""
+    from nacf_core.service import device_proof
+
+    ts = int(time.time() if now is None else now)
+    return (("x-device-id", device_id), ("x-device-timestamp", str(ts)),
+            ("x-device-proof", device_proof(secret, user_id, device_id, ts, samples)))
+
+
+def enroll(stub: Any, metadata: Sequence[tuple[str, str]], user_id: str, blocks: Blocks,
+           seconds: float, *, update: bool = False, timeout: float = 60.0) -> Any:
+    """``Enroll`` ``user_id`` with the first ``seconds`` of ``blocks`` as one signal;
+    ``ValueError`` when the source ends before (nothing is sent)."""
+    need = int(round(seconds * blocks.sfreq))
+    got, n = [], 0
+    while n < need:
+        b = blocks.next()
+        if b is None:
+            raise ValueError(f"the source ended after {n / blocks.sfreq:.1f} s of the "
+                             f"{seconds:g} s to enroll; nothing was sent.")
+        got.append(b)
+        n += b.shape[0]
+    x = np.ascontiguousarray(np.concatenate(got)[:need], dtype="<f4")
+    pb = _pb()
+    return stub.Enroll(pb.EnrollRequest(user_id=user_id, signals=[_signal(blocks, x, "")],
+                                        update=update),
+                       metadata=tuple(metadata), timeout=timeout)
+
+
+@dataclass
+class StreamResult:
+    """An ``AuthenticateStream`` answer, with when it came: ``latency_s`` after the last
+    chunk sent, ``wall_s`` from the call's start."""
+
+    response: Any
+    latency_s: float
+    wall_s: float
+
+
+def _cancel_on_failure(call: Any, blocks: Blocks, wake: threading.Event) -> None:
+    """Wait for ``call`` to end or the headset to fail; then cancel the call and raise
+    the headset's error."""
+    call.add_done_callback(lambda _: wake.set())
+    wake.wait()
+    if blocks.error is not None and not call.done():
+        call.cancel()
+        raise blocks.error
+
+
+def authenticate_stream(stub: Any, metadata: Sequence[tuple[str, str]], user_id: str,
+                        blocks: Blocks, *, device_id: str = "", secret: str | None = None,
+                        max_seconds: float = 0.0, timeout: float = 120.0) -> StreamResult:
+    """Stream ``blocks`` to ``AuthenticateStream`` for ``user_id`` until the server
+    decides; with ``secret``, the device proof of ``device_id`` over the first chunk."""
+    pb = _pb()
+    first = blocks.next()
+    if first is None:
+        raise ValueError("the source ended before its first block; nothing was sent.")
+    md = tuple(metadata)
+    if secret is not None:
+        md += proof_metadata(secret, user_id, device_id, first.tobytes())
+    sent_at: list[float] = []
+    wake = threading.Event()
+
+    def requests() -> Iterator[Any]:
+        yield pb.AuthenticateStreamRequest(start=pb.StreamStart(user_id=user_id,
+                                                                max_seconds=max_seconds))
+        b = first
+        while True:
+            sent_at.append(time.perf_counter())
+            yield pb.AuthenticateStreamRequest(chunk=_signal(blocks, b, device_id))
+            try:
+                b = blocks.next()
+            except Exception:  # noqa: BLE001 - the caller cancels and raises it
+                b = None
+            if b is None:
+                break
+        if blocks.error is not None:
+            wake.set()  # the call is cancelled, not decided on a stream cut short
+            while not wake_done.is_set():
+                wake_done.wait(0.2)
+
+    wake_done = threading.Event()
+    t0 = time.perf_counter()
+    call = stub.AuthenticateStream.future(requests(), metadata=md, timeout=timeout)
+    try:
+        _cancel_on_failure(call, blocks, wake)
+        t1 = time.perf_counter()
+        resp = call.result()
+    finally:
+        wake_done.set()
+    # the request thread may send one more chunk after the answer: not counted
+    last = max((t for t in sent_at if t <= t1), default=t0)
+    return StreamResult(resp, t1 - last, t1 - t0)
+
+
+def continuous(stub: Any, metadata: Sequence[tuple[str, str]], session_token: str,
+               blocks: Blocks, *, device_id: str = "", timeout: float | None = None
+               ) -> Iterator[Any]:
+    """Stream ``blocks`` to ``ContinuousAuthenticate`` on the session; yield each
+    update (``ContinuousAuthenticateResponse``) until the server ends the session or the
+    blocks end (the session then stays open until it expires). Closing the iterator
+    cancels the call."""
+    pb = _pb()
+    done = threading.Event()
+
+    def requests() -> Iterator[Any]:
+        yield pb.ContinuousAuthenticateRequest(
+            start=pb.ContinuousStart(session_token=session_token))
+        while not done.is_set():
+            try:
+                b = blocks.next()
+            except Exception:  # noqa: BLE001 - raised to the caller below
+                b = None
+            if b is None:
+                break
+            yield pb.ContinuousAuthenticateRequest(chunk=_signal(blocks, b, device_id))
+
+    call = stub.ContinuousAuthenticate(requests(), metadata=tuple(metadata), timeout=timeout)
+    try:
+        for update in call:
+            yield update
+    finally:
+        done.set()
+        call.cancel()
+    if blocks.error is not None:
+        raise blocks.error

@@ -1,0 +1,314 @@
+"""``nacf client``: the headset side of a running ``nacf serve``, from the command line.
+
+Reads a headset (or any SOURCE) on this machine and calls the server:
+
+- ``enroll``: the first ``--seconds`` of the source become the user's template;
+- ``register-device``: binds a headset to the user and keeps its secret in a file
+  (created 0600; shown once by the server, so the file is prepared before the call);
+- ``authenticate``: streams the source to ``AuthenticateStream`` with the device proof
+  (HMAC of the secret) until the server decides; with ``--continuous``, then keeps the
+  session verified with ``ContinuousAuthenticate`` while the headset streams.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from nacf_core.commands._args import address, finite_float, non_empty
+
+__all__ = ["register", "run"]
+
+_EPILOG = """\
+SOURCE is one of:
+  cyton:PORT[?montage=Fp1,Fp2,...]     OpenBCI Cyton, 8 channels, 250 Hz
+  cyton-daisy:PORT                     OpenBCI Cyton+Daisy, 16 channels, 125 Hz
+  lsl:NAME[?type=EEG]                  a Lab Streaming Layer stream
+  file:PATH[?speed=N]                  a recording replayed as a live source
+The API key: --api-key-file FILE (its first line), else NACF_API_KEY, else the first
+key of NACF_API_KEYS. TLS: --tls-ca (the server's CA; without it plaintext), and
+--tls-cert/--tls-key for a client certificate (mTLS).
+Exit status: 0 accepted (or done), 1 rejected (or the server ended the session),
+2 an error (an option, the source, the server's refusal), 130 interrupted.
+"""
+
+_MAX_SMALL_FILE = 4096  # an API key or a device secret file
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--server", type=address(), default="127.0.0.1:50051",
+                        metavar="HOST:PORT", help="nacf serve's gRPC address "
+                                                  "(default 127.0.0.1:50051)")
+    common.add_argument("--api-key-file", default=None, metavar="FILE",
+                        help="file whose first line is the API key (default: NACF_API_KEY, "
+                             "else the first key of NACF_API_KEYS)")
+    common.add_argument("--tls-ca", default=None, metavar="FILE",
+                        help="CA certificate (PEM) of the server: connect over TLS")
+    common.add_argument("--tls-cert", default=None, metavar="FILE",
+                        help="client certificate (PEM) for mTLS, with --tls-key")
+    common.add_argument("--tls-key", default=None, metavar="FILE",
+                        help="client private key (PEM) for mTLS, with --tls-cert")
+    common.add_argument("--timeout", type=finite_float(0.1, 3600.0), default=60.0,
+                        metavar="S", help="deadline of each call in seconds (default 60; "
+                                          "--continuous streams have none)")
+    common.add_argument("--verbose", action="store_true",
+                        help="show nacf's JSON-lines INFO log on stderr (default: warnings "
+                             "only)")
+    source = argparse.ArgumentParser(add_help=False)
+    source.add_argument("--source", required=True, type=non_empty("SOURCE"),
+                        help="SOURCE (see below)")
+    source.add_argument("--montage", default=None,
+                        help="channel names in order, comma-separated, or a preset "
+                             "(ultracortex-8, ultracortex-16)")
+    source.add_argument("--source-timeout", type=finite_float(0.1, 3600.0), default=10.0,
+                        metavar="S", help="give up after S seconds without a sample "
+                                          "(default 10)")
+
+    p = subparsers.add_parser(
+        "client", help="enroll, register a headset and authenticate from a source "
+                       "against a running nacf serve",
+        description=__doc__, epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="action", metavar="ACTION")
+    sub.required = True
+    kw = {"epilog": _EPILOG, "formatter_class": argparse.RawDescriptionHelpFormatter}
+
+    e = sub.add_parser("enroll", parents=[common, source], help="enroll a user from a source",
+                       description="Enroll USER from the first --seconds of SOURCE.", **kw)
+    e.add_argument("--user", required=True, type=non_empty("user id"))
+    e.add_argument("--seconds", type=finite_float(4.0, 600.0), default=60.0,
+                   help="seconds of signal to enroll with, 4-600 (default 60)")
+    e.add_argument("--update", action="store_true",
+                   help="replace the template of an enrolled user (needs the admin scope)")
+    e.set_defaults(func=run)
+
+    r = sub.add_parser("register-device", parents=[common],
+                       help="bind a headset to a user and keep its secret in a file",
+                       description="Bind --device-id to --user; write its secret to "
+                                   "--secret-file (created 0600).", **kw)
+    r.add_argument("--user", required=True, type=non_empty("user id"))
+    r.add_argument("--device-id", required=True, type=non_empty("device id"))
+    r.add_argument("--secret-file", required=True, type=non_empty("file name"),
+                   help="where the device secret goes (refused if it exists, unless --rotate)")
+    r.add_argument("--rotate", action="store_true",
+                   help="issue a new secret for a bound headset (ends the sessions it opened)")
+    r.set_defaults(func=run)
+
+    a = sub.add_parser("authenticate", parents=[common, source],
+                       help="authenticate a user from a source (AuthenticateStream)",
+                       description="Stream SOURCE to AuthenticateStream as --user until the "
+                                   "server decides.", **kw)
+    a.add_argument("--user", required=True, type=non_empty("user id"))
+    a.add_argument("--device-id", default="", help="the headset's device id (with "
+                                                   "--secret-file: the device proof)")
+    a.add_argument("--secret-file", default=None,
+                   help="the headset's secret (from register-device): send the device proof")
+    a.add_argument("--max-seconds", type=finite_float(0.0, 3600.0), default=0.0,
+                   help="most signal seconds before the server decides (0: its own limit)")
+    a.add_argument("--continuous", action="store_true",
+                   help="once accepted, keep the session verified (ContinuousAuthenticate) "
+                        "until the server ends it, the source ends or Ctrl-C")
+    a.add_argument("--token-file", default=None,
+                   help="write the session token there (created 0600) when accepted")
+    a.set_defaults(func=run)
+
+
+def _read_small(path: str, what: str) -> str:
+    """The first line of a small text file (an API key, a device secret)."""
+    if not os.path.isfile(path):
+        raise ValueError(f"{what} {path!r} is not a file.")
+    with open(path, "rb") as f:
+        raw = f.read(_MAX_SMALL_FILE + 1)
+    if len(raw) > _MAX_SMALL_FILE:
+        raise ValueError(f"{what} {path!r} is larger than {_MAX_SMALL_FILE} bytes; it "
+                         "should hold one line.")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{what} {path!r} is not UTF-8 text.") from None
+    line = text.splitlines()[0].strip() if text.strip() else ""
+    if not line:
+        raise ValueError(f"{what} {path!r} is empty.")
+    return line
+
+
+def _api_key(args: argparse.Namespace) -> str | None:
+    if args.api_key_file:
+        return _read_small(args.api_key_file, "--api-key-file")
+    key = os.environ.get("NACF_API_KEY", "").strip()
+    if key:
+        return key
+    keys = [k.strip() for k in os.environ.get("NACF_API_KEYS", "").split(",") if k.strip()]
+    return keys[0] if keys else None
+
+
+def _channel(args: argparse.Namespace):
+    import grpc
+
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ValueError("--tls-cert and --tls-key go together (a client certificate and "
+                         "its key).")
+    if args.tls_ca is None and args.tls_cert is None:
+        return grpc.insecure_channel(args.server)
+
+    def pem(path: str | None, what: str) -> bytes | None:
+        if path is None:
+            return None
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError as e:
+            raise ValueError(f"{what} {path!r} cannot be read: {e.strerror}.") from None
+
+    creds = grpc.ssl_channel_credentials(root_certificates=pem(args.tls_ca, "--tls-ca"),
+                                         private_key=pem(args.tls_key, "--tls-key"),
+                                         certificate_chain=pem(args.tls_cert, "--tls-cert"))
+    return grpc.secure_channel(args.server, creds)
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+    import threading
+
+    import grpc
+
+    from nacf_core.errors import NacfError
+
+    nacf_log = logging.getLogger("nacf")
+    level = nacf_log.level
+    if not args.verbose:  # the decisions stay readable
+        nacf_log.setLevel(max(nacf_log.getEffectiveLevel(), logging.WARNING))
+
+    def _term(signum, frame):  # SIGTERM: unwind like Ctrl-C (the source is closed)
+        raise KeyboardInterrupt
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGTERM, _term) if main_thread else None
+    try:
+        key = _api_key(args)
+        md = (("x-api-key", key),) if key else ()
+        with _channel(args) as channel:
+            from nacf_core._proto.nacf.v1 import auth_pb2_grpc as pbg
+
+            stub = pbg.AuthServiceStub(channel)
+            return _ACTIONS[args.action](args, stub, md)
+    except grpc.RpcError as e:
+        print(f"nacf client {args.action}: the server answered {e.code().name}: "
+              f"{e.details()}", file=sys.stderr)
+        return 2
+    except (ValueError, TypeError, OSError, NacfError, TimeoutError) as e:
+        print(f"nacf client {args.action}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"nacf client {args.action}: interrupted.", file=sys.stderr)
+        return 130
+    finally:
+        nacf_log.setLevel(level)
+        if main_thread:
+            signal.signal(signal.SIGTERM, old)
+
+
+def _open(args: argparse.Namespace):
+    from nacf_core.client import Blocks
+    from nacf_core.hardware.sources import open_source
+
+    src = open_source(args.source, montage=args.montage)
+    return src, Blocks(src, timeout=args.source_timeout)
+
+
+def _enroll(args: argparse.Namespace, stub, md) -> int:
+    from nacf_core.client import enroll
+
+    src, blocks = _open(args)
+    with src, blocks:
+        t0 = time.perf_counter()
+        r = enroll(stub, md, args.user, blocks, args.seconds, update=args.update,
+                   timeout=args.timeout)
+    reasons = sorted({e.reason for e in r.rejected})
+    print(f"enrolled {r.user_id}: template v{r.template_version}, {r.epochs_used} epochs "
+          f"used, {r.epochs_rejected} rejected{' (' + ', '.join(reasons) + ')' if reasons else ''}"
+          f", quality {r.quality:.2f}, model {r.model_version}, "
+          f"{(time.perf_counter() - t0):.1f} s")
+    return 0
+
+
+def _register_device(args: argparse.Namespace, stub, md) -> int:
+    from nacf_core._proto.nacf.v1 import auth_pb2 as pb
+    from nacf_core.config import CompleteOrNothing
+
+    if os.path.exists(args.secret_file) and not args.rotate:
+        raise ValueError(f"--secret-file {args.secret_file!r} exists: it may hold the "
+                         "secret of a bound headset (shown once); give another file, or "
+                         "--rotate to issue a new secret in its place.")
+    # the file is prepared before the call: the server shows the secret once, so a file
+    # that cannot be written must stop this before the server issues it
+    with CompleteOrNothing(args.secret_file, what="--secret-file", mode=0o600) as fh:
+        r = stub.RegisterDevice(pb.RegisterDeviceRequest(user_id=args.user,
+                                                         device_id=args.device_id,
+                                                         rotate=args.rotate),
+                                metadata=md, timeout=args.timeout)
+        fh.write(r.device_secret + "\n")
+    print(f"headset {r.device_id} {'rotated' if args.rotate else 'registered'} for "
+          f"{r.user_id}; its secret is in {args.secret_file} (keep it on the headset's "
+          "machine only)")
+    return 0
+
+
+def _when(unix: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix)) if unix > 0 else "-"
+
+
+def _authenticate(args: argparse.Namespace, stub, md) -> int:
+    from nacf_core.client import authenticate_stream, continuous
+    from nacf_core.config import CompleteOrNothing
+
+    secret = None
+    if args.secret_file is not None:
+        if not args.device_id:
+            raise ValueError("--secret-file needs --device-id (the proof signs the headset's "
+                             "id).")
+        secret = _read_small(args.secret_file, "--secret-file")
+    if args.token_file is not None and os.path.isdir(args.token_file):
+        raise ValueError(f"--token-file {args.token_file!r} is a directory.")
+    src, blocks = _open(args)
+    with src, blocks:
+        res = authenticate_stream(stub, md, args.user, blocks, device_id=args.device_id,
+                                  secret=secret, max_seconds=args.max_seconds,
+                                  timeout=args.timeout)
+        r = res.response
+        print(f"{'ACCEPT' if r.accepted else 'REJECT'} {args.user}: score {r.score:+.3f} "
+              f"(threshold {r.threshold:+.3f}) after {r.seconds_used:.1f} s of signal, "
+              f"quality {r.quality:.2f}, decision {res.latency_s * 1e3:.1f} ms after the last "
+              f"chunk" + (f"; session open until {_when(r.session_expires_at_unix)}"
+                          if r.accepted else "")
+              + (f"; reasons: {'; '.join(r.reasons)}" if r.reasons and not r.accepted else "")
+              + (f" ({blocks.filled} dropped samples interpolated)" if blocks.filled else ""),
+              flush=True)
+        if not r.accepted:
+            return 1
+        if args.token_file is not None:
+            with CompleteOrNothing(args.token_file, what="--token-file", mode=0o600) as fh:
+                fh.write(r.session_token + "\n")
+        if not args.continuous:
+            return 0
+        ended = False
+        for u in continuous(stub, md, r.session_token, blocks, device_id=args.device_id):
+            state = u.State.Name(u.state)
+            print(f"{state} score {u.score:+.3f} (threshold {u.threshold:+.3f}), quality "
+                  f"{u.quality:.2f}, {u.seconds_streamed:.0f} s streamed"
+                  + (f", session until {_when(u.session_expires_at_unix)}"
+                     if state == "VERIFIED" else "")
+                  + (f": {u.reason}" if u.reason else ""), flush=True)
+            ended = state == "ENDED"
+        if ended:
+            return 1
+        print("the source ended: the session stays open until it expires", flush=True)
+        return 0
+
+
+_ACTIONS = {"enroll": _enroll, "register-device": _register_device,
+            "authenticate": _authenticate}

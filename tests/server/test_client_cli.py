@@ -1,0 +1,325 @@
+"""``nacf client`` and ``nacf_core.client``: the headset side, against a real server.
+
+The server is ``nacf serve``'s (in-process, loopback, SQLite, the shipped model, the
+device proof required); the headsets are the package's demo recordings (real EEG of
+held-out subjects) replayed as ``file:`` sources, and pieces of them."""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from nacf_core.cli import build_parser
+from nacf_core.client import Blocks, fill_dropped
+from nacf_core.hardware.base import Chunk
+from nacf_core.hardware.files import read_recording, write_npz
+
+KEY = "client-test-key-0123456789"
+DEMO = os.path.join(os.path.dirname(__file__), "..", "..", "nacf_core", "data", "demo")
+
+
+def demo(name: str) -> str:
+    return os.path.abspath(os.path.join(DEMO, f"{name}.npz"))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from nacf_core.config import SCOPES, Config
+    from nacf_core.server.app import NacfServer
+
+    d = tmp_path_factory.mktemp("client-server")
+    srv = NacfServer(Config(grpc_address="127.0.0.1:0", metrics_address="", data_dir=str(d),
+                            api_keys={KEY: frozenset(SCOPES)},
+                            require_device_proof=True)).start()
+    yield srv
+    srv.stop(grace=2.0)
+
+
+def client(server, *args: str, key: str | None = KEY) -> int:
+    extra = ["--api-key-file", _key_file(key)] if key is not None else []
+    action, rest = args[0], list(args[1:])
+    # the parsed command run as main() runs it, without main()'s logging set-up (its
+    # handler would keep pytest's captured stderr after the test)
+    ns = build_parser().parse_args(["client", action, "--server", server.address, *extra,
+                                    *rest])
+    return int(ns.func(ns))
+
+
+_KEYS: dict[str, str] = {}
+
+
+def _key_file(key: str) -> str:
+    if key not in _KEYS:
+        import tempfile
+
+        fd, path = tempfile.mkstemp(prefix="nacf-key-")
+        os.write(fd, (key + "\n").encode())
+        os.close(fd)
+        _KEYS[key] = path
+    return _KEYS[key]
+
+
+def source(path: str, speed: float = 0) -> str:
+    return f"file:{path}?speed={speed:g}"
+
+
+@pytest.fixture(scope="module")
+def enrolled(server, tmp_path_factory):
+    """S021 and S022 enrolled from their R03 recordings, each with a headset whose
+    secret is in a file."""
+    d = tmp_path_factory.mktemp("secrets")
+    secrets = {}
+    for user in ("S021", "S022"):
+        assert client(server, "enroll", "--user", user, "--source",
+                      source(demo(f"{user}R03"))) == 0
+        secrets[user] = str(d / f"{user}.secret")
+        assert client(server, "register-device", "--user", user, "--device-id",
+                      f"hs-{user}", "--secret-file", secrets[user]) == 0
+    return secrets
+
+
+def _piece(tmp_path, name: str, parts: list[tuple[str, float, float]]) -> str:
+    """An .npz of pieces ``(recording, start s, end s)`` of demo recordings, end to end."""
+    xs = []
+    for rec_name, a, b in parts:
+        rec = read_recording(demo(rec_name))
+        xs.append(rec.data[int(a * rec.sfreq):int(b * rec.sfreq)])
+    return str(write_npz(tmp_path / f"{name}.npz", np.concatenate(xs), rec.sfreq,
+                         rec.ch_names))
+
+
+def test_enroll_register_and_authenticate_a_genuine_wearer_and_an_impostor(
+        server, enrolled, tmp_path, capsys):
+    capsys.readouterr()
+    secret = enrolled["S021"]
+    assert stat.S_IMODE(os.stat(secret).st_mode) == 0o600
+    assert len(open(secret).read().strip()) >= 32
+    token = tmp_path / "token"
+    genuine = _piece(tmp_path, "g", [("S021R07", 0, 20)])
+    assert client(server, "authenticate", "--user", "S021", "--device-id", "hs-S021",
+                  "--secret-file", secret, "--source", source(genuine),
+                  "--token-file", str(token)) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ACCEPT S021: score +"), out
+    assert "session open until " in out
+    assert stat.S_IMODE(os.stat(token).st_mode) == 0o600
+    # the token is a live session of S021
+    from nacf_core._proto.nacf.v1 import auth_pb2 as pb
+    stub = server_stub(server)
+    v = stub.ValidateSession(pb.ValidateSessionRequest(session_token=token.read_text().strip()),
+                             metadata=(("x-api-key", KEY),))
+    assert v.valid and v.user_id == "S021"
+    # someone else wearing S021's headset
+    impostor = _piece(tmp_path, "i", [("S022R07", 0, 20)])
+    assert client(server, "authenticate", "--user", "S021", "--device-id", "hs-S021",
+                  "--secret-file", secret, "--source", source(impostor)) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("REJECT S021: score "), out
+    assert "below threshold" in out
+
+
+def server_stub(server):
+    import grpc
+
+    from nacf_core._proto.nacf.v1 import auth_pb2_grpc as pbg
+
+    return pbg.AuthServiceStub(grpc.insecure_channel(server.address))
+
+
+def test_a_wrong_secret_or_no_key_is_the_servers_refusal_with_status_2(
+        server, enrolled, tmp_path, capsys):
+    wrong = tmp_path / "wrong.secret"
+    wrong.write_text("not-the-secret-of-this-headset\n")
+    probe = _piece(tmp_path, "p", [("S021R07", 20, 30)])
+    assert client(server, "authenticate", "--user", "S021", "--device-id", "hs-S021",
+                  "--secret-file", str(wrong), "--source", source(probe)) == 2
+    err = capsys.readouterr().err
+    assert "nacf client authenticate: the server answered UNAUTHENTICATED: device proof" in err
+    # without the proof the server (which requires it) refuses too
+    assert client(server, "authenticate", "--user", "S021", "--source", source(probe)) == 2
+    assert "UNAUTHENTICATED" in capsys.readouterr().err
+    os.environ.pop("NACF_API_KEY", None)
+    env = os.environ.pop("NACF_API_KEYS", None)
+    try:
+        assert client(server, "enroll", "--user", "nokey", "--source",
+                      source(demo("S023R03")), key=None) == 2
+    finally:
+        if env is not None:
+            os.environ["NACF_API_KEYS"] = env
+    assert "UNAUTHENTICATED: missing API key" in capsys.readouterr().err
+
+
+def test_register_device_never_overwrites_a_secret_and_rotate_replaces_it(
+        server, enrolled, tmp_path, capsys):
+    from nacf_core._proto.nacf.v1 import auth_pb2 as pb
+
+    md = (("x-api-key", KEY),)
+    assert client(server, "enroll", "--user", "S023", "--source",
+                  source(demo("S023R03"))) == 0
+    secret = tmp_path / "S023.secret"
+    secret.write_text("a secret kept from before\n")
+    capsys.readouterr()
+    # the file exists: refused before any call, the headset is not bound
+    assert client(server, "register-device", "--user", "S023", "--device-id", "hs-S023",
+                  "--secret-file", str(secret)) == 2
+    assert "exists" in capsys.readouterr().err
+    assert secret.read_text() == "a secret kept from before\n"
+    user = server_stub(server).GetUser(pb.GetUserRequest(user_id="S023"), metadata=md).user
+    assert list(user.device_ids) == []
+    secret.unlink()
+    assert client(server, "register-device", "--user", "S023", "--device-id", "hs-S023",
+                  "--secret-file", str(secret)) == 0
+    old = secret.read_text().strip()
+    assert client(server, "register-device", "--user", "S023", "--device-id", "hs-S023",
+                  "--secret-file", str(secret), "--rotate") == 0
+    new = secret.read_text().strip()
+    assert new and new != old and stat.S_IMODE(os.stat(secret).st_mode) == 0o600
+    # a folder that cannot take the file: refused before the server issues a secret
+    assert client(server, "register-device", "--user", "S023", "--device-id", "hs-other",
+                  "--secret-file", str(tmp_path / "missing-dir" / "s")) == 2
+    user = server_stub(server).GetUser(pb.GetUserRequest(user_id="S023"), metadata=md).user
+    assert list(user.device_ids) == ["hs-S023"]
+    # the old secret no longer signs, the new one does
+    old_file = tmp_path / "old.secret"
+    old_file.write_text(old)
+    probe = _piece(tmp_path, "p3", [("S023R07", 0, 20)])
+    assert client(server, "authenticate", "--user", "S023", "--device-id", "hs-S023",
+                  "--secret-file", str(old_file), "--source", source(probe)) == 2
+    assert client(server, "authenticate", "--user", "S023", "--device-id", "hs-S023",
+                  "--secret-file", str(secret), "--source", source(probe)) == 0
+
+
+def test_register_device_refusal_names_the_existing_file(server, enrolled, tmp_path, capsys):
+    secret = tmp_path / "kept.secret"
+    secret.write_text("kept\n")
+    capsys.readouterr()
+    assert client(server, "register-device", "--user", "S022", "--device-id", "hs-x",
+                  "--secret-file", str(secret)) == 2
+    err = capsys.readouterr().err
+    assert f"--secret-file {str(secret)!r} exists" in err, err
+    assert "--rotate" in err
+
+
+def test_continuous_keeps_the_session_verified_until_the_wearer_changes(
+        server, enrolled, tmp_path, capsys):
+    capsys.readouterr()
+    # the owner for 24 s, then someone else puts the headset on (8x real time: a
+    # headset's pace; blocks it sent while the server decided are not scored again)
+    swap = _piece(tmp_path, "swap", [("S022R07", 0, 24), ("S021R07", 30, 54)])
+    rc = client(server, "authenticate", "--user", "S022", "--device-id", "hs-S022",
+                "--secret-file", enrolled["S022"], "--source", source(swap, 8), "--continuous")
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].startswith("ACCEPT S022"), out
+    assert any(ln.startswith("VERIFIED score +") for ln in lines[1:]), out
+    assert lines[-1].startswith("ENDED ") and lines[-1].endswith(": wearer_changed"), out
+    assert rc == 1
+    # the genuine wearer to the end of the recording: the session stays open
+    genuine = _piece(tmp_path, "stay", [("S022R07", 24, 60)])
+    assert client(server, "authenticate", "--user", "S022", "--device-id", "hs-S022",
+                  "--secret-file", enrolled["S022"], "--source", source(genuine, 8),
+                  "--continuous") == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1] == "the source ended: the session stays open until it expires"
+    assert "ENDED" not in out
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--secret-file", "x"], "--secret-file needs --device-id"),
+    (["--device-id", "d", "--secret-file", "/nonexistent/secret"],
+     "--secret-file '/nonexistent/secret' is not a file"),
+    (["--tls-cert", "c.pem"], "--tls-cert and --tls-key go together"),
+])
+def test_wrong_options_say_what_was_expected(server, args, said, capsys):
+    capsys.readouterr()
+    assert client(server, "authenticate", "--user", "u", "--source",
+                  source(demo("S021R07")), *args) == 2
+    assert said in capsys.readouterr().err
+
+
+def test_a_source_that_ends_before_the_enrollment_length_sends_nothing(
+        server, tmp_path, capsys):
+    short = _piece(tmp_path, "short", [("S024R03", 0, 10)])
+    capsys.readouterr()
+    assert client(server, "enroll", "--user", "short", "--source", source(short),
+                  "--seconds", "30") == 2
+    assert "the source ended after 10.0 s of the 30 s to enroll; nothing was sent" in \
+        capsys.readouterr().err
+    from nacf_core._proto.nacf.v1 import auth_pb2 as pb
+    users = server_stub(server).ListUsers(pb.ListUsersRequest(), metadata=(("x-api-key", KEY),))
+    assert "short" not in [u.user_id for u in users.users]
+
+
+# ------------------------------------------------------------------- the block reader
+class _Src:
+    """A source of given chunks, then an end (``None``) or an error."""
+
+    sfreq = 100.0
+    ch_names = ["a", "b"]
+
+    def __init__(self, chunks, end: BaseException | None = None, empty_after=False):
+        self.chunks = list(chunks)
+        self.end = end
+        self.empty_after = empty_after
+
+    def read_chunk(self, timeout):
+        if self.chunks:
+            x = self.chunks.pop(0)
+            return Chunk(x, np.arange(len(x)) / 100.0, self.ch_names, self.sfreq)
+        if self.empty_after:
+            time.sleep(0.01)
+            return Chunk(np.empty((0, 2), "f4"), np.empty(0), self.ch_names, self.sfreq)
+        if self.end is not None:
+            raise self.end
+        return None
+
+
+def test_fill_dropped_interpolates_short_gaps_and_drops_a_block_that_lost_a_quarter():
+    x = np.arange(20, dtype="f4").reshape(10, 2)
+    y = x.copy()
+    y[3:5] = np.nan
+    out, n = fill_dropped(y)
+    assert n == 2 and out.dtype == np.dtype("<f4") and np.allclose(out, x)
+    y[3:6] = np.nan  # 3 of 10 rows: more than a quarter
+    assert fill_dropped(y) == (None, 3)
+
+
+def test_blocks_hand_out_half_seconds_the_tail_and_the_sources_error():
+    x = np.ones((30, 2), "f4")
+    with Blocks(_Src([x, x, x])) as b:  # 90 samples: a 50-sample block, then the tail
+        got = list(b)
+    assert [g.shape[0] for g in got] == [60, 30]
+    with Blocks(_Src([x, x], end=OSError("serial port vanished"))) as b:
+        assert b.next().shape[0] == 60
+        with pytest.raises(OSError, match="serial port vanished"):
+            b.next()
+        with pytest.raises(OSError):  # and again: the end is final
+            b.next()
+    nan = x.copy()
+    nan[:20] = np.nan
+    with Blocks(_Src([nan, nan, x])) as b:
+        assert [g.shape[0] for g in b] == [30]  # the lossy block is left out
+        assert b.dropped == 40
+
+
+def test_blocks_give_up_on_a_silent_source():
+    t0 = time.monotonic()
+    with Blocks(_Src([], empty_after=True), timeout=0.3) as b:
+        with pytest.raises(TimeoutError, match="no samples from the source for 0.3 s"):
+            b.next()
+    assert time.monotonic() - t0 < 5
+
+
+def test_blocks_close_while_the_consumer_is_away_does_not_hang():
+    x = np.ones((60, 2), "f4")
+    b = Blocks(_Src([x] * 200))  # more than its queue holds
+    time.sleep(0.2)
+    t = threading.Thread(target=b.close)
+    t.start()
+    t.join(5)
+    assert not t.is_alive()
