@@ -132,7 +132,7 @@ OPTION_HELP: dict[str, str] = {
     "audit_retention_days": "audit rows, and sessions that ended, older than this are purged",
     "purge_interval_s": "how often the retention purge runs (sessions expire every 30 s, "
                         "or every purge_interval_s if shorter)",
-    "identify_max_k": "largest top_k Identify accepts",
+    "identify_max_k": "largest top_k Identify accepts (and its default, 5, when smaller)",
 }
 
 

@@ -1098,9 +1098,13 @@ class AuthService:
         t_start = time.perf_counter()
         if isinstance(top_k, bool) or not isinstance(top_k, int):
             raise InvalidArgument(f"'top_k' must be an integer, got {top_k!r}.")
-        k = top_k or 5
-        if not 1 <= k <= self.config.identify_max_k:
-            raise InvalidArgument(f"'top_k' must be in [1, {self.config.identify_max_k}], "
+        max_k = self.config.identify_max_k
+        # 0: the default, 5, or identify_max_k when that is smaller (a request that left
+        # top_k out was refused for a value it never gave)
+        default_k = min(5, max_k)
+        k = top_k or default_k
+        if not 1 <= k <= max_k:
+            raise InvalidArgument(f"'top_k' must be in [1, {max_k}] (0: {default_k}), "
                                   f"got {top_k}.")
         t0 = time.perf_counter()
         w = self.rec.windows(block)

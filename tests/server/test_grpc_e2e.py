@@ -178,6 +178,29 @@ def test_identify_top_k(srv):
                    metadata=MD)[0] == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def test_identify_default_top_k_stays_within_a_smaller_identify_max_k(srv):
+    """top_k 0 means the default, 5 (the proto). With identify_max_k below 5 an Identify
+    that left top_k out was refused INVALID_ARGUMENT "'top_k' must be in [1, 2], got 0",
+    though 0 is the documented default: the default is now at most identify_max_k, and
+    the refusal of a top_k too large says what 0 means."""
+    server, stub, _ = srv
+    for u in ("idK1", "idK2", "idK3"):  # one person three times: three matches
+        enroll(stub, u, 9)
+    probe = sig(eeg(9, 3, 60, 8))
+    server.service.config.identify_max_k = 2
+    try:
+        r = stub.Identify(pb.IdentifyRequest(signal=probe), metadata=MD, timeout=30)
+        assert len(r.candidates) == 2
+        assert {c.user_id for c in r.candidates} <= {"idK1", "idK2", "idK3"}
+        c, m = code_of(stub.Identify, pb.IdentifyRequest(signal=probe, top_k=3), metadata=MD)
+        assert c == grpc.StatusCode.INVALID_ARGUMENT
+        assert "[1, 2]" in m and "got 3" in m and "0" in m.split("got")[0], m
+    finally:
+        server.service.config.identify_max_k = 100
+    r = stub.Identify(pb.IdentifyRequest(signal=probe), metadata=MD, timeout=30)
+    assert len(r.candidates) == 3
+
+
 def test_identify_leaves_locked_users_out_and_logs_each_call(srv, caplog):
     """A locked user's template is not scored by Identify either (else Identify would be
     an unlimited oracle against a template whose 1:1 attempts are refused)."""
