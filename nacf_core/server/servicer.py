@@ -21,7 +21,13 @@ import grpc
 
 from nacf_core._proto.nacf.v1 import auth_pb2 as pb
 from nacf_core._proto.nacf.v1 import auth_pb2_grpc as pb_grpc
-from nacf_core.errors import DeadlineExceeded, InvalidArgument, NacfError, PermissionDenied
+from nacf_core.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    NacfError,
+    PermissionDenied,
+    ResourceExhausted,
+)
 from nacf_core.server import converters as cv
 from nacf_core.server.interceptors import CALLER, call_active, ended_status, log_refusal
 from nacf_core.service import AuthService, ClientStream, DeviceProof
@@ -32,6 +38,10 @@ __all__ = ["SERVICE_NAME", "AuthServicer", "add_to_server", "status_for"]
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AuthService"].full_name
 
 log = logging.getLogger("nacf.server")
+
+#: Bytes a ListUsers page cut to fit in a response keeps for its ``next_page_token`` (the
+#: store's: a user id of at most 128 characters, base64; the page is checked again anyway)
+_PAGE_TOKEN_ROOM = 1024
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -272,9 +282,31 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
 
     @_unary
     def ListUsers(self, request, context) -> pb.ListUsersResponse:
-        users, token = self.service.list_users(request.page_size, request.page_token)
-        return pb.ListUsersResponse(users=[cv.user_message(u) for u in users],
-                                    next_page_token=token)
+        """A page of at most ``page_size`` users, and fewer when more would not fit in
+        one response (``max_message_bytes``): gRPC refused to send a larger one
+        (``RESOURCE_EXHAUSTED`` "Sent message larger than max", counted ``OK``), and no
+        page size got past long user ids or users with many headsets. The page is read
+        again with as many users as fit, so its ``next_page_token`` is the store's."""
+        limit = int(self.service.config.max_message_bytes)
+        size = request.page_size
+        while True:
+            users, token = self.service.list_users(size, request.page_token)
+            resp = pb.ListUsersResponse(users=[cv.user_message(u) for u in users],
+                                        next_page_token=token)
+            if resp.ByteSize() <= limit:
+                return resp
+            room, fit = limit - _PAGE_TOKEN_ROOM, 0
+            for m in resp.users:
+                room -= pb.ListUsersResponse(users=[m]).ByteSize()
+                if room < 0:
+                    break
+                fit += 1
+            if len(users) == 1:
+                raise ResourceExhausted(
+                    f"user {users[0].user_id!r} alone does not fit in a response of "
+                    f"max_message_bytes ({limit} bytes; {len(users[0].device_ids)} "
+                    "headsets): raise max_message_bytes to list it.")
+            size = max(fit, 1)
 
     @_unary
     def ValidateSession(self, request, context) -> pb.ValidateSessionResponse:

@@ -94,3 +94,56 @@ def test_the_rejection_that_locks_a_user_after_a_lower_threshold_is_counted_as_a
         assert [x for x in caplog.records if getattr(x, "security_event_type", "") == "lockout"]
     finally:
         svc.store.close()
+
+
+def test_a_page_of_users_too_large_for_one_response_is_cut_not_refused(tmp_path, model_path):
+    """ListUsers accepts page sizes up to 1 000, but a page of long user ids (or of users
+    with many headsets) can be larger than max_message_bytes: gRPC then refused to send
+    it (RESOURCE_EXHAUSTED "SERVER: Sent message larger than max", counted OK in the RPC
+    metrics) and no page size up to 1 000 ever got past those users. A page now holds
+    at most page_size users and fewer when more would not fit, with a next_page_token to
+    the rest, so paging through lists every user once."""
+    import grpc
+
+    from nacf_core._proto.nacf.v1 import auth_pb2 as pb
+    from nacf_core._proto.nacf.v1 import auth_pb2_grpc as pbg
+    from nacf_core.server.app import NacfServer
+
+    key = "key-admin-0123456789"
+    svc = sqlite_service(tmp_path, model_path, grpc_address="127.0.0.1:0",
+                         metrics_address="", max_message_bytes=64 * 1024,
+                         api_keys={key: frozenset({"admin"})})
+    svc.enroll("seed", [signal_block(eeg(1, 3, 0, 40))])
+    blob = svc.store.get_template("seed").blob
+    users = ["seed"] + [f"{i:04d}-" + "x" * 123 for i in range(600)]  # ~180 bytes each
+    for u in users[1:]:
+        svc.store.put_template(u, blob, svc.model_version)
+    server = NacfServer(svc.config, svc, metrics=svc.metrics, sidecar=False).start()
+    chan = grpc.insecure_channel(server.address)
+    try:
+        stub = pbg.AuthServiceStub(chan)
+        md = (("x-api-key", key),)
+        seen, token, pages = [], "", 0
+        while True:
+            page = stub.ListUsers(pb.ListUsersRequest(page_size=1000, page_token=token),
+                                  metadata=md, timeout=30)
+            assert page.ByteSize() <= 64 * 1024 and page.users
+            seen += [u.user_id for u in page.users]
+            pages += 1
+            token = page.next_page_token
+            if not token:
+                break
+        assert sorted(seen) == sorted(users) and pages >= 2
+        # a page that fits is as it was: page_size users
+        small = stub.ListUsers(pb.ListUsersRequest(page_size=100), metadata=md, timeout=30)
+        assert len(small.users) == 100 and small.next_page_token
+        # a user whose record alone is larger than a response may be: said, not INTERNAL
+        svc.config.max_message_bytes = 200
+        with pytest.raises(grpc.RpcError) as e:
+            stub.ListUsers(pb.ListUsersRequest(page_size=10), metadata=md, timeout=30)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "'0000-x" in e.value.details() and "max_message_bytes (200" in e.value.details()
+    finally:
+        chan.close()
+        server.stop(0)
+        svc.store.close()
