@@ -1056,7 +1056,9 @@ class SqlStore(Store):
             f"FROM auth_attempts WHERE ts >= ? AND method NOT IN {ACCOUNT_CHANGE_METHODS!r}",
             (day,)), write=False)
         n = int(row[2])
-        rate = round(int(row[3] or 0) * 100.0 / n, 2) if n else None
+        # the exact percentage rounded to 0.01 with a half going up, as the guide's
+        # ROUND(numeric, 2) does (round() of the float rounded 3.125 to 3.12)
+        rate = (int(row[3] or 0) * 20_000 + n) // (2 * n) / 100 if n else None
         return Stats(total_active_users=int(row[0]), active_users_today=int(row[1]),
                      attempts_today=n, success_rate_today=rate)
 

@@ -306,6 +306,17 @@ def test_success_rate_rounding(store):
     assert store.stats(now=T0).success_rate_today == 33.33
 
 
+@pytest.mark.parametrize("ok, n, rate", [(1, 32, 3.13), (1, 160, 0.63), (3, 32, 9.38),
+                                         (31, 32, 96.88)])
+def test_success_rate_rounds_half_away_from_zero_as_the_guide(store, ok, n, rate):
+    """The guide's query rounds the exact percentage with ROUND(numeric, 2): a half goes
+    up (1 of 32 attempts, 3.125 %, is 3.13). Python's round() of the float rounded it to
+    even (3.12): GetStats said 0.01 less than the guide's query on the same rows."""
+    for i in range(n):
+        store.record_attempt("u", i < ok, 0.5, "x", "p", 0.0, "Authenticate", now=T0)
+    assert store.stats(now=T0).success_rate_today == rate
+
+
 def test_fingerprints_bounded_history(store):
     store.put_template("alice", b"x", "m")
     store.pad_history = 4
