@@ -1705,8 +1705,12 @@ class AuthService:
             if dev.user_id != user_id:
                 raise AlreadyExists(f"device {device_id!r} is bound to another user.")
             if not rotate:
+                # rotate=true is an account change: a caller without the admin scope
+                # (first_only) asks an admin, instead of being refused for it next
+                how = ("an admin can rotate its secret (rotate=true needs the admin scope)"
+                       if first_only else "set rotate=true for a new secret")
                 raise AlreadyExists(f"device {device_id!r} is already registered to user "
-                                    f"{user_id!r}; set rotate=true for a new secret.")
+                                    f"{user_id!r}; {how}.")
         secret = secrets.token_urlsafe(32)
         now = self.clock()
         if deadline is not None and time.monotonic() > deadline:

@@ -470,6 +470,22 @@ def test_account_changes_refused_for_their_scope_are_security_events(srv, caplog
                    for m in ("Enroll", "RegisterDevice", "RegisterDevice")], got
 
 
+def test_a_headset_registered_again_with_the_enroll_scope_is_told_rotation_needs_admin(srv):
+    """A headset registered again (the enrollment desk's retry) is ALREADY_EXISTS. The
+    message told every caller to "set rotate=true for a new secret", but with the enroll
+    scope that call is PERMISSION_DENIED: it now says that rotating needs an admin."""
+    _, stub, _ = srv
+    EN = (("x-api-key", ENROLL_ONLY),)
+    stub.Enroll(pb.EnrollRequest(user_id="rereg", signals=[sig(eeg(1, 3, 0, 40))]),
+                metadata=EN, timeout=30)
+    req = pb.RegisterDeviceRequest(user_id="rereg", device_id="hs-rereg")
+    stub.RegisterDevice(req, metadata=EN, timeout=10)
+    c, m = code_of(stub.RegisterDevice, req, metadata=EN, timeout=10)
+    assert c == grpc.StatusCode.ALREADY_EXISTS and "admin" in m and "rotate=true" in m, m
+    c, m = code_of(stub.RegisterDevice, req, metadata=MD, timeout=10)  # an admin: as before
+    assert c == grpc.StatusCode.ALREADY_EXISTS and "set rotate=true" in m and "admin" not in m
+
+
 def test_an_account_change_is_answered_even_when_its_sessions_cannot_be_ended(srv,
                                                                              monkeypatch):
     """The rotation is done when ending the old secret's sessions fails: the caller gets
