@@ -1684,7 +1684,17 @@ class AuthService:
     def register_device(self, user_id: str, device_id: str, rotate: bool = False, *,
                         first_only: bool = False, actor: str = "", peer: str = "",
                         deadline: float | None = None) -> str:
-        """Bind ``device_id`` to ``user_id``; return its secret (shown once).
+        """Bind ``device_id`` to ``user_id``; return its secret (shown once). See
+        :meth:`bind_device`, which also says whether it rotated a secret."""
+        return self.bind_device(user_id, device_id, rotate, first_only=first_only,
+                                actor=actor, peer=peer, deadline=deadline)[0]
+
+    def bind_device(self, user_id: str, device_id: str, rotate: bool = False, *,
+                    first_only: bool = False, actor: str = "", peer: str = "",
+                    deadline: float | None = None) -> tuple[str, bool]:
+        """Bind ``device_id`` to ``user_id``; return ``(secret, rotated)``: its secret
+        (shown once), and whether the write replaced the secret of a headset bound to the
+        user (``rotate`` on a headset not bound yet is a first registration: False).
 
         ``first_only``: only a user's first device (the server sets it for callers
         without the admin scope: binding another headset to an enrolled user, like
@@ -1734,7 +1744,7 @@ class AuthService:
             ended = self._end_sessions_after(user_id, "device_rotated", device_id=device_id)
         self._audit(user_id, "RegisterDevice", "rotated" if rotated else "registered",
                     actor, peer, device_id=device_id, sessions_ended=len(ended))
-        return secret
+        return secret, rotated
 
     def end_user_sessions(self, user_id: str, device_id: str | None = None, *,
                           actor: str = "", peer: str = "") -> int:

@@ -252,9 +252,12 @@ def _register_device(args: argparse.Namespace, stub, md) -> int:
                                                          rotate=args.rotate),
                                 metadata=md, timeout=args.timeout)
         fh.write(r.device_secret + "\n")
-    print(f"headset {r.device_id} {'rotated' if args.rotate else 'registered'} for "
-          f"{r.user_id}; its secret is in {args.secret_file} (keep it on the headset's "
-          "machine only)")
+    print(f"headset {r.device_id} "
+          + ("rotated (a new secret; the sessions opened with the old one ended)"
+             if r.rotated else "registered" + (" (it was not bound to the user: nothing "
+                                                "to rotate)" if args.rotate else ""))
+          + f" for {r.user_id}; its secret is in {args.secret_file} (keep it on the "
+          "headset's machine only)")
     return 0
 
 

@@ -332,12 +332,12 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
             raise PermissionDenied("rotating a device secret (rotate=true) needs the admin "
                                    "scope; this key has the enroll scope.")
         # without admin, only a user's first headset (the enrollment desk's case)
-        secret = self.service.register_device(request.user_id, request.device_id,
-                                              rotate=request.rotate, first_only=not admin,
-                                              actor=actor, peer=_peer(context),
-                                              deadline=deadline)
+        secret, rotated = self.service.bind_device(request.user_id, request.device_id,
+                                                   rotate=request.rotate,
+                                                   first_only=not admin, actor=actor,
+                                                   peer=_peer(context), deadline=deadline)
         return pb.RegisterDeviceResponse(device_secret=secret, user_id=request.user_id,
-                                         device_id=request.device_id)
+                                         device_id=request.device_id, rotated=rotated)
 
     @_unary
     def GetStats(self, request, context) -> pb.GetStatsResponse:

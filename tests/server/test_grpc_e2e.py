@@ -1774,3 +1774,22 @@ def test_continuous_session_ended_by_another_call_mid_window_is_an_ended_update(
     states = list(stub.ContinuousAuthenticate(gen(), metadata=MD, timeout=30))
     E = pb.ContinuousAuthenticateResponse
     assert states[-1].state == E.ENDED and states[-1].reason == "ended", states
+
+
+def test_register_device_says_whether_it_rotated_a_secret(srv):
+    """RegisterDevice with rotate=true on a headset not bound yet registers it (a first
+    registration racing a rotation is one), and its answer was the same as a rotation's:
+    an admin rotating a compromised headset's secret under a mistyped device_id was told
+    nothing, and the old secret stayed valid. RegisterDeviceResponse.rotated says which
+    it was."""
+    _, stub, _ = srv
+    enroll(stub, "rotflag", 1)
+    first = stub.RegisterDevice(pb.RegisterDeviceRequest(user_id="rotflag", device_id="hs-rf"),
+                                metadata=MD, timeout=10)
+    assert first.rotated is False
+    typo = stub.RegisterDevice(pb.RegisterDeviceRequest(user_id="rotflag", device_id="hs-fr",
+                                                        rotate=True), metadata=MD, timeout=10)
+    assert typo.rotated is False and typo.device_secret
+    again = stub.RegisterDevice(pb.RegisterDeviceRequest(user_id="rotflag", device_id="hs-rf",
+                                                         rotate=True), metadata=MD, timeout=10)
+    assert again.rotated is True and again.device_secret != first.device_secret
