@@ -10,7 +10,8 @@ with ``inlet.time_correction()``, refreshed every ``clock_refresh_s`` seconds. A
 is refused (``ValueError``) before an inlet is opened when its header is unreadable
 (liblsl cannot parse a NaN or infinite rate) or its nominal rate is irregular (0) or
 above ``nacf_core._validation.MAX_SAMPLE_RATE_HZ`` (100 kHz); and once connected,
-when its labels name a channel twice and no ``montage`` replaces them.
+when its labels name a channel twice and no ``montage`` replaces them, or when an EEG
+channel states a unit that is not a voltage and no ``units`` replaces them (see Units).
 
 Several streams under one name (muselsl sends a Muse's EEG, PPG, accelerometer and
 gyroscope all as ``Muse``, with one ``source_id``): without a ``type``, every stream that
@@ -31,8 +32,14 @@ to ``max_buflen`` seconds; a consumer that reads through
 :class:`~nacf_core.hardware.epoching.EpochStream` keeps it drained.
 
 Units: channels whose ``unit`` says volts, millivolts or nanovolts (any case, ``V``,
-``mV``, ``nV`` or spelt out) are scaled to microvolts; µV (or no unit) are taken as they
-come, and so is a unit that is not a voltage (``counts``), logged.
+``mV``, ``nV`` or spelt out) are scaled to microvolts; µV, and no unit (or a blank one:
+LSL streams often leave it out), are taken as they come. A stream with an EEG channel
+(a label :func:`~nacf_core.channels.canonical_name` recognises, after ``montage``) in any
+other unit (``counts``, ``a.u.``, a typo) is refused (``ValueError`` naming the channels
+and their units): its samples cannot be put in microvolts, and scaled wrongly they would
+be enrolled and matched all the same. ``units`` (``lsl:NAME?units=uV``) states the voltage
+unit of every channel instead of the stream's own. A channel that is not EEG (an
+accelerometer in ``g``) is never used as EEG: its values come as they are, logged.
 
 :func:`stream_recording_to_lsl` pushes a recording to an outlet in real time (the
 ``nacf simulate --lsl NAME`` mode).
@@ -51,6 +58,7 @@ from typing import Any
 import numpy as np
 
 from nacf_core._validation import MAX_CHANNELS, MAX_SAMPLE_RATE_HZ, check_finite_positive
+from nacf_core.channels import canonical_name
 from nacf_core.errors import Unavailable
 
 from .base import Chunk, Counters
@@ -99,6 +107,19 @@ def _check_timeout(name: str, value: Any) -> float:
     return v
 
 
+def _check_units(units: Any) -> float | None:
+    """Microvolts per unit of the ``units`` option (``None``: the stream's own units)."""
+    if units is None:
+        return None
+    per_uv = unit_to_uv(units) if isinstance(units, str) else None
+    if per_uv is None:
+        raise ValueError(
+            "'units' must be one voltage unit, the unit of every channel of the stream: uV "
+            "(or µV), mV, V or nV, in any case or spelt out (microvolts), got "
+            f"{units!r} instead.")
+    return per_uv
+
+
 class LslSource:
     """An LSL stream as a source.
 
@@ -113,6 +134,10 @@ class LslSource:
     montage : sequence of str or str, optional
         Channel names overriding the stream's labels (needed when it has none: then
         the 8/16-channel default montage, else ``EXG Channel N``).
+    units : str, optional
+        The voltage unit of every channel (``"uV"``, ``"mV"``, ``"V"``, ``"nV"``),
+        overriding the units the stream states: for a stream whose EEG channels state a
+        unit that is not a voltage (which is refused otherwise).
     source_id : str, optional
         Resolve only the stream with this ``source_id``.
     reconnect_s : float
@@ -132,6 +157,7 @@ class LslSource:
         timeout: float = 5.0,
         *,
         montage: Sequence[str] | str | None = None,
+        units: str | None = None,
         source_id: str | None = None,
         reconnect_s: float = 5.0,
         max_buflen: int = 60,
@@ -149,6 +175,7 @@ class LslSource:
         self.chunk_s = check_finite_positive("chunk_s", chunk_s)
         self.clock_refresh_s = check_finite_positive("clock_refresh_s", clock_refresh_s)
         self._montage = montage
+        self._units_uv = _check_units(units)
         self.counters = Counters()
         self._inlet = None
         self._info = None
@@ -274,17 +301,10 @@ class LslSource:
                 )
         else:
             names = _default_names(n_ch)
-        units = list(full.get_channel_units() or [])[:n_ch]
-        units += [None] * (n_ch - len(units))
-        per_uv = [unit_to_uv(u) for u in units]
-        unknown = [f"{n!r} ({u!r})" for n, u, k in zip(names, units, per_uv)
-                   if k is None and u and u.strip()]
-        if unknown:
-            logger.warning(
-                "LSL stream %r: %d channel(s) have a unit that is not a voltage: %s; their "
-                "values are taken as microvolts", full.name(), len(unknown),
-                ", ".join(unknown[:8]),
-            )
+        if self._units_uv is not None:  # stated by the user: the stream's own are not read
+            per_uv = [self._units_uv] * n_ch
+        else:
+            per_uv = self._stream_units(full, names)
         scale = np.array([1.0 if k is None else k for k in per_uv], dtype=np.float64)
         if self._sfreq is not None and (sfreq != self._sfreq or names != self._ch_names):
             raise Unavailable(
@@ -300,6 +320,33 @@ class LslSource:
         self._chunk_n = max(1, int(round(self.chunk_s * sfreq)))
         self._offset_at = -math.inf
         self._refresh_clock()
+
+    @staticmethod
+    def _stream_units(full, names: list[str]) -> list[float | None]:
+        """Microvolts per unit of each channel as the stream states it (``None``: no unit,
+        taken as µV); ``ValueError`` for an EEG channel in a unit that is not a voltage."""
+        units = list(full.get_channel_units() or [])[:len(names)]
+        units += [None] * (len(names) - len(units))
+        per_uv = [unit_to_uv(u) for u in units]
+        unknown = [(n, u) for n, u, k in zip(names, units, per_uv)
+                   if k is None and u and u.strip()]
+        eeg = [f"{n!r} ({u!r})" for n, u in unknown if canonical_name(n) is not None]
+        if eeg:
+            more = f" and {len(eeg) - 8} more" if len(eeg) > 8 else ""
+            raise ValueError(
+                f"LSL stream {full.name()!r}: {len(eeg)} EEG channel(s) have a unit that is "
+                f"not a voltage: {', '.join(eeg[:8])}{more}; nacf cannot put their samples "
+                f"in microvolts. If the samples are in fact in a voltage unit, state it for "
+                f"every channel: lsl:{full.name()}?units=uV (or mV, V, nV). Samples in ADC "
+                "counts or arbitrary units must be converted to a voltage by the sender."
+            )
+        if unknown:
+            logger.info(
+                "LSL stream %r: %d channel(s) that are not EEG have a unit that is not a "
+                "voltage: %s; their values are kept as they come (never used as EEG)",
+                full.name(), len(unknown), ", ".join(f"{n!r} ({u!r})" for n, u in unknown[:8]),
+            )
+        return per_uv
 
     def _refresh_clock(self) -> None:
         now = time.monotonic()

@@ -28,6 +28,9 @@ are refused with a ``ValueError``:
 - ``type=T`` (``lsl``): the stream's type, when several streams share the name (a
   Muse through muselsl: ``EEG``, ``PPG``, ``ACC``, ``GYRO``); without it, the ``EEG``
   one.
+- ``units=U`` (``lsl``): the voltage unit of every channel (``uV``, ``mV``, ``V``,
+  ``nV``), instead of the units the stream states; needed for a stream whose EEG
+  channels state a unit that is not a voltage (``counts``), which is refused otherwise.
 
 Every source is a context manager with ``.sfreq``, ``.ch_names``,
 ``.read_chunk(timeout) -> Chunk | None`` and ``.counters``.
@@ -46,7 +49,7 @@ KINDS = ("cyton", "cyton-daisy", "lsl", "file")
 _OPTIONS = {
     "cyton": ("montage", "timeout"),
     "cyton-daisy": ("montage", "timeout"),
-    "lsl": ("montage", "timeout", "type"),
+    "lsl": ("montage", "timeout", "type", "units"),
     "file": ("montage", "speed"),
 }
 
@@ -169,6 +172,8 @@ def open_source(spec: str, montage: Sequence[str] | str | None = None) -> Any:
             if not s.options["type"]:
                 raise ValueError(f"Option 'type' of the source {spec!r} is empty.")
             kw["type"] = s.options["type"]
+        if "units" in s.options:
+            kw["units"] = s.options["units"]
         return LslSource(s.target, montage=mont, **kw)
     from .playback import FileSource
 

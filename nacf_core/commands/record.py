@@ -17,7 +17,8 @@ _EPILOG = """\
 SOURCE is one of:
   cyton:PORT[?montage=Fp1,Fp2,...]     OpenBCI Cyton, 8 channels, 250 Hz
   cyton-daisy:PORT                     OpenBCI Cyton+Daisy, 16 channels, 125 Hz
-  lsl:NAME[?type=EEG]                  a Lab Streaming Layer stream
+  lsl:NAME[?type=EEG&units=uV]         a Lab Streaming Layer stream (units: the voltage
+                                       unit of every channel, instead of the stream's)
   file:PATH[?speed=N]                  a recording replayed as a live source
 The CSV header is 'timestamp' followed by the channel names; values are microvolts;
 dropped samples are rows with empty channel fields. Exactly round(seconds * sfreq)

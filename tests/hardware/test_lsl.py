@@ -255,29 +255,103 @@ def test_duplicate_labels_are_refused_unless_a_montage_replaces_them():
         del outlet
 
 
-def test_nanovolt_units_are_scaled_and_unknown_units_are_logged(caplog):
-    """A channel in nanovolts was taken as microvolts (a thousand times too large), and a
-    unit that is not a voltage (ADC counts) was taken as microvolts without a word."""
+def _first_chunk(src, outlet, x):
+    assert outlet.wait_for_consumers(10)
+    outlet.push_chunk(np.asarray(x, np.float32))
+    t = time.monotonic()
+    while time.monotonic() - t < 10:
+        c = src.read_chunk(timeout=0.5)
+        if c.n_times:
+            return c.samples
+    raise AssertionError("no sample arrived")
+
+
+def test_nanovolt_units_are_scaled_and_a_channel_that_is_not_eeg_keeps_its_unit(caplog):
+    """A channel in nanovolts was taken as microvolts (a thousand times too large). A
+    channel that is not EEG (an accelerometer in g) is never used as EEG: its values come
+    as they are, logged."""
     name = f"nacf-test-{uuid.uuid4().hex[:8]}"
     info = pylsl.StreamInfo(name, "EEG", 3, 100.0, pylsl.cf_float32, f"sid-{name}")
-    info.set_channel_labels(["Cz", "Pz", "Oz"])
-    info.set_channel_units(["nanovolts", "nV", "counts"])
+    info.set_channel_labels(["Cz", "Pz", "Accel X"])
+    info.set_channel_units(["nanovolts", "nV", "g"])
     outlet = pylsl.StreamOutlet(info)
     try:
-        with caplog.at_level("WARNING", logger="nacf.hardware"):
+        with caplog.at_level("INFO", logger="nacf.hardware"):
             with LslSource(name=name, timeout=10) as src:
-                assert outlet.wait_for_consumers(10)
-                outlet.push_chunk(np.array([[1000.0, 2000.0, 7.0]], np.float32))
-                got, t = [], time.monotonic()
-                while not got and time.monotonic() - t < 10:
-                    c = src.read_chunk(timeout=0.5)
-                    if c.n_times:
-                        got.append(c.samples)
-        np.testing.assert_allclose(got[0], [[1.0, 2.0, 7.0]], rtol=1e-6)
-        assert any("'Oz'" in r.getMessage() and "counts" in r.getMessage()
+                got = _first_chunk(src, outlet, [[1000.0, 2000.0, 7.0]])
+        np.testing.assert_allclose(got, [[1.0, 2.0, 7.0]], rtol=1e-6)
+        assert any("'Accel X'" in r.getMessage() and "'g'" in r.getMessage()
                    for r in caplog.records)
     finally:
         del outlet
+
+
+@pytest.mark.parametrize("units", [["uV", "counts", "a.u."], ["mV?", "uV", "uV"]])
+def test_an_eeg_channel_in_a_unit_that_is_not_a_voltage_is_refused(units):
+    """ADC counts, arbitrary units or a typo on an EEG channel were taken as microvolts
+    (a warning in the log), and the user authenticated on wrongly scaled samples."""
+    name = f"nacf-test-{uuid.uuid4().hex[:8]}"
+    info = pylsl.StreamInfo(name, "EEG", 3, 100.0, pylsl.cf_float32, f"sid-{name}")
+    info.set_channel_labels(["Cz", "Pz", "Oz"])
+    info.set_channel_units(units)
+    outlet = pylsl.StreamOutlet(info)
+    bad = ", ".join(f"{c!r} ({u!r})" for c, u in zip(["Cz", "Pz", "Oz"], units)
+                    if u not in ("uV",))
+    try:
+        with pytest.raises(ValueError) as e:
+            with LslSource(name=name, timeout=10, reconnect_s=0):
+                pass
+        msg = str(e.value)
+        assert f"LSL stream '{name}'" in msg and bad in msg, msg
+        assert f"lsl:{name}?units=uV" in msg, msg
+    finally:
+        del outlet
+
+
+def test_units_option_states_the_unit_of_every_channel():
+    """``lsl:NAME?units=U`` says what the samples are in when the stream's own units are
+    not a voltage nacf knows; a voltage unit is scaled to microvolts."""
+    from nacf_core.hardware.sources import open_source
+
+    name = f"nacf-test-{uuid.uuid4().hex[:8]}"
+    info = pylsl.StreamInfo(name, "EEG", 2, 100.0, pylsl.cf_float32, f"sid-{name}")
+    info.set_channel_labels(["Cz", "Pz"])
+    info.set_channel_units(["counts", "counts"])
+    outlet = pylsl.StreamOutlet(info)
+    try:
+        with open_source(f"lsl:{name}?units=uV&timeout=10") as src:
+            np.testing.assert_array_equal(_first_chunk(src, outlet, [[3.0, -4.0]]),
+                                          [[3.0, -4.0]])
+        with LslSource(name=name, timeout=10, reconnect_s=0, units="mV") as src:
+            np.testing.assert_allclose(_first_chunk(src, outlet, [[0.5, 2.0]]),
+                                       [[500.0, 2000.0]], rtol=1e-6)
+    finally:
+        del outlet
+
+
+def test_absent_or_empty_units_are_microvolts():
+    name = f"nacf-test-{uuid.uuid4().hex[:8]}"
+    info = pylsl.StreamInfo(name, "EEG", 2, 100.0, pylsl.cf_float32, f"sid-{name}")
+    info.set_channel_labels(["Cz", "Pz"])
+    info.set_channel_units(["", "  "])
+    outlet = pylsl.StreamOutlet(info)
+    try:
+        with LslSource(name=name, timeout=10, reconnect_s=0) as src:
+            np.testing.assert_array_equal(_first_chunk(src, outlet, [[3.0, -4.0]]),
+                                          [[3.0, -4.0]])
+    finally:
+        del outlet
+
+
+@pytest.mark.parametrize("units", ["counts", "", "uV,mV", 5])
+def test_a_units_option_that_is_not_a_voltage_is_refused(units):
+    from nacf_core.hardware.sources import open_source
+
+    with pytest.raises((ValueError, TypeError), match="'units' must be one voltage unit"):
+        LslSource(name="x", units=units)
+    if isinstance(units, str) and units:
+        with pytest.raises(ValueError, match="'units' must be one voltage unit"):
+            open_source(f"lsl:x?units={units}")
 
 
 def test_a_name_shared_by_several_streams_reads_the_eeg_one_or_the_type_asked():
