@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 
 from nacf_core._validation import MAX_CHANNELS, MAX_SAMPLE_RATE_HZ, check_finite_positive
-from nacf_core.channels import canonical_name
+from nacf_core.channels import canonical_name, describe_repeated, repeated_channels
 from nacf_core.errors import Unavailable
 
 from .base import Chunk, Counters
@@ -293,11 +293,12 @@ class LslSource:
             names = resolve_montage(self._montage, n_ch)
         elif labels and all(labels) and len(labels) == n_ch:
             names = [str(x) for x in labels]
-            dup = sorted({n for n in names if names.count(n) > 1})
-            if dup:
+            repeated = repeated_channels(names)  # T3 and T7 too: one electrode
+            if repeated:
                 raise ValueError(
-                    f"LSL stream {full.name()!r} labels a channel twice: {', '.join(dup)}. "
-                    f"Name the channels in order with a montage (lsl:NAME?montage=Fp1,...)."
+                    f"LSL stream {full.name()!r} labels a channel twice: "
+                    f"{describe_repeated(names, repeated)}. Name the channels in order "
+                    f"with a montage (lsl:NAME?montage=Fp1,...)."
                 )
         else:
             names = _default_names(n_ch)

@@ -12,12 +12,17 @@ These are also the channel sets the evaluation and the default model use.
 
 A montage option is either a preset name (``ultracortex-8``, ``ultracortex-16``,
 ``default``) or the channel names in order, comma-separated
-(``cyton:/dev/ttyUSB0?montage=Fp1,Fp2,C3,C4,P7,P8,O1,O2``) or as a sequence.
+(``cyton:/dev/ttyUSB0?montage=Fp1,Fp2,C3,C4,P7,P8,O1,O2``) or as a sequence. Names are
+matched to a model's channels by :func:`nacf_core.channels.canonical_name` (``T3`` is
+``T7``, ``FP1`` is ``Fp1``), so a montage that names one electrode twice, in one spelling
+or two, is refused.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+from nacf_core.channels import describe_repeated, repeated_channels
 
 __all__ = ["ULTRACORTEX_8", "ULTRACORTEX_16", "PRESETS", "default_montage", "resolve_montage"]
 
@@ -67,8 +72,8 @@ def resolve_montage(montage: Sequence[str] | str | None, n_channels: int) -> lis
     Raises
     ------
     ValueError
-        Wrong number of names, an empty or duplicated name, or no default for that
-        channel count.
+        Wrong number of names, an empty name, a name given twice (also as two names of
+        one electrode: ``T3`` and ``T7``), or no default for that channel count.
     """
     if montage is None or (isinstance(montage, str) and montage.strip().lower() == "default"):
         return default_montage(n_channels)
@@ -92,7 +97,8 @@ def resolve_montage(montage: Sequence[str] | str | None, n_channels: int) -> lis
         )
     if any(not n for n in names):
         raise ValueError(f"'montage' has an empty channel name: {names}.")
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise ValueError(f"'montage' names a channel twice: {', '.join(dup)}.")
+    repeated = repeated_channels(names)
+    if repeated:
+        raise ValueError(
+            f"'montage' names a channel twice: {describe_repeated(names, repeated)}.")
     return names

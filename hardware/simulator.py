@@ -167,7 +167,8 @@ def prepare_signal(recording: Any, n_channels: int, sfreq: float) -> tuple[np.nd
     """Pick, order and resample a recording's channels for the simulated board.
 
     Channels named as the default montage (after ``channels.canonical_name``) are used
-    in montage order when the recording has them all; otherwise its first
+    in montage order when the recording has them all (two of them naming one electrode,
+    ``T5`` and ``P7``: a ``ValueError``); otherwise its first
     ``n_channels`` channels (a recording with fewer channels is padded with flat
     zero channels, and a warning logged).
 
@@ -182,13 +183,14 @@ def prepare_signal(recording: Any, n_channels: int, sfreq: float) -> tuple[np.nd
     src_sfreq = float(recording.sfreq)
     wanted = default_montage(n_channels)
     try:
-        from nacf_core.channels import canonical_name
+        from nacf_core.channels import canonical_name, pick
     except ImportError:  # pragma: no cover - recognition layer missing
-        canon = [n.strip(". ") for n in names]
+        canon, pick = [n.strip(". ") for n in names], None
     else:
         canon = [canonical_name(n) or n for n in names]
     if all(w in canon for w in wanted):
-        idx = [canon.index(w) for w in wanted]
+        # pick: InvalidArgument (a ValueError) when two channels name one electrode
+        idx = pick(names, wanted) if pick else [canon.index(w) for w in wanted]
         data, out_names = data[:, idx], list(wanted)
     else:
         data = data[:, :n_channels]

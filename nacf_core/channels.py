@@ -11,6 +11,10 @@ A channel that is not EEG is never used as EEG.
 
 The old 10-20 temporal names are aliases of their 10-10 names (Acharya et al. 2016,
 ACNS guideline 2): ``T3`` → ``T7``, ``T4`` → ``T8``, ``T5`` → ``P7``, ``T6`` → ``P8``.
+
+Two labels that name one electrode (``T3`` and ``T7``, ``Fp1`` and ``FP1``) are never
+both mapped to it: :func:`pick` refuses them when the electrode is wanted, and a montage
+or a stream's labels that do so are refused (:func:`repeated_channels` finds them).
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from collections.abc import Sequence
 
 from nacf_core.errors import InvalidArgument
 
-__all__ = ["STANDARD_NAMES", "canonical_name", "canonical_names", "pick", "MONTAGE_8", "MONTAGE_16"]
+__all__ = ["STANDARD_NAMES", "canonical_name", "canonical_names", "describe_repeated", "pick",
+           "repeated_channels", "MONTAGE_8", "MONTAGE_16"]
 
 # Electrode names of the 10-05 system (Oostenveld & Praamstra 2001, as MNE's
 # ``standard_1005`` montage spells them), without mastoid/ear references.
@@ -103,25 +108,63 @@ def canonical_names(ch_names: Sequence[str]) -> list[str | None]:
     return [canonical_name(n) for n in ch_names]
 
 
+def repeated_channels(ch_names: Sequence[str]) -> dict[str, list[int]]:
+    """The channels that name one channel more than once.
+
+    Returns
+    -------
+    dict
+        ``{name: [indices]}``, in the order of first occurrence, for every EEG electrode
+        (by :func:`canonical_name`: ``T3`` and ``T7``, ``Fp1`` and ``EEG FP1-REF``) and
+        every other label (as written, without surrounding blanks) that two or more of
+        ``ch_names`` name.
+    """
+    groups: dict[str, list[int]] = {}
+    for i, label in enumerate(ch_names):
+        # a label that is not EEG is never an electrode's canonical name: no clash
+        groups.setdefault(canonical_name(label) or str(label).strip(), []).append(i)
+    return {name: idx for name, idx in groups.items() if len(idx) > 1}
+
+
+def describe_repeated(ch_names: Sequence[str], repeated: dict[str, list[int]]) -> str:
+    """``repeated`` (from :func:`repeated_channels`) for a message: ``Fp1`` for a label
+    written twice the same way, ``T7 (written 'T3' and 'T7')`` otherwise."""
+    parts = []
+    for name, idx in repeated.items():
+        labels = [ch_names[i] for i in idx]
+        if len(set(labels)) == 1:
+            parts.append(name)
+        else:
+            written = ", ".join(map(repr, labels[:-1])) + f" and {labels[-1]!r}"
+            parts.append(f"{name} (written {written})")
+    return "; ".join(parts)
+
+
 def pick(ch_names: Sequence[str], wanted: Sequence[str]) -> list[int]:
     """Indices in ``ch_names`` of the EEG channels ``wanted``, in the order of ``wanted``.
 
     Both sides are compared by :func:`canonical_name`, so ``pick(["EEG FP1-REF", "EEG
-    O1-REF"], ["O1", "Fp1"])`` is ``[1, 0]``.  When a name occurs twice in ``ch_names``
-    the first occurrence is taken.
+    T3-LE"], ["T7", "Fp1"])`` is ``[1, 0]``.
 
     Raises
     ------
     InvalidArgument
-        If a wanted name is not an EEG electrode name, or if ``ch_names`` lacks some
-        of the wanted channels (the message names them and lists what came).
+        If a wanted name is not an EEG electrode name, if ``ch_names`` lacks some of the
+        wanted channels (the message names them and lists what came), or if two of
+        ``ch_names`` name one wanted electrode (``T3`` and ``T7``, ``Fp1`` and ``FP1``:
+        which one the model should read is not known).
     """
     if isinstance(ch_names, str) or isinstance(wanted, str):
         raise TypeError("'ch_names' and 'wanted' must be sequences of str, not a single str.")
     have: dict[str, int] = {}
+    twice: dict[str, list[int]] = {}
     for i, label in enumerate(ch_names):
         name = canonical_name(label)
-        if name is not None and name not in have:
+        if name is None:
+            continue
+        if name in have:
+            twice.setdefault(name, [have[name]]).append(i)
+        else:
             have[name] = i
     want = []
     for w in wanted:
@@ -137,5 +180,13 @@ def pick(ch_names: Sequence[str], wanted: Sequence[str]) -> list[int]:
         raise InvalidArgument(
             f"The signal lacks {len(missing)} of the {len(want)} channels the model needs: "
             f"missing {', '.join(missing)}; the signal has {', '.join(map(str, ch_names)) or 'no channels'}."
+        )
+    clash = {name: twice[name] for name in dict.fromkeys(want) if name in twice}
+    if clash:
+        raise InvalidArgument(
+            f"The signal names the model's channel {describe_repeated(ch_names, clash)}: "
+            "one electrode under two labels (its old and new 10-20 name, or one name "
+            "written two ways), and which of them to read is not known. Send one channel "
+            "per electrode (drop or rename the other)."
         )
     return [have[name] for name in want]

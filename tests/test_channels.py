@@ -38,10 +38,31 @@ def test_canonical_name_type():
         canonical_name(3)
 
 
-def test_pick_order_and_first_occurrence():
-    names = ["EEG O1-REF", "ECG", "EEG FP1-REF", "Fp1.", "EOG Fp2"]
+def test_pick_order_and_spellings():
+    names = ["EEG O1-REF", "ECG", "EEG FP1-REF", "EOG Fp2", "EEG T3-LE", "T5.."]
     assert pick(names, ["Fp1", "O1"]) == [2, 0]
     assert pick(names, ["FP1."]) == [2]
+    assert pick(names, ["T7", "P7"]) == [4, 5]  # the old 10-20 names of T7, P7
+
+
+@pytest.mark.parametrize("names, wanted, twice", [
+    (["T3", "Fp1", "T7"], ["Fp1", "T7"], "T7 (written 'T3' and 'T7')"),
+    (["EEG FP1-REF", "O1", "Fp1."], ["O1", "Fp1"], "Fp1 (written 'EEG FP1-REF' and 'Fp1.')"),
+    (["Fp1", "FP1", "fp1", "O1"], ["Fp1", "O1"], "Fp1 (written 'Fp1', 'FP1' and 'fp1')"),
+])
+def test_pick_refuses_two_channels_for_one_wanted_electrode(names, wanted, twice):
+    """A signal with T3 and T7 (one electrode's old and new name), or Fp1 spelt two ways,
+    had the first taken and the other dropped without a word: which of the two the model
+    read depended on the order the client sent them in."""
+    with pytest.raises(InvalidArgument) as e:
+        pick(names, wanted)
+    msg = str(e.value)
+    assert f"names the model's channel {twice}" in msg, msg
+    assert "one channel per electrode" in msg, msg
+
+
+def test_pick_ignores_an_electrode_named_twice_that_is_not_wanted():
+    assert pick(["T3", "Fp1", "T7", "O1"], ["O1", "Fp1"]) == [3, 1]
 
 
 def test_pick_missing_names_them():

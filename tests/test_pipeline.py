@@ -72,6 +72,26 @@ def test_channel_selection_by_name_any_order_and_spelling(pipe, recs):
     np.testing.assert_allclose(again, base, atol=1e-6)
 
 
+def test_old_10_20_names_are_the_model_channels(pipe, recs):
+    x, sf, ch = _block(recs["S023", "R07"])
+    base = pipe.windows(x, sf, ch).embeddings
+    old = {"T7": "T3", "T8": "T4", "P7": "T5", "P8": "T6"}
+    names = [f"EEG {old.get(c.strip('.'), c.strip('.'))}-LE" for c in ch]
+    assert sum(n[4:6] in ("T3", "T4", "T5", "T6") for n in names) == 4
+    np.testing.assert_allclose(pipe.windows(x, sf, names).embeddings, base, atol=1e-6)
+
+
+def test_a_model_channel_sent_twice_is_refused(pipe, recs):
+    """T3 next to T7 (one electrode under its old and new name): the pipeline read the
+    first of them and dropped the other without a word."""
+    x, sf, ch = _block(recs["S023", "R07"])
+    t7 = next(i for i, c in enumerate(ch) if c.strip(".") == "T7")
+    x2 = np.ascontiguousarray(np.hstack([x[:, [t7]] * 0.5, x]))
+    with pytest.raises(InvalidArgument, match=r"names the model's channel T7 \(written 'T3' "
+                                              r"and 'T7\.\.'\)"):
+        pipe.windows(x2, sf, ["T3", *ch])
+
+
 def test_dc_offsets_do_not_ring(pipe, recs):
     x, sf, ch = _block(recs["S021", "R07"])
     offsets = np.random.default_rng(1).uniform(-60000, 60000, size=x.shape[1])

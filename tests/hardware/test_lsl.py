@@ -255,6 +255,22 @@ def test_duplicate_labels_are_refused_unless_a_montage_replaces_them():
         del outlet
 
 
+def test_labels_naming_one_electrode_two_ways_are_refused():
+    """T3 and T7 are one electrode (its old and new name); a stream labelled with both was
+    read, and the pipeline then took the first of them and dropped the other."""
+    name = f"nacf-test-{uuid.uuid4().hex[:8]}"
+    info = pylsl.StreamInfo(name, "EEG", 3, 250.0, pylsl.cf_float32, f"sid-{name}")
+    info.set_channel_labels(["T3", "Cz", "T7"])
+    outlet = pylsl.StreamOutlet(info)
+    try:
+        with pytest.raises(ValueError, match=rf"'{name}' labels a channel twice: T7 \(written "
+                                             r"'T3' and 'T7'\).*montage"):
+            with LslSource(name=name, timeout=10, reconnect_s=0):
+                pass
+    finally:
+        del outlet
+
+
 def _first_chunk(src, outlet, x):
     assert outlet.wait_for_consumers(10)
     outlet.push_chunk(np.asarray(x, np.float32))

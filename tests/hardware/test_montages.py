@@ -38,6 +38,10 @@ def test_resolve(value, n, expect):
     ("ultracortex-16", 8, "expected 8 names, got 16"),
     ("a,,c", 3, "empty channel name"),
     ("a,b,a", 3, "names a channel twice: a"),
+    # one electrode under its old and new name, or spelt two ways: the pipeline read the
+    # first and dropped the other without a word
+    ("Fp1,T3,C3,T7", 4, r"names a channel twice: T7 \(written 'T3' and 'T7'\)"),
+    ("Fp1,FP1.,O1", 3, r"names a channel twice: Fp1 \(written 'Fp1' and 'FP1.'\)"),
 ])
 def test_resolve_errors(value, n, message):
     with pytest.raises(ValueError, match=message):

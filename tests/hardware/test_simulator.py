@@ -131,6 +131,15 @@ def test_prepare_signal_picks_montage_and_resamples():
     assert ch2 == [f"c{i}" for i in range(8)]
 
 
+def test_prepare_signal_refuses_one_electrode_named_twice():
+    """T5 next to P7 (one electrode, its old and new name): the simulated board sent the
+    first of them as P7 and dropped the other without a word."""
+    names = ["Fp1.", "Fp2.", "C3..", "C4..", "T5..", "P7..", "P8..", "O1..", "O2.."]
+    rec = SimpleNamespace(data=np.zeros((160, 9)), sfreq=160.0, ch_names=names)
+    with pytest.raises(ValueError, match=r"P7 \(written 'T5\.\.' and 'P7\.\.'\)"):
+        prepare_signal(rec, 8, 250.0)
+
+
 def test_fewer_channels_are_padded():
     rec = SimpleNamespace(data=np.ones((250, 3)), sfreq=250.0, ch_names=["a", "b", "c"])
     data, ch = prepare_signal(rec, 8, 250.0)
