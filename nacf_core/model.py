@@ -16,7 +16,9 @@ code) holding:
   the training/calibration record;
 - the fitted arrays (``tangent_reference``, ``projection_mean``,
   ``projection_components``, ``thresholds``);
-- ``checksum``: SHA-256 over ``meta`` and every array's name, dtype, shape and bytes.
+- ``checksum``: SHA-256 over ``meta`` and every array's name, dtype, shape and bytes,
+  written by :meth:`Model.save` and checked by :meth:`Model.load` (every model file nacf
+  has written holds one; a file without it is refused, asking to refit it).
 
 :meth:`Model.load` refuses, with :class:`~nacf_core.errors.InvalidArgument` and a message
 that says what is wrong, a path that is not a regular file, a file larger than
@@ -24,7 +26,9 @@ that says what is wrong, a path that is not a regular file, a file larger than
 archive members hold more than that uncompressed, a file that is not such an archive, that
 has another format version, whose checksum does not match (corrupt or edited), whose
 parameters are of the wrong type or out of range (each named in the message: among them a
-band-pass that does not compute to a stable filter, a ``hop_s`` under ``window_s / 8``),
+band-pass that does not compute to a stable filter, a ``window_s`` outside
+[:data:`MIN_WINDOW_S`, :data:`MAX_WINDOW_S`] = [1, 20] s, a ``hop_s`` under ``window_s / 8``
+or over ``window_s``, fewer than 2 channels),
 or whose arrays do not fit its parameters, hold non-finite values or would break the
 embedding (projection components not linearly independent, or out of scale).  The checksum is not a
 signature (anyone can recompute it), so every field is validated regardless.
@@ -48,7 +52,7 @@ from typing import Any
 import numpy as np
 from scipy.signal import butter, sosfilt_zi
 
-from nacf_core._validation import MAX_SFREQ, MIN_SFREQ, npy_data_bytes
+from nacf_core._validation import MAX_CHANNELS, MAX_SFREQ, MIN_SFREQ, npy_data_bytes
 from nacf_core.channels import canonical_name
 from nacf_core.config import CompleteOrNothing, read_regular_file
 from nacf_core.config import short_repr as _show
@@ -56,8 +60,8 @@ from nacf_core.errors import InvalidArgument
 from nacf_core.features import Covariances, TangentSpace, WithinClassWhitening
 from nacf_core.kernels import ArtifactLimits
 
-__all__ = ["FORMAT_VERSION", "MAX_MODEL_BYTES", "MAX_NAME_CHARS", "MIN_L_FREQ", "Model",
-           "default_model", "default_model_path"]
+__all__ = ["FORMAT_VERSION", "MAX_MODEL_BYTES", "MAX_NAME_CHARS", "MAX_WINDOW_S", "MIN_L_FREQ",
+           "MIN_WINDOW_S", "Model", "check_windows", "default_model", "default_model_path"]
 
 #: Version of the file layout; bumped when a field changes meaning.
 FORMAT_VERSION = 1
@@ -72,6 +76,13 @@ MIN_L_FREQ = 0.01
 #: Most windows a sample may be in: ``hop_s`` is at least ``window_s / MAX_OVERLAP``
 #: (enrollment holds every window's epoch, that many times the signal).
 MAX_OVERLAP = 8
+#: Window lengths (s) a model may have; ``nacf train`` fits 4-s windows. A shorter window
+#: holds less than a cycle of the 1 Hz band edge the shipped models keep; a longer one
+#: than the server's default ``stream_max_seconds`` (20 s) cannot be decided by
+#: ``AuthenticateStream`` (``nacf serve`` refuses to start), makes a wearer change take
+#: that long to see, and up to the hour that once loaded is 460 MB per window.
+MIN_WINDOW_S = 1.0
+MAX_WINDOW_S = 20.0
 _ARRAYS = ("tangent_reference", "projection_mean", "projection_components", "thresholds")
 _MAX_MEMBERS = 64
 
@@ -89,7 +100,8 @@ class Model:
     ch_names : list of str
         Canonical channel names, in the order of the features.
     window_s, hop_s : float
-        Window length and the hop between windows (enrollment and evaluation).
+        Window length and the hop between windows (enrollment and evaluation):
+        :func:`check_windows` gives their bounds.
     band : tuple of float
         ``(l_freq, h_freq)`` of the Butterworth band-pass, ``filter_order`` its order.
     artifact_limits : dict
@@ -243,6 +255,11 @@ class Model:
             raise InvalidArgument(f"{where} is larger than the limit of {MAX_MODEL_BYTES} bytes.")
         entries = _read_npz(data, where)
         missing = [k for k in ("meta", "checksum", *_ARRAYS) if k not in entries]
+        if missing == ["checksum"]:  # every model file nacf has written holds one
+            raise InvalidArgument(
+                f"{where} has no SHA-256 checksum, which every model file `nacf train` "
+                "writes holds: it was not written by nacf, or was damaged, and cannot be "
+                "checked for corruption. Refit it with `nacf train`.")
         if missing:
             raise InvalidArgument(f"{where} is not a nacf model: it lacks {', '.join(missing)}.")
         meta_bytes = entries["meta"].tobytes()
@@ -286,9 +303,10 @@ class Model:
         name = _text(meta, "name", MAX_NAME_CHARS)
         sfreq = _real(meta, "sfreq", MIN_SFREQ, MAX_SFREQ)  # the pipeline's range
         ch_names = _get(meta, "ch_names")
-        if not isinstance(ch_names, list) or not 1 <= len(ch_names) <= 256:
-            raise ValueError(f"field 'ch_names' must be a list of 1 to 256 channel names, got "
-                             f"{_show(ch_names)}")
+        if not isinstance(ch_names, list) or not 2 <= len(ch_names) <= MAX_CHANNELS:
+            # nacf train fits 2 channels or more (training.model_channels)
+            raise ValueError(f"field 'ch_names' must be a list of 2 to {MAX_CHANNELS} channel "
+                             f"names, got {_show(ch_names)}")
         ch_names = [_text({"ch_names": c}, "ch_names", 64, shown=f"ch_names[{i}]")
                     for i, c in enumerate(ch_names)]
         for i, c in enumerate(ch_names):  # the pipeline picks input channels by these
@@ -300,16 +318,7 @@ class Model:
                     + (f" (written {canonical!r})" if canonical else ""))
         if len(set(ch_names)) != len(ch_names):
             raise ValueError(f"field 'ch_names' must not repeat a name, got {ch_names}")
-        window_s = _real(meta, "window_s", 0.0, 3600.0, lo_open=True)
-        try:  # a hop of one sample cut ~9000 windows (730 MB) from 60 s of 16 channels
-            hop_s = _real(meta, "hop_s", window_s / MAX_OVERLAP, 3600.0)
-        except ValueError as exc:
-            raise ValueError(f"{exc}: at least window_s / {MAX_OVERLAP} ({window_s:g} s / "
-                             f"{MAX_OVERLAP}), so that a sample is in at most {MAX_OVERLAP} "
-                             "windows") from None
-        if round(window_s * sfreq) < 2:
-            raise ValueError(f"fields 'window_s' ({window_s:g}) and 'sfreq' ({sfreq:g}) give "
-                             "windows of fewer than 2 samples")
+        window_s, hop_s = check_windows(_get(meta, "window_s"), _get(meta, "hop_s"))
         band = _get(meta, "band")
         if not isinstance(band, list) or len(band) != 2:
             raise ValueError(f"field 'band' must be a list [l_freq, h_freq], got {_show(band)}")
@@ -428,6 +437,23 @@ def _read_npy(raw: bytes, member: str) -> np.ndarray:
                          f"{len(raw) - fp.tell()}")
     fp.seek(0)
     return np.lib.format.read_array(fp, allow_pickle=False)
+
+
+def check_windows(window_s: Any, hop_s: Any) -> tuple[float, float]:
+    """``(window_s, hop_s)`` if a model may have them, else ``ValueError`` naming the field:
+    ``window_s`` in [:data:`MIN_WINDOW_S`, :data:`MAX_WINDOW_S`], ``hop_s`` from
+    ``window_s / MAX_OVERLAP`` to ``window_s``."""
+    window_s = _real({"window_s": window_s}, "window_s", MIN_WINDOW_S, MAX_WINDOW_S)
+    try:
+        hop_s = _real({"hop_s": hop_s}, "hop_s", window_s / MAX_OVERLAP, window_s)
+    except ValueError as exc:
+        # a hop of one sample cut ~9000 windows (730 MB) from 60 s of 16 channels; one
+        # beyond the window skips signal (a 3600-s hop gave an enrollment one window)
+        raise ValueError(f"{exc}: at least window_s / {MAX_OVERLAP} ({window_s:g} s / "
+                         f"{MAX_OVERLAP}), so that a sample is in at most {MAX_OVERLAP} "
+                         "windows, and at most window_s, so that no signal falls between "
+                         "two windows") from None
+    return window_s, hop_s
 
 
 def _get(obj: dict[str, Any], key: str, shown: str | None = None) -> Any:

@@ -30,7 +30,7 @@ from nacf_core.channels import canonical_name
 from nacf_core.errors import InvalidArgument
 from nacf_core.features import Covariances, TangentSpace, WithinClassWhitening, l2_normalize
 from nacf_core.kernels import ArtifactLimits
-from nacf_core.model import Model
+from nacf_core.model import Model, check_windows
 from nacf_core.pipeline import Pipeline
 from nacf_core.sequential import fit_sequential
 
@@ -98,6 +98,11 @@ def front_end_model(ch_names: Sequence[str], sfreq: float, *, name: str = "unfit
     """An unfitted :class:`Model` carrying only the front-end parameters."""
     p = {**DEFAULTS, **params}
     names = model_channels(ch_names)
+    try:  # before any recording is read: Model.save would refuse them after the fit
+        check_windows(*(float(v) if isinstance(v, (np.integer, np.floating)) else v
+                        for v in (p["window_s"], p["hop_s"])))
+    except ValueError as exc:
+        raise InvalidArgument(f"{exc}.") from None
     return Model(
         name=name, sfreq=float(sfreq), ch_names=names, window_s=float(p["window_s"]),
         hop_s=float(p["hop_s"]), band=tuple(float(b) for b in p["band"]),

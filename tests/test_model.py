@@ -272,12 +272,14 @@ def _signed(meta_changes=None, **arrays) -> bytes:
     ({"sfreq": 10 ** 400}, "'sfreq' must be a finite number"),
     ({"sfreq": KeyError}, "field 'sfreq' is missing"),
     ({"window_s": 0}, "'window_s' must be a finite number"),
-    ({"window_s": 0.001}, "windows of fewer than 2 samples"),
+    ({"window_s": 0.001}, r"'window_s' must be a finite number in \[1, 20\]"),
     ({"hop_s": -1}, "'hop_s' must be a finite number"),
     ({"filter_order": 1e300}, r"'filter_order' must be an integer in \[1, 20\]"),
     ({"filter_order": 0}, "'filter_order' must be an integer"),
     ({"filter_order": 4.5}, "'filter_order' must be an integer"),
     ({"ch_names": "abcdefgh"}, "'ch_names' must be a list"),
+    # nacf train fits 2 channels or more (a covariance of one channel is a variance)
+    ({"ch_names": ["Fp1"]}, "'ch_names' must be a list of 2 to 256 channel names"),
     ({"ch_names": None}, "'ch_names' must be a list"),
     ({"ch_names": ["Fp1"] * 8}, "'ch_names' must not repeat a name"),
     ({"ch_names": ["Fp1", "Fp2", "C3", "C4", "P7", "P8", "O1", 5]}, r"'ch_names\[7\]' must be"),
@@ -381,7 +383,7 @@ def test_hop_much_shorter_than_the_window_is_refused(hop_s):
     # a one-sample hop loaded, and enrolling 60 s of 16 channels cut ~9000 overlapping
     # windows (~730 MB of float64 epochs)
     with pytest.raises(InvalidArgument,
-                       match=r"'hop_s' must be a finite number in \[0.5, 3600\], got .*: "
+                       match=r"'hop_s' must be a finite number in \[0.5, 4\], got .*: "
                              r"at least window_s / 8 \(4 s / 8\)") as e:
         Model.from_bytes(_signed({"hop_s": hop_s}), source="evil.npz")
     assert "evil.npz" in str(e.value)
@@ -389,6 +391,72 @@ def test_hop_much_shorter_than_the_window_is_refused(hop_s):
 
 def test_hop_of_an_eighth_of_the_window_loads():
     assert Model.from_bytes(_signed({"hop_s": 0.5})).hop_s == 0.5
+
+
+@pytest.mark.parametrize("window_s, hop_s", [(3600.0, 1800.0), (20.5, 10.0), (0.9, 0.45),
+                                             (0.05, 0.025)])
+def test_window_outside_what_the_pipeline_and_server_use_is_refused(window_s, hop_s):
+    """Windows of up to an hour loaded (one 16-channel window at 1000 Hz is 460 MB of
+    float64; nacf serve then refused to start, every AuthenticateStream needing a whole
+    window within stream_max_seconds), and so did windows of a few samples. nacf train
+    fits 4-s windows."""
+    with pytest.raises(InvalidArgument, match=r"'window_s' must be a finite number in "
+                                              r"\[1, 20\], got ") as e:
+        Model.from_bytes(_signed({"window_s": window_s, "hop_s": hop_s}), source="evil.npz")
+    assert "evil.npz" in str(e.value)
+
+
+@pytest.mark.parametrize("hop_s", [4.5, 8.0, 3600.0])
+def test_hop_longer_than_the_window_is_refused(hop_s):
+    """A hop beyond the window skipped signal between windows: with a 3600-s hop an
+    enrollment got one window of any signal, and every enrollment failed the gate."""
+    with pytest.raises(InvalidArgument, match=r"'hop_s' must be a finite number in "
+                                              r"\[0.5, 4\], got .*, and at most window_s"):
+        Model.from_bytes(_signed({"hop_s": hop_s}), source="evil.npz")
+
+
+@pytest.mark.parametrize("window_s, hop_s", [(1.0, 0.125), (1.0, 1.0), (20.0, 20.0),
+                                             (20.0, 2.5)])
+def test_windows_at_the_bounds_load(window_s, hop_s):
+    m = Model.from_bytes(_signed({"window_s": window_s, "hop_s": hop_s}))
+    assert (m.window_s, m.hop_s) == (window_s, hop_s)
+
+
+def test_a_model_file_without_a_checksum_is_refused_with_a_way_out(tmp_path):
+    good = default_model(8).to_bytes()
+    with np.load(io.BytesIO(good), allow_pickle=False) as z:
+        entries = {k: z[k] for k in z.files if k != "checksum"}
+    p = tmp_path / "old.npz"
+    p.write_bytes(_npz(**entries))
+    with pytest.raises(InvalidArgument, match=r"model file '.*old.npz' has no SHA-256 "
+                                              r"checksum.*Refit it with `nacf train`"):
+        Model.load(p)
+
+
+@pytest.mark.parametrize("n", [8, 16])
+@pytest.mark.parametrize("member", ["meta", "tangent_reference", "projection_mean",
+                                   "projection_components", "thresholds"])
+def test_shipped_model_with_damaged_numbers_in_a_well_formed_file_is_refused(
+        tmp_path, n, member):
+    """One bit of a number flipped in any member of a shipped model, the archive rebuilt
+    around it (CRC-32s right, so zipfile reads it): the SHA-256 written at save catches
+    it at load, naming the file."""
+    data = default_model_path(n).read_bytes()
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as zin, zipfile.ZipFile(out, "w") as zout:
+        for info in zin.infolist():
+            raw = bytearray(zin.read(info))
+            if info.filename == f"{member}.npy":
+                if member == "meta":  # a digit of the window, still valid JSON
+                    raw = raw.replace(b'"window_s": 4.0', b'"window_s": 5.0')
+                else:
+                    raw[-3] ^= 0x01  # a low bit of the last float64's exponent
+            zout.writestr(info.filename, bytes(raw))
+    p = tmp_path / "damaged.npz"
+    p.write_bytes(out.getvalue())
+    with pytest.raises(InvalidArgument, match=r"damaged.npz' is corrupt: SHA-256 checksum "
+                                              "mismatch"):
+        Model.load(p)
 
 
 def _projection_cases():

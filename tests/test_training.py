@@ -60,3 +60,16 @@ def test_error_targets_outside_the_sequential_test_s_range_are_refused_first(par
     blocks[0] = Block("S021", "enroll", None, 160.0, CH8)  # never reached
     with pytest.raises(InvalidArgument, match=match):
         fit_model(blocks, ch_names=CH8, name="bad", **params)
+
+
+@pytest.mark.parametrize("params, match", [
+    ({"window_s": 30.0, "hop_s": 15.0}, r"'window_s' must be a finite number in \[1, 20\]"),
+    ({"hop_s": 6.0}, r"'hop_s' must be a finite number in \[0.5, 4\]"),
+])
+def test_windows_a_model_cannot_hold_are_refused_first(params, match):
+    """window_s=30 went through the whole front end and the fit, and the model then could
+    not be saved (or, before the bounds, loaded with windows nacf serve cannot decide)."""
+    blocks = _blocks(probe_s=20.0)
+    blocks[0] = Block("S021", "enroll", None, 160.0, CH8)  # never reached
+    with pytest.raises(InvalidArgument, match=match):
+        fit_model(blocks, ch_names=CH8, name="bad", **params)
