@@ -5,7 +5,9 @@ For every call of a method outside ``grpc.health.v1`` it:
 1. authenticates the caller: the ``x-api-key`` metadata (keys are compared by their
    SHA-256, so the lookup does not leak key bytes through timing), or, while no key is
    configured, a verified client certificate over mTLS (carries every scope), or
-   nothing in open-loopback mode; otherwise ``UNAUTHENTICATED``;
+   nothing in open-loopback mode; otherwise ``UNAUTHENTICATED``, so also for a call
+   that carries ``x-api-key`` more than once (the same key or not: exactly one is
+   expected);
 2. checks the key's scope for the method (:data:`METHOD_SCOPES`), else
    ``PERMISSION_DENIED``;
 3. takes a token from the caller's bucket (shared in the store), else
@@ -16,8 +18,8 @@ For every call of a method outside ``grpc.health.v1`` it:
 
 Steps 1 and 2 come before a unary call's request is read (a client without a valid
 key that never sends it must not hold a worker thread). A call refused in steps 1-3
-is logged as a ``security_event`` (``missing_api_key``,
-``unknown_api_key``, ``insufficient_scope``, ``rate_limited``) with the method, the
+is logged as a ``security_event`` (``missing_api_key``, ``unknown_api_key``,
+``repeated_api_key``, ``insufficient_scope``, ``rate_limited``) with the method, the
 caller's address and, once its key is known, its client id (never the key).
 
 The ``grpc.health.v1`` calls (no key, no check) run on threads of their own
@@ -218,6 +220,14 @@ def ended_status(context: grpc.ServicerContext) -> grpc.StatusCode:
             else grpc.StatusCode.CANCELLED)
 
 
+#: What the interceptor takes for a call's key when its metadata holds ``x-api-key``
+#: more than once (the same key or not): no configured key (it holds a NUL, which no key
+#: and no gRPC metadata value can), so the call is refused as :meth:`AuthInterceptor.identify`
+#: says. nacf does not pick one of the values: something in front of it (a proxy, a
+#: gateway that checks keys too) may have read another.
+_REPEATED_KEY = "\x00x-api-key repeated"
+
+
 def _key_hash(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
@@ -402,8 +412,10 @@ class AuthInterceptor(grpc.ServerInterceptor):
         key = None
         for k, v in metadata:
             if k == "x-api-key":
+                if key is not None:  # judged on none of them (see identify)
+                    key = _REPEATED_KEY
+                    break
                 key = v if isinstance(v, str) else v.decode("utf-8", "replace")
-                break
         if not is_reflection and (bound := self._at_concurrency_bound()) is not None:
             # gRPC refuses this call as soon as this returns (see watch_concurrency)
             self._count_busy(method, key, bound)
@@ -416,9 +428,14 @@ class AuthInterceptor(grpc.ServerInterceptor):
         if key:
             entry = self._keys.get(_key_hash(key))
             if entry is None:
-                _refuse(self._refusals, context, method, "unknown_api_key", "medium",
-                        grpc.StatusCode.UNAUTHENTICATED,
-                        "the x-api-key metadata holds an unknown API key.")
+                if key is _REPEATED_KEY:
+                    kind, why = "repeated_api_key", ("x-api-key given more than once: "
+                                                     "exactly one x-api-key is expected.")
+                else:
+                    kind, why = "unknown_api_key", ("the x-api-key metadata holds an "
+                                                    "unknown API key.")
+                _refuse(self._refusals, context, method, kind, "medium",
+                        grpc.StatusCode.UNAUTHENTICATED, why)
             client_id, scopes = entry
             user_type = "api_key"
         elif self.mtls and not self._keys and (cn := client_identity(context)):

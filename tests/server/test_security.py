@@ -799,6 +799,54 @@ def test_a_long_maintenance_round_does_not_hold_health_or_the_gauges(tmp_path, m
         store.close()
 
 
+def test_a_call_carrying_x_api_key_more_than_once_is_refused(tmp_path, model_path, caplog):
+    """A call with two x-api-key entries was judged on the first alone: a valid key
+    followed by anything was admitted, and an unknown key followed by a valid one was
+    refused as unknown; something in front of nacf that reads the last entry would see
+    another caller than nacf. Such a call, its entries different or the same, is now
+    refused UNAUTHENTICATED saying exactly one x-api-key is expected (as a device proof
+    key given twice is), before its request is read or its stream is taken up, counted
+    like the other refusals (user_type anonymous: no key was accepted) and logged
+    (repeated_api_key), without the keys."""
+    other = "sec-other-key-0123456789"
+    server, store = _server(tmp_path, model_path, rate_limit_per_s=1000,
+                            rate_limit_burst=1000, api_keys={KEY: ALL, other: ALL})
+    server.start()
+    try:
+        with grpc.insecure_channel(server.address) as ch, \
+                caplog.at_level("INFO", logger="nacf"):
+            stub = pbg.AuthServiceStub(ch)
+            for md in ((("x-api-key", KEY), ("x-api-key", other)),
+                       (("x-api-key", "wrong-key-987654"), ("x-api-key", KEY)),
+                       (("x-api-key", KEY), ("user-agent-x", "a"), ("x-api-key", KEY))):
+                with pytest.raises(grpc.RpcError) as ei:
+                    stub.GetStats(pb.GetStatsRequest(), metadata=md, timeout=10)
+                assert ei.value.code() == grpc.StatusCode.UNAUTHENTICATED, md
+                assert "exactly one x-api-key" in ei.value.details(), ei.value.details()
+            start = pb.AuthenticateStreamRequest(start=pb.StreamStart(user_id="x"))
+            with pytest.raises(grpc.RpcError) as ei:
+                stub.AuthenticateStream(iter([start]), timeout=10, metadata=(
+                    ("x-api-key", KEY), ("x-api-key", other)))
+            assert ei.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert "exactly one x-api-key" in ei.value.details(), ei.value.details()
+            # one key, as ever
+            assert stub.GetStats(pb.GetStatsRequest(), metadata=(("x-api-key", KEY),),
+                                 timeout=10) is not None
+        assert _requests(server, "GetStats", "UNAUTHENTICATED", "anonymous") == 3
+        assert _requests(server, "AuthenticateStream", "UNAUTHENTICATED", "anonymous") == 1
+        assert _requests(server, "GetStats", "OK") == 1
+        lines = [r for r in caplog.records
+                 if getattr(r, "security_event_type", "") == "repeated_api_key"]
+        assert lines and lines[0].method == "GetStats" and lines[0].ip_address == "127.0.0.1"
+        assert not hasattr(lines[0], "client_id")
+        text = "\n".join(logging.Formatter().format(r) + repr(vars(r))
+                         for r in caplog.records)
+        assert KEY not in text and other not in text
+    finally:
+        server.stop(0)
+        store.close()
+
+
 def test_a_flood_of_refused_calls_is_not_a_flood_of_log_lines(tmp_path, model_path, caplog):
     """Calls refused at admission are not bounded by the rate limit: a caller sending
     many gets one security_event line (per kind, every 10 s) and the next line says how
