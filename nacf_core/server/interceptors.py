@@ -14,7 +14,10 @@ For every call of a method outside ``grpc.health.v1`` it:
    ``RESOURCE_EXHAUSTED``;
 4. records ``nacfauth_auth_requests_total`` / ``_duration_seconds`` / success rate
    with the status the call really ended with, its duration from its arrival at the
-   server (the wait for a worker thread or the authentication thread included).
+   server (the wait for a worker thread or the authentication thread included); a
+   request gRPC refused as it read it (over ``max_message_bytes``) is
+   ``RESOURCE_EXHAUSTED``, as gRPC answered its client, a streamed one too
+   (:func:`read_refused`).
 
 Steps 1 and 2 come before a unary call's request is read (a client without a valid
 key that never sends it must not hold a worker thread). A call refused in steps 1-3
@@ -70,10 +73,10 @@ import grpc
 from nacf_core.errors import InvalidArgument, NacfError
 from nacf_core.service import peer_fields
 
-__all__ = ["CALLER", "METHOD_SCOPES", "AuthInterceptor", "StreamPool", "call_active",
-           "call_started",
+__all__ = ["CALLER", "ENDED_DETAILS", "METHOD_SCOPES", "AuthInterceptor", "StreamPool",
+           "call_active", "call_started",
            "client_identity", "deadline_slack", "ended_status", "log_refusal",
-           "timeout_granularity"]
+           "read_refused", "timeout_granularity"]
 
 log = logging.getLogger("nacf.server")
 
@@ -198,7 +201,9 @@ def call_started(context: grpc.ServicerContext, arrived: float | None = None) ->
 
 def ended_status(context: grpc.ServicerContext) -> grpc.StatusCode:
     """The status of a call that ended (or is dropped) before its handler answered:
-    ``DEADLINE_EXCEEDED`` at its deadline, else ``CANCELLED`` (the client went away).
+    ``RESOURCE_EXHAUSTED`` when gRPC refused one of its streamed requests as it read it
+    (:func:`read_refused`: what gRPC answered its client), else ``DEADLINE_EXCEEDED`` at
+    its deadline, else ``CANCELLED`` (the client went away).
 
     gRPC sends the timeout rounded up, so the client's deadline passes first and the
     client cancels the call while the server's deadline is still ahead. "At its deadline"
@@ -208,6 +213,8 @@ def ended_status(context: grpc.ServicerContext) -> grpc.StatusCode:
     start), with at most :data:`DEADLINE_SLACK_S` left now."""
     try:
         times = _CALLS.get(context)
+        if context in _REFUSED_READS:
+            return grpc.StatusCode.RESOURCE_EXHAUSTED
     except TypeError:
         times = None
     if times is None:
@@ -226,6 +233,75 @@ def ended_status(context: grpc.ServicerContext) -> grpc.StatusCode:
 #: says. nacf does not pick one of the values: something in front of it (a proxy, a
 #: gateway that checks keys too) may have read another.
 _REPEATED_KEY = "\x00x-api-key repeated"
+
+
+#: The contexts of the client streams one of whose requests gRPC refused as it read it
+#: (:func:`_watch_reads`); an entry goes with its context.
+_REFUSED_READS: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def read_refused(context: grpc.ServicerContext) -> bool:
+    """Whether gRPC refused a request of this client stream as it read it: one over
+    ``max_message_bytes``, for which gRPC ends the call ``RESOURCE_EXHAUSTED`` (its client
+    sees that status) and grpcio shows the handler only the end of the stream, or a
+    failed read as after a cancel."""
+    try:
+        return context in _REFUSED_READS
+    except TypeError:  # not weakly referenceable
+        return False
+
+
+class _ReadRefused(grpc.RpcError):
+    """What a client stream's requests raise where gRPC refused one as it read it
+    (:func:`_watch_reads`): the stream failed, it did not end."""
+
+    def __str__(self) -> str:
+        return ("a request of the stream was refused as gRPC read it (larger than the "
+                "server's maximum message size, max_message_bytes).")
+
+
+class _WatchedCall:
+    """grpcio's call object of one client stream, seeing the outcome of each read of a
+    request: a read that fails (gRPC refused the message) marks the call's context in
+    :data:`_REFUSED_READS` before grpcio learns of it. Everything else is the call's."""
+
+    __slots__ = ("_call", "_context")
+
+    def __init__(self, call: Any, context: grpc.ServicerContext) -> None:
+        self._call, self._context = call, context
+
+    def start_server_batch(self, operations: Any, tag: Callable) -> Any:
+        context = self._context
+
+        def watched(event: Any) -> Any:
+            if not event.success:
+                _REFUSED_READS.add(context)
+            return tag(event)
+
+        return self._call.start_server_batch(operations, watched)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._call, name)
+
+
+def _watch_reads(it: Any, context: grpc.ServicerContext) -> None:
+    """Have the reads of the client stream ``it`` (grpcio's request iterator) noted when
+    gRPC refuses one (:func:`read_refused`). grpcio starts each read through the
+    iterator's call object (``_call``, ``start_server_batch``) with a callback it gives
+    the read's outcome, then drops it: a message over ``max_message_bytes`` fails the read
+    (what a cancel or a deadline does not; its client is answered RESOURCE_EXHAUSTED by
+    gRPC), and the handler saw the stream end or fail as if its client had cancelled it.
+    These are grpcio's internals (``grpc._server._RequestIterator``, read in grpcio 1.85);
+    without them nothing is watched and such a call is counted as the handler ends it.
+    Client streams only: a unary call's request is judged by :func:`_request_refused`."""
+    call = getattr(it, "_call", None)
+    try:
+        weakref.ref(context)
+    except TypeError:  # not weakly referenceable (grpc_testing)
+        return
+    if call is not None and not isinstance(call, _WatchedCall) and callable(
+            getattr(call, "start_server_batch", None)):
+        it._call = _WatchedCall(call, context)
 
 
 def _key_hash(key: str) -> str:
@@ -676,12 +752,23 @@ def _decoded_stream(it: Any, ctx: grpc.ServicerContext, method: str,
     ``raising`` raises ``InvalidArgument`` for the handler to answer: nacf's streams are
     read ahead on a thread of their own (``ClientStream``), and an abort from there set
     the call's status even when the handler had answered before it reached the message
-    (an accept, its session open, answered ``INVALID_ARGUMENT``)."""
+    (an accept, its session open, answered ``INVALID_ARGUMENT``).
+
+    With ``raising`` (nacf's own streams), a request gRPC refused as it read it (over
+    ``max_message_bytes``, :func:`read_refused`) fails the stream where grpcio may show
+    only its end (:class:`_ReadRefused`, a ``grpc.RpcError`` as after a cancel): the
+    handler must not take what came before it for the whole stream (decide on it, answer
+    ``INVALID_ARGUMENT`` for a stream without a chunk), and the call is counted
+    ``RESOURCE_EXHAUSTED``, what its client was answered (:func:`ended_status`)."""
+    if raising:
+        _watch_reads(it, ctx)
     for req in it:
         if raising and isinstance(req, _Undecodable):
             raise InvalidArgument(f"the {method} request is not a valid protobuf message of "
                                   f"the method's request type ({req.error}).")
         yield _decoded(req, ctx, method)
+    if raising and read_refused(ctx):
+        raise _ReadRefused()
 
 
 def _wrap_decoding(handler: grpc.RpcMethodHandler, method: str, raising: bool = False
@@ -950,7 +1037,9 @@ def _request_refused(ctx: grpc.ServicerContext, no_request: bool) -> grpc.Status
         grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-_DROPPED = {
+#: The details of a call ended by what its client did, or gRPC, before its handler
+#: answered (:func:`ended_status`); the client has its status already, from gRPC.
+ENDED_DETAILS = {
     grpc.StatusCode.DEADLINE_EXCEEDED: "the call's deadline passed before it was served.",
     grpc.StatusCode.CANCELLED: "the client cancelled the call.",
     grpc.StatusCode.RESOURCE_EXHAUSTED: "the request is larger than the server's maximum "
@@ -995,7 +1084,7 @@ def _one_message(behavior: Callable, icp: AuthInterceptor, method: str, key: str
             code = ended_status(ctx)
         icp.observe(method, ctx, True, time.perf_counter() - t0, icp.user_type_of(ctx, key),
                     code=code.name)
-        ctx.abort(code, _DROPPED.get(code) or f"{method} requires exactly one request "
+        ctx.abort(code, ENDED_DETAILS.get(code) or f"{method} requires exactly one request "
                                               "message.")
 
     return grpc.stream_unary_rpc_method_handler(read_one, handler.request_deserializer,

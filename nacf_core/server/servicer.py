@@ -29,7 +29,13 @@ from nacf_core.errors import (
     ResourceExhausted,
 )
 from nacf_core.server import converters as cv
-from nacf_core.server.interceptors import CALLER, call_active, ended_status, log_refusal
+from nacf_core.server.interceptors import (
+    CALLER,
+    ENDED_DETAILS,
+    call_active,
+    ended_status,
+    log_refusal,
+)
 from nacf_core.service import AuthService, ClientStream, DeviceProof
 
 __all__ = ["SERVICE_NAME", "AuthServicer", "add_to_server", "status_for"]
@@ -61,12 +67,12 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
 def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
     code, msg = status_for(exc)
     if isinstance(exc, grpc.RpcError) or not call_active(context):
-        # the call ended under the handler (its deadline passed, or the client went
-        # away), which then saw the client's stream fail or end short: the call ended
-        # that way, whatever the handler made of it (the client sees no more of it)
+        # the call ended under the handler (its deadline passed, the client went away,
+        # gRPC refused a streamed request too large), which then saw the client's stream
+        # fail or end short: the call ended that way, whatever the handler made of it
+        # (the client sees no more of it)
         code = ended_status(context)
-        msg = ("the call's deadline passed before it was served."
-               if code is grpc.StatusCode.DEADLINE_EXCEEDED else "the client cancelled the call.")
+        msg = ENDED_DETAILS[code]
     context.abort(code, msg)
 
 

@@ -989,6 +989,50 @@ def test_an_oversized_unary_request_is_counted_resource_exhausted(srv):
     assert d == want, d
 
 
+def test_an_oversized_chunk_in_a_stream_is_counted_resource_exhausted(srv):
+    """gRPC refuses a streamed message over max_message_bytes as it reads it and ends the
+    call RESOURCE_EXHAUSTED, which its client sees; the handler sees the stream fail as
+    if its client had cancelled it, and the call was counted CANCELLED, a status no
+    client saw (a headset sending too large chunks looked like one that went away). It
+    is counted RESOURCE_EXHAUSTED, in AuthenticateStream and ContinuousAuthenticate
+    alike, and nothing else is counted for it."""
+    _, stub, metrics = srv
+    enroll(stub, "olga", 1)
+    secret = device(stub, "olga", "hs-olga")
+    tok = auth(stub, "olga", eeg(1, 3, 60, 8), secret, "hs-olga").session_token
+    assert tok
+    big = pb.Signal(sample_rate_hz=160, channel_names=CH16, device_id="hs-olga",
+                    samples=b"\0" * (MSG_LIMIT + 1024))
+    stop = threading.Event()
+
+    def auth_stream():
+        yield pb.AuthenticateStreamRequest(start=pb.StreamStart(user_id="olga"))
+        yield pb.AuthenticateStreamRequest(chunk=big)
+        stop.wait(20)
+
+    def cont_stream():
+        yield pb.ContinuousAuthenticateRequest(start=pb.ContinuousStart(session_token=tok))
+        yield pb.ContinuousAuthenticateRequest(chunk=big)
+        stop.wait(20)
+
+    try:
+        for method, call in (
+                ("AuthenticateStream", lambda: stub.AuthenticateStream(
+                    auth_stream(), metadata=MD, timeout=30)),
+                ("ContinuousAuthenticate", lambda: list(stub.ContinuousAuthenticate(
+                    cont_stream(), metadata=MD, timeout=30)))):
+            before = _requests_by_status(metrics, method)
+            for _ in range(3):
+                c, m = code_of(call)
+                assert c == grpc.StatusCode.RESOURCE_EXHAUSTED, (method, c, m)
+            assert _counted_since(metrics, method, before, 3) == {"RESOURCE_EXHAUSTED": 3}, \
+                method
+    finally:
+        stop.set()
+    v = stub.ValidateSession(pb.ValidateSessionRequest(session_token=tok), metadata=MD)
+    assert v.valid  # the session stays open, as when its headset goes away
+
+
 def test_a_unary_call_without_a_request_is_answered_and_counted_unimplemented(srv):
     """A client (not a generated stub) that calls a unary method as a stream and closes
     it without a message: the call stays live, so it is no refused request; it is
