@@ -61,6 +61,7 @@ _INT_RANGES: dict[str, tuple[int, int]] = {
         "max_workers", "max_concurrent_rpcs", "max_streams", "lockout_threshold",
         "continuous_mismatch_windows",
         "identify_max_k", "rate_limit_lease")},
+    "max_streams_per_client": (0, _INT_MAX),
     "max_message_bytes": (64 * 1024, 1024 ** 3),
 }
 #: The number options; each in ``(0, _FLOAT_MAX]``, or ``[lowest, _FLOAT_MAX]`` when
@@ -95,6 +96,10 @@ OPTION_HELP: dict[str, str] = {
     "max_streams": "most open streams (AuthenticateStream, ContinuousAuthenticate, "
                    "reflection), each on a thread of its own; beyond it a stream gets "
                    "RESOURCE_EXHAUSTED at once",
+    "max_streams_per_client": "most open streams of one client (API key; client "
+                              "certificate; address in open mode): beyond it its stream "
+                              "gets RESOURCE_EXHAUSTED at once; 0: half of max_streams, "
+                              "rounded up",
     "max_message_bytes": "maximum gRPC message size, both directions (bytes)",
     "grace_period_s": "SIGTERM: seconds in-flight calls get to finish",
     "tls_cert_file": "server certificate (PEM); with tls_key_file enables TLS",
@@ -151,6 +156,7 @@ class Config:
     max_workers: int = 8
     max_concurrent_rpcs: int = 64
     max_streams: int = 16
+    max_streams_per_client: int = 0
     max_message_bytes: int = 16 * 1024 * 1024
     grace_period_s: float = 10.0
     tls_cert_file: str = ""
@@ -206,6 +212,13 @@ class Config:
                 raise ValueError(f"API key scopes must be among {', '.join(SCOPES)}; got "
                                  f"{', '.join(sorted(bad))}.")
         return self
+
+    @property
+    def streams_per_client(self) -> int:
+        """The streams one client may hold open: ``max_streams_per_client``, or half of
+        ``max_streams`` rounded up when it is 0; never more than ``max_streams``."""
+        n = self.max_streams_per_client or (self.max_streams + 1) // 2
+        return min(n, self.max_streams)
 
     @property
     def tls(self) -> bool:

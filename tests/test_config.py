@@ -555,3 +555,30 @@ def test_purge_interval_help_does_not_claim_session_expiry_waits_for_it():
 
     text = OPTION_HELP["purge_interval_s"]
     assert "retention purge" in text and "30 s" in text, text
+
+
+def test_max_streams_per_client_is_half_of_max_streams_unless_given(tmp_path):
+    """One client's bound on open streams (max_streams_per_client) follows max_streams
+    when not given (0: half of it, rounded up), comes from the file, the environment and
+    ``nacf serve --max-streams-per-client`` like max_streams, never exceeds max_streams,
+    and a negative value is refused naming the option."""
+    import argparse
+
+    from nacf_core.cli import build_parser
+
+    assert Config().streams_per_client == 8
+    assert [Config(max_streams=n).streams_per_client for n in (1, 2, 3)] == [1, 1, 2]
+    assert Config(max_streams=4, max_streams_per_client=3).streams_per_client == 3
+    assert Config(max_streams=4, max_streams_per_client=10).streams_per_client == 4
+    f = tmp_path / "nacf.toml"
+    f.write_text("max_streams = 6\nmax_streams_per_client = 5\n")
+    assert load_config(f, env={}).streams_per_client == 5
+    assert load_config(f, env={"NACF_MAX_STREAMS_PER_CLIENT": "0"}).streams_per_client == 3
+    with pytest.raises(ValueError, match=r"NACF_MAX_STREAMS_PER_CLIENT.*max_streams_per_client"
+                                         r".*\[0, "):
+        load_config(None, env={"NACF_MAX_STREAMS_PER_CLIENT": "-1"})
+    serve = next(a for a in build_parser()._actions
+                 if isinstance(a, argparse._SubParsersAction)).choices["serve"]
+    assert serve.parse_args(["--max-streams-per-client", "2"]).max_streams_per_client == 2
+    text = serve.format_help()
+    assert "--max-streams-per-client" in text and "NACF_MAX_STREAMS_PER_CLIENT" in text

@@ -9,8 +9,9 @@
   ``max_workers`` threads serve the unary calls. An open stream (``AuthenticateStream``,
   ``ContinuousAuthenticate``, reflection) holds a thread for its whole life (hours for a
   headset under continuous authentication), so the streams run on threads of their own,
-  at most ``max_streams`` (:class:`~nacf_core.server.interceptors.StreamPool`); a stream
-  beyond them is answered ``RESOURCE_EXHAUSTED`` at once. gRPC admits
+  at most ``max_streams`` (:class:`~nacf_core.server.interceptors.StreamPool`), at most
+  ``max_streams_per_client`` of them (default: half) one client's; a stream beyond
+  either is answered ``RESOURCE_EXHAUSTED`` at once. gRPC admits
   ``max_concurrent_rpcs`` + ``max_streams`` calls in flight, so the unary calls keep
   ``max_concurrent_rpcs`` of them and their ``max_workers`` threads however many
   streams are open; beyond it gRPC answers ``RESOURCE_EXHAUSTED`` at once (counted by
@@ -436,7 +437,7 @@ class NacfServer:
             ("grpc.so_reuseport", 1 if cfg.reuse_port else 0),
             *keepalive_options(),
         ]
-        self._streams = StreamPool(cfg.max_streams)
+        self._streams = StreamPool(cfg.max_streams, cfg.streams_per_client)
         icp = self._interceptor = AuthInterceptor(
             cfg.api_keys, self.service, self.metrics, open_mode=self.open_mode,
             mtls=bool(cfg.tls_client_ca_file), streams=self._streams)
@@ -513,6 +514,7 @@ class NacfServer:
                         "max_message_bytes": cfg.max_message_bytes,
                         "max_concurrent_rpcs": cfg.max_concurrent_rpcs,
                         "max_workers": cfg.max_workers, "max_streams": cfg.max_streams,
+                        "max_streams_per_client": cfg.streams_per_client,
                         "require_device_proof": cfg.require_device_proof,
                         "model_version": self.service.model_version})
         if not cfg.tls:

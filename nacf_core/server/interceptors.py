@@ -44,7 +44,10 @@ reflection) holds its thread as long as it is open, so it runs on a
 :class:`StreamPool` of ``max_streams`` threads, never on the unary calls' workers; one
 that comes with ``max_streams`` streams open is answered ``RESOURCE_EXHAUSTED`` at once
 (before any check), counted as such and logged (``streams_busy``, at most a line every
-10 s). Nothing of this touches a unary call.
+10 s). So is one whose client (known once step 1 has passed) holds
+``max_streams_per_client`` open streams already (``client_streams_busy``, with its client
+id, at most a line per client every 10 s): one key cannot take every stream. Nothing of
+this touches a unary call.
 
 The concurrency bound itself is gRPC's ``maximum_concurrent_rpcs`` (``max_concurrent_rpcs``
 + ``max_streams``, see ``app.py``): a call beyond it is answered ``RESOURCE_EXHAUSTED``
@@ -351,8 +354,9 @@ class AuthInterceptor(grpc.ServerInterceptor):
         A verified client certificate authenticates the caller.
     streams : StreamPool, optional
         The threads of the request-streaming calls (at most ``max_streams``, each on a
-        thread of its own); a stream that comes when they are all taken is refused
-        ``RESOURCE_EXHAUSTED`` at once. ``None``: streams run on the server's pool.
+        thread of its own, at most ``max_per_client`` of one client); a stream that comes
+        when they are all taken, or its client's are, is refused ``RESOURCE_EXHAUSTED`` at
+        once. ``None``: streams run on the server's pool, unbounded per client.
     """
 
     def __init__(self, api_keys: Mapping[str, frozenset[str]], service: Any = None,
@@ -469,6 +473,33 @@ class AuthInterceptor(grpc.ServerInterceptor):
         context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                       f"too many open streams: this server serves at most {bound} at once "
                       f"(option max_streams, --max-streams); retry later.")
+
+    def claim_stream(self, context: grpc.ServicerContext, method: str,
+                     client_id: str) -> None:
+        """Take one of ``client_id``'s stream slots for this stream (on its thread, its
+        caller authenticated; see :meth:`StreamPool.claim`), or refuse it: a client that
+        holds ``max_streams_per_client`` open streams gets ``RESOURCE_EXHAUSTED`` at once,
+        counted as such by the call's guard (reflection is not counted) and logged
+        (``client_streams_busy``, at most a line per client every 10 s)."""
+        pool = self.streams
+        if pool.claim(client_id):
+            return
+        bound = pool.max_per_client
+        suppressed = self._refusals.admit("client_streams_busy", client_id)
+        if suppressed is not None:
+            log.warning("%s refused with RESOURCE_EXHAUSTED: client %s holds %d streams "
+                        "open, its bound (--max-streams-per-client)", method, client_id,
+                        bound, extra={
+                            "event_type": "client_streams_busy", "method": method,
+                            "client_id": client_id, "status": "RESOURCE_EXHAUSTED",
+                            "max_streams_per_client": bound,
+                            **peer_fields(_peer_of(context)),
+                            **({"suppressed": suppressed} if suppressed else {})})
+        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                      f"too many open streams for this client: a client holds at most "
+                      f"{bound} at once (option max_streams_per_client, "
+                      f"--max-streams-per-client); retry once one of its streams has "
+                      f"ended.")
 
     # ------------------------------------------------------------------------------
     def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails):
@@ -595,6 +626,10 @@ class AuthInterceptor(grpc.ServerInterceptor):
             log.exception("metrics recording failed")
 
 
+#: A thread of the stream pool between two streams (:meth:`StreamPool.claim`).
+_NO_TASK = object()
+
+
 class StreamPool(futures.ThreadPoolExecutor):
     """The threads of the open streams: at most ``max_streams``, one per stream.
 
@@ -606,13 +641,23 @@ class StreamPool(futures.ThreadPoolExecutor):
     cannot leak, and the interceptor, which asks :meth:`full` on that same polling
     thread just before, never admits more streams than there are threads: an admitted
     stream never waits for one. The unary calls keep the server's own pool of
-    ``max_workers`` threads, whatever the streams do."""
+    ``max_workers`` threads, whatever the streams do.
 
-    def __init__(self, max_streams: int) -> None:
+    A client holds at most ``max_per_client`` of them (default and at most
+    ``max_streams``): once its caller is known, a stream takes its client's share
+    (:meth:`claim`, on its own thread) and gives it back when its task returns, as it does
+    its thread; a client that holds them all is refused its next stream, so that one
+    client cannot take every stream and lock every other client's out."""
+
+    def __init__(self, max_streams: int, max_per_client: int | None = None) -> None:
         super().__init__(max_workers=max_streams, thread_name_prefix="nacf-stream")
         self.max_streams = max_streams
+        self.max_per_client = (max_streams if max_per_client is None
+                               else min(max_per_client, max_streams))
         self._open = 0
         self._count_lock = threading.Lock()
+        self._by_client: dict[str, int] = {}  # the open streams of each client holding one
+        self._task = threading.local()  # .client: whose share the stream of this thread took
 
     @property
     def open(self) -> int:
@@ -621,6 +666,26 @@ class StreamPool(futures.ThreadPoolExecutor):
 
     def full(self) -> bool:
         return self._open >= self.max_streams
+
+    def open_of(self, client_id: str) -> int:
+        """How many streams ``client_id`` holds open (that took its share)."""
+        return self._by_client.get(client_id, 0)
+
+    def claim(self, client_id: str) -> bool:
+        """Count the stream running on this thread as one of ``client_id``'s, until its
+        task returns; ``False``, and nothing counted, when the client holds
+        ``max_per_client`` already. Once per stream (again: ``True``, nothing more
+        counted); on a thread of this pool only (elsewhere: ``True``, nothing counted)."""
+        task = self._task
+        if getattr(task, "client", _NO_TASK) is not None:
+            return True  # claimed already, or not a stream of this pool
+        with self._count_lock:
+            n = self._by_client.get(client_id, 0)
+            if n >= self.max_per_client:
+                return False
+            self._by_client[client_id] = n + 1
+        task.client = client_id
+        return True
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> futures.Future:
         with self._count_lock:
@@ -632,9 +697,19 @@ class StreamPool(futures.ThreadPoolExecutor):
             raise
 
     def _run(self, fn: Callable, args: tuple, kwargs: dict) -> Any:
+        task = self._task
+        task.client = None  # a stream of this pool, whose client is not known yet
         try:
             return fn(*args, **kwargs)
         finally:
+            client, task.client = task.client, _NO_TASK
+            if client is not None:
+                with self._count_lock:
+                    n = self._by_client[client] - 1
+                    if n:
+                        self._by_client[client] = n
+                    else:
+                        del self._by_client[client]
             self._ended()
 
     def _ended(self) -> None:
@@ -880,7 +955,9 @@ def _wrap(handler: grpc.RpcMethodHandler, icp: AuthInterceptor, method: str,
     is latency its client sees; now when not given)."""
     # nacf's own handlers answer an InvalidArgument; reflection's would answer UNKNOWN
     handler = _wrap_decoding(handler, method, raising=not is_reflection)
-    def _guard(context, fn):
+    def _guard(context, fn, stream=False):
+        """``stream``: a client stream of the stream pool, which takes one of its
+        caller's stream slots once its caller is known (:meth:`AuthInterceptor.claim_stream`)."""
         t0 = time.perf_counter() if t_arrived is None else t_arrived
         call_started(context, arrived)
         user_type = "anonymous"
@@ -890,6 +967,8 @@ def _wrap(handler: grpc.RpcMethodHandler, icp: AuthInterceptor, method: str,
             # a known caller refused for its scope or its rate keeps its user_type
             who = icp.identify(context, key, method)
             user_type = who[1]
+            if stream:
+                icp.claim_stream(context, method, who[0])
             client_id, user_type, scopes = icp.authorize(context, method, key, is_reflection,
                                                          who)
             token = CALLER.set((client_id, scopes))
@@ -908,7 +987,7 @@ def _wrap(handler: grpc.RpcMethodHandler, icp: AuthInterceptor, method: str,
                 icp.observe(method, context, failed, time.perf_counter() - t0, user_type,
                             code=code)
 
-    def _guard_stream(context, fn):
+    def _guard_stream(context, fn, stream=False):
         t0 = time.perf_counter() if t_arrived is None else t_arrived
         state = {"user_type": "anonymous", "failed": True, "counted": False}
         lock = threading.Lock()
@@ -931,6 +1010,8 @@ def _wrap(handler: grpc.RpcMethodHandler, icp: AuthInterceptor, method: str,
         try:
             who = icp.identify(context, key, method)
             state["user_type"] = who[1]
+            if stream:
+                icp.claim_stream(context, method, who[0])
             icp.authorize(context, method, key, is_reflection, who)
             yield from fn()
             state["failed"] = False
@@ -984,11 +1065,13 @@ def _wrap(handler: grpc.RpcMethodHandler, icp: AuthInterceptor, method: str,
         return (grpc.stream_unary_rpc_method_handler if handler.stream_unary
                 else grpc.stream_stream_rpc_method_handler)(
             refuse, handler.request_deserializer, handler.response_serializer)
+    # on the pool, a stream takes one of its client's slots too (max_streams_per_client)
+    pooled = pool is not None
     if handler.stream_unary:
         inner_su = handler.stream_unary
 
         def behavior(it, ctx):
-            return _guard(ctx, lambda: inner_su(it, ctx))
+            return _guard(ctx, lambda: inner_su(it, ctx), pooled)
         make = grpc.stream_unary_rpc_method_handler
     else:
         inner_ss = handler.stream_stream
@@ -997,10 +1080,11 @@ def _wrap(handler: grpc.RpcMethodHandler, icp: AuthInterceptor, method: str,
             # reflection waits for its client's next request as long as the call lasts:
             # one that sends nothing for signal_loss_s ends, as nacf's own streams do
             def behavior(it, ctx):
-                return _guard_stream(ctx, lambda: _idle_bounded(inner_ss, it, ctx, idle_s))
+                return _guard_stream(ctx, lambda: _idle_bounded(inner_ss, it, ctx, idle_s),
+                                     pooled)
         else:
             def behavior(it, ctx):
-                return _guard_stream(ctx, lambda: inner_ss(it, ctx))
+                return _guard_stream(ctx, lambda: inner_ss(it, ctx), pooled)
         make = grpc.stream_stream_rpc_method_handler
     if pool is not None:
         # grpcio runs a behavior that names a pool there (the mechanism of its own

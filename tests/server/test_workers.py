@@ -17,6 +17,7 @@ from nacf_core._proto.nacf.v1 import auth_pb2 as pb
 from nacf_core._proto.nacf.v1 import auth_pb2_grpc as pbg
 from nacf_core.config import Config
 from nacf_core.metrics import Metrics
+from nacf_core.server import interceptors
 from nacf_core.server.app import NacfServer
 from nacf_core.server.converters import block_to_signal
 from nacf_core.service import AuthService
@@ -194,8 +195,10 @@ def test_a_stream_beyond_max_streams_is_refused_at_once_and_counted(tmp_path, mo
     nacfauth_auth_requests_total under its method and caller as gRPC's own concurrency
     refusals are, and logged (streams_busy, a line every 10 s at most); the unary calls
     are served meanwhile, and a stream is admitted again once one has ended."""
+    # one key holds both streams: its own bound (max_streams_per_client) out of the way
     server, store = _server(tmp_path, model_path, max_workers=2, max_streams=2,
-                            max_concurrent_rpcs=16, signal_loss_s=30.0)
+                            max_streams_per_client=2, max_concurrent_rpcs=16,
+                            signal_loss_s=30.0)
     caplog.set_level("WARNING", logger="nacf.server")
     server.start()
     held: list[_Held] = []
@@ -229,6 +232,78 @@ def test_a_stream_beyond_max_streams_is_refused_at_once_and_counted(tmp_path, mo
             code, msg = _code(stub.AuthenticateStream, iter([start]), metadata=MD, timeout=5)
             assert code == grpc.StatusCode.NOT_FOUND, (code, msg)  # admitted: user 'x'
             assert _requests(server, "AuthenticateStream", "RESOURCE_EXHAUSTED") == 1
+    finally:
+        for h in held:
+            h.release()
+        server.stop(0)
+        store.close()
+
+
+def test_one_client_cannot_take_every_stream_slot(tmp_path, model_path, caplog):
+    """One key's holder could open max_streams streams and hold them (a headset each, or
+    streams that send a message now and then), and every other client's stream was
+    refused RESOURCE_EXHAUSTED for as long. A client now holds at most
+    max_streams_per_client streams at once (by default half of max_streams, rounded up:
+    2 of 4 here); its next one is refused RESOURCE_EXHAUSTED at once, naming the option,
+    counted under its method and user_type as the max_streams refusals are, and logged
+    (client_streams_busy, with its client id, a line every 10 s at most), while another
+    client's streams are admitted; once one of its streams has ended, it is admitted
+    again."""
+    other = "workers-other-key-0123456789"
+    server, store = _server(tmp_path, model_path, max_workers=2, max_streams=4,
+                            max_concurrent_rpcs=16, signal_loss_s=30.0,
+                            api_keys={KEY: ALL, other: ALL})
+    caplog.set_level("WARNING", logger="nacf.server")
+    server.start()
+    held: list[_Held] = []
+    md_other = (("x-api-key", other),)
+    start = pb.AuthenticateStreamRequest(start=pb.StreamStart(user_id="x"))
+    cstart = pb.ContinuousAuthenticateRequest(start=pb.ContinuousStart(session_token="x"))
+    try:
+        with grpc.insecure_channel(server.address) as ch:
+            stub = pbg.AuthServiceStub(ch)
+            held = [_Held(stub), _Held(stub, "ContinuousAuthenticate")]
+            _wait_open(server, 2)
+            t0 = time.monotonic()
+            code, msg = _code(stub.AuthenticateStream, iter([start]), metadata=MD, timeout=5)
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, (code, msg)
+            assert "max_streams_per_client" in msg and "at most 2" in msg, msg
+            code, msg = _code(lambda: list(stub.ContinuousAuthenticate(
+                iter([cstart]), metadata=MD, timeout=5)))
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, (code, msg)
+            assert "max_streams_per_client" in msg, msg
+            assert time.monotonic() - t0 < 4  # at once, not at signal_loss_s or a deadline
+            assert _requests(server, "AuthenticateStream", "RESOURCE_EXHAUSTED") == 1
+            assert _requests(server, "ContinuousAuthenticate", "RESOURCE_EXHAUSTED") == 1
+            busy = [r for r in caplog.records
+                    if getattr(r, "event_type", "") == "client_streams_busy"]
+            assert len(busy) == 1 and busy[0].max_streams_per_client == 2, busy
+            assert busy[0].method == "AuthenticateStream"
+            mine = server._interceptor._keys[interceptors._key_hash(KEY)][0]
+            assert busy[0].client_id == mine
+            _wait_open(server, 2)  # the refused streams gave their threads back
+            assert server._streams.open_of(mine) == 2
+            # another client: its streams are admitted (user 'x': NOT_FOUND), and held
+            code, msg = _code(stub.AuthenticateStream, iter([start]), metadata=md_other,
+                              timeout=5)
+            assert code == grpc.StatusCode.NOT_FOUND, (code, msg)
+            held += [_Held(stub, md=md_other), _Held(stub, "ContinuousAuthenticate",
+                                                     md=md_other)]
+            _wait_open(server, 4)
+            held[0].release()
+            assert held[0].done.wait(30)
+            _wait_open(server, 3)
+            assert server._streams.open_of(mine) == 1
+            code, msg = _code(stub.AuthenticateStream, iter([start]), metadata=MD, timeout=5)
+            assert code == grpc.StatusCode.NOT_FOUND, (code, msg)  # admitted again
+            assert _requests(server, "AuthenticateStream", "RESOURCE_EXHAUSTED") == 1
+            assert stub.GetStats(pb.GetStatsRequest(), metadata=MD, timeout=5) is not None
+            for h in held:
+                h.release()
+            for h in held:
+                assert h.done.wait(30)
+            _wait_open(server, 0)
+            assert server._streams._by_client == {}  # every client's share given back
     finally:
         for h in held:
             h.release()
@@ -363,7 +438,7 @@ def test_a_silent_reflection_stream_gives_its_slot_back(tmp_path, model_path):
     from grpc_reflection.v1alpha import reflection_pb2_grpc as rpbg
 
     server, store = _server(tmp_path, model_path, max_workers=2, max_streams=2,
-                            signal_loss_s=1.0)
+                            max_streams_per_client=2, signal_loss_s=1.0)
     server.start()
     stop = threading.Event()
 
