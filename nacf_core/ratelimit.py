@@ -15,7 +15,8 @@ locally (the scheme of leased or batched quota in distributed rate limiters):
 - a lease is held at most ``hold_s``; its unused tokens go back to the bucket with the
   process's next lease for that client (a process that stops or forgets the client,
   beyond ``max_clients``, loses at most one lease's leftovers, which the bucket refills
-  in at most ``hold_s``).
+  in at most ``hold_s``). A ``now`` before the lease was taken (the wall clock stepped
+  back) ends it too: its tokens are not handed out until the clock catches up.
 """
 
 from __future__ import annotations
@@ -37,12 +38,12 @@ def lease_size(burst: float, max_lease: int) -> int:
 
 
 class _Lease:
-    __slots__ = ("lock", "left", "until")
+    __slots__ = ("lock", "left", "since", "until")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.left = 0
-        self.until = -math.inf
+        self.since = self.until = -math.inf
 
 
 class TokenLeases:
@@ -96,7 +97,7 @@ class TokenLeases:
         (``OutcomeUnknown``): then they count as given back, never twice."""
         e = self._lease(client_id)
         with e.lock:
-            if e.left >= 1 and now < e.until:
+            if e.left >= 1 and e.since <= now < e.until:
                 e.left -= 1
                 return True
             back = e.left  # an expired lease's leftovers (0 after a used-up one)
@@ -109,7 +110,7 @@ class TokenLeases:
             e.left = 0
             if got < 1:
                 return False
-            e.left, e.until = got - 1, now + self.hold_s
+            e.left, e.since, e.until = got - 1, now, now + self.hold_s
             return True
 
     def held(self, client_id: str) -> int:

@@ -940,6 +940,14 @@ class SqlStore(Store):
         return {r[0] for r in self._run(lambda tx: tx.query(
             "SELECT user_id FROM lockouts WHERE locked_until > ?", (t,)), write=False)}
 
+    #: how far a bucket's ``now`` may fall behind the time the bucket was last refilled to
+    #: and still be a call that read its clock before another's commit (a wait for the
+    #: row lock, a replica's clock a little behind): no refill, the bucket's time kept.
+    #: Further behind, the wall clock stepped back (an NTP correction, a VM restored from
+    #: a snapshot): no refill either, and the bucket's time follows the clock, which it
+    #: then refills by, instead of nothing until the clock caught up
+    clock_step_s = 1.0
+
     def take_tokens(self, client_id, rate_per_s, burst, want=1, give_back=0.0,
                     now=None) -> int:
         _check_id("client_id", client_id)
@@ -962,8 +970,10 @@ class SqlStore(Store):
                                      "WHERE client_id = ?" + self.FOR_UPDATE, (client_id,))
             tokens = min(burst, tokens + max(0.0, t - updated) * rate + back)
             got = min(want, int(math.floor(tokens))) if tokens >= 1.0 else 0
+            # refilled up to `updated` already, unless the clock stepped back (clock_step_s)
+            at = updated if t < updated <= t + self.clock_step_s else t
             tx.execute("UPDATE rate_buckets SET tokens = ?, updated_at = ? WHERE client_id = ?",
-                       (tokens - got, max(t, updated), client_id))
+                       (tokens - got, at, client_id))
             return got
 
         return self._run(fn)

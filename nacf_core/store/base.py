@@ -459,7 +459,9 @@ class Store(abc.ABC):
         """Token bucket, several at a time (a lease, see :mod:`nacf_core.ratelimit`):
         refill at ``rate_per_s``, add ``give_back`` (a lease's unused tokens), cap at
         ``burst``; then take ``min(want, whole tokens available)`` and return how many
-        were taken (0 when none). One transaction, atomic across replicas."""
+        were taken (0 when none). One transaction, atomic across replicas. A ``now``
+        before the bucket's last refill refills nothing; when it is more than a moment
+        before (the wall clock stepped back), the bucket refills from it onwards."""
 
     # -- audit log and stats -------------------------------------------------------
     @abc.abstractmethod

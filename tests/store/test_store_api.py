@@ -270,6 +270,25 @@ def test_token_bucket_several_at_a_time(store):
             store.take_tokens("c", 1.0, 10, 1, give_back=bad)
 
 
+def test_token_bucket_when_the_wall_clock_steps(store):
+    """The wall clock stepping back (an NTP correction, a VM restored from a snapshot)
+    neither grants tokens nor removes them, and the bucket refills from the new clock: it
+    kept the bucket's time at the old clock's, so the client got nothing more until the
+    clock caught up (an hour here). A step forward refills no more than the capacity."""
+    assert store.take_tokens("c", 1.0, 10, 4, now=T0) == 4  # 6 left
+    assert store.take_tokens("c", 1.0, 10, 100, now=T0 - 3600) == 6  # none granted, none lost
+    assert store.take_tokens("c", 1.0, 10, 100, now=T0 - 3600) == 0
+    assert store.take_tokens("c", 1.0, 10, 100, now=T0 - 3595) == 5  # 5 s on the new clock
+    assert store.take_tokens("c", 1.0, 10, 100, now=T0 - 3595 + 86400) == 10  # capacity
+    assert store.take_tokens("c", 1.0, 10, 100, now=T0 - 3595 + 86400) == 0
+    # a call whose `now` was read before another's commit (a wait for the row lock, a
+    # replica's clock a little behind) is no step: the time between is not refilled twice
+    assert store.take_tokens("d", 10.0, 10, 10, now=T0) == 10
+    assert store.take_tokens("d", 10.0, 10, 10, now=T0 + 0.5) == 5
+    assert store.take_tokens("d", 10.0, 10, 10, now=T0 + 0.25) == 0
+    assert store.take_tokens("d", 10.0, 10, 10, now=T0 + 0.75) == 2  # not 5 (from T0 + 0.2)
+
+
 def test_attempts_stats_and_purge(store):
     day = utc_day_start(T0)
     store.put_template("alice", b"x", "m")

@@ -90,6 +90,20 @@ def test_leftovers_go_back_when_a_lease_expires(store):
     assert store.take_tokens("app", 0.0, 50.0, 100, now=T0 + 0.6) == 43
 
 
+def test_a_lease_ends_when_the_wall_clock_steps_back(store):
+    """A lease taken at a time the clock has stepped back from (an NTP correction, a VM
+    restored from a snapshot) is over: its leftovers go back to the bucket. It was handed
+    out until the clock caught up with its end (an hour here), its tokens spent that long
+    after they were taken, on top of what the bucket refilled meanwhile."""
+    take = _Counting(store)
+    rl = TokenLeases(take, 0.0, 50.0, max_lease=5, hold_s=0.5)
+    assert rl.take("app", T0) is True and rl.held("app") == 4
+    assert rl.take("app", T0 - 3600) is True and take.calls == 2  # a new lease
+    assert rl.held("app") == 4
+    # the bucket: 50 - 5 + 4 - 5 = 44 left in it, 4 held here
+    assert store.take_tokens("app", 0.0, 50.0, 100, now=T0 - 3600) == 44
+
+
 def test_a_small_bucket_is_exact(store):
     """Lease size 1 (burst < 20): the same answers as taking from the store each time."""
     rl = TokenLeases(store.take_tokens, 1.0, 3.0)
