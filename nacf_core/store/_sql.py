@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -168,6 +169,10 @@ class SqlStore(Store):
         self._fp_lock = threading.Lock()
         #: why the last write failed (None once a write succeeds): see :meth:`ping`
         self._write_failure: str | None = None
+        #: use_nonce's marks: this object's random prefix and a count (unique per call,
+        #: with no random bytes to read per call)
+        self._claim_prefix = secrets.token_hex(8) + "-"
+        self._claims = itertools.count()
 
     # -- backend hooks -------------------------------------------------------------
     def _transaction(self, write: bool) -> AbstractContextManager[Tx]:  # pragma: no cover
@@ -186,6 +191,12 @@ class SqlStore(Store):
         itself works: readiness need not probe it)."""
         return False
 
+    def _commit_lost(self, exc: BaseException) -> bool:
+        """Whether a failed write sent its COMMIT and lost the answer (it may have been
+        applied; PostgreSQL: a connection lost then). Such a write is run again only when
+        the caller says it is idempotent (:meth:`_run`)."""
+        return False
+
     def _migration_lock(self, tx: Tx) -> None:
         """Serialise concurrent ``migrate()`` calls (SQLite: BEGIN IMMEDIATE does it)."""
 
@@ -201,7 +212,12 @@ class SqlStore(Store):
         IMMEDIATE does it)."""
 
     # -- plumbing ------------------------------------------------------------------
-    def _run(self, fn: Callable[[Tx], T], *, write: bool = True) -> T:
+    def _run(self, fn: Callable[[Tx], T], *, write: bool = True,
+             idempotent: bool = False) -> T:
+        """``fn`` in a transaction, run again on the errors the backend retries; with
+        ``idempotent`` (running it again after it was applied changes nothing and returns
+        what it returned) also after a COMMIT whose answer was lost (:meth:`_commit_lost`),
+        which is otherwise ``OutcomeUnknown``."""
         if self._closed:
             raise FailedPrecondition("The store is closed.")
         delay = 0.002
@@ -223,7 +239,8 @@ class SqlStore(Store):
                     f"{exc.store_key_id}; this process has key id {self._cipher.key_id}): "
                     "restart it with the new key. Nothing was written.") from None
             except Exception as exc:  # driver errors only: classify, retry or translate
-                if (self._is_retryable(exc, time.monotonic() - t0)
+                if ((self._is_retryable(exc, time.monotonic() - t0)
+                     or (idempotent and self._commit_lost(exc)))
                         and attempt < self.max_retries - 1):
                     time.sleep(delay * (1 + random.random()))
                     delay = min(delay * 2, 0.2)
@@ -724,14 +741,20 @@ class SqlStore(Store):
         _check_id("nonce", nonce)
         expires_at = _check_time("expires_at", expires_at)
         t = _now(now)
+        # this call's mark on the row it inserts: run again after a COMMIT whose answer
+        # was lost, it finds its own row (the nonce is fresh: the proof was used once),
+        # where another call's, or a row of before schema 4 (NULL), is a replay
+        claim = f"{self._claim_prefix}{next(self._claims)}"
 
         def fn(tx: Tx) -> bool:
             tx.execute("DELETE FROM device_nonces WHERE expires_at <= ?", (t,))
-            return tx.execute("INSERT INTO device_nonces (device_id, nonce, expires_at) "
-                              "VALUES (?, ?, ?) ON CONFLICT (device_id, nonce) DO NOTHING",
-                              (device_id, nonce, expires_at)) == 1
+            return tx.execute("INSERT INTO device_nonces (device_id, nonce, expires_at, claim) "
+                              "VALUES (?, ?, ?, ?) ON CONFLICT (device_id, nonce) DO UPDATE "
+                              "SET claim = excluded.claim "
+                              "WHERE device_nonces.claim = excluded.claim",
+                              (device_id, nonce, expires_at, claim)) == 1
 
-        return self._run(fn)
+        return self._run(fn, idempotent=True)
 
     # -- sessions ------------------------------------------------------------------
     _SESSION_COLS = "token_hash, user_id, created_at, expires_at, ended_at, end_reason, device_id"

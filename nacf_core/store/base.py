@@ -362,7 +362,9 @@ class Store(abc.ABC):
     def use_nonce(self, device_id: str, nonce: str, expires_at: float,
                   *, now: float | None = None) -> bool:
         """Record a device-proof nonce; ``False`` if it was already used and has not
-        expired (a replay). Expired nonces are purged."""
+        expired (a replay). Expired nonces are purged. The row records which call wrote
+        it: a call whose COMMIT's answer was lost runs again and finds its own row (the
+        nonce was fresh), not a replay."""
 
     # -- sessions ------------------------------------------------------------------
     @abc.abstractmethod

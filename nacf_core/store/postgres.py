@@ -95,6 +95,10 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         "DROP INDEX sessions_user",
         "CREATE INDEX sessions_user ON sessions (user_id, ended_at, expires_at)",
     ]),
+    (4, "device_nonces.claim: which call recorded a nonce (it runs again after a lost "
+        "COMMIT answer and finds its own row, not a replay)", [
+        "ALTER TABLE device_nonces ADD COLUMN claim TEXT",
+    ]),
 ]
 
 #: the most connections one store opens (PostgreSQL's own default max_connections is 100)
@@ -129,7 +133,12 @@ def _redact(conninfo: str) -> str:
 class _CommitUnknown(Exception):
     """A write transaction's COMMIT was sent and its answer lost: it may have been applied,
     so running the transaction again could apply it twice (a second enrollment, a failure
-    counted twice)."""
+    counted twice). ``timed_out``: the watchdog cut the connection (the server did not
+    answer within the query timeout), else the connection was lost."""
+
+    def __init__(self, why: str, *, timed_out: bool = False) -> None:
+        super().__init__(why)
+        self.timed_out = timed_out
 
 
 class _QueryTimeout(Exception):
@@ -450,7 +459,7 @@ class PostgresStore(SqlStore):
                     why = (f"the server did not answer within {wd.timeout_s:g} s "
                            f"(query_timeout), so the connection was closed")
                     if sent_commit and write:
-                        raise _CommitUnknown(why) from exc
+                        raise _CommitUnknown(why, timed_out=True) from exc
                     raise _QueryTimeout(why) from exc
                 if sent_commit and write:
                     raise _CommitUnknown(str(exc)) from exc
@@ -498,6 +507,11 @@ class PostgresStore(SqlStore):
 
     def _is_contention(self, exc: BaseException) -> bool:
         return isinstance(exc, _CONTENTION)
+
+    def _commit_lost(self, exc: BaseException) -> bool:
+        # not after the query timeout: a server that did not answer would hold the call
+        # as long again (as a read's _QueryTimeout, not run again)
+        return isinstance(exc, _CommitUnknown) and not exc.timed_out
 
     def _translate(self, exc: BaseException) -> BaseException | None:
         if isinstance(exc, _CommitUnknown):

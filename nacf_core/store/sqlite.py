@@ -82,6 +82,10 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         "DROP INDEX sessions_user",
         "CREATE INDEX sessions_user ON sessions (user_id, ended_at, expires_at)",
     ]),
+    (4, "device_nonces.claim: which call recorded a nonce (it runs again after a lost "
+        "COMMIT answer and finds its own row, not a replay)", [
+        "ALTER TABLE device_nonces ADD COLUMN claim TEXT",
+    ]),
 ]
 
 

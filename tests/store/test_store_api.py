@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+from contextlib import contextmanager
 
 import pytest
 
@@ -22,11 +23,11 @@ T0 = 1_790_000_000.0  # a fixed "now" (2026-09-21 UTC)
 
 
 def test_migrate_is_idempotent(store, store_url, key):
-    assert store.schema_version() == 3
+    assert store.schema_version() == 4
     assert store.migrate() == []
     again = open_store(store_url, key=key)  # a second replica / restart
     try:
-        assert again.migrate() == [] and again.schema_version() == 3
+        assert again.migrate() == [] and again.schema_version() == 4
     finally:
         again.close()
 
@@ -183,6 +184,43 @@ def test_nonces_replay_and_expiry(store):
     assert store.use_nonce("hs", "999:x", T0 + 500, now=T0 + 200) is True
     assert store._run(lambda tx: tx.one(
         "SELECT COUNT(*) FROM device_nonces WHERE nonce = ?", ("123:abc",)))[0] == 0
+
+
+class _AnswerLost(Exception):
+    """Raised after a COMMIT that was applied: its answer lost on the way back."""
+
+
+def test_a_nonce_whose_commit_answer_was_lost_is_not_a_replay_of_itself(store, monkeypatch):
+    """A call recording a device-proof nonce whose COMMIT was applied but whose answer was
+    lost (a connection cut then: ``OutcomeUnknown`` on PostgreSQL) failed, and its retry
+    found the nonce used: a replay alert for a proof used once. The call's row says the
+    call wrote it, so the call runs again and recognises its own nonce; another call with
+    the same nonce is still a replay. (The fault is injected at commit, and the store told
+    to take it for a lost answer; test_store_pg_outage.py loses a real one.)"""
+    orig = store._transaction
+    lost: list[bool] = []
+
+    @contextmanager
+    def transaction(write):
+        with orig(write) as tx:
+            yield tx
+        if write and not lost:  # committed: the answer is lost
+            lost.append(True)
+            raise _AnswerLost("the connection was lost during COMMIT")
+
+    monkeypatch.setattr(store, "_transaction", transaction)
+    monkeypatch.setattr(store, "_commit_lost", lambda exc: isinstance(exc, _AnswerLost),
+                        raising=False)
+    assert store.use_nonce("hs", "n-1", T0 + 120, now=T0) is True
+    assert lost == [True]
+    assert store.use_nonce("hs", "n-1", T0 + 120, now=T0 + 1) is False  # a replay
+    assert store._run(lambda tx: tx.one(
+        "SELECT COUNT(*) FROM device_nonces WHERE nonce = 'n-1'"))[0] == 1
+    # a write that is not safe to run again is not: a failure counted once
+    lost.clear()
+    with pytest.raises(_AnswerLost):
+        store.register_failure("alice", 5, 60, now=T0)
+    assert store.get_lockout("alice").failures == 1
 
 
 def test_sessions(store):
@@ -546,26 +584,26 @@ def test_end_user_sessions_and_first_device_only(store):
 
 def test_a_store_migrated_by_a_newer_nacf_is_refused(store_url, key, monkeypatch, capsys):
     """An older nacf (here: one that knows only migration 1) opened a store a newer one
-    had migrated (here schema 3) without a word and wrote to tables it does not know, and
+    had migrated (here schema 4) without a word and wrote to tables it does not know, and
     `nacf store migrate` answered schema_version 2 as if it were done: it is refused,
     naming both versions."""
     from nacf_core.cli import main
     from nacf_core.store.postgres import PostgresStore
     from nacf_core.store.sqlite import SQLiteStore
 
-    open_store(store_url, key=key).close()  # schema 3
+    open_store(store_url, key=key).close()  # schema 4
     cls = SQLiteStore if store_url.startswith("sqlite") else PostgresStore
     monkeypatch.setattr(cls, "MIGRATIONS", cls.MIGRATIONS[:1])
-    with pytest.raises(FailedPrecondition, match=r"schema version 3, .* this nacf knows "
+    with pytest.raises(FailedPrecondition, match=r"schema version 4, .* this nacf knows "
                                                  r"version 1 at most"):
         open_store(store_url, key=key)
     monkeypatch.setenv("NACF_TEMPLATE_KEY", base64.b64encode(key).decode())
     assert main(["store", "migrate", "--store-url", store_url]) == 1
     out, err = capsys.readouterr()
-    assert out == "" and "schema version 3" in err
+    assert out == "" and "schema version 4" in err
     monkeypatch.undo()
     with open_store(store_url, key=key) as s:  # the nacf that migrated it still opens it
-        assert s.schema_version() == 3
+        assert s.schema_version() == 4
 
 
 def test_an_older_store_is_migrated_with_its_sessions_and_renewal_records_verification(
@@ -586,13 +624,31 @@ def test_an_older_store_is_migrated_with_its_sessions_and_renewal_records_verifi
     monkeypatch.undo()
     new = open_store(store_url, key=key)
     try:
-        assert new.schema_version() == 3
+        assert new.schema_version() == 4
         s = new.get_session(tok)
         assert s.user_id == "alice" and s.last_verified_at is None
         assert new.renew_session(tok, 60, now=T0 + 30).last_verified_at == T0 + 30
         assert new.get_session(tok).last_verified_at == T0 + 30
     finally:
         new.close()
+
+
+def test_nonces_recorded_before_schema_4_are_replays_after_it(store_url, key, monkeypatch):
+    """A nonce recorded by a store of before ``device_nonces.claim`` (no call's mark on it)
+    is a replay after the migration, as before."""
+    from nacf_core.store.postgres import PostgresStore
+    from nacf_core.store.sqlite import SQLiteStore
+
+    cls = SQLiteStore if store_url.startswith("sqlite") else PostgresStore
+    monkeypatch.setattr(cls, "MIGRATIONS", cls.MIGRATIONS[:3])
+    with open_store(store_url, key=key) as old:  # the row as a nacf before schema 4 wrote it
+        old._run(lambda tx: tx.execute("INSERT INTO device_nonces (device_id, nonce, "
+                                       "expires_at) VALUES ('hs', 'n-1', ?)", (T0 + 120,)))
+    monkeypatch.undo()
+    with open_store(store_url, key=key) as new:
+        assert new.schema_version() == 4
+        assert new.use_nonce("hs", "n-1", T0 + 120, now=T0 + 1) is False
+        assert new.use_nonce("hs", "n-2", T0 + 120, now=T0 + 1) is True
 
 
 def test_count_users_by_model_counts_active_users_per_enrolled_model(store):

@@ -184,6 +184,20 @@ def test_a_write_whose_commit_answer_is_lost_is_not_run_again(proxied):
     assert store.register_failure("alice", 5, 60)[0] == 2
 
 
+def test_a_nonce_whose_commit_answer_is_lost_is_not_taken_for_a_replay(proxied):
+    """A device-proof nonce recorded by a COMMIT whose answer was lost: the call failed
+    UNAVAILABLE (outcome unknown), and its retry found the nonce used, a replay alert for a
+    proof used once. The call now runs again and recognises the row it wrote; another call
+    with that nonce is a replay still."""
+    store, direct, proxy = proxied
+    t0 = 1_790_000_000.0
+    proxy.drop_next_commit()
+    assert store.use_nonce("hs-1", "f" * 64, t0 + 120, now=t0) is True
+    assert proxy.dropped.is_set()  # the first COMMIT's answer was lost
+    assert direct.use_nonce("hs-1", "f" * 64, t0 + 120, now=t0 + 1) is False
+    assert store.use_nonce("hs-1", "f" * 64, t0 + 120, now=t0 + 1) is False
+
+
 def test_reads_are_still_retried_and_a_restart_costs_no_call(proxied):
     """Every pooled connection dies at once (what a server restart does to the pool):
     the next call reconnects instead of failing on the dead ones one by one."""
