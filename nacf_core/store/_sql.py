@@ -254,6 +254,25 @@ class SqlStore(Store):
                 raise mapped from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _tx_relock(self, tx: Tx, insert: str, insert_args: tuple, select: str,
+                   select_args: tuple, *, on_insert: Callable[[bool], None] | None = None,
+                   read_new: bool = True) -> tuple[bool, tuple | None]:
+        """Make sure a row exists and lock it (see _RELOCK): ``insert`` (an ``INSERT ...
+        ON CONFLICT DO NOTHING``), then ``select`` with :attr:`FOR_UPDATE`; when the
+        SELECT finds nothing (another replica deleted the row since the INSERT found it),
+        both again. ``on_insert(created)`` runs after each INSERT (it may refuse: raise);
+        with ``read_new`` False a row the INSERT created is not read (``(True, None)``).
+        Returns whether the last INSERT created the row, and the row read."""
+        while True:
+            created = tx.execute(insert, insert_args) == 1
+            if on_insert is not None:
+                on_insert(created)
+            if created and not read_new:
+                return True, None
+            row = tx.one(select + self.FOR_UPDATE, select_args)
+            if row is not None:
+                return created, row
+
     def _has_store_tables(self, tx: Tx) -> bool:  # pragma: no cover
         """Whether the database holds a nacf store (its ``schema_migrations`` table)."""
         raise NotImplementedError
@@ -415,23 +434,21 @@ class SqlStore(Store):
         t = _now(now)
         fps = None if enroll_fingerprints is None else [bytes(f) for f in enroll_fingerprints]
 
+        def refuse_existing(created: bool) -> None:
+            if create_only and not created:
+                raise AlreadyExists(f"User {user_id!r} is already enrolled; "
+                                    f"update it explicitly to replace its template.")
+
         def fn(tx: Tx) -> int:
             # encrypted in the transaction, under the key in use now (see _tx_check_write_key)
             cipher = self._cipher
-            while True:
-                created = tx.execute(
-                    "INSERT INTO users (user_id, status, created_at, updated_at, "
-                    "template_version, model_version) VALUES (?, 'active', ?, ?, 0, NULL) "
-                    "ON CONFLICT (user_id) DO NOTHING", (user_id, t, t)) == 1
-                if create_only and not created:
-                    raise AlreadyExists(f"User {user_id!r} is already enrolled; "
-                                        f"update it explicitly to replace its template.")
-                row = tx.one("SELECT template_version FROM users WHERE user_id = ?"
-                             + self.FOR_UPDATE, (user_id,))
-                if row is not None:
-                    break
-                # deleted by another replica since the INSERT found it (see _RELOCK):
-                # the user is enrolled anew
+            # a user deleted by another replica since the INSERT found it is enrolled anew
+            _, row = self._tx_relock(
+                tx, "INSERT INTO users (user_id, status, created_at, updated_at, "
+                "template_version, model_version) VALUES (?, 'active', ?, ?, 0, NULL) "
+                "ON CONFLICT (user_id) DO NOTHING", (user_id, t, t),
+                "SELECT template_version FROM users WHERE user_id = ?", (user_id,),
+                on_insert=refuse_existing)
             current = int(row[0])
             if expected_version is not None and current != expected_version:
                 raise FailedPrecondition(
@@ -660,14 +677,15 @@ class SqlStore(Store):
                                          "device.")
             kid, ct = self._cipher.encrypt(secret.encode(),
                                            Cipher.aad("device", device_id, user_id))
-            replaced = False
-            while tx.execute("INSERT INTO devices (device_id, user_id, key_id, secret_ct, "
-                             "created_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (device_id) "
-                             "DO NOTHING", (device_id, user_id, kid, ct, t)) == 0:
-                row = tx.one("SELECT user_id FROM devices WHERE device_id = ?"
-                             + self.FOR_UPDATE, (device_id,))
-                if row is None:
-                    continue  # its owner deleted since the INSERT found it (see _RELOCK)
+            # a device whose owner was deleted since the INSERT found it is bound anew
+            created, row = self._tx_relock(
+                tx, "INSERT INTO devices (device_id, user_id, key_id, secret_ct, created_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (device_id) DO NOTHING",
+                (device_id, user_id, kid, ct, t),
+                "SELECT user_id FROM devices WHERE device_id = ?", (device_id,),
+                read_new=False)
+            replaced = not created
+            if replaced:
                 if row[0] != user_id:
                     raise AlreadyExists(f"Device {device_id!r} is already registered to "
                                         f"another user.")
@@ -677,8 +695,6 @@ class SqlStore(Store):
                                         f"{user_id!r}; set rotate=true for a new secret.")
                 tx.execute("UPDATE devices SET key_id = ?, secret_ct = ?, created_at = ? "
                            "WHERE device_id = ?", (kid, ct, t, device_id))
-                replaced = True
-                break
             self._tx_check_write_key(tx, kid)
             return DeviceRecord(device_id=device_id, user_id=user_id, secret=secret,
                                 created_at=t, replaced=replaced)
@@ -904,16 +920,12 @@ class SqlStore(Store):
 
     def _tx_failure(self, tx: Tx, user_id: str, max_failures: int, lock_seconds: float,
                     t: float) -> tuple[int, float | None]:
-        while True:
-            tx.execute("INSERT INTO lockouts (user_id, failures, locked_until, updated_at) "
-                       "VALUES (?, 0, NULL, ?) ON CONFLICT (user_id) DO NOTHING",
-                       (user_id, t))
-            row = tx.one("SELECT failures, locked_until FROM lockouts WHERE user_id = ?"
-                         + self.FOR_UPDATE, (user_id,))
-            if row is not None:
-                break
-            # an UnlockUser (or DeleteUser) of another replica deleted the row since the
-            # INSERT found it (see _RELOCK): this failure starts a new streak
+        # a row an UnlockUser (or DeleteUser) of another replica deleted since the INSERT
+        # found it: this failure starts a new streak
+        _, row = self._tx_relock(
+            tx, "INSERT INTO lockouts (user_id, failures, locked_until, updated_at) "
+            "VALUES (?, 0, NULL, ?) ON CONFLICT (user_id) DO NOTHING", (user_id, t),
+            "SELECT failures, locked_until FROM lockouts WHERE user_id = ?", (user_id,))
         failures, locked_until = row
         if locked_until is not None and locked_until <= t:  # lock over: new streak
             failures, locked_until = 0, None
