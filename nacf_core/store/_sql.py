@@ -20,7 +20,7 @@ import random
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
@@ -104,6 +104,27 @@ def _check_time(name: str, value: Any) -> float:
     if not math.isfinite(v):
         raise InvalidArgument(f"{name!r} must be finite unix seconds, got {value!r}.")
     return v
+
+
+def _check_fingerprints(name: str, values: Any) -> list[bytes]:
+    """PAD fingerprints: an iterable of non-empty bytes. One bytes object given for the
+    list, or an item that is no bytes (``bytes(97)`` is 97 zero bytes), is refused: stored,
+    it was no fingerprint, in the history every authentication of the user reads."""
+    if isinstance(values, (str, bytes, bytearray, memoryview)) or not isinstance(
+            values, Iterable):
+        raise TypeError(f"{name!r} must be a list of bytes, got {type(values).__name__} "
+                        "instead.")
+    out = []
+    for i, v in enumerate(values):
+        if not isinstance(v, (bytes, bytearray, memoryview)):
+            raise TypeError(f"{name!r} must be a list of bytes, got {type(v).__name__} at "
+                            f"index {i}.")
+        v = bytes(v)
+        if not v:
+            raise InvalidArgument(f"{name!r} at index {i} is empty: expected a PAD "
+                                  "fingerprint (nacf_core.pad.fingerprint).")
+        out.append(v)
+    return out
 
 
 def token_hash(token: str) -> str:
@@ -432,7 +453,8 @@ class SqlStore(Store):
         except (TypeError, ValueError) as exc:
             raise InvalidArgument(f"'meta' must be JSON-serialisable: {exc}.") from None
         t = _now(now)
-        fps = None if enroll_fingerprints is None else [bytes(f) for f in enroll_fingerprints]
+        fps = None if enroll_fingerprints is None else _check_fingerprints(
+            "enroll_fingerprints", enroll_fingerprints)
 
         def refuse_existing(created: bool) -> None:
             if create_only and not created:
@@ -1120,7 +1142,7 @@ class SqlStore(Store):
         if kind not in ("enroll", "probe"):
             raise InvalidArgument(f"Invalid value for the 'kind' parameter. Allowed values "
                                   f"are 'enroll', 'probe', but got {kind!r} instead.")
-        fps = [bytes(f) for f in fingerprints]
+        fps = _check_fingerprints("fingerprints", fingerprints)
         t = _now(now)
 
         def fn(tx: Tx) -> None:

@@ -389,6 +389,32 @@ def test_fingerprints_bounded_history(store):
         store.add_fingerprints("alice", [b"x"], "other")
 
 
+def test_fingerprints_are_a_list_of_bytes(store):
+    """PAD fingerprints given as one bytes object instead of a list were stored one per
+    byte, each that many zero bytes (``bytes(97)``), and an int as that many zero bytes:
+    no fingerprints, in the history every authentication of the user reads. A str was a
+    TypeError naming no parameter. Refused now, saying what was expected; nothing
+    written."""
+    store.put_template("alice", b"x", "m")
+    for bad, exc, match in ((b"abc", TypeError, "'fingerprints' must be a list of bytes, "
+                                                 "got bytes"),
+                            ("abc", TypeError, "must be a list of bytes, got str"),
+                            (7, TypeError, "must be a list of bytes, got int"),
+                            ([5], TypeError, r"bytes, got int at index 0"),
+                            ([b"fp", "fp"], TypeError, r"bytes, got str at index 1"),
+                            ([b"fp", b""], InvalidArgument, r"index 1 is empty")):
+        with pytest.raises(exc, match=match):
+            store.add_fingerprints("alice", bad, "enroll")
+        with pytest.raises(exc, match=match.replace("'fingerprints'",
+                                                    "'enroll_fingerprints'")):
+            store.put_template("alice", b"y", "m", enroll_fingerprints=bad)
+    assert store.get_fingerprints("alice") == []
+    assert store.get_template("alice").version == 1
+    store.add_fingerprints("alice", (f for f in [bytearray(b"e1"), memoryview(b"e2")]),
+                           "enroll")
+    assert store.get_fingerprints("alice") == [("enroll", b"e1"), ("enroll", b"e2")]
+
+
 def test_ping_and_closed(store):
     store.ping()
     store.close()
