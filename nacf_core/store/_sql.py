@@ -536,6 +536,8 @@ class SqlStore(Store):
         return self._decrypt_template(row)
 
     def iter_templates(self, model_version: str | None = None) -> Iterator[TemplateRecord]:
+        if model_version is not None:
+            _check_id("model_version", model_version)
         last = ""
         while True:
             sql = (f"SELECT {self._TEMPLATE_COLS} FROM templates t JOIN users u "
@@ -1036,10 +1038,19 @@ class SqlStore(Store):
         return self._run(fn)
 
     # -- audit log and stats -------------------------------------------------------
+    @staticmethod
+    def _check_audit_user(user_id: Any) -> str:
+        """An audit row's user id: any str the store can hold (a refused attempt's may be
+        no valid user id), of at most :data:`_MAX_ID` characters, without NUL
+        (PostgreSQL text cannot hold it: its DataError was answered UNAVAILABLE)."""
+        if not isinstance(user_id, str) or len(user_id) > _MAX_ID or "\x00" in user_id:
+            raise InvalidArgument(f"'user_id' must be a str of at most {_MAX_ID} characters "
+                                  f"without NUL, got {repr(user_id)[:60]}.")
+        return user_id
+
     def record_attempt(self, user_id, success, score, reason, peer, duration_s, method,
                        *, now=None) -> None:
-        if not isinstance(user_id, str) or len(user_id) > _MAX_ID:
-            raise InvalidArgument(f"'user_id' must be a str of at most {_MAX_ID} characters.")
+        self._check_audit_user(user_id)
         row = self._attempt_row(user_id, success, score, reason, peer, duration_s, method,
                                 _now(now))
         self._run(lambda tx: self._tx_attempt(tx, row))
@@ -1061,7 +1072,7 @@ class SqlStore(Store):
         params: tuple = ()
         if user_id is not None:
             sql += " WHERE user_id = ?"
-            params = (user_id,)
+            params = (self._check_audit_user(user_id),)
         sql += " ORDER BY ts DESC, id DESC LIMIT ?"
         rows = self._run(lambda tx: tx.query(sql, params + (limit,)), write=False)
         return [Attempt(r[0], float(r[1]), bool(r[2]), None if r[3] is None else float(r[3]),

@@ -81,6 +81,25 @@ def test_unknown_and_bad_input(store):
     assert store.list_users().users == []
 
 
+def test_ids_postgresql_cannot_hold_are_invalid_argument_on_both_backends(store):
+    """A model version or user id with a NUL (which PostgreSQL text cannot hold), or not
+    a str, reached the server in iter_templates, recent_attempts and record_attempt: a
+    DataError or UndefinedFunction answered UNAVAILABLE ("the store failed": an outage,
+    for a caller's mistake) on PostgreSQL, while SQLite answered. Refused on both now,
+    naming the parameter."""
+    store.put_template("alice", b"x", "m")
+    for bad in ("m\x00", 5):
+        with pytest.raises((InvalidArgument, TypeError), match="model_version"):
+            list(store.iter_templates(bad))
+    for bad in ("u\x00", 5):
+        with pytest.raises((InvalidArgument, TypeError), match="user_id"):
+            store.recent_attempts(bad)
+        with pytest.raises(InvalidArgument, match="user_id"):
+            store.record_attempt(bad, True, None, "ok", "p", 0.0, "Authenticate")
+    assert [t.user_id for t in store.iter_templates("m")] == ["alice"]
+    assert store.recent_attempts() == []
+
+
 def test_iter_templates_filters_model_version(store):
     for i in range(7):
         store.put_template(f"u{i}", f"blob{i}".encode(), "m-a" if i % 2 else "m-b")
