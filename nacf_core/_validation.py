@@ -23,6 +23,7 @@ __all__ = [
     "check_option",
     "check_array",
     "check_finite_positive",
+    "check_finite_nonnegative",
     "check_int_range",
     "check_sfreq",
     "check_band",
@@ -94,6 +95,17 @@ def check_finite_positive(name: str, value: Any) -> float:
         raise TypeError(f"{name!r} must be a real number, got {value!r} instead.") from None
     if not math.isfinite(v) or v <= 0:
         raise ValueError(f"{name!r} must be a finite number > 0, got {value!r} instead.")
+    return v
+
+
+def check_finite_nonnegative(name: str, value: Any) -> float:
+    """A finite real number >= 0."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name!r} must be a real number, got {value!r} instead.") from None
+    if not math.isfinite(v) or v < 0:
+        raise ValueError(f"{name!r} must be a finite number >= 0, got {value!r} instead.")
     return v
 
 

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
-from .._validation import check_finite_positive, check_int_range
+from .._validation import check_finite_nonnegative, check_finite_positive, check_int_range
 from ..errors import (
     AlreadyExists,
     AnotherDeviceBound,
@@ -1010,14 +1010,10 @@ class SqlStore(Store):
     def take_tokens(self, client_id, rate_per_s, burst, want=1, give_back=0.0,
                     now=None) -> int:
         _check_id("client_id", client_id)
-        rate = float(rate_per_s)
-        if not rate >= 0 or rate == float("inf"):
-            raise InvalidArgument(f"'rate_per_s' must be a finite number >= 0, got {rate_per_s!r}.")
+        rate = check_finite_nonnegative("rate_per_s", rate_per_s)
         burst = check_finite_positive("burst", burst)
         want = check_int_range("want", want, 1)
-        back = float(give_back)
-        if not back >= 0 or back == float("inf"):
-            raise InvalidArgument(f"'give_back' must be a finite number >= 0, got {give_back!r}.")
+        back = check_finite_nonnegative("give_back", give_back)
         t = _now(now)
 
         def fn(tx: Tx) -> int:

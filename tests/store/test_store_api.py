@@ -327,6 +327,20 @@ def test_token_bucket_several_at_a_time(store):
             store.take_tokens("c", 1.0, 10, 1, give_back=bad)
 
 
+def test_token_bucket_rates_that_are_no_number_are_named(store):
+    """A rate or a give-back that is no number was float()'s error, naming no parameter
+    ("could not convert string to float: 'x'")."""
+    for bad in ("x", None, [1.0]):
+        with pytest.raises(TypeError, match="'rate_per_s' must be a real number"):
+            store.take_tokens("c", bad, 10)
+        with pytest.raises(TypeError, match="'give_back' must be a real number"):
+            store.take_tokens("c", 1.0, 10, 1, give_back=bad)
+    for bad in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="'rate_per_s' must be a finite number >= 0"):
+            store.take_tokens("c", bad, 10)
+    assert store.take_tokens("c", "2.5", 10, 1, give_back="0", now=T0) == 1  # as float()
+
+
 def test_token_bucket_when_the_wall_clock_steps(store):
     """The wall clock stepping back (an NTP correction, a VM restored from a snapshot)
     neither grants tokens nor removes them, and the bucket refills from the new clock: it
