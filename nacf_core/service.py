@@ -518,8 +518,11 @@ class AuthService:
         maintenance thread calls this every 2 s; it never runs inside a request."""
         now = self.clock()
         with self._purge_lock:
-            expire = force or now - self._last_expire >= min(30.0, self.config.purge_interval_s)
-            purge = force or now - self._last_purge >= self.config.purge_interval_s
+            # a last run later than now: the wall clock stepped back, due now (waiting for
+            # the clock to catch up expired no session for as long as the step)
+            expire = force or not (0.0 <= now - self._last_expire
+                                   < min(30.0, self.config.purge_interval_s))
+            purge = force or not 0.0 <= now - self._last_purge < self.config.purge_interval_s
             if expire:
                 self._last_expire = now
             if purge:

@@ -322,3 +322,24 @@ def test_a_continuously_verified_session_ends_at_its_maximum_age(tmp_path, model
         assert (v.valid, v.reason) == (False, "expired")
     finally:
         svc.store.close()
+
+
+def test_maintenance_runs_after_the_wall_clock_steps_back(svc_both):
+    """Session expiry and the audit purge ran once ``now`` minus their last run reached
+    their interval: after the wall clock stepped back (an NTP correction, a VM restored
+    from a snapshot) that was negative, and no session was expired, nor anything purged,
+    until the clock caught up (an hour here). A run of later than ``now`` is due now."""
+    svc = svc_both
+    t0 = 1_790_000_000.0
+    svc.clock = lambda: t0
+    svc.store.put_template("u", b"not a template", "m")
+    svc.maintenance(force=True)  # the last runs: at t0
+    s = svc.store.create_session("u", 60, now=t0 - 3600)  # after the step back
+    svc.store.record_attempt("u", True, 0.9, "ok", "p", 0.1, "Authenticate",
+                             now=t0 - 3600 - svc.config.audit_retention_days * 86400.0 - 1)
+    svc.clock = lambda: t0 - 3600 + 61  # the session expired a second ago
+    svc.maintenance()
+    assert svc.store.get_session(s.token).end_reason == "expired"
+    assert svc.store.recent_attempts("u") == []  # past retention: purged
+    svc.maintenance()  # and not again at once
+    assert (svc._last_expire, svc._last_purge) == (t0 - 3600 + 61, t0 - 3600 + 61)
