@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import abc
 import datetime as _dt
+import math
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import FailedPrecondition, TemplateUnreadable
+from ..errors import FailedPrecondition, InvalidArgument, TemplateUnreadable
 
 #: ``FailedPrecondition`` of an authentication whose device proof was verified with a
 #: secret the device no longer has (``finish_authentication(device_key=...)``)
@@ -68,7 +69,16 @@ def utc_day_start(now: float) -> float:
 
 
 def _now(now: float | None) -> float:
-    return time.time() if now is None else float(now)
+    """The store's clock: ``now`` (unix seconds) or the wall clock. A ``now`` that is no
+    finite number is refused: NaN compares unordered, so ``expires_at <= NaN`` would
+    match nothing on SQLite and, on PostgreSQL (where NaN is above every number),
+    everything (a ``use_nonce`` at NaN dropped every nonce kept against replays)."""
+    if now is None:
+        return time.time()
+    t = float(now)
+    if not math.isfinite(t):
+        raise InvalidArgument(f"'now' must be finite unix seconds, got {now!r}.")
+    return t
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+import time
 from contextlib import contextmanager
 
 import pytest
@@ -849,3 +850,19 @@ def test_a_postgres_schema_name_with_capitals_is_used_as_given(pg_available, key
     finally:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.mark.parametrize("now", [float("nan"), float("inf"), float("-inf")])
+def test_a_clock_that_is_no_finite_number_is_refused(store, now):
+    """The store's methods take ``now``; a NaN one compares unordered, so on PostgreSQL
+    (NaN above every number) use_nonce's ``DELETE ... WHERE expires_at <= NaN`` dropped
+    every nonce kept against replays, and a proof used before was accepted again; on
+    SQLite it failed with a message about the file. It is InvalidArgument, and nothing is
+    written or dropped."""
+    from nacf_core.errors import InvalidArgument
+
+    t = time.time()
+    assert store.use_nonce("hs-nan", "n1", t + 600, now=t)
+    with pytest.raises(InvalidArgument, match="'now' must be finite unix seconds"):
+        store.use_nonce("hs-nan", "n2", t + 600, now=now)
+    assert not store.use_nonce("hs-nan", "n1", t + 600, now=t)  # still kept: a replay
