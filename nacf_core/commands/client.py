@@ -13,9 +13,12 @@ Reads a headset (or any SOURCE) on this machine and calls the server:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
+from collections.abc import Iterator
+from typing import Any
 
 from nacf_core.commands._args import address, finite_float, non_empty
 
@@ -212,19 +215,22 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGTERM, old)
 
 
-def _open(args: argparse.Namespace):
+@contextlib.contextmanager
+def _blocks(args: argparse.Namespace) -> Iterator[Any]:
+    """The source opened (a Cyton's session started, an LSL stream resolved), then read
+    as blocks; on leaving, the reader stops before the source closes."""
     from nacf_core.client import Blocks
     from nacf_core.hardware.sources import open_source
 
-    src = open_source(args.source, montage=args.montage)
-    return src, Blocks(src, timeout=args.source_timeout)
+    with open_source(args.source, montage=args.montage) as src, \
+            Blocks(src, timeout=args.source_timeout) as blocks:
+        yield blocks
 
 
 def _enroll(args: argparse.Namespace, stub, md) -> int:
     from nacf_core.client import enroll
 
-    src, blocks = _open(args)
-    with src, blocks:
+    with _blocks(args) as blocks:
         t0 = time.perf_counter()
         r = enroll(stub, md, args.user, blocks, args.seconds, update=args.update,
                    timeout=args.timeout)
@@ -277,8 +283,7 @@ def _authenticate(args: argparse.Namespace, stub, md) -> int:
         secret = _read_small(args.secret_file, "--secret-file")
     if args.token_file is not None and os.path.isdir(args.token_file):
         raise ValueError(f"--token-file {args.token_file!r} is a directory.")
-    src, blocks = _open(args)
-    with src, blocks:
+    with _blocks(args) as blocks:
         res = authenticate_stream(stub, md, args.user, blocks, device_id=args.device_id,
                                   secret=secret, max_seconds=args.max_seconds,
                                   timeout=args.timeout)

@@ -323,3 +323,64 @@ def test_blocks_close_while_the_consumer_is_away_does_not_hang():
     t.start()
     t.join(5)
     assert not t.is_alive()
+
+
+# ------------------------------------------------------------------ live sources
+@pytest.fixture(scope="module")
+def s024(server, tmp_path_factory):
+    """S024 enrolled from its R03 recording, with a headset whose secret is in a file."""
+    secret = str(tmp_path_factory.mktemp("s024") / "S024.secret")
+    assert client(server, "enroll", "--user", "S024", "--source",
+                  source(demo("S024R03"))) == 0
+    assert client(server, "register-device", "--user", "S024", "--device-id", "hs-S024",
+                  "--secret-file", secret) == 0
+    return secret
+
+
+def test_an_lsl_stream_is_opened_before_it_is_read(server, s024, tmp_path, capsys):
+    # an LSL source has no rate or channels until it is opened (entered)
+    from nacf_core.hardware.lsl import stream_recording_to_lsl
+
+    name = f"nacf-client-{os.getpid()}-{time.monotonic_ns()}"
+    stop = threading.Event()
+    rec = read_recording(_piece(tmp_path, "lsl", [("S024R07", 0, 20)]))
+    out = threading.Thread(target=stream_recording_to_lsl, args=(rec, name),
+                           kwargs={"speed": 8.0, "wait_for_consumer_s": 20,
+                                   "stop_event": stop}, daemon=True)
+    out.start()
+    capsys.readouterr()
+    try:
+        rc = client(server, "authenticate", "--user", "S024", "--device-id", "hs-S024",
+                    "--secret-file", s024, "--source", f"lsl:{name}?timeout=15")
+    finally:
+        stop.set()
+        out.join(10)
+    assert capsys.readouterr().out.startswith("ACCEPT S024: score +")
+    assert rc == 0
+
+
+def test_a_cyton_port_is_opened_once_by_the_source_not_by_the_block_reader(
+        server, s024, tmp_path, monkeypatch, capsys):
+    # the block reader read a Cyton before its session was started: read_chunk opened
+    # the port from the reader's thread while the source opened it too (PortBusy, or two
+    # handshakes at once on one port)
+    from nacf_core.hardware.serial_reader import CytonReader
+    from nacf_core.hardware.simulator import SimulatedCyton
+
+    opened = []
+    real = CytonReader._open_port
+
+    def open_port(self):
+        opened.append(threading.current_thread().name)
+        return real(self)
+
+    monkeypatch.setattr(CytonReader, "_open_port", open_port)
+    probe = _piece(tmp_path, "cyton", [("S024R07", 30, 60)])
+    capsys.readouterr()
+    with SimulatedCyton(probe, daisy=True, speed=8.0, loop=False) as sim:
+        rc = client(server, "authenticate", "--user", "S024", "--device-id", "hs-S024",
+                    "--secret-file", s024, "--source", f"cyton-daisy:{sim.port}")
+    captured = capsys.readouterr()
+    assert opened == [threading.current_thread().name], opened
+    assert captured.out.startswith("ACCEPT S024: score +"), captured
+    assert rc == 0
