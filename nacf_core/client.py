@@ -60,7 +60,8 @@ class Blocks:
     ``src``: an opened source (``.sfreq``, ``.ch_names``, ``.read_chunk(timeout)``); the
     caller keeps closing it, after this. :meth:`next` returns the next block, ``None``
     once the source ended (or :meth:`close`), and raises what made the source fail.
-    ``timeout``: seconds without a sample after which the source counts as failed.
+    ``timeout``: seconds without a usable block (a sample, or only blocks left out for
+    their dropped samples) after which the source counts as failed.
     """
 
     def __init__(self, src: Any, block_s: float = 0.5, timeout: float = 10.0) -> None:
@@ -80,22 +81,23 @@ class Blocks:
 
     def _read(self) -> None:
         buf, n = [], 0
-        last = time.monotonic()
+        last = time.monotonic()  # the last usable block (a lossy one does not count)
         try:
             while not self._stop.is_set():
                 chunk = self.src.read_chunk(0.5)
                 if chunk is None:
                     break
-                if chunk.n_times == 0:
-                    if time.monotonic() - last > self.timeout:
-                        raise TimeoutError(f"no samples from the source for {self.timeout:g} s.")
-                    continue
-                last = time.monotonic()
-                buf.append(np.asarray(chunk.samples))
-                n += chunk.n_times
-                if n >= self.block_n:
-                    self._put(np.concatenate(buf))
-                    buf, n = [], 0
+                if chunk.n_times:
+                    buf.append(np.asarray(chunk.samples))
+                    n += chunk.n_times
+                    if n >= self.block_n:
+                        if self._put(np.concatenate(buf)):
+                            last = time.monotonic()
+                        buf, n = [], 0
+                if time.monotonic() - last > self.timeout:
+                    raise TimeoutError(f"no {'usable ' if self.dropped else ''}samples "
+                                       f"from the source for {self.timeout:g} s"
+                                       f"{self.left_out()}.")
             if buf and not self._stop.is_set():  # what the source held at its end
                 self._put(np.concatenate(buf))
         except Exception as e:  # noqa: BLE001 - the headset failed (PortLost, ...)
@@ -103,13 +105,22 @@ class Blocks:
         finally:
             self._offer(None)  # the end
 
-    def _put(self, raw: np.ndarray) -> None:
+    def _put(self, raw: np.ndarray) -> bool:
+        """Hand out ``raw`` filled; ``False`` when it is left out."""
         block, n = fill_dropped(raw)
         if block is None:
             self.dropped += n
-            return
+            return False
         self.filled += n
         self._offer(block)
+        return True
+
+    def left_out(self) -> str:
+        """``""``, or what the blocks left out lost, for a message."""
+        if not self.dropped:
+            return ""
+        return (" (blocks that lost more than a quarter of their samples were left out, "
+                f"{self.dropped} samples dropped in them: the link loses samples)")
 
     def _offer(self, item: np.ndarray | None) -> None:
         """Queue ``item`` for the consumer, waiting for room until :meth:`close`."""
@@ -183,7 +194,7 @@ def enroll(stub: Any, metadata: Sequence[tuple[str, str]], user_id: str, blocks:
         b = blocks.next()
         if b is None:
             raise ValueError(f"the source ended after {n / blocks.sfreq:.1f} s of the "
-                             f"{seconds:g} s to enroll; nothing was sent.")
+                             f"{seconds:g} s to enroll; nothing was sent{blocks.left_out()}.")
         got.append(b)
         n += b.shape[0]
     x = np.ascontiguousarray(np.concatenate(got)[:need], dtype="<f4")
@@ -221,7 +232,8 @@ def authenticate_stream(stub: Any, metadata: Sequence[tuple[str, str]], user_id:
     pb = _pb()
     first = blocks.next()
     if first is None:
-        raise ValueError("the source ended before its first block; nothing was sent.")
+        raise ValueError("the source ended before its first usable block; nothing was "
+                         f"sent{blocks.left_out()}.")
     md = tuple(metadata)
     if secret is not None:
         md += proof_metadata(secret, user_id, device_id, first.tobytes())

@@ -384,3 +384,45 @@ def test_a_cyton_port_is_opened_once_by_the_source_not_by_the_block_reader(
     assert opened == [threading.current_thread().name], opened
     assert captured.out.startswith("ACCEPT S024: score +"), captured
     assert rc == 0
+
+
+def test_blocks_give_up_on_a_source_whose_every_block_is_left_out():
+    # a link that loses a third of every block streams on, but nothing usable comes: the
+    # source counts as silent (it used to count as alive for ever: a hang, no message)
+    lossy = np.ones((60, 2), "f4")
+    lossy[::3] = np.nan
+
+    class Lossy(_Src):
+        def read_chunk(self, timeout):
+            time.sleep(0.01)
+            return Chunk(lossy.copy(), np.arange(60) / 100.0, self.ch_names, self.sfreq)
+
+    got: list = []
+
+    def consume(b):
+        try:
+            got.append(b.next())
+        except TimeoutError as e:
+            got.append(e)
+
+    with Blocks(Lossy([]), timeout=0.3) as b:
+        t = threading.Thread(target=consume, args=(b,), daemon=True)
+        t.start()
+        t.join(5)
+        assert not t.is_alive(), "next() still waiting on a source that sends only lossy blocks"
+    assert isinstance(got[0], TimeoutError), got
+    assert "no usable samples from the source for 0.3 s" in str(got[0])
+    assert "lost more than a quarter of their samples" in str(got[0])
+
+
+def test_a_source_whose_every_block_is_left_out_says_so(server, tmp_path, capsys):
+    rec = read_recording(demo("S021R07"))
+    x = rec.data[:int(10 * rec.sfreq)].copy()
+    x[::3] = np.nan  # a third of the samples dropped, evenly
+    lossy = str(write_npz(tmp_path / "lossy.npz", x, rec.sfreq, rec.ch_names))
+    capsys.readouterr()
+    assert client(server, "authenticate", "--user", "S021", "--source", source(lossy)) == 2
+    err = capsys.readouterr().err
+    assert "the source ended before its first usable block; nothing was sent" in err, err
+    assert f"{int(np.isnan(x).any(axis=1).sum())} samples" in err, err
+    assert "lost more than a quarter of their samples" in err, err
