@@ -172,6 +172,26 @@ def _channel(args: argparse.Namespace):
     return grpc.secure_channel(args.server, creds)
 
 
+def _check_server(channel, args: argparse.Namespace) -> None:
+    """The server answers its health check (the address, TLS) before the source is read:
+    a wrong address or CA must not cost the wearer the seconds of an enrollment first."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    try:
+        r = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
+                                                      timeout=min(args.timeout, 10.0))
+    except grpc.RpcError as e:
+        if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            raise ValueError(f"cannot reach nacf serve at {args.server} ({e.code().name}: "
+                             f"{e.details()}).") from None
+        return  # it answered (a proxy without the health service): the calls will tell
+    if r.status != health_pb2.HealthCheckResponse.SERVING:
+        raise ValueError(f"nacf serve at {args.server} is not serving (health "
+                         f"{health_pb2.HealthCheckResponse.ServingStatus.Name(r.status)}: "
+                         "starting or shutting down).")
+
+
 def run(args: argparse.Namespace) -> int:
     import logging
     import signal
@@ -197,6 +217,7 @@ def run(args: argparse.Namespace) -> int:
         with _channel(args) as channel:
             from nacf_core._proto.nacf.v1 import auth_pb2_grpc as pbg
 
+            _check_server(channel, args)
             stub = pbg.AuthServiceStub(channel)
             return _ACTIONS[args.action](args, stub, md)
     except grpc.RpcError as e:

@@ -426,3 +426,25 @@ def test_a_source_whose_every_block_is_left_out_says_so(server, tmp_path, capsys
     assert "the source ended before its first usable block; nothing was sent" in err, err
     assert f"{int(np.isnan(x).any(axis=1).sum())} samples" in err, err
     assert "lost more than a quarter of their samples" in err, err
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_server_that_cannot_be_reached_is_said_before_the_source_is_read(tmp_path, capsys):
+    # no server there: said at once, not after the wearer gave the enrollment's seconds
+    capsys.readouterr()
+    addr = f"127.0.0.1:{_free_port()}"
+    t0 = time.monotonic()
+    ns = build_parser().parse_args(["client", "enroll", "--server", addr, "--api-key-file",
+                                    _key_file(KEY), "--user", "u", "--seconds", "20",
+                                    "--source", source(demo("S021R03"), 1)])
+    assert ns.func(ns) == 2
+    assert time.monotonic() - t0 < 10
+    err = capsys.readouterr().err
+    assert f"nacf client enroll: cannot reach nacf serve at {addr} (UNAVAILABLE:" in err, err
