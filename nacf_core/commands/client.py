@@ -272,8 +272,14 @@ def _register_device(args: argparse.Namespace, stub, md) -> int:
                          "secret of a bound headset (shown once); give another file, or "
                          "--rotate to issue a new secret in its place.")
     # the file is prepared before the call: the server shows the secret once, so a file
-    # that cannot be written must stop this before the server issues it
-    with CompleteOrNothing(args.secret_file, what="--secret-file", mode=0o600) as fh:
+    # that cannot be written must stop this before the server issues it; and an interrupt
+    # once the call is sent waits for the secret to be in the file (the server binds the
+    # headset all the same: a secret dropped would leave it bound to one nobody holds)
+    with _interrupts_held(f"nacf client register-device: stopping once the secret is in "
+                          f"{args.secret_file} (the server issues it all the same).") as held, \
+            CompleteOrNothing(args.secret_file, what="--secret-file", mode=0o600) as fh:
+        if held:  # before the call: nothing was sent
+            raise KeyboardInterrupt
         r = stub.RegisterDevice(pb.RegisterDeviceRequest(user_id=args.user,
                                                          device_id=args.device_id,
                                                          rotate=args.rotate),
@@ -284,8 +290,35 @@ def _register_device(args: argparse.Namespace, stub, md) -> int:
              if r.rotated else "registered" + (" (it was not bound to the user: nothing "
                                                 "to rotate)" if args.rotate else ""))
           + f" for {r.user_id}; its secret is in {args.secret_file} (keep it on the "
-          "headset's machine only)")
+          "headset's machine only)", flush=True)
+    if held:
+        raise KeyboardInterrupt
     return 0
+
+
+@contextlib.contextmanager
+def _interrupts_held(note: str) -> Iterator[list[int]]:
+    """SIGINT and SIGTERM held back until the block ends (the main thread's only): the
+    signals that came are in the list, ``note`` is said at the first."""
+    import signal
+    import threading
+
+    held: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield held
+        return
+
+    def hold(signum, frame):
+        if not held:
+            print(note, file=sys.stderr, flush=True)
+        held.append(signum)
+
+    old = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield held
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def _when(unix: float) -> str:

@@ -448,3 +448,48 @@ def test_a_server_that_cannot_be_reached_is_said_before_the_source_is_read(tmp_p
     assert time.monotonic() - t0 < 10
     err = capsys.readouterr().err
     assert f"nacf client enroll: cannot reach nacf serve at {addr} (UNAVAILABLE:" in err, err
+
+
+def test_an_interrupt_during_register_device_still_keeps_the_secret_the_server_issued(
+        server, enrolled, tmp_path, monkeypatch, capsys):
+    # SIGTERM (as Ctrl-C) while RegisterDevice is in flight: the server binds the headset
+    # and issues its secret all the same, shown once; the client used to drop the file
+    # and the secret with it (the headset bound to a secret nobody holds: --rotate, an
+    # admin's, was the only way back)
+    import signal
+
+    from nacf_core._proto.nacf.v1 import auth_pb2 as pb
+
+    svc = server.service
+    real = svc.register_device
+    issued = []
+
+    def slow(*a, **kw):
+        time.sleep(1.0)
+        issued.append(real(*a, **kw))
+        return issued[-1]
+
+    monkeypatch.setattr(svc, "register_device", slow)
+    assert client(server, "enroll", "--user", "S025", "--source",
+                  source(_piece(tmp_path, "e25", [("S022R03", 0, 60)]))) == 0
+    secret = tmp_path / "S025.secret"
+    timer = threading.Timer(0.4, os.kill, (os.getpid(), signal.SIGTERM))
+    capsys.readouterr()
+    timer.start()
+    try:
+        rc = client(server, "register-device", "--user", "S025", "--device-id", "hs-S025",
+                    "--secret-file", str(secret))
+    finally:
+        timer.cancel()
+    err = capsys.readouterr().err
+    assert rc == 130, err
+    assert "interrupted" in err
+    t0 = time.monotonic()
+    while not issued and time.monotonic() - t0 < 10:  # the server's call goes on
+        time.sleep(0.05)
+    user = server_stub(server).GetUser(pb.GetUserRequest(user_id="S025"),
+                                       metadata=(("x-api-key", KEY),)).user
+    assert list(user.device_ids) == ["hs-S025"]
+    assert secret.read_text() == issued[0] + "\n"
+    assert stat.S_IMODE(os.stat(secret).st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".part")] == []
