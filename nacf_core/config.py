@@ -391,11 +391,23 @@ class CompleteOrNothing:
         else:  # pragma: no cover - 16 collisions of 48 random bits
             raise FileExistsError(f"cannot create a temporary file beside {self.path!r}.")
         self.fh = open(fd, "wb") if binary else open(fd, "w", newline="")
+        self._finished = False  # renamed to path, or dropped
 
     def __enter__(self) -> Any:
         return self.fh
 
+    def discard(self) -> None:
+        """Drop the file unless its ``with`` block has made it ``path`` already (then
+        nothing happens); ``path`` keeps what it held, and a ``with`` block ending after
+        this leaves it alone."""
+        if not self._finished:
+            self._finished = True
+            self._discard()
+
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self._finished:
+            return
+        self._finished = True
         try:
             if exc_type is None:
                 self.fh.flush()

@@ -326,7 +326,6 @@ def _when(unix: float) -> str:
 
 
 def _authenticate(args: argparse.Namespace, stub, md) -> int:
-    from nacf_core.client import authenticate_stream, continuous
     from nacf_core.config import CompleteOrNothing
 
     secret = None
@@ -335,8 +334,20 @@ def _authenticate(args: argparse.Namespace, stub, md) -> int:
             raise ValueError("--secret-file needs --device-id (the proof signs the headset's "
                              "id).")
         secret = _read_small(args.secret_file, "--secret-file")
-    if args.token_file is not None and os.path.isdir(args.token_file):
-        raise ValueError(f"--token-file {args.token_file!r} is a directory.")
+    # the token file is prepared before the call: one that cannot be written stops this
+    # before a session opens (not after, with the session open and its token lost)
+    token = (CompleteOrNothing(args.token_file, what="--token-file", mode=0o600)
+             if args.token_file is not None else None)
+    try:
+        return _authenticate_with(args, stub, md, secret, token)
+    finally:
+        if token is not None:
+            token.discard()  # not accepted (or failed): no file; an accept's stays
+
+
+def _authenticate_with(args: argparse.Namespace, stub, md, secret: str | None, token) -> int:
+    from nacf_core.client import authenticate_stream, continuous
+
     with _blocks(args) as blocks:
         res = authenticate_stream(stub, md, args.user, blocks, device_id=args.device_id,
                                   secret=secret, max_seconds=args.max_seconds,
@@ -352,8 +363,8 @@ def _authenticate(args: argparse.Namespace, stub, md) -> int:
               flush=True)
         if not r.accepted:
             return 1
-        if args.token_file is not None:
-            with CompleteOrNothing(args.token_file, what="--token-file", mode=0o600) as fh:
+        if token is not None:
+            with token as fh:
                 fh.write(r.session_token + "\n")
         if not args.continuous:
             return 0

@@ -493,3 +493,30 @@ def test_an_interrupt_during_register_device_still_keeps_the_secret_the_server_i
     assert secret.read_text() == issued[0] + "\n"
     assert stat.S_IMODE(os.stat(secret).st_mode) == 0o600
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".part")] == []
+
+
+def test_a_token_file_that_cannot_be_written_stops_authenticate_before_a_session_opens(
+        server, enrolled, tmp_path, capsys):
+    # it used to be found after the accept: exit 2 with the session open, its token lost
+    from nacf_core._proto.nacf.v1 import auth_pb2 as pb
+
+    md = (("x-api-key", KEY),)
+    before = server_stub(server).GetStats(pb.GetStatsRequest(), metadata=md)
+    capsys.readouterr()
+    probe = _piece(tmp_path, "t", [("S021R07", 54, 60)])
+    assert client(server, "authenticate", "--user", "S021", "--device-id", "hs-S021",
+                  "--secret-file", enrolled["S021"], "--source", source(probe),
+                  "--token-file", str(tmp_path / "missing-dir" / "token")) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "", captured.out
+    assert "missing-dir" in captured.err and "No such file or directory" in captured.err
+    after = server_stub(server).GetStats(pb.GetStatsRequest(), metadata=md)
+    assert after.auth_attempts_today == before.auth_attempts_today
+    assert after.active_sessions == before.active_sessions
+    # a rejected attempt leaves no token file, nor a piece of one
+    token = tmp_path / "token"
+    impostor = _piece(tmp_path, "ti", [("S023R07", 40, 60)])
+    assert client(server, "authenticate", "--user", "S021", "--device-id", "hs-S021",
+                  "--secret-file", enrolled["S021"], "--source", source(impostor),
+                  "--token-file", str(token)) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.npz", "ti.npz"]
