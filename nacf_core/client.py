@@ -14,8 +14,9 @@ What ``nacf client`` (and ``nacf demo``) run on the machine the headset is attac
 - :func:`continuous` streams blocks to ``ContinuousAuthenticate`` on a session and yields
   the server's updates until it ends the session or the blocks end.
 
-A headset that fails mid-call (its port lost) cancels the call and raises its error: a
-call is never decided on a stream the headset cut short.
+A headset that fails mid-call (its port lost) cancels the call and raises its error, and
+an interrupt (Ctrl-C, SIGTERM) cancels it too: the request stream is not ended, which the
+server would take for the end of the signal and decide on.
 """
 
 from __future__ import annotations
@@ -265,6 +266,11 @@ def authenticate_stream(stub: Any, metadata: Sequence[tuple[str, str]], user_id:
         _cancel_on_failure(call, blocks, wake)
         t1 = time.perf_counter()
         resp = call.result()
+    except BaseException:
+        # Ctrl-C, SIGTERM: cancelled before the caller closes ``blocks``, which would end
+        # the request stream and have the server decide on a stream cut short
+        call.cancel()
+        raise
     finally:
         wake_done.set()
     # the request thread may send one more chunk after the answer: not counted

@@ -520,3 +520,78 @@ def test_a_token_file_that_cannot_be_written_stops_authenticate_before_a_session
                   "--secret-file", enrolled["S021"], "--source", source(impostor),
                   "--token-file", str(token)) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.npz", "ti.npz"]
+
+
+def test_an_interrupt_while_the_server_decides_cancels_the_call(server, s024):
+    # Ctrl-C while AuthenticateStream waits for a decision: the call must be cancelled
+    # before the block reader stops. It was not: closing the reader ended the request
+    # stream (a half-close), and the server, which decides on a stream that ends, decided
+    # on the stream cut short (a failed attempt counted towards the lockout) before the
+    # channel's close cancelled the call
+    import signal
+
+    import grpc
+
+    from nacf_core._proto.nacf.v1 import auth_pb2_grpc as pbg
+    from nacf_core.client import authenticate_stream
+
+    rec = read_recording(demo("S024R07"))
+    noisy = rec.data[:int(6 * rec.sfreq)] + np.random.default_rng(0).normal(
+        0, 400, (int(6 * rec.sfreq), rec.data.shape[1]))  # windows the quality gate rejects
+
+    class Src:
+        sfreq, ch_names = rec.sfreq, rec.ch_names
+
+        def __init__(self):
+            self.left = [noisy[i:i + 40].astype("f4") for i in range(0, len(noisy), 40)]
+
+        def read_chunk(self, timeout):
+            if self.left:
+                x = self.left.pop(0)
+                return Chunk(x, np.zeros(len(x)), self.ch_names, self.sfreq)
+            time.sleep(0.05)  # a headset that went quiet: the server waits for more
+            return Chunk(np.empty((0, len(self.ch_names)), "f4"), np.empty(0),
+                         self.ch_names, self.sfreq)
+
+    events: list[str] = []
+
+    class Call:  # the real call, its cancel() noted
+        def __init__(self, call):
+            self._call = call
+
+        def cancel(self):
+            events.append("cancelled")
+            return self._call.cancel()
+
+        def __getattr__(self, name):
+            return getattr(self._call, name)
+
+    class Stub:
+        def __init__(self, channel):
+            real = pbg.AuthServiceStub(channel).AuthenticateStream
+
+            def future(requests, **kw):
+                def noted():
+                    yield from requests
+                    events.append("stream ended")
+                return Call(real.future(noted(), **kw))
+
+            self.AuthenticateStream = type("M", (), {"future": staticmethod(future)})
+
+    md = (("x-api-key", KEY),)
+    secret = open(s024).read().strip()
+    with grpc.insecure_channel(server.address) as channel:
+        timer = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGINT))
+        blocks = Blocks(Src(), timeout=60)
+        timer.start()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                authenticate_stream(Stub(channel), md, "S024", blocks, device_id="hs-S024",
+                                    secret=secret)
+        finally:
+            timer.cancel()
+            blocks.close()
+        t0 = time.monotonic()
+        while "stream ended" not in events and time.monotonic() - t0 < 5:
+            time.sleep(0.05)
+    assert events[:1] == ["cancelled"], events
