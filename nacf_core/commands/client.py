@@ -39,6 +39,13 @@ Exit status: 0 accepted (or done), 1 rejected (or the server ended the session),
 
 _MAX_SMALL_FILE = 4096  # an API key or a device secret file
 
+#: the client's keepalive while a call is open: a ping when nothing came for this long,
+#: and the connection ends when it is not answered within KEEPALIVE_TIMEOUT_MS (a server
+#: gone without closing it: its machine asleep, a NAT that dropped the mapping); nacf
+#: serve accepts a client's pings every 10 s or more rarely
+KEEPALIVE_TIME_MS = 20_000
+KEEPALIVE_TIMEOUT_MS = 10_000
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     common = argparse.ArgumentParser(add_help=False)
@@ -154,8 +161,14 @@ def _channel(args: argparse.Namespace):
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ValueError("--tls-cert and --tls-key go together (a client certificate and "
                          "its key).")
+    options = [("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+               ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+               # a flow-control probe out first holds the keepalive ping back: the same
+               # bound for any ping (grpcio's is a minute)
+               ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+               ("grpc.http2.max_pings_without_data", 0)]
     if args.tls_ca is None and args.tls_cert is None:
-        return grpc.insecure_channel(args.server)
+        return grpc.insecure_channel(args.server, options=options)
 
     def pem(path: str | None, what: str) -> bytes | None:
         if path is None:
@@ -169,7 +182,7 @@ def _channel(args: argparse.Namespace):
     creds = grpc.ssl_channel_credentials(root_certificates=pem(args.tls_ca, "--tls-ca"),
                                          private_key=pem(args.tls_key, "--tls-key"),
                                          certificate_chain=pem(args.tls_cert, "--tls-cert"))
-    return grpc.secure_channel(args.server, creds)
+    return grpc.secure_channel(args.server, creds, options=options)
 
 
 def _check_server(channel, args: argparse.Namespace) -> None:

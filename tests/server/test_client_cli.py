@@ -595,3 +595,41 @@ def test_an_interrupt_while_the_server_decides_cancels_the_call(server, s024):
         while "stream ended" not in events and time.monotonic() - t0 < 5:
             time.sleep(0.05)
     assert events[:1] == ["cancelled"], events
+
+
+def test_continuous_ends_when_the_server_stops_answering(server, tmp_path, monkeypatch):
+    # a server gone without closing the connection (its machine asleep, a NAT that
+    # dropped the mapping): the client's keepalive pings go unanswered and the call ends
+    # with a message. Without them --continuous waited for the next update for ever
+    import sys
+
+    from nacf_core.commands import client as client_cmd
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from test_keepalive import _Proxy
+
+    monkeypatch.setattr(client_cmd, "KEEPALIVE_TIME_MS", 10_000)  # nacf serve's floor
+    monkeypatch.setattr(client_cmd, "KEEPALIVE_TIMEOUT_MS", 1_000)
+    secret = str(tmp_path / "k.secret")
+    assert client(server, "enroll", "--user", "S021k", "--source",
+                  source(demo("S021R03"))) == 0
+    assert client(server, "register-device", "--user", "S021k", "--device-id", "hs-S021k",
+                  "--secret-file", secret) == 0
+    proxy = _Proxy(int(server.address.rsplit(":", 1)[1]))
+    got: list[int] = []
+    ns = build_parser().parse_args([
+        "client", "authenticate", "--server", f"127.0.0.1:{proxy.port}", "--api-key-file",
+        _key_file(KEY), "--user", "S021k", "--device-id", "hs-S021k", "--secret-file", secret,
+        "--source", source(demo("S021R07"), 2), "--continuous"])
+    t = threading.Thread(target=lambda: got.append(ns.func(ns)), daemon=True)
+    try:
+        t.start()
+        time.sleep(5)  # accepted after 4 s of signal (2 s at speed 2), then continuous
+        assert t.is_alive()
+        proxy.freeze()  # nothing reaches the client any more, nor the server
+        t.join(25)
+        assert not t.is_alive(), "--continuous still waiting on a server that went silent"
+    finally:
+        proxy.close()
+        t.join(10)
+    assert got == [2]
