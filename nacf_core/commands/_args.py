@@ -9,7 +9,7 @@ import math
 from collections.abc import Callable
 
 __all__ = ["address", "check_not_an_input", "check_output_path", "finite_float", "int_range",
-           "non_empty"]
+           "metadata_value", "non_empty"]
 
 
 def finite_float(lo: float | None = None, hi: float | None = None, *,
@@ -67,6 +67,21 @@ def non_empty(what: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if not text.strip():
             raise argparse.ArgumentTypeError(f"expected a non-empty {what}, got {text!r}")
+        return text
+
+    parse.__name__ = what
+    return parse
+
+
+def metadata_value(what: str, why: str) -> Callable[[str], str]:
+    """A non-blank string of printable ASCII, what gRPC metadata carries; ``what`` says what
+    it names (``"device id"``), ``why`` why it goes in metadata."""
+
+    def parse(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"expected a non-empty {what}, got {text!r}")
+        if not all(" " <= c <= "~" for c in text):
+            raise argparse.ArgumentTypeError(f"expected printable ASCII ({why}), got {text!r}")
         return text
 
     parse.__name__ = what

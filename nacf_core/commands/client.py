@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from nacf_core.commands._args import address, finite_float, non_empty
+from nacf_core.commands._args import address, finite_float, metadata_value, non_empty
 
 __all__ = ["register", "run"]
 
@@ -38,6 +38,9 @@ Exit status: 0 accepted (or done), 1 rejected (or the server ended the session),
 """
 
 _MAX_SMALL_FILE = 4096  # an API key or a device secret file
+# a headset's id: the device proof carries it in x-device-id metadata, so one that is not
+# ASCII could be bound (the server takes any printable id) but never authenticate
+_DEVICE_ID = metadata_value("device id", "the device proof carries it in gRPC metadata")
 
 #: the client's keepalive while a call is open: a ping when nothing came for this long,
 #: and the connection ends when it is not answered within KEEPALIVE_TIMEOUT_MS (a server
@@ -100,7 +103,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        description="Bind --device-id to --user; write its secret to "
                                    "--secret-file (created 0600).", **kw)
     r.add_argument("--user", required=True, type=non_empty("user id"))
-    r.add_argument("--device-id", required=True, type=non_empty("device id"))
+    r.add_argument("--device-id", required=True, type=_DEVICE_ID)
     r.add_argument("--secret-file", required=True, type=non_empty("file name"),
                    help="where the device secret goes (refused if it exists, unless --rotate)")
     r.add_argument("--rotate", action="store_true",
@@ -112,8 +115,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        description="Stream SOURCE to AuthenticateStream as --user until the "
                                    "server decides.", **kw)
     a.add_argument("--user", required=True, type=non_empty("user id"))
-    a.add_argument("--device-id", default="", help="the headset's device id (with "
-                                                   "--secret-file: the device proof)")
+    a.add_argument("--device-id", default=None, type=_DEVICE_ID,
+                   help="the headset's device id (with --secret-file: the device proof)")
     a.add_argument("--secret-file", default=None,
                    help="the headset's secret (from register-device): send the device proof")
     a.add_argument("--max-seconds", type=finite_float(0.0, 3600.0), default=0.0,
@@ -362,9 +365,9 @@ def _authenticate_with(args: argparse.Namespace, stub, md, secret: str | None, t
     from nacf_core.client import authenticate_stream, continuous
 
     with _blocks(args) as blocks:
-        res = authenticate_stream(stub, md, args.user, blocks, device_id=args.device_id,
-                                  secret=secret, max_seconds=args.max_seconds,
-                                  timeout=args.timeout)
+        res = authenticate_stream(stub, md, args.user, blocks,
+                                  device_id=args.device_id or "", secret=secret,
+                                  max_seconds=args.max_seconds, timeout=args.timeout)
         r = res.response
         print(f"{'ACCEPT' if r.accepted else 'REJECT'} {args.user}: score {r.score:+.3f} "
               f"(threshold {r.threshold:+.3f}) after {r.seconds_used:.1f} s of signal, "
@@ -382,7 +385,8 @@ def _authenticate_with(args: argparse.Namespace, stub, md, secret: str | None, t
         if not args.continuous:
             return 0
         ended = False
-        for u in continuous(stub, md, r.session_token, blocks, device_id=args.device_id):
+        for u in continuous(stub, md, r.session_token, blocks,
+                            device_id=args.device_id or ""):
             state = u.State.Name(u.state)
             print(f"{state} score {u.score:+.3f} (threshold {u.threshold:+.3f}), quality "
                   f"{u.quality:.2f}, {u.seconds_streamed:.0f} s streamed"

@@ -633,3 +633,34 @@ def test_continuous_ends_when_the_server_stops_answering(server, tmp_path, monke
         proxy.close()
         t.join(10)
     assert got == [2]
+
+
+@pytest.mark.parametrize("device_id", ["casque-é", "hs\u20111"])  # a non-breaking hyphen
+def test_a_device_id_the_proofs_metadata_cannot_carry_is_refused_before_it_is_bound(
+        server, enrolled, tmp_path, device_id, capsys):
+    # the server binds any printable id, but the device proof carries it in x-device-id
+    # metadata (printable ASCII only): such a headset could never
+    # authenticate (gRPC refused the call: "the server answered INTERNAL: Invalid
+    # metadata"), and its secret was of no use
+    from nacf_core._proto.nacf.v1 import auth_pb2 as pb
+
+    secret = tmp_path / "s.secret"
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        client(server, "register-device", "--user", "S022", "--device-id", device_id,
+               "--secret-file", str(secret))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --device-id: expected printable ASCII (the device proof carries it " \
+           "in gRPC metadata)" in err, err
+    assert not secret.exists()
+    user = server_stub(server).GetUser(pb.GetUserRequest(user_id="S022"),
+                                       metadata=(("x-api-key", KEY),)).user
+    assert device_id not in user.device_ids
+    # authenticate, which sends it with the proof, says the same
+    secret.write_text("x\n")
+    with pytest.raises(SystemExit) as exc:
+        client(server, "authenticate", "--user", "S022", "--device-id", device_id,
+               "--secret-file", str(secret), "--source", source(demo("S022R07")))
+    assert exc.value.code == 2
+    assert "argument --device-id: expected printable ASCII" in capsys.readouterr().err
