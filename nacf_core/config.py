@@ -44,8 +44,8 @@ from typing import Any
 from nacf_core.errors import InvalidArgument
 
 __all__ = ["MAX_FILE_BYTES", "OPTION_HELP", "SCOPES", "CompleteOrNothing", "Config",
-           "file_kind", "fsync_dir", "load_api_keys", "load_config", "parse_address",
-           "read_regular_file", "read_text_file", "short_repr"]
+           "check_api_key", "file_kind", "fsync_dir", "load_api_keys", "load_config",
+           "parse_address", "read_regular_file", "read_text_file", "short_repr"]
 
 SCOPES = ("authenticate", "enroll", "admin")
 
@@ -206,7 +206,7 @@ class Config:
             raise ValueError("option 'tls_client_ca_file' (mTLS) needs 'tls_cert_file' and "
                              "'tls_key_file'.")
         for n, (key, scopes) in enumerate(self.api_keys.items(), 1):
-            _check_key(key, f"API key #{n}")
+            check_api_key(key, f"API key #{n}")
             bad = set(scopes) - set(SCOPES)
             if bad:
                 raise ValueError(f"API key scopes must be among {', '.join(SCOPES)}; got "
@@ -480,7 +480,7 @@ def _check_backend(value: Any, label: str) -> None:
                          f"{short_repr(value)}.")
 
 
-def _check_key(key: Any, label: str) -> None:
+def check_api_key(key: Any, label: str) -> None:
     """Refuse an API key gRPC metadata cannot carry; the message never shows the key."""
     if not isinstance(key, str) or not key:
         raise ValueError(f"{label} is empty or not a string.")
@@ -582,7 +582,7 @@ def load_api_keys(path: str | os.PathLike | None = None,
     keys: dict[str, frozenset[str]] = {}
     env_keys = [k.strip() for k in (env or "").split(",") if k.strip()]
     for n, k in enumerate(env_keys, 1):
-        _check_key(k, f"NACF_API_KEYS: key #{n} of {len(env_keys)}")
+        check_api_key(k, f"NACF_API_KEYS: key #{n} of {len(env_keys)}")
         keys[k] = frozenset(SCOPES)
     if not path:
         return keys
@@ -631,7 +631,7 @@ def load_api_keys(path: str | os.PathLike | None = None,
     # to narrow a key (or a key of NACF_API_KEYS, which has every scope) would not
     first: dict[str, str] = dict.fromkeys(keys, "in NACF_API_KEYS (every scope)")
     for where, k, scopes, place in items:
-        _check_key(k, f"{where}: the key")
+        check_api_key(k, f"{where}: the key")
         if k in first:
             raise ValueError(f"{where}: key {k[:4]}... is given {first[k]} already; give "
                              "each key once, with all its scopes.")

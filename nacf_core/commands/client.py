@@ -149,12 +149,21 @@ def _read_small(path: str, what: str) -> str:
 
 
 def _api_key(args: argparse.Namespace) -> str | None:
+    """The API key, checked as nacf serve checks its keys (what gRPC metadata carries):
+    one it cannot carry is said now, not at the first call after the source was read."""
+    from nacf_core.config import check_api_key
+
     if args.api_key_file:
-        return _read_small(args.api_key_file, "--api-key-file")
+        key = _read_small(args.api_key_file, "--api-key-file")
+        check_api_key(key, f"--api-key-file {args.api_key_file!r}: the key")
+        return key
     key = os.environ.get("NACF_API_KEY", "").strip()
     if key:
+        check_api_key(key, "NACF_API_KEY")
         return key
     keys = [k.strip() for k in os.environ.get("NACF_API_KEYS", "").split(",") if k.strip()]
+    if keys:
+        check_api_key(keys[0], "NACF_API_KEYS: its first key")
     return keys[0] if keys else None
 
 

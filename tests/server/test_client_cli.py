@@ -664,3 +664,22 @@ def test_a_device_id_the_proofs_metadata_cannot_carry_is_refused_before_it_is_bo
                "--secret-file", str(secret), "--source", source(demo("S022R07")))
     assert exc.value.code == 2
     assert "argument --device-id: expected printable ASCII" in capsys.readouterr().err
+
+
+def test_an_api_key_that_metadata_cannot_carry_is_said_before_the_source_is_read(
+        server, tmp_path, capsys):
+    # gRPC's client refused it at the first call, after the enrollment's seconds were
+    # read: "the server answered INTERNAL: Invalid metadata"; the key is never shown
+    bad = tmp_path / "key"
+    bad.write_text("clé-0123456789abcdef\n")
+    capsys.readouterr()
+    t0 = time.monotonic()
+    ns = build_parser().parse_args(["client", "enroll", "--server", server.address,
+                                    "--api-key-file", str(bad), "--user", "u", "--seconds",
+                                    "20", "--source", source(demo("S021R03"), 1)])
+    assert ns.func(ns) == 2
+    assert time.monotonic() - t0 < 10
+    err = capsys.readouterr().err
+    assert f"nacf client enroll: --api-key-file {str(bad)!r}: the key must be printable " \
+           "ASCII" in err, err
+    assert "clé" not in err
