@@ -1709,6 +1709,13 @@ class AuthService:
         then needs ``rotate`` (the admin scope)."""
         user_id = check_user_id(user_id)
         device_id = check_user_id(device_id, "device_id")
+        if not (device_id.isascii() and device_id.isprintable()):
+            # its proof names it in x-device-id metadata, which holds printable ASCII only:
+            # a headset bound under another id could never authenticate
+            raise InvalidArgument(
+                f"'device_id' must be printable ASCII, got {device_id!r}: the device proof "
+                "carries it in the x-device-id gRPC metadata, which cannot hold other "
+                "characters.")
         self._store("get_user", self.store.get_user, user_id)  # NotFound first
         try:
             dev = self._store("get_device", self.store.get_device, device_id)

@@ -1837,3 +1837,21 @@ def test_register_device_says_whether_it_rotated_a_secret(srv):
     again = stub.RegisterDevice(pb.RegisterDeviceRequest(user_id="rotflag", device_id="hs-rf",
                                                          rotate=True), metadata=MD, timeout=10)
     assert again.rotated is True and again.device_secret != first.device_secret
+
+
+@pytest.mark.parametrize("device_id", ["casque-é", "hs\u20111", "ヘッドセット1"])
+def test_register_device_refuses_an_id_the_device_proof_cannot_carry(srv, device_id):
+    """The device proof names the headset in x-device-id gRPC metadata, which holds
+    printable ASCII only; RegisterDevice bound any printable id, so a headset registered
+    as 'casque-é' got a secret it could never use (its client's call failed before it
+    left: 'Invalid metadata'). Such an id is INVALID_ARGUMENT, nothing bound."""
+    _, stub, _ = srv
+    user = f"asciidev-{len(device_id)}-{ord(device_id[-2])}"
+    enroll(stub, user, 1)
+    with pytest.raises(grpc.RpcError) as e:
+        stub.RegisterDevice(pb.RegisterDeviceRequest(user_id=user, device_id=device_id),
+                            metadata=MD, timeout=10)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'device_id' must be printable ASCII" in e.value.details()
+    got = stub.GetUser(pb.GetUserRequest(user_id=user), metadata=MD, timeout=10).user
+    assert list(got.device_ids) == []
