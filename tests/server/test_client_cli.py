@@ -461,15 +461,16 @@ def test_an_interrupt_during_register_device_still_keeps_the_secret_the_server_i
     from nacf_core._proto.nacf.v1 import auth_pb2 as pb
 
     svc = server.service
-    real = svc.register_device
+    real = svc.bind_device  # what RegisterDevice calls
     issued = []
 
     def slow(*a, **kw):
         time.sleep(1.0)
-        issued.append(real(*a, **kw))
-        return issued[-1]
+        out = real(*a, **kw)
+        issued.append(out[0])  # the secret
+        return out
 
-    monkeypatch.setattr(svc, "register_device", slow)
+    monkeypatch.setattr(svc, "bind_device", slow)
     assert client(server, "enroll", "--user", "S025", "--source",
                   source(_piece(tmp_path, "e25", [("S022R03", 0, 60)]))) == 0
     secret = tmp_path / "S025.secret"

@@ -763,7 +763,7 @@ def test_a_register_device_whose_deadline_passes_before_its_write_writes_nothing
     enroll(stub, "late-reg", 1)
     answered, done = threading.Event(), threading.Event()
     deadlines = []
-    register, get_device = svc.register_device, svc.store.get_device
+    register, get_device = svc.bind_device, svc.store.get_device  # RegisterDevice's
 
     def service_register(*a, **k):
         deadlines.append(k.get("deadline"))  # the call's, as the servicer passes it
@@ -776,7 +776,7 @@ def test_a_register_device_whose_deadline_passes_before_its_write_writes_nothing
         _hold_past_deadline(answered, deadlines)
         return get_device(*a, **k)
 
-    monkeypatch.setattr(svc, "register_device", service_register)
+    monkeypatch.setattr(svc, "bind_device", service_register)
     monkeypatch.setattr(svc.store, "get_device", slow_get_device)
     req = pb.RegisterDeviceRequest(user_id="late-reg", device_id="hs-late-reg")
     _call_past_deadline(stub.RegisterDevice, req, answered, done, monkeypatch)
