@@ -30,7 +30,11 @@ def _signal_demo_at(tmp_path, prefix: str, signum: int, *args: str, **popen):
             seen.append(line)
             if line.startswith(prefix):
                 break
-        assert seen and seen[-1].startswith(prefix), "".join(seen)
+        if not (seen and seen[-1].startswith(prefix)):  # it ended first: say how
+            _, err = proc.communicate(timeout=60)
+            raise AssertionError(f"nacf demo ended (status {proc.returncode}) before "
+                                 f"{prefix!r}; stdout: {''.join(seen)!r}; stderr: "
+                                 f"{err[-3000:]!r}")
         proc.send_signal(signum)
         out, err = proc.communicate(timeout=60)
     finally:
