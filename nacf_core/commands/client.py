@@ -131,17 +131,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _read_small(path: str, what: str) -> str:
     """The first line of a small text file (an API key, a device secret)."""
+    from nacf_core.config import read_text_file
+
     if not os.path.isfile(path):
         raise ValueError(f"{what} {path!r} is not a file.")
-    with open(path, "rb") as f:
-        raw = f.read(_MAX_SMALL_FILE + 1)
-    if len(raw) > _MAX_SMALL_FILE:
-        raise ValueError(f"{what} {path!r} is larger than {_MAX_SMALL_FILE} bytes; it "
-                         "should hold one line.")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ValueError(f"{what} {path!r} is not UTF-8 text.") from None
+    # regular, at most _MAX_SMALL_FILE bytes, UTF-8 (InvalidArgument, a NacfError, says so)
+    text = read_text_file(path, what, _MAX_SMALL_FILE)
     line = text.splitlines()[0].strip() if text.strip() else ""
     if not line:
         raise ValueError(f"{what} {path!r} is empty.")
