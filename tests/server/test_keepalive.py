@@ -98,16 +98,21 @@ def test_the_server_pings_and_accepts_pings_as_documented():
 WAIT_S = 15  # far beyond the 1 + 1 s the test configures, far below grpcio's 2 hours
 
 
-def test_a_client_that_stops_answering_has_its_connection_closed_and_its_stream_ended(
-        tmp_path, model_path, monkeypatch):
-    monkeypatch.setattr(app, "KEEPALIVE_TIME_MS", 1000)
-    monkeypatch.setattr(app, "KEEPALIVE_TIMEOUT_MS", 1000)
+def _server(tmp_path, model_path):
+    """A running NacfServer on loopback (SQLite in ``tmp_path``), and its store."""
     cfg = Config(grpc_address="127.0.0.1:0", metrics_address="", data_dir=str(tmp_path),
                  api_keys={KEY: ALL})
     store = open_store(f"sqlite:///{tmp_path / 'n.db'}", bytes(range(32)))
     metrics = Metrics(CollectorRegistry())
     svc = AuthService(store, make_pipeline(model_path), cfg, metrics=metrics)
-    server = NacfServer(cfg, svc, metrics=metrics, sidecar=False).start()
+    return NacfServer(cfg, svc, metrics=metrics, sidecar=False).start(), store
+
+
+def test_a_client_that_stops_answering_has_its_connection_closed_and_its_stream_ended(
+        tmp_path, model_path, monkeypatch):
+    monkeypatch.setattr(app, "KEEPALIVE_TIME_MS", 1000)
+    monkeypatch.setattr(app, "KEEPALIVE_TIMEOUT_MS", 1000)
+    server, store = _server(tmp_path, model_path)
     proxy = _Proxy(server.port)
     release = threading.Event()
 
@@ -148,12 +153,7 @@ def test_a_client_pinging_every_10_s_is_not_refused(tmp_path, model_path, monkey
     here scaled down with it) keeps its connection; the server refuses only pings more
     frequent than that (GOAWAY too_many_pings)."""
     monkeypatch.setattr(app, "MIN_CLIENT_PING_INTERVAL_MS", 500)
-    cfg = Config(grpc_address="127.0.0.1:0", metrics_address="", data_dir=str(tmp_path),
-                 api_keys={KEY: ALL})
-    store = open_store(f"sqlite:///{tmp_path / 'n.db'}", bytes(range(32)))
-    metrics = Metrics(CollectorRegistry())
-    svc = AuthService(store, make_pipeline(model_path), cfg, metrics=metrics)
-    server = NacfServer(cfg, svc, metrics=metrics, sidecar=False).start()
+    server, store = _server(tmp_path, model_path)
     proxy = _Proxy(server.port)
     opts = [("grpc.keepalive_time_ms", 600), ("grpc.keepalive_timeout_ms", 5000),
             ("grpc.keepalive_permit_without_calls", 1),
