@@ -66,7 +66,8 @@ file and what was expected: a sampling rate outside 1 Hz-100 kHz (stated, or est
 from timestamps), an OpenBCI channel count outside 1-256, a recording without samples or
 channels, an empty or repeated channel name, text that is not UTF-8 (nacf CSV), an
 EDF/BDF cut short before its first complete data record (one cut later is read up to
-its last complete record, with a warning).
+its last complete record, with a warning), an infinite sample (its row and channel
+named; NaN is a dropped sample and is kept).
 
 Sample counters (OpenBCI sample index, BrainFlow package number) count 0-255 and wrap.
 The readers keep the rows as the file has them (no NaN rows are inserted for counter
@@ -315,6 +316,7 @@ def read_recording(
             rec = _read_nacf_csv(p, sfreq)
         else:
             rec = _read_npz(p)
+        _refuse_infinite(rec, f"{fmt} file {str(p)!r}")
         rec = _slice(rec, start_s, stop_s)
     if montage is not None:
         names = resolve_montage(montage, rec.n_channels)
@@ -329,6 +331,17 @@ def read_recording(
         p, fmt, rec.n_times, rec.n_channels, rec.sfreq,
     )
     return rec
+
+
+def _refuse_infinite(rec: Recording, where: str) -> None:
+    """An infinite sample (a float overflow written out as ``1e400``, an ``inf``) is
+    nothing a headset measured, unlike NaN (a dropped sample, which consumers fill)."""
+    bad = np.isinf(rec.data)
+    if bad.any():
+        row, col = (int(v) for v in np.argwhere(bad)[0])
+        raise ValueError(
+            f"{where}: {int(bad.sum())} infinite sample(s), the first at sample row {row + 1}, "
+            f"channel {col + 1}: expected finite microvolts (NaN marks a dropped sample).")
 
 
 def write_npz(

@@ -729,3 +729,33 @@ def test_brainflow_truncated_last_line_is_dropped(shared_data, tmp_path, cut):
     p.write_text("".join(lines))
     with pytest.raises(ValueError, match=r"line 101 has 10 fields; every row must have 24"):
         read_recording(p)
+
+
+@pytest.mark.parametrize("fmt, value", [("openbci", "1e400"), ("openbci", "-inf"),
+                                        ("brainflow", "inf"), ("nacf-csv", "1e999"),
+                                        ("npz", "inf")])
+def test_an_infinite_sample_is_refused_naming_the_file_row_and_channel(tmp_path, fmt, value):
+    """A number no headset measures (a float overflow written out as 1e400, an 'inf') was
+    read as an infinite sample: it passed on to the filters, turning a whole recording's
+    features into NaN (or, streamed, to the server's refusal much later)."""
+    if fmt == "openbci":
+        rows = _OBCI_ROWS.splitlines()
+        rows[7] = "7, 1.0, 1.0, " + value + ", 1.0, 1.0, 1.0, 1.0, 1.0"
+        p = tmp_path / "o.txt"
+        p.write_text("%OpenBCI Raw EEG Data\n%Sample Rate = 250 Hz\n" + "\n".join(rows) + "\n")
+    elif fmt == "brainflow":
+        rows = [[str(i % 256)] + ["1.0"] * 23 for i in range(50)]
+        rows[7][3] = value
+        p = tmp_path / "bf.csv"
+        p.write_text("".join("\t".join(r) + "\n" for r in rows))
+    elif fmt == "nacf-csv":
+        p = tmp_path / "rec.csv"
+        p.write_text("timestamp,Fp1,Fp2,O1\n" + "".join(
+            f"{i / 250:.4f},1,2,{value if i == 7 else 3}\n" for i in range(50)))
+    else:
+        data = np.ones((50, 3), np.float32)
+        data[7, 2] = np.inf
+        p = _npz(tmp_path, data=data, ch_names=np.array(["A", "B", "C"]))
+    with pytest.raises(ValueError, match=r"infinite.*row 8.*channel 3") as ei:
+        read_recording(p)
+    assert str(p) in str(ei.value)
