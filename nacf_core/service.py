@@ -601,6 +601,18 @@ class AuthService:
                         rejected.append(RejectedEpoch(i, j, _reason_at(w.reasons, j)))
             # a window sent twice must not count twice towards the quality gate
             _refuse_repeated_signals(blocks, self.rec.model.ch_names, self.rec.window_s)
+            indexed_fps = []
+            if self.pad is not None:  # nor a copy rescaled, offset or with noise added
+                indexed_fps = self.pad.block_fingerprints(blocks)
+                repeat = self.pad.first_repeat(indexed_fps)
+                if repeat is not None:
+                    j, i, s = repeat
+                    raise InvalidArgument(
+                        f"signals[{j}] repeats signals[{i}]: their signals look like one "
+                        f"recording (similarity {s:.3f}, {self.pad.replay_threshold:g} or "
+                        "more is a copy: rescaled, offset, with noise added or a piece of "
+                        "it); each window of an enrollment counts once, send distinct "
+                        "recordings.")
             # counted before the enrollment can be refused for too few good windows
             self.metrics.record_artifact_rejections(_codes(r.reason for r in rejected))
             try:
@@ -621,7 +633,7 @@ class AuthService:
             # the template and its PAD fingerprints in one transaction: a crash, a
             # concurrent update or a delete never leaves one without the other; without
             # PAD none, so a replaced enrollment's fingerprints do not outlive it
-            fps = self.pad.enroll_fingerprints(wins, blocks) if self.pad is not None else []
+            fps = [fp for _, fp in indexed_fps]
             if deadline is not None and time.monotonic() > deadline:
                 raise DeadlineExceeded(
                     "the call's deadline passed while the template was computed: nothing "

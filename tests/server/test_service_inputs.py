@@ -295,3 +295,44 @@ def test_enroll_refuses_a_signal_that_repeats_another(svc, second, said):
     y = eeg(1, 3, 0, 40)
     r = svc.enroll("ok", [block(y[:3200]), block(y[3200 - 320:]), block(eeg(1, 4, 0, 20))])
     assert r.epochs_used == 9 + 10 + 9
+
+
+@pytest.mark.parametrize("copy, how", [
+    (lambda x: x * np.float32(1.5), "rescaled"),
+    (lambda x: x + np.float32(25.0), "offset"),
+    (lambda x: x + np.random.default_rng(0).normal(0, 0.05 * x.std(), x.shape), "noise"),
+    (lambda x: x[160:], "a piece, not on a window boundary, rescaled"),
+])
+def test_enroll_refuses_a_signal_that_repeats_another_rescaled_or_noisy(
+        tmp_path, model_path, copy, how):
+    """The repeat check compared samples byte for byte, so the same 10 s sent five times
+    with a gain of 1.5, 25 µV added or 5 % noise (what any client can do in one line) got
+    past it: the quality gate counted each window five times and enrolled a template from
+    a fifth of the signal it asks for. With presentation-attack detection on (the
+    default), a Signal whose PAD fingerprint matches an earlier one's as a replay would
+    (similarity at least the replay threshold: genuine consecutive 20-s pieces of one
+    recording reach 0.80, such copies 0.99) is INVALID_ARGUMENT too, nothing written."""
+    from nacf_core.pad import PresentationAttackDetector
+
+    store = open_store(f"sqlite:///{tmp_path / 'n.db'}", bytes(range(32)))
+    pipeline = make_pipeline(model_path)
+    cfg = Config(data_dir=str(tmp_path), require_device_proof=False)
+    svc = AuthService(store, pipeline, cfg, metrics=Metrics(CollectorRegistry()),
+                      pad=PresentationAttackDetector(list(pipeline.model.ch_names)))
+    try:
+        x = eeg(1, 3, 0, 10)
+        second = copy(x)
+        if how.startswith("a piece"):
+            second = second * np.float32(0.5)
+        with pytest.raises(InvalidArgument, match=re.escape("signals[1] repeats signals[0]")):
+            svc.enroll("dup", [block(x), block(second), block(x * 1.1), block(x * 0.9),
+                               block(x * 1.2)])
+        with pytest.raises(NotFound):
+            svc.get_user("dup")
+        # consecutive pieces of one recording and another run are enrolled as before
+        y = eeg(1, 3, 0, 60)
+        r = svc.enroll("ok", [block(y[i * 3200:(i + 1) * 3200]) for i in range(3)]
+                       + [block(eeg(1, 4, 0, 20))])
+        assert r.epochs_used > 0
+    finally:
+        store.close()
