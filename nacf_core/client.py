@@ -10,13 +10,17 @@ What ``nacf client`` (and ``nacf demo``) run on the machine the headset is attac
   is left out; both counted.
 - :func:`enroll` sends the first ``seconds`` of the blocks to ``Enroll``.
 - :func:`authenticate_stream` streams blocks to ``AuthenticateStream`` with the device
-  proof (signed over the first chunk) until the server decides.
+  proof (signed over the first chunk) until the server decides; a source that ends
+  first ends the signal with ``end_of_signal`` (declared in its start message,
+  ``sends_end_of_signal``), on which the server decides.
 - :func:`continuous` streams blocks to ``ContinuousAuthenticate`` on a session and yields
   the server's updates until it ends the session or the blocks end.
 
 A headset that fails mid-call (its port lost) cancels the call and raises its error, and
-an interrupt (Ctrl-C, SIGTERM) cancels it too: the request stream is not ended, which the
-server would take for the end of the signal and decide on.
+an interrupt (Ctrl-C, SIGTERM) cancels it too, without ``end_of_signal``: the server
+decides nothing on such a stream (grpcio's server can see a cancel as the plain end of
+the stream, which a server older than the marker, or a client that does not declare it,
+takes for the end of the signal and decides on).
 """
 
 from __future__ import annotations
@@ -151,6 +155,12 @@ class Blocks:
         while (b := self.next()) is not None:
             yield b
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (:meth:`next` then returns ``None`` although
+        the source may not have ended)."""
+        return self._stop.is_set()
+
     def close(self) -> None:
         """Stop reading (the source itself stays open: its owner closes it)."""
         self._stop.set()
@@ -229,7 +239,10 @@ def authenticate_stream(stub: Any, metadata: Sequence[tuple[str, str]], user_id:
                         blocks: Blocks, *, device_id: str = "", secret: str | None = None,
                         max_seconds: float = 0.0, timeout: float = 120.0) -> StreamResult:
     """Stream ``blocks`` to ``AuthenticateStream`` for ``user_id`` until the server
-    decides; with ``secret``, the device proof of ``device_id`` over the first chunk."""
+    decides; with ``secret``, the device proof of ``device_id`` over the first chunk.
+    Blocks that end before the server decides end the signal with ``end_of_signal``
+    (the server then decides on what it has); a headset that fails does not: the call is
+    cancelled and the headset's error raised."""
     pb = _pb()
     first = blocks.next()
     if first is None:
@@ -242,8 +255,8 @@ def authenticate_stream(stub: Any, metadata: Sequence[tuple[str, str]], user_id:
     wake = threading.Event()
 
     def requests() -> Iterator[Any]:
-        yield pb.AuthenticateStreamRequest(start=pb.StreamStart(user_id=user_id,
-                                                                max_seconds=max_seconds))
+        yield pb.AuthenticateStreamRequest(start=pb.StreamStart(
+            user_id=user_id, max_seconds=max_seconds, sends_end_of_signal=True))
         b = first
         while True:
             sent_at.append(time.perf_counter())
@@ -254,10 +267,12 @@ def authenticate_stream(stub: Any, metadata: Sequence[tuple[str, str]], user_id:
                 b = None
             if b is None:
                 break
-        if blocks.error is not None:
-            wake.set()  # the call is cancelled, not decided on a stream cut short
-            while not wake_done.is_set():
-                wake_done.wait(0.2)
+        if blocks.error is None and not blocks.closed:  # the source ended: the signal does
+            yield pb.AuthenticateStreamRequest(end_of_signal=True)
+            return
+        wake.set()  # the call is cancelled, not decided on a stream cut short
+        while not wake_done.is_set():
+            wake_done.wait(0.2)
 
     wake_done = threading.Event()
     t0 = time.perf_counter()

@@ -235,8 +235,9 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
     def AuthenticateStream(self, request_iterator, context
                            ) -> pb.AuthenticateResponse:
         deadline = _check_deadline(context)
-        first, chunks = _start_and_chunks(request_iterator, "AuthenticateStream", "the user",
-                                          self._idle_s)
+        first, stream = _start_and_chunks(request_iterator, "AuthenticateStream", "the user",
+                                          self._idle_s, end_marker=True)
+        chunks = _SignalChunks(stream, first)
         try:
             r = self.service.authenticate_stream(
                 first.start.user_id, chunks, _proof(context),
@@ -369,22 +370,81 @@ def add_to_server(service: AuthService, server: grpc.Server) -> AuthServicer:
     return servicer
 
 
-def _start_and_chunks(request_iterator, rpc: str, names: str, idle_s: float
-                      ) -> tuple[Any, ClientStream]:
+class StreamCutShort(NacfError):
+    """An AuthenticateStream whose start declared ``sends_end_of_signal`` ended without
+    ``end_of_signal``: its client cancelled it, or its connection dropped (grpcio's
+    server can show a cancel as the plain end of the stream). Nothing is decided on it."""
+
+    code = "CANCELLED"
+
+
+class _EndOfSignal:
+    """A message with ``end_of_signal``: the last chunk's block, or ``None`` (a bare
+    marker)."""
+
+    __slots__ = ("block",)
+
+    def __init__(self, block: Any) -> None:
+        self.block = block
+
+
+class _SignalChunks:
+    """AuthenticateStream's chunks as ``SignalBlock``s, ending at ``end_of_signal`` (no
+    message after it is read). A stream whose start declared ``sends_end_of_signal``
+    and that ends without the marker raises :class:`StreamCutShort`; one that did not
+    declare it (clients older than the field) ends with its stream, as it always did."""
+
+    def __init__(self, stream: ClientStream, first: Any) -> None:
+        self._stream = stream
+        self._declared = bool(first.start.sends_end_of_signal)
+        self._ended = bool(first.end_of_signal)  # a start that ends the signal: none
+
+    def __iter__(self) -> Iterator[Any]:
+        if self._ended:
+            return
+        for item in self._stream:
+            if isinstance(item, _EndOfSignal):
+                self._ended = True
+                if item.block is not None:
+                    yield item.block
+                return
+            yield item
+        if self._declared:
+            raise StreamCutShort(
+                "the stream ended without end_of_signal, which its start message "
+                "(sends_end_of_signal) said it would send: taken for a stream its client "
+                "cancelled (or whose connection dropped); nothing was decided and no "
+                "attempt counted. End the signal with a message whose end_of_signal is "
+                "true.")
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+def _start_and_chunks(request_iterator, rpc: str, names: str, idle_s: float, *,
+                      end_marker: bool = False) -> tuple[Any, ClientStream]:
     """The ``start`` message of a client stream, and its ``chunk`` messages as
     ``SignalBlock``s (``InvalidArgument`` for a message out of place), read on a thread
     of their own: no message within ``idle_s`` → ``DeadlineExceeded`` (the start's
-    here, a chunk's when the stream is iterated). Close the stream when done."""
+    here, a chunk's when the stream is iterated). With ``end_marker`` (AuthenticateStream)
+    a message with ``end_of_signal`` comes as an :class:`_EndOfSignal` (see
+    :class:`_SignalChunks`). Close the stream when done."""
     seen = itertools.count()
 
     def convert(m: Any) -> Any:
         i = next(seen)
         if i == 0:
             return m
-        if m.WhichOneof("kind") != "chunk":
-            raise InvalidArgument(f"message {i} of the stream must be a 'chunk'; "
-                                  f"got {m.WhichOneof('kind')}.")
-        return cv.signal_to_block(m.chunk, f"chunk[{i}]")
+        kind = m.WhichOneof("kind")
+        marked = end_marker and m.end_of_signal
+        if marked and kind is None:
+            return _EndOfSignal(None)
+        if kind != "chunk":
+            raise InvalidArgument(
+                f"message {i} of the stream must be a 'chunk'"
+                f"{' (or a bare end_of_signal)' if end_marker else ''}; got {kind or 'none'}.")
+        block = cv.signal_to_block(m.chunk, f"chunk[{i}]")
+        return _EndOfSignal(block) if marked else block
 
     stream = ClientStream(request_iterator, convert, idle_s=idle_s)
     try:

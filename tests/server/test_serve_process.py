@@ -229,6 +229,38 @@ def test_grpcurl_reflection_health_and_authenticate(served):
     assert r.returncode != 0 and "Unauthenticated" in r.stderr
 
 
+def test_grpcurl_authenticate_stream_with_the_end_marker(served):
+    """grpcurl (an independent client) streams JSON messages as the README shows: a
+    start declaring sends_end_of_signal, chunks, the bare end_of_signal; and the same
+    stream without the marker is CANCELLED, nothing decided."""
+    p, _ = served
+    _enroll(p.stub, "curl-stream")
+    secret = p.stub.RegisterDevice(pb.RegisterDeviceRequest(user_id="curl-stream",
+                                                            device_id="hs-cs"),
+                                   metadata=MD).device_secret
+    x = eeg(1, 3, 60, 4.5)
+    n = int(SFREQ / 2)
+    chunks = [sig(x[i:i + n]).samples for i in range(0, len(x), n)]
+    hdrs = [f"x-api-key: {KEY}"] + [f"{k}: {v}" for k, v in
+                                      proof_md(secret, "curl-stream", "hs-cs", chunks[0])]
+    msgs = [{"start": {"user_id": "curl-stream", "sends_end_of_signal": True}}]
+    msgs += [{"chunk": {"sample_rate_hz": SFREQ, "channel_names": CH16,
+                        "samples": base64.b64encode(c).decode()}} for c in chunks]
+    r = _grpcurl(p.address, "nacf.v1.AuthService/AuthenticateStream",
+                 data="\n".join(json.dumps(m) for m in msgs + [{"end_of_signal": True}]),
+                 headers=hdrs)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["accepted"] is True and (out.get("sessionToken") or out.get("session_token"))
+    hdrs = [f"x-api-key: {KEY}"] + [f"{k}: {v}" for k, v in
+                                      proof_md(secret, "curl-stream", "hs-cs", chunks[0],
+                                               int(time.time()) + 1)]
+    r = _grpcurl(p.address, "nacf.v1.AuthService/AuthenticateStream",
+                 data="\n".join(json.dumps(m) for m in msgs), headers=hdrs)
+    assert r.returncode != 0 and "Canceled" in r.stderr and "end_of_signal" in r.stderr, \
+        r.stderr
+
+
 def test_sigterm_during_stream_drains_then_restart(served, tmp_path_factory):
     p, d = served
     _enroll(p.stub, "term-user")
