@@ -287,7 +287,7 @@ class _WatchedCall:
         return getattr(self._call, name)
 
 
-def _watch_reads(it: Any, context: grpc.ServicerContext) -> None:
+def _watch_reads(it: Any, context: grpc.ServicerContext) -> bool:
     """Have the reads of the client stream ``it`` (grpcio's request iterator) noted when
     gRPC refuses one (:func:`read_refused`). grpcio starts each read through the
     iterator's call object (``_call``, ``start_server_batch``) with a callback it gives
@@ -296,15 +296,19 @@ def _watch_reads(it: Any, context: grpc.ServicerContext) -> None:
     gRPC), and the handler saw the stream end or fail as if its client had cancelled it.
     These are grpcio's internals (``grpc._server._RequestIterator``, read in grpcio 1.85);
     without them nothing is watched and such a call is counted as the handler ends it.
-    Client streams only: a unary call's request is judged by :func:`_request_refused`."""
+    A unary call's request is read the same way (:func:`_request_refused`). Returns
+    whether the reads are watched."""
     call = getattr(it, "_call", None)
     try:
         weakref.ref(context)
     except TypeError:  # not weakly referenceable (grpc_testing)
-        return
-    if call is not None and not isinstance(call, _WatchedCall) and callable(
-            getattr(call, "start_server_batch", None)):
+        return False
+    if isinstance(call, _WatchedCall):
+        return True
+    if call is not None and callable(getattr(call, "start_server_batch", None)):
         it._call = _WatchedCall(call, context)
+        return True
+    return False
 
 
 def _key_hash(key: str) -> str:
@@ -1100,14 +1104,20 @@ _NO_REQUEST = object()
 _REFUSAL_WAIT_S = 0.5
 
 
-def _request_refused(ctx: grpc.ServicerContext, no_request: bool) -> grpc.StatusCode:
+def _request_refused(ctx: grpc.ServicerContext, no_request: bool,
+                     watched: bool = False) -> grpc.StatusCode:
     """The status of a unary call that was live when its handler started but whose
     request did not come. gRPC reads a unary request only when the handler asks for it,
     and refuses one over ``max_message_bytes`` then: its client sees
     ``RESOURCE_EXHAUSTED``, the handler sees the call end as if cancelled (at once, or
     just after the end of its requests: ``no_request``). ``DEADLINE_EXCEEDED`` when its
     deadline passed meanwhile (:func:`ended_status`); ``UNIMPLEMENTED`` (what grpcio
-    answers) when the call stays live: its client closed its side without a request."""
+    answers) when the call stays live: its client closed its side without a request.
+    With the read ``watched`` (:func:`_watch_reads`), a call whose read did not fail
+    ended otherwise: its client cancelled it, or its connection dropped, while the
+    request was still on its way (``CANCELLED``, as :func:`ended_status` says, not
+    ``RESOURCE_EXHAUSTED``); unwatched (grpcio's internals changed) it cannot be told
+    from a refusal and is counted as one."""
     if no_request and call_active(ctx):
         ended = threading.Event()
         try:
@@ -1116,7 +1126,9 @@ def _request_refused(ctx: grpc.ServicerContext, no_request: bool) -> grpc.Status
             live = True
         if live and not ended.wait(_REFUSAL_WAIT_S) and call_active(ctx):
             return grpc.StatusCode.UNIMPLEMENTED
-    code = ended_status(ctx)
+    code = ended_status(ctx)  # RESOURCE_EXHAUSTED for a watched read that failed
+    if watched:
+        return code
     return code if code is grpc.StatusCode.DEADLINE_EXCEEDED else \
         grpc.StatusCode.RESOURCE_EXHAUSTED
 
@@ -1157,13 +1169,14 @@ def _one_message(behavior: Callable, icp: AuthInterceptor, method: str, key: str
             except BaseException:
                 icp.observe(method, ctx, True, time.perf_counter() - t0, user_type)
                 raise
+            watched = _watch_reads(it, ctx)
             try:
                 req = next(it, _NO_REQUEST)
             except grpc.RpcError:  # the call ended while its request was read
                 req = None
             if req is not None and req is not _NO_REQUEST:
                 return behavior(req, ctx)
-            code = _request_refused(ctx, req is _NO_REQUEST)
+            code = _request_refused(ctx, req is _NO_REQUEST, watched)
         else:  # it ended while it waited for a worker thread
             code = ended_status(ctx)
         icp.observe(method, ctx, True, time.perf_counter() - t0, icp.user_type_of(ctx, key),
