@@ -287,24 +287,29 @@ def _register_device(args: argparse.Namespace, stub, md) -> int:
     from nacf_core._proto.nacf.v1 import auth_pb2 as pb
     from nacf_core.config import CompleteOrNothing
 
-    if os.path.exists(args.secret_file) and not args.rotate:
-        raise ValueError(f"--secret-file {args.secret_file!r} exists: it may hold the "
-                         "secret of a bound headset (shown once); give another file, or "
-                         "--rotate to issue a new secret in its place.")
-    # the file is prepared before the call: the server shows the secret once, so a file
-    # that cannot be written must stop this before the server issues it; and an interrupt
-    # once the call is sent waits for the secret to be in the file (the server binds the
-    # headset all the same: a secret dropped would leave it bound to one nobody holds)
-    with _interrupts_held(f"nacf client register-device: stopping once the secret is in "
-                          f"{args.secret_file} (the server issues it all the same).") as held, \
-            CompleteOrNothing(args.secret_file, what="--secret-file", mode=0o600) as fh:
-        if held:  # before the call: nothing was sent
-            raise KeyboardInterrupt
-        r = stub.RegisterDevice(pb.RegisterDeviceRequest(user_id=args.user,
-                                                         device_id=args.device_id,
-                                                         rotate=args.rotate),
-                                metadata=md, timeout=args.timeout)
-        fh.write(r.device_secret + "\n")
+    # one run at a time writes a secret file: two at once both called the server, and
+    # the file kept the last one's secret, the other's headset (or, two rotations of one,
+    # the secret the server kept) bound to a secret nobody holds. Held until the secret
+    # is in the file; the second run stops here, before any call
+    with _secret_file_lock(args.secret_file), \
+            _reserved(args.secret_file, args.rotate) as reserved:
+        # the file is prepared before the call: the server shows the secret once, so a
+        # file that cannot be written must stop this before the server issues it; and an
+        # interrupt once the call is sent waits for the secret to be in the file (the
+        # server binds the headset all the same: a secret dropped would leave it bound to
+        # one nobody holds)
+        with _interrupts_held(f"nacf client register-device: stopping once the secret is "
+                              f"in {args.secret_file} (the server issues it all the "
+                              "same).") as held, \
+                CompleteOrNothing(args.secret_file, what="--secret-file", mode=0o600) as fh:
+            if held:  # before the call: nothing was sent
+                raise KeyboardInterrupt
+            r = stub.RegisterDevice(pb.RegisterDeviceRequest(user_id=args.user,
+                                                             device_id=args.device_id,
+                                                             rotate=args.rotate),
+                                    metadata=md, timeout=args.timeout)
+            fh.write(r.device_secret + "\n")
+        reserved.clear()  # the secret is in the file: it stays
     print(f"headset {r.device_id} "
           + ("rotated (a new secret; the sessions opened with the old one ended)"
              if r.rotated else "registered" + (" (it was not bound to the user: nothing "
@@ -314,6 +319,77 @@ def _register_device(args: argparse.Namespace, stub, md) -> int:
     if held:
         raise KeyboardInterrupt
     return 0
+
+
+@contextlib.contextmanager
+def _secret_file_lock(path: str) -> Iterator[None]:
+    """An exclusive lock on ``path`` for this run (``flock`` on a hidden lock file beside
+    it, removed on leaving); ``ValueError`` at once when another run holds it."""
+    import fcntl
+
+    folder, name = os.path.split(os.path.abspath(path))
+    lock = os.path.join(folder, f".{name}.lock")
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:
+            raise OSError(e.errno, f"cannot write {path!r}: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ValueError(f"--secret-file {path!r} is being written by another nacf "
+                             f"client register-device (it holds {lock!r}); nothing was "
+                             "sent: let it end, then look at the file.") from None
+        try:  # the lock file of a run that ended as this one opened it: take a new one
+            same = os.path.samestat(os.stat(lock), os.fstat(fd))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        try:
+            os.unlink(lock)  # while held: a run waiting on this one sees it gone
+        except OSError:
+            pass
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _reserved(path: str, rotate: bool) -> Iterator[list[os.stat_result]]:
+    """Without ``rotate``, ``path`` created empty (0600, ``O_EXCL``: refused if it exists,
+    whoever made it) until the secret replaces it; removed unless the block cleared the
+    list it yields. With ``rotate``, nothing (the file is replaced)."""
+    if rotate:
+        yield []
+        return
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise ValueError(f"--secret-file {path!r} exists: it may hold the secret of a bound "
+                         "headset (shown once); give another file, or --rotate to issue a "
+                         "new secret in its place.") from None
+    except IsADirectoryError:
+        raise IsADirectoryError(f"--secret-file {path!r} is a directory, not a file "
+                                "name.") from None
+    except OSError as e:
+        raise OSError(e.errno, f"cannot write {path!r}: {e.strerror}") from None
+    try:
+        held = [os.fstat(fd)]
+    finally:
+        os.close(fd)
+    try:
+        yield held
+    finally:
+        if held:  # not replaced by the secret: ours still, removed
+            try:
+                if os.path.samestat(os.stat(path), held[0]):
+                    os.unlink(path)
+            except OSError:
+                pass
 
 
 @contextlib.contextmanager

@@ -684,3 +684,61 @@ def test_an_api_key_that_metadata_cannot_carry_is_said_before_the_source_is_read
     assert f"nacf client enroll: --api-key-file {str(bad)!r}: the key must be printable " \
            "ASCII" in err, err
     assert "clé" not in err
+
+
+@pytest.mark.parametrize("rotate", [False, True])
+def test_two_register_device_runs_on_one_secret_file_do_not_both_call(
+        server, enrolled, tmp_path, monkeypatch, rotate, capsys):
+    # two runs writing one --secret-file at once: both called RegisterDevice, and the
+    # file kept the secret of whichever wrote it last, the other headset (or, rotating
+    # one headset twice, the secret the server kept) left with a secret nobody holds.
+    # The second now stops before any call, the first's secret stays in the file
+    from nacf_core._proto.nacf.v1 import auth_pb2 as pb
+
+    user = f"S026{'r' if rotate else ''}"
+    assert client(server, "enroll", "--user", user, "--source",
+                  source(_piece(tmp_path, "e26", [("S023R03", 0, 60)]))) == 0
+    secret = tmp_path / "shared.secret"
+    a, b = f"hs-{user}-a", f"hs-{user}-b"
+    if rotate:
+        assert client(server, "register-device", "--user", user, "--device-id", a,
+                      "--secret-file", str(secret)) == 0
+    svc = server.service
+    real = svc.bind_device
+    calls, in_call, issued = [], threading.Event(), []
+
+    def slow(*a, **kw):
+        calls.append(a)
+        in_call.set()
+        time.sleep(1.0)
+        out = real(*a, **kw)
+        issued.append(out[0])
+        return out
+
+    monkeypatch.setattr(svc, "bind_device", slow)
+    rot = ["--rotate"] if rotate else []
+    got: list[int] = []
+    first = threading.Thread(target=lambda: got.append(client(
+        server, "register-device", "--user", user, "--device-id", a, "--secret-file",
+        str(secret), *rot)))
+    capsys.readouterr()
+    first.start()
+    try:
+        assert in_call.wait(10)
+        rc = client(server, "register-device", "--user", user, "--device-id",
+                    a if rotate else b, "--secret-file", str(secret), *rot)
+    finally:
+        first.join(20)
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert f"--secret-file {str(secret)!r} is being written by another nacf client " \
+           "register-device" in err, err
+    assert len(calls) == 1  # the second never called
+    assert got == [0]
+    assert secret.read_text() == issued[0] + "\n"
+    assert stat.S_IMODE(os.stat(secret).st_mode) == 0o600
+    u = server_stub(server).GetUser(pb.GetUserRequest(user_id=user),
+                                    metadata=(("x-api-key", KEY),)).user
+    assert list(u.device_ids) == [a]
+    # nothing left beside it (the lock, a piece of a file)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e26.npz", "shared.secret"]
