@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shlex
+import stat
 import sys
 import time
 from collections.abc import Iterator
@@ -31,8 +33,9 @@ SOURCE is one of:
   lsl:NAME[?type=EEG]                  a Lab Streaming Layer stream
   file:PATH[?speed=N]                  a recording replayed as a live source
 The API key: --api-key-file FILE (its first line), else NACF_API_KEY, else the first
-key of NACF_API_KEYS. TLS: --tls-ca (the server's CA; without it plaintext), and
---tls-cert/--tls-key for a client certificate (mTLS).
+key of NACF_API_KEYS. A key or secret file that others can open is refused (chmod 600).
+TLS: --tls-ca (the server's CA; without it plaintext), and --tls-cert/--tls-key for a
+client certificate (mTLS).
 Exit status: 0 accepted (or done), 1 rejected (or the server ended the session),
 2 an error (an option, the source, the server's refusal), 130 interrupted.
 """
@@ -130,11 +133,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _read_small(path: str, what: str) -> str:
-    """The first line of a small text file (an API key, a device secret)."""
+    """The first line of a small text file (an API key, a device secret) that only its
+    owner may open (refused otherwise, as ssh refuses a private key others can read)."""
     from nacf_core.config import read_text_file
 
     if not os.path.isfile(path):
         raise ValueError(f"{what} {path!r} is not a file.")
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    if mode & 0o077:
+        raise ValueError(f"{what} {path!r} is open to other users (mode {mode:04o}); make it "
+                         f"private: chmod 600 {shlex.quote(path)}.")
     # regular, at most _MAX_SMALL_FILE bytes, UTF-8 (InvalidArgument, a NacfError, says so)
     text = read_text_file(path, what, _MAX_SMALL_FILE)
     line = text.splitlines()[0].strip() if text.strip() else ""

@@ -7,6 +7,7 @@ held-out subjects) replayed as ``file:`` sources, and pieces of them."""
 from __future__ import annotations
 
 import os
+import shlex
 import stat
 import threading
 import time
@@ -135,6 +136,7 @@ def test_a_wrong_secret_or_no_key_is_the_servers_refusal_with_status_2(
         server, enrolled, tmp_path, capsys):
     wrong = tmp_path / "wrong.secret"
     wrong.write_text("not-the-secret-of-this-headset\n")
+    wrong.chmod(0o600)
     probe = _piece(tmp_path, "p", [("S021R07", 20, 30)])
     assert client(server, "authenticate", "--user", "S021", "--device-id", "hs-S021",
                   "--secret-file", str(wrong), "--source", source(probe)) == 2
@@ -187,6 +189,7 @@ def test_register_device_never_overwrites_a_secret_and_rotate_replaces_it(
     # the old secret no longer signs, the new one does
     old_file = tmp_path / "old.secret"
     old_file.write_text(old)
+    old_file.chmod(0o600)
     probe = _piece(tmp_path, "p3", [("S023R07", 0, 20)])
     assert client(server, "authenticate", "--user", "S023", "--device-id", "hs-S023",
                   "--secret-file", str(old_file), "--source", source(probe)) == 2
@@ -673,6 +676,7 @@ def test_an_api_key_that_metadata_cannot_carry_is_said_before_the_source_is_read
     # read: "the server answered INTERNAL: Invalid metadata"; the key is never shown
     bad = tmp_path / "key"
     bad.write_text("clé-0123456789abcdef\n")
+    bad.chmod(0o600)
     capsys.readouterr()
     t0 = time.monotonic()
     ns = build_parser().parse_args(["client", "enroll", "--server", server.address,
@@ -742,3 +746,30 @@ def test_two_register_device_runs_on_one_secret_file_do_not_both_call(
     assert list(u.device_ids) == [a]
     # nothing left beside it (the lock, a piece of a file)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e26.npz", "shared.secret"]
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o620])
+def test_a_secret_or_key_file_other_users_can_open_is_refused(
+        server, enrolled, tmp_path, mode, capsys):
+    # as ssh refuses a private key others can read: the headset's secret (or the API
+    # key) in a file other users can read was used without a word
+    secret = tmp_path / "open.secret"
+    secret.write_text(open(enrolled["S021"]).read())
+    os.chmod(secret, mode)
+    probe = _piece(tmp_path, "pm", [("S021R07", 0, 10)])
+    capsys.readouterr()
+    assert client(server, "authenticate", "--user", "S021", "--device-id", "hs-S021",
+                  "--secret-file", str(secret), "--source", source(probe)) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "", captured.out
+    assert f"--secret-file {str(secret)!r} is open to other users (mode {mode:04o}); " \
+           f"make it private: chmod 600 {shlex.quote(str(secret))}." in captured.err, captured.err
+    key = tmp_path / "open.key"
+    key.write_text(KEY + "\n")
+    os.chmod(key, mode)
+    ns = build_parser().parse_args(["client", "enroll", "--server", server.address,
+                                    "--api-key-file", str(key), "--user", "u", "--source",
+                                    source(probe)])
+    assert ns.func(ns) == 2
+    assert f"--api-key-file {str(key)!r} is open to other users (mode {mode:04o}); " \
+           f"make it private: chmod 600 {shlex.quote(str(key))}." in capsys.readouterr().err
