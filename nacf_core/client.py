@@ -34,11 +34,18 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Blocks", "fill_dropped", "enroll", "authenticate_stream", "continuous",
-           "StreamResult", "proof_metadata"]
+from nacf_core.errors import Unavailable
+
+__all__ = ["Blocks", "SourceLost", "fill_dropped", "enroll", "authenticate_stream",
+           "continuous", "StreamResult", "proof_metadata"]
 
 #: a block that lost more than this share of its samples is left out
 _MAX_DROPPED_SHARE = 0.25
+
+
+class SourceLost(Unavailable):
+    """A live source whose stream vanished mid-read and did not come back (an LSL outlet
+    that died): the signal was lost, which is not its end."""
 
 
 def fill_dropped(block: np.ndarray) -> tuple[np.ndarray | None, int]:
@@ -64,13 +71,18 @@ class Blocks:
 
     ``src``: an opened source (``.sfreq``, ``.ch_names``, ``.read_chunk(timeout)``); the
     caller keeps closing it, after this. :meth:`next` returns the next block, ``None``
-    once the source ended (or :meth:`close`), and raises what made the source fail.
-    ``timeout``: seconds without a usable block (a sample, or only blocks left out for
-    their dropped samples) after which the source counts as failed.
+    once the source ended (or :meth:`close`), and raises what made the source fail:
+    :class:`SourceLost` when it reports its stream lost for good (``read_chunk`` returns
+    ``None`` with ``counters.extra["lost"]`` set, as an LSL source does), since that end is
+    not the signal's. ``timeout``: seconds without a usable block (a sample, or only
+    blocks left out for their dropped samples) after which the source counts as failed.
+    ``name``: the source as the user gave it, for messages.
     """
 
-    def __init__(self, src: Any, block_s: float = 0.5, timeout: float = 10.0) -> None:
+    def __init__(self, src: Any, block_s: float = 0.5, timeout: float = 10.0,
+                 name: str = "") -> None:
         self.src = src
+        self.name = str(name)
         self.sfreq = float(src.sfreq)
         self.ch_names = [str(c) for c in src.ch_names]
         self.block_n = max(1, int(self.sfreq * block_s))
@@ -91,6 +103,13 @@ class Blocks:
             while not self._stop.is_set():
                 chunk = self.src.read_chunk(0.5)
                 if chunk is None:
+                    if self._lost():
+                        within = getattr(self.src, "reconnect_s", None)
+                        raise SourceLost(
+                            "the signal was lost: the source "
+                            + (f"{self.name} " if self.name else "")
+                            + "vanished and did not come back"
+                            + (f" within {within:g} s" if within else "") + ".")
                     break
                 if chunk.n_times:
                     buf.append(np.asarray(chunk.samples))
@@ -109,6 +128,12 @@ class Blocks:
             self.error = e  # raised by next(), not as this thread's traceback
         finally:
             self._offer(None)  # the end
+
+    def _lost(self) -> bool:
+        """The source says its stream was lost for good (its end is not the signal's)."""
+        counters = getattr(self.src, "counters", None)
+        extra = getattr(counters, "extra", None)
+        return isinstance(extra, dict) and bool(extra.get("lost"))
 
     def _put(self, raw: np.ndarray) -> bool:
         """Hand out ``raw`` filled; ``False`` when it is left out."""

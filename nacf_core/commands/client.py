@@ -272,7 +272,7 @@ def _blocks(args: argparse.Namespace) -> Iterator[Any]:
     from nacf_core.hardware.sources import open_source
 
     with open_source(args.source, montage=args.montage) as src, \
-            Blocks(src, timeout=args.source_timeout) as blocks:
+            Blocks(src, timeout=args.source_timeout, name=args.source) as blocks:
         yield blocks
 
 
@@ -473,15 +473,26 @@ def _authenticate_with(args: argparse.Namespace, stub, md, secret: str | None, t
         if not args.continuous:
             return 0
         ended = False
-        for u in continuous(stub, md, r.session_token, blocks,
-                            device_id=args.device_id or ""):
-            state = u.State.Name(u.state)
-            print(f"{state} score {u.score:+.3f} (threshold {u.threshold:+.3f}), quality "
-                  f"{u.quality:.2f}, {u.seconds_streamed:.0f} s streamed"
-                  + (f", session until {_when(u.session_expires_at_unix)}"
-                     if state == "VERIFIED" else "")
-                  + (f": {u.reason}" if u.reason else ""), flush=True)
-            ended = state == "ENDED"
+        until = r.session_expires_at_unix
+        try:
+            for u in continuous(stub, md, r.session_token, blocks,
+                                device_id=args.device_id or ""):
+                state = u.State.Name(u.state)
+                print(f"{state} score {u.score:+.3f} (threshold {u.threshold:+.3f}), quality "
+                      f"{u.quality:.2f}, {u.seconds_streamed:.0f} s streamed"
+                      + (f", session until {_when(u.session_expires_at_unix)}"
+                         if state == "VERIFIED" else "")
+                      + (f": {u.reason}" if u.reason else ""), flush=True)
+                ended = state == "ENDED"
+                if state == "VERIFIED":
+                    until = u.session_expires_at_unix
+        except Exception as e:
+            if e is not blocks.error:
+                raise
+            # the headset failed (its stream lost, its port gone): not the signal's end
+            print(f"nacf client {args.action}: --continuous stopped: {e} The session stays "
+                  f"open until {_when(until)} (it expires unless verified).", file=sys.stderr)
+            return 2
         if ended:
             return 1
         print("the source ended: the session stays open until it expires", flush=True)

@@ -773,3 +773,86 @@ def test_a_secret_or_key_file_other_users_can_open_is_refused(
     assert ns.func(ns) == 2
     assert f"--api-key-file {str(key)!r} is open to other users (mode {mode:04o}); " \
            f"make it private: chmod 600 {shlex.quote(str(key))}." in capsys.readouterr().err
+
+
+def test_blocks_say_a_stream_that_was_lost_is_not_an_end():
+    # an LSL source whose stream vanished for good returns None from read_chunk, as a
+    # file does at its end, with counters.extra["lost"] = 1: the block reader took it for
+    # the end of the signal (the server then decided on a stream cut short)
+    from nacf_core.client import SourceLost
+    from nacf_core.hardware.base import Counters
+
+    class Vanishing(_Src):
+        counters = Counters()
+
+        def read_chunk(self, timeout):
+            c = super().read_chunk(timeout)
+            if c is None:
+                self.counters.extra["lost"] = 1
+            return c
+
+    x = np.ones((60, 2), "f4")
+    with Blocks(Vanishing([x]), name="lsl:eeg") as b:
+        assert b.next().shape[0] == 60
+        with pytest.raises(SourceLost, match="the signal was lost: the source lsl:eeg "
+                                             "vanished and did not come back"):
+            b.next()
+    with Blocks(_Src([x])) as b:  # a file's end stays an end
+        assert [g.shape[0] for g in b] == [60]
+
+
+def _lsl_outlet(rec, name: str, speed: float) -> tuple[threading.Thread, threading.Event]:
+    from nacf_core.hardware.lsl import stream_recording_to_lsl
+
+    stop = threading.Event()
+    t = threading.Thread(target=stream_recording_to_lsl, args=(rec, name),
+                         kwargs={"speed": speed, "wait_for_consumer_s": 20,
+                                 "stop_event": stop, "linger_s": 0.0}, daemon=True)
+    t.start()
+    return t, stop
+
+
+def test_an_lsl_stream_lost_while_the_server_decides_is_an_error_not_an_end(
+        server, s024, tmp_path, capsys):
+    # the outlet dies 2 s into the attempt: the client ended the request stream as if the
+    # signal had ended, and the server decided on 2 s (a reject, counted towards the
+    # lockout). It is an error now: the call is cancelled, exit 2, saying the stream was lost
+    name = f"nacf-lost-{os.getpid()}-{time.monotonic_ns()}"
+    rec = read_recording(_piece(tmp_path, "lost", [("S024R07", 28, 30)]))
+    out, stop = _lsl_outlet(rec, name, 1.0)
+    capsys.readouterr()
+    try:
+        rc = client(server, "authenticate", "--user", "S024", "--device-id", "hs-S024",
+                    "--secret-file", s024, "--source", f"lsl:{name}?timeout=15")
+    finally:
+        stop.set()
+        out.join(10)
+    captured = capsys.readouterr()
+    assert captured.out == "", captured.out
+    assert f"nacf client authenticate: the signal was lost: the source lsl:{name}?timeout=15 " \
+           "vanished and did not come back" in captured.err, captured.err
+    assert rc == 2
+
+
+def test_an_lsl_stream_lost_during_continuous_says_the_signal_was_lost(
+        server, s024, tmp_path, capsys):
+    # accepted, then the outlet dies: --continuous said "the source ended: the session
+    # stays open until it expires" and exit 0, as at the end of a file
+    name = f"nacf-lostc-{os.getpid()}-{time.monotonic_ns()}"
+    rec = read_recording(_piece(tmp_path, "lostc", [("S024R07", 20, 28)]))
+    out, stop = _lsl_outlet(rec, name, 2.0)
+    capsys.readouterr()
+    try:
+        rc = client(server, "authenticate", "--user", "S024", "--device-id", "hs-S024",
+                    "--secret-file", s024, "--source", f"lsl:{name}?timeout=15",
+                    "--continuous")
+    finally:
+        stop.set()
+        out.join(10)
+    captured = capsys.readouterr()
+    assert captured.out.startswith("ACCEPT S024"), captured
+    assert "the source ended" not in captured.out, captured.out
+    assert "nacf client authenticate: --continuous stopped: the signal was lost: the source " \
+           f"lsl:{name}?timeout=15 vanished and did not come back" in captured.err, captured.err
+    assert "The session stays open until " in captured.err, captured.err
+    assert rc == 2
