@@ -36,8 +36,8 @@ import numpy as np
 
 from nacf_core.errors import Unavailable
 
-__all__ = ["Blocks", "SourceLost", "fill_dropped", "enroll", "authenticate_stream",
-           "continuous", "StreamResult", "proof_metadata"]
+__all__ = ["Blocks", "SourceLost", "fill_dropped", "enroll", "enroll_request",
+           "authenticate_stream", "continuous", "StreamResult", "proof_metadata"]
 
 #: a block that lost more than this share of its samples is left out
 _MAX_DROPPED_SHARE = 0.25
@@ -220,10 +220,10 @@ def proof_metadata(secret: str, user_id: str, device_id: str, samples: bytes,
             ("x-device-proof", device_proof(secret, user_id, device_id, ts, samples)))
 
 
-def enroll(stub: Any, metadata: Sequence[tuple[str, str]], user_id: str, blocks: Blocks,
-           seconds: float, *, update: bool = False, timeout: float = 60.0) -> Any:
-    """``Enroll`` ``user_id`` with the first ``seconds`` of ``blocks`` as one signal;
-    ``ValueError`` when the source ends before (nothing is sent)."""
+def enroll_request(user_id: str, blocks: Blocks, seconds: float, *,
+                   update: bool = False) -> Any:
+    """The ``EnrollRequest`` of ``user_id`` with the first ``seconds`` of ``blocks`` as
+    one signal; ``ValueError`` when the source ends before."""
     need = int(round(seconds * blocks.sfreq))
     got, n = [], 0
     while n < need:
@@ -234,9 +234,15 @@ def enroll(stub: Any, metadata: Sequence[tuple[str, str]], user_id: str, blocks:
         got.append(b)
         n += b.shape[0]
     x = np.ascontiguousarray(np.concatenate(got)[:need], dtype="<f4")
-    pb = _pb()
-    return stub.Enroll(pb.EnrollRequest(user_id=user_id, signals=[_signal(blocks, x, "")],
-                                        update=update),
+    return _pb().EnrollRequest(user_id=user_id, signals=[_signal(blocks, x, "")],
+                               update=update)
+
+
+def enroll(stub: Any, metadata: Sequence[tuple[str, str]], user_id: str, blocks: Blocks,
+           seconds: float, *, update: bool = False, timeout: float = 60.0) -> Any:
+    """``Enroll`` ``user_id`` with the first ``seconds`` of ``blocks`` as one signal;
+    ``ValueError`` when the source ends before (nothing is sent)."""
+    return stub.Enroll(enroll_request(user_id, blocks, seconds, update=update),
                        metadata=tuple(metadata), timeout=timeout)
 
 

@@ -277,17 +277,37 @@ def _blocks(args: argparse.Namespace) -> Iterator[Any]:
 
 
 def _enroll(args: argparse.Namespace, stub, md) -> int:
-    from nacf_core.client import enroll
+    from nacf_core.client import enroll_request
 
-    with _blocks(args) as blocks:
-        t0 = time.perf_counter()
-        r = enroll(stub, md, args.user, blocks, args.seconds, update=args.update,
-                   timeout=args.timeout)
+    t0 = time.perf_counter()
+    with _blocks(args) as blocks:  # the source is read, then closed before the call
+        req = enroll_request(args.user, blocks, args.seconds, update=args.update)
+    # once the call is sent the server enrolls the user whatever becomes of the call: a
+    # first interrupt waits for its answer, a second stops at once and says what to check
+    with _interrupts_held(f"nacf client enroll: waiting for the server's answer to Enroll "
+                          f"(it enrolls {args.user!r} all the same once it has the signal); "
+                          "Ctrl-C again to stop now.", again=True) as held:
+        if held:  # before the call: nothing was sent
+            raise KeyboardInterrupt
+        call = stub.Enroll.future(req, metadata=md, timeout=args.timeout)
+        try:
+            r = call.result()
+        except KeyboardInterrupt:
+            if not call.cancel():  # it had ended: its answer (or its error) stands
+                r = call.result()
+            else:
+                print(f"nacf client enroll: interrupted once Enroll was sent: the server may "
+                      f"have enrolled {args.user!r} all the same. To know: GetUser (an "
+                      "admin key), or this enroll again: ALREADY_EXISTS means it was.",
+                      file=sys.stderr, flush=True)
+                raise
     reasons = sorted({e.reason for e in r.rejected})
     print(f"enrolled {r.user_id}: template v{r.template_version}, {r.epochs_used} epochs "
           f"used, {r.epochs_rejected} rejected{' (' + ', '.join(reasons) + ')' if reasons else ''}"
           f", quality {r.quality:.2f}, model {r.model_version}, "
-          f"{(time.perf_counter() - t0):.1f} s")
+          f"{(time.perf_counter() - t0):.1f} s", flush=True)
+    if held:
+        raise KeyboardInterrupt
     return 0
 
 
@@ -401,9 +421,10 @@ def _reserved(path: str, rotate: bool) -> Iterator[list[os.stat_result]]:
 
 
 @contextlib.contextmanager
-def _interrupts_held(note: str) -> Iterator[list[int]]:
+def _interrupts_held(note: str, again: bool = False) -> Iterator[list[int]]:
     """SIGINT and SIGTERM held back until the block ends (the main thread's only): the
-    signals that came are in the list, ``note`` is said at the first."""
+    signals that came are in the list, ``note`` is said at the first; with ``again``, a
+    second one raises ``KeyboardInterrupt`` where the block is."""
     import signal
     import threading
 
@@ -416,6 +437,8 @@ def _interrupts_held(note: str) -> Iterator[list[int]]:
         if not held:
             print(note, file=sys.stderr, flush=True)
         held.append(signum)
+        if again and len(held) > 1:
+            raise KeyboardInterrupt
 
     old = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -856,3 +856,88 @@ def test_an_lsl_stream_lost_during_continuous_says_the_signal_was_lost(
            f"lsl:{name}?timeout=15 vanished and did not come back" in captured.err, captured.err
     assert "The session stays open until " in captured.err, captured.err
     assert rc == 2
+
+
+def _slow_enroll(server, monkeypatch, signals: int):
+    """The server's Enroll sends this process ``signals`` SIGINTs (Ctrl-C) once it has the
+    request, 0.3 s apart, then enrolls a second later; the results go in the list."""
+    import signal
+
+    svc = server.service
+    real = svc.enroll
+    done: list = []
+
+    def slow(*a, **kw):
+        for _ in range(signals):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.3)
+        time.sleep(1.0)
+        out = real(*a, **kw)
+        done.append(out)
+        return out
+
+    monkeypatch.setattr(svc, "enroll", slow)
+    return done
+
+
+def _wait_for(done: list) -> None:
+    t0 = time.monotonic()
+    while not done and time.monotonic() - t0 < 20:
+        time.sleep(0.05)
+    assert done, "the server's Enroll did not end"
+
+
+def test_ctrl_c_once_enroll_is_sent_waits_for_the_answer(
+        server, tmp_path, monkeypatch, capsys):
+    # Ctrl-C while Enroll was in flight: the client said "interrupted" and the server
+    # enrolled the user all the same (it goes on once it has the signal). The client now
+    # waits for the answer, says it, and exits 130
+    from nacf_core._proto.nacf.v1 import auth_pb2 as pb
+
+    done = _slow_enroll(server, monkeypatch, 1)
+    capsys.readouterr()
+    rc = client(server, "enroll", "--user", "S027", "--source",
+                source(_piece(tmp_path, "e27", [("S021R03", 0, 60)])))
+    _wait_for(done)
+    captured = capsys.readouterr()
+    assert rc == 130, captured
+    assert captured.out.startswith("enrolled S027: template v1"), captured
+    assert "nacf client enroll: waiting for the server's answer to Enroll" in captured.err
+    user = server_stub(server).GetUser(pb.GetUserRequest(user_id="S027"),
+                                       metadata=(("x-api-key", KEY),)).user
+    assert user.template_version == 1
+
+
+def test_ctrl_c_twice_once_enroll_is_sent_says_the_user_may_be_enrolled(
+        server, tmp_path, monkeypatch, capsys):
+    # a second Ctrl-C stops at once, saying the server may have enrolled the user all the
+    # same and how to find out (it does here)
+    import signal
+
+    from nacf_core._proto.nacf.v1 import auth_pb2 as pb
+
+    done = _slow_enroll(server, monkeypatch, 2)
+    armed = [True]
+
+    def interrupt(signum, frame):  # a signal after the client returned is not the test's
+        if armed[0]:
+            raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGINT, interrupt)
+    capsys.readouterr()
+    try:
+        rc = client(server, "enroll", "--user", "S028", "--source",
+                    source(_piece(tmp_path, "e28", [("S022R03", 0, 60)])))
+        armed[0] = False
+        _wait_for(done)
+    finally:
+        signal.signal(signal.SIGINT, old)
+    captured = capsys.readouterr()
+    assert rc == 130, captured
+    assert captured.out == "", captured
+    assert "nacf client enroll: interrupted once Enroll was sent: the server may have " \
+           "enrolled 'S028' all the same" in captured.err, captured.err
+    assert "GetUser" in captured.err and "ALREADY_EXISTS" in captured.err, captured.err
+    user = server_stub(server).GetUser(pb.GetUserRequest(user_id="S028"),
+                                       metadata=(("x-api-key", KEY),)).user
+    assert user.template_version == 1
