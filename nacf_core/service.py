@@ -424,6 +424,16 @@ class AuthService:
     def model_version(self) -> str:
         return self.rec.model_version
 
+    def model_info(self) -> dict[str, Any]:
+        """What a signal must be for the model (``GetModel``): its version, the channels
+        it reads, the rates a signal may have, its window's seconds."""
+        from nacf_core._validation import MAX_SFREQ, MIN_SFREQ
+
+        return {"model_version": self.model_version,
+                "channel_names": [str(c) for c in self.rec.model.ch_names],
+                "min_sample_rate_hz": float(MIN_SFREQ), "max_sample_rate_hz": float(MAX_SFREQ),
+                "window_seconds": float(self.rec.window_s)}
+
     def ready(self) -> bool:
         """True when the store answers."""
         try:

@@ -281,6 +281,7 @@ def _enroll(args: argparse.Namespace, stub, md) -> int:
 
     t0 = time.perf_counter()
     with _blocks(args) as blocks:  # the source is read, then closed before the call
+        _check_model(args, stub, md, blocks)
         req = enroll_request(args.user, blocks, args.seconds, update=args.update)
     # once the call is sent the server enrolls the user whatever becomes of the call: a
     # first interrupt waits for its answer, a second stops at once and says what to check
@@ -309,6 +310,33 @@ def _enroll(args: argparse.Namespace, stub, md) -> int:
     if held:
         raise KeyboardInterrupt
     return 0
+
+
+def _check_model(args: argparse.Namespace, stub, md, blocks) -> None:
+    """The source's rate and channels checked against the server's model (``GetModel``)
+    before its seconds are recorded, not learnt from ``Enroll``'s refusal after them; a
+    server without ``GetModel`` (older) leaves it to ``Enroll``."""
+    import grpc
+
+    from nacf_core._proto.nacf.v1 import auth_pb2 as pb
+    from nacf_core.channels import pick
+
+    try:
+        m = stub.GetModel(pb.GetModelRequest(), metadata=md, timeout=min(args.timeout, 10.0))
+    except grpc.RpcError as e:
+        if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+            return
+        raise
+    if not m.min_sample_rate_hz <= blocks.sfreq <= m.max_sample_rate_hz:
+        raise ValueError(f"the source's rate, {blocks.sfreq:g} Hz, is outside the "
+                         f"{m.min_sample_rate_hz:g}-{m.max_sample_rate_hz:g} Hz the server "
+                         "takes; nothing was recorded.")
+    try:
+        pick(blocks.ch_names, list(m.channel_names))
+    except ValueError as e:  # InvalidArgument: what is missing, what the source has
+        raise ValueError(f"the source cannot be enrolled with this server's model "
+                         f"({m.model_version}): {e} Nothing was recorded (--montage names "
+                         "the source's channels).") from None
 
 
 def _register_device(args: argparse.Namespace, stub, md) -> int:

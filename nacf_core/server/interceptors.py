@@ -98,6 +98,7 @@ METHOD_SCOPES: dict[str, str] = {
     "EndSession": "authenticate",
     "Enroll": "enroll",
     "RegisterDevice": "enroll",
+    "GetModel": "enroll",
     "GetUser": "admin",
     "DeleteUser": "admin",
     "UnlockUser": "admin",

@@ -350,6 +350,10 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
     def GetStats(self, request, context) -> pb.GetStatsResponse:
         return pb.GetStatsResponse(**self.service.stats())
 
+    @_unary
+    def GetModel(self, request, context) -> pb.GetModelResponse:
+        return pb.GetModelResponse(**self.service.model_info())
+
     @_stream_out
     def ContinuousAuthenticate(self, request_iterator, context):
         first, chunks = _start_and_chunks(request_iterator, "ContinuousAuthenticate",

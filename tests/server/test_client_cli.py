@@ -941,3 +941,42 @@ def test_ctrl_c_twice_once_enroll_is_sent_says_the_user_may_be_enrolled(
     user = server_stub(server).GetUser(pb.GetUserRequest(user_id="S028"),
                                        metadata=(("x-api-key", KEY),)).user
     assert user.template_version == 1
+
+
+@pytest.mark.parametrize("kind", ["channels", "rate"])
+def test_enroll_checks_the_sources_channels_and_rate_before_recording(
+        server, tmp_path, monkeypatch, kind, capsys):
+    # the model's channels and the rates the server takes were checked by the server only:
+    # enroll recorded its --seconds (60 by default, of a live headset) before learning
+    # that the source lacks channels or runs at a rate the server refuses
+    rec = read_recording(demo("S023R07"))
+    if kind == "channels":  # the first 8 of the model's 16 channels
+        path = write_npz(tmp_path / "c8.npz", rec.data[:, :8], rec.sfreq, rec.ch_names[:8])
+        said = (f"the source cannot be enrolled with this server's model "
+                f"({server.service.model_version}): The signal lacks 8 of the 16 channels "
+                "the model needs: missing ")
+    else:
+        path = write_npz(tmp_path / "r100.npz", rec.data, 100.0, rec.ch_names)
+        said = ("the source's rate, 100 Hz, is outside the 125-1000 Hz the server takes; "
+                "nothing was recorded")
+    calls = []
+    real = server.service.enroll
+    monkeypatch.setattr(server.service, "enroll",
+                        lambda *a, **kw: calls.append(a) or real(*a, **kw))
+    capsys.readouterr()
+    assert client(server, "enroll", "--user", f"S023{kind}", "--source", source(str(path)),
+                  "--seconds", "20") == 2
+    err = capsys.readouterr().err
+    assert f"nacf client enroll: {said}" in err, err
+    assert calls == []  # refused before the call
+
+
+def test_get_model_says_what_a_signal_must_be(server):
+    from nacf_core._proto.nacf.v1 import auth_pb2 as pb
+
+    m = server.service.rec.model
+    r = server_stub(server).GetModel(pb.GetModelRequest(), metadata=(("x-api-key", KEY),))
+    assert r.model_version == server.service.model_version
+    assert list(r.channel_names) == list(m.ch_names)
+    assert (r.min_sample_rate_hz, r.max_sample_rate_hz) == (125.0, 1000.0)
+    assert r.window_seconds == m.window_s
