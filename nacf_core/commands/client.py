@@ -343,6 +343,9 @@ def _register_device(args: argparse.Namespace, stub, md) -> int:
     from nacf_core._proto.nacf.v1 import auth_pb2 as pb
     from nacf_core.config import CompleteOrNothing
 
+    if os.path.isdir(args.secret_file):  # not "exists ... or --rotate": neither would do
+        raise IsADirectoryError(f"--secret-file {args.secret_file!r} is a directory, not a "
+                                "file name.")
     # one run at a time writes a secret file: two at once both called the server, and
     # the file kept the last one's secret, the other's headset (or, two rotations of one,
     # the secret the server kept) bound to a secret nobody holds. Held until the secret

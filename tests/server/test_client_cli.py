@@ -980,3 +980,14 @@ def test_get_model_says_what_a_signal_must_be(server):
     assert list(r.channel_names) == list(m.ch_names)
     assert (r.min_sample_rate_hz, r.max_sample_rate_hz) == (125.0, 1000.0)
     assert r.window_seconds == m.window_s
+
+
+def test_register_device_to_a_directory_says_it_is_one(server, enrolled, tmp_path, capsys):
+    # a --secret-file that names a directory was said to exist and "may hold the secret
+    # of a bound headset ... or --rotate", which then said it is a directory
+    capsys.readouterr()
+    assert client(server, "register-device", "--user", "S022", "--device-id", "hs-dir",
+                  "--secret-file", str(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert f"--secret-file {str(tmp_path)!r} is a directory, not a file name" in err, err
+    assert list(tmp_path.iterdir()) == []
