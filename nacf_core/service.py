@@ -524,8 +524,9 @@ class AuthService:
     def maintenance(self, force: bool = False) -> None:
         """Expire sessions and drop what this process keeps of users deleted or
         re-enrolled by another replica (every 30 s at most), and purge audit rows and
-        ended sessions past retention (every ``purge_interval_s``).  The server's
-        maintenance thread calls this every 2 s; it never runs inside a request."""
+        ended sessions past retention, and the rate-limit buckets idle long enough to be
+        full again (every ``purge_interval_s``).  The server's maintenance thread calls
+        this every 2 s; it never runs inside a request."""
         now = self.clock()
         with self._purge_lock:
             # a last run later than now: the wall clock stepped back, due now (waiting for
@@ -537,12 +538,17 @@ class AuthService:
                 self._last_expire = now
             if purge:
                 self._last_purge = now
-        n, n_sessions, ended = 0, 0, []
+        n, n_sessions, n_buckets, ended = 0, 0, 0, []
         if purge:
             cutoff = now - self.config.audit_retention_days * 86400.0
             n = self._store("purge_attempts", self.store.purge_attempts, cutoff)
             # ended sessions say who authenticated when, as audit rows do
             n_sessions = self._store("purge_sessions", self.store.purge_sessions, cutoff)
+            # one bucket per client id (per address in open mode) ever seen, unless the
+            # full ones go (the next take recreates a bucket full: nothing changes)
+            n_buckets = self._store("purge_rate_buckets", self.store.purge_rate_buckets,
+                                    float(self.config.rate_limit_per_s),
+                                    float(self.config.rate_limit_burst), now=now)
         forgotten = 0
         if expire:
             ended = self._store("expire_sessions", self.store.expire_sessions, now=now)
@@ -551,9 +557,10 @@ class AuthService:
             self._drop_session_windows(s.session_id for s in ended)
             self._update_active_sessions(now)
             forgotten = self._forget_changed_elsewhere()
-        if n or n_sessions or ended or forgotten:
+        if n or n_sessions or n_buckets or ended or forgotten:
             log.info("maintenance", extra={"event_type": "maintenance", "audit_purged": n,
                                            "sessions_purged": n_sessions,
+                                           "rate_buckets_purged": n_buckets,
                                            "sessions_expired": len(ended),
                                            "users_forgotten": forgotten})
 

@@ -1018,20 +1018,54 @@ class SqlStore(Store):
 
         def fn(tx: Tx) -> int:
             self._relaxed_durability(tx)
-            tx.execute("INSERT INTO rate_buckets (client_id, tokens, updated_at) "
-                       "VALUES (?, ?, ?) ON CONFLICT (client_id) DO NOTHING",
-                       (client_id, burst, t))
-            tokens, updated = tx.one("SELECT tokens, updated_at FROM rate_buckets "
-                                     "WHERE client_id = ?" + self.FOR_UPDATE, (client_id,))
+            # a bucket another replica's purge deleted since the INSERT found it (it was
+            # full): inserted again, full, as a take after the purge finds it
+            _, row = self._tx_relock(
+                tx, "INSERT INTO rate_buckets (client_id, tokens, updated_at, rate_per_s, "
+                "burst) VALUES (?, ?, ?, ?, ?) ON CONFLICT (client_id) DO NOTHING",
+                (client_id, burst, t, rate, burst),
+                "SELECT tokens, updated_at FROM rate_buckets WHERE client_id = ?",
+                (client_id,))
+            tokens, updated = row
             tokens = min(burst, tokens + max(0.0, t - updated) * rate + back)
             got = min(want, int(math.floor(tokens))) if tokens >= 1.0 else 0
             # refilled up to `updated` already, unless the clock stepped back (clock_step_s)
             at = updated if t < updated <= t + self.clock_step_s else t
-            tx.execute("UPDATE rate_buckets SET tokens = ?, updated_at = ? WHERE client_id = ?",
-                       (tokens - got, at, client_id))
+            # the rate and capacity go with the bucket: purge_rate_buckets judges by them
+            tx.execute("UPDATE rate_buckets SET tokens = ?, updated_at = ?, rate_per_s = ?, "
+                       "burst = ? WHERE client_id = ?",
+                       (tokens - got, at, rate, burst, client_id))
             return got
 
         return self._run(fn)
+
+    #: how long a bucket stays after it is full again, at the least (see
+    #: :meth:`purge_rate_buckets`): clocks of replicas a little apart, a lease's hold
+    rate_bucket_idle_s = 60.0
+
+    def purge_rate_buckets(self, rate_per_s, burst, now=None) -> int:
+        rate = check_finite_nonnegative("rate_per_s", rate_per_s)
+        burst = check_finite_positive("burst", burst)
+        # as if it were rate_bucket_idle_s earlier: a bucket full by then is full now on
+        # every replica whose clock is that close, and one taken from since is kept
+        t = _now(now) - float(self.rate_bucket_idle_s)
+        # the row's own rate and capacity; a row of before schema 5 has none: the caller's
+        cond = ("updated_at <= ? AND tokens + (? - updated_at) * COALESCE(rate_per_s, ?) "
+                ">= COALESCE(burst, ?)")
+        args = (t, t, rate, burst)
+        n = int(self.purge_batch)
+        # in batches, as the other purges (the first after an upgrade finds every client
+        # ever seen). The condition is checked again on each row deleted: on PostgreSQL a
+        # take that locked the row first has refreshed it when the DELETE gets it
+        sql = (f"DELETE FROM rate_buckets WHERE client_id IN (SELECT client_id FROM "
+               f"rate_buckets WHERE {cond} LIMIT {n}) AND {cond}")
+        total = 0
+        while True:
+            got = self._run(lambda tx: tx.execute(sql, args + args))
+            total += got
+            if got < n:
+                return total
+            time.sleep(0)  # let writers queued on the lock in (SQLite) go first
 
     # -- audit log and stats -------------------------------------------------------
     @staticmethod

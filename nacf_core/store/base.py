@@ -475,6 +475,17 @@ class Store(abc.ABC):
         before the bucket's last refill refills nothing; when it is more than a moment
         before (the wall clock stepped back), the bucket refills from it onwards."""
 
+    @abc.abstractmethod
+    def purge_rate_buckets(self, rate_per_s: float, burst: float,
+                           now: float | None = None) -> int:
+        """Delete the token buckets idle long enough to be full again, by the rate and
+        capacity each was last taken with (``rate_per_s`` and ``burst`` for a bucket
+        written before schema 5, which has none of its own), and full for
+        :attr:`rate_bucket_idle_s` more at ``now``; return how many. Deleting a full
+        bucket changes nothing (the next take creates it full), so a bucket in use, or
+        one that never refills (rate 0) and is not full, is never deleted. In
+        transactions of about ``purge_batch`` rows each."""
+
     # -- audit log and stats -------------------------------------------------------
     @abc.abstractmethod
     def record_attempt(self, user_id: str, success: bool, score: float | None, reason: str,

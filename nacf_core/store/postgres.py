@@ -99,6 +99,11 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         "COMMIT answer and finds its own row, not a replay)", [
         "ALTER TABLE device_nonces ADD COLUMN claim TEXT",
     ]),
+    (5, "rate_buckets.rate_per_s, burst: the refill rate and capacity each bucket was last "
+        "taken with (a bucket idle long enough to be full again by them is purged)", [
+        "ALTER TABLE rate_buckets ADD COLUMN rate_per_s DOUBLE PRECISION",
+        "ALTER TABLE rate_buckets ADD COLUMN burst DOUBLE PRECISION",
+    ]),
 ]
 
 #: the most connections one store opens (PostgreSQL's own default max_connections is 100)

@@ -343,3 +343,28 @@ def test_maintenance_runs_after_the_wall_clock_steps_back(svc_both):
     assert svc.store.recent_attempts("u") == []  # past retention: purged
     svc.maintenance()  # and not again at once
     assert (svc._last_expire, svc._last_purge) == (t0 - 3600 + 61, t0 - 3600 + 61)
+
+
+def test_maintenance_purges_the_rate_buckets_of_clients_gone_quiet(svc_both, caplog):
+    """Every client id (every client address in open mode) left a token bucket in the
+    store for ever: the table grew with each client ever seen. The retention purge now
+    deletes the buckets idle long enough to be full again (the next request of that
+    client recreates its bucket full: nothing changes for it), never one in use."""
+    import logging
+
+    svc = svc_both
+    t0 = 1_790_000_000.0
+    svc.clock = lambda: t0
+    for i in range(5):
+        svc.check_rate_limit(f"10.0.0.{i}")
+    full_again = svc.config.rate_limit_burst / svc.config.rate_limit_per_s
+    later = t0 + full_again + svc.store.rate_bucket_idle_s + 1
+    svc.clock = lambda: later
+    svc.check_rate_limit("10.0.0.9")  # a client in use
+    with caplog.at_level(logging.INFO, logger="nacf"):
+        svc.maintenance(force=True)
+    rows = svc.store._run(lambda tx: tx.query("SELECT client_id FROM rate_buckets"))
+    assert rows == [("10.0.0.9",)]
+    line = [r for r in caplog.records if getattr(r, "event_type", "") == "maintenance"]
+    assert line and line[0].rate_buckets_purged == 5
+    svc.check_rate_limit("10.0.0.1")  # back, and admitted
