@@ -50,6 +50,14 @@ log = logging.getLogger("nacf.server")
 _PAGE_TOKEN_ROOM = 1024
 
 
+def _too_large(user: Any, limit: int, verb: str) -> ResourceExhausted:
+    """The refusal of a user whose record alone does not fit in one response."""
+    return ResourceExhausted(
+        f"user {user.user_id!r} alone does not fit in a response of max_message_bytes "
+        f"({limit} bytes; {len(user.device_ids)} headsets): raise max_message_bytes to "
+        f"{verb} it.")
+
+
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The gRPC status code and message for an exception raised by the domain layer."""
     if isinstance(exc, NacfError) and exc.code in grpc.StatusCode.__members__:
@@ -273,7 +281,16 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
 
     @_unary
     def GetUser(self, request: pb.GetUserRequest, context) -> pb.GetUserResponse:
-        return pb.GetUserResponse(user=cv.user_message(self.service.get_user(request.user_id)))
+        """The user's record, or ``RESOURCE_EXHAUSTED`` when it does not fit in one
+        response (``max_message_bytes``: hundreds of headsets with long ids), as a user
+        alone too large for a ListUsers page: gRPC refused to send it ("Sent message
+        larger than max", which said nothing of why) and the call was counted ``OK``."""
+        user = self.service.get_user(request.user_id)
+        resp = pb.GetUserResponse(user=cv.user_message(user))
+        limit = int(self.service.config.max_message_bytes)
+        if resp.ByteSize() > limit:
+            raise _too_large(user, limit, "read")
+        return resp
 
     @_unary
     def DeleteUser(self, request, context) -> pb.DeleteUserResponse:
@@ -309,10 +326,7 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
                     break
                 fit += 1
             if len(users) == 1:
-                raise ResourceExhausted(
-                    f"user {users[0].user_id!r} alone does not fit in a response of "
-                    f"max_message_bytes ({limit} bytes; {len(users[0].device_ids)} "
-                    "headsets): raise max_message_bytes to list it.")
+                raise _too_large(users[0], limit, "list")
             size = max(fit, 1)
 
     @_unary

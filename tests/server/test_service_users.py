@@ -147,3 +147,63 @@ def test_a_page_of_users_too_large_for_one_response_is_cut_not_refused(tmp_path,
         chan.close()
         server.stop(0)
         svc.store.close()
+
+
+def test_a_user_too_large_for_one_response_is_resource_exhausted_and_counted_so(
+        tmp_path, model_path):
+    """GetUser of a user whose record is larger than max_message_bytes (hundreds of
+    headsets with long ids) returned a response gRPC then refused to send: the client got
+    RESOURCE_EXHAUSTED "Sent message larger than max", which said nothing of why, and the
+    call was counted OK in nacfauth_auth_requests_total. As ListUsers does for a user
+    alone too large for a page, the call is now RESOURCE_EXHAUSTED saying so (the user,
+    the limit, the headset count, what to do), and counted RESOURCE_EXHAUSTED."""
+    import time
+
+    import grpc
+
+    from nacf_core._proto.nacf.v1 import auth_pb2 as pb
+    from nacf_core._proto.nacf.v1 import auth_pb2_grpc as pbg
+    from nacf_core.server.app import NacfServer
+
+    key = "key-admin-0123456789"
+    limit = 64 * 1024
+    svc = sqlite_service(tmp_path, model_path, grpc_address="127.0.0.1:0",
+                         metrics_address="", max_message_bytes=limit,
+                         api_keys={key: frozenset({"admin"})})
+    svc.enroll("many", [signal_block(eeg(1, 3, 0, 40))])
+    blob = svc.store.get_template("many").blob
+    svc.store.put_template("few", blob, svc.model_version)
+    svc.store.register_device("few", "hs-few", "secret-0123456789abcdef")
+    for i in range(300):  # ~250 bytes each: 75 KB of device ids
+        svc.store.register_device("many", f"hs-{i:03d}-" + "x" * 240, "secret-0123456789abcdef")
+
+    def counted():
+        out = {}
+        for m in svc.metrics.registry.collect():
+            for smp in m.samples:
+                if (smp.name == "nacfauth_auth_requests_total"
+                        and smp.labels["method"] == "GetUser"):
+                    out[smp.labels["status"]] = out.get(smp.labels["status"], 0) + smp.value
+        return out
+
+    server = NacfServer(svc.config, svc, metrics=svc.metrics, sidecar=False).start()
+    chan = grpc.insecure_channel(server.address)
+    try:
+        stub = pbg.AuthServiceStub(chan)
+        md = (("x-api-key", key),)
+        with pytest.raises(grpc.RpcError) as e:
+            stub.GetUser(pb.GetUserRequest(user_id="many"), metadata=md, timeout=30)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        msg = e.value.details()
+        assert "'many'" in msg and f"max_message_bytes ({limit}" in msg, msg
+        assert "300 headsets" in msg, msg
+        u = stub.GetUser(pb.GetUserRequest(user_id="few"), metadata=md, timeout=30).user
+        assert list(u.device_ids) == ["hs-few"]
+        t0 = time.monotonic()  # counted by the interceptor, a moment after the answer
+        while counted() != {"RESOURCE_EXHAUSTED": 1, "OK": 1} and time.monotonic() - t0 < 10:
+            time.sleep(0.05)
+        assert counted() == {"RESOURCE_EXHAUSTED": 1, "OK": 1}
+    finally:
+        chan.close()
+        server.stop(0)
+        svc.store.close()
