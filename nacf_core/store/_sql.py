@@ -1358,7 +1358,16 @@ class SqlStore(Store):
         else:
             max_failures = check_int_range("max_failures", max_failures, 1)
             lock_seconds = check_finite_positive("lock_seconds", lock_seconds)
-        probe = None if probe_fingerprint is None else bytes(probe_fingerprint)
+        probe = None
+        if probe_fingerprint is not None:
+            # bytes() of an int is that many zero bytes, of a list its items: no fingerprint
+            if not isinstance(probe_fingerprint, (bytes, bytearray, memoryview)):
+                raise TypeError(f"'probe_fingerprint' must be bytes, got "
+                                f"{type(probe_fingerprint).__name__} instead.")
+            probe = bytes(probe_fingerprint)
+            if not probe:
+                raise InvalidArgument("'probe_fingerprint' is empty: expected a PAD "
+                                      "fingerprint (nacf_core.pad.fingerprint).")
         attempt = self._attempt_row(user_id, accepted, score, reason, peer, duration_s,
                                     method, t)
 

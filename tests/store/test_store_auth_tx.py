@@ -322,3 +322,29 @@ def test_get_auth_state_reads_one_snapshot_on_postgresql(pg_url, key):
     finally:
         other.close()
         store.close()
+
+
+def test_finish_authentication_refuses_a_probe_fingerprint_that_is_no_bytes(store):
+    """``probe_fingerprint`` went through ``bytes()``: an int was stored as that many zero
+    bytes, a list of ints as its bytes, an empty one as an empty fingerprint, in the PAD
+    history every later authentication of the user reads. Refused now, as
+    ``add_fingerprints`` refuses them, saying what was expected; nothing written."""
+    store.put_template("alice", b"x", "m")
+    for bad, exc, match in ((97, TypeError, "'probe_fingerprint' must be bytes, got int"),
+                            ([1, 2], TypeError, "'probe_fingerprint' must be bytes, got list"),
+                            ("fp", TypeError, "'probe_fingerprint' must be bytes, got str"),
+                            (b"", InvalidArgument, "'probe_fingerprint' is empty")):
+        for accepted in (True, False):
+            with pytest.raises(exc, match=match):
+                store.finish_authentication(
+                    "alice", accepted, score=0.5, reason="r", peer="p", duration_s=0.1,
+                    method="Authenticate", session_ttl_s=60, max_failures=5,
+                    lock_seconds=60, probe_fingerprint=bad, now=T0)
+    assert store.get_fingerprints("alice") == []
+    assert store.get_lockout("alice").failures == 0
+    assert store.recent_attempts("alice") == [] and store.count_active_sessions(T0) == 0
+    # bytes-like objects are bytes
+    store.finish_authentication("alice", False, score=0.5, reason="r", peer="p",
+                                duration_s=0.1, method="Authenticate", max_failures=5,
+                                lock_seconds=60, probe_fingerprint=memoryview(b"fp"), now=T0)
+    assert store.get_fingerprints("alice") == [("probe", b"fp")]
