@@ -253,8 +253,13 @@ class SqlStore(Store):
             except NacfError:
                 raise
             except _StaleKey as exc:
-                if exc.store_key_id == self._cipher.key_id and attempt < self.max_retries - 1:
-                    continue  # rotated by this process meanwhile: encrypt under the new key
+                known = self._known.get(exc.store_key_id)
+                if known is not None and attempt < self.max_retries - 1:
+                    # rotated by this process meanwhile: encrypt under the new key; or a
+                    # rotation of this process whose outcome it could not read (a lost
+                    # COMMIT answer, rotate_key): the store's key is one it has, use it
+                    self._cipher = known
+                    continue
                 raise FailedPrecondition(
                     f"The store's template key was rotated (the store is under key id "
                     f"{exc.store_key_id}; this process has key id {self._cipher.key_id}): "
@@ -1472,6 +1477,10 @@ class SqlStore(Store):
             n += 1
         return n, bad
 
+    def _run_rotation(self, fn: Callable[[Tx], T]) -> T:
+        """The rotation's transaction (PostgreSQL: not bounded by the query timeout)."""
+        return self._run(fn)
+
     def rotate_key(self, new_key) -> KeyRotation:
         new = Cipher(new_key)
         old = self._cipher
@@ -1481,7 +1490,11 @@ class SqlStore(Store):
                 f"{old.key_id}): nothing was rotated. Give a new key (`nacf store new-key "
                 f"FILE` makes one).")
 
+        #: what the last run of fn computed, if it ran to its end (see below)
+        ran: list[KeyRotation] = []
+
         def fn(tx: Tx) -> KeyRotation:
+            ran.clear()
             self._rotation_lock(tx)
             row = tx.one("SELECT key_id, v FROM store_meta WHERE k = 'keycheck'"
                          + self.FOR_UPDATE)
@@ -1515,13 +1528,32 @@ class SqlStore(Store):
             # changed (_tx_check_write_key) and run again under it
             self._known[new.key_id] = new
             self._cipher = new
-            return KeyRotation(n, sorted(bad_templates), sorted(bad_devices), sorted(bad_fps))
+            ran.append(KeyRotation(n, sorted(bad_templates), sorted(bad_devices),
+                                   sorted(bad_fps)))
+            return ran[0]
 
         try:
-            out = self._run(fn)
-        except BaseException:
+            out = self._run_rotation(fn)
+        except BaseException as exc:
             self._cipher = old
-            raise
+            if not ran or not isinstance(exc, Exception):
+                raise  # failed before its COMMIT: rolled back
+            # its COMMIT was sent and failed (a lost answer: it may have been applied).
+            # Back on the old key, every later write of this process failed
+            # FAILED_PRECONDITION if it was: read which key the store is under (the row
+            # lock waits for a commit still in progress), and take that one
+            try:
+                row = self._run(lambda tx: tx.one(
+                    "SELECT key_id FROM store_meta WHERE k = 'keycheck'" + self.FOR_UPDATE))
+            except Exception:  # noqa: BLE001 - still unknown: the next write finds out
+                # (_run: the store's key is one this process has)
+                raise exc  # noqa: B904 - the rotation's error, not the read's
+            if row is None or row[0] != new.key_id:
+                raise  # not applied: the store and this process stay under the old key
+            self._cipher = new
+            out = ran[0]
+            log.warning("template key rotation: its commit's answer was lost; the store "
+                        "is under the new key", extra={"new_key_id": new.key_id})
         log.info("template key rotated", extra={
             "old_key_id": old.key_id, "new_key_id": new.key_id, "rows": out.rows,
             "unreadable_templates": len(out.unreadable_templates),

@@ -609,7 +609,12 @@ class Store(abc.ABC):
         object's (another process rotated it).
 
         A store object of another process (a replica) still holding the old key gets
-        ``FailedPrecondition`` for a write that would encrypt under it (nothing written)."""
+        ``FailedPrecondition`` for a write that would encrypt under it (nothing written).
+
+        A COMMIT whose answer was lost (``OutcomeUnknown``): the store's key id is read
+        again; rotated, the call returns as if answered; not, it raises and this object
+        stays on the old key; unreadable, it raises, and this object's next write runs
+        under whichever of its two keys the store is under."""
 
     @property
     @abc.abstractmethod

@@ -44,7 +44,6 @@ from psycopg import errors as pg_errors
 
 from ..errors import InvalidArgument, NotFound, OutcomeUnknown, Unavailable
 from ._sql import USER_GONE, SqlStore, Tx
-from .base import KeyRotation
 
 __all__ = ["PostgresStore", "MIGRATIONS"]
 
@@ -485,11 +484,12 @@ class PostgresStore(SqlStore):
         with self._unbounded():
             return super().migrate()
 
-    def rotate_key(self, new_key) -> KeyRotation:
+    def _run_rotation(self, fn):
         # not bounded by query_timeout either: one transaction re-encrypts every template,
-        # device secret and PAD fingerprint, minutes for a large store
+        # device secret and PAD fingerprint, minutes for a large store (the read of its
+        # outcome after a lost answer is bounded: rotate_key)
         with self._unbounded():
-            return super().rotate_key(new_key)
+            return self._run(fn)
 
     def _relaxed_durability(self, tx: Tx) -> None:
         # token buckets are approximate by nature: do not wait for the WAL flush

@@ -149,3 +149,108 @@ def test_writes_racing_a_rotation_in_the_same_process_end_under_the_new_key(stor
     with open_store(store_url, key=new) as s2:
         assert sorted(fp for _, fp in s2.get_fingerprints("alice")) == [
             b"fp-0", b"fp-1", b"fp-2"]
+
+
+def _lose_commit_answers(store, monkeypatch, *, applied: bool) -> list[bool]:
+    """The store's next write transaction fails as a COMMIT whose answer was lost does
+    (``OutcomeUnknown``: a connection cut then, on PostgreSQL), after it was applied, or
+    (``applied`` False) with the transaction rolled back. test_store_pg_outage.py loses a
+    real one."""
+    from contextlib import contextmanager
+
+    from nacf_core.errors import OutcomeUnknown
+
+    orig = store._transaction
+    lost: list[bool] = []
+
+    @contextmanager
+    def transaction(write):
+        with orig(write) as tx:
+            yield tx
+            if write and not lost and not applied:
+                lost.append(True)
+                raise OutcomeUnknown("the connection was lost while committing")
+        if write and not lost:
+            lost.append(True)
+            raise OutcomeUnknown("the connection was lost while committing")
+
+    monkeypatch.setattr(store, "_transaction", transaction)
+    return lost
+
+
+def test_a_rotation_whose_commit_answer_was_lost_leaves_the_process_on_the_stores_key(
+        store_url, key, monkeypatch):
+    """A key rotation whose COMMIT was applied but whose answer was lost failed, and the
+    process went back to the old key: the store was under the new one, so every later
+    write of that process (enrollments, device secrets, PAD fingerprints) failed
+    FAILED_PRECONDITION "the store's template key was rotated" until a restart, and
+    `nacf store rotate-key` said it failed when it had rotated. The process now reads the
+    store's key id after such a failure: the rotation it applied is reported done, one
+    it did not apply fails as before, and either way the process is on the store's key."""
+    from nacf_core.errors import OutcomeUnknown
+
+    s = open_store(store_url, key=key)
+    try:
+        s.put_template("alice", b"ta", "m")
+        s.register_device("alice", "hs-1", "secret-secret-secret")
+        new = os.urandom(32)
+        lost = _lose_commit_answers(s, monkeypatch, applied=True)
+        r = s.rotate_key(new)
+        assert lost == [True]
+        assert (r.rows, r.complete) == (2, True)
+        monkeypatch.undo()
+        assert s.key_id == Cipher(new).key_id
+        s.put_template("bob", b"tb", "m")  # FAILED_PRECONDITION before
+        s.add_fingerprints("alice", [b"fp"], "probe")
+        assert _key_ids(s) == {Cipher(new).key_id}
+
+        # not applied: the store and the process stay under the key they had
+        newer = os.urandom(32)
+        lost = _lose_commit_answers(s, monkeypatch, applied=False)
+        with pytest.raises(OutcomeUnknown):
+            s.rotate_key(newer)
+        assert lost == [True]
+        monkeypatch.undo()
+        assert s.key_id == Cipher(new).key_id
+        s.put_template("carol", b"tc", "m")
+        assert _key_ids(s) == {Cipher(new).key_id}
+    finally:
+        s.close()
+    with open_store(store_url, key=new) as s2:
+        assert [t.blob for t in s2.iter_templates()] == [b"ta", b"tb", b"tc"]
+        assert s2.get_fingerprints("alice") == [("probe", b"fp")]
+
+
+def test_a_process_whose_rotation_outcome_it_could_not_read_follows_the_store(
+        store_url, key, monkeypatch):
+    """The rotation's answer lost and the store unreachable for the read that would tell
+    the outcome: the process keeps both keys, and its next write runs under whichever of
+    them the store is under (not FAILED_PRECONDITION for a key it has)."""
+    from nacf_core.errors import OutcomeUnknown, Unavailable
+
+    s = open_store(store_url, key=key)
+    try:
+        s.put_template("alice", b"ta", "m")
+        new = os.urandom(32)
+        _lose_commit_answers(s, monkeypatch, applied=True)
+        real_run = s._run
+        calls = []
+
+        def run(fn, **k):
+            calls.append(fn)
+            if len(calls) > 1:  # the read after the failure: the store does not answer
+                raise Unavailable("the store is unreachable")
+            return real_run(fn, **k)
+
+        monkeypatch.setattr(s, "_run", run)
+        with pytest.raises(OutcomeUnknown):
+            s.rotate_key(new)
+        monkeypatch.undo()
+        s.put_template("bob", b"tb", "m")
+        s.register_device("bob", "hs-2", "secret-secret-secret")
+        assert s.key_id == Cipher(new).key_id
+        assert _key_ids(s) == {Cipher(new).key_id}
+    finally:
+        s.close()
+    with open_store(store_url, key=new) as s2:
+        assert s2.get_template("bob").blob == b"tb"

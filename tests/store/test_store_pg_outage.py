@@ -352,3 +352,25 @@ def test_waiting_for_a_free_pooled_connection_is_bounded_by_the_query_timeout(pg
         assert store._pool.wait_s(bounded=True) == 30.0
     finally:
         store.close()
+
+
+def test_a_key_rotation_whose_commit_answer_is_lost_leaves_the_process_on_the_stores_key(
+        proxied, pg_url):
+    """`rotate_key` whose COMMIT reached the server and whose answer was lost: the process
+    went back to the old key while the store was under the new one, and each of its
+    later writes failed FAILED_PRECONDITION ("rotated ... restart it with the new key").
+    It now reads the store's key id after the failure: rotated, and said so."""
+    import os
+
+    from nacf_core.store.crypto import Cipher
+
+    store, direct, proxy = proxied
+    store.put_template("alice", b"t" * 64, "m1")
+    new = os.urandom(32)
+    proxy.drop_next_commit()
+    assert store.rotate_key(new).rows == 1
+    assert proxy.dropped.is_set()
+    assert store.key_id == Cipher(new).key_id
+    store.put_template("bob", b"u" * 64, "m1")  # FAILED_PRECONDITION before
+    with open_store(pg_url[0], key=new) as s:  # the store is under the new key
+        assert [t.blob for t in s.iter_templates()] == [b"t" * 64, b"u" * 64]
