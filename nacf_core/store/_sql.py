@@ -861,7 +861,8 @@ class SqlStore(Store):
             return tx.one(f"SELECT {self._SESSION_SELECT} FROM sessions WHERE token_hash = ?",
                           (h,))
 
-        row = self._run(fn)
+        # run again after a lost COMMIT answer: an ended session keeps its first end
+        row = self._run(fn, idempotent=True)
         if row is None:
             raise NotFound("Unknown session token.")
         return self._session(row)
@@ -910,7 +911,9 @@ class SqlStore(Store):
             return tx.one(f"SELECT {self._SESSION_SELECT} FROM sessions WHERE token_hash = ?",
                           (h,))
 
-        row = self._run(fn)
+        # run again after a lost COMMIT answer: at the same `now` it sets the same values
+        # (a session it renewed is still active then: its expiry only moved later)
+        row = self._run(fn, idempotent=True)
         if row is None:
             raise NotFound("Unknown session token.")
         s = self._session(row)
@@ -967,7 +970,7 @@ class SqlStore(Store):
 
     def reset_failures(self, user_id: str) -> None:
         _check_id("user_id", user_id)
-        self._run(lambda tx: self._tx_reset(tx, user_id))
+        self._run(lambda tx: self._tx_reset(tx, user_id), idempotent=True)
 
     @staticmethod
     def _tx_reset(tx: Tx, user_id: str) -> None:

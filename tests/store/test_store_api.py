@@ -243,6 +243,45 @@ def test_a_nonce_whose_commit_answer_was_lost_is_not_a_replay_of_itself(store, m
     assert store.get_lockout("alice").failures == 1
 
 
+
+def test_session_writes_whose_commit_answer_was_lost_are_run_again(store, monkeypatch):
+    """EndSession, a ContinuousAuthenticate window's renewal and a success's failure reset
+    whose COMMIT was applied but whose answer was lost failed (``OutcomeUnknown``:
+    UNAVAILABLE "may or may not have been saved" on PostgreSQL; a verified window ended
+    its stream), though running them again changes nothing: an ended session keeps its
+    first end, a renewal at the same ``now`` sets the same expiry. They run again now
+    and answer as the first run would have."""
+    orig = store._transaction
+    lost: list[bool] = []
+
+    @contextmanager
+    def transaction(write):
+        with orig(write) as tx:
+            yield tx
+        if write and not lost:  # committed: the answer is lost
+            lost.append(True)
+            raise _AnswerLost("the connection was lost during COMMIT")
+
+    store.put_template("alice", b"x", "m")
+    a = store.create_session("alice", 60, now=T0)
+    b = store.create_session("alice", 60, now=T0)
+    store.register_failure("alice", 5, 60, now=T0)
+    monkeypatch.setattr(store, "_transaction", transaction)
+    monkeypatch.setattr(store, "_commit_lost", lambda exc: isinstance(exc, _AnswerLost),
+                        raising=False)
+    r = store.renew_session(a.token, 100, max_age_s=1000, now=T0 + 30)
+    assert lost == [True] and (r.expires_at, r.last_verified_at) == (T0 + 130, T0 + 30)
+    lost.clear()
+    e = store.end_session(b.token, "ended", now=T0 + 40)
+    assert lost == [True] and (e.ended_at, e.end_reason) == (T0 + 40, "ended")
+    lost.clear()
+    store.reset_failures("alice")
+    assert lost == [True]
+    monkeypatch.undo()
+    assert store.get_lockout("alice").failures == 0
+    assert store.get_session(a.token).expires_at == T0 + 130
+    assert store.get_session(b.token).ended_at == T0 + 40
+
 def test_sessions(store):
     store.put_template("alice", b"x", "m")
     with pytest.raises(NotFound):
