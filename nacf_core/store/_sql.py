@@ -1095,8 +1095,18 @@ class SqlStore(Store):
 
     @staticmethod
     def _attempt_row(user_id, success, score, reason, peer, duration_s, method, t) -> tuple:
-        return (user_id, t, bool(success), None if score is None else float(score),
-                str(reason)[:200], str(peer)[:200], float(duration_s), str(method)[:64])
+        # a NaN was NULL on SQLite (a NOT NULL duration: an outage, as it answered) and
+        # NaN on PostgreSQL: refused alike, naming the parameter
+        if score is not None:
+            try:
+                score = float(score)
+            except (TypeError, ValueError):
+                raise TypeError(f"'score' must be a real number or None, got {score!r} "
+                                "instead.") from None
+            if not math.isfinite(score):
+                raise ValueError(f"'score' must be a finite number, got {score!r} instead.")
+        return (user_id, t, bool(success), score, str(reason)[:200], str(peer)[:200],
+                check_finite_nonnegative("duration_s", duration_s), str(method)[:64])
 
     @staticmethod
     def _tx_attempt(tx: Tx, row: tuple) -> None:

@@ -348,3 +348,34 @@ def test_finish_authentication_refuses_a_probe_fingerprint_that_is_no_bytes(stor
                                 duration_s=0.1, method="Authenticate", max_failures=5,
                                 lock_seconds=60, probe_fingerprint=memoryview(b"fp"), now=T0)
     assert store.get_fingerprints("alice") == [("probe", b"fp")]
+
+
+def test_an_audit_row_whose_score_or_duration_is_no_finite_number_is_refused(store):
+    """An audit row's duration of NaN failed on SQLite as a store outage ("UNAVAILABLE
+    ... failed: NOT NULL constraint failed ... is it a nacf store file?") and was stored
+    on PostgreSQL; a score of NaN was stored as no score on SQLite, as NaN on PostgreSQL;
+    a score that is no number was float()'s error, naming nothing. Each is refused now on
+    both backends, naming the parameter; nothing written."""
+    store.put_template("alice", b"x", "m")
+    cases = ((dict(score=float("nan")), ValueError, "'score' must be a finite number"),
+             (dict(score=float("inf")), ValueError, "'score' must be a finite number"),
+             (dict(score="abc"), TypeError, "'score' must be a real number"),
+             (dict(duration_s=float("nan")), ValueError, "'duration_s' must be a finite"),
+             (dict(duration_s=-1.0), ValueError, "'duration_s' must be a finite number >= 0"),
+             (dict(duration_s=None), TypeError, "'duration_s' must be a real number"))
+    for kw, exc, match in cases:
+        args = {"score": 0.5, "duration_s": 0.1, **kw}
+        with pytest.raises(exc, match=match):
+            store.record_attempt("alice", True, args["score"], "r", "p", args["duration_s"],
+                                 "Authenticate", now=T0)
+        for accepted in (True, False):
+            with pytest.raises(exc, match=match):
+                store.finish_authentication(
+                    "alice", accepted, score=args["score"], reason="r", peer="p",
+                    duration_s=args["duration_s"], method="Authenticate", session_ttl_s=60,
+                    max_failures=5, lock_seconds=60, now=T0)
+    assert store.recent_attempts("alice") == [] and store.get_lockout("alice").failures == 0
+    store.record_attempt("alice", False, None, "no_signal", "p", 0, "Authenticate", now=T0)
+    store.record_attempt("alice", False, -0.25, "no_match", "p", "0.5", "Authenticate", now=T0)
+    assert [(a.score, a.duration_s) for a in store.recent_attempts("alice")] == [
+        (-0.25, 0.5), (None, 0.0)]
