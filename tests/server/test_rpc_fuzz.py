@@ -245,6 +245,7 @@ def test_admin_and_session_rpcs_answer_any_request_within_the_contract(srv, data
         user_id=data.draw(st.one_of(st.just("nobody"), odd_text)),
         device_id=data.draw(odd_text), rotate=data.draw(st.booleans())), metadata=MD)
     check(stub.GetStats, pb.GetStatsRequest(), metadata=MD)
+    check(stub.GetModel, pb.GetModelRequest(), metadata=MD)
 
 
 @FUZZ
@@ -280,7 +281,7 @@ def test_bytes_that_are_no_message_get_invalid_argument(srv, data):
     server, _, chan, _ = srv
     method = data.draw(st.sampled_from(
         ["Authenticate", "Enroll", "Identify", "GetUser", "ListUsers", "ValidateSession",
-         "RegisterDevice", "GetStats"]))
+         "RegisterDevice", "GetStats", "GetModel"]))
     raw = data.draw(st.one_of(st.binary(max_size=300),
                               st.sampled_from([b"\x0a\x02\xff\xfe", b"\x0a\x05ab",
                                                b"\xff" * 20, b"\x12\x80\x80\x80\x80\x10"])))
