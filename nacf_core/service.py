@@ -37,7 +37,6 @@ Security decisions (written down here, enforced here):
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import hmac
 import logging
@@ -93,9 +92,8 @@ _DEVICE_ID_MAX = 128
 _UNREAD = object()  # a device record that was not looked up
 
 #: ContinuousAuthenticate: how many of the session's streamed windows its replay check keeps
+#: (in the store, encrypted: ~2 KB a window)
 _STREAM_PAD_HISTORY = 64
-#: ... for how many sessions at most (the least recently streamed go first; ~2 KB a window)
-_STREAM_PAD_SESSIONS = 512
 _PROOF_FAILS = ("device proof does not verify: the device is not registered to this user, "
                 "or the secret, the signed user, device, timestamp or samples differ.")
 _ANOTHER_DEVICE = ("user {user!r} already has a registered device; binding another one "
@@ -412,12 +410,6 @@ class AuthService:
         self._last_purge = 0.0
         self._last_expire = 0.0
         self._purge_lock = threading.Lock()
-        # ContinuousAuthenticate's replay history of each session's streamed windows, by
-        # session id: (user id, the last windows' fingerprints), shared by the session's
-        # streams (see _session_windows)
-        self._stream_history: collections.OrderedDict[str, tuple[str, collections.deque]] = \
-            collections.OrderedDict()
-        self._stream_history_lock = threading.Lock()
 
     # ---------------------------------------------------------------- infrastructure
     @property
@@ -554,7 +546,6 @@ class AuthService:
             ended = self._store("expire_sessions", self.store.expire_sessions, now=now)
             for s in ended:
                 self.metrics.observe_session_duration(max(0.0, s.expires_at - s.created_at))
-            self._drop_session_windows(s.session_id for s in ended)
             self._update_active_sessions(now)
             forgotten = self._forget_changed_elsewhere()
         if n or n_sessions or n_buckets or ended or forgotten:
@@ -1334,37 +1325,22 @@ class AuthService:
         read the store before the deletion may put the row back; the next one drops it."""
         self._templates.pop(user_id, None)
         self._drop_gallery_row_and_pad_history(user_id)
-        with self._stream_history_lock:
-            for sid in [k for k, (u, _) in self._stream_history.items() if u == user_id]:
-                del self._stream_history[sid]
 
-    def _session_windows(self, session_id: str, user_id: str) -> collections.deque:
+    def _session_windows(self, session_id: str, user_id: str,
+                         have: dict[int, bytes]) -> list[tuple[str, bytes]]:
         """The fingerprints of the windows the session's ContinuousAuthenticate streams
         sent (the last ``_STREAM_PAD_HISTORY``), which each window is checked against for
         a replay: a stream's own alone let a recording replayed on a new stream of the
-        session (a client 'reconnecting' each time) pass every time. Shared by the
-        session's streams in this process (read and extended under
-        ``_stream_history_lock``); dropped when the session ends or its user is
-        forgotten, and the least recently streamed of more than ``_STREAM_PAD_SESSIONS``
-        sessions go."""
-        with self._stream_history_lock:
-            e = self._stream_history.get(session_id)
-            if e is None:
-                e = self._stream_history[session_id] = (
-                    user_id, collections.deque(maxlen=_STREAM_PAD_HISTORY))
-                while len(self._stream_history) > _STREAM_PAD_SESSIONS:
-                    self._stream_history.popitem(last=False)
-            else:
-                self._stream_history.move_to_end(session_id)
-            return e[1]
-
-    def _drop_session_windows(self, session_ids: Iterable[str]) -> None:
-        """Drop the replay history of sessions that ended (see :meth:`_session_windows`)."""
-        if not self._stream_history:
-            return
-        with self._stream_history_lock:
-            for sid in session_ids:
-                self._stream_history.pop(sid, None)
+        session (a client 'reconnecting' each time, to any replica) pass every time. Kept
+        in the store (encrypted; dropped when the session ends), so every replica's
+        streams of the session see them. ``have`` (the stream's own, by row id: updated
+        here) holds those read before: only rows new since are read and decrypted."""
+        rows = self._store("get_session_windows", self.store.get_session_windows,
+                           session_id, user_id, have.keys())
+        fresh = {rid: (fp if fp is not None else have[rid]) for rid, fp in rows}
+        have.clear()
+        have.update(fresh)
+        return [("probe", fp) for fp in fresh.values()]
 
     def _drop_gallery_row_and_pad_history(self, user_id: str) -> None:
         """Drop the user's row of Identify's gallery and its prepared PAD history."""
@@ -1389,9 +1365,7 @@ class AuthService:
         g = self._gallery_state
         gallery = {} if g is None else dict(zip(g[0], g[1]))
         keys = getattr(self.pad, "history_keys", None)
-        with self._stream_history_lock:
-            streamed = {u for u, _ in self._stream_history.values()}
-        users = (set(templates) | set(gallery) | streamed
+        users = (set(templates) | set(gallery)
                  | (set(keys()) if keys is not None else set()))
         n = 0
         stamps_of = getattr(self.store, "template_stamps", None)
@@ -1472,7 +1446,6 @@ class AuthService:
             # another call ended it after the read above (the store keeps the first end)
             return False, dur
         self.metrics.observe_session_duration(dur)
-        self._drop_session_windows((s.session_id,))
         self._update_active_sessions(now)
         log.info("session ended", extra={"event_type": "session_ended",
                                          "user_id": s.user_id, "session_id": s.session_id,
@@ -1511,12 +1484,11 @@ class AuthService:
         win = self.rec.window_s
         # every window is checked for replay like an Authenticate probe: against the
         # user's stored history and the session's streamed windows, this stream's and
-        # its earlier (or concurrent) streams' (a looped recording, also one replayed on
-        # a new stream each time)
+        # its earlier (or concurrent) streams', on any replica (a looped recording, also
+        # one replayed on a new stream each time)
         stored_fps = (self._store("get_fingerprints", self.store.get_fingerprints, user_id)
                       if self.pad is not None else [])
-        stream_fps = (self._session_windows(s.session_id, user_id) if self.pad is not None
-                      else collections.deque())
+        stream_fps: dict[int, bytes] = {}  # the session's windows read so far, by row id
         loss = float(self.config.signal_loss_s)
         stream = chunks if isinstance(chunks, ClientStream) else ClientStream(chunks)
         buf = _Buffer(max_seconds=4 * win + 1)
@@ -1661,19 +1633,20 @@ class AuthService:
                     continue
                 since_good = 0.0
                 if self.pad is not None:
+                    seen = self._session_windows(s.session_id, user_id, stream_fps)
                     with self._cpu_gate:
-                        with self._stream_history_lock:
-                            seen = list(stream_fps)
-                        v = self.pad.check(w, blk, [*stored_fps, *seen],
-                                           owner=user_id)
+                        v = self.pad.check(w, blk, [*stored_fps, *seen], owner=user_id)
                     if v.attack:  # a replay or a non-physiological signal
                         self._security_event("presentation attack", v.kind, "high",
                                              user_id, reason=v.reason, **where)
                         yield end(v.kind, 0.0, quality)
                         return
                     if v.fingerprint is not None:
-                        with self._stream_history_lock:
-                            stream_fps.append(("probe", v.fingerprint))
+                        rid = self._store("add_session_window", self.store.add_session_window,
+                                          s.session_id, user_id, v.fingerprint,
+                                          keep=_STREAM_PAD_HISTORY, now=now)
+                        if rid is not None:
+                            stream_fps[rid] = v.fingerprint
                 d = self.rec.decide(w, template)
                 score, thr = float(d.score), float(d.threshold)
                 if d.accepted:
@@ -1820,7 +1793,6 @@ class AuthService:
                             reason, device_id=device_id, now=now)
         for sess in ended:
             self.metrics.observe_session_duration(max(0.0, now - float(sess.created_at)))
-        self._drop_session_windows(sess.session_id for sess in ended)
         if ended:
             self._update_active_sessions(now)
         return ended

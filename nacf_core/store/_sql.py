@@ -675,6 +675,8 @@ class SqlStore(Store):
                              "AND ended_at IS NULL" + self.FOR_UPDATE, (user_id,))
             tx.execute("DELETE FROM device_nonces WHERE device_id IN "
                        "(SELECT device_id FROM devices WHERE user_id = ?)", (user_id,))
+            tx.execute("DELETE FROM session_windows WHERE session_id IN "
+                       "(SELECT token_hash FROM sessions WHERE user_id = ?)", (user_id,))
             for table in ("templates", "devices", "sessions", "pad_fingerprints",
                           "lockouts", "users"):
                 tx.execute(f"DELETE FROM {table} WHERE user_id = ?", (user_id,))
@@ -858,6 +860,9 @@ class SqlStore(Store):
                        "ELSE expires_at END, end_reason = CASE WHEN expires_at > ? THEN ? "
                        "ELSE 'expired' END WHERE token_hash = ? AND ended_at IS NULL",
                        (t, t, t, reason, h))
+            # its stream windows go with it (already ended: gone already, or left by a
+            # window that raced its end)
+            tx.execute("DELETE FROM session_windows WHERE session_id = ?", (h,))
             return tx.one(f"SELECT {self._SESSION_SELECT} FROM sessions WHERE token_hash = ?",
                           (h,))
 
@@ -880,11 +885,16 @@ class SqlStore(Store):
             where += " AND device_id = ?"
             args += (device_id,)
 
-        # one statement: the sessions returned are those it ended (a read, then an update,
-        # also ended a session another replica opened in between, and did not return it)
-        return [self._session(r) for r in self._run(lambda tx: tx.query(
-            f"UPDATE sessions SET ended_at = ?, end_reason = ? WHERE {where} "
-            f"RETURNING {self._SESSION_SELECT}", (t, reason, *args)))]
+        def fn(tx: Tx) -> list[tuple]:
+            # one statement: the sessions returned are those it ended (a read, then an
+            # update, also ended a session another replica opened in between, and did not
+            # return it)
+            rows = tx.query(f"UPDATE sessions SET ended_at = ?, end_reason = ? WHERE {where} "
+                            f"RETURNING {self._SESSION_SELECT}", (t, reason, *args))
+            self._tx_drop_windows(tx, [r[0] for r in rows])
+            return rows
+
+        return [self._session(r) for r in self._run(fn)]
 
     def renew_session(self, token: str, ttl_s: float, *, max_age_s: float | None = None,
                       now=None) -> Session:
@@ -938,6 +948,13 @@ class SqlStore(Store):
             "UPDATE sessions SET ended_at = expires_at, end_reason = 'expired' WHERE",
             "sessions", "expires_at", "<=", t, where="ended_at IS NULL",
             returning=self._SESSION_SELECT)
+        # the stream windows of every session not active now: those just ended, and any
+        # a window left racing another end (one scan of a table of at most
+        # keep x the sessions streaming now)
+        self._run(lambda tx: tx.execute(
+            "DELETE FROM session_windows WHERE NOT EXISTS (SELECT 1 FROM sessions "
+            "WHERE sessions.token_hash = session_windows.session_id "
+            "AND sessions.ended_at IS NULL AND sessions.expires_at > ?)", (t,)))
         return [self._session(r) for r in rows]
 
     # -- lockout and rate limits ---------------------------------------------------
@@ -1330,6 +1347,74 @@ class SqlStore(Store):
             out.append((kind, pt))
         return out
 
+    # -- ContinuousAuthenticate's replay history ------------------------------------
+    @staticmethod
+    def _window_aad(session_id: str, user_id: str) -> bytes:
+        return Cipher.aad("stream", session_id, user_id)
+
+    def add_session_window(self, session_id, user_id, fingerprint, *, keep,
+                           now=None) -> int | None:
+        _check_id("session_id", session_id)
+        _check_id("user_id", user_id)
+        if not isinstance(fingerprint, (bytes, bytearray, memoryview)) or not fingerprint:
+            raise InvalidArgument("'fingerprint' must be a PAD fingerprint (non-empty bytes, "
+                                  f"nacf_core.pad.fingerprint), got {fingerprint!r:.40}.")
+        fp = bytes(fingerprint)
+        keep = check_int_range("keep", keep, 1)
+        t = _now(now)
+
+        def fn(tx: Tx) -> int | None:
+            # locked: an end committing meanwhile (which drops the session's windows)
+            # waits for this row, or this waits for it and writes nothing
+            if tx.one("SELECT 1 FROM sessions WHERE token_hash = ? AND user_id = ? "
+                      "AND ended_at IS NULL AND expires_at > ?" + self.FOR_UPDATE,
+                      (session_id, user_id, t)) is None:
+                return None
+            kid, ct = self._cipher.encrypt(fp, self._window_aad(session_id, user_id))
+            row = tx.one("INSERT INTO session_windows (session_id, user_id, created_at, "
+                         "key_id, ciphertext) VALUES (?, ?, ?, ?, ?) RETURNING id",
+                         (session_id, user_id, t, kid, ct))
+            # the newest ``keep`` stay: one index seek finds the cut-off id
+            tx.execute("DELETE FROM session_windows WHERE session_id = ? AND id <= (SELECT "
+                       "id FROM session_windows WHERE session_id = ? ORDER BY id DESC "
+                       "LIMIT 1 OFFSET ?)", (session_id, session_id, keep))
+            self._tx_check_write_key(tx, kid)
+            return int(row[0])
+
+        return self._run(fn)
+
+    def get_session_windows(self, session_id, user_id, known=()) -> list:
+        _check_id("session_id", session_id)
+        _check_id("user_id", user_id)
+        known = frozenset(known)
+
+        def fn(tx: Tx) -> tuple[list[tuple], dict]:
+            rows = tx.query("SELECT id, key_id FROM session_windows WHERE session_id = ? "
+                            "ORDER BY id", (session_id,))
+            miss = [r[0] for r in rows if r[0] not in known]
+            cts: dict = {}
+            for i in range(0, len(miss), 500):
+                part = miss[i:i + 500]
+                cts.update(tx.query("SELECT id, ciphertext FROM session_windows WHERE id IN ("
+                                    + ", ".join("?" * len(part)) + ")", tuple(part)))
+            return rows, cts
+
+        rows, cts = self._run(fn, write=False)
+        aad = self._window_aad(session_id, user_id)
+        out: list[tuple[int, bytes | None]] = []
+        for rid, kid in rows:
+            ct = cts.get(rid)
+            out.append((int(rid), None if ct is None else self._dec(
+                kid, bytes(ct), aad, f"A stream window of user {user_id!r}")))
+        return out
+
+    def _tx_drop_windows(self, tx: Tx, session_ids: list[str]) -> None:
+        """Drop the stream windows of the sessions ``session_ids`` (their ends)."""
+        for i in range(0, len(session_ids), 500):
+            part = session_ids[i:i + 500]
+            tx.execute("DELETE FROM session_windows WHERE session_id IN ("
+                       + ", ".join("?" * len(part)) + ")", tuple(part))
+
     # -- one authentication: one read, one write ------------------------------------
     def get_auth_state(self, user_id: str, *, device_id: str | None = None,
                        fingerprints: bool = False) -> AuthState:
@@ -1532,7 +1617,11 @@ class SqlStore(Store):
             n_f, bad_fps = self._tx_reencrypt(
                 tx, old, new, "pad_fingerprints", "id, user_id, kind",
                 lambda r: (Cipher.aad("pad", r[1], r[2]), "A PAD fingerprint", r[1]))
-            n = n_t + n_d + n_f
+            n_w, bad_windows = self._tx_reencrypt(
+                tx, old, new, "session_windows", "id, session_id, user_id",
+                lambda r: (self._window_aad(r[1], r[2]), "A stream window", r[2]))
+            bad_fps |= bad_windows
+            n = n_t + n_d + n_f + n_w
             kid, ct = new.encrypt(_KEYCHECK, Cipher.aad("keycheck"))
             tx.execute("UPDATE store_meta SET key_id = ?, v = ? WHERE k = 'keycheck'",
                        (kid, ct))

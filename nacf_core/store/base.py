@@ -10,6 +10,8 @@ A :class:`Store` keeps everything the service needs to share between replicas:
 - lockout state (consecutive failures, ``locked_until``) and per-client token buckets;
 - the ``auth_attempts`` audit log and the monitoring guide's stats query;
 - presentation-attack fingerprints per user (bounded history, encrypted);
+- the PAD fingerprints of each open session's last ``ContinuousAuthenticate`` windows
+  (bounded per session, encrypted, dropped when the session ends);
 - the ``schema_migrations`` table, applied idempotently at open.
 
 Times are unix seconds (``float``), passed in by the caller (``now=``) so that tests
@@ -432,7 +434,9 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def expire_sessions(self, now: float | None = None) -> list[Session]:
-        """Mark sessions past their expiry as ended (reason ``"expired"``); return them."""
+        """Mark sessions past their expiry as ended (reason ``"expired"``); return them.
+        Drops the stream windows (:meth:`add_session_window`) of every session not
+        active at ``now``."""
 
     # -- lockout and rate limits ---------------------------------------------------
     @abc.abstractmethod
@@ -529,6 +533,24 @@ class Store(abc.ABC):
     def get_fingerprints(self, user_id: str) -> list[tuple[str, bytes]]:
         """``[(kind, fingerprint), ...]`` oldest first."""
 
+    @abc.abstractmethod
+    def add_session_window(self, session_id: str, user_id: str, fingerprint: bytes, *,
+                           keep: int, now: float | None = None) -> int | None:
+        """Append the PAD fingerprint of a window streamed on the session
+        ``session_id`` (:attr:`Session.session_id`) of ``user_id`` (encrypted, bound to
+        both) and drop its windows beyond the newest ``keep``; return the row's id, or
+        ``None`` (nothing written) when the session is not active at ``now``. A
+        session's windows go when it ends (:meth:`end_session`,
+        :meth:`end_user_sessions`, :meth:`expire_sessions`, :meth:`delete_user`)."""
+
+    @abc.abstractmethod
+    def get_session_windows(self, session_id: str, user_id: str,
+                            known: Iterable[int] = ()) -> list[tuple[int, bytes | None]]:
+        """The session's window fingerprints, oldest first, as ``(id, fingerprint)``;
+        the fingerprint is ``None`` for an id in ``known`` (the caller has it: a row's
+        id is never reused and its fingerprint never changes), neither read nor
+        decrypted."""
+
     # -- one authentication: one read, one write ------------------------------------
     def get_auth_state(self, user_id: str, *, device_id: str | None = None,
                        fingerprints: bool = False) -> AuthState:
@@ -601,7 +623,8 @@ class Store(abc.ABC):
     # -- key management ------------------------------------------------------------
     @abc.abstractmethod
     def rotate_key(self, new_key: bytes | str) -> KeyRotation:
-        """Re-encrypt every template, device secret and fingerprint under ``new_key`` in
+        """Re-encrypt every template, device secret and fingerprint (stream windows'
+        included) under ``new_key`` in
         one transaction; afterwards the store uses the new key. A row that does not
         decrypt (damaged) does not stop it: it is left as it was and named in the
         returned :class:`KeyRotation` (re-enroll the user, re-register the device).

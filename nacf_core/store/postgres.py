@@ -103,6 +103,13 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         "ALTER TABLE rate_buckets ADD COLUMN rate_per_s DOUBLE PRECISION",
         "ALTER TABLE rate_buckets ADD COLUMN burst DOUBLE PRECISION",
     ]),
+    (6, "session_windows: the replay history of each session's ContinuousAuthenticate "
+        "windows (encrypted PAD fingerprints), shared by the replicas", [
+        "CREATE TABLE session_windows (id BIGSERIAL PRIMARY KEY, "
+        "session_id TEXT NOT NULL, user_id TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL, "
+        "key_id TEXT NOT NULL, ciphertext BYTEA NOT NULL)",
+        "CREATE INDEX session_windows_session ON session_windows (session_id, id)",
+    ]),
 ]
 
 #: the most connections one store opens (PostgreSQL's own default max_connections is 100)
@@ -498,7 +505,8 @@ class PostgresStore(SqlStore):
     def _rotation_lock(self, tx: Tx) -> None:
         # writers' INSERTs wait until the rotation commits, then see its key (a row
         # inserted meanwhile would escape the rotation's SELECT, under the old key)
-        tx.execute("LOCK TABLE templates, devices, pad_fingerprints IN EXCLUSIVE MODE")
+        tx.execute("LOCK TABLE templates, devices, pad_fingerprints, session_windows "
+                   "IN EXCLUSIVE MODE")
 
     def _migration_lock(self, tx: Tx) -> None:
         tx.query("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK_ID,))

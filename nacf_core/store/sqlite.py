@@ -91,6 +91,13 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         "ALTER TABLE rate_buckets ADD COLUMN rate_per_s REAL",
         "ALTER TABLE rate_buckets ADD COLUMN burst REAL",
     ]),
+    (6, "session_windows: the replay history of each session's ContinuousAuthenticate "
+        "windows (encrypted PAD fingerprints), shared by the replicas", [
+        "CREATE TABLE session_windows (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+        "session_id TEXT NOT NULL, user_id TEXT NOT NULL, created_at REAL NOT NULL, "
+        "key_id TEXT NOT NULL, ciphertext BLOB NOT NULL)",
+        "CREATE INDEX session_windows_session ON session_windows (session_id, id)",
+    ]),
 ]
 
 

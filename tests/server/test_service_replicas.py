@@ -19,7 +19,6 @@ from nacf_core.service import AuthService
 from nacf_core.store import open_store
 
 PG_DSN = os.environ.get("NACF_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
-pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
@@ -49,6 +48,7 @@ def replicas(tmp_path, model_path):
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
+@pytest.mark.postgres
 def test_a_user_deleted_or_re_enrolled_on_another_replica_leaves_no_biometric_data_here(
         replicas):
     """DeleteUser on replica A dropped only A's copies: replica B kept the user's decoded
@@ -91,3 +91,61 @@ def test_a_user_deleted_or_re_enrolled_on_another_replica_leaves_no_biometric_da
     assert b.authenticate("again", signal_block(eeg(4, 3, 44, 8))).accepted
     assert [u for u, _ in b.identify(signal_block(eeg(4, 3, 52, 8))).candidates] == ["again"]
     assert b.authenticate("stays", signal_block(eeg(3, 3, 60, 8))).accepted
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def pad_replicas(request, tmp_path, model_path):
+    """Two services with PAD on one store, each with its own store object, as two
+    `nacf serve` processes have: on one SQLite file, or on one PostgreSQL schema."""
+    schema = f"nacf_t_{uuid.uuid4().hex[:12]}"
+    url = (f"sqlite:///{tmp_path / 'n.db'}" if request.param == "sqlite"
+           else f"{PG_DSN}{'&' if '?' in PG_DSN else '?'}schema={schema}")
+    stores, out = [], []
+    try:
+        for _ in range(2):
+            store = open_store(url, bytes(range(32)))
+            stores.append(store)
+            pipe = make_pipeline(model_path)
+            cfg = Config(data_dir=str(tmp_path), rate_limit_per_s=1000, rate_limit_burst=1000,
+                         require_device_proof=False)
+            out.append(AuthService(store, pipe, cfg, metrics=Metrics(CollectorRegistry()),
+                                   pad=PresentationAttackDetector(list(pipe.model.ch_names))))
+        yield tuple(out)
+    finally:
+        for store in stores:
+            store.close()
+        if request.param != "sqlite":
+            with psycopg.connect(PG_DSN, autocommit=True) as conn:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def _chunks(x, seconds=0.5):
+    n = int(seconds * 160)
+    return [signal_block(x[i:i + n]) for i in range(0, x.shape[0], n)]
+
+
+def test_a_recording_replayed_on_a_stream_to_another_replica_ends_the_session(pad_replicas):
+    """A stolen session token and the wearer's recorded ContinuousAuthenticate signal,
+    replayed on a new stream that reaches another replica (two `nacf serve` on one store,
+    as deploy/k8s runs them; a client reconnecting lands on either): the replay history
+    of the session's streamed windows was kept in each process, so the other replica
+    started with none, verified every replayed window and renewed the session. The
+    history is now kept in the store: the other replica ends the session (``replay``)."""
+    a, b = pad_replicas
+    a.enroll("rr1", [signal_block(eeg(1, 3, 0, 40))])
+    win = a.rec.window_s
+    s = a.store.create_session("rr1", 600)
+    recorded = eeg(1, 7, 0, 3 * win)
+    first = list(a.continuous(s.token, _chunks(recorded)))
+    assert [u.state for u in first] == ["verified"] * 3, first
+    again = list(b.continuous(s.token, _chunks(recorded)))  # replayed, on replica B
+    assert (again[-1].state, again[-1].reason) == ("ended", "replay"), again
+    assert [u.state for u in again[:-1]] == [], again  # its first window already
+    for svc in (a, b):
+        v = svc.validate_session(s.token)
+        assert (v.valid, v.reason) == (False, "replay")
+    # new signal streamed on another session, alternating replicas, is verified
+    s2 = a.store.create_session("rr1", 600)
+    for i, svc in enumerate((b, a, b)):
+        ups = list(svc.continuous(s2.token, _chunks(eeg(1, 7, 20 + i * 3 * win, 3 * win))))
+        assert [u.state for u in ups] == ["verified"] * 3, (i, ups)

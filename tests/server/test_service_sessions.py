@@ -272,7 +272,7 @@ def test_a_recording_replayed_on_a_new_stream_of_the_session_ends_it(tmp_path, m
     replayed on a new stream each time (a client 'reconnecting') every pass was verified
     and renewed the session, for ever: the replay check knew only the current stream's
     own windows. A stream's windows are now checked against the windows of the session's
-    earlier streams too (the last 64, in this process), and its end drops them."""
+    earlier streams too (the last 64, kept in the store), and its end drops them."""
     from nacf_core.pad import PresentationAttackDetector
 
     svc = sqlite_service(tmp_path, model_path)
@@ -293,9 +293,11 @@ def test_a_recording_replayed_on_a_new_stream_of_the_session_ends_it(tmp_path, m
         for start in (0, 3 * win):
             ups = list(svc.continuous(s2.token, _blocks(eeg(1, 7, 20 + start, 3 * win))))
             assert [u.state for u in ups] == ["verified"] * 3, (start, ups)
-        assert svc._stream_history and s.session_id not in svc._stream_history
+        assert svc.store.get_session_windows(s.session_id, "rp1") == []
+        assert len(svc.store.get_session_windows(s2.session_id, "rp1")) == 6
         svc.end_session(s2.token)
-        assert not svc._stream_history  # the session's end drops its windows' history
+        # the session's end drops its windows' history
+        assert svc.store.get_session_windows(s2.session_id, "rp1") == []
     finally:
         svc.store.close()
 

@@ -1,0 +1,120 @@
+"""ContinuousAuthenticate's replay history in the store (``session_windows``): shared by
+the store objects of one database (replicas), bounded per session, encrypted, dropped
+when its session ends however it ends."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from nacf_core.errors import FailedPrecondition, InvalidArgument
+from nacf_core.store import open_store
+
+T0 = 1_790_000_000.0
+
+
+def _fp(i: int) -> bytes:
+    return b"FPv1" + i.to_bytes(4, "little") * 512  # 2 KB, distinct per i
+
+
+def _rows(store):
+    return store._run(lambda tx: tx.query(
+        "SELECT session_id, user_id, ciphertext FROM session_windows ORDER BY id"),
+        write=False)
+
+
+def _session(store, user="u1", ttl=600.0):
+    if not store._run(lambda tx: tx.query("SELECT 1 FROM users WHERE user_id = ?", (user,)),
+                      write=False):
+        store.put_template(user, b"t", "m", now=T0)
+    return store.create_session(user, ttl, now=T0)
+
+
+def test_windows_are_shared_bounded_and_encrypted(store, store_url, key):
+    """Another store object on the same database (another replica) reads what this one
+    wrote; only the newest ``keep`` windows of a session stay; the table holds no
+    fingerprint in clear, and a row moved to another session does not decrypt."""
+    s, other = _session(store), _session(store)
+    ids = [store.add_session_window(s.session_id, "u1", _fp(i), keep=3, now=T0 + i)
+           for i in range(5)]
+    assert all(isinstance(i, int) for i in ids) and ids == sorted(ids)
+    store.add_session_window(other.session_id, "u1", _fp(99), keep=3, now=T0)
+    replica = open_store(store_url, key=key)
+    try:
+        got = replica.get_session_windows(s.session_id, "u1")
+        assert got == [(i, _fp(n)) for i, n in zip(ids[2:], (2, 3, 4))]
+        # the ids the caller has are neither read nor decrypted again
+        assert replica.get_session_windows(s.session_id, "u1", known=ids[2:4]) == [
+            (ids[2], None), (ids[3], None), (ids[4], _fp(4))]
+        assert [fp for _, fp in replica.get_session_windows(other.session_id, "u1")] == [
+            _fp(99)]
+    finally:
+        replica.close()
+    for _, _, ct in _rows(store):
+        ct = bytes(ct)
+        assert b"FPv1" not in ct and _fp(99)[4:68] not in ct
+    # a ciphertext copied into another session's row fails, rather than being read
+    store._run(lambda tx: tx.execute(
+        "UPDATE session_windows SET ciphertext = (SELECT ciphertext FROM session_windows "
+        "WHERE session_id = ? LIMIT 1) WHERE session_id = ?", (s.session_id,
+                                                               other.session_id)))
+    with pytest.raises(FailedPrecondition, match="stream window"):
+        store.get_session_windows(other.session_id, "u1")
+
+
+@pytest.mark.parametrize("how", ["end_session", "end_user_sessions", "expire_sessions",
+                                 "delete_user"])
+def test_a_sessions_windows_go_when_it_ends(store, how):
+    """Ending a session drops its windows (the replay history holds biometric
+    fingerprints); the windows of the user's other open sessions stay unless they end
+    too, and a window of a session no longer active is not written."""
+    s = _session(store, ttl=60.0)
+    keep = _session(store, user="u2", ttl=6000.0)
+    for sess, user in ((s, "u1"), (keep, "u2")):
+        assert store.add_session_window(sess.session_id, user, _fp(1), keep=64,
+                                        now=T0 + 1) is not None
+    if how == "end_session":
+        store.end_session(s.token, "ended", now=T0 + 2)
+    elif how == "end_user_sessions":
+        store.end_user_sessions("u1", "ended_by_admin", now=T0 + 2)
+    elif how == "expire_sessions":
+        assert [x.session_id for x in store.expire_sessions(now=T0 + 61)] == [s.session_id]
+    else:
+        store.delete_user("u1", now=T0 + 2)
+    assert store.get_session_windows(s.session_id, "u1") == []
+    assert [r[0] for r in _rows(store)] == [keep.session_id]
+    # a window arriving after the end (a stream that raced it) is not kept
+    assert store.add_session_window(s.session_id, "u1", _fp(2), keep=64,
+                                    now=T0 + 3) is None
+    assert [r[0] for r in _rows(store)] == [keep.session_id]
+
+
+def test_windows_left_by_an_end_elsewhere_go_with_the_next_expiry_sweep(store):
+    """A session whose end did not drop its windows (ended by a store of an older nacf,
+    or by hand) loses them at the next expiry sweep, as does one past its expiry."""
+    s, late = _session(store), _session(store, ttl=30.0)
+    for sess in (s, late):
+        store.add_session_window(sess.session_id, "u1", _fp(1), keep=64, now=T0 + 1)
+    store._run(lambda tx: tx.execute("UPDATE sessions SET ended_at = ?, end_reason = 'x' "
+                                     "WHERE token_hash = ?", (T0 + 2, s.session_id)))
+    store.expire_sessions(now=T0 + 31)
+    assert _rows(store) == []
+
+
+def test_key_rotation_re_encrypts_the_windows(store, key):
+    s = _session(store)
+    store.add_session_window(s.session_id, "u1", _fp(7), keep=64, now=T0 + 1)
+    out = store.rotate_key(os.urandom(32))
+    assert out.complete and out.rows >= 1
+    assert [fp for _, fp in store.get_session_windows(s.session_id, "u1")] == [_fp(7)]
+
+
+@pytest.mark.parametrize("bad", [b"", "fp", None, [b"fp"]])
+def test_a_window_that_is_no_fingerprint_is_refused(store, bad):
+    s = _session(store)
+    with pytest.raises(InvalidArgument, match="'fingerprint' must be a PAD fingerprint"):
+        store.add_session_window(s.session_id, "u1", bad, keep=64, now=T0)
+    with pytest.raises(ValueError, match="'keep'"):
+        store.add_session_window(s.session_id, "u1", b"fp", keep=0, now=T0)
+    assert _rows(store) == []
