@@ -1604,7 +1604,11 @@ class AuthService:
                 window_t = time.monotonic()
                 blk = buf.block(last_seconds=win)
                 t0 = time.perf_counter()
-                w = self.rec.windows(blk)
+                # the CPU-bound steps take the gate as an Authenticate's do (one thread at
+                # a time: many streams otherwise slowed every unary call), never with
+                # store I/O inside
+                with self._cpu_gate:
+                    w = self.rec.windows(blk)
                 acc = np.asarray(w.accepted, dtype=bool)
                 quality = _mean(np.asarray(w.quality, dtype=np.float64))
                 self.metrics.observe_signal("continuous", time.perf_counter() - t0,
@@ -1632,10 +1636,13 @@ class AuthService:
                                            expires, streamed)
                     continue
                 since_good = 0.0
-                if self.pad is not None:
-                    seen = self._session_windows(s.session_id, user_id, stream_fps)
-                    with self._cpu_gate:
-                        v = self.pad.check(w, blk, [*stored_fps, *seen], owner=user_id)
+                seen = ([] if self.pad is None else
+                        self._session_windows(s.session_id, user_id, stream_fps))
+                with self._cpu_gate:
+                    v = (None if self.pad is None else
+                         self.pad.check(w, blk, [*stored_fps, *seen], owner=user_id))
+                    d = None if v is not None and v.attack else self.rec.decide(w, template)
+                if v is not None:
                     if v.attack:  # a replay or a non-physiological signal
                         self._security_event("presentation attack", v.kind, "high",
                                              user_id, reason=v.reason, **where)
@@ -1647,7 +1654,6 @@ class AuthService:
                                           keep=_STREAM_PAD_HISTORY, now=now)
                         if rid is not None:
                             stream_fps[rid] = v.fingerprint
-                d = self.rec.decide(w, template)
                 score, thr = float(d.score), float(d.threshold)
                 if d.accepted:
                     mismatches = 0

@@ -370,3 +370,45 @@ def test_maintenance_purges_the_rate_buckets_of_clients_gone_quiet(svc_both, cap
     line = [r for r in caplog.records if getattr(r, "event_type", "") == "maintenance"]
     assert line and line[0].rate_buckets_purged == 5
     svc.check_rate_limit("10.0.0.1")  # back, and admitted
+
+
+def test_a_streams_windows_are_computed_under_the_cpu_gate_and_its_store_calls_outside(
+        tmp_path, model_path):
+    """An Authenticate's CPU-bound work (windows, decision, PAD) runs one thread at a
+    time per process (``_cpu_gate``), its store I/O concurrently; a ContinuousAuthenticate
+    window took the gate for PAD alone, so its windows and decision (most of its CPU)
+    ran beside every unary call's, and many streams slowed them all (each hand-over of
+    the GIL between the threads can cost a switch interval). Every CPU step of a window
+    now takes the gate, and no store call runs under it."""
+    from nacf_core.pad import PresentationAttackDetector
+
+    svc = sqlite_service(tmp_path, model_path)
+    svc.pad = PresentationAttackDetector(list(svc.rec.model.ch_names))
+    held: dict[str, list[bool]] = {}
+
+    def watch(obj, name):
+        fn = getattr(obj, name)
+
+        def wrapped(*a, **k):
+            held.setdefault(name, []).append(svc._cpu_gate.locked())
+            return fn(*a, **k)
+        setattr(obj, name, wrapped)
+
+    try:
+        svc.enroll("g1", [signal_block(eeg(1, 3, 0, 40))])
+        token = svc.store.create_session("g1", 600).token
+        for name in ("windows", "decide"):
+            watch(svc.rec, name)
+        watch(svc.pad, "check")
+        for name in ("get_session", "get_session_windows", "add_session_window",
+                     "renew_session"):
+            watch(svc.store, name)
+        updates = list(svc.continuous(token, _blocks(eeg(1, 3, 44, 3 * svc.rec.window_s))))
+        assert [u.state for u in updates] == ["verified"] * 3, updates
+        assert {k: v for k, v in held.items() if k in ("windows", "decide", "check")} == {
+            "windows": [True] * 3, "decide": [True] * 3, "check": [True] * 3}, held
+        for name in ("get_session", "get_session_windows", "add_session_window",
+                     "renew_session"):
+            assert held[name] and not any(held[name]), (name, held)
+    finally:
+        svc.store.close()
