@@ -207,3 +207,42 @@ def test_a_user_too_large_for_one_response_is_resource_exhausted_and_counted_so(
         chan.close()
         server.stop(0)
         svc.store.close()
+
+
+def test_a_page_that_fits_only_without_its_token_is_cut_not_read_again_for_ever(
+        tmp_path, model_path):
+    """A page cut to fit a response keeps 1 KiB for its next_page_token, but the token of
+    a 256-character id of 4-byte characters (what the store holds; the service takes
+    128 at most, an older nacf or another tool may have written more) is base64 of 1 KiB:
+    a page that fit in the room left but not with its real token was read again at the
+    same size for ever, ListUsers never answering. Each new read now asks for fewer
+    users than the last."""
+    from nacf_core._proto.nacf.v1 import auth_pb2 as pb
+    from nacf_core.server import converters as cv
+    from nacf_core.server.servicer import AuthServicer
+
+    svc = sqlite_service(tmp_path, model_path)
+    try:
+        svc.enroll("seed", [signal_block(eeg(1, 3, 0, 40))])
+        blob = svc.store.get_template("seed").blob
+        users = [chr(0x1D400 + i) * 256 for i in range(4)]  # 4-byte characters
+        for u in users:
+            svc.store.put_template(u, blob, svc.model_version)
+        page = svc.list_users(3)[0]
+        body = pb.ListUsersResponse(users=[cv.user_message(u) for u in page]).ByteSize()
+        svc.config.max_message_bytes = body + 1100  # room for the page, not its token
+        reads = []
+        list_users = svc.list_users
+
+        def counted(*a, **k):
+            reads.append(a)
+            assert len(reads) < 20, "ListUsers reads the same page again and again"
+            return list_users(*a, **k)
+
+        svc.list_users = counted
+        resp = AuthServicer.ListUsers.__wrapped__(
+            AuthServicer(svc), pb.ListUsersRequest(page_size=3), None)
+        assert resp.ByteSize() <= svc.config.max_message_bytes
+        assert 1 <= len(resp.users) < 3 and resp.next_page_token
+    finally:
+        svc.store.close()
