@@ -10,10 +10,13 @@ Formats (detected from the content, the extension only breaks ties):
   padded with dots, a record layout some strict readers refuse). Each signal is scaled
   to microvolts by its physical dimension (``uV``, ``µV``, ``mV``, ``V``, ``nV``, in any
   case, spelt out, UTF-8 or Latin-1: MNE alone knows ``uV``, ``µV`` and ``mV`` and takes
-  any other for volts); a signal with no unit or another one keeps the file's numbers
-  (logged). The EDF+ annotation channel is not a signal and becomes
-  :attr:`Recording.annotations`. In a file mixing sampling rates (MNE would upsample
-  everything to the highest), only the signals at the EEG channels' rate are kept. Labels are kept as the file writes them (``Fp1.``);
+  any other for volts); a signal with no unit keeps the file's numbers as microvolts
+  (logged); an EEG signal in a unit that is not a voltage (``counts``) is refused unless
+  ``units=`` (``file:PATH?units=uV``) states the unit of every signal; a signal that is
+  not EEG in such a unit keeps its numbers (logged). The EDF+ annotation channel is not
+  a signal and becomes :attr:`Recording.annotations`. In a file mixing sampling rates
+  (MNE would upsample everything to the highest), only the signals at the EEG channels'
+  rate are kept. Labels are kept as the file writes them (``Fp1.``);
   :mod:`nacf_core.channels` maps them to canonical names. A time range is read without
   loading the rest of the file.
 - **OpenBCI GUI text**, every variant the GUI and its tools wrote:
@@ -271,6 +274,7 @@ def read_recording(
     stop_s: float | None = None,
     format: str | None = None,
     sfreq: float | None = None,
+    units: str | None = None,
 ) -> Recording:
     """Read a recording from a file.
 
@@ -289,6 +293,11 @@ def read_recording(
     sfreq : float, optional
         Sampling rate for files that do not state one (OpenBCI SD-card logs, BrainFlow
         CSV), 1 to 100 000 Hz; ignored with a warning if the file states a different one.
+    units : str, optional
+        EDF/BDF only: the voltage unit of every signal (``"uV"``, ``"mV"``, ``"V"``,
+        ``"nV"``), instead of the physical dimensions the header states; for a file whose
+        EEG signals state a unit that is not a voltage (``counts``), which is refused
+        otherwise. The other formats are in microvolts by definition: refused there.
 
     Returns
     -------
@@ -305,8 +314,14 @@ def read_recording(
                 f"got {sfreq!r}."
             )
     start_s, stop_s = _check_range(start_s, stop_s)
+    units_uv = check_units(units)
+    if units_uv is not None and fmt not in ("edf", "bdf"):
+        raise ValueError(
+            f"'units' applies to EDF and BDF files, whose header states a unit per signal; "
+            f"{str(p)!r} is a {fmt} file, whose samples are microvolts: leave 'units' out."
+        )
     if fmt in ("edf", "bdf"):
-        rec = _read_edf(p, fmt, start_s, stop_s)
+        rec = _read_edf(p, fmt, start_s, stop_s, units_uv)
     else:
         if fmt == "openbci":
             rec = _read_openbci(p, sfreq)
@@ -659,6 +674,18 @@ _UV_PER_UNIT = {
 }
 
 
+def check_units(units: Any) -> float | None:
+    """Microvolts per unit of a ``units`` option (``None``: the units the file states)."""
+    if units is None:
+        return None
+    per_uv = unit_to_uv(units) if isinstance(units, str) else None
+    if per_uv is None:
+        raise ValueError(
+            "'units' must be one voltage unit, the unit of every signal: uV (or µV), mV, V "
+            f"or nV, in any case or spelt out (microvolts), got {units!r} instead.")
+    return per_uv
+
+
 def unit_to_uv(unit: str | None) -> float | None:
     """Microvolts per ``unit`` (``"uV"``, ``"µV"``, ``"mV"``, ``"V"``, ``"nV"``, spelt out
     or in any case); ``None`` for no unit or one that is not a voltage."""
@@ -692,16 +719,24 @@ def _edf_dimensions(path: Path) -> list[tuple[str, str, str]]:
     return out
 
 
-def _edf_uv_scale(path: Path, raw: Any, exclude: list[str]) -> np.ndarray:
+def _edf_uv_scale(
+    path: Path, fmt: str, raw: Any, exclude: list[str], units_uv: float | None = None
+) -> np.ndarray:
     """What turns each of MNE's channels into microvolts.
 
     MNE reads a physical dimension of exactly ``uV``/``µV`` (Latin-1) as 1e-6 V and ``mV``
     as 1e-3 V, and every other one (``uv``, ``UV``, UTF-8 ``µV``, ``nV``, none) as volts,
     so multiplying by 1e6 made those channels a million (``nV``: a billion) times too
-    large. Here each channel is scaled by the unit its header states; one with no unit,
-    or one that is not a voltage (a status or temperature channel), keeps the numbers
-    the file states (logged). ``1e6`` for every channel whose unit MNE read right.
+    large. Here each channel is scaled by the unit its header states (``units_uv``, the
+    microvolts per unit the caller states for every signal, replaces it); one with no
+    unit keeps the numbers the file states, taken as microvolts (logged), as does a
+    signal that is not EEG in a unit that is not a voltage (a status or temperature
+    channel; logged). An EEG signal in a unit that is not a voltage (``counts``) is a
+    ``ValueError`` naming it: its samples cannot be put in microvolts. ``1e6`` for every
+    channel whose unit MNE read right.
     """
+    from nacf_core.channels import canonical_name
+
     n = len(raw.ch_names)
     dims = [
         d for d in _edf_dimensions(path)
@@ -709,9 +744,12 @@ def _edf_uv_scale(path: Path, raw: Any, exclude: list[str]) -> np.ndarray:
     ]
     scale = np.full(n, 1e6)
     if len(dims) != n:  # not the layout MNE read: leave its scaling
+        if units_uv is not None:
+            logger.warning("%s: cannot match the header's signals to MNE's channels; "
+                           "'units' is not applied", path)
         return scale
     types = raw.get_channel_types()
-    unknown = []
+    no_unit, not_eeg, refused = [], [], []
     for k, ((label, dim, mne_dim), kind) in enumerate(zip(dims, types)):
         if kind == "stim":  # MNE keeps a status channel's numbers as they are
             mne_v = 1.0
@@ -721,23 +759,51 @@ def _edf_uv_scale(path: Path, raw: Any, exclude: list[str]) -> np.ndarray:
             mne_v = 1e-3
         else:
             mne_v = 1.0
-        uv = unit_to_uv(dim)
-        if uv is None and mne_dim == "\x83\xcaV":  # Shift-JIS micro sign, as MNE takes it
-            uv = 1.0
+        if units_uv is not None and kind != "stim":
+            uv = units_uv
+        else:
+            uv = unit_to_uv(dim)
+            if uv is None and mne_dim == "\x83\xcaV":  # Shift-JIS micro sign, as MNE takes it
+                uv = 1.0
         if uv is None:
             uv = 1.0
-            if kind != "stim":
-                unknown.append(f"{label!r} ({dim!r})" if dim else f"{label!r} (no unit)")
+            if kind == "stim":
+                pass
+            elif not dim:
+                no_unit.append(f"{label!r}")
+            elif canonical_name(label) is not None:
+                refused.append(f"{label!r} ({dim!r})")
+            else:
+                not_eeg.append(f"{label!r} ({dim!r})")
         scale[k] = uv * {1e-6: 1e6, 1e-3: 1e3}.get(mne_v, 1.0)
-    if unknown:
+    if refused:
+        more = f" and {len(refused) - 8} more" if len(refused) > 8 else ""
+        raise ValueError(
+            f"{fmt.upper()} file {str(path)!r}: {len(refused)} EEG signal(s) have a physical "
+            f"dimension that is not a voltage: {', '.join(refused[:8])}{more}; nacf cannot "
+            f"put their samples in microvolts. If the samples are in fact in a voltage unit, "
+            f"state it for every signal: file:{path}?units=uV as a SOURCE, units='uV' to "
+            f"read_recording, --units uV to nacf simulate (or mV, V, nV). Samples in ADC "
+            f"counts or arbitrary units must be converted to a voltage first."
+        )
+    if no_unit:
         logger.warning(
-            "%s: %d signal(s) state no voltage unit: %s; their numbers are taken as "
-            "microvolts", path, len(unknown), ", ".join(unknown[:8]),
+            "%s: %d signal(s) state no unit: %s; their numbers are taken as microvolts",
+            path, len(no_unit), ", ".join(no_unit[:8]),
+        )
+    if not_eeg:
+        logger.info(
+            "%s: %d signal(s) that are not EEG have a unit that is not a voltage: %s; their "
+            "numbers are kept as the file states them (never used as EEG)",
+            path, len(not_eeg), ", ".join(not_eeg[:8]),
         )
     return scale
 
 
-def _read_edf(path: Path, fmt: str, start_s: float | None, stop_s: float | None) -> Recording:
+def _read_edf(
+    path: Path, fmt: str, start_s: float | None, stop_s: float | None,
+    units_uv: float | None = None,
+) -> Recording:
     import mne
 
     reader = mne.io.read_raw_edf if fmt == "edf" else mne.io.read_raw_bdf
@@ -759,11 +825,11 @@ def _read_edf(path: Path, fmt: str, start_s: float | None, stop_s: float | None)
         logger.info("%s: %s", path, w.message)
     sfreq = _check_file_sfreq(float(raw.info["sfreq"]), f"{fmt.upper()} file {str(path)!r}")
     start, stop = _range_to_samples(start_s, stop_s, sfreq, raw.n_times, path)
+    scale = _edf_uv_scale(path, fmt, raw, exclude, units_uv)  # before reading: may refuse
     try:
         data = raw.get_data(start=start, stop=stop)  # volts, (n_channels, n_times)
     except Exception as exc:
         raise ValueError(f"cannot read samples from {str(path)!r}: {exc}") from exc
-    scale = _edf_uv_scale(path, raw, exclude)
     data = np.ascontiguousarray(data.T * (1e6 if np.all(scale == 1e6) else scale),
                                 dtype=np.float64)
     t0 = start / sfreq

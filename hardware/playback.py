@@ -59,6 +59,9 @@ class FileSource:
         keeps running: timestamps never go back).
     start_s, stop_s : float, optional
         Replay only this time range of the file.
+    units : str, optional
+        EDF/BDF: the voltage unit of every signal instead of the header's (see
+        :func:`read_recording`; ``file:PATH?units=uV``).
 
     Raises
     ------
@@ -84,6 +87,7 @@ class FileSource:
         loop: bool = False,
         start_s: float | None = None,
         stop_s: float | None = None,
+        units: str | None = None,
     ) -> None:
         speed = float(speed)
         if not math.isfinite(speed) or speed < 0:
@@ -95,13 +99,15 @@ class FileSource:
         self.loop = bool(loop)
         if isinstance(path, Recording):
             rec = path
-            if montage is not None or start_s is not None or stop_s is not None:
+            if (montage is not None or start_s is not None or stop_s is not None
+                    or units is not None):
                 raise ValueError(
-                    "'montage', 'start_s' and 'stop_s' apply when reading a file; pass a path, "
-                    "or a Recording already read with them."
+                    "'montage', 'start_s', 'stop_s' and 'units' apply when reading a file; "
+                    "pass a path, or a Recording already read with them."
                 )
         else:
-            rec = read_recording(path, montage=montage, start_s=start_s, stop_s=stop_s)
+            rec = read_recording(path, montage=montage, start_s=start_s, stop_s=stop_s,
+                                 units=units)
         if rec.n_times == 0:
             raise ValueError(f"recording {rec.path!s} has no samples to replay.")
         where = f"recording {str(rec.path)!r}" if rec.path is not None else "recording"

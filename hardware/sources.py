@@ -28,9 +28,10 @@ are refused with a ``ValueError``:
 - ``type=T`` (``lsl``): the stream's type, when several streams share the name (a
   Muse through muselsl: ``EEG``, ``PPG``, ``ACC``, ``GYRO``); without it, the ``EEG``
   one.
-- ``units=U`` (``lsl``): the voltage unit of every channel (``uV``, ``mV``, ``V``,
-  ``nV``), instead of the units the stream states; needed for a stream whose EEG
-  channels state a unit that is not a voltage (``counts``), which is refused otherwise.
+- ``units=U`` (``lsl``, ``file``: EDF/BDF): the voltage unit of every channel (``uV``,
+  ``mV``, ``V``, ``nV``), instead of the units the stream or the file header states;
+  needed for a stream or file whose EEG channels state a unit that is not a voltage
+  (``counts``), which is refused otherwise.
 
 Every source is a context manager with ``.sfreq``, ``.ch_names``,
 ``.read_chunk(timeout) -> Chunk | None`` and ``.counters``.
@@ -50,7 +51,7 @@ _OPTIONS = {
     "cyton": ("montage", "timeout"),
     "cyton-daisy": ("montage", "timeout"),
     "lsl": ("montage", "timeout", "type", "units"),
-    "file": ("montage", "speed"),
+    "file": ("montage", "speed", "units"),
 }
 
 
@@ -180,5 +181,7 @@ def open_source(spec: str, montage: Sequence[str] | str | None = None) -> Any:
     kw = {}
     if "speed" in s.options:
         kw["speed"] = _float(spec, "speed", s.options["speed"])
+    if "units" in s.options:
+        kw["units"] = s.options["units"]
     return FileSource(s.target, montage=mont, **kw)
 

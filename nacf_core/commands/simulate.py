@@ -40,6 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("recording", nargs="?", default=None,
                    help="EDF, OpenBCI GUI text, BrainFlow CSV or .npz file "
                         "(default: the first shipped demo recording)")
+    p.add_argument("--units", default=None,
+                   help="EDF/BDF: the voltage unit of every signal (uV, mV, V, nV) instead "
+                        "of the header's (for EEG signals in a unit that is not a voltage)")
     p.add_argument("--daisy", action="store_true", help="simulate a Cyton+Daisy (16 channels)")
     p.add_argument("--faults", default="", help="faults to inject (see below)")
     p.add_argument("--speed", type=finite_float(0.0, lo_open=True), default=None,
@@ -62,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         path = Path(args.recording) if args.recording else default_recording()
-        recording = read_recording(path)
+        recording = read_recording(path, units=args.units)
     except (OSError, ValueError) as exc:
         print(f"nacf simulate: {exc}", file=sys.stderr)
         return 2

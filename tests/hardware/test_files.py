@@ -759,3 +759,88 @@ def test_an_infinite_sample_is_refused_naming_the_file_row_and_channel(tmp_path,
     with pytest.raises(ValueError, match=r"infinite.*row 8.*channel 3") as ei:
         read_recording(p)
     assert str(p) in str(ei.value)
+
+
+def _edf_with_dims(tmp_path, signals, labels, dims, phys=(-3000.0, 3000.0), name="u.edf"):
+    """An EDF (256 Hz, 2 s) whose signals state the physical dimensions ``dims``."""
+    p = tmp_path / name
+    gain = _write_edf(p, signals, labels, [256] * len(signals), dim="Q", phys=phys)
+    raw = bytearray(p.read_bytes())
+    ns = len(signals)
+    off = 256 + ns * (16 + 80)  # the physical dimensions, 8 bytes per signal
+    for i, d in enumerate(dims):
+        raw[off + 8 * i : off + 8 * (i + 1)] = d.encode("latin-1").ljust(8)
+    p.write_bytes(bytes(raw))
+    return p, gain
+
+
+@pytest.mark.parametrize("dim", ["counts", "a.u.", "mV?"])
+def test_edf_eeg_channel_in_a_unit_that_is_not_a_voltage_is_refused(tmp_path, dim):
+    """An EEG signal whose physical dimension is not a voltage (ADC counts, arbitrary
+    units, a typo) was read as microvolts with only a warning, so it was enrolled and
+    matched at whatever scale it had; LSL streams are refused in that case. Now EDF is
+    too, naming the signal and its unit and how to state the unit instead."""
+    t = np.arange(0, 2, 1 / 256)
+    x = np.sin(2 * np.pi * 10 * t) * 100
+    p, _ = _edf_with_dims(tmp_path, [x, x], ["Fp1", "O2"], ["uV", dim])
+    with pytest.raises(ValueError) as err:
+        read_recording(p)
+    msg = str(err.value)
+    assert str(p) in msg and f"'O2' ({dim!r})" in msg and "'Fp1'" not in msg
+    assert f"file:{p}?units=uV" in msg and "units=" in msg
+
+
+def test_edf_units_option_states_the_unit_of_every_signal(tmp_path):
+    """``read_recording(units=U)``, ``FileSource(units=U)`` and ``file:PATH?units=U``
+    state the voltage unit of every signal instead of the header's."""
+    from nacf_core.hardware.playback import FileSource
+    from nacf_core.hardware.sources import open_source
+
+    t = np.arange(0, 2, 1 / 256)
+    x = np.sin(2 * np.pi * 10 * t) * 100
+    p, gain = _edf_with_dims(tmp_path, [x, x / 2], ["Fp1", "O2"], ["counts", "counts"])
+    rec = read_recording(p, units="uV")
+    np.testing.assert_allclose(rec.data[:, 0], x, atol=gain)
+    np.testing.assert_allclose(rec.data[:, 1], x / 2, atol=gain)
+    np.testing.assert_allclose(read_recording(p, units="mV").data[:, 0], x * 1000,
+                               atol=gain * 1000)
+    # the header's own units are replaced, a voltage one too
+    q, gain = _edf_with_dims(tmp_path, [x], ["Fp1"], ["mV"], name="mv.edf")
+    np.testing.assert_allclose(read_recording(q, units="uV").data[:, 0], x, atol=gain)
+    with FileSource(p, speed=0, units="nV") as src:
+        chunk = src.read_chunk(timeout=1.0)
+        np.testing.assert_allclose(chunk.samples[:, 0], x[: chunk.n_times] / 1000,
+                                   atol=gain / 1000 + 1e-4)
+    with open_source(f"file:{p}?units=uV&speed=0") as src:
+        chunk = src.read_chunk(timeout=1.0)
+        np.testing.assert_allclose(chunk.samples[:, 0], x[: chunk.n_times], atol=gain + 1e-4)
+
+
+def test_edf_signal_that_is_not_eeg_keeps_its_numbers_in_its_own_unit(tmp_path, caplog):
+    """A signal that is not EEG (a temperature, a pulse oximeter) in a unit that is not a
+    voltage is never used as EEG: its numbers are kept (logged), the file is read."""
+    t = np.arange(0, 2, 1 / 256)
+    x = np.sin(2 * np.pi * 10 * t) * 100
+    temp = np.full_like(t, 36.5)
+    p, gain = _edf_with_dims(tmp_path, [x, temp], ["Fp1", "Temp"], ["uV", "degC"])
+    with caplog.at_level("INFO", logger="nacf.hardware"):
+        rec = read_recording(p)
+    np.testing.assert_allclose(rec.data[:, 0], x, atol=gain)
+    np.testing.assert_allclose(rec.data[:, 1], temp, atol=gain)
+    assert any("'Temp' ('degC')" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("units", ["counts", "", "uV,mV", 5])
+def test_a_units_option_that_is_not_a_voltage_is_refused_for_files(tmp_path, units):
+    t = np.arange(0, 2, 1 / 256)
+    p, _ = _edf_with_dims(tmp_path, [t], ["Fp1"], ["uV"])
+    with pytest.raises(ValueError, match="'units' must be one voltage unit"):
+        read_recording(p, units=units)
+
+
+def test_a_units_option_on_a_format_in_microvolts_is_refused(tmp_path):
+    """Only EDF/BDF headers state a unit per signal; the other formats are microvolts by
+    definition, so ``units=`` there would only rescale them wrongly."""
+    p = write_npz(tmp_path / "r.npz", np.zeros((512, 2), np.float32), 256.0, ["Fp1", "O2"])
+    with pytest.raises(ValueError, match=r"'units' applies to EDF and BDF files"):
+        read_recording(p, units="uV")
