@@ -105,7 +105,8 @@ OPTION_HELP: dict[str, str] = {
     "tls_cert_file": "server certificate (PEM); with tls_key_file enables TLS",
     "tls_key_file": "server private key (PEM)",
     "tls_client_ca_file": "CA (PEM) for client certificates: enables mTLS (a verified client "
-                          "certificate carries every scope)",
+                          "certificate carries every scope while no API key is configured; "
+                          "with keys, each call needs its key and gets its scopes)",
     "api_keys_file": "keys file: one key per line followed by its scopes",
     "allow_open_loopback": "run without API keys, only when bound to loopback",
     "require_device_proof": "Authenticate requires the x-device-* proof metadata",

@@ -582,3 +582,14 @@ def test_max_streams_per_client_is_half_of_max_streams_unless_given(tmp_path):
     assert serve.parse_args(["--max-streams-per-client", "2"]).max_streams_per_client == 2
     text = serve.format_help()
     assert "--max-streams-per-client" in text and "NACF_MAX_STREAMS_PER_CLIENT" in text
+
+
+def test_tls_client_ca_help_says_a_certificate_alone_admits_only_without_api_keys():
+    """``nacf serve --help`` said of tls_client_ca_file that 'a verified client
+    certificate carries every scope', but with API keys configured every mTLS call needs
+    its key and gets that key's scopes (README, TLS; the interceptor): an operator
+    reading the help would expect a certificate to admit an admin call on its own."""
+    from nacf_core.config import OPTION_HELP
+
+    text = OPTION_HELP["tls_client_ca_file"]
+    assert "no API key" in text and "every scope" in text, text
