@@ -30,8 +30,10 @@ _EPILOG = """\
 SOURCE is one of:
   cyton:PORT[?montage=Fp1,Fp2,...]     OpenBCI Cyton, 8 channels, 250 Hz
   cyton-daisy:PORT                     OpenBCI Cyton+Daisy, 16 channels, 125 Hz
-  lsl:NAME[?type=EEG]                  a Lab Streaming Layer stream
-  file:PATH[?speed=N]                  a recording replayed as a live source
+  lsl:NAME[?type=EEG&units=uV]         a Lab Streaming Layer stream (units: the voltage
+                                       unit of every channel, instead of the stream's)
+  file:PATH[?speed=N&units=uV]         a recording replayed as a live source (units: EDF/BDF,
+                                       the voltage unit of every signal, instead of the header's)
 The API key: --api-key-file FILE (its first line), else NACF_API_KEY, else the first
 key of NACF_API_KEYS. A key or secret file that others can open is refused (chmod 600).
 TLS: --tls-ca (the server's CA; without it plaintext), and --tls-cert/--tls-key for a

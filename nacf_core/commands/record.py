@@ -19,7 +19,8 @@ SOURCE is one of:
   cyton-daisy:PORT                     OpenBCI Cyton+Daisy, 16 channels, 125 Hz
   lsl:NAME[?type=EEG&units=uV]         a Lab Streaming Layer stream (units: the voltage
                                        unit of every channel, instead of the stream's)
-  file:PATH[?speed=N]                  a recording replayed as a live source
+  file:PATH[?speed=N&units=uV]         a recording replayed as a live source (units: EDF/BDF,
+                                       the voltage unit of every signal, instead of the header's)
 The CSV header is 'timestamp' followed by the channel names; values are microvolts;
 dropped samples are rows with empty channel fields. Exactly round(seconds * sfreq)
 rows are written. OUT appears only when the recording is complete: a failed or

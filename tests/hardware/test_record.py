@@ -280,3 +280,16 @@ def test_record_refuses_channel_names_the_csv_header_cannot_hold(bad, tmp_path, 
     assert main(["record", "--source", f"file:{rec}?speed=0", "--seconds", "1",
                  "--out", str(out), "--montage", "a,C3,C4"]) == 0
     assert read_recording(out).ch_names == ["a", "C3", "C4"]
+
+
+def test_source_help_of_record_and_client_lists_the_units_option(capsys):
+    """``nacf client --help`` listed ``lsl:NAME[?type=EEG]`` without ``units=``, which a
+    stream in a unit that is not a voltage needs, and neither command listed it for
+    ``file:`` (EDF/BDF headers in such a unit are refused without it)."""
+    from nacf_core.cli import main
+
+    for argv in (["record", "--help"], ["client", "--help"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        out = capsys.readouterr().out
+        assert "lsl:NAME[?type=EEG&units=uV]" in out and "file:PATH[?speed=N&units=uV]" in out
