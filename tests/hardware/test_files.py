@@ -844,3 +844,20 @@ def test_a_units_option_on_a_format_in_microvolts_is_refused(tmp_path):
     p = write_npz(tmp_path / "r.npz", np.zeros((512, 2), np.float32), 256.0, ["Fp1", "O2"])
     with pytest.raises(ValueError, match=r"'units' applies to EDF and BDF files"):
         read_recording(p, units="uV")
+
+
+def test_nacf_simulate_units_states_the_unit_of_an_edf_in_counts(tmp_path, capsys):
+    """``nacf simulate`` reads its recording itself: an EDF whose EEG signals are in
+    counts is refused there too, naming ``--units``, and plays with ``--units uV``."""
+    from nacf_core.cli import main
+
+    t = np.arange(0, 2, 1 / 256)
+    x = np.sin(2 * np.pi * 10 * t) * 100
+    p, _ = _edf_with_dims(tmp_path, [x] * 8, ["Fp1", "Fp2", "C3", "C4", "P7", "P8", "O1", "O2"],
+                          ["counts"] * 8)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    assert main(["simulate", str(p), "--seconds", "0.1", "--port-dir", str(tmp_path / "a")]) == 2
+    assert "--units uV" in capsys.readouterr().err
+    assert main(["simulate", str(p), "--units", "uV", "--seconds", "0.1",
+                 "--port-dir", str(tmp_path / "b")]) == 0
