@@ -321,7 +321,7 @@ def read_recording(
             f"{str(p)!r} is a {fmt} file, whose samples are microvolts: leave 'units' out."
         )
     if fmt in ("edf", "bdf"):
-        rec = _read_edf(p, fmt, start_s, stop_s, units_uv)
+        rec = _read_edf(p, fmt, start_s, stop_s, units_uv, montage)
     else:
         if fmt == "openbci":
             rec = _read_openbci(p, sfreq)
@@ -720,7 +720,8 @@ def _edf_dimensions(path: Path) -> list[tuple[str, str, str]]:
 
 
 def _edf_uv_scale(
-    path: Path, fmt: str, raw: Any, exclude: list[str], units_uv: float | None = None
+    path: Path, fmt: str, raw: Any, exclude: list[str], units_uv: float | None = None,
+    names: list[str] | None = None,
 ) -> np.ndarray:
     """What turns each of MNE's channels into microvolts.
 
@@ -731,7 +732,8 @@ def _edf_uv_scale(
     microvolts per unit the caller states for every signal, replaces it); one with no
     unit keeps the numbers the file states, taken as microvolts (logged), as does a
     signal that is not EEG in a unit that is not a voltage (a status or temperature
-    channel; logged). An EEG signal in a unit that is not a voltage (``counts``) is a
+    channel; logged). An EEG signal (by its label, or by its name in ``names``, the
+    montage it is read under) in a unit that is not a voltage (``counts``) is a
     ``ValueError`` naming it: its samples cannot be put in microvolts. ``1e6`` for every
     channel whose unit MNE read right.
     """
@@ -771,7 +773,8 @@ def _edf_uv_scale(
                 pass
             elif not dim:
                 no_unit.append(f"{label!r}")
-            elif canonical_name(label) is not None:
+            elif canonical_name(label) is not None or (
+                    names is not None and canonical_name(names[k]) is not None):
                 refused.append(f"{label!r} ({dim!r})")
             else:
                 not_eeg.append(f"{label!r} ({dim!r})")
@@ -802,7 +805,7 @@ def _edf_uv_scale(
 
 def _read_edf(
     path: Path, fmt: str, start_s: float | None, stop_s: float | None,
-    units_uv: float | None = None,
+    units_uv: float | None = None, montage: Sequence[str] | str | None = None,
 ) -> Recording:
     import mne
 
@@ -825,7 +828,9 @@ def _read_edf(
         logger.info("%s: %s", path, w.message)
     sfreq = _check_file_sfreq(float(raw.info["sfreq"]), f"{fmt.upper()} file {str(path)!r}")
     start, stop = _range_to_samples(start_s, stop_s, sfreq, raw.n_times, path)
-    scale = _edf_uv_scale(path, fmt, raw, exclude, units_uv)  # before reading: may refuse
+    # the names the signals will be read under decide which are EEG (a montage renames)
+    names = resolve_montage(montage, len(raw.ch_names)) if montage is not None else None
+    scale = _edf_uv_scale(path, fmt, raw, exclude, units_uv, names)  # may refuse: first
     try:
         data = raw.get_data(start=start, stop=stop)  # volts, (n_channels, n_times)
     except Exception as exc:

@@ -861,3 +861,19 @@ def test_nacf_simulate_units_states_the_unit_of_an_edf_in_counts(tmp_path, capsy
     assert "--units uV" in capsys.readouterr().err
     assert main(["simulate", str(p), "--units", "uV", "--seconds", "0.1",
                  "--port-dir", str(tmp_path / "b")]) == 0
+
+
+def test_edf_signals_a_montage_names_as_eeg_are_checked_by_those_names(tmp_path):
+    """A montage renames an EDF's signals: signals labelled 'Ch1', 'Ch2' (no electrode)
+    in counts were let through as 'not EEG', then named Fp1 and O2 by the montage and
+    used as EEG at whatever scale they had. As for LSL, the names they are read under
+    decide; the header's labels are still named in the message."""
+    t = np.arange(0, 2, 1 / 256)
+    x = np.sin(2 * np.pi * 10 * t) * 100
+    p, gain = _edf_with_dims(tmp_path, [x, x], ["Ch1", "Ch2"], ["counts", "counts"])
+    with pytest.raises(ValueError, match=r"'Ch1' \('counts'\).*'Ch2' \('counts'\)"):
+        read_recording(p, montage="Fp1,O2")
+    rec = read_recording(p, montage="Fp1,O2", units="uV")
+    assert rec.ch_names == ["Fp1", "O2"]
+    np.testing.assert_allclose(rec.data[:, 1], x, atol=gain)
+    assert read_recording(p).ch_names == ["Ch1", "Ch2"]  # not EEG by their own names
