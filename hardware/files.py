@@ -786,8 +786,10 @@ def _edf_uv_scale(
             f"dimension that is not a voltage: {', '.join(refused[:8])}{more}; nacf cannot "
             f"put their samples in microvolts. If the samples are in fact in a voltage unit, "
             f"state it for every signal: file:{path}?units=uV as a SOURCE, units='uV' to "
-            f"read_recording, --units uV to nacf simulate (or mV, V, nV). Samples in ADC "
-            f"counts or arbitrary units must be converted to a voltage first."
+            f"read_recording, --units uV to nacf simulate (or mV, V, nV); a nacf train or "
+            f"nacf evaluate manifest cannot state it: convert such a file to microvolts "
+            f"(write_npz). Samples in ADC counts or arbitrary units must be converted to a "
+            f"voltage first."
         )
     if no_unit:
         logger.warning(
