@@ -388,8 +388,8 @@ class AuthService:
         # a template changed (see _gallery)
         self._gallery_state: tuple[list[str], list[bytes], np.ndarray,
                                    dict[str, bytes]] | None = None
-        # the CPU-bound part of an authentication (pipeline, PAD) runs one thread at a
-        # time per process: under the GIL more would not run in parallel, and the many
+        # the CPU-bound part of an authentication (pipeline, PAD; also of a stream's
+        # windows and of Identify) runs one thread at a time per process: under the GIL more would not run in parallel, and the many
         # short NumPy calls would hand the GIL back and forth between worker threads
         # (each hand-over can cost a switch interval); store I/O stays concurrent
         self._cpu_gate = threading.Lock()
@@ -1059,24 +1059,25 @@ class AuthService:
             # Authenticate on those samples cuts it, however the client chunked them
             resampled = buf.sfreq != self.rec.model.sfreq
             while decision is None and buf.seconds >= self.rec.window_s * (n_done + 1):
-                w = self.rec.windows(buf.block(
-                    first_seconds=(n_done + 1) * win if resampled else None))
-                acc = np.asarray(w.accepted, dtype=bool)
-                if len(acc) <= n_done:  # no whole window more after all (never expected)
-                    break
-                for j in range(n_done, len(acc)):
-                    # the test takes the fused score of every accepted window so far
-                    # (None for a window the quality gate rejected: it only costs time)
-                    if acc[j]:
-                        n_scored += 1
-                        fused = float(self.rec.decide(w.select(slice(0, j + 1)),
-                                                      template).score)
-                        decision = test.update(fused)
-                    else:
-                        decision = test.update(None)
-                    if decision is not None:
-                        w = w.select(slice(0, j + 1))
+                with self._cpu_gate:  # as Authenticate's CPU steps (no store I/O inside)
+                    w = self.rec.windows(buf.block(
+                        first_seconds=(n_done + 1) * win if resampled else None))
+                    acc = np.asarray(w.accepted, dtype=bool)
+                    if len(acc) <= n_done:  # no whole window more after all (never expected)
                         break
+                    for j in range(n_done, len(acc)):
+                        # the test takes the fused score of every accepted window so far
+                        # (None for a window the quality gate rejected: it only costs time)
+                        if acc[j]:
+                            n_scored += 1
+                            fused = float(self.rec.decide(w.select(slice(0, j + 1)),
+                                                          template).score)
+                            decision = test.update(fused)
+                        else:
+                            decision = test.update(None)
+                        if decision is not None:
+                            w = w.select(slice(0, j + 1))
+                            break
                 n_done = len(acc)
             t_proc += time.perf_counter() - t0
             if decision is not None or buf.seconds >= limit:
@@ -1087,7 +1088,8 @@ class AuthService:
             raise InvalidArgument(
                 f"the stream ended after {buf.seconds:.2f} s of signal; at least one "
                 f"{self.rec.window_s:g}-s window is needed.")
-        d = self.rec.decide(w, template)
+        with self._cpu_gate:
+            d = self.rec.decide(w, template)
         self.metrics.observe_signal("stream", t_proc, min(1.0, max(0.0, float(d.quality))))
         self.metrics.record_artifact_rejections(_codes(w.reasons))
         reasons = list(d.reasons)
@@ -1130,7 +1132,8 @@ class AuthService:
             raise InvalidArgument(f"'top_k' must be in [1, {max_k}] (0: {default_k}), "
                                   f"got {top_k}.")
         t0 = time.perf_counter()
-        w = self.rec.windows(block)
+        with self._cpu_gate:  # as Authenticate's CPU steps (no store I/O inside)
+            w = self.rec.windows(block)
         acc = np.asarray(w.accepted, dtype=bool)
         quality = _mean(np.asarray(w.quality, dtype=np.float64))
         # observed before any refusal: a signal too poor to identify is what the quality
@@ -1162,7 +1165,8 @@ class AuthService:
         backend = getattr(self.rec.pipeline, "backend", None)
         # the kernel that grows with the enrolled users, in nacfauth_kernel_duration_seconds
         # like the pipeline's own (which its instrumented kernels time)
-        with self.metrics.time_kernel("top_k", backend or default_backend_name()):
+        with self._cpu_gate, self.metrics.time_kernel("top_k",
+                                                      backend or default_backend_name()):
             idx, sc = _top_k(probe, matrix, min(k, len(ids)), backend=backend)
         scored = [(ids[int(i)], float(v)) for i, v in zip(idx[0], sc[0])]
         self._log_identify(peer, scored, thr, quality, n_left_out, t_start)

@@ -412,3 +412,39 @@ def test_a_streams_windows_are_computed_under_the_cpu_gate_and_its_store_calls_o
             assert held[name] and not any(held[name]), (name, held)
     finally:
         svc.store.close()
+
+
+def test_authenticate_stream_and_identify_compute_under_the_cpu_gate_and_store_calls_outside(
+        tmp_path, model_path):
+    """Authenticate's and ContinuousAuthenticate's CPU-bound steps run under ``_cpu_gate``
+    (one thread at a time per process), but AuthenticateStream computed its windows and
+    its sequential decisions beside them, and Identify its windows and its top-k, so
+    streams and 1:N calls slowed every other call's CPU steps (the GIL handed back and
+    forth between the threads). Their CPU steps now take the gate too, and no store call
+    runs under it."""
+    svc = sqlite_service(tmp_path, model_path, require_device_proof=False)
+    held: dict[str, list[bool]] = {}
+
+    def watch(obj, name):
+        fn = getattr(obj, name)
+
+        def wrapped(*a, **k):
+            held.setdefault(name, []).append(svc._cpu_gate.locked())
+            return fn(*a, **k)
+        setattr(obj, name, wrapped)
+
+    try:
+        svc.enroll("g1", [signal_block(eeg(1, 3, 0, 40))])
+        for name in ("windows", "decide"):
+            watch(svc.rec, name)
+        for name in ("get_auth_state", "read_gallery", "locked_user_ids"):
+            watch(svc.store, name)
+        r = svc.authenticate_stream("g1", _blocks(eeg(1, 3, 44, 12)))
+        assert r.windows_used >= 1, r.reasons
+        svc.identify(signal_block(eeg(1, 3, 60, 8)))
+        assert held["windows"] and all(held["windows"]), held
+        assert held["decide"] and all(held["decide"]), held
+        for name in ("get_auth_state", "read_gallery", "locked_user_ids"):
+            assert held[name] and not any(held[name]), (name, held)
+    finally:
+        svc.store.close()
