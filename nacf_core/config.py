@@ -62,6 +62,7 @@ _INT_RANGES: dict[str, tuple[int, int]] = {
         "continuous_mismatch_windows",
         "identify_max_k", "rate_limit_lease")},
     "max_streams_per_client": (0, _INT_MAX),
+    "max_uploads_per_client": (0, _INT_MAX),
     "max_message_bytes": (64 * 1024, 1024 ** 3),
 }
 #: The number options; each in ``(0, _FLOAT_MAX]``, or ``[lowest, _FLOAT_MAX]`` when
@@ -100,6 +101,11 @@ OPTION_HELP: dict[str, str] = {
                               "certificate; address in open mode): beyond it its stream "
                               "gets RESOURCE_EXHAUSTED at once; 0: half of max_streams, "
                               "rounded up",
+    "max_uploads_per_client": "most unary calls of one client (API key; client certificate; "
+                              "address in open mode) holding a worker thread while their "
+                              "request is on its way: beyond it a call gets "
+                              "RESOURCE_EXHAUSTED before its request is read, unless one of "
+                              "them ends within 0.25 s; 0: half of max_workers, rounded up",
     "max_message_bytes": "maximum gRPC message size, both directions (bytes)",
     "grace_period_s": "SIGTERM: seconds in-flight calls get to finish",
     "tls_cert_file": "server certificate (PEM); with tls_key_file enables TLS",
@@ -158,6 +164,7 @@ class Config:
     max_concurrent_rpcs: int = 64
     max_streams: int = 16
     max_streams_per_client: int = 0
+    max_uploads_per_client: int = 0
     max_message_bytes: int = 16 * 1024 * 1024
     grace_period_s: float = 10.0
     tls_cert_file: str = ""
@@ -220,6 +227,14 @@ class Config:
         ``max_streams`` rounded up when it is 0; never more than ``max_streams``."""
         n = self.max_streams_per_client or (self.max_streams + 1) // 2
         return min(n, self.max_streams)
+
+    @property
+    def uploads_per_client(self) -> int:
+        """The unary calls of one client that may wait for their request on a worker
+        thread at once: ``max_uploads_per_client``, or half of ``max_workers`` rounded up
+        when it is 0; never more than ``max_workers``."""
+        n = self.max_uploads_per_client or (self.max_workers + 1) // 2
+        return min(n, self.max_workers)
 
     @property
     def tls(self) -> bool:

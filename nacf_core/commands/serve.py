@@ -97,6 +97,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="most open streams of one client (API key, client certificate, or "
                         "address in open mode); 0: half of --max-streams, rounded up "
                         f"(default {d.max_streams_per_client})")
+    p.add_argument("--max-uploads-per-client", type=int, metavar="N",
+                   help="most unary calls of one client waiting on a worker thread for "
+                        "their request; 0: half of --max-workers, rounded up "
+                        f"(default {d.max_uploads_per_client})")
     p.add_argument("--max-message-bytes", type=int, metavar="N",
                    help=f"gRPC message size limit (default {d.max_message_bytes})")
     p.add_argument("--grace-period", dest="grace_period_s", type=float, metavar="S",
@@ -128,7 +132,8 @@ _FLAG_KEYS = ("grpc_address", "metrics_address", "data_dir", "store_url", "store
               "require_device_proof", "presentation_attack_detection", "tls_cert_file",
               "tls_key_file", "tls_client_ca_file",
               "reuse_port", "max_workers", "max_concurrent_rpcs", "max_streams",
-              "max_streams_per_client", "max_message_bytes", "grace_period_s",
+              "max_streams_per_client", "max_uploads_per_client", "max_message_bytes",
+              "grace_period_s",
               "lockout_threshold", "lockout_seconds", "rate_limit_per_s", "rate_limit_burst",
               "rate_limit_lease", "session_ttl_s", "session_max_age_s",
               "audit_retention_days")

@@ -11,7 +11,11 @@
   headset under continuous authentication), so the streams run on threads of their own,
   at most ``max_streams`` (:class:`~nacf_core.server.interceptors.StreamPool`), at most
   ``max_streams_per_client`` of them (default: half) one client's; a stream beyond
-  either is answered ``RESOURCE_EXHAUSTED`` at once. gRPC admits
+  either is answered ``RESOURCE_EXHAUSTED`` at once. A unary call waits for its request
+  on its worker thread: at most ``max_uploads_per_client`` calls of one client (default:
+  half of ``max_workers``) wait so at once; one beyond them is answered
+  ``RESOURCE_EXHAUSTED`` unless one of them ends within ``UPLOAD_WAIT_S`` (see
+  ``interceptors.UploadSlots``). gRPC admits
   ``max_concurrent_rpcs`` + ``max_streams`` calls in flight, so the unary calls keep
   ``max_concurrent_rpcs`` of them and their ``max_workers`` threads however many
   streams are open; beyond it gRPC answers ``RESOURCE_EXHAUSTED`` at once (counted by
@@ -440,7 +444,8 @@ class NacfServer:
         self._streams = StreamPool(cfg.max_streams, cfg.streams_per_client)
         icp = self._interceptor = AuthInterceptor(
             cfg.api_keys, self.service, self.metrics, open_mode=self.open_mode,
-            mtls=bool(cfg.tls_client_ca_file), streams=self._streams)
+            mtls=bool(cfg.tls_client_ca_file), streams=self._streams,
+            uploads_per_client=cfg.uploads_per_client)
         self._executor = futures.ThreadPoolExecutor(max_workers=cfg.max_workers,
                                                     thread_name_prefix="nacf-grpc")
         server = grpc.server(
@@ -515,6 +520,7 @@ class NacfServer:
                         "max_concurrent_rpcs": cfg.max_concurrent_rpcs,
                         "max_workers": cfg.max_workers, "max_streams": cfg.max_streams,
                         "max_streams_per_client": cfg.streams_per_client,
+                        "max_uploads_per_client": cfg.uploads_per_client,
                         "require_device_proof": cfg.require_device_proof,
                         "model_version": self.service.model_version})
         if not cfg.tls:

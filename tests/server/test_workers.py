@@ -480,3 +480,235 @@ def test_a_silent_reflection_stream_gives_its_slot_back(tmp_path, model_path):
         stop.set()
         server.stop(0)
         store.close()
+
+
+def _stalled(ch, method: str, stop: threading.Event, md, timeout: float = 60):
+    """A unary call whose client sent its headers and never sends its request (until
+    ``stop``; then it closes its side without one): its worker thread waits for it."""
+    def never():
+        stop.wait(timeout)
+        yield from ()
+
+    return ch.stream_unary(f"/nacf.v1.AuthService/{method}").future(never(), metadata=md,
+                                                                    timeout=timeout)
+
+
+def _settled(server, calls, timeout: float = 20.0) -> None:
+    """Wait until every call of ``calls`` not yet ended is in flight at the server (and
+    those the server refused have ended): the server has taken them all in."""
+    st = server._interceptor._grpc_state
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if st.active_rpc_count == sum(not c.done() for c in calls):
+            return
+        time.sleep(0.01)
+    raise AssertionError((st.active_rpc_count, [c.done() for c in calls]))
+
+
+def _wait(cond, timeout: float = 20.0) -> None:
+    t0 = time.monotonic()
+    while not cond() and time.monotonic() - t0 < timeout:
+        time.sleep(0.01)
+    assert cond()
+
+
+def test_one_client_stalling_its_uploads_cannot_take_every_worker(tmp_path, model_path,
+                                                                 caplog):
+    """gRPC's server reads a unary request on the call's worker thread and waits for it
+    as long as the call lasts: a client with a valid key that opened --max-workers unary
+    calls and never finished sending their requests (headers sent, the message stalled)
+    held every worker, and every other client's Authenticate, GetUser, GetStats waited
+    until its deadline. A client now has at most max_uploads_per_client calls waiting
+    for their request (by default half of max_workers, rounded up: 2 of 4): its call
+    beyond them is answered RESOURCE_EXHAUSTED before its request is read (within
+    UPLOAD_WAIT_S, at once when its waiting calls have stalled), naming the option,
+    counted under its method and logged (client_uploads_busy, with its client id), while
+    the other clients are served."""
+    from test_upload_cancel import StallingProxy
+
+    staller = "workers-staller-key-0123456789"
+    md_st = (("x-api-key", staller),)
+    server, store = _server(tmp_path, model_path, max_workers=4, max_concurrent_rpcs=16,
+                            api_keys={KEY: ALL, staller: ALL})
+    caplog.set_level("WARNING", logger="nacf.server")
+    server.start()
+    stop = threading.Event()
+    proxy = StallingProxy(server.address, 1024 * 1024)
+    pch = grpc.insecure_channel(proxy.address)
+    try:
+        with grpc.insecure_channel(server.address) as ch, \
+                grpc.insecure_channel(server.address) as sch:
+            stub = pbg.AuthServiceStub(ch)
+            token, secret = _enrolled_session(stub)
+            # one request stalls mid-body (1 MB of 3 reached the server), three more
+            # never start theirs: max_workers calls of the one client
+            big = pbg.AuthServiceStub(pch).ValidateSession.future(
+                pb.ValidateSessionRequest(session_token="x" * 3_000_000), metadata=md_st,
+                timeout=60)
+            assert proxy.forwarded.wait(20)
+            calls = [big] + [_stalled(sch, "GetStats", stop, md_st) for _ in range(3)]
+            # the other client is served meanwhile
+            st = stub.GetStats(pb.GetStatsRequest(), metadata=MD, timeout=10)
+            assert st.total_users == 1
+            u = stub.GetUser(pb.GetUserRequest(user_id="wearer"), metadata=MD, timeout=10)
+            assert u.user.user_id == "wearer"
+            s = _sig(eeg(1, 3, 100, 8), "hs-1")
+            r = stub.Authenticate(pb.AuthenticateRequest(user_id="wearer", signal=s),
+                                  timeout=10, metadata=(*MD, *proof_md(secret, "wearer",
+                                                                       "hs-1", s.samples)))
+            assert r.accepted
+            # two of the stalling client's calls were refused, before their requests
+            _wait(lambda: sum(c.done() for c in calls) == 2)
+            assert not big.done()  # the first one is waiting for its request
+            for c in calls:
+                if c.done():
+                    assert c.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, c.code()
+                    assert "max_uploads_per_client" in c.details() and \
+                        "at most 2" in c.details(), c.details()
+            # its next call, request complete, is refused at once: its waits have stalled
+            t0 = time.monotonic()
+            code, msg = _code(pbg.AuthServiceStub(sch).GetStats, pb.GetStatsRequest(),
+                              metadata=md_st, timeout=10)
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, (code, msg)
+            assert "max_uploads_per_client" in msg, msg
+            assert time.monotonic() - t0 < 5  # not at its deadline
+            assert _requests(server, "GetStats", "RESOURCE_EXHAUSTED") == 3
+            busy = [r for r in caplog.records
+                    if getattr(r, "event_type", "") == "client_uploads_busy"]
+            mine = server._interceptor._keys[interceptors._key_hash(staller)][0]
+            assert len(busy) == 1 and busy[0].client_id == mine, busy
+            assert busy[0].max_uploads_per_client == 2 and busy[0].method == "GetStats"
+            assert busy[0].status == "RESOURCE_EXHAUSTED"
+            assert server._interceptor.uploads.of(mine) == 2
+            # once its stalled calls end, its calls are served again
+            stop.set()
+            proxy.drop()
+            for c in calls:
+                assert c.exception(timeout=30) is not None
+            _wait(lambda: server._interceptor.uploads.of(mine) == 0)
+            assert pbg.AuthServiceStub(sch).GetStats(pb.GetStatsRequest(), metadata=md_st,
+                                                     timeout=10).total_users == 1
+    finally:
+        stop.set()
+        proxy.drop()
+        pch.close()
+        server.stop(0)
+        store.close()
+
+
+def test_a_clients_many_calls_whose_requests_come_are_not_refused(tmp_path, model_path,
+                                                                  monkeypatch):
+    """A client (a gateway, a benchmark: one key, many connections) with more calls at
+    once than max_uploads_per_client whose requests all come, if not at once (0.2 s
+    after their headers here: a slow link, a loaded server; UPLOAD_WAIT_S raised to 1 s
+    so that the machine's load cannot make it fail), is served, every call: a call
+    beyond the bound waits for one of its client's reads to end."""
+    monkeypatch.setattr(interceptors, "UPLOAD_WAIT_S", 1.0)
+    server, store = _server(tmp_path, model_path, max_workers=4, max_concurrent_rpcs=16)
+    server.start()
+    assert server.config.uploads_per_client == 2
+
+    def late():
+        time.sleep(0.2)
+        yield pb.GetStatsRequest().SerializeToString()
+
+    try:
+        with grpc.insecure_channel(server.address) as ch:
+            call = ch.stream_unary("/nacf.v1.AuthService/GetStats")
+            for _ in range(3):
+                futs = [call.future(late(), metadata=MD, timeout=30) for _ in range(4)]
+                for f in futs:
+                    assert f.exception(timeout=30) is None, (f.code(), f.details())
+        assert _requests(server, "GetStats", "OK") == 12
+    finally:
+        server.stop(0)
+        store.close()
+
+
+def test_a_unary_call_gives_its_upload_slot_back_however_it_ends(tmp_path, model_path,
+                                                                 monkeypatch):
+    """The wait of a unary call's worker for its request is registered under its client
+    until the request has come or the call has ended without it: with
+    max_uploads_per_client=1, after each of these ends a stalled call of the client
+    still refuses its next call (a wait ended twice would admit it) and, once cancelled,
+    admits it (a wait kept would refuse it): Authenticate (served on the authentication
+    thread) answered, or raising in its handler; cancelled, or past its deadline, with
+    its request on its way; its client closed its side without a request; its request
+    over max_message_bytes; a call refused, or admitted after waiting for the slot."""
+    server, store = _server(tmp_path, model_path, max_workers=3, max_concurrent_rpcs=16,
+                            max_uploads_per_client=1, max_message_bytes=64 * 1024)
+    server.start()
+    icp = server._interceptor
+    assert icp._engine is not None  # Authenticate runs on the authentication thread
+    mine = icp._keys[interceptors._key_hash(KEY)][0]
+    stop = threading.Event()
+
+    def only_one(ch, stub):
+        """No wait is registered, and one stalled call refuses the next: once it is
+        cancelled a call is admitted."""
+        _wait(lambda: icp.uploads.of(mine) == 0)
+        release = threading.Event()
+        held = _stalled(ch, "GetStats", release, MD)
+        _wait(lambda: icp.uploads.of(mine) == 1)
+        code, msg = _code(stub.Authenticate, pb.AuthenticateRequest(user_id="x"),
+                          metadata=MD, timeout=10)
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_uploads_per_client" in msg
+        assert held.cancel()
+        _wait(lambda: icp.uploads.of(mine) == 0)
+        assert stub.GetStats(pb.GetStatsRequest(), metadata=MD, timeout=10) is not None
+
+    try:
+        with grpc.insecure_channel(server.address) as ch:
+            stub = pbg.AuthServiceStub(ch)
+            only_one(ch, stub)
+            # answered by the authentication thread (an unknown user)
+            code, _ = _code(stub.Authenticate, pb.AuthenticateRequest(
+                user_id="nobody", signal=_sig(eeg(1, 3, 0, 4))), metadata=MD, timeout=30)
+            assert code != grpc.StatusCode.RESOURCE_EXHAUSTED, code
+            only_one(ch, stub)
+            # its handler raises
+
+            def boom(*a, **kw):
+                raise RuntimeError("boom")
+
+            monkeypatch.setattr(server.service, "authenticate", boom)
+            code, _ = _code(stub.Authenticate, pb.AuthenticateRequest(
+                user_id="nobody", signal=_sig(eeg(1, 3, 0, 4))), metadata=MD, timeout=30)
+            assert code == grpc.StatusCode.INTERNAL, code
+            monkeypatch.undo()
+            only_one(ch, stub)
+            # cancelled with its request on its way
+            c = _stalled(ch, "Authenticate", stop, MD)
+            _wait(lambda: icp.uploads.of(mine) == 1)
+            assert c.cancel()
+            only_one(ch, stub)
+            # its deadline passed with its request on its way
+            c = _stalled(ch, "Authenticate", stop, MD, timeout=1)
+            assert c.exception(timeout=30) is not None
+            assert c.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            only_one(ch, stub)
+            # its client closed its side without a request
+            code, _ = _code(ch.stream_unary("/nacf.v1.AuthService/Authenticate"), iter([]),
+                            metadata=MD, timeout=10)
+            assert code == grpc.StatusCode.UNIMPLEMENTED, code
+            only_one(ch, stub)
+            # its request over max_message_bytes
+            code, _ = _code(stub.Authenticate, pb.AuthenticateRequest(user_id="x" * 100_000),
+                            metadata=MD, timeout=10)
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, code
+            only_one(ch, stub)
+            # admitted once the slot it waited for was given back
+            monkeypatch.setattr(interceptors, "UPLOAD_WAIT_S", 30.0)
+            held = _stalled(ch, "GetStats", stop, MD)
+            _wait(lambda: icp.uploads.of(mine) == 1)
+            waiter = stub.GetStats.future(pb.GetStatsRequest(), metadata=MD, timeout=30)
+            _wait(lambda: icp.uploads.waiting == 1)
+            assert held.cancel()
+            assert waiter.result(timeout=30) is not None
+            monkeypatch.undo()
+            only_one(ch, stub)
+            assert icp.uploads._reads == {} and icp.uploads.waiting == 0
+    finally:
+        stop.set()
+        server.stop(0)
+        store.close()
