@@ -383,13 +383,16 @@ class CompleteOrNothing:
     path never share it), flushed to disk, then renamed over ``path`` and the folder's
     entry flushed; on an error or an interruption it is removed, and ``path`` keeps what
     it held. ``binary`` opens it for bytes, else for text (``newline=""``); ``what``
-    names ``path`` in the refusal of a directory (``"--out"``); ``mode``: its permission
-    bits before the umask (``0o600`` for a secret).
+    names ``path`` in the refusal of a directory or an empty name (``"--out"``);
+    ``mode``: its permission bits before the umask (``0o600`` for a secret).
     """
 
     def __init__(self, path: str | os.PathLike, *, binary: bool = False,
                  what: str = "path", mode: int = 0o666) -> None:
         self.path = os.fspath(path)
+        if not self.path:  # not the working directory's parent's entry of it
+            raise FileNotFoundError(f"{what} '' is an empty file name; expected a file "
+                                    "to write.")
         if os.path.isdir(self.path):
             raise IsADirectoryError(f"{what} {self.path!r} is a directory, not a file name.")
         folder, name = os.path.split(os.path.abspath(self.path))

@@ -526,6 +526,31 @@ def test_a_token_file_that_cannot_be_written_stops_authenticate_before_a_session
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.npz", "ti.npz"]
 
 
+def test_an_empty_token_file_name_stops_authenticate_before_a_session_opens(
+        server, enrolled, tmp_path, monkeypatch, capsys):
+    """--token-file '' was taken for a file to write: a part file went into the parent of
+    the working directory, the session opened, and once accepted the token could not be
+    put at '': exit 2 with the session open and its token lost."""
+    from nacf_core._proto.nacf.v1 import auth_pb2 as pb
+
+    md = (("x-api-key", KEY),)
+    before = server_stub(server).GetStats(pb.GetStatsRequest(), metadata=md)
+    probe = _piece(tmp_path, "t", [("S021R07", 54, 60)])
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    capsys.readouterr()
+    assert client(server, "authenticate", "--user", "S021", "--device-id", "hs-S021",
+                  "--secret-file", enrolled["S021"], "--source", source(probe),
+                  "--token-file", "") == 2
+    captured = capsys.readouterr()
+    assert captured.out == "", captured.out
+    assert "--token-file '' is an empty file name" in captured.err, captured.err
+    after = server_stub(server).GetStats(pb.GetStatsRequest(), metadata=md)
+    assert after.auth_attempts_today == before.auth_attempts_today
+    assert after.active_sessions == before.active_sessions
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["cwd", "t.npz"]
+
+
 def test_an_interrupt_while_the_server_decides_cancels_the_call(server, s024):
     # Ctrl-C while AuthenticateStream waits for a decision: the call must be cancelled
     # before the block reader stops. It was not: closing the reader ended the request
