@@ -335,6 +335,35 @@ def test_evaluate_refuses_a_det_format_it_cannot_draw_before_evaluating(tmp_path
     assert "png" in err and not out.exists()
 
 
+@pytest.mark.parametrize("option", ["--json", "--det"])
+def test_evaluate_refuses_an_empty_output_name_before_evaluating(tmp_path, capsys,
+                                                                  monkeypatch, option):
+    """--json '' or --det '' was taken for no output at all: the evaluation ran (minutes
+    on a full manifest) and ended with exit 0 and no report file."""
+    import nacf_core.evaluation
+
+    def evaluate(*a, **k):
+        raise AssertionError("the evaluation ran")
+
+    monkeypatch.setattr(nacf_core.evaluation, "evaluate", evaluate)
+    m = tmp_path / "m.csv"
+    m.write_text("subject,recording,role,path\n"
+                 f"S021,R03,enroll,{DEMO / 'S021R03.npz'}\n"
+                 f"S021,R07,probe,{DEMO / 'S021R07.npz'}\n")
+    assert main(["evaluate", str(m), option, "", "--no-progress"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and "Traceback" not in err
+    assert f"nacf evaluate: {option} '' is an empty file name; expected a file to write" in err
+
+
+def test_train_refuses_an_empty_out_name(tmp_path, capsys):
+    m = tmp_path / "m.csv"
+    m.write_text("subject,recording,role,path\nS1,R1,enroll,nowhere.edf\n")
+    assert main(["train", str(m), "--out", "", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "nacf train: --out '' is an empty file name; expected a file to write" in err
+
+
 # ----------------------------------------------------------------------- demo
 @pytest.mark.parametrize("argv, match", [
     (["--grpc-address", "bogus"], "argument --grpc-address: expected HOST:PORT"),

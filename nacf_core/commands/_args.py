@@ -110,14 +110,17 @@ def address(allow_empty: bool = False) -> Callable[[str], str]:
 
 
 def check_output_path(option: str, path: str | None) -> None:
-    """``ValueError`` naming ``option`` when ``path`` cannot be the file it writes: its
-    directory is missing or not writable, or the path is a directory.  Commands call it
-    before their long work, not after it."""
+    """``ValueError`` naming ``option`` when ``path`` cannot be the file it writes: it is
+    empty (``--json ''`` is no way to leave the option out), its directory is missing or
+    not writable, or the path is a directory (``None``: the option was left out).
+    Commands call it before their long work, not after it."""
     import os
     from pathlib import Path
 
-    if not path:
+    if path is None:
         return
+    if not path:
+        raise ValueError(f"{option} '' is an empty file name; expected a file to write.")
     p = Path(path)
     parent = p.parent
     if p.is_dir():
