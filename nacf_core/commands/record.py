@@ -84,6 +84,7 @@ def record(source: str, seconds: float, out: str, montage=None, timeout: float =
         The source's counters at the end.
     """
     from nacf_core._validation import check_finite_positive
+    from nacf_core.commands._args import check_output_path
     from nacf_core.config import CompleteOrNothing
     from nacf_core.hardware.sources import open_source
 
@@ -93,6 +94,7 @@ def record(source: str, seconds: float, out: str, montage=None, timeout: float =
             f"'seconds' must be at most {_MAX_SECONDS:g} (about 31 years), got {seconds!r}."
         )
     timeout = check_finite_positive("timeout", timeout)
+    check_output_path("--out", out)  # before the source is opened, not once it is read
     src = open_source(source, montage=montage)
     written = 0
     with src, CompleteOrNothing(out, what="--out") as fh:

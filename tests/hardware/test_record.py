@@ -293,3 +293,27 @@ def test_source_help_of_record_and_client_lists_the_units_option(capsys):
             main(argv)
         out = capsys.readouterr().out
         assert "lsl:NAME[?type=EEG&units=uV]" in out and "file:PATH[?speed=N&units=uV]" in out
+
+
+@pytest.mark.parametrize("where, message", [
+    ("missing/x.csv", "does not exist or is not writable"),
+    ("a_dir", "is a directory; expected a file to write"),
+    ("", "'' is an empty file name; expected a file to write"),
+])
+def test_record_refuses_an_out_it_cannot_write_before_opening_the_source(
+        where, message, tmp_path, capsys, raised_without_blocking):
+    """--out in a missing folder, a folder, or '' was tried only once the source was open
+    (an LSL stream resolved, a Cyton's session started), and '' only once every row had
+    been recorded, then lost: '[Errno 2] No such file or directory: '...part' -> '''."""
+    (tmp_path / "a_dir").mkdir()
+    out = str(tmp_path / where) if where else ""
+    rc = []
+    # nothing answers: the source alone would take the whole 30 s to give up
+    exc = raised_without_blocking(lambda: rc.append(main(
+        ["record", "--source", "lsl:nacf-absent-stream?timeout=30", "--seconds", "1",
+         "--out", out])))
+    assert exc is None and rc == [1]
+    err = capsys.readouterr().err
+    assert f"nacf record: --out {out!r}" in err and message in err, err
+    assert "LSL" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_dir"]
