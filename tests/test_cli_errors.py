@@ -364,6 +364,28 @@ def test_train_refuses_an_empty_out_name(tmp_path, capsys):
     assert "nacf train: --out '' is an empty file name; expected a file to write" in err
 
 
+@pytest.mark.parametrize("argv, match", [
+    (["train", "m.csv", "--out", "m.npz", "--name", ""],
+     "argument --name: expected a non-empty model name, got ''"),
+    (["train", "m.csv", "--out", "m.npz", "--channels", ""],
+     "argument --channels: expected comma-separated channel names, got ''"),
+    (["train", "m.csv", "--out", "m.npz", "--channels", ","],
+     "argument --channels: expected comma-separated channel names, got ',' (an empty name)"),
+    (["evaluate", "m.csv", "--channels", " "],
+     "argument --channels: expected comma-separated channel names, got ' '"),
+    (["evaluate", "m.csv", "--channels", "Fp1,,C3"],
+     "argument --channels: expected comma-separated channel names, got 'Fp1,,C3' (an empty "
+     "name)"),
+    (["simulate", "--port-dir", "", "--seconds", "0.1"],
+     "argument --port-dir: expected a non-empty directory name, got ''"),
+])
+def test_an_empty_value_is_not_taken_for_the_option_left_out(capsys, argv, match):
+    """train --name '' named the model after --out, --channels '' (or ',') fitted or
+    evaluated the default 16 channels, simulate --port-dir '' put the port in a temporary
+    folder: each as if the option had been left out, without a word."""
+    assert match in _argparse_error(capsys, argv)
+
+
 # ----------------------------------------------------------------------- demo
 @pytest.mark.parametrize("argv, match", [
     (["--grpc-address", "bogus"], "argument --grpc-address: expected HOST:PORT"),

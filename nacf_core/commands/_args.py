@@ -8,8 +8,8 @@ import argparse
 import math
 from collections.abc import Callable
 
-__all__ = ["address", "check_not_an_input", "check_output_path", "finite_float", "int_range",
-           "metadata_value", "non_empty"]
+__all__ = ["address", "channel_list", "check_not_an_input", "check_output_path",
+           "finite_float", "int_range", "metadata_value", "non_empty"]
 
 
 def finite_float(lo: float | None = None, hi: float | None = None, *,
@@ -71,6 +71,20 @@ def non_empty(what: str) -> Callable[[str], str]:
 
     parse.__name__ = what
     return parse
+
+
+def channel_list(text: str) -> str:
+    """Comma-separated channel names, none of them empty (the text as given: the command
+    checks the names themselves before it reads a recording)."""
+    want = "expected comma-separated channel names"
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"{want}, got {text!r}")
+    if any(not c.strip() for c in text.split(",")):
+        raise argparse.ArgumentTypeError(f"{want}, got {text!r} (an empty name)")
+    return text
+
+
+channel_list.__name__ = "channel list"
 
 
 def metadata_value(what: str, why: str) -> Callable[[str], str]:

@@ -9,7 +9,8 @@ import argparse
 import json
 import sys
 
-from nacf_core.commands._args import check_not_an_input, check_output_path, int_range
+from nacf_core.commands._args import (channel_list, check_not_an_input, check_output_path,
+                                      int_range)
 from nacf_core.kernels import BACKENDS, default_backend_name
 
 __all__ = ["format_report", "register", "run"]
@@ -23,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "over subjects, a model fitted and calibrated per fold on the other "
                     "subjects, repeated over --splits random fold assignments.")
     p.add_argument("manifest", help="manifest CSV")
-    p.add_argument("--channels", default=None,
+    p.add_argument("--channels", default=None, type=channel_list,
                    help="comma-separated channel names (default: the 16-channel montage "
                         "Fp1,Fp2,F3,F4,F7,F8,C3,C4,T7,T8,P3,P4,P7,P8,O1,O2); 'all' = every "
                         "EEG channel of the first recording")

@@ -53,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="stop streaming at the end of the recording instead of starting over")
     p.add_argument("--seconds", type=finite_float(0.0, 1e9, lo_open=True), default=None,
                    help="exit after this many seconds (default: until Ctrl-C)")
-    p.add_argument("--port-dir", default=None,
+    p.add_argument("--port-dir", default=None, type=non_empty("directory name"),
                    help="directory for the port symlink (default: a temporary directory)")
     p.add_argument("--lsl", metavar="NAME", type=non_empty("LSL stream name"), default=None,
                    help="push the recording to an LSL outlet NAME instead of a pty")

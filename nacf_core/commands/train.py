@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nacf_core.commands._args import check_not_an_input, check_output_path, finite_float
+from nacf_core.commands._args import (channel_list, check_not_an_input, check_output_path,
+                                      finite_float, non_empty)
 from nacf_core.kernels import BACKENDS, default_backend_name
 
 __all__ = ["register", "run"]
@@ -30,8 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "recordings). Evaluate it on OTHER subjects (nacf evaluate --model).")
     p.add_argument("manifest", help="manifest CSV (subject,recording,role,path[,start_s,stop_s])")
     p.add_argument("--out", required=True, help="model file to write (.npz)")
-    p.add_argument("--name", default=None, help="model name (default: the file stem)")
-    p.add_argument("--channels", default=None,
+    p.add_argument("--name", default=None, type=non_empty("model name"),
+                   help="model name (default: the file stem)")
+    p.add_argument("--channels", default=None, type=channel_list,
                    help="comma-separated channel names (default: the 16-channel montage)")
     # below 0.5: it is also the sequential test's alpha (Wald's bounds need alpha < 0.5)
     p.add_argument("--fmr", type=finite_float(0.0, 0.5, lo_open=True, hi_open=True),
