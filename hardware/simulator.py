@@ -119,6 +119,10 @@ class Faults:
         if self.disconnect_after is not None:
             check_finite_positive("faults.disconnect_after", self.disconnect_after)
         check_finite_positive("faults.disconnect_for", self.disconnect_for)
+        for name in ("disconnects", "seed"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+                raise ValueError(f"'faults.{name}' must be an integer >= 0, got {v!r}.")
 
     @classmethod
     def parse(cls, spec: str | None) -> Faults:

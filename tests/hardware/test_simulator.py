@@ -168,6 +168,19 @@ def test_faults_parse():
         Faults.parse("drop=x")
 
 
+@pytest.mark.parametrize("spec, match", [
+    ("disconnects=-1", r"'faults.disconnects' must be an integer >= 0, got -1"),
+    ("disconnect=2,disconnects=-3", r"'faults.disconnects' must be an integer >= 0, got -3"),
+    ("seed=-1", r"'faults.seed' must be an integer >= 0, got -1"),
+])
+def test_faults_that_cannot_be_are_named(spec, match):
+    """disconnects=-1 was taken as no disconnect at all (a test of a reader's recovery
+    streamed a clean signal), and seed=-1 was refused only by NumPy, as 'expected
+    non-negative integer', naming neither the fault nor the value."""
+    with pytest.raises(ValueError, match=match):
+        Faults.parse(spec)
+
+
 def test_no_reader_keeps_memory_bounded(recording):
     with SimulatedCyton(recording, realtime=True, speed=50) as sim:
         fd = os.open(sim.port, os.O_RDWR | os.O_NOCTTY)
