@@ -43,6 +43,7 @@ Exit status: 0 accepted (or done), 1 rejected (or the server ended the session),
 """
 
 _MAX_SMALL_FILE = 4096  # an API key or a device secret file
+_MAX_PEM_FILE = 1 << 20  # a TLS certificate (chain) or key, as nacf serve reads them
 # a headset's id: the device proof carries it in x-device-id metadata, so one that is not
 # ASCII could be bound (the server takes any printable id) but never authenticate
 _DEVICE_ID = metadata_value("device id", "the device proof carries it in gRPC metadata")
@@ -187,19 +188,50 @@ def _channel(args: argparse.Namespace):
     if args.tls_ca is None and args.tls_cert is None:
         return grpc.insecure_channel(args.server, options=options)
 
-    def pem(path: str | None, what: str) -> bytes | None:
-        if path is None:
-            return None
-        try:
-            with open(path, "rb") as f:
-                return f.read()
-        except OSError as e:
-            raise ValueError(f"{what} {path!r} cannot be read: {e.strerror}.") from None
+    def pem(path: str | None, option: str, what: str) -> bytes | None:
+        return None if path is None else _read_pem(path, option, what)
 
-    creds = grpc.ssl_channel_credentials(root_certificates=pem(args.tls_ca, "--tls-ca"),
-                                         private_key=pem(args.tls_key, "--tls-key"),
-                                         certificate_chain=pem(args.tls_cert, "--tls-cert"))
+    ca = pem(args.tls_ca, "--tls-ca", "certificate")
+    cert = pem(args.tls_cert, "--tls-cert", "certificate")
+    key = pem(args.tls_key, "--tls-key", "private key")
+    creds = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key,
+                                         certificate_chain=cert)
     return grpc.secure_channel(args.server, creds, options=options)
+
+
+def _read_pem(path: str, option: str, what: str) -> bytes:
+    """The PEM bytes of a TLS file (``what``: ``"certificate"`` or ``"private key"``),
+    checked: gRPC takes anything and reports a file that is not PEM only as a server it
+    cannot reach. ``ValueError`` naming the option: not a regular file (a FIFO, a device,
+    a directory; never read, so never blocked on), over 1 MiB, or not PEM of that kind."""
+    from nacf_core.config import read_regular_file
+    from nacf_core.errors import InvalidArgument
+
+    try:
+        data = read_regular_file(path, f"{option} file", _MAX_PEM_FILE)
+    except InvalidArgument as e:  # "cannot read --tls-ca file '...': ...", "... is a FIFO"
+        raise ValueError(str(e)) from None
+    if what == "certificate":
+        from cryptography import x509
+
+        try:
+            x509.load_pem_x509_certificates(data)
+            return data
+        except ValueError:
+            block = "one or more '-----BEGIN CERTIFICATE-----' blocks"
+    else:
+        from cryptography.exceptions import UnsupportedAlgorithm
+        from cryptography.hazmat.primitives import serialization
+
+        try:
+            serialization.load_pem_private_key(data, password=None)
+            return data
+        except TypeError:
+            raise ValueError(f"{option} {path!r} is an encrypted private key; expected an "
+                             "unencrypted PEM private key.") from None
+        except (ValueError, UnsupportedAlgorithm):
+            block = "a '-----BEGIN ... PRIVATE KEY-----' block"
+    raise ValueError(f"{option} {path!r} is not a PEM {what}: expected {block}.")
 
 
 def _check_server(channel, args: argparse.Namespace) -> None:

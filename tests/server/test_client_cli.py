@@ -453,6 +453,72 @@ def test_a_server_that_cannot_be_reached_is_said_before_the_source_is_read(tmp_p
     assert f"nacf client enroll: cannot reach nacf serve at {addr} (UNAVAILABLE:" in err, err
 
 
+def _pem_pair(tmp_path) -> tuple:
+    """A self-signed certificate and its key (PEM files)."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    k = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.UTC)
+    c = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+         .public_key(k.public_key()).serial_number(1).not_valid_before(now)
+         .not_valid_after(now + dt.timedelta(days=1)).sign(k, hashes.SHA256()))
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert.write_bytes(c.public_bytes(serialization.Encoding.PEM))
+    key.write_bytes(k.private_bytes(serialization.Encoding.PEM,
+                                    serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption()))
+    return cert, key
+
+
+@pytest.mark.parametrize("option", ["--tls-ca", "--tls-cert", "--tls-key"])
+@pytest.mark.parametrize("what", ["fifo", "dev_zero", "directory", "garbage", "missing"])
+def test_tls_files_that_are_not_pem_files_are_refused_at_once(
+        tmp_path, capsys, raised_without_blocking, option, what):
+    """A FIFO given as --tls-ca (or --tls-cert, --tls-key) blocked the client forever,
+    /dev/zero was read until memory ran out, and a file that is not PEM was reported as
+    'cannot reach nacf serve at ...' (after gRPC's own log lines): they are refused before
+    any connection, naming the option and saying what was expected."""
+    path = {"fifo": tmp_path / "fifo", "dev_zero": "/dev/zero", "directory": tmp_path,
+            "garbage": tmp_path / "garbage", "missing": tmp_path / "missing"}[what]
+    if what == "fifo":
+        os.mkfifo(path)
+    if what == "garbage":
+        path.write_bytes(bytes(range(256)) * 4)
+    cert, key = _pem_pair(tmp_path)
+    pair = {"--tls-cert": ["--tls-key", str(key)], "--tls-key": ["--tls-cert", str(cert)],
+            "--tls-ca": []}[option]
+    addr = f"127.0.0.1:{_free_port()}"
+    ns = build_parser().parse_args(["client", "enroll", "--server", addr, "--api-key-file",
+                                    _key_file(KEY), "--user", "u", "--source",
+                                    source(demo("S021R03")), option, str(path), *pair])
+    capsys.readouterr()
+    rc = []
+    assert raised_without_blocking(lambda: rc.append(ns.func(ns))) is None
+    assert rc == [2]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("nacf client enroll: "), err
+    assert f"{option} file {str(path)!r}" in err[0] or f"{option} {str(path)!r}" in err[0], err
+    assert "cannot reach" not in err[0]
+
+
+def test_tls_files_that_are_pem_pass_the_check(tmp_path):
+    from nacf_core.commands.client import _read_pem
+
+    cert, key = _pem_pair(tmp_path)
+    assert _read_pem(str(cert), "--tls-ca", "certificate") == cert.read_bytes()
+    assert _read_pem(str(key), "--tls-key", "private key") == key.read_bytes()
+    with pytest.raises(ValueError, match="--tls-key .* is not a PEM private key"):
+        _read_pem(str(cert), "--tls-key", "private key")
+    with pytest.raises(ValueError, match="--tls-ca .* is not a PEM certificate"):
+        _read_pem(str(key), "--tls-ca", "certificate")
+
+
 def test_an_interrupt_during_register_device_still_keeps_the_secret_the_server_issued(
         server, enrolled, tmp_path, monkeypatch, capsys):
     # SIGTERM (as Ctrl-C) while RegisterDevice is in flight: the server binds the headset
