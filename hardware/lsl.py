@@ -8,8 +8,9 @@ channel labels, units and nominal rate from the stream's description, and pulls
 chunks. Timestamps are mapped to this machine's LSL clock (``pylsl.local_clock()``)
 with ``inlet.time_correction()``, refreshed every ``clock_refresh_s`` seconds. A stream
 is refused (``ValueError``) before an inlet is opened when its header is unreadable
-(liblsl cannot parse a NaN or infinite rate) or its nominal rate is irregular (0) or
-above ``nacf_core._validation.MAX_SAMPLE_RATE_HZ`` (100 kHz); and once connected,
+(liblsl cannot parse a NaN or infinite rate) or its nominal rate is irregular (0), below
+1 Hz (liblsl buffers nothing of it) or above ``nacf_core._validation.MAX_SAMPLE_RATE_HZ``
+(100 kHz); and once connected,
 when its labels name a channel twice and no ``montage`` replaces them, or when an EEG
 channel states a unit that is not a voltage and no ``units`` replaces them (see Units).
 
@@ -94,6 +95,11 @@ def _pylsl():
                 pass
     return pylsl
 
+
+# the slowest stream read: liblsl sizes an inlet's buffer as max_buflen seconds of samples
+# at the nominal rate, none below 1/max_buflen Hz (nothing ever arrives), and below that
+# pull_chunk can spin past its timeout; no EEG stream is anywhere near 1 Hz
+MIN_LSL_RATE_HZ = 1.0
 
 # how long, and for how many streams, a resolve by name looks on after the first answer
 _GATHER_S = 0.5
@@ -268,10 +274,10 @@ class LslSource:
                 f"LSL stream {info.name()!r} has an irregular rate (nominal_srate "
                 f"{sfreq}); nacf needs a regularly sampled EEG stream."
             )
-        if not math.isfinite(sfreq) or sfreq < 0 or sfreq > MAX_SAMPLE_RATE_HZ:
+        if not math.isfinite(sfreq) or not MIN_LSL_RATE_HZ <= sfreq <= MAX_SAMPLE_RATE_HZ:
             raise ValueError(
-                f"LSL stream {info.name()!r} has an invalid nominal_srate {sfreq!r} Hz; "
-                f"nacf needs a finite rate in (0, {MAX_SAMPLE_RATE_HZ:g}] Hz."
+                f"LSL stream {info.name()!r} has an invalid nominal_srate {sfreq:g} Hz; "
+                f"nacf needs a finite rate in [{MIN_LSL_RATE_HZ:g}, {MAX_SAMPLE_RATE_HZ:g}] Hz."
             )
         return sfreq
 

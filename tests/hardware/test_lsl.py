@@ -176,15 +176,19 @@ def test_make_outlet_rejects_bad_arguments():
         make_outlet("x", ["a"], 0)
 
 
-@pytest.mark.parametrize("rate", [float("nan"), float("inf"), 1e300, 0.0])
+@pytest.mark.parametrize("rate", [float("nan"), float("inf"), 1e300, 0.0, 0.02, 1e-300])
 def test_bad_nominal_rate_is_refused_before_the_inlet(rate):
+    """(A rate below 1 Hz was taken: liblsl sizes the inlet's buffer as max_buflen seconds
+    of samples, none at 0.02 Hz, so nothing ever arrived; at 1e-300 Hz pull_chunk spun in
+    liblsl past its timeout, the reader hung.)"""
     name = f"nacf-test-{uuid.uuid4().hex[:8]}"
     outlet = pylsl.StreamOutlet(pylsl.StreamInfo(name, "EEG", 2, rate, pylsl.cf_float32,
                                                  f"sid-{name}"))
     if rate == 0:
         msg = f"LSL stream '{name}' has an irregular rate"
     elif math.isfinite(rate):
-        msg = rf"LSL stream '{name}' has an invalid nominal_srate 1e\+300 Hz.*100000\]"
+        msg = (rf"LSL stream '{name}' has an invalid nominal_srate {rate:g} Hz.*\[1, "
+               r"100000\]").replace("+", r"\+")
     else:  # liblsl's resolver cannot parse the header: the stream is named by the query
         msg = f"LSL stream name '{name}' sent a header liblsl could not read.*NaN, infinite"
     try:
