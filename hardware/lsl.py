@@ -30,7 +30,11 @@ end, like a file) and ``counters.extra["lost"]`` is 1. ``reconnect_s=0`` ends at
 Samples: LSL carries no sample counter, so gaps cannot be detected the way a Cyton's
 counter reveals them; ``counters.ok`` counts the samples received. The inlet buffers up
 to ``max_buflen`` seconds; a consumer that reads through
-:class:`~nacf_core.hardware.epoching.EpochStream` keeps it drained.
+:class:`~nacf_core.hardware.epoching.EpochStream` keeps it drained. A sample that is no
+number of microvolts (sent infinite, or too large for float32 once scaled) is delivered as
+NaN, a dropped sample, as a file's would be; a timestamp that is not finite (an outlet
+that stamps NaN) is replaced by the arrival time, the chunk's samples evenly spaced
+before it.
 
 Units: channels whose ``unit`` says volts, millivolts or nanovolts (any case, ``V``,
 ``mV``, ``nV`` or spelt out) are scaled to microvolts; µV, and no unit (or a blank one:
@@ -192,6 +196,7 @@ class LslSource:
         self._offset_at = -math.inf
         self._ended = False
         self._closed = False
+        self._warned_stamps = False
 
     # ------------------------------------------------------------------ resolving
     def _describe(self) -> str:
@@ -445,11 +450,25 @@ class LslSource:
             return self._empty()
         self._refresh_clock()
         # the stream's own dtype (float32, double64, int16, ...) -> float32 microvolts
-        samples = np.array(data, dtype=np.float32, copy=True).reshape(n, len(self._ch_names))
-        if self._scale is not None:
-            samples *= self._scale.astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):  # (past float32: inf, below)
+            samples = np.array(data, dtype=np.float32, copy=True).reshape(
+                n, len(self._ch_names))
+            if self._scale is not None:
+                samples *= self._scale.astype(np.float32)
+        # a value that is no number of microvolts (sent infinite, or too large for float32)
+        # is a dropped sample, as a file's would be: never an infinite microvolt value
+        samples[np.isinf(samples)] = np.nan
+        stamps = np.asarray(ts, np.float64) + self._offset
+        bad = ~np.isfinite(stamps)
+        if bad.any():  # an outlet that stamps NaN: the arrival time, evenly spaced before
+            now = _pylsl().local_clock()
+            stamps[bad] = (now - (n - 1 - np.arange(n)) / self._sfreq)[bad]
+            if not self._warned_stamps:
+                self._warned_stamps = True
+                logger.warning("LSL stream %s sent timestamps that are not finite; they are "
+                               "replaced by the arrival time", self._describe())
         self.counters.ok += n
-        return Chunk(samples, np.asarray(ts, np.float64) + self._offset, self.ch_names, self._sfreq)
+        return Chunk(samples, stamps, self.ch_names, self._sfreq)
 
     def _lost(self) -> Chunk | None:
         logger.warning("LSL stream %s vanished", self._describe())

@@ -395,3 +395,37 @@ def test_a_name_shared_by_several_streams_reads_the_eeg_one_or_the_type_asked():
             assert (src.sfreq, len(src.ch_names)) == (64.0, 3)
     finally:
         del outlets
+
+
+@pytest.mark.parametrize("fmt", [pylsl.cf_float32, pylsl.cf_double64])
+def test_samples_that_are_not_numbers_are_dropped_samples_and_stamps_stay_finite(fmt):
+    """An infinite sample (or a double too large for float32) came out as an infinite
+    microvolt value, which no file source ever hands out (a value that is not a number is
+    a dropped sample, NaN); a NaN timestamp from the outlet came out as a NaN timestamp
+    (written as 'nan' by nacf record). Non-finite stamps are now the arrival time, the
+    samples evenly spaced before it."""
+    name = f"nacf-test-{uuid.uuid4().hex[:8]}"
+    info = pylsl.StreamInfo(name, "EEG", 2, 100.0, fmt, f"sid-{name}")
+    info.set_channel_labels(["Cz", "Pz"])
+    info.set_channel_units(["uV", "mV"])  # 3e38 mV: past float32 once in microvolts
+    outlet = pylsl.StreamOutlet(info)
+    big = 1e300 if fmt == pylsl.cf_double64 else 3e38
+    x = np.array([[np.inf, 1.0], [2.0, -np.inf], [np.nan, 3.0], [-big, big], [4.0, 5.0]])
+    try:
+        with LslSource(name=name, timeout=10, reconnect_s=0) as src:
+            assert outlet.wait_for_consumers(10)
+            outlet.push_chunk(x.astype(np.float32 if fmt == pylsl.cf_float32 else np.float64),
+                              [float("nan")] * 5)
+            got, stamps, t = [], [], time.monotonic()
+            while sum(len(c) for c in got) < 5 and time.monotonic() - t < 10:
+                c = src.read_chunk(timeout=0.5)
+                got.append(c.samples)
+                stamps.append(c.timestamps)
+        y, ts = np.concatenate(got), np.concatenate(stamps)
+        want = np.array([[np.nan, 1e3], [2, np.nan], [np.nan, 3e3],
+                         [np.nan if big > 1e38 * 4 else -big, np.nan], [4, 5e3]], np.float32)
+        np.testing.assert_array_equal(y, want)
+        assert np.isfinite(ts).all() and np.all(np.diff(ts) > 0), ts
+        assert abs(ts[-1] - pylsl.local_clock()) < 10
+    finally:
+        del outlet
