@@ -378,6 +378,8 @@ def test_train_refuses_an_empty_out_name(tmp_path, capsys):
      "name)"),
     (["simulate", "--port-dir", "", "--seconds", "0.1"],
      "argument --port-dir: expected a non-empty directory name, got ''"),
+    (["simulate", "", "--seconds", "0.1"],
+     "argument recording: expected a non-empty recording file name, got ''"),
 ])
 def test_an_empty_value_is_not_taken_for_the_option_left_out(capsys, argv, match):
     """train --name '' named the model after --out, --channels '' (or ',') fitted or

@@ -38,6 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("recording", nargs="?", default=None,
+                   type=non_empty("recording file name"),
                    help="EDF, OpenBCI GUI text, BrainFlow CSV or .npz file "
                         "(default: the first shipped demo recording)")
     p.add_argument("--units", default=None,
