@@ -220,6 +220,9 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
     server_version = "nacf-sidecar"
+    # an error found before the request's version is read is answered as HTTP/1.0 (the
+    # default, HTTP/0.9, has no status line and no headers)
+    default_request_version = "HTTP/1.0"
     timeout = 60  # seconds an idle keep-alive connection (a scraper's) may stay open
 
     def setup(self) -> None:
@@ -246,7 +249,36 @@ class _Handler(BaseHTTPRequestHandler):
         ok = super().parse_request()  # the headers are read: the deadline is met
         self._reader.deadline = None
         self.connection.settimeout(self.timeout)  # for writing the answer
+        if ok and not self.request_version.startswith("HTTP/1."):
+            # HTTP/0.9 (its answer would have no status line) or a major version beyond
+            # 1 that http.server let through
+            self.request_version = self.default_request_version
+            self.send_error(505, f"the sidecar speaks HTTP/1.0 and HTTP/1.1, not "
+                                 f"{self.requestline.rsplit(' ', 1)[-1]!r}")
+            return False
         return ok
+
+    def send_error(self, code: int, message: str | None = None,
+                   explain: str | None = None) -> None:
+        """An error http.server finds (a bad request line or version, headers too long)
+        as the sidecar's other errors: JSON ``{"error": ...}`` under the standard reason
+        phrase, and the connection closed. (http.server put its message, which quotes
+        the request, into the status line, and sent an HTML page.)"""
+        self.log_error("code %d, message %s", code, message)
+        self.close_connection = True
+        if not self.request_version.startswith("HTTP/1."):
+            self.request_version = self.default_request_version  # a status line, always
+        text = message or self.responses.get(code, ("error",))[0]
+        if explain:
+            text = f"{text}: {explain}"
+        data = (json.dumps({"error": text}) + "\n").encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
 
     def log_message(self, fmt: str, *args: Any) -> None:  # access log at DEBUG, as JSON
         log.debug("sidecar %s", fmt % args, extra={"event_type": "http_access",

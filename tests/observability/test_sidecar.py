@@ -376,3 +376,51 @@ def test_a_check_still_running_is_not_started_again():
     assert ok and detail["checks"]["store"]["status"] == "healthy"
     assert len(started) == 2
     assert reg.get_sample_value("nacfauth_component_up", {"component": "store"}) == 1
+
+
+def _exchange(sc, raw: bytes) -> bytes:
+    """Send ``raw`` on a fresh connection, half-close it, return all that comes back."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", sc.port), timeout=10) as s:
+        try:
+            s.sendall(raw)
+            s.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # answered and closed before reading all of it
+        return _answer(s)
+
+
+def _status_and_json(answer: bytes) -> tuple[int, dict[str, str], dict]:
+    """The status, headers and JSON body of the one response in ``answer``, checking
+    that it is a whole HTTP/1.1 response and nothing else."""
+    head, sep, body = answer.partition(b"\r\n\r\n")
+    assert sep and head.startswith(b"HTTP/1.1 "), answer[:300]
+    status_line, *lines = head.decode("ascii").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines)
+    assert int(headers["Content-Length"]) == len(body), answer[:300]
+    assert headers["Content-Type"] == "application/json"
+    return int(status_line.split()[1]), headers, json.loads(body)
+
+
+@pytest.mark.parametrize("request_line, status, reason", [
+    (b"GARBAGE", 400, "Bad Request"),
+    (b"GET /health/live HTTP/x", 400, "Bad Request"),
+    (b"GET /health/live http/1.1", 400, "Bad Request"),
+    (b"GET /health/live HTTP/2.0", 505, "HTTP Version Not Supported"),
+    (b"GET /health/live HTTP/0.9", 505, "HTTP Version Not Supported"),
+    (b"GET /a b HTTP/1.1", 400, "Bad Request"),
+])
+def test_a_bad_request_line_gets_a_whole_http_answer(env, request_line, status, reason):
+    """An error found before the request's version was read (a garbage line, a bad or
+    unsupported version) was answered as to an HTTP/0.9 client: an HTML page with no
+    status line and no headers, which no HTTP client, probe or proxy can read; HTTP/0.9
+    itself was served so too. Each is a whole HTTP/1.1 answer now, under the standard
+    reason phrase (http.server put its message, quoting the request, into the status
+    line), with a JSON error like the sidecar's others, and the connection closed."""
+    sc, _, _ = env
+    answer = _exchange(sc, request_line + b"\r\nHost: x\r\n\r\n")
+    code, headers, doc = _status_and_json(answer)
+    assert answer.startswith(f"HTTP/1.1 {status} {reason}\r\n".encode()), answer[:200]
+    assert code == status and headers["Connection"] == "close" and doc["error"]
+    assert get(sc.url + "/health/live")[0] == 200
