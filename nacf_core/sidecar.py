@@ -47,6 +47,7 @@ import datetime as _dt
 import io
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -114,6 +115,10 @@ class _TimedCall:
         finally:
             self.seconds = time.perf_counter() - t0
 
+
+#: RFC 9112 section 3: method SP request-target SP HTTP-version CRLF (a bare LF ends it
+#: too), the target in visible ASCII
+_REQUEST_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+ [\x21-\x7e]+ HTTP/[0-9]\.[0-9]\r?\n")
 
 _BUSY_BODY = b'{"error": "too many connections to the sidecar; retry later"}\n'
 #: the whole answer to a connection beyond the limits (sent without reading its request)
@@ -246,6 +251,18 @@ class _Handler(BaseHTTPRequestHandler):
         super().handle_one_request()
 
     def parse_request(self) -> bool:
+        if not _REQUEST_LINE.fullmatch(self.raw_requestline):
+            # http.server splits the line on whatever str.split() calls whitespace
+            # (\x1c-\x1f, \x85, \xa0, a bare CR) and takes any target (NUL, ESC ...)
+            self.requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+            self.command = None
+            self.request_version = self.default_request_version
+            line = self.requestline if len(self.requestline) <= 100 else (
+                self.requestline[:100] + "...")
+            self.send_error(400, "the request line must be METHOD TARGET HTTP/1.1, one space "
+                                 "apart, the target in visible ASCII (%-escape the rest); "
+                                 f"got {line!r}")
+            return False
         ok = super().parse_request()  # the headers are read: the deadline is met
         self._reader.deadline = None
         self.connection.settimeout(self.timeout)  # for writing the answer
@@ -266,7 +283,9 @@ class _Handler(BaseHTTPRequestHandler):
         the request, into the status line, and sent an HTML page.)"""
         self.log_error("code %d, message %s", code, message)
         self.close_connection = True
-        if not self.request_version.startswith("HTTP/1."):
+        self._reader.deadline = None
+        self.connection.settimeout(self.timeout)  # for writing the answer
+        if not getattr(self, "request_version", "").startswith("HTTP/1."):
             self.request_version = self.default_request_version  # a status line, always
         text = message or self.responses.get(code, ("error",))[0]
         if explain:

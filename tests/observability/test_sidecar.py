@@ -424,3 +424,29 @@ def test_a_bad_request_line_gets_a_whole_http_answer(env, request_line, status, 
     assert answer.startswith(f"HTTP/1.1 {status} {reason}\r\n".encode()), answer[:200]
     assert code == status and headers["Connection"] == "close" and doc["error"]
     assert get(sc.url + "/health/live")[0] == 200
+
+
+@pytest.mark.parametrize("request_line", [
+    b"GET /health/live",  # no version: HTTP/0.9
+    b"GET /health/live\x1c HTTP/1.1",  # whitespace to str.split(), not to HTTP
+    b"GET\x85/health/live HTTP/1.1",
+    b"GET /health/live\xa0 HTTP/1.1",
+    b"GET /health/live\r HTTP/1.1",  # a bare CR
+    b"GET /health/live\x0b HTTP/1.1",
+    b"GET /health/live?\x00 HTTP/1.1",  # NUL and ESC in the target
+    b"GET /health/live?\x1b[2J HTTP/1.1",
+    b"GET /health/\xc3\xa9 HTTP/1.1",
+    b"GET /health/live HTTP/1.10",
+    b"GET /health/live HTTP/01.1",
+])
+def test_a_request_line_that_is_not_method_target_version_is_400(env, request_line):
+    """The request line was split on whatever Python's str.split() calls whitespace
+    (\\x1c-\\x1f, \\x85, \\xa0, a bare CR, VT) and its target taken as it came (NUL,
+    escape sequences): such lines, which a proxy in front reads differently or refuses,
+    were served (200). The line must be METHOD SP TARGET SP HTTP/d.d, the target
+    visible ASCII."""
+    sc, _, _ = env
+    code, headers, doc = _status_and_json(
+        _exchange(sc, request_line + b"\r\nHost: x\r\n\r\n"))
+    assert code == 400 and "request line" in doc["error"], doc
+    assert headers["Connection"] == "close"
