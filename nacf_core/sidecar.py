@@ -251,6 +251,13 @@ class _Handler(BaseHTTPRequestHandler):
         super().handle_one_request()
 
     def parse_request(self) -> bool:
+        for _ in range(4):  # RFC 9112 section 2.2: empty lines before a request are skipped
+            if self.raw_requestline not in (b"\r\n", b"\n"):
+                break
+            self.raw_requestline = self.rfile.readline(65537)
+        if not self.raw_requestline:
+            self.close_connection = True  # only empty lines, then the client closed
+            return False
         if not _REQUEST_LINE.fullmatch(self.raw_requestline):
             # http.server splits the line on whatever str.split() calls whitespace
             # (\x1c-\x1f, \x85, \xa0, a bare CR) and takes any target (NUL, ESC ...)

@@ -450,3 +450,14 @@ def test_a_request_line_that_is_not_method_target_version_is_400(env, request_li
         _exchange(sc, request_line + b"\r\nHost: x\r\n\r\n"))
     assert code == 400 and "request line" in doc["error"], doc
     assert headers["Connection"] == "close"
+
+
+@pytest.mark.parametrize("lead", [b"\r\n", b"\n", b"\r\n\r\n"])
+def test_empty_lines_before_a_request_are_skipped(env, lead):
+    """RFC 9112 section 2.2: a server should ignore at least one empty line before a
+    request line (some clients send a CRLF after a previous request's body). The
+    connection was closed with no answer at all."""
+    sc, _, _ = env
+    code, _, doc = _status_and_json(_exchange(
+        sc, lead + b"GET /health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
+    assert code == 200 and doc == {"status": "alive"}
