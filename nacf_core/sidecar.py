@@ -55,7 +55,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry
-from prometheus_client.exposition import choose_encoder
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 
 from nacf_core import __version__
 from nacf_core._validation import check_finite_positive, check_int_range
@@ -76,6 +77,43 @@ def _request_path(target: str) -> str:
         rest = rest.split("?", 1)[0].split("#", 1)[0]
         target = "/" + rest.partition("/")[2]  # the authority (host:port) dropped
     return target.split("?", 1)[0].rstrip("/") or "/"
+
+
+_OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+_QVALUE = re.compile(r"0(\.[0-9]{0,3})?|1(\.0{0,3})?")  # RFC 9110 section 12.4.2
+
+
+def _metrics_format(accept: list[str]) -> tuple[Callable[[Any], bytes], str]:
+    """``(encoder, Content-Type)`` for ``/metrics`` by the ``Accept`` header (its field
+    lines): OpenMetrics 1.0.0 if the client ranks it above the text format (no version,
+    or ``version=1.0.0``), else the text format 0.0.4 (also when nothing offered is
+    acceptable: a scraper reads it). A range whose q-value is not one (``nan``, ``-1``,
+    ``2``) counts as not offered; ``q=0`` says "not acceptable". The Content-Type is one
+    of the two constants, never copied from the request (prometheus_client's
+    choose_encoder copied the requested version, ignored q-values, and wrote a 1.0.0
+    body under whatever version was asked for)."""
+    best_q, best = 0.0, "text"
+    for item in ",".join(accept).split(","):
+        mtype, *params = (part.strip() for part in item.split(";"))
+        opts: dict[str, str] = {}
+        for param in params:
+            key, _, value = param.partition("=")
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            opts[key.strip().lower()] = value
+        q = opts.pop("q", "1")
+        if not _QVALUE.fullmatch(q) or float(q) <= best_q:
+            continue  # not a q-value, "not acceptable", or not preferred to the best
+        mtype, version = mtype.lower(), opts.get("version")
+        if mtype == "application/openmetrics-text" and version in (None, "1.0.0"):
+            best_q, best = float(q), "openmetrics"
+        elif mtype in ("text/plain", "text/*", "*/*") and version in (None, "0.0.4",
+                                                                      "1.0.0"):
+            best_q, best = float(q), "text"
+    if best == "openmetrics":
+        return openmetrics_latest, _OPENMETRICS_TYPE
+    return generate_latest, CONTENT_TYPE_PLAIN_0_0_4
 
 
 def parse_address(address: str, name: str = "address") -> tuple[str, int]:
@@ -322,10 +360,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if path == "/metrics":
                 sc._refresh_component_metrics()
-                try:
-                    encoder, ctype = choose_encoder(self.headers.get("Accept"))
-                except Exception:  # noqa: BLE001 - a malformed Accept: the text format
-                    encoder, ctype = choose_encoder(None)
+                encoder, ctype = _metrics_format(self.headers.get_all("Accept") or [])
                 self._send(200, encoder(sc.registry), ctype)
             elif path == "/health/live":
                 self._json(200, {"status": "alive"})

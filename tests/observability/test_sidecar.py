@@ -461,3 +461,58 @@ def test_empty_lines_before_a_request_are_skipped(env, lead):
     code, _, doc = _status_and_json(_exchange(
         sc, lead + b"GET /health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
     assert code == 200 and doc == {"status": "alive"}
+
+
+OM_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+TEXT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@pytest.mark.parametrize("accept, ctype", [
+    # what Prometheus 2 and 3 send
+    ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
+     "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1", OM_TYPE),
+    ("application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,"
+     "application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=1.0.0;"
+     "escaping=allow-utf-8;q=0.3,text/plain;version=0.0.4;q=0.2,*/*;q=0.1", OM_TYPE),
+    ("text/plain;q=0.1, application/openmetrics-text;q=0.9", OM_TYPE),
+    ('application/openmetrics-text; version="1.0.0"', OM_TYPE),
+    # a version it does not write: was echoed as the Content-Type of a 1.0.0 body
+    ("application/openmetrics-text; version=99", TEXT_TYPE),
+    ("application/openmetrics-text; version=2.0.0", TEXT_TYPE),
+    ("application/openmetrics-text; version=2.0.0 junk\xe9", TEXT_TYPE),
+    # q-values: 0 is "not acceptable"; nan, -1, 2 are no q-values
+    ("application/openmetrics-text;q=0, text/plain", TEXT_TYPE),
+    ("text/plain;version=0.0.4;q=0.9, application/openmetrics-text;q=0.1", TEXT_TYPE),
+    ("application/openmetrics-text;q=nan", TEXT_TYPE),
+    ("application/openmetrics-text;q=-1", TEXT_TYPE),
+    ("application/openmetrics-text;q=2", TEXT_TYPE),
+    (", ".join(["application/json;q=0.5"] * 2000), TEXT_TYPE),
+])
+def test_metrics_content_type_is_what_its_body_is_in(env, accept, ctype):
+    """The Accept header was handed to prometheus_client's choose_encoder, which ignores
+    q-values (OpenMetrics sent to a scraper that said q=0 to it, or preferred the text
+    format) and copies the requested version into the Content-Type of a body it writes
+    as OpenMetrics 1.0.0 ("version=99", raw bytes of the request in a response header).
+    The sidecar negotiates itself now: OpenMetrics 1.0.0 or the text format 0.0.4, by
+    q-value, a Content-Type of its own."""
+    import socket
+
+    sc, _, _ = env
+    with socket.create_connection(("127.0.0.1", sc.port), timeout=10) as s:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAccept: "
+                  + accept.encode("latin-1") + b"\r\n\r\n")
+        answer = _answer(s)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    assert f"\r\nContent-Type: {ctype}\r\n".encode() in head, head
+    assert body.endswith(b"# EOF\n") == (ctype == OM_TYPE) and b"nacfauth_" in body
+
+
+def test_an_accept_header_cannot_add_a_response_header(env):
+    """A folded (obs-fold) Accept value was copied, CRLF and all, into the Content-Type:
+    the client wrote a header of its own into the response (response splitting)."""
+    sc, _, _ = env
+    answer = _exchange(sc, b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: application/"
+                           b"openmetrics-text; version=2.\r\n X-Injected: 1\r\n\r\n")
+    head = answer.partition(b"\r\n\r\n")[0]
+    assert b"\r\nX-Injected" not in head and b"\r\n X-Injected" not in head, head
