@@ -158,6 +158,20 @@ class _TimedCall:
 #: too), the target in visible ASCII
 _REQUEST_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+ [\x21-\x7e]+ HTTP/[0-9]\.[0-9]\r?\n")
 
+#: RFC 9112 section 5: field-name ":" OWS field-value OWS CRLF; the value without
+#: control characters but HTAB (a bare CR, NUL, ESC ...)
+_HEADER_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\x00-\x08\x0a-\x1f\x7f]*\r?\n")
+_MAX_HEADER_LINE, _MAX_HEADERS = 65536, 100
+
+
+class _Refused(Exception):
+    """A request refused while it is read: the status and what was wrong."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
 _BUSY_BODY = b'{"error": "too many connections to the sidecar; retry later"}\n'
 #: the whole answer to a connection beyond the limits (sent without reading its request)
 _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
@@ -308,7 +322,20 @@ class _Handler(BaseHTTPRequestHandler):
                                  "apart, the target in visible ASCII (%-escape the rest); "
                                  f"got {line!r}")
             return False
-        ok = super().parse_request()  # the headers are read: the deadline is met
+        try:
+            lines = self._read_header_lines()
+        except _Refused as exc:
+            self.requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+            self.command, self.request_version = None, self.default_request_version
+            self.send_error(exc.code, exc.message)
+            return False
+        # http.server parses what was checked (its email parser would end the block at a
+        # line without a colon, split at a bare CR, join obs-fold lines)
+        sock_file, self.rfile = self.rfile, io.BytesIO(b"".join(lines) + b"\r\n")
+        try:
+            ok = super().parse_request()  # the headers are read: the deadline is met
+        finally:
+            self.rfile = sock_file
         self._reader.deadline = None
         self.connection.settimeout(self.timeout)  # for writing the answer
         if ok and not self.request_version.startswith("HTTP/1."):
@@ -319,6 +346,30 @@ class _Handler(BaseHTTPRequestHandler):
                                  f"{self.requestline.rsplit(' ', 1)[-1]!r}")
             return False
         return ok
+
+    def _read_header_lines(self) -> list[bytes]:
+        """The request's header lines, each checked to be ``Name: value`` (RFC 9112
+        section 5). Raises :class:`_Refused` for one that is not, or too many or too
+        long ones (http.server's limits: 100 lines of 65536 bytes)."""
+        lines: list[bytes] = []
+        while True:
+            line = self.rfile.readline(_MAX_HEADER_LINE + 1)
+            if len(line) > _MAX_HEADER_LINE:
+                raise _Refused(431, f"a header line is longer than {_MAX_HEADER_LINE} bytes")
+            if line in (b"\r\n", b"\n", b""):
+                return lines
+            if len(lines) >= _MAX_HEADERS:
+                raise _Refused(431, f"more than {_MAX_HEADERS} header lines")
+            if line[:1] in (b" ", b"\t"):
+                raise _Refused(400, "a header line starting with a space or tab (obs-fold, "
+                                    "continuing the line before) is not accepted; put each "
+                                    "header on one line")
+            if not _HEADER_LINE.fullmatch(line):
+                text = str(line[:80], "iso-8859-1").rstrip("\r\n")
+                raise _Refused(400, "a header line must be 'Name: value' (the name letters, "
+                                    "digits and !#$%&'*+-.^_`|~ right before the colon, no "
+                                    f"control characters in the value); got {text!r}")
+            lines.append(line)
 
     def send_error(self, code: int, message: str | None = None,
                    explain: str | None = None) -> None:

@@ -516,3 +516,35 @@ def test_an_accept_header_cannot_add_a_response_header(env):
                            b"openmetrics-text; version=2.\r\n X-Injected: 1\r\n\r\n")
     head = answer.partition(b"\r\n\r\n")[0]
     assert b"\r\nX-Injected" not in head and b"\r\n X-Injected" not in head, head
+
+
+SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+@pytest.mark.parametrize("lines", [
+    # the lines after one without a colon were dropped, Content-Length with them, so the
+    # body was read as the next request
+    b"X: a\r\nno colon here\r\nContent-Length: %d" % len(SMUGGLED),
+    b"Content-Length : %d" % len(SMUGGLED),  # space before the colon: the same
+    b"X: a\r\n folded continuation",  # obs-fold
+    b"X: a\r\n\tfolded: too",
+    b"X: a\rContent-Length: %d" % len(SMUGGLED),  # a bare CR: a line break to email
+    b"X: a\rb",
+    b"X: \x00",
+    b"X: \x1b[2J",
+    b"X\x00: y",
+    b": empty name",
+    b"Bad Name: x",
+])
+def test_a_header_line_that_is_not_name_colon_value_is_400(env, lines):
+    """Headers were parsed by the email package, which ends the header block at the
+    first line without a colon (or with a space before it), dropping every header after
+    it, splits at a bare CR, and joins obs-fold continuation lines: a Content-Length
+    behind such a line went unseen and the body was served as a second request
+    (smuggled past whatever sits in front). Each line must be Name: value."""
+    sc, _, _ = env
+    answer = _exchange(sc, b"GET /health/live HTTP/1.1\r\nHost: x\r\n" + lines
+                       + b"\r\n\r\n" + SMUGGLED)
+    code, headers, doc = _status_and_json(answer)
+    assert code == 400 and "header" in doc["error"], doc
+    assert headers["Connection"] == "close" and b"smuggled" not in answer
