@@ -336,6 +336,12 @@ class _Handler(BaseHTTPRequestHandler):
             ok = super().parse_request()  # the headers are read: the deadline is met
         finally:
             self.rfile = sock_file
+        if ok:
+            try:
+                self._has_body = self._has_a_body()
+            except _Refused as exc:
+                self.send_error(exc.code, exc.message)
+                return False
         self._reader.deadline = None
         self.connection.settimeout(self.timeout)  # for writing the answer
         if ok and not self.request_version.startswith("HTTP/1."):
@@ -371,6 +377,25 @@ class _Handler(BaseHTTPRequestHandler):
                                     f"control characters in the value); got {text!r}")
             lines.append(line)
 
+    def _has_a_body(self) -> bool:
+        """Whether a body follows the headers (RFC 9112 section 6.3). Raises
+        :class:`_Refused` where its length is in doubt: Transfer-Encoding beside
+        Content-Length, differing or malformed Content-Length values (a proxy in front
+        may read another length, and the body as a request of its own)."""
+        te = self.headers.get_all("Transfer-Encoding") or []
+        cl = self.headers.get_all("Content-Length") or []
+        if te and cl:
+            raise _Refused(400, "a request with both Transfer-Encoding and Content-Length")
+        if te:
+            return True  # any, even empty: the sidecar reads no body
+        values = {v.strip() for line in cl for v in line.split(",")}
+        for v in values:
+            if not re.fullmatch(r"[0-9]+", v):
+                raise _Refused(400, f"Content-Length must be a number of bytes, got {v!r}")
+        if len({int(v) for v in values}) > 1:
+            raise _Refused(400, f"differing Content-Length values {sorted(values)}")
+        return bool(values) and int(values.pop()) > 0
+
     def send_error(self, code: int, message: str | None = None,
                    explain: str | None = None) -> None:
         """An error http.server finds (a bad request line or version, headers too long)
@@ -402,8 +427,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 (http.server API)
         sc = self.server.sidecar
         path = _request_path(self.path)
-        if self.headers.get("Transfer-Encoding") or (
-                self.headers.get("Content-Length", "0").strip() not in ("", "0")):
+        if self._has_body:
             # its body would be read as the next request on this connection
             self.close_connection = True
             self._json(400, {"error": f"a {self.command} request has no body"})

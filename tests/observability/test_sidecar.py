@@ -548,3 +548,27 @@ def test_a_header_line_that_is_not_name_colon_value_is_400(env, lines):
     code, headers, doc = _status_and_json(answer)
     assert code == 400 and "header" in doc["error"], doc
     assert headers["Connection"] == "close" and b"smuggled" not in answer
+
+
+@pytest.mark.parametrize("lines, status", [
+    # the first Content-Length was used, a proxy in front may use the last
+    (b"Content-Length: 0\r\nContent-Length: %d" % len(SMUGGLED), 400),
+    (b"Transfer-Encoding:", 400),  # empty, so taken as none
+    (b"Content-Length: ", 400),
+    (b"Content-Length: 0, %d" % len(SMUGGLED), 400),
+    (b"Transfer-Encoding: chunked\r\nContent-Length: 0", 400),
+    (b"Content-Length: 0\r\nContent-Length: 0", 200),
+    (b"Content-Length: 00", 200),  # a zero all the same
+])
+def test_content_length_and_transfer_encoding_are_checked(env, lines, status):
+    """A GET's body was detected from the first Content-Length alone, and an empty
+    Transfer-Encoding as none: a request with two differing Content-Lengths (or an empty
+    Transfer-Encoding or Content-Length) was served and its body read as the next
+    request; "00" was refused as a body. Differing or malformed values, or both
+    headers, are 400 (RFC 9112 section 6.3)."""
+    sc, _, _ = env
+    answer = _exchange(sc, b"GET /health/live HTTP/1.1\r\nHost: x\r\n" + lines
+                       + b"\r\nConnection: close\r\n\r\n" + SMUGGLED)
+    code, _, doc = _status_and_json(answer)
+    assert code == status, doc
+    assert b"smuggled" not in answer
