@@ -362,8 +362,11 @@ class _Handler(BaseHTTPRequestHandler):
             line = self.rfile.readline(_MAX_HEADER_LINE + 1)
             if len(line) > _MAX_HEADER_LINE:
                 raise _Refused(431, f"a header line is longer than {_MAX_HEADER_LINE} bytes")
-            if line in (b"\r\n", b"\n", b""):
+            if line in (b"\r\n", b"\n"):
                 return lines
+            if not line.endswith(b"\n"):  # the client closed (half-closed) in mid-header
+                raise _Refused(400, "the request ended before its headers did (no empty "
+                                    "line after them)")
             if len(lines) >= _MAX_HEADERS:
                 raise _Refused(431, f"more than {_MAX_HEADERS} header lines")
             if line[:1] in (b" ", b"\t"):

@@ -572,3 +572,15 @@ def test_content_length_and_transfer_encoding_are_checked(env, lines, status):
     code, _, doc = _status_and_json(answer)
     assert code == status, doc
     assert b"smuggled" not in answer
+
+
+@pytest.mark.parametrize("cut", [b"GET /health/live HTTP/1.1\r\n",
+                                 b"GET /health/live HTTP/1.1\r\nHost: x\r\n",
+                                 b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r"])
+def test_a_request_whose_headers_never_end_is_not_served(env, cut):
+    """A client that half-closed its connection in the middle of the headers (no empty
+    line after them) was served as if the request were whole: 200 for a request that
+    never ended. It is 400 now."""
+    sc, _, _ = env
+    code, _, doc = _status_and_json(_exchange(sc, cut))
+    assert code == 400 and "ended" in doc["error"], doc
