@@ -162,6 +162,8 @@ _REQUEST_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+ [\x21-\x7e]+ HTTP/[0-9
 #: control characters but HTAB (a bare CR, NUL, ESC ...)
 _HEADER_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\x00-\x08\x0a-\x1f\x7f]*\r?\n")
 _MAX_HEADER_LINE, _MAX_HEADERS = 65536, 100
+#: RFC 9110 section 7.2: uri-host [ ":" port ] (an IP-literal, or a reg-name / IPv4)
+_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(:[0-9]*)?")
 
 
 class _Refused(Exception):
@@ -336,12 +338,6 @@ class _Handler(BaseHTTPRequestHandler):
             ok = super().parse_request()  # the headers are read: the deadline is met
         finally:
             self.rfile = sock_file
-        if ok:
-            try:
-                self._has_body = self._has_a_body()
-            except _Refused as exc:
-                self.send_error(exc.code, exc.message)
-                return False
         self._reader.deadline = None
         self.connection.settimeout(self.timeout)  # for writing the answer
         if ok and not self.request_version.startswith("HTTP/1."):
@@ -351,6 +347,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_error(505, f"the sidecar speaks HTTP/1.0 and HTTP/1.1, not "
                                  f"{self.requestline.rsplit(' ', 1)[-1]!r}")
             return False
+        if ok:
+            try:
+                self._check_host()
+                self._has_body = self._has_a_body()
+            except _Refused as exc:
+                self.send_error(exc.code, exc.message)
+                return False
         return ok
 
     def _read_header_lines(self) -> list[bytes]:
@@ -379,6 +382,19 @@ class _Handler(BaseHTTPRequestHandler):
                                     "digits and !#$%&'*+-.^_`|~ right before the colon, no "
                                     f"control characters in the value); got {text!r}")
             lines.append(line)
+
+    def _check_host(self) -> None:
+        """RFC 9112 section 3.2: one Host header in an HTTP/1.1 request, at most one in
+        an HTTP/1.0 one, and a valid one (a proxy in front may route by one Host and the
+        sidecar log another). Raises :class:`_Refused`."""
+        hosts = self.headers.get_all("Host") or []
+        if len(hosts) > 1:
+            raise _Refused(400, f"a request with {len(hosts)} Host headers; one is expected")
+        if not hosts and self.request_version != "HTTP/1.0":
+            raise _Refused(400, "an HTTP/1.1 request needs a Host header (Host: HOST:PORT)")
+        if hosts and not _HOST.fullmatch(hosts[0].strip()):
+            raise _Refused(400, f"the Host header must be HOST or HOST:PORT, got "
+                                f"{hosts[0].strip()[:80]!r}")
 
     def _has_a_body(self) -> bool:
         """Whether a body follows the headers (RFC 9112 section 6.3). Raises

@@ -584,3 +584,27 @@ def test_a_request_whose_headers_never_end_is_not_served(env, cut):
     sc, _, _ = env
     code, _, doc = _status_and_json(_exchange(sc, cut))
     assert code == 400 and "ended" in doc["error"], doc
+
+
+@pytest.mark.parametrize("version, lines, status", [
+    (b"HTTP/1.1", b"Host: x\r\nHost: y\r\n", 400),  # which one?
+    (b"HTTP/1.0", b"Host: x\r\nHost: x\r\n", 400),
+    (b"HTTP/1.1", b"", 400),  # HTTP/1.1 requires one
+    (b"HTTP/1.1", b"Host: a b\r\n", 400),
+    (b"HTTP/1.1", b"Host: a/b\r\n", 400),
+    (b"HTTP/1.0", b"", 200),  # HTTP/1.0 has none
+    (b"HTTP/1.1", b"Host: [::1]:9464\r\n", 200),
+    (b"HTTP/1.1", b"Host: metrics.example:9464\r\n", 200),
+    (b"HTTP/1.1", b"Host: \r\n", 200),  # empty: allowed (a URI without authority)
+    (b"HTTP/0.9", b"", 505),  # the version is what is wrong
+])
+def test_host_header_is_one_valid_host(env, version, lines, status):
+    """RFC 9112 section 3.2: a server MUST answer 400 to an HTTP/1.1 request without a
+    Host header, and to any request with more than one or an invalid one (a proxy in
+    front may route by one Host and log another). They were all served."""
+    sc, _, _ = env
+    code, _, doc = _status_and_json(_exchange(
+        sc, b"GET /health/live " + version + b"\r\n" + lines + b"\r\n"))
+    assert code == status, doc
+    if status == 400:
+        assert "Host" in doc["error"]
