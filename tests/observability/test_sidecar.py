@@ -608,3 +608,15 @@ def test_host_header_is_one_valid_host(env, version, lines, status):
     assert code == status, doc
     if status == 400:
         assert "Host" in doc["error"]
+
+
+def test_headers_beyond_64_kib_in_all_are_431(env):
+    """Headers were limited only per line (64 KiB) and in number (100): one request
+    could make a connection's thread hold 6.5 MB of header text (and its parsed copy),
+    so 32 connections from one address over 200 MB. 64 KiB in all now."""
+    sc, _, _ = env
+    lines = b"".join(b"X-Many-%d: %s\r\n" % (i, b"m" * 2000) for i in range(40))
+    code, headers, doc = _status_and_json(_exchange(
+        sc, b"GET /health/live HTTP/1.1\r\nHost: x\r\n" + lines + b"\r\n"))
+    assert code == 431 and "65536" in doc["error"] and headers["Connection"] == "close"
+    assert get(sc.url + "/health/live")[0] == 200
