@@ -620,3 +620,16 @@ def test_headers_beyond_64_kib_in_all_are_431(env):
         sc, b"GET /health/live HTTP/1.1\r\nHost: x\r\n" + lines + b"\r\n"))
     assert code == 431 and "65536" in doc["error"] and headers["Connection"] == "close"
     assert get(sc.url + "/health/live")[0] == 200
+
+
+@pytest.mark.parametrize("request_head, status", [
+    (b"GET /health/live HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc", 400),
+    (b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc", 405),
+])
+def test_an_answer_after_which_the_connection_is_closed_says_so(env, request_head, status):
+    """A GET with a body (400) and another method (405) had their connection closed
+    without ``Connection: close`` in the answer: a keep-alive client or proxy sent its
+    next request into a closed connection. RFC 9112 section 9.6."""
+    sc, _, _ = env
+    code, headers, _ = _status_and_json(_exchange(sc, request_head))
+    assert code == status and headers.get("Connection") == "close", headers
