@@ -87,12 +87,21 @@ def check_array(
     return x
 
 
-def check_finite_positive(name: str, value: Any) -> float:
-    """A finite, strictly positive real number."""
+def _real(name: str, value: Any) -> float:
+    """``float(value)``: ``TypeError`` for no number, ``ValueError`` for an integer too
+    large for a float (its ``OverflowError`` named no parameter)."""
     try:
-        v = float(value)
+        return float(value)
     except (TypeError, ValueError):
         raise TypeError(f"{name!r} must be a real number, got {value!r} instead.") from None
+    except OverflowError:
+        raise ValueError(f"{name!r} must be a finite number, got a number too large "
+                         "for a float.") from None
+
+
+def check_finite_positive(name: str, value: Any) -> float:
+    """A finite, strictly positive real number."""
+    v = _real(name, value)
     if not math.isfinite(v) or v <= 0:
         raise ValueError(f"{name!r} must be a finite number > 0, got {value!r} instead.")
     return v
@@ -100,10 +109,7 @@ def check_finite_positive(name: str, value: Any) -> float:
 
 def check_finite_nonnegative(name: str, value: Any) -> float:
     """A finite real number >= 0."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name!r} must be a real number, got {value!r} instead.") from None
+    v = _real(name, value)
     if not math.isfinite(v) or v < 0:
         raise ValueError(f"{name!r} must be a finite number >= 0, got {value!r} instead.")
     return v

@@ -101,6 +101,9 @@ def _check_time(name: str, value: Any) -> float:
         v = float(value)
     except (TypeError, ValueError):
         raise TypeError(f"{name!r} must be unix seconds (a real number), got {value!r}.") from None
+    except OverflowError:  # an int no float holds
+        raise InvalidArgument(f"{name!r} must be finite unix seconds, got a number too "
+                              "large for a float.") from None
     if not math.isfinite(v):
         raise InvalidArgument(f"{name!r} must be finite unix seconds, got {value!r}.")
     return v

@@ -77,7 +77,11 @@ def _now(now: float | None) -> float:
     everything (a ``use_nonce`` at NaN dropped every nonce kept against replays)."""
     if now is None:
         return time.time()
-    t = float(now)
+    try:
+        t = float(now)
+    except OverflowError:  # an int no float holds
+        raise InvalidArgument("'now' must be finite unix seconds, got a number too large for "
+                              "a float.") from None
     if not math.isfinite(t):
         raise InvalidArgument(f"'now' must be finite unix seconds, got {now!r}.")
     return t
