@@ -51,6 +51,7 @@ from .base import (
     UserPage,
     UserRecord,
     _now,
+    check_time,
     utc_day_start,
 )
 from .crypto import Cipher
@@ -104,9 +105,7 @@ def _check_time(name: str, value: Any) -> float:
     except OverflowError:  # an int no float holds
         raise InvalidArgument(f"{name!r} must be finite unix seconds, got a number too "
                               "large for a float.") from None
-    if not math.isfinite(v):
-        raise InvalidArgument(f"{name!r} must be finite unix seconds, got {value!r}.")
-    return v
+    return check_time(name, v, value)
 
 
 def _check_fingerprints(name: str, values: Any) -> list[bytes]:

@@ -14,8 +14,9 @@ A :class:`Store` keeps everything the service needs to share between replicas:
   (bounded per session, encrypted, dropped when the session ends);
 - the ``schema_migrations`` table, applied idempotently at open.
 
-Times are unix seconds (``float``), passed in by the caller (``now=``) so that tests
-and replicas agree on one clock; ``None`` means ``time.time()``.  Every mutating
+Times are unix seconds (``float``, of a date from year 1 to 9999), passed in by the
+caller (``now=``) so that tests and replicas agree on one clock; ``None`` means
+``time.time()``.  Every mutating
 operation is one transaction: SQLite ``BEGIN IMMEDIATE``, PostgreSQL row locks
 (``SELECT ... FOR UPDATE`` / ``INSERT ... ON CONFLICT``) with retry on serialization
 failures and deadlocks.
@@ -70,11 +71,28 @@ def utc_day_start(now: float) -> float:
     return _dt.datetime(d.year, d.month, d.day, tzinfo=_dt.timezone.utc).timestamp()
 
 
+#: the times a store takes (``now=``, expiries, purge bounds): unix seconds of the dates
+#: 0001-01-01 to 9999-12-31 UTC. Beyond them ``stats`` had no day to count (an
+#: OverflowError) and, on PostgreSQL, sums such as ``created_at + max_age_s`` overflowed
+#: DOUBLE PRECISION (an error answered UNAVAILABLE)
+MIN_TIME = -62135596800.0
+MAX_TIME = 253402300799.0
+
+
+def check_time(name: str, t: float, given: Any) -> float:
+    """``t`` (``float(given)``) unless it is no finite time in [MIN_TIME, MAX_TIME]."""
+    if not math.isfinite(t) or not MIN_TIME <= t <= MAX_TIME:
+        raise InvalidArgument(f"{name!r} must be finite unix seconds of a date from year 1 "
+                              f"to 9999, got {given!r}.")
+    return t
+
+
 def _now(now: float | None) -> float:
     """The store's clock: ``now`` (unix seconds) or the wall clock. A ``now`` that is no
     finite number is refused: NaN compares unordered, so ``expires_at <= NaN`` would
     match nothing on SQLite and, on PostgreSQL (where NaN is above every number),
-    everything (a ``use_nonce`` at NaN dropped every nonce kept against replays)."""
+    everything (a ``use_nonce`` at NaN dropped every nonce kept against replays); nor is
+    one of no date (:data:`MAX_TIME`)."""
     if now is None:
         return time.time()
     try:
@@ -82,9 +100,7 @@ def _now(now: float | None) -> float:
     except OverflowError:  # an int no float holds
         raise InvalidArgument("'now' must be finite unix seconds, got a number too large for "
                               "a float.") from None
-    if not math.isfinite(t):
-        raise InvalidArgument(f"'now' must be finite unix seconds, got {now!r}.")
-    return t
+    return check_time("now", t, now)
 
 
 @dataclass(frozen=True)

@@ -29,3 +29,20 @@ def test_an_integer_too_large_for_a_float_is_refused_as_a_bad_time_or_duration(s
     assert store.get_user("u").template_version == 1
     assert store.count_active_sessions(T0) == 0
     assert store.get_lockout("u").failures == 0
+
+
+@pytest.mark.parametrize("t", [1e300, -1e300, 1.7e308, 253402300800.0, -62135596801.0])
+def test_a_time_no_date_can_have_is_refused(store, t):
+    # stats' day boundary raised OverflowError for it; on PostgreSQL the sums of such
+    # times (created_at + max_age_s) overflowed DOUBLE PRECISION: UNAVAILABLE
+    store.put_template("u", b"tmpl", "m-1", now=T0)
+    for call in (lambda: store.stats(now=t), lambda: store.create_session("u", 60.0, now=t),
+                 lambda: store.register_failure("u", 1, 60.0, now=t),
+                 lambda: store.use_nonce("d", "n", t, now=T0),
+                 lambda: store.purge_attempts(t)):
+        with pytest.raises(ValueError, match="unix seconds"):
+            call()
+    assert store.count_active_sessions(T0) == 0 and store.get_lockout("u").failures == 0
+    # the last and first second of the range are times
+    assert store.stats(now=253402300799.0).attempts_today == 0
+    assert store.stats(now=-62135596800.0).attempts_today == 0
