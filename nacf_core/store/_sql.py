@@ -108,6 +108,20 @@ def _check_time(name: str, value: Any) -> float:
     return check_time(name, v, value)
 
 
+#: the highest token-bucket refill rate (the configuration's bound on rate_limit_per_s):
+#: a purge's refill (idle seconds x rate) then stays far from overflowing a DOUBLE
+#: PRECISION, which on PostgreSQL was an error (UNAVAILABLE) on every later purge
+MAX_RATE_PER_S = 1e9
+
+
+def _check_rate(value: Any) -> float:
+    rate = check_finite_nonnegative("rate_per_s", value)
+    if rate > MAX_RATE_PER_S:
+        raise InvalidArgument(f"'rate_per_s' must be at most {MAX_RATE_PER_S:g} tokens per "
+                              f"second, got {value!r}.")
+    return rate
+
+
 def _check_fingerprints(name: str, values: Any) -> list[bytes]:
     """PAD fingerprints: an iterable of non-empty bytes. One bytes object given for the
     list, or an item that is no bytes (``bytes(97)`` is 97 zero bytes), is refused: stored,
@@ -1037,7 +1051,7 @@ class SqlStore(Store):
     def take_tokens(self, client_id, rate_per_s, burst, want=1, give_back=0.0,
                     now=None) -> int:
         _check_id("client_id", client_id)
-        rate = check_finite_nonnegative("rate_per_s", rate_per_s)
+        rate = _check_rate(rate_per_s)
         burst = check_finite_positive("burst", burst)
         want = check_int_range("want", want, 1)
         back = check_finite_nonnegative("give_back", give_back)
@@ -1071,7 +1085,7 @@ class SqlStore(Store):
     rate_bucket_idle_s = 60.0
 
     def purge_rate_buckets(self, rate_per_s, burst, now=None) -> int:
-        rate = check_finite_nonnegative("rate_per_s", rate_per_s)
+        rate = _check_rate(rate_per_s)
         burst = check_finite_positive("burst", burst)
         # as if it were rate_bucket_idle_s earlier: a bucket full by then is full now on
         # every replica whose clock is that close, and one taken from since is kept

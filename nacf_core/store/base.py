@@ -493,7 +493,7 @@ class Store(abc.ABC):
     def take_tokens(self, client_id: str, rate_per_s: float, burst: float, want: int = 1,
                     give_back: float = 0.0, now: float | None = None) -> int:
         """Token bucket, several at a time (a lease, see :mod:`nacf_core.ratelimit`):
-        refill at ``rate_per_s``, add ``give_back`` (a lease's unused tokens), cap at
+        refill at ``rate_per_s`` (at most 1e9), add ``give_back`` (a lease's unused tokens), cap at
         ``burst``; then take ``min(want, whole tokens available)`` and return how many
         were taken (0 when none). One transaction, atomic across replicas. A ``now``
         before the bucket's last refill refills nothing; when it is more than a moment

@@ -46,3 +46,15 @@ def test_a_time_no_date_can_have_is_refused(store, t):
     # the last and first second of the range are times
     assert store.stats(now=253402300799.0).attempts_today == 0
     assert store.stats(now=-62135596800.0).attempts_today == 0
+
+
+def test_a_refill_rate_beyond_1e9_per_second_is_refused(store):
+    # a bucket taken at 1e300 tokens/s made every later purge overflow DOUBLE PRECISION on
+    # PostgreSQL (refill = idle time x rate): UNAVAILABLE on each sweep, the row never purged
+    for call in (lambda: store.take_tokens("c", 1e300, 5.0, now=T0),
+                 lambda: store.take_token("c", 2e9, 5.0, now=T0),
+                 lambda: store.purge_rate_buckets(1e300, 5.0, now=T0)):
+        with pytest.raises(ValueError, match="rate_per_s"):
+            call()
+    assert store.take_tokens("c", 1e9, 5.0, want=5, now=T0) == 5
+    assert store.purge_rate_buckets(1e9, 5.0, now=253402300799.0) == 1
