@@ -143,6 +143,28 @@ def _check_fingerprints(name: str, values: Any) -> list[bytes]:
     return out
 
 
+def _storable_text(s: str) -> bool:
+    """Whether both backends store ``s`` as it is: no NUL (PostgreSQL text holds none) and
+    valid UTF-8 (no lone surrogate)."""
+    if "\x00" in s:
+        return False
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _audit_text(name: str, value: Any, size: int) -> str:
+    """An audit row's free text (``str(value)``, its first ``size`` characters); a NUL or a
+    lone surrogate in it is refused (PostgreSQL's DataError was answered UNAVAILABLE)."""
+    text = str(value)[:size]
+    if not _storable_text(text):
+        raise InvalidArgument(f"{name!r} must be text without NUL or lone surrogates, got "
+                              f"{text[:40]!r}.")
+    return text
+
+
 def token_hash(token: str) -> str:
     """The stored form of a session token: hex SHA-256."""
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
@@ -1113,10 +1135,12 @@ class SqlStore(Store):
     def _check_audit_user(user_id: Any) -> str:
         """An audit row's user id: any str the store can hold (a refused attempt's may be
         no valid user id), of at most :data:`_MAX_ID` characters, without NUL
-        (PostgreSQL text cannot hold it: its DataError was answered UNAVAILABLE)."""
-        if not isinstance(user_id, str) or len(user_id) > _MAX_ID or "\x00" in user_id:
+        (PostgreSQL text cannot hold it: its DataError was answered UNAVAILABLE) or a lone
+        surrogate (no UTF-8: a codec error naming nothing)."""
+        if (not isinstance(user_id, str) or len(user_id) > _MAX_ID
+                or not _storable_text(user_id)):
             raise InvalidArgument(f"'user_id' must be a str of at most {_MAX_ID} characters "
-                                  f"without NUL, got {repr(user_id)[:60]}.")
+                                  f"without NUL or lone surrogates, got {repr(user_id)[:60]}.")
         return user_id
 
     def record_attempt(self, user_id, success, score, reason, peer, duration_s, method,
@@ -1138,8 +1162,10 @@ class SqlStore(Store):
                                 "instead.") from None
             if not math.isfinite(score):
                 raise ValueError(f"'score' must be a finite number, got {score!r} instead.")
-        return (user_id, t, bool(success), score, str(reason)[:200], str(peer)[:200],
-                check_finite_nonnegative("duration_s", duration_s), str(method)[:64])
+        return (user_id, t, bool(success), score, _audit_text("reason", reason, 200),
+                _audit_text("peer", peer, 200),
+                check_finite_nonnegative("duration_s", duration_s),
+                _audit_text("method", method, 64))
 
     @staticmethod
     def _tx_attempt(tx: Tx, row: tuple) -> None:

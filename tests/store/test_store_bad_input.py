@@ -58,3 +58,27 @@ def test_a_refill_rate_beyond_1e9_per_second_is_refused(store):
             call()
     assert store.take_tokens("c", 1e9, 5.0, want=5, now=T0) == 5
     assert store.purge_rate_buckets(1e9, 5.0, now=253402300799.0) == 1
+
+
+@pytest.mark.parametrize("bad", ["a\x00b", "\ud800"])
+def test_audit_text_with_nul_or_a_lone_surrogate_is_refused_naming_it(store, bad):
+    # PostgreSQL text holds no NUL (DataError: answered UNAVAILABLE, as an outage); no
+    # backend stores a lone surrogate (UnicodeEncodeError naming nothing)
+    store.put_template("u", b"tmpl", "m-1", now=T0)
+    args = {"user_id": "u", "reason": "ok", "peer": "ipv4:1.2.3.4:5", "method": "Authenticate"}
+    for name in args:
+        kw = {**args, name: bad}
+        with pytest.raises(ValueError, match=repr(name)):
+            store.record_attempt(kw["user_id"], True, 0.5, kw["reason"], kw["peer"], 0.1,
+                                 kw["method"], now=T0)
+        if name != "user_id":
+            for accepted in (True, False):
+                with pytest.raises(ValueError, match=repr(name)):
+                    store.finish_authentication(
+                        "u", accepted, score=0.5, reason=kw["reason"], peer=kw["peer"],
+                        method=kw["method"], duration_s=0.1, session_ttl_s=60.0,
+                        max_failures=1, lock_seconds=60.0, now=T0)
+    with pytest.raises(ValueError, match="'user_id'"):
+        store.recent_attempts(bad)
+    assert store.recent_attempts() == []
+    assert store.get_lockout("u").failures == 0 and store.count_active_sessions(T0) == 0
