@@ -165,6 +165,17 @@ def _audit_text(name: str, value: Any, size: int) -> str:
     return text
 
 
+def _check_token(token: Any) -> str:
+    """A session token as a caller gives it: a non-empty str that is UTF-8 (it is hashed
+    as such; a lone surrogate raised a codec error naming nothing)."""
+    if not isinstance(token, str) or not token:
+        raise InvalidArgument("'token' must be a non-empty session token string.")
+    if not _storable_text(token.replace("\x00", "")):
+        raise InvalidArgument("'token' must be a session token string, got one with a lone "
+                              "surrogate (no UTF-8).")
+    return token
+
+
 def token_hash(token: str) -> str:
     """The stored form of a session token: hex SHA-256."""
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
@@ -734,6 +745,8 @@ class SqlStore(Store):
         _check_id("device_id", device_id)
         if not isinstance(secret, str) or len(secret) < 16:
             raise InvalidArgument("'secret' must be a str of at least 16 characters.")
+        if not _storable_text(secret.replace("\x00", "")):
+            raise InvalidArgument("'secret' must be UTF-8 text, got one with a lone surrogate.")
         t = _now(now)
 
         def fn(tx: Tx) -> DeviceRecord:
@@ -876,8 +889,7 @@ class SqlStore(Store):
         return self._session(row, token)
 
     def get_session(self, token: str) -> Session:
-        if not isinstance(token, str) or not token:
-            raise InvalidArgument("'token' must be a non-empty session token string.")
+        _check_token(token)
         row = self._run(lambda tx: tx.one(
             f"SELECT {self._SESSION_SELECT} FROM sessions WHERE token_hash = ?",
             (token_hash(token),)), write=False)
@@ -886,8 +898,7 @@ class SqlStore(Store):
         return self._session(row)
 
     def end_session(self, token: str, reason: str = "ended", *, now=None) -> Session:
-        if not isinstance(token, str) or not token:
-            raise InvalidArgument("'token' must be a non-empty session token string.")
+        _check_token(token)
         _check_id("reason", reason)
         t = _now(now)
         h = token_hash(token)
@@ -936,8 +947,7 @@ class SqlStore(Store):
 
     def renew_session(self, token: str, ttl_s: float, *, max_age_s: float | None = None,
                       now=None) -> Session:
-        if not isinstance(token, str) or not token:
-            raise InvalidArgument("'token' must be a non-empty session token string.")
+        _check_token(token)
         ttl_s = check_finite_positive("ttl_s", ttl_s)
         if max_age_s is not None:
             max_age_s = check_finite_positive("max_age_s", max_age_s)

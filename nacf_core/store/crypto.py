@@ -91,14 +91,16 @@ def load_key(key: bytes | str | os.PathLike | None = None) -> bytes:
     if isinstance(key, os.PathLike):
         return _read_key_file(Path(key))
     if isinstance(key, str):
-        return _decode_key(key.encode(), "the 'key' parameter")
+        # a lone surrogate (no UTF-8) is no base64 either: refused as a malformed key
+        return _decode_key(key.encode("utf-8", "replace"), "the 'key' parameter")
     if key is not None:
         raise TypeError(
             f"'key' must be bytes, a base64 str, a path or None, got {type(key).__name__}."
         )
     env = os.environ.get(KEY_ENV)
     if env:
-        return _decode_key(env.encode(), f"${KEY_ENV}")
+        # bytes that are no UTF-8 come as surrogates (os.environ): no base64 either
+        return _decode_key(env.encode("utf-8", "replace"), f"${KEY_ENV}")
     path = os.environ.get(KEY_FILE_ENV)
     if path:
         return _read_key_file(Path(path))

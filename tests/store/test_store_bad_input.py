@@ -82,3 +82,24 @@ def test_audit_text_with_nul_or_a_lone_surrogate_is_refused_naming_it(store, bad
         store.recent_attempts(bad)
     assert store.recent_attempts() == []
     assert store.get_lockout("u").failures == 0 and store.count_active_sessions(T0) == 0
+
+
+def test_a_token_secret_or_key_with_a_lone_surrogate_is_refused_naming_it(store, monkeypatch):
+    # no UTF-8 for it: the hashing or encryption raised a UnicodeEncodeError naming nothing
+    store.put_template("u", b"tmpl", "m-1", now=T0)
+    tok = store.create_session("u", 60.0, now=T0).token
+    for call in (lambda: store.get_session("\ud800"),
+                 lambda: store.end_session(tok + "\udc80", now=T0),
+                 lambda: store.renew_session("\ud800x", 60.0, now=T0)):
+        with pytest.raises(ValueError, match="'token'"):
+            call()
+    with pytest.raises(ValueError, match="'secret'"):
+        store.register_device("u", "d", "s" * 16 + "\ud800", now=T0)
+    with pytest.raises(ValueError, match="template key"):
+        store.rotate_key("\ud800" * 44)
+    # an environment variable of bytes that are no UTF-8 holds such surrogates
+    from nacf_core.store.crypto import KEY_ENV, load_key
+    monkeypatch.setenv(KEY_ENV, "\udcff" * 44)
+    with pytest.raises(ValueError, match="template key"):
+        load_key(None)
+    assert store.get_session(tok).is_active(T0) and store.list_devices("u") == []
