@@ -20,7 +20,7 @@ import random
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
@@ -615,6 +615,9 @@ class SqlStore(Store):
 
     def read_gallery(self, model_version, known=None):
         _check_id("model_version", model_version)
+        if known is not None and not isinstance(known, Mapping):
+            raise TypeError(f"'known' must be a mapping of user id to stamp (or None), got "
+                            f"{type(known).__name__}.")
         known = known or {}
 
         def fn(tx: Tx) -> tuple[list, list]:

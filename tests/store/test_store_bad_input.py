@@ -103,3 +103,12 @@ def test_a_token_secret_or_key_with_a_lone_surrogate_is_refused_naming_it(store,
     with pytest.raises(ValueError, match="template key"):
         load_key(None)
     assert store.get_session(tok).is_active(T0) and store.list_devices("u") == []
+
+
+@pytest.mark.parametrize("known", [[1], ["u"], "abc", 5, [("u", b"x")]])
+def test_read_gallery_refuses_known_stamps_that_are_no_mapping(store, known):
+    store.put_template("u", b"tmpl", "m-1", now=T0)
+    with pytest.raises(TypeError, match="'known'"):  # was AttributeError: no .get
+        store.read_gallery("m-1", known)
+    listing, fresh = store.read_gallery("m-1", {})
+    assert [u for u, _ in listing] == ["u"] and fresh["u"].blob == b"tmpl"
