@@ -165,6 +165,25 @@ def _audit_text(name: str, value: Any, size: int) -> str:
     return text
 
 
+def _check_stamp_pair(name: str, value: Any) -> tuple:
+    """``finish_authentication``'s ``template_id`` (``(version, created_at)``) or
+    ``device_key`` (``(device_id, created_at)``): the pair, checked, with its time as a
+    float."""
+    form = "(version, created_at)" if name == "template_id" else "(device_id, created_at)"
+    try:
+        if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)) \
+                or len(value) != 2:
+            raise TypeError("no pair")
+        if name == "template_id":
+            first = check_int_range("version", value[0], 0)
+        else:
+            first = _check_id("device_id", value[0])
+        return first, _check_time("created_at", value[1])
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{name!r} must be a pair {form} as the store read it, got "
+                        f"{value!r:.60} ({exc})") from None
+
+
 def _check_token(token: Any) -> str:
     """A session token as a caller gives it: a non-empty str that is UTF-8 (it is hashed
     as such; a lone surrogate raised a codec error naming nothing)."""
@@ -1526,6 +1545,10 @@ class SqlStore(Store):
             if not probe:
                 raise InvalidArgument("'probe_fingerprint' is empty: expected a PAD "
                                       "fingerprint (nacf_core.pad.fingerprint).")
+        if template_id is not None:
+            template_id = _check_stamp_pair("template_id", template_id)
+        if device_key is not None:
+            device_key = _check_stamp_pair("device_key", device_key)
         attempt = self._attempt_row(user_id, accepted, score, reason, peer, duration_s,
                                     method, t)
 

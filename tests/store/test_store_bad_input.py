@@ -112,3 +112,21 @@ def test_read_gallery_refuses_known_stamps_that_are_no_mapping(store, known):
         store.read_gallery("m-1", known)
     listing, fresh = store.read_gallery("m-1", {})
     assert [u for u, _ in listing] == ["u"] and fresh["u"].blob == b"tmpl"
+
+
+@pytest.mark.parametrize("name,value", [
+    ("template_id", ("x", 1.0)), ("template_id", 5), ("template_id", (1,)),
+    ("template_id", (True, T0)), ("template_id", (1, float("nan"))), ("template_id", "ab"),
+    ("device_key", (5, T0)), ("device_key", ("\x00", T0)), ("device_key", ("d" * 300, T0)),
+    ("device_key", ("d", "x")), ("device_key", ("d",)), ("device_key", "ab")])
+def test_finish_authentication_refuses_a_malformed_template_id_or_device_key(store, name,
+                                                                            value):
+    # on PostgreSQL a device id that is no text reached the server (UndefinedFunction,
+    # DataError: UNAVAILABLE); elsewhere int() or a subscript failed naming nothing
+    store.put_template("u", b"tmpl", "m-1", now=T0)
+    store.register_device("u", "d", "s" * 16, now=T0)
+    with pytest.raises((TypeError, ValueError), match=repr(name)):
+        store.finish_authentication("u", True, score=0.9, reason="ok", peer="p",
+                                    method="Authenticate", duration_s=0.1, session_ttl_s=60.0,
+                                    now=T0, **{name: value})
+    assert store.count_active_sessions(T0) == 0 and store.recent_attempts() == []
