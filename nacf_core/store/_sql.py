@@ -62,6 +62,8 @@ log = logging.getLogger("nacf.store")
 T = TypeVar("T")
 
 _MAX_ID = 256
+#: the most stream windows ``add_session_window`` keeps per session
+_MAX_KEEP = 1_000_000
 #: audit rows (``record_attempt``) of account changes, which ``stats`` does not count
 ACCOUNT_CHANGE_METHODS = ("Enroll", "RegisterDevice", "EndUserSessions", "DeleteUser",
                           "UnlockUser")
@@ -1434,7 +1436,8 @@ class SqlStore(Store):
             raise InvalidArgument("'fingerprint' must be a PAD fingerprint (non-empty bytes, "
                                   f"nacf_core.pad.fingerprint), got {fingerprint!r:.40}.")
         fp = bytes(fingerprint)
-        keep = check_int_range("keep", keep, 1)
+        # (it becomes a query's OFFSET: a bound both databases take)
+        keep = check_int_range("keep", keep, 1, _MAX_KEEP)
         t = _now(now)
 
         def fn(tx: Tx) -> int | None:

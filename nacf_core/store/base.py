@@ -558,9 +558,9 @@ class Store(abc.ABC):
                            keep: int, now: float | None = None) -> int | None:
         """Append the PAD fingerprint of a window streamed on the session
         ``session_id`` (:attr:`Session.session_id`) of ``user_id`` (encrypted, bound to
-        both) and drop its windows beyond the newest ``keep``; return the row's id, or
-        ``None`` (nothing written) when the session is not active at ``now``. A
-        session's windows go when it ends (:meth:`end_session`,
+        both) and drop its windows beyond the newest ``keep`` (at most 1 000 000);
+        return the row's id, or ``None`` (nothing written) when the session is not active
+        at ``now``. A session's windows go when it ends (:meth:`end_session`,
         :meth:`end_user_sessions`, :meth:`expire_sessions`, :meth:`delete_user`)."""
 
     @abc.abstractmethod

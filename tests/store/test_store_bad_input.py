@@ -130,3 +130,15 @@ def test_finish_authentication_refuses_a_malformed_template_id_or_device_key(sto
                                     method="Authenticate", duration_s=0.1, session_ttl_s=60.0,
                                     now=T0, **{name: value})
     assert store.count_active_sessions(T0) == 0 and store.recent_attempts() == []
+
+
+@pytest.mark.parametrize("keep", [2 ** 63, 2 ** 64, 2 ** 1100, 10 ** 7])
+def test_add_session_window_refuses_a_keep_no_query_can_take(store, keep):
+    # it became the query's OFFSET: an OverflowError on SQLite, "bigint out of range" on
+    # PostgreSQL (UNAVAILABLE, as an outage)
+    store.put_template("u", b"tmpl", "m-1", now=T0)
+    s = store.create_session("u", 60.0, now=T0)
+    with pytest.raises(ValueError, match="'keep'"):
+        store.add_session_window(s.session_id, "u", b"fp", keep=keep, now=T0)
+    assert store.get_session_windows(s.session_id, "u") == []
+    assert store.add_session_window(s.session_id, "u", b"fp", keep=10 ** 6, now=T0) is not None
