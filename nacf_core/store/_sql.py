@@ -525,7 +525,7 @@ class SqlStore(Store):
             expected_version = check_int_range("expected_version", expected_version, 0)
         try:
             meta_json = json.dumps(dict(meta or {}), sort_keys=True)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:  # (nested too deep)
             raise InvalidArgument(f"'meta' must be JSON-serialisable: {exc}.") from None
         t = _now(now)
         fps = None if enroll_fingerprints is None else _check_fingerprints(

@@ -142,3 +142,12 @@ def test_add_session_window_refuses_a_keep_no_query_can_take(store, keep):
         store.add_session_window(s.session_id, "u", b"fp", keep=keep, now=T0)
     assert store.get_session_windows(s.session_id, "u") == []
     assert store.add_session_window(s.session_id, "u", b"fp", keep=10 ** 6, now=T0) is not None
+
+
+def test_put_template_refuses_meta_nested_too_deep_to_encode(store):
+    deep: list = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(ValueError, match="'meta'"):  # was RecursionError
+        store.put_template("u", b"tmpl", "m-1", {"a": deep}, now=T0)
+    assert store.list_users().users == []
