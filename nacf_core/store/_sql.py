@@ -1036,8 +1036,15 @@ class SqlStore(Store):
         lock_seconds = check_finite_positive("lock_seconds", lock_seconds)
         t = _now(now)
 
-        return self._run(lambda tx: self._tx_failure(tx, user_id, max_failures,
-                                                     lock_seconds, t))
+        def fn(tx: Tx) -> tuple[int, float | None]:
+            # an unknown (or deleted) user's row would outlive it and lock out an account
+            # enrolled later under the same id (as finish_authentication refuses)
+            if tx.one("SELECT 1 FROM users WHERE user_id = ?" + self.FOR_UPDATE,
+                      (user_id,)) is None:
+                raise NotFound(f"Unknown user {user_id!r}.")
+            return self._tx_failure(tx, user_id, max_failures, lock_seconds, t)
+
+        return self._run(fn)
 
     def _tx_failure(self, tx: Tx, user_id: str, max_failures: int, lock_seconds: float,
                     t: float) -> tuple[int, float | None]:

@@ -463,7 +463,8 @@ class Store(abc.ABC):
     def register_failure(self, user_id: str, max_failures: int, lock_seconds: float,
                          now: float | None = None) -> tuple[int, float | None]:
         """Atomically count one more consecutive failure; lock when it reaches
-        ``max_failures``. Return ``(failures, locked_until)``."""
+        ``max_failures``. Return ``(failures, locked_until)``. ``NotFound`` (nothing
+        written) for an unknown user."""
 
     @abc.abstractmethod
     def reset_failures(self, user_id: str) -> None:

@@ -217,6 +217,7 @@ def test_a_nonce_whose_commit_answer_was_lost_is_not_a_replay_of_itself(store, m
     call wrote it, so the call runs again and recognises its own nonce; another call with
     the same nonce is still a replay. (The fault is injected at commit, and the store told
     to take it for a lost answer; test_store_pg_outage.py loses a real one.)"""
+    store.put_template("alice", b"t", "m", now=T0)
     orig = store._transaction
     lost: list[bool] = []
 

@@ -151,3 +151,20 @@ def test_put_template_refuses_meta_nested_too_deep_to_encode(store):
     with pytest.raises(ValueError, match="'meta'"):  # was RecursionError
         store.put_template("u", b"tmpl", "m-1", {"a": deep}, now=T0)
     assert store.list_users().users == []
+
+
+def test_register_failure_of_an_unknown_user_writes_no_lockout(store):
+    # its row outlived any user (DeleteUser: NotFound) and locked out an account enrolled
+    # later under that id; finish_authentication already refused such a reject
+    from nacf_core.errors import NotFound
+
+    with pytest.raises(NotFound, match="ghost"):
+        store.register_failure("ghost", 1, 600.0, now=T0)
+    store.put_template("ghost", b"tmpl", "m-1", now=T0)
+    lock = store.get_lockout("ghost")
+    assert (lock.failures, lock.locked_until) == (0, None)
+    assert store.locked_user_ids(T0) == set()
+    store.delete_user("ghost", now=T0)
+    with pytest.raises(NotFound, match="ghost"):
+        store.register_failure("ghost", 1, 600.0, now=T0)
+    assert store.get_lockout("ghost").failures == 0
