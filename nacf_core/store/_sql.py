@@ -1201,6 +1201,9 @@ class SqlStore(Store):
             except (TypeError, ValueError):
                 raise TypeError(f"'score' must be a real number or None, got {score!r} "
                                 "instead.") from None
+            except OverflowError:  # an integer beyond the float range
+                raise ValueError("'score' must be a finite number, got an integer of "
+                                 f"{score.bit_length()} bits instead.") from None
             if not math.isfinite(score):
                 raise ValueError(f"'score' must be a finite number, got {score!r} instead.")
         return (user_id, t, bool(success), score, _audit_text("reason", reason, 200),

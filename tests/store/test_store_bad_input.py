@@ -22,6 +22,10 @@ def test_an_integer_too_large_for_a_float_is_refused_as_a_bad_time_or_duration(s
         lambda: store.purge_attempts(HUGE),
         lambda: store.purge_sessions(-HUGE),
         lambda: store.count_active_sessions(HUGE),
+        lambda: store.record_attempt("u", False, HUGE, "r", "p", 0.1, "Authenticate", now=T0),
+        lambda: store.finish_authentication("u", False, score=HUGE, reason="r", peer="p",
+                                            method="Authenticate", duration_s=0.1,
+                                            session_ttl_s=60.0, now=T0),
     ]
     for call in calls:
         with pytest.raises(ValueError, match="must be"):
