@@ -674,14 +674,15 @@ _UV_PER_UNIT = {
 }
 
 
-def check_units(units: Any) -> float | None:
-    """Microvolts per unit of a ``units`` option (``None``: the units the file states)."""
+def check_units(units: Any, of: str = "signal") -> float | None:
+    """Microvolts per unit of a ``units`` option (``None``: the units the source states);
+    ``of``: what it is the unit of every one of, for the message."""
     if units is None:
         return None
     per_uv = unit_to_uv(units) if isinstance(units, str) else None
     if per_uv is None:
         raise ValueError(
-            "'units' must be one voltage unit, the unit of every signal: uV (or µV), mV, V "
+            f"'units' must be one voltage unit, the unit of every {of}: uV (or µV), mV, V "
             f"or nV, in any case or spelt out (microvolts), got {units!r} instead.")
     return per_uv
 

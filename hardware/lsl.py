@@ -67,7 +67,7 @@ from nacf_core.channels import canonical_name, describe_repeated, repeated_chann
 from nacf_core.errors import Unavailable
 
 from .base import Chunk, Counters
-from .files import Recording, _default_names, unit_to_uv
+from .files import Recording, _default_names, check_units, unit_to_uv
 from .montages import resolve_montage
 
 __all__ = ["LslSource", "stream_recording_to_lsl", "make_outlet"]
@@ -115,19 +115,6 @@ def _check_timeout(name: str, value: Any) -> float:
     if not math.isfinite(v) or v < 0:
         raise ValueError(f"{name!r} must be a finite number >= 0, got {value!r} instead.")
     return v
-
-
-def _check_units(units: Any) -> float | None:
-    """Microvolts per unit of the ``units`` option (``None``: the stream's own units)."""
-    if units is None:
-        return None
-    per_uv = unit_to_uv(units) if isinstance(units, str) else None
-    if per_uv is None:
-        raise ValueError(
-            "'units' must be one voltage unit, the unit of every channel of the stream: uV "
-            "(or µV), mV, V or nV, in any case or spelt out (microvolts), got "
-            f"{units!r} instead.")
-    return per_uv
 
 
 class LslSource:
@@ -185,7 +172,7 @@ class LslSource:
         self.chunk_s = check_finite_positive("chunk_s", chunk_s)
         self.clock_refresh_s = check_finite_positive("clock_refresh_s", clock_refresh_s)
         self._montage = montage
-        self._units_uv = _check_units(units)
+        self._units_uv = check_units(units, "channel of the stream")
         self.counters = Counters()
         self._inlet = None
         self._info = None
