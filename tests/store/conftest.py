@@ -79,3 +79,24 @@ def store(store_url, key):
         yield s
     finally:
         s.close()
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql",
+                                                               marks=pytest.mark.postgres)])
+def module_store(request, tmp_path_factory):
+    """One store per backend for a whole module (the generated-input tests, whose
+    examples each set up what they need), on a new file or PostgreSQL schema."""
+    if request.param == "sqlite":
+        s = open_store(f"sqlite:///{tmp_path_factory.mktemp('ms') / 'store.db'}",
+                       key=os.urandom(32))
+        yield s
+        s.close()
+        return
+    request.getfixturevalue("pg_available")
+    schema = f"nacf_ms_{uuid.uuid4().hex[:12]}"
+    s = open_store(_pg_url(schema), key=os.urandom(32))
+    try:
+        yield s
+    finally:
+        s.close()
+        _drop_schema(schema)

@@ -13,10 +13,7 @@ once, in order) are the model's."""
 from __future__ import annotations
 
 import math
-import os
-import uuid
 
-import psycopg
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -29,9 +26,7 @@ from hypothesis.stateful import (
 )
 
 from nacf_core.errors import AlreadyExists, FailedPrecondition, NotFound
-from nacf_core.store import open_store
 
-PG_DSN = os.environ.get("NACF_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 SETTINGS = settings(max_examples=60, stateful_step_count=40, deadline=None,
                     derandomize=True, suppress_health_check=list(HealthCheck))
 T0 = 1_790_000_000.0
@@ -42,27 +37,6 @@ RATE, BURST = 0.5, 3.0
 KEEP = 2
 WIPE = ("session_windows", "device_nonces", "pad_fingerprints", "sessions", "devices",
         "lockouts", "templates", "users", "auth_attempts", "rate_buckets")
-
-
-@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql",
-                                                               marks=pytest.mark.postgres)])
-def st_store(request, tmp_path_factory):
-    if request.param == "sqlite":
-        s = open_store(f"sqlite:///{tmp_path_factory.mktemp('st') / 'store.db'}",
-                       key=os.urandom(32))
-        yield s
-        s.close()
-        return
-    request.getfixturevalue("pg_available")
-    schema = f"nacf_st_{uuid.uuid4().hex[:12]}"
-    sep = "&" if "?" in PG_DSN else "?"
-    s = open_store(f"{PG_DSN}{sep}schema={schema}", key=os.urandom(32))
-    try:
-        yield s
-    finally:
-        s.close()
-        with psycopg.connect(PG_DSN, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 class Sess:
@@ -384,6 +358,6 @@ class StoreModel(RuleBasedStateMachine):
         assert seen == sorted(self.users.items())
 
 
-def test_store_calls_in_any_order_leave_what_the_model_says(st_store):
-    StoreModel.store = st_store
+def test_store_calls_in_any_order_leave_what_the_model_says(module_store):
+    StoreModel.store = module_store
     run_state_machine_as_test(StoreModel, settings=SETTINGS)
