@@ -34,7 +34,7 @@ to ``max_buflen`` seconds; a consumer that reads through
 number of microvolts (sent infinite, or too large for float32 once scaled) is delivered as
 NaN, a dropped sample, as a file's would be; a timestamp that is not finite (an outlet
 that stamps NaN) is replaced by the arrival time, the chunk's samples evenly spaced
-before it.
+before it (and after the last stamp handed out).
 
 Units: channels whose ``unit`` says volts, millivolts or nanovolts (any case, ``V``,
 ``mV``, ``nV`` or spelt out) are scaled to microvolts; µV, and no unit (or a blank one:
@@ -184,6 +184,7 @@ class LslSource:
         self._ended = False
         self._closed = False
         self._warned_stamps = False
+        self._last_stamp = -math.inf  # the last timestamp handed out
 
     # ------------------------------------------------------------------ resolving
     def _describe(self) -> str:
@@ -448,13 +449,17 @@ class LslSource:
         stamps = np.asarray(ts, np.float64) + self._offset
         bad = ~np.isfinite(stamps)
         if bad.any():  # an outlet that stamps NaN: the arrival time, evenly spaced before
-            now = _pylsl().local_clock()
-            stamps[bad] = (now - (n - 1 - np.arange(n)) / self._sfreq)[bad]
+            # it, and after the last stamp handed out (a chunk pulled in two pieces within
+            # its own span would otherwise go back in time)
+            first = max(_pylsl().local_clock() - (n - 1) / self._sfreq,
+                        self._last_stamp + 1.0 / self._sfreq)
+            stamps[bad] = (first + np.arange(n) / self._sfreq)[bad]
             if not self._warned_stamps:
                 self._warned_stamps = True
                 logger.warning("LSL stream %s sent timestamps that are not finite; they are "
                                "replaced by the arrival time", self._describe())
         self.counters.ok += n
+        self._last_stamp = float(stamps[-1])
         return Chunk(samples, stamps, self.ch_names, self._sfreq)
 
     def _lost(self) -> Chunk | None:

@@ -429,3 +429,30 @@ def test_samples_that_are_not_numbers_are_dropped_samples_and_stamps_stay_finite
         assert abs(ts[-1] - pylsl.local_clock()) < 10
     finally:
         del outlet
+
+
+def test_repaired_timestamps_keep_going_forward_across_chunks():
+    """Timestamps an outlet sent as NaN were replaced by the arrival time with the chunk's
+    samples spaced back from it at the nominal rate, so a chunk pulled soon after the
+    previous one (the outlet's chunk split in two pulls, or a slow stream) got stamps
+    before the previous chunk's: time went backwards (a flaky CI failure at 100 Hz; at 1
+    Hz every time). Repaired stamps now also come after the last stamp handed out."""
+    name = f"nacf-test-{uuid.uuid4().hex[:8]}"
+    info = pylsl.StreamInfo(name, "EEG", 2, 1.0, pylsl.cf_float32, f"sid-{name}")
+    info.set_channel_labels(["Cz", "Pz"])
+    outlet = pylsl.StreamOutlet(info)
+    try:  # chunks of up to 4 samples: the second, pulled at once, spans 3 s back
+        with LslSource(name=name, timeout=10, reconnect_s=0, chunk_s=4.0) as src:
+            assert outlet.wait_for_consumers(10)
+            stamps = []
+            for k in (1, 4):
+                outlet.push_chunk(np.ones((k, 2), np.float32), [float("nan")] * k)
+                got, t = 0, time.monotonic()
+                while got < k and time.monotonic() - t < 10:
+                    c = src.read_chunk(timeout=0.5)
+                    got += c.n_times
+                    stamps.append(c.timestamps)
+            ts = np.concatenate(stamps)
+        assert len(ts) == 5 and np.isfinite(ts).all() and np.all(np.diff(ts) > 0), ts
+    finally:
+        del outlet
