@@ -513,21 +513,12 @@ class AuthInterceptor(grpc.ServerInterceptor):
         if pool.claim(client_id):
             return
         bound = pool.max_per_client
-        suppressed = self._refusals.admit("client_streams_busy", client_id)
-        if suppressed is not None:
-            log.warning("%s refused with RESOURCE_EXHAUSTED: client %s holds %d streams "
-                        "open, its bound (--max-streams-per-client)", method, client_id,
-                        bound, extra={
-                            "event_type": "client_streams_busy", "method": method,
-                            "client_id": client_id, "status": "RESOURCE_EXHAUSTED",
-                            "max_streams_per_client": bound,
-                            **peer_fields(_peer_of(context)),
-                            **({"suppressed": suppressed} if suppressed else {})})
-        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                      f"too many open streams for this client: a client holds at most "
-                      f"{bound} at once (option max_streams_per_client, "
-                      f"--max-streams-per-client); retry once one of its streams has "
-                      f"ended.")
+        self._refuse_busy_client(
+            context, method, client_id, "client_streams_busy", "max_streams_per_client",
+            bound, f"holds {bound} streams open",
+            f"too many open streams for this client: a client holds at most {bound} at "
+            f"once (option max_streams_per_client, --max-streams-per-client); retry once "
+            f"one of its streams has ended.")
 
     def claim_upload(self, context: grpc.ServicerContext, method: str,
                      client_id: str) -> bool:
@@ -544,22 +535,29 @@ class AuthInterceptor(grpc.ServerInterceptor):
         if slots.start(client_id, context):
             return True
         bound = slots.bound
-        suppressed = self._refusals.admit("client_uploads_busy", client_id)
-        if suppressed is not None:
-            log.warning("%s refused with RESOURCE_EXHAUSTED: client %s has %d calls waiting "
-                        "for their request, its bound (--max-uploads-per-client)", method,
-                        client_id, bound, extra={
-                            "event_type": "client_uploads_busy", "method": method,
-                            "client_id": client_id, "status": "RESOURCE_EXHAUSTED",
-                            "max_uploads_per_client": bound,
-                            **peer_fields(_peer_of(context)),
-                            **({"suppressed": suppressed} if suppressed else {})})
-        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                      f"too many calls of this client waiting for their request: a client "
-                      f"has at most {bound} at once (option max_uploads_per_client, "
-                      f"--max-uploads-per-client); finish sending their requests, or retry "
-                      f"once one of those calls has ended.")
+        self._refuse_busy_client(
+            context, method, client_id, "client_uploads_busy", "max_uploads_per_client",
+            bound, f"has {bound} calls waiting for their request",
+            f"too many calls of this client waiting for their request: a client has at "
+            f"most {bound} at once (option max_uploads_per_client, --max-uploads-per-client)"
+            f"; finish sending their requests, or retry once one of those calls has ended.")
         return False  # not reached: abort raises
+
+    def _refuse_busy_client(self, context: grpc.ServicerContext, method: str,
+                            client_id: str, event: str, option: str, bound: int,
+                            holds: str, details: str) -> None:
+        """Abort a call of a client at its per-client ``option`` bound with
+        ``RESOURCE_EXHAUSTED`` (``details``), logged as ``event`` at most a line per
+        client every 10 s (``holds``: what the client holds, for the log line)."""
+        suppressed = self._refusals.admit(event, client_id)
+        if suppressed is not None:
+            log.warning("%s refused with RESOURCE_EXHAUSTED: client %s %s, its bound "
+                        "(--%s)", method, client_id, holds, option.replace("_", "-"),
+                        extra={"event_type": event, "method": method,
+                               "client_id": client_id, "status": "RESOURCE_EXHAUSTED",
+                               option: bound, **peer_fields(_peer_of(context)),
+                               **({"suppressed": suppressed} if suppressed else {})})
+        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, details)
 
     def release_upload(self, client_id: str, context: grpc.ServicerContext) -> None:
         """End the wait :meth:`claim_upload` registered."""
