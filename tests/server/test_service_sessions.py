@@ -372,6 +372,19 @@ def test_maintenance_purges_the_rate_buckets_of_clients_gone_quiet(svc_both, cap
     svc.check_rate_limit("10.0.0.1")  # back, and admitted
 
 
+def _gate_watch(svc, held: dict[str, list[bool]]):
+    """``watch(obj, name)``: wrap ``obj.name`` so that each call records in ``held[name]``
+    whether ``svc``'s CPU gate was held."""
+    def watch(obj, name):
+        fn = getattr(obj, name)
+
+        def wrapped(*a, **k):
+            held.setdefault(name, []).append(svc._cpu_gate.locked())
+            return fn(*a, **k)
+        setattr(obj, name, wrapped)
+    return watch
+
+
 def test_a_streams_windows_are_computed_under_the_cpu_gate_and_its_store_calls_outside(
         tmp_path, model_path):
     """An Authenticate's CPU-bound work (windows, decision, PAD) runs one thread at a
@@ -385,14 +398,7 @@ def test_a_streams_windows_are_computed_under_the_cpu_gate_and_its_store_calls_o
     svc = sqlite_service(tmp_path, model_path)
     svc.pad = PresentationAttackDetector(list(svc.rec.model.ch_names))
     held: dict[str, list[bool]] = {}
-
-    def watch(obj, name):
-        fn = getattr(obj, name)
-
-        def wrapped(*a, **k):
-            held.setdefault(name, []).append(svc._cpu_gate.locked())
-            return fn(*a, **k)
-        setattr(obj, name, wrapped)
+    watch = _gate_watch(svc, held)
 
     try:
         svc.enroll("g1", [signal_block(eeg(1, 3, 0, 40))])
@@ -424,14 +430,7 @@ def test_authenticate_stream_and_identify_compute_under_the_cpu_gate_and_store_c
     runs under it."""
     svc = sqlite_service(tmp_path, model_path, require_device_proof=False)
     held: dict[str, list[bool]] = {}
-
-    def watch(obj, name):
-        fn = getattr(obj, name)
-
-        def wrapped(*a, **k):
-            held.setdefault(name, []).append(svc._cpu_gate.locked())
-            return fn(*a, **k)
-        setattr(obj, name, wrapped)
+    watch = _gate_watch(svc, held)
 
     try:
         svc.enroll("g1", [signal_block(eeg(1, 3, 0, 40))])
