@@ -91,9 +91,15 @@ _USER_ID_MAX = 128
 _DEVICE_ID_MAX = 128
 _UNREAD = object()  # a device record that was not looked up
 
-#: ContinuousAuthenticate: how many of the session's streamed windows its replay check keeps
-#: (in the store, encrypted: ~2 KB a window)
+#: ContinuousAuthenticate: how many of the session's newest streamed windows its replay
+#: check keeps (in the store, encrypted: ~2 KB a window); before them, one window in every
+#: ``_STREAM_PAD_HISTORY`` of the session stays too, so a recording looped for longer than
+#: the newest meets one of them on its second pass
 _STREAM_PAD_HISTORY = 64
+#: ... up to this many windows in all (the newest): 64 newest and 128 of the older ones
+#: cover loops up to 128 x 64 windows (9 h of 4-s windows); each window is compared with
+#: every one kept (and the user's stored history), under the CPU gate
+_STREAM_PAD_MOST = 192
 _PROOF_FAILS = ("device proof does not verify: the device is not registered to this user, "
                 "or the secret, the signed user, device, timestamp or samples differ.")
 _ANOTHER_DEVICE = ("user {user!r} already has a registered device; binding another one "
@@ -1333,7 +1339,8 @@ class AuthService:
     def _session_windows(self, session_id: str, user_id: str,
                          have: dict[int, bytes]) -> list[tuple[str, bytes]]:
         """The fingerprints of the windows the session's ContinuousAuthenticate streams
-        sent (the last ``_STREAM_PAD_HISTORY``), which each window is checked against for
+        sent (the last ``_STREAM_PAD_HISTORY``, and one in every ``_STREAM_PAD_HISTORY``
+        before them, ``_STREAM_PAD_MOST`` in all), which each window is checked against for
         a replay: a stream's own alone let a recording replayed on a new stream of the
         session (a client 'reconnecting' each time, to any replica) pass every time. Kept
         in the store (encrypted; dropped when the session ends), so every replica's
@@ -1655,7 +1662,10 @@ class AuthService:
                     if v.fingerprint is not None:
                         rid = self._store("add_session_window", self.store.add_session_window,
                                           s.session_id, user_id, v.fingerprint,
-                                          keep=_STREAM_PAD_HISTORY, now=now)
+                                          keep=_STREAM_PAD_HISTORY,
+                                          every=_STREAM_PAD_HISTORY,
+                                          most=max(_STREAM_PAD_MOST, _STREAM_PAD_HISTORY),
+                                          now=now)
                         if rid is not None:
                             stream_fps[rid] = v.fingerprint
                 score, thr = float(d.score), float(d.threshold)

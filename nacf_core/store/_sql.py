@@ -1438,33 +1438,49 @@ class SqlStore(Store):
     def _window_aad(session_id: str, user_id: str) -> bytes:
         return Cipher.aad("stream", session_id, user_id)
 
-    def add_session_window(self, session_id, user_id, fingerprint, *, keep,
-                           now=None) -> int | None:
+    def add_session_window(self, session_id, user_id, fingerprint, *, keep, every=0,
+                           most=None, now=None) -> int | None:
         _check_id("session_id", session_id)
         _check_id("user_id", user_id)
         if not isinstance(fingerprint, (bytes, bytearray, memoryview)) or not fingerprint:
             raise InvalidArgument("'fingerprint' must be a PAD fingerprint (non-empty bytes, "
                                   f"nacf_core.pad.fingerprint), got {fingerprint!r:.40}.")
         fp = bytes(fingerprint)
-        # (it becomes a query's OFFSET: a bound both databases take)
+        # (they become a query's OFFSET or a modulus: bounds both databases take)
         keep = check_int_range("keep", keep, 1, _MAX_KEEP)
+        every = check_int_range("every", every, 0, _MAX_KEEP)
+        most = keep if most is None else check_int_range("most", most, keep, _MAX_KEEP)
         t = _now(now)
 
         def fn(tx: Tx) -> int | None:
             # locked: an end committing meanwhile (which drops the session's windows)
-            # waits for this row, or this waits for it and writes nothing
+            # waits for this row, or this waits for it and writes nothing; and the
+            # session's windows are numbered one after the other
             if tx.one("SELECT 1 FROM sessions WHERE token_hash = ? AND user_id = ? "
                       "AND ended_at IS NULL AND expires_at > ?" + self.FOR_UPDATE,
                       (session_id, user_id, t)) is None:
                 return None
             kid, ct = self._cipher.encrypt(fp, self._window_aad(session_id, user_id))
+            # its ordinal in the session: the newest window always stays, so the
+            # highest one kept is the last one given
             row = tx.one("INSERT INTO session_windows (session_id, user_id, created_at, "
-                         "key_id, ciphertext) VALUES (?, ?, ?, ?, ?) RETURNING id",
-                         (session_id, user_id, t, kid, ct))
-            # the newest ``keep`` stay: one index seek finds the cut-off id
+                         "key_id, ciphertext, seq) VALUES (?, ?, ?, ?, ?, (SELECT "
+                         "COALESCE(MAX(seq), 0) + 1 FROM session_windows WHERE "
+                         "session_id = ?)) RETURNING id", (session_id, user_id, t, kid, ct,
+                                                           session_id))
+            # the newest ``keep`` stay, and before them one in every ``every`` (by its
+            # ordinal): one index seek finds the cut-off id
+            # (integer division in both databases; no '%', which psycopg reads as a
+            # placeholder)
+            sparse = " AND (seq IS NULL OR (seq / ?) * ? <> seq)" if every else ""
             tx.execute("DELETE FROM session_windows WHERE session_id = ? AND id <= (SELECT "
                        "id FROM session_windows WHERE session_id = ? ORDER BY id DESC "
-                       "LIMIT 1 OFFSET ?)", (session_id, session_id, keep))
+                       "LIMIT 1 OFFSET ?)" + sparse,
+                       (session_id, session_id, keep) + ((every, every) if every else ()))
+            if every:  # and ``most`` in all, the newest
+                tx.execute("DELETE FROM session_windows WHERE session_id = ? AND id <= "
+                           "(SELECT id FROM session_windows WHERE session_id = ? ORDER BY "
+                           "id DESC LIMIT 1 OFFSET ?)", (session_id, session_id, most))
             self._tx_check_write_key(tx, kid)
             return int(row[0])
 

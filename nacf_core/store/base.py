@@ -556,12 +556,16 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def add_session_window(self, session_id: str, user_id: str, fingerprint: bytes, *,
-                           keep: int, now: float | None = None) -> int | None:
+                           keep: int, every: int = 0, most: int | None = None,
+                           now: float | None = None) -> int | None:
         """Append the PAD fingerprint of a window streamed on the session
         ``session_id`` (:attr:`Session.session_id`) of ``user_id`` (encrypted, bound to
-        both) and drop its windows beyond the newest ``keep`` (at most 1 000 000);
-        return the row's id, or ``None`` (nothing written) when the session is not active
-        at ``now``. A session's windows go when it ends (:meth:`end_session`,
+        both) and drop its windows beyond the newest ``keep`` (at most 1 000 000), but
+        for one in every ``every`` of the session's windows (by their order in it: its
+        1st, 2nd, ... window; 0: none), of which the newest stay up to ``most`` windows
+        of the session in all (default and at least ``keep``); return the row's id, or
+        ``None`` (nothing written) when the session is not active at ``now``. A
+        session's windows go when it ends (:meth:`end_session`,
         :meth:`end_user_sessions`, :meth:`expire_sessions`, :meth:`delete_user`)."""
 
     @abc.abstractmethod

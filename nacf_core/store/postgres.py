@@ -110,6 +110,10 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         "key_id TEXT NOT NULL, ciphertext BYTEA NOT NULL)",
         "CREATE INDEX session_windows_session ON session_windows (session_id, id)",
     ]),
+    (7, "session_windows.seq: each window's ordinal in its session (beyond the newest, one "
+        "window in every so many stays: a loop longer than the newest is caught)", [
+        "ALTER TABLE session_windows ADD COLUMN seq BIGINT",
+    ]),
 ]
 
 #: the most connections one store opens (PostgreSQL's own default max_connections is 100)

@@ -98,6 +98,10 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         "key_id TEXT NOT NULL, ciphertext BLOB NOT NULL)",
         "CREATE INDEX session_windows_session ON session_windows (session_id, id)",
     ]),
+    (7, "session_windows.seq: each window's ordinal in its session (beyond the newest, one "
+        "window in every so many stays: a loop longer than the newest is caught)", [
+        "ALTER TABLE session_windows ADD COLUMN seq INTEGER",
+    ]),
 ]
 
 

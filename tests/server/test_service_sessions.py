@@ -302,6 +302,37 @@ def test_a_recording_replayed_on_a_new_stream_of_the_session_ends_it(tmp_path, m
         svc.store.close()
 
 
+def test_a_recording_looped_for_longer_than_the_recent_history_ends_the_session(
+        tmp_path, model_path, monkeypatch):
+    """A recording left playing in a loop on one stream: a loop longer than the
+    session's window history (the last ``_STREAM_PAD_HISTORY`` windows, 64: 4.3 min)
+    was never caught, every pass found only windows of the loop it no longer held, and
+    kept the session verified for as long as it played. Beyond the newest windows, one
+    window in every ``_STREAM_PAD_HISTORY`` of the session now stays for its life (a
+    bounded number), so any longer loop meets one of them on its second pass. Here the
+    history is cut to 4 windows and the loop is 6 windows long."""
+    import nacf_core.service as service_mod
+    from nacf_core.pad import PresentationAttackDetector
+
+    monkeypatch.setattr(service_mod, "_STREAM_PAD_HISTORY", 4)
+    svc = sqlite_service(tmp_path, model_path, continuous_mismatch_windows=1000)
+    svc.pad = PresentationAttackDetector(list(svc.rec.model.ch_names))
+    try:
+        svc.enroll("lp1", [signal_block(eeg(1, 3, 0, 40))])
+        win = svc.rec.window_s
+        s = svc.store.create_session("lp1", 600)
+        loop = eeg(1, 7, 0, 6 * win)
+        updates = list(svc.continuous(s.token, _blocks(np.concatenate([loop] * 3))))
+        assert all(u.state != "ended" for u in updates[:6]), updates
+        assert (updates[-1].state, updates[-1].reason) == ("ended", "replay"), updates
+        # caught on the loop's second pass, not later
+        assert len(updates) <= 12, updates
+        assert (svc.validate_session(s.token).valid, svc.validate_session(s.token).reason) \
+            == (False, "replay")
+    finally:
+        svc.store.close()
+
+
 def test_a_continuously_verified_session_ends_at_its_maximum_age(tmp_path, model_path):
     """Every window ContinuousAuthenticate verifies renewed the session to session_ttl_s
     from then, so a session kept verified never ended: NIST SP 800-63B rev. 3 §4.2.3

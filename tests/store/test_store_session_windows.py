@@ -118,3 +118,49 @@ def test_a_window_that_is_no_fingerprint_is_refused(store, bad):
     with pytest.raises(ValueError, match="'keep'"):
         store.add_session_window(s.session_id, "u1", b"fp", keep=0, now=T0)
     assert _rows(store) == []
+
+
+def test_one_window_in_every_so_many_stays_beyond_the_newest(store, store_url, key):
+    """Beyond the newest ``keep`` windows of a session, one in every ``every`` (its
+    ``every``-th, ``2 every``-th... window) stays, up to ``most`` in all (the newest):
+    ContinuousAuthenticate's history of a session then covers a loop longer than its
+    newest windows. The numbering is the session's, whichever store object (replica)
+    wrote each window, and another session's windows do not count in it."""
+    s, other = _session(store), _session(store)
+    replica = open_store(store_url, key=key)
+    try:
+        for i in range(1, 13):
+            w = (store, replica)[i % 2]
+            assert w.add_session_window(s.session_id, "u1", _fp(i), keep=3, every=3, most=5,
+                                        now=T0 + i) is not None
+            store.add_session_window(other.session_id, "u1", _fp(100 + i), keep=3,
+                                     now=T0 + i)
+            kept = [fp for _, fp in store.get_session_windows(s.session_id, "u1")]
+            want = [n for n in range(1, i + 1) if n > i - 3 or n % 3 == 0][-5:]
+            assert kept == [_fp(n) for n in want], (i, want)
+        assert [fp for _, fp in replica.get_session_windows(other.session_id, "u1")] == [
+            _fp(110), _fp(111), _fp(112)]
+    finally:
+        replica.close()
+    with pytest.raises(ValueError, match="'most'"):
+        store.add_session_window(s.session_id, "u1", b"fp", keep=3, most=2, now=T0)
+    with pytest.raises(ValueError, match="'every'"):
+        store.add_session_window(s.session_id, "u1", b"fp", keep=3, every=-1, now=T0)
+
+
+def test_windows_written_before_their_numbering_are_dropped_past_the_newest(store):
+    """Windows a nacf of before schema 7 wrote (or one still running beside this one in
+    a rolling upgrade) have no ordinal: they are never kept as one of the older windows,
+    and the numbering goes on from the windows that have one."""
+    s = _session(store)
+    for i in range(1, 4):
+        store.add_session_window(s.session_id, "u1", _fp(i), keep=2, every=2, most=10, now=T0 + i)
+    store._run(lambda tx: tx.execute("UPDATE session_windows SET seq = NULL"))
+    for i in range(4, 7):
+        store.add_session_window(s.session_id, "u1", _fp(i), keep=2, every=2, most=10, now=T0 + i)
+    # 4, 5, 6 are the session's 1st, 2nd, 3rd numbered windows: 5 (its 2nd) stays
+    assert [fp for _, fp in store.get_session_windows(s.session_id, "u1")] == [
+        _fp(5), _fp(6)]
+    store.add_session_window(s.session_id, "u1", _fp(7), keep=2, every=2, most=10, now=T0 + 7)
+    assert [fp for _, fp in store.get_session_windows(s.session_id, "u1")] == [
+        _fp(5), _fp(6), _fp(7)]
