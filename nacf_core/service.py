@@ -96,10 +96,15 @@ _UNREAD = object()  # a device record that was not looked up
 #: ``_STREAM_PAD_HISTORY`` of the session stays too, so a recording looped for longer than
 #: the newest meets one of them on its second pass
 _STREAM_PAD_HISTORY = 64
-#: ... up to this many windows in all (the newest): 64 newest and 128 of the older ones
-#: cover loops up to 128 x 64 windows (9 h of 4-s windows); each window is compared with
-#: every one kept (and the user's stored history), under the CPU gate
+#: ... up to this many of the user's windows in all, across its sessions (the newest; an
+#: ended session's stay, so that its recording replayed on a new session is caught): 64
+#: newest and 128 older ones of one session cover loops up to 128 x 64 windows (9 h of
+#: 4-s windows); each window is compared with every one kept (and the user's stored
+#: history), under the CPU gate
 _STREAM_PAD_MOST = 192
+#: ... but for the windows of the user's other sessions streamed within this many seconds:
+#: a headset feeding two apps' sessions at once is one live signal, not a replay
+_STREAM_PAD_OTHERS_AFTER_S = 60.0
 _PROOF_FAILS = ("device proof does not verify: the device is not registered to this user, "
                 "or the secret, the signed user, device, timestamp or samples differ.")
 _ANOTHER_DEVICE = ("user {user!r} already has a registered device; binding another one "
@@ -1340,14 +1345,18 @@ class AuthService:
                          have: dict[int, bytes]) -> list[tuple[str, bytes]]:
         """The fingerprints of the windows the session's ContinuousAuthenticate streams
         sent (the last ``_STREAM_PAD_HISTORY``, and one in every ``_STREAM_PAD_HISTORY``
-        before them, ``_STREAM_PAD_MOST`` in all), which each window is checked against for
-        a replay: a stream's own alone let a recording replayed on a new stream of the
-        session (a client 'reconnecting' each time, to any replica) pass every time. Kept
-        in the store (encrypted; dropped when the session ends), so every replica's
-        streams of the session see them. ``have`` (the stream's own, by row id: updated
-        here) holds those read before: only rows new since are read and decrypted."""
+        before them), and those of the user's other sessions (but for the last
+        ``_STREAM_PAD_OTHERS_AFTER_S``), ``_STREAM_PAD_MOST`` of the user in all, which
+        each window is checked against for a replay: a stream's own alone let a recording
+        replayed on a new stream of the session (a client 'reconnecting' each time, to any
+        replica) pass every time, and the session's own alone one replayed on a new
+        session. Kept in the store (encrypted; dropped with the user, or when the
+        session's row is purged), so every replica's streams see them. ``have`` (the
+        stream's own, by row id: updated here) holds those read before: only rows new
+        since are read and decrypted."""
         rows = self._store("get_session_windows", self.store.get_session_windows,
-                           session_id, user_id, have.keys())
+                           session_id, user_id, have.keys(),
+                           others_before=self.clock() - _STREAM_PAD_OTHERS_AFTER_S)
         fresh = {rid: (fp if fp is not None else have[rid]) for rid, fp in rows}
         have.clear()
         have.update(fresh)
@@ -1496,7 +1505,8 @@ class AuthService:
         # every window is checked for replay like an Authenticate probe: against the
         # user's stored history and the session's streamed windows, this stream's and
         # its earlier (or concurrent) streams', on any replica (a looped recording, also
-        # one replayed on a new stream each time)
+        # one replayed on a new stream each time), and the user's other sessions' (one
+        # replayed on a new session)
         stored_fps = (self._store("get_fingerprints", self.store.get_fingerprints, user_id)
                       if self.pad is not None else [])
         stream_fps: dict[int, bytes] = {}  # the session's windows read so far, by row id

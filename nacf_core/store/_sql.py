@@ -748,10 +748,8 @@ class SqlStore(Store):
                              "AND ended_at IS NULL" + self.FOR_UPDATE, (user_id,))
             tx.execute("DELETE FROM device_nonces WHERE device_id IN "
                        "(SELECT device_id FROM devices WHERE user_id = ?)", (user_id,))
-            tx.execute("DELETE FROM session_windows WHERE session_id IN "
-                       "(SELECT token_hash FROM sessions WHERE user_id = ?)", (user_id,))
-            for table in ("templates", "devices", "sessions", "pad_fingerprints",
-                          "lockouts", "users"):
+            for table in ("templates", "devices", "session_windows", "sessions",
+                          "pad_fingerprints", "lockouts", "users"):
                 tx.execute(f"DELETE FROM {table} WHERE user_id = ?", (user_id,))
             return open_
 
@@ -933,9 +931,6 @@ class SqlStore(Store):
                        "ELSE expires_at END, end_reason = CASE WHEN expires_at > ? THEN ? "
                        "ELSE 'expired' END WHERE token_hash = ? AND ended_at IS NULL",
                        (t, t, t, reason, h))
-            # its stream windows go with it (already ended: gone already, or left by a
-            # window that raced its end)
-            tx.execute("DELETE FROM session_windows WHERE session_id = ?", (h,))
             return tx.one(f"SELECT {self._SESSION_SELECT} FROM sessions WHERE token_hash = ?",
                           (h,))
 
@@ -962,10 +957,8 @@ class SqlStore(Store):
             # one statement: the sessions returned are those it ended (a read, then an
             # update, also ended a session another replica opened in between, and did not
             # return it)
-            rows = tx.query(f"UPDATE sessions SET ended_at = ?, end_reason = ? WHERE {where} "
+            return tx.query(f"UPDATE sessions SET ended_at = ?, end_reason = ? WHERE {where} "
                             f"RETURNING {self._SESSION_SELECT}", (t, reason, *args))
-            self._tx_drop_windows(tx, [r[0] for r in rows])
-            return rows
 
         return [self._session(r) for r in self._run(fn)]
 
@@ -1020,13 +1013,6 @@ class SqlStore(Store):
             "UPDATE sessions SET ended_at = expires_at, end_reason = 'expired' WHERE",
             "sessions", "expires_at", "<=", t, where="ended_at IS NULL",
             returning=self._SESSION_SELECT)
-        # the stream windows of every session not active now: those just ended, and any
-        # a window left racing another end (one scan of a table of at most
-        # keep x the sessions streaming now)
-        self._run(lambda tx: tx.execute(
-            "DELETE FROM session_windows WHERE NOT EXISTS (SELECT 1 FROM sessions "
-            "WHERE sessions.token_hash = session_windows.session_id "
-            "AND sessions.ended_at IS NULL AND sessions.expires_at > ?)", (t,)))
         return [self._session(r) for r in rows]
 
     # -- lockout and rate limits ---------------------------------------------------
@@ -1272,7 +1258,13 @@ class SqlStore(Store):
 
     def purge_sessions(self, older_than: float) -> int:
         t = _check_time("older_than", older_than)
-        return self._in_batches("DELETE FROM sessions WHERE", "sessions", "ended_at", "<", t)
+        n = self._in_batches("DELETE FROM sessions WHERE", "sessions", "ended_at", "<", t)
+        # the stream windows of the sessions purged, now or by an older nacf (one scan of
+        # a table of at most ``most`` windows a user who streamed)
+        self._run(lambda tx: tx.execute(
+            "DELETE FROM session_windows WHERE NOT EXISTS (SELECT 1 FROM sessions "
+            "WHERE sessions.token_hash = session_windows.session_id)"))
+        return n
 
     def stats(self, now=None) -> Stats:
         day = utc_day_start(_now(now))
@@ -1449,13 +1441,13 @@ class SqlStore(Store):
         # (they become a query's OFFSET or a modulus: bounds both databases take)
         keep = check_int_range("keep", keep, 1, _MAX_KEEP)
         every = check_int_range("every", every, 0, _MAX_KEEP)
-        most = keep if most is None else check_int_range("most", most, keep, _MAX_KEEP)
+        most = None if most is None else check_int_range("most", most, keep, _MAX_KEEP)
         t = _now(now)
 
         def fn(tx: Tx) -> int | None:
-            # locked: an end committing meanwhile (which drops the session's windows)
-            # waits for this row, or this waits for it and writes nothing; and the
-            # session's windows are numbered one after the other
+            # locked: an end committing meanwhile waits for this row, or this waits for
+            # it and writes nothing; and the session's windows are numbered one after
+            # the other
             if tx.one("SELECT 1 FROM sessions WHERE token_hash = ? AND user_id = ? "
                       "AND ended_at IS NULL AND expires_at > ?" + self.FOR_UPDATE,
                       (session_id, user_id, t)) is None:
@@ -1477,23 +1469,29 @@ class SqlStore(Store):
                        "id FROM session_windows WHERE session_id = ? ORDER BY id DESC "
                        "LIMIT 1 OFFSET ?)" + sparse,
                        (session_id, session_id, keep) + ((every, every) if every else ()))
-            if every:  # and ``most`` in all, the newest
-                tx.execute("DELETE FROM session_windows WHERE session_id = ? AND id <= "
-                           "(SELECT id FROM session_windows WHERE session_id = ? ORDER BY "
-                           "id DESC LIMIT 1 OFFSET ?)", (session_id, session_id, most))
+            if most is not None:  # and ``most`` of the user's, across its sessions
+                tx.execute("DELETE FROM session_windows WHERE user_id = ? AND id <= "
+                           "(SELECT id FROM session_windows WHERE user_id = ? ORDER BY "
+                           "id DESC LIMIT 1 OFFSET ?)", (user_id, user_id, most))
             self._tx_check_write_key(tx, kid)
             return int(row[0])
 
         return self._run(fn)
 
-    def get_session_windows(self, session_id, user_id, known=()) -> list:
+    def get_session_windows(self, session_id, user_id, known=(), *,
+                            others_before=None) -> list:
         _check_id("session_id", session_id)
         _check_id("user_id", user_id)
         known = frozenset(known)
+        if others_before is None:
+            where, args = "session_id = ?", (session_id,)
+        else:
+            where = "user_id = ? AND (session_id = ? OR created_at <= ?)"
+            args = (user_id, session_id, _check_time("others_before", others_before))
 
         def fn(tx: Tx) -> tuple[list[tuple], dict]:
-            rows = tx.query("SELECT id, key_id FROM session_windows WHERE session_id = ? "
-                            "ORDER BY id", (session_id,))
+            rows = tx.query(f"SELECT id, session_id, key_id FROM session_windows WHERE {where} "
+                            "ORDER BY id", args)
             miss = [r[0] for r in rows if r[0] not in known]
             cts: dict = {}
             for i in range(0, len(miss), 500):
@@ -1503,20 +1501,13 @@ class SqlStore(Store):
             return rows, cts
 
         rows, cts = self._run(fn, write=False)
-        aad = self._window_aad(session_id, user_id)
         out: list[tuple[int, bytes | None]] = []
-        for rid, kid in rows:
+        for rid, sid, kid in rows:
             ct = cts.get(rid)
             out.append((int(rid), None if ct is None else self._dec(
-                kid, bytes(ct), aad, f"A stream window of user {user_id!r}")))
+                kid, bytes(ct), self._window_aad(sid, user_id),
+                f"A stream window of user {user_id!r}")))
         return out
-
-    def _tx_drop_windows(self, tx: Tx, session_ids: list[str]) -> None:
-        """Drop the stream windows of the sessions ``session_ids`` (their ends)."""
-        for i in range(0, len(session_ids), 500):
-            part = session_ids[i:i + 500]
-            tx.execute("DELETE FROM session_windows WHERE session_id IN ("
-                       + ", ".join("?" * len(part)) + ")", tuple(part))
 
     # -- one authentication: one read, one write ------------------------------------
     def get_auth_state(self, user_id: str, *, device_id: str | None = None,

@@ -454,9 +454,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def expire_sessions(self, now: float | None = None) -> list[Session]:
-        """Mark sessions past their expiry as ended (reason ``"expired"``); return them.
-        Drops the stream windows (:meth:`add_session_window`) of every session not
-        active at ``now``."""
+        """Mark sessions past their expiry as ended (reason ``"expired"``); return them."""
 
     # -- lockout and rate limits ---------------------------------------------------
     @abc.abstractmethod
@@ -532,7 +530,8 @@ class Store(abc.ABC):
     def purge_sessions(self, older_than: float) -> int:
         """Delete the rows of sessions that ended before ``older_than`` (who
         authenticated when, from which headset: the audit's retention applies to them
-        too); return how many. Active sessions are never touched."""
+        too), and their stream windows (:meth:`add_session_window`); return how many
+        sessions. Active sessions are never touched."""
 
     @abc.abstractmethod
     def stats(self, now: float | None = None) -> Stats:
@@ -560,21 +559,26 @@ class Store(abc.ABC):
                            now: float | None = None) -> int | None:
         """Append the PAD fingerprint of a window streamed on the session
         ``session_id`` (:attr:`Session.session_id`) of ``user_id`` (encrypted, bound to
-        both) and drop its windows beyond the newest ``keep`` (at most 1 000 000), but
-        for one in every ``every`` of the session's windows (by their order in it: its
-        1st, 2nd, ... window; 0: none), of which the newest stay up to ``most`` windows
-        of the session in all (default and at least ``keep``); return the row's id, or
-        ``None`` (nothing written) when the session is not active at ``now``. A
-        session's windows go when it ends (:meth:`end_session`,
-        :meth:`end_user_sessions`, :meth:`expire_sessions`, :meth:`delete_user`)."""
+        both) and drop the session's windows beyond its newest ``keep`` (at most
+        1 000 000), but for one in every ``every`` of them (by their order in the
+        session: its ``every``-th, ``2 every``-th... window; 0: none), and the user's
+        windows beyond its newest ``most`` (at least ``keep``; ``None``: no bound),
+        across its sessions; return the row's id, or ``None`` (nothing written) when the
+        session is not active at ``now``. A session's windows stay when it ends (a
+        window of a later session is checked against them: a recording replayed on a
+        new session is a replay); they go with its row (:meth:`purge_sessions`) and
+        with the user (:meth:`delete_user`)."""
 
     @abc.abstractmethod
     def get_session_windows(self, session_id: str, user_id: str,
-                            known: Iterable[int] = ()) -> list[tuple[int, bytes | None]]:
-        """The session's window fingerprints, oldest first, as ``(id, fingerprint)``;
-        the fingerprint is ``None`` for an id in ``known`` (the caller has it: a row's
-        id is never reused and its fingerprint never changes), neither read nor
-        decrypted."""
+                            known: Iterable[int] = (), *,
+                            others_before: float | None = None
+                            ) -> list[tuple[int, bytes | None]]:
+        """The session's window fingerprints, and with ``others_before`` the user's
+        windows of its other sessions written at or before ``others_before``, oldest
+        first, as ``(id, fingerprint)``; the fingerprint is ``None`` for an id in
+        ``known`` (the caller has it: a row's id is never reused and its fingerprint
+        never changes), neither read nor decrypted."""
 
     # -- one authentication: one read, one write ------------------------------------
     def get_auth_state(self, user_id: str, *, device_id: str | None = None,

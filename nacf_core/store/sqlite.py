@@ -99,8 +99,10 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         "CREATE INDEX session_windows_session ON session_windows (session_id, id)",
     ]),
     (7, "session_windows.seq: each window's ordinal in its session (beyond the newest, one "
-        "window in every so many stays: a loop longer than the newest is caught)", [
+        "window in every so many stays: a loop longer than the newest is caught); by user: "
+        "a window is checked against the user's windows of other sessions too", [
         "ALTER TABLE session_windows ADD COLUMN seq INTEGER",
+        "CREATE INDEX session_windows_user ON session_windows (user_id, id)",
     ]),
 ]
 

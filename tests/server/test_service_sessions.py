@@ -272,7 +272,7 @@ def test_a_recording_replayed_on_a_new_stream_of_the_session_ends_it(tmp_path, m
     replayed on a new stream each time (a client 'reconnecting') every pass was verified
     and renewed the session, for ever: the replay check knew only the current stream's
     own windows. A stream's windows are now checked against the windows of the session's
-    earlier streams too (the last 64, kept in the store), and its end drops them."""
+    earlier streams too (kept in the store)."""
     from nacf_core.pad import PresentationAttackDetector
 
     svc = sqlite_service(tmp_path, model_path)
@@ -293,11 +293,56 @@ def test_a_recording_replayed_on_a_new_stream_of_the_session_ends_it(tmp_path, m
         for start in (0, 3 * win):
             ups = list(svc.continuous(s2.token, _blocks(eeg(1, 7, 20 + start, 3 * win))))
             assert [u.state for u in ups] == ["verified"] * 3, (start, ups)
-        assert svc.store.get_session_windows(s.session_id, "rp1") == []
         assert len(svc.store.get_session_windows(s2.session_id, "rp1")) == 6
         svc.end_session(s2.token)
-        # the session's end drops its windows' history
-        assert svc.store.get_session_windows(s2.session_id, "rp1") == []
+        # an ended session's windows stay for the user's later sessions (see
+        # test_a_recorded_stream_replayed_on_a_new_session_ends_it)
+        assert len(svc.store.get_session_windows(s.session_id, "rp1")) == 3
+        assert len(svc.store.get_session_windows(s2.session_id, "rp1")) == 6
+    finally:
+        svc.store.close()
+
+
+def test_a_recorded_stream_replayed_on_a_new_session_ends_it(tmp_path, model_path):
+    """A recording of the wearer's ContinuousAuthenticate stream, replayed on a new
+    session's stream (after a fresh Authenticate): a session's windows were checked
+    only against that session's own, and dropped when it ended, so the recording
+    passed presentation-attack detection on every new session. A window is now also
+    checked against the user's windows of their other sessions (the newest 192 of the
+    user, kept after a session ends), but for those streamed within the last minute: a
+    headset feeding two apps' sessions at once is one live signal, not a replay."""
+    from nacf_core.pad import PresentationAttackDetector
+
+    svc = sqlite_service(tmp_path, model_path)
+    svc.pad = PresentationAttackDetector(list(svc.rec.model.ch_names))
+    try:
+        svc.enroll("xs1", [signal_block(eeg(1, 3, 0, 40))])
+        win = svc.rec.window_s
+        t0 = svc.clock()
+        svc.clock = lambda: t0
+        recorded = eeg(1, 7, 0, 3 * win)
+        first = svc.store.create_session("xs1", 600, now=t0)
+        ups = list(svc.continuous(first.token, _blocks(recorded)))
+        assert [u.state for u in ups] == ["verified"] * 3, ups
+        # another app's session streaming the same headset at the same time
+        twin = svc.store.create_session("xs1", 600, now=t0)
+        ups = list(svc.continuous(twin.token, _blocks(recorded)))
+        assert [u.state for u in ups] == ["verified"] * 3, ups
+        svc.end_session(first.token)
+        svc.end_session(twin.token)
+        svc.clock = lambda: t0 + 120
+        again = svc.store.create_session("xs1", 600, now=t0 + 120)
+        ups = list(svc.continuous(again.token, _blocks(recorded)))
+        assert (ups[-1].state, ups[-1].reason) == ("ended", "replay"), ups
+        assert (svc.validate_session(again.token).reason) == "replay"
+        # new signal on a new session is verified, as before
+        fresh = svc.store.create_session("xs1", 600, now=t0 + 120)
+        ups = list(svc.continuous(fresh.token, _blocks(eeg(1, 7, 20, 3 * win))))
+        assert [u.state for u in ups] == ["verified"] * 3, ups
+        # the user's windows go with the user
+        svc.delete_user("xs1")
+        assert svc.store._run(lambda tx: tx.query("SELECT COUNT(*) FROM session_windows"),
+                              write=False)[0][0] == 0
     finally:
         svc.store.close()
 

@@ -1,6 +1,7 @@
 """ContinuousAuthenticate's replay history in the store (``session_windows``): shared by
-the store objects of one database (replicas), bounded per session, encrypted, dropped
-when its session ends however it ends."""
+the store objects of one database (replicas), bounded per session and per user,
+encrypted, kept after its session ends (for the user's later sessions), dropped with the
+user or the session's purged row."""
 
 from __future__ import annotations
 
@@ -65,10 +66,11 @@ def test_windows_are_shared_bounded_and_encrypted(store, store_url, key):
 
 @pytest.mark.parametrize("how", ["end_session", "end_user_sessions", "expire_sessions",
                                  "delete_user"])
-def test_a_sessions_windows_go_when_it_ends(store, how):
-    """Ending a session drops its windows (the replay history holds biometric
-    fingerprints); the windows of the user's other open sessions stay unless they end
-    too, and a window of a session no longer active is not written."""
+def test_a_sessions_windows_stay_when_it_ends_and_go_with_its_user(store, how):
+    """An ended session's windows stay (a window of the user's later sessions is checked
+    against them: a recording of its stream replayed on a new session was not a
+    replay while they went with the end); they go with the user, and a window of a
+    session no longer active is not written."""
     s = _session(store, ttl=60.0)
     keep = _session(store, user="u2", ttl=6000.0)
     for sess, user in ((s, "u1"), (keep, "u2")):
@@ -82,24 +84,57 @@ def test_a_sessions_windows_go_when_it_ends(store, how):
         assert [x.session_id for x in store.expire_sessions(now=T0 + 61)] == [s.session_id]
     else:
         store.delete_user("u1", now=T0 + 2)
-    assert store.get_session_windows(s.session_id, "u1") == []
-    assert [r[0] for r in _rows(store)] == [keep.session_id]
+    left = [] if how == "delete_user" else [s.session_id]
+    assert [fp for _, fp in store.get_session_windows(s.session_id, "u1")] == (
+        [_fp(1)] if left else [])
+    assert sorted(r[0] for r in _rows(store)) == sorted(left + [keep.session_id])
     # a window arriving after the end (a stream that raced it) is not kept
     assert store.add_session_window(s.session_id, "u1", _fp(2), keep=64,
                                     now=T0 + 3) is None
-    assert [r[0] for r in _rows(store)] == [keep.session_id]
+    assert sorted(r[0] for r in _rows(store)) == sorted(left + [keep.session_id])
 
 
-def test_windows_left_by_an_end_elsewhere_go_with_the_next_expiry_sweep(store):
-    """A session whose end did not drop its windows (ended by a store of an older nacf,
-    or by hand) loses them at the next expiry sweep, as does one past its expiry."""
-    s, late = _session(store), _session(store, ttl=30.0)
-    for sess in (s, late):
+def test_windows_go_with_their_sessions_purge(store):
+    """The retention purge of ended sessions takes their windows; also those of a
+    session purged by a nacf of before schema 7 (its windows had gone with its end)."""
+    s, old, live = _session(store, ttl=30.0), _session(store), _session(store)
+    for sess in (s, old, live):
         store.add_session_window(sess.session_id, "u1", _fp(1), keep=64, now=T0 + 1)
-    store._run(lambda tx: tx.execute("UPDATE sessions SET ended_at = ?, end_reason = 'x' "
-                                     "WHERE token_hash = ?", (T0 + 2, s.session_id)))
-    store.expire_sessions(now=T0 + 31)
-    assert _rows(store) == []
+    store.end_session(s.token, "ended", now=T0 + 2)
+    store._run(lambda tx: tx.execute("DELETE FROM sessions WHERE token_hash = ?",
+                                     (old.session_id,)))
+    assert store.purge_sessions(T0 + 3) == 1
+    assert [r[0] for r in _rows(store)] == [live.session_id]
+
+
+def test_a_window_is_read_with_the_users_other_sessions_older_ones(store, store_url, key):
+    """``others_before``: the session's windows and those of the user's other sessions
+    (open or ended) written at or before it, not another user's; ``most`` bounds the
+    user's windows across its sessions (the newest stay)."""
+    a, b = _session(store), _session(store)
+    c = _session(store, user="u2")
+    ids = {}
+    for i, (sess, user, t) in enumerate([(a, "u1", T0 + 1), (b, "u1", T0 + 2),
+                                         (c, "u2", T0 + 3), (a, "u1", T0 + 4)]):
+        ids[i] = store.add_session_window(sess.session_id, user, _fp(i), keep=2, most=3,
+                                          now=t)
+    store.end_session(a.token, "ended", now=T0 + 5)
+    replica = open_store(store_url, key=key)
+    try:
+        got = replica.get_session_windows(b.session_id, "u1", others_before=T0 + 1)
+        assert got == [(ids[0], _fp(0)), (ids[1], _fp(1))]
+        got = replica.get_session_windows(b.session_id, "u1", known=[ids[0]],
+                                          others_before=T0 + 10)
+        assert got == [(ids[0], None), (ids[1], _fp(1)), (ids[3], _fp(3))]
+        assert replica.get_session_windows(b.session_id, "u1") == [(ids[1], _fp(1))]
+        # a 4th window of u1: its oldest goes
+        replica.add_session_window(b.session_id, "u1", _fp(9), keep=2, most=3,
+                                   now=T0 + 11)
+        got = replica.get_session_windows(b.session_id, "u1", others_before=T0 + 10)
+        assert [fp for _, fp in got] == [_fp(1), _fp(3), _fp(9)]
+        assert [fp for _, fp in replica.get_session_windows(c.session_id, "u2")] == [_fp(2)]
+    finally:
+        replica.close()
 
 
 def test_key_rotation_re_encrypts_the_windows(store, key):
@@ -122,23 +157,23 @@ def test_a_window_that_is_no_fingerprint_is_refused(store, bad):
 
 def test_one_window_in_every_so_many_stays_beyond_the_newest(store, store_url, key):
     """Beyond the newest ``keep`` windows of a session, one in every ``every`` (its
-    ``every``-th, ``2 every``-th... window) stays, up to ``most`` in all (the newest):
+    ``every``-th, ``2 every``-th... window) stays, up to ``most`` of the user (the newest):
     ContinuousAuthenticate's history of a session then covers a loop longer than its
     newest windows. The numbering is the session's, whichever store object (replica)
     wrote each window, and another session's windows do not count in it."""
-    s, other = _session(store), _session(store)
+    s, other = _session(store), _session(store, user="u2")
     replica = open_store(store_url, key=key)
     try:
         for i in range(1, 13):
             w = (store, replica)[i % 2]
             assert w.add_session_window(s.session_id, "u1", _fp(i), keep=3, every=3, most=5,
                                         now=T0 + i) is not None
-            store.add_session_window(other.session_id, "u1", _fp(100 + i), keep=3,
-                                     now=T0 + i)
+            store.add_session_window(other.session_id, "u2", _fp(100 + i), keep=3,
+                                     most=5, now=T0 + i)
             kept = [fp for _, fp in store.get_session_windows(s.session_id, "u1")]
             want = [n for n in range(1, i + 1) if n > i - 3 or n % 3 == 0][-5:]
             assert kept == [_fp(n) for n in want], (i, want)
-        assert [fp for _, fp in replica.get_session_windows(other.session_id, "u1")] == [
+        assert [fp for _, fp in replica.get_session_windows(other.session_id, "u2")] == [
             _fp(110), _fp(111), _fp(112)]
     finally:
         replica.close()
