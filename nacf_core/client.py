@@ -14,7 +14,8 @@ What ``nacf client`` (and ``nacf demo``) run on the machine the headset is attac
   first ends the signal with ``end_of_signal`` (declared in its start message,
   ``sends_end_of_signal``), on which the server decides.
 - :func:`continuous` streams blocks to ``ContinuousAuthenticate`` on a session and yields
-  the server's updates until it ends the session or the blocks end.
+  the server's updates until it ends the session or the blocks end (then so does the
+  signal, with ``end_of_signal``, declared likewise).
 
 A headset that fails mid-call (its port lost) cancels the call and raises its error, and
 an interrupt (Ctrl-C, SIGTERM) cancels it too, without ``end_of_signal``: the server
@@ -329,14 +330,14 @@ def continuous(stub: Any, metadata: Sequence[tuple[str, str]], session_token: st
                ) -> Iterator[Any]:
     """Stream ``blocks`` to ``ContinuousAuthenticate`` on the session; yield each
     update (``ContinuousAuthenticateResponse``) until the server ends the session or the
-    blocks end (the session then stays open until it expires). Closing the iterator
-    cancels the call."""
+    blocks end (with ``end_of_signal``, declared in the start message; the session then
+    stays open until it expires). Closing the iterator cancels the call."""
     pb = _pb()
     done = threading.Event()
 
     def requests() -> Iterator[Any]:
-        yield pb.ContinuousAuthenticateRequest(
-            start=pb.ContinuousStart(session_token=session_token))
+        yield pb.ContinuousAuthenticateRequest(start=pb.ContinuousStart(
+            session_token=session_token, sends_end_of_signal=True))
         while not done.is_set():
             try:
                 b = blocks.next()
@@ -345,11 +346,22 @@ def continuous(stub: Any, metadata: Sequence[tuple[str, str]], session_token: st
             if b is None:
                 break
             yield pb.ContinuousAuthenticateRequest(chunk=_signal(blocks, b, device_id))
+        if blocks.error is None and not blocks.closed and not done.is_set():
+            # the source ended: so does the signal (a call cancelled, a headset that
+            # failed, sends no marker: the server counts it CANCELLED, not OK)
+            yield pb.ContinuousAuthenticateRequest(end_of_signal=True)
+
+    import grpc
 
     call = stub.ContinuousAuthenticate(requests(), metadata=tuple(metadata), timeout=timeout)
     try:
         for update in call:
             yield update
+    except grpc.RpcError:
+        # a headset that failed ended the stream without end_of_signal: the server
+        # answers CANCELLED, and the headset's error is what the caller is told
+        if blocks.error is None:
+            raise
     finally:
         done.set()
         call.cancel()

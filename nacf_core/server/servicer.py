@@ -372,8 +372,9 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
 
     @_stream_out
     def ContinuousAuthenticate(self, request_iterator, context):
-        first, chunks = _start_and_chunks(request_iterator, "ContinuousAuthenticate",
-                                          "the session", self._idle_s)
+        first, stream = _start_and_chunks(request_iterator, "ContinuousAuthenticate",
+                                          "the session", self._idle_s, end_marker=True)
+        chunks = _MarkedStream(stream, first)
         try:
             for u in self.service.continuous(first.start.session_token, chunks,
                                              cancelled=lambda: not context.is_active(),
@@ -391,9 +392,10 @@ def add_to_server(service: AuthService, server: grpc.Server) -> AuthServicer:
 
 
 class StreamCutShort(NacfError):
-    """An AuthenticateStream whose start declared ``sends_end_of_signal`` ended without
-    ``end_of_signal``: its client cancelled it, or its connection dropped (grpcio's
-    server can show a cancel as the plain end of the stream). Nothing is decided on it."""
+    """An AuthenticateStream or ContinuousAuthenticate whose start declared
+    ``sends_end_of_signal`` ended without ``end_of_signal``: its client cancelled it, or
+    its connection dropped (grpcio's server can show a cancel as the plain end of the
+    stream). Nothing is decided on it; the call ends CANCELLED."""
 
     code = "CANCELLED"
 
@@ -436,6 +438,45 @@ class _SignalChunks:
                 "cancelled (or whose connection dropped); nothing was decided and no "
                 "attempt counted. End the signal with a message whose end_of_signal is "
                 "true.")
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+class _MarkedStream(ClientStream):
+    """ContinuousAuthenticate's chunks as the service reads them (a :class:`ClientStream`,
+    ``next(timeout)``), ending at ``end_of_signal`` (no message after it is read). A
+    stream whose start declared ``sends_end_of_signal`` and that ends without the marker
+    raises :class:`StreamCutShort`: grpcio's server can show a cancel as the plain end of
+    the stream, while the call still looks active, and the call was counted OK."""
+
+    def __init__(self, stream: ClientStream, first: Any) -> None:  # no reader of its own
+        self._stream = stream
+        self.idle_s = stream.idle_s
+        self._declared = bool(first.start.sends_end_of_signal)
+        self._ended = bool(first.end_of_signal)  # a start that ends the signal: no chunk
+
+    def next(self, timeout: float | None) -> Any:
+        if self._ended:
+            raise StopIteration
+        try:
+            item = self._stream.next(timeout)
+        except StopIteration:
+            self._ended = True
+            if self._declared:
+                raise StreamCutShort(
+                    "the stream ended without end_of_signal, which its start message "
+                    "(sends_end_of_signal) said it would send: taken for a stream its "
+                    "client cancelled (or whose connection dropped); the session stays "
+                    "open. End the signal with a message whose end_of_signal is true.") \
+                    from None
+            raise
+        if isinstance(item, _EndOfSignal):
+            self._ended = True
+            if item.block is None:
+                raise StopIteration
+            return item.block
+        return item
 
     def close(self) -> None:
         self._stream.close()

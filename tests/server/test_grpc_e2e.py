@@ -1855,3 +1855,41 @@ def test_register_device_refuses_an_id_the_device_proof_cannot_carry(srv, device
     assert "'device_id' must be printable ASCII" in e.value.details()
     got = stub.GetUser(pb.GetUserRequest(user_id=user), metadata=MD, timeout=10).user
     assert list(got.device_ids) == []
+
+
+def test_a_continuous_stream_is_counted_as_its_client_ended_it(srv):
+    """Over gRPC: a ContinuousAuthenticate whose client declared ``sends_end_of_signal``
+    is counted OK when it ends its signal with ``end_of_signal`` and CANCELLED when it
+    cancels the call (grpcio's server can see that cancel as the plain end of the
+    stream; see test_a_continuous_stream_cut_short_without_its_end_marker_is_cancelled)."""
+    _, stub, metrics = srv
+    enroll(stub, "cancel-c", 1)
+    secret = device(stub, "cancel-c", "hs-cc")
+    tok = auth(stub, "cancel-c", eeg(1, 3, 60, 8), secret, "hs-cc").session_token
+    E = pb.ContinuousAuthenticateResponse
+    for i, how in enumerate(["marker", "cancel", "marker"]):
+        before = _requests_by_status(metrics, "ContinuousAuthenticate")
+        stop = threading.Event()
+
+        def gen():
+            yield pb.ContinuousAuthenticateRequest(start=pb.ContinuousStart(
+                session_token=tok, sends_end_of_signal=True))
+            for c in chunks(eeg(1, 3, 70 + 8 * i, 4)):
+                yield pb.ContinuousAuthenticateRequest(chunk=sig(c, "hs-cc"))
+            if how == "marker":
+                yield pb.ContinuousAuthenticateRequest(end_of_signal=True)
+            stop.wait(20)
+
+        call = stub.ContinuousAuthenticate(gen(), metadata=MD, timeout=30)
+        try:
+            assert next(call).state == E.VERIFIED
+            if how == "cancel":
+                assert call.cancel()
+            else:
+                assert list(call) == [] and call.code() == grpc.StatusCode.OK
+        finally:
+            stop.set()
+        d = _counted_since(metrics, "ContinuousAuthenticate", before, 1)
+        assert d == {"CANCELLED" if how == "cancel" else "OK": 1}, (how, d)
+    v = stub.ValidateSession(pb.ValidateSessionRequest(session_token=tok), metadata=MD)
+    assert v.valid

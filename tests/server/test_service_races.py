@@ -142,6 +142,44 @@ def test_a_continuous_stream_whose_call_is_gone_ends_cancelled(svc):
     assert ctx.code() == grpc.StatusCode.CANCELLED
 
 
+@pytest.mark.parametrize("declared, marked, status", [
+    (True, False, grpc.StatusCode.CANCELLED),  # cut short: cancelled
+    (True, True, None),                        # ended by its client: OK
+    (False, False, None),                      # a client older than the marker: OK
+])
+def test_a_continuous_stream_cut_short_without_its_end_marker_is_cancelled(
+        svc, declared, marked, status):
+    """grpcio's server can show a client's cancel to the handler as the plain end of the
+    client's stream, while the call is still marked active: ContinuousAuthenticate
+    returned as for a client that closed its side, and the call was counted OK in
+    nacfauth_auth_requests_total. As AuthenticateStream does, a client may now declare
+    (``ContinuousStart.sends_end_of_signal``) that it ends its signal with
+    ``end_of_signal``: a stream of such a client that ends without it was cut short and
+    the call ends CANCELLED; the session stays open either way."""
+    svc.enroll("m1", [signal_block(eeg(1, 3, 0, 40))])
+    token = svc.store.create_session("m1", 600).token
+    x = eeg(1, 3, 44, 8)
+    step = int(SFREQ / 2)
+    reqs = [pb.ContinuousAuthenticateRequest(start=pb.ContinuousStart(
+        session_token=token, sends_end_of_signal=declared))]
+    reqs += [pb.ContinuousAuthenticateRequest(chunk=block_to_signal(x[i:i + step], SFREQ, CH16))
+             for i in range(0, x.shape[0], step)]
+    if marked:
+        reqs[-1].end_of_signal = True
+        # a message after the marker is not read
+        reqs.append(pb.ContinuousAuthenticateRequest(start=pb.ContinuousStart()))
+    ctx = _Context()
+    updates = []
+    try:
+        for u in AuthServicer(svc).ContinuousAuthenticate(iter(reqs), ctx):
+            updates.append(u)
+    except Exception:  # noqa: BLE001 - _Context.abort raises, as grpcio's does
+        pass
+    assert [u.state for u in updates] == [pb.ContinuousAuthenticateResponse.VERIFIED] * 2
+    assert ctx.code() == status
+    assert svc.validate_session(token).valid
+
+
 def test_a_stream_of_a_user_deleted_before_its_first_chunk_is_not_found_not_an_attack(svc):
     """AuthenticateStream reads the user when it opens and the headset when the first
     chunk's proof is checked: a DeleteUser in between (the headset goes with the user)
