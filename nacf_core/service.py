@@ -1435,12 +1435,35 @@ class AuthService:
             raise InvalidArgument("'session_token' is longer than 512 characters.")
         return self._store("get_session", self.store.get_session, token)
 
+    def _seen_expired(self, token: str, s: Any, now: float) -> Any:
+        """``s`` (the session of ``token``), recorded ended in the store when it is past
+        its expiry at ``now`` and no sweep has ended it yet (at its expiry, reason
+        ``expired``, as the sweep does): otherwise a wall clock that stepped back before
+        its expiry made it valid again, where a caller had been told it expired. A store
+        failure here is counted and logged, not raised: the session is answered expired
+        all the same (the sweep ends it later)."""
+        if s.ended_at is not None or s.is_active(now):
+            return s
+        try:
+            ended = self.store.expire_session(token, now=now)
+        except Exception:  # noqa: BLE001 - the answer (expired) does not depend on it
+            self.metrics.record_store_error("expire_session")
+            log.error("store error", exc_info=True, extra={
+                "event_type": "store_error", "operation": "expire_session"})
+            return s
+        if ended is None:  # ended meanwhile (the sweep, another call): as it is now
+            return s
+        # the sweep no longer sees it: its duration is counted here, as the sweep would
+        self.metrics.observe_session_duration(max(0.0, ended.expires_at - ended.created_at))
+        return ended
+
     def validate_session(self, token: str) -> SessionInfo:
         now = self.clock()
         try:
             s = self._session(token)
         except NotFound:
             return SessionInfo(False, "", 0.0, 0.0, "unknown")
+        s = self._seen_expired(token, s, now)
         # when the wearer was last verified, else when the session opened, valid or not
         last = float(s.last_verified_at or s.created_at)
         if s.ended_at is not None:
@@ -1459,6 +1482,7 @@ class AuthService:
             return False, float(s.ended_at - s.created_at)
         now = self.clock()
         if not s.is_active(now):
+            self._seen_expired(token, s, now)
             return False, float(s.expires_at - s.created_at)
         ended = self._store("end_session", self.store.end_session, token, reason, now=now)
         dur = max(0.0, float((ended.ended_at or now) - ended.created_at))
@@ -1492,6 +1516,7 @@ class AuthService:
         s = self._session(token)
         now = self.clock()
         if not s.is_active(now):
+            self._seen_expired(token, s, now)
             raise FailedPrecondition("session is not active ("
                                      f"{s.end_reason or 'expired'}); authenticate again.")
         user_id = s.user_id
@@ -1643,6 +1668,7 @@ class AuthService:
                     return
                 now = self.clock()
                 if not cur.is_active(now):
+                    self._seen_expired(token, cur, now)
                     yield ContinuousUpdate("ended", 0.0, thr, quality,
                                            cur.end_reason or "expired", float(cur.expires_at),
                                            streamed)

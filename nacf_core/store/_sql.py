@@ -940,6 +940,25 @@ class SqlStore(Store):
             raise NotFound("Unknown session token.")
         return self._session(row)
 
+    def expire_session(self, token: str, *, now=None) -> Session | None:
+        _check_token(token)
+        t = _now(now)
+        h = token_hash(token)
+
+        def fn(tx: Tx) -> tuple | None:
+            rows = tx.query("UPDATE sessions SET ended_at = expires_at, end_reason = 'expired' "
+                            "WHERE token_hash = ? AND ended_at IS NULL AND expires_at <= ? "
+                            f"RETURNING {self._SESSION_SELECT}", (h, t))
+            if not rows:
+                return None
+            tx.execute("DELETE FROM session_windows WHERE session_id = ?", (h,))
+            return rows[0]
+
+        # run again after a lost COMMIT answer: the session is ended then, and None said
+        # (the sweep would not count it either)
+        row = self._run(fn, idempotent=True)
+        return None if row is None else self._session(row)
+
     def end_user_sessions(self, user_id: str, reason: str, *, device_id: str | None = None,
                           now=None) -> list[Session]:
         _check_id("user_id", user_id)

@@ -456,6 +456,14 @@ class Store(abc.ABC):
     def expire_sessions(self, now: float | None = None) -> list[Session]:
         """Mark sessions past their expiry as ended (reason ``"expired"``); return them."""
 
+    @abc.abstractmethod
+    def expire_session(self, token: str, *, now: float | None = None) -> Session | None:
+        """End the session of ``token`` if it is past its expiry at ``now`` and no sweep
+        has ended it, as :meth:`expire_sessions` does (at its expiry, reason
+        ``"expired"``, its stream windows dropped): a session seen expired stays so when
+        the wall clock steps back. Return it when this call ended it, else ``None``
+        (active, ended already or unknown)."""
+
     # -- lockout and rate limits ---------------------------------------------------
     @abc.abstractmethod
     def register_failure(self, user_id: str, max_failures: int, lock_seconds: float,

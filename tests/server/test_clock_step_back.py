@@ -1,0 +1,48 @@
+"""A wall clock that steps back (an NTP correction, a VM restored from a snapshot): an
+expired session never validates again, and a lockout never has more than
+``lockout_seconds`` left, on each store backend."""
+
+from __future__ import annotations
+
+import pytest
+import test_service_sessions
+
+from nacf_core.errors import FailedPrecondition
+
+svc_both = test_service_sessions.svc_both  # an AuthService on each store backend
+
+T0 = 1_790_000_000.0
+
+
+def _at(svc, t: float) -> None:
+    svc.clock = lambda: t
+
+
+@pytest.mark.parametrize("seen_by", ["ValidateSession", "EndSession",
+                                     "ContinuousAuthenticate"])
+def test_a_session_seen_expired_stays_expired_after_the_clock_steps_back(svc_both, seen_by):
+    """A session past its expiry that no sweep had ended yet was answered expired, then
+    valid again once the clock stepped back before its expiry (and could be renewed by
+    ContinuousAuthenticate and ended by EndSession as if live): a session seen expired is
+    now recorded ended (reason ``expired``, at its expiry), as the sweep records it."""
+    svc = svc_both
+    svc.store.put_template("u", b"not a template", "m")
+    s = svc.store.create_session("u", 60, now=T0)
+    _at(svc, T0 + 61)  # expired a second ago; no sweep yet
+    if seen_by == "ValidateSession":
+        assert (svc.validate_session(s.token).valid, svc.validate_session(s.token).reason) \
+            == (False, "expired")
+    elif seen_by == "EndSession":
+        assert svc.end_session(s.token)[0] is False
+    else:
+        with pytest.raises(FailedPrecondition, match="expired"):
+            next(iter(svc.continuous(s.token, [])))
+    _at(svc, T0 - 3600 + 30)  # the clock steps back an hour
+    v = svc.validate_session(s.token)
+    assert (v.valid, v.reason) == (False, "expired"), v
+    assert svc.end_session(s.token)[0] is False
+    with pytest.raises(FailedPrecondition, match="expired"):
+        next(iter(svc.continuous(s.token, [])))
+    stored = svc.store.get_session(s.token)
+    assert (stored.ended_at, stored.end_reason) == (T0 + 60, "expired")
+    assert svc.store.count_active_sessions(now=svc.clock()) == 0
