@@ -553,14 +553,21 @@ class AuthService:
                                     float(self.config.rate_limit_per_s),
                                     float(self.config.rate_limit_burst), now=now)
         forgotten = 0
+        shortened: list[str] = []
         if expire:
             ended = self._store("expire_sessions", self.store.expire_sessions, now=now)
+            # a lock with more than lockout_seconds left: the wall clock stepped back since
+            # it was set (it lasted as much longer, an hour for an hour's step), or the
+            # lockout got shorter; it ends lockout_seconds from now
+            shortened = self._store("shorten_lockouts", self.store.shorten_lockouts,
+                                    float(self.config.lockout_seconds), now=now)
             for s in ended:
                 self.metrics.observe_session_duration(max(0.0, s.expires_at - s.created_at))
             self._update_active_sessions(now)
             forgotten = self._forget_changed_elsewhere()
-        if n or n_sessions or n_buckets or ended or forgotten:
+        if n or n_sessions or n_buckets or ended or forgotten or shortened:
             log.info("maintenance", extra={"event_type": "maintenance", "audit_purged": n,
+                                           "lockouts_shortened": len(shortened),
                                            "sessions_purged": n_sessions,
                                            "rate_buckets_purged": n_buckets,
                                            "sessions_expired": len(ended),
@@ -729,6 +736,9 @@ class AuthService:
                       method: str, t_start: float | None) -> None:
         self.metrics.record_failed_auth("locked")
         self._log_refused(user_id, "locked", peer, method, t_start)
+        # at most lockout_seconds: more is a lock the maintenance shortens (the clock
+        # stepped back since it was set)
+        locked_until = min(locked_until, now + float(self.config.lockout_seconds))
         raise FailedPrecondition(
             f"user {user_id!r} is locked after {self.config.lockout_threshold} "
             f"consecutive failed attempts until {_iso(locked_until)} "

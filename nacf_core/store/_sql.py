@@ -1103,6 +1103,14 @@ class SqlStore(Store):
             return LockoutState(0, None)
         return LockoutState(int(row[0]), None if row[1] is None else float(row[1]))
 
+    def shorten_lockouts(self, lock_seconds: float, now=None) -> list[str]:
+        lock_seconds = check_finite_positive("lock_seconds", lock_seconds)
+        t = _now(now)
+        until = _check_time("now + lock_seconds", t + lock_seconds)
+        return sorted(r[0] for r in self._run(lambda tx: tx.query(
+            "UPDATE lockouts SET locked_until = ? WHERE locked_until > ? RETURNING user_id",
+            (until, until))))
+
     def locked_user_ids(self, now=None) -> set[str]:
         t = _now(now)
         return {r[0] for r in self._run(lambda tx: tx.query(

@@ -487,6 +487,12 @@ class Store(abc.ABC):
         """Current lockout state (``failures=0, locked_until=None`` when none)."""
 
     @abc.abstractmethod
+    def shorten_lockouts(self, lock_seconds: float, now: float | None = None) -> list[str]:
+        """Lockouts with more than ``lock_seconds`` left at ``now`` (the wall clock
+        stepped back since they were set, or the lockout got shorter) end ``lock_seconds``
+        from ``now``; return their user ids, sorted."""
+
+    @abc.abstractmethod
     def locked_user_ids(self, now: float | None = None) -> set[str]:
         """The users locked at ``now`` (one query; Identify leaves them out)."""
 

@@ -46,3 +46,30 @@ def test_a_session_seen_expired_stays_expired_after_the_clock_steps_back(svc_bot
     stored = svc.store.get_session(s.token)
     assert (stored.ended_at, stored.end_reason) == (T0 + 60, "expired")
     assert svc.store.count_active_sessions(now=svc.clock()) == 0
+
+
+def test_a_lockout_does_not_stretch_by_the_clocks_step_back(svc_both):
+    """A user locked for 60 s, then the clock stepped back an hour: the lock lasted an hour
+    and a minute more (Authenticate refused "locked ... 3630 s from now", Identify left
+    the user out). The maintenance that runs at once after a step back now shortens any
+    lock with more than lockout_seconds left to lockout_seconds from now."""
+    svc = svc_both
+    svc.config.lockout_threshold, svc.config.lockout_seconds = 3, 60.0
+    svc.store.put_template("u", b"not a template", "m")
+    svc.store.put_template("w", b"not a template", "m")
+    _at(svc, T0)
+    svc.maintenance(force=True)
+    for i in range(3):
+        svc.store.register_failure("u", 3, 60, now=T0 + i)  # locked until T0 + 62
+    svc.store.register_failure("w", 3, 60, now=T0)  # a streak, not a lock
+    _at(svc, T0 + 30)
+    svc.maintenance()
+    assert svc.store.get_lockout("u").locked_until == T0 + 62  # nothing to shorten
+    step = T0 - 3600
+    _at(svc, step)
+    svc.maintenance()  # due at once after a step back
+    lock = svc.store.get_lockout("u")
+    assert lock.failures == 3 and lock.locked_until == pytest.approx(step + 60), lock
+    assert svc.store.get_lockout("w") == svc.store.get_lockout("w").__class__(1, None)
+    assert svc.store.locked_user_ids(now=step + 59) == {"u"}
+    assert svc.store.locked_user_ids(now=step + 61) == set()
