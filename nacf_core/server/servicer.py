@@ -58,8 +58,31 @@ def _too_large(user: Any, limit: int, verb: str) -> ResourceExhausted:
         f"{verb} it.")
 
 
+#: Most bytes of a status message: it travels in the call's trailing metadata, which a
+#: gRPC client takes up to 8 KiB of (beyond, more and more often, and always beyond
+#: 16 KiB, it fails the call RESOURCE_EXHAUSTED "received metadata size exceeds hard
+#: limit", saying nothing of the error); a refusal listing every distinct reason of a
+#: long signal's rejected windows (Identify, Enroll) reached 20 kB.
+MAX_DETAILS_BYTES = 4096
+
+
+def _fit_details(msg: str) -> str:
+    """``msg``, cut to :data:`MAX_DETAILS_BYTES` of UTF-8, saying how much was cut."""
+    raw = msg.encode("utf-8", "replace")
+    if len(raw) <= MAX_DETAILS_BYTES:
+        return msg
+    head = raw[:MAX_DETAILS_BYTES - 80].decode("utf-8", "ignore")
+    return f"{head}… ({len(msg) - len(head)} more characters left out)"
+
+
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """The gRPC status code and message for an exception raised by the domain layer."""
+    """The gRPC status code and message for an exception raised by the domain layer
+    (the message cut to :data:`MAX_DETAILS_BYTES`)."""
+    code, msg = _status_for(exc)
+    return code, _fit_details(msg)
+
+
+def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, NacfError) and exc.code in grpc.StatusCode.__members__:
         return grpc.StatusCode[exc.code], str(exc) or exc.code
     if isinstance(exc, (ValueError, TypeError)):

@@ -1,0 +1,81 @@
+"""What a reply grows with (the signal's windows, the enrolled users) never makes gRPC
+fail it on its own terms: a reply or an error message too large for the wire is cut to
+fit, or refused with a status that says why and is counted as its client sees it."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import numpy as np
+import pytest
+from _server_support import CH16, SFREQ, auth_requests, eeg, sqlite_service
+
+from nacf_core._proto.nacf.v1 import auth_pb2 as pb
+from nacf_core._proto.nacf.v1 import auth_pb2_grpc as pbg
+from nacf_core.server.app import NacfServer
+from nacf_core.server.converters import block_to_signal
+
+KEY = "key-admin-0123456789"
+MD = (("x-api-key", KEY),)
+
+
+def _serve(tmp_path, model_path, **config):
+    svc = sqlite_service(tmp_path, model_path, grpc_address="127.0.0.1:0",
+                         metrics_address="", api_keys={KEY: frozenset(
+                             {"authenticate", "enroll", "admin"})}, **config)
+    server = NacfServer(svc.config, svc, metrics=svc.metrics, sidecar=False).start()
+    chan = grpc.insecure_channel(server.address, options=[
+        ("grpc.max_send_message_length", 64 << 20)])
+    return svc, server, chan, pbg.AuthServiceStub(chan)
+
+
+def _counted(server, method, status, n, timeout=10.0):
+    """Wait for the interceptor's count (a moment after the answer) to reach ``n``."""
+    t0 = time.monotonic()
+    while auth_requests(server, method, status) < n and time.monotonic() - t0 < timeout:
+        time.sleep(0.05)
+    return auth_requests(server, method, status)
+
+
+def _railed_here_and_there(seconds: int) -> np.ndarray:
+    """``seconds`` of real EEG with a few channels at full scale in each 2-s stretch, a
+    different few each time (a headset whose electrodes keep losing contact): every
+    window is rejected, each for its own channels."""
+    rng = np.random.default_rng(0)
+    x = np.concatenate([eeg(1, 3, 0, 60)] * (seconds // 60 + 1))[: int(seconds * SFREQ)].copy()
+    seg = int(2 * SFREQ)
+    for k in range(seconds // 2):
+        x[k * seg:(k + 1) * seg, rng.random(16) < 0.2] = 200_000.0
+    return x
+
+
+def test_a_refusal_listing_every_rejected_window_reaches_its_client(tmp_path, model_path):
+    """Identify and Enroll refuse a signal none of whose windows passed the quality gate
+    with a message listing the distinct rejection reasons; 25 minutes of a headset whose
+    electrodes keep losing contact has ~700 of them (over 20 kB). A status message that long
+    is over what a gRPC client takes in trailing metadata (16 KiB): the client got
+    RESOURCE_EXHAUSTED "Stream removed (received metadata size exceeds hard limit)",
+    saying nothing of its signal, while the server counted FAILED_PRECONDITION. Every
+    status message is now cut to a size any client takes, saying how much was left
+    out."""
+    svc, server, chan, stub = _serve(tmp_path, model_path, max_message_bytes=32 << 20)
+    try:
+        s = block_to_signal(_railed_here_and_there(1500), SFREQ, CH16)
+        for method, call in (
+                ("Identify", lambda: stub.Identify(pb.IdentifyRequest(signal=s), metadata=MD,
+                                                   timeout=60)),
+                ("Enroll", lambda: stub.Enroll(pb.EnrollRequest(user_id="u", signals=[s]),
+                                               metadata=MD, timeout=60))):
+            with pytest.raises(grpc.RpcError) as e:
+                call()
+            assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION, (
+                method, e.value.code(), e.value.details()[:200])
+            msg = e.value.details()
+            assert "railed on" in msg and len(msg.encode()) <= 8192, (method, len(msg))
+            assert "more characters left out" in msg, msg[-300:]
+            assert _counted(server, method, "FAILED_PRECONDITION", 1) == 1
+    finally:
+        chan.close()
+        server.stop(0)
+        svc.store.close()
