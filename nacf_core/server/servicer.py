@@ -58,6 +58,15 @@ def _too_large(user: Any, limit: int, verb: str) -> ResourceExhausted:
         f"{verb} it.")
 
 
+def _fit(resp: Any, limit: int, refusal: Callable[[], ResourceExhausted]) -> Any:
+    """``resp``, or ``refusal()`` raised when it is larger than ``limit`` (the server's
+    ``max_message_bytes``): gRPC would refuse to send it ("Sent message larger than
+    max", which says nothing of why) and the call would be counted ``OK``."""
+    if resp.ByteSize() > limit:
+        raise refusal()
+    return resp
+
+
 #: Most bytes of a status message: it travels in the call's trailing metadata, which a
 #: gRPC client takes up to 8 KiB of (beyond, more and more often, and always beyond
 #: 16 KiB, it fails the call RESOURCE_EXHAUSTED "received metadata size exceeds hard
@@ -300,7 +309,13 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
             raise InvalidArgument("'signal' is missing.")
         r = self.service.identify(cv.signal_to_block(request.signal), request.top_k,
                                   peer=_peer(context))
-        return cv.identify_response(r)
+        # the matches among the top_k best: as many as top_k (identify_max_k can be
+        # raised far beyond what a response of max_message_bytes holds)
+        limit = int(self.service.config.max_message_bytes)
+        return _fit(cv.identify_response(r), limit, lambda: ResourceExhausted(
+            f"{len(r.candidates)} matching candidates do not fit in a response of "
+            f"max_message_bytes ({limit} bytes): ask for a smaller top_k (got "
+            f"{request.top_k}) or raise max_message_bytes."))
 
     @_unary
     def GetUser(self, request: pb.GetUserRequest, context) -> pb.GetUserResponse:
@@ -309,11 +324,9 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
         alone too large for a ListUsers page: gRPC refused to send it ("Sent message
         larger than max", which said nothing of why) and the call was counted ``OK``."""
         user = self.service.get_user(request.user_id)
-        resp = pb.GetUserResponse(user=cv.user_message(user))
         limit = int(self.service.config.max_message_bytes)
-        if resp.ByteSize() > limit:
-            raise _too_large(user, limit, "read")
-        return resp
+        return _fit(pb.GetUserResponse(user=cv.user_message(user)), limit,
+                    lambda: _too_large(user, limit, "read"))
 
     @_unary
     def DeleteUser(self, request, context) -> pb.DeleteUserResponse:

@@ -9,7 +9,7 @@ import time
 import grpc
 import numpy as np
 import pytest
-from _server_support import CH16, SFREQ, auth_requests, eeg, sqlite_service
+from _server_support import CH16, SFREQ, auth_requests, eeg, signal_block, sqlite_service
 
 from nacf_core._proto.nacf.v1 import auth_pb2 as pb
 from nacf_core._proto.nacf.v1 import auth_pb2_grpc as pbg
@@ -75,6 +75,40 @@ def test_a_refusal_listing_every_rejected_window_reaches_its_client(tmp_path, mo
             assert "railed on" in msg and len(msg.encode()) <= 8192, (method, len(msg))
             assert "more characters left out" in msg, msg[-300:]
             assert _counted(server, method, "FAILED_PRECONDITION", 1) == 1
+    finally:
+        chan.close()
+        server.stop(0)
+        svc.store.close()
+
+
+def test_identify_matching_more_users_than_a_response_holds_is_resource_exhausted(
+        tmp_path, model_path):
+    """Identify answers every user among the top_k best that the signal matches; with
+    identify_max_k raised and many matching users (one person enrolled under many ids,
+    a population of look-alike templates) the answer outgrew max_message_bytes: gRPC
+    refused to send it (RESOURCE_EXHAUSTED "Sent message larger than max", which said
+    nothing of why) and the call was counted OK. It is now RESOURCE_EXHAUSTED saying how
+    many candidates matched and what to do (a smaller top_k, a larger max_message_bytes),
+    and counted so; a top_k whose answer fits is answered as before."""
+    limit = 64 * 1024
+    svc, server, chan, stub = _serve(tmp_path, model_path, max_message_bytes=limit,
+                                     identify_max_k=1000, presentation_attack_detection=False)
+    try:
+        svc.enroll("seed", [signal_block(eeg(1, 3, 0, 40))])
+        blob = svc.store.get_template("seed").blob
+        for i in range(500):  # ~140 bytes each in a response: 70 kB
+            svc.store.put_template(f"{i:04d}-" + "x" * 123, blob, svc.model_version)
+        s = block_to_signal(eeg(1, 3, 40, 6), SFREQ, CH16)
+        few = stub.Identify(pb.IdentifyRequest(signal=s, top_k=100), metadata=MD, timeout=60)
+        assert len(few.candidates) == 100  # the same template: everyone matches
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Identify(pb.IdentifyRequest(signal=s, top_k=1000), metadata=MD, timeout=60)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        msg = e.value.details()
+        assert "501 matching candidates" in msg and f"max_message_bytes ({limit}" in msg, msg
+        assert "top_k" in msg, msg
+        assert _counted(server, "Identify", "RESOURCE_EXHAUSTED", 1) == 1
+        assert auth_requests(server, "Identify", "OK") == 1
     finally:
         chan.close()
         server.stop(0)
