@@ -37,6 +37,7 @@ from nacf_core.service import (
 __all__ = [
     "MAX_ABS_UV",
     "MAX_CHANNELS",
+    "MAX_REASONS_BYTES",
     "MAX_SAMPLE_RATE_HZ",
     "auth_response",
     "block_to_signal",
@@ -52,6 +53,30 @@ __all__ = [
 #: Cyton rails at ±187 500 µV), so only a wrong dtype, byte order or unit gets here.
 MAX_ABS_UV = 1e6
 _MAX_CH_NAME = 64
+#: Most bytes of an answer's ``reasons`` (Authenticate, AuthenticateStream, Identify):
+#: the distinct reasons of its rejected windows, one per window for a signal whose bad
+#: channels change from window to window, grow with the signal (a stream's up to
+#: ``stream_max_seconds``) past any ``max_message_bytes`` (64 KiB at least); cut to this,
+#: an answer always fits (a few hundred bytes besides).
+MAX_REASONS_BYTES = 16 * 1024
+
+
+def _bounded_reasons(reasons: list[str], keep_last: bool = False) -> list[str]:
+    """``reasons``, or as many of the first as fit in :data:`MAX_REASONS_BYTES` and a
+    note of how many were left out (then the last, with ``keep_last``)."""
+    if len(reasons) <= 16 and sum(map(len, reasons)) <= MAX_REASONS_BYTES // 4:
+        return reasons  # 4 bytes a character at most: fits (the usual case, no encoding)
+    sizes = [len(r.encode("utf-8", "replace")) for r in reasons]
+    if sum(sizes) <= MAX_REASONS_BYTES:
+        return reasons
+    tail = reasons[-1:] if keep_last else []
+    room = MAX_REASONS_BYTES - (sizes[-1] if keep_last else 0) - 64
+    n = 0
+    while n < len(reasons) - len(tail) and sizes[n] <= room:
+        room -= sizes[n]
+        n += 1
+    left = len(reasons) - len(tail) - n
+    return [*reasons[:n], f"... {left} more reasons left out", *tail]
 
 
 def signal_to_block(sig: pb.Signal, name: str = "signal") -> SignalBlock:
@@ -128,7 +153,8 @@ def enroll_response(r: EnrollResult) -> pb.EnrollResponse:
 def auth_response(r: AuthResult) -> pb.AuthenticateResponse:
     return pb.AuthenticateResponse(
         accepted=r.accepted, score=r.score, threshold=r.threshold,
-        session_token=r.session_token, quality=r.quality, reasons=list(r.reasons),
+        session_token=r.session_token, quality=r.quality,
+        reasons=_bounded_reasons(list(r.reasons), keep_last=True),
         model_version=r.model_version, seconds_used=r.seconds_used,
         windows_used=r.windows_used, session_expires_at_unix=r.session_expires_at)
 
@@ -138,7 +164,7 @@ def identify_response(r: IdentifyResult) -> pb.IdentifyResponse:
         candidates=[pb.Candidate(user_id=u, score=s, above_threshold=s >= r.threshold)
                     for u, s in r.candidates],
         threshold=r.threshold, quality=r.quality, model_version=r.model_version,
-        reasons=list(r.reasons))
+        reasons=_bounded_reasons(list(r.reasons)))
 
 
 def user_message(u: UserInfo) -> pb.User:

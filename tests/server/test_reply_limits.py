@@ -113,3 +113,38 @@ def test_identify_matching_more_users_than_a_response_holds_is_resource_exhauste
         chan.close()
         server.stop(0)
         svc.store.close()
+
+
+
+def test_reasons_of_an_answer_are_cut_to_what_every_response_holds(model_path):
+    """The reasons of an Authenticate/AuthenticateStream or Identify answer are the
+    distinct reasons its windows were rejected for, one per window for a headset whose
+    electrodes keep losing contact (its channels differ from window to window). An
+    AuthenticateStream of 1 900 s of such signal (stream_max_seconds raised) answered
+    32 kB of them; twice that length is over max_message_bytes at its lowest (64 KiB):
+    gRPC refused to send the answer ("Sent message larger than max", counted OK), an
+    accept's session token with it. They are now cut to MAX_REASONS_BYTES, saying how
+    many were left out and keeping the last (the sequential test's note)."""
+    from _server_support import make_pipeline
+
+    from nacf_core.server import converters as cv
+    from nacf_core.service import AuthResult, IdentifyResult
+
+    p = make_pipeline(model_path)
+    w = p.windows(_railed_here_and_there(1200), SFREQ, list(CH16))
+    distinct = sorted({r for r in w.reasons if r})
+    many = [f"1 window(s): {r}" for r in distinct] * 6  # ~ 4 000 s of such signal
+    assert sum(len(r) for r in many) > 64 * 1024
+    last = "sequential test undecided after 0 window(s) (4000.0 s): fused-score decision"
+    a = cv.auth_response(AuthResult(True, 0.9, 0.5, 0.7, [*many, last], "m", 4000.0, 0,
+                                    "t" * 43, 1e9))
+    i = cv.identify_response(IdentifyResult([], 0.5, 0.7, "m", many))
+    for reasons in (list(a.reasons), list(i.reasons)):
+        assert sum(len(r.encode()) for r in reasons) <= cv.MAX_REASONS_BYTES + 100, (
+            sum(len(r.encode()) for r in reasons))
+        assert "left out" in " ".join(reasons[-2:]), reasons[-2:]
+    assert a.session_token == "t" * 43 and a.reasons[-1] == last
+    assert a.reasons[0] == many[0] and i.reasons[0] == many[0]
+    # a few reasons are as they were
+    assert list(cv.auth_response(AuthResult(False, 0.1, 0.5, 0.7, many[:3], "m", 4.0, 1,
+                                            "", 0.0)).reasons) == many[:3]
