@@ -554,6 +554,7 @@ class AuthService:
                                     float(self.config.rate_limit_burst), now=now)
         forgotten = 0
         shortened: list[str] = []
+        n_shortened = 0
         if expire:
             ended = self._store("expire_sessions", self.store.expire_sessions, now=now)
             # a lock with more than lockout_seconds left: the wall clock stepped back since
@@ -561,13 +562,18 @@ class AuthService:
             # lockout got shorter; it ends lockout_seconds from now
             shortened = self._store("shorten_lockouts", self.store.shorten_lockouts,
                                     float(self.config.lockout_seconds), now=now)
+            # so for an open session with more than session_ttl_s left (no renewal sets
+            # more): it would outlive its TTL by the step, a day for a snapshot's
+            n_shortened = self._store("shorten_sessions", self.store.shorten_sessions,
+                                      float(self.config.session_ttl_s), now=now)
             for s in ended:
                 self.metrics.observe_session_duration(max(0.0, s.expires_at - s.created_at))
             self._update_active_sessions(now)
             forgotten = self._forget_changed_elsewhere()
-        if n or n_sessions or n_buckets or ended or forgotten or shortened:
+        if n or n_sessions or n_buckets or ended or forgotten or shortened or n_shortened:
             log.info("maintenance", extra={"event_type": "maintenance", "audit_purged": n,
                                            "lockouts_shortened": len(shortened),
+                                           "sessions_shortened": n_shortened,
                                            "sessions_purged": n_sessions,
                                            "rate_buckets_purged": n_buckets,
                                            "sessions_expired": len(ended),
@@ -1726,6 +1732,7 @@ class AuthService:
                         try:
                             cur = self._store("get_session", self.store.get_session, token)
                             why, until = cur.end_reason or "expired", float(cur.expires_at)
+                            self._seen_expired(token, cur, now)
                         except NotFound:  # the session went with its user
                             why, until = deleted(), expires
                         yield ContinuousUpdate("ended", 0.0, thr, quality, why, until,

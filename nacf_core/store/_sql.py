@@ -1017,6 +1017,14 @@ class SqlStore(Store):
                 f"({s.end_reason or 'expired'}); authenticate again.")
         return s
 
+    def shorten_sessions(self, ttl_s: float, now=None) -> int:
+        ttl_s = check_finite_positive("ttl_s", ttl_s)
+        t = _now(now)
+        until = _check_time("now + ttl_s", t + ttl_s)
+        return int(self._run(lambda tx: tx.execute(
+            "UPDATE sessions SET expires_at = ? WHERE ended_at IS NULL AND expires_at > ?",
+            (until, until))))
+
     def count_active_sessions(self, now=None) -> int:
         t = _now(now)
         row = self._run(lambda tx: tx.one(

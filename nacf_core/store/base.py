@@ -449,6 +449,12 @@ class Store(abc.ABC):
         :meth:`expire_sessions` records it: ended at its expiry, reason ``"expired"``."""
 
     @abc.abstractmethod
+    def shorten_sessions(self, ttl_s: float, now: float | None = None) -> int:
+        """Open sessions with more than ``ttl_s`` left at ``now`` (the wall clock stepped
+        back since they were opened or renewed, or the TTL got shorter) expire ``ttl_s``
+        from ``now``; return how many."""
+
+    @abc.abstractmethod
     def count_active_sessions(self, now: float | None = None) -> int:
         """Sessions neither ended nor expired at ``now``."""
 

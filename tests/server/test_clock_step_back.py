@@ -73,3 +73,32 @@ def test_a_lockout_does_not_stretch_by_the_clocks_step_back(svc_both):
     assert svc.store.get_lockout("w") == svc.store.get_lockout("w").__class__(1, None)
     assert svc.store.locked_user_ids(now=step + 59) == {"u"}
     assert svc.store.locked_user_ids(now=step + 61) == set()
+
+
+def test_a_live_session_does_not_stretch_by_the_clocks_step_back(svc_both):
+    """A session with 60 s left, then the clock stepped back a day (a VM restored from a
+    snapshot): it stayed valid a day and a minute more, however seldom its wearer was
+    verified. As for lockouts, the maintenance that runs at once after a step back now
+    shortens any open session with more than session_ttl_s left to session_ttl_s from
+    now; one renewed since (ContinuousAuthenticate) is as its renewal left it."""
+    svc = svc_both
+    svc.config.session_ttl_s = 900.0
+    svc.store.put_template("u", b"not a template", "m")
+    _at(svc, T0)
+    svc.maintenance(force=True)
+    s = svc.store.create_session("u", 900, now=T0 - 840)  # expires at T0 + 60
+    ok = svc.store.create_session("u", 900, now=T0)
+    _at(svc, T0 + 30)
+    svc.maintenance()
+    assert svc.store.get_session(s.token).expires_at == T0 + 60  # nothing to shorten
+    step = T0 - 86400
+    _at(svc, step)
+    svc.maintenance()  # due at once after a step back
+    assert svc.store.get_session(s.token).expires_at == pytest.approx(step + 900)
+    assert svc.store.get_session(ok.token).expires_at == pytest.approx(step + 900)
+    _at(svc, step + 901)
+    assert svc.validate_session(s.token).valid is False
+    assert svc.validate_session(ok.token).reason == "expired"
+    fresh = svc.store.create_session("u", 900, now=step + 901)
+    svc.maintenance(force=True)
+    assert svc.store.get_session(fresh.token).expires_at == step + 901 + 900
