@@ -949,10 +949,8 @@ class SqlStore(Store):
             rows = tx.query("UPDATE sessions SET ended_at = expires_at, end_reason = 'expired' "
                             "WHERE token_hash = ? AND ended_at IS NULL AND expires_at <= ? "
                             f"RETURNING {self._SESSION_SELECT}", (h, t))
-            if not rows:
-                return None
-            tx.execute("DELETE FROM session_windows WHERE session_id = ?", (h,))
-            return rows[0]
+            # its stream windows stay, as an ended session's do (add_session_window)
+            return rows[0] if rows else None
 
         # run again after a lost COMMIT answer: the session is ended then, and None said
         # (the sweep would not count it either)

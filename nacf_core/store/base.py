@@ -466,7 +466,7 @@ class Store(abc.ABC):
     def expire_session(self, token: str, *, now: float | None = None) -> Session | None:
         """End the session of ``token`` if it is past its expiry at ``now`` and no sweep
         has ended it, as :meth:`expire_sessions` does (at its expiry, reason
-        ``"expired"``, its stream windows dropped): a session seen expired stays so when
+        ``"expired"``; its stream windows stay): a session seen expired stays so when
         the wall clock steps back. Return it when this call ended it, else ``None``
         (active, ended already or unknown)."""
 

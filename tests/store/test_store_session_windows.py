@@ -65,7 +65,7 @@ def test_windows_are_shared_bounded_and_encrypted(store, store_url, key):
 
 
 @pytest.mark.parametrize("how", ["end_session", "end_user_sessions", "expire_sessions",
-                                 "delete_user"])
+                                 "expire_session", "delete_user"])
 def test_a_sessions_windows_stay_when_it_ends_and_go_with_its_user(store, how):
     """An ended session's windows stay (a window of the user's later sessions is checked
     against them: a recording of its stream replayed on a new session was not a
@@ -82,6 +82,8 @@ def test_a_sessions_windows_stay_when_it_ends_and_go_with_its_user(store, how):
         store.end_user_sessions("u1", "ended_by_admin", now=T0 + 2)
     elif how == "expire_sessions":
         assert [x.session_id for x in store.expire_sessions(now=T0 + 61)] == [s.session_id]
+    elif how == "expire_session":  # one seen expired (ValidateSession, EndSession)
+        assert store.expire_session(s.token, now=T0 + 61).session_id == s.session_id
     else:
         store.delete_user("u1", now=T0 + 2)
     left = [] if how == "delete_user" else [s.session_id]
