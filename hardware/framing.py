@@ -29,7 +29,16 @@ byte stream in order:
    more than ``max_gap + 1`` ahead) is accepted only as the start of ``relock``
    contiguous frames with consecutive counters (a new sequence: counted in
    ``extra["resyncs"]``; the unknown gap is not filled with NaN rows).
-5. Any other frame is a forged or corrupt frame: discarded, counted in ``corrupt``, and
+5. **Copies**: a frame accepted by rules 2-4 that is a byte-for-byte copy of one of
+   the last 16 packets accepted (a link that sends a packet, or a block of the last
+   few, again), or a relock chain holding such a copy, is discarded (``corrupt``, and
+   ``extra["duplicates"]``): no sample is delivered twice. (A re-sent block whose
+   first three packets were lost the first time starts a new sequence with them; the
+   copies after them are discarded. A flat signal, every channel railed, can repeat a
+   packet exactly 256 packets later: after a loss of more than ``max_gap`` packets
+   that lands within 16 counters of the last one it may be read as continuing the
+   sequence, the one ambiguity an 8-bit counter leaves.)
+6. Any other frame is a forged or corrupt frame: discarded, counted in ``corrupt``, and
    scanning continues at the next byte (not 33 bytes later, so a real packet that
    starts inside a forged frame is still found).
 
@@ -65,12 +74,14 @@ from .cyton import PACKET_SIZE, GainTracker, decode_packets, decode_packets_nump
 
 __all__ = ["Framer", "Frames", "scan_frames"]
 
-_STAT_CORRUPT, _STAT_GARBAGE, _STAT_RESYNC = 0, 1, 2
+_STAT_CORRUPT, _STAT_GARBAGE, _STAT_RESYNC, _STAT_DUPLICATE = 0, 1, 2, 3
+_HISTORY = 16  # accepted packets a frame is compared with (rule 5)
 _COMPILED_MIN_BYTES = 1 << 16
 
 
 @jit
-def _scan_kernel(buf, n, last, max_gap, relock, starts, gaps, stats):  # pragma: no cover
+def _scan_kernel(buf, n, last, max_gap, relock, starts, gaps, stats, hist,
+                 n_hist):  # pragma: no cover
     # The one compiled loop (helpers are inlined: the Numba shim compiles lazily, so
     # jitted functions cannot call each other).
     p = 0
@@ -146,6 +157,45 @@ def _scan_kernel(buf, n, last, max_gap, relock, starts, gaps, stats):  # pragma:
         if r == -2:
             break
         if r == 1:
+            # no copy of a packet already accepted (a link that sends the last few
+            # packets again): each frame of the chain (the frame alone when in sequence
+            # or after a gap) is compared with the last _HISTORY packets accepted,
+            # newest first (this call's, then the earlier calls' in ``hist``), those
+            # with its counter in full
+            for m in range(need if gap < 0 else 1):
+                qq = p + 33 * m
+                cq = buf[qq + 1]
+                seen = 0
+                jj = k - 1
+                while r == 1 and jj >= 0 and seen < hist.shape[0]:
+                    s0 = starts[jj]
+                    if buf[s0 + 1] == cq:
+                        same = True
+                        for b in range(2, 33):
+                            if buf[s0 + b] != buf[qq + b]:
+                                same = False
+                                break
+                        if same:
+                            r = 0
+                    jj -= 1
+                    seen += 1
+                jj = n_hist - 1
+                while r == 1 and jj >= 0 and seen < hist.shape[0]:
+                    if hist[jj, 1] == cq:
+                        same = True
+                        for b in range(2, 33):
+                            if hist[jj, b] != buf[qq + b]:
+                                same = False
+                                break
+                        if same:
+                            r = 0
+                    jj -= 1
+                    seen += 1
+                if r == 0:
+                    if m == 0:
+                        stats[3] += 1
+                    break
+        if r == 1:
             starts[k] = p
             gaps[k] = gap
             if gap < 0:
@@ -161,7 +211,7 @@ def _scan_kernel(buf, n, last, max_gap, relock, starts, gaps, stats):  # pragma:
 
 
 def scan_frames(buf: np.ndarray, last: int = -1, max_gap: int = 127, relock: int = 3,
-                compiled: bool = True):
+                compiled: bool = True, history: np.ndarray | None = None):
     """Find the packets in a byte buffer by the rules of the module docstring.
 
     Parameters
@@ -169,6 +219,8 @@ def scan_frames(buf: np.ndarray, last: int = -1, max_gap: int = 127, relock: int
     buf : ndarray, shape (n_bytes,), uint8
     last : int
         Counter of the last accepted packet before ``buf``; -1 when not locked.
+    history : ndarray, shape (n, 33), uint8, optional
+        The packets accepted before ``buf``, oldest first (the last 16 are used: rule 5).
 
     Returns
     -------
@@ -180,8 +232,8 @@ def scan_frames(buf: np.ndarray, last: int = -1, max_gap: int = 127, relock: int
         Bytes decided; the rest must be kept and scanned again with more data.
     last : int
         Counter of the last accepted packet (-1 if still unlocked).
-    stats : ndarray, shape (3,), int64
-        corrupt frames, skipped bytes, resyncs.
+    stats : ndarray, shape (4,), int64
+        corrupt frames, skipped bytes, resyncs, copies of accepted packets discarded.
 
     ``compiled=False`` runs the same function as plain Python (identical results; no
     Numba start-up, which costs about a second on the first call in a process).
@@ -190,13 +242,19 @@ def scan_frames(buf: np.ndarray, last: int = -1, max_gap: int = 127, relock: int
     cap = n // PACKET_SIZE + 1
     starts = np.empty(cap, dtype=np.int64)
     gaps = np.empty(cap, dtype=np.int64)
-    stats = np.zeros(3, dtype=np.int64)
+    stats = np.zeros(4, dtype=np.int64)
+    if history is None:
+        history = np.zeros((0, PACKET_SIZE), np.uint8)
+    hist = np.zeros((_HISTORY, PACKET_SIZE), np.uint8)
+    n_hist = min(len(history), _HISTORY)
+    if n_hist:
+        hist[:n_hist] = history[len(history) - n_hist:]
     if compiled:
         k, p, last = _scan_kernel(buf, n, int(last), int(max_gap), int(relock), starts, gaps,
-                                  stats)
+                                  stats, hist, n_hist)
     else:
         k, p, last = _scan_kernel.py_func(buf.tobytes(), n, int(last), int(max_gap),
-                                          int(relock), starts, gaps, stats)
+                                          int(relock), starts, gaps, stats, hist, n_hist)
     return starts[:k], gaps[:k], int(p), int(last), stats
 
 
@@ -238,7 +296,7 @@ class Framer:
         The gains in effect (shared with the serial session that sends commands).
     counters : Counters, optional
         Updated in place: ``ok`` (samples delivered), ``dropped`` (NaN rows),
-        ``corrupt``, ``garbage_bytes``, ``extra["resyncs"]``.
+        ``corrupt``, ``garbage_bytes``, ``extra["resyncs"]``, ``extra["duplicates"]``.
     max_gap, relock : int
         See the module docstring.
     compiled : bool or None
@@ -267,12 +325,14 @@ class Framer:
             )
         self.counters = counters if counters is not None else Counters()
         self.counters.extra.setdefault("resyncs", 0)
+        self.counters.extra.setdefault("duplicates", 0)
         self.max_gap = check_int_range("max_gap", max_gap, 0, 253)
         self.relock = check_int_range("relock", relock, 2, 16)
         self._buf = np.zeros(0, dtype=np.uint8)
         self._last = -1
         self._pending = None  # daisy: (counter, uv(8), accel(3)) of an even packet
         self._new_seq = False  # daisy: a sequence started and no row has marked it yet
+        self._history = np.zeros((0, PACKET_SIZE), np.uint8)  # last accepted packets
 
     def reset(self) -> None:
         """Forget the sequence (after a reconnect); buffered bytes are dropped and counted."""
@@ -281,6 +341,7 @@ class Framer:
         self._last = -1
         self._pending = None
         self._new_seq = False
+        self._history = np.zeros((0, PACKET_SIZE), np.uint8)
 
     flush = reset
 
@@ -298,17 +359,20 @@ class Framer:
         fast = self.compiled if self.compiled is not None else buf.size >= _COMPILED_MIN_BYTES
         self._fast = bool(fast)
         starts, gaps, consumed, last, stats = scan_frames(
-            buf, self._last, self.max_gap, self.relock, compiled=self._fast
+            buf, self._last, self.max_gap, self.relock, compiled=self._fast,
+            history=self._history,
         )
         self._buf = buf[consumed:].copy()
         self._last = last
         self.counters.corrupt += int(stats[_STAT_CORRUPT])
         self.counters.garbage_bytes += int(stats[_STAT_GARBAGE])
         self.counters.extra["resyncs"] += int(stats[_STAT_RESYNC])
+        self.counters.extra["duplicates"] += int(stats[_STAT_DUPLICATE])
         if starts.size == 0:
             return self._empty()
         idx = starts[:, None] + np.arange(PACKET_SIZE)[None, :]
         packets = np.ascontiguousarray(buf[idx])
+        self._history = np.concatenate([self._history, packets[-_HISTORY:]])[-_HISTORY:]
         return self._decode(packets, gaps, was_unlocked)
 
     def _empty(self) -> Frames:

@@ -253,3 +253,49 @@ def test_truncated_packet_whose_end_byte_falls_on_a_valid_one_is_discarded():
                 assert f.counters.dropped == 1 and f.counters.corrupt >= 1
             cases += 1
     assert cases > 150
+
+
+def _replay_case(order):
+    counts = np.random.default_rng(3).integers(-(2**23), 2**23, size=(40, 8))
+    pk = encode_packets(np.arange(40), counts)
+    _, uv, _ = decode_packets(pk)
+    return b"".join(pk[i].tobytes() for i in order), uv
+
+
+def test_packets_sent_again_are_not_delivered_twice():
+    """A link that sends packets again (one packet twice, or a block of the last few):
+    the copy was taken for the start of a new sequence (its counter is behind, and the
+    packets after it follow it), so the same samples came out twice and the timeline
+    went back. Copies of packets already accepted are discarded and counted."""
+    once = list(range(0, 8)) + [7] + list(range(8, 14)) + list(range(10, 14)) \
+        + list(range(14, 40))
+    lost_then_resent = list(range(0, 20)) + list(range(21, 25)) + list(range(20, 25)) \
+        + list(range(25, 40))
+    for order, lost in ((once, []), (lost_then_resent, [20])):
+        data, uv = _replay_case(order)
+        for compiled in (True, False):
+            f = Framer(compiled=compiled)
+            out = f.feed(data)
+            assert out.counters.tolist() == list(range(40)), out.counters.tolist()
+            fin = np.isfinite(out.samples).all(axis=1)
+            assert np.flatnonzero(~fin).tolist() == lost
+            assert np.array_equal(out.samples[fin], uv[fin])
+            assert out.new_sequence.tolist() == [True] + [False] * 39
+            assert f.counters.extra["resyncs"] == 0
+            assert f.counters.extra["duplicates"] >= 1 and f.counters.ok == 40 - len(lost)
+
+
+def test_a_resent_block_whose_first_packets_were_lost_delivers_no_copy():
+    """Packets 10-12 lost, 13-14 delivered, then 10-14 sent again: 10-12 (never
+    delivered) start a new sequence, and the copies of 13 and 14 after them are
+    discarded (NaN rows: in that sequence they are missing), never delivered twice."""
+    order = list(range(0, 10)) + [13, 14] + list(range(10, 40))
+    data, uv = _replay_case(order)
+    for compiled in (True, False):
+        f = Framer(compiled=compiled)
+        out = f.feed(data)
+        fin = np.isfinite(out.samples).all(axis=1)
+        assert out.counters[fin].tolist() == list(range(10)) + [13, 14] + list(range(10, 13)) \
+            + list(range(15, 40))
+        assert np.flatnonzero(out.new_sequence).tolist() == [0, 15]
+        assert (~fin).sum() == 3 + 2 and f.counters.extra["duplicates"] == 2
