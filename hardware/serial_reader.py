@@ -199,7 +199,8 @@ class CytonReader:
             self.gains.apply(command)
             self._remember_settings(command)
             self._ser.write(b"b")
-        except OSError as exc:  # serial.SerialException is an OSError
+        except (OSError, termios.error) as exc:  # SerialException is an OSError; tcflush
+            # and tcsetattr (reset_input_buffer, the timeout setter) raise termios.error
             self._lost(exc)
             raise SerialSourceError(
                 f"serial port {self.port!r} went away while sending {command!r}: {exc}"

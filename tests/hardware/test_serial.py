@@ -305,3 +305,24 @@ def test_dongle_without_its_board_is_a_clear_error(recording):
         sim.board_on = True
         with CytonReader(sim.port) as r:
             read_rows(r, 10)
+
+
+def test_a_command_to_a_port_that_vanished_is_a_serial_source_error(recording):
+    """pyserial's reset_input_buffer (tcflush) and its timeout setter (tcsetattr) raise
+    termios.error, not an OSError, on a device that is gone: send_command let it out
+    (neither the documented SerialSourceError nor a reconnect)."""
+    import errno
+    import termios
+
+    with SimulatedCyton(recording, realtime=False) as sim, CytonReader(sim.port) as r:
+        read_rows(r, 10)
+
+        def gone():
+            raise termios.error(errno.EIO, "Input/output error")
+
+        r._ser.reset_input_buffer = gone
+        with pytest.raises(SerialSourceError, match="went away while sending"):
+            r.send_command("x1030110X")
+        assert not r.connected
+        read_rows(r, 10)  # it reconnects
+        assert r.counters.reconnects == 1
