@@ -27,7 +27,8 @@ A missing port raises :class:`PortNotFound`, a port held by another process
 :class:`PortBusy`, both naming the port.
 
 Timestamps are the local clock (``time.time()``) at the first sample of each
-sequence, advanced by ``1 / sfreq`` per sample (NaN rows included) after that.
+sequence (but never before the last stamp handed out: they only go forward), advanced
+by ``1 / sfreq`` per sample (NaN rows included) after that.
 """
 
 from __future__ import annotations
@@ -132,6 +133,7 @@ class CytonReader:
         self._next_try = 0.0
         self._backoff = 0.05
         self._t_anchor = 0.0
+        self._t_last = -np.inf  # the last timestamp handed out
         self._k = 0
 
     # -- lifecycle -------------------------------------------------------------------
@@ -278,9 +280,15 @@ class CytonReader:
                 ts[begin:s] = self._t_anchor + (self._k + np.arange(s - begin)) / self.sfreq
                 self._k += s - begin
             if s < n:
-                self._t_anchor = now - (n - 1 - s) / self.sfreq
+                # the local clock, but after the last stamp handed out: stamps counted
+                # on at the nominal rate run ahead of the clock when samples came faster
+                # (a board whose crystal is fast, a backlog read at once), and time
+                # must not go back at a new sequence
+                self._t_anchor = max(now - (n - 1 - s) / self.sfreq,
+                                     self._t_last + 1.0 / self.sfreq)
                 self._k = 0
             begin = s
+        self._t_last = float(ts[-1])
         return Chunk(frames.samples, ts, list(self.ch_names), self.sfreq)
 
     # -- connection -------------------------------------------------------------------
