@@ -34,7 +34,10 @@ to ``max_buflen`` seconds; a consumer that reads through
 number of microvolts (sent infinite, or too large for float32 once scaled) is delivered as
 NaN, a dropped sample, as a file's would be; a timestamp that is not finite (an outlet
 that stamps NaN) is replaced by the arrival time, the chunk's samples evenly spaced
-before it (and after the last stamp handed out).
+before it (and after the last stamp handed out). Timestamps only go forward: one that
+is not after the stamp before it (an outlet whose clock was set back, a stamp out of
+place or repeated) is replaced by the stamp before it plus ``1 / sfreq``, until the
+outlet's stamps pass the last one handed out again.
 
 Units: channels whose ``unit`` says volts, millivolts or nanovolts (any case, ``V``,
 ``mV``, ``nV`` or spelt out) are scaled to microvolts; µV, and no unit (or a blank one:
@@ -184,6 +187,7 @@ class LslSource:
         self._ended = False
         self._closed = False
         self._warned_stamps = False
+        self._warned_back = False
         self._last_stamp = -math.inf  # the last timestamp handed out
 
     # ------------------------------------------------------------------ resolving
@@ -458,9 +462,26 @@ class LslSource:
                 self._warned_stamps = True
                 logger.warning("LSL stream %s sent timestamps that are not finite; they are "
                                "replaced by the arrival time", self._describe())
+        if stamps[0] <= self._last_stamp or (n > 1 and not (np.diff(stamps) > 0).all()):
+            self._monotonize(stamps)
         self.counters.ok += n
         self._last_stamp = float(stamps[-1])
         return Chunk(samples, stamps, self.ch_names, self._sfreq)
+
+    def _monotonize(self, stamps: np.ndarray) -> None:
+        """Stamps that are not after the one before (an outlet whose clock stepped back,
+        a stamp out of place, one repeated): the one before plus ``1 / sfreq``."""
+        step = 1.0 / self._sfreq
+        t = self._last_stamp
+        for i in range(stamps.shape[0]):
+            if not stamps[i] > t:
+                stamps[i] = t + step
+            t = stamps[i]
+        if not self._warned_back:
+            self._warned_back = True
+            logger.warning("LSL stream %s sent timestamps that go back in time (its clock "
+                           "was set back?); they are replaced by the last one + 1/%g s",
+                           self._describe(), self._sfreq)
 
     def _lost(self) -> Chunk | None:
         logger.warning("LSL stream %s vanished", self._describe())

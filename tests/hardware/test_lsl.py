@@ -456,3 +456,36 @@ def test_repaired_timestamps_keep_going_forward_across_chunks():
         assert len(ts) == 5 and np.isfinite(ts).all() and np.all(np.diff(ts) > 0), ts
     finally:
         del outlet
+
+
+def test_timestamps_of_an_outlet_whose_clock_steps_back_keep_going_forward():
+    """Finite timestamps that go back (an outlet whose clock was stepped back by NTP or
+    by hand, or a stamp out of place within a chunk) were handed out as sent: a recording
+    whose time goes back (nacf record's CSV then cannot be read back when its last stamp
+    is before its first). Like a NaN stamp, a stamp that is not after the one before it
+    is repaired: the one before it plus 1/sfreq."""
+    name = f"nacf-test-{uuid.uuid4().hex[:8]}"
+    info = pylsl.StreamInfo(name, "EEG", 2, 10.0, pylsl.cf_float32, f"sid-{name}")
+    info.set_channel_labels(["Cz", "Pz"])
+    outlet = pylsl.StreamOutlet(info)
+    try:
+        with LslSource(name=name, timeout=10, reconnect_s=0) as src:
+            assert outlet.wait_for_consumers(10)
+            t0 = pylsl.local_clock()
+            sent = [t0 + np.array([0.0, 0.1, 0.2, 0.3]),          # as the outlet's clock
+                    t0 - 100 + np.array([0.0, 0.1, 0.2, 0.3]),    # stepped back 100 s
+                    t0 + np.array([0.8, 0.9, -50.0, 1.1]),        # and one out of place
+                    np.full(3, t0 + 1.1)]                         # repeated
+            stamps = []
+            for s in sent:
+                outlet.push_chunk(np.ones((len(s), 2), np.float32), s.tolist())
+                got, t = 0, time.monotonic()
+                while got < len(s) and time.monotonic() - t < 10:
+                    c = src.read_chunk(timeout=0.5)
+                    got += c.n_times
+                    stamps.append(c.timestamps)
+            ts = np.concatenate(stamps) - src.clock_offset
+        assert len(ts) == 15 and np.all(np.diff(ts) > 0), ts - t0
+        np.testing.assert_allclose(ts - t0, np.arange(15) / 10, atol=1e-3)
+    finally:
+        del outlet

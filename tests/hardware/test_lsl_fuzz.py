@@ -2,9 +2,10 @@
 or too large for float32, any sample format but strings, timestamps that go backwards,
 jump or repeat, any rate, missing, repeated or odd channel labels, unit strings),
 :class:`LslSource` either delivers chunks of float32 microvolts with the stream's
-channel count and one finite timestamp per sample, never an infinite sample (a value it
-cannot hold is a dropped sample: NaN, as a file's would be), or refuses the stream with a
-``ValueError`` that names it; never another exception, nor a hang (pytest-timeout).
+channel count and one finite timestamp per sample (time never going back), never an
+infinite sample (a value it cannot hold is a dropped sample: NaN, as a file's would be),
+or refuses the stream with a ``ValueError`` that names it; never another exception, nor
+a hang (pytest-timeout).
 
 The outlet lives in this process (pylsl), as in ``test_lsl.py``."""
 
@@ -95,13 +96,16 @@ def test_a_hostile_stream_is_read_as_finite_chunks_or_refused_with_a_value_error
                 outlet.push_chunk(np.ascontiguousarray(sent))
             else:
                 outlet.push_chunk(np.ascontiguousarray(sent), ts)
-            got, t0 = 0, time.monotonic()
+            got, t0, stamps = 0, time.monotonic(), []
             while got < n and time.monotonic() - t0 < 10:
                 c = src.read_chunk(timeout=0.5)
                 assert c is not None
                 _check_chunk(c, n_ch)
                 got += c.n_times
+                stamps.append(c.timestamps)
             assert got == n, f"{got} of {n} samples arrived"
+            # time never goes back (strictly forward where float64 can tell the step)
+            assert (np.diff(np.concatenate(stamps)) >= 0).all(), stamps
         finally:
             src.close()
     finally:
