@@ -19,7 +19,9 @@ Lifecycle (a context manager; nothing is left to ``__del__``)::
 4. send ``b``: packets flow, decoded by :class:`~nacf_core.hardware.framing.Framer`;
 5. on exit send ``s`` and close the port.
 
-If the port disappears (dongle unplugged), :meth:`CytonReader.read_chunk` reconnects
+If the port disappears (dongle unplugged), or no byte comes for ``stall_timeout``
+seconds (a board that reset itself prints its banner and stops streaming while the
+dongle keeps the port open), :meth:`CytonReader.read_chunk` reconnects
 with exponential backoff (50 ms doubling to 2 s) and repeats the handshake; the
 framer starts a new sequence and ``counters.reconnects`` counts it. After
 ``reconnect_timeout`` seconds without success it raises :class:`PortLost`.
@@ -101,6 +103,10 @@ class CytonReader:
         Reconnect when the port disappears (else raise :class:`PortLost` at once).
     reconnect_timeout : float
         Give up reconnecting after this many seconds.
+    stall_timeout : float
+        Seconds without a byte from a streaming board after which the session is
+        started again (as after a reconnect): a board that reset itself (a brown-out)
+        prints its banner and stops streaming while the dongle keeps the port open.
     """
 
     def __init__(
@@ -111,6 +117,7 @@ class CytonReader:
         handshake_timeout: float = 3.0,
         reconnect: bool = True,
         reconnect_timeout: float = 30.0,
+        stall_timeout: float = 2.0,
     ):
         if not isinstance(port, str) or not port:
             raise ValueError(f"'port' must be a non-empty device path, got {port!r}.")
@@ -122,6 +129,8 @@ class CytonReader:
         self.handshake_timeout = check_finite_positive("handshake_timeout", handshake_timeout)
         self.reconnect = bool(reconnect)
         self.reconnect_timeout = check_finite_positive("reconnect_timeout", reconnect_timeout)
+        self.stall_timeout = check_finite_positive("stall_timeout", stall_timeout)
+        self._last_byte = 0.0  # time.monotonic() of the last byte read (or of 'b')
         self.counters = Counters()
         self.gains = GainTracker(self.n_channels)
         self.framer = Framer(daisy=self.daisy, gains=self.gains, counters=self.counters)
@@ -201,6 +210,7 @@ class CytonReader:
             self.gains.apply(command)
             self._remember_settings(command)
             self._ser.write(b"b")
+            self._last_byte = time.monotonic()
         except (OSError, termios.error) as exc:  # SerialException is an OSError; tcflush
             # and tcsetattr (reset_input_buffer, the timeout setter) raise termios.error
             self._lost(exc)
@@ -258,11 +268,19 @@ class CytonReader:
             except (OSError, termios.error) as exc:  # SerialException is an OSError: gone
                 self._lost(exc)
                 continue
+            now = time.monotonic()
             if data:
+                self._last_byte = now
                 frames = self.framer.feed(data)
                 if frames.n_times:
                     return self._chunk(frames)
-            if time.monotonic() >= deadline:
+            elif now - self._last_byte > self.stall_timeout:
+                # the board stopped streaming (it reset itself: its banner came last) but
+                # the port is there: start the session again
+                self._lost(f"no data for {self.stall_timeout:g} s (the board reset or "
+                           "stopped streaming)")
+                continue
+            if now >= deadline:
                 return self._empty()
 
     def _empty(self) -> Chunk:
@@ -350,6 +368,7 @@ class CytonReader:
                 self.gains.apply(cmd)
             ser.reset_input_buffer()
             ser.write(b"b")
+            self._last_byte = time.monotonic()
         except BaseException as exc:
             self._ser = None
             try:
@@ -395,7 +414,7 @@ class CytonReader:
         logger.warning("no '$$$' from %s while waiting for %s", self.port, what)
         return buf.decode("ascii", "replace")
 
-    def _lost(self, exc: BaseException) -> None:
+    def _lost(self, exc: BaseException | str) -> None:
         logger.warning("serial port %s lost: %s", self.port, exc)
         ser, self._ser = self._ser, None
         try:

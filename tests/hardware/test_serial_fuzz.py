@@ -481,3 +481,30 @@ def test_timestamps_go_forward_at_a_new_sequence_after_samples_came_fast():
             ts.extend(r.read_chunk(0.05).timestamps)
     assert r.counters.reconnects == 1
     assert np.all(np.diff(ts) > 0), np.diff(ts).min()
+
+
+def test_a_board_that_resets_mid_stream_is_started_again():
+    """A Cyton that resets (a brown-out: its battery sagging, a loose switch) prints its
+    banner ('...$$$') and stops streaming, while the dongle keeps the port open: the
+    reader returned empty chunks for ever (nacf record: 'no samples for 10 s'), and a
+    gain set before would not be on the board any more. After ``stall_timeout``
+    seconds without a byte the session is started again (handshake, settings, 'b')."""
+    def stream(first_id, n):
+        counts = np.zeros((n, 8), np.int64)
+        counts[:, 0] = first_id + np.arange(n)
+        return encode_packets(np.arange(n) & 0xFF, counts).tobytes()
+
+    ports = [FakePort("ok", [stream(0, 100), RESET_TEXT]), FakePort("ok", [stream(500, 100)])]
+    opened = list(ports)
+    r = CytonReader("/dev/ttyFAKE0", handshake_timeout=0.02, stall_timeout=0.1)
+    r._open_port = lambda: ports.pop(0)
+    rows = []
+    with r:
+        for _ in range(400):
+            c = r.read_chunk(0.02)
+            rows.extend(_serial_number(v) for v in c.samples[:, 0] if np.isfinite(v))
+            if rows and rows[-1] >= 597:  # the last one waits for a packet after it
+                break
+    assert r.counters.reconnects == 1 and opened[1].written.count(b"b") == 1
+    assert rows[:100] == list(range(100)) and len(rows) >= 198
+    assert rows[100:] == list(range(500, 500 + len(rows) - 100))
