@@ -81,7 +81,7 @@ _COMPILED_MIN_BYTES = 1 << 16
 
 @jit
 def _scan_kernel(buf, n, last, max_gap, relock, starts, gaps, stats, hist,
-                 n_hist):  # pragma: no cover
+                 n_hist, seq_len):  # pragma: no cover
     # The one compiled loop (helpers are inlined: the Numba shim compiles lazily, so
     # jitted functions cannot call each other).
     p = 0
@@ -162,7 +162,10 @@ def _scan_kernel(buf, n, last, max_gap, relock, starts, gaps, stats, hist,
             # or after a gap) is compared with the last _HISTORY packets accepted,
             # newest first (this call's, then the earlier calls' in ``hist``), those
             # with its counter in full
-            for m in range(need if gap < 0 else 1):
+            # (a frame ahead of the sequence can only copy a packet of another
+            # sequence: checked while one is among the last _HISTORY accepted)
+            n_check = need if gap < 0 else (1 if seq_len < hist.shape[0] else 0)
+            for m in range(n_check):
                 qq = p + 33 * m
                 cq = buf[qq + 1]
                 seen = 0
@@ -200,6 +203,7 @@ def _scan_kernel(buf, n, last, max_gap, relock, starts, gaps, stats, hist,
             gaps[k] = gap
             if gap < 0:
                 stats[2] += 1
+            seq_len = 1 if gap < 0 or last < 0 else seq_len + 1
             k += 1
             last = c
             p += 33
@@ -211,7 +215,8 @@ def _scan_kernel(buf, n, last, max_gap, relock, starts, gaps, stats, hist,
 
 
 def scan_frames(buf: np.ndarray, last: int = -1, max_gap: int = 127, relock: int = 3,
-                compiled: bool = True, history: np.ndarray | None = None):
+                compiled: bool = True, history: np.ndarray | None = None,
+                seq_len: int = 0):
     """Find the packets in a byte buffer by the rules of the module docstring.
 
     Parameters
@@ -221,6 +226,8 @@ def scan_frames(buf: np.ndarray, last: int = -1, max_gap: int = 127, relock: int
         Counter of the last accepted packet before ``buf``; -1 when not locked.
     history : ndarray, shape (n, 33), uint8, optional
         The packets accepted before ``buf``, oldest first (the last 16 are used: rule 5).
+    seq_len : int
+        Packets accepted since the current sequence started (0: unknown).
 
     Returns
     -------
@@ -251,10 +258,11 @@ def scan_frames(buf: np.ndarray, last: int = -1, max_gap: int = 127, relock: int
         hist[:n_hist] = history[len(history) - n_hist:]
     if compiled:
         k, p, last = _scan_kernel(buf, n, int(last), int(max_gap), int(relock), starts, gaps,
-                                  stats, hist, n_hist)
+                                  stats, hist, n_hist, int(seq_len))
     else:
         k, p, last = _scan_kernel.py_func(buf.tobytes(), n, int(last), int(max_gap),
-                                          int(relock), starts, gaps, stats, hist, n_hist)
+                                          int(relock), starts, gaps, stats, hist, n_hist,
+                                          int(seq_len))
     return starts[:k], gaps[:k], int(p), int(last), stats
 
 
@@ -333,6 +341,7 @@ class Framer:
         self._pending = None  # daisy: (counter, uv(8), accel(3)) of an even packet
         self._new_seq = False  # daisy: a sequence started and no row has marked it yet
         self._history = np.zeros((0, PACKET_SIZE), np.uint8)  # last accepted packets
+        self._seq_len = 0  # packets accepted since the sequence started
 
     def reset(self) -> None:
         """Forget the sequence (after a reconnect); buffered bytes are dropped and counted."""
@@ -342,6 +351,7 @@ class Framer:
         self._pending = None
         self._new_seq = False
         self._history = np.zeros((0, PACKET_SIZE), np.uint8)
+        self._seq_len = 0
 
     flush = reset
 
@@ -360,7 +370,7 @@ class Framer:
         self._fast = bool(fast)
         starts, gaps, consumed, last, stats = scan_frames(
             buf, self._last, self.max_gap, self.relock, compiled=self._fast,
-            history=self._history,
+            history=self._history, seq_len=self._seq_len,
         )
         self._buf = buf[consumed:].copy()
         self._last = last
@@ -373,6 +383,11 @@ class Framer:
         idx = starts[:, None] + np.arange(PACKET_SIZE)[None, :]
         packets = np.ascontiguousarray(buf[idx])
         self._history = np.concatenate([self._history, packets[-_HISTORY:]])[-_HISTORY:]
+        new_seq = np.flatnonzero(gaps < 0)
+        if new_seq.size:
+            self._seq_len = int(len(gaps) - new_seq[-1])
+        else:
+            self._seq_len = len(gaps) if was_unlocked else self._seq_len + len(gaps)
         return self._decode(packets, gaps, was_unlocked)
 
     def _empty(self) -> Frames:
