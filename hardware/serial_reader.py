@@ -139,6 +139,7 @@ class CytonReader:
         self._ser = None
         self._closed = False  # close() was called: no reconnect, read_chunk refuses
         self._lost_at: float | None = None
+        self._last_error = ""  # why the last reconnect attempt failed
         self._next_try = 0.0
         self._backoff = 0.05
         self._t_anchor = 0.0
@@ -423,6 +424,7 @@ class CytonReader:
             pass
         self.framer.reset()
         self._lost_at = time.monotonic()
+        self._last_error = ""
         self._backoff = 0.05
         self._next_try = self._lost_at
         if not self.reconnect:
@@ -435,15 +437,17 @@ class CytonReader:
                 return False
             now = time.monotonic()
             if self._lost_at is not None and now - self._lost_at > self.reconnect_timeout:
+                why = f" (last attempt: {self._last_error})" if self._last_error else ""
                 raise PortLost(
                     f"serial port {self.port!r} vanished and did not come back within "
-                    f"{self.reconnect_timeout:g} s."
+                    f"{self.reconnect_timeout:g} s{why}."
                 )
             if now >= self._next_try:
                 try:
                     self._connect()
                 except SerialSourceError as exc:
                     logger.debug("reconnect to %s failed: %s", self.port, exc)
+                    self._last_error = str(exc)
                     self._next_try = time.monotonic() + self._backoff
                     self._backoff = min(2.0, self._backoff * 2)
                 else:

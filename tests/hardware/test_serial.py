@@ -326,3 +326,19 @@ def test_a_command_to_a_port_that_vanished_is_a_serial_source_error(recording):
         assert not r.connected
         read_rows(r, 10)  # it reconnects
         assert r.counters.reconnects == 1
+
+
+def test_a_board_switched_off_mid_stream_is_a_port_lost_that_says_why(recording):
+    """The board switched off (or its battery dead) while the dongle stays plugged in:
+    the stream stops, the reader starts the session again after stall_timeout, and the
+    dongle answers 'failed to poll Host'. PortLost said only that the port 'vanished';
+    it now gives the last attempt's reason (the board does not answer: switched on?)."""
+    with SimulatedCyton(recording, realtime=False) as sim, \
+            CytonReader(sim.port, stall_timeout=0.2, reconnect_timeout=0.6) as r:
+        read_rows(r, 10)
+        sim.board_on = False
+        end = time.monotonic() + 20
+        with pytest.raises(PortLost, match=r"did not come back within 0.6 s \(last attempt:"
+                                           r".*board does not.*switched on"):
+            while time.monotonic() < end:
+                r.read_chunk(0.2)
