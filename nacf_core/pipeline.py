@@ -66,6 +66,8 @@ __all__ = [
     "Identification",
     "Pipeline",
     "Template",
+    "RunningScore",
+    "WindowStream",
     "Windows",
     "reason_codes",
     "samples_for",
@@ -508,15 +510,7 @@ class Pipeline:
         if -rail < lo and hi < rail:  # the common case: all finite, none railed
             finite = railed = None
         else:
-            finite = np.isfinite(x)
-            if not finite.any():
-                raise InvalidArgument(
-                    f"the signal is all NaN/inf on the model's channels ({', '.join(m.ch_names)}).")
-            railed = np.abs(np.where(finite, x, 0.0)) >= rail
-            if (railed | ~finite).all():
-                raise InvalidArgument(
-                    f"the signal is railed (|x| >= {rail:g} µV) on every model channel for its "
-                    "whole length: check the electrodes and the amplifier gain.")
+            finite, railed = self._finite_railed(x)
             if not finite.all():
                 x = self._bridge(x, finite)
         if sfreq != m.sfreq:
@@ -553,6 +547,33 @@ class Pipeline:
         reasons = self._reasons(reason, q, accepted)
         return (epochs, np.asarray(q, dtype=np.float64), accepted, reasons, seconds,
                 starts / m.sfreq)
+
+    def _finite_railed(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(finite, railed)`` masks of ``x`` (model channels, float64), or
+        ``InvalidArgument`` when nothing of it is usable: all NaN/inf, or railed or
+        non-finite everywhere."""
+        finite = np.isfinite(x)
+        if not finite.any():
+            raise InvalidArgument(
+                "the signal is all NaN/inf on the model's channels "
+                f"({', '.join(self.model.ch_names)}).")
+        rail = self._limits.rail_uv
+        railed = np.abs(np.where(finite, x, 0.0)) >= rail
+        if (railed | ~finite).all():
+            raise InvalidArgument(
+                f"the signal is railed (|x| >= {rail:g} µV) on every model channel for its "
+                "whole length: check the electrodes and the amplifier gain.")
+        return finite, railed
+
+    def window_stream(self, sfreq: float, ch_names: Sequence[str],
+                      hop_s: float | None = None) -> WindowStream:
+        """A :class:`WindowStream`: the windows of a signal at the model's rate that
+        arrives piece by piece, each computed once."""
+        return WindowStream(self, sfreq, ch_names, hop_s)
+
+    def running_score(self, template: Template) -> RunningScore:
+        """A :class:`RunningScore` against ``template``."""
+        return RunningScore(self, template)
 
     def _check_signal(self, samples, sfreq, ch_names):
         if not isinstance(samples, np.ndarray):
@@ -892,3 +913,188 @@ class Pipeline:
                         n_epochs=template.n_epochs, quality=template.quality,
                         n_rejected=template.n_rejected, rejected=dict(template.rejected),
                         anchor=template.anchor, n_updates=template.n_updates + 1)
+
+
+class WindowStream:
+    """The windows :meth:`Pipeline.windows` cuts from a signal at the model's rate that
+    arrives piece by piece (``push``), each window computed once, when its last sample
+    arrives: the cost of a stream grows with its length, not with its square.
+
+    At the model's rate a window depends on the signal up to its end only (no
+    resampling; the band-pass is causal, from the steady state of the first sample; a
+    dropped sample takes the last value before it), so the windows of the pieces so far
+    are those :meth:`Pipeline.windows` gives their concatenation, bit for bit: the
+    band-pass state is carried from piece to piece. One exception is put off: a channel
+    that starts with dropped samples takes its first received value there, which may
+    come later; until every model channel has had one, the windows (all rejected: a
+    channel without a sample in them) are reported as such and computed when it comes,
+    or by :meth:`windows` on what arrived.
+
+    Only :meth:`Pipeline.windows`' checks of the whole signal that its first piece can
+    fail are made (on that piece): a signal that had a usable first window has one
+    whatever follows.
+    """
+
+    def __init__(self, pipeline: Pipeline, sfreq: float, ch_names: Sequence[str],
+                 hop_s: float | None = None) -> None:
+        m = pipeline.model
+        self._p = pipeline
+        self.sfreq = check_supported_sfreq(sfreq)
+        if self.sfreq != m.sfreq:
+            raise ValueError(f"a WindowStream takes the model's rate ({m.sfreq:g} Hz), got "
+                             f"{self.sfreq:g} Hz: at another rate the resampling reads the "
+                             "whole signal (use Pipeline.windows).")
+        self._ch = list(ch_names)
+        self._hop_s = m.hop_s if hop_s is None else float(hop_s)
+        if not (math.isfinite(self._hop_s) and self._hop_s > 0):
+            raise InvalidArgument(
+                f"'hop_s' must be a finite number > 0, got {hop_s!r} instead.")
+        self._hop = max(1, int(round(self._hop_s * m.sfreq)))
+        self._W = pipeline._n_win
+        self._n = 0               # samples pushed
+        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._zi: np.ndarray | None = None   # band-pass state after the filtered samples
+        self._prev: np.ndarray | None = None  # the last filtered input sample, (1, c)
+        c = len(m.ch_names)
+        self._y = np.empty((0, c))                  # filtered samples from _y0 on
+        self._fin = np.empty((0, c), dtype=bool)    # their raw finite / railed masks
+        self._rl = np.empty((0, c), dtype=bool)
+        self._y0 = 0
+        self._done: list[Windows] = []  # the windows computed, in order
+        self._n_done = 0
+        self._n_told = 0                # windows push reported (computed or put off)
+
+    @property
+    def n_windows(self) -> int:
+        """Whole windows in the signal pushed so far."""
+        return self._n_told
+
+    def push(self, samples: np.ndarray) -> Windows:
+        """Add the next piece of signal (``(n_times, n_channels)``, the channels and rate
+        of the stream); returns the windows it completed (none: zero windows). A
+        window put off (see the class) is returned rejected, with a provisional reason
+        and quality; :meth:`windows` has its own."""
+        x, _, idx = self._p._check_signal(samples, self.sfreq, self._ch)
+        m = self._p.model
+        x = np.array(x[:, idx], dtype=np.float64)
+        finite = np.isfinite(x)
+        railed = np.abs(np.where(finite, x, 0.0)) >= self._p._limits.rail_uv
+        if self._n == 0:
+            if x.shape[0] < samples_for(m.window_s, self.sfreq):
+                raise InvalidArgument(
+                    f"the signal is too short: {x.shape[0] / self.sfreq:.3f} s, but one "
+                    f"window needs {m.window_s:g} s.")
+            if not finite.all() or railed.any():
+                self._p._finite_railed(x)
+        self._n += x.shape[0]
+        if self._zi is None:
+            self._pending.append((x, finite, railed))
+            if not np.all(np.any([f.any(axis=0) for _, f, _ in self._pending], axis=0)):
+                return self._put_off()
+            x, finite, railed = (np.concatenate(a) for a in zip(*self._pending))
+            self._pending = []
+            if not finite.all():
+                x = self._p._bridge(x, finite)
+            self._zi = self._p._zi_unit * x[:1][None]
+        elif not finite.all():  # a dropped sample takes the last value before it
+            ok = np.concatenate([np.ones((1, x.shape[1]), dtype=bool), finite])
+            x = self._p._bridge(np.concatenate([self._prev, x]), ok)[1:]
+        self._filter(x, finite, railed)
+        return self._cut()
+
+    def windows(self) -> Windows:
+        """Every window of the signal pushed so far (:meth:`Pipeline.windows` of it)."""
+        if self._zi is None and self._pending:  # a channel never had a sample
+            x = np.concatenate([p[0] for p in self._pending])
+            return self._p.windows(x, self.sfreq, list(self._p.model.ch_names),
+                                   hop_s=self._hop_s)
+        return _concat_windows(self._done, self._n / self.sfreq,
+                               float(self._p.model.window_s), self._p._dim)
+
+    # ------------------------------------------------------------------------------
+    def _n_whole(self, n: int) -> int:
+        return (n - self._W) // self._hop + 1 if n >= self._W else 0
+
+    def _put_off(self) -> Windows:
+        k = self._n_whole(self._n) - self._n_told
+        starts = (self._n_told + np.arange(k)) * self._hop / self._p.model.sfreq
+        self._n_told += k
+        return Windows(np.zeros((k, self._p._dim), dtype=np.float32), np.zeros(k),
+                       np.zeros(k, dtype=bool), ["non-finite (provisional)"] * k,
+                       self._n / self.sfreq, starts, float(self._p.model.window_s))
+
+    def _filter(self, x: np.ndarray, finite: np.ndarray, railed: np.ndarray) -> None:
+        p = self._p
+        y, self._zi = p._k.sosfilt(p._sos, x, axis=0, zi=self._zi)
+        self._prev = x[-1:].copy()
+        self._y = np.concatenate([self._y, y]) if len(self._y) else y
+        self._fin = np.concatenate([self._fin, finite]) if len(self._fin) else finite
+        self._rl = np.concatenate([self._rl, railed]) if len(self._rl) else railed
+
+    def _cut(self) -> Windows:
+        """The windows whole in the filtered samples and not computed yet (those put off
+        are computed too, returned only by :meth:`windows`)."""
+        p, m, W, hop = self._p, self._p.model, self._W, self._hop
+        n_w = self._n_whole(self._y0 + len(self._y))
+        k0 = self._n_done
+        if n_w <= k0:
+            return _concat_windows([], self._n / self.sfreq, float(m.window_s), p._dim)
+        starts = np.arange(k0, n_w) * hop
+        rel = starts - self._y0
+        epochs = np.ascontiguousarray(
+            np.lib.stride_tricks.sliding_window_view(self._y, W, axis=0)[rel])
+        reason = p._k.detect_artifacts(epochs, m.sfreq, p._filtered_limits)
+        if len(rel):
+            span = slice(int(rel[0]), int(rel[-1]) + W)
+            if not self._fin[span].all() or self._rl[span].any():
+                raw_reason = p._raw_reasons(self._fin, self._rl, rel * 1.0, W * 1.0)
+                take = (raw_reason != 0) & ((reason == 0) | (raw_reason < reason))
+                reason = np.where(take, raw_reason, reason).astype(np.int8)
+        _, q = p._k.quality(epochs, m.sfreq, reason)
+        accepted = ~(reason != 0).any(axis=1) & (q >= m.min_quality)
+        reasons = p._reasons(reason, q, accepted)
+        emb = np.zeros((len(accepted), p._dim), dtype=np.float32)
+        if accepted.any():
+            emb[accepted] = p._embed(epochs[accepted])
+        new = Windows(emb, np.asarray(q, dtype=np.float64), accepted, reasons,
+                      self._n / self.sfreq, starts / m.sfreq, float(m.window_s))
+        self._done.append(new)
+        self._n_done = n_w
+        # keep the samples from the next window's start on
+        drop = min(max(0, n_w * hop - self._y0), len(self._y))
+        if drop:
+            self._y, self._fin, self._rl = (a[drop:] for a in (self._y, self._fin, self._rl))
+            self._y0 += drop
+        told, self._n_told = self._n_told, max(self._n_told, n_w)
+        return new.select(slice(told - k0, None)) if told > k0 else new
+
+
+def _concat_windows(parts: list[Windows], seconds: float, window_s: float,
+                    dim: int) -> Windows:
+    parts = [w for w in parts if w.n_windows]
+    if not parts:
+        return Windows(np.zeros((0, dim), dtype=np.float32), np.zeros(0),
+                       np.zeros(0, dtype=bool), [], seconds, np.zeros(0), window_s)
+    return Windows(np.concatenate([w.embeddings for w in parts]),
+                   np.concatenate([w.quality for w in parts]),
+                   np.concatenate([w.accepted for w in parts]),
+                   [r for w in parts for r in w.reasons], seconds,
+                   np.concatenate([w.starts_s for w in parts]), window_s)
+
+
+class RunningScore:
+    """The score :meth:`Pipeline.decide` gives the accepted windows so far, kept as they
+    come (``add`` one window's embedding): the same sums in the same order (the
+    fusion's mean adds its rows one after the other), so the same float."""
+
+    def __init__(self, pipeline: Pipeline, template: Template) -> None:
+        self._t = pipeline._check_template(template).embedding
+        self._sum: np.ndarray | None = None
+        self.n = 0
+
+    def add(self, embedding: np.ndarray) -> float:
+        e = np.asarray(embedding, dtype=np.float64)
+        self._sum = e.copy() if self._sum is None else self._sum + e
+        self.n += 1
+        probe = l2_normalize(self._sum / self.n)
+        return float(probe @ self._t)

@@ -310,6 +310,15 @@ def _status_name(exc: BaseException) -> str:
     return "INTERNAL"
 
 
+#: Most signal seconds an AuthenticateStream at another rate than the model's takes
+#: (stream_max_seconds or max_seconds above it are cut to it): each of its windows is cut
+#: from the signal up to the window's end resampled whole, as Authenticate on those
+#: samples cuts it, so every window recomputes all those before it and the stream's CPU
+#: grows with the square of its length (60 s: 15 windows of the shipped model, about
+#: 0.2 s of CPU at 250 Hz; at the model's rate a stream's CPU grows with its length).
+RESAMPLED_STREAM_MAX_S = 60.0
+
+
 class _Recognizer:
     """Adapter between the service and ``nacf_core.pipeline`` (one place to change)."""
 
@@ -351,6 +360,18 @@ class _Recognizer:
 
     def scores(self, windows, template) -> np.ndarray:
         return np.asarray(self.pipeline.score(windows, template), dtype=np.float64)
+
+    def window_stream(self, sfreq: float, ch_names: Iterable[str]) -> Any:
+        """A ``pipeline.WindowStream`` of verification windows (non-overlapping) of a
+        signal at the model's rate that arrives piece by piece."""
+        return self.pipeline.window_stream(sfreq, list(ch_names), hop_s=self.window_s)
+
+    def push_windows(self, stream: Any, samples: np.ndarray) -> Any:
+        """The windows the next piece ``samples`` of ``stream`` completes."""
+        return stream.push(samples)
+
+    def running_score(self, template: Any) -> Any:
+        return self.pipeline.running_score(template)
 
     def template_from_bytes(self, blob: bytes) -> Any:
         return self._template_cls.from_bytes(blob)
@@ -1010,7 +1031,8 @@ class AuthService:
 
         After each complete window the evidence so far is fused by the sequential test;
         it returns as soon as it crosses a bound, or at ``max_seconds`` of signal
-        (default ``stream_max_seconds``), or when the stream ends (then on the fused
+        (default ``stream_max_seconds``; at most :data:`RESAMPLED_STREAM_MAX_S` at
+        another rate than the model's), or when the stream ends (then on the fused
         score).  ``deadline`` (``time.monotonic()`` value) → ``DeadlineExceeded``.
         """
         user_id = check_user_id(user_id)
@@ -1044,7 +1066,12 @@ class AuthService:
         n_scored = 0          # windows fed to the sequential test
         n_done = 0            # windows computed so far
         decision = None
-        w = None
+        w = None              # the windows (another rate than the model's)
+        ws = None             # the stream's windows, each computed once (the model's rate)
+        running = None        # the fused score of ws' accepted windows so far
+        fresh: list[np.ndarray] = []  # samples not given to ws yet
+        n_decided = 0         # windows up to the sequential decision (the model's rate)
+        computed = False
         t_proc = 0.0
         # a headset streams its signal as it records it: the most signal a decision takes
         # arrives within that many seconds and signal_loss_s more, else the stream trickles
@@ -1064,6 +1091,13 @@ class AuthService:
                 device_id, device_key = self._verify_proof(user_id, block, proof, None, peer,
                                                            "AuthenticateStream")
                 first = False
+                if block.sfreq != self.rec.model.sfreq and limit > RESAMPLED_STREAM_MAX_S:
+                    # at another rate each window recomputes every window before it (see
+                    # below): such a stream's CPU grows with the square of its length, so
+                    # it takes at most RESAMPLED_STREAM_MAX_S of signal (at least a window)
+                    limit = max(RESAMPLED_STREAM_MAX_S, win)
+                    test = self.rec.sequential(limit)
+                    wall_limit = limit + float(self.config.signal_loss_s)
             elif block.device_id and headset and block.device_id != headset:
                 # every chunk from the headset of the first (the proof's, when there is
                 # one): a later chunk naming another went into the decision unchecked
@@ -1076,46 +1110,77 @@ class AuthService:
                 raise InvalidArgument(what)
             headset = headset or device_id or block.device_id
             buf.push(block)
+            fresh.append(block.samples)
             if buf.seconds < self.rec.window_s * (n_done + 1):
                 continue
             t0 = time.perf_counter()
-            # at the model's rate a window depends on the signal up to its end only, so
-            # the windows of the whole buffer are those of any prefix; at another rate the
-            # resampling reads the whole block it is given (its edges, the line it fits end
-            # to end), so each window is cut from the signal up to its own end, as
-            # Authenticate on those samples cuts it, however the client chunked them
-            resampled = buf.sfreq != self.rec.model.sfreq
-            while decision is None and buf.seconds >= self.rec.window_s * (n_done + 1):
+            if buf.sfreq == self.rec.model.sfreq:
+                # at the model's rate a window depends on the signal up to its end only:
+                # each is computed once, when its last sample arrives, and the fused score
+                # is kept as the windows come (the windows of the whole buffer recomputed
+                # for each new one, and all of them fused again, made a stream's CPU grow
+                # with the square of its length)
                 with self._cpu_gate:  # as Authenticate's CPU steps (no store I/O inside)
-                    w = self.rec.windows(buf.block(
-                        first_seconds=(n_done + 1) * win if resampled else None))
-                    acc = np.asarray(w.accepted, dtype=bool)
-                    if len(acc) <= n_done:  # no whole window more after all (never expected)
-                        break
-                    for j in range(n_done, len(acc)):
+                    if ws is None:
+                        ws = self.rec.window_stream(buf.sfreq, buf.ch_names)
+                        running = self.rec.running_score(template)
+                    new = self.rec.push_windows(
+                        ws, np.concatenate(fresh) if len(fresh) > 1 else fresh[0])
+                    fresh = []
+                    acc = np.asarray(new.accepted, dtype=bool)
+                    for i in range(len(acc)):
                         # the test takes the fused score of every accepted window so far
                         # (None for a window the quality gate rejected: it only costs time)
-                        if acc[j]:
+                        if acc[i]:
                             n_scored += 1
-                            fused = float(self.rec.decide(w.select(slice(0, j + 1)),
-                                                          template).score)
-                            decision = test.update(fused)
+                            decision = test.update(running.add(new.embeddings[i]))
                         else:
                             decision = test.update(None)
                         if decision is not None:
-                            w = w.select(slice(0, j + 1))
+                            n_decided = n_done + i + 1
                             break
-                n_done = len(acc)
+                    n_done += len(acc)
+                    computed = computed or len(acc) > 0
+            else:
+                # at another rate the resampling reads the whole block it is given (its
+                # edges, the line it fits end to end), so each window is cut from the
+                # signal up to its own end, as Authenticate on those samples cuts it,
+                # however the client chunked them: every window recomputes them all
+                # (bounded: such a stream takes at most RESAMPLED_STREAM_MAX_S of signal)
+                fresh = []
+                while decision is None and buf.seconds >= self.rec.window_s * (n_done + 1):
+                    with self._cpu_gate:
+                        w = self.rec.windows(buf.block(first_seconds=(n_done + 1) * win))
+                        computed = True
+                        acc = np.asarray(w.accepted, dtype=bool)
+                        if len(acc) <= n_done:  # no whole window more (never expected)
+                            break
+                        for j in range(n_done, len(acc)):
+                            if acc[j]:
+                                n_scored += 1
+                                fused = float(self.rec.decide(w.select(slice(0, j + 1)),
+                                                              template).score)
+                                decision = test.update(fused)
+                            else:
+                                decision = test.update(None)
+                            if decision is not None:
+                                w = w.select(slice(0, j + 1))
+                                break
+                    n_done = len(acc)
             t_proc += time.perf_counter() - t0
             if decision is not None or buf.seconds >= limit:
                 break
         if first:
             raise InvalidArgument("the stream carried no Signal chunk after the start message.")
-        if w is None:
+        if not computed:
             raise InvalidArgument(
                 f"the stream ended after {buf.seconds:.2f} s of signal; at least one "
                 f"{self.rec.window_s:g}-s window is needed.")
         with self._cpu_gate:
+            if ws is not None:
+                w = ws.windows()
+                if n_decided:
+                    w = w.select(slice(0, n_decided))
             d = self.rec.decide(w, template)
         self.metrics.observe_signal("stream", t_proc, min(1.0, max(0.0, float(d.quality))))
         self.metrics.record_artifact_rejections(_codes(w.reasons))

@@ -510,12 +510,14 @@ def test_authenticate_stream_and_identify_compute_under_the_cpu_gate_and_store_c
 
     try:
         svc.enroll("g1", [signal_block(eeg(1, 3, 0, 40))])
-        for name in ("windows", "decide"):
+        for name in ("windows", "decide", "push_windows"):
             watch(svc.rec, name)
         for name in ("get_auth_state", "read_gallery", "locked_user_ids"):
             watch(svc.store, name)
         r = svc.authenticate_stream("g1", _blocks(eeg(1, 3, 44, 12)))
         assert r.windows_used >= 1, r.reasons
+        # a stream at the model's rate computes each window once, as its samples come
+        assert held["push_windows"] and all(held["push_windows"]), held
         svc.identify(signal_block(eeg(1, 3, 60, 8)))
         assert held["windows"] and all(held["windows"]), held
         assert held["decide"] and all(held["decide"]), held
