@@ -66,7 +66,7 @@ _INT_RANGES: dict[str, tuple[int, int]] = {
     "max_message_bytes": (64 * 1024, 1024 ** 3),
 }
 #: The number options; each in ``(0, _FLOAT_MAX]``, or ``[lowest, _FLOAT_MAX]`` when
-#: :data:`_FLOAT_LOWEST` gives one.
+#: :data:`_FLOAT_LOWEST` gives one (``_FLOAT_HIGHEST`` for a lower top).
 _FLOAT_OPTIONS = ("grace_period_s", "proof_max_skew_s", "lockout_seconds", "rate_limit_per_s",
                   "rate_limit_burst", "session_ttl_s", "session_max_age_s", "stream_max_seconds",
                   "signal_loss_s",
@@ -75,6 +75,12 @@ _FLOAT_OPTIONS = ("grace_period_s", "proof_max_skew_s", "lockout_seconds", "rate
 #: request takes one whole token, so a bucket of less than one never admits any; a device
 #: proof's timestamp is whole seconds, so a fresh one is up to 1 s behind the server.
 _FLOAT_LOWEST: dict[str, float] = {"rate_limit_burst": 1.0, "proof_max_skew_s": 1.0}
+#: ``{option: highest}`` of the number options a larger value would let one call hold the
+#: server: an AuthenticateStream keeps a stream thread and its signal for up to
+#: stream_max_seconds (+ signal_loss_s) while its client sends; a sign-in decides in
+#: seconds (the thresholds are calibrated for up to 5 windows, 20 s), so 10 minutes, 30
+#: times the default, is past any use, and a typo (20000 for 20) is refused.
+_FLOAT_HIGHEST: dict[str, float] = {"stream_max_seconds": 600.0}
 #: Longest API key (gRPC refuses metadata over 8 KiB by default).
 _MAX_KEY_LENGTH = 4096
 
@@ -133,7 +139,10 @@ OPTION_HELP: dict[str, str] = {
     "session_max_age_s": "longest a session lasts from its opening, however often "
                          "ContinuousAuthenticate renews it (seconds; NIST SP 800-63B: 12 h)",
     "stream_max_seconds": "AuthenticateStream: most signal seconds before a decision (at "
-                          "least one window of the model: 4 s for the shipped one)",
+                          "least one window of the model: 4 s for the shipped one; at "
+                          "most 600, 10 minutes: a sign-in decides in seconds, and a "
+                          "stream holds a thread and its signal that long; 60 at most "
+                          "for a headset at another rate than the model's)",
     "continuous_mismatch_windows": "ContinuousAuthenticate: consecutive non-matching windows "
                                    "that end the session (wearer changed)",
     "signal_loss_s": "ContinuousAuthenticate: seconds without a usable window (or without "
@@ -484,12 +493,13 @@ def _check_range(name: str, value: Any, label: str, raw: Any = None) -> None:
             raise ValueError(f"{label} must be an integer in [{lo}, {hi}], got {shown}.")
     elif name in _FLOAT_OPTIONS:
         lowest = _FLOAT_LOWEST.get(name)
+        highest = _FLOAT_HIGHEST.get(name, _FLOAT_MAX)
         # comparisons, not float(): an int beyond the float range must not overflow
         if isinstance(value, bool) or not isinstance(value, (int, float)) \
                 or not (0 < value if lowest is None else lowest <= value) \
-                or not value <= _FLOAT_MAX:
-            within = f"(0, {_FLOAT_MAX:g}]" if lowest is None else \
-                f"[{lowest:g}, {_FLOAT_MAX:g}]"
+                or not value <= highest:
+            within = f"(0, {highest:g}]" if lowest is None else \
+                f"[{lowest:g}, {highest:g}]"
             raise ValueError(f"{label} must be a finite number in {within}, got {shown}.")
 
 

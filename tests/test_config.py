@@ -593,3 +593,26 @@ def test_tls_client_ca_help_says_a_certificate_alone_admits_only_without_api_key
 
     text = OPTION_HELP["tls_client_ca_file"]
     assert "no API key" in text and "every scope" in text, text
+
+
+@pytest.mark.parametrize("value", ["601", "1e6", "2000"])
+def test_stream_max_seconds_has_an_upper_bound(tmp_path, value):
+    """stream_max_seconds took anything up to 1e9 s (31 years): a typo (20000 for 20)
+    let one AuthenticateStream hold a stream thread and buffer its signal for as long as
+    its client kept sending. It is now at most 600 s (10 minutes), the bound named in the
+    message, in ``nacf serve --help`` and in the README; 600 itself is taken."""
+    f = tmp_path / "c.toml"
+    f.write_text(f"stream_max_seconds = {value}\n")
+    with pytest.raises(ValueError, match=r"'stream_max_seconds' must be a finite number in "
+                                         r"\(0, 600\], got "):
+        load_config(f, env={})
+    with pytest.raises(ValueError, match=r"\(0, 600\]"):
+        load_config(None, env={"NACF_STREAM_MAX_SECONDS": value})
+    f.write_text("stream_max_seconds = 600\n")
+    assert load_config(f, env={}).stream_max_seconds == 600
+    assert "600" in config_module.OPTION_HELP["stream_max_seconds"]
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    row = next(r for r in readme.splitlines() if r.startswith("| `stream_max_seconds`"))
+    assert "600" in row, row
