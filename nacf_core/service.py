@@ -2124,6 +2124,12 @@ def _refuse_repeated_signals(blocks: list[SignalBlock], model_ch: Iterable[str],
                                  dtype="<f4")
         data, row = x.tobytes(), x.shape[1] * 4
         n = samples_for(window_s, b.sfreq)
+        if _repeats_itself(x, n):
+            raise InvalidArgument(
+                f"signals[{j}] repeats itself: a {window_s:g}-s window of its samples (on "
+                "the model's channels) comes again later in it, as in a shorter recording "
+                "looped; each window of an enrollment counts once, send a recording "
+                "that does not repeat.")
         for i, sfreq, prev in seen:
             if sfreq != b.sfreq:
                 continue
@@ -2133,6 +2139,41 @@ def _refuse_repeated_signals(blocks: list[SignalBlock], model_ch: Iterable[str],
                     "of the same samples (on the model's channels) is in both; each "
                     "window of an enrollment counts once, send distinct recordings.")
         seen.append((j, b.sfreq, data))
+
+
+#: per-channel odd multipliers of _repeats_itself's row hash (fixed: deterministic)
+_ROW_HASH = np.random.default_rng(0x6e616366).integers(1, 2 ** 63, 1024, dtype=np.uint64) | 1
+
+
+def _repeats_itself(x: np.ndarray, n: int) -> bool:
+    """True when a piece of ``n`` rows of ``x`` (``(n_times, n_channels)`` float32)
+    starting at a multiple of ``n`` comes again at another row: any stretch of at least
+    ``2 n`` rows found twice in ``x`` (a loop, at any period) holds one. Linear in ``x``:
+    one 64-bit hash per row, and only the rows whose hash is a piece's first row's are
+    compared (``_REPEAT_CANDIDATES`` at most per piece). A constant piece (a flat or
+    railed headset, dropped samples) says nothing."""
+    n_t = x.shape[0]
+    if n <= 0 or n_t < n + 1:
+        return False
+    rows = x.view(np.uint32).reshape(n_t, -1)
+    mult = np.resize(_ROW_HASH, rows.shape[1])
+    with np.errstate(over="ignore"):
+        h = (rows.astype(np.uint64) * mult).sum(axis=1, dtype=np.uint64)
+    starts = np.arange(0, n_t - n + 1, n)
+    hits = np.flatnonzero(np.isin(h, h[starts]))
+    if len(hits) <= len(starts):  # every piece's first row is found only where it is
+        return False
+    by_hash: dict[int, list[int]] = {}
+    for t in hits[hits <= n_t - n]:
+        by_hash.setdefault(int(h[t]), []).append(int(t))
+    for p in starts:
+        piece = rows[p:p + n]  # compared as bits: NaN rows too
+        if (piece == piece[:1]).all():
+            continue
+        others = [t for t in by_hash.get(int(h[p]), ()) if t != p][:_REPEAT_CANDIDATES]
+        if any(np.array_equal(rows[t:t + n], piece) for t in others):
+            return True
+    return False
 
 
 def _starts_inside(a: bytes, b: bytes, row: int, n: int) -> bool:

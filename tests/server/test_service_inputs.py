@@ -336,3 +336,27 @@ def test_enroll_refuses_a_signal_that_repeats_another_rescaled_or_noisy(
         assert r.epochs_used > 0
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("signal", [
+    lambda x: np.concatenate([x] * 5),
+    lambda x: np.concatenate([eeg(2, 3, 0, 3), x, x, x, x[:900]]),  # a unique start
+    lambda x: np.concatenate([x[:163]] * 40),  # a 1-s loop, not on the window grid
+])
+def test_enroll_refuses_a_signal_that_repeats_itself(svc, signal):
+    """The repeat check compared each Signal with the earlier ones only, so 10 s of EEG
+    looped five times in one Signal (refused alone: 4 of 4 windows, 10 needed) was
+    enrolled with epochs_used 24, each window counted five or six times, a template
+    from a fifth of the signal the gate asks for. A Signal in which a window of its
+    samples comes again is now INVALID_ARGUMENT, nothing written; genuine signals are
+    enrolled as before."""
+    x = eeg(1, 3, 0, 10)
+    with pytest.raises(InvalidArgument, match=re.escape("signals[1] repeats itself")):
+        svc.enroll("loop", [block(eeg(3, 3, 0, 20)), block(signal(x))])
+    with pytest.raises(NotFound):
+        svc.get_user("loop")
+    y = eeg(1, 3, 0, 60).copy()
+    y[1000:1900] = np.nan  # the headset dropped out twice: not a repeat
+    y[5000:5900] = np.nan
+    r = svc.enroll("ok", [block(y)])
+    assert r.epochs_used > 10 and r.rejected
