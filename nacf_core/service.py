@@ -652,6 +652,8 @@ class AuthService:
                 for j, ok in enumerate(np.asarray(w.accepted)):
                     if not ok:
                         rejected.append(RejectedEpoch(i, j, _reason_at(w.reasons, j)))
+            if self.pad is not None:
+                self._refuse_non_physiological(user_id, blocks, wins)
             # a window sent twice must not count twice towards the quality gate
             _refuse_repeated_signals(blocks, self.rec.model.ch_names, self.rec.window_s)
             indexed_fps = []
@@ -712,6 +714,26 @@ class AuthService:
             raise
         finally:
             self.metrics.record_registration(method, status)
+
+    def _refuse_non_physiological(self, user_id: str, blocks: list[SignalBlock],
+                                  wins: list[Any]) -> None:
+        """``InvalidArgument`` (a suspicious activity, counted and logged) for the first
+        enrollment signal whose accepted windows PAD finds non-physiological (white
+        noise, a sine, a loop with its gain changed at each pass: what a probe is
+        refused for), so no template is made of them. A signal without an accepted
+        window is left to the quality gate."""
+        for i, (b, w) in enumerate(zip(blocks, wins)):
+            if not np.asarray(w.accepted).any():
+                continue
+            v = self.pad.check(w, b, [])
+            if v.attack and v.kind != "replay":  # no history: a replay of nothing
+                self._security_event("presentation attack at enrollment", v.kind, "high",
+                                     user_id, reason=v.reason, signal_index=i)
+                raise InvalidArgument(
+                    f"signals[{i}] does not look like EEG (pad: {v.reason}): its accepted "
+                    "windows are white noise, a pure tone or a loop, which would make a "
+                    "template of no person; check the headset and send a recording of "
+                    "the user.")
 
     def refused_enrollment(self, exc: BaseException, method: str = "Enroll") -> None:
         """Count an enrollment refused before :meth:`enroll` (its request did not convert,

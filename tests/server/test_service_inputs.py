@@ -360,3 +360,39 @@ def test_enroll_refuses_a_signal_that_repeats_itself(svc, signal):
     y[5000:5900] = np.nan
     r = svc.enroll("ok", [block(y)])
     assert r.epochs_used > 10 and r.rejected
+
+
+@pytest.mark.parametrize("signal, why", [
+    (lambda x: np.random.default_rng(0).normal(0, 20, x.shape), "flat_spectrum"),
+    (lambda x: 50 * np.sin(2 * np.pi * 10 * np.arange(len(x)) / SFREQ)[:, None]
+     + np.zeros(x.shape), "periodic"),
+    (lambda x: np.concatenate([x[:800] * (1 + k / 10) for k in range(8)]), "periodic"),
+])
+def test_enroll_with_pad_refuses_a_signal_that_is_not_eeg(tmp_path, model_path, signal, why):
+    """Presentation-attack detection judged only probes: white noise, a 10 Hz sine on
+    every channel, or 5 s of EEG looped with a gain changed at each pass (past the
+    byte-for-byte repeat check) were enrolled, the noise and the sine with quality 1.00
+    in the response, a template of no person, while any probe of the same kind is refused
+    as non-physiological. With PAD on, a Signal whose accepted windows PAD finds
+    non-physiological is now INVALID_ARGUMENT naming the reason, counted as a suspicious
+    activity, nothing written; genuine enrollments pass as before."""
+    from nacf_core.pad import PresentationAttackDetector
+
+    store = open_store(f"sqlite:///{tmp_path / 'n.db'}", bytes(range(32)))
+    pipeline = make_pipeline(model_path)
+    cfg = Config(data_dir=str(tmp_path), require_device_proof=False)
+    svc = AuthService(store, pipeline, cfg, metrics=Metrics(CollectorRegistry()),
+                      pad=PresentationAttackDetector(list(pipeline.model.ch_names)))
+    try:
+        x = eeg(1, 3, 0, 40)
+        with pytest.raises(InvalidArgument, match=re.escape(f"signals[1]") + ".*" + why):
+            svc.enroll("fake", [block(eeg(2, 3, 0, 20)), block(signal(x))])
+        with pytest.raises(NotFound):
+            svc.get_user("fake")
+        assert svc.metrics.registry.get_sample_value(
+            "nacfauth_suspicious_activities_total",
+            {"activity_type": "non_physiological", "severity": "high"}) == 1
+        r = svc.enroll("ok", [block(x), block(eeg(1, 4, 0, 30))])
+        assert r.epochs_used > 10
+    finally:
+        store.close()
