@@ -624,7 +624,8 @@ class AuthService:
         epochs remain (the pipeline says how many it needs); ``DeadlineExceeded``, with
         nothing written, when ``deadline`` (a ``time.monotonic()`` value: the call's) has
         passed once the template is computed (the client has been told the call failed:
-        a template written anyway made its retry ``AlreadyExists``). A replaced template
+        a template written anyway made its retry ``AlreadyExists``), or while the store's
+        write waited for a lock (the store refuses it then). A replaced template
         ends the user's sessions (they were verified against the old one). ``actor`` (the
         caller's client id) and ``peer`` go into the audit trail.
         """
@@ -697,7 +698,7 @@ class AuthService:
                                   self.model_version, {"epochs_used": used,
                                                        "quality": quality},
                                   create_only=not update, enroll_fingerprints=fps,
-                                  now=self.clock())
+                                  now=self.clock(), deadline=deadline)
             status = "OK"
             log.info("enrolled", extra={"event_type": "enrollment", "user_id": user_id,
                                         "template_version": version, "epochs_used": used,

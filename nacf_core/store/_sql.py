@@ -28,6 +28,7 @@ from .._validation import check_finite_nonnegative, check_finite_positive, check
 from ..errors import (
     AlreadyExists,
     AnotherDeviceBound,
+    DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     NacfError,
@@ -513,7 +514,8 @@ class SqlStore(Store):
         return Cipher.aad("template", user_id, version, model_version)
 
     def put_template(self, user_id, blob, model_version, meta=None, *, create_only=False,
-                     expected_version=None, enroll_fingerprints=None, now=None) -> int:
+                     expected_version=None, enroll_fingerprints=None, now=None,
+                     deadline=None) -> int:
         _check_id("user_id", user_id)
         _check_id("model_version", model_version)
         if not isinstance(blob, (bytes, bytearray, memoryview)):
@@ -523,6 +525,8 @@ class SqlStore(Store):
             raise InvalidArgument("'blob' must be a non-empty template (Template.to_bytes()).")
         if expected_version is not None:
             expected_version = check_int_range("expected_version", expected_version, 0)
+        if deadline is not None:
+            deadline = check_finite_nonnegative("deadline", deadline)
         try:
             meta_json = json.dumps(dict(meta or {}), sort_keys=True)
         except (TypeError, ValueError, RecursionError) as exc:  # (nested too deep)
@@ -570,6 +574,11 @@ class SqlStore(Store):
                     (user_id, "enroll", t) + cipher.encrypt(
                         fp, Cipher.aad("pad", user_id, "enroll")) for fp in fps])
             self._tx_check_write_key(tx, kid)
+            if deadline is not None and time.monotonic() > deadline:
+                # rolled back: the caller's client has been told the call failed
+                raise DeadlineExceeded(
+                    "the call's deadline passed while the store was busy (waiting for its "
+                    "writer lock or a row lock): nothing was written; retry.")
             return new
 
         return self._run(fn)

@@ -307,6 +307,7 @@ class Store(abc.ABC):
         expected_version: int | None = None,
         enroll_fingerprints: Sequence[bytes] | None = None,
         now: float | None = None,
+        deadline: float | None = None,
     ) -> int:
         """Create the user or replace its template, atomically; return the new version.
 
@@ -315,6 +316,9 @@ class Store(abc.ABC):
         this (0 for "no template yet"); an optimistic-concurrency check.
         ``enroll_fingerprints``: the enrollment's PAD fingerprints, replacing the user's
         ``"enroll"`` ones in the same transaction (``None``: left as they are).
+        ``deadline``: a ``time.monotonic()`` value; once it has passed when the writes
+        are done (the transaction waited for a lock), ``DeadlineExceeded`` and nothing
+        is written.
         The version increases by one on every write; the old ciphertext is replaced in
         the same transaction (never a torn template).
         """

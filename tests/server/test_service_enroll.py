@@ -1,0 +1,54 @@
+"""Enroll against a store that is slow to take its write: what the call's client was
+told must be what was written."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import pytest
+from _server_support import eeg, signal_block, sqlite_service
+
+from nacf_core.errors import DeadlineExceeded, NotFound
+
+
+@pytest.fixture
+def svc(tmp_path, model_path):
+    service = sqlite_service(tmp_path, model_path)
+    yield service
+    service.store.close()
+
+
+def test_an_enroll_whose_deadline_passes_while_it_waits_for_the_store_writes_nothing(
+        svc, monkeypatch):
+    """Enroll checked its deadline once the template was computed, then wrote it however
+    long the write waited for the store (SQLite's writer lock, held by a purge or other
+    writers, up to busy_timeout_s, 30 s; a row lock on PostgreSQL): the client had
+    DEADLINE_EXCEEDED, the user was enrolled behind its back and the client's retry got
+    ALREADY_EXISTS. The store now refuses the write in its transaction once the deadline
+    has passed: DEADLINE_EXCEEDED, nothing written, and the retry enrolls."""
+    store = svc.store
+    transaction = store._transaction
+    deadline = time.monotonic() + 3.0
+
+    @contextlib.contextmanager
+    def busy(write):  # the writer lock is held by others until the deadline has passed
+        if write:
+            while time.monotonic() <= deadline:
+                time.sleep(0.02)
+        with transaction(write) as tx:
+            yield tx
+
+    monkeypatch.setattr(store, "_transaction", busy)
+    blocks = [signal_block(eeg(1, 3, 0, 40))]
+    with pytest.raises(DeadlineExceeded):
+        svc.enroll("late", blocks, deadline=deadline)
+    monkeypatch.undo()
+    with pytest.raises(NotFound):
+        svc.get_user("late")
+    reg = svc.metrics.registry.get_sample_value
+    labels = {"registration_method": "Enroll"}
+    assert reg("nacfauth_user_registrations_total",
+               {**labels, "status": "DEADLINE_EXCEEDED"}) == 1
+    assert not reg("nacfauth_user_registrations_total", {**labels, "status": "OK"})
+    assert svc.enroll("late", blocks).template_version == 1  # the client's retry
