@@ -1867,7 +1867,8 @@ class AuthService:
         rotating a secret, is an account change). A rotation ends the sessions that were
         opened with the device. ``actor`` (the caller's client id) and ``peer`` go into
         the audit trail. ``DeadlineExceeded``, with nothing written, when ``deadline``
-        (a ``time.monotonic()`` value: the call's) has passed before the write: a secret
+        (a ``time.monotonic()`` value: the call's) has passed before the write, or while
+        the write waited for the store (the store refuses it then): a secret
         stored but never received binds the headset to nothing anyone holds, and a retry
         then needs ``rotate`` (the admin scope)."""
         user_id = check_user_id(user_id)
@@ -1905,7 +1906,7 @@ class AuthService:
         try:
             rec = self._store("register_device", self.store.register_device, user_id,
                               device_id, secret, replace=rotate, first_only=first_only,
-                              now=now)
+                              now=now, deadline=deadline)
         except AnotherDeviceBound:
             raise PermissionDenied(_ANOTHER_DEVICE.format(user=user_id)) from None
         # what the write did, not what the read above saw: a first registration of the

@@ -771,13 +771,15 @@ class SqlStore(Store):
 
     # -- devices and nonces --------------------------------------------------------
     def register_device(self, user_id, device_id, secret, *, replace=True, first_only=False,
-                        now=None) -> DeviceRecord:
+                        now=None, deadline=None) -> DeviceRecord:
         _check_id("user_id", user_id)
         _check_id("device_id", device_id)
         if not isinstance(secret, str) or len(secret) < 16:
             raise InvalidArgument("'secret' must be a str of at least 16 characters.")
         if not _storable_text(secret.replace("\x00", "")):
             raise InvalidArgument("'secret' must be UTF-8 text, got one with a lone surrogate.")
+        if deadline is not None:
+            deadline = check_finite_nonnegative("deadline", deadline)
         t = _now(now)
 
         def fn(tx: Tx) -> DeviceRecord:
@@ -809,6 +811,11 @@ class SqlStore(Store):
                 tx.execute("UPDATE devices SET key_id = ?, secret_ct = ?, created_at = ? "
                            "WHERE device_id = ?", (kid, ct, t, device_id))
             self._tx_check_write_key(tx, kid)
+            if deadline is not None and time.monotonic() > deadline:
+                # rolled back: a secret its caller never receives binds to nobody
+                raise DeadlineExceeded(
+                    "the call's deadline passed while the store was busy (waiting for its "
+                    "writer lock or a row lock): nothing was written; retry.")
             return DeviceRecord(device_id=device_id, user_id=user_id, secret=secret,
                                 created_at=t, replaced=replaced)
 

@@ -379,7 +379,8 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def register_device(
         self, user_id: str, device_id: str, secret: str, *, replace: bool = True,
-        first_only: bool = False, now: float | None = None
+        first_only: bool = False, now: float | None = None,
+        deadline: float | None = None
     ) -> DeviceRecord:
         """Bind ``device_id`` to ``user_id`` (re-binding replaces the secret; with
         ``replace=False`` it is ``AlreadyExists``, decided in the same transaction; with
@@ -388,7 +389,7 @@ class Store(abc.ABC):
         ``NotFound`` for an unknown user; ``AlreadyExists`` if bound to another user.
         The record's ``replaced`` says whether the write replaced a secret (decided in the
         transaction, so a caller learns what it did even when a concurrent registration
-        landed after its own read)."""
+        landed after its own read). ``deadline``: as :meth:`put_template`'s."""
 
     @abc.abstractmethod
     def get_device(self, device_id: str) -> DeviceRecord:

@@ -52,3 +52,32 @@ def test_an_enroll_whose_deadline_passes_while_it_waits_for_the_store_writes_not
                {**labels, "status": "DEADLINE_EXCEEDED"}) == 1
     assert not reg("nacfauth_user_registrations_total", {**labels, "status": "OK"})
     assert svc.enroll("late", blocks).template_version == 1  # the client's retry
+
+
+def test_a_register_device_whose_deadline_passes_while_it_waits_for_the_store_writes_nothing(
+        svc, monkeypatch):
+    """RegisterDevice checked its deadline before its write, then bound the headset
+    however long the write waited for the store: the client never received the secret
+    (DEADLINE_EXCEEDED), the headset was bound to a secret nobody holds, and its retry got
+    ALREADY_EXISTS (a rotation, which needs the admin scope). The store now refuses the
+    write in its transaction once the deadline has passed, and the retry binds it."""
+    svc.enroll("hs-late", [signal_block(eeg(1, 3, 0, 40))])
+    store = svc.store
+    transaction = store._transaction
+    deadline = time.monotonic() + 1.0
+
+    @contextlib.contextmanager
+    def busy(write):
+        if write:
+            while time.monotonic() <= deadline:
+                time.sleep(0.02)
+        with transaction(write) as tx:
+            yield tx
+
+    monkeypatch.setattr(store, "_transaction", busy)
+    with pytest.raises(DeadlineExceeded):
+        svc.bind_device("hs-late", "headset-late", first_only=True, deadline=deadline)
+    monkeypatch.undo()
+    assert svc.get_user("hs-late").device_ids == []
+    secret, rotated = svc.bind_device("hs-late", "headset-late", first_only=True)
+    assert secret and not rotated
