@@ -91,6 +91,9 @@ _USER_ID_MAX = 128
 _DEVICE_ID_MAX = 128
 _UNREAD = object()  # a device record that was not looked up
 
+#: Enroll: the share of a window's power in its first principal component (median over
+#: a signal's accepted windows) from which its channels are one signal copied
+_ONE_SIGNAL_PC1 = 0.99
 #: ContinuousAuthenticate: how many of the session's newest streamed windows its replay
 #: check keeps (in the store, encrypted: ~2 KB a window); before them, one window in every
 #: ``_STREAM_PAD_HISTORY`` of the session stays too, so a recording looped for longer than
@@ -653,6 +656,7 @@ class AuthService:
                 for j, ok in enumerate(np.asarray(w.accepted)):
                     if not ok:
                         rejected.append(RejectedEpoch(i, j, _reason_at(w.reasons, j)))
+            self._refuse_one_signal_on_every_channel(blocks, wins)
             if self.pad is not None:
                 self._refuse_non_physiological(user_id, blocks, wins)
             # a window sent twice must not count twice towards the quality gate
@@ -715,6 +719,35 @@ class AuthService:
             raise
         finally:
             self.metrics.record_registration(method, status)
+
+    def _refuse_one_signal_on_every_channel(self, blocks: list[SignalBlock],
+                                            wins: list[Any]) -> None:
+        """``InvalidArgument`` for the first enrollment signal whose accepted windows are
+        one signal on every model channel (a headset whose inputs are bridged or shorted
+        together, a channel copied): in most of them the first principal component of
+        the band-passed channels holds ``_ONE_SIGNAL_PC1`` of the power (real EEG: at
+        most 0.95 in a window, 0.89 over a recording, EEGMMIDB). Its template is of no
+        person: any other EEG channel copied the same way matched it. The signal's front
+        end runs again (enrollment only)."""
+        epochs_of = getattr(self.rec.pipeline, "epochs", None)
+        if epochs_of is None or len(self.rec.model.ch_names) < 2:
+            return
+        for i, (b, w) in enumerate(zip(blocks, wins)):
+            acc = np.asarray(w.accepted, dtype=bool)
+            if not acc.any():
+                continue
+            ep = epochs_of(b.samples, b.sfreq, list(b.ch_names), hop_s=None)[0][acc]
+            ep = ep - ep.mean(axis=2, keepdims=True)
+            ev = np.linalg.eigvalsh(np.einsum("nct,ndt->ncd", ep, ep))
+            total = ev.sum(axis=1)
+            pc1 = np.where(total > 0, ev[:, -1] / np.where(total > 0, total, 1.0), 0.0)
+            if float(np.median(pc1)) >= _ONE_SIGNAL_PC1:
+                raise InvalidArgument(
+                    f"signals[{i}] carries one signal on every channel: its channels are "
+                    f"copies of one another ({float(np.median(pc1)):.3f} of their power in "
+                    "one component), as from electrodes bridged or shorted together; it "
+                    "would make a template of no person. Check the headset's electrodes "
+                    "and send a recording of the user.")
 
     def _refuse_non_physiological(self, user_id: str, blocks: list[SignalBlock],
                                   wins: list[Any]) -> None:

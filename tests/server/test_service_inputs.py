@@ -364,8 +364,8 @@ def test_enroll_refuses_a_signal_that_repeats_itself(svc, signal):
 
 @pytest.mark.parametrize("signal, why", [
     (lambda x: np.random.default_rng(0).normal(0, 20, x.shape), "flat_spectrum"),
-    (lambda x: 50 * np.sin(2 * np.pi * 10 * np.arange(len(x)) / SFREQ)[:, None]
-     + np.zeros(x.shape), "periodic"),
+    (lambda x: 50 * np.sin(2 * np.pi * 10 * np.arange(len(x))[:, None] / SFREQ
+                           + np.arange(x.shape[1])), "periodic"),
     (lambda x: np.concatenate([x[:800] * (1 + k / 10) for k in range(8)]), "periodic"),
 ])
 def test_enroll_with_pad_refuses_a_signal_that_is_not_eeg(tmp_path, model_path, signal, why):
@@ -396,3 +396,24 @@ def test_enroll_with_pad_refuses_a_signal_that_is_not_eeg(tmp_path, model_path, 
         assert r.epochs_used > 10
     finally:
         store.close()
+
+
+def test_enroll_refuses_one_signal_copied_onto_every_channel(svc):
+    """A Signal carrying one electrode's EEG on all 16 channels (a headset whose inputs
+    are all bridged or shorted to one, or a copied channel) passed the quality gate with
+    quality 1.00 and was enrolled: a template of no person, which then accepted any
+    other person's single channel copied the same way (score 0.97-0.99 against a
+    threshold of 0.80). A Signal whose accepted windows are one signal on every model
+    channel (the first principal component holds 99 % of their power; real EEG at most
+    95 % in a window, 89 % over a recording) is now INVALID_ARGUMENT, nothing written."""
+    x = np.repeat(eeg(5, 3, 0, 40)[:, 3:4], 16, axis=1)
+    with pytest.raises(InvalidArgument,
+                       match=re.escape("signals[1] carries one signal on every channel")):
+        svc.enroll("one", [block(eeg(2, 3, 0, 20)), block(x)])
+    with pytest.raises(NotFound):
+        svc.get_user("one")
+    # nor with a little independent noise on each channel
+    noisy = x + np.random.default_rng(1).normal(0, 0.5, x.shape)
+    with pytest.raises(InvalidArgument, match="one signal on every channel"):
+        svc.enroll("one", [block(noisy)])
+    assert svc.enroll("ok", [block(eeg(5, 3, 0, 40))]).epochs_used > 10
