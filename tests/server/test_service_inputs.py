@@ -385,7 +385,7 @@ def test_enroll_with_pad_refuses_a_signal_that_is_not_eeg(tmp_path, model_path, 
                       pad=PresentationAttackDetector(list(pipeline.model.ch_names)))
     try:
         x = eeg(1, 3, 0, 40)
-        with pytest.raises(InvalidArgument, match=re.escape(f"signals[1]") + ".*" + why):
+        with pytest.raises(InvalidArgument, match=re.escape("signals[1]") + ".*" + why):
             svc.enroll("fake", [block(eeg(2, 3, 0, 20)), block(signal(x))])
         with pytest.raises(NotFound):
             svc.get_user("fake")
