@@ -94,6 +94,8 @@ _UNREAD = object()  # a device record that was not looked up
 #: Enroll: the share of a window's power in its first principal component (median over
 #: a signal's accepted windows) from which its channels are one signal copied
 _ONE_SIGNAL_PC1 = 0.99
+#: ... for models of at least this many channels (measured on 8 and 16)
+_ONE_SIGNAL_MIN_CHANNELS = 4
 #: ContinuousAuthenticate: how many of the session's newest streamed windows its replay
 #: check keeps (in the store, encrypted: ~2 KB a window); before them, one window in every
 #: ``_STREAM_PAD_HISTORY`` of the session stays too, so a recording looped for longer than
@@ -731,8 +733,8 @@ class AuthService:
         person: any other EEG channel copied the same way matched it. The signal's front
         end runs again (enrollment only)."""
         epochs_of = getattr(self.rec.pipeline, "epochs", None)
-        if epochs_of is None or len(self.rec.model.ch_names) < 2:
-            return
+        if epochs_of is None or len(self.rec.model.ch_names) < _ONE_SIGNAL_MIN_CHANNELS:
+            return  # two or three neighbouring electrodes can be that alike
         for i, (b, w) in enumerate(zip(blocks, wins)):
             acc = np.asarray(w.accepted, dtype=bool)
             if not acc.any():
