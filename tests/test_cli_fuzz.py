@@ -427,3 +427,15 @@ def test_no_command_or_a_wrong_one_is_refused(paths, guarded, capsys, argv):
     out, err = capsys.readouterr()
     assert rc == 2 and "Traceback" not in err
     assert err or argv == []  # (no command: the help, on stdout)
+
+
+def test_an_empty_api_key_file_name_is_refused_not_taken_as_no_file(paths, guarded, capsys,
+                                                                     monkeypatch):
+    """``--api-key-file ''`` (a variable that was not set) was taken as no option: the
+    call went out with NACF_API_KEY's key, or none, where --tls-ca '' and --secret-file ''
+    are refused. Found by the generated command lines with fresh randomness."""
+    monkeypatch.setenv("NACF_API_KEY", "fallback-key-0123456789")
+    line = _refused(["client", "register-device", "--api-key-file", "", "--device-id", "d1",
+                     "--secret-file", f"{paths.root}/secret-empty-key", "--user", "u1"],
+                    capsys)
+    assert "--api-key-file ''" in line, line

@@ -159,7 +159,7 @@ def _api_key(args: argparse.Namespace) -> str | None:
     one it cannot carry is said now, not at the first call after the source was read."""
     from nacf_core.config import check_api_key
 
-    if args.api_key_file:
+    if args.api_key_file is not None:  # '' too: an unset variable, refused (not a file)
         key = _read_small(args.api_key_file, "--api-key-file")
         check_api_key(key, f"--api-key-file {args.api_key_file!r}: the key")
         return key
