@@ -439,3 +439,19 @@ def test_an_empty_api_key_file_name_is_refused_not_taken_as_no_file(paths, guard
                      "--secret-file", f"{paths.root}/secret-empty-key", "--user", "u1"],
                     capsys)
     assert "--api-key-file ''" in line, line
+
+
+@pytest.mark.parametrize("option", ["--config", "--store-key-file", "--model",
+                                    "--api-keys-file", "--tls-cert", "--tls-key",
+                                    "--tls-client-ca"])
+def test_serve_refuses_an_empty_file_name_instead_of_falling_back(paths, guarded, capsys,
+                                                                  monkeypatch, option):
+    """A file option given as '' (a variable that was not set) counted as not given, and
+    a flag overrides the file and the environment: the server started on the shipped
+    model, a key file created in the data directory, without the file's API keys or TLS
+    files, where an empty --store-url is refused. Found by the generated command lines
+    with fresh randomness."""
+    monkeypatch.setenv("NACF_API_KEYS", "test-key-0123456789")
+    line = _refused(["serve", "--data-dir", str(paths.root), "--grpc-address", "127.0.0.1:0",
+                     "--metrics-address", "", option, ""], capsys)
+    assert option in line and "''" in line, line

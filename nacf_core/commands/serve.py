@@ -38,9 +38,14 @@ All options (TOML key / environment variable):
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from nacf_core.commands._args import non_empty
     from nacf_core.config import OPTION_HELP, Config
 
     d = Config()
+    # a file option given as '' (a variable that was not set) is refused, as an empty
+    # --store-url is: counted as not given, the flag overrode the file and the environment
+    # (the shipped model, a key file made in DATA_DIR, no API keys file, no TLS)
+    file_name = non_empty("file name")
     epilog = _EPILOG + "\n".join(
         f"  {k:<28} NACF_{k.upper():<34} {v} (default: {getattr(d, k)!r})"
         for k, v in OPTION_HELP.items())
@@ -49,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Run the nacf gRPC authentication server (nacf.v1.AuthService, "
                     "grpc.health.v1, reflection) and the Prometheus/health sidecar.",
         epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    p.add_argument("--config", metavar="FILE", type=file_name, help="TOML configuration file")
     p.add_argument("--grpc-address", metavar="HOST:PORT",
                    help=f"gRPC listen address (default {d.grpc_address})")
     p.add_argument("--metrics-address", metavar="HOST:PORT",
@@ -60,13 +65,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--store-url", metavar="URL",
                    help="sqlite:///PATH.db or postgresql://USER@HOST:PORT/DB[?schema=S] "
                         "(default: SQLite in DATA_DIR)")
-    p.add_argument("--store-key-file", metavar="FILE",
+    p.add_argument("--store-key-file", metavar="FILE", type=file_name,
                    help="template-encryption key file (default DATA_DIR/nacf.key)")
-    p.add_argument("--model", dest="model_path", metavar="FILE",
+    p.add_argument("--model", dest="model_path", metavar="FILE", type=file_name,
                    help="model file (default: the shipped model)")
     p.add_argument("--kernel-backend", choices=["cython", "numba", "reference"],
                    help=f"compute kernels (default {d.kernel_backend})")
-    p.add_argument("--api-keys-file", metavar="FILE", help="API keys with scopes")
+    p.add_argument("--api-keys-file", metavar="FILE", type=file_name,
+                   help="API keys with scopes")
     p.add_argument("--allow-open-loopback", action="store_true", default=None,
                    help="run without API keys (loopback addresses only)")
     p.add_argument("--require-device-proof", action=argparse.BooleanOptionalAction,
@@ -76,11 +82,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--presentation-attack-detection", action=argparse.BooleanOptionalAction,
                    default=None,
                    help="reject replayed and non-physiological probes (default: on)")
-    p.add_argument("--tls-cert", dest="tls_cert_file", metavar="FILE",
+    p.add_argument("--tls-cert", dest="tls_cert_file", metavar="FILE", type=file_name,
                    help="server certificate (PEM)")
-    p.add_argument("--tls-key", dest="tls_key_file", metavar="FILE",
+    p.add_argument("--tls-key", dest="tls_key_file", metavar="FILE", type=file_name,
                    help="server private key (PEM)")
-    p.add_argument("--tls-client-ca", dest="tls_client_ca_file", metavar="FILE",
+    p.add_argument("--tls-client-ca", dest="tls_client_ca_file", metavar="FILE", type=file_name,
                    help="CA of client certificates: enables mTLS")
     p.add_argument("--reuse-port", action="store_true", default=None,
                    help="let several nacf serve processes share --grpc-address "
