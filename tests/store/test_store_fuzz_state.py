@@ -2,7 +2,11 @@
 SQLite and PostgreSQL (hypothesis.stateful): enrolments, deletions, device bindings,
 sessions opened, ended, renewed and swept, failures counted, reset and lifted,
 authentications finished, token buckets, proof nonces, stream windows and the purges,
-interleaved in any order while a clock advances.
+interleaved in any order while a clock advances; ids at the store's limits (256
+characters, 4-byte UTF-8); and two calls at once on two threads (DeleteUser racing a
+write for the same user, the same call twice), whose results must be those of one order.
+The rules check their own preconditions (no ``@precondition``): after a race the model's
+state depends on which call won, and hypothesis needs its draws not to.
 
 After every step: no row is left of a user that is gone (sessions, devices, templates,
 PAD fingerprints, stream windows, lockouts, proof nonces of its devices), no stream
@@ -13,6 +17,7 @@ once, in order) are the model's."""
 from __future__ import annotations
 
 import math
+import threading
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -20,7 +25,6 @@ from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
     invariant,
-    precondition,
     rule,
     run_state_machine_as_test,
 )
@@ -30,8 +34,10 @@ from nacf_core.errors import AlreadyExists, FailedPrecondition, NotFound
 SETTINGS = settings(max_examples=60, stateful_step_count=40, deadline=None,
                     derandomize=True, suppress_health_check=list(HealthCheck))
 T0 = 1_790_000_000.0
-USERS = ["alice", "bob", "carol"]
-DEVICES = ["hs-1", "hs-2", "hs-3"]
+#: ids at the store's limits too: non-ASCII (a 4-byte UTF-8 character; ordering by code
+#: point and by UTF-8 byte agree), 256 characters (the most the store takes; 1 024 bytes)
+USERS = ["alice", "bob", "Ω-😀", "é" * 3 + "😀" * 253]
+DEVICES = ["hs-1", "hs-😀", "d" * 256]
 MAX_FAILURES, LOCK_S = 3, 50.0
 RATE, BURST = 0.5, 3.0
 KEEP = 2
@@ -144,9 +150,10 @@ class StoreModel(RuleBasedStateMachine):
         s = self.store.create_session(user, ttl, device_id=device, now=self.t)
         self.sessions.append(Sess(s.token, user, self.t, self.t + ttl, device))
 
-    @precondition(lambda self: self.sessions)
     @rule(i=st.integers(0, 100))
     def end_session(self, i):
+        if not self.sessions:
+            return
         s = self._sess(i)
         if s.gone:
             with pytest.raises(NotFound):
@@ -157,10 +164,11 @@ class StoreModel(RuleBasedStateMachine):
             s.ended_at = self.t if s.expires > self.t else s.expires
         assert got.ended_at == s.ended_at
 
-    @precondition(lambda self: self.sessions)
     @rule(i=st.integers(0, 100), ttl=st.sampled_from([5.0, 60.0, 900.0]),
           max_age=st.sampled_from([None, 100.0, 1000.0]))
     def renew_session(self, i, ttl, max_age):
+        if not self.sessions:
+            return
         s = self._sess(i)
         if s.gone:
             with pytest.raises(NotFound):
@@ -205,9 +213,10 @@ class StoreModel(RuleBasedStateMachine):
                 n += 1
         assert self.store.purge_sessions(cut) == n
 
-    @precondition(lambda self: self.sessions)
     @rule(i=st.integers(0, 100))
     def add_session_window(self, i):
+        if not self.sessions:
+            return
         s = self._sess(i)
         sid = __import__("hashlib").sha256(s.token.encode()).hexdigest()
         got = self.store.add_session_window(sid, s.user, b"window", keep=KEEP, now=self.t)
@@ -289,7 +298,7 @@ class StoreModel(RuleBasedStateMachine):
                 return
         assert n == 0
 
-    @rule(device=st.sampled_from(DEVICES), nonce=st.sampled_from(["n1", "n2"]),
+    @rule(device=st.sampled_from(DEVICES), nonce=st.sampled_from(["n1", "n2", "ñ" * 256]),
           ttl=st.sampled_from([1.0, 60.0]))
     def use_nonce(self, device, nonce, ttl):
         if device not in self.devices:
@@ -307,6 +316,208 @@ class StoreModel(RuleBasedStateMachine):
         n = sum(ts < cut for ts in self.attempts)
         self.attempts = [ts for ts in self.attempts if ts >= cut]
         assert self.store.purge_attempts(cut) == n
+
+    # ------------------------------------------------------------------ two at once
+    def _both(self, f, g):
+        """Run ``f`` and ``g`` on two threads at once (as two replicas, or two calls of
+        one server, do); return what each returned or raised."""
+        out = [None, None]
+        go = threading.Barrier(2)
+
+        def run(i, fn):
+            go.wait()
+            try:
+                out[i] = ("ok", fn())
+            except Exception as e:  # noqa: BLE001 - compared below
+                out[i] = ("err", e)
+
+        ts = [threading.Thread(target=run, args=(i, fn)) for i, fn in enumerate((f, g))]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(60)
+        assert not any(t.is_alive() for t in ts), "a store call hung"
+        return out
+
+    @rule(i=st.integers(0, 100), other=st.sampled_from(
+        ["create_session", "register_device", "register_failure", "finish_ok", "finish_fail",
+         "add_window", "unlock", "put_template"]), device=st.sampled_from(DEVICES))
+    def delete_user_racing(self, i, other, device):
+        """DeleteUser and another call for the same user at once: the other call happens
+        wholly before the deletion (and is undone by it) or finds the user gone."""
+        if not self.users:
+            return
+        user = sorted(self.users)[i % len(self.users)]
+        t = self.t
+        if other == "register_device" and self.devices.get(device, user) != user:
+            return  # bound to another user: AlreadyExists whatever the order
+        active = [s for s in self.sessions if s.user == user and self._active(s)]
+        open_ = sum(1 for s in self.sessions if s.user == user and not s.gone
+                    and s.ended_at is None)
+        st_ = self.store
+        calls = {
+            "create_session": lambda: st_.create_session(user, 60.0, now=t),
+            "register_device": lambda: st_.register_device(user, device, "s" * 20, now=t),
+            "register_failure": lambda: st_.register_failure(user, MAX_FAILURES, LOCK_S,
+                                                             now=t),
+            "finish_ok": lambda: st_.finish_authentication(
+                user, True, score=0.5, reason="r", peer="p", method="Authenticate",
+                duration_s=0.01, session_ttl_s=60.0, probe_fingerprint=b"probe", now=t),
+            "finish_fail": lambda: st_.finish_authentication(
+                user, False, score=0.5, reason="r", peer="p", method="Authenticate",
+                duration_s=0.01, max_failures=MAX_FAILURES, lock_seconds=LOCK_S,
+                probe_fingerprint=b"probe", now=t),
+            "add_window": lambda: st_.add_session_window(
+                __import__("hashlib").sha256(active[i % len(active)].token.encode())
+                .hexdigest(), user, b"window", keep=KEEP, now=t) if active else None,
+            "unlock": lambda: st_.unlock_user(user),
+            "put_template": lambda: st_.put_template(user, b"tmpl-again", "m-1", now=t),
+        }
+        (dk, ended), (ok, got) = self._both(lambda: st_.delete_user(user, now=t),
+                                            calls[other])
+        assert dk == "ok", ended
+        if ok == "err":
+            assert isinstance(got, NotFound), got  # it came after the deletion
+        before = ok == "ok" and other != "put_template"
+        new_session = None
+        if before and other in ("create_session", "finish_ok"):
+            new_session = got if other == "create_session" else got.session
+        if new_session is not None:  # opened before the deletion, which ended it
+            self.sessions.append(Sess(new_session.token, user, t, t + 60.0, None))
+        if ok == "ok" and other.startswith("finish"):
+            self.attempts.append(t)
+        want_ended = open_ + (new_session is not None)
+        if other == "put_template" and ok == "ok" and got == self.users[user] + 1:
+            # the update came first, then the deletion
+            self._drop_user(user)
+            assert len(ended) == want_ended
+        else:
+            assert len(ended) == want_ended
+            self._drop_user(user)
+            if other == "put_template":  # after the deletion: a new enrolment
+                assert ok == "ok" and got == 1, (ok, got)
+                self.users[user] = 1
+        for s in self.sessions:
+            if s.gone:
+                s.windows = 0
+
+    @rule(i=st.integers(0, 100), kind=st.sampled_from(
+        ["register_failure", "finish_ok", "put_template", "take_tokens", "use_nonce",
+         "end_session", "renew_session", "register_device"]),
+          w1=st.integers(1, 3), w2=st.integers(1, 3))
+    def same_call_twice_at_once(self, i, kind, w1, w2):
+        """The same call twice at once: what they return is what one order of the two
+        would have returned, and the rows are what that order leaves."""
+        if not self.users:
+            return
+        users = sorted(self.users)
+        user = users[i % len(users)]
+        t, st_ = self.t, self.store
+        if kind == "register_failure":
+            (k1, a), (k2, b) = self._both(
+                *[lambda: st_.register_failure(user, MAX_FAILURES, LOCK_S, now=t)] * 2)
+            assert k1 == k2 == "ok", (a, b)
+            r1 = self._failure(user, MAX_FAILURES, LOCK_S)
+            r2 = self._failure(user, MAX_FAILURES, LOCK_S)
+            assert sorted([a, b], key=repr) == sorted([r1, r2], key=repr)
+        elif kind == "finish_ok":
+            def call():
+                return st_.finish_authentication(
+                    user, True, score=0.5, reason="r", peer="p", method="Authenticate",
+                    duration_s=0.01, session_ttl_s=60.0, now=t)
+            (k1, a), (k2, b) = self._both(call, call)
+            assert k1 == k2 == "ok", (a, b)
+            self.attempts += [t, t]
+            f, until = self.lock.get(user, [0, None])
+            for out in (a, b):
+                if until is not None and until > t:
+                    assert out.locked and out.session is None
+                else:
+                    assert out.session is not None and not out.locked
+                    self.sessions.append(Sess(out.session.token, user, t, t + 60.0, None))
+            if not (until is not None and until > t) and user in self.lock:
+                self.lock[user][0] = 0
+        elif kind == "put_template":
+            new = [u for u in USERS if u not in self.users]
+            if new:  # an enrolment of a new user twice at once: one wins
+                u = new[i % len(new)]
+                (k1, a), (k2, b) = self._both(*[lambda: st_.put_template(
+                    u, b"tmpl", "m-1", create_only=True, now=t)] * 2)
+                assert sorted([k1, k2]) == ["err", "ok"], (a, b)
+                assert isinstance(a if k1 == "err" else b, AlreadyExists)
+                assert (a if k1 == "ok" else b) == 1
+                self.users[u] = 1
+            else:
+                v = self.users[user]
+                (k1, a), (k2, b) = self._both(*[lambda: st_.put_template(
+                    user, b"tmpl-u", "m-1", now=t)] * 2)
+                assert k1 == k2 == "ok" and sorted([a, b]) == [v + 1, v + 2], (a, b)
+                self.users[user] = v + 2
+        elif kind == "take_tokens":
+            (k1, a), (k2, b) = self._both(
+                lambda: st_.take_tokens("client", RATE, BURST, w1, 0.0, now=t),
+                lambda: st_.take_tokens("client", RATE, BURST, w2, 0.0, now=t))
+            assert k1 == k2 == "ok", (a, b)
+            tokens, updated = self.bucket or [BURST, t]
+            tokens = min(BURST, tokens + max(0.0, t - updated) * RATE)
+
+            def grant(have, want):
+                return min(want, math.floor(have)) if have >= 1.0 else 0
+            orders = []
+            g1 = grant(tokens, w1)
+            orders.append((g1, grant(tokens - g1, w2)))
+            g2 = grant(tokens, w2)
+            orders.append((grant(tokens - g2, w1), g2))
+            assert (a, b) in orders, (a, b, orders)
+            self.bucket = [tokens - a - b, t]
+        elif kind == "use_nonce":
+            mine = [d for d, u in self.devices.items()]
+            if not mine:
+                return
+            d = mine[i % len(mine)]
+            for k in [k for k, e in self.nonces.items() if e <= t]:
+                del self.nonces[k]
+            fresh = (d, "n1") not in self.nonces
+            (k1, a), (k2, b) = self._both(*[lambda: st_.use_nonce(d, "n1", t + 60.0,
+                                                                  now=t)] * 2)
+            assert k1 == k2 == "ok", (a, b)
+            assert sorted([a, b]) == ([False, True] if fresh else [False, False])
+            self.nonces.setdefault((d, "n1"), t + 60.0)
+        elif kind in ("end_session", "renew_session"):
+            live = [s for s in self.sessions if not s.gone]
+            if not live:
+                return
+            s = live[i % len(live)]
+            if kind == "end_session":
+                (k1, a), (k2, b) = self._both(*[lambda: st_.end_session(s.token, now=t)] * 2)
+                assert k1 == k2 == "ok", (a, b)
+                if s.ended_at is None:
+                    s.ended_at = t if s.expires > t else s.expires
+                    s.windows = 0
+                assert a.ended_at == b.ended_at == s.ended_at
+            else:
+                active = self._active(s)
+                (k1, a), (k2, b) = self._both(*[lambda: st_.renew_session(
+                    s.token, 60.0, now=t)] * 2)
+                if not active:
+                    assert isinstance(a, FailedPrecondition) and isinstance(
+                        b, FailedPrecondition), (a, b)
+                    return
+                assert k1 == k2 == "ok", (a, b)
+                s.expires = max(s.expires, t + 60.0)
+                assert a.expires_at == b.expires_at == s.expires
+        elif kind == "register_device":
+            free = [d for d in DEVICES if d not in self.devices]
+            if len(users) < 2 or not free:
+                return
+            d = free[i % len(free)]
+            u1, u2 = users[0], users[1]
+            (k1, a), (k2, b) = self._both(
+                lambda: st_.register_device(u1, d, "s" * 20, now=t),
+                lambda: st_.register_device(u2, d, "s" * 20, now=t))
+            assert sorted([k1, k2]) == ["err", "ok"], (a, b)
+            assert isinstance(a if k1 == "err" else b, AlreadyExists), (a, b)
+            self.devices[d] = u1 if k1 == "ok" else u2
 
     # ------------------------------------------------------------------ invariants
     @invariant()
