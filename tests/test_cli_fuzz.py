@@ -107,7 +107,7 @@ def guarded(monkeypatch, tmp_path):
     monkeypatch.setattr(simulator.SimulatedCyton, "start", reached("the pty was opened"))
     monkeypatch.setattr(lsl, "make_outlet", reached("the LSL outlet was made"))
     monkeypatch.setattr(evaluation, "load_blocks", reached("the recordings were read"))
-    monkeypatch.setattr(evaluation, "evaluate", reached("the evaluation ran"))
+    # evaluate() itself runs: it checks the channels and the splits before reading
     monkeypatch.setattr(kernels_cmd.subprocess, "run", reached("the benchmarks ran"))
     monkeypatch.setattr(client_cmd, "_check_server", lambda channel, args: None)
 
@@ -455,3 +455,13 @@ def test_serve_refuses_an_empty_file_name_instead_of_falling_back(paths, guarded
     line = _refused(["serve", "--data-dir", str(paths.root), "--grpc-address", "127.0.0.1:0",
                      "--metrics-address", "", option, ""], capsys)
     assert option in line and "''" in line, line
+
+
+@pytest.mark.parametrize("extra", [["--channels", "Fp1"], ["--channels", "T3,T7"]])
+def test_evaluate_refuses_what_evaluate_checks_before_reading(paths, guarded, capsys, extra):
+    """``evaluate()`` checks the channels and the splits before it reads a recording; the
+    guard stood in for the whole of it, so such a refusal counted as the work reached
+    (a generated example with fresh randomness: ``--channels Fp1``)."""
+    line = _refused(["evaluate", *extra, "--folds", "2", paths.manifest], capsys)
+    assert line.startswith("nacf evaluate: "), line
+
