@@ -459,7 +459,7 @@ def test_evaluate_says_how_many_subjects_it_needs_and_has(tmp_path, capsys):
 @pytest.mark.parametrize("argv, match", [
     (["--seed", "-1"], "argument --seed: expected an integer >= 0, got '-1'"),
     (["--folds", "1"], "argument --folds: expected an integer >= 2, got '1'"),
-    (["--splits", "0"], "argument --splits: expected an integer >= 1, got '0'"),
+    (["--splits", "0"], "argument --splits: expected an integer in [1, 100], got '0'"),
 ])
 def test_evaluate_names_the_bad_option(capsys, argv, match):
     assert match in _argparse_error(capsys, ["evaluate", "m.csv", *argv])

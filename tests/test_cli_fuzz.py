@@ -465,3 +465,11 @@ def test_evaluate_refuses_what_evaluate_checks_before_reading(paths, guarded, ca
     line = _refused(["evaluate", *extra, "--folds", "2", paths.manifest], capsys)
     assert line.startswith("nacf evaluate: "), line
 
+
+def test_evaluate_refuses_a_number_of_splits_it_would_never_finish(paths, guarded, capsys):
+    """``--splits`` had no upper bound: 99999999999999999999999 (a generated example with
+    fresh randomness) began reading the recordings for as many rounds of k fits, each
+    round minutes long; it is at most 100."""
+    line = _refused(["evaluate", "--splits", "99999999999999999999999", "--folds", "2",
+                     paths.manifest], capsys)
+    assert "--splits" in line and "[1, 100]" in line, line

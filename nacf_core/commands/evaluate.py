@@ -30,8 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "EEG channel of the first recording")
     p.add_argument("--folds", type=int_range(2), default=4,
                    help="k of the k-fold over subjects (4); needs at least 2 subjects per fold")
-    p.add_argument("--splits", type=int_range(1), default=3,
-                   help="random fold assignments to average over (3)")
+    # bounded: each split is k fits, minutes on 2 cores (a typo's 10**22 ran for ever)
+    p.add_argument("--splits", type=int_range(1, 100), default=3,
+                   help="random fold assignments to average over (3; at most 100)")
     p.add_argument("--model", default=None,
                    help="evaluate this fitted model file on every subject (no k-fold); it "
                         "must not have been fitted on them")
