@@ -473,3 +473,15 @@ def test_evaluate_refuses_a_number_of_splits_it_would_never_finish(paths, guarde
     line = _refused(["evaluate", "--splits", "99999999999999999999999", "--folds", "2",
                      paths.manifest], capsys)
     assert "--splits" in line and "[1, 100]" in line, line
+
+
+@pytest.mark.parametrize("seconds", ["1e-320", "0.003"])
+def test_record_refuses_seconds_that_hold_no_sample(paths, guarded, capsys, seconds):
+    """``--seconds`` under half a sample period wrote a CSV of no row and exited 0 ("wrote
+    0 samples"): a recording of nothing, said as done (a generated example with fresh
+    randomness: 1e-320). It is refused, and no file is written."""
+    out = paths.root / f"none-{seconds}.csv"
+    line = _refused(["record", "--out", str(out), "--seconds", seconds, "--source",
+                     f"file:{NPZ}?speed=0"], capsys)
+    assert "seconds" in line and "sample" in line, line
+    assert not out.exists()

@@ -23,9 +23,9 @@ SOURCE is one of:
                                        the voltage unit of every signal, instead of the header's)
 The CSV header is 'timestamp' followed by the channel names; values are microvolts;
 dropped samples are rows with empty channel fields. Exactly round(seconds * sfreq)
-rows are written. OUT appears only when the recording is complete: a failed or
-interrupted recording (Ctrl-C, SIGTERM, a full disk) leaves no file, and an earlier
-OUT stays as it was.
+rows are written (SECONDS giving none is refused). OUT appears only when the recording
+is complete: a failed or interrupted recording (Ctrl-C, SIGTERM, a full disk) leaves no
+file, and an earlier OUT stays as it was.
 """
 
 
@@ -99,6 +99,10 @@ def record(source: str, seconds: float, out: str, montage=None, timeout: float =
     written = 0
     with src, CompleteOrNothing(out, what="--out") as fh:
         need = int(round(seconds * src.sfreq))
+        if need == 0:  # a file of no row, said as done, is no recording
+            raise ValueError(f"'seconds' {seconds:g} holds no sample at {src.sfreq:g} Hz "
+                             f"(round(seconds * rate) = 0): ask for at least "
+                             f"{1 / src.sfreq:g} s (one sample).")
         fh.write(_csv_header(src.ch_names))
         last_data = time.monotonic()
         while written < need:
