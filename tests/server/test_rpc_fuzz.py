@@ -72,7 +72,13 @@ def srv(tmp_path_factory, model_path):
 
 # ------------------------------------------------------------------ strategies
 odd_text = st.sampled_from(["", "a", "\x00", "fz\x00", "ü", "😀", " ", "a" * 5000, "../x",
-                            "%s%n", "fz ", "FZ", "\n", "x" * 200])
+                            "%s%n", "fz ", "FZ", "\n", "x" * 200,
+                            # at the documented 128-character limit of an id and one past
+                            # it, in 1- to 4-byte UTF-8 characters; invisible and combining
+                            # characters, a right-to-left override, a BOM
+                            "a" * 128, "a" * 129, "é" * 128, "😀" * 128, "😀" * 129,
+                            "e\u0301" * 64, "\u200b", "fz\u200b", "\u202efz", "\ufeff",
+                            "ﬀ", "İ"])
 ids = st.one_of(st.just(USER), odd_text, st.text(max_size=40))
 #: mostly the enrolled user, so that the call gets to the recognition
 claimants = st.one_of(st.just(USER), st.just(USER), st.just(USER), ids)
