@@ -1818,6 +1818,7 @@ class AuthService:
                     if since_good >= loss:
                         yield end("signal_lost", 0.0, quality)
                         return
+                    window_t = time.monotonic()  # (see below)
                     yield ContinuousUpdate("uncertain", 0.0, thr, quality,
                                            "; ".join(sorted({r for r in w.reasons if r})),
                                            expires, streamed)
@@ -1862,12 +1863,17 @@ class AuthService:
                         yield ContinuousUpdate("ended", 0.0, thr, quality, why, until,
                                                streamed)
                         return
+                    # the server's own work on the window (the CPU gate it shares with
+                    # every call, the store) is not the client's time: counted, a server
+                    # slow on one window (under load) ended a healthy stream signal_lost
+                    window_t = time.monotonic()
                     yield ContinuousUpdate("verified", score, thr, quality, "", expires, streamed)
                 else:
                     mismatches += 1
                     if mismatches >= self.config.continuous_mismatch_windows:
                         yield end("wearer_changed", score, quality)
                         return
+                    window_t = time.monotonic()  # (see above)
                     yield ContinuousUpdate("uncertain", score, thr, quality,
                                            f"score {score:.3f} below threshold {thr:.3f}",
                                            expires, streamed)

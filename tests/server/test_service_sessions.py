@@ -525,3 +525,42 @@ def test_authenticate_stream_and_identify_compute_under_the_cpu_gate_and_store_c
             assert held[name] and not any(held[name]), (name, held)
     finally:
         svc.store.close()
+
+
+def test_a_window_the_server_was_slow_on_does_not_count_against_the_clients_signal(
+        svc, monkeypatch):
+    """A stream that got no whole window within a window's time and signal_loss_s more
+    ends (signal_lost); that time ran from when the last window was complete, so it took
+    in the server's own work on that window (the CPU gate shared with every other call,
+    the store): a server that took 15 s on one window (under load) ended a healthy stream
+    whose next chunks were already waiting. Only the wait for the client counts now (a
+    clock that jumps 15 s while the server scores the first window)."""
+    import nacf_core.service as service_mod
+
+    class Clock:
+        offset = 0.0
+
+        def __getattr__(self, name):
+            return getattr(time_mod, name)
+
+        def monotonic(self):
+            return time_mod.monotonic() + self.offset
+
+    import time as time_mod
+
+    clock = Clock()
+    monkeypatch.setattr(service_mod, "time", clock)
+    svc.enroll("slow", [signal_block(eeg(1, 3, 0, 40))])
+    token = svc.store.create_session("slow", 600).token
+    windows = svc.rec.windows
+
+    def slow_windows(*a, **k):  # the server's work on a window takes 15 s
+        clock.offset += 15.0
+        return windows(*a, **k)
+
+    monkeypatch.setattr(svc.rec, "windows", slow_windows)
+    assert svc.config.signal_loss_s + svc.rec.window_s < 15.0
+    x = eeg(1, 3, 44, 12)
+    updates = list(svc.continuous(token, (signal_block(x[i:i + 80])
+                                          for i in range(0, x.shape[0], 80))))
+    assert [u.state for u in updates] == ["verified"] * 3, updates
