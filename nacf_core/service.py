@@ -1139,7 +1139,9 @@ class AuthService:
         for block in chunks:
             if deadline is not None and time.monotonic() > deadline:
                 raise DeadlineExceeded("the deadline passed before the sequential decision.")
-            if time.monotonic() - t_wall > wall_limit:
+            # less the server's own work on the windows (t_proc: the CPU gate it shares
+            # with every call): a server slow under load refused a headset in real time
+            if time.monotonic() - t_wall - t_proc > wall_limit:
                 raise DeadlineExceeded(
                     f"the stream sent {buf.seconds:.1f} s of signal in {wall_limit:g} s, "
                     f"too slowly for a decision (at most {limit:g} s of signal, streamed as "

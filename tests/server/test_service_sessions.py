@@ -564,3 +564,51 @@ def test_a_window_the_server_was_slow_on_does_not_count_against_the_clients_sign
     updates = list(svc.continuous(token, (signal_block(x[i:i + 80])
                                           for i in range(0, x.shape[0], 80))))
     assert [u.state for u in updates] == ["verified"] * 3, updates
+
+
+def test_an_authenticate_stream_the_server_was_slow_on_is_not_refused_as_trickling(
+        tmp_path, model_path, monkeypatch):
+    """AuthenticateStream refuses a stream that took longer than stream_max_seconds and
+    signal_loss_s more of wall time (one trickling its signal held a worker thread): that
+    time took in the server's own work on the windows (the CPU gate shared with every
+    call), so a server slow on one window (under load) refused a headset streaming in
+    real time (DeadlineExceeded). Only the rest counts now (a clock that jumps 31 s while
+    the server scores the first window, as a gate held by other calls would)."""
+    import time as time_mod
+
+    import nacf_core.service as service_mod
+
+    class Clock:
+        offset = 0.0
+
+        def __getattr__(self, name):
+            return getattr(time_mod, name)
+
+        def monotonic(self):
+            return time_mod.monotonic() + self.offset
+
+        def perf_counter(self):
+            return time_mod.perf_counter() + self.offset
+
+    clock = Clock()
+    monkeypatch.setattr(service_mod, "time", clock)
+    svc = sqlite_service(tmp_path, model_path, require_device_proof=False)
+    svc.enroll("slow", [signal_block(eeg(1, 3, 0, 40))])
+    windows = svc.rec.windows
+    calls = []
+
+    def slow_windows(*a, **k):  # the server's work on the first window takes 31 s
+        if not calls:
+            clock.offset += 31.0
+        calls.append(1)
+        return windows(*a, **k)
+
+    monkeypatch.setattr(svc.rec, "windows", slow_windows)
+    assert svc.config.stream_max_seconds + svc.config.signal_loss_s < 31.0
+    x = eeg(1, 3, 44, 12)
+    try:
+        r = svc.authenticate_stream("slow", [signal_block(x[i:i + 80])
+                                             for i in range(0, x.shape[0], 80)])
+    finally:
+        svc.store.close()
+    assert len(calls) > 1 and r.accepted, (len(calls), r)
