@@ -485,3 +485,14 @@ def test_record_refuses_seconds_that_hold_no_sample(paths, guarded, capsys, seco
                      f"file:{NPZ}?speed=0"], capsys)
     assert "seconds" in line and "sample" in line, line
     assert not out.exists()
+
+
+@pytest.mark.parametrize("speed", ["1e-320", "0.01", "0.5"])
+def test_demo_refuses_a_pace_slower_than_real_time(paths, guarded, capsys, speed):
+    """``--speed`` took any pace above 0: at 1e-320 (a generated example with fresh
+    randomness) the simulated headset never sent a sample and the demo failed after its
+    block timeout; below real time a stream can take longer than the server allows one
+    (stream_max_seconds of signal within signal_loss_s more of wall time), and the demo
+    failed after minutes. It is refused at once."""
+    line = _refused(["demo", "--speed", speed], capsys)
+    assert "--speed" in line and "[1, 50]" in line, line

@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--people", type=int, default=4, metavar="N",
                    help="how many of the shipped demo people to use, 2-4 (default 4)")
     p.add_argument("--speed", type=float, default=4.0, metavar="X",
-                   help="pace of the simulated headset, 1 = real time (default 4)")
+                   help="pace of the simulated headset, 1 = real time (1-50, default 4)")
     p.add_argument("--grpc-address", type=address(), default="127.0.0.1:0", metavar="HOST:PORT",
                    help="gRPC address of the demo server (default: a free loopback port)")
     p.add_argument("--metrics-address", type=address(allow_empty=True),
@@ -71,8 +71,11 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         people = demo_people(args.people)
-        if not (0 < args.speed <= 50):
-            raise ValueError(f"'--speed' must be in (0, 50], got {args.speed}.")
+        # not below real time: a stream then takes longer than the server allows one
+        # (stream_max_seconds of signal within signal_loss_s more), and near 0 the
+        # headset sends nothing; the demo failed after minutes instead of at once
+        if not (1 <= args.speed <= 50):
+            raise ValueError(f"'--speed' must be in [1, 50], got {args.speed}.")
     except (ValueError, FileNotFoundError) as e:
         print(f"nacf demo: {e}", file=sys.stderr)
         return 2
