@@ -209,7 +209,8 @@ def test_simulate_refuses_hostile_options(paths, guarded, capsys, data):
     opts = {
         "recording": (["{npz}"], PATHS),
         "--speed": (["2", "1e300"], BAD + ["0"]),
-        "--seconds": (["0.1"], NUMBERS + ["1e10"]),
+        # how long the simulator runs: any time above 0, a tiny one exits at once
+        "--seconds": (["0.1", "1e-320"], [v for v in NUMBERS if v != "1e-320"] + ["1e10"]),
         "--faults": ([] if lsl else ["drop=0.1,seed=1"],
                      ["x", "drop=2", "drop=-1", "drop=nan", "garbage=inf", "railed=99",
                       "railed=-1", "disconnect=-1", "disconnect=5:-1", "disconnect=nan",
