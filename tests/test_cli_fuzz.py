@@ -500,3 +500,11 @@ def test_demo_refuses_a_pace_slower_than_real_time(paths, guarded, capsys, speed
     failed after minutes. It is refused at once."""
     line = _refused(["demo", "--speed", speed], capsys)
     assert "--speed" in line and "[1, 50]" in line, line
+
+
+def test_evaluate_refuses_an_empty_model_file_name(paths, guarded, capsys):
+    """``--model ''`` (a variable that was not set) counted as no model: instead of
+    scoring the model it named on every subject, evaluate ran the k-fold protocol,
+    fitting its own models for minutes (a generated example with fresh randomness)."""
+    line = _refused(["evaluate", "--folds", "2", "--model", "", paths.manifest], capsys)
+    assert "--model" in line and "''" in line, line

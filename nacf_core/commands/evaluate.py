@@ -10,7 +10,7 @@ import json
 import sys
 
 from nacf_core.commands._args import (channel_list, check_not_an_input, check_output_path,
-                                      int_range)
+                                      int_range, non_empty)
 from nacf_core.kernels import BACKENDS, default_backend_name
 
 __all__ = ["format_report", "register", "run"]
@@ -33,7 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     # bounded: each split is k fits, minutes on 2 cores (a typo's 10**22 ran for ever)
     p.add_argument("--splits", type=int_range(1, 100), default=3,
                    help="random fold assignments to average over (3; at most 100)")
-    p.add_argument("--model", default=None,
+    # '' (a variable that was not set) is refused: taken as no model, the k-fold ran
+    p.add_argument("--model", default=None, type=non_empty("file name"),
                    help="evaluate this fitted model file on every subject (no k-fold); it "
                         "must not have been fitted on them")
     p.add_argument("--adapt", action="store_true",
