@@ -508,3 +508,16 @@ def test_evaluate_refuses_an_empty_model_file_name(paths, guarded, capsys):
     fitting its own models for minutes (a generated example with fresh randomness)."""
     line = _refused(["evaluate", "--folds", "2", "--model", "", paths.manifest], capsys)
     assert "--model" in line and "''" in line, line
+
+
+def test_store_refuses_an_empty_key_file_name(paths, guarded, capsys, monkeypatch):
+    """``nacf store ... --key-file ''`` (a variable that was not set) counted as no
+    option: the command went on with NACF_TEMPLATE_KEY[_FILE]'s key instead of the file
+    it was meant to name (found while checking the empty file names the generated
+    command lines turned up)."""
+    monkeypatch.setenv("NACF_TEMPLATE_KEY_FILE", paths.key)
+    db = f"sqlite:///{paths.root / 'empty-key.db'}"
+    assert main(["store", "migrate", "--store-url", db, "--key-file", paths.key]) == 0
+    capsys.readouterr()
+    line = _refused(["store", "stats", "--store-url", db, "--key-file", ""], capsys)
+    assert "--key-file" in line and "''" in line, line

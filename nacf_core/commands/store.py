@@ -29,10 +29,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "NACF_TEMPLATE_KEY (base64 of 32 bytes) / NACF_TEMPLATE_KEY_FILE.")
     sub = p.add_subparsers(dest="store_command", metavar="ACTION", required=True)
 
+    from nacf_core.commands._args import non_empty
+
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--store-url", required=True,
                         help="sqlite:///PATH.db or postgresql://user@host:port/db[?schema=S]")
-        sp.add_argument("--key-file", default=None,
+        # '' (a variable that was not set) is refused: taken as no option, the
+        # environment's key stood in for the file meant
+        sp.add_argument("--key-file", default=None, type=non_empty("file name"),
                         help="template key file (default: NACF_TEMPLATE_KEY[_FILE])")
 
     sp = sub.add_parser("new-key", help="write a new random key file (mode 0600)")
