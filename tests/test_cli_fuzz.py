@@ -521,3 +521,15 @@ def test_store_refuses_an_empty_key_file_name(paths, guarded, capsys, monkeypatc
     capsys.readouterr()
     line = _refused(["store", "stats", "--store-url", db, "--key-file", ""], capsys)
     assert "--key-file" in line and "''" in line, line
+
+
+def test_serve_refuses_an_empty_data_dir(paths, guarded, capsys, monkeypatch):
+    """``--data-dir ''`` (a variable that was not set) overrode the file's and the
+    environment's data_dir with the working directory: the server started on a new,
+    empty SQLite store and a new key there, apart from the users it was meant to serve
+    (a generated example with fresh randomness)."""
+    monkeypatch.setenv("NACF_API_KEYS", "test-key-0123456789")
+    monkeypatch.setenv("NACF_DATA_DIR", str(paths.root))
+    line = _refused(["serve", "--data-dir", "", "--grpc-address", "127.0.0.1:0",
+                     "--metrics-address", ""], capsys)
+    assert "--data-dir" in line and "''" in line, line

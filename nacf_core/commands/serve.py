@@ -44,7 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d = Config()
     # a file option given as '' (a variable that was not set) is refused, as an empty
     # --store-url is: counted as not given, the flag overrode the file and the environment
-    # (the shipped model, a key file made in DATA_DIR, no API keys file, no TLS)
+    # (the shipped model, a key file made in DATA_DIR, no API keys file, no TLS; with
+    # --data-dir, a new empty store in the working directory)
     file_name = non_empty("file name")
     epilog = _EPILOG + "\n".join(
         f"  {k:<28} NACF_{k.upper():<34} {v} (default: {getattr(d, k)!r})"
@@ -60,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics-address", metavar="HOST:PORT",
                    help=f"sidecar /metrics and /health* address (default {d.metrics_address}; "
                         "'' disables it)")
-    p.add_argument("--data-dir", metavar="DIR",
+    p.add_argument("--data-dir", metavar="DIR", type=non_empty("directory name"),
                    help="directory of the embedded SQLite store and key (default: .)")
     p.add_argument("--store-url", metavar="URL",
                    help="sqlite:///PATH.db or postgresql://USER@HOST:PORT/DB[?schema=S] "
