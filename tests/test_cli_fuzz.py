@@ -344,7 +344,9 @@ def test_train_refuses_hostile_options(paths, guarded, capsys, data):
         "--out": (["{root}/model.npz"], OUT_PATHS + ["{manifest}", "{npz}"]),
         "--name": ([], ["", " ", "a\tb", "x" * 200, "\x00"]),
         "--channels": ([], [",", "Fp1", "Fp1,Fp1", "Fp1,ECG", "x" * 50, "Fp1,,", "T3,T7"]),
-        "--fmr": (["0.01"], NUMBERS + ["0.5", "1"]),
+        # any target in (0, 0.5): a tiny one is the strictest threshold the impostor
+        # scores allow (calibration.threshold_at_fmr), not an error
+        "--fmr": (["0.01", "1e-320"], [v for v in NUMBERS if v != "1e-320"] + ["0.5", "1"]),
         "--sfreq": (["250"], NUMBERS + ["124", "1001"]),
         "--backend": (["cython", "numba"], ["cyton", "", "CYTHON"]),
         "--attribution": (["eegmmidb", "x"], []),
