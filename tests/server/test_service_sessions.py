@@ -594,7 +594,8 @@ def test_an_authenticate_stream_the_server_was_slow_on_is_not_refused_as_trickli
     monkeypatch.setattr(service_mod, "time", clock)
     svc = sqlite_service(tmp_path, model_path, require_device_proof=False)
     svc.enroll("slow", [signal_block(eeg(1, 3, 0, 40))])
-    windows = svc.rec.windows
+    # (at the model's rate a stream's windows are computed piece by piece: push_windows)
+    windows = svc.rec.push_windows
     calls = []
 
     def slow_windows(*a, **k):  # the server's work on the first window takes 31 s
@@ -603,7 +604,7 @@ def test_an_authenticate_stream_the_server_was_slow_on_is_not_refused_as_trickli
         calls.append(1)
         return windows(*a, **k)
 
-    monkeypatch.setattr(svc.rec, "windows", slow_windows)
+    monkeypatch.setattr(svc.rec, "push_windows", slow_windows)
     assert svc.config.stream_max_seconds + svc.config.signal_loss_s < 31.0
     x = eeg(1, 3, 44, 12)
     try:
