@@ -1470,7 +1470,7 @@ class AuthService:
             self.metrics.observe_session_duration(
                 max(0.0, float(sess.ended_at) - float(sess.created_at)))
         self._update_active_sessions(now)
-        self._audit_row(user_id, True, "user_deleted", peer, "DeleteUser", now)
+        self._audit_row(user_id, True, "user_deleted", peer, "DeleteUser", now, actor)
         log.info("user deleted", extra={"event_type": "user_deleted", "user_id": user_id,
                                         "sessions_ended": len(ended), "actor": actor,
                                         "method": "DeleteUser", **peer_fields(peer)})
@@ -1563,7 +1563,7 @@ class AuthService:
         now = self.clock()
         was = lock.is_locked(now)
         self._audit_row(user_id, True, "unlocked" if was else "not_locked", peer,
-                        "UnlockUser", now)
+                        "UnlockUser", now, actor)
         log.info("user unlocked", extra={"event_type": "user_unlocked", "user_id": user_id,
                                          "was_locked": was, "actor": actor,
                                          "method": "UnlockUser", **peer_fields(peer)})
@@ -2004,13 +2004,14 @@ class AuthService:
         return ended
 
     def _audit_row(self, user_id: str, success: bool, reason: str, peer: str, method: str,
-                   now: float) -> None:
+                   now: float, actor: str | None = None) -> None:
         """Append an audit row outside an authentication's own transaction (a refused
-        attempt, an account change). The answer the caller gets matters more: a store
-        error is counted and logged, not raised."""
+        attempt, an account change: ``actor``, the caller's client id, says who made it).
+        The answer the caller gets matters more: a store error is counted and logged, not
+        raised."""
         try:
             self.store.record_attempt(user_id, success, None, reason, peer, 0.0, method,
-                                      now=now)
+                                      actor=actor, now=now)
         except Exception:  # noqa: BLE001
             self.metrics.record_store_error("record_attempt")
             log.exception("audit row not written", extra={"user_id": user_id,
@@ -2020,7 +2021,7 @@ class AuthService:
                **fields: Any) -> None:
         """An account change (enrollment, template update, device registration or
         rotation): an audit row and a log line naming who made it."""
-        self._audit_row(user_id, True, what, peer, method, self.clock())
+        self._audit_row(user_id, True, what, peer, method, self.clock(), actor)
         log.info("account change", extra={
             "event_type": "account_change", "user_id": user_id, "method": method,
             "change": what, "actor": actor, **peer_fields(peer), **fields})

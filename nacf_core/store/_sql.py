@@ -1220,10 +1220,12 @@ class SqlStore(Store):
         return user_id
 
     def record_attempt(self, user_id, success, score, reason, peer, duration_s, method,
-                       *, now=None) -> None:
+                       *, actor=None, now=None) -> None:
         self._check_audit_user(user_id)
         row = self._attempt_row(user_id, success, score, reason, peer, duration_s, method,
                                 _now(now))
+        if actor is not None:  # who made an account change (schema 8)
+            row += (_audit_text("actor", actor, 200),)
         self._run(lambda tx: self._tx_attempt(tx, row))
 
     @staticmethod
@@ -1248,12 +1250,20 @@ class SqlStore(Store):
 
     @staticmethod
     def _tx_attempt(tx: Tx, row: tuple) -> None:
+        """Insert ``row`` (:meth:`_attempt_row`, and the actor after it when there is
+        one: an authentication attempt's row, on the hot path, has none and its statement
+        is as before schema 8)."""
+        if len(row) == 9:
+            tx.execute("INSERT INTO auth_attempts (user_id, ts, success, score, reason, "
+                       "peer, duration_s, method, actor) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       row)
+            return
         tx.execute("INSERT INTO auth_attempts (user_id, ts, success, score, reason, peer, "
                    "duration_s, method) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
 
     def recent_attempts(self, user_id=None, limit=100) -> list[Attempt]:
         limit = check_int_range("limit", limit, 1, 100_000)
-        sql = ("SELECT user_id, ts, success, score, reason, peer, duration_s, method "
+        sql = ("SELECT user_id, ts, success, score, reason, peer, duration_s, method, actor "
                "FROM auth_attempts")
         params: tuple = ()
         if user_id is not None:
@@ -1262,7 +1272,7 @@ class SqlStore(Store):
         sql += " ORDER BY ts DESC, id DESC LIMIT ?"
         rows = self._run(lambda tx: tx.query(sql, params + (limit,)), write=False)
         return [Attempt(r[0], float(r[1]), bool(r[2]), None if r[3] is None else float(r[3]),
-                        r[4], r[5], float(r[6]), r[7]) for r in rows]
+                        r[4], r[5], float(r[6]), r[7], r[8]) for r in rows]
 
     #: rows one transaction of a purge (or of session expiry) changes, about: rows of the
     #: same time as a batch's last go with it (see :meth:`_in_batches`)

@@ -179,6 +179,9 @@ class Attempt:
     peer: str
     duration_s: float
     method: str
+    #: who made an account change: the caller's client id (schema 8); ``None`` for an
+    #: authentication attempt and for rows written before schema 8
+    actor: str | None = None
 
 
 @dataclass(frozen=True)
@@ -538,8 +541,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def record_attempt(self, user_id: str, success: bool, score: float | None, reason: str,
                        peer: str, duration_s: float, method: str,
-                       *, now: float | None = None) -> None:
-        """Append one audit row."""
+                       *, actor: str | None = None, now: float | None = None) -> None:
+        """Append one audit row; ``actor`` names who made an account change (the
+        caller's client id), audit text like ``reason`` and ``peer`` (its first 200
+        characters, no NUL or lone surrogate)."""
 
     @abc.abstractmethod
     def recent_attempts(self, user_id: str | None = None, limit: int = 100) -> list[Attempt]:

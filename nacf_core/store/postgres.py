@@ -116,6 +116,10 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         "ALTER TABLE session_windows ADD COLUMN seq BIGINT",
         "CREATE INDEX session_windows_user ON session_windows (user_id, id)",
     ]),
+    (8, "auth_attempts.actor: who made an account change (the caller's client id); NULL "
+        "for authentication attempts and rows written before it", [
+        "ALTER TABLE auth_attempts ADD COLUMN actor TEXT",
+    ]),
 ]
 
 #: the most connections one store opens (PostgreSQL's own default max_connections is 100)

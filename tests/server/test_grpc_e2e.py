@@ -437,6 +437,14 @@ def test_account_changes_need_admin_end_sessions_and_are_audited(srv):
                     ("RegisterDevice", "registered", "ipv4:127.0.0.1:"),
                     ("RegisterDevice", "registered", "ipv4:127.0.0.1:"),
                     ("Enroll", "enrolled", "ipv4:127.0.0.1:")], rows
+    # who made each change: the enroll-scope key enrolled and bound the first headset,
+    # the admin key the rest (their client ids, never the keys)
+    actors = [a.actor for a in store.recent_attempts("acct", 50)
+              if a.method in ("Enroll", "RegisterDevice")]
+    admin, enroller = actors[0], actors[-1]
+    assert admin and enroller and admin != enroller and ALL not in admin \
+        and ENROLL_ONLY not in enroller
+    assert actors == [admin, admin, admin, enroller, enroller], actors
 
 
 def test_account_changes_refused_for_their_scope_are_security_events(srv, caplog):
@@ -575,6 +583,10 @@ def test_delete_and_unlock_are_audited_with_the_caller(srv, caplog):
     assert actor and ALL not in actor  # the key's client id, never the key
     assert lines == [("user_unlocked", "UnlockUser", actor, "127.0.0.1")] * 2 + [
         ("user_deleted", "DeleteUser", actor, "127.0.0.1")], lines
+    # the stored audit trail names the calling key's client id too, not only its address
+    assert [(a.method, a.actor) for a in store.recent_attempts("audited", 50)
+            if a.method in ("UnlockUser", "DeleteUser")] == [
+        ("DeleteUser", actor), ("UnlockUser", actor), ("UnlockUser", actor)]
     assert stub.GetStats(pb.GetStatsRequest(), metadata=MD).auth_attempts_today == before
 
 

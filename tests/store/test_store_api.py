@@ -24,11 +24,11 @@ T0 = 1_790_000_000.0  # a fixed "now" (2026-09-21 UTC)
 
 
 def test_migrate_is_idempotent(store, store_url, key):
-    assert store.schema_version() == 7
+    assert store.schema_version() == 8
     assert store.migrate() == []
     again = open_store(store_url, key=key)  # a second replica / restart
     try:
-        assert again.migrate() == [] and again.schema_version() == 7
+        assert again.migrate() == [] and again.schema_version() == 8
     finally:
         again.close()
 
@@ -684,26 +684,26 @@ def test_end_user_sessions_and_first_device_only(store):
 
 def test_a_store_migrated_by_a_newer_nacf_is_refused(store_url, key, monkeypatch, capsys):
     """An older nacf (here: one that knows only migration 1) opened a store a newer one
-    had migrated (here schema 7) without a word and wrote to tables it does not know, and
+    had migrated (here schema 8) without a word and wrote to tables it does not know, and
     `nacf store migrate` answered schema_version 2 as if it were done: it is refused,
     naming both versions."""
     from nacf_core.cli import main
     from nacf_core.store.postgres import PostgresStore
     from nacf_core.store.sqlite import SQLiteStore
 
-    open_store(store_url, key=key).close()  # schema 7
+    open_store(store_url, key=key).close()  # schema 8
     cls = SQLiteStore if store_url.startswith("sqlite") else PostgresStore
     monkeypatch.setattr(cls, "MIGRATIONS", cls.MIGRATIONS[:1])
-    with pytest.raises(FailedPrecondition, match=r"schema version 7, .* this nacf knows "
+    with pytest.raises(FailedPrecondition, match=r"schema version 8, .* this nacf knows "
                                                  r"version 1 at most"):
         open_store(store_url, key=key)
     monkeypatch.setenv("NACF_TEMPLATE_KEY", base64.b64encode(key).decode())
     assert main(["store", "migrate", "--store-url", store_url]) == 1
     out, err = capsys.readouterr()
-    assert out == "" and "schema version 7" in err
+    assert out == "" and "schema version 8" in err
     monkeypatch.undo()
     with open_store(store_url, key=key) as s:  # the nacf that migrated it still opens it
-        assert s.schema_version() == 7
+        assert s.schema_version() == 8
 
 
 def test_an_older_store_is_migrated_with_its_sessions_and_renewal_records_verification(
@@ -724,7 +724,7 @@ def test_an_older_store_is_migrated_with_its_sessions_and_renewal_records_verifi
     monkeypatch.undo()
     new = open_store(store_url, key=key)
     try:
-        assert new.schema_version() == 7
+        assert new.schema_version() == 8
         s = new.get_session(tok)
         assert s.user_id == "alice" and s.last_verified_at is None
         assert new.renew_session(tok, 60, now=T0 + 30).last_verified_at == T0 + 30
@@ -746,7 +746,7 @@ def test_nonces_recorded_before_schema_4_are_replays_after_it(store_url, key, mo
                                        "expires_at) VALUES ('hs', 'n-1', ?)", (T0 + 120,)))
     monkeypatch.undo()
     with open_store(store_url, key=key) as new:
-        assert new.schema_version() == 7
+        assert new.schema_version() == 8
         assert new.use_nonce("hs", "n-1", T0 + 120, now=T0 + 1) is False
         assert new.use_nonce("hs", "n-2", T0 + 120, now=T0 + 1) is True
 
@@ -906,3 +906,50 @@ def test_a_clock_that_is_no_finite_number_is_refused(store, now):
     with pytest.raises(InvalidArgument, match="'now' must be finite unix seconds"):
         store.use_nonce("hs-nan", "n2", t + 600, now=now)
     assert not store.use_nonce("hs-nan", "n1", t + 600, now=t)  # still kept: a replay
+
+
+def test_audit_rows_name_the_actor(store):
+    """An account change's audit row names who made it (the caller's client id), not only
+    its address: an operator reading the audit trail after an incident can tell which key
+    deleted or unlocked a user. A row written without one (an authentication attempt)
+    has none; an actor is audit text like the reason and peer."""
+    store.put_template("alice", b"x", "m")
+    store.record_attempt("alice", True, None, "user_deleted", "ipv4:10.0.0.9:5", 0.0,
+                         "DeleteUser", actor="ops-key", now=T0 + 2)
+    store.record_attempt("alice", True, 0.9, "ok", "p", 0.02, "Authenticate", now=T0 + 1)
+    store.record_attempt("alice", True, None, "unlocked", "p", 0.0, "UnlockUser",
+                         actor="x" * 300, now=T0 + 3)
+    rows = [(a.method, a.actor) for a in store.recent_attempts("alice")]
+    assert rows == [("UnlockUser", "x" * 200), ("DeleteUser", "ops-key"),
+                    ("Authenticate", None)], rows
+    for bad in ("ops\x00key", "ops\ud800"):
+        with pytest.raises(InvalidArgument, match="'actor'"):
+            store.record_attempt("alice", True, None, "unlocked", "p", 0.0, "UnlockUser",
+                                 actor=bad, now=T0 + 4)
+    assert len(store.recent_attempts("alice")) == 3  # nothing written by the refusals
+
+
+def test_a_schema_7_store_with_audit_rows_is_migrated_to_name_actors(store_url, key,
+                                                                     monkeypatch):
+    """A store of schema 7 (audit rows without an actor) opens at schema 8 with its audit
+    rows intact (no actor: none was recorded), and new rows name theirs."""
+    from nacf_core.store.postgres import PostgresStore
+    from nacf_core.store.sqlite import SQLiteStore
+
+    cls = SQLiteStore if store_url.startswith("sqlite") else PostgresStore
+    monkeypatch.setattr(cls, "MIGRATIONS", [m for m in cls.MIGRATIONS if m[0] <= 7])
+    with open_store(store_url, key=key) as old:  # the rows as a nacf of schema 7 wrote them
+        assert old.schema_version() == 7
+        old.put_template("alice", b"x", "m")
+        old._run(lambda tx: tx.execute(
+            "INSERT INTO auth_attempts (user_id, ts, success, score, reason, peer, "
+            "duration_s, method) VALUES ('alice', ?, ?, NULL, 'user_deleted', 'p', 0, "
+            "'DeleteUser')", (T0, True)))
+    monkeypatch.undo()
+    with open_store(store_url, key=key) as new:
+        assert new.schema_version() == 8
+        new.record_attempt("alice", True, None, "unlocked", "p", 0.0, "UnlockUser",
+                           actor="ops-key", now=T0 + 1)
+        rows = [(a.method, a.reason, a.actor) for a in new.recent_attempts("alice")]
+        assert rows == [("UnlockUser", "unlocked", "ops-key"),
+                        ("DeleteUser", "user_deleted", None)], rows
