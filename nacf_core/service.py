@@ -1931,6 +1931,12 @@ class AuthService:
             dev = None
         if dev is not None:
             if dev.user_id != user_id:
+                # a caller without the admin scope whose user already has a headset is
+                # refused for that, as for a free id: else, writing nothing, it could test
+                # any id for whether another account holds it
+                if first_only and self._store("list_devices", self.store.list_devices,
+                                              user_id):
+                    raise PermissionDenied(_ANOTHER_DEVICE.format(user=user_id))
                 raise AlreadyExists(f"device {device_id!r} is bound to another user.")
             if not rotate:
                 # rotate=true is an account change: a caller without the admin scope

@@ -557,6 +557,33 @@ def test_an_admin_ends_a_users_sessions(srv):
     assert rows == ["sessions_ended"] * 3
 
 
+def test_register_device_tells_an_enroll_key_nothing_of_other_users_headsets(srv):
+    """A key without the admin scope may bind a user's first headset only. For a user who
+    has one, binding a headset of ANOTHER user was answered ALREADY_EXISTS ("bound to
+    another user") and binding an unknown id PERMISSION_DENIED: without writing anything
+    an enroll-scope key could test any headset id for whether someone's account holds it.
+    Both are now the same refusal; an admin is still told the id is taken."""
+    _, stub, _ = srv
+    EN = (("x-api-key", ENROLL_ONLY),)
+
+    def reg(user, dev, md=EN):
+        return stub.RegisterDevice(pb.RegisterDeviceRequest(user_id=user, device_id=dev),
+                                   metadata=md, timeout=10)
+
+    enroll(stub, "leak-a", 1)
+    enroll(stub, "leak-b", 2)
+    reg("leak-a", "hs-leak-a")
+    reg("leak-b", "hs-leak-b")
+    taken = code_of(reg, "leak-b", "hs-leak-a")
+    free = code_of(reg, "leak-b", "hs-leak-nobody")
+    assert taken[0] == grpc.StatusCode.PERMISSION_DENIED, taken
+    assert taken == free and "another user" not in taken[1]
+    c, m = code_of(reg, "leak-b", "hs-leak-a", MD)  # an admin binding a second headset
+    assert c == grpc.StatusCode.ALREADY_EXISTS and "another user" in m
+    assert [list(stub.GetUser(pb.GetUserRequest(user_id=u), metadata=MD).user.device_ids)
+            for u in ("leak-a", "leak-b")] == [["hs-leak-a"], ["hs-leak-b"]]
+
+
 def test_delete_and_unlock_are_audited_with_the_caller(srv, caplog):
     """DeleteUser and UnlockUser are account changes like EndUserSessions: each writes an
     audit row (method, outcome, the caller's address) that GetStats does not count as an
