@@ -118,6 +118,16 @@ def test_kernels_without_action_is_a_usage_error_on_stderr(capsys):
     assert "required" in err and "{info,bench}" in err
 
 
+@pytest.mark.parametrize("option", ["--from-json", "--json", "--benches"])
+def test_bench_refuses_an_empty_path(capsys, option):
+    """'' (a variable that was not set) was Path('') = '.', the working directory:
+    '--from-json ""' said "benchmark JSON '.' is a directory", '--benches ""' looked for
+    the benches in the working directory; an empty name is an argparse error naming it."""
+    err = _argparse_error(capsys, ["kernels", "bench", option, ""])
+    assert err.endswith(f"argument {option}: expected a non-empty file name, got ''") or \
+        err.endswith(f"argument {option}: expected a non-empty folder name, got ''"), err
+
+
 def test_bench_max_time_must_be_positive(capsys):
     err = _argparse_error(capsys, ["kernels", "bench", "--max-time", "nan"])
     assert "argument --max-time: expected a finite number" in err

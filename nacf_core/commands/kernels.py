@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from nacf_core.commands._args import check_output_path, finite_float
+from nacf_core.commands._args import check_output_path, finite_float, non_empty
 
 __all__ = ["register", "collect_info", "format_table", "BENCH_FILES"]
 
@@ -31,6 +31,16 @@ BENCH_FILES = ("bench_sosfilt.py", "bench_artifacts.py", "bench_topk.py")
 #: the largest pytest-benchmark JSON read (a full run of the three files is ~100 kB)
 MAX_BENCH_JSON_BYTES = 16 << 20
 
+
+def _path_arg(what: str):
+    """A ``Path`` from a non-empty name (:func:`non_empty`)."""
+    check = non_empty(what)
+
+    def parse(text: str) -> Path:
+        return Path(check(text))
+
+    parse.__name__ = what
+    return parse
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("kernels", help="kernel backends: build info and benchmarks",
@@ -43,12 +53,14 @@ def register(subparsers) -> None:
     bench = sub.add_parser("bench", help="run the kernel benchmarks and print the table")
     bench.add_argument("-k", dest="keyword", default=None,
                        help="only benchmarks matching this pytest -k expression")
-    bench.add_argument("--benches", type=Path, default=None,
+    # '' (a variable that was not set) is no name: as Path('') it was the working directory
+    file_name, folder_name = _path_arg("file name"), _path_arg("folder name")
+    bench.add_argument("--benches", type=folder_name, default=None,
                        help="folder holding the bench_*.py files (default: ./benches, "
                             "else the source tree's benches/)")
-    bench.add_argument("--json", dest="json_out", type=Path, default=None,
+    bench.add_argument("--json", dest="json_out", type=file_name, default=None,
                        help="also keep pytest-benchmark's JSON here")
-    bench.add_argument("--from-json", type=Path, default=None,
+    bench.add_argument("--from-json", type=file_name, default=None,
                        help="do not run: print the table of this pytest-benchmark JSON")
     bench.add_argument("--max-time", type=finite_float(0.0, 3600.0, lo_open=True), default=None,
                        help="seconds per benchmark (pytest-benchmark --benchmark-max-time)")
@@ -182,7 +194,8 @@ def _run_info(args) -> int:
     print(f"CPU: {cpu['model']}")
     print(f"  SIMD features: {' '.join(cpu['simd']) or 'none detected'}")
     print(f"  ISA variants this CPU runs: {', '.join(cpu['isa_variants_supported'])}"
-          + (f" (forced: NACF_KERNEL_ISA={cpu['NACF_KERNEL_ISA']})" if cpu["NACF_KERNEL_ISA"] else ""))
+          + (f" (forced: NACF_KERNEL_ISA={cpu['NACF_KERNEL_ISA']})"
+             if cpu["NACF_KERNEL_ISA"] else ""))
     print(f"Default backend: {info['default_backend']} (NACF_KERNEL_BACKEND)")
     print("Backends:")
     for name, entry in info["backends"].items():
