@@ -46,7 +46,7 @@ import secrets
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -1083,6 +1083,19 @@ class AuthService:
         return "", verdict.fingerprint
 
     # ------------------------------------------------------------------ streaming
+    def _stream_channels(self) -> list[str] | None:
+        """The channels a stream's decision reads: the model's, and PAD's (``None``:
+        every channel, when PAD judges every channel the signal has)."""
+        names = list(self.rec.model.ch_names)
+        if self.pad is not None:
+            pad_ch = getattr(self.pad, "ch_names", None)
+            if pad_ch is None:
+                return None
+            from nacf_core.channels import canonical_name
+            have = {canonical_name(c) for c in names}
+            names += [c for c in pad_ch if canonical_name(c) not in have]
+        return names
+
     def authenticate_stream(self, user_id: str, chunks: Iterable[SignalBlock],
                             proof: DeviceProof | None = None, *, max_seconds: float = 0.0,
                             peer: str = "", deadline: float | None = None) -> AuthResult:
@@ -1117,7 +1130,7 @@ class AuthService:
                                           method="AuthenticateStream", t_start=t_start)
         template = self._template(st.template, user_id, "get_auth_state")
         test = self.rec.sequential(limit)
-        buf = _Buffer()
+        buf = _Buffer(keep=self._stream_channels())
         device_id: str | None = None
         device_key = None
         headset = ""          # the stream's headset: the proof's, else the first named
@@ -1170,8 +1183,7 @@ class AuthService:
                                            "AuthenticateStream")
                 raise InvalidArgument(what)
             headset = headset or device_id or block.device_id
-            buf.push(block)
-            fresh.append(block.samples)
+            fresh.append(buf.push(block))
             if buf.seconds < self.rec.window_s * (n_done + 1):
                 continue
             t0 = time.perf_counter()
@@ -1679,7 +1691,7 @@ class AuthService:
         stream_fps: dict[int, bytes] = {}  # the session's windows read so far, by row id
         loss = float(self.config.signal_loss_s)
         stream = chunks if isinstance(chunks, ClientStream) else ClientStream(chunks)
-        buf = _Buffer(max_seconds=4 * win + 1)
+        buf = _Buffer(max_seconds=4 * win + 1, keep=self._stream_channels())
         pending = 0.0          # seconds of signal not yet scored
         streamed = 0.0
         carry = None           # the rest of a chunk past a window's end: the next turn's
@@ -2122,44 +2134,65 @@ class ClientStream:
 
 
 class _Buffer:
-    """Concatenates streamed blocks (same rate and channels) into one block."""
+    """Concatenates streamed blocks (same rate and channels) into one block.
 
-    def __init__(self, max_seconds: float | None = None) -> None:
+    ``keep``: the channels the stream's decision reads (the model's, PAD's), by name;
+    the buffer holds only those, in that order, when the stream has them and more (a
+    client's 256 channels × 1000 Hz × stream_max_seconds held ~614 MB a stream, of which
+    the pipeline reads its model's few). ``None``: every channel."""
+
+    def __init__(self, max_seconds: float | None = None,
+                 keep: Sequence[str] | None = None) -> None:
         self._parts: list[np.ndarray] = []
         self._n = 0
         self.sfreq = 0.0
-        self.ch_names: tuple[str, ...] = ()
+        self.ch_names: tuple[str, ...] = ()   # the channels held
+        self._sent: tuple[str, ...] = ()      # the channels of the first chunk, as sent
+        self._idx: list[int] | None = None    # the columns held of a chunk (None: all)
         self.device_id = ""
         self.max_seconds = max_seconds
+        self.keep = None if keep is None else list(keep)
 
     @property
     def seconds(self) -> float:
         return self._n / self.sfreq if self.sfreq else 0.0
 
-    def push(self, b: SignalBlock) -> None:
+    def push(self, b: SignalBlock) -> np.ndarray:
+        """Buffer ``b``; returns its samples as held (its kept channels)."""
         if not self._parts and not self._n:
             check_supported_sfreq(b.sfreq)  # the pipeline's own check, before buffering
-            self.sfreq, self.ch_names, self.device_id = b.sfreq, b.ch_names, b.device_id
-        elif b.sfreq != self.sfreq or b.ch_names != self.ch_names:
+            self.sfreq, self._sent, self.device_id = b.sfreq, b.ch_names, b.device_id
+            self.ch_names, self._idx = b.ch_names, None
+            if self.keep is not None and len(b.ch_names) > len(self.keep):
+                from nacf_core.channels import pick
+                try:
+                    self._idx = pick(list(b.ch_names), self.keep)
+                except InvalidArgument:
+                    pass  # (missing or ambiguous channels: the pipeline says so, as before)
+                else:
+                    self.ch_names = tuple(b.ch_names[i] for i in self._idx)
+        elif b.sfreq != self.sfreq or b.ch_names != self._sent:
             raise InvalidArgument("every chunk of a stream must have the sample rate and "
                                   f"channels of the first: {self._change(b)}.")
-        self._parts.append(b.samples)
-        self._n += b.samples.shape[0]
+        x = b.samples if self._idx is None else b.samples[:, self._idx]
+        self._parts.append(x)
+        self._n += x.shape[0]
         if self.max_seconds is not None:
             keep = max(1, int(self.max_seconds * self.sfreq))
             while len(self._parts) > 1 and self._n - self._parts[0].shape[0] >= keep:
                 self._n -= self._parts.pop(0).shape[0]
+        return x
 
     def _change(self, b: SignalBlock) -> str:
         """What differs between ``b`` and the first chunk, in words (a renamed or
         reordered channel keeps the count, so counts alone said nothing)."""
         if b.sfreq != self.sfreq:
             return f"the first was at {self.sfreq!r} Hz, this one at {b.sfreq!r} Hz"
-        if len(b.ch_names) != len(self.ch_names):
-            return (f"the first had {len(self.ch_names)} channels, this one "
+        if len(b.ch_names) != len(self._sent):
+            return (f"the first had {len(self._sent)} channels, this one "
                     f"{len(b.ch_names)}")
-        i = next(i for i, (a, c) in enumerate(zip(self.ch_names, b.ch_names)) if a != c)
-        return (f"channel {i} was {self.ch_names[i]!r} in the first, {b.ch_names[i]!r} in "
+        i = next(i for i, (a, c) in enumerate(zip(self._sent, b.ch_names)) if a != c)
+        return (f"channel {i} was {self._sent[i]!r} in the first, {b.ch_names[i]!r} in "
                 "this one (same names in the same order)")
 
     def block(self, last_seconds: float | None = None,
