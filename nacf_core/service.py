@@ -1686,8 +1686,7 @@ class AuthService:
         # its earlier (or concurrent) streams', on any replica (a looped recording, also
         # one replayed on a new stream each time), and the user's other sessions' (one
         # replayed on a new session)
-        stored_fps = (self._store("get_fingerprints", self.store.get_fingerprints, user_id)
-                      if self.pad is not None else [])
+        stored_fps: list = []  # the user's stored history, read for each window PAD judges
         stream_fps: dict[int, bytes] = {}  # the session's windows read so far, by row id
         loss = float(self.config.signal_loss_s)
         stream = chunks if isinstance(chunks, ClientStream) else ClientStream(chunks)
@@ -1840,6 +1839,12 @@ class AuthService:
                 since_good = 0.0
                 seen = ([] if self.pad is None else
                         self._session_windows(s.session_id, user_id, stream_fps))
+                if self.pad is not None:
+                    # the user's history as it is now: an Authenticate probe stored since
+                    # the stream started, replayed on it, was never compared (the store
+                    # decrypts only rows it has not seen: a read of the ids, in the main)
+                    stored_fps = self._store("get_fingerprints", self.store.get_fingerprints,
+                                             user_id)
                 with self._cpu_gate:
                     v = (None if self.pad is None else
                          self.pad.check(w, blk, [*stored_fps, *seen], owner=user_id))
