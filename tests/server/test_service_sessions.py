@@ -4,6 +4,7 @@ ends its session and what it tells the client, and what an AuthenticateStream de
 from __future__ import annotations
 
 import os
+import time
 import uuid
 
 import numpy as np
@@ -527,6 +528,24 @@ def test_authenticate_stream_and_identify_compute_under_the_cpu_gate_and_store_c
         svc.store.close()
 
 
+class _JumpingClock:
+    """A stand-in for nacf_core.service's ``time`` whose monotonic and perf_counter
+    clocks run ``offset`` seconds ahead (a test makes the server's work on a window
+    seem to take that long)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.offset
+
+    def perf_counter(self) -> float:
+        return time.perf_counter() + self.offset
+
+
 def test_a_window_the_server_was_slow_on_does_not_count_against_the_clients_signal(
         svc, monkeypatch):
     """A stream that got no whole window within a window's time and signal_loss_s more
@@ -537,18 +556,7 @@ def test_a_window_the_server_was_slow_on_does_not_count_against_the_clients_sign
     clock that jumps 15 s while the server scores the first window)."""
     import nacf_core.service as service_mod
 
-    class Clock:
-        offset = 0.0
-
-        def __getattr__(self, name):
-            return getattr(time_mod, name)
-
-        def monotonic(self):
-            return time_mod.monotonic() + self.offset
-
-    import time as time_mod
-
-    clock = Clock()
+    clock = _JumpingClock()
     monkeypatch.setattr(service_mod, "time", clock)
     svc.enroll("slow", [signal_block(eeg(1, 3, 0, 40))])
     token = svc.store.create_session("slow", 600).token
@@ -574,23 +582,9 @@ def test_an_authenticate_stream_the_server_was_slow_on_is_not_refused_as_trickli
     call), so a server slow on one window (under load) refused a headset streaming in
     real time (DeadlineExceeded). Only the rest counts now (a clock that jumps 31 s while
     the server scores the first window, as a gate held by other calls would)."""
-    import time as time_mod
-
     import nacf_core.service as service_mod
 
-    class Clock:
-        offset = 0.0
-
-        def __getattr__(self, name):
-            return getattr(time_mod, name)
-
-        def monotonic(self):
-            return time_mod.monotonic() + self.offset
-
-        def perf_counter(self):
-            return time_mod.perf_counter() + self.offset
-
-    clock = Clock()
+    clock = _JumpingClock()
     monkeypatch.setattr(service_mod, "time", clock)
     svc = sqlite_service(tmp_path, model_path, require_device_proof=False)
     svc.enroll("slow", [signal_block(eeg(1, 3, 0, 40))])
