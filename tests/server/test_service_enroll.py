@@ -19,6 +19,22 @@ def svc(tmp_path, model_path):
     service.store.close()
 
 
+def _writer_lock_held_until(store, deadline: float, monkeypatch) -> None:
+    """Make ``store``'s write transactions wait until ``deadline`` (a
+    ``time.monotonic()`` value) has passed, as when others hold the writer lock."""
+    transaction = store._transaction
+
+    @contextlib.contextmanager
+    def busy(write):
+        if write:
+            while time.monotonic() <= deadline:
+                time.sleep(0.02)
+        with transaction(write) as tx:
+            yield tx
+
+    monkeypatch.setattr(store, "_transaction", busy)
+
+
 def test_an_enroll_whose_deadline_passes_while_it_waits_for_the_store_writes_nothing(
         svc, monkeypatch):
     """Enroll checked its deadline once the template was computed, then wrote it however
@@ -27,19 +43,8 @@ def test_an_enroll_whose_deadline_passes_while_it_waits_for_the_store_writes_not
     DEADLINE_EXCEEDED, the user was enrolled behind its back and the client's retry got
     ALREADY_EXISTS. The store now refuses the write in its transaction once the deadline
     has passed: DEADLINE_EXCEEDED, nothing written, and the retry enrolls."""
-    store = svc.store
-    transaction = store._transaction
     deadline = time.monotonic() + 3.0
-
-    @contextlib.contextmanager
-    def busy(write):  # the writer lock is held by others until the deadline has passed
-        if write:
-            while time.monotonic() <= deadline:
-                time.sleep(0.02)
-        with transaction(write) as tx:
-            yield tx
-
-    monkeypatch.setattr(store, "_transaction", busy)
+    _writer_lock_held_until(svc.store, deadline, monkeypatch)
     blocks = [signal_block(eeg(1, 3, 0, 40))]
     with pytest.raises(DeadlineExceeded):
         svc.enroll("late", blocks, deadline=deadline)
@@ -62,19 +67,8 @@ def test_a_register_device_whose_deadline_passes_while_it_waits_for_the_store_wr
     ALREADY_EXISTS (a rotation, which needs the admin scope). The store now refuses the
     write in its transaction once the deadline has passed, and the retry binds it."""
     svc.enroll("hs-late", [signal_block(eeg(1, 3, 0, 40))])
-    store = svc.store
-    transaction = store._transaction
     deadline = time.monotonic() + 1.0
-
-    @contextlib.contextmanager
-    def busy(write):
-        if write:
-            while time.monotonic() <= deadline:
-                time.sleep(0.02)
-        with transaction(write) as tx:
-            yield tx
-
-    monkeypatch.setattr(store, "_transaction", busy)
+    _writer_lock_held_until(svc.store, deadline, monkeypatch)
     with pytest.raises(DeadlineExceeded):
         svc.bind_device("hs-late", "headset-late", first_only=True, deadline=deadline)
     monkeypatch.undo()

@@ -32,6 +32,15 @@ def svc(tmp_path, model_path):
     store.close()
 
 
+@pytest.fixture
+def pad_svc(svc):
+    """``svc`` with presentation-attack detection on (the server's default)."""
+    from nacf_core.pad import PresentationAttackDetector
+
+    svc.pad = PresentationAttackDetector(list(svc.rec.model.ch_names))
+    return svc
+
+
 def block(x: np.ndarray, sfreq: float = SFREQ, ch_names=CH16, device_id: str = ""):
     x = np.ascontiguousarray(x, dtype="<f4")
     return SignalBlock(x, float(sfreq), tuple(ch_names), device_id, x.tobytes())
@@ -239,16 +248,14 @@ def test_an_enrollment_refused_for_quality_is_observed_in_the_quality_histogram(
     assert count("nacfauth_signal_quality_score_sum") - poor > poor
 
 
-def test_an_artifact_in_enrollment_and_probe_is_not_a_replay(svc):
+def test_an_artifact_in_enrollment_and_probe_is_not_a_replay(pad_svc):
     """The replay search compared every piece of the probe, those in windows the quality
     gate had rejected too: a genuine user who moved (or whose reference electrode popped)
     once while enrolling and once in a probe was refused as a 'replay_of_enrollment',
     a high-severity presentation attack counted towards the lockout, because the two
     artifacts ruled both band-power envelopes. Rejected windows are now left out of the
     search; a real replay with an artifact added is still one."""
-    from nacf_core.pad import PresentationAttackDetector
-
-    svc.pad = PresentationAttackDetector(list(svc.rec.model.ch_names))
+    svc = pad_svc
 
     def pop(x, at, value=187_500.0, n=6):  # every channel at the Cyton's rail, 40 ms
         x = x.copy()
@@ -304,7 +311,7 @@ def test_enroll_refuses_a_signal_that_repeats_another(svc, second, said):
     (lambda x: x[160:], "a piece, not on a window boundary, rescaled"),
 ])
 def test_enroll_refuses_a_signal_that_repeats_another_rescaled_or_noisy(
-        tmp_path, model_path, copy, how):
+        pad_svc, copy, how):
     """The repeat check compared samples byte for byte, so the same 10 s sent five times
     with a gain of 1.5, 25 µV added or 5 % noise (what any client can do in one line) got
     past it: the quality gate counted each window five times and enrolled a template from
@@ -312,30 +319,21 @@ def test_enroll_refuses_a_signal_that_repeats_another_rescaled_or_noisy(
     default), a Signal whose PAD fingerprint matches an earlier one's as a replay would
     (similarity at least the replay threshold: genuine consecutive 20-s pieces of one
     recording reach 0.80, such copies 0.99) is INVALID_ARGUMENT too, nothing written."""
-    from nacf_core.pad import PresentationAttackDetector
-
-    store = open_store(f"sqlite:///{tmp_path / 'n.db'}", bytes(range(32)))
-    pipeline = make_pipeline(model_path)
-    cfg = Config(data_dir=str(tmp_path), require_device_proof=False)
-    svc = AuthService(store, pipeline, cfg, metrics=Metrics(CollectorRegistry()),
-                      pad=PresentationAttackDetector(list(pipeline.model.ch_names)))
-    try:
-        x = eeg(1, 3, 0, 10)
-        second = copy(x)
-        if how.startswith("a piece"):
-            second = second * np.float32(0.5)
-        with pytest.raises(InvalidArgument, match=re.escape("signals[1] repeats signals[0]")):
-            svc.enroll("dup", [block(x), block(second), block(x * 1.1), block(x * 0.9),
-                               block(x * 1.2)])
-        with pytest.raises(NotFound):
-            svc.get_user("dup")
-        # consecutive pieces of one recording and another run are enrolled as before
-        y = eeg(1, 3, 0, 60)
-        r = svc.enroll("ok", [block(y[i * 3200:(i + 1) * 3200]) for i in range(3)]
-                       + [block(eeg(1, 4, 0, 20))])
-        assert r.epochs_used > 0
-    finally:
-        store.close()
+    svc = pad_svc
+    x = eeg(1, 3, 0, 10)
+    second = copy(x)
+    if how.startswith("a piece"):
+        second = second * np.float32(0.5)
+    with pytest.raises(InvalidArgument, match=re.escape("signals[1] repeats signals[0]")):
+        svc.enroll("dup", [block(x), block(second), block(x * 1.1), block(x * 0.9),
+                           block(x * 1.2)])
+    with pytest.raises(NotFound):
+        svc.get_user("dup")
+    # consecutive pieces of one recording and another run are enrolled as before
+    y = eeg(1, 3, 0, 60)
+    r = svc.enroll("ok", [block(y[i * 3200:(i + 1) * 3200]) for i in range(3)]
+                   + [block(eeg(1, 4, 0, 20))])
+    assert r.epochs_used > 0
 
 
 @pytest.mark.parametrize("signal", [
@@ -368,7 +366,7 @@ def test_enroll_refuses_a_signal_that_repeats_itself(svc, signal):
                            + np.arange(x.shape[1])), "periodic"),
     (lambda x: np.concatenate([x[:800] * (1 + k / 10) for k in range(8)]), "periodic"),
 ])
-def test_enroll_with_pad_refuses_a_signal_that_is_not_eeg(tmp_path, model_path, signal, why):
+def test_enroll_with_pad_refuses_a_signal_that_is_not_eeg(pad_svc, signal, why):
     """Presentation-attack detection judged only probes: white noise, a 10 Hz sine on
     every channel, or 5 s of EEG looped with a gain changed at each pass (past the
     byte-for-byte repeat check) were enrolled, the noise and the sine with quality 1.00
@@ -376,26 +374,17 @@ def test_enroll_with_pad_refuses_a_signal_that_is_not_eeg(tmp_path, model_path, 
     as non-physiological. With PAD on, a Signal whose accepted windows PAD finds
     non-physiological is now INVALID_ARGUMENT naming the reason, counted as a suspicious
     activity, nothing written; genuine enrollments pass as before."""
-    from nacf_core.pad import PresentationAttackDetector
-
-    store = open_store(f"sqlite:///{tmp_path / 'n.db'}", bytes(range(32)))
-    pipeline = make_pipeline(model_path)
-    cfg = Config(data_dir=str(tmp_path), require_device_proof=False)
-    svc = AuthService(store, pipeline, cfg, metrics=Metrics(CollectorRegistry()),
-                      pad=PresentationAttackDetector(list(pipeline.model.ch_names)))
-    try:
-        x = eeg(1, 3, 0, 40)
-        with pytest.raises(InvalidArgument, match=re.escape("signals[1]") + ".*" + why):
-            svc.enroll("fake", [block(eeg(2, 3, 0, 20)), block(signal(x))])
-        with pytest.raises(NotFound):
-            svc.get_user("fake")
-        assert svc.metrics.registry.get_sample_value(
-            "nacfauth_suspicious_activities_total",
-            {"activity_type": "non_physiological", "severity": "high"}) == 1
-        r = svc.enroll("ok", [block(x), block(eeg(1, 4, 0, 30))])
-        assert r.epochs_used > 10
-    finally:
-        store.close()
+    svc = pad_svc
+    x = eeg(1, 3, 0, 40)
+    with pytest.raises(InvalidArgument, match=re.escape("signals[1]") + ".*" + why):
+        svc.enroll("fake", [block(eeg(2, 3, 0, 20)), block(signal(x))])
+    with pytest.raises(NotFound):
+        svc.get_user("fake")
+    assert svc.metrics.registry.get_sample_value(
+        "nacfauth_suspicious_activities_total",
+        {"activity_type": "non_physiological", "severity": "high"}) == 1
+    r = svc.enroll("ok", [block(x), block(eeg(1, 4, 0, 30))])
+    assert r.epochs_used > 10
 
 
 def test_enroll_refuses_one_signal_copied_onto_every_channel(svc):
