@@ -24,7 +24,9 @@ seconds (a board that reset itself prints its banner and stops streaming while t
 dongle keeps the port open), :meth:`CytonReader.read_chunk` reconnects
 with exponential backoff (50 ms doubling to 2 s) and repeats the handshake; the
 framer starts a new sequence and ``counters.reconnects`` counts it. After
-``reconnect_timeout`` seconds without success it raises :class:`PortLost`.
+``reconnect_timeout`` seconds without success it raises :class:`PortLost`; a restart
+whose handshake succeeds but after which no sample comes does not end the outage (a
+board that never streams is lost ``reconnect_timeout`` seconds after its last sample).
 A missing port raises :class:`PortNotFound`, a port held by another process
 :class:`PortBusy`, both naming the port.
 
@@ -139,6 +141,10 @@ class CytonReader:
         self._ser = None
         self._closed = False  # close() was called: no reconnect, read_chunk refuses
         self._lost_at: float | None = None
+        # start of an outage that no sample has ended yet: kept across restarts whose
+        # handshake succeeds but after which the board sends nothing
+        self._outage_since: float | None = None
+        self._restarts = 0  # restarts in the current outage
         self._last_error = ""  # why the last reconnect attempt failed
         self._next_try = 0.0
         self._backoff = 0.05
@@ -158,6 +164,8 @@ class CytonReader:
         """Open the port and start streaming (steps 1-4 of the module docstring)."""
         self._closed = False
         self._lost_at = None
+        self._outage_since = None
+        self._restarts = 0
         self._connect()
         return self
 
@@ -274,6 +282,8 @@ class CytonReader:
                 self._last_byte = now
                 frames = self.framer.feed(data)
                 if frames.n_times:
+                    self._outage_since = None  # samples again: the outage is over
+                    self._restarts = 0
                     return self._chunk(frames)
             elif now - self._last_byte > self.stall_timeout:
                 # the board stopped streaming (it reset itself: its banner came last) but
@@ -424,6 +434,8 @@ class CytonReader:
             pass
         self.framer.reset()
         self._lost_at = time.monotonic()
+        if self._outage_since is None:
+            self._outage_since = self._lost_at
         self._last_error = ""
         self._backoff = 0.05
         self._next_try = self._lost_at
@@ -442,6 +454,14 @@ class CytonReader:
                     f"serial port {self.port!r} vanished and did not come back within "
                     f"{self.reconnect_timeout:g} s{why}."
                 )
+            if (self._outage_since is not None
+                    and now - self._outage_since > self.reconnect_timeout):
+                raise PortLost(
+                    f"the board on {self.port!r} answers its handshake but sent no sample "
+                    f"within {self.reconnect_timeout:g} s (restarted {self._restarts} "
+                    f"time(s) after {self.stall_timeout:g} s without data each): is it "
+                    f"stuck after a reset? Switch it off and on."
+                )
             if now >= self._next_try:
                 try:
                     self._connect()
@@ -455,6 +475,7 @@ class CytonReader:
                         self.close()
                         return False
                     self.counters.reconnects += 1
+                    self._restarts += 1
                     self._lost_at = None
                     logger.info("reconnected to %s", self.port)
                     return True

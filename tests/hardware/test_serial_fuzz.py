@@ -36,13 +36,14 @@ import termios
 import time
 
 import numpy as np
+import pytest
 import serial
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from nacf_core.hardware.cyton import decode_packets_numpy, encode_packets, uv_per_count
 from nacf_core.hardware.framing import Framer
-from nacf_core.hardware.serial_reader import CytonReader, SerialSourceError
+from nacf_core.hardware.serial_reader import CytonReader, PortLost, SerialSourceError
 
 FUZZ = settings(max_examples=80, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
@@ -510,3 +511,48 @@ def test_a_board_that_resets_mid_stream_is_started_again():
     assert r.counters.reconnects == 1 and opened[1].written.count(b"b") == 1
     assert rows[:100] == list(range(100)) and len(rows) >= 198
     assert rows[100:] == list(range(500, 500 + len(rows) - 100))
+
+
+def test_a_board_that_never_streams_is_a_port_lost_after_reconnect_timeout():
+    """A board that answers every handshake but never sends a packet after 'b' (a
+    firmware stuck after its banner): each stall restarted the session, each restart
+    counted as a successful reconnect and began the time-out again, so the reader
+    returned empty chunks for ever and never raised PortLost. The outage now lasts from
+    the last sample received until samples come again: after ``reconnect_timeout`` of
+    restarts that bring no sample, PortLost says so."""
+    made = []
+
+    def open_port():
+        made.append(FakePort("ok", []))
+        return made[-1]
+
+    r = CytonReader("/dev/ttyFAKE0", handshake_timeout=0.02, stall_timeout=0.05,
+                    reconnect_timeout=0.3)
+    r._open_port = open_port
+    with r:
+        end = time.monotonic() + 10
+        with pytest.raises(PortLost, match=r"no sample .*within 0.3 s.*restarted \d+ "
+                                           r"time"):
+            while time.monotonic() < end:
+                assert r.read_chunk(0.02).samples.shape[0] == 0
+    assert len(made) >= 2  # it did restart the session before giving up
+
+
+def test_a_board_that_streams_again_after_a_restart_starts_a_new_outage_clock():
+    """The outage clock of the test above ends with the first sample: a board that
+    resets now and then, streaming in between, is restarted each time and never lost."""
+    def stream(first_id, n):
+        counts = np.zeros((n, 8), np.int64)
+        counts[:, 0] = first_id + np.arange(n)
+        return encode_packets(np.arange(n) & 0xFF, counts).tobytes()
+
+    ports = [FakePort("ok", [stream(100 * i, 50), RESET_TEXT]) for i in range(10)]
+    r = CytonReader("/dev/ttyFAKE0", handshake_timeout=0.02, stall_timeout=0.05,
+                    reconnect_timeout=0.4)  # each outage ~0.1 s, all of them >= 1 s
+    r._open_port = lambda: ports.pop(0)
+    rows = 0
+    with r:
+        while ports:
+            c = r.read_chunk(0.02)
+            rows += int(np.isfinite(c.samples[:, 0]).sum())
+    assert r.counters.reconnects == 9 and rows >= 9 * 50 - 1
