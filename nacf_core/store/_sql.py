@@ -1318,12 +1318,37 @@ class SqlStore(Store):
     def purge_sessions(self, older_than: float) -> int:
         t = _check_time("older_than", older_than)
         n = self._in_batches("DELETE FROM sessions WHERE", "sessions", "ended_at", "<", t)
-        # the stream windows of the sessions purged, now or by an older nacf (one scan of
-        # a table of at most ``most`` windows a user who streamed)
-        self._run(lambda tx: tx.execute(
-            "DELETE FROM session_windows WHERE NOT EXISTS (SELECT 1 FROM sessions "
-            "WHERE sessions.token_hash = session_windows.session_id)"))
+        self._purge_orphan_windows()
         return n
+
+    def _purge_orphan_windows(self) -> int:
+        """Delete the stream windows whose session is gone (purged now, or by a nacf of
+        before schema 7), walking the table in id order: each transaction looks at the
+        next :attr:`purge_batch` windows (a range of the primary key) and deletes those
+        of them without a session. One anti-join over the whole table held SQLite's
+        write lock, and every authentication with it, for the whole scan. Returns the
+        count deleted."""
+        n = int(self.purge_batch)
+        bound_sql = (f"SELECT id FROM session_windows WHERE id > ? ORDER BY id "
+                     f"LIMIT 1 OFFSET {n - 1}")
+        orphan = (" AND NOT EXISTS (SELECT 1 FROM sessions WHERE "
+                  "sessions.token_hash = session_windows.session_id)")
+        after, total = 0, 0  # ids start at 1 on both backends
+
+        def batch(tx: Tx) -> tuple[int, Any]:
+            bound = tx.one(bound_sql, (after,))
+            if bound is None:  # the last batch: every window left
+                return tx.execute("DELETE FROM session_windows WHERE id > ?" + orphan,
+                                  (after,)), None
+            return tx.execute("DELETE FROM session_windows WHERE id > ? AND id <= ?"
+                              + orphan, (after, bound[0])), bound[0]
+
+        while True:
+            got, after = self._run(batch)
+            total += got
+            if after is None:
+                return total
+            time.sleep(0)  # let writers queued on the lock in (SQLite) go first
 
     def stats(self, now=None) -> Stats:
         day = utc_day_start(_now(now))

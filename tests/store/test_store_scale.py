@@ -225,3 +225,42 @@ def test_key_rotation_holds_a_bounded_number_of_rows_in_memory(store, monkeypatc
     assert [t.blob for t in store.iter_templates()] == [f"t{i}".encode() for i in range(7)]
     assert store.get_fingerprints("u6") == [("probe", b"fp-6-%d" % j) for j in range(3)]
     assert store.get_device("hs3").secret == "secret-3-0123456789"
+
+
+def test_the_windows_of_purged_sessions_go_in_transactions_of_at_most_purge_batch_rows(
+        store, monkeypatch):
+    """The retention purge dropped the stream windows of every purged session (and of
+    sessions an older nacf purged) with one anti-join over the whole table in one
+    transaction: on SQLite the write lock, and every authentication, waited for the
+    whole scan. They now go in transactions that each look at and delete at most
+    ``purge_batch`` windows; every window of a purged session goes, none of a session
+    kept (open, or ended after the cutoff)."""
+    store.put_template("alice", b"a", "m-1", now=T0)
+    fp = b"FPv1" + bytes(60)
+    gone, kept = [], []
+    for i in range(9):  # windows of purged, kept and open sessions interleaved by id
+        purged = store.create_session("alice", 500.0, now=T0)
+        late = store.create_session("alice", 500.0, now=T0)
+        live = store.create_session("alice", 500.0, now=T0)
+        for _ in range(3):
+            for s, into in ((purged, gone), (late, kept), (live, kept)):
+                into.append(store.add_session_window(s.session_id, "alice", fp, keep=64,
+                                                     now=T0 + 1))
+        store.end_session(purged.token, now=T0 + 2)
+        store.end_session(late.token, now=T0 + 100)
+    # a session an older nacf purged without its windows
+    orphan = store.create_session("alice", 500.0, now=T0)
+    gone.append(store.add_session_window(orphan.session_id, "alice", fp, keep=64,
+                                         now=T0 + 1))
+    store._run(lambda tx: tx.execute("DELETE FROM sessions WHERE token_hash = ?",
+                                     (orphan.session_id,)))
+    store.purge_batch = 10
+    per_tx = _spy_transactions(store, monkeypatch)
+    assert store.purge_sessions(T0 + 50) == 9
+    assert per_tx and max(per_tx) <= 10, per_tx
+    assert sum(per_tx) == 9 + len(gone)
+    left = store._run(lambda tx: tx.query("SELECT id FROM session_windows ORDER BY id"),
+                      write=False)
+    assert [r[0] for r in left] == sorted(kept)
+    per_tx.clear()
+    assert store.purge_sessions(T0 + 50) == 0 and sum(per_tx) == 0
