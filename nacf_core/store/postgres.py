@@ -42,7 +42,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import psycopg
 from psycopg import errors as pg_errors
 
-from ..errors import InvalidArgument, NotFound, OutcomeUnknown, Unavailable
+from ..errors import FailedPrecondition, InvalidArgument, NotFound, OutcomeUnknown, Unavailable
 from ._sql import USER_GONE, SqlStore, Tx
 
 __all__ = ["PostgresStore", "MIGRATIONS"]
@@ -444,13 +444,26 @@ class PostgresStore(SqlStore):
         return exc
 
     def _ensure_schema(self) -> None:
+        """Create the URL's schema unless it exists. Only then: ``CREATE SCHEMA IF NOT
+        EXISTS`` needs CREATE on the database even for a schema that exists, which a
+        role made for the application (its schema created for it by the DBA) has not."""
         conn = None
         try:
             conn = psycopg.connect(self._conninfo, autocommit=True,
                                    connect_timeout=max(1, int(self._connect_timeout)))
+            if conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s",
+                            (self.schema,)).fetchone() is not None:
+                return
             conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
         except psycopg.errors.UniqueViolation:
             pass  # created concurrently
+        except psycopg.errors.InsufficientPrivilege as exc:
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else "denied"
+            raise FailedPrecondition(
+                f"PostgreSQL {self._where}: the schema {self.schema!r} does not exist and "
+                f"this role may not create it ({msg}): create it for the role "
+                f"(CREATE SCHEMA \"{self.schema}\" AUTHORIZATION <role>) or grant the "
+                f"role CREATE on the database.") from None
         except (psycopg.ProgrammingError, psycopg.OperationalError) as exc:
             raise self._connect_error(exc) from None
         finally:

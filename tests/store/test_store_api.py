@@ -953,3 +953,46 @@ def test_a_schema_7_store_with_audit_rows_is_migrated_to_name_actors(store_url, 
         rows = [(a.method, a.reason, a.actor) for a in new.recent_attempts("alice")]
         assert rows == [("UnlockUser", "unlocked", "ops-key"),
                         ("DeleteUser", "user_deleted", None)], rows
+
+
+@pytest.mark.postgres
+def test_a_role_without_create_on_the_database_opens_the_schema_made_for_it(pg_available,
+                                                                          key):
+    """A least-privilege deployment: the DBA creates the schema for the application's role
+    (``CREATE SCHEMA nacf AUTHORIZATION app``) and the role, not the database's owner,
+    has no CREATE on the database. Every open ran ``CREATE SCHEMA IF NOT EXISTS``, which
+    PostgreSQL refuses for want of that privilege even when the schema exists: the store
+    never started, with INVALID_ARGUMENT 'the PostgreSQL store URL is not valid:
+    permission denied for database'. It opens; and a schema that does not exist, which
+    the role may not create, is FAILED_PRECONDITION naming the schema and what to do."""
+    import uuid
+    from urllib.parse import urlsplit
+
+    import psycopg
+
+    dsn = os.environ.get("NACF_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+    tag = uuid.uuid4().hex[:10]
+    role, schema, missing = f"nacf_role_{tag}", f"nacf_own_{tag}", f"nacf_none_{tag}"
+    parts = urlsplit(dsn)
+    netloc = f"{role}:pw-{tag}@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    base = parts._replace(netloc=netloc).geturl()
+    url = f"{base}{'&' if '?' in base else '?'}schema="
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        dbname = conn.info.dbname
+        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'pw-{tag}'")
+        conn.execute(f"REVOKE CREATE ON DATABASE \"{dbname}\" FROM {role}")
+        conn.execute(f"CREATE SCHEMA {schema} AUTHORIZATION {role}")
+    try:
+        with open_store(url + schema, key=key) as s:
+            assert s.schema_version() == 8
+            s.put_template("alice", b"t", "m")
+        with open_store(url + schema, key=key) as s:  # and again, as every restart
+            assert s.get_template("alice").blob == b"t"
+        with pytest.raises(FailedPrecondition, match=rf"schema '{missing}' does not "
+                                                     r"exist.*CREATE SCHEMA"):
+            open_store(url + missing, key=key)
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+            conn.execute(f"DROP SCHEMA IF EXISTS {missing} CASCADE")
+            conn.execute(f"DROP ROLE IF EXISTS {role}")
