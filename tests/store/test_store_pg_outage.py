@@ -374,3 +374,77 @@ def test_a_key_rotation_whose_commit_answer_is_lost_leaves_the_process_on_the_st
     store.put_template("bob", b"u" * 64, "m1")  # FAILED_PRECONDITION before
     with open_store(pg_url[0], key=new) as s:  # the store is under the new key
         assert [t.blob for t in s.iter_templates()] == [b"t" * 64, b"u" * 64]
+
+
+def test_a_backend_terminated_mid_write_leaves_nothing_half_written(pg_url, key,
+                                                                    monkeypatch):
+    """The server process of a write is terminated (pg_terminate_backend: an
+    administrator, a failover) between its statements: the transaction is rolled back by
+    the server, so nothing of it stays (no template without its version bump, no
+    session), and the call runs again on a new connection, once (the version moves by
+    one). Terminated at every try, it is UNAVAILABLE with nothing written, and the next
+    call works on the same store object."""
+    import uuid
+
+    import psycopg
+
+    from nacf_core.store import _sql
+
+    url, dsn = pg_url
+    tag = f"nacf-term-{uuid.uuid4().hex[:10]}"
+    store = open_store(f"{url}&application_name={tag}", key=key)
+    execute = _sql.Tx.execute
+    kills = {"left": 0}
+
+    def terminating(tx, sql, params=()):
+        if kills["left"] and sql.startswith(("INSERT INTO templates", "INSERT INTO sessions")):
+            kills["left"] -= 1
+            with psycopg.connect(dsn, autocommit=True) as admin:
+                assert admin.execute("SELECT COUNT(pg_terminate_backend(pid)) FROM "
+                                     "pg_stat_activity WHERE application_name = %s",
+                                     (tag,)).fetchone()[0] >= 1
+        return execute(tx, sql, params)
+
+    monkeypatch.setattr(_sql.Tx, "execute", terminating)
+
+    def state():
+        return store._run(lambda tx: tx.one(
+            "SELECT u.template_version, t.version, (SELECT COUNT(*) FROM sessions) FROM "
+            "users u JOIN templates t ON t.user_id = u.user_id WHERE u.user_id = 'alice'"),
+            write=False)
+
+    try:
+        assert store.put_template("alice", b"t1", "m") == 1
+        kills["left"] = 1
+        assert store.put_template("alice", b"t2", "m") == 2
+        kills["left"] = 1
+        store.create_session("alice", 60.0)
+        assert state() == (2, 2, 1) and store.get_template("alice").blob == b"t2"
+        kills["left"] = store.max_retries
+        with pytest.raises(Unavailable, match="terminating connection"):
+            store.put_template("alice", b"t3", "m")
+        kills["left"] = store.max_retries
+        with pytest.raises(Unavailable, match="terminating connection"):
+            store.create_session("alice", 60.0)
+        assert kills["left"] == 0
+        assert state() == (2, 2, 1) and store.get_template("alice").blob == b"t2"
+        assert store.put_template("alice", b"t3", "m") == 3
+    finally:
+        store.close()
+
+
+def test_a_server_refusing_connections_mid_life_is_unavailable_with_nothing_written(
+        proxied):
+    """The server goes away and refuses new connections (here the proxy in front of it
+    stops listening and cuts its connections): each call is UNAVAILABLE saying the
+    server is unreachable, reads and writes alike, and nothing is half-written."""
+    store, direct, proxy = proxied
+    store.put_template("alice", b"t1", "m")
+    proxy.close()
+    for call in (lambda: store.get_template("alice"),
+                 lambda: store.put_template("alice", b"t2", "m"),
+                 lambda: store.create_session("alice", 60.0), store.ping):
+        with pytest.raises(Unavailable, match="unreachable|unavailable"):
+            call()
+    assert direct.get_template("alice").version == 1
+    assert direct.count_active_sessions() == 0
