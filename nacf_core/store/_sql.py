@@ -382,7 +382,8 @@ class SqlStore(Store):
                 raise NotFound(f"There is no nacf store at {self._describe()}: create it "
                                "with `nacf store migrate` (or check the URL).")
             self.migrate()
-            self._run(self._check_key)
+            # run again after a lost COMMIT answer: the row is inserted once, then read
+            self._run(self._check_key, idempotent=True)
         except BaseException:
             # refused (a wrong key, a store of a newer nacf, none there) or failed: the
             # connections, pool and lock file opened so far go with it, not to the caller
@@ -476,7 +477,9 @@ class SqlStore(Store):
                 applied.append(version)
             return applied
 
-        applied = self._run(fn)
+        # run again after a lost COMMIT answer (an open during a failover): the versions
+        # applied are skipped then (and not logged as applied by this call)
+        applied = self._run(fn, idempotent=True)
         if applied:
             log.info("store schema migrated", extra={"backend": self.backend,
                                                       "versions": applied})

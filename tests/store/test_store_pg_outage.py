@@ -13,11 +13,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from nacf_core.errors import AlreadyExists, InvalidArgument, Unavailable
+from nacf_core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Unavailable
 from nacf_core.store import open_store
 
 #: the end of every answer of the server: ReadyForQuery ('Z', length 5, status)
 _READY_FOR_QUERY = b"Z\x00\x00\x00\x05"
+#: the COMMIT statement as the client sends it (NUL-terminated): not a parameter that
+#: holds the word (migration 4's name, written at every open of a new store, does)
+_COMMIT = b"COMMIT\x00"
 #: how long the proxy waits for the server to answer a COMMIT it will drop
 ANSWER_WAIT_S = 60
 
@@ -88,11 +91,11 @@ class _Proxy:
     def _up(self, client, server, hold, answered) -> None:
         try:
             while data := client.recv(65536):
-                if self._freeze_at_commit.is_set() and b"COMMIT" in data:
+                if self._freeze_at_commit.is_set() and _COMMIT in data:
                     self._freeze_at_commit.clear()
                     self._running.clear()
                 self._running.wait()  # frozen: held until thawed
-                if self._armed.is_set() and b"COMMIT" in data:
+                if self._armed.is_set() and _COMMIT in data:
                     self._armed.clear()
                     hold.set()  # the answer is not passed on
                     server.sendall(data)
@@ -448,3 +451,44 @@ def test_a_server_refusing_connections_mid_life_is_unavailable_with_nothing_writ
             call()
     assert direct.get_template("alice").version == 1
     assert direct.count_active_sessions() == 0
+
+
+
+@pytest.mark.parametrize("lost", ["migrations", "key check"])
+def test_an_open_whose_commit_answer_is_lost_opens(pg_url, key, monkeypatch, lost):
+    """The connection drops as the server answers a COMMIT of the store's open (its
+    migrations on a new schema, or its key check): running either again changes nothing
+    (a migration applied is skipped, the key check is inserted once), so the open runs
+    it again and opens, instead of failing UNAVAILABLE 'the change may or may not have
+    been saved ... read the state before repeating the call', which no caller of an
+    open can act on: a replica starting during a failover did not start."""
+    from nacf_core.store.postgres import PostgresStore
+
+    url, _ = pg_url
+    parts = urlsplit(url)
+    proxy = _Proxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    user = f"{parts.username}@" if parts.username else ""
+    via = urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{proxy.port}"))
+    if lost == "migrations":
+        proxy.drop_next_commit()
+    else:  # the key check's transaction is the one after the migrations'
+        migrate = PostgresStore.migrate
+
+        def then_arm(self):
+            out = migrate(self)
+            proxy.drop_next_commit()
+            return out
+
+        monkeypatch.setattr(PostgresStore, "migrate", then_arm)
+    try:
+        with open_store(via, key=key) as store:
+            assert proxy.dropped.is_set()
+            monkeypatch.undo()
+            assert store.schema_version() == 8
+            store.put_template("alice", b"t", "m")
+        with open_store(url, key=key) as direct:
+            assert direct.get_template("alice").blob == b"t"
+        with pytest.raises(FailedPrecondition, match="Wrong template key"):
+            open_store(url, key=bytes(32))
+    finally:
+        proxy.close()
