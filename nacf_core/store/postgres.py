@@ -252,6 +252,7 @@ class _Pool:
         self._all: set = set()
         self._lock = threading.Lock()
         self.watchdog = watchdog
+        self._closed = False
 
     @contextmanager
     def connection(self, *, bounded: bool = True) -> Iterator[psycopg.Connection]:
@@ -267,6 +268,8 @@ class _Pool:
         conn = None
         watched = False
         try:
+            if self._closed:  # no new connection for a closed store: nobody would close it
+                raise FailedPrecondition("The store is closed.")
             try:
                 conn = self._idle.get_nowait()
             except queue.Empty:
@@ -280,7 +283,9 @@ class _Pool:
         finally:
             if conn is not None:
                 cut = watched and self.watchdog.back(conn)
-                if cut or conn.broken or conn.closed:
+                if self._closed:  # back after close() stopped waiting for it
+                    self._discard(conn)
+                elif cut or conn.broken or conn.closed:
                     # the server went away (a restart, a failover): the idle connections
                     # are dead too, and handing them out would spend a call's retries on
                     # them one by one
@@ -317,13 +322,11 @@ class _Pool:
             pass
 
     def close(self) -> None:
-        with self._lock:
-            conns, self._all = list(self._all), set()
-        for c in conns:
-            try:
-                c.close()
-            except psycopg.Error:
-                pass
+        """Close the idle connections; one still lent out is closed when it comes back
+        (closing it under the thread using it frees libpq's connection under that
+        thread)."""
+        self._closed = True
+        self._discard_idle()
 
 
 class PostgresStore(SqlStore):
@@ -398,6 +401,9 @@ class PostgresStore(SqlStore):
         self._where = _redact(self._conninfo)
         self._connect_timeout = connect_timeout_s
         self._local = threading.local()
+        # transactions running now: close() waits for them (see close)
+        self._in_use = 0
+        self._idle_cv = threading.Condition()
         self._pool = _Pool(self._new_conn, pool_size, max(connect_timeout_s, 1.0) * 6,
                            _Watchdog(self.query_timeout_s) if self.query_timeout_s else None)
         if schema is not None and create:
@@ -472,6 +478,21 @@ class PostgresStore(SqlStore):
 
     @contextmanager
     def _transaction(self, write: bool) -> Iterator[Tx]:
+        with self._idle_cv:
+            if self._closed:
+                raise FailedPrecondition("The store is closed.")
+            self._in_use += 1
+        try:
+            with self._pooled_transaction(write) as tx:
+                yield tx
+        finally:
+            with self._idle_cv:
+                self._in_use -= 1
+                if not self._in_use:
+                    self._idle_cv.notify_all()
+
+    @contextmanager
+    def _pooled_transaction(self, write: bool) -> Iterator[Tx]:
         bounded = not getattr(self._local, "unbounded", False)
         with self._pool.connection(bounded=bounded) as conn:
             sent_commit = False
@@ -573,8 +594,18 @@ class PostgresStore(SqlStore):
             raise InvalidArgument("drop_schema() needs a store opened with ?schema=NAME.")
         self._run(lambda tx: tx.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE'))
 
+    #: how long close() waits for the transactions still running in other threads
+    close_wait_s = 60.0
+
     def close(self) -> None:
-        self._closed = True
+        """Close the connections once no other thread's transaction is using them
+        (calls made after this one are refused; a transaction still running after
+        :attr:`close_wait_s` keeps its connection until it ends, closed then). The
+        watchdog runs meanwhile: a transaction waiting on a server that stopped
+        answering ends at the query timeout."""
+        with self._idle_cv:
+            self._closed = True
+            self._idle_cv.wait_for(lambda: self._in_use == 0, timeout=self.close_wait_s)
         if self._pool.watchdog is not None:
             self._pool.watchdog.close()
         self._pool.close()

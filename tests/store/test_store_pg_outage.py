@@ -492,3 +492,49 @@ def test_an_open_whose_commit_answer_is_lost_opens(pg_url, key, monkeypatch, los
             open_store(url, key=bytes(32))
     finally:
         proxy.close()
+
+
+def test_close_waits_for_a_transaction_in_flight_and_leaves_no_connection(pg_url, key):
+    """``close()`` while another thread's transaction runs (a maintenance sweep at
+    shutdown): it closed that transaction's connection under it (libpq's connection
+    freed while the other thread waited on it), the transaction failed, was run again on
+    a new connection, which went back to the closed pool and stayed open on the server
+    for the life of the process. close() now waits for the transactions in flight
+    (``close_wait_s`` at most, as on SQLite), which end normally, then closes every
+    connection; a call made after it is refused."""
+    import time as time_
+    import uuid
+
+    import psycopg
+
+    from nacf_core.errors import FailedPrecondition
+
+    url, dsn = pg_url
+    tag = f"nacf-close-{uuid.uuid4().hex[:10]}"
+    store = open_store(f"{url}&application_name={tag}", key=key)
+    entered, release = threading.Event(), threading.Event()
+    runs: list[int] = []
+
+    def held(tx):
+        runs.append(1)
+        entered.set()
+        release.wait(30)
+        return tx.one("SELECT 42")[0]
+
+    call, box = _in_thread(lambda: store._run(held, write=False))
+    assert entered.wait(10)
+    closer, _ = _in_thread(store.close)
+    closer.join(1.0)  # on the old code close() returned at once, under the transaction
+    release.set()
+    call.join(30)
+    closer.join(30)
+    assert not call.is_alive() and not closer.is_alive()
+    assert box.get("value") == 42 and runs == [1], box
+    with pytest.raises(FailedPrecondition, match="closed"):
+        store.get_user("alice")
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        deadline = time_.monotonic() + 10
+        while admin.execute("SELECT COUNT(*) FROM pg_stat_activity WHERE "
+                            "application_name = %s", (tag,)).fetchone()[0]:
+            assert time_.monotonic() < deadline, "a connection of the closed store is open"
+            time_.sleep(0.05)
