@@ -40,20 +40,34 @@ KEY_BYTES = 32
 MAX_KEY_FILE_BYTES = 4096
 
 
+def _is_raw_key(text: bytes, raw: bool) -> bool:
+    """Whether ``text`` (a key file's bytes, ``raw``) is a raw 32-byte key: not text."""
+    return raw and len(text) == KEY_BYTES and not all(32 <= b < 127 or b in b"\t\n\r"
+                                                      for b in text)
+
+
 def _decode_key(text: bytes, source: str, raw: bool = False) -> bytes:
     """The key in ``text``: base64 of 32 bytes, or with ``raw`` (a key file) the 32 raw
     bytes themselves, which a random key never spells as text: a 32-character text (a
     password, the hex of 16 bytes) is refused, not taken for its ASCII codes."""
     s = text.strip()
-    for decoder in (base64.b64decode, base64.urlsafe_b64decode):
+    # validate=True: without it base64 drops the characters outside its alphabet, and a
+    # key mistyped with a stray one ('!', '.', a space) decoded to another key
+    padded = s + b"=" * (-len(s) % 4)
+    for alt in (b"+/", b"-_"):  # standard, url-safe
         try:
-            decoded = decoder(s + b"=" * (-len(s) % 4))
+            decoded = base64.b64decode(padded, altchars=alt, validate=True)
         except (binascii.Error, ValueError):
             continue
         if len(decoded) == KEY_BYTES:
             return decoded
-    if raw and len(text) == KEY_BYTES and not all(32 <= b < 127 or b in b"\t\n\r"
-                                                  for b in text):
+    bad = sorted({chr(c) for c in s if not (chr(c).isalnum() and c < 128) and c not in b"+/-_="})
+    if bad and not _is_raw_key(text, raw):
+        raise InvalidArgument(
+            f"The template key from {source} must be {KEY_BYTES} bytes, base64-encoded "
+            f"(44 characters); it holds {', '.join(repr(c) for c in bad[:5])}, which base64 "
+            "does not use: is it mistyped? (make a key with `nacf store new-key`).")
+    if _is_raw_key(text, raw):
         return bytes(text)  # raw key bytes (base64 of 32 bytes is 44 characters)
     # nacf before 2026-11-27 took a 32-character text as its own ASCII codes: a store
     # encrypted so opens with the base64 of that text

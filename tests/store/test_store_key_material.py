@@ -211,3 +211,34 @@ def test_a_store_encrypted_with_a_32_character_text_key_opens_with_its_base64(tm
         assert s.get_template("alice").blob == b"tpl"
     finally:
         s.close()
+
+
+def test_a_key_with_a_character_outside_base64_is_refused_not_decoded_without_it(
+        tmp_path, monkeypatch):
+    """base64 decoding dropped characters outside its alphabet: a key mistyped with a
+    stray '!', '.', '*' or a space inside decoded to 32 bytes all the same — another key
+    than the one meant, with which a new store was encrypted (and the right key then
+    refused). Such a text is now refused naming the character; the key's own text, with
+    or without its padding, standard or url-safe, still opens."""
+    import base64
+    from pathlib import Path
+
+    from nacf_core.errors import InvalidArgument
+    from nacf_core.store import load_key
+    from nacf_core.store.crypto import KEY_FILE_ENV
+
+    monkeypatch.delenv(KEY_FILE_ENV, raising=False)
+    raw = bytes(range(200, 232))  # its base64 holds '+' and '/', its url-safe '-' and '_'
+    std = base64.b64encode(raw).decode()
+    url = base64.urlsafe_b64encode(raw).decode()
+    assert "+" in std or "/" in std
+    for good in (std, url, std.rstrip("="), url.rstrip("="), f"  {std}\n"):
+        assert load_key(good) == raw
+    for bad in (std[:10] + "!" + std[10:], std[:20] + "." + std[20:-1],
+                std[:5] + " " + std[5:], std[:30] + "*" + std[30:], std[:3] + "~" + std[3:]):
+        with pytest.raises(InvalidArgument, match="base64"):
+            load_key(bad)
+        path = tmp_path / "bad.key"
+        path.write_text(bad + "\n")
+        with pytest.raises(InvalidArgument, match="bad.key"):
+            load_key(Path(path))
