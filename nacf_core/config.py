@@ -22,7 +22,8 @@ Every value from outside is checked and refused with a ``ValueError`` that names
 file or the environment variable and the option: an integer option takes an integer (or an
 integral float in TOML) in its range (at most ``2**31 - 1``), a number option a finite
 number in ``(0, 1e9]`` (``rate_limit_burst`` and ``proof_max_skew_s`` at least 1; never a
-boolean).  The config and keys files must be regular files of at most
+boolean), a file or directory name no leading or trailing whitespace.  The config and
+keys files must be regular files of at most
 :data:`MAX_FILE_BYTES` of UTF-8 text.
 """
 
@@ -522,6 +523,9 @@ def check_api_key(key: Any, label: str) -> None:
                          "non-ASCII character or starts or ends with a space.")
 
 
+#: The options that name a file or a directory.
+_PATH_OPTIONS = frozenset({"data_dir", "store_key_file", "model_path", "tls_cert_file",
+                           "tls_key_file", "tls_client_ca_file", "api_keys_file"})
 _INT_TEXT = re.compile(r"[+-]?[0-9]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -568,6 +572,12 @@ def _coerce(name: str, raw: Any, kind: type, label: str | None = None) -> Any:
     if isinstance(raw, str) and _CONTROL.search(raw):
         raise ValueError(f"{label} must not contain control characters, got {short_repr(raw)}.")
     value = str(raw)
+    if name in _PATH_OPTIONS and value != value.strip():
+        # kept, a stray space names another file, or another directory: data_dir's would
+        # be made in the working directory, a new empty store and key apart from the users
+        raise ValueError(f"{label} has leading or trailing whitespace, got "
+                         f"{short_repr(raw)}: a file or directory name keeps it, so this "
+                         "names another one; remove it.")
     # what Config.validate checks, here too so that the message says where it came from
     if name in ("grpc_address", "metrics_address") and (value or name == "grpc_address"):
         try:

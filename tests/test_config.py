@@ -616,3 +616,40 @@ def test_stream_max_seconds_has_an_upper_bound(tmp_path, value):
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     row = next(r for r in readme.splitlines() if r.startswith("| `stream_max_seconds`"))
     assert "600" in row, row
+
+
+_PATH_OPTIONS = ("data_dir", "store_key_file", "model_path", "tls_cert_file", "tls_key_file",
+                 "tls_client_ca_file", "api_keys_file")
+
+
+@pytest.mark.parametrize("option", _PATH_OPTIONS)
+@pytest.mark.parametrize("source", ["environment", "file", "flag"])
+@pytest.mark.parametrize("value", [" /var/lib/nacf", "/var/lib/nacf ", "   ", "x\u00a0"])
+def test_a_file_or_directory_name_with_stray_whitespace_is_refused(tmp_path, option, source,
+                                                                  value):
+    """NACF_DATA_DIR=" /var/lib/nacf" (a space after '=' in a manifest or an env file) was
+    taken as it came: the server made a directory ' ' in its working directory and started
+    on a new empty store and key there, apart from the users it was meant to serve, and a
+    file option's stray space only showed as a file not found. A file or directory name
+    with leading or trailing whitespace is now refused, naming the option and where it
+    came from; the same name without it loads."""
+    env, path, flags = {}, None, {}
+    if source == "environment":
+        env = {"NACF_" + option.upper(): value}
+    elif source == "file":
+        path = tmp_path / "nacf.toml"
+        path.write_text(f'{option} = "{value}"\n')
+    else:
+        flags = {option: value}
+    with pytest.raises(ValueError) as ei:
+        load_config(path, env=env, **flags)
+    msg = str(ei.value)
+    assert f"option {option!r}" in msg and "leading or trailing whitespace" in msg, msg
+    assert {"environment": "NACF_" + option.upper(), "file": str(path),
+            "flag": f"option {option!r}"}[source] in msg
+
+
+def test_a_file_or_directory_name_with_inner_spaces_loads(tmp_path):
+    c = load_config(None, env={"NACF_DATA_DIR": str(tmp_path / "my data"),
+                               "NACF_MODEL_PATH": "/models/my model.npz"})
+    assert (c.data_dir, c.model_path) == (str(tmp_path / "my data"), "/models/my model.npz")
