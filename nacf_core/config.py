@@ -19,8 +19,9 @@ the key; a ``#`` within a key is the key's.)  (TOML is accepted too:
 leading or trailing spaces: gRPC metadata carries nothing else.
 
 Every value from outside is checked and refused with a ``ValueError`` that names the
-file or the environment variable and the option: an integer option takes an integer (or an
-integral float in TOML) in its range (at most ``2**31 - 1``), a number option a finite
+file or the environment variable and the option: in the file, a value of the option's TOML
+type (a boolean, a number, a string; not a quoted number, nor ``0`` for ``false``); an
+integer option takes an integer (or an integral float in TOML) in its range (at most ``2**31 - 1``), a number option a finite
 number in ``(0, 1e9]`` (``rate_limit_burst`` and ``proof_max_skew_s`` at least 1; never a
 boolean), a file or directory name no leading or trailing whitespace.  The config and
 keys files must be regular files of at most
@@ -591,6 +592,32 @@ def _coerce(name: str, raw: Any, kind: type, label: str | None = None) -> Any:
     return value
 
 
+def _check_toml_type(name: str, raw: Any, kind: type, label: str) -> None:
+    """Refuse a TOML value of another type than option ``name``'s: TOML has types, so a
+    quoted number, a number for a boolean (``require_device_proof = 0``) or for a file
+    name is a mistake, not text to parse as an environment variable's is. (An integer
+    option takes an integral float too; its value is checked by :func:`_coerce`.)"""
+    if kind is bool:
+        ok, want = isinstance(raw, bool), "a boolean"
+    elif kind in (int, float):
+        ok = isinstance(raw, (int, float)) and not isinstance(raw, bool)
+        want = "an integer" if kind is int else "a number"
+    else:
+        ok, want = isinstance(raw, str), "a string"
+    if not ok:
+        how = "in quotes" if kind is str else "unquoted"
+        raise ValueError(f"{label} must be {want}, got {short_repr(raw)} (a TOML "
+                         f"{_toml_type(raw)}; write {want} {how}).")
+
+
+def _toml_type(value: Any) -> str:
+    for kind, shown in ((bool, "boolean"), (int, "integer"), (float, "float"),
+                        (str, "string"), (list, "array"), (dict, "table")):
+        if isinstance(value, kind):
+            return shown
+    return "date or time"
+
+
 _KINDS = {f.name: {"bool": bool, "int": int, "float": float}.get(f.type, str)
           for f in fields(Config) if f.name != "api_keys"}
 
@@ -775,6 +802,7 @@ def load_config(path: str | os.PathLike | None = None, *, env: dict[str, str] | 
             if k not in _KINDS:
                 raise ValueError(f"{path}: unknown option {k!r}; known options: "
                                  f"{', '.join(sorted(_KINDS))}.")
+            _check_toml_type(k, v, _KINDS[k], f"{path}: option {k!r}")
             values[k] = _coerce(k, v, _KINDS[k], f"{path}: option {k!r}")
     for k, kind in _KINDS.items():
         var = "NACF_" + k.upper()

@@ -653,3 +653,42 @@ def test_a_file_or_directory_name_with_inner_spaces_loads(tmp_path):
     c = load_config(None, env={"NACF_DATA_DIR": str(tmp_path / "my data"),
                                "NACF_MODEL_PATH": "/models/my model.npz"})
     assert (c.data_dir, c.model_path) == (str(tmp_path / "my data"), "/models/my model.npz")
+
+
+@pytest.mark.parametrize("line, want", [
+    ("require_device_proof = 0", "a boolean"),
+    ('require_device_proof = "false"', "a boolean"),
+    ('presentation_attack_detection = "no"', "a boolean"),
+    ("allow_open_loopback = 1", "a boolean"),
+    ('max_workers = "8"', "an integer"),
+    ('rate_limit_per_s = "20"', "a number"),
+    ('lockout_seconds = "1e3"', "a number"),
+    ("data_dir = 1", "a string"),
+    ("model_path = 3.5", "a string"),
+    ("store_url = 5", "a string"),
+    ("tls_cert_file = 0", "a string"),
+])
+def test_a_toml_value_of_the_wrong_type_is_refused_not_converted(tmp_path, line, want):
+    """The file's values were converted as an environment variable's text is: TOML's
+    ``require_device_proof = 0`` (or ``"false"``) turned the device proof off, ``data_dir
+    = 1`` named a directory '1', ``max_workers = "8"`` passed for 8; TOML has types, and a
+    value of another type than the option's is a mistake (a quoted number, a number for a
+    file name), now refused naming the option, the type expected and what came."""
+    f = tmp_path / "c.toml"
+    f.write_text(line + "\n")
+    option = line.split(" = ")[0]
+    with pytest.raises(ValueError, match=f"{f}: option '{option}' must be {want}") as ei:
+        load_config(f, env={})
+    assert "TOML" in str(ei.value)
+
+
+def test_toml_values_of_the_options_type_load(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('require_device_proof = false\nmax_workers = 8.0\nrate_limit_per_s = 20\n'
+                 'lockout_seconds = 1e3\ndata_dir = "d"\n')
+    c = load_config(f, env={})
+    assert (c.require_device_proof, c.max_workers, c.rate_limit_per_s, c.lockout_seconds,
+            c.data_dir) == (False, 8, 20.0, 1000.0, "d")
+    # the environment's text is parsed as before
+    c = load_config(None, env={"NACF_REQUIRE_DEVICE_PROOF": "false", "NACF_MAX_WORKERS": "8"})
+    assert (c.require_device_proof, c.max_workers) == (False, 8)
