@@ -692,3 +692,32 @@ def test_toml_values_of_the_options_type_load(tmp_path):
     # the environment's text is parsed as before
     c = load_config(None, env={"NACF_REQUIRE_DEVICE_PROOF": "false", "NACF_MAX_WORKERS": "8"})
     assert (c.require_device_proof, c.max_workers) == (False, 8)
+
+
+def _serve_config(argv, env):
+    """The Config ``nacf serve ARGV`` would run with under ``env``."""
+    from nacf_core.cli import build_parser
+    from nacf_core.commands import serve
+
+    args = build_parser().parse_args(["serve", *argv])
+    return load_config(args.config, env=env,
+                       **{k: getattr(args, k, None) for k in serve._FLAG_KEYS})
+
+
+@pytest.mark.parametrize("option", ["allow_open_loopback", "reuse_port",
+                                    "require_device_proof", "presentation_attack_detection"])
+def test_a_boolean_flag_overrides_the_file_and_the_environment_both_ways(tmp_path, option):
+    """Flags win over the file and the environment, but --allow-open-loopback and
+    --reuse-port could only say true: with allow_open_loopback = true in the file (or
+    NACF_REUSE_PORT=1 in the environment) no command line could turn it off (argparse:
+    unrecognized arguments: --no-allow-open-loopback). Every boolean option now has its
+    --no- form, as require_device_proof had."""
+    flag = "--" + option.replace("_", "-")
+    f = tmp_path / "c.toml"
+    for value in (True, False):
+        f.write_text(f"{option} = {str(value).lower()}\n")
+        env = {"NACF_" + option.upper(): str(value).lower()}
+        for source_env, path in ((env, None), ({}, f)):
+            argv = (["--config", str(path)] if path else []) + [
+                flag if not value else "--no-" + flag[2:]]
+            assert getattr(_serve_config(argv, source_env), option) is (not value), argv

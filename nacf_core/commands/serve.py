@@ -74,8 +74,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"compute kernels (default {d.kernel_backend})")
     p.add_argument("--api-keys-file", metavar="FILE", type=file_name,
                    help="API keys with scopes")
-    p.add_argument("--allow-open-loopback", action="store_true", default=None,
-                   help="run without API keys (loopback addresses only)")
+    p.add_argument("--allow-open-loopback", action=argparse.BooleanOptionalAction,
+                   default=None,
+                   help="run without API keys (loopback addresses only; default: off)")
     p.add_argument("--require-device-proof", action=argparse.BooleanOptionalAction,
                    default=None,
                    help="Authenticate needs the x-device-id/-timestamp/-proof metadata "
@@ -89,9 +90,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="server private key (PEM)")
     p.add_argument("--tls-client-ca", dest="tls_client_ca_file", metavar="FILE", type=file_name,
                    help="CA of client certificates: enables mTLS")
-    p.add_argument("--reuse-port", action="store_true", default=None,
+    p.add_argument("--reuse-port", action=argparse.BooleanOptionalAction, default=None,
                    help="let several nacf serve processes share --grpc-address "
-                        "(SO_REUSEPORT; each needs its own --metrics-address)")
+                        "(SO_REUSEPORT; each needs its own --metrics-address; default: off)")
     p.add_argument("--max-workers", type=int, metavar="N",
                    help=f"worker threads of the unary calls (default {d.max_workers})")
     p.add_argument("--max-concurrent-rpcs", type=int, metavar="N",
