@@ -2,9 +2,9 @@
 
 Every option has a default, a TOML key (the field name, at the top level of the file
 or under a ``[nacf]`` table), an environment variable (``NACF_`` + the field name in
-upper case, e.g. ``NACF_GRPC_ADDRESS``) and, for the common ones, a ``nacf serve``
-flag.  Precedence, lowest first: defaults, the TOML file (``--config FILE`` or
-``NACF_CONFIG``), environment variables, command-line flags.
+upper case, e.g. ``NACF_GRPC_ADDRESS``) and a ``nacf serve`` flag.  Precedence, lowest
+first: defaults, the TOML file (``--config FILE`` or ``NACF_CONFIG``), environment
+variables, command-line flags.
 
 ``NACF_API_KEYS`` is special: a comma-separated list of keys that carry every scope.
 A keys file (``api_keys_file``) gives each key its scopes, one per line::
@@ -19,13 +19,13 @@ the key; a ``#`` within a key is the key's.)  (TOML is accepted too:
 leading or trailing spaces: gRPC metadata carries nothing else.
 
 Every value from outside is checked and refused with a ``ValueError`` that names the
-file or the environment variable and the option: in the file, a value of the option's TOML
-type (a boolean, a number, a string; not a quoted number, nor ``0`` for ``false``); an
-integer option takes an integer (or an integral float in TOML) in its range (at most ``2**31 - 1``), a number option a finite
-number in ``(0, 1e9]`` (``rate_limit_burst`` and ``proof_max_skew_s`` at least 1; never a
-boolean), a file or directory name no leading or trailing whitespace.  The config and
-keys files must be regular files of at most
-:data:`MAX_FILE_BYTES` of UTF-8 text.
+file or the environment variable and the option: in the file, a value of the option's
+TOML type (a boolean, a number, a string; not a quoted number, nor ``0`` for ``false``);
+an integer option takes an integer (or an integral float in TOML) in its range (at most
+``2**31 - 1``), a number option a finite number in ``(0, 1e9]`` (``rate_limit_burst``
+and ``proof_max_skew_s`` at least 1; never a boolean), a file or directory name no
+leading or trailing whitespace.  The config and keys files must be regular files of at
+most :data:`MAX_FILE_BYTES` of UTF-8 text.
 """
 
 from __future__ import annotations

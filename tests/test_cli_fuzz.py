@@ -284,6 +284,12 @@ def test_serve_refuses_hostile_options(paths, guarded, capsys, monkeypatch, data
         "--session-ttl": (["60"], floats),
         "--session-max-age": (["3600"], floats),
         "--audit-retention-days": (["30"], floats),
+        "--purge-interval": (["60"], floats),
+        "--proof-max-skew": (["30"], floats + ["0.5"]),
+        "--stream-max-seconds": (["30"], floats + ["601"]),
+        "--signal-loss": (["5"], floats),
+        "--continuous-mismatch-windows": (["3"], ints),
+        "--identify-max-k": (["10"], ints),
         "--reuse-port": (None, None),
         "--no-require-device-proof": (None, None),
     }

@@ -721,3 +721,43 @@ def test_a_boolean_flag_overrides_the_file_and_the_environment_both_ways(tmp_pat
             argv = (["--config", str(path)] if path else []) + [
                 flag if not value else "--no-" + flag[2:]]
             assert getattr(_serve_config(argv, source_env), option) is (not value), argv
+
+
+def test_every_option_has_a_flag_in_nacf_serve():
+    """Every option is settable by the file, the environment and the command line; six
+    (proof_max_skew_s, stream_max_seconds, continuous_mismatch_windows, signal_loss_s,
+    purge_interval_s, identify_max_k) had no flag, so a run that needed one of them
+    changed (a test run with a short purge interval, a longer stream) had to write a file
+    or export a variable, and `nacf serve --help` named them only in its epilog."""
+    import argparse
+
+    from nacf_core.cli import build_parser
+    from nacf_core.commands import serve
+    from nacf_core.config import OPTION_HELP
+
+    sub = next(a for a in build_parser()._actions
+               if isinstance(a, argparse._SubParsersAction)).choices["serve"]
+    dests = {a.dest for a in sub._actions if a.option_strings}
+    assert set(OPTION_HELP) - dests == set()
+    assert set(OPTION_HELP) - set(serve._FLAG_KEYS) == set()
+
+
+def test_a_numeric_flag_overrides_the_file_and_the_environment(tmp_path):
+    import argparse
+
+    from nacf_core.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions
+               if isinstance(a, argparse._SubParsersAction)).choices["serve"]
+    flags = {a.dest: a.option_strings[0] for a in sub._actions if a.option_strings}
+    special = {"max_message_bytes": (70000, 80000, 90000),
+               "session_max_age_s": (1000, 2000, 3000)}
+    f = tmp_path / "c.toml"
+    for option, kind in config_module._KINDS.items():
+        if kind not in (int, float):
+            continue
+        in_file, in_env, on_line = special.get(option, (3, 4, 5))
+        f.write_text(f"{option} = {in_file}\n")
+        c = _serve_config(["--config", str(f), flags[option], str(on_line)],
+                          {"NACF_" + option.upper(): str(in_env)})
+        assert getattr(c, option) == on_line, option

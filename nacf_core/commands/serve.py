@@ -132,6 +132,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         f"{d.session_max_age_s:g})")
     p.add_argument("--audit-retention-days", type=float, metavar="D",
                    help=f"audit retention (default {d.audit_retention_days:g})")
+    p.add_argument("--purge-interval", dest="purge_interval_s", type=float, metavar="S",
+                   help=f"how often the retention purge runs (default "
+                        f"{d.purge_interval_s:g})")
+    p.add_argument("--proof-max-skew", dest="proof_max_skew_s", type=float, metavar="S",
+                   help=f"device proof: most seconds the x-device-timestamp may be off the "
+                        f"server clock, at least 1 (default {d.proof_max_skew_s:g})")
+    p.add_argument("--stream-max-seconds", type=float, metavar="S",
+                   help=f"AuthenticateStream: most signal seconds before a decision, at most "
+                        f"600 (default {d.stream_max_seconds:g})")
+    p.add_argument("--signal-loss", dest="signal_loss_s", type=float, metavar="S",
+                   help=f"streams: seconds without a usable window or message that end them "
+                        f"(default {d.signal_loss_s:g})")
+    p.add_argument("--continuous-mismatch-windows", type=int, metavar="N",
+                   help=f"ContinuousAuthenticate: non-matching windows in a row that end it "
+                        f"(default {d.continuous_mismatch_windows})")
+    p.add_argument("--identify-max-k", type=int, metavar="N",
+                   help=f"largest top_k of Identify (default {d.identify_max_k})")
     p.set_defaults(func=run)
 
 
@@ -144,7 +161,9 @@ _FLAG_KEYS = ("grpc_address", "metrics_address", "data_dir", "store_url", "store
               "grace_period_s",
               "lockout_threshold", "lockout_seconds", "rate_limit_per_s", "rate_limit_burst",
               "rate_limit_lease", "session_ttl_s", "session_max_age_s",
-              "audit_retention_days")
+              "audit_retention_days", "purge_interval_s", "proof_max_skew_s",
+              "stream_max_seconds", "signal_loss_s", "continuous_mismatch_windows",
+              "identify_max_k")
 
 
 def _check_data_dir(path: str) -> None:
