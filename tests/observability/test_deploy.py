@@ -375,3 +375,160 @@ def test_k8s_memory_limit_holds_the_requests_the_server_admits():
                            f"{rpcs} calls x 2 x {size >> 20} MiB + {streams} streams x 4 x "
                            f"{size >> 20} MiB")
 
+
+
+# ------------------------------------------------- the manifests against the real code
+def _container() -> dict:
+    (dep,) = [d for d in _k8s_docs() if d["kind"] == "Deployment"]
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def _deployment_env() -> dict[str, str]:
+    """The container's environment as the pod gets it, the example Secret's values in
+    place of the secretKeyRefs (a ConfigMap or field ref would fail the test)."""
+    docs = _k8s_docs()
+    secrets = {d["metadata"]["name"]: d.get("stringData", {}) for d in docs
+               if d["kind"] == "Secret"}
+    env = {}
+    for e in _container()["env"]:
+        if "value" in e:
+            env[e["name"]] = str(e["value"])
+        else:
+            ref = e["valueFrom"]["secretKeyRef"]
+            env[e["name"]] = secrets[ref["name"]][ref["key"]]
+    return env
+
+
+def _mounts() -> dict[str, dict]:
+    """``{mountPath: {"volume": the pod volume, "subPath": ..., "readOnly": ...}}``."""
+    (dep,) = [d for d in _k8s_docs() if d["kind"] == "Deployment"]
+    volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+    return {m["mountPath"]: {"volume": volumes[m["name"]], "subPath": m.get("subPath"),
+                             "readOnly": m.get("readOnly", False)}
+            for m in _container()["volumeMounts"]}
+
+
+def _mount_of(path: str) -> tuple[str, dict]:
+    """The mount a file of the container lies on (the longest mountPath holding it)."""
+    best = max((m for m in _mounts() if path == m or path.startswith(m.rstrip("/") + "/")),
+               key=len, default=None)
+    assert best is not None, f"{path} is on no mounted volume (the root file system)"
+    return best, _mounts()[best]
+
+
+def _deployed_config(tmp_path):
+    """The Config ``nacf serve`` starts with in the pod: the ConfigMap's file, the
+    Deployment's environment (with the example Secret), the container's arguments."""
+    from nacf_core.cli import build_parser
+    from nacf_core.commands import serve
+    from nacf_core.config import load_config
+
+    (cm,) = [d for d in _k8s_docs() if d["kind"] == "ConfigMap"]
+    env = _deployment_env()
+    mount, m = _mount_of(env["NACF_CONFIG"])
+    assert m["volume"].get("configMap", {}).get("name") == cm["metadata"]["name"]
+    key = m["subPath"] or env["NACF_CONFIG"][len(mount):].lstrip("/")
+    f = tmp_path / "nacf.toml"
+    f.write_text(cm["data"][key])
+    env["NACF_CONFIG"] = str(f)
+    c = _container()
+    argv = [*c.get("command", [])[1:], *c.get("args", [])]
+    args = build_parser().parse_args(argv)
+    assert args.func is serve.run, argv
+    return load_config(args.config, env=env,
+                       **{k: getattr(args, k, None) for k in serve._FLAG_KEYS})
+
+
+def test_k8s_environment_names_only_variables_nacf_reads():
+    """A misspelt NACF_ variable in the Deployment (NACF_STORE_URI) is ignored with a
+    warning in the log, and the pod runs without what it was meant to set."""
+    from nacf_core.config import _KINDS, _OTHER_VARIABLES
+
+    known = {"NACF_" + k.upper() for k in _KINDS} | _OTHER_VARIABLES
+    names = [e["name"] for e in _container()["env"]]
+    assert len(names) == len(set(names)), "a variable given twice"
+    assert [n for n in names if n.startswith("NACF_") and n not in known] == []
+
+
+def test_k8s_deployment_config_loads_and_matches_its_ports_and_volumes(tmp_path):
+    """The ConfigMap, the environment and the arguments give a Config the code accepts,
+    and the Deployment around it fits it: the container ports are the ports nacf listens
+    on, on an address the kubelet and the Services reach; the TLS files and the data
+    directory are on the volumes mounted for them; the scrape annotation names the
+    sidecar's port."""
+    from nacf_core.config import parse_address
+
+    cfg = _deployed_config(tmp_path)
+    c = _container()
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    ghost, gport = parse_address("grpc_address", cfg.grpc_address)
+    assert cfg.metrics_address, "no sidecar: the probes have nothing to ask"
+    mhost, mport = parse_address("metrics_address", cfg.metrics_address)
+    assert (ports["grpc"], ports["metrics"]) == (gport, mport)
+    for host in (ghost, mhost):
+        assert host in ("0.0.0.0", "::"), f"{host}: the kubelet and the Services cannot reach it"
+    (dep,) = [d for d in _k8s_docs() if d["kind"] == "Deployment"]
+    ann = dep["spec"]["template"]["metadata"].get("annotations", {})
+    if "prometheus.io/port" in ann:
+        assert int(ann["prometheus.io/port"]) == mport
+    # TLS (required off loopback): the files on the Secret volume, under the Secret's keys
+    assert cfg.tls_cert_file and cfg.tls_key_file
+    for path in (cfg.tls_cert_file, cfg.tls_key_file):
+        mount, m = _mount_of(path)
+        assert "secret" in m["volume"], path
+        assert path[len(mount):].lstrip("/") in ("tls.crt", "tls.key"), path
+    # the data directory is written (readOnlyRootFilesystem): a writable volume
+    mount, m = _mount_of(cfg.data_dir)
+    assert not m["readOnly"] and ("emptyDir" in m["volume"]
+                                  or "persistentVolumeClaim" in m["volume"])
+    for svc in (d for d in _k8s_docs() if d["kind"] == "Service"):
+        for p in svc["spec"]["ports"]:
+            assert p["targetPort"] in ports or p["targetPort"] in ports.values(), p
+
+
+def test_k8s_replicas_share_one_postgresql_store_and_key(tmp_path):
+    """Several replicas must share the store (templates, sessions, lockouts, rate limits)
+    and the key its templates are encrypted with: a replica on SQLite in its emptyDir, or
+    with a key file of its own, would serve users the others cannot see."""
+    from nacf_core.config import store_url_scheme
+    from nacf_core.store.crypto import load_key
+
+    (dep,) = [d for d in _k8s_docs() if d["kind"] == "Deployment"]
+    cfg = _deployed_config(tmp_path)
+    env = _deployment_env()
+    assert dep["spec"]["replicas"] > 1
+    assert store_url_scheme(cfg.resolved_store_url) in ("postgresql", "postgres")
+    assert not cfg.store_key_file and "NACF_TEMPLATE_KEY" in env
+    assert {e["name"]: e for e in _container()["env"]}["NACF_TEMPLATE_KEY"]["valueFrom"]
+    # the Secret's example is the format the code reads (base64 of 32 bytes), once filled
+    # in as secret.example.yaml says (openssl rand -base64 32)
+    import base64
+    import os
+
+    assert len(load_key(base64.b64encode(os.urandom(32)).decode())) == 32
+    assert "openssl rand -base64 32" in (K8S / "secret.example.yaml").read_text()
+
+
+@pytest.mark.parametrize("probe", ["livenessProbe", "readinessProbe", "startupProbe"])
+def test_k8s_probe_paths_are_served_by_the_sidecar(probe):
+    """Each probe's path answers on a running sidecar (not 404): a misspelt path fails
+    every probe, and the kubelet restarts the pod for ever."""
+    import urllib.error
+    import urllib.request
+
+    from nacf_core.sidecar import Sidecar
+
+    path = _container()[probe]["httpGet"]["path"]
+    sc = Sidecar("127.0.0.1:0", registry=CollectorRegistry(), checks={})
+    sc.start()
+    try:
+        sc.set_ready(True)
+        try:
+            with urllib.request.urlopen(sc.url + path, timeout=10) as r:
+                code = r.status
+        except urllib.error.HTTPError as e:
+            code = e.code
+    finally:
+        sc.stop()
+    assert code == 200, f"{probe} {path}: {code}"
