@@ -154,11 +154,13 @@ def test_every_alert_has_a_firing_and_a_quiet_test():
 def _rule_mutants() -> list[tuple[str, str, dict]]:
     """``(alert, what was changed, rules document)``: each alert with one thing broken
     that its unit tests must notice: its ``for`` dropped, halved or doubled, its
-    threshold doubled or halved, a label matcher dropped, ``instance`` added to a
-    grouping (one alert per replica instead of per job)."""
+    threshold doubled or halved, a label matcher dropped, ``instance`` or one of the
+    metric's own labels added to a grouping (one alert per replica instead of per job,
+    per reason or severity instead of over them)."""
     import copy
 
     doc = yaml.safe_load(RULES.read_text())
+    own = _exported_labels()
     out = []
     for gi, group in enumerate(doc["groups"]):
         for ri, rule in enumerate(group["rules"]):
@@ -188,6 +190,35 @@ def _rule_mutants() -> list[tuple[str, str, dict]]:
             for by in sorted(set(re.findall(r"by \(([^)]*)\)", expr))):
                 mutant(f"by ({by}, instance)",
                        expr=expr.replace(f"by ({by})", f"by ({by}, instance)"))
+                # one more of the metric's own labels kept apart: the rule no longer sums
+                # over it (per reason, per severity, per method, ...)
+                grouped = {x.strip() for x in by.split(",")}
+                for label in sorted(set().union(*(own.get(n, ()) for n in metric_names(expr)))
+                                    - grouped):
+                    mutant(f"by ({by}, {label})",
+                           expr=expr.replace(f"by ({by})", f"by ({by}, {label})"))
+    return out
+
+
+def _exported_labels() -> dict[str, tuple[str, ...]]:
+    """``{series name: label names}`` of every series nacf_core.metrics exports (a
+    histogram's ``_bucket`` without ``le``)."""
+    from prometheus_client.metrics import MetricWrapperBase
+
+    out = {}
+    reg = CollectorRegistry()
+    metrics = Metrics(reg)
+    metrics.observe_rpc("Authenticate", "OK", 0.01, "api_key")  # the success rate's sample
+    for fam in reg.collect():  # collectors of their own (the success rate)
+        for sample in fam.samples:
+            out.setdefault(sample.name, tuple(k for k in sample.labels if k != "le"))
+    for m in vars(metrics).values():
+        if isinstance(m, MetricWrapperBase):
+            base = m._name
+            names = {"counter": [base + "_total"], "histogram": [
+                base + s for s in ("_bucket", "_sum", "_count")]}.get(m._type, [base])
+            for n in names:
+                out[n] = tuple(m._labelnames)
     return out
 
 
@@ -532,3 +563,4 @@ def test_k8s_probe_paths_are_served_by_the_sidecar(probe):
     finally:
         sc.stop()
     assert code == 200, f"{probe} {path}: {code}"
+
