@@ -564,3 +564,93 @@ def test_k8s_probe_paths_are_served_by_the_sidecar(probe):
         sc.stop()
     assert code == 200, f"{probe} {path}: {code}"
 
+
+# ------------------------------------------------------- label values the code exports
+_SELECTOR = re.compile(r"\b([A-Za-z_:][A-Za-z0-9_:]*)\s*\{([^}]*)\}")
+_MATCHER = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"')
+
+
+def _label_values() -> dict[str, set[str]]:
+    """``{label: the values nacf exports}``: the closed vocabularies of nacf_core.metrics,
+    the RPCs of the proto, and for the free-text labels the literals the service and the
+    server pass (read from their source: they are given nowhere else)."""
+    from nacf_core import metrics, pad
+    from nacf_core._proto.nacf.v1 import auth_pb2
+
+    src = (ROOT / "nacf_core" / "service.py").read_text()
+    app = (ROOT / "nacf_core" / "server" / "app.py").read_text()
+    proof_kinds = set(re.findall(r'_ProofRejected\("([a-z_]+)"', src))
+    assert {"wrong", "replayed", "missing"} <= proof_kinds
+    events = set(re.findall(r'_security_event\([^,]+,\s*"([a-z_]+)"', src))
+    return {
+        "job": {"nacfauth-api"},
+        "status": set(metrics.GRPC_STATUS_NAMES),
+        "method": {m.name for m in auth_pb2.DESCRIPTOR.services_by_name["AuthService"].methods},
+        "user_type": set(metrics.USER_TYPES),
+        "decision": set(metrics.DECISIONS),
+        "severity": set(metrics.SEVERITIES),
+        "quality": {"good", "fair", "poor"},
+        "reason": set(re.findall(r'record_failed_auth\("([a-z_]+)"\)', src))
+        | {"poor_quality", "presentation_attack", "score_below_threshold"}
+        | {f"device_proof_{k}" for k in proof_kinds},
+        "activity_type": events | {f"device_proof_{k}" for k in proof_kinds}
+        | set(re.findall(r'record_suspicious\("([a-z_]+)"', src))
+        | {pad.REPLAY, pad.NON_PHYSIOLOGICAL},
+        "signal_type": set(re.findall(r'observe_signal\("([a-z_]+)"', src)),
+        "operation": set(re.findall(r'_store\(\s*"([a-z_]+)"', src)),
+        "component": set(re.findall(r'checks=\{"([a-z_]+)"', app)),
+    }
+
+
+def _matchers(expr: str) -> list[tuple[str, str, str, str]]:
+    """``(metric, label, op, value)`` of every label matcher in ``expr``."""
+    return [(m[1], *mm.groups()) for m in _SELECTOR.finditer(expr)
+            for mm in _MATCHER.finditer(m[2])]
+
+
+def _bad_values(where: str, metric: str, label: str, op: str, value: str,
+                vocab: dict[str, set[str]]) -> list[str]:
+    own = _exported_labels().get(metric, ()) + ("job", "instance")
+    if metric not in _exported_labels() and metric not in PROMETHEUS_OWN:
+        return [f"{where}: {metric} is not exported"]
+    if metric != "up" and label not in own:
+        return [f"{where}: {metric} has no label {label!r}"]
+    if label == "instance":
+        return []
+    values = value.split("|") if op in ("=~", "!~") else [value]
+    return [f"{where}: {metric}{{{label}{op}\"{value}\"}}: {v!r} is never exported "
+            f"(the code's: {sorted(vocab[label])})" for v in values if v not in vocab[label]]
+
+
+def test_the_vocabulary_is_read_from_the_code():
+    v = _label_values()
+    assert v["component"] == {"store"}
+    assert {"authenticate", "enroll", "stream", "continuous", "identify"} <= v["signal_type"]
+    assert {"unknown_user", "locked", "device_proof_wrong"} <= v["reason"]
+    assert {"rate_limited", "lockout", "device_proof_replayed", "replay"} <= v["activity_type"]
+    assert {"get_template", "finish_authentication"} <= v["operation"]
+
+
+def test_rules_and_dashboards_match_only_label_values_the_code_exports():
+    """A matcher on a value nacf never exports selects nothing, and an alert on it never
+    fires (the guide's status=~"5.." against gRPC status names); the rules, the
+    dashboards and the label sets of the promtool tests' series must use the code's
+    label names and values: gRPC status names, the proto's RPC names, the decisions,
+    the failure reasons, the activity types, the store operations, the components."""
+    vocab = _label_values()
+    bad = []
+    for alert, expr in rule_exprs().items():
+        for metric, label, op, value in _matchers(expr):
+            bad += _bad_values(f"rule {alert}", metric, label, op, value, vocab)
+    for where, expr in dashboard_exprs():
+        for metric, label, op, value in _matchers(expr):
+            bad += _bad_values(where, metric, label, op, value, vocab)
+    # the unit tests' series: their label values too (but another job and another
+    # component, which the matchers must leave out, are there on purpose)
+    for test in yaml.safe_load(RULE_TESTS.read_text())["tests"]:
+        for s in test["input_series"]:
+            for metric, label, op, value in _matchers(s["series"]):
+                if label in ("job", "component", "le"):
+                    continue
+                bad += _bad_values(f"test {test['name']!r}", metric, label, op, value, vocab)
+    assert not bad, "\n".join(bad)
