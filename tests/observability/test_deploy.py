@@ -154,7 +154,8 @@ def test_every_alert_has_a_firing_and_a_quiet_test():
 def _rule_mutants() -> list[tuple[str, str, dict]]:
     """``(alert, what was changed, rules document)``: each alert with one thing broken
     that its unit tests must notice: its ``for`` dropped, halved or doubled, its
-    threshold doubled or halved, a label matcher dropped, ``instance`` or one of the
+    threshold doubled or halved, a label matcher dropped, one alternative of a regex
+    matcher left out, ``instance`` or one of the
     metric's own labels added to a grouping (one alert per replica instead of per job,
     per reason or severity instead of over them)."""
     import copy
@@ -187,6 +188,12 @@ def _rule_mutants() -> list[tuple[str, str, dict]]:
                 mutant("threshold halved", expr=f"{expr[:m.start()]}{t / 2:g}")
             for sel in sorted(set(re.findall(r"\{[^}]*\}", expr))):
                 mutant(f"{sel} dropped", expr=expr.replace(sel, ""))
+            # one alternative of a regex matcher left out (a status, a method)
+            for m in sorted(set(re.findall(r'[a-z_]+(?:=~|!~)"[^"]*\|[^"]*"', expr))):
+                head, alts = m.split('"', 1)[0], m.split('"')[1].split("|")
+                for drop in alts:
+                    rest = "|".join(a for a in alts if a != drop)
+                    mutant(f"{drop} left out of {head}", expr=expr.replace(m, f'{head}"{rest}"'))
             for by in sorted(set(re.findall(r"by \(([^)]*)\)", expr))):
                 mutant(f"by ({by}, instance)",
                        expr=expr.replace(f"by ({by})", f"by ({by}, instance)"))
