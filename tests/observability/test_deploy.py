@@ -661,3 +661,24 @@ def test_rules_and_dashboards_match_only_label_values_the_code_exports():
                     continue
                 bad += _bad_values(f"test {test['name']!r}", metric, label, op, value, vocab)
     assert not bad, "\n".join(bad)
+
+
+def test_the_example_secret_applied_as_it_is_starts_no_server_with_a_known_key(tmp_path):
+    """secret.example.yaml's api-keys was "CHANGE-ME", a valid API key: a Secret made from
+    the example with the store URL and the template key filled in but api-keys left as it
+    was gave every replica a key anyone can read here, with every scope (admin too). Each
+    placeholder must be one nacf refuses: no API key at all (nacf serve then refuses to
+    start off loopback), a template key that is no key."""
+    from nacf_core.config import load_api_keys
+    from nacf_core.store.crypto import load_key
+
+    (secret,) = [d for d in _k8s_docs() if d["kind"] == "Secret"
+                 and d["metadata"]["name"] == "nacf-secrets"]
+    data = secret["stringData"]
+    assert load_api_keys(None, env=data["api-keys"]) == {}, \
+        "the example's api-keys is an API key nacf accepts"
+    with pytest.raises(Exception):
+        load_key(data["template-key"])
+    # and the Deployment's config without a key refuses to start (not open on 0.0.0.0)
+    cfg = _deployed_config(tmp_path)
+    assert not cfg.api_keys and not cfg.allow_open_loopback and not cfg.tls_client_ca_file
