@@ -198,6 +198,7 @@ class _Server(ThreadingHTTPServer):
             if not busy:
                 self._open += 1
                 self._per_client[host] = n_host + 1
+                self._sockets.add(request)
         if busy:
             log.warning("sidecar connection from %s refused: %d open from it, %d in all",
                         host, n_host, self._open, extra={"event_type": "http_busy"})
@@ -211,18 +212,20 @@ class _Server(ThreadingHTTPServer):
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self._release(host)  # no thread was started
+            self._release(host, request)  # no thread was started
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._release(client_address[0])
+            self._release(client_address[0], request)
 
-    def _release(self, host: str) -> None:
+    def _release(self, host: str, request: Any) -> None:
         with self._count_lock:
+            self._sockets.discard(request)
             self._open -= 1
+            self._count_lock.notify_all()
             left = self._per_client.get(host, 1) - 1
             if left > 0:
                 self._per_client[host] = left
@@ -248,10 +251,27 @@ class _Server(ThreadingHTTPServer):
         if ":" in addr[0]:
             self.address_family = socket.AF_INET6
         self.sidecar = sidecar
-        self._count_lock = threading.Lock()
+        self._count_lock = threading.Condition()
         self._open = 0
         self._per_client: dict[str, int] = {}
+        self._sockets: set[Any] = set()  # the connections being served
         super().__init__(addr, handler)
+
+    def close_connections(self, timeout: float) -> None:
+        """Close every connection still open (a keep-alive scrape connection, one
+        waiting for its next request) and wait up to ``timeout`` seconds for their
+        threads to end: the listening socket closed alone, they went on being served."""
+        import socket
+
+        with self._count_lock:
+            open_now = list(self._sockets)
+        for sock in open_now:
+            try:  # wakes the thread waiting on it; its answer, if any, fails
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        with self._count_lock:
+            self._count_lock.wait_for(lambda: self._open == 0, timeout)
 
 
 class _DeadlineReader(io.RawIOBase):
@@ -609,11 +629,14 @@ class Sidecar:
         return self
 
     def stop(self) -> None:
-        """Stop serving and release the port (idempotent)."""
+        """Stop serving and release the port (idempotent); the connections still open
+        are closed, and their threads waited for (up to ``check_timeout_s`` + 1 s: one
+        running a check ends with it)."""
         srv, self._server = self._server, None
         if srv is not None:
             srv.shutdown()
             srv.server_close()
+            srv.close_connections(self.check_timeout_s + 1.0)
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None

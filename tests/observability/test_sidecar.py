@@ -633,3 +633,49 @@ def test_an_answer_after_which_the_connection_is_closed_says_so(env, request_hea
     sc, _, _ = env
     code, headers, _ = _status_and_json(_exchange(sc, request_head))
     assert code == status and headers.get("Connection") == "close", headers
+
+
+def _sidecar_connection_threads() -> list:
+    import threading
+
+    return [t for t in threading.enumerate() if "process_request_thread" in t.name]
+
+
+def test_stop_closes_the_connections_still_open_and_ends_their_threads():
+    """stop() closed the listening socket only: a connection still open (Prometheus keeps
+    its scrape connection alive) went on being answered by the stopped sidecar, /metrics
+    and /health/ready 200 included, and its thread lived on for as long as the client
+    kept using it (a scrape every 5 s never let it idle out). stop() now closes every
+    open connection and returns once their threads have ended."""
+    import socket
+
+    before = len(_sidecar_connection_threads())
+    sc = Sidecar("127.0.0.1:0", registry=CollectorRegistry(), checks={})
+    sc.start()
+    sc.set_ready(True)
+    conns = [socket.create_connection(("127.0.0.1", sc.port), timeout=10) for _ in range(3)]
+    for c in conns:
+        c.sendall(b"GET /health/ready HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += c.recv(65536)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        length = int(next(h.split(b":")[1] for h in head.split(b"\r\n")
+                          if h.lower().startswith(b"content-length:")))
+        while len(body) < length:  # the whole answer read: what comes next is new
+            body += c.recv(65536)
+        assert head.startswith(b"HTTP/1.1 200 ") and b"Connection: close" not in head
+    idle = socket.create_connection(("127.0.0.1", sc.port), timeout=10)  # no request yet
+    try:
+        sc.stop()
+        assert len(_sidecar_connection_threads()) == before
+        for c in (*conns, idle):
+            try:
+                c.sendall(b"GET /health/ready HTTP/1.1\r\nHost: x\r\n\r\n")
+                answer = c.recv(65536)
+            except OSError:  # reset
+                answer = b""
+            assert answer == b"", answer[:40]
+    finally:
+        for c in (*conns, idle):
+            c.close()
