@@ -116,6 +116,14 @@ _ANOTHER_DEVICE = ("user {user!r} already has a registered device; binding anoth
                    "(or rotating a secret) needs the admin scope.")
 
 
+class _IdentifyLogged(Exception):
+    """An Identify refusal whose identify line is written already: ``error`` is raised."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class _ProofRejected(Exception):
     """A device proof that does not pass (kind: the ``device_proof_<kind>`` reason)."""
 
@@ -1284,8 +1292,20 @@ class AuthService:
         against a template whose 1:1 attempts are refused), and so are users enrolled
         under another model (their embeddings do not compare; ``nacf serve`` warns of
         them at start) and users whose stored template does not decrypt or decode (see
-        :meth:`_gallery`); every call is logged."""
+        :meth:`_gallery`); every call is logged, a refused one too (success false, the
+        refusal's status as its reason)."""
         t_start = time.perf_counter()
+        try:
+            return self._identify(block, top_k, peer, t_start)
+        except _IdentifyLogged as e:
+            raise e.error from None
+        except Exception as e:
+            self._log_identify(peer, [], 0.0, None, None, t_start,
+                               reason=_status_name(e).lower())
+            raise
+
+    def _identify(self, block: SignalBlock, top_k: Any, peer: str, t_start: float
+                  ) -> IdentifyResult:
         if isinstance(top_k, bool) or not isinstance(top_k, int):
             raise InvalidArgument(f"'top_k' must be an integer, got {top_k!r}.")
         max_k = self.config.identify_max_k
@@ -1309,8 +1329,9 @@ class AuthService:
         reasons = sorted({r for r in (w.reasons or []) if r})
         if not acc.any():
             self._log_identify(peer, [], 0.0, quality, None, t_start, reason="poor_quality")
-            raise FailedPrecondition("no window of the signal passed the quality gate ("
-                                     + "; ".join(reasons) + "); cannot identify.")
+            raise _IdentifyLogged(FailedPrecondition(
+                "no window of the signal passed the quality gate (" + "; ".join(reasons)
+                + "); cannot identify."))
         ids, matrix = self._gallery()
         locked = self._store("locked_user_ids", self.store.locked_user_ids, now=self.clock())
         n_left_out = 0  # of this gallery (a locked user it does not hold is not left out)
@@ -1398,7 +1419,7 @@ class AuthService:
         self._gallery_state = (ids, stamps, matrix, bad)
         return ids, matrix
 
-    def _log_identify(self, peer: str, cands: list, thr: float, quality: float,
+    def _log_identify(self, peer: str, cands: list, thr: float, quality: float | None,
                       n_locked: int | None, t_start: float, reason: str | None = None
                       ) -> None:
         top = cands[0] if cands else None
@@ -1411,7 +1432,7 @@ class AuthService:
             "matches": sum(1 for _, v in cands if v >= thr),
             "match": top[0] if matched else None,
             "confidence": round(top[1], 4) if top is not None else None,
-            "quality": round(quality, 3),
+            "quality": None if quality is None else round(quality, 3),
             **({"locked_left_out": n_locked} if n_locked is not None else {})})
 
     def model_threshold_for(self, n_windows: int) -> float:

@@ -108,6 +108,44 @@ def test_an_identify_refused_for_quality_is_logged_too(svc, caplog):
     assert r.duration_ms > 0 and r.match is None
 
 
+def test_every_identify_refused_is_logged_with_its_status(svc, caplog):
+    """Identify says every call is logged, and a call refused for poor quality was; one
+    refused for its top_k, for a signal that lacks the model's channels, or because the
+    store failed left no identify line (nor any other: the interceptor logs no access
+    line), so an operator reading the logs saw nothing of them. Each has its identify
+    line, success false, the refusal's status as its reason, the caller and the
+    duration."""
+    from _server_support import CH16, eeg, signal_block
+
+    from nacf_core.errors import InvalidArgument, Unavailable
+    from nacf_core.service import SignalBlock
+
+    svc.enroll("id-a", [signal_block(eeg(1, 3, 0, 40))])
+    probe = signal_block(eeg(1, 3, 44, 8))
+    x = np.ascontiguousarray(eeg(1, 3, 44, 8)[:, :8])
+    half = SignalBlock(x, 160.0, tuple(CH16[:8]), "", x.tobytes())
+
+    def outage(*a, **k):
+        raise Unavailable("the template store failed during read_gallery: OperationalError")
+
+    peer = "ipv4:127.0.0.1:5000"
+    with caplog.at_level("INFO", logger="nacf.service"):
+        with pytest.raises(InvalidArgument, match="top_k"):
+            svc.identify(probe, top_k=-1, peer=peer)
+        with pytest.raises(InvalidArgument, match="lacks 8 of the 16 channels"):
+            svc.identify(half, top_k=1, peer=peer)
+        svc.store.read_gallery = outage
+        with pytest.raises(Unavailable):
+            svc.identify(probe, top_k=1, peer=peer)
+    lines = [r for r in caplog.records if getattr(r, "event_type", "") == "identify"]
+    assert [(r.success, r.reason) for r in lines] == [
+        (False, "invalid_argument"), (False, "invalid_argument"), (False, "unavailable")]
+    for r in lines:
+        assert (r.method, r.ip_address, r.match, r.quality) == (
+            "Identify", "127.0.0.1", None, None)
+        assert r.duration_ms >= 0
+
+
 def test_a_store_outage_is_counted_in_store_errors(tmp_path, model_path):
     """The store translates its driver's failures (a writer lock held too long, a
     PostgreSQL server gone, a query timeout) into Unavailable; the service counted only
