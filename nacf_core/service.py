@@ -1292,8 +1292,10 @@ class AuthService:
         against a template whose 1:1 attempts are refused), and so are users enrolled
         under another model (their embeddings do not compare; ``nacf serve`` warns of
         them at start) and users whose stored template does not decrypt or decode (see
-        :meth:`_gallery`); every call is logged, a refused one too (success false, the
-        refusal's status as its reason)."""
+        :meth:`_gallery`). With presentation-attack detection on, a probe that matches is
+        judged as an Authenticate probe claiming each matched user (:meth:`_identify_pad`):
+        a replay or a non-physiological signal matches no one. Every call is logged, a
+        refused one too (success false, the refusal's status as its reason)."""
         t_start = time.perf_counter()
         try:
             return self._identify(block, top_k, peer, t_start)
@@ -1355,13 +1357,39 @@ class AuthService:
                                                       backend or default_backend_name()):
             idx, sc = _top_k(probe, matrix, min(k, len(ids)), backend=backend)
         scored = [(ids[int(i)], float(v)) for i, v in zip(idx[0], sc[0])]
-        self._log_identify(peer, scored, thr, quality, n_left_out, t_start)
         # only matches are answered: the scores of users the signal does not match
         # would be an oracle to climb towards a template (a random search over a channel
         # mixing of another person's EEG, ~2 300 calls at the rate limit, raised one
         # user's score from 0.07 past the threshold) and would list the enrolled users
         cands = [(u, v) for u, v in scored if v >= thr]
+        attack = (self._identify_pad(cands, w, block, peer)
+                  if cands and self.pad is not None else None)
+        if attack is not None:  # a recording played back, or no EEG: it matches no one
+            self._log_identify(peer, scored, thr, quality, n_left_out, t_start,
+                               reason="presentation_attack", attack=True)
+            return IdentifyResult([], thr, quality, self.model_version,
+                                  [*reasons, f"pad: {attack.reason}"])
+        self._log_identify(peer, scored, thr, quality, n_left_out, t_start)
         return IdentifyResult(cands, thr, quality, self.model_version, reasons)
+
+    def _identify_pad(self, cands: list[tuple[str, float]], windows: Any,
+                      block: SignalBlock, peer: str) -> Any:
+        """Presentation-attack detection of an Identify probe that matched ``cands``, as
+        of an Authenticate probe claiming each of them: judged against each matched
+        user's stored history (enrollment and accepted probes), the first attack found
+        (a replay of any one's recording, a non-physiological signal) is a security event
+        and returned; ``None`` when there is none. Nothing is stored (Identify opens no
+        session: its probe joins no history)."""
+        for user_id, _ in cands:
+            fps = self._store("get_fingerprints", self.store.get_fingerprints, user_id)
+            with self._cpu_gate:  # no store I/O inside
+                verdict = self.pad.check(windows, block, fps, history_key=user_id)
+            if verdict.attack:
+                self._security_event("presentation attack", verdict.kind, "high", user_id,
+                                     reason=verdict.reason, method="Identify",
+                                     **peer_fields(peer))
+                return verdict
+        return None
 
     def _gallery(self) -> tuple[list[str], np.ndarray]:
         """Every active user enrolled under the served model, by user id, and their
@@ -1420,16 +1448,16 @@ class AuthService:
         return ids, matrix
 
     def _log_identify(self, peer: str, cands: list, thr: float, quality: float | None,
-                      n_locked: int | None, t_start: float, reason: str | None = None
-                      ) -> None:
+                      n_locked: int | None, t_start: float, reason: str | None = None,
+                      attack: bool = False) -> None:
         top = cands[0] if cands else None
-        matched = top is not None and top[1] >= thr
+        matched = top is not None and top[1] >= thr and not attack
         log.info("identification", extra={
             "event_type": "identify", "success": matched,
             **({"reason": reason} if reason else {}),
             "duration_ms": round((time.perf_counter() - t_start) * 1000, 3),
             **peer_fields(peer), "method": "Identify", "candidates": len(cands),
-            "matches": sum(1 for _, v in cands if v >= thr),
+            "matches": 0 if attack else sum(1 for _, v in cands if v >= thr),
             "match": top[0] if matched else None,
             "confidence": round(top[1], 4) if top is not None else None,
             "quality": None if quality is None else round(quality, 3),

@@ -105,3 +105,44 @@ def test_identify_logs_how_many_locked_users_it_left_out_of_this_gallery(svc, ca
     assert left_out() == [1]  # "a"; "old" was never in the gallery
     svc.store.register_failure("b", 1, 3600, now=time.time())
     assert left_out() == [2]  # nobody left to score: both left out
+
+
+@pytest.fixture
+def pad_svc(tmp_path, model_path):
+    """An ``AuthService`` with presentation-attack detection on, as ``nacf serve`` runs."""
+    from nacf_core.pad import PresentationAttackDetector
+
+    store = open_store(f"sqlite:///{tmp_path / 'n.db'}", bytes(range(32)))
+    pipe = make_pipeline(model_path)
+    yield AuthService(store, pipe, Config(data_dir=str(tmp_path), require_device_proof=False),
+                      metrics=Metrics(CollectorRegistry()),
+                      pad=PresentationAttackDetector(list(pipe.model.ch_names)))
+    store.close()
+
+
+def test_identify_names_no_one_for_a_replayed_recording(pad_svc, caplog):
+    """Presentation-attack detection judged Authenticate's probes only: a piece of a
+    user's enrollment recording played back to Identify, which Authenticate refuses as
+    a replay, was answered with that user's id, so an app asking "who is this?" took a
+    recording for its wearer. Identify now judges its probe as Authenticate does, against
+    the stored history of each user it matches: a replay matches no one, its reason says
+    why, and it is a security event (logged, counted). A fresh signal of the same person
+    is still identified."""
+    svc = pad_svc
+    svc.enroll("u1", [signal_block(eeg(1, 3, 0, 40))])
+    svc.enroll("u2", [signal_block(eeg(2, 3, 0, 40))])
+    fresh = svc.identify(signal_block(eeg(1, 3, 44, 8)), top_k=2)
+    assert [u for u, _ in fresh.candidates] == ["u1"]
+    reg = svc.metrics.registry
+    labels = {"activity_type": "replay", "severity": "high"}
+    before = reg.get_sample_value("nacfauth_suspicious_activities_total", labels) or 0.0
+    with caplog.at_level("INFO", logger="nacf.service"):
+        r = svc.identify(signal_block(eeg(1, 3, 12, 4)), top_k=2, peer="ipv4:10.0.0.7:5000")
+    assert r.candidates == []
+    assert "pad: replay_of_enrollment" in r.reasons, r.reasons
+    assert reg.get_sample_value("nacfauth_suspicious_activities_total", labels) == before + 1
+    (ev,) = [x for x in caplog.records if getattr(x, "event_type", "") == "security_event"]
+    assert (ev.security_event_type, ev.method, ev.ip_address) == (
+        "replay", "Identify", "10.0.0.7")
+    (line,) = [x for x in caplog.records if getattr(x, "event_type", "") == "identify"]
+    assert (line.success, line.reason, line.match) == (False, "presentation_attack", None)
