@@ -1458,7 +1458,9 @@ class AuthService:
             "duration_ms": round((time.perf_counter() - t_start) * 1000, 3),
             **peer_fields(peer), "method": "Identify", "candidates": len(cands),
             "matches": 0 if attack else sum(1 for _, v in cands if v >= thr),
-            "match": top[0] if matched else None,
+            # the guide's field naming the line's user (what a search for one person
+            # reads), and ``match`` as before
+            "user_id": top[0] if matched else None, "match": top[0] if matched else None,
             "confidence": round(top[1], 4) if top is not None else None,
             "quality": None if quality is None else round(quality, 3),
             **({"locked_left_out": n_locked} if n_locked is not None else {})})

@@ -91,6 +91,22 @@ def test_the_identify_line_has_the_guides_fields(svc, caplog):
         assert isinstance(r.confidence, float)
 
 
+def test_the_identify_line_names_the_user_it_identified_as_user_id(svc, caplog):
+    """The guide's log lines name their user in ``user_id`` (METRICS.md: JSON lines with
+    the guide's fields), which is what an operator searches for everything about one
+    person; Identify's line named the user it identified only as ``match``, so a search
+    by user_id never found the identifications of that user. It now carries user_id too
+    (the match, null when it matched no one)."""
+    from _server_support import eeg, signal_block
+
+    svc.enroll("id-a", [signal_block(eeg(1, 3, 0, 40))])
+    with caplog.at_level("INFO", logger="nacf.service"):
+        svc.identify(signal_block(eeg(1, 3, 44, 8)), top_k=1)
+        svc.identify(signal_block(eeg(2, 3, 44, 8)), top_k=1)
+    lines = [r for r in caplog.records if getattr(r, "event_type", "") == "identify"]
+    assert [(r.user_id, r.match) for r in lines] == [("id-a", "id-a"), (None, None)]
+
+
 def test_an_identify_refused_for_quality_is_logged_too(svc, caplog):
     """Identify logs every call it scores or refuses: one whose windows all fail the
     quality gate (FAILED_PRECONDITION) has its identify line, success false, with the
