@@ -433,6 +433,9 @@ class AuthService:
         # a template changed (see _gallery)
         self._gallery_state: tuple[list[str], list[bytes], np.ndarray,
                                    dict[str, bytes]] | None = None
+        # held to replace the gallery: a row cut out (a deleted user's) is cut from the
+        # gallery as it is then, not from one another cut is replacing meanwhile
+        self._gallery_lock = threading.Lock()
         # the CPU-bound part of an authentication (pipeline, PAD; also of a stream's
         # windows and of Identify) runs one thread at a time per process: under the GIL more would not run in parallel, and the many
         # short NumPy calls would hand the GIL back and forth between worker threads
@@ -1441,10 +1444,12 @@ class AuthService:
             # deleted meanwhile, by another replica or while a concurrent call rebuilt
             # the gallery)
             matrix = np.empty((0, 0), np.float32)
-            self._gallery_state = ([], [], matrix, bad) if bad else None
+            with self._gallery_lock:
+                self._gallery_state = ([], [], matrix, bad) if bad else None
             return ids, matrix
         matrix = np.ascontiguousarray(np.stack(rows), dtype=np.float32)
-        self._gallery_state = (ids, stamps, matrix, bad)
+        with self._gallery_lock:
+            self._gallery_state = (ids, stamps, matrix, bad)
         return ids, matrix
 
     def _log_identify(self, peer: str, cands: list, thr: float, quality: float | None,
@@ -1569,11 +1574,12 @@ class AuthService:
 
     def _drop_gallery_row_and_pad_history(self, user_id: str) -> None:
         """Drop the user's row of Identify's gallery and its prepared PAD history."""
-        g = self._gallery_state
-        if g is not None and user_id in g[0]:
-            i = g[0].index(user_id)
-            self._gallery_state = (g[0][:i] + g[0][i + 1:], g[1][:i] + g[1][i + 1:],
-                                   np.delete(g[2], i, axis=0), g[3])
+        with self._gallery_lock:
+            g = self._gallery_state
+            if g is not None and user_id in g[0]:
+                i = g[0].index(user_id)
+                self._gallery_state = (g[0][:i] + g[0][i + 1:], g[1][:i] + g[1][i + 1:],
+                                       np.delete(g[2], i, axis=0), g[3])
         forget = getattr(self.pad, "forget", None)
         if forget is not None:
             forget(user_id)

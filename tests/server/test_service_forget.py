@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from _server_support import eeg, make_pipeline, signal_block
 from prometheus_client import CollectorRegistry
@@ -131,3 +132,34 @@ def test_a_continuous_stream_racing_delete_user_leaves_nothing_of_the_user_in_me
     assert [k for k, e in pad_mod._STORED._d.items() if e.owner == "gone2"]
     svc._forget_changed_elsewhere()
     assert not [k for k, e in pad_mod._STORED._d.items() if e.owner == "gone2"]
+
+
+def test_two_users_deleted_at_once_both_leave_identifys_gallery(svc, monkeypatch):
+    """Dropping a deleted user's gallery row read the gallery, cut the row out and wrote
+    the result back, unguarded: two DeleteUsers at once (an admin tool deleting in
+    parallel) each cut their own row from the same gallery, and the last write put the
+    other's row back, an embedding of a deleted user held in memory until the next
+    Identify or the maintenance round. The cut is now made under a lock: the other
+    DeleteUser's drop waits for it and cuts from its result."""
+    import threading
+
+    for user, subject in (("x", 1), ("y", 2), ("stays", 3)):
+        svc.enroll(user, [signal_block(eeg(subject, 3, 0, 40))])
+    svc.identify(signal_block(eeg(3, 3, 52, 8)))
+    assert svc._gallery_state[0] == ["stays", "x", "y"]
+    delete = np.delete
+    other = []
+
+    def delete_while_another_drops(*args, **kwargs):
+        if not other:  # the other DeleteUser drops "y" while "x" is being cut out
+            other.append(threading.Thread(target=svc._forget, args=("y",)))
+            other[0].start()
+            other[0].join(1.0)  # it completes here unless it has to wait for this cut
+        return delete(*args, **kwargs)
+
+    monkeypatch.setattr(np, "delete", delete_while_another_drops)
+    svc._forget("x")
+    other[0].join(30)
+    assert not other[0].is_alive()
+    ids, matrix = svc._gallery_state[0], svc._gallery_state[2]
+    assert ids == ["stays"] and matrix.shape[0] == 1
