@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 from _server_support import eeg, signal_block, sqlite_service
 
@@ -246,3 +248,29 @@ def test_a_page_that_fits_only_without_its_token_is_cut_not_read_again_for_ever(
         assert 1 <= len(resp.users) < 3 and resp.next_page_token
     finally:
         svc.store.close()
+
+
+def test_a_listing_lists_every_user_present_throughout_once_whatever_changes_meanwhile(svc):
+    """ListUsers pages in user id order and its token is the last id listed: a user
+    present from the first page to the last is listed exactly once, however many users
+    are enrolled or deleted between the pages; one deleted before its page is not
+    listed, one enrolled past the last page read is, one enrolled before it is not
+    (README's ListUsers row says so)."""
+    put = svc.store.put_template
+    for u in ("b", "d", "f", "h", "j", "l"):
+        put(u, b"not-a-real-template", "m-1")
+    seen, token = [], ""
+    users, token = svc.list_users(2, token)
+    seen += [u.user_id for u in users]
+    assert seen == ["b", "d"] and token
+    put("a", b"not-a-real-template", "m-1")  # before the cursor: not listed
+    put("g", b"not-a-real-template", "m-1")  # past it: listed
+    svc.delete_user("b")  # listed already
+    svc.delete_user("h")  # not yet: not listed
+    while token:
+        users, token = svc.list_users(2, token)
+        seen += [u.user_id for u in users]
+    assert seen == ["b", "d", "f", "g", "j", "l"]
+    # a token another listing issued, or one made up, is a position like any other
+    forged = svc.list_users(1, base64.urlsafe_b64encode(b"e").decode())[0]
+    assert [u.user_id for u in forged] == ["f"]
