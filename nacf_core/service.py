@@ -1531,7 +1531,22 @@ class AuthService:
         row (method ``DeleteUser``) and the ``user_deleted`` log line."""
         user_id = check_user_id(user_id)
         now = self.clock()
-        ended = self._store("delete_user", self.store.delete_user, user_id, now=now) or []
+        try:
+            ended = self._store("delete_user", self.store.delete_user, user_id,
+                                now=now) or []
+        except NotFound:
+            # deleted already, by another replica (or nacf store): the admin is told the
+            # user is gone, so what this process held of it goes now, not at its next
+            # maintenance round
+            self._forget(user_id)
+            fps = getattr(self.store, "forget_deleted_fingerprints", None)
+            if fps is not None:
+                try:
+                    self._store("forget_deleted_fingerprints", fps)
+                except NacfError:
+                    pass  # counted and logged: the answer stays NOT_FOUND (the next
+                    # maintenance round drops them)
+            raise
         self._forget(user_id)
         # its open sessions ended with it: observed like a session ended any other way
         for sess in ended:

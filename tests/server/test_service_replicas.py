@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from nacf_core import pad as pad_mod
 from nacf_core.config import Config
+from nacf_core.errors import NotFound
 from nacf_core.metrics import Metrics
 from nacf_core.pad import PresentationAttackDetector
 from nacf_core.service import AuthService
@@ -149,3 +150,22 @@ def test_a_recording_replayed_on_a_stream_to_another_replica_ends_the_session(pa
     for i, svc in enumerate((b, a, b)):
         ups = list(svc.continuous(s2.token, _chunks(eeg(1, 7, 20 + i * 3 * win, 3 * win))))
         assert [u.state for u in ups] == ["verified"] * 3, (i, ups)
+
+
+def test_delete_user_answered_not_found_here_drops_what_this_replica_held(pad_replicas):
+    """A DeleteUser that reaches replica B after replica A deleted the user (a retry
+    through the load balancer, two admins) is NOT_FOUND; B kept the user's decoded
+    template, gallery row and prepared PAD history all the same, until its maintenance
+    round, though the admin had just been told the user is gone. It drops them now,
+    and the store object's decrypted fingerprints of it."""
+    a, b = pad_replicas
+    b.enroll("gone", [signal_block(eeg(1, 3, 0, 40))])
+    assert b.authenticate("gone", signal_block(eeg(1, 3, 44, 8))).accepted
+    b.identify(signal_block(eeg(1, 3, 52, 8)))
+    a.delete_user("gone")
+    with pytest.raises(NotFound):
+        b.delete_user("gone")
+    g = b._gallery_state
+    assert "gone" not in b._templates and (g is None or "gone" not in g[0])
+    assert not any(k[0] == "gone" for k in pad_mod._SLABS._d)
+    assert not [e for e in b.store._fp_plain.values() if e[0] == "gone"]
