@@ -1309,6 +1309,15 @@ class AuthService:
                                reason=_status_name(e).lower())
             raise
 
+    def refused_identify(self, exc: BaseException, *, peer: str = "",
+                         t_start: float | None = None) -> None:
+        """Log an Identify refused before :meth:`identify` (its request did not convert)
+        as :meth:`identify` logs its own refusals; ``t_start``: when the call's handler
+        started (``time.perf_counter``)."""
+        self._log_identify(peer, [], 0.0, None, None,
+                           time.perf_counter() if t_start is None else t_start,
+                           reason=_status_name(exc).lower())
+
     def _identify(self, block: SignalBlock, top_k: Any, peer: str, t_start: float
                   ) -> IdentifyResult:
         if isinstance(top_k, bool) or not isinstance(top_k, int):

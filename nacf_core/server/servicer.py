@@ -305,10 +305,15 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
 
     @_unary
     def Identify(self, request: pb.IdentifyRequest, context) -> pb.IdentifyResponse:
-        if not request.HasField("signal"):
-            raise InvalidArgument("'signal' is missing.")
-        r = self.service.identify(cv.signal_to_block(request.signal), request.top_k,
-                                  peer=_peer(context))
+        t_start = time.perf_counter()
+        try:
+            if not request.HasField("signal"):
+                raise InvalidArgument("'signal' is missing.")
+            block = cv.signal_to_block(request.signal)
+        except Exception as e:  # refused before the service: logged as its refusals are
+            self.service.refused_identify(e, peer=_peer(context), t_start=t_start)
+            raise
+        r = self.service.identify(block, request.top_k, peer=_peer(context))
         # the matches among the top_k best: as many as top_k (identify_max_k can be
         # raised far beyond what a response of max_message_bytes holds)
         limit = int(self.service.config.max_message_bytes)

@@ -254,3 +254,19 @@ def test_an_enroll_whose_deadline_passed_before_it_started_is_counted_in_registr
     assert sum(after.values()) - sum(before.values()) == 1
     with pytest.raises(NotFound):
         service.get_user("late")
+
+
+def test_an_identify_whose_request_does_not_convert_is_logged_too(svc, caplog):
+    """Identify logs every call, a refused one too; but a request refused by the handler
+    before the service (no signal, samples that are no float32 rows, a NaN) left no
+    identify line at all. It has one, success false, reason invalid_argument."""
+    _, server = svc
+    bad = block_to_signal(eeg(1, 3, 44, 8), SFREQ, CH16)
+    bad.samples = bad.samples[:-2]  # not a whole row
+    with caplog.at_level("INFO", logger="nacf.service"):
+        for req in (pb.IdentifyRequest(top_k=1), pb.IdentifyRequest(signal=bad)):
+            _, code, _ = call(server, "Identify", req)
+            assert code == grpc.StatusCode.INVALID_ARGUMENT
+    lines = [r for r in caplog.records if getattr(r, "event_type", "") == "identify"]
+    assert [(r.success, r.reason, r.method) for r in lines] == [
+        (False, "invalid_argument", "Identify")] * 2
