@@ -1320,8 +1320,9 @@ class AuthService:
 
     def _identify(self, block: SignalBlock, top_k: Any, peer: str, t_start: float
                   ) -> IdentifyResult:
-        if isinstance(top_k, bool) or not isinstance(top_k, int):
+        if isinstance(top_k, (bool, np.bool_)) or not isinstance(top_k, (int, np.integer)):
             raise InvalidArgument(f"'top_k' must be an integer, got {top_k!r}.")
+        top_k = int(top_k)
         max_k = self.config.identify_max_k
         # 0: the default, 5, or identify_max_k when that is smaller (a request that left
         # top_k out was refused for a value it never gave)
@@ -1511,8 +1512,10 @@ class AuthService:
         return sorted(d.device_id for d in self._store("list_devices", fn, user_id))
 
     def list_users(self, page_size: int = 0, page_token: str = "") -> tuple[list[UserInfo], str]:
-        if isinstance(page_size, bool) or not isinstance(page_size, int):
+        if isinstance(page_size, (bool, np.bool_)) or not isinstance(page_size,
+                                                                    (int, np.integer)):
             raise InvalidArgument(f"'page_size' must be an integer, got {page_size!r}.")
+        page_size = int(page_size)
         size = page_size or 100
         if not 1 <= size <= 1000:
             raise InvalidArgument(f"'page_size' must be in [1, 1000], got {page_size}.")

@@ -146,3 +146,22 @@ def test_identify_names_no_one_for_a_replayed_recording(pad_svc, caplog):
         "replay", "Identify", "10.0.0.7")
     (line,) = [x for x in caplog.records if getattr(x, "event_type", "") == "identify"]
     assert (line.success, line.reason, line.match) == (False, "presentation_attack", None)
+
+
+def test_identify_and_list_users_take_a_numpy_integer_as_the_integer_it_is(svc):
+    """The domain API refused a NumPy integer for Identify's top_k and ListUsers'
+    page_size ("'top_k' must be an integer, got np.int64(1)": a message that contradicts
+    itself), where nacf's own checks (check_int_range) take one; a bool stays refused."""
+    from nacf_core.errors import InvalidArgument
+
+    svc.enroll("u1", [signal_block(eeg(1, 3, 0, 40))])
+    svc.enroll("u2", [signal_block(eeg(2, 3, 0, 40))])
+    r = svc.identify(signal_block(eeg(1, 3, 44, 8)), np.int64(1))
+    assert [u for u, _ in r.candidates] == ["u1"]
+    users, token = svc.list_users(np.int32(1))
+    assert [u.user_id for u in users] == ["u1"] and token
+    for bad in (True, np.bool_(True), 1.0):
+        with pytest.raises(InvalidArgument, match="must be an integer"):
+            svc.identify(signal_block(eeg(1, 3, 44, 8)), bad)
+        with pytest.raises(InvalidArgument, match="must be an integer"):
+            svc.list_users(bad)
