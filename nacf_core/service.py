@@ -37,6 +37,7 @@ Security decisions (written down here, enforced here):
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import hmac
 import logging
@@ -114,6 +115,12 @@ _PROOF_FAILS = ("device proof does not verify: the device is not registered to t
                 "or the secret, the signed user, device, timestamp or samples differ.")
 _ANOTHER_DEVICE = ("user {user!r} already has a registered device; binding another one "
                    "(or rotating a secret) needs the admin scope.")
+
+
+#: How many of the last gallery rows dropped (DeleteUser, a template replaced elsewhere)
+#: AuthService remembers, so that a gallery built from an earlier store read is not kept
+#: with them (one built before more drops than this is not kept at all)
+_GALLERY_CUTS_KEPT = 1024
 
 
 class _IdentifyLogged(Exception):
@@ -436,6 +443,11 @@ class AuthService:
         # held to replace the gallery: a row cut out (a deleted user's) is cut from the
         # gallery as it is then, not from one another cut is replacing meanwhile
         self._gallery_lock = threading.Lock()
+        # the rows cut out, numbered: a gallery built from a store read made before a
+        # cut is kept without that row (see _gallery)
+        self._gallery_cuts = 0
+        self._gallery_cut: collections.deque[tuple[int, str]] = collections.deque(
+            maxlen=_GALLERY_CUTS_KEPT)
         # the CPU-bound part of an authentication (pipeline, PAD; also of a stream's
         # windows and of Identify) runs one thread at a time per process: under the GIL more would not run in parallel, and the many
         # short NumPy calls would hand the GIL back and forth between worker threads
@@ -1411,14 +1423,18 @@ class AuthService:
         decrypted and decoded again (``Store.read_gallery``: a template's stamp changes
         with every write of it); decoding every template on every call cost ~50 µs per
         enrolled user, and decrypting it ~15 more. Users the store no longer lists drop
-        out. Concurrent calls may both rebuild; each uses its own result.
+        out. Concurrent calls may both rebuild; each uses its own result. The gallery kept
+        leaves out the rows dropped (DeleteUser, a template replaced elsewhere) since
+        this call read the store, which the call itself still answers from: it read the
+        store before they were dropped.
 
         A template that does not decrypt or decode is left out (one damaged row must not
         take 1:N down for everyone), counted in ``nacfauth_store_errors_total
         {operation="read_gallery"}`` and logged (``template_unreadable``) once per write
         of it: its stamp is kept, so it is read again only once it is rewritten (Enroll
         with update=true)."""
-        prev = self._gallery_state
+        with self._gallery_lock:
+            prev, cuts = self._gallery_state, self._gallery_cuts
         known = {} if prev is None else {**dict(zip(prev[0], prev[1])), **prev[3]}
         listing, fresh = self._store("read_gallery", self.store.read_gallery,
                                      self.model_version, known)
@@ -1459,7 +1475,19 @@ class AuthService:
             return ids, matrix
         matrix = np.ascontiguousarray(np.stack(rows), dtype=np.float32)
         with self._gallery_lock:
-            self._gallery_state = (ids, stamps, matrix, bad)
+            n_cut = self._gallery_cuts - cuts
+            if n_cut > len(self._gallery_cut):
+                return ids, matrix  # more cuts since than are remembered: keep none
+            cut = {u for _, u in list(self._gallery_cut)[len(self._gallery_cut) - n_cut:]}
+            keep = [i for i, u in enumerate(ids) if u not in cut]
+            if len(keep) == len(ids):
+                self._gallery_state = (ids, stamps, matrix, bad)
+            elif keep:
+                self._gallery_state = ([ids[i] for i in keep], [stamps[i] for i in keep],
+                                       matrix[keep], bad)
+            else:
+                self._gallery_state = ([], [], np.empty((0, 0), np.float32), bad) \
+                    if bad else None
         return ids, matrix
 
     def _log_identify(self, peer: str, cands: list, thr: float, quality: float | None,
@@ -1574,7 +1602,8 @@ class AuthService:
         """Drop what this process keeps in memory of a deleted user: its decoded
         template, its row of Identify's gallery, its prepared PAD history (the store's
         own cache of its decrypted fingerprints goes with its rows). An Identify that
-        read the store before the deletion may put the row back; the next one drops it."""
+        read the store before the deletion does not keep the row in the gallery it
+        builds (see :meth:`_gallery`)."""
         self._templates.pop(user_id, None)
         self._drop_gallery_row_and_pad_history(user_id)
 
@@ -1602,6 +1631,8 @@ class AuthService:
     def _drop_gallery_row_and_pad_history(self, user_id: str) -> None:
         """Drop the user's row of Identify's gallery and its prepared PAD history."""
         with self._gallery_lock:
+            self._gallery_cuts += 1
+            self._gallery_cut.append((self._gallery_cuts, user_id))
             g = self._gallery_state
             if g is not None and user_id in g[0]:
                 i = g[0].index(user_id)

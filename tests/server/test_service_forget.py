@@ -163,3 +163,57 @@ def test_two_users_deleted_at_once_both_leave_identifys_gallery(svc, monkeypatch
     assert not other[0].is_alive()
     ids, matrix = svc._gallery_state[0], svc._gallery_state[2]
     assert ids == ["stays"] and matrix.shape[0] == 1
+
+
+def test_an_identify_that_read_the_store_before_a_delete_user_does_not_put_its_row_back(
+        svc):
+    """An Identify whose store read came before a DeleteUser's, and whose gallery was
+    kept after DeleteUser dropped the user's row, put that row back: a deleted user's
+    embedding in memory until the next Identify or the maintenance round. The gallery it
+    keeps now leaves out the users dropped since it read the store; the call itself
+    answers from what it read (the user existed then)."""
+    for user, subject in (("gone", 1), ("stays", 2)):
+        svc.enroll(user, [signal_block(eeg(subject, 3, 0, 40))])
+    read = svc.store.read_gallery
+
+    def read_then_deleted(*args, **kwargs):
+        out = read(*args, **kwargs)
+        svc.delete_user("gone")  # a concurrent DeleteUser, right after the read
+        return out
+
+    svc.store.read_gallery = read_then_deleted
+    r = svc.identify(signal_block(eeg(1, 3, 52, 8)))
+    assert [u for u, _ in r.candidates] == ["gone"]
+    g = svc._gallery_state
+    assert g[0] == ["stays"] and g[2].shape[0] == 1 and len(g[1]) == 1
+    svc.store.read_gallery = read
+    assert [u for u, _ in svc.identify(signal_block(eeg(2, 3, 52, 8))).candidates] == [
+        "stays"]
+    assert svc.identify(signal_block(eeg(1, 3, 60, 8))).candidates == []
+
+
+def test_a_gallery_read_before_more_deletions_than_are_remembered_is_not_kept(svc):
+    """The service remembers the last rows it dropped (a bounded number): a gallery built
+    from a store read made before more deletions than that is not kept at all, so it
+    cannot put back a row it no longer knows was dropped."""
+    import collections
+
+    for user, subject in (("a", 1), ("b", 2), ("stays", 3)):
+        svc.enroll(user, [signal_block(eeg(subject, 3, 0, 40))])
+    svc.identify(signal_block(eeg(3, 3, 52, 8)))
+    svc.enroll("new", [signal_block(eeg(4, 3, 0, 40))])  # so the next call rebuilds
+    svc._gallery_cut = collections.deque(maxlen=1)
+    read = svc.store.read_gallery
+
+    def read_then_deleted(*args, **kwargs):
+        out = read(*args, **kwargs)
+        svc.delete_user("a")
+        svc.delete_user("b")
+        return out
+
+    svc.store.read_gallery = read_then_deleted
+    svc.identify(signal_block(eeg(3, 3, 52, 8)))
+    assert svc._gallery_state[0] == ["stays"]  # the gallery as the drops left it
+    svc.store.read_gallery = read
+    svc.identify(signal_block(eeg(3, 3, 52, 8)))
+    assert svc._gallery_state[0] == ["new", "stays"]
