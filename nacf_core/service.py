@@ -442,7 +442,7 @@ class AuthService:
                                    dict[str, bytes]] | None = None
         # held to replace the gallery: a row cut out (a deleted user's) is cut from the
         # gallery as it is then, not from one another cut is replacing meanwhile
-        self._gallery_lock = threading.Lock()
+        self._gallery_lock = threading.RLock()
         # the rows cut out, numbered: a gallery built from a store read made before a
         # cut is kept without that row (see _gallery)
         self._gallery_cuts = 0
@@ -1404,17 +1404,39 @@ class AuthService:
         user's stored history (enrollment and accepted probes), the first attack found
         (a replay of any one's recording, a non-physiological signal) is a security event
         and returned; ``None`` when there is none. Nothing is stored (Identify opens no
-        session: its probe joins no history)."""
-        for user_id, _ in cands:
-            fps = self._store("get_fingerprints", self.store.get_fingerprints, user_id)
-            with self._cpu_gate:  # no store I/O inside
-                verdict = self.pad.check(windows, block, fps, history_key=user_id)
-            if verdict.attack:
-                self._security_event("presentation attack", verdict.kind, "high", user_id,
-                                     reason=verdict.reason, method="Identify",
-                                     **peer_fields(peer))
-                return verdict
-        return None
+        session: its probe joins no history). A matched user dropped meanwhile (DeleteUser)
+        does not keep the history its check prepared."""
+        with self._gallery_lock:
+            cuts = self._gallery_cuts
+        checked = []
+        try:
+            for user_id, _ in cands:
+                checked.append(user_id)
+                fps = self._store("get_fingerprints", self.store.get_fingerprints, user_id)
+                with self._cpu_gate:  # no store I/O inside
+                    verdict = self.pad.check(windows, block, fps, history_key=user_id)
+                if verdict.attack:
+                    self._security_event("presentation attack", verdict.kind, "high",
+                                         user_id, reason=verdict.reason, method="Identify",
+                                         **peer_fields(peer))
+                    return verdict
+            return None
+        finally:
+            cut = self._cut_since(cuts)
+            forget = getattr(self.pad, "forget", None)
+            for user_id in checked if forget is not None else ():
+                if cut is None or user_id in cut:
+                    forget(user_id)
+
+    def _cut_since(self, cuts: int) -> set[str] | None:
+        """The users whose gallery rows were dropped since the ``cuts``-th drop (see
+        :meth:`_drop_gallery_row_and_pad_history`), or ``None`` when more were than are
+        remembered."""
+        with self._gallery_lock:
+            n_cut = self._gallery_cuts - cuts
+            if n_cut > len(self._gallery_cut):
+                return None
+            return {u for _, u in list(self._gallery_cut)[len(self._gallery_cut) - n_cut:]}
 
     def _gallery(self) -> tuple[list[str], np.ndarray]:
         """Every active user enrolled under the served model, by user id, and their
@@ -1474,11 +1496,10 @@ class AuthService:
                 self._gallery_state = ([], [], matrix, bad) if bad else None
             return ids, matrix
         matrix = np.ascontiguousarray(np.stack(rows), dtype=np.float32)
-        with self._gallery_lock:
-            n_cut = self._gallery_cuts - cuts
-            if n_cut > len(self._gallery_cut):
+        with self._gallery_lock:  # (re-entered by _cut_since: an RLock)
+            cut = self._cut_since(cuts)
+            if cut is None:
                 return ids, matrix  # more cuts since than are remembered: keep none
-            cut = {u for _, u in list(self._gallery_cut)[len(self._gallery_cut) - n_cut:]}
             keep = [i for i, u in enumerate(ids) if u not in cut]
             if len(keep) == len(ids):
                 self._gallery_state = (ids, stamps, matrix, bad)

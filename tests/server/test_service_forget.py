@@ -217,3 +217,22 @@ def test_a_gallery_read_before_more_deletions_than_are_remembered_is_not_kept(sv
     svc.store.read_gallery = read
     svc.identify(signal_block(eeg(3, 3, 52, 8)))
     assert svc._gallery_state[0] == ["new", "stays"]
+
+
+def test_an_identify_racing_delete_user_leaves_no_pad_history_of_the_user(svc):
+    """With PAD on, Identify judges its probe against each matched user's stored history,
+    which PAD prepares and keeps by user; a DeleteUser between Identify's read of that
+    history and its check dropped the prepared history before the check kept it again:
+    a deleted user's spectra in memory until the maintenance round. It is dropped."""
+    svc.enroll("gone", [signal_block(eeg(1, 3, 0, 40))])
+    read = svc.store.get_fingerprints
+
+    def read_then_deleted(user_id):
+        out = read(user_id)
+        svc.delete_user(user_id)  # a concurrent DeleteUser, right after the read
+        return out
+
+    svc.store.get_fingerprints = read_then_deleted
+    r = svc.identify(signal_block(eeg(1, 3, 52, 8)))
+    assert [u for u, _ in r.candidates] == ["gone"]
+    assert not [k for k in pad_mod._SLABS._d if k[0] == "gone"]
