@@ -125,7 +125,8 @@ OPTION_HELP: dict[str, str] = {
     "allow_open_loopback": "run without API keys, only when bound to loopback",
     "require_device_proof": "Authenticate requires the x-device-* proof metadata",
     "presentation_attack_detection": "reject replayed and non-physiological probes "
-                                     "(nacf_core.pad) after a biometric accept",
+                                     "(nacf_core.pad) after a biometric accept (Enroll "
+                                     "refuses non-physiological signals either way)",
     "proof_max_skew_s": "device proof: maximum |now - x-device-timestamp| in seconds "
                         "(at least 1: the timestamp is whole seconds)",
     "lockout_threshold": "consecutive failed authentications that lock a user",

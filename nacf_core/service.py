@@ -433,6 +433,11 @@ class AuthService:
         self.metrics = metrics
         self.clock = clock
         self.pad = pad
+        # enrollment's non-physiological check runs whatever the PAD setting: with PAD
+        # off, on a detector of the model's channels made at the first enrollment
+        # (_physiology_detector); Authenticate and the streams do not use it
+        self._enroll_detector: Any = None
+        self._enroll_detector_lock = threading.Lock()
         # decoded templates, by user id, with their bytes and stamp (see _template)
         self._templates: dict[str, tuple[bytes, Any, bytes]] = {}
         # Identify's gallery: (user ids, their templates' stamps, embedding matrix, the
@@ -682,8 +687,7 @@ class AuthService:
                     if not ok:
                         rejected.append(RejectedEpoch(i, j, _reason_at(w.reasons, j)))
             self._refuse_one_signal_on_every_channel(blocks, wins)
-            if self.pad is not None:
-                self._refuse_non_physiological(user_id, blocks, wins)
+            self._refuse_non_physiological(user_id, blocks, wins)  # PAD on or off
             # a window sent twice must not count twice towards the quality gate
             _refuse_repeated_signals(blocks, self.rec.model.ch_names, self.rec.window_s)
             indexed_fps = []
@@ -781,11 +785,14 @@ class AuthService:
         enrollment signal whose accepted windows PAD finds non-physiological (white
         noise, a sine, a loop with its gain changed at each pass: what a probe is
         refused for), so no template is made of them. A signal without an accepted
-        window is left to the quality gate."""
+        window is left to the quality gate. With PAD off too: a template of no person is
+        never wanted (no replay search: no history is given)."""
+        det = None
         for i, (b, w) in enumerate(zip(blocks, wins)):
             if not np.asarray(w.accepted).any():
                 continue
-            v = self.pad.check(w, b, [])
+            det = det or self._physiology_detector()
+            v = det.check(w, b, [])
             if v.attack and v.kind != "replay":  # no history: a replay of nothing
                 self._security_event("presentation attack at enrollment", v.kind, "high",
                                      user_id, reason=v.reason, signal_index=i)
@@ -794,6 +801,19 @@ class AuthService:
                     "windows are white noise, a pure tone or a loop, which would make a "
                     "template of no person; check the headset and send a recording of "
                     "the user.")
+
+    def _physiology_detector(self) -> Any:
+        """The detector judging enrollment signals physiological: PAD's when it is on,
+        else one of the model's channels (as the server's PAD), made once."""
+        if self.pad is not None:
+            return self.pad
+        with self._enroll_detector_lock:
+            if self._enroll_detector is None:
+                from nacf_core.pad import PresentationAttackDetector
+
+                self._enroll_detector = PresentationAttackDetector(
+                    list(self.rec.model.ch_names))
+            return self._enroll_detector
 
     def refused_enrollment(self, exc: BaseException, method: str = "Enroll") -> None:
         """Count an enrollment refused before :meth:`enroll` (its request did not convert,

@@ -347,10 +347,17 @@ def test_enroll_refuses_a_signal_that_repeats_itself(svc, signal):
     enrolled with epochs_used 24, each window counted five or six times, a template
     from a fifth of the signal the gate asks for. A Signal in which a window of its
     samples comes again is now INVALID_ARGUMENT, nothing written; genuine signals are
-    enrolled as before."""
+    enrolled as before. (Enroll's non-physiological check, which runs first, finds these
+    loops periodic too: either refusal will do, and the repeat check alone is asked.)"""
+    from nacf_core.service import _refuse_repeated_signals
+
     x = eeg(1, 3, 0, 10)
+    blocks = [block(eeg(3, 3, 0, 20)), block(signal(x))]
     with pytest.raises(InvalidArgument, match=re.escape("signals[1] repeats itself")):
-        svc.enroll("loop", [block(eeg(3, 3, 0, 20)), block(signal(x))])
+        _refuse_repeated_signals(blocks, svc.rec.model.ch_names, svc.rec.window_s)
+    with pytest.raises(InvalidArgument,
+                       match=re.escape("signals[1] ") + "(repeats itself|does not look)"):
+        svc.enroll("loop", blocks)
     with pytest.raises(NotFound):
         svc.get_user("loop")
     y = eeg(1, 3, 0, 60).copy()
@@ -385,6 +392,34 @@ def test_enroll_with_pad_refuses_a_signal_that_is_not_eeg(pad_svc, signal, why):
         {"activity_type": "non_physiological", "severity": "high"}) == 1
     r = svc.enroll("ok", [block(x), block(eeg(1, 4, 0, 30))])
     assert r.epochs_used > 10
+
+
+@pytest.mark.parametrize("signal, why", [
+    (lambda x: np.random.default_rng(0).normal(0, 20, x.shape), "flat_spectrum"),
+    (lambda x: 50 * np.sin(2 * np.pi * 10 * np.arange(len(x))[:, None] / SFREQ
+                           + np.arange(x.shape[1])), "periodic"),
+    (lambda x: np.concatenate([x[:800] * (1 + k / 10) for k in range(8)]), "periodic"),
+])
+def test_enroll_with_pad_off_refuses_a_signal_that_is_not_eeg(svc, signal, why):
+    """With presentation-attack detection off, Enroll built a template of white noise,
+    a 10 Hz sine on every channel or 5 s of EEG looped with its gain changed at each
+    pass (noise and sine with quality 1.00): PAD's non-physiological check ran at
+    enrollment only with PAD on. A template of no person is never wanted: the check now
+    runs at enrollment whatever the PAD setting (INVALID_ARGUMENT naming the reason,
+    counted as a suspicious activity, nothing written, no PAD fingerprint kept);
+    genuine enrollments pass as before, and Authenticate stays without PAD."""
+    assert svc.pad is None
+    x = eeg(1, 3, 0, 40)
+    with pytest.raises(InvalidArgument, match=re.escape("signals[1]") + ".*" + why):
+        svc.enroll("fake", [block(eeg(2, 3, 0, 20)), block(signal(x))])
+    with pytest.raises(NotFound):
+        svc.get_user("fake")
+    assert svc.metrics.registry.get_sample_value(
+        "nacfauth_suspicious_activities_total",
+        {"activity_type": "non_physiological", "severity": "high"}) == 1
+    r = svc.enroll("ok", [block(x), block(eeg(1, 4, 0, 30))])
+    assert r.epochs_used > 10
+    assert svc.pad is None and svc.store.get_fingerprints("ok") == []
 
 
 def test_enroll_refuses_one_signal_copied_onto_every_channel(svc):
