@@ -168,6 +168,16 @@ def _audit_text(name: str, value: Any, size: int) -> str:
     return text
 
 
+def _is_current(user: tuple, template_id: tuple[int, float]) -> bool:
+    """Whether ``template_id`` (``(version, created_at)``) is the template in place,
+    judged from the user's row ``(template_version, updated_at)``: ``put_template``
+    alone writes that row, with the template, and the same time in both (an account
+    deleted and enrolled again since starts its versions anew, at another time; no
+    clock order is assumed: a clock stepped back changes nothing)."""
+    return (int(user[0]) == int(template_id[0])
+            and float(user[1]) == float(template_id[1]))
+
+
 def _check_stamp_pair(name: str, value: Any) -> tuple:
     """``finish_authentication``'s ``template_id`` (``(version, created_at)``) or
     ``device_key`` (``(device_id, created_at)``): the pair, checked, with its time as a
@@ -1663,8 +1673,9 @@ class SqlStore(Store):
             out: tuple[int, float | None, bool] = (0, None, False)
             # a user deleted since the caller read it: nothing written, a reject included
             # (its failure would lock out a new account enrolled under the same id)
-            if tx.one("SELECT 1 FROM users WHERE user_id = ?" + self.FOR_UPDATE,
-                      (user_id,)) is None:
+            user = tx.one("SELECT template_version, updated_at FROM users WHERE user_id = ?"
+                          + self.FOR_UPDATE, (user_id,))
+            if user is None:
                 raise NotFound(f"Unknown user {user_id!r}.")
             if accepted:
                 if template_id is not None:
@@ -1694,8 +1705,12 @@ class SqlStore(Store):
                     self._tx_reset(tx, user_id)
                 tx.execute(f"INSERT INTO sessions ({self._SESSION_COLS}) "
                            "VALUES (?, ?, ?, ?, ?, ?, ?)", sess_row)
-            else:
+            elif template_id is None or _is_current(user, template_id):
                 out = (*self._tx_failure(tx, user_id, max_failures, lock_seconds, t), False)
+            # else judged against a template replaced since the caller read it (Enroll
+            # with update=true; a delete and a new enrollment): audited, but no failure
+            # of the user's streak since the replacement (read from the user's row,
+            # locked above: no statement more)
             if probe is not None:
                 # encrypted in the transaction, under the key in use now
                 kid, ct = self._cipher.encrypt(probe, Cipher.aad("pad", user_id, "probe"))

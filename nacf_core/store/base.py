@@ -103,6 +103,12 @@ def _now(now: float | None) -> float:
     return check_time("now", t, now)
 
 
+def _template_stamp(rec: "TemplateRecord") -> tuple[int, float]:
+    """``(version, created_at)`` of a template record (``finish_authentication``'s
+    ``template_id``)."""
+    return int(rec.version), float(rec.created_at)
+
+
 @dataclass(frozen=True)
 class UserRecord:
     """A user row. ``template_version`` is 0 for a user without a template."""
@@ -648,7 +654,9 @@ class Store(abc.ABC):
         the consecutive failures and open a session of ``session_ttl_s``
         (``create_session``); a locked user gets no session (``locked`` set, the attempt
         audited as rejected with reason ``"locked"``); otherwise count a failure
-        (``register_failure(max_failures, lock_seconds)``); append
+        (``register_failure(max_failures, lock_seconds)``), unless the decision used a
+        template replaced since (``template_id`` no longer the user's: audited, not
+        counted against the streak of the template in place); append
         ``probe_fingerprint`` to the PAD history when given; append the audit row
         (``record_attempt``). Backends override this with one transaction; this default
         composes the single-purpose methods (not atomic)."""
@@ -656,7 +664,7 @@ class Store(abc.ABC):
         session, failures, locked_until = None, 0, None
         if accepted and template_id is not None:
             rec = self.get_template(user_id)
-            if (rec.version, rec.created_at) != tuple(template_id):
+            if _template_stamp(rec) != tuple(template_id):
                 raise FailedPrecondition(TEMPLATE_CHANGED)
         if accepted and device_key is not None:
             dev = self.get_device(device_key[0])
@@ -673,7 +681,8 @@ class Store(abc.ABC):
         if accepted:
             self.reset_failures(user_id)
             session = self.create_session(user_id, session_ttl_s, device_id=device_id, now=t)
-        else:
+        elif template_id is None or _template_stamp(self.get_template(user_id)) == tuple(
+                template_id):
             failures, locked_until = self.register_failure(user_id, max_failures,
                                                            lock_seconds, now=t)
         self.record_attempt(user_id, accepted, score, reason, peer, duration_s, method, now=t)

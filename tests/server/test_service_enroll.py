@@ -4,12 +4,21 @@ told must be what was written."""
 from __future__ import annotations
 
 import contextlib
+import os
 import time
+import uuid
 
 import pytest
-from _server_support import eeg, signal_block, sqlite_service
+from _server_support import eeg, make_pipeline, signal_block, sqlite_service
+from prometheus_client import CollectorRegistry
 
+from nacf_core.config import Config
 from nacf_core.errors import DeadlineExceeded, NotFound
+from nacf_core.metrics import Metrics
+from nacf_core.service import AuthService
+from nacf_core.store import open_store
+
+PG_DSN = os.environ.get("NACF_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 @pytest.fixture
@@ -17,6 +26,32 @@ def svc(tmp_path, model_path):
     service = sqlite_service(tmp_path, model_path)
     yield service
     service.store.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def svc_both(request, tmp_path, model_path):
+    """An ``AuthService`` on each store backend (a fresh PostgreSQL schema, dropped
+    after), without device proofs and locking a user at its first failure."""
+    conf = {"require_device_proof": False, "lockout_threshold": 1}
+    if request.param == "sqlite":
+        service = sqlite_service(tmp_path, model_path, **conf)
+        yield service
+        service.store.close()
+        return
+    import psycopg
+
+    schema = f"nacf_quality_{uuid.uuid4().hex[:12]}"
+    store = open_store(f"{PG_DSN}{'&' if '?' in PG_DSN else '?'}schema={schema}",
+                       bytes(range(32)))
+    cfg = Config(data_dir=str(tmp_path), rate_limit_per_s=1000, rate_limit_burst=1000,
+                 **conf)
+    try:
+        yield AuthService(store, make_pipeline(model_path), cfg,
+                          metrics=Metrics(CollectorRegistry()))
+    finally:
+        store.close()
+        with psycopg.connect(PG_DSN, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 def _writer_lock_held_until(store, deadline: float, monkeypatch) -> None:
@@ -75,3 +110,37 @@ def test_a_register_device_whose_deadline_passes_while_it_waits_for_the_store_wr
     assert svc.get_user("hs-late").device_ids == []
     secret, rotated = svc.bind_device("hs-late", "headset-late", first_only=True)
     assert secret and not rotated
+
+
+def test_a_reject_judged_against_a_replaced_template_does_not_count_against_the_new_one(
+        svc_both, monkeypatch):
+    """An Authenticate that read the user's template, then lost the race with an Enroll
+    with update=true (re-enrollment) and was rejected, counted its failure against the
+    user after the replacement: the new template's streak started at one failure (here,
+    with lockout_threshold 1, the user was locked out right after being re-enrolled) for
+    a decision about a template that no longer exists. A reject judged against a template
+    that has since been replaced is now audited but not counted; an accept of one was
+    already refused (FailedPrecondition)."""
+    svc = svc_both
+    svc.enroll("alice", [signal_block(eeg(1, 3, 0, 60))])
+    decide = svc.rec.decide
+    replaced = []
+
+    def decide_while_re_enrolled(windows, template):
+        if not replaced:  # the template read, the decision not yet written
+            replaced.append(svc.enroll("alice", [signal_block(eeg(1, 4, 0, 60))],
+                                       update=True).template_version)
+        return decide(windows, template)
+
+    monkeypatch.setattr(svc.rec, "decide", decide_while_re_enrolled)
+    r = svc.authenticate("alice", signal_block(eeg(2, 7, 0, 4)))  # another person
+    assert replaced == [2] and not r.accepted
+    lock = svc.store.get_lockout("alice")
+    assert (lock.failures, lock.locked_until) == (0, None)
+    assert [(a.success, a.reason) for a in svc.store.recent_attempts("alice")
+            if a.method == "Authenticate"] == [(False, "score_below_threshold")]
+    # a reject judged against the template in place counts, as before
+    monkeypatch.undo()
+    r = svc.authenticate("alice", signal_block(eeg(2, 7, 4, 4)))
+    assert not r.accepted
+    assert svc.store.get_lockout("alice").failures == 1

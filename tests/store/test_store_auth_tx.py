@@ -250,7 +250,8 @@ def test_fingerprints_trimmed_between_the_two_reads_of_the_history(store, monkey
 def test_finish_authentication_refuses_a_session_on_a_template_that_changed(store):
     """The decision used one template; an update, or a delete and a new enrollment under
     the same id (version 1 again, another created_at), since then opens no session and
-    writes nothing. A reject is still counted (on whatever template the user has)."""
+    writes nothing. A reject is audited but not counted: the failure streak is the
+    template's in place, which the decision did not use."""
     kw = {"score": 0.9, "reason": "accepted", "peer": "p", "duration_s": 0.01,
           "method": "Authenticate", "session_ttl_s": 60.0}
     store.put_template("alice", b"tpl-1", "m1", now=T0)
@@ -268,9 +269,33 @@ def test_finish_authentication_refuses_a_session_on_a_template_that_changed(stor
     assert store.get_template("alice").version == tid[0]
     with pytest.raises(FailedPrecondition, match="template changed"):
         store.finish_authentication("alice", True, template_id=tid, **kw)
-    out = store.finish_authentication("alice", False, template_id=tid,
-                                      **{**kw, "reason": "score_below_threshold"})
-    assert out.session is None and out.failures == 1
+    rej = {**kw, "reason": "score_below_threshold", "max_failures": 1, "lock_seconds": 60.0}
+    n_rows = len(store.recent_attempts("alice"))
+    out = store.finish_authentication("alice", False, template_id=tid, **rej)
+    assert out.session is None and (out.failures, out.locked_until) == (0, None)
+    assert store.get_lockout("alice").failures == 0
+    assert len(store.recent_attempts("alice")) == n_rows + 1  # audited all the same
+    st = store.get_auth_state("alice")  # judged against the template in place: counted
+    out = store.finish_authentication(
+        "alice", False, template_id=(st.template.version, st.template.created_at), **rej)
+    assert out.session is None and out.failures == 1 and out.locked_until is not None
+
+
+def test_a_reject_on_the_template_in_place_counts_after_a_clock_step_back(store):
+    """Whether a reject's template is still the user's must not rest on the clock: a
+    template written after the clock stepped back (created before the account, by the
+    clock) is the one in place, and its rejects count towards the lockout."""
+    kw = {"score": 0.1, "reason": "score_below_threshold", "peer": "p",
+          "duration_s": 0.01, "method": "Authenticate", "max_failures": 2,
+          "lock_seconds": 60.0}
+    store.put_template("carl", b"tpl-1", "m1", now=T0 + 100)
+    store.put_template("carl", b"tpl-2", "m1", now=T0)  # the clock stepped back
+    st = store.get_auth_state("carl")
+    tid = (st.template.version, st.template.created_at)
+    assert store.finish_authentication("carl", False, template_id=tid, now=T0 + 1,
+                                       **kw).failures == 1
+    out = store.finish_authentication("carl", False, template_id=tid, now=T0 + 2, **kw)
+    assert out.failures == 2 and out.locked_until == T0 + 2 + 60.0
 
 
 def test_finish_authentication_refuses_a_session_on_a_rotated_device_secret(store):
