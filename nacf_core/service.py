@@ -433,9 +433,10 @@ class AuthService:
         self.metrics = metrics
         self.clock = clock
         self.pad = pad
-        # enrollment's non-physiological check runs whatever the PAD setting: with PAD
-        # off, on a detector of the model's channels made at the first enrollment
-        # (_physiology_detector); Authenticate and the streams do not use it
+        # enrollment's non-physiological check and its search for copies of a signal
+        # run whatever the PAD setting: with PAD off, on a detector of the model's
+        # channels made at the first enrollment (_physiology_detector); Authenticate
+        # and the streams do not use it
         self._enroll_detector: Any = None
         self._enroll_detector_lock = threading.Lock()
         # decoded templates, by user id, with their bytes and stamp (see _template)
@@ -690,18 +691,21 @@ class AuthService:
             self._refuse_non_physiological(user_id, blocks, wins)  # PAD on or off
             # a window sent twice must not count twice towards the quality gate
             _refuse_repeated_signals(blocks, self.rec.model.ch_names, self.rec.window_s)
-            indexed_fps = []
-            if self.pad is not None:  # nor a copy rescaled, offset or with noise added
-                indexed_fps = self.pad.block_fingerprints(blocks)
-                repeat = self.pad.first_repeat(indexed_fps)
-                if repeat is not None:
-                    j, i, s = repeat
-                    raise InvalidArgument(
-                        f"signals[{j}] repeats signals[{i}]: their signals look like one "
-                        f"recording (similarity {s:.3f}, {self.pad.replay_threshold:g} or "
-                        "more is a copy: rescaled, offset, with noise added or a piece of "
-                        "it); each window of an enrollment counts once, send distinct "
-                        "recordings.")
+            # nor a copy rescaled, offset or with noise added (PAD on or off: the
+            # quality gate is the same; the fingerprints are kept only with PAD on)
+            det = self._physiology_detector() if len(blocks) > 1 else self.pad
+            indexed_fps = [] if det is None else det.block_fingerprints(blocks)
+            repeat = None if det is None else det.first_repeat(indexed_fps)
+            if repeat is not None:
+                j, i, s = repeat
+                raise InvalidArgument(
+                    f"signals[{j}] repeats signals[{i}]: their signals look like one "
+                    f"recording (similarity {s:.3f}, {det.replay_threshold:g} or "
+                    "more is a copy: rescaled, offset, with noise added or a piece of "
+                    "it); each window of an enrollment counts once, send distinct "
+                    "recordings.")
+            if self.pad is None:
+                indexed_fps = []
             # counted before the enrollment can be refused for too few good windows
             self.metrics.record_artifact_rejections(_codes(r.reason for r in rejected))
             try:
@@ -803,8 +807,9 @@ class AuthService:
                     "the user.")
 
     def _physiology_detector(self) -> Any:
-        """The detector judging enrollment signals physiological: PAD's when it is on,
-        else one of the model's channels (as the server's PAD), made once."""
+        """The detector judging enrollment signals (physiological, not copies of one
+        another): PAD's when it is on, else one of the model's channels (as the
+        server's PAD), made once."""
         if self.pad is not None:
             return self.pad
         with self._enroll_detector_lock:

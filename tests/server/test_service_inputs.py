@@ -310,16 +310,20 @@ def test_enroll_refuses_a_signal_that_repeats_another(svc, second, said):
     (lambda x: x + np.random.default_rng(0).normal(0, 0.05 * x.std(), x.shape), "noise"),
     (lambda x: x[160:], "a piece, not on a window boundary, rescaled"),
 ])
+@pytest.mark.parametrize("pad", [True, False], ids=["pad_on", "pad_off"])
 def test_enroll_refuses_a_signal_that_repeats_another_rescaled_or_noisy(
-        pad_svc, copy, how):
+        request, svc, pad, copy, how):
     """The repeat check compared samples byte for byte, so the same 10 s sent five times
     with a gain of 1.5, 25 µV added or 5 % noise (what any client can do in one line) got
     past it: the quality gate counted each window five times and enrolled a template from
-    a fifth of the signal it asks for. With presentation-attack detection on (the
-    default), a Signal whose PAD fingerprint matches an earlier one's as a replay would
-    (similarity at least the replay threshold: genuine consecutive 20-s pieces of one
-    recording reach 0.80, such copies 0.99) is INVALID_ARGUMENT too, nothing written."""
-    svc = pad_svc
+    a fifth of the signal it asks for. A Signal whose PAD fingerprint matches an earlier
+    one's as a replay would (similarity at least the replay threshold: genuine
+    consecutive 20-s pieces of one recording reach 0.80, such copies 0.99) is
+    INVALID_ARGUMENT too, nothing written; with presentation-attack detection off as
+    well (it was checked only with PAD on, while the quality gate is the same), and then
+    no fingerprint is kept."""
+    if pad:
+        svc = request.getfixturevalue("pad_svc")
     x = eeg(1, 3, 0, 10)
     second = copy(x)
     if how.startswith("a piece"):
@@ -334,6 +338,7 @@ def test_enroll_refuses_a_signal_that_repeats_another_rescaled_or_noisy(
     r = svc.enroll("ok", [block(y[i * 3200:(i + 1) * 3200]) for i in range(3)]
                    + [block(eeg(1, 4, 0, 20))])
     assert r.epochs_used > 0
+    assert bool(svc.store.get_fingerprints("ok")) == pad
 
 
 @pytest.mark.parametrize("signal", [
