@@ -427,6 +427,35 @@ def test_enroll_with_pad_off_refuses_a_signal_that_is_not_eeg(svc, signal, why):
     assert svc.pad is None and svc.store.get_fingerprints("ok") == []
 
 
+@pytest.mark.parametrize("pad", [True, False], ids=["pad_on", "pad_off"])
+@pytest.mark.parametrize("fake, why", [
+    (lambda n: np.random.default_rng(0).normal(0, 20, (n, 16)), "flat_spectrum"),
+    (lambda n: 50 * np.sin(2 * np.pi * 10 * np.arange(n)[:, None] / SFREQ
+                           + np.arange(16)), "periodic"),
+])
+def test_enroll_refuses_a_signal_that_is_eeg_only_in_part(request, svc, pad, fake, why):
+    """The non-physiological check judged a Signal's consecutive accepted windows as one
+    probe, so 10 s of EEG (refused alone: 4 of 4 windows, 10 needed) followed by 30 s of
+    white noise or of a 10 Hz sine was enrolled with epochs_used 19, quality 0.95: three
+    quarters of the template's windows of no person, counted by the quality gate. Each
+    accepted window is now judged on its own too, as a 4-s probe is: such a Signal is
+    INVALID_ARGUMENT naming the window, nothing written. (Every accepted window of every
+    EEGMMIDB run, 4330, and of the OpenBCI Cyton recordings, 262, passes.)"""
+    if pad:
+        svc = request.getfixturevalue("pad_svc")
+    x = eeg(1, 3, 0, 10)
+    mixed = np.concatenate([x, fake(3 * len(x))]).astype(np.float32)
+    with pytest.raises(InvalidArgument,
+                       match=re.escape("signals[1] does not look like EEG") + ".*" + why
+                       + r".*window at [\d.]+-[\d.]+ s is"):
+        svc.enroll("part", [block(eeg(2, 3, 0, 10)), block(mixed)])
+    with pytest.raises(NotFound):
+        svc.get_user("part")
+    with pytest.raises(FailedPrecondition):  # without it, too little EEG for the gate
+        svc.enroll("part", [block(eeg(2, 3, 0, 10))])
+    assert svc.enroll("ok", [block(eeg(1, 3, 0, 40))]).epochs_used > 10
+
+
 def test_enroll_refuses_one_signal_copied_onto_every_channel(svc):
     """A Signal carrying one electrode's EEG on all 16 channels (a headset whose inputs
     are all bridged or shorted to one, or a copied channel) passed the quality gate with
