@@ -668,6 +668,11 @@ class AuthService:
             user_id = check_user_id(user_id)
             if not blocks:
                 raise InvalidArgument("'signals' must hold at least one Signal, got none.")
+            if len(blocks) > MAX_ENROLL_SIGNALS:  # each is compared with every other
+                raise InvalidArgument(
+                    f"'signals' holds at most {MAX_ENROLL_SIGNALS} signals, got "
+                    f"{len(blocks)}: send the recording as one Signal (or a few, one "
+                    "per session) rather than in pieces.")
             if not update:
                 try:
                     self._store("get_user", self.store.get_user, user_id)
@@ -2376,6 +2381,11 @@ class _Buffer:
             data = data[-max(1, samples_for(last_seconds, self.sfreq)):]
         return SignalBlock(data, self.sfreq, self.ch_names, self.device_id)
 
+
+#: the most Signals one Enroll takes: the repeat checks compare each with every earlier
+#: one (PAD's replay search about a millisecond a pair): 800 short ones in a 16 MiB
+#: request were minutes of CPU; a client sends one recording, a few sessions at most
+MAX_ENROLL_SIGNALS = 32
 
 #: How many row-misaligned or partial matches of a signal's first window are examined
 #: (contrived data could make the search quadratic; real EEG has none)

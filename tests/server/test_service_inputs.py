@@ -16,7 +16,7 @@ from scipy.signal import resample
 from nacf_core.config import Config
 from nacf_core.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
 from nacf_core.metrics import Metrics
-from nacf_core.pipeline import Template
+from nacf_core.pipeline import Template, samples_for
 from nacf_core.service import AuthService, DeviceProof, SignalBlock, device_proof
 from nacf_core.store import open_store
 
@@ -454,6 +454,32 @@ def test_enroll_refuses_a_signal_that_is_eeg_only_in_part(request, svc, pad, fak
     with pytest.raises(FailedPrecondition):  # without it, too little EEG for the gate
         svc.enroll("part", [block(eeg(2, 3, 0, 10))])
     assert svc.enroll("ok", [block(eeg(1, 3, 0, 40))]).epochs_used > 10
+
+
+def test_enroll_refuses_more_signals_than_it_compares(svc, monkeypatch):
+    """Enroll compares every Signal with every earlier one (the repeat checks; PAD's
+    replay search costs about a millisecond a pair), and took any number of them: one
+    16 MiB request of 800 short Signals was 320 000 pairs, minutes of a server's CPU
+    (60 Signals of 2 s took 3.6 s), from one enroll-scope key. More than
+    MAX_ENROLL_SIGNALS (a client sends one recording, a few sessions at most) is now
+    INVALID_ARGUMENT saying how many are taken, before any signal is processed; that
+    many are enrolled as before."""
+    from nacf_core.service import MAX_ENROLL_SIGNALS
+
+    x = np.concatenate([eeg(1, 3, 0, 80), eeg(1, 7, 0, 80)])
+    n = samples_for(4.0, SFREQ)
+    calls = []
+    windows = svc.rec.windows
+    monkeypatch.setattr(svc.rec, "windows", lambda *a, **k: calls.append(1) or windows(*a, **k))
+    many = [block(x[i * n:(i + 1) * n]) for i in range(MAX_ENROLL_SIGNALS + 1)]
+    with pytest.raises(InvalidArgument, match=f"at most {MAX_ENROLL_SIGNALS} signals.*got "
+                       f"{MAX_ENROLL_SIGNALS + 1}"):
+        svc.enroll("many", many)
+    assert calls == []
+    with pytest.raises(NotFound):
+        svc.get_user("many")
+    r = svc.enroll("many", many[:MAX_ENROLL_SIGNALS])
+    assert r.epochs_used == MAX_ENROLL_SIGNALS
 
 
 def test_enroll_refuses_one_signal_copied_onto_every_channel(svc):
