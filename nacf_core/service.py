@@ -700,7 +700,11 @@ class AuthService:
             # quality gate is the same; the fingerprints are kept only with PAD on)
             det = self._physiology_detector() if len(blocks) > 1 else self.pad
             indexed_fps = [] if det is None else det.block_fingerprints(blocks)
-            repeat = None if det is None else det.first_repeat(indexed_fps)
+            # only signals with an accepted window count towards the gate: an unusable
+            # one's rejected windows (a dead channel, artifacts) can look like another's
+            good = {i for i, w in enumerate(wins) if np.asarray(w.accepted).any()}
+            repeat = None if det is None else det.first_repeat(
+                [(i, fp) for i, fp in indexed_fps if i in good])
             if repeat is not None:
                 j, i, s = repeat
                 raise InvalidArgument(

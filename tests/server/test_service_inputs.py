@@ -341,6 +341,28 @@ def test_enroll_refuses_a_signal_that_repeats_another_rescaled_or_noisy(
     assert bool(svc.store.get_fingerprints("ok")) == pad
 
 
+@pytest.mark.parametrize("pad", [True, False], ids=["pad_on", "pad_off"])
+def test_a_signal_without_a_good_window_is_not_refused_as_a_repeat(request, svc, pad):
+    """PAD's search for a Signal repeating another compared whole signals, those of which
+    the quality gate accepted no window too: a good recording sent with an unusable one
+    was refused as 'signals[1] repeats signals[0]: their signals look like one
+    recording' when the unusable one's rejected windows (a dead channel, artifacts)
+    happened to look alike (20-s pieces of two distinct OpenBCI Cyton recordings, the
+    2016-07-27 one, no window accepted, and EyesOpen: similarity 0.915, threshold 0.9;
+    here a copy with a dead channel). Only signals
+    with an accepted window count towards the quality gate, so only they are compared
+    now: such an enrollment goes on with the good recording, the other's windows
+    reported rejected."""
+    if pad:
+        svc = request.getfixturevalue("pad_svc")
+    x = eeg(1, 3, 0, 40)
+    dead = x * np.float32(1.5)
+    dead[:, 0] = 0.0  # a dead electrode: every window rejected
+    r = svc.enroll("dead", [block(x), block(dead)])
+    assert r.epochs_used > 10
+    assert {e.signal_index for e in r.rejected} == {1}
+
+
 @pytest.mark.parametrize("signal", [
     lambda x: np.concatenate([x] * 5),
     lambda x: np.concatenate([eeg(2, 3, 0, 3), x, x, x, x[:900]]),  # a unique start
