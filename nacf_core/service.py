@@ -740,18 +740,20 @@ class AuthService:
                 raise DeadlineExceeded(
                     "the call's deadline passed while the template was computed: nothing "
                     "was written; retry with a longer deadline.")
-            version = self._store("put_template", self.store.put_template, user_id, blob,
-                                  self.model_version, {"epochs_used": used,
-                                                       "quality": quality},
-                                  create_only=not update, enroll_fingerprints=fps,
-                                  now=self.clock(), deadline=deadline)
+            # a replaced template ends the sessions verified against it in the same
+            # transaction: one opened on the new template just after it stays open
+            now = self.clock()
+            version, ended = self._store(
+                "put_template", self.store.put_template_ending_sessions, user_id, blob,
+                self.model_version, {"epochs_used": used, "quality": quality},
+                reason="template_replaced", create_only=not update,
+                enroll_fingerprints=fps, now=now, deadline=deadline)
             status = "OK"
             log.info("enrolled", extra={"event_type": "enrollment", "user_id": user_id,
                                         "template_version": version, "epochs_used": used,
                                         "epochs_rejected": len(rejected),
                                         "quality": round(quality, 3)})
-            ended = (self._end_sessions_after(user_id, "template_replaced")
-                     if version > 1 else [])
+            self._sessions_ended(ended, now)
             self._audit(user_id, method, "template_replaced" if version > 1 else "enrolled",
                         actor, peer, template_version=version, sessions_ended=len(ended))
             return EnrollResult(user_id, int(version), used, rejected, quality,
@@ -2191,11 +2193,15 @@ class AuthService:
         now = self.clock()
         ended = self._store("end_user_sessions", self.store.end_user_sessions, user_id,
                             reason, device_id=device_id, now=now)
+        self._sessions_ended(ended, now)
+        return ended
+
+    def _sessions_ended(self, ended: list, now: float) -> None:
+        """The metrics of sessions an account change ended at ``now``."""
         for sess in ended:
             self.metrics.observe_session_duration(max(0.0, now - float(sess.created_at)))
         if ended:
             self._update_active_sessions(now)
-        return ended
 
     def _audit_row(self, user_id: str, success: bool, reason: str, peer: str, method: str,
                    now: float, actor: str | None = None) -> None:

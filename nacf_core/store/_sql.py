@@ -529,6 +529,23 @@ class SqlStore(Store):
     def put_template(self, user_id, blob, model_version, meta=None, *, create_only=False,
                      expected_version=None, enroll_fingerprints=None, now=None,
                      deadline=None) -> int:
+        return self._put_template(user_id, blob, model_version, meta, create_only,
+                                  expected_version, enroll_fingerprints, now, deadline,
+                                  None)[0]
+
+    def put_template_ending_sessions(self, user_id, blob, model_version, meta=None, *,
+                                     reason, create_only=False, expected_version=None,
+                                     enroll_fingerprints=None, now=None, deadline=None
+                                     ) -> tuple[int, list[Session]]:
+        _check_id("reason", reason)
+        version, rows = self._put_template(user_id, blob, model_version, meta, create_only,
+                                           expected_version, enroll_fingerprints, now,
+                                           deadline, reason)
+        return version, [self._session(r) for r in rows]
+
+    def _put_template(self, user_id, blob, model_version, meta, create_only,
+                      expected_version, enroll_fingerprints, now, deadline,
+                      end_reason: str | None) -> tuple[int, list[tuple]]:
         _check_id("user_id", user_id)
         _check_id("model_version", model_version)
         if not isinstance(blob, (bytes, bytearray, memoryview)):
@@ -553,7 +570,7 @@ class SqlStore(Store):
                 raise AlreadyExists(f"User {user_id!r} is already enrolled; "
                                     f"update it explicitly to replace its template.")
 
-        def fn(tx: Tx) -> int:
+        def fn(tx: Tx) -> tuple[int, list[tuple]]:
             # encrypted in the transaction, under the key in use now (see _tx_check_write_key)
             cipher = self._cipher
             # a user deleted by another replica since the INSERT found it is enrolled anew
@@ -587,12 +604,20 @@ class SqlStore(Store):
                     (user_id, "enroll", t) + cipher.encrypt(
                         fp, Cipher.aad("pad", user_id, "enroll")) for fp in fps])
             self._tx_check_write_key(tx, kid)
+            ended: list[tuple] = []
+            if end_reason is not None and new > 1:
+                # the sessions verified against the template replaced, in its transaction:
+                # one opened on the new template just after it is not ended too
+                ended = tx.query(
+                    "UPDATE sessions SET ended_at = ?, end_reason = ? WHERE user_id = ? "
+                    "AND ended_at IS NULL AND expires_at > ? "
+                    f"RETURNING {self._SESSION_SELECT}", (t, end_reason, user_id, t))
             if deadline is not None and time.monotonic() > deadline:
                 # rolled back: the caller's client has been told the call failed
                 raise DeadlineExceeded(
                     "the call's deadline passed while the store was busy (waiting for its "
                     "writer lock or a row lock): nothing was written; retry.")
-            return new
+            return new, ended
 
         return self._run(fn)
 

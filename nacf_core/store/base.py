@@ -332,6 +332,34 @@ class Store(abc.ABC):
         the same transaction (never a torn template).
         """
 
+    def put_template_ending_sessions(
+        self,
+        user_id: str,
+        blob: bytes,
+        model_version: str,
+        meta: Mapping[str, Any] | None = None,
+        *,
+        reason: str,
+        create_only: bool = False,
+        expected_version: int | None = None,
+        enroll_fingerprints: Sequence[bytes] | None = None,
+        now: float | None = None,
+        deadline: float | None = None,
+    ) -> tuple[int, list[Session]]:
+        """:meth:`put_template`; when it replaced a template (version above 1), also end
+        the user's active sessions with ``reason`` (they were verified against the old
+        one): ``(version, the sessions ended)``. Backends do both in one transaction, so
+        a session opened on the new template just after it is not ended; this default
+        composes the two (not atomic)."""
+        version = self.put_template(user_id, blob, model_version, meta,
+                                    create_only=create_only,
+                                    expected_version=expected_version,
+                                    enroll_fingerprints=enroll_fingerprints, now=now,
+                                    deadline=deadline)
+        if version <= 1:
+            return version, []
+        return version, self.end_user_sessions(user_id, reason, now=now)
+
     @abc.abstractmethod
     def get_template(self, user_id: str) -> TemplateRecord:
         """The current template, decrypted. ``NotFound`` for an unknown user or none,

@@ -144,3 +144,38 @@ def test_a_reject_judged_against_a_replaced_template_does_not_count_against_the_
     r = svc.authenticate("alice", signal_block(eeg(2, 7, 4, 4)))
     assert not r.accepted
     assert svc.store.get_lockout("alice").failures == 1
+
+
+def test_a_session_opened_on_the_new_template_is_not_ended_by_its_replacement(
+        svc_both, monkeypatch):
+    """Enroll with update=true wrote the new template, then ended every active session
+    of the user in a second transaction: a session opened on the NEW template in between
+    (the user authenticating at once, another replica) was ended too, reason
+    'template_replaced', though it was verified against the template that replaced the
+    old one. The sessions are now ended in the template's own transaction: those opened
+    before it end, one opened after it stays valid."""
+    svc = svc_both
+    svc.enroll("bob", [signal_block(eeg(1, 3, 0, 60))])
+    old = svc.authenticate("bob", signal_block(eeg(1, 7, 0, 4)))
+    assert old.accepted
+    store = svc.store
+    opened = []
+
+    def authenticate_right_after(method):
+        def wrapped(*a, **k):
+            out = method(*a, **k)
+            if not opened:  # the new template written: the user authenticates at once
+                r = svc.authenticate("bob", signal_block(eeg(1, 7, 0, 4)))
+                assert r.accepted
+                opened.append(r.session_token)
+            return out
+        return wrapped
+
+    for name in ("put_template", "put_template_ending_sessions"):
+        if hasattr(store, name):
+            monkeypatch.setattr(store, name, authenticate_right_after(getattr(store, name)))
+    r = svc.enroll("bob", [signal_block(eeg(1, 3, 60, 60))], update=True)
+    assert r.template_version == 2 and opened
+    monkeypatch.undo()
+    assert svc.validate_session(old.session_token).reason == "template_replaced"
+    assert svc.validate_session(opened[0]).valid
