@@ -27,6 +27,8 @@ from libc.math cimport INFINITY
 from libc.stdint cimport int64_t
 from scipy.linalg.cython_blas cimport sgemm
 
+include "_checks.pxi"
+
 import numpy as np
 
 cdef extern from *:
@@ -344,6 +346,16 @@ cdef void _scan_rows(const float* scores, Py_ssize_t nb, Py_ssize_t n_probes, in
         f += 1
 
 
+cdef int _check_pair(str fn, Py_ssize_t* probes, Py_ssize_t* templates) except -1:
+    """Probes and templates of one embedding dimension d >= 1 (``ValueError``)."""
+    _need(probes[1] == templates[1],
+          f"{fn}: 'probes' and 'templates' must have the same embedding dimension, got "
+          f"({probes[0]}, {probes[1]}) and ({templates[0]}, {templates[1]}).")
+    _need(probes[1] >= 1 or probes[0] == 0 or templates[0] == 0,
+          f"{fn}: the embedding dimension must be >= 1, got 0.")
+    return 0
+
+
 @cython.boundscheck(False)
 @cython.wraparound(False)
 def cosine_scores_into(const float[:, ::1] probes, const float[:, ::1] templates,
@@ -352,6 +364,10 @@ def cosine_scores_into(const float[:, ::1] probes, const float[:, ::1] templates
     cdef Py_ssize_t n_probes = probes.shape[0], n_templates = templates.shape[0]
     cdef Py_ssize_t d = probes.shape[1], p, start, nb
     cdef Py_ssize_t chunk = 1 << 24  # keep every BLAS int argument < 2**31
+    _check_pair("cosine_scores_into", probes.shape, templates.shape)
+    _need(out.shape[0] == n_probes and out.shape[1] == n_templates,
+          f"cosine_scores_into: 'out' must be (n_probes, n_templates) = ({n_probes}, "
+          f"{n_templates}), got ({out.shape[0]}, {out.shape[1]}).")
     if n_probes == 0 or n_templates == 0:
         return
     with nogil:
@@ -382,6 +398,17 @@ def top_k_into(const float[:, ::1] probes, const float[:, ::1] templates,
     cdef Py_ssize_t p, start, nb
     cdef Py_ssize_t[::1] sizes
     cdef float[::1] thr
+    _check_pair("top_k_into", probes.shape, templates.shape)
+    _need(heap_s.shape[0] == n_probes and heap_i.shape[0] == n_probes
+          and heap_i.shape[1] == k and 0 <= k <= n_templates,
+          f"top_k_into: 'heap_s' and 'heap_i' must both be (n_probes, k) with k <= "
+          f"n_templates ({n_templates}), n_probes = {n_probes}, got ({heap_s.shape[0]}, "
+          f"{heap_s.shape[1]}) and ({heap_i.shape[0]}, {heap_i.shape[1]}).")
+    _need(block_rows >= 1, f"top_k_into: 'block_rows' must be >= 1, got {block_rows}.")
+    nb = min(block_rows, n_templates) * (n_probes if n_probes >= gemm_min_probes else 1)
+    _need(scratch.shape[0] >= nb,
+          f"top_k_into: 'scratch' must hold a block's scores, {nb} floats, got "
+          f"{scratch.shape[0]}.")
     if n_probes == 0 or k == 0:
         return
     sizes = np.zeros(n_probes, dtype=np.intp)

@@ -29,6 +29,8 @@ from cython cimport floating
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
+include "_checks.pxi"
+
 # No multiply-add contraction: every ISA variant then rounds exactly as SciPy's loop
 # does (bit-identical results).  Contraction measured no faster here (on Zen 4 the
 # FMA and multiply share ports; the loop also waits on loads and stores).
@@ -505,14 +507,39 @@ cdef void _sosfilt(const floating* sos, Py_ssize_t n_sections,
         c0 += block
 
 
+cdef int _check_sosfilt(Py_ssize_t* sos, Py_ssize_t* x, Py_ssize_t* y, Py_ssize_t* z,
+                        Py_ssize_t* zbuf, Py_ssize_t* tile, bint time_major) except -1:
+    """The shapes :func:`sosfilt_f32` / :func:`sosfilt_f64` index by (``ValueError``
+    otherwise): every one of them fits the others before the unchecked loops run."""
+    cdef Py_ssize_t n_channels = x[1] if time_major else x[0]
+    cdef Py_ssize_t n_tile = 1 if time_major else TILE
+    _need(sos[0] >= 1 and sos[1] == 6,
+          f"sosfilt: 'sos' must be (n_sections >= 1, 6), got ({sos[0]}, {sos[1]}).")
+    _need(y[0] == x[0] and y[1] == x[1],
+          f"sosfilt: 'y' must have the shape of 'x' ({x[0]}, {x[1]}), got ({y[0]}, {y[1]}).")
+    _need(z[0] == sos[0] and z[1] == 2 and z[2] == n_channels,
+          f"sosfilt: the state 'z' must be (n_sections, 2, n_channels) = ({sos[0]}, 2, "
+          f"{n_channels}), got ({z[0]}, {z[1]}, {z[2]}).")
+    _need(tile[1] >= LANES and tile[1] % LANES == 0 and tile[0] >= n_tile,
+          f"sosfilt: the scratch 'tile' must be (n_tile >= {n_tile}, block) with block a "
+          f"multiple of {LANES}, got ({tile[0]}, {tile[1]}).")
+    _need(zbuf[0] == sos[0] and zbuf[1] == 2 and zbuf[2] == tile[1],
+          f"sosfilt: the scratch 'zbuf' must be (n_sections, 2, block) = ({sos[0]}, 2, "
+          f"{tile[1]}), got ({zbuf[0]}, {zbuf[1]}, {zbuf[2]}).")
+    return 0
+
+
 def sosfilt_f32(const float[:, ::1] sos, const float[:, ::1] x, float[:, ::1] y,
                 float[:, :, ::1] z, float[:, :, ::1] zbuf, float[:, ::1] tile,
                 bint time_major):
     """float32 kernel: filter ``x`` into ``y`` carrying state ``z`` (n_sections, 2, n_channels).
 
     ``zbuf`` (n_sections, 2, block) and ``tile`` (n_tile, block) are 64-byte aligned
-    scratch with ``block % 16 == 0``.  No checks: see ``nacf_core.dsp``.
+    scratch with ``block % 16 == 0``, ``n_tile`` 1 for time-major ``x`` and 16 for
+    channel-major.  Only the shapes are checked (``ValueError``): the values are the
+    public layer's business, see ``nacf_core.dsp``.
     """
+    _check_sosfilt(sos.shape, x.shape, y.shape, z.shape, zbuf.shape, tile.shape, time_major)
     cdef Py_ssize_t n_times = x.shape[0] if time_major else x.shape[1]
     cdef Py_ssize_t n_channels = z.shape[2]
     if x.shape[0] == 0 or x.shape[1] == 0:
@@ -527,6 +554,7 @@ def sosfilt_f64(const double[:, ::1] sos, const double[:, ::1] x, double[:, ::1]
                 double[:, :, ::1] z, double[:, :, ::1] zbuf, double[:, ::1] tile,
                 bint time_major):
     """float64 kernel: as :func:`sosfilt_f32`."""
+    _check_sosfilt(sos.shape, x.shape, y.shape, z.shape, zbuf.shape, tile.shape, time_major)
     cdef Py_ssize_t n_times = x.shape[0] if time_major else x.shape[1]
     cdef Py_ssize_t n_channels = z.shape[2]
     if x.shape[0] == 0 or x.shape[1] == 0:
@@ -545,8 +573,21 @@ def sosfiltfilt_f64(const double[:, ::1] sos, const double[:, ::1] zi,
     time, then a forward and a backward pass of the wavefront kernel, each started from
     the step-response state ``zi`` (n_sections, 2) times the block's first / last row.
     Returns False, with ``out`` untouched, where this build has no wavefront kernel (or
-    no scratch memory): the caller then uses another path.  No checks."""
+    no scratch memory): the caller then uses another path.  Only the shapes and
+    ``padlen`` are checked (``ValueError``)."""
     cdef int rc
+    _need(sos.shape[0] >= 1 and sos.shape[1] == 6,
+          f"sosfiltfilt_f64: 'sos' must be (n_sections >= 1, 6), got "
+          f"({sos.shape[0]}, {sos.shape[1]}).")
+    _need(zi.shape[0] == sos.shape[0] and zi.shape[1] == 2,
+          f"sosfiltfilt_f64: 'zi' must be (n_sections, 2) = ({sos.shape[0]}, 2), got "
+          f"({zi.shape[0]}, {zi.shape[1]}).")
+    _need(out.shape[0] == x.shape[0] and out.shape[1] == x.shape[1],
+          f"sosfiltfilt_f64: 'out' must have the shape of 'x' ({x.shape[0]}, {x.shape[1]}), "
+          f"got ({out.shape[0]}, {out.shape[1]}).")
+    _need(x.shape[0] == 0 or x.shape[1] == 0 or 0 < padlen < x.shape[1],
+          f"sosfiltfilt_f64: 'padlen' must be in [1, n_times) = [1, {x.shape[1]}), got "
+          f"{padlen}.")
     if not NACF_HAVE_WAVE:
         return False
     if x.shape[0] == 0 or x.shape[1] == 0:

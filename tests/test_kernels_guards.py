@@ -1,0 +1,148 @@
+"""The compiled kernels' entry points refuse arguments whose shapes do not fit together.
+
+The Cython loops run with bounds checking off, and ``nacf_core.pad`` (and anything
+holding ``kernel_module()``) calls them directly, past the public layer's validation:
+a state, an output or a scratch buffer of the wrong shape made them read or write past
+the end of an array (a segfault, or garbage returned as a result).  Each entry point
+now checks its arguments' shapes once per call and raises ``ValueError`` naming what
+does not fit.  Each case runs in a child process, so a crash fails the case instead of
+ending the test run.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+_PRELUDE = """
+import numpy as np
+from nacf_core.kernels import _cy_filter, _cy_match, _cy_quality
+F = _cy_filter.kernel_module()
+Q = _cy_quality.kernel_module()
+M = _cy_match.kernel_module()
+sos = np.array([[0.2, 0.4, 0.2, 1.0, -0.3, 0.1]] * 4)
+def f64(*shape):
+    return np.zeros(shape)
+def f32(*shape):
+    return np.zeros(shape, np.float32)
+def call(fn, *args):
+    try:
+        fn(*args)
+    except ValueError as exc:
+        print("REFUSED:", exc)
+    else:
+        print("ACCEPTED")
+"""
+
+# (id, the call): every one of them has arguments that do not fit together.
+CASES = [
+    # sosfilt: x (channels, times) channel-major, z (sections, 2, channels)
+    ("sosfilt state of more channels than x",
+     "call(F.sosfilt_f64, sos, f64(8, 1000), f64(8, 1000), f64(4, 2, 4000), f64(4, 2, 16),"
+     " f64(16, 16), False)"),
+    ("sosfilt time-major state of more channels than x",
+     "call(F.sosfilt_f64, sos, f64(1000, 8), f64(1000, 8), f64(4, 2, 100000), f64(4, 2, 16),"
+     " f64(1, 16), True)"),
+    ("sosfilt state of fewer sections than sos",
+     "call(F.sosfilt_f64, sos, f64(8, 100), f64(8, 100), f64(1, 2, 8), f64(4, 2, 16),"
+     " f64(16, 16), False)"),
+    ("sosfilt sos of 3 columns",
+     "call(F.sosfilt_f64, f64(4, 3), f64(8, 100), f64(8, 100), f64(4, 2, 8), f64(4, 2, 16),"
+     " f64(16, 16), False)"),
+    ("sosfilt output shorter than x",
+     "call(F.sosfilt_f32, sos.astype(np.float32), f32(8, 100000), f32(8, 10), f32(4, 2, 8),"
+     " f32(4, 2, 16), f32(16, 16), False)"),
+    ("sosfilt channel block scratch too small",
+     "call(F.sosfilt_f64, sos, f64(8, 100), f64(8, 100), f64(4, 2, 8), f64(1, 2, 16),"
+     " f64(16, 16), False)"),
+    ("sosfilt tile of fewer rows than a time tile",
+     "call(F.sosfilt_f64, sos, f64(8, 100), f64(8, 100), f64(4, 2, 8), f64(4, 2, 16),"
+     " f64(1, 16), False)"),
+    ("sosfilt block not a multiple of 16 lanes",
+     "call(F.sosfilt_f64, sos, f64(8, 100), f64(8, 100), f64(4, 2, 8), f64(4, 2, 8),"
+     " f64(16, 8), False)"),
+    # sosfiltfilt_f64 (pad.py's zero-phase band-pass)
+    ("sosfiltfilt padlen longer than the signal",
+     "call(F.sosfiltfilt_f64, sos, f64(4, 2), f64(8, 10), 100000, f64(8, 10))"),
+    ("sosfiltfilt negative padlen",
+     "call(F.sosfiltfilt_f64, sos, f64(4, 2), f64(8, 10), -100000, f64(8, 10))"),
+    ("sosfiltfilt output smaller than x",
+     "call(F.sosfiltfilt_f64, sos, f64(4, 2), f64(64, 1000), 30, f64(1, 10))"),
+    ("sosfiltfilt zi of fewer sections than sos",
+     "call(F.sosfiltfilt_f64, sos, f64(1, 2), f64(8, 100), 30, f64(8, 100))"),
+    # artifacts / quality
+    ("detect output smaller than the epochs",
+     "call(Q.detect_into, f64(100, 64, 50), np.zeros((1, 1), np.int8), 1e5, 0.0, 0.5,"
+     " 500.0, 200.0)"),
+    ("quality reason smaller than the epochs",
+     "call(Q.quality_into, f64(100, 64, 50), np.zeros((1, 1), np.int8), f64(4, 50), 1.0,"
+     " 0.5, 2.0, 200.0, 500.0, f64(100, 64), f64(100))"),
+    ("quality tables shorter than an epoch",
+     "call(Q.quality_into, f64(10, 8, 5000), np.zeros((10, 8), np.int8), f64(4, 5), 1.0,"
+     " 0.5, 2.0, 200.0, 500.0, f64(10, 8), f64(10))"),
+    ("quality per-channel output too small",
+     "call(Q.quality_into, f64(100, 64, 50), np.zeros((100, 64), np.int8), f64(4, 50), 1.0,"
+     " 0.5, 2.0, 200.0, 500.0, f64(1, 1), f64(100))"),
+    ("quality per-epoch output too small",
+     "call(Q.quality_into, f64(100, 64, 50), np.zeros((100, 64), np.int8), f64(4, 50), 1.0,"
+     " 0.5, 2.0, 200.0, 500.0, f64(100, 64), f64(1))"),
+    # matching
+    ("cosine templates of another dimension",
+     "call(M.cosine_scores_into, f32(1, 100000), f32(10, 2), f32(1, 10), 4)"),
+    ("cosine batch templates of another dimension",
+     "call(M.cosine_scores_into, f32(5, 100000), f32(10, 2), f32(5, 10), 4)"),
+    ("cosine output of the wrong shape",
+     "call(M.cosine_scores_into, f32(1, 8), f32(100000, 8), f32(1, 1), 4)"),
+    ("top_k templates of another dimension",
+     "call(M.top_k_into, f32(1, 4), f32(10000, 2000), f32(1, 3), np.zeros((1, 3), np.int64),"
+     " f32(2048), 2048, 4)"),
+    ("top_k k larger than the templates",
+     "call(M.top_k_into, f32(1, 4), f32(10, 4), f32(1, 50), np.zeros((1, 50), np.int64),"
+     " f32(2048), 2048, 4)"),
+    ("top_k heaps of another shape",
+     "call(M.top_k_into, f32(5, 4), f32(10, 4), f32(5, 3), np.zeros((1, 3), np.int64),"
+     " f32(2048 * 5), 2048, 4)"),
+    ("top_k scratch smaller than a block",
+     "call(M.top_k_into, f32(5, 4), f32(100000, 4), f32(5, 3), np.zeros((5, 3), np.int64),"
+     " f32(1), 2048, 4)"),
+    ("top_k block of no rows",
+     "call(M.top_k_into, f32(1, 4), f32(10, 4), f32(1, 3), np.zeros((1, 3), np.int64),"
+     " f32(16), 0, 4)"),
+]
+
+
+@pytest.mark.parametrize("call", [c for _, c in CASES], ids=[i for i, _ in CASES])
+def test_compiled_kernels_refuse_arguments_that_do_not_fit(call):
+    code = _PRELUDE + textwrap.dedent(call) + "\n"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, env=os.environ.copy())
+    assert out.returncode == 0, f"the kernel crashed (exit {out.returncode}): {out.stderr[-800:]}"
+    assert out.stdout.startswith("REFUSED:"), out.stdout + out.stderr[-800:]
+
+
+def test_compiled_kernels_still_accept_arguments_that_fit():
+    """The checks refuse nothing the backends pass: one valid call of each entry point."""
+    code = _PRELUDE + textwrap.dedent("""
+        call(F.sosfilt_f64, sos, f64(8, 100), f64(8, 100), f64(4, 2, 8), f64(4, 2, 16),
+             f64(16, 16), False)
+        call(F.sosfilt_f32, sos.astype(np.float32), f32(100, 8), f32(100, 8), f32(4, 2, 8),
+             f32(4, 2, 16), f32(1, 16), True)
+        call(F.sosfiltfilt_f64, sos, f64(4, 2), f64(8, 100), 30, f64(8, 100))
+        call(Q.detect_into, f64(3, 4, 50), np.zeros((3, 4), np.int8), 1e5, 0.0, 0.5, 500.0,
+             200.0)
+        call(Q.quality_into, f64(3, 4, 50), np.zeros((3, 4), np.int8), f64(4, 50), 1.0, 0.5,
+             2.0, 200.0, 500.0, f64(3, 4), f64(3))
+        call(M.cosine_scores_into, f32(5, 8), f32(10, 8), f32(5, 10), 4)
+        call(M.top_k_into, f32(5, 4), f32(10, 4), f32(5, 3), np.zeros((5, 3), np.int64),
+             f32(2048 * 5), 2048, 4)
+        call(M.top_k_into, f32(1, 4), f32(10, 4), f32(1, 10), np.zeros((1, 10), np.int64),
+             f32(2048), 2048, 4)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, env=os.environ.copy())
+    assert out.returncode == 0, out.stderr[-800:]
+    assert out.stdout.split() == ["ACCEPTED"] * 8, out.stdout
