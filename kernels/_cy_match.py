@@ -20,6 +20,7 @@ import numpy as np
 
 from ._aligned import empty_aligned
 from ._cpu import load_variant
+from ._shapes import check_match
 
 __all__ = ["cosine_scores", "top_k", "ISA", "kernel_module", "GEMM_MIN_PROBES",
            "GEMM_BLOCK_ROWS", "DOT_BLOCK_ROWS"]
@@ -45,6 +46,7 @@ def kernel_module():
 def cosine_scores(probes, templates, *, _module=None):
     """See :func:`nacf_core.matching.cosine_scores` (no validation here)."""
     mod = _kernel if _module is None else _module
+    check_match(probes, templates)
     out = np.empty((probes.shape[0], templates.shape[0]), dtype=np.float32)
     mod.cosine_scores_into(probes, templates, out, GEMM_MIN_PROBES)
     return out
@@ -57,6 +59,7 @@ def top_k(probes, templates, k, *, _block_rows=None, _module=None):
     block edges); ``_module`` picks an ISA variant.
     """
     mod = _kernel if _module is None else _module
+    check_match(probes, templates, k)
     n_probes = probes.shape[0]
     gemm = n_probes >= GEMM_MIN_PROBES
     block = _block_rows or (GEMM_BLOCK_ROWS if gemm else DOT_BLOCK_ROWS)

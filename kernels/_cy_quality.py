@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._cpu import load_variant
+from ._shapes import check_epochs, check_reason
 from ._quality_params import FLAT_RMS_UV, GOOD_P2P_UV, GOOD_RMS_UV, MAX_P2P_UV, line_tables
 
 __all__ = ["detect_artifacts", "quality", "ISA", "kernel_module"]
@@ -32,6 +33,7 @@ def detect_artifacts(epochs, sfreq, limits, *, _module=None):
     """
     del sfreq
     mod = _kernel if _module is None else _module
+    check_epochs(epochs)
     out = np.empty(epochs.shape[:2], dtype=np.int8)
     mod.detect_into(epochs, out, float(limits.rail_uv), float(limits.rail_fraction),
                     float(limits.flat_uv), float(limits.peak_to_peak_uv),
@@ -42,6 +44,7 @@ def detect_artifacts(epochs, sfreq, limits, *, _module=None):
 def quality(epochs, sfreq, reason, *, _module=None):
     """See :func:`nacf_core.artifacts.quality` (no validation here)."""
     mod = _kernel if _module is None else _module
+    check_reason(epochs, reason)
     n_epochs, n_channels, n_times = epochs.shape
     tables, norm = line_tables(n_times, float(sfreq))
     per_channel = np.empty((n_epochs, n_channels), dtype=np.float64)

@@ -19,6 +19,7 @@ import threading
 import numpy as np
 
 from ._aligned import _aligned_unchecked, empty_aligned
+from ._shapes import check_sosfilt
 
 __all__ = ["prepare", "finish", "sos_zi", "broadcast_zi", "channel_block", "scratch"]
 
@@ -64,8 +65,10 @@ def prepare(sos, x, axis, zi):
 
     ``sos`` : ``(n_sections, 6)`` C-contiguous in ``dtype``; ``x`` : C-contiguous in
     ``dtype``; ``y`` : output like ``x``; ``z`` : ``(n_sections, 2, n_channels)``
-    state (zeros when ``zi`` is None), C-contiguous.
+    state (zeros when ``zi`` is None), C-contiguous.  Shapes that do not fit together
+    raise ``ValueError`` (:func:`._shapes.check_sosfilt`).
     """
+    check_sosfilt(sos, x, axis, zi)
     if zi is None:
         dtype = np.result_type(sos, x)
     else:

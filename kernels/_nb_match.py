@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._numba import jit
+from ._shapes import check_match
 
 __all__ = ["cosine_scores", "top_k", "BLOCK_ROWS"]
 
@@ -29,6 +30,7 @@ def _cosine_kernel(probes, templates):
 
 def cosine_scores(probes, templates):
     """See :func:`nacf_core.matching.cosine_scores` (no validation here)."""
+    check_match(probes, templates)
     if probes.shape[0] == 0 or templates.shape[0] == 0:
         return np.zeros((probes.shape[0], templates.shape[0]), dtype=np.float32)
     return _cosine_kernel(probes, templates)
@@ -115,6 +117,7 @@ def top_k(probes, templates, k, *, _block_rows=BLOCK_ROWS):
 
     ``_block_rows`` is for the tests (tiny blocks cross many block edges).
     """
+    check_match(probes, templates, k)
     n_probes = probes.shape[0]
     heap_s = np.empty((n_probes, k), dtype=np.float32)
     heap_i = np.empty((n_probes, k), dtype=np.int64)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._numba import jit
+from ._shapes import check_epochs, check_reason
 from ._quality_params import FLAT_RMS_UV, GOOD_P2P_UV, GOOD_RMS_UV, MAX_P2P_UV, line_tables
 
 __all__ = ["detect_artifacts", "quality"]
@@ -71,6 +72,7 @@ def _detect_kernel(x, rail_uv, rail_fraction, flat_uv, p2p_uv, jump_uv, out):
 def detect_artifacts(epochs, sfreq, limits):
     """See :func:`nacf_core.artifacts.detect_artifacts` (no validation here)."""
     del sfreq
+    check_epochs(epochs)
     out = np.empty(epochs.shape[:2], dtype=np.int8)
     _detect_kernel(epochs, float(limits.rail_uv), float(limits.rail_fraction),
                    float(limits.flat_uv), float(limits.peak_to_peak_uv),
@@ -137,6 +139,7 @@ def _quality_kernel(x, reason, tables, norm, flat_rms, good_rms, good_p2p, max_p
 
 def quality(epochs, sfreq, reason):
     """See :func:`nacf_core.artifacts.quality` (no validation here)."""
+    check_reason(epochs, reason)
     n_epochs, n_channels, n_times = epochs.shape
     tables, norm = line_tables(n_times, float(sfreq))
     per_channel = np.empty((n_epochs, n_channels), dtype=np.float64)

@@ -146,3 +146,56 @@ def test_compiled_kernels_still_accept_arguments_that_fit():
                          timeout=60, env=os.environ.copy())
     assert out.returncode == 0, out.stderr[-800:]
     assert out.stdout.split() == ["ACCEPTED"] * 8, out.stdout
+
+
+# ------------------------------------------------------------------ the backends' functions
+BACKENDS = [pytest.param("numba", marks=pytest.mark.numba_kernels), "cython"]
+
+
+def _sos():
+    import numpy as np
+
+    return np.array([[0.2, 0.4, 0.2, 1.0, -0.3, 0.1]] * 4)
+
+
+def _bad_backend_calls():
+    import numpy as np
+
+    from nacf_core.kernels import ArtifactLimits
+
+    x = np.ones((8, 100))
+    epochs = np.ones((3, 4, 50))
+    unit = np.eye(10, 4, dtype=np.float32)
+    return {
+        "sosfilt zi of fewer sections than sos":
+            lambda k: k.sosfilt(_sos(), x, -1, np.zeros((1, 8, 2))),
+        "sosfilt zi of more channels than x":
+            lambda k: k.sosfilt(_sos(), x, -1, np.zeros((4, 4000, 2))),
+        "sosfilt time-major zi of another layout":
+            lambda k: k.sosfilt(_sos(), x.T.copy(), 0, np.zeros((4, 8, 2))),
+        "sosfilt sos of 3 columns": lambda k: k.sosfilt(np.ones((4, 3)), x),
+        "sosfilt sos of no section": lambda k: k.sosfilt(np.ones((0, 6)), x),
+        "sosfilt 1-D x": lambda k: k.sosfilt(_sos(), np.ones(100)),
+        "detect 2-D epochs": lambda k: k.detect_artifacts(x, 250.0, ArtifactLimits()),
+        "quality reason of another shape":
+            lambda k: k.quality(epochs, 250.0, np.zeros((1, 1), np.int8)),
+        "top_k k larger than the templates": lambda k: k.top_k(unit[:2], unit, 11),
+        "top_k negative k": lambda k: k.top_k(unit[:2], unit, -1),
+        "top_k templates of another dimension":
+            lambda k: k.top_k(unit[:2], np.ones((10, 3), np.float32), 2),
+        "cosine templates of another dimension":
+            lambda k: k.cosine_scores(unit[:2], np.ones((10, 3), np.float32)),
+    }
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("case", list(_bad_backend_calls()))
+def test_backend_kernels_refuse_arguments_that_do_not_fit(name, case):
+    """``nacf_core.kernels.backend(name)`` functions (which do not validate values) still
+    refuse shapes that do not fit together, in both compiled backends alike: the Numba
+    kernels read past the arrays as well (NaN filter output, garbage quality scores,
+    uninitialised top-k entries)."""
+    from nacf_core.kernels import backend
+
+    with pytest.raises(ValueError):
+        _bad_backend_calls()[case](backend(name))
