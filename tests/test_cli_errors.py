@@ -128,6 +128,23 @@ def test_bench_refuses_an_empty_path(capsys, option):
         err.endswith(f"argument {option}: expected a non-empty folder name, got ''"), err
 
 
+@pytest.mark.parametrize("keyword", ["", "  "])
+def test_bench_refuses_an_empty_keyword_instead_of_running_every_benchmark(
+        capsys, monkeypatch, keyword):
+    """'-k ""' (a variable that was not set) was taken as no -k at all: the whole
+    benchmark suite ran (minutes) instead of the selection meant; it is an argparse
+    error naming the option, before any benchmark starts."""
+    from nacf_core.commands import kernels as kernels_cmd
+
+    def no_run(*args, **kwargs):
+        raise AssertionError(f"the benchmarks were started: {args[0]}")
+
+    monkeypatch.setattr(kernels_cmd.subprocess, "run", no_run)
+    err = _argparse_error(capsys, ["kernels", "bench", "-k", keyword])
+    assert err.endswith(f"argument -k: expected a non-empty pytest -k expression, "
+                        f"got {keyword!r}"), err
+
+
 def test_bench_max_time_must_be_positive(capsys):
     err = _argparse_error(capsys, ["kernels", "bench", "--max-time", "nan"])
     assert "argument --max-time: expected a finite number" in err

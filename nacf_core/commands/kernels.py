@@ -51,7 +51,9 @@ def register(subparsers) -> None:
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
     info.set_defaults(func=_run_info)
     bench = sub.add_parser("bench", help="run the kernel benchmarks and print the table")
+    # '' (a variable that was not set) is no expression: pytest took it as no -k at all
     bench.add_argument("-k", dest="keyword", default=None,
+                       type=non_empty("pytest -k expression"),
                        help="only benchmarks matching this pytest -k expression")
     # '' (a variable that was not set) is no name: as Path('') it was the working directory
     file_name, folder_name = _path_arg("file name"), _path_arg("folder name")
