@@ -4,7 +4,10 @@ Modules built with ``multi_isa=True`` in ``setup.py`` exist as
 ``<base>_baseline``, ``<base>_avx2`` (AVX2+FMA) and ``<base>_avx512`` (AVX-512
 F/BW/VL/DQ).  :func:`load_variant` imports the best one this CPU runs, as NumPy does
 for its own dispatch.  ``NACF_KERNEL_ISA=baseline|avx2|avx512`` forces a variant
-(the tests use it to check that every variant gives the same results).
+(the tests use it to check that every variant gives the same results); a variant this
+CPU cannot run is a ``ValueError`` naming the features it lacks, never a SIGILL.  Import
+a variant module only through :func:`load_variant`: importing one built for features
+the CPU lacks (``_cy_sosfilt_avx512`` on an AVX2 machine) kills the process.
 """
 
 from __future__ import annotations
@@ -51,7 +54,14 @@ def load_variant(base: str) -> ModuleType:
                 f"are {', '.join(VARIANTS)}, but got {forced!r} instead."
             )
         if forced not in supported:
-            raise RuntimeError(f"NACF_KERNEL_ISA={forced}: this CPU lacks {_REQUIRES[forced]}")
+            # a ValueError as for a misspelt variant: a wrong value of the variable for
+            # this machine (nacf serve reports it as a reason not to start)
+            feats = cpu_features()
+            lacks = [f for f in _REQUIRES[forced] if not feats.get(f, False)]
+            raise ValueError(
+                f"NACF_KERNEL_ISA={forced}: this CPU lacks {', '.join(lacks)}; it runs "
+                f"{', '.join(supported)} (unset the variable to take the best of them)."
+            )
         candidates = [forced]
     else:
         candidates = list(reversed(supported))

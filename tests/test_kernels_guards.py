@@ -199,3 +199,41 @@ def test_backend_kernels_refuse_arguments_that_do_not_fit(name, case):
 
     with pytest.raises(ValueError):
         _bad_backend_calls()[case](backend(name))
+
+
+# ------------------------------------------------------------------ ISA dispatch
+def test_forcing_a_variant_this_cpu_cannot_run_is_a_value_error_naming_what_it_lacks(
+        monkeypatch):
+    """NACF_KERNEL_ISA=avx512 on a CPU with AVX2 and FMA but no AVX-512 raised a
+    RuntimeError, which ``nacf serve`` did not report (a traceback instead of 'cannot
+    start'), and said the CPU lacked AVX2 and FMA3 too; it is a ValueError naming only
+    the missing features and the variants the CPU runs."""
+    from nacf_core.kernels import _cpu
+
+    monkeypatch.setattr(_cpu, "cpu_features", lambda: {"AVX2": True, "FMA3": True})
+    monkeypatch.setenv("NACF_KERNEL_ISA", "avx512")
+    with pytest.raises(ValueError) as exc:
+        _cpu.load_variant("_cy_sosfilt")
+    msg = str(exc.value)
+    assert "NACF_KERNEL_ISA=avx512" in msg and "AVX512F" in msg and "AVX512DQ" in msg, msg
+    assert "AVX2" not in msg.replace("avx2", "") and "FMA3" not in msg, msg
+    assert "baseline, avx2" in msg, msg
+
+
+def test_serve_refuses_a_forced_variant_this_cpu_cannot_run_without_a_traceback(tmp_path):
+    """``nacf serve`` with NACF_KERNEL_ISA naming a variant this CPU cannot run says it
+    cannot start, in one line, and exits 2 (no SIGILL, no traceback)."""
+    from nacf_core.kernels import _cpu
+
+    missing = [v for v in _cpu.VARIANTS if v not in _cpu.supported_variants()]
+    if not missing:
+        pytest.skip("this CPU runs every variant")
+    env = {**os.environ, "NACF_KERNEL_ISA": missing[-1],
+           "NACF_API_KEYS": "test-key-0123456789"}
+    out = subprocess.run([sys.executable, "-m", "nacf_core.cli", "serve", "--data-dir",
+                          str(tmp_path), "--grpc-address", "127.0.0.1:0",
+                          "--metrics-address", ""],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr[-1500:]
+    assert "Traceback" not in out.stderr, out.stderr[-1500:]
+    assert f"nacf serve: NACF_KERNEL_ISA={missing[-1]}" in out.stderr, out.stderr[-1500:]
