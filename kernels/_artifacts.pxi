@@ -72,7 +72,9 @@ cdef signed char _detect_row(const floating* x, Py_ssize_t n, double rail_uv,
     if i < n:
         d0 = x[i] - mean
         s0 += d0 * d0
-    var = (s0 + s1) / n
+    # a constant row has variance 0 exactly: its summed mean need not be its value (far
+    # from zero, 1e20 * 500 is not exact), which left a variance of millions
+    var = (s0 + s1) / n if hi > lo else 0.0
     if var < flat_var:
         return 3  # FLAT
     if hi - lo > p2p_uv:

@@ -59,6 +59,8 @@ def _detect_kernel(x, rail_uv, rail_fraction, flat_uv, p2p_uv, jump_uv, out):
                     dv = np.float64(x[e, c, i]) - mean
                     var += dv * dv
                 var /= n_times
+            if hi == lo:  # constant: variance 0 exactly, whatever the summed mean
+                var = 0.0
             if var < flat_var:
                 out[e, c] = 3  # FLAT
             elif n_times > 0 and hi - lo > p2p_uv:

@@ -35,8 +35,10 @@ def artifact_stats(epochs: np.ndarray) -> dict[str, np.ndarray]:
         out.update(std=zeros, p2p=zeros, max_jump=zeros)
         return out
     with np.errstate(invalid="ignore"):
-        out["std"] = x.std(axis=-1)
         out["p2p"] = x.max(axis=-1) - x.min(axis=-1)
+        # a constant row has standard deviation 0 exactly; NumPy's mean of one far from
+        # zero (1e20 repeated) need not be its value, which left a spread of millions
+        out["std"] = np.where(out["p2p"] == 0, 0.0, x.std(axis=-1))
         if n_times > 1:
             out["max_jump"] = np.abs(np.diff(x, axis=-1)).max(axis=-1)
         else:

@@ -169,6 +169,14 @@ def test_edge_cases(impl, dtype):
     assert got.tolist() == [[R.RAILED, R.RAILED, R.FLAT, R.FLAT, R.RAILED, R.PEAK_TO_PEAK]]
     pc, pe = mod.quality(x, 250.0, np.zeros((1, 6), np.int8))
     assert (pc[0, :4] == 0).all()  # constant: flat
+    # Constant rows at huge finite offsets (rails out of reach): standard deviation 0,
+    # FLAT. Summed one sample at a time their mean came out off by thousands and more
+    # (1e20 * 500 is not exact in float64), so the compiled kernels measured a variance
+    # in the millions and said OK where the reference says FLAT.
+    far = ArtifactLimits(rail_uv=1e308, peak_to_peak_uv=1e308, jump_uv=1e308)
+    rows = [np.full(n, v) for v in (1e20, -1e30, 3e38, 123456789.123, 1.7e15 + 0.5)]
+    x = np.ascontiguousarray(np.stack(rows)[None].astype(dtype))
+    assert mod.detect_artifacts(x, 250.0, far).tolist() == [[R.FLAT] * 5]
     # Non-finite data scores 0 whatever the reason code says.
     x = np.random.default_rng(0).normal(0, 10, (1, 2, 300)).astype(dtype)
     x[0, 1, 3] = np.nan
