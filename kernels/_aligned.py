@@ -47,13 +47,29 @@ def empty_aligned(shape, dtype=np.float64, alignment: int = ALIGNMENT) -> np.nda
     if alignment != ALIGNMENT:
         alignment = _check_alignment(alignment)
     dtype = np.dtype(dtype)
-    if isinstance(shape, (int, np.integer)):
-        shape = (int(shape),)
-    else:
-        shape = tuple(int(s) for s in shape)
+    if dtype.hasobject:
+        raise TypeError(f"'dtype' must hold no object references (they cannot live in a "
+                        f"byte buffer), got {dtype}.")
+    shape = _shape(shape)
     if any(s < 0 for s in shape):
         raise ValueError(f"'shape' must not have negative entries, got {shape}.")
     return _aligned_unchecked(shape, dtype, alignment)
+
+
+def _shape(shape) -> tuple[int, ...]:
+    """``shape`` as a tuple of ints; an entry that is no integer (a float, a string, a
+    bool) is a ``TypeError``, as for ``numpy.empty``, not truncated by ``int()``."""
+    entries = (shape,) if isinstance(shape, (int, np.integer)) else shape
+    try:
+        entries = tuple(entries)
+    except TypeError:
+        raise TypeError(f"'shape' must be an integer or a tuple of integers, got "
+                        f"{shape!r}.") from None
+    if isinstance(shape, str) or any(isinstance(s, (bool, np.bool_))
+                                     or not isinstance(s, (int, np.integer))
+                                     for s in entries):
+        raise TypeError(f"'shape' must be an integer or a tuple of integers, got {shape!r}.")
+    return tuple(int(s) for s in entries)
 
 
 def _aligned_unchecked(shape: tuple[int, ...], dtype: np.dtype,

@@ -101,3 +101,19 @@ def test_kernel_scratch_is_per_thread():
     t.start()
     t.join()
     assert other[0] is not main
+
+
+@pytest.mark.parametrize("shape", [(2.7, 3), 2.5, "3", ("4",), (True, 2), None])
+def test_a_shape_that_is_not_integers_is_refused_not_truncated(shape):
+    """``empty_aligned((2.7, 3))`` gave a (2, 3) array and ``empty_aligned("3")`` a (3,)
+    one (``int()`` of each entry), where ``numpy.empty`` refuses both: a float, a string
+    or a bool is now a TypeError naming 'shape'."""
+    with pytest.raises(TypeError, match="'shape'"):
+        empty_aligned(shape)
+
+
+def test_a_dtype_of_references_is_refused_by_name():
+    """Object arrays cannot live in a byte buffer: NumPy's 'Cannot change data-type for
+    array of references' named no parameter."""
+    with pytest.raises(TypeError, match="'dtype'"):
+        empty_aligned((2,), dtype=object)
