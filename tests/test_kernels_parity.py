@@ -104,3 +104,56 @@ def test_artifact_codes_and_quality_agree_on_hostile_epochs(name, epochs, lim):
     for g, w in zip(q_got, q_want):
         assert ((g >= 0) & (g <= 1)).all()
         np.testing.assert_allclose(g, w, rtol=1e-7, atol=1e-9)
+
+
+@st.composite
+def hostile_match(draw):
+    """(probes, templates, k): unit-norm float32 rows; some template rows NaN, infinite,
+    huge (1e30), denormal or zero; maybe big-endian and/or read-only."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    n_probes = draw(st.sampled_from([1, 2, 3, 4, 5, 9]))  # both sides of the sgemm switch
+    n_templates = draw(st.sampled_from([1, 2, 7, 40, 1100]))
+    d = draw(st.sampled_from([1, 3, 16, 33]))
+
+    def unit(n):
+        a = rng.normal(size=(n, d))
+        return (a / np.linalg.norm(a, axis=1, keepdims=True)).astype(np.float32)
+
+    probes, templates = unit(n_probes), unit(n_templates)
+    for _ in range(draw(st.integers(0, 3))):
+        row = rng.integers(n_templates)
+        v = draw(st.sampled_from([np.nan, np.inf, -np.inf, 1e30, 1e-40, 0.0]))
+        if draw(st.booleans()):
+            templates[row] = v
+        else:
+            templates[row, rng.integers(d)] = v
+    arrays = []
+    for a in (probes, templates):
+        if draw(st.booleans()):
+            a = a.astype(">f4")
+        if draw(st.booleans()):
+            a.setflags(write=False)
+        arrays.append(a)
+    return arrays[0], arrays[1], draw(st.integers(1, n_templates))
+
+
+@pytest.mark.parametrize("name", COMPILED)
+@given(case=hostile_match())
+def test_matching_agrees_on_hostile_templates(name, case):
+    from nacf_core import matching
+
+    probes, templates, k = case
+    with np.errstate(all="ignore"):
+        want = matching.cosine_scores(probes, templates, backend="reference")
+        got = matching.cosine_scores(probes, templates, backend=name)
+        want_i, want_s = matching.top_k(probes, templates, k, backend="reference")
+    got_i, got_s = matching.top_k(probes, templates, k, backend=name)
+    # float32 accumulation (BLAS / SIMD) against the float64 reference
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got_s, want_s, rtol=1e-4, atol=1e-5)
+    # the same templates wherever the reference's scores leave no near-tie
+    for p in range(probes.shape[0]):
+        s = np.sort(want[p][np.isfinite(want[p])])[::-1]
+        gaps = np.diff(s)
+        if s.size == want.shape[1] and (gaps.size == 0 or np.abs(gaps).min() > 1e-4):
+            np.testing.assert_array_equal(got_i[p], want_i[p])
