@@ -145,6 +145,34 @@ def test_bench_refuses_an_empty_keyword_instead_of_running_every_benchmark(
                         f"got {keyword!r}"), err
 
 
+@pytest.mark.parametrize("extra, named", [
+    (["--json", "{out}"], "--json"), (["-k", "sosfilt"], "-k"),
+    (["--max-time", "0.5"], "--max-time"), (["--cpu-time"], "--cpu-time"),
+    (["--benches", "{dir}"], "--benches"),
+])
+def test_bench_from_json_refuses_the_options_of_a_run(tmp_path, capsys, extra, named):
+    """--from-json prints an earlier run's table; with an option that only a run uses
+    (--json, -k, --max-time, --cpu-time, --benches) the option was ignored without a
+    word: '--from-json a.json --json b.json' wrote no b.json, '-k sosfilt' printed every
+    case. Such a command line is refused, naming the option, and nothing is written."""
+    from nacf_core.commands.kernels import BENCH_FILES
+
+    report = tmp_path / "a.json"
+    report.write_text(json.dumps({"machine_info": {}, "benchmarks": [
+        {"name": "test_x[scipy]", "group": "g", "stats": {"median": 1e-5}}]}))
+    bench_dir = tmp_path / "benches"
+    bench_dir.mkdir()
+    for name in BENCH_FILES:
+        (bench_dir / name).write_text("")
+    out = tmp_path / "b.json"
+    argv = [a.format(out=out, dir=bench_dir) for a in extra]
+    assert main(["kernels", "bench", "--from-json", str(report), *argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "Traceback" not in captured.err
+    assert named in captured.err and "--from-json" in captured.err, captured.err
+    assert not out.exists()
+
+
 def test_bench_max_time_must_be_positive(capsys):
     err = _argparse_error(capsys, ["kernels", "bench", "--max-time", "nan"])
     assert "argument --max-time: expected a finite number" in err

@@ -63,7 +63,8 @@ def register(subparsers) -> None:
     bench.add_argument("--json", dest="json_out", type=file_name, default=None,
                        help="also keep pytest-benchmark's JSON here")
     bench.add_argument("--from-json", type=file_name, default=None,
-                       help="do not run: print the table of this pytest-benchmark JSON")
+                       help="do not run: print the table of this pytest-benchmark JSON "
+                            "(only --check goes with it)")
     bench.add_argument("--max-time", type=finite_float(0.0, 3600.0, lo_open=True), default=None,
                        help="seconds per benchmark (pytest-benchmark --benchmark-max-time)")
     bench.add_argument("--cpu-time", action="store_true",
@@ -382,6 +383,17 @@ def _bench_json_problem(data) -> str | None:
 
 def _run_bench(args) -> int:
     if args.from_json:
+        # an option of a run would be ignored without a word (no --json copy written,
+        # every case printed despite -k): refuse it
+        given = [name for name, value in (("--json", args.json_out), ("-k", args.keyword),
+                                          ("--max-time", args.max_time),
+                                          ("--cpu-time", args.cpu_time),
+                                          ("--benches", args.benches)) if value]
+        if given:
+            print(f"nacf kernels bench: {', '.join(given)} apply to a run of the benchmarks; "
+                  "--from-json prints an earlier run's table (only --check goes with it).",
+                  file=sys.stderr)
+            return 2
         try:
             data = load_bench_json(args.from_json)
         except BenchJSONError as exc:
