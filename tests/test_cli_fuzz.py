@@ -422,7 +422,7 @@ def test_kernels_bench_refuses_hostile_options(paths, guarded, capsys, data):
         "--benches": ([], ["{missing}", "{dir}", "{file}", "{fifo}", ""]),
         # any time above 0 is valid: pytest-benchmark still runs its minimum rounds
         "--max-time": (["0.1", "1e-320"], [v for v in NUMBERS if v != "1e-320"] + ["3601"]),
-        "-k": (["sosfilt"], []),
+        "-k": (["sosfilt"], ["", " "]),  # '' (an unset variable) selected every case
         "--cpu-time": (None, None),
         "--check": (None, None),
     }
