@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 _PRELUDE = """
@@ -153,14 +154,10 @@ BACKENDS = [pytest.param("numba", marks=pytest.mark.numba_kernels), "cython"]
 
 
 def _sos():
-    import numpy as np
-
     return np.array([[0.2, 0.4, 0.2, 1.0, -0.3, 0.1]] * 4)
 
 
 def _bad_backend_calls():
-    import numpy as np
-
     from nacf_core.kernels import ArtifactLimits
 
     x = np.ones((8, 100))
@@ -237,3 +234,59 @@ def test_serve_refuses_a_forced_variant_this_cpu_cannot_run_without_a_traceback(
     assert out.returncode == 2, out.stderr[-1500:]
     assert "Traceback" not in out.stderr, out.stderr[-1500:]
     assert f"nacf serve: NACF_KERNEL_ISA={missing[-1]}" in out.stderr, out.stderr[-1500:]
+
+
+_EVERY_FAMILY = """
+import sys
+import numpy as np
+from nacf_core import artifacts, dsp, matching
+from nacf_core.kernels import _cy_filter, _cy_match, _cy_quality
+rng = np.random.default_rng(3)
+out = {"isa": np.array([_cy_filter.ISA, _cy_quality.ISA, _cy_match.ISA])}
+sos = dsp.bandpass_sos(1.0, 40.0, 250.0, 4)
+for dt in (np.float32, np.float64):
+    x = (rng.normal(scale=50.0, size=(37, 700)) + 3e4).astype(dt)
+    zi = dsp.steady_state_zi(sos.astype(dt), x)
+    out[f"y_cm_{dt.__name__}"], out[f"zf_cm_{dt.__name__}"] = dsp.sosfilt(
+        sos.astype(dt), x, zi=zi, backend="cython")
+    xt = np.ascontiguousarray(x.T)
+    out[f"y_tm_{dt.__name__}"] = dsp.sosfilt(sos.astype(dt), xt, axis=0, backend="cython")
+    ep = (rng.normal(scale=40.0, size=(5, 19, 500))).astype(dt)
+    ep[0, 3] = 0.0
+    ep[1, 4, 100] = np.nan
+    ep[2, 5, 200:] += 900.0
+    out[f"reason_{dt.__name__}"] = artifacts.detect_artifacts(ep, 250.0, backend="cython")
+    out[f"quality_{dt.__name__}"] = artifacts.quality(ep, 250.0, backend="cython")[0]
+p = matching.normalize_rows(rng.normal(size=(6, 40)))
+t = matching.normalize_rows(rng.normal(size=(3000, 40)))
+out["scores"] = matching.cosine_scores(p, t, backend="cython")
+out["top_i"], out["top_s"] = matching.top_k(p, t, 7, backend="cython")
+out["top1_i"], out["top1_s"] = matching.top_k(p[:1], t, 7, backend="cython")
+np.savez(sys.argv[1], **out)
+"""
+
+
+def test_every_variant_forced_by_the_environment_gives_the_same_results(tmp_path):
+    """NACF_KERNEL_ISA set to each variant this CPU runs: the public layer (dsp,
+    artifacts, matching on the Cython backend) uses that variant and gives what the
+    others give: filters and artifact codes identical, quality and scores within
+    float32 / FMA rounding."""
+    from nacf_core.kernels import _cpu
+
+    runs = {}
+    for isa in _cpu.supported_variants():
+        path = tmp_path / f"{isa}.npz"
+        env = {**os.environ, "NACF_KERNEL_ISA": isa}
+        out = subprocess.run([sys.executable, "-c", _EVERY_FAMILY, str(path)], env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-1500:]
+        runs[isa] = dict(np.load(path))
+        assert runs[isa].pop("isa").tolist() == [isa] * 3
+    base = runs.pop("baseline")
+    for isa, got in runs.items():
+        for key, want in base.items():
+            if key.startswith(("y_", "zf_", "reason_", "top_i", "top1_i")):
+                np.testing.assert_array_equal(got[key], want, err_msg=f"{isa} {key}")
+            else:
+                np.testing.assert_allclose(got[key], want, rtol=1e-5, atol=1e-6,
+                                           err_msg=f"{isa} {key}")
