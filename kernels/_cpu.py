@@ -74,5 +74,6 @@ def load_variant(base: str) -> ModuleType:
     raise ImportError(
         f"no built variant of nacf_core.kernels.{base} "
         f"(tried {', '.join(candidates)}): {'; '.join(errors)}. "
-        "Rebuild with `pip install -e .`."
+        "Rebuild with `pip install -e .`, or use another kernel backend "
+        "(NACF_KERNEL_BACKEND=numba, or kernel_backend in the configuration)."
     )

@@ -290,3 +290,37 @@ def test_every_variant_forced_by_the_environment_gives_the_same_results(tmp_path
             else:
                 np.testing.assert_allclose(got[key], want, rtol=1e-5, atol=1e-6,
                                            err_msg=f"{isa} {key}")
+
+
+_UNBUILT = """
+import sys
+from importlib.abc import MetaPathFinder
+
+class Unbuilt(MetaPathFinder):  # the compiled variants are missing (not built)
+    def find_spec(self, name, path, target=None):
+        if name.startswith("nacf_core.kernels._cy_") and name.rsplit("_", 1)[1] in (
+                "baseline", "avx2", "avx512"):
+            raise ImportError(f"No module named {name!r}")
+        return None
+
+sys.meta_path.insert(0, Unbuilt())
+from nacf_core.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_serve_without_built_cython_kernels_says_so_without_a_traceback(tmp_path):
+    """With the Cython backend (the default) and no compiled variant built, ``nacf
+    serve`` died with an ImportError traceback; it says it cannot start, why, and what
+    to do (build, or another backend), and exits 2."""
+    env = {**os.environ, "NACF_API_KEYS": "test-key-0123456789"}
+    env.pop("NACF_KERNEL_BACKEND", None)
+    env.pop("NACF_KERNEL_ISA", None)
+    out = subprocess.run([sys.executable, "-c", _UNBUILT, "serve", "--data-dir", str(tmp_path),
+                          "--grpc-address", "127.0.0.1:0", "--metrics-address", ""],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr[-1500:]
+    assert "Traceback" not in out.stderr, out.stderr[-1500:]
+    line = out.stderr.strip().splitlines()[-1]
+    assert line.startswith("nacf serve: no built variant of nacf_core.kernels._cy_"), line
+    assert "pip install -e ." in line and "NACF_KERNEL_BACKEND=numba" in line, line

@@ -248,7 +248,8 @@ def _start(args: argparse.Namespace):
                              **{k: getattr(args, k, None) for k in _FLAG_KEYS})
         _check_data_dir(config.data_dir)
         server = NacfServer(config)  # (it checks the TLS files first)
-    except (NacfError, ValueError, OSError) as e:
+    # ImportError: the kernel backend chosen is not built (kernels/_cpu.load_variant)
+    except (NacfError, ValueError, OSError, ImportError) as e:
         log.error("nacf serve cannot start: %s", e, extra={"event_type": "startup_failed"})
         print(f"nacf serve: {e}", file=sys.stderr)
         return 2
