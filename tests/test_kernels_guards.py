@@ -1,4 +1,7 @@
-"""The compiled kernels' entry points refuse arguments whose shapes do not fit together.
+"""Guards of the kernels: shapes that do not fit, and the instruction-set dispatch.
+
+First part: the compiled kernels' entry points refuse arguments whose shapes do not fit
+together.
 
 The Cython loops run with bounds checking off, and ``nacf_core.pad`` (and anything
 holding ``kernel_module()``) calls them directly, past the public layer's validation:
@@ -6,7 +9,10 @@ a state, an output or a scratch buffer of the wrong shape made them read or writ
 the end of an array (a segfault, or garbage returned as a result).  Each entry point
 now checks its arguments' shapes once per call and raises ``ValueError`` naming what
 does not fit.  Each case runs in a child process, so a crash fails the case instead of
-ending the test run.
+ending the test run.  Then the backends' functions (Cython and Numba) do the same,
+and last the dispatch: a variant forced by NACF_KERNEL_ISA that this CPU cannot run,
+or no variant built, is a clear refusal (never a SIGILL or a traceback), and every
+variant this CPU runs gives the same results.
 """
 
 from __future__ import annotations
