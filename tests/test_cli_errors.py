@@ -173,6 +173,24 @@ def test_bench_from_json_refuses_the_options_of_a_run(tmp_path, capsys, extra, n
     assert not out.exists()
 
 
+def test_bench_refuses_a_json_path_that_cannot_be_created_before_running(capsys, monkeypatch):
+    """'--json /proc/x.json': the folder exists and, for root, passes os.access, but no
+    file can be made there; the benchmarks ran for minutes and then could not write
+    their report. The path is now tried (a new file made and removed) before the run."""
+    from nacf_core.commands import kernels as kernels_cmd
+
+    if not Path("/proc/self").is_dir():
+        pytest.skip("no /proc here")
+
+    def no_run(*args, **kwargs):
+        raise AssertionError(f"the benchmarks were started: {args[0]}")
+
+    monkeypatch.setattr(kernels_cmd.subprocess, "run", no_run)
+    assert main(["kernels", "bench", "--json", "/proc/nacf-bench.json"]) == 2
+    err = capsys.readouterr().err
+    assert "--json '/proc/nacf-bench.json'" in err and "Traceback" not in err, err
+
+
 def test_bench_max_time_must_be_positive(capsys):
     err = _argparse_error(capsys, ["kernels", "bench", "--max-time", "nan"])
     assert "argument --max-time: expected a finite number" in err

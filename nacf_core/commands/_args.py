@@ -126,7 +126,8 @@ def address(allow_empty: bool = False) -> Callable[[str], str]:
 def check_output_path(option: str, path: str | None) -> None:
     """``ValueError`` naming ``option`` when ``path`` cannot be the file it writes: it is
     empty (``--json ''`` is no way to leave the option out), its directory is missing or
-    not writable, or the path is a directory (``None``: the option was left out).
+    not writable, the path is a directory, or no file can be made or written there
+    (tried: ``/proc``, a read-only file) (``None``: the option was left out).
     Commands call it before their long work, not after it."""
     import os
     from pathlib import Path
@@ -142,6 +143,20 @@ def check_output_path(option: str, path: str | None) -> None:
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(f"{option} {path!r}: directory {str(parent)!r} does not exist or "
                          "is not writable.")
+    # os.access answers yes to root everywhere (/proc, a read-only file): try it. A new
+    # file is made and removed; an existing regular file is opened for writing without
+    # truncating it (a FIFO or a device is left alone: opening one can block)
+    try:
+        if not os.path.lexists(p):  # (a dangling link is written through: left alone)
+            with open(p, "xb"):
+                pass
+            os.unlink(p)
+        elif p.is_file():
+            with open(p, "r+b"):
+                pass
+    except OSError as e:
+        raise ValueError(f"{option} {path!r} cannot be written: "
+                         f"{e.strerror or e}.") from None
 
 
 def check_not_an_input(option: str, path: str | None, manifest, rows) -> None:
