@@ -17,8 +17,6 @@ cimport cython
 from cython cimport floating
 from libc.math cimport INFINITY, fabs, isfinite, sqrt
 
-include "_checks.pxi"
-
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
@@ -93,9 +91,10 @@ def detect_into(const floating[:, :, ::1] x, signed char[:, ::1] out, double rai
     ``out`` must be (n_epochs, n_channels) (``ValueError`` otherwise)."""
     cdef Py_ssize_t n_epochs = x.shape[0], n_channels = x.shape[1], n_times = x.shape[2]
     cdef Py_ssize_t e, c
-    _need(out.shape[0] == n_epochs and out.shape[1] == n_channels,
-          f"detect_into: 'out' must be (n_epochs, n_channels) = ({n_epochs}, {n_channels}), "
-          f"got ({out.shape[0]}, {out.shape[1]}).")
+    if not (out.shape[0] == n_epochs and out.shape[1] == n_channels):
+        raise ValueError(
+            f"detect_into: 'out' must be (n_epochs, n_channels) = ({n_epochs}, {n_channels}), "
+            f"got ({out.shape[0]}, {out.shape[1]}).")
     cdef double min_railed = rail_fraction * n_times
     cdef double flat_var = flat_uv * flat_uv
     with nogil:
@@ -180,18 +179,22 @@ def quality_into(const floating[:, :, ::1] x, const signed char[:, ::1] reason,
     cdef Py_ssize_t n_freqs = tables.shape[0] // 2, e, c
     cdef const double* tab
     cdef double q, total
-    _need(reason.shape[0] == n_epochs and reason.shape[1] == n_channels,
-          f"quality_into: 'reason' must be (n_epochs, n_channels) = ({n_epochs}, "
-          f"{n_channels}), got ({reason.shape[0]}, {reason.shape[1]}).")
-    _need(per_channel.shape[0] == n_epochs and per_channel.shape[1] == n_channels,
-          f"quality_into: 'per_channel' must be (n_epochs, n_channels) = ({n_epochs}, "
-          f"{n_channels}), got ({per_channel.shape[0]}, {per_channel.shape[1]}).")
-    _need(per_epoch.shape[0] == n_epochs,
-          f"quality_into: 'per_epoch' must be (n_epochs,) = ({n_epochs},), got "
-          f"({per_epoch.shape[0]},).")
-    _need(tables.shape[0] % 2 == 0 and (tables.shape[0] == 0 or tables.shape[1] == n_times),
-          f"quality_into: 'tables' must be (2 * n_freqs, n_times) = (2 * n_freqs, "
-          f"{n_times}), got ({tables.shape[0]}, {tables.shape[1]}).")
+    if not (reason.shape[0] == n_epochs and reason.shape[1] == n_channels):
+        raise ValueError(
+            f"quality_into: 'reason' must be (n_epochs, n_channels) = ({n_epochs}, "
+            f"{n_channels}), got ({reason.shape[0]}, {reason.shape[1]}).")
+    if not (per_channel.shape[0] == n_epochs and per_channel.shape[1] == n_channels):
+        raise ValueError(
+            f"quality_into: 'per_channel' must be (n_epochs, n_channels) = ({n_epochs}, "
+            f"{n_channels}), got ({per_channel.shape[0]}, {per_channel.shape[1]}).")
+    if not (per_epoch.shape[0] == n_epochs):
+        raise ValueError(
+            f"quality_into: 'per_epoch' must be (n_epochs,) = ({n_epochs},), got "
+            f"({per_epoch.shape[0]},).")
+    if not (tables.shape[0] % 2 == 0 and (tables.shape[0] == 0 or tables.shape[1] == n_times)):
+        raise ValueError(
+            f"quality_into: 'tables' must be (2 * n_freqs, n_times) = (2 * n_freqs, "
+            f"{n_times}), got ({tables.shape[0]}, {tables.shape[1]}).")
     tab = &tables[0, 0] if tables.shape[0] and n_times else NULL
     with nogil:
         for e in range(n_epochs):

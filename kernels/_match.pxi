@@ -27,7 +27,6 @@ from libc.math cimport INFINITY
 from libc.stdint cimport int64_t
 from scipy.linalg.cython_blas cimport sgemm
 
-include "_checks.pxi"
 
 import numpy as np
 
@@ -348,11 +347,13 @@ cdef void _scan_rows(const float* scores, Py_ssize_t nb, Py_ssize_t n_probes, in
 
 cdef int _check_pair(str fn, Py_ssize_t* probes, Py_ssize_t* templates) except -1:
     """Probes and templates of one embedding dimension d >= 1 (``ValueError``)."""
-    _need(probes[1] == templates[1],
-          f"{fn}: 'probes' and 'templates' must have the same embedding dimension, got "
-          f"({probes[0]}, {probes[1]}) and ({templates[0]}, {templates[1]}).")
-    _need(probes[1] >= 1 or probes[0] == 0 or templates[0] == 0,
-          f"{fn}: the embedding dimension must be >= 1, got 0.")
+    if not (probes[1] == templates[1]):
+        raise ValueError(
+            f"{fn}: 'probes' and 'templates' must have the same embedding dimension, got "
+            f"({probes[0]}, {probes[1]}) and ({templates[0]}, {templates[1]}).")
+    if not (probes[1] >= 1 or probes[0] == 0 or templates[0] == 0):
+        raise ValueError(
+            f"{fn}: the embedding dimension must be >= 1, got 0.")
     return 0
 
 
@@ -365,9 +366,10 @@ def cosine_scores_into(const float[:, ::1] probes, const float[:, ::1] templates
     cdef Py_ssize_t d = probes.shape[1], p, start, nb
     cdef Py_ssize_t chunk = 1 << 24  # keep every BLAS int argument < 2**31
     _check_pair("cosine_scores_into", probes.shape, templates.shape)
-    _need(out.shape[0] == n_probes and out.shape[1] == n_templates,
-          f"cosine_scores_into: 'out' must be (n_probes, n_templates) = ({n_probes}, "
-          f"{n_templates}), got ({out.shape[0]}, {out.shape[1]}).")
+    if not (out.shape[0] == n_probes and out.shape[1] == n_templates):
+        raise ValueError(
+            f"cosine_scores_into: 'out' must be (n_probes, n_templates) = ({n_probes}, "
+            f"{n_templates}), got ({out.shape[0]}, {out.shape[1]}).")
     if n_probes == 0 or n_templates == 0:
         return
     with nogil:
@@ -399,16 +401,20 @@ def top_k_into(const float[:, ::1] probes, const float[:, ::1] templates,
     cdef Py_ssize_t[::1] sizes
     cdef float[::1] thr
     _check_pair("top_k_into", probes.shape, templates.shape)
-    _need(heap_s.shape[0] == n_probes and heap_i.shape[0] == n_probes
-          and heap_i.shape[1] == k and 0 <= k <= n_templates,
-          f"top_k_into: 'heap_s' and 'heap_i' must both be (n_probes, k) with k <= "
-          f"n_templates ({n_templates}), n_probes = {n_probes}, got ({heap_s.shape[0]}, "
-          f"{heap_s.shape[1]}) and ({heap_i.shape[0]}, {heap_i.shape[1]}).")
-    _need(block_rows >= 1, f"top_k_into: 'block_rows' must be >= 1, got {block_rows}.")
+    if not (heap_s.shape[0] == n_probes and heap_i.shape[0] == n_probes
+            and heap_i.shape[1] == k and 0 <= k <= n_templates):
+        raise ValueError(
+            f"top_k_into: 'heap_s' and 'heap_i' must both be (n_probes, k) with k <= "
+            f"n_templates ({n_templates}), n_probes = {n_probes}, got ({heap_s.shape[0]}, "
+            f"{heap_s.shape[1]}) and ({heap_i.shape[0]}, {heap_i.shape[1]}).")
+    if not (block_rows >= 1):
+        raise ValueError(
+            f"top_k_into: 'block_rows' must be >= 1, got {block_rows}.")
     nb = min(block_rows, n_templates) * (n_probes if n_probes >= gemm_min_probes else 1)
-    _need(scratch.shape[0] >= nb,
-          f"top_k_into: 'scratch' must hold a block's scores, {nb} floats, got "
-          f"{scratch.shape[0]}.")
+    if not (scratch.shape[0] >= nb):
+        raise ValueError(
+            f"top_k_into: 'scratch' must hold a block's scores, {nb} floats, got "
+            f"{scratch.shape[0]}.")
     if n_probes == 0 or k == 0:
         return
     sizes = np.zeros(n_probes, dtype=np.intp)

@@ -29,7 +29,6 @@ from cython cimport floating
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
-include "_checks.pxi"
 
 # No multiply-add contraction: every ISA variant then rounds exactly as SciPy's loop
 # does (bit-identical results).  Contraction measured no faster here (on Zen 4 the
@@ -513,19 +512,24 @@ cdef int _check_sosfilt(Py_ssize_t* sos, Py_ssize_t* x, Py_ssize_t* y, Py_ssize_
     otherwise): every one of them fits the others before the unchecked loops run."""
     cdef Py_ssize_t n_channels = x[1] if time_major else x[0]
     cdef Py_ssize_t n_tile = 1 if time_major else TILE
-    _need(sos[0] >= 1 and sos[1] == 6,
-          f"sosfilt: 'sos' must be (n_sections >= 1, 6), got ({sos[0]}, {sos[1]}).")
-    _need(y[0] == x[0] and y[1] == x[1],
-          f"sosfilt: 'y' must have the shape of 'x' ({x[0]}, {x[1]}), got ({y[0]}, {y[1]}).")
-    _need(z[0] == sos[0] and z[1] == 2 and z[2] == n_channels,
-          f"sosfilt: the state 'z' must be (n_sections, 2, n_channels) = ({sos[0]}, 2, "
-          f"{n_channels}), got ({z[0]}, {z[1]}, {z[2]}).")
-    _need(tile[1] >= LANES and tile[1] % LANES == 0 and tile[0] >= n_tile,
-          f"sosfilt: the scratch 'tile' must be (n_tile >= {n_tile}, block) with block a "
-          f"multiple of {LANES}, got ({tile[0]}, {tile[1]}).")
-    _need(zbuf[0] == sos[0] and zbuf[1] == 2 and zbuf[2] == tile[1],
-          f"sosfilt: the scratch 'zbuf' must be (n_sections, 2, block) = ({sos[0]}, 2, "
-          f"{tile[1]}), got ({zbuf[0]}, {zbuf[1]}, {zbuf[2]}).")
+    if not (sos[0] >= 1 and sos[1] == 6):
+        raise ValueError(
+            f"sosfilt: 'sos' must be (n_sections >= 1, 6), got ({sos[0]}, {sos[1]}).")
+    if not (y[0] == x[0] and y[1] == x[1]):
+        raise ValueError(
+            f"sosfilt: 'y' must have the shape of 'x' ({x[0]}, {x[1]}), got ({y[0]}, {y[1]}).")
+    if not (z[0] == sos[0] and z[1] == 2 and z[2] == n_channels):
+        raise ValueError(
+            f"sosfilt: the state 'z' must be (n_sections, 2, n_channels) = ({sos[0]}, 2, "
+            f"{n_channels}), got ({z[0]}, {z[1]}, {z[2]}).")
+    if not (tile[1] >= LANES and tile[1] % LANES == 0 and tile[0] >= n_tile):
+        raise ValueError(
+            f"sosfilt: the scratch 'tile' must be (n_tile >= {n_tile}, block) with block a "
+            f"multiple of {LANES}, got ({tile[0]}, {tile[1]}).")
+    if not (zbuf[0] == sos[0] and zbuf[1] == 2 and zbuf[2] == tile[1]):
+        raise ValueError(
+            f"sosfilt: the scratch 'zbuf' must be (n_sections, 2, block) = ({sos[0]}, 2, "
+            f"{tile[1]}), got ({zbuf[0]}, {zbuf[1]}, {zbuf[2]}).")
     return 0
 
 
@@ -576,18 +580,22 @@ def sosfiltfilt_f64(const double[:, ::1] sos, const double[:, ::1] zi,
     no scratch memory): the caller then uses another path.  Only the shapes and
     ``padlen`` are checked (``ValueError``)."""
     cdef int rc
-    _need(sos.shape[0] >= 1 and sos.shape[1] == 6,
-          f"sosfiltfilt_f64: 'sos' must be (n_sections >= 1, 6), got "
-          f"({sos.shape[0]}, {sos.shape[1]}).")
-    _need(zi.shape[0] == sos.shape[0] and zi.shape[1] == 2,
-          f"sosfiltfilt_f64: 'zi' must be (n_sections, 2) = ({sos.shape[0]}, 2), got "
-          f"({zi.shape[0]}, {zi.shape[1]}).")
-    _need(out.shape[0] == x.shape[0] and out.shape[1] == x.shape[1],
-          f"sosfiltfilt_f64: 'out' must have the shape of 'x' ({x.shape[0]}, {x.shape[1]}), "
-          f"got ({out.shape[0]}, {out.shape[1]}).")
-    _need(x.shape[0] == 0 or x.shape[1] == 0 or 0 < padlen < x.shape[1],
-          f"sosfiltfilt_f64: 'padlen' must be in [1, n_times) = [1, {x.shape[1]}), got "
-          f"{padlen}.")
+    if not (sos.shape[0] >= 1 and sos.shape[1] == 6):
+        raise ValueError(
+            f"sosfiltfilt_f64: 'sos' must be (n_sections >= 1, 6), got "
+            f"({sos.shape[0]}, {sos.shape[1]}).")
+    if not (zi.shape[0] == sos.shape[0] and zi.shape[1] == 2):
+        raise ValueError(
+            f"sosfiltfilt_f64: 'zi' must be (n_sections, 2) = ({sos.shape[0]}, 2), got "
+            f"({zi.shape[0]}, {zi.shape[1]}).")
+    if not (out.shape[0] == x.shape[0] and out.shape[1] == x.shape[1]):
+        raise ValueError(
+            f"sosfiltfilt_f64: 'out' must have the shape of 'x' ({x.shape[0]}, {x.shape[1]}), "
+            f"got ({out.shape[0]}, {out.shape[1]}).")
+    if not (x.shape[0] == 0 or x.shape[1] == 0 or 0 < padlen < x.shape[1]):
+        raise ValueError(
+            f"sosfiltfilt_f64: 'padlen' must be in [1, n_times) = [1, {x.shape[1]}), got "
+            f"{padlen}.")
     if not NACF_HAVE_WAVE:
         return False
     if x.shape[0] == 0 or x.shape[1] == 0:
