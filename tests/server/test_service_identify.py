@@ -136,6 +136,7 @@ def test_identify_names_no_one_for_a_replayed_recording(pad_svc, caplog):
     reg = svc.metrics.registry
     labels = {"activity_type": "replay", "severity": "high"}
     before = reg.get_sample_value("nacfauth_suspicious_activities_total", labels) or 0.0
+    caplog.clear()  # the fresh Identify's line too, when an earlier test set INFO
     with caplog.at_level("INFO", logger="nacf.service"):
         r = svc.identify(signal_block(eeg(1, 3, 12, 4)), top_k=2, peer="ipv4:10.0.0.7:5000")
     assert r.candidates == []
