@@ -40,6 +40,7 @@ from __future__ import annotations
 import errno
 import logging
 import termios
+import threading
 import time
 
 import numpy as np
@@ -139,6 +140,11 @@ class CytonReader:
         self.banner = ""
         self._config: dict[str, str] = {}  # channel key -> its last x...X command
         self._ser = None
+        # held by read_chunk, send_command, open and close: a close() from another
+        # thread waits for the read or handshake in progress, so the port is never
+        # closed under it (which then used, or closed again, a file descriptor number
+        # the process may have reused: a socket, gRPC's epoll)
+        self._io = threading.RLock()
         self._closed = False  # close() was called: no reconnect, read_chunk refuses
         self._lost_at: float | None = None
         # start of an outage that no sample has ended yet: kept across restarts whose
@@ -162,6 +168,10 @@ class CytonReader:
 
     def open(self) -> CytonReader:
         """Open the port and start streaming (steps 1-4 of the module docstring)."""
+        with self._io:  # one thread at a time on the port (see __init__)
+            return self._open()
+
+    def _open(self) -> CytonReader:
         self._closed = False
         self._lost_at = None
         self._outage_since = None
@@ -172,6 +182,10 @@ class CytonReader:
     def close(self) -> None:
         """Stop streaming (``s``) and close the port. Safe to call twice; the reader
         does not reconnect after it (``read_chunk`` raises until :meth:`open`)."""
+        with self._io:  # one thread at a time on the port (see __init__)
+            return self._close()
+
+    def _close(self) -> None:
         self._closed = True
         ser, self._ser = self._ser, None
         if ser is None:
@@ -199,6 +213,10 @@ class CytonReader:
         which undo the ones before them. Returns the board's reply up to ``$$$`` (empty
         while streaming: the firmware does not answer then).
         """
+        with self._io:  # one thread at a time on the port (see __init__)
+            return self._send_command(command)
+
+    def _send_command(self, command: str) -> str:
         if not isinstance(command, str) or not command:
             raise ValueError(f"'command' must be a non-empty str, got {command!r}.")
         if not command.isascii():  # checked before 's' stops the board
@@ -262,6 +280,10 @@ class CytonReader:
         RuntimeError
             The reader was closed.
         """
+        with self._io:  # one thread at a time on the port (see __init__)
+            return self._read_chunk(timeout)
+
+    def _read_chunk(self, timeout: float) -> Chunk:
         if self._closed:
             raise RuntimeError(f"read_chunk() on a closed CytonReader ({self.port!r}).")
         deadline = time.monotonic() + max(0.0, float(timeout))

@@ -556,3 +556,41 @@ def test_a_board_that_streams_again_after_a_restart_starts_a_new_outage_clock():
             c = r.read_chunk(0.02)
             rows += int(np.isfinite(c.samples[:, 0]).sum())
     assert r.counters.reconnects == 9 and rows >= 9 * 50 - 1
+
+
+def test_close_from_another_thread_waits_for_the_read_in_progress():
+    """A client's reader thread inside ``read_chunk`` (a slow read, a reconnect's
+    handshake) while the owner closes the reader (nacf demo's stream decided, the
+    client's Blocks gave up waiting for its thread): close() closed the port under the
+    read, which then went on with a closed file descriptor — whose number the process
+    may have reused for something else (a socket, gRPC's epoll: the demo was once killed
+    by 'epoll_wait error: Bad file descriptor'). close() now waits for the read in
+    progress; the port is used by one thread at a time and closed once, after it."""
+    import threading
+
+    events = []
+
+    class SlowPort(FakePort):
+        def read(self, size: int = 1) -> bytes:
+            if self.streaming:
+                events.append("read-start")
+                time.sleep(0.3)
+                events.append("read-end")
+            return super().read(size)
+
+        def close(self) -> None:
+            events.append("close")
+
+    port = SlowPort("ok", [b""] * 1000)
+    r = CytonReader("/dev/ttyFAKE0", handshake_timeout=0.02, stall_timeout=60)
+    r._open_port = lambda: port
+    r.open()
+    t = threading.Thread(target=r.read_chunk, args=(0.2,))
+    t.start()
+    while "read-start" not in events:
+        time.sleep(0.005)
+    r.close()
+    t.join(5)
+    assert not t.is_alive()
+    assert events.count("close") == 1
+    assert events.index("close") > events.index("read-end"), events
