@@ -634,17 +634,22 @@ class NacfServer:
 
         Raises ``ValueError`` and changes nothing when the file cannot be read or
         parsed (the message names it, as at start-up) or would leave no key while keys
-        are the only way in (no mTLS, not open on loopback)."""
+        are in use: without mTLS every call would be refused; with mTLS a client
+        certificate alone would carry every scope, each key's holder becoming admin by
+        leaving its key out. A server without keys (open on loopback, mTLS alone) may
+        reload none."""
         from nacf_core.config import load_api_keys
 
         env = os.environ if env is None else env
         keys = load_api_keys(self.config.api_keys_file, env.get("NACF_API_KEYS"))
         before = len(self.config.api_keys)
-        if not keys and not (self.open_mode or self.config.tls_client_ca_file):
+        if not keys and (before or not (self.open_mode or self.config.tls_client_ca_file)):
             raise ValueError(
                 f"the keys file {self.config.api_keys_file or '(none)'} and NACF_API_KEYS "
-                f"hold no key, which would refuse every call; the {before} key(s) in use "
-                "are kept.")
+                "hold no key, which would "
+                + ("admit every client certificate alone with every scope"
+                   if self.config.tls_client_ca_file else "refuse every call")
+                + f"; the {before} key(s) in use are kept.")
         if self._interceptor is not None:
             self._interceptor.set_api_keys(keys)
             if keys and self.open_mode:

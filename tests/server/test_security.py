@@ -259,6 +259,43 @@ def test_with_api_keys_a_client_certificate_alone_does_not_bypass_their_scopes(
         store.close()
 
 
+def test_a_key_reload_that_empties_the_keys_of_an_mtls_server_changes_nothing(
+        tmp_path, pki, model_path):
+    """mTLS with API keys: a reload (SIGHUP) whose keys file holds no key any more (a
+    file emptied by mistake, a rotation half done) swapped in no key, and a certificate
+    alone then carried every scope: each device holding an authenticate-only key became
+    admin by leaving its key out. As README says, a reload that would leave no key
+    changes nothing: the keys in use stay, and a certificate alone is still refused."""
+    auth_only = "sec-auth-only-0123456789"
+    keys = tmp_path / "keys.txt"
+    keys.write_text(f"{auth_only} authenticate\n")
+    server, store = _server(tmp_path, model_path, tls_cert_file=str(pki["srv.pem"]),
+                            tls_key_file=str(pki["srv.key"]),
+                            tls_client_ca_file=str(pki["ca.pem"]),
+                            api_keys={auth_only: frozenset({"authenticate"})},
+                            api_keys_file=str(keys))
+    server.start()
+    try:
+        keys.write_text("# every key removed\n")
+        with pytest.raises(ValueError, match="hold no key"):
+            server.reload_api_keys(env={})
+        creds = grpc.ssl_channel_credentials(pki["ca.pem"].read_bytes(),
+                                             pki["cli.key"].read_bytes(),
+                                             pki["cli.pem"].read_bytes())
+        with grpc.secure_channel(f"localhost:{server.port}", creds) as ch:
+            stub = pbg.AuthServiceStub(ch)
+            with pytest.raises(grpc.RpcError) as ei:
+                stub.GetStats(pb.GetStatsRequest(), timeout=10)
+            assert ei.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(grpc.RpcError) as ei:
+                stub.GetStats(pb.GetStatsRequest(), timeout=10,
+                              metadata=(("x-api-key", auth_only),))
+            assert ei.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        server.stop(0)
+        store.close()
+
+
 def _holding_stream(stub, md, release: threading.Event) -> threading.Thread:
     """A started thread whose AuthenticateStream sends its start message only once
     ``release`` is set: its handler holds a worker thread and a slot meanwhile (up to
