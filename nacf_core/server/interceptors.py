@@ -27,7 +27,10 @@ caller's address and, once its key is known, its client id (never the key).
 
 The ``grpc.health.v1`` calls (no key, no check) run on threads of their own
 (:data:`HEALTH_THREADS`) and wait :data:`HEALTH_REQUEST_WAIT_S` at most for their
-request: anyone can open them.
+request: anyone can open them. At most :data:`HEALTH_MAX_CALLS` are admitted at once
+(:class:`_HealthPool`), each holding a slot of gRPC's concurrency bound; one beyond them
+is answered ``RESOURCE_EXHAUSTED`` at once, logged (``health_busy``, at most a line
+every 10 s).
 
 Request bytes that are not a valid protobuf message of the method's request type
 (corrupt wire format, a string field that is not UTF-8: what a client other than the
@@ -407,8 +410,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
                         if self._gate is not None else None)
         # grpc.health.v1 needs no key: its calls run here, never on the workers, and wait
         # HEALTH_REQUEST_WAIT_S at most for their request (see _health_handler)
-        self._health_pool = futures.ThreadPoolExecutor(HEALTH_THREADS,
-                                                       thread_name_prefix="nacf-health-rpc")
+        self._health_pool = _HealthPool(HEALTH_THREADS, HEALTH_MAX_CALLS)
 
     def set_api_keys(self, api_keys: Mapping[str, frozenset[str]]) -> None:
         """Accept exactly these keys from the next call on (one reference swap: a call
@@ -502,6 +504,23 @@ class AuthInterceptor(grpc.ServerInterceptor):
                       f"too many open streams: this server serves at most {bound} at once "
                       f"(option max_streams, --max-streams); retry later.")
 
+    def refuse_health(self, context: grpc.ServicerContext, method: str) -> None:
+        """Refuse a grpc.health.v1 call that came with :data:`HEALTH_MAX_CALLS` of them
+        admitted: logged (``health_busy``, at most a line every 10 s), aborted
+        ``RESOURCE_EXHAUSTED``; not counted in the RPC metrics (no health call is)."""
+        bound = self._health_pool.max_calls
+        suppressed = self._refusals.admit("health_busy", "")
+        if suppressed is not None:
+            log.warning("grpc.health.v1 %s refused with RESOURCE_EXHAUSTED: %d health calls "
+                        "admitted, the bound", method, bound, extra={
+                            "event_type": "health_busy", "method": method,
+                            "status": "RESOURCE_EXHAUSTED", "max_health_calls": bound,
+                            **peer_fields(_peer_of(context)),
+                            **({"suppressed": suppressed} if suppressed else {})})
+        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                      f"too many grpc.health.v1 calls at once: this server serves at most "
+                      f"{bound} at once; retry later.")
+
     def claim_stream(self, context: grpc.ServicerContext, method: str,
                      client_id: str) -> None:
         """Take one of ``client_id``'s stream slots for this stream (on its thread, its
@@ -574,7 +593,10 @@ class AuthInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return handler
         if method_path.startswith(_HEALTH):
-            return _health_handler(handler, method_path.rsplit("/", 1)[-1], self._health_pool)
+            name = method_path.rsplit("/", 1)[-1]
+            if self._health_pool.full():  # its count is this thread's: see _HealthPool
+                return _refusing(handler, lambda it, ctx: self.refuse_health(ctx, name))
+            return _health_handler(handler, name, self._health_pool)
         method = method_path.rsplit("/", 1)[-1]
         is_reflection = method_path.startswith(_REFLECTION)
         metadata = details.invocation_metadata or ()
@@ -1018,9 +1040,58 @@ def _idle_bounded(fn: Callable, it: Any, ctx: grpc.ServicerContext, idle_s: floa
 
 #: Threads of the grpc.health.v1 calls (the interceptor's own pool).
 HEALTH_THREADS = 2
+#: Most grpc.health.v1 calls admitted at once (on the health threads or waiting for one).
+HEALTH_MAX_CALLS = 4
 #: How long a grpc.health.v1 call may take to send its request (a few bytes) once a
 #: health thread takes it up; then the call is cancelled.
 HEALTH_REQUEST_WAIT_S = 5.0
+
+
+class _HealthPool(futures.ThreadPoolExecutor):
+    """The health threads, counting the grpc.health.v1 calls admitted: from their
+    submission (grpcio submits a call here on its polling thread right after asking the
+    interceptor for its handler, which asks :meth:`full` on that thread just before) to
+    their task's end. Each holds a slot of gRPC's concurrency bound as long, and a call
+    that never sends its request holds it up to :data:`HEALTH_REQUEST_WAIT_S` on a
+    thread, after its wait for one: without a bound on them, anyone (no key is needed)
+    could fill gRPC's bound with such calls and have every other call refused."""
+
+    def __init__(self, threads: int, max_calls: int) -> None:
+        super().__init__(max_workers=threads, thread_name_prefix="nacf-health-rpc")
+        self.max_calls = max_calls
+        self._calls = 0
+        self._count_lock = threading.Lock()
+
+    def full(self) -> bool:
+        return self._calls >= self.max_calls
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> futures.Future:
+        with self._count_lock:
+            self._calls += 1
+        try:
+            return super().submit(self._run, fn, args, kwargs)
+        except BaseException:  # shut down
+            self._ended()
+            raise
+
+    def _run(self, fn: Callable, args: tuple, kwargs: dict) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self._ended()
+
+    def _ended(self) -> None:
+        with self._count_lock:
+            self._calls -= 1
+
+
+def _refusing(handler: grpc.RpcMethodHandler, refuse: Callable) -> grpc.RpcMethodHandler:
+    """A handler of ``handler``'s shape whose client side is a stream (its request is not
+    read: ``refuse(requests, context)`` aborts the call), run on the server's pool."""
+    make = (grpc.stream_unary_rpc_method_handler
+            if handler.unary_unary or handler.stream_unary
+            else grpc.stream_stream_rpc_method_handler)
+    return make(refuse, handler.request_deserializer, handler.response_serializer)
 
 
 def _health_request(it: Any, ctx: grpc.ServicerContext, method: str) -> Any:

@@ -395,12 +395,14 @@ def test_health_calls_that_never_send_their_request_hold_no_worker(tmp_path, mod
 
     try:
         with grpc.insecure_channel(server.address) as ch:
+            # as many as a server admits at once (HEALTH_MAX_CALLS), more than its workers
             calls = [ch.stream_unary("/grpc.health.v1.Health/Check").future(never(),
                                                                            timeout=60)
-                     for _ in range(3)]
+                     for _ in range(2)]
             watches = [ch.stream_stream("/grpc.health.v1.Health/Watch")(never(), timeout=60)
-                       for _ in range(3)]
-            _wait_in_flight(server, 6)
+                       for _ in range(2)]
+            assert interceptors.HEALTH_MAX_CALLS == 4
+            _wait_in_flight(server, 4)
             st = pbg.AuthServiceStub(ch).GetStats(pb.GetStatsRequest(), metadata=MD,
                                                   timeout=5)
             assert st.total_users == 0
@@ -421,6 +423,61 @@ def test_health_calls_that_never_send_their_request_hold_no_worker(tmp_path, mod
             code, _ = _code(ch.unary_unary("/grpc.health.v1.Health/Check"), b"\xff\xff",
                             timeout=10)
             assert code == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        stop.set()
+        server.stop(0)
+        store.close()
+
+
+def test_health_calls_that_never_send_their_request_cannot_fill_the_concurrency_bound(
+        tmp_path, model_path, caplog, monkeypatch):
+    """grpc.health.v1 needs no key, and a Check or Watch that never sends its request
+    holds its slot of gRPC's concurrency bound (max_concurrent_rpcs + max_streams) while
+    it waits for a health thread and then up to HEALTH_REQUEST_WAIT_S on it: anyone,
+    without a key, who opened a few dozen such calls (a few bytes each) had every keyed
+    call answered RESOURCE_EXHAUSTED for minutes. At most HEALTH_MAX_CALLS health calls
+    are admitted at once; one beyond them is answered RESOURCE_EXHAUSTED at once, logged
+    (health_busy), and the other calls keep their slots."""
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="nacf.server")
+    monkeypatch.setattr(interceptors, "HEALTH_REQUEST_WAIT_S", 60.0)  # none ends here
+    server, store = _server(tmp_path, model_path, max_workers=2, max_concurrent_rpcs=4,
+                            max_streams=2)
+    server.start()
+    stop = threading.Event()
+
+    def never():
+        stop.wait(60)
+        yield from ()
+
+    try:
+        with grpc.insecure_channel(server.address) as ch:
+            check = ch.stream_unary("/grpc.health.v1.Health/Check")
+            watch = ch.stream_unary("/grpc.health.v1.Health/Watch")
+            calls = [(check if i % 2 else watch).future(never(), timeout=60)
+                     for i in range(30)]
+            # each call taken in: refused at once (ended), or in flight (it stays)
+            st = server._interceptor._grpc_state
+            t0 = time.monotonic()
+            while (sum(c.done() for c in calls) + st.active_rpc_count < 30
+                   and time.monotonic() - t0 < 20):
+                time.sleep(0.01)
+            for _ in range(3):
+                st = pbg.AuthServiceStub(ch).GetStats(pb.GetStatsRequest(), metadata=MD,
+                                                      timeout=5)
+                assert st.total_users == 0
+            refused = [c for c in calls if c.done()]
+            assert len(refused) == 30 - interceptors.HEALTH_MAX_CALLS
+            _wait_in_flight(server, interceptors.HEALTH_MAX_CALLS)
+            # refused by nacf, or by gRPC while nacf's refusals of the burst were in flight
+            assert {c.exception().code() for c in refused} == {
+                grpc.StatusCode.RESOURCE_EXHAUSTED}
+            assert any("too many grpc.health.v1 calls" in c.exception().details()
+                       for c in refused)
+            busy = [r for r in caplog.records
+                    if getattr(r, "event_type", "") == "health_busy"]
+            assert len(busy) == 1, busy  # a line every 10 s at most
     finally:
         stop.set()
         server.stop(0)
