@@ -296,6 +296,60 @@ def test_a_key_reload_that_empties_the_keys_of_an_mtls_server_changes_nothing(
         store.close()
 
 
+def _readme_scopes() -> dict[str, str]:
+    """The scope each RPC needs, as README's "API keys and scopes" lists them."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    para = text[text.index("**API keys and scopes.**"):]
+    para = " ".join(para[:para.index("PERMISSION_DENIED")].split())
+    got = {}
+    for scope, methods in re.findall(r"`(authenticate|enroll|admin)` \(([A-Za-z, ]+)\)", para):
+        for m in methods.split(","):
+            got[m.strip()] = scope
+    return got
+
+
+def test_every_rpc_of_the_service_needs_its_documented_scope(tmp_path, model_path):
+    """Every RPC of nacf.v1.AuthService, as the proto descriptor lists them (a new RPC
+    included), has the scope README documents in METHOD_SCOPES, and over the wire a call
+    without a key is UNAUTHENTICATED and one with a key of each other scope is
+    PERMISSION_DENIED, before its request is read (no request is sent here)."""
+    service = pb.DESCRIPTOR.services_by_name["AuthService"]
+    rpcs = {m.name: m for m in service.methods}
+    assert set(interceptors.METHOD_SCOPES) == set(rpcs)
+    assert _readme_scopes() == interceptors.METHOD_SCOPES
+    keys = {s: f"only-{s}-0123456789" for s in ALL}
+    server, store = _server(tmp_path, model_path,
+                            api_keys={k: frozenset({s}) for s, k in keys.items()})
+    server.start()
+    stop = threading.Event()
+
+    def nothing():  # the request never comes: a refusal must not wait for it
+        stop.wait(30)
+        yield from ()
+
+    try:
+        with grpc.insecure_channel(server.address) as ch:
+            for name, m in rpcs.items():
+                path = f"/{service.full_name}/{name}"
+                call = (ch.stream_stream if m.server_streaming else ch.stream_unary)(path)
+                need = interceptors.METHOD_SCOPES[name]
+                for scope, want in [(None, grpc.StatusCode.UNAUTHENTICATED)] + [
+                        (s, grpc.StatusCode.PERMISSION_DENIED) for s in sorted(ALL - {need})]:
+                    md = () if scope is None else (("x-api-key", keys[scope]),)
+                    with pytest.raises(grpc.RpcError) as ei:
+                        r = call(nothing(), metadata=md, timeout=10)
+                        if m.server_streaming:
+                            list(r)
+                    assert ei.value.code() == want, (name, scope, ei.value)
+    finally:
+        stop.set()
+        server.stop(0)
+        store.close()
+
+
 def _holding_stream(stub, md, release: threading.Event) -> threading.Thread:
     """A started thread whose AuthenticateStream sends its start message only once
     ``release`` is set: its handler holds a worker thread and a slot meanwhile (up to
