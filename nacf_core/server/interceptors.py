@@ -91,7 +91,7 @@ from typing import Any
 
 import grpc
 
-from nacf_core.errors import InvalidArgument, NacfError
+from nacf_core.errors import InvalidArgument, NacfError, PermissionDenied, Unauthenticated
 from nacf_core.service import peer_fields
 
 __all__ = ["CALLER", "ENDED_DETAILS", "METHOD_SCOPES", "UPLOAD_WAIT_S", "AuthInterceptor",
@@ -647,6 +647,45 @@ class AuthInterceptor(grpc.ServerInterceptor):
                        if self.mtls else "") + ".")
         return client_id, user_type, scopes
 
+    def admission_check(self, key: str | None, method: str
+                        ) -> Callable[[grpc.ServicerContext], None]:
+        """What an open stream of ``method`` admitted with ``key`` calls at each of its
+        messages: raises ``Unauthenticated`` once the keys reloaded since (SIGHUP) no
+        longer hold its key (or, admitted without a key, once keys are required), and
+        ``PermissionDenied`` once its key lost the method's scope, logged as a
+        ``security_event`` (``revoked_api_key``, with its client id); a dict lookup per
+        message, the key's digest taken once here."""
+        h = _key_hash(key) if key else None
+        need = METHOD_SCOPES.get(method)
+
+        def check(ctx: grpc.ServicerContext) -> None:
+            try:
+                verify()
+            except NacfError as e:
+                log_refusal(ctx, method, "revoked_api_key", "medium",
+                            grpc.StatusCode[e.code], f"key-{h[:8]}" if h else None)
+                raise
+
+        def verify() -> None:
+            keys = self._keys
+            if h is None:
+                if self.open_mode or (self.mtls and not keys):
+                    return
+                why = ("API keys are required since the keys were reloaded: this stream, "
+                       "opened without one, is ended.")
+            else:
+                entry = keys.get(h)
+                if entry is not None and need in entry[1]:
+                    return
+                if entry is not None:
+                    raise PermissionDenied(
+                        f"this API key no longer has the {need!r} scope that {method} needs "
+                        f"(the keys were reloaded): this stream is ended.")
+                why = "the API key of this stream was revoked (the keys were reloaded)."
+            raise Unauthenticated(why)
+
+        return check
+
     def user_type_of(self, context: grpc.ServicerContext, key: str | None) -> str:
         """How the caller authenticates, without admitting it (no token taken, nothing
         logged, no abort): ``anonymous`` without a valid key or certificate."""
@@ -976,7 +1015,8 @@ def _decoded(req: Any, ctx: grpc.ServicerContext, method: str) -> Any:
 
 
 def _decoded_stream(it: Any, ctx: grpc.ServicerContext, method: str,
-                    raising: bool = False) -> Any:
+                    raising: bool = False,
+                    check: Callable[[grpc.ServicerContext], None] | None = None) -> Any:
     """The messages of a client stream; an undecodable one aborts the call, or with
     ``raising`` raises ``InvalidArgument`` for the handler to answer: nacf's streams are
     read ahead on a thread of their own (``ClientStream``), and an abort from there set
@@ -988,10 +1028,16 @@ def _decoded_stream(it: Any, ctx: grpc.ServicerContext, method: str,
     only its end (:class:`_ReadRefused`, a ``grpc.RpcError`` as after a cancel): the
     handler must not take what came before it for the whole stream (decide on it, answer
     ``INVALID_ARGUMENT`` for a stream without a chunk), and the call is counted
-    ``RESOURCE_EXHAUSTED``, what its client was answered (:func:`ended_status`)."""
+    ``RESOURCE_EXHAUSTED``, what its client was answered (:func:`ended_status`).
+
+    ``check`` (:meth:`AuthInterceptor.admission_check`, with ``raising``) runs before each
+    message is handed on: a stream whose key was revoked since it opened fails there,
+    logged as a ``security_event`` (``revoked_api_key``)."""
     if raising:
         _watch_reads(it, ctx)
     for req in it:
+        if check is not None:
+            check(ctx)
         if raising and isinstance(req, _Undecodable):
             raise InvalidArgument(f"the {method} request is not a valid protobuf message of "
                                   f"the method's request type ({req.error}).")
@@ -1000,10 +1046,12 @@ def _decoded_stream(it: Any, ctx: grpc.ServicerContext, method: str,
         raise _ReadRefused()
 
 
-def _wrap_decoding(handler: grpc.RpcMethodHandler, method: str, raising: bool = False
+def _wrap_decoding(handler: grpc.RpcMethodHandler, method: str, raising: bool = False,
+                   check: Callable[[grpc.ServicerContext], None] | None = None
                    ) -> grpc.RpcMethodHandler:
     """``handler`` with undecodable requests answered ``INVALID_ARGUMENT`` (in a client
-    stream with ``raising``: by the handler, see :func:`_decoded_stream`)."""
+    stream with ``raising``: by the handler, see :func:`_decoded_stream`, which runs
+    ``check`` at each message)."""
     des, ser = _lenient(handler.request_deserializer), handler.response_serializer
     if handler.unary_unary:
         f = handler.unary_unary
@@ -1016,10 +1064,10 @@ def _wrap_decoding(handler: grpc.RpcMethodHandler, method: str, raising: bool = 
     if handler.stream_unary:
         f = handler.stream_unary
         return grpc.stream_unary_rpc_method_handler(
-            lambda it, ctx: f(_decoded_stream(it, ctx, method, raising), ctx), des, ser)
+            lambda it, ctx: f(_decoded_stream(it, ctx, method, raising, check), ctx), des, ser)
     f = handler.stream_stream
     return grpc.stream_stream_rpc_method_handler(
-        lambda it, ctx: f(_decoded_stream(it, ctx, method, raising), ctx), des, ser)
+        lambda it, ctx: f(_decoded_stream(it, ctx, method, raising, check), ctx), des, ser)
 
 
 def _idle_bounded(fn: Callable, it: Any, ctx: grpc.ServicerContext, idle_s: float) -> Any:
@@ -1156,8 +1204,13 @@ def _wrap(handler: grpc.RpcMethodHandler, icp: AuthInterceptor, method: str,
     ``time.perf_counter()`` value, where its duration in the RPC metrics starts: the time
     it waited for a worker thread, or for the authentication thread behind other calls,
     is latency its client sees; now when not given)."""
-    # nacf's own handlers answer an InvalidArgument; reflection's would answer UNKNOWN
-    handler = _wrap_decoding(handler, method, raising=not is_reflection)
+    # nacf's own handlers answer an InvalidArgument; reflection's would answer UNKNOWN.
+    # nacf's client streams (open for hours) check at each message that their key is
+    # still configured with the method's scope (keys reloaded on SIGHUP); a unary call
+    # is checked once, as it starts
+    check = (icp.admission_check(key, method) if not is_reflection
+             and (handler.stream_unary or handler.stream_stream) else None)
+    handler = _wrap_decoding(handler, method, raising=not is_reflection, check=check)
     def _guard(context, fn, stream=False):
         """``stream``: a client stream of the stream pool, which takes one of its
         caller's stream slots once its caller is known (:meth:`AuthInterceptor.claim_stream`)."""

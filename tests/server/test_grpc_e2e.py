@@ -1378,6 +1378,70 @@ def test_continuous_authenticate_ends_on_signal_loss(srv):
     assert c == grpc.StatusCode.FAILED_PRECONDITION
 
 
+def test_an_open_stream_whose_key_is_revoked_ends_at_its_next_message(tmp_path, model_path,
+                                                                       caplog):
+    """Keys rotate on SIGHUP (reload_api_keys). A ContinuousAuthenticate stream opened
+    with a key that was then removed went on renewing its session for as long as the
+    headset sent (up to session_max_age_s, 12 h): revoking a leaked key did not stop the
+    holder's open streams. The stream now ends UNAUTHENTICATED at its next message after
+    the reload, without that message being decided; the session stays as it was."""
+    keys = tmp_path / "keys.txt"
+    keys.write_text(f"{ALL} authenticate,enroll,admin\n{AUTH_ONLY} authenticate\n")
+    cfg = Config(grpc_address="127.0.0.1:0", metrics_address="", data_dir=str(tmp_path),
+                 rate_limit_per_s=1000, rate_limit_burst=1000, signal_loss_s=10.0,
+                 require_device_proof=False, api_keys_file=str(keys),
+                 api_keys={ALL: frozenset({"authenticate", "enroll", "admin"}),
+                           AUTH_ONLY: frozenset({"authenticate"})})
+    metrics = Metrics(CollectorRegistry())
+    store = open_store(f"sqlite:///{tmp_path / 'nacf.db'}", bytes(range(32)))
+    service = AuthService(store, make_pipeline(model_path), cfg, metrics=metrics)
+    server = NacfServer(cfg, service, metrics=metrics, sidecar=False).start()
+    revoked, stop = threading.Event(), threading.Event()
+    try:
+        with grpc.insecure_channel(server.address) as ch:
+            stub = pbg.AuthServiceStub(ch)
+            enroll(stub, "rita", 1)
+            md = (("x-api-key", AUTH_ONLY),)
+            tok = stub.Authenticate(pb.AuthenticateRequest(
+                user_id="rita", signal=sig(eeg(1, 3, 60, 8))), metadata=md,
+                timeout=30).session_token
+            assert tok
+
+            def gen():
+                yield pb.ContinuousAuthenticateRequest(
+                    start=pb.ContinuousStart(session_token=tok))
+                for c in chunks(eeg(1, 3, 70, 4)):
+                    yield pb.ContinuousAuthenticateRequest(chunk=sig(c))
+                revoked.wait(20)
+                for c in chunks(eeg(1, 3, 74, 8)):
+                    yield pb.ContinuousAuthenticateRequest(chunk=sig(c))
+                stop.wait(20)
+
+            call = stub.ContinuousAuthenticate(gen(), metadata=md, timeout=40)
+            first = next(call)
+            assert first.state == pb.ContinuousAuthenticateResponse.VERIFIED
+            keys.write_text(f"{ALL} authenticate,enroll,admin\n")
+            assert server.reload_api_keys(env={}) == (2, 1)
+            revoked.set()
+            with pytest.raises(grpc.RpcError) as ei:
+                for r in call:
+                    assert r.state != pb.ContinuousAuthenticateResponse.VERIFIED, r
+            assert ei.value.code() == grpc.StatusCode.UNAUTHENTICATED, ei.value
+            assert "revoked" in ei.value.details()
+            v = stub.ValidateSession(pb.ValidateSessionRequest(session_token=tok),
+                                     metadata=MD, timeout=10)
+            assert v.valid  # ended by the headset's own stream, not its key
+            ev = [r for r in caplog.records
+                  if getattr(r, "security_event_type", "") == "revoked_api_key"]
+            assert len(ev) == 1 and ev[0].method == "ContinuousAuthenticate"
+            assert ev[0].client_id.startswith("key-") and AUTH_ONLY not in ev[0].getMessage()
+    finally:
+        revoked.set()
+        stop.set()
+        server.stop(0)
+        store.close()
+
+
 def _timed(fn, *a, **kw):
     t0 = time.monotonic()
     c, m = code_of(fn, *a, **kw)
