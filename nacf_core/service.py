@@ -966,12 +966,20 @@ class AuthService:
         if len(device_id) > _DEVICE_ID_MAX:
             raise _ProofRejected("malformed", "x-device-id is longer than "
                                  f"{_DEVICE_ID_MAX} characters.")
+        if not (device_id.isascii() and device_id.isprintable()):
+            # what gRPC metadata carries (and RegisterDevice binds): anything else is no
+            # headset's id
+            raise _ProofRejected("malformed", "x-device-id must be printable ASCII, got "
+                                 f"{device_id[:32]!r}.")
         if block.device_id and block.device_id != device_id:
             raise _ProofRejected("device_mismatch",
                                  f"Signal.device_id {block.device_id!r} differs from "
                                  f"x-device-id {device_id!r}.")
         ts_s = (proof.timestamp or "").strip()
-        if not (ts_s.isdigit() or (ts_s.startswith("-") and ts_s[1:].isdigit())) \
+        # ASCII digits only: str.isdigit() also takes superscripts (int() refuses them)
+        # and other scripts' digits (int() reads them)
+        if not ts_s.isascii() or not (ts_s.isdigit() or (ts_s.startswith("-")
+                                                          and ts_s[1:].isdigit())) \
                 or len(ts_s) > 15:
             raise _ProofRejected("malformed",
                                  "x-device-timestamp must be integer unix seconds, got "

@@ -253,3 +253,35 @@ def test_a_replay_with_a_tail_past_its_window_is_still_a_replay(svc):
     assert r.windows_used == 1
     assert not r.accepted and not r.session_token
     assert r.reasons[-1] == "pad: replay_of_enrollment", r.reasons
+
+
+@pytest.mark.parametrize("field,value", [
+    ("timestamp", "\u00b2"),                     # a superscript two: isdigit, no int
+    ("timestamp", "fullwidth"),                  # fullwidth digits: int() took them
+    ("device_id", "hs-1\t"),                     # a control character
+    ("device_id", "h\u00e9adset"),               # no ASCII
+])
+def test_proof_values_grpc_metadata_cannot_carry_are_refused_as_malformed(svc, field, value):
+    """The x-device-* values are what gRPC metadata carries, printable ASCII, and the
+    timestamp ASCII digits. Through the domain API a timestamp of a superscript digit
+    escaped as a ValueError (INVALID_ARGUMENT, neither audited nor counted), a timestamp
+    of fullwidth digits was taken for the integer they spell (the proof verified, the
+    call accepted), and a device id with a control character was the store's
+    INVALID_ARGUMENT. Each is now a malformed proof: UNAUTHENTICATED, audited, counted."""
+    svc.enroll("u1", [signal_block(eeg(1, 3, 0, 40))])
+    secret = svc.register_device("u1", "hs-1")
+    b = signal_block(eeg(1, 3, 44, 8))
+    t = int(time.time())
+    dev, ts = "hs-1", str(t)
+    if field == "timestamp":
+        ts = "".join(chr(ord(c) + 0xFEE0) for c in ts) if value == "fullwidth" else value
+    else:
+        dev = value
+    proof = DeviceProof(dev, ts, device_proof(secret, "u1", "hs-1", t, b.raw))
+    key = "x-device-id" if field == "device_id" else "x-device-timestamp"
+    with pytest.raises(Unauthenticated, match=key):
+        svc.authenticate("u1", b, proof, peer="ipv4:127.0.0.1:5")
+    row = svc.store.recent_attempts("u1", 1)[0]
+    assert (row.success, row.reason) == (False, "device_proof_malformed")
+    assert svc.metrics.registry.get_sample_value(
+        "nacfauth_failed_auth_attempts_total", {"reason": "device_proof_malformed"}) == 1
