@@ -285,3 +285,48 @@ def test_proof_values_grpc_metadata_cannot_carry_are_refused_as_malformed(svc, f
     assert (row.success, row.reason) == (False, "device_proof_malformed")
     assert svc.metrics.registry.get_sample_value(
         "nacfauth_failed_auth_attempts_total", {"reason": "device_proof_malformed"}) == 1
+
+
+def test_each_refused_proof_kind_has_its_message_its_reason_and_its_suspicion(svc):
+    """Missing, malformed, stale, wrong, unknown device and replayed proofs are each
+    UNAUTHENTICATED with a message of their own (a wrong secret and a headset bound to
+    no one or another user alike), audited and counted in
+    nacfauth_failed_auth_attempts_total under ``device_proof_<kind>``; each is a
+    suspicious activity but a missing proof (a misconfigured client: README), and none
+    counts towards the lockout."""
+    svc.enroll("u1", [signal_block(eeg(1, 3, 0, 40))])
+    secret = svc.register_device("u1", "hs-1")
+    svc.enroll("u2", [signal_block(eeg(2, 3, 0, 40))])
+    other = svc.register_device("u2", "hs-2")
+    b = signal_block(eeg(1, 3, 44, 8))
+    t = int(time.time())
+
+    def proof(dev="hs-1", ts=t, key=secret):
+        return DeviceProof(dev, str(ts), device_proof(key, "u1", dev, ts, b.raw))
+
+    good = proof()
+    assert svc.authenticate("u1", b, good).accepted
+    cases = {"missing": DeviceProof(None, None, None),
+             "malformed": DeviceProof("hs-1", str(t), "0" * 63),
+             "stale": proof(ts=t - 600),
+             "wrong": proof(key="not-the-secret-0123"),
+             "unknown_device": proof(dev="hs-2", key=other),
+             "replayed": good}
+    messages = {}
+    for kind, p in cases.items():
+        with pytest.raises(Unauthenticated) as ei:
+            svc.authenticate("u1", b, p, peer="ipv4:127.0.0.1:5")
+        messages[kind] = str(ei.value)
+        row = svc.store.recent_attempts("u1", 1)[0]
+        assert (row.success, row.reason) == (False, f"device_proof_{kind}")
+    assert messages["wrong"] == messages["unknown_device"]
+    assert len(set(messages.values())) == len(messages) - 1, messages
+    reg = svc.metrics.registry
+    for kind in cases:
+        assert reg.get_sample_value("nacfauth_failed_auth_attempts_total",
+                                    {"reason": f"device_proof_{kind}"}) == 1, kind
+        sev = "high" if kind == "replayed" else "medium"
+        assert reg.get_sample_value("nacfauth_suspicious_activities_total", {
+            "activity_type": f"device_proof_{kind}", "severity": sev}) == (
+            None if kind == "missing" else 1), kind
+    assert svc.store.get_lockout("u1").failures == 0
