@@ -169,3 +169,51 @@ def test_delete_user_answered_not_found_here_drops_what_this_replica_held(pad_re
     assert "gone" not in b._templates and (g is None or "gone" not in g[0])
     assert not any(k[0] == "gone" for k in pad_mod._SLABS._d)
     assert not [e for e in b.store._fp_plain.values() if e[0] == "gone"]
+
+
+@pytest.mark.postgres
+def test_one_device_proof_sent_to_two_replicas_at_once_is_accepted_once(replicas):
+    """The same proof (a request duplicated by a proxy, or replayed by someone who saw it)
+    reaching two replicas at once: both verify it, both record its nonce in the shared
+    store; exactly one call is decided and opens a session, the other is refused as a
+    replay, audited and counted there. Repeated over several proofs, started together."""
+    import threading
+    import time
+
+    from nacf_core.errors import Unauthenticated
+    from nacf_core.service import DeviceProof, device_proof
+
+    a, b = replicas
+    for s in (a, b):
+        s.config.require_device_proof = True
+    a.enroll("n1", [signal_block(eeg(1, 3, 0, 40))])
+    secret = a.register_device("n1", "hs-n1")
+    for i in range(4):
+        blk = signal_block(eeg(1, 3, 44 + 8 * i, 8))
+        ts = int(time.time())
+        proof = DeviceProof("hs-n1", str(ts), device_proof(secret, "n1", "hs-n1", ts, blk.raw))
+        go = threading.Barrier(2)
+        out: list = [None, None]
+
+        def run(k, svc):
+            go.wait()
+            try:
+                out[k] = svc.authenticate("n1", blk, proof)
+            except Exception as e:  # noqa: BLE001 - compared below
+                out[k] = e
+
+        threads = [threading.Thread(target=run, args=(k, s)) for k, s in enumerate((a, b))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        won = [r for r in out if not isinstance(r, Exception)]
+        lost = [r for r in out if isinstance(r, Exception)]
+        assert len(won) == 1 and won[0].accepted and won[0].session_token, out
+        assert len(lost) == 1 and isinstance(lost[0], Unauthenticated), out
+        assert "replay" in str(lost[0])
+    counts = [s.metrics.registry.get_sample_value(
+        "nacfauth_failed_auth_attempts_total", {"reason": "device_proof_replayed"}) or 0
+        for s in (a, b)]
+    assert sum(counts) == 4, counts
+    assert a.store.count_active_sessions() == 4
