@@ -2151,19 +2151,22 @@ class AuthService:
         # first_only is decided in the store's transaction alone, so two headsets
         # registered at once cannot both pass (one gets its secret, the other
         # PERMISSION_DENIED)
+        # a rotation ends the sessions opened with the old secret in its own transaction:
+        # a second one after it, failing (the store gone a moment, the process stopped),
+        # left them open, renewed by ContinuousAuthenticate, after a stolen headset's
+        # secret was rotated
         try:
-            rec = self._store("register_device", self.store.register_device, user_id,
-                              device_id, secret, replace=rotate, first_only=first_only,
-                              now=now, deadline=deadline)
+            rec, ended = self._store(
+                "register_device", self.store.register_device_ending_sessions, user_id,
+                device_id, secret, reason="device_rotated", replace=rotate,
+                first_only=first_only, now=now, deadline=deadline)
         except AnotherDeviceBound:
             raise PermissionDenied(_ANOTHER_DEVICE.format(user=user_id)) from None
         # what the write did, not what the read above saw: a first registration of the
         # same headset landing in between makes this one a rotation (and a device deleted
         # in between, with its user, a first registration)
         rotated = bool(getattr(rec, "replaced", False))
-        ended = []
-        if rotated:  # the old secret's sessions end with it
-            ended = self._end_sessions_after(user_id, "device_rotated", device_id=device_id)
+        self._sessions_ended(ended, now)
         self._audit(user_id, "RegisterDevice", "rotated" if rotated else "registered",
                     actor, peer, device_id=device_id, sessions_ended=len(ended))
         return secret, rotated
@@ -2181,20 +2184,6 @@ class AuthService:
         self._audit(user_id, "EndUserSessions", "sessions_ended", actor, peer,
                     device_id=device_id, sessions_ended=len(ended))
         return len(ended)
-
-    def _end_sessions_after(self, user_id: str, reason: str, *,
-                            device_id: str | None = None) -> list:
-        """End the sessions an account change invalidated. The change itself is done
-        (a new secret that must reach the caller, a new template): a store error here is
-        logged and counted, not returned, so the caller still gets the change's result."""
-        try:
-            return self._end_user_sessions(user_id, reason, device_id=device_id)
-        except NacfError as e:
-            if not getattr(e, "counted", False):
-                self.metrics.record_store_error("end_user_sessions")
-            log.error("sessions not ended after an account change", exc_info=True, extra={
-                "event_type": "account_change", "user_id": user_id, "reason": reason})
-            return []
 
     def _end_user_sessions(self, user_id: str, reason: str, *,
                            device_id: str | None = None) -> list:

@@ -810,6 +810,20 @@ class SqlStore(Store):
     # -- devices and nonces --------------------------------------------------------
     def register_device(self, user_id, device_id, secret, *, replace=True, first_only=False,
                         now=None, deadline=None) -> DeviceRecord:
+        return self._register_device(user_id, device_id, secret, replace, first_only, now,
+                                     deadline, None)[0]
+
+    def register_device_ending_sessions(self, user_id, device_id, secret, *, reason,
+                                        replace=True, first_only=False, now=None,
+                                        deadline=None) -> tuple[DeviceRecord, list[Session]]:
+        _check_id("reason", reason)
+        rec, rows = self._register_device(user_id, device_id, secret, replace, first_only,
+                                          now, deadline, reason)
+        return rec, [self._session(r) for r in rows]
+
+    def _register_device(self, user_id, device_id, secret, replace, first_only, now,
+                         deadline, end_reason: str | None
+                         ) -> tuple[DeviceRecord, list[tuple]]:
         _check_id("user_id", user_id)
         _check_id("device_id", device_id)
         if not isinstance(secret, str) or len(secret) < 16:
@@ -820,7 +834,7 @@ class SqlStore(Store):
             deadline = check_finite_nonnegative("deadline", deadline)
         t = _now(now)
 
-        def fn(tx: Tx) -> DeviceRecord:
+        def fn(tx: Tx) -> tuple[DeviceRecord, list[tuple]]:
             if tx.one("SELECT 1 FROM users WHERE user_id = ?" + self.FOR_UPDATE,
                       (user_id,)) is None:
                 raise NotFound(f"Unknown user {user_id!r}: enroll before registering a device.")
@@ -849,13 +863,21 @@ class SqlStore(Store):
                 tx.execute("UPDATE devices SET key_id = ?, secret_ct = ?, created_at = ? "
                            "WHERE device_id = ?", (kid, ct, t, device_id))
             self._tx_check_write_key(tx, kid)
+            ended: list[tuple] = []
+            if replaced and end_reason is not None:
+                # the sessions opened with the secret replaced, in its transaction: a
+                # rotation never leaves them open (a stolen headset's)
+                ended = tx.query(
+                    "UPDATE sessions SET ended_at = ?, end_reason = ? WHERE user_id = ? "
+                    "AND device_id = ? AND ended_at IS NULL AND expires_at > ? "
+                    f"RETURNING {self._SESSION_SELECT}", (t, end_reason, user_id, device_id, t))
             if deadline is not None and time.monotonic() > deadline:
                 # rolled back: a secret its caller never receives binds to nobody
                 raise DeadlineExceeded(
                     "the call's deadline passed while the store was busy (waiting for its "
                     "writer lock or a row lock): nothing was written; retry.")
             return DeviceRecord(device_id=device_id, user_id=user_id, secret=secret,
-                                created_at=t, replaced=replaced)
+                                created_at=t, replaced=replaced), ended
 
         return self._run(fn)
 

@@ -428,6 +428,22 @@ class Store(abc.ABC):
         transaction, so a caller learns what it did even when a concurrent registration
         landed after its own read). ``deadline``: as :meth:`put_template`'s."""
 
+    def register_device_ending_sessions(
+        self, user_id: str, device_id: str, secret: str, *, reason: str,
+        replace: bool = True, first_only: bool = False, now: float | None = None,
+        deadline: float | None = None
+    ) -> tuple[DeviceRecord, list[Session]]:
+        """:meth:`register_device`; when it replaced the device's secret (``replaced``),
+        also end the active sessions opened with that device with ``reason`` (they were
+        opened with the old secret): ``(record, the sessions ended)``. Backends do both in
+        one transaction, so a rotation cannot leave the old secret's sessions open; this
+        default composes the two (not atomic)."""
+        rec = self.register_device(user_id, device_id, secret, replace=replace,
+                                   first_only=first_only, now=now, deadline=deadline)
+        if not rec.replaced:
+            return rec, []
+        return rec, self.end_user_sessions(user_id, reason, device_id=device_id, now=now)
+
     @abc.abstractmethod
     def get_device(self, device_id: str) -> DeviceRecord:
         """``NotFound`` for an unknown device."""

@@ -276,3 +276,32 @@ def test_a_rotation_racing_a_first_registration_is_audited_and_ends_its_sessions
         svc.register_device("r1", "hs-r1b", rotate=True)
     assert [(r.change, r.sessions_ended) for r in caplog.records
             if getattr(r, "method", "") == "RegisterDevice"] == [("registered", 0)]
+
+
+def test_a_rotation_ends_the_old_secrets_sessions_in_its_own_transaction(svc):
+    """RegisterDevice with rotate=true wrote the new secret, then ended the sessions opened
+    with the old one in a second transaction: when that one failed (the store unreachable
+    for a moment, the process stopped in between) the rotation was answered OK and those
+    sessions stayed valid, renewed by ContinuousAuthenticate up to session_max_age_s, though
+    rotating is what an admin does about a stolen headset. They now end in the rotation's
+    own transaction: both or neither."""
+    from nacf_core.errors import Unavailable
+
+    svc.enroll("r2", [signal_block(eeg(1, 3, 0, 40))])
+    svc.register_device("r2", "hs-r2")
+    store = svc.store
+    old = store.create_session("r2", 600, device_id="hs-r2").token
+    other = store.create_session("r2", 600, device_id="hs-r2b").token
+
+    def down(*a, **k):
+        raise Unavailable("the store is unreachable (test)")
+
+    store.end_user_sessions = down
+    try:
+        secret, rotated = svc.bind_device("r2", "hs-r2", rotate=True)
+    finally:
+        del store.end_user_sessions
+    assert rotated and store.get_device("hs-r2").secret == secret
+    v = svc.validate_session(old)
+    assert (v.valid, v.reason) == (False, "device_rotated")
+    assert svc.validate_session(other).valid  # another headset's session stays

@@ -13,6 +13,7 @@ import pytest
 from nacf_core.errors import (
     AlreadyExists,
     AnotherDeviceBound,
+    DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -996,3 +997,30 @@ def test_a_role_without_create_on_the_database_opens_the_schema_made_for_it(pg_a
             conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
             conn.execute(f"DROP SCHEMA IF EXISTS {missing} CASCADE")
             conn.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+def test_a_rotation_ends_the_old_secrets_sessions_in_its_transaction(store):
+    """register_device_ending_sessions: a write that replaced a device's secret ends the
+    active sessions opened with that device, in its transaction, and returns them; a
+    first registration ends nothing; a rotation rolled back (its deadline passed) ends
+    nothing either."""
+    store.put_template("alice", b"x", "m", now=T0)
+    rec, ended = store.register_device_ending_sessions(
+        "alice", "hs-1", "s" * 32, reason="device_rotated", now=T0)
+    assert (rec.replaced, ended) == (False, [])
+    a = store.create_session("alice", 600, device_id="hs-1", now=T0)
+    b = store.create_session("alice", 600, device_id="hs-2", now=T0)
+    c = store.create_session("alice", 10, device_id="hs-1", now=T0)  # expired by T0 + 20
+    with pytest.raises(DeadlineExceeded):
+        store.register_device_ending_sessions("alice", "hs-1", "t" * 32,
+                                              reason="device_rotated", now=T0 + 20,
+                                              deadline=0.0)
+    assert store.get_session(a.token).ended_at is None
+    assert store.get_device("hs-1").secret == "s" * 32
+    rec, ended = store.register_device_ending_sessions(
+        "alice", "hs-1", "u" * 32, reason="device_rotated", now=T0 + 30)
+    assert rec.replaced
+    assert [(s.session_id, s.ended_at, s.end_reason) for s in ended] == [
+        (a.session_id, T0 + 30, "device_rotated")]
+    assert store.get_session(b.token).ended_at is None
+    assert store.get_session(c.token).end_reason is None  # expired, left to the sweep
