@@ -927,7 +927,8 @@ class AuthService:
         return tpl
 
     def _verify_proof(self, user_id: str, block: SignalBlock, proof: DeviceProof | None,
-                      device: Any, peer: str, method: str) -> tuple[str | None, Any]:
+                      device: Any, peer: str, method: str,
+                      t_start: float | None = None) -> tuple[str | None, Any]:
         """Check the device proof; return the device id (``None`` when not required and
         not given) and the device key that verified it, ``(device_id, created_at)``
         (which secret: a rotation changes it), for ``finish_authentication(device_key=)``.
@@ -940,8 +941,14 @@ class AuthService:
                 # a user deleted since the call read it (with its headsets): the call
                 # answers NOT_FOUND, as it would have a moment earlier, instead of
                 # logging a false security event; the call already said the user exists,
-                # so this tells the caller nothing new
-                self._store("get_user", self.store.get_user, user_id)
+                # so this tells the caller nothing new; an attempt refused for an
+                # unknown user, logged and counted as one refused at its start is
+                try:
+                    self._store("get_user", self.store.get_user, user_id)
+                except NotFound:
+                    self.metrics.record_failed_auth("unknown_user")
+                    self._log_refused(user_id, "unknown_user", peer, method, t_start)
+                    raise
             raise self._proof_fail(user_id, e.kind, e.message, e.severity, peer,
                                    method) from None
 
@@ -1047,7 +1054,8 @@ class AuthService:
         st, dev = self._check_user_and_lock(user_id, proof, fingerprints=self.pad is not None,
                                             peer=peer, method=method, t_start=t_start)
         template = self._template(st.template, user_id, "get_auth_state")
-        device_id, device_key = self._verify_proof(user_id, block, proof, dev, peer, method)
+        device_id, device_key = self._verify_proof(user_id, block, proof, dev, peer, method,
+                                                   t_start)
         t0 = time.perf_counter()
         with self._cpu_gate:
             w = self.rec.windows(block)
@@ -1103,8 +1111,11 @@ class AuthService:
                 template_id=template_id, device_key=device_key, now=now)
         except NotFound:
             # deleted while this call ran: what it decoded and prepared of the user after
-            # DeleteUser dropped it (template, PAD history) goes too
+            # DeleteUser dropped it (template, PAD history) goes too; the attempt is logged
+            # and counted as one refused for an unknown user at its start is
             self._forget(user_id)
+            self.metrics.record_failed_auth("unknown_user")
+            self._log_refused(user_id, "unknown_user", peer, method, t_start)
             raise
         # the user was locked by concurrent failures after the check at the start of this
         # call (a stream started before them, calls racing with a networked store): an
@@ -1231,7 +1242,7 @@ class AuthService:
                 # the device as it is now, not as it was when the stream opened: a
                 # rotation or a delete since then must refuse the old secret
                 device_id, device_key = self._verify_proof(user_id, block, proof, None, peer,
-                                                           "AuthenticateStream")
+                                                           "AuthenticateStream", t_start)
                 first = False
                 if block.sfreq != self.rec.model.sfreq and limit > RESAMPLED_STREAM_MAX_S:
                     # at another rate each window recomputes every window before it (see

@@ -305,3 +305,52 @@ def test_a_rotation_ends_the_old_secrets_sessions_in_its_own_transaction(svc):
     v = svc.validate_session(old)
     assert (v.valid, v.reason) == (False, "device_rotated")
     assert svc.validate_session(other).valid  # another headset's session stays
+
+
+@pytest.mark.parametrize("when", ["stream_before_first_chunk", "before_the_write"])
+def test_an_attempt_whose_user_is_deleted_while_it_runs_is_logged_and_counted(svc, caplog,
+                                                                             when):
+    """An authentication refused NOT_FOUND because DeleteUser came while it ran (an
+    AuthenticateStream before its first chunk's proof; an Authenticate before its write)
+    left no auth_attempt line and no count, where one refused for an unknown user at its
+    start has both (README: every attempt has its line, those refused before a decision
+    too, unknown_user counted in nacfauth_failed_auth_attempts_total)."""
+    import logging
+    import time as _time
+
+    from nacf_core.errors import NotFound
+    from nacf_core.service import DeviceProof, device_proof
+
+    svc.enroll("d1", [signal_block(eeg(1, 3, 0, 40))])
+    secret = svc.register_device("d1", "hs-d1")
+    b = signal_block(eeg(1, 3, 40, 10), "hs-d1")
+    ts = int(_time.time())
+    proof = DeviceProof("hs-d1", str(ts), device_proof(secret, "d1", "hs-d1", ts, b.raw))
+    store = svc.store
+    with caplog.at_level(logging.INFO, logger="nacf.service"):
+        if when == "stream_before_first_chunk":
+            def chunks():
+                store.delete_user("d1")  # the concurrent DeleteUser
+                yield b
+
+            with pytest.raises(NotFound):
+                svc.authenticate_stream("d1", chunks(), proof, peer="ipv4:127.0.0.1:7")
+        else:
+            orig = store.finish_authentication
+
+            def deleted_first(user_id, *a, **k):
+                store.delete_user(user_id)
+                return orig(user_id, *a, **k)
+
+            store.finish_authentication = deleted_first
+            try:
+                with pytest.raises(NotFound):
+                    svc.authenticate("d1", b, proof, peer="ipv4:127.0.0.1:7")
+            finally:
+                del store.finish_authentication
+    assert svc.metrics.registry.get_sample_value(
+        "nacfauth_failed_auth_attempts_total", {"reason": "unknown_user"}) == 1
+    lines = [(r.user_id, r.reason, r.method, r.ip_address) for r in caplog.records
+             if getattr(r, "event_type", None) == "auth_attempt"]
+    method = "AuthenticateStream" if when.startswith("stream") else "Authenticate"
+    assert lines == [("d1", "unknown_user", method, "127.0.0.1")], lines
