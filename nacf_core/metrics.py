@@ -672,7 +672,9 @@ class Metrics:
 
     def record_failed_auth(self, reason: str) -> None:
         """Count one failed authentication attempt (e.g. ``score_below_threshold``,
-        ``presentation_attack``, ``poor_quality``, ``locked``, ``unknown_user``, and
+        ``presentation_attack``, ``poor_quality``, ``locked``, ``unknown_user``,
+        ``device_rotated`` / ``template_replaced`` (an accept on credentials an admin
+        changed while it ran: no session), and
         ``device_proof_<kind>`` for a refused device proof: ``missing``, ``malformed``,
         ``stale``, ``wrong``, ``replayed``, ``unknown_device``, ``device_mismatch``)."""
         self.failed_auth_attempts_total.labels(self._reason(reason)).inc()

@@ -70,6 +70,7 @@ from nacf_core.errors import (
 )
 from nacf_core.pipeline import check_supported_sfreq, reason_codes, samples_for
 from nacf_core.ratelimit import TokenLeases
+from nacf_core.store.base import DEVICE_CHANGED, TEMPLATE_CHANGED
 
 __all__ = [
     "AuthResult",
@@ -1116,6 +1117,17 @@ class AuthService:
             self._forget(user_id)
             self.metrics.record_failed_auth("unknown_user")
             self._log_refused(user_id, "unknown_user", peer, method, t_start)
+            raise
+        except FailedPrecondition as e:
+            # an accept on a template replaced, or with a device secret rotated, while this
+            # call ran: nothing written (no session on the old credentials); logged and
+            # counted, a proof signed with a secret just rotated away (a stolen headset's)
+            # racing its rotation included
+            why = {DEVICE_CHANGED: "device_rotated",
+                   TEMPLATE_CHANGED: "template_replaced"}.get(str(e))
+            if why is not None:
+                self.metrics.record_failed_auth(why)
+                self._log_refused(user_id, why, peer, method, t_start)
             raise
         # the user was locked by concurrent failures after the check at the start of this
         # call (a stream started before them, calls racing with a networked store): an

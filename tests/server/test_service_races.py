@@ -354,3 +354,49 @@ def test_an_attempt_whose_user_is_deleted_while_it_runs_is_logged_and_counted(sv
              if getattr(r, "event_type", None) == "auth_attempt"]
     method = "AuthenticateStream" if when.startswith("stream") else "Authenticate"
     assert lines == [("d1", "unknown_user", method, "127.0.0.1")], lines
+
+
+@pytest.mark.parametrize("change", ["device_rotated", "template_replaced"])
+def test_an_accept_refused_for_an_account_change_meanwhile_is_logged_and_counted(
+        svc, caplog, change):
+    """An Authenticate that accepted against a template, or with a device secret, that an
+    admin replaced or rotated while it ran is refused FAILED_PRECONDITION with nothing
+    written (no session on the old credentials): it left no auth_attempt line and no
+    count, so a proof signed with a secret just rotated away (a stolen headset's) racing
+    its rotation went unseen. It is logged (reason device_rotated / template_replaced)
+    and counted in nacfauth_failed_auth_attempts_total so."""
+    import logging
+    import time as _time
+
+    from nacf_core.errors import FailedPrecondition
+    from nacf_core.service import DeviceProof, device_proof
+
+    svc.enroll("e1", [signal_block(eeg(1, 3, 0, 40))])
+    secret = svc.register_device("e1", "hs-e1")
+    b = signal_block(eeg(1, 3, 40, 10), "hs-e1")
+    ts = int(_time.time())
+    proof = DeviceProof("hs-e1", str(ts), device_proof(secret, "e1", "hs-e1", ts, b.raw))
+    store = svc.store
+    orig = store.finish_authentication
+
+    def changed_first(user_id, *a, **k):
+        if change == "device_rotated":
+            store.register_device(user_id, "hs-e1", "another-secret-0123456789")
+        else:
+            tpl = store.get_template(user_id)
+            store.put_template(user_id, tpl.blob, tpl.model_version)
+        return orig(user_id, *a, **k)
+
+    store.finish_authentication = changed_first
+    try:
+        with caplog.at_level(logging.INFO, logger="nacf.service"):
+            with pytest.raises(FailedPrecondition):
+                svc.authenticate("e1", b, proof, peer="ipv4:127.0.0.1:8")
+    finally:
+        del store.finish_authentication
+    assert svc.metrics.registry.get_sample_value(
+        "nacfauth_failed_auth_attempts_total", {"reason": change}) == 1
+    lines = [(r.user_id, r.reason, r.method, r.ip_address) for r in caplog.records
+             if getattr(r, "event_type", None) == "auth_attempt"]
+    assert lines == [("e1", change, "Authenticate", "127.0.0.1")], lines
+    assert store.count_active_sessions() == 0
