@@ -612,16 +612,19 @@ class AuthService:
         shortened: list[str] = []
         n_shortened = 0
         if expire:
-            ended = self._store("expire_sessions", self.store.expire_sessions, now=now)
             # a lock with more than lockout_seconds left: the wall clock stepped back since
             # it was set (it lasted as much longer, an hour for an hour's step), or the
             # lockout got shorter; it ends lockout_seconds from now
             shortened = self._store("shorten_lockouts", self.store.shorten_lockouts,
                                     float(self.config.lockout_seconds), now=now)
             # so for an open session with more than session_ttl_s left (no renewal sets
-            # more): it would outlive its TTL by the step, a day for a snapshot's
+            # more): it would outlive its TTL by the step, a day for a snapshot's; and one
+            # expiring after its opening + session_max_age_s (lowered since it opened: the
+            # longest a session lasts) expires then, ended below if that has passed
             n_shortened = self._store("shorten_sessions", self.store.shorten_sessions,
-                                      float(self.config.session_ttl_s), now=now)
+                                      float(self.config.session_ttl_s), now=now,
+                                      max_age_s=float(self.config.session_max_age_s))
+            ended = self._store("expire_sessions", self.store.expire_sessions, now=now)
             for s in ended:
                 self.metrics.observe_session_duration(max(0.0, s.expires_at - s.created_at))
             self._update_active_sessions(now)

@@ -1091,13 +1091,22 @@ class SqlStore(Store):
                 f"({s.end_reason or 'expired'}); authenticate again.")
         return s
 
-    def shorten_sessions(self, ttl_s: float, now=None) -> int:
+    def shorten_sessions(self, ttl_s: float, now=None, *, max_age_s=None) -> int:
         ttl_s = check_finite_positive("ttl_s", ttl_s)
         t = _now(now)
         until = _check_time("now + ttl_s", t + ttl_s)
+        if max_age_s is None:
+            return int(self._run(lambda tx: tx.execute(
+                "UPDATE sessions SET expires_at = ? WHERE ended_at IS NULL AND expires_at > ?",
+                (until, until))))
+        max_age_s = check_finite_positive("max_age_s", max_age_s)
+        # the earlier of now + ttl_s and created_at + max_age_s, for open sessions that
+        # expire after either
         return int(self._run(lambda tx: tx.execute(
-            "UPDATE sessions SET expires_at = ? WHERE ended_at IS NULL AND expires_at > ?",
-            (until, until))))
+            "UPDATE sessions SET expires_at = CASE WHEN created_at + ? < ? "
+            "THEN created_at + ? ELSE ? END WHERE ended_at IS NULL AND expires_at > ? "
+            "AND (expires_at > ? OR expires_at > created_at + ?)",
+            (max_age_s, until, max_age_s, until, t, until, max_age_s))))
 
     def count_active_sessions(self, now=None) -> int:
         t = _now(now)

@@ -507,10 +507,13 @@ class Store(abc.ABC):
         :meth:`expire_sessions` records it: ended at its expiry, reason ``"expired"``."""
 
     @abc.abstractmethod
-    def shorten_sessions(self, ttl_s: float, now: float | None = None) -> int:
+    def shorten_sessions(self, ttl_s: float, now: float | None = None, *,
+                         max_age_s: float | None = None) -> int:
         """Open sessions with more than ``ttl_s`` left at ``now`` (the wall clock stepped
         back since they were opened or renewed, or the TTL got shorter) expire ``ttl_s``
-        from ``now``; return how many."""
+        from ``now``, and with ``max_age_s`` those expiring after ``created_at +
+        max_age_s`` (the maximum age got shorter) expire then, which may be before
+        ``now`` (the next :meth:`expire_sessions` ends them at it); return how many."""
 
     @abc.abstractmethod
     def count_active_sessions(self, now: float | None = None) -> int:

@@ -607,3 +607,34 @@ def test_an_authenticate_stream_the_server_was_slow_on_is_not_refused_as_trickli
     finally:
         svc.store.close()
     assert len(calls) > 1 and r.accepted, (len(calls), r)
+
+
+def test_maintenance_ends_a_session_past_session_max_age_lowered_since_it_opened(tmp_path,
+                                                                               model_path):
+    """session_max_age_s is the longest a session lasts from its opening (README). One
+    opened or renewed under a larger maximum age (a configuration lowered since, a replica
+    still on the old one) stayed valid past the new one, as long as its expiry was within
+    session_ttl_s: the maintenance round only cut what was beyond the TTL. It now also cuts
+    an open session at its opening + session_max_age_s, so one older than that is
+    expired; a younger one keeps its expiry."""
+    svc = sqlite_service(tmp_path, model_path, session_ttl_s=900, session_max_age_s=3600)
+    try:
+        svc.enroll("m1", [signal_block(eeg(1, 3, 0, 40))])
+        t = svc.clock()
+        store = svc.store
+        old = store.create_session("m1", 3000, now=t - 3000)      # ends t
+        store.renew_session(old.token, 900, now=t - 200)           # renewed: ends t + 700
+        older = store.create_session("m1", 4000, now=t - 3700)     # ends t + 300
+        young = store.create_session("m1", 900, now=t - 100)       # ends t + 800
+        svc.maintenance(force=True)
+        ended = store.get_session(older.token)  # ended by the same round, at its max age
+        assert ended.end_reason == "expired"
+        assert ended.ended_at == pytest.approx(t - 100, abs=1e-3)
+        assert store.get_session(old.token).expires_at == pytest.approx(t + 600, abs=1e-3)
+        v = svc.validate_session(older.token)
+        assert (v.valid, v.reason) == (False, "expired")
+        assert v.expires_at == pytest.approx(t - 100, abs=1e-3)
+        assert store.get_session(young.token).expires_at == pytest.approx(t + 800, abs=1e-3)
+        assert svc.validate_session(old.token).valid
+    finally:
+        svc.store.close()

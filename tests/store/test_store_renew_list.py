@@ -76,3 +76,23 @@ def test_device_ids_of_many_users_in_one_read(store):
         "alice": ["hs-1", "hs-2"], "bob": [], "carol": [], "dave": ["hs-4"]}
     store.delete_user("alice")
     assert store.device_ids_of(["alice", "dave"]) == {"dave": ["hs-4"]}
+
+
+def test_shorten_sessions_cuts_open_sessions_at_their_maximum_age(store):
+    """``shorten_sessions(ttl_s, max_age_s=)``: an open session expiring after
+    ``created_at + max_age_s`` (a maximum age lowered since) expires then, even if that
+    has passed (the sweep ends it at that time); one within both bounds, and an ended
+    one, are left alone."""
+    store.put_template("alice", b"x", "m")
+    a = store.create_session("alice", 500, now=T0)           # ends T0 + 500
+    b = store.create_session("alice", 50, now=T0 + 150)      # ends T0 + 200
+    c = store.create_session("alice", 500, now=T0)
+    store.end_session(c.token, now=T0 + 1)
+    assert store.shorten_sessions(100, now=T0 + 150, max_age_s=120) == 1
+    assert store.get_session(a.token).expires_at == T0 + 120
+    assert store.get_session(b.token).expires_at == T0 + 200
+    assert store.get_session(c.token).expires_at == T0 + 500
+    [e] = store.expire_sessions(now=T0 + 150)
+    assert (e.session_id, e.ended_at, e.end_reason) == (a.session_id, T0 + 120, "expired")
+    with pytest.raises(ValueError, match="max_age_s"):
+        store.shorten_sessions(100, now=T0, max_age_s=0)
