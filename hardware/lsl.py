@@ -11,7 +11,8 @@ is refused (``ValueError``) before an inlet is opened when its header is unreada
 (liblsl cannot parse a NaN or infinite rate) or its nominal rate is irregular (0), below
 1 Hz (liblsl buffers nothing of it) or above ``nacf_core._validation.MAX_SAMPLE_RATE_HZ``
 (100 kHz); and once connected,
-when its labels name a channel twice and no ``montage`` replaces them, or when an EEG
+when its labels name a channel twice or label some channels but not all (the default
+names would rename the labelled ones) and no ``montage`` replaces them, or when an EEG
 channel states a unit that is not a voltage and no ``units`` replaces them (see Units).
 
 Several streams under one name (muselsl sends a Muse's EEG, PPG, accelerometer and
@@ -291,11 +292,22 @@ class LslSource:
     def _open_inlet(self, inlet, sfreq: float) -> None:
         full = inlet.info(timeout=max(self.timeout, 1.0))
         n_ch = full.channel_count()
-        labels = full.get_channel_labels()
+        labels = [str(x or "").strip() for x in (full.get_channel_labels() or [])][:n_ch]
+        labels += [""] * (n_ch - len(labels))
         if self._montage is not None:
             names = resolve_montage(self._montage, n_ch)
-        elif labels and all(labels) and len(labels) == n_ch:
-            names = [str(x) for x in labels]
+        elif any(labels) and not all(labels):  # the defaults would rename the labelled ones
+            blank = [str(i + 1) for i, x in enumerate(labels) if not x]
+            more = f" and {len(blank) - 8} more" if len(blank) > 8 else ""
+            raise ValueError(
+                f"LSL stream {full.name()!r} labels {n_ch - len(blank)} of its {n_ch} "
+                f"channels; channel{'s' if len(blank) > 1 else ''} "
+                f"{', '.join(blank[:8])}{more} {'have' if len(blank) > 1 else 'has'} no "
+                f"label. Name every channel in order with a montage "
+                f"(lsl:NAME?montage=Fp1,...)."
+            )
+        elif all(labels):
+            names = labels
             repeated = repeated_channels(names)  # T3 and T7 too: one electrode
             if repeated:
                 raise ValueError(

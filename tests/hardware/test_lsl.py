@@ -489,3 +489,40 @@ def test_timestamps_of_an_outlet_whose_clock_steps_back_keep_going_forward():
         np.testing.assert_allclose(ts - t0, np.arange(15) / 10, atol=1e-3)
     finally:
         del outlet
+
+
+@pytest.mark.parametrize("labels", [
+    ["O1", "O2", "", "C3", "C4", "P7", "P8", "Fp1"],  # one channel unlabelled
+    ["O1", "O2", "Fp1", "C3", "C4", "P7", "P8", "  "],  # a blank label
+])
+def test_a_stream_labelling_only_some_channels_is_refused_not_renamed(labels):
+    """An 8-channel stream whose description labels some channels but not all was given
+    the Ultracortex default names for every channel: its channel labelled O1 was read as
+    Fp1, O2 as Fp2, and so on (enrolled and matched with the electrodes swapped)."""
+    name = f"nacf-test-{uuid.uuid4().hex[:8]}"
+    info = pylsl.StreamInfo(name, "EEG", 8, 250.0, pylsl.cf_float32, f"sid-{name}")
+    info.set_channel_labels(labels)
+    outlet = pylsl.StreamOutlet(info)
+    try:
+        missing = labels.index(next(x for x in labels if not x.strip())) + 1
+        with pytest.raises(ValueError, match=rf"'{name}' labels 7 of its 8 channels; channel "
+                                             rf"{missing} has no label.*montage"):
+            with LslSource(name=name, timeout=10, reconnect_s=0):
+                pass
+        montage = ",".join(x.strip() or "Cz" for x in labels)
+        with LslSource(name=name, timeout=10, reconnect_s=0, montage=montage) as src:
+            assert src.ch_names == montage.split(",")
+    finally:
+        del outlet
+
+
+def test_labels_are_stripped_of_surrounding_blanks():
+    name = f"nacf-test-{uuid.uuid4().hex[:8]}"
+    info = pylsl.StreamInfo(name, "EEG", 2, 250.0, pylsl.cf_float32, f"sid-{name}")
+    info.set_channel_labels([" Cz", "Pz "])
+    outlet = pylsl.StreamOutlet(info)
+    try:
+        with LslSource(name=name, timeout=10, reconnect_s=0) as src:
+            assert src.ch_names == ["Cz", "Pz"]
+    finally:
+        del outlet
