@@ -601,9 +601,9 @@ def _edf_check_size(path: Path, fmt: str) -> None:
 
 def _edf_check_scaling(path: Path, fmt: str, exclude: list[str]) -> None:
     """Refuse a signal whose physical or digital minimum or maximum is not a finite
-    number, or whose digital minimum equals its maximum: MNE scales samples by
-    ``(pmax - pmin) / (dmax - dmin)`` and would read such a channel as NaN or infinite
-    throughout, without a word."""
+    number, or whose digital (or physical) minimum equals its maximum: MNE scales samples
+    by ``(pmax - pmin) / (dmax - dmin)`` and would read such a channel as NaN or infinite
+    (or as one constant value) throughout, without a word."""
     with open(path, "rb") as fh:
         fixed = fh.read(256)
         try:
@@ -635,12 +635,14 @@ def _edf_check_scaling(path: Path, fmt: str, exclude: list[str]) -> None:
                     f"cannot read {fmt.upper()} file {str(path)!r}: signal {i + 1} "
                     f"({label!r}) has {name} {text!r}; expected a finite number."
                 )
-        if values["digital minimum"] == values["digital maximum"]:
-            raise ValueError(
-                f"cannot read {fmt.upper()} file {str(path)!r}: signal {i + 1} ({label!r}) "
-                f"has digital minimum = maximum ({values['digital minimum']:g}), so its "
-                f"samples cannot be scaled; expected them to differ."
-            )
+        for kind in ("digital", "physical"):  # physical: every sample the same value
+            if values[f"{kind} minimum"] == values[f"{kind} maximum"]:
+                raise ValueError(
+                    f"cannot read {fmt.upper()} file {str(path)!r}: signal {i + 1} "
+                    f"({label!r}) has {kind} minimum = maximum "
+                    f"({values[f'{kind} minimum']:g}), so its samples cannot be scaled; "
+                    f"expected them to differ."
+                )
 
 
 def _edf_exclude_other_rates(path: Path) -> tuple[list[str], float | None]:

@@ -572,6 +572,9 @@ def test_edf_signal_count_not_positive(tmp_path, ns):
     (112, b"inf     ", r"signal 2 \('O2'\) has physical maximum 'inf'; expected a finite"),
     (120, b"-Infinit", r"signal 2 \('O2'\) has digital minimum '-Infinit'; expected a"),
     (128, b"-32768  ", r"signal 2 \('O2'\) has digital minimum = maximum \(-32768\)"),
+    # equal physical bounds: every sample read as the same value, a FLAT channel whose
+    # every window was rejected far from the cause (the header)
+    (112, b"-3276.8 ", r"signal 2 \('O2'\) has physical minimum = maximum \(-3276\.8\)"),
 ])
 def test_edf_scaling_that_is_not_finite_is_refused(tmp_path, offset, value, msg):
     """MNE scales an EDF signal by (pmax - pmin) / (dmax - dmin): a NaN or infinite
