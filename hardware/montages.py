@@ -77,10 +77,11 @@ def resolve_montage(montage: Sequence[str] | str | None, n_channels: int) -> lis
     """
     if montage is None or (isinstance(montage, str) and montage.strip().lower() == "default"):
         return default_montage(n_channels)
+    preset = None
     if isinstance(montage, str):
         key = montage.strip().lower()
         if key in PRESETS:
-            montage = PRESETS[key]
+            preset, montage = key, PRESETS[key]
         else:
             montage = [m.strip() for m in montage.split(",")]
     try:
@@ -91,10 +92,25 @@ def resolve_montage(montage: Sequence[str] | str | None, n_channels: int) -> lis
             f"channel names, got {type(montage).__name__} instead."
         ) from None
     if len(names) != n_channels:
-        raise ValueError(
-            f"'montage' must name every channel in order: expected {n_channels} names, "
-            f"got {len(names)} ({', '.join(names)})."
-        )
+        head = (f"'montage' must name every channel in order: expected {n_channels} names, "
+                f"got {len(names)}")
+        if preset is not None:
+            fit = [k for k, v in PRESETS.items() if len(v) == n_channels]
+            raise ValueError(
+                f"{head}: the preset {preset!r} names {len(names)} channels; this source has "
+                f"{n_channels}" + (f" (its preset: {', '.join(fit)})." if fit else ".")
+            )
+        if names == [""]:
+            raise ValueError(f"'montage' is empty: expected the names of the {n_channels} "
+                             f"channels in order, separated by commas (Fp1,Fp2,...), or a "
+                             f"preset (default, {', '.join(PRESETS)}).")
+        if len(names) == 1:  # a mistyped preset, or names not separated by commas
+            raise ValueError(
+                f"{head} ({names[0]!r}), which is no preset (presets: default, "
+                f"{', '.join(PRESETS)}); name the channels in order, separated by commas "
+                f"(Fp1,Fp2,...)."
+            )
+        raise ValueError(f"{head} ({', '.join(names)}).")
     if any(not n for n in names):
         raise ValueError(f"'montage' has an empty channel name: {names}.")
     repeated = repeated_channels(names)

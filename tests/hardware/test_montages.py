@@ -48,3 +48,20 @@ def test_resolve_errors(value, n, message):
         resolve_montage(value, n)
     with pytest.raises(TypeError, match="montage"):
         resolve_montage(3.5, 1)
+
+
+@pytest.mark.parametrize("value, message", [
+    # a preset's name mistyped was taken for one channel's name
+    ("ultracortex8", r"expected 8 names, got 1 \('ultracortex8'\), which is no preset "
+                     r"\(presets: default, ultracortex-8, ultracortex-16\).*comma"),
+    # names separated otherwise than by commas
+    ("Fp1 Fp2 C3 C4 P7 P8 O1 O2", r"got 1 \('Fp1 Fp2 C3 C4 P7 P8 O1 O2'\), which is no "
+                                  r"preset.*separated by commas"),
+    ("", r"'montage' is empty: expected the names of the 8 channels in order, separated "
+         r"by commas \(Fp1,Fp2,...\), or a preset \(default, ultracortex-8"),
+    # a preset for another channel count
+    ("Ultracortex-16", r"the preset 'ultracortex-16' names 16 channels; this source has 8"),
+])
+def test_a_montage_that_is_no_preset_or_a_preset_of_another_size_says_so(value, message):
+    with pytest.raises(ValueError, match=message):
+        resolve_montage(value, 8)
