@@ -90,6 +90,7 @@ class Blocks:
         self.timeout = float(timeout)
         self.filled = 0          # dropped samples filled by interpolation
         self.dropped = 0         # samples of the blocks left out
+        self.dead: list[str] = []  # channels with no finite sample in the last left out
         self.error: BaseException | None = None
         self._q: queue.Queue = queue.Queue(maxsize=64)
         self._stop = threading.Event()
@@ -141,6 +142,11 @@ class Blocks:
         block, n = fill_dropped(raw)
         if block is None:
             self.dropped += n
+            # channels with no number at all in the block: a dead channel, not a lossy link
+            # (every channel without one: the link lost the whole block)
+            dead = np.flatnonzero(~np.isfinite(raw).any(axis=0))
+            self.dead = ([self.ch_names[c] for c in dead]
+                         if dead.size < raw.shape[1] else [])
             return False
         self.filled += n
         self._offer(block)
@@ -150,6 +156,12 @@ class Blocks:
         """``""``, or what the blocks left out lost, for a message."""
         if not self.dropped:
             return ""
+        if self.dead:
+            more = f" and {len(self.dead) - 8} more" if len(self.dead) > 8 else ""
+            return (f" (blocks were left out, {self.dropped} samples in them: channel"
+                    f"{'s' if len(self.dead) > 1 else ''} "
+                    f"{', '.join(map(repr, self.dead[:8]))}{more} sent no finite sample in "
+                    "them (an electrode not connected? the signal carries numbers only))")
         return (" (blocks that lost more than a quarter of their samples were left out, "
                 f"{self.dropped} samples dropped in them: the link loses samples)")
 

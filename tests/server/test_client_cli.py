@@ -310,6 +310,24 @@ def test_blocks_hand_out_half_seconds_the_tail_and_the_sources_error():
         assert b.dropped == 40
 
 
+def test_blocks_left_out_for_a_channel_that_is_never_a_number_name_that_channel():
+    """A source with one channel NaN throughout (an LSL electrode not connected, a file
+    whose column is empty) had every block left out, and the message blamed the link
+    ('the link loses samples'), never the channel; it now names the channel."""
+    x = np.ones((60, 2), "f4")
+    x[:, 1] = np.nan
+    with Blocks(_Src([x, x], empty_after=True), timeout=0.3) as b:
+        with pytest.raises(TimeoutError, match=r"no usable samples.*channel 'b' sent no "
+                                               r"finite sample in them"):
+            b.next()
+    y = np.ones((60, 2), "f4")
+    y[:30] = np.nan  # the link lost rows: every channel has numbers in the block
+    z = np.full((60, 2), np.nan, "f4")  # the link lost a whole block: no channel is to blame
+    with Blocks(_Src([y, z]), timeout=0.3) as b:
+        assert b.next() is None
+        assert "the link loses samples" in b.left_out() and "channel" not in b.left_out()
+
+
 def test_blocks_give_up_on_a_silent_source():
     t0 = time.monotonic()
     with Blocks(_Src([], empty_after=True), timeout=0.3) as b:
