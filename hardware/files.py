@@ -645,6 +645,37 @@ def _edf_check_scaling(path: Path, fmt: str, exclude: list[str]) -> None:
                 )
 
 
+def _edf_check_repeated(path: Path, fmt: str, exclude: list[str]) -> None:
+    """Refuse signals that label one EEG electrode twice (``Fp1`` and ``Fp1``, ``T3``
+    and ``T7``): MNE renames exact duplicates ``Fp1-0``, ``Fp1-1``, which name no
+    electrode, and which of two is the electrode is not known. Labels that are not EEG
+    may repeat (MNE's renaming is harmless there)."""
+    from nacf_core.channels import canonical_name
+
+    skip = set(exclude)
+    groups: dict[str, list[tuple[int, str]]] = {}
+    for i, (label, _) in enumerate(_edf_signal_rates(path)):
+        name = canonical_name(label)
+        if name is not None and label not in skip and "annotations" not in label.lower():
+            groups.setdefault(name, []).append((i + 1, label))
+    twice = {n: g for n, g in groups.items() if len(g) > 1}
+    if not twice:
+        return
+    parts = []
+    for name, g in list(twice.items())[:5]:
+        nums = ", ".join(str(i) for i, _ in g[:-1]) + f" and {g[-1][0]}"
+        labels = sorted({lab for _, lab in g})
+        how = "" if labels == [name] else (
+            " (labelled " + ", ".join(repr(lab) for _, lab in g[:-1])
+            + f" and {g[-1][1]!r})")
+        parts.append(f"signals {nums} are both {name}{how}")
+    raise ValueError(
+        f"{fmt.upper()} file {str(path)!r} labels one electrode twice: {'; '.join(parts)}; "
+        f"which of them is the electrode is not known. Name the signals in order with a "
+        f"montage (file:PATH?montage=Fp1,..., or --montage)."
+    )
+
+
 def _edf_exclude_other_rates(path: Path) -> tuple[list[str], float | None]:
     """Signals to leave out so that every kept one has the EEG channels' rate.
 
@@ -818,6 +849,8 @@ def _read_edf(
     exclude, target = _edf_exclude_other_rates(path)
     _edf_check_size(path, fmt)
     _edf_check_scaling(path, fmt, exclude)
+    if montage is None:
+        _edf_check_repeated(path, fmt, exclude)
     if exclude:
         logger.info(
             "%s mixes sampling rates: keeping the %g Hz signals, leaving out %s",

@@ -880,3 +880,25 @@ def test_edf_signals_a_montage_names_as_eeg_are_checked_by_those_names(tmp_path)
     assert rec.ch_names == ["Fp1", "O2"]
     np.testing.assert_allclose(rec.data[:, 1], x, atol=gain)
     assert read_recording(p).ch_names == ["Ch1", "Ch2"]  # not EEG by their own names
+
+
+@pytest.mark.parametrize("labels, msg", [
+    (["Fp1", "Fp1", "T7"], r"signals 1 and 2 are both Fp1"),
+    (["EEG T3-REF", "Cz", "T7"], r"signals 1 and 3 are both T7 \(labelled 'EEG T3-REF' and "
+                                 r"'T7'\)"),
+])
+def test_edf_labelling_one_electrode_twice_is_refused_unless_a_montage_renames(
+        tmp_path, labels, msg):
+    """MNE renamed two signals labelled Fp1 to 'Fp1-0' and 'Fp1-1', names no electrode:
+    the model then said the recording lacked Fp1, which it has twice. The LSL reader and
+    the montages refuse one electrode named twice; so does the EDF reader now (a signal
+    that is not EEG may repeat: MNE's renaming is harmless there)."""
+    t = np.arange(512) / 256
+    p = tmp_path / "dup.edf"
+    _write_edf(p, [np.sin(t) * 10, np.cos(t) * 10, t], labels, [256, 256, 256])
+    with pytest.raises(ValueError, match=r"EDF file '.*dup\.edf' labels one electrode twice: "
+                                         + msg + r".*montage"):
+        read_recording(p)
+    assert read_recording(p, montage="Fp1,Fp2,T7").ch_names == ["Fp1", "Fp2", "T7"]
+    _write_edf(p, [np.sin(t) * 10, np.cos(t) * 10, t], ["Fp1", "EMG", "EMG"], [256] * 3)
+    assert read_recording(p).ch_names == ["Fp1", "EMG-0", "EMG-1"]
