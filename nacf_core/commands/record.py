@@ -24,8 +24,8 @@ SOURCE is one of:
 The CSV header is 'timestamp' followed by the channel names; values are microvolts;
 dropped samples are rows with empty channel fields. Exactly round(seconds * sfreq)
 rows are written (SECONDS giving none is refused). OUT appears only when the recording
-is complete: a failed or interrupted recording (Ctrl-C, SIGTERM, a full disk) leaves no
-file, and an earlier OUT stays as it was.
+is complete: a failed or interrupted recording (Ctrl-C, SIGTERM, SIGHUP unless ignored, a
+full disk) leaves no file, and an earlier OUT stays as it was.
 """
 
 
@@ -49,11 +49,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from nacf_core.errors import NacfError
 
-    def _term(signum, frame):  # SIGTERM: unwind like Ctrl-C, so the partial file goes
+    def _term(signum, frame):  # SIGTERM, SIGHUP: unwind like Ctrl-C, so the partial file goes
         raise KeyboardInterrupt
 
     main_thread = threading.current_thread() is threading.main_thread()
-    old = signal.signal(signal.SIGTERM, _term) if main_thread else None
+    old = {}
+    if main_thread:
+        old[signal.SIGTERM] = signal.signal(signal.SIGTERM, _term)
+        # the terminal or SSH session closed; left alone when ignored (nohup nacf record)
+        hup = getattr(signal, "SIGHUP", None)
+        if hup is not None and signal.getsignal(hup) == signal.SIG_DFL:
+            old[hup] = signal.signal(hup, _term)
     try:
         n, counters = record(args.source, args.seconds, args.out, montage=args.montage,
                              timeout=args.timeout)
@@ -65,8 +71,8 @@ def run(args: argparse.Namespace) -> int:
               f"only when complete).", file=sys.stderr)
         return 130
     finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, old)
+        for signum, handler in old.items():
+            signal.signal(signum, handler)
     print(f"wrote {n} samples to {args.out} ({counters})")
     return 0
 

@@ -225,7 +225,11 @@ def test_full_disk_while_recording_leaves_no_partial_file(tmp_path, capsys, monk
     assert list(tmp_path.iterdir()) == []
 
 
-def test_sigterm_while_recording_leaves_no_partial_file(tmp_path):
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_sigterm_while_recording_leaves_no_partial_file(tmp_path, signame):
+    """SIGHUP (the terminal or the SSH session that ran nacf record closed) killed the
+    process as it stood, leaving its hidden .part file (all the rows so far) for good;
+    it now unwinds like SIGTERM and Ctrl-C."""
     import signal
 
     out = tmp_path / "rec.csv"
@@ -240,7 +244,7 @@ def test_sigterm_while_recording_leaves_no_partial_file(tmp_path):
         while not any(p.stat().st_size > 200 for p in tmp_path.iterdir()):
             assert proc.poll() is None and time.monotonic() < end, proc.stderr.read()
             time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(getattr(signal, signame))
         _, err = proc.communicate(timeout=30)
     finally:
         proc.kill()
