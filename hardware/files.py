@@ -1283,9 +1283,9 @@ def _read_nacf_csv(path: Path, sfreq_override: float | None) -> Recording:
             except UnicodeDecodeError:
                 raise
             except ValueError as exc:
-                raise ValueError(
-                    f"{where} is malformed: {_csv_field_count_error(path, len(header)) or exc}"
-                ) from None
+                why = (_csv_field_count_error(path, len(header))
+                       or _csv_first_non_number(path, header) or exc)
+                raise ValueError(f"{where} is malformed: {why}") from None
     except UnicodeDecodeError:
         raise ValueError(f"{where} is not UTF-8 text: {_first_non_utf8(path)}.") from None
     if arr.shape[0] == 0:
@@ -1385,6 +1385,22 @@ def _csv_field_count_error(
                 what = (f"(the timestamp and the {n_fields - 1} channels the header names)"
                         if header else "(the BrainFlow board layout of the first row)")
                 return f"line {k} has {n} fields; every row must have {n_fields} {what}."
+    return None
+
+
+def _csv_first_non_number(path: Path, header: list[str]) -> str | None:
+    """The first field of a nacf CSV that is no number, by its line and column, as an
+    error message (numpy names a 0-based row of the data, not the file's line)."""
+    with open(path, encoding="utf-8") as fh:
+        fh.readline()
+        for k, line in enumerate(fh, start=2):
+            for j, (name, v) in enumerate(zip(header, line.rstrip("\r\n").split(","))):
+                v = v.strip()
+                if v and not _is_number(v):
+                    what = "the timestamp" if j == 0 else f"channel {name!r}"
+                    expected = ("seconds" if j == 0
+                                else "microvolts, or an empty field for a dropped sample")
+                    return f"line {k}, {what}: {v!r} is not a number (expected {expected})."
     return None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import struct
 from pathlib import Path
 
@@ -902,3 +903,21 @@ def test_edf_labelling_one_electrode_twice_is_refused_unless_a_montage_renames(
     assert read_recording(p, montage="Fp1,Fp2,T7").ch_names == ["Fp1", "Fp2", "T7"]
     _write_edf(p, [np.sin(t) * 10, np.cos(t) * 10, t], ["Fp1", "EMG", "EMG"], [256] * 3)
     assert read_recording(p).ch_names == ["Fp1", "EMG-0", "EMG-1"]
+
+
+@pytest.mark.parametrize("bad, shown", [('"3"', "'\"3\"'"), ("1,5e2", None), ("12 uV", "'12 uV'")])
+def test_nacf_csv_value_that_is_no_number_names_its_line_and_channel(tmp_path, bad, shown):
+    """A nacf CSV field that is no number was reported with numpy's 0-based data row
+    ('at row 4, column 3'), which is neither the file's line (6) nor a channel name."""
+    lines = ["timestamp,Fp1,Fp2"] + [f"{i / 250:.6f},1,2" for i in range(10)]
+    lines[5] = f"{4 / 250:.6f},1,{bad}"
+    p = tmp_path / "rec.csv"
+    p.write_text("\n".join(lines) + "\n")
+    if shown is None:  # a comma in the value: one field too many, said as such
+        with pytest.raises(ValueError, match=r"line 6 has 4 fields"):
+            read_recording(p)
+        return
+    with pytest.raises(ValueError, match=r"rec\.csv' is malformed: line 6, channel 'Fp2': "
+                                         + re.escape(shown) + r" is not a number \(expected "
+                                         r"microvolts, or an empty field for a dropped sample\)"):
+        read_recording(p)
