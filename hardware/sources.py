@@ -39,6 +39,7 @@ Every source is a context manager with ``.sfreq``, ``.ch_names``,
 
 from __future__ import annotations
 
+import math
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -161,7 +162,13 @@ def open_source(spec: str, montage: Sequence[str] | str | None = None) -> Any:
 
         kw = {}
         if "timeout" in s.options:
-            kw["handshake_timeout"] = _float(spec, "timeout", s.options["timeout"])
+            v = _float(spec, "timeout", s.options["timeout"])
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(
+                    f"Option 'timeout' of the source {spec!r} must be a finite number of "
+                    f"seconds > 0, got {s.options['timeout']!r}."
+                )
+            kw["handshake_timeout"] = v
         return CytonReader(s.target, daisy=s.kind == "cyton-daisy", montage=mont, **kw)
     if s.kind == "lsl":
         from .lsl import LslSource

@@ -93,6 +93,12 @@ def test_record_file_source(tmp_path):
     ("cyton:", "names no port"),
     ("file:x.edf?speed=fast", "must be a number"),
     ("cyton:/dev/ttyUSB0?rate=9", "Options for cyton"),
+    # the handshake timeout was refused under its parameter's name, 'handshake_timeout',
+    # which the SOURCE string the user wrote does not have
+    ("cyton:/dev/ttyUSB0?timeout=0", "Option 'timeout' of the source "
+                                     "'cyton:/dev/ttyUSB0?timeout=0' must be a finite number "
+                                     "of seconds > 0, got '0'"),
+    ("cyton-daisy:/dev/ttyUSB0?timeout=nan", "Option 'timeout' of the source"),
 ])
 def test_record_bad_source(source, message, tmp_path, capsys):
     rc = main(["record", "--source", source, "--seconds", "1", "--out",
