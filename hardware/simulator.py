@@ -174,7 +174,8 @@ def prepare_signal(recording: Any, n_channels: int, sfreq: float) -> tuple[np.nd
     in montage order when the recording has them all (two of them naming one electrode,
     ``T5`` and ``P7``: a ``ValueError``); otherwise its first
     ``n_channels`` channels (a recording with fewer channels is padded with flat
-    zero channels, and a warning logged).
+    zero channels, and a warning logged; a warning also says which of its electrodes a
+    reader, naming the channels by the montage, will take for another).
 
     Returns
     -------
@@ -189,7 +190,7 @@ def prepare_signal(recording: Any, n_channels: int, sfreq: float) -> tuple[np.nd
     try:
         from nacf_core.channels import canonical_name, pick
     except ImportError:  # pragma: no cover - recognition layer missing
-        canon, pick = [n.strip(". ") for n in names], None
+        canon, pick, canonical_name = [n.strip(". ") for n in names], None, None
     else:
         canon = [canonical_name(n) or n for n in names]
     if all(w in canon for w in wanted):
@@ -199,6 +200,18 @@ def prepare_signal(recording: Any, n_channels: int, sfreq: float) -> tuple[np.nd
     else:
         data = data[:, :n_channels]
         out_names = names[:n_channels]
+        # a reader names channel k by the montage: an electrode there is sent as another
+        moved = [k for k in range(len(out_names)) if canon[k] != wanted[k]
+                 and canonical_name is not None and canonical_name(names[k]) is not None]
+        sent_as = [f"{canon[k]} {'is sent ' if i == 0 else ''}as {wanted[k]}"
+                   for i, k in enumerate(moved)]
+        if sent_as:
+            logger.warning(
+                "recording lacks %s of the ultracortex-%d montage: streaming its first %d "
+                "channels, which a reader labels by the montage: %s",
+                ", ".join(w for w in wanted if w not in canon), n_channels,
+                len(out_names), ", ".join(sent_as),
+            )
         if data.shape[1] < n_channels:
             logger.warning(
                 "recording has %d channels; padding to %d with flat channels",

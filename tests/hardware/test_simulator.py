@@ -291,3 +291,23 @@ def test_simulate_refuses_speed_with_fast(capsys, lsl):
     out, err = capsys.readouterr()
     assert out == "" and "Traceback" not in err
     assert "nacf simulate: --speed paces the stream and --fast does not pace it" in err, err
+
+
+def test_a_recording_without_the_montage_says_which_electrodes_are_sent_under_its_names(
+        caplog):
+    """A recording whose electrodes are not the montage's (FC5, FC3, ... next to no O2)
+    was streamed as channels 1-8 without a word, and every reader labelled FC5 as Fp1,
+    FC3 as Fp2, ...: enrolled and matched as electrodes they are not."""
+    names = ["FC5", "FC3", "FC1", "FCz", "FC2", "FC4", "FC6", "C5", "Fp1"]
+    rec = SimpleNamespace(data=np.zeros((250, 9)), sfreq=250.0, ch_names=names)
+    with caplog.at_level("WARNING", logger="nacf.hardware.simulator"):
+        _, ch = prepare_signal(rec, 8, 250.0)
+    assert ch == names[:8]
+    msg = " ".join(r.getMessage() for r in caplog.records)
+    assert "lacks Fp2, C3, C4, P7, P8, O1, O2 of the ultracortex-8 montage" in msg, msg
+    assert "FC5 is sent as Fp1" in msg and "C5 as O2" in msg, msg
+    caplog.clear()
+    rec = SimpleNamespace(data=np.zeros((250, 3)), sfreq=250.0, ch_names=["a", "b", "c"])
+    with caplog.at_level("WARNING", logger="nacf.hardware.simulator"):
+        prepare_signal(rec, 8, 250.0)  # no electrode: nothing is sent as another
+    assert not any("is sent as" in r.getMessage() for r in caplog.records)
