@@ -1296,6 +1296,15 @@ def _read_nacf_csv(path: Path, sfreq_override: float | None) -> Recording:
     if sfreq_override is not None:
         sfreq = float(sfreq_override)
     else:
+        back = np.flatnonzero(np.diff(ts) < 0)
+        if back.size:  # joined recordings, a clock set back: the span says nothing
+            k = int(back[0]) + 1  # the row that goes back; its line is k + 2
+            raise ValueError(
+                f"{where}: the timestamp on line {k + 2} ({ts[k]:.6f}) is before the one on "
+                f"line {k + 1} ({ts[k - 1]:.6f}); the timestamps of a nacf CSV only go "
+                f"forward (two recordings joined? a clock set back?), and the sampling rate "
+                f"comes from them. Split the file, or pass sfreq= to read it at a known rate."
+            )
         if arr.shape[0] < 2 or not ts[-1] > ts[0]:
             raise ValueError(
                 f"{where}: cannot estimate the sampling rate from "

@@ -921,3 +921,22 @@ def test_nacf_csv_value_that_is_no_number_names_its_line_and_channel(tmp_path, b
                                          + re.escape(shown) + r" is not a number \(expected "
                                          r"microvolts, or an empty field for a dropped sample\)"):
         read_recording(p)
+
+
+@pytest.mark.parametrize("back_s", [0.0, 100.0])
+def test_nacf_csv_whose_timestamps_go_back_is_refused_naming_the_line(tmp_path, back_s):
+    """Two nacf recordings joined into one file (or a clock set back): the timestamps
+    start again. Starting again where the first began, the span over the samples gave
+    twice the rate (a 250 Hz recording read at 500 Hz, every filter and epoch wrong);
+    going back further, the error said the rate could not be estimated, not why. The
+    timestamps of a nacf CSV only go forward; unless sfreq= is given, one that goes back
+    is refused, naming its line."""
+    t0 = 1.7e9
+    times = [t0 + i / 250 for i in range(2500)] + [t0 - back_s + i / 250 for i in range(2500)]
+    p = _nacf_csv(tmp_path, "timestamp,Fp1,Fp2", [f"{x:.6f}" for x in times])
+    with pytest.raises(ValueError, match=r"rec\.csv': the timestamp on line 2502 "
+                                         rf"\({t0 - back_s:.6f}\) is before the one on line "
+                                         rf"2501 \({times[2499]:.6f}\).*sfreq="):
+        read_recording(p)
+    rec = read_recording(p, sfreq=250)
+    assert rec.sfreq == 250.0 and rec.n_times == 5000
