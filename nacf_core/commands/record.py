@@ -103,13 +103,16 @@ def record(source: str, seconds: float, out: str, montage=None, timeout: float =
     check_output_path("--out", out)  # before the source is opened, not once it is read
     src = open_source(source, montage=montage)
     written = 0
-    with src, CompleteOrNothing(out, what="--out") as fh:
+    # bytes, UTF-8 whatever the locale: the reader reads UTF-8 (a name such as 'Ö1' from
+    # an EDF or LSL label could not be written under an ASCII locale, nor read back
+    # from a Latin-1 one); a name from argv under such a locale keeps its own bytes
+    with src, CompleteOrNothing(out, what="--out", binary=True) as fh:
         need = int(round(seconds * src.sfreq))
         if need == 0:  # a file of no row, said as done, is no recording
             raise ValueError(f"'seconds' {seconds:g} holds no sample at {src.sfreq:g} Hz "
                              f"(round(seconds * rate) = 0): ask for at least "
                              f"{1 / src.sfreq:g} s (one sample).")
-        fh.write(_csv_header(src.ch_names))
+        fh.write(_csv_header(src.ch_names).encode("utf-8", "surrogateescape"))
         last_data = time.monotonic()
         while written < need:
             chunk = src.read_chunk(0.5)
@@ -153,4 +156,4 @@ def _write_rows(fh, timestamps, samples) -> None:
         vals = ["" if not np.isfinite(v) else np.format_float_positional(v, trim="-")
                 for v in row]
         lines.append(f"{t:.6f}," + ",".join(vals))
-    fh.write("\n".join(lines) + "\n")
+    fh.write(("\n".join(lines) + "\n").encode("ascii"))

@@ -327,3 +327,25 @@ def test_record_refuses_an_out_it_cannot_write_before_opening_the_source(
     assert f"nacf record: --out {out!r}" in err and message in err, err
     assert "LSL" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_dir"]
+
+
+def test_record_writes_utf8_whatever_the_locale(tmp_path):
+    """The CSV was written in the locale's encoding while the reader reads UTF-8: under
+    an ASCII locale (LC_ALL=C without UTF-8 mode) a channel named with a letter outside
+    ASCII failed the recording ('ascii' codec can't encode), and under a Latin-1 or
+    cp1252 locale it wrote a file nacf refused to read back (not UTF-8)."""
+    names = ["Ö1", "Fp2", "µV?"]  # labels a file brings (not argv, which the locale decodes)
+    src = tmp_path / "src.csv"
+    src.write_text("timestamp," + ",".join(names) + "\n"
+                   + "".join(f"{i / 250:.6f},1,2,3\n" for i in range(500)), encoding="utf-8")
+    out = tmp_path / "u.csv"
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0",
+           "PYTHONCOERCECLOCALE": "0"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "nacf_core.cli", "record", "--source", f"file:{src}?speed=0",
+         "--seconds", "1", "--out", str(out)],
+        capture_output=True, text=True, encoding="utf-8", errors="replace", env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert read_recording(out).ch_names == names
