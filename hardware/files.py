@@ -645,6 +645,58 @@ def _edf_check_scaling(path: Path, fmt: str, exclude: list[str]) -> None:
                 )
 
 
+_TAL_ONSET = re.compile(rb"^\s*([+-]\d+(?:\.\d*)?)\x14")
+
+
+def _edf_check_continuous(path: Path, fmt: str) -> None:
+    """Refuse an EDF+D/BDF+D file whose data records do not follow each other.
+
+    MNE reads the records of a discontinuous file one after the other, its gaps closed
+    without a word; each record's first annotation (its time-keeping TAL) says when it
+    starts. Most EDF+D files have no gap: those are read.
+    """
+    with open(path, "rb") as fh:
+        fixed = fh.read(256)
+        if not fixed[192:197].upper().endswith(b"+D"):  # 'EDF+D', 'BDF+D'
+            return
+        try:
+            ns = int(fixed[252:256].decode("ascii").strip())
+            record_s = float(fixed[244:252].decode("ascii").strip())
+            sig = fh.read(256 * ns)
+            labels = [sig[i * 16 : (i + 1) * 16].decode("latin-1").strip() for i in range(ns)]
+            nsamp = [int(sig[ns * 216 + i * 8 : ns * 216 + (i + 1) * 8]) for i in range(ns)]
+        except (ValueError, IndexError):
+            return  # the other checks, or MNE, say what is wrong
+        ann = [i for i, lab in enumerate(labels) if "annotations" in lab.lower()]
+        width = 3 if fmt == "bdf" else 2
+        record_bytes = sum(nsamp) * width
+        if not ann or record_bytes <= 0 or not math.isfinite(record_s) or record_s <= 0:
+            return
+        at = sum(nsamp[: ann[0]]) * width
+        size = path.stat().st_size - (256 + 256 * ns)
+        onsets = []
+        for k in range(size // record_bytes):
+            fh.seek(256 + 256 * ns + k * record_bytes + at)
+            m = _TAL_ONSET.match(fh.read(min(nsamp[ann[0]] * width, 64)))
+            if m is None:
+                return  # no time-keeping annotation: nothing to check against
+            onsets.append(float(m.group(1)))
+    gaps = [(k, onsets[k] - (onsets[k - 1] + record_s)) for k in range(1, len(onsets))]
+    gaps = [(k, g) for k, g in gaps if abs(g) > 1e-6 * max(1.0, record_s)]
+    if gaps:
+        k, g = gaps[0]
+        total = sum(x for _, x in gaps)
+        raise ValueError(
+            f"{fmt.upper()} file {str(path)!r} is discontinuous ({fmt.upper()}+D): data "
+            f"record {k + 1} starts at {onsets[k]:g} s, {abs(g):g} s "
+            f"{'after' if g > 0 else 'before'} record {k} ends "
+            f"({len(gaps)} gap{'s' if len(gaps) > 1 else ''}, {total:g} s in all); nacf "
+            f"reads a recording as one continuous signal, and read across its gaps its "
+            f"windows would join signal that is not continuous. Export each continuous "
+            f"part to a file of its own (EDF+C)."
+        )
+
+
 def _edf_check_repeated(path: Path, fmt: str, exclude: list[str]) -> None:
     """Refuse signals that label one EEG electrode twice (``Fp1`` and ``Fp1``, ``T3``
     and ``T7``): MNE renames exact duplicates ``Fp1-0``, ``Fp1-1``, which name no
@@ -851,6 +903,7 @@ def _read_edf(
     _edf_check_scaling(path, fmt, exclude)
     if montage is None:
         _edf_check_repeated(path, fmt, exclude)
+    _edf_check_continuous(path, fmt)
     if exclude:
         logger.info(
             "%s mixes sampling rates: keeping the %g Hz signals, leaving out %s",

@@ -940,3 +940,37 @@ def test_nacf_csv_whose_timestamps_go_back_is_refused_naming_the_line(tmp_path, 
         read_recording(p)
     rec = read_recording(p, sfreq=250)
     assert rec.sfreq == 250.0 and rec.n_times == 5000
+
+
+def _edf_plus(path, onsets, kind=b"EDF+D"):
+    """An EDF+ file (1 s records, Fp1 and O2 at 256 Hz) whose records start at ``onsets``
+    (seconds, the time-keeping annotation of each record)."""
+    n = len(onsets)
+    t = np.arange(n * 256) / 256
+    _write_edf(path, [np.sin(2 * np.pi * 10 * t) * 50, np.cos(t) * 20, np.zeros(n * 30)],
+               ["Fp1", "O2", "EDF Annotations"], [256, 256, 30])
+    raw = bytearray(path.read_bytes())
+    raw[192:236] = kind.ljust(44)
+    header, size = 256 + 256 * 3, (256 + 256 + 30) * 2
+    for k, onset in enumerate(onsets):
+        tal = f"+{onset:g}".encode() + b"\x14\x14\x00"
+        at = header + k * size + 512 * 2
+        raw[at : at + 60] = tal.ljust(60, b"\x00")
+    path.write_bytes(raw)
+
+
+def test_edf_plus_d_with_gaps_is_refused_and_without_gaps_is_read(tmp_path):
+    """An EDF+D file (discontinuous: its records say when each starts) was read as one
+    continuous signal by MNE, its gaps closed without a word: 10 s lost between two
+    records became a splice inside an epoch, and every later sample was 10 s early on
+    the recording's timeline. Such a file is now refused naming the first gap; an EDF+D
+    whose records follow each other (most are) is read as before."""
+    p = tmp_path / "d.edf"
+    _edf_plus(p, [0, 1, 2, 13, 14])
+    with pytest.raises(ValueError, match=r"EDF file '.*d\.edf' is discontinuous \(EDF\+D\): "
+                                         r"data record 4 starts at 13 s, 10 s after record 3 "
+                                         r"ends \(1 gap, 10 s in all\)"):
+        read_recording(p)
+    _edf_plus(p, [0, 1, 2, 3, 4])
+    rec = read_recording(p)
+    assert rec.n_times == 5 * 256 and rec.ch_names == ["Fp1", "O2"]
