@@ -29,8 +29,9 @@ and nothing in LSL says how many); if it does not, ``read_chunk`` returns ``None
 end, like a file) and ``counters.extra["lost"]`` is 1. ``reconnect_s=0`` ends at once.
 
 Samples: LSL carries no sample counter, so gaps cannot be detected the way a Cyton's
-counter reveals them; ``counters.ok`` counts the samples received. The inlet buffers up
-to ``max_buflen`` seconds; a consumer that reads through
+counter reveals them; ``counters.ok`` counts the samples received, ``counters.dropped``
+the rows received with no number in any channel (NaN rows, as the other sources count).
+The inlet buffers up to ``max_buflen`` seconds; a consumer that reads through
 :class:`~nacf_core.hardware.epoching.EpochStream` keeps it drained. A sample that is no
 number of microvolts (sent infinite, or too large for float32 once scaled) is delivered as
 NaN, a dropped sample, as a file's would be; a timestamp that is not finite (an outlet
@@ -476,7 +477,10 @@ class LslSource:
                                "replaced by the arrival time", self._describe())
         if stamps[0] <= self._last_stamp or (n > 1 and not (np.diff(stamps) > 0).all()):
             self._monotonize(stamps)
-        self.counters.ok += n
+        # a row with no number at all is a dropped sample, counted as the other sources do
+        lost = int(np.count_nonzero(np.isnan(samples).all(axis=1)))
+        self.counters.ok += n - lost
+        self.counters.dropped += lost
         self._last_stamp = float(stamps[-1])
         return Chunk(samples, stamps, self.ch_names, self._sfreq)
 

@@ -526,3 +526,26 @@ def test_labels_are_stripped_of_surrounding_blanks():
             assert src.ch_names == ["Cz", "Pz"]
     finally:
         del outlet
+
+
+def test_rows_that_carry_no_number_count_as_dropped_not_ok():
+    """A row whose every channel is NaN or infinite (an outlet that sends NaN for a lost
+    sample) is a dropped sample, delivered as a NaN row: the Cyton reader and the file
+    source count such rows in counters.dropped; the LSL source counted them as received
+    ('ok'), so nacf record reported a lossy stream as whole."""
+    name = f"nacf-test-{uuid.uuid4().hex[:8]}"
+    info = pylsl.StreamInfo(name, "EEG", 2, 100.0, pylsl.cf_float32, f"sid-{name}")
+    info.set_channel_labels(["Cz", "Pz"])
+    outlet = pylsl.StreamOutlet(info)
+    x = np.array([[1, 2], [np.nan, np.nan], [np.inf, np.nan], [np.nan, 3], [4, 5]], np.float32)
+    try:
+        with LslSource(name=name, timeout=10, reconnect_s=0) as src:
+            assert outlet.wait_for_consumers(10)
+            outlet.push_chunk(x)
+            n, t = 0, time.monotonic()
+            while n < 5 and time.monotonic() - t < 10:
+                n += src.read_chunk(timeout=0.5).n_times
+            assert n == 5
+            assert (src.counters.ok, src.counters.dropped) == (3, 2)
+    finally:
+        del outlet
