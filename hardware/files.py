@@ -917,6 +917,11 @@ def _read_edf(
         raise ValueError(f"cannot read {fmt.upper()} file {str(path)!r}: {exc}") from exc
     for w in caught:
         logger.info("%s: %s", path, w.message)
+    if not raw.ch_names:  # an events file exported apart from its signals
+        raise ValueError(
+            f"{fmt.upper()} file {str(path)!r} holds no signal besides its annotations; "
+            f"expected at least one EEG signal."
+        )
     sfreq = _check_file_sfreq(float(raw.info["sfreq"]), f"{fmt.upper()} file {str(path)!r}")
     start, stop = _range_to_samples(start_s, stop_s, sfreq, raw.n_times, path)
     # the names the signals will be read under decide which are EEG (a montage renames)

@@ -974,3 +974,14 @@ def test_edf_plus_d_with_gaps_is_refused_and_without_gaps_is_read(tmp_path):
     _edf_plus(p, [0, 1, 2, 3, 4])
     rec = read_recording(p)
     assert rec.n_times == 5 * 256 and rec.ch_names == ["Fp1", "O2"]
+
+
+def test_edf_with_no_signal_but_its_annotations_is_refused_by_name(tmp_path):
+    """An EDF+ holding only its annotations channel (an events file exported apart from
+    the signals) failed with MNE's 'picks (None, treated as "all") yielded no channels,
+    consider passing picks explicitly', which names neither the file nor what it lacks."""
+    p = tmp_path / "events.edf"
+    _write_edf(p, [np.zeros(60)], ["EDF Annotations"], [30])
+    with pytest.raises(ValueError, match=r"EDF file '.*events\.edf' holds no signal besides "
+                                         r"its annotations"):
+        read_recording(p)
