@@ -980,7 +980,8 @@ def _read_openbci(path: Path, sfreq_override: float | None) -> Recording:
             i += 1
             continue
         break
-    body = [ln for ln in lines[i:] if ln.strip()]
+    body_at = [k for k in range(i, len(lines)) if lines[k].strip()]  # 0-based file lines
+    body = [lines[k] for k in body_at]
     if not body:
         raise ValueError(f"OpenBCI file {str(path)!r} has a header but no samples.")
 
@@ -1030,10 +1031,11 @@ def _read_openbci(path: Path, sfreq_override: float | None) -> Recording:
         arr = np.loadtxt(body, delimiter=sep, usecols=range(need), dtype=np.float64, ndmin=2)
     except ValueError as exc:
         bad = _first_bad_line(body, sep, need)
+        why = re.sub(r" at row \d+, column \d+\.?$", "", str(exc))  # numpy's data row
         raise ValueError(
-            f"OpenBCI file {str(path)!r}: malformed sample line {bad[0] + i + 1 + skipped}: "
+            f"OpenBCI file {str(path)!r}: malformed sample line {body_at[bad[0]] + 1}: "
             f"{bad[1][:100]!r} (expected a sample index and {n_ch} numbers separated by "
-            f"{sep!r}): {exc}"
+            f"{sep!r}): {why}"
         ) from None
     # GUI v5 writes an all-zero placeholder row before the first sample
     lead = 0

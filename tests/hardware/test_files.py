@@ -985,3 +985,21 @@ def test_edf_with_no_signal_but_its_annotations_is_refused_by_name(tmp_path):
     with pytest.raises(ValueError, match=r"EDF file '.*events\.edf' holds no signal besides "
                                          r"its annotations"):
         read_recording(p)
+
+
+@pytest.mark.parametrize("extra", ["truncated-last", "blank-lines"])
+def test_openbci_malformed_line_number_is_the_files_line(shared_data, tmp_path, extra):
+    """The line named for a malformed OpenBCI sample was off: one more when the file also
+    ended in a truncated line (dropped at the end, counted before), and fewer when blank
+    lines came before it (left out of the count)."""
+    lines = (shared_data / OPENBCI_FILES[2]).read_text().splitlines()[:100]
+    lines[50] = "44, 1.0, oops, 3.0"
+    if extra == "truncated-last":
+        lines[-1] = lines[-1][:10]
+    else:
+        lines[30:30] = ["", "   "]
+    p = tmp_path / "bad.txt"
+    p.write_text("\n".join(lines) + "\n")
+    want = lines.index("44, 1.0, oops, 3.0") + 1
+    with pytest.raises(ValueError, match=rf"malformed sample line {want}: '44, 1.0, oops"):
+        read_recording(p)
