@@ -1170,7 +1170,8 @@ def _read_brainflow(path: Path, sfreq_override: float | None) -> Recording:
         arr = np.loadtxt(path, delimiter=sep, dtype=np.float64, ndmin=2,
                          max_rows=n_rows - 1 if truncated else None)
     except ValueError as exc:
-        bad = _csv_field_count_error(path, n_cols, sep=sep, header=False)
+        bad = (_csv_field_count_error(path, n_cols, sep=sep, header=False)
+               or _csv_first_non_number(path, None, sep))
         raise ValueError(f"BrainFlow CSV {str(path)!r} is malformed: {bad or exc}") from None
     if truncated:
         logger.info("%s: dropped a truncated last line (%d of %d fields)", path, last_n,
@@ -1457,19 +1458,25 @@ def _csv_field_count_error(
     return None
 
 
-def _csv_first_non_number(path: Path, header: list[str]) -> str | None:
-    """The first field of a nacf CSV that is no number, by its line and column, as an
-    error message (numpy names a 0-based row of the data, not the file's line)."""
-    with open(path, encoding="utf-8") as fh:
-        fh.readline()
-        for k, line in enumerate(fh, start=2):
-            for j, (name, v) in enumerate(zip(header, line.rstrip("\r\n").split(","))):
+def _csv_first_non_number(path: Path, header: list[str] | None,
+                          sep: str = ",") -> str | None:
+    """The first field that is no number, by its line and column, as an error message
+    (numpy names a 0-based row of the data, not the file's line): a nacf CSV (its
+    ``header``: the timestamp, then channels) or, ``header=None``, a BrainFlow CSV."""
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        if header is not None:
+            fh.readline()
+        for k, line in enumerate(fh, start=1 if header is None else 2):
+            for j, v in enumerate(line.rstrip("\r\n").split(sep)):
                 v = v.strip()
-                if v and not _is_number(v):
-                    what = "the timestamp" if j == 0 else f"channel {name!r}"
-                    expected = ("seconds" if j == 0
-                                else "microvolts, or an empty field for a dropped sample")
-                    return f"line {k}, {what}: {v!r} is not a number (expected {expected})."
+                if not v or _is_number(v):
+                    continue
+                if header is None:
+                    return f"line {k}, column {j + 1}: {v!r} is not a number."
+                what = "the timestamp" if j == 0 else f"channel {header[j]!r}"
+                expected = ("seconds" if j == 0
+                            else "microvolts, or an empty field for a dropped sample")
+                return f"line {k}, {what}: {v!r} is not a number (expected {expected})."
     return None
 
 

@@ -1003,3 +1003,20 @@ def test_openbci_malformed_line_number_is_the_files_line(shared_data, tmp_path, 
     want = lines.index("44, 1.0, oops, 3.0") + 1
     with pytest.raises(ValueError, match=rf"malformed sample line {want}: '44, 1.0, oops"):
         read_recording(p)
+
+
+@pytest.mark.parametrize("name", BRAINFLOW_FILES)
+def test_brainflow_value_that_is_no_number_names_the_files_line(shared_data, tmp_path, name):
+    """A BrainFlow CSV field that is no number was reported with numpy's 0-based row
+    ('at row 44, column 3', the file's line 45), not the file's line."""
+    src = shared_data / name
+    sep = "\t" if "\t" in src.open().readline() else ","
+    lines = src.read_text().splitlines()[:100]
+    fields = lines[44].split(sep)
+    fields[2] = "oops"
+    lines[44] = sep.join(fields)
+    p = tmp_path / "bf.csv"
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"bf\.csv' is malformed: line 45, column 3: 'oops' "
+                                         r"is not a number"):
+        read_recording(p)
