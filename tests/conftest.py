@@ -28,6 +28,30 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("NACF_HYPOTHESIS_PROFILE", "nacf"))
 
+#: Opt-in fuzzing beyond CI (CI never sets it): NACF_FUZZ_EXAMPLES=<factor> runs every
+#: property test with random inputs (derandomize off, no example database) and <factor>
+#: times its example count; pick the seed with pytest's --hypothesis-seed=N to reproduce.
+FUZZ_FACTOR = int(os.environ.get("NACF_FUZZ_EXAMPLES", "0") or 0)
+
+
+def fuzzed(s: settings) -> settings:
+    """``s`` itself, or with NACF_FUZZ_EXAMPLES set: random, unstored, more examples."""
+    if FUZZ_FACTOR <= 0:
+        return s
+    return settings(s, derandomize=False, database=None,
+                    max_examples=s.max_examples * FUZZ_FACTOR)
+
+
+def pytest_collection_modifyitems(config, items):
+    if FUZZ_FACTOR <= 0:
+        return
+    for item in items:
+        fn = getattr(item, "obj", None)
+        fn = getattr(fn, "__func__", fn)
+        current = getattr(fn, "_hypothesis_internal_use_settings", None)
+        if getattr(fn, "is_hypothesis_test", False) and current is not None:
+            fn._hypothesis_internal_use_settings = fuzzed(current)
+
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:

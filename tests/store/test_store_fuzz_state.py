@@ -17,6 +17,7 @@ once, in order) are the model's."""
 from __future__ import annotations
 
 import math
+import os
 import threading
 
 import pytest
@@ -33,6 +34,9 @@ from nacf_core.errors import AlreadyExists, FailedPrecondition, NotFound
 
 SETTINGS = settings(max_examples=60, stateful_step_count=40, deadline=None,
                     derandomize=True, suppress_health_check=list(HealthCheck))
+if int(os.environ.get("NACF_FUZZ_EXAMPLES", "0") or 0) > 0:  # opt-in, see tests/conftest.py
+    SETTINGS = settings(SETTINGS, derandomize=False, database=None,
+                        max_examples=SETTINGS.max_examples * int(os.environ["NACF_FUZZ_EXAMPLES"]))
 T0 = 1_790_000_000.0
 #: ids at the store's limits too: non-ASCII (a 4-byte UTF-8 character; ordering by code
 #: point and by UTF-8 byte agree), 256 characters (the most the store takes; 1 024 bytes)
