@@ -19,8 +19,8 @@ a new epoch then evicts the oldest one, and each eviction is counted in
 ``EpochStream.dropped_epochs``, in the source's ``counters.extra["epochs_overflowed"]``
 and in its ``counters.overflow`` as ``hop`` samples (the new signal each epoch brings),
 and logged (first time, then every 100th). An authentication wants the freshest
-evidence, so dropping the oldest epochs is the right end to cut; blocking the reader instead would only move the loss into the device
-transport, where it is later and less visible.
+evidence, so dropping the oldest epochs is the right end to cut; blocking the reader
+instead would only move the loss into the device transport, where it is later and less visible.
 
 Dropped samples (NaN rows from the source): the filter cannot take a NaN (it would
 poison its state for good), so each NaN is replaced at the filter input by the last

@@ -12,8 +12,8 @@ the fraction of impostor scores ``>= t`` is at most ``target_fmr``.  (A Gaussian
 fit was tried and dropped: cosine scores are bounded, and on 8 channels it put the
 threshold above 1.)  ``nacf evaluate`` measures the FMR that this threshold actually gives
 on held-out subjects (the ``calibrated`` object of its report): with tens of
-calibration subjects it can exceed the target several-fold.  The default target is FMR = 1/1000, the operating point of NIST SP
-800-63B (revision 3, 2017) §5.2.3.
+calibration subjects it can exceed the target several-fold.  The default target is
+FMR = 1/1000, the operating point of NIST SP 800-63B (revision 3, 2017) §5.2.3.
 
 The false non-match rate at that threshold is reported with a percentile bootstrap
 confidence interval *over subjects* (resample subjects with replacement, pool their
@@ -154,7 +154,8 @@ def bootstrap_fnmr(genuine, subjects, threshold: float, *, n_boot: int = 2000,
     draw = rng.integers(0, len(ids), size=(n_boot, len(ids)))
     boot = miss[draw].sum(1) / count[draw].sum(1)
     a = (1 - level) / 2
-    return float(miss.sum() / count.sum()), float(np.quantile(boot, a)), float(np.quantile(boot, 1 - a))
+    return (float(miss.sum() / count.sum()), float(np.quantile(boot, a)),
+            float(np.quantile(boot, 1 - a)))
 
 
 @dataclass

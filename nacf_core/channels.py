@@ -55,15 +55,16 @@ STANDARD_NAMES: tuple[str, ...] = tuple("""
 MONTAGE_8: tuple[str, ...] = ("Fp1", "Fp2", "C3", "C4", "P7", "P8", "O1", "O2")
 #: The 16-channel montage of the evaluation protocol.
 MONTAGE_16: tuple[str, ...] = (
-    "Fp1", "Fp2", "F3", "F4", "F7", "F8", "C3", "C4", "T7", "T8", "P3", "P4", "P7", "P8", "O1", "O2",
+    "Fp1", "Fp2", "F3", "F4", "F7", "F8", "C3", "C4", "T7", "T8", "P3", "P4", "P7", "P8",
+    "O1", "O2",
 )
 
 _LOOKUP: dict[str, str] = {n.upper(): n for n in STANDARD_NAMES}
 _LOOKUP.update({"T3": "T7", "T4": "T8", "T5": "P7", "T6": "P8"})
 
 # A leading type word: EEG is kept, every other type means "not EEG".
-_TYPE_PREFIX = re.compile(r"^(EEG|ECG|EKG|EOG|EMG|RESP|ACC|ACCEL|AUX|MISC|POL|SAO2|TEMP|STIM)[\s_:-]+",
-                          re.IGNORECASE)
+_TYPE_PREFIX = re.compile(
+    r"^(EEG|ECG|EKG|EOG|EMG|RESP|ACC|ACCEL|AUX|MISC|POL|SAO2|TEMP|STIM)[\s_:-]+", re.IGNORECASE)
 # A trailing reference: -REF, -LE, -AR, -A1, -A2, -M1, -M2, -AVG, -CZ (bipolar to Cz).
 _REF_SUFFIX = re.compile(r"[-/](REF|LE|RE|AR|AVG|A1|A2|M1|M2|A1A2|M1M2|CZ)$", re.IGNORECASE)
 
@@ -179,7 +180,8 @@ def pick(ch_names: Sequence[str], wanted: Sequence[str]) -> list[int]:
     if missing:
         raise InvalidArgument(
             f"The signal lacks {len(missing)} of the {len(want)} channels the model needs: "
-            f"missing {', '.join(missing)}; the signal has {', '.join(map(str, ch_names)) or 'no channels'}."
+            f"missing {', '.join(missing)}; the signal has "
+            f"{', '.join(map(str, ch_names)) or 'no channels'}."
         )
     clash = {name: twice[name] for name in dict.fromkeys(want) if name in twice}
     if clash:

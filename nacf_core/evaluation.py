@@ -562,8 +562,8 @@ def plot_det(report: dict, path: str | os.PathLike, title: str = "") -> Path:
     ax.axvline(0.01, color="grey", lw=0.8, ls=":")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="upper right")
-    ax.set_title((title or "DET") + ("\n(last fold split)" if report["setup"]["splits"] > 1 else ""),
-                 fontsize=10)
+    last = "\n(last fold split)" if report["setup"]["splits"] > 1 else ""
+    ax.set_title((title or "DET") + last, fontsize=10)
     fig.tight_layout()
     path = Path(path)
     try:  # the whole image, or the file as it was (a full disk, Ctrl-C)

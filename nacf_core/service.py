@@ -456,8 +456,9 @@ class AuthService:
         self._gallery_cut: collections.deque[tuple[int, str]] = collections.deque(
             maxlen=_GALLERY_CUTS_KEPT)
         # the CPU-bound part of an authentication (pipeline, PAD; also of a stream's
-        # windows and of Identify) runs one thread at a time per process: under the GIL more would not run in parallel, and the many
-        # short NumPy calls would hand the GIL back and forth between worker threads
+        # windows and of Identify) runs one thread at a time per process: under the GIL more
+        # would not run in parallel, and the many short NumPy calls would hand the GIL back
+        # and forth between worker threads
         # (each hand-over can cost a switch interval); store I/O stays concurrent
         self._cpu_gate = threading.Lock()
         # with an in-process store (SQLite: its writers are serialised anyway, and its

@@ -104,7 +104,8 @@ def test_a_file_with_a_bad_rate_is_a_clear_error_not_a_crash(tmp_path):
 @pytest.mark.parametrize("sfreq", [0.0, float("inf"), float("nan"), 1e-300])
 def test_a_recording_with_a_bad_rate_is_refused(sfreq):
     rec = Recording(data=np.zeros((10, 2)), sfreq=sfreq, ch_names=["a", "b"], path=None)
-    with pytest.raises(ValueError, match="^recording: the sampling rate must be a number of Hz from 1"):
+    with pytest.raises(ValueError,
+                       match="^recording: the sampling rate must be a number of Hz from 1"):
         FileSource(rec)
 
 

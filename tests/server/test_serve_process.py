@@ -175,7 +175,8 @@ def test_sighup_while_stopping_still_exits_0(tmp_path, model_path):
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, model_path):
     d = tmp_path_factory.mktemp("serve")
-    p = Proc("--data-dir", str(d), "--model", str(model_path), "--lockout-threshold", "3", "--grace-period", "20")
+    p = Proc("--data-dir", str(d), "--model", str(model_path), "--lockout-threshold", "3",
+             "--grace-period", "20")
     yield p, d
     p.stop()
 

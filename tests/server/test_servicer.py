@@ -29,7 +29,8 @@ def svc(tmp_path_factory, model_path):
     store = open_store(f"sqlite:///{d / 'n.db'}", bytes(range(32)))
     cfg = Config(data_dir=str(d), require_device_proof=False, rate_limit_per_s=1000,
                  rate_limit_burst=1000)
-    service = AuthService(store, make_pipeline(model_path), cfg, metrics=Metrics(CollectorRegistry()))
+    service = AuthService(store, make_pipeline(model_path), cfg,
+                          metrics=Metrics(CollectorRegistry()))
     server = grpc_testing.server_from_dictionary(
         {SD: AuthServicer(service)}, grpc_testing.strict_real_time())
     yield service, server
