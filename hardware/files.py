@@ -107,6 +107,7 @@ from nacf_core._validation import (
     MAX_SAMPLE_RATE_HZ,
     check_finite_positive,
     check_option,
+    listed,
     npy_data_bytes,
 )
 
@@ -866,10 +867,9 @@ def _edf_uv_scale(
                 not_eeg.append(f"{label!r} ({dim!r})")
         scale[k] = uv * {1e-6: 1e6, 1e-3: 1e3}.get(mne_v, 1.0)
     if refused:
-        more = f" and {len(refused) - 8} more" if len(refused) > 8 else ""
         raise ValueError(
             f"{fmt.upper()} file {str(path)!r}: {len(refused)} EEG signal(s) have a physical "
-            f"dimension that is not a voltage: {', '.join(refused[:8])}{more}; nacf cannot "
+            f"dimension that is not a voltage: {listed(refused)}; nacf cannot "
             f"put their samples in microvolts. If the samples are in fact in a voltage unit, "
             f"state it for every signal: file:{path}?units=uV as a SOURCE, units='uV' to "
             f"read_recording, --units uV to nacf simulate (or mV, V, nV); a nacf train or "

@@ -67,7 +67,7 @@ from typing import Any
 
 import numpy as np
 
-from nacf_core._validation import MAX_CHANNELS, MAX_SAMPLE_RATE_HZ, check_finite_positive
+from nacf_core._validation import MAX_CHANNELS, MAX_SAMPLE_RATE_HZ, check_finite_positive, listed
 from nacf_core.channels import canonical_name, describe_repeated, repeated_channels
 from nacf_core.errors import Unavailable
 
@@ -299,11 +299,10 @@ class LslSource:
             names = resolve_montage(self._montage, n_ch)
         elif any(labels) and not all(labels):  # the defaults would rename the labelled ones
             blank = [str(i + 1) for i, x in enumerate(labels) if not x]
-            more = f" and {len(blank) - 8} more" if len(blank) > 8 else ""
             raise ValueError(
                 f"LSL stream {full.name()!r} labels {n_ch - len(blank)} of its {n_ch} "
                 f"channels; channel{'s' if len(blank) > 1 else ''} "
-                f"{', '.join(blank[:8])}{more} {'have' if len(blank) > 1 else 'has'} no "
+                f"{listed(blank)} {'have' if len(blank) > 1 else 'has'} no "
                 f"label. Name every channel in order with a montage "
                 f"(lsl:NAME?montage=Fp1,...)."
             )
@@ -349,10 +348,9 @@ class LslSource:
                    if k is None and u and u.strip()]
         eeg = [f"{n!r} ({u!r})" for n, u in unknown if canonical_name(n) is not None]
         if eeg:
-            more = f" and {len(eeg) - 8} more" if len(eeg) > 8 else ""
             raise ValueError(
                 f"LSL stream {full.name()!r}: {len(eeg)} EEG channel(s) have a unit that is "
-                f"not a voltage: {', '.join(eeg[:8])}{more}; nacf cannot put their samples "
+                f"not a voltage: {listed(eeg)}; nacf cannot put their samples "
                 f"in microvolts. If the samples are in fact in a voltage unit, state it for "
                 f"every channel: lsl:{full.name()}?units=uV (or mV, V, nV). Samples in ADC "
                 "counts or arbitrary units must be converted to a voltage by the sender."

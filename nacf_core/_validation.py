@@ -27,6 +27,7 @@ __all__ = [
     "check_int_range",
     "check_sfreq",
     "check_band",
+    "listed",
 ]
 
 
@@ -38,6 +39,14 @@ MAX_CHANNELS = 256
 #: every input is resampled to: ``nacf train --sfreq`` and ``Model.load`` keep to it).
 MIN_SFREQ = 125.0
 MAX_SFREQ = 1000.0
+
+
+def listed(items: Iterable[Any], n: int = 8) -> str:
+    """The first ``n`` of ``items`` (strings) joined with commas, and how many more there
+    are: ``"a, b, c and 4 more"``; for messages naming the offending channels."""
+    items = list(items)
+    more = f" and {len(items) - n} more" if len(items) > n else ""
+    return ", ".join(items[:n]) + more
 
 
 def check_option(name: str, value: Any, allowed: Iterable[Any]) -> Any:

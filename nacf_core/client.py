@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from nacf_core._validation import listed
 from nacf_core.errors import Unavailable
 
 __all__ = ["Blocks", "SourceLost", "fill_dropped", "enroll", "enroll_request",
@@ -157,10 +158,9 @@ class Blocks:
         if not self.dropped:
             return ""
         if self.dead:
-            more = f" and {len(self.dead) - 8} more" if len(self.dead) > 8 else ""
             return (f" (blocks were left out, {self.dropped} samples in them: channel"
                     f"{'s' if len(self.dead) > 1 else ''} "
-                    f"{', '.join(map(repr, self.dead[:8]))}{more} sent no finite sample in "
+                    f"{listed(map(repr, self.dead))} sent no finite sample in "
                     "them (an electrode not connected? the signal carries numbers only))")
         return (" (blocks that lost more than a quarter of their samples were left out, "
                 f"{self.dropped} samples dropped in them: the link loses samples)")
