@@ -608,10 +608,7 @@ class SqlStore(Store):
             if end_reason is not None and new > 1:
                 # the sessions verified against the template replaced, in its transaction:
                 # one opened on the new template just after it is not ended too
-                ended = tx.query(
-                    "UPDATE sessions SET ended_at = ?, end_reason = ? WHERE user_id = ? "
-                    "AND ended_at IS NULL AND expires_at > ? "
-                    f"RETURNING {self._SESSION_SELECT}", (t, end_reason, user_id, t))
+                ended = self._tx_end_sessions(tx, user_id, end_reason, t)
             if deadline is not None and time.monotonic() > deadline:
                 # rolled back: the caller's client has been told the call failed
                 raise DeadlineExceeded(
@@ -867,10 +864,7 @@ class SqlStore(Store):
             if replaced and end_reason is not None:
                 # the sessions opened with the secret replaced, in its transaction: a
                 # rotation never leaves them open (a stolen headset's)
-                ended = tx.query(
-                    "UPDATE sessions SET ended_at = ?, end_reason = ? WHERE user_id = ? "
-                    "AND device_id = ? AND ended_at IS NULL AND expires_at > ? "
-                    f"RETURNING {self._SESSION_SELECT}", (t, end_reason, user_id, device_id, t))
+                ended = self._tx_end_sessions(tx, user_id, end_reason, t, device_id)
             if deadline is not None and time.monotonic() > deadline:
                 # rolled back: a secret its caller never receives binds to nobody
                 raise DeadlineExceeded(
@@ -1040,20 +1034,22 @@ class SqlStore(Store):
         if device_id is not None:
             _check_id("device_id", device_id)
         t = _now(now)
+        return [self._session(r) for r in self._run(
+            lambda tx: self._tx_end_sessions(tx, user_id, reason, t, device_id))]
+
+    def _tx_end_sessions(self, tx: Tx, user_id: str, reason: str, t: float,
+                         device_id: str | None = None) -> list[tuple]:
+        """End the user's active sessions (only those opened with ``device_id`` when
+        given) at ``t`` with ``reason``, in ``tx``; the rows of those ended. One
+        statement: the sessions returned are those it ended (a read, then an update, also
+        ended a session another replica opened in between, and did not return it)."""
         where = "user_id = ? AND ended_at IS NULL AND expires_at > ?"
         args: tuple = (user_id, t)
         if device_id is not None:
             where += " AND device_id = ?"
             args += (device_id,)
-
-        def fn(tx: Tx) -> list[tuple]:
-            # one statement: the sessions returned are those it ended (a read, then an
-            # update, also ended a session another replica opened in between, and did not
-            # return it)
-            return tx.query(f"UPDATE sessions SET ended_at = ?, end_reason = ? WHERE {where} "
-                            f"RETURNING {self._SESSION_SELECT}", (t, reason, *args))
-
-        return [self._session(r) for r in self._run(fn)]
+        return tx.query(f"UPDATE sessions SET ended_at = ?, end_reason = ? WHERE {where} "
+                        f"RETURNING {self._SESSION_SELECT}", (t, reason, *args))
 
     def renew_session(self, token: str, ttl_s: float, *, max_age_s: float | None = None,
                       now=None) -> Session:
