@@ -864,7 +864,8 @@ class AuthService:
                              device_id=dev_id, fingerprints=fingerprints)
         except NotFound:
             # counted and logged: probing for user ids shows on the brute-force alert
-            self._refused(user_id, "unknown_user", peer, method, t_start)
+            self.metrics.record_failed_auth("unknown_user")
+            self._log_refused(user_id, "unknown_user", peer, method, t_start)
             raise
         lock = st.lockout
         now = self.clock()
@@ -873,11 +874,9 @@ class AuthService:
             self._raise_locked(user_id, lock.locked_until, now, peer, method, t_start)
         return st, (st.device if dev_id is not None else _UNREAD)
 
-    def _refused(self, user_id: str, reason: str, peer: str, method: str,
-                 t_start: float | None) -> None:
-        """Count an attempt refused without a decision (``nacfauth_failed_auth_attempts_total``,
-        ``reason``) and write its ``auth_attempt`` line."""
-        self.metrics.record_failed_auth(reason)
+    def _log_refused(self, user_id: str, reason: str, peer: str, method: str,
+                     t_start: float | None) -> None:
+        """The ``auth_attempt`` line of an attempt refused without a decision."""
         ms = 0.0 if t_start is None else (time.perf_counter() - t_start) * 1000
         log.info("authentication refused", extra={
             "event_type": "auth_attempt", "user_id": user_id, "success": False,
@@ -886,7 +885,8 @@ class AuthService:
 
     def _raise_locked(self, user_id: str, locked_until: float, now: float, peer: str,
                       method: str, t_start: float | None) -> None:
-        self._refused(user_id, "locked", peer, method, t_start)
+        self.metrics.record_failed_auth("locked")
+        self._log_refused(user_id, "locked", peer, method, t_start)
         # at most lockout_seconds: more is a lock the maintenance shortens (the clock
         # stepped back since it was set)
         locked_until = min(locked_until, now + float(self.config.lockout_seconds))
@@ -951,7 +951,8 @@ class AuthService:
                 try:
                     self._store("get_user", self.store.get_user, user_id)
                 except NotFound:
-                    self._refused(user_id, "unknown_user", peer, method, t_start)
+                    self.metrics.record_failed_auth("unknown_user")
+                    self._log_refused(user_id, "unknown_user", peer, method, t_start)
                     raise
             raise self._proof_fail(user_id, e.kind, e.message, e.severity, peer,
                                    method) from None
@@ -1118,7 +1119,8 @@ class AuthService:
             # DeleteUser dropped it (template, PAD history) goes too; the attempt is logged
             # and counted as one refused for an unknown user at its start is
             self._forget(user_id)
-            self._refused(user_id, "unknown_user", peer, method, t_start)
+            self.metrics.record_failed_auth("unknown_user")
+            self._log_refused(user_id, "unknown_user", peer, method, t_start)
             raise
         except FailedPrecondition as e:
             # an accept on a template replaced, or with a device secret rotated, while this
@@ -1128,7 +1130,8 @@ class AuthService:
             why = {DEVICE_CHANGED: "device_rotated",
                    TEMPLATE_CHANGED: "template_replaced"}.get(str(e))
             if why is not None:
-                self._refused(user_id, why, peer, method, t_start)
+                self.metrics.record_failed_auth(why)
+                self._log_refused(user_id, why, peer, method, t_start)
             raise
         # the user was locked by concurrent failures after the check at the start of this
         # call (a stream started before them, calls racing with a networked store): an
