@@ -58,7 +58,6 @@ def _filter_time_major(sos, x, y, z0, z1, row):
     vectorise: state indexed directly, no views made and no stores to ``row``
     outside the time loop (either one made this loop scalar and 2.5x slower).
     """
-    n_sections = sos.shape[0]
     n_times, n_channels = x.shape
     block = row.shape[0]
     for ib in range(z0.shape[0]):
@@ -81,7 +80,6 @@ def _filter_channel_major(sos, x, y, z0, z1, tile):
     cache line per channel), transposed; they are filtered there row by row and
     transposed back.
     """
-    n_sections = sos.shape[0]
     n_channels, n_times = x.shape
     n_tile, block = tile.shape
     for ib in range(z0.shape[0]):
