@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "NacfError",
     "InvalidArgument",
+    "SignalUnusable",
     "NotFound",
     "AlreadyExists",
     "AnotherDeviceBound",
@@ -32,6 +33,18 @@ class NacfError(Exception):
 
 class InvalidArgument(NacfError, ValueError):
     code = "INVALID_ARGUMENT"
+
+
+class SignalUnusable(InvalidArgument):
+    """A signal block with nothing usable on the model's channels: every sample of them
+    non-finite, or railed (a headset off the head). A request's whole signal so is the
+    client's error; one window of a ContinuousAuthenticate stream so is a window
+    without a usable signal (the signal lost). ``artifact`` is its reason code
+    (``"non_finite"`` or ``"railed"``, as :func:`nacf_core.pipeline.reason_codes`)."""
+
+    def __init__(self, message: str, artifact: str) -> None:
+        super().__init__(message)
+        self.artifact = artifact
 
 
 class NotFound(NacfError, LookupError):

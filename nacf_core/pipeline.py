@@ -51,7 +51,7 @@ from scipy.signal import resample_poly, sosfilt_zi
 from nacf_core import kernels
 from nacf_core._validation import MAX_SFREQ, MIN_SFREQ
 from nacf_core.channels import pick
-from nacf_core.errors import FailedPrecondition, InvalidArgument
+from nacf_core.errors import FailedPrecondition, InvalidArgument, SignalUnusable
 from nacf_core.features import l2_normalize
 from nacf_core.kernels import ArtifactLimits, ArtifactReason
 from nacf_core.kernels._numba import jit
@@ -550,19 +550,19 @@ class Pipeline:
 
     def _finite_railed(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(finite, railed)`` masks of ``x`` (model channels, float64), or
-        ``InvalidArgument`` when nothing of it is usable: all NaN/inf, or railed or
-        non-finite everywhere."""
+        ``SignalUnusable`` (an ``InvalidArgument``) when nothing of it is usable: all
+        NaN/inf, or railed or non-finite everywhere."""
         finite = np.isfinite(x)
         if not finite.any():
-            raise InvalidArgument(
+            raise SignalUnusable(
                 "the signal is all NaN/inf on the model's channels "
-                f"({', '.join(self.model.ch_names)}).")
+                f"({', '.join(self.model.ch_names)}).", "non_finite")
         rail = self._limits.rail_uv
         railed = np.abs(np.where(finite, x, 0.0)) >= rail
         if (railed | ~finite).all():
-            raise InvalidArgument(
+            raise SignalUnusable(
                 f"the signal is railed (|x| >= {rail:g} µV) on every model channel for its "
-                "whole length: check the electrodes and the amplifier gain.")
+                "whole length: check the electrodes and the amplifier gain.", "railed")
         return finite, railed
 
     def window_stream(self, sfreq: float, ch_names: Sequence[str],

@@ -64,6 +64,7 @@ from nacf_core.errors import (
     NotFound,
     PermissionDenied,
     ResourceExhausted,
+    SignalUnusable,
     TemplateUnreadable,
     Unauthenticated,
     Unavailable,
@@ -2014,13 +2015,26 @@ class AuthService:
                 # the CPU-bound steps take the gate as an Authenticate's do (one thread at
                 # a time: many streams otherwise slowed every unary call), never with
                 # store I/O inside
+                unusable = None
                 with self._cpu_gate:
-                    w = self.rec.windows(blk)
-                acc = np.asarray(w.accepted, dtype=bool)
-                quality = _mean(np.asarray(w.quality, dtype=np.float64))
+                    try:
+                        w = self.rec.windows(blk)
+                    except SignalUnusable as exc:
+                        # railed or dropped on every model channel (the headset taken
+                        # off): a window without a usable signal, not a client error (it
+                        # failed the stream and left the session open for the next wearer)
+                        w, unusable = None, exc
+                if w is None:
+                    acc, quality, rejected = np.zeros(0, dtype=bool), 0.0, [unusable.artifact]
+                    why = str(unusable)
+                else:
+                    acc = np.asarray(w.accepted, dtype=bool)
+                    quality = _mean(np.asarray(w.quality, dtype=np.float64))
+                    rejected = _codes(w.reasons)
+                    why = "; ".join(sorted({r for r in w.reasons if r}))
                 self.metrics.observe_signal("continuous", time.perf_counter() - t0,
                                             min(1.0, max(0.0, quality)))
-                self.metrics.record_artifact_rejections(_codes(w.reasons))
+                self.metrics.record_artifact_rejections(rejected)
                 try:
                     cur = self._store("get_session", self.store.get_session, token)
                 except NotFound:  # deleted with its user meanwhile: said as an update
@@ -2040,9 +2054,8 @@ class AuthService:
                         yield end("signal_lost", 0.0, quality)
                         return
                     window_t = time.monotonic()  # (see below)
-                    yield ContinuousUpdate("uncertain", 0.0, thr, quality,
-                                           "; ".join(sorted({r for r in w.reasons if r})),
-                                           expires, streamed)
+                    yield ContinuousUpdate("uncertain", 0.0, thr, quality, why, expires,
+                                           streamed)
                     continue
                 since_good = 0.0
                 seen = ([] if self.pad is None else

@@ -638,3 +638,32 @@ def test_maintenance_ends_a_session_past_session_max_age_lowered_since_it_opened
         assert svc.validate_session(old.token).valid
     finally:
         svc.store.close()
+
+
+@pytest.mark.parametrize("lost", ["railed", "no_samples"])
+def test_a_headset_taken_off_ends_the_session_signal_lost(svc, lost):
+    """The wearer takes the headset off mid-stream: every electrode of a Cyton rails
+    (±187 500 µV), or a reader marks every sample of a window dropped. The window's
+    signal on every model channel is then unusable, and the pipeline refused it whole
+    (``InvalidArgument``, "railed on every model channel for its whole length"): the
+    stream failed INVALID_ARGUMENT and the session stayed valid for whoever wore the
+    headset next. Such a window is now one without a usable signal: UNCERTAIN saying
+    why, and after ``signal_loss_s`` of them the session ends ``signal_lost``."""
+    svc.enroll("off1", [signal_block(eeg(1, 3, 0, 40))])
+    win = svc.rec.window_s
+    token = svc.store.create_session("off1", 600).token
+    n = int(4 * win * SFREQ)
+    off = (np.full((n, len(CH16)), 187_500.0, np.float32) if lost == "railed"
+           else np.full((n, len(CH16)), np.nan, np.float32))
+    chunks = _blocks(eeg(1, 3, 44, win)) + [
+        # (the converter refuses NaN on the wire; the service may be given it in process)
+        signal_block(off[i:i + int(SFREQ)]) for i in range(0, n, int(SFREQ))]
+    updates = list(svc.continuous(token, chunks))
+    n_lost = int(np.ceil(svc.config.signal_loss_s / win))
+    assert [u.state for u in updates] == \
+        ["verified"] + ["uncertain"] * (n_lost - 1) + ["ended"], updates
+    assert updates[-1].reason == "signal_lost"
+    word = "railed" if lost == "railed" else "NaN"
+    assert all(word in u.reason for u in updates[1:-1]), updates
+    v = svc.validate_session(token)
+    assert (v.valid, v.reason) == (False, "signal_lost")
