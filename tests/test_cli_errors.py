@@ -762,6 +762,30 @@ def test_serve_refuses_a_stream_bound_below_the_models_window(tmp_path, monkeypa
     assert not fresh.exists()
 
 
+def test_serve_refuses_a_model_without_sequential_test_parameters(tmp_path, monkeypatch,
+                                                                  capsys):
+    """A model file without the sequential test's parameters (a model built and saved
+    in Python, which Model.load accepts) started a server that answered every
+    AuthenticateStream INVALID_ARGUMENT ("the model has no sequential-test parameters"),
+    blaming the client for the server's model. It is refused at start, naming the file
+    and the way out, with nothing written."""
+    from nacf_core.model import Model, default_model_path
+
+    def start(self):
+        raise AssertionError("nacf serve started")
+
+    monkeypatch.setattr("nacf_core.server.app.NacfServer.start", start)
+    m = Model.load(default_model_path(16))
+    m.sequential, m.checksum = {}, ""
+    path = m.save(tmp_path / "no-sequential.npz")
+    fresh = tmp_path / "fresh"
+    assert _serve(monkeypatch, tmp_path, "--data-dir", str(fresh), "--model", str(path)) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (f"nacf serve: model file {str(path)!r} has no sequential-test parameters "
+                   "(refit it with `nacf train`): AuthenticateStream could not decide.")
+    assert not fresh.exists()
+
+
 def test_serve_names_a_keys_file_that_holds_no_key(tmp_path, monkeypatch, capsys):
     """A keys file of comments only (the keys not pasted in yet) was answered "no API
     keys configured: set NACF_API_KEYS or api_keys_file", though api_keys_file was set:

@@ -155,6 +155,11 @@ def build_service(config: Config, metrics: Any = None) -> AuthService:
     pipeline = Pipeline(model, backend=config.kernel_backend,
                         instrument=lambda mod, name: InstrumentedKernels(mod, name, mt))
     pad = _make_pad(model) if config.presentation_attack_detection else None
+    if not model.sequential:  # (Model.load accepts none) every AuthenticateStream
+        # decides with them: the server started and failed each INVALID_ARGUMENT
+        raise FailedPrecondition(
+            f"model file {config.model_path!r} has no sequential-test parameters (refit it "
+            "with `nacf train`): AuthenticateStream could not decide.")
     window_s = float(model.window_s)
     if config.stream_max_seconds < window_s:  # every stream would be FAILED_PRECONDITION
         raise FailedPrecondition(
