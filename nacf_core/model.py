@@ -28,7 +28,8 @@ has another format version, whose checksum does not match (corrupt or edited), w
 parameters are of the wrong type or out of range (each named in the message: among them a
 band-pass that does not compute to a stable filter, a ``window_s`` outside
 [:data:`MIN_WINDOW_S`, :data:`MAX_WINDOW_S`] = [1, 20] s, a ``hop_s`` under ``window_s / 8``
-or over ``window_s``, fewer than 2 channels),
+or over ``window_s``, fewer than 2 channels, sequential-test parameters whose genuine mean
+is not above the impostor mean),
 or whose arrays do not fit its parameters, hold non-finite values or would break the
 embedding (projection components not linearly independent, or out of scale).  The checksum is not a
 signature (anyone can recompute it), so every field is validated regardless.
@@ -567,6 +568,11 @@ def _check_sequential(seq: Any) -> dict[str, Any]:
                 _real({k: v}, k, 1e-3, 1.0, shown=f"sequential.{k}[{i}]")
             else:
                 _real({k: v}, k, -1.0, 1.0, shown=f"sequential.{k}[{i}]")
+    for i, (g, imp) in enumerate(zip(seq["mu_g"], seq["mu_i"])):
+        if not g > imp:  # the ratio would fall as the score rises: no early accept, ever
+            raise ValueError(f"field 'sequential.mu_g[{i}]' ({g:g}) must be above "
+                             f"'sequential.mu_i[{i}]' ({imp:g}): genuine scores above "
+                             "impostor ones")
     return dict(seq)
 
 

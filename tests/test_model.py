@@ -507,3 +507,19 @@ def test_sequential_parameters_out_of_the_scores_range(changes, message):
     with pytest.raises(InvalidArgument, match=message) as e:
         Model.from_bytes(_signed(changes), source="evil.npz")
     assert "evil.npz" in str(e.value)
+
+
+@pytest.mark.parametrize("changes", [
+    _sequential(mu_g=0.02, mu_i=0.8),    # the two distributions swapped
+    _sequential(mu_g=0.3, mu_i=0.3),     # no separation at all
+])
+def test_sequential_parameters_with_genuine_scores_not_above_impostor_ones(changes):
+    """Sequential-test parameters whose genuine mean is not above the impostor mean
+    (swapped, or a fit that separated nothing) loaded without a word: the log-likelihood
+    ratio then falls as the score rises, so a perfect genuine score never accepted early
+    and every AuthenticateStream waited for its maximum; they are refused, naming the
+    row."""
+    with pytest.raises(InvalidArgument, match=r"'sequential.mu_g\[0\]' \((0.3|0.02)\) must be "
+                       r"above 'sequential.mu_i\[0\]'") as e:
+        Model.from_bytes(_signed(changes), source="evil.npz")
+    assert "evil.npz" in str(e.value)
