@@ -554,16 +554,21 @@ class Pipeline:
         NaN/inf, or railed or non-finite everywhere."""
         finite = np.isfinite(x)
         if not finite.any():
-            raise SignalUnusable(
-                "the signal is all NaN/inf on the model's channels "
-                f"({', '.join(self.model.ch_names)}).", "non_finite")
-        rail = self._limits.rail_uv
-        railed = np.abs(np.where(finite, x, 0.0)) >= rail
+            raise self._unusable(False)
+        railed = np.abs(np.where(finite, x, 0.0)) >= self._limits.rail_uv
         if (railed | ~finite).all():
-            raise SignalUnusable(
-                f"the signal is railed (|x| >= {rail:g} µV) on every model channel for its "
-                "whole length: check the electrodes and the amplifier gain.", "railed")
+            raise self._unusable(True)
         return finite, railed
+
+    def _unusable(self, any_finite: bool) -> SignalUnusable:
+        """The error of a signal with no usable sample: all NaN/inf (``any_finite``
+        false), else railed or non-finite everywhere."""
+        if not any_finite:
+            return SignalUnusable("the signal is all NaN/inf on the model's channels "
+                                  f"({', '.join(self.model.ch_names)}).", "non_finite")
+        return SignalUnusable(
+            f"the signal is railed (|x| >= {self._limits.rail_uv:g} µV) on every model channel "
+            "for its whole length: check the electrodes and the amplifier gain.", "railed")
 
     def window_stream(self, sfreq: float, ch_names: Sequence[str],
                       hop_s: float | None = None) -> WindowStream:
@@ -930,9 +935,11 @@ class WindowStream:
     channel without a sample in them) are reported as such and computed when it comes,
     or by :meth:`windows` on what arrived.
 
-    Only :meth:`Pipeline.windows`' checks of the whole signal that its first piece can
-    fail are made (on that piece): a signal that had a usable first window has one
-    whatever follows.
+    :meth:`Pipeline.windows`' checks of the whole signal are made where they can be
+    decided: its length on the first piece, and whether it has a usable sample at all
+    (not all NaN/inf, not railed everywhere) by :meth:`windows`. A first piece without
+    one is not refused (a headset put on after the stream started): its windows are
+    rejected, as :meth:`Pipeline.windows` rejects them in the whole signal.
     """
 
     def __init__(self, pipeline: Pipeline, sfreq: float, ch_names: Sequence[str],
@@ -963,6 +970,8 @@ class WindowStream:
         self._done: list[Windows] = []  # the windows computed, in order
         self._n_done = 0
         self._n_told = 0                # windows push reported (computed or put off)
+        self._any_finite = False        # a finite sample pushed, and a usable one
+        self._any_usable = False        # (finite, not railed): see windows()
 
     @property
     def n_windows(self) -> int:
@@ -979,13 +988,13 @@ class WindowStream:
         x = np.array(x[:, idx], dtype=np.float64)
         finite = np.isfinite(x)
         railed = np.abs(np.where(finite, x, 0.0)) >= self._p._limits.rail_uv
-        if self._n == 0:
-            if x.shape[0] < samples_for(m.window_s, self.sfreq):
-                raise InvalidArgument(
-                    f"the signal is too short: {x.shape[0] / self.sfreq:.3f} s, but one "
-                    f"window needs {m.window_s:g} s.")
-            if not finite.all() or railed.any():
-                self._p._finite_railed(x)
+        if self._n == 0 and x.shape[0] < samples_for(m.window_s, self.sfreq):
+            raise InvalidArgument(
+                f"the signal is too short: {x.shape[0] / self.sfreq:.3f} s, but one "
+                f"window needs {m.window_s:g} s.")
+        if not self._any_usable:
+            self._any_finite = self._any_finite or bool(finite.any())
+            self._any_usable = bool((finite & ~railed).any())
         self._n += x.shape[0]
         if self._zi is None:
             self._pending.append((x, finite, railed))
@@ -1003,7 +1012,10 @@ class WindowStream:
         return self._cut()
 
     def windows(self) -> Windows:
-        """Every window of the signal pushed so far (:meth:`Pipeline.windows` of it)."""
+        """Every window of the signal pushed so far (:meth:`Pipeline.windows` of it;
+        ``SignalUnusable`` as it, when no sample of it is usable)."""
+        if self._n and not self._any_usable:
+            raise self._p._unusable(self._any_finite)
         if self._zi is None and self._pending:  # a channel never had a sample
             x = np.concatenate([p[0] for p in self._pending])
             return self._p.windows(x, self.sfreq, list(self._p.model.ch_names),

@@ -1240,6 +1240,7 @@ class AuthService:
         fresh: list[np.ndarray] = []  # samples not given to ws yet
         n_decided = 0         # windows up to the sequential decision (the model's rate)
         computed = False
+        unusable = None       # the stream's signal had no usable sample so far
         t_proc = 0.0
         # a headset streams its signal as it records it: the most signal a decision takes
         # arrives within that many seconds and signal_loss_s more, else the stream trickles
@@ -1319,7 +1320,16 @@ class AuthService:
                 fresh = []
                 while decision is None and buf.seconds >= self.rec.window_s * (n_done + 1):
                     with self._cpu_gate:
-                        w = self.rec.windows(buf.block(first_seconds=(n_done + 1) * win))
+                        try:
+                            w = self.rec.windows(buf.block(first_seconds=(n_done + 1) * win))
+                        except SignalUnusable as exc:
+                            # nothing usable yet (a headset put on after the stream
+                            # started): a window the gate rejects, as in the whole signal
+                            # (which is refused so if it never gets a usable sample)
+                            unusable, computed = exc, True
+                            n_done += 1
+                            decision = test.update(None)
+                            continue
                         computed = True
                         acc = np.asarray(w.accepted, dtype=bool)
                         if len(acc) <= n_done:  # no whole window more (never expected)
@@ -1345,6 +1355,8 @@ class AuthService:
             raise InvalidArgument(
                 f"the stream ended after {buf.seconds:.2f} s of signal; at least one "
                 f"{self.rec.window_s:g}-s window is needed.")
+        if w is None and ws is None:  # no sample of it was usable (another rate)
+            raise unusable
         with self._cpu_gate:
             if ws is not None:
                 w = ws.windows()

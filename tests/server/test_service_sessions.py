@@ -667,3 +667,58 @@ def test_a_headset_taken_off_ends_the_session_signal_lost(svc, lost):
     assert all(word in u.reason for u in updates[1:-1]), updates
     v = svc.validate_session(token)
     assert (v.valid, v.reason) == (False, "signal_lost")
+
+
+@pytest.mark.parametrize("rate", [SFREQ, 250.0])
+def test_a_stream_whose_first_window_is_railed_is_decided_on_the_rest(tmp_path, model_path,
+                                                                      rate):
+    """The user starts AuthenticateStream and only then puts the headset on: its first
+    window is railed on every channel (a Cyton's electrodes off the head). The stream
+    failed INVALID_ARGUMENT ("railed on every model channel for its whole length") at
+    that first window, while Authenticate on the same samples rejects that window and
+    decides on the rest. The railed window is now a window the gate rejects, as
+    Authenticate's is; a stream railed from end to end is refused as Authenticate
+    refuses that signal."""
+    from fractions import Fraction
+
+    from scipy.signal import resample_poly
+
+    from nacf_core.errors import InvalidArgument
+    from nacf_core.pipeline import samples_for
+    from nacf_core.service import SignalBlock
+
+    svc = sqlite_service(tmp_path, model_path, require_device_proof=False,
+                         lockout_threshold=1000)
+    try:
+        svc.enroll("rf1", [signal_block(eeg(1, 3, 0, 40))])
+        f = Fraction(rate / SFREQ).limit_denominator(1000)
+        x = resample_poly(eeg(1, 7, 0, 16).astype(np.float64), f.numerator, f.denominator,
+                          axis=0).astype(np.float32)
+        off = np.full((samples_for(4.0, rate), len(CH16)), 187_500.0, np.float32)
+        x = np.concatenate([off, x])
+
+        def block(x):
+            x = np.ascontiguousarray(x, dtype="<f4")
+            return SignalBlock(x, rate, tuple(CH16), "", x.tobytes())
+
+        n = int(rate // 2)
+        r = svc.authenticate_stream("rf1", [block(x[i:i + n]) for i in range(0, len(x), n)])
+        # the windows the decision read: those the gate passed (seconds_used) and those
+        # it rejected (the railed one, and one the step off the rail rings through)
+        n_rejected = sum(int(why.split(" window(s): ")[0]) for why in r.reasons
+                         if " window(s): " in why)
+        used = r.seconds_used + 4.0 * n_rejected
+        one = svc.authenticate("rf1", block(x[:samples_for(used, rate)]))
+        assert r.accepted and r.windows_used >= 1, r
+        assert (one.accepted, one.windows_used) == (r.accepted, r.windows_used)
+        assert one.score == pytest.approx(r.score, abs=1e-9)
+        assert any("railed" in why for why in r.reasons), r.reasons
+        off = np.full((samples_for(12.0, rate), len(CH16)), 187_500.0, np.float32)
+        with pytest.raises(InvalidArgument, match="railed") as unary:
+            svc.authenticate("rf1", block(off))
+        with pytest.raises(InvalidArgument, match="railed") as stream:
+            svc.authenticate_stream("rf1", [block(off[i:i + n])
+                                            for i in range(0, len(off), n)])
+        assert str(stream.value) == str(unary.value)
+    finally:
+        svc.store.close()
