@@ -995,13 +995,16 @@ def replay_score(probe_fp: bytes, history: Iterable[bytes | tuple[str, bytes]]
 def _replay_score(probe_fp: bytes, history: Iterable[bytes | tuple[str, bytes]],
                   reference: bool, history_key: Any = None,
                   exclude: Sequence[tuple[float, float]] = (),
-                  owner: Any = None) -> tuple[float, str]:
+                  owner: Any = None, prepare: Any = None) -> tuple[float, str]:
     """:func:`replay_score`; ``reference=True`` uses :func:`_max_ncc_stored_reference`;
     a ``history_key`` (the same for every call on one user's history) keeps the
     prepared history in a slab between calls (:func:`_max_ncc_slab`); the probe's
     pieces touching a span of ``exclude`` are left out. The prepared fingerprints are
-    tagged with ``owner`` (default ``history_key``), whose ``forget`` drops them."""
+    tagged with ``owner`` (default ``history_key``), whose ``forget`` drops them.
+    ``prepare(fp, L)`` makes a stored fingerprint ready (default: the process-wide
+    cache's ``get``)."""
     owner = history_key if owner is None else owner
+    prepare = _STORED.get if prepare is None else prepare
     key, p = _parse(probe_fp)
     if p.shape[0] < 8:
         return 0.0, ""
@@ -1022,7 +1025,7 @@ def _replay_score(probe_fp: bytes, history: Iterable[bytes | tuple[str, bytes]],
     kinds, stored = [], []
     for item in history:
         kind, fp = item if isinstance(item, tuple) else ("probe", item)
-        e = _STORED.get(fp, L)
+        e = prepare(fp, L)
         if owner is not None:
             e.owner = owner
         if e.key == key and e.n >= L:
@@ -1529,10 +1532,23 @@ class PresentationAttackDetector:
         noisy, shifted, a piece of it, or the other way round: either one's middle
         piece found in the other at ``replay_threshold`` or above); ``None`` when no
         two blocks look like one recording. Genuine consecutive pieces of one recording
-        are far below it (0.80 at most over 100 pairs of 20-s pieces of EEGMMIDB)."""
+        are far below it (0.80 at most over 100 pairs of 20-s pieces of EEGMMIDB).
+        The fingerprints are prepared for this call only, not in the process-wide cache:
+        they are tagged with no user there, so deleting the user did not drop them."""
+        prepared: dict[tuple[bytes, int], _Stored] = {}
+
+        def prepare(fp: bytes, L: int) -> _Stored:
+            k = (bytes(fp), L)
+            if k not in prepared:
+                prepared[k] = _Stored(k[0], L)
+            return prepared[k]
+
+        def score(probe: bytes, stored: bytes) -> float:
+            return _replay_score(probe, [stored], False, prepare=prepare)[0]
+
         for pos, (j, fp) in enumerate(indexed):
             for i, earlier in indexed[:pos]:
-                s = max(replay_score(fp, [earlier])[0], replay_score(earlier, [fp])[0])
+                s = max(score(fp, earlier), score(earlier, fp))
                 if s >= self.replay_threshold:
                     return j, i, s
         return None

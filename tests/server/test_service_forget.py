@@ -236,3 +236,27 @@ def test_an_identify_racing_delete_user_leaves_no_pad_history_of_the_user(svc):
     r = svc.identify(signal_block(eeg(1, 3, 52, 8)))
     assert [u for u, _ in r.candidates] == ["gone"]
     assert not [k for k in pad_mod._SLABS._d if k[0] == "gone"]
+
+
+@pytest.mark.parametrize("with_pad", [True, False], ids=["pad-on", "pad-off"])
+def test_delete_user_drops_the_fingerprints_enroll_compared_its_signals_with(
+        tmp_path, model_path, with_pad):
+    """Enroll with several signals compares their fingerprints with one another (a copy
+    of one is refused, PAD on or off); that comparison prepared them in PAD's
+    process-wide cache tagged with no user, so DeleteUser (or, with PAD off, nothing at
+    all) dropped them: a deleted user's fingerprints stayed in memory until 64 MB of
+    others evicted them."""
+    store = open_store(f"sqlite:///{tmp_path / 'n.db'}", bytes(range(32)))
+    pipe = make_pipeline(model_path)
+    det = PresentationAttackDetector(list(pipe.model.ch_names)) if with_pad else None
+    svc = AuthService(store, pipe, Config(data_dir=str(tmp_path), require_device_proof=False),
+                      metrics=Metrics(CollectorRegistry()), pad=det)
+    try:
+        blocks = [signal_block(eeg(1, 3, 0, 30)), signal_block(eeg(1, 3, 30, 30))]
+        fdet = det or svc._physiology_detector()
+        fps = {fp for _, fp in fdet.block_fingerprints(blocks)}
+        svc.enroll("gone", blocks)
+        svc.delete_user("gone")
+        assert not fps & {k[0] for k in pad_mod._STORED._d}
+    finally:
+        store.close()
