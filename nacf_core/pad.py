@@ -147,6 +147,24 @@ def _as_channels_first(samples: Any, sfreq: float, name: str = "samples") -> np.
     return x
 
 
+#: samples beyond this many µV (far beyond any EEG, and above every artifact limit a model
+#: takes) are scaled down by a power of two before the analysis (see :func:`_tame`)
+_MAX_UV = 2.0 ** 32
+
+
+def _tame(x: np.ndarray) -> tuple[np.ndarray, int]:
+    """``(x * 2**-k, k)``: ``x`` (n_channels, n_times) scaled by a power of two (exact)
+    so that no value exceeds :data:`_MAX_UV`, ``k = 0`` (``x`` itself) when none does.
+    Sums of squares of values near the float64 limit (and the float32 transforms of the
+    periodicity above ~1e18) overflowed: every score became NaN or -inf, which no
+    threshold refuses, so a looped segment or white noise at such a scale passed."""
+    m = float(np.max(np.abs(x))) if x.size else 0.0
+    if not m > _MAX_UV:
+        return x, 0
+    k = math.frexp(m)[1] - math.frexp(_MAX_UV)[1]
+    return np.ldexp(x, -k), k
+
+
 @functools.lru_cache(maxsize=64)
 def _sos(l_freq: float, h_freq: float, sfreq: float) -> tuple[np.ndarray, np.ndarray, int]:
     """Butterworth band-pass (order 4) as SOS, its step-response initial state, pad length."""
@@ -298,9 +316,10 @@ def bandpass_1_40(samples: Any, sfreq: float) -> np.ndarray:
     ndarray, shape (n_channels, n_times), float64
     """
     sfreq = check_finite_positive("sfreq", sfreq)
-    x = _as_channels_first(samples, sfreq)
+    x, k = _tame(_as_channels_first(samples, sfreq))
     x -= x.mean(axis=1, keepdims=True)
-    return _bp(x, sfreq, 1.0, 40.0)
+    y = _bp(x, sfreq, 1.0, 40.0)
+    return np.ldexp(y, k) if k else y
 
 
 def _channel_hash(n_channels: int, ch_names: Sequence[str] | None) -> bytes:
@@ -337,7 +356,7 @@ def fingerprint(samples: Any, sfreq: float, ch_names: Sequence[str] | None = Non
         Header + int8 array of shape (n_frames, n_channels * 2).
     """
     sfreq = check_finite_positive("sfreq", sfreq)
-    x = _as_channels_first(samples, sfreq)
+    x = _tame(_as_channels_first(samples, sfreq))[0]
     if ch_names is not None and len(ch_names) != x.shape[0]:
         raise InvalidArgument(f"'ch_names' has {len(ch_names)} names but 'samples' has "
                               f"{x.shape[0]} channels.")
@@ -1430,10 +1449,17 @@ class PresentationAttackDetector:
         compiled step instead (the same decisions: for the tests and the benchmark)."""
         sfreq = check_finite_positive("sfreq", sfreq)
         samples, names = self._pick(np.asarray(samples), ch_names)
-        x = _as_channels_first(samples, sfreq)
-        x -= x.mean(axis=1, keepdims=True)
-        x = (_bp_reference if reference else _bp)(x, sfreq, 1.0, 40.0)
-        ph = (_physiology_numpy if reference else physiology)(x, sfreq)
+        def measured(x: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+            x -= x.mean(axis=1, keepdims=True)
+            x = (_bp_reference if reference else _bp)(x, sfreq, 1.0, 40.0)
+            return x, (_physiology_numpy if reference else physiology)(x, sfreq)
+
+        x, ph = measured(_as_channels_first(samples, sfreq))
+        if not (ph["rms"] <= _MAX_UV and all(map(math.isfinite, ph.values()))):
+            # overflowed (see _tame): measured again on the signal scaled down
+            x, k = _tame(_as_channels_first(samples, sfreq))
+            x, ph = measured(x)
+            ph["rms"] = math.ldexp(ph["rms"], k)  # in µV (the rest does not scale)
         scores = dict(ph)
         reason = ""
         if ph["rms"] < 1e-3:
@@ -1526,7 +1552,7 @@ class PresentationAttackDetector:
             if b.samples.shape[0] < _MIN_SECONDS * b.sfreq:
                 continue
             samples, names = self._pick(np.asarray(b.samples), getattr(b, "ch_names", None))
-            x = _as_channels_first(samples, float(b.sfreq))
+            x = _tame(_as_channels_first(samples, float(b.sfreq)))[0]
             x -= x.mean(axis=1, keepdims=True)
             out.append((i, _fingerprint_filtered(_bp(x, float(b.sfreq), 1.0, 40.0),
                                                  float(b.sfreq),

@@ -242,6 +242,25 @@ def test_bad_input(detector):
     assert detector.analyse(x, 160.0).reason == "flat_spectrum"
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_a_signal_too_large_to_square_is_still_judged(recordings, detector):
+    """Past ~1e18 µV the float32 autocorrelation overflowed (periodicity -inf), past
+    ~1e154 the sums of squares (every score NaN): no threshold refuses NaN, so a looped
+    segment or white noise at such a scale passed as EEG. Scaled down by a power of two
+    when that happens, they are refused as at any other scale, the RMS still in µV."""
+    rng = np.random.default_rng(5)
+    loop = np.tile(recordings["S003"]["R04"][1000:1128], (6, 1))[:640]
+    white = rng.normal(0, 30, size=(640, 16))
+    for scale in (1e18, 1e20, 1e300):
+        for x, reason in ((loop, "periodic"), (white, "flat_spectrum")):
+            v = detector.analyse(x * scale, 160.0, CH16)
+            assert v.reason == reason, (scale, v.scores)
+            assert v.scores["rms"] == pytest.approx(
+                detector.analyse(x, 160.0, CH16).scores["rms"] * scale, rel=1e-6)
+        v = detector.analyse(recordings["S003"]["R07"][:640] * scale, 160.0, CH16)
+        assert not v.attack and all(np.isfinite(list(v.scores.values()))), v.scores
+
+
 def _naive_max_ncc(segs, seqs):
     """Reference: every piece against every window inside each sequence, directly."""
     best, who = -1.0, -1
