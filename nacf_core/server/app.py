@@ -176,10 +176,16 @@ def build_service(config: Config, metrics: Any = None) -> AuthService:
 
 
 def _make_pad(model: Any) -> Any:
+    """The model's presentation-attack detector. One that cannot be loaded is refused:
+    serving without it (as an ``ImportError`` here once did, without a word) accepted
+    replays while the configuration said they were refused."""
     try:
         from nacf_core.pad import PresentationAttackDetector
-    except ImportError:
-        return None
+    except ImportError as exc:
+        raise FailedPrecondition(
+            "option 'presentation_attack_detection' is on but presentation-attack "
+            f"detection cannot be loaded ({exc}); repair the installation, or turn the "
+            "option off (--no-presentation-attack-detection) to serve without it.") from None
     return PresentationAttackDetector(list(model.ch_names))
 
 

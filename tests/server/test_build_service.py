@@ -46,3 +46,24 @@ def test_a_store_url_of_another_scheme_is_refused_by_the_configuration(tmp_path,
     with pytest.raises(ValueError, match="expected sqlite:///PATH.db, postgresql://"):
         load_config(env={"NACF_STORE_URL": url, "NACF_DATA_DIR": str(tmp_path / "d")})
     assert not (tmp_path / "d").exists()
+
+
+def test_presentation_attack_detection_on_that_cannot_load_is_refused(tmp_path, no_key_env,
+                                                                      monkeypatch):
+    """With presentation_attack_detection on (the default), a PAD module that failed to
+    import (a missing or broken dependency of it) made build_service serve without PAD
+    and without a word: replays and non-physiological probes accepted while the
+    configuration said they were refused. It is now refused, naming the option; off, the
+    service builds without it."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "nacf_core.pad", None)  # any import of it fails
+    data = tmp_path / "data"
+    with pytest.raises(FailedPrecondition, match="presentation_attack_detection"):
+        build_service(Config(data_dir=str(data), store_url=f"{tmp_path}/n.db"))
+    svc = build_service(Config(data_dir=str(data), store_url=f"{tmp_path}/n.db",
+                               presentation_attack_detection=False))
+    try:
+        assert svc.pad is None
+    finally:
+        svc.store.close()
