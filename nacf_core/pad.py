@@ -72,6 +72,7 @@ from .kernels._nb_filter import sos_step
 from .kernels._numba import jit
 
 __all__ = [
+    "MIN_SECONDS",
     "PadVerdict",
     "PresentationAttackDetector",
     "bandpass_1_40",
@@ -96,6 +97,8 @@ _DB_STEP = 0.5
 _SEG_FRAMES = 32  # 2 s pieces of the probe
 _SEG_HOP = 16  # every 1 s
 _MIN_SECONDS = 2.0
+#: the shortest signal the detector judges, in seconds
+MIN_SECONDS = _MIN_SECONDS
 
 
 @dataclass(frozen=True)

@@ -178,14 +178,23 @@ def build_service(config: Config, metrics: Any = None) -> AuthService:
 def _make_pad(model: Any) -> Any:
     """The model's presentation-attack detector. One that cannot be loaded is refused:
     serving without it (as an ``ImportError`` here once did, without a word) accepted
-    replays while the configuration said they were refused."""
+    replays while the configuration said they were refused. So is a model whose windows
+    are shorter than the signal PAD judges: every ContinuousAuthenticate window, and an
+    Authenticate probe that short once it matched, failed ``INVALID_ARGUMENT``."""
     try:
-        from nacf_core.pad import PresentationAttackDetector
+        from nacf_core.pad import MIN_SECONDS, PresentationAttackDetector
     except ImportError as exc:
         raise FailedPrecondition(
             "option 'presentation_attack_detection' is on but presentation-attack "
             f"detection cannot be loaded ({exc}); repair the installation, or turn the "
             "option off (--no-presentation-attack-detection) to serve without it.") from None
+    if float(model.window_s) < MIN_SECONDS:
+        raise FailedPrecondition(
+            f"option 'presentation_attack_detection' is on but the model has "
+            f"{float(model.window_s):g} s windows: presentation-attack detection judges "
+            f"at least {MIN_SECONDS:g} s of signal (every ContinuousAuthenticate window, "
+            "every probe); serve a model of longer windows, or turn the option off "
+            "(--no-presentation-attack-detection).")
     return PresentationAttackDetector(list(model.ch_names))
 
 

@@ -67,3 +67,29 @@ def test_presentation_attack_detection_on_that_cannot_load_is_refused(tmp_path, 
         assert svc.pad is None
     finally:
         svc.store.close()
+
+
+def test_presentation_attack_detection_with_windows_shorter_than_it_judges_is_refused(
+        tmp_path, no_key_env):
+    """PAD judges at least 2 s of signal; with a model of 1-s windows every
+    ContinuousAuthenticate window, and every Authenticate probe under 2 s that matched
+    the user, was INVALID_ARGUMENT ("too short for presentation-attack detection"),
+    after the decision and with nothing recorded: only a match got it, so it told a
+    caller which probes matched, outside the lockout's count. Such a model is now
+    refused at start with PAD on, naming both lengths; off, it is served."""
+    import dataclasses
+
+    from nacf_core.model import default_model
+
+    path = dataclasses.replace(default_model(16), window_s=1.0, hop_s=0.5).save(
+        tmp_path / "short.npz")
+    data = tmp_path / "data"
+    with pytest.raises(FailedPrecondition, match=r"1 s windows.*at least 2 s"):
+        build_service(Config(data_dir=str(data), store_url=f"{tmp_path}/n.db",
+                             model_path=str(path)))
+    svc = build_service(Config(data_dir=str(data), store_url=f"{tmp_path}/n.db",
+                               model_path=str(path), presentation_attack_detection=False))
+    try:
+        assert svc.pad is None and svc.rec.window_s == 1.0
+    finally:
+        svc.store.close()
