@@ -380,6 +380,12 @@ class SqlStore(Store):
             if row is not None:
                 return created, row
 
+    def _foreign_tables(self, tx: Tx) -> list[str]:
+        """The tables of another application in a database that holds no nacf store
+        (SQLite: a file of its own is required; PostgreSQL: none, a schema may be
+        shared)."""
+        return []
+
     def _has_store_tables(self, tx: Tx) -> bool:  # pragma: no cover
         """Whether the database holds a nacf store (its ``schema_migrations`` table)."""
         raise NotImplementedError
@@ -456,6 +462,12 @@ class SqlStore(Store):
     def migrate(self) -> list[int]:
         def fn(tx: Tx) -> list[int]:
             self._migration_lock(tx)
+            foreign = self._foreign_tables(tx)
+            if foreign:
+                raise FailedPrecondition(
+                    f"{self._describe()} holds tables of another application "
+                    f"({', '.join(foreign[:8])}{', ...' if len(foreign) > 8 else ''}) and no "
+                    "nacf store: give nacf a database file of its own.")
             tx.execute("CREATE TABLE IF NOT EXISTS schema_migrations ("
                        "version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
                        "applied_at DOUBLE PRECISION NOT NULL)")

@@ -185,6 +185,15 @@ class SQLiteStore(SqlStore):
         return tx.one("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
                       "name = 'schema_migrations'") is not None
 
+    def _foreign_tables(self, tx) -> list[str]:
+        # a nacf store holds schema_migrations (created in the transaction of its first
+        # migration): a file with other tables and not that one is another application's
+        names = [r[0] for r in tx.query(
+            "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        if "schema_migrations" in names:
+            return []
+        return [n for n in names if not n.startswith("sqlite_")]
+
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r})"
 

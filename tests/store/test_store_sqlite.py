@@ -329,3 +329,36 @@ def test_a_reader_holding_a_snapshot_does_not_hold_delete_user_and_every_writer(
     finally:
         reader.close()  # lets a checkpoint that still waits finish
         store.close()
+
+
+@pytest.mark.parametrize("their_tables", [
+    ["CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT)"],  # a name nacf uses too
+    ["CREATE TABLE orders (id INTEGER PRIMARY KEY, total REAL)"],  # no name in common
+])
+def test_another_applications_database_file_is_refused_and_left_as_it_was(tmp_path,
+                                                                          their_tables):
+    """A --store-url pointing at another application's SQLite file (a typo, a shared
+    data directory). One with a ``users`` table failed UNAVAILABLE ("table users already
+    exists": retry later, for a file that never works); one without a name in common
+    had nacf's tables, templates among them, created inside it. Refused now, naming
+    the tables found, and the file is left as it was."""
+    import sqlite3
+
+    from nacf_core.errors import FailedPrecondition
+
+    path = tmp_path / "app.db"
+    conn = sqlite3.connect(path)
+    for stmt in their_tables:
+        conn.execute(stmt)
+    conn.commit()
+    conn.close()
+    before = sorted(sqlite3.connect(path).execute(
+        "SELECT name FROM sqlite_master").fetchall())
+    with pytest.raises(FailedPrecondition, match="another application.*of its own"):
+        open_store(f"sqlite:///{path}", key=KEY)
+    assert sorted(sqlite3.connect(path).execute(
+        "SELECT name FROM sqlite_master").fetchall()) == before
+    # an empty file (touch) is no other application's: a new store is made in it
+    (tmp_path / "empty.db").touch()
+    with open_store(f"sqlite:///{tmp_path / 'empty.db'}", key=KEY) as store:
+        assert store.schema_version() == store.MIGRATIONS[-1][0]
