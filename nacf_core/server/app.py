@@ -101,7 +101,7 @@ def _shared_store(url: str) -> bool:
 def _store_key(config: Config) -> Any:
     """The template key: env (``NACF_TEMPLATE_KEY[_FILE]``) > ``store_key_file`` >
     ``DATA_DIR/nacf.key`` (created 0600 on first start of the embedded store)."""
-    from nacf_core.store import create_key_file
+    from nacf_core.store import create_key_file, sqlite_path
 
     if os.environ.get("NACF_TEMPLATE_KEY") or os.environ.get("NACF_TEMPLATE_KEY_FILE"):
         return None  # open_store reads them (nacf_core.store.crypto.load_key)
@@ -113,6 +113,14 @@ def _store_key(config: Config) -> Any:
             raise FailedPrecondition(
                 "no template key configured for a shared store: set NACF_TEMPLATE_KEY, "
                 "NACF_TEMPLATE_KEY_FILE or store_key_file (every replica needs the same key).")
+        db = sqlite_path(config.resolved_store_url)
+        if db != ":memory:" and os.path.isfile(db) and os.path.getsize(db) > 0:
+            # a new key cannot read it: made here, it only stood where the lost one belongs
+            raise FailedPrecondition(
+                f"the template key file {str(path)!r} is missing, but the store {db!r} "
+                "exists, encrypted with that key: restore the key file (or give "
+                "store_key_file, NACF_TEMPLATE_KEY_FILE or NACF_TEMPLATE_KEY); a new key "
+                "cannot read the store (one never used: delete it to start anew).")
         _make_data_dir(config)
         try:
             create_key_file(path)

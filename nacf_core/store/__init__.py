@@ -47,6 +47,7 @@ __all__ = [
     "Cipher",
     "load_key",
     "create_key_file",
+    "sqlite_path",
 ]
 
 
@@ -82,6 +83,26 @@ def open_store(url: str | os.PathLike, key: Any = None, **options: Any) -> Store
     NotFound
         ``create=False`` and there is no store at ``url``.
     """
+    path = sqlite_path(url)
+    if path is None:
+        from .postgres import PostgresStore
+
+        return PostgresStore(os.fspath(url).strip(), key, **options)
+    from .sqlite import SQLiteStore
+
+    _check_sqlite_path(path)
+    return SQLiteStore(path, key, **options)
+
+
+def sqlite_path(url: str | os.PathLike) -> str | None:
+    """The file (or ``":memory:"``) of the SQLite store at ``url`` as :func:`open_store`
+    reads it; ``None`` for a PostgreSQL URL.
+
+    Raises
+    ------
+    InvalidArgument
+        Not a store URL (its scheme, a SQLite URL naming no file or with a query).
+    """
     if isinstance(url, os.PathLike):
         url = os.fspath(url)
     if not isinstance(url, str) or not url:
@@ -96,9 +117,7 @@ def open_store(url: str | os.PathLike, key: Any = None, **options: Any) -> Store
     except ValueError as exc:  # a bracket left open, brackets around a name: no password
         raise InvalidArgument(f"the store URL is not valid: {exc}.") from None
     if scheme in ("postgresql", "postgres"):
-        from .postgres import PostgresStore
-
-        return PostgresStore(url, key, **options)
+        return None
     if scheme == "sqlite":
         if "?" in url or "#" in url:
             # a URL's query or fragment (sqlite:///nacf.db?mode=ro) would become part of
@@ -115,10 +134,7 @@ def open_store(url: str | os.PathLike, key: Any = None, **options: Any) -> Store
         if not path:
             raise InvalidArgument(f"SQLite URL {url!r} names no file: use sqlite:///path.db "
                                   f"or sqlite:///:memory:.")
-        from .sqlite import SQLiteStore
-
-        _check_sqlite_path(path)
-        return SQLiteStore(path, key, **options)
+        return path
     if scheme == "":
         head = url.split(":", 1)[0].lower() if ":" in url else ""
         if head in ("sqlite", "postgresql", "postgres"):
@@ -129,10 +145,7 @@ def open_store(url: str | os.PathLike, key: Any = None, **options: Any) -> Store
             raise InvalidArgument(
                 f"store URL {url!r} is missing the '//' after {head + ':'!r}: expected "
                 f"{form} (a file of that name: give it as ./{url}).")
-        from .sqlite import SQLiteStore
-
-        _check_sqlite_path(url)
-        return SQLiteStore(url, key, **options)
+        return url
     raise InvalidArgument(
         f"Invalid value for the 'url' parameter. Allowed schemes are 'sqlite', "
         f"'postgresql', but got {scheme!r} instead."

@@ -93,3 +93,20 @@ def test_presentation_attack_detection_with_windows_shorter_than_it_judges_is_re
         assert svc.pad is None and svc.rec.window_s == 1.0
     finally:
         svc.store.close()
+
+
+def test_a_store_whose_key_file_is_gone_is_refused_and_no_new_key_is_made(tmp_path,
+                                                                          no_key_env):
+    """The embedded store exists but DATA_DIR/nacf.key does not (deleted; the database
+    restored or copied without it). A new random key was made in its place, and the
+    open then failed 'Wrong template key': a key file that opens nothing was left where
+    the lost one belongs (to be backed up, or copied to the next host, as the key).
+    Refused now before anything is written, naming the missing key file and the store."""
+    data = tmp_path / "data"
+    svc = build_service(Config(data_dir=str(data)))
+    svc.store.put_template("alice", b"t" * 64, "m")
+    svc.store.close()
+    (data / "nacf.key").unlink()
+    with pytest.raises(FailedPrecondition, match="nacf.key.*missing.*nacf.db"):
+        build_service(Config(data_dir=str(data)))
+    assert not (data / "nacf.key").exists()
