@@ -720,5 +720,27 @@ def test_a_stream_whose_first_window_is_railed_is_decided_on_the_rest(tmp_path, 
             svc.authenticate_stream("rf1", [block(off[i:i + n])
                                             for i in range(0, len(off), n)])
         assert str(stream.value) == str(unary.value)
+
+
+def test_maintenance_with_a_retention_of_thousands_of_years_purges_and_expires(tmp_path,
+                                                                            model_path):
+    """audit_retention_days takes up to 1e9 (an operator's "keep the audit for ever"),
+    but a cut-off before year 1 was refused by the store: every purge failed
+    ('maintenance failed'), before the rate-limit buckets were purged (the table grew
+    with every client ever seen) and before that run's session expiry. Such a
+    retention purges no audit row and no ended session; the rest goes on."""
+    svc = sqlite_service(tmp_path, model_path, audit_retention_days=1e9)
+    try:
+        t0 = 1_790_000_000.0
+        svc.clock = lambda: t0
+        svc.store.put_template("u", b"not a template", "m")
+        svc.store.record_attempt("u", True, 0.9, "ok", "p", 0.1, "Authenticate", now=1.0)
+        s = svc.store.create_session("u", 60, now=t0 - 120)
+        svc.check_rate_limit("10.0.0.1")
+        svc.clock = lambda: t0 + 3600
+        svc.maintenance(force=True)
+        assert svc.store.get_session(s.token).end_reason == "expired"
+        assert len(svc.store.recent_attempts("u")) == 1
+        assert svc.store._run(lambda tx: tx.query("SELECT client_id FROM rate_buckets")) == []
     finally:
         svc.store.close()

@@ -153,3 +153,22 @@ def test_rotate_key_rotates_past_a_damaged_template_and_exits_3_naming_it(tmp_pa
                  "--new-key-file", str(k2)]) == 0
     out, err = capsys.readouterr()
     assert json.loads(out)["unreadable_templates"] == [] and "warning" not in err
+
+
+def test_purge_attempts_accepts_every_age_it_advertises(tmp_path, capsys):
+    """--older-than-days takes up to 1e6 days, but from about 738 000 days on the cut-off
+    fell before year 1 and the store refused it, naming its parameter ('older_than'
+    must be ... of a date from year 1 to 9999) and exiting 1. Such an age purges
+    nothing (no row is that old), as any age past the oldest row does."""
+    key = tmp_path / "k"
+    url = f"sqlite:///{tmp_path / 'n.db'}"
+    assert main(["store", "new-key", str(key)]) == 0
+    with open_store(url, key=key) as s:
+        s.record_attempt("alice", True, 0.9, "ok", "p", 0.01, "Authenticate", now=1.0)
+    capsys.readouterr()
+    for days in ("1e6", "800000"):
+        assert main(["store", "purge-attempts", "--older-than-days", days, "--store-url",
+                     url, "--key-file", str(key)]) == 0, capsys.readouterr().err
+        assert json.loads(capsys.readouterr().out) == {"deleted": 0}
+    with open_store(url, key=key) as s:
+        assert len(s.recent_attempts("alice")) == 1
