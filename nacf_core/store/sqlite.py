@@ -157,6 +157,8 @@ class SQLiteStore(SqlStore):
         self._in_use = 0
         self._idle = threading.Condition()
         self._mem_conn: sqlite3.Connection | None = None
+        self._file_id: tuple[int, int] | None = None
+        self._abs_path = ""
         if not self._memory and not create and not os.path.exists(self.path):
             raise NotFound(f"There is no nacf store at {self._describe()}: create it with "
                            "`nacf store migrate` (or check the URL).")
@@ -171,6 +173,14 @@ class SQLiteStore(SqlStore):
             except OSError as exc:
                 raise Unavailable(f"SQLite store {self.path!r}: cannot create it: {exc}.") \
                     from exc
+            try:
+                # the file this store is: one deleted or replaced under it is told apart
+                st = os.stat(self.path)
+            except OSError as exc:
+                raise Unavailable(f"SQLite store {self.path!r}: cannot read it: {exc}.") \
+                    from exc
+            self._file_id = (st.st_dev, st.st_ino)
+            self._abs_path = os.path.abspath(self.path)
             try:
                 self._wlock_fd = os.open(self.path + "-wlock", os.O_RDWR | os.O_CREAT, 0o600)
             except OSError as exc:
@@ -197,7 +207,30 @@ class SQLiteStore(SqlStore):
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r})"
 
+    def _check_file(self) -> None:
+        """Raise ``Unavailable`` when the database file was deleted or replaced since the
+        store opened it (an ``rm``, a backup moved over it): the connections open go on
+        writing to the file unlinked, lost at the next restart, and a new one would open
+        (or create, empty) the file now at the path."""
+        if self._file_id is None:
+            return
+        try:
+            st = os.stat(self._abs_path)
+        except OSError:
+            st = None
+        if st is None or (st.st_dev, st.st_ino) != self._file_id:
+            raise Unavailable(
+                f"SQLite store {self.path!r}: the database file was "
+                f"{'deleted' if st is None else 'replaced'} since this process opened it; "
+                "what it writes now is lost when it stops: restart it (on the file that "
+                "should be there).")
+
+    def ping(self) -> None:
+        self._check_file()
+        super().ping()
+
     def _connect(self) -> sqlite3.Connection:
+        self._check_file()
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                    timeout=self._busy_ms / 1000)

@@ -362,3 +362,43 @@ def test_another_applications_database_file_is_refused_and_left_as_it_was(tmp_pa
     (tmp_path / "empty.db").touch()
     with open_store(f"sqlite:///{tmp_path / 'empty.db'}", key=KEY) as store:
         assert store.schema_version() == store.MIGRATIONS[-1][0]
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_database_file_deleted_or_replaced_under_the_store_is_reported(tmp_path, how):
+    """The file removed (rm, a cleanup) or replaced (mv of a backup over it) while the
+    server runs: the connections open kept writing to the unlinked file, lost at the
+    next restart, readiness said ready, and a thread's new connection opened (or
+    created, empty) the file now at the path, beside the old one's -wal. Readiness and
+    new connections now say so (UNAVAILABLE, restart); nothing is created at the path."""
+    from nacf_core.errors import Unavailable
+
+    path = tmp_path / "n.db"
+    store = open_store(f"sqlite:///{path}", key=KEY)
+    try:
+        store.put_template("alice", b"t" * 64, "m1")
+        store.ping()
+        if how == "deleted":
+            path.unlink()
+        else:
+            with open_store(f"sqlite:///{tmp_path / 'other.db'}", key=KEY):
+                pass
+            os.replace(tmp_path / "other.db", path)
+        with pytest.raises(Unavailable, match=f"was {how} since this process opened it"):
+            store.ping()
+        got = []
+
+        def new_thread_call():  # a thread of its own: a new connection
+            try:
+                store.get_user("alice")
+                got.append("read")
+            except Unavailable as exc:
+                got.append(str(exc))
+
+        t = threading.Thread(target=new_thread_call)
+        t.start()
+        t.join()
+        assert len(got) == 1 and f"was {how} since this process opened it" in got[0], got
+        assert path.exists() == (how == "replaced")
+    finally:
+        store.close()
