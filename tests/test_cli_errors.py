@@ -900,3 +900,32 @@ def test_evaluate_names_the_field_of_a_model_that_cannot_run(tmp_path, capsys, k
     assert len(err) == 1 and err[0].startswith(
         f"nacf evaluate: model file {str(path)!r} is invalid"), err
     assert re.search(_FAILING_AFTER_LOAD[kind], err[0]), err
+
+
+def test_a_store_in_a_directory_that_cannot_be_written_is_named(tmp_path):
+    """A store file that can be written, in a directory that cannot (a read-only mount,
+    mode 0555): SQLite cannot make its -wal and -shm files there, and the open failed
+    'attempt to write a readonly database', of a file that is writable. The directory
+    is named now, and why it must be writable."""
+    import subprocess
+    import sys
+
+    data = tmp_path / "ro"
+    data.mkdir()
+    key = tmp_path / "k"
+    url = f"sqlite:///{data / 'n.db'}"
+    from nacf_core.cli import main
+
+    assert main(["store", "new-key", str(key)]) == 0
+    assert main(["store", "migrate", "--store-url", url, "--key-file", str(key)]) == 0
+    data.chmod(0o555)
+    try:
+        r = subprocess.run(_as_unprivileged(
+            [sys.executable, "-m", "nacf_core.cli", "store", "stats", "--store-url", url,
+             "--key-file", str(key)]), capture_output=True, text=True, timeout=120,
+            check=False)
+    finally:
+        data.chmod(0o755)
+    assert r.returncode == 1, r.stderr
+    assert (f"its directory {str(data)!r} cannot be written: SQLite keeps its -wal and "
+            "-shm files beside the database") in r.stderr, r.stderr

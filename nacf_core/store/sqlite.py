@@ -225,6 +225,16 @@ class SQLiteStore(SqlStore):
                 "what it writes now is lost when it stops: restart it (on the file that "
                 "should be there).")
 
+    def _unwritable_dir(self) -> str:
+        """Why an open failed when the file's directory cannot be written (a read-only
+        mount, its mode): SQLite's message blamed the database file ('attempt to write a
+        readonly database'), writable itself."""
+        where = os.path.dirname(self._abs_path)
+        if self._memory or os.access(where, os.W_OK):
+            return ""
+        return (f" (its directory {where!r} cannot be written: SQLite keeps its -wal and "
+                "-shm files beside the database; make the directory writable)")
+
     def ping(self) -> None:
         self._check_file()
         super().ping()
@@ -244,7 +254,8 @@ class SQLiteStore(SqlStore):
             conn.execute("PRAGMA secure_delete = ON")
             conn.execute("PRAGMA foreign_keys = ON")
         except sqlite3.Error as exc:
-            raise Unavailable(f"Cannot open the SQLite store {self.path!r}: {exc}.") from exc
+            raise Unavailable(f"Cannot open the SQLite store {self.path!r}: {exc}"
+                              f"{self._unwritable_dir()}.") from exc
         dead = []
         with self._conns_lock:
             live = []
