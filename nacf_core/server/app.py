@@ -561,12 +561,19 @@ class NacfServer:
     def _warn_readable_secrets(self) -> None:
         """One warning per secret file other local users can read (group or other
         permission bits): the template key decrypts every stored template, the keys file
-        holds the API keys, the TLS key is the server's identity. A warning, not a
+        holds the API keys, the TLS key is the server's identity, the SQLite store holds
+        the audit trail and session hashes. A warning, not a
         refusal: mounted secrets are often 0444 inside a container no one else uses."""
+        from nacf_core.store import sqlite_path
+
         cfg = self.config
+        # the embedded store: audit trail, session hashes, encrypted templates (a file a
+        # nacf of before made 0644, or one copied in, keeps its mode)
+        db = None if _shared_store(cfg.store_url) else sqlite_path(cfg.resolved_store_url)
         for what, path in (("template key file", _key_file(cfg)),
                            ("api_keys_file", cfg.api_keys_file),
-                           ("tls_key_file", cfg.tls_key_file)):
+                           ("tls_key_file", cfg.tls_key_file),
+                           ("SQLite store file", None if db == ":memory:" else db)):
             if not path:
                 continue
             try:

@@ -80,3 +80,28 @@ def test_start_warns_of_secret_files_other_users_can_read(tmp_path, caplog, monk
         with NacfServer(config, metrics=Metrics(CollectorRegistry())):
             pass
     assert warned() == {(str(tmp_path / "nacf.key"), "0644"), (str(keys), "0640")}
+
+
+def test_start_warns_of_a_sqlite_store_file_other_users_can_read(tmp_path, caplog,
+                                                                monkeypatch):
+    """A store file made by a nacf of before it created them 0600 (or copied in by hand)
+    stays readable by other local users: the audit trail (addresses, scores), session
+    hashes and the encrypted templates. The key file's mode drew a warning, the store's
+    none; it draws one now, as the other secret files do."""
+    monkeypatch.delenv("NACF_TEMPLATE_KEY", raising=False)
+    monkeypatch.delenv("NACF_TEMPLATE_KEY_FILE", raising=False)
+    config = Config(grpc_address="127.0.0.1:0", metrics_address="", data_dir=str(tmp_path),
+                    api_keys={"k" * 24: frozenset(SCOPES)})
+
+    def warned():
+        return {(r.file, r.mode) for r in caplog.records
+                if getattr(r, "event_type", "") == "secret_file_readable"}
+
+    with caplog.at_level("WARNING", logger="nacf.server"):
+        with NacfServer(config, metrics=Metrics(CollectorRegistry())):
+            pass
+        assert warned() == set()
+        (tmp_path / "nacf.db").chmod(0o644)
+        with NacfServer(config, metrics=Metrics(CollectorRegistry())):
+            pass
+    assert warned() == {(str((tmp_path / "nacf.db").resolve()), "0644")}
