@@ -196,13 +196,7 @@ class SQLiteStore(SqlStore):
                       "name = 'schema_migrations'") is not None
 
     def _foreign_tables(self, tx) -> list[str]:
-        # a nacf store holds schema_migrations (created in the transaction of its first
-        # migration): a file with other tables and not that one is another application's
-        names = [r[0] for r in tx.query(
-            "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
-        if "schema_migrations" in names:
-            return []
-        return [n for n in names if not n.startswith("sqlite_")]
+        return _foreign_tables(tx.query)
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r})"
@@ -245,7 +239,10 @@ class SQLiteStore(SqlStore):
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                    timeout=self._busy_ms / 1000)
             conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
-            if not self._memory:
+            if not self._memory and conn.execute(
+                    "PRAGMA journal_mode").fetchone()[0].lower() != "wal" and not (
+                    _foreign_tables(conn.execute)):
+                # (another application's file is left in its mode: migrate() refuses it)
                 mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
                 if mode.lower() != "wal":
                     raise Unavailable(f"SQLite store {self.path!r}: cannot enable WAL "
@@ -469,6 +466,18 @@ class SQLiteStore(SqlStore):
             except OSError:
                 pass
             self._wlock_fd = -1
+
+
+def _foreign_tables(query) -> list[str]:
+    """The tables of another application in the database ``query`` (a ``Tx.query`` or a
+    connection's ``execute``) reads, if it holds no nacf store. A nacf store holds
+    schema_migrations (created in the transaction of its first migration): a file with
+    other tables and not that one is another application's."""
+    names = [r[0] for r in query(
+        "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+    if "schema_migrations" in names:
+        return []
+    return [n for n in names if not n.startswith("sqlite_")]
 
 
 def _busy(exc: BaseException) -> bool:

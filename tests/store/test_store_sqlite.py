@@ -358,6 +358,9 @@ def test_another_applications_database_file_is_refused_and_left_as_it_was(tmp_pa
         open_store(f"sqlite:///{path}", key=KEY)
     assert sorted(sqlite3.connect(path).execute(
         "SELECT name FROM sqlite_master").fetchall()) == before
+    # nor switched to WAL (a mode kept in the file: its application may not expect it)
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.db", "app.db-wlock"]
     # an empty file (touch) is no other application's: a new store is made in it
     (tmp_path / "empty.db").touch()
     with open_store(f"sqlite:///{tmp_path / 'empty.db'}", key=KEY) as store:
