@@ -18,6 +18,7 @@ import logging
 import math
 import random
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -123,6 +124,17 @@ def _check_rate(value: Any) -> float:
         raise InvalidArgument(f"'rate_per_s' must be at most {MAX_RATE_PER_S:g} tokens per "
                               f"second, got {value!r}.")
     return rate
+
+
+def _host_clock_id() -> str:
+    """This host's clock, as a name: Linux's boot id (every process and container on the
+    host reads one wall clock), else the host name."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            boot = f.read(64).strip()
+    except OSError:
+        boot = ""
+    return (boot or socket.gethostname() or "unknown")[:64]
 
 
 def _check_fingerprints(name: str, values: Any) -> list[bytes]:
@@ -1218,10 +1230,18 @@ class SqlStore(Store):
     #: how far a bucket's ``now`` may fall behind the time the bucket was last refilled to
     #: and still be a call that read its clock before another's commit (a wait for the
     #: row lock, a replica's clock a little behind): no refill, the bucket's time kept.
-    #: Further behind, the wall clock stepped back (an NTP correction, a VM restored from
-    #: a snapshot): no refill either, and the bucket's time follows the clock, which it
-    #: then refills by, instead of nothing until the clock caught up
+    #: Further behind, by the clock of the host that set the bucket's time (schema 9:
+    #: ``rate_buckets.clock``), the wall clock stepped back (an NTP correction, a VM
+    #: restored from a snapshot): no refill either, and the bucket's time follows the
+    #: clock, which it then refills by, instead of nothing until the clock caught up. By
+    #: another host's, that replica's clock is ahead of this one's: the bucket's time is
+    #: kept (moved back, the replica ahead refilled the gap again at each of its takes:
+    #: two replicas 5 s apart taking in turn admitted 200 requests in 10 s of a bucket of
+    #: 10 at 1/s)
     clock_step_s = 1.0
+    #: which clock this process's times come from (its host's: every process there
+    #: reads the same wall clock), recorded with each bucket's time
+    clock_id = _host_clock_id()
 
     def take_tokens(self, client_id, rate_per_s, burst, want=1, give_back=0.0,
                     now=None) -> int:
@@ -1232,25 +1252,31 @@ class SqlStore(Store):
         back = check_finite_nonnegative("give_back", give_back)
         t = _now(now)
 
+        clock = self.clock_id
+
         def fn(tx: Tx) -> int:
             self._relaxed_durability(tx)
             # a bucket another replica's purge deleted since the INSERT found it (it was
             # full): inserted again, full, as a take after the purge finds it
             _, row = self._tx_relock(
                 tx, "INSERT INTO rate_buckets (client_id, tokens, updated_at, rate_per_s, "
-                "burst) VALUES (?, ?, ?, ?, ?) ON CONFLICT (client_id) DO NOTHING",
-                (client_id, burst, t, rate, burst),
-                "SELECT tokens, updated_at FROM rate_buckets WHERE client_id = ?",
+                "burst, clock) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (client_id) DO NOTHING",
+                (client_id, burst, t, rate, burst, clock),
+                "SELECT tokens, updated_at, clock FROM rate_buckets WHERE client_id = ?",
                 (client_id,))
-            tokens, updated = row
+            tokens, updated, set_by = row
             tokens = min(burst, tokens + max(0.0, t - updated) * rate + back)
             got = min(want, int(math.floor(tokens))) if tokens >= 1.0 else 0
-            # refilled up to `updated` already, unless the clock stepped back (clock_step_s)
-            at = updated if t < updated <= t + self.clock_step_s else t
+            # refilled up to `updated` already, unless this host's clock stepped back
+            # (clock_step_s; a bucket of before schema 9 names no clock: taken for this
+            # host's, as before)
+            at = updated if t < updated and (
+                updated <= t + self.clock_step_s or set_by not in (None, clock)) else t
             # the rate and capacity go with the bucket: purge_rate_buckets judges by them
             tx.execute("UPDATE rate_buckets SET tokens = ?, updated_at = ?, rate_per_s = ?, "
-                       "burst = ? WHERE client_id = ?",
-                       (tokens - got, at, rate, burst, client_id))
+                       "burst = ?, clock = ? WHERE client_id = ?",
+                       (tokens - got, at, rate, burst, clock if at == t else set_by,
+                        client_id))
             return got
 
         return self._run(fn)

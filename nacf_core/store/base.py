@@ -577,7 +577,9 @@ class Store(abc.ABC):
         ``burst``; then take ``min(want, whole tokens available)`` and return how many
         were taken (0 when none). One transaction, atomic across replicas. A ``now``
         before the bucket's last refill refills nothing; when it is more than a moment
-        before (the wall clock stepped back), the bucket refills from it onwards."""
+        before (the wall clock stepped back), the bucket refills from it onwards, if this
+        host's clock set the bucket's time; if another host's did (a replica whose clock
+        is ahead), nothing is refilled until ``now`` reaches it."""
 
     @abc.abstractmethod
     def purge_rate_buckets(self, rate_per_s: float, burst: float,

@@ -108,6 +108,11 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         "for authentication attempts and rows written before it", [
         "ALTER TABLE auth_attempts ADD COLUMN actor TEXT",
     ]),
+    (9, "rate_buckets.clock: the host whose clock set a bucket's time (a time behind it by "
+        "more than clock_step_s from that host is its clock stepping back; from another "
+        "host, a replica's clock behind: no refill, so skewed replicas refill nothing twice)", [
+        "ALTER TABLE rate_buckets ADD COLUMN clock TEXT",
+    ]),
 ]
 
 

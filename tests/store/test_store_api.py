@@ -25,11 +25,11 @@ T0 = 1_790_000_000.0  # a fixed "now" (2026-09-21 UTC)
 
 
 def test_migrate_is_idempotent(store, store_url, key):
-    assert store.schema_version() == 8
+    assert store.schema_version() == 9
     assert store.migrate() == []
     again = open_store(store_url, key=key)  # a second replica / restart
     try:
-        assert again.migrate() == [] and again.schema_version() == 8
+        assert again.migrate() == [] and again.schema_version() == 9
     finally:
         again.close()
 
@@ -685,26 +685,26 @@ def test_end_user_sessions_and_first_device_only(store):
 
 def test_a_store_migrated_by_a_newer_nacf_is_refused(store_url, key, monkeypatch, capsys):
     """An older nacf (here: one that knows only migration 1) opened a store a newer one
-    had migrated (here schema 8) without a word and wrote to tables it does not know, and
+    had migrated (here schema 9) without a word and wrote to tables it does not know, and
     `nacf store migrate` answered schema_version 2 as if it were done: it is refused,
     naming both versions."""
     from nacf_core.cli import main
     from nacf_core.store.postgres import PostgresStore
     from nacf_core.store.sqlite import SQLiteStore
 
-    open_store(store_url, key=key).close()  # schema 8
+    open_store(store_url, key=key).close()  # schema 9
     cls = SQLiteStore if store_url.startswith("sqlite") else PostgresStore
     monkeypatch.setattr(cls, "MIGRATIONS", cls.MIGRATIONS[:1])
-    with pytest.raises(FailedPrecondition, match=r"schema version 8, .* this nacf knows "
+    with pytest.raises(FailedPrecondition, match=r"schema version 9, .* this nacf knows "
                                                  r"version 1 at most"):
         open_store(store_url, key=key)
     monkeypatch.setenv("NACF_TEMPLATE_KEY", base64.b64encode(key).decode())
     assert main(["store", "migrate", "--store-url", store_url]) == 1
     out, err = capsys.readouterr()
-    assert out == "" and "schema version 8" in err
+    assert out == "" and "schema version 9" in err
     monkeypatch.undo()
     with open_store(store_url, key=key) as s:  # the nacf that migrated it still opens it
-        assert s.schema_version() == 8
+        assert s.schema_version() == 9
 
 
 def test_an_older_store_is_migrated_with_its_sessions_and_renewal_records_verification(
@@ -725,7 +725,7 @@ def test_an_older_store_is_migrated_with_its_sessions_and_renewal_records_verifi
     monkeypatch.undo()
     new = open_store(store_url, key=key)
     try:
-        assert new.schema_version() == 8
+        assert new.schema_version() == 9
         s = new.get_session(tok)
         assert s.user_id == "alice" and s.last_verified_at is None
         assert new.renew_session(tok, 60, now=T0 + 30).last_verified_at == T0 + 30
@@ -747,7 +747,7 @@ def test_nonces_recorded_before_schema_4_are_replays_after_it(store_url, key, mo
                                        "expires_at) VALUES ('hs', 'n-1', ?)", (T0 + 120,)))
     monkeypatch.undo()
     with open_store(store_url, key=key) as new:
-        assert new.schema_version() == 8
+        assert new.schema_version() == 9
         assert new.use_nonce("hs", "n-1", T0 + 120, now=T0 + 1) is False
         assert new.use_nonce("hs", "n-2", T0 + 120, now=T0 + 1) is True
 
@@ -948,7 +948,7 @@ def test_a_schema_7_store_with_audit_rows_is_migrated_to_name_actors(store_url, 
             "'DeleteUser')", (T0, True)))
     monkeypatch.undo()
     with open_store(store_url, key=key) as new:
-        assert new.schema_version() == 8
+        assert new.schema_version() == 9
         new.record_attempt("alice", True, None, "unlocked", "p", 0.0, "UnlockUser",
                            actor="ops-key", now=T0 + 1)
         rows = [(a.method, a.reason, a.actor) for a in new.recent_attempts("alice")]
@@ -985,7 +985,7 @@ def test_a_role_without_create_on_the_database_opens_the_schema_made_for_it(pg_a
         conn.execute(f"CREATE SCHEMA {schema} AUTHORIZATION {role}")
     try:
         with open_store(url + schema, key=key) as s:
-            assert s.schema_version() == 8
+            assert s.schema_version() == 9
             s.put_template("alice", b"t", "m")
         with open_store(url + schema, key=key) as s:  # and again, as every restart
             assert s.get_template("alice").blob == b"t"

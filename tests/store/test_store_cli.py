@@ -18,7 +18,7 @@ def test_store_cli_cycle(tmp_path, capsys):
     assert "refusing to overwrite" in capsys.readouterr().err
     assert main(["store", "migrate", "--store-url", url, "--key-file", str(k1)]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["schema_version"] == 8 and out["backend"] == "sqlite"
+    assert out["schema_version"] == 9 and out["backend"] == "sqlite"
     with open_store(url, key=k1) as s:
         s.put_template("alice", b"template", "m")
         s.record_attempt("alice", True, 0.9, "ok", "p", 0.01, "Authenticate", now=1.0)

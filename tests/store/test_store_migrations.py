@@ -16,7 +16,9 @@ from nacf_core.store.sqlite import SQLiteStore
 T0 = 1_790_000_000.0
 FP = b"FPv1" + bytes(range(40))
 WINDOW = b"FPv1" + bytes(range(40, 80))
-CURRENT = 8
+CURRENT = 9
+#: a schema version of a nacf newer than this one
+NEWER = CURRENT + 1
 
 
 def _cls(store_url):
@@ -60,7 +62,7 @@ def _write_as_of(store, version: int) -> str:
 @pytest.mark.parametrize("version", range(1, CURRENT))
 def test_a_store_of_each_older_schema_is_upgraded_with_every_row_intact(
         store_url, key, monkeypatch, version):
-    """A store a nacf of schema 1 to 7 wrote opens at the current schema with each of
+    """A store a nacf of schema 1 to 8 wrote opens at the current schema with each of
     its rows as it was (templates and headset secrets decrypt, sessions, audit rows,
     lockouts, PAD history, nonces and stream windows read as written), and is used as
     any other afterwards."""
@@ -156,8 +158,8 @@ def _dump(store):
 
 
 def test_a_store_of_a_newer_schema_is_refused_and_left_as_it_was(store_url, key):
-    """A store a newer nacf migrated (schema 9: a column and a table this code does not
-    know) is refused at every open, migrate included, naming both versions, and not
+    """A store a newer nacf migrated (schema NEWER: a column and a table this code does
+    not know) is refused at every open, migrate included, naming both versions, and not
     one row or column of it changes."""
     with open_store(store_url, key=key) as s:
         _write_as_of(s, CURRENT)
@@ -166,17 +168,17 @@ def test_a_store_of_a_newer_schema_is_refused_and_left_as_it_was(store_url, key)
             tx.execute("ALTER TABLE users ADD COLUMN future TEXT")
             tx.execute("CREATE TABLE future_things (x TEXT)")
             tx.execute("INSERT INTO schema_migrations (version, name, applied_at) "
-                       "VALUES (9, 'a newer nacf', 0)")
+                       "VALUES (?, 'a newer nacf', 0)", (NEWER,))
         s._run(newer)
         before = _dump(s)
     for _ in range(2):
-        with pytest.raises(FailedPrecondition, match=r"schema version 9, .* knows version "
-                                                     rf"{CURRENT} at most"):
+        with pytest.raises(FailedPrecondition, match=rf"schema version {NEWER}, .* knows "
+                                                     rf"version {CURRENT} at most"):
             open_store(store_url, key=key)
-    with pytest.raises(FailedPrecondition, match="schema version 9"):
+    with pytest.raises(FailedPrecondition, match=f"schema version {NEWER}"):
         open_store(store_url, key=b"\x01" * 32)  # refused before the key is checked
-    # read back by a nacf that knows schema 9 (its migration already applied)
+    # read back by a nacf that knows the newer schema (its migration already applied)
     cls = _cls(store_url)
-    with mock.patch.object(cls, "MIGRATIONS", cls.MIGRATIONS + [(9, "a newer nacf", [])]):
+    with mock.patch.object(cls, "MIGRATIONS", cls.MIGRATIONS + [(NEWER, "a newer nacf", [])]):
         with open_store(store_url, key=key) as s:
             assert _dump(s) == before

@@ -484,7 +484,7 @@ def test_an_open_whose_commit_answer_is_lost_opens(pg_url, key, monkeypatch, los
         with open_store(via, key=key) as store:
             assert proxy.dropped.is_set()
             monkeypatch.undo()
-            assert store.schema_version() == 8
+            assert store.schema_version() == 9
             store.put_template("alice", b"t", "m")
         with open_store(url, key=key) as direct:
             assert direct.get_template("alice").blob == b"t"

@@ -69,7 +69,7 @@ def test_buckets_of_before_schema_5_are_purged_by_the_rate_given(store_url, key,
                                        "updated_at) VALUES ('old', 0, ?)", (T0,)))
     monkeypatch.undo()
     with open_store(store_url, key=key) as store:
-        assert store.schema_version() == 8
+        assert store.schema_version() == 9
         at = T0 + store.rate_bucket_idle_s + 50
         assert store.purge_rate_buckets(0.1, 10, now=at) == 0  # 100 s to refill by that rate
         assert store.purge_rate_buckets(1.0, 10, now=at) == 1

@@ -155,3 +155,27 @@ def test_forgotten_clients_are_bounded():
     for i in range(10):
         assert rl.take(f"c{i}", T0)
     assert len(rl._leases) == 3 and rl.held("c9") == 3 and rl.held("c0") == 0
+
+
+def test_replicas_whose_clocks_differ_admit_no_more_than_the_bucket(store_url, key):
+    """Two replicas on hosts whose wall clocks are 5 s apart, taking from one bucket in
+    turn. The one behind was taken for a clock that stepped back and moved the bucket's
+    time back to its own; the one ahead then refilled those 5 s again at each of its
+    takes: 200 requests in 10 s admitted of a bucket of 10 refilled at 1/s (at most 20).
+    A time behind set by another host's clock is a replica behind now: no refill, the
+    bucket's time kept (schema 9: rate_buckets.clock); this host's own clock stepping
+    back still refills from the new clock (test_token_bucket_when_the_wall_clock_steps)."""
+    ahead, behind = open_store(store_url, key=key), open_store(store_url, key=key)
+    ahead.clock_id, behind.clock_id = "host-a", "host-b"
+    try:
+        admitted = 0
+        for i in range(200):  # over 10 s, one replica then the other
+            t = T0 + i * 0.05
+            s, now = (ahead, t + 5.0) if i % 2 else (behind, t)
+            admitted += s.take_tokens("app", 1.0, 10.0, 1, now=now)
+        assert admitted <= 10 + 1.0 * (10 + 5.0)  # the bucket, its refill, the skew
+        # and the replica behind alone still refills, once its clock reaches the bucket's
+        assert behind.take_tokens("app", 1.0, 10.0, 100, now=T0 + 15.0 + 3.0) == 3
+    finally:
+        ahead.close()
+        behind.close()
