@@ -720,6 +720,8 @@ def test_a_stream_whose_first_window_is_railed_is_decided_on_the_rest(tmp_path, 
             svc.authenticate_stream("rf1", [block(off[i:i + n])
                                             for i in range(0, len(off), n)])
         assert str(stream.value) == str(unary.value)
+    finally:
+        svc.store.close()
 
 
 def test_maintenance_with_a_retention_of_thousands_of_years_purges_and_expires(tmp_path,
