@@ -1239,6 +1239,12 @@ class SqlStore(Store):
     #: two replicas 5 s apart taking in turn admitted 200 requests in 10 s of a bucket of
     #: 10 at 1/s)
     clock_step_s = 1.0
+    #: further behind than this by another host's clock, that clock was wrong (a replica
+    #: set hours ahead, then gone): taken as a step, or a dead replica's bad clock would
+    #: keep a client's bucket from refilling for as long as it was ahead (replicas this far
+    #: apart are broken anyway: each refuses device proofs timed by the other's clock with
+    #: the default proof_max_skew_s of 60 s)
+    clock_skew_max_s = 300.0
     #: which clock this process's times come from (its host's: every process there
     #: reads the same wall clock), recorded with each bucket's time
     clock_id = _host_clock_id()
@@ -1271,7 +1277,9 @@ class SqlStore(Store):
             # (clock_step_s; a bucket of before schema 9 names no clock: taken for this
             # host's, as before)
             at = updated if t < updated and (
-                updated <= t + self.clock_step_s or set_by not in (None, clock)) else t
+                updated <= t + self.clock_step_s
+                or (set_by not in (None, clock) and updated <= t + self.clock_skew_max_s)
+            ) else t
             # the rate and capacity go with the bucket: purge_rate_buckets judges by them
             tx.execute("UPDATE rate_buckets SET tokens = ?, updated_at = ?, rate_per_s = ?, "
                        "burst = ?, clock = ? WHERE client_id = ?",

@@ -179,3 +179,22 @@ def test_replicas_whose_clocks_differ_admit_no_more_than_the_bucket(store_url, k
     finally:
         ahead.close()
         behind.close()
+
+
+def test_a_bucket_set_by_a_clock_hours_ahead_refills_again(store_url, key):
+    """A replica whose clock ran an hour ahead took the bucket's last tokens and went
+    away. A time set by another host's clock is kept while this host's is behind it, so
+    the client's bucket did not refill for that hour; beyond clock_skew_max_s (300 s) the
+    other clock is taken as wrong and this one's time as a step: it refills again."""
+    wrong, right = open_store(store_url, key=key), open_store(store_url, key=key)
+    wrong.clock_id, right.clock_id = "host-wrong", "host-right"
+    try:
+        assert wrong.take_tokens("app", 1.0, 10.0, 10, now=T0 + 3600.0) == 10
+        assert right.take_tokens("app", 1.0, 10.0, 10, now=T0) == 0  # (the step itself)
+        assert right.take_tokens("app", 1.0, 10.0, 10, now=T0 + 5.0) == 5
+        # within the bound, a replica ahead keeps the bucket's time, as above
+        assert wrong.take_tokens("app2", 1.0, 10.0, 10, now=T0 + 200.0) == 10
+        assert right.take_tokens("app2", 1.0, 10.0, 10, now=T0 + 5.0) == 0
+    finally:
+        wrong.close()
+        right.close()
