@@ -1761,8 +1761,11 @@ class AuthService:
         g = self._gallery_state
         gallery = {} if g is None else dict(zip(g[0], g[1]))
         keys = getattr(self.pad, "history_keys", None)
+        # PAD's caches are the process's, not this service's: keys of other histories
+        # (another detector's, a tool's: not user ids) are not this store's to look up,
+        # and one of them failed the whole sweep (TypeError, every maintenance round)
         users = (set(templates) | set(gallery)
-                 | (set(keys()) if keys is not None else set()))
+                 | ({k for k in keys() if isinstance(k, str)} if keys is not None else set()))
         n = 0
         stamps_of = getattr(self.store, "template_stamps", None)
         if users and stamps_of is not None:

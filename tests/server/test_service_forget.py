@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _server_support import eeg, make_pipeline, signal_block
+from _server_support import CH16, SFREQ, eeg, make_pipeline, signal_block
 from prometheus_client import CollectorRegistry
 
 from nacf_core import pad as pad_mod
@@ -132,6 +132,25 @@ def test_a_continuous_stream_racing_delete_user_leaves_nothing_of_the_user_in_me
     assert [k for k, e in pad_mod._STORED._d.items() if e.owner == "gone2"]
     svc._forget_changed_elsewhere()
     assert not [k for k, e in pad_mod._STORED._d.items() if e.owner == "gone2"]
+
+
+def test_the_sweep_looks_up_only_user_ids_of_the_process_wide_pad_caches(svc):
+    """PAD's prepared-history caches are process-wide: a history kept under a key that is
+    no user id (another detector's in the process, a tool's, test_pad's ints) made the
+    maintenance sweep's template_stamps read fail (TypeError, so UNAVAILABLE) at every
+    round, and no deleted user was dropped any more. Only user ids are looked up."""
+    svc.enroll("held", [signal_block(eeg(1, 3, 0, 40))])
+    fps = [fp for _, fp in svc.store.get_fingerprints("held")]
+    svc.identify(signal_block(eeg(1, 3, 44, 8)))  # "held" now in the gallery
+    probe = pad_mod.fingerprint(eeg(2, 3, 44, 8), SFREQ, CH16)
+    pad_mod._replay_score(probe, fps, False, owner=12345)  # another history's key
+    assert 12345 in svc.pad.history_keys()
+    try:
+        svc.store.delete_user("held")  # deleted by another replica
+        assert svc._forget_changed_elsewhere() == 1
+        assert "held" not in svc._gallery_state[0]
+    finally:
+        pad_mod._STORED.forget(12345)
 
 
 def test_two_users_deleted_at_once_both_leave_identifys_gallery(svc, monkeypatch):
