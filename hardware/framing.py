@@ -25,19 +25,22 @@ byte stream in order:
    ``dropped``).
 4. **Locking**: before the first packet (and after :meth:`Framer.reset`, e.g. on a
    reconnect) a frame is accepted if the next frame follows it with the next counter.
-   While locked, a frame that does not fit (counter equal to or behind the last one, or
-   more than ``max_gap + 1`` ahead) is accepted only as the start of ``relock``
+   While locked, a frame that does not fit (counter more than 15 behind the last one,
+   or more than ``max_gap + 1`` ahead) is accepted only as the start of ``relock``
    contiguous frames with consecutive counters (a new sequence: counted in
    ``extra["resyncs"]``; the unknown gap is not filled with NaN rows).
-5. **Copies**: a frame accepted by rules 2-4 that is a byte-for-byte copy of one of
-   the last 16 packets accepted (a link that sends a packet, or a block of the last
-   few, again), or a relock chain holding such a copy, is discarded (``corrupt``, and
-   ``extra["duplicates"]``): no sample is delivered twice. (A re-sent block whose
-   first three packets were lost the first time starts a new sequence with them; the
-   copies after them are discarded. A flat signal, every channel railed, can repeat a
-   packet exactly 256 packets later: after a loss of more than ``max_gap`` packets
-   that lands within 16 counters of the last one it may be read as continuing the
-   sequence, the one ambiguity an 8-bit counter leaves.)
+5. **Copies and late packets**: a frame accepted by rules 2-4 that is a byte-for-byte
+   copy of one of the last 16 packets accepted (a link that sends a packet, or a block
+   of the last few, again), or a relock chain holding such a copy, is discarded
+   (``corrupt``, and ``extra["duplicates"]``): no sample is delivered twice. A frame
+   whose counter is the last one or up to 15 behind it and is no such copy is a late
+   packet (one lost the first time, in a block sent again): its slot has passed (it
+   was delivered as a NaN row, or came before the sequence locked), so it is discarded
+   (``corrupt``, and ``extra["late"]``): no sample comes out after a newer one. (A flat
+   signal, every channel railed, can repeat a packet exactly 256 packets later, and a
+   loss of more than ``max_gap`` packets can land on a counter up to 15 behind the last
+   one, whose frames are then discarded until the counter passes it: such a loss may
+   be read as continuing the sequence, the ambiguity an 8-bit counter leaves.)
 6. Any other frame is a forged or corrupt frame: discarded, counted in ``corrupt``, and
    scanning continues at the next byte (not 33 bytes later, so a real packet that
    starts inside a forged frame is still found).
@@ -74,7 +77,7 @@ from .cyton import PACKET_SIZE, GainTracker, decode_packets, decode_packets_nump
 
 __all__ = ["Framer", "Frames", "scan_frames"]
 
-_STAT_CORRUPT, _STAT_GARBAGE, _STAT_RESYNC, _STAT_DUPLICATE = 0, 1, 2, 3
+_STAT_CORRUPT, _STAT_GARBAGE, _STAT_RESYNC, _STAT_DUPLICATE, _STAT_LATE = 0, 1, 2, 3, 4
 _HISTORY = 16  # accepted packets a frame is compared with (rule 5)
 _COMPILED_MIN_BYTES = 1 << 16
 
@@ -136,6 +139,10 @@ def _scan_kernel(buf, n, last, max_gap, relock, starts, gaps, stats, hist,
                     continue
             elif d >= 2 and d <= max_gap + 1:
                 gap = d - 1
+            elif ((last - c) & 0xFF) < hist.shape[0]:
+                # a counter the sequence has passed (rule 5): a late packet, sent again
+                need = 1
+                gap = -2
             else:
                 need = relock
                 gap = -1
@@ -198,6 +205,9 @@ def _scan_kernel(buf, n, last, max_gap, relock, starts, gaps, stats, hist,
                     if m == 0:
                         stats[3] += 1
                     break
+            if r == 1 and gap == -2:  # late, not a copy: its slot has passed
+                stats[4] += 1
+                r = 0
         if r == 1:
             starts[k] = p
             gaps[k] = gap
@@ -239,8 +249,9 @@ def scan_frames(buf: np.ndarray, last: int = -1, max_gap: int = 127, relock: int
         Bytes decided; the rest must be kept and scanned again with more data.
     last : int
         Counter of the last accepted packet (-1 if still unlocked).
-    stats : ndarray, shape (4,), int64
-        corrupt frames, skipped bytes, resyncs, copies of accepted packets discarded.
+    stats : ndarray, shape (5,), int64
+        corrupt frames, skipped bytes, resyncs, copies of accepted packets discarded,
+        late packets discarded (rule 5).
 
     ``compiled=False`` runs the same function as plain Python (identical results; no
     Numba start-up, which costs about a second on the first call in a process).
@@ -249,7 +260,7 @@ def scan_frames(buf: np.ndarray, last: int = -1, max_gap: int = 127, relock: int
     cap = n // PACKET_SIZE + 1
     starts = np.empty(cap, dtype=np.int64)
     gaps = np.empty(cap, dtype=np.int64)
-    stats = np.zeros(4, dtype=np.int64)
+    stats = np.zeros(5, dtype=np.int64)
     if history is None:
         history = np.zeros((0, PACKET_SIZE), np.uint8)
     hist = np.zeros((_HISTORY, PACKET_SIZE), np.uint8)
@@ -334,6 +345,7 @@ class Framer:
         self.counters = counters if counters is not None else Counters()
         self.counters.extra.setdefault("resyncs", 0)
         self.counters.extra.setdefault("duplicates", 0)
+        self.counters.extra.setdefault("late", 0)
         self.max_gap = check_int_range("max_gap", max_gap, 0, 253)
         self.relock = check_int_range("relock", relock, 2, 16)
         self._buf = np.zeros(0, dtype=np.uint8)
@@ -378,6 +390,7 @@ class Framer:
         self.counters.garbage_bytes += int(stats[_STAT_GARBAGE])
         self.counters.extra["resyncs"] += int(stats[_STAT_RESYNC])
         self.counters.extra["duplicates"] += int(stats[_STAT_DUPLICATE])
+        self.counters.extra["late"] += int(stats[_STAT_LATE])
         if starts.size == 0:
             return self._empty()
         idx = starts[:, None] + np.arange(PACKET_SIZE)[None, :]
