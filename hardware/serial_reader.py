@@ -326,17 +326,19 @@ class CytonReader:
         ts = np.empty(n, np.float64)
         now = time.time()
         begin = 0
+        t_last = self._t_last  # the last stamp handed out, this chunk's rows included
         for s in list(starts) + [n]:
             if s > begin:
                 ts[begin:s] = self._t_anchor + (self._k + np.arange(s - begin)) / self.sfreq
                 self._k += s - begin
+                t_last = float(ts[s - 1])
             if s < n:
                 # the local clock, but after the last stamp handed out: stamps counted
                 # on at the nominal rate run ahead of the clock when samples came faster
                 # (a board whose crystal is fast, a backlog read at once), and time
                 # must not go back at a new sequence
                 self._t_anchor = max(now - (n - 1 - s) / self.sfreq,
-                                     self._t_last + 1.0 / self.sfreq)
+                                     t_last + 1.0 / self.sfreq)
                 self._k = 0
             begin = s
         self._t_last = float(ts[-1])

@@ -594,3 +594,28 @@ def test_close_from_another_thread_waits_for_the_read_in_progress():
     assert not t.is_alive()
     assert events.count("close") == 1
     assert events.index("close") > events.index("read-end"), events
+
+
+def test_timestamps_go_forward_at_a_resync_inside_a_chunk():
+    """A new sequence (a resync after a long loss) in the middle of a chunk was anchored
+    no earlier than the last stamp of the chunk before, not than the rows of its own
+    chunk before it: after samples came faster than the nominal rate (a backlog read at
+    once), the rows before the resync ran ahead of the clock, and the stamps went back
+    there (by seconds here), inside one chunk."""
+    def stream(first_id, counters):
+        counts = np.zeros((len(counters), 8), np.int64)
+        counts[:, 0] = first_id + np.arange(len(counters))
+        return encode_packets(np.asarray(counters) & 0xFF, counts).tobytes()
+
+    # 2500 packets at once, then 1000 more in sequence and, in the same read, a long
+    # loss (200 counters: more than max_gap) and a new sequence
+    backlog = stream(0, np.arange(2500))
+    more = stream(2500, np.arange(2500, 3500)) + stream(5000, np.arange(3700, 3760))
+    r = CytonReader("/dev/ttyFAKE0", handshake_timeout=0.02, stall_timeout=60)
+    r._open_port = lambda: FakePort("ok", [backlog, more])
+    ts = []
+    with r:
+        while len(ts) < 3558:
+            ts.extend(r.read_chunk(0.05).timestamps)
+    assert r.framer.counters.extra["resyncs"] == 1
+    assert np.all(np.diff(ts) > 0), np.diff(ts).min()
