@@ -29,7 +29,9 @@ back to NaN (an infinite value is treated the same way). The epochs that contain
 still emitted, with their NaN, and the
 artifact gate rejects them as non-finite (a failure to acquire, counted there);
 epochs after the gap are clean, with no step transient, because the held value keeps
-the filter near its state before the gap.
+the filter near its state before the gap. An outage the source did not fill (a
+reconnect, a resync after a long loss) is found in the timestamps and pushed as NaN
+rows too (``gap_s``), so no epoch joins the signal before and after it.
 
 Initial state: the filter starts settled on the first finite sample of each channel
 (:func:`nacf_core.dsp.steady_state_zi`), so a Cyton's DC offset of tens of thousands
@@ -96,6 +98,12 @@ class Epocher:
         Working and output dtype (float64 by default: Cyton DC offsets are large).
     backend : str, optional
         Kernel backend for :func:`nacf_core.dsp.sosfilt`.
+    gap_s : float
+        A step between consecutive timestamps longer than ``1 / sfreq + gap_s`` seconds
+        is an outage the source did not fill (a reconnect, a resync after a long loss):
+        the missing samples are pushed as NaN rows (at most one window of them), so no
+        epoch joins the signal before and after it. Chunks without timestamps (plain
+        arrays, NaN stamps) are taken as contiguous.
 
     Examples
     --------
@@ -115,6 +123,7 @@ class Epocher:
         *,
         dtype: Any = np.float64,
         backend: str | None = None,
+        gap_s: float = 0.25,
     ) -> None:
         self.sfreq = check_sfreq(sfreq)
         self.n_channels = check_int_range("n_channels", n_channels, 1)
@@ -137,6 +146,7 @@ class Epocher:
             if sos.ndim != 2 or sos.shape[1] != 6:
                 raise ValueError(f"'sos' must have shape (n_sections, 6), got {sos.shape}.")
         self.sos = sos
+        self.gap_s = check_finite_positive("gap_s", gap_s)
         self.reset()
 
     # ------------------------------------------------------------------ state
@@ -156,6 +166,8 @@ class Epocher:
         self._have_hold = np.zeros(self.n_channels, bool)
         self.n_epochs = 0
         self.n_nan_samples = 0
+        self.n_gaps = 0  # outages found in the timestamps (filled with NaN rows)
+        self._t_prev = np.nan  # timestamp of the last sample pushed
 
     @property
     def samples_seen(self) -> int:
@@ -246,6 +258,8 @@ class Epocher:
             raise ValueError(
                 f"'chunk' timestamps must have shape ({x.shape[0]},), got {ts.shape}."
             )
+        if ts is not None and x.shape[0]:
+            x, ts = self._fill_gaps(x, ts)
         out: list[Epoch] = []
         n, pos = x.shape[0], 0
         while pos < n:
@@ -260,6 +274,29 @@ class Epocher:
             if take == missing:
                 self._flush(out)
         return out
+
+    def _fill_gaps(self, x: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """NaN rows (stamped on the nominal grid) where the timestamps jump by more than
+        ``gap_s`` past the next sample's time; at most ``window`` rows per gap."""
+        prev = np.concatenate([[self._t_prev], ts[:-1]])
+        with np.errstate(invalid="ignore"):
+            step = ts - prev
+            at = np.flatnonzero(step > 1.0 / self.sfreq + self.gap_s)
+        if np.isfinite(ts[-1]):
+            self._t_prev = float(ts[-1])
+        if at.size == 0:
+            return x, ts
+        xs, tss, begin = [], [], 0
+        for i in at:
+            n_missing = min(int(round(min(step[i] * self.sfreq, self.window + 1.0))) - 1,
+                            self.window)
+            xs += [x[begin:i], np.full((n_missing, x.shape[1]), np.nan, x.dtype)]
+            tss += [ts[begin:i], ts[i] - np.arange(n_missing, 0, -1) / self.sfreq]
+            begin = i
+            self.n_gaps += 1
+            logger.warning("a gap of %.3f s in the timestamps at %.3f: %d NaN rows",
+                           step[i] - 1.0 / self.sfreq, ts[i], n_missing)
+        return np.concatenate(xs + [x[begin:]]), np.concatenate(tss + [ts[begin:]])
 
     def _flush(self, out: list[Epoch]) -> None:
         """Filter the pending samples, write them to the ring, cut the epoch they complete."""

@@ -183,7 +183,8 @@ class _Failing:
         self.n += 1
         if self.n > 3:
             raise ConnectionError("stream vanished")
-        return Chunk(np.zeros((250, 2)), np.arange(250.0), ["a", "b"], SFREQ)
+        return Chunk(np.zeros((250, 2)), self.n - 1 + np.arange(250) / SFREQ, ["a", "b"],
+                     SFREQ)
 
 
 def test_stream_hands_the_reader_error_to_the_consumer():
@@ -272,3 +273,37 @@ def test_a_channel_nan_for_whole_epochs_at_the_start_settles_on_its_first_value(
                 continue
             np.testing.assert_allclose(e.data[3], ref[start - k : start - k + 250, 3],
                                        rtol=1e-7, atol=1e-6)
+
+
+def test_a_gap_in_the_timestamps_is_not_spliced_into_an_epoch(cyton):
+    """A source that does not fill an outage with NaN rows (a Cyton reconnect or a resync
+    after a long loss, an LSL stream that came back) hands its next samples on with
+    timestamps that jump: the epoch across the jump joined the signal before and after
+    it as one (a splice no artifact check is sure to see), and every later epoch's
+    t_start was wrong by the outage. The missing time is now NaN (the gate rejects the
+    epochs that hold it, as for dropped samples); epochs after it are clean and on the
+    timeline."""
+    x = cyton[:2500]
+    gap_s = 3.0
+    a = Chunk(x[:1000], 100.0 + np.arange(1000) / SFREQ, [], SFREQ)
+    b = Chunk(x[1000:], 100.0 + gap_s + np.arange(1000, 2500) / SFREQ, [], SFREQ)
+    ep = Epocher(SFREQ, 8, 1.0, 0.5, sos=SOS)
+    epochs = ep.push_epochs(a) + ep.push_epochs(b)
+    last_before, first_after = 100.0 + 999 / SFREQ, 100.0 + gap_s + 1000 / SFREQ
+    n_nan = 0
+    for e in epochs:
+        end = e.t_start + 1.0 - 1 / SFREQ  # the stamp of its last sample
+        if np.isfinite(e.data).all():  # one side of the gap only
+            assert end <= last_before + 1e-6 or e.t_start >= first_after - 1e-6, e.t_start
+        else:  # the missing time is in it
+            n_nan += 1
+            assert e.t_start < first_after - 1e-6 and end > last_before + 1e-6
+    assert n_nan >= 2 and ep.n_gaps == 1
+    after = [e for e in epochs if e.t_start >= first_after - 1e-6]
+    assert after and all(np.isfinite(e.data).all() for e in after)
+    assert all(np.diff([e.t_start for e in epochs]) > 0)
+    # plain samples (no timestamps) and small jitter are not gaps
+    ep2 = Epocher(SFREQ, 8, 1.0, 0.5, sos=SOS)
+    jit = 100.0 + np.arange(2500) / SFREQ + np.random.default_rng(0).uniform(0, 0.05, 2500)
+    assert all(np.isfinite(e.data).all()
+               for e in ep2.push_epochs(Chunk(x, np.sort(jit), [], SFREQ)))
