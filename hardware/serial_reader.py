@@ -167,11 +167,14 @@ class CytonReader:
         self.close()
 
     def open(self) -> CytonReader:
-        """Open the port and start streaming (steps 1-4 of the module docstring)."""
+        """Open the port and start streaming (steps 1-4 of the module docstring); on an
+        open reader (e.g. entered by an ``EpochStream`` after ``send_command``), nothing."""
         with self._io:  # one thread at a time on the port (see __init__)
             return self._open()
 
     def _open(self) -> CytonReader:
+        if self._ser is not None and not self._closed:
+            return self  # its own session: a second handle would find the port locked
         self._closed = False
         self._lost_at = None
         self._outage_since = None

@@ -43,7 +43,7 @@ from hypothesis import strategies as st
 
 from nacf_core.hardware.cyton import decode_packets_numpy, encode_packets, uv_per_count
 from nacf_core.hardware.framing import Framer
-from nacf_core.hardware.serial_reader import CytonReader, PortLost, SerialSourceError
+from nacf_core.hardware.serial_reader import CytonReader, PortBusy, PortLost, SerialSourceError
 
 FUZZ = settings(max_examples=80, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
@@ -619,3 +619,33 @@ def test_timestamps_go_forward_at_a_resync_inside_a_chunk():
             ts.extend(r.read_chunk(0.05).timestamps)
     assert r.framer.counters.extra["resyncs"] == 1
     assert np.all(np.diff(ts) > 0), np.diff(ts).min()
+
+
+def test_a_reader_opened_before_an_epoch_stream_enters_it_is_not_opened_twice():
+    """Open a reader to set the gains (send_command needs an open port), then hand it to
+    an EpochStream, which enters its source: open() ran the whole session again on a
+    second port handle while the first stayed open; on a real port the exclusive lock
+    then refused the reader its own port ('busy: another program has it open'), as a
+    LslSource or FileSource would never do. open() on an open reader now keeps its
+    session."""
+    from nacf_core.hardware.epoching import Epocher, EpochStream
+
+    counts = np.zeros((600, 8), np.int64)
+    counts[:, 0] = np.arange(600)
+    data = encode_packets(np.arange(600) & 0xFF, counts).tobytes()
+    opened = []
+
+    def open_port():
+        if opened and not opened[-1].dead:
+            raise PortBusy("serial port '/dev/ttyFAKE0' is busy: another program has it")
+        opened.append(FakePort("ok", [data[i:i + 330] for i in range(0, len(data), 330)]))
+        return opened[-1]
+
+    r = CytonReader("/dev/ttyFAKE0", handshake_timeout=0.02, stall_timeout=60)
+    r._open_port = open_port
+    r.open()
+    r.send_command("x1060110X")
+    with EpochStream(r, Epocher(250.0, 8, 1.0), poll_s=0.02) as stream:
+        assert stream.get(5).data.shape == (8, 250)
+    assert len(opened) == 1 and r.counters.reconnects == 0
+    assert not r.connected
