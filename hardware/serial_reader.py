@@ -213,8 +213,10 @@ class CytonReader:
 
         Channel settings are tracked (gain) and replayed after a reconnect: the last
         ``x...X`` of each channel since the last ``d`` (defaults) or ``v`` (soft reset),
-        which undo the ones before them. Returns the board's reply up to ``$$$`` (empty
-        while streaming: the firmware does not answer then).
+        which undo the ones before them. ``c`` and ``C`` (8- and 16-channel mode) are
+        refused with a ``ValueError``: the mode is the reader's (``daisy``). Returns the
+        board's reply up to ``$$$`` (empty while streaming: the firmware does not answer
+        then).
         """
         with self._io:  # one thread at a time on the port (see __init__)
             return self._send_command(command)
@@ -228,6 +230,14 @@ class CytonReader:
             )
         probe = GainTracker(self.n_channels)
         probe.apply(command)  # raises ValueError on a malformed x...X command
+        mode = {"c", "C"} & set(_X_COMMAND.sub("", command))
+        if mode:
+            raise ValueError(
+                f"'command' {command!r} contains {sorted(mode)[0]!r}, which changes the board's "
+                f"channel mode ('c': 8 channels, 'C': 16 with a Daisy); this reader decodes "
+                f"{self.n_channels} channels, as its source says: open cyton:PORT or "
+                f"cyton-daisy:PORT instead."
+            )
         if self._ser is None:
             raise SerialSourceError(f"serial port {self.port!r} is not open.")
         try:

@@ -342,3 +342,23 @@ def test_a_board_switched_off_mid_stream_is_a_port_lost_that_says_why(recording)
                                            r".*board does not.*switched on"):
             while time.monotonic() < end:
                 r.read_chunk(0.2)
+
+
+@pytest.mark.parametrize("daisy, command", [(True, "c"), (False, "C"), (False, "dC")])
+def test_a_command_that_changes_the_channel_mode_is_refused(recording, daisy, command):
+    """'c' (8-channel mode) to a cyton-daisy reader made the board drop its Daisy: every
+    16-channel row was then one Cyton packet as channels 1-8 and the one before it as
+    the Daisy's 9-16, labelled with Daisy electrodes; 'C' to a cyton reader on a board
+    with a Daisy sent the Daisy's channels in every other 'sample' of channels 1-8. No
+    error, no count. Such a command is refused before anything is sent (the reader's
+    mode is its SOURCE's: cyton: or cyton-daisy:), and the stream goes on as it was."""
+    with SimulatedCyton(recording, daisy=True, realtime=False) as sim, \
+            CytonReader(sim.port, daisy=daisy) as r:
+        read_rows(r, 50)
+        sent = list(sim.commands)
+        with pytest.raises(ValueError, match=r"channel mode.*cyton"):
+            r.send_command(command)
+        assert sim.commands == sent
+        assert sim.daisy_attached == daisy
+        x, _ = read_rows(r, 100)
+        assert np.isfinite(x).all()
