@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import termios
 import threading
 import time
@@ -275,8 +276,9 @@ class CytonReader:
             i += 1
 
     # -- reading ----------------------------------------------------------------------
-    def read_chunk(self, timeout: float = 1.0) -> Chunk:
-        """Samples that arrived within ``timeout`` seconds (an empty chunk if none).
+    def read_chunk(self, timeout: float | None = 1.0) -> Chunk:
+        """Samples that arrived within ``timeout`` seconds (an empty chunk if none;
+        ``None``: wait until samples come).
 
         A serial source never ends, so unlike a file source this never returns None.
 
@@ -292,14 +294,25 @@ class CytonReader:
             The port vanished and did not come back within ``reconnect_timeout``.
         RuntimeError
             The reader was closed.
+        ValueError
+            ``timeout`` is not None or a finite number >= 0.
         """
+        if timeout is not None:
+            try:
+                t = float(timeout)
+            except (TypeError, ValueError):
+                t = math.nan
+            if not math.isfinite(t) or t < 0:
+                raise ValueError(
+                    f"'timeout' must be None or a finite number >= 0, got {timeout!r}."
+                )
         with self._io:  # one thread at a time on the port (see __init__)
             return self._read_chunk(timeout)
 
-    def _read_chunk(self, timeout: float) -> Chunk:
+    def _read_chunk(self, timeout: float | None) -> Chunk:
         if self._closed:
             raise RuntimeError(f"read_chunk() on a closed CytonReader ({self.port!r}).")
-        deadline = time.monotonic() + max(0.0, float(timeout))
+        deadline = math.inf if timeout is None else time.monotonic() + float(timeout)
         while True:
             if self._ser is None and not self._try_reconnect(deadline):
                 return self._empty()

@@ -649,3 +649,21 @@ def test_a_reader_opened_before_an_epoch_stream_enters_it_is_not_opened_twice():
         assert stream.get(5).data.shape == (8, 250)
     assert len(opened) == 1 and r.counters.reconnects == 0
     assert not r.connected
+
+
+def test_read_chunk_takes_the_timeouts_every_source_takes():
+    """Every source reads ``read_chunk(timeout)``, ``None`` waiting as long as needed (a
+    FileSource, an LslSource): a CytonReader failed with a TypeError on None, and took a
+    NaN or negative timeout for 0. None now waits for samples; NaN, infinite and
+    negative timeouts are refused naming the parameter, as FileSource refuses them."""
+    counts = np.zeros((50, 8), np.int64)
+    counts[:, 0] = np.arange(50)
+    data = encode_packets(np.arange(50), counts).tobytes()
+    r = CytonReader("/dev/ttyFAKE0", handshake_timeout=0.02, stall_timeout=60)
+    r._open_port = lambda: FakePort("ok", [b"", b"", data])
+    with r:
+        c = r.read_chunk(None)
+        assert c.n_times > 0 and _serial_number(c.samples[0, 0]) == 0
+        for bad in (float("nan"), float("inf"), -1.0):
+            with pytest.raises(ValueError, match="'timeout' must be None or a finite"):
+                r.read_chunk(bad)
