@@ -67,7 +67,7 @@ def board_streams(draw, daisy: bool = False, first_id: int = 0):
     """A damaged byte stream and what it holds.
 
     Returns (data, truth, intact, runs, starts): ``truth`` maps each packet's serial
-    number (its channel 1 count) to (counter, uv (8,), accel (3,)) of the packet as
+    number (channel 1 carries 2 * it + 1) to (counter, uv (8,), accel (3,)) of the packet as
     sent; ``intact`` is the set of serial numbers sent intact at least once (nothing
     overlapping them); ``runs`` lists runs of three intact packets with consecutive
     counters, adjacent in the stream, sent for the first time; ``starts`` the offsets
@@ -76,7 +76,9 @@ def board_streams(draw, daisy: bool = False, first_id: int = 0):
     n = draw(st.integers(1, 70), label="packets")
     c0 = 0 if daisy and draw(st.booleans()) else draw(st.integers(0, 255))
     counts = np.zeros((n, 8), np.int64)
-    counts[:, 0] = first_id + np.arange(n)
+    # channel 1 carries the serial number as 2 * id + 1: odd, so no byte of it is 0xA0,
+    # which the body rewrite below would change (id 160 became 161: a 'duplicate')
+    counts[:, 0] = 2 * (first_id + np.arange(n)) + 1
     raw = np.frombuffer(draw(st.binary(min_size=21 * n, max_size=21 * n)), np.uint8)
     raw = raw.reshape(n, 7, 3).astype(np.int64)
     rest = (raw[:, :, 0] << 16) | (raw[:, :, 1] << 8) | raw[:, :, 2]
@@ -100,8 +102,9 @@ def board_streams(draw, daisy: bool = False, first_id: int = 0):
     # be told from a packet without a checksum: the documented limit)
     body = packets[:, 2:32]
     body[body == 0xA0] = 0xA1
-    cnt, uv, accel = decode_packets_numpy(packets)
-    truth = {int(counts[i, 0]): (int(cnt[i]), uv[i], accel[i]) for i in range(n)}
+    cnt, sent, uv, accel = decode_packets_numpy(packets, return_counts=True)
+    assert np.array_equal(sent[:, 0], counts[:, 0]), "a serial number was rewritten"
+    truth = {first_id + i: (int(cnt[i]), uv[i], accel[i]) for i in range(n)}
     out = bytearray()
     placed = []
     for i in range(n):
@@ -166,6 +169,11 @@ def _serial_number(uv_ch1: float) -> int:
     return int(round(float(uv_ch1) / uv_per_count(24)))
 
 
+def _board_id(uv_ch1: float) -> int:
+    """The serial number ``board_streams`` gave the packet (channel 1: 2 * id + 1)."""
+    return (_serial_number(uv_ch1) - 1) // 2
+
+
 # ----------------------------------------------------------------------------------
 # the framer
 # ----------------------------------------------------------------------------------
@@ -195,7 +203,7 @@ def test_a_damaged_cyton_stream_gives_only_real_samples_and_reports_the_lost_one
     fin = np.isfinite(x).all(axis=1)
     assert (np.isnan(x[~fin])).all(), "a row is either a sample or a dropped one"
     assert np.abs(x[fin]).max(initial=0) <= UV_MAX
-    ids = [_serial_number(v) for v in x[fin, 0]]
+    ids = [_board_id(v) for v in x[fin, 0]]
     # every sample is a packet sent intact, with its exact values, counter and accel
     for row, c, a, sid in zip(x[fin], cnt[fin], acc[fin], ids):
         assert sid in intact, f"packet {sid} was never sent intact, yet delivered"
@@ -211,7 +219,7 @@ def test_a_damaged_cyton_stream_gives_only_real_samples_and_reports_the_lost_one
     rows = np.flatnonzero(fin)
     for a, b in zip(rows, rows[1:]):
         if not newseq[a + 1:b + 1].any():
-            sa, sb = _serial_number(x[a, 0]), _serial_number(x[b, 0])
+            sa, sb = _board_id(x[a, 0]), _board_id(x[b, 0])
             assert b - a - 1 == sb - sa - 1, f"{b - a - 1} NaN rows for {sb - sa - 1} lost"
             assert ((cnt[a + 1:b + 1] - cnt[a:b]) % 256 == 1).all()
     assert f.counters.ok == int(fin.sum()) and f.counters.dropped == int((~fin).sum())
@@ -239,7 +247,7 @@ def test_a_damaged_daisy_stream_pairs_only_real_halves(stream, cuts):
     fin = np.isfinite(x).all(axis=1)
     assert np.isnan(x[~fin]).all()
     assert np.abs(x[fin]).max(initial=0) <= UV_MAX
-    odd_ids = [_serial_number(v) for v in x[fin, 0]]
+    odd_ids = [_board_id(v) for v in x[fin, 0]]
     for row, c, sid in zip(x[fin], cnt[fin], odd_ids):
         # channels 1-8: the odd packet n + 1; 9-16: the even packet n just before it
         assert sid in intact and sid - 1 in intact, (sid, sorted(intact))
@@ -453,7 +461,7 @@ def test_the_serial_source_reads_a_hostile_board_without_inventing_samples(sessi
     assert np.isfinite(ts).all() and (np.diff(ts) > 0).all(), "time went backwards"
     fin = np.isfinite(x).all(axis=1)
     assert np.isnan(x[~fin]).all()
-    ids = [_serial_number(v) for v in x[fin, 0]]
+    ids = [_board_id(v) for v in x[fin, 0]]
     for row, sid in zip(x[fin], ids):
         assert sid in intact
         if daisy:
@@ -667,3 +675,4 @@ def test_read_chunk_takes_the_timeouts_every_source_takes():
         for bad in (float("nan"), float("inf"), -1.0):
             with pytest.raises(ValueError, match="'timeout' must be None or a finite"):
                 r.read_chunk(bad)
+
