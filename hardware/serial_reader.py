@@ -31,7 +31,10 @@ A missing port raises :class:`PortNotFound`, a port held by another process
 :class:`PortBusy`, both naming the port.
 
 Timestamps are the local clock (``time.time()``) at the first sample of each
-sequence (but never before the last stamp handed out: they only go forward), advanced
+sequence (but never before the last stamp handed out: they only go forward, and a
+sequence after a loss starts at least the loss's least length after that stamp: the
+time since the last samples after a restart, ``max_gap + 1`` packets after a resync,
+so the outage shows in the timestamps even when they ran ahead of the clock), advanced
 by ``1 / sfreq`` per sample (NaN rows included) after that.
 """
 
@@ -157,6 +160,8 @@ class CytonReader:
         self._backoff = 0.05
         self._t_anchor = 0.0
         self._t_last = -np.inf  # the last timestamp handed out
+        self._sample_mono = 0.0  # time.monotonic() when samples were last handed out
+        self._restarted = False  # the framer was reset: its next sequence is a restart
         self._k = 0
 
     # -- lifecycle -------------------------------------------------------------------
@@ -259,6 +264,7 @@ class CytonReader:
                 f"serial port {self.port!r} went away while sending {command!r}: {exc}"
             ) from None
         self.framer.reset()
+        self._restarted = True
         return reply
 
     def _remember_settings(self, command: str) -> None:
@@ -350,7 +356,7 @@ class CytonReader:
         n = frames.n_times
         starts = np.flatnonzero(frames.new_sequence)
         ts = np.empty(n, np.float64)
-        now = time.time()
+        now, mono = time.time(), time.monotonic()
         begin = 0
         t_last = self._t_last  # the last stamp handed out, this chunk's rows included
         for s in list(starts) + [n]:
@@ -362,12 +368,20 @@ class CytonReader:
                 # the local clock, but after the last stamp handed out: stamps counted
                 # on at the nominal rate run ahead of the clock when samples came faster
                 # (a board whose crystal is fast, a backlog read at once), and time
-                # must not go back at a new sequence
+                # must not go back at a new sequence; nor may the outage before it
+                # vanish: it lasted at least the time since the last samples (a restart:
+                # reconnect, stall, command) or max_gap + 1 packets (a resync)
+                if self._restarted:
+                    self._restarted = False
+                    floor = max(0.0, mono - self._sample_mono - (n - s) / self.sfreq)
+                else:
+                    floor = (self.framer.max_gap + 1) / SAMPLE_RATE
                 self._t_anchor = max(now - (n - 1 - s) / self.sfreq,
-                                     t_last + 1.0 / self.sfreq)
+                                     t_last + 1.0 / self.sfreq + floor)
                 self._k = 0
             begin = s
         self._t_last = float(ts[-1])
+        self._sample_mono = mono
         return Chunk(frames.samples, ts, list(self.ch_names), self.sfreq)
 
     # -- connection -------------------------------------------------------------------
@@ -443,6 +457,7 @@ class CytonReader:
                 ) from None
             raise
         self.framer.reset()
+        self._restarted = True
         logger.info("cyton session on %s: %s", self.port, self.banner.strip().replace("\n", "; "))
 
     def _detach_daisy(self, banner: str) -> None:

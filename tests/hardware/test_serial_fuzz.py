@@ -41,6 +41,7 @@ import serial
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from nacf_core.hardware.base import Chunk
 from nacf_core.hardware.cyton import decode_packets_numpy, encode_packets, uv_per_count
 from nacf_core.hardware.framing import Framer
 from nacf_core.hardware.serial_reader import CytonReader, PortBusy, PortLost, SerialSourceError
@@ -676,3 +677,49 @@ def test_read_chunk_takes_the_timeouts_every_source_takes():
             with pytest.raises(ValueError, match="'timeout' must be None or a finite"):
                 r.read_chunk(bad)
 
+
+def test_an_outage_shows_in_the_timestamps_when_they_ran_ahead_of_the_clock():
+    """Stamps count on at the nominal rate; a board whose clock runs fast (the ADS1299's
+    oscillator is good to about 0.5 %: 18 s an hour) puts them ahead of the local clock,
+    and the next sequence was anchored just after the last stamp: the reconnect's
+    outage (or the 128+ packets a resync lost) left no step in the timestamps, so no
+    consumer (Epocher, a recording's timestamp column) could see the gap. A new sequence
+    now starts at least the outage after the last stamp: the time since the last
+    samples for a restart, (max_gap + 1) packets for a resync."""
+    from nacf_core.hardware.epoching import Epocher
+
+    def stream(first_id, counters):
+        counts = np.zeros((len(counters), 8), np.int64)
+        counts[:, 0] = first_id + np.arange(len(counters))
+        return encode_packets(np.asarray(counters) & 0xFF, counts).tobytes()
+
+    # 10 s of samples at once (ahead of the clock), a resync after 200 lost counters,
+    # then the port fails and comes back 0.4 s later with a new sequence, 5 packets a read
+    # (its first samples may have been taken up to 5 / 250 s before they were read)
+    ports = [FakePort("ok", [stream(0, np.arange(2500)),
+                             stream(5000, np.arange(2700, 2800)), "serial"]),
+             FakePort("ok", [stream(9000 + k, np.arange(k, k + 5)) for k in range(0, 100, 5)])]
+
+    def open_port():
+        if len(ports) == 1:
+            time.sleep(0.4)
+        return ports.pop(0)
+
+    r = CytonReader("/dev/ttyFAKE0", handshake_timeout=0.02, stall_timeout=60)
+    r._open_port = open_port
+    ts, ids = [], []
+    with r:
+        while len(ts) < 2500 + 100 + 98:
+            c = r.read_chunk(0.05)
+            ts.extend(c.timestamps)
+            ids.extend(_serial_number(v) for v in c.samples[:, 0])
+    ts, ids = np.array(ts), np.array(ids)
+    assert r.counters.reconnects == 1 and r.framer.counters.extra["resyncs"] == 1
+    step = np.diff(ts)
+    resync, restart = np.flatnonzero(ids == 5000)[0], np.flatnonzero(ids == 9000)[0]
+    assert step[resync - 1] >= 128 / 250 and step[restart - 1] >= 0.4 - 5 / 250
+    others = np.delete(step, [resync - 1, restart - 1])
+    np.testing.assert_allclose(others, 1 / 250, atol=1e-6)
+    ep = Epocher(250.0, 8, 1.0)  # the gaps are seen downstream
+    ep.push_epochs(Chunk(np.zeros((len(ts), 8), np.float32), ts, [], 250.0))
+    assert ep.n_gaps == 2
