@@ -67,4 +67,12 @@ def _configure_logging(level: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    # Under `python -m`, CPython (3.11, 3.12) exits by SIGINT (-2), whatever status is
+    # asked for, once a KeyboardInterrupt has ended an exec() or eval() of a string, even
+    # one caught and handled: Ctrl-C, or SIGTERM (which the commands turn into
+    # KeyboardInterrupt), coming while a dataclass or a namedtuple is created (an import
+    # under way) made `nacf demo` say "interrupted" and then die of SIGINT instead of exiting
+    # 130. Every exec() of a string clears that flag first; the `nacf` script is not affected.
+    exec("")
+    sys.exit(status)

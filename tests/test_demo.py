@@ -177,3 +177,31 @@ def test_a_headset_lost_while_streaming_says_so_and_stops_the_server(tmp_path, a
     assert "DEADLINE_EXCEEDED" not in proc.stderr
     assert "nacf demo: stopped cleanly" in proc.stdout
     assert sorted(os.listdir(tmp)) == []
+
+
+def test_sigterm_inside_an_exec_of_a_string_still_exits_130(tmp_path):
+    # the SIGTERM test once ended by SIGINT (-2) after "interrupted": right after the
+    # "== authentication" line the demo imports the client and the serial reader, whose
+    # dataclasses exec() strings, and under `python -m` CPython exits by SIGINT, whatever
+    # status was asked for, once a KeyboardInterrupt (the demo's SIGTERM handler raises
+    # one) ended an exec() of a string, even one caught and handled. Here the signal comes
+    # while such an exec() runs, every time
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "from nacf_core.commands import demo\n"
+        "def _run_demo(*args, **kwargs):\n"
+        "    exec('import os, signal, time\\nos.kill(os.getpid(), signal.SIGTERM)\\n'\n"
+        "         'for _ in range(500):\\n    time.sleep(0.01)\\n', {})\n"
+        "    raise AssertionError('SIGTERM did not interrupt the demo')\n"
+        "demo._run_demo = _run_demo\n")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = dict(os.environ, NACF_KERNEL_BACKEND="cython", TMPDIR=str(tmp),
+               PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "nacf_core.cli", "--log-level", "WARNING", "demo",
+         "--people", "2"], capture_output=True, text=True, timeout=240, env=env)
+    assert "nacf demo: interrupted" in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == 130, (proc.returncode, proc.stderr[-2000:])
+    assert sorted(os.listdir(tmp)) == []
