@@ -205,3 +205,29 @@ def test_sigterm_inside_an_exec_of_a_string_still_exits_130(tmp_path):
     assert "nacf demo: interrupted" in proc.stderr, proc.stderr[-2000:]
     assert proc.returncode == 130, (proc.returncode, proc.stderr[-2000:])
     assert sorted(os.listdir(tmp)) == []
+
+
+def test_demo_whose_output_is_closed_stops_the_server_without_a_traceback(tmp_path):
+    # `nacf demo | head -1`: the next line met a closed pipe; the BrokenPipeError (an
+    # OSError) was reported as "the simulated headset failed: [Errno 32] Broken pipe",
+    # and "stopped cleanly" then ended the demo with a traceback
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = dict(os.environ, NACF_KERNEL_BACKEND="cython", TMPDIR=str(tmp))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nacf_core.cli", "--log-level", "WARNING", "demo",
+         "--people", "2", "--speed", "10"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout.readline().startswith("nacf demo: server on ")
+        proc.stdout.close()  # what `head -1` does once it has its line
+        err = proc.stderr.read()
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "Traceback" not in err and "Broken pipe" not in err, err[-3000:]
+    assert "headset failed" not in err, err[-2000:]
+    assert proc.returncode == 128 + signal.SIGPIPE, (proc.returncode, err[-2000:])
+    assert sorted(os.listdir(tmp)) == []

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -96,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
         print("nacf demo: interrupted; the server was stopped and its temporary store "
               "removed.", file=sys.stderr)
         return 130
+    except _OutputClosed:  # as a program killed by SIGPIPE, which Python ignores
+        return 128 + signal.SIGPIPE
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, old_term)
@@ -129,10 +132,11 @@ def _serve_demo(args: argparse.Namespace, people) -> int:
             return 2
         metrics_url = f"{server.sidecar.url}/metrics" if server.sidecar else "(no sidecar)"
         out = _Printer()
-        out(f"nacf demo: server on {server.address} (SQLite in {tmp}), "
-            f"model {server.service.model_version}, metrics {metrics_url}")
-        channel = grpc.insecure_channel(server.address)
-        try:
+        channel = None
+        try:  # from here on the server is stopped, whatever ends the demo
+            out(f"nacf demo: server on {server.address} (SQLite in {tmp}), "
+                f"model {server.service.model_version}, metrics {metrics_url}")
+            channel = grpc.insecure_channel(server.address)
             ok = _run_demo(grpc, channel, api_key, people, args.speed, out)
             out(f"metrics: {metrics_url}")
             if args.keep_running > 0:
@@ -148,15 +152,28 @@ def _serve_demo(args: argparse.Namespace, people) -> int:
             print(f"nacf demo: the simulated headset failed: {e}", file=sys.stderr)
             ok = False
         finally:
-            channel.close()
+            if channel is not None:
+                channel.close()
             server.stop(grace=5.0)
         out("nacf demo: stopped cleanly")
         return 0 if ok else 1
 
 
+class _OutputClosed(Exception):
+    """The demo's standard output was closed by its reader (``nacf demo | head``)."""
+
+
 class _Printer:
     def __call__(self, line: str) -> None:
-        print(line, flush=True)
+        try:
+            print(line, flush=True)
+        except BrokenPipeError:
+            # nothing more can be shown: the demo stops (the server, its files), and what
+            # is still buffered goes to /dev/null, not to a second BrokenPipeError at exit
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+            raise _OutputClosed from None
 
 
 def _run_demo(grpc, channel, api_key: str, people, speed: float, out) -> bool:
