@@ -377,6 +377,7 @@ def _register_device(args: argparse.Namespace, stub, md) -> int:
     from nacf_core._proto.nacf.v1 import auth_pb2 as pb
     from nacf_core.config import CompleteOrNothing
 
+    _not_read_here(args, "--secret-file", "the device secret", ("--api-key-file",))
     if os.path.isdir(args.secret_file):  # not "exists ... or --rotate": neither would do
         raise IsADirectoryError(f"--secret-file {args.secret_file!r} is a directory, not a "
                                 "file name.")
@@ -513,6 +514,22 @@ def _interrupts_held(note: str, again: bool = False) -> Iterator[list[int]]:
             signal.signal(s, h)
 
 
+def _not_read_here(args: argparse.Namespace, option: str, what: str,
+                   inputs: tuple[str, ...]) -> None:
+    """``ValueError`` when the file ``option`` writes is one of the files ``inputs`` this
+    run reads (a key, a secret shown once): ``what`` would replace what it holds."""
+    path = getattr(args, option[2:].replace("-", "_"))
+    for other in inputs:
+        given = getattr(args, other[2:].replace("-", "_"), None)
+        try:
+            same = given is not None and os.path.samefile(path, given)
+        except (OSError, ValueError):  # one of them is not there (or no name at all)
+            same = False
+        if same:
+            raise ValueError(f"{option} {path!r} is the {other}: {what} would replace what "
+                             "it holds; give another file.")
+
+
 def _when(unix: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix)) if unix > 0 else "-"
 
@@ -526,6 +543,9 @@ def _authenticate(args: argparse.Namespace, stub, md) -> int:
             raise ValueError("--secret-file needs --device-id (the proof signs the headset's "
                              "id).")
         secret = _read_small(args.secret_file, "--secret-file")
+    if args.token_file is not None:
+        _not_read_here(args, "--token-file", "the session token",
+                       ("--secret-file", "--api-key-file"))
     # the token file is prepared before the call: one that cannot be written stops this
     # before a session opens (not after, with the session open and its token lost)
     token = (CompleteOrNothing(args.token_file, what="--token-file", mode=0o600)

@@ -1100,3 +1100,55 @@ def test_register_device_to_a_directory_says_it_is_one(server, enrolled, tmp_pat
     err = capsys.readouterr().err
     assert f"--secret-file {str(tmp_path)!r} is a directory, not a file name" in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("same_as", ["--secret-file", "--api-key-file"])
+def test_a_token_file_that_is_the_secret_or_key_file_is_refused_before_any_call(
+        server, enrolled, tmp_path, capsys, same_as):
+    # `--token-file` naming the secret file (or the API key file) replaced the headset's
+    # secret, which the server shows once, with the session token on an accept: the
+    # headset could never authenticate again until an admin rotated its secret
+    import shutil
+
+    from nacf_core._proto.nacf.v1 import auth_pb2 as pb
+
+    md = (("x-api-key", KEY),)
+    secret = tmp_path / "S021.secret"
+    shutil.copy(enrolled["S021"], secret)
+    key = tmp_path / "key"
+    key.write_text(KEY + "\n")
+    for f in (secret, key):
+        f.chmod(0o600)
+    kept = {f: f.read_text() for f in (secret, key)}
+    token = secret if same_as == "--secret-file" else key
+    before = server_stub(server).GetStats(pb.GetStatsRequest(), metadata=md)
+    start = 0 if same_as == "--secret-file" else 20  # (a probe seen before is a replay)
+    probe = _piece(tmp_path, "t", [("S021R07", start, start + 20)])
+    capsys.readouterr()
+    assert client(server, "authenticate", "--api-key-file", str(key), "--user", "S021",
+                  "--device-id", "hs-S021", "--secret-file", str(secret),
+                  "--source", source(probe), "--token-file", str(token), key=None) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "", captured.out
+    assert (f"--token-file {str(token)!r} is the {same_as}: the session token would "
+            "replace what it holds; give another file.") in captured.err, captured.err
+    assert {f: f.read_text() for f in (secret, key)} == kept
+    after = server_stub(server).GetStats(pb.GetStatsRequest(), metadata=md)
+    assert after.auth_attempts_today == before.auth_attempts_today
+
+
+def test_register_device_refuses_a_secret_file_that_is_the_api_key_file(
+        server, enrolled, tmp_path, capsys):
+    # with --rotate, the API key file named as --secret-file was replaced by the secret
+    key = tmp_path / "key"
+    key.write_text(KEY + "\n")
+    key.chmod(0o600)
+    capsys.readouterr()
+    assert client(server, "register-device", "--api-key-file", str(key), "--user", "S022",
+                  "--device-id", "hs-S022-b", "--secret-file", str(key), "--rotate",
+                  key=None) == 2
+    captured = capsys.readouterr()
+    assert (f"--secret-file {str(key)!r} is the --api-key-file: the device secret would "
+            "replace what it holds; give another file.") in captured.err, captured.err
+    assert key.read_text() == KEY + "\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["key"]
