@@ -283,6 +283,11 @@ def run(args: argparse.Namespace) -> int:
             stub = pbg.AuthServiceStub(channel)
             return _ACTIONS[args.action](args, stub, md)
     except grpc.RpcError as e:
+        if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED and e.details() == "Deadline Exceeded":
+            # gRPC's own words for the deadline this client set (the server's say why)
+            print(f"nacf client {args.action}: no answer within --timeout {args.timeout:g} s "
+                  "(DEADLINE_EXCEEDED); give a longer --timeout.", file=sys.stderr)
+            return 2
         print(f"nacf client {args.action}: the server answered {e.code().name}: "
               f"{e.details()}", file=sys.stderr)
         return 2

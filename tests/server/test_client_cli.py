@@ -1152,3 +1152,18 @@ def test_register_device_refuses_a_secret_file_that_is_the_api_key_file(
             "replace what it holds; give another file.") in captured.err, captured.err
     assert key.read_text() == KEY + "\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["key"]
+
+
+def test_the_clients_own_deadline_is_said_as_its_timeout_not_as_the_servers_answer(
+        server, enrolled, tmp_path, capsys):
+    # --timeout passed while the source was still streaming: "the server answered
+    # DEADLINE_EXCEEDED: Deadline Exceeded", as if the server had refused the call
+    probe = _piece(tmp_path, "d", [("S022R07", 30, 50)])
+    capsys.readouterr()
+    assert client(server, "authenticate", "--user", "S022", "--device-id", "hs-S022",
+                  "--secret-file", enrolled["S022"], "--source", source(probe, speed=1),
+                  "--timeout", "1") == 2
+    err = capsys.readouterr().err
+    assert "the server answered" not in err, err
+    assert ("nacf client authenticate: no answer within --timeout 1 s (DEADLINE_EXCEEDED); "
+            "give a longer --timeout.") in err, err
