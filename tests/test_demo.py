@@ -231,3 +231,18 @@ def test_demo_whose_output_is_closed_stops_the_server_without_a_traceback(tmp_pa
     assert "headset failed" not in err, err[-2000:]
     assert proc.returncode == 128 + signal.SIGPIPE, (proc.returncode, err[-2000:])
     assert sorted(os.listdir(tmp)) == []
+
+
+def test_demo_on_an_address_that_is_not_loopback_names_its_own_option(tmp_path):
+    # the refusal of plaintext gRPC off loopback told the demo's user to "set tls_cert_file
+    # and tls_key_file", options of nacf serve that nacf demo does not have
+    env = dict(os.environ, NACF_KERNEL_BACKEND="cython", TMPDIR=str(tmp_path))
+    proc = subprocess.run(
+        [sys.executable, "-m", "nacf_core.cli", "--log-level", "WARNING", "demo",
+         "--people", "2", "--grpc-address", "0.0.0.0:0"],
+        capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "tls_cert_file" not in proc.stderr and "Traceback" not in proc.stderr
+    assert ("nacf demo: '--grpc-address' must be a loopback address (the demo serves "
+            "plaintext gRPC: it has no TLS), got '0.0.0.0:0'." in proc.stderr), proc.stderr
+    assert os.listdir(tmp_path) == []

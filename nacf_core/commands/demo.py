@@ -37,7 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--speed", type=float, default=4.0, metavar="X",
                    help="pace of the simulated headset, 1 = real time (1-50, default 4)")
     p.add_argument("--grpc-address", type=address(), default="127.0.0.1:0", metavar="HOST:PORT",
-                   help="gRPC address of the demo server (default: a free loopback port)")
+                   help="gRPC address of the demo server, on loopback (default: a free "
+                        "loopback port)")
     p.add_argument("--metrics-address", type=address(allow_empty=True),
                    default="127.0.0.1:0", metavar="HOST:PORT",
                    help="metrics/health sidecar address (default: a free loopback port; "
@@ -63,7 +64,8 @@ def demo_people(n: int) -> list[tuple[str, Path, Path]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nacf_core.server.app import limit_threads
+    from nacf_core.config import parse_address
+    from nacf_core.server.app import is_loopback, limit_threads
 
     limit_threads()
     import logging
@@ -77,6 +79,9 @@ def run(args: argparse.Namespace) -> int:
         # headset sends nothing; the demo failed after minutes instead of at once
         if not (1 <= args.speed <= 50):
             raise ValueError(f"'--speed' must be in [1, 50], got {args.speed}.")
+        if not is_loopback(parse_address("grpc_address", args.grpc_address)[0]):
+            raise ValueError(f"'--grpc-address' must be a loopback address (the demo serves "
+                             f"plaintext gRPC: it has no TLS), got {args.grpc_address!r}.")
     except (ValueError, FileNotFoundError) as e:
         print(f"nacf demo: {e}", file=sys.stderr)
         return 2
