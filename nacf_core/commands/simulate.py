@@ -84,6 +84,28 @@ def run(args: argparse.Namespace) -> int:
                       file=sys.stderr)
                 return 2
         return _run_lsl(args, recording, speed)
+    return _run_pty(args, recording, speed, path)
+
+
+def _run_pty(args: argparse.Namespace, recording, speed: float, path: Path) -> int:
+    import signal
+    import threading
+
+    def _term(signum, frame):  # SIGTERM: leave the with-block, remove the port cleanly
+        raise KeyboardInterrupt
+
+    # from before the port exists: a SIGTERM once it is made (a script that stops this as
+    # soon as it has read the port) removes it too
+    main_thread = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGTERM, _term) if main_thread else None
+    try:
+        return _serve_pty(args, recording, speed, path)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, old)
+
+
+def _serve_pty(args: argparse.Namespace, recording, speed: float, path: Path) -> int:
     from nacf_core.hardware.simulator import Faults, SimulatedCyton
 
     try:
@@ -104,14 +126,20 @@ def run(args: argparse.Namespace) -> int:
         print(f"nacf simulate: cannot create the port {sim.port!r}: "
               f"{exc.strerror or exc}.", file=sys.stderr)
         return 2
+    except BaseException:  # Ctrl-C, SIGTERM: the port goes with it
+        sim.close()
+        raise
     with sim:
-        print(sim.port, flush=True)
-        print(
-            f"# simulated {'Cyton+Daisy' if args.daisy else 'Cyton'} from {path.name}: "
-            f"channels {','.join(sim.ch_names)} at {sim.sfreq:g} Hz",
-            file=sys.stderr, flush=True,
-        )
-        _wait(args.seconds)
+        try:  # from the port's line on, Ctrl-C or SIGTERM is the simulation's end
+            print(sim.port, flush=True)
+            print(
+                f"# simulated {'Cyton+Daisy' if args.daisy else 'Cyton'} from {path.name}: "
+                f"channels {','.join(sim.ch_names)} at {sim.sfreq:g} Hz",
+                file=sys.stderr, flush=True,
+            )
+            _wait(args.seconds)
+        except KeyboardInterrupt:
+            pass
         print(f"# stats: {sim.stats}", file=sys.stderr)
     return 0
 
@@ -137,15 +165,6 @@ def _run_lsl(args: argparse.Namespace, recording, speed: float) -> int:
 
 
 def _wait(seconds: float | None) -> None:
-    import signal
-
-    def _term(signum, frame):  # SIGTERM: leave the with-block, remove the port cleanly
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _term)
     end = None if seconds is None else time.monotonic() + seconds
-    try:
-        while end is None or time.monotonic() < end:
-            time.sleep(0.2 if end is None else max(0.0, min(0.2, end - time.monotonic())))
-    except KeyboardInterrupt:
-        pass
+    while end is None or time.monotonic() < end:
+        time.sleep(0.2 if end is None else max(0.0, min(0.2, end - time.monotonic())))

@@ -311,3 +311,33 @@ def test_a_recording_without_the_montage_says_which_electrodes_are_sent_under_it
     with caplog.at_level("WARNING", logger="nacf.hardware.simulator"):
         prepare_signal(rec, 8, 250.0)  # no electrode: nothing is sent as another
     assert not any("is sent as" in r.getMessage() for r in caplog.records)
+
+
+def test_simulate_stopped_by_sigterm_once_its_port_exists_removes_it(tmp_path):
+    # `nacf simulate` took SIGTERM as its end (the port removed) only once it waited:
+    # a SIGTERM right after the port was made, or printed (a script that kills it once it
+    # has read the port), killed it with the port's folder left in TMPDIR. Here SIGTERM
+    # comes as soon as the port exists, every time
+    import subprocess
+    import sys
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import os, signal\n"
+        "from nacf_core.hardware.simulator import SimulatedCyton\n"
+        "start = SimulatedCyton.start\n"
+        "def start_then_sigterm(self):\n"
+        "    start(self)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "SimulatedCyton.start = start_then_sigterm\n")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = dict(os.environ, TMPDIR=str(tmp),
+               PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-m", "nacf_core.cli", "--log-level", "WARNING",
+                           "simulate", "--seconds", "30"],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 130, (proc.returncode, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert sorted(os.listdir(tmp)) == []
