@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
 
 from nacf_core import __version__
@@ -55,6 +56,15 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        from nacf_core.commands._args import stdout_reader_gone, stdout_to_devnull
+
+        if not stdout_reader_gone():  # another pipe: an error of the command's own
+            raise
+        # the output's reader went away (`nacf kernels info | head -1`): nothing more can
+        # be shown; the end of a program that SIGPIPE ends (Python ignores SIGPIPE)
+        stdout_to_devnull()
+        return 128 + signal.SIGPIPE
 
 
 def _configure_logging(level: str) -> None:

@@ -929,3 +929,22 @@ def test_a_store_in_a_directory_that_cannot_be_written_is_named(tmp_path):
     assert r.returncode == 1, r.stderr
     assert (f"its directory {str(data)!r} cannot be written: SQLite keeps its -wal and "
             "-shm files beside the database") in r.stderr, r.stderr
+
+
+# ----------------------------------------------------------------------- output closed
+def test_output_closed_by_its_reader_ends_without_a_traceback(tmp_path):
+    # `nacf kernels info | head -1`: the next line met a closed pipe and the command ended
+    # with a BrokenPipeError traceback (and another at exit, flushing what was buffered)
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "nacf_core.cli", "--log-level", "WARNING",
+                             "kernels", "info"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # its reader went away before the first line
+    err = proc.stderr.read()
+    proc.wait(timeout=120)
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err[-3000:]
+    assert "Exception ignored" not in err, err[-3000:]
+    assert proc.returncode == 128 + signal.SIGPIPE, (proc.returncode, err[-2000:])

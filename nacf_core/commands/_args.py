@@ -1,6 +1,7 @@
 """Argument types for the subcommands' parsers: a wrong value is an argparse error that
 names the option and says what was expected (``nacf demo: error: argument
---keep-running: expected a finite number >= 0, got '-1'``), never a traceback."""
+--keep-running: expected a finite number >= 0, got '-1'``), never a traceback; and what
+the commands do when their output's reader goes away (``nacf ... | head -1``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import math
 from collections.abc import Callable
 
 __all__ = ["address", "channel_list", "check_not_an_input", "check_output_path",
-           "finite_float", "int_range", "metadata_value", "non_empty"]
+           "finite_float", "int_range", "metadata_value", "non_empty", "stdout_reader_gone",
+           "stdout_to_devnull"]
 
 
 def finite_float(lo: float | None = None, hi: float | None = None, *,
@@ -175,3 +177,32 @@ def check_not_an_input(option: str, path: str | None, manifest, rows) -> None:
         if real == os.path.realpath(r.path):
             raise ValueError(f"{option} {path!r} is the recording {r.recording!r} of subject "
                              f"{r.subject} in the manifest; write the output elsewhere.")
+
+
+def stdout_reader_gone() -> bool:
+    """Whether standard output is a pipe (or socket) whose reader has gone away (``nacf ...
+    | head -1`` once ``head`` has its line), as ``poll`` reports it: an error on the
+    descriptor, not a full pipe."""
+    import select
+    import sys
+
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poll.poll(0))
+    except (OSError, ValueError, AttributeError):  # no descriptor (captured), no poll
+        return False
+
+
+def stdout_to_devnull() -> None:
+    """Point standard output at /dev/null: what is still buffered for a reader that has
+    gone away is dropped there, not raised again as BrokenPipeError when Python flushes
+    it at exit (the recipe of Python's ``signal`` documentation, on SIGPIPE)."""
+    import os
+    import sys
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)

@@ -16,12 +16,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
-from nacf_core.commands._args import address, finite_float
+from nacf_core.commands._args import address, finite_float, stdout_to_devnull
 
 __all__ = ["register", "run", "demo_people"]
 
@@ -173,11 +172,8 @@ class _Printer:
         try:
             print(line, flush=True)
         except BrokenPipeError:
-            # nothing more can be shown: the demo stops (the server, its files), and what
-            # is still buffered goes to /dev/null, not to a second BrokenPipeError at exit
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            os.close(devnull)
+            # nothing more can be shown: the demo stops (the server, its files)
+            stdout_to_devnull()
             raise _OutputClosed from None
 
 
