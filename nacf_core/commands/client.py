@@ -22,7 +22,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from nacf_core.commands._args import address, finite_float, metadata_value, non_empty
+from nacf_core.commands._args import (address, finite_float, metadata_value, non_empty,
+                                      stdout_reader_gone)
 
 __all__ = ["register", "run"]
 
@@ -292,6 +293,8 @@ def run(args: argparse.Namespace) -> int:
               f"{e.details()}", file=sys.stderr)
         return 2
     except (ValueError, TypeError, OSError, NacfError, TimeoutError) as e:
+        if isinstance(e, BrokenPipeError) and stdout_reader_gone():
+            raise  # the output's reader went away: main() ends this as SIGPIPE would
         print(f"nacf client {args.action}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1167,3 +1167,21 @@ def test_the_clients_own_deadline_is_said_as_its_timeout_not_as_the_servers_answ
     assert "the server answered" not in err, err
     assert ("nacf client authenticate: no answer within --timeout 1 s (DEADLINE_EXCEEDED); "
             "give a longer --timeout.") in err, err
+
+
+def test_output_closed_by_its_reader_ends_as_sigpipe_would(server, enrolled, tmp_path):
+    # `nacf client enroll ... | head -0`: "nacf client enroll: [Errno 32] Broken pipe",
+    # exit 2, as if the call had failed; the user was enrolled all the same
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nacf_core.cli", "client", "enroll", "--server",
+         server.address, "--api-key-file", _key_file(KEY), "--user", "piped", "--source",
+         source(demo("S023R03"))], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # its reader went away before the line
+    err = proc.stderr.read()
+    proc.wait(timeout=120)
+    assert "Broken pipe" not in err and "Traceback" not in err, err[-2000:]
+    assert proc.returncode == 128 + signal.SIGPIPE, (proc.returncode, err[-2000:])
