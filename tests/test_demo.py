@@ -246,3 +246,35 @@ def test_demo_on_an_address_that_is_not_loopback_names_its_own_option(tmp_path):
     assert ("nacf demo: '--grpc-address' must be a loopback address (the demo serves "
             "plaintext gRPC: it has no TLS), got '0.0.0.0:0'." in proc.stderr), proc.stderr
     assert os.listdir(tmp_path) == []
+
+
+def test_sigterm_while_the_server_stops_lets_it_stop(tmp_path):
+    # a SIGTERM (or Ctrl-C) that came while the demo stopped its server interrupted the
+    # stop half way: grpc's serving thread then failed with a traceback ("ValueError:
+    # server must be started and not shutting down"). Here it comes inside the stop
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import os, signal, sys, time\n"
+        "from nacf_core.commands import demo\n"
+        "from nacf_core.server.app import NacfServer\n"
+        "demo._run_demo = lambda *args, **kwargs: True\n"
+        "stop = NacfServer.stop\n"
+        "def stop_under_sigterm(self, *args, **kwargs):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(0.5)\n"
+        "    stop(self, *args, **kwargs)\n"
+        "    print('server stopped', file=sys.stderr, flush=True)\n"
+        "NacfServer.stop = stop_under_sigterm\n")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = dict(os.environ, NACF_KERNEL_BACKEND="cython", TMPDIR=str(tmp),
+               PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "nacf_core.cli", "--log-level", "WARNING", "demo",
+         "--people", "2"], capture_output=True, text=True, timeout=240, env=env)
+    assert "server stopped" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "nacf demo: interrupted" in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == 130, (proc.returncode, proc.stderr[-2000:])
+    assert sorted(os.listdir(tmp)) == []

@@ -24,6 +24,7 @@ from typing import Any
 
 from nacf_core.commands._args import (address, finite_float, metadata_value, non_empty,
                                       stdout_reader_gone)
+from nacf_core.commands._signals import interrupts_held
 
 __all__ = ["register", "run"]
 
@@ -327,7 +328,7 @@ def _enroll(args: argparse.Namespace, stub, md) -> int:
         req = enroll_request(args.user, blocks, args.seconds, update=args.update)
     # once the call is sent the server enrolls the user whatever becomes of the call: a
     # first interrupt waits for its answer, a second stops at once and says what to check
-    with _interrupts_held(f"nacf client enroll: waiting for the server's answer to Enroll "
+    with interrupts_held(f"nacf client enroll: waiting for the server's answer to Enroll "
                           f"(it enrolls {args.user!r} all the same once it has the signal); "
                           "Ctrl-C again to stop now.", again=True) as held:
         if held:  # before the call: nothing was sent
@@ -400,7 +401,7 @@ def _register_device(args: argparse.Namespace, stub, md) -> int:
         # interrupt once the call is sent waits for the secret to be in the file (the
         # server binds the headset all the same: a secret dropped would leave it bound to
         # one nobody holds)
-        with _interrupts_held(f"nacf client register-device: stopping once the secret is "
+        with interrupts_held(f"nacf client register-device: stopping once the secret is "
                               f"in {args.secret_file} (the server issues it all the "
                               "same).") as held, \
                 CompleteOrNothing(args.secret_file, what="--secret-file", mode=0o600) as fh:
@@ -492,34 +493,6 @@ def _reserved(path: str, rotate: bool) -> Iterator[list[os.stat_result]]:
                     os.unlink(path)
             except OSError:
                 pass
-
-
-@contextlib.contextmanager
-def _interrupts_held(note: str, again: bool = False) -> Iterator[list[int]]:
-    """SIGINT and SIGTERM held back until the block ends (the main thread's only): the
-    signals that came are in the list, ``note`` is said at the first; with ``again``, a
-    second one raises ``KeyboardInterrupt`` where the block is."""
-    import signal
-    import threading
-
-    held: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield held
-        return
-
-    def hold(signum, frame):
-        if not held:
-            print(note, file=sys.stderr, flush=True)
-        held.append(signum)
-        if again and len(held) > 1:
-            raise KeyboardInterrupt
-
-    old = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield held
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 def _not_read_here(args: argparse.Namespace, option: str, what: str,

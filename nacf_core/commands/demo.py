@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from nacf_core.commands._args import address, finite_float, stdout_to_devnull
+from nacf_core.commands._signals import interrupts_held
 
 __all__ = ["register", "run", "demo_people"]
 
@@ -156,9 +157,14 @@ def _serve_demo(args: argparse.Namespace, people) -> int:
             print(f"nacf demo: the simulated headset failed: {e}", file=sys.stderr)
             ok = False
         finally:
-            if channel is not None:
-                channel.close()
-            server.stop(grace=5.0)
+            # a Ctrl-C or SIGTERM now waits for the server to stop: one that cut the stop
+            # short left grpc's serving thread failing with a traceback
+            with interrupts_held("nacf demo: stopping the server first.") as held:
+                if channel is not None:
+                    channel.close()
+                server.stop(grace=5.0)
+            if held:
+                raise KeyboardInterrupt
         out("nacf demo: stopped cleanly")
         return 0 if ok else 1
 
