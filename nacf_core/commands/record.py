@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -92,7 +93,7 @@ def record(source: str, seconds: float, out: str, montage=None, timeout: float =
     from nacf_core._validation import check_finite_positive
     from nacf_core.commands._args import check_output_path
     from nacf_core.config import CompleteOrNothing
-    from nacf_core.hardware.sources import open_source
+    from nacf_core.hardware.sources import open_source, parse_source
 
     seconds = check_finite_positive("seconds", seconds)
     if seconds > _MAX_SECONDS:  # seconds * sfreq rows must stay a countable number
@@ -101,6 +102,11 @@ def record(source: str, seconds: float, out: str, montage=None, timeout: float =
         )
     timeout = check_finite_positive("timeout", timeout)
     check_output_path("--out", out)  # before the source is opened, not once it is read
+    spec = parse_source(source)
+    if spec.kind == "file" and os.path.realpath(out) == os.path.realpath(spec.target):
+        # the recording would replace its own source, the rest of it lost
+        raise ValueError(f"--out {out!r} is the recording the source {source!r} reads: "
+                         "write it elsewhere.")
     src = open_source(source, montage=montage)
     written = 0
     # bytes, UTF-8 whatever the locale: the reader reads UTF-8 (a name such as 'Ö1' from

@@ -349,3 +349,22 @@ def test_record_writes_utf8_whatever_the_locale(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert read_recording(out).ch_names == names
+
+
+def test_record_refuses_to_write_over_the_file_it_reads(tmp_path, capsys, monkeypatch):
+    # `--source file:rec.csv --out rec.csv`: the recording replaced its own source, the
+    # rest of it lost, and said "wrote 160 samples" as a success
+    rec = tmp_path / "rec.csv"
+    assert main(["record", "--source", f"file:{DEMO}?speed=0", "--seconds", "3",
+                 "--out", str(rec)]) == 0
+    before = rec.read_bytes()
+    capsys.readouterr()
+    monkeypatch.chdir(tmp_path)
+    rc = main(["record", "--source", "file:./rec.csv?speed=0", "--seconds", "1",
+               "--out", str(rec)])
+    out, err = capsys.readouterr()
+    assert rc == 1 and out == "", (rc, out)
+    assert (f"nacf record: --out {str(rec)!r} is the recording the source "
+            "'file:./rec.csv?speed=0' reads: write it elsewhere." in err), err
+    assert rec.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rec.csv"]
