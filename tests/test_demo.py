@@ -278,3 +278,30 @@ def test_sigterm_while_the_server_stops_lets_it_stop(tmp_path):
     assert "nacf demo: interrupted" in proc.stderr, proc.stderr[-2000:]
     assert proc.returncode == 130, (proc.returncode, proc.stderr[-2000:])
     assert sorted(os.listdir(tmp)) == []
+
+
+def test_sigterm_before_the_server_starts_is_said_and_exits_130(tmp_path):
+    # the demo took SIGTERM as an interrupt only from the server's start on: one that came
+    # while it loaded (a second of imports) killed it without a word (-15), and a Ctrl-C
+    # then ended it with 130 but said nothing
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import os, signal, time\n"
+        "from nacf_core.commands import demo\n"
+        "people = demo.demo_people\n"
+        "def people_under_sigterm(n):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(0.5)\n"
+        "    return people(n)\n"
+        "demo.demo_people = people_under_sigterm\n")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = dict(os.environ, NACF_KERNEL_BACKEND="cython", TMPDIR=str(tmp),
+               PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "nacf_core.cli", "--log-level", "WARNING", "demo",
+         "--people", "2"], capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 130, (proc.returncode, proc.stderr[-2000:])
+    assert "nacf demo: interrupted" in proc.stderr and "Traceback" not in proc.stderr
+    assert sorted(os.listdir(tmp)) == []

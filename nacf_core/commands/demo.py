@@ -64,14 +64,37 @@ def demo_people(n: int) -> list[tuple[str, Path, Path]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    def _term(signum, frame):  # SIGTERM: unwind like Ctrl-C, so the server stops and the
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # temporary files go; once only:
+        raise KeyboardInterrupt  # a second one must not cut that clean-up short
+
+    # from the start (the imports take a second): an interrupt then is said too
+    main_thread = threading.current_thread() is threading.main_thread()
+    old_term = signal.signal(signal.SIGTERM, _term) if main_thread else None
+    try:
+        return _checked_demo(args)
+    except KeyboardInterrupt:
+        print("nacf demo: interrupted; the server was stopped and its temporary store "
+              "removed.", file=sys.stderr)
+        return 130
+    except _OutputClosed:  # as a program killed by SIGPIPE, which Python ignores
+        return 128 + signal.SIGPIPE
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, old_term)
+
+
+def _checked_demo(args: argparse.Namespace) -> int:
+    """The options checked, then :func:`_serve_demo`."""
+    import logging
+
     from nacf_core.config import parse_address
     from nacf_core.server.app import is_loopback, limit_threads
 
     limit_threads()
-    import logging
-    import signal
-    import threading
-
     try:
         people = demo_people(args.people)
         # not below real time: a stream then takes longer than the server allows one
@@ -89,24 +112,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.server_logs:
         nacf_log = logging.getLogger("nacf")
         nacf_log.setLevel(max(nacf_log.getEffectiveLevel(), logging.WARNING))
-
-    def _term(signum, frame):  # SIGTERM: unwind like Ctrl-C, so the server stops and the
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # temporary files go; once only:
-        raise KeyboardInterrupt  # a second one must not cut that clean-up short
-
-    main_thread = threading.current_thread() is threading.main_thread()
-    old_term = signal.signal(signal.SIGTERM, _term) if main_thread else None
-    try:
-        return _serve_demo(args, people)
-    except KeyboardInterrupt:
-        print("nacf demo: interrupted; the server was stopped and its temporary store "
-              "removed.", file=sys.stderr)
-        return 130
-    except _OutputClosed:  # as a program killed by SIGPIPE, which Python ignores
-        return 128 + signal.SIGPIPE
-    finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, old_term)
+    return _serve_demo(args, people)
 
 
 def _serve_demo(args: argparse.Namespace, people) -> int:
