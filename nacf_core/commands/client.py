@@ -247,8 +247,13 @@ def _check_server(channel, args: argparse.Namespace) -> None:
                                                       timeout=min(args.timeout, 10.0))
     except grpc.RpcError as e:
         if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            hint = ""
+            if (args.tls_ca is None and args.tls_cert is None
+                    and "Socket closed" in (e.details() or "")):
+                hint = (" It closed the connection, as a server with TLS closes a plaintext "
+                        "one: give its CA with --tls-ca.")
             raise ValueError(f"cannot reach nacf serve at {args.server} ({e.code().name}: "
-                             f"{e.details()}).") from None
+                             f"{e.details()}).{hint}") from None
         return  # it answered (a proxy without the health service): the calls will tell
     if r.status != health_pb2.HealthCheckResponse.SERVING:
         raise ValueError(f"nacf serve at {args.server} is not serving (health "

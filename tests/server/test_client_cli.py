@@ -1185,3 +1185,28 @@ def test_output_closed_by_its_reader_ends_as_sigpipe_would(server, enrolled, tmp
     proc.wait(timeout=120)
     assert "Broken pipe" not in err and "Traceback" not in err, err[-2000:]
     assert proc.returncode == 128 + signal.SIGPIPE, (proc.returncode, err[-2000:])
+
+
+def test_plaintext_to_a_server_with_tls_says_to_give_its_ca(tmp_path, capsys):
+    # a client without --tls-ca against a server with TLS was told only "cannot reach
+    # nacf serve at ... (UNAVAILABLE: ... Socket closed)": nothing about TLS
+    from nacf_core.config import SCOPES, Config
+    from nacf_core.server.app import NacfServer
+
+    cert, key = _pem_pair(tmp_path)
+    key.chmod(0o600)
+    srv = NacfServer(Config(grpc_address="127.0.0.1:0", metrics_address="",
+                            data_dir=str(tmp_path), api_keys={KEY: frozenset(SCOPES)},
+                            tls_cert_file=str(cert), tls_key_file=str(key))).start()
+    try:
+        capsys.readouterr()
+        ns = build_parser().parse_args(["client", "enroll", "--server", srv.address,
+                                        "--api-key-file", _key_file(KEY), "--user", "u",
+                                        "--source", source(demo("S021R03"))])
+        assert ns.func(ns) == 2
+    finally:
+        srv.stop(grace=0)
+    err = capsys.readouterr().err
+    assert f"nacf client enroll: cannot reach nacf serve at {srv.address} (UNAVAILABLE:" in err
+    assert ("It closed the connection, as a server with TLS closes a plaintext one: give "
+            "its CA with --tls-ca.") in err, err
