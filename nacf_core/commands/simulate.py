@@ -91,18 +91,23 @@ def _run_pty(args: argparse.Namespace, recording, speed: float, path: Path) -> i
     import signal
     import threading
 
-    def _term(signum, frame):  # SIGTERM: leave the with-block, remove the port cleanly
+    def _term(signum, frame):  # SIGTERM, SIGHUP: leave the with-block, remove the port
         raise KeyboardInterrupt
 
     # from before the port exists: a SIGTERM once it is made (a script that stops this as
-    # soon as it has read the port) removes it too
-    main_thread = threading.current_thread() is threading.main_thread()
-    old = signal.signal(signal.SIGTERM, _term) if main_thread else None
+    # soon as it has read the port) removes it too; SIGHUP (its terminal closed) as well,
+    # unless ignored (nohup nacf simulate)
+    old = {}
+    if threading.current_thread() is threading.main_thread():
+        old[signal.SIGTERM] = signal.signal(signal.SIGTERM, _term)
+        hup = getattr(signal, "SIGHUP", None)
+        if hup is not None and signal.getsignal(hup) == signal.SIG_DFL:
+            old[hup] = signal.signal(hup, _term)
     try:
         return _serve_pty(args, recording, speed, path)
     finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, old)
+        for signum, handler in old.items():
+            signal.signal(signum, handler)
 
 
 def _serve_pty(args: argparse.Namespace, recording, speed: float, path: Path) -> int:

@@ -341,3 +341,33 @@ def test_simulate_stopped_by_sigterm_once_its_port_exists_removes_it(tmp_path):
     assert proc.returncode == 130, (proc.returncode, proc.stderr[-2000:])
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert sorted(os.listdir(tmp)) == []
+
+
+def test_simulate_whose_terminal_closes_removes_its_port(tmp_path):
+    # SIGHUP (the terminal nacf simulate ran in was closed) killed it with the port's
+    # folder left in TMPDIR; it now ends as Ctrl-C ends it
+    import signal
+    import subprocess
+    import sys
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "nacf_core.cli", "--log-level", "WARNING",
+                             "simulate", "--seconds", "60"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ,
+                                                                        TMPDIR=str(tmp)),
+                            # (as from a terminal, even when these tests run under nohup)
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
+    try:
+        port = proc.stdout.readline().strip()
+        assert port.startswith(str(tmp)), port
+        time.sleep(0.5)  # (waiting, as after the port's line it does)
+        proc.send_signal(signal.SIGHUP)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, (proc.returncode, err[-2000:])
+    assert "# stats:" in err and "Traceback" not in err, err[-2000:]
+    assert sorted(os.listdir(tmp)) == []
