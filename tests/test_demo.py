@@ -74,11 +74,16 @@ def test_demo_runs_end_to_end_and_stops_cleanly():
 
 
 @pytest.mark.parametrize("stage", ["== enrollment", "== authentication"])
-def test_demo_stopped_by_sigterm_stops_the_server_and_leaves_no_files(tmp_path, stage):
-    # SIGTERM (a terminal closed, `kill`, a CI job's timeout) at any stage: the server
-    # stops, the temporary store, its template key and the simulator's port go, and the
-    # demo says so and exits non-zero, as on Ctrl-C
-    code, _, err, left = _signal_demo_at(tmp_path, stage, signal.SIGTERM, "--speed", "1")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_demo_stopped_by_sigterm_stops_the_server_and_leaves_no_files(tmp_path, stage,
+                                                                      signum):
+    # SIGTERM (`kill`, a CI job's timeout) or SIGHUP (its terminal closed: it was killed,
+    # its store and template key left in TMPDIR) at any stage: the server stops, the
+    # temporary store, its template key and the simulator's port go, and the demo says so
+    # and exits non-zero, as on Ctrl-C
+    code, _, err, left = _signal_demo_at(
+        tmp_path, stage, signum, "--speed", "1",
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))  # (as nohup would not)
     assert code == 130, (code, err[-2000:])
     assert "nacf demo: interrupted" in err and "Traceback" not in err, err[-2000:]
     assert left == []

@@ -67,13 +67,21 @@ def run(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    def _term(signum, frame):  # SIGTERM: unwind like Ctrl-C, so the server stops and the
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # temporary files go; once only:
-        raise KeyboardInterrupt  # a second one must not cut that clean-up short
+    def _term(signum, frame):  # SIGTERM, SIGHUP: unwind like Ctrl-C, so the server stops
+        for s in old:  # and the temporary files go; once only: a second one must not cut
+            signal.signal(s, signal.SIG_IGN)  # that clean-up short
+        raise KeyboardInterrupt
 
-    # from the start (the imports take a second): an interrupt then is said too
-    main_thread = threading.current_thread() is threading.main_thread()
-    old_term = signal.signal(signal.SIGTERM, _term) if main_thread else None
+    # from the start (the imports take a second): an interrupt then is said too; SIGHUP
+    # (the terminal closed) unless ignored (nohup nacf demo)
+    old = {}
+    if threading.current_thread() is threading.main_thread():
+        hup = getattr(signal, "SIGHUP", None)
+        if hup is not None and signal.getsignal(hup) == signal.SIG_DFL:
+            old[hup] = signal.getsignal(hup)
+        old[signal.SIGTERM] = signal.getsignal(signal.SIGTERM)
+        for s in old:
+            signal.signal(s, _term)
     try:
         return _checked_demo(args)
     except KeyboardInterrupt:
@@ -83,8 +91,8 @@ def run(args: argparse.Namespace) -> int:
     except _OutputClosed:  # as a program killed by SIGPIPE, which Python ignores
         return 128 + signal.SIGPIPE
     finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, old_term)
+        for s, handler in old.items():
+            signal.signal(s, handler)
 
 
 def _checked_demo(args: argparse.Namespace) -> int:
