@@ -58,7 +58,9 @@ from nacf_core.training import (
 
 __all__ = [
     "FUSED_WINDOWS",
+    "MIN_TRAINING_SUBJECTS",
     "ManifestRow",
+    "check_folds",
     "evaluate",
     "load_blocks",
     "plot_det",
@@ -357,6 +359,32 @@ def _summary(vals: list[dict]) -> dict:
     return out
 
 
+#: Training subjects a fold's model needs: its thresholds are calibrated by cross-fitting
+#: over them, 2 folds of 2 at least (:func:`nacf_core.training.cross_fit_scores`).
+MIN_TRAINING_SUBJECTS = 4
+
+
+def check_folds(n_subjects: int, folds: int, manifest: str | os.PathLike = "") -> None:
+    """``InvalidArgument`` unless a ``folds``-fold split of ``n_subjects`` gives every fold
+    2 test subjects (an impostor comparison needs another template) and leaves
+    :data:`MIN_TRAINING_SUBJECTS` others to fit and calibrate the fold's model; the message
+    says how many subjects that takes and which ``--folds`` would do."""
+    def fits(n: int, k: int) -> bool:  # the largest fold holds ceil(n / k) subjects
+        return 2 * k <= n and n - -(-n // k) >= MIN_TRAINING_SUBJECTS
+
+    if fits(n_subjects, folds):
+        return
+    need = next(n for n in range(2 * folds, 2 * folds + 3 * MIN_TRAINING_SUBJECTS)
+                if fits(n, folds))
+    ok = [k for k in range(2, n_subjects // 2 + 1) if fits(n_subjects, k)]
+    hint = ("add subjects, or evaluate a fitted model on these with --model" if not ok else
+            f"use --folds {ok[0]}" if len(ok) == 1 else f"use --folds {ok[0]} to {ok[-1]}")
+    raise InvalidArgument(
+        f"the {folds}-fold evaluation over subjects needs at least {need} subjects (2 test "
+        f"subjects per fold, {MIN_TRAINING_SUBJECTS} others to fit and calibrate its model), "
+        f"but the manifest {str(manifest)!r} has {n_subjects}; {hint}.")
+
+
 def evaluate(manifest: str | os.PathLike, *, channels: Sequence[str] | None = None,
              folds: int = 4, splits: int = 3, model: Model | None = None,
              backend: str | None = None, seed: int = 0, adapt: bool = False,
@@ -396,10 +424,7 @@ def evaluate(manifest: str | os.PathLike, *, channels: Sequence[str] | None = No
             f"subject(s) {', '.join(unenrolled)} have probe recordings but no enroll "
             f"recording in the manifest {str(manifest)!r}: add one, or leave them out.")
     if model is None:
-        if not 2 <= folds <= len(subjects) // 2:
-            raise InvalidArgument(
-                f"'folds' must be in [2, {len(subjects) // 2}] for {len(subjects)} subjects "
-                f"(every fold needs 2 test subjects), got {folds}.")
+        check_folds(len(subjects), folds, manifest)
     if splits < 1:
         raise InvalidArgument(f"'splits' must be >= 1, got {splits}.")
     if model is None or channels:

@@ -525,7 +525,7 @@ def test_evaluate_says_how_many_subjects_it_needs_and_has(tmp_path, capsys):
                  f"S021,R07,probe,{DEMO / 'S021R07.npz'}\n")
     assert main(["evaluate", str(m), "--no-progress"]) == 1
     err = capsys.readouterr().err
-    assert "needs at least 8 subjects (2 test subjects per fold)" in err
+    assert "needs at least 8 subjects (2 test subjects per fold, 4 others to fit" in err
     assert "has 1" in err and "'folds' must be in [2, 0]" not in err
 
 

@@ -314,3 +314,41 @@ def test_adaptation_impostors_face_the_adapted_templates(tmp_path):
     np.testing.assert_allclose(sc.adapt_g, want_g)
     assert not np.allclose(want_i, enrolled_i)  # the adapted templates score differently
     np.testing.assert_allclose(sc.adapt_i, want_i)
+
+
+@pytest.mark.parametrize("n, folds, match", [
+    (4, 2, r"2-fold evaluation over subjects needs at least 8 subjects .* has 4; add "
+           r"subjects, or evaluate a fitted model on these with --model"),
+    (6, 2, r"2-fold evaluation over subjects needs at least 8 subjects .* has 6; use "
+           r"--folds 3"),
+    (7, 2, r"has 7; use --folds 3"),
+    (9, 5, r"5-fold evaluation over subjects needs at least 10 subjects .* has 9; use "
+           r"--folds 2 to 4"),
+])
+def test_folds_that_leave_too_few_subjects_to_fit_a_model_are_refused_before_reading(
+        tmp_path, n, folds, match):
+    """Each fold's model is calibrated by cross-fitting over its training subjects, which
+    needs 4 of them. With 4 subjects, ``--folds 2`` (what the error for the default 4
+    folds advised) read every recording, then failed "calibration needs at least 4
+    subjects (2 folds of 2), got 2", for a manifest of 4. The folds are now checked
+    against both needs before anything is read (these recordings do not exist)."""
+    lines = ["subject,recording,role,path"]
+    for k in range(n):
+        lines += [f"S{k},R1,enroll,S{k}R1.edf", f"S{k},R2,probe,S{k}R2.edf"]
+    p = tmp_path / "m.csv"
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InvalidArgument, match=match):
+        evaluate(p, folds=folds)
+
+
+def test_cli_folds_that_leave_too_few_subjects_are_named(tmp_path, capsys):
+    lines = ["subject,recording,role,path"]
+    for k in range(6):
+        lines += [f"S{k},R1,enroll,S{k}R1.edf", f"S{k},R2,probe,S{k}R2.edf"]
+    p = tmp_path / "m.csv"
+    p.write_text("\n".join(lines) + "\n")
+    assert main(["evaluate", str(p), "--no-progress"]) == 1  # 4 folds of 6: use 3
+    assert "has 6; use --folds 3." in capsys.readouterr().err
+    assert main(["evaluate", str(p), "--folds", "2", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "has 6; use --folds 3." in err and "cannot read" not in err

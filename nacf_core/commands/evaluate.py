@@ -29,7 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "Fp1,Fp2,F3,F4,F7,F8,C3,C4,T7,T8,P3,P4,P7,P8,O1,O2); 'all' = every "
                         "EEG channel of the first recording")
     p.add_argument("--folds", type=int_range(2), default=4,
-                   help="k of the k-fold over subjects (4); needs at least 2 subjects per fold")
+                   help="k of the k-fold over subjects (4); every fold needs 2 test subjects and 4 "
+                        "others to fit its model")
     # bounded: each split is k fits, minutes on 2 cores (a typo's 10**22 ran for ever)
     p.add_argument("--splits", type=int_range(1, 100), default=3,
                    help="random fold assignments to average over (3; at most 100)")
@@ -110,17 +111,11 @@ def format_report(r: dict) -> str:
 
 
 def _check_subjects(manifest, folds: int) -> None:
-    """The k-fold needs 2 test subjects per fold: say how many that is and how many the
-    manifest has, before reading any recording."""
-    from nacf_core.evaluation import read_manifest
+    """The k-fold needs 2 test subjects per fold and 4 others to fit each fold's model:
+    say how many that is and how many the manifest has, before reading any recording."""
+    from nacf_core.evaluation import check_folds, read_manifest
 
-    n = len({r.subject for r in read_manifest(manifest)})
-    if n < 2 * folds:
-        hint = (f"use --folds {n // 2} or fewer" if n >= 4 else
-                "add subjects, or evaluate a fitted model on these with --model")
-        raise ValueError(
-            f"the {folds}-fold evaluation over subjects needs at least {2 * folds} subjects "
-            f"(2 test subjects per fold), but the manifest {str(manifest)!r} has {n}; {hint}.")
+    check_folds(len({r.subject for r in read_manifest(manifest)}), folds, manifest)
 
 
 def _check_det_format(path) -> None:
