@@ -51,9 +51,11 @@ from nacf_core.training import (
     Block,
     BlockFeatures,
     block_features,
+    block_label,
     fit_model_from_features,
     front_end_model,
     model_channels,
+    naming,
 )
 
 __all__ = [
@@ -238,11 +240,15 @@ def _score_fold(pipe: Pipeline, test_blocks: Sequence[Block], out: _SplitScores,
     subjects = sorted({b.subject for b in test_blocks})
     templates: dict[str, Template] = {}
     for s in subjects:
-        enroll = [(b.samples, b.sfreq, b.ch_names) for b in test_blocks
-                  if b.subject == s and b.role == "enroll"]
+        enroll = [b for b in test_blocks if b.subject == s and b.role == "enroll"]
         if not enroll:
             raise InvalidArgument(f"subject {s} has no enroll recording in the manifest.")
-        templates[s] = pipe.enroll(enroll)
+        windows = []
+        for b in enroll:
+            with naming(block_label(b)):
+                windows.append(pipe.windows(b.samples, b.sfreq, b.ch_names))
+        with naming(_enroll_label(s, enroll)):
+            templates[s] = pipe.template_from_windows(windows)
     T = np.stack([templates[s].embedding for s in subjects]).astype(np.float64)
     thr1 = m.threshold_for(1)
     groups: dict[str, list] = {s: [] for s in subjects}  # fused groups in time order
@@ -251,7 +257,8 @@ def _score_fold(pipe: Pipeline, test_blocks: Sequence[Block], out: _SplitScores,
             continue
         j = subjects.index(b.subject)
         # single: every window, model hop (2 s)
-        w = pipe.windows(b.samples, b.sfreq, b.ch_names)
+        with naming(block_label(b)):
+            w = pipe.windows(b.samples, b.sfreq, b.ch_names)
         s = w.embeddings.astype(np.float64) @ T.T
         s[~w.accepted] = -np.inf
         out.single_g.append(s[:, j])
@@ -283,6 +290,13 @@ def _score_fold(pipe: Pipeline, test_blocks: Sequence[Block], out: _SplitScores,
                                      for a in range(0, n - FUSED_WINDOWS + 1, FUSED_WINDOWS))
     if adapt:
         _adaptation(pipe, groups, templates, subjects, out)
+
+
+def _enroll_label(subject: str, enroll: Sequence[Block]) -> str:
+    """``subject S023 cannot enroll on recording R03``: an enrollment failure's subject."""
+    recs = [b.recording for b in enroll if b.recording]
+    on = f" on recording{'s' if len(recs) > 1 else ''} {', '.join(recs)}" if recs else ""
+    return f"subject {subject} cannot enroll{on}"
 
 
 def _sequential(pipe, ws, templates, subjects, j, subject, out) -> None:
@@ -469,7 +483,8 @@ def evaluate(manifest: str | os.PathLike, *, channels: Sequence[str] | None = No
         front = Pipeline(front_end_model(chans, sfreq, name="eval", **tp), backend=backend)
         feats: list[BlockFeatures] = []
         for b in blocks:
-            feats.append(block_features(front, b))
+            with naming(block_label(b)):
+                feats.append(block_features(front, b))
             tick("features")
         per_split, models = [], []
         for sp in range(splits):

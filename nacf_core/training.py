@@ -20,14 +20,15 @@ channel selection, resampling, band-pass, windows, quality gate), and fits
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from nacf_core import calibration as cal
 from nacf_core.channels import canonical_name
-from nacf_core.errors import InvalidArgument
+from nacf_core.errors import FailedPrecondition, InvalidArgument
 from nacf_core.features import Covariances, TangentSpace, WithinClassWhitening, l2_normalize
 from nacf_core.kernels import ArtifactLimits
 from nacf_core.model import Model, check_windows
@@ -47,6 +48,7 @@ __all__ = [
     "front_end_model",
     "fused_sequences",
     "model_channels",
+    "naming",
 ]
 
 logger = logging.getLogger("nacf.training")
@@ -75,6 +77,26 @@ class Block:
     sfreq: float
     ch_names: list[str]
     recording: str = ""
+
+
+@contextmanager
+def naming(what: str) -> Iterator[None]:
+    """An :class:`InvalidArgument` or :class:`FailedPrecondition` raised inside (the
+    pipeline refusing a block: too short, channels missing, too few good windows) says
+    ``what`` it was about first, e.g. ``subject S022, probe recording R07``: in a manifest
+    of tens of recordings, the pipeline's own message names none."""
+    try:
+        yield
+    except FailedPrecondition as exc:
+        raise FailedPrecondition(f"{what}: {exc}") from exc
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"{what}: {exc}") from exc
+
+
+def block_label(block: Block) -> str:
+    """``subject S022, probe recording R07``: a block as :func:`naming` names it."""
+    return (f"subject {block.subject}, {block.role} recording {block.recording}"
+            if block.recording else f"subject {block.subject}, {block.role} block")
 
 
 def model_channels(ch_names: Sequence[str]) -> list[str]:
@@ -282,7 +304,8 @@ def fit_model(blocks: Sequence[Block], *, ch_names: Sequence[str], name: str,
     for b in blocks:
         if b.role not in ("enroll", "probe"):
             raise InvalidArgument(f"block role must be 'enroll' or 'probe', got {b.role!r}.")
-        feats.append(block_features(front, b))
+        with naming(block_label(b)):
+            feats.append(block_features(front, b))
         say("features")
     info = {**(info or {}), "recordings": sorted({b.recording for b in blocks if b.recording})}
     return fit_model_from_features(front.model, feats, seed=seed, info=info, progress=say,

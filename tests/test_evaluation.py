@@ -352,3 +352,55 @@ def test_cli_folds_that_leave_too_few_subjects_are_named(tmp_path, capsys):
     assert main(["evaluate", str(p), "--folds", "2", "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "has 6; use --folds 3." in err and "cannot read" not in err
+
+
+def _demo_manifest(tmp_path, rows):
+    from pathlib import Path
+
+    demo = Path(__file__).resolve().parents[1] / "nacf_core" / "data" / "demo"
+    lines = ["subject,recording,role,path,start_s,stop_s"]
+    for s, run, role, start, stop in rows:
+        lines.append(f"{s},{run},{role},{demo / (s + run + '.npz')},{start},{stop}")
+    p = tmp_path / "m.csv"
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
+def test_a_subject_that_cannot_enroll_is_named(tmp_path):
+    """A subject whose enroll recordings hold fewer good windows than enrollment needs
+    stopped the evaluation with the pipeline's "enrollment needs at least 10 good 4-s
+    windows ...; got 4 of 4.", naming no subject or recording in a manifest of many."""
+    from nacf_core.errors import FailedPrecondition
+    from nacf_core.model import default_model
+
+    p = _demo_manifest(tmp_path, [
+        row for s in ("S021", "S022", "S023")
+        for row in ((s, "R03", "enroll", 0, 10 if s == "S023" else ""),
+                    (s, "R07", "probe", 0, 12))])
+    with pytest.raises(FailedPrecondition, match=r"subject S023 cannot enroll on recording "
+                                                 r"R03: enrollment needs at least 10 good "
+                                                 r"4-s windows .* got 4 of 4"):
+        evaluate(p, model=default_model(8))
+
+
+def test_a_recording_the_pipeline_refuses_is_named(tmp_path, capsys):
+    """A probe (or enroll) recording the pipeline refuses (shorter than a window, lacking
+    the model's channels, ...) stopped the evaluation with "nacf evaluate: the signal is too
+    short: 3.000 s, but one window needs 4 s.": which of the manifest's recordings, it
+    did not say."""
+    from nacf_core.model import Model, default_model_path
+
+    p = _demo_manifest(tmp_path, [
+        ("S021", "R03", "enroll", "", ""), ("S022", "R03", "enroll", "", ""),
+        ("S021", "R07", "probe", 0, 20), ("S022", "R07", "probe", 0, 3)])
+    assert main(["evaluate", str(p), "--model", str(default_model_path(8)),
+                 "--no-progress"]) == 1
+    assert ("nacf evaluate: subject S022, probe recording R07: the signal is too short: "
+            "3.000 s, but one window needs 4 s.") in capsys.readouterr().err
+    p = _demo_manifest(tmp_path, [
+        ("S021", "R03", "enroll", "", ""), ("S022", "R03", "enroll", 0, 2),
+        ("S021", "R07", "probe", 0, 20), ("S022", "R07", "probe", 0, 20)])
+    with pytest.raises(InvalidArgument, match=r"^subject S022, enroll recording R03: the "
+                                              r"signal is too short: 2\.000 s"):
+        evaluate(p, model=Model.load(default_model_path(8)))
+

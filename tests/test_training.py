@@ -73,3 +73,14 @@ def test_windows_a_model_cannot_hold_are_refused_first(params, match):
     blocks[0] = Block("S021", "enroll", None, 160.0, CH8)  # never reached
     with pytest.raises(InvalidArgument, match=match):
         fit_model(blocks, ch_names=CH8, name="bad", **params)
+
+
+def test_a_recording_the_front_end_refuses_is_named():
+    """A block the front end refuses failed the fit with "the signal is too short: 2.000
+    s, but one window needs 4 s.", naming none of the manifest's recordings."""
+    blocks = _blocks(probe_s=20.0)
+    blocks[3] = Block("S022", "probe", blocks[3].samples[:320], 160.0, blocks[3].ch_names,
+                      "R07")
+    with pytest.raises(InvalidArgument, match=r"^subject S022, probe recording R07: the "
+                                              r"signal is too short: 2\.000 s"):
+        fit_model(blocks, ch_names=CH8, name="short")
