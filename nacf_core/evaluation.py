@@ -44,7 +44,7 @@ from nacf_core import calibration as cal
 from nacf_core.config import CompleteOrNothing, read_text_file
 from nacf_core.errors import InvalidArgument
 from nacf_core.model import Model
-from nacf_core.pipeline import Pipeline, Template
+from nacf_core.pipeline import Pipeline, Template, Windows
 from nacf_core.sequential import SequentialTest
 from nacf_core.training import (
     DEFAULTS,
@@ -292,6 +292,28 @@ def _score_fold(pipe: Pipeline, test_blocks: Sequence[Block], out: _SplitScores,
         _adaptation(pipe, groups, templates, subjects, out)
 
 
+def _check_enrollable(front: Pipeline, blocks: Sequence[Block],
+                      feats: Sequence[BlockFeatures]) -> None:
+    """The :class:`FailedPrecondition` a subject's enrollment will raise in its fold, before
+    any fold's model is fitted: the windows the gate accepts at the model's hop are those
+    of the features (every fold's model keeps ``front``'s front end and gate)."""
+    good: dict[str, int] = {}
+    for b, f in zip(blocks, feats):
+        if b.role == "enroll":
+            good[b.subject] = good.get(b.subject, 0) + len(f.cov_hop)
+    for s, n in sorted(good.items()):
+        if n >= front.model.min_enroll_epochs:
+            continue
+        enroll = [b for b in blocks if b.subject == s and b.role == "enroll"]
+        windows = []
+        for b in enroll:  # the gate's verdicts, to say what it rejected (no embedding)
+            _, q, acc, reasons, seconds, starts = front.epochs(b.samples, b.sfreq, b.ch_names)
+            windows.append(Windows(np.zeros((len(acc), 1), dtype=np.float32), q, acc,
+                                   reasons, seconds, starts, front.model.window_s))
+        with naming(_enroll_label(s, enroll)):
+            front.template_from_windows(windows)
+
+
 def _enroll_label(subject: str, enroll: Sequence[Block]) -> str:
     """``subject S023 cannot enroll on recording R03``: an enrollment failure's subject."""
     recs = [b.recording for b in enroll if b.recording]
@@ -486,6 +508,7 @@ def evaluate(manifest: str | os.PathLike, *, channels: Sequence[str] | None = No
             with naming(block_label(b)):
                 feats.append(block_features(front, b))
             tick("features")
+        _check_enrollable(front, blocks, feats)
         per_split, models = [], []
         for sp in range(splits):
             rng = np.random.default_rng(seed + sp)

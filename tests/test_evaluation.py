@@ -404,3 +404,30 @@ def test_a_recording_the_pipeline_refuses_is_named(tmp_path, capsys):
                                               r"signal is too short: 2\.000 s"):
         evaluate(p, model=Model.load(default_model_path(8)))
 
+
+
+def test_k_fold_names_a_subject_that_cannot_enroll_before_fitting(shared_data, tmp_path,
+                                                                  monkeypatch):
+    """In the k-fold the enrollment failed when the subject's fold was scored, after that
+    fold's model (and those of the folds before it) had been fitted: minutes of work on
+    the real manifests. The windows the gate accepts are known from the features, before
+    any fit."""
+    import nacf_core.evaluation as ev
+    from nacf_core.errors import FailedPrecondition
+
+    def never(*a, **k):
+        raise AssertionError("a model was fitted")
+
+    monkeypatch.setattr(ev, "fit_model_from_features", never)
+    lines = ["subject,recording,role,path,start_s,stop_s"]
+    for k in range(1, 9):
+        s = f"S{k:03d}"
+        lines.append(f"{s},R03,enroll,{shared_data}/eegmmidb/{s}/{s}R03.edf,0,"
+                     f"{10 if k == 5 else 24}")
+        lines.append(f"{s},R07,probe,{shared_data}/eegmmidb/{s}/{s}R07.edf,0,12")
+    p = tmp_path / "m.csv"
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(FailedPrecondition, match=r"subject S005 cannot enroll on recording "
+                                                 r"R03: enrollment needs at least 10 good "
+                                                 r".* got 4 of 4"):
+        evaluate(p, folds=4, splits=1, channels=["Fp1", "Fp2", "C3", "C4"])
