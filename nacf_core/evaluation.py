@@ -169,8 +169,9 @@ def _parse_manifest(path: Path, text: str) -> list[ManifestRow]:
 def _check_file_use(manifest: Path, line: int, row: ManifestRow, seen: dict) -> None:
     """A recording file belongs to one subject, is not both a subject's enrollment and its
     probe (whatever the labels and time ranges: the protocol never compares windows of
-    one recording), and a row is not listed twice (its comparisons would count twice).
-    Files are compared by their real path."""
+    one recording), and a row is not listed twice, nor a file in overlapping time ranges
+    of one role (the comparisons of the windows they share would count twice). Files are
+    compared by their real path."""
     where = f"manifest {str(manifest)!r} line {line}"
     file = os.path.realpath(row.path)
     key = (row.subject, row.role, file, row.start_s, row.stop_s)
@@ -179,6 +180,16 @@ def _check_file_use(manifest: Path, line: int, row: ManifestRow, seen: dict) -> 
             f"{where} repeats line {seen[key]} (subject {row.subject}, {row.role}, "
             f"{str(row.path)!r}): list each recording once.")
     seen[key] = line
+    lo, hi = row.start_s or 0.0, math.inf if row.stop_s is None else row.stop_s
+    for other_lo, other_hi, other_line in seen.setdefault(("ranges", key[:3]), []):
+        if lo < other_hi and other_lo < hi:
+            mine = _range(row.start_s, row.stop_s)
+            raise InvalidArgument(
+                f"{where}: subject {row.subject}'s {row.role} range {mine} of "
+                f"{str(row.path)!r} overlaps line {other_line}'s "
+                f"({_range(other_lo, other_hi)}): the windows they share would count "
+                "twice; give disjoint ranges.")
+    seen[("ranges", key[:3])].append((lo, hi, line))
     owner = seen.setdefault(("owner", file), row.subject)
     if owner != row.subject:
         raise InvalidArgument(
@@ -190,6 +201,14 @@ def _check_file_use(manifest: Path, line: int, row: ManifestRow, seen: dict) -> 
             f"{where}: subject {row.subject} enrolls and probes on the same recording file "
             f"{str(row.path)!r}; use different recordings.")
     seen[(row.subject, row.role, file)] = line
+
+
+def _range(start_s: float | None, stop_s: float | None) -> str:
+    """``0-30 s``, ``30 s-end``, ``the whole file``."""
+    start_s = start_s or 0.0
+    if stop_s is None or stop_s == math.inf:
+        return "the whole file" if not start_s else f"{start_s:g} s-end"
+    return f"{start_s:g}-{stop_s:g} s"
 
 
 def load_blocks(rows: Sequence[ManifestRow],

@@ -204,6 +204,13 @@ def test_manifest_errors(tmp_path):
     # the same row twice: its comparisons counted twice
     ("S1,R1,enroll,a.edf\nS1,R2,probe,b.edf\nS1,R3,probe,b.edf\n",
      r"line 4 repeats line 3 \(subject S1, probe, .*b\.edf"),
+    # overlapping ranges of one file: the windows they share counted twice
+    ("S1,R1,enroll,a.edf\nS1,R2,probe,b.edf,,\nS1,R2b,probe,b.edf,0,30\n",
+     r"line 4: subject S1's probe range 0-30 s of .*b\.edf.* overlaps line 3's \(the "
+     r"whole file\)"),
+    ("S1,R1,enroll,a.edf\nS1,R2,probe,b.edf,0,60\nS1,R2b,probe,b.edf,30,\n",
+     r"line 4: subject S1's probe range 30 s-end of .*b\.edf.* overlaps line 3's "
+     r"\(0-60 s\)"),
 ])
 def test_manifest_same_file_twice(tmp_path, body, match):
     p = tmp_path / "m.csv"
@@ -431,3 +438,4 @@ def test_k_fold_names_a_subject_that_cannot_enroll_before_fitting(shared_data, t
                                                  r"R03: enrollment needs at least 10 good "
                                                  r".* got 4 of 4"):
         evaluate(p, folds=4, splits=1, channels=["Fp1", "Fp2", "C3", "C4"])
+
