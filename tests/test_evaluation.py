@@ -439,3 +439,37 @@ def test_k_fold_names_a_subject_that_cannot_enroll_before_fitting(shared_data, t
                                                  r".* got 4 of 4"):
         evaluate(p, folds=4, splits=1, channels=["Fp1", "Fp2", "C3", "C4"])
 
+
+def test_sequential_tests_start_only_where_the_probe_leaves_them_their_longest_duration():
+    """Sequential tests ran one after the other along a probe, and the last ones, started
+    where fewer windows than the test's maximum remained, were counted only if they
+    decided early: a quick reject counted, a hesitant test (likelier to err, and longer)
+    was dropped, which flattered the sequential FMR, FNMR and mean seconds (R03->R07,
+    16 ch: 0.32 / 0.77 %, 6.0 s genuine; 0.37 / 0.87 %, 6.2 s with every test given
+    room). A test now starts only where the probe can hold its full length."""
+    from pathlib import Path
+
+    from nacf_core.evaluation import _sequential, _SplitScores
+    from nacf_core.hardware.files import read_recording
+    from nacf_core.model import default_model
+    from nacf_core.pipeline import Pipeline, Windows
+    from nacf_core.sequential import SequentialTest
+
+    demo = Path(__file__).resolve().parents[1] / "nacf_core" / "data" / "demo"
+    pipe = Pipeline(default_model(8))
+    templates = {}
+    for s in ("S021", "S022"):
+        rec = read_recording(demo / f"{s}R03.npz")
+        templates[s] = pipe.enroll([(rec.data, rec.sfreq, list(rec.ch_names))])
+    n, room = 7, SequentialTest(pipe.model).max_windows
+    # every window points away from S022's template: against it each test rejects at its
+    # first window
+    emb = np.repeat(-templates["S022"].embedding[None, :], n, axis=0).astype(np.float32)
+    ws = Windows(emb, np.ones(n), np.ones(n, dtype=bool), [""] * n, n * 4.0,
+                 np.arange(n) * 4.0, 4.0)
+    out = _SplitScores()
+    _sequential(pipe, ws, templates, ["S021", "S022"], 0, "S021", out)
+    # tests start at windows 0, 1 and 2 only (7 windows, 5 at most per test)
+    assert out.seq["i_acc"] == [False] * (n - room + 1)
+    assert out.seq["i_sec"] == [4.0] * (n - room + 1)
+    assert 1 <= len(out.seq["g_acc"]) <= n - room + 1
