@@ -126,6 +126,11 @@ def _parse_manifest(path: Path, text: str) -> list[ManifestRow]:
         rel = (r["path"] or "").strip()
         if not rel:
             raise InvalidArgument(f"manifest {str(path)!r} line {line}: empty path.")
+        for key, what in (("subject", "name the person the recording is of"),
+                          ("recording", "label it (e.g. the run or session)")):
+            if not (r[key] or "").strip():  # unnamed rows would be pooled as one
+                raise InvalidArgument(
+                    f"manifest {str(path)!r} line {line}: the {key} is empty; {what}.")
         for key in ("subject", "recording", "path"):
             if any(ord(c) < 32 or ord(c) == 127 for c in r[key] or ""):
                 raise InvalidArgument(f"manifest {str(path)!r} line {line}: {key} holds a "

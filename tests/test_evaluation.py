@@ -253,6 +253,13 @@ def test_manifest_same_file_in_disjoint_ranges_of_one_role_is_allowed(tmp_path):
     (b"subject,recording,role,path,start_s,stop_s\nS1,R1,enroll,a.edf,5,2\n", "after start_s"),
     (b"subject,recording,role,path\nS1,R1,enroll,a\xff.edf\n", "not UTF-8"),
     (b"subject,recording,role,path\nS1,R1,enroll,a.edf\x00\n", "control character"),
+    # rows without a subject were pooled as one person: their windows, of several
+    # people, scored as genuine comparisons
+    (b"subject,recording,role,path\n,R1,enroll,a.edf\n ,R2,probe,b.edf\n",
+     r"line 2: the subject is empty; name the person the recording is of"),
+    # no recording labels: "enrolls and probes on the same recording(s) ;"
+    (b"subject,recording,role,path\nS1,,enroll,a.edf\nS1,,probe,b.edf\n",
+     r"line 2: the recording is empty; label it \(e\.g\. the run or session\)"),
 ])
 def test_manifest_damaged_or_absurd(tmp_path, body, match):
     p = tmp_path / "m.csv"
