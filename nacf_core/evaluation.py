@@ -489,6 +489,11 @@ def evaluate(manifest: str | os.PathLike, *, channels: Sequence[str] | None = No
             f"recording in the manifest {str(manifest)!r}: add one, or leave them out.")
     if model is None:
         check_folds(len(subjects), folds, manifest)
+    elif len(subjects) < 2:  # every subject is enrolled (checked above)
+        raise InvalidArgument(
+            f"the evaluation needs at least 2 subjects (an impostor comparison is a probe "
+            f"against another subject's template), but the manifest {str(manifest)!r} has "
+            f"{len(subjects)} ({', '.join(subjects)}).")
     if splits < 1:
         raise InvalidArgument(f"'splits' must be >= 1, got {splits}.")
     if model is None or channels:

@@ -480,3 +480,18 @@ def test_sequential_tests_start_only_where_the_probe_leaves_them_their_longest_d
     assert out.seq["i_acc"] == [False] * (n - room + 1)
     assert out.seq["i_sec"] == [4.0] * (n - room + 1)
     assert 1 <= len(out.seq["g_acc"]) <= n - room + 1
+
+
+def test_a_fixed_model_on_one_subject_is_refused_before_reading(tmp_path, capsys):
+    """``--model`` on a manifest of one subject read and scored every recording, then
+    failed "'impostor' must hold at least one score, got none.": an impostor comparison
+    needs another subject's template, which is now said before anything is read (these
+    recordings do not exist)."""
+    from nacf_core.model import default_model_path
+
+    p = tmp_path / "m.csv"
+    p.write_text("subject,recording,role,path\nS9,R1,enroll,S9R1.edf\nS9,R2,probe,S9R2.edf\n")
+    assert main(["evaluate", str(p), "--model", str(default_model_path(8)),
+                 "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "needs at least 2 subjects" in err and "has 1 (S9)" in err, err
