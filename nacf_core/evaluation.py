@@ -498,8 +498,9 @@ def evaluate(manifest: str | os.PathLike, *, channels: Sequence[str] | None = No
         raise InvalidArgument(f"'splits' must be >= 1, got {splits}.")
     if model is None or channels:
         model_channels(channels if channels else MONTAGE_16)  # before reading anything
-    n_fits = 0 if model is not None else splits * folds
-    total = len(rows) * 2 + n_fits + max(1, n_fits)
+    # steps: each recording read; then with a model one scoring, else each recording's
+    # features and each fold's fit (the fold is scored in the same step)
+    total = len(rows) + (1 if model is not None else len(rows) + splits * folds)
     done = [0]
 
     def tick(stage: str) -> None:

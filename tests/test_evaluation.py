@@ -23,11 +23,15 @@ def manifest(shared_data, tmp_path_factory):
     return p
 
 
+PROGRESS: list = []  # the report fixture's progress calls (done, total, stage)
+
+
 @pytest.fixture(scope="module")
 def report(manifest):
     return evaluate(manifest, folds=3, splits=1, channels=["Fp1", "Fp2", "C3", "C4", "P7",
                                                           "P8", "O1", "O2"],
-                    train_params=FAST, adapt=True)
+                    train_params=FAST, adapt=True,
+                    progress=lambda *call: PROGRESS.append(call))
 
 
 def test_report_keys_and_ranges(report):
@@ -495,3 +499,20 @@ def test_a_fixed_model_on_one_subject_is_refused_before_reading(tmp_path, capsys
                  "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "needs at least 2 subjects" in err and "has 1 (S9)" in err, err
+
+
+def test_progress_ends_at_its_total(report, tmp_path):
+    """The progress bar of nacf evaluate counted a features step per recording and two
+    steps per fit that it never made: it stopped at 50 % with --model, and short of 100 %
+    in the k-fold, when the report came."""
+    from nacf_core.model import default_model
+
+    done, total, _ = PROGRESS[-1]
+    assert done == total and [d for d, _, _ in PROGRESS] == list(range(1, total + 1))
+    calls = []
+    p = _demo_manifest(tmp_path, [("S021", "R03", "enroll", "", ""),
+                                  ("S022", "R03", "enroll", "", ""),
+                                  ("S021", "R07", "probe", 0, 12),
+                                  ("S022", "R07", "probe", 0, 12)])
+    evaluate(p, model=default_model(8), progress=lambda *call: calls.append(call))
+    assert [(d, t) for d, t, _ in calls] == [(k, 5) for k in range(1, 6)]
