@@ -378,6 +378,15 @@ def _check_calibration_scores(front_model: Model, feats: Sequence[BlockFeatures]
             "there is no probe recording: calibrating the thresholds needs a probe "
             "recording (role 'probe', a recording other than the enrollment's) of each "
             "subject.")
+    enrolled = {f.subject for f in feats if f.role == "enroll"}
+    probed = {f.subject for f in feats if f.role == "probe"}
+    if not enrolled & probed:
+        only = f"{len(probed)} have probes only" + (
+            f", {len(enrolled)} enroll recordings only" if enrolled else "")
+        raise InvalidArgument(
+            f"no subject has both an enroll and a probe recording ({only}): calibrating the "
+            "thresholds enrolls each subject on its enroll recordings and scores probe "
+            "recordings against those templates.")
     raise InvalidArgument(
         f"calibrating the thresholds of 1 to {max_windows} fused windows needs probe "
         f"recordings of at least {max_windows * w:g} s ({max_windows} windows of {w:g} s) "

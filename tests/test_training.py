@@ -84,3 +84,14 @@ def test_a_recording_the_front_end_refuses_is_named():
     with pytest.raises(InvalidArgument, match=r"^subject S022, probe recording R07: the "
                                               r"signal is too short: 2\.000 s"):
         fit_model(blocks, ch_names=CH8, name="short")
+
+
+def test_no_enroll_recording_is_named():
+    """Probe recordings only (every role 'probe'): the fit failed saying the probes must be
+    at least 20 s long, "the longest probe here gives 15 window(s)", when what lacked was
+    an enroll recording to build the templates the probes are scored against."""
+    blocks = [Block(b.subject, "probe", b.samples, b.sfreq, b.ch_names, b.recording)
+              for b in _blocks()]
+    with pytest.raises(InvalidArgument, match=r"no subject has both an enroll and a probe "
+                                              r"recording \(4 have probes only\)"):
+        fit_model(blocks, ch_names=CH8, name="probe-only")
