@@ -487,6 +487,8 @@ def evaluate(manifest: str | os.PathLike, *, channels: Sequence[str] | None = No
         raise InvalidArgument(
             f"subject(s) {', '.join(unenrolled)} have probe recordings but no enroll "
             f"recording in the manifest {str(manifest)!r}: add one, or leave them out.")
+    if model is None or channels:
+        model_channels(channels if channels else MONTAGE_16)  # before reading anything
     if model is None:
         check_folds(len(subjects), folds, manifest)
     elif len(subjects) < 2:  # every subject is enrolled (checked above)
@@ -496,8 +498,6 @@ def evaluate(manifest: str | os.PathLike, *, channels: Sequence[str] | None = No
             f"{len(subjects)} ({', '.join(subjects)}).")
     if splits < 1:
         raise InvalidArgument(f"'splits' must be >= 1, got {splits}.")
-    if model is None or channels:
-        model_channels(channels if channels else MONTAGE_16)  # before reading anything
     # steps: each recording read; then with a model one scoring, else each recording's
     # features and each fold's fit (the fold is scored in the same step)
     total = len(rows) + (1 if model is not None else len(rows) + splits * folds)

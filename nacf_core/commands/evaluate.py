@@ -110,14 +110,6 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
-def _check_subjects(manifest, folds: int) -> None:
-    """The k-fold needs 2 test subjects per fold and 4 others to fit each fold's model:
-    say how many that is and how many the manifest has, before reading any recording."""
-    from nacf_core.evaluation import check_folds, read_manifest
-
-    check_folds(len({r.subject for r in read_manifest(manifest)}), folds, manifest)
-
-
 def _check_det_format(path) -> None:
     """``ValueError`` when --det names a file format matplotlib cannot draw (its suffix;
     none: PNG), before the evaluation rather than after it."""
@@ -171,8 +163,6 @@ def run(args: argparse.Namespace) -> int:
         _check_det_format(args.det_path)
         backend = args.backend or default_backend_name()  # a bad NACF_KERNEL_BACKEND too
         model = Model.load(args.model) if args.model else None
-        if model is None:
-            _check_subjects(args.manifest, args.folds)
         report = evaluate(args.manifest, channels=_channels(args.channels, args.manifest),
                           folds=args.folds, splits=args.splits, model=model,
                           backend=backend, seed=args.seed, adapt=args.adapt,
