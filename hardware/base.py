@@ -6,7 +6,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Chunk", "Counters"]
+__all__ = ["Chunk", "Counters", "GAP_S"]
+
+#: A step between consecutive timestamps longer than ``1 / sfreq + GAP_S`` seconds is an
+#: outage the source did not fill with NaN rows (a reconnect, a resync after a long loss,
+#: an LSL stream that came back); shorter steps are clock jitter. One rule for every
+#: consumer: the Epocher, the client's blocks, the nacf CSV reader.
+GAP_S = 0.25
 
 
 @dataclass

@@ -53,7 +53,7 @@ import numpy as np
 from nacf_core import dsp
 from nacf_core._validation import check_finite_positive, check_int_range, check_sfreq
 
-from .base import Chunk
+from .base import GAP_S, Chunk
 
 __all__ = ["Epoch", "Epocher", "EpochStream"]
 
@@ -123,7 +123,7 @@ class Epocher:
         *,
         dtype: Any = np.float64,
         backend: str | None = None,
-        gap_s: float = 0.25,
+        gap_s: float = GAP_S,
     ) -> None:
         self.sfreq = check_sfreq(sfreq)
         self.n_channels = check_int_range("n_channels", n_channels, 1)

@@ -7,7 +7,12 @@ What ``nacf client`` (and ``nacf demo``) run on the machine the headset is attac
   blocks of about half a second of finite little-endian float32 microvolts, as
   ``Signal.samples`` carries them: samples the link dropped (NaN rows) are filled by
   linear interpolation per channel, a block that lost more than a quarter of its samples
-  is left out; both counted.
+  is left out; both counted. An outage the source did not fill with NaN rows (a step
+  between timestamps of more than ``1 / sfreq + GAP_S``, 0.25 s: a Cyton that
+  reconnected, an LSL stream that came back) is never joined into the signal: before
+  the first block it only starts the signal anew; after it, it ends the blocks with
+  :class:`SignalInterrupted` (the wire carries finite samples only, so the gap cannot be
+  sent as dropped samples).
 - :func:`enroll` sends the first ``seconds`` of the blocks to ``Enroll``.
 - :func:`authenticate_stream` streams blocks to ``AuthenticateStream`` with the device
   proof (signed over the first chunk) until the server decides; a source that ends
@@ -26,6 +31,7 @@ takes for the end of the signal and decides on).
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -37,9 +43,12 @@ import numpy as np
 
 from nacf_core._validation import listed
 from nacf_core.errors import Unavailable
+from nacf_core.hardware.base import GAP_S
 
-__all__ = ["Blocks", "SourceLost", "fill_dropped", "enroll", "enroll_request",
+__all__ = ["Blocks", "SourceLost", "SignalInterrupted", "fill_dropped", "enroll", "enroll_request",
            "authenticate_stream", "continuous", "StreamResult", "proof_metadata"]
+
+logger = logging.getLogger("nacf.client")
 
 #: a block that lost more than this share of its samples is left out
 _MAX_DROPPED_SHARE = 0.25
@@ -48,6 +57,13 @@ _MAX_DROPPED_SHARE = 0.25
 class SourceLost(Unavailable):
     """A live source whose stream vanished mid-read and did not come back (an LSL outlet
     that died): the signal was lost, which is not its end."""
+
+
+class SignalInterrupted(Unavailable):
+    """The source's signal had an outage after blocks of it were handed out (its
+    timestamps jump: a headset that reconnected): the signal on either side of it is not
+    one, and a ``Signal`` cannot carry the gap (finite samples only), so the blocks end
+    there, as when a headset fails: a call streaming them is cancelled, nothing decided."""
 
 
 def fill_dropped(block: np.ndarray) -> tuple[np.ndarray | None, int]:
@@ -76,8 +92,11 @@ class Blocks:
     once the source ended (or :meth:`close`), and raises what made the source fail:
     :class:`SourceLost` when it reports its stream lost for good (``read_chunk`` returns
     ``None`` with ``counters.extra["lost"]`` set, as an LSL source does), since that end is
-    not the signal's. ``timeout``: seconds without a usable block (a sample, or only
-    blocks left out for their dropped samples) after which the source counts as failed.
+    not the signal's, and :class:`SignalInterrupted` when the timestamps show an outage
+    (a step of more than ``1 / sfreq + GAP_S``) after a block was handed out (one before
+    that drops what came before it: the signal starts anew). ``timeout``: seconds
+    without a usable block (a sample, or only blocks left out for their dropped samples)
+    after which the source counts as failed.
     ``name``: the source as the user gave it, for messages.
     """
 
@@ -92,6 +111,10 @@ class Blocks:
         self.filled = 0          # dropped samples filled by interpolation
         self.dropped = 0         # samples of the blocks left out
         self.dead: list[str] = []  # channels with no finite sample in the last left out
+        self.restarts = 0        # outages before the first block: the signal started anew
+        self._gap_s = 1.0 / self.sfreq + GAP_S  # a longer step between stamps is an outage
+        self._t_prev = np.nan    # the timestamp of the last sample read
+        self._n_out = 0          # samples handed out
         self.error: BaseException | None = None
         self._q: queue.Queue = queue.Queue(maxsize=64)
         self._stop = threading.Event()
@@ -115,8 +138,14 @@ class Blocks:
                             + (f" within {within:g} s" if within else "") + ".")
                     break
                 if chunk.n_times:
-                    buf.append(np.asarray(chunk.samples))
-                    n += chunk.n_times
+                    x = np.asarray(chunk.samples)
+                    at = self._outage(chunk.timestamps)
+                    if at is not None:  # the signal before it is not joined to what follows
+                        i, gap = at
+                        self._interrupted(gap, n + i)
+                        buf, n, x = [], 0, x[i:]  # before any block: start anew
+                    buf.append(x)
+                    n += x.shape[0]
                     if n >= self.block_n:
                         if self._put(np.concatenate(buf)):
                             last = time.monotonic()
@@ -131,6 +160,40 @@ class Blocks:
             self.error = e  # raised by next(), not as this thread's traceback
         finally:
             self._offer(None)  # the end
+
+    def _outage(self, ts: Any) -> tuple[int, float] | None:
+        """``(row, seconds)`` of an outage in the timestamps ``ts`` of a chunk (a step of
+        more than ``1 / sfreq + GAP_S`` from the sample before; the first once blocks were
+        handed out, else the last: the signal starts after it), or ``None``;
+        steps back and missing (NaN) stamps are not outages, as in the Epocher."""
+        ts = np.asarray(ts, dtype=np.float64).reshape(-1)
+        if ts.size == 0:
+            return None
+        prev = np.concatenate([[self._t_prev], ts[:-1]])
+        with np.errstate(invalid="ignore"):
+            step = ts - prev
+            at = np.flatnonzero(step > self._gap_s)
+        if np.isfinite(ts[-1]):
+            self._t_prev = float(ts[-1])
+        if at.size == 0:
+            return None
+        i = int(at[0] if self._n_out else at[-1])  # the first ends the blocks
+        return i, float(step[i]) - 1.0 / self.sfreq
+
+    def _interrupted(self, gap: float, n_before: int) -> None:
+        """An outage of ``gap`` seconds after ``n_before`` samples not yet handed out:
+        :class:`SignalInterrupted` once blocks were handed out, else logged (the
+        caller drops the samples before it)."""
+        if self._n_out:
+            raise SignalInterrupted(
+                "the headset stream was interrupted: no samples for "
+                f"{gap:.2f} s after {(self._n_out + n_before) / self.sfreq:.1f} s of signal "
+                f"(the headset reconnected?); the signal on either side of the gap is not "
+                "one and is not joined into one, so this attempt ends: try again.")
+        self.restarts += 1
+        logger.warning(
+            "the source's signal was interrupted for %.2f s before its first block: "
+            "it starts anew after the gap", gap)
 
     def _lost(self) -> bool:
         """The source says its stream was lost for good (its end is not the signal's)."""
@@ -150,6 +213,7 @@ class Blocks:
                          if dead.size < raw.shape[1] else [])
             return False
         self.filled += n
+        self._n_out += block.shape[0]
         self._offer(block)
         return True
 

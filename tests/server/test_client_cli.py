@@ -310,6 +310,50 @@ def test_blocks_hand_out_half_seconds_the_tail_and_the_sources_error():
         assert b.dropped == 40
 
 
+class _Stamped(_Src):
+    """A source of given ``(samples, first timestamp)`` chunks stamped at its rate."""
+
+    def read_chunk(self, timeout):
+        if self.chunks:
+            x, t0 = self.chunks.pop(0)
+            return Chunk(x, t0 + np.arange(len(x)) / self.sfreq, self.ch_names, self.sfreq)
+        return None
+
+
+def test_blocks_do_not_join_the_signal_across_an_outage_in_the_timestamps():
+    """A reconnect's outage (the source's timestamps jump, no NaN rows for it) was
+    joined into a block as if the signal were continuous, and the server windowed the
+    signal before and after it as one; now the blocks end there with SignalInterrupted
+    (an attempt streaming them is cancelled), and one before the first block only makes
+    the signal start after it. Jitter up to 1 / sfreq + 0.25 s is no outage."""
+    from nacf_core.client import SignalInterrupted
+
+    x = np.ones((60, 2), "f4")
+    with Blocks(_Stamped([(x, 0.0), (2 * x, 0.6 + 0.2), (3 * x, 5.0)])) as b:
+        assert b.next().shape[0] == 60
+        assert b.next().shape[0] == 60  # 0.2 s late: jitter, the same signal
+        with pytest.raises(SignalInterrupted, match=r"interrupted: no samples for 3\.\d\d s "
+                                                    r"after 1\.2 s of signal"):
+            b.next()
+        with pytest.raises(SignalInterrupted):  # and the end is final
+            b.next()
+    y = np.ones((30, 2), "f4")
+    late = np.concatenate([np.full((20, 2), 4, "f4"), np.full((40, 2), 5, "f4")])
+    stamps = np.concatenate([0.3 + np.arange(20) / 100, 9.0 + np.arange(40) / 100])
+
+    class Src(_Stamped):
+        def read_chunk(self, timeout):
+            if len(self.chunks) == 1:  # the outage inside a chunk
+                self.chunks.pop()
+                return Chunk(late, stamps, self.ch_names, self.sfreq)
+            return super().read_chunk(timeout)
+
+    with Blocks(Src([(y, 0.0), None])) as b:  # 50 samples, then 40 after an outage
+        got = list(b)
+    assert [g.shape[0] for g in got] == [40] and (got[0] == 5).all()
+    assert b.restarts == 1
+
+
 def test_blocks_left_out_for_a_channel_that_is_never_a_number_name_that_channel():
     """A source with one channel NaN throughout (an LSL electrode not connected, a file
     whose column is empty) had every block left out, and the message blamed the link
@@ -405,6 +449,32 @@ def test_a_cyton_port_is_opened_once_by_the_source_not_by_the_block_reader(
     assert opened == [threading.current_thread().name], opened
     assert captured.out.startswith("ACCEPT S024: score +"), captured
     assert rc == 0
+
+
+def test_a_headset_that_reconnects_mid_attempt_ends_it_and_nothing_is_decided(
+        server, s024, tmp_path, capsys):
+    # the Cyton reader reconnects after the port vanished for a second and its
+    # timestamps jump; the client joined the signal before and after the outage and the
+    # server decided on windows spanning it. Now the call is cancelled, and says why
+    from nacf_core._proto.nacf.v1 import auth_pb2 as pb
+    from nacf_core.hardware.simulator import Faults, SimulatedCyton
+
+    stub = server_stub(server)
+    md = (("x-api-key", KEY),)
+    before = stub.GetStats(pb.GetStatsRequest(), metadata=md).auth_attempts_today
+    probe = _piece(tmp_path, "cyton-reconnect", [("S024R07", 30, 60)])
+    capsys.readouterr()
+    with SimulatedCyton(probe, daisy=True, speed=8.0, loop=False,
+                        faults=Faults(disconnect_after=1.0, disconnect_for=1.0)) as sim:
+        rc = client(server, "authenticate", "--user", "S024", "--device-id", "hs-S024",
+                    "--secret-file", s024, "--source", f"cyton-daisy:{sim.port}")
+    captured = capsys.readouterr()
+    assert rc == 2, captured
+    assert not captured.out, captured
+    assert "nacf client authenticate: the headset stream was interrupted: no samples for" \
+        in captured.err, captured
+    time.sleep(0.5)  # the server's side of the cancelled call
+    assert stub.GetStats(pb.GetStatsRequest(), metadata=md).auth_attempts_today == before
 
 
 def test_blocks_give_up_on_a_source_whose_every_block_is_left_out():
