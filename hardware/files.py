@@ -58,6 +58,11 @@ Formats (detected from the content, the extension only breaks ties):
   (a step more than 3 times the median: a reconnect), from the steps between rows
   without the gaps (logged: a gap lowers the span, and a 256 Hz stream with a 2 %
   gap would snap to 250 Hz); failing both, the median step; ``sfreq=`` overrides it.
+  A gap (a step of more than ``1 / sfreq + GAP_S``, 0.25 s, the Epocher's rule) is read
+  as NaN rows, dropped samples on the rate's grid (at most 20 s of them per gap; counted
+  in ``Recording.extra["timestamp_gaps"]``), so the signal on either side of a reconnect
+  is never replayed or windowed as one; a file whose gaps would add more rows than it
+  has, beyond one gap's 20 s (timestamps in another unit), is refused.
 - **nacf ``.npz``** (:func:`write_npz`): a NumPy ``.npz`` archive with ``data`` float32
   ``(n_times, n_channels)`` µV, ``sfreq`` (scalar), ``ch_names`` (1-D str array) and
   optionally ``start_time`` (POSIX seconds, UTC, scalar). No array may exceed 2 GiB
@@ -111,6 +116,7 @@ from nacf_core._validation import (
     npy_data_bytes,
 )
 
+from .base import GAP_S
 from .montages import default_montage, resolve_montage
 
 __all__ = [
@@ -1389,14 +1395,68 @@ def _read_nacf_csv(path: Path, sfreq_override: float | None) -> Recording:
     start_time = None
     if 1e9 <= ts[0] < 1e11:  # POSIX seconds (other clocks, e.g. LSL's, are not dates)
         start_time = _dt.datetime.fromtimestamp(float(ts[0]), tz=_dt.timezone.utc)
+    data = arr[:, 1:]
+    # an infinite sample is named by its row in the file, before any gap is filled
+    _refuse_infinite(Recording(data=data, sfreq=float(sfreq), ch_names=names),
+                     f"nacf-csv file {str(path)!r}")
+    data, n_gaps = _fill_timestamp_gaps(data, ts, float(sfreq), where)
     return Recording(
-        data=np.ascontiguousarray(arr[:, 1:]),
+        data=np.ascontiguousarray(data),
         sfreq=float(sfreq),
         ch_names=names,
         path=path,
         start_time=start_time,
         format="nacf-csv",
+        extra={"timestamp_gaps": n_gaps} if n_gaps else {},
     )
+
+
+# a gap is filled with at most this many seconds of NaN rows: the longest window a model
+# may have (nacf_core.model.MAX_WINDOW_S), so every window that touches it is rejected, as
+# the Epocher fills at most one window
+_MAX_GAP_FILL_S = 20.0
+
+
+def _fill_timestamp_gaps(data: np.ndarray, ts: np.ndarray, sfreq: float,
+                         where: str) -> tuple[np.ndarray, int]:
+    """``data`` with NaN rows (dropped samples) where the timestamps ``ts`` jump over an
+    outage, and how many outages: a step of more than ``1 / sfreq + GAP_S`` (the
+    Epocher's rule) and of more than ``_GAP_STEPS`` times the median step (so a file
+    read at a stated ``sfreq`` whose stamps are in another unit is not all gaps) gets
+    ``round(step * sfreq) - 1`` rows, at most ``_MAX_GAP_FILL_S`` of them. The signal on
+    either side of a reconnect is not one, and replayed or windowed as one it would be
+    spliced. A file whose gaps would add more rows than it has, beyond one gap's most, is
+    refused: a small file of far-apart rows is not hours of NaN."""
+    if ts.size < 2:
+        return data, 0
+    step = np.diff(ts)
+    with np.errstate(invalid="ignore"):
+        pos = step[np.isfinite(step) & (step > 0)]
+        if pos.size == 0:
+            return data, 0
+        limit = max(1.0 / sfreq + GAP_S, _GAP_STEPS * float(np.median(pos)))
+        at = np.flatnonzero(step > limit)
+    if at.size == 0:
+        return data, 0
+    most = int(round(_MAX_GAP_FILL_S * sfreq))
+    fill = np.minimum(np.round(step[at] * sfreq) - 1, most).astype(np.int64)
+    total = int(fill.sum())
+    if total > data.shape[0] + most:
+        raise ValueError(
+            f"{where}: its timestamps jump over {at.size} gaps ({float(step[at].sum()):g} s "
+            f"in all) between its {data.shape[0]} rows at {sfreq:g} Hz: more gap than "
+            "signal, not a recording nacf can replay (the gaps would be "
+            f"{total} rows of dropped samples). Check the timestamp column's unit.")
+    logger.warning(
+        "%s: the timestamps jump over %d gap(s) (a reconnect: samples lost, not in the "
+        "file), %.3f s in all; filled with %d rows of dropped samples (NaN), at most "
+        "%g s each, so the signal on either side of a gap is not joined", where, at.size,
+        float((step[at] - 1.0 / sfreq).sum()), total, _MAX_GAP_FILL_S)
+    parts, begin = [], 0
+    for i, k in zip(at.tolist(), fill.tolist()):
+        parts += [data[begin:i + 1], np.full((k, data.shape[1]), np.nan, data.dtype)]
+        begin = i + 1
+    return np.concatenate(parts + [data[begin:]]), int(at.size)
 
 
 # a step between rows longer than this many times the median step is a gap (a reconnect)

@@ -631,6 +631,46 @@ def test_nacf_csv_rate_survives_a_gap_in_the_timestamps(tmp_path, sfreq):
     assert read_recording(p).sfreq == sfreq
 
 
+def test_nacf_csv_outage_is_read_as_dropped_samples_not_joined(tmp_path):
+    """A nacf record CSV made across a Cyton reconnect (its timestamps jump 2 s; the lost
+    samples are not in the file) was read, and replayed through file:, as one continuous
+    signal: the rows before and after the outage joined. The outage is now NaN rows
+    (dropped samples) on the rate's grid, as the Epocher fills one: at most 20 s of them
+    per gap; a step within 1 / sfreq + 0.25 s is jitter; a file of far-apart rows (a
+    timestamp in the wrong unit) is refused, not read as hours of NaN."""
+    sfreq = 250.0
+    times = 1_700_000_000.0 + np.arange(2500) / sfreq
+    times[1000:] += 2.0          # a reconnect: 500 samples lost
+    times[2000:] += 0.2          # jitter: no outage
+    times[2200:] += 60.0         # a long one: 20 s of NaN rows at most
+    rows = [f"{t:.6f},{k},{-k}" for k, t in enumerate(times)]
+    p = tmp_path / "outage.csv"
+    p.write_text("timestamp,Fp1,Fp2\n" + "\n".join(rows) + "\n")
+    rec = read_recording(p)
+    assert rec.sfreq == sfreq and rec.extra["timestamp_gaps"] == 2
+    assert rec.n_times == 2500 + 500 + 5000
+    x = rec.data[:, 0]
+    assert np.isnan(x[1000:1500]).all() and x[999] == 999 and x[1500] == 1000
+    assert np.isnan(x[2700:7700]).all() and x[2699] == 2199 and x[7700] == 2200
+    assert np.isfinite(x[:1000]).all() and np.isfinite(x[1500:2700]).all()
+    # the source replays it with the gap as dropped samples
+    from nacf_core.hardware.playback import FileSource
+
+    with FileSource(p, speed=0) as src:
+        got = []
+        while (c := src.read_chunk(0)) is not None:
+            got.append(c.samples)
+    assert np.isnan(np.concatenate(got)[1000:1500, 0]).all()
+    # far-apart rows (milliseconds, a 2-s outage every 10 rows): more gap than signal
+    q = tmp_path / "ms.csv"
+    ms = np.cumsum(np.where(np.arange(200) % 10 == 9, 2000.0, 4.0))
+    q.write_text("timestamp,Fp1\n" + "\n".join(f"{t:.3f},{k}" for k, t in enumerate(ms))
+                 + "\n")
+    with pytest.raises(ValueError, match=r"ms\.csv.: its timestamps jump over \d+ gaps .*"
+                                         r"more gap than signal"):
+        read_recording(q, sfreq=250.0)
+
+
 @pytest.mark.parametrize("sfreq", [256.0, 512.0, 128.0, 1024.0])
 def test_nacf_csv_gap_does_not_snap_the_rate_to_a_neighbouring_common_rate(tmp_path, sfreq):
     """60 s of a 256 Hz LSL stream (a Muse, an Emotiv) with a 1.5 s gap where the stream
