@@ -7,7 +7,9 @@ What ``nacf client`` (and ``nacf demo``) run on the machine the headset is attac
   blocks of about half a second of finite little-endian float32 microvolts, as
   ``Signal.samples`` carries them: samples the link dropped (NaN rows) are filled by
   linear interpolation per channel, a block that lost more than a quarter of its samples
-  is left out; both counted. An outage the source did not fill with NaN rows (a step
+  is left out (one after the first block handed out, but the source's last, ends the
+  blocks with :class:`SignalInterrupted`: the blocks on either side of it would be
+  joined); both counted. An outage the source did not fill with NaN rows (a step
   between timestamps of more than ``1 / sfreq + GAP_S``, 0.25 s: a Cyton that
   reconnected, an LSL stream that came back) is never joined into the signal: before
   the first block it only starts the signal anew; after it, it ends the blocks with
@@ -155,7 +157,7 @@ class Blocks:
                                        f"from the source for {self.timeout:g} s"
                                        f"{self.left_out()}.")
             if buf and not self._stop.is_set():  # what the source held at its end
-                self._put(np.concatenate(buf))
+                self._put(np.concatenate(buf), final=True)
         except Exception as e:  # noqa: BLE001 - the headset failed (PortLost, ...)
             self.error = e  # raised by next(), not as this thread's traceback
         finally:
@@ -201,8 +203,10 @@ class Blocks:
         extra = getattr(counters, "extra", None)
         return isinstance(extra, dict) and bool(extra.get("lost"))
 
-    def _put(self, raw: np.ndarray) -> bool:
-        """Hand out ``raw`` filled; ``False`` when it is left out."""
+    def _put(self, raw: np.ndarray, final: bool = False) -> bool:
+        """Hand out ``raw`` filled; ``False`` when it is left out (before the first block
+        handed out, or the source's last: :class:`SignalInterrupted` between two, whose
+        signals would be joined)."""
         block, n = fill_dropped(raw)
         if block is None:
             self.dropped += n
@@ -211,6 +215,15 @@ class Blocks:
             dead = np.flatnonzero(~np.isfinite(raw).any(axis=0))
             self.dead = ([self.ch_names[c] for c in dead]
                          if dead.size < raw.shape[1] else [])
+            if self._n_out and not final:
+                raise SignalInterrupted(
+                    f"the headset stream was interrupted: a block lost {n} of its "
+                    f"{raw.shape[0]} samples after {self._n_out / self.sfreq:.1f} s of signal "
+                    + (f"(channel{'s' if len(self.dead) > 1 else ''} "
+                       f"{listed(map(repr, self.dead))} sent no finite sample in it)"
+                       if self.dead else "(the link lost them)")
+                    + ", too many to fill; the signal on either side of it is not one and "
+                    "is not joined into one, so this attempt ends: try again.")
             return False
         self.filled += n
         self._n_out += block.shape[0]

@@ -354,6 +354,34 @@ def test_blocks_do_not_join_the_signal_across_an_outage_in_the_timestamps():
     assert b.restarts == 1
 
 
+def test_a_block_left_out_between_two_ends_the_blocks_not_joins_them():
+    """A block that lost more than a quarter of its samples (a Cyton's long resync, a
+    file's outage read as NaN rows) was left out between two blocks handed out, and the
+    server joined the signal on either side of it as one; now the blocks end there with
+    SignalInterrupted. Left out before the first block or as the source's last, nothing
+    is joined: as before."""
+    from nacf_core.client import SignalInterrupted
+
+    x = np.ones((60, 2), "f4")
+    lossy = x.copy()
+    lossy[:30] = np.nan
+    with Blocks(_Src([x, lossy, x])) as b:
+        assert b.next().shape[0] == 60
+        with pytest.raises(SignalInterrupted, match=r"interrupted: a block lost 30 of its 60 "
+                                                    r"samples after 0\.6 s of signal \(the "
+                                                    r"link lost them\), too many to fill"):
+            b.next()
+    dead = x.copy()
+    dead[:, 1] = np.nan
+    with Blocks(_Src([x, dead, x])) as b:
+        b.next()
+        with pytest.raises(SignalInterrupted, match=r"channel 'b' sent no finite sample"):
+            b.next()
+    with Blocks(_Src([x, x[:20], lossy[:20]])) as b:  # the source's last: nothing after it
+        assert [g.shape[0] for g in b] == [60]
+        assert b.dropped == 20
+
+
 def test_blocks_left_out_for_a_channel_that_is_never_a_number_name_that_channel():
     """A source with one channel NaN throughout (an LSL electrode not connected, a file
     whose column is empty) had every block left out, and the message blamed the link
@@ -475,6 +503,34 @@ def test_a_headset_that_reconnects_mid_attempt_ends_it_and_nothing_is_decided(
         in captured.err, captured
     time.sleep(0.5)  # the server's side of the cancelled call
     assert stub.GetStats(pb.GetStatsRequest(), metadata=md).auth_attempts_today == before
+
+
+def test_a_recording_made_across_a_reconnect_is_not_authenticated_as_one_signal(
+        server, s024, tmp_path, capsys):
+    # a nacf record CSV whose timestamps jump 2 s (a reconnect) replayed through file:
+    # was sent as one continuous signal (and accepted); its outage is now dropped samples,
+    # a block left out between two, and the attempt ends there, nothing decided
+    rec = read_recording(_piece(tmp_path, "csv-reconnect", [("S024R07", 30, 50)]))
+    t = 1_700_000_000.0 + np.arange(rec.n_times) / rec.sfreq
+    t[int(2 * rec.sfreq):] += 2.0
+    p = tmp_path / "reconnect.csv"
+    with open(p, "w") as fh:
+        fh.write("timestamp," + ",".join(rec.ch_names) + "\n")
+        np.savetxt(fh, np.column_stack([t, rec.data]), delimiter=",", fmt="%.6f")
+    capsys.readouterr()
+    rc = client(server, "authenticate", "--user", "S024", "--device-id", "hs-S024",
+                "--secret-file", s024, "--source", source(str(p)))
+    captured = capsys.readouterr()
+    assert rc == 2 and not captured.out, captured
+    assert "the headset stream was interrupted: a block lost" in captured.err, captured
+    rc = client(server, "enroll", "--user", "gap-enroll", "--seconds", "8", "--source",
+                source(str(p)))
+    captured = capsys.readouterr()
+    assert rc == 2 and "nacf client enroll: the headset stream was interrupted" \
+        in captured.err, captured
+    from nacf_core._proto.nacf.v1 import auth_pb2 as pb
+    users = server_stub(server).ListUsers(pb.ListUsersRequest(), metadata=(("x-api-key", KEY),))
+    assert "gap-enroll" not in [u.user_id for u in users.users]
 
 
 def test_blocks_give_up_on_a_source_whose_every_block_is_left_out():
