@@ -587,9 +587,11 @@ class SimulatedCyton:
         if daisy and due < 2:
             return
         n = signal.shape[0]
-        if not self.loop and self._sample >= n:
-            self._streaming = False
-            return
+        if not self.loop:
+            if self._sample >= n:
+                self._streaming = False
+                return
+            n_samples = min(n_samples, n - self._sample)  # streamed once: no wrap to the start
         idx = (self._sample + np.arange(n_samples)) % n
         self._sample += n_samples
         uv = signal[idx]

@@ -114,6 +114,28 @@ def test_daisy_banner_and_packet_order(recording):
     assert sim.sfreq == 125.0
 
 
+def test_a_recording_streamed_once_ends_at_its_end_not_at_its_start():
+    """With loop=False the last batch of packets wrapped to the recording's start (the
+    index taken modulo its length): a 300-sample recording streamed 320 samples, its
+    first 20 joined after its last, finite and continuous for a reader."""
+    t = np.arange(300) / 250.0
+    data = np.tile(100 * np.sin(2 * np.pi * 7 * t)[:, None], (1, 8))
+    rec = SimpleNamespace(data=data, sfreq=250.0, ch_names=[f"c{k}" for k in range(8)])
+    with SimulatedCyton(rec, realtime=False, loop=False) as sim:
+        fd = os.open(sim.port, os.O_RDWR | os.O_NOCTTY)
+        try:
+            os.write(fd, b"v")
+            _read_until(fd, b"$$$")
+            os.write(fd, b"b")
+            raw = _read_n(fd, 33 * 300)
+            rest = _drain(fd)
+        finally:
+            os.close(fd)
+    assert len(rest) == 0, f"{len(rest) / 33:g} packets after the recording's end"
+    _, uv, _ = decode_packets(np.frombuffer(raw, np.uint8).reshape(-1, 33))
+    np.testing.assert_allclose(uv[-1], sim.signal[-1], atol=0.05)
+
+
 def test_prepare_signal_picks_montage_and_resamples():
     rng = np.random.default_rng(0)
     names = ["Fc5.", "O2..", "Fp1.", "Fp2.", "C3..", "C4..", "P7..", "P8..", "O1..", "Cz.."]
