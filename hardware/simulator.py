@@ -28,7 +28,9 @@ answers, to every command, ``Failure: Communications timeout - Device failed to 
 Host$$$``, and nothing streams.
 
 Faults (:class:`Faults`) are injected on request: random garbage bytes between
-packets, dropped packets (the counter still advances, as when a radio packet is lost),
+packets, dropped packets (the counter still advances, as when a radio packet is lost;
+the recording's own dropped samples, rows of NaN such as a recorded outage, are never
+sent either),
 a railed channel (sent at positive full scale, ``0x7FFFFF``) and disconnects (the pty
 and the symlink vanish for a while, then a fresh pty appears under the same path, as
 when a dongle is unplugged and plugged back).
@@ -180,7 +182,8 @@ def prepare_signal(recording: Any, n_channels: int, sfreq: float) -> tuple[np.nd
     Returns
     -------
     data : ndarray, shape (n_times, n_channels), float64
-        Microvolts at ``sfreq``; NaN replaced by 0.
+        Microvolts at ``sfreq``; NaN replaced by 0 (:class:`SimulatedCyton` does not
+        send the packets of a recording's dropped samples).
     ch_names : list of str
     """
     data = np.asarray(recording.data, dtype=np.float64)
@@ -228,6 +231,16 @@ def prepare_signal(recording: Any, n_channels: int, sfreq: float) -> tuple[np.nd
     return np.ascontiguousarray(np.nan_to_num(data)), out_names
 
 
+def _missing_rows(recording: Any, n_out: int, sfreq: float) -> np.ndarray | None:
+    """Per sample of the board's signal (``n_out`` at ``sfreq``), whether it falls on a
+    row of ``recording`` with no finite value (a dropped sample); ``None`` if none."""
+    gone = ~np.isfinite(np.asarray(recording.data, dtype=np.float64)).any(axis=1)
+    if not gone.any():
+        return None
+    src = (np.arange(n_out) * (float(recording.sfreq) / sfreq)).round().astype(np.int64)
+    return gone[np.minimum(src, gone.size - 1)]
+
+
 class SimulatedCyton:
     """A virtual Cyton on a pty. Use as a context manager.
 
@@ -263,7 +276,8 @@ class SimulatedCyton:
         What a Cyton+Daisy streams in 8-channel mode (after ``c``): channels 1-8 at
         250 Hz (for a plain Cyton, :attr:`signal`).
     stats : dict
-        ``packets`` sent, ``dropped``, ``garbage_bytes``, ``disconnects``, ``overflow``.
+        ``packets`` sent, ``dropped``, ``garbage_bytes``, ``disconnects``, ``overflow``,
+        ``missing`` (packets of the recording's dropped samples, not sent).
     board_on : bool
         Set it to False to switch the board off (the dongle stays plugged in).
     """
@@ -301,6 +315,14 @@ class SimulatedCyton:
                                                                    axis=0))
         else:
             self.cyton_signal = self.signal
+        # the recording's dropped samples (rows without a number: NaN rows, a recording's
+        # outage) are packets the board never sent, their counters skipped as for a lost
+        # radio packet, so a reader sees the gap (NaN rows, or a resync and a step in its
+        # timestamps): streamed as 0 µV, the signal on either side was joined as one
+        self._missing = _missing_rows(recording, self.signal.shape[0], self.sfreq)
+        self._cyton_missing = self._missing
+        if self.daisy and self._missing is not None:  # 8-channel mode: 250 Hz
+            self._cyton_missing = np.repeat(self._missing, 2)[:self.cyton_signal.shape[0]]
         self.faults = Faults.parse(faults) if isinstance(faults, str) or faults is None else faults
         railed = self.faults.railed
         if railed is not None and not 0 <= railed < self.n_channels:
@@ -318,7 +340,7 @@ class SimulatedCyton:
                      else Path(port_dir))
         self.port = str(self._dir / port_name)
         self.stats = {"packets": 0, "dropped": 0, "garbage_bytes": 0, "disconnects": 0,
-                      "overflow": 0}
+                      "overflow": 0, "missing": 0}
         self.capture = bool(capture)
         self.sent = bytearray()
         self.commands: list[str] = []   # every command received, for tests and logs
@@ -609,6 +631,12 @@ class SimulatedCyton:
         accel = np.zeros((n_packets, 3), np.int64)
         accel[counters % _ACCEL_EVERY == 0, 2] = _ACCEL_Z_COUNTS
         packets = encode_packets(counters, counts, accel=accel)
+        missing = self._missing if daisy else self._cyton_missing
+        if missing is not None:  # dropped samples: never sent, their time passes all the same
+            gone = missing[idx]
+            if gone.any():
+                packets = packets[~np.repeat(gone, per_sample)]
+                self.stats["missing"] += int(gone.sum()) * per_sample
         self._sent_ticks += n_packets
         self._stream_time += n_packets / SAMPLE_RATE
         start = len(self._out)

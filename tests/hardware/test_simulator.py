@@ -136,6 +136,40 @@ def test_a_recording_streamed_once_ends_at_its_end_not_at_its_start():
     np.testing.assert_allclose(uv[-1], sim.signal[-1], atol=0.05)
 
 
+@pytest.mark.parametrize("daisy", [False, True])
+def test_a_recordings_dropped_samples_are_not_streamed_as_zeros(daisy):
+    """A recording with an outage (rows of NaN: a nacf record CSV made across a
+    reconnect) was streamed with 0 µV in place of the lost samples, so a reader got the
+    signal on either side joined by a flat stretch, finite and continuous; those packets
+    are now never sent, their counters skipped (a lost radio packet), as a real board's."""
+    sfreq = 125.0 if daisy else 250.0
+    t = np.arange(300) / sfreq
+    data = np.tile(100 * np.sin(2 * np.pi * 10 * t)[:, None], (1, 16 if daisy else 8))
+    data[100:150] = np.nan
+    rec = SimpleNamespace(data=data, sfreq=sfreq, ch_names=[f"c{k}" for k in range(
+        data.shape[1])])
+    per = 2 if daisy else 1
+    with SimulatedCyton(rec, daisy=daisy, realtime=False, loop=False) as sim:
+        fd = os.open(sim.port, os.O_RDWR | os.O_NOCTTY)
+        try:
+            os.write(fd, b"v")
+            _read_until(fd, b"$$$")
+            os.write(fd, b"b")
+            raw = _read_n(fd, 33 * 250 * per)
+            rest = _drain(fd)
+        finally:
+            os.close(fd)
+    assert rest == b""  # nothing more: 50 samples were never sent
+    pk = np.frombuffer(raw, np.uint8).reshape(-1, 33)
+    counters = pk[:, 1].astype(int)
+    expected = np.r_[np.arange(100 * per), np.arange(150 * per, 300 * per)] & 0xFF
+    assert counters.tolist() == expected.tolist()
+    assert sim.stats["missing"] == 50 * per
+    _, uv, _ = decode_packets(pk)
+    assert np.abs(uv[:, 0]).max() > 50  # the signal, no zeros in place of the gap
+    assert (np.abs(uv[100 * per:110 * per, 0]) > 0.5).mean() > 0.5
+
+
 def test_prepare_signal_picks_montage_and_resamples():
     rng = np.random.default_rng(0)
     names = ["Fc5.", "O2..", "Fp1.", "Fp2.", "C3..", "C4..", "P7..", "P8..", "O1..", "Cz.."]
