@@ -282,6 +282,9 @@ class SimulatedCyton:
         Set it to False to switch the board off (the dongle stays plugged in).
     """
 
+    #: how long :meth:`close` waits for the thread before leaving the pty to it
+    stop_wait_s = 5.0
+
     def __init__(
         self,
         recording: Any,
@@ -353,6 +356,9 @@ class SimulatedCyton:
         self._thread: threading.Thread | None = None
         self._master = self._slave = -1
         self._made_port = False  # the port symlink is ours to remove
+        self._close_at_end = False  # close() left the pty to the thread (see close)
+        self._thread_done = False
+        self._end_lock = threading.Lock()
         self._out = bytearray()
         self._cmd = bytearray()
         self._streaming = False
@@ -383,6 +389,7 @@ class SimulatedCyton:
             return
         self._open_pty()
         self._stop.clear()
+        self._thread_done = False
         self._thread = threading.Thread(target=self._run, name="nacf-sim-cyton", daemon=True)
         self._thread.start()
         logger.info("simulated %s on %s", "Cyton+Daisy" if self.daisy else "Cyton", self.port)
@@ -391,10 +398,21 @@ class SimulatedCyton:
         """Stop, close the pty and remove the port symlink."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-            self._drain_input()
-        self._close_pty()
+            self._thread.join(timeout=self.stop_wait_s)
+            with self._end_lock:
+                # still running (maybe between a select() and its read or write of the
+                # pty): closed now, the fd's number could be handed to another file
+                # meanwhile (a gRPC socket, its epoll), which the thread would then read,
+                # write or close; the thread closes the pty itself when it ends
+                self._close_at_end = not self._thread_done
+            if self._close_at_end:
+                logger.warning("the simulated Cyton on %s did not stop within %g s; its "
+                               "pty is closed when it does", self.port, self.stop_wait_s)
+            else:
+                self._thread = None
+                self._drain_input()
+        if not self._close_at_end:
+            self._close_pty()
         if self._own_dir:
             shutil.rmtree(self._dir, ignore_errors=True)
 
@@ -494,6 +512,11 @@ class SimulatedCyton:
         except Exception:  # pragma: no cover - a simulator bug must be visible
             logger.exception("simulator thread failed")
             raise
+        finally:
+            with self._end_lock:
+                self._thread_done = True
+                if self._close_at_end:  # close() gave up waiting for this thread
+                    self._close_pty()
 
     def _step(self) -> None:
         want_write = bool(self._out) or (self._streaming and not self.realtime)

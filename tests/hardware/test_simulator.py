@@ -96,6 +96,41 @@ def test_answers_like_firmware(recording):
     assert not os.path.lexists(sim.port)
 
 
+def test_close_leaves_the_pty_to_a_thread_that_has_not_stopped(recording):
+    """close() waited 5 s for the simulator's thread and then closed the pty under it
+    all the same: a thread between its select() and its os.read/os.write of the fd (a
+    loaded machine) then read, wrote or closed whatever file got that number next in
+    the process (a gRPC socket or its epoll, in nacf demo). The pty is now closed by the
+    thread itself when it ends, and close() still returns."""
+    import threading
+
+    sim = SimulatedCyton(recording, realtime=True)
+    sim.stop_wait_s = 0.05
+    step, hold = sim._step, [False]
+    inside, release = threading.Event(), threading.Event()
+
+    def slow_step():
+        if hold[0]:  # still inside a step when close() gives up waiting
+            inside.set()
+            release.wait(5)
+        step()
+
+    sim._step = slow_step
+    sim.start()
+    master, thread = sim._master, sim._thread
+    hold[0] = True
+    assert inside.wait(5)
+    sim.close()
+    assert thread.is_alive()
+    os.fstat(master)  # not closed under the running thread
+    release.set()
+    thread.join(5)
+    assert not thread.is_alive() and sim._master == -1
+    with pytest.raises(OSError):
+        os.fstat(master)
+    assert not os.path.lexists(sim.port)
+
+
 def test_daisy_banner_and_packet_order(recording):
     with SimulatedCyton(recording, daisy=True, realtime=False) as sim:
         fd = os.open(sim.port, os.O_RDWR | os.O_NOCTTY)
