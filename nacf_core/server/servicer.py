@@ -113,6 +113,12 @@ def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
         # (the client sees no more of it)
         code = ended_status(context)
         msg = ENDED_DETAILS[code]
+    elif isinstance(exc, StreamCutShort):
+        # the call may still look active: a client's cancel at its deadline can reach
+        # the handler as the stream's end before gRPC marks the call ended
+        code = ended_status(context)
+        if code != grpc.StatusCode.CANCELLED:
+            msg = ENDED_DETAILS[code]
     context.abort(code, msg)
 
 

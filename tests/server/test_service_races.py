@@ -180,6 +180,46 @@ def test_a_continuous_stream_cut_short_without_its_end_marker_is_cancelled(
     assert svc.validate_session(token).valid
 
 
+@pytest.mark.parametrize("remaining, status", [
+    (0.05, grpc.StatusCode.DEADLINE_EXCEEDED),  # cut at its deadline: the client's cancel
+    (30.0, grpc.StatusCode.CANCELLED),          # cut well before it: the client went away
+    (None, grpc.StatusCode.CANCELLED),          # no deadline
+])
+@pytest.mark.parametrize("method", ["ContinuousAuthenticate", "AuthenticateStream"])
+def test_a_declared_stream_cut_short_at_its_deadline_is_deadline_exceeded(
+        svc, method, remaining, status):
+    """A client whose deadline passes cancels its call, and grpcio's server can show that
+    cancel as the plain end of the stream while the call still looks active: a stream
+    declaring ``sends_end_of_signal`` is then cut short (``StreamCutShort``), and the call
+    was counted CANCELLED whatever ended it; a ContinuousAuthenticate of a 2 s timeout
+    over ``nacf serve`` was counted CANCELLED 3 times in 4 while its client saw
+    DEADLINE_EXCEEDED each time (the error-rate alert and a latency SLO never saw the
+    missed deadlines). The call now ends as a call gone under its handler does
+    (:func:`ended_status`): DEADLINE_EXCEEDED at its deadline, else CANCELLED."""
+    svc.config.require_device_proof = False
+    svc.enroll("c9", [signal_block(eeg(1, 3, 0, 40))])
+    x = eeg(1, 3, 44, 2)
+    chunk = block_to_signal(x, SFREQ, CH16)
+    if method == "ContinuousAuthenticate":
+        token = svc.store.create_session("c9", 600).token
+        reqs = [pb.ContinuousAuthenticateRequest(start=pb.ContinuousStart(
+            session_token=token, sends_end_of_signal=True)),
+            pb.ContinuousAuthenticateRequest(chunk=chunk)]
+    else:
+        reqs = [pb.AuthenticateStreamRequest(start=pb.StreamStart(
+            user_id="c9", sends_end_of_signal=True)),
+            pb.AuthenticateStreamRequest(chunk=chunk)]
+    ctx = _Context()
+    ctx.remaining = remaining
+    try:
+        out = getattr(AuthServicer(svc), method)(iter(reqs), ctx)
+        if method == "ContinuousAuthenticate":
+            list(out)
+    except Exception:  # noqa: BLE001 - _Context.abort raises, as grpcio's does
+        pass
+    assert ctx.code() == status
+
+
 def test_a_stream_of_a_user_deleted_before_its_first_chunk_is_not_found_not_an_attack(svc):
     """AuthenticateStream reads the user when it opens and the headset when the first
     chunk's proof is checked: a DeleteUser in between (the headset goes with the user)
