@@ -700,7 +700,8 @@ class AuthService:
                     if not ok:
                         rejected.append(RejectedEpoch(i, j, _reason_at(w.reasons, j)))
             self._refuse_one_signal_on_every_channel(blocks, wins)
-            self._refuse_non_physiological(user_id, blocks, wins)  # PAD on or off
+            self._refuse_non_physiological(user_id, blocks, wins, peer=peer,
+                                           method=method)  # PAD on or off
             # a window sent twice must not count twice towards the quality gate
             _refuse_repeated_signals(blocks, self.rec.model.ch_names, self.rec.window_s)
             # nor a copy rescaled, offset or with noise added (PAD on or off: the
@@ -802,7 +803,8 @@ class AuthService:
                     "and send a recording of the user.")
 
     def _refuse_non_physiological(self, user_id: str, blocks: list[SignalBlock],
-                                  wins: list[Any]) -> None:
+                                  wins: list[Any], *, peer: str = "",
+                                  method: str = "Enroll") -> None:
         """``InvalidArgument`` (a suspicious activity, counted and logged) for the first
         enrollment signal whose accepted windows PAD finds non-physiological (white
         noise, a sine, a loop with its gain changed at each pass: what a probe is
@@ -819,7 +821,8 @@ class AuthService:
                 v, where = _non_physiological_window(det, w, b)
             if v is not None and v.attack and v.kind != "replay":  # no history: no replay
                 self._security_event("presentation attack at enrollment", v.kind, "high",
-                                     user_id, reason=v.reason, signal_index=i)
+                                     user_id, reason=v.reason, signal_index=i,
+                                     **peer_fields(peer), method=method)
                 raise InvalidArgument(
                     f"signals[{i}] does not look like EEG (pad: {v.reason}): {where} "
                     "white noise, a pure tone or a loop, which would make a template of "
@@ -1092,7 +1095,8 @@ class AuthService:
                 fingerprints = self._store("get_fingerprints", self.store.get_fingerprints,
                                            user_id)
             with self._cpu_gate:  # no store I/O inside
-                pad_reason, probe_fp = self._pad_check(user_id, windows, block, fingerprints)
+                pad_reason, probe_fp = self._pad_check(user_id, windows, block, fingerprints,
+                                                       peer=peer, method=method)
             if pad_reason:
                 accepted = False
                 reasons.append(pad_reason)
@@ -1157,7 +1161,7 @@ class AuthService:
             if locked_by_this:
                 self.metrics.record_lockout()
                 self._security_event("user locked out", "lockout", "high", user_id,
-                                     failures=failures)
+                                     failures=failures, **peer_fields(peer), method=method)
         log.info("authentication", extra={
             "event_type": "auth_attempt", "user_id": user_id, "success": accepted,
             "confidence": None if not math.isfinite(score) else round(score, 4),
@@ -1167,15 +1171,18 @@ class AuthService:
                           reasons, self.model_version, float(seconds), n_used, token, expires)
 
     def _pad_check(self, user_id: str, windows: Any, block: SignalBlock,
-                   fps: list | None = None) -> tuple[str, bytes | None]:
+                   fps: list | None = None, *, peer: str = "", method: str = "Authenticate"
+                   ) -> tuple[str, bytes | None]:
         """Presentation-attack detection against the user's history ``fps`` (read from
-        the store when ``None``). Returns ``(rejection reason or "", the probe's
+        the store when ``None``); an attack's security event names the caller (``peer``)
+        and the RPC ``method``. Returns ``(rejection reason or "", the probe's
         fingerprint to append to the history or None)``."""
         if fps is None:
             fps = self._store("get_fingerprints", self.store.get_fingerprints, user_id)
         verdict = self.pad.check(windows, block, fps, history_key=user_id)
         if verdict.attack:
-            self._security_event("presentation attack", verdict.kind, "high", user_id)
+            self._security_event("presentation attack", verdict.kind, "high", user_id,
+                                 **peer_fields(peer), method=method)
             return f"pad: {verdict.reason}", None
         return "", verdict.fingerprint
 

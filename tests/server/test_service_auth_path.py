@@ -330,3 +330,37 @@ def test_each_refused_proof_kind_has_its_message_its_reason_and_its_suspicion(sv
             "activity_type": f"device_proof_{kind}", "severity": sev}) == (
             None if kind == "missing" else 1), kind
     assert svc.store.get_lockout("u1").failures == 0
+
+
+def test_presentation_attack_and_lockout_security_events_name_the_caller(svc, caplog):
+    """The security_event lines of a presentation attack on Authenticate or
+    AuthenticateStream, of a non-physiological enrollment and of a lockout said which
+    user but neither the caller's address nor the RPC (every other security event, a
+    refused proof's, Identify's and ContinuousAuthenticate's, names both): the address
+    of whoever replays a recording or drives a user into a lockout, what such an event
+    is looked up for, was only in the separate auth_attempt line."""
+    from nacf_core.errors import InvalidArgument
+
+    svc.config.require_device_proof = False
+    svc.enroll("u1", [signal_block(eeg(1, 3, 0, 40))])
+    b = signal_block(eeg(1, 3, 44, 8))
+    assert svc.authenticate("u1", b, peer="ipv4:10.0.0.7:5").accepted
+    with caplog.at_level("WARNING", logger="nacf.service"):
+        assert not svc.authenticate("u1", b, peer="ipv4:10.0.0.7:5").accepted  # a replay
+        assert not svc.authenticate_stream("u1", iter(_chunks(eeg(1, 3, 44, 8))),
+                                           peer="ipv4:10.0.0.8:6").accepted
+        svc.enroll("u2", [signal_block(eeg(1, 3, 0, 40))])
+        svc.config.lockout_threshold = 1
+        assert not svc.authenticate("u2", signal_block(eeg(2, 3, 40, 8)),
+                                    peer="ipv4:10.0.0.9:7").accepted  # an impostor
+        noise = np.random.default_rng(0).normal(0, 20, (40 * 160, 16)).astype(np.float32)
+        with pytest.raises(InvalidArgument, match="does not look like EEG"):
+            svc.enroll("u3", [signal_block(noise)], peer="ipv4:10.0.0.10:8")
+    lines = [(r.security_event_type, getattr(r, "ip_address", None),
+              getattr(r, "method", None)) for r in caplog.records
+             if getattr(r, "event_type", None) == "security_event"]
+    assert ("replay", "10.0.0.7", "Authenticate") in lines, lines
+    assert ("replay", "10.0.0.8", "AuthenticateStream") in lines, lines
+    assert ("lockout", "10.0.0.9", "Authenticate") in lines, lines
+    assert [x for x in lines if x[1:] == ("10.0.0.10", "Enroll")], lines
+    assert all(ip is not None and m is not None for _, ip, m in lines), lines
