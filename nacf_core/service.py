@@ -38,6 +38,7 @@ Security decisions (written down here, enforced here):
 from __future__ import annotations
 
 import collections
+import contextvars
 import hashlib
 import hmac
 import logging
@@ -141,21 +142,35 @@ class _ProofRejected(Exception):
         self.kind, self.message, self.severity = kind, message, severity
 
 
+#: The gRPC ``user-agent`` of the call being served, set by the server's interceptor
+#: around the call's handler (empty in process): :func:`peer_fields` adds it.
+CALLER_USER_AGENT: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "nacf_caller_user_agent", default="")
+#: Most characters of a ``user_agent`` log field (the client chooses it).
+MAX_USER_AGENT = 256
+
+
 def peer_fields(peer: str) -> dict[str, str]:
     """The log fields naming a gRPC caller: ``ip_address`` (the monitoring guide's field:
-    the address alone, e.g. ``127.0.0.1`` or ``::1``) and ``peer`` (gRPC's whole peer
-    string, e.g. ``ipv4:127.0.0.1:50122``, ``unix:/run/nacf.sock``); nothing when it is
-    unknown."""
+    the address alone, e.g. ``127.0.0.1`` or ``::1``), ``peer`` (gRPC's whole peer
+    string, e.g. ``ipv4:127.0.0.1:50122``, ``unix:/run/nacf.sock``) and, in a call the
+    server serves, ``user_agent`` (the guide's field: the client's gRPC user-agent,
+    :data:`CALLER_USER_AGENT`); nothing when the peer is unknown."""
     if not peer:
         return {}
     kind, _, rest = peer.partition(":")
     rest = urllib.parse.unquote(rest)  # gRPC writes an IPv6 peer as ipv6:%5B::1%5D:port
     if kind == "ipv4":
-        return {"ip_address": rest.rpartition(":")[0] or rest, "peer": peer}
-    if kind == "ipv6":
+        out = {"ip_address": rest.rpartition(":")[0] or rest, "peer": peer}
+    elif kind == "ipv6":
         host = rest.rpartition(":")[0] if rest.startswith("[") else rest
-        return {"ip_address": host.strip("[]") or rest, "peer": peer}
-    return {"peer": peer}
+        out = {"ip_address": host.strip("[]") or rest, "peer": peer}
+    else:
+        out = {"peer": peer}
+    ua = CALLER_USER_AGENT.get()
+    if ua:
+        out["user_agent"] = ua
+    return out
 
 
 # ----------------------------------------------------------------------------------

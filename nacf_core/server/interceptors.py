@@ -92,7 +92,7 @@ from typing import Any
 import grpc
 
 from nacf_core.errors import InvalidArgument, NacfError, PermissionDenied, Unauthenticated
-from nacf_core.service import peer_fields
+from nacf_core.service import CALLER_USER_AGENT, MAX_USER_AGENT, peer_fields
 
 __all__ = ["CALLER", "ENDED_DETAILS", "METHOD_SCOPES", "UPLOAD_WAIT_S", "AuthInterceptor",
            "StreamPool", "UploadSlots",
@@ -601,16 +601,20 @@ class AuthInterceptor(grpc.ServerInterceptor):
         is_reflection = method_path.startswith(_REFLECTION)
         metadata = details.invocation_metadata or ()
         key = None
+        ua = ""  # the client's user-agent, for the log lines naming the caller
         for k, v in metadata:
             if k == "x-api-key":
                 if key is not None:  # judged on none of them (see identify)
                     key = _REPEATED_KEY
                     break
                 key = v if isinstance(v, str) else v.decode("utf-8", "replace")
+            elif k == "user-agent":
+                ua = (v if isinstance(v, str) else v.decode("utf-8", "replace")
+                      )[:MAX_USER_AGENT]
         if not is_reflection and (bound := self._at_concurrency_bound()) is not None:
             # gRPC refuses this call as soon as this returns (see watch_concurrency)
             self._count_busy(method, key, bound)
-        return _wrap(handler, self, method, key, is_reflection, arrived, t_arrived)
+        return _wrap(handler, self, method, key, is_reflection, arrived, t_arrived, ua)
 
     # ------------------------------------------------------------------------------
     def identify(self, context: grpc.ServicerContext, key: str | None, method: str = ""
@@ -1198,12 +1202,13 @@ def _health_handler(handler: grpc.RpcMethodHandler, method: str,
 
 def _wrap(handler: grpc.RpcMethodHandler, icp: AuthInterceptor, method: str,
           key: str | None, is_reflection: bool, arrived: float | None = None,
-          t_arrived: float | None = None) -> grpc.RpcMethodHandler:
+          t_arrived: float | None = None, ua: str = "") -> grpc.RpcMethodHandler:
     """``handler`` behind the interceptor's checks and metrics, for one call (``arrived``:
     when it reached the server, see :func:`call_started`; ``t_arrived``: the same as a
     ``time.perf_counter()`` value, where its duration in the RPC metrics starts: the time
     it waited for a worker thread, or for the authentication thread behind other calls,
-    is latency its client sees; now when not given)."""
+    is latency its client sees; now when not given; ``ua``: the client's user-agent,
+    :data:`CALLER_USER_AGENT` while the call is served)."""
     # nacf's own handlers answer an InvalidArgument; reflection's would answer UNKNOWN.
     # nacf's client streams (open for hours) check at each message that their key is
     # still configured with the method's scope (keys reloaded on SIGHUP); a unary call
@@ -1219,6 +1224,7 @@ def _wrap(handler: grpc.RpcMethodHandler, icp: AuthInterceptor, method: str,
         user_type = "anonymous"
         failed = True
         code = None
+        ua_token = CALLER_USER_AGENT.set(ua)
         try:
             # a known caller refused for its scope or its rate keeps its user_type
             who = icp.identify(context, key, method)
@@ -1239,6 +1245,7 @@ def _wrap(handler: grpc.RpcMethodHandler, icp: AuthInterceptor, method: str,
                 code = ended_status(context).name
             return out
         finally:
+            CALLER_USER_AGENT.reset(ua_token)
             if not is_reflection:
                 icp.observe(method, context, failed, time.perf_counter() - t0, user_type,
                             code=code)
@@ -1263,6 +1270,8 @@ def _wrap(handler: grpc.RpcMethodHandler, icp: AuthInterceptor, method: str,
         # end is also counted when the call ends, once either way
         if not is_reflection:
             context.add_callback(lambda: count(gone=True))
+        # (a generator: gRPC runs it on the stream's own thread from start to end)
+        ua_token = CALLER_USER_AGENT.set(ua)
         try:
             who = icp.identify(context, key, method)
             state["user_type"] = who[1]
@@ -1272,6 +1281,10 @@ def _wrap(handler: grpc.RpcMethodHandler, icp: AuthInterceptor, method: str,
             yield from fn()
             state["failed"] = False
         finally:
+            try:
+                CALLER_USER_AGENT.reset(ua_token)
+            except ValueError:  # resumed in another context after all
+                CALLER_USER_AGENT.set("")
             count()
 
     if handler.unary_unary:
@@ -1301,9 +1314,10 @@ def _wrap(handler: grpc.RpcMethodHandler, icp: AuthInterceptor, method: str,
 
                 return engine.submit(run).result()
 
-            return _one_message(_serialised, icp, method, key, handler, arrived, t_arrived)
+            return _one_message(_serialised, icp, method, key, handler, arrived, t_arrived,
+                                ua)
         return _one_message(lambda req, ctx: _guard(ctx, lambda: inner(req, ctx)), icp, method,
-                            key, handler, arrived, t_arrived)
+                            key, handler, arrived, t_arrived, ua)
     if handler.unary_stream:
         inner_us = handler.unary_stream
         return grpc.unary_stream_rpc_method_handler(
@@ -1397,7 +1411,7 @@ ENDED_DETAILS = {
 
 def _one_message(behavior: Callable, icp: AuthInterceptor, method: str, key: str | None,
                  handler: grpc.RpcMethodHandler, arrived: float | None = None,
-                 t_arrived: float | None = None) -> grpc.RpcMethodHandler:
+                 t_arrived: float | None = None, ua: str = "") -> grpc.RpcMethodHandler:
     """The unary ``behavior(request, context)`` served as a client stream of one message.
     grpcio does not run a unary handler whose call ended while it waited for a worker
     thread (all of them held by streams until its deadline passed, or its client
@@ -1419,6 +1433,7 @@ def _one_message(behavior: Callable, icp: AuthInterceptor, method: str, key: str
             # client (max_uploads_per_client) until the read has ended however it ends,
             # before the rate limit and the handler.
             user_type = "anonymous"
+            ua_token = CALLER_USER_AGENT.set(ua)  # for the refusals' log lines
             try:
                 client_id, user_type, scopes = icp.identify(ctx, key, method)
                 icp.check_scope(ctx, method, client_id, scopes)
@@ -1426,6 +1441,8 @@ def _one_message(behavior: Callable, icp: AuthInterceptor, method: str, key: str
             except BaseException:
                 icp.observe(method, ctx, True, time.perf_counter() - t0, user_type)
                 raise
+            finally:
+                CALLER_USER_AGENT.reset(ua_token)
             try:
                 watched = _watch_reads(it, ctx)
                 try:

@@ -1989,3 +1989,34 @@ def test_a_continuous_stream_is_counted_as_its_client_ended_it(srv):
         assert d == {"CANCELLED" if how == "cancel" else "OK": 1}, (how, d)
     v = stub.ValidateSession(pb.ValidateSessionRequest(session_token=tok), metadata=MD)
     assert v.valid
+
+
+def test_log_lines_naming_the_caller_carry_its_user_agent(srv, caplog):
+    """The monitoring guide's auth-attempt line (METRICS.md: "JSON lines with the guide's
+    fields") carries the client's ``user_agent`` beside its address; nacf's lines had the
+    address and no user agent at all, so an operator could not tell which application
+    (or which version of it) made an attempt or a refused call. Every line that names the
+    caller's address now names its gRPC user-agent too (cut to 256 characters)."""
+    server, _, _ = srv
+    chan = grpc.insecure_channel(server.address, options=[
+        ("grpc.primary_user_agent", "door-app/7.1 " + "x" * 400)])
+    stub = pbg.AuthServiceStub(chan)
+    try:
+        enroll(stub, "ua1", 1)
+        secret = device(stub, "ua1", "hs-ua1")
+        with caplog.at_level("INFO", logger="nacf"):
+            assert auth(stub, "ua1", eeg(1, 3, 60, 8), secret, "hs-ua1").accepted
+            stub.Identify(pb.IdentifyRequest(signal=sig(eeg(1, 3, 70, 8))), metadata=MD,
+                          timeout=10)
+            assert code_of(stub.GetStats, pb.GetStatsRequest(),
+                           metadata=(("x-api-key", "not-a-key-0123456789"),),
+                           timeout=10)[0] == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        chan.close()
+    lines = {r.event_type: r for r in caplog.records
+             if getattr(r, "event_type", "") in ("auth_attempt", "identify", "security_event")}
+    assert set(lines) == {"auth_attempt", "identify", "security_event"}, caplog.records
+    for r in lines.values():
+        ua = getattr(r, "user_agent", "")
+        assert ua.startswith("door-app/7.1 xxx") and len(ua) <= 256, (r.event_type, ua)
+        assert r.ip_address == "127.0.0.1"
