@@ -444,6 +444,8 @@ class NacfServer:
         self._interceptor: AuthInterceptor | None = None
         self.port = 0
         self._stop = threading.Event()
+        # held while the health loop sets what it read, and while stop() starts draining
+        self._health_lock = threading.Lock()
         self._health_thread: threading.Thread | None = None
         self._stopped = threading.Event()
 
@@ -632,10 +634,15 @@ class NacfServer:
     def _health_loop(self) -> None:
         while not self._stop.wait(2.0):
             try:
-                self._set_health(self.ready())
+                ok = self.ready()
             except Exception:
                 log.exception("health refresh failed")
-                self._set_health(False)
+                ok = False
+            with self._health_lock:
+                # a drain begun while the readiness was read (a store ping: up to 2 s)
+                # set NOT_SERVING: what was read before it must not say SERVING again
+                if not self._stop.is_set():
+                    self._set_health(ok)
             # a failed gauge refresh (logged, and counted in nacfauth_store_errors_total)
             # is not a readiness verdict: grpc.health.v1 says what /health/ready says
             try:
@@ -707,10 +714,11 @@ class NacfServer:
         if self._stop.is_set():
             self._stopped.wait()
             return
-        self._stop.set()
+        with self._health_lock:
+            self._stop.set()
+            self._set_health(False)
         g = self.config.grace_period_s if grace is None else grace
         log.info("draining", extra={"event_type": "server_draining", "grace_s": g})
-        self._set_health(False)
         if self.sidecar is not None:
             self.sidecar.set_ready(False)
         handlers_done = True

@@ -858,6 +858,48 @@ def test_a_failed_maintenance_round_leaves_the_grpc_health_serving(tmp_path, mod
         store.close()
 
 
+def test_a_readiness_check_in_flight_when_draining_starts_does_not_say_serving_after(
+        tmp_path, model_path):
+    """The health loop reads the readiness (a store ping: up to 2 s when the store is
+    slow) and then sets grpc.health.v1; a SIGTERM landing in between set NOT_SERVING and
+    the loop then set SERVING from its earlier reading, and went no further (the server
+    stopping): a health-checking load balancer watching the replica was told it serves,
+    for the whole drain. The loop now sets what it read only if draining has not begun."""
+    from grpc_health.v1 import health_pb2
+
+    from nacf_core.server.app import SERVICE_NAME
+
+    server, store = _server(tmp_path, model_path)
+    server.start()
+    entered, proceed = threading.Event(), threading.Event()
+    ready = server.service.ready
+
+    def slow_ready():
+        entered.set()
+        proceed.wait(10)
+        return ready()
+
+    server.service.ready = slow_ready
+    stopper = threading.Thread(target=server.stop, args=(0,))
+    try:
+        assert entered.wait(10)  # the loop is reading the readiness
+        stopper.start()
+        t0 = time.monotonic()
+        while (server.health._server_status.get("") != health_pb2.HealthCheckResponse.
+               NOT_SERVING and time.monotonic() - t0 < 10):
+            time.sleep(0.01)
+        proceed.set()
+        server._health_thread.join(10)
+        assert not server._health_thread.is_alive()
+        for name in ("", SERVICE_NAME):
+            assert server.health._server_status[name] == \
+                health_pb2.HealthCheckResponse.NOT_SERVING, name
+    finally:
+        proceed.set()
+        stopper.join(30)
+        store.close()
+
+
 def test_a_long_maintenance_round_does_not_hold_health_or_the_gauges(tmp_path, model_path):
     """A purge backlog takes a while (32 s of batches for 2.3 M audit rows on SQLite);
     it ran on the health loop, so grpc.health.v1 and the gauges read from the store were
