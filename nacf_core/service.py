@@ -1181,7 +1181,9 @@ class AuthService:
             "event_type": "auth_attempt", "user_id": user_id, "success": accepted,
             "confidence": None if not math.isfinite(score) else round(score, 4),
             "duration_ms": round(duration * 1000, 3), **peer_fields(peer), "method": method,
-            "quality": round(quality, 3), "seconds_used": seconds})
+            "quality": round(quality, 3), "seconds_used": seconds,
+            # why a rejection (as a refusal's line and every audit row say)
+            **({} if accepted else {"reason": fail_reason})})
         return AuthResult(accepted, score if math.isfinite(score) else 0.0, thr, quality,
                           reasons, self.model_version, float(seconds), n_used, token, expires)
 

@@ -364,3 +364,24 @@ def test_presentation_attack_and_lockout_security_events_name_the_caller(svc, ca
     assert ("lockout", "10.0.0.9", "Authenticate") in lines, lines
     assert [x for x in lines if x[1:] == ("10.0.0.10", "Enroll")], lines
     assert all(ip is not None and m is not None for _, ip, m in lines), lines
+
+
+def test_the_auth_attempt_line_of_a_rejection_says_why(svc, caplog):
+    """The auth_attempt line of an attempt refused before a decision says why
+    (``reason``), and the audit row of every attempt does; the line of a decided
+    rejection did not: a replay rejected with a score above the threshold was logged
+    success false, confidence 0.83, and nothing else, and a search of the logs by reason
+    found none of the presentation attacks, low-quality probes or impostors."""
+    svc.config.require_device_proof = False
+    svc.enroll("u1", [signal_block(eeg(1, 3, 0, 40))])
+    b = signal_block(eeg(1, 3, 44, 8))
+    with caplog.at_level("INFO", logger="nacf.service"):
+        assert svc.authenticate("u1", b).accepted
+        assert not svc.authenticate("u1", b).accepted  # a replay
+        assert not svc.authenticate("u1", signal_block(eeg(2, 3, 40, 8))).accepted
+    lines = [(r.success, getattr(r, "reason", None)) for r in caplog.records
+             if getattr(r, "event_type", "") == "auth_attempt"]
+    assert lines == [(True, None), (False, "presentation_attack"),
+                     (False, "score_below_threshold")], lines
+    audit = [a.reason for a in svc.store.recent_attempts("u1", 10)]
+    assert audit[:2] == ["score_below_threshold", "presentation_attack"]
