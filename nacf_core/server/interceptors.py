@@ -630,7 +630,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
                     kind, why = "unknown_api_key", ("the x-api-key metadata holds an "
                                                     "unknown API key.")
                 _refuse(self._refusals, context, method, kind, "medium",
-                        grpc.StatusCode.UNAUTHENTICATED, why)
+                        grpc.StatusCode.UNAUTHENTICATED, why, metrics=self.metrics)
             client_id, scopes = entry
             user_type = "api_key"
         elif self.mtls and not self._keys and (cn := client_identity(context)):
@@ -666,6 +666,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
             try:
                 verify()
             except NacfError as e:
+                count_suspicious(self.metrics, "revoked_api_key", "medium")
                 log_refusal(ctx, method, "revoked_api_key", "medium",
                             grpc.StatusCode[e.code], f"key-{h[:8]}" if h else None)
                 raise
@@ -726,7 +727,8 @@ class AuthInterceptor(grpc.ServerInterceptor):
             _refuse(self._refusals, context, method, "insufficient_scope", "medium",
                     grpc.StatusCode.PERMISSION_DENIED,
                     f"this API key lacks the {need!r} scope that {method} needs "
-                    f"(it has: {', '.join(sorted(scopes)) or 'none'}).", client_id)
+                    f"(it has: {', '.join(sorted(scopes)) or 'none'}).", client_id,
+                    metrics=self.metrics)
 
     def observe(self, method: str, context: grpc.ServicerContext, failed: bool,
                 seconds: float, user_type: str, code: str | None = None) -> None:
@@ -974,11 +976,26 @@ def log_refusal(context: grpc.ServicerContext, method: str, kind: str, severity:
         **({"suppressed": suppressed} if suppressed else {})})
 
 
+def count_suspicious(metrics: Any, kind: str, severity: str) -> None:
+    """Count a refused call in ``nacfauth_suspicious_activities_total`` (``metrics``: a
+    :class:`~nacf_core.metrics.Metrics` or ``None``); a failure to count is logged."""
+    if metrics is None:
+        return
+    try:
+        metrics.record_suspicious(kind, severity)
+    except Exception:  # noqa: BLE001 - the refusal stands whatever the metrics say
+        log.exception("metrics recording failed")
+
+
 def _refuse(refusals: _RefusalLog, context: grpc.ServicerContext, method: str, kind: str,
             severity: str, code: grpc.StatusCode, message: str,
-            client_id: str | None = None) -> None:
+            client_id: str | None = None, *, metrics: Any = None) -> None:
     """Log a call refused at admission as a security event (:func:`log_refusal`; at most
-    a line per caller and kind every 10 s), then abort it with ``code``."""
+    a line per caller and kind every 10 s), then abort it with ``code``. With
+    ``metrics``, every such call is counted as a suspicious activity, as every other
+    security event is (not a call without a key, a misconfigured client as a missing
+    device proof is, nor a rate-limited one, which the service counts)."""
+    count_suspicious(metrics, kind, severity)
     peer = _peer_of(context)
     who = client_id or peer_fields(peer).get("ip_address") or peer
     suppressed = refusals.admit(kind, who)

@@ -33,6 +33,7 @@ from nacf_core.server.interceptors import (
     CALLER,
     ENDED_DETAILS,
     call_active,
+    count_suspicious,
     ended_status,
     log_refusal,
 )
@@ -148,14 +149,17 @@ def _unary(fn: Callable | None = None, *, check_deadline: bool = True) -> Callab
             if _is_abort(e, context):
                 raise
             if isinstance(e, PermissionDenied):
-                _log_scope_refusal(context, fn.__name__)
+                _log_scope_refusal(context, fn.__name__, self.service.metrics)
             _abort(context, e)
     return wrapper
 
 
-def _log_scope_refusal(context: grpc.ServicerContext, method: str) -> None:
+def _log_scope_refusal(context: grpc.ServicerContext, method: str, metrics: Any = None
+                       ) -> None:
     """A request its key's scopes do not cover (an account change without admin), refused
-    in the handler: the security event the interceptor logs for a method's scope."""
+    in the handler: the security event the interceptor logs (and counts) for a method's
+    scope."""
+    count_suspicious(metrics, "insufficient_scope", "medium")
     c = CALLER.get()
     log_refusal(context, method, "insufficient_scope", "medium",
                 grpc.StatusCode.PERMISSION_DENIED, c[0] if c is not None else None)

@@ -1506,3 +1506,48 @@ def code_of(fn, *a, **kw):
     except grpc.RpcError as e:
         return e.code()
     return grpc.StatusCode.OK
+
+
+def test_calls_refused_at_admission_are_counted_as_suspicious_activities(tmp_path,
+                                                                         model_path):
+    """A call refused at admission is a security_event line (unknown_api_key,
+    repeated_api_key, insufficient_scope) but was not counted in
+    nacfauth_suspicious_activities_total, whose every other line is (a refused device
+    proof, a replay, a lockout, a rate-limited client): a client trying keys by the
+    thousand showed on no panel of suspicious activity and fired no alert (the
+    brute-force alert counts failed attempts, the refused-calls alert
+    RESOURCE_EXHAUSTED). Each such call is now counted, every one of them, also those
+    whose line the 10-s throttle leaves out; a call without a key (a misconfigured
+    client, as a missing device proof) is logged and not counted."""
+    auth_only = "sec-auth-only-0123456789"
+    server, store = _server(tmp_path, model_path,
+                            api_keys={KEY: ALL, auth_only: frozenset({"authenticate"})})
+    server.start()
+    reg = server.metrics.registry
+
+    def suspicious(kind, severity):
+        return reg.get_sample_value("nacfauth_suspicious_activities_total",
+                                    {"activity_type": kind, "severity": severity}) or 0.0
+
+    try:
+        with grpc.insecure_channel(server.address) as ch:
+            stub = pbg.AuthServiceStub(ch)
+            for md in [(("x-api-key", "unknown-key-0123456789"),)] * 3 + [
+                    (("x-api-key", KEY), ("x-api-key", KEY)), (("x-api-key", auth_only),),
+                    ()]:
+                with pytest.raises(grpc.RpcError):
+                    stub.GetStats(pb.GetStatsRequest(), metadata=md, timeout=10)
+
+            def start():
+                yield pb.AuthenticateStreamRequest(start=pb.StreamStart(user_id="x"))
+
+            with pytest.raises(grpc.RpcError):
+                stub.AuthenticateStream(start(), metadata=(
+                    ("x-api-key", "unknown-key-0123456789"),), timeout=10)
+        assert suspicious("unknown_api_key", "medium") == 4
+        assert suspicious("repeated_api_key", "medium") == 1
+        assert suspicious("insufficient_scope", "medium") == 1
+        assert suspicious("missing_api_key", "low") == 0
+    finally:
+        server.stop(0)
+        store.close()
