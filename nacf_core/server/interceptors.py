@@ -455,6 +455,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
                          else "anonymous")
         if self.metrics is not None:
             self._observe(method, "RESOURCE_EXHAUSTED", 0.0, user_type)
+            self._unhandled(method, "RESOURCE_EXHAUSTED")
         suppressed = self._refusals.admit("grpc_busy", "")
         if suppressed is not None:
             # written on a thread of its own (one every 10 s at most): gRPC's polling
@@ -731,22 +732,38 @@ class AuthInterceptor(grpc.ServerInterceptor):
                     metrics=self.metrics)
 
     def observe(self, method: str, context: grpc.ServicerContext, failed: bool,
-                seconds: float, user_type: str, code: str | None = None) -> None:
-        """Count one call; ``code``: its status name when known (else the context's)."""
+                seconds: float, user_type: str, code: str | None = None,
+                handled: bool = True) -> None:
+        """Count one call; ``code``: its status name when known (else the context's);
+        ``handled``: whether its handler ran (see :meth:`_unhandled`)."""
         if self.metrics is None:
             return
         if code is not None:
-            self._observe(method, code, seconds, user_type)
+            name = code
+        else:
+            try:
+                status = context.code()
+            except Exception:  # noqa: BLE001
+                status = None
+            if status is None:
+                name = "INTERNAL" if failed else "OK"
+            else:
+                name = status.name if isinstance(status, grpc.StatusCode) else str(status)
+        self._observe(method, name, seconds, user_type)
+        if not handled:
+            self._unhandled(method, name)
+
+    def _unhandled(self, method: str, name: str) -> None:
+        """An Enroll ended or refused before its handler ran (its key, its scope, the
+        rate limit, the server's load, its deadline while it waited for a worker): an
+        enrollment refused with status ``name`` in nacfauth_user_registrations_total, as
+        its handler's own refusals are (the service counts those)."""
+        if method != "Enroll" or self.service is None:
             return
         try:
-            code = context.code()
-        except Exception:  # noqa: BLE001
-            code = None
-        if code is None:
-            name = "INTERNAL" if failed else "OK"
-        else:
-            name = code.name if isinstance(code, grpc.StatusCode) else str(code)
-        self._observe(method, name, seconds, user_type)
+            self.service.metrics.record_registration(method, name)
+        except Exception:  # noqa: BLE001 - the call's status stands
+            log.exception("metrics recording failed")
 
     def _observe(self, method: str, name: str, seconds: float, user_type: str) -> None:
         try:
@@ -1241,6 +1258,7 @@ def _wrap(handler: grpc.RpcMethodHandler, icp: AuthInterceptor, method: str,
         user_type = "anonymous"
         failed = True
         code = None
+        handled = False  # whether fn, the handler, ran
         ua_token = CALLER_USER_AGENT.set(ua)
         try:
             # a known caller refused for its scope or its rate keeps its user_type
@@ -1251,6 +1269,7 @@ def _wrap(handler: grpc.RpcMethodHandler, icp: AuthInterceptor, method: str,
             client_id, user_type, scopes = icp.authorize(context, method, key, is_reflection,
                                                          who)
             token = CALLER.set((client_id, scopes))
+            handled = True
             try:
                 out = fn()
             finally:
@@ -1265,7 +1284,7 @@ def _wrap(handler: grpc.RpcMethodHandler, icp: AuthInterceptor, method: str,
             CALLER_USER_AGENT.reset(ua_token)
             if not is_reflection:
                 icp.observe(method, context, failed, time.perf_counter() - t0, user_type,
-                            code=code)
+                            code=code, handled=handled)
 
     def _guard_stream(context, fn, stream=False):
         t0 = time.perf_counter() if t_arrived is None else t_arrived
@@ -1456,7 +1475,8 @@ def _one_message(behavior: Callable, icp: AuthInterceptor, method: str, key: str
                 icp.check_scope(ctx, method, client_id, scopes)
                 slot = icp.claim_upload(ctx, method, client_id)
             except BaseException:
-                icp.observe(method, ctx, True, time.perf_counter() - t0, user_type)
+                icp.observe(method, ctx, True, time.perf_counter() - t0, user_type,
+                            handled=False)
                 raise
             finally:
                 CALLER_USER_AGENT.reset(ua_token)
@@ -1475,7 +1495,7 @@ def _one_message(behavior: Callable, icp: AuthInterceptor, method: str, key: str
         else:  # it ended while it waited for a worker thread
             code = ended_status(ctx)
         icp.observe(method, ctx, True, time.perf_counter() - t0, icp.user_type_of(ctx, key),
-                    code=code.name)
+                    code=code.name, handled=False)
         ctx.abort(code, ENDED_DETAILS.get(code) or f"{method} requires exactly one request "
                                               "message.")
 

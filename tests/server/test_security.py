@@ -1551,3 +1551,62 @@ def test_calls_refused_at_admission_are_counted_as_suspicious_activities(tmp_pat
     finally:
         server.stop(0)
         store.close()
+
+
+def test_enroll_calls_ended_or_refused_before_their_handler_count_as_registrations(
+        tmp_path, model_path):
+    """Every Enroll its handler refuses is counted in nacfauth_user_registrations_total
+    with its status (an Enroll whose deadline passed before its handler started too:
+    "a loaded server's refused enrollments vanished from the counter"), but those the
+    interceptor ended before the handler did not count there at all: one whose deadline
+    passed while it waited for a worker thread, and one refused for its key or scope,
+    all in nacfauth_auth_requests_total. Each now counts once, with the same status."""
+    auth_only = "sec-auth-only-0123456789"
+    server, store = _server(tmp_path, model_path, max_workers=1, max_concurrent_rpcs=8,
+                            rate_limit_per_s=1000, rate_limit_burst=1000,
+                            api_keys={KEY: ALL, auth_only: frozenset({"authenticate"})})
+    server.start()
+    release, _ = _slow_stats(server.service)
+    reg = server.metrics.registry
+
+    def registrations(status):
+        return reg.get_sample_value("nacfauth_user_registrations_total", {
+            "registration_method": "Enroll", "status": status}) or 0.0
+
+    try:
+        ch = grpc.insecure_channel(server.address)
+        stub = pbg.AuthServiceStub(ch)
+        md = (("x-api-key", KEY),)
+        req = pb.EnrollRequest(user_id="late")
+        for bad, code, who in (
+                ((("x-api-key", "unknown-key-0123456789"),), "UNAUTHENTICATED", "anonymous"),
+                ((("x-api-key", auth_only),), "PERMISSION_DENIED", "api_key")):
+            with pytest.raises(grpc.RpcError) as ei:
+                stub.Enroll(req, metadata=bad, timeout=10)
+            assert ei.value.code().name == code
+            assert _requests(server, "Enroll", code, who) == 1
+            assert registrations(code) == 1, code
+        slow = stub.GetStats.future(pb.GetStatsRequest(), metadata=md, timeout=30)
+        _wait_in_flight(server, 1)  # the one worker waits in the store until released
+        with pytest.raises(grpc.RpcError) as ei:
+            stub.Enroll(req, metadata=md, timeout=0.5)
+        assert ei.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        release.set()
+        assert slow.result(10) is not None
+        t0 = time.monotonic()  # the worker picks the ended call up after the slow one
+        while _requests(server, "Enroll", "DEADLINE_EXCEEDED") < 1:
+            if time.monotonic() - t0 > 10:
+                break
+            time.sleep(0.05)
+        assert _requests(server, "Enroll", "DEADLINE_EXCEEDED") == 1
+        assert registrations("DEADLINE_EXCEEDED") == 1
+        # one the handler refuses: counted once, by the service, as before
+        with pytest.raises(grpc.RpcError) as ei:
+            stub.Enroll(req, metadata=md, timeout=10)
+        assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert registrations("INVALID_ARGUMENT") == 1
+        ch.close()
+    finally:
+        release.set()
+        server.stop(0)
+        store.close()
