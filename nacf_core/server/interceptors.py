@@ -933,6 +933,29 @@ class StreamPool(futures.ThreadPoolExecutor):
             self._open -= 1
 
 
+#: What to undo when the interceptor drops a call's answer (:func:`on_dropped`).
+_ON_DROPPED: weakref.WeakKeyDictionary[Any, Callable[[], None]] = weakref.WeakKeyDictionary()
+
+
+def on_dropped(context: grpc.ServicerContext, fn: Callable[[], None]) -> None:
+    """Have ``fn`` run if the call turns out to be gone when its handler has returned
+    (its deadline passed after the handler last checked): its answer is then not sent,
+    so what it gave the client (an accept's session) must be undone."""
+    try:
+        _ON_DROPPED[context] = fn
+    except TypeError:  # a context that cannot be weakly referenced: nothing to undo later
+        pass
+
+
+def _run_on_dropped(context: grpc.ServicerContext) -> None:
+    try:
+        fn = _ON_DROPPED.pop(context, None)
+    except TypeError:
+        fn = None
+    if fn is not None:
+        fn()
+
+
 def call_active(context: grpc.ServicerContext) -> bool:
     """Whether the call is still live (not cancelled, its deadline not passed); ``True``
     for a context that cannot say (grpc_testing's). Its deadline is checked here too:
@@ -1277,8 +1300,13 @@ def _wrap(handler: grpc.RpcMethodHandler, icp: AuthInterceptor, method: str,
             failed = False
             if not call_active(context):
                 # it answered a call that is gone (its deadline passed in the handler, or
-                # the client cancelled): nobody gets this answer, the call ended without it
-                code = ended_status(context).name
+                # the client cancelled): nobody gets this answer, the call ended without it.
+                # gRPC may not have seen its deadline yet and would still send the answer
+                # to a client counted DEADLINE_EXCEEDED: the call ends as it is counted
+                ended = ended_status(context)
+                code = ended.name
+                _run_on_dropped(context)
+                context.abort(ended, ENDED_DETAILS[ended])
             return out
         finally:
             CALLER_USER_AGENT.reset(ua_token)

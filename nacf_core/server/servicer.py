@@ -36,6 +36,7 @@ from nacf_core.server.interceptors import (
     count_suspicious,
     ended_status,
     log_refusal,
+    on_dropped,
 )
 from nacf_core.service import AuthService, ClientStream, DeviceProof
 
@@ -277,8 +278,8 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
         block = cv.signal_to_block(request.signal)
         r = self.service.authenticate(request.user_id, block, _proof(context),
                                       peer=_peer(context))
-        if r.session_token and not call_active(context):
-            self._undelivered(r.session_token, context, "Authenticate")
+        if r.session_token:
+            self._deliver(r.session_token, context, "Authenticate")
         return cv.auth_response(r)
 
     @_unary
@@ -294,24 +295,36 @@ class AuthServicer(pb_grpc.AuthServiceServicer):
                 max_seconds=first.start.max_seconds, peer=_peer(context), deadline=deadline)
         finally:
             chunks.close()
-        if r.session_token and not call_active(context):
-            self._undelivered(r.session_token, context, "AuthenticateStream")
+        if r.session_token:
+            self._deliver(r.session_token, context, "AuthenticateStream")
         return cv.auth_response(r)
+
+    def _deliver(self, token: str, context: grpc.ServicerContext, method: str) -> None:
+        """An accept's answer is about to go: its session is ended as undelivered if the
+        call is gone now (:meth:`_undelivered`), or if the interceptor finds it gone once
+        this handler has returned and drops the answer (:func:`on_dropped`)."""
+        if not call_active(context):
+            self._undelivered(token, context, method)
+        peer = _peer(context)  # not the context: the hook is kept under it, weakly
+        on_dropped(context, lambda: self._end_undelivered(token, peer, method))
 
     def _undelivered(self, token: str, context: grpc.ServicerContext, method: str) -> None:
         """An accept whose call ended before its answer (its deadline passed in the
         handler, or its client went away): nobody holds the token, so its session is
         ended at once (reason ``not_delivered``) instead of staying open, and counted
         open, for its whole TTL; the call ends with the status it ended with."""
+        self._end_undelivered(token, _peer(context), method)
+        _abort(context, DeadlineExceeded("the call ended before its answer: the session "
+                                         "it opened was ended."))
+
+    def _end_undelivered(self, token: str, peer: Any, method: str) -> None:
         try:
-            self.service.end_session(token, "not_delivered", peer=_peer(context),
+            self.service.end_session(token, "not_delivered", peer=peer,
                                      method=method)
         except NacfError:  # the store failed: logged and counted by the service
             log.error("the session of an undelivered accept could not be ended",
                       exc_info=True, extra={"event_type": "session_not_ended",
                                             "method": method})
-        _abort(context, DeadlineExceeded("the call ended before its answer: the session "
-                                         "it opened was ended."))
 
     @_unary
     def Identify(self, request: pb.IdentifyRequest, context) -> pb.IdentifyResponse:
