@@ -24,7 +24,7 @@ from typing import Any
 
 from nacf_core.commands._args import (address, finite_float, metadata_value, non_empty,
                                       stdout_reader_gone)
-from nacf_core.commands._signals import interrupts_held
+from nacf_core.commands._signals import interrupts_held, terminations_interrupt
 
 __all__ = ["register", "run"]
 
@@ -263,8 +263,6 @@ def _check_server(channel, args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import logging
-    import signal
-    import threading
 
     import grpc
 
@@ -275,41 +273,38 @@ def run(args: argparse.Namespace) -> int:
     if not args.verbose:  # the decisions stay readable
         nacf_log.setLevel(max(nacf_log.getEffectiveLevel(), logging.WARNING))
 
-    def _term(signum, frame):  # SIGTERM: unwind like Ctrl-C (the source is closed)
-        raise KeyboardInterrupt
+    # SIGTERM: unwind like Ctrl-C (the source is closed)
+    with terminations_interrupt(hup=False):
+        try:
+            key = _api_key(args)
+            md = (("x-api-key", key),) if key else ()
+            with _channel(args) as channel:
+                from nacf_core._proto.nacf.v1 import auth_pb2_grpc as pbg
 
-    main_thread = threading.current_thread() is threading.main_thread()
-    old = signal.signal(signal.SIGTERM, _term) if main_thread else None
-    try:
-        key = _api_key(args)
-        md = (("x-api-key", key),) if key else ()
-        with _channel(args) as channel:
-            from nacf_core._proto.nacf.v1 import auth_pb2_grpc as pbg
-
-            _check_server(channel, args)
-            stub = pbg.AuthServiceStub(channel)
-            return _ACTIONS[args.action](args, stub, md)
-    except grpc.RpcError as e:
-        if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED and e.details() == "Deadline Exceeded":
-            # gRPC's own words for the deadline this client set (the server's say why)
-            print(f"nacf client {args.action}: no answer within --timeout {args.timeout:g} s "
-                  "(DEADLINE_EXCEEDED); give a longer --timeout.", file=sys.stderr)
+                _check_server(channel, args)
+                stub = pbg.AuthServiceStub(channel)
+                return _ACTIONS[args.action](args, stub, md)
+        except grpc.RpcError as e:
+            if (e.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                    and e.details() == "Deadline Exceeded"):
+                # gRPC's own words for the deadline this client set (the server's say why)
+                print(f"nacf client {args.action}: no answer within --timeout "
+                      f"{args.timeout:g} s (DEADLINE_EXCEEDED); give a longer --timeout.",
+                      file=sys.stderr)
+                return 2
+            print(f"nacf client {args.action}: the server answered {e.code().name}: "
+                  f"{e.details()}", file=sys.stderr)
             return 2
-        print(f"nacf client {args.action}: the server answered {e.code().name}: "
-              f"{e.details()}", file=sys.stderr)
-        return 2
-    except (ValueError, TypeError, OSError, NacfError, TimeoutError) as e:
-        if isinstance(e, BrokenPipeError) and stdout_reader_gone():
-            raise  # the output's reader went away: main() ends this as SIGPIPE would
-        print(f"nacf client {args.action}: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"nacf client {args.action}: interrupted.", file=sys.stderr)
-        return 130
-    finally:
-        nacf_log.setLevel(level)
-        if main_thread:
-            signal.signal(signal.SIGTERM, old)
+        except (ValueError, TypeError, OSError, NacfError, TimeoutError) as e:
+            if isinstance(e, BrokenPipeError) and stdout_reader_gone():
+                raise  # the output's reader went away: main() ends this as SIGPIPE would
+            print(f"nacf client {args.action}: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"nacf client {args.action}: interrupted.", file=sys.stderr)
+            return 130
+        finally:
+            nacf_log.setLevel(level)
 
 
 @contextlib.contextmanager

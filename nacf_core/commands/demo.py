@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from nacf_core.commands._args import address, finite_float, stdout_to_devnull
-from nacf_core.commands._signals import interrupts_held
+from nacf_core.commands._signals import interrupts_held, terminations_interrupt
 
 __all__ = ["register", "run", "demo_people"]
 
@@ -65,34 +65,20 @@ def demo_people(n: int) -> list[tuple[str, Path, Path]]:
 
 def run(args: argparse.Namespace) -> int:
     import signal
-    import threading
 
-    def _term(signum, frame):  # SIGTERM, SIGHUP: unwind like Ctrl-C, so the server stops
-        for s in old:  # and the temporary files go; once only: a second one must not cut
-            signal.signal(s, signal.SIG_IGN)  # that clean-up short
-        raise KeyboardInterrupt
-
-    # from the start (the imports take a second): an interrupt then is said too; SIGHUP
-    # (the terminal closed) unless ignored (nohup nacf demo)
-    old = {}
-    if threading.current_thread() is threading.main_thread():
-        hup = getattr(signal, "SIGHUP", None)
-        if hup is not None and signal.getsignal(hup) == signal.SIG_DFL:
-            old[hup] = signal.getsignal(hup)
-        old[signal.SIGTERM] = signal.getsignal(signal.SIGTERM)
-        for s in old:
-            signal.signal(s, _term)
-    try:
-        return _checked_demo(args)
-    except KeyboardInterrupt:
-        print("nacf demo: interrupted; the server was stopped and its temporary store "
-              "removed.", file=sys.stderr)
-        return 130
-    except _OutputClosed:  # as a program killed by SIGPIPE, which Python ignores
-        return 128 + signal.SIGPIPE
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
+    # SIGTERM, SIGHUP: unwind like Ctrl-C, so the server stops and the temporary files go;
+    # once only: a second one must not cut that clean-up short. From the start (the
+    # imports take a second): an interrupt then is said too; SIGHUP (the terminal closed)
+    # unless ignored (nohup nacf demo)
+    with terminations_interrupt(once=True):
+        try:
+            return _checked_demo(args)
+        except KeyboardInterrupt:
+            print("nacf demo: interrupted; the server was stopped and its temporary store "
+                  "removed.", file=sys.stderr)
+            return 130
+        except _OutputClosed:  # as a program killed by SIGPIPE, which Python ignores
+            return 128 + signal.SIGPIPE
 
 
 def _checked_demo(args: argparse.Namespace) -> int:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
-import threading
 import time
 import unicodedata
+
+from nacf_core.commands._signals import terminations_interrupt
 
 __all__ = ["register", "run", "record"]
 
@@ -50,30 +50,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from nacf_core.errors import NacfError
 
-    def _term(signum, frame):  # SIGTERM, SIGHUP: unwind like Ctrl-C, so the partial file goes
-        raise KeyboardInterrupt
-
-    main_thread = threading.current_thread() is threading.main_thread()
-    old = {}
-    if main_thread:
-        old[signal.SIGTERM] = signal.signal(signal.SIGTERM, _term)
-        # the terminal or SSH session closed; left alone when ignored (nohup nacf record)
-        hup = getattr(signal, "SIGHUP", None)
-        if hup is not None and signal.getsignal(hup) == signal.SIG_DFL:
-            old[hup] = signal.signal(hup, _term)
-    try:
-        n, counters = record(args.source, args.seconds, args.out, montage=args.montage,
-                             timeout=args.timeout)
-    except (ValueError, TypeError, OSError, NacfError, TimeoutError) as exc:
-        print(f"nacf record: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"nacf record: interrupted; {args.out!r} was not written (a recording is kept "
-              f"only when complete).", file=sys.stderr)
-        return 130
-    finally:
-        for signum, handler in old.items():
-            signal.signal(signum, handler)
+    # SIGTERM, SIGHUP (the terminal or SSH session closed; left alone when ignored: nohup
+    # nacf record): unwind like Ctrl-C, so the partial file goes
+    with terminations_interrupt():
+        try:
+            n, counters = record(args.source, args.seconds, args.out, montage=args.montage,
+                                 timeout=args.timeout)
+        except (ValueError, TypeError, OSError, NacfError, TimeoutError) as exc:
+            print(f"nacf record: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print(f"nacf record: interrupted; {args.out!r} was not written (a recording is "
+                  f"kept only when complete).", file=sys.stderr)
+            return 130
     print(f"wrote {n} samples to {args.out} ({counters})")
     return 0
 

@@ -88,26 +88,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_pty(args: argparse.Namespace, recording, speed: float, path: Path) -> int:
-    import signal
-    import threading
+    from nacf_core.commands._signals import terminations_interrupt
 
-    def _term(signum, frame):  # SIGTERM, SIGHUP: leave the with-block, remove the port
-        raise KeyboardInterrupt
-
-    # from before the port exists: a SIGTERM once it is made (a script that stops this as
-    # soon as it has read the port) removes it too; SIGHUP (its terminal closed) as well,
-    # unless ignored (nohup nacf simulate)
-    old = {}
-    if threading.current_thread() is threading.main_thread():
-        old[signal.SIGTERM] = signal.signal(signal.SIGTERM, _term)
-        hup = getattr(signal, "SIGHUP", None)
-        if hup is not None and signal.getsignal(hup) == signal.SIG_DFL:
-            old[hup] = signal.signal(hup, _term)
-    try:
+    # SIGTERM, SIGHUP: leave the with-block, remove the port; from before the port exists:
+    # a SIGTERM once it is made (a script that stops this as soon as it has read the port)
+    # removes it too; SIGHUP (its terminal closed) as well, unless ignored (nohup nacf
+    # simulate)
+    with terminations_interrupt():
         return _serve_pty(args, recording, speed, path)
-    finally:
-        for signum, handler in old.items():
-            signal.signal(signum, handler)
 
 
 def _serve_pty(args: argparse.Namespace, recording, speed: float, path: Path) -> int:
