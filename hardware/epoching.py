@@ -53,7 +53,7 @@ import numpy as np
 from nacf_core import dsp
 from nacf_core._validation import check_finite_positive, check_int_range, check_sfreq
 
-from .base import GAP_S, Chunk
+from .base import GAP_S, Chunk, timestamp_outages
 
 __all__ = ["Epoch", "Epocher", "EpochStream"]
 
@@ -278,12 +278,7 @@ class Epocher:
     def _fill_gaps(self, x: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """NaN rows (stamped on the nominal grid) where the timestamps jump by more than
         ``gap_s`` past the next sample's time; at most ``window`` rows per gap."""
-        prev = np.concatenate([[self._t_prev], ts[:-1]])
-        with np.errstate(invalid="ignore"):
-            step = ts - prev
-            at = np.flatnonzero(step > 1.0 / self.sfreq + self.gap_s)
-        if np.isfinite(ts[-1]):
-            self._t_prev = float(ts[-1])
+        at, step, self._t_prev = timestamp_outages(ts, self._t_prev, self.sfreq, self.gap_s)
         if at.size == 0:
             return x, ts
         xs, tss, begin = [], [], 0

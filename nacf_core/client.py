@@ -45,7 +45,7 @@ import numpy as np
 
 from nacf_core._validation import listed
 from nacf_core.errors import Unavailable
-from nacf_core.hardware.base import GAP_S
+from nacf_core.hardware.base import timestamp_outages
 
 __all__ = ["Blocks", "SourceLost", "SignalInterrupted", "fill_dropped", "enroll", "enroll_request",
            "authenticate_stream", "continuous", "StreamResult", "proof_metadata"]
@@ -114,7 +114,6 @@ class Blocks:
         self.dropped = 0         # samples of the blocks left out
         self.dead: list[str] = []  # channels with no finite sample in the last left out
         self.restarts = 0        # outages before the first block: the signal started anew
-        self._gap_s = 1.0 / self.sfreq + GAP_S  # a longer step between stamps is an outage
         self._t_prev = np.nan    # the timestamp of the last sample read
         self._n_out = 0          # samples handed out
         self.error: BaseException | None = None
@@ -168,15 +167,7 @@ class Blocks:
         more than ``1 / sfreq + GAP_S`` from the sample before; the first once blocks were
         handed out, else the last: the signal starts after it), or ``None``;
         steps back and missing (NaN) stamps are not outages, as in the Epocher."""
-        ts = np.asarray(ts, dtype=np.float64).reshape(-1)
-        if ts.size == 0:
-            return None
-        prev = np.concatenate([[self._t_prev], ts[:-1]])
-        with np.errstate(invalid="ignore"):
-            step = ts - prev
-            at = np.flatnonzero(step > self._gap_s)
-        if np.isfinite(ts[-1]):
-            self._t_prev = float(ts[-1])
+        at, step, self._t_prev = timestamp_outages(ts, self._t_prev, self.sfreq)
         if at.size == 0:
             return None
         i = int(at[0] if self._n_out else at[-1])  # the first ends the blocks
