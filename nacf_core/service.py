@@ -72,7 +72,7 @@ from nacf_core.errors import (
 )
 from nacf_core.pipeline import check_supported_sfreq, reason_codes, samples_for
 from nacf_core.ratelimit import TokenLeases
-from nacf_core.store.base import DEVICE_CHANGED, MIN_TIME, TEMPLATE_CHANGED
+from nacf_core.store.base import DEVICE_CHANGED, TEMPLATE_CHANGED, retention_cutoff
 
 __all__ = [
     "AuthResult",
@@ -616,8 +616,7 @@ class AuthService:
                 self._last_purge = now
         n, n_sessions, n_buckets, ended = 0, 0, 0, []
         if purge:
-            # a retention reaching before year 1 (the store's earliest time) keeps every row
-            cutoff = max(now - self.config.audit_retention_days * 86400.0, MIN_TIME)
+            cutoff = retention_cutoff(now, self.config.audit_retention_days)
             n = self._store("purge_attempts", self.store.purge_attempts, cutoff)
             # ended sessions say who authenticated when, as audit rows do
             n_sessions = self._store("purge_sessions", self.store.purge_sessions, cutoff)

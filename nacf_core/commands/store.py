@@ -172,8 +172,7 @@ def _purge(args: argparse.Namespace) -> int:
     if not 0 <= days <= 1e6:  # a finite age: inf would be a cut-off at -inf, nan none
         return _fail(ValueError(f"--older-than-days must be a number of days in [0, 1e6], "
                                 f"got {days}."))
-    from nacf_core.store.base import MIN_TIME
+    from nacf_core.store.base import retention_cutoff
 
-    # an age reaching before year 1 (the store's earliest time) purges nothing
     return _run(args, lambda s: {"deleted": s.purge_attempts(
-        max(time.time() - days * 86400.0, MIN_TIME))})
+        retention_cutoff(time.time(), days))})

@@ -60,6 +60,7 @@ __all__ = [
     "AuthOutcome",
     "KeyRotation",
     "utc_day_start",
+    "retention_cutoff",
     "TEMPLATE_CHANGED",
     "DEVICE_CHANGED",
 ]
@@ -77,6 +78,13 @@ def utc_day_start(now: float) -> float:
 #: DOUBLE PRECISION (an error answered UNAVAILABLE)
 MIN_TIME = -62135596800.0
 MAX_TIME = 253402300799.0
+
+
+def retention_cutoff(now: float, days: float) -> float:
+    """The purge bound of a retention of ``days`` at ``now``: ``days`` before it, held at
+    :data:`MIN_TIME` (a retention of thousands of years, which the store would refuse
+    as a bound: nothing in a store is older, so nothing is purged)."""
+    return max(now - days * 86400.0, MIN_TIME)
 
 
 def check_time(name: str, t: float, given: Any) -> float:
